@@ -1,0 +1,111 @@
+//! Micro benchmarks of the hot pure code: the frame codec and vector clocks / version sets.
+//! Run: `cargo bench --bench codec_vclock`.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use shoal_stages::vclock::VClock;
+use shoal_stages::versioning::VersionSet;
+use shoal_stages::wire::{
+    decode_context, decode_version_set, encode_context, encode_version_set, Bytes, FrameDecoder,
+    Message, PutRequest,
+};
+use shoal_stages::NodeId;
+use std::hint::black_box;
+
+fn put_message(value_bytes: usize) -> Message {
+    let context = VClock::new()
+        .with_entry("n1", 12, 1)
+        .with_entry("n2", 7, 2)
+        .with_entry("n3", 3, 3);
+    Message::Put(PutRequest {
+        key: Bytes::from(b"user:0000012345".to_vec()),
+        context: Some(Bytes::from(encode_context(&context))),
+        value: Bytes::from(vec![7u8; value_bytes]),
+        w: Some(2),
+        timeout_ms: None,
+    })
+}
+
+fn codec(c: &mut Criterion) {
+    let mut group = c.benchmark_group("codec");
+    for size in [100usize, 4096] {
+        let message = put_message(size);
+        let frame = message.encode(1).expect("encode");
+        group.throughput(Throughput::Bytes(frame.len() as u64));
+        group.bench_function(format!("encode_put_{size}B"), |b| {
+            b.iter(|| black_box(&message).encode(1).expect("encode"))
+        });
+        group.bench_function(format!("decode_put_{size}B"), |b| {
+            b.iter(|| {
+                let mut decoder = FrameDecoder::new(1 << 20);
+                decoder.extend(black_box(&frame));
+                let frame = decoder.next_frame().expect("ok").expect("complete");
+                Message::decode(&frame).expect("decode")
+            })
+        });
+    }
+    let context = encode_context(&VClock::new().with_entry("n1", 12, 1).with_entry("n2", 7, 2));
+    group.bench_function("decode_context", |b| {
+        b.iter(|| decode_context(black_box(&context)).expect("ok"))
+    });
+    group.finish();
+}
+
+fn set_with_siblings(siblings: usize) -> VersionSet {
+    let mut set = VersionSet::new();
+    for i in 0..siblings {
+        let node = NodeId::new(format!("n{}", i % 3 + 1));
+        set.coordinate_put(&node, &VClock::new(), Some(vec![1; 100]), i as u64, 10)
+            .expect("fits");
+    }
+    set
+}
+
+fn vclock(c: &mut Criterion) {
+    let mut group = c.benchmark_group("vclock");
+    let a = VClock::new()
+        .with_entry("n1", 5, 1)
+        .with_entry("n2", 3, 1)
+        .with_entry("n3", 9, 1);
+    let b2 = VClock::new()
+        .with_entry("n1", 4, 1)
+        .with_entry("n2", 6, 1)
+        .with_entry("n3", 9, 1);
+    group.bench_function("compare_3_entries", |b| {
+        b.iter(|| black_box(&a).compare(black_box(&b2)))
+    });
+    group.bench_function("merge_3_entries", |b| {
+        b.iter(|| {
+            let mut m = black_box(&a).clone();
+            m.merge(black_box(&b2));
+            m
+        })
+    });
+    for siblings in [1usize, 3] {
+        let set = set_with_siblings(siblings);
+        let context = set.context();
+        let node = NodeId::new("n1");
+        group.bench_function(format!("coordinate_put_over_{siblings}_siblings"), |b| {
+            b.iter(|| {
+                let mut s = set.clone();
+                s.coordinate_put(&node, &context, Some(vec![2; 100]), 99, 10)
+                    .expect("fits")
+            })
+        });
+        let other = set_with_siblings(siblings + 1);
+        group.bench_function(format!("merge_sets_{siblings}_siblings"), |b| {
+            b.iter(|| {
+                let mut s = set.clone();
+                s.merge(black_box(&other));
+                s
+            })
+        });
+        let stored = encode_version_set(&set);
+        group.bench_function(format!("decode_stored_set_{siblings}_siblings"), |b| {
+            b.iter(|| decode_version_set(black_box(&stored)).expect("ok"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, codec, vclock);
+criterion_main!(benches);

@@ -1,0 +1,303 @@
+//! The `shoal` command line: `node`, `get`, `put`, `delete` and `admin`.
+
+use crate::client::{Client, ClientError, Context, RequestOptions};
+use crate::config::Config;
+use crate::logging;
+use crate::node::Node;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use clap::{Args, Parser, Subcommand};
+use shoal_stages::wire::StatsReply;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// shoal: a Dynamo-style replicated key-value store.
+#[derive(Parser, Debug)]
+#[command(name = "shoal", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node until SIGINT or SIGTERM.
+    Node(NodeArgs),
+    /// Read a key: every sibling value and the context.
+    Get(GetArgs),
+    /// Write a value; prints the new context.
+    Put(PutArgs),
+    /// Delete a key (writes a tombstone); prints the new context.
+    Delete(DeleteArgs),
+    /// Operator commands.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// `shoal node`
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// The node's TOML config.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Override `node.listen` (e.g. 127.0.0.1:0 for any free port).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Override `node.data_dir`.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+/// Where to send a request.
+#[derive(Args, Debug)]
+pub struct Target {
+    /// Node address, host:port.
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    pub node: String,
+    /// Seconds to wait for the node.
+    #[arg(long, default_value_t = 5)]
+    pub timeout_secs: u64,
+}
+
+/// `shoal get`
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The key (UTF-8).
+    key: String,
+    /// Read quorum for this request.
+    #[arg(long)]
+    r: Option<u8>,
+    /// Print JSON: {"values": [...], "context": "..."}.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `shoal put`
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The key (UTF-8).
+    key: String,
+    /// The value (UTF-8).
+    value: String,
+    /// Context from a previous get, to replace the versions it saw.
+    #[arg(long)]
+    context: Option<String>,
+    /// Write quorum for this request.
+    #[arg(long)]
+    w: Option<u8>,
+}
+
+/// `shoal delete`
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The key (UTF-8).
+    key: String,
+    /// Context from a previous get: the versions to delete.
+    #[arg(long)]
+    context: String,
+    /// Write quorum for this request.
+    #[arg(long)]
+    w: Option<u8>,
+}
+
+/// `shoal admin …`
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Per-stage statistics, as `nodetool tpstats` shows thread pools.
+    Stats(StatsArgs),
+}
+
+/// `shoal admin stats`
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Print again every second until interrupted.
+    #[arg(long)]
+    watch: bool,
+}
+
+/// Runs a parsed command line; the error is printed by `main`.
+pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Node(args) => run_node(args),
+        Command::Get(args) => run_get(args),
+        Command::Put(args) => {
+            let mut client = connect(&args.target)?;
+            let context = args
+                .context
+                .as_deref()
+                .map(Context::from_base64)
+                .transpose()?;
+            let options = RequestOptions {
+                w: args.w,
+                ..Default::default()
+            };
+            let new_context = client.put(
+                args.key.as_bytes(),
+                context.as_ref(),
+                args.value.as_bytes(),
+                options,
+            )?;
+            println!("{}", new_context.to_base64());
+            Ok(())
+        }
+        Command::Delete(args) => {
+            let mut client = connect(&args.target)?;
+            let context = Context::from_base64(&args.context)?;
+            let options = RequestOptions {
+                w: args.w,
+                ..Default::default()
+            };
+            println!(
+                "{}",
+                client
+                    .delete(args.key.as_bytes(), &context, options)?
+                    .to_base64()
+            );
+            Ok(())
+        }
+        Command::Admin(AdminCommand::Stats(args)) => run_stats(args),
+    }
+}
+
+fn connect(target: &Target) -> Result<Client, ClientError> {
+    Client::connect(
+        &target.node,
+        Duration::from_secs(target.timeout_secs.max(1)),
+    )
+}
+
+fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = Config::load(&args.config)?;
+    if let Some(listen) = args.listen {
+        config.node.listen = listen;
+    }
+    if let Some(data) = args.data {
+        config.node.data_dir = data;
+    }
+    let logger = logging::logger(&config.log.level, &config.log.format);
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    let node = Node::start(&config, &logger)?;
+    // Scripts and tests read this line to learn the port when listening on port 0.
+    println!(
+        "shoal node {} listening on {}",
+        config.node.id,
+        node.local_addr()
+    );
+    std::io::stdout().flush()?;
+    signals.forever().next();
+    node.shutdown();
+    Ok(())
+}
+
+fn run_get(args: GetArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let mut client = connect(&args.target)?;
+    let result = client.get(
+        args.key.as_bytes(),
+        RequestOptions {
+            r: args.r,
+            ..Default::default()
+        },
+    )?;
+    if args.json {
+        println!("{}", get_json(&result.values, &result.context));
+    } else {
+        if result.values.is_empty() {
+            println!("(not found)");
+        }
+        for value in &result.values {
+            println!("{}", String::from_utf8_lossy(value));
+        }
+        println!("context: {}", result.context.to_base64());
+    }
+    Ok(())
+}
+
+/// The JSON form of a get: values as strings when all are UTF-8, else base64.
+pub fn get_json(values: &[Vec<u8>], context: &Context) -> serde_json::Value {
+    let texts: Option<Vec<&str>> = values.iter().map(|v| std::str::from_utf8(v).ok()).collect();
+    match texts {
+        Some(texts) => serde_json::json!({ "values": texts, "context": context.to_base64() }),
+        None => {
+            let encoded: Vec<String> = values.iter().map(|v| STANDARD.encode(v)).collect();
+            serde_json::json!({ "values_base64": encoded, "context": context.to_base64() })
+        }
+    }
+}
+
+fn run_stats(args: StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let mut client = connect(&args.target)?;
+    loop {
+        let stats = client.stats()?;
+        if args.json {
+            println!("{}", serde_json::to_string(&stats)?);
+        } else {
+            print!("{}", stats_table(&stats));
+        }
+        if !args.watch {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        println!();
+    }
+}
+
+/// The human form of `admin stats`: one row per stage, then operation latencies.
+pub fn stats_table(stats: &StatsReply) -> String {
+    let mut out = format!("node {}\n", stats.node);
+    out.push_str(&format!(
+        "{:<11} {:<10} {:>7} {:>4} {:>6} {:>8} {:>9} {:>10} {:>10} {:>8} {:>14} {:>14}\n",
+        "Stage",
+        "Class",
+        "Threads",
+        "Busy",
+        "Depth",
+        "Capacity",
+        "HighWater",
+        "Enqueued",
+        "Processed",
+        "Rejected",
+        "Wait p50/p99",
+        "Svc p50/p99"
+    ));
+    for s in &stats.stages {
+        out.push_str(&format!(
+            "{:<11} {:<10} {:>7} {:>4} {:>6} {:>8} {:>9} {:>10} {:>10} {:>8} {:>14} {:>14}\n",
+            s.name,
+            s.class,
+            s.threads,
+            s.busy_threads,
+            s.queue_depth,
+            s.queue_capacity,
+            s.queue_high_water,
+            s.enqueued,
+            s.processed,
+            s.rejected,
+            format!("{}/{}us", s.wait_us_p50, s.wait_us_p99),
+            format!("{}/{}us", s.service_us_p50, s.service_us_p99),
+        ));
+    }
+    for op in &stats.operations {
+        out.push_str(&format!(
+            "{:<7} count {:>10}  p50 {:>7}us  p99 {:>7}us  p99.9 {:>7}us\n",
+            op.operation, op.count, op.latency_us_p50, op.latency_us_p99, op.latency_us_p999
+        ));
+    }
+    out
+}

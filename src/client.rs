@@ -1,0 +1,220 @@
+//! A blocking client for one shoal node over one TCP connection. The CLI, the load tool and
+//! the cluster tests use it; it speaks exactly the wire protocol a third-party client would.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use shoal_stages::wire::{
+    Bytes, DeleteRequest, FrameDecoder, FrameError, GetRequest, Message, PutRequest, StatsReply,
+    WireError,
+};
+use shoal_stages::ServiceError;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Largest reply frame the client accepts (a get of several maximal siblings).
+const MAX_REPLY_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The node answered with a typed error.
+    #[error("{0}")]
+    Service(#[from] ServiceError),
+    /// The connection failed or timed out.
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    /// The node's bytes were not a valid frame.
+    #[error("bad frame from node: {0}")]
+    Frame(#[from] FrameError),
+    /// The node's frame was not a valid message.
+    #[error("bad message from node: {0}")]
+    Wire(#[from] WireError),
+    /// The node closed the connection.
+    #[error("node closed the connection")]
+    Closed,
+    /// The reply does not match the request.
+    #[error("unexpected reply: {0}")]
+    UnexpectedReply(String),
+    /// An address or context given by the user is unusable.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// An opaque context from a get or put, to pass to the next put or delete of the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Context(pub Vec<u8>);
+
+impl Context {
+    /// The context as a URL-safe base64 string (how the CLI prints it).
+    pub fn to_base64(&self) -> String {
+        URL_SAFE_NO_PAD.encode(&self.0)
+    }
+
+    /// Parses a context printed by [`Context::to_base64`].
+    pub fn from_base64(text: &str) -> Result<Context, ClientError> {
+        URL_SAFE_NO_PAD
+            .decode(text.trim())
+            .map(Context)
+            .map_err(|e| ClientError::Usage(format!("context is not valid base64: {e}")))
+    }
+}
+
+/// A get's result: sibling values (empty when absent) and the context covering them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GetResult {
+    /// The sibling values.
+    pub values: Vec<Vec<u8>>,
+    /// Pass to the put that reconciles them.
+    pub context: Context,
+}
+
+/// Per-request options; `None` takes the node's default.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestOptions {
+    /// Read quorum.
+    pub r: Option<u8>,
+    /// Write quorum.
+    pub w: Option<u8>,
+    /// Deadline at the node.
+    pub timeout_ms: Option<u32>,
+}
+
+/// A connection to one node.
+pub struct Client {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+    next_request_id: u64,
+    buffer: Vec<u8>,
+}
+
+impl Client {
+    /// Connects to `addr` (host:port), with `timeout` for connecting and for each reply.
+    pub fn connect(addr: &str, timeout: Duration) -> Result<Client, ClientError> {
+        let resolved: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| ClientError::Usage(format!("bad node address {addr:?}: {e}")))?
+            .collect();
+        let first = resolved.first().ok_or_else(|| {
+            ClientError::Usage(format!("node address {addr:?} resolves to nothing"))
+        })?;
+        let stream = TcpStream::connect_timeout(first, timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        Ok(Client {
+            stream,
+            decoder: FrameDecoder::new(MAX_REPLY_FRAME_BYTES),
+            next_request_id: 1,
+            buffer: vec![0; 64 * 1024],
+        })
+    }
+
+    /// Sends a request and waits for its reply; a typed error reply becomes `Err(Service)`.
+    pub fn call(&mut self, request: &Message) -> Result<Message, ClientError> {
+        let id = self.send(request)?;
+        let (reply_id, reply) = self.receive()?;
+        if reply_id != id {
+            return Err(ClientError::UnexpectedReply(format!(
+                "reply id {reply_id} for request {id}"
+            )));
+        }
+        match reply {
+            Message::Error(error) => Err(ClientError::Service(error)),
+            other => Ok(other),
+        }
+    }
+
+    /// Sends a request without waiting (for pipelining); returns its request id.
+    pub fn send(&mut self, request: &Message) -> Result<u64, ClientError> {
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        self.stream.write_all(&request.encode(id)?)?;
+        Ok(id)
+    }
+
+    /// Sends raw bytes (for tests of malformed input).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Waits for the next reply frame: its request id and message.
+    pub fn receive(&mut self) -> Result<(u64, Message), ClientError> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame()? {
+                return Ok((frame.request_id, Message::decode(&frame)?));
+            }
+            let n = self.stream.read(&mut self.buffer)?;
+            if n == 0 {
+                return Err(ClientError::Closed);
+            }
+            self.decoder.extend(&self.buffer[..n]);
+        }
+    }
+
+    /// `get(key)`: sibling values and their context.
+    pub fn get(&mut self, key: &[u8], options: RequestOptions) -> Result<GetResult, ClientError> {
+        let request = Message::Get(GetRequest {
+            key: Bytes::from(key.to_vec()),
+            r: options.r,
+            timeout_ms: options.timeout_ms,
+        });
+        match self.call(&request)? {
+            Message::GetReply(reply) => Ok(GetResult {
+                values: reply.values.into_iter().map(Bytes::into_vec).collect(),
+                context: Context(reply.context.into_vec()),
+            }),
+            other => Err(ClientError::UnexpectedReply(other.to_string())),
+        }
+    }
+
+    /// `put(key, context, value)`: returns the new version's context.
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        context: Option<&Context>,
+        value: &[u8],
+        options: RequestOptions,
+    ) -> Result<Context, ClientError> {
+        let request = Message::Put(PutRequest {
+            key: Bytes::from(key.to_vec()),
+            context: context.map(|c| Bytes::from(c.0.clone())),
+            value: Bytes::from(value.to_vec()),
+            w: options.w,
+            timeout_ms: options.timeout_ms,
+        });
+        self.expect_put_reply(&request)
+    }
+
+    /// `delete(key, context)`: writes a tombstone; returns its context.
+    pub fn delete(
+        &mut self,
+        key: &[u8],
+        context: &Context,
+        options: RequestOptions,
+    ) -> Result<Context, ClientError> {
+        let request = Message::Delete(DeleteRequest {
+            key: Bytes::from(key.to_vec()),
+            context: Bytes::from(context.0.clone()),
+            w: options.w,
+            timeout_ms: options.timeout_ms,
+        });
+        self.expect_put_reply(&request)
+    }
+
+    fn expect_put_reply(&mut self, request: &Message) -> Result<Context, ClientError> {
+        match self.call(request)? {
+            Message::PutReply(reply) => Ok(Context(reply.context.into_vec())),
+            other => Err(ClientError::UnexpectedReply(other.to_string())),
+        }
+    }
+
+    /// The node's per-stage statistics.
+    pub fn stats(&mut self) -> Result<StatsReply, ClientError> {
+        match self.call(&Message::Stats)? {
+            Message::StatsReply(reply) => Ok(reply),
+            other => Err(ClientError::UnexpectedReply(other.to_string())),
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! The node's configuration: a TOML file with every knob (SPEC §9), validated before a node
+//! starts. Unknown keys and bad values are errors that name the key.
+
+use serde::{Deserialize, Serialize};
+use shoal_stages::ring::NodeSpec;
+use shoal_stages::seda::{StageClass, StageSpec};
+use shoal_stages::storage::{SyncMode, MAX_STORABLE_KEY_BYTES};
+use shoal_stages::wire::FRAME_OVERHEAD_BYTES;
+use shoal_stages::NodeId;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Bytes a frame needs beyond its key and value (field names, context, quorum fields). A put
+/// with a maximal key and value must fit in a frame, so `max_frame_bytes` is checked against it.
+const FRAME_SLACK_BYTES: usize = 16 * 1024;
+
+/// A config that cannot be used, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type); toml's message
+    /// names the key and line.
+    #[error("config {path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// toml's message.
+        message: String,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("config key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `cluster.w`.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's identity and addresses.
+    pub node: NodeSection,
+    /// Replication and partitioning, the same on every node.
+    #[serde(default)]
+    pub cluster: ClusterSection,
+    /// Request size and connection bounds.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// Durability.
+    #[serde(default)]
+    pub storage: StorageSection,
+    /// Per-stage threads and queues.
+    #[serde(default)]
+    pub stages: StagesSection,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// `[node]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Stable node name, unique in the cluster.
+    pub id: String,
+    /// Address clients and peers connect to.
+    pub listen: SocketAddr,
+    /// fjall data directory.
+    pub data_dir: PathBuf,
+    /// Relative capacity: partitions are assigned in proportion to it.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Failure zone (rack, data centre); preference lists prefer distinct zones.
+    #[serde(default)]
+    pub zone: Option<String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// `[cluster]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Q, the number of equal partitions of the ring (a power of two, fixed for life).
+    pub partitions: u32,
+    /// Replicas per key.
+    pub n: usize,
+    /// Default read quorum.
+    pub r: usize,
+    /// Default write quorum.
+    pub w: usize,
+    /// Default deadline of a client request.
+    pub request_timeout_ms: u64,
+    /// Vector clock entries kept before the oldest are truncated.
+    pub vclock_max_entries: usize,
+    /// The other members (this node is always a member). Empty: a one-node cluster.
+    pub members: Vec<MemberSection>,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            partitions: 64,
+            n: 1,
+            r: 1,
+            w: 1,
+            request_timeout_ms: 2000,
+            vclock_max_entries: 10,
+            members: Vec::new(),
+        }
+    }
+}
+
+/// `[[cluster.members]]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSection {
+    /// The member's node id.
+    pub id: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its weight.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Its zone.
+    #[serde(default)]
+    pub zone: Option<String>,
+}
+
+/// `[limits]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Longest key (at most 65535: fjall's key bound).
+    pub max_key_bytes: usize,
+    /// Longest value.
+    pub max_value_bytes: usize,
+    /// Longest frame; must hold a maximal key and value.
+    pub max_frame_bytes: usize,
+    /// Most client connections at once.
+    pub max_connections: usize,
+    /// Most unsent reply bytes per connection before it is dropped as a slow reader.
+    pub max_write_buffer_bytes: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_key_bytes: MAX_STORABLE_KEY_BYTES,
+            max_value_bytes: 1024 * 1024,
+            max_frame_bytes: 1024 * 1024
+                + MAX_STORABLE_KEY_BYTES
+                + FRAME_OVERHEAD_BYTES
+                + FRAME_SLACK_BYTES,
+            max_connections: 1024,
+            max_write_buffer_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[storage]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// `"none"`, `"periodic"` or `"always"` (group commit).
+    pub sync: SyncMode,
+    /// Flush interval of `"periodic"`.
+    pub sync_interval_ms: u64,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            sync: SyncMode::Always,
+            sync_interval_ms: 100,
+        }
+    }
+}
+
+/// `[stages.NAME]`: every field optional; absent ones take the stage's default.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageTuning {
+    /// Worker threads.
+    pub threads: Option<usize>,
+    /// Queue bound.
+    pub queue_capacity: Option<usize>,
+    /// Events per batch.
+    pub batch_max: Option<usize>,
+    /// Microseconds an idle worker polls before parking.
+    pub spin_us: Option<u64>,
+}
+
+/// `[stages]`
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StagesSection {
+    /// The intake's outgoing-frame queue (its thread count is always 1).
+    pub intake: StageTuning,
+    /// Request parsing.
+    pub parse: StageTuning,
+    /// Coordination (threads must be 1).
+    pub coordinate: StageTuning,
+    /// Storage.
+    pub storage: StageTuning,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `"debug"`, `"info"`, `"warning"` or `"error"`.
+    pub level: String,
+    /// `"text"` or `"json"`.
+    pub format: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// The stage table: name, class, default threads, default queue bound, default batch, tick.
+/// Shutdown runs in this order (intake first, so no new work enters; storage last, so
+/// everything accepted is flushed).
+const STAGE_TABLE: [(&str, StageClass, usize, usize, usize, u64); 4] = [
+    ("intake", StageClass::Foreground, 1, 4096, 256, 100),
+    ("parse", StageClass::Foreground, 1, 1024, 64, 100),
+    ("coordinate", StageClass::Foreground, 1, 4096, 64, 5),
+    ("storage", StageClass::Foreground, 2, 1024, 64, 100),
+];
+
+/// Default microseconds an idle worker spins before parking: enough to catch the next event
+/// of a busy pipeline, short enough not to burn a core when idle (see benches/stage_hop.rs).
+const DEFAULT_SPIN_US: u64 = 50;
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value and every relation between values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !NodeId::new(self.node.id.clone()).is_valid() {
+            return Err(invalid(
+                "node.id",
+                "must be 1..=64 printable ASCII characters without spaces",
+            ));
+        }
+        if self.node.weight == 0 {
+            return Err(invalid("node.weight", "must be at least 1"));
+        }
+        let c = &self.cluster;
+        if !c.partitions.is_power_of_two() || c.partitions > 65536 {
+            return Err(invalid(
+                "cluster.partitions",
+                format!("{} is not a power of two in 1..=65536", c.partitions),
+            ));
+        }
+        if c.n == 0 || c.n > 16 {
+            return Err(invalid("cluster.n", format!("{} is outside 1..=16", c.n)));
+        }
+        for (key, value) in [("cluster.r", c.r), ("cluster.w", c.w)] {
+            if value == 0 || value > c.n {
+                return Err(invalid(key, format!("{value} is outside 1..=n ({})", c.n)));
+            }
+        }
+        if c.request_timeout_ms == 0 {
+            return Err(invalid("cluster.request_timeout_ms", "must be positive"));
+        }
+        if c.vclock_max_entries == 0 {
+            return Err(invalid("cluster.vclock_max_entries", "must be at least 1"));
+        }
+        self.validate_limits()?;
+        if self.storage.sync == SyncMode::Periodic && self.storage.sync_interval_ms == 0 {
+            return Err(invalid(
+                "storage.sync_interval_ms",
+                "must be positive with sync = \"periodic\"",
+            ));
+        }
+        self.validate_stages()?;
+        self.ring_members()?;
+        if !["debug", "info", "warning", "error"].contains(&self.log.level.as_str()) {
+            return Err(invalid(
+                "log.level",
+                format!("{:?} is not debug, info, warning or error", self.log.level),
+            ));
+        }
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            return Err(invalid(
+                "log.format",
+                format!("{:?} is not text or json", self.log.format),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_key_bytes == 0 || l.max_key_bytes > MAX_STORABLE_KEY_BYTES {
+            return Err(invalid(
+                "limits.max_key_bytes",
+                format!(
+                    "{} is outside 1..={MAX_STORABLE_KEY_BYTES}",
+                    l.max_key_bytes
+                ),
+            ));
+        }
+        let needed = l.max_key_bytes + l.max_value_bytes + FRAME_OVERHEAD_BYTES + FRAME_SLACK_BYTES;
+        if l.max_frame_bytes < needed || l.max_frame_bytes > u32::MAX as usize {
+            return Err(invalid("limits.max_frame_bytes", format!(
+                "{} must be at least max_key_bytes + max_value_bytes + {} ({needed}) and at most {}",
+                l.max_frame_bytes, FRAME_OVERHEAD_BYTES + FRAME_SLACK_BYTES, u32::MAX)));
+        }
+        if l.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if l.max_write_buffer_bytes < l.max_frame_bytes {
+            return Err(invalid(
+                "limits.max_write_buffer_bytes",
+                "must hold at least one maximal frame",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_stages(&self) -> Result<(), ConfigError> {
+        for (name, tuning) in self.stage_tunings() {
+            if tuning.threads == Some(0) || tuning.threads.is_some_and(|t| t > 256) {
+                return Err(invalid(
+                    &format!("stages.{name}.threads"),
+                    "must be in 1..=256",
+                ));
+            }
+            if tuning.queue_capacity == Some(0) {
+                return Err(invalid(
+                    &format!("stages.{name}.queue_capacity"),
+                    "must be at least 1",
+                ));
+            }
+            if tuning.batch_max == Some(0) {
+                return Err(invalid(
+                    &format!("stages.{name}.batch_max"),
+                    "must be at least 1",
+                ));
+            }
+            if tuning.spin_us.is_some_and(|s| s > 100_000) {
+                return Err(invalid(
+                    &format!("stages.{name}.spin_us"),
+                    "must be at most 100000",
+                ));
+            }
+        }
+        if self.stages.coordinate.threads.is_some_and(|t| t != 1) {
+            return Err(invalid(
+                "stages.coordinate.threads",
+                "must be 1: the coordinator's pending-request table lives in one thread",
+            ));
+        }
+        if self.stages.intake.threads.is_some_and(|t| t != 1) {
+            return Err(invalid(
+                "stages.intake.threads",
+                "must be 1: one mio event loop owns every socket",
+            ));
+        }
+        Ok(())
+    }
+
+    fn stage_tunings(&self) -> [(&'static str, &StageTuning); 4] {
+        [
+            ("intake", &self.stages.intake),
+            ("parse", &self.stages.parse),
+            ("coordinate", &self.stages.coordinate),
+            ("storage", &self.stages.storage),
+        ]
+    }
+
+    /// The resolved spec of a stage of the stage table.
+    pub fn stage_spec(&self, name: &str) -> StageSpec {
+        let (tuning, row) = self
+            .stage_tunings()
+            .into_iter()
+            .zip(STAGE_TABLE)
+            .find(|((n, _), _)| *n == name)
+            .map(|((_, t), row)| (t.clone(), row))
+            .unwrap_or_else(|| (StageTuning::default(), STAGE_TABLE[0]));
+        let (stage_name, class, threads, capacity, batch, tick_ms) = row;
+        StageSpec {
+            name: stage_name,
+            class,
+            threads: tuning.threads.unwrap_or(threads),
+            queue_capacity: tuning.queue_capacity.unwrap_or(capacity),
+            batch_max: tuning.batch_max.unwrap_or(batch),
+            spin: Duration::from_micros(tuning.spin_us.unwrap_or(DEFAULT_SPIN_US)),
+            tick: if name == "storage" && self.storage.sync == SyncMode::Periodic {
+                Duration::from_millis(self.storage.sync_interval_ms)
+            } else {
+                Duration::from_millis(tick_ms)
+            },
+        }
+    }
+
+    /// The ring's members: this node plus `cluster.members`, checked for duplicates.
+    pub fn ring_members(&self) -> Result<Vec<NodeSpec>, ConfigError> {
+        let mut members = vec![NodeSpec {
+            id: NodeId::new(self.node.id.clone()),
+            weight: self.node.weight,
+            zone: self.node.zone.clone(),
+        }];
+        for (i, m) in self.cluster.members.iter().enumerate() {
+            let key = format!("cluster.members[{i}]");
+            if !NodeId::new(m.id.clone()).is_valid() {
+                return Err(invalid(
+                    &format!("{key}.id"),
+                    "must be 1..=64 printable ASCII characters without spaces",
+                ));
+            }
+            if m.weight == 0 {
+                return Err(invalid(&format!("{key}.weight"), "must be at least 1"));
+            }
+            if m.id == self.node.id {
+                continue; // listing oneself among the members is allowed (one shared list)
+            }
+            if members.iter().any(|existing| existing.id.as_str() == m.id) {
+                return Err(invalid(
+                    &format!("{key}.id"),
+                    format!("{:?} is listed twice", m.id),
+                ));
+            }
+            members.push(NodeSpec {
+                id: NodeId::new(m.id.clone()),
+                weight: m.weight,
+                zone: m.zone.clone(),
+            });
+        }
+        Ok(members)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,76 @@
+//! Config parsing and validation: every example loads; unknown keys and bad values are named.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        path: PathBuf::from("test.toml"),
+        message: e.to_string(),
+    })?;
+    config.validate()?;
+    Ok(config)
+}
+
+const MINIMAL: &str = r#"
+[node]
+id = "n1"
+listen = "127.0.0.1:7401"
+data_dir = "data/n1"
+"#;
+
+/// Goal: every example config in config/ loads and validates.
+#[test]
+fn every_example_config_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("config dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2, "expected example configs in {}", dir.display());
+}
+
+/// Goal: a minimal config takes the documented defaults.
+#[test]
+fn minimal_config_takes_defaults() {
+    let config = parse(MINIMAL).expect("valid");
+    assert_eq!(
+        (config.cluster.n, config.cluster.r, config.cluster.w),
+        (1, 1, 1)
+    );
+    assert_eq!(config.storage.sync, SyncMode::Always);
+    assert_eq!(config.stage_spec("storage").threads, 2);
+    assert_eq!(config.stage_spec("coordinate").name, "coordinate");
+}
+
+/// Goal: an unknown key is an error that names it.
+#[test]
+fn unknown_key_is_named() {
+    let text = format!("{MINIMAL}\n[storage]\nsink = \"always\"\n");
+    let message = parse(&text).expect_err("unknown key").to_string();
+    assert!(message.contains("sink"), "{message}");
+}
+
+/// Goal: bad values are errors that name their key.
+#[test]
+fn bad_values_are_named() {
+    let cases = [
+        ("[cluster]\nn = 3\nw = 4\n", "cluster.w"),
+        ("[cluster]\npartitions = 48\n", "cluster.partitions"),
+        ("[limits]\nmax_key_bytes = 70000\n", "limits.max_key_bytes"),
+        ("[limits]\nmax_value_bytes = 4000000\n", "limits.max_frame_bytes"),
+        ("[stages.coordinate]\nthreads = 2\n", "stages.coordinate.threads"),
+        ("[stages.parse]\nqueue_capacity = 0\n", "stages.parse.queue_capacity"),
+        ("[log]\nformat = \"xml\"\n", "log.format"),
+        ("[storage]\nsync = \"sometimes\"\n", "sync"),
+        ("[[cluster.members]]\nid = \"n2\"\naddr = \"127.0.0.1:1\"\n[[cluster.members]]\nid = \"n2\"\naddr = \"127.0.0.1:2\"\n", "cluster.members[1].id"),
+    ];
+    for (extra, key) in cases {
+        let text = format!("{MINIMAL}\n{extra}");
+        let message = parse(&text).expect_err(key).to_string();
+        assert!(message.contains(key), "{key}: {message}");
+    }
+}

@@ -1,0 +1,15 @@
+//! shoal: a Dynamo-style replicated key-value store (DeCandia et al., SOSP 2007) built as a
+//! SEDA pipeline of plain threads (Welsh et al., SOSP 2001). No async runtime.
+//!
+//! This crate is the node: its [`config`], the wiring of stages into a [`node`], the [`client`]
+//! library, and the command line ([`cli`]). The stages and the paper's algorithms live in the
+//! `shoal-stages` crate (`stages/`). ARCHITECTURE.md has the map.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod logging;
+pub mod node;
+
+pub use shoal_stages as stages;

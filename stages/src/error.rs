@@ -1,0 +1,98 @@
+//! The errors a client can receive: one enum, carried in an `ErrorReply`, so every failure that
+//! crosses the wire is typed and names its cause.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a request was not served. Every variant is a normal operating condition of a store
+/// under load or attack, not a bug; the node keeps serving other requests after each.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ServiceError {
+    /// A stage's queue was full; the request was refused at once rather than queued without
+    /// bound (SEDA's fail-fast admission). Retry later or elsewhere.
+    #[error("overloaded: the {stage} stage's queue is full")]
+    Overloaded {
+        /// The stage that refused the request.
+        stage: String,
+    },
+    /// The frame's header declared more bytes than the node accepts; the connection is closed.
+    #[error("frame of {declared} bytes exceeds the maximum of {max}")]
+    FrameTooLarge {
+        /// Declared frame length.
+        declared: u64,
+        /// The node's `limits.max_frame_bytes`.
+        max: u64,
+    },
+    /// The frame is unreadable: bad header, undecodable body, or trailing bytes.
+    #[error("malformed frame: {reason}")]
+    MalformedFrame {
+        /// What the decoder found wrong.
+        reason: String,
+    },
+    /// The frame's kind is not a message this node knows.
+    #[error("unknown message type {kind}")]
+    UnknownMessageType {
+        /// The unknown kind number.
+        kind: u16,
+    },
+    /// The message is of a known type but is not a request a client may send.
+    #[error("message type {kind} is not a request")]
+    NotARequest {
+        /// The kind number.
+        kind: u16,
+    },
+    /// The key is empty or longer than the limit; nothing was stored.
+    #[error("key of {size} bytes is outside 1..={max}")]
+    InvalidKey {
+        /// Key length in bytes.
+        size: u64,
+        /// The node's `limits.max_key_bytes`.
+        max: u64,
+    },
+    /// The value is longer than the limit; nothing was stored.
+    #[error("value of {size} bytes exceeds the maximum of {max}")]
+    ValueTooLarge {
+        /// Value length in bytes.
+        size: u64,
+        /// The node's `limits.max_value_bytes`.
+        max: u64,
+    },
+    /// A per-request quorum is outside `1..=N`.
+    #[error("{name} = {value} is outside 1..={n}")]
+    InvalidQuorum {
+        /// `"r"` or `"w"`.
+        name: String,
+        /// The requested value.
+        value: u64,
+        /// The cluster's replication factor.
+        n: u64,
+    },
+    /// The context is not one this store produced, or exceeds the clock bound.
+    #[error("bad context: {reason}")]
+    BadContext {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Fewer than the needed replicas answered before the deadline.
+    #[error("{operation} quorum not reached: {acked} of {needed} needed acknowledged ({asked} asked, {failed} failed)")]
+    Quorum {
+        /// `"get"`, `"put"` or `"delete"`.
+        operation: String,
+        /// R or W of the request.
+        needed: u64,
+        /// Replicas that answered successfully in time.
+        acked: u64,
+        /// Replicas the coordinator asked.
+        asked: u64,
+        /// Replicas that answered with an error.
+        failed: u64,
+    },
+    /// The local storage engine failed; the write was not acknowledged.
+    #[error("storage error: {reason}")]
+    Storage {
+        /// The engine's message.
+        reason: String,
+    },
+    /// The node is shutting down and accepts no more work.
+    #[error("node is shutting down")]
+    ShuttingDown,
+}

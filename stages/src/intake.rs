@@ -1,0 +1,419 @@
+//! The network intake stage: one mio event loop (one thread) that owns every socket.
+//!
+//! It accepts connections, reads bytes and splits them into frames (checking each frame's
+//! declared length before buffering it), and hands each frame to the parse stage with
+//! `try_send`; when parse's queue is full the frame is answered `Overloaded` on the spot. Other
+//! stages send replies through the intake's own queue and wake the loop with a `mio::Waker`.
+//!
+//! Bounds: at most `max_connections` sockets; per connection, at most one maximal frame plus one
+//! read of input buffered and at most `max_write_buffer_bytes` of unsent output (a client that
+//! never reads is disconnected rather than allowed to grow the buffer).
+
+use crate::coordinate::Origin;
+use crate::error::ServiceError;
+use crate::parse::ParseEvent;
+use crate::seda::{SendError, StageReceiver, StageSender, Wake};
+use crate::wire::{Frame, FrameDecoder, FrameError, Message};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use slog::{debug, info, warn, Logger};
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Identifies a client connection for the life of the node (never reused).
+pub type ConnId = u64;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Connection ids start here so they never collide with the two fixed tokens.
+const FIRST_CONN: ConnId = 2;
+/// Bytes read from a socket per `read` call.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Longest the loop sleeps before re-checking its stop flag.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// Socket events handled per `poll` call.
+const EVENTS_PER_POLL: usize = 1024;
+
+/// Replies and commands for the intake loop.
+#[derive(Debug)]
+pub enum IntakeEvent {
+    /// Write an encoded frame to a connection.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// A complete encoded frame.
+        frame: Vec<u8>,
+    },
+    /// Write a final frame, then close the connection.
+    SendAndClose {
+        /// The connection.
+        conn: ConnId,
+        /// A complete encoded frame.
+        frame: Vec<u8>,
+    },
+}
+
+impl IntakeEvent {
+    /// A reply to a request, encoded. If the reply cannot be encoded (a bug), the client gets
+    /// an error frame naming the failure instead of silence.
+    pub fn reply(origin: Origin, message: &Message) -> IntakeEvent {
+        let frame = message.encode(origin.request_id).unwrap_or_else(|e| {
+            let error = ServiceError::MalformedFrame {
+                reason: format!("reply not encodable: {e}"),
+            };
+            Message::Error(error)
+                .encode(origin.request_id)
+                .unwrap_or_default()
+        });
+        IntakeEvent::Send {
+            conn: origin.conn,
+            frame,
+        }
+    }
+}
+
+impl fmt::Display for IntakeEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IntakeEvent::Send { conn, frame } => write!(f, "send {} B to conn {conn}", frame.len()),
+            IntakeEvent::SendAndClose { conn, frame } => {
+                write!(f, "send {} B to conn {conn} and close", frame.len())
+            }
+        }
+    }
+}
+
+/// Limits of the intake.
+#[derive(Clone, Debug)]
+pub struct IntakeSettings {
+    /// Largest frame accepted (bytes after the length prefix).
+    pub max_frame_bytes: usize,
+    /// Most open client connections; further ones are closed at once.
+    pub max_connections: usize,
+    /// Most unsent reply bytes per connection before it is dropped as a slow reader.
+    pub max_write_buffer_bytes: usize,
+}
+
+/// Wakes the intake loop from other threads.
+struct MioWake(Waker);
+
+impl Wake for MioWake {
+    fn wake(&self) {
+        // A failed wake only delays delivery until the next poll timeout.
+        let _ = self.0.wake();
+    }
+}
+
+/// The poller and listener, created before the intake's queue so that the queue can wake it.
+pub struct IntakeSocket {
+    poll: Poll,
+    listener: TcpListener,
+    waker: Arc<MioWake>,
+    local_addr: SocketAddr,
+}
+
+impl IntakeSocket {
+    /// Binds the listening socket.
+    pub fn bind(addr: SocketAddr) -> io::Result<IntakeSocket> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(addr)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(MioWake(Waker::new(poll.registry(), WAKER)?));
+        let local_addr = listener.local_addr()?;
+        Ok(IntakeSocket {
+            poll,
+            listener,
+            waker,
+            local_addr,
+        })
+    }
+
+    /// The address actually bound (resolves port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The waker to give the intake's queue.
+    pub fn waker(&self) -> Arc<dyn Wake> {
+        Arc::clone(&self.waker) as Arc<dyn Wake>
+    }
+}
+
+/// One client connection.
+struct Connection {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+    /// Encoded frames not yet written; `written` bytes of its front are already sent.
+    outgoing: Vec<u8>,
+    written: usize,
+    /// Close once `outgoing` is flushed (after a fatal frame error).
+    closing: bool,
+}
+
+/// The running intake loop.
+pub struct Intake {
+    socket: IntakeSocket,
+    settings: IntakeSettings,
+    receiver: StageReceiver<IntakeEvent>,
+    parse: StageSender<ParseEvent>,
+    connections: HashMap<ConnId, Connection>,
+    next_conn: ConnId,
+    stop: Arc<AtomicBool>,
+    logger: Logger,
+    scratch: Vec<u8>,
+}
+
+impl Intake {
+    /// An intake over `socket`, feeding `parse`, draining `receiver`.
+    pub fn new(
+        socket: IntakeSocket,
+        settings: IntakeSettings,
+        receiver: StageReceiver<IntakeEvent>,
+        parse: StageSender<ParseEvent>,
+        stop: Arc<AtomicBool>,
+        logger: Logger,
+    ) -> Intake {
+        Intake {
+            socket,
+            settings,
+            receiver,
+            parse,
+            connections: HashMap::new(),
+            next_conn: FIRST_CONN,
+            stop,
+            logger,
+            scratch: vec![0; READ_CHUNK_BYTES],
+        }
+    }
+
+    /// Runs the loop until the stop flag is set, then closes every socket.
+    pub fn run(mut self) {
+        info!(self.logger, "intake listening"; "addr" => %self.socket.local_addr);
+        let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        while !self.stop.load(Ordering::Acquire) {
+            if let Err(e) = self.socket.poll.poll(&mut events, Some(POLL_TIMEOUT)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    warn!(self.logger, "poll failed"; "error" => %e);
+                }
+                continue;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => {}
+                    Token(conn) => self.service(conn as ConnId),
+                }
+            }
+            self.deliver_outgoing();
+        }
+        info!(self.logger, "intake stopped"; "connections" => self.connections.len());
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.socket.listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn!(self.logger, "accept failed"; "error" => %e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+        if self.connections.len() >= self.settings.max_connections {
+            warn!(self.logger, "connection refused: limit reached"; "peer" => %peer, "limit" => self.settings.max_connections);
+            return; // dropping the stream closes it
+        }
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let _ = stream.set_nodelay(true);
+        let registry: &Registry = self.socket.poll.registry();
+        if let Err(e) = registry.register(
+            &mut stream,
+            Token(conn as usize),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!(self.logger, "cannot register connection"; "error" => %e);
+            return;
+        }
+        debug!(self.logger, "connection opened"; "conn" => conn, "peer" => %peer);
+        self.connections.insert(
+            conn,
+            Connection {
+                stream,
+                decoder: FrameDecoder::new(self.settings.max_frame_bytes),
+                outgoing: Vec::new(),
+                written: 0,
+                closing: false,
+            },
+        );
+    }
+
+    /// Reads what the socket has, dispatches complete frames, and writes pending output.
+    fn service(&mut self, conn: ConnId) {
+        let keep = self.read_frames(conn) && self.flush(conn);
+        if !keep {
+            self.close(conn);
+        }
+    }
+
+    /// Returns false when the connection is finished.
+    fn read_frames(&mut self, conn: ConnId) -> bool {
+        loop {
+            let Some(connection) = self.connections.get_mut(&conn) else {
+                return false;
+            };
+            if connection.closing {
+                return true;
+            }
+            match connection.stream.read(&mut self.scratch) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    connection.decoder.extend(&self.scratch[..n]);
+                    self.dispatch_frames(conn);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    fn dispatch_frames(&mut self, conn: ConnId) {
+        let received_at = Instant::now();
+        loop {
+            let Some(connection) = self.connections.get_mut(&conn) else {
+                return;
+            };
+            match connection.decoder.next_frame() {
+                Ok(Some(frame)) => self.hand_to_parse(conn, frame, received_at),
+                Ok(None) => return,
+                Err(error) => {
+                    warn!(self.logger, "unreadable stream, closing connection"; "conn" => conn, "error" => %error);
+                    let reply = match error {
+                        FrameError::TooLarge { declared, max } => {
+                            ServiceError::FrameTooLarge { declared, max }
+                        }
+                        other => ServiceError::MalformedFrame {
+                            reason: other.to_string(),
+                        },
+                    };
+                    let origin = Origin {
+                        conn,
+                        request_id: 0,
+                    };
+                    if let IntakeEvent::Send { frame, .. } =
+                        IntakeEvent::reply(origin, &Message::Error(reply))
+                    {
+                        connection.outgoing.extend_from_slice(&frame);
+                    }
+                    connection.closing = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn hand_to_parse(&mut self, conn: ConnId, frame: Frame, received_at: Instant) {
+        let request_id = frame.request_id;
+        if let Err(refused) = self.parse.try_send(ParseEvent {
+            conn,
+            frame,
+            received_at,
+        }) {
+            let error = match refused {
+                SendError::Full(_) => ServiceError::Overloaded {
+                    stage: "parse".into(),
+                },
+                SendError::Closed(_) => ServiceError::ShuttingDown,
+            };
+            if let IntakeEvent::Send { frame, .. } =
+                IntakeEvent::reply(Origin { conn, request_id }, &Message::Error(error))
+            {
+                self.enqueue(conn, &frame);
+            }
+        }
+    }
+
+    fn deliver_outgoing(&mut self) {
+        while let Some(queued) = self.receiver.try_recv() {
+            let started = Instant::now();
+            let conn = match queued.event {
+                IntakeEvent::Send { conn, frame } => {
+                    self.enqueue(conn, &frame);
+                    conn
+                }
+                IntakeEvent::SendAndClose { conn, frame } => {
+                    self.enqueue(conn, &frame);
+                    if let Some(c) = self.connections.get_mut(&conn) {
+                        c.closing = true;
+                    }
+                    conn
+                }
+            };
+            if !self.flush(conn) {
+                self.close(conn);
+            }
+            let wait = started.saturating_duration_since(queued.enqueued_at);
+            self.receiver.stats().on_batch(&[wait], started.elapsed());
+        }
+    }
+
+    /// Appends a frame to a connection's output (if it still exists).
+    fn enqueue(&mut self, conn: ConnId, frame: &[u8]) {
+        if let Some(connection) = self.connections.get_mut(&conn) {
+            connection.outgoing.extend_from_slice(frame);
+        }
+    }
+
+    /// Writes as much pending output as the socket takes. Returns false when the connection
+    /// must close (error, slow reader over its bound, or closing and flushed).
+    fn flush(&mut self, conn: ConnId) -> bool {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return true;
+        };
+        while connection.written < connection.outgoing.len() {
+            match connection
+                .stream
+                .write(&connection.outgoing[connection.written..])
+            {
+                Ok(0) => return false,
+                Ok(n) => connection.written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        if connection.written == connection.outgoing.len() {
+            connection.outgoing.clear();
+            connection.written = 0;
+            return !connection.closing;
+        }
+        let unsent = connection.outgoing.len() - connection.written;
+        if unsent > self.settings.max_write_buffer_bytes {
+            warn!(self.logger, "dropping slow reader"; "conn" => conn, "unsent_bytes" => unsent);
+            return false;
+        }
+        true
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        if let Some(mut connection) = self.connections.remove(&conn) {
+            let _ = self
+                .socket
+                .poll
+                .registry()
+                .deregister(&mut connection.stream);
+            debug!(self.logger, "connection closed"; "conn" => conn);
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! shoal's stages and the Dynamo algorithms they drive.
+//!
+//! - `seda`: the stage runtime (bounded queues, worker pools, batching, stats, rate gates).
+//! - Paper modules, pure (no threads, channels, sockets or clocks): [`ring`] (§4.2, §6.2),
+//!   [`vclock`] and [`versioning`] (§4.4), [`quorum`] (§4.5).
+//! - [`wire`]: frames and every MessagePack encoding; the only module that knows MessagePack.
+//! - One module per stage: [`intake`] (mio sockets), [`parse`] (frames → typed requests),
+//!   [`coordinate`] (quorums and deadlines), [`storage`] (fjall).
+//!
+//! See ARCHITECTURE.md at the repository root for the path of a request through the stages.
+#![warn(missing_docs)]
+
+pub mod coordinate;
+pub mod error;
+pub mod intake;
+pub mod node_id;
+pub mod parse;
+pub mod quorum;
+pub mod ring;
+pub mod seda;
+pub mod storage;
+pub mod vclock;
+pub mod versioning;
+pub mod wire;
+
+pub use error::ServiceError;
+pub use node_id::NodeId;

@@ -1,0 +1,137 @@
+//! Quorum bookkeeping for one request (Dynamo §4.5): of `asked` replicas, `needed` must
+//! acknowledge before the coordinator answers.
+//!
+//! What this does **not** guarantee: R + W > N makes a read's and a write's replica sets overlap
+//! only when both used the same N nodes; with sloppy quorum (§4.6) they may not, and nothing
+//! here is linearizable. A reached quorum says "enough replicas answered", nothing about the
+//! others, which finish (or not) in the background.
+
+use crate::error::ServiceError;
+
+/// Where a request's quorum stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuorumState {
+    /// Not enough answers yet, but enough replicas are still out.
+    Pending,
+    /// `needed` acknowledgements arrived.
+    Reached,
+    /// Too many replicas failed for `needed` to be reachable.
+    Unreachable,
+}
+
+/// Counts acknowledgements and failures of one request's replicas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuorumTracker {
+    needed: usize,
+    asked: usize,
+    acked: usize,
+    failed: usize,
+}
+
+impl QuorumTracker {
+    /// A tracker needing `needed` of `asked` replicas.
+    pub fn new(needed: usize, asked: usize) -> QuorumTracker {
+        QuorumTracker {
+            needed,
+            asked,
+            acked: 0,
+            failed: 0,
+        }
+    }
+
+    /// Records a successful answer.
+    pub fn ack(&mut self) -> QuorumState {
+        self.acked += 1;
+        self.state()
+    }
+
+    /// Records a failed answer.
+    pub fn fail(&mut self) -> QuorumState {
+        self.failed += 1;
+        self.state()
+    }
+
+    /// Where the quorum stands.
+    pub fn state(&self) -> QuorumState {
+        let outstanding = self.asked.saturating_sub(self.acked + self.failed);
+        if self.acked >= self.needed {
+            QuorumState::Reached
+        } else if self.acked + outstanding < self.needed {
+            QuorumState::Unreachable
+        } else {
+            QuorumState::Pending
+        }
+    }
+
+    /// Whether every asked replica has answered.
+    pub fn all_answered(&self) -> bool {
+        self.acked + self.failed >= self.asked
+    }
+
+    /// The typed error reporting how many of how many answered.
+    pub fn error(&self, operation: &str) -> ServiceError {
+        ServiceError::Quorum {
+            operation: operation.to_string(),
+            needed: self.needed as u64,
+            acked: self.acked as u64,
+            asked: self.asked as u64,
+            failed: self.failed as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: the tracker reaches, stays pending or becomes unreachable exactly as counting says,
+    /// over every order of answers for N = 3. Reference: Dynamo §4.5.
+    #[test]
+    fn quorum_state_follows_the_counts_for_every_answer_order() {
+        for needed in 1..=3usize {
+            for pattern in 0..(1u32 << 3) {
+                let mut tracker = QuorumTracker::new(needed, 3);
+                let (mut acked, mut failed) = (0, 0);
+                for i in 0..3 {
+                    let state = if pattern & (1 << i) != 0 {
+                        acked += 1;
+                        tracker.ack()
+                    } else {
+                        failed += 1;
+                        tracker.fail()
+                    };
+                    let expected = if acked >= needed {
+                        QuorumState::Reached
+                    } else if acked + (3 - acked - failed) < needed {
+                        QuorumState::Unreachable
+                    } else {
+                        QuorumState::Pending
+                    };
+                    assert_eq!(
+                        state, expected,
+                        "needed {needed} pattern {pattern:03b} step {i}"
+                    );
+                }
+                assert!(tracker.all_answered());
+            }
+        }
+    }
+
+    /// Goal: the quorum error says how many of how many answered.
+    #[test]
+    fn quorum_error_reports_counts() {
+        let mut tracker = QuorumTracker::new(2, 3);
+        tracker.ack();
+        tracker.fail();
+        assert_eq!(
+            tracker.error("put"),
+            ServiceError::Quorum {
+                operation: "put".into(),
+                needed: 2,
+                acked: 1,
+                asked: 3,
+                failed: 1
+            }
+        );
+    }
+}

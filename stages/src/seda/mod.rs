@@ -1,0 +1,215 @@
+//! The SEDA runtime (Welsh et al., SOSP 2001): a stage is a bounded queue of typed events, a
+//! named pool of worker threads that take events in batches, a class, and live statistics.
+//!
+//! - Admission: requests enter a stage with [`StageSender::try_send`]; a full queue hands the
+//!   event straight back ([`SendError::Full`]) so the caller can answer `Overloaded` at once.
+//!   Replies travel back with [`StageSender::send`], which waits for room: a reply must not be
+//!   dropped, and the blocking edges never form a cycle (see ARCHITECTURE.md).
+//! - Batching: a worker takes up to `batch_max` queued events per wake-up, so one costly
+//!   wake-up of a parked thread is shared by every event that queued meanwhile.
+//! - Spinning: after a batch a worker polls its queue for `spin_us` before parking, so a hot
+//!   pipeline does not pay a park/unpark per hop. Zero disables it (the right choice when stages
+//!   outnumber cores by much).
+//! - Background stages take tokens from a [`RateGate`] before each batch; the gate's rate is the
+//!   resource controller's seam.
+
+mod rate_gate;
+mod runtime;
+mod stats;
+
+pub use rate_gate::RateGate;
+pub use runtime::{spawn_stage, Stage, StageHandle};
+pub use stats::{micros, new_latency_histogram, StageSnapshot, StageStats};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Whether a stage serves client requests (its latency is the SLA) or background work (paced so
+/// it does not hurt the SLA).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageClass {
+    /// Serves requests; a full queue rejects with `Overloaded`.
+    Foreground,
+    /// Anti-entropy, hint delivery, read repair, transfers: paced by a rate gate.
+    Background,
+}
+
+impl fmt::Display for StageClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StageClass::Foreground => "foreground",
+            StageClass::Background => "background",
+        })
+    }
+}
+
+/// The tunable shape of a stage: one row of the stage table.
+#[derive(Clone, Debug)]
+pub struct StageSpec {
+    /// Name used in thread names, config keys, stats and logs.
+    pub name: &'static str,
+    /// Foreground or background.
+    pub class: StageClass,
+    /// Worker threads.
+    pub threads: usize,
+    /// Queue bound.
+    pub queue_capacity: usize,
+    /// Most events a worker takes per wake-up.
+    pub batch_max: usize,
+    /// How long an idle worker polls before parking.
+    pub spin: Duration,
+    /// How often `on_tick` runs when no events arrive (deadlines, periodic work).
+    pub tick: Duration,
+}
+
+/// An event waiting in a queue, stamped so the queue wait can be measured.
+pub struct Queued<E> {
+    /// The event.
+    pub event: E,
+    /// When it entered the queue.
+    pub enqueued_at: Instant,
+}
+
+/// Something to poke after an event is queued for a stage whose thread does not block on its
+/// queue (the intake's mio loop is woken through a `mio::Waker`).
+pub trait Wake: Send + Sync {
+    /// Wakes the consumer.
+    fn wake(&self);
+}
+
+/// Why an event was not queued; the event comes back so the caller can answer for it.
+#[derive(Debug)]
+pub enum SendError<E> {
+    /// The queue is at capacity.
+    Full(E),
+    /// The stage has stopped.
+    Closed(E),
+}
+
+impl<E> SendError<E> {
+    /// The event that was not queued.
+    pub fn into_event(self) -> E {
+        match self {
+            SendError::Full(event) | SendError::Closed(event) => event,
+        }
+    }
+}
+
+/// The sending side of a stage's queue. Cheap to clone; every clone counts into the same stats.
+pub struct StageSender<E> {
+    sender: Sender<Queued<E>>,
+    stats: Arc<StageStats>,
+    wake: Option<Arc<dyn Wake>>,
+}
+
+impl<E> Clone for StageSender<E> {
+    fn clone(&self) -> Self {
+        StageSender {
+            sender: self.sender.clone(),
+            stats: Arc::clone(&self.stats),
+            wake: self.wake.clone(),
+        }
+    }
+}
+
+impl<E> StageSender<E> {
+    /// Queues an event if there is room; otherwise gives it back at once (and counts it).
+    pub fn try_send(&self, event: E) -> Result<(), SendError<E>> {
+        let queued = Queued {
+            event,
+            enqueued_at: Instant::now(),
+        };
+        match self.sender.try_send(queued) {
+            Ok(()) => {
+                self.after_send();
+                Ok(())
+            }
+            Err(TrySendError::Full(q)) => {
+                self.stats.on_rejected();
+                Err(SendError::Full(q.event))
+            }
+            Err(TrySendError::Disconnected(q)) => Err(SendError::Closed(q.event)),
+        }
+    }
+
+    /// Queues an event, waiting for room (for replies, which must not be dropped).
+    pub fn send(&self, event: E) -> Result<(), SendError<E>> {
+        let queued = Queued {
+            event,
+            enqueued_at: Instant::now(),
+        };
+        match self.sender.send(queued) {
+            Ok(()) => {
+                self.after_send();
+                Ok(())
+            }
+            Err(err) => Err(SendError::Closed(err.into_inner().event)),
+        }
+    }
+
+    fn after_send(&self) {
+        self.stats.on_enqueued(self.sender.len());
+        if let Some(wake) = &self.wake {
+            wake.wake();
+        }
+    }
+
+    /// Events waiting now.
+    pub fn depth(&self) -> usize {
+        self.sender.len()
+    }
+
+    /// The stage's statistics.
+    pub fn stats(&self) -> &Arc<StageStats> {
+        &self.stats
+    }
+
+    /// A snapshot of the stage's statistics with its current depth.
+    pub fn snapshot(&self) -> StageSnapshot {
+        self.stats.snapshot(self.depth())
+    }
+}
+
+/// The receiving side of a stage's queue, handed to the stage's workers.
+pub struct StageReceiver<E> {
+    pub(crate) receiver: Receiver<Queued<E>>,
+    pub(crate) stats: Arc<StageStats>,
+}
+
+impl<E> StageReceiver<E> {
+    /// Takes one event if any is waiting (for stages that drive their own loop, like intake).
+    pub fn try_recv(&self) -> Option<Queued<E>> {
+        self.receiver.try_recv().ok()
+    }
+
+    /// The stage's statistics.
+    pub fn stats(&self) -> &Arc<StageStats> {
+        &self.stats
+    }
+}
+
+/// Creates a stage's bounded queue. `wake` is poked after each send (for the intake loop).
+pub fn stage_queue<E>(
+    spec: &StageSpec,
+    wake: Option<Arc<dyn Wake>>,
+) -> (StageSender<E>, StageReceiver<E>) {
+    let (sender, receiver) = crossbeam_channel::bounded(spec.queue_capacity.max(1));
+    let stats = Arc::new(StageStats::new(
+        spec.name,
+        spec.class,
+        spec.threads,
+        spec.queue_capacity.max(1),
+    ));
+    (
+        StageSender {
+            sender,
+            stats: Arc::clone(&stats),
+            wake,
+        },
+        StageReceiver { receiver, stats },
+    )
+}

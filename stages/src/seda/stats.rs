@@ -1,0 +1,180 @@
+//! Live statistics of one stage, updated by its queue and workers and read by `admin stats`.
+
+use super::StageClass;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Largest latency a histogram records (60 s); longer samples are clamped to it.
+const HISTOGRAM_MAX_US: u64 = 60_000_000;
+/// Significant decimal digits the histograms keep (0.1% resolution).
+const HISTOGRAM_DIGITS: u8 = 3;
+
+/// A latency histogram in microseconds.
+pub fn new_latency_histogram() -> Histogram<u64> {
+    // The bounds are constants that hdrhistogram accepts; failure here would be a programming
+    // error caught by every test that builds a stage.
+    Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, HISTOGRAM_DIGITS)
+        .unwrap_or_else(|_| unreachable!("constant histogram bounds are valid"))
+}
+
+/// Microseconds of a duration, saturating.
+pub fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Counters and histograms of one stage. Counters are relaxed atomics: they are statistics,
+/// nothing synchronises through them.
+pub struct StageStats {
+    /// The stage's name, as in the stage table.
+    pub name: &'static str,
+    /// Foreground or background.
+    pub class: StageClass,
+    /// Worker threads.
+    pub threads: usize,
+    /// Queue bound.
+    pub queue_capacity: usize,
+    pub(crate) enqueued: AtomicU64,
+    pub(crate) processed: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) high_water: AtomicUsize,
+    pub(crate) busy_threads: AtomicUsize,
+    /// Time events spent queued before a worker took them.
+    pub(crate) wait_us: Mutex<Histogram<u64>>,
+    /// Handling time per event (a batch's time divided by its size).
+    pub(crate) service_us: Mutex<Histogram<u64>>,
+    /// Microseconds background workers slept waiting for rate-gate tokens.
+    pub(crate) throttled_us: AtomicU64,
+}
+
+/// A copy of a stage's statistics at one moment, as `admin stats --json` prints it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageSnapshot {
+    /// Stage name.
+    pub name: String,
+    /// `"foreground"` or `"background"`.
+    pub class: String,
+    /// Worker threads.
+    pub threads: u64,
+    /// Events waiting now.
+    pub queue_depth: u64,
+    /// Queue bound.
+    pub queue_capacity: u64,
+    /// Most events ever waiting at once.
+    pub queue_high_water: u64,
+    /// Events accepted into the queue.
+    pub enqueued: u64,
+    /// Events handled.
+    pub processed: u64,
+    /// Events refused because the queue was full.
+    pub rejected: u64,
+    /// Workers handling a batch now.
+    pub busy_threads: u64,
+    /// Queue wait, median, microseconds.
+    pub wait_us_p50: u64,
+    /// Queue wait, 99th percentile, microseconds.
+    pub wait_us_p99: u64,
+    /// Service time per event, median, microseconds.
+    pub service_us_p50: u64,
+    /// Service time per event, 99th percentile, microseconds.
+    pub service_us_p99: u64,
+    /// Total time background workers waited for rate-gate tokens, microseconds.
+    pub throttled_us: u64,
+}
+
+impl StageStats {
+    /// Fresh statistics for a stage.
+    pub fn new(
+        name: &'static str,
+        class: StageClass,
+        threads: usize,
+        queue_capacity: usize,
+    ) -> StageStats {
+        StageStats {
+            name,
+            class,
+            threads,
+            queue_capacity,
+            enqueued: AtomicU64::new(0),
+            processed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            high_water: AtomicUsize::new(0),
+            busy_threads: AtomicUsize::new(0),
+            wait_us: Mutex::new(new_latency_histogram()),
+            service_us: Mutex::new(new_latency_histogram()),
+            throttled_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts an accepted event and the queue depth it found.
+    pub(crate) fn on_enqueued(&self, depth_after: usize) {
+        self.enqueued.fetch_add(1, Ordering::Relaxed);
+        self.high_water.fetch_max(depth_after, Ordering::Relaxed);
+    }
+
+    /// Counts a refused event.
+    pub(crate) fn on_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events refused so far.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Events handled so far.
+    pub fn processed(&self) -> u64 {
+        self.processed.load(Ordering::Relaxed)
+    }
+
+    /// Records one handled batch: each event's queue wait, and the batch's service time.
+    pub(crate) fn on_batch(&self, waits: &[Duration], service: Duration) {
+        if waits.is_empty() {
+            return;
+        }
+        if let Ok(mut histogram) = self.wait_us.lock() {
+            for wait in waits {
+                histogram.saturating_record(micros(*wait));
+            }
+        }
+        let per_event = micros(service) / waits.len() as u64;
+        if let Ok(mut histogram) = self.service_us.lock() {
+            histogram.saturating_record_n(per_event, waits.len() as u64);
+        }
+        self.processed
+            .fetch_add(waits.len() as u64, Ordering::Relaxed);
+    }
+
+    /// A snapshot, given the current queue depth (which only the queue knows).
+    pub fn snapshot(&self, queue_depth: usize) -> StageSnapshot {
+        let (wait_p50, wait_p99) = percentiles(&self.wait_us);
+        let (service_p50, service_p99) = percentiles(&self.service_us);
+        StageSnapshot {
+            name: self.name.to_string(),
+            class: self.class.to_string(),
+            threads: self.threads as u64,
+            queue_depth: queue_depth as u64,
+            queue_capacity: self.queue_capacity as u64,
+            queue_high_water: self.high_water.load(Ordering::Relaxed) as u64,
+            enqueued: self.enqueued.load(Ordering::Relaxed),
+            processed: self.processed.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            busy_threads: self.busy_threads.load(Ordering::Relaxed) as u64,
+            wait_us_p50: wait_p50,
+            wait_us_p99: wait_p99,
+            service_us_p50: service_p50,
+            service_us_p99: service_p99,
+            throttled_us: self.throttled_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// p50 and p99 of a shared histogram (zeros if it is empty or its lock was poisoned).
+fn percentiles(histogram: &Mutex<Histogram<u64>>) -> (u64, u64) {
+    match histogram.lock() {
+        Ok(h) if !h.is_empty() => (h.value_at_quantile(0.5), h.value_at_quantile(0.99)),
+        _ => (0, 0),
+    }
+}

@@ -1,0 +1,191 @@
+//! The fjall store behind the storage stage (SPEC §7): one database per node, with the
+//! keyspaces `objects` (key → encoded version set), `hints` (for hinted handoff) and `meta`
+//! (the node's identity and format version), kept apart so that scans of one never see the
+//! others.
+
+use crate::vclock::VClock;
+use crate::versioning::{Version, VersionSet};
+use crate::wire::{decode_version_set, encode_version_set};
+use crate::NodeId;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Longest key fjall accepts (its keys carry a u16 length; longer ones panic inside it).
+pub const MAX_STORABLE_KEY_BYTES: usize = u16::MAX as usize;
+
+/// Number of lock stripes guarding read-modify-write of objects. Two storage workers that touch
+/// the same key serialise on its stripe; a power of two well above the worker count keeps
+/// unrelated keys from waiting on each other.
+const LOCK_STRIPES: usize = 256;
+
+/// On-disk format version written to `meta`; a node refuses a data directory of another format.
+const FORMAT_VERSION: &[u8] = b"1";
+const META_NODE_ID: &str = "node_id";
+const META_FORMAT: &str = "format";
+
+/// Why the store failed. Wrapped as `ServiceError::Storage` for clients.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// fjall reported an I/O or corruption error.
+    #[error("fjall: {0}")]
+    Engine(#[from] fjall::Error),
+    /// A stored object did not decode.
+    #[error("{0}")]
+    Corrupt(#[from] crate::wire::CorruptObject),
+    /// Version arithmetic refused the write (counter overflow).
+    #[error("{0}")]
+    Version(#[from] crate::versioning::VersionError),
+    /// The data directory belongs to another node or another format.
+    #[error("data directory belongs to {found}, not to this node ({expected})")]
+    WrongNode {
+        /// What `meta` says.
+        found: String,
+        /// This node's id.
+        expected: String,
+    },
+    /// The key is longer than fjall can store (callers validate first; this is the backstop).
+    #[error("key of {size} bytes exceeds the storable maximum of {MAX_STORABLE_KEY_BYTES}")]
+    KeyTooLong {
+        /// Key length.
+        size: usize,
+    },
+}
+
+/// The node's fjall database. Cheap to clone: every clone shares the database and locks.
+#[derive(Clone)]
+pub struct Store {
+    db: Database,
+    objects: Keyspace,
+    hints: Keyspace,
+    locks: Arc<Vec<Mutex<()>>>,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir` for `node`, refusing another node's directory.
+    pub fn open(dir: &Path, node: &NodeId) -> Result<Store, StorageError> {
+        let db = Database::builder(dir).open()?;
+        let objects = db.keyspace("objects", KeyspaceCreateOptions::default)?;
+        let hints = db.keyspace("hints", KeyspaceCreateOptions::default)?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+        check_identity(&meta, node)?;
+        db.persist(PersistMode::SyncAll)?;
+        Ok(Store {
+            db,
+            objects,
+            hints,
+            locks: Arc::new((0..LOCK_STRIPES).map(|_| Mutex::new(())).collect()),
+        })
+    }
+
+    /// The hints keyspace (used by hinted handoff).
+    pub fn hints(&self) -> &Keyspace {
+        &self.hints
+    }
+
+    /// The stored versions of `key` (empty if never written).
+    pub fn read(&self, key: &[u8]) -> Result<VersionSet, StorageError> {
+        check_key(key)?;
+        match self.objects.get(key)? {
+            Some(bytes) => Ok(decode_version_set(&bytes)?),
+            None => Ok(VersionSet::new()),
+        }
+    }
+
+    /// The coordinator's write (SPEC §4): under the key's lock, reads the stored set, creates
+    /// the new version with a dot of `node`, and stores the result. Returns the set after the
+    /// write and the new version. Durable only after [`Store::persist`].
+    pub fn coordinate_put(
+        &self,
+        key: &[u8],
+        node: &NodeId,
+        context: &VClock,
+        value: Option<Vec<u8>>,
+        now_ms: u64,
+        max_clock_entries: usize,
+    ) -> Result<(VersionSet, Version), StorageError> {
+        check_key(key)?;
+        let _guard = self.lock(key);
+        let mut set = self.read(key)?;
+        let version = set.coordinate_put(node, context, value, now_ms, max_clock_entries)?;
+        self.write(key, &set)?;
+        Ok((set, version))
+    }
+
+    /// A replica's write: merges `incoming` into the stored set under the key's lock and stores
+    /// the result if it changed. Returns the merged set.
+    pub fn merge(&self, key: &[u8], incoming: &VersionSet) -> Result<VersionSet, StorageError> {
+        check_key(key)?;
+        let _guard = self.lock(key);
+        let mut set = self.read(key)?;
+        let before = set.clone();
+        set.merge(incoming);
+        if set != before {
+            self.write(key, &set)?;
+        }
+        Ok(set)
+    }
+
+    fn write(&self, key: &[u8], set: &VersionSet) -> Result<(), StorageError> {
+        let bytes = encode_version_set(set);
+        // Pair assertion around the disk: what we write must read back as what we meant.
+        debug_assert_eq!(decode_version_set(&bytes).ok().as_ref(), Some(set));
+        self.objects.insert(key, bytes)?;
+        Ok(())
+    }
+
+    /// Flushes the journal to disk (fdatasync): every write before this call is durable after it.
+    pub fn persist(&self) -> Result<(), StorageError> {
+        self.db.persist(PersistMode::SyncData)?;
+        Ok(())
+    }
+
+    /// Number of objects (approximate; for stats).
+    pub fn approximate_objects(&self) -> usize {
+        self.objects.approximate_len()
+    }
+
+    fn lock(&self, key: &[u8]) -> std::sync::MutexGuard<'_, ()> {
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        let stripe = (hasher.finish() as usize) % self.locks.len();
+        // A poisoned stripe only means another worker panicked mid-write; the guarded data
+        // lives in fjall, not behind the mutex, so carrying on is safe.
+        self.locks[stripe]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn check_key(key: &[u8]) -> Result<(), StorageError> {
+    if key.len() > MAX_STORABLE_KEY_BYTES {
+        return Err(StorageError::KeyTooLong { size: key.len() });
+    }
+    Ok(())
+}
+
+/// Stamps a new data directory with the node's id, or checks an existing one.
+fn check_identity(meta: &Keyspace, node: &NodeId) -> Result<(), StorageError> {
+    match meta.get(META_NODE_ID)? {
+        Some(found) if found.as_ref() != node.as_str().as_bytes() => Err(StorageError::WrongNode {
+            found: String::from_utf8_lossy(&found).into_owned(),
+            expected: node.to_string(),
+        }),
+        Some(_) => match meta.get(META_FORMAT)? {
+            Some(format) if format.as_ref() == FORMAT_VERSION => Ok(()),
+            other => Err(StorageError::WrongNode {
+                found: format!(
+                    "format {:?}",
+                    other.map(|f| String::from_utf8_lossy(&f).into_owned())
+                ),
+                expected: format!("format {}", String::from_utf8_lossy(FORMAT_VERSION)),
+            }),
+        },
+        None => {
+            meta.insert(META_NODE_ID, node.as_str().as_bytes())?;
+            meta.insert(META_FORMAT, FORMAT_VERSION)?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Properties of vector clocks (TESTING.md §1). Reference: Dynamo §4.4.
+
+use super::*;
+use proptest::prelude::*;
+
+const NODES: [&str; 4] = ["a", "b", "c", "d"];
+
+fn arb_clock() -> impl Strategy<Value = VClock> {
+    proptest::collection::vec((0..NODES.len(), 0u64..6, 0u64..100), 0..6).prop_map(|entries| {
+        entries
+            .into_iter()
+            .fold(VClock::new(), |clock, (node, counter, ts)| {
+                clock.with_entry(NODES[node], counter, ts)
+            })
+    })
+}
+
+fn merged(a: &VClock, b: &VClock) -> VClock {
+    let mut out = a.clone();
+    out.merge(b);
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Goal: comparison is a partial order. Method: random clocks over four nodes.
+    #[test]
+    fn compare_is_reflexive_antisymmetric_and_transitive(a in arb_clock(), b in arb_clock(), c in arb_clock()) {
+        prop_assert_eq!(a.compare(&a), Causality::Equal);
+        if a.descends(&b) && b.descends(&a) {
+            prop_assert_eq!(a.compare(&b), Causality::Equal);
+            prop_assert!(a.entries().filter(|(_, e)| e.counter > 0).map(|(n, e)| (n.clone(), e.counter))
+                .eq(b.entries().filter(|(_, e)| e.counter > 0).map(|(n, e)| (n.clone(), e.counter))));
+        }
+        if a.descends(&b) && b.descends(&c) {
+            prop_assert!(a.descends(&c));
+        }
+    }
+
+    /// Goal: compare is consistent in both directions.
+    #[test]
+    fn compare_swaps_descends_and_dominated(a in arb_clock(), b in arb_clock()) {
+        let expected = match a.compare(&b) {
+            Causality::Descends => Causality::Dominated,
+            Causality::Dominated => Causality::Descends,
+            other => other,
+        };
+        prop_assert_eq!(b.compare(&a), expected);
+    }
+
+    /// Goal: merge is commutative, associative, idempotent and dominates both inputs.
+    #[test]
+    fn merge_is_a_join(a in arb_clock(), b in arb_clock(), c in arb_clock()) {
+        prop_assert_eq!(merged(&a, &b), merged(&b, &a));
+        prop_assert_eq!(merged(&merged(&a, &b), &c), merged(&a, &merged(&b, &c)));
+        prop_assert_eq!(merged(&a, &a), a.clone());
+        let m = merged(&a, &b);
+        prop_assert!(m.descends(&a) && m.descends(&b));
+    }
+
+    /// Goal: truncation keeps the newest entries, and exactly `max` of them.
+    #[test]
+    fn truncation_keeps_the_newest_entries(a in arb_clock(), max in 0usize..5) {
+        let mut t = a.clone();
+        let dropped = t.truncate(max);
+        prop_assert_eq!(t.len(), a.len().min(max));
+        prop_assert_eq!(dropped, a.len() - t.len());
+        let oldest_kept = t.entries().map(|(_, e)| e.timestamp_ms).min();
+        let newest_dropped = a.entries().filter(|(n, _)| t.counter(n) == 0 && a.counter(n) > 0 || !t.entries().any(|(k, _)| k == *n))
+            .map(|(_, e)| e.timestamp_ms).max();
+        if let (Some(kept), Some(dropped)) = (oldest_kept, newest_dropped) {
+            prop_assert!(kept >= dropped);
+        }
+        prop_assert!(a.descends(&t));
+    }
+}
+
+/// Goal: two clocks that each saw an event the other did not are concurrent.
+#[test]
+fn clocks_with_independent_events_are_concurrent() {
+    let a = VClock::new().with_entry("a", 2, 1).with_entry("b", 1, 1);
+    let b = VClock::new().with_entry("a", 1, 1).with_entry("b", 2, 1);
+    assert_eq!(a.compare(&b), Causality::Concurrent);
+    assert!(a.covers(&Dot {
+        node: "a".into(),
+        counter: 2
+    }));
+    assert!(!a.covers(&Dot {
+        node: "a".into(),
+        counter: 3
+    }));
+}
+
+/// Goal: truncation prefers dropping the oldest entry, breaking timestamp ties by node order.
+#[test]
+fn truncation_drops_oldest_then_lowest_node() {
+    let mut clock = VClock::new()
+        .with_entry("c", 1, 10)
+        .with_entry("a", 1, 5)
+        .with_entry("b", 1, 5);
+    assert_eq!(clock.truncate(1), 2);
+    assert_eq!(clock.counter(&"c".into()), 1);
+    assert_eq!(clock.len(), 1);
+}

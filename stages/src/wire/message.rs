@@ -1,0 +1,291 @@
+//! The typed messages of the shoal protocol, and their encoding as frames.
+//!
+//! Each message type has a fixed `kind` number in the frame header and a MessagePack body.
+//! Decoding checks the kind first (unknown → [`WireError::UnknownMessageType`]), then decodes the
+//! body and rejects trailing bytes, so a frame is either exactly one known message or an error.
+
+use super::frame::{encode_frame_into, Frame};
+use crate::error::ServiceError;
+use crate::seda::StageSnapshot;
+use crate::NodeId;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::io::Cursor;
+
+/// Bytes, encoded as a MessagePack `bin` (not an array of integers).
+pub type Bytes = serde_bytes::ByteBuf;
+
+/// `get(key)`: the reconciled versions of a key from R replicas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetRequest {
+    /// The key.
+    pub key: Bytes,
+    /// Read quorum for this request; the node's default when absent.
+    pub r: Option<u8>,
+    /// Deadline for this request; the node's default when absent.
+    pub timeout_ms: Option<u32>,
+}
+
+/// `put(key, context, value)`; a context of `None` is a blind write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutRequest {
+    /// The key.
+    pub key: Bytes,
+    /// The context of the get this put reconciles, as returned by that get.
+    pub context: Option<Bytes>,
+    /// The new value.
+    pub value: Bytes,
+    /// Write quorum for this request; the node's default when absent.
+    pub w: Option<u8>,
+    /// Deadline for this request; the node's default when absent.
+    pub timeout_ms: Option<u32>,
+}
+
+/// `delete(key, context)`: writes a tombstone that supersedes what the context covers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    /// The key.
+    pub key: Bytes,
+    /// The context of the get that saw the versions to delete.
+    pub context: Bytes,
+    /// Write quorum for this request; the node's default when absent.
+    pub w: Option<u8>,
+    /// Deadline for this request; the node's default when absent.
+    pub timeout_ms: Option<u32>,
+}
+
+/// Reply to a get: the live sibling values and a context covering all of them (tombstones
+/// included, so a put with it also supersedes a delete).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetReply {
+    /// Sibling values; empty when the key is absent or deleted.
+    pub values: Vec<Bytes>,
+    /// Opaque encoded context.
+    pub context: Bytes,
+}
+
+/// Reply to a put or delete: the context of the version just written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutReply {
+    /// Opaque encoded context.
+    pub context: Bytes,
+}
+
+/// End-to-end latency of one client operation at this node, measured by the coordinator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationLatency {
+    /// `"get"`, `"put"` or `"delete"`.
+    pub operation: String,
+    /// Requests answered (successfully or not).
+    pub count: u64,
+    /// Median, microseconds.
+    pub latency_us_p50: u64,
+    /// 99th percentile, microseconds.
+    pub latency_us_p99: u64,
+    /// 99.9th percentile, microseconds.
+    pub latency_us_p999: u64,
+}
+
+/// Reply to a stats request: the node's live per-stage statistics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReply {
+    /// The answering node.
+    pub node: NodeId,
+    /// One row per stage, in pipeline order.
+    pub stages: Vec<StageSnapshot>,
+    /// Client operation latencies seen by this node's coordinator.
+    pub operations: Vec<OperationLatency>,
+}
+
+/// Every message of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Client → node.
+    Get(GetRequest),
+    /// Client → node.
+    Put(PutRequest),
+    /// Client → node.
+    Delete(DeleteRequest),
+    /// Admin → node: per-stage statistics.
+    Stats,
+    /// Node → client.
+    GetReply(GetReply),
+    /// Node → client (put and delete).
+    PutReply(PutReply),
+    /// Node → admin.
+    StatsReply(StatsReply),
+    /// Node → client: why the request failed.
+    Error(ServiceError),
+}
+
+/// The kind numbers of the frame header. Requests are below 100, replies 100..200; 200.. is
+/// reserved for node-to-node messages. Numbers are never reused.
+pub mod kind {
+    /// [`super::Message::Get`]
+    pub const GET: u16 = 1;
+    /// [`super::Message::Put`]
+    pub const PUT: u16 = 2;
+    /// [`super::Message::Delete`]
+    pub const DELETE: u16 = 3;
+    /// [`super::Message::Stats`]
+    pub const STATS: u16 = 10;
+    /// [`super::Message::GetReply`]
+    pub const GET_REPLY: u16 = 101;
+    /// [`super::Message::PutReply`]
+    pub const PUT_REPLY: u16 = 102;
+    /// [`super::Message::StatsReply`]
+    pub const STATS_REPLY: u16 = 110;
+    /// [`super::Message::Error`]
+    pub const ERROR: u16 = 199;
+}
+
+/// Why a frame is not a message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The kind number is not one of [`kind`].
+    #[error("unknown message type {kind}")]
+    UnknownMessageType {
+        /// The kind found.
+        kind: u16,
+    },
+    /// The body does not decode as the kind's message.
+    #[error("malformed body of message type {kind}: {reason}")]
+    Malformed {
+        /// The kind found.
+        kind: u16,
+        /// The decoder's complaint.
+        reason: String,
+    },
+    /// The body decoded but bytes were left over.
+    #[error("message type {kind} has {extra} trailing bytes")]
+    TrailingBytes {
+        /// The kind found.
+        kind: u16,
+        /// Bytes after the message.
+        extra: usize,
+    },
+    /// A message failed to encode (a bug; encoding our own types cannot fail otherwise).
+    #[error("cannot encode message: {reason}")]
+    Encode {
+        /// The encoder's complaint.
+        reason: String,
+    },
+}
+
+impl From<WireError> for ServiceError {
+    fn from(error: WireError) -> ServiceError {
+        match error {
+            WireError::UnknownMessageType { kind } => ServiceError::UnknownMessageType { kind },
+            other => ServiceError::MalformedFrame {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+impl Message {
+    /// The kind number this message travels under.
+    pub fn kind(&self) -> u16 {
+        match self {
+            Message::Get(_) => kind::GET,
+            Message::Put(_) => kind::PUT,
+            Message::Delete(_) => kind::DELETE,
+            Message::Stats => kind::STATS,
+            Message::GetReply(_) => kind::GET_REPLY,
+            Message::PutReply(_) => kind::PUT_REPLY,
+            Message::StatsReply(_) => kind::STATS_REPLY,
+            Message::Error(_) => kind::ERROR,
+        }
+    }
+
+    /// Appends this message as a complete frame to `out`.
+    pub fn encode_into(&self, request_id: u64, out: &mut Vec<u8>) -> Result<(), WireError> {
+        let body = match self {
+            Message::Get(m) => to_body(m),
+            Message::Put(m) => to_body(m),
+            Message::Delete(m) => to_body(m),
+            Message::Stats => to_body(&()),
+            Message::GetReply(m) => to_body(m),
+            Message::PutReply(m) => to_body(m),
+            Message::StatsReply(m) => to_body(m),
+            Message::Error(m) => to_body(m),
+        }?;
+        encode_frame_into(self.kind(), request_id, &body, out);
+        Ok(())
+    }
+
+    /// This message as a complete frame.
+    pub fn encode(&self, request_id: u64) -> Result<Vec<u8>, WireError> {
+        let mut out = Vec::new();
+        self.encode_into(request_id, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes a frame's body according to its kind.
+    pub fn decode(frame: &Frame) -> Result<Message, WireError> {
+        let body = &frame.body;
+        let k = frame.kind;
+        Ok(match k {
+            kind::GET => Message::Get(from_body(k, body)?),
+            kind::PUT => Message::Put(from_body(k, body)?),
+            kind::DELETE => Message::Delete(from_body(k, body)?),
+            kind::STATS => {
+                from_body::<()>(k, body)?;
+                Message::Stats
+            }
+            kind::GET_REPLY => Message::GetReply(from_body(k, body)?),
+            kind::PUT_REPLY => Message::PutReply(from_body(k, body)?),
+            kind::STATS_REPLY => Message::StatsReply(from_body(k, body)?),
+            kind::ERROR => Message::Error(from_body(k, body)?),
+            _ => return Err(WireError::UnknownMessageType { kind: k }),
+        })
+    }
+
+    /// Whether a client may send this message to a node.
+    pub fn is_request(&self) -> bool {
+        matches!(
+            self,
+            Message::Get(_) | Message::Put(_) | Message::Delete(_) | Message::Stats
+        )
+    }
+}
+
+/// Encodes a message body with field names, so the protocol can grow optional fields.
+fn to_body<T: Serialize>(message: &T) -> Result<Vec<u8>, WireError> {
+    rmp_serde::to_vec_named(message).map_err(|e| WireError::Encode {
+        reason: e.to_string(),
+    })
+}
+
+/// Decodes a body and insists that it is consumed exactly.
+pub(crate) fn from_body<T: DeserializeOwned>(kind: u16, body: &[u8]) -> Result<T, WireError> {
+    let mut deserializer = rmp_serde::Deserializer::new(Cursor::new(body));
+    let message = T::deserialize(&mut deserializer).map_err(|e| WireError::Malformed {
+        kind,
+        reason: e.to_string(),
+    })?;
+    let consumed = deserializer.position() as usize;
+    if consumed != body.len() {
+        return Err(WireError::TrailingBytes {
+            kind,
+            extra: body.len().saturating_sub(consumed),
+        });
+    }
+    Ok(message)
+}
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Message::Get(m) => write!(f, "get ({} B key)", m.key.len()),
+            Message::Put(m) => write!(f, "put ({} B key, {} B value)", m.key.len(), m.value.len()),
+            Message::Delete(m) => write!(f, "delete ({} B key)", m.key.len()),
+            Message::Stats => write!(f, "stats"),
+            Message::GetReply(m) => write!(f, "get reply ({} values)", m.values.len()),
+            Message::PutReply(_) => write!(f, "put reply"),
+            Message::StatsReply(m) => write!(f, "stats reply ({} stages)", m.stages.len()),
+            Message::Error(e) => write!(f, "error: {e}"),
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The wire: frames, messages and every other MessagePack encoding (contexts, stored objects).
+//!
+//! Architecture invariant: this is the only module that knows MessagePack. Everything else
+//! handles typed values.
+
+mod codec;
+mod frame;
+mod message;
+
+pub use codec::{
+    decode_context, decode_version_set, encode_context, encode_version_set, CorruptObject,
+    MAX_CONTEXT_ENTRIES,
+};
+pub use frame::{
+    encode_frame, encode_frame_into, Frame, FrameDecoder, FrameError, FRAME_OVERHEAD_BYTES,
+    LENGTH_BYTES,
+};
+pub use message::{
+    kind, Bytes, DeleteRequest, GetReply, GetRequest, Message, OperationLatency, PutReply,
+    PutRequest, StatsReply, WireError,
+};
+
+#[cfg(test)]
+mod tests;

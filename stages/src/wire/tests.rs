@@ -1,0 +1,228 @@
+//! Properties of the frame codec (TESTING.md §1): round trips, any chunking gives the same
+//! result, arbitrary bytes give a frame or a typed error and never a panic or an allocation
+//! beyond the frame limit.
+
+use super::*;
+use crate::error::ServiceError;
+use crate::vclock::VClock;
+use proptest::prelude::*;
+
+const MAX: usize = 4096;
+
+fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
+}
+
+fn arb_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (
+            bytes(64),
+            proptest::option::of(1u8..5),
+            proptest::option::of(any::<u32>())
+        )
+            .prop_map(|(key, r, timeout_ms)| Message::Get(GetRequest {
+                key,
+                r,
+                timeout_ms
+            })),
+        (
+            bytes(64),
+            proptest::option::of(bytes(32)),
+            bytes(512),
+            proptest::option::of(1u8..5)
+        )
+            .prop_map(|(key, context, value, w)| Message::Put(PutRequest {
+                key,
+                context,
+                value,
+                w,
+                timeout_ms: None
+            })),
+        (bytes(64), bytes(32)).prop_map(|(key, context)| Message::Delete(DeleteRequest {
+            key,
+            context,
+            w: Some(2),
+            timeout_ms: Some(5)
+        })),
+        Just(Message::Stats),
+        (proptest::collection::vec(bytes(64), 0..4), bytes(32))
+            .prop_map(|(values, context)| Message::GetReply(GetReply { values, context })),
+        bytes(32).prop_map(|context| Message::PutReply(PutReply { context })),
+        (0u64..1 << 40, 0u64..1 << 40).prop_map(|(declared, max)| Message::Error(
+            ServiceError::FrameTooLarge { declared, max }
+        )),
+        Just(Message::Error(ServiceError::Quorum {
+            operation: "put".into(),
+            needed: 2,
+            acked: 1,
+            asked: 3,
+            failed: 0
+        })),
+    ]
+}
+
+/// Feeds `stream` to a decoder in the given chunk sizes and collects frames until an error.
+fn decode_chunked(stream: &[u8], chunks: &[usize]) -> (Vec<Frame>, Option<FrameError>) {
+    let mut decoder = FrameDecoder::new(MAX);
+    let mut frames = Vec::new();
+    let mut offset = 0;
+    let mut sizes = chunks.iter().cycle();
+    while offset < stream.len() {
+        let size = (*sizes.next().unwrap_or(&1))
+            .max(1)
+            .min(stream.len() - offset);
+        decoder.extend(&stream[offset..offset + size]);
+        offset += size;
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                Err(e) => return (frames, Some(e)),
+            }
+            assert!(decoder.buffered_bytes() <= MAX + LENGTH_BYTES + stream.len());
+        }
+    }
+    (frames, None)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Goal: decode(encode(m)) == m for every message type.
+    #[test]
+    fn every_message_round_trips(message in arb_message(), id in any::<u64>()) {
+        let encoded = message.encode(id).expect("encodable");
+        let (frames, error) = decode_chunked(&encoded, &[encoded.len()]);
+        prop_assert!(error.is_none());
+        prop_assert_eq!(frames.len(), 1);
+        prop_assert_eq!(frames[0].request_id, id);
+        prop_assert_eq!(Message::decode(&frames[0]).expect("decodes"), message);
+    }
+
+    /// Goal: how the bytes are split across reads never changes the frames decoded.
+    #[test]
+    fn any_chunking_gives_the_same_frames(messages in proptest::collection::vec(arb_message(), 1..6),
+                                          chunks in proptest::collection::vec(1usize..300, 1..8)) {
+        let mut stream = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            m.encode_into(i as u64, &mut stream).expect("encodable");
+        }
+        let (whole, e1) = decode_chunked(&stream, &[stream.len()]);
+        let (chunked, e2) = decode_chunked(&stream, &chunks);
+        prop_assert!(e1.is_none() && e2.is_none());
+        prop_assert_eq!(&whole, &chunked);
+        prop_assert_eq!(whole.len(), messages.len());
+    }
+
+    /// Goal: arbitrary bytes, whole or chunked, give the same frames or the same typed error,
+    /// and a frame that is not a message gives a typed error: never a panic.
+    #[test]
+    fn random_bytes_never_panic(stream in proptest::collection::vec(any::<u8>(), 0..2048),
+                                chunks in proptest::collection::vec(1usize..64, 1..8)) {
+        let whole = decode_chunked(&stream, &[stream.len().max(1)]);
+        let chunked = decode_chunked(&stream, &chunks);
+        prop_assert_eq!(&whole, &chunked);
+        for frame in &whole.0 {
+            let _ = Message::decode(frame);
+        }
+    }
+
+    /// Goal: any body under a known kind decodes or gives a typed error.
+    #[test]
+    fn random_bodies_of_known_kinds_give_typed_errors(kind in 0u16..300, body in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let frame = Frame { kind, request_id: 1, body };
+        match Message::decode(&frame) {
+            Ok(m) => prop_assert_eq!(m.kind(), kind),
+            Err(WireError::UnknownMessageType { kind: k }) => prop_assert_eq!(k, kind),
+            Err(WireError::Malformed { .. } | WireError::TrailingBytes { .. }) => {}
+            Err(e) => prop_assert!(false, "unexpected {e:?}"),
+        }
+    }
+}
+
+/// Goal: a header claiming 4 GiB is refused from its first four bytes, before any buffering.
+#[test]
+fn oversized_header_is_refused_before_buffering() {
+    let mut decoder = FrameDecoder::new(MAX);
+    decoder.extend(&u32::MAX.to_be_bytes());
+    assert_eq!(
+        decoder.next_frame(),
+        Err(FrameError::TooLarge {
+            declared: u32::MAX as u64,
+            max: MAX as u64
+        })
+    );
+    assert_eq!(decoder.buffered_bytes(), 4);
+}
+
+/// Goal: a header too short to hold kind and request id is a typed error.
+#[test]
+fn header_shorter_than_fixed_fields_is_refused() {
+    let mut decoder = FrameDecoder::new(MAX);
+    decoder.extend(&3u32.to_be_bytes());
+    assert!(matches!(
+        decoder.next_frame(),
+        Err(FrameError::TooShort { declared: 3, .. })
+    ));
+}
+
+/// Goal: a truncated frame is incomplete (not an error) until its bytes arrive.
+#[test]
+fn truncated_frame_is_incomplete_not_an_error() {
+    let encoded = Message::Stats.encode(7).expect("encodable");
+    let mut decoder = FrameDecoder::new(MAX);
+    decoder.extend(&encoded[..encoded.len() - 1]);
+    assert_eq!(decoder.next_frame(), Ok(None));
+    decoder.extend(&encoded[encoded.len() - 1..]);
+    assert!(decoder.next_frame().expect("complete").is_some());
+}
+
+/// Goal: unknown kinds and trailing bytes are rejected with their own errors.
+#[test]
+fn unknown_kind_and_trailing_bytes_are_typed_errors() {
+    let frame = Frame {
+        kind: 4242,
+        request_id: 1,
+        body: vec![],
+    };
+    assert_eq!(
+        Message::decode(&frame),
+        Err(WireError::UnknownMessageType { kind: 4242 })
+    );
+    let mut body = Message::Stats.encode(1).expect("encodable")
+        [LENGTH_BYTES + FRAME_OVERHEAD_BYTES..]
+        .to_vec();
+    body.push(0xc0);
+    let frame = Frame {
+        kind: kind::STATS,
+        request_id: 1,
+        body,
+    };
+    assert!(matches!(
+        Message::decode(&frame),
+        Err(WireError::TrailingBytes { extra: 1, .. })
+    ));
+}
+
+/// Goal: contexts round-trip, and oversized or garbage contexts are typed errors.
+#[test]
+fn contexts_round_trip_and_bad_ones_are_rejected() {
+    let clock = VClock::new()
+        .with_entry("n1", 3, 10)
+        .with_entry("n2", 1, 11);
+    assert_eq!(decode_context(&encode_context(&clock)), Ok(clock));
+    let mut huge = VClock::new();
+    for i in 0..10_000 {
+        huge = huge.with_entry(format!("n{i}").as_str(), 1, 1);
+    }
+    assert!(matches!(
+        decode_context(&encode_context(&huge)),
+        Err(ServiceError::BadContext { .. })
+    ));
+    assert!(matches!(
+        decode_context(&[0xff, 0x00, 0x13]),
+        Err(ServiceError::BadContext { .. })
+    ));
+    let max = VClock::new().with_entry("n1", u64::MAX, 1);
+    assert_eq!(decode_context(&encode_context(&max)), Ok(max));
+}

@@ -1,0 +1,217 @@
+//! Bad input gets a typed error and the node keeps serving everyone else (TESTING.md §4).
+
+use super::support::{values, TestNode};
+use shoal::client::{ClientError, RequestOptions};
+use shoal_stages::wire::{encode_frame, Bytes, Message, PutRequest};
+use shoal_stages::ServiceError;
+
+const DEFAULT: RequestOptions = RequestOptions {
+    r: None,
+    w: None,
+    timeout_ms: None,
+};
+
+/// Proves the node still serves a fresh connection.
+fn assert_still_serving(node: &TestNode) {
+    let mut client = node.client();
+    client
+        .put(b"alive", None, b"yes", DEFAULT)
+        .expect("node still serves puts");
+    assert!(values(&mut client, "alive").contains(&"yes".to_string()));
+}
+
+/// Goal: a value over the limit is refused with ValueTooLarge and nothing is stored.
+#[test]
+fn value_over_the_limit_is_refused_and_nothing_is_stored() {
+    let node = TestNode::start("[limits]\nmax_value_bytes = 1000\nmax_frame_bytes = 100000\n");
+    let mut client = node.client();
+    let error = client
+        .put(b"big", None, &[7u8; 1001], DEFAULT)
+        .expect_err("too large");
+    assert!(
+        matches!(
+            error,
+            ClientError::Service(ServiceError::ValueTooLarge {
+                size: 1001,
+                max: 1000
+            })
+        ),
+        "{error}"
+    );
+    assert!(values(&mut client, "big").is_empty(), "nothing stored");
+    client
+        .put(b"ok", None, &[7u8; 1000], DEFAULT)
+        .expect("at the limit is fine");
+}
+
+/// Goal: a frame header claiming 4 GiB gets FrameTooLarge and its connection is closed;
+/// other connections are unaffected.
+#[test]
+fn oversized_frame_header_gets_frame_too_large_and_the_connection_closes() {
+    let node = TestNode::start("");
+    let mut client = node.client();
+    client.send_raw(&u32::MAX.to_be_bytes()).expect("send");
+    let (_, reply) = client.receive().expect("an error reply before the close");
+    assert!(
+        matches!(reply, Message::Error(ServiceError::FrameTooLarge { declared, .. }) if declared == u32::MAX as u64),
+        "{reply}"
+    );
+    assert!(matches!(
+        client.receive(),
+        Err(ClientError::Closed) | Err(ClientError::Io(_))
+    ));
+    assert_still_serving(&node);
+}
+
+/// Goal: a truncated frame followed by a hang-up costs the node nothing.
+#[test]
+fn truncated_frame_then_hang_up_leaves_the_node_serving() {
+    let node = TestNode::start("");
+    let mut client = node.client();
+    let frame = Message::Stats.encode(1).expect("encode");
+    client.send_raw(&frame[..frame.len() / 2]).expect("send");
+    drop(client);
+    assert_still_serving(&node);
+}
+
+/// Goal: an unknown message type gets UnknownMessageType naming the kind, on a connection
+/// that stays usable.
+#[test]
+fn unknown_message_type_gets_a_typed_error_and_the_connection_stays_open() {
+    let node = TestNode::start("");
+    let mut client = node.client();
+    client
+        .send_raw(&encode_frame(4242, 9, b"\x90"))
+        .expect("send");
+    let (id, reply) = client.receive().expect("reply");
+    assert_eq!(id, 9);
+    assert_eq!(
+        reply,
+        Message::Error(ServiceError::UnknownMessageType { kind: 4242 })
+    );
+    client
+        .put(b"same-connection", None, b"ok", DEFAULT)
+        .expect("connection still usable");
+}
+
+/// Goal: a known kind with a garbage body gets MalformedFrame; a reply kind sent as a request
+/// gets NotARequest.
+#[test]
+fn garbage_bodies_and_replies_sent_as_requests_get_typed_errors() {
+    let node = TestNode::start("");
+    let mut client = node.client();
+    client
+        .send_raw(&encode_frame(
+            shoal_stages::wire::kind::PUT,
+            3,
+            b"\xc1\xff\x00",
+        ))
+        .expect("send");
+    let (_, reply) = client.receive().expect("reply");
+    assert!(
+        matches!(reply, Message::Error(ServiceError::MalformedFrame { .. })),
+        "{reply}"
+    );
+    let reply_as_request = Message::PutReply(shoal_stages::wire::PutReply {
+        context: Bytes::from(vec![]),
+    });
+    let error = client.call(&reply_as_request).expect_err("not a request");
+    assert!(
+        matches!(
+            error,
+            ClientError::Service(ServiceError::NotARequest { .. })
+        ),
+        "{error}"
+    );
+}
+
+/// Goal: random bytes produce a typed error or a close, never a crash; other clients go on.
+#[test]
+fn random_bytes_get_a_typed_error_and_the_node_keeps_serving() {
+    let node = TestNode::start("");
+    let mut seed: u64 = 0x5eed_1234;
+    for _ in 0..20 {
+        let mut client = node.client();
+        let bytes: Vec<u8> = (0..512)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        client.send_raw(&bytes).expect("send");
+        // Whatever the bytes said, the node answers with typed errors or closes the stream.
+        while let Ok((_, reply)) = client.receive() {
+            assert!(
+                matches!(reply, Message::Error(_)),
+                "random bytes produced {reply}"
+            );
+        }
+    }
+    assert_still_serving(&node);
+}
+
+/// Goal: per-request quorums outside 1..=N and forged contexts get typed errors.
+#[test]
+fn invalid_quorum_and_bad_context_get_typed_errors() {
+    let node = TestNode::start("");
+    let mut client = node.client();
+    let error = client
+        .get(
+            b"k",
+            RequestOptions {
+                r: Some(2),
+                ..DEFAULT
+            },
+        )
+        .expect_err("r > n");
+    assert!(
+        matches!(error, ClientError::Service(ServiceError::InvalidQuorum { ref name, value: 2, n: 1 }) if name == "r"),
+        "{error}"
+    );
+    let forged = Message::Put(PutRequest {
+        key: Bytes::from(b"k".to_vec()),
+        context: Some(Bytes::from(vec![0xde, 0xad])),
+        value: Bytes::from(b"v".to_vec()),
+        w: None,
+        timeout_ms: None,
+    });
+    let error = client.call(&forged).expect_err("bad context");
+    assert!(
+        matches!(error, ClientError::Service(ServiceError::BadContext { .. })),
+        "{error}"
+    );
+    let error = client.put(b"", None, b"v", DEFAULT).expect_err("empty key");
+    assert!(
+        matches!(
+            error,
+            ClientError::Service(ServiceError::InvalidKey { size: 0, .. })
+        ),
+        "{error}"
+    );
+}
+
+/// Goal: a client that sends requests but never reads is disconnected once its unsent
+/// replies exceed the bound, and the node keeps serving others.
+#[test]
+fn client_that_never_reads_is_dropped_and_others_are_served() {
+    let node = TestNode::start("[limits]\nmax_value_bytes = 100000\nmax_frame_bytes = 200000\nmax_write_buffer_bytes = 200000\n");
+    let mut writer = node.client();
+    writer
+        .put(b"fat", None, &[1u8; 90_000], DEFAULT)
+        .expect("put");
+    let mut hog = node.client();
+    let get = Message::Get(shoal_stages::wire::GetRequest {
+        key: Bytes::from(b"fat".to_vec()),
+        r: None,
+        timeout_ms: None,
+    });
+    // Each reply is ~90 KB: a few hundred unread replies overflow socket buffers and the bound.
+    for _ in 0..400 {
+        if hog.send(&get).is_err() {
+            break;
+        }
+    }
+    assert_still_serving(&node);
+}

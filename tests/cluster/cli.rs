@@ -1,0 +1,102 @@
+//! The command line contract other tools and tests rely on (issue 2 §6).
+
+use super::support::TestNode;
+use std::process::Command;
+
+fn shoal(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(args)
+        .output()
+        .expect("run shoal");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Goal: put prints a context; get --json prints every sibling and the context; a put with
+/// that context reconciles; delete with a context hides the key.
+#[test]
+fn put_get_delete_round_trip_through_the_cli() {
+    let node = TestNode::start("");
+    let addr = node.addr.as_str();
+    let (ok, context, _) = shoal(&["put", "--node", addr, "k", "one"]);
+    assert!(ok && !context.trim().is_empty());
+    shoal(&["put", "--node", addr, "k", "two"]);
+    let (ok, json, _) = shoal(&["get", "--node", addr, "k", "--json"]);
+    assert!(ok);
+    let parsed: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let mut values: Vec<&str> = parsed["values"]
+        .as_array()
+        .expect("values")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    values.sort();
+    assert_eq!(values, vec!["one", "two"]);
+    let context = parsed["context"].as_str().expect("context").to_string();
+    let (ok, _, _) = shoal(&["put", "--node", addr, "k", "merged", "--context", &context]);
+    assert!(ok);
+    let (_, json, _) = shoal(&["get", "--node", addr, "k", "--json"]);
+    let parsed: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(parsed["values"], serde_json::json!(["merged"]));
+    let context = parsed["context"].as_str().expect("context").to_string();
+    let (ok, _, _) = shoal(&["delete", "--node", addr, "k", "--context", &context]);
+    assert!(ok);
+    let (_, json, _) = shoal(&["get", "--node", addr, "k", "--json"]);
+    let parsed: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(parsed["values"], serde_json::json!([]));
+}
+
+/// Goal: admin stats --json has one row per stage with the documented fields.
+#[test]
+fn admin_stats_json_lists_every_stage_with_the_documented_fields() {
+    let node = TestNode::start("");
+    let (ok, json, stderr) = shoal(&["admin", "stats", "--node", &node.addr, "--json"]);
+    assert!(ok, "{stderr}");
+    let parsed: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let stages = parsed["stages"].as_array().expect("stages");
+    let names: Vec<&str> = stages.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, vec!["intake", "parse", "coordinate", "storage"]);
+    for field in [
+        "name",
+        "class",
+        "threads",
+        "queue_depth",
+        "queue_capacity",
+        "queue_high_water",
+        "enqueued",
+        "processed",
+        "rejected",
+        "wait_us_p50",
+        "wait_us_p99",
+        "service_us_p50",
+        "service_us_p99",
+    ] {
+        assert!(
+            stages.iter().all(|s| !s[field].is_null()),
+            "field {field} missing"
+        );
+    }
+}
+
+/// Goal: an unreachable node and a bad context are clear errors with a non-zero exit.
+#[test]
+fn unreachable_node_and_bad_context_are_clear_errors() {
+    let (ok, _, stderr) = shoal(&["get", "--node", "127.0.0.1:1", "k", "--timeout-secs", "2"]);
+    assert!(!ok && stderr.contains("error:"), "{stderr}");
+    let node = TestNode::start("");
+    let (ok, _, stderr) = shoal(&["put", "--node", &node.addr, "k", "v", "--context", "!!!"]);
+    assert!(!ok && stderr.contains("context"), "{stderr}");
+}
+
+/// Goal: a config with an unknown key stops the node with an error that names the key.
+#[test]
+fn node_with_unknown_config_key_exits_naming_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = super::support::config_text(dir.path(), "[cluster]\nreplicas = 3\n");
+    let path = super::support::write_config(dir.path(), &text);
+    let (ok, _, stderr) = shoal(&["node", "--config", path.to_str().expect("utf-8 path")]);
+    assert!(!ok && stderr.contains("replicas"), "{stderr}");
+}

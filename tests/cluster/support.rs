@@ -1,0 +1,141 @@
+//! Starting and stopping real nodes for tests: in-process (`Node::start`) where a graceful stop
+//! is enough, as a child process where a test must kill -9.
+
+use shoal::client::{Client, RequestOptions};
+use shoal::config::Config;
+use shoal::logging;
+use shoal::node::Node;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// How long a test client waits for any reply; bounds every test.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A single-node config on a free loopback port with data in `dir`. `extra` is appended TOML.
+pub fn config_text(dir: &Path, extra: &str) -> String {
+    format!(
+        "[node]\nid = \"n1\"\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n{extra}\n",
+        dir.join("data").display().to_string()
+    )
+}
+
+/// Parses and validates a config text.
+pub fn config(text: &str) -> Config {
+    let config: Config = toml::from_str(text).expect("test config parses");
+    config.validate().expect("test config is valid");
+    config
+}
+
+/// A node running in this process, with its temp dir.
+pub struct TestNode {
+    pub node: Option<Node>,
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+}
+
+impl TestNode {
+    /// Starts a single node with `extra` config.
+    pub fn start(extra: &str) -> TestNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let node = Node::start(
+            &config(&config_text(dir.path(), extra)),
+            &logging::discard(),
+        )
+        .expect("node starts");
+        let addr = node.local_addr().to_string();
+        TestNode {
+            node: Some(node),
+            dir,
+            addr,
+        }
+    }
+
+    /// A new client connection.
+    pub fn client(&self) -> Client {
+        Client::connect(&self.addr, CLIENT_TIMEOUT).expect("connect")
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(node) = self.node.take() {
+            node.shutdown();
+        }
+    }
+}
+
+/// The sorted sibling values of a key, as strings.
+pub fn values(client: &mut Client, key: &str) -> Vec<String> {
+    let result = client
+        .get(key.as_bytes(), RequestOptions::default())
+        .expect("get");
+    let mut out: Vec<String> = result
+        .values
+        .iter()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// A node running as a child process of the `shoal` binary.
+pub struct NodeProcess {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl NodeProcess {
+    /// Starts `shoal node --config PATH` and waits for its "listening on" line.
+    pub fn start(config_path: &Path) -> NodeProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["node", "--config"])
+            .arg(config_path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn shoal node");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(CLIENT_TIMEOUT)
+            .expect("node printed its address in time");
+        let addr = line
+            .split_whitespace()
+            .last()
+            .expect("address on the line")
+            .to_string();
+        NodeProcess { child, addr }
+    }
+
+    /// kill -9.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reap");
+    }
+
+    /// A new client connection.
+    pub fn client(&self) -> Client {
+        Client::connect(&self.addr, CLIENT_TIMEOUT).expect("connect")
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a config file into `dir` and returns its path.
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("node.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}

@@ -1,0 +1,94 @@
+//! Versioning through a real node: siblings, reconciliation, the same-context case, deletes.
+//! Reference: Dynamo §4.4; SPEC §3.
+
+use super::support::{values, TestNode};
+use shoal::client::RequestOptions;
+
+const DEFAULT: RequestOptions = RequestOptions {
+    r: None,
+    w: None,
+    timeout_ms: None,
+};
+
+/// Goal: blind puts (no context) never overwrite each other; a put with the context of a get
+/// that saw them all replaces them all.
+#[test]
+fn blind_puts_become_siblings_and_a_put_with_their_context_replaces_them() {
+    let node = TestNode::start("");
+    let mut client = node.client();
+    for value in ["a", "b", "c"] {
+        client
+            .put(b"k", None, value.as_bytes(), DEFAULT)
+            .expect("put");
+    }
+    assert_eq!(values(&mut client, "k"), vec!["a", "b", "c"]);
+    let context = client.get(b"k", DEFAULT).expect("get").context;
+    client
+        .put(b"k", Some(&context), b"merged", DEFAULT)
+        .expect("put");
+    assert_eq!(values(&mut client, "k"), vec!["merged"]);
+}
+
+/// Goal: two puts through the same coordinator carrying the same older context both survive
+/// as siblings (plain server-side vector clocks lose one; riak_kv#746).
+#[test]
+fn two_puts_with_the_same_context_both_survive() {
+    let node = TestNode::start("");
+    let (mut first, mut second) = (node.client(), node.client());
+    first.put(b"k", None, b"v0", DEFAULT).expect("put");
+    let context = first.get(b"k", DEFAULT).expect("get").context;
+    first
+        .put(b"k", Some(&context), b"x", DEFAULT)
+        .expect("put x");
+    second
+        .put(b"k", Some(&context), b"y", DEFAULT)
+        .expect("put y");
+    assert_eq!(values(&mut first, "k"), vec!["x", "y"]);
+}
+
+/// Goal: a put's returned context covers only what its writer saw plus its own write, so a
+/// follow-up put with it keeps a concurrent sibling instead of silently replacing it.
+#[test]
+fn put_context_does_not_cover_siblings_the_writer_never_saw() {
+    let node = TestNode::start("");
+    let (mut alice, mut bob) = (node.client(), node.client());
+    let alice_context = alice.put(b"k", None, b"alice-1", DEFAULT).expect("put");
+    bob.put(b"k", None, b"bob", DEFAULT).expect("put");
+    alice
+        .put(b"k", Some(&alice_context), b"alice-2", DEFAULT)
+        .expect("put");
+    assert_eq!(values(&mut alice, "k"), vec!["alice-2", "bob"]);
+}
+
+/// Goal: a delete hides the key; a later put with the delete's context brings it back.
+#[test]
+fn delete_hides_the_key_and_a_later_put_revives_it() {
+    let node = TestNode::start("");
+    let mut client = node.client();
+    client.put(b"k", None, b"v1", DEFAULT).expect("put");
+    let context = client.get(b"k", DEFAULT).expect("get").context;
+    let tombstone_context = client.delete(b"k", &context, DEFAULT).expect("delete");
+    let after = client.get(b"k", DEFAULT).expect("get");
+    assert!(
+        after.values.is_empty(),
+        "deleted key still shows {:?}",
+        after.values
+    );
+    let never_written = client.get(b"never-written", DEFAULT).expect("get").context;
+    assert_ne!(
+        after.context, never_written,
+        "a deleted key's context carries the tombstone"
+    );
+    client
+        .put(b"k", Some(&tombstone_context), b"v2", DEFAULT)
+        .expect("put");
+    assert_eq!(values(&mut client, "k"), vec!["v2"]);
+}
+
+/// Goal: a key never written reads as absent with an empty context.
+#[test]
+fn absent_key_reads_as_no_versions() {
+    let node = TestNode::start("");
+    let result = node.client().get(b"never", DEFAULT).expect("get");
+    assert!(result.values.is_empty());
+}

@@ -1,0 +1,11 @@
+//! shoal's cluster tests: real nodes on 127.0.0.1 (real TCP, real fjall in temp dirs), one
+//! test binary with a module per topic so CI links once (STYLE.md habit 15).
+
+mod cluster {
+    pub mod bad_input;
+    pub mod cli;
+    pub mod durability;
+    pub mod overload;
+    pub mod support;
+    pub mod versioning;
+}
