@@ -99,7 +99,7 @@ fn vclock(c: &mut Criterion) {
                 s
             })
         });
-        let stored = encode_version_set(&set);
+        let stored = encode_version_set(&set).expect("encodes");
         group.bench_function(format!("decode_stored_set_{siblings}_siblings"), |b| {
             b.iter(|| decode_version_set(black_box(&stored)).expect("ok"))
         });

@@ -34,6 +34,9 @@ pub enum StorageError {
     /// A stored object did not decode.
     #[error("{0}")]
     Corrupt(#[from] crate::wire::CorruptObject),
+    /// A version set did not encode (a bug: our own types always encode).
+    #[error("{0}")]
+    Encode(#[from] crate::wire::WireError),
     /// Version arithmetic refused the write (counter overflow).
     #[error("{0}")]
     Version(#[from] crate::versioning::VersionError),
@@ -128,7 +131,7 @@ impl Store {
     }
 
     fn write(&self, key: &[u8], set: &VersionSet) -> Result<(), StorageError> {
-        let bytes = encode_version_set(set);
+        let bytes = encode_version_set(set)?;
         // Pair assertion around the disk: what we write must read back as what we meant.
         debug_assert_eq!(decode_version_set(&bytes).ok().as_ref(), Some(set));
         self.objects.insert(key, bytes)?;

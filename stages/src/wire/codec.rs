@@ -1,7 +1,7 @@
 //! Encodings that are not frames: the opaque client context and the stored version set. They
 //! live here because `wire` is the only module that knows MessagePack.
 
-use super::message::from_body;
+use super::message::{from_body, WireError};
 use crate::error::ServiceError;
 use crate::vclock::VClock;
 use crate::versioning::VersionSet;
@@ -56,9 +56,10 @@ pub struct CorruptObject {
 
 /// Encodes a version set for storage: positional (no field names), since it is written for
 /// every object and read back only by this code.
-pub fn encode_version_set(set: &VersionSet) -> Vec<u8> {
-    // Plain data of strings, integers and bytes; serializing it cannot fail.
-    rmp_serde::to_vec(set).unwrap_or_default()
+pub fn encode_version_set(set: &VersionSet) -> Result<Vec<u8>, WireError> {
+    rmp_serde::to_vec(set).map_err(|e| WireError::Encode {
+        reason: e.to_string(),
+    })
 }
 
 /// Decodes a stored version set.
