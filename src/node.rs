@@ -165,7 +165,6 @@ impl Node {
                         parse_settings.clone(),
                         coordinate_tx.clone(),
                         intake_tx.clone(),
-                        stats.clone(),
                     )
                 },
                 None,
@@ -183,6 +182,7 @@ impl Node {
             },
             intake_rx,
             parse_tx,
+            stats,
             Arc::clone(&intake_stop),
             logger.new(o!("stage" => "intake")),
         );

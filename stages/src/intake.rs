@@ -11,13 +11,13 @@
 
 use crate::coordinate::Origin;
 use crate::error::ServiceError;
-use crate::parse::ParseEvent;
+use crate::parse::{ParseEvent, StatsSource};
 use crate::seda::{SendError, StageReceiver, StageSender, Wake};
-use crate::wire::{Frame, FrameDecoder, FrameError, Message};
+use crate::wire::{kind, Frame, FrameDecoder, FrameError, Message};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slog::{debug, info, warn, Logger};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
@@ -38,6 +38,13 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// Socket events handled per `poll` call.
 const EVENTS_PER_POLL: usize = 1024;
+/// Reads from one connection per turn of the loop. A client that sends faster than the loop
+/// drains would otherwise never yield `WouldBlock` and starve every other socket and the
+/// outgoing queue; past this it waits for the next turn.
+const READS_PER_TURN: usize = 16;
+/// A connection's output buffer is released once flushed if it grew beyond this, so one large
+/// reply does not pin its peak size for the life of the connection.
+const KEEP_BUFFER_BYTES: usize = 256 * 1024;
 
 /// Replies and commands for the intake loop.
 #[derive(Debug)]
@@ -154,6 +161,8 @@ struct Connection {
     written: usize,
     /// Close once `outgoing` is flushed (after a fatal frame error).
     closing: bool,
+    /// Unsent output exceeded `max_write_buffer_bytes`: a slow reader, dropped at next flush.
+    overflowed: bool,
 }
 
 /// The running intake loop.
@@ -167,6 +176,11 @@ pub struct Intake {
     stop: Arc<AtomicBool>,
     logger: Logger,
     scratch: Vec<u8>,
+    /// Connections that used their read turn without draining the socket; serviced again on
+    /// the next turn (edge-triggered readiness will not report them again).
+    ready: BTreeSet<ConnId>,
+    /// Answers `Stats` here, outside the request pipeline, so an overloaded node can be seen.
+    stats: StatsSource,
 }
 
 impl Intake {
@@ -176,6 +190,7 @@ impl Intake {
         settings: IntakeSettings,
         receiver: StageReceiver<IntakeEvent>,
         parse: StageSender<ParseEvent>,
+        stats: StatsSource,
         stop: Arc<AtomicBool>,
         logger: Logger,
     ) -> Intake {
@@ -189,6 +204,8 @@ impl Intake {
             stop,
             logger,
             scratch: vec![0; READ_CHUNK_BYTES],
+            ready: BTreeSet::new(),
+            stats,
         }
     }
 
@@ -197,7 +214,13 @@ impl Intake {
         info!(self.logger, "intake listening"; "addr" => %self.socket.local_addr);
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         while !self.stop.load(Ordering::Acquire) {
-            if let Err(e) = self.socket.poll.poll(&mut events, Some(POLL_TIMEOUT)) {
+            // Connections left with unread input must not wait for the poll timeout.
+            let timeout = if self.ready.is_empty() {
+                POLL_TIMEOUT
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.socket.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != ErrorKind::Interrupted {
                     warn!(self.logger, "poll failed"; "error" => %e);
                 }
@@ -209,6 +232,9 @@ impl Intake {
                     WAKER => {}
                     Token(conn) => self.service(conn as ConnId),
                 }
+            }
+            for conn in std::mem::take(&mut self.ready) {
+                self.service(conn);
             }
             self.deliver_outgoing();
         }
@@ -254,6 +280,7 @@ impl Intake {
                 outgoing: Vec::new(),
                 written: 0,
                 closing: false,
+                overflowed: false,
             },
         );
     }
@@ -268,7 +295,7 @@ impl Intake {
 
     /// Returns false when the connection is finished.
     fn read_frames(&mut self, conn: ConnId) -> bool {
-        loop {
+        for _ in 0..READS_PER_TURN {
             let Some(connection) = self.connections.get_mut(&conn) else {
                 return false;
             };
@@ -286,6 +313,8 @@ impl Intake {
                 Err(_) => return false,
             }
         }
+        self.ready.insert(conn);
+        true
     }
 
     fn dispatch_frames(&mut self, conn: ConnId) {
@@ -314,9 +343,11 @@ impl Intake {
                     if let IntakeEvent::Send { frame, .. } =
                         IntakeEvent::reply(origin, &Message::Error(reply))
                     {
-                        connection.outgoing.extend_from_slice(&frame);
+                        self.enqueue(conn, &frame);
                     }
-                    connection.closing = true;
+                    if let Some(connection) = self.connections.get_mut(&conn) {
+                        connection.closing = true;
+                    }
                     return;
                 }
             }
@@ -325,6 +356,18 @@ impl Intake {
 
     fn hand_to_parse(&mut self, conn: ConnId, frame: Frame, received_at: Instant) {
         let request_id = frame.request_id;
+        if frame.kind == kind::STATS {
+            let reply = match Message::decode(&frame) {
+                Ok(_) => Message::StatsReply(self.stats.snapshot()),
+                Err(error) => Message::Error(error.into()),
+            };
+            if let IntakeEvent::Send { frame, .. } =
+                IntakeEvent::reply(Origin { conn, request_id }, &reply)
+            {
+                self.enqueue(conn, &frame);
+            }
+            return;
+        }
         if let Err(refused) = self.parse.try_send(ParseEvent {
             conn,
             frame,
@@ -368,10 +411,17 @@ impl Intake {
         }
     }
 
-    /// Appends a frame to a connection's output (if it still exists).
+    /// Appends a frame to a connection's output (if it still exists), unless that would take
+    /// its unsent bytes past the bound: then the connection is marked for dropping instead.
     fn enqueue(&mut self, conn: ConnId, frame: &[u8]) {
+        let limit = self.settings.max_write_buffer_bytes;
         if let Some(connection) = self.connections.get_mut(&conn) {
-            connection.outgoing.extend_from_slice(frame);
+            let unsent = connection.outgoing.len() - connection.written;
+            if unsent + frame.len() > limit {
+                connection.overflowed = true;
+            } else {
+                connection.outgoing.extend_from_slice(frame);
+            }
         }
     }
 
@@ -381,6 +431,10 @@ impl Intake {
         let Some(connection) = self.connections.get_mut(&conn) else {
             return true;
         };
+        if connection.overflowed {
+            warn!(self.logger, "dropping slow reader"; "conn" => conn, "limit_bytes" => self.settings.max_write_buffer_bytes);
+            return false;
+        }
         while connection.written < connection.outgoing.len() {
             match connection
                 .stream
@@ -394,19 +448,19 @@ impl Intake {
             }
         }
         if connection.written == connection.outgoing.len() {
-            connection.outgoing.clear();
+            if connection.outgoing.capacity() > KEEP_BUFFER_BYTES {
+                connection.outgoing = Vec::new();
+            } else {
+                connection.outgoing.clear();
+            }
             connection.written = 0;
             return !connection.closing;
-        }
-        let unsent = connection.outgoing.len() - connection.written;
-        if unsent > self.settings.max_write_buffer_bytes {
-            warn!(self.logger, "dropping slow reader"; "conn" => conn, "unsent_bytes" => unsent);
-            return false;
         }
         true
     }
 
     fn close(&mut self, conn: ConnId) {
+        self.ready.remove(&conn);
         if let Some(mut connection) = self.connections.remove(&conn) {
             let _ = self
                 .socket

@@ -13,6 +13,7 @@
 pub mod coordinate;
 pub mod error;
 pub mod intake;
+pub mod membership;
 pub mod node_id;
 pub mod parse;
 pub mod quorum;

@@ -6,8 +6,8 @@
 //! anything reaches coordination. Every failure is answered with a typed error on the same
 //! connection, which stays open: a bad request is the client's problem, not the stream's.
 //!
-//! `Stats` requests are answered here, from the shared statistics, without entering the
-//! request pipeline: an operator must be able to see a node that is overloaded.
+//! `Stats` requests never reach this stage: the intake answers them itself, so an operator can
+//! inspect a node whose pipeline is full.
 
 use crate::coordinate::{ClientRequest, CoordinateEvent, OperationLatencies, Origin};
 use crate::error::ServiceError;
@@ -75,7 +75,6 @@ pub struct ParseStage {
     settings: ParseSettings,
     coordinate: StageSender<CoordinateEvent>,
     intake: StageSender<IntakeEvent>,
-    stats: StatsSource,
 }
 
 impl ParseStage {
@@ -84,13 +83,11 @@ impl ParseStage {
         settings: ParseSettings,
         coordinate: StageSender<CoordinateEvent>,
         intake: StageSender<IntakeEvent>,
-        stats: StatsSource,
     ) -> ParseStage {
         ParseStage {
             settings,
             coordinate,
             intake,
-            stats,
         }
     }
 
@@ -103,9 +100,7 @@ impl ParseStage {
             Ok(message) => message,
             Err(error) => return self.reply(origin, Message::Error(error.into())),
         };
-        if let Message::Stats = message {
-            return self.reply(origin, Message::StatsReply(self.stats.snapshot()));
-        }
+
         let request = match validate(&self.settings, message) {
             Ok(request) => request,
             Err(error) => return self.reply(origin, Message::Error(error)),

@@ -170,6 +170,31 @@ impl VersionSet {
         Ok(version)
     }
 
+    /// The context to return to the writer of `version`, given this set just after the write
+    /// (the coordinator's local set).
+    ///
+    /// Ideally the writer's context plus the new dot, so its next put supersedes its own write.
+    /// But a vector clock cannot hold a gap: if the writer had seen this coordinator's counter
+    /// up to 1 and its write took 3, then `{coordinator: 3}` also covers event 2 — someone
+    /// else's write the writer never saw — and its next put would silently delete it. So the
+    /// dot is added only when the result covers no other live version; otherwise the writer
+    /// gets its own context back, and its next put leaves this write as a sibling (an extra
+    /// sibling, never a lost write). Checking the coordinator's set is enough: every live
+    /// version carrying one of its dots is in its own set, where it was created.
+    pub fn write_context(&self, version: &Version) -> VClock {
+        let mut candidate = version.past.clone();
+        candidate.add_dot(&version.dot, version.timestamp_ms);
+        let covers_unseen = self
+            .versions
+            .iter()
+            .any(|v| v.dot != version.dot && candidate.covers(&v.dot));
+        if covers_unseen {
+            version.past.clone()
+        } else {
+            candidate
+        }
+    }
+
     /// A replica's side: merges another replica's set into this one (replication, read repair,
     /// anti-entropy, handoff). Commutative, associative and idempotent; a version is dropped only
     /// if another version supersedes it.

@@ -47,17 +47,28 @@ fn two_puts_with_the_same_context_both_survive() {
 }
 
 /// Goal: a put's returned context covers only what its writer saw plus its own write, so a
-/// follow-up put with it keeps a concurrent sibling instead of silently replacing it.
+/// follow-up put with it keeps a concurrent sibling instead of silently replacing it. The
+/// dangerous case is a gap: Bob's write took counter 2 of the coordinator between Alice's
+/// writes 1 and 3, so a plain clock {n1:3} would cover Bob's (n1,2).
 #[test]
 fn put_context_does_not_cover_siblings_the_writer_never_saw() {
     let node = TestNode::start("");
     let (mut alice, mut bob) = (node.client(), node.client());
-    let alice_context = alice.put(b"k", None, b"alice-1", DEFAULT).expect("put");
+    let first = alice.put(b"k", None, b"alice-1", DEFAULT).expect("put");
     bob.put(b"k", None, b"bob", DEFAULT).expect("put");
-    alice
-        .put(b"k", Some(&alice_context), b"alice-2", DEFAULT)
+    let second = alice
+        .put(b"k", Some(&first), b"alice-2", DEFAULT)
         .expect("put");
     assert_eq!(values(&mut alice, "k"), vec!["alice-2", "bob"]);
+    alice
+        .put(b"k", Some(&second), b"alice-3", DEFAULT)
+        .expect("put");
+    let after = values(&mut alice, "k");
+    assert!(
+        after.contains(&"bob".to_string()),
+        "Bob's acknowledged write was lost: {after:?}"
+    );
+    assert!(after.contains(&"alice-3".to_string()), "{after:?}");
 }
 
 /// Goal: a delete hides the key; a later put with the delete's context brings it back.

@@ -8,7 +8,7 @@ use crate::quorum::{QuorumState, QuorumTracker};
 use crate::ring::Ring;
 use crate::storage::{OpId, StorageDone, StorageEvent, StorageOutcome};
 use crate::vclock::VClock;
-use crate::versioning::{Version, VersionSet};
+use crate::versioning::VersionSet;
 use crate::wire::{encode_context, Bytes, GetReply, Message, PutReply};
 use crate::NodeId;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -53,8 +53,8 @@ struct Pending {
     tracker: QuorumTracker,
     /// Versions gathered from replicas (gets).
     merged: VersionSet,
-    /// The version a put created, once the local write is done.
-    written: Option<Version>,
+    /// The context to return for a put, once the local write created its version.
+    written: Option<VClock>,
     replied: bool,
 }
 
@@ -246,8 +246,8 @@ impl Coordinator {
                 pending.tracker.ack()
             }
             Ok(StorageOutcome::Written { set, version }) => {
+                pending.written = Some(set.write_context(&version));
                 pending.merged.merge(&set);
-                pending.written = Some(version);
                 pending.tracker.ack()
             }
             Err(error) => {
@@ -299,15 +299,11 @@ fn success_reply(pending: &Pending) -> Message {
                 .collect(),
             context: Bytes::from(encode_context(&pending.merged.context())),
         }),
-        (_, Some(version)) => {
-            // The context of a write covers what the writer had seen plus the new version, and
-            // not siblings it never saw, so its next put cannot silently replace them.
-            let mut context: VClock = version.past.clone();
-            context.add_dot(&version.dot, version.timestamp_ms);
-            Message::PutReply(PutReply {
-                context: Bytes::from(encode_context(&context)),
-            })
-        }
+        // See `VersionSet::write_context`: the writer's context plus its own write, unless
+        // that would also cover a sibling the writer never saw.
+        (_, Some(context)) => Message::PutReply(PutReply {
+            context: Bytes::from(encode_context(context)),
+        }),
         (_, None) => Message::PutReply(PutReply {
             context: Bytes::from(encode_context(&pending.merged.context())),
         }),

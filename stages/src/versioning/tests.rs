@@ -2,6 +2,7 @@
 //! Preguiça et al., "Dotted Version Vectors" (2010); riak_kv#746.
 
 use super::*;
+use crate::vclock::Dot;
 use proptest::prelude::*;
 
 const MAX: usize = 10;
@@ -77,6 +78,35 @@ fn delete_hides_and_later_put_revives() {
     assert_eq!(values(&set), Vec::<String>::new());
     let context = set.context();
     put(&mut set, "a", &context, "2", 3);
+    assert_eq!(values(&set), vec!["2"]);
+}
+
+/// Goal: the context a put returns never covers a concurrent write its writer did not see,
+/// even when that write took a counter between the writer's two writes.
+#[test]
+fn write_context_never_covers_an_unseen_sibling() {
+    let mut set = VersionSet::new();
+    let alice_1 = put(&mut set, "a", &VClock::new(), "alice-1", 1);
+    let alice_context = set.write_context(&alice_1);
+    put(&mut set, "a", &VClock::new(), "bob", 2);
+    let alice_2 = put(&mut set, "a", &alice_context, "alice-2", 3);
+    let context = set.write_context(&alice_2);
+    put(&mut set, "a", &context, "alice-3", 4);
+    assert!(
+        values(&set).contains(&"bob".to_string()),
+        "{:?}",
+        values(&set)
+    );
+}
+
+/// Goal: without a gap, the write context covers the writer's own write, so its next put
+/// replaces it (no needless sibling).
+#[test]
+fn write_context_without_a_gap_covers_the_writers_own_write() {
+    let mut set = VersionSet::new();
+    let first = put(&mut set, "a", &VClock::new(), "1", 1);
+    let context = set.write_context(&first);
+    put(&mut set, "a", &context, "2", 2);
     assert_eq!(values(&set), vec!["2"]);
 }
 
@@ -201,7 +231,7 @@ proptest! {
 
     /// Goal: reconciliation never drops a version that no other written version supersedes:
     /// after a full sync, every written version is either present or superseded by a version
-    /// some writer created after seeing it.
+    /// some writer created after seeing it (contexts come from gets and from put replies).
     #[test]
     fn merge_never_drops_an_unsuperseded_version(steps in arb_steps()) {
         let (mut replicas, written) = run(&steps);
@@ -242,5 +272,59 @@ proptest! {
         }
         put(&mut replicas[0], "a", &context, "final", 1000);
         prop_assert_eq!(replicas[0].len(), 1);
+    }
+}
+
+/// The dots a context's holder has seen: the versions it was shown and everything those had
+/// seen (causal history), tracked independently of the clocks under test.
+type Seen = std::collections::BTreeSet<Dot>;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Goal: a context never covers a live write its holder did not see, whether it came from a
+    /// get or from a put reply; so a put never supersedes an unseen write (no lost write, SPEC §3).
+    /// Method: random histories on three replicas; for every context handed out, compute its
+    /// true causal history and check the clock covers no written dot outside it.
+    #[test]
+    fn contexts_cover_only_what_their_holder_saw(steps in arb_steps()) {
+        let mut replicas = vec![VersionSet::new(); REPLICAS];
+        let mut history: std::collections::BTreeMap<Dot, Seen> = Default::default();
+        let mut contexts: Vec<(VClock, Seen)> = vec![(VClock::new(), Seen::new())];
+        let mut written: Vec<Dot> = Vec::new();
+        for (now, step) in steps.iter().enumerate() {
+            match step {
+                Step::Put { replica, context_from, tombstone } => {
+                    let (context, seen) = context_from
+                        .map(|i| contexts[i % contexts.len()].clone())
+                        .unwrap_or_default();
+                    // Covering a dot is harmless when a writer who saw it already superseded
+                    // it; it is a lost write when the dot is live and unseen.
+                    for dot in &written {
+                        let legitimately_superseded = history.iter()
+                            .any(|(by, saw)| by != dot && saw.contains(dot));
+                        prop_assert!(!context.covers(dot) || seen.contains(dot) || legitimately_superseded,
+                            "context covers unseen live write {dot:?}");
+                    }
+                    let value = if *tombstone { None } else { Some(vec![now as u8]) };
+                    let set = &mut replicas[*replica];
+                    let v = set.coordinate_put(&node(COORDINATORS[*replica]), &context, value, now as u64, MAX)
+                        .expect("small counters");
+                    let mut own = seen.clone();
+                    own.insert(v.dot.clone());
+                    history.insert(v.dot.clone(), own.clone());
+                    written.push(v.dot.clone());
+                    contexts.push((set.write_context(&v), own));
+                    let read_seen: Seen = set.versions().iter()
+                        .flat_map(|x| history.get(&x.dot).cloned().unwrap_or_default())
+                        .collect();
+                    contexts.push((set.context(), read_seen));
+                }
+                Step::Sync { from, to } => {
+                    let source = replicas[*from].clone();
+                    replicas[*to].merge(&source);
+                }
+            }
+        }
     }
 }

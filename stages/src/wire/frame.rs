@@ -16,6 +16,9 @@ use std::fmt;
 pub const LENGTH_BYTES: usize = 4;
 /// Bytes after the length prefix that every frame has: kind (2) and request id (8).
 pub const FRAME_OVERHEAD_BYTES: usize = 2 + 8;
+/// A decoder keeps a buffer up to this size between frames; a larger one (left by a large
+/// frame) is released once drained.
+const KEEP_BUFFER_BYTES: usize = 256 * 1024;
 
 /// One frame, header decoded, body still MessagePack.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,7 +146,12 @@ impl FrameDecoder {
         };
         self.start += LENGTH_BYTES + declared;
         if self.start == self.buffer.len() {
-            self.buffer.clear();
+            // Release a buffer that a large frame grew, so idle connections stay small.
+            if self.buffer.capacity() > KEEP_BUFFER_BYTES {
+                self.buffer = Vec::new();
+            } else {
+                self.buffer.clear();
+            }
             self.start = 0;
         }
         Ok(Some(frame))
