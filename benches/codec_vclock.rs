@@ -5,8 +5,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shoal_stages::vclock::VClock;
 use shoal_stages::versioning::VersionSet;
 use shoal_stages::wire::{
-    decode_context, decode_version_set, encode_context, encode_version_set, Bytes, FrameDecoder,
-    Message, PutRequest,
+    decode_version_set, encode_version_set, Bytes, ContextSeal, FrameDecoder, Message, PutRequest,
 };
 use shoal_stages::NodeId;
 use std::hint::black_box;
@@ -18,7 +17,9 @@ fn put_message(value_bytes: usize) -> Message {
         .with_entry("n3", 3, 3);
     Message::Put(PutRequest {
         key: Bytes::from(b"user:0000012345".to_vec()),
-        context: Some(Bytes::from(encode_context(&context))),
+        context: Some(Bytes::from(
+            ContextSeal::new(b"bench-secret-0123456789").encode(&context),
+        )),
         value: Bytes::from(vec![7u8; value_bytes]),
         w: Some(2),
         timeout_ms: None,
@@ -43,9 +44,10 @@ fn codec(c: &mut Criterion) {
             })
         });
     }
-    let context = encode_context(&VClock::new().with_entry("n1", 12, 1).with_entry("n2", 7, 2));
-    group.bench_function("decode_context", |b| {
-        b.iter(|| decode_context(black_box(&context)).expect("ok"))
+    let seal = ContextSeal::new(b"bench-secret-0123456789");
+    let context = seal.encode(&VClock::new().with_entry("n1", 12, 1).with_entry("n2", 7, 2));
+    group.bench_function("open_sealed_context", |b| {
+        b.iter(|| seal.decode(black_box(&context)).expect("ok"))
     });
     group.finish();
 }

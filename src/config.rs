@@ -11,6 +11,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The cluster secret used when the config sets none. Public, hence only for trying shoal out.
+pub const DEFAULT_SECRET: &str = "shoal-insecure-default-secret";
+
 /// Bytes a frame needs beyond its key and value (field names, context, quorum fields). A put
 /// with a maximal key and value must fit in a frame, so `max_frame_bytes` is checked against it.
 const FRAME_SLACK_BYTES: usize = 16 * 1024;
@@ -115,6 +118,9 @@ pub struct ClusterSection {
     pub vclock_max_entries: usize,
     /// The other members (this node is always a member). Empty: a one-node cluster.
     pub members: Vec<MemberSection>,
+    /// Shared by every node of the cluster: seals client contexts (and later authenticates
+    /// peers). The default is public, so a node using it warns at start.
+    pub secret: String,
 }
 
 impl Default for ClusterSection {
@@ -127,6 +133,7 @@ impl Default for ClusterSection {
             request_timeout_ms: 2000,
             vclock_max_entries: 10,
             members: Vec::new(),
+            secret: DEFAULT_SECRET.to_string(),
         }
     }
 }
@@ -303,6 +310,9 @@ impl Config {
         }
         if c.request_timeout_ms == 0 {
             return Err(invalid("cluster.request_timeout_ms", "must be positive"));
+        }
+        if c.secret.len() < 16 {
+            return Err(invalid("cluster.secret", "must be at least 16 bytes"));
         }
         if c.vclock_max_entries == 0 {
             return Err(invalid("cluster.vclock_max_entries", "must be at least 1"));

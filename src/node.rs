@@ -9,7 +9,7 @@
 //! with a blocking `send`. The blocking edges (storage→coordinate, coordinate→intake,
 //! parse→intake) form no cycle, and the intake never blocks, so the pipeline cannot deadlock.
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, DEFAULT_SECRET};
 use shoal_stages::coordinate::{
     CoordinateEvent, CoordinateStage, Coordinator, CoordinatorSettings, OperationLatencies,
 };
@@ -18,8 +18,9 @@ use shoal_stages::parse::{ParseEvent, ParseSettings, ParseStage, StageProbe, Sta
 use shoal_stages::ring::{Ring, RingError};
 use shoal_stages::seda::{spawn_stage, stage_queue, StageHandle, StageSender};
 use shoal_stages::storage::{StorageError, StorageEvent, StorageSettings, StorageStage, Store};
+use shoal_stages::wire::ContextSeal;
 use shoal_stages::NodeId;
-use slog::{info, o, Logger};
+use slog::{info, o, warn, Logger};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -77,6 +78,13 @@ impl Node {
             config.cluster.partitions,
             &config.ring_members()?,
         )?);
+        if config.cluster.secret == DEFAULT_SECRET {
+            warn!(
+                logger,
+                "cluster.secret is the public default: anyone can forge contexts; set your own"
+            );
+        }
+        let seal = ContextSeal::new(config.cluster.secret.as_bytes());
 
         let socket =
             IntakeSocket::bind(config.node.listen).map_err(io_error("binding listen address"))?;
@@ -133,6 +141,7 @@ impl Node {
             r: config.cluster.r,
             w: config.cluster.w,
             request_timeout: Duration::from_millis(config.cluster.request_timeout_ms),
+            seal: seal.clone(),
         };
         let coordinator = Coordinator::new(settings, Arc::clone(&ring), latencies);
         let mut coordinator = Some(coordinator);
@@ -155,6 +164,7 @@ impl Node {
         let parse_settings = ParseSettings {
             max_key_bytes: config.limits.max_key_bytes,
             max_value_bytes: config.limits.max_value_bytes,
+            seal,
         };
         stages.push(
             spawn_stage(

@@ -13,7 +13,7 @@ use crate::coordinate::{ClientRequest, CoordinateEvent, OperationLatencies, Orig
 use crate::error::ServiceError;
 use crate::intake::{ConnId, IntakeEvent};
 use crate::seda::{SendError, Stage, StageSender, StageSnapshot};
-use crate::wire::{decode_context, Frame, Message, StatsReply};
+use crate::wire::{ContextSeal, Frame, Message, StatsReply};
 use crate::NodeId;
 use std::fmt;
 use std::sync::Arc;
@@ -43,6 +43,8 @@ pub struct ParseSettings {
     pub max_key_bytes: usize,
     /// Longest value accepted.
     pub max_value_bytes: usize,
+    /// Checks that contexts were produced by this cluster.
+    pub seal: ContextSeal,
 }
 
 /// Reads the live statistics of every stage of the node.
@@ -159,7 +161,7 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<ClientRequ
                 });
             }
             let context = match &put.context {
-                Some(bytes) => decode_context(bytes)?,
+                Some(bytes) => settings.seal.decode(bytes)?,
                 None => Default::default(),
             };
             Ok(ClientRequest::Put {
@@ -174,7 +176,7 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<ClientRequ
             check_key(settings, &delete.key)?;
             Ok(ClientRequest::Put {
                 key: delete.key.into_vec(),
-                context: decode_context(&delete.context)?,
+                context: settings.seal.decode(&delete.context)?,
                 value: None,
                 w: delete.w.map(usize::from),
                 timeout: timeout(delete.timeout_ms),

@@ -9,7 +9,7 @@ use crate::ring::Ring;
 use crate::storage::{OpId, StorageDone, StorageEvent, StorageOutcome};
 use crate::vclock::VClock;
 use crate::versioning::VersionSet;
-use crate::wire::{encode_context, Bytes, GetReply, Message, PutReply};
+use crate::wire::{Bytes, ContextSeal, GetReply, Message, PutReply};
 use crate::NodeId;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -42,6 +42,8 @@ pub struct CoordinatorSettings {
     pub w: usize,
     /// Default request deadline.
     pub request_timeout: Duration,
+    /// Seals the contexts handed to clients.
+    pub seal: ContextSeal,
 }
 
 /// A request waiting for its quorum.
@@ -259,7 +261,7 @@ impl Coordinator {
             }
         };
         if state == QuorumState::Reached && !pending.replied {
-            let message = success_reply(&pending);
+            let message = success_reply(&self.settings.seal, &pending);
             self.reply(now, &mut pending, message, out);
         }
         if pending.tracker.all_answered() {
@@ -289,7 +291,7 @@ impl Coordinator {
 }
 
 /// The reply to a request whose quorum was reached.
-fn success_reply(pending: &Pending) -> Message {
+fn success_reply(seal: &ContextSeal, pending: &Pending) -> Message {
     match (&pending.operation, &pending.written) {
         (Operation::Get, _) => Message::GetReply(GetReply {
             values: pending
@@ -297,15 +299,15 @@ fn success_reply(pending: &Pending) -> Message {
                 .live_values()
                 .map(|v| Bytes::from(v.to_vec()))
                 .collect(),
-            context: Bytes::from(encode_context(&pending.merged.context())),
+            context: Bytes::from(seal.encode(&pending.merged.context())),
         }),
         // See `VersionSet::write_context`: the writer's context plus its own write, unless
         // that would also cover a sibling the writer never saw.
         (_, Some(context)) => Message::PutReply(PutReply {
-            context: Bytes::from(encode_context(context)),
+            context: Bytes::from(seal.encode(context)),
         }),
         (_, None) => Message::PutReply(PutReply {
-            context: Bytes::from(encode_context(&pending.merged.context())),
+            context: Bytes::from(seal.encode(&pending.merged.context())),
         }),
     }
 }

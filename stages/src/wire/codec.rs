@@ -5,28 +5,121 @@ use super::message::{from_body, WireError};
 use crate::error::ServiceError;
 use crate::vclock::VClock;
 use crate::versioning::VersionSet;
+use md5::{Digest, Md5};
 
 /// Most entries a client context may carry. A store that keeps clock entries from preference-list
 /// nodes only sees a handful; the bound exists so a crafted context cannot make the coordinator
 /// store and compare thousands of entries per version.
 pub const MAX_CONTEXT_ENTRIES: usize = 256;
 
-/// Pseudo-kind used in decode errors of contexts (they travel inside other messages).
-const CONTEXT_KIND: u16 = 0;
-/// Pseudo-kind used in decode errors of stored objects.
-const STORED_KIND: u16 = 0;
+/// Pseudo-kinds for decode errors of encodings that are not frames (they travel inside other
+/// messages or on disk); outside the frame kinds' range so errors tell them apart.
+const CONTEXT_KIND: u16 = u16::MAX;
+/// See [`CONTEXT_KIND`].
+const STORED_KIND: u16 = u16::MAX - 1;
 
-/// Encodes a context for a client. Empty clocks encode too, so every reply has a context.
-pub fn encode_context(clock: &VClock) -> Vec<u8> {
-    // A VClock is a map of strings to pairs of integers; serializing it cannot fail.
-    rmp_serde::to_vec(clock).unwrap_or_default()
+/// Bytes of the MAC that seals a context.
+const SEAL_BYTES: usize = 16;
+/// HMAC block size of MD5.
+const HMAC_BLOCK_BYTES: usize = 64;
+
+/// Seals contexts so that clients cannot forge them.
+///
+/// Why: a context's counters decide which versions a put removes and which counter the
+/// coordinator uses next. A forged context could delete versions its client never saw, or push
+/// a node's counter to `u64::MAX` and make the key unwritable for good. So every context leaves
+/// a node with an HMAC (RFC 2104, over MD5) keyed by the cluster secret, and one that comes
+/// back without a valid MAC is refused. Every node of a cluster shares the secret, so any node
+/// accepts a context any other produced. HMAC-MD5 remains a sound MAC (MD5's collision
+/// weakness does not carry over to HMAC); it is used because MD5 is already our ring hash.
+#[derive(Clone)]
+pub struct ContextSeal {
+    inner_pad: [u8; HMAC_BLOCK_BYTES],
+    outer_pad: [u8; HMAC_BLOCK_BYTES],
 }
 
-/// Decodes a context a client sent back, bounded by [`MAX_CONTEXT_ENTRIES`].
-pub fn decode_context(bytes: &[u8]) -> Result<VClock, ServiceError> {
-    if bytes.is_empty() {
-        return Ok(VClock::new());
+impl std::fmt::Debug for ContextSeal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ContextSeal(..)") // never print key material
     }
+}
+
+impl ContextSeal {
+    /// A seal keyed by the cluster secret.
+    pub fn new(secret: &[u8]) -> ContextSeal {
+        let mut key = [0u8; HMAC_BLOCK_BYTES];
+        if secret.len() > HMAC_BLOCK_BYTES {
+            key[..16].copy_from_slice(&Md5::digest(secret));
+        } else {
+            key[..secret.len()].copy_from_slice(secret);
+        }
+        ContextSeal {
+            inner_pad: key.map(|b| b ^ 0x36),
+            outer_pad: key.map(|b| b ^ 0x5c),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn mac_for_test(&self, message: &[u8]) -> [u8; SEAL_BYTES] {
+        self.mac(message)
+    }
+
+    fn mac(&self, message: &[u8]) -> [u8; SEAL_BYTES] {
+        let inner = Md5::new()
+            .chain_update(self.inner_pad)
+            .chain_update(message)
+            .finalize();
+        Md5::new()
+            .chain_update(self.outer_pad)
+            .chain_update(inner)
+            .finalize()
+            .into()
+    }
+
+    /// Encodes and seals a context for a client. Empty clocks encode too, so every reply has a
+    /// context.
+    pub fn encode(&self, clock: &VClock) -> Vec<u8> {
+        // A VClock is a map of strings to pairs of integers; serializing it cannot fail.
+        let mut bytes = rmp_serde::to_vec(clock).unwrap_or_default();
+        let mac = self.mac(&bytes);
+        bytes.extend_from_slice(&mac);
+        bytes
+    }
+
+    /// Checks the seal of a context a client sent back and decodes it, bounded by
+    /// [`MAX_CONTEXT_ENTRIES`]. Empty bytes are the empty context (a blind write).
+    pub fn decode(&self, bytes: &[u8]) -> Result<VClock, ServiceError> {
+        if bytes.is_empty() {
+            return Ok(VClock::new());
+        }
+        let Some(split) = bytes.len().checked_sub(SEAL_BYTES) else {
+            return Err(bad_context("too short to carry its seal"));
+        };
+        let (body, mac) = bytes.split_at(split);
+        // Compare without an early exit so the time taken does not tell how much matched.
+        let expected = self.mac(body);
+        if expected
+            .iter()
+            .zip(mac)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            != 0
+        {
+            return Err(bad_context(
+                "seal does not match: not a context of this cluster",
+            ));
+        }
+        decode_context_body(body)
+    }
+}
+
+fn bad_context(reason: &str) -> ServiceError {
+    ServiceError::BadContext {
+        reason: reason.to_string(),
+    }
+}
+
+/// Decodes an unsealed context body, bounded by [`MAX_CONTEXT_ENTRIES`].
+fn decode_context_body(bytes: &[u8]) -> Result<VClock, ServiceError> {
     let clock: VClock = from_body(CONTEXT_KIND, bytes).map_err(|e| ServiceError::BadContext {
         reason: e.to_string(),
     })?;

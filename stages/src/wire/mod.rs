@@ -8,8 +8,7 @@ mod frame;
 mod message;
 
 pub use codec::{
-    decode_context, decode_version_set, encode_context, encode_version_set, CorruptObject,
-    MAX_CONTEXT_ENTRIES,
+    decode_version_set, encode_version_set, ContextSeal, CorruptObject, MAX_CONTEXT_ENTRIES,
 };
 pub use frame::{
     encode_frame, encode_frame_into, Frame, FrameDecoder, FrameError, FRAME_OVERHEAD_BYTES,
