@@ -14,6 +14,20 @@ use std::time::Duration;
 /// The cluster secret used when the config sets none. Public, hence only for trying shoal out.
 pub const DEFAULT_SECRET: &str = "shoal-insecure-default-secret";
 
+/// Upper bounds on config values, so no value can overflow time arithmetic or allocate
+/// absurdly at start (each is far beyond any sensible setting).
+const MAX_INTERVAL_MS: u64 = 3_600_000;
+/// See [`MAX_INTERVAL_MS`].
+const MAX_QUEUE_CAPACITY: usize = 1 << 20;
+/// See [`MAX_INTERVAL_MS`].
+const MAX_BATCH: usize = 4096;
+/// See [`MAX_INTERVAL_MS`].
+const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;
+/// See [`MAX_INTERVAL_MS`].
+const MAX_VALUE_LIMIT_BYTES: usize = 256 * 1024 * 1024;
+/// See [`MAX_INTERVAL_MS`].
+const MAX_SIBLINGS_LIMIT: usize = 1024;
+
 /// Bytes a frame needs beyond its key and value (field names, context, quorum fields). A put
 /// with a maximal key and value must fit in a frame, so `max_frame_bytes` is checked against it.
 const FRAME_SLACK_BYTES: usize = 16 * 1024;
@@ -168,6 +182,8 @@ pub struct LimitsSection {
     pub max_connections: usize,
     /// Most unsent reply bytes per connection before it is dropped as a slow reader.
     pub max_write_buffer_bytes: usize,
+    /// Most siblings a key may have after a put; more is a `TooManySiblings` error.
+    pub max_siblings: usize,
 }
 
 impl Default for LimitsSection {
@@ -181,6 +197,7 @@ impl Default for LimitsSection {
                 + FRAME_SLACK_BYTES,
             max_connections: 1024,
             max_write_buffer_bytes: 16 * 1024 * 1024,
+            max_siblings: 32,
         }
     }
 }
@@ -251,14 +268,55 @@ impl Default for LogSection {
     }
 }
 
-/// The stage table: name, class, default threads, default queue bound, default batch, tick.
-/// Shutdown runs in this order (intake first, so no new work enters; storage last, so
-/// everything accepted is flushed).
-const STAGE_TABLE: [(&str, StageClass, usize, usize, usize, u64); 4] = [
-    ("intake", StageClass::Foreground, 1, 4096, 256, 100),
-    ("parse", StageClass::Foreground, 1, 1024, 64, 100),
-    ("coordinate", StageClass::Foreground, 1, 4096, 64, 5),
-    ("storage", StageClass::Foreground, 2, 1024, 64, 100),
+/// One row of the stage table: a stage's defaults.
+struct StageRow {
+    /// The noun used in types, thread names, config keys, stats and logs.
+    name: &'static str,
+    class: StageClass,
+    threads: usize,
+    queue_capacity: usize,
+    /// Events per wake-up (unused by the intake, which drains its queue every loop turn).
+    batch_max: usize,
+    /// How often the stage's `on_tick` runs: the coordinator's deadline resolution, the
+    /// storage flush interval of `sync = "periodic"` (overridden by `sync_interval_ms`).
+    tick_ms: u64,
+}
+
+/// The stage table, in pipeline order; `Node::shutdown` stops them in this order (intake
+/// first, so no new work enters; storage last, so everything accepted is flushed).
+const STAGE_TABLE: [StageRow; 4] = [
+    StageRow {
+        name: "intake",
+        class: StageClass::Foreground,
+        threads: 1,
+        queue_capacity: 4096,
+        batch_max: 256,
+        tick_ms: 100,
+    },
+    StageRow {
+        name: "parse",
+        class: StageClass::Foreground,
+        threads: 1,
+        queue_capacity: 1024,
+        batch_max: 64,
+        tick_ms: 100,
+    },
+    StageRow {
+        name: "coordinate",
+        class: StageClass::Foreground,
+        threads: 1,
+        queue_capacity: 4096,
+        batch_max: 64,
+        tick_ms: 5,
+    },
+    StageRow {
+        name: "storage",
+        class: StageClass::Foreground,
+        threads: 2,
+        queue_capacity: 1024,
+        batch_max: 64,
+        tick_ms: 100,
+    },
 ];
 
 /// Default microseconds an idle worker polls (yielding) before parking. Waking a parked thread
@@ -308,8 +366,11 @@ impl Config {
                 return Err(invalid(key, format!("{value} is outside 1..=n ({})", c.n)));
             }
         }
-        if c.request_timeout_ms == 0 {
-            return Err(invalid("cluster.request_timeout_ms", "must be positive"));
+        if c.request_timeout_ms == 0 || c.request_timeout_ms > MAX_INTERVAL_MS {
+            return Err(invalid(
+                "cluster.request_timeout_ms",
+                format!("must be in 1..={MAX_INTERVAL_MS}"),
+            ));
         }
         if c.secret.len() < 16 {
             return Err(invalid("cluster.secret", "must be at least 16 bytes"));
@@ -318,10 +379,10 @@ impl Config {
             return Err(invalid("cluster.vclock_max_entries", "must be at least 1"));
         }
         self.validate_limits()?;
-        if self.storage.sync == SyncMode::Periodic && self.storage.sync_interval_ms == 0 {
+        if self.storage.sync_interval_ms == 0 || self.storage.sync_interval_ms > MAX_INTERVAL_MS {
             return Err(invalid(
                 "storage.sync_interval_ms",
-                "must be positive with sync = \"periodic\"",
+                format!("must be in 1..={MAX_INTERVAL_MS}"),
             ));
         }
         self.validate_stages()?;
@@ -358,8 +419,23 @@ impl Config {
                 "{} must be at least max_key_bytes + max_value_bytes + {} ({needed}) and at most {}",
                 l.max_frame_bytes, FRAME_OVERHEAD_BYTES + FRAME_SLACK_BYTES, u32::MAX)));
         }
-        if l.max_connections == 0 {
-            return Err(invalid("limits.max_connections", "must be at least 1"));
+        if l.max_value_bytes > MAX_VALUE_LIMIT_BYTES {
+            return Err(invalid(
+                "limits.max_value_bytes",
+                format!("must be at most {MAX_VALUE_LIMIT_BYTES}"),
+            ));
+        }
+        if l.max_connections == 0 || l.max_connections > MAX_CONNECTIONS_LIMIT {
+            return Err(invalid(
+                "limits.max_connections",
+                format!("must be in 1..={MAX_CONNECTIONS_LIMIT}"),
+            ));
+        }
+        if l.max_siblings == 0 || l.max_siblings > MAX_SIBLINGS_LIMIT {
+            return Err(invalid(
+                "limits.max_siblings",
+                format!("must be in 1..={MAX_SIBLINGS_LIMIT}"),
+            ));
         }
         if l.max_write_buffer_bytes < l.max_frame_bytes {
             return Err(invalid(
@@ -378,16 +454,19 @@ impl Config {
                     "must be in 1..=256",
                 ));
             }
-            if tuning.queue_capacity == Some(0) {
+            if tuning
+                .queue_capacity
+                .is_some_and(|c| c == 0 || c > MAX_QUEUE_CAPACITY)
+            {
                 return Err(invalid(
                     &format!("stages.{name}.queue_capacity"),
-                    "must be at least 1",
+                    format!("must be in 1..={MAX_QUEUE_CAPACITY}"),
                 ));
             }
-            if tuning.batch_max == Some(0) {
+            if tuning.batch_max.is_some_and(|b| b == 0 || b > MAX_BATCH) {
                 return Err(invalid(
                     &format!("stages.{name}.batch_max"),
-                    "must be at least 1",
+                    format!("must be in 1..={MAX_BATCH}"),
                 ));
             }
             if tuning.spin_us.is_some_and(|s| s > 100_000) {
@@ -403,11 +482,9 @@ impl Config {
                 "must be 1: the coordinator's pending-request table lives in one thread",
             ));
         }
-        if self.stages.intake.threads.is_some_and(|t| t != 1) {
-            return Err(invalid(
-                "stages.intake.threads",
-                "must be 1: one mio event loop owns every socket",
-            ));
+        let intake = &self.stages.intake;
+        if intake.threads.is_some() || intake.batch_max.is_some() || intake.spin_us.is_some() {
+            return Err(invalid("stages.intake", "takes only queue_capacity: one mio event loop owns every socket and drains its queue every turn"));
         }
         Ok(())
     }
@@ -421,28 +498,28 @@ impl Config {
         ]
     }
 
-    /// The resolved spec of a stage of the stage table.
+    /// The resolved spec of a stage of the stage table (unknown names get the intake's row;
+    /// callers pass names from the table).
     pub fn stage_spec(&self, name: &str) -> StageSpec {
-        let (tuning, row) = self
-            .stage_tunings()
-            .into_iter()
-            .zip(STAGE_TABLE)
-            .find(|((n, _), _)| *n == name)
-            .map(|((_, t), row)| (t.clone(), row))
-            .unwrap_or_else(|| (StageTuning::default(), STAGE_TABLE[0]));
-        let (stage_name, class, threads, capacity, batch, tick_ms) = row;
+        let index = STAGE_TABLE
+            .iter()
+            .position(|row| row.name == name)
+            .unwrap_or(0);
+        let row = &STAGE_TABLE[index];
+        let tuning = self.stage_tunings()[index].1;
+        let tick = if row.name == "storage" && self.storage.sync == SyncMode::Periodic {
+            Duration::from_millis(self.storage.sync_interval_ms)
+        } else {
+            Duration::from_millis(row.tick_ms)
+        };
         StageSpec {
-            name: stage_name,
-            class,
-            threads: tuning.threads.unwrap_or(threads),
-            queue_capacity: tuning.queue_capacity.unwrap_or(capacity),
-            batch_max: tuning.batch_max.unwrap_or(batch),
+            name: row.name,
+            class: row.class,
+            threads: tuning.threads.unwrap_or(row.threads),
+            queue_capacity: tuning.queue_capacity.unwrap_or(row.queue_capacity),
+            batch_max: tuning.batch_max.unwrap_or(row.batch_max),
             spin: Duration::from_micros(tuning.spin_us.unwrap_or(DEFAULT_SPIN_US)),
-            tick: if name == "storage" && self.storage.sync == SyncMode::Periodic {
-                Duration::from_millis(self.storage.sync_interval_ms)
-            } else {
-                Duration::from_millis(tick_ms)
-            },
+            tick,
         }
     }
 

@@ -17,7 +17,9 @@ use shoal_stages::intake::{Intake, IntakeEvent, IntakeSettings, IntakeSocket};
 use shoal_stages::parse::{ParseEvent, ParseSettings, ParseStage, StageProbe, StatsSource};
 use shoal_stages::ring::{Ring, RingError};
 use shoal_stages::seda::{spawn_stage, stage_queue, StageHandle, StageSender};
-use shoal_stages::storage::{StorageError, StorageEvent, StorageSettings, StorageStage, Store};
+use shoal_stages::storage::{
+    StorageError, StorageEvent, StorageSettings, StorageStage, Store, VersionLimits,
+};
 use shoal_stages::wire::ContextSeal;
 use shoal_stages::NodeId;
 use slog::{info, o, warn, Logger};
@@ -114,7 +116,10 @@ impl Node {
         let storage_settings = StorageSettings {
             node: node.clone(),
             sync: config.storage.sync,
-            vclock_max_entries: config.cluster.vclock_max_entries,
+            limits: VersionLimits {
+                max_clock_entries: config.cluster.vclock_max_entries,
+                max_siblings: config.limits.max_siblings,
+            },
         };
         let storage_logger = logger.new(o!("stage" => "storage"));
         stages.push(

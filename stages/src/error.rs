@@ -86,6 +86,15 @@ pub enum ServiceError {
         /// Replicas that answered with an error.
         failed: u64,
     },
+    /// The put would leave more siblings than the limit; nothing was stored. Read the key and
+    /// put with its context to reconcile the siblings first.
+    #[error("too many siblings: the put would leave {count}, the limit is {max}; reconcile with a get's context")]
+    TooManySiblings {
+        /// Siblings the put would leave.
+        count: u64,
+        /// The node's `limits.max_siblings`.
+        max: u64,
+    },
     /// The local storage engine failed; the write was not acknowledged.
     #[error("storage error: {reason}")]
     Storage {

@@ -125,24 +125,42 @@ fn garbage_bodies_and_replies_sent_as_requests_get_typed_errors() {
     );
 }
 
-/// Goal: random bytes produce a typed error or a close, never a crash; other clients go on.
+/// Goal: frames with valid headers but random kinds and bodies get typed errors on a
+/// connection that stays open, and raw random bytes get a typed error or a close; the node
+/// serves everyone else throughout.
 #[test]
-fn random_bytes_get_a_typed_error_and_the_node_keeps_serving() {
+fn random_frames_and_bytes_get_typed_errors_and_the_node_keeps_serving() {
     let node = TestNode::start("");
     let mut seed: u64 = 0x5eed_1234;
-    for _ in 0..20 {
-        let mut client = node.client();
-        let bytes: Vec<u8> = (0..512)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
-            .collect();
-        client.send_raw(&bytes).expect("send");
-        // Whatever the bytes said, the node answers with typed errors or closes the stream.
-        while let Ok((_, reply)) = client.receive() {
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut client = node.client();
+    for id in 1..=200u64 {
+        // Kinds near the real ones (1..=12, 99..=112) and beyond; bodies of random bytes.
+        let kind = [next() % 13, 99 + next() % 14, next() % 65536][(next() % 3) as usize] as u16;
+        let body: Vec<u8> = (0..next() % 64).map(|_| next() as u8).collect();
+        if kind == shoal_stages::wire::kind::STATS && body == [0xc0] {
+            continue; // nil is the Stats request's valid body
+        }
+        client
+            .send_raw(&encode_frame(kind, id, &body))
+            .expect("send");
+        let (reply_id, reply) = client.receive().expect("a reply for every frame");
+        assert_eq!(reply_id, id);
+        assert!(
+            matches!(reply, Message::Error(_)),
+            "kind {kind} body {body:?} produced {reply}"
+        );
+    }
+    for _ in 0..10 {
+        let mut raw = node.client();
+        let bytes: Vec<u8> = (0..512).map(|_| next() as u8).collect();
+        raw.send_raw(&bytes).expect("send");
+        while let Ok((_, reply)) = raw.receive() {
             assert!(
                 matches!(reply, Message::Error(_)),
                 "random bytes produced {reply}"
@@ -207,11 +225,54 @@ fn client_that_never_reads_is_dropped_and_others_are_served() {
         r: None,
         timeout_ms: None,
     });
-    // Each reply is ~90 KB: a few hundred unread replies overflow socket buffers and the bound.
-    for _ in 0..400 {
+    // Each reply is ~90 KB: 400 unread replies (36 MB) overflow the socket buffers and then
+    // the node's 200 KB bound, so the node must cut the hog off before sending them all.
+    let requests = 400;
+    for _ in 0..requests {
         if hog.send(&get).is_err() {
             break;
         }
     }
     assert_still_serving(&node);
+    let mut received = 0;
+    while hog.receive().is_ok() {
+        received += 1;
+    }
+    assert!(
+        received < requests,
+        "the hog received all {received} replies: it was never dropped"
+    );
+}
+
+/// Goal: blind puts cannot grow a key past the sibling limit (a get must stay readable); the
+/// put over the limit stores nothing, and a put with a get's context reconciles.
+#[test]
+fn blind_puts_beyond_the_sibling_limit_are_refused_and_reconciling_works() {
+    let node = TestNode::start("[limits]\nmax_siblings = 3\n");
+    let mut client = node.client();
+    for value in ["a", "b", "c"] {
+        client
+            .put(b"k", None, value.as_bytes(), DEFAULT)
+            .expect("within the limit");
+    }
+    let error = client
+        .put(b"k", None, b"d", DEFAULT)
+        .expect_err("over the limit");
+    assert!(
+        matches!(
+            error,
+            ClientError::Service(ServiceError::TooManySiblings { count: 4, max: 3 })
+        ),
+        "{error}"
+    );
+    assert_eq!(
+        values(&mut client, "k"),
+        vec!["a", "b", "c"],
+        "nothing stored"
+    );
+    let context = client.get(b"k", DEFAULT).expect("get").context;
+    client
+        .put(b"k", Some(&context), b"merged", DEFAULT)
+        .expect("reconcile");
+    assert_eq!(values(&mut client, "k"), vec!["merged"]);
 }

@@ -1,11 +1,15 @@
 //! Durability: what a node acknowledged is on disk. Reference: Dynamo §6.1; SPEC §7.
 
-use super::support::{config_text, values, write_config, NodeProcess, TestNode};
+use super::support::{config_text, values, write_config, NodeProcess, TestNode, CLIENT_TIMEOUT};
 use shoal::client::RequestOptions;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Goal: with sync = "always", every acknowledged put survives kill -9 of the node process.
-/// Method: a real `shoal node` process; a stream of puts from two client threads, each
-/// acknowledged; SIGKILL with no warning; restart on the same data directory; read all back.
+/// Method: a real `shoal node` process; two client threads put distinct keys as fast as they
+/// can; SIGKILL arrives while they are still writing; restart on the same data directory;
+/// every put that was acknowledged before the kill must read back (lost = acked − final).
 #[test]
 fn acknowledged_puts_survive_kill_9_with_sync_always() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -14,39 +18,47 @@ fn acknowledged_puts_survive_kill_9_with_sync_always() {
         &config_text(dir.path(), "[storage]\nsync = \"always\"\n"),
     );
     let node = NodeProcess::start(&path);
+    let acked_count = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..2)
         .map(|writer| {
             let mut client = node.client();
+            let acked_count = Arc::clone(&acked_count);
             std::thread::spawn(move || {
                 let mut acked = Vec::new();
-                for i in 0..150 {
+                // Bounded: the kill comes long before; the bound only guards a broken kill.
+                for i in 0..100_000 {
                     let key = format!("w{writer}-{i}");
-                    if client
-                        .put(
-                            key.as_bytes(),
-                            None,
-                            key.as_bytes(),
-                            RequestOptions::default(),
-                        )
-                        .is_ok()
-                    {
-                        acked.push(key);
+                    match client.put(
+                        key.as_bytes(),
+                        None,
+                        key.as_bytes(),
+                        RequestOptions::default(),
+                    ) {
+                        Ok(_) => {
+                            acked.push(key);
+                            acked_count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => break, // the node is gone
                     }
                 }
                 acked
             })
         })
         .collect();
+    let waited = Instant::now();
+    while acked_count.load(Ordering::Relaxed) < 300 && waited.elapsed() < CLIENT_TIMEOUT {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    node.kill(); // while both writers are mid-stream
     let acked: Vec<String> = writers
         .into_iter()
         .flat_map(|w| w.join().expect("writer"))
         .collect();
-    assert_eq!(
-        acked.len(),
-        300,
-        "every put was acknowledged before the kill"
+    assert!(
+        acked.len() >= 300,
+        "writers made progress before the kill ({})",
+        acked.len()
     );
-    node.kill();
 
     let restarted = NodeProcess::start(&path);
     let mut client = restarted.client();
@@ -54,7 +66,12 @@ fn acknowledged_puts_survive_kill_9_with_sync_always() {
         .iter()
         .filter(|key| values(&mut client, key) != vec![key.to_string()])
         .collect();
-    assert!(lost.is_empty(), "lost acknowledged puts: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "lost {} of {} acknowledged puts: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
 }
 
 /// Goal: a graceful shutdown flushes storage whatever the sync mode, so a restart on the

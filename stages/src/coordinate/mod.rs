@@ -256,3 +256,6 @@ impl Stage for CoordinateStage {
         self.flush(now);
     }
 }
+
+#[cfg(test)]
+mod tests;

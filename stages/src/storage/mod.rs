@@ -8,7 +8,7 @@
 
 mod store;
 
-pub use store::{StorageError, Store, MAX_STORABLE_KEY_BYTES};
+pub use store::{StorageError, Store, VersionLimits, MAX_STORABLE_KEY_BYTES};
 
 use crate::coordinate::CoordinateEvent;
 use crate::error::ServiceError;
@@ -123,8 +123,8 @@ pub struct StorageSettings {
     pub node: NodeId,
     /// Durability mode.
     pub sync: SyncMode,
-    /// Clock bound applied to new versions.
-    pub vclock_max_entries: usize,
+    /// Bounds applied to new versions.
+    pub limits: VersionLimits,
 }
 
 /// One storage worker.
@@ -180,7 +180,7 @@ impl StorageStage {
                         &context,
                         value,
                         now_ms,
-                        self.settings.vclock_max_entries,
+                        &self.settings.limits,
                     )
                     .map(|(set, version)| StorageOutcome::Written { set, version });
                 (op, result, true)
@@ -193,10 +193,16 @@ impl StorageStage {
                 true,
             ),
         };
-        let result = result.map_err(|e| {
-            error!(self.logger, "storage operation failed"; "op" => op, "error" => %e);
-            ServiceError::Storage {
-                reason: e.to_string(),
+        let result = result.map_err(|e| match e {
+            StorageError::TooManySiblings { count, max } => ServiceError::TooManySiblings {
+                count: count as u64,
+                max: max as u64,
+            },
+            other => {
+                error!(self.logger, "storage operation failed"; "op" => op, "error" => %other);
+                ServiceError::Storage {
+                    reason: other.to_string(),
+                }
             }
         });
         (StorageDone { op, result }, wrote)

@@ -48,12 +48,30 @@ pub enum StorageError {
         /// This node's id.
         expected: String,
     },
+    /// A coordinated put would leave more siblings than allowed.
+    #[error("the put would leave {count} siblings, the limit is {max}")]
+    TooManySiblings {
+        /// Siblings the put would leave.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The key is longer than fjall can store (callers validate first; this is the backstop).
     #[error("key of {size} bytes exceeds the storable maximum of {MAX_STORABLE_KEY_BYTES}")]
     KeyTooLong {
         /// Key length.
         size: usize,
     },
+}
+
+/// Bounds on the versions a coordinated put may create.
+#[derive(Clone, Copy, Debug)]
+pub struct VersionLimits {
+    /// Clock entries kept in a new version's past (truncation beyond).
+    pub max_clock_entries: usize,
+    /// Siblings a key may have after a coordinated put. Why: every blind put adds a sibling,
+    /// every get returns them all, and a reply must fit in a frame a client accepts.
+    pub max_siblings: usize,
 }
 
 /// The node's fjall database. Cheap to clone: every clone shares the database and locks.
@@ -106,12 +124,20 @@ impl Store {
         context: &VClock,
         value: Option<Vec<u8>>,
         now_ms: u64,
-        max_clock_entries: usize,
+        limits: &VersionLimits,
     ) -> Result<(VersionSet, Version), StorageError> {
         check_key(key)?;
         let _guard = self.lock(key);
         let mut set = self.read(key)?;
-        let version = set.coordinate_put(node, context, value, now_ms, max_clock_entries)?;
+        let version = set.coordinate_put(node, context, value, now_ms, limits.max_clock_entries)?;
+        // Bounded here, at the coordinator, and not on replica merges: a replica must accept
+        // what a coordinator accepted, or replicas would diverge.
+        if set.len() > limits.max_siblings {
+            return Err(StorageError::TooManySiblings {
+                count: set.len(),
+                max: limits.max_siblings,
+            });
+        }
         self.write(key, &set)?;
         Ok((set, version))
     }

@@ -4,7 +4,7 @@
 //! Decoding checks the kind first (unknown → [`WireError::UnknownMessageType`]), then decodes the
 //! body and rejects trailing bytes, so a frame is either exactly one known message or an error.
 
-use super::frame::{encode_frame_into, Frame};
+use super::frame::{encode_frame_into, Frame, FRAME_OVERHEAD_BYTES};
 use crate::error::ServiceError;
 use crate::seda::StageSnapshot;
 use crate::NodeId;
@@ -12,6 +12,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::Cursor;
+
+/// Largest body a frame can carry: its length field is a u32 that also counts the header.
+const MAX_BODY_BYTES: usize = u32::MAX as usize - FRAME_OVERHEAD_BYTES;
 
 /// Bytes, encoded as a MessagePack `bin` (not an array of integers).
 pub type Bytes = serde_bytes::ByteBuf;
@@ -211,6 +214,14 @@ impl Message {
             Message::StatsReply(m) => to_body(m),
             Message::Error(m) => to_body(m),
         }?;
+        if body.len() > MAX_BODY_BYTES {
+            return Err(WireError::Encode {
+                reason: format!(
+                    "{} bytes exceed the frame format's {MAX_BODY_BYTES}",
+                    body.len()
+                ),
+            });
+        }
         encode_frame_into(self.kind(), request_id, &body, out);
         Ok(())
     }

@@ -73,13 +73,15 @@ fn decode_chunked(stream: &[u8], chunks: &[usize]) -> (Vec<Frame>, Option<FrameE
             .min(stream.len() - offset);
         decoder.extend(&stream[offset..offset + size]);
         offset += size;
+        // Between reads at most one partial frame stays buffered, so after a read the buffer
+        // holds less than one maximal frame plus that read: never more than the limit allows.
+        assert!(decoder.buffered_bytes() < LENGTH_BYTES + MAX + size);
         loop {
             match decoder.next_frame() {
                 Ok(Some(frame)) => frames.push(frame),
                 Ok(None) => break,
                 Err(e) => return (frames, Some(e)),
             }
-            assert!(decoder.buffered_bytes() <= MAX + LENGTH_BYTES + stream.len());
         }
     }
     (frames, None)

@@ -1,0 +1,164 @@
+//! The coordinator's state machine, driven directly: quorums, deadlines, errors. No threads,
+//! sockets or storage: the test plays the storage stage. Reference: Dynamo §4.5.
+
+use super::*;
+use crate::ring::{NodeSpec, Ring};
+use crate::storage::{StorageDone, StorageEvent, StorageOutcome};
+use crate::versioning::VersionSet;
+use crate::wire::{ContextSeal, Message};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_millis(100);
+
+fn coordinator() -> Coordinator {
+    let node = crate::NodeId::new("n1");
+    let ring = Ring::new(
+        8,
+        &[NodeSpec {
+            id: node.clone(),
+            weight: 1,
+            zone: None,
+        }],
+    )
+    .expect("ring");
+    let settings = CoordinatorSettings {
+        node,
+        n: 1,
+        r: 1,
+        w: 1,
+        request_timeout: TIMEOUT,
+        seal: ContextSeal::new(b"coordinator-tests-secret"),
+    };
+    Coordinator::new(settings, Arc::new(ring), OperationLatencies::default())
+}
+
+fn get(request_id: u64, now: Instant) -> CoordinateEvent {
+    CoordinateEvent::Client {
+        origin: Origin {
+            conn: 7,
+            request_id,
+        },
+        request: ClientRequest::Get {
+            key: b"k".to_vec(),
+            r: None,
+            timeout: None,
+        },
+        received_at: now,
+    }
+}
+
+fn storage_op(out: &[CoordinateOutput]) -> crate::storage::OpId {
+    match out {
+        [CoordinateOutput::Storage(StorageEvent::Read { op, .. })] => *op,
+        other => panic!("expected one storage read, got {other:?}"),
+    }
+}
+
+/// Goal: a request whose replicas never answer fails at its deadline with the quorum error
+/// saying how many of how many answered — never a hang; and not a moment before.
+#[test]
+fn unanswered_request_fails_at_its_deadline_with_the_quorum_error() {
+    let mut c = coordinator();
+    let start = Instant::now();
+    let mut out = Vec::new();
+    c.on_event(start, 0, get(1, start), &mut out);
+    storage_op(&out);
+    out.clear();
+    c.on_tick(start + TIMEOUT / 2, &mut out);
+    assert!(out.is_empty(), "failed before the deadline: {out:?}");
+    c.on_tick(start + TIMEOUT, &mut out);
+    match out.as_slice() {
+        [CoordinateOutput::Reply {
+            origin,
+            message: Message::Error(error),
+        }] => {
+            assert_eq!(origin.request_id, 1);
+            assert_eq!(
+                *error,
+                ServiceError::Quorum {
+                    operation: "get".into(),
+                    needed: 1,
+                    acked: 0,
+                    asked: 1,
+                    failed: 0
+                }
+            );
+        }
+        other => panic!("expected one quorum error, got {other:?}"),
+    }
+    assert_eq!(c.pending_requests(), 0);
+}
+
+/// Goal: a storage failure that makes the quorum unreachable is answered at once with the
+/// failure, and a late answer after the deadline changes nothing.
+#[test]
+fn failure_that_makes_quorum_unreachable_is_answered_at_once() {
+    let mut c = coordinator();
+    let start = Instant::now();
+    let mut out = Vec::new();
+    c.on_event(start, 0, get(1, start), &mut out);
+    let op = storage_op(&out);
+    out.clear();
+    let failure = ServiceError::Storage {
+        reason: "disk on fire".into(),
+    };
+    c.on_event(
+        start,
+        0,
+        CoordinateEvent::Storage(StorageDone {
+            op,
+            result: Err(failure.clone()),
+        }),
+        &mut out,
+    );
+    assert!(
+        matches!(out.as_slice(), [CoordinateOutput::Reply { message: Message::Error(e), .. }] if *e == failure)
+    );
+    out.clear();
+    let late = StorageDone {
+        op,
+        result: Ok(StorageOutcome::Versions(VersionSet::new())),
+    };
+    c.on_event(
+        start + TIMEOUT * 2,
+        0,
+        CoordinateEvent::Storage(late),
+        &mut out,
+    );
+    c.on_tick(start + TIMEOUT * 2, &mut out);
+    assert!(out.is_empty(), "late answer produced {out:?}");
+}
+
+/// Goal: per-request quorums outside 1..=N are refused before any storage work.
+#[test]
+fn quorum_outside_one_to_n_is_refused_before_any_work() {
+    let mut c = coordinator();
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let request = ClientRequest::Get {
+        key: b"k".to_vec(),
+        r: Some(2),
+        timeout: None,
+    };
+    c.on_event(
+        start,
+        0,
+        CoordinateEvent::Client {
+            origin: Origin {
+                conn: 1,
+                request_id: 3,
+            },
+            request,
+            received_at: start,
+        },
+        &mut out,
+    );
+    assert!(matches!(
+        out.as_slice(),
+        [CoordinateOutput::Reply {
+            message: Message::Error(ServiceError::InvalidQuorum { value: 2, n: 1, .. }),
+            ..
+        }]
+    ));
+}
