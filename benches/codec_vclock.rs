@@ -23,6 +23,7 @@ fn put_message(value_bytes: usize) -> Message {
         value: Bytes::from(vec![7u8; value_bytes]),
         w: Some(2),
         timeout_ms: None,
+        forwarded: false,
     })
 }
 

@@ -183,6 +183,7 @@ impl Client {
             value: Bytes::from(value.to_vec()),
             w: options.w,
             timeout_ms: options.timeout_ms,
+            forwarded: false,
         });
         self.expect_put_reply(&request)
     }
@@ -199,6 +200,7 @@ impl Client {
             context: Bytes::from(context.0.clone()),
             w: options.w,
             timeout_ms: options.timeout_ms,
+            forwarded: false,
         });
         self.expect_put_reply(&request)
     }

@@ -2,6 +2,7 @@
 //! starts. Unknown keys and bad values are errors that name the key.
 
 use serde::{Deserialize, Serialize};
+use shoal_stages::membership::{Member, Membership};
 use shoal_stages::ring::NodeSpec;
 use shoal_stages::seda::{StageClass, StageSpec};
 use shoal_stages::storage::{SyncMode, MAX_STORABLE_KEY_BYTES};
@@ -233,6 +234,9 @@ pub struct StageTuning {
     pub batch_max: Option<usize>,
     /// Microseconds an idle worker polls before parking.
     pub spin_us: Option<u64>,
+    /// Units of work per second a background stage may do (its rate gate); absent or 0 means
+    /// unlimited. Only background stages take it.
+    pub rate_per_sec: Option<f64>,
 }
 
 /// `[stages]`
@@ -245,8 +249,12 @@ pub struct StagesSection {
     pub parse: StageTuning,
     /// Coordination (threads must be 1).
     pub coordinate: StageTuning,
+    /// Replication fan-out to peers (threads must be 1).
+    pub replicate: StageTuning,
     /// Storage.
     pub storage: StageTuning,
+    /// Read repair (background).
+    pub repair: StageTuning,
 }
 
 /// `[log]`
@@ -284,7 +292,7 @@ struct StageRow {
 
 /// The stage table, in pipeline order; `Node::shutdown` stops them in this order (intake
 /// first, so no new work enters; storage last, so everything accepted is flushed).
-const STAGE_TABLE: [StageRow; 4] = [
+const STAGE_TABLE: [StageRow; 6] = [
     StageRow {
         name: "intake",
         class: StageClass::Foreground,
@@ -310,6 +318,22 @@ const STAGE_TABLE: [StageRow; 4] = [
         tick_ms: 5,
     },
     StageRow {
+        name: "replicate",
+        class: StageClass::Foreground,
+        threads: 1,
+        queue_capacity: 4096,
+        batch_max: 64,
+        tick_ms: 100,
+    },
+    StageRow {
+        name: "repair",
+        class: StageClass::Background,
+        threads: 1,
+        queue_capacity: 1024,
+        batch_max: 16,
+        tick_ms: 100,
+    },
+    StageRow {
         name: "storage",
         class: StageClass::Foreground,
         threads: 2,
@@ -318,6 +342,10 @@ const STAGE_TABLE: [StageRow; 4] = [
         tick_ms: 100,
     },
 ];
+
+/// Default rate of the repair stage: keys repaired per second. Read repair is a by-product of
+/// reads; this keeps a burst of stale reads from turning into a burst of writes.
+const DEFAULT_REPAIR_RATE_PER_SEC: f64 = 1000.0;
 
 /// Default microseconds an idle worker polls (yielding) before parking. Waking a parked thread
 /// costs ~50 µs per hop on these VMs (benches/stage_hop.rs); a single node under 4 closed-loop
@@ -476,6 +504,30 @@ impl Config {
                 ));
             }
         }
+        for (name, row) in self.stage_tunings().iter().zip(STAGE_TABLE.iter()) {
+            if row.class == StageClass::Foreground && name.1.rate_per_sec.is_some() {
+                return Err(invalid(
+                    &format!("stages.{}.rate_per_sec", name.0),
+                    "only background stages take a rate",
+                ));
+            }
+            if name
+                .1
+                .rate_per_sec
+                .is_some_and(|r| !r.is_finite() || r < 0.0)
+            {
+                return Err(invalid(
+                    &format!("stages.{}.rate_per_sec", name.0),
+                    "must be a non-negative number",
+                ));
+            }
+        }
+        if self.stages.replicate.threads.is_some_and(|t| t != 1) {
+            return Err(invalid(
+                "stages.replicate.threads",
+                "must be 1: the table of outstanding peer operations lives in one thread",
+            ));
+        }
         if self.stages.coordinate.threads.is_some_and(|t| t != 1) {
             return Err(invalid(
                 "stages.coordinate.threads",
@@ -489,13 +541,29 @@ impl Config {
         Ok(())
     }
 
-    fn stage_tunings(&self) -> [(&'static str, &StageTuning); 4] {
+    fn stage_tunings(&self) -> [(&'static str, &StageTuning); 6] {
         [
             ("intake", &self.stages.intake),
             ("parse", &self.stages.parse),
             ("coordinate", &self.stages.coordinate),
+            ("replicate", &self.stages.replicate),
+            ("repair", &self.stages.repair),
             ("storage", &self.stages.storage),
         ]
+    }
+
+    /// The rate of a background stage's gate (`None`: unlimited).
+    pub fn stage_rate(&self, name: &str) -> Option<f64> {
+        let index = STAGE_TABLE.iter().position(|row| row.name == name)?;
+        let row = &STAGE_TABLE[index];
+        if row.class != StageClass::Background {
+            return None;
+        }
+        match self.stage_tunings()[index].1.rate_per_sec {
+            Some(rate) if rate > 0.0 => Some(rate),
+            Some(_) => None,
+            None => Some(DEFAULT_REPAIR_RATE_PER_SEC),
+        }
     }
 
     /// The resolved spec of a stage of the stage table (unknown names get the intake's row;
@@ -521,6 +589,31 @@ impl Config {
             spin: Duration::from_micros(tuning.spin_us.unwrap_or(DEFAULT_SPIN_US)),
             tick,
         }
+    }
+
+    /// The membership this config describes (version 1): this node, at `self_addr` unless
+    /// `cluster.members` lists it with the address its peers should use, plus the members.
+    pub fn membership(&self, self_addr: SocketAddr) -> Result<Membership, ConfigError> {
+        let specs = self.ring_members()?;
+        let members = specs
+            .into_iter()
+            .map(|spec| {
+                let listed = self
+                    .cluster
+                    .members
+                    .iter()
+                    .find(|m| m.id == spec.id.as_str());
+                let addr = listed.map_or(self_addr, |m| m.addr);
+                Member {
+                    id: spec.id,
+                    addr,
+                    weight: spec.weight,
+                    zone: spec.zone,
+                }
+            })
+            .collect();
+        Membership::new(1, self.cluster.partitions, members)
+            .map_err(|e| invalid("cluster.members", e.to_string()))
     }
 
     /// The ring's members: this node plus `cluster.members`, checked for duplicates.

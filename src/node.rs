@@ -1,22 +1,31 @@
 //! A running node: the stages of the stage table, wired by their queues.
 //!
 //! ```text
+//!                 ┌──────────────── replies (send) ─────────────────┐
 //! socket → intake ─try_send→ parse ─try_send→ coordinate ─try_send→ storage (fjall)
-//!            ↑                  │                 ↑   │                 │
-//!            └──────send────────┴──────send───────┘   └←────send────────┘
+//!   ↑  ↑                      │                 │  ↑  ↑                 │
+//!   │  │ peer answers (send)  └→ replicate ←────┘  │  └──── send ───────┘
+//!   │  └──────── frames to peers (send) ─┘  └─send─┘
+//!   │                          coordinate ─try_send→ repair (background) ─try_send→ storage/replicate
 //! ```
 //! Requests move forward with `try_send` (a full queue answers `Overloaded`); replies move back
 //! with a blocking `send`. The blocking edges (storage→coordinate, coordinate→intake,
-//! parse→intake) form no cycle, and the intake never blocks, so the pipeline cannot deadlock.
+//! parse→intake, parse→replicate, replicate→intake, replicate→coordinate) form no cycle:
+//! coordinate reaches replicate and repair only with `try_send`, and the intake never blocks.
 
 use crate::config::{Config, ConfigError, DEFAULT_SECRET};
 use shoal_stages::coordinate::{
     CoordinateEvent, CoordinateStage, Coordinator, CoordinatorSettings, OperationLatencies,
 };
-use shoal_stages::intake::{Intake, IntakeEvent, IntakeSettings, IntakeSocket};
+use shoal_stages::intake::{Intake, IntakeEvent, IntakeRoutes, IntakeSettings, IntakeSocket};
+use shoal_stages::membership::MembershipView;
 use shoal_stages::parse::{ParseEvent, ParseSettings, ParseStage, StageProbe, StatsSource};
-use shoal_stages::ring::{Ring, RingError};
-use shoal_stages::seda::{spawn_stage, stage_queue, StageHandle, StageSender};
+use shoal_stages::repair::{RepairStage, RepairStageEvent};
+use shoal_stages::replicate::{ReplicateEvent, ReplicateStage};
+use shoal_stages::ring::RingError;
+use shoal_stages::seda::{
+    spawn_stage, stage_queue, RateGate, StageHandle, StageReceiver, StageSender,
+};
 use shoal_stages::storage::{
     StorageError, StorageEvent, StorageSettings, StorageStage, Store, VersionLimits,
 };
@@ -25,9 +34,13 @@ use shoal_stages::NodeId;
 use slog::{info, o, warn, Logger};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How many versions of one key a replica accepts from a peer, per allowed sibling: several
+/// coordinators may each have added siblings up to the limit concurrently.
+const REPLICA_VERSIONS_PER_SIBLING: usize = 4;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -68,125 +81,93 @@ pub struct Node {
     logger: Logger,
 }
 
+/// The sending ends of every queue: what stages hold to talk to each other.
+#[derive(Clone)]
+struct Queues {
+    intake: StageSender<IntakeEvent>,
+    parse: StageSender<ParseEvent>,
+    coordinate: StageSender<CoordinateEvent>,
+    replicate: StageSender<ReplicateEvent>,
+    repair: StageSender<RepairStageEvent>,
+    storage: StageSender<StorageEvent>,
+}
+
+/// The receiving ends, each handed to its stage's workers.
+struct Receivers {
+    intake: StageReceiver<IntakeEvent>,
+    parse: StageReceiver<ParseEvent>,
+    coordinate: StageReceiver<CoordinateEvent>,
+    replicate: StageReceiver<ReplicateEvent>,
+    repair: StageReceiver<RepairStageEvent>,
+    storage: StageReceiver<StorageEvent>,
+}
+
+/// What every stage of the node shares.
+struct Shared {
+    node: NodeId,
+    membership: MembershipView,
+    seal: ContextSeal,
+    latencies: OperationLatencies,
+    store: Store,
+    logger: Logger,
+}
+
 impl Node {
-    /// Opens storage, builds the ring, binds the socket and starts every stage.
+    /// Opens storage, builds the membership, binds the socket and starts every stage.
     pub fn start(config: &Config, logger: &Logger) -> Result<Node, NodeError> {
         config.validate()?;
         let node = NodeId::new(config.node.id.clone());
         let logger = logger.new(o!("node" => node.to_string()));
         std::fs::create_dir_all(&config.node.data_dir).map_err(io_error("creating data_dir"))?;
         let store = Store::open(&config.node.data_dir, &node)?;
-        let ring = Arc::new(Ring::new(
-            config.cluster.partitions,
-            &config.ring_members()?,
-        )?);
+        let socket =
+            IntakeSocket::bind(config.node.listen).map_err(io_error("binding listen address"))?;
+        let local_addr = socket.local_addr();
+        let membership = MembershipView::new(config.membership(local_addr)?);
         if config.cluster.secret == DEFAULT_SECRET {
             warn!(
                 logger,
                 "cluster.secret is the public default: anyone can forge contexts; set your own"
             );
         }
-        let seal = ContextSeal::new(config.cluster.secret.as_bytes());
-
-        let socket =
-            IntakeSocket::bind(config.node.listen).map_err(io_error("binding listen address"))?;
-        let local_addr = socket.local_addr();
-        let intake_spec = config.stage_spec("intake");
-        let parse_spec = config.stage_spec("parse");
-        let coordinate_spec = config.stage_spec("coordinate");
-        let storage_spec = config.stage_spec("storage");
-        let (intake_tx, intake_rx) = stage_queue::<IntakeEvent>(&intake_spec, Some(socket.waker()));
-        let (parse_tx, parse_rx) = stage_queue::<ParseEvent>(&parse_spec, None);
-        let (coordinate_tx, coordinate_rx) = stage_queue::<CoordinateEvent>(&coordinate_spec, None);
-        let (storage_tx, storage_rx) = stage_queue::<StorageEvent>(&storage_spec, None);
-
-        let latencies = OperationLatencies::default();
+        let shared = Shared {
+            node,
+            membership,
+            seal: ContextSeal::new(config.cluster.secret.as_bytes()),
+            latencies: OperationLatencies::default(),
+            store,
+            logger: logger.clone(),
+        };
+        let (queues, receivers) = queues(config, &socket);
         let stats = StatsSource {
-            node: node.clone(),
+            node: shared.node.clone(),
             stages: vec![
-                probe(&intake_tx),
-                probe(&parse_tx),
-                probe(&coordinate_tx),
-                probe(&storage_tx),
+                probe(&queues.intake),
+                probe(&queues.parse),
+                probe(&queues.coordinate),
+                probe(&queues.replicate),
+                probe(&queues.repair),
+                probe(&queues.storage),
             ],
-            latencies: latencies.clone(),
+            latencies: shared.latencies.clone(),
         };
-
-        let mut stages = Vec::new();
-        let storage_settings = StorageSettings {
-            node: node.clone(),
-            sync: config.storage.sync,
-            limits: VersionLimits {
-                max_clock_entries: config.cluster.vclock_max_entries,
-                max_siblings: config.limits.max_siblings,
-            },
-        };
-        let storage_logger = logger.new(o!("stage" => "storage"));
-        stages.push(
-            spawn_stage(
-                &storage_spec,
-                storage_rx,
-                |index| {
-                    StorageStage::new(
-                        index,
-                        store.clone(),
-                        storage_settings.clone(),
-                        coordinate_tx.clone(),
-                        storage_logger.clone(),
-                    )
-                },
-                None,
-            )
-            .map_err(io_error("starting storage"))?,
-        );
-
-        let settings = CoordinatorSettings {
-            node: node.clone(),
-            n: config.cluster.n,
-            r: config.cluster.r,
-            w: config.cluster.w,
-            request_timeout: Duration::from_millis(config.cluster.request_timeout_ms),
-            seal: seal.clone(),
-        };
-        let coordinator = Coordinator::new(settings, Arc::clone(&ring), latencies);
-        let mut coordinator = Some(coordinator);
-        stages.push(
-            spawn_stage(
-                &coordinate_spec,
-                coordinate_rx,
-                |_| {
-                    // The spec has exactly one thread (validated), so the coordinator is taken once.
-                    let machine = coordinator
-                        .take()
-                        .unwrap_or_else(|| unreachable!("coordinate has one thread"));
-                    CoordinateStage::new(machine, storage_tx.clone(), intake_tx.clone())
-                },
-                None,
-            )
-            .map_err(io_error("starting coordinate"))?,
-        );
-
-        let parse_settings = ParseSettings {
-            max_key_bytes: config.limits.max_key_bytes,
-            max_value_bytes: config.limits.max_value_bytes,
-            seal,
-        };
-        stages.push(
-            spawn_stage(
-                &parse_spec,
-                parse_rx,
-                |_| {
-                    ParseStage::new(
-                        parse_settings.clone(),
-                        coordinate_tx.clone(),
-                        intake_tx.clone(),
-                    )
-                },
-                None,
-            )
-            .map_err(io_error("starting parse"))?,
-        );
-
+        let Receivers {
+            intake,
+            parse,
+            coordinate,
+            replicate,
+            repair,
+            storage,
+        } = receivers;
+        // Consumers before producers; they stop in the reverse order, after the intake.
+        let mut stages = vec![
+            spawn_storage(config, &shared, &queues, storage)?,
+            spawn_repair(config, &shared, &queues, repair)?,
+            spawn_replicate(config, &queues, replicate)?,
+            spawn_coordinate(config, &shared, &queues, coordinate)?,
+            spawn_parse(config, &shared, &queues, parse)?,
+        ];
+        stages.reverse();
         let intake_stop = Arc::new(AtomicBool::new(false));
         let intake = Intake::new(
             socket,
@@ -195,9 +176,13 @@ impl Node {
                 max_connections: config.limits.max_connections,
                 max_write_buffer_bytes: config.limits.max_write_buffer_bytes,
             },
-            intake_rx,
-            parse_tx,
-            stats,
+            intake,
+            IntakeRoutes {
+                parse: queues.parse.clone(),
+                replicate: queues.replicate.clone(),
+                membership: shared.membership.clone(),
+                stats,
+            },
             Arc::clone(&intake_stop),
             logger.new(o!("stage" => "intake")),
         );
@@ -205,11 +190,10 @@ impl Node {
             .name("intake-0".into())
             .spawn(move || intake.run())
             .map_err(io_error("starting intake"))?;
-        // Pool stages were started storage-first (consumers before producers); they stop
-        // producers-first, after the intake.
-        stages.reverse();
+        let current = shared.membership.current();
         info!(logger, "node started"; "addr" => %local_addr, "sync" => %config.storage.sync,
-              "partitions" => ring.partition_count(), "n" => config.cluster.n);
+              "partitions" => current.ring().partition_count(), "members" => current.members().count(),
+              "n" => config.cluster.n);
         Ok(Node {
             local_addr,
             intake_stop,
@@ -224,8 +208,8 @@ impl Node {
         self.local_addr
     }
 
-    /// Stops the stages in order (intake, parse, coordinate, storage), each after its queue
-    /// drained; storage flushes its journal last.
+    /// Stops the stages in order (intake, parse, coordinate, replicate, repair, storage), each
+    /// after its queue drained; storage flushes its journal last.
     pub fn shutdown(mut self) {
         self.intake_stop.store(true, Ordering::Release);
         if let Some(thread) = self.intake_thread.take() {
@@ -238,6 +222,151 @@ impl Node {
         }
         info!(self.logger, "node stopped");
     }
+}
+
+fn queues(config: &Config, socket: &IntakeSocket) -> (Queues, Receivers) {
+    let (intake, intake_rx) = stage_queue(&config.stage_spec("intake"), Some(socket.waker()));
+    let (parse, parse_rx) = stage_queue(&config.stage_spec("parse"), None);
+    let (coordinate, coordinate_rx) = stage_queue(&config.stage_spec("coordinate"), None);
+    let (replicate, replicate_rx) = stage_queue(&config.stage_spec("replicate"), None);
+    let (repair, repair_rx) = stage_queue(&config.stage_spec("repair"), None);
+    let (storage, storage_rx) = stage_queue(&config.stage_spec("storage"), None);
+    (
+        Queues {
+            intake,
+            parse,
+            coordinate,
+            replicate,
+            repair,
+            storage,
+        },
+        Receivers {
+            intake: intake_rx,
+            parse: parse_rx,
+            coordinate: coordinate_rx,
+            replicate: replicate_rx,
+            repair: repair_rx,
+            storage: storage_rx,
+        },
+    )
+}
+
+fn spawn_storage(
+    config: &Config,
+    shared: &Shared,
+    queues: &Queues,
+    rx: StageReceiver<StorageEvent>,
+) -> Result<StageHandle, NodeError> {
+    let settings = StorageSettings {
+        node: shared.node.clone(),
+        sync: config.storage.sync,
+        limits: VersionLimits {
+            max_clock_entries: config.cluster.vclock_max_entries,
+            max_siblings: config.limits.max_siblings,
+        },
+    };
+    let logger = shared.logger.new(o!("stage" => "storage"));
+    let (store, replies) = (shared.store.clone(), queues.coordinate.clone());
+    let make = |index| {
+        StorageStage::new(
+            index,
+            store.clone(),
+            settings.clone(),
+            replies.clone(),
+            logger.clone(),
+        )
+    };
+    spawn_stage(&config.stage_spec("storage"), rx, make, None).map_err(io_error("starting storage"))
+}
+
+fn spawn_repair(
+    config: &Config,
+    shared: &Shared,
+    queues: &Queues,
+    rx: StageReceiver<RepairStageEvent>,
+) -> Result<StageHandle, NodeError> {
+    let spec = config.stage_spec("repair");
+    let rate = config.stage_rate("repair");
+    let gate = Arc::new(Mutex::new(RateGate::new(
+        rate,
+        spec.batch_max as f64,
+        Instant::now(),
+    )));
+    let make = |_| {
+        RepairStage::new(
+            shared.node.clone(),
+            queues.storage.clone(),
+            queues.replicate.clone(),
+        )
+    };
+    spawn_stage(&spec, rx, make, Some(gate)).map_err(io_error("starting repair"))
+}
+
+fn spawn_replicate(
+    config: &Config,
+    queues: &Queues,
+    rx: StageReceiver<ReplicateEvent>,
+) -> Result<StageHandle, NodeError> {
+    let make = |_| ReplicateStage::new(queues.intake.clone(), queues.coordinate.clone());
+    spawn_stage(&config.stage_spec("replicate"), rx, make, None)
+        .map_err(io_error("starting replicate"))
+}
+
+fn spawn_coordinate(
+    config: &Config,
+    shared: &Shared,
+    queues: &Queues,
+    rx: StageReceiver<CoordinateEvent>,
+) -> Result<StageHandle, NodeError> {
+    let settings = CoordinatorSettings {
+        node: shared.node.clone(),
+        n: config.cluster.n,
+        r: config.cluster.r,
+        w: config.cluster.w,
+        request_timeout: Duration::from_millis(config.cluster.request_timeout_ms),
+        seal: shared.seal.clone(),
+    };
+    let machine = Coordinator::new(
+        settings,
+        shared.membership.clone(),
+        shared.latencies.clone(),
+    );
+    let mut machine = Some(machine);
+    let make = |_| {
+        // The spec has exactly one thread (validated), so the coordinator is taken once.
+        let machine = machine
+            .take()
+            .unwrap_or_else(|| unreachable!("coordinate has one thread"));
+        let q = queues.clone();
+        CoordinateStage::new(machine, q.storage, q.intake, q.replicate, q.repair)
+    };
+    spawn_stage(&config.stage_spec("coordinate"), rx, make, None)
+        .map_err(io_error("starting coordinate"))
+}
+
+fn spawn_parse(
+    config: &Config,
+    shared: &Shared,
+    queues: &Queues,
+    rx: StageReceiver<ParseEvent>,
+) -> Result<StageHandle, NodeError> {
+    let settings = ParseSettings {
+        max_key_bytes: config.limits.max_key_bytes,
+        max_value_bytes: config.limits.max_value_bytes,
+        seal: shared.seal.clone(),
+        max_replica_versions: config.limits.max_siblings * REPLICA_VERSIONS_PER_SIBLING,
+    };
+    let make = |_| {
+        let q = queues.clone();
+        ParseStage::new(
+            settings.clone(),
+            q.coordinate,
+            q.intake,
+            q.replicate,
+            shared.membership.clone(),
+        )
+    };
+    spawn_stage(&config.stage_spec("parse"), rx, make, None).map_err(io_error("starting parse"))
 }
 
 fn probe<E: Send + 'static>(sender: &StageSender<E>) -> StageProbe {

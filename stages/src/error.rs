@@ -101,6 +101,12 @@ pub enum ServiceError {
         /// The engine's message.
         reason: String,
     },
+    /// A peer could not be reached (connection refused, lost, or backing off after a failure).
+    #[error("peer {node} is unreachable")]
+    PeerUnreachable {
+        /// The peer's node id.
+        node: String,
+    },
     /// The node is shutting down and accepts no more work.
     #[error("node is shutting down")]
     ShuttingDown,

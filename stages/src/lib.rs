@@ -4,8 +4,9 @@
 //! - Paper modules, pure (no threads, channels, sockets or clocks): [`ring`] (§4.2, §6.2),
 //!   [`vclock`] and [`versioning`] (§4.4), [`quorum`] (§4.5).
 //! - [`wire`]: frames and every MessagePack encoding; the only module that knows MessagePack.
-//! - One module per stage: [`intake`] (mio sockets), [`parse`] (frames → typed requests),
-//!   [`coordinate`] (quorums and deadlines), [`storage`] (fjall).
+//! - One module per stage: [`intake`] (mio sockets, client and peer connections), [`parse`]
+//!   (frames → typed requests), [`coordinate`] (quorums and deadlines), [`replicate`] (requests
+//!   to peers and their answers), [`storage`] (fjall), [`repair`] (read repair, background).
 //!
 //! See ARCHITECTURE.md at the repository root for the path of a request through the stages.
 #![warn(missing_docs)]
@@ -17,6 +18,8 @@ pub mod membership;
 pub mod node_id;
 pub mod parse;
 pub mod quorum;
+pub mod repair;
+pub mod replicate;
 pub mod ring;
 pub mod seda;
 pub mod storage;

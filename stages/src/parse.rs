@@ -9,10 +9,14 @@
 //! `Stats` requests never reach this stage: the intake answers them itself, so an operator can
 //! inspect a node whose pipeline is full.
 
-use crate::coordinate::{ClientRequest, CoordinateEvent, OperationLatencies, Origin};
+use crate::coordinate::{ClientRequest, CoordinateEvent, OperationLatencies, Origin, ServeRequest};
 use crate::error::ServiceError;
 use crate::intake::{ConnId, IntakeEvent};
+use crate::membership::MembershipView;
+use crate::replicate::ReplicateEvent;
 use crate::seda::{SendError, Stage, StageSender, StageSnapshot};
+use crate::versioning::VersionSet;
+use crate::wire::MAX_CONTEXT_ENTRIES;
 use crate::wire::{ContextSeal, Frame, Message, StatsReply};
 use crate::NodeId;
 use std::fmt;
@@ -28,6 +32,9 @@ pub struct ParseEvent {
     pub frame: Frame,
     /// When the intake read it.
     pub received_at: Instant,
+    /// The peer, when the frame arrived on a connection this node opened to it (so it can
+    /// only be an answer to one of this node's requests).
+    pub peer: Option<NodeId>,
 }
 
 impl fmt::Display for ParseEvent {
@@ -45,6 +52,18 @@ pub struct ParseSettings {
     pub max_value_bytes: usize,
     /// Checks that contexts were produced by this cluster.
     pub seal: ContextSeal,
+    /// Most versions a peer may send for one key. Larger than the sibling limit a coordinator
+    /// enforces, because concurrent coordinators may each add up to that limit.
+    pub max_replica_versions: usize,
+}
+
+/// Where a valid request goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Routed {
+    /// To quorum coordination.
+    Client(ClientRequest),
+    /// To the local store only.
+    Serve(ServeRequest),
 }
 
 /// Reads the live statistics of every stage of the node.
@@ -77,6 +96,8 @@ pub struct ParseStage {
     settings: ParseSettings,
     coordinate: StageSender<CoordinateEvent>,
     intake: StageSender<IntakeEvent>,
+    replicate: StageSender<ReplicateEvent>,
+    membership: MembershipView,
 }
 
 impl ParseStage {
@@ -85,11 +106,15 @@ impl ParseStage {
         settings: ParseSettings,
         coordinate: StageSender<CoordinateEvent>,
         intake: StageSender<IntakeEvent>,
+        replicate: StageSender<ReplicateEvent>,
+        membership: MembershipView,
     ) -> ParseStage {
         ParseStage {
             settings,
             coordinate,
             intake,
+            replicate,
+            membership,
         }
     }
 
@@ -102,15 +127,33 @@ impl ParseStage {
             Ok(message) => message,
             Err(error) => return self.reply(origin, Message::Error(error.into())),
         };
-
-        let request = match validate(&self.settings, message) {
-            Ok(request) => request,
+        // On a connection this node opened, the peer only answers this node's requests.
+        if let Some(peer) = event.peer {
+            if !message.is_request() {
+                let op = event.frame.request_id;
+                let _ = self
+                    .replicate
+                    .send(ReplicateEvent::Reply { peer, op, message });
+            }
+            return;
+        }
+        if let Message::Ring = message {
+            let membership = (*self.membership.current()).clone();
+            return self.reply(origin, Message::RingReply(membership));
+        }
+        let received_at = event.received_at;
+        let event = match validate(&self.settings, message) {
+            Ok(Routed::Client(request)) => CoordinateEvent::Client {
+                origin,
+                request,
+                received_at,
+            },
+            Ok(Routed::Serve(request)) => CoordinateEvent::Serve {
+                origin,
+                request,
+                received_at,
+            },
             Err(error) => return self.reply(origin, Message::Error(error)),
-        };
-        let event = CoordinateEvent::Client {
-            origin,
-            request,
-            received_at: event.received_at,
         };
         if let Err(refused) = self.coordinate.try_send(event) {
             let error = match refused {
@@ -141,49 +184,109 @@ impl Stage for ParseStage {
 
 /// Turns a decoded message into a request the coordinator can act on, or the error that says
 /// why not. Pure, so it is tested directly.
-pub fn validate(settings: &ParseSettings, message: Message) -> Result<ClientRequest, ServiceError> {
+pub fn validate(settings: &ParseSettings, message: Message) -> Result<Routed, ServiceError> {
     let timeout = |ms: Option<u32>| ms.map(|ms| Duration::from_millis(u64::from(ms)));
-    match message {
+    let request = match message {
         Message::Get(get) => {
             check_key(settings, &get.key)?;
-            Ok(ClientRequest::Get {
+            ClientRequest::Get {
                 key: get.key.into_vec(),
                 r: get.r.map(usize::from),
                 timeout: timeout(get.timeout_ms),
-            })
+            }
         }
         Message::Put(put) => {
             check_key(settings, &put.key)?;
-            if put.value.len() > settings.max_value_bytes {
-                return Err(ServiceError::ValueTooLarge {
-                    size: put.value.len() as u64,
-                    max: settings.max_value_bytes as u64,
-                });
-            }
+            check_value(settings, put.value.len())?;
             let context = match &put.context {
                 Some(bytes) => settings.seal.decode(bytes)?,
                 None => Default::default(),
             };
-            Ok(ClientRequest::Put {
+            ClientRequest::Put {
                 key: put.key.into_vec(),
                 context,
                 value: Some(put.value.into_vec()),
                 w: put.w.map(usize::from),
                 timeout: timeout(put.timeout_ms),
-            })
+                forwarded: put.forwarded,
+            }
         }
         Message::Delete(delete) => {
             check_key(settings, &delete.key)?;
-            Ok(ClientRequest::Put {
+            ClientRequest::Put {
                 key: delete.key.into_vec(),
                 context: settings.seal.decode(&delete.context)?,
                 value: None,
                 w: delete.w.map(usize::from),
                 timeout: timeout(delete.timeout_ms),
-            })
+                forwarded: delete.forwarded,
+            }
         }
-        other => Err(ServiceError::NotARequest { kind: other.kind() }),
+        Message::GetLocal(local) => {
+            check_key(settings, &local.key)?;
+            return Ok(Routed::Serve(ServeRequest::Local {
+                key: local.key.into_vec(),
+            }));
+        }
+        Message::ReplicaRead(read) => {
+            check_key(settings, &read.key)?;
+            return Ok(Routed::Serve(ServeRequest::ReplicaRead {
+                key: read.key.into_vec(),
+            }));
+        }
+        Message::ReplicaWrite(write) => {
+            check_key(settings, &write.key)?;
+            let versions = check_versions(settings, write.versions)?;
+            return Ok(Routed::Serve(ServeRequest::ReplicaWrite {
+                key: write.key.into_vec(),
+                versions,
+            }));
+        }
+        other => return Err(ServiceError::NotARequest { kind: other.kind() }),
+    };
+    Ok(Routed::Client(request))
+}
+
+fn check_value(settings: &ParseSettings, size: usize) -> Result<(), ServiceError> {
+    if size > settings.max_value_bytes {
+        return Err(ServiceError::ValueTooLarge {
+            size: size as u64,
+            max: settings.max_value_bytes as u64,
+        });
     }
+    Ok(())
+}
+
+/// Bounds a version set a peer sent (count, clock sizes, node names, value sizes) and
+/// normalises it: the wire form is a plain list, which could be unsorted or hold superseded
+/// versions, so it is rebuilt through reconciliation before it reaches storage.
+fn check_versions(
+    settings: &ParseSettings,
+    versions: VersionSet,
+) -> Result<VersionSet, ServiceError> {
+    let malformed = |reason: String| ServiceError::MalformedFrame { reason };
+    if versions.len() > settings.max_replica_versions {
+        return Err(malformed(format!(
+            "{} versions exceed the maximum of {}",
+            versions.len(),
+            settings.max_replica_versions
+        )));
+    }
+    for version in versions.versions() {
+        if version.past.len() > MAX_CONTEXT_ENTRIES {
+            return Err(malformed(format!(
+                "a version's clock has {} entries",
+                version.past.len()
+            )));
+        }
+        let nodes_valid =
+            version.dot.node.is_valid() && version.past.entries().all(|(node, _)| node.is_valid());
+        if !nodes_valid {
+            return Err(malformed("a version names an invalid node".into()));
+        }
+        check_value(settings, version.value.as_ref().map_or(0, Vec::len))?;
+    }
+    Ok(VersionSet::from_versions(versions.versions().to_vec()))
 }
 
 fn check_key(settings: &ParseSettings, key: &[u8]) -> Result<(), ServiceError> {
@@ -207,6 +310,7 @@ mod tests {
             max_key_bytes: 8,
             max_value_bytes: 16,
             seal: ContextSeal::new(b"parse-tests-secret-0123"),
+            max_replica_versions: 4,
         }
     }
 
@@ -217,6 +321,7 @@ mod tests {
             value: Bytes::from(value.to_vec()),
             w: Some(2),
             timeout_ms: Some(250),
+            forwarded: false,
         })
     }
 
@@ -249,23 +354,25 @@ mod tests {
         let request = validate(&s, put(b"k", b"v", Some(sealed.clone()))).expect("valid");
         assert_eq!(
             request,
-            ClientRequest::Put {
+            Routed::Client(ClientRequest::Put {
                 key: b"k".to_vec(),
                 context: clock.clone(),
                 value: Some(b"v".to_vec()),
                 w: Some(2),
                 timeout: Some(Duration::from_millis(250)),
-            }
+                forwarded: false,
+            })
         );
         let delete = Message::Delete(DeleteRequest {
             key: Bytes::from(b"k".to_vec()),
             context: Bytes::from(sealed),
             w: None,
             timeout_ms: None,
+            forwarded: false,
         });
         assert!(matches!(
             validate(&s, delete),
-            Ok(ClientRequest::Put { value: None, .. })
+            Ok(Routed::Client(ClientRequest::Put { value: None, .. }))
         ));
         let get = Message::Get(GetRequest {
             key: Bytes::from(b"k".to_vec()),
@@ -274,7 +381,7 @@ mod tests {
         });
         assert!(matches!(
             validate(&s, get),
-            Ok(ClientRequest::Get { r: Some(1), .. })
+            Ok(Routed::Client(ClientRequest::Get { r: Some(1), .. }))
         ));
     }
 
@@ -284,6 +391,7 @@ mod tests {
         let s = settings();
         let reply = Message::PutReply(PutReply {
             context: Bytes::from(vec![]),
+            membership_version: 0,
         });
         assert_eq!(
             validate(&s, reply),

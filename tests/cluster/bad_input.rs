@@ -114,6 +114,7 @@ fn garbage_bodies_and_replies_sent_as_requests_get_typed_errors() {
     );
     let reply_as_request = Message::PutReply(shoal_stages::wire::PutReply {
         context: Bytes::from(vec![]),
+        membership_version: 0,
     });
     let error = client.call(&reply_as_request).expect_err("not a request");
     assert!(
@@ -194,6 +195,7 @@ fn invalid_quorum_and_bad_context_get_typed_errors() {
         value: Bytes::from(b"v".to_vec()),
         w: None,
         timeout_ms: None,
+        forwarded: false,
     });
     let error = client.call(&forged).expect_err("bad context");
     assert!(

@@ -58,7 +58,17 @@ fn admin_stats_json_lists_every_stage_with_the_documented_fields() {
     let parsed: serde_json::Value = serde_json::from_str(&json).expect("json");
     let stages = parsed["stages"].as_array().expect("stages");
     let names: Vec<&str> = stages.iter().filter_map(|s| s["name"].as_str()).collect();
-    assert_eq!(names, vec!["intake", "parse", "coordinate", "storage"]);
+    assert_eq!(
+        names,
+        vec![
+            "intake",
+            "parse",
+            "coordinate",
+            "replicate",
+            "repair",
+            "storage"
+        ]
+    );
     for field in [
         "name",
         "class",

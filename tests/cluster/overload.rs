@@ -22,6 +22,7 @@ fn burst_beyond_tiny_queues_gets_overloaded_and_the_rest_succeed() {
             value: Bytes::from(b"v".to_vec()),
             w: None,
             timeout_ms: None,
+            forwarded: false,
         });
         client.send(&put).expect("send");
     }

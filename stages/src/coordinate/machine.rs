@@ -1,25 +1,61 @@
 //! The coordinator's state machine (SPEC §4): pending requests, their quorums and deadlines.
 //! Pure: it reads no clock and touches no queue; the driver passes `now` and routes the
 //! outputs, and a simulator can do the same.
+//!
+//! - A **put** is coordinated by a preference-list node: a node outside the list forwards it
+//!   to one inside (so clock entries come only from preference-list nodes). The coordinator
+//!   writes locally first (creating the new version), then sends the resulting version set to
+//!   the other N-1 replicas and answers after W acknowledgements, its own included.
+//! - A **get** asks all N replicas, answers after R with the merged versions, and once every
+//!   replica answered (or the deadline passed) sends the merged set to the replicas whose own
+//!   set differed: read repair, done by the background repair stage.
+//! - **Serve** requests (a peer's replica read/write, an operator's local read) touch only the
+//!   local store.
 
-use super::{ClientRequest, CoordinateEvent, Operation, OperationLatencies, Origin};
+use super::{
+    ClientRequest, CoordinateEvent, Operation, OperationLatencies, Origin, PeerDone, ServeRequest,
+};
 use crate::error::ServiceError;
+use crate::membership::MembershipView;
 use crate::quorum::{QuorumState, QuorumTracker};
-use crate::ring::Ring;
 use crate::storage::{OpId, StorageDone, StorageEvent, StorageOutcome};
 use crate::vclock::VClock;
 use crate::versioning::VersionSet;
-use crate::wire::{Bytes, ContextSeal, GetReply, Message, PutReply};
+use crate::wire::{
+    Bytes, ContextSeal, DeleteRequest, GetReply, LocalReply, Message, PutReply, PutRequest,
+    ReplicaRead, ReplicaReply, ReplicaWrite,
+};
 use crate::NodeId;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Read repair work for the background repair stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepairEvent {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The reconciled versions every replica should hold.
+    pub versions: VersionSet,
+    /// The replicas whose versions differed.
+    pub targets: Vec<NodeId>,
+}
 
 /// What the coordinator asks the driver to do.
 #[derive(Debug)]
 pub enum CoordinateOutput {
     /// Queue this event for the local storage stage.
     Storage(StorageEvent),
+    /// Send this request to a peer (through the replication stage).
+    Peer {
+        /// The peer.
+        peer: NodeId,
+        /// The operation its reply answers.
+        op: OpId,
+        /// The request.
+        message: Message,
+        /// When the replication stage may forget it.
+        deadline: Instant,
+    },
     /// Send this reply to the client.
     Reply {
         /// Where the request came from.
@@ -27,6 +63,8 @@ pub enum CoordinateOutput {
         /// The reply.
         message: Message,
     },
+    /// Hand read repair to the background repair stage.
+    Repair(RepairEvent),
 }
 
 /// Quorum defaults and limits of the coordinator.
@@ -46,18 +84,47 @@ pub struct CoordinatorSettings {
     pub seal: ContextSeal,
 }
 
-/// A request waiting for its quorum.
+/// What a pending request is doing.
+enum Work {
+    /// A client get: each replica's answer, and their merge.
+    Read {
+        replies: BTreeMap<NodeId, VersionSet>,
+        merged: VersionSet,
+    },
+    /// A client put or delete this node coordinates. `context` is set once the local write
+    /// created the version; `remotes` are the other replicas it is then sent to.
+    Write {
+        context: Option<VClock>,
+        remotes: Vec<NodeId>,
+    },
+    /// A put forwarded to a preference-list node; `untried` are the next candidates.
+    Forward {
+        message: Message,
+        untried: Vec<NodeId>,
+    },
+    /// A peer's or operator's request served from the local store.
+    Serve { request: ServeKind },
+}
+
+/// Which reply a served request gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServeKind {
+    Local,
+    Replica,
+}
+
+/// A request waiting for its quorum (or, after replying, for stragglers).
 struct Pending {
     origin: Origin,
     operation: Operation,
+    key: Vec<u8>,
     received_at: Instant,
     deadline: Instant,
     tracker: QuorumTracker,
-    /// Versions gathered from replicas (gets).
-    merged: VersionSet,
-    /// The context to return for a put, once the local write created its version.
-    written: Option<VClock>,
+    /// Whether the client has its answer; the request stays until every replica answered or
+    /// the deadline passed, so read repair sees every reply.
     replied: bool,
+    work: Work,
 }
 
 /// Identifies a pending request inside the coordinator.
@@ -66,26 +133,28 @@ type RequestKey = u64;
 /// The coordinator of one node.
 pub struct Coordinator {
     settings: CoordinatorSettings,
-    ring: Arc<Ring>,
+    membership: MembershipView,
     latencies: OperationLatencies,
+    /// Next id for requests and operations. Coordinator ids stay below 2^63; the repair
+    /// stage numbers its own operations above, so replies never reach the wrong owner.
     next_id: u64,
     requests: HashMap<RequestKey, Pending>,
-    /// Which request each storage operation belongs to.
-    operations: HashMap<OpId, RequestKey>,
+    /// Which request, and which replica, each operation belongs to.
+    operations: HashMap<OpId, (RequestKey, NodeId)>,
     /// Deadlines in time order, so a tick inspects only the expired ones.
     deadlines: BTreeSet<(Instant, RequestKey)>,
 }
 
 impl Coordinator {
-    /// A coordinator for `settings.node` routing by `ring`.
+    /// A coordinator for `settings.node` routing by the current membership.
     pub fn new(
         settings: CoordinatorSettings,
-        ring: Arc<Ring>,
+        membership: MembershipView,
         latencies: OperationLatencies,
     ) -> Coordinator {
         Coordinator {
             settings,
-            ring,
+            membership,
             latencies,
             next_id: 1,
             requests: HashMap::new(),
@@ -112,12 +181,22 @@ impl Coordinator {
                 origin,
                 request,
                 received_at,
-            } => self.start_request(now, wall_ms, origin, request, received_at, out),
-            CoordinateEvent::Storage(done) => self.on_storage_done(now, done, out),
+            } => self.start_client_request(now, wall_ms, origin, request, received_at, out),
+            CoordinateEvent::Serve {
+                origin,
+                request,
+                received_at,
+            } => self.start_serve(origin, request, received_at, out),
+            CoordinateEvent::Storage(done) => {
+                let StorageDone { op, result } = done;
+                self.on_answer(now, op, result, out)
+            }
+            CoordinateEvent::Peer(done) => self.on_peer_answer(now, done, out),
         }
     }
 
-    /// Fails every request whose deadline has passed with the quorum error.
+    /// Fails every request whose deadline has passed with the quorum error, and starts read
+    /// repair for expired reads.
     pub fn on_tick(&mut self, now: Instant, out: &mut Vec<CoordinateOutput>) {
         let expired: Vec<(Instant, RequestKey)> = self
             .deadlines
@@ -131,13 +210,14 @@ impl Coordinator {
                     let error = pending.tracker.error(pending.operation.name());
                     self.reply(now, &mut pending, Message::Error(error), out);
                 }
+                repair_if_read(&pending, out);
             }
         }
         self.operations
-            .retain(|_, key| self.requests.contains_key(key));
+            .retain(|_, (key, _)| self.requests.contains_key(key));
     }
 
-    fn start_request(
+    fn start_client_request(
         &mut self,
         now: Instant,
         wall_ms: u64,
@@ -180,94 +260,330 @@ impl Coordinator {
             return;
         }
         let replicas = self
-            .ring
+            .membership
+            .current()
+            .ring()
             .preference_list_for_key(request.key(), n)
             .primaries;
         let deadline = received_at + timeout.unwrap_or(self.settings.request_timeout);
-        let key = self.next_id;
-        self.next_id += 1;
+        let me = self.settings.node.clone();
+        let key = self.new_id();
         let mut pending = Pending {
             origin,
             operation,
+            key: request.key().to_vec(),
             received_at,
             deadline,
             tracker: QuorumTracker::new(quorum, replicas.len()),
-            merged: VersionSet::new(),
-            written: None,
             replied: false,
+            work: Work::Serve {
+                request: ServeKind::Local,
+            }, // replaced below
         };
-        // Replicas other than this node are reached by replication (a later stage); until a
-        // transport exists they count as asked and unanswered, so the deadline reports them.
-        if !replicas.contains(&self.settings.node) {
-            let error = pending.tracker.error(operation.name());
-            self.reply(now, &mut pending, Message::Error(error), out);
-            return;
-        }
-        let op = self.new_op(key);
-        out.push(CoordinateOutput::Storage(match request {
-            ClientRequest::Get { key, .. } => StorageEvent::Read { op, key },
+        match request {
+            ClientRequest::Get { key: k, .. } => {
+                pending.work = Work::Read {
+                    replies: BTreeMap::new(),
+                    merged: VersionSet::new(),
+                };
+                for replica in &replicas {
+                    let op = self.new_op(key, replica);
+                    if *replica == me {
+                        out.push(CoordinateOutput::Storage(StorageEvent::Read {
+                            op,
+                            key: k.clone(),
+                        }));
+                    } else {
+                        let message = Message::ReplicaRead(ReplicaRead {
+                            key: Bytes::from(k.clone()),
+                        });
+                        out.push(CoordinateOutput::Peer {
+                            peer: replica.clone(),
+                            op,
+                            message,
+                            deadline,
+                        });
+                    }
+                }
+            }
             ClientRequest::Put {
-                key,
+                key: k,
                 context,
                 value,
-                ..
-            } => StorageEvent::CoordinatePut {
-                op,
-                key,
-                context,
-                value,
-                now_ms: wall_ms,
-            },
-        }));
+                w,
+                timeout,
+                forwarded,
+            } => {
+                if !replicas.contains(&me) && !forwarded {
+                    let message =
+                        forwarded_message(&self.settings.seal, &k, &context, value, w, timeout);
+                    pending.work = Work::Forward {
+                        message,
+                        untried: replicas,
+                    };
+                    self.requests.insert(key, pending);
+                    self.deadlines.insert((deadline, key));
+                    self.forward_next(now, key, out);
+                    return;
+                }
+                let remotes = replicas.iter().filter(|r| **r != me).cloned().collect();
+                pending.work = Work::Write {
+                    context: None,
+                    remotes,
+                };
+                let op = self.new_op(key, &me);
+                out.push(CoordinateOutput::Storage(StorageEvent::CoordinatePut {
+                    op,
+                    key: k,
+                    context,
+                    value,
+                    now_ms: wall_ms,
+                }));
+            }
+        }
         self.deadlines.insert((deadline, key));
         self.requests.insert(key, pending);
     }
 
-    fn new_op(&mut self, key: RequestKey) -> OpId {
-        let op = self.next_id;
+    fn start_serve(
+        &mut self,
+        origin: Origin,
+        request: ServeRequest,
+        received_at: Instant,
+        out: &mut Vec<CoordinateOutput>,
+    ) {
+        let key = self.new_id();
+        let me = self.settings.node.clone();
+        let op = self.new_op(key, &me);
+        let (kind, item, event) = match request {
+            ServeRequest::Local { key: k } => (
+                ServeKind::Local,
+                k.clone(),
+                StorageEvent::Read { op, key: k },
+            ),
+            ServeRequest::ReplicaRead { key: k } => (
+                ServeKind::Replica,
+                k.clone(),
+                StorageEvent::Read { op, key: k },
+            ),
+            ServeRequest::ReplicaWrite { key: k, versions } => (
+                ServeKind::Replica,
+                k.clone(),
+                StorageEvent::Merge {
+                    op,
+                    key: k,
+                    versions,
+                },
+            ),
+        };
+        let deadline = received_at + self.settings.request_timeout;
+        out.push(CoordinateOutput::Storage(event));
+        self.deadlines.insert((deadline, key));
+        self.requests.insert(
+            key,
+            Pending {
+                origin,
+                operation: Operation::Get,
+                key: item,
+                received_at,
+                deadline,
+                tracker: QuorumTracker::new(1, 1),
+                replied: false,
+                work: Work::Serve { request: kind },
+            },
+        );
+    }
+
+    fn new_id(&mut self) -> u64 {
+        let id = self.next_id;
         self.next_id += 1;
-        self.operations.insert(op, key);
+        id
+    }
+
+    fn new_op(&mut self, key: RequestKey, replica: &NodeId) -> OpId {
+        let op = self.new_id();
+        self.operations.insert(op, (key, replica.clone()));
         op
     }
 
-    fn on_storage_done(
+    /// Sends a forwarded put to the next untried preference-list node, or fails the request.
+    fn forward_next(&mut self, now: Instant, key: RequestKey, out: &mut Vec<CoordinateOutput>) {
+        let Some(pending) = self.requests.get_mut(&key) else {
+            return;
+        };
+        let Work::Forward { message, untried } = &mut pending.work else {
+            return;
+        };
+        if untried.is_empty() {
+            if let Some(mut pending) = self.requests.remove(&key) {
+                self.deadlines.remove(&(pending.deadline, key));
+                let error = pending.tracker.error(pending.operation.name());
+                self.reply(now, &mut pending, Message::Error(error), out);
+            }
+            return;
+        }
+        let peer = untried.remove(0);
+        let (message, deadline) = (message.clone(), pending.deadline);
+        let op = self.new_op(key, &peer);
+        out.push(CoordinateOutput::Peer {
+            peer,
+            op,
+            message,
+            deadline,
+        });
+    }
+
+    fn on_peer_answer(&mut self, now: Instant, done: PeerDone, out: &mut Vec<CoordinateOutput>) {
+        let forwarding = self
+            .operations
+            .get(&done.op)
+            .and_then(|(key, _)| self.requests.get(key))
+            .is_some_and(|p| matches!(p.work, Work::Forward { .. }));
+        if !forwarding {
+            let result = done.result.and_then(|message| match message {
+                Message::ReplicaReply(reply) => Ok(StorageOutcome::Versions(reply.versions)),
+                Message::Error(error) => Err(error),
+                other => Err(ServiceError::MalformedFrame {
+                    reason: format!("unexpected replica answer: {other}"),
+                }),
+            });
+            return self.on_answer(now, done.op, result, out);
+        }
+        let Some((key, _)) = self.operations.remove(&done.op) else {
+            return;
+        };
+        match done.result {
+            // The preference-list node answered: its answer is the client's, error or not.
+            Ok(message) => {
+                if let Some(mut pending) = self.requests.remove(&key) {
+                    self.deadlines.remove(&(pending.deadline, key));
+                    self.reply(now, &mut pending, message, out);
+                }
+            }
+            // Unreachable: try the next preference-list node.
+            Err(_) => {
+                if let Some(pending) = self.requests.get_mut(&key) {
+                    pending.tracker.fail();
+                }
+                self.forward_next(now, key, out);
+            }
+        }
+    }
+
+    /// One replica's answer (local storage or a peer) to a read, write or served request.
+    fn on_answer(
         &mut self,
         now: Instant,
-        done: StorageDone,
+        op: OpId,
+        result: Result<StorageOutcome, ServiceError>,
         out: &mut Vec<CoordinateOutput>,
     ) {
-        let Some(key) = self.operations.remove(&done.op) else {
-            return; // the request already expired; its late answer changes nothing
+        let Some((key, replica)) = self.operations.remove(&op) else {
+            return; // the request already ended; a late answer changes nothing
         };
         let Some(mut pending) = self.requests.remove(&key) else {
             return;
         };
-        let state = match done.result {
-            Ok(StorageOutcome::Versions(set)) => {
-                pending.merged.merge(&set);
-                pending.tracker.ack()
-            }
-            Ok(StorageOutcome::Written { set, version }) => {
-                pending.written = Some(set.write_context(&version));
-                pending.merged.merge(&set);
-                pending.tracker.ack()
-            }
+        match result {
+            Ok(outcome) => self.on_success(now, key, &mut pending, replica, outcome, out),
             Err(error) => {
+                let local_write_failed = matches!(
+                    pending.work,
+                    Work::Write { context: None, .. } | Work::Serve { .. }
+                );
                 let state = pending.tracker.fail();
-                if state == QuorumState::Unreachable && !pending.replied {
+                // Without its local write the coordinator has no version to replicate.
+                if !pending.replied && (local_write_failed || state == QuorumState::Unreachable) {
                     self.reply(now, &mut pending, Message::Error(error), out);
+                    if local_write_failed {
+                        self.deadlines.remove(&(pending.deadline, key));
+                        return;
+                    }
                 }
-                state
             }
-        };
-        if state == QuorumState::Reached && !pending.replied {
-            let message = success_reply(&self.settings.seal, &pending);
-            self.reply(now, &mut pending, message, out);
         }
         if pending.tracker.all_answered() {
             self.deadlines.remove(&(pending.deadline, key));
+            repair_if_read(&pending, out);
         } else {
             self.requests.insert(key, pending);
+        }
+    }
+
+    fn on_success(
+        &mut self,
+        now: Instant,
+        key: RequestKey,
+        pending: &mut Pending,
+        replica: NodeId,
+        outcome: StorageOutcome,
+        out: &mut Vec<CoordinateOutput>,
+    ) {
+        let state = pending.tracker.ack();
+        match (&mut pending.work, outcome) {
+            (Work::Read { replies, merged }, StorageOutcome::Versions(set)) => {
+                merged.merge(&set);
+                replies.insert(replica, set);
+            }
+            (Work::Write { context, remotes }, StorageOutcome::Written { set, version }) => {
+                *context = Some(set.write_context(&version));
+                let remotes = remotes.clone();
+                for remote in remotes {
+                    let op = self.new_op(key, &remote);
+                    let message = Message::ReplicaWrite(ReplicaWrite {
+                        key: Bytes::from(pending.key.clone()),
+                        versions: set.clone(),
+                    });
+                    out.push(CoordinateOutput::Peer {
+                        peer: remote,
+                        op,
+                        message,
+                        deadline: pending.deadline,
+                    });
+                }
+            }
+            (Work::Serve { request }, StorageOutcome::Versions(versions)) => {
+                let message = match request {
+                    ServeKind::Local => Message::LocalReply(LocalReply { versions }),
+                    ServeKind::Replica => Message::ReplicaReply(ReplicaReply { versions }),
+                };
+                self.reply(now, pending, message, out);
+                return;
+            }
+            // A replica acknowledging a write, or an outcome that does not fit the request
+            // (which only counts as the acknowledgement it is).
+            _ => {}
+        }
+        if state == QuorumState::Reached && !pending.replied {
+            let message = self.success_reply(pending);
+            self.reply(now, pending, message, out);
+        }
+    }
+
+    /// The reply to a request whose quorum was reached.
+    fn success_reply(&self, pending: &Pending) -> Message {
+        let seal = &self.settings.seal;
+        let membership_version = self.membership.current().version;
+        match &pending.work {
+            Work::Read { merged, .. } => Message::GetReply(GetReply {
+                values: merged
+                    .live_values()
+                    .map(|v| Bytes::from(v.to_vec()))
+                    .collect(),
+                context: Bytes::from(seal.encode(&merged.context())),
+                membership_version,
+            }),
+            // See `VersionSet::write_context`: the writer's context plus its own write, unless
+            // that would also cover a sibling the writer never saw.
+            Work::Write { context, .. } => Message::PutReply(PutReply {
+                context: Bytes::from(seal.encode(&context.clone().unwrap_or_default())),
+                membership_version,
+            }),
+            Work::Forward { .. } | Work::Serve { .. } => {
+                Message::Error(ServiceError::MalformedFrame {
+                    reason: "no success reply for this request".into(),
+                })
+            }
         }
     }
 
@@ -279,10 +595,12 @@ impl Coordinator {
         out: &mut Vec<CoordinateOutput>,
     ) {
         pending.replied = true;
-        self.latencies.record(
-            pending.operation,
-            now.saturating_duration_since(pending.received_at),
-        );
+        if !matches!(pending.work, Work::Serve { .. }) {
+            self.latencies.record(
+                pending.operation,
+                now.saturating_duration_since(pending.received_at),
+            );
+        }
         out.push(CoordinateOutput::Reply {
             origin: pending.origin,
             message,
@@ -290,24 +608,53 @@ impl Coordinator {
     }
 }
 
-/// The reply to a request whose quorum was reached.
-fn success_reply(seal: &ContextSeal, pending: &Pending) -> Message {
-    match (&pending.operation, &pending.written) {
-        (Operation::Get, _) => Message::GetReply(GetReply {
-            values: pending
-                .merged
-                .live_values()
-                .map(|v| Bytes::from(v.to_vec()))
-                .collect(),
-            context: Bytes::from(seal.encode(&pending.merged.context())),
+/// Read repair (Dynamo §4.5): once a read has every answer it will get, replicas whose set
+/// differs from the merge get the merge. Replicas that never answered are left to anti-entropy.
+fn repair_if_read(pending: &Pending, out: &mut Vec<CoordinateOutput>) {
+    if let Work::Read { replies, merged } = &pending.work {
+        let targets: Vec<NodeId> = replies
+            .iter()
+            .filter(|(_, set)| *set != merged)
+            .map(|(node, _)| node.clone())
+            .collect();
+        if !targets.is_empty() {
+            out.push(CoordinateOutput::Repair(RepairEvent {
+                key: pending.key.clone(),
+                versions: merged.clone(),
+                targets,
+            }));
+        }
+    }
+}
+
+/// The put or delete to send to a preference-list node, marked forwarded.
+fn forwarded_message(
+    seal: &ContextSeal,
+    key: &[u8],
+    context: &VClock,
+    value: Option<Vec<u8>>,
+    w: Option<usize>,
+    timeout: Option<Duration>,
+) -> Message {
+    let key = Bytes::from(key.to_vec());
+    let context = Bytes::from(seal.encode(context));
+    let w = w.map(|w| w.min(u8::MAX as usize) as u8);
+    let timeout_ms = timeout.map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX));
+    match value {
+        Some(value) => Message::Put(PutRequest {
+            key,
+            context: Some(context),
+            value: Bytes::from(value),
+            w,
+            timeout_ms,
+            forwarded: true,
         }),
-        // See `VersionSet::write_context`: the writer's context plus its own write, unless
-        // that would also cover a sibling the writer never saw.
-        (_, Some(context)) => Message::PutReply(PutReply {
-            context: Bytes::from(seal.encode(context)),
-        }),
-        (_, None) => Message::PutReply(PutReply {
-            context: Bytes::from(seal.encode(&pending.merged.context())),
+        None => Message::Delete(DeleteRequest {
+            key,
+            context,
+            w,
+            timeout_ms,
+            forwarded: true,
         }),
     }
 }

@@ -8,14 +8,16 @@
 
 mod machine;
 
-pub use machine::{CoordinateOutput, Coordinator, CoordinatorSettings};
+pub use machine::{CoordinateOutput, Coordinator, CoordinatorSettings, RepairEvent};
 
 use crate::error::ServiceError;
 use crate::intake::{ConnId, IntakeEvent};
+use crate::repair::RepairStageEvent;
+use crate::replicate::ReplicateEvent;
 use crate::seda::{micros, new_latency_histogram, SendError, Stage, StageSender};
 use crate::storage::{StorageDone, StorageEvent};
 use crate::vclock::VClock;
-use crate::wire::OperationLatency;
+use crate::wire::{Message, OperationLatency};
 use machine::LatencyMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -54,7 +56,43 @@ pub enum ClientRequest {
         w: Option<usize>,
         /// Deadline override.
         timeout: Option<Duration>,
+        /// Forwarded by a node outside the preference list: coordinate it here regardless.
+        forwarded: bool,
     },
+}
+
+/// A request served from the local store alone: a peer's replica operation or an operator's
+/// local read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServeRequest {
+    /// `shoal get --local`: this node's stored versions.
+    Local {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// A coordinator asks for this replica's versions.
+    ReplicaRead {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// A coordinator or repairer sends versions to merge.
+    ReplicaWrite {
+        /// The key.
+        key: Vec<u8>,
+        /// The versions (validated and normalised by parse).
+        versions: crate::versioning::VersionSet,
+    },
+}
+
+/// A peer's answer to an operation, routed back by the replication stage.
+#[derive(Debug)]
+pub struct PeerDone {
+    /// The operation answered.
+    pub op: crate::storage::OpId,
+    /// The peer that answered (or failed).
+    pub peer: crate::NodeId,
+    /// The peer's reply message, or why none will come.
+    pub result: Result<Message, ServiceError>,
 }
 
 impl ClientRequest {
@@ -100,8 +138,19 @@ pub enum CoordinateEvent {
         /// When the intake read its frame (the start of its end-to-end latency).
         received_at: Instant,
     },
+    /// A peer's or operator's request for the local store.
+    Serve {
+        /// Where to reply.
+        origin: Origin,
+        /// The request.
+        request: ServeRequest,
+        /// When the intake read its frame.
+        received_at: Instant,
+    },
     /// A local storage operation finished.
     Storage(StorageDone),
+    /// A peer answered (or will not).
+    Peer(PeerDone),
 }
 
 impl fmt::Display for CoordinateEvent {
@@ -121,7 +170,22 @@ impl fmt::Display for CoordinateEvent {
                     origin.conn, origin.request_id
                 )
             }
+            CoordinateEvent::Serve {
+                origin, request, ..
+            } => {
+                let kind = match request {
+                    ServeRequest::Local { .. } => "local read",
+                    ServeRequest::ReplicaRead { .. } => "replica read",
+                    ServeRequest::ReplicaWrite { .. } => "replica write",
+                };
+                write!(
+                    f,
+                    "{kind} from conn {} id {}",
+                    origin.conn, origin.request_id
+                )
+            }
             CoordinateEvent::Storage(done) => write!(f, "storage done op {}", done.op),
+            CoordinateEvent::Peer(done) => write!(f, "peer {} done op {}", done.peer, done.op),
         }
     }
 }
@@ -172,6 +236,8 @@ pub struct CoordinateStage {
     machine: Coordinator,
     storage: StageSender<StorageEvent>,
     intake: StageSender<IntakeEvent>,
+    replicate: StageSender<ReplicateEvent>,
+    repair: StageSender<RepairStageEvent>,
     outbox: Vec<CoordinateOutput>,
 }
 
@@ -181,11 +247,15 @@ impl CoordinateStage {
         machine: Coordinator,
         storage: StageSender<StorageEvent>,
         intake: StageSender<IntakeEvent>,
+        replicate: StageSender<ReplicateEvent>,
+        repair: StageSender<RepairStageEvent>,
     ) -> CoordinateStage {
         CoordinateStage {
             machine,
             storage,
             intake,
+            replicate,
+            repair,
             outbox: Vec::new(),
         }
     }
@@ -226,6 +296,45 @@ impl CoordinateStage {
                 }
                 CoordinateOutput::Reply { origin, message } => {
                     let _ = self.intake.send(IntakeEvent::reply(origin, &message));
+                }
+                // try_send: the replication stage sends back to this one, so waiting on it
+                // could deadlock. A full queue fails the operation like a lost peer would.
+                CoordinateOutput::Peer {
+                    peer,
+                    op,
+                    message,
+                    deadline,
+                } => {
+                    let event = ReplicateEvent::Send {
+                        peer: peer.clone(),
+                        op,
+                        message,
+                        deadline,
+                    };
+                    if let Err(refused) = self.replicate.try_send(event) {
+                        let error = match refused {
+                            SendError::Full(_) => ServiceError::Overloaded {
+                                stage: "replicate".into(),
+                            },
+                            SendError::Closed(_) => ServiceError::ShuttingDown,
+                        };
+                        let done = PeerDone {
+                            op,
+                            peer,
+                            result: Err(error),
+                        };
+                        self.machine.on_event(
+                            now,
+                            wall_clock_ms(),
+                            CoordinateEvent::Peer(done),
+                            &mut self.outbox,
+                        );
+                    }
+                }
+                // Repair is best effort: when its queue is full the work is dropped (and
+                // counted as rejected); anti-entropy repairs what read repair did not.
+                CoordinateOutput::Repair(repair) => {
+                    let _ = self.repair.try_send(RepairStageEvent::Repair(repair));
                 }
             }
         }

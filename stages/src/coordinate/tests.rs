@@ -2,26 +2,23 @@
 //! sockets or storage: the test plays the storage stage. Reference: Dynamo §4.5.
 
 use super::*;
-use crate::ring::{NodeSpec, Ring};
+use crate::membership::{Member, Membership, MembershipView};
 use crate::storage::{StorageDone, StorageEvent, StorageOutcome};
 use crate::versioning::VersionSet;
 use crate::wire::{ContextSeal, Message};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_millis(100);
 
 fn coordinator() -> Coordinator {
     let node = crate::NodeId::new("n1");
-    let ring = Ring::new(
-        8,
-        &[NodeSpec {
-            id: node.clone(),
-            weight: 1,
-            zone: None,
-        }],
-    )
-    .expect("ring");
+    let member = Member {
+        id: node.clone(),
+        addr: "127.0.0.1:1".parse().expect("addr"),
+        weight: 1,
+        zone: None,
+    };
+    let membership = MembershipView::new(Membership::new(1, 8, vec![member]).expect("membership"));
     let settings = CoordinatorSettings {
         node,
         n: 1,
@@ -30,7 +27,7 @@ fn coordinator() -> Coordinator {
         request_timeout: TIMEOUT,
         seal: ContextSeal::new(b"coordinator-tests-secret"),
     };
-    Coordinator::new(settings, Arc::new(ring), OperationLatencies::default())
+    Coordinator::new(settings, membership, OperationLatencies::default())
 }
 
 fn get(request_id: u64, now: Instant) -> CoordinateEvent {

@@ -6,7 +6,9 @@
 
 use super::frame::{encode_frame_into, Frame, FRAME_OVERHEAD_BYTES};
 use crate::error::ServiceError;
+use crate::membership::Membership;
 use crate::seda::StageSnapshot;
+use crate::versioning::VersionSet;
 use crate::NodeId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -43,6 +45,10 @@ pub struct PutRequest {
     pub w: Option<u8>,
     /// Deadline for this request; the node's default when absent.
     pub timeout_ms: Option<u32>,
+    /// Set by a node that forwarded the put to a preference-list node (SPEC §3). The receiver
+    /// coordinates it even if its own view disagrees, so forwarding never loops.
+    #[serde(default)]
+    pub forwarded: bool,
 }
 
 /// `delete(key, context)`: writes a tombstone that supersedes what the context covers.
@@ -56,6 +62,46 @@ pub struct DeleteRequest {
     pub w: Option<u8>,
     /// Deadline for this request; the node's default when absent.
     pub timeout_ms: Option<u32>,
+    /// See [`PutRequest::forwarded`].
+    #[serde(default)]
+    pub forwarded: bool,
+}
+
+/// An operator's read of one node's own stored versions of a key, with no coordination.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetLocalRequest {
+    /// The key.
+    pub key: Bytes,
+}
+
+/// Reply to [`GetLocalRequest`]: every stored version, tombstones and dots included.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalReply {
+    /// The node's stored versions.
+    pub versions: VersionSet,
+}
+
+/// Coordinator → replica: send me your versions of a key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaRead {
+    /// The key.
+    pub key: Bytes,
+}
+
+/// Coordinator or repairer → replica: merge these versions of a key into yours.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaWrite {
+    /// The key.
+    pub key: Bytes,
+    /// The versions to merge.
+    pub versions: VersionSet,
+}
+
+/// Replica → coordinator: the replica's versions of the key (after the merge, for a write).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaReply {
+    /// The replica's versions.
+    pub versions: VersionSet,
 }
 
 /// Reply to a get: the live sibling values and a context covering all of them (tombstones
@@ -66,6 +112,9 @@ pub struct GetReply {
     pub values: Vec<Bytes>,
     /// Opaque encoded context.
     pub context: Bytes,
+    /// The answering node's membership version: a client holding an older ring refreshes it.
+    #[serde(default)]
+    pub membership_version: u64,
 }
 
 /// Reply to a put or delete: the context of the version just written.
@@ -73,6 +122,9 @@ pub struct GetReply {
 pub struct PutReply {
     /// Opaque encoded context.
     pub context: Bytes,
+    /// See [`GetReply::membership_version`].
+    #[serde(default)]
+    pub membership_version: u64,
 }
 
 /// End-to-end latency of one client operation at this node, measured by the coordinator.
@@ -112,12 +164,26 @@ pub enum Message {
     Delete(DeleteRequest),
     /// Admin → node: per-stage statistics.
     Stats,
+    /// Admin → node: one replica's stored versions.
+    GetLocal(GetLocalRequest),
+    /// Client → node: the membership and ring, for partition-aware routing.
+    Ring,
+    /// Node → node.
+    ReplicaRead(ReplicaRead),
+    /// Node → node.
+    ReplicaWrite(ReplicaWrite),
     /// Node → client.
     GetReply(GetReply),
     /// Node → client (put and delete).
     PutReply(PutReply),
     /// Node → admin.
     StatsReply(StatsReply),
+    /// Node → admin.
+    LocalReply(LocalReply),
+    /// Node → client.
+    RingReply(Membership),
+    /// Node → node.
+    ReplicaReply(ReplicaReply),
     /// Node → client: why the request failed.
     Error(ServiceError),
 }
@@ -131,8 +197,22 @@ pub mod kind {
     pub const PUT: u16 = 2;
     /// [`super::Message::Delete`]
     pub const DELETE: u16 = 3;
+    /// [`super::Message::GetLocal`]
+    pub const GET_LOCAL: u16 = 4;
     /// [`super::Message::Stats`]
     pub const STATS: u16 = 10;
+    /// [`super::Message::Ring`]
+    pub const RING: u16 = 11;
+    /// [`super::Message::LocalReply`]
+    pub const LOCAL_REPLY: u16 = 104;
+    /// [`super::Message::RingReply`]
+    pub const RING_REPLY: u16 = 111;
+    /// [`super::Message::ReplicaRead`]
+    pub const REPLICA_READ: u16 = 200;
+    /// [`super::Message::ReplicaWrite`]
+    pub const REPLICA_WRITE: u16 = 201;
+    /// [`super::Message::ReplicaReply`]
+    pub const REPLICA_REPLY: u16 = 250;
     /// [`super::Message::GetReply`]
     pub const GET_REPLY: u16 = 101;
     /// [`super::Message::PutReply`]
@@ -195,6 +275,13 @@ impl Message {
             Message::Put(_) => kind::PUT,
             Message::Delete(_) => kind::DELETE,
             Message::Stats => kind::STATS,
+            Message::GetLocal(_) => kind::GET_LOCAL,
+            Message::Ring => kind::RING,
+            Message::ReplicaRead(_) => kind::REPLICA_READ,
+            Message::ReplicaWrite(_) => kind::REPLICA_WRITE,
+            Message::LocalReply(_) => kind::LOCAL_REPLY,
+            Message::RingReply(_) => kind::RING_REPLY,
+            Message::ReplicaReply(_) => kind::REPLICA_REPLY,
             Message::GetReply(_) => kind::GET_REPLY,
             Message::PutReply(_) => kind::PUT_REPLY,
             Message::StatsReply(_) => kind::STATS_REPLY,
@@ -208,7 +295,13 @@ impl Message {
             Message::Get(m) => to_body(m),
             Message::Put(m) => to_body(m),
             Message::Delete(m) => to_body(m),
-            Message::Stats => to_body(&()),
+            Message::Stats | Message::Ring => to_body(&()),
+            Message::GetLocal(m) => to_body(m),
+            Message::ReplicaRead(m) => to_body(m),
+            Message::ReplicaWrite(m) => to_body(m),
+            Message::LocalReply(m) => to_body(m),
+            Message::RingReply(m) => to_body(m),
+            Message::ReplicaReply(m) => to_body(m),
             Message::GetReply(m) => to_body(m),
             Message::PutReply(m) => to_body(m),
             Message::StatsReply(m) => to_body(m),
@@ -245,6 +338,16 @@ impl Message {
                 from_body::<()>(k, body)?;
                 Message::Stats
             }
+            kind::RING => {
+                from_body::<()>(k, body)?;
+                Message::Ring
+            }
+            kind::GET_LOCAL => Message::GetLocal(from_body(k, body)?),
+            kind::REPLICA_READ => Message::ReplicaRead(from_body(k, body)?),
+            kind::REPLICA_WRITE => Message::ReplicaWrite(from_body(k, body)?),
+            kind::LOCAL_REPLY => Message::LocalReply(from_body(k, body)?),
+            kind::RING_REPLY => Message::RingReply(from_body(k, body)?),
+            kind::REPLICA_REPLY => Message::ReplicaReply(from_body(k, body)?),
             kind::GET_REPLY => Message::GetReply(from_body(k, body)?),
             kind::PUT_REPLY => Message::PutReply(from_body(k, body)?),
             kind::STATS_REPLY => Message::StatsReply(from_body(k, body)?),
@@ -253,11 +356,18 @@ impl Message {
         })
     }
 
-    /// Whether a client may send this message to a node.
+    /// Whether this message asks for a reply (as opposed to being one).
     pub fn is_request(&self) -> bool {
         matches!(
             self,
-            Message::Get(_) | Message::Put(_) | Message::Delete(_) | Message::Stats
+            Message::Get(_)
+                | Message::Put(_)
+                | Message::Delete(_)
+                | Message::Stats
+                | Message::GetLocal(_)
+                | Message::Ring
+                | Message::ReplicaRead(_)
+                | Message::ReplicaWrite(_)
         )
     }
 }
@@ -293,6 +403,15 @@ impl fmt::Display for Message {
             Message::Put(m) => write!(f, "put ({} B key, {} B value)", m.key.len(), m.value.len()),
             Message::Delete(m) => write!(f, "delete ({} B key)", m.key.len()),
             Message::Stats => write!(f, "stats"),
+            Message::GetLocal(m) => write!(f, "get local ({} B key)", m.key.len()),
+            Message::Ring => write!(f, "ring"),
+            Message::ReplicaRead(m) => write!(f, "replica read ({} B key)", m.key.len()),
+            Message::ReplicaWrite(m) => {
+                write!(f, "replica write ({} B key, {})", m.key.len(), m.versions)
+            }
+            Message::LocalReply(m) => write!(f, "local reply {}", m.versions),
+            Message::RingReply(m) => write!(f, "ring reply (version {})", m.version),
+            Message::ReplicaReply(m) => write!(f, "replica reply {}", m.versions),
             Message::GetReply(m) => write!(f, "get reply ({} values)", m.values.len()),
             Message::PutReply(_) => write!(f, "put reply"),
             Message::StatsReply(m) => write!(f, "stats reply ({} stages)", m.stages.len()),

@@ -5,12 +5,28 @@
 use super::*;
 use crate::error::ServiceError;
 use crate::vclock::VClock;
+use crate::wire::{GetLocalRequest, LocalReply, ReplicaRead, ReplicaReply, ReplicaWrite};
 use proptest::prelude::*;
 
 const MAX: usize = 4096;
 
 fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
     proptest::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
+}
+
+fn arb_versions() -> impl Strategy<Value = crate::versioning::VersionSet> {
+    proptest::collection::vec((0u8..3, proptest::option::of(bytes(16)), 0u64..5), 0..4).prop_map(
+        |writes| {
+            let mut set = crate::versioning::VersionSet::new();
+            for (i, (node, value, counter)) in writes.into_iter().enumerate() {
+                let node = crate::NodeId::new(format!("n{node}"));
+                let context = VClock::new().with_entry("n9", counter, 1);
+                let _ =
+                    set.coordinate_put(&node, &context, value.map(Bytes::into_vec), i as u64, 10);
+            }
+            set
+        },
+    )
 }
 
 fn arb_message() -> impl Strategy<Value = Message> {
@@ -36,18 +52,35 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 context,
                 value,
                 w,
-                timeout_ms: None
+                timeout_ms: None,
+                forwarded: w == Some(3)
             })),
         (bytes(64), bytes(32)).prop_map(|(key, context)| Message::Delete(DeleteRequest {
             key,
             context,
             w: Some(2),
-            timeout_ms: Some(5)
+            timeout_ms: Some(5),
+            forwarded: false
         })),
         Just(Message::Stats),
-        (proptest::collection::vec(bytes(64), 0..4), bytes(32))
-            .prop_map(|(values, context)| Message::GetReply(GetReply { values, context })),
-        bytes(32).prop_map(|context| Message::PutReply(PutReply { context })),
+        (proptest::collection::vec(bytes(64), 0..4), bytes(32)).prop_map(|(values, context)| {
+            Message::GetReply(GetReply {
+                values,
+                context,
+                membership_version: 3,
+            })
+        }),
+        bytes(32).prop_map(|context| Message::PutReply(PutReply {
+            context,
+            membership_version: 0
+        })),
+        bytes(64).prop_map(|key| Message::GetLocal(GetLocalRequest { key })),
+        bytes(64).prop_map(|key| Message::ReplicaRead(ReplicaRead { key })),
+        (bytes(64), arb_versions())
+            .prop_map(|(key, versions)| Message::ReplicaWrite(ReplicaWrite { key, versions })),
+        arb_versions().prop_map(|versions| Message::ReplicaReply(ReplicaReply { versions })),
+        arb_versions().prop_map(|versions| Message::LocalReply(LocalReply { versions })),
+        Just(Message::Ring),
         (0u64..1 << 40, 0u64..1 << 40).prop_map(|(declared, max)| Message::Error(
             ServiceError::FrameTooLarge { declared, max }
         )),

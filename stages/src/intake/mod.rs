@@ -9,13 +9,19 @@
 //! read of input buffered and at most `max_write_buffer_bytes` of unsent output (a client that
 //! never reads is disconnected rather than allowed to grow the buffer).
 
+mod peers;
+
 use crate::coordinate::Origin;
 use crate::error::ServiceError;
+use crate::membership::MembershipView;
 use crate::parse::{ParseEvent, StatsSource};
+use crate::replicate::ReplicateEvent;
 use crate::seda::{SendError, StageReceiver, StageSender, Wake};
 use crate::wire::{kind, Frame, FrameDecoder, FrameError, Message};
+use crate::NodeId;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use peers::{PeerLinks, Route};
 use slog::{debug, info, warn, Logger};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -56,10 +62,11 @@ pub enum IntakeEvent {
         /// A complete encoded frame.
         frame: Vec<u8>,
     },
-    /// Write a final frame, then close the connection.
-    SendAndClose {
-        /// The connection.
-        conn: ConnId,
+    /// Write an encoded frame to a peer, over the connection this node keeps to it (opened
+    /// on first use).
+    ToPeer {
+        /// The peer.
+        peer: NodeId,
         /// A complete encoded frame.
         frame: Vec<u8>,
     },
@@ -88,8 +95,8 @@ impl fmt::Display for IntakeEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             IntakeEvent::Send { conn, frame } => write!(f, "send {} B to conn {conn}", frame.len()),
-            IntakeEvent::SendAndClose { conn, frame } => {
-                write!(f, "send {} B to conn {conn} and close", frame.len())
+            IntakeEvent::ToPeer { peer, frame } => {
+                write!(f, "send {} B to peer {peer}", frame.len())
             }
         }
     }
@@ -163,6 +170,20 @@ struct Connection {
     closing: bool,
     /// Unsent output exceeded `max_write_buffer_bytes`: a slow reader, dropped at next flush.
     overflowed: bool,
+    /// An outgoing peer connection whose connect has not completed: output waits.
+    connecting: bool,
+}
+
+/// Where the intake sends what it reads, and what it consults.
+pub struct IntakeRoutes {
+    /// Every frame read goes to parse.
+    pub parse: StageSender<ParseEvent>,
+    /// Told when a peer link fails.
+    pub replicate: StageSender<ReplicateEvent>,
+    /// Where peers listen.
+    pub membership: MembershipView,
+    /// Answers `Stats` without entering the pipeline.
+    pub stats: StatsSource,
 }
 
 /// The running intake loop.
@@ -181,6 +202,12 @@ pub struct Intake {
     ready: BTreeSet<ConnId>,
     /// Answers `Stats` here, outside the request pipeline, so an overloaded node can be seen.
     stats: StatsSource,
+    /// Outgoing connections to peers, by peer.
+    links: PeerLinks,
+    /// Where peers listen.
+    membership: MembershipView,
+    /// Told when a peer link fails, so operations on it fail at once.
+    replicate: StageSender<ReplicateEvent>,
 }
 
 impl Intake {
@@ -189,11 +216,16 @@ impl Intake {
         socket: IntakeSocket,
         settings: IntakeSettings,
         receiver: StageReceiver<IntakeEvent>,
-        parse: StageSender<ParseEvent>,
-        stats: StatsSource,
+        routes: IntakeRoutes,
         stop: Arc<AtomicBool>,
         logger: Logger,
     ) -> Intake {
+        let IntakeRoutes {
+            parse,
+            replicate,
+            membership,
+            stats,
+        } = routes;
         Intake {
             socket,
             settings,
@@ -206,6 +238,9 @@ impl Intake {
             scratch: vec![0; READ_CHUNK_BYTES],
             ready: BTreeSet::new(),
             stats,
+            links: PeerLinks::default(),
+            membership,
+            replicate,
         }
     }
 
@@ -281,13 +316,14 @@ impl Intake {
                 written: 0,
                 closing: false,
                 overflowed: false,
+                connecting: false,
             },
         );
     }
 
     /// Reads what the socket has, dispatches complete frames, and writes pending output.
     fn service(&mut self, conn: ConnId) {
-        let keep = self.read_frames(conn) && self.flush(conn);
+        let keep = self.finish_connect(conn) && self.read_frames(conn) && self.flush(conn);
         if !keep {
             self.close(conn);
         }
@@ -356,6 +392,7 @@ impl Intake {
 
     fn hand_to_parse(&mut self, conn: ConnId, frame: Frame, received_at: Instant) {
         let request_id = frame.request_id;
+        let peer = self.links.peer_of(conn).cloned();
         if frame.kind == kind::STATS {
             let reply = match Message::decode(&frame) {
                 Ok(_) => Message::StatsReply(self.stats.snapshot()),
@@ -372,6 +409,7 @@ impl Intake {
             conn,
             frame,
             received_at,
+            peer,
         }) {
             let error = match refused {
                 SendError::Full(_) => ServiceError::Overloaded {
@@ -393,18 +431,14 @@ impl Intake {
             let conn = match queued.event {
                 IntakeEvent::Send { conn, frame } => {
                     self.enqueue(conn, &frame);
-                    conn
+                    Some(conn)
                 }
-                IntakeEvent::SendAndClose { conn, frame } => {
-                    self.enqueue(conn, &frame);
-                    if let Some(c) = self.connections.get_mut(&conn) {
-                        c.closing = true;
-                    }
-                    conn
-                }
+                IntakeEvent::ToPeer { peer, frame } => self.send_to_peer(peer, &frame),
             };
-            if !self.flush(conn) {
-                self.close(conn);
+            if let Some(conn) = conn {
+                if !self.flush(conn) {
+                    self.close(conn);
+                }
             }
             let wait = started.saturating_duration_since(queued.enqueued_at);
             self.receiver.stats().on_batch(&[wait], started.elapsed());
@@ -431,6 +465,9 @@ impl Intake {
         let Some(connection) = self.connections.get_mut(&conn) else {
             return true;
         };
+        if connection.connecting {
+            return true; // output waits for the connect to complete
+        }
         if connection.overflowed {
             warn!(self.logger, "dropping slow reader"; "conn" => conn, "limit_bytes" => self.settings.max_write_buffer_bytes);
             return false;
@@ -461,6 +498,11 @@ impl Intake {
 
     fn close(&mut self, conn: ConnId) {
         self.ready.remove(&conn);
+        if let Some(peer) = self.links.peer_of(conn).cloned() {
+            warn!(self.logger, "peer link lost"; "peer" => %peer, "conn" => conn);
+            self.links.failed(&peer, Some(conn), Instant::now());
+            self.report_failed(peer);
+        }
         if let Some(mut connection) = self.connections.remove(&conn) {
             let _ = self
                 .socket
@@ -469,5 +511,104 @@ impl Intake {
                 .deregister(&mut connection.stream);
             debug!(self.logger, "connection closed"; "conn" => conn);
         }
+    }
+}
+
+/// DRIVER SIDE of node-to-node traffic: the links this node opens to its peers.
+impl Intake {
+    /// Queues a frame for a peer, dialling it if no link exists; returns the connection to
+    /// flush, if any.
+    fn send_to_peer(&mut self, peer: NodeId, frame: &[u8]) -> Option<ConnId> {
+        let now = Instant::now();
+        match self.links.route(&peer, now) {
+            Route::Via(conn) => {
+                self.enqueue(conn, frame);
+                Some(conn)
+            }
+            Route::BackingOff => {
+                self.report_failed(peer);
+                None
+            }
+            Route::Dial => {
+                let conn = self.dial(&peer, now)?;
+                self.enqueue(conn, frame);
+                Some(conn)
+            }
+        }
+    }
+
+    /// Starts a non-blocking connect to a peer. Failure is reported at once.
+    fn dial(&mut self, peer: &NodeId, now: Instant) -> Option<ConnId> {
+        let Some(addr) = self.membership.current().addr_of(peer) else {
+            warn!(self.logger, "no address for peer"; "peer" => %peer);
+            self.links.failed(peer, None, now);
+            self.report_failed(peer.clone());
+            return None;
+        };
+        let registered = TcpStream::connect(addr).and_then(|mut stream| {
+            let conn = self.next_conn;
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            self.socket
+                .poll
+                .registry()
+                .register(&mut stream, Token(conn as usize), interest)?;
+            Ok((conn, stream))
+        });
+        match registered {
+            Ok((conn, stream)) => {
+                self.next_conn += 1;
+                let _ = stream.set_nodelay(true);
+                self.connections.insert(
+                    conn,
+                    Connection {
+                        stream,
+                        decoder: FrameDecoder::new(self.settings.max_frame_bytes),
+                        outgoing: Vec::new(),
+                        written: 0,
+                        closing: false,
+                        overflowed: false,
+                        connecting: true,
+                    },
+                );
+                self.links.opened(peer, conn);
+                debug!(self.logger, "dialling peer"; "peer" => %peer, "addr" => %addr, "conn" => conn);
+                Some(conn)
+            }
+            Err(e) => {
+                warn!(self.logger, "cannot dial peer"; "peer" => %peer, "error" => %e);
+                self.links.failed(peer, None, now);
+                self.report_failed(peer.clone());
+                None
+            }
+        }
+    }
+
+    /// For a connection still connecting: whether it is usable or still pending (true), or
+    /// failed (false, to be closed).
+    fn finish_connect(&mut self, conn: ConnId) -> bool {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return false;
+        };
+        if !connection.connecting {
+            return true;
+        }
+        if let Ok(Some(_)) | Err(_) = connection.stream.take_error() {
+            return false;
+        }
+        match connection.stream.peer_addr() {
+            Ok(_) => {
+                connection.connecting = false;
+                self.links.established(conn);
+                true
+            }
+            Err(e) if e.kind() == ErrorKind::NotConnected => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Tells the replication stage a peer failed. try_send: the intake never blocks; if the
+    /// queue is full the operations fail at their deadline instead.
+    fn report_failed(&self, peer: NodeId) {
+        let _ = self.replicate.try_send(ReplicateEvent::PeerFailed { peer });
     }
 }

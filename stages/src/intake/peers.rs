@@ -1,0 +1,130 @@
+//! The table of outgoing peer links: which connection carries frames to each peer, and how
+//! long to wait after a failure before dialling again. Pure: `now` is passed in.
+//!
+//! Links are opened lazily (on the first frame for a peer), reused for every later frame, and
+//! after a failure redialled only once the backoff has passed; the backoff doubles per failure
+//! up to a cap and resets when a connection is established.
+
+use super::ConnId;
+use crate::NodeId;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// First wait after a failed link.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest wait between dial attempts, so a recovered peer is used again within seconds.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// What to do with a frame for a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Queue it on this connection (connected or still connecting).
+    Via(ConnId),
+    /// Open a connection first.
+    Dial,
+    /// The peer failed recently; fail the frame now.
+    BackingOff,
+}
+
+#[derive(Debug, Default)]
+struct Link {
+    conn: Option<ConnId>,
+    backoff: Duration,
+    retry_at: Option<Instant>,
+}
+
+/// Outgoing links by peer.
+#[derive(Debug, Default)]
+pub struct PeerLinks {
+    links: HashMap<NodeId, Link>,
+    /// The peer of each outgoing connection.
+    peers: HashMap<ConnId, NodeId>,
+}
+
+impl PeerLinks {
+    /// Where a frame for `peer` goes now.
+    pub fn route(&self, peer: &NodeId, now: Instant) -> Route {
+        match self.links.get(peer) {
+            Some(Link {
+                conn: Some(conn), ..
+            }) => Route::Via(*conn),
+            Some(Link {
+                retry_at: Some(at), ..
+            }) if *at > now => Route::BackingOff,
+            _ => Route::Dial,
+        }
+    }
+
+    /// A connection to `peer` was opened (it may still be connecting).
+    pub fn opened(&mut self, peer: &NodeId, conn: ConnId) {
+        self.links.entry(peer.clone()).or_default().conn = Some(conn);
+        self.peers.insert(conn, peer.clone());
+    }
+
+    /// The connection proved usable: forget past failures.
+    pub fn established(&mut self, conn: ConnId) {
+        if let Some(link) = self
+            .peers
+            .get(&conn)
+            .and_then(|peer| self.links.get_mut(peer))
+        {
+            link.backoff = Duration::ZERO;
+            link.retry_at = None;
+        }
+    }
+
+    /// The peer of an outgoing connection (`None` for client and incoming peer connections).
+    pub fn peer_of(&self, conn: ConnId) -> Option<&NodeId> {
+        self.peers.get(&conn)
+    }
+
+    /// A dial or connection to `peer` failed: back off before the next dial.
+    pub fn failed(&mut self, peer: &NodeId, conn: Option<ConnId>, now: Instant) {
+        if let Some(conn) = conn {
+            self.peers.remove(&conn);
+        }
+        let link = self.links.entry(peer.clone()).or_default();
+        if conn.is_none() || link.conn == conn {
+            link.conn = None;
+        }
+        link.backoff = (link.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+        link.retry_at = Some(now + link.backoff);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a failed peer is not redialled before its backoff, the backoff doubles up to its
+    /// cap, and an established connection resets it.
+    #[test]
+    fn failures_back_off_exponentially_and_success_resets() {
+        let mut links = PeerLinks::default();
+        let peer = NodeId::new("n2");
+        let start = Instant::now();
+        assert_eq!(links.route(&peer, start), Route::Dial);
+        links.opened(&peer, 7);
+        assert_eq!(links.route(&peer, start), Route::Via(7));
+        assert_eq!(links.peer_of(7), Some(&peer));
+        links.failed(&peer, Some(7), start);
+        assert_eq!(links.route(&peer, start), Route::BackingOff);
+        assert_eq!(links.route(&peer, start + BACKOFF_MIN), Route::Dial);
+        for _ in 0..10 {
+            links.failed(&peer, None, start);
+        }
+        assert_eq!(
+            links.route(&peer, start + BACKOFF_MAX - Duration::from_millis(1)),
+            Route::BackingOff
+        );
+        assert_eq!(links.route(&peer, start + BACKOFF_MAX), Route::Dial);
+        links.opened(&peer, 9);
+        links.established(9);
+        links.failed(&peer, Some(9), start);
+        assert_eq!(
+            links.route(&peer, start + BACKOFF_MIN),
+            Route::Dial,
+            "backoff restarted from the minimum"
+        );
+    }
+}
