@@ -7,6 +7,7 @@ use crate::node::Node;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use clap::{Args, Parser, Subcommand};
+use shoal_stages::versioning::VersionSet;
 use shoal_stages::wire::StatsReply;
 use std::io::Write;
 use std::path::PathBuf;
@@ -75,6 +76,9 @@ pub struct GetArgs {
     /// Print JSON: {"values": [...], "context": "..."}.
     #[arg(long)]
     json: bool,
+    /// Show this node's own stored versions (dots, tombstones), with no coordination.
+    #[arg(long)]
+    local: bool,
 }
 
 /// `shoal put`
@@ -114,6 +118,18 @@ pub struct DeleteArgs {
 pub enum AdminCommand {
     /// Per-stage statistics, as `nodetool tpstats` shows thread pools.
     Stats(StatsArgs),
+    /// The membership and ring: partitions, owners, each node's share.
+    Ring(RingArgs),
+}
+
+/// `shoal admin ring`
+#[derive(Args, Debug)]
+pub struct RingArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `shoal admin stats`
@@ -170,6 +186,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Command::Admin(AdminCommand::Stats(args)) => run_stats(args),
+        Command::Admin(AdminCommand::Ring(args)) => run_ring(args),
     }
 }
 
@@ -208,6 +225,24 @@ fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 fn run_get(args: GetArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut client = connect(&args.target)?;
+    if args.local {
+        let versions = client.get_local(args.key.as_bytes())?;
+        if args.json {
+            println!("{}", local_json(&versions));
+        } else {
+            if versions.is_empty() {
+                println!("(no versions stored here)");
+            }
+            for v in versions.versions() {
+                let value = v
+                    .value
+                    .as_deref()
+                    .map_or("(tombstone)".into(), String::from_utf8_lossy);
+                println!("{}:{} {value}", v.dot.node, v.dot.counter);
+            }
+        }
+        return Ok(());
+    }
     let result = client.get(
         args.key.as_bytes(),
         RequestOptions {
@@ -300,4 +335,74 @@ pub fn stats_table(stats: &StatsReply) -> String {
         ));
     }
     out
+}
+
+/// The JSON form of `get --local`: every stored version with its dot and causal past.
+pub fn local_json(versions: &VersionSet) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = versions
+        .versions()
+        .iter()
+        .map(|v| {
+            let past: serde_json::Map<String, serde_json::Value> = v
+                .past
+                .entries()
+                .map(|(node, e)| (node.to_string(), e.counter.into()))
+                .collect();
+            let value = match &v.value {
+                None => serde_json::Value::Null,
+                Some(bytes) => match std::str::from_utf8(bytes) {
+                    Ok(text) => text.into(),
+                    Err(_) => STANDARD.encode(bytes).into(),
+                },
+            };
+            serde_json::json!({
+                "node": v.dot.node.to_string(),
+                "counter": v.dot.counter,
+                "timestamp_ms": v.timestamp_ms,
+                "past": past,
+                "tombstone": v.is_tombstone(),
+                "value": value,
+            })
+        })
+        .collect();
+    serde_json::json!({ "versions": rows })
+}
+
+fn run_ring(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let membership = connect(&args.target)?.ring()?;
+    let ring = membership.ring();
+    let q = ring.partition_count();
+    let nodes: Vec<serde_json::Value> = membership
+        .members()
+        .map(|m| {
+            let owned = ring.partitions_of(&m.id).len();
+            serde_json::json!({
+                "id": m.id.to_string(), "addr": m.addr.to_string(), "weight": m.weight,
+                "zone": m.zone, "partitions": owned, "share": owned as f64 / f64::from(q),
+            })
+        })
+        .collect();
+    if args.json {
+        let owners: Vec<String> = ring.owners().iter().map(|o| o.to_string()).collect();
+        let out = serde_json::json!({ "version": membership.version, "partitions": q, "nodes": nodes, "owners": owners });
+        println!("{out}");
+        return Ok(());
+    }
+    println!("membership version {}, {q} partitions", membership.version);
+    println!(
+        "{:<12} {:<22} {:>6} {:<8} {:>10} {:>7}",
+        "Node", "Address", "Weight", "Zone", "Partitions", "Share"
+    );
+    for n in &nodes {
+        println!(
+            "{:<12} {:<22} {:>6} {:<8} {:>10} {:>6.1}%",
+            n["id"].as_str().unwrap_or(""),
+            n["addr"].as_str().unwrap_or(""),
+            n["weight"],
+            n["zone"].as_str().unwrap_or("-"),
+            n["partitions"],
+            n["share"].as_f64().unwrap_or(0.0) * 100.0
+        );
+    }
+    Ok(())
 }

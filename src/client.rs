@@ -3,9 +3,11 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use shoal_stages::membership::Membership;
+use shoal_stages::versioning::VersionSet;
 use shoal_stages::wire::{
-    Bytes, DeleteRequest, FrameDecoder, FrameError, GetRequest, Message, PutRequest, StatsReply,
-    WireError,
+    Bytes, DeleteRequest, FrameDecoder, FrameError, GetLocalRequest, GetRequest, Message,
+    PutRequest, StatsReply, WireError,
 };
 use shoal_stages::ServiceError;
 use std::io::{self, Read, Write};
@@ -67,6 +69,8 @@ pub struct GetResult {
     pub values: Vec<Vec<u8>>,
     /// Pass to the put that reconciles them.
     pub context: Context,
+    /// The answering node's membership version (newer than the client's ring: refresh).
+    pub membership_version: u64,
 }
 
 /// Per-request options; `None` takes the node's default.
@@ -164,6 +168,7 @@ impl Client {
             Message::GetReply(reply) => Ok(GetResult {
                 values: reply.values.into_iter().map(Bytes::into_vec).collect(),
                 context: Context(reply.context.into_vec()),
+                membership_version: reply.membership_version,
             }),
             other => Err(ClientError::UnexpectedReply(other.to_string())),
         }
@@ -208,6 +213,24 @@ impl Client {
     fn expect_put_reply(&mut self, request: &Message) -> Result<Context, ClientError> {
         match self.call(request)? {
             Message::PutReply(reply) => Ok(Context(reply.context.into_vec())),
+            other => Err(ClientError::UnexpectedReply(other.to_string())),
+        }
+    }
+
+    /// This node's own stored versions of a key (no coordination; for operators and tests).
+    pub fn get_local(&mut self, key: &[u8]) -> Result<VersionSet, ClientError> {
+        match self.call(&Message::GetLocal(GetLocalRequest {
+            key: Bytes::from(key.to_vec()),
+        }))? {
+            Message::LocalReply(reply) => Ok(reply.versions),
+            other => Err(ClientError::UnexpectedReply(other.to_string())),
+        }
+    }
+
+    /// The node's view of the membership and ring.
+    pub fn ring(&mut self) -> Result<Membership, ClientError> {
+        match self.call(&Message::Ring)? {
+            Message::RingReply(membership) => Ok(membership),
             other => Err(ClientError::UnexpectedReply(other.to_string())),
         }
     }

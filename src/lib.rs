@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod cluster_client;
 pub mod config;
 pub mod logging;
 pub mod node;

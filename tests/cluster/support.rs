@@ -139,3 +139,108 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     std::fs::write(&path, text).expect("write config");
     path
 }
+
+/// Free loopback ports, found by binding and releasing them (a test cluster needs every
+/// member's address in every config before any node starts).
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+/// A cluster of real nodes in this process, each on its own port and data directory, that a
+/// test can stop and restart one node at a time (same port, same data).
+pub struct TestCluster {
+    /// Holds every node's data directory until the cluster is dropped.
+    _dir: tempfile::TempDir,
+    pub nodes: Vec<Option<Node>>,
+    pub configs: Vec<Config>,
+}
+
+impl TestCluster {
+    /// Starts `count` nodes n1..n{count} with replication factor `n` and quorums `r`/`w`.
+    pub fn start(count: usize, n: usize, r: usize, w: usize, extra: &str) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports = free_ports(count);
+        let members: String = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                format!(
+                    "[[cluster.members]]\nid = \"n{}\"\naddr = \"127.0.0.1:{port}\"\n",
+                    i + 1
+                )
+            })
+            .collect();
+        let configs: Vec<Config> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let data = dir.path().join(format!("n{}", i + 1));
+                config(&format!(
+                    "[node]\nid = \"n{}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n\
+                     [cluster]\nn = {n}\nr = {r}\nw = {w}\nrequest_timeout_ms = 2000\n\
+                     secret = \"test-cluster-secret-0123456789\"\n{members}{extra}\n",
+                    i + 1,
+                    data.display().to_string()
+                ))
+            })
+            .collect();
+        let mut cluster = TestCluster {
+            _dir: dir,
+            nodes: (0..count).map(|_| None).collect(),
+            configs,
+        };
+        for i in 0..count {
+            cluster.restart(i);
+        }
+        cluster
+    }
+
+    /// The address of node `i` (0-based).
+    pub fn addr(&self, i: usize) -> String {
+        self.configs[i].node.listen.to_string()
+    }
+
+    /// A client of node `i`.
+    pub fn client(&self, i: usize) -> Client {
+        Client::connect(&self.addr(i), CLIENT_TIMEOUT).expect("connect")
+    }
+
+    /// Stops node `i` (graceful: its data stays).
+    pub fn stop(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.shutdown();
+        }
+    }
+
+    /// Starts node `i` again on its port and data directory.
+    pub fn restart(&mut self, i: usize) {
+        let node = Node::start(&self.configs[i], &logging::discard()).expect("node starts");
+        self.nodes[i] = Some(node);
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i);
+        }
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or `CLIENT_TIMEOUT` passes; returns whether it held.
+pub fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < CLIENT_TIMEOUT {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check()
+}

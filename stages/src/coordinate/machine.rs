@@ -492,8 +492,14 @@ impl Coordinator {
                     Work::Write { context: None, .. } | Work::Serve { .. }
                 );
                 let state = pending.tracker.fail();
-                // Without its local write the coordinator has no version to replicate.
+                // Without its local write the coordinator has no version to replicate: that
+                // failure is the answer. Otherwise the answer says how many of how many.
                 if !pending.replied && (local_write_failed || state == QuorumState::Unreachable) {
+                    let error = if local_write_failed {
+                        error
+                    } else {
+                        pending.tracker.error(pending.operation.name())
+                    };
                     self.reply(now, &mut pending, Message::Error(error), out);
                     if local_write_failed {
                         self.deadlines.remove(&(pending.deadline, key));

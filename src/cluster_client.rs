@@ -1,0 +1,169 @@
+//! A partition-aware client (Dynamo §6.4, client-driven coordination): it fetches the ring from
+//! any node it knows, and sends each request straight to a node of the key's preference list,
+//! skipping the forwarding hop a load balancer would cost.
+//!
+//! - Routing: the first reachable node of the key's preference list, then the rest of the
+//!   list, then the fallbacks; a node that fails to connect or answer is skipped for
+//!   `DOWN_FOR` before it is tried first again.
+//! - Refresh: every get and put reply carries the answering node's membership version; a
+//!   newer one than the client's makes it fetch the ring again.
+//! - Errors the store returns (quorum, overload, bad input) are returned as they are: the node
+//!   that coordinated already did what retrying elsewhere would do.
+
+use crate::client::{Client, ClientError, Context, GetResult, RequestOptions};
+use shoal_stages::membership::Membership;
+use shoal_stages::NodeId;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// How long a node that failed is tried only after the others.
+const DOWN_FOR: Duration = Duration::from_secs(2);
+
+/// A client for a whole cluster.
+pub struct ClusterClient {
+    seeds: Vec<String>,
+    membership: Membership,
+    n: usize,
+    timeout: Duration,
+    connections: HashMap<NodeId, Client>,
+    down_until: HashMap<NodeId, Instant>,
+}
+
+impl ClusterClient {
+    /// Connects to the first seed that answers and fetches its ring. `n` is the cluster's
+    /// replication factor (the preference list length to route by).
+    pub fn connect(
+        seeds: &[String],
+        n: usize,
+        timeout: Duration,
+    ) -> Result<ClusterClient, ClientError> {
+        let membership = fetch_ring(seeds, timeout)?;
+        Ok(ClusterClient {
+            seeds: seeds.to_vec(),
+            membership,
+            n: n.max(1),
+            timeout,
+            connections: HashMap::new(),
+            down_until: HashMap::new(),
+        })
+    }
+
+    /// The membership the client routes by.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// `get(key)` through a preference-list node.
+    pub fn get(&mut self, key: &[u8], options: RequestOptions) -> Result<GetResult, ClientError> {
+        let result = self.with_node(key, |client| client.get(key, options))?;
+        self.refresh_if_newer(result.membership_version);
+        Ok(result)
+    }
+
+    /// `put(key, context, value)` through a preference-list node.
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        context: Option<&Context>,
+        value: &[u8],
+        options: RequestOptions,
+    ) -> Result<Context, ClientError> {
+        self.with_node(key, |client| client.put(key, context, value, options))
+    }
+
+    /// `delete(key, context)` through a preference-list node.
+    pub fn delete(
+        &mut self,
+        key: &[u8],
+        context: &Context,
+        options: RequestOptions,
+    ) -> Result<Context, ClientError> {
+        self.with_node(key, |client| client.delete(key, context, options))
+    }
+
+    /// The nodes to try for a key, in order: preference list, then fallbacks; nodes marked
+    /// down go last.
+    fn candidates(&self, key: &[u8]) -> Vec<NodeId> {
+        let list = self.membership.ring().preference_list_for_key(key, self.n);
+        let now = Instant::now();
+        let (mut up, down): (Vec<NodeId>, Vec<NodeId>) = list
+            .primaries
+            .into_iter()
+            .chain(list.fallbacks)
+            .partition(|node| self.down_until.get(node).is_none_or(|until| *until <= now));
+        up.extend(down);
+        up
+    }
+
+    /// Runs `call` on the first candidate node that answers; connection failures move on.
+    fn with_node<T>(
+        &mut self,
+        key: &[u8],
+        mut call: impl FnMut(&mut Client) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let mut last_error = ClientError::Usage("the ring has no nodes".into());
+        for node in self.candidates(key) {
+            let Some(client) = self.connection(&node) else {
+                last_error = ClientError::Usage(format!("cannot connect to {node}"));
+                continue;
+            };
+            match call(client) {
+                Ok(value) => return Ok(value),
+                Err(error @ (ClientError::Io(_) | ClientError::Closed | ClientError::Frame(_))) => {
+                    self.mark_down(&node);
+                    last_error = error;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Err(last_error)
+    }
+
+    fn connection(&mut self, node: &NodeId) -> Option<&mut Client> {
+        if !self.connections.contains_key(node) {
+            let addr = self.membership.addr_of(node)?;
+            match Client::connect(&addr.to_string(), self.timeout) {
+                Ok(client) => {
+                    self.connections.insert(node.clone(), client);
+                }
+                Err(_) => {
+                    self.mark_down(node);
+                    return None;
+                }
+            }
+        }
+        self.connections.get_mut(node)
+    }
+
+    fn mark_down(&mut self, node: &NodeId) {
+        self.connections.remove(node);
+        self.down_until
+            .insert(node.clone(), Instant::now() + DOWN_FOR);
+    }
+
+    fn refresh_if_newer(&mut self, version: u64) {
+        if version > self.membership.version {
+            let mut sources: Vec<String> = self
+                .membership
+                .members()
+                .map(|m| m.addr.to_string())
+                .collect();
+            sources.extend(self.seeds.iter().cloned());
+            if let Ok(membership) = fetch_ring(&sources, self.timeout) {
+                self.membership = membership;
+            }
+        }
+    }
+}
+
+/// The ring of the first node in `sources` that answers.
+fn fetch_ring(sources: &[String], timeout: Duration) -> Result<Membership, ClientError> {
+    let mut last_error = ClientError::Usage("no seed nodes given".into());
+    for addr in sources {
+        match Client::connect(addr, timeout).and_then(|mut client| client.ring()) {
+            Ok(membership) => return Ok(membership),
+            Err(error) => last_error = error,
+        }
+    }
+    Err(last_error)
+}
