@@ -1,13 +1,15 @@
 //! `shoal-load`: drives a closed-loop get/put load against a shoal node and reports throughput
 //! and latency percentiles per operation.
 //!
-//! This is the first cut (issue 2's end-to-end figure): closed loop, uniform keys, a read
-//! fraction, one connection per thread. Workloads, key distributions, open loop and the
-//! per-stage sampling come with the load-tool issue.
+//! This is the first cut: closed loop, uniform keys, a read fraction, per-request r/w, one
+//! partition-aware client per thread (each request goes straight to a node of the key's
+//! preference list). Workloads, key distributions, open loop and the per-stage sampling come
+//! with the load-tool issue.
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use shoal::client::{Client, ClientError, RequestOptions};
+use shoal::client::{ClientError, RequestOptions};
+use shoal::cluster_client::ClusterClient;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -15,9 +17,18 @@ use std::time::{Duration, Instant};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "shoal-load", version, about)]
 struct Args {
-    /// Node address, host:port.
+        /// Seed nodes, host:port[,host:port...]; the ring is fetched from the first that answers.
     #[arg(long, default_value = "127.0.0.1:7401")]
     node: String,
+    /// The cluster's replication factor N (the preference list length to route by).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Read quorum per request (the node's default when absent).
+    #[arg(long)]
+    r: Option<u8>,
+    /// Write quorum per request (the node's default when absent).
+    #[arg(long)]
+    w: Option<u8>,
     /// Client threads, one connection each.
     #[arg(long, default_value_t = 4)]
     threads: usize,
@@ -68,8 +79,14 @@ fn error_kind(error: &ClientError) -> String {
     }
 }
 
+fn connect(args: &Args) -> Result<ClusterClient, ClientError> {
+    let seeds: Vec<String> = args.node.split(',').map(|s| s.trim().to_string()).collect();
+    ClusterClient::connect(&seeds, args.replicas, Duration::from_secs(10))
+}
+
 fn run_thread(args: Args, index: usize, deadline: Instant) -> Result<ThreadReport, ClientError> {
-    let mut client = Client::connect(&args.node, Duration::from_secs(10))?;
+    let mut client = connect(&args)?;
+    let options = RequestOptions { r: args.r, w: args.w, timeout_ms: None };
     let mut report = ThreadReport {
         histograms: BTreeMap::new(),
         errors: BTreeMap::new(),
@@ -85,19 +102,9 @@ fn run_thread(args: Args, index: usize, deadline: Instant) -> Result<ThreadRepor
         let read = (next_random(&mut state) % 10_000) as f64 / 10_000.0 < args.read_fraction;
         let start = Instant::now();
         let (operation, result) = if read {
-            (
-                "get",
-                client
-                    .get(key.as_bytes(), RequestOptions::default())
-                    .map(|_| ()),
-            )
+                        ("get", client.get(key.as_bytes(), options).map(|_| ()))
         } else {
-            (
-                "put",
-                client
-                    .put(key.as_bytes(), None, &value, RequestOptions::default())
-                    .map(|_| ()),
-            )
+            ("put", client.put(key.as_bytes(), None, &value, options).map(|_| ()))
         };
         let micros = start.elapsed().as_micros() as u64;
         match result {
@@ -124,7 +131,7 @@ fn load_phase(args: &Args) -> Result<(), ClientError> {
         .map(|t| {
             let args = args.clone();
             std::thread::spawn(move || -> Result<(), ClientError> {
-                let mut client = Client::connect(&args.node, Duration::from_secs(10))?;
+                                let mut client = connect(&args)?;
                 let value = vec![b'x'; args.value_bytes];
                 for k in (t * per_thread)..((t + 1) * per_thread).min(args.keys) {
                     client.put(
