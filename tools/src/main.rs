@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "shoal-load", version, about)]
 struct Args {
-        /// Seed nodes, host:port[,host:port...]; the ring is fetched from the first that answers.
+    /// Seed nodes, host:port[,host:port...]; the ring is fetched from the first that answers.
     #[arg(long, default_value = "127.0.0.1:7401")]
     node: String,
     /// The cluster's replication factor N (the preference list length to route by).
@@ -86,7 +86,11 @@ fn connect(args: &Args) -> Result<ClusterClient, ClientError> {
 
 fn run_thread(args: Args, index: usize, deadline: Instant) -> Result<ThreadReport, ClientError> {
     let mut client = connect(&args)?;
-    let options = RequestOptions { r: args.r, w: args.w, timeout_ms: None };
+    let options = RequestOptions {
+        r: args.r,
+        w: args.w,
+        timeout_ms: None,
+    };
     let mut report = ThreadReport {
         histograms: BTreeMap::new(),
         errors: BTreeMap::new(),
@@ -102,9 +106,14 @@ fn run_thread(args: Args, index: usize, deadline: Instant) -> Result<ThreadRepor
         let read = (next_random(&mut state) % 10_000) as f64 / 10_000.0 < args.read_fraction;
         let start = Instant::now();
         let (operation, result) = if read {
-                        ("get", client.get(key.as_bytes(), options).map(|_| ()))
+            ("get", client.get(key.as_bytes(), options).map(|_| ()))
         } else {
-            ("put", client.put(key.as_bytes(), None, &value, options).map(|_| ()))
+            (
+                "put",
+                client
+                    .put(key.as_bytes(), None, &value, options)
+                    .map(|_| ()),
+            )
         };
         let micros = start.elapsed().as_micros() as u64;
         match result {
@@ -131,7 +140,7 @@ fn load_phase(args: &Args) -> Result<(), ClientError> {
         .map(|t| {
             let args = args.clone();
             std::thread::spawn(move || -> Result<(), ClientError> {
-                                let mut client = connect(&args)?;
+                let mut client = connect(&args)?;
                 let value = vec![b'x'; args.value_bytes];
                 for k in (t * per_thread)..((t + 1) * per_thread).min(args.keys) {
                     client.put(
