@@ -133,6 +133,8 @@ pub struct ClusterSection {
     pub vclock_max_entries: usize,
     /// The other members (this node is always a member). Empty: a one-node cluster.
     pub members: Vec<MemberSection>,
+    /// How often a peer the failure detector holds down is probed (Dynamo §4.8.3).
+    pub probe_interval_ms: u64,
     /// Shared by every node of the cluster: seals client contexts (and later authenticates
     /// peers). The default is public, so a node using it warns at start.
     pub secret: String,
@@ -149,6 +151,7 @@ impl Default for ClusterSection {
             vclock_max_entries: 10,
             members: Vec::new(),
             secret: DEFAULT_SECRET.to_string(),
+            probe_interval_ms: 1000,
         }
     }
 }
@@ -255,6 +258,8 @@ pub struct StagesSection {
     pub storage: StageTuning,
     /// Read repair (background).
     pub repair: StageTuning,
+    /// Hinted handoff (background).
+    pub handoff: StageTuning,
 }
 
 /// `[log]`
@@ -292,7 +297,7 @@ struct StageRow {
 
 /// The stage table, in pipeline order; `Node::shutdown` stops them in this order (intake
 /// first, so no new work enters; storage last, so everything accepted is flushed).
-const STAGE_TABLE: [StageRow; 6] = [
+const STAGE_TABLE: [StageRow; 7] = [
     StageRow {
         name: "intake",
         class: StageClass::Foreground,
@@ -334,6 +339,14 @@ const STAGE_TABLE: [StageRow; 6] = [
         tick_ms: 100,
     },
     StageRow {
+        name: "handoff",
+        class: StageClass::Background,
+        threads: 1,
+        queue_capacity: 1024,
+        batch_max: 64,
+        tick_ms: 200,
+    },
+    StageRow {
         name: "storage",
         class: StageClass::Foreground,
         threads: 2,
@@ -343,9 +356,10 @@ const STAGE_TABLE: [StageRow; 6] = [
     },
 ];
 
-/// Default rate of the repair stage: keys repaired per second. Read repair is a by-product of
-/// reads; this keeps a burst of stale reads from turning into a burst of writes.
-const DEFAULT_REPAIR_RATE_PER_SEC: f64 = 1000.0;
+/// Default rate of a background stage (repair: keys repaired; handoff: hints delivered, per
+/// second), so a burst of stale reads or a returning node does not turn into a burst of writes
+/// that competes with foreground requests. The resource controller will adjust it.
+const DEFAULT_BACKGROUND_RATE_PER_SEC: f64 = 1000.0;
 
 /// Default microseconds an idle worker polls (yielding) before parking. Waking a parked thread
 /// costs ~50 µs per hop on these VMs (benches/stage_hop.rs); a single node under 4 closed-loop
@@ -397,6 +411,12 @@ impl Config {
         if c.request_timeout_ms == 0 || c.request_timeout_ms > MAX_INTERVAL_MS {
             return Err(invalid(
                 "cluster.request_timeout_ms",
+                format!("must be in 1..={MAX_INTERVAL_MS}"),
+            ));
+        }
+        if c.probe_interval_ms == 0 || c.probe_interval_ms > MAX_INTERVAL_MS {
+            return Err(invalid(
+                "cluster.probe_interval_ms",
                 format!("must be in 1..={MAX_INTERVAL_MS}"),
             ));
         }
@@ -541,13 +561,14 @@ impl Config {
         Ok(())
     }
 
-    fn stage_tunings(&self) -> [(&'static str, &StageTuning); 6] {
+    fn stage_tunings(&self) -> [(&'static str, &StageTuning); 7] {
         [
             ("intake", &self.stages.intake),
             ("parse", &self.stages.parse),
             ("coordinate", &self.stages.coordinate),
             ("replicate", &self.stages.replicate),
             ("repair", &self.stages.repair),
+            ("handoff", &self.stages.handoff),
             ("storage", &self.stages.storage),
         ]
     }
@@ -562,7 +583,7 @@ impl Config {
         match self.stage_tunings()[index].1.rate_per_sec {
             Some(rate) if rate > 0.0 => Some(rate),
             Some(_) => None,
-            None => Some(DEFAULT_REPAIR_RATE_PER_SEC),
+            None => Some(DEFAULT_BACKGROUND_RATE_PER_SEC),
         }
     }
 

@@ -16,10 +16,14 @@
 use crate::config::{Config, ConfigError, DEFAULT_SECRET};
 use shoal_stages::coordinate::{
     CoordinateEvent, CoordinateStage, Coordinator, CoordinatorSettings, OperationLatencies,
+    PeerBoard,
 };
+use shoal_stages::handoff::{HandoffEvent, HandoffStage};
 use shoal_stages::intake::{Intake, IntakeEvent, IntakeRoutes, IntakeSettings, IntakeSocket};
 use shoal_stages::membership::MembershipView;
-use shoal_stages::parse::{ParseEvent, ParseSettings, ParseStage, StageProbe, StatsSource};
+use shoal_stages::parse::{
+    MembersSource, ParseEvent, ParseSettings, ParseStage, StageProbe, StatsSource,
+};
 use shoal_stages::repair::{RepairStage, RepairStageEvent};
 use shoal_stages::replicate::{ReplicateEvent, ReplicateStage};
 use shoal_stages::ring::RingError;
@@ -89,6 +93,7 @@ struct Queues {
     coordinate: StageSender<CoordinateEvent>,
     replicate: StageSender<ReplicateEvent>,
     repair: StageSender<RepairStageEvent>,
+    handoff: StageSender<HandoffEvent>,
     storage: StageSender<StorageEvent>,
 }
 
@@ -99,6 +104,7 @@ struct Receivers {
     coordinate: StageReceiver<CoordinateEvent>,
     replicate: StageReceiver<ReplicateEvent>,
     repair: StageReceiver<RepairStageEvent>,
+    handoff: StageReceiver<HandoffEvent>,
     storage: StageReceiver<StorageEvent>,
 }
 
@@ -108,6 +114,7 @@ struct Shared {
     membership: MembershipView,
     seal: ContextSeal,
     latencies: OperationLatencies,
+    board: PeerBoard,
     store: Store,
     logger: Logger,
 }
@@ -135,6 +142,7 @@ impl Node {
             membership,
             seal: ContextSeal::new(config.cluster.secret.as_bytes()),
             latencies: OperationLatencies::default(),
+            board: PeerBoard::default(),
             store,
             logger: logger.clone(),
         };
@@ -147,6 +155,7 @@ impl Node {
                 probe(&queues.coordinate),
                 probe(&queues.replicate),
                 probe(&queues.repair),
+                probe(&queues.handoff),
                 probe(&queues.storage),
             ],
             latencies: shared.latencies.clone(),
@@ -157,11 +166,13 @@ impl Node {
             coordinate,
             replicate,
             repair,
+            handoff,
             storage,
         } = receivers;
         // Consumers before producers; they stop in the reverse order, after the intake.
         let mut stages = vec![
             spawn_storage(config, &shared, &queues, storage)?,
+            spawn_handoff(config, &shared, &queues, handoff)?,
             spawn_repair(config, &shared, &queues, repair)?,
             spawn_replicate(config, &queues, replicate)?,
             spawn_coordinate(config, &shared, &queues, coordinate)?,
@@ -230,6 +241,7 @@ fn queues(config: &Config, socket: &IntakeSocket) -> (Queues, Receivers) {
     let (coordinate, coordinate_rx) = stage_queue(&config.stage_spec("coordinate"), None);
     let (replicate, replicate_rx) = stage_queue(&config.stage_spec("replicate"), None);
     let (repair, repair_rx) = stage_queue(&config.stage_spec("repair"), None);
+    let (handoff, handoff_rx) = stage_queue(&config.stage_spec("handoff"), None);
     let (storage, storage_rx) = stage_queue(&config.stage_spec("storage"), None);
     (
         Queues {
@@ -238,6 +250,7 @@ fn queues(config: &Config, socket: &IntakeSocket) -> (Queues, Receivers) {
             coordinate,
             replicate,
             repair,
+            handoff,
             storage,
         },
         Receivers {
@@ -246,6 +259,7 @@ fn queues(config: &Config, socket: &IntakeSocket) -> (Queues, Receivers) {
             coordinate: coordinate_rx,
             replicate: replicate_rx,
             repair: repair_rx,
+            handoff: handoff_rx,
             storage: storage_rx,
         },
     )
@@ -302,12 +316,45 @@ fn spawn_repair(
     spawn_stage(&spec, rx, make, Some(gate)).map_err(io_error("starting repair"))
 }
 
+fn spawn_handoff(
+    config: &Config,
+    shared: &Shared,
+    queues: &Queues,
+    rx: StageReceiver<HandoffEvent>,
+) -> Result<StageHandle, NodeError> {
+    let spec = config.stage_spec("handoff");
+    // The stage takes a token per hint it sends (on its tick), so the gate is its own, not the
+    // runtime's (which would only pace the acknowledgements).
+    let rate = config.stage_rate("handoff");
+    let gate = Arc::new(Mutex::new(RateGate::new(
+        rate,
+        spec.batch_max as f64,
+        Instant::now(),
+    )));
+    let logger = shared.logger.new(o!("stage" => "handoff"));
+    let make = |_| {
+        HandoffStage::new(
+            shared.store.clone(),
+            queues.replicate.clone(),
+            Arc::clone(&gate),
+            logger.clone(),
+        )
+    };
+    spawn_stage(&spec, rx, make, None).map_err(io_error("starting handoff"))
+}
+
 fn spawn_replicate(
     config: &Config,
     queues: &Queues,
     rx: StageReceiver<ReplicateEvent>,
 ) -> Result<StageHandle, NodeError> {
-    let make = |_| ReplicateStage::new(queues.intake.clone(), queues.coordinate.clone());
+    let make = |_| {
+        ReplicateStage::new(
+            queues.intake.clone(),
+            queues.coordinate.clone(),
+            queues.handoff.clone(),
+        )
+    };
     spawn_stage(&config.stage_spec("replicate"), rx, make, None)
         .map_err(io_error("starting replicate"))
 }
@@ -325,11 +372,13 @@ fn spawn_coordinate(
         w: config.cluster.w,
         request_timeout: Duration::from_millis(config.cluster.request_timeout_ms),
         seal: shared.seal.clone(),
+        probe_interval: Duration::from_millis(config.cluster.probe_interval_ms),
     };
     let machine = Coordinator::new(
         settings,
         shared.membership.clone(),
         shared.latencies.clone(),
+        shared.board.clone(),
     );
     let mut machine = Some(machine);
     let make = |_| {
@@ -358,12 +407,18 @@ fn spawn_parse(
     };
     let make = |_| {
         let q = queues.clone();
+        let members = MembersSource {
+            node: shared.node.clone(),
+            board: shared.board.clone(),
+            store: shared.store.clone(),
+        };
         ParseStage::new(
             settings.clone(),
             q.coordinate,
             q.intake,
             q.replicate,
             shared.membership.clone(),
+            members,
         )
     };
     spawn_stage(&config.stage_spec("parse"), rx, make, None).map_err(io_error("starting parse"))

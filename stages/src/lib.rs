@@ -13,6 +13,8 @@
 
 pub mod coordinate;
 pub mod error;
+pub mod failure_detector;
+pub mod handoff;
 pub mod intake;
 pub mod membership;
 pub mod node_id;

@@ -9,15 +9,19 @@
 //! `Stats` requests never reach this stage: the intake answers them itself, so an operator can
 //! inspect a node whose pipeline is full.
 
-use crate::coordinate::{ClientRequest, CoordinateEvent, OperationLatencies, Origin, ServeRequest};
+use crate::coordinate::{
+    ClientRequest, CoordinateEvent, OperationLatencies, Origin, PeerBoard, ServeRequest,
+};
 use crate::error::ServiceError;
 use crate::intake::{ConnId, IntakeEvent};
 use crate::membership::MembershipView;
 use crate::replicate::ReplicateEvent;
 use crate::seda::{SendError, Stage, StageSender, StageSnapshot};
+use crate::storage::Store;
 use crate::versioning::VersionSet;
 use crate::wire::MAX_CONTEXT_ENTRIES;
 use crate::wire::{ContextSeal, Frame, Message, StatsReply};
+use crate::wire::{MemberStatus, MembersReply};
 use crate::NodeId;
 use std::fmt;
 use std::sync::Arc;
@@ -98,6 +102,21 @@ pub struct ParseStage {
     intake: StageSender<IntakeEvent>,
     replicate: StageSender<ReplicateEvent>,
     membership: MembershipView,
+    /// This node, the failure detector's published view and the store (hint counts), for
+    /// `admin members`.
+    node: NodeId,
+    board: PeerBoard,
+    store: Store,
+}
+
+/// What `admin members` is answered from.
+pub struct MembersSource {
+    /// This node.
+    pub node: NodeId,
+    /// The coordinator's failure-detector view.
+    pub board: PeerBoard,
+    /// The store, for pending hints.
+    pub store: Store,
 }
 
 impl ParseStage {
@@ -108,13 +127,18 @@ impl ParseStage {
         intake: StageSender<IntakeEvent>,
         replicate: StageSender<ReplicateEvent>,
         membership: MembershipView,
+        members: MembersSource,
     ) -> ParseStage {
+        let MembersSource { node, board, store } = members;
         ParseStage {
             settings,
             coordinate,
             intake,
             replicate,
             membership,
+            node,
+            board,
+            store,
         }
     }
 
@@ -137,9 +161,14 @@ impl ParseStage {
             }
             return;
         }
-        if let Message::Ring = message {
-            let membership = (*self.membership.current()).clone();
-            return self.reply(origin, Message::RingReply(membership));
+        match message {
+            Message::Ring => {
+                let membership = (*self.membership.current()).clone();
+                return self.reply(origin, Message::RingReply(membership));
+            }
+            Message::Ping => return self.reply(origin, Message::Pong),
+            Message::Members => return self.reply(origin, self.members()),
+            _ => {}
         }
         let received_at = event.received_at;
         let event = match validate(&self.settings, message) {
@@ -164,6 +193,38 @@ impl ParseStage {
             };
             self.reply(origin, Message::Error(error));
         }
+    }
+
+    /// Every member with this node's view of its health and the hints held for it.
+    fn members(&self) -> Message {
+        let membership = self.membership.current();
+        let statuses = self.board.lock().map(|b| b.clone()).unwrap_or_default();
+        let pending = match self.store.pending_hints() {
+            Ok(pending) => pending,
+            Err(error) => {
+                return Message::Error(ServiceError::Storage {
+                    reason: error.to_string(),
+                })
+            }
+        };
+        let members = membership
+            .members()
+            .map(|m| {
+                let status = statuses.iter().find(|s| s.node == m.id);
+                MemberStatus {
+                    node: m.id.clone(),
+                    addr: m.addr.to_string(),
+                    up: status.is_none_or(|s| s.up),
+                    down_for_ms: status.map_or(0, |s| s.down_for_ms),
+                    hints_pending: pending.get(&m.id).copied().unwrap_or(0),
+                }
+            })
+            .collect();
+        Message::MembersReply(MembersReply {
+            node: self.node.clone(),
+            version: membership.version,
+            members,
+        })
     }
 
     fn reply(&self, origin: Origin, message: Message) {
@@ -237,9 +298,16 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<Routed, Se
         Message::ReplicaWrite(write) => {
             check_key(settings, &write.key)?;
             let versions = check_versions(settings, write.versions)?;
+            if write.hint.as_ref().is_some_and(|node| !node.is_valid()) {
+                return Err(ServiceError::MalformedFrame {
+                    reason: "hint names an invalid node".into(),
+                });
+            }
+            let key = write.key.into_vec();
             return Ok(Routed::Serve(ServeRequest::ReplicaWrite {
-                key: write.key.into_vec(),
+                key,
                 versions,
+                hint: write.hint,
             }));
         }
         other => return Err(ServiceError::NotARequest { kind: other.kind() }),

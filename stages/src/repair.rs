@@ -64,7 +64,8 @@ impl RepairStage {
 
     fn repair(&mut self, now: Instant, repair: RepairEvent) {
         for target in repair.targets {
-            self.next_op = self.next_op.wrapping_add(1) & !REPAIR_OP_BIT;
+            self.next_op =
+                self.next_op.wrapping_add(1) & !(REPAIR_OP_BIT | crate::replicate::HANDOFF_OP_BIT);
             let op = self.next_op | REPAIR_OP_BIT;
             // try_send: background work yields to foreground; a dropped repair is redone later.
             if target == self.node {
@@ -77,6 +78,7 @@ impl RepairStage {
                 let message = Message::ReplicaWrite(ReplicaWrite {
                     key: Bytes::from(repair.key.clone()),
                     versions: repair.versions.clone(),
+                    hint: None,
                 });
                 let _ = self.replicate.try_send(ReplicateEvent::Send {
                     peer: target,

@@ -16,6 +16,7 @@
 
 use crate::coordinate::{CoordinateEvent, PeerDone};
 use crate::error::ServiceError;
+use crate::handoff::HandoffEvent;
 use crate::intake::IntakeEvent;
 use crate::seda::{Stage, StageSender};
 use crate::storage::OpId;
@@ -28,6 +29,9 @@ use std::time::Instant;
 /// Operation ids with this bit set belong to the repair stage: their answers are dropped here
 /// instead of going to the coordinator, which never issued them.
 pub const REPAIR_OP_BIT: OpId = 1 << 63;
+/// Operation ids with this bit set belong to the handoff stage, which gets their answers.
+/// (Coordinator ids stay below both bits.)
+pub const HANDOFF_OP_BIT: OpId = 1 << 62;
 
 /// The replication stage's events.
 #[derive(Debug)]
@@ -79,6 +83,7 @@ pub struct ReplicateStage {
     outstanding: HashMap<OpId, (NodeId, Instant)>,
     intake: StageSender<IntakeEvent>,
     coordinate: StageSender<CoordinateEvent>,
+    handoff: StageSender<HandoffEvent>,
 }
 
 impl ReplicateStage {
@@ -86,16 +91,24 @@ impl ReplicateStage {
     pub fn new(
         intake: StageSender<IntakeEvent>,
         coordinate: StageSender<CoordinateEvent>,
+        handoff: StageSender<HandoffEvent>,
     ) -> ReplicateStage {
         ReplicateStage {
             outstanding: HashMap::new(),
             intake,
             coordinate,
+            handoff,
         }
     }
 
     fn answer(&self, op: OpId, peer: NodeId, result: Result<Message, ServiceError>) {
-        if op & REPAIR_OP_BIT == 0 {
+        if op & HANDOFF_OP_BIT != 0 {
+            // Blocking: the handoff stage reaches this one only with try_send.
+            let _ = self.handoff.send(HandoffEvent::Delivered {
+                op,
+                acknowledged: result.is_ok(),
+            });
+        } else if op & REPAIR_OP_BIT == 0 {
             // Blocking: the coordinator never waits on this stage (it uses try_send), so no cycle.
             let _ = self
                 .coordinate

@@ -66,6 +66,7 @@ fn admin_stats_json_lists_every_stage_with_the_documented_fields() {
             "coordinate",
             "replicate",
             "repair",
+            "handoff",
             "storage"
         ]
     );

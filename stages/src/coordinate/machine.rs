@@ -11,11 +11,20 @@
 //!   set differed: read repair, done by the background repair stage.
 //! - **Serve** requests (a peer's replica read/write, an operator's local read) touch only the
 //!   local store.
+//! - **Sloppy quorum** (§4.6): replicas go to the first N *healthy* nodes of the walk. A
+//!   primary the failure detector holds down is replaced by the next healthy fallback, and a
+//!   write sent there carries a hint naming the primary; a replica that fails during a request
+//!   is retried on the next spare fallback the same way. Hints count toward W.
+//! - **Failure detection** (§4.8.3): every peer answer or failure (including a missed
+//!   deadline) updates the [`FailureDetector`]; down peers are probed with `Ping` every
+//!   `probe_interval` and come back by themselves.
 
 use super::{
-    ClientRequest, CoordinateEvent, Operation, OperationLatencies, Origin, PeerDone, ServeRequest,
+    ClientRequest, CoordinateEvent, Operation, OperationLatencies, Origin, PeerBoard, PeerDone,
+    ServeRequest,
 };
 use crate::error::ServiceError;
+use crate::failure_detector::FailureDetector;
 use crate::membership::MembershipView;
 use crate::quorum::{QuorumState, QuorumTracker};
 use crate::storage::{OpId, StorageDone, StorageEvent, StorageOutcome};
@@ -82,20 +91,44 @@ pub struct CoordinatorSettings {
     pub request_timeout: Duration,
     /// Seals the contexts handed to clients.
     pub seal: ContextSeal,
+    /// How often a peer held down is probed.
+    pub probe_interval: Duration,
+}
+
+/// How long a probe may take before it counts as failed (the peer stays down).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One replica of a request: the node asked, and the preference-list node it stands in for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Target {
+    node: NodeId,
+    hint: Option<NodeId>,
+}
+
+/// What a pending operation is: its request, the node asked, and whom it stands in for.
+#[derive(Clone, Debug)]
+struct OpInfo {
+    request: RequestKey,
+    node: NodeId,
+    hint: Option<NodeId>,
 }
 
 /// What a pending request is doing.
 enum Work {
-    /// A client get: each replica's answer, and their merge.
+    /// A client get: each replica's answer, their merge, and healthy fallbacks not yet asked.
     Read {
         replies: BTreeMap<NodeId, VersionSet>,
         merged: VersionSet,
+        spares: Vec<NodeId>,
     },
-    /// A client put or delete this node coordinates. `context` is set once the local write
-    /// created the version; `remotes` are the other replicas it is then sent to.
+    /// A client put or delete this node coordinates. `context` and `written` are set once the
+    /// local write created the version; `remotes` are the other replicas it is then sent to;
+    /// `spares` are healthy fallbacks for replicas that fail.
     Write {
         context: Option<VClock>,
-        remotes: Vec<NodeId>,
+        written: Option<VersionSet>,
+        remotes: Vec<Target>,
+        spares: Vec<NodeId>,
     },
     /// A put forwarded to a preference-list node; `untried` are the next candidates.
     Forward {
@@ -140,7 +173,13 @@ pub struct Coordinator {
     next_id: u64,
     requests: HashMap<RequestKey, Pending>,
     /// Which request, and which replica, each operation belongs to.
-    operations: HashMap<OpId, (RequestKey, NodeId)>,
+    operations: HashMap<OpId, OpInfo>,
+    /// Every peer's health as this node's traffic shows it.
+    detector: FailureDetector,
+    /// Probes in flight: operation → (peer, deadline).
+    probes: HashMap<OpId, (NodeId, Instant)>,
+    /// Where `admin members` reads the detector's view.
+    board: PeerBoard,
     /// Deadlines in time order, so a tick inspects only the expired ones.
     deadlines: BTreeSet<(Instant, RequestKey)>,
 }
@@ -151,8 +190,12 @@ impl Coordinator {
         settings: CoordinatorSettings,
         membership: MembershipView,
         latencies: OperationLatencies,
+        board: PeerBoard,
     ) -> Coordinator {
         Coordinator {
+            detector: FailureDetector::new(settings.probe_interval),
+            probes: HashMap::new(),
+            board,
             settings,
             membership,
             latencies,
@@ -195,8 +238,9 @@ impl Coordinator {
         }
     }
 
-    /// Fails every request whose deadline has passed with the quorum error, and starts read
-    /// repair for expired reads.
+    /// Fails every request whose deadline has passed with the quorum error (marking the
+    /// replicas that stayed silent as failed), starts read repair for expired reads, probes
+    /// down peers, and publishes the detector's view.
     pub fn on_tick(&mut self, now: Instant, out: &mut Vec<CoordinateOutput>) {
         let expired: Vec<(Instant, RequestKey)> = self
             .deadlines
@@ -205,6 +249,16 @@ impl Coordinator {
             .collect();
         for (deadline, key) in expired {
             self.deadlines.remove(&(deadline, key));
+            // A replica that let the deadline pass counts as failed (Dynamo §4.8.3).
+            let silent: Vec<NodeId> = self
+                .operations
+                .values()
+                .filter(|op| op.request == key)
+                .map(|op| op.node.clone())
+                .collect();
+            for node in silent.iter().filter(|n| **n != self.settings.node) {
+                self.detector.failed(node, now);
+            }
             if let Some(mut pending) = self.requests.remove(&key) {
                 if !pending.replied {
                     let error = pending.tracker.error(pending.operation.name());
@@ -214,7 +268,68 @@ impl Coordinator {
             }
         }
         self.operations
-            .retain(|_, (key, _)| self.requests.contains_key(key));
+            .retain(|_, op| self.requests.contains_key(&op.request));
+        self.probe_down_peers(now, out);
+        if let Ok(mut board) = self.board.lock() {
+            *board = self.detector.statuses(now);
+        }
+    }
+
+    /// Sends a `Ping` to every down peer whose probe is due; expired probes count as failures.
+    fn probe_down_peers(&mut self, now: Instant, out: &mut Vec<CoordinateOutput>) {
+        let expired: Vec<OpId> = self
+            .probes
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(op, _)| *op)
+            .collect();
+        for op in expired {
+            if let Some((peer, _)) = self.probes.remove(&op) {
+                self.detector.failed(&peer, now);
+            }
+        }
+        for peer in self.detector.due_probes(now) {
+            let op = self.new_id();
+            let deadline = now + PROBE_TIMEOUT;
+            self.probes.insert(op, (peer.clone(), deadline));
+            out.push(CoordinateOutput::Peer {
+                peer,
+                op,
+                message: Message::Ping,
+                deadline,
+            });
+        }
+    }
+
+    /// The replicas of a key (sloppy quorum): each primary that is up (this node always is),
+    /// or else the next healthy fallback standing in for it; and the healthy fallbacks left.
+    fn targets(&self, key: &[u8]) -> (Vec<Target>, Vec<NodeId>) {
+        let list = self
+            .membership
+            .current()
+            .ring()
+            .preference_list_for_key(key, self.settings.n);
+        let me = &self.settings.node;
+        let mut spares: Vec<NodeId> = list
+            .fallbacks
+            .into_iter()
+            .filter(|f| f == me || self.detector.is_up(f))
+            .collect();
+        let mut targets = Vec::new();
+        for primary in list.primaries {
+            if primary == *me || self.detector.is_up(&primary) {
+                targets.push(Target {
+                    node: primary,
+                    hint: None,
+                });
+            } else if !spares.is_empty() {
+                targets.push(Target {
+                    node: spares.remove(0),
+                    hint: Some(primary),
+                });
+            }
+        }
+        (targets, spares)
     }
 
     fn start_client_request(
@@ -259,7 +374,8 @@ impl Coordinator {
             });
             return;
         }
-        let replicas = self
+        let (targets, spares) = self.targets(request.key());
+        let primaries = self
             .membership
             .current()
             .ring()
@@ -274,7 +390,7 @@ impl Coordinator {
             key: request.key().to_vec(),
             received_at,
             deadline,
-            tracker: QuorumTracker::new(quorum, replicas.len()),
+            tracker: QuorumTracker::new(quorum, targets.len()),
             replied: false,
             work: Work::Serve {
                 request: ServeKind::Local,
@@ -285,25 +401,10 @@ impl Coordinator {
                 pending.work = Work::Read {
                     replies: BTreeMap::new(),
                     merged: VersionSet::new(),
+                    spares,
                 };
-                for replica in &replicas {
-                    let op = self.new_op(key, replica);
-                    if *replica == me {
-                        out.push(CoordinateOutput::Storage(StorageEvent::Read {
-                            op,
-                            key: k.clone(),
-                        }));
-                    } else {
-                        let message = Message::ReplicaRead(ReplicaRead {
-                            key: Bytes::from(k.clone()),
-                        });
-                        out.push(CoordinateOutput::Peer {
-                            peer: replica.clone(),
-                            op,
-                            message,
-                            deadline,
-                        });
-                    }
+                for target in &targets {
+                    self.send_read(key, &target.node, &k, deadline, out);
                 }
             }
             ClientRequest::Put {
@@ -314,24 +415,32 @@ impl Coordinator {
                 timeout,
                 forwarded,
             } => {
-                if !replicas.contains(&me) && !forwarded {
+                if !primaries.contains(&me) && !forwarded {
+                    // Healthy list nodes first; down ones last, in case the detector is wrong.
+                    let (mut untried, down): (Vec<NodeId>, Vec<NodeId>) =
+                        primaries.into_iter().partition(|p| self.detector.is_up(p));
+                    untried.extend(down);
                     let message =
                         forwarded_message(&self.settings.seal, &k, &context, value, w, timeout);
-                    pending.work = Work::Forward {
-                        message,
-                        untried: replicas,
-                    };
+                    pending.work = Work::Forward { message, untried };
                     self.requests.insert(key, pending);
                     self.deadlines.insert((deadline, key));
                     self.forward_next(now, key, out);
                     return;
                 }
-                let remotes = replicas.iter().filter(|r| **r != me).cloned().collect();
+                // A forwarded put whose sender's view differs may land outside the list: this
+                // node is then one of the N replicas it writes.
+                let mut remotes: Vec<Target> =
+                    targets.into_iter().filter(|t| t.node != me).collect();
+                remotes.truncate(n.saturating_sub(1));
+                pending.tracker = QuorumTracker::new(quorum, remotes.len() + 1);
                 pending.work = Work::Write {
                     context: None,
+                    written: None,
                     remotes,
+                    spares,
                 };
-                let op = self.new_op(key, &me);
+                let op = self.new_op(key, &me, None);
                 out.push(CoordinateOutput::Storage(StorageEvent::CoordinatePut {
                     op,
                     key: k,
@@ -354,7 +463,7 @@ impl Coordinator {
     ) {
         let key = self.new_id();
         let me = self.settings.node.clone();
-        let op = self.new_op(key, &me);
+        let op = self.new_op(key, &me, None);
         let (kind, item, event) = match request {
             ServeRequest::Local { key: k } => (
                 ServeKind::Local,
@@ -366,7 +475,24 @@ impl Coordinator {
                 k.clone(),
                 StorageEvent::Read { op, key: k },
             ),
-            ServeRequest::ReplicaWrite { key: k, versions } => (
+            // Sloppy quorum: a fallback keeps versions meant for another node as a hint.
+            ServeRequest::ReplicaWrite {
+                key: k,
+                versions,
+                hint: Some(target),
+            } if target != me => (
+                ServeKind::Replica,
+                k.clone(),
+                StorageEvent::StoreHint {
+                    op,
+                    target,
+                    key: k,
+                    versions,
+                },
+            ),
+            ServeRequest::ReplicaWrite {
+                key: k, versions, ..
+            } => (
                 ServeKind::Replica,
                 k.clone(),
                 StorageEvent::Merge {
@@ -400,10 +526,103 @@ impl Coordinator {
         id
     }
 
-    fn new_op(&mut self, key: RequestKey, replica: &NodeId) -> OpId {
+    fn new_op(&mut self, request: RequestKey, node: &NodeId, hint: Option<NodeId>) -> OpId {
         let op = self.new_id();
-        self.operations.insert(op, (key, replica.clone()));
+        self.operations.insert(
+            op,
+            OpInfo {
+                request,
+                node: node.clone(),
+                hint,
+            },
+        );
         op
+    }
+
+    fn send_read(
+        &mut self,
+        request: RequestKey,
+        node: &NodeId,
+        key: &[u8],
+        deadline: Instant,
+        out: &mut Vec<CoordinateOutput>,
+    ) {
+        let op = self.new_op(request, node, None);
+        if *node == self.settings.node {
+            out.push(CoordinateOutput::Storage(StorageEvent::Read {
+                op,
+                key: key.to_vec(),
+            }));
+        } else {
+            let message = Message::ReplicaRead(ReplicaRead {
+                key: Bytes::from(key.to_vec()),
+            });
+            out.push(CoordinateOutput::Peer {
+                peer: node.clone(),
+                op,
+                message,
+                deadline,
+            });
+        }
+    }
+
+    fn send_write(
+        &mut self,
+        request: RequestKey,
+        target: Target,
+        key: &[u8],
+        versions: &VersionSet,
+        deadline: Instant,
+        out: &mut Vec<CoordinateOutput>,
+    ) {
+        let op = self.new_op(request, &target.node, target.hint.clone());
+        let message = Message::ReplicaWrite(ReplicaWrite {
+            key: Bytes::from(key.to_vec()),
+            versions: versions.clone(),
+            hint: target.hint,
+        });
+        out.push(CoordinateOutput::Peer {
+            peer: target.node,
+            op,
+            message,
+            deadline,
+        });
+    }
+
+    /// Re-sends a failed replica operation to the next healthy fallback, standing in for the
+    /// node the failed one stood for. Returns false when no fallback is left.
+    fn retry_on_spare(&mut self, failed: &OpInfo, out: &mut Vec<CoordinateOutput>) -> bool {
+        let Some(pending) = self.requests.get_mut(&failed.request) else {
+            return false;
+        };
+        let deadline = pending.deadline;
+        let key = pending.key.clone();
+        match &mut pending.work {
+            Work::Read { spares, .. } if !spares.is_empty() => {
+                let spare = spares.remove(0);
+                self.send_read(failed.request, &spare, &key, deadline, out);
+                true
+            }
+            Work::Write {
+                written: Some(versions),
+                spares,
+                ..
+            } if !spares.is_empty() => {
+                let spare = spares.remove(0);
+                let versions = versions.clone();
+                let hint = Some(failed.hint.clone().unwrap_or_else(|| failed.node.clone()));
+                self.send_write(
+                    failed.request,
+                    Target { node: spare, hint },
+                    &key,
+                    &versions,
+                    deadline,
+                    out,
+                );
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Sends a forwarded put to the next untried preference-list node, or fails the request.
@@ -424,7 +643,7 @@ impl Coordinator {
         }
         let peer = untried.remove(0);
         let (message, deadline) = (message.clone(), pending.deadline);
-        let op = self.new_op(key, &peer);
+        let op = self.new_op(key, &peer, None);
         out.push(CoordinateOutput::Peer {
             peer,
             op,
@@ -434,12 +653,31 @@ impl Coordinator {
     }
 
     fn on_peer_answer(&mut self, now: Instant, done: PeerDone, out: &mut Vec<CoordinateOutput>) {
+        match &done.result {
+            Ok(_) | Err(ServiceError::Overloaded { .. } | ServiceError::TooManySiblings { .. }) => {
+                self.detector.succeeded(&done.peer);
+            }
+            Err(_) => {
+                self.detector.failed(&done.peer, now);
+            }
+        }
+        if self.probes.remove(&done.op).is_some() {
+            return;
+        }
         let forwarding = self
             .operations
             .get(&done.op)
-            .and_then(|(key, _)| self.requests.get(key))
+            .and_then(|op| self.requests.get(&op.request))
             .is_some_and(|p| matches!(p.work, Work::Forward { .. }));
         if !forwarding {
+            if done.result.is_err() {
+                if let Some(info) = self.operations.get(&done.op).cloned() {
+                    if self.retry_on_spare(&info, out) {
+                        self.operations.remove(&done.op);
+                        return;
+                    }
+                }
+            }
             let result = done.result.and_then(|message| match message {
                 Message::ReplicaReply(reply) => Ok(StorageOutcome::Versions(reply.versions)),
                 Message::Error(error) => Err(error),
@@ -449,7 +687,7 @@ impl Coordinator {
             });
             return self.on_answer(now, done.op, result, out);
         }
-        let Some((key, _)) = self.operations.remove(&done.op) else {
+        let Some(OpInfo { request: key, .. }) = self.operations.remove(&done.op) else {
             return;
         };
         match done.result {
@@ -478,7 +716,12 @@ impl Coordinator {
         result: Result<StorageOutcome, ServiceError>,
         out: &mut Vec<CoordinateOutput>,
     ) {
-        let Some((key, replica)) = self.operations.remove(&op) else {
+        let Some(OpInfo {
+            request: key,
+            node: replica,
+            ..
+        }) = self.operations.remove(&op)
+        else {
             return; // the request already ended; a late answer changes nothing
         };
         let Some(mut pending) = self.requests.remove(&key) else {
@@ -489,7 +732,7 @@ impl Coordinator {
             Err(error) => {
                 let local_write_failed = matches!(
                     pending.work,
-                    Work::Write { context: None, .. } | Work::Serve { .. }
+                    Work::Write { written: None, .. } | Work::Serve { .. }
                 );
                 let state = pending.tracker.fail();
                 // Without its local write the coordinator has no version to replicate: that
@@ -509,6 +752,12 @@ impl Coordinator {
             }
         }
         if pending.tracker.all_answered() {
+            // Every request ends with a reply: if the last answer left the quorum short (fewer
+            // healthy replicas than needed were asked), say so now rather than at the deadline.
+            if !pending.replied {
+                let error = pending.tracker.error(pending.operation.name());
+                self.reply(now, &mut pending, Message::Error(error), out);
+            }
             self.deadlines.remove(&(pending.deadline, key));
             repair_if_read(&pending, out);
         } else {
@@ -527,25 +776,29 @@ impl Coordinator {
     ) {
         let state = pending.tracker.ack();
         match (&mut pending.work, outcome) {
-            (Work::Read { replies, merged }, StorageOutcome::Versions(set)) => {
+            (
+                Work::Read {
+                    replies, merged, ..
+                },
+                StorageOutcome::Versions(set),
+            ) => {
                 merged.merge(&set);
                 replies.insert(replica, set);
             }
-            (Work::Write { context, remotes }, StorageOutcome::Written { set, version }) => {
+            (
+                Work::Write {
+                    context,
+                    written,
+                    remotes,
+                    ..
+                },
+                StorageOutcome::Written { set, version },
+            ) => {
                 *context = Some(set.write_context(&version));
+                *written = Some(set.clone());
                 let remotes = remotes.clone();
                 for remote in remotes {
-                    let op = self.new_op(key, &remote);
-                    let message = Message::ReplicaWrite(ReplicaWrite {
-                        key: Bytes::from(pending.key.clone()),
-                        versions: set.clone(),
-                    });
-                    out.push(CoordinateOutput::Peer {
-                        peer: remote,
-                        op,
-                        message,
-                        deadline: pending.deadline,
-                    });
+                    self.send_write(key, remote, &pending.key, &set, pending.deadline, out);
                 }
             }
             (Work::Serve { request }, StorageOutcome::Versions(versions)) => {
@@ -617,7 +870,10 @@ impl Coordinator {
 /// Read repair (Dynamo §4.5): once a read has every answer it will get, replicas whose set
 /// differs from the merge get the merge. Replicas that never answered are left to anti-entropy.
 fn repair_if_read(pending: &Pending, out: &mut Vec<CoordinateOutput>) {
-    if let Work::Read { replies, merged } = &pending.work {
+    if let Work::Read {
+        replies, merged, ..
+    } = &pending.work
+    {
         let targets: Vec<NodeId> = replies
             .iter()
             .filter(|(_, set)| *set != merged)

@@ -81,8 +81,13 @@ pub enum ServeRequest {
         key: Vec<u8>,
         /// The versions (validated and normalised by parse).
         versions: crate::versioning::VersionSet,
+        /// The node these versions are meant for, when this node stands in for it.
+        hint: Option<crate::NodeId>,
     },
 }
+
+/// The failure detector's view, published by the coordinator for `admin members`.
+pub type PeerBoard = Arc<Mutex<Vec<crate::failure_detector::PeerStatus>>>;
 
 /// A peer's answer to an operation, routed back by the replication stage.
 #[derive(Debug)]
@@ -345,6 +350,7 @@ fn storage_op(event: &StorageEvent) -> crate::storage::OpId {
     match event {
         StorageEvent::Read { op, .. }
         | StorageEvent::CoordinatePut { op, .. }
+        | StorageEvent::StoreHint { op, .. }
         | StorageEvent::Merge { op, .. } => *op,
     }
 }

@@ -2,6 +2,7 @@
 //! sockets or storage: the test plays the storage stage. Reference: Dynamo §4.5.
 
 use super::*;
+use crate::coordinate::PeerDone;
 use crate::membership::{Member, Membership, MembershipView};
 use crate::storage::{StorageDone, StorageEvent, StorageOutcome};
 use crate::versioning::VersionSet;
@@ -26,8 +27,14 @@ fn coordinator() -> Coordinator {
         w: 1,
         request_timeout: TIMEOUT,
         seal: ContextSeal::new(b"coordinator-tests-secret"),
+        probe_interval: Duration::from_millis(100),
     };
-    Coordinator::new(settings, membership, OperationLatencies::default())
+    Coordinator::new(
+        settings,
+        membership,
+        OperationLatencies::default(),
+        PeerBoard::default(),
+    )
 }
 
 fn get(request_id: u64, now: Instant) -> CoordinateEvent {
@@ -166,4 +173,73 @@ fn quorum_outside_one_to_n_is_refused_before_any_work() {
             ..
         }]
     ));
+}
+
+/// Goal: once the failure detector holds peers down, a request asks only the healthy replicas;
+/// when they are fewer than the quorum, the last answer ends the request with the quorum
+/// error at once — no request is left without a reply. Reference: Dynamo §4.6, §4.8.3.
+#[test]
+fn request_with_too_few_healthy_replicas_is_answered_when_they_have() {
+    let members: Vec<Member> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|id| Member {
+            id: crate::NodeId::new(*id),
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            weight: 1,
+            zone: None,
+        })
+        .collect();
+    let membership = MembershipView::new(Membership::new(1, 8, members).expect("membership"));
+    let settings = CoordinatorSettings {
+        node: crate::NodeId::new("n1"),
+        n: 3,
+        r: 2,
+        w: 2,
+        request_timeout: TIMEOUT,
+        seal: ContextSeal::new(b"coordinator-tests-secret"),
+        probe_interval: Duration::from_secs(60),
+    };
+    let mut c = Coordinator::new(
+        settings,
+        membership,
+        OperationLatencies::default(),
+        PeerBoard::default(),
+    );
+    let start = Instant::now();
+    // First get: the two peers fail, which marks them down.
+    let mut out = Vec::new();
+    c.on_event(start, 0, get(1, start), &mut out);
+    for output in std::mem::take(&mut out) {
+        if let CoordinateOutput::Peer { peer, op, .. } = output {
+            let done = PeerDone {
+                op,
+                peer: peer.clone(),
+                result: Err(ServiceError::PeerUnreachable {
+                    node: peer.to_string(),
+                }),
+            };
+            c.on_event(start, 0, CoordinateEvent::Peer(done), &mut out);
+        }
+    }
+    // Second get: only the local replica is asked.
+    out.clear();
+    c.on_event(start, 0, get(2, start), &mut out);
+    let op = storage_op(&out);
+    out.clear();
+    let answer = StorageDone {
+        op,
+        result: Ok(StorageOutcome::Versions(VersionSet::new())),
+    };
+    c.on_event(start, 0, CoordinateEvent::Storage(answer), &mut out);
+    let expected = ServiceError::Quorum {
+        operation: "get".into(),
+        needed: 2,
+        acked: 1,
+        asked: 1,
+        failed: 0,
+    };
+    assert!(
+        out.iter().any(|o| matches!(o, CoordinateOutput::Reply { origin, message: Message::Error(e) } if origin.request_id == 2 && *e == expected)),
+        "{out:?}"
+    );
 }

@@ -8,7 +8,7 @@
 
 mod store;
 
-pub use store::{StorageError, Store, VersionLimits, MAX_STORABLE_KEY_BYTES};
+pub use store::{Hint, StorageError, Store, VersionLimits, MAX_STORABLE_KEY_BYTES};
 
 use crate::coordinate::CoordinateEvent;
 use crate::error::ServiceError;
@@ -69,6 +69,17 @@ pub enum StorageEvent {
         /// Wall-clock time for the version's timestamp.
         now_ms: u64,
     },
+    /// Keep versions meant for a down node as a hint (sloppy quorum).
+    StoreHint {
+        /// Operation to answer.
+        op: OpId,
+        /// The node the versions belong to.
+        target: NodeId,
+        /// The key.
+        key: Vec<u8>,
+        /// The versions.
+        versions: VersionSet,
+    },
     /// Merge versions a coordinator or repairer sent (replica write).
     Merge {
         /// Operation to answer.
@@ -89,6 +100,7 @@ impl fmt::Display for StorageEvent {
                 write!(f, "coordinate {kind} op {op}")
             }
             StorageEvent::Merge { op, versions, .. } => write!(f, "merge op {op} {versions}"),
+            StorageEvent::StoreHint { op, target, .. } => write!(f, "hint for {target} op {op}"),
         }
     }
 }
@@ -162,8 +174,22 @@ impl StorageStage {
         let (op, result, wrote) = match event {
             StorageEvent::Read { op, key } => (
                 op,
-                self.store.read(&key).map(StorageOutcome::Versions),
+                self.store
+                    .read_with_hints(&key)
+                    .map(StorageOutcome::Versions),
                 false,
+            ),
+            StorageEvent::StoreHint {
+                op,
+                target,
+                key,
+                versions,
+            } => (
+                op,
+                self.store
+                    .store_hint(&target, &key, &versions)
+                    .map(StorageOutcome::Versions),
+                true,
             ),
             StorageEvent::CoordinatePut {
                 op,

@@ -8,6 +8,7 @@ use crate::versioning::{Version, VersionSet};
 use crate::wire::{decode_version_set, encode_version_set};
 use crate::NodeId;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -164,6 +165,94 @@ impl Store {
         Ok(())
     }
 
+    /// The fallback's side of sloppy quorum (Dynamo §4.6): merges `incoming` into the hint
+    /// kept for `target` (the node the replica was meant for), apart from this node's own
+    /// objects. Durable like any write (group commit). Returns the hint's versions.
+    pub fn store_hint(
+        &self,
+        target: &NodeId,
+        key: &[u8],
+        incoming: &VersionSet,
+    ) -> Result<VersionSet, StorageError> {
+        check_key(key)?;
+        let _guard = self.lock(key);
+        let hint_key = hint_key(key, target);
+        let mut set = match self.hints.get(&hint_key)? {
+            Some(bytes) => decode_version_set(&bytes)?,
+            None => VersionSet::new(),
+        };
+        set.merge(incoming);
+        self.hints.insert(hint_key, encode_version_set(&set)?)?;
+        Ok(set)
+    }
+
+    /// The versions of `key` this node can serve: its own objects merged with any hints it
+    /// holds for other nodes (so a read during a failure sees writes taken by fallbacks).
+    pub fn read_with_hints(&self, key: &[u8]) -> Result<VersionSet, StorageError> {
+        let mut set = self.read(key)?;
+        for guard in self.hints.prefix(hint_prefix(key)) {
+            let (_, bytes) = guard.into_inner()?;
+            set.merge(&decode_version_set(&bytes)?);
+        }
+        Ok(set)
+    }
+
+    /// Up to `limit` hints, in key order, starting after `after` (a hint key from an earlier
+    /// batch, so a scan makes progress past hints it cannot deliver yet).
+    pub fn hints_batch(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Hint>, StorageError> {
+        let mut out = Vec::new();
+        let iter: Box<dyn Iterator<Item = fjall::Guard>> =
+            match after {
+                Some(after) => Box::new(self.hints.range::<&[u8], _>((
+                    std::ops::Bound::Excluded(after),
+                    std::ops::Bound::Unbounded,
+                ))),
+                None => Box::new(self.hints.iter()),
+            };
+        for guard in iter.take(limit) {
+            let (hint_key, bytes) = guard.into_inner()?;
+            let Some((key, target)) = split_hint_key(&hint_key) else {
+                continue;
+            };
+            out.push(Hint {
+                hint_key: hint_key.to_vec(),
+                target,
+                key,
+                versions: decode_version_set(&bytes)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes a delivered hint, but only if it still holds exactly what was delivered (a
+    /// write that arrived meanwhile must be delivered too). Returns whether it was deleted.
+    pub fn delete_hint_if_unchanged(&self, hint: &Hint) -> Result<bool, StorageError> {
+        let _guard = self.lock(&hint.key);
+        match self.hints.get(&hint.hint_key)? {
+            Some(bytes) if decode_version_set(&bytes)? == hint.versions => {
+                self.hints.remove(hint.hint_key.clone())?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Hints waiting for delivery, per intended node.
+    pub fn pending_hints(&self) -> Result<BTreeMap<NodeId, u64>, StorageError> {
+        let mut counts = BTreeMap::new();
+        for guard in self.hints.iter() {
+            let hint_key = guard.key()?;
+            if let Some((_, target)) = split_hint_key(&hint_key) {
+                *counts.entry(target).or_insert(0) += 1;
+            }
+        }
+        Ok(counts)
+    }
+
     /// Flushes the journal to disk (fdatasync): every write before this call is durable after it.
     pub fn persist(&self) -> Result<(), StorageError> {
         self.db.persist(PersistMode::SyncData)?;
@@ -185,6 +274,43 @@ impl Store {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// A hint: versions of `key` this node holds for `target`, a preference-list node that was
+/// down when they were written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hint {
+    /// Its key in the hints keyspace.
+    pub hint_key: Vec<u8>,
+    /// The node the versions belong to.
+    pub target: NodeId,
+    /// The object's key.
+    pub key: Vec<u8>,
+    /// The versions to hand over.
+    pub versions: VersionSet,
+}
+
+/// Hints are keyed `[key length: u16][key][target]`, so all hints of one key share a prefix
+/// (for reads) whatever bytes the key holds.
+fn hint_prefix(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + key.len());
+    out.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+fn hint_key(key: &[u8], target: &NodeId) -> Vec<u8> {
+    let mut out = hint_prefix(key);
+    out.extend_from_slice(target.as_str().as_bytes());
+    out
+}
+
+fn split_hint_key(hint_key: &[u8]) -> Option<(Vec<u8>, NodeId)> {
+    let (length, rest) = hint_key.split_first_chunk::<2>()?;
+    let length = u16::from_be_bytes(*length) as usize;
+    let key = rest.get(..length)?.to_vec();
+    let target = std::str::from_utf8(rest.get(length..)?).ok()?;
+    Some((key, NodeId::new(target)))
 }
 
 fn check_key(key: &[u8]) -> Result<(), StorageError> {

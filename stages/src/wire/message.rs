@@ -95,6 +95,36 @@ pub struct ReplicaWrite {
     pub key: Bytes,
     /// The versions to merge.
     pub versions: VersionSet,
+    /// Sloppy quorum (Dynamo §4.6): the preference-list node these versions are meant for,
+    /// when the receiver is a fallback standing in for it. The receiver keeps them as a hint.
+    #[serde(default)]
+    pub hint: Option<NodeId>,
+}
+
+/// One member as `admin members` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// The member.
+    pub node: NodeId,
+    /// Where it listens.
+    pub addr: String,
+    /// Whether the answering node sends it requests (its failure detector's view).
+    pub up: bool,
+    /// How long it has been down, milliseconds.
+    pub down_for_ms: u64,
+    /// Hints the answering node holds for it.
+    pub hints_pending: u64,
+}
+
+/// Reply to `Members`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersReply {
+    /// The answering node.
+    pub node: NodeId,
+    /// Membership version.
+    pub version: u64,
+    /// Every member.
+    pub members: Vec<MemberStatus>,
 }
 
 /// Replica → coordinator: the replica's versions of the key (after the merge, for a write).
@@ -172,6 +202,10 @@ pub enum Message {
     ReplicaRead(ReplicaRead),
     /// Node → node.
     ReplicaWrite(ReplicaWrite),
+    /// Node → node: are you there? (failure detector probe)
+    Ping,
+    /// Admin → node: members, their health and hints held for them.
+    Members,
     /// Node → client.
     GetReply(GetReply),
     /// Node → client (put and delete).
@@ -184,6 +218,10 @@ pub enum Message {
     RingReply(Membership),
     /// Node → node.
     ReplicaReply(ReplicaReply),
+    /// Node → node: answer to `Ping`.
+    Pong,
+    /// Node → admin.
+    MembersReply(MembersReply),
     /// Node → client: why the request failed.
     Error(ServiceError),
 }
@@ -213,6 +251,14 @@ pub mod kind {
     pub const REPLICA_WRITE: u16 = 201;
     /// [`super::Message::ReplicaReply`]
     pub const REPLICA_REPLY: u16 = 250;
+    /// [`super::Message::Ping`]
+    pub const PING: u16 = 202;
+    /// [`super::Message::Pong`]
+    pub const PONG: u16 = 252;
+    /// [`super::Message::Members`]
+    pub const MEMBERS: u16 = 12;
+    /// [`super::Message::MembersReply`]
+    pub const MEMBERS_REPLY: u16 = 112;
     /// [`super::Message::GetReply`]
     pub const GET_REPLY: u16 = 101;
     /// [`super::Message::PutReply`]
@@ -282,6 +328,10 @@ impl Message {
             Message::LocalReply(_) => kind::LOCAL_REPLY,
             Message::RingReply(_) => kind::RING_REPLY,
             Message::ReplicaReply(_) => kind::REPLICA_REPLY,
+            Message::Ping => kind::PING,
+            Message::Pong => kind::PONG,
+            Message::Members => kind::MEMBERS,
+            Message::MembersReply(_) => kind::MEMBERS_REPLY,
             Message::GetReply(_) => kind::GET_REPLY,
             Message::PutReply(_) => kind::PUT_REPLY,
             Message::StatsReply(_) => kind::STATS_REPLY,
@@ -295,7 +345,10 @@ impl Message {
             Message::Get(m) => to_body(m),
             Message::Put(m) => to_body(m),
             Message::Delete(m) => to_body(m),
-            Message::Stats | Message::Ring => to_body(&()),
+            Message::Stats | Message::Ring | Message::Ping | Message::Pong | Message::Members => {
+                to_body(&())
+            }
+            Message::MembersReply(m) => to_body(m),
             Message::GetLocal(m) => to_body(m),
             Message::ReplicaRead(m) => to_body(m),
             Message::ReplicaWrite(m) => to_body(m),
@@ -342,6 +395,19 @@ impl Message {
                 from_body::<()>(k, body)?;
                 Message::Ring
             }
+            kind::PING => {
+                from_body::<()>(k, body)?;
+                Message::Ping
+            }
+            kind::PONG => {
+                from_body::<()>(k, body)?;
+                Message::Pong
+            }
+            kind::MEMBERS => {
+                from_body::<()>(k, body)?;
+                Message::Members
+            }
+            kind::MEMBERS_REPLY => Message::MembersReply(from_body(k, body)?),
             kind::GET_LOCAL => Message::GetLocal(from_body(k, body)?),
             kind::REPLICA_READ => Message::ReplicaRead(from_body(k, body)?),
             kind::REPLICA_WRITE => Message::ReplicaWrite(from_body(k, body)?),
@@ -368,6 +434,8 @@ impl Message {
                 | Message::Ring
                 | Message::ReplicaRead(_)
                 | Message::ReplicaWrite(_)
+                | Message::Ping
+                | Message::Members
         )
     }
 }
@@ -405,6 +473,10 @@ impl fmt::Display for Message {
             Message::Stats => write!(f, "stats"),
             Message::GetLocal(m) => write!(f, "get local ({} B key)", m.key.len()),
             Message::Ring => write!(f, "ring"),
+            Message::Ping => write!(f, "ping"),
+            Message::Pong => write!(f, "pong"),
+            Message::Members => write!(f, "members"),
+            Message::MembersReply(m) => write!(f, "members reply ({} members)", m.members.len()),
             Message::ReplicaRead(m) => write!(f, "replica read ({} B key)", m.key.len()),
             Message::ReplicaWrite(m) => {
                 write!(f, "replica write ({} B key, {})", m.key.len(), m.versions)

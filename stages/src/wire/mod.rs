@@ -15,9 +15,9 @@ pub use frame::{
     LENGTH_BYTES,
 };
 pub use message::{
-    kind, Bytes, DeleteRequest, GetLocalRequest, GetReply, GetRequest, LocalReply, Message,
-    OperationLatency, PutReply, PutRequest, ReplicaRead, ReplicaReply, ReplicaWrite, StatsReply,
-    WireError,
+    kind, Bytes, DeleteRequest, GetLocalRequest, GetReply, GetRequest, LocalReply, MemberStatus,
+    MembersReply, Message, OperationLatency, PutReply, PutRequest, ReplicaRead, ReplicaReply,
+    ReplicaWrite, StatsReply, WireError,
 };
 
 #[cfg(test)]

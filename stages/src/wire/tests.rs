@@ -76,11 +76,19 @@ fn arb_message() -> impl Strategy<Value = Message> {
         })),
         bytes(64).prop_map(|key| Message::GetLocal(GetLocalRequest { key })),
         bytes(64).prop_map(|key| Message::ReplicaRead(ReplicaRead { key })),
-        (bytes(64), arb_versions())
-            .prop_map(|(key, versions)| Message::ReplicaWrite(ReplicaWrite { key, versions })),
+        (bytes(64), arb_versions()).prop_map(|(key, versions)| Message::ReplicaWrite(
+            ReplicaWrite {
+                key,
+                versions,
+                hint: Some(crate::NodeId::new("n2"))
+            }
+        )),
         arb_versions().prop_map(|versions| Message::ReplicaReply(ReplicaReply { versions })),
         arb_versions().prop_map(|versions| Message::LocalReply(LocalReply { versions })),
         Just(Message::Ring),
+        Just(Message::Ping),
+        Just(Message::Pong),
+        Just(Message::Members),
         (0u64..1 << 40, 0u64..1 << 40).prop_map(|(declared, max)| Message::Error(
             ServiceError::FrameTooLarge { declared, max }
         )),

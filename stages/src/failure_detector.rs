@@ -1,0 +1,155 @@
+//! Failure detection (Dynamo §4.8.3): local and cheap. A peer is marked down when a request to
+//! it fails or times out, and marked up when any request to it succeeds. Requests avoid down
+//! peers (sloppy quorum sends their replicas to fallbacks), and each down peer is probed every
+//! `probe_interval`, so it comes back by itself, without an operator. No gossip of liveness:
+//! every node forms its own view from its own traffic, as the paper does.
+//!
+//! Pure: `now` is passed in. Ordered map, so iteration (probes, stats) is deterministic.
+
+use crate::NodeId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// What this node believes about a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Health {
+    Up,
+    Down { since: Instant, next_probe: Instant },
+}
+
+/// A peer's state for `admin members`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// The peer.
+    pub node: NodeId,
+    /// Whether requests go to it.
+    pub up: bool,
+    /// How long it has been down, milliseconds (0 when up).
+    pub down_for_ms: u64,
+    /// Failures seen since it was last up.
+    pub failures: u64,
+}
+
+/// Every peer's health as seen from this node.
+#[derive(Clone, Debug)]
+pub struct FailureDetector {
+    probe_interval: Duration,
+    peers: BTreeMap<NodeId, (Health, u64)>,
+}
+
+impl FailureDetector {
+    /// A detector that probes down peers every `probe_interval`. Unknown peers count as up.
+    pub fn new(probe_interval: Duration) -> FailureDetector {
+        FailureDetector {
+            probe_interval,
+            peers: BTreeMap::new(),
+        }
+    }
+
+    /// Whether requests should go to `peer`.
+    pub fn is_up(&self, peer: &NodeId) -> bool {
+        !matches!(self.peers.get(peer), Some((Health::Down { .. }, _)))
+    }
+
+    /// A request to `peer` failed or timed out. Returns true if this marked it down.
+    pub fn failed(&mut self, peer: &NodeId, now: Instant) -> bool {
+        let next_probe = now + self.probe_interval;
+        let entry = self.peers.entry(peer.clone()).or_insert((Health::Up, 0));
+        entry.1 += 1;
+        match entry.0 {
+            Health::Up => {
+                entry.0 = Health::Down {
+                    since: now,
+                    next_probe,
+                };
+                true
+            }
+            Health::Down { since, .. } => {
+                entry.0 = Health::Down { since, next_probe };
+                false
+            }
+        }
+    }
+
+    /// A request to `peer` succeeded. Returns true if this brought it back up.
+    pub fn succeeded(&mut self, peer: &NodeId) -> bool {
+        let was_down = !self.is_up(peer);
+        self.peers.insert(peer.clone(), (Health::Up, 0));
+        was_down
+    }
+
+    /// Down peers whose probe is due; each is rescheduled, so it is returned once per interval.
+    pub fn due_probes(&mut self, now: Instant) -> Vec<NodeId> {
+        let interval = self.probe_interval;
+        let mut due = Vec::new();
+        for (peer, (health, _)) in self.peers.iter_mut() {
+            if let Health::Down { since, next_probe } = *health {
+                if next_probe <= now {
+                    *health = Health::Down {
+                        since,
+                        next_probe: now + interval,
+                    };
+                    due.push(peer.clone());
+                }
+            }
+        }
+        due
+    }
+
+    /// Every known peer's state.
+    pub fn statuses(&self, now: Instant) -> Vec<PeerStatus> {
+        self.peers
+            .iter()
+            .map(|(node, (health, failures))| {
+                let down_for = match health {
+                    Health::Up => Duration::ZERO,
+                    Health::Down { since, .. } => now.saturating_duration_since(*since),
+                };
+                PeerStatus {
+                    node: node.clone(),
+                    up: matches!(health, Health::Up),
+                    down_for_ms: u64::try_from(down_for.as_millis()).unwrap_or(u64::MAX),
+                    failures: *failures,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a failure marks a peer down, it is probed once per interval, and a success brings
+    /// it back. Reference: Dynamo §4.8.3.
+    #[test]
+    fn failed_peer_is_down_probed_per_interval_and_recovers_on_success() {
+        let interval = Duration::from_millis(100);
+        let mut detector = FailureDetector::new(interval);
+        let peer = NodeId::new("n2");
+        let start = Instant::now();
+        assert!(detector.is_up(&peer), "unknown peers are up");
+        assert!(detector.failed(&peer, start));
+        assert!(!detector.failed(&peer, start), "already down");
+        assert!(!detector.is_up(&peer));
+        assert!(
+            detector.due_probes(start).is_empty(),
+            "not due before the interval"
+        );
+        assert_eq!(detector.due_probes(start + interval), vec![peer.clone()]);
+        assert!(
+            detector.due_probes(start + interval).is_empty(),
+            "once per interval"
+        );
+        assert_eq!(
+            detector.due_probes(start + interval * 2),
+            vec![peer.clone()]
+        );
+        let status = &detector.statuses(start + interval * 2)[0];
+        assert!(!status.up && status.failures == 2 && status.down_for_ms == 200);
+        assert!(detector.succeeded(&peer));
+        assert!(detector.is_up(&peer));
+        assert!(detector.due_probes(start + interval * 10).is_empty());
+    }
+}
