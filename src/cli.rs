@@ -120,6 +120,8 @@ pub enum AdminCommand {
     Stats(StatsArgs),
     /// The membership and ring: partitions, owners, each node's share.
     Ring(RingArgs),
+    /// Members, whether this node holds each up or down, and the hints it keeps for each.
+    Members(RingArgs),
 }
 
 /// `shoal admin ring`
@@ -187,6 +189,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Admin(AdminCommand::Stats(args)) => run_stats(args),
         Command::Admin(AdminCommand::Ring(args)) => run_ring(args),
+        Command::Admin(AdminCommand::Members(args)) => run_members(args),
     }
 }
 
@@ -402,6 +405,35 @@ fn run_ring(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
             n["zone"].as_str().unwrap_or("-"),
             n["partitions"],
             n["share"].as_f64().unwrap_or(0.0) * 100.0
+        );
+    }
+    Ok(())
+}
+
+fn run_members(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let reply = connect(&args.target)?.members()?;
+    if args.json {
+        println!("{}", serde_json::to_string(&reply)?);
+        return Ok(());
+    }
+    println!(
+        "members as seen by {} (membership version {})",
+        reply.node, reply.version
+    );
+    println!(
+        "{:<12} {:<22} {:<6} {:>12} {:>13}",
+        "Node", "Address", "State", "Down for", "Hints held"
+    );
+    for m in &reply.members {
+        let state = if m.up { "up" } else { "down" };
+        let down = if m.up {
+            "-".to_string()
+        } else {
+            format!("{:.1}s", m.down_for_ms as f64 / 1000.0)
+        };
+        println!(
+            "{:<12} {:<22} {:<6} {:>12} {:>13}",
+            m.node, m.addr, state, down, m.hints_pending
         );
     }
     Ok(())

@@ -6,8 +6,8 @@ use base64::Engine;
 use shoal_stages::membership::Membership;
 use shoal_stages::versioning::VersionSet;
 use shoal_stages::wire::{
-    Bytes, DeleteRequest, FrameDecoder, FrameError, GetLocalRequest, GetRequest, Message,
-    PutRequest, StatsReply, WireError,
+    Bytes, DeleteRequest, FrameDecoder, FrameError, GetLocalRequest, GetRequest, MembersReply,
+    Message, PutRequest, StatsReply, WireError,
 };
 use shoal_stages::ServiceError;
 use std::io::{self, Read, Write};
@@ -231,6 +231,14 @@ impl Client {
     pub fn ring(&mut self) -> Result<Membership, ClientError> {
         match self.call(&Message::Ring)? {
             Message::RingReply(membership) => Ok(membership),
+            other => Err(ClientError::UnexpectedReply(other.to_string())),
+        }
+    }
+
+    /// The node's members, their health as it sees them, and the hints it holds for each.
+    pub fn members(&mut self) -> Result<MembersReply, ClientError> {
+        match self.call(&Message::Members)? {
+            Message::MembersReply(reply) => Ok(reply),
             other => Err(ClientError::UnexpectedReply(other.to_string())),
         }
     }

@@ -5,6 +5,7 @@ mod cluster {
     pub mod bad_input;
     pub mod cli;
     pub mod durability;
+    pub mod failures;
     pub mod overload;
     pub mod replication;
     pub mod support;

@@ -1,0 +1,296 @@
+//! Failures: failure detection, sloppy quorum and hinted handoff on real nodes over loopback.
+//! Reference: Dynamo §4.6 (hinted handoff), §4.8.3 (failure detection).
+
+use super::support::{eventually, hints_for, ProcessCluster, TestCluster};
+use shoal::client::RequestOptions;
+use shoal_stages::NodeId;
+
+const DEFAULT: RequestOptions = RequestOptions {
+    r: None,
+    w: None,
+    timeout_ms: None,
+};
+
+fn five_nodes() -> TestCluster {
+    TestCluster::start(5, 3, 2, 2, "")
+}
+
+/// Keys (of `candidates`) whose preference list holds node index `target`, each with a list
+/// node other than `target` to coordinate through.
+fn keys_replicated_on(cluster: &TestCluster, target: usize, count: usize) -> Vec<(String, usize)> {
+    let membership = cluster.client((target + 1) % 5).ring().expect("ring");
+    let target_id = NodeId::new(format!("n{}", target + 1));
+    (0..10_000)
+        .filter_map(|i| {
+            let key = format!("key{i}");
+            let list = membership
+                .ring()
+                .preference_list_for_key(key.as_bytes(), 3)
+                .primaries;
+            let coordinator = list.iter().find(|n| **n != target_id)?;
+            let index = coordinator.as_str()[1..].parse::<usize>().ok()? - 1;
+            list.contains(&target_id).then_some((key, index))
+        })
+        .take(count)
+        .collect()
+}
+
+fn holds(cluster: &TestCluster, i: usize, key: &str) -> bool {
+    let versions = cluster
+        .client(i)
+        .get_local(key.as_bytes())
+        .expect("get --local");
+    let found = versions.live_values().any(|v| v == key.as_bytes());
+    found
+}
+
+/// Goal: with one preference-list node stopped, W=2 puts succeed through sloppy quorum; the
+/// replicas meant for it wait as hints on fallbacks; once it restarts the hints drain to zero
+/// and it holds every one of those writes (read directly from its store).
+#[test]
+fn hints_for_a_stopped_node_drain_to_it_when_it_returns() {
+    let mut cluster = five_nodes();
+    let keys = keys_replicated_on(&cluster, 2, 20);
+    cluster.stop(2);
+    for (key, coordinator) in &keys {
+        cluster
+            .client(*coordinator)
+            .put(key.as_bytes(), None, key.as_bytes(), DEFAULT)
+            .expect("sloppy W=2 put");
+    }
+    assert_eq!(
+        hints_for(&cluster, "n3"),
+        keys.len() as u64,
+        "one hint per write meant for n3"
+    );
+    cluster.restart(2);
+    assert!(
+        eventually(|| hints_for(&cluster, "n3") == 0),
+        "hints never drained"
+    );
+    for (key, _) in &keys {
+        assert!(holds(&cluster, 2, key), "n3 lacks {key} after handoff");
+    }
+}
+
+/// Goal: hints survive a restart of the fallback that keeps them, and are delivered after.
+#[test]
+fn hints_survive_a_restart_of_the_fallback() {
+    let mut cluster = five_nodes();
+    let keys = keys_replicated_on(&cluster, 2, 10);
+    cluster.stop(2);
+    for (key, coordinator) in &keys {
+        cluster
+            .client(*coordinator)
+            .put(key.as_bytes(), None, key.as_bytes(), DEFAULT)
+            .expect("put");
+    }
+    let holders: Vec<usize> = [0, 1, 3, 4]
+        .into_iter()
+        .filter(|i| {
+            cluster
+                .client(*i)
+                .members()
+                .expect("members")
+                .members
+                .iter()
+                .any(|m| m.hints_pending > 0)
+        })
+        .collect();
+    assert!(!holders.is_empty(), "some fallback holds hints");
+    for i in &holders {
+        cluster.stop(*i);
+        cluster.restart(*i);
+    }
+    assert_eq!(
+        hints_for(&cluster, "n3"),
+        keys.len() as u64,
+        "hints survived the restarts"
+    );
+    cluster.restart(2);
+    assert!(
+        eventually(|| hints_for(&cluster, "n3") == 0),
+        "hints never drained"
+    );
+    for (key, _) in &keys {
+        assert!(holds(&cluster, 2, key), "n3 lacks {key}");
+    }
+}
+
+/// Goal: a node that comes back is used again without operator action: its peers' failure
+/// detectors see it up, and new writes reach it directly instead of becoming hints.
+#[test]
+fn a_returning_node_is_used_again_without_operator_action() {
+    let mut cluster = five_nodes();
+    let keys = keys_replicated_on(&cluster, 2, 30);
+    let (before, after) = keys.split_at(10);
+    cluster.stop(2);
+    for (key, coordinator) in before {
+        cluster
+            .client(*coordinator)
+            .put(key.as_bytes(), None, b"x", DEFAULT)
+            .expect("put");
+    }
+    let coordinators: Vec<usize> = before.iter().map(|(_, c)| *c).collect();
+    cluster.restart(2);
+    let all_see_it_up = || {
+        coordinators.iter().all(|c| {
+            cluster
+                .client(*c)
+                .members()
+                .expect("members")
+                .members
+                .iter()
+                .all(|m| m.node.as_str() != "n3" || m.up)
+        })
+    };
+    assert!(
+        eventually(all_see_it_up),
+        "n3 was not seen up again by its peers"
+    );
+    assert!(eventually(|| hints_for(&cluster, "n3") == 0));
+    for (key, coordinator) in after {
+        cluster
+            .client(*coordinator)
+            .put(key.as_bytes(), None, key.as_bytes(), DEFAULT)
+            .expect("put");
+        assert!(
+            eventually(|| holds(&cluster, 2, key)),
+            "{key} did not reach n3"
+        );
+    }
+    assert_eq!(
+        hints_for(&cluster, "n3"),
+        0,
+        "writes after the return went to n3, not to hints"
+    );
+    cluster
+        .client(2)
+        .put(b"through-n3", None, b"v", DEFAULT)
+        .expect("n3 coordinates again");
+}
+
+/// Parses a value of the set workload: comma-separated integers.
+fn parse_set(value: &[u8]) -> std::collections::BTreeSet<u64> {
+    String::from_utf8_lossy(value)
+        .split(',')
+        .filter_map(|x| x.parse().ok())
+        .collect()
+}
+
+/// Goal: with sync = "always", kill -9 of a replica process during a stream of acknowledged
+/// writes loses nothing. Method (TESTING.md §3, Jepsen's set checker): 5 node processes, N=3,
+/// W=2, R=2; two clients add unique integers to three hot keys by get → union of siblings ∪
+/// {x} → put with the get's context; a replica of the hot keys is SIGKILLed mid-stream and
+/// restarted; once hints drain, a final read must contain every acknowledged add
+/// (lost = acked − final is empty) and nothing never attempted.
+#[test]
+fn acknowledged_adds_survive_kill_9_of_a_replica() {
+    use shoal::cluster_client::ClusterClient;
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let mut cluster = ProcessCluster::start(5, 3, 2, 2);
+    let hot: Vec<String> = (0..3).map(|i| format!("set{i}")).collect();
+    let membership = super::support::client_of(&cluster.addrs[0])
+        .ring()
+        .expect("ring");
+    let victim = membership
+        .ring()
+        .preference_list_for_key(hot[0].as_bytes(), 3)
+        .primaries[1]
+        .clone();
+    let victim_index: usize = victim.as_str()[1..].parse::<usize>().expect("n<i>") - 1;
+    let seeds: Vec<String> = cluster
+        .addrs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim_index)
+        .map(|(_, a)| a.clone())
+        .collect();
+
+    let progress = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..2u64)
+        .map(|writer| {
+            let (hot, seeds, progress) = (hot.clone(), seeds.clone(), Arc::clone(&progress));
+            std::thread::spawn(move || {
+                let mut client =
+                    ClusterClient::connect(&seeds, 3, Duration::from_secs(5)).expect("connect");
+                let mut acked = BTreeSet::new();
+                for i in 0..120u64 {
+                    let x = writer * 1000 + i;
+                    let key = hot[(x % 3) as usize].as_bytes();
+                    let Ok(read) = client.get(key, DEFAULT) else {
+                        continue;
+                    };
+                    let mut set: BTreeSet<u64> =
+                        read.values.iter().flat_map(|v| parse_set(v)).collect();
+                    set.insert(x);
+                    let value: Vec<String> = set.iter().map(u64::to_string).collect();
+                    if client
+                        .put(
+                            key,
+                            Some(&read.context),
+                            value.join(",").as_bytes(),
+                            DEFAULT,
+                        )
+                        .is_ok()
+                    {
+                        acked.insert(x);
+                    }
+                    progress.fetch_add(1, Ordering::Relaxed);
+                }
+                acked
+            })
+        })
+        .collect();
+    assert!(
+        eventually(|| progress.load(Ordering::Relaxed) >= 60),
+        "writers made no progress"
+    );
+    cluster.kill(victim_index); // mid-stream, no warning
+    assert!(
+        eventually(|| progress.load(Ordering::Relaxed) >= 150),
+        "writers stalled after the kill"
+    );
+    cluster.restart(victim_index);
+    let acked: BTreeSet<u64> = writers
+        .into_iter()
+        .flat_map(|w| w.join().expect("writer"))
+        .collect();
+    assert!(
+        acked.len() >= 200,
+        "most adds were acknowledged ({})",
+        acked.len()
+    );
+    assert!(
+        eventually(|| cluster.hints_pending() == 0),
+        "hints never drained"
+    );
+
+    let mut reader =
+        ClusterClient::connect(&cluster.addrs, 3, Duration::from_secs(5)).expect("connect");
+    let all = RequestOptions {
+        r: Some(3),
+        ..DEFAULT
+    };
+    let mut final_set = BTreeSet::new();
+    for key in &hot {
+        for value in reader.get(key.as_bytes(), all).expect("final read").values {
+            final_set.extend(parse_set(&value));
+        }
+    }
+    let lost: Vec<&u64> = acked.difference(&final_set).collect();
+    assert!(
+        lost.is_empty(),
+        "lost {} acknowledged adds: {lost:?}",
+        lost.len()
+    );
+    let attempted = |x: &u64| x % 1000 < 120 && x / 1000 < 2;
+    assert!(
+        final_set.iter().all(attempted),
+        "the final read holds values never attempted"
+    );
+}
