@@ -36,6 +36,19 @@ pub enum Command {
     /// Operator commands.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Start a 3-node cluster on loopback, load it, stop and restart a node, report, stop.
+    Demo(DemoArgs),
+}
+
+/// `shoal demo`
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Seconds of workload (the demo takes a few more).
+    #[arg(long, default_value_t = 30)]
+    duration_secs: u64,
+    /// Load threads.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
 }
 
 /// `shoal node`
@@ -188,6 +201,20 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Command::Admin(AdminCommand::Stats(args)) => run_stats(args),
+        Command::Demo(args) => {
+            if args.duration_secs == 0 || args.duration_secs > 600 || args.threads == 0 {
+                return Err("--duration-secs must be in 1..=600 and --threads at least 1".into());
+            }
+            let options = crate::demo::DemoOptions {
+                duration: std::time::Duration::from_secs(args.duration_secs),
+                threads: args.threads,
+            };
+            let lost = crate::demo::run_demo(options, &mut std::io::stdout())?;
+            if lost > 0 {
+                return Err(format!("{lost} acknowledged writes were lost").into());
+            }
+            Ok(())
+        }
         Command::Admin(AdminCommand::Ring(args)) => run_ring(args),
         Command::Admin(AdminCommand::Members(args)) => run_members(args),
     }

@@ -10,6 +10,8 @@ pub mod cli;
 pub mod client;
 pub mod cluster_client;
 pub mod config;
+pub mod demo;
+pub mod load;
 pub mod logging;
 pub mod node;
 

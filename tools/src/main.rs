@@ -1,235 +1,214 @@
-//! `shoal-load`: drives a closed-loop get/put load against a shoal node and reports throughput
-//! and latency percentiles per operation.
-//!
-//! This is the first cut: closed loop, uniform keys, a read fraction, per-request r/w, one
-//! partition-aware client per thread (each request goes straight to a node of the key's
-//! preference list). Workloads, key distributions, open loop and the per-stage sampling come
-//! with the load-tool issue.
+//! `shoal-load`: the bundled load tool (SPEC §10). YCSB-style workloads against a shoal
+//! cluster (partition-aware) or a Redis server, closed loop or open loop at a fixed rate, with
+//! a live line per second, a per-operation report, optional per-stage queue-depth sampling and
+//! a JSON report. The engine lives in `shoal::load` (shared with `shoal demo`).
 
 use clap::Parser;
-use hdrhistogram::Histogram;
-use shoal::client::{ClientError, RequestOptions};
-use shoal::cluster_client::ClusterClient;
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use shoal::load::keys::KeyChoice;
+use shoal::load::report::table;
+use shoal::load::target::TargetSpec;
+use shoal::load::{run, LoadConfig, LoadReport, Workload};
+use std::time::Duration;
 
-/// Closed-loop load against one shoal node.
-#[derive(Parser, Debug, Clone)]
+/// Load a shoal cluster (or Redis) with a YCSB-style workload.
+#[derive(Parser, Debug)]
 #[command(name = "shoal-load", version, about)]
 struct Args {
-    /// Seed nodes, host:port[,host:port...]; the ring is fetched from the first that answers.
-    #[arg(long, default_value = "127.0.0.1:7401")]
-    node: String,
-    /// The cluster's replication factor N (the preference list length to route by).
+    /// Target: shoal seed nodes HOST:PORT[,HOST:PORT...] (or shoal://...), or redis://HOST:PORT.
+    #[arg(long, alias = "node", default_value = "127.0.0.1:7401")]
+    target: String,
+    /// The shoal cluster's replication factor N (the preference-list length to route by).
     #[arg(long, default_value_t = 1)]
     replicas: usize,
-    /// Read quorum per request (the node's default when absent).
-    #[arg(long)]
-    r: Option<u8>,
-    /// Write quorum per request (the node's default when absent).
-    #[arg(long)]
-    w: Option<u8>,
-    /// Client threads, one connection each.
-    #[arg(long, default_value_t = 4)]
-    threads: usize,
-    /// Seconds to run.
-    #[arg(long, default_value_t = 10)]
-    duration_secs: u64,
-    /// Fraction of operations that are gets (0.0 = write-only, 1.0 = read-only).
-    #[arg(long, default_value_t = 0.5)]
-    read_fraction: f64,
-    /// Distinct keys (loaded before the run when reads are part of the mix).
+    /// Workload: a (50/50 read/update), b (95/5), c (read only), d (read latest, 5% insert),
+    /// f (read-modify-write), write-only.
+    #[arg(long, value_enum, default_value = "a")]
+    workload: Workload,
+    /// Key choice (default: latest for d, zipfian otherwise).
+    #[arg(long, value_enum)]
+    distribution: Option<KeyChoice>,
+    /// Distinct keys.
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
     /// Value size in bytes.
     #[arg(long, default_value_t = 100)]
     value_bytes: usize,
-    /// Seed of the key choice.
+    /// Client threads (one connection each).
+    #[arg(long, alias = "connections", default_value_t = 4)]
+    threads: usize,
+    /// Seconds to run (unless --ops is given).
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Total operations to run instead of a duration.
+    #[arg(long)]
+    ops: Option<u64>,
+    /// Open loop at this many operations per second (latency from each request's intended
+    /// start); closed loop when absent.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Read quorum per request.
+    #[arg(long)]
+    r: Option<u8>,
+    /// Write quorum per request.
+    #[arg(long)]
+    w: Option<u8>,
+    /// Seed of key and operation choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Skip the load phase that fills every key first.
+    #[arg(long)]
+    no_load: bool,
+    /// Write the configuration, results and per-second series as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Sample every node's per-stage stats once a second and report queue depths.
+    #[arg(long)]
+    stage_stats: bool,
+    /// Legacy: fraction of reads (overrides the workload's mix when given as 0 or 1).
+    #[arg(long, hide = true)]
+    read_fraction: Option<f64>,
 }
 
-/// One thread's results.
-struct ThreadReport {
-    histograms: BTreeMap<&'static str, Histogram<u64>>,
-    errors: BTreeMap<String, u64>,
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!("constant bounds"))
-}
-
-/// xorshift64*: a tiny seeded generator, so runs are reproducible without a dependency.
-fn next_random(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-}
-
-fn error_kind(error: &ClientError) -> String {
-    match error {
-        ClientError::Service(e) => format!("{e:?}")
-            .split([' ', '{', '('])
-            .next()
-            .unwrap_or("service")
-            .to_string(),
-        ClientError::Io(_) => "io".into(),
-        other => other.to_string(),
+fn config(args: &Args) -> Result<LoadConfig, String> {
+    if args.threads == 0 {
+        return Err("--threads must be at least 1".into());
     }
-}
-
-fn connect(args: &Args) -> Result<ClusterClient, ClientError> {
-    let seeds: Vec<String> = args.node.split(',').map(|s| s.trim().to_string()).collect();
-    ClusterClient::connect(&seeds, args.replicas, Duration::from_secs(10))
-}
-
-fn run_thread(args: Args, index: usize, deadline: Instant) -> Result<ThreadReport, ClientError> {
-    let mut client = connect(&args)?;
-    let options = RequestOptions {
+    if args.rate.is_some_and(|r| !r.is_finite() || r <= 0.0) {
+        return Err("--rate must be a positive number of operations per second".into());
+    }
+    if args.duration_secs == 0 && args.ops.is_none() {
+        return Err("--duration-secs must be positive (or give --ops)".into());
+    }
+    if args.ops == Some(0) {
+        return Err("--ops must be positive".into());
+    }
+    if args.keys == 0 {
+        return Err("--keys must be at least 1".into());
+    }
+    if args.replicas == 0 {
+        return Err("--replicas must be at least 1".into());
+    }
+    let workload = match args.read_fraction {
+        Some(f) if f <= 0.0 => Workload::WriteOnly,
+        Some(f) if f >= 1.0 => Workload::C,
+        _ => args.workload,
+    };
+    Ok(LoadConfig {
+        target: TargetSpec::parse(&args.target, args.replicas)?,
+        workload,
+        key_choice: args.distribution.unwrap_or(workload.default_keys()),
+        keys: args.keys,
+        value_bytes: args.value_bytes,
+        threads: args.threads,
+        duration: Duration::from_secs(args.duration_secs),
+        ops: args.ops,
+        rate: args.rate,
         r: args.r,
         w: args.w,
-        timeout_ms: None,
-    };
-    let mut report = ThreadReport {
-        histograms: BTreeMap::new(),
-        errors: BTreeMap::new(),
-    };
-    let value = vec![b'x'; args.value_bytes];
-    let mut state = args
-        .seed
-        .wrapping_add(index as u64 + 1)
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        | 1;
-    while Instant::now() < deadline {
-        let key = format!("key{:012}", next_random(&mut state) % args.keys.max(1));
-        let read = (next_random(&mut state) % 10_000) as f64 / 10_000.0 < args.read_fraction;
-        let start = Instant::now();
-        let (operation, result) = if read {
-            ("get", client.get(key.as_bytes(), options).map(|_| ()))
-        } else {
-            (
-                "put",
-                client
-                    .put(key.as_bytes(), None, &value, options)
-                    .map(|_| ()),
-            )
-        };
-        let micros = start.elapsed().as_micros() as u64;
-        match result {
-            Ok(()) => report
-                .histograms
-                .entry(operation)
-                .or_insert_with(histogram)
-                .saturating_record(micros),
-            Err(e) => {
-                *report
-                    .errors
-                    .entry(format!("{operation}:{}", error_kind(&e)))
-                    .or_default() += 1
-            }
-        }
-    }
-    Ok(report)
+        seed: args.seed,
+        load_phase: !args.no_load && workload != Workload::WriteOnly,
+        stage_stats: args.stage_stats,
+    })
 }
 
-/// Writes every key once so reads find values (blind puts; siblings do not matter here).
-fn load_phase(args: &Args) -> Result<(), ClientError> {
-    let per_thread = args.keys.div_ceil(args.threads as u64);
-    let handles: Vec<_> = (0..args.threads as u64)
-        .map(|t| {
-            let args = args.clone();
-            std::thread::spawn(move || -> Result<(), ClientError> {
-                let mut client = connect(&args)?;
-                let value = vec![b'x'; args.value_bytes];
-                for k in (t * per_thread)..((t + 1) * per_thread).min(args.keys) {
-                    client.put(
-                        format!("key{k:012}").as_bytes(),
-                        None,
-                        &value,
-                        RequestOptions::default(),
-                    )?;
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for handle in handles {
-        handle
-            .join()
-            .map_err(|_| ClientError::Usage("load thread panicked".into()))??;
+fn print_report(report: &LoadReport) {
+    let c = &report.config;
+    println!(
+        "shoal-load: workload {:?}, {:?} keys, {} threads, {:.1} s, {} B values",
+        c.workload, c.key_choice, c.threads, report.elapsed_secs, c.value_bytes
+    );
+    print!("{}", table(&report.operations));
+    if let Some(target) = report.target_rate {
+        println!(
+            "rate: {:.0} ops/s achieved of {target:.0} targeted (open loop)",
+            report.achieved_rate
+        );
     }
-    Ok(())
+    println!(
+        "reads that saw siblings: {} of {}",
+        report.reads_with_siblings, report.reads
+    );
+    if let Some(stages) = &report.stages {
+        print!("{}", stages.table());
+    }
 }
 
 fn main() {
     let args = Args::parse();
-    if args.threads == 0 || !(0.0..=1.0).contains(&args.read_fraction) || args.duration_secs == 0 {
-        eprintln!(
-            "error: --threads and --duration-secs must be positive, --read-fraction within 0..=1"
-        );
-        std::process::exit(2);
-    }
-    if args.read_fraction > 0.0 {
-        if let Err(e) = load_phase(&args) {
-            eprintln!("error: load phase failed: {e}");
+    let config = match config(&args) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::exit(2);
+        }
+    };
+    let report = match run(&config, &mut std::io::stderr()) {
+        Ok(report) => report,
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::exit(1);
+        }
+    };
+    print_report(&report);
+    if let Some(path) = &args.json {
+        let written = serde_json::to_string_pretty(&report)
+            .map_err(|e| e.to_string())
+            .and_then(|json| std::fs::write(path, json).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("error: cannot write {}: {e}", path.display());
             std::process::exit(1);
         }
     }
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(args.duration_secs);
-    let handles: Vec<_> = (0..args.threads)
-        .map(|i| {
-            let args = args.clone();
-            std::thread::spawn(move || run_thread(args, i, deadline))
-        })
-        .collect();
-    let mut totals: BTreeMap<&'static str, Histogram<u64>> = BTreeMap::new();
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    for handle in handles {
-        match handle.join() {
-            Ok(Ok(report)) => {
-                for (op, h) in report.histograms {
-                    let _ = totals.entry(op).or_insert_with(histogram).add(&h);
-                }
-                for (kind, n) in report.errors {
-                    *errors.entry(kind).or_default() += n;
-                }
-            }
-            Ok(Err(e)) => {
-                eprintln!("error: {e}");
-                std::process::exit(1);
-            }
-            Err(_) => {
-                eprintln!("error: a load thread panicked");
-                std::process::exit(1);
-            }
-        }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("shoal-load").chain(args.iter().copied()))
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    println!(
-        "shoal-load: {} threads, {:.1} s, read fraction {}, {} keys, {} B values",
-        args.threads, elapsed, args.read_fraction, args.keys, args.value_bytes
-    );
-    println!(
-        "{:<5} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
-        "op", "count", "ops/s", "p50us", "p90us", "p99us", "p99.9us", "p99.99us", "maxus"
-    );
-    for (op, h) in &totals {
-        println!(
-            "{:<5} {:>10} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
-            op,
-            h.len(),
-            h.len() as f64 / elapsed,
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.9),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
-            h.value_at_quantile(0.9999),
-            h.max()
+
+    /// Goal: bad arguments are clear errors, not panics: an unknown workload, a zero or
+    /// negative rate, zero threads.
+    #[test]
+    fn bad_arguments_are_clear_errors() {
+        let error = parse(&["--workload", "zz"])
+            .expect_err("unknown workload")
+            .to_string();
+        assert!(error.contains("zz"), "{error}");
+        let rate = config(&parse(&["--rate", "0"]).expect("parses")).expect_err("rate 0");
+        assert!(rate.contains("--rate"), "{rate}");
+        let threads = config(&parse(&["--threads", "0"]).expect("parses")).expect_err("no threads");
+        assert!(threads.contains("--threads"), "{threads}");
+        assert!(config(&parse(&["--target", "redis://"]).expect("parses")).is_err());
+    }
+
+    /// Goal: an unreachable node is a clear error naming it, returned before any load.
+    #[test]
+    fn unreachable_target_is_a_clear_error() {
+        let config =
+            config(&parse(&["--target", "127.0.0.1:1", "--duration-secs", "1"]).expect("parses"))
+                .expect("valid");
+        let error = run(&config, &mut std::io::sink()).expect_err("unreachable");
+        assert!(error.contains("127.0.0.1:1"), "{error}");
+    }
+
+    /// Goal: targets parse as documented.
+    #[test]
+    fn targets_parse() {
+        assert_eq!(
+            TargetSpec::parse("redis://127.0.0.1:6379", 3),
+            Ok(TargetSpec::Redis {
+                addr: "127.0.0.1:6379".into()
+            })
         );
-    }
-    for (kind, n) in &errors {
-        println!("errors {kind}: {n}");
+        assert_eq!(
+            TargetSpec::parse("shoal://a:1,b:2", 3),
+            Ok(TargetSpec::Shoal {
+                seeds: vec!["a:1".into(), "b:2".into()],
+                replicas: 3
+            })
+        );
     }
 }

@@ -1,0 +1,210 @@
+//! What a load run talks to: a shoal cluster (through the partition-aware client) or a Redis
+//! server (its GET and SET, over a minimal RESP client), so both can be measured by the same
+//! tool in one run.
+
+use crate::client::{ClientError, Context, RequestOptions};
+use crate::cluster_client::ClusterClient;
+use serde::Serialize;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// Where the load goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum TargetSpec {
+    /// A shoal cluster: seed addresses and its replication factor N.
+    Shoal {
+        /// Seed nodes.
+        seeds: Vec<String>,
+        /// N, the preference-list length to route by.
+        replicas: usize,
+    },
+    /// A Redis server at host:port.
+    Redis {
+        /// host:port.
+        addr: String,
+    },
+}
+
+impl TargetSpec {
+    /// Parses `--target`: `redis://HOST:PORT`, or `shoal://HOST:PORT[,HOST:PORT…]` / a bare
+    /// address list (shoal).
+    pub fn parse(text: &str, replicas: usize) -> Result<TargetSpec, String> {
+        if let Some(addr) = text.strip_prefix("redis://") {
+            if addr.is_empty() {
+                return Err("redis:// needs HOST:PORT".into());
+            }
+            return Ok(TargetSpec::Redis {
+                addr: addr.trim_end_matches('/').to_string(),
+            });
+        }
+        let list = text.strip_prefix("shoal://").unwrap_or(text);
+        let seeds: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        if seeds.is_empty() {
+            return Err(format!("no node addresses in {text:?}"));
+        }
+        Ok(TargetSpec::Shoal { seeds, replicas })
+    }
+}
+
+/// A read's outcome: how many sibling values, and the context to write back with.
+pub struct ReadResult {
+    /// Sibling values returned.
+    pub siblings: usize,
+    /// Context for a following put (shoal only).
+    pub context: Option<Context>,
+}
+
+/// One connection's worth of a target.
+pub enum Connection {
+    /// shoal.
+    Shoal(ClusterClient, RequestOptions),
+    /// Redis.
+    Redis(Resp),
+}
+
+impl Connection {
+    /// Connects to `spec` with per-request `options` (r/w, shoal only).
+    pub fn open(spec: &TargetSpec, options: RequestOptions) -> Result<Connection, String> {
+        match spec {
+            TargetSpec::Shoal { seeds, replicas } => {
+                ClusterClient::connect(seeds, *replicas, Duration::from_secs(10))
+                    .map(|c| Connection::Shoal(c, options))
+                    .map_err(|e| {
+                        format!("cannot reach the shoal cluster ({}): {e}", seeds.join(","))
+                    })
+            }
+            TargetSpec::Redis { addr } => Resp::connect(addr).map(Connection::Redis),
+        }
+    }
+
+    /// Reads a key.
+    pub fn get(&mut self, key: &[u8]) -> Result<ReadResult, String> {
+        match self {
+            Connection::Shoal(client, options) => client
+                .get(key, *options)
+                .map(|r| ReadResult {
+                    siblings: r.values.len(),
+                    context: Some(r.context),
+                })
+                .map_err(|e| error_kind(&e)),
+            Connection::Redis(redis) => redis.get(key).map(|found| ReadResult {
+                siblings: usize::from(found),
+                context: None,
+            }),
+        }
+    }
+
+    /// Writes a key, with a context when the caller has one; returns the new context.
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        context: Option<&Context>,
+        value: &[u8],
+    ) -> Result<Option<Context>, String> {
+        match self {
+            Connection::Shoal(client, options) => client
+                .put(key, context, value, *options)
+                .map(Some)
+                .map_err(|e| error_kind(&e)),
+            Connection::Redis(redis) => redis.set(key, value).map(|()| None),
+        }
+    }
+}
+
+/// A short name for an error, to count errors by kind.
+pub fn error_kind(error: &ClientError) -> String {
+    match error {
+        ClientError::Service(e) => format!("{e:?}")
+            .split([' ', '{', '('])
+            .next()
+            .unwrap_or("Service")
+            .to_string(),
+        ClientError::Io(e) => format!("io:{:?}", e.kind()),
+        ClientError::Closed => "closed".into(),
+        ClientError::Frame(_) | ClientError::Wire(_) => "protocol".into(),
+        ClientError::UnexpectedReply(_) => "unexpected-reply".into(),
+        ClientError::Usage(_) => "usage".into(),
+    }
+}
+
+/// A minimal RESP2 client: enough for GET and SET.
+pub struct Resp {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    line: String,
+}
+
+impl Resp {
+    /// Connects to a Redis server.
+    pub fn connect(addr: &str) -> Result<Resp, String> {
+        let stream =
+            TcpStream::connect(addr).map_err(|e| format!("cannot reach redis at {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        Ok(Resp {
+            reader: BufReader::new(stream),
+            writer,
+            line: String::new(),
+        })
+    }
+
+    fn command(&mut self, parts: &[&[u8]]) -> Result<(), String> {
+        let mut frame = format!("*{}\r\n", parts.len()).into_bytes();
+        for part in parts {
+            frame.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
+            frame.extend_from_slice(part);
+            frame.extend_from_slice(b"\r\n");
+        }
+        self.writer
+            .write_all(&frame)
+            .map_err(|e| format!("io:{:?}", e.kind()))
+    }
+
+    fn read_line(&mut self) -> Result<&str, String> {
+        self.line.clear();
+        match self.reader.read_line(&mut self.line) {
+            Ok(0) => Err("closed".into()),
+            Ok(_) => Ok(self.line.trim_end()),
+            Err(e) => Err(format!("io:{:?}", e.kind())),
+        }
+    }
+
+    /// GET: whether the key had a value.
+    pub fn get(&mut self, key: &[u8]) -> Result<bool, String> {
+        self.command(&[b"GET", key])?;
+        let header = self.read_line()?.to_string();
+        match header.as_bytes().first() {
+            Some(b'$') => {
+                let length: i64 = header[1..].parse().map_err(|_| "protocol".to_string())?;
+                if length < 0 {
+                    return Ok(false);
+                }
+                // Bounded: a value plus its CRLF, never more than Redis's 512 MB limit.
+                let mut body = vec![0; (length as usize).min(512 << 20) + 2];
+                self.reader
+                    .read_exact(&mut body)
+                    .map_err(|e| format!("io:{:?}", e.kind()))?;
+                Ok(true)
+            }
+            Some(b'-') => Err("redis-error".into()),
+            _ => Err("protocol".into()),
+        }
+    }
+
+    /// SET.
+    pub fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        self.command(&[b"SET", key, value])?;
+        match self.read_line()? {
+            "+OK" => Ok(()),
+            line if line.starts_with('-') => Err("redis-error".into()),
+            _ => Err("protocol".into()),
+        }
+    }
+}
