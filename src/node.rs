@@ -326,11 +326,12 @@ fn spawn_handoff(
     // The stage takes a token per hint it sends (on its tick), so the gate is its own, not the
     // runtime's (which would only pace the acknowledgements).
     let rate = config.stage_rate("handoff");
-    let gate = Arc::new(Mutex::new(RateGate::new(
-        rate,
-        spec.batch_max as f64,
-        Instant::now(),
-    )));
+    // The burst holds a tick's worth of tokens, so the stage can reach its rate when it only
+    // sends once per tick.
+    let burst = rate.map_or(spec.batch_max as f64, |r| {
+        (r * spec.tick.as_secs_f64()).max(spec.batch_max as f64)
+    });
+    let gate = Arc::new(Mutex::new(RateGate::new(rate, burst, Instant::now())));
     let logger = shared.logger.new(o!("stage" => "handoff"));
     let make = |_| {
         HandoffStage::new(
@@ -348,11 +349,13 @@ fn spawn_replicate(
     queues: &Queues,
     rx: StageReceiver<ReplicateEvent>,
 ) -> Result<StageHandle, NodeError> {
+    let max_frame = config.limits.max_frame_bytes;
     let make = |_| {
         ReplicateStage::new(
             queues.intake.clone(),
             queues.coordinate.clone(),
             queues.handoff.clone(),
+            max_frame,
         )
     };
     spawn_stage(&config.stage_spec("replicate"), rx, make, None)

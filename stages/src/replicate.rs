@@ -84,6 +84,8 @@ pub struct ReplicateStage {
     intake: StageSender<IntakeEvent>,
     coordinate: StageSender<CoordinateEvent>,
     handoff: StageSender<HandoffEvent>,
+    /// Largest frame peers accept (`limits.max_frame_bytes`, the same on every node).
+    max_frame_bytes: usize,
 }
 
 impl ReplicateStage {
@@ -92,22 +94,24 @@ impl ReplicateStage {
         intake: StageSender<IntakeEvent>,
         coordinate: StageSender<CoordinateEvent>,
         handoff: StageSender<HandoffEvent>,
+        max_frame_bytes: usize,
     ) -> ReplicateStage {
         ReplicateStage {
             outstanding: HashMap::new(),
             intake,
             coordinate,
             handoff,
+            max_frame_bytes,
         }
     }
 
     fn answer(&self, op: OpId, peer: NodeId, result: Result<Message, ServiceError>) {
         if op & HANDOFF_OP_BIT != 0 {
             // Blocking: the handoff stage reaches this one only with try_send.
-            let _ = self.handoff.send(HandoffEvent::Delivered {
-                op,
-                acknowledged: result.is_ok(),
-            });
+            let acknowledged = matches!(result, Ok(Message::ReplicaReply(_)));
+            let _ = self
+                .handoff
+                .send(HandoffEvent::Delivered { op, acknowledged });
         } else if op & REPAIR_OP_BIT == 0 {
             // Blocking: the coordinator never waits on this stage (it uses try_send), so no cycle.
             let _ = self
@@ -124,6 +128,15 @@ impl ReplicateStage {
                 message,
                 deadline,
             } => match message.encode(op) {
+                // A frame peers would refuse (a version set of many large siblings) would cost
+                // the whole link; refuse it here, for this operation only.
+                Ok(frame) if frame.len() > self.max_frame_bytes => {
+                    let error = ServiceError::ValueTooLarge {
+                        size: frame.len() as u64,
+                        max: self.max_frame_bytes as u64,
+                    };
+                    self.answer(op, peer, Err(error));
+                }
                 Ok(frame) => {
                     self.outstanding.insert(op, (peer.clone(), deadline));
                     let _ = self.intake.send(IntakeEvent::ToPeer { peer, frame });
@@ -134,11 +147,9 @@ impl ReplicateStage {
                 // Only the peer the operation went to may answer it.
                 if self.outstanding.get(&op).is_some_and(|(to, _)| *to == peer) {
                     self.outstanding.remove(&op);
-                    let result = match message {
-                        Message::Error(error) => Err(error),
-                        other => Ok(other),
-                    };
-                    self.answer(op, peer, result);
+                    // An error reply is still an answer: the peer is alive and said no. Only
+                    // a transport failure (below) is an Err.
+                    self.answer(op, peer, Ok(message));
                 }
             }
             ReplicateEvent::PeerFailed { peer } => {

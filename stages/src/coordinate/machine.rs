@@ -116,10 +116,13 @@ struct OpInfo {
 /// What a pending request is doing.
 enum Work {
     /// A client get: each replica's answer, their merge, and healthy fallbacks not yet asked.
+    /// `primaries` are the key's preference list: only they are read-repaired (a fallback that
+    /// answered keeps hints, not objects).
     Read {
         replies: BTreeMap<NodeId, VersionSet>,
         merged: VersionSet,
         spares: Vec<NodeId>,
+        primaries: Vec<NodeId>,
     },
     /// A client put or delete this node coordinates. `context` and `written` are set once the
     /// local write created the version; `remotes` are the other replicas it is then sent to;
@@ -249,13 +252,21 @@ impl Coordinator {
             .collect();
         for (deadline, key) in expired {
             self.deadlines.remove(&(deadline, key));
-            // A replica that let the deadline pass counts as failed (Dynamo §4.8.3).
-            let silent: Vec<NodeId> = self
-                .operations
-                .values()
-                .filter(|op| op.request == key)
-                .map(|op| op.node.clone())
-                .collect();
+            // A replica that let the deadline pass counts as failed (Dynamo §4.8.3). Not a node a
+            // put was forwarded to: it works to the same deadline and is judged by its answer.
+            let forwarded = self
+                .requests
+                .get(&key)
+                .is_some_and(|p| matches!(p.work, Work::Forward { .. }));
+            let silent: Vec<NodeId> = if forwarded {
+                Vec::new()
+            } else {
+                self.operations
+                    .values()
+                    .filter(|op| op.request == key)
+                    .map(|op| op.node.clone())
+                    .collect()
+            };
             for node in silent.iter().filter(|n| **n != self.settings.node) {
                 self.detector.failed(node, now);
             }
@@ -402,6 +413,7 @@ impl Coordinator {
                     replies: BTreeMap::new(),
                     merged: VersionSet::new(),
                     spares,
+                    primaries: primaries.clone(),
                 };
                 for target in &targets {
                     self.send_read(key, &target.node, &k, deadline, out);
@@ -653,13 +665,17 @@ impl Coordinator {
     }
 
     fn on_peer_answer(&mut self, now: Instant, done: PeerDone, out: &mut Vec<CoordinateOutput>) {
+        // The detector learns only from the peer itself: any answer (an error reply included)
+        // shows it alive; only an unreachable peer counts as a failure. A locally refused send
+        // (our own queue full, shutting down) says nothing about the peer.
         match &done.result {
-            Ok(_) | Err(ServiceError::Overloaded { .. } | ServiceError::TooManySiblings { .. }) => {
+            Ok(_) => {
                 self.detector.succeeded(&done.peer);
             }
-            Err(_) => {
+            Err(ServiceError::PeerUnreachable { .. }) => {
                 self.detector.failed(&done.peer, now);
             }
+            Err(_) => {}
         }
         if self.probes.remove(&done.op).is_some() {
             return;
@@ -670,7 +686,9 @@ impl Coordinator {
             .and_then(|op| self.requests.get(&op.request))
             .is_some_and(|p| matches!(p.work, Work::Forward { .. }));
         if !forwarding {
-            if done.result.is_err() {
+            // Only a replica that could not be reached is retried on a spare; one that answered
+            // with an error has spoken.
+            if matches!(done.result, Err(ServiceError::PeerUnreachable { .. })) {
                 if let Some(info) = self.operations.get(&done.op).cloned() {
                     if self.retry_on_spare(&info, out) {
                         self.operations.remove(&done.op);
@@ -871,12 +889,15 @@ impl Coordinator {
 /// differs from the merge get the merge. Replicas that never answered are left to anti-entropy.
 fn repair_if_read(pending: &Pending, out: &mut Vec<CoordinateOutput>) {
     if let Work::Read {
-        replies, merged, ..
+        replies,
+        merged,
+        primaries,
+        ..
     } = &pending.work
     {
         let targets: Vec<NodeId> = replies
             .iter()
-            .filter(|(_, set)| *set != merged)
+            .filter(|(node, set)| primaries.contains(node) && *set != merged)
             .map(|(node, _)| node.clone())
             .collect();
         if !targets.is_empty() {

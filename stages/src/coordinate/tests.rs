@@ -243,3 +243,99 @@ fn request_with_too_few_healthy_replicas_is_answered_when_they_have() {
         "{out:?}"
     );
 }
+
+/// Goal: a put forwarded to a preference-list node that answers with an error gets exactly
+/// that answer, and is not forwarded again (a second primary would write a second version of
+/// the same client put). Only an unreachable primary moves the put on to the next.
+#[test]
+fn forwarded_put_relays_an_error_answer_and_is_not_forwarded_twice() {
+    let members: Vec<Member> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|id| Member {
+            id: crate::NodeId::new(*id),
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            weight: 1,
+            zone: None,
+        })
+        .collect();
+    let membership = Membership::new(1, 8, members).expect("membership");
+    let me = crate::NodeId::new("n1");
+    let key = (0..1000)
+        .map(|i| format!("k{i}").into_bytes())
+        .find(|k| {
+            !membership
+                .ring()
+                .preference_list_for_key(k, 2)
+                .primaries
+                .contains(&me)
+        })
+        .expect("a key outside n1's lists");
+    let settings = CoordinatorSettings {
+        node: me,
+        n: 2,
+        r: 1,
+        w: 1,
+        request_timeout: TIMEOUT,
+        seal: ContextSeal::new(b"coordinator-tests-secret"),
+        probe_interval: Duration::from_secs(60),
+    };
+    let mut c = Coordinator::new(
+        settings,
+        MembershipView::new(membership),
+        OperationLatencies::default(),
+        PeerBoard::default(),
+    );
+    let start = Instant::now();
+    let put = |forwarded| ClientRequest::Put {
+        key: key.clone(),
+        context: Default::default(),
+        value: Some(b"v".to_vec()),
+        w: None,
+        timeout: None,
+        forwarded,
+    };
+    let mut out = Vec::new();
+    c.on_event(
+        start,
+        0,
+        CoordinateEvent::Client {
+            origin: Origin {
+                conn: 1,
+                request_id: 9,
+            },
+            request: put(false),
+            received_at: start,
+        },
+        &mut out,
+    );
+    let (peer, op) = match out.as_slice() {
+        [CoordinateOutput::Peer {
+            peer,
+            op,
+            message: Message::Put(m),
+            ..
+        }] if m.forwarded => (peer.clone(), *op),
+        other => panic!("expected one forwarded put, got {other:?}"),
+    };
+    out.clear();
+    let refusal = ServiceError::TooManySiblings { count: 33, max: 32 };
+    c.on_event(
+        start,
+        0,
+        CoordinateEvent::Peer(PeerDone {
+            op,
+            peer,
+            result: Ok(Message::Error(refusal.clone())),
+        }),
+        &mut out,
+    );
+    match out.as_slice() {
+        [CoordinateOutput::Reply {
+            origin,
+            message: Message::Error(e),
+        }] => {
+            assert_eq!((origin.request_id, e), (9, &refusal));
+        }
+        other => panic!("expected the primary's error relayed once, got {other:?}"),
+    }
+}

@@ -149,6 +149,8 @@ pub struct StorageStage {
     logger: Logger,
     /// Replies held until the batch's flush.
     pending: Vec<StorageDone>,
+    /// Whether each held reply answers a write.
+    pending_writes: Vec<bool>,
 }
 
 impl StorageStage {
@@ -167,6 +169,7 @@ impl StorageStage {
             replies,
             logger,
             pending: Vec::new(),
+            pending_writes: Vec::new(),
         }
     }
 
@@ -234,12 +237,13 @@ impl StorageStage {
         (StorageDone { op, result }, wrote)
     }
 
-    /// Flushes once for the batch; if the flush fails, no write of the batch is acknowledged.
+    /// Flushes once for the batch; if the flush fails, no write of the batch is acknowledged
+    /// (coordinated puts, replica merges and hints alike: each counts toward some W).
     fn group_commit(&mut self) {
         if let Err(e) = self.store.persist() {
             error!(self.logger, "journal flush failed"; "error" => %e);
-            for done in &mut self.pending {
-                if matches!(done.result, Ok(StorageOutcome::Written { .. })) {
+            for (done, wrote) in self.pending.iter_mut().zip(&self.pending_writes) {
+                if *wrote && done.result.is_ok() {
                     done.result = Err(ServiceError::Storage {
                         reason: format!("journal flush failed: {e}"),
                     });
@@ -258,10 +262,12 @@ impl Stage for StorageStage {
             let (done, was_write) = self.apply(event);
             wrote |= was_write && done.result.is_ok();
             self.pending.push(done);
+            self.pending_writes.push(was_write);
         }
         if wrote && self.settings.sync == SyncMode::Always {
             self.group_commit();
         }
+        self.pending_writes.clear();
         for done in self.pending.drain(..) {
             // The coordinator stops last among the request stages' consumers, so a closed
             // queue means shutdown; the reply has nobody left to read it.

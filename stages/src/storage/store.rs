@@ -218,11 +218,16 @@ impl Store {
             let Some((key, target)) = split_hint_key(&hint_key) else {
                 continue;
             };
+            // A hint that does not decode is skipped (and kept for inspection) rather than
+            // stopping every later hint from being delivered.
+            let Ok(versions) = decode_version_set(&bytes) else {
+                continue;
+            };
             out.push(Hint {
                 hint_key: hint_key.to_vec(),
                 target,
                 key,
-                versions: decode_version_set(&bytes)?,
+                versions,
             });
         }
         Ok(out)
