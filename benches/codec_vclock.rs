@@ -1,7 +1,9 @@
-//! Micro benchmarks of the hot pure code: the frame codec and vector clocks / version sets.
+//! Micro benchmarks of the hot pure code: the frame codec, vector clocks / version sets, and
+//! ring lookups (MD5 of the key and the preference-list walk).
 //! Run: `cargo bench --bench codec_vclock`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use shoal_stages::ring::{NodeSpec, Ring};
 use shoal_stages::vclock::VClock;
 use shoal_stages::versioning::VersionSet;
 use shoal_stages::wire::{
@@ -110,5 +112,33 @@ fn vclock(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, codec, vclock);
+fn ring(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ring");
+    for (partitions, nodes) in [(64u32, 5usize), (1024, 64)] {
+        let specs: Vec<NodeSpec> = (0..nodes)
+            .map(|i| NodeSpec {
+                id: NodeId::new(format!("n{i}")),
+                weight: 1,
+                zone: None,
+            })
+            .collect();
+        let ring = Ring::new(partitions, &specs).expect("ring");
+        let keys: Vec<Vec<u8>> = (0..1024)
+            .map(|i| format!("user{i:012}").into_bytes())
+            .collect();
+        let mut i = 0;
+        group.bench_function(
+            format!("preference_list_q{partitions}_{nodes}_nodes"),
+            |b| {
+                b.iter(|| {
+                    i = (i + 1) % keys.len();
+                    ring.preference_list_for_key(black_box(&keys[i]), 3)
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, codec, vclock, ring);
 criterion_main!(benches);

@@ -182,6 +182,18 @@ impl Client {
         value: &[u8],
         options: RequestOptions,
     ) -> Result<Context, ClientError> {
+        self.put_with_version(key, context, value, options)
+            .map(|(context, _)| context)
+    }
+
+    /// `put`, also returning the answering node's membership version (the refresh hint).
+    pub fn put_with_version(
+        &mut self,
+        key: &[u8],
+        context: Option<&Context>,
+        value: &[u8],
+        options: RequestOptions,
+    ) -> Result<(Context, u64), ClientError> {
         let request = Message::Put(PutRequest {
             key: Bytes::from(key.to_vec()),
             context: context.map(|c| Bytes::from(c.0.clone())),
@@ -190,7 +202,12 @@ impl Client {
             timeout_ms: options.timeout_ms,
             forwarded: false,
         });
-        self.expect_put_reply(&request)
+        match self.call(&request)? {
+            Message::PutReply(reply) => {
+                Ok((Context(reply.context.into_vec()), reply.membership_version))
+            }
+            other => Err(ClientError::UnexpectedReply(other.to_string())),
+        }
     }
 
     /// `delete(key, context)`: writes a tombstone; returns its context.

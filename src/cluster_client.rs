@@ -68,7 +68,11 @@ impl ClusterClient {
         value: &[u8],
         options: RequestOptions,
     ) -> Result<Context, ClientError> {
-        self.with_node(key, |client| client.put(key, context, value, options))
+        let (context, version) = self.with_node(key, |client| {
+            client.put_with_version(key, context, value, options)
+        })?;
+        self.refresh_if_newer(version);
+        Ok(context)
     }
 
     /// `delete(key, context)` through a preference-list node.

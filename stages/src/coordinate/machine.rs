@@ -477,15 +477,24 @@ impl Coordinator {
         let me = self.settings.node.clone();
         let op = self.new_op(key, &me, None);
         let (kind, item, event) = match request {
+            // `get --local`: the node's own objects, not the hints it keeps for others.
             ServeRequest::Local { key: k } => (
                 ServeKind::Local,
                 k.clone(),
-                StorageEvent::Read { op, key: k },
+                StorageEvent::Read {
+                    op,
+                    key: k,
+                    with_hints: false,
+                },
             ),
             ServeRequest::ReplicaRead { key: k } => (
                 ServeKind::Replica,
                 k.clone(),
-                StorageEvent::Read { op, key: k },
+                StorageEvent::Read {
+                    op,
+                    key: k,
+                    with_hints: true,
+                },
             ),
             // Sloppy quorum: a fallback keeps versions meant for another node as a hint.
             ServeRequest::ReplicaWrite {
@@ -564,6 +573,7 @@ impl Coordinator {
             out.push(CoordinateOutput::Storage(StorageEvent::Read {
                 op,
                 key: key.to_vec(),
+                with_hints: true,
             }));
         } else {
             let message = Message::ReplicaRead(ReplicaRead {

@@ -55,6 +55,9 @@ pub enum StorageEvent {
         op: OpId,
         /// The key.
         key: Vec<u8>,
+        /// Merge in hints this node keeps for others (replica reads: a fallback serves what
+        /// it stands in for) or not (an operator's look at the node's own objects).
+        with_hints: bool,
     },
     /// Coordinate a put or delete (`value: None`) with the client's context.
     CoordinatePut {
@@ -175,13 +178,18 @@ impl StorageStage {
 
     fn apply(&self, event: StorageEvent) -> (StorageDone, bool) {
         let (op, result, wrote) = match event {
-            StorageEvent::Read { op, key } => (
+            StorageEvent::Read {
                 op,
-                self.store
-                    .read_with_hints(&key)
-                    .map(StorageOutcome::Versions),
-                false,
-            ),
+                key,
+                with_hints,
+            } => {
+                let read = if with_hints {
+                    self.store.read_with_hints(&key)
+                } else {
+                    self.store.read(&key)
+                };
+                (op, read.map(StorageOutcome::Versions), false)
+            }
             StorageEvent::StoreHint {
                 op,
                 target,
