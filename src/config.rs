@@ -135,6 +135,8 @@ pub struct ClusterSection {
     pub members: Vec<MemberSection>,
     /// How often a peer the failure detector holds down is probed (Dynamo §4.8.3).
     pub probe_interval_ms: u64,
+    /// How long a replica may stay silent before its replica goes to a fallback (§4.6).
+    pub replica_timeout_ms: u64,
     /// Shared by every node of the cluster: seals client contexts (and later authenticates
     /// peers). The default is public, so a node using it warns at start.
     pub secret: String,
@@ -152,6 +154,7 @@ impl Default for ClusterSection {
             members: Vec::new(),
             secret: DEFAULT_SECRET.to_string(),
             probe_interval_ms: 1000,
+            replica_timeout_ms: 500,
         }
     }
 }
@@ -412,6 +415,12 @@ impl Config {
             return Err(invalid(
                 "cluster.request_timeout_ms",
                 format!("must be in 1..={MAX_INTERVAL_MS}"),
+            ));
+        }
+        if c.replica_timeout_ms == 0 || c.replica_timeout_ms > c.request_timeout_ms {
+            return Err(invalid(
+                "cluster.replica_timeout_ms",
+                "must be in 1..=request_timeout_ms",
             ));
         }
         if c.probe_interval_ms == 0 || c.probe_interval_ms > MAX_INTERVAL_MS {

@@ -376,6 +376,7 @@ fn spawn_coordinate(
         request_timeout: Duration::from_millis(config.cluster.request_timeout_ms),
         seal: shared.seal.clone(),
         probe_interval: Duration::from_millis(config.cluster.probe_interval_ms),
+        replica_timeout: Duration::from_millis(config.cluster.replica_timeout_ms),
     };
     let machine = Coordinator::new(
         settings,

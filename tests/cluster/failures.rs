@@ -305,3 +305,50 @@ fn acknowledged_adds_survive_kill_9_of_a_replica() {
         "the final read holds values never attempted"
     );
 }
+
+/// Goal: a replica that misses its deadline is treated like a down one within the same
+/// request (Dynamo §4.6): a paused process (connections open, no answers) makes a W=3 put
+/// send its replica to a fallback with a hint after `replica_timeout_ms`, so the put still
+/// succeeds in time; when the process resumes it is probed back up and the hint drains to it.
+#[test]
+fn a_silent_replica_is_replaced_by_a_fallback_within_the_request() {
+    let mut cluster = ProcessCluster::start(5, 3, 2, 2);
+    let membership = super::support::client_of(&cluster.addrs[0])
+        .ring()
+        .expect("ring");
+    let list = membership
+        .ring()
+        .preference_list_for_key(b"silent", 3)
+        .primaries;
+    let index = |node: &NodeId| node.as_str()[1..].parse::<usize>().expect("n<i>") - 1;
+    let (coordinator, victim) = (index(&list[0]), index(&list[1]));
+    let all_three = RequestOptions {
+        w: Some(3),
+        ..DEFAULT
+    };
+    let mut client = super::support::client_of(&cluster.addrs[coordinator]);
+    client
+        .put(b"warm", None, b"links open", all_three)
+        .expect("warm-up put with every node up");
+
+    cluster.signal(victim, true);
+    let put = client.put(b"silent", None, b"v", all_three);
+    assert!(put.is_ok(), "W=3 put with a silent replica: {put:?}");
+    assert!(
+        eventually(|| cluster.hints_pending() > 0),
+        "no hint was kept for the silent replica"
+    );
+
+    cluster.signal(victim, false);
+    assert!(
+        eventually(|| cluster.hints_pending() == 0),
+        "the hint never drained"
+    );
+    let versions = super::support::client_of(&cluster.addrs[victim])
+        .get_local(b"silent")
+        .expect("local");
+    assert!(
+        versions.live_values().any(|v| v == b"v"),
+        "the resumed replica lacks the write"
+    );
+}

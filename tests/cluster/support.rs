@@ -184,7 +184,7 @@ impl TestCluster {
                 let data = dir.path().join(format!("n{}", i + 1));
                 config(&format!(
                     "[node]\nid = \"n{}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n\
-                     [cluster]\nn = {n}\nr = {r}\nw = {w}\nrequest_timeout_ms = 2000\nprobe_interval_ms = 100\n\
+                     [cluster]\nn = {n}\nr = {r}\nw = {w}\nrequest_timeout_ms = 2000\nprobe_interval_ms = 100\nreplica_timeout_ms = 300\n\
                      secret = \"test-cluster-secret-0123456789\"\n{members}{extra}\n",
                     i + 1,
                     data.display().to_string()
@@ -269,6 +269,8 @@ pub struct ProcessCluster {
     pub configs: Vec<PathBuf>,
     pub nodes: Vec<Option<NodeProcess>>,
     pub addrs: Vec<String>,
+    /// Nodes paused with SIGSTOP (they accept connections but never answer).
+    pub paused: std::collections::BTreeSet<usize>,
 }
 
 impl ProcessCluster {
@@ -294,7 +296,7 @@ impl ProcessCluster {
                 let data = dir.path().join(format!("n{}", i + 1));
                 let text = format!(
                     "[node]\nid = \"n{}\"\nlisten = \"{addr}\"\ndata_dir = {:?}\n[storage]\nsync = \"always\"\n\
-                     [cluster]\nn = {n}\nr = {r}\nw = {w}\nrequest_timeout_ms = 2000\nprobe_interval_ms = 100\n\
+                     [cluster]\nn = {n}\nr = {r}\nw = {w}\nrequest_timeout_ms = 2000\nprobe_interval_ms = 100\nreplica_timeout_ms = 300\n\
                      secret = \"test-cluster-secret-0123456789\"\n{members}",
                     i + 1,
                     data.display().to_string()
@@ -313,6 +315,7 @@ impl ProcessCluster {
             configs,
             nodes,
             addrs,
+            paused: Default::default(),
         }
     }
 
@@ -328,10 +331,28 @@ impl ProcessCluster {
         self.nodes[i] = Some(NodeProcess::start(&self.configs[i]));
     }
 
-    /// Hints all running nodes hold, for anyone.
+    /// SIGSTOP (`pause`) or SIGCONT node `i`: a paused node keeps its sockets open and
+    /// answers nothing, the case of a replica that misses its deadline.
+    pub fn signal(&mut self, i: usize, pause: bool) {
+        if let Some(node) = &self.nodes[i] {
+            let signal = if pause { "-STOP" } else { "-CONT" };
+            let status = Command::new("kill")
+                .args([signal, &node.child.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success(), "kill {signal} failed");
+        }
+        if pause {
+            self.paused.insert(i);
+        } else {
+            self.paused.remove(&i);
+        }
+    }
+
+    /// Hints all running, unpaused nodes hold, for anyone.
     pub fn hints_pending(&self) -> u64 {
         (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].is_some())
+            .filter(|i| self.nodes[*i].is_some() && !self.paused.contains(i))
             .filter_map(|i| {
                 Client::connect(&self.addrs[i], CLIENT_TIMEOUT)
                     .ok()?

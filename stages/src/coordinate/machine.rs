@@ -93,6 +93,9 @@ pub struct CoordinatorSettings {
     pub seal: ContextSeal,
     /// How often a peer held down is probed.
     pub probe_interval: Duration,
+    /// How long a replica may stay silent before its replica goes to a fallback (Dynamo §4.6:
+    /// a node that "misses its deadline" is treated like one that is down).
+    pub replica_timeout: Duration,
 }
 
 /// How long a probe may take before it counts as failed (the peer stays down).
@@ -111,6 +114,11 @@ struct OpInfo {
     request: RequestKey,
     node: NodeId,
     hint: Option<NodeId>,
+    /// The first tick that saw the operation outstanding (its age is measured from there,
+    /// within one tick, so `new_op` needs no clock).
+    seen: Option<Instant>,
+    /// Already judged silent: not judged again.
+    timed_out: bool,
 }
 
 /// What a pending request is doing.
@@ -280,9 +288,43 @@ impl Coordinator {
         }
         self.operations
             .retain(|_, op| self.requests.contains_key(&op.request));
+        self.reroute_silent_replicas(now, out);
         self.probe_down_peers(now, out);
         if let Ok(mut board) = self.board.lock() {
             *board = self.detector.statuses(now);
+        }
+    }
+
+    /// A remote replica of a read or write that has not answered within `replica_timeout`
+    /// counts as failed: its node is marked down and its replica is re-sent to the next spare
+    /// fallback (with a hint, for writes) within the same request. Its late answer, if any, is
+    /// ignored. Forwarded puts are not rerouted: the list node works to the same deadline.
+    fn reroute_silent_replicas(&mut self, now: Instant, out: &mut Vec<CoordinateOutput>) {
+        let me = self.settings.node.clone();
+        let timeout = self.settings.replica_timeout;
+        let mut silent = Vec::new();
+        for (op, info) in self.operations.iter_mut() {
+            if info.node == me || info.timed_out {
+                continue;
+            }
+            let seen = *info.seen.get_or_insert(now);
+            if now.saturating_duration_since(seen) >= timeout {
+                info.timed_out = true;
+                silent.push((*op, info.clone()));
+            }
+        }
+        for (op, info) in silent {
+            let reroutable = self
+                .requests
+                .get(&info.request)
+                .is_some_and(|p| matches!(p.work, Work::Read { .. } | Work::Write { .. }));
+            if !reroutable {
+                continue;
+            }
+            self.detector.failed(&info.node, now);
+            if self.retry_on_spare(&info, out) {
+                self.operations.remove(&op);
+            }
         }
     }
 
@@ -555,6 +597,8 @@ impl Coordinator {
                 request,
                 node: node.clone(),
                 hint,
+                seen: None,
+                timed_out: false,
             },
         );
         op

@@ -28,6 +28,7 @@ fn coordinator() -> Coordinator {
         request_timeout: TIMEOUT,
         seal: ContextSeal::new(b"coordinator-tests-secret"),
         probe_interval: Duration::from_millis(100),
+        replica_timeout: Duration::from_secs(60),
     };
     Coordinator::new(
         settings,
@@ -198,6 +199,7 @@ fn request_with_too_few_healthy_replicas_is_answered_when_they_have() {
         request_timeout: TIMEOUT,
         seal: ContextSeal::new(b"coordinator-tests-secret"),
         probe_interval: Duration::from_secs(60),
+        replica_timeout: Duration::from_secs(60),
     };
     let mut c = Coordinator::new(
         settings,
@@ -278,6 +280,7 @@ fn forwarded_put_relays_an_error_answer_and_is_not_forwarded_twice() {
         request_timeout: TIMEOUT,
         seal: ContextSeal::new(b"coordinator-tests-secret"),
         probe_interval: Duration::from_secs(60),
+        replica_timeout: Duration::from_secs(60),
     };
     let mut c = Coordinator::new(
         settings,
