@@ -24,8 +24,8 @@ stop_all() { for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done;
 
 load() { # label seeds replicas
   "$bin/shoal-load" --node "$2" --replicas "$3" --threads "$threads" --duration-secs "$secs" \
-    --read-fraction 0.5 --keys 10000 --value-bytes 100 \
-  | awk -v label="$1" '$1=="get"||$1=="put" {print label, $1, $3, $4, $6, $7}'
+    --workload a --distribution uniform --keys 10000 --value-bytes 100 2> /dev/null \
+  | awk -v label="$1" '$1=="get"||$1=="put" {print label, $1, $3, $5, $7, $8}'
 }
 
 results="$work/results"

@@ -28,8 +28,8 @@ hints() { # total hints held by the running nodes
   echo "$total"
 }
 load() { # label seeds
-  "$bin/shoal-load" --node "$2" --replicas 3 --threads "$threads" --duration-secs "$secs" --read-fraction 0 --keys 20000 \
-  | awk -v label="$1" '$1=="put" {printf "%-16s puts/s %6s  p50 %5sus  p99 %6sus  p99.9 %6sus\n", label, $3, $4, $6, $7}'
+  "$bin/shoal-load" --node "$2" --replicas 3 --threads "$threads" --duration-secs "$secs" --workload write-only --distribution uniform --keys 20000 \
+  | awk -v label="$1" '$1=="put" {printf "%-16s puts/s %6s  errors %s  p50 %5sus  p99 %6sus  p99.9 %6sus\n", label, $3, $4, $5, $7, $8}'
 }
 
 for i in 1 2 3 4 5; do start "$i"; done

@@ -380,13 +380,19 @@ fn one_operation(
         });
         return ("rmw", result);
     }
-    let result = connection
-        .put(name.as_bytes(), contexts.get(&key), value)
-        .map(|context| {
-            if let Some(context) = context {
-                contexts.insert(key, context);
-            }
-            None
-        });
+    let mut result = connection.put(name.as_bytes(), contexts.get(&key), value);
+    if matches!(&result, Err(kind) if kind == "TooManySiblings") {
+        // What a real client does, as the error says: read to get a context covering every
+        // sibling, and write again with it (which replaces them all). One operation.
+        result = connection
+            .get(name.as_bytes())
+            .and_then(|read| connection.put(name.as_bytes(), read.context.as_ref(), value));
+    }
+    let result = result.map(|context| {
+        if let Some(context) = context {
+            contexts.insert(key, context);
+        }
+        None
+    });
     ("put", result)
 }
