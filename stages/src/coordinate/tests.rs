@@ -181,32 +181,7 @@ fn quorum_outside_one_to_n_is_refused_before_any_work() {
 /// error at once — no request is left without a reply. Reference: Dynamo §4.6, §4.8.3.
 #[test]
 fn request_with_too_few_healthy_replicas_is_answered_when_they_have() {
-    let members: Vec<Member> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|id| Member {
-            id: crate::NodeId::new(*id),
-            addr: "127.0.0.1:1".parse().expect("addr"),
-            weight: 1,
-            zone: None,
-        })
-        .collect();
-    let membership = MembershipView::new(Membership::new(1, 8, members).expect("membership"));
-    let settings = CoordinatorSettings {
-        node: crate::NodeId::new("n1"),
-        n: 3,
-        r: 2,
-        w: 2,
-        request_timeout: TIMEOUT,
-        seal: ContextSeal::new(b"coordinator-tests-secret"),
-        probe_interval: Duration::from_secs(60),
-        replica_timeout: Duration::from_secs(60),
-    };
-    let mut c = Coordinator::new(
-        settings,
-        membership,
-        OperationLatencies::default(),
-        PeerBoard::default(),
-    );
+    let (mut c, _) = coordinator_of_three(3, 2, 2);
     let start = Instant::now();
     // First get: the two peers fail, which marks them down.
     let mut out = Vec::new();
@@ -251,16 +226,7 @@ fn request_with_too_few_healthy_replicas_is_answered_when_they_have() {
 /// the same client put). Only an unreachable primary moves the put on to the next.
 #[test]
 fn forwarded_put_relays_an_error_answer_and_is_not_forwarded_twice() {
-    let members: Vec<Member> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|id| Member {
-            id: crate::NodeId::new(*id),
-            addr: "127.0.0.1:1".parse().expect("addr"),
-            weight: 1,
-            zone: None,
-        })
-        .collect();
-    let membership = Membership::new(1, 8, members).expect("membership");
+    let (mut c, membership) = coordinator_of_three(2, 1, 1);
     let me = crate::NodeId::new("n1");
     let key = (0..1000)
         .map(|i| format!("k{i}").into_bytes())
@@ -272,22 +238,7 @@ fn forwarded_put_relays_an_error_answer_and_is_not_forwarded_twice() {
                 .contains(&me)
         })
         .expect("a key outside n1's lists");
-    let settings = CoordinatorSettings {
-        node: me,
-        n: 2,
-        r: 1,
-        w: 1,
-        request_timeout: TIMEOUT,
-        seal: ContextSeal::new(b"coordinator-tests-secret"),
-        probe_interval: Duration::from_secs(60),
-        replica_timeout: Duration::from_secs(60),
-    };
-    let mut c = Coordinator::new(
-        settings,
-        MembershipView::new(membership),
-        OperationLatencies::default(),
-        PeerBoard::default(),
-    );
+
     let start = Instant::now();
     let put = |forwarded| ClientRequest::Put {
         key: key.clone(),
@@ -341,4 +292,39 @@ fn forwarded_put_relays_an_error_answer_and_is_not_forwarded_twice() {
         }
         other => panic!("expected the primary's error relayed once, got {other:?}"),
     }
+}
+
+/// A coordinator for n1 in a 3-member cluster with the given N/R/W (probes and replica
+/// timeouts far off, so only the test's events decide), and its membership.
+fn coordinator_of_three(n: usize, r: usize, w: usize) -> (Coordinator, Membership) {
+    let members: Vec<Member> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|id| Member {
+            id: crate::NodeId::new(*id),
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            weight: 1,
+            zone: None,
+        })
+        .collect();
+    let membership = Membership::new(1, 8, members).expect("membership");
+    let settings = CoordinatorSettings {
+        node: crate::NodeId::new("n1"),
+        n,
+        r,
+        w,
+        request_timeout: TIMEOUT,
+        seal: ContextSeal::new(b"coordinator-tests-secret"),
+        probe_interval: Duration::from_secs(60),
+        replica_timeout: Duration::from_secs(60),
+    };
+    let view = MembershipView::new(membership.clone());
+    (
+        Coordinator::new(
+            settings,
+            view,
+            OperationLatencies::default(),
+            PeerBoard::default(),
+        ),
+        membership,
+    )
 }

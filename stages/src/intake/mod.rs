@@ -186,6 +186,21 @@ pub struct IntakeRoutes {
     pub stats: StatsSource,
 }
 
+impl Connection {
+    /// A connection with empty buffers; `connecting` for an outgoing dial not yet completed.
+    fn new(stream: TcpStream, max_frame_bytes: usize, connecting: bool) -> Connection {
+        Connection {
+            stream,
+            decoder: FrameDecoder::new(max_frame_bytes),
+            outgoing: Vec::new(),
+            written: 0,
+            closing: false,
+            overflowed: false,
+            connecting,
+        }
+    }
+}
+
 /// The running intake loop.
 pub struct Intake {
     socket: IntakeSocket,
@@ -309,15 +324,7 @@ impl Intake {
         debug!(self.logger, "connection opened"; "conn" => conn, "peer" => %peer);
         self.connections.insert(
             conn,
-            Connection {
-                stream,
-                decoder: FrameDecoder::new(self.settings.max_frame_bytes),
-                outgoing: Vec::new(),
-                written: 0,
-                closing: false,
-                overflowed: false,
-                connecting: false,
-            },
+            Connection::new(stream, self.settings.max_frame_bytes, false),
         );
     }
 
@@ -560,15 +567,7 @@ impl Intake {
                 let _ = stream.set_nodelay(true);
                 self.connections.insert(
                     conn,
-                    Connection {
-                        stream,
-                        decoder: FrameDecoder::new(self.settings.max_frame_bytes),
-                        outgoing: Vec::new(),
-                        written: 0,
-                        closing: false,
-                        overflowed: false,
-                        connecting: true,
-                    },
+                    Connection::new(stream, self.settings.max_frame_bytes, true),
                 );
                 self.links.opened(peer, conn);
                 debug!(self.logger, "dialling peer"; "peer" => %peer, "addr" => %addr, "conn" => conn);
