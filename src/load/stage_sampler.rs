@@ -20,6 +20,8 @@ pub struct StageDepth {
     pub node: String,
     /// Stage name.
     pub stage: String,
+    /// `foreground` or `background`.
+    pub class: String,
     /// Highest queue depth seen.
     pub peak_depth: u64,
     /// Mean queue depth over the samples.
@@ -35,7 +37,7 @@ pub struct StageDepth {
 pub struct StageSummary {
     /// Per node and stage.
     pub stages: Vec<StageDepth>,
-    /// The node and stage with the highest queue wait: where the pipeline backs up.
+    /// The node and foreground stage with the highest queue wait: where the pipeline backs up.
     pub bottleneck: Option<String>,
 }
 
@@ -53,7 +55,7 @@ impl StageSummary {
             ));
         }
         if let Some(bottleneck) = &self.bottleneck {
-            out.push_str(&format!("highest queue wait: {bottleneck}\n"));
+            out.push_str(&format!("highest foreground queue wait: {bottleneck}\n"));
         }
         out
     }
@@ -92,8 +94,11 @@ impl StageSampler {
                 s
             })
             .collect();
+        // Background stages wait by design (their rate gate); the question is where the
+        // request pipeline backs up, so only foreground stages compete.
         let bottleneck = stages
             .iter()
+            .filter(|s| s.class == "foreground")
             .max_by_key(|s| s.wait_us_p99)
             .filter(|s| s.wait_us_p99 > 0)
             .map(|s| format!("{} on {} (p99 {} us)", s.stage, s.node, s.wait_us_p99));
@@ -123,6 +128,7 @@ fn sample_until(addrs: &[String], stop: &AtomicBool) -> BTreeMap<(String, String
                         .or_insert_with(|| StageDepth {
                             node: stats.node.to_string(),
                             stage: s.name.clone(),
+                            class: s.class.clone(),
                             ..StageDepth::default()
                         });
                     entry.peak_depth = entry.peak_depth.max(s.queue_depth);
