@@ -191,6 +191,8 @@ pub struct LimitsSection {
     pub max_write_buffer_bytes: usize,
     /// Most siblings a key may have after a put; more is a `TooManySiblings` error.
     pub max_siblings: usize,
+    /// Longest a connection may take to complete a frame it started (slowloris defence).
+    pub frame_timeout_ms: u64,
 }
 
 impl Default for LimitsSection {
@@ -205,6 +207,7 @@ impl Default for LimitsSection {
             max_connections: 1024,
             max_write_buffer_bytes: 16 * 1024 * 1024,
             max_siblings: 32,
+            frame_timeout_ms: 30_000,
         }
     }
 }
@@ -486,6 +489,12 @@ impl Config {
             return Err(invalid(
                 "limits.max_connections",
                 format!("must be in 1..={MAX_CONNECTIONS_LIMIT}"),
+            ));
+        }
+        if l.frame_timeout_ms == 0 || l.frame_timeout_ms > MAX_INTERVAL_MS {
+            return Err(invalid(
+                "limits.frame_timeout_ms",
+                format!("must be in 1..={MAX_INTERVAL_MS}"),
             ));
         }
         if l.max_siblings == 0 || l.max_siblings > MAX_SIBLINGS_LIMIT {

@@ -186,6 +186,7 @@ impl Node {
                 max_frame_bytes: config.limits.max_frame_bytes,
                 max_connections: config.limits.max_connections,
                 max_write_buffer_bytes: config.limits.max_write_buffer_bytes,
+                frame_timeout: Duration::from_millis(config.limits.frame_timeout_ms),
             },
             intake,
             IntakeRoutes {

@@ -278,3 +278,22 @@ fn blind_puts_beyond_the_sibling_limit_are_refused_and_reconciling_works() {
         .expect("reconcile");
     assert_eq!(values(&mut client, "k"), vec!["merged"]);
 }
+
+/// Goal: a client that starts a frame and never finishes it (slowloris) is disconnected once
+/// the frame timeout passes, while a client that completes its frames stays served.
+#[test]
+fn a_frame_left_half_sent_is_cut_off_at_the_frame_timeout() {
+    let node = TestNode::start("[limits]\nframe_timeout_ms = 200\n");
+    let mut slow = node.client();
+    let frame = Message::Stats.encode(1).expect("encode");
+    slow.send_raw(&frame[..frame.len() - 1])
+        .expect("send most of a frame");
+    // The node closes the stream (EOF); the client's own 10 s read timeout would surface as an
+    // I/O error instead, so `Closed` proves the node acted.
+    let outcome = slow.receive();
+    assert!(
+        matches!(outcome, Err(ClientError::Closed)),
+        "expected the node to close the stream, got {outcome:?}"
+    );
+    assert_still_serving(&node);
+}

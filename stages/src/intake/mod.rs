@@ -111,6 +111,10 @@ pub struct IntakeSettings {
     pub max_connections: usize,
     /// Most unsent reply bytes per connection before it is dropped as a slow reader.
     pub max_write_buffer_bytes: usize,
+    /// Longest a connection may take to complete a frame it started: a client that trickles
+    /// a frame (or stops half-way) would otherwise hold a connection slot and its buffer for
+    /// ever (slowloris).
+    pub frame_timeout: Duration,
 }
 
 /// Wakes the intake loop from other threads.
@@ -172,6 +176,8 @@ struct Connection {
     overflowed: bool,
     /// An outgoing peer connection whose connect has not completed: output waits.
     connecting: bool,
+    /// When the incomplete frame now buffered began arriving (`None`: nothing partial).
+    frame_started: Option<Instant>,
 }
 
 /// Where the intake sends what it reads, and what it consults.
@@ -197,6 +203,7 @@ impl Connection {
             closing: false,
             overflowed: false,
             connecting,
+            frame_started: None,
         }
     }
 }
@@ -217,6 +224,8 @@ pub struct Intake {
     ready: BTreeSet<ConnId>,
     /// Answers `Stats` here, outside the request pipeline, so an overloaded node can be seen.
     stats: StatsSource,
+    /// When partial frames are next checked against the frame timeout.
+    next_stall_check: Instant,
     /// Outgoing connections to peers, by peer.
     links: PeerLinks,
     /// Where peers listen.
@@ -253,6 +262,7 @@ impl Intake {
             scratch: vec![0; READ_CHUNK_BYTES],
             ready: BTreeSet::new(),
             stats,
+            next_stall_check: Instant::now(),
             links: PeerLinks::default(),
             membership,
             replicate,
@@ -287,6 +297,7 @@ impl Intake {
                 self.service(conn);
             }
             self.deliver_outgoing();
+            self.close_stalled_frames();
         }
         info!(self.logger, "intake stopped"; "connections" => self.connections.len());
     }
@@ -368,7 +379,13 @@ impl Intake {
             };
             match connection.decoder.next_frame() {
                 Ok(Some(frame)) => self.hand_to_parse(conn, frame, received_at),
-                Ok(None) => return,
+                Ok(None) => {
+                    // Start (or stop) the clock on a partial frame.
+                    let partial = connection.decoder.buffered_bytes() > 0;
+                    connection.frame_started =
+                        partial.then(|| connection.frame_started.unwrap_or(received_at));
+                    return;
+                }
                 Err(error) => {
                     warn!(self.logger, "unreadable stream, closing connection"; "conn" => conn, "error" => %error);
                     let reply = match error {
@@ -501,6 +518,30 @@ impl Intake {
             return !connection.closing;
         }
         true
+    }
+
+    /// Closes connections whose partial frame has been arriving for longer than the frame
+    /// timeout (checked at most once per poll timeout, since deadlines are seconds long).
+    fn close_stalled_frames(&mut self) {
+        let now = Instant::now();
+        if now < self.next_stall_check {
+            return;
+        }
+        self.next_stall_check = now + POLL_TIMEOUT;
+        let timeout = self.settings.frame_timeout;
+        let stalled: Vec<ConnId> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| {
+                c.frame_started
+                    .is_some_and(|started| now.saturating_duration_since(started) > timeout)
+            })
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in stalled {
+            warn!(self.logger, "closing connection: frame not completed in time"; "conn" => conn, "timeout_ms" => timeout.as_millis() as u64);
+            self.close(conn);
+        }
     }
 
     fn close(&mut self, conn: ConnId) {
