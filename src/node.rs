@@ -194,6 +194,8 @@ impl Node {
                 replicate: queues.replicate.clone(),
                 membership: shared.membership.clone(),
                 stats,
+                node: shared.node.clone(),
+                seal: shared.seal.clone(),
             },
             Arc::clone(&intake_stop),
             logger.new(o!("stage" => "intake")),

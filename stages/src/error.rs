@@ -107,6 +107,13 @@ pub enum ServiceError {
         /// The peer's node id.
         node: String,
     },
+    /// The request is for peers only and this connection has not proven it knows the cluster
+    /// secret (SPEC §11), or its proof was wrong.
+    #[error("unauthorized: {reason}")]
+    Unauthorized {
+        /// What is missing or wrong.
+        reason: String,
+    },
     /// The node is shutting down and accepts no more work.
     #[error("node is shutting down")]
     ShuttingDown,

@@ -39,6 +39,9 @@ pub struct ParseEvent {
     /// The peer, when the frame arrived on a connection this node opened to it (so it can
     /// only be an answer to one of this node's requests).
     pub peer: Option<NodeId>,
+    /// Whether the connection proved it is a peer (a valid `PeerHello`): only then are
+    /// peer-only requests served and the `forwarded` flag honoured (SPEC §11).
+    pub authenticated: bool,
 }
 
 impl fmt::Display for ParseEvent {
@@ -166,11 +169,15 @@ impl ParseStage {
                 let membership = (*self.membership.current()).clone();
                 return self.reply(origin, Message::RingReply(membership));
             }
-            Message::Ping => return self.reply(origin, Message::Pong),
+            Message::Ping if event.authenticated => return self.reply(origin, Message::Pong),
             Message::Members => return self.reply(origin, self.members()),
             _ => {}
         }
         let received_at = event.received_at;
+        let message = match authorize(message, event.authenticated) {
+            Ok(message) => message,
+            Err(error) => return self.reply(origin, Message::Error(error)),
+        };
         let event = match validate(&self.settings, message) {
             Ok(Routed::Client(request)) => CoordinateEvent::Client {
                 origin,
@@ -313,6 +320,31 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<Routed, Se
         other => return Err(ServiceError::NotARequest { kind: other.kind() }),
     };
     Ok(Routed::Client(request))
+}
+
+/// Peer-only requests need an authenticated connection; from anyone else, a put's
+/// `forwarded` flag is ignored (it would let a client skip forwarding and put clock entries
+/// from outside the preference list).
+pub fn authorize(message: Message, authenticated: bool) -> Result<Message, ServiceError> {
+    if authenticated {
+        return Ok(message);
+    }
+    match message {
+        Message::ReplicaRead(_) | Message::ReplicaWrite(_) | Message::Ping => {
+            Err(ServiceError::Unauthorized {
+                reason: format!("{message} is for peers; this connection sent no valid hello"),
+            })
+        }
+        Message::Put(mut put) => {
+            put.forwarded = false;
+            Ok(Message::Put(put))
+        }
+        Message::Delete(mut delete) => {
+            delete.forwarded = false;
+            Ok(Message::Delete(delete))
+        }
+        other => Ok(other),
+    }
 }
 
 fn check_value(settings: &ParseSettings, size: usize) -> Result<(), ServiceError> {
@@ -473,5 +505,41 @@ mod tests {
             validate(&s, put(b"k", b"v", Some(foreign))),
             Err(ServiceError::BadContext { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod authorize_tests {
+    use super::*;
+    use crate::wire::{Bytes, PutRequest, ReplicaRead};
+
+    /// Goal: from an unproven connection, peer-only requests are refused and a put's
+    /// `forwarded` flag is dropped; from a proven peer both pass unchanged. Reference: SPEC §11.
+    #[test]
+    fn unproven_connections_get_no_peer_powers() {
+        let read = Message::ReplicaRead(ReplicaRead {
+            key: Bytes::from(b"k".to_vec()),
+        });
+        assert!(matches!(
+            authorize(read.clone(), false),
+            Err(ServiceError::Unauthorized { .. })
+        ));
+        assert_eq!(authorize(read.clone(), true), Ok(read));
+        let put = Message::Put(PutRequest {
+            key: Bytes::from(b"k".to_vec()),
+            context: None,
+            value: Bytes::from(b"v".to_vec()),
+            w: None,
+            timeout_ms: None,
+            forwarded: true,
+        });
+        assert!(matches!(
+            authorize(put.clone(), false),
+            Ok(Message::Put(PutRequest {
+                forwarded: false,
+                ..
+            }))
+        ));
+        assert_eq!(authorize(put.clone(), true), Ok(put));
     }
 }

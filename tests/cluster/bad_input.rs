@@ -297,3 +297,85 @@ fn a_frame_left_half_sent_is_cut_off_at_the_frame_timeout() {
     );
     assert_still_serving(&node);
 }
+
+/// Goal: peer-only requests need a connection that proved the cluster secret (SPEC §11): a
+/// plain client's ReplicaWrite or Ping is refused as Unauthorized, a hello signed with another
+/// secret is refused and its connection closed, a hello from a non-member is refused, and a
+/// correct hello makes the same requests work.
+#[test]
+fn peer_requests_need_a_hello_signed_with_the_cluster_secret() {
+    use shoal_stages::versioning::VersionSet;
+    use shoal_stages::wire::{ContextSeal, PeerHello, ReplicaWrite};
+    use shoal_stages::NodeId;
+    let node = TestNode::start("");
+    let write = Message::ReplicaWrite(ReplicaWrite {
+        key: Bytes::from(b"k".to_vec()),
+        versions: VersionSet::new(),
+        hint: None,
+    });
+    let hello = |secret: &[u8], id: &str| {
+        let node = NodeId::new(id);
+        let timestamp_ms = shoal_stages::coordinate::wall_clock_ms();
+        let mac = ContextSeal::new(secret).sign(&PeerHello::signed_bytes(&node, timestamp_ms));
+        Message::PeerHello(PeerHello {
+            node,
+            timestamp_ms,
+            mac: Bytes::from(mac),
+        })
+    };
+    let unauthorized = |result: Result<Message, ClientError>| {
+        matches!(
+            result,
+            Err(ClientError::Service(ServiceError::Unauthorized { .. }))
+        )
+    };
+
+    let mut plain = node.client();
+    assert!(
+        unauthorized(plain.call(&write)),
+        "a plain client's replica write"
+    );
+    assert!(
+        unauthorized(plain.call(&Message::Ping)),
+        "a plain client's ping"
+    );
+
+    let mut forger = node.client();
+    forger
+        .send(&hello(b"not-the-cluster-secret", "n1"))
+        .expect("send");
+    let (_, reply) = forger.receive().expect("an answer to the forged hello");
+    assert!(
+        matches!(reply, Message::Error(ServiceError::Unauthorized { .. })),
+        "{reply}"
+    );
+    assert!(
+        matches!(
+            forger.receive(),
+            Err(ClientError::Closed) | Err(ClientError::Io(_))
+        ),
+        "closed after a forged hello"
+    );
+
+    let mut stranger = node.client();
+    stranger
+        .send(&hello(shoal::config::DEFAULT_SECRET.as_bytes(), "n9"))
+        .expect("send");
+    let (_, reply) = stranger
+        .receive()
+        .expect("an answer to a non-member's hello");
+    assert!(
+        matches!(reply, Message::Error(ServiceError::Unauthorized { .. })),
+        "{reply}"
+    );
+
+    let mut peer = node.client();
+    peer.send(&hello(shoal::config::DEFAULT_SECRET.as_bytes(), "n1"))
+        .expect("send");
+    assert!(
+        matches!(peer.call(&write), Ok(Message::ReplicaReply(_))),
+        "a proven peer's replica write is served"
+    );
+    assert!(matches!(peer.call(&Message::Ping), Ok(Message::Pong)));
+    assert_still_serving(&node);
+}

@@ -17,7 +17,7 @@ use crate::membership::MembershipView;
 use crate::parse::{ParseEvent, StatsSource};
 use crate::replicate::ReplicateEvent;
 use crate::seda::{SendError, StageReceiver, StageSender, Wake};
-use crate::wire::{kind, Frame, FrameDecoder, FrameError, Message};
+use crate::wire::{kind, Bytes, ContextSeal, Frame, FrameDecoder, FrameError, Message, PeerHello};
 use crate::NodeId;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -42,6 +42,9 @@ const FIRST_CONN: ConnId = 2;
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Longest the loop sleeps before re-checking its stop flag.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How far a peer's hello timestamp may be from this node's clock. It bounds replays of a
+/// recorded hello; clocks of a cluster's nodes are assumed within this of each other.
+const HELLO_WINDOW_MS: u64 = 5 * 60 * 1000;
 /// Socket events handled per `poll` call.
 const EVENTS_PER_POLL: usize = 1024;
 /// Reads from one connection per turn of the loop. A client that sends faster than the loop
@@ -178,6 +181,9 @@ struct Connection {
     connecting: bool,
     /// When the incomplete frame now buffered began arriving (`None`: nothing partial).
     frame_started: Option<Instant>,
+    /// The peer this incoming connection proved to be with a valid `PeerHello` (SPEC §11);
+    /// `None` for clients. Peer-only requests are served only when set.
+    authenticated: Option<NodeId>,
 }
 
 /// Where the intake sends what it reads, and what it consults.
@@ -190,6 +196,10 @@ pub struct IntakeRoutes {
     pub membership: MembershipView,
     /// Answers `Stats` without entering the pipeline.
     pub stats: StatsSource,
+    /// This node (named in the hello it sends on the links it opens).
+    pub node: NodeId,
+    /// The cluster key: signs this node's hellos, checks its peers'.
+    pub seal: ContextSeal,
 }
 
 impl Connection {
@@ -204,6 +214,7 @@ impl Connection {
             overflowed: false,
             connecting,
             frame_started: None,
+            authenticated: None,
         }
     }
 }
@@ -232,6 +243,10 @@ pub struct Intake {
     membership: MembershipView,
     /// Told when a peer link fails, so operations on it fail at once.
     replicate: StageSender<ReplicateEvent>,
+    /// This node, for its hellos.
+    node: NodeId,
+    /// The cluster key.
+    seal: ContextSeal,
 }
 
 impl Intake {
@@ -249,6 +264,8 @@ impl Intake {
             replicate,
             membership,
             stats,
+            node,
+            seal,
         } = routes;
         Intake {
             socket,
@@ -266,6 +283,8 @@ impl Intake {
             links: PeerLinks::default(),
             membership,
             replicate,
+            node,
+            seal,
         }
     }
 
@@ -416,7 +435,14 @@ impl Intake {
 
     fn hand_to_parse(&mut self, conn: ConnId, frame: Frame, received_at: Instant) {
         let request_id = frame.request_id;
+        if frame.kind == kind::PEER_HELLO {
+            return self.accept_hello(conn, &frame);
+        }
         let peer = self.links.peer_of(conn).cloned();
+        let authenticated = self
+            .connections
+            .get(&conn)
+            .is_some_and(|c| c.authenticated.is_some());
         if frame.kind == kind::STATS {
             let reply = match Message::decode(&frame) {
                 Ok(_) => Message::StatsReply(self.stats.snapshot()),
@@ -434,6 +460,7 @@ impl Intake {
             frame,
             received_at,
             peer,
+            authenticated,
         }) {
             let error = match refused {
                 SendError::Full(_) => ServiceError::Overloaded {
@@ -610,6 +637,9 @@ impl Intake {
                     conn,
                     Connection::new(stream, self.settings.max_frame_bytes, true),
                 );
+                // The hello goes first on the link, ahead of any request.
+                let hello = self.hello();
+                self.enqueue(conn, &hello);
                 self.links.opened(peer, conn);
                 debug!(self.logger, "dialling peer"; "peer" => %peer, "addr" => %addr, "conn" => conn);
                 Some(conn)
@@ -621,6 +651,72 @@ impl Intake {
                 None
             }
         }
+    }
+
+    /// This node's `PeerHello`, signed now.
+    fn hello(&self) -> Vec<u8> {
+        let timestamp_ms = crate::coordinate::wall_clock_ms();
+        let mac = self
+            .seal
+            .sign(&PeerHello::signed_bytes(&self.node, timestamp_ms));
+        let hello = Message::PeerHello(PeerHello {
+            node: self.node.clone(),
+            timestamp_ms,
+            mac: Bytes::from(mac),
+        });
+        hello.encode(0).unwrap_or_default()
+    }
+
+    /// RECEIVER SIDE: checks a peer's hello; a valid one marks the connection as that peer's,
+    /// an invalid one is answered `Unauthorized` and the connection closed.
+    fn accept_hello(&mut self, conn: ConnId, frame: &Frame) {
+        let verdict = match Message::decode(frame) {
+            Ok(Message::PeerHello(hello)) => self.check_hello(&hello).map(|()| hello.node),
+            _ => Err("malformed hello".to_string()),
+        };
+        match verdict {
+            Ok(peer) => {
+                debug!(self.logger, "peer authenticated"; "conn" => conn, "peer" => %peer);
+                if let Some(connection) = self.connections.get_mut(&conn) {
+                    connection.authenticated = Some(peer);
+                }
+            }
+            Err(reason) => {
+                warn!(self.logger, "refusing peer hello"; "conn" => conn, "reason" => %reason);
+                let origin = Origin {
+                    conn,
+                    request_id: frame.request_id,
+                };
+                if let IntakeEvent::Send { frame, .. } = IntakeEvent::reply(
+                    origin,
+                    &Message::Error(ServiceError::Unauthorized { reason }),
+                ) {
+                    self.enqueue(conn, &frame);
+                }
+                if let Some(connection) = self.connections.get_mut(&conn) {
+                    connection.closing = true;
+                }
+            }
+        }
+    }
+
+    fn check_hello(&self, hello: &PeerHello) -> Result<(), String> {
+        if self.membership.current().member(&hello.node).is_none() {
+            return Err(format!("{} is not a member", hello.node));
+        }
+        let now_ms = crate::coordinate::wall_clock_ms();
+        if now_ms.abs_diff(hello.timestamp_ms) > HELLO_WINDOW_MS {
+            return Err(
+                "hello timestamp outside the accepted window (clocks apart, or a replay)".into(),
+            );
+        }
+        if !self.seal.verify(
+            &PeerHello::signed_bytes(&hello.node, hello.timestamp_ms),
+            &hello.mac,
+        ) {
+            return Err("hello not signed with this cluster's secret".into());
+        }
+        Ok(())
     }
 
     /// For a connection still connecting: whether it is usable or still pending (true), or

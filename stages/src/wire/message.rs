@@ -101,6 +101,31 @@ pub struct ReplicaWrite {
     pub hint: Option<NodeId>,
 }
 
+/// The first frame a node sends on a link it opens to a peer: proof that it knows the cluster
+/// secret (SPEC §11). The receiver acts on peer-only requests from that connection only after
+/// a valid hello.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHello {
+    /// The sending node.
+    pub node: NodeId,
+    /// Its wall clock, milliseconds: a hello is accepted only within a window around the
+    /// receiver's clock, which bounds how long a recorded hello could be replayed.
+    pub timestamp_ms: u64,
+    /// HMAC of [`PeerHello::signed_bytes`] under the cluster secret.
+    pub mac: Bytes,
+}
+
+impl PeerHello {
+    /// The bytes the MAC covers: a fixed prefix, the node id and the timestamp.
+    pub fn signed_bytes(node: &NodeId, timestamp_ms: u64) -> Vec<u8> {
+        let mut out = b"shoal-peer-hello\0".to_vec();
+        out.extend_from_slice(node.as_str().as_bytes());
+        out.push(0);
+        out.extend_from_slice(&timestamp_ms.to_be_bytes());
+        out
+    }
+}
+
 /// One member as `admin members` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatus {
@@ -204,6 +229,8 @@ pub enum Message {
     ReplicaWrite(ReplicaWrite),
     /// Node → node: are you there? (failure detector probe)
     Ping,
+    /// Node → node: the first frame on a peer link, proving the cluster secret.
+    PeerHello(PeerHello),
     /// Admin → node: members, their health and hints held for them.
     Members,
     /// Node → client.
@@ -253,6 +280,8 @@ pub mod kind {
     pub const REPLICA_REPLY: u16 = 250;
     /// [`super::Message::Ping`]
     pub const PING: u16 = 202;
+    /// [`super::Message::PeerHello`]
+    pub const PEER_HELLO: u16 = 203;
     /// [`super::Message::Pong`]
     pub const PONG: u16 = 252;
     /// [`super::Message::Members`]
@@ -329,6 +358,7 @@ impl Message {
             Message::RingReply(_) => kind::RING_REPLY,
             Message::ReplicaReply(_) => kind::REPLICA_REPLY,
             Message::Ping => kind::PING,
+            Message::PeerHello(_) => kind::PEER_HELLO,
             Message::Pong => kind::PONG,
             Message::Members => kind::MEMBERS,
             Message::MembersReply(_) => kind::MEMBERS_REPLY,
@@ -349,6 +379,7 @@ impl Message {
                 to_body(&())
             }
             Message::MembersReply(m) => to_body(m),
+            Message::PeerHello(m) => to_body(m),
             Message::GetLocal(m) => to_body(m),
             Message::ReplicaRead(m) => to_body(m),
             Message::ReplicaWrite(m) => to_body(m),
@@ -408,6 +439,7 @@ impl Message {
                 Message::Members
             }
             kind::MEMBERS_REPLY => Message::MembersReply(from_body(k, body)?),
+            kind::PEER_HELLO => Message::PeerHello(from_body(k, body)?),
             kind::GET_LOCAL => Message::GetLocal(from_body(k, body)?),
             kind::REPLICA_READ => Message::ReplicaRead(from_body(k, body)?),
             kind::REPLICA_WRITE => Message::ReplicaWrite(from_body(k, body)?),
@@ -474,6 +506,7 @@ impl fmt::Display for Message {
             Message::GetLocal(m) => write!(f, "get local ({} B key)", m.key.len()),
             Message::Ring => write!(f, "ring"),
             Message::Ping => write!(f, "ping"),
+            Message::PeerHello(m) => write!(f, "hello from {}", m.node),
             Message::Pong => write!(f, "pong"),
             Message::Members => write!(f, "members"),
             Message::MembersReply(m) => write!(f, "members reply ({} members)", m.members.len()),

@@ -16,8 +16,8 @@ pub use frame::{
 };
 pub use message::{
     kind, Bytes, DeleteRequest, GetLocalRequest, GetReply, GetRequest, LocalReply, MemberStatus,
-    MembersReply, Message, OperationLatency, PutReply, PutRequest, ReplicaRead, ReplicaReply,
-    ReplicaWrite, StatsReply, WireError,
+    MembersReply, Message, OperationLatency, PeerHello, PutReply, PutRequest, ReplicaRead,
+    ReplicaReply, ReplicaWrite, StatsReply, WireError,
 };
 
 #[cfg(test)]
