@@ -202,12 +202,7 @@ impl Client {
             timeout_ms: options.timeout_ms,
             forwarded: false,
         });
-        match self.call(&request)? {
-            Message::PutReply(reply) => {
-                Ok((Context(reply.context.into_vec()), reply.membership_version))
-            }
-            other => Err(ClientError::UnexpectedReply(other.to_string())),
-        }
+        self.expect_put_reply(&request)
     }
 
     /// `delete(key, context)`: writes a tombstone; returns its context.
@@ -224,12 +219,15 @@ impl Client {
             timeout_ms: options.timeout_ms,
             forwarded: false,
         });
-        self.expect_put_reply(&request)
+        self.expect_put_reply(&request).map(|(context, _)| context)
     }
 
-    fn expect_put_reply(&mut self, request: &Message) -> Result<Context, ClientError> {
+    /// The context and membership version of a put or delete reply.
+    fn expect_put_reply(&mut self, request: &Message) -> Result<(Context, u64), ClientError> {
         match self.call(request)? {
-            Message::PutReply(reply) => Ok(Context(reply.context.into_vec())),
+            Message::PutReply(reply) => {
+                Ok((Context(reply.context.into_vec()), reply.membership_version))
+            }
             other => Err(ClientError::UnexpectedReply(other.to_string())),
         }
     }

@@ -64,9 +64,6 @@ struct Args {
     /// Sample every node's per-stage stats once a second and report queue depths.
     #[arg(long)]
     stage_stats: bool,
-    /// Legacy: fraction of reads (overrides the workload's mix when given as 0 or 1).
-    #[arg(long, hide = true)]
-    read_fraction: Option<f64>,
 }
 
 fn config(args: &Args) -> Result<LoadConfig, String> {
@@ -88,11 +85,7 @@ fn config(args: &Args) -> Result<LoadConfig, String> {
     if args.replicas == 0 {
         return Err("--replicas must be at least 1".into());
     }
-    let workload = match args.read_fraction {
-        Some(f) if f <= 0.0 => Workload::WriteOnly,
-        Some(f) if f >= 1.0 => Workload::C,
-        _ => args.workload,
-    };
+    let workload = args.workload;
     Ok(LoadConfig {
         target: TargetSpec::parse(&args.target, args.replicas)?,
         workload,

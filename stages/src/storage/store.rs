@@ -101,11 +101,6 @@ impl Store {
         })
     }
 
-    /// The hints keyspace (used by hinted handoff).
-    pub fn hints(&self) -> &Keyspace {
-        &self.hints
-    }
-
     /// The stored versions of `key` (empty if never written).
     pub fn read(&self, key: &[u8]) -> Result<VersionSet, StorageError> {
         check_key(key)?;
@@ -262,11 +257,6 @@ impl Store {
     pub fn persist(&self) -> Result<(), StorageError> {
         self.db.persist(PersistMode::SyncData)?;
         Ok(())
-    }
-
-    /// Number of objects (approximate; for stats).
-    pub fn approximate_objects(&self) -> usize {
-        self.objects.approximate_len()
     }
 
     fn lock(&self, key: &[u8]) -> std::sync::MutexGuard<'_, ()> {
