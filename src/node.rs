@@ -19,11 +19,11 @@ use shoal_stages::coordinate::{
     PeerBoard,
 };
 use shoal_stages::handoff::{HandoffEvent, HandoffStage};
-use shoal_stages::intake::{Intake, IntakeEvent, IntakeRoutes, IntakeSettings, IntakeSocket};
-use shoal_stages::membership::MembershipView;
-use shoal_stages::parse::{
-    MembersSource, ParseEvent, ParseSettings, ParseStage, StageProbe, StatsSource,
+use shoal_stages::intake::{
+    Intake, IntakeEvent, IntakeRoutes, IntakeSettings, IntakeSocket, StageProbe, StatsSource,
 };
+use shoal_stages::membership::MembershipView;
+use shoal_stages::parse::{MembersSource, ParseEvent, ParseSettings, ParseStage};
 use shoal_stages::repair::{RepairStage, RepairStageEvent};
 use shoal_stages::replicate::{ReplicateEvent, ReplicateStage};
 use shoal_stages::ring::RingError;

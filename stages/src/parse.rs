@@ -9,22 +9,17 @@
 //! `Stats` requests never reach this stage: the intake answers them itself, so an operator can
 //! inspect a node whose pipeline is full.
 
-use crate::coordinate::{
-    ClientRequest, CoordinateEvent, OperationLatencies, Origin, PeerBoard, ServeRequest,
-};
+use crate::coordinate::{ClientRequest, CoordinateEvent, Origin, PeerBoard, ServeRequest};
 use crate::error::ServiceError;
 use crate::intake::{ConnId, IntakeEvent};
 use crate::membership::MembershipView;
 use crate::replicate::ReplicateEvent;
-use crate::seda::{SendError, Stage, StageSender, StageSnapshot};
+use crate::seda::{SendError, Stage, StageSender};
 use crate::storage::Store;
 use crate::versioning::VersionSet;
-use crate::wire::MAX_CONTEXT_ENTRIES;
-use crate::wire::{ContextSeal, Frame, Message, StatsReply};
-use crate::wire::{MemberStatus, MembersReply};
+use crate::wire::{ContextSeal, Frame, MemberStatus, MembersReply, Message, MAX_CONTEXT_ENTRIES};
 use crate::NodeId;
 use std::fmt;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A frame read from a client.
@@ -71,31 +66,6 @@ pub enum Routed {
     Client(ClientRequest),
     /// To the local store only.
     Serve(ServeRequest),
-}
-
-/// Reads the live statistics of every stage of the node.
-pub type StageProbe = Arc<dyn Fn() -> StageSnapshot + Send + Sync>;
-
-/// What a stats reply is assembled from.
-#[derive(Clone)]
-pub struct StatsSource {
-    /// This node.
-    pub node: NodeId,
-    /// One probe per stage, in pipeline order.
-    pub stages: Vec<StageProbe>,
-    /// Client operation latencies.
-    pub latencies: OperationLatencies,
-}
-
-impl StatsSource {
-    /// The node's statistics now.
-    pub fn snapshot(&self) -> StatsReply {
-        StatsReply {
-            node: self.node.clone(),
-            stages: self.stages.iter().map(|probe| probe()).collect(),
-            operations: self.latencies.snapshot(),
-        }
-    }
 }
 
 /// One parse worker.

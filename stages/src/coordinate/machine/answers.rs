@@ -1,0 +1,170 @@
+//! The coordinator's handling of replica answers: counting them against the quorum, starting
+//! replication once the local write created the version, the reply at R or W, and read
+//! repair once a read has every answer it will get (Dynamo §4.5). A child of `machine`.
+
+use super::*;
+
+impl Coordinator {
+    /// One replica's answer (local storage or a peer) to a read, write or served request.
+    pub(super) fn on_answer(
+        &mut self,
+        now: Instant,
+        op: OpId,
+        result: Result<StorageOutcome, ServiceError>,
+        out: &mut Vec<CoordinateOutput>,
+    ) {
+        let Some(OpInfo {
+            request: key,
+            node: replica,
+            ..
+        }) = self.operations.remove(&op)
+        else {
+            return; // the request already ended; a late answer changes nothing
+        };
+        let Some(mut pending) = self.requests.remove(&key) else {
+            return;
+        };
+        match result {
+            Ok(outcome) => self.on_success(now, key, &mut pending, replica, outcome, out),
+            Err(error) => {
+                let local_write_failed = matches!(
+                    pending.work,
+                    Work::Write { written: None, .. } | Work::Serve { .. }
+                );
+                let state = pending.tracker.fail();
+                // Without its local write the coordinator has no version to replicate: that
+                // failure is the answer. Otherwise the answer says how many of how many.
+                if !pending.replied && (local_write_failed || state == QuorumState::Unreachable) {
+                    let error = if local_write_failed {
+                        error
+                    } else {
+                        pending.tracker.error(pending.operation.name())
+                    };
+                    self.reply(now, &mut pending, Message::Error(error), out);
+                    if local_write_failed {
+                        self.deadlines.remove(&(pending.deadline, key));
+                        return;
+                    }
+                }
+            }
+        }
+        if pending.tracker.all_answered() {
+            // Every request ends with a reply: if the last answer left the quorum short (fewer
+            // healthy replicas than needed were asked), say so now rather than at the deadline.
+            if !pending.replied {
+                let error = pending.tracker.error(pending.operation.name());
+                self.reply(now, &mut pending, Message::Error(error), out);
+            }
+            self.deadlines.remove(&(pending.deadline, key));
+            repair_if_read(&pending, out);
+        } else {
+            self.requests.insert(key, pending);
+        }
+    }
+
+    pub(super) fn on_success(
+        &mut self,
+        now: Instant,
+        key: RequestKey,
+        pending: &mut Pending,
+        replica: NodeId,
+        outcome: StorageOutcome,
+        out: &mut Vec<CoordinateOutput>,
+    ) {
+        let state = pending.tracker.ack();
+        match (&mut pending.work, outcome) {
+            (
+                Work::Read {
+                    replies, merged, ..
+                },
+                StorageOutcome::Versions(set),
+            ) => {
+                merged.merge(&set);
+                replies.insert(replica, set);
+            }
+            (
+                Work::Write {
+                    context,
+                    written,
+                    remotes,
+                    ..
+                },
+                StorageOutcome::Written { set, version },
+            ) => {
+                *context = Some(set.write_context(&version));
+                *written = Some(set.clone());
+                let remotes = remotes.clone();
+                for remote in remotes {
+                    self.send_write(key, remote, &pending.key, &set, pending.deadline, out);
+                }
+            }
+            (Work::Serve { request }, StorageOutcome::Versions(versions)) => {
+                let message = match request {
+                    ServeKind::Local => Message::LocalReply(LocalReply { versions }),
+                    ServeKind::Replica => Message::ReplicaReply(ReplicaReply { versions }),
+                };
+                self.reply(now, pending, message, out);
+                return;
+            }
+            // A replica acknowledging a write, or an outcome that does not fit the request
+            // (which only counts as the acknowledgement it is).
+            _ => {}
+        }
+        if state == QuorumState::Reached && !pending.replied {
+            let message = self.success_reply(pending);
+            self.reply(now, pending, message, out);
+        }
+    }
+
+    /// The reply to a request whose quorum was reached.
+    pub(super) fn success_reply(&self, pending: &Pending) -> Message {
+        let seal = &self.settings.seal;
+        let membership_version = self.membership.current().version;
+        match &pending.work {
+            Work::Read { merged, .. } => Message::GetReply(GetReply {
+                values: merged
+                    .live_values()
+                    .map(|v| Bytes::from(v.to_vec()))
+                    .collect(),
+                context: Bytes::from(seal.encode(&merged.context())),
+                membership_version,
+            }),
+            // See `VersionSet::write_context`: the writer's context plus its own write, unless
+            // that would also cover a sibling the writer never saw.
+            Work::Write { context, .. } => Message::PutReply(PutReply {
+                context: Bytes::from(seal.encode(&context.clone().unwrap_or_default())),
+                membership_version,
+            }),
+            Work::Forward { .. } | Work::Serve { .. } => {
+                Message::Error(ServiceError::MalformedFrame {
+                    reason: "no success reply for this request".into(),
+                })
+            }
+        }
+    }
+}
+
+/// Read repair (Dynamo §4.5): once a read has every answer it will get, replicas whose set
+/// differs from the merge get the merge. Replicas that never answered are left to anti-entropy.
+pub(super) fn repair_if_read(pending: &Pending, out: &mut Vec<CoordinateOutput>) {
+    if let Work::Read {
+        replies,
+        merged,
+        primaries,
+        ..
+    } = &pending.work
+    {
+        let targets: Vec<NodeId> = replies
+            .iter()
+            .filter(|(node, set)| primaries.contains(node) && *set != merged)
+            .map(|(node, _)| node.clone())
+            .collect();
+        if !targets.is_empty() {
+            out.push(CoordinateOutput::Repair(RepairEvent {
+                key: pending.key.clone(),
+                versions: merged.clone(),
+                targets,
+            }));
+        }
+    }
+}

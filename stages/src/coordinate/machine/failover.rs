@@ -1,0 +1,273 @@
+//! The coordinator when nodes fail or sit outside the preference list: sloppy quorum's choice
+//! of replicas (Dynamo §4.6), retries on spare fallbacks, rerouting replicas that miss their
+//! deadline, failure-detector probes (§4.8.3), and forwarding a put to a preference-list node.
+//! A child of `machine`, so it works on the same private state.
+
+use super::*;
+
+impl Coordinator {
+    /// A remote replica of a read or write that has not answered within `replica_timeout`
+    /// counts as failed: its node is marked down and its replica is re-sent to the next spare
+    /// fallback (with a hint, for writes) within the same request. Its late answer, if any, is
+    /// ignored. Forwarded puts are not rerouted: the list node works to the same deadline.
+    pub(super) fn reroute_silent_replicas(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<CoordinateOutput>,
+    ) {
+        let me = self.settings.node.clone();
+        let timeout = self.settings.replica_timeout;
+        let mut silent = Vec::new();
+        for (op, info) in self.operations.iter_mut() {
+            if info.node == me || info.timed_out {
+                continue;
+            }
+            let seen = *info.seen.get_or_insert(now);
+            if now.saturating_duration_since(seen) >= timeout {
+                info.timed_out = true;
+                silent.push((*op, info.clone()));
+            }
+        }
+        for (op, info) in silent {
+            let reroutable = self
+                .requests
+                .get(&info.request)
+                .is_some_and(|p| matches!(p.work, Work::Read { .. } | Work::Write { .. }));
+            if !reroutable {
+                continue;
+            }
+            self.detector.failed(&info.node, now);
+            if self.retry_on_spare(&info, out) {
+                self.operations.remove(&op);
+            }
+        }
+    }
+
+    /// Sends a `Ping` to every down peer whose probe is due; expired probes count as failures.
+    pub(super) fn probe_down_peers(&mut self, now: Instant, out: &mut Vec<CoordinateOutput>) {
+        let expired: Vec<OpId> = self
+            .probes
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(op, _)| *op)
+            .collect();
+        for op in expired {
+            if let Some((peer, _)) = self.probes.remove(&op) {
+                self.detector.failed(&peer, now);
+            }
+        }
+        for peer in self.detector.due_probes(now) {
+            let op = self.new_id();
+            let deadline = now + PROBE_TIMEOUT;
+            self.probes.insert(op, (peer.clone(), deadline));
+            out.push(CoordinateOutput::Peer {
+                peer,
+                op,
+                message: Message::Ping,
+                deadline,
+            });
+        }
+    }
+
+    /// The replicas of a key (sloppy quorum): each primary that is up (this node always is),
+    /// or else the next healthy fallback standing in for it; and the healthy fallbacks left.
+    pub(super) fn targets(&self, key: &[u8]) -> (Vec<Target>, Vec<NodeId>) {
+        let list = self
+            .membership
+            .current()
+            .ring()
+            .preference_list_for_key(key, self.settings.n);
+        let me = &self.settings.node;
+        let mut spares: Vec<NodeId> = list
+            .fallbacks
+            .into_iter()
+            .filter(|f| f == me || self.detector.is_up(f))
+            .collect();
+        let mut targets = Vec::new();
+        for primary in list.primaries {
+            if primary == *me || self.detector.is_up(&primary) {
+                targets.push(Target {
+                    node: primary,
+                    hint: None,
+                });
+            } else if !spares.is_empty() {
+                targets.push(Target {
+                    node: spares.remove(0),
+                    hint: Some(primary),
+                });
+            }
+        }
+        (targets, spares)
+    }
+
+    /// Re-sends a failed replica operation to the next healthy fallback, standing in for the
+    /// node the failed one stood for. Returns false when no fallback is left.
+    pub(super) fn retry_on_spare(
+        &mut self,
+        failed: &OpInfo,
+        out: &mut Vec<CoordinateOutput>,
+    ) -> bool {
+        let Some(pending) = self.requests.get_mut(&failed.request) else {
+            return false;
+        };
+        let deadline = pending.deadline;
+        let key = pending.key.clone();
+        match &mut pending.work {
+            Work::Read { spares, .. } if !spares.is_empty() => {
+                let spare = spares.remove(0);
+                self.send_read(failed.request, &spare, &key, deadline, out);
+                true
+            }
+            Work::Write {
+                written: Some(versions),
+                spares,
+                ..
+            } if !spares.is_empty() => {
+                let spare = spares.remove(0);
+                let versions = versions.clone();
+                let hint = Some(failed.hint.clone().unwrap_or_else(|| failed.node.clone()));
+                self.send_write(
+                    failed.request,
+                    Target { node: spare, hint },
+                    &key,
+                    &versions,
+                    deadline,
+                    out,
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends a forwarded put to the next untried preference-list node, or fails the request.
+    pub(super) fn forward_next(
+        &mut self,
+        now: Instant,
+        key: RequestKey,
+        out: &mut Vec<CoordinateOutput>,
+    ) {
+        let Some(pending) = self.requests.get_mut(&key) else {
+            return;
+        };
+        let Work::Forward { message, untried } = &mut pending.work else {
+            return;
+        };
+        if untried.is_empty() {
+            if let Some(mut pending) = self.requests.remove(&key) {
+                self.deadlines.remove(&(pending.deadline, key));
+                let error = pending.tracker.error(pending.operation.name());
+                self.reply(now, &mut pending, Message::Error(error), out);
+            }
+            return;
+        }
+        let peer = untried.remove(0);
+        let (message, deadline) = (message.clone(), pending.deadline);
+        let op = self.new_op(key, &peer, None);
+        out.push(CoordinateOutput::Peer {
+            peer,
+            op,
+            message,
+            deadline,
+        });
+    }
+
+    pub(super) fn on_peer_answer(
+        &mut self,
+        now: Instant,
+        done: PeerDone,
+        out: &mut Vec<CoordinateOutput>,
+    ) {
+        // The detector learns only from the peer itself: any answer (an error reply included)
+        // shows it alive; only an unreachable peer counts as a failure. A locally refused send
+        // (our own queue full, shutting down) says nothing about the peer.
+        match &done.result {
+            Ok(_) => {
+                self.detector.succeeded(&done.peer);
+            }
+            Err(ServiceError::PeerUnreachable { .. }) => {
+                self.detector.failed(&done.peer, now);
+            }
+            Err(_) => {}
+        }
+        if self.probes.remove(&done.op).is_some() {
+            return;
+        }
+        let forwarding = self
+            .operations
+            .get(&done.op)
+            .and_then(|op| self.requests.get(&op.request))
+            .is_some_and(|p| matches!(p.work, Work::Forward { .. }));
+        if !forwarding {
+            // Only a replica that could not be reached is retried on a spare; one that answered
+            // with an error has spoken.
+            if matches!(done.result, Err(ServiceError::PeerUnreachable { .. })) {
+                if let Some(info) = self.operations.get(&done.op).cloned() {
+                    if self.retry_on_spare(&info, out) {
+                        self.operations.remove(&done.op);
+                        return;
+                    }
+                }
+            }
+            let result = done.result.and_then(|message| match message {
+                Message::ReplicaReply(reply) => Ok(StorageOutcome::Versions(reply.versions)),
+                Message::Error(error) => Err(error),
+                other => Err(ServiceError::MalformedFrame {
+                    reason: format!("unexpected replica answer: {other}"),
+                }),
+            });
+            return self.on_answer(now, done.op, result, out);
+        }
+        let Some(OpInfo { request: key, .. }) = self.operations.remove(&done.op) else {
+            return;
+        };
+        match done.result {
+            // The preference-list node answered: its answer is the client's, error or not.
+            Ok(message) => {
+                if let Some(mut pending) = self.requests.remove(&key) {
+                    self.deadlines.remove(&(pending.deadline, key));
+                    self.reply(now, &mut pending, message, out);
+                }
+            }
+            // Unreachable: try the next preference-list node.
+            Err(_) => {
+                if let Some(pending) = self.requests.get_mut(&key) {
+                    pending.tracker.fail();
+                }
+                self.forward_next(now, key, out);
+            }
+        }
+    }
+}
+
+/// The put or delete to send to a preference-list node, marked forwarded.
+pub(super) fn forwarded_message(
+    seal: &ContextSeal,
+    key: &[u8],
+    context: &VClock,
+    value: Option<Vec<u8>>,
+    w: Option<usize>,
+    timeout: Option<Duration>,
+) -> Message {
+    let key = Bytes::from(key.to_vec());
+    let context = Bytes::from(seal.encode(context));
+    let w = w.map(|w| w.min(u8::MAX as usize) as u8);
+    let timeout_ms = timeout.map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX));
+    match value {
+        Some(value) => Message::Put(PutRequest {
+            key,
+            context: Some(context),
+            value: Bytes::from(value),
+            w,
+            timeout_ms,
+            forwarded: true,
+        }),
+        None => Message::Delete(DeleteRequest {
+            key,
+            context,
+            w,
+            timeout_ms,
+            forwarded: true,
+        }),
+    }
+}
