@@ -1,0 +1,198 @@
+//! Validation of a parsed config: every value within its range, and the relations between
+//! keys (quorums within N, a frame that holds a maximal key and value, one thread for the
+//! single-threaded stages). Every error names its key.
+
+use super::*;
+
+impl Config {
+    /// Checks every value and every relation between values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !NodeId::new(self.node.id.clone()).is_valid() {
+            return Err(invalid(
+                "node.id",
+                "must be 1..=64 printable ASCII characters without spaces",
+            ));
+        }
+        if self.node.weight == 0 {
+            return Err(invalid("node.weight", "must be at least 1"));
+        }
+        let c = &self.cluster;
+        if !c.partitions.is_power_of_two() || c.partitions > 65536 {
+            return Err(invalid(
+                "cluster.partitions",
+                format!("{} is not a power of two in 1..=65536", c.partitions),
+            ));
+        }
+        if c.n == 0 || c.n > 16 {
+            return Err(invalid("cluster.n", format!("{} is outside 1..=16", c.n)));
+        }
+        for (key, value) in [("cluster.r", c.r), ("cluster.w", c.w)] {
+            if value == 0 || value > c.n {
+                return Err(invalid(key, format!("{value} is outside 1..=n ({})", c.n)));
+            }
+        }
+        if c.request_timeout_ms == 0 || c.request_timeout_ms > MAX_INTERVAL_MS {
+            return Err(invalid(
+                "cluster.request_timeout_ms",
+                format!("must be in 1..={MAX_INTERVAL_MS}"),
+            ));
+        }
+        if c.replica_timeout_ms == 0 || c.replica_timeout_ms > c.request_timeout_ms {
+            return Err(invalid(
+                "cluster.replica_timeout_ms",
+                "must be in 1..=request_timeout_ms",
+            ));
+        }
+        if c.probe_interval_ms == 0 || c.probe_interval_ms > MAX_INTERVAL_MS {
+            return Err(invalid(
+                "cluster.probe_interval_ms",
+                format!("must be in 1..={MAX_INTERVAL_MS}"),
+            ));
+        }
+        if c.secret.len() < 16 {
+            return Err(invalid("cluster.secret", "must be at least 16 bytes"));
+        }
+        if c.vclock_max_entries == 0 {
+            return Err(invalid("cluster.vclock_max_entries", "must be at least 1"));
+        }
+        self.validate_limits()?;
+        if self.storage.sync_interval_ms == 0 || self.storage.sync_interval_ms > MAX_INTERVAL_MS {
+            return Err(invalid(
+                "storage.sync_interval_ms",
+                format!("must be in 1..={MAX_INTERVAL_MS}"),
+            ));
+        }
+        self.validate_stages()?;
+        self.ring_members()?;
+        if !["debug", "info", "warning", "error"].contains(&self.log.level.as_str()) {
+            return Err(invalid(
+                "log.level",
+                format!("{:?} is not debug, info, warning or error", self.log.level),
+            ));
+        }
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            return Err(invalid(
+                "log.format",
+                format!("{:?} is not text or json", self.log.format),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_key_bytes == 0 || l.max_key_bytes > MAX_STORABLE_KEY_BYTES {
+            return Err(invalid(
+                "limits.max_key_bytes",
+                format!(
+                    "{} is outside 1..={MAX_STORABLE_KEY_BYTES}",
+                    l.max_key_bytes
+                ),
+            ));
+        }
+        let needed = l.max_key_bytes + l.max_value_bytes + FRAME_OVERHEAD_BYTES + FRAME_SLACK_BYTES;
+        if l.max_frame_bytes < needed || l.max_frame_bytes > u32::MAX as usize {
+            return Err(invalid("limits.max_frame_bytes", format!(
+                "{} must be at least max_key_bytes + max_value_bytes + {} ({needed}) and at most {}",
+                l.max_frame_bytes, FRAME_OVERHEAD_BYTES + FRAME_SLACK_BYTES, u32::MAX)));
+        }
+        if l.max_value_bytes > MAX_VALUE_LIMIT_BYTES {
+            return Err(invalid(
+                "limits.max_value_bytes",
+                format!("must be at most {MAX_VALUE_LIMIT_BYTES}"),
+            ));
+        }
+        if l.max_connections == 0 || l.max_connections > MAX_CONNECTIONS_LIMIT {
+            return Err(invalid(
+                "limits.max_connections",
+                format!("must be in 1..={MAX_CONNECTIONS_LIMIT}"),
+            ));
+        }
+        if l.frame_timeout_ms == 0 || l.frame_timeout_ms > MAX_INTERVAL_MS {
+            return Err(invalid(
+                "limits.frame_timeout_ms",
+                format!("must be in 1..={MAX_INTERVAL_MS}"),
+            ));
+        }
+        if l.max_siblings == 0 || l.max_siblings > MAX_SIBLINGS_LIMIT {
+            return Err(invalid(
+                "limits.max_siblings",
+                format!("must be in 1..={MAX_SIBLINGS_LIMIT}"),
+            ));
+        }
+        if l.max_write_buffer_bytes < l.max_frame_bytes {
+            return Err(invalid(
+                "limits.max_write_buffer_bytes",
+                "must hold at least one maximal frame",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn validate_stages(&self) -> Result<(), ConfigError> {
+        for (name, tuning) in self.stage_tunings() {
+            if tuning.threads == Some(0) || tuning.threads.is_some_and(|t| t > 256) {
+                return Err(invalid(
+                    &format!("stages.{name}.threads"),
+                    "must be in 1..=256",
+                ));
+            }
+            if tuning
+                .queue_capacity
+                .is_some_and(|c| c == 0 || c > MAX_QUEUE_CAPACITY)
+            {
+                return Err(invalid(
+                    &format!("stages.{name}.queue_capacity"),
+                    format!("must be in 1..={MAX_QUEUE_CAPACITY}"),
+                ));
+            }
+            if tuning.batch_max.is_some_and(|b| b == 0 || b > MAX_BATCH) {
+                return Err(invalid(
+                    &format!("stages.{name}.batch_max"),
+                    format!("must be in 1..={MAX_BATCH}"),
+                ));
+            }
+            if tuning.spin_us.is_some_and(|s| s > 100_000) {
+                return Err(invalid(
+                    &format!("stages.{name}.spin_us"),
+                    "must be at most 100000",
+                ));
+            }
+        }
+        for (name, row) in self.stage_tunings().iter().zip(STAGE_TABLE.iter()) {
+            if row.class == StageClass::Foreground && name.1.rate_per_sec.is_some() {
+                return Err(invalid(
+                    &format!("stages.{}.rate_per_sec", name.0),
+                    "only background stages take a rate",
+                ));
+            }
+            if name
+                .1
+                .rate_per_sec
+                .is_some_and(|r| !r.is_finite() || r < 0.0)
+            {
+                return Err(invalid(
+                    &format!("stages.{}.rate_per_sec", name.0),
+                    "must be a non-negative number",
+                ));
+            }
+        }
+        if self.stages.replicate.threads.is_some_and(|t| t != 1) {
+            return Err(invalid(
+                "stages.replicate.threads",
+                "must be 1: the table of outstanding peer operations lives in one thread",
+            ));
+        }
+        if self.stages.coordinate.threads.is_some_and(|t| t != 1) {
+            return Err(invalid(
+                "stages.coordinate.threads",
+                "must be 1: the coordinator's pending-request table lives in one thread",
+            ));
+        }
+        let intake = &self.stages.intake;
+        if intake.threads.is_some() || intake.batch_max.is_some() || intake.spin_us.is_some() {
+            return Err(invalid("stages.intake", "takes only queue_capacity: one mio event loop owns every socket and drains its queue every turn"));
+        }
+        Ok(())
+    }
+}
