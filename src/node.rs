@@ -10,8 +10,9 @@
 //! ```
 //! Requests move forward with `try_send` (a full queue answers `Overloaded`); replies move back
 //! with a blocking `send`. The blocking edges (storage→coordinate, coordinate→intake,
-//! parse→intake, parse→replicate, replicate→intake, replicate→coordinate) form no cycle:
-//! coordinate reaches replicate and repair only with `try_send`, and the intake never blocks.
+//! parse→intake, parse→replicate, replicate→intake, replicate→coordinate, replicate→handoff)
+//! form no cycle: coordinate, repair and handoff reach replicate only with `try_send`, and the
+//! intake never blocks.
 
 use crate::config::{Config, ConfigError, DEFAULT_SECRET};
 use shoal_stages::coordinate::{
