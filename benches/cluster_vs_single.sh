@@ -22,10 +22,14 @@ start() { # config data → sets $addr (not in a subshell: the pid must stay in 
 }
 stop_all() { for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 
-load() { # label seeds replicas
-  "$bin/shoal-load" --node "$2" --replicas "$3" --threads "$threads" --duration-secs "$secs" \
-    --workload a --distribution uniform --keys 10000 --value-bytes 100 2> /dev/null \
-  | awk -v label="$1" '$1=="get"||$1=="put" {print label, $1, $3, $5, $7, $8}'
+failed=0
+load() { # label seeds replicas; a failed run is reported and counted, never fatal
+  if ! "$bin/shoal-load" --node "$2" --replicas "$3" --threads "$threads" --duration-secs "$secs" \
+    --workload a --distribution uniform --keys 10000 --value-bytes 100 > "$work/load.out" 2> "$work/load.err"; then
+    echo "FAILED: $1 run $run: $(grep error: "$work/load.err" | tail -1)" >&2
+    failed=$((failed + 1))
+  fi
+  awk -v label="$1" '$1=="get"||$1=="put" {print label, $1, $3, $5, $7, $8}' "$work/load.out"
 }
 
 results="$work/results"
@@ -50,3 +54,7 @@ for setup in single cluster; do
       "$(echo "$rows" | awk '{print $5}' | median)" "$(echo "$rows" | awk '{print $6}' | median)"
   done
 done
+if [ "$failed" -gt 0 ]; then
+  echo "$failed load run(s) failed (see FAILED lines above); their rows are missing from the medians" >&2
+  exit 1
+fi

@@ -37,10 +37,14 @@ sed 's/^sync = "always"/sync = "none"/' config/single.toml > "$work/single-nosyn
 start "$work/single-nosync.toml" 127.0.0.1:7412 "$work/nosync"
 for i in 1 2 3; do start "config/cluster-n$i.toml" "127.0.0.1:740$i" "$work/cluster-n$i"; done
 
-load() { # label target replicas
-  "$bin/shoal-load" --target "$2" --replicas "$3" --workload "$workload" --threads "$threads" \
-    --duration-secs "$secs" --keys 10000 --value-bytes 100 2> /dev/null \
-  | awk -v label="$1" '$1=="get"||$1=="put"||$1=="rmw"||$1=="insert" {print label, $1, $3, $5, $7, $8}'
+failed=0
+load() { # label target replicas; a failed run is reported and counted, never fatal
+  if ! "$bin/shoal-load" --target "$2" --replicas "$3" --workload "$workload" --threads "$threads" \
+    --duration-secs "$secs" --keys 10000 --value-bytes 100 > "$work/load.out" 2> "$work/load.err"; then
+    echo "FAILED: $1 run of round $round: $(grep error: "$work/load.err" | tail -1)" >&2
+    failed=$((failed + 1))
+  fi
+  awk -v label="$1" '$1=="get"||$1=="put"||$1=="rmw"||$1=="insert" {print label, $1, $3, $5, $7, $8}' "$work/load.out"
 }
 results="$work/results"
 for round in $(seq "$rounds"); do
@@ -51,6 +55,7 @@ for round in $(seq "$rounds"); do
   load cluster 127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403 3 >> "$results"
 done
 
+touch "$results"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { print (b > 0 ? a / b : 0) }'; }
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 value() { awk -v s="$1" -v o="$2" -v c="$3" '$1==s && $2==o {print $c}' "$results" | median; }
@@ -66,3 +71,7 @@ for op in $(awk '{print $2}' "$results" | sort -u); do
       "$p50" "$(ratio "$p50" "$r50")" "$p99" "$(ratio "$p99" "$r99")" "$p999" "$(ratio "$p999" "$r999")"
   done
 done
+if [ "$failed" -gt 0 ]; then
+  echo "$failed load run(s) failed (see FAILED lines above); their rows are missing from the medians" >&2
+  exit 1
+fi

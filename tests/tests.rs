@@ -6,6 +6,7 @@ mod cluster {
     pub mod cli;
     pub mod durability;
     pub mod failures;
+    pub mod load_tool;
     pub mod overload;
     pub mod replication;
     pub mod support;

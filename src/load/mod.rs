@@ -14,17 +14,24 @@ use keys::{key_name, KeyChoice, KeyChooser, Rng};
 use report::{summarize, OpSummary, Recorder};
 use schedule::Schedule;
 use serde::Serialize;
+use shoal_stages::error::ServiceError;
 use stage_sampler::{StageSampler, StageSummary};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use target::{Connection, TargetSpec};
+use target::{Connection, OpError, TargetSpec};
 
 /// Contexts a worker remembers (one per key it touched) so its updates supersede what it saw
 /// instead of piling up siblings; bounded, cleared when full.
 const CONTEXT_CACHE_KEYS: usize = 100_000;
+
+/// Read-then-write attempts of a put refused with `TooManySiblings` before it counts as failed.
+const RECONCILE_ATTEMPTS: u32 = 4;
+
+/// Pause between a worker's attempts to connect.
+const CONNECT_RETRY: Duration = Duration::from_millis(100);
 
 /// The YCSB core workloads, and write-only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -132,6 +139,17 @@ pub struct LoadReport {
     pub series: Vec<Second>,
     /// Per-stage queue depths sampled during the run.
     pub stages: Option<StageSummary>,
+    /// What the load phase did (None when it was skipped).
+    pub load: Option<LoadPhaseReport>,
+}
+
+impl LoadReport {
+    /// Operations of the run (not the load phase) that succeeded and that failed.
+    pub fn totals(&self) -> (u64, u64) {
+        self.operations.iter().fold((0, 0), |(ok, failed), op| {
+            (ok + op.count, failed + op.errors)
+        })
+    }
 }
 
 /// Runs the load phase and then the workload; writes a live line per second to `live`.
@@ -143,9 +161,11 @@ pub fn run(config: &LoadConfig, live: &mut (dyn Write + Send)) -> Result<LoadRep
     };
     // Fail early and clearly when the target is unreachable.
     drop(Connection::open(&config.target, options)?);
-    if config.load_phase && config.keys > 0 {
-        load_phase(config, options)?;
-    }
+    let load = if config.load_phase && config.keys > 0 {
+        Some(load_phase(config, options)?)
+    } else {
+        None
+    };
     let sampler = match (&config.target, config.stage_stats) {
         (TargetSpec::Shoal { seeds, .. }, true) => Some(StageSampler::start(seeds.clone())?),
         _ => None,
@@ -185,6 +205,7 @@ pub fn run(config: &LoadConfig, live: &mut (dyn Write + Send)) -> Result<LoadRep
         achieved_rate: (ok + failed) as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE),
         series,
         stages: sampler.map(StageSampler::finish),
+        load,
     })
 }
 
@@ -246,31 +267,99 @@ fn live_lines(
     }
 }
 
-/// Blind puts of every key, split over the threads.
-fn load_phase(config: &LoadConfig, options: RequestOptions) -> Result<(), String> {
+/// What the load phase did, key by key.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LoadPhaseReport {
+    /// Keys written: absent, holding a value of another size, or holding siblings (which the
+    /// put reconciled, since it carries the context of its read).
+    pub written: u64,
+    /// Keys left alone: they already held one value of the run's size.
+    pub kept: u64,
+    /// Keys whose read or write failed, by error kind; the run went on without them.
+    pub errors: BTreeMap<String, u64>,
+    /// How long the phase took.
+    pub elapsed_secs: f64,
+}
+
+impl LoadPhaseReport {
+    fn merge(&mut self, other: LoadPhaseReport) {
+        self.written += other.written;
+        self.kept += other.kept;
+        for (kind, n) in other.errors {
+            *self.errors.entry(kind).or_default() += n;
+        }
+    }
+
+    /// Keys that failed.
+    pub fn failed(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// Fills every key, split over the threads, so that running it again changes nothing: each key
+/// is read first and left alone when it holds one value of the run's size; otherwise it is
+/// written with the context of that read, which replaces every sibling instead of adding one.
+/// A key that fails is counted by error kind and the phase goes on.
+fn load_phase(config: &LoadConfig, options: RequestOptions) -> Result<LoadPhaseReport, String> {
+    let started = Instant::now();
     let threads = config.threads.max(1) as u64;
     let per_thread = config.keys.div_ceil(threads);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let config = config.clone();
-            std::thread::spawn(move || -> Result<(), String> {
-                let mut connection = Connection::open(&config.target, options)?;
-                let value = vec![b'x'; config.value_bytes];
-                for k in (t * per_thread)..((t + 1) * per_thread).min(config.keys) {
-                    connection
-                        .put(key_name(k).as_bytes(), None, &value)
-                        .map_err(|e| format!("load phase put failed: {e}"))?;
-                }
-                Ok(())
+            std::thread::spawn(move || {
+                let keys = (t * per_thread)..((t + 1) * per_thread).min(config.keys);
+                load_keys(&config, options, keys)
             })
         })
         .collect();
+    let mut report = LoadPhaseReport::default();
     for handle in handles {
-        handle
-            .join()
-            .map_err(|_| "a load thread panicked".to_string())??;
+        report.merge(
+            handle
+                .join()
+                .map_err(|_| "a load thread panicked".to_string())?,
+        );
     }
-    Ok(())
+    report.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// One load-phase thread: its share of the keys over one connection.
+fn load_keys(
+    config: &LoadConfig,
+    options: RequestOptions,
+    keys: std::ops::Range<u64>,
+) -> LoadPhaseReport {
+    let mut report = LoadPhaseReport::default();
+    let mut connection = match Connection::open(&config.target, options) {
+        Ok(connection) => connection,
+        Err(_) => {
+            report
+                .errors
+                .insert("connect".into(), keys.end.saturating_sub(keys.start));
+            return report;
+        }
+    };
+    let value = vec![b'x'; config.value_bytes];
+    for k in keys {
+        match load_key(&mut connection, key_name(k).as_bytes(), &value) {
+            Ok(true) => report.written += 1,
+            Ok(false) => report.kept += 1,
+            Err(e) => *report.errors.entry(e.kind().to_string()).or_default() += 1,
+        }
+    }
+    report
+}
+
+/// Makes `key` hold exactly one value of `value`'s size; returns whether it wrote.
+fn load_key(connection: &mut Connection, key: &[u8], value: &[u8]) -> Result<bool, OpError> {
+    let read = connection.get(key)?;
+    if read.single_value_bytes == Some(value.len()) {
+        return Ok(false);
+    }
+    connection.put(key, read.context.as_ref(), value)?;
+    Ok(true)
 }
 
 /// One client thread of the run.
@@ -281,8 +370,10 @@ fn worker(
     start: Instant,
     shared: &Shared,
 ) -> Result<Recorder, String> {
-    let mut connection = Connection::open(&config.target, options)?;
     let mut recorder = Recorder::default();
+    let Some(mut connection) = connect_worker(config, options, shared, &mut recorder) else {
+        return Ok(recorder);
+    };
     let mut rng = Rng::new(config.seed.wrapping_add(index as u64));
     let chooser = KeyChooser::new(config.key_choice, config.keys);
     let schedule = config
@@ -327,11 +418,31 @@ fn worker(
                         r.read(*siblings);
                     }
                 }
-                Err(kind) => r.error(op, kind),
+                Err(error) => r.error(op, error.kind()),
             }
         }
     }
     Ok(recorder)
+}
+
+/// Opens a worker's connection, retrying (each failure counted as a `connect` error) until it
+/// opens or the run stops, so one unreachable moment does not end the whole run.
+fn connect_worker(
+    config: &LoadConfig,
+    options: RequestOptions,
+    shared: &Shared,
+    recorder: &mut Recorder,
+) -> Option<Connection> {
+    while !shared.stop.load(Ordering::Relaxed) {
+        match Connection::open(&config.target, options) {
+            Ok(connection) => return Some(connection),
+            Err(_) => {
+                recorder.error("connect", "unreachable");
+                std::thread::sleep(CONNECT_RETRY);
+            }
+        }
+    }
+    None
 }
 
 /// Chooses and performs one operation; returns its name and, for reads, the sibling count.
@@ -345,7 +456,7 @@ fn one_operation(
     shared: &Shared,
     contexts: &mut HashMap<u64, Context>,
     value: &[u8],
-) -> (&'static str, Result<Option<usize>, String>) {
+) -> (&'static str, Result<Option<usize>, OpError>) {
     if contexts.len() >= CONTEXT_CACHE_KEYS {
         contexts.clear();
     }
@@ -381,9 +492,18 @@ fn one_operation(
         return ("rmw", result);
     }
     let mut result = connection.put(name.as_bytes(), contexts.get(&key), value);
-    if matches!(&result, Err(kind) if kind == "TooManySiblings") {
+    let mut attempts = 0;
+    while attempts < RECONCILE_ATTEMPTS
+        && matches!(
+            &result,
+            Err(OpError::Service(ServiceError::TooManySiblings { .. }))
+        )
+    {
         // What a real client does, as the error says: read to get a context covering every
-        // sibling, and write again with it (which replaces them all). One operation.
+        // sibling, and write again with it (which replaces them all). Still one operation.
+        // Other writers of a hot key can refill it between the read and the write, so a few
+        // attempts are allowed.
+        attempts += 1;
         result = connection
             .get(name.as_bytes())
             .and_then(|read| connection.put(name.as_bytes(), read.context.as_ref(), value));

@@ -5,6 +5,7 @@
 use crate::client::{ClientError, Context, RequestOptions};
 use crate::cluster_client::ClusterClient;
 use serde::Serialize;
+use shoal_stages::error::ServiceError;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -56,8 +57,37 @@ impl TargetSpec {
 pub struct ReadResult {
     /// Sibling values returned.
     pub siblings: usize,
+    /// The value's length when there is exactly one (lets the load phase leave a key alone
+    /// that already holds a value of the size it would write).
+    pub single_value_bytes: Option<usize>,
     /// Context for a following put (shoal only).
     pub context: Option<Context>,
+}
+
+/// Why one operation of a load run failed: the node's typed error, or a kind of failure the
+/// client saw itself (connection, protocol, Redis error). Counted by `kind()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpError {
+    /// The node answered with a typed error.
+    Service(ServiceError),
+    /// Anything else, named by a short kind (`io:TimedOut`, `closed`, `redis-error`, ...).
+    Other(String),
+}
+
+impl OpError {
+    /// A short name to count errors by.
+    pub fn kind(&self) -> &str {
+        match self {
+            OpError::Service(e) => e.kind(),
+            OpError::Other(kind) => kind,
+        }
+    }
+}
+
+impl From<String> for OpError {
+    fn from(kind: String) -> OpError {
+        OpError::Other(kind)
+    }
 }
 
 /// One connection's worth of a target.
@@ -84,19 +114,27 @@ impl Connection {
     }
 
     /// Reads a key.
-    pub fn get(&mut self, key: &[u8]) -> Result<ReadResult, String> {
+    pub fn get(&mut self, key: &[u8]) -> Result<ReadResult, OpError> {
         match self {
             Connection::Shoal(client, options) => client
                 .get(key, *options)
                 .map(|r| ReadResult {
                     siblings: r.values.len(),
+                    single_value_bytes: match r.values.as_slice() {
+                        [one] => Some(one.len()),
+                        _ => None,
+                    },
                     context: Some(r.context),
                 })
-                .map_err(|e| error_kind(&e)),
-            Connection::Redis(redis) => redis.get(key).map(|found| ReadResult {
-                siblings: usize::from(found),
-                context: None,
-            }),
+                .map_err(op_error),
+            Connection::Redis(redis) => redis
+                .get(key)
+                .map(|length| ReadResult {
+                    siblings: usize::from(length.is_some()),
+                    single_value_bytes: length,
+                    context: None,
+                })
+                .map_err(OpError::Other),
         }
     }
 
@@ -106,31 +144,29 @@ impl Connection {
         key: &[u8],
         context: Option<&Context>,
         value: &[u8],
-    ) -> Result<Option<Context>, String> {
+    ) -> Result<Option<Context>, OpError> {
         match self {
             Connection::Shoal(client, options) => client
                 .put(key, context, value, *options)
                 .map(Some)
-                .map_err(|e| error_kind(&e)),
-            Connection::Redis(redis) => redis.set(key, value).map(|()| None),
+                .map_err(op_error),
+            Connection::Redis(redis) => {
+                redis.set(key, value).map(|()| None).map_err(OpError::Other)
+            }
         }
     }
 }
 
-/// A short name for an error, to count errors by kind.
-pub fn error_kind(error: &ClientError) -> String {
-    match error {
-        ClientError::Service(e) => format!("{e:?}")
-            .split([' ', '{', '('])
-            .next()
-            .unwrap_or("Service")
-            .to_string(),
+/// A client error as a load-run error: typed when the node answered, named otherwise.
+pub fn op_error(error: ClientError) -> OpError {
+    OpError::Other(match error {
+        ClientError::Service(e) => return OpError::Service(e),
         ClientError::Io(e) => format!("io:{:?}", e.kind()),
         ClientError::Closed => "closed".into(),
         ClientError::Frame(_) | ClientError::Wire(_) => "protocol".into(),
         ClientError::UnexpectedReply(_) => "unexpected-reply".into(),
         ClientError::Usage(_) => "usage".into(),
-    }
+    })
 }
 
 /// A minimal RESP2 client: enough for GET and SET.
@@ -176,22 +212,22 @@ impl Resp {
         }
     }
 
-    /// GET: whether the key had a value.
-    pub fn get(&mut self, key: &[u8]) -> Result<bool, String> {
+    /// GET: the value's length, or None when the key has none.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<usize>, String> {
         self.command(&[b"GET", key])?;
         let header = self.read_line()?.to_string();
         match header.as_bytes().first() {
             Some(b'$') => {
                 let length: i64 = header[1..].parse().map_err(|_| "protocol".to_string())?;
                 if length < 0 {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 // Bounded: a value plus its CRLF, never more than Redis's 512 MB limit.
                 let mut body = vec![0; (length as usize).min(512 << 20) + 2];
                 self.reader
                     .read_exact(&mut body)
                     .map_err(|e| format!("io:{:?}", e.kind()))?;
-                Ok(true)
+                Ok(Some(body.len() - 2))
             }
             Some(b'-') => Err("redis-error".into()),
             _ => Err("protocol".into()),

@@ -118,3 +118,27 @@ pub enum ServiceError {
     #[error("node is shutting down")]
     ShuttingDown,
 }
+
+impl ServiceError {
+    /// The variant's name, for counting errors by kind (load reports, stats) without reading a
+    /// `Debug` string.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServiceError::Overloaded { .. } => "Overloaded",
+            ServiceError::FrameTooLarge { .. } => "FrameTooLarge",
+            ServiceError::MalformedFrame { .. } => "MalformedFrame",
+            ServiceError::UnknownMessageType { .. } => "UnknownMessageType",
+            ServiceError::NotARequest { .. } => "NotARequest",
+            ServiceError::InvalidKey { .. } => "InvalidKey",
+            ServiceError::ValueTooLarge { .. } => "ValueTooLarge",
+            ServiceError::InvalidQuorum { .. } => "InvalidQuorum",
+            ServiceError::BadContext { .. } => "BadContext",
+            ServiceError::Quorum { .. } => "Quorum",
+            ServiceError::TooManySiblings { .. } => "TooManySiblings",
+            ServiceError::Storage { .. } => "Storage",
+            ServiceError::PeerUnreachable { .. } => "PeerUnreachable",
+            ServiceError::Unauthorized { .. } => "Unauthorized",
+            ServiceError::ShuttingDown => "ShuttingDown",
+        }
+    }
+}

@@ -110,6 +110,18 @@ fn print_report(report: &LoadReport) {
         "shoal-load: workload {:?}, {:?} keys, {} threads, {:.1} s, {} B values",
         c.workload, c.key_choice, c.threads, report.elapsed_secs, c.value_bytes
     );
+    if let Some(load) = &report.load {
+        println!(
+            "load phase: {} keys written, {} already loaded, {} failed in {:.1} s",
+            load.written,
+            load.kept,
+            load.failed(),
+            load.elapsed_secs
+        );
+        for (kind, n) in &load.errors {
+            println!("       error {kind}: {n}");
+        }
+    }
     print!("{}", table(&report.operations));
     if let Some(target) = report.target_rate {
         println!(
@@ -143,6 +155,7 @@ fn main() {
         }
     };
     print_report(&report);
+    let (succeeded, failed) = report.totals();
     if let Some(path) = &args.json {
         let written = serde_json::to_string_pretty(&report)
             .map_err(|e| e.to_string())
@@ -151,6 +164,12 @@ fn main() {
             eprintln!("error: cannot write {}: {e}", path.display());
             std::process::exit(1);
         }
+    }
+    if succeeded == 0 && failed > 0 {
+        // Per-request errors are part of a measurement; a run where nothing at all succeeded
+        // measured nothing, and a script must not take its table for a result.
+        eprintln!("error: none of the run's {failed} operations succeeded (see the errors above)");
+        std::process::exit(1);
     }
 }
 
