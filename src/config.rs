@@ -2,12 +2,14 @@
 //! starts. Unknown keys and bad values are errors that name the key.
 
 use serde::{Deserialize, Serialize};
+use shoal_stages::event::{StageClass, StageId};
 use shoal_stages::membership::{Member, Membership};
 use shoal_stages::ring::NodeSpec;
-use shoal_stages::seda::{StageClass, StageSpec};
+use shoal_stages::seda::StageSpec;
 use shoal_stages::storage::{SyncMode, MAX_STORABLE_KEY_BYTES};
 use shoal_stages::wire::FRAME_OVERHEAD_BYTES;
 use shoal_stages::NodeId;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -85,9 +87,10 @@ pub struct Config {
     /// Durability.
     #[serde(default)]
     pub storage: StorageSection,
-    /// Per-stage threads and queues.
+    /// Per-stage threads and queues, by stage name (`[stages.storage]`); a name that is not
+    /// in the stage table is an error naming the stages that are.
     #[serde(default)]
-    pub stages: StagesSection,
+    pub stages: BTreeMap<StageId, StageTuning>,
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
@@ -248,26 +251,6 @@ pub struct StageTuning {
     pub rate_per_sec: Option<f64>,
 }
 
-/// `[stages]`
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StagesSection {
-    /// The intake's outgoing-frame queue (its thread count is always 1).
-    pub intake: StageTuning,
-    /// Request parsing.
-    pub parse: StageTuning,
-    /// Coordination (threads must be 1).
-    pub coordinate: StageTuning,
-    /// Replication fan-out to peers (threads must be 1).
-    pub replicate: StageTuning,
-    /// Storage.
-    pub storage: StageTuning,
-    /// Read repair (background).
-    pub repair: StageTuning,
-    /// Hinted handoff (background).
-    pub handoff: StageTuning,
-}
-
 /// `[log]`
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -286,81 +269,6 @@ impl Default for LogSection {
         }
     }
 }
-
-/// One row of the stage table: a stage's defaults.
-struct StageRow {
-    /// The noun used in types, thread names, config keys, stats and logs.
-    name: &'static str,
-    class: StageClass,
-    threads: usize,
-    queue_capacity: usize,
-    /// Events per wake-up (unused by the intake, which drains its queue every loop turn).
-    batch_max: usize,
-    /// How often the stage's `on_tick` runs: the coordinator's deadline resolution, the
-    /// storage flush interval of `sync = "periodic"` (overridden by `sync_interval_ms`).
-    tick_ms: u64,
-}
-
-/// The stage table, in pipeline order; `Node::shutdown` stops them in this order (intake
-/// first, so no new work enters; storage last, so everything accepted is flushed).
-const STAGE_TABLE: [StageRow; 7] = [
-    StageRow {
-        name: "intake",
-        class: StageClass::Foreground,
-        threads: 1,
-        queue_capacity: 4096,
-        batch_max: 256,
-        tick_ms: 100,
-    },
-    StageRow {
-        name: "parse",
-        class: StageClass::Foreground,
-        threads: 1,
-        queue_capacity: 1024,
-        batch_max: 64,
-        tick_ms: 100,
-    },
-    StageRow {
-        name: "coordinate",
-        class: StageClass::Foreground,
-        threads: 1,
-        queue_capacity: 4096,
-        batch_max: 64,
-        tick_ms: 5,
-    },
-    StageRow {
-        name: "replicate",
-        class: StageClass::Foreground,
-        threads: 1,
-        queue_capacity: 4096,
-        batch_max: 64,
-        tick_ms: 100,
-    },
-    StageRow {
-        name: "repair",
-        class: StageClass::Background,
-        threads: 1,
-        queue_capacity: 1024,
-        batch_max: 16,
-        tick_ms: 100,
-    },
-    StageRow {
-        name: "handoff",
-        class: StageClass::Background,
-        threads: 1,
-        queue_capacity: 1024,
-        batch_max: 64,
-        tick_ms: 200,
-    },
-    StageRow {
-        name: "storage",
-        class: StageClass::Foreground,
-        threads: 2,
-        queue_capacity: 1024,
-        batch_max: 64,
-        tick_ms: 100,
-    },
-];
 
 /// Default rate of a background stage (repair: keys repaired; handoff: hints delivered, per
 /// second), so a burst of stale reads or a returning node does not turn into a burst of writes
@@ -388,42 +296,28 @@ impl Config {
         Ok(config)
     }
 
-    fn stage_tunings(&self) -> [(&'static str, &StageTuning); 7] {
-        [
-            ("intake", &self.stages.intake),
-            ("parse", &self.stages.parse),
-            ("coordinate", &self.stages.coordinate),
-            ("replicate", &self.stages.replicate),
-            ("repair", &self.stages.repair),
-            ("handoff", &self.stages.handoff),
-            ("storage", &self.stages.storage),
-        ]
+    /// The tuning given for a stage (all defaults when its section is absent).
+    pub fn tuning(&self, stage: StageId) -> StageTuning {
+        self.stages.get(&stage).cloned().unwrap_or_default()
     }
 
-    /// The rate of a background stage's gate (`None`: unlimited).
-    pub fn stage_rate(&self, name: &str) -> Option<f64> {
-        let index = STAGE_TABLE.iter().position(|row| row.name == name)?;
-        let row = &STAGE_TABLE[index];
-        if row.class != StageClass::Background {
+    /// The rate of a background stage's gate (`None`: unlimited, or a foreground stage).
+    pub fn stage_rate(&self, stage: StageId) -> Option<f64> {
+        if stage.class() != StageClass::Background {
             return None;
         }
-        match self.stage_tunings()[index].1.rate_per_sec {
+        match self.tuning(stage).rate_per_sec {
             Some(rate) if rate > 0.0 => Some(rate),
             Some(_) => None,
             None => Some(DEFAULT_BACKGROUND_RATE_PER_SEC),
         }
     }
 
-    /// The resolved spec of a stage of the stage table (unknown names get the intake's row;
-    /// callers pass names from the table).
-    pub fn stage_spec(&self, name: &str) -> StageSpec {
-        let index = STAGE_TABLE
-            .iter()
-            .position(|row| row.name == name)
-            .unwrap_or(0);
-        let row = &STAGE_TABLE[index];
-        let tuning = self.stage_tunings()[index].1;
-        let tick = if row.name == "storage" && self.storage.sync == SyncMode::Periodic {
+    /// The resolved spec of a stage: its row of the stage table, with the config's tuning.
+    pub fn stage_spec(&self, stage: StageId) -> StageSpec {
+        let row = stage.row();
+        let tuning = self.tuning(stage);
+        let tick = if stage == StageId::Storage && self.storage.sync == SyncMode::Periodic {
             Duration::from_millis(self.storage.sync_interval_ms)
         } else {
             Duration::from_millis(row.tick_ms)

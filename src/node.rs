@@ -15,25 +15,20 @@
 //! intake never blocks.
 
 use crate::config::{Config, ConfigError, DEFAULT_SECRET};
-use shoal_stages::coordinate::{
-    CoordinateEvent, CoordinateStage, Coordinator, CoordinatorSettings, OperationLatencies,
-    PeerBoard,
-};
-use shoal_stages::handoff::{HandoffEvent, HandoffStage};
-use shoal_stages::intake::{
-    Intake, IntakeEvent, IntakeRoutes, IntakeSettings, IntakeSocket, StageProbe, StatsSource,
-};
+use shoal_stages::coordinate::{Coordinator, CoordinatorSettings};
+use shoal_stages::event::StageId;
+use shoal_stages::handoff::HandoffMachine;
+use shoal_stages::intake::{Intake, IntakeMachine, IntakeSettings, IntakeSocket, StatsSource};
 use shoal_stages::membership::MembershipView;
-use shoal_stages::parse::{MembersSource, ParseEvent, ParseSettings, ParseStage};
-use shoal_stages::repair::{RepairStage, RepairStageEvent};
-use shoal_stages::replicate::{ReplicateEvent, ReplicateStage};
+use shoal_stages::parse::{ParseMachine, ParseSettings};
+use shoal_stages::repair::RepairMachine;
+use shoal_stages::replicate::ReplicateMachine;
 use shoal_stages::ring::RingError;
 use shoal_stages::seda::{
-    spawn_stage, stage_queue, RateGate, StageHandle, StageReceiver, StageSender,
+    spawn_stage, stage_queue, Driven, Machine, OperationLatencies, RateGate, Router, StageHandle,
+    StageReceiver,
 };
-use shoal_stages::storage::{
-    StorageError, StorageEvent, StorageSettings, StorageStage, Store, VersionLimits,
-};
+use shoal_stages::storage::{StorageError, StorageMachine, StorageSettings, Store, VersionLimits};
 use shoal_stages::wire::ContextSeal;
 use shoal_stages::NodeId;
 use slog::{info, o, warn, Logger};
@@ -86,27 +81,14 @@ pub struct Node {
     logger: Logger,
 }
 
-/// The sending ends of every queue: what stages hold to talk to each other.
-#[derive(Clone)]
-struct Queues {
-    intake: StageSender<IntakeEvent>,
-    parse: StageSender<ParseEvent>,
-    coordinate: StageSender<CoordinateEvent>,
-    replicate: StageSender<ReplicateEvent>,
-    repair: StageSender<RepairStageEvent>,
-    handoff: StageSender<HandoffEvent>,
-    storage: StageSender<StorageEvent>,
-}
-
-/// The receiving ends, each handed to its stage's workers.
+/// The receiving ends of every pool stage's queue, each handed to its stage's workers.
 struct Receivers {
-    intake: StageReceiver<IntakeEvent>,
-    parse: StageReceiver<ParseEvent>,
-    coordinate: StageReceiver<CoordinateEvent>,
-    replicate: StageReceiver<ReplicateEvent>,
-    repair: StageReceiver<RepairStageEvent>,
-    handoff: StageReceiver<HandoffEvent>,
-    storage: StageReceiver<StorageEvent>,
+    parse: StageReceiver<shoal_stages::event::ParseEvent>,
+    coordinate: StageReceiver<shoal_stages::event::CoordinateEvent>,
+    replicate: StageReceiver<shoal_stages::event::ReplicateEvent>,
+    repair: StageReceiver<shoal_stages::event::RepairEvent>,
+    handoff: StageReceiver<shoal_stages::event::HandoffEvent>,
+    storage: StageReceiver<shoal_stages::event::StorageEvent>,
 }
 
 /// What every stage of the node shares.
@@ -115,8 +97,8 @@ struct Shared {
     membership: MembershipView,
     seal: ContextSeal,
     latencies: OperationLatencies,
-    board: PeerBoard,
     store: Store,
+    router: Router,
     logger: Logger,
 }
 
@@ -138,71 +120,45 @@ impl Node {
                 "cluster.secret is the public default: anyone can forge contexts; set your own"
             );
         }
+        let (router, receivers, intake_rx) = queues(config, &socket);
         let shared = Shared {
             node,
             membership,
             seal: ContextSeal::new(config.cluster.secret.as_bytes()),
             latencies: OperationLatencies::default(),
-            board: PeerBoard::default(),
             store,
+            router,
             logger: logger.clone(),
         };
-        let (queues, receivers) = queues(config, &socket);
-        let stats = StatsSource {
-            node: shared.node.clone(),
-            stages: vec![
-                probe(&queues.intake),
-                probe(&queues.parse),
-                probe(&queues.coordinate),
-                probe(&queues.replicate),
-                probe(&queues.repair),
-                probe(&queues.handoff),
-                probe(&queues.storage),
-            ],
-            latencies: shared.latencies.clone(),
-        };
-        let Receivers {
-            intake,
-            parse,
-            coordinate,
-            replicate,
-            repair,
-            handoff,
-            storage,
-        } = receivers;
-        // Consumers before producers; they stop in the reverse order, after the intake.
-        let mut stages = vec![
-            spawn_storage(config, &shared, &queues, storage)?,
-            spawn_handoff(config, &shared, &queues, handoff)?,
-            spawn_repair(config, &shared, &queues, repair)?,
-            spawn_replicate(config, &queues, replicate)?,
-            spawn_coordinate(config, &shared, &queues, coordinate)?,
-            spawn_parse(config, &shared, &queues, parse)?,
-        ];
-        stages.reverse();
+        let stages = spawn_pool_stages(config, &shared, receivers)?;
         let intake_stop = Arc::new(AtomicBool::new(false));
-        let intake = Intake::new(
-            socket,
+        let machine = IntakeMachine::new(
             IntakeSettings {
                 max_frame_bytes: config.limits.max_frame_bytes,
                 max_connections: config.limits.max_connections,
                 max_write_buffer_bytes: config.limits.max_write_buffer_bytes,
                 frame_timeout: Duration::from_millis(config.limits.frame_timeout_ms),
             },
-            intake,
-            IntakeRoutes {
-                parse: queues.parse.clone(),
-                replicate: queues.replicate.clone(),
-                membership: shared.membership.clone(),
-                stats,
-                node: shared.node.clone(),
-                seal: shared.seal.clone(),
-            },
+            shared.membership.clone(),
+            shared.node.clone(),
+            shared.seal.clone(),
+            logger.new(o!("stage" => StageId::Intake.name())),
+        );
+        let stats = StatsSource {
+            node: shared.node.clone(),
+            router: shared.router.clone(),
+            latencies: shared.latencies.clone(),
+        };
+        let intake = Intake::new(
+            socket,
+            machine,
+            intake_rx,
+            stats,
             Arc::clone(&intake_stop),
-            logger.new(o!("stage" => "intake")),
+            logger.new(o!("stage" => StageId::Intake.name())),
         );
         let intake_thread = std::thread::Builder::new()
-            .name("intake-0".into())
+            .name(format!("{}-0", StageId::Intake.name()))
             .spawn(move || intake.run())
             .map_err(io_error("starting intake"))?;
         let current = shared.membership.current();
@@ -223,8 +179,8 @@ impl Node {
         self.local_addr
     }
 
-    /// Stops the stages in order (intake, parse, coordinate, replicate, repair, storage), each
-    /// after its queue drained; storage flushes its journal last.
+    /// Stops the stages in stage-table order (intake, parse, coordinate, replicate, repair,
+    /// handoff, storage), each after its queue drained; storage flushes its journal last.
     pub fn shutdown(mut self) {
         self.intake_stop.store(true, Ordering::Release);
         if let Some(thread) = self.intake_thread.take() {
@@ -239,43 +195,65 @@ impl Node {
     }
 }
 
-fn queues(config: &Config, socket: &IntakeSocket) -> (Queues, Receivers) {
-    let (intake, intake_rx) = stage_queue(&config.stage_spec("intake"), Some(socket.waker()));
-    let (parse, parse_rx) = stage_queue(&config.stage_spec("parse"), None);
-    let (coordinate, coordinate_rx) = stage_queue(&config.stage_spec("coordinate"), None);
-    let (replicate, replicate_rx) = stage_queue(&config.stage_spec("replicate"), None);
-    let (repair, repair_rx) = stage_queue(&config.stage_spec("repair"), None);
-    let (handoff, handoff_rx) = stage_queue(&config.stage_spec("handoff"), None);
-    let (storage, storage_rx) = stage_queue(&config.stage_spec("storage"), None);
-    (
-        Queues {
-            intake,
-            parse,
-            coordinate,
-            replicate,
-            repair,
-            handoff,
-            storage,
-        },
-        Receivers {
-            intake: intake_rx,
-            parse: parse_rx,
-            coordinate: coordinate_rx,
-            replicate: replicate_rx,
-            repair: repair_rx,
-            handoff: handoff_rx,
-            storage: storage_rx,
-        },
-    )
+/// Every stage's queue, from the stage table and the config's tuning.
+fn queues(
+    config: &Config,
+    socket: &IntakeSocket,
+) -> (
+    Router,
+    Receivers,
+    StageReceiver<shoal_stages::event::IntakeEvent>,
+) {
+    let (intake, intake_rx) =
+        stage_queue(&config.stage_spec(StageId::Intake), Some(socket.waker()));
+    let (parse, parse_rx) = stage_queue(&config.stage_spec(StageId::Parse), None);
+    let (coordinate, coordinate_rx) = stage_queue(&config.stage_spec(StageId::Coordinate), None);
+    let (replicate, replicate_rx) = stage_queue(&config.stage_spec(StageId::Replicate), None);
+    let (repair, repair_rx) = stage_queue(&config.stage_spec(StageId::Repair), None);
+    let (handoff, handoff_rx) = stage_queue(&config.stage_spec(StageId::Handoff), None);
+    let (storage, storage_rx) = stage_queue(&config.stage_spec(StageId::Storage), None);
+    let router = Router {
+        intake,
+        parse,
+        coordinate,
+        replicate,
+        repair,
+        handoff,
+        storage,
+    };
+    let receivers = Receivers {
+        parse: parse_rx,
+        coordinate: coordinate_rx,
+        replicate: replicate_rx,
+        repair: repair_rx,
+        handoff: handoff_rx,
+        storage: storage_rx,
+    };
+    (router, receivers, intake_rx)
 }
 
-fn spawn_storage(
+/// Starts `stage` with one machine per worker from `make`, delivering through the router.
+fn spawn<M: Machine>(
     config: &Config,
     shared: &Shared,
-    queues: &Queues,
-    rx: StageReceiver<StorageEvent>,
+    stage: StageId,
+    receiver: StageReceiver<M::Input>,
+    mut make: impl FnMut(usize) -> M,
+    gate: Option<Arc<Mutex<RateGate>>>,
 ) -> Result<StageHandle, NodeError> {
-    let settings = StorageSettings {
+    let driven = |index| Driven::new(make(index), shared.router.clone(), shared.latencies.clone());
+    spawn_stage(&config.stage_spec(stage), receiver, driven, gate)
+        .map_err(io_error(&format!("starting {stage}")))
+}
+
+/// Starts every pool stage; returns them in shutdown (stage-table) order. Consumers start
+/// before producers.
+fn spawn_pool_stages(
+    config: &Config,
+    shared: &Shared,
+    receivers: Receivers,
+) -> Result<Vec<StageHandle>, NodeError> {
+    let storage_settings = StorageSettings {
         node: shared.node.clone(),
         sync: config.storage.sync,
         limits: VersionLimits {
@@ -283,96 +261,59 @@ fn spawn_storage(
             max_siblings: config.limits.max_siblings,
         },
     };
-    let logger = shared.logger.new(o!("stage" => "storage"));
-    let (store, replies) = (shared.store.clone(), queues.coordinate.clone());
-    let make = |index| {
-        StorageStage::new(
-            index,
-            store.clone(),
-            settings.clone(),
-            replies.clone(),
-            logger.clone(),
-        )
-    };
-    spawn_stage(&config.stage_spec("storage"), rx, make, None).map_err(io_error("starting storage"))
-}
-
-fn spawn_repair(
-    config: &Config,
-    shared: &Shared,
-    queues: &Queues,
-    rx: StageReceiver<RepairStageEvent>,
-) -> Result<StageHandle, NodeError> {
-    let spec = config.stage_spec("repair");
-    let rate = config.stage_rate("repair");
-    let gate = Arc::new(Mutex::new(RateGate::new(
-        rate,
-        spec.batch_max as f64,
+    let storage_logger = shared.logger.new(o!("stage" => StageId::Storage.name()));
+    let storage = spawn(
+        config,
+        shared,
+        StageId::Storage,
+        receivers.storage,
+        |index| {
+            StorageMachine::new(
+                index,
+                shared.store.clone(),
+                storage_settings.clone(),
+                storage_logger.clone(),
+            )
+        },
+        None,
+    )?;
+    let handoff = spawn(
+        config,
+        shared,
+        StageId::Handoff,
+        receivers.handoff,
+        |_| {
+            HandoffMachine::new(
+                handoff_gate(config),
+                shared.logger.new(o!("stage" => StageId::Handoff.name())),
+            )
+        },
+        None,
+    )?;
+    let repair_spec = config.stage_spec(StageId::Repair);
+    let repair_gate = Arc::new(Mutex::new(RateGate::new(
+        config.stage_rate(StageId::Repair),
+        repair_spec.batch_max as f64,
         Instant::now(),
     )));
-    let make = |_| {
-        RepairStage::new(
-            shared.node.clone(),
-            queues.storage.clone(),
-            queues.replicate.clone(),
-        )
-    };
-    spawn_stage(&spec, rx, make, Some(gate)).map_err(io_error("starting repair"))
-}
-
-fn spawn_handoff(
-    config: &Config,
-    shared: &Shared,
-    queues: &Queues,
-    rx: StageReceiver<HandoffEvent>,
-) -> Result<StageHandle, NodeError> {
-    let spec = config.stage_spec("handoff");
-    // The stage takes a token per hint it sends (on its tick), so the gate is its own, not the
-    // runtime's (which would only pace the acknowledgements).
-    let rate = config.stage_rate("handoff");
-    // The burst holds a tick's worth of tokens, so the stage can reach its rate when it only
-    // sends once per tick.
-    let burst = rate.map_or(spec.batch_max as f64, |r| {
-        (r * spec.tick.as_secs_f64()).max(spec.batch_max as f64)
-    });
-    let gate = Arc::new(Mutex::new(RateGate::new(rate, burst, Instant::now())));
-    let logger = shared.logger.new(o!("stage" => "handoff"));
-    let make = |_| {
-        HandoffStage::new(
-            shared.store.clone(),
-            queues.replicate.clone(),
-            Arc::clone(&gate),
-            logger.clone(),
-        )
-    };
-    spawn_stage(&spec, rx, make, None).map_err(io_error("starting handoff"))
-}
-
-fn spawn_replicate(
-    config: &Config,
-    queues: &Queues,
-    rx: StageReceiver<ReplicateEvent>,
-) -> Result<StageHandle, NodeError> {
+    let repair = spawn(
+        config,
+        shared,
+        StageId::Repair,
+        receivers.repair,
+        |_| RepairMachine::new(shared.node.clone()),
+        Some(repair_gate),
+    )?;
     let max_frame = config.limits.max_frame_bytes;
-    let make = |_| {
-        ReplicateStage::new(
-            queues.intake.clone(),
-            queues.coordinate.clone(),
-            queues.handoff.clone(),
-            max_frame,
-        )
-    };
-    spawn_stage(&config.stage_spec("replicate"), rx, make, None)
-        .map_err(io_error("starting replicate"))
-}
-
-fn spawn_coordinate(
-    config: &Config,
-    shared: &Shared,
-    queues: &Queues,
-    rx: StageReceiver<CoordinateEvent>,
-) -> Result<StageHandle, NodeError> {
-    let settings = CoordinatorSettings {
+    let replicate = spawn(
+        config,
+        shared,
+        StageId::Replicate,
+        receivers.replicate,
+        |_| ReplicateMachine::new(max_frame),
+        None,
+    )?;
+    let coordinator_settings = CoordinatorSettings {
         node: shared.node.clone(),
         n: config.cluster.n,
         r: config.cluster.r,
@@ -382,57 +323,40 @@ fn spawn_coordinate(
         probe_interval: Duration::from_millis(config.cluster.probe_interval_ms),
         replica_timeout: Duration::from_millis(config.cluster.replica_timeout_ms),
     };
-    let machine = Coordinator::new(
-        settings,
-        shared.membership.clone(),
-        shared.latencies.clone(),
-        shared.board.clone(),
-    );
-    let mut machine = Some(machine);
-    let make = |_| {
-        // The spec has exactly one thread (validated), so the coordinator is taken once.
-        let machine = machine
-            .take()
-            .unwrap_or_else(|| unreachable!("coordinate has one thread"));
-        let q = queues.clone();
-        CoordinateStage::new(machine, q.storage, q.intake, q.replicate, q.repair)
-    };
-    spawn_stage(&config.stage_spec("coordinate"), rx, make, None)
-        .map_err(io_error("starting coordinate"))
-}
-
-fn spawn_parse(
-    config: &Config,
-    shared: &Shared,
-    queues: &Queues,
-    rx: StageReceiver<ParseEvent>,
-) -> Result<StageHandle, NodeError> {
-    let settings = ParseSettings {
+    // The stage table makes coordinate single-threaded (validated), so one coordinator.
+    let coordinate = spawn(
+        config,
+        shared,
+        StageId::Coordinate,
+        receivers.coordinate,
+        |_| Coordinator::new(coordinator_settings.clone(), shared.membership.clone()),
+        None,
+    )?;
+    let parse_settings = ParseSettings {
         max_key_bytes: config.limits.max_key_bytes,
         max_value_bytes: config.limits.max_value_bytes,
         seal: shared.seal.clone(),
         max_replica_versions: config.limits.max_siblings * REPLICA_VERSIONS_PER_SIBLING,
     };
-    let make = |_| {
-        let q = queues.clone();
-        let members = MembersSource {
-            node: shared.node.clone(),
-            board: shared.board.clone(),
-            store: shared.store.clone(),
-        };
-        ParseStage::new(
-            settings.clone(),
-            q.coordinate,
-            q.intake,
-            q.replicate,
-            shared.membership.clone(),
-            members,
-        )
-    };
-    spawn_stage(&config.stage_spec("parse"), rx, make, None).map_err(io_error("starting parse"))
+    let parse = spawn(
+        config,
+        shared,
+        StageId::Parse,
+        receivers.parse,
+        |_| ParseMachine::new(parse_settings.clone(), shared.membership.clone()),
+        None,
+    )?;
+    Ok(vec![parse, coordinate, replicate, repair, handoff, storage])
 }
 
-fn probe<E: Send + 'static>(sender: &StageSender<E>) -> StageProbe {
-    let sender = sender.clone();
-    Arc::new(move || sender.snapshot())
+/// The handoff stage's gate: one token per hint it sends on its tick (the machine takes
+/// them, not the runtime, which would only pace the acknowledgements). The burst holds a
+/// tick's worth of tokens, so the stage can reach its rate when it only sends once per tick.
+fn handoff_gate(config: &Config) -> RateGate {
+    let spec = config.stage_spec(StageId::Handoff);
+    let rate = config.stage_rate(StageId::Handoff);
+    let burst = rate.map_or(spec.batch_max as f64, |r| {
+        (r * spec.tick.as_secs_f64()).max(spec.batch_max as f64)
+    });
+    RateGate::new(rate, burst, Instant::now())
 }

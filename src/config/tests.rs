@@ -42,8 +42,8 @@ fn minimal_config_takes_defaults() {
         (1, 1, 1)
     );
     assert_eq!(config.storage.sync, SyncMode::Always);
-    assert_eq!(config.stage_spec("storage").threads, 2);
-    assert_eq!(config.stage_spec("coordinate").name, "coordinate");
+    assert_eq!(config.stage_spec(StageId::Storage).threads, 2);
+    assert_eq!(config.stage_spec(StageId::Coordinate).name, "coordinate");
 }
 
 /// Goal: an unknown key is an error that names it.
@@ -69,6 +69,9 @@ fn bad_values_are_named() {
         ("[storage]\nsync_interval_ms = 99999999999\n", "storage.sync_interval_ms"),
         ("[stages.storage]\nbatch_max = 100000000\n", "stages.storage.batch_max"),
         ("[stages.intake]\nthreads = 2\n", "stages.intake"),
+        ("[stages.handoff]\nthreads = 2\n", "stages.handoff.threads"),
+        // A misspelled stage is an error that names the real stages, not a fallback.
+        ("[stages.storge]\nthreads = 2\n", "storage"),
         ("[limits]\nmax_siblings = 0\n", "limits.max_siblings"),
         ("[cluster]\nsecret = \"short\"\n", "cluster.secret"),
         ("[storage]\nsync = \"sometimes\"\n", "sync"),

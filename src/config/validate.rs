@@ -130,68 +130,57 @@ impl Config {
     }
 
     pub(super) fn validate_stages(&self) -> Result<(), ConfigError> {
-        for (name, tuning) in self.stage_tunings() {
+        for (stage, tuning) in &self.stages {
+            let key = |field: &str| format!("stages.{stage}.{field}");
             if tuning.threads == Some(0) || tuning.threads.is_some_and(|t| t > 256) {
-                return Err(invalid(
-                    &format!("stages.{name}.threads"),
-                    "must be in 1..=256",
-                ));
+                return Err(invalid(&key("threads"), "must be in 1..=256"));
             }
             if tuning
                 .queue_capacity
                 .is_some_and(|c| c == 0 || c > MAX_QUEUE_CAPACITY)
             {
                 return Err(invalid(
-                    &format!("stages.{name}.queue_capacity"),
+                    &key("queue_capacity"),
                     format!("must be in 1..={MAX_QUEUE_CAPACITY}"),
                 ));
             }
             if tuning.batch_max.is_some_and(|b| b == 0 || b > MAX_BATCH) {
                 return Err(invalid(
-                    &format!("stages.{name}.batch_max"),
+                    &key("batch_max"),
                     format!("must be in 1..={MAX_BATCH}"),
                 ));
             }
             if tuning.spin_us.is_some_and(|s| s > 100_000) {
-                return Err(invalid(
-                    &format!("stages.{name}.spin_us"),
-                    "must be at most 100000",
-                ));
+                return Err(invalid(&key("spin_us"), "must be at most 100000"));
             }
-        }
-        for (name, row) in self.stage_tunings().iter().zip(STAGE_TABLE.iter()) {
-            if row.class == StageClass::Foreground && name.1.rate_per_sec.is_some() {
+            if stage.class() == StageClass::Foreground && tuning.rate_per_sec.is_some() {
                 return Err(invalid(
-                    &format!("stages.{}.rate_per_sec", name.0),
+                    &key("rate_per_sec"),
                     "only background stages take a rate",
                 ));
             }
-            if name
-                .1
+            if tuning
                 .rate_per_sec
                 .is_some_and(|r| !r.is_finite() || r < 0.0)
             {
                 return Err(invalid(
-                    &format!("stages.{}.rate_per_sec", name.0),
+                    &key("rate_per_sec"),
                     "must be a non-negative number",
                 ));
             }
-        }
-        if self.stages.replicate.threads.is_some_and(|t| t != 1) {
-            return Err(invalid(
-                "stages.replicate.threads",
-                "must be 1: the table of outstanding peer operations lives in one thread",
-            ));
-        }
-        if self.stages.coordinate.threads.is_some_and(|t| t != 1) {
-            return Err(invalid(
-                "stages.coordinate.threads",
-                "must be 1: the coordinator's pending-request table lives in one thread",
-            ));
-        }
-        let intake = &self.stages.intake;
-        if intake.threads.is_some() || intake.batch_max.is_some() || intake.spin_us.is_some() {
-            return Err(invalid("stages.intake", "takes only queue_capacity: one mio event loop owns every socket and drains its queue every turn"));
+            if *stage == StageId::Intake {
+                if tuning.threads.is_some()
+                    || tuning.batch_max.is_some()
+                    || tuning.spin_us.is_some()
+                {
+                    return Err(invalid("stages.intake", "takes only queue_capacity: one mio event loop owns every socket and drains its queue every turn"));
+                }
+            } else if stage.row().single_threaded && tuning.threads.is_some_and(|t| t != 1) {
+                return Err(invalid(
+                    &key("threads"),
+                    "must be 1: the stage's machine keeps a table (pending requests, outstanding operations or deliveries) in one thread",
+                ));
+            }
         }
         Ok(())
     }

@@ -1,18 +1,24 @@
 //! shoal's stages and the Dynamo algorithms they drive.
 //!
-//! - `seda`: the stage runtime (bounded queues, worker pools, batching, stats, rate gates).
+//! - [`event`]: the one vocabulary: every stage's input event, typed ids, `ReplyTo`, the
+//!   stage table (`StageId`).
+//! - `seda`: the stage runtime (bounded queues, worker pools, batching, stats, rate gates) and
+//!   the machine/outbox contract every stage's logic follows.
+//! - [`sim`]: the deterministic simulator: whole nodes in one thread, seeded.
 //! - Paper modules, pure (no threads, channels, sockets or clocks): [`ring`] (§4.2, §6.2),
 //!   [`vclock`] and [`versioning`] (§4.4), [`quorum`] (§4.5).
 //! - [`wire`]: frames and every MessagePack encoding; the only module that knows MessagePack.
 //! - One module per stage: [`intake`] (mio sockets, client and peer connections), [`parse`]
 //!   (frames → typed requests), [`coordinate`] (quorums and deadlines), [`replicate`] (requests
-//!   to peers and their answers), [`storage`] (fjall), [`repair`] (read repair, background).
+//!   to peers and their answers), [`storage`] (fjall or memory behind an engine trait),
+//!   [`repair`] (read repair) and [`handoff`] (hinted handoff), both background.
 //!
 //! See ARCHITECTURE.md at the repository root for the path of a request through the stages.
 #![warn(missing_docs)]
 
 pub mod coordinate;
 pub mod error;
+pub mod event;
 pub mod failure_detector;
 pub mod handoff;
 pub mod intake;

@@ -9,41 +9,16 @@
 //! `Stats` requests never reach this stage: the intake answers them itself, so an operator can
 //! inspect a node whose pipeline is full.
 
-use crate::coordinate::{ClientRequest, CoordinateEvent, Origin, PeerBoard, ServeRequest};
 use crate::error::ServiceError;
-use crate::intake::{ConnId, IntakeEvent};
+use crate::event::{
+    ClientRequest, CoordinateEvent, Event, IntakeEvent, Now, Origin, ParseEvent, ReplicateEvent,
+    ServeRequest,
+};
 use crate::membership::MembershipView;
-use crate::replicate::ReplicateEvent;
-use crate::seda::{SendError, Stage, StageSender};
-use crate::storage::Store;
+use crate::seda::{Machine, Outbox};
 use crate::versioning::VersionSet;
-use crate::wire::{ContextSeal, Frame, MemberStatus, MembersReply, Message, MAX_CONTEXT_ENTRIES};
-use crate::NodeId;
-use std::fmt;
-use std::time::{Duration, Instant};
-
-/// A frame read from a client.
-#[derive(Debug)]
-pub struct ParseEvent {
-    /// The connection it arrived on.
-    pub conn: ConnId,
-    /// The frame.
-    pub frame: Frame,
-    /// When the intake read it.
-    pub received_at: Instant,
-    /// The peer, when the frame arrived on a connection this node opened to it (so it can
-    /// only be an answer to one of this node's requests).
-    pub peer: Option<NodeId>,
-    /// Whether the connection proved it is a peer (a valid `PeerHello`): only then are
-    /// peer-only requests served and the `forwarded` flag honoured (SPEC §11).
-    pub authenticated: bool,
-}
-
-impl fmt::Display for ParseEvent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} from conn {}", self.frame, self.conn)
-    }
-}
+use crate::wire::{ContextSeal, Message, MAX_CONTEXT_ENTRIES};
+use std::time::Duration;
 
 /// Request limits enforced by parsing.
 #[derive(Clone, Debug)]
@@ -68,154 +43,98 @@ pub enum Routed {
     Serve(ServeRequest),
 }
 
-/// One parse worker.
-pub struct ParseStage {
+/// One parse worker's machine.
+pub struct ParseMachine {
     settings: ParseSettings,
-    coordinate: StageSender<CoordinateEvent>,
-    intake: StageSender<IntakeEvent>,
-    replicate: StageSender<ReplicateEvent>,
+    /// Read (never written) to answer `Ring` requests.
     membership: MembershipView,
-    /// This node, the failure detector's published view and the store (hint counts), for
-    /// `admin members`.
-    node: NodeId,
-    board: PeerBoard,
-    store: Store,
 }
 
-/// What `admin members` is answered from.
-pub struct MembersSource {
-    /// This node.
-    pub node: NodeId,
-    /// The coordinator's failure-detector view.
-    pub board: PeerBoard,
-    /// The store, for pending hints.
-    pub store: Store,
-}
-
-impl ParseStage {
-    /// A worker feeding `coordinate` and answering errors through `intake`.
-    pub fn new(
-        settings: ParseSettings,
-        coordinate: StageSender<CoordinateEvent>,
-        intake: StageSender<IntakeEvent>,
-        replicate: StageSender<ReplicateEvent>,
-        membership: MembershipView,
-        members: MembersSource,
-    ) -> ParseStage {
-        let MembersSource { node, board, store } = members;
-        ParseStage {
+impl ParseMachine {
+    /// A worker enforcing `settings`, answering `Ring` from `membership`.
+    pub fn new(settings: ParseSettings, membership: MembershipView) -> ParseMachine {
+        ParseMachine {
             settings,
-            coordinate,
-            intake,
-            replicate,
             membership,
-            node,
-            board,
-            store,
         }
     }
 
-    fn handle(&self, event: ParseEvent) {
+    fn handle(&self, event: ParseEvent, out: &mut Outbox) {
         let origin = Origin {
             conn: event.conn,
             request_id: event.frame.request_id,
         };
         let message = match Message::decode(&event.frame) {
             Ok(message) => message,
-            Err(error) => return self.reply(origin, Message::Error(error.into())),
+            Err(error) => return reply(out, origin, Message::Error(error.into())),
         };
         // On a connection this node opened, the peer only answers this node's requests.
         if let Some(peer) = event.peer {
             if !message.is_request() {
-                let op = event.frame.request_id;
-                let _ = self
-                    .replicate
-                    .send(ReplicateEvent::Reply { peer, op, message });
+                out.reply(ReplicateEvent::Reply {
+                    peer,
+                    request_id: event.frame.request_id,
+                    message,
+                });
             }
             return;
         }
+        let received_at = event.received_at;
         match message {
             Message::Ring => {
                 let membership = (*self.membership.current()).clone();
-                return self.reply(origin, Message::RingReply(membership));
+                return reply(out, origin, Message::RingReply(membership));
             }
-            Message::Ping if event.authenticated => return self.reply(origin, Message::Pong),
-            Message::Members => return self.reply(origin, self.members()),
-            _ => {}
-        }
-        let received_at = event.received_at;
-        let message = match authorize(message, event.authenticated) {
-            Ok(message) => message,
-            Err(error) => return self.reply(origin, Message::Error(error)),
-        };
-        let event = match validate(&self.settings, message) {
-            Ok(Routed::Client(request)) => CoordinateEvent::Client {
-                origin,
-                request,
-                received_at,
-            },
-            Ok(Routed::Serve(request)) => CoordinateEvent::Serve {
-                origin,
-                request,
-                received_at,
-            },
-            Err(error) => return self.reply(origin, Message::Error(error)),
-        };
-        if let Err(refused) = self.coordinate.try_send(event) {
-            let error = match refused {
-                SendError::Full(_) => ServiceError::Overloaded {
-                    stage: "coordinate".into(),
-                },
-                SendError::Closed(_) => ServiceError::ShuttingDown,
-            };
-            self.reply(origin, Message::Error(error));
-        }
-    }
-
-    /// Every member with this node's view of its health and the hints held for it.
-    fn members(&self) -> Message {
-        let membership = self.membership.current();
-        let statuses = self.board.lock().map(|b| b.clone()).unwrap_or_default();
-        let pending = match self.store.pending_hints() {
-            Ok(pending) => pending,
-            Err(error) => {
-                return Message::Error(ServiceError::Storage {
-                    reason: error.to_string(),
+            Message::Ping if event.authenticated => return reply(out, origin, Message::Pong),
+            Message::Members => {
+                return out.request(CoordinateEvent::Members {
+                    origin,
+                    received_at,
                 })
             }
+            _ => {}
+        }
+        let message = match authorize(message, event.authenticated) {
+            Ok(message) => message,
+            Err(error) => return reply(out, origin, Message::Error(error)),
         };
-        let members = membership
-            .members()
-            .map(|m| {
-                let status = statuses.iter().find(|s| s.node == m.id);
-                MemberStatus {
-                    node: m.id.clone(),
-                    addr: m.addr.to_string(),
-                    up: status.is_none_or(|s| s.up),
-                    down_for_ms: status.map_or(0, |s| s.down_for_ms),
-                    hints_pending: pending.get(&m.id).copied().unwrap_or(0),
-                }
-            })
-            .collect();
-        Message::MembersReply(MembersReply {
-            node: self.node.clone(),
-            version: membership.version,
-            members,
-        })
-    }
-
-    fn reply(&self, origin: Origin, message: Message) {
-        // The intake stops first at shutdown; a reply after that has no socket to go to.
-        let _ = self.intake.send(IntakeEvent::reply(origin, &message));
+        match validate(&self.settings, message) {
+            Ok(Routed::Client(request)) => out.request(CoordinateEvent::Client {
+                origin,
+                request,
+                received_at,
+            }),
+            Ok(Routed::Serve(request)) => out.request(CoordinateEvent::Serve {
+                origin,
+                request,
+                received_at,
+            }),
+            Err(error) => reply(out, origin, Message::Error(error)),
+        }
     }
 }
 
-impl Stage for ParseStage {
-    type Event = ParseEvent;
+/// Answers a request on its connection.
+fn reply(out: &mut Outbox, origin: Origin, message: Message) {
+    out.reply(IntakeEvent::reply(origin, &message));
+}
 
-    fn handle_batch(&mut self, _now: Instant, batch: &mut Vec<ParseEvent>) {
-        for event in batch.drain(..) {
-            self.handle(event);
+impl Machine for ParseMachine {
+    type Input = ParseEvent;
+
+    fn on_event(&mut self, _now: Now, event: ParseEvent, out: &mut Outbox) {
+        self.handle(event, out);
+    }
+
+    /// The coordinator's queue was full (or closed): the request is answered with why.
+    fn on_refused(&mut self, _now: Now, event: Event, error: ServiceError, out: &mut Outbox) {
+        if let Event::Coordinate(
+            CoordinateEvent::Client { origin, .. }
+            | CoordinateEvent::Serve { origin, .. }
+            | CoordinateEvent::Members { origin, .. },
+        ) = event
+        {
+            reply(out, origin, Message::Error(error));
         }
     }
 }

@@ -1,78 +1,50 @@
 //! The read repair stage (Dynamo §4.5), background class: sends a read's reconciled versions to
-//! the replicas that answered with something else. It takes a token from its rate gate per
-//! batch before working (SEDA runtime), so repair never competes with foreground requests
-//! beyond its configured rate; the resource controller will turn that rate.
+//! the replicas that answered with something else. The runtime takes a token from the stage's
+//! rate gate per batch before the machine runs, so repair never competes with foreground
+//! requests beyond its configured rate; the resource controller will turn that rate.
 //!
-//! Repairs are fire-and-forget: a repair write that is lost is redone by the next read of the
-//! key or by anti-entropy, and answers are dropped by the replication stage (operation ids
-//! carry `REPAIR_OP_BIT`).
+//! Repairs are fire-and-forget (`ReplyTo::Nobody`): a repair write that is lost is redone by
+//! the next read of the key or by anti-entropy, and its answer is dropped.
 
-use crate::coordinate::RepairEvent;
-use crate::replicate::{ReplicateEvent, REPAIR_OP_BIT};
-use crate::seda::{Stage, StageSender};
-use crate::storage::StorageEvent;
+use crate::event::{Now, OpId, RepairEvent, ReplicateEvent, ReplyTo, StorageEvent, StorageRequest};
+use crate::seda::{Machine, Outbox};
 use crate::wire::{Bytes, Message, ReplicaWrite};
 use crate::NodeId;
-use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a repair write may wait for its peer before the replication stage forgets it.
 const REPAIR_DEADLINE: Duration = Duration::from_secs(5);
 
-/// The repair stage's events.
-#[derive(Debug)]
-pub enum RepairStageEvent {
-    /// Repair one key on the listed replicas.
-    Repair(RepairEvent),
-}
-
-impl fmt::Display for RepairStageEvent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RepairStageEvent::Repair(r) => write!(
-                f,
-                "repair {} B key on {} replicas",
-                r.key.len(),
-                r.targets.len()
-            ),
-        }
-    }
-}
-
-/// The repair stage.
-pub struct RepairStage {
+/// The repair stage's machine.
+pub struct RepairMachine {
     node: NodeId,
-    storage: StageSender<StorageEvent>,
-    replicate: StageSender<ReplicateEvent>,
     next_op: u64,
 }
 
-impl RepairStage {
+impl RepairMachine {
     /// A repair worker for `node`.
-    pub fn new(
-        node: NodeId,
-        storage: StageSender<StorageEvent>,
-        replicate: StageSender<ReplicateEvent>,
-    ) -> RepairStage {
-        RepairStage {
-            node,
-            storage,
-            replicate,
-            next_op: 0,
-        }
+    pub fn new(node: NodeId) -> RepairMachine {
+        RepairMachine { node, next_op: 0 }
     }
+}
 
-    fn repair(&mut self, now: Instant, repair: RepairEvent) {
+impl Machine for RepairMachine {
+    type Input = RepairEvent;
+
+    fn on_event(&mut self, now: Now, repair: RepairEvent, out: &mut Outbox) {
         for target in repair.targets {
-            self.next_op =
-                self.next_op.wrapping_add(1) & !(REPAIR_OP_BIT | crate::replicate::HANDOFF_OP_BIT);
-            let op = self.next_op | REPAIR_OP_BIT;
-            // try_send: background work yields to foreground; a dropped repair is redone later.
+            self.next_op += 1;
+            let op = OpId(self.next_op);
+            // Offered, not requested: background work yields to foreground, and a dropped
+            // repair is redone later.
             if target == self.node {
-                let _ = self.storage.try_send(StorageEvent::Merge {
+                out.offer(StorageEvent {
                     op,
-                    key: repair.key.clone(),
-                    versions: repair.versions.clone(),
+                    reply_to: ReplyTo::Nobody,
+                    request: StorageRequest::Merge {
+                        key: repair.key.clone(),
+                        versions: repair.versions.clone(),
+                    },
                 });
             } else {
                 let message = Message::ReplicaWrite(ReplicaWrite {
@@ -80,24 +52,13 @@ impl RepairStage {
                     versions: repair.versions.clone(),
                     hint: None,
                 });
-                let _ = self.replicate.try_send(ReplicateEvent::Send {
+                out.offer(ReplicateEvent::Send {
                     peer: target,
                     op,
                     message,
-                    deadline: now + REPAIR_DEADLINE,
+                    deadline: now.instant + REPAIR_DEADLINE,
+                    reply_to: ReplyTo::Nobody,
                 });
-            }
-        }
-    }
-}
-
-impl Stage for RepairStage {
-    type Event = RepairStageEvent;
-
-    fn handle_batch(&mut self, now: Instant, batch: &mut Vec<RepairStageEvent>) {
-        for event in batch.drain(..) {
-            match event {
-                RepairStageEvent::Repair(repair) => self.repair(now, repair),
             }
         }
     }

@@ -1,12 +1,14 @@
 //! The replication fan-out stage: requests to peers out, their answers back.
 //!
-//! DRIVER SIDE (this node asks): the coordinator and the repair stage hand it `Send` events;
-//! it encodes each as a frame whose request id is the operation id, hands it to the intake for
-//! the peer's connection, and remembers the operation until its deadline. Answers arrive from
-//! parse as `Reply` (read on the connection this node opened to the peer) and go to the
-//! coordinator as `PeerDone`. When the intake reports a peer's connection failed (or a send
-//! was refused while it backs off), every operation outstanding on that peer fails at once with
-//! `PeerUnreachable`, so a quorum that cannot be met fails now rather than at the deadline.
+//! DRIVER SIDE (this node asks): the coordinator, handoff and repair hand it `Send` events;
+//! it gives each request a request id of its own (so operations of different askers never
+//! share one on the wire), encodes the frame, hands it to the intake for the peer's
+//! connection, and remembers the request until its deadline. Answers arrive from parse as
+//! `Reply` (read on the connection this node opened to the peer) and go to the asker named in
+//! the request's `reply_to`, as a `PeerDone` carrying the asker's own operation id. When the
+//! intake reports a peer's connection failed (or a send was refused while it backs off),
+//! every request outstanding on that peer fails at once with `PeerUnreachable`, so a quorum
+//! that cannot be met fails now rather than at the deadline.
 //!
 //! RECEIVER SIDE (a peer asks): not here. A peer's `ReplicaRead`/`ReplicaWrite` enters like a
 //! client request (intake → parse → coordinate, served from local storage) and is answered on
@@ -14,177 +16,271 @@
 //!
 //! Threads: one; the outstanding table lives in it.
 
-use crate::coordinate::{CoordinateEvent, PeerDone};
 use crate::error::ServiceError;
-use crate::handoff::HandoffEvent;
-use crate::intake::IntakeEvent;
-use crate::seda::{Stage, StageSender};
-use crate::storage::OpId;
+use crate::event::{IntakeEvent, Now, OpId, PeerDone, ReplicateEvent, ReplyTo};
+use crate::seda::{Machine, Outbox};
 use crate::wire::Message;
 use crate::NodeId;
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// Operation ids with this bit set belong to the repair stage: their answers are dropped here
-/// instead of going to the coordinator, which never issued them.
-pub const REPAIR_OP_BIT: OpId = 1 << 63;
-/// Operation ids with this bit set belong to the handoff stage, which gets their answers.
-/// (Coordinator ids stay below both bits.)
-pub const HANDOFF_OP_BIT: OpId = 1 << 62;
-
-/// The replication stage's events.
+/// A request sent to a peer and not yet answered.
 #[derive(Debug)]
-pub enum ReplicateEvent {
-    /// Send a request to a peer.
-    Send {
-        /// The peer.
-        peer: NodeId,
-        /// The operation (the frame's request id).
-        op: OpId,
-        /// The request.
-        message: Message,
-        /// When to forget the operation if no answer came.
-        deadline: Instant,
-    },
-    /// A peer's answer, read by parse from the connection to that peer.
-    Reply {
-        /// The peer.
-        peer: NodeId,
-        /// The operation answered.
-        op: OpId,
-        /// The answer.
-        message: Message,
-    },
-    /// The intake lost (or could not open) the connection to a peer.
-    PeerFailed {
-        /// The peer.
-        peer: NodeId,
-    },
+struct Outstanding {
+    peer: NodeId,
+    /// The asker's operation, echoed in the answer.
+    op: OpId,
+    reply_to: ReplyTo,
+    deadline: Instant,
 }
 
-impl fmt::Display for ReplicateEvent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReplicateEvent::Send {
-                peer, op, message, ..
-            } => write!(f, "send {message} to {peer} op {op}"),
-            ReplicateEvent::Reply { peer, op, message } => {
-                write!(f, "{message} from {peer} op {op}")
-            }
-            ReplicateEvent::PeerFailed { peer } => write!(f, "peer {peer} failed"),
-        }
-    }
-}
-
-/// The replication stage.
-pub struct ReplicateStage {
-    /// Operations sent and not yet answered: peer and deadline.
-    outstanding: HashMap<OpId, (NodeId, Instant)>,
-    intake: StageSender<IntakeEvent>,
-    coordinate: StageSender<CoordinateEvent>,
-    handoff: StageSender<HandoffEvent>,
+/// The replication stage's machine.
+pub struct ReplicateMachine {
+    /// Requests sent and not yet answered, by their request id on the wire.
+    outstanding: BTreeMap<u64, Outstanding>,
+    /// The next request id; ids are never reused while the node runs.
+    next_request_id: u64,
     /// Largest frame peers accept (`limits.max_frame_bytes`, the same on every node).
     max_frame_bytes: usize,
 }
 
-impl ReplicateStage {
-    /// The stage, sending frames through `intake` and answers to `coordinate`.
-    pub fn new(
-        intake: StageSender<IntakeEvent>,
-        coordinate: StageSender<CoordinateEvent>,
-        handoff: StageSender<HandoffEvent>,
-        max_frame_bytes: usize,
-    ) -> ReplicateStage {
-        ReplicateStage {
-            outstanding: HashMap::new(),
-            intake,
-            coordinate,
-            handoff,
+impl ReplicateMachine {
+    /// The stage, refusing to send frames larger than `max_frame_bytes`.
+    pub fn new(max_frame_bytes: usize) -> ReplicateMachine {
+        ReplicateMachine {
+            outstanding: BTreeMap::new(),
+            next_request_id: 1,
             max_frame_bytes,
         }
     }
 
-    fn answer(&self, op: OpId, peer: NodeId, result: Result<Message, ServiceError>) {
-        if op & HANDOFF_OP_BIT != 0 {
-            // Blocking: the handoff stage reaches this one only with try_send.
-            let acknowledged = matches!(result, Ok(Message::ReplicaReply(_)));
-            let _ = self
-                .handoff
-                .send(HandoffEvent::Delivered { op, acknowledged });
-        } else if op & REPAIR_OP_BIT == 0 {
-            // Blocking: the coordinator never waits on this stage (it uses try_send), so no cycle.
-            let _ = self
-                .coordinate
-                .send(CoordinateEvent::Peer(PeerDone { op, peer, result }));
+    /// Sends the asker its answer (a blocking send in the runtime: no asker reaches this
+    /// stage with a blocking send, so no cycle).
+    fn answer(out: &mut Outbox, reply_to: ReplyTo, done: PeerDone) {
+        if let Some(event) = reply_to.peer_done(done) {
+            out.reply(event);
         }
     }
 
-    fn handle(&mut self, event: ReplicateEvent) {
+    fn send(
+        &mut self,
+        peer: NodeId,
+        op: OpId,
+        message: Message,
+        deadline: Instant,
+        reply_to: ReplyTo,
+        out: &mut Outbox,
+    ) {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let error = match message.encode(request_id) {
+            Ok(frame) if frame.len() <= self.max_frame_bytes => {
+                self.outstanding.insert(
+                    request_id,
+                    Outstanding {
+                        peer: peer.clone(),
+                        op,
+                        reply_to,
+                        deadline,
+                    },
+                );
+                return out.reply(IntakeEvent::ToPeer { peer, frame });
+            }
+            // A frame peers would refuse (a version set of many large siblings) would cost
+            // the whole link; refuse it here, for this operation only.
+            Ok(frame) => ServiceError::ValueTooLarge {
+                size: frame.len() as u64,
+                max: self.max_frame_bytes as u64,
+            },
+            Err(error) => error.into(),
+        };
+        let done = PeerDone {
+            op,
+            peer,
+            result: Err(error),
+        };
+        Self::answer(out, reply_to, done);
+    }
+
+    fn on_reply(&mut self, peer: NodeId, request_id: u64, message: Message, out: &mut Outbox) {
+        // Only the peer the request went to may answer it.
+        let Some(outstanding) = self.outstanding.get(&request_id) else {
+            return;
+        };
+        if outstanding.peer != peer {
+            return;
+        }
+        if let Some(Outstanding { op, reply_to, .. }) = self.outstanding.remove(&request_id) {
+            // An error reply is still an answer: the peer is alive and said no. Only a
+            // transport failure (below) is an Err.
+            let done = PeerDone {
+                op,
+                peer,
+                result: Ok(message),
+            };
+            Self::answer(out, reply_to, done);
+        }
+    }
+
+    fn on_peer_failed(&mut self, peer: NodeId, out: &mut Outbox) {
+        let failed: Vec<u64> = self
+            .outstanding
+            .iter()
+            .filter(|(_, o)| o.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for request_id in failed {
+            if let Some(Outstanding {
+                op, reply_to, peer, ..
+            }) = self.outstanding.remove(&request_id)
+            {
+                let error = ServiceError::PeerUnreachable {
+                    node: peer.to_string(),
+                };
+                let done = PeerDone {
+                    op,
+                    peer,
+                    result: Err(error),
+                };
+                Self::answer(out, reply_to, done);
+            }
+        }
+    }
+
+    /// Requests waiting for an answer.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+}
+
+impl Machine for ReplicateMachine {
+    type Input = ReplicateEvent;
+
+    fn on_event(&mut self, _now: Now, event: ReplicateEvent, out: &mut Outbox) {
         match event {
             ReplicateEvent::Send {
                 peer,
                 op,
                 message,
                 deadline,
-            } => match message.encode(op) {
-                // A frame peers would refuse (a version set of many large siblings) would cost
-                // the whole link; refuse it here, for this operation only.
-                Ok(frame) if frame.len() > self.max_frame_bytes => {
-                    let error = ServiceError::ValueTooLarge {
-                        size: frame.len() as u64,
-                        max: self.max_frame_bytes as u64,
-                    };
-                    self.answer(op, peer, Err(error));
-                }
-                Ok(frame) => {
-                    self.outstanding.insert(op, (peer.clone(), deadline));
-                    let _ = self.intake.send(IntakeEvent::ToPeer { peer, frame });
-                }
-                Err(error) => self.answer(op, peer, Err(error.into())),
-            },
-            ReplicateEvent::Reply { peer, op, message } => {
-                // Only the peer the operation went to may answer it.
-                if self.outstanding.get(&op).is_some_and(|(to, _)| *to == peer) {
-                    self.outstanding.remove(&op);
-                    // An error reply is still an answer: the peer is alive and said no. Only
-                    // a transport failure (below) is an Err.
-                    self.answer(op, peer, Ok(message));
-                }
-            }
-            ReplicateEvent::PeerFailed { peer } => {
-                let failed: BTreeMap<OpId, NodeId> = self
-                    .outstanding
-                    .iter()
-                    .filter(|(_, (to, _))| *to == peer)
-                    .map(|(op, (to, _))| (*op, to.clone()))
-                    .collect();
-                for (op, to) in failed {
-                    self.outstanding.remove(&op);
-                    self.answer(
-                        op,
-                        to,
-                        Err(ServiceError::PeerUnreachable {
-                            node: peer.to_string(),
-                        }),
-                    );
-                }
-            }
+                reply_to,
+            } => self.send(peer, op, message, deadline, reply_to, out),
+            ReplicateEvent::Reply {
+                peer,
+                request_id,
+                message,
+            } => self.on_reply(peer, request_id, message, out),
+            ReplicateEvent::PeerFailed { peer } => self.on_peer_failed(peer, out),
         }
+    }
+
+    /// Forgets requests past their deadline: their askers have already given up on them.
+    fn on_tick(&mut self, now: Now, _out: &mut Outbox) {
+        self.outstanding.retain(|_, o| o.deadline > now.instant);
     }
 }
 
-impl Stage for ReplicateStage {
-    type Event = ReplicateEvent;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{CoordinateEvent, Event, HandoffEvent};
+    use crate::seda::Effect;
+    use std::time::Duration;
 
-    fn handle_batch(&mut self, _now: Instant, batch: &mut Vec<ReplicateEvent>) {
-        for event in batch.drain(..) {
-            self.handle(event);
-        }
+    fn answers(out: &mut Outbox) -> Vec<Event> {
+        out.take()
+            .into_iter()
+            .filter_map(|effect| match effect {
+                Effect::Send { event, .. } if !matches!(event, Event::Intake(_)) => Some(event),
+                _ => None,
+            })
+            .collect()
     }
 
-    /// Forgets operations past their deadline: the coordinator has already failed them.
-    fn on_tick(&mut self, now: Instant) {
-        self.outstanding.retain(|_, (_, deadline)| *deadline > now);
+    /// Goal: two askers that use the same operation id get their own answers, each routed
+    /// by its `ReplyTo` (no flag bits in ids), and a peer cannot answer a request sent to
+    /// another.
+    #[test]
+    fn answers_reach_the_asker_named_in_the_request() {
+        let mut machine = ReplicateMachine::new(1 << 20);
+        let now = Now::real();
+        let deadline = now.instant + Duration::from_secs(1);
+        let mut out = Outbox::new();
+        let n2 = NodeId::new("n2");
+        for reply_to in [ReplyTo::Coordinate, ReplyTo::Handoff] {
+            let send = ReplicateEvent::Send {
+                peer: n2.clone(),
+                op: OpId(7),
+                message: Message::Ping,
+                deadline,
+                reply_to,
+            };
+            machine.on_event(now, send, &mut out);
+        }
+        out.take();
+        let stranger = ReplicateEvent::Reply {
+            peer: NodeId::new("n3"),
+            request_id: 1,
+            message: Message::Pong,
+        };
+        machine.on_event(now, stranger, &mut out);
+        assert!(
+            answers(&mut out).is_empty(),
+            "n3 answered a request sent to n2"
+        );
+        for request_id in [2, 1] {
+            let reply = ReplicateEvent::Reply {
+                peer: n2.clone(),
+                request_id,
+                message: Message::Pong,
+            };
+            machine.on_event(now, reply, &mut out);
+        }
+        let routed = answers(&mut out);
+        assert!(matches!(
+            routed.as_slice(),
+            [
+                Event::Handoff(HandoffEvent::Peer(PeerDone { op: OpId(7), .. })),
+                Event::Coordinate(CoordinateEvent::Peer(PeerDone { op: OpId(7), .. }))
+            ]
+        ));
+    }
+
+    /// Goal: a failed link fails every request outstanding on that peer at once, with
+    /// `PeerUnreachable`, and nothing on other peers.
+    #[test]
+    fn failed_link_fails_only_that_peers_requests() {
+        let mut machine = ReplicateMachine::new(1 << 20);
+        let now = Now::real();
+        let deadline = now.instant + Duration::from_secs(1);
+        let mut out = Outbox::new();
+        for (peer, op) in [("n2", 1), ("n3", 2), ("n2", 3)] {
+            let send = ReplicateEvent::Send {
+                peer: NodeId::new(peer),
+                op: OpId(op),
+                message: Message::Ping,
+                deadline,
+                reply_to: ReplyTo::Coordinate,
+            };
+            machine.on_event(now, send, &mut out);
+        }
+        out.take();
+        let failed = ReplicateEvent::PeerFailed {
+            peer: NodeId::new("n2"),
+        };
+        machine.on_event(now, failed, &mut out);
+        let ops: Vec<u64> = answers(&mut out)
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::Coordinate(CoordinateEvent::Peer(PeerDone {
+                    op,
+                    result: Err(ServiceError::PeerUnreachable { .. }),
+                    ..
+                })) => Some(op.0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ops, vec![1, 3]);
+        assert_eq!(machine.outstanding(), 1);
     }
 }

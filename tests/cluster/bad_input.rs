@@ -315,7 +315,7 @@ fn peer_requests_need_a_hello_signed_with_the_cluster_secret() {
     });
     let hello = |secret: &[u8], id: &str| {
         let node = NodeId::new(id);
-        let timestamp_ms = shoal_stages::coordinate::wall_clock_ms();
+        let timestamp_ms = shoal_stages::event::wall_clock_ms();
         let mac = ContextSeal::new(secret).sign(&PeerHello::signed_bytes(&node, timestamp_ms));
         Message::PeerHello(PeerHello {
             node,

@@ -19,62 +19,25 @@
 //!   deadline) updates the [`FailureDetector`]; down peers are probed with `Ping` every
 //!   `probe_interval` and come back by themselves.
 
-use super::{
-    ClientRequest, CoordinateEvent, Operation, OperationLatencies, Origin, PeerBoard, PeerDone,
-    ServeRequest,
-};
 use crate::error::ServiceError;
+use crate::event::{
+    ClientRequest, CoordinateEvent, Event, IntakeEvent, Now, OpId, Operation, Origin, PeerDone,
+    RepairEvent, ReplicateEvent, ReplyTo, ServeRequest, StorageDone, StorageEvent, StorageOutcome,
+    StorageRequest,
+};
 use crate::failure_detector::FailureDetector;
 use crate::membership::MembershipView;
 use crate::quorum::{QuorumState, QuorumTracker};
-use crate::storage::{OpId, StorageDone, StorageEvent, StorageOutcome};
+use crate::seda::{Machine, Outbox};
 use crate::vclock::VClock;
 use crate::versioning::VersionSet;
 use crate::wire::{
-    Bytes, ContextSeal, DeleteRequest, GetReply, LocalReply, Message, PutReply, PutRequest,
-    ReplicaRead, ReplicaReply, ReplicaWrite,
+    Bytes, ContextSeal, DeleteRequest, GetReply, LocalReply, MemberStatus, MembersReply, Message,
+    PutReply, PutRequest, ReplicaRead, ReplicaReply, ReplicaWrite,
 };
 use crate::NodeId;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
-
-/// Read repair work for the background repair stage.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RepairEvent {
-    /// The key.
-    pub key: Vec<u8>,
-    /// The reconciled versions every replica should hold.
-    pub versions: VersionSet,
-    /// The replicas whose versions differed.
-    pub targets: Vec<NodeId>,
-}
-
-/// What the coordinator asks the driver to do.
-#[derive(Debug)]
-pub enum CoordinateOutput {
-    /// Queue this event for the local storage stage.
-    Storage(StorageEvent),
-    /// Send this request to a peer (through the replication stage).
-    Peer {
-        /// The peer.
-        peer: NodeId,
-        /// The operation its reply answers.
-        op: OpId,
-        /// The request.
-        message: Message,
-        /// When the replication stage may forget it.
-        deadline: Instant,
-    },
-    /// Send this reply to the client.
-    Reply {
-        /// Where the request came from.
-        origin: Origin,
-        /// The reply.
-        message: Message,
-    },
-    /// Hand read repair to the background repair stage.
-    Repair(RepairEvent),
-}
 
 /// Quorum defaults and limits of the coordinator.
 #[derive(Clone, Debug)]
@@ -148,6 +111,8 @@ enum Work {
     },
     /// A peer's or operator's request served from the local store.
     Serve { request: ServeKind },
+    /// `admin members`: waiting for storage's count of the hints held.
+    Members,
 }
 
 /// Which reply a served request gets.
@@ -174,45 +139,37 @@ struct Pending {
 /// Identifies a pending request inside the coordinator.
 type RequestKey = u64;
 
-/// The coordinator of one node.
+/// The coordinator of one node. Every table is ordered (`BTreeMap`), so the order in which a
+/// tick judges silent replicas or probes peers, and so the fallback each gets, is the same in
+/// every run of a simulator seed.
 pub struct Coordinator {
     settings: CoordinatorSettings,
     membership: MembershipView,
-    latencies: OperationLatencies,
-    /// Next id for requests and operations. Coordinator ids stay below 2^63; the repair
-    /// stage numbers its own operations above, so replies never reach the wrong owner.
+    /// Next id for requests and operations (one counter: a request key and an operation id
+    /// never need to be told apart, and answers are routed by `ReplyTo`, not by id).
     next_id: u64,
-    requests: HashMap<RequestKey, Pending>,
+    requests: BTreeMap<RequestKey, Pending>,
     /// Which request, and which replica, each operation belongs to.
-    operations: HashMap<OpId, OpInfo>,
+    operations: BTreeMap<OpId, OpInfo>,
     /// Every peer's health as this node's traffic shows it.
     detector: FailureDetector,
     /// Probes in flight: operation → (peer, deadline).
-    probes: HashMap<OpId, (NodeId, Instant)>,
-    /// Where `admin members` reads the detector's view.
-    board: PeerBoard,
+    probes: BTreeMap<OpId, (NodeId, Instant)>,
     /// Deadlines in time order, so a tick inspects only the expired ones.
     deadlines: BTreeSet<(Instant, RequestKey)>,
 }
 
 impl Coordinator {
     /// A coordinator for `settings.node` routing by the current membership.
-    pub fn new(
-        settings: CoordinatorSettings,
-        membership: MembershipView,
-        latencies: OperationLatencies,
-        board: PeerBoard,
-    ) -> Coordinator {
+    pub fn new(settings: CoordinatorSettings, membership: MembershipView) -> Coordinator {
         Coordinator {
             detector: FailureDetector::new(settings.probe_interval),
-            probes: HashMap::new(),
-            board,
+            probes: BTreeMap::new(),
             settings,
             membership,
-            latencies,
             next_id: 1,
-            requests: HashMap::new(),
-            operations: HashMap::new(),
+            requests: BTreeMap::new(),
+            operations: BTreeMap::new(),
             deadlines: BTreeSet::new(),
         }
     }
@@ -222,14 +179,10 @@ impl Coordinator {
         self.requests.len()
     }
 
-    /// Handles one event at time `now` (`wall_ms`: wall clock for version timestamps).
-    pub fn on_event(
-        &mut self,
-        now: Instant,
-        wall_ms: u64,
-        event: CoordinateEvent,
-        out: &mut Vec<CoordinateOutput>,
-    ) {
+    /// Handles one event at time `now` (its wall clock stamps new versions).
+    pub fn handle(&mut self, now: Now, event: CoordinateEvent, out: &mut Outbox) {
+        let wall_ms = now.wall_ms;
+        let now = now.instant;
         match event {
             CoordinateEvent::Client {
                 origin,
@@ -241,6 +194,10 @@ impl Coordinator {
                 request,
                 received_at,
             } => self.start_serve(origin, request, received_at, out),
+            CoordinateEvent::Members {
+                origin,
+                received_at,
+            } => self.start_members(origin, received_at, out),
             CoordinateEvent::Storage(done) => {
                 let StorageDone { op, result } = done;
                 self.on_answer(now, op, result, out)
@@ -250,9 +207,9 @@ impl Coordinator {
     }
 
     /// Fails every request whose deadline has passed with the quorum error (marking the
-    /// replicas that stayed silent as failed), starts read repair for expired reads, probes
-    /// down peers, and publishes the detector's view.
-    pub fn on_tick(&mut self, now: Instant, out: &mut Vec<CoordinateOutput>) {
+    /// replicas that stayed silent as failed), starts read repair for expired reads, and
+    /// probes down peers.
+    pub fn tick(&mut self, now: Instant, out: &mut Outbox) {
         let expired: Vec<(Instant, RequestKey)> = self
             .deadlines
             .range(..=(now, RequestKey::MAX))
@@ -294,9 +251,6 @@ impl Coordinator {
         }
         self.reroute_silent_replicas(now, out);
         self.probe_down_peers(now, out);
-        if let Ok(mut board) = self.board.lock() {
-            *board = self.detector.statuses(now);
-        }
     }
 
     fn start_client_request(
@@ -306,7 +260,7 @@ impl Coordinator {
         origin: Origin,
         request: ClientRequest,
         received_at: Instant,
-        out: &mut Vec<CoordinateOutput>,
+        out: &mut Outbox,
     ) {
         let (operation, quorum, timeout) = match &request {
             ClientRequest::Get { r, timeout, .. } => {
@@ -335,10 +289,7 @@ impl Coordinator {
                 value: quorum as u64,
                 n: n as u64,
             };
-            out.push(CoordinateOutput::Reply {
-                origin,
-                message: Message::Error(error),
-            });
+            out.reply(IntakeEvent::reply(origin, &Message::Error(error)));
             return;
         }
         let (targets, spares) = self.targets(request.key());
@@ -409,13 +360,15 @@ impl Coordinator {
                     spares,
                 };
                 let op = self.new_op(key, &me, None);
-                out.push(CoordinateOutput::Storage(StorageEvent::CoordinatePut {
+                out.request(storage(
                     op,
-                    key: k,
-                    context,
-                    value,
-                    now_ms: wall_ms,
-                }));
+                    StorageRequest::CoordinatePut {
+                        key: k,
+                        context,
+                        value,
+                        now_ms: wall_ms,
+                    },
+                ));
             }
         }
         self.deadlines.insert((deadline, key));
@@ -427,18 +380,17 @@ impl Coordinator {
         origin: Origin,
         request: ServeRequest,
         received_at: Instant,
-        out: &mut Vec<CoordinateOutput>,
+        out: &mut Outbox,
     ) {
         let key = self.new_id();
         let me = self.settings.node.clone();
         let op = self.new_op(key, &me, None);
-        let (kind, item, event) = match request {
+        let (kind, item, request) = match request {
             // `get --local`: the node's own objects, not the hints it keeps for others.
             ServeRequest::Local { key: k } => (
                 ServeKind::Local,
                 k.clone(),
-                StorageEvent::Read {
-                    op,
+                StorageRequest::Read {
                     key: k,
                     with_hints: false,
                 },
@@ -446,8 +398,7 @@ impl Coordinator {
             ServeRequest::ReplicaRead { key: k } => (
                 ServeKind::Replica,
                 k.clone(),
-                StorageEvent::Read {
-                    op,
+                StorageRequest::Read {
                     key: k,
                     with_hints: true,
                 },
@@ -460,8 +411,7 @@ impl Coordinator {
             } if target != me => (
                 ServeKind::Replica,
                 k.clone(),
-                StorageEvent::StoreHint {
-                    op,
+                StorageRequest::StoreHint {
                     target,
                     key: k,
                     versions,
@@ -472,15 +422,11 @@ impl Coordinator {
             } => (
                 ServeKind::Replica,
                 k.clone(),
-                StorageEvent::Merge {
-                    op,
-                    key: k,
-                    versions,
-                },
+                StorageRequest::Merge { key: k, versions },
             ),
         };
         let deadline = received_at + self.settings.request_timeout;
-        out.push(CoordinateOutput::Storage(event));
+        out.request(storage(op, request));
         self.deadlines.insert((deadline, key));
         self.requests.insert(
             key,
@@ -504,7 +450,7 @@ impl Coordinator {
     }
 
     fn new_op(&mut self, request: RequestKey, node: &NodeId, hint: Option<NodeId>) -> OpId {
-        let op = self.new_id();
+        let op = OpId(self.new_id());
         self.operations.insert(
             op,
             OpInfo {
@@ -524,25 +470,22 @@ impl Coordinator {
         node: &NodeId,
         key: &[u8],
         deadline: Instant,
-        out: &mut Vec<CoordinateOutput>,
+        out: &mut Outbox,
     ) {
         let op = self.new_op(request, node, None);
         if *node == self.settings.node {
-            out.push(CoordinateOutput::Storage(StorageEvent::Read {
+            out.request(storage(
                 op,
-                key: key.to_vec(),
-                with_hints: true,
-            }));
+                StorageRequest::Read {
+                    key: key.to_vec(),
+                    with_hints: true,
+                },
+            ));
         } else {
             let message = Message::ReplicaRead(ReplicaRead {
                 key: Bytes::from(key.to_vec()),
             });
-            out.push(CoordinateOutput::Peer {
-                peer: node.clone(),
-                op,
-                message,
-                deadline,
-            });
+            out.request(to_peer(node.clone(), op, message, deadline));
         }
     }
 
@@ -553,7 +496,7 @@ impl Coordinator {
         key: &[u8],
         versions: &VersionSet,
         deadline: Instant,
-        out: &mut Vec<CoordinateOutput>,
+        out: &mut Outbox,
     ) {
         let op = self.new_op(request, &target.node, target.hint.clone());
         let message = Message::ReplicaWrite(ReplicaWrite {
@@ -561,32 +504,117 @@ impl Coordinator {
             versions: versions.clone(),
             hint: target.hint,
         });
-        out.push(CoordinateOutput::Peer {
-            peer: target.node,
-            op,
-            message,
-            deadline,
-        });
+        out.request(to_peer(target.node, op, message, deadline));
     }
 
-    fn reply(
-        &mut self,
-        now: Instant,
-        pending: &mut Pending,
-        message: Message,
-        out: &mut Vec<CoordinateOutput>,
-    ) {
+    fn reply(&mut self, now: Instant, pending: &mut Pending, message: Message, out: &mut Outbox) {
         pending.replied = true;
-        if !matches!(pending.work, Work::Serve { .. }) {
-            self.latencies.record(
+        if !matches!(pending.work, Work::Serve { .. } | Work::Members) {
+            out.latency(
                 pending.operation,
                 now.saturating_duration_since(pending.received_at),
             );
         }
-        out.push(CoordinateOutput::Reply {
-            origin: pending.origin,
-            message,
-        });
+        out.reply(IntakeEvent::reply(pending.origin, &message));
+    }
+
+    /// `admin members`: asks storage for the hints held; the reply (see `answers.rs`) adds
+    /// the failure detector's view of every member.
+    fn start_members(&mut self, origin: Origin, received_at: Instant, out: &mut Outbox) {
+        let key = self.new_id();
+        let me = self.settings.node.clone();
+        let op = self.new_op(key, &me, None);
+        let deadline = received_at + self.settings.request_timeout;
+        out.request(storage(op, StorageRequest::PendingHints));
+        self.deadlines.insert((deadline, key));
+        self.requests.insert(
+            key,
+            Pending {
+                origin,
+                operation: Operation::Get,
+                key: Vec::new(),
+                received_at,
+                deadline,
+                tracker: QuorumTracker::new(1, 1),
+                replied: false,
+                work: Work::Members,
+            },
+        );
+    }
+
+    /// Every member with this node's view of its health and the hints held for it.
+    fn members_reply(&self, now: Instant, pending_hints: &BTreeMap<NodeId, u64>) -> Message {
+        let membership = self.membership.current();
+        let statuses = self.detector.statuses(now);
+        let members = membership
+            .members()
+            .map(|m| {
+                let status = statuses.iter().find(|s| s.node == m.id);
+                MemberStatus {
+                    node: m.id.clone(),
+                    addr: m.addr.to_string(),
+                    up: status.is_none_or(|s| s.up),
+                    down_for_ms: status.map_or(0, |s| s.down_for_ms),
+                    hints_pending: pending_hints.get(&m.id).copied().unwrap_or(0),
+                }
+            })
+            .collect();
+        Message::MembersReply(MembersReply {
+            node: self.settings.node.clone(),
+            version: membership.version,
+            members,
+        })
+    }
+}
+
+/// An operation on the local store, answered to the coordinator.
+fn storage(op: OpId, request: StorageRequest) -> StorageEvent {
+    StorageEvent {
+        op,
+        reply_to: ReplyTo::Coordinate,
+        request,
+    }
+}
+
+/// A request to a peer, answered to the coordinator.
+fn to_peer(peer: NodeId, op: OpId, message: Message, deadline: Instant) -> ReplicateEvent {
+    ReplicateEvent::Send {
+        peer,
+        op,
+        message,
+        deadline,
+        reply_to: ReplyTo::Coordinate,
+    }
+}
+
+impl Machine for Coordinator {
+    type Input = CoordinateEvent;
+
+    fn on_event(&mut self, now: Now, event: CoordinateEvent, out: &mut Outbox) {
+        self.handle(now, event, out);
+    }
+
+    fn on_tick(&mut self, now: Now, out: &mut Outbox) {
+        self.tick(now.instant, out);
+    }
+
+    /// A request this coordinator sent was refused (a full storage or replication queue):
+    /// the operation fails with that error, as a lost peer's would, and the client hears it.
+    fn on_refused(&mut self, now: Now, event: Event, error: ServiceError, out: &mut Outbox) {
+        match event {
+            Event::Storage(StorageEvent { op, .. }) => {
+                self.on_answer(now.instant, op, Err(error), out)
+            }
+            Event::Replicate(ReplicateEvent::Send { peer, op, .. }) => {
+                let done = PeerDone {
+                    op,
+                    peer,
+                    result: Err(error),
+                };
+                self.on_peer_answer(now.instant, done, out)
+            }
+            _ => {}
+        }
     }
 }
 
@@ -594,6 +622,3 @@ mod answers;
 mod failover;
 use answers::repair_if_read;
 use failover::forwarded_message;
-
-/// Latency per operation, for `OperationLatencies::snapshot`.
-pub(super) type LatencyMap = BTreeMap<Operation, hdrhistogram::Histogram<u64>>;

@@ -1,18 +1,96 @@
 //! The coordinator's state machine, driven directly: quorums, deadlines, errors. No threads,
-//! sockets or storage: the test plays the storage stage. Reference: Dynamo §4.5.
+//! sockets or storage: the test plays the storage stage and reads the machine's outbox.
+//! Reference: Dynamo §4.5.
 
 use super::*;
-use crate::coordinate::PeerDone;
+use crate::error::ServiceError;
+use crate::event::{
+    ClientRequest, ConnId, CoordinateEvent, Event, IntakeEvent, Now, OpId, Origin, PeerDone,
+    ReplicateEvent, StorageDone, StorageEvent, StorageOutcome, StorageRequest,
+};
 use crate::membership::{Member, Membership, MembershipView};
-use crate::storage::{StorageDone, StorageEvent, StorageOutcome};
+use crate::seda::{Effect, Outbox};
 use crate::versioning::VersionSet;
-use crate::wire::{ContextSeal, Message};
+use crate::wire::{ContextSeal, FrameDecoder, Message};
+use crate::NodeId;
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_millis(100);
 
+/// The machine's outbox, in the shape these tests check: requests to storage and peers, and
+/// client replies decoded back from their frames.
+#[derive(Debug)]
+enum Output {
+    Storage(StorageEvent),
+    Peer {
+        peer: NodeId,
+        op: OpId,
+        message: Message,
+    },
+    Reply {
+        origin: Origin,
+        message: Message,
+    },
+    Other(String),
+}
+
+fn outputs(outbox: &mut Outbox) -> Vec<Output> {
+    outbox
+        .take()
+        .into_iter()
+        .map(|effect| match effect {
+            Effect::Send {
+                event: Event::Storage(event),
+                ..
+            } => Output::Storage(event),
+            Effect::Send {
+                event:
+                    Event::Replicate(ReplicateEvent::Send {
+                        peer, op, message, ..
+                    }),
+                ..
+            } => Output::Peer { peer, op, message },
+            Effect::Send {
+                event: Event::Intake(IntakeEvent::Send { conn, frame }),
+                ..
+            } => {
+                let mut decoder = FrameDecoder::new(1 << 20);
+                decoder.extend(&frame);
+                let frame = decoder.next_frame().expect("a frame").expect("whole");
+                let message = Message::decode(&frame).expect("decodes");
+                let origin = Origin {
+                    conn,
+                    request_id: frame.request_id,
+                };
+                Output::Reply { origin, message }
+            }
+            other => Output::Other(format!("{other:?}")),
+        })
+        .filter(|output| !matches!(output, Output::Other(o) if o.contains("Latency")))
+        .collect()
+}
+
+fn on_event(c: &mut Coordinator, now: Instant, event: CoordinateEvent, out: &mut Vec<Output>) {
+    let mut outbox = Outbox::new();
+    c.handle(
+        Now {
+            instant: now,
+            wall_ms: 0,
+        },
+        event,
+        &mut outbox,
+    );
+    out.extend(outputs(&mut outbox));
+}
+
+fn on_tick(c: &mut Coordinator, now: Instant, out: &mut Vec<Output>) {
+    let mut outbox = Outbox::new();
+    c.tick(now, &mut outbox);
+    out.extend(outputs(&mut outbox));
+}
+
 fn coordinator() -> Coordinator {
-    let node = crate::NodeId::new("n1");
+    let node = NodeId::new("n1");
     let member = Member {
         id: node.clone(),
         addr: "127.0.0.1:1".parse().expect("addr"),
@@ -30,18 +108,13 @@ fn coordinator() -> Coordinator {
         probe_interval: Duration::from_millis(100),
         replica_timeout: Duration::from_secs(60),
     };
-    Coordinator::new(
-        settings,
-        membership,
-        OperationLatencies::default(),
-        PeerBoard::default(),
-    )
+    Coordinator::new(settings, membership)
 }
 
 fn get(request_id: u64, now: Instant) -> CoordinateEvent {
     CoordinateEvent::Client {
         origin: Origin {
-            conn: 7,
+            conn: ConnId(7),
             request_id,
         },
         request: ClientRequest::Get {
@@ -53,9 +126,13 @@ fn get(request_id: u64, now: Instant) -> CoordinateEvent {
     }
 }
 
-fn storage_op(out: &[CoordinateOutput]) -> crate::storage::OpId {
+fn storage_op(out: &[Output]) -> OpId {
     match out {
-        [CoordinateOutput::Storage(StorageEvent::Read { op, .. })] => *op,
+        [Output::Storage(StorageEvent {
+            op,
+            request: StorageRequest::Read { .. },
+            ..
+        })] => *op,
         other => panic!("expected one storage read, got {other:?}"),
     }
 }
@@ -67,14 +144,14 @@ fn unanswered_request_fails_at_its_deadline_with_the_quorum_error() {
     let mut c = coordinator();
     let start = Instant::now();
     let mut out = Vec::new();
-    c.on_event(start, 0, get(1, start), &mut out);
+    on_event(&mut c, start, get(1, start), &mut out);
     storage_op(&out);
     out.clear();
-    c.on_tick(start + TIMEOUT / 2, &mut out);
+    on_tick(&mut c, start + TIMEOUT / 2, &mut out);
     assert!(out.is_empty(), "failed before the deadline: {out:?}");
-    c.on_tick(start + TIMEOUT, &mut out);
+    on_tick(&mut c, start + TIMEOUT, &mut out);
     match out.as_slice() {
-        [CoordinateOutput::Reply {
+        [Output::Reply {
             origin,
             message: Message::Error(error),
         }] => {
@@ -102,15 +179,15 @@ fn failure_that_makes_quorum_unreachable_is_answered_at_once() {
     let mut c = coordinator();
     let start = Instant::now();
     let mut out = Vec::new();
-    c.on_event(start, 0, get(1, start), &mut out);
+    on_event(&mut c, start, get(1, start), &mut out);
     let op = storage_op(&out);
     out.clear();
     let failure = ServiceError::Storage {
         reason: "disk on fire".into(),
     };
-    c.on_event(
+    on_event(
+        &mut c,
         start,
-        0,
         CoordinateEvent::Storage(StorageDone {
             op,
             result: Err(failure.clone()),
@@ -125,7 +202,7 @@ fn failure_that_makes_quorum_unreachable_is_answered_at_once() {
         failed: 1,
     };
     assert!(
-        matches!(out.as_slice(), [CoordinateOutput::Reply { message: Message::Error(e), .. }] if *e == expected),
+        matches!(out.as_slice(), [Output::Reply { message: Message::Error(e), .. }] if *e == expected),
         "{out:?}"
     );
     out.clear();
@@ -133,13 +210,13 @@ fn failure_that_makes_quorum_unreachable_is_answered_at_once() {
         op,
         result: Ok(StorageOutcome::Versions(VersionSet::new())),
     };
-    c.on_event(
+    on_event(
+        &mut c,
         start + TIMEOUT * 2,
-        0,
         CoordinateEvent::Storage(late),
         &mut out,
     );
-    c.on_tick(start + TIMEOUT * 2, &mut out);
+    on_tick(&mut c, start + TIMEOUT * 2, &mut out);
     assert!(out.is_empty(), "late answer produced {out:?}");
 }
 
@@ -154,12 +231,12 @@ fn quorum_outside_one_to_n_is_refused_before_any_work() {
         r: Some(2),
         timeout: None,
     };
-    c.on_event(
+    on_event(
+        &mut c,
         start,
-        0,
         CoordinateEvent::Client {
             origin: Origin {
-                conn: 1,
+                conn: ConnId(1),
                 request_id: 3,
             },
             request,
@@ -169,7 +246,7 @@ fn quorum_outside_one_to_n_is_refused_before_any_work() {
     );
     assert!(matches!(
         out.as_slice(),
-        [CoordinateOutput::Reply {
+        [Output::Reply {
             message: Message::Error(ServiceError::InvalidQuorum { value: 2, n: 1, .. }),
             ..
         }]
@@ -185,9 +262,9 @@ fn request_with_too_few_healthy_replicas_is_answered_when_they_have() {
     let start = Instant::now();
     // First get: the two peers fail, which marks them down.
     let mut out = Vec::new();
-    c.on_event(start, 0, get(1, start), &mut out);
+    on_event(&mut c, start, get(1, start), &mut out);
     for output in std::mem::take(&mut out) {
-        if let CoordinateOutput::Peer { peer, op, .. } = output {
+        if let Output::Peer { peer, op, .. } = output {
             let done = PeerDone {
                 op,
                 peer: peer.clone(),
@@ -195,19 +272,19 @@ fn request_with_too_few_healthy_replicas_is_answered_when_they_have() {
                     node: peer.to_string(),
                 }),
             };
-            c.on_event(start, 0, CoordinateEvent::Peer(done), &mut out);
+            on_event(&mut c, start, CoordinateEvent::Peer(done), &mut out);
         }
     }
     // Second get: only the local replica is asked.
     out.clear();
-    c.on_event(start, 0, get(2, start), &mut out);
+    on_event(&mut c, start, get(2, start), &mut out);
     let op = storage_op(&out);
     out.clear();
     let answer = StorageDone {
         op,
         result: Ok(StorageOutcome::Versions(VersionSet::new())),
     };
-    c.on_event(start, 0, CoordinateEvent::Storage(answer), &mut out);
+    on_event(&mut c, start, CoordinateEvent::Storage(answer), &mut out);
     let expected = ServiceError::Quorum {
         operation: "get".into(),
         needed: 2,
@@ -216,7 +293,7 @@ fn request_with_too_few_healthy_replicas_is_answered_when_they_have() {
         failed: 0,
     };
     assert!(
-        out.iter().any(|o| matches!(o, CoordinateOutput::Reply { origin, message: Message::Error(e) } if origin.request_id == 2 && *e == expected)),
+        out.iter().any(|o| matches!(o, Output::Reply { origin, message: Message::Error(e) } if origin.request_id == 2 && *e == expected)),
         "{out:?}"
     );
 }
@@ -227,7 +304,7 @@ fn request_with_too_few_healthy_replicas_is_answered_when_they_have() {
 #[test]
 fn forwarded_put_relays_an_error_answer_and_is_not_forwarded_twice() {
     let (mut c, membership) = coordinator_of_three(2, 1, 1);
-    let me = crate::NodeId::new("n1");
+    let me = NodeId::new("n1");
     let key = (0..1000)
         .map(|i| format!("k{i}").into_bytes())
         .find(|k| {
@@ -249,12 +326,12 @@ fn forwarded_put_relays_an_error_answer_and_is_not_forwarded_twice() {
         forwarded,
     };
     let mut out = Vec::new();
-    c.on_event(
+    on_event(
+        &mut c,
         start,
-        0,
         CoordinateEvent::Client {
             origin: Origin {
-                conn: 1,
+                conn: ConnId(1),
                 request_id: 9,
             },
             request: put(false),
@@ -263,7 +340,7 @@ fn forwarded_put_relays_an_error_answer_and_is_not_forwarded_twice() {
         &mut out,
     );
     let (peer, op) = match out.as_slice() {
-        [CoordinateOutput::Peer {
+        [Output::Peer {
             peer,
             op,
             message: Message::Put(m),
@@ -273,9 +350,9 @@ fn forwarded_put_relays_an_error_answer_and_is_not_forwarded_twice() {
     };
     out.clear();
     let refusal = ServiceError::TooManySiblings { count: 33, max: 32 };
-    c.on_event(
+    on_event(
+        &mut c,
         start,
-        0,
         CoordinateEvent::Peer(PeerDone {
             op,
             peer,
@@ -284,7 +361,7 @@ fn forwarded_put_relays_an_error_answer_and_is_not_forwarded_twice() {
         &mut out,
     );
     match out.as_slice() {
-        [CoordinateOutput::Reply {
+        [Output::Reply {
             origin,
             message: Message::Error(e),
         }] => {
@@ -300,7 +377,7 @@ fn coordinator_of_three(n: usize, r: usize, w: usize) -> (Coordinator, Membershi
     let members: Vec<Member> = ["n1", "n2", "n3"]
         .iter()
         .map(|id| Member {
-            id: crate::NodeId::new(*id),
+            id: NodeId::new(*id),
             addr: "127.0.0.1:1".parse().expect("addr"),
             weight: 1,
             zone: None,
@@ -308,7 +385,7 @@ fn coordinator_of_three(n: usize, r: usize, w: usize) -> (Coordinator, Membershi
         .collect();
     let membership = Membership::new(1, 8, members).expect("membership");
     let settings = CoordinatorSettings {
-        node: crate::NodeId::new("n1"),
+        node: NodeId::new("n1"),
         n,
         r,
         w,
@@ -318,13 +395,5 @@ fn coordinator_of_three(n: usize, r: usize, w: usize) -> (Coordinator, Membershi
         replica_timeout: Duration::from_secs(60),
     };
     let view = MembershipView::new(membership.clone());
-    (
-        Coordinator::new(
-            settings,
-            view,
-            OperationLatencies::default(),
-            PeerBoard::default(),
-        ),
-        membership,
-    )
+    (Coordinator::new(settings, view), membership)
 }

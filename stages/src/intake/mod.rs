@@ -1,54 +1,41 @@
 //! The network intake stage: one mio event loop (one thread) that owns every socket.
 //!
-//! It accepts connections, reads bytes and splits them into frames (checking each frame's
-//! declared length before buffering it), and hands each frame to the parse stage with
-//! `try_send`; when parse's queue is full the frame is answered `Overloaded` on the spot. Other
-//! stages send replies through the intake's own queue and wake the loop with a `mio::Waker`.
+//! The loop is the I/O half: it accepts connections, reads bytes, dials peers and writes
+//! frames. Every decision about those bytes is the [`IntakeMachine`]'s (`machine.rs`): frames
+//! are checked (declared length before buffering) and handed to the parse stage with a
+//! request delivery, so a full parse queue is answered `Overloaded` on the spot. Other stages
+//! send frames through the intake's own queue and wake the loop with a `mio::Waker`.
 //!
 //! Bounds: at most `max_connections` sockets; per connection, at most one maximal frame plus one
 //! read of input buffered and at most `max_write_buffer_bytes` of unsent output (a client that
 //! never reads is disconnected rather than allowed to grow the buffer).
 
-mod peering;
+mod machine;
 mod peers;
 
-use crate::coordinate::OperationLatencies;
-use crate::coordinate::Origin;
-use crate::error::ServiceError;
-use crate::membership::MembershipView;
-use crate::parse::ParseEvent;
-use crate::replicate::ReplicateEvent;
-use crate::seda::StageSnapshot;
-use crate::seda::{SendError, StageReceiver, StageSender, Wake};
-use crate::wire::StatsReply;
-use crate::wire::{kind, Bytes, ContextSeal, Frame, FrameDecoder, FrameError, Message, PeerHello};
+pub use machine::{IntakeMachine, IntakeSettings, FIRST_CONN};
+
+use crate::event::{encode_reply, ConnId, IntakeEvent, Now, SocketCommand};
+use crate::seda::{deliver, Machine, OperationLatencies, Outbox, Router, StageReceiver, Wake};
+use crate::wire::{Message, StatsReply};
 use crate::NodeId;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use peers::{PeerLinks, Route};
+use mio::{Events, Interest, Poll, Token, Waker};
 use slog::{debug, info, warn, Logger};
-use std::collections::{BTreeSet, HashMap};
-use std::fmt;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Identifies a client connection for the life of the node (never reused).
-pub type ConnId = u64;
-
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
-/// Connection ids start here so they never collide with the two fixed tokens.
-const FIRST_CONN: ConnId = 2;
 /// Bytes read from a socket per `read` call.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
-/// Longest the loop sleeps before re-checking its stop flag.
+/// Longest the loop sleeps before re-checking its stop flag; also how often the machine is
+/// ticked (frame deadlines are seconds long).
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
-/// How far a peer's hello timestamp may be from this node's clock. It bounds replays of a
-/// recorded hello; clocks of a cluster's nodes are assumed within this of each other.
-const HELLO_WINDOW_MS: u64 = 5 * 60 * 1000;
 /// Socket events handled per `poll` call.
 const EVENTS_PER_POLL: usize = 1024;
 /// Reads from one connection per turn of the loop. A client that sends faster than the loop
@@ -58,96 +45,9 @@ const READS_PER_TURN: usize = 16;
 /// A connection's output buffer is released once flushed if it grew beyond this, so one large
 /// reply does not pin its peak size for the life of the connection.
 const KEEP_BUFFER_BYTES: usize = 256 * 1024;
-
-/// Reads the live statistics of every stage of the node.
-pub type StageProbe = Arc<dyn Fn() -> StageSnapshot + Send + Sync>;
-
-/// What a stats reply is assembled from.
-#[derive(Clone)]
-pub struct StatsSource {
-    /// This node.
-    pub node: NodeId,
-    /// One probe per stage, in pipeline order.
-    pub stages: Vec<StageProbe>,
-    /// Client operation latencies.
-    pub latencies: OperationLatencies,
-}
-
-impl StatsSource {
-    /// The node's statistics now.
-    pub fn snapshot(&self) -> StatsReply {
-        StatsReply {
-            node: self.node.clone(),
-            stages: self.stages.iter().map(|probe| probe()).collect(),
-            operations: self.latencies.snapshot(),
-        }
-    }
-}
-
-/// Replies and commands for the intake loop.
-#[derive(Debug)]
-pub enum IntakeEvent {
-    /// Write an encoded frame to a connection.
-    Send {
-        /// The connection.
-        conn: ConnId,
-        /// A complete encoded frame.
-        frame: Vec<u8>,
-    },
-    /// Write an encoded frame to a peer, over the connection this node keeps to it (opened
-    /// on first use).
-    ToPeer {
-        /// The peer.
-        peer: NodeId,
-        /// A complete encoded frame.
-        frame: Vec<u8>,
-    },
-}
-
-impl IntakeEvent {
-    /// A reply to a request, encoded. If the reply cannot be encoded (a bug), the client gets
-    /// an error frame naming the failure instead of silence.
-    pub fn reply(origin: Origin, message: &Message) -> IntakeEvent {
-        let frame = message.encode(origin.request_id).unwrap_or_else(|e| {
-            let error = ServiceError::MalformedFrame {
-                reason: format!("reply not encodable: {e}"),
-            };
-            Message::Error(error)
-                .encode(origin.request_id)
-                .unwrap_or_default()
-        });
-        IntakeEvent::Send {
-            conn: origin.conn,
-            frame,
-        }
-    }
-}
-
-impl fmt::Display for IntakeEvent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            IntakeEvent::Send { conn, frame } => write!(f, "send {} B to conn {conn}", frame.len()),
-            IntakeEvent::ToPeer { peer, frame } => {
-                write!(f, "send {} B to peer {peer}", frame.len())
-            }
-        }
-    }
-}
-
-/// Limits of the intake.
-#[derive(Clone, Debug)]
-pub struct IntakeSettings {
-    /// Largest frame accepted (bytes after the length prefix).
-    pub max_frame_bytes: usize,
-    /// Most open client connections; further ones are closed at once.
-    pub max_connections: usize,
-    /// Most unsent reply bytes per connection before it is dropped as a slow reader.
-    pub max_write_buffer_bytes: usize,
-    /// Longest a connection may take to complete a frame it started: a client that trickles
-    /// a frame (or stops half-way) would otherwise hold a connection slot and its buffer for
-    /// ever (slowloris).
-    pub frame_timeout: Duration,
-}
+/// Rounds of closing per loop turn: closing a peer link makes the machine report it, which
+/// closes nothing more, so one extra round suffices.
+const CLOSE_ROUNDS: usize = 4;
 
 /// Wakes the intake loop from other threads.
 struct MioWake(Waker);
@@ -195,131 +95,234 @@ impl IntakeSocket {
     }
 }
 
-/// One client connection.
-struct Connection {
+/// One socket and its unsent output.
+struct Socket {
     stream: TcpStream,
-    decoder: FrameDecoder,
     /// Encoded frames not yet written; `written` bytes of its front are already sent.
     outgoing: Vec<u8>,
     written: usize,
-    /// Close once `outgoing` is flushed (after a fatal frame error).
+    /// Close once `outgoing` is flushed.
     closing: bool,
     /// Unsent output exceeded `max_write_buffer_bytes`: a slow reader, dropped at next flush.
     overflowed: bool,
     /// An outgoing peer connection whose connect has not completed: output waits.
     connecting: bool,
-    /// When the incomplete frame now buffered began arriving (`None`: nothing partial).
-    frame_started: Option<Instant>,
-    /// The peer this incoming connection proved to be with a valid `PeerHello` (SPEC §11);
-    /// `None` for clients. Peer-only requests are served only when set.
-    authenticated: Option<NodeId>,
 }
 
-/// Where the intake sends what it reads, and what it consults.
-pub struct IntakeRoutes {
-    /// Every frame read goes to parse.
-    pub parse: StageSender<ParseEvent>,
-    /// Told when a peer link fails.
-    pub replicate: StageSender<ReplicateEvent>,
-    /// Where peers listen.
-    pub membership: MembershipView,
-    /// Answers `Stats` without entering the pipeline.
-    pub stats: StatsSource,
-    /// This node (named in the hello it sends on the links it opens).
-    pub node: NodeId,
-    /// The cluster key: signs this node's hellos, checks its peers'.
-    pub seal: ContextSeal,
-}
-
-impl Connection {
-    /// A connection with empty buffers; `connecting` for an outgoing dial not yet completed.
-    fn new(stream: TcpStream, max_frame_bytes: usize, connecting: bool) -> Connection {
-        Connection {
+impl Socket {
+    fn new(stream: TcpStream, connecting: bool) -> Socket {
+        Socket {
             stream,
-            decoder: FrameDecoder::new(max_frame_bytes),
             outgoing: Vec::new(),
             written: 0,
             closing: false,
             overflowed: false,
             connecting,
-            frame_started: None,
-            authenticated: None,
         }
     }
 }
 
+/// The sockets of the loop and what the machine's commands did to them this turn.
+struct Sockets {
+    poll: Poll,
+    open: BTreeMap<ConnId, Socket>,
+    /// Connections with new output, to flush.
+    dirty: BTreeSet<ConnId>,
+    /// Connections to close now (failed dials, aborted ones), reported to the machine.
+    dead: BTreeSet<ConnId>,
+    max_write_buffer_bytes: usize,
+    logger: Logger,
+}
+
+/// What a `Stats` request is answered from.
+#[derive(Clone)]
+pub struct StatsSource {
+    /// This node.
+    pub node: NodeId,
+    /// Every stage's queue and statistics.
+    pub router: Router,
+    /// Client operation latencies.
+    pub latencies: OperationLatencies,
+}
+
+impl StatsSource {
+    /// The node's statistics now.
+    pub fn snapshot(&self) -> StatsReply {
+        StatsReply {
+            node: self.node.clone(),
+            stages: self.router.snapshots(),
+            operations: self.latencies.snapshot(),
+        }
+    }
+}
+
+impl Sockets {
+    /// Appends a frame to a connection's output (if it still exists), unless that would take
+    /// its unsent bytes past the bound: then the connection is marked for dropping instead.
+    fn enqueue(&mut self, conn: ConnId, frame: &[u8]) {
+        if let Some(socket) = self.open.get_mut(&conn) {
+            let unsent = socket.outgoing.len() - socket.written;
+            if unsent + frame.len() > self.max_write_buffer_bytes {
+                socket.overflowed = true;
+            } else {
+                socket.outgoing.extend_from_slice(frame);
+            }
+            self.dirty.insert(conn);
+        }
+    }
+
+    fn execute(&mut self, command: SocketCommand, stats: &StatsSource) {
+        match command {
+            SocketCommand::Write { conn, frame } => self.enqueue(conn, &frame),
+            SocketCommand::Dial { conn, peer, addr } => self.dial(conn, &peer, addr),
+            SocketCommand::Close { conn } => {
+                if let Some(socket) = self.open.get_mut(&conn) {
+                    socket.closing = true;
+                    self.dirty.insert(conn);
+                }
+            }
+            SocketCommand::Abort { conn } => {
+                self.dead.insert(conn);
+            }
+            SocketCommand::Stats { origin } => {
+                let reply = Message::StatsReply(stats.snapshot());
+                self.enqueue(origin.conn, &encode_reply(origin.request_id, &reply));
+            }
+        }
+    }
+
+    /// Starts a non-blocking connect to a peer; a failure is reported as a closed connection.
+    fn dial(&mut self, conn: ConnId, peer: &NodeId, addr: SocketAddr) {
+        let registered = TcpStream::connect(addr).and_then(|mut stream| {
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            self.poll
+                .registry()
+                .register(&mut stream, token(conn), interest)?;
+            Ok(stream)
+        });
+        match registered {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                self.open.insert(conn, Socket::new(stream, true));
+            }
+            Err(e) => {
+                warn!(self.logger, "cannot dial peer"; "peer" => %peer, "error" => %e);
+                self.dead.insert(conn);
+            }
+        }
+    }
+
+    /// Writes as much pending output as the socket takes. Returns false when the connection
+    /// must close (error, slow reader over its bound, or closing and flushed).
+    fn flush(&mut self, conn: ConnId) -> bool {
+        let Some(socket) = self.open.get_mut(&conn) else {
+            return true;
+        };
+        if socket.connecting {
+            return true; // output waits for the connect to complete
+        }
+        if socket.overflowed {
+            warn!(self.logger, "dropping slow reader"; "conn" => conn.0, "limit_bytes" => self.max_write_buffer_bytes);
+            return false;
+        }
+        while socket.written < socket.outgoing.len() {
+            match socket.stream.write(&socket.outgoing[socket.written..]) {
+                Ok(0) => return false,
+                Ok(n) => socket.written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        if socket.written == socket.outgoing.len() {
+            if socket.outgoing.capacity() > KEEP_BUFFER_BYTES {
+                socket.outgoing = Vec::new();
+            } else {
+                socket.outgoing.clear();
+            }
+            socket.written = 0;
+            return !socket.closing;
+        }
+        true
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        if let Some(mut socket) = self.open.remove(&conn) {
+            let _ = self.poll.registry().deregister(&mut socket.stream);
+            debug!(self.logger, "connection closed"; "conn" => conn.0);
+        }
+    }
+}
+
+fn token(conn: ConnId) -> Token {
+    Token(conn.0 as usize)
+}
+
 /// The running intake loop.
 pub struct Intake {
-    socket: IntakeSocket,
-    settings: IntakeSettings,
+    machine: IntakeMachine,
+    sockets: Sockets,
+    listener: TcpListener,
+    local_addr: SocketAddr,
     receiver: StageReceiver<IntakeEvent>,
-    parse: StageSender<ParseEvent>,
-    connections: HashMap<ConnId, Connection>,
-    next_conn: ConnId,
+    router: Router,
+    stats: StatsSource,
+    outbox: Outbox,
     stop: Arc<AtomicBool>,
     logger: Logger,
     scratch: Vec<u8>,
     /// Connections that used their read turn without draining the socket; serviced again on
     /// the next turn (edge-triggered readiness will not report them again).
     ready: BTreeSet<ConnId>,
-    /// Answers `Stats` here, outside the request pipeline, so an overloaded node can be seen.
-    stats: StatsSource,
-    /// When partial frames are next checked against the frame timeout.
-    next_stall_check: Instant,
-    /// Outgoing connections to peers, by peer.
-    links: PeerLinks,
-    /// Where peers listen.
-    membership: MembershipView,
-    /// Told when a peer link fails, so operations on it fail at once.
-    replicate: StageSender<ReplicateEvent>,
-    /// This node, for its hellos.
-    node: NodeId,
-    /// The cluster key.
-    seal: ContextSeal,
+    /// When the machine is next ticked.
+    next_tick: Instant,
 }
 
 impl Intake {
-    /// An intake over `socket`, feeding `parse`, draining `receiver`.
+    /// An intake over `socket` running `machine`, draining `receiver`, reaching the other
+    /// stages through `stats.router`.
     pub fn new(
         socket: IntakeSocket,
-        settings: IntakeSettings,
+        machine: IntakeMachine,
         receiver: StageReceiver<IntakeEvent>,
-        routes: IntakeRoutes,
+        stats: StatsSource,
         stop: Arc<AtomicBool>,
         logger: Logger,
     ) -> Intake {
-        let IntakeRoutes {
-            parse,
-            replicate,
-            membership,
-            stats,
-            node,
-            seal,
-        } = routes;
+        let IntakeSocket {
+            poll,
+            listener,
+            local_addr,
+            ..
+        } = socket;
+        let sockets = Sockets {
+            poll,
+            open: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            dead: BTreeSet::new(),
+            max_write_buffer_bytes: machine.settings().max_write_buffer_bytes,
+            logger: logger.clone(),
+        };
         Intake {
-            socket,
-            settings,
+            machine,
+            sockets,
+            listener,
+            local_addr,
             receiver,
-            parse,
-            connections: HashMap::new(),
-            next_conn: FIRST_CONN,
+            router: stats.router.clone(),
+            stats,
+            outbox: Outbox::new(),
             stop,
             logger,
             scratch: vec![0; READ_CHUNK_BYTES],
             ready: BTreeSet::new(),
-            stats,
-            next_stall_check: Instant::now(),
-            links: PeerLinks::default(),
-            membership,
-            replicate,
-            node,
-            seal,
+            next_tick: Instant::now(),
         }
     }
 
     /// Runs the loop until the stop flag is set, then closes every socket.
     pub fn run(mut self) {
-        info!(self.logger, "intake listening"; "addr" => %self.socket.local_addr);
+        info!(self.logger, "intake listening"; "addr" => %self.local_addr);
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         while !self.stop.load(Ordering::Acquire) {
             // Connections left with unread input must not wait for the poll timeout.
@@ -328,7 +331,7 @@ impl Intake {
             } else {
                 Duration::ZERO
             };
-            if let Err(e) = self.socket.poll.poll(&mut events, Some(timeout)) {
+            if let Err(e) = self.sockets.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != ErrorKind::Interrupted {
                     warn!(self.logger, "poll failed"; "error" => %e);
                 }
@@ -338,21 +341,52 @@ impl Intake {
                 match event.token() {
                     LISTENER => self.accept_all(),
                     WAKER => {}
-                    Token(conn) => self.service(conn as ConnId),
+                    Token(conn) => self.service(ConnId(conn as u64)),
                 }
             }
             for conn in std::mem::take(&mut self.ready) {
                 self.service(conn);
             }
             self.deliver_outgoing();
-            self.close_stalled_frames();
+            self.tick();
         }
-        info!(self.logger, "intake stopped"; "connections" => self.connections.len());
+        info!(self.logger, "intake stopped"; "connections" => self.sockets.open.len());
+    }
+
+    /// Carries out the machine's outbox, then flushes and closes what it touched.
+    fn settle(&mut self, now: Now) {
+        for _ in 0..CLOSE_ROUNDS {
+            let Intake {
+                machine,
+                outbox,
+                router,
+                stats,
+                sockets,
+                ..
+            } = self;
+            deliver(machine, now, outbox, router, &stats.latencies, |command| {
+                sockets.execute(command, stats)
+            });
+            for conn in std::mem::take(&mut self.sockets.dirty) {
+                if !self.sockets.flush(conn) {
+                    self.sockets.dead.insert(conn);
+                }
+            }
+            let dead = std::mem::take(&mut self.sockets.dead);
+            if dead.is_empty() {
+                return;
+            }
+            for conn in dead {
+                self.ready.remove(&conn);
+                self.sockets.close(conn);
+                self.machine.on_closed(now, conn, &mut self.outbox);
+            }
+        }
     }
 
     fn accept_all(&mut self) {
         loop {
-            match self.socket.listener.accept() {
+            match self.listener.accept() {
                 Ok((stream, peer)) => self.admit(stream, peer),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -364,51 +398,76 @@ impl Intake {
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
-        if self.connections.len() >= self.settings.max_connections {
-            warn!(self.logger, "connection refused: limit reached"; "peer" => %peer, "limit" => self.settings.max_connections);
+        let Some(conn) = self.machine.accept() else {
             return; // dropping the stream closes it
-        }
-        let conn = self.next_conn;
-        self.next_conn += 1;
+        };
         let _ = stream.set_nodelay(true);
-        let registry: &Registry = self.socket.poll.registry();
-        if let Err(e) = registry.register(
-            &mut stream,
-            Token(conn as usize),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self
+            .sockets
+            .poll
+            .registry()
+            .register(&mut stream, token(conn), interest)
+        {
             warn!(self.logger, "cannot register connection"; "error" => %e);
+            self.machine.on_closed(Now::real(), conn, &mut self.outbox);
             return;
         }
-        debug!(self.logger, "connection opened"; "conn" => conn, "peer" => %peer);
-        self.connections.insert(
-            conn,
-            Connection::new(stream, self.settings.max_frame_bytes, false),
-        );
+        debug!(self.logger, "connection opened"; "conn" => conn.0, "peer" => %peer);
+        self.sockets.open.insert(conn, Socket::new(stream, false));
     }
 
-    /// Reads what the socket has, dispatches complete frames, and writes pending output.
+    /// Completes a pending connect, reads what the socket has into the machine, and writes
+    /// pending output.
     fn service(&mut self, conn: ConnId) {
-        let keep = self.finish_connect(conn) && self.read_frames(conn) && self.flush(conn);
-        if !keep {
-            self.close(conn);
+        if !self.finish_connect(conn) || !self.read(conn) {
+            self.sockets.dead.insert(conn);
+        }
+        self.sockets.dirty.insert(conn);
+        self.settle(Now::real());
+    }
+
+    /// For a connection still connecting: whether it is usable or still pending (true), or
+    /// failed (false, to be closed).
+    fn finish_connect(&mut self, conn: ConnId) -> bool {
+        let Some(socket) = self.sockets.open.get_mut(&conn) else {
+            return false;
+        };
+        if !socket.connecting {
+            return true;
+        }
+        if let Ok(Some(_)) | Err(_) = socket.stream.take_error() {
+            return false;
+        }
+        match socket.stream.peer_addr() {
+            Ok(_) => {
+                socket.connecting = false;
+                self.machine.on_connected(conn);
+                true
+            }
+            Err(e) if e.kind() == ErrorKind::NotConnected => true,
+            Err(_) => false,
         }
     }
 
-    /// Returns false when the connection is finished.
-    fn read_frames(&mut self, conn: ConnId) -> bool {
+    /// Reads up to `READS_PER_TURN` times; returns false when the connection is finished.
+    fn read(&mut self, conn: ConnId) -> bool {
         for _ in 0..READS_PER_TURN {
-            let Some(connection) = self.connections.get_mut(&conn) else {
+            let Some(socket) = self.sockets.open.get_mut(&conn) else {
                 return false;
             };
-            if connection.closing {
+            if socket.closing || socket.connecting {
                 return true;
             }
-            match connection.stream.read(&mut self.scratch) {
+            match socket.stream.read(&mut self.scratch) {
                 Ok(0) => return false,
                 Ok(n) => {
-                    connection.decoder.extend(&self.scratch[..n]);
-                    self.dispatch_frames(conn);
+                    self.machine.on_received(
+                        Now::real(),
+                        conn,
+                        &self.scratch[..n],
+                        &mut self.outbox,
+                    );
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -419,201 +478,25 @@ impl Intake {
         true
     }
 
-    fn dispatch_frames(&mut self, conn: ConnId) {
-        let received_at = Instant::now();
-        loop {
-            let Some(connection) = self.connections.get_mut(&conn) else {
-                return;
-            };
-            match connection.decoder.next_frame() {
-                Ok(Some(frame)) => self.hand_to_parse(conn, frame, received_at),
-                Ok(None) => {
-                    // Start (or stop) the clock on a partial frame.
-                    let partial = connection.decoder.buffered_bytes() > 0;
-                    connection.frame_started =
-                        partial.then(|| connection.frame_started.unwrap_or(received_at));
-                    return;
-                }
-                Err(error) => {
-                    warn!(self.logger, "unreadable stream, closing connection"; "conn" => conn, "error" => %error);
-                    let reply = match error {
-                        FrameError::TooLarge { declared, max } => {
-                            ServiceError::FrameTooLarge { declared, max }
-                        }
-                        other => ServiceError::MalformedFrame {
-                            reason: other.to_string(),
-                        },
-                    };
-                    let origin = Origin {
-                        conn,
-                        request_id: 0,
-                    };
-                    if let IntakeEvent::Send { frame, .. } =
-                        IntakeEvent::reply(origin, &Message::Error(reply))
-                    {
-                        self.enqueue(conn, &frame);
-                    }
-                    if let Some(connection) = self.connections.get_mut(&conn) {
-                        connection.closing = true;
-                    }
-                    return;
-                }
-            }
-        }
-    }
-
-    fn hand_to_parse(&mut self, conn: ConnId, frame: Frame, received_at: Instant) {
-        let request_id = frame.request_id;
-        if frame.kind == kind::PEER_HELLO {
-            return self.accept_hello(conn, &frame);
-        }
-        let peer = self.links.peer_of(conn).cloned();
-        let authenticated = self
-            .connections
-            .get(&conn)
-            .is_some_and(|c| c.authenticated.is_some());
-        if frame.kind == kind::STATS {
-            let reply = match Message::decode(&frame) {
-                Ok(_) => Message::StatsReply(self.stats.snapshot()),
-                Err(error) => Message::Error(error.into()),
-            };
-            if let IntakeEvent::Send { frame, .. } =
-                IntakeEvent::reply(Origin { conn, request_id }, &reply)
-            {
-                self.enqueue(conn, &frame);
-            }
-            return;
-        }
-        if let Err(refused) = self.parse.try_send(ParseEvent {
-            conn,
-            frame,
-            received_at,
-            peer,
-            authenticated,
-        }) {
-            let error = match refused {
-                SendError::Full(_) => ServiceError::Overloaded {
-                    stage: "parse".into(),
-                },
-                SendError::Closed(_) => ServiceError::ShuttingDown,
-            };
-            if let IntakeEvent::Send { frame, .. } =
-                IntakeEvent::reply(Origin { conn, request_id }, &Message::Error(error))
-            {
-                self.enqueue(conn, &frame);
-            }
-        }
-    }
-
+    /// Frames other stages queued for clients and peers.
     fn deliver_outgoing(&mut self) {
         while let Some(queued) = self.receiver.try_recv() {
             let started = Instant::now();
-            let conn = match queued.event {
-                IntakeEvent::Send { conn, frame } => {
-                    self.enqueue(conn, &frame);
-                    Some(conn)
-                }
-                IntakeEvent::ToPeer { peer, frame } => self.send_to_peer(peer, &frame),
-            };
-            if let Some(conn) = conn {
-                if !self.flush(conn) {
-                    self.close(conn);
-                }
-            }
+            let now = Now::real();
+            self.machine.on_event(now, queued.event, &mut self.outbox);
+            self.settle(now);
             let wait = started.saturating_duration_since(queued.enqueued_at);
             self.receiver.stats().on_batch(&[wait], started.elapsed());
         }
     }
 
-    /// Appends a frame to a connection's output (if it still exists), unless that would take
-    /// its unsent bytes past the bound: then the connection is marked for dropping instead.
-    fn enqueue(&mut self, conn: ConnId, frame: &[u8]) {
-        let limit = self.settings.max_write_buffer_bytes;
-        if let Some(connection) = self.connections.get_mut(&conn) {
-            let unsent = connection.outgoing.len() - connection.written;
-            if unsent + frame.len() > limit {
-                connection.overflowed = true;
-            } else {
-                connection.outgoing.extend_from_slice(frame);
-            }
-        }
-    }
-
-    /// Writes as much pending output as the socket takes. Returns false when the connection
-    /// must close (error, slow reader over its bound, or closing and flushed).
-    fn flush(&mut self, conn: ConnId) -> bool {
-        let Some(connection) = self.connections.get_mut(&conn) else {
-            return true;
-        };
-        if connection.connecting {
-            return true; // output waits for the connect to complete
-        }
-        if connection.overflowed {
-            warn!(self.logger, "dropping slow reader"; "conn" => conn, "limit_bytes" => self.settings.max_write_buffer_bytes);
-            return false;
-        }
-        while connection.written < connection.outgoing.len() {
-            match connection
-                .stream
-                .write(&connection.outgoing[connection.written..])
-            {
-                Ok(0) => return false,
-                Ok(n) => connection.written += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        if connection.written == connection.outgoing.len() {
-            if connection.outgoing.capacity() > KEEP_BUFFER_BYTES {
-                connection.outgoing = Vec::new();
-            } else {
-                connection.outgoing.clear();
-            }
-            connection.written = 0;
-            return !connection.closing;
-        }
-        true
-    }
-
-    /// Closes connections whose partial frame has been arriving for longer than the frame
-    /// timeout (checked at most once per poll timeout, since deadlines are seconds long).
-    fn close_stalled_frames(&mut self) {
-        let now = Instant::now();
-        if now < self.next_stall_check {
+    fn tick(&mut self) {
+        let now = Now::real();
+        if now.instant < self.next_tick {
             return;
         }
-        self.next_stall_check = now + POLL_TIMEOUT;
-        let timeout = self.settings.frame_timeout;
-        let stalled: Vec<ConnId> = self
-            .connections
-            .iter()
-            .filter(|(_, c)| {
-                c.frame_started
-                    .is_some_and(|started| now.saturating_duration_since(started) > timeout)
-            })
-            .map(|(conn, _)| *conn)
-            .collect();
-        for conn in stalled {
-            warn!(self.logger, "closing connection: frame not completed in time"; "conn" => conn, "timeout_ms" => timeout.as_millis() as u64);
-            self.close(conn);
-        }
-    }
-
-    fn close(&mut self, conn: ConnId) {
-        self.ready.remove(&conn);
-        if let Some(peer) = self.links.peer_of(conn).cloned() {
-            warn!(self.logger, "peer link lost"; "peer" => %peer, "conn" => conn);
-            self.links.failed(&peer, Some(conn), Instant::now());
-            self.report_failed(peer);
-        }
-        if let Some(mut connection) = self.connections.remove(&conn) {
-            let _ = self
-                .socket
-                .poll
-                .registry()
-                .deregister(&mut connection.stream);
-            debug!(self.logger, "connection closed"; "conn" => conn);
-        }
+        self.next_tick = now.instant + POLL_TIMEOUT;
+        self.machine.on_tick(now, &mut self.outbox);
+        self.settle(now);
     }
 }

@@ -5,9 +5,9 @@
 //! after a failure redialled only once the backoff has passed; the backoff doubles per failure
 //! up to a cap and resets when a connection is established.
 
-use super::ConnId;
+use crate::event::ConnId;
 use crate::NodeId;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// First wait after a failed link.
@@ -36,9 +36,9 @@ struct Link {
 /// Outgoing links by peer.
 #[derive(Debug, Default)]
 pub struct PeerLinks {
-    links: HashMap<NodeId, Link>,
+    links: BTreeMap<NodeId, Link>,
     /// The peer of each outgoing connection.
-    peers: HashMap<ConnId, NodeId>,
+    peers: BTreeMap<ConnId, NodeId>,
 }
 
 impl PeerLinks {
@@ -104,10 +104,10 @@ mod tests {
         let peer = NodeId::new("n2");
         let start = Instant::now();
         assert_eq!(links.route(&peer, start), Route::Dial);
-        links.opened(&peer, 7);
-        assert_eq!(links.route(&peer, start), Route::Via(7));
-        assert_eq!(links.peer_of(7), Some(&peer));
-        links.failed(&peer, Some(7), start);
+        links.opened(&peer, ConnId(7));
+        assert_eq!(links.route(&peer, start), Route::Via(ConnId(7)));
+        assert_eq!(links.peer_of(ConnId(7)), Some(&peer));
+        links.failed(&peer, Some(ConnId(7)), start);
         assert_eq!(links.route(&peer, start), Route::BackingOff);
         assert_eq!(links.route(&peer, start + BACKOFF_MIN), Route::Dial);
         for _ in 0..10 {
@@ -118,9 +118,9 @@ mod tests {
             Route::BackingOff
         );
         assert_eq!(links.route(&peer, start + BACKOFF_MAX), Route::Dial);
-        links.opened(&peer, 9);
-        links.established(9);
-        links.failed(&peer, Some(9), start);
+        links.opened(&peer, ConnId(9));
+        links.established(ConnId(9));
+        links.failed(&peer, Some(ConnId(9)), start);
         assert_eq!(
             links.route(&peer, start + BACKOFF_MIN),
             Route::Dial,

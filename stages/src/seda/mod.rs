@@ -12,40 +12,26 @@
 //!   outnumber cores by much).
 //! - Background stages take tokens from a [`RateGate`] before each batch; the gate's rate is the
 //!   resource controller's seam.
+//! - Machines: a stage's logic is a [`Machine`] that writes effects to an [`Outbox`];
+//!   [`Driven`] runs one on a pool of workers and [`deliver`]s its outbox through the
+//!   [`Router`] (every stage's queue).
 
+mod driven;
+mod machine;
 mod rate_gate;
 mod runtime;
 mod stats;
 
+pub use crate::event::StageClass;
+pub use driven::{deliver, Driven, Router};
+pub use machine::{Delivery, Effect, Machine, Outbox};
 pub use rate_gate::RateGate;
 pub use runtime::{spawn_stage, Stage, StageHandle};
-pub use stats::{micros, new_latency_histogram, StageSnapshot, StageStats};
+pub use stats::{micros, new_latency_histogram, OperationLatencies, StageSnapshot, StageStats};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use serde::{Deserialize, Serialize};
-use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Whether a stage serves client requests (its latency is the SLA) or background work (paced so
-/// it does not hurt the SLA).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StageClass {
-    /// Serves requests; a full queue rejects with `Overloaded`.
-    Foreground,
-    /// Anti-entropy, hint delivery, read repair, transfers: paced by a rate gate.
-    Background,
-}
-
-impl fmt::Display for StageClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            StageClass::Foreground => "foreground",
-            StageClass::Background => "background",
-        })
-    }
-}
 
 /// The tunable shape of a stage: one row of the stage table.
 #[derive(Clone, Debug)]

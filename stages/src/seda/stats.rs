@@ -1,6 +1,8 @@
 //! Live statistics of one stage, updated by its queue and workers and read by `admin stats`.
 
 use super::StageClass;
+use crate::event::Operation;
+use crate::wire::OperationLatency;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -176,5 +178,42 @@ fn percentiles(histogram: &Mutex<Histogram<u64>>) -> (u64, u64) {
     match histogram.lock() {
         Ok(h) if !h.is_empty() => (h.value_at_quantile(0.5), h.value_at_quantile(0.99)),
         _ => (0, 0),
+    }
+}
+
+/// Latency per client operation, in operation order.
+type LatencyMap = std::collections::BTreeMap<Operation, Histogram<u64>>;
+
+/// End-to-end latency histograms of client operations: the coordinator's machine reports each
+/// answered request as an effect, the driver records it here, and `admin stats` reads it.
+#[derive(Clone, Default)]
+pub struct OperationLatencies {
+    histograms: std::sync::Arc<Mutex<LatencyMap>>,
+}
+
+impl OperationLatencies {
+    /// Records one answered request.
+    pub fn record(&self, operation: Operation, latency: Duration) {
+        if let Ok(mut map) = self.histograms.lock() {
+            map.entry(operation)
+                .or_insert_with(new_latency_histogram)
+                .saturating_record(micros(latency));
+        }
+    }
+
+    /// Percentiles per operation.
+    pub fn snapshot(&self) -> Vec<OperationLatency> {
+        let Ok(map) = self.histograms.lock() else {
+            return Vec::new();
+        };
+        map.iter()
+            .map(|(operation, h)| OperationLatency {
+                operation: operation.name().to_string(),
+                count: h.len(),
+                latency_us_p50: h.value_at_quantile(0.5),
+                latency_us_p99: h.value_at_quantile(0.99),
+                latency_us_p999: h.value_at_quantile(0.999),
+            })
+            .collect()
     }
 }

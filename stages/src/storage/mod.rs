@@ -1,28 +1,29 @@
-//! The storage stage: every read and write of the node's fjall database goes through here.
+//! The storage stage: every read and write of the node's database goes through here.
 //!
 //! Group commit (SPEC §7): with `sync = "always"` a worker applies its whole batch of writes,
-//! flushes the journal **once** (fdatasync), and only then replies, so an acknowledged write is
+//! flushes the journal **once** (fdatasync), and only then answers, so an acknowledged write is
 //! on disk and the flush cost is shared by every write that queued meanwhile. With
-//! `"periodic"` worker 0 flushes every `sync_interval` on its tick; with `"none"` fjall's own
-//! buffering decides (writes survive a process crash once in OS buffers, not a power loss).
+//! `"periodic"` worker 0 flushes every `sync_interval` on its tick; with `"none"` the engine's
+//! own buffering decides (writes survive a process crash once in OS buffers, not a power loss).
+//!
+//! The machine answers each operation to the stage its event names (`reply_to`); the bytes
+//! live behind the [`Engine`] trait: fjall in the product, memory in the simulator.
 
+mod engine;
+mod memory;
 mod store;
 
-pub use store::{Hint, StorageError, Store, VersionLimits, MAX_STORABLE_KEY_BYTES};
+pub use engine::{Engine, FjallEngine, Space};
+pub use memory::MemoryEngine;
+pub use store::{StorageError, Store, VersionLimits, MAX_STORABLE_KEY_BYTES};
 
-use crate::coordinate::CoordinateEvent;
 use crate::error::ServiceError;
-use crate::seda::{Stage, StageSender};
-use crate::vclock::VClock;
-use crate::versioning::{Version, VersionSet};
+use crate::event::{Now, ReplyTo, StorageDone, StorageEvent, StorageOutcome, StorageRequest};
+use crate::seda::{Machine, Outbox};
 use crate::NodeId;
 use serde::{Deserialize, Serialize};
 use slog::{error, Logger};
 use std::fmt;
-use std::time::Instant;
-
-/// Identifies one storage operation of a pending request, chosen by the coordinator.
-pub type OpId = u64;
 
 /// When writes reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,91 +47,6 @@ impl fmt::Display for SyncMode {
     }
 }
 
-/// The storage stage's events.
-#[derive(Debug)]
-pub enum StorageEvent {
-    /// Read the stored versions of a key.
-    Read {
-        /// Operation to answer.
-        op: OpId,
-        /// The key.
-        key: Vec<u8>,
-        /// Merge in hints this node keeps for others (replica reads: a fallback serves what
-        /// it stands in for) or not (an operator's look at the node's own objects).
-        with_hints: bool,
-    },
-    /// Coordinate a put or delete (`value: None`) with the client's context.
-    CoordinatePut {
-        /// Operation to answer.
-        op: OpId,
-        /// The key.
-        key: Vec<u8>,
-        /// The client's context (empty for a blind put).
-        context: VClock,
-        /// New value, or `None` for a tombstone.
-        value: Option<Vec<u8>>,
-        /// Wall-clock time for the version's timestamp.
-        now_ms: u64,
-    },
-    /// Keep versions meant for a down node as a hint (sloppy quorum).
-    StoreHint {
-        /// Operation to answer.
-        op: OpId,
-        /// The node the versions belong to.
-        target: NodeId,
-        /// The key.
-        key: Vec<u8>,
-        /// The versions.
-        versions: VersionSet,
-    },
-    /// Merge versions a coordinator or repairer sent (replica write).
-    Merge {
-        /// Operation to answer.
-        op: OpId,
-        /// The key.
-        key: Vec<u8>,
-        /// The versions to merge in.
-        versions: VersionSet,
-    },
-}
-
-impl fmt::Display for StorageEvent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StorageEvent::Read { op, .. } => write!(f, "read op {op}"),
-            StorageEvent::CoordinatePut { op, value, .. } => {
-                let kind = if value.is_some() { "put" } else { "delete" };
-                write!(f, "coordinate {kind} op {op}")
-            }
-            StorageEvent::Merge { op, versions, .. } => write!(f, "merge op {op} {versions}"),
-            StorageEvent::StoreHint { op, target, .. } => write!(f, "hint for {target} op {op}"),
-        }
-    }
-}
-
-/// What a storage operation produced.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StorageOutcome {
-    /// The stored versions (reads, merges).
-    Versions(VersionSet),
-    /// A coordinated write: the set after it and the version it created.
-    Written {
-        /// The key's versions after the write.
-        set: VersionSet,
-        /// The version the write created.
-        version: Version,
-    },
-}
-
-/// The reply to one storage event.
-#[derive(Debug)]
-pub struct StorageDone {
-    /// The operation answered.
-    pub op: OpId,
-    /// Its outcome.
-    pub result: Result<StorageOutcome, ServiceError>,
-}
-
 /// Settings of the storage stage.
 #[derive(Clone, Debug)]
 pub struct StorageSettings {
@@ -142,107 +58,104 @@ pub struct StorageSettings {
     pub limits: VersionLimits,
 }
 
-/// One storage worker.
-pub struct StorageStage {
+/// An answer held until the batch's flush.
+struct Held {
+    reply_to: ReplyTo,
+    done: StorageDone,
+    /// Whether the operation wrote (and so is not acknowledged if the flush fails).
+    wrote: bool,
+}
+
+/// One storage worker's machine.
+pub struct StorageMachine {
     store: Store,
     settings: StorageSettings,
-    replies: StageSender<CoordinateEvent>,
     /// Whether this worker runs the periodic flush (only one worker does).
     flushes_periodically: bool,
     logger: Logger,
-    /// Replies held until the batch's flush.
-    pending: Vec<StorageDone>,
-    /// Whether each held reply answers a write.
-    pending_writes: Vec<bool>,
+    /// Answers held until the batch's flush.
+    held: Vec<Held>,
 }
 
-impl StorageStage {
+impl StorageMachine {
     /// A worker; worker 0 is the one that flushes periodically.
     pub fn new(
         index: usize,
         store: Store,
         settings: StorageSettings,
-        replies: StageSender<CoordinateEvent>,
         logger: Logger,
-    ) -> StorageStage {
-        StorageStage {
+    ) -> StorageMachine {
+        StorageMachine {
             store,
             flushes_periodically: index == 0 && settings.sync == SyncMode::Periodic,
             settings,
-            replies,
             logger,
-            pending: Vec::new(),
-            pending_writes: Vec::new(),
+            held: Vec::new(),
         }
     }
 
-    fn apply(&self, event: StorageEvent) -> (StorageDone, bool) {
-        let (op, result, wrote) = match event {
-            StorageEvent::Read {
-                op,
-                key,
-                with_hints,
-            } => {
-                let read = if with_hints {
-                    self.store.read_with_hints(&key)
-                } else {
-                    self.store.read(&key)
-                };
-                (op, read.map(StorageOutcome::Versions), false)
-            }
-            StorageEvent::StoreHint {
-                op,
+    fn apply(&self, request: StorageRequest) -> Result<StorageOutcome, StorageError> {
+        let store = &self.store;
+        Ok(match request {
+            StorageRequest::Read { key, with_hints } => StorageOutcome::Versions(if with_hints {
+                store.read_with_hints(&key)?
+            } else {
+                store.read(&key)?
+            }),
+            StorageRequest::StoreHint {
                 target,
                 key,
                 versions,
-            } => (
-                op,
-                self.store
-                    .store_hint(&target, &key, &versions)
-                    .map(StorageOutcome::Versions),
-                true,
-            ),
-            StorageEvent::CoordinatePut {
-                op,
+            } => StorageOutcome::Versions(store.store_hint(&target, &key, &versions)?),
+            StorageRequest::CoordinatePut {
                 key,
                 context,
                 value,
                 now_ms,
             } => {
-                let result = self
-                    .store
-                    .coordinate_put(
-                        &key,
-                        &self.settings.node,
-                        &context,
-                        value,
-                        now_ms,
-                        &self.settings.limits,
-                    )
-                    .map(|(set, version)| StorageOutcome::Written { set, version });
-                (op, result, true)
+                let node = &self.settings.node;
+                let limits = &self.settings.limits;
+                let (set, version) =
+                    store.coordinate_put(&key, node, &context, value, now_ms, limits)?;
+                StorageOutcome::Written { set, version }
             }
-            StorageEvent::Merge { op, key, versions } => (
-                op,
-                self.store
-                    .merge(&key, &versions)
-                    .map(StorageOutcome::Versions),
-                true,
-            ),
-        };
-        let result = result.map_err(|e| match e {
+            StorageRequest::Merge { key, versions } => {
+                StorageOutcome::Versions(store.merge(&key, &versions)?)
+            }
+            StorageRequest::ReadHints { after, limit } => {
+                StorageOutcome::Hints(store.hints_batch(after.as_deref(), limit)?)
+            }
+            StorageRequest::DeleteHint { hint } => {
+                StorageOutcome::HintDeleted(store.delete_hint_if_unchanged(&hint)?)
+            }
+            StorageRequest::PendingHints => StorageOutcome::PendingHints(store.pending_hints()?),
+        })
+    }
+
+    fn hold(&mut self, event: StorageEvent) {
+        let StorageEvent {
+            op,
+            reply_to,
+            request,
+        } = event;
+        let wrote = request.writes();
+        let result = self.apply(request).map_err(|e| match e {
             StorageError::TooManySiblings { count, max } => ServiceError::TooManySiblings {
                 count: count as u64,
                 max: max as u64,
             },
             other => {
-                error!(self.logger, "storage operation failed"; "op" => op, "error" => %other);
+                error!(self.logger, "storage operation failed"; "op" => op.0, "error" => %other);
                 ServiceError::Storage {
                     reason: other.to_string(),
                 }
             }
         });
-        (StorageDone { op, result }, wrote)
+        self.held.push(Held {
+            reply_to,
+            done: StorageDone { op, result },
+            wrote,
+        });
     }
 
     /// Flushes once for the batch; if the flush fails, no write of the batch is acknowledged
@@ -250,9 +163,9 @@ impl StorageStage {
     fn group_commit(&mut self) {
         if let Err(e) = self.store.persist() {
             error!(self.logger, "journal flush failed"; "error" => %e);
-            for (done, wrote) in self.pending.iter_mut().zip(&self.pending_writes) {
-                if *wrote && done.result.is_ok() {
-                    done.result = Err(ServiceError::Storage {
+            for held in self.held.iter_mut().filter(|h| h.wrote) {
+                if held.done.result.is_ok() {
+                    held.done.result = Err(ServiceError::Storage {
                         reason: format!("journal flush failed: {e}"),
                     });
                 }
@@ -261,29 +174,29 @@ impl StorageStage {
     }
 }
 
-impl Stage for StorageStage {
-    type Event = StorageEvent;
+impl Machine for StorageMachine {
+    type Input = StorageEvent;
 
-    fn handle_batch(&mut self, _now: Instant, batch: &mut Vec<StorageEvent>) {
-        let mut wrote = false;
+    fn on_event(&mut self, now: Now, event: StorageEvent, out: &mut Outbox) {
+        self.on_batch(now, &mut vec![event], out);
+    }
+
+    fn on_batch(&mut self, _now: Now, batch: &mut Vec<StorageEvent>, out: &mut Outbox) {
         for event in batch.drain(..) {
-            let (done, was_write) = self.apply(event);
-            wrote |= was_write && done.result.is_ok();
-            self.pending.push(done);
-            self.pending_writes.push(was_write);
+            self.hold(event);
         }
+        let wrote = self.held.iter().any(|h| h.wrote && h.done.result.is_ok());
         if wrote && self.settings.sync == SyncMode::Always {
             self.group_commit();
         }
-        self.pending_writes.clear();
-        for done in self.pending.drain(..) {
-            // The coordinator stops last among the request stages' consumers, so a closed
-            // queue means shutdown; the reply has nobody left to read it.
-            let _ = self.replies.send(CoordinateEvent::Storage(done));
+        for held in self.held.drain(..) {
+            if let Some(answer) = held.reply_to.storage_done(held.done) {
+                out.reply(answer);
+            }
         }
     }
 
-    fn on_tick(&mut self, _now: Instant) {
+    fn on_tick(&mut self, _now: Now, _out: &mut Outbox) {
         if self.flushes_periodically {
             if let Err(e) = self.store.persist() {
                 error!(self.logger, "periodic journal flush failed"; "error" => %e);
@@ -291,9 +204,12 @@ impl Stage for StorageStage {
         }
     }
 
-    fn on_stop(&mut self) {
+    fn on_stop(&mut self, _out: &mut Outbox) {
         if let Err(e) = self.store.persist() {
             error!(self.logger, "final journal flush failed"; "error" => %e);
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

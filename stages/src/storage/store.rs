@@ -1,13 +1,15 @@
-//! The fjall store behind the storage stage (SPEC §7): one database per node, with the
-//! keyspaces `objects` (key → encoded version set), `hints` (for hinted handoff) and `meta`
-//! (the node's identity and format version), kept apart so that scans of one never see the
-//! others.
+//! The store behind the storage stage (SPEC §7): one database per node, with the keyspaces
+//! `objects` (key → encoded version set), `hints` (for hinted handoff) and `meta` (the node's
+//! identity and format version), kept apart so that scans of one never see the others. The
+//! logic lives here once; the bytes live in an [`Engine`]: fjall, or memory for the
+//! simulator.
 
+use super::engine::{Engine, FjallEngine, Space};
+use crate::event::Hint;
 use crate::vclock::VClock;
 use crate::versioning::{Version, VersionSet};
 use crate::wire::{decode_version_set, encode_version_set};
 use crate::NodeId;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
@@ -15,6 +17,10 @@ use std::sync::{Arc, Mutex};
 
 /// Longest key fjall accepts (its keys carry a u16 length; longer ones panic inside it).
 pub const MAX_STORABLE_KEY_BYTES: usize = u16::MAX as usize;
+
+/// Hints counted per engine scan by `pending_hints`, so counting a large backlog does not
+/// load it whole.
+const COUNT_CHUNK: usize = 1024;
 
 /// Number of lock stripes guarding read-modify-write of objects. Two storage workers that touch
 /// the same key serialise on its stripe; a power of two well above the worker count keeps
@@ -32,6 +38,12 @@ pub enum StorageError {
     /// fjall reported an I/O or corruption error.
     #[error("fjall: {0}")]
     Engine(#[from] fjall::Error),
+    /// The simulator's memory engine failed on purpose (an injected fault).
+    #[error("simulated fault: {what}")]
+    Simulated {
+        /// What failed.
+        what: &'static str,
+    },
     /// A stored object did not decode.
     #[error("{0}")]
     Corrupt(#[from] crate::wire::CorruptObject),
@@ -75,28 +87,28 @@ pub struct VersionLimits {
     pub max_siblings: usize,
 }
 
-/// The node's fjall database. Cheap to clone: every clone shares the database and locks.
+/// The node's store: the object, hint and meta logic of shoal over an [`Engine`] (fjall in the
+/// product, memory in the simulator and fast tests). Cheap to clone: every clone shares the
+/// engine and the locks.
 #[derive(Clone)]
 pub struct Store {
-    db: Database,
-    objects: Keyspace,
-    hints: Keyspace,
+    engine: Arc<dyn Engine>,
     locks: Arc<Vec<Mutex<()>>>,
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir` for `node`, refusing another node's directory.
+    /// Opens (or creates) the fjall database in `dir` for `node`, refusing another node's
+    /// directory.
     pub fn open(dir: &Path, node: &NodeId) -> Result<Store, StorageError> {
-        let db = Database::builder(dir).open()?;
-        let objects = db.keyspace("objects", KeyspaceCreateOptions::default)?;
-        let hints = db.keyspace("hints", KeyspaceCreateOptions::default)?;
-        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
-        check_identity(&meta, node)?;
-        db.persist(PersistMode::SyncAll)?;
+        Store::with_engine(Arc::new(FjallEngine::open(dir)?), node)
+    }
+
+    /// A store over `engine` for `node`, refusing an engine that holds another node's data.
+    pub fn with_engine(engine: Arc<dyn Engine>, node: &NodeId) -> Result<Store, StorageError> {
+        check_identity(engine.as_ref(), node)?;
+        engine.persist()?;
         Ok(Store {
-            db,
-            objects,
-            hints,
+            engine,
             locks: Arc::new((0..LOCK_STRIPES).map(|_| Mutex::new(())).collect()),
         })
     }
@@ -104,7 +116,7 @@ impl Store {
     /// The stored versions of `key` (empty if never written).
     pub fn read(&self, key: &[u8]) -> Result<VersionSet, StorageError> {
         check_key(key)?;
-        match self.objects.get(key)? {
+        match self.engine.get(Space::Objects, key)? {
             Some(bytes) => Ok(decode_version_set(&bytes)?),
             None => Ok(VersionSet::new()),
         }
@@ -156,8 +168,7 @@ impl Store {
         let bytes = encode_version_set(set)?;
         // Pair assertion around the disk: what we write must read back as what we meant.
         debug_assert_eq!(decode_version_set(&bytes).ok().as_ref(), Some(set));
-        self.objects.insert(key, bytes)?;
-        Ok(())
+        self.engine.insert(Space::Objects, key, &bytes)
     }
 
     /// The fallback's side of sloppy quorum (Dynamo §4.6): merges `incoming` into the hint
@@ -172,12 +183,13 @@ impl Store {
         check_key(key)?;
         let _guard = self.lock(key);
         let hint_key = hint_key(key, target);
-        let mut set = match self.hints.get(&hint_key)? {
+        let mut set = match self.engine.get(Space::Hints, &hint_key)? {
             Some(bytes) => decode_version_set(&bytes)?,
             None => VersionSet::new(),
         };
         set.merge(incoming);
-        self.hints.insert(hint_key, encode_version_set(&set)?)?;
+        self.engine
+            .insert(Space::Hints, &hint_key, &encode_version_set(&set)?)?;
         Ok(set)
     }
 
@@ -185,8 +197,10 @@ impl Store {
     /// holds for other nodes (so a read during a failure sees writes taken by fallbacks).
     pub fn read_with_hints(&self, key: &[u8]) -> Result<VersionSet, StorageError> {
         let mut set = self.read(key)?;
-        for guard in self.hints.prefix(hint_prefix(key)) {
-            let (_, bytes) = guard.into_inner()?;
+        for (_, bytes) in self
+            .engine
+            .scan(Space::Hints, &hint_prefix(key), None, usize::MAX)?
+        {
             set.merge(&decode_version_set(&bytes)?);
         }
         Ok(set)
@@ -200,16 +214,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Hint>, StorageError> {
         let mut out = Vec::new();
-        let iter: Box<dyn Iterator<Item = fjall::Guard>> =
-            match after {
-                Some(after) => Box::new(self.hints.range::<&[u8], _>((
-                    std::ops::Bound::Excluded(after),
-                    std::ops::Bound::Unbounded,
-                ))),
-                None => Box::new(self.hints.iter()),
-            };
-        for guard in iter.take(limit) {
-            let (hint_key, bytes) = guard.into_inner()?;
+        for (hint_key, bytes) in self.engine.scan(Space::Hints, &[], after, limit)? {
             let Some((key, target)) = split_hint_key(&hint_key) else {
                 continue;
             };
@@ -219,7 +224,7 @@ impl Store {
                 continue;
             };
             out.push(Hint {
-                hint_key: hint_key.to_vec(),
+                hint_key,
                 target,
                 key,
                 versions,
@@ -232,9 +237,9 @@ impl Store {
     /// write that arrived meanwhile must be delivered too). Returns whether it was deleted.
     pub fn delete_hint_if_unchanged(&self, hint: &Hint) -> Result<bool, StorageError> {
         let _guard = self.lock(&hint.key);
-        match self.hints.get(&hint.hint_key)? {
+        match self.engine.get(Space::Hints, &hint.hint_key)? {
             Some(bytes) if decode_version_set(&bytes)? == hint.versions => {
-                self.hints.remove(hint.hint_key.clone())?;
+                self.engine.remove(Space::Hints, &hint.hint_key)?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -244,19 +249,37 @@ impl Store {
     /// Hints waiting for delivery, per intended node.
     pub fn pending_hints(&self) -> Result<BTreeMap<NodeId, u64>, StorageError> {
         let mut counts = BTreeMap::new();
-        for guard in self.hints.iter() {
-            let hint_key = guard.key()?;
-            if let Some((_, target)) = split_hint_key(&hint_key) {
-                *counts.entry(target).or_insert(0) += 1;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let chunk = self
+                .engine
+                .scan(Space::Hints, &[], after.as_deref(), COUNT_CHUNK)?;
+            let done = chunk.len() < COUNT_CHUNK;
+            for (hint_key, _) in &chunk {
+                if let Some((_, target)) = split_hint_key(hint_key) {
+                    *counts.entry(target).or_insert(0) += 1;
+                }
+            }
+            after = chunk.into_iter().last().map(|(key, _)| key);
+            if done || after.is_none() {
+                return Ok(counts);
             }
         }
-        Ok(counts)
+    }
+
+    /// Every object, in key order (the simulator's convergence check; not for the product's
+    /// request path).
+    pub fn objects(&self) -> Result<Vec<(Vec<u8>, VersionSet)>, StorageError> {
+        self.engine
+            .scan(Space::Objects, &[], None, usize::MAX)?
+            .into_iter()
+            .map(|(key, bytes)| Ok((key, decode_version_set(&bytes)?)))
+            .collect()
     }
 
     /// Flushes the journal to disk (fdatasync): every write before this call is durable after it.
     pub fn persist(&self) -> Result<(), StorageError> {
-        self.db.persist(PersistMode::SyncData)?;
-        Ok(())
+        self.engine.persist()
     }
 
     fn lock(&self, key: &[u8]) -> std::sync::MutexGuard<'_, ()> {
@@ -264,25 +287,11 @@ impl Store {
         key.hash(&mut hasher);
         let stripe = (hasher.finish() as usize) % self.locks.len();
         // A poisoned stripe only means another worker panicked mid-write; the guarded data
-        // lives in fjall, not behind the mutex, so carrying on is safe.
+        // lives in the engine, not behind the mutex, so carrying on is safe.
         self.locks[stripe]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-/// A hint: versions of `key` this node holds for `target`, a preference-list node that was
-/// down when they were written.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Hint {
-    /// Its key in the hints keyspace.
-    pub hint_key: Vec<u8>,
-    /// The node the versions belong to.
-    pub target: NodeId,
-    /// The object's key.
-    pub key: Vec<u8>,
-    /// The versions to hand over.
-    pub versions: VersionSet,
 }
 
 /// Hints are keyed `[key length: u16][key][target]`, so all hints of one key share a prefix
@@ -316,14 +325,15 @@ fn check_key(key: &[u8]) -> Result<(), StorageError> {
 }
 
 /// Stamps a new data directory with the node's id, or checks an existing one.
-fn check_identity(meta: &Keyspace, node: &NodeId) -> Result<(), StorageError> {
-    match meta.get(META_NODE_ID)? {
-        Some(found) if found.as_ref() != node.as_str().as_bytes() => Err(StorageError::WrongNode {
+fn check_identity(engine: &dyn Engine, node: &NodeId) -> Result<(), StorageError> {
+    let meta = |key: &str| engine.get(Space::Meta, key.as_bytes());
+    match meta(META_NODE_ID)? {
+        Some(found) if found != node.as_str().as_bytes() => Err(StorageError::WrongNode {
             found: String::from_utf8_lossy(&found).into_owned(),
             expected: node.to_string(),
         }),
-        Some(_) => match meta.get(META_FORMAT)? {
-            Some(format) if format.as_ref() == FORMAT_VERSION => Ok(()),
+        Some(_) => match meta(META_FORMAT)? {
+            Some(format) if format == FORMAT_VERSION => Ok(()),
             other => Err(StorageError::WrongNode {
                 found: format!(
                     "format {:?}",
@@ -333,8 +343,12 @@ fn check_identity(meta: &Keyspace, node: &NodeId) -> Result<(), StorageError> {
             }),
         },
         None => {
-            meta.insert(META_NODE_ID, node.as_str().as_bytes())?;
-            meta.insert(META_FORMAT, FORMAT_VERSION)?;
+            engine.insert(
+                Space::Meta,
+                META_NODE_ID.as_bytes(),
+                node.as_str().as_bytes(),
+            )?;
+            engine.insert(Space::Meta, META_FORMAT.as_bytes(), FORMAT_VERSION)?;
             Ok(())
         }
     }

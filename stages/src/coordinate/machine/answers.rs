@@ -11,7 +11,7 @@ impl Coordinator {
         now: Instant,
         op: OpId,
         result: Result<StorageOutcome, ServiceError>,
-        out: &mut Vec<CoordinateOutput>,
+        out: &mut Outbox,
     ) {
         let Some(OpInfo {
             request: key,
@@ -29,7 +29,7 @@ impl Coordinator {
             Err(error) => {
                 let local_write_failed = matches!(
                     pending.work,
-                    Work::Write { written: None, .. } | Work::Serve { .. }
+                    Work::Write { written: None, .. } | Work::Serve { .. } | Work::Members
                 );
                 let state = pending.tracker.fail();
                 // Without its local write the coordinator has no version to replicate: that
@@ -69,7 +69,7 @@ impl Coordinator {
         pending: &mut Pending,
         replica: NodeId,
         outcome: StorageOutcome,
-        out: &mut Vec<CoordinateOutput>,
+        out: &mut Outbox,
     ) {
         let state = pending.tracker.ack();
         match (&mut pending.work, outcome) {
@@ -97,6 +97,11 @@ impl Coordinator {
                 for remote in remotes {
                     self.send_write(key, remote, &pending.key, &set, pending.deadline, out);
                 }
+            }
+            (Work::Members, StorageOutcome::PendingHints(counts)) => {
+                let message = self.members_reply(now, &counts);
+                self.reply(now, pending, message, out);
+                return;
             }
             (Work::Serve { request }, StorageOutcome::Versions(versions)) => {
                 let message = match request {
@@ -135,7 +140,7 @@ impl Coordinator {
                 context: Bytes::from(seal.encode(&context.clone().unwrap_or_default())),
                 membership_version,
             }),
-            Work::Forward { .. } | Work::Serve { .. } => {
+            Work::Forward { .. } | Work::Serve { .. } | Work::Members => {
                 Message::Error(ServiceError::MalformedFrame {
                     reason: "no success reply for this request".into(),
                 })
@@ -146,7 +151,7 @@ impl Coordinator {
 
 /// Read repair (Dynamo §4.5): once a read has every answer it will get, replicas whose set
 /// differs from the merge get the merge. Replicas that never answered are left to anti-entropy.
-pub(super) fn repair_if_read(pending: &Pending, out: &mut Vec<CoordinateOutput>) {
+pub(super) fn repair_if_read(pending: &Pending, out: &mut Outbox) {
     if let Work::Read {
         replies,
         merged,
@@ -160,11 +165,13 @@ pub(super) fn repair_if_read(pending: &Pending, out: &mut Vec<CoordinateOutput>)
             .map(|(node, _)| node.clone())
             .collect();
         if !targets.is_empty() {
-            out.push(CoordinateOutput::Repair(RepairEvent {
+            // Best effort: a full repair queue drops the work (counted as rejected), and a
+            // later read or anti-entropy repairs what this did not.
+            out.offer(RepairEvent {
                 key: pending.key.clone(),
                 versions: merged.clone(),
                 targets,
-            }));
+            });
         }
     }
 }

@@ -10,11 +10,7 @@ impl Coordinator {
     /// counts as failed: its node is marked down and its replica is re-sent to the next spare
     /// fallback (with a hint, for writes) within the same request. Its late answer, if any, is
     /// ignored. Forwarded puts are not rerouted: the list node works to the same deadline.
-    pub(super) fn reroute_silent_replicas(
-        &mut self,
-        now: Instant,
-        out: &mut Vec<CoordinateOutput>,
-    ) {
+    pub(super) fn reroute_silent_replicas(&mut self, now: Instant, out: &mut Outbox) {
         let me = self.settings.node.clone();
         let timeout = self.settings.replica_timeout;
         let mut silent = Vec::new();
@@ -44,7 +40,7 @@ impl Coordinator {
     }
 
     /// Sends a `Ping` to every down peer whose probe is due; expired probes count as failures.
-    pub(super) fn probe_down_peers(&mut self, now: Instant, out: &mut Vec<CoordinateOutput>) {
+    pub(super) fn probe_down_peers(&mut self, now: Instant, out: &mut Outbox) {
         let expired: Vec<OpId> = self
             .probes
             .iter()
@@ -57,15 +53,10 @@ impl Coordinator {
             }
         }
         for peer in self.detector.due_probes(now) {
-            let op = self.new_id();
+            let op = OpId(self.new_id());
             let deadline = now + PROBE_TIMEOUT;
             self.probes.insert(op, (peer.clone(), deadline));
-            out.push(CoordinateOutput::Peer {
-                peer,
-                op,
-                message: Message::Ping,
-                deadline,
-            });
+            out.request(to_peer(peer, op, Message::Ping, deadline));
         }
     }
 
@@ -102,11 +93,7 @@ impl Coordinator {
 
     /// Re-sends a failed replica operation to the next healthy fallback, standing in for the
     /// node the failed one stood for. Returns false when no fallback is left.
-    pub(super) fn retry_on_spare(
-        &mut self,
-        failed: &OpInfo,
-        out: &mut Vec<CoordinateOutput>,
-    ) -> bool {
+    pub(super) fn retry_on_spare(&mut self, failed: &OpInfo, out: &mut Outbox) -> bool {
         let Some(pending) = self.requests.get_mut(&failed.request) else {
             return false;
         };
@@ -141,12 +128,7 @@ impl Coordinator {
     }
 
     /// Sends a forwarded put to the next untried preference-list node, or fails the request.
-    pub(super) fn forward_next(
-        &mut self,
-        now: Instant,
-        key: RequestKey,
-        out: &mut Vec<CoordinateOutput>,
-    ) {
+    pub(super) fn forward_next(&mut self, now: Instant, key: RequestKey, out: &mut Outbox) {
         let Some(pending) = self.requests.get_mut(&key) else {
             return;
         };
@@ -164,20 +146,10 @@ impl Coordinator {
         let peer = untried.remove(0);
         let (message, deadline) = (message.clone(), pending.deadline);
         let op = self.new_op(key, &peer, None);
-        out.push(CoordinateOutput::Peer {
-            peer,
-            op,
-            message,
-            deadline,
-        });
+        out.request(to_peer(peer, op, message, deadline));
     }
 
-    pub(super) fn on_peer_answer(
-        &mut self,
-        now: Instant,
-        done: PeerDone,
-        out: &mut Vec<CoordinateOutput>,
-    ) {
+    pub(super) fn on_peer_answer(&mut self, now: Instant, done: PeerDone, out: &mut Outbox) {
         // The detector learns only from the peer itself: any answer (an error reply included)
         // shows it alive; only an unreachable peer counts as a failure. A locally refused send
         // (our own queue full, shutting down) says nothing about the peer.

@@ -1,0 +1,167 @@
+//! The events of the stages that face the network: frames for the intake to write, and the
+//! replication stage's requests to peers and their answers.
+
+use super::{ConnId, OpId, Origin, ReplyTo};
+use crate::error::ServiceError;
+use crate::wire::Message;
+use crate::NodeId;
+use std::fmt;
+use std::time::Instant;
+
+/// Frames for the intake loop to write.
+#[derive(Debug)]
+pub enum IntakeEvent {
+    /// Write an encoded frame to a connection (a reply to what arrived on it).
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// A complete encoded frame.
+        frame: Vec<u8>,
+    },
+    /// Write an encoded frame to a peer, over the connection this node keeps to it (opened
+    /// on first use).
+    ToPeer {
+        /// The peer.
+        peer: NodeId,
+        /// A complete encoded frame.
+        frame: Vec<u8>,
+    },
+}
+
+impl IntakeEvent {
+    /// A reply to a request, encoded, for the connection it came on.
+    pub fn reply(origin: Origin, message: &Message) -> IntakeEvent {
+        IntakeEvent::Send {
+            conn: origin.conn,
+            frame: encode_reply(origin.request_id, message),
+        }
+    }
+}
+
+/// Encodes a reply frame. If the reply cannot be encoded (a bug), the requester gets an error
+/// frame naming the failure instead of silence.
+pub fn encode_reply(request_id: u64, message: &Message) -> Vec<u8> {
+    message.encode(request_id).unwrap_or_else(|e| {
+        let error = ServiceError::MalformedFrame {
+            reason: format!("reply not encodable: {e}"),
+        };
+        Message::Error(error).encode(request_id).unwrap_or_default()
+    })
+}
+
+impl fmt::Display for IntakeEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IntakeEvent::Send { conn, frame } => write!(f, "send {} B to conn {conn}", frame.len()),
+            IntakeEvent::ToPeer { peer, frame } => {
+                write!(f, "send {} B to peer {peer}", frame.len())
+            }
+        }
+    }
+}
+
+/// The replication stage's events.
+#[derive(Debug)]
+pub enum ReplicateEvent {
+    /// Send a request to a peer; its answer (or failure) goes to `reply_to` as a `PeerDone`
+    /// carrying `op`.
+    Send {
+        /// The peer.
+        peer: NodeId,
+        /// The asker's operation.
+        op: OpId,
+        /// The request.
+        message: Message,
+        /// When to give up on an answer.
+        deadline: Instant,
+        /// Who gets the answer.
+        reply_to: ReplyTo,
+    },
+    /// A peer's answer, read by parse from the connection this node opened to that peer.
+    Reply {
+        /// The peer.
+        peer: NodeId,
+        /// The frame's request id: the replication stage's own id for the request it sent.
+        request_id: u64,
+        /// The answer.
+        message: Message,
+    },
+    /// The intake lost (or could not open) the connection to a peer.
+    PeerFailed {
+        /// The peer.
+        peer: NodeId,
+    },
+}
+
+impl fmt::Display for ReplicateEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplicateEvent::Send {
+                peer,
+                op,
+                message,
+                reply_to,
+                ..
+            } => write!(f, "send {message} to {peer} op {op} for {reply_to}"),
+            ReplicateEvent::Reply {
+                peer,
+                request_id,
+                message,
+            } => write!(f, "{message} from {peer} request {request_id}"),
+            ReplicateEvent::PeerFailed { peer } => write!(f, "peer {peer} failed"),
+        }
+    }
+}
+
+/// What the intake's machine asks of the sockets it does not own: the mio loop carries these
+/// out in the product, the simulated network in the simulator.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SocketCommand {
+    /// Queue an encoded frame on a connection.
+    Write {
+        /// The connection.
+        conn: ConnId,
+        /// A complete encoded frame.
+        frame: Vec<u8>,
+    },
+    /// Open a connection to a peer under this id; its outcome comes back as connected or
+    /// closed.
+    Dial {
+        /// The id the machine chose for it.
+        conn: ConnId,
+        /// The peer.
+        peer: NodeId,
+        /// Where it listens.
+        addr: std::net::SocketAddr,
+    },
+    /// Close a connection once its queued output is written.
+    Close {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Close a connection now, dropping what it has not been sent (a client that stalled).
+    Abort {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Answer a `Stats` request with the node's live statistics, which only the loop that
+    /// owns the queues can read (so an overloaded node can still be inspected).
+    Stats {
+        /// Where the request came from.
+        origin: super::Origin,
+    },
+}
+
+impl fmt::Display for SocketCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SocketCommand::Write { conn, frame } => {
+                write!(f, "write {} B to conn {conn}", frame.len())
+            }
+            SocketCommand::Dial { conn, peer, .. } => write!(f, "dial {peer} as conn {conn}"),
+            SocketCommand::Close { conn } => write!(f, "close conn {conn}"),
+            SocketCommand::Abort { conn } => write!(f, "abort conn {conn}"),
+            SocketCommand::Stats { origin } => write!(f, "stats for conn {}", origin.conn),
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! The intake's logic as a machine: per connection the frame decoder and what the connection
+//! proved, the table of links to peers, and every decision about a frame — to parse, answered
+//! on the spot, or fatal to the connection. It owns no socket: the mio loop (`mod.rs`) feeds
+//! it bytes and connection events and carries out its [`SocketCommand`]s; the simulator does
+//! the same over its simulated network.
+//!
+//! DRIVER SIDE of peering (SPEC §11, Dynamo §4.6): links this node opens are dialled on first
+//! use with a `PeerHello` as their first frame, redialled after backoff, and reported to the
+//! replication stage when they fail. RECEIVER SIDE: a peer's hello is checked before anything
+//! it sends as a peer is acted on.
+
+use super::peers::{PeerLinks, Route};
+use crate::error::ServiceError;
+use crate::event::{
+    encode_reply, ConnId, Event, IntakeEvent, Now, Origin, ParseEvent, ReplicateEvent,
+    SocketCommand,
+};
+use crate::membership::MembershipView;
+use crate::seda::{Machine, Outbox};
+use crate::wire::{kind, Bytes, ContextSeal, Frame, FrameDecoder, FrameError, Message, PeerHello};
+use crate::NodeId;
+use slog::{debug, warn, Logger};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Connection ids start here so they never collide with the mio loop's two fixed tokens
+/// (listener and waker).
+pub const FIRST_CONN: u64 = 2;
+/// How far a peer's hello timestamp may be from this node's clock. It bounds replays of a
+/// recorded hello; clocks of a cluster's nodes are assumed within this of each other.
+const HELLO_WINDOW_MS: u64 = 5 * 60 * 1000;
+
+/// Limits of the intake.
+#[derive(Clone, Debug)]
+pub struct IntakeSettings {
+    /// Largest frame accepted (bytes after the length prefix).
+    pub max_frame_bytes: usize,
+    /// Most open connections; further ones are closed at once.
+    pub max_connections: usize,
+    /// Most unsent reply bytes per connection before it is dropped as a slow reader.
+    pub max_write_buffer_bytes: usize,
+    /// Longest a connection may take to complete a frame it started: a client that trickles
+    /// a frame (or stops half-way) would otherwise hold a connection slot and its buffer for
+    /// ever (slowloris).
+    pub frame_timeout: Duration,
+}
+
+/// What the machine knows of one connection.
+struct Connection {
+    decoder: FrameDecoder,
+    /// When the incomplete frame now buffered began arriving (`None`: nothing partial).
+    frame_started: Option<Instant>,
+    /// The peer this incoming connection proved to be with a valid `PeerHello` (SPEC §11);
+    /// `None` for clients. Peer-only requests are served only when set.
+    authenticated: Option<NodeId>,
+    /// Closing once its output is written (after a fatal frame error): input is ignored.
+    closing: bool,
+}
+
+/// The intake's machine.
+pub struct IntakeMachine {
+    settings: IntakeSettings,
+    /// Open connections, in id order.
+    connections: BTreeMap<ConnId, Connection>,
+    next_conn: u64,
+    /// Outgoing connections to peers, by peer.
+    links: PeerLinks,
+    /// Where peers listen, and who is a member.
+    membership: MembershipView,
+    /// This node, named in its hellos.
+    node: NodeId,
+    /// The cluster key: signs this node's hellos, checks its peers'.
+    seal: ContextSeal,
+    logger: Logger,
+}
+
+impl IntakeMachine {
+    /// A machine for `node` with no connections.
+    pub fn new(
+        settings: IntakeSettings,
+        membership: MembershipView,
+        node: NodeId,
+        seal: ContextSeal,
+        logger: Logger,
+    ) -> IntakeMachine {
+        IntakeMachine {
+            settings,
+            connections: BTreeMap::new(),
+            next_conn: FIRST_CONN,
+            links: PeerLinks::default(),
+            membership,
+            node,
+            seal,
+            logger,
+        }
+    }
+
+    /// The limits the machine was built with (the loop needs the write-buffer bound).
+    pub fn settings(&self) -> &IntakeSettings {
+        &self.settings
+    }
+
+    fn open(&mut self) -> ConnId {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.connections.insert(
+            conn,
+            Connection {
+                decoder: FrameDecoder::new(self.settings.max_frame_bytes),
+                frame_started: None,
+                authenticated: None,
+                closing: false,
+            },
+        );
+        conn
+    }
+
+    /// A connection was accepted: its id, or `None` when the connection limit is reached
+    /// (the caller closes it).
+    pub fn accept(&mut self) -> Option<ConnId> {
+        if self.connections.len() >= self.settings.max_connections {
+            warn!(self.logger, "connection refused: limit reached"; "limit" => self.settings.max_connections);
+            return None;
+        }
+        Some(self.open())
+    }
+
+    /// Bytes arrived on `conn`: complete frames go to parse (or are answered here).
+    pub fn on_received(&mut self, now: Now, conn: ConnId, bytes: &[u8], out: &mut Outbox) {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        if connection.closing {
+            return;
+        }
+        connection.decoder.extend(bytes);
+        loop {
+            let Some(connection) = self.connections.get_mut(&conn) else {
+                return;
+            };
+            match connection.decoder.next_frame() {
+                Ok(Some(frame)) => self.dispatch(now, conn, frame, out),
+                Ok(None) => {
+                    // Start (or stop) the clock on a partial frame.
+                    let partial = connection.decoder.buffered_bytes() > 0;
+                    connection.frame_started =
+                        partial.then(|| connection.frame_started.unwrap_or(now.instant));
+                    return;
+                }
+                Err(error) => return self.unreadable(conn, error, out),
+            }
+        }
+    }
+
+    /// A stream that cannot be framed: the error is written, then the connection closed.
+    fn unreadable(&mut self, conn: ConnId, error: FrameError, out: &mut Outbox) {
+        warn!(self.logger, "unreadable stream, closing connection"; "conn" => conn.0, "error" => %error);
+        let reply = match error {
+            FrameError::TooLarge { declared, max } => ServiceError::FrameTooLarge { declared, max },
+            other => ServiceError::MalformedFrame {
+                reason: other.to_string(),
+            },
+        };
+        self.write(conn, 0, &Message::Error(reply), out);
+        self.close(conn, out);
+    }
+
+    fn write(&self, conn: ConnId, request_id: u64, message: &Message, out: &mut Outbox) {
+        out.socket(SocketCommand::Write {
+            conn,
+            frame: encode_reply(request_id, message),
+        });
+    }
+
+    /// Asks the loop to close `conn` once its output is written; its input is ignored.
+    fn close(&mut self, conn: ConnId, out: &mut Outbox) {
+        if let Some(connection) = self.connections.get_mut(&conn) {
+            connection.closing = true;
+        }
+        out.socket(SocketCommand::Close { conn });
+    }
+
+    fn dispatch(&mut self, now: Now, conn: ConnId, frame: Frame, out: &mut Outbox) {
+        let request_id = frame.request_id;
+        if frame.kind == kind::PEER_HELLO {
+            return self.accept_hello(now, conn, &frame, out);
+        }
+        if frame.kind == kind::STATS {
+            match Message::decode(&frame) {
+                Ok(_) => out.socket(SocketCommand::Stats {
+                    origin: Origin { conn, request_id },
+                }),
+                Err(error) => self.write(conn, request_id, &Message::Error(error.into()), out),
+            }
+            return;
+        }
+        let authenticated = self
+            .connections
+            .get(&conn)
+            .is_some_and(|c| c.authenticated.is_some());
+        out.request(ParseEvent {
+            conn,
+            frame,
+            received_at: now.instant,
+            peer: self.links.peer_of(conn).cloned(),
+            authenticated,
+        });
+    }
+
+    /// The loop finished a dial: the link is usable.
+    pub fn on_connected(&mut self, conn: ConnId) {
+        self.links.established(conn);
+    }
+
+    /// `conn` closed (by either side, or a dial failed): a peer link's failure is reported to
+    /// the replication stage, which fails what was outstanding on it.
+    pub fn on_closed(&mut self, now: Now, conn: ConnId, out: &mut Outbox) {
+        self.connections.remove(&conn);
+        if let Some(peer) = self.links.peer_of(conn).cloned() {
+            warn!(self.logger, "peer link lost"; "peer" => %peer, "conn" => conn.0);
+            self.links.failed(&peer, Some(conn), now.instant);
+            report_failed(peer, out);
+        }
+    }
+
+    /// Queues a frame for a peer, dialling it if no link exists.
+    fn send_to_peer(&mut self, now: Now, peer: NodeId, frame: Vec<u8>, out: &mut Outbox) {
+        match self.links.route(&peer, now.instant) {
+            Route::Via(conn) => out.socket(SocketCommand::Write { conn, frame }),
+            Route::BackingOff => report_failed(peer, out),
+            Route::Dial => {
+                let Some(addr) = self.membership.current().addr_of(&peer) else {
+                    warn!(self.logger, "no address for peer"; "peer" => %peer);
+                    self.links.failed(&peer, None, now.instant);
+                    return report_failed(peer, out);
+                };
+                let conn = self.open();
+                self.links.opened(&peer, conn);
+                debug!(self.logger, "dialling peer"; "peer" => %peer, "addr" => %addr, "conn" => conn.0);
+                out.socket(SocketCommand::Dial { conn, peer, addr });
+                // The hello goes first on the link, ahead of any request.
+                let hello = self.hello(now);
+                out.socket(SocketCommand::Write { conn, frame: hello });
+                out.socket(SocketCommand::Write { conn, frame });
+            }
+        }
+    }
+
+    /// This node's `PeerHello`, signed now.
+    fn hello(&self, now: Now) -> Vec<u8> {
+        let timestamp_ms = now.wall_ms;
+        let mac = self
+            .seal
+            .sign(&PeerHello::signed_bytes(&self.node, timestamp_ms));
+        let hello = Message::PeerHello(PeerHello {
+            node: self.node.clone(),
+            timestamp_ms,
+            mac: Bytes::from(mac),
+        });
+        hello.encode(0).unwrap_or_default()
+    }
+
+    /// RECEIVER SIDE: checks a peer's hello; a valid one marks the connection as that peer's,
+    /// an invalid one is answered `Unauthorized` and the connection closed.
+    fn accept_hello(&mut self, now: Now, conn: ConnId, frame: &Frame, out: &mut Outbox) {
+        let verdict = match Message::decode(frame) {
+            Ok(Message::PeerHello(hello)) => self.check_hello(now, &hello).map(|()| hello.node),
+            _ => Err("malformed hello".to_string()),
+        };
+        match verdict {
+            Ok(peer) => {
+                debug!(self.logger, "peer authenticated"; "conn" => conn.0, "peer" => %peer);
+                if let Some(connection) = self.connections.get_mut(&conn) {
+                    connection.authenticated = Some(peer);
+                }
+            }
+            Err(reason) => {
+                warn!(self.logger, "refusing peer hello"; "conn" => conn.0, "reason" => %reason);
+                let error = Message::Error(ServiceError::Unauthorized { reason });
+                self.write(conn, frame.request_id, &error, out);
+                self.close(conn, out);
+            }
+        }
+    }
+
+    fn check_hello(&self, now: Now, hello: &PeerHello) -> Result<(), String> {
+        if self.membership.current().member(&hello.node).is_none() {
+            return Err(format!("{} is not a member", hello.node));
+        }
+        if now.wall_ms.abs_diff(hello.timestamp_ms) > HELLO_WINDOW_MS {
+            return Err(
+                "hello timestamp outside the accepted window (clocks apart, or a replay)".into(),
+            );
+        }
+        if !self.seal.verify(
+            &PeerHello::signed_bytes(&hello.node, hello.timestamp_ms),
+            &hello.mac,
+        ) {
+            return Err("hello not signed with this cluster's secret".into());
+        }
+        Ok(())
+    }
+}
+
+/// Tells the replication stage a peer failed. Offered: the intake never waits; if the queue is
+/// full the operations fail at their deadline instead.
+fn report_failed(peer: NodeId, out: &mut Outbox) {
+    out.offer(ReplicateEvent::PeerFailed { peer });
+}
+
+impl Machine for IntakeMachine {
+    type Input = IntakeEvent;
+
+    fn on_event(&mut self, now: Now, event: IntakeEvent, out: &mut Outbox) {
+        match event {
+            IntakeEvent::Send { conn, frame } => {
+                if self.connections.contains_key(&conn) {
+                    out.socket(SocketCommand::Write { conn, frame });
+                }
+            }
+            IntakeEvent::ToPeer { peer, frame } => self.send_to_peer(now, peer, frame, out),
+        }
+    }
+
+    /// Closes connections whose partial frame has been arriving for longer than the frame
+    /// timeout.
+    fn on_tick(&mut self, now: Now, out: &mut Outbox) {
+        let timeout = self.settings.frame_timeout;
+        let stalled: Vec<ConnId> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| {
+                c.frame_started
+                    .is_some_and(|started| now.instant.saturating_duration_since(started) > timeout)
+            })
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in stalled {
+            warn!(self.logger, "closing connection: frame not completed in time"; "conn" => conn.0, "timeout_ms" => timeout.as_millis() as u64);
+            if let Some(connection) = self.connections.get_mut(&conn) {
+                connection.frame_started = None;
+                connection.closing = true;
+            }
+            out.socket(SocketCommand::Abort { conn });
+        }
+    }
+
+    /// Parse's queue was full: the request is answered `Overloaded` on the spot.
+    fn on_refused(&mut self, _now: Now, event: Event, error: ServiceError, out: &mut Outbox) {
+        if let Event::Parse(ParseEvent { conn, frame, .. }) = event {
+            self.write(conn, frame.request_id, &Message::Error(error), out);
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The threaded runtime's side of a machine: [`Router`] holds the sending end of every stage's
+//! queue, [`deliver`] carries out an outbox through it, and [`Driven`] runs a machine as a
+//! pool stage. The simulator has its own driver; the machines are the same.
+
+use super::machine::{Delivery, Effect, Machine, Outbox};
+use super::{OperationLatencies, SendError, Stage, StageSender, StageSnapshot};
+use crate::event::{
+    wall_clock_ms, CoordinateEvent, Event, HandoffEvent, IntakeEvent, Now, ParseEvent, Refusal,
+    RepairEvent, ReplicateEvent, SocketCommand, StageId, StorageEvent,
+};
+use std::time::Instant;
+
+/// Rounds of delivery per outbox: a refused request makes its machine write an answer, which
+/// is delivered in the next round. Answers are never refused back, so two rounds suffice;
+/// the bound only guards against a machine that answers a refusal with another request.
+const MAX_DELIVERY_ROUNDS: usize = 8;
+
+/// The sending end of every stage's queue of a node.
+#[derive(Clone)]
+pub struct Router {
+    /// The intake's outgoing frames (wakes the mio loop).
+    pub intake: StageSender<IntakeEvent>,
+    /// Request parsing.
+    pub parse: StageSender<ParseEvent>,
+    /// Coordination.
+    pub coordinate: StageSender<CoordinateEvent>,
+    /// Replication fan-out.
+    pub replicate: StageSender<ReplicateEvent>,
+    /// Read repair.
+    pub repair: StageSender<RepairEvent>,
+    /// Hinted handoff.
+    pub handoff: StageSender<HandoffEvent>,
+    /// Storage.
+    pub storage: StageSender<StorageEvent>,
+}
+
+/// Sends through one typed sender, giving the event back as an [`Event`] when refused.
+macro_rules! route {
+    ($self:ident, $event:ident, $method:ident, [$($variant:ident => $field:ident),*]) => {
+        match $event {
+            $(Event::$variant(e) => $self.$field.$method(e).map_err(|refused| match refused {
+                SendError::Full(e) => (Refusal::Full, Event::$variant(e)),
+                SendError::Closed(e) => (Refusal::Closed, Event::$variant(e)),
+            }),)*
+        }
+    };
+}
+
+// The refused event comes back by value so its sender can answer for it; it is moved, not
+// copied, and refusal is the rare path, so the size of the error does not matter here.
+#[allow(clippy::result_large_err)]
+impl Router {
+    /// Queues an event if its stage has room; otherwise gives it back with the reason.
+    pub fn try_send(&self, event: Event) -> Result<(), (Refusal, Event)> {
+        route!(self, event, try_send, [Intake => intake, Parse => parse,
+            Coordinate => coordinate, Replicate => replicate, Repair => repair,
+            Handoff => handoff, Storage => storage])
+    }
+
+    /// Queues an event, waiting for room; gives it back only if the stage stopped.
+    pub fn send(&self, event: Event) -> Result<(), (Refusal, Event)> {
+        route!(self, event, send, [Intake => intake, Parse => parse,
+            Coordinate => coordinate, Replicate => replicate, Repair => repair,
+            Handoff => handoff, Storage => storage])
+    }
+
+    /// Every stage's statistics now, in stage-table order.
+    pub fn snapshots(&self) -> Vec<StageSnapshot> {
+        StageId::ALL
+            .into_iter()
+            .map(|stage| match stage {
+                StageId::Intake => self.intake.snapshot(),
+                StageId::Parse => self.parse.snapshot(),
+                StageId::Coordinate => self.coordinate.snapshot(),
+                StageId::Replicate => self.replicate.snapshot(),
+                StageId::Repair => self.repair.snapshot(),
+                StageId::Handoff => self.handoff.snapshot(),
+                StageId::Storage => self.storage.snapshot(),
+            })
+            .collect()
+    }
+}
+
+/// Carries out `outbox`: events go to their stages as their delivery says, a refused
+/// request goes back to `machine`, latencies go to `latencies`, socket commands to `socket`.
+pub fn deliver<M: Machine>(
+    machine: &mut M,
+    now: Now,
+    outbox: &mut Outbox,
+    router: &Router,
+    latencies: &OperationLatencies,
+    mut socket: impl FnMut(SocketCommand),
+) {
+    for _ in 0..MAX_DELIVERY_ROUNDS {
+        if outbox.is_empty() {
+            return;
+        }
+        for effect in outbox.take() {
+            match effect {
+                Effect::Send {
+                    delivery: Delivery::Request,
+                    event,
+                } => {
+                    if let Err((refusal, event)) = router.try_send(event) {
+                        let error = refusal.error(event.stage());
+                        machine.on_refused(now, event, error, outbox);
+                    }
+                }
+                // A closed queue means the node is stopping: the answer has nobody to reach.
+                Effect::Send {
+                    delivery: Delivery::Reply,
+                    event,
+                } => {
+                    let _ = router.send(event);
+                }
+                // Dropped when full, and counted as rejected by the queue.
+                Effect::Send {
+                    delivery: Delivery::Offer,
+                    event,
+                } => {
+                    let _ = router.try_send(event);
+                }
+                Effect::Latency { operation, latency } => latencies.record(operation, latency),
+                Effect::Socket(command) => socket(command),
+            }
+        }
+    }
+    debug_assert!(
+        outbox.is_empty(),
+        "a machine kept answering refusals with requests"
+    );
+}
+
+/// A machine run as a stage of the threaded runtime.
+pub struct Driven<M: Machine> {
+    machine: M,
+    router: Router,
+    latencies: OperationLatencies,
+    outbox: Outbox,
+}
+
+impl<M: Machine> Driven<M> {
+    /// Runs `machine`, delivering its outbox through `router`.
+    pub fn new(machine: M, router: Router, latencies: OperationLatencies) -> Driven<M> {
+        Driven {
+            machine,
+            router,
+            latencies,
+            outbox: Outbox::new(),
+        }
+    }
+
+    fn deliver(&mut self, now: Now) {
+        // Pool stages have no sockets; a socket command from one would be a wiring bug.
+        deliver(
+            &mut self.machine,
+            now,
+            &mut self.outbox,
+            &self.router,
+            &self.latencies,
+            |command| debug_assert!(false, "socket command from a pool stage: {command}"),
+        );
+    }
+}
+
+fn now_at(instant: Instant) -> Now {
+    Now {
+        instant,
+        wall_ms: wall_clock_ms(),
+    }
+}
+
+impl<M: Machine> Stage for Driven<M> {
+    type Event = M::Input;
+
+    fn handle_batch(&mut self, now: Instant, batch: &mut Vec<M::Input>) {
+        let now = now_at(now);
+        self.machine.on_batch(now, batch, &mut self.outbox);
+        self.deliver(now);
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        let now = now_at(now);
+        self.machine.on_tick(now, &mut self.outbox);
+        self.deliver(now);
+    }
+
+    fn on_stop(&mut self) {
+        self.machine.on_stop(&mut self.outbox);
+        self.deliver(Now::real());
+    }
+}

@@ -1,0 +1,122 @@
+//! The simulator's engine: ordered maps in memory, with a journal of the writes since the last
+//! [`Engine::persist`] so that a simulated crash loses exactly what was not flushed, and
+//! injectable faults (a flush that fails). Deterministic: no clock, no randomness of its own.
+
+use super::engine::{Engine, Space};
+use super::StorageError;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// What an engine holds: what reads see, what survives a crash, and what the faults are.
+#[derive(Default)]
+struct State {
+    /// What reads see: every write, flushed or not. In [`Space::ALL`] order.
+    current: [Map; 3],
+    /// What was flushed: what a crash leaves.
+    durable: [Map; 3],
+    /// Writes since the last successful flush, in order (`None`: a removal).
+    journal: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
+    /// Flushes still to fail (an injected fault).
+    failing_flushes: u32,
+}
+
+/// An in-memory [`Engine`] that can crash and fail.
+#[derive(Default)]
+pub struct MemoryEngine {
+    state: Mutex<State>,
+}
+
+impl MemoryEngine {
+    /// An empty engine.
+    pub fn new() -> Arc<MemoryEngine> {
+        Arc::new(MemoryEngine::default())
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic under the lock leaves maps that are still whole; carry on.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A simulated crash (power loss): every write not flushed is lost.
+    pub fn crash(&self) {
+        let mut state = self.state();
+        state.current = state.durable.clone();
+        state.journal.clear();
+    }
+
+    /// The next `count` flushes fail (and leave their writes unflushed, as a failed fdatasync
+    /// does: they stay visible and are flushed by the next flush that succeeds).
+    pub fn fail_flushes(&self, count: u32) {
+        self.state().failing_flushes = count;
+    }
+
+    /// Writes not yet flushed.
+    pub fn unflushed_writes(&self) -> usize {
+        self.state().journal.len()
+    }
+}
+
+impl Engine for MemoryEngine {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.state().current[space as usize].get(key).cloned())
+    }
+
+    fn insert(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        let mut state = self.state();
+        state.current[space as usize].insert(key.to_vec(), value.to_vec());
+        state
+            .journal
+            .push((space, key.to_vec(), Some(value.to_vec())));
+        Ok(())
+    }
+
+    fn remove(&self, space: Space, key: &[u8]) -> Result<(), StorageError> {
+        let mut state = self.state();
+        state.current[space as usize].remove(key);
+        state.journal.push((space, key.to_vec(), None));
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<super::engine::Entries, StorageError> {
+        use std::ops::Bound;
+        let state = self.state();
+        let start = match after {
+            Some(after) => Bound::Excluded(after.to_vec()),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        Ok(state.current[space as usize]
+            .range((start, Bound::Unbounded))
+            .skip_while(|(key, _)| !key.starts_with(prefix) && key.as_slice() < prefix)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .take(limit)
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
+    fn persist(&self) -> Result<(), StorageError> {
+        let mut state = self.state();
+        if state.failing_flushes > 0 {
+            state.failing_flushes -= 1;
+            return Err(StorageError::Simulated {
+                what: "journal flush",
+            });
+        }
+        let journal = std::mem::take(&mut state.journal);
+        for (space, key, value) in journal {
+            let durable = &mut state.durable[space as usize];
+            match value {
+                Some(value) => durable.insert(key, value),
+                None => durable.remove(&key),
+            };
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,240 @@
+//! One storage test suite, run against both engines (fjall, the product's, and memory, the
+//! simulator's), so the simulator's engine behaves as the product's does; then the memory
+//! engine's faults, and the machine's group commit.
+
+use super::*;
+use crate::event::{Hint, OpId};
+use crate::vclock::VClock;
+use crate::versioning::{Version, VersionSet};
+use std::sync::Arc;
+
+const LIMITS: VersionLimits = VersionLimits {
+    max_clock_entries: 10,
+    max_siblings: 3,
+};
+
+fn node() -> NodeId {
+    NodeId::new("n1")
+}
+
+/// A store over each engine; the temp dir (if any) lives as long as the store.
+fn engines() -> Vec<(&'static str, Store, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fjall = Store::open(dir.path(), &node()).expect("fjall opens");
+    let memory = Store::with_engine(MemoryEngine::new(), &node()).expect("memory opens");
+    vec![("fjall", fjall, Some(dir)), ("memory", memory, None)]
+}
+
+fn put(store: &Store, key: &[u8], context: &VClock, value: &[u8]) -> (VersionSet, Version) {
+    store
+        .coordinate_put(key, &node(), context, Some(value.to_vec()), 1, &LIMITS)
+        .expect("put")
+}
+
+/// Goal: an absent key reads as no versions; a put creates one version with this node's
+/// dot; a put with the returned context replaces it; blind puts add siblings up to the limit
+/// and past it fail with nothing stored. Both engines.
+#[test]
+fn puts_version_and_bound_siblings_on_both_engines() {
+    for (name, store, _dir) in engines() {
+        assert!(store.read(b"k").expect("read").is_empty(), "{name}");
+        let (set, version) = put(&store, b"k", &VClock::new(), b"a");
+        assert_eq!(set.len(), 1, "{name}");
+        assert_eq!(version.dot.node, node(), "{name}");
+        let (set, _) = put(&store, b"k", &set.context(), b"b");
+        assert_eq!(
+            set.live_values().collect::<Vec<_>>(),
+            vec![&b"b"[..]],
+            "{name}"
+        );
+        put(&store, b"k", &VClock::new(), b"c");
+        put(&store, b"k", &VClock::new(), b"d");
+        let refused = store.coordinate_put(
+            b"k",
+            &node(),
+            &VClock::new(),
+            Some(b"e".to_vec()),
+            1,
+            &LIMITS,
+        );
+        assert!(
+            matches!(
+                refused,
+                Err(StorageError::TooManySiblings { count: 4, max: 3 })
+            ),
+            "{name}"
+        );
+        assert_eq!(
+            store.read(b"k").expect("read").len(),
+            3,
+            "{name}: nothing stored"
+        );
+    }
+}
+
+/// Goal: a replica merge is idempotent and keeps what neither side dominates.
+#[test]
+fn merges_are_idempotent_on_both_engines() {
+    for (name, store, _dir) in engines() {
+        let other = Store::with_engine(MemoryEngine::new(), &NodeId::new("n2")).expect("n2");
+        let (theirs, _) = other
+            .coordinate_put(
+                b"k",
+                &NodeId::new("n2"),
+                &VClock::new(),
+                Some(b"x".to_vec()),
+                1,
+                &LIMITS,
+            )
+            .expect("put");
+        put(&store, b"k", &VClock::new(), b"a");
+        let once = store.merge(b"k", &theirs).expect("merge");
+        let twice = store.merge(b"k", &theirs).expect("merge again");
+        assert_eq!(once, twice, "{name}");
+        assert_eq!(once.len(), 2, "{name}: concurrent versions both kept");
+    }
+}
+
+/// Goal: hints are kept apart from objects, read together with them for replica reads,
+/// scanned in order with resumption, counted per target, and deleted only if unchanged.
+#[test]
+fn hints_round_trip_on_both_engines() {
+    for (name, store, _dir) in engines() {
+        let (set, _) = put(&store, b"k", &VClock::new(), b"a");
+        let target = NodeId::new("n3");
+        store.store_hint(&target, b"h1", &set).expect("hint");
+        store.store_hint(&target, b"h2", &set).expect("hint");
+        store
+            .store_hint(&NodeId::new("n4"), b"h2", &set)
+            .expect("hint");
+        assert!(
+            store.read(b"h1").expect("read").is_empty(),
+            "{name}: hints are not objects"
+        );
+        assert_eq!(store.read_with_hints(b"h1").expect("read"), set, "{name}");
+        let first = store.hints_batch(None, 2).expect("batch");
+        assert_eq!(first.len(), 2, "{name}");
+        let rest = store
+            .hints_batch(Some(&first[1].hint_key), 10)
+            .expect("batch");
+        assert_eq!(rest.len(), 1, "{name}: resumes after the cursor");
+        let counts = store.pending_hints().expect("count");
+        assert_eq!(counts.get(&target), Some(&2), "{name}");
+        let stale = Hint {
+            versions: VersionSet::new(),
+            ..first[0].clone()
+        };
+        assert!(
+            !store.delete_hint_if_unchanged(&stale).expect("delete"),
+            "{name}"
+        );
+        assert!(
+            store.delete_hint_if_unchanged(&first[0]).expect("delete"),
+            "{name}"
+        );
+        assert_eq!(
+            store.pending_hints().expect("count").values().sum::<u64>(),
+            2,
+            "{name}"
+        );
+    }
+}
+
+/// Goal: an engine that holds another node's data is refused with an error naming both.
+#[test]
+fn another_nodes_data_is_refused_on_both_engines() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    drop(Store::open(dir.path(), &node()).expect("opens"));
+    let error = Store::open(dir.path(), &NodeId::new("n9"))
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("n1"), "{error}");
+    let memory = MemoryEngine::new();
+    drop(Store::with_engine(memory.clone(), &node()).expect("opens"));
+    assert!(Store::with_engine(memory, &NodeId::new("n9")).is_err());
+}
+
+/// Goal: what was flushed survives a crash and what was not is lost, exactly (the
+/// simulator's model of power loss); a failed flush keeps the writes pending, and the next
+/// flush that succeeds makes them durable.
+#[test]
+fn memory_engine_crash_loses_exactly_the_unflushed_writes() {
+    let engine = MemoryEngine::new();
+    let store = Store::with_engine(engine.clone(), &node()).expect("opens");
+    put(&store, b"flushed", &VClock::new(), b"a");
+    store.persist().expect("flush");
+    put(&store, b"unflushed", &VClock::new(), b"b");
+    assert_eq!(engine.unflushed_writes(), 1);
+    engine.crash();
+    let store = Store::with_engine(engine.clone(), &node()).expect("reopens");
+    assert_eq!(store.read(b"flushed").expect("read").len(), 1);
+    assert!(store.read(b"unflushed").expect("read").is_empty());
+
+    engine.fail_flushes(1);
+    put(&store, b"retried", &VClock::new(), b"c");
+    assert!(matches!(
+        store.persist(),
+        Err(StorageError::Simulated { .. })
+    ));
+    store.persist().expect("the next flush succeeds");
+    engine.crash();
+    assert_eq!(store.read(b"retried").expect("read").len(), 1);
+}
+
+fn event(op: u64, request: StorageRequest) -> StorageEvent {
+    StorageEvent {
+        op: OpId(op),
+        reply_to: ReplyTo::Coordinate,
+        request,
+    }
+}
+
+/// Goal: with `sync = "always"`, a batch whose flush fails acknowledges none of its writes
+/// (each answer is a storage error) but still answers its reads; every answer goes to the
+/// stage the event named. Reference: SPEC §7 group commit.
+#[test]
+fn failed_group_commit_acknowledges_no_write_of_the_batch() {
+    let engine = MemoryEngine::new();
+    let store = Store::with_engine(engine.clone(), &node()).expect("opens");
+    let settings = StorageSettings {
+        node: node(),
+        sync: SyncMode::Always,
+        limits: LIMITS,
+    };
+    let mut machine = StorageMachine::new(
+        0,
+        store,
+        settings,
+        slog::Logger::root(slog::Discard, slog::o!()),
+    );
+    engine.fail_flushes(1);
+    let write = StorageRequest::CoordinatePut {
+        key: b"k".to_vec(),
+        context: VClock::new(),
+        value: Some(b"v".to_vec()),
+        now_ms: 1,
+    };
+    let read = StorageRequest::Read {
+        key: b"other".to_vec(),
+        with_hints: true,
+    };
+    let mut out = Outbox::new();
+    machine.on_batch(
+        Now::real(),
+        &mut vec![event(1, write), event(2, read)],
+        &mut out,
+    );
+    let answers: Vec<(u64, bool)> = out
+        .take()
+        .into_iter()
+        .filter_map(|effect| match effect {
+            crate::seda::Effect::Send {
+                event: crate::event::Event::Coordinate(crate::event::CoordinateEvent::Storage(done)),
+                ..
+            } => Some((done.op.0, done.result.is_ok())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers, vec![(1, false), (2, true)]);
+    let _ = Arc::clone(&engine);
+}
