@@ -1,0 +1,150 @@
+//! Architecture checks over the source tree, in the style of rust-analyzer's `tidy` tests:
+//! they read the code as text and fail with the file and line that breaks a rule of
+//! ARCHITECTURE.md.
+
+use std::path::{Path, PathBuf};
+
+/// The stage modules: each is a machine that talks to the others only through events.
+const STAGES: [&str; 7] = [
+    "intake",
+    "parse",
+    "coordinate",
+    "replicate",
+    "repair",
+    "handoff",
+    "storage",
+];
+
+/// The one file of a stage module allowed to read the clock: the mio loop, which is the
+/// intake's driver, not its machine.
+const DRIVERS: [&str; 1] = ["intake/mod.rs"];
+
+fn source_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("source directory readable")
+        .map(|entry| entry.expect("directory entry").path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every file of every stage module, with the stage it belongs to and its path under `src/`.
+fn stage_files() -> Vec<(&'static str, String, PathBuf)> {
+    let root = source_root();
+    let mut files = Vec::new();
+    for stage in STAGES {
+        let mut paths = Vec::new();
+        let dir = root.join(stage);
+        if dir.is_dir() {
+            rust_files(&dir, &mut paths);
+        }
+        let file = root.join(format!("{stage}.rs"));
+        if file.is_file() {
+            paths.push(file);
+        }
+        assert!(!paths.is_empty(), "stage module {stage} not found");
+        for path in paths {
+            let relative = path
+                .strip_prefix(&root)
+                .expect("under src")
+                .to_string_lossy()
+                .replace('\\', "/");
+            files.push((stage, relative, path));
+        }
+    }
+    files
+}
+
+/// The lines of a file that are not test code: a file named `tests.rs` is all test code, and
+/// in any other file everything from the first `#[cfg(test)]` on is.
+fn product_lines(relative: &str, path: &Path) -> Vec<(usize, String)> {
+    if relative.ends_with("tests.rs") {
+        return Vec::new();
+    }
+    let text = std::fs::read_to_string(path).expect("source readable");
+    text.lines()
+        .enumerate()
+        .take_while(|(_, line)| !line.trim_start().starts_with("#[cfg(test)]"))
+        .map(|(i, line)| (i + 1, line.to_string()))
+        .collect()
+}
+
+/// Goal: a stage module never imports another stage module (STYLE habit 17: imports point
+/// down, to the event vocabulary and the pure paper modules). Method: every `crate::NAME`
+/// path in a stage's files, tests included, must not name another stage.
+#[test]
+fn no_stage_module_imports_another_stage_module() {
+    let mut violations = Vec::new();
+    for (stage, relative, path) in stage_files() {
+        let text = std::fs::read_to_string(&path).expect("source readable");
+        for (number, line) in text.lines().enumerate() {
+            for other in STAGES.iter().filter(|other| **other != stage) {
+                let needle = format!("crate::{other}");
+                let named = line.match_indices(&needle).any(|(at, _)| {
+                    let next = line[at + needle.len()..].chars().next();
+                    !next.is_some_and(|c| c.is_alphanumeric() || c == '_')
+                });
+                if named {
+                    violations.push(format!("src/{relative}:{}: {}", number + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "stage modules import other stage modules (use crate::event instead):\n{}",
+        violations.join("\n")
+    );
+}
+
+/// Goal: a stage's machine reads no clock, so the simulator's clock is the only one it sees
+/// (TESTING.md §2). Method: no `Instant::now()` or `SystemTime::now()` in the product code of
+/// a stage module, except the intake's mio loop.
+#[test]
+fn stage_machines_read_no_clock() {
+    let mut violations = Vec::new();
+    for (_, relative, path) in stage_files() {
+        if DRIVERS.contains(&relative.as_str()) {
+            continue;
+        }
+        for (number, line) in product_lines(&relative, &path) {
+            if line.contains("Instant::now()") || line.contains("SystemTime::now()") {
+                violations.push(format!("src/{relative}:{number}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "machines read the clock (take `now` from the driver):\n{}",
+        violations.join("\n")
+    );
+}
+
+/// Goal: decisions iterate ordered collections only, so one seed gives one run (STYLE
+/// habit 20). Method: no `HashMap` or `HashSet` in the product code of a stage module.
+#[test]
+fn stage_modules_use_ordered_collections() {
+    let mut violations = Vec::new();
+    for (_, relative, path) in stage_files() {
+        for (number, line) in product_lines(&relative, &path) {
+            if line.contains("HashMap") || line.contains("HashSet") {
+                violations.push(format!("src/{relative}:{number}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "unordered collections in stage modules (use BTreeMap/BTreeSet):\n{}",
+        violations.join("\n")
+    );
+}
