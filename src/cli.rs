@@ -1,4 +1,4 @@
-//! The `shoal` command line: `node`, `get`, `put`, `delete` and `admin`.
+//! The `shoal` command line: `node`, `get`, `put`, `delete`, `admin`, `demo` and `sim`.
 
 use crate::client::{Client, ClientError, Context, RequestOptions};
 use crate::config::Config;
@@ -38,6 +38,8 @@ pub enum Command {
     Admin(AdminCommand),
     /// Start a 3-node cluster on loopback, load it, stop and restart a node, report, stop.
     Demo(DemoArgs),
+    /// Run the deterministic cluster simulator over seeds (or replay one with --trace).
+    Sim(crate::sim_cli::SimArgs),
 }
 
 /// `shoal demo`
@@ -164,6 +166,7 @@ pub struct StatsArgs {
 pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Node(args) => run_node(args),
+        Command::Sim(args) => Ok(crate::sim_cli::run(args)?),
         Command::Get(args) => run_get(args),
         Command::Put(args) => {
             let mut client = connect(&args.target)?;

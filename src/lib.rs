@@ -14,5 +14,6 @@ pub mod demo;
 pub mod load;
 pub mod logging;
 pub mod node;
+pub mod sim_cli;
 
 pub use shoal_stages as stages;

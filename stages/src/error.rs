@@ -101,9 +101,19 @@ pub enum ServiceError {
         /// The engine's message.
         reason: String,
     },
-    /// A peer could not be reached (connection refused, lost, or backing off after a failure).
+    /// A peer could not be reached (connection refused, or backing off after a failure): the
+    /// request was never delivered to it.
     #[error("peer {node} is unreachable")]
     PeerUnreachable {
+        /// The peer's node id.
+        node: String,
+    },
+    /// The connection to a peer broke while the request was outstanding: the peer may or may
+    /// not have acted on it. For a put forwarded to a preference-list node, the put may have
+    /// been applied; it is not forwarded to another node, which would apply it a second time
+    /// (a second version with its own dot, that a later reconciling put would not cover).
+    #[error("the link to peer {node} broke before it answered: the request may or may not have been applied")]
+    PeerLost {
         /// The peer's node id.
         node: String,
     },
@@ -137,6 +147,7 @@ impl ServiceError {
             ServiceError::TooManySiblings { .. } => "TooManySiblings",
             ServiceError::Storage { .. } => "Storage",
             ServiceError::PeerUnreachable { .. } => "PeerUnreachable",
+            ServiceError::PeerLost { .. } => "PeerLost",
             ServiceError::Unauthorized { .. } => "Unauthorized",
             ServiceError::ShuttingDown => "ShuttingDown",
         }

@@ -30,6 +30,7 @@ pub mod repair;
 pub mod replicate;
 pub mod ring;
 pub mod seda;
+pub mod sim;
 pub mod storage;
 pub mod vclock;
 pub mod versioning;

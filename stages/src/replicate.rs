@@ -7,8 +7,9 @@
 //! `Reply` (read on the connection this node opened to the peer) and go to the asker named in
 //! the request's `reply_to`, as a `PeerDone` carrying the asker's own operation id. When the
 //! intake reports a peer's connection failed (or a send was refused while it backs off),
-//! every request outstanding on that peer fails at once with `PeerUnreachable`, so a quorum
-//! that cannot be met fails now rather than at the deadline.
+//! every request outstanding on that peer fails at once — `PeerLost` when an established
+//! connection broke (the peer may have acted on them), `PeerUnreachable` otherwise — so a
+//! quorum that cannot be met fails now rather than at the deadline.
 //!
 //! RECEIVER SIDE (a peer asks): not here. A peer's `ReplicaRead`/`ReplicaWrite` enters like a
 //! client request (intake → parse → coordinate, served from local storage) and is answered on
@@ -122,7 +123,7 @@ impl ReplicateMachine {
         }
     }
 
-    fn on_peer_failed(&mut self, peer: NodeId, out: &mut Outbox) {
+    fn on_peer_failed(&mut self, peer: NodeId, in_flight_lost: bool, out: &mut Outbox) {
         let failed: Vec<u64> = self
             .outstanding
             .iter()
@@ -134,8 +135,11 @@ impl ReplicateMachine {
                 op, reply_to, peer, ..
             }) = self.outstanding.remove(&request_id)
             {
-                let error = ServiceError::PeerUnreachable {
-                    node: peer.to_string(),
+                let node = peer.to_string();
+                let error = if in_flight_lost {
+                    ServiceError::PeerLost { node }
+                } else {
+                    ServiceError::PeerUnreachable { node }
                 };
                 let done = PeerDone {
                     op,
@@ -170,7 +174,10 @@ impl Machine for ReplicateMachine {
                 request_id,
                 message,
             } => self.on_reply(peer, request_id, message, out),
-            ReplicateEvent::PeerFailed { peer } => self.on_peer_failed(peer, out),
+            ReplicateEvent::PeerFailed {
+                peer,
+                in_flight_lost,
+            } => self.on_peer_failed(peer, in_flight_lost, out),
         }
     }
 
@@ -267,6 +274,7 @@ mod tests {
         out.take();
         let failed = ReplicateEvent::PeerFailed {
             peer: NodeId::new("n2"),
+            in_flight_lost: false,
         };
         machine.on_event(now, failed, &mut out);
         let ops: Vec<u64> = answers(&mut out)

@@ -90,6 +90,9 @@ pub enum ReplicateEvent {
     PeerFailed {
         /// The peer.
         peer: NodeId,
+        /// Whether an established connection broke, so requests outstanding on it may have
+        /// reached the peer (`PeerLost`); otherwise none did (`PeerUnreachable`).
+        in_flight_lost: bool,
     },
 }
 
@@ -108,7 +111,17 @@ impl fmt::Display for ReplicateEvent {
                 request_id,
                 message,
             } => write!(f, "{message} from {peer} request {request_id}"),
-            ReplicateEvent::PeerFailed { peer } => write!(f, "peer {peer} failed"),
+            ReplicateEvent::PeerFailed {
+                peer,
+                in_flight_lost,
+            } => {
+                let lost = if *in_flight_lost {
+                    " (in flight lost)"
+                } else {
+                    ""
+                };
+                write!(f, "peer {peer} failed{lost}")
+            }
         }
     }
 }

@@ -218,8 +218,9 @@ impl IntakeMachine {
         self.connections.remove(&conn);
         if let Some(peer) = self.links.peer_of(conn).cloned() {
             warn!(self.logger, "peer link lost"; "peer" => %peer, "conn" => conn.0);
+            let in_flight_lost = self.links.is_established(conn);
             self.links.failed(&peer, Some(conn), now.instant);
-            report_failed(peer, out);
+            report_failed(peer, in_flight_lost, out);
         }
     }
 
@@ -227,12 +228,12 @@ impl IntakeMachine {
     fn send_to_peer(&mut self, now: Now, peer: NodeId, frame: Vec<u8>, out: &mut Outbox) {
         match self.links.route(&peer, now.instant) {
             Route::Via(conn) => out.socket(SocketCommand::Write { conn, frame }),
-            Route::BackingOff => report_failed(peer, out),
+            Route::BackingOff => report_failed(peer, false, out),
             Route::Dial => {
                 let Some(addr) = self.membership.current().addr_of(&peer) else {
                     warn!(self.logger, "no address for peer"; "peer" => %peer);
                     self.links.failed(&peer, None, now.instant);
-                    return report_failed(peer, out);
+                    return report_failed(peer, false, out);
                 };
                 let conn = self.open();
                 self.links.opened(&peer, conn);
@@ -302,10 +303,14 @@ impl IntakeMachine {
     }
 }
 
-/// Tells the replication stage a peer failed. Offered: the intake never waits; if the queue is
-/// full the operations fail at their deadline instead.
-fn report_failed(peer: NodeId, out: &mut Outbox) {
-    out.offer(ReplicateEvent::PeerFailed { peer });
+/// Tells the replication stage a peer failed (`in_flight_lost`: an established link broke, so
+/// what was outstanding on it may have been delivered). Offered: the intake never waits; if
+/// the queue is full the operations fail at their deadline instead.
+fn report_failed(peer: NodeId, in_flight_lost: bool, out: &mut Outbox) {
+    out.offer(ReplicateEvent::PeerFailed {
+        peer,
+        in_flight_lost,
+    });
 }
 
 impl Machine for IntakeMachine {

@@ -16,7 +16,9 @@ mod peers;
 pub use machine::{IntakeMachine, IntakeSettings, FIRST_CONN};
 
 use crate::event::{encode_reply, ConnId, IntakeEvent, Now, SocketCommand};
-use crate::seda::{deliver, Machine, OperationLatencies, Outbox, Router, StageReceiver, Wake};
+use crate::seda::{
+    deliver, Machine, OperationLatencies, Outbox, Router, StageReceiver, Threads, Wake,
+};
 use crate::wire::{Message, StatsReply};
 use crate::NodeId;
 use mio::net::{TcpListener, TcpStream};
@@ -364,9 +366,12 @@ impl Intake {
                 sockets,
                 ..
             } = self;
-            deliver(machine, now, outbox, router, &stats.latencies, |command| {
-                sockets.execute(command, stats)
-            });
+            let mut post = Threads {
+                router,
+                latencies: &stats.latencies,
+                sockets: |command| sockets.execute(command, stats),
+            };
+            deliver(machine, now, outbox, &mut post);
             for conn in std::mem::take(&mut self.sockets.dirty) {
                 if !self.sockets.flush(conn) {
                     self.sockets.dead.insert(conn);

@@ -29,6 +29,8 @@ pub enum Route {
 #[derive(Debug, Default)]
 struct Link {
     conn: Option<ConnId>,
+    /// Whether `conn` completed its connect (frames written to it may have been delivered).
+    established: bool,
     backoff: Duration,
     retry_at: Option<Instant>,
 }
@@ -57,7 +59,9 @@ impl PeerLinks {
 
     /// A connection to `peer` was opened (it may still be connecting).
     pub fn opened(&mut self, peer: &NodeId, conn: ConnId) {
-        self.links.entry(peer.clone()).or_default().conn = Some(conn);
+        let link = self.links.entry(peer.clone()).or_default();
+        link.conn = Some(conn);
+        link.established = false;
         self.peers.insert(conn, peer.clone());
     }
 
@@ -70,7 +74,17 @@ impl PeerLinks {
         {
             link.backoff = Duration::ZERO;
             link.retry_at = None;
+            link.established = true;
         }
+    }
+
+    /// Whether `conn` is the established link to its peer: if it breaks, requests written to
+    /// it may have been delivered.
+    pub fn is_established(&self, conn: ConnId) -> bool {
+        self.peers
+            .get(&conn)
+            .and_then(|peer| self.links.get(peer))
+            .is_some_and(|link| link.conn == Some(conn) && link.established)
     }
 
     /// The peer of an outgoing connection (`None` for client and incoming peer connections).
@@ -86,6 +100,7 @@ impl PeerLinks {
         let link = self.links.entry(peer.clone()).or_default();
         if conn.is_none() || link.conn == conn {
             link.conn = None;
+            link.established = false;
         }
         link.backoff = (link.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
         link.retry_at = Some(now + link.backoff);

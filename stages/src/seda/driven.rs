@@ -5,10 +5,10 @@
 use super::machine::{Delivery, Effect, Machine, Outbox};
 use super::{OperationLatencies, SendError, Stage, StageSender, StageSnapshot};
 use crate::event::{
-    wall_clock_ms, CoordinateEvent, Event, HandoffEvent, IntakeEvent, Now, ParseEvent, Refusal,
-    RepairEvent, ReplicateEvent, SocketCommand, StageId, StorageEvent,
+    wall_clock_ms, CoordinateEvent, Event, HandoffEvent, IntakeEvent, Now, Operation, ParseEvent,
+    Refusal, RepairEvent, ReplicateEvent, SocketCommand, StageId, StorageEvent,
 };
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Rounds of delivery per outbox: a refused request makes its machine write an answer, which
 /// is delivered in the next round. Answers are never refused back, so two rounds suffice;
@@ -81,16 +81,29 @@ impl Router {
     }
 }
 
-/// Carries out `outbox`: events go to their stages as their delivery says, a refused
-/// request goes back to `machine`, latencies go to `latencies`, socket commands to `socket`.
-pub fn deliver<M: Machine>(
-    machine: &mut M,
-    now: Now,
-    outbox: &mut Outbox,
-    router: &Router,
-    latencies: &OperationLatencies,
-    mut socket: impl FnMut(SocketCommand),
-) {
+/// Where a driver puts what a machine's outbox holds: the threaded runtime's queues
+/// ([`Threads`]) or the simulator's scheduler.
+// A refused event comes back by value (moved, on the rare path): see `Router`.
+#[allow(clippy::result_large_err)]
+pub trait Post {
+    /// Queues an event if its stage has room; otherwise gives it back with the reason.
+    fn try_send(&mut self, event: Event) -> Result<(), (Refusal, Event)>;
+
+    /// Queues an answer, waiting for room if need be (it is never refused, only lost when
+    /// its stage has stopped).
+    fn send(&mut self, event: Event);
+
+    /// Records a finished client operation's latency.
+    fn latency(&mut self, operation: Operation, latency: Duration);
+
+    /// Carries out a socket command (the intake's machine only).
+    fn socket(&mut self, command: SocketCommand);
+}
+
+/// Carries out `outbox`: events go to their stages as their delivery says, and a refused
+/// request goes back to `machine` (which answers for it; that answer is delivered in the
+/// next round). The one place that decides what each delivery means, for every driver.
+pub fn deliver<M: Machine>(machine: &mut M, now: Now, outbox: &mut Outbox, post: &mut impl Post) {
     for _ in 0..MAX_DELIVERY_ROUNDS {
         if outbox.is_empty() {
             return;
@@ -101,27 +114,24 @@ pub fn deliver<M: Machine>(
                     delivery: Delivery::Request,
                     event,
                 } => {
-                    if let Err((refusal, event)) = router.try_send(event) {
+                    if let Err((refusal, event)) = post.try_send(event) {
                         let error = refusal.error(event.stage());
                         machine.on_refused(now, event, error, outbox);
                     }
                 }
-                // A closed queue means the node is stopping: the answer has nobody to reach.
                 Effect::Send {
                     delivery: Delivery::Reply,
                     event,
-                } => {
-                    let _ = router.send(event);
-                }
+                } => post.send(event),
                 // Dropped when full, and counted as rejected by the queue.
                 Effect::Send {
                     delivery: Delivery::Offer,
                     event,
                 } => {
-                    let _ = router.try_send(event);
+                    let _ = post.try_send(event);
                 }
-                Effect::Latency { operation, latency } => latencies.record(operation, latency),
-                Effect::Socket(command) => socket(command),
+                Effect::Latency { operation, latency } => post.latency(operation, latency),
+                Effect::Socket(command) => post.socket(command),
             }
         }
     }
@@ -129,6 +139,37 @@ pub fn deliver<M: Machine>(
         outbox.is_empty(),
         "a machine kept answering refusals with requests"
     );
+}
+
+/// The threaded runtime's [`Post`]: every stage's queue, the node's latency statistics, and
+/// what to do with socket commands (the intake's loop carries them out; pool stages have
+/// none).
+pub struct Threads<'a, S: FnMut(SocketCommand)> {
+    /// Every stage's queue.
+    pub router: &'a Router,
+    /// The node's client latencies.
+    pub latencies: &'a OperationLatencies,
+    /// Socket commands.
+    pub sockets: S,
+}
+
+impl<S: FnMut(SocketCommand)> Post for Threads<'_, S> {
+    fn try_send(&mut self, event: Event) -> Result<(), (Refusal, Event)> {
+        self.router.try_send(event)
+    }
+
+    // A closed queue means the node is stopping: the answer has nobody to reach.
+    fn send(&mut self, event: Event) {
+        let _ = self.router.send(event);
+    }
+
+    fn latency(&mut self, operation: Operation, latency: Duration) {
+        self.latencies.record(operation, latency);
+    }
+
+    fn socket(&mut self, command: SocketCommand) {
+        (self.sockets)(command);
+    }
 }
 
 /// A machine run as a stage of the threaded runtime.
@@ -151,15 +192,13 @@ impl<M: Machine> Driven<M> {
     }
 
     fn deliver(&mut self, now: Now) {
-        // Pool stages have no sockets; a socket command from one would be a wiring bug.
-        deliver(
-            &mut self.machine,
-            now,
-            &mut self.outbox,
-            &self.router,
-            &self.latencies,
-            |command| debug_assert!(false, "socket command from a pool stage: {command}"),
-        );
+        let mut post = Threads {
+            router: &self.router,
+            latencies: &self.latencies,
+            // Pool stages have no sockets; a socket command from one is a wiring bug.
+            sockets: |command| debug_assert!(false, "socket command from a pool stage: {command}"),
+        };
+        deliver(&mut self.machine, now, &mut self.outbox, &mut post);
     }
 }
 

@@ -23,7 +23,7 @@ mod runtime;
 mod stats;
 
 pub use crate::event::StageClass;
-pub use driven::{deliver, Driven, Router};
+pub use driven::{deliver, Driven, Post, Router, Threads};
 pub use machine::{Delivery, Effect, Machine, Outbox};
 pub use rate_gate::RateGate;
 pub use runtime::{spawn_stage, Stage, StageHandle};

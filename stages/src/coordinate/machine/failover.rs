@@ -151,13 +151,17 @@ impl Coordinator {
 
     pub(super) fn on_peer_answer(&mut self, now: Instant, done: PeerDone, out: &mut Outbox) {
         // The detector learns only from the peer itself: any answer (an error reply included)
-        // shows it alive; only an unreachable peer counts as a failure. A locally refused send
-        // (our own queue full, shutting down) says nothing about the peer.
+        // shows it alive; only an unreachable or lost peer counts as a failure. A locally
+        // refused send (our own queue full, shutting down) says nothing about the peer.
+        let link_failed = matches!(
+            done.result,
+            Err(ServiceError::PeerUnreachable { .. } | ServiceError::PeerLost { .. })
+        );
         match &done.result {
             Ok(_) => {
                 self.detector.succeeded(&done.peer);
             }
-            Err(ServiceError::PeerUnreachable { .. }) => {
+            Err(_) if link_failed => {
                 self.detector.failed(&done.peer, now);
             }
             Err(_) => {}
@@ -171,9 +175,10 @@ impl Coordinator {
             .and_then(|op| self.requests.get(&op.request))
             .is_some_and(|p| matches!(p.work, Work::Forward { .. }));
         if !forwarding {
-            // Only a replica that could not be reached is retried on a spare; one that answered
+            // Only a replica whose link failed is retried on a spare (replica reads and writes
+            // are idempotent, so one that may have arrived costs nothing); one that answered
             // with an error has spoken.
-            if matches!(done.result, Err(ServiceError::PeerUnreachable { .. })) {
+            if link_failed {
                 if let Some(info) = self.operations.get(&done.op).cloned() {
                     if self.retry_on_spare(&info, out) {
                         self.operations.remove(&done.op);
@@ -201,7 +206,18 @@ impl Coordinator {
                     self.reply(now, &mut pending, message, out);
                 }
             }
-            // Unreachable: try the next preference-list node.
+            // The link broke after the put was sent: the node may have applied it. Sending it to
+            // the next node would apply it a second time under another dot, a version that a
+            // reconciling put covering what the client saw would not cover (the simulator found
+            // this). The client hears that the outcome is unknown.
+            Err(error @ ServiceError::PeerLost { .. }) => {
+                if let Some(mut pending) = self.requests.remove(&key) {
+                    self.deadlines.remove(&(pending.deadline, key));
+                    self.reply(now, &mut pending, Message::Error(error), out);
+                }
+            }
+            // Never delivered (unreachable, or refused by our own queue): try the next
+            // preference-list node.
             Err(_) => {
                 if let Some(pending) = self.requests.get_mut(&key) {
                     pending.tracker.fail();

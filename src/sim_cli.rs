@@ -1,0 +1,144 @@
+//! `shoal sim`: runs the deterministic cluster simulator (`shoal_stages::sim`) over many seeds
+//! and reports the ones that break a property, each with the command that replays it; or
+//! replays one seed with its trace.
+
+use clap::Args;
+use shoal_stages::sim::{self, Faults, SimConfig, SimReport};
+use std::time::Instant;
+
+/// `shoal sim`
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// Run this many seeds (from --first-seed on).
+    #[arg(long, default_value_t = 100)]
+    pub seeds: u64,
+    /// The first seed of the sweep.
+    #[arg(long, default_value_t = 0)]
+    pub first_seed: u64,
+    /// Run this one seed only (with --trace: print its events).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Nodes in the simulated cluster (default: the seed picks 3, 4 or 5).
+    #[arg(long)]
+    pub nodes: Option<usize>,
+    /// Faults to inject: all, none, or a list of delay,drop,duplicate,reorder,partition,crash,pause.
+    #[arg(long, default_value = "all")]
+    pub faults: Faults,
+    /// Print the run's events, then `trace <digest>`.
+    #[arg(long)]
+    pub trace: bool,
+    /// Threads running seeds side by side (default: the machine's cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+}
+
+/// Why `shoal sim` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// Some seeds broke a property.
+    #[error("{violating} of {seeds} seeds broke a property")]
+    Violations {
+        /// Seeds that broke one.
+        violating: u64,
+        /// Seeds run.
+        seeds: u64,
+    },
+}
+
+/// Runs the command.
+pub fn run(args: SimArgs) -> Result<(), SimError> {
+    let config = SimConfig {
+        nodes: args.nodes,
+        faults: args.faults,
+        trace: args.trace,
+        ..SimConfig::default()
+    };
+    let seeds: Vec<u64> = match args.seed {
+        Some(seed) => vec![seed],
+        None => (args.first_seed..args.first_seed.saturating_add(args.seeds)).collect(),
+    };
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let started = Instant::now();
+    let reports = run_seeds(&seeds, &config, jobs);
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut violating = 0;
+    for report in &reports {
+        if args.trace {
+            for line in &report.trace {
+                println!("{line}");
+            }
+        }
+        if !report.violations.is_empty() {
+            violating += 1;
+            print_violations(report, &args);
+        }
+        if args.trace {
+            println!("trace {}", report.digest);
+        }
+    }
+    let events: u64 = reports.iter().map(|r| r.events).sum();
+    eprintln!(
+        "{} seeds in {elapsed:.1} s ({:.1} seeds/s, {events} events), faults {}",
+        reports.len(),
+        reports.len() as f64 / elapsed.max(f64::MIN_POSITIVE),
+        config.faults
+    );
+    println!("seeds {} violations {violating}", reports.len());
+    if violating > 0 {
+        return Err(SimError::Violations {
+            violating,
+            seeds: reports.len() as u64,
+        });
+    }
+    Ok(())
+}
+
+fn print_violations(report: &SimReport, args: &SimArgs) {
+    let nodes = args
+        .nodes
+        .map_or(String::new(), |n| format!(" --nodes {n}"));
+    let faults = if args.faults == Faults::ALL {
+        String::new()
+    } else {
+        format!(" --faults {}", args.faults)
+    };
+    println!(
+        "seed {} ({} nodes): {} violation(s); replay: shoal sim --seed {}{nodes}{faults} --trace",
+        report.seed,
+        report.nodes,
+        report.violations.len(),
+        report.seed
+    );
+    for violation in &report.violations {
+        println!("  {violation}");
+    }
+}
+
+/// Runs every seed, `jobs` at a time; reports come back in seed order.
+pub fn run_seeds(seeds: &[u64], config: &SimConfig, jobs: usize) -> Vec<SimReport> {
+    let chunks: Vec<Vec<u64>> = (0..jobs)
+        .map(|j| seeds.iter().skip(j).step_by(jobs).copied().collect())
+        .collect();
+    let mut reports: Vec<SimReport> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .into_iter()
+                        .map(|s| sim::run(s, config))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    reports.sort_by_key(|r| r.seed);
+    reports
+}

@@ -1,0 +1,197 @@
+//! The deterministic cluster simulator (SPEC §8, TESTING.md §2; FoundationDB's simulation and
+//! TigerBeetle's VOPR are the models). K whole nodes — every stage machine, the same code the
+//! product runs, over the memory storage engine — run in one thread with a simulated clock and
+//! a simulated network that can delay, drop, duplicate and reorder frames, partition and heal,
+//! crash a node (its unflushed writes are lost) and restart it, and pause one. Seeded clients
+//! run the set workload, blind puts, deletes and the same-context scenario through the nodes'
+//! real intake; checkers judge the history and the replicas' final state.
+//!
+//! One seed gives one run: every choice comes from the seeded [`rng::SimRng`], every decision
+//! path iterates ordered collections, and machines see only the simulated clock. The digest
+//! of the run's trace proves it: the same seed on the same build prints the same digest.
+//!
+//! Replay a failing seed with `shoal sim --seed S --trace`.
+
+mod check;
+mod client;
+mod net;
+mod node;
+pub mod rng;
+mod world;
+
+pub use check::{checker, Violation};
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The faults a run may inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Faults {
+    /// Latency spikes on frames.
+    pub delay: bool,
+    /// Frames lost.
+    pub drop: bool,
+    /// Frames delivered twice.
+    pub duplicate: bool,
+    /// Frames overtaking earlier ones on their connection.
+    pub reorder: bool,
+    /// The nodes split in two groups that cannot reach each other, then healed.
+    pub partition: bool,
+    /// A node crashes (unflushed writes lost) and restarts on its data.
+    pub crash: bool,
+    /// A node stops processing for a while (a GC pause, a stalled VM).
+    pub pause: bool,
+}
+
+impl Faults {
+    /// Every fault.
+    pub const ALL: Faults = Faults {
+        delay: true,
+        drop: true,
+        duplicate: true,
+        reorder: true,
+        partition: true,
+        crash: true,
+        pause: true,
+    };
+
+    /// No fault.
+    pub const NONE: Faults = Faults {
+        delay: false,
+        drop: false,
+        duplicate: false,
+        reorder: false,
+        partition: false,
+        crash: false,
+        pause: false,
+    };
+
+    const NAMES: [&'static str; 7] = [
+        "delay",
+        "drop",
+        "duplicate",
+        "reorder",
+        "partition",
+        "crash",
+        "pause",
+    ];
+
+    fn flags(&self) -> [bool; 7] {
+        [
+            self.delay,
+            self.drop,
+            self.duplicate,
+            self.reorder,
+            self.partition,
+            self.crash,
+            self.pause,
+        ]
+    }
+}
+
+impl fmt::Display for Faults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let on: Vec<&str> = Faults::NAMES
+            .iter()
+            .zip(self.flags())
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| *name)
+            .collect();
+        if on.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&on.join(","))
+        }
+    }
+}
+
+impl FromStr for Faults {
+    type Err = String;
+
+    /// `all`, `none`, or a comma-separated list of fault names.
+    fn from_str(text: &str) -> Result<Faults, String> {
+        match text.trim() {
+            "all" => return Ok(Faults::ALL),
+            "none" | "" => return Ok(Faults::NONE),
+            _ => {}
+        }
+        let mut faults = Faults::NONE;
+        for name in text.split(',').map(str::trim) {
+            let flag = match name {
+                "delay" => &mut faults.delay,
+                "drop" => &mut faults.drop,
+                "duplicate" => &mut faults.duplicate,
+                "reorder" => &mut faults.reorder,
+                "partition" => &mut faults.partition,
+                "crash" => &mut faults.crash,
+                "pause" => &mut faults.pause,
+                other => {
+                    return Err(format!(
+                        "unknown fault {other:?}; the faults are {}, or all, or none",
+                        Faults::NAMES.join(", ")
+                    ))
+                }
+            };
+            *flag = true;
+        }
+        Ok(faults)
+    }
+}
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Nodes in the cluster; `None`: the seed picks 3, 4 or 5 (so fallbacks and hints exist
+    /// in most runs, with N = 3).
+    pub nodes: Option<usize>,
+    /// The faults to inject.
+    pub faults: Faults,
+    /// Keep the trace's lines (not only its digest).
+    pub trace: bool,
+    /// Simulated milliseconds of client workload (faults happen in this window).
+    pub workload_ms: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> SimConfig {
+        SimConfig {
+            nodes: None,
+            faults: Faults::ALL,
+            trace: false,
+            workload_ms: 6_000,
+        }
+    }
+}
+
+/// What one seed's run did and found.
+#[derive(Clone, Debug)]
+pub struct SimReport {
+    /// The seed.
+    pub seed: u64,
+    /// Nodes simulated.
+    pub nodes: usize,
+    /// Broken properties, by checker.
+    pub violations: Vec<Violation>,
+    /// MD5 of the trace, hex: equal for equal seeds on one build.
+    pub digest: String,
+    /// The trace's lines (when asked for).
+    pub trace: Vec<String>,
+    /// Events the simulator delivered.
+    pub events: u64,
+    /// Client requests answered with success, and with an error.
+    pub requests_ok: u64,
+    /// See `requests_ok`.
+    pub requests_failed: u64,
+    /// Acknowledged set adds.
+    pub acked_adds: u64,
+    /// Simulated milliseconds the run lasted.
+    pub simulated_ms: u64,
+}
+
+/// Runs one seed.
+pub fn run(seed: u64, config: &SimConfig) -> SimReport {
+    world::World::new(seed, config).run()
+}
+
+#[cfg(test)]
+mod tests;

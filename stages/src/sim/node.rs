@@ -1,0 +1,250 @@
+//! One simulated node: the same stage machines the product runs, over a memory engine that
+//! survives its crashes, with the stage queues modelled as counters (a full foreground queue
+//! refuses a request exactly as the product's does).
+
+use crate::coordinate::{Coordinator, CoordinatorSettings};
+use crate::event::{Event, Now, Operation, Refusal, SocketCommand, StageId};
+use crate::handoff::HandoffMachine;
+use crate::intake::{IntakeMachine, IntakeSettings};
+use crate::membership::MembershipView;
+use crate::parse::{ParseMachine, ParseSettings};
+use crate::repair::RepairMachine;
+use crate::replicate::ReplicateMachine;
+use crate::seda::{deliver, Machine, Outbox, Post, RateGate};
+use crate::storage::{
+    MemoryEngine, StorageMachine, StorageSettings, Store, SyncMode, VersionLimits,
+};
+use crate::wire::ContextSeal;
+use crate::NodeId;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The cluster secret of every simulated node.
+pub const SECRET: &[u8] = b"simulated-cluster-secret-0123456789";
+/// Replicas per key, and the default quorums.
+pub const N: usize = 3;
+const R: usize = 2;
+const W: usize = 2;
+/// Timeouts shorter than the product's defaults, so that a few simulated seconds see many
+/// deadlines, reroutes and probes.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
+const REPLICA_TIMEOUT: Duration = Duration::from_millis(300);
+const PROBE_INTERVAL: Duration = Duration::from_millis(200);
+const MAX_SIBLINGS: usize = 32;
+/// Hints delivered per second by each node (its handoff gate).
+const HANDOFF_RATE_PER_SEC: f64 = 1000.0;
+
+/// How often each ticking stage is ticked, in simulated µs (the stages whose `on_tick` does
+/// work; the others' ticks are no-ops under `sync = "always"`).
+pub const TICKS: [(StageId, u64); 4] = [
+    (StageId::Intake, 100_000),
+    (StageId::Coordinate, 10_000),
+    (StageId::Replicate, 100_000),
+    (StageId::Handoff, 200_000),
+];
+
+/// The machines of a running node.
+pub struct Machines {
+    pub intake: IntakeMachine,
+    parse: ParseMachine,
+    coordinate: Coordinator,
+    replicate: ReplicateMachine,
+    repair: RepairMachine,
+    handoff: HandoffMachine,
+    storage: StorageMachine,
+}
+
+/// One node of the simulated cluster.
+pub struct SimNode {
+    pub id: NodeId,
+    pub membership: MembershipView,
+    pub engine: Arc<MemoryEngine>,
+    /// Grows at every restart; events of an earlier incarnation are dropped.
+    pub incarnation: u32,
+    /// `None` while crashed.
+    pub machines: Option<Machines>,
+    /// The node's store, for the final checks.
+    pub store: Option<Store>,
+    /// Simulated µs until which the node processes nothing (0: running).
+    pub paused_until: u64,
+    /// Events scheduled for each stage and not yet delivered (the queue's depth).
+    pub queued: [usize; 7],
+    /// When each stage's last scheduled event is delivered (queues are FIFO).
+    pub last_at: [u64; 7],
+    /// Each stage's queue bound.
+    pub capacity: [usize; 7],
+}
+
+impl SimNode {
+    /// A node that has never run.
+    pub fn new(id: NodeId, membership: MembershipView, capacity: [usize; 7]) -> SimNode {
+        SimNode {
+            id,
+            membership,
+            engine: MemoryEngine::new(),
+            incarnation: 0,
+            machines: None,
+            store: None,
+            paused_until: 0,
+            queued: [0; 7],
+            last_at: [0; 7],
+            capacity,
+        }
+    }
+
+    /// Starts (or restarts, after a crash) the node's machines on its engine.
+    pub fn start(&mut self, base: Instant) -> Result<(), String> {
+        let store = Store::with_engine(self.engine.clone(), &self.id).map_err(|e| e.to_string())?;
+        let seal = ContextSeal::new(SECRET);
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let coordinator = CoordinatorSettings {
+            node: self.id.clone(),
+            n: N,
+            r: R,
+            w: W,
+            request_timeout: REQUEST_TIMEOUT,
+            seal: seal.clone(),
+            probe_interval: PROBE_INTERVAL,
+            replica_timeout: REPLICA_TIMEOUT,
+        };
+        let parse = ParseSettings {
+            max_key_bytes: 1024,
+            max_value_bytes: 64 * 1024,
+            seal: seal.clone(),
+            max_replica_versions: MAX_SIBLINGS * 4,
+        };
+        let intake = IntakeSettings {
+            max_frame_bytes: 4 << 20,
+            max_connections: 1024,
+            max_write_buffer_bytes: 16 << 20,
+            frame_timeout: Duration::from_secs(30),
+        };
+        let storage = StorageSettings {
+            node: self.id.clone(),
+            sync: SyncMode::Always,
+            limits: VersionLimits {
+                max_clock_entries: 10,
+                max_siblings: MAX_SIBLINGS,
+            },
+        };
+        let gate = RateGate::new(Some(HANDOFF_RATE_PER_SEC), 200.0, base);
+        let view = self.membership.clone();
+        self.machines = Some(Machines {
+            intake: IntakeMachine::new(intake, view.clone(), self.id.clone(), seal, logger.clone()),
+            parse: ParseMachine::new(parse, view.clone()),
+            coordinate: Coordinator::new(coordinator, view),
+            replicate: ReplicateMachine::new(4 << 20),
+            repair: RepairMachine::new(self.id.clone()),
+            handoff: HandoffMachine::new(gate, logger.clone()),
+            storage: StorageMachine::new(0, store.clone(), storage, logger),
+        });
+        self.store = Some(store);
+        self.incarnation += 1;
+        self.queued = [0; 7];
+        self.paused_until = 0;
+        Ok(())
+    }
+
+    /// A crash: the machines are gone and the engine loses what was not flushed.
+    pub fn crash(&mut self) {
+        self.machines = None;
+        self.store = None;
+        self.engine.crash();
+        self.queued = [0; 7];
+        self.paused_until = 0;
+    }
+}
+
+/// Where a node's machines put their outbox in the simulator: events are scheduled for the
+/// node's own stages (after a hop), refused when a stage's modelled queue is full; socket
+/// commands are collected for the network.
+pub struct SimPost<'a> {
+    /// Schedules an event for a stage of this node at a simulated time.
+    pub schedule: &'a mut dyn FnMut(StageId, Event) -> u64,
+    pub queued: &'a mut [usize; 7],
+    pub capacity: &'a [usize; 7],
+    pub sockets: &'a mut Vec<SocketCommand>,
+}
+
+fn index(stage: StageId) -> usize {
+    stage as usize
+}
+
+impl Post for SimPost<'_> {
+    fn try_send(&mut self, event: Event) -> Result<(), (Refusal, Event)> {
+        let stage = index(event.stage());
+        if self.queued[stage] >= self.capacity[stage] {
+            return Err((Refusal::Full, event));
+        }
+        self.send(event);
+        Ok(())
+    }
+
+    fn send(&mut self, event: Event) {
+        self.queued[index(event.stage())] += 1;
+        (self.schedule)(event.stage(), event);
+    }
+
+    fn latency(&mut self, _operation: Operation, _latency: Duration) {}
+
+    fn socket(&mut self, command: SocketCommand) {
+        self.sockets.push(command);
+    }
+}
+
+fn run<M: Machine>(machine: &mut M, now: Now, input: Option<M::Input>, post: &mut SimPost<'_>) {
+    let mut outbox = Outbox::new();
+    match input {
+        Some(event) => machine.on_event(now, event, &mut outbox),
+        None => machine.on_tick(now, &mut outbox),
+    }
+    deliver(machine, now, &mut outbox, post);
+}
+
+impl Machines {
+    /// Hands `event` to its stage's machine and delivers what it produced.
+    pub fn handle(&mut self, now: Now, event: Event, post: &mut SimPost<'_>) {
+        match event {
+            Event::Intake(e) => run(&mut self.intake, now, Some(e), post),
+            Event::Parse(e) => run(&mut self.parse, now, Some(e), post),
+            Event::Coordinate(e) => run(&mut self.coordinate, now, Some(e), post),
+            Event::Replicate(e) => run(&mut self.replicate, now, Some(e), post),
+            Event::Repair(e) => run(&mut self.repair, now, Some(e), post),
+            Event::Handoff(e) => run(&mut self.handoff, now, Some(e), post),
+            Event::Storage(e) => run(&mut self.storage, now, Some(e), post),
+        }
+    }
+
+    /// Ticks one stage's machine.
+    pub fn tick(&mut self, now: Now, stage: StageId, post: &mut SimPost<'_>) {
+        match stage {
+            StageId::Intake => run(&mut self.intake, now, None, post),
+            StageId::Parse => run(&mut self.parse, now, None, post),
+            StageId::Coordinate => run(&mut self.coordinate, now, None, post),
+            StageId::Replicate => run(&mut self.replicate, now, None, post),
+            StageId::Repair => run(&mut self.repair, now, None, post),
+            StageId::Handoff => run(&mut self.handoff, now, None, post),
+            StageId::Storage => run(&mut self.storage, now, None, post),
+        }
+    }
+
+    /// Bytes arrived on one of the intake's connections.
+    pub fn received(
+        &mut self,
+        now: Now,
+        conn: crate::event::ConnId,
+        bytes: &[u8],
+        post: &mut SimPost<'_>,
+    ) {
+        let mut outbox = Outbox::new();
+        self.intake.on_received(now, conn, bytes, &mut outbox);
+        deliver(&mut self.intake, now, &mut outbox, post);
+    }
+
+    /// One of the intake's connections closed.
+    pub fn closed(&mut self, now: Now, conn: crate::event::ConnId, post: &mut SimPost<'_>) {
+        let mut outbox = Outbox::new();
+        self.intake.on_closed(now, conn, &mut outbox);
+        deliver(&mut self.intake, now, &mut outbox, post);
+    }
+}

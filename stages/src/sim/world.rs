@@ -1,0 +1,783 @@
+//! The simulator's loop: one priority queue of `(time, sequence, job)`, one seeded random
+//! generator, K nodes, the network and the clients. Every job runs at its simulated time, in
+//! sequence order among equals, so a seed replays exactly.
+
+use super::check::{checker, History, Violation};
+use super::client::Client;
+use super::net::{End, Network};
+use super::node::{Machines, SimNode, SimPost, N, REQUEST_TIMEOUT, TICKS};
+use super::rng::SimRng;
+use super::{Faults, SimConfig, SimReport};
+use crate::event::{encode_reply, ConnId, Event, Now, SocketCommand, StageId};
+use crate::membership::{Member, Membership, MembershipView};
+use crate::wire::{kind, FrameDecoder, Message, StatsReply, LENGTH_BYTES};
+use crate::NodeId;
+use md5::{Digest, Md5};
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// The simulated wall clock at time 0 (a fixed date, so digests do not depend on today).
+const WALL_BASE_MS: u64 = 1_800_000_000_000;
+/// Partitions of the simulated ring (few, so lookups are cheap; N = 3 of up to 5 nodes).
+const PARTITIONS: u32 = 16;
+/// After the heal, before the final reads: hints drain, probes bring nodes back.
+const QUIET_US: u64 = 5_000_000;
+/// After the last final read: read repair finishes.
+const SETTLE_US: u64 = 2_000_000;
+/// Longest the final reads may take before the run stops anyway.
+const FINAL_LIMIT_US: u64 = 20_000_000;
+/// A request without a reply for this long breaks "every request gets exactly one reply"
+/// (the coordinator answers every request by its deadline; pauses add at most their length).
+const PATIENCE_US: u64 = 3 * REQUEST_TIMEOUT.as_micros() as u64 + 2_000_000;
+/// How often client patience and the end of the final reads are checked.
+const WATCHDOG_US: u64 = 250_000;
+/// How long a dial across a partition hangs before it fails.
+const CONNECT_TIMEOUT_US: u64 = 1_000_000;
+/// Bound on the jobs of one run (a run that does not end is a bug of its own).
+const MAX_JOBS: u64 = 5_000_000;
+/// The smallest queue bound a seed draws.
+const SMALLEST_QUEUE: u64 = 8;
+/// Percent of node-to-node frames the drop, duplicate, reorder and delay faults touch.
+const DROP_PERCENT: u64 = 2;
+const DUPLICATE_PERCENT: u64 = 2;
+const REORDER_PERCENT: u64 = 5;
+const DELAY_PERCENT: u64 = 3;
+
+/// Something to do at a simulated time.
+enum Job {
+    /// An event for a stage of a node (in the incarnation that queued it).
+    Deliver {
+        node: usize,
+        incarnation: u32,
+        event: Event,
+    },
+    /// A stage's tick.
+    Tick {
+        node: usize,
+        incarnation: u32,
+        stage: StageId,
+    },
+    /// A frame arriving at end `to` of a link.
+    Frame {
+        link: u64,
+        to: usize,
+        frame: Vec<u8>,
+    },
+    /// A node's dial completed.
+    Connected {
+        node: usize,
+        incarnation: u32,
+        conn: ConnId,
+    },
+    /// A node's dial failed.
+    DialFailed {
+        node: usize,
+        incarnation: u32,
+        conn: ConnId,
+    },
+    /// A link closes; both ends hear of it.
+    Closed { link: u64 },
+    /// A client starts its next task (connecting first if need be).
+    ClientStart { client: usize },
+    /// A fault begins or ends.
+    Fault(Fault),
+    /// Every fault ends, and clients stop starting work.
+    Heal,
+    /// The clients read every key from every replica.
+    FinalReads,
+    /// Client patience, and the end of the final reads.
+    Watchdog,
+    /// The run ends.
+    Stop,
+}
+
+#[derive(Clone, Debug)]
+enum Fault {
+    Crash(usize),
+    Restart(usize),
+    Pause(usize, u64),
+    Partition(BTreeSet<usize>),
+    EndPartition,
+}
+
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    job: Job,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// The clock, the queue of jobs and the random generator.
+struct Scheduler {
+    time: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    rng: SimRng,
+}
+
+impl Scheduler {
+    fn at(&mut self, at: u64, job: Job) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at: at.max(self.time),
+            seq: self.seq,
+            job,
+        }));
+    }
+
+    fn after(&mut self, delay: u64, job: Job) {
+        self.at(self.time + delay, job);
+    }
+}
+
+/// A client and where it is connected.
+struct SimClient {
+    client: Client,
+    link: Option<u64>,
+    decoder: FrameDecoder,
+}
+
+/// The whole simulated world of one seed.
+pub struct World {
+    seed: u64,
+    sched: Scheduler,
+    base: Instant,
+    nodes: Vec<SimNode>,
+    /// Each node's wall-clock skew, ms.
+    skew_ms: Vec<u64>,
+    addrs: BTreeMap<SocketAddr, usize>,
+    net: Network,
+    clients: Vec<SimClient>,
+    history: History,
+    faults: Faults,
+    /// Whether the message faults (drop, duplicate, reorder, delay) are on now.
+    noisy: bool,
+    /// Whether clients start new workload tasks.
+    working: bool,
+    workload_end: u64,
+    final_start: Option<u64>,
+    stopping: bool,
+    digest: Md5,
+    trace: Option<Vec<String>>,
+    jobs: u64,
+    requests_ok: u64,
+    requests_failed: u64,
+    violations: Vec<Violation>,
+}
+
+impl World {
+    /// A world for `seed`: nodes started, clients and faults scheduled.
+    pub fn new(seed: u64, config: &SimConfig) -> World {
+        let mut rng = SimRng::new(seed);
+        let count = config.nodes.unwrap_or_else(|| 3 + rng.index(3)).max(1);
+        let members: Vec<Member> = (0..count)
+            .map(|i| Member {
+                id: NodeId::new(format!("n{}", i + 1)),
+                addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 7400)),
+                weight: 1,
+                zone: None,
+            })
+            .collect();
+        let addrs = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.addr, i))
+            .collect();
+        let mut nodes = Vec::new();
+        for member in &members {
+            // Rebuilt per node: the view is each node's own.
+            let membership = Membership::new(1, PARTITIONS, members.clone())
+                .map(MembershipView::new)
+                .unwrap_or_else(|e| unreachable!("simulated members form a ring: {e}"));
+            let capacity = StageId::ALL.map(|stage| queue_capacity(stage, &mut rng));
+            nodes.push(SimNode::new(member.id.clone(), membership, capacity));
+        }
+        let skew_ms = (0..count).map(|_| rng.range(0, 50)).collect();
+        let clients = (0..count.max(2))
+            .map(|id| SimClient {
+                client: Client::new(id, N as u8),
+                link: None,
+                decoder: FrameDecoder::new(4 << 20),
+            })
+            .collect();
+        let mut world = World {
+            seed,
+            sched: Scheduler {
+                time: 0,
+                seq: 0,
+                queue: BinaryHeap::new(),
+                rng,
+            },
+            base: Instant::now(),
+            nodes,
+            skew_ms,
+            addrs,
+            net: Network::default(),
+            clients,
+            history: History::default(),
+            faults: config.faults,
+            noisy: false,
+            working: true,
+            workload_end: config.workload_ms * 1000,
+            final_start: None,
+            stopping: false,
+            digest: Md5::new(),
+            trace: config.trace.then(Vec::new),
+            jobs: 0,
+            requests_ok: 0,
+            requests_failed: 0,
+            violations: Vec::new(),
+        };
+        world.boot();
+        world
+    }
+
+    /// Starts every node and client, and schedules the faults and the phases.
+    fn boot(&mut self) {
+        for node in 0..self.nodes.len() {
+            self.start_node(node);
+        }
+        for client in 0..self.clients.len() {
+            let delay = self.sched.rng.range(0, 10_000);
+            self.sched.after(delay, Job::ClientStart { client });
+        }
+        self.noisy =
+            self.faults.drop || self.faults.duplicate || self.faults.reorder || self.faults.delay;
+        self.plan_faults();
+        self.sched.at(self.workload_end, Job::Heal);
+        self.sched.at(self.workload_end + QUIET_US, Job::FinalReads);
+        self.sched.after(WATCHDOG_US, Job::Watchdog);
+    }
+
+    /// Draws the seed's crashes, pauses and partition inside the workload window.
+    fn plan_faults(&mut self) {
+        let count = self.nodes.len();
+        let (start, end) = (300_000, self.workload_end.saturating_sub(500_000));
+        if end <= start {
+            return;
+        }
+        let rng = &mut self.sched.rng;
+        let mut plan = Vec::new();
+        if self.faults.crash {
+            for _ in 0..rng.range(1, 3) {
+                let node = rng.index(count);
+                let at = rng.range(start, end);
+                let back = (at + rng.range(200_000, 2_000_000)).min(self.workload_end);
+                plan.push((at, Fault::Crash(node)));
+                plan.push((back, Fault::Restart(node)));
+            }
+        }
+        if self.faults.pause {
+            for _ in 0..rng.range(1, 3) {
+                plan.push((
+                    rng.range(start, end),
+                    Fault::Pause(rng.index(count), rng.range(50_000, 1_500_000)),
+                ));
+            }
+        }
+        if self.faults.partition && count > 1 {
+            let side: BTreeSet<usize> = (0..count).filter(|_| rng.percent(50)).collect();
+            if !side.is_empty() && side.len() < count {
+                let at = rng.range(start, end);
+                plan.push((at, Fault::Partition(side)));
+                plan.push((at + rng.range(300_000, 3_000_000), Fault::EndPartition));
+            }
+        }
+        for (at, fault) in plan {
+            self.sched.at(at, Job::Fault(fault));
+        }
+    }
+
+    fn now(&self, node: usize) -> Now {
+        Now {
+            instant: self.base + Duration::from_micros(self.sched.time),
+            wall_ms: WALL_BASE_MS + self.sched.time / 1000 + self.skew_ms[node],
+        }
+    }
+
+    fn record(&mut self, line: String) {
+        self.digest.update(line.as_bytes());
+        self.digest.update(b"\n");
+        if let Some(trace) = &mut self.trace {
+            trace.push(line);
+        }
+    }
+
+    /// Runs the seed to its end and judges it.
+    pub fn run(mut self) -> SimReport {
+        while let Some(Reverse(next)) = self.sched.queue.pop() {
+            self.sched.time = next.at;
+            self.jobs += 1;
+            if self.jobs > MAX_JOBS {
+                self.violations.push(Violation {
+                    checker: checker::FINAL_READ,
+                    detail: format!("the run did not end within {MAX_JOBS} jobs"),
+                });
+                break;
+            }
+            self.job(next.job);
+            if self.stopping {
+                break;
+            }
+        }
+        self.finish()
+    }
+
+    fn job(&mut self, job: Job) {
+        match job {
+            Job::Deliver {
+                node,
+                incarnation,
+                event,
+            } => self.deliver(node, incarnation, event),
+            Job::Tick {
+                node,
+                incarnation,
+                stage,
+            } => self.tick(node, incarnation, stage),
+            Job::Frame { link, to, frame } => self.frame(link, to, frame),
+            Job::Connected {
+                node,
+                incarnation,
+                conn,
+            } => {
+                if self.current(node, incarnation) {
+                    if let Some(machines) = &mut self.nodes[node].machines {
+                        machines.intake.on_connected(conn);
+                    }
+                }
+            }
+            Job::DialFailed {
+                node,
+                incarnation,
+                conn,
+            } => {
+                if self.current(node, incarnation) {
+                    self.with_machines(node, |machines, now, post| {
+                        machines.closed(now, conn, post)
+                    });
+                }
+            }
+            Job::Closed { link } => self.closed(link),
+            Job::ClientStart { client } => self.client_start(client),
+            Job::Fault(fault) => self.fault(fault),
+            Job::Heal => self.heal(),
+            Job::FinalReads => self.final_reads(),
+            Job::Watchdog => self.watchdog(),
+            Job::Stop => self.stopping = true,
+        }
+    }
+
+    fn current(&self, node: usize, incarnation: u32) -> bool {
+        let n = &self.nodes[node];
+        n.incarnation == incarnation && n.machines.is_some()
+    }
+
+    /// Runs `work` on a node's machines with a post that schedules what they send, then
+    /// carries out their socket commands.
+    fn with_machines(
+        &mut self,
+        node: usize,
+        work: impl FnOnce(&mut Machines, Now, &mut SimPost<'_>),
+    ) {
+        let now = self.now(node);
+        let mut sockets = Vec::new();
+        {
+            let World { sched, nodes, .. } = self;
+            let SimNode {
+                machines,
+                queued,
+                last_at,
+                capacity,
+                incarnation,
+                ..
+            } = &mut nodes[node];
+            let Some(machines) = machines.as_mut() else {
+                return;
+            };
+            let incarnation = *incarnation;
+            let mut schedule = |stage: StageId, event: Event| {
+                let hop = if stage == StageId::Storage {
+                    sched.rng.range(50, 400) // a write and its share of a group commit
+                } else {
+                    sched.rng.range(5, 50)
+                };
+                let slot = &mut last_at[stage as usize];
+                let at = (sched.time + hop).max(*slot);
+                *slot = at;
+                sched.at(
+                    at,
+                    Job::Deliver {
+                        node,
+                        incarnation,
+                        event,
+                    },
+                );
+                at
+            };
+            let mut post = SimPost {
+                schedule: &mut schedule,
+                queued,
+                capacity,
+                sockets: &mut sockets,
+            };
+            work(machines, now, &mut post);
+        }
+        for command in sockets {
+            self.socket(node, command);
+        }
+    }
+
+    fn deliver(&mut self, node: usize, incarnation: u32, event: Event) {
+        if !self.current(node, incarnation) {
+            return;
+        }
+        let paused_until = self.nodes[node].paused_until;
+        if paused_until > self.sched.time {
+            return self.sched.at(
+                paused_until,
+                Job::Deliver {
+                    node,
+                    incarnation,
+                    event,
+                },
+            );
+        }
+        let stage = event.stage();
+        self.record(format!(
+            "{:>10} n{} {:<10} {event}",
+            self.sched.time,
+            node + 1,
+            stage.name()
+        ));
+        let queued = &mut self.nodes[node].queued[stage as usize];
+        *queued = queued.saturating_sub(1);
+        self.with_machines(node, |machines, now, post| {
+            machines.handle(now, event, post)
+        });
+    }
+
+    fn tick(&mut self, node: usize, incarnation: u32, stage: StageId) {
+        if !self.current(node, incarnation) {
+            return; // a restart schedules ticks of its own
+        }
+        let period = TICKS
+            .iter()
+            .find(|(s, _)| *s == stage)
+            .map_or(100_000, |(_, p)| *p);
+        let paused_until = self.nodes[node].paused_until;
+        if paused_until <= self.sched.time {
+            self.with_machines(node, |machines, now, post| machines.tick(now, stage, post));
+        }
+        let next = (self.sched.time + period).max(paused_until);
+        self.sched.at(
+            next,
+            Job::Tick {
+                node,
+                incarnation,
+                stage,
+            },
+        );
+    }
+
+    fn start_node(&mut self, node: usize) {
+        if let Err(error) = self.nodes[node].start(self.base) {
+            self.violations.push(Violation {
+                checker: checker::CONVERGENCE,
+                detail: format!("n{} could not restart: {error}", node + 1),
+            });
+            return;
+        }
+        let incarnation = self.nodes[node].incarnation;
+        self.record(format!(
+            "{:>10} n{} start #{incarnation}",
+            self.sched.time,
+            node + 1
+        ));
+        for (stage, period) in TICKS {
+            let first = self.sched.rng.range(0, period);
+            self.sched.after(
+                first,
+                Job::Tick {
+                    node,
+                    incarnation,
+                    stage,
+                },
+            );
+        }
+    }
+
+    /// Carries out a node's socket command on the simulated network.
+    fn socket(&mut self, node: usize, command: SocketCommand) {
+        match command {
+            SocketCommand::Write { conn, frame } => {
+                if let Some(link) = self.net.by_conn.get(&(node, conn)).copied() {
+                    self.transmit(
+                        link,
+                        End::Node {
+                            node,
+                            incarnation: self.nodes[node].incarnation,
+                            conn,
+                        },
+                        frame,
+                    );
+                }
+            }
+            SocketCommand::Dial { conn, addr, .. } => self.dial(node, conn, addr),
+            SocketCommand::Close { conn } => {
+                if let Some(link) = self.net.by_conn.get(&(node, conn)).copied() {
+                    // After what this end already sent.
+                    let at = self
+                        .net
+                        .links
+                        .get(&link)
+                        .map_or(0, |l| l.last_at.iter().copied().max().unwrap_or(0));
+                    self.sched.at(at + 1, Job::Closed { link });
+                }
+            }
+            SocketCommand::Abort { conn } => {
+                if let Some(link) = self.net.by_conn.get(&(node, conn)).copied() {
+                    self.sched.after(0, Job::Closed { link });
+                }
+            }
+            SocketCommand::Stats { origin } => {
+                let reply = Message::StatsReply(StatsReply {
+                    node: self.nodes[node].id.clone(),
+                    stages: Vec::new(),
+                    operations: Vec::new(),
+                });
+                let frame = encode_reply(origin.request_id, &reply);
+                self.socket(
+                    node,
+                    SocketCommand::Write {
+                        conn: origin.conn,
+                        frame,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Sends a frame from end `from` of a link: lost across a partition, and touched by the
+    /// message faults between nodes; FIFO per direction unless reordered.
+    fn transmit(&mut self, link_id: u64, from: End, frame: Vec<u8>) {
+        let noisy = self.noisy;
+        let Some(link) = self.net.links.get(&link_id) else {
+            return;
+        };
+        if !link.open {
+            return;
+        }
+        let Some(side) = link.ends.iter().position(|e| *e == from) else {
+            return;
+        };
+        let (a, b) = (link.ends[side].node(), link.ends[1 - side].node());
+        if !self.net.reachable(a, b) {
+            return;
+        }
+        let between_nodes = a.is_some() && b.is_some();
+        let rng = &mut self.sched.rng;
+        if between_nodes && noisy && self.faults.drop && rng.percent(DROP_PERCENT) {
+            // TCP loses no frame inside a connection: a loss it cannot recover from resets
+            // the connection, and whatever was in flight on it is lost with it.
+            let latency = rng.range(30, 300);
+            return self.sched.after(latency, Job::Closed { link: link_id });
+        }
+        let mut latency = rng.range(30, 300);
+        if between_nodes && noisy && self.faults.delay && rng.percent(DELAY_PERCENT) {
+            latency += rng.range(10_000, 400_000);
+        }
+        let reorder = between_nodes && noisy && self.faults.reorder && rng.percent(REORDER_PERCENT);
+        let duplicate = between_nodes
+            && noisy
+            && self.faults.duplicate
+            && idempotent(&frame)
+            && rng.percent(DUPLICATE_PERCENT);
+        let again = rng.range(1, 2_000);
+        let mut at = self.sched.time + latency;
+        if let Some(link) = self.net.links.get_mut(&link_id) {
+            // A reordered frame may overtake others, but never the link's first frame (a
+            // peer's hello, which must come first on a link).
+            let first = *link.first_at[side].get_or_insert(at);
+            if reorder {
+                at = at.max(first);
+            } else {
+                at = at.max(link.last_at[side]);
+                link.last_at[side] = at;
+            }
+        }
+        let to = 1 - side;
+        if duplicate {
+            self.sched.at(
+                at + again,
+                Job::Frame {
+                    link: link_id,
+                    to,
+                    frame: frame.clone(),
+                },
+            );
+        }
+        self.sched.at(
+            at,
+            Job::Frame {
+                link: link_id,
+                to,
+                frame,
+            },
+        );
+    }
+
+    fn dial(&mut self, node: usize, conn: ConnId, addr: SocketAddr) {
+        let incarnation = self.nodes[node].incarnation;
+        let latency = self.sched.rng.range(50, 500);
+        let failed = Job::DialFailed {
+            node,
+            incarnation,
+            conn,
+        };
+        let Some(&target) = self.addrs.get(&addr) else {
+            return self.sched.after(latency, failed);
+        };
+        if !self.net.reachable(Some(node), Some(target)) {
+            return self.sched.after(CONNECT_TIMEOUT_US, failed);
+        }
+        let target_incarnation = self.nodes[target].incarnation;
+        let accepted = self.nodes[target]
+            .machines
+            .as_mut()
+            .and_then(|m| m.intake.accept());
+        let Some(target_conn) = accepted else {
+            return self.sched.after(latency, failed); // refused: down, or at its limit
+        };
+        let ready = self.sched.time + latency;
+        self.net.open(
+            End::Node {
+                node,
+                incarnation,
+                conn,
+            },
+            End::Node {
+                node: target,
+                incarnation: target_incarnation,
+                conn: target_conn,
+            },
+            ready,
+        );
+        self.sched.at(
+            ready,
+            Job::Connected {
+                node,
+                incarnation,
+                conn,
+            },
+        );
+    }
+
+    fn frame(&mut self, link: u64, to: usize, frame: Vec<u8>) {
+        let Some(end) = self
+            .net
+            .links
+            .get(&link)
+            .filter(|l| l.open)
+            .map(|l| l.ends[to])
+        else {
+            return;
+        };
+        match end {
+            End::Node {
+                node,
+                incarnation,
+                conn,
+            } => {
+                if !self.current(node, incarnation) {
+                    return;
+                }
+                let paused_until = self.nodes[node].paused_until;
+                if paused_until > self.sched.time {
+                    return self.sched.at(paused_until, Job::Frame { link, to, frame });
+                }
+                self.record(format!(
+                    "{:>10} n{} intake     {} B on conn {conn}",
+                    self.sched.time,
+                    node + 1,
+                    frame.len()
+                ));
+                self.with_machines(node, |machines, now, post| {
+                    machines.received(now, conn, &frame, post)
+                });
+            }
+            End::Client { client } => self.client_frame(client, &frame),
+        }
+    }
+
+    fn closed(&mut self, link: u64) {
+        let Some(ends) = self.net.close(link) else {
+            return;
+        };
+        for end in ends {
+            match end {
+                End::Node {
+                    node,
+                    incarnation,
+                    conn,
+                } => {
+                    if self.current(node, incarnation) {
+                        self.with_machines(node, |machines, now, post| {
+                            machines.closed(now, conn, post)
+                        });
+                    }
+                }
+                End::Client { client } => {
+                    self.clients[client].link = None;
+                    self.clients[client].client.on_closed();
+                    self.sched.after(10_000, Job::ClientStart { client });
+                }
+            }
+        }
+    }
+}
+
+/// Whether a frame may be duplicated by the network fault. TCP never duplicates; what
+/// duplicates in practice are retries, and a retried (forwarded) put completes before its
+/// client hears "ok". A put delivered again *after* its acknowledgement would rightly appear
+/// as a new sibling later, which is not a behaviour of the real system, so puts and deletes
+/// are not duplicated; replica reads and writes (idempotent merges), pings, hellos and every
+/// reply are.
+fn idempotent(frame: &[u8]) -> bool {
+    let kind = frame
+        .get(LENGTH_BYTES..LENGTH_BYTES + 2)
+        .map(|k| u16::from_be_bytes([k[0], k[1]]));
+    !matches!(kind, Some(kind::PUT | kind::DELETE))
+}
+
+/// A stage's queue bound in the simulator: small in some seeds, so full queues (and the
+/// `Overloaded` answers they cause) happen. Never below `SMALLEST_QUEUE`: one request puts up
+/// to N events on a queue at once, so a smaller bound would refuse every request of a kind.
+fn queue_capacity(stage: StageId, rng: &mut SimRng) -> usize {
+    if rng.percent(30) {
+        rng.range(SMALLEST_QUEUE, 32) as usize
+    } else {
+        stage.row().queue_capacity
+    }
+}
+
+mod clients;
+mod phases;

@@ -1,0 +1,162 @@
+//! The phases of a run — faults during the workload, the heal, the final reads — and the
+//! judgement at its end.
+
+use super::*;
+
+impl World {
+    pub(super) fn fault(&mut self, fault: Fault) {
+        self.record(format!("{:>10} fault {fault:?}", self.sched.time));
+        match fault {
+            Fault::Crash(node) => self.crash(node),
+            Fault::Restart(node) => {
+                if self.nodes[node].machines.is_none() {
+                    self.start_node(node);
+                }
+            }
+            Fault::Pause(node, length) => {
+                let until = self.sched.time + length;
+                let paused = &mut self.nodes[node].paused_until;
+                *paused = (*paused).max(until);
+            }
+            Fault::Partition(side) => self.net.partition = Some(side),
+            Fault::EndPartition => self.net.partition = None,
+        }
+    }
+
+    /// The node's process dies: its machines are gone, its unflushed writes lost, and its
+    /// connections reset (peers and clients hear of it after a network delay).
+    fn crash(&mut self, node: usize) {
+        if self.nodes[node].machines.is_none() {
+            return;
+        }
+        self.nodes[node].crash();
+        for link in self.net.links_of(node) {
+            let delay = self.sched.rng.range(50, 500);
+            self.sched.after(delay, Job::Closed { link });
+        }
+    }
+
+    /// Every fault ends: crashed nodes restart, pauses end, the partition heals, frames are
+    /// no longer lost or duplicated. Clients finish their tasks and start no new ones.
+    pub(super) fn heal(&mut self) {
+        self.record(format!("{:>10} heal", self.sched.time));
+        self.working = false;
+        self.noisy = false;
+        self.net.partition = None;
+        for node in 0..self.nodes.len() {
+            self.nodes[node].paused_until = 0;
+            if self.nodes[node].machines.is_none() {
+                self.start_node(node);
+            }
+        }
+        self.net.sweep();
+    }
+
+    /// Every key any client touched is read from all N replicas (R = N), round-robin over the
+    /// clients; the reads also repair stale replicas.
+    pub(super) fn final_reads(&mut self) {
+        self.record(format!("{:>10} final reads", self.sched.time));
+        self.final_start = Some(self.sched.time);
+        let keys: Vec<String> = self.history.keys().into_iter().collect();
+        let clients = self.clients.len();
+        for (i, key) in keys.into_iter().enumerate() {
+            self.clients[i % clients].client.read_finally([key]);
+        }
+        for client in 0..clients {
+            self.sched.after(0, Job::ClientStart { client });
+        }
+    }
+
+    pub(super) fn watchdog(&mut self) {
+        self.check_patience();
+        if let Some(start) = self.final_start {
+            let done = self.clients.iter().all(|c| c.client.idle());
+            if done || self.sched.time.saturating_sub(start) > FINAL_LIMIT_US {
+                self.final_start = None;
+                self.sched.after(SETTLE_US, Job::Stop);
+                return;
+            }
+        }
+        self.sched.after(WATCHDOG_US, Job::Watchdog);
+    }
+
+    /// Judges the run: the history's checkers, then convergence of every replica.
+    pub(super) fn finish(mut self) -> SimReport {
+        self.check_convergence();
+        let keys = self.history.keys();
+        let acked_adds = self.history.acked_add_count();
+        let mut violations = std::mem::take(&mut self.violations);
+        violations.extend(std::mem::take(&mut self.history).finish());
+        let digest = self.digest.clone().finalize();
+        let _ = keys;
+        SimReport {
+            seed: self.seed,
+            nodes: self.nodes.len(),
+            violations,
+            digest: digest.iter().map(|b| format!("{b:02x}")).collect(),
+            trace: self.trace.take().unwrap_or_default(),
+            events: self.jobs,
+            requests_ok: self.requests_ok,
+            requests_failed: self.requests_failed,
+            acked_adds,
+            simulated_ms: self.sched.time / 1000,
+        }
+    }
+
+    /// After heal and quiet, every primary replica of every key holds the same version set,
+    /// and no node holds a hint.
+    fn check_convergence(&mut self) {
+        for key in self.history.keys() {
+            let primaries = self.nodes[0]
+                .membership
+                .current()
+                .ring()
+                .preference_list_for_key(key.as_bytes(), N)
+                .primaries;
+            let mut sets = Vec::new();
+            for primary in &primaries {
+                let Some(node) = self.nodes.iter().find(|n| n.id == *primary) else {
+                    continue;
+                };
+                match node.store.as_ref().map(|s| s.read(key.as_bytes())) {
+                    Some(Ok(set)) => sets.push((primary.clone(), set)),
+                    Some(Err(error)) => self.violations.push(Violation {
+                        checker: checker::CONVERGENCE,
+                        detail: format!("{primary} cannot read {key}: {error}"),
+                    }),
+                    None => self.violations.push(Violation {
+                        checker: checker::CONVERGENCE,
+                        detail: format!("{primary} is not running at the end"),
+                    }),
+                }
+            }
+            if let Some((first, reference)) = sets.first() {
+                for (other, set) in &sets[1..] {
+                    if set != reference {
+                        self.violations.push(Violation {
+                            checker: checker::CONVERGENCE,
+                            detail: format!(
+                                "{key}: {first} holds {reference}, {other} holds {set}"
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        for node in &self.nodes {
+            let pending = node.store.as_ref().map(|s| s.pending_hints());
+            if let Some(Ok(pending)) = pending {
+                let held: u64 = pending.values().sum();
+                if held > 0 {
+                    self.violations.push(Violation {
+                        checker: checker::CONVERGENCE,
+                        detail: format!(
+                            "{} still holds {held} hints after the quiet period",
+                            node.id
+                        ),
+                    });
+                }
+            }
+        }
+    }
+}
