@@ -36,6 +36,9 @@ pub mod checker {
     /// After heal and quiet, every replica of every key holds the same version set, and no
     /// hint is left.
     pub const CONVERGENCE: &str = "convergence";
+    /// After heal and quiet (hints handed off), and before any final read repairs anything,
+    /// every acknowledged add is on at least W of its key's primaries.
+    pub const REPLICATED: &str = "replicated-w";
     /// The final reads themselves succeed once everything healed.
     pub const FINAL_READ: &str = "final-read";
 }
@@ -175,6 +178,11 @@ impl History {
     pub fn final_read(&mut self, key: &str, values: Vec<Vec<u8>>) {
         self.check_read(key, &values);
         self.finals.insert(key.to_string(), values);
+    }
+
+    /// The acknowledged adds of every set key.
+    pub fn acked_adds(&self) -> &BTreeMap<String, BTreeSet<u64>> {
+        &self.acked_adds
     }
 
     /// Set adds acknowledged, over every key.

@@ -35,11 +35,16 @@ enum PairStep {
 /// in `next`.
 #[derive(Clone, Debug)]
 enum Task {
-    /// Set workload: read, then put the union plus `element`.
+    /// Set workload: read, then put the union plus `element`; then, when `then` is set, add
+    /// that element too with the context the put returned (no read in between: the context
+    /// a put returns must not cover anything its writer did not see).
     Add {
         key: String,
         element: u64,
         next: Option<Message>,
+        then: Option<u64>,
+        /// The set the last put wrote.
+        written: BTreeSet<u64>,
     },
     /// A put without context.
     Blind { key: String, value: Vec<u8> },
@@ -130,6 +135,12 @@ impl Client {
                 key: format!("set-{}", rng.index(SET_KEYS)),
                 element: self.unique(),
                 next: None,
+                then: if rng.percent(50) {
+                    Some(self.unique())
+                } else {
+                    None
+                },
+                written: BTreeSet::new(),
             },
             50..=69 => Task::Blind {
                 key: format!("blind-{}", rng.index(BLIND_KEYS)),
@@ -241,6 +252,8 @@ fn advance(task: Task, reply: Message, history: &mut History) -> Option<Task> {
             key,
             element,
             next: None,
+            then,
+            ..
         } => {
             let Message::GetReply(read) = reply else {
                 return None;
@@ -255,13 +268,36 @@ fn advance(task: Task, reply: Message, history: &mut History) -> Option<Task> {
             union.insert(element);
             history.add_attempted(&key, element);
             let next = Some(put(&key, Some(read.context), encode_set(&union)));
-            Some(Task::Add { key, element, next })
+            Some(Task::Add {
+                key,
+                element,
+                next,
+                then,
+                written: union,
+            })
         }
-        Task::Add { key, element, .. } => {
-            if matches!(reply, Message::PutReply(_)) {
-                history.add_acked(&key, element);
-            }
-            None
+        Task::Add {
+            key,
+            element,
+            then,
+            mut written,
+            ..
+        } => {
+            let Message::PutReply(done) = reply else {
+                return None;
+            };
+            history.add_acked(&key, element);
+            let element = then?;
+            written.insert(element);
+            history.add_attempted(&key, element);
+            let next = Some(put(&key, Some(done.context), encode_set(&written)));
+            Some(Task::Add {
+                key,
+                element,
+                next,
+                then: None,
+                written,
+            })
         }
         Task::Blind { key, value } => {
             if matches!(reply, Message::PutReply(_)) {

@@ -24,7 +24,8 @@ pub const SECRET: &[u8] = b"simulated-cluster-secret-0123456789";
 /// Replicas per key, and the default quorums.
 pub const N: usize = 3;
 const R: usize = 2;
-const W: usize = 2;
+/// The default write quorum (the replication checker counts copies against it).
+pub const W: usize = 2;
 /// Timeouts shorter than the product's defaults, so that a few simulated seconds see many
 /// deadlines, reroutes and probes.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);

@@ -2,10 +2,11 @@
 //! generator, K nodes, the network and the clients. Every job runs at its simulated time, in
 //! sequence order among equals, so a seed replays exactly.
 
+use super::check::decode_set;
 use super::check::{checker, History, Violation};
 use super::client::Client;
 use super::net::{End, Network};
-use super::node::{Machines, SimNode, SimPost, N, REQUEST_TIMEOUT, TICKS};
+use super::node::{Machines, SimNode, SimPost, N, REQUEST_TIMEOUT, TICKS, W};
 use super::rng::SimRng;
 use super::{Faults, SimConfig, SimReport};
 use crate::event::{encode_reply, ConnId, Event, Now, SocketCommand, StageId};
@@ -22,8 +23,9 @@ use std::time::{Duration, Instant};
 const WALL_BASE_MS: u64 = 1_800_000_000_000;
 /// Partitions of the simulated ring (few, so lookups are cheap; N = 3 of up to 5 nodes).
 const PARTITIONS: u32 = 16;
-/// After the heal, before the final reads: hints drain, probes bring nodes back.
-const QUIET_US: u64 = 5_000_000;
+/// After the heal, before the final reads: probes bring nodes back and hints drain (a
+/// delivery lost in the partition is retried after its 5 s deadline).
+const QUIET_US: u64 = 8_000_000;
 /// After the last final read: read repair finishes.
 const SETTLE_US: u64 = 2_000_000;
 /// Longest the final reads may take before the run stops anyway.

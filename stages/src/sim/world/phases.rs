@@ -55,6 +55,7 @@ impl World {
     /// Every key any client touched is read from all N replicas (R = N), round-robin over the
     /// clients; the reads also repair stale replicas.
     pub(super) fn final_reads(&mut self) {
+        self.check_replicated();
         self.record(format!("{:>10} final reads", self.sched.time));
         self.final_start = Some(self.sched.time);
         let keys: Vec<String> = self.history.keys().into_iter().collect();
@@ -100,6 +101,40 @@ impl World {
             requests_failed: self.requests_failed,
             acked_adds,
             simulated_ms: self.sched.time / 1000,
+        }
+    }
+
+    /// Before the final reads repair anything: every acknowledged add is on at least W of its
+    /// key's primaries. W replicas acknowledged it (fallbacks among them, holding hints that
+    /// the quiet period handed off), every acknowledged write was flushed first, and no later
+    /// write to a set key drops an element it read; so fewer copies means a write or a hint
+    /// was lost (a hint deleted before its target acknowledged it, say).
+    fn check_replicated(&mut self) {
+        let acked = self.history.acked_adds().clone();
+        for (key, elements) in acked {
+            let primaries = self.nodes[0]
+                .membership
+                .current()
+                .ring()
+                .preference_list_for_key(key.as_bytes(), N)
+                .primaries;
+            let holdings: Vec<BTreeSet<u64>> = primaries
+                .iter()
+                .filter_map(|p| self.nodes.iter().find(|n| n.id == *p))
+                .filter_map(|node| node.store.as_ref()?.read(key.as_bytes()).ok())
+                .map(|set| set.live_values().filter_map(decode_set).flatten().collect())
+                .collect();
+            for element in elements {
+                let copies = holdings.iter().filter(|h| h.contains(&element)).count();
+                if copies < W {
+                    self.violations.push(Violation {
+                        checker: checker::REPLICATED,
+                        detail: format!(
+                            "{key}: acknowledged add {element} is on {copies} of its primaries after the quiet period (W = {W})"
+                        ),
+                    });
+                }
+            }
         }
     }
 
