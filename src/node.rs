@@ -8,11 +8,13 @@
 //!   │  └──────── frames to peers (send) ─┘  └─send─┘
 //!   │                          coordinate ─try_send→ repair (background) ─try_send→ storage/replicate
 //! ```
-//! Requests move forward with `try_send` (a full queue answers `Overloaded`); replies move back
-//! with a blocking `send`. The blocking edges (storage→coordinate, coordinate→intake,
-//! parse→intake, parse→replicate, replicate→intake, replicate→coordinate, replicate→handoff)
-//! form no cycle: coordinate, repair and handoff reach replicate only with `try_send`, and the
-//! intake never blocks.
+//! Each stage is a machine (`shoal_stages::seda::Machine`) run by `Driven` on the stage's
+//! workers (the intake's by the mio loop); its outbox is delivered through the `Router` of
+//! every queue. Requests move forward with `try_send` (a full queue answers `Overloaded`);
+//! answers move back with a blocking `send`. The blocking edges (storage→coordinate,
+//! storage→handoff, coordinate→intake, parse→intake, parse→replicate, replicate→intake,
+//! replicate→coordinate, replicate→handoff) form no cycle: coordinate, repair and handoff
+//! reach replicate and storage only with `try_send`, and the intake never blocks.
 
 use crate::config::{Config, ConfigError, DEFAULT_SECRET};
 use shoal_stages::coordinate::{Coordinator, CoordinatorSettings};

@@ -75,7 +75,9 @@ pub fn run(args: SimArgs) -> Result<(), SimError> {
             violating += 1;
             print_violations(report, &args);
         }
-        if args.trace {
+        // One seed's digest is the last line (below); in a traced sweep, each seed's follows
+        // its events.
+        if args.trace && args.seed.is_none() {
             println!("trace {}", report.digest);
         }
     }
@@ -87,6 +89,9 @@ pub fn run(args: SimArgs) -> Result<(), SimError> {
         config.faults
     );
     println!("seeds {} violations {violating}", reports.len());
+    if let (true, Some(_), Some(report)) = (args.trace, args.seed, reports.first()) {
+        println!("trace {}", report.digest);
+    }
     if violating > 0 {
         return Err(SimError::Violations {
             violating,

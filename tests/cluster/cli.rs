@@ -150,3 +150,36 @@ fn demo_completes_with_no_lost_write_and_prints_every_stage() {
     );
     assert!(stdout.contains("all nodes stopped cleanly"), "{stdout}");
 }
+
+/// Goal: `shoal sim` runs a sweep and ends with `seeds N violations V` (exit 0 when V is 0);
+/// `--seed S --trace` prints the run's events and ends with `trace <digest>`, the same digest
+/// every time for one seed on one build; an unknown fault is a clear error. Reference: SPEC
+/// §8, TESTING.md §2.
+#[test]
+fn sim_sweeps_seeds_and_replays_one_with_the_same_digest() {
+    let (ok, out, err) = shoal(&["sim", "--seeds", "3", "--first-seed", "10", "--jobs", "1"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.lines().last(), Some("seeds 3 violations 0"), "{out}");
+
+    let trace = |seed: &str| {
+        let (ok, out, err) = shoal(&["sim", "--seed", seed, "--trace"]);
+        assert!(ok, "{err}");
+        let last = out.lines().last().unwrap_or_default().to_string();
+        assert!(
+            last.starts_with("trace ") && last.len() == "trace ".len() + 32,
+            "{last}"
+        );
+        assert!(
+            out.lines().count() > 100,
+            "the trace lists the run's events"
+        );
+        last
+    };
+    let first = trace("5");
+    assert_eq!(first, trace("5"), "one seed, one run");
+    assert_ne!(first, trace("6"));
+
+    let (ok, _, err) = shoal(&["sim", "--faults", "crash,meteor"]);
+    assert!(!ok);
+    assert!(err.contains("meteor") && err.contains("partition"), "{err}");
+}
