@@ -41,6 +41,9 @@ pub struct Faults {
     pub crash: bool,
     /// A node stops processing for a while (a GC pause, a stalled VM).
     pub pause: bool,
+    /// A node's journal flushes fail for a while (a disk error): the writes of those batches
+    /// are not acknowledged, and are lost if the node crashes before a flush succeeds.
+    pub flush: bool,
 }
 
 impl Faults {
@@ -53,6 +56,7 @@ impl Faults {
         partition: true,
         crash: true,
         pause: true,
+        flush: true,
     };
 
     /// No fault.
@@ -64,9 +68,10 @@ impl Faults {
         partition: false,
         crash: false,
         pause: false,
+        flush: false,
     };
 
-    const NAMES: [&'static str; 7] = [
+    const NAMES: [&'static str; 8] = [
         "delay",
         "drop",
         "duplicate",
@@ -74,9 +79,10 @@ impl Faults {
         "partition",
         "crash",
         "pause",
+        "flush",
     ];
 
-    fn flags(&self) -> [bool; 7] {
+    fn flags(&self) -> [bool; 8] {
         [
             self.delay,
             self.drop,
@@ -85,6 +91,7 @@ impl Faults {
             self.partition,
             self.crash,
             self.pause,
+            self.flush,
         ]
     }
 }
@@ -125,6 +132,7 @@ impl FromStr for Faults {
                 "partition" => &mut faults.partition,
                 "crash" => &mut faults.crash,
                 "pause" => &mut faults.pause,
+                "flush" => &mut faults.flush,
                 other => {
                     return Err(format!(
                         "unknown fault {other:?}; the faults are {}, or all, or none",

@@ -10,7 +10,12 @@ impl World {
             Fault::Crash(node) => self.crash(node),
             Fault::Restart(node) => {
                 if self.nodes[node].machines.is_none() {
-                    self.start_node(node);
+                    // A disk still failing its flushes keeps the node down (as a real one
+                    // would refuse to start); the heal brings it up once the fault ends.
+                    if let Err(error) = self.try_start_node(node) {
+                        let time = self.sched.time;
+                        self.record(format!("{time:>10} n{} stays down: {error}", node + 1));
+                    }
                 }
             }
             Fault::Pause(node, length) => {
@@ -18,6 +23,7 @@ impl World {
                 let paused = &mut self.nodes[node].paused_until;
                 *paused = (*paused).max(until);
             }
+            Fault::FailFlushes(node, count) => self.nodes[node].engine.fail_flushes(count),
             Fault::Partition(side) => self.net.partition = Some(side),
             Fault::EndPartition => self.net.partition = None,
         }
@@ -45,6 +51,7 @@ impl World {
         self.net.partition = None;
         for node in 0..self.nodes.len() {
             self.nodes[node].paused_until = 0;
+            self.nodes[node].engine.fail_flushes(0);
             if self.nodes[node].machines.is_none() {
                 self.start_node(node);
             }
