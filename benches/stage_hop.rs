@@ -67,15 +67,10 @@ fn chain(batch_max: usize, spin_us: u64) -> (StageSender<u64>, Receiver<u64>, Ve
         let relay_next = next.clone();
         let done = done_tx.clone();
         handles.push(
-            spawn_stage(
-                &spec,
-                rx,
-                move |_| Relay {
-                    next: relay_next.clone(),
-                    done: done.clone(),
-                },
-                None,
-            )
+            spawn_stage(&spec, rx, move |_| Relay {
+                next: relay_next.clone(),
+                done: done.clone(),
+            })
             .expect("spawn"),
         );
         next = Some(tx);

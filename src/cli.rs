@@ -137,6 +137,9 @@ pub enum AdminCommand {
     Ring(RingArgs),
     /// Members, whether this node holds each up or down, and the hints it keeps for each.
     Members(RingArgs),
+    /// The resource controller and every background stage's rate, used rate, backlog and
+    /// mode; `--stage NAME --rate N` pins a rate, `--stage NAME --auto` releases it.
+    Throttle(crate::throttle_cli::ThrottleArgs),
 }
 
 /// `shoal admin ring`
@@ -220,6 +223,10 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Admin(AdminCommand::Ring(args)) => run_ring(args),
         Command::Admin(AdminCommand::Members(args)) => run_members(args),
+        Command::Admin(AdminCommand::Throttle(args)) => {
+            let mut client = connect(&args.target)?;
+            crate::throttle_cli::run(args, &mut client)
+        }
     }
 }
 
@@ -367,6 +374,10 @@ pub fn stats_table(stats: &StatsReply) -> String {
             op.operation, op.count, op.latency_us_p50, op.latency_us_p99, op.latency_us_p999
         ));
     }
+    out.push_str(&crate::throttle_cli::throttle_table(
+        &stats.controller,
+        &crate::throttle_cli::background_rows(&stats.stages),
+    ));
     out
 }
 

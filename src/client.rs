@@ -7,7 +7,7 @@ use shoal_stages::membership::Membership;
 use shoal_stages::versioning::VersionSet;
 use shoal_stages::wire::{
     Bytes, DeleteRequest, FrameDecoder, FrameError, GetLocalRequest, GetRequest, MembersReply,
-    Message, PutRequest, StatsReply, WireError,
+    Message, PutRequest, StatsReply, ThrottleChange, ThrottleReply, ThrottleRequest, WireError,
 };
 use shoal_stages::ServiceError;
 use std::io::{self, Read, Write};
@@ -254,6 +254,14 @@ impl Client {
     pub fn members(&mut self) -> Result<MembersReply, ClientError> {
         match self.call(&Message::Members)? {
             Message::MembersReply(reply) => Ok(reply),
+            other => Err(ClientError::UnexpectedReply(other.to_string())),
+        }
+    }
+
+    /// The resource controller's state and the background rates, after `change`.
+    pub fn throttle(&mut self, change: ThrottleChange) -> Result<ThrottleReply, ClientError> {
+        match self.call(&Message::Throttle(ThrottleRequest { change }))? {
+            Message::ThrottleReply(reply) => Ok(reply),
             other => Err(ClientError::UnexpectedReply(other.to_string())),
         }
     }

@@ -30,6 +30,8 @@ const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;
 const MAX_VALUE_LIMIT_BYTES: usize = 256 * 1024 * 1024;
 /// See [`MAX_INTERVAL_MS`].
 const MAX_SIBLINGS_LIMIT: usize = 1024;
+/// See [`MAX_INTERVAL_MS`]: a background rate (units per second).
+const MAX_RATE_PER_SEC: u64 = 100_000_000;
 
 /// Bytes a frame needs beyond its key and value (field names, context, quorum fields). A put
 /// with a maximal key and value must fit in a frame, so `max_frame_bytes` is checked against it.
@@ -91,6 +93,9 @@ pub struct Config {
     /// in the stage table is an error naming the stages that are.
     #[serde(default)]
     pub stages: BTreeMap<StageId, StageTuning>,
+    /// The resource controller that sets background stages' rates (Dynamo §6.5).
+    #[serde(default)]
+    pub controller: ControllerSection,
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
@@ -247,8 +252,59 @@ pub struct StageTuning {
     /// Microseconds an idle worker polls before parking.
     pub spin_us: Option<u64>,
     /// Units of work per second a background stage may do (its rate gate); absent or 0 means
-    /// unlimited. Only background stages take it.
-    pub rate_per_sec: Option<f64>,
+    /// unlimited. Only background stages take it. With the controller enabled it is only the
+    /// starting rate: the controller sets the rate from its first period on.
+    pub rate_per_sec: Option<u64>,
+}
+
+/// `[controller]`: the resource controller (Dynamo §6.5). Once a period it compares the
+/// foreground's recent latency percentile with `target_ms` and sets the total rate of
+/// background work: additive increase while the target holds, multiplicative decrease when it
+/// is missed, split over the background stages by `shares`, each at least `min_rate`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerSection {
+    /// Whether the controller sets background rates (off: each stage keeps `rate_per_sec`).
+    pub enabled: bool,
+    /// The foreground latency percentile the SLA is about, in (0, 100].
+    pub target_percentile: f64,
+    /// The SLA: that percentile of client requests at or below this many milliseconds.
+    pub target_ms: u64,
+    /// How often the controller decides, milliseconds.
+    pub period_ms: u64,
+    /// How many periods the latency window spans.
+    pub window_periods: usize,
+    /// Units per second the budget grows per period while the target holds.
+    pub increase_per_period: u64,
+    /// What the budget is multiplied by when the target is missed, in (0, 1).
+    pub decrease_factor: f64,
+    /// The floor of every background stage, units per second: a backlog always drains.
+    pub min_rate: u64,
+    /// The ceiling of the total budget, units per second; the budget when the foreground
+    /// idles.
+    pub max_rate: u64,
+    /// Fewer client requests than this in the window means the foreground idles.
+    pub idle_requests: u64,
+    /// Relative share of the budget per background stage (default 1 each).
+    pub shares: BTreeMap<StageId, u32>,
+}
+
+impl Default for ControllerSection {
+    fn default() -> ControllerSection {
+        ControllerSection {
+            enabled: true,
+            target_percentile: 99.9,
+            target_ms: 50,
+            period_ms: 250,
+            window_periods: 8,
+            increase_per_period: 100,
+            decrease_factor: 0.5,
+            min_rate: 20,
+            max_rate: 50_000,
+            idle_requests: 100,
+            shares: BTreeMap::new(),
+        }
+    }
 }
 
 /// `[log]`
@@ -273,7 +329,7 @@ impl Default for LogSection {
 /// Default rate of a background stage (repair: keys repaired; handoff: hints delivered, per
 /// second), so a burst of stale reads or a returning node does not turn into a burst of writes
 /// that competes with foreground requests. The resource controller will adjust it.
-const DEFAULT_BACKGROUND_RATE_PER_SEC: f64 = 1000.0;
+const DEFAULT_BACKGROUND_RATE_PER_SEC: u64 = 1000;
 
 /// Default microseconds an idle worker polls (yielding) before parking. Waking a parked thread
 /// costs ~50 µs per hop on these VMs (benches/stage_hop.rs); a single node under 4 closed-loop
@@ -302,12 +358,12 @@ impl Config {
     }
 
     /// The rate of a background stage's gate (`None`: unlimited, or a foreground stage).
-    pub fn stage_rate(&self, stage: StageId) -> Option<f64> {
+    pub fn stage_rate(&self, stage: StageId) -> Option<u64> {
         if stage.class() != StageClass::Background {
             return None;
         }
         match self.tuning(stage).rate_per_sec {
-            Some(rate) if rate > 0.0 => Some(rate),
+            Some(rate) if rate > 0 => Some(rate),
             Some(_) => None,
             None => Some(DEFAULT_BACKGROUND_RATE_PER_SEC),
         }

@@ -10,10 +10,12 @@ pub mod cli;
 pub mod client;
 pub mod cluster_client;
 pub mod config;
+pub mod controller;
 pub mod demo;
 pub mod load;
 pub mod logging;
 pub mod node;
 pub mod sim_cli;
+pub mod throttle_cli;
 
 pub use shoal_stages as stages;

@@ -17,6 +17,7 @@
 //! reach replicate and storage only with `try_send`, and the intake never blocks.
 
 use crate::config::{Config, ConfigError, DEFAULT_SECRET};
+use crate::controller::ControllerLoop;
 use shoal_stages::coordinate::{Coordinator, CoordinatorSettings};
 use shoal_stages::event::StageId;
 use shoal_stages::handoff::HandoffMachine;
@@ -27,8 +28,8 @@ use shoal_stages::repair::RepairMachine;
 use shoal_stages::replicate::ReplicateMachine;
 use shoal_stages::ring::RingError;
 use shoal_stages::seda::{
-    spawn_stage, stage_queue, Driven, Machine, OperationLatencies, RateGate, Router, StageHandle,
-    StageReceiver,
+    spawn_stage, stage_queue, Driven, Gate, GateRegistry, Machine, OperationLatencies, Router,
+    StageHandle, StageReceiver,
 };
 use shoal_stages::storage::{StorageError, StorageMachine, StorageSettings, Store, VersionLimits};
 use shoal_stages::wire::ContextSeal;
@@ -36,7 +37,7 @@ use shoal_stages::NodeId;
 use slog::{info, o, warn, Logger};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -78,6 +79,8 @@ pub struct Node {
     local_addr: SocketAddr,
     intake_stop: Arc<AtomicBool>,
     intake_thread: Option<JoinHandle<()>>,
+    controller_stop: Arc<AtomicBool>,
+    controller_thread: Option<JoinHandle<()>>,
     /// Pool stages in shutdown order.
     stages: Vec<StageHandle>,
     logger: Logger,
@@ -101,6 +104,8 @@ struct Shared {
     latencies: OperationLatencies,
     store: Store,
     router: Router,
+    /// Every background stage's rate gate.
+    gates: GateRegistry,
     logger: Logger,
 }
 
@@ -130,6 +135,7 @@ impl Node {
             latencies: OperationLatencies::default(),
             store,
             router,
+            gates: GateRegistry::new(|stage| config.stage_rate(stage), Instant::now()),
             logger: logger.clone(),
         };
         let stages = spawn_pool_stages(config, &shared, receivers)?;
@@ -150,6 +156,7 @@ impl Node {
             node: shared.node.clone(),
             router: shared.router.clone(),
             latencies: shared.latencies.clone(),
+            gates: shared.gates.clone(),
         };
         let intake = Intake::new(
             socket,
@@ -163,6 +170,16 @@ impl Node {
             .name(format!("{}-0", StageId::Intake.name()))
             .spawn(move || intake.run())
             .map_err(io_error("starting intake"))?;
+        let controller_stop = Arc::new(AtomicBool::new(false));
+        let controller_thread = ControllerLoop::new(
+            config,
+            shared.gates.clone(),
+            shared.latencies.clone(),
+            shared.router.clone(),
+            Arc::clone(&controller_stop),
+        )
+        .spawn()
+        .map_err(io_error("starting the resource controller"))?;
         let current = shared.membership.current();
         info!(logger, "node started"; "addr" => %local_addr, "sync" => %config.storage.sync,
               "partitions" => current.ring().partition_count(), "members" => current.members().count(),
@@ -171,6 +188,8 @@ impl Node {
             local_addr,
             intake_stop,
             intake_thread: Some(intake_thread),
+            controller_stop,
+            controller_thread: Some(controller_thread),
             stages,
             logger,
         })
@@ -184,6 +203,10 @@ impl Node {
     /// Stops the stages in stage-table order (intake, parse, coordinate, replicate, repair,
     /// handoff, storage), each after its queue drained; storage flushes its journal last.
     pub fn shutdown(mut self) {
+        self.controller_stop.store(true, Ordering::Release);
+        if let Some(thread) = self.controller_thread.take() {
+            let _ = thread.join();
+        }
         self.intake_stop.store(true, Ordering::Release);
         if let Some(thread) = self.intake_thread.take() {
             let _ = thread.join();
@@ -241,10 +264,9 @@ fn spawn<M: Machine>(
     stage: StageId,
     receiver: StageReceiver<M::Input>,
     mut make: impl FnMut(usize) -> M,
-    gate: Option<Arc<Mutex<RateGate>>>,
 ) -> Result<StageHandle, NodeError> {
     let driven = |index| Driven::new(make(index), shared.router.clone(), shared.latencies.clone());
-    spawn_stage(&config.stage_spec(stage), receiver, driven, gate)
+    spawn_stage(&config.stage_spec(stage), receiver, driven)
         .map_err(io_error(&format!("starting {stage}")))
 }
 
@@ -277,35 +299,16 @@ fn spawn_pool_stages(
                 storage_logger.clone(),
             )
         },
-        None,
     )?;
-    let handoff = spawn(
-        config,
-        shared,
-        StageId::Handoff,
-        receivers.handoff,
-        |_| {
-            HandoffMachine::new(
-                handoff_gate(config),
-                shared.logger.new(o!("stage" => StageId::Handoff.name())),
-            )
-        },
-        None,
-    )?;
-    let repair_spec = config.stage_spec(StageId::Repair);
-    let repair_gate = Arc::new(Mutex::new(RateGate::new(
-        config.stage_rate(StageId::Repair),
-        repair_spec.batch_max as f64,
-        Instant::now(),
-    )));
-    let repair = spawn(
-        config,
-        shared,
-        StageId::Repair,
-        receivers.repair,
-        |_| RepairMachine::new(shared.node.clone()),
-        Some(repair_gate),
-    )?;
+    let handoff = spawn(config, shared, StageId::Handoff, receivers.handoff, |_| {
+        HandoffMachine::new(
+            gate(shared, StageId::Handoff),
+            shared.logger.new(o!("stage" => StageId::Handoff.name())),
+        )
+    })?;
+    let repair = spawn(config, shared, StageId::Repair, receivers.repair, |_| {
+        RepairMachine::new(shared.node.clone(), gate(shared, StageId::Repair))
+    })?;
     let max_frame = config.limits.max_frame_bytes;
     let replicate = spawn(
         config,
@@ -313,7 +316,6 @@ fn spawn_pool_stages(
         StageId::Replicate,
         receivers.replicate,
         |_| ReplicateMachine::new(max_frame),
-        None,
     )?;
     let coordinator_settings = CoordinatorSettings {
         node: shared.node.clone(),
@@ -332,7 +334,6 @@ fn spawn_pool_stages(
         StageId::Coordinate,
         receivers.coordinate,
         |_| Coordinator::new(coordinator_settings.clone(), shared.membership.clone()),
-        None,
     )?;
     let parse_settings = ParseSettings {
         max_key_bytes: config.limits.max_key_bytes,
@@ -340,25 +341,18 @@ fn spawn_pool_stages(
         seal: shared.seal.clone(),
         max_replica_versions: config.limits.max_siblings * REPLICA_VERSIONS_PER_SIBLING,
     };
-    let parse = spawn(
-        config,
-        shared,
-        StageId::Parse,
-        receivers.parse,
-        |_| ParseMachine::new(parse_settings.clone(), shared.membership.clone()),
-        None,
-    )?;
+    let parse = spawn(config, shared, StageId::Parse, receivers.parse, |_| {
+        ParseMachine::new(parse_settings.clone(), shared.membership.clone())
+    })?;
     Ok(vec![parse, coordinate, replicate, repair, handoff, storage])
 }
 
-/// The handoff stage's gate: one token per hint it sends on its tick (the machine takes
-/// them, not the runtime, which would only pace the acknowledgements). The burst holds a
-/// tick's worth of tokens, so the stage can reach its rate when it only sends once per tick.
-fn handoff_gate(config: &Config) -> RateGate {
-    let spec = config.stage_spec(StageId::Handoff);
-    let rate = config.stage_rate(StageId::Handoff);
-    let burst = rate.map_or(spec.batch_max as f64, |r| {
-        (r * spec.tick.as_secs_f64()).max(spec.batch_max as f64)
-    });
-    RateGate::new(rate, burst, Instant::now())
+/// A background stage's gate from the registry (every background stage of the table has one).
+fn gate(shared: &Shared, stage: StageId) -> Gate {
+    match shared.gates.gate(stage) {
+        Some(gate) => gate.clone(),
+        // The registry holds a gate for every background stage of the table; only a
+        // foreground stage has none, and no foreground machine asks.
+        None => unreachable!("{stage} is not a background stage"),
+    }
 }

@@ -63,6 +63,7 @@ impl Config {
             ));
         }
         self.validate_stages()?;
+        self.validate_controller()?;
         self.ring_members()?;
         if !["debug", "info", "warning", "error"].contains(&self.log.level.as_str()) {
             return Err(invalid(
@@ -75,6 +76,62 @@ impl Config {
                 "log.format",
                 format!("{:?} is not text or json", self.log.format),
             ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn validate_controller(&self) -> Result<(), ConfigError> {
+        let c = &self.controller;
+        if !(c.target_percentile > 0.0 && c.target_percentile <= 100.0) {
+            return Err(invalid(
+                "controller.target_percentile",
+                "must be in (0, 100], e.g. 99.9",
+            ));
+        }
+        if c.target_ms == 0 || c.target_ms > MAX_INTERVAL_MS {
+            return Err(invalid(
+                "controller.target_ms",
+                format!("must be in 1..={MAX_INTERVAL_MS}"),
+            ));
+        }
+        if c.period_ms < 10 || c.period_ms > 60_000 {
+            return Err(invalid("controller.period_ms", "must be in 10..=60000"));
+        }
+        if c.window_periods == 0 || c.window_periods > 1000 {
+            return Err(invalid("controller.window_periods", "must be in 1..=1000"));
+        }
+        if !(c.decrease_factor > 0.0 && c.decrease_factor < 1.0) {
+            return Err(invalid(
+                "controller.decrease_factor",
+                "must be in (0, 1), e.g. 0.5",
+            ));
+        }
+        if c.min_rate == 0 || c.min_rate > c.max_rate {
+            return Err(invalid(
+                "controller.min_rate",
+                "must be at least 1 and at most max_rate: a backlog must always drain",
+            ));
+        }
+        if c.max_rate > MAX_RATE_PER_SEC {
+            return Err(invalid(
+                "controller.max_rate",
+                format!("must be at most {MAX_RATE_PER_SEC}"),
+            ));
+        }
+        if c.increase_per_period == 0 || c.increase_per_period > c.max_rate {
+            return Err(invalid(
+                "controller.increase_per_period",
+                "must be in 1..=max_rate",
+            ));
+        }
+        for (stage, share) in &c.shares {
+            let key = format!("controller.shares.{stage}");
+            if stage.class() != StageClass::Background {
+                return Err(invalid(&key, "only background stages have a share"));
+            }
+            if *share == 0 || *share > 1000 {
+                return Err(invalid(&key, "must be in 1..=1000"));
+            }
         }
         Ok(())
     }
@@ -159,13 +216,10 @@ impl Config {
                     "only background stages take a rate",
                 ));
             }
-            if tuning
-                .rate_per_sec
-                .is_some_and(|r| !r.is_finite() || r < 0.0)
-            {
+            if tuning.rate_per_sec.is_some_and(|r| r > MAX_RATE_PER_SEC) {
                 return Err(invalid(
                     &key("rate_per_sec"),
-                    "must be a non-negative number",
+                    format!("must be at most {MAX_RATE_PER_SEC}"),
                 ));
             }
             if *stage == StageId::Intake {

@@ -28,8 +28,43 @@ pub struct StageDepth {
     pub mean_depth: f64,
     /// Highest queue-wait p99 seen, microseconds.
     pub wait_us_p99: u64,
+    /// A background stage's lowest and highest rate limit seen (units/s; `None`: unlimited
+    /// or foreground), as the resource controller moved it.
+    pub rate_per_sec_range: Option<(Option<u64>, Option<u64>)>,
+    /// A background stage's mean used rate over the samples, units/s.
+    pub mean_used_per_sec: f64,
+    /// A background stage's largest backlog seen.
+    pub peak_backlog: u64,
     samples: u64,
     depth_sum: u64,
+    used_sum: u64,
+}
+
+/// The lower and higher of two rate limits, where `None` (unlimited) is the highest.
+fn widen(
+    range: Option<(Option<u64>, Option<u64>)>,
+    rate: Option<u64>,
+) -> (Option<u64>, Option<u64>) {
+    let unlimited_last = |r: Option<u64>| r.unwrap_or(u64::MAX);
+    match range {
+        None => (rate, rate),
+        Some((low, high)) => (
+            if unlimited_last(rate) < unlimited_last(low) {
+                rate
+            } else {
+                low
+            },
+            if unlimited_last(rate) > unlimited_last(high) {
+                rate
+            } else {
+                high
+            },
+        ),
+    }
+}
+
+fn rate_text(rate: Option<u64>) -> String {
+    rate.map_or_else(|| "unlimited".into(), |r| r.to_string())
 }
 
 /// The sampler's result.
@@ -45,13 +80,28 @@ impl StageSummary {
     /// The human-readable table.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<8} {:<11} {:>10} {:>10} {:>13}\n",
-            "node", "stage", "peak depth", "mean depth", "wait p99 us"
+            "{:<8} {:<11} {:>10} {:>10} {:>13} {:>21} {:>11} {:>12}\n",
+            "node",
+            "stage",
+            "peak depth",
+            "mean depth",
+            "wait p99 us",
+            "rate/s (min..max)",
+            "used/s mean",
+            "peak backlog"
         );
         for s in &self.stages {
+            let (rate, used, backlog) = match s.rate_per_sec_range {
+                Some((low, high)) => (
+                    format!("{}..{}", rate_text(low), rate_text(high)),
+                    format!("{:.0}", s.mean_used_per_sec),
+                    s.peak_backlog.to_string(),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
             out.push_str(&format!(
-                "{:<8} {:<11} {:>10} {:>10.1} {:>13}\n",
-                s.node, s.stage, s.peak_depth, s.mean_depth, s.wait_us_p99
+                "{:<8} {:<11} {:>10} {:>10.1} {:>13} {:>21} {:>11} {:>12}\n",
+                s.node, s.stage, s.peak_depth, s.mean_depth, s.wait_us_p99, rate, used, backlog
             ));
         }
         if let Some(bottleneck) = &self.bottleneck {
@@ -91,10 +141,11 @@ impl StageSampler {
             .into_values()
             .map(|mut s| {
                 s.mean_depth = s.depth_sum as f64 / s.samples.max(1) as f64;
+                s.mean_used_per_sec = s.used_sum as f64 / s.samples.max(1) as f64;
                 s
             })
             .collect();
-        // Background stages wait by design (their rate gate); the question is where the
+        // Background stages wait by design (their gate); the question is where the
         // request pipeline backs up, so only foreground stages compete.
         let bottleneck = stages
             .iter()
@@ -135,6 +186,12 @@ fn sample_until(addrs: &[String], stop: &AtomicBool) -> BTreeMap<(String, String
                     entry.depth_sum += s.queue_depth;
                     entry.samples += 1;
                     entry.wait_us_p99 = entry.wait_us_p99.max(s.wait_us_p99);
+                    if s.mode.is_some() {
+                        entry.rate_per_sec_range =
+                            Some(widen(entry.rate_per_sec_range, s.rate_per_sec));
+                        entry.used_sum += s.used_per_sec;
+                        entry.peak_backlog = entry.peak_backlog.max(s.backlog);
+                    }
                 }
             }
         }

@@ -127,6 +127,15 @@ pub enum ServiceError {
     /// The node is shutting down and accepts no more work.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// `admin throttle --stage NAME` named no background stage (only background stages have a
+    /// rate to pin).
+    #[error("no background stage is called {name:?}; the background stages are {known}")]
+    NotABackgroundStage {
+        /// The name given.
+        name: String,
+        /// The background stages, comma-separated.
+        known: String,
+    },
 }
 
 impl ServiceError {
@@ -150,6 +159,7 @@ impl ServiceError {
             ServiceError::PeerLost { .. } => "PeerLost",
             ServiceError::Unauthorized { .. } => "Unauthorized",
             ServiceError::ShuttingDown => "ShuttingDown",
+            ServiceError::NotABackgroundStage { .. } => "NotABackgroundStage",
         }
     }
 }

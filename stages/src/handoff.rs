@@ -19,7 +19,7 @@ use crate::event::{
     Event, HandoffEvent, Hint, Now, OpId, PeerDone, ReplicateEvent, ReplyTo, StorageDone,
     StorageEvent, StorageOutcome, StorageRequest,
 };
-use crate::seda::{Machine, Outbox, RateGate};
+use crate::seda::{Gate, Machine, Outbox};
 use crate::wire::{Bytes, Message, ReplicaWrite};
 use slog::{info, warn, Logger};
 use std::collections::BTreeMap;
@@ -34,26 +34,36 @@ const SCAN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The handoff stage's machine.
 pub struct HandoffMachine {
-    /// One token per hint delivered.
-    gate: RateGate,
+    /// One token per hint delivered; the backlog it reports is the hints of the last pass.
+    gate: Gate,
     /// The hint scan storage is working on: its operation and when it was asked.
     scanning: Option<(OpId, Instant)>,
+    /// How many hints that scan asked for (fewer back means the pass reached the end).
+    scan_limit: usize,
     /// Deliveries awaiting acknowledgement, with their deadline.
     in_flight: BTreeMap<OpId, (Hint, Instant)>,
     /// Where the next round resumes in the hints keyspace (`None`: from the start).
     cursor: Option<Vec<u8>>,
+    /// Hints the scans of the current pass over the keyspace have returned so far.
+    seen_this_pass: u64,
+    /// Hints the last complete pass returned: the backlog (hints held), as the controller
+    /// sees it, without a count kept beside the hints.
+    seen_last_pass: u64,
     next_op: u64,
     logger: Logger,
 }
 
 impl HandoffMachine {
     /// A handoff worker paced by `gate` (one token per hint).
-    pub fn new(gate: RateGate, logger: Logger) -> HandoffMachine {
+    pub fn new(gate: Gate, logger: Logger) -> HandoffMachine {
         HandoffMachine {
             gate,
             scanning: None,
+            scan_limit: HINTS_PER_ROUND,
             in_flight: BTreeMap::new(),
             cursor: None,
+            seen_this_pass: 0,
+            seen_last_pass: 0,
             next_op: 0,
             logger,
         }
@@ -72,26 +82,37 @@ impl HandoffMachine {
         }
     }
 
-    /// Asks storage for the next batch of hints.
+    /// Asks storage for the next batch of hints: as many as the gate has tokens for (so a
+    /// slow rate does not make storage read hints only to leave most of them), none while it
+    /// has none.
     fn start_round(&mut self, now: Instant, out: &mut Outbox) {
+        let tokens = self.gate.available(now);
+        if tokens == 0 {
+            return;
+        }
+        self.scan_limit = HINTS_PER_ROUND.min(usize::try_from(tokens).unwrap_or(usize::MAX));
         let scan = self.storage(StorageRequest::ReadHints {
             after: self.cursor.clone(),
-            limit: HINTS_PER_ROUND,
+            limit: self.scan_limit,
         });
         self.scanning = Some((scan.op, now));
         out.request(scan);
     }
 
-    /// Sends a batch of hints, as far as the rate gate allows.
+    /// Sends a batch of hints, as far as the rate gate allows, and reports the backlog: the
+    /// hints of the last complete pass over the keyspace, or of this pass so far if more.
     fn deliver(&mut self, now: Instant, hints: Vec<Hint>, out: &mut Outbox) {
-        if hints.is_empty() {
-            self.cursor = None; // the scan reached the end; start over next round
-            return;
+        if self.cursor.is_none() {
+            self.seen_this_pass = 0; // a new pass over the keyspace starts
         }
+        let end_of_pass = hints.len() < self.scan_limit;
+        let scanned = hints.len() as u64;
+        let mut sent = 0;
         for hint in hints {
-            if !self.gate.acquire(1, now).is_zero() {
-                return; // out of tokens: this hint and the rest go next round
+            if !self.gate.try_take(1, now) {
+                break; // out of tokens: this hint and the rest go next round
             }
+            sent += 1;
             self.cursor = Some(hint.hint_key.clone());
             let op = self.new_op();
             let message = Message::ReplicaWrite(ReplicaWrite {
@@ -109,6 +130,14 @@ impl HandoffMachine {
             });
             self.in_flight.insert(op, (hint, deadline));
         }
+        self.seen_this_pass += sent;
+        let waiting = scanned - sent;
+        if end_of_pass && waiting == 0 {
+            self.seen_last_pass = self.seen_this_pass;
+            self.cursor = None; // every hint of the pass was sent; the next round starts over
+        }
+        self.gate
+            .report_backlog(self.seen_last_pass.max(self.seen_this_pass + waiting));
     }
 
     fn on_storage(&mut self, now: Instant, done: StorageDone, out: &mut Outbox) {

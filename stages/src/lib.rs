@@ -6,7 +6,8 @@
 //!   the machine/outbox contract every stage's logic follows.
 //! - [`sim`]: the deterministic simulator: whole nodes in one thread, seeded.
 //! - Paper modules, pure (no threads, channels, sockets or clocks): [`ring`] (§4.2, §6.2),
-//!   [`vclock`] and [`versioning`] (§4.4), [`quorum`] (§4.5).
+//!   [`vclock`] and [`versioning`] (§4.4), [`quorum`] (§4.5), [`controller`] (§6.5, the
+//!   resource controller's law).
 //! - [`wire`]: frames and every MessagePack encoding; the only module that knows MessagePack.
 //! - One module per stage: [`intake`] (mio sockets, client and peer connections), [`parse`]
 //!   (frames → typed requests), [`coordinate`] (quorums and deadlines), [`replicate`] (requests
@@ -16,6 +17,7 @@
 //! See ARCHITECTURE.md at the repository root for the path of a request through the stages.
 #![warn(missing_docs)]
 
+pub mod controller;
 pub mod coordinate;
 pub mod error;
 pub mod event;

@@ -16,7 +16,7 @@ mod storage;
 
 pub use background::{HandoffEvent, RepairEvent};
 pub use ids::{wall_clock_ms, ConnId, Now, OpId, Origin};
-pub use network::{encode_reply, IntakeEvent, ReplicateEvent, SocketCommand};
+pub use network::{encode_reply, GateChange, IntakeEvent, ReplicateEvent, SocketCommand};
 pub use requests::{ClientRequest, CoordinateEvent, Operation, ParseEvent, PeerDone, ServeRequest};
 pub use stage_id::{StageClass, StageId, StageRow, UnknownStage};
 pub use storage::{Hint, StorageDone, StorageEvent, StorageOutcome, StorageRequest};

@@ -163,6 +163,25 @@ pub enum SocketCommand {
         /// Where the request came from.
         origin: super::Origin,
     },
+    /// Carry out an `admin throttle` change on the gates (which the loop's stats source
+    /// holds) and answer with the controller's state and every background stage's rate.
+    Throttle {
+        /// Where the request came from.
+        origin: super::Origin,
+        /// The change, already checked to name a background stage.
+        change: GateChange,
+    },
+}
+
+/// A checked `admin throttle` change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateChange {
+    /// Nothing: only show.
+    Show,
+    /// Pin a background stage's rate (units per second).
+    Pin(super::StageId, u64),
+    /// Hand a background stage back to the controller.
+    Auto(super::StageId),
 }
 
 impl fmt::Display for SocketCommand {
@@ -175,6 +194,9 @@ impl fmt::Display for SocketCommand {
             SocketCommand::Close { conn } => write!(f, "close conn {conn}"),
             SocketCommand::Abort { conn } => write!(f, "abort conn {conn}"),
             SocketCommand::Stats { origin } => write!(f, "stats for conn {}", origin.conn),
+            SocketCommand::Throttle { origin, change } => {
+                write!(f, "throttle {change:?} for conn {}", origin.conn)
+            }
         }
     }
 }

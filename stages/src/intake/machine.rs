@@ -12,12 +12,14 @@
 use super::peers::{PeerLinks, Route};
 use crate::error::ServiceError;
 use crate::event::{
-    encode_reply, ConnId, Event, IntakeEvent, Now, Origin, ParseEvent, ReplicateEvent,
-    SocketCommand,
+    encode_reply, ConnId, Event, GateChange, IntakeEvent, Now, Origin, ParseEvent, ReplicateEvent,
+    SocketCommand, StageClass, StageId,
 };
 use crate::membership::MembershipView;
 use crate::seda::{Machine, Outbox};
-use crate::wire::{kind, Bytes, ContextSeal, Frame, FrameDecoder, FrameError, Message, PeerHello};
+use crate::wire::{
+    kind, Bytes, ContextSeal, Frame, FrameDecoder, FrameError, Message, PeerHello, ThrottleChange,
+};
 use crate::NodeId;
 use slog::{debug, warn, Logger};
 use std::collections::BTreeMap;
@@ -184,6 +186,19 @@ impl IntakeMachine {
         let request_id = frame.request_id;
         if frame.kind == kind::PEER_HELLO {
             return self.accept_hello(now, conn, &frame, out);
+        }
+        if frame.kind == kind::THROTTLE {
+            match Message::decode(&frame)
+                .map_err(ServiceError::from)
+                .and_then(gate_change)
+            {
+                Ok(change) => out.socket(SocketCommand::Throttle {
+                    origin: Origin { conn, request_id },
+                    change,
+                }),
+                Err(error) => self.write(conn, request_id, &Message::Error(error), out),
+            }
+            return;
         }
         if frame.kind == kind::STATS {
             match Message::decode(&frame) {
@@ -356,4 +371,33 @@ impl Machine for IntakeMachine {
             self.write(conn, frame.request_id, &Message::Error(error), out);
         }
     }
+}
+
+/// Checks an `admin throttle` request: the stage it names must be a background stage.
+fn gate_change(message: Message) -> Result<GateChange, ServiceError> {
+    let Message::Throttle(request) = message else {
+        return Err(ServiceError::MalformedFrame {
+            reason: "a throttle frame must hold a throttle request".into(),
+        });
+    };
+    let background = |name: &str| match name.parse::<StageId>() {
+        Ok(stage) if stage.class() == StageClass::Background => Ok(stage),
+        _ => Err(ServiceError::NotABackgroundStage {
+            name: name.to_string(),
+            known: StageId::ALL
+                .into_iter()
+                .filter(|s| s.class() == StageClass::Background)
+                .map(StageId::name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    };
+    Ok(match request.change {
+        ThrottleChange::Show => GateChange::Show,
+        ThrottleChange::Pin {
+            stage,
+            rate_per_sec,
+        } => GateChange::Pin(background(&stage)?, rate_per_sec),
+        ThrottleChange::Auto { stage } => GateChange::Auto(background(&stage)?),
+    })
 }

@@ -15,11 +15,12 @@ mod peers;
 
 pub use machine::{IntakeMachine, IntakeSettings, FIRST_CONN};
 
-use crate::event::{encode_reply, ConnId, IntakeEvent, Now, SocketCommand};
+use crate::event::{encode_reply, ConnId, GateChange, IntakeEvent, Now, SocketCommand, StageId};
 use crate::seda::{
-    deliver, Machine, OperationLatencies, Outbox, Router, StageReceiver, Threads, Wake,
+    deliver, GateRegistry, Machine, OperationLatencies, Outbox, Router, StageReceiver, Threads,
+    Wake,
 };
-use crate::wire::{Message, StatsReply};
+use crate::wire::{Message, StatsReply, ThrottleReply};
 use crate::NodeId;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -145,15 +146,55 @@ pub struct StatsSource {
     pub router: Router,
     /// Client operation latencies.
     pub latencies: OperationLatencies,
+    /// Every background stage's gate, and the controller's published state.
+    pub gates: GateRegistry,
 }
 
 impl StatsSource {
-    /// The node's statistics now.
+    /// The node's statistics now; background stages' rows carry their gate's rate, use,
+    /// backlog and mode.
     pub fn snapshot(&self) -> StatsReply {
+        let mut stages = self.router.snapshots();
+        for row in &mut stages {
+            let Ok(stage) = row.name.parse::<StageId>() else {
+                continue;
+            };
+            if let Some(gate) = self.gates.gate(stage) {
+                let reading = gate.reading();
+                row.rate_per_sec = reading.rate_per_sec;
+                row.used_per_sec = reading.used_per_sec;
+                row.backlog = reading.backlog + row.queue_depth;
+                row.mode = Some(reading.mode);
+            }
+        }
         StatsReply {
             node: self.node.clone(),
-            stages: self.router.snapshots(),
+            stages,
             operations: self.latencies.snapshot(),
+            controller: self.gates.controller(),
+        }
+    }
+
+    /// Carries out an `admin throttle` change and answers with the state after it.
+    pub fn throttle(&self, change: GateChange) -> ThrottleReply {
+        let now = Instant::now();
+        match change {
+            GateChange::Show => {}
+            GateChange::Pin(stage, rate) => {
+                if let Some(gate) = self.gates.gate(stage) {
+                    gate.pin(rate, now);
+                }
+            }
+            GateChange::Auto(stage) => {
+                if let Some(gate) = self.gates.gate(stage) {
+                    gate.release();
+                }
+            }
+        }
+        ThrottleReply {
+            node: self.node.clone(),
+            controller: self.gates.controller(),
+            stages: self.gates.stages(|stage| self.router.depth(stage) as u64),
         }
     }
 }
@@ -188,6 +229,10 @@ impl Sockets {
             }
             SocketCommand::Stats { origin } => {
                 let reply = Message::StatsReply(stats.snapshot());
+                self.enqueue(origin.conn, &encode_reply(origin.request_id, &reply));
+            }
+            SocketCommand::Throttle { origin, change } => {
+                let reply = Message::ThrottleReply(stats.throttle(change));
                 self.enqueue(origin.conn, &encode_reply(origin.request_id, &reply));
             }
         }

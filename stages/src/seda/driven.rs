@@ -64,6 +64,19 @@ impl Router {
             Handoff => handoff, Storage => storage])
     }
 
+    /// Events waiting in a stage's queue now.
+    pub fn depth(&self, stage: StageId) -> usize {
+        match stage {
+            StageId::Intake => self.intake.depth(),
+            StageId::Parse => self.parse.depth(),
+            StageId::Coordinate => self.coordinate.depth(),
+            StageId::Replicate => self.replicate.depth(),
+            StageId::Repair => self.repair.depth(),
+            StageId::Handoff => self.handoff.depth(),
+            StageId::Storage => self.storage.depth(),
+        }
+    }
+
     /// Every stage's statistics now, in stage-table order.
     pub fn snapshots(&self) -> Vec<StageSnapshot> {
         StageId::ALL

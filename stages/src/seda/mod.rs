@@ -10,13 +10,15 @@
 //! - Spinning: after a batch a worker polls its queue for `spin_us` before parking, so a hot
 //!   pipeline does not pay a park/unpark per hop. Zero disables it (the right choice when stages
 //!   outnumber cores by much).
-//! - Background stages take tokens from a [`RateGate`] before each batch; the gate's rate is the
-//!   resource controller's seam.
+//! - Background machines take a token from their stage's [`Gate`] before each unit of work and
+//!   never wait for one (refused, they carry on at their next tick); the [`GateRegistry`] is
+//!   where the resource controller and `admin throttle` set the rates.
 //! - Machines: a stage's logic is a [`Machine`] that writes effects to an [`Outbox`];
 //!   [`Driven`] runs one on a pool of workers and [`deliver`]s its outbox through the
 //!   [`Router`] (every stage's queue).
 
 mod driven;
+mod gates;
 mod machine;
 mod rate_gate;
 mod runtime;
@@ -24,8 +26,9 @@ mod stats;
 
 pub use crate::event::StageClass;
 pub use driven::{deliver, Driven, Post, Router, Threads};
+pub use gates::{ControllerState, Gate, GateMode, GateReading, GateRegistry, StageThrottle};
 pub use machine::{Delivery, Effect, Machine, Outbox};
-pub use rate_gate::RateGate;
+pub use rate_gate::{RateGate, BURST_WINDOW};
 pub use runtime::{spawn_stage, Stage, StageHandle};
 pub use stats::{micros, new_latency_histogram, OperationLatencies, StageSnapshot, StageStats};
 

@@ -1,68 +1,95 @@
-//! The rate gate background stages take tokens from before each unit of work (Dynamo §6.5).
+//! The token bucket every background stage takes tokens from before each unit of work (Dynamo
+//! §6.5).
 //!
-//! A token bucket that may go into debt: `acquire(n)` always takes its tokens and says how long
-//! the caller must wait for the balance to be non-negative again. Debt (rather than refusing)
-//! makes a batch of `n` cost exactly `n / rate` seconds however it is split. Pure: the caller
-//! passes `now`. The rate is the seam the resource controller turns.
+//! Taking never waits: [`RateGate::try_take`] grants the tokens when the balance covers them
+//! and refuses otherwise, and the machine that asked leaves the rest of its work for its next
+//! tick. A worker therefore never sleeps on a gate: a stop request or a new rate takes effect
+//! at once. Pure: the caller passes `now`.
 
 use std::time::{Duration, Instant};
 
-/// A token bucket refilled at `rate_per_sec`, holding at most `burst` tokens.
+/// How much work a gate lets accumulate while idle: this long at its rate. It is one handoff
+/// tick, so a stage that works once per tick can still reach its rate, and an idle stage
+/// cannot save up a storm.
+pub const BURST_WINDOW: Duration = Duration::from_millis(200);
+
+/// A token bucket refilled at `rate_per_sec`, holding at most [`BURST_WINDOW`] of it (at least
+/// one token, so any rate above zero makes progress; none when paused).
 #[derive(Clone, Debug)]
 pub struct RateGate {
-    /// Tokens added per second; `None` means unlimited.
-    rate_per_sec: Option<f64>,
-    /// Most tokens that can accumulate while idle, so an idle period does not license a storm.
-    burst: f64,
-    /// Current balance; negative while in debt.
+    /// Tokens added per second; `None` means unlimited, `Some(0)` paused.
+    rate_per_sec: Option<u64>,
+    /// Current balance, never above the burst.
     tokens: f64,
     /// When `tokens` was last brought up to date.
     updated_at: Instant,
 }
 
 impl RateGate {
-    /// A gate allowing `rate_per_sec` units per second (unlimited when `None`) with a burst of
-    /// `burst` units.
-    pub fn new(rate_per_sec: Option<f64>, burst: f64, now: Instant) -> RateGate {
-        RateGate {
-            rate_per_sec: rate_per_sec.filter(|r| *r > 0.0),
-            burst: burst.max(1.0),
-            tokens: burst.max(1.0),
+    /// A gate allowing `rate_per_sec` units per second (`None`: unlimited), starting full.
+    pub fn new(rate_per_sec: Option<u64>, now: Instant) -> RateGate {
+        let mut gate = RateGate {
+            rate_per_sec,
+            tokens: 0.0,
             updated_at: now,
-        }
+        };
+        gate.tokens = gate.burst();
+        gate
     }
 
     /// The current rate (units per second), `None` when unlimited.
-    pub fn rate_per_sec(&self) -> Option<f64> {
+    pub fn rate_per_sec(&self) -> Option<u64> {
         self.rate_per_sec
     }
 
-    /// Changes the rate from now on (the controller's and `admin throttle`'s seam).
-    pub fn set_rate(&mut self, rate_per_sec: Option<f64>, now: Instant) {
+    /// Most tokens the balance holds at this rate.
+    fn burst(&self) -> f64 {
+        match self.rate_per_sec {
+            Some(0) => 0.0,
+            Some(rate) => (rate as f64 * BURST_WINDOW.as_secs_f64()).max(1.0),
+            None => f64::INFINITY,
+        }
+    }
+
+    /// Changes the rate from now on: tokens earned so far at the old rate are kept (up to the
+    /// new burst), the new rate applies to the time after `now`.
+    pub fn set_rate(&mut self, rate_per_sec: Option<u64>, now: Instant) {
         self.refill(now);
-        self.rate_per_sec = rate_per_sec.filter(|r| *r > 0.0);
+        self.rate_per_sec = rate_per_sec;
+        if self.tokens.is_infinite() {
+            self.tokens = self.burst();
+        }
+        self.tokens = self.tokens.min(self.burst());
     }
 
     fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated_at).as_secs_f64();
+        self.updated_at = self.updated_at.max(now);
         if let Some(rate) = self.rate_per_sec {
-            let elapsed = now.saturating_duration_since(self.updated_at).as_secs_f64();
-            self.tokens = (self.tokens + elapsed * rate).min(self.burst);
+            self.tokens = (self.tokens + elapsed * rate as f64).min(self.burst());
         }
-        self.updated_at = now;
     }
 
-    /// Takes `units` tokens and returns how long to wait before doing the work (zero when the
-    /// balance covered it).
-    pub fn acquire(&mut self, units: u64, now: Instant) -> Duration {
-        let Some(rate) = self.rate_per_sec else {
-            return Duration::ZERO;
-        };
+    /// Whole tokens the balance holds now (`u64::MAX` when unlimited).
+    pub fn available(&mut self, now: Instant) -> u64 {
+        if self.rate_per_sec.is_none() {
+            return u64::MAX;
+        }
         self.refill(now);
-        self.tokens -= units as f64;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
+        (self.tokens + f64::EPSILON).floor().max(0.0) as u64
+    }
+
+    /// Takes `units` tokens if the balance covers them; `false` (and nothing taken) otherwise.
+    pub fn try_take(&mut self, units: u64, now: Instant) -> bool {
+        if self.rate_per_sec.is_none() {
+            return true;
+        }
+        self.refill(now);
+        if self.tokens + f64::EPSILON >= units as f64 {
+            self.tokens -= units as f64;
+            true
         } else {
-            Duration::from_secs_f64(-self.tokens / rate)
+            false
         }
     }
 }
@@ -71,34 +98,46 @@ impl RateGate {
 mod tests {
     use super::*;
 
-    /// Goal: work beyond the burst is paced at exactly the configured rate.
-    #[test]
-    fn acquire_beyond_burst_waits_at_the_configured_rate() {
-        let start = Instant::now();
-        let mut gate = RateGate::new(Some(100.0), 10.0, start);
-        assert_eq!(gate.acquire(10, start), Duration::ZERO);
-        let wait = gate.acquire(50, start);
-        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-9, "{wait:?}");
+    /// A consumer that takes one token whenever it can, every millisecond, for `millis`.
+    fn greedy(gate: &mut RateGate, start: Instant, millis: u64) -> u64 {
+        (0..millis)
+            .filter(|ms| gate.try_take(1, start + Duration::from_millis(*ms)))
+            .count() as u64
     }
 
-    /// Goal: idle time refills tokens, but never beyond the burst.
+    /// Goal: a greedy consumer gets exactly the burst plus the rate times the time it ran.
+    #[test]
+    fn greedy_consumer_gets_exactly_the_configured_rate() {
+        let start = Instant::now();
+        let mut gate = RateGate::new(Some(100), start);
+        // 20 tokens of burst (200 ms at 100/s), then 100/s over 10 s.
+        let granted = greedy(&mut gate, start, 10_000);
+        assert!((1019..=1021).contains(&granted), "{granted}");
+    }
+
+    /// Goal: idle time refills tokens, but never beyond the burst window.
     #[test]
     fn idle_time_refills_up_to_the_burst_only() {
         let start = Instant::now();
-        let mut gate = RateGate::new(Some(100.0), 10.0, start);
-        gate.acquire(10, start);
+        let mut gate = RateGate::new(Some(100), start);
+        assert!(gate.try_take(20, start));
+        assert!(!gate.try_take(1, start));
         let later = start + Duration::from_secs(60);
-        assert_eq!(gate.acquire(10, later), Duration::ZERO);
-        assert!(gate.acquire(1, later) > Duration::ZERO);
+        assert!(gate.try_take(20, later));
+        assert!(!gate.try_take(1, later));
     }
 
-    /// Goal: an unlimited gate never asks to wait, and a rate change applies at once.
+    /// Goal: an unlimited gate always grants, a paused one never, and a rate change applies
+    /// from the moment it is made.
     #[test]
-    fn unlimited_gate_never_waits_and_rate_can_change() {
+    fn unlimited_paused_and_changed_rates() {
         let start = Instant::now();
-        let mut gate = RateGate::new(None, 1.0, start);
-        assert_eq!(gate.acquire(1_000_000, start), Duration::ZERO);
-        gate.set_rate(Some(1.0), start);
-        assert!(gate.acquire(5, start) >= Duration::from_secs(4));
+        let mut gate = RateGate::new(None, start);
+        assert!(gate.try_take(1_000_000, start));
+        gate.set_rate(Some(0), start);
+        assert!(!gate.try_take(1, start + Duration::from_secs(10)));
+        gate.set_rate(Some(10), start + Duration::from_secs(10));
+        assert!(!gate.try_take(1, start + Duration::from_secs(10)));
+        assert!(gate.try_take(1, start + Duration::from_millis(10_100)));
     }
 }

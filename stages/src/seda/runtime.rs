@@ -1,9 +1,9 @@
 //! The thin driver that runs a stage's handler on a pool of named threads.
 
-use super::{micros, Queued, RateGate, StageReceiver, StageSpec, StageStats};
+use super::{Queued, StageReceiver, StageSpec, StageStats};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -57,12 +57,12 @@ impl StageHandle {
 }
 
 /// Starts `spec.threads` workers, each running the handler `make(thread_index)` returns.
-/// Background stages pass the `gate` they must take tokens from.
+/// (Background machines pace themselves with their stage's `Gate`; the runtime never sleeps
+/// on their behalf.)
 pub fn spawn_stage<S: Stage>(
     spec: &StageSpec,
     receiver: StageReceiver<S::Event>,
     mut make: impl FnMut(usize) -> S,
-    gate: Option<Arc<Mutex<RateGate>>>,
 ) -> std::io::Result<StageHandle> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::with_capacity(spec.threads);
@@ -73,7 +73,6 @@ pub fn spawn_stage<S: Stage>(
             stats: Arc::clone(&receiver.stats),
             spec: spec.clone(),
             stop: Arc::clone(&stop),
-            gate: gate.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("{}-{index}", spec.name))
@@ -93,7 +92,6 @@ struct Worker<S: Stage> {
     stats: Arc<StageStats>,
     spec: StageSpec,
     stop: Arc<AtomicBool>,
-    gate: Option<Arc<Mutex<RateGate>>>,
 }
 
 /// What waiting for the next event gave.
@@ -176,18 +174,6 @@ impl<S: Stage> Worker<S> {
     }
 
     fn handle(&mut self, batch: &mut Vec<S::Event>, waits: &mut Vec<Duration>) {
-        if let Some(gate) = &self.gate {
-            let wait = match gate.lock() {
-                Ok(mut gate) => gate.acquire(batch.len() as u64, Instant::now()),
-                Err(_) => Duration::ZERO,
-            };
-            if !wait.is_zero() {
-                std::thread::sleep(wait);
-                self.stats
-                    .throttled_us
-                    .fetch_add(micros(wait), Ordering::Relaxed);
-            }
-        }
         self.stats.busy_threads.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         self.stage.handle_batch(started, batch);

@@ -47,8 +47,9 @@ pub struct StageStats {
     pub(crate) wait_us: Mutex<Histogram<u64>>,
     /// Handling time per event (a batch's time divided by its size).
     pub(crate) service_us: Mutex<Histogram<u64>>,
-    /// Microseconds background workers slept waiting for rate-gate tokens.
-    pub(crate) throttled_us: AtomicU64,
+    /// Queue wait since the resource controller last took it: its recent-latency signal
+    /// (the lifetime histogram above is for display).
+    pub(crate) recent_wait_us: Mutex<Histogram<u64>>,
 }
 
 /// A copy of a stage's statistics at one moment, as `admin stats --json` prints it.
@@ -82,8 +83,18 @@ pub struct StageSnapshot {
     pub service_us_p50: u64,
     /// Service time per event, 99th percentile, microseconds.
     pub service_us_p99: u64,
-    /// Total time background workers waited for rate-gate tokens, microseconds.
-    pub throttled_us: u64,
+    /// A background stage's rate limit, units per second (`None`: unlimited, or foreground).
+    #[serde(default)]
+    pub rate_per_sec: Option<u64>,
+    /// A background stage's units of work per second over the controller's last period.
+    #[serde(default)]
+    pub used_per_sec: u64,
+    /// A background stage's work waiting (its own count plus its queue).
+    #[serde(default)]
+    pub backlog: u64,
+    /// A background stage's gate mode: who sets its rate (`None` for foreground stages).
+    #[serde(default)]
+    pub mode: Option<super::GateMode>,
 }
 
 impl StageStats {
@@ -106,7 +117,7 @@ impl StageStats {
             busy_threads: AtomicUsize::new(0),
             wait_us: Mutex::new(new_latency_histogram()),
             service_us: Mutex::new(new_latency_histogram()),
-            throttled_us: AtomicU64::new(0),
+            recent_wait_us: Mutex::new(new_latency_histogram()),
         }
     }
 
@@ -136,9 +147,11 @@ impl StageStats {
         if waits.is_empty() {
             return;
         }
-        if let Ok(mut histogram) = self.wait_us.lock() {
-            for wait in waits {
-                histogram.saturating_record(micros(*wait));
+        for histogram in [&self.wait_us, &self.recent_wait_us] {
+            if let Ok(mut histogram) = histogram.lock() {
+                for wait in waits {
+                    histogram.saturating_record(micros(*wait));
+                }
             }
         }
         let per_event = micros(service) / waits.len() as u64;
@@ -147,6 +160,11 @@ impl StageStats {
         }
         self.processed
             .fetch_add(waits.len() as u64, Ordering::Relaxed);
+    }
+
+    /// The queue waits recorded since the last call (the controller takes them once a period).
+    pub fn take_recent_wait(&self) -> Histogram<u64> {
+        take(&self.recent_wait_us)
     }
 
     /// A snapshot, given the current queue depth (which only the queue knows).
@@ -168,7 +186,10 @@ impl StageStats {
             wait_us_p99: wait_p99,
             service_us_p50: service_p50,
             service_us_p99: service_p99,
-            throttled_us: self.throttled_us.load(Ordering::Relaxed),
+            rate_per_sec: None,
+            used_per_sec: 0,
+            backlog: 0,
+            mode: None,
         }
     }
 }
@@ -181,24 +202,53 @@ fn percentiles(histogram: &Mutex<Histogram<u64>>) -> (u64, u64) {
     }
 }
 
+/// Empties a shared histogram and returns what it held.
+fn take(histogram: &Mutex<Histogram<u64>>) -> Histogram<u64> {
+    match histogram.lock() {
+        Ok(mut h) => std::mem::replace(&mut *h, new_latency_histogram()),
+        Err(_) => new_latency_histogram(),
+    }
+}
+
 /// Latency per client operation, in operation order.
 type LatencyMap = std::collections::BTreeMap<Operation, Histogram<u64>>;
 
 /// End-to-end latency histograms of client operations: the coordinator's machine reports each
-/// answered request as an effect, the driver records it here, and `admin stats` reads it.
-#[derive(Clone, Default)]
+/// answered request as an effect, the driver records it here, and `admin stats` reads it. Two
+/// views: per operation since the start (for display), and every operation since the resource
+/// controller last took them (its signal: a recent window, never the lifetime).
+#[derive(Clone)]
 pub struct OperationLatencies {
     histograms: std::sync::Arc<Mutex<LatencyMap>>,
+    recent: std::sync::Arc<Mutex<Histogram<u64>>>,
+}
+
+impl Default for OperationLatencies {
+    fn default() -> OperationLatencies {
+        OperationLatencies {
+            histograms: Default::default(),
+            recent: std::sync::Arc::new(Mutex::new(new_latency_histogram())),
+        }
+    }
 }
 
 impl OperationLatencies {
     /// Records one answered request.
     pub fn record(&self, operation: Operation, latency: Duration) {
+        let micros = micros(latency);
         if let Ok(mut map) = self.histograms.lock() {
             map.entry(operation)
                 .or_insert_with(new_latency_histogram)
-                .saturating_record(micros(latency));
+                .saturating_record(micros);
         }
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.saturating_record(micros);
+        }
+    }
+
+    /// Every operation's latency recorded since the last call.
+    pub fn take_recent(&self) -> Histogram<u64> {
+        take(&self.recent)
     }
 
     /// Percentiles per operation.

@@ -10,7 +10,7 @@ use crate::membership::MembershipView;
 use crate::parse::{ParseMachine, ParseSettings};
 use crate::repair::RepairMachine;
 use crate::replicate::ReplicateMachine;
-use crate::seda::{deliver, Machine, Outbox, Post, RateGate};
+use crate::seda::{deliver, Gate, Machine, Outbox, Post};
 use crate::storage::{
     MemoryEngine, StorageMachine, StorageSettings, Store, SyncMode, VersionLimits,
 };
@@ -33,14 +33,17 @@ const REPLICA_TIMEOUT: Duration = Duration::from_millis(300);
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 const MAX_SIBLINGS: usize = 32;
 /// Hints delivered per second by each node (its handoff gate).
-const HANDOFF_RATE_PER_SEC: f64 = 1000.0;
+const HANDOFF_RATE_PER_SEC: u64 = 1000;
+/// Repair writes sent per second by each node (its repair gate).
+const REPAIR_RATE_PER_SEC: u64 = 1000;
 
 /// How often each ticking stage is ticked, in simulated µs (the stages whose `on_tick` does
 /// work; the others' ticks are no-ops under `sync = "always"`).
-pub const TICKS: [(StageId, u64); 4] = [
+pub const TICKS: [(StageId, u64); 5] = [
     (StageId::Intake, 100_000),
     (StageId::Coordinate, 10_000),
     (StageId::Replicate, 100_000),
+    (StageId::Repair, 100_000),
     (StageId::Handoff, 200_000),
 ];
 
@@ -128,15 +131,17 @@ impl SimNode {
                 max_siblings: MAX_SIBLINGS,
             },
         };
-        let gate = RateGate::new(Some(HANDOFF_RATE_PER_SEC), 200.0, base);
         let view = self.membership.clone();
         self.machines = Some(Machines {
             intake: IntakeMachine::new(intake, view.clone(), self.id.clone(), seal, logger.clone()),
             parse: ParseMachine::new(parse, view.clone()),
             coordinate: Coordinator::new(coordinator, view),
             replicate: ReplicateMachine::new(4 << 20),
-            repair: RepairMachine::new(self.id.clone()),
-            handoff: HandoffMachine::new(gate, logger.clone()),
+            repair: RepairMachine::new(self.id.clone(), Gate::new(Some(REPAIR_RATE_PER_SEC), base)),
+            handoff: HandoffMachine::new(
+                Gate::new(Some(HANDOFF_RATE_PER_SEC), base),
+                logger.clone(),
+            ),
             storage: StorageMachine::new(0, store.clone(), storage, logger),
         });
         self.store = Some(store);

@@ -579,11 +579,14 @@ impl World {
                     self.sched.after(0, Job::Closed { link });
                 }
             }
-            SocketCommand::Stats { origin } => {
+            // The simulated clients ask for neither; an empty answer keeps one reply per
+            // request if one ever does.
+            SocketCommand::Stats { origin } | SocketCommand::Throttle { origin, .. } => {
                 let reply = Message::StatsReply(StatsReply {
                     node: self.nodes[node].id.clone(),
                     stages: Vec::new(),
                     operations: Vec::new(),
+                    controller: Default::default(),
                 });
                 let frame = encode_reply(origin.request_id, &reply);
                 self.socket(

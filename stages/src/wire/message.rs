@@ -7,7 +7,7 @@
 use super::frame::{encode_frame_into, Frame, FRAME_OVERHEAD_BYTES};
 use crate::error::ServiceError;
 use crate::membership::Membership;
-use crate::seda::StageSnapshot;
+use crate::seda::{ControllerState, StageSnapshot, StageThrottle};
 use crate::versioning::VersionSet;
 use crate::NodeId;
 use serde::de::DeserializeOwned;
@@ -206,6 +206,46 @@ pub struct StatsReply {
     pub stages: Vec<StageSnapshot>,
     /// Client operation latencies seen by this node's coordinator.
     pub operations: Vec<OperationLatency>,
+    /// The resource controller's state.
+    #[serde(default)]
+    pub controller: ControllerState,
+}
+
+/// What `admin throttle` changes, if anything.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ThrottleChange {
+    /// Only show the state.
+    Show,
+    /// Pin a background stage's rate (units per second; 0 pauses it).
+    Pin {
+        /// The stage's name.
+        stage: String,
+        /// Units per second.
+        rate_per_sec: u64,
+    },
+    /// Hand a background stage back to the controller.
+    Auto {
+        /// The stage's name.
+        stage: String,
+    },
+}
+
+/// Admin → node: show, pin or release background rates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThrottleRequest {
+    /// What to change before answering.
+    pub change: ThrottleChange,
+}
+
+/// Node → admin: the controller's state and every background stage's rate, after the change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThrottleReply {
+    /// The answering node.
+    pub node: NodeId,
+    /// The resource controller.
+    pub controller: ControllerState,
+    /// One row per background stage, in stage-table order.
+    pub stages: Vec<StageThrottle>,
 }
 
 /// Every message of the protocol.
@@ -233,6 +273,10 @@ pub enum Message {
     PeerHello(PeerHello),
     /// Admin → node: members, their health and hints held for them.
     Members,
+    /// Admin → node: the resource controller and background rates (and a change to them).
+    Throttle(ThrottleRequest),
+    /// Node → admin.
+    ThrottleReply(ThrottleReply),
     /// Node → client.
     GetReply(GetReply),
     /// Node → client (put and delete).
@@ -288,6 +332,10 @@ pub mod kind {
     pub const MEMBERS: u16 = 12;
     /// [`super::Message::MembersReply`]
     pub const MEMBERS_REPLY: u16 = 112;
+    /// [`super::Message::Throttle`]
+    pub const THROTTLE: u16 = 13;
+    /// [`super::Message::ThrottleReply`]
+    pub const THROTTLE_REPLY: u16 = 113;
     /// [`super::Message::GetReply`]
     pub const GET_REPLY: u16 = 101;
     /// [`super::Message::PutReply`]
@@ -362,6 +410,8 @@ impl Message {
             Message::Pong => kind::PONG,
             Message::Members => kind::MEMBERS,
             Message::MembersReply(_) => kind::MEMBERS_REPLY,
+            Message::Throttle(_) => kind::THROTTLE,
+            Message::ThrottleReply(_) => kind::THROTTLE_REPLY,
             Message::GetReply(_) => kind::GET_REPLY,
             Message::PutReply(_) => kind::PUT_REPLY,
             Message::StatsReply(_) => kind::STATS_REPLY,
@@ -379,6 +429,8 @@ impl Message {
                 to_body(&())
             }
             Message::MembersReply(m) => to_body(m),
+            Message::Throttle(m) => to_body(m),
+            Message::ThrottleReply(m) => to_body(m),
             Message::PeerHello(m) => to_body(m),
             Message::GetLocal(m) => to_body(m),
             Message::ReplicaRead(m) => to_body(m),
@@ -439,6 +491,8 @@ impl Message {
                 Message::Members
             }
             kind::MEMBERS_REPLY => Message::MembersReply(from_body(k, body)?),
+            kind::THROTTLE => Message::Throttle(from_body(k, body)?),
+            kind::THROTTLE_REPLY => Message::ThrottleReply(from_body(k, body)?),
             kind::PEER_HELLO => Message::PeerHello(from_body(k, body)?),
             kind::GET_LOCAL => Message::GetLocal(from_body(k, body)?),
             kind::REPLICA_READ => Message::ReplicaRead(from_body(k, body)?),
@@ -468,6 +522,7 @@ impl Message {
                 | Message::ReplicaWrite(_)
                 | Message::Ping
                 | Message::Members
+                | Message::Throttle(_)
         )
     }
 }
@@ -510,6 +565,8 @@ impl fmt::Display for Message {
             Message::Pong => write!(f, "pong"),
             Message::Members => write!(f, "members"),
             Message::MembersReply(m) => write!(f, "members reply ({} members)", m.members.len()),
+            Message::Throttle(m) => write!(f, "throttle {:?}", m.change),
+            Message::ThrottleReply(m) => write!(f, "throttle reply ({} stages)", m.stages.len()),
             Message::ReplicaRead(m) => write!(f, "replica read ({} B key)", m.key.len()),
             Message::ReplicaWrite(m) => {
                 write!(f, "replica write ({} B key, {})", m.key.len(), m.versions)

@@ -17,7 +17,8 @@ pub use frame::{
 pub use message::{
     kind, Bytes, DeleteRequest, GetLocalRequest, GetReply, GetRequest, LocalReply, MemberStatus,
     MembersReply, Message, OperationLatency, PeerHello, PutReply, PutRequest, ReplicaRead,
-    ReplicaReply, ReplicaWrite, StatsReply, WireError,
+    ReplicaReply, ReplicaWrite, StatsReply, ThrottleChange, ThrottleReply, ThrottleRequest,
+    WireError,
 };
 
 #[cfg(test)]

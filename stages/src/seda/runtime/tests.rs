@@ -1,6 +1,6 @@
-//! Behaviour of the stage runtime: admission, batching, pacing and orderly stop.
+//! Behaviour of the stage runtime: admission, batching and orderly stop.
 
-use super::super::{stage_queue, RateGate, SendError, StageClass, StageSpec};
+use super::super::{stage_queue, SendError, StageClass, StageSpec};
 use super::*;
 use crossbeam_channel::{unbounded, Sender};
 
@@ -55,14 +55,9 @@ fn queued_events_are_taken_in_batches_and_drained_on_stop() {
         sender.try_send(i).expect("room");
     }
     let (batches_tx, batches_rx) = unbounded();
-    let handle = spawn_stage(
-        &spec,
-        receiver,
-        |_| Recorder {
-            batches: batches_tx.clone(),
-        },
-        None,
-    )
+    let handle = spawn_stage(&spec, receiver, |_| Recorder {
+        batches: batches_tx.clone(),
+    })
     .expect("spawn");
     handle.stop_and_join();
     let sizes: Vec<usize> = batches_rx.try_iter().collect();
@@ -74,30 +69,4 @@ fn queued_events_are_taken_in_batches_and_drained_on_stop() {
     assert!(sizes.iter().all(|s| *s <= 16));
     let snapshot = sender.snapshot();
     assert_eq!(snapshot.processed, 40);
-}
-
-/// Goal: a background stage waits for rate-gate tokens and reports the time it was throttled.
-#[test]
-fn background_stage_is_paced_by_its_rate_gate() {
-    let spec = spec(64, 1, StageClass::Background);
-    let (sender, receiver) = stage_queue::<u32>(&spec, None);
-    let gate = Arc::new(Mutex::new(RateGate::new(Some(1000.0), 1.0, Instant::now())));
-    for i in 0..20 {
-        sender.try_send(i).expect("room");
-    }
-    let (batches_tx, _batches_rx) = unbounded();
-    let handle = spawn_stage(
-        &spec,
-        receiver,
-        |_| Recorder {
-            batches: batches_tx.clone(),
-        },
-        Some(gate),
-    )
-    .expect("spawn");
-    handle.stop_and_join();
-    let snapshot = sender.snapshot();
-    assert_eq!(snapshot.processed, 20);
-    assert!(snapshot.throttled_us > 0, "{snapshot:?}");
-    assert_eq!(snapshot.class, "background");
 }

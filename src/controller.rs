@@ -1,0 +1,158 @@
+//! The resource controller's loop: the thin driver of `shoal_stages::controller`. Once a
+//! period it takes what the period measured (client latencies at the coordinator, storage's
+//! queue waits, every background gate's tokens and backlog), hands it to the pure
+//! `ResourceController`, sets the rates it returns on the gates it does not find pinned, and
+//! publishes its state for `admin throttle` and `admin stats`.
+//!
+//! It runs even when `[controller] enabled = false`: then it only measures (the signal and
+//! each stage's use are still shown) and leaves every rate as configured.
+
+use crate::config::{Config, ControllerSection};
+use shoal_stages::controller::{
+    ControllerSettings, Decision, Observation, ResourceController, StageObservation,
+};
+use shoal_stages::event::StageId;
+use shoal_stages::seda::{ControllerState, GateMode, GateRegistry, OperationLatencies, Router};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Longest the loop sleeps before re-checking its stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(50);
+
+/// The controller's settings from the config.
+pub fn settings(section: &ControllerSection) -> ControllerSettings {
+    ControllerSettings {
+        enabled: section.enabled,
+        target_percentile: section.target_percentile,
+        target: Duration::from_millis(section.target_ms),
+        period: Duration::from_millis(section.period_ms),
+        window_periods: section.window_periods,
+        increase_per_period: section.increase_per_period,
+        decrease_factor: section.decrease_factor,
+        min_rate: section.min_rate,
+        max_rate: section.max_rate,
+        idle_requests: section.idle_requests,
+        shares: section.shares.clone(),
+    }
+}
+
+/// What the loop reads and writes.
+pub struct ControllerLoop {
+    controller: ResourceController,
+    gates: GateRegistry,
+    latencies: OperationLatencies,
+    router: Router,
+    /// Each gate's granted count at the last period, to difference.
+    granted: BTreeMap<StageId, u64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ControllerLoop {
+    /// A loop over the node's gates and statistics.
+    pub fn new(
+        config: &Config,
+        gates: GateRegistry,
+        latencies: OperationLatencies,
+        router: Router,
+        stop: Arc<AtomicBool>,
+    ) -> ControllerLoop {
+        // Start from what the stages are configured to (the sum of their rates), so turning
+        // the controller on does not begin with a burst.
+        let initial: u64 = gates
+            .gates()
+            .map(|(stage, _)| {
+                config
+                    .stage_rate(stage)
+                    .unwrap_or(config.controller.max_rate)
+            })
+            .sum();
+        let granted = gates
+            .gates()
+            .map(|(stage, gate)| (stage, gate.reading().granted))
+            .collect();
+        ControllerLoop {
+            controller: ResourceController::new(settings(&config.controller), initial),
+            gates,
+            latencies,
+            router,
+            granted,
+            stop,
+        }
+    }
+
+    /// Starts the loop on its own thread.
+    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("controller".into())
+            .spawn(move || self.run())
+    }
+
+    fn run(mut self) {
+        let period = self.controller.settings().period;
+        let mut next = Instant::now() + period;
+        while !self.stop.load(Ordering::Acquire) {
+            let now = Instant::now();
+            if now < next {
+                std::thread::sleep(next.saturating_duration_since(now).min(STOP_CHECK));
+                continue;
+            }
+            next += period;
+            if next < now {
+                next = now + period; // fell behind (a stalled VM): do not decide in a burst
+            }
+            self.period(now);
+        }
+    }
+
+    /// One period: observe, decide, apply, publish.
+    fn period(&mut self, now: Instant) {
+        let observation = self.observe();
+        let decision = self.controller.on_period(observation);
+        for (stage, gate) in self.gates.gates() {
+            if let Some(rate) = decision.rates.get(&stage) {
+                gate.set_auto_rate(Some(*rate), now);
+            }
+            gate.record_use(decision.used_per_sec.get(&stage).copied().unwrap_or(0));
+        }
+        self.gates.publish(self.state(&decision));
+    }
+
+    fn observe(&mut self) -> Observation {
+        let mut stages = BTreeMap::new();
+        for (stage, gate) in self.gates.gates() {
+            let reading = gate.reading();
+            let before = self.granted.insert(stage, reading.granted).unwrap_or(0);
+            let queued = self.router.depth(stage) as u64;
+            stages.insert(
+                stage,
+                StageObservation {
+                    backlog: reading.backlog + queued,
+                    used: reading.granted.saturating_sub(before),
+                    pinned: reading.mode == GateMode::Pinned,
+                },
+            );
+        }
+        Observation {
+            foreground_us: self.latencies.take_recent(),
+            storage_wait_us: self.router.storage.stats().take_recent_wait(),
+            stages,
+        }
+    }
+
+    fn state(&self, decision: &Decision) -> ControllerState {
+        let settings = self.controller.settings();
+        ControllerState {
+            enabled: settings.enabled,
+            target_percentile_milli: (settings.target_percentile * 1000.0).round() as u64,
+            target_ms: u64::try_from(settings.target.as_millis()).unwrap_or(u64::MAX),
+            signal_us: decision.signal_us,
+            window_requests: decision.window_requests,
+            budget_per_sec: decision.budget_per_sec,
+            period_ms: u64::try_from(settings.period.as_millis()).unwrap_or(u64::MAX),
+            last_step: decision.step.to_string(),
+        }
+    }
+}

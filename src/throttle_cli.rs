@@ -1,0 +1,140 @@
+//! `shoal admin throttle`: the resource controller's state and every background stage's rate,
+//! and the operator's two levers: pin a stage's rate, or give it back to the controller.
+//! `admin stats` prints the same block under its stage table.
+
+use crate::client::Client;
+use clap::Args;
+use shoal_stages::seda::{ControllerState, StageSnapshot, StageThrottle};
+use shoal_stages::wire::{ThrottleChange, ThrottleReply};
+use std::fmt::Write;
+
+/// `shoal admin throttle`
+#[derive(Args, Debug)]
+pub struct ThrottleArgs {
+    #[command(flatten)]
+    pub(crate) target: crate::cli::Target,
+    /// The background stage to pin or release (with `--rate` or `--auto`).
+    #[arg(long, requires = "lever")]
+    stage: Option<String>,
+    /// Pin the stage's rate to this many units per second (0 pauses it); the controller
+    /// leaves it alone until `--auto`.
+    #[arg(long, group = "lever", requires = "stage")]
+    rate: Option<u64>,
+    /// Give the stage back to the controller.
+    #[arg(long, group = "lever", requires = "stage")]
+    auto: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ThrottleArgs {
+    /// The change the arguments ask for.
+    fn change(&self) -> ThrottleChange {
+        match (&self.stage, self.rate, self.auto) {
+            (Some(stage), Some(rate_per_sec), _) => ThrottleChange::Pin {
+                stage: stage.clone(),
+                rate_per_sec,
+            },
+            (Some(stage), None, true) => ThrottleChange::Auto {
+                stage: stage.clone(),
+            },
+            _ => ThrottleChange::Show,
+        }
+    }
+}
+
+/// Runs `admin throttle`.
+pub fn run(args: ThrottleArgs, client: &mut Client) -> Result<(), Box<dyn std::error::Error>> {
+    let reply = client.throttle(args.change())?;
+    if args.json {
+        println!("{}", throttle_json(&reply));
+    } else {
+        print!(
+            "node {}\n{}",
+            reply.node,
+            throttle_table(&reply.controller, &reply.stages)
+        );
+    }
+    Ok(())
+}
+
+/// The JSON form: `{"controller":{…},"stages":[{…}]}` (times in milliseconds).
+pub fn throttle_json(reply: &ThrottleReply) -> serde_json::Value {
+    let c = &reply.controller;
+    serde_json::json!({
+        "node": reply.node.to_string(),
+        "controller": {
+            "enabled": c.enabled,
+            "target_percentile": c.target_percentile_milli as f64 / 1000.0,
+            "target_ms": c.target_ms,
+            "signal_ms": c.signal_us as f64 / 1000.0,
+            "period_ms": c.period_ms,
+            "window_requests": c.window_requests,
+            "budget_per_sec": c.budget_per_sec,
+            "last_step": c.last_step,
+        },
+        "stages": reply.stages.iter().map(|s| serde_json::json!({
+            "name": s.name,
+            "rate_per_sec": s.rate_per_sec,
+            "used_per_sec": s.used_per_sec,
+            "backlog": s.backlog,
+            "mode": s.mode.to_string(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The human form: the controller's line, then one row per background stage.
+pub fn throttle_table(controller: &ControllerState, stages: &[StageThrottle]) -> String {
+    let c = controller;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "controller {}: p{} target {} ms, signal {:.2} ms over {} requests, budget {}/s, \
+         last step {}, period {} ms",
+        if c.enabled { "on" } else { "off" },
+        c.target_percentile_milli as f64 / 1000.0,
+        c.target_ms,
+        c.signal_us as f64 / 1000.0,
+        c.window_requests,
+        c.budget_per_sec,
+        if c.last_step.is_empty() {
+            "-"
+        } else {
+            &c.last_step
+        },
+        c.period_ms,
+    );
+    let _ = writeln!(
+        out,
+        "{:<11} {:>10} {:>10} {:>10} {:>7}",
+        "Background", "Rate/s", "Used/s", "Backlog", "Mode"
+    );
+    for s in stages {
+        let rate = s
+            .rate_per_sec
+            .map_or_else(|| "unlimited".to_string(), |r| r.to_string());
+        let _ = writeln!(
+            out,
+            "{:<11} {:>10} {:>10} {:>10} {:>7}",
+            s.name, rate, s.used_per_sec, s.backlog, s.mode
+        );
+    }
+    out
+}
+
+/// The background rows of an `admin stats` reply, as `admin throttle` shows them.
+pub fn background_rows(stages: &[StageSnapshot]) -> Vec<StageThrottle> {
+    stages
+        .iter()
+        .filter_map(|s| {
+            Some(StageThrottle {
+                name: s.name.clone(),
+                rate_per_sec: s.rate_per_sec,
+                used_per_sec: s.used_per_sec,
+                backlog: s.backlog,
+                mode: s.mode?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,272 @@
+//! The resource controller (Dynamo §6.5; Welsh & Culler 2003's AIMD on a latency percentile):
+//! once a period it compares the foreground's recent latency with the SLA target and sets the
+//! total rate background work may spend, split over the background stages.
+//!
+//! Pure: the driver hands it each period's histograms and every gate's reading, and carries
+//! out the rates it returns; it reads no clock and touches no gate itself. The law:
+//! - **signal**: the target percentile of every client request's end-to-end latency at this
+//!   node's coordinator over the last `window_periods` periods, or of the storage queue wait
+//!   if that is higher (storage is where background writes meet foreground ones);
+//! - **idle foreground** (fewer than `idle_requests` requests in the window): the budget goes
+//!   straight to `max_rate` — nothing to protect, so background work runs at full speed;
+//! - **target missed**: budget × `decrease_factor` (multiplicative decrease, at once);
+//! - **target held**: budget + `increase_per_period` (additive increase), but only while the
+//!   stages used at least [`GROW_WHEN_USED`] of it (CockroachDB's rule: a budget nobody uses
+//!   must not pile up into a burst later);
+//! - **split**: stages with a backlog share the budget by their configured shares; every
+//!   stage gets at least `min_rate` (the floor, so a backlog always drains, however loaded
+//!   the foreground); a pinned stage is left alone and outside the budget.
+
+use crate::event::StageId;
+use hdrhistogram::Histogram;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+/// Fraction of the budget the stages must have used for it to grow.
+pub const GROW_WHEN_USED: f64 = 0.5;
+
+/// The controller's knobs (`[controller]` in the config).
+#[derive(Clone, Debug)]
+pub struct ControllerSettings {
+    /// Whether it sets rates at all (when not, it still measures, for `admin throttle`).
+    pub enabled: bool,
+    /// The percentile watched, e.g. 99.9.
+    pub target_percentile: f64,
+    /// The SLA target for that percentile.
+    pub target: Duration,
+    /// How often it decides.
+    pub period: Duration,
+    /// Periods the signal's window spans.
+    pub window_periods: usize,
+    /// Units per second added to the budget per period while the target holds.
+    pub increase_per_period: u64,
+    /// Factor the budget is multiplied by when the target is missed (0 < f < 1).
+    pub decrease_factor: f64,
+    /// Floor per background stage, units per second.
+    pub min_rate: u64,
+    /// Ceiling of the total budget, units per second; the budget while the foreground idles.
+    pub max_rate: u64,
+    /// Fewer requests than this in the window means the foreground is idle.
+    pub idle_requests: u64,
+    /// Relative share of the budget per background stage.
+    pub shares: BTreeMap<StageId, u32>,
+}
+
+/// One background stage at the end of a period, as the driver read it from its gate.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StageObservation {
+    /// Work waiting (the stage's own count plus its queue).
+    pub backlog: u64,
+    /// Tokens the stage took during the period.
+    pub used: u64,
+    /// Whether an operator pinned its rate.
+    pub pinned: bool,
+}
+
+/// What one period gave the controller.
+pub struct Observation {
+    /// End-to-end latency of the client requests answered during the period, microseconds.
+    pub foreground_us: Histogram<u64>,
+    /// Storage queue waits during the period, microseconds.
+    pub storage_wait_us: Histogram<u64>,
+    /// Every background stage.
+    pub stages: BTreeMap<StageId, StageObservation>,
+}
+
+/// What the last period decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The controller is disabled: rates stay as configured.
+    Off,
+    /// The foreground idled: the budget went to its ceiling.
+    Idle,
+    /// The target held and the budget was used: it grew.
+    Increase,
+    /// The target held but the budget was not used: it stayed.
+    Hold,
+    /// The target was missed: the budget shrank.
+    Decrease,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Step::Off => "off",
+            Step::Idle => "idle",
+            Step::Increase => "increase",
+            Step::Hold => "hold",
+            Step::Decrease => "decrease",
+        })
+    }
+}
+
+/// A period's decision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// What was decided.
+    pub step: Step,
+    /// The signal: the target percentile over the window, microseconds (0 if empty).
+    pub signal_us: u64,
+    /// Requests in the window.
+    pub window_requests: u64,
+    /// The total budget now, units per second.
+    pub budget_per_sec: u64,
+    /// The rate of every unpinned background stage (empty when disabled).
+    pub rates: BTreeMap<StageId, u64>,
+    /// Units per second each stage used over the period.
+    pub used_per_sec: BTreeMap<StageId, u64>,
+}
+
+/// The controller's state between periods.
+pub struct ResourceController {
+    settings: ControllerSettings,
+    /// The last `window_periods` periods' foreground latencies, oldest first.
+    foreground: VecDeque<Histogram<u64>>,
+    /// The same for the storage queue wait.
+    storage_wait: VecDeque<Histogram<u64>>,
+    /// The total background budget, units per second.
+    budget: f64,
+}
+
+impl ResourceController {
+    /// A controller starting at `initial_budget` units per second.
+    pub fn new(settings: ControllerSettings, initial_budget: u64) -> ResourceController {
+        let budget = (initial_budget as f64).clamp(1.0, settings.max_rate.max(1) as f64);
+        ResourceController {
+            settings,
+            foreground: VecDeque::new(),
+            storage_wait: VecDeque::new(),
+            budget,
+        }
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &ControllerSettings {
+        &self.settings
+    }
+
+    /// One period: takes its observation, returns the rates to set.
+    pub fn on_period(&mut self, observation: Observation) -> Decision {
+        let window = self.settings.window_periods.max(1);
+        push_window(&mut self.foreground, observation.foreground_us, window);
+        push_window(&mut self.storage_wait, observation.storage_wait_us, window);
+        let (window_requests, foreground_us) =
+            percentile(&self.foreground, self.settings.target_percentile);
+        let (_, storage_wait_us) = percentile(&self.storage_wait, self.settings.target_percentile);
+        let signal_us = foreground_us.max(storage_wait_us);
+        let period_secs = self.settings.period.as_secs_f64().max(1e-3);
+        let used_per_sec: BTreeMap<StageId, u64> = observation
+            .stages
+            .iter()
+            .map(|(stage, o)| (*stage, (o.used as f64 / period_secs).round() as u64))
+            .collect();
+        let step = self.adjust_budget(
+            signal_us,
+            window_requests,
+            &observation.stages,
+            &used_per_sec,
+        );
+        let rates = if step == Step::Off {
+            BTreeMap::new()
+        } else {
+            self.split(&observation.stages)
+        };
+        Decision {
+            step,
+            signal_us,
+            window_requests,
+            budget_per_sec: self.budget.round() as u64,
+            rates,
+            used_per_sec,
+        }
+    }
+
+    /// The AIMD law on the total budget.
+    fn adjust_budget(
+        &mut self,
+        signal_us: u64,
+        window_requests: u64,
+        stages: &BTreeMap<StageId, StageObservation>,
+        used_per_sec: &BTreeMap<StageId, u64>,
+    ) -> Step {
+        let settings = &self.settings;
+        if !settings.enabled {
+            return Step::Off;
+        }
+        let floor = settings.min_rate as f64;
+        let ceiling = (settings.max_rate as f64).max(floor);
+        let step = if window_requests < settings.idle_requests {
+            self.budget = ceiling;
+            Step::Idle
+        } else if signal_us as f64 > settings.target.as_secs_f64() * 1e6 {
+            self.budget *= settings.decrease_factor;
+            Step::Decrease
+        } else {
+            let used: u64 = stages
+                .iter()
+                .filter(|(_, o)| !o.pinned)
+                .map(|(stage, _)| used_per_sec.get(stage).copied().unwrap_or(0))
+                .sum();
+            if used as f64 >= GROW_WHEN_USED * self.budget {
+                self.budget += settings.increase_per_period as f64;
+                Step::Increase
+            } else {
+                Step::Hold
+            }
+        };
+        self.budget = self.budget.clamp(floor.max(1.0), ceiling.max(1.0));
+        step
+    }
+
+    /// Splits the budget over the unpinned stages: those with a backlog by share, each at
+    /// least the floor; those without one get the floor, so work arriving is started at once
+    /// and claims its share at the next period.
+    fn split(&self, stages: &BTreeMap<StageId, StageObservation>) -> BTreeMap<StageId, u64> {
+        let share = |stage: &StageId| self.settings.shares.get(stage).copied().unwrap_or(1);
+        let busy_shares: u64 = stages
+            .iter()
+            .filter(|(_, o)| !o.pinned && o.backlog > 0)
+            .map(|(stage, _)| u64::from(share(stage)))
+            .sum();
+        stages
+            .iter()
+            .filter(|(_, o)| !o.pinned)
+            .map(|(stage, o)| {
+                let part = if o.backlog > 0 && busy_shares > 0 {
+                    self.budget * f64::from(share(stage)) / busy_shares as f64
+                } else {
+                    0.0
+                };
+                (*stage, (part.round() as u64).max(self.settings.min_rate))
+            })
+            .collect()
+    }
+}
+
+fn push_window(window: &mut VecDeque<Histogram<u64>>, period: Histogram<u64>, periods: usize) {
+    window.push_back(period);
+    while window.len() > periods {
+        window.pop_front();
+    }
+}
+
+/// Samples in the window and its `percentile` (0 when empty).
+fn percentile(window: &VecDeque<Histogram<u64>>, percentile: f64) -> (u64, u64) {
+    let mut merged = crate::seda::new_latency_histogram();
+    for period in window {
+        // Both come from `new_latency_histogram`, so their bounds agree and adding cannot fail.
+        let _ = merged.add(period);
+    }
+    if merged.is_empty() {
+        (0, 0)
+    } else {
+        (
+            merged.len(),
+            merged.value_at_quantile((percentile / 100.0).clamp(0.0, 1.0)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+//! The controller machine alone: its law, driven period by period with made-up latencies.
+//! Reference: Dynamo §6.5 (admission control for background tasks).
+
+use super::*;
+
+fn settings() -> ControllerSettings {
+    ControllerSettings {
+        enabled: true,
+        target_percentile: 99.0,
+        target: Duration::from_millis(10),
+        period: Duration::from_millis(500),
+        window_periods: 4,
+        increase_per_period: 100,
+        decrease_factor: 0.5,
+        min_rate: 10,
+        max_rate: 10_000,
+        idle_requests: 50,
+        shares: [(StageId::Handoff, 3), (StageId::Repair, 1)]
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// A period in which `requests` requests each took `latency_ms`; handoff has `backlog` and
+/// used `used` tokens, repair nothing.
+fn period(requests: u64, latency_ms: u64, backlog: u64, used: u64) -> Observation {
+    let mut foreground_us = crate::seda::new_latency_histogram();
+    if requests > 0 {
+        foreground_us.saturating_record_n(latency_ms * 1000, requests);
+    }
+    let stages = [
+        (
+            StageId::Handoff,
+            StageObservation {
+                backlog,
+                used,
+                pinned: false,
+            },
+        ),
+        (StageId::Repair, StageObservation::default()),
+    ]
+    .into_iter()
+    .collect();
+    Observation {
+        foreground_us,
+        storage_wait_us: crate::seda::new_latency_histogram(),
+        stages,
+    }
+}
+
+/// Goal: while the target holds and the budget is used, it grows by the step each period;
+/// when the target is missed it is multiplied by the decrease factor.
+#[test]
+fn budget_grows_additively_and_shrinks_multiplicatively() {
+    let mut controller = ResourceController::new(settings(), 1000);
+    // 1000/s budget over a 0.5 s period: 500 tokens used is all of it.
+    let first = controller.on_period(period(1000, 2, 5000, 500));
+    assert_eq!((first.step, first.budget_per_sec), (Step::Increase, 1100));
+    let second = controller.on_period(period(1000, 2, 5000, 550));
+    assert_eq!((second.step, second.budget_per_sec), (Step::Increase, 1200));
+    let missed = controller.on_period(period(1000, 40, 5000, 600));
+    assert_eq!((missed.step, missed.budget_per_sec), (Step::Decrease, 600));
+    assert!(missed.signal_us >= 40_000, "{missed:?}");
+}
+
+/// Goal: a budget the stages do not use does not grow (it would be a burst later).
+#[test]
+fn unused_budget_holds() {
+    let mut controller = ResourceController::new(settings(), 1000);
+    let decision = controller.on_period(period(1000, 2, 5000, 10));
+    assert_eq!((decision.step, decision.budget_per_sec), (Step::Hold, 1000));
+}
+
+/// Goal: after a step up in foreground load that misses the target, the background rate
+/// halves within two periods (here: in the first).
+#[test]
+fn step_up_in_load_halves_the_background_rate_within_two_periods() {
+    let mut controller = ResourceController::new(settings(), 1000);
+    for _ in 0..4 {
+        controller.on_period(period(1000, 2, 5000, 10_000));
+    }
+    let before = controller.on_period(period(1000, 2, 5000, 10_000)).rates[&StageId::Handoff];
+    // The load steps up: every request of the new period takes 30 ms.
+    let first = controller.on_period(period(3000, 30, 5000, 10_000));
+    let second = controller.on_period(period(3000, 30, 5000, 10_000));
+    let halved = [
+        first.rates[&StageId::Handoff],
+        second.rates[&StageId::Handoff],
+    ]
+    .iter()
+    .any(|rate| *rate * 2 <= before);
+    assert!(halved, "before {before}, then {first:?} / {second:?}");
+}
+
+/// Goal: stages with a backlog split the budget by share; a stage without one gets the floor.
+#[test]
+fn budget_is_split_by_share_among_stages_with_a_backlog() {
+    let mut controller = ResourceController::new(settings(), 4000);
+    let mut observation = period(1000, 2, 100, 0);
+    observation.stages.insert(
+        StageId::Repair,
+        StageObservation {
+            backlog: 100,
+            used: 0,
+            pinned: false,
+        },
+    );
+    let decision = controller.on_period(observation);
+    assert_eq!(decision.budget_per_sec, 4000);
+    assert_eq!(decision.rates[&StageId::Handoff], 3000);
+    assert_eq!(decision.rates[&StageId::Repair], 1000);
+    let alone = controller.on_period(period(1000, 2, 100, 0));
+    assert_eq!(alone.rates[&StageId::Handoff], 4000);
+    assert_eq!(alone.rates[&StageId::Repair], 10, "no backlog: the floor");
+}
+
+/// Goal: however long the target is missed, a stage with a backlog keeps the floor rate, so
+/// the backlog still drains.
+#[test]
+fn floor_keeps_a_backlog_draining_under_sustained_overload() {
+    let mut controller = ResourceController::new(settings(), 10_000);
+    let mut last = None;
+    for _ in 0..50 {
+        last = Some(controller.on_period(period(1000, 100, 5000, 0)));
+    }
+    let last = last.expect("ran");
+    assert_eq!(last.step, Step::Decrease);
+    assert_eq!(last.budget_per_sec, 10);
+    assert_eq!(last.rates[&StageId::Handoff], 10);
+}
+
+/// Goal: the budget never exceeds the ceiling, and an idle foreground gets the ceiling at
+/// once (background work at full speed when nothing needs protecting).
+#[test]
+fn idle_foreground_gets_the_ceiling_and_growth_stops_there() {
+    let mut controller = ResourceController::new(settings(), 100);
+    let idle = controller.on_period(period(3, 1, 5000, 0));
+    assert_eq!((idle.step, idle.budget_per_sec), (Step::Idle, 10_000));
+    assert_eq!(idle.rates[&StageId::Handoff], 10_000);
+    for _ in 0..10 {
+        controller.on_period(period(1000, 1, 5000, 1_000_000));
+    }
+    let busy = controller.on_period(period(1000, 1, 5000, 1_000_000));
+    assert_eq!(busy.budget_per_sec, 10_000, "{busy:?}");
+}
+
+/// Goal: the signal is a sliding window: a slow period is forgotten `window_periods` later.
+#[test]
+fn slow_periods_leave_the_window() {
+    let mut controller = ResourceController::new(settings(), 1000);
+    controller.on_period(period(1000, 50, 5000, 0));
+    for _ in 0..3 {
+        let decision = controller.on_period(period(1000, 1, 5000, 0));
+        assert!(decision.signal_us >= 50_000, "still in the window");
+    }
+    let after = controller.on_period(period(1000, 1, 5000, 0));
+    assert!(after.signal_us < 2_000, "{after:?}");
+}
+
+/// Goal: a pinned stage gets no rate from the controller and is outside the budget; a
+/// disabled controller sets no rate at all but still measures.
+#[test]
+fn pinned_stages_and_a_disabled_controller_are_left_alone() {
+    let mut controller = ResourceController::new(settings(), 1000);
+    let mut observation = period(1000, 2, 100, 0);
+    observation.stages.insert(
+        StageId::Repair,
+        StageObservation {
+            backlog: 100,
+            used: 0,
+            pinned: true,
+        },
+    );
+    let decision = controller.on_period(observation);
+    assert!(!decision.rates.contains_key(&StageId::Repair));
+    assert_eq!(decision.rates[&StageId::Handoff], 1000);
+    let mut disabled = ResourceController::new(
+        ControllerSettings {
+            enabled: false,
+            ..settings()
+        },
+        1000,
+    );
+    let off = disabled.on_period(period(1000, 40, 100, 50));
+    assert_eq!(off.step, Step::Off);
+    assert!(off.rates.is_empty());
+    assert!(off.signal_us >= 40_000);
+    assert_eq!(off.used_per_sec[&StageId::Handoff], 100);
+}
