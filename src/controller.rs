@@ -9,7 +9,7 @@
 
 use crate::config::{Config, ControllerSection};
 use shoal_stages::controller::{
-    ControllerSettings, Decision, Observation, ResourceController, StageObservation,
+    ControllerSettings, Decision, Observation, ResourceController, StageObservation, Step,
 };
 use shoal_stages::event::StageId;
 use shoal_stages::seda::{ControllerState, GateMode, GateRegistry, OperationLatencies, Router};
@@ -73,14 +73,27 @@ impl ControllerLoop {
             .gates()
             .map(|(stage, gate)| (stage, gate.reading().granted))
             .collect();
-        ControllerLoop {
+        let controller_loop = ControllerLoop {
             controller: ResourceController::new(settings(&config.controller), initial),
             gates,
             latencies,
             router,
             granted,
             stop,
-        }
+        };
+        // Shown until the first period ends, so `admin throttle` never shows a blank state.
+        let starting = Decision {
+            step: Step::Hold,
+            signal_us: 0,
+            window_requests: 0,
+            budget_per_sec: initial,
+            rates: BTreeMap::new(),
+            used_per_sec: BTreeMap::new(),
+        };
+        let mut state = controller_loop.state(&starting);
+        state.last_step = "starting".into();
+        controller_loop.gates.publish(state);
+        controller_loop
     }
 
     /// Starts the loop on its own thread.

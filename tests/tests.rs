@@ -10,5 +10,6 @@ mod cluster {
     pub mod overload;
     pub mod replication;
     pub mod support;
+    pub mod throttle;
     pub mod versioning;
 }

@@ -44,6 +44,9 @@ fn minimal_config_takes_defaults() {
     assert_eq!(config.storage.sync, SyncMode::Always);
     assert_eq!(config.stage_spec(StageId::Storage).threads, 2);
     assert_eq!(config.stage_spec(StageId::Coordinate).name, "coordinate");
+    assert!(config.controller.enabled);
+    assert_eq!(config.controller.target_percentile, 99.9);
+    assert_eq!(config.stage_rate(StageId::Handoff), Some(1000));
 }
 
 /// Goal: an unknown key is an error that names it.
@@ -76,6 +79,21 @@ fn bad_values_are_named() {
         ("[cluster]\nsecret = \"short\"\n", "cluster.secret"),
         ("[storage]\nsync = \"sometimes\"\n", "sync"),
         ("[[cluster.members]]\nid = \"n2\"\naddr = \"127.0.0.1:1\"\n[[cluster.members]]\nid = \"n2\"\naddr = \"127.0.0.1:2\"\n", "cluster.members[1].id"),
+        ("[stages.storage]\nrate_per_sec = 5\n", "stages.storage.rate_per_sec"),
+        ("[stages.repair]\nrate_per_sec = -1\n", "rate_per_sec"),
+        ("[controller]\ntarget_percentile = 100.5\n", "controller.target_percentile"),
+        ("[controller]\ntarget_ms = 0\n", "controller.target_ms"),
+        ("[controller]\nperiod_ms = 1\n", "controller.period_ms"),
+        ("[controller]\nwindow_periods = 0\n", "controller.window_periods"),
+        ("[controller]\ndecrease_factor = 1.5\n", "controller.decrease_factor"),
+        ("[controller]\nmin_rate = 0\n", "controller.min_rate"),
+        ("[controller]\nmin_rate = 10\nmax_rate = 5\n", "controller.min_rate"),
+        ("[controller]\nmax_rate = 1000000000000\n", "controller.max_rate"),
+        ("[controller]\nincrease_per_period = 0\n", "controller.increase_per_period"),
+        ("[controller]\ntarget = 5\n", "target"),
+        ("[controller.shares]\nstorage = 2\n", "controller.shares.storage"),
+        ("[controller.shares]\nhandoff = 0\n", "controller.shares.handoff"),
+        ("[controller.shares]\nhandof = 1\n", "handoff"),
     ];
     for (extra, key) in cases {
         let text = format!("{MINIMAL}\n{extra}");
