@@ -26,6 +26,10 @@ pub struct ThrottleArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Print again every this many milliseconds until interrupted (with `--json`, one line
+    /// per sample, each with the wall-clock `at_ms` it was taken: for scripts and plots).
+    #[arg(long)]
+    watch_ms: Option<u64>,
 }
 
 impl ThrottleArgs {
@@ -46,17 +50,28 @@ impl ThrottleArgs {
 
 /// Runs `admin throttle`.
 pub fn run(args: ThrottleArgs, client: &mut Client) -> Result<(), Box<dyn std::error::Error>> {
-    let reply = client.throttle(args.change())?;
-    if args.json {
-        println!("{}", throttle_json(&reply));
-    } else {
-        print!(
-            "node {}\n{}",
-            reply.node,
-            throttle_table(&reply.controller, &reply.stages)
-        );
+    let mut change = args.change();
+    loop {
+        let reply = client.throttle(change)?;
+        if args.json {
+            let mut json = throttle_json(&reply);
+            if args.watch_ms.is_some() {
+                json["at_ms"] = shoal_stages::event::wall_clock_ms().into();
+            }
+            println!("{json}");
+        } else {
+            let table = throttle_table(&reply.controller, &reply.stages);
+            print!("node {}\n{table}", reply.node);
+        }
+        let Some(every) = args.watch_ms else {
+            return Ok(());
+        };
+        change = ThrottleChange::Show; // a pin or release is made once
+        std::thread::sleep(std::time::Duration::from_millis(every.max(10)));
+        if !args.json {
+            println!();
+        }
     }
-    Ok(())
 }
 
 /// The JSON form: `{"controller":{…},"stages":[{…}]}` (times in milliseconds).

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Issue 9's acceptance benchmark: does the resource controller protect foreground latency from
+# a hint backlog, and does the backlog still drain?
+#
+# 5 nodes (N=3 R=2 W=2, sync=always) on loopback. First the cluster's closed-loop maximum is
+# measured; the foreground is then an open loop at --load-fraction of it (workload A). Per run
+# and mode: fresh data, n3 stopped, BACKLOG keys written (each a hint for n3 on a fallback),
+# the foreground load started, and n3 brought back after LEAD seconds. Modes:
+#   baseline     no backlog written (n3 returns to nothing), controller on
+#   unthrottled  controller off, handoff unlimited (rate_per_sec = 0): background at full speed
+#   controller   controller on, target = the baseline's measured p99.9 x TARGET_FACTOR
+# Median of RUNS runs per mode. Prints foreground p99 and p99.9 per mode and as ratios to the
+# baseline, and each mode's drain time (n3 back to no hint held anywhere); writes per-period
+# series (controller signal, handoff rate and use summed over nodes, hints held; foreground
+# p99 per second) to controller.csv and plots them to controller.svg in OUT_DIR.
+#
+# Usage: benches/controller.sh [runs] [backlog-keys] [foreground-seconds]
+# Environment: OUT_DIR (default target/bench-controller), LOAD_FRACTION (0.5), LEAD (3),
+# TARGET_FACTOR (1.1), THREADS (16).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-3}; backlog=${2:-60000}; secs=${3:-60}
+out=${OUT_DIR:-target/bench-controller}; fraction=${LOAD_FRACTION:-0.5}; lead=${LEAD:-3}
+target_factor=${TARGET_FACTOR:-1.1}; threads=${THREADS:-16}
+command -v python3 >/dev/null || { echo "controller.sh: python3 is needed for the report" >&2; exit 1; }
+cargo build --release -q
+bin=./target/release
+mkdir -p "$out"
+work=$(mktemp -d)
+declare -A pid
+cleanup() { for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+fail() { echo "controller.sh: $*" >&2; exit 1; }
+
+port() { echo $((7600 + $1)); }
+seeds="127.0.0.1:$(port 1),127.0.0.1:$(port 2),127.0.0.1:$(port 4)"
+
+config() { # mode i target_ms
+  local members="" j
+  for j in 1 2 3 4 5; do members+=$'[[cluster.members]]\n'"id = \"n$j\""$'\n'"addr = \"127.0.0.1:$(port $j)\""$'\n'; done
+  cat <<EOF
+[node]
+id = "n$2"
+listen = "127.0.0.1:$(port "$2")"
+data_dir = "$work/data/n$2"
+[cluster]
+n = 3
+r = 2
+w = 2
+probe_interval_ms = 200
+secret = "bench-controller-secret-0123456789"
+$members
+[storage]
+sync = "always"
+[stages.handoff]
+rate_per_sec = $([ "$1" = unthrottled ] && echo 0 || echo 1000)
+[controller]
+enabled = $([ "$1" = unthrottled ] && echo false || echo true)
+target_ms = $3
+EOF
+}
+
+start() { # mode i target_ms
+  config "$1" "$2" "$3" > "$work/n$2.toml"
+  "$bin/shoal" node --config "$work/n$2.toml" > "$work/n$2.out" 2>> "$work/n$2.log" &
+  pid[$2]=$!
+  for _ in $(seq 200); do grep -q listening "$work/n$2.out" 2>/dev/null && return; sleep 0.05; done
+  fail "n$2 did not start (see $work/n$2.log)"
+}
+stop() { kill -INT "${pid[$1]}" 2>/dev/null || true; wait "${pid[$1]}" 2>/dev/null || true; unset "pid[$1]"; }
+stop_all() { for i in 1 2 3 4 5; do [ -n "${pid[$i]:-}" ] && stop "$i"; done; rm -rf "$work/data"; }
+
+hints() { # hints held for anyone by the nodes other than n3 (exact: a scan of each store)
+  local total=0 n i
+  for i in 1 2 4 5; do
+    n=$("$bin/shoal" admin members --node "127.0.0.1:$(port $i)" --json \
+        | grep -o '"hints_pending":[0-9]*' | awk -F: '{s+=$2} END {print s+0}') || fail "admin members n$i"
+    total=$((total + n))
+  done
+  echo "$total"
+}
+
+# Background work still waiting on the nodes other than n3, from their watchers' last lines
+# (the handoff backlog is the hints its last pass over the store found).
+backlog() { # tag
+  local total=0 n i
+  for i in 1 2 4 5; do
+    n=$(tail -n 1 "$out/throttle-$1-n$i.jsonl" 2>/dev/null | grep -o '"backlog":[0-9]*' \
+        | awk -F: '{s+=$2} END {print s+0}')
+    total=$((total + ${n:-0}))
+  done
+  echo "$total"
+}
+
+# Closed-loop maximum of the whole cluster, for the open-loop rate.
+max_rate() {
+  start controller 1 50; start controller 2 50; start controller 3 50; start controller 4 50; start controller 5 50
+  "$bin/shoal-load" --node "$seeds" --replicas 3 --threads "$threads" --duration-secs 8 --workload a \
+      --distribution uniform --keys 20000 --json "$work/max.json" > "$work/max.log" 2>&1 \
+    || fail "the maximum-throughput run failed: $(tail -3 "$work/max.log")"
+  stop_all
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["achieved_rate"])' "$work/max.json"
+}
+
+run_mode() { # mode run target_ms rate
+  local mode=$1 run=$2 target=$3 rate=$4 i t0 drained="" held=0 elapsed load
+  local tag="$mode-$run"
+  local -a watchers=()
+  for i in 1 2 3 4 5; do start "$mode" "$i" "$target"; done
+  # Fill the foreground's keys first, so the measured run reads and updates existing keys.
+  "$bin/shoal-load" --node "$seeds" --replicas 3 --threads "$threads" --ops 1 --workload a \
+      --distribution uniform --keys 20000 > "$work/fill-$tag.log" 2>&1 || fail "fill failed ($tag)"
+  stop 3
+  if [ "$mode" != baseline ]; then
+    "$bin/shoal-load" --node "$seeds" --replicas 3 --threads "$threads" --ops "$backlog" --no-load \
+        --workload write-only --distribution uniform --keys "$backlog" --seed 7 \
+        > "$work/backlog-$tag.log" 2>&1 || fail "backlog writes failed ($tag): $(tail -3 "$work/backlog-$tag.log")"
+  fi
+  held=$(hints)
+  # One watcher process per node samples its controller every 250 ms into a JSON-lines file.
+  for i in 1 2 4 5; do
+    "$bin/shoal" admin throttle --node "127.0.0.1:$(port $i)" --json --watch-ms 250 \
+        > "$out/throttle-$tag-n$i.jsonl" 2>/dev/null &
+    watchers+=($!)
+  done
+  "$bin/shoal-load" --node "$seeds" --replicas 3 --threads "$threads" --rate "$rate" --no-load \
+      --duration-secs "$secs" --workload a --distribution uniform --keys 20000 --seed "$run" \
+      --json "$out/foreground-$tag.json" > "$work/fg-$tag.log" 2>&1 &
+  load=$!
+  sleep "$lead"
+  start "$mode" 3 "$target"
+  t0=$(date +%s%N); echo "$(( t0 / 1000000 ))" > "$out/return-$tag.ms"
+  while :; do
+    sleep 0.25
+    elapsed=$(( ($(date +%s%N) - t0) / 1000000 ))
+    if [ -z "$drained" ] && [ "$elapsed" -gt 1000 ] && [ "$(backlog "$tag")" = 0 ]; then
+      drained=$(awk -v ms="$elapsed" 'BEGIN {printf "%.2f", ms / 1000}')
+    fi
+    kill -0 "$load" 2>/dev/null && continue
+    [ -n "$drained" ] && break
+    [ "$elapsed" -gt $(( secs * 4000 )) ] && { drained=never; break; }
+  done
+  wait "$load" || fail "the foreground run failed ($tag): $(tail -3 "$work/fg-$tag.log")"
+  kill "${watchers[@]}" 2>/dev/null || true; wait "${watchers[@]}" 2>/dev/null || true
+  stop_all
+  echo "$mode,$run,$held,$drained" >> "$out/runs.csv"
+  echo "  $tag: $held hints held at n3's return, drained after ${drained}s"
+}
+
+rm -f "$out"/throttle-*.jsonl "$out"/foreground-*.json "$out"/return-*.ms
+echo "mode,run,hints_at_return,drain_s" > "$out/runs.csv"
+maximum=$(max_rate)
+rate=$(awk -v m="$maximum" -v f="$fraction" 'BEGIN {printf "%d", m * f}')
+echo "cluster maximum (workload A, $threads threads): $maximum ops/s; foreground open loop at $rate ops/s"
+for run in $(seq "$runs"); do
+  run_mode baseline "$run" 50 "$rate"
+done
+base999=$(python3 benches/controller_report.py "$out" --baseline-p999)
+target=$(awk -v b="$base999" -v f="$target_factor" 'BEGIN {t = b * f; printf "%d", (t == int(t) ? t : int(t) + 1)}')
+[ "$target" -ge 1 ] || target=1
+echo "baseline p99.9 $base999 ms: controller target_ms = $target"
+for run in $(seq "$runs"); do
+  run_mode unthrottled "$run" "$target" "$rate"
+  run_mode controller "$run" "$target" "$rate"
+done
+python3 benches/controller_report.py "$out" --target-ms "$target"
