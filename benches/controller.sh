@@ -8,7 +8,9 @@
 # the foreground load started, and n3 brought back after LEAD seconds. Modes:
 #   baseline     no backlog written (n3 returns to nothing), controller on
 #   unthrottled  controller off, handoff unlimited (rate_per_sec = 0): background at full speed
-#   controller   controller on, target = the baseline's measured p99.9 x TARGET_FACTOR
+#   controller   controller on: target_percentile TARGET_PERCENTILE (99) at most the baseline's
+#                measured p99 x TARGET_FACTOR (1.5). The node-side signal sees only service
+#                time; a stricter percentile than the one judged acts before clients queue.
 # Median of RUNS runs per mode. Prints foreground p99 and p99.9 per mode and as ratios to the
 # baseline, and each mode's drain time (n3 back to no hint held anywhere); writes per-period
 # series (controller signal, handoff rate and use summed over nodes, hints held; foreground
@@ -16,12 +18,15 @@
 #
 # Usage: benches/controller.sh [runs] [backlog-keys] [foreground-seconds]
 # Environment: OUT_DIR (default target/bench-controller), LOAD_FRACTION (0.5), LEAD (3),
-# TARGET_FACTOR (1.1), THREADS (16).
+# TARGET_PERCENTILE (99), TARGET_FACTOR (1.5), THREADS (16), BACKLOG_VALUE_BYTES (4096: hints heavy enough that
+# delivering them at full speed competes with the foreground for the two cores and the disk),
+# SETTLE (10: seconds every mode waits between the backlog writes and the foreground run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=${1:-3}; backlog=${2:-60000}; secs=${3:-60}
+runs=${1:-3}; backlog=${2:-30000}; secs=${3:-60}
 out=${OUT_DIR:-target/bench-controller}; fraction=${LOAD_FRACTION:-0.5}; lead=${LEAD:-3}
-target_factor=${TARGET_FACTOR:-1.1}; threads=${THREADS:-16}
+target_factor=${TARGET_FACTOR:-1.5}; target_percentile=${TARGET_PERCENTILE:-99}; threads=${THREADS:-16}; value_bytes=${BACKLOG_VALUE_BYTES:-4096}
+settle=${SETTLE:-10}
 command -v python3 >/dev/null || { echo "controller.sh: python3 is needed for the report" >&2; exit 1; }
 cargo build --release -q
 bin=./target/release
@@ -56,6 +61,7 @@ sync = "always"
 rate_per_sec = $([ "$1" = unthrottled ] && echo 0 || echo 1000)
 [controller]
 enabled = $([ "$1" = unthrottled ] && echo false || echo true)
+target_percentile = $target_percentile
 target_ms = $3
 EOF
 }
@@ -113,9 +119,11 @@ run_mode() { # mode run target_ms rate
   stop 3
   if [ "$mode" != baseline ]; then
     "$bin/shoal-load" --node "$seeds" --replicas 3 --threads "$threads" --ops "$backlog" --no-load \
-        --workload write-only --distribution uniform --keys "$backlog" --seed 7 \
-        > "$work/backlog-$tag.log" 2>&1 || fail "backlog writes failed ($tag): $(tail -3 "$work/backlog-$tag.log")"
+        --workload write-only --distribution uniform --keys "$backlog" --seed 7 --value-bytes "$value_bytes" \
+        --key-prefix hinted > "$work/backlog-$tag.log" 2>&1 \
+      || fail "backlog writes failed ($tag): $(tail -3 "$work/backlog-$tag.log")"
   fi
+  sleep "$settle" # every mode waits alike, so storage's own flushes of the writes are behind us
   held=$(hints)
   # One watcher process per node samples its controller every 250 ms into a JSON-lines file.
   for i in 1 2 4 5; do
@@ -155,12 +163,12 @@ echo "cluster maximum (workload A, $threads threads): $maximum ops/s; foreground
 for run in $(seq "$runs"); do
   run_mode baseline "$run" 50 "$rate"
 done
-base999=$(python3 benches/controller_report.py "$out" --baseline-p999)
-target=$(awk -v b="$base999" -v f="$target_factor" 'BEGIN {t = b * f; printf "%d", (t == int(t) ? t : int(t) + 1)}')
+base99=$(python3 benches/controller_report.py "$out" --baseline-p99)
+target=$(awk -v b="$base99" -v f="$target_factor" 'BEGIN {t = b * f; printf "%d", (t == int(t) ? t : int(t) + 1)}')
 [ "$target" -ge 1 ] || target=1
-echo "baseline p99.9 $base999 ms: controller target_ms = $target"
+echo "baseline p99 $base99 ms: controller target p$target_percentile <= $target ms"
 for run in $(seq "$runs"); do
   run_mode unthrottled "$run" "$target" "$rate"
   run_mode controller "$run" "$target" "$rate"
 done
-python3 benches/controller_report.py "$out" --target-ms "$target"
+python3 benches/controller_report.py "$out" --target-ms "p$target_percentile <= $target"

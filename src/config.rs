@@ -297,7 +297,7 @@ impl Default for ControllerSection {
             target_ms: 50,
             period_ms: 250,
             window_periods: 8,
-            increase_per_period: 100,
+            increase_per_period: 20,
             decrease_factor: 0.5,
             min_rate: 20,
             max_rate: 50_000,

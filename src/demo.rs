@@ -65,6 +65,7 @@ pub fn run_demo(options: DemoOptions, out: &mut dyn Write) -> Result<usize, Stri
         workload: Workload::A,
         key_choice: KeyChoice::Zipfian,
         keys: 2_000,
+        key_prefix: crate::load::keys::DEFAULT_KEY_PREFIX.into(),
         value_bytes: 100,
         threads: options.threads,
         duration: options.duration,

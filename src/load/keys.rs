@@ -136,9 +136,12 @@ impl KeyChooser {
     }
 }
 
+/// The key prefix when none is given (YCSB's).
+pub const DEFAULT_KEY_PREFIX: &str = "user";
+
 /// The key string of an index, fixed width so keys sort and size alike.
-pub fn key_name(index: u64) -> String {
-    format!("user{index:012}")
+pub fn key_name(prefix: &str, index: u64) -> String {
+    format!("{prefix}{index:012}")
 }
 
 #[cfg(test)]

@@ -83,6 +83,8 @@ pub struct LoadConfig {
     pub key_choice: KeyChoice,
     /// Keys loaded before the run (and chosen from).
     pub keys: u64,
+    /// What every key name starts with (so two runs can use separate key spaces).
+    pub key_prefix: String,
     /// Value size.
     pub value_bytes: usize,
     /// Client threads, one connection each.
@@ -343,7 +345,11 @@ fn load_keys(
     };
     let value = vec![b'x'; config.value_bytes];
     for k in keys {
-        match load_key(&mut connection, key_name(k).as_bytes(), &value) {
+        match load_key(
+            &mut connection,
+            key_name(&config.key_prefix, k).as_bytes(),
+            &value,
+        ) {
             Ok(true) => report.written += 1,
             Ok(false) => report.kept += 1,
             Err(e) => *report.errors.entry(e.kind().to_string()).or_default() += 1,
@@ -466,12 +472,12 @@ fn one_operation(
         return (
             "insert",
             connection
-                .put(key_name(key).as_bytes(), None, value)
+                .put(key_name(&config.key_prefix, key).as_bytes(), None, value)
                 .map(|_| None),
         );
     }
     let key = chooser.next(rng, newest);
-    let name = key_name(key);
+    let name = key_name(&config.key_prefix, key);
     if read {
         let result = connection.get(name.as_bytes()).map(|r| {
             if let Some(context) = r.context {

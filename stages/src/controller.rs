@@ -9,7 +9,8 @@
 //!   if that is higher (storage is where background writes meet foreground ones);
 //! - **idle foreground** (fewer than `idle_requests` requests in the window): the budget goes
 //!   straight to `max_rate` — nothing to protect, so background work runs at full speed;
-//! - **target missed**: budget × `decrease_factor` (multiplicative decrease, at once);
+//! - **target missed**: the rate the stages actually used (or the budget, if lower) ×
+//!   `decrease_factor` (multiplicative decrease, at once, of what is really being spent);
 //! - **target held**: budget + `increase_per_period` (additive increase), but only while the
 //!   stages used at least [`GROW_WHEN_USED`] of it (CockroachDB's rule: a budget nobody uses
 //!   must not pile up into a burst later);
@@ -196,18 +197,21 @@ impl ResourceController {
         }
         let floor = settings.min_rate as f64;
         let ceiling = (settings.max_rate as f64).max(floor);
+        let used: u64 = stages
+            .iter()
+            .filter(|(_, o)| !o.pinned)
+            .map(|(stage, _)| used_per_sec.get(stage).copied().unwrap_or(0))
+            .sum();
         let step = if window_requests < settings.idle_requests {
             self.budget = ceiling;
             Step::Idle
         } else if signal_us as f64 > settings.target.as_secs_f64() * 1e6 {
-            self.budget *= settings.decrease_factor;
+            // Cut what is actually being spent, not an allowance nobody uses: after an idle
+            // spell the budget sits at the ceiling while the stages use a fraction of it, and
+            // halving the ceiling would take many periods to bite.
+            self.budget = self.budget.min((used as f64).max(floor)) * settings.decrease_factor;
             Step::Decrease
         } else {
-            let used: u64 = stages
-                .iter()
-                .filter(|(_, o)| !o.pinned)
-                .map(|(stage, _)| used_per_sec.get(stage).copied().unwrap_or(0))
-                .sum();
             if used as f64 >= GROW_WHEN_USED * self.budget {
                 self.budget += settings.increase_per_period as f64;
                 Step::Increase

@@ -7,7 +7,9 @@
 //! when tokens run out the rest wait for the next round. A hint is deleted only after the
 //! intended node acknowledged it, and only if it still holds exactly what was delivered (a
 //! write that reached the hint meanwhile is delivered next round). A node that is still down
-//! fails fast (its link is backing off), and its hints wait for a later round.
+//! fails fast (its link is backing off), and its hints wait for a later round; after a round
+//! in which every delivery failed the next rounds pause (400 ms, doubling to 2 s), so hints
+//! for a dead node are not read and resent five times a second.
 //!
 //! RECEIVER SIDE: the intended node merges the versions like any replica write.
 //!
@@ -31,6 +33,14 @@ const HINTS_PER_ROUND: usize = 256;
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a hint scan may wait for storage before it is asked again.
 const SCAN_DEADLINE: Duration = Duration::from_secs(5);
+/// The first pause after a round in which every delivery failed (the targets are down); it
+/// doubles per such round up to [`MAX_ROUND_BACKOFF`], and one delivery that succeeds ends
+/// it. Without it, hints for a down node are read from storage and sent to a dead link five
+/// times a second, which costs the foreground for nothing.
+const MIN_ROUND_BACKOFF: Duration = Duration::from_millis(400);
+/// The longest pause between failing rounds: also the longest a returning node waits for its
+/// hints beyond the failure detector's probe.
+const MAX_ROUND_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The handoff stage's machine.
 pub struct HandoffMachine {
@@ -44,6 +54,12 @@ pub struct HandoffMachine {
     in_flight: BTreeMap<OpId, (Hint, Instant)>,
     /// Where the next round resumes in the hints keyspace (`None`: from the start).
     cursor: Option<Vec<u8>>,
+    /// Deliveries of the current round acknowledged, and failed (refused, lost or late).
+    round_acked: u64,
+    round_failed: u64,
+    /// The pause after rounds in which every delivery failed, and when it ends.
+    backoff: Duration,
+    paused_until: Option<Instant>,
     /// Hints the scans of the current pass over the keyspace have returned so far.
     seen_this_pass: u64,
     /// Hints the last complete pass returned: the backlog (hints held), as the controller
@@ -62,6 +78,10 @@ impl HandoffMachine {
             scan_limit: HINTS_PER_ROUND,
             in_flight: BTreeMap::new(),
             cursor: None,
+            round_acked: 0,
+            round_failed: 0,
+            backoff: Duration::ZERO,
+            paused_until: None,
             seen_this_pass: 0,
             seen_last_pass: 0,
             next_op: 0,
@@ -165,9 +185,26 @@ impl HandoffMachine {
             return;
         };
         if matches!(done.result, Ok(Message::ReplicaReply(_))) {
+            self.round_acked += 1;
             let delete = self.storage(StorageRequest::DeleteHint { hint });
             out.request(delete);
+        } else {
+            self.round_failed += 1;
         }
+    }
+
+    /// A round ended (nothing in flight): if every delivery failed, pause the next rounds,
+    /// longer each time; one success ends the pause.
+    fn end_round(&mut self, now: Instant) {
+        if self.round_acked == 0 && self.round_failed > 0 {
+            self.backoff = (self.backoff * 2).clamp(MIN_ROUND_BACKOFF, MAX_ROUND_BACKOFF);
+            self.paused_until = Some(now + self.backoff);
+        } else if self.round_acked > 0 {
+            self.backoff = Duration::ZERO;
+            self.paused_until = None;
+        }
+        self.round_acked = 0;
+        self.round_failed = 0;
     }
 
     /// Deliveries awaiting acknowledgement.
@@ -188,7 +225,9 @@ impl Machine for HandoffMachine {
 
     fn on_tick(&mut self, now: Now, out: &mut Outbox) {
         let now = now.instant;
+        let before = self.in_flight.len();
         self.in_flight.retain(|_, (_, deadline)| *deadline > now);
+        self.round_failed += (before - self.in_flight.len()) as u64;
         if self
             .scanning
             .is_some_and(|(_, asked)| now.saturating_duration_since(asked) >= SCAN_DEADLINE)
@@ -196,6 +235,10 @@ impl Machine for HandoffMachine {
             self.scanning = None; // storage's answer was lost; ask again
         }
         if self.in_flight.is_empty() && self.scanning.is_none() {
+            self.end_round(now);
+            if self.paused_until.is_some_and(|until| now < until) {
+                return;
+            }
             self.start_round(now, out);
         }
     }
@@ -207,6 +250,7 @@ impl Machine for HandoffMachine {
         match event {
             Event::Replicate(ReplicateEvent::Send { op, .. }) => {
                 self.in_flight.remove(&op);
+                self.round_failed += 1;
             }
             Event::Storage(StorageEvent { op, .. })
                 if self.scanning.is_some_and(|(scan, _)| scan == op) =>

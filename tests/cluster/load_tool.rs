@@ -21,6 +21,7 @@ fn load_config(target: &TargetSpec, threads: usize, ops: u64) -> LoadConfig {
         workload: Workload::A,
         key_choice: KeyChoice::Zipfian,
         keys: KEYS,
+        key_prefix: shoal::load::keys::DEFAULT_KEY_PREFIX.into(),
         value_bytes: 64,
         threads,
         duration: Duration::from_secs(30),

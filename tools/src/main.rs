@@ -30,6 +30,9 @@ struct Args {
     /// Distinct keys.
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
+    /// What every key name starts with: runs with different prefixes use separate keys.
+    #[arg(long, default_value = shoal::load::keys::DEFAULT_KEY_PREFIX)]
+    key_prefix: String,
     /// Value size in bytes.
     #[arg(long, default_value_t = 100)]
     value_bytes: usize,
@@ -91,6 +94,7 @@ fn config(args: &Args) -> Result<LoadConfig, String> {
         workload,
         key_choice: args.distribution.unwrap_or(workload.default_keys()),
         keys: args.keys,
+        key_prefix: args.key_prefix.clone(),
         value_bytes: args.value_bytes,
         threads: args.threads,
         duration: Duration::from_secs(args.duration_secs),

@@ -187,3 +187,17 @@ fn pinned_stages_and_a_disabled_controller_are_left_alone() {
     assert!(off.signal_us >= 40_000);
     assert_eq!(off.used_per_sec[&StageId::Handoff], 100);
 }
+
+/// Goal: after an idle spell left the budget at the ceiling, the first missed target cuts the
+/// rate the stages actually use, not the unused ceiling (which would take many periods to
+/// bite).
+#[test]
+fn a_miss_after_idle_halves_what_is_used_not_the_ceiling() {
+    let mut controller = ResourceController::new(settings(), 1000);
+    let idle = controller.on_period(period(0, 0, 5000, 1000));
+    assert_eq!(idle.budget_per_sec, 10_000);
+    // 2000 tokens over the 0.5 s period: 4000/s used of the 10000/s ceiling.
+    let missed = controller.on_period(period(1000, 40, 5000, 2000));
+    assert_eq!((missed.step, missed.budget_per_sec), (Step::Decrease, 2000));
+    assert_eq!(missed.rates[&StageId::Handoff], 2000);
+}
