@@ -30,8 +30,8 @@ const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;
 const MAX_VALUE_LIMIT_BYTES: usize = 256 * 1024 * 1024;
 /// See [`MAX_INTERVAL_MS`].
 const MAX_SIBLINGS_LIMIT: usize = 1024;
-/// See [`MAX_INTERVAL_MS`]: a background rate (units per second).
-const MAX_RATE_PER_SEC: u64 = 100_000_000;
+/// A background rate's bound (units per second), shared with `admin throttle`'s pins.
+use shoal_stages::seda::MAX_RATE_PER_SEC;
 
 /// Bytes a frame needs beyond its key and value (field names, context, quorum fields). A put
 /// with a maximal key and value must fit in a frame, so `max_frame_bytes` is checked against it.

@@ -47,6 +47,8 @@ pub struct ControllerLoop {
     router: Router,
     /// Each gate's granted count at the last period, to difference.
     granted: BTreeMap<StageId, u64>,
+    /// When the last period ended.
+    last_period: Instant,
     stop: Arc<AtomicBool>,
 }
 
@@ -79,6 +81,7 @@ impl ControllerLoop {
             latencies,
             router,
             granted,
+            last_period: Instant::now(),
             stop,
         };
         // Shown until the first period ends, so `admin throttle` never shows a blank state.
@@ -122,7 +125,9 @@ impl ControllerLoop {
 
     /// One period: observe, decide, apply, publish.
     fn period(&mut self, now: Instant) {
-        let observation = self.observe();
+        let elapsed = now.saturating_duration_since(self.last_period);
+        self.last_period = now;
+        let observation = self.observe(elapsed);
         let decision = self.controller.on_period(observation);
         for (stage, gate) in self.gates.gates() {
             if let Some(rate) = decision.rates.get(&stage) {
@@ -133,7 +138,7 @@ impl ControllerLoop {
         self.gates.publish(self.state(&decision));
     }
 
-    fn observe(&mut self) -> Observation {
+    fn observe(&mut self, elapsed: Duration) -> Observation {
         let mut stages = BTreeMap::new();
         for (stage, gate) in self.gates.gates() {
             let reading = gate.reading();
@@ -149,6 +154,7 @@ impl ControllerLoop {
             );
         }
         Observation {
+            elapsed,
             foreground_us: self.latencies.take_recent(),
             storage_wait_us: self.router.storage.stats().take_recent_wait(),
             stages,

@@ -9,8 +9,9 @@
 //!   if that is higher (storage is where background writes meet foreground ones);
 //! - **idle foreground** (fewer than `idle_requests` requests in the window): the budget goes
 //!   straight to `max_rate` — nothing to protect, so background work runs at full speed;
-//! - **target missed**: the rate the stages actually used (or the budget, if lower) ×
-//!   `decrease_factor` (multiplicative decrease, at once, of what is really being spent);
+//! - **target missed** (over the window, and still in the newest period, so one slow period
+//!   that lingers in the window is cut for once): the rate the stages actually used (or the
+//!   budget, if lower) × `decrease_factor` (multiplicative decrease of what is really spent);
 //! - **target held**: budget + `increase_per_period` (additive increase), but only while the
 //!   stages used at least [`GROW_WHEN_USED`] of it (CockroachDB's rule: a budget nobody uses
 //!   must not pile up into a burst later);
@@ -67,6 +68,8 @@ pub struct StageObservation {
 
 /// What one period gave the controller.
 pub struct Observation {
+    /// How long the period really lasted (the loop can be late on a loaded machine).
+    pub elapsed: Duration,
     /// End-to-end latency of the client requests answered during the period, microseconds.
     pub foreground_us: Histogram<u64>,
     /// Storage queue waits during the period, microseconds.
@@ -150,20 +153,21 @@ impl ResourceController {
     /// One period: takes its observation, returns the rates to set.
     pub fn on_period(&mut self, observation: Observation) -> Decision {
         let window = self.settings.window_periods.max(1);
+        let newest_us = newest_percentile(&observation, self.settings.target_percentile);
         push_window(&mut self.foreground, observation.foreground_us, window);
         push_window(&mut self.storage_wait, observation.storage_wait_us, window);
         let (window_requests, foreground_us) =
             percentile(&self.foreground, self.settings.target_percentile);
         let (_, storage_wait_us) = percentile(&self.storage_wait, self.settings.target_percentile);
         let signal_us = foreground_us.max(storage_wait_us);
-        let period_secs = self.settings.period.as_secs_f64().max(1e-3);
+        let period_secs = observation.elapsed.as_secs_f64().max(1e-3);
         let used_per_sec: BTreeMap<StageId, u64> = observation
             .stages
             .iter()
             .map(|(stage, o)| (*stage, (o.used as f64 / period_secs).round() as u64))
             .collect();
         let step = self.adjust_budget(
-            signal_us,
+            signal_us.min(newest_us),
             window_requests,
             &observation.stages,
             &used_per_sec,
@@ -177,7 +181,11 @@ impl ResourceController {
             step,
             signal_us,
             window_requests,
-            budget_per_sec: self.budget.round() as u64,
+            budget_per_sec: if step == Step::Off {
+                0
+            } else {
+                self.budget.round() as u64
+            },
             rates,
             used_per_sec,
         }
@@ -246,6 +254,21 @@ impl ResourceController {
             })
             .collect()
     }
+}
+
+/// The newest period's own percentile (foreground or storage wait, the higher). The window's
+/// signal says whether the target is missed; this says whether it is still being missed, so
+/// one slow period that stays in the window for `window_periods` periods is cut for once, not
+/// once per period.
+fn newest_percentile(observation: &Observation, percentile: f64) -> u64 {
+    let of = |histogram: &Histogram<u64>| {
+        if histogram.is_empty() {
+            0
+        } else {
+            histogram.value_at_quantile((percentile / 100.0).clamp(0.0, 1.0))
+        }
+    };
+    of(&observation.foreground_us).max(of(&observation.storage_wait_us))
 }
 
 fn push_window(window: &mut VecDeque<Histogram<u64>>, period: Histogram<u64>, periods: usize) {

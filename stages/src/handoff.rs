@@ -54,11 +54,13 @@ pub struct HandoffMachine {
     in_flight: BTreeMap<OpId, (Hint, Instant)>,
     /// Where the next round resumes in the hints keyspace (`None`: from the start).
     cursor: Option<Vec<u8>>,
-    /// Deliveries of the current round acknowledged, and failed (refused, lost or late).
+    /// Deliveries of the current round acknowledged.
     round_acked: u64,
+    /// Deliveries of the current round that failed (refused, lost or past their deadline).
     round_failed: u64,
-    /// The pause after rounds in which every delivery failed, and when it ends.
+    /// The pause after rounds in which every delivery failed (zero after a success).
     backoff: Duration,
+    /// When the current pause ends (`None`: no pause).
     paused_until: Option<Instant>,
     /// Hints the scans of the current pass over the keyspace have returned so far.
     seen_this_pass: u64,
@@ -259,5 +261,102 @@ impl Machine for HandoffMachine {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+    use crate::seda::Effect;
+    use crate::versioning::VersionSet;
+    use crate::NodeId;
+
+    fn at(start: Instant, ms: u64) -> Now {
+        Now {
+            instant: start + Duration::from_millis(ms),
+            wall_ms: 0,
+        }
+    }
+
+    /// The operation of the hint scan the outbox holds, if any.
+    fn scan_op(out: &mut Outbox) -> Option<OpId> {
+        out.take().into_iter().find_map(|effect| match effect {
+            Effect::Send {
+                event:
+                    Event::Storage(StorageEvent {
+                        op,
+                        request: StorageRequest::ReadHints { .. },
+                        ..
+                    }),
+                ..
+            } => Some(op),
+            _ => None,
+        })
+    }
+
+    /// The operations of the deliveries the outbox holds.
+    fn delivery_ops(out: &mut Outbox) -> Vec<OpId> {
+        out.take()
+            .into_iter()
+            .filter_map(|effect| match effect {
+                Effect::Send {
+                    event: Event::Replicate(ReplicateEvent::Send { op, .. }),
+                    ..
+                } => Some(op),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn hint(i: u8) -> Hint {
+        Hint {
+            hint_key: vec![i],
+            target: NodeId::new("down"),
+            key: vec![i],
+            versions: VersionSet::default(),
+        }
+    }
+
+    /// Goal: after a round in which every delivery failed (the target is down), the next
+    /// round waits for the pause instead of reading and resending the hints at every tick;
+    /// the pause grows while rounds keep failing. Method: a machine driven by hand.
+    #[test]
+    fn rounds_that_only_fail_pause_and_the_pause_grows() {
+        let start = Instant::now();
+        let logger = Logger::root(slog::Discard, slog::o!());
+        let mut machine = HandoffMachine::new(Gate::new(None, start), logger);
+        let mut out = Outbox::new();
+        let failing_round = |machine: &mut HandoffMachine, out: &mut Outbox, ms: u64| {
+            machine.on_tick(at(start, ms), out);
+            let scan = scan_op(out).expect("a round starts with a scan");
+            let done = StorageDone {
+                op: scan,
+                result: Ok(StorageOutcome::Hints(vec![hint(1), hint(2)])),
+            };
+            machine.on_event(at(start, ms), HandoffEvent::Storage(done), out);
+            for op in delivery_ops(out) {
+                let failed = PeerDone {
+                    op,
+                    peer: NodeId::new("down"),
+                    result: Err(ServiceError::ShuttingDown),
+                };
+                machine.on_event(at(start, ms), HandoffEvent::Peer(failed), out);
+            }
+        };
+        failing_round(&mut machine, &mut out, 0);
+        machine.on_tick(at(start, 200), &mut out);
+        assert_eq!(scan_op(&mut out), None, "paused after a failing round");
+        // The pause (400 ms) was decided at 200 ms: the next round starts at 600 ms.
+        failing_round(&mut machine, &mut out, 600);
+        machine.on_tick(at(start, 800), &mut out);
+        machine.on_tick(at(start, 1200), &mut out);
+        assert_eq!(
+            scan_op(&mut out),
+            None,
+            "the second pause is longer (800 ms)"
+        );
+        machine.on_tick(at(start, 1600), &mut out);
+        assert!(scan_op(&mut out).is_some(), "rounds resume after the pause");
     }
 }

@@ -156,7 +156,7 @@ mod tests {
     #[test]
     fn repair_writes_beyond_the_rate_wait_for_later_ticks() {
         let start = Instant::now();
-        let gate = Gate::new(Some(50), start); // a burst of 10 (200 ms at 50/s)
+        let gate = Gate::new(Some(25), start); // a burst of 10 (400 ms at 25/s)
         let mut machine = RepairMachine::new(NodeId::new("me"), gate.clone());
         let mut out = Outbox::new();
         let now = |ms: u64| Now {
@@ -166,9 +166,9 @@ mod tests {
         machine.on_event(now(0), repair(30), &mut out);
         assert_eq!(sends(&mut out), 10);
         assert_eq!(gate.reading().backlog, 20);
-        machine.on_tick(now(200), &mut out);
-        assert_eq!(sends(&mut out), 10);
         machine.on_tick(now(400), &mut out);
+        assert_eq!(sends(&mut out), 10);
+        machine.on_tick(now(800), &mut out);
         assert_eq!(sends(&mut out), 10);
         assert_eq!(gate.reading().backlog, 0);
     }

@@ -42,6 +42,7 @@ fn period(requests: u64, latency_ms: u64, backlog: u64, used: u64) -> Observatio
     .into_iter()
     .collect();
     Observation {
+        elapsed: Duration::from_millis(500),
         foreground_us,
         storage_wait_us: crate::seda::new_latency_histogram(),
         stages,
@@ -148,13 +149,33 @@ fn idle_foreground_gets_the_ceiling_and_growth_stops_there() {
 #[test]
 fn slow_periods_leave_the_window() {
     let mut controller = ResourceController::new(settings(), 1000);
-    controller.on_period(period(1000, 50, 5000, 0));
+    let slow = controller.on_period(period(1000, 50, 5000, 500));
+    assert_eq!((slow.step, slow.budget_per_sec), (Step::Decrease, 500));
     for _ in 0..3 {
         let decision = controller.on_period(period(1000, 1, 5000, 0));
         assert!(decision.signal_us >= 50_000, "still in the window");
+        assert_ne!(
+            decision.step,
+            Step::Decrease,
+            "one slow period is cut for once"
+        );
     }
     let after = controller.on_period(period(1000, 1, 5000, 0));
     assert!(after.signal_us < 2_000, "{after:?}");
+}
+
+/// Goal: storage's queue wait is part of the signal: a slow storage queue misses the target
+/// even while the requests measured so far were fast.
+#[test]
+fn storage_queue_wait_can_miss_the_target_alone() {
+    let mut controller = ResourceController::new(settings(), 1000);
+    let mut observation = period(1000, 1, 5000, 500);
+    observation
+        .storage_wait_us
+        .saturating_record_n(30_000, 1000);
+    let decision = controller.on_period(observation);
+    assert_eq!(decision.step, Step::Decrease);
+    assert!(decision.signal_us >= 30_000, "{decision:?}");
 }
 
 /// Goal: a pinned stage gets no rate from the controller and is outside the budget; a
@@ -183,6 +204,10 @@ fn pinned_stages_and_a_disabled_controller_are_left_alone() {
     );
     let off = disabled.on_period(period(1000, 40, 100, 50));
     assert_eq!(off.step, Step::Off);
+    assert_eq!(
+        off.budget_per_sec, 0,
+        "no budget when the controller sets none"
+    );
     assert!(off.rates.is_empty());
     assert!(off.signal_us >= 40_000);
     assert_eq!(off.used_per_sec[&StageId::Handoff], 100);

@@ -58,7 +58,8 @@ pub struct StageRow {
     pub threads: usize,
     /// Whether the stage must run on exactly one thread (its machine holds a table that would
     /// otherwise be split: the coordinator's pending requests, replicate's outstanding
-    /// operations, handoff's deliveries, the intake's sockets).
+    /// operations, handoff's deliveries, repair's writes waiting for tokens (whose count is
+    /// the backlog its gate reports), the intake's sockets).
     pub single_threaded: bool,
     /// Default queue bound.
     pub queue_capacity: usize,
@@ -91,7 +92,7 @@ impl StageId {
             StageId::Parse => ("parse", Foreground, 1, false, 1024, 64, 100),
             StageId::Coordinate => ("coordinate", Foreground, 1, true, 4096, 64, 5),
             StageId::Replicate => ("replicate", Foreground, 1, true, 4096, 64, 100),
-            StageId::Repair => ("repair", Background, 1, false, 1024, 16, 100),
+            StageId::Repair => ("repair", Background, 1, true, 1024, 16, 100),
             StageId::Handoff => ("handoff", Background, 1, true, 1024, 64, 200),
             StageId::Storage => ("storage", Foreground, 2, false, 1024, 64, 100),
         };

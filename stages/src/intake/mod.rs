@@ -155,10 +155,8 @@ impl StatsSource {
     /// backlog and mode.
     pub fn snapshot(&self) -> StatsReply {
         let mut stages = self.router.snapshots();
-        for row in &mut stages {
-            let Ok(stage) = row.name.parse::<StageId>() else {
-                continue;
-            };
+        // `snapshots` is in stage-table order.
+        for (row, stage) in stages.iter_mut().zip(StageId::ALL) {
             if let Some(gate) = self.gates.gate(stage) {
                 let reading = gate.reading();
                 row.rate_per_sec = reading.rate_per_sec;
@@ -187,7 +185,7 @@ impl StatsSource {
             }
             GateChange::Auto(stage) => {
                 if let Some(gate) = self.gates.gate(stage) {
-                    gate.release();
+                    gate.release(now);
                 }
             }
         }

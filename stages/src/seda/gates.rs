@@ -52,11 +52,23 @@ pub struct GateReading {
     pub used_per_sec: u64,
 }
 
+/// The most units per second any rate may be (config, controller or pin): far beyond what a
+/// stage can do, and small enough that no token arithmetic overflows.
+pub const MAX_RATE_PER_SEC: u64 = 100_000_000;
+
 struct GateState {
+    /// The token bucket: the rate in force and the balance.
     bucket: RateGate,
+    /// Who sets the rate.
     mode: GateMode,
+    /// The rate the config gave, restored when a pin is released (the controller, if enabled,
+    /// replaces it at its next period).
+    configured: Option<u64>,
+    /// Tokens granted since the gate was made.
     granted: u64,
+    /// The stage's own count of waiting work.
     backlog: u64,
+    /// Units per second used over the controller's last period.
     used_per_sec: u64,
 }
 
@@ -73,6 +85,7 @@ impl Gate {
             state: Arc::new(Mutex::new(GateState {
                 bucket: RateGate::new(rate_per_sec, now),
                 mode: GateMode::Auto,
+                configured: rate_per_sec,
                 granted: 0,
                 backlog: 0,
                 used_per_sec: 0,
@@ -113,16 +126,22 @@ impl Gate {
         }
     }
 
-    /// An operator's rate, obeyed until [`Gate::release`].
+    /// An operator's rate (at most [`MAX_RATE_PER_SEC`]), obeyed until [`Gate::release`].
     pub fn pin(&self, rate_per_sec: u64, now: Instant) {
         let mut state = self.state();
         state.mode = GateMode::Pinned;
-        state.bucket.set_rate(Some(rate_per_sec), now);
+        state
+            .bucket
+            .set_rate(Some(rate_per_sec.min(MAX_RATE_PER_SEC)), now);
     }
 
-    /// Hands the gate back to the controller (which sets its rate at its next period).
-    pub fn release(&self) {
-        self.state().mode = GateMode::Auto;
+    /// Hands the gate back: the configured rate applies again until the controller (if
+    /// enabled) sets one at its next period.
+    pub fn release(&self, now: Instant) {
+        let mut state = self.state();
+        state.mode = GateMode::Auto;
+        let configured = state.configured;
+        state.bucket.set_rate(configured, now);
     }
 
     /// What the controller measured the stage used over its last period.
@@ -267,9 +286,14 @@ mod tests {
         let granted = (0..10_000u64)
             .filter(|ms| gate.try_take(1, start + Duration::from_millis(*ms)))
             .count();
-        // The burst shrinks with the rate (200 ms at 10/s: 2 tokens), then 10/s for 10 s.
-        assert!((100..=103).contains(&granted), "{granted}");
-        gate.release();
+        // The burst shrinks with the rate (400 ms at 10/s: 4 tokens), then 10/s for 10 s.
+        assert!((100..=105).contains(&granted), "{granted}");
+        gate.release(start);
+        assert_eq!(
+            gate.reading().rate_per_sec,
+            Some(1000),
+            "the configured rate again"
+        );
         gate.set_auto_rate(Some(5000), start);
         assert_eq!(gate.reading().rate_per_sec, Some(5000));
         assert_eq!(gate.reading().mode, GateMode::Auto);

@@ -26,7 +26,9 @@ mod stats;
 
 pub use crate::event::StageClass;
 pub use driven::{deliver, Driven, Post, Router, Threads};
-pub use gates::{ControllerState, Gate, GateMode, GateReading, GateRegistry, StageThrottle};
+pub use gates::{
+    ControllerState, Gate, GateMode, GateReading, GateRegistry, StageThrottle, MAX_RATE_PER_SEC,
+};
 pub use machine::{Delivery, Effect, Machine, Outbox};
 pub use rate_gate::{RateGate, BURST_WINDOW};
 pub use runtime::{spawn_stage, Stage, StageHandle};

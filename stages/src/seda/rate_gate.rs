@@ -6,12 +6,13 @@
 //! tick. A worker therefore never sleeps on a gate: a stop request or a new rate takes effect
 //! at once. Pure: the caller passes `now`.
 
+use crate::event::StageId;
 use std::time::{Duration, Instant};
 
-/// How much work a gate lets accumulate while idle: this long at its rate. It is one handoff
-/// tick, so a stage that works once per tick can still reach its rate, and an idle stage
-/// cannot save up a storm.
-pub const BURST_WINDOW: Duration = Duration::from_millis(200);
+/// How much work a gate lets accumulate while idle: this long at its rate. Two handoff ticks
+/// (the slowest background tick, 200 ms), so a stage that works once per tick still reaches
+/// its rate when its ticks come late, and an idle stage cannot save up a storm.
+pub const BURST_WINDOW: Duration = Duration::from_millis(2 * StageId::Handoff.row().tick_ms);
 
 /// A token bucket refilled at `rate_per_sec`, holding at most [`BURST_WINDOW`] of it (at least
 /// one token, so any rate above zero makes progress; none when paused).
@@ -110,9 +111,9 @@ mod tests {
     fn greedy_consumer_gets_exactly_the_configured_rate() {
         let start = Instant::now();
         let mut gate = RateGate::new(Some(100), start);
-        // 20 tokens of burst (200 ms at 100/s), then 100/s over 10 s.
+        // 40 tokens of burst (400 ms at 100/s), then 100/s over 10 s.
         let granted = greedy(&mut gate, start, 10_000);
-        assert!((1019..=1021).contains(&granted), "{granted}");
+        assert!((1039..=1041).contains(&granted), "{granted}");
     }
 
     /// Goal: idle time refills tokens, but never beyond the burst window.
@@ -120,10 +121,10 @@ mod tests {
     fn idle_time_refills_up_to_the_burst_only() {
         let start = Instant::now();
         let mut gate = RateGate::new(Some(100), start);
-        assert!(gate.try_take(20, start));
+        assert!(gate.try_take(40, start));
         assert!(!gate.try_take(1, start));
         let later = start + Duration::from_secs(60);
-        assert!(gate.try_take(20, later));
+        assert!(gate.try_take(40, later));
         assert!(!gate.try_take(1, later));
     }
 
