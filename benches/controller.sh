@@ -12,7 +12,8 @@
 #                measured p99 x TARGET_FACTOR (1.5). The node-side signal sees only service
 #                time; a stricter percentile than the one judged acts before clients queue.
 # Median of RUNS runs per mode. Prints foreground p99 and p99.9 per mode and as ratios to the
-# baseline, and each mode's drain time (n3 back to no hint held anywhere); writes per-period
+# baseline, and each mode's drain time (n3's return to no hint held anywhere, by an exact scan
+# of every node's hints once their controllers report no backlog); writes per-period
 # series (controller signal, handoff rate and use summed over nodes, hints held; foreground
 # p99 per second) to controller.csv and plots them to controller.svg in OUT_DIR.
 #
@@ -141,8 +142,11 @@ run_mode() { # mode run target_ms rate
   while :; do
     sleep 0.25
     elapsed=$(( ($(date +%s%N) - t0) / 1000000 ))
-    if [ -z "$drained" ] && [ "$elapsed" -gt 1000 ] && [ "$(backlog "$tag")" = 0 ]; then
-      drained=$(awk -v ms="$elapsed" 'BEGIN {printf "%.2f", ms / 1000}')
+    # The watchers' backlog (cheap, a pass behind) says when to look; an exact scan of every
+    # node's hints confirms.
+    if [ -z "$drained" ] && [ "$elapsed" -gt 1000 ] && [ "$(backlog "$tag")" = 0 ] \
+        && [ "$(hints)" = 0 ]; then
+      drained=$(awk -v ms="$(( ($(date +%s%N) - t0) / 1000000 ))" 'BEGIN {printf "%.2f", ms / 1000}')
     fi
     kill -0 "$load" 2>/dev/null && continue
     [ -n "$drained" ] && break

@@ -10,6 +10,7 @@ throttle-TAG-nI.jsonl (each node's `admin throttle --json --watch-ms` samples), 
 (when n3 came back, wall-clock ms) and runs.csv (hints held at the return, drain seconds).
 """
 import csv
+import html
 import glob
 import json
 import os
@@ -87,13 +88,17 @@ def polyline(points, x_of, y_of, colour, dash=""):
     return f'<polyline fill="none" stroke="{colour}" stroke-width="1.5"{extra} points="{path}"/>\n'
 
 
-def panel(top, title, unit, lines, x_max, width=900, height=260):
-    """One chart: lines is [(label, colour, dash, [(x, y)])]."""
+def panel(top, title, unit, lines, x_max, y_cap=None, width=900, height=260):
+    """One chart: lines is [(label, colour, dash, [(x, y)])]; values above y_cap are drawn at
+    the top edge (the controller's idle ceiling would flatten everything else)."""
     left, right, bottom = 70, 20, 35
     y_max = max([y for _, _, _, pts in lines for _, y in pts] + [1e-9]) * 1.1
+    if y_cap is not None:
+        y_max = min(y_max, y_cap)
+        lines = [(l, c, d, [(x, min(y, y_max)) for x, y in pts]) for l, c, d, pts in lines]
     x_of = lambda x: left + (x / x_max) * (width - left - right)
     y_of = lambda y: top + height - bottom - (y / y_max) * (height - bottom - 25)
-    svg = f'<text x="{left}" y="{top + 15}" font-size="14" font-weight="bold">{title}</text>\n'
+    svg = f'<text x="{left}" y="{top + 15}" font-size="14" font-weight="bold">{html.escape(title)}</text>\n'
     svg += f'<line x1="{left}" y1="{y_of(0)}" x2="{width - right}" y2="{y_of(0)}" stroke="#333"/>\n'
     svg += f'<line x1="{left}" y1="{y_of(0)}" x2="{left}" y2="{top + 25}" stroke="#333"/>\n'
     for i in range(6):
@@ -108,7 +113,7 @@ def panel(top, title, unit, lines, x_max, width=900, height=260):
         lx = left + 10 + index * 210
         svg += f'<line x1="{lx}" y1="{top + 32}" x2="{lx + 20}" y2="{top + 32}" stroke="{colour}" stroke-width="2"'
         svg += f' stroke-dasharray="{dash}"/>\n' if dash else "/>\n"
-        svg += f'<text x="{lx + 25}" y="{top + 36}" font-size="11">{label}</text>\n'
+        svg += f'<text x="{lx + 25}" y="{top + 36}" font-size="11">{html.escape(label)}</text>\n'
     return svg
 
 
@@ -192,7 +197,9 @@ def main():
     svg = '<svg xmlns="http://www.w3.org/2000/svg" width="900" height="560" font-family="sans-serif">\n'
     svg += '<rect width="900" height="560" fill="white"/>\n'
     svg += panel(0, f"Foreground p99 per second (controller target {target_ms} ms)", "ms", fg_lines, x_max)
-    svg += panel(280, "Hint delivery, summed over the four nodes (per 250 ms)", "units/s", bg_lines, x_max)
+    used_max = max([y for label, _, _, pts in bg_lines if "used" in label for _, y in pts] + [1.0])
+    svg += panel(280, "Hint delivery over four nodes, per 250 ms (rates clipped at 2x peak use)",
+                 "units/s", bg_lines, x_max, y_cap=2 * used_max)
     svg += "</svg>\n"
     with open(os.path.join(out, "controller.svg"), "w") as f:
         f.write(svg)
