@@ -250,15 +250,18 @@ pub fn eventually(mut check: impl FnMut() -> bool) -> bool {
 pub fn hints_for(cluster: &TestCluster, target: &str) -> u64 {
     (0..cluster.nodes.len())
         .filter(|i| cluster.nodes[*i].is_some())
-        .map(|i| {
-            let reply = cluster.client(i).members().expect("members");
-            reply
-                .members
-                .iter()
-                .filter(|m| m.node.as_str() == target)
-                .map(|m| m.hints_pending)
-                .sum::<u64>()
-        })
+        .map(|i| hints_on(cluster, i, target))
+        .sum()
+}
+
+/// Hints node `i` of `cluster` holds for `target`.
+pub fn hints_on(cluster: &TestCluster, i: usize, target: &str) -> u64 {
+    let reply = cluster.client(i).members().expect("members");
+    reply
+        .members
+        .iter()
+        .filter(|m| m.node.as_str() == target)
+        .map(|m| m.hints_pending)
         .sum()
 }
 

@@ -2,7 +2,7 @@
 //! stage's rate and hands it back; a pinned rate holds a real backlog back, and `--auto`
 //! lets it drain. Reference: Dynamo §6.5 (admission control for background tasks).
 
-use super::support::{eventually, hints_for, TestCluster, TestNode};
+use super::support::{eventually, hints_for, hints_on, TestCluster, TestNode};
 use shoal::client::RequestOptions;
 use shoal_stages::NodeId;
 use std::process::Command;
@@ -81,17 +81,6 @@ fn admin_throttle_pins_a_rate_and_auto_hands_it_back() {
             "{stderr}"
         );
     }
-}
-
-/// Hints node `i` of `cluster` holds for `target`.
-fn hints_on(cluster: &TestCluster, i: usize, target: &str) -> u64 {
-    let reply = cluster.client(i).members().expect("members");
-    reply
-        .members
-        .iter()
-        .filter(|m| m.node.as_str() == target)
-        .map(|m| m.hints_pending)
-        .sum()
 }
 
 /// Goal: a pinned rate holds a real backlog back while an unpinned node delivers: with
