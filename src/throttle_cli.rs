@@ -95,6 +95,7 @@ pub fn throttle_json(reply: &ThrottleReply) -> serde_json::Value {
             "used_per_sec": s.used_per_sec,
             "backlog": s.backlog,
             "mode": s.mode.to_string(),
+            "dropped": s.dropped,
         })).collect::<Vec<_>>(),
     })
 }
@@ -122,8 +123,8 @@ pub fn throttle_table(controller: &ControllerState, stages: &[StageThrottle]) ->
     );
     let _ = writeln!(
         out,
-        "{:<11} {:>10} {:>10} {:>10} {:>7}",
-        "Background", "Rate/s", "Used/s", "Backlog", "Mode"
+        "{:<11} {:>10} {:>10} {:>10} {:>7} {:>8}",
+        "Background", "Rate/s", "Used/s", "Backlog", "Mode", "Dropped"
     );
     for s in stages {
         let rate = s
@@ -131,8 +132,8 @@ pub fn throttle_table(controller: &ControllerState, stages: &[StageThrottle]) ->
             .map_or_else(|| "unlimited".to_string(), |r| r.to_string());
         let _ = writeln!(
             out,
-            "{:<11} {:>10} {:>10} {:>10} {:>7}",
-            s.name, rate, s.used_per_sec, s.backlog, s.mode
+            "{:<11} {:>10} {:>10} {:>10} {:>7} {:>8}",
+            s.name, rate, s.used_per_sec, s.backlog, s.mode, s.dropped
         );
     }
     out
@@ -149,6 +150,7 @@ pub fn background_rows(stages: &[StageSnapshot]) -> Vec<StageThrottle> {
                 used_per_sec: s.used_per_sec,
                 backlog: s.backlog,
                 mode: s.mode?,
+                dropped: s.dropped,
             })
         })
         .collect()

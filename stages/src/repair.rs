@@ -5,7 +5,8 @@
 //! controller gives it.
 //!
 //! Repairs are fire-and-forget (`ReplyTo::Nobody`): a repair write that is lost, or dropped
-//! because the list is full, is redone by the next read of the key or by anti-entropy.
+//! because the list is full (counted, and shown by `admin throttle`), is redone by the next
+//! read of the key or by anti-entropy.
 
 use crate::event::{Now, OpId, RepairEvent, ReplicateEvent, ReplyTo, StorageEvent, StorageRequest};
 use crate::seda::{Gate, Machine, Outbox};
@@ -105,6 +106,7 @@ impl Machine for RepairMachine {
         for target in repair.targets {
             if self.pending.len() >= MAX_PENDING_REPAIRS {
                 self.dropped += 1;
+                self.gate.report_dropped(self.dropped);
                 continue;
             }
             self.pending.push_back(RepairWrite {
@@ -185,6 +187,7 @@ mod tests {
         };
         machine.on_event(now, repair(MAX_PENDING_REPAIRS + 7), &mut out);
         assert_eq!(machine.dropped(), 7);
+        assert_eq!(machine.gate.reading().dropped, 7, "shown by admin throttle");
         assert_eq!(sends(&mut out), 0);
     }
 }

@@ -51,7 +51,7 @@ fn admin_throttle_pins_a_rate_and_auto_hands_it_back() {
     for name in ["repair", "handoff"] {
         let row = stage(&shown, name);
         assert_eq!(row["mode"], "auto", "{row}");
-        for field in ["rate_per_sec", "used_per_sec", "backlog"] {
+        for field in ["rate_per_sec", "used_per_sec", "backlog", "dropped"] {
             assert!(row[field].is_number(), "{field} in {row}");
         }
     }

@@ -163,6 +163,7 @@ impl StatsSource {
                 row.used_per_sec = reading.used_per_sec;
                 row.backlog = reading.backlog + row.queue_depth;
                 row.mode = Some(reading.mode);
+                row.dropped = reading.dropped;
             }
         }
         StatsReply {

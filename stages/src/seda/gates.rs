@@ -50,6 +50,9 @@ pub struct GateReading {
     pub mode: GateMode,
     /// Units per second used over the controller's last period.
     pub used_per_sec: u64,
+    /// Units of work the stage dropped because too much was waiting (redone later by other
+    /// means: a read, anti-entropy).
+    pub dropped: u64,
 }
 
 /// The most units per second any rate may be (config, controller or pin): far beyond what a
@@ -70,6 +73,8 @@ struct GateState {
     backlog: u64,
     /// Units per second used over the controller's last period.
     used_per_sec: u64,
+    /// Units of work dropped so far (the stage's own count).
+    dropped: u64,
 }
 
 /// One background stage's gate. Cheap to clone; clones share the bucket.
@@ -89,6 +94,7 @@ impl Gate {
                 granted: 0,
                 backlog: 0,
                 used_per_sec: 0,
+                dropped: 0,
             })),
         }
     }
@@ -116,6 +122,11 @@ impl Gate {
     /// The stage's own count of work waiting (hints held, repairs pending).
     pub fn report_backlog(&self, backlog: u64) {
         self.state().backlog = backlog;
+    }
+
+    /// The stage's count of work it dropped because too much was waiting.
+    pub fn report_dropped(&self, dropped: u64) {
+        self.state().dropped = dropped;
     }
 
     /// The controller's rate: applied unless an operator pinned the gate.
@@ -158,6 +169,7 @@ impl Gate {
             backlog: state.backlog,
             mode: state.mode,
             used_per_sec: state.used_per_sec,
+            dropped: state.dropped,
         }
     }
 }
@@ -197,6 +209,9 @@ pub struct StageThrottle {
     pub backlog: u64,
     /// `auto` or `pinned`.
     pub mode: GateMode,
+    /// Work dropped because too much was waiting (redone later by a read or anti-entropy).
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// Every background stage's gate, and the controller's last published state. Cheap to clone.
@@ -255,6 +270,7 @@ impl GateRegistry {
                     used_per_sec: reading.used_per_sec,
                     backlog: reading.backlog + queue_depth(stage),
                     mode: reading.mode,
+                    dropped: reading.dropped,
                 }
             })
             .collect()

@@ -95,6 +95,9 @@ pub struct StageSnapshot {
     /// A background stage's gate mode: who sets its rate (`None` for foreground stages).
     #[serde(default)]
     pub mode: Option<super::GateMode>,
+    /// A background stage's work dropped because too much was waiting.
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 impl StageStats {
@@ -190,6 +193,7 @@ impl StageStats {
             used_per_sec: 0,
             backlog: 0,
             mode: None,
+            dropped: 0,
         }
     }
 }
