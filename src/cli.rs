@@ -318,18 +318,25 @@ pub fn get_json(values: &[Vec<u8>], context: &Context) -> serde_json::Value {
 
 fn run_stats(args: StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut client = connect(&args.target)?;
+    let mut stdout = std::io::stdout();
     loop {
         let stats = client.stats()?;
-        if args.json {
-            println!("{}", serde_json::to_string(&stats)?);
+        let text = if args.json {
+            format!("{}\n", serde_json::to_string(&stats)?)
         } else {
-            print!("{}", stats_table(&stats));
-        }
+            stats_table(&stats)
+        };
+        // A closed standard output (`--watch | head`) ends the watch quietly.
+        let written = stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush());
         if !args.watch {
+            return Ok(written?);
+        }
+        if written.is_err() || stdout.write_all(b"\n").is_err() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_secs(1));
-        println!();
     }
 }
 

@@ -48,30 +48,47 @@ impl ThrottleArgs {
     }
 }
 
-/// Runs `admin throttle`.
+/// Shortest `--watch-ms`: a watcher is a script's sampler, not a load generator.
+const MIN_WATCH_MS: u64 = 50;
+
+/// Runs `admin throttle`. A closed standard output (a watcher piped into `head`) ends it
+/// quietly.
 pub fn run(args: ThrottleArgs, client: &mut Client) -> Result<(), Box<dyn std::error::Error>> {
+    if args.watch_ms.is_some_and(|ms| ms < MIN_WATCH_MS) {
+        return Err(format!("--watch-ms must be at least {MIN_WATCH_MS}").into());
+    }
     let mut change = args.change();
+    let mut stdout = std::io::stdout();
     loop {
         let reply = client.throttle(change)?;
-        if args.json {
+        let text = if args.json {
             let mut json = throttle_json(&reply);
             if args.watch_ms.is_some() {
                 json["at_ms"] = shoal_stages::event::wall_clock_ms().into();
             }
-            println!("{json}");
+            format!("{json}\n")
         } else {
             let table = throttle_table(&reply.controller, &reply.stages);
-            print!("node {}\n{table}", reply.node);
-        }
-        let Some(every) = args.watch_ms else {
-            return Ok(());
+            format!("node {}\n{table}", reply.node)
         };
-        change = ThrottleChange::Show; // a pin or release is made once
-        std::thread::sleep(std::time::Duration::from_millis(every.max(10)));
-        if !args.json {
-            println!();
+        let Some(every) = args.watch_ms else {
+            return write_out(&mut stdout, &text);
+        };
+        let separator = if args.json { "" } else { "\n" };
+        if write_out(&mut stdout, &format!("{text}{separator}")).is_err() {
+            return Ok(()); // the reader went away
         }
+        change = ThrottleChange::Show; // a pin or release is made once
+        std::thread::sleep(std::time::Duration::from_millis(every));
     }
+}
+
+/// Writes and flushes `text`; a closed pipe is not an error worth a panic.
+fn write_out(out: &mut std::io::Stdout, text: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write as _;
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| e.into())
 }
 
 /// The JSON form: `{"controller":{…},"stages":[{…}]}` (times in milliseconds).

@@ -89,6 +89,7 @@ fn bad_values_are_named() {
         ("[controller]\nmin_rate = 0\n", "controller.min_rate"),
         ("[controller]\nmin_rate = 10\nmax_rate = 5\n", "controller.min_rate"),
         ("[controller]\nmax_rate = 1000000000000\n", "controller.max_rate"),
+        ("[controller]\nmax_rate = 0\n", "controller.max_rate"),
         ("[controller]\nincrease_per_period = 0\n", "controller.increase_per_period"),
         ("[controller]\ntarget = 5\n", "target"),
         ("[controller.shares]\nstorage = 2\n", "controller.shares.storage"),

@@ -106,6 +106,12 @@ impl Config {
                 "must be in (0, 1), e.g. 0.5",
             ));
         }
+        if c.max_rate == 0 {
+            return Err(invalid(
+                "controller.max_rate",
+                "must be at least 1 (and at least min_rate)",
+            ));
+        }
         if c.min_rate == 0 || c.min_rate > c.max_rate {
             return Err(invalid(
                 "controller.min_rate",

@@ -127,6 +127,14 @@ pub enum ServiceError {
     /// The node is shutting down and accepts no more work.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// `admin throttle --rate N` asked for more than any rate may be.
+    #[error("a rate of {rate} per second is above the most any rate may be, {max}")]
+    RateTooHigh {
+        /// The rate asked for.
+        rate: u64,
+        /// The bound.
+        max: u64,
+    },
     /// `admin throttle --stage NAME` named no background stage (only background stages have a
     /// rate to pin).
     #[error("no background stage is called {name:?}; the background stages are {known}")]
@@ -160,6 +168,7 @@ impl ServiceError {
             ServiceError::Unauthorized { .. } => "Unauthorized",
             ServiceError::ShuttingDown => "ShuttingDown",
             ServiceError::NotABackgroundStage { .. } => "NotABackgroundStage",
+            ServiceError::RateTooHigh { .. } => "RateTooHigh",
         }
     }
 }

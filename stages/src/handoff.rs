@@ -44,7 +44,8 @@ const MAX_ROUND_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The handoff stage's machine.
 pub struct HandoffMachine {
-    /// One token per hint delivered; the backlog it reports is the hints of the last pass.
+    /// One token per hint delivered; the backlog it reports is the hints this node holds, as
+    /// storage counted them with the last scan.
     gate: Gate,
     /// The hint scan storage is working on: its operation and when it was asked.
     scanning: Option<(OpId, Instant)>,
@@ -62,11 +63,6 @@ pub struct HandoffMachine {
     backoff: Duration,
     /// When the current pause ends (`None`: no pause).
     paused_until: Option<Instant>,
-    /// Hints the scans of the current pass over the keyspace have returned so far.
-    seen_this_pass: u64,
-    /// Hints the last complete pass returned: the backlog (hints held), as the controller
-    /// sees it, without a count kept beside the hints.
-    seen_last_pass: u64,
     next_op: u64,
     logger: Logger,
 }
@@ -84,8 +80,6 @@ impl HandoffMachine {
             round_failed: 0,
             backoff: Duration::ZERO,
             paused_until: None,
-            seen_this_pass: 0,
-            seen_last_pass: 0,
             next_op: 0,
             logger,
         }
@@ -121,14 +115,12 @@ impl HandoffMachine {
         out.request(scan);
     }
 
-    /// Sends a batch of hints, as far as the rate gate allows, and reports the backlog: the
-    /// hints of the last complete pass over the keyspace, or of this pass so far if more.
-    fn deliver(&mut self, now: Instant, hints: Vec<Hint>, out: &mut Outbox) {
-        if self.cursor.is_none() {
-            self.seen_this_pass = 0; // a new pass over the keyspace starts
-        }
+    /// Sends a batch of hints, as far as the rate gate allows, and reports the backlog: every
+    /// hint the node holds (`held`, exact as of the scan).
+    fn deliver(&mut self, now: Instant, hints: Vec<Hint>, held: u64, out: &mut Outbox) {
+        self.gate.report_backlog(held);
         let end_of_pass = hints.len() < self.scan_limit;
-        let scanned = hints.len() as u64;
+        let scanned = hints.len();
         let mut sent = 0;
         for hint in hints {
             if !self.gate.try_take(1, now) {
@@ -152,22 +144,17 @@ impl HandoffMachine {
             });
             self.in_flight.insert(op, (hint, deadline));
         }
-        self.seen_this_pass += sent;
-        let waiting = scanned - sent;
-        if end_of_pass && waiting == 0 {
-            self.seen_last_pass = self.seen_this_pass;
+        if end_of_pass && sent == scanned {
             self.cursor = None; // every hint of the pass was sent; the next round starts over
         }
-        self.gate
-            .report_backlog(self.seen_last_pass.max(self.seen_this_pass + waiting));
     }
 
     fn on_storage(&mut self, now: Instant, done: StorageDone, out: &mut Outbox) {
         let scan = self.scanning.is_some_and(|(op, _)| op == done.op);
         match done.result {
-            Ok(StorageOutcome::Hints(hints)) if scan => {
+            Ok(StorageOutcome::Hints { hints, held }) if scan => {
                 self.scanning = None;
-                self.deliver(now, hints, out);
+                self.deliver(now, hints, held, out);
             }
             Ok(StorageOutcome::HintDeleted(true)) => info!(self.logger, "hint handed off"),
             // It changed meanwhile: the next round delivers the new versions.
@@ -332,7 +319,10 @@ mod tests {
             let scan = scan_op(out).expect("a round starts with a scan");
             let done = StorageDone {
                 op: scan,
-                result: Ok(StorageOutcome::Hints(vec![hint(1), hint(2)])),
+                result: Ok(StorageOutcome::Hints {
+                    hints: vec![hint(1), hint(2)],
+                    held: 2,
+                }),
             };
             machine.on_event(at(start, ms), HandoffEvent::Storage(done), out);
             for op in delivery_ops(out) {

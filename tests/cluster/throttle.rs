@@ -37,7 +37,7 @@ fn stage<'a>(reply: &'a serde_json::Value, name: &str) -> &'a serde_json::Value 
 /// every background stage (rate, used, backlog, mode); `--stage handoff --rate 7` pins the
 /// rate and the controller leaves it there period after period; `--auto` hands it back, and
 /// the controller sets it again; a foreground or unknown stage is refused with an error
-/// naming the background stages.
+/// naming the background stages, and so are a rate above the bound and a watch too fast.
 #[test]
 fn admin_throttle_pins_a_rate_and_auto_hands_it_back() {
     let node = TestNode::start(FAST_CONTROLLER);
@@ -73,6 +73,13 @@ fn admin_throttle_pins_a_rate_and_auto_hands_it_back() {
         "the controller takes the rate back"
     );
 
+    let (ok, _, stderr) = throttle(
+        addr,
+        &["--stage", "handoff", "--rate", "18446744073709551615"],
+    );
+    assert!(!ok && stderr.contains("above the most"), "{stderr}");
+    let (ok, _, stderr) = throttle(addr, &["--watch-ms", "0"]);
+    assert!(!ok && stderr.contains("--watch-ms"), "{stderr}");
     for wrong in ["storage", "handof"] {
         let (ok, _, stderr) = throttle(addr, &["--stage", wrong, "--rate", "5"]);
         assert!(!ok, "{wrong} accepted");

@@ -133,8 +133,14 @@ pub enum StorageOutcome {
         /// The version the write created.
         version: Version,
     },
-    /// A batch of hints.
-    Hints(Vec<Hint>),
+    /// A batch of hints, and how many hints the node holds in all (for the handoff stage's
+    /// backlog).
+    Hints {
+        /// The batch.
+        hints: Vec<Hint>,
+        /// Every hint the node holds now.
+        held: u64,
+    },
     /// Whether a delivered hint was deleted (false: it changed since it was read).
     HintDeleted(bool),
     /// Hints held per intended node.
@@ -155,7 +161,9 @@ impl fmt::Display for StorageDone {
         match &self.result {
             Ok(StorageOutcome::Versions(set)) => write!(f, "op {} done: {set}", self.op),
             Ok(StorageOutcome::Written { set, .. }) => write!(f, "op {} written: {set}", self.op),
-            Ok(StorageOutcome::Hints(hints)) => write!(f, "op {} {} hints", self.op, hints.len()),
+            Ok(StorageOutcome::Hints { hints, held }) => {
+                write!(f, "op {} {} hints of {held}", self.op, hints.len())
+            }
             Ok(StorageOutcome::HintDeleted(deleted)) => {
                 write!(f, "op {} hint deleted: {deleted}", self.op)
             }

@@ -16,7 +16,7 @@ use crate::event::{
     SocketCommand, StageClass, StageId,
 };
 use crate::membership::MembershipView;
-use crate::seda::{Machine, Outbox};
+use crate::seda::{Machine, Outbox, MAX_RATE_PER_SEC};
 use crate::wire::{
     kind, Bytes, ContextSeal, Frame, FrameDecoder, FrameError, Message, PeerHello, ThrottleChange,
 };
@@ -397,7 +397,15 @@ fn gate_change(message: Message) -> Result<GateChange, ServiceError> {
         ThrottleChange::Pin {
             stage,
             rate_per_sec,
-        } => GateChange::Pin(background(&stage)?, rate_per_sec),
+        } => {
+            if rate_per_sec > MAX_RATE_PER_SEC {
+                return Err(ServiceError::RateTooHigh {
+                    rate: rate_per_sec,
+                    max: MAX_RATE_PER_SEC,
+                });
+            }
+            GateChange::Pin(background(&stage)?, rate_per_sec)
+        }
         ThrottleChange::Auto { stage } => GateChange::Auto(background(&stage)?),
     })
 }

@@ -122,9 +122,10 @@ impl StorageMachine {
             StorageRequest::Merge { key, versions } => {
                 StorageOutcome::Versions(store.merge(&key, &versions)?)
             }
-            StorageRequest::ReadHints { after, limit } => {
-                StorageOutcome::Hints(store.hints_batch(after.as_deref(), limit)?)
-            }
+            StorageRequest::ReadHints { after, limit } => StorageOutcome::Hints {
+                hints: store.hints_batch(after.as_deref(), limit)?,
+                held: store.hints_held(),
+            },
             StorageRequest::DeleteHint { hint } => {
                 StorageOutcome::HintDeleted(store.delete_hint_if_unchanged(&hint)?)
             }

@@ -13,6 +13,7 @@ use crate::NodeId;
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Longest key fjall accepts (its keys carry a u16 length; longer ones panic inside it).
@@ -94,6 +95,10 @@ pub struct VersionLimits {
 pub struct Store {
     engine: Arc<dyn Engine>,
     locks: Arc<Vec<Mutex<()>>>,
+    /// Hints held, kept exact beside the hints keyspace (counted once at open, then changed
+    /// under each key's lock as hints are added and deleted) so the handoff stage can report
+    /// its backlog without a scan.
+    hints_held: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -107,10 +112,14 @@ impl Store {
     pub fn with_engine(engine: Arc<dyn Engine>, node: &NodeId) -> Result<Store, StorageError> {
         check_identity(engine.as_ref(), node)?;
         engine.persist()?;
-        Ok(Store {
+        let store = Store {
             engine,
             locks: Arc::new((0..LOCK_STRIPES).map(|_| Mutex::new(())).collect()),
-        })
+            hints_held: Arc::new(AtomicU64::new(0)),
+        };
+        let held = store.pending_hints()?.values().sum();
+        store.hints_held.store(held, Ordering::Relaxed);
+        Ok(store)
     }
 
     /// The stored versions of `key` (empty if never written).
@@ -183,13 +192,16 @@ impl Store {
         check_key(key)?;
         let _guard = self.lock(key);
         let hint_key = hint_key(key, target);
-        let mut set = match self.engine.get(Space::Hints, &hint_key)? {
-            Some(bytes) => decode_version_set(&bytes)?,
-            None => VersionSet::new(),
+        let (mut set, new) = match self.engine.get(Space::Hints, &hint_key)? {
+            Some(bytes) => (decode_version_set(&bytes)?, false),
+            None => (VersionSet::new(), true),
         };
         set.merge(incoming);
         self.engine
             .insert(Space::Hints, &hint_key, &encode_version_set(&set)?)?;
+        if new {
+            self.hints_held.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(set)
     }
 
@@ -240,10 +252,21 @@ impl Store {
         match self.engine.get(Space::Hints, &hint.hint_key)? {
             Some(bytes) if decode_version_set(&bytes)? == hint.versions => {
                 self.engine.remove(Space::Hints, &hint.hint_key)?;
+                // Only this path removes hints, under the key's lock, after seeing it there.
+                let _ = self
+                    .hints_held
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        Some(n.saturating_sub(1))
+                    });
                 Ok(true)
             }
             _ => Ok(false),
         }
+    }
+
+    /// Hints held in all (exact; no scan).
+    pub fn hints_held(&self) -> u64 {
+        self.hints_held.load(Ordering::Relaxed)
     }
 
     /// Hints waiting for delivery, per intended node.

@@ -96,7 +96,8 @@ fn merges_are_idempotent_on_both_engines() {
 }
 
 /// Goal: hints are kept apart from objects, read together with them for replica reads,
-/// scanned in order with resumption, counted per target, and deleted only if unchanged.
+/// scanned in order with resumption, counted per target (and in all, without a scan), and
+/// deleted only if unchanged.
 #[test]
 fn hints_round_trip_on_both_engines() {
     for (name, store, _dir) in engines() {
@@ -107,6 +108,14 @@ fn hints_round_trip_on_both_engines() {
         store
             .store_hint(&NodeId::new("n4"), b"h2", &set)
             .expect("hint");
+        store
+            .store_hint(&target, b"h1", &set)
+            .expect("a hint again");
+        assert_eq!(
+            store.hints_held(),
+            3,
+            "{name}: a merged hint is not a new one"
+        );
         assert!(
             store.read(b"h1").expect("read").is_empty(),
             "{name}: hints are not objects"
@@ -136,6 +145,11 @@ fn hints_round_trip_on_both_engines() {
             store.pending_hints().expect("count").values().sum::<u64>(),
             2,
             "{name}"
+        );
+        assert_eq!(
+            store.hints_held(),
+            2,
+            "{name}: the kept count agrees with a scan"
         );
     }
 }
