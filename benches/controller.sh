@@ -88,7 +88,7 @@ hints() { # hints held for anyone by the nodes other than n3 (exact: a scan of e
 }
 
 # Background work still waiting on the nodes other than n3, from their watchers' last lines
-# (the handoff backlog is the hints its last pass over the store found).
+# (the handoff backlog is storage's count of the hints each node holds, as of its last scan).
 backlog() { # tag
   local total=0 n i
   for i in 1 2 4 5; do
@@ -142,7 +142,7 @@ run_mode() { # mode run target_ms rate
   while :; do
     sleep 0.25
     elapsed=$(( ($(date +%s%N) - t0) / 1000000 ))
-    # The watchers' backlog (cheap, a pass behind) says when to look; an exact scan of every
+    # The watchers' backlog (cheap, as of each node's last hint scan) says when to look; a scan of every
     # node's hints confirms.
     if [ -z "$drained" ] && [ "$elapsed" -gt 1000 ] && [ "$(backlog "$tag")" = 0 ] \
         && [ "$(hints)" = 0 ]; then
