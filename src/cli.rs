@@ -326,18 +326,22 @@ fn run_stats(args: StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
         } else {
             stats_table(&stats)
         };
-        // A closed standard output (`--watch | head`) ends the watch quietly.
-        let written = stdout
-            .write_all(text.as_bytes())
-            .and_then(|()| stdout.flush());
         if !args.watch {
-            return Ok(written?);
+            return Ok(write_out(&mut stdout, &text)?);
         }
-        if written.is_err() || stdout.write_all(b"\n").is_err() {
+        // A closed standard output (`--watch | head`) ends the watch quietly.
+        if write_out(&mut stdout, &format!("{text}\n")).is_err() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// Writes and flushes `text` to standard output; a watcher whose reader went away (`| head`)
+/// gets the error back instead of a panic.
+pub(crate) fn write_out(out: &mut std::io::Stdout, text: &str) -> std::io::Result<()> {
+    out.write_all(text.as_bytes())?;
+    out.flush()
 }
 
 /// The human form of `admin stats`: one row per stage, then operation latencies.
@@ -383,7 +387,7 @@ pub fn stats_table(stats: &StatsReply) -> String {
     }
     out.push_str(&crate::throttle_cli::throttle_table(
         &stats.controller,
-        &crate::throttle_cli::background_rows(&stats.stages),
+        &stats.background,
     ));
     out
 }

@@ -2,6 +2,7 @@
 //! starts. Unknown keys and bad values are errors that name the key.
 
 use serde::{Deserialize, Serialize};
+use shoal_stages::controller::ControllerSettings;
 use shoal_stages::event::{StageClass, StageId};
 use shoal_stages::membership::{Member, Membership};
 use shoal_stages::ring::NodeSpec;
@@ -95,7 +96,7 @@ pub struct Config {
     pub stages: BTreeMap<StageId, StageTuning>,
     /// The resource controller that sets background stages' rates (Dynamo §6.5).
     #[serde(default)]
-    pub controller: ControllerSection,
+    pub controller: ControllerSettings,
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
@@ -255,56 +256,6 @@ pub struct StageTuning {
     /// unlimited. Only background stages take it. With the controller enabled it is only the
     /// starting rate: the controller sets the rate from its first period on.
     pub rate_per_sec: Option<u64>,
-}
-
-/// `[controller]`: the resource controller (Dynamo §6.5). Once a period it compares the
-/// foreground's recent latency percentile with `target_ms` and sets the total rate of
-/// background work: additive increase while the target holds, multiplicative decrease when it
-/// is missed, split over the background stages by `shares`, each at least `min_rate`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ControllerSection {
-    /// Whether the controller sets background rates (off: each stage keeps `rate_per_sec`).
-    pub enabled: bool,
-    /// The foreground latency percentile the SLA is about, in (0, 100].
-    pub target_percentile: f64,
-    /// The SLA: that percentile of client requests at or below this many milliseconds.
-    pub target_ms: u64,
-    /// How often the controller decides, milliseconds.
-    pub period_ms: u64,
-    /// How many periods the latency window spans.
-    pub window_periods: usize,
-    /// Units per second the budget grows per period while the target holds.
-    pub increase_per_period: u64,
-    /// What the budget is multiplied by when the target is missed, in (0, 1).
-    pub decrease_factor: f64,
-    /// The floor of every background stage, units per second: a backlog always drains.
-    pub min_rate: u64,
-    /// The ceiling of the total budget, units per second; the budget when the foreground
-    /// idles.
-    pub max_rate: u64,
-    /// Fewer client requests than this in the window means the foreground idles.
-    pub idle_requests: u64,
-    /// Relative share of the budget per background stage (default 1 each).
-    pub shares: BTreeMap<StageId, u32>,
-}
-
-impl Default for ControllerSection {
-    fn default() -> ControllerSection {
-        ControllerSection {
-            enabled: true,
-            target_percentile: 99.9,
-            target_ms: 50,
-            period_ms: 250,
-            window_periods: 8,
-            increase_per_period: 20,
-            decrease_factor: 0.5,
-            min_rate: 20,
-            max_rate: 50_000,
-            idle_requests: 100,
-            shares: BTreeMap::new(),
-        }
-    }
 }
 
 /// `[log]`

@@ -7,10 +7,8 @@
 //! It runs even when `[controller] enabled = false`: then it only measures (the signal and
 //! each stage's use are still shown) and leaves every rate as configured.
 
-use crate::config::{Config, ControllerSection};
-use shoal_stages::controller::{
-    ControllerSettings, Decision, Observation, ResourceController, StageObservation, Step,
-};
+use crate::config::Config;
+use shoal_stages::controller::{Decision, Observation, ResourceController, StageObservation, Step};
 use shoal_stages::event::StageId;
 use shoal_stages::seda::{ControllerState, GateMode, GateRegistry, OperationLatencies, Router};
 use std::collections::BTreeMap;
@@ -21,23 +19,6 @@ use std::time::{Duration, Instant};
 
 /// Longest the loop sleeps before re-checking its stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(50);
-
-/// The controller's settings from the config.
-pub fn settings(section: &ControllerSection) -> ControllerSettings {
-    ControllerSettings {
-        enabled: section.enabled,
-        target_percentile: section.target_percentile,
-        target: Duration::from_millis(section.target_ms),
-        period: Duration::from_millis(section.period_ms),
-        window_periods: section.window_periods,
-        increase_per_period: section.increase_per_period,
-        decrease_factor: section.decrease_factor,
-        min_rate: section.min_rate,
-        max_rate: section.max_rate,
-        idle_requests: section.idle_requests,
-        shares: section.shares.clone(),
-    }
-}
 
 /// What the loop reads and writes.
 pub struct ControllerLoop {
@@ -76,7 +57,7 @@ impl ControllerLoop {
             .map(|(stage, gate)| (stage, gate.reading().granted))
             .collect();
         let controller_loop = ControllerLoop {
-            controller: ResourceController::new(settings(&config.controller), initial),
+            controller: ResourceController::new(config.controller.clone(), initial),
             gates,
             latencies,
             router,
@@ -107,7 +88,7 @@ impl ControllerLoop {
     }
 
     fn run(mut self) {
-        let period = self.controller.settings().period;
+        let period = self.controller.settings().period();
         let mut next = Instant::now() + period;
         while !self.stop.load(Ordering::Acquire) {
             let now = Instant::now();
@@ -166,11 +147,11 @@ impl ControllerLoop {
         ControllerState {
             enabled: settings.enabled,
             target_percentile_milli: (settings.target_percentile * 1000.0).round() as u64,
-            target_ms: u64::try_from(settings.target.as_millis()).unwrap_or(u64::MAX),
+            target_ms: settings.target_ms,
             signal_us: decision.signal_us,
             window_requests: decision.window_requests,
             budget_per_sec: decision.budget_per_sec,
-            period_ms: u64::try_from(settings.period.as_millis()).unwrap_or(u64::MAX),
+            period_ms: settings.period_ms,
             last_step: decision.step.to_string(),
         }
     }

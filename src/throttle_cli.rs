@@ -4,7 +4,7 @@
 
 use crate::client::Client;
 use clap::Args;
-use shoal_stages::seda::{ControllerState, StageSnapshot, StageThrottle};
+use shoal_stages::seda::{ControllerState, StageThrottle};
 use shoal_stages::wire::{ThrottleChange, ThrottleReply};
 use std::fmt::Write;
 
@@ -72,23 +72,15 @@ pub fn run(args: ThrottleArgs, client: &mut Client) -> Result<(), Box<dyn std::e
             format!("node {}\n{table}", reply.node)
         };
         let Some(every) = args.watch_ms else {
-            return write_out(&mut stdout, &text);
+            return Ok(crate::cli::write_out(&mut stdout, &text)?);
         };
         let separator = if args.json { "" } else { "\n" };
-        if write_out(&mut stdout, &format!("{text}{separator}")).is_err() {
+        if crate::cli::write_out(&mut stdout, &format!("{text}{separator}")).is_err() {
             return Ok(()); // the reader went away
         }
         change = ThrottleChange::Show; // a pin or release is made once
         std::thread::sleep(std::time::Duration::from_millis(every));
     }
-}
-
-/// Writes and flushes `text`; a closed pipe is not an error worth a panic.
-fn write_out(out: &mut std::io::Stdout, text: &str) -> Result<(), Box<dyn std::error::Error>> {
-    use std::io::Write as _;
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(|e| e.into())
 }
 
 /// The JSON form: `{"controller":{…},"stages":[{…}]}` (times in milliseconds).
@@ -154,21 +146,4 @@ pub fn throttle_table(controller: &ControllerState, stages: &[StageThrottle]) ->
         );
     }
     out
-}
-
-/// The background rows of an `admin stats` reply, as `admin throttle` shows them.
-pub fn background_rows(stages: &[StageSnapshot]) -> Vec<StageThrottle> {
-    stages
-        .iter()
-        .filter_map(|s| {
-            Some(StageThrottle {
-                name: s.name.clone(),
-                rate_per_sec: s.rate_per_sec,
-                used_per_sec: s.used_per_sec,
-                backlog: s.backlog,
-                mode: s.mode?,
-                dropped: s.dropped,
-            })
-        })
-        .collect()
 }

@@ -186,11 +186,13 @@ fn sample_until(addrs: &[String], stop: &AtomicBool) -> BTreeMap<(String, String
                     entry.depth_sum += s.queue_depth;
                     entry.samples += 1;
                     entry.wait_us_p99 = entry.wait_us_p99.max(s.wait_us_p99);
-                    if s.mode.is_some() {
+                }
+                for b in stats.background {
+                    if let Some(entry) = stages.get_mut(&(stats.node.to_string(), b.name)) {
                         entry.rate_per_sec_range =
-                            Some(widen(entry.rate_per_sec_range, s.rate_per_sec));
-                        entry.used_sum += s.used_per_sec;
-                        entry.peak_backlog = entry.peak_backlog.max(s.backlog);
+                            Some(widen(entry.rate_per_sec_range, b.rate_per_sec));
+                        entry.used_sum += b.used_per_sec;
+                        entry.peak_backlog = entry.peak_backlog.max(b.backlog);
                     }
                 }
             }

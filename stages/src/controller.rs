@@ -21,6 +21,7 @@
 
 use crate::event::StageId;
 use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::time::Duration;
@@ -28,31 +29,63 @@ use std::time::Duration;
 /// Fraction of the budget the stages must have used for it to grow.
 pub const GROW_WHEN_USED: f64 = 0.5;
 
-/// The controller's knobs (`[controller]` in the config).
-#[derive(Clone, Debug)]
+/// The controller's knobs: the `[controller]` section of the node's config, read as it is
+/// (the config validates it). Once a period the controller compares the foreground's recent
+/// latency percentile with `target_ms` and sets the total rate of background work: additive
+/// increase while the target holds, multiplicative decrease when it is missed, split over
+/// the background stages by `shares`, each at least `min_rate`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ControllerSettings {
-    /// Whether it sets rates at all (when not, it still measures, for `admin throttle`).
+    /// Whether it sets rates at all (off: each stage keeps its `rate_per_sec`; it still
+    /// measures, for `admin throttle`).
     pub enabled: bool,
-    /// The percentile watched, e.g. 99.9.
+    /// The foreground latency percentile the SLA is about, in (0, 100].
     pub target_percentile: f64,
-    /// The SLA target for that percentile.
-    pub target: Duration,
-    /// How often it decides.
-    pub period: Duration,
-    /// Periods the signal's window spans.
+    /// The SLA: that percentile of client requests at or below this many milliseconds.
+    pub target_ms: u64,
+    /// How often the controller decides, milliseconds.
+    pub period_ms: u64,
+    /// How many periods the latency window spans.
     pub window_periods: usize,
-    /// Units per second added to the budget per period while the target holds.
+    /// Units per second the budget grows per period while the target holds.
     pub increase_per_period: u64,
-    /// Factor the budget is multiplied by when the target is missed (0 < f < 1).
+    /// What the budget is multiplied by when the target is missed, in (0, 1).
     pub decrease_factor: f64,
-    /// Floor per background stage, units per second.
+    /// The floor of every background stage, units per second: a backlog always drains.
     pub min_rate: u64,
-    /// Ceiling of the total budget, units per second; the budget while the foreground idles.
+    /// The ceiling of the total budget, units per second; the budget when the foreground
+    /// idles.
     pub max_rate: u64,
-    /// Fewer requests than this in the window means the foreground is idle.
+    /// Fewer client requests than this in the window means the foreground idles.
     pub idle_requests: u64,
-    /// Relative share of the budget per background stage.
+    /// Relative share of the budget per background stage (default 1 each).
     pub shares: BTreeMap<StageId, u32>,
+}
+
+impl Default for ControllerSettings {
+    fn default() -> ControllerSettings {
+        ControllerSettings {
+            enabled: true,
+            target_percentile: 99.9,
+            target_ms: 50,
+            period_ms: 250,
+            window_periods: 8,
+            increase_per_period: 20,
+            decrease_factor: 0.5,
+            min_rate: 20,
+            max_rate: 50_000,
+            idle_requests: 100,
+            shares: BTreeMap::new(),
+        }
+    }
+}
+
+impl ControllerSettings {
+    /// How often the controller decides.
+    pub fn period(&self) -> Duration {
+        Duration::from_millis(self.period_ms)
+    }
 }
 
 /// One background stage at the end of a period, as the driver read it from its gate.
@@ -213,7 +246,7 @@ impl ResourceController {
         let step = if window_requests < settings.idle_requests {
             self.budget = ceiling;
             Step::Idle
-        } else if signal_us as f64 > settings.target.as_secs_f64() * 1e6 {
+        } else if signal_us > settings.target_ms.saturating_mul(1000) {
             // Cut what is actually being spent, not an allowance nobody uses: after an idle
             // spell the budget sits at the ceiling while the stages use a fraction of it, and
             // halving the ceiling would take many periods to bite.

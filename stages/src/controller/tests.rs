@@ -7,8 +7,8 @@ fn settings() -> ControllerSettings {
     ControllerSettings {
         enabled: true,
         target_percentile: 99.0,
-        target: Duration::from_millis(10),
-        period: Duration::from_millis(500),
+        target_ms: 10,
+        period_ms: 500,
         window_periods: 4,
         increase_per_period: 100,
         decrease_factor: 0.5,
@@ -47,6 +47,17 @@ fn period(requests: u64, latency_ms: u64, backlog: u64, used: u64) -> Observatio
         storage_wait_us: crate::seda::new_latency_histogram(),
         stages,
     }
+}
+
+/// `observation` with a repair backlog of 100 (pinned or not).
+fn with_repair_backlog(mut observation: Observation, pinned: bool) -> Observation {
+    let repair = StageObservation {
+        backlog: 100,
+        used: 0,
+        pinned,
+    };
+    observation.stages.insert(StageId::Repair, repair);
+    observation
 }
 
 /// Goal: while the target holds and the budget is used, it grows by the step each period;
@@ -97,15 +108,7 @@ fn step_up_in_load_halves_the_background_rate_within_two_periods() {
 #[test]
 fn budget_is_split_by_share_among_stages_with_a_backlog() {
     let mut controller = ResourceController::new(settings(), 4000);
-    let mut observation = period(1000, 2, 100, 0);
-    observation.stages.insert(
-        StageId::Repair,
-        StageObservation {
-            backlog: 100,
-            used: 0,
-            pinned: false,
-        },
-    );
+    let observation = with_repair_backlog(period(1000, 2, 100, 0), false);
     let decision = controller.on_period(observation);
     assert_eq!(decision.budget_per_sec, 4000);
     assert_eq!(decision.rates[&StageId::Handoff], 3000);
@@ -183,15 +186,7 @@ fn storage_queue_wait_can_miss_the_target_alone() {
 #[test]
 fn pinned_stages_and_a_disabled_controller_are_left_alone() {
     let mut controller = ResourceController::new(settings(), 1000);
-    let mut observation = period(1000, 2, 100, 0);
-    observation.stages.insert(
-        StageId::Repair,
-        StageObservation {
-            backlog: 100,
-            used: 0,
-            pinned: true,
-        },
-    );
+    let observation = with_repair_backlog(period(1000, 2, 100, 0), true);
     let decision = controller.on_period(observation);
     assert!(!decision.rates.contains_key(&StageId::Repair));
     assert_eq!(decision.rates[&StageId::Handoff], 1000);

@@ -15,10 +15,10 @@ mod peers;
 
 pub use machine::{IntakeMachine, IntakeSettings, FIRST_CONN};
 
-use crate::event::{encode_reply, ConnId, GateChange, IntakeEvent, Now, SocketCommand, StageId};
+use crate::event::{encode_reply, ConnId, GateChange, IntakeEvent, Now, SocketCommand};
 use crate::seda::{
-    deliver, GateRegistry, Machine, OperationLatencies, Outbox, Router, StageReceiver, Threads,
-    Wake,
+    deliver, GateRegistry, Machine, OperationLatencies, Outbox, Router, StageReceiver,
+    StageThrottle, Threads, Wake,
 };
 use crate::wire::{Message, StatsReply, ThrottleReply};
 use crate::NodeId;
@@ -151,27 +151,20 @@ pub struct StatsSource {
 }
 
 impl StatsSource {
-    /// The node's statistics now; background stages' rows carry their gate's rate, use,
-    /// backlog and mode.
+    /// The node's statistics now, with the controller and every background gate.
     pub fn snapshot(&self) -> StatsReply {
-        let mut stages = self.router.snapshots();
-        // `snapshots` is in stage-table order.
-        for (row, stage) in stages.iter_mut().zip(StageId::ALL) {
-            if let Some(gate) = self.gates.gate(stage) {
-                let reading = gate.reading();
-                row.rate_per_sec = reading.rate_per_sec;
-                row.used_per_sec = reading.used_per_sec;
-                row.backlog = reading.backlog + row.queue_depth;
-                row.mode = Some(reading.mode);
-                row.dropped = reading.dropped;
-            }
-        }
         StatsReply {
             node: self.node.clone(),
-            stages,
+            stages: self.router.snapshots(),
             operations: self.latencies.snapshot(),
-            controller: self.gates.controller(),
+            controller: Box::new(self.gates.controller()),
+            background: self.background(),
         }
+    }
+
+    /// Every background stage's throttle: its gate, with its queued events in the backlog.
+    fn background(&self) -> Vec<StageThrottle> {
+        self.gates.stages(|stage| self.router.depth(stage) as u64)
     }
 
     /// Carries out an `admin throttle` change and answers with the state after it.

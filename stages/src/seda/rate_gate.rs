@@ -57,9 +57,7 @@ impl RateGate {
     pub fn set_rate(&mut self, rate_per_sec: Option<u64>, now: Instant) {
         self.refill(now);
         self.rate_per_sec = rate_per_sec;
-        if self.tokens.is_infinite() {
-            self.tokens = self.burst();
-        }
+        // Also brings an unlimited gate's infinite balance down to the new burst.
         self.tokens = self.tokens.min(self.burst());
     }
 

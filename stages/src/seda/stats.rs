@@ -83,21 +83,6 @@ pub struct StageSnapshot {
     pub service_us_p50: u64,
     /// Service time per event, 99th percentile, microseconds.
     pub service_us_p99: u64,
-    /// A background stage's rate limit, units per second (`None`: unlimited, or foreground).
-    #[serde(default)]
-    pub rate_per_sec: Option<u64>,
-    /// A background stage's units of work per second over the controller's last period.
-    #[serde(default)]
-    pub used_per_sec: u64,
-    /// A background stage's work waiting (its own count plus its queue).
-    #[serde(default)]
-    pub backlog: u64,
-    /// A background stage's gate mode: who sets its rate (`None` for foreground stages).
-    #[serde(default)]
-    pub mode: Option<super::GateMode>,
-    /// A background stage's work dropped because too much was waiting.
-    #[serde(default)]
-    pub dropped: u64,
 }
 
 impl StageStats {
@@ -189,11 +174,6 @@ impl StageStats {
             wait_us_p99: wait_p99,
             service_us_p50: service_p50,
             service_us_p99: service_p99,
-            rate_per_sec: None,
-            used_per_sec: 0,
-            backlog: 0,
-            mode: None,
-            dropped: 0,
         }
     }
 }

@@ -587,6 +587,7 @@ impl World {
                     stages: Vec::new(),
                     operations: Vec::new(),
                     controller: Default::default(),
+                    background: Vec::new(),
                 });
                 let frame = encode_reply(origin.request_id, &reply);
                 self.socket(

@@ -206,9 +206,13 @@ pub struct StatsReply {
     pub stages: Vec<StageSnapshot>,
     /// Client operation latencies seen by this node's coordinator.
     pub operations: Vec<OperationLatency>,
-    /// The resource controller's state.
+    /// The resource controller's state (boxed: every `Message` is as large as its largest
+    /// variant, and stats replies are rare).
     #[serde(default)]
-    pub controller: ControllerState,
+    pub controller: Box<ControllerState>,
+    /// Every background stage's gate, as `admin throttle` shows it.
+    #[serde(default)]
+    pub background: Vec<StageThrottle>,
 }
 
 /// What `admin throttle` changes, if anything.
