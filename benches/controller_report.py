@@ -2,6 +2,8 @@
 """The report of benches/controller.sh (standard library only).
 
   controller_report.py OUT --baseline-p99    prints the median baseline p99 in ms
+  controller_report.py OUT --baseline-signal prints the median over baseline runs of the 90th
+                                             percentile of the nodes' own signal per period
   controller_report.py OUT --target-ms T     prints the table, writes controller.csv,
                                              foreground.csv and controller.svg into OUT
 
@@ -124,6 +126,20 @@ def main():
         if not runs:
             sys.exit("controller_report.py: no baseline run in " + out)
         print(statistics.median(worst(r, "p99_us") for _, r in runs))
+        return
+    if flag == "--baseline-signal":
+        # The controller compares its target with what the node measures (service time at the
+        # coordinator and storage), which is below what a client sees (client queueing, the
+        # network, scheduling). A target derived from the client's p99 sits above anything
+        # the node's signal reaches on this box, and the controller never acts.
+        values = []
+        for tag, _ in runs_of(out, "baseline"):
+            signals = sorted(s for t, s, _, _, _ in series(out, tag) if t >= 0)
+            if signals:
+                values.append(signals[int(0.9 * (len(signals) - 1))])
+        if not values:
+            sys.exit("controller_report.py: no baseline controller samples in " + out)
+        print(statistics.median(values))
         return
     target_ms = sys.argv[3]
     drained = drains(out)
