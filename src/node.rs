@@ -116,7 +116,7 @@ impl Node {
         let node = NodeId::new(config.node.id.clone());
         let logger = logger.new(o!("node" => node.to_string()));
         std::fs::create_dir_all(&config.node.data_dir).map_err(io_error("creating data_dir"))?;
-        let store = Store::open(&config.node.data_dir, &node)?;
+        let store = Store::open(&config.node.data_dir, &node, config.cluster.partitions)?;
         let socket =
             IntakeSocket::bind(config.node.listen).map_err(io_error("binding listen address"))?;
         let local_addr = socket.local_addr();

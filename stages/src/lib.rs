@@ -7,7 +7,7 @@
 //! - [`sim`]: the deterministic simulator: whole nodes in one thread, seeded.
 //! - Paper modules, pure (no threads, channels, sockets or clocks): [`ring`] (§4.2, §6.2),
 //!   [`vclock`] and [`versioning`] (§4.4), [`quorum`] (§4.5), [`controller`] (§6.5, the
-//!   resource controller's law).
+//!   resource controller's law), [`merkle`] (§4.7, the anti-entropy trees).
 //! - [`wire`]: frames and every MessagePack encoding; the only module that knows MessagePack.
 //! - One module per stage: [`intake`] (mio sockets, client and peer connections), [`parse`]
 //!   (frames → typed requests), [`coordinate`] (quorums and deadlines), [`replicate`] (requests
@@ -25,6 +25,7 @@ pub mod failure_detector;
 pub mod handoff;
 pub mod intake;
 pub mod membership;
+pub mod merkle;
 pub mod node_id;
 pub mod parse;
 pub mod quorum;

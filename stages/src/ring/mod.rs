@@ -61,6 +61,20 @@ pub fn key_position(key: &[u8]) -> u128 {
         .fold(0u128, |position, byte| (position << 8) | u128::from(*byte))
 }
 
+/// The partition of `partitions` (Q, a power of two) containing a ring position: its top
+/// log2(Q) bits. Free of a [`Ring`] because the store lays objects out by partition and knows
+/// only Q.
+pub fn partition_of_position(partitions: u32, position: u128) -> PartitionId {
+    // Q is a power of two, so trailing zeros is log2(Q); Q = 1 has no bits to take, and
+    // shifting a u128 by 128 would overflow.
+    let bits = partitions.trailing_zeros();
+    if bits == 0 {
+        return PartitionId(0);
+    }
+    // The shifted value is below 2^bits <= Q, so the cast loses nothing.
+    PartitionId((position >> (128 - bits)) as u32)
+}
+
 /// One of the Q equal slices of the ring, numbered clockwise from position 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PartitionId(pub u32);
@@ -249,14 +263,7 @@ impl Ring {
 
     /// The partition containing a ring position: its top log2(Q) bits.
     pub fn partition_of_position(&self, position: u128) -> PartitionId {
-        // Q is a power of two, so trailing zeros is log2(Q); Q = 1 has no bits to take, and
-        // shifting a u128 by 128 would overflow.
-        let bits = self.partitions.trailing_zeros();
-        if bits == 0 {
-            return PartitionId(0);
-        }
-        // The shifted value is below 2^bits <= Q, so the cast loses nothing.
-        PartitionId((position >> (128 - bits)) as u32)
+        partition_of_position(self.partitions, position)
     }
 
     /// The owner of a partition. `partition` must be below Q; a larger one (a programmer

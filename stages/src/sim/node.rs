@@ -98,7 +98,9 @@ impl SimNode {
 
     /// Starts (or restarts, after a crash) the node's machines on its engine.
     pub fn start(&mut self, base: Instant) -> Result<(), String> {
-        let store = Store::with_engine(self.engine.clone(), &self.id).map_err(|e| e.to_string())?;
+        let partitions = self.membership.current().ring().partition_count();
+        let store = Store::with_engine(self.engine.clone(), &self.id, partitions)
+            .map_err(|e| e.to_string())?;
         let seal = ContextSeal::new(SECRET);
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let coordinator = CoordinatorSettings {

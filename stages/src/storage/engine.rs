@@ -12,24 +12,34 @@ pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 /// The store's keyspaces, kept apart so a scan of one never sees another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Space {
-    /// Key → encoded version set.
+    /// `[partition: u32][segment: u16][key]` → encoded version set (format 2): one partition is
+    /// one range scan, one Merkle segment of it another.
     Objects,
     /// `[key length][key][target]` → encoded version set (hinted handoff).
     Hints,
-    /// The node's identity and format version.
+    /// The node's identity, format version and Q.
     Meta,
+    /// Key → encoded version set: format 1's objects, read once to migrate them and then
+    /// empty.
+    LegacyObjects,
 }
 
 impl Space {
     /// Every keyspace.
-    pub const ALL: [Space; 3] = [Space::Objects, Space::Hints, Space::Meta];
+    pub const ALL: [Space; 4] = [
+        Space::Objects,
+        Space::Hints,
+        Space::Meta,
+        Space::LegacyObjects,
+    ];
 
     /// The keyspace's name on disk.
     pub fn name(self) -> &'static str {
         match self {
-            Space::Objects => "objects",
+            Space::Objects => "partitioned_objects",
             Space::Hints => "hints",
             Space::Meta => "meta",
+            Space::LegacyObjects => "objects",
         }
     }
 }
@@ -65,7 +75,7 @@ pub trait Engine: Send + Sync + 'static {
 pub struct FjallEngine {
     db: Database,
     /// In [`Space::ALL`] order.
-    keyspaces: [Keyspace; 3],
+    keyspaces: [Keyspace; 4],
 }
 
 impl FjallEngine {
@@ -77,6 +87,7 @@ impl FjallEngine {
             open(Space::Objects)?,
             open(Space::Hints)?,
             open(Space::Meta)?,
+            open(Space::LegacyObjects)?,
         ];
         Ok(FjallEngine { db, keyspaces })
     }

@@ -13,9 +13,9 @@ type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 #[derive(Default)]
 struct State {
     /// What reads see: every write, flushed or not. In [`Space::ALL`] order.
-    current: [Map; 3],
+    current: [Map; 4],
     /// What was flushed: what a crash leaves.
-    durable: [Map; 3],
+    durable: [Map; 4],
     /// Writes since the last successful flush, in order (`None`: a removal).
     journal: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
     /// Flushes still to fail (an injected fault).

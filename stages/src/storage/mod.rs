@@ -12,10 +12,13 @@
 mod engine;
 mod memory;
 mod store;
+mod trees;
 
 pub use engine::{Engine, FjallEngine, Space};
 pub use memory::MemoryEngine;
-pub use store::{StorageError, Store, VersionLimits, MAX_STORABLE_KEY_BYTES};
+pub use store::{
+    RebuildStep, StorageError, Store, TreeSummary, TreeView, VersionLimits, MAX_STORABLE_KEY_BYTES,
+};
 
 use crate::error::ServiceError;
 use crate::event::{Now, ReplyTo, StorageDone, StorageEvent, StorageOutcome, StorageRequest};
@@ -214,3 +217,5 @@ impl Machine for StorageMachine {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tree_tests;

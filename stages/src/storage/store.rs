@@ -1,11 +1,15 @@
 //! The store behind the storage stage (SPEC §7): one database per node, with the keyspaces
-//! `objects` (key → encoded version set), `hints` (for hinted handoff) and `meta` (the node's
-//! identity and format version), kept apart so that scans of one never see the others. The
-//! logic lives here once; the bytes live in an [`Engine`]: fjall, or memory for the
-//! simulator.
+//! `partitioned_objects` (`[partition][segment][key]` → encoded version set), `hints` (for
+//! hinted handoff) and `meta` (the node's identity, format version and Q), kept apart so that
+//! scans of one never see the others. Every write also updates its partition's Merkle tree
+//! (SPEC §5, `trees.rs`). The logic lives here once; the bytes live in an [`Engine`]: fjall,
+//! or memory for the simulator.
 
 use super::engine::{Engine, FjallEngine, Space};
+use super::trees::{record_write, TreeState, Trees};
 use crate::event::Hint;
+use crate::merkle::{object_hash, MerkleTree};
+use crate::ring::{key_position, partition_of_position};
 use crate::vclock::VClock;
 use crate::versioning::{Version, VersionSet};
 use crate::wire::{decode_version_set, encode_version_set};
@@ -28,10 +32,20 @@ const COUNT_CHUNK: usize = 1024;
 /// unrelated keys from waiting on each other.
 const LOCK_STRIPES: usize = 256;
 
-/// On-disk format version written to `meta`; a node refuses a data directory of another format.
-const FORMAT_VERSION: &[u8] = b"1";
+/// On-disk format version written to `meta`. Format 1 kept objects by key alone; a format-1
+/// directory is migrated when opened. A node refuses any other format.
+const FORMAT_VERSION: &[u8] = b"2";
+const LEGACY_FORMAT: &[u8] = b"1";
 const META_NODE_ID: &str = "node_id";
 const META_FORMAT: &str = "format";
+/// Q, which the layout depends on (objects are stored under their partition).
+const META_PARTITIONS: &str = "partitions";
+
+/// Bytes before the key in a stored object key: partition (u32) and segment (u16).
+const LOCATION_BYTES: usize = 6;
+
+/// Objects moved per step of a format-1 migration (each step is flushed before the next).
+const MIGRATION_CHUNK: usize = 1024;
 
 /// Why the store failed. Wrapped as `ServiceError::Storage` for clients.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +84,20 @@ pub enum StorageError {
         /// The limit.
         max: usize,
     },
+    /// The data directory was laid out for another Q.
+    #[error("the data directory was laid out for {stored} partitions, the config says {configured}: Q is fixed for a cluster's life; set cluster.partitions = {stored} or start from an empty data directory")]
+    PartitionsChanged {
+        /// Q in `meta`.
+        stored: u32,
+        /// Q in the config.
+        configured: u32,
+    },
+    /// The data directory has a format this build does not read.
+    #[error("the data directory has format {found:?}; this build reads formats 1 (migrated when opened) and 2")]
+    UnknownFormat {
+        /// The format `meta` names.
+        found: String,
+    },
     /// The key is longer than fjall can store (callers validate first; this is the backstop).
     #[error("key of {size} bytes exceeds the storable maximum of {MAX_STORABLE_KEY_BYTES}")]
     KeyTooLong {
@@ -99,36 +127,144 @@ pub struct Store {
     /// under each key's lock as hints are added and deleted) so the handoff stage can report
     /// its backlog without a scan.
     hints_held: Arc<AtomicU64>,
+    /// Q: objects are stored under their partition.
+    partitions: u32,
+    /// One Merkle tree per partition, updated by every write.
+    trees: Arc<Trees>,
+}
+
+/// Where an object lives: its partition and segment, and its key in the objects keyspace.
+struct Location {
+    partition: u32,
+    segment: u16,
+    stored: Vec<u8>,
+}
+
+/// A partition's tree as anti-entropy sees it: whether there is one, its root, its key count
+/// and the hashes of the level asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeView {
+    /// Whether the partition has a tree (false while it is first built after a start).
+    pub ready: bool,
+    /// The root hash.
+    pub root: u64,
+    /// Keys in the partition.
+    pub keys: u64,
+    /// The branch hashes, or the segment hashes of the branches asked for, in order.
+    pub hashes: Vec<u64>,
+}
+
+impl TreeView {
+    fn missing() -> TreeView {
+        TreeView {
+            ready: false,
+            root: 0,
+            keys: 0,
+            hashes: Vec::new(),
+        }
+    }
+}
+
+/// What one step of a tree rebuild did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RebuildStep {
+    /// Keys folded by this step.
+    pub folded: usize,
+    /// Whether the tree is complete (and now serves).
+    pub done: bool,
+    /// Whether a rebuilt tree differs from the one it replaced (rot, or a bug).
+    pub rot: bool,
+}
+
+/// One partition's tree, for `shoal admin aae`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeSummary {
+    /// The partition.
+    pub partition: u32,
+    /// `missing`, `building` or `ready`.
+    pub state: &'static str,
+    /// The root hash of the tree that serves (0 without one).
+    pub root: u64,
+    /// Keys under that tree.
+    pub keys: u64,
 }
 
 impl Store {
-    /// Opens (or creates) the fjall database in `dir` for `node`, refusing another node's
-    /// directory.
-    pub fn open(dir: &Path, node: &NodeId) -> Result<Store, StorageError> {
-        Store::with_engine(Arc::new(FjallEngine::open(dir)?), node)
+    /// Opens (or creates) the fjall database in `dir` for `node` with Q = `partitions`,
+    /// refusing another node's directory or another Q, and migrating a format-1 directory.
+    pub fn open(dir: &Path, node: &NodeId, partitions: u32) -> Result<Store, StorageError> {
+        Store::with_engine(Arc::new(FjallEngine::open(dir)?), node, partitions)
     }
 
-    /// A store over `engine` for `node`, refusing an engine that holds another node's data.
-    pub fn with_engine(engine: Arc<dyn Engine>, node: &NodeId) -> Result<Store, StorageError> {
-        check_identity(engine.as_ref(), node)?;
-        engine.persist()?;
+    /// A store over `engine` for `node` with Q = `partitions`, refusing an engine that holds
+    /// another node's data or was laid out for another Q. Trees start missing (anti-entropy has
+    /// them rebuilt).
+    pub fn with_engine(
+        engine: Arc<dyn Engine>,
+        node: &NodeId,
+        partitions: u32,
+    ) -> Result<Store, StorageError> {
         let store = Store {
             engine,
             locks: Arc::new((0..LOCK_STRIPES).map(|_| Mutex::new(())).collect()),
             hints_held: Arc::new(AtomicU64::new(0)),
+            partitions: partitions.max(1),
+            trees: Arc::new(Trees::new(partitions.max(1))),
         };
+        if check_identity(store.engine.as_ref(), node, store.partitions)? == Format::Legacy {
+            store.migrate_legacy()?;
+        }
+        store.engine.persist()?;
         let held = store.pending_hints()?.values().sum();
         store.hints_held.store(held, Ordering::Relaxed);
         Ok(store)
     }
 
+    /// Moves format 1's objects (keyed by key alone) under their partition and segment, a
+    /// flushed chunk at a time, then stamps format 2. A crash midway leaves format 1 with the
+    /// objects not yet moved, and the next open carries on (moving an object twice writes the
+    /// same bytes).
+    fn migrate_legacy(&self) -> Result<(), StorageError> {
+        loop {
+            let chunk = self
+                .engine
+                .scan(Space::LegacyObjects, &[], None, MIGRATION_CHUNK)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for (key, bytes) in &chunk {
+                let location = self.locate(key);
+                self.engine
+                    .insert(Space::Objects, &location.stored, bytes)?;
+                self.engine.remove(Space::LegacyObjects, key)?;
+            }
+            self.engine.persist()?;
+        }
+        self.engine
+            .insert(Space::Meta, META_FORMAT.as_bytes(), FORMAT_VERSION)?;
+        Ok(())
+    }
+
+    fn locate(&self, key: &[u8]) -> Location {
+        let position = key_position(key);
+        let partition = partition_of_position(self.partitions, position).0;
+        let segment = self.trees.shape().segment_of_position(position);
+        let mut stored = Vec::with_capacity(LOCATION_BYTES + key.len());
+        stored.extend_from_slice(&partition.to_be_bytes());
+        stored.extend_from_slice(&segment.to_be_bytes());
+        stored.extend_from_slice(key);
+        Location {
+            partition,
+            segment,
+            stored,
+        }
+    }
+
     /// The stored versions of `key` (empty if never written).
     pub fn read(&self, key: &[u8]) -> Result<VersionSet, StorageError> {
         check_key(key)?;
-        match self.engine.get(Space::Objects, key)? {
-            Some(bytes) => Ok(decode_version_set(&bytes)?),
-            None => Ok(VersionSet::new()),
-        }
+        let location = self.locate(key);
+        decode_or_empty(self.engine.get(Space::Objects, &location.stored)?)
     }
 
     /// The coordinator's write (SPEC §4): under the key's lock, reads the stored set, creates
@@ -145,7 +281,9 @@ impl Store {
     ) -> Result<(VersionSet, Version), StorageError> {
         check_key(key)?;
         let _guard = self.lock(key);
-        let mut set = self.read(key)?;
+        let location = self.locate(key);
+        let old = self.engine.get(Space::Objects, &location.stored)?;
+        let mut set = decode_or_empty(old.clone())?;
         let version = set.coordinate_put(node, context, value, now_ms, limits.max_clock_entries)?;
         // Bounded here, at the coordinator, and not on replica merges: a replica must accept
         // what a coordinator accepted, or replicas would diverge.
@@ -155,29 +293,63 @@ impl Store {
                 max: limits.max_siblings,
             });
         }
-        self.write(key, &set)?;
+        self.write(key, &location, old.as_deref(), &set)?;
         Ok((set, version))
     }
 
     /// A replica's write: merges `incoming` into the stored set under the key's lock and stores
     /// the result if it changed. Returns the merged set.
     pub fn merge(&self, key: &[u8], incoming: &VersionSet) -> Result<VersionSet, StorageError> {
-        check_key(key)?;
-        let _guard = self.lock(key);
-        let mut set = self.read(key)?;
-        let before = set.clone();
-        set.merge(incoming);
-        if set != before {
-            self.write(key, &set)?;
-        }
-        Ok(set)
+        Ok(self.merge_changed(key, incoming)?.0)
     }
 
-    fn write(&self, key: &[u8], set: &VersionSet) -> Result<(), StorageError> {
+    /// [`Store::merge`], also saying whether the stored set changed.
+    fn merge_changed(
+        &self,
+        key: &[u8],
+        incoming: &VersionSet,
+    ) -> Result<(VersionSet, bool), StorageError> {
+        check_key(key)?;
+        let _guard = self.lock(key);
+        let location = self.locate(key);
+        let old = self.engine.get(Space::Objects, &location.stored)?;
+        let mut set = decode_or_empty(old.clone())?;
+        let before = set.clone();
+        set.merge(incoming);
+        let changed = set != before;
+        if changed {
+            self.write(key, &location, old.as_deref(), &set)?;
+        }
+        Ok((set, changed))
+    }
+
+    /// Stores `set` for `key` (whose stored bytes were `old`, read under the key's lock that
+    /// the caller holds) and updates the partition's tree in the same critical section.
+    fn write(
+        &self,
+        key: &[u8],
+        location: &Location,
+        old: Option<&[u8]>,
+        set: &VersionSet,
+    ) -> Result<(), StorageError> {
         let bytes = encode_version_set(set)?;
         // Pair assertion around the disk: what we write must read back as what we meant.
         debug_assert_eq!(decode_version_set(&bytes).ok().as_ref(), Some(set));
-        self.engine.insert(Space::Objects, key, &bytes)
+        let old_hash = old.map(|old| object_hash(key, old));
+        let new_hash = object_hash(key, &bytes);
+        let mut tree = self.trees.lock(location.partition);
+        self.engine
+            .insert(Space::Objects, &location.stored, &bytes)?;
+        if let Some(tree) = tree.as_deref_mut() {
+            record_write(
+                tree,
+                location.segment,
+                &location.stored,
+                old_hash,
+                Some(new_hash),
+            );
+        }
+        Ok(())
     }
 
     /// The fallback's side of sloppy quorum (Dynamo §4.6): merges `incoming` into the hint
@@ -293,10 +465,168 @@ impl Store {
     /// Every object, in key order (the simulator's convergence check; not for the product's
     /// request path).
     pub fn objects(&self) -> Result<Vec<(Vec<u8>, VersionSet)>, StorageError> {
-        self.engine
+        let mut objects = self
+            .engine
             .scan(Space::Objects, &[], None, usize::MAX)?
             .into_iter()
-            .map(|(key, bytes)| Ok((key, decode_version_set(&bytes)?)))
+            .map(|(stored, bytes)| {
+                let key = stored.get(LOCATION_BYTES..).unwrap_or_default().to_vec();
+                Ok((key, decode_version_set(&bytes)?))
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        objects.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(objects)
+    }
+
+    /// Q.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The tree anti-entropy compares for `partition`: its root and key count, with the branch
+    /// hashes (`branches` = `None`) or the segment hashes under the branches listed. Not ready
+    /// while the partition's first tree is being built.
+    pub fn tree_view(&self, partition: u32, branches: Option<&[u16]>) -> TreeView {
+        let Some(state) = self.trees.lock(partition) else {
+            return TreeView::missing();
+        };
+        let Some(tree) = state.serving() else {
+            return TreeView::missing();
+        };
+        let hashes = match branches {
+            None => tree.branch_hashes().to_vec(),
+            Some(branches) => branches
+                .iter()
+                .flat_map(|&b| tree.segment_hashes(b).iter().copied())
+                .collect(),
+        };
+        TreeView {
+            ready: true,
+            root: tree.root(),
+            keys: tree.keys(),
+            hashes,
+        }
+    }
+
+    /// The keys of `partition` in `segments`, each with its object hash (what the tree was
+    /// built from), in stored order; at most `limit`.
+    pub fn segment_digests(
+        &self,
+        partition: u32,
+        segments: &[u16],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, u64)>, StorageError> {
+        let mut out = Vec::new();
+        for &segment in segments {
+            let mut prefix = partition.to_be_bytes().to_vec();
+            prefix.extend_from_slice(&segment.to_be_bytes());
+            let left = limit.saturating_sub(out.len());
+            for (stored, bytes) in self.engine.scan(Space::Objects, &prefix, None, left)? {
+                let key = stored.get(LOCATION_BYTES..).unwrap_or_default().to_vec();
+                let hash = object_hash(&key, &bytes);
+                out.push((key, hash));
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored versions of each of `keys` that has any, in the order given.
+    pub fn read_many(&self, keys: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, VersionSet)>, StorageError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let set = self.read(key)?;
+            if !set.is_empty() {
+                out.push((key.clone(), set));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Merges each object like a replica write. Returns how many changed what was stored.
+    pub fn merge_many(&self, objects: &[(Vec<u8>, VersionSet)]) -> Result<usize, StorageError> {
+        let mut changed = 0;
+        for (key, set) in objects {
+            if self.merge_changed(key, set)?.1 {
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// One step of rebuilding `partition`'s tree: folds up to `limit` more keys (starting a
+    /// rebuild if none is under way; a ready tree keeps serving until its replacement is done,
+    /// and is compared with it then). Holds the partition's lock for the step (see `trees.rs`).
+    pub fn rebuild_step(&self, partition: u32, limit: usize) -> Result<RebuildStep, StorageError> {
+        let shape = self.trees.shape();
+        let Some(mut state) = self.trees.lock(partition) else {
+            return Ok(RebuildStep {
+                folded: 0,
+                done: true,
+                rot: false,
+            });
+        };
+        if !matches!(*state, TreeState::Building { .. }) {
+            let previous = match std::mem::replace(&mut *state, TreeState::Missing) {
+                TreeState::Ready(tree) => Some(tree),
+                _ => None,
+            };
+            *state = TreeState::Building {
+                tree: MerkleTree::new(shape),
+                cursor: None,
+                previous,
+            };
+        }
+        let TreeState::Building { tree, cursor, .. } = &mut *state else {
+            unreachable!("the state was made Building above");
+        };
+        let entries = self.engine.scan(
+            Space::Objects,
+            &partition.to_be_bytes(),
+            cursor.as_deref(),
+            limit,
+        )?;
+        let folded = entries.len();
+        for (stored, bytes) in entries {
+            let key = stored.get(LOCATION_BYTES..).unwrap_or_default();
+            let segment = stored
+                .get(4..LOCATION_BYTES)
+                .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+            tree.update(segment, None, Some(object_hash(key, &bytes)));
+            *cursor = Some(stored);
+        }
+        let done = folded < limit;
+        let mut rot = false;
+        if done {
+            if let TreeState::Building { tree, previous, .. } =
+                std::mem::replace(&mut *state, TreeState::Missing)
+            {
+                rot = previous.is_some_and(|previous| previous != tree);
+                *state = TreeState::Ready(tree);
+            }
+        }
+        Ok(RebuildStep { folded, done, rot })
+    }
+
+    /// Every partition's tree state, root and key count.
+    pub fn tree_summaries(&self) -> Vec<TreeSummary> {
+        (0..self.trees.count())
+            .filter_map(|partition| {
+                let state = self.trees.lock(partition)?;
+                let (name, serving) = match &*state {
+                    TreeState::Missing => ("missing", None),
+                    TreeState::Building { previous, .. } => ("building", previous.as_ref()),
+                    TreeState::Ready(tree) => ("ready", Some(tree)),
+                };
+                Some(TreeSummary {
+                    partition,
+                    state: name,
+                    root: serving.map_or(0, MerkleTree::root),
+                    keys: serving.map_or(0, MerkleTree::keys),
+                })
+            })
             .collect()
     }
 
@@ -347,24 +677,71 @@ fn check_key(key: &[u8]) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Stamps a new data directory with the node's id, or checks an existing one.
-fn check_identity(engine: &dyn Engine, node: &NodeId) -> Result<(), StorageError> {
+/// What a data directory's `meta` says about its layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// Format 2 (or a new directory, now stamped).
+    Current,
+    /// Format 1: objects to migrate.
+    Legacy,
+}
+
+/// Stamps a new data directory with the node's id, format and Q, or checks an existing one.
+fn check_identity(
+    engine: &dyn Engine,
+    node: &NodeId,
+    partitions: u32,
+) -> Result<Format, StorageError> {
     let meta = |key: &str| engine.get(Space::Meta, key.as_bytes());
+    let stamp_partitions = || {
+        engine.insert(
+            Space::Meta,
+            META_PARTITIONS.as_bytes(),
+            &partitions.to_be_bytes(),
+        )
+    };
     match meta(META_NODE_ID)? {
         Some(found) if found != node.as_str().as_bytes() => Err(StorageError::WrongNode {
             found: String::from_utf8_lossy(&found).into_owned(),
             expected: node.to_string(),
         }),
-        Some(_) => match meta(META_FORMAT)? {
-            Some(format) if format == FORMAT_VERSION => Ok(()),
-            other => Err(StorageError::WrongNode {
-                found: format!(
-                    "format {:?}",
-                    other.map(|f| String::from_utf8_lossy(&f).into_owned())
-                ),
-                expected: format!("format {}", String::from_utf8_lossy(FORMAT_VERSION)),
-            }),
-        },
+        Some(_) => {
+            let format = meta(META_FORMAT)?;
+            let legacy = match format.as_deref() {
+                Some(f) if f == FORMAT_VERSION => false,
+                Some(f) if f == LEGACY_FORMAT => true,
+                other => {
+                    return Err(StorageError::UnknownFormat {
+                        found: other.map_or_else(
+                            || "none".to_string(),
+                            |f| String::from_utf8_lossy(f).into_owned(),
+                        ),
+                    })
+                }
+            };
+            match meta(META_PARTITIONS)? {
+                Some(bytes) => {
+                    let stored = <[u8; 4]>::try_from(bytes.as_slice())
+                        .map(u32::from_be_bytes)
+                        .map_err(|_| StorageError::UnknownFormat {
+                            found: "2 with an unreadable partition count".to_string(),
+                        })?;
+                    if stored != partitions {
+                        return Err(StorageError::PartitionsChanged {
+                            stored,
+                            configured: partitions,
+                        });
+                    }
+                }
+                // Format 1 did not depend on Q: the migration lays it out for this one.
+                None => stamp_partitions()?,
+            }
+            Ok(if legacy {
+                Format::Legacy
+            } else {
+                Format::Current
+            })
+        }
         None => {
             engine.insert(
                 Space::Meta,
@@ -372,7 +749,15 @@ fn check_identity(engine: &dyn Engine, node: &NodeId) -> Result<(), StorageError
                 node.as_str().as_bytes(),
             )?;
             engine.insert(Space::Meta, META_FORMAT.as_bytes(), FORMAT_VERSION)?;
-            Ok(())
+            stamp_partitions()?;
+            Ok(Format::Current)
         }
+    }
+}
+
+fn decode_or_empty(bytes: Option<Vec<u8>>) -> Result<VersionSet, StorageError> {
+    match bytes {
+        Some(bytes) => Ok(decode_version_set(&bytes)?),
+        None => Ok(VersionSet::new()),
     }
 }
