@@ -6,8 +6,9 @@ use base64::Engine;
 use shoal_stages::membership::Membership;
 use shoal_stages::versioning::VersionSet;
 use shoal_stages::wire::{
-    Bytes, DeleteRequest, FrameDecoder, FrameError, GetLocalRequest, GetRequest, MembersReply,
-    Message, PutRequest, StatsReply, ThrottleChange, ThrottleReply, ThrottleRequest, WireError,
+    AaeReport, Bytes, DeleteRequest, FrameDecoder, FrameError, GetLocalRequest, GetRequest,
+    MembersReply, Message, PutRequest, StatsReply, ThrottleChange, ThrottleReply, ThrottleRequest,
+    WireError,
 };
 use shoal_stages::ServiceError;
 use std::io::{self, Read, Write};
@@ -262,6 +263,14 @@ impl Client {
     pub fn throttle(&mut self, change: ThrottleChange) -> Result<ThrottleReply, ClientError> {
         match self.call(&Message::Throttle(ThrottleRequest { change }))? {
             Message::ThrottleReply(reply) => Ok(reply),
+            other => Err(ClientError::UnexpectedReply(other.to_string())),
+        }
+    }
+
+    /// The node's anti-entropy report: per partition it replicates, its tree and exchanges.
+    pub fn aae(&mut self) -> Result<AaeReport, ClientError> {
+        match self.call(&Message::Aae)? {
+            Message::AaeReply(report) => Ok(*report),
             other => Err(ClientError::UnexpectedReply(other.to_string())),
         }
     }

@@ -97,6 +97,9 @@ pub struct Config {
     /// The resource controller that sets background stages' rates (Dynamo §6.5).
     #[serde(default)]
     pub controller: ControllerSettings,
+    /// Merkle-tree anti-entropy and tombstone purge (Dynamo §4.7).
+    #[serde(default)]
+    pub anti_entropy: AntiEntropySection,
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
@@ -236,6 +239,38 @@ impl Default for StorageSection {
         StorageSection {
             sync: SyncMode::Always,
             sync_interval_ms: 100,
+        }
+    }
+}
+
+/// `[anti_entropy]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AntiEntropySection {
+    /// Whether replicas exchange trees and purge tombstones (trees are kept either way).
+    pub enabled: bool,
+    /// Mean time between exchanges of one partition with one other replica (jittered ±50 %).
+    pub exchange_interval_ms: u64,
+    /// Mean time between rot checks (full rebuilds) of one partition's tree (jittered).
+    pub rebuild_interval_ms: u64,
+    /// Pause before differing segments are compared again, so writes in flight settle.
+    pub confirm_delay_ms: u64,
+    /// Most differing keys one exchange moves (more wait for the next, which comes soon).
+    pub max_keys_per_exchange: usize,
+    /// How long a tombstone stays at least, once every replica holds it. Longer than any
+    /// outage after which you would still expect a replica to come back with old data.
+    pub tombstone_grace_ms: u64,
+}
+
+impl Default for AntiEntropySection {
+    fn default() -> Self {
+        AntiEntropySection {
+            enabled: true,
+            exchange_interval_ms: 60_000,
+            rebuild_interval_ms: 24 * 3600 * 1000,
+            confirm_delay_ms: 500,
+            max_keys_per_exchange: 1000,
+            tombstone_grace_ms: 24 * 3600 * 1000,
         }
     }
 }

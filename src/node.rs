@@ -18,8 +18,9 @@
 
 use crate::config::{Config, ConfigError, DEFAULT_SECRET};
 use crate::controller::ControllerLoop;
+use shoal_stages::anti_entropy::{AntiEntropyMachine, AntiEntropySettings};
 use shoal_stages::coordinate::{Coordinator, CoordinatorSettings};
-use shoal_stages::event::StageId;
+use shoal_stages::event::{AaeBoard, StageId};
 use shoal_stages::handoff::HandoffMachine;
 use shoal_stages::intake::{Intake, IntakeMachine, IntakeSettings, IntakeSocket, StatsSource};
 use shoal_stages::membership::MembershipView;
@@ -93,6 +94,7 @@ struct Receivers {
     replicate: StageReceiver<shoal_stages::event::ReplicateEvent>,
     repair: StageReceiver<shoal_stages::event::RepairEvent>,
     handoff: StageReceiver<shoal_stages::event::HandoffEvent>,
+    anti_entropy: StageReceiver<shoal_stages::event::AntiEntropyEvent>,
     storage: StageReceiver<shoal_stages::event::StorageEvent>,
 }
 
@@ -106,6 +108,8 @@ struct Shared {
     router: Router,
     /// Every background stage's rate gate.
     gates: GateRegistry,
+    /// Anti-entropy's report, for `admin aae`.
+    aae: AaeBoard,
     logger: Logger,
 }
 
@@ -128,6 +132,7 @@ impl Node {
             );
         }
         let (router, receivers, intake_rx) = queues(config, &socket);
+        let node_id = node.clone();
         let shared = Shared {
             node,
             membership,
@@ -136,6 +141,7 @@ impl Node {
             store,
             router,
             gates: GateRegistry::new(|stage| config.stage_rate(stage), Instant::now()),
+            aae: AaeBoard::new(node_id.clone(), config.anti_entropy.enabled),
             logger: logger.clone(),
         };
         let stages = spawn_pool_stages(config, &shared, receivers)?;
@@ -157,6 +163,7 @@ impl Node {
             router: shared.router.clone(),
             latencies: shared.latencies.clone(),
             gates: shared.gates.clone(),
+            aae: shared.aae.clone(),
         };
         let intake = Intake::new(
             socket,
@@ -201,7 +208,8 @@ impl Node {
     }
 
     /// Stops the stages in stage-table order (intake, parse, coordinate, replicate, repair,
-    /// handoff, storage), each after its queue drained; storage flushes its journal last.
+    /// handoff, anti-entropy, storage), each after its queue drained; storage flushes its
+    /// journal last.
     pub fn shutdown(mut self) {
         self.controller_stop.store(true, Ordering::Release);
         if let Some(thread) = self.controller_thread.take() {
@@ -236,6 +244,8 @@ fn queues(
     let (replicate, replicate_rx) = stage_queue(&config.stage_spec(StageId::Replicate), None);
     let (repair, repair_rx) = stage_queue(&config.stage_spec(StageId::Repair), None);
     let (handoff, handoff_rx) = stage_queue(&config.stage_spec(StageId::Handoff), None);
+    let (anti_entropy, anti_entropy_rx) =
+        stage_queue(&config.stage_spec(StageId::AntiEntropy), None);
     let (storage, storage_rx) = stage_queue(&config.stage_spec(StageId::Storage), None);
     let router = Router {
         intake,
@@ -244,6 +254,7 @@ fn queues(
         replicate,
         repair,
         handoff,
+        anti_entropy,
         storage,
     };
     let receivers = Receivers {
@@ -252,6 +263,7 @@ fn queues(
         replicate: replicate_rx,
         repair: repair_rx,
         handoff: handoff_rx,
+        anti_entropy: anti_entropy_rx,
         storage: storage_rx,
     };
     (router, receivers, intake_rx)
@@ -306,6 +318,34 @@ fn spawn_pool_stages(
             shared.logger.new(o!("stage" => StageId::Handoff.name())),
         )
     })?;
+    let aae = &config.anti_entropy;
+    let anti_entropy_settings = AntiEntropySettings {
+        node: shared.node.clone(),
+        n: config.cluster.n,
+        enabled: aae.enabled,
+        exchange_interval: Duration::from_millis(aae.exchange_interval_ms),
+        rebuild_interval: Duration::from_millis(aae.rebuild_interval_ms),
+        confirm_delay: Duration::from_millis(aae.confirm_delay_ms),
+        max_keys_per_exchange: aae.max_keys_per_exchange,
+        tombstone_grace: Duration::from_millis(aae.tombstone_grace_ms),
+    };
+    let anti_entropy = spawn(
+        config,
+        shared,
+        StageId::AntiEntropy,
+        receivers.anti_entropy,
+        |_| {
+            AntiEntropyMachine::new(
+                anti_entropy_settings.clone(),
+                shared.membership.clone(),
+                gate(shared, StageId::AntiEntropy),
+                shared.aae.clone(),
+                shared
+                    .logger
+                    .new(o!("stage" => StageId::AntiEntropy.name())),
+            )
+        },
+    )?;
     let repair = spawn(config, shared, StageId::Repair, receivers.repair, |_| {
         RepairMachine::new(shared.node.clone(), gate(shared, StageId::Repair))
     })?;
@@ -344,7 +384,15 @@ fn spawn_pool_stages(
     let parse = spawn(config, shared, StageId::Parse, receivers.parse, |_| {
         ParseMachine::new(parse_settings.clone(), shared.membership.clone())
     })?;
-    Ok(vec![parse, coordinate, replicate, repair, handoff, storage])
+    Ok(vec![
+        parse,
+        coordinate,
+        replicate,
+        repair,
+        handoff,
+        anti_entropy,
+        storage,
+    ])
 }
 
 /// A background stage's gate from the registry (every background stage of the table has one).

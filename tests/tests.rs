@@ -2,6 +2,7 @@
 //! test binary with a module per topic so CI links once (STYLE.md habit 15).
 
 mod cluster {
+    pub mod anti_entropy;
     pub mod bad_input;
     pub mod cli;
     pub mod durability;

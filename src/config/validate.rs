@@ -64,6 +64,7 @@ impl Config {
         }
         self.validate_stages()?;
         self.validate_controller()?;
+        self.validate_anti_entropy()?;
         self.ring_members()?;
         if !["debug", "info", "warning", "error"].contains(&self.log.level.as_str()) {
             return Err(invalid(
@@ -75,6 +76,42 @@ impl Config {
             return Err(invalid(
                 "log.format",
                 format!("{:?} is not text or json", self.log.format),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_anti_entropy(&self) -> Result<(), ConfigError> {
+        let a = &self.anti_entropy;
+        let week_ms = 7 * 24 * 3600 * 1000;
+        if !(10..=week_ms).contains(&a.exchange_interval_ms) {
+            return Err(invalid(
+                "anti_entropy.exchange_interval_ms",
+                format!("must be in 10..={week_ms}"),
+            ));
+        }
+        if !(100..=365 * 24 * 3600 * 1000).contains(&a.rebuild_interval_ms) {
+            return Err(invalid(
+                "anti_entropy.rebuild_interval_ms",
+                "must be from 100 ms to a year",
+            ));
+        }
+        if a.confirm_delay_ms > 60_000 {
+            return Err(invalid(
+                "anti_entropy.confirm_delay_ms",
+                "must be at most 60000",
+            ));
+        }
+        if !(1..=shoal_stages::wire::MAX_AAE_ITEMS).contains(&a.max_keys_per_exchange) {
+            return Err(invalid(
+                "anti_entropy.max_keys_per_exchange",
+                format!("must be in 1..={}", shoal_stages::wire::MAX_AAE_ITEMS),
+            ));
+        }
+        if a.tombstone_grace_ms == 0 {
+            return Err(invalid(
+                "anti_entropy.tombstone_grace_ms",
+                "must be at least 1 (0 would purge a delete before a late replica hears of it)",
             ));
         }
         Ok(())

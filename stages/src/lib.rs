@@ -12,11 +12,13 @@
 //! - One module per stage: [`intake`] (mio sockets, client and peer connections), [`parse`]
 //!   (frames → typed requests), [`coordinate`] (quorums and deadlines), [`replicate`] (requests
 //!   to peers and their answers), [`storage`] (fjall or memory behind an engine trait),
-//!   [`repair`] (read repair) and [`handoff`] (hinted handoff), both background.
+//!   [`repair`] (read repair), [`handoff`] (hinted handoff) and [`anti_entropy`] (Merkle
+//!   exchanges and tombstone purge), all background.
 //!
 //! See ARCHITECTURE.md at the repository root for the path of a request through the stages.
 #![warn(missing_docs)]
 
+pub mod anti_entropy;
 pub mod controller;
 pub mod coordinate;
 pub mod error;

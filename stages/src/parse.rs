@@ -11,13 +11,13 @@
 
 use crate::error::ServiceError;
 use crate::event::{
-    ClientRequest, CoordinateEvent, Event, IntakeEvent, Now, Origin, ParseEvent, ReplicateEvent,
-    ServeRequest,
+    AaeRequest, AntiEntropyEvent, ClientRequest, CoordinateEvent, Event, IntakeEvent, Now, Origin,
+    ParseEvent, ReplicateEvent, ServeRequest,
 };
 use crate::membership::MembershipView;
 use crate::seda::{Machine, Outbox};
 use crate::versioning::VersionSet;
-use crate::wire::{ContextSeal, Message, MAX_CONTEXT_ENTRIES};
+use crate::wire::{AaeObject, ContextSeal, Message, MAX_AAE_ITEMS, MAX_CONTEXT_ENTRIES};
 use std::time::Duration;
 
 /// Request limits enforced by parsing.
@@ -41,6 +41,8 @@ pub enum Routed {
     Client(ClientRequest),
     /// To the local store only.
     Serve(ServeRequest),
+    /// To anti-entropy (a peer's exchange or purge).
+    AntiEntropy(AaeRequest),
 }
 
 /// One parse worker's machine.
@@ -109,6 +111,9 @@ impl ParseMachine {
                 request,
                 received_at,
             }),
+            Ok(Routed::AntiEntropy(request)) => {
+                out.request(AntiEntropyEvent::Serve { origin, request })
+            }
             Err(error) => reply(out, origin, Message::Error(error)),
         }
     }
@@ -206,6 +211,47 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<Routed, Se
                 hint: write.hint,
             }));
         }
+        Message::AaeTree(tree) => {
+            if let Some(branches) = &tree.branches {
+                check_items(branches.len(), "branches")?;
+            }
+            return Ok(Routed::AntiEntropy(AaeRequest::Tree {
+                partition: tree.partition,
+                branches: tree.branches,
+                root: tree.root,
+            }));
+        }
+        Message::AaeDigests(digests) => {
+            check_items(digests.segments.len(), "segments")?;
+            return Ok(Routed::AntiEntropy(AaeRequest::Digests {
+                partition: digests.partition,
+                segments: digests.segments,
+            }));
+        }
+        Message::AaeSync(sync) => {
+            check_items(
+                sync.objects.len() + sync.want.len(),
+                "objects and wanted keys",
+            )?;
+            let mut want = Vec::with_capacity(sync.want.len());
+            for key in sync.want {
+                check_key(settings, &key)?;
+                want.push(key.into_vec());
+            }
+            return Ok(Routed::AntiEntropy(AaeRequest::Sync {
+                partition: sync.partition,
+                objects: check_objects(settings, sync.objects)?,
+                want,
+            }));
+        }
+        Message::AaePurge(purge) => {
+            check_items(purge.objects.len(), "objects")?;
+            return Ok(Routed::AntiEntropy(AaeRequest::Purge {
+                partition: purge.partition,
+                phase: purge.phase,
+                objects: check_objects(settings, purge.objects)?,
+            }));
+        }
         other => return Err(ServiceError::NotARequest { kind: other.kind() }),
     };
     Ok(Routed::Client(request))
@@ -219,11 +265,15 @@ pub fn authorize(message: Message, authenticated: bool) -> Result<Message, Servi
         return Ok(message);
     }
     match message {
-        Message::ReplicaRead(_) | Message::ReplicaWrite(_) | Message::Ping => {
-            Err(ServiceError::Unauthorized {
-                reason: format!("{message} is for peers; this connection sent no valid hello"),
-            })
-        }
+        Message::ReplicaRead(_)
+        | Message::ReplicaWrite(_)
+        | Message::Ping
+        | Message::AaeTree(_)
+        | Message::AaeDigests(_)
+        | Message::AaeSync(_)
+        | Message::AaePurge(_) => Err(ServiceError::Unauthorized {
+            reason: format!("{message} is for peers; this connection sent no valid hello"),
+        }),
         Message::Put(mut put) => {
             put.forwarded = false;
             Ok(Message::Put(put))
@@ -234,6 +284,34 @@ pub fn authorize(message: Message, authenticated: bool) -> Result<Message, Servi
         }
         other => Ok(other),
     }
+}
+
+/// Bounds the items of one anti-entropy message (what a peer can make this node scan or
+/// merge per message).
+fn check_items(count: usize, what: &str) -> Result<(), ServiceError> {
+    if count > MAX_AAE_ITEMS {
+        return Err(ServiceError::MalformedFrame {
+            reason: format!("{count} {what} exceed the anti-entropy maximum of {MAX_AAE_ITEMS}"),
+        });
+    }
+    Ok(())
+}
+
+/// Checks each object of an anti-entropy message like a replica write's key and versions.
+fn check_objects(
+    settings: &ParseSettings,
+    objects: Vec<AaeObject>,
+) -> Result<Vec<(Vec<u8>, VersionSet)>, ServiceError> {
+    objects
+        .into_iter()
+        .map(|object| {
+            check_key(settings, &object.key)?;
+            Ok((
+                object.key.into_vec(),
+                check_versions(settings, object.versions)?,
+            ))
+        })
+        .collect()
 }
 
 fn check_value(settings: &ParseSettings, size: usize) -> Result<(), ServiceError> {

@@ -5,13 +5,14 @@
 use std::path::{Path, PathBuf};
 
 /// The stage modules: each is a machine that talks to the others only through events.
-const STAGES: [&str; 7] = [
+const STAGES: [&str; 8] = [
     "intake",
     "parse",
     "coordinate",
     "replicate",
     "repair",
     "handoff",
+    "anti_entropy",
     "storage",
 ];
 

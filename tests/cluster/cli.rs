@@ -67,6 +67,7 @@ fn admin_stats_json_lists_every_stage_with_the_documented_fields() {
             "replicate",
             "repair",
             "handoff",
+            "anti_entropy",
             "storage"
         ]
     );

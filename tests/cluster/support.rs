@@ -221,7 +221,12 @@ impl TestCluster {
 
     /// Starts node `i` again on its port and data directory.
     pub fn restart(&mut self, i: usize) {
-        let node = Node::start(&self.configs[i], &logging::discard()).expect("node starts");
+        // SHOAL_TEST_LOG=debug shows the nodes' logs on stderr (to debug a failing test).
+        let logger = match std::env::var("SHOAL_TEST_LOG") {
+            Ok(level) => logging::logger(&level, "text"),
+            Err(_) => logging::discard(),
+        };
+        let node = Node::start(&self.configs[i], &logger).expect("node starts");
         self.nodes[i] = Some(node);
     }
 }

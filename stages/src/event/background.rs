@@ -1,9 +1,12 @@
-//! The background stages' events: read repair and hinted handoff.
+//! The background stages' events: read repair, hinted handoff and anti-entropy; and the board
+//! anti-entropy publishes its report on.
 
 use super::{PeerDone, StorageDone};
 use crate::versioning::VersionSet;
+use crate::wire::AaeReport;
 use crate::NodeId;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 /// Read repair work (Dynamo §4.5): the reconciled versions of a key, for the replicas whose
 /// own versions differed.
@@ -43,5 +46,117 @@ impl fmt::Display for HandoffEvent {
             HandoffEvent::Storage(done) => write!(f, "storage {done}"),
             HandoffEvent::Peer(done) => write!(f, "delivery {done}"),
         }
+    }
+}
+
+/// A peer's anti-entropy request, validated by parse, served by the anti-entropy stage (which
+/// so knows every exchange on its partitions, its own and its peers').
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AaeRequest {
+    /// A level of this node's tree of a partition.
+    Tree {
+        /// The partition.
+        partition: u32,
+        /// `None`: the branch hashes (the start of an exchange); else the segment hashes under
+        /// these branches.
+        branches: Option<Vec<u16>>,
+        /// The asker's root (equal roots: the answer leaves the hashes out).
+        root: Option<u64>,
+    },
+    /// The keys of some segments with their object hashes.
+    Digests {
+        /// The partition.
+        partition: u32,
+        /// The segments.
+        segments: Vec<u16>,
+    },
+    /// Merge these objects, then answer with this node's versions of `want` (the end of an
+    /// exchange).
+    Sync {
+        /// The partition.
+        partition: u32,
+        /// Objects to merge (validated and normalised by parse).
+        objects: Vec<(Vec<u8>, VersionSet)>,
+        /// Keys to answer with.
+        want: Vec<Vec<u8>>,
+    },
+    /// A tombstone purge's check or commit.
+    Purge {
+        /// The partition of every key.
+        partition: u32,
+        /// Check or commit.
+        phase: crate::wire::PurgePhase,
+        /// Keys and the tombstone sets to purge.
+        objects: Vec<(Vec<u8>, VersionSet)>,
+    },
+}
+
+/// The anti-entropy stage's events: peers' requests, and answers to what it asked of storage
+/// and of peers.
+#[derive(Debug)]
+pub enum AntiEntropyEvent {
+    /// A peer's request, to answer on `origin`.
+    Serve {
+        /// Where to answer.
+        origin: super::Origin,
+        /// The request.
+        request: AaeRequest,
+    },
+    /// Storage answered (a tree level, digests, objects, a rebuild step, a purge step).
+    Storage(StorageDone),
+    /// A peer answered (or could not be reached).
+    Peer(PeerDone),
+}
+
+impl fmt::Display for AntiEntropyEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AntiEntropyEvent::Serve { request, .. } => write!(f, "peer asks {request:?}"),
+            AntiEntropyEvent::Storage(done) => write!(f, "storage {done}"),
+            AntiEntropyEvent::Peer(done) => write!(f, "peer {done}"),
+        }
+    }
+}
+
+/// Where the anti-entropy stage publishes its report and the intake reads it for `shoal admin
+/// aae` (a node answers even while its queues are full). Cheap to clone.
+#[derive(Clone)]
+pub struct AaeBoard {
+    report: Arc<Mutex<AaeReport>>,
+}
+
+impl AaeBoard {
+    /// An empty report for `node`.
+    pub fn new(node: NodeId, enabled: bool) -> AaeBoard {
+        AaeBoard {
+            report: Arc::new(Mutex::new(AaeReport {
+                node,
+                enabled,
+                partitions: Vec::new(),
+                exchanges: 0,
+                in_sync_exchanges: 0,
+                keys_sent: 0,
+                keys_received: 0,
+                digests_compared: 0,
+                bytes_exchanged: 0,
+                rebuilds: 0,
+                rot_found: 0,
+                tombstones_purged: 0,
+            })),
+        }
+    }
+
+    /// The report as last published.
+    pub fn report(&self) -> AaeReport {
+        // A panic while publishing leaves the previous report whole.
+        self.report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the report.
+    pub fn publish(&self, report: AaeReport) {
+        *self.report.lock().unwrap_or_else(|p| p.into_inner()) = report;
     }
 }

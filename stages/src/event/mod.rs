@@ -14,12 +14,15 @@ mod requests;
 mod stage_id;
 mod storage;
 
-pub use background::{HandoffEvent, RepairEvent};
+pub use background::{AaeBoard, AaeRequest, AntiEntropyEvent, HandoffEvent, RepairEvent};
 pub use ids::{wall_clock_ms, ConnId, Now, OpId, Origin};
 pub use network::{encode_reply, GateChange, IntakeEvent, ReplicateEvent, SocketCommand};
 pub use requests::{ClientRequest, CoordinateEvent, Operation, ParseEvent, PeerDone, ServeRequest};
 pub use stage_id::{StageClass, StageId, StageRow, UnknownStage};
-pub use storage::{Hint, StorageDone, StorageEvent, StorageOutcome, StorageRequest};
+pub use storage::{
+    Hint, RebuildStep, StorageDone, StorageEvent, StorageOutcome, StorageRequest, TreeSummary,
+    TreeView,
+};
 
 use crate::error::ServiceError;
 use std::fmt;
@@ -39,6 +42,8 @@ pub enum Event {
     Repair(RepairEvent),
     /// For hinted handoff.
     Handoff(HandoffEvent),
+    /// For anti-entropy.
+    AntiEntropy(AntiEntropyEvent),
     /// For storage.
     Storage(StorageEvent),
 }
@@ -53,6 +58,7 @@ impl Event {
             Event::Replicate(_) => StageId::Replicate,
             Event::Repair(_) => StageId::Repair,
             Event::Handoff(_) => StageId::Handoff,
+            Event::AntiEntropy(_) => StageId::AntiEntropy,
             Event::Storage(_) => StageId::Storage,
         }
     }
@@ -67,6 +73,7 @@ impl fmt::Display for Event {
             Event::Replicate(e) => e.fmt(f),
             Event::Repair(e) => e.fmt(f),
             Event::Handoff(e) => e.fmt(f),
+            Event::AntiEntropy(e) => e.fmt(f),
             Event::Storage(e) => e.fmt(f),
         }
     }
@@ -89,6 +96,7 @@ into_event!(
     Replicate(ReplicateEvent),
     Repair(RepairEvent),
     Handoff(HandoffEvent),
+    AntiEntropy(AntiEntropyEvent),
     Storage(StorageEvent),
 );
 
@@ -100,6 +108,8 @@ pub enum ReplyTo {
     Coordinate,
     /// Hinted handoff (hint scans, deliveries, deletions).
     Handoff,
+    /// Anti-entropy (tree levels, digests, exchanges, rebuilds, purges).
+    AntiEntropy,
     /// Nobody: fire and forget (read repair; a lost repair is redone by the next read).
     Nobody,
 }
@@ -110,6 +120,7 @@ impl ReplyTo {
         match self {
             ReplyTo::Coordinate => Some(Event::Coordinate(CoordinateEvent::Storage(done))),
             ReplyTo::Handoff => Some(Event::Handoff(HandoffEvent::Storage(done))),
+            ReplyTo::AntiEntropy => Some(Event::AntiEntropy(AntiEntropyEvent::Storage(done))),
             ReplyTo::Nobody => None,
         }
     }
@@ -119,6 +130,7 @@ impl ReplyTo {
         match self {
             ReplyTo::Coordinate => Some(Event::Coordinate(CoordinateEvent::Peer(done))),
             ReplyTo::Handoff => Some(Event::Handoff(HandoffEvent::Peer(done))),
+            ReplyTo::AntiEntropy => Some(Event::AntiEntropy(AntiEntropyEvent::Peer(done))),
             ReplyTo::Nobody => None,
         }
     }
@@ -129,6 +141,7 @@ impl fmt::Display for ReplyTo {
         f.write_str(match self {
             ReplyTo::Coordinate => "coordinate",
             ReplyTo::Handoff => "handoff",
+            ReplyTo::AntiEntropy => "anti-entropy",
             ReplyTo::Nobody => "nobody",
         })
     }

@@ -163,6 +163,11 @@ pub enum SocketCommand {
         /// Where the request came from.
         origin: super::Origin,
     },
+    /// Answer an `admin aae` request with anti-entropy's published report.
+    Aae {
+        /// Where the request came from.
+        origin: super::Origin,
+    },
     /// Carry out an `admin throttle` change on the gates (which the loop's stats source
     /// holds) and answer with the controller's state and every background stage's rate.
     Throttle {
@@ -194,6 +199,7 @@ impl fmt::Display for SocketCommand {
             SocketCommand::Close { conn } => write!(f, "close conn {conn}"),
             SocketCommand::Abort { conn } => write!(f, "abort conn {conn}"),
             SocketCommand::Stats { origin } => write!(f, "stats for conn {}", origin.conn),
+            SocketCommand::Aae { origin } => write!(f, "aae report for conn {}", origin.conn),
             SocketCommand::Throttle { origin, change } => {
                 write!(f, "throttle {change:?} for conn {}", origin.conn)
             }

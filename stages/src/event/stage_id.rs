@@ -43,6 +43,8 @@ pub enum StageId {
     Repair,
     /// Hinted handoff (background).
     Handoff,
+    /// Anti-entropy: Merkle tree exchanges, tree rebuilds, tombstone purges (background).
+    AntiEntropy,
     /// Storage: the node's database.
     Storage,
 }
@@ -59,7 +61,7 @@ pub struct StageRow {
     /// Whether the stage must run on exactly one thread (its machine holds a table that would
     /// otherwise be split: the coordinator's pending requests, replicate's outstanding
     /// operations, handoff's deliveries, repair's writes waiting for tokens (whose count is
-    /// the backlog its gate reports), the intake's sockets).
+    /// the backlog its gate reports), anti-entropy's exchanges, the intake's sockets).
     pub single_threaded: bool,
     /// Default queue bound.
     pub queue_capacity: usize,
@@ -73,13 +75,14 @@ pub struct StageRow {
 
 impl StageId {
     /// Every stage, in pipeline (and shutdown) order.
-    pub const ALL: [StageId; 7] = [
+    pub const ALL: [StageId; 8] = [
         StageId::Intake,
         StageId::Parse,
         StageId::Coordinate,
         StageId::Replicate,
         StageId::Repair,
         StageId::Handoff,
+        StageId::AntiEntropy,
         StageId::Storage,
     ];
 
@@ -94,6 +97,7 @@ impl StageId {
             StageId::Replicate => ("replicate", Foreground, 1, true, 4096, 64, 100),
             StageId::Repair => ("repair", Background, 1, true, 1024, 16, 100),
             StageId::Handoff => ("handoff", Background, 1, true, 1024, 64, 200),
+            StageId::AntiEntropy => ("anti_entropy", Background, 1, true, 1024, 64, 100),
             StageId::Storage => ("storage", Foreground, 2, false, 1024, 64, 100),
         };
         StageRow {

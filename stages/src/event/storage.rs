@@ -71,6 +71,62 @@ pub enum StorageRequest {
     },
     /// Count the hints held, per intended node.
     PendingHints,
+    /// A level of a partition's Merkle tree (anti-entropy).
+    TreeView {
+        /// The partition.
+        partition: u32,
+        /// `None`: the branch hashes; else the segment hashes under these branches.
+        branches: Option<Vec<u16>>,
+    },
+    /// The keys of some segments of a partition with their object hashes.
+    SegmentDigests {
+        /// The partition.
+        partition: u32,
+        /// The segments.
+        segments: Vec<u16>,
+        /// Most keys returned.
+        limit: usize,
+    },
+    /// Merge these objects, then read those keys (anti-entropy's exchange of differing keys).
+    Sync {
+        /// Objects to merge like replica writes.
+        merge: Vec<(Vec<u8>, VersionSet)>,
+        /// Keys to read after the merge.
+        read: Vec<Vec<u8>>,
+    },
+    /// Fold up to `limit` more keys into a partition's tree being rebuilt.
+    RebuildTree {
+        /// The partition.
+        partition: u32,
+        /// Most keys folded.
+        limit: usize,
+    },
+    /// Every partition's tree state, root and key count.
+    TreeSummaries,
+    /// Tombstone-only keys of a partition older than `before_ms`, a bounded look at a time.
+    PurgeCandidates {
+        /// The partition.
+        partition: u32,
+        /// Resume after this stored key (`None`: from the start).
+        after: Option<Vec<u8>>,
+        /// Most keys looked at.
+        scan_limit: usize,
+        /// Only tombstones written before this wall-clock ms.
+        before_ms: u64,
+    },
+    /// Which of these tombstone sets this node lets go: no hint for the key, and (if it is a
+    /// replica) exactly this set stored.
+    PurgeCheck {
+        /// The keys and tombstone sets.
+        objects: Vec<(Vec<u8>, VersionSet)>,
+        /// Whether this node replicates them (else only its hints are checked).
+        replica: bool,
+    },
+    /// Delete each key that still holds exactly its set.
+    PurgeCommit {
+        /// The keys and tombstone sets.
+        objects: Vec<(Vec<u8>, VersionSet)>,
+    },
 }
 
 impl StorageRequest {
@@ -82,7 +138,8 @@ impl StorageRequest {
                 | StorageRequest::StoreHint { .. }
                 | StorageRequest::Merge { .. }
                 | StorageRequest::DeleteHint { .. }
-        )
+                | StorageRequest::PurgeCommit { .. }
+        ) || matches!(self, StorageRequest::Sync { merge, .. } if !merge.is_empty())
     }
 }
 
@@ -102,6 +159,37 @@ impl fmt::Display for StorageEvent {
                 write!(f, "delete hint for {} op {op}", hint.target)
             }
             StorageRequest::PendingHints => write!(f, "count hints op {op}"),
+            StorageRequest::TreeView { partition, .. } => {
+                write!(f, "tree of partition {partition} op {op}")
+            }
+            StorageRequest::SegmentDigests {
+                partition,
+                segments,
+                ..
+            } => write!(
+                f,
+                "digests of {} segments of partition {partition} op {op}",
+                segments.len()
+            ),
+            StorageRequest::Sync { merge, read } => write!(
+                f,
+                "sync op {op}: merge {}, read {}",
+                merge.len(),
+                read.len()
+            ),
+            StorageRequest::RebuildTree { partition, limit } => {
+                write!(f, "rebuild {limit} of partition {partition} op {op}")
+            }
+            StorageRequest::TreeSummaries => write!(f, "tree summaries op {op}"),
+            StorageRequest::PurgeCandidates { partition, .. } => {
+                write!(f, "purge candidates of partition {partition} op {op}")
+            }
+            StorageRequest::PurgeCheck { objects, .. } => {
+                write!(f, "purge check of {} keys op {op}", objects.len())
+            }
+            StorageRequest::PurgeCommit { objects } => {
+                write!(f, "purge of {} keys op {op}", objects.len())
+            }
         }?;
         write!(f, " for {}", self.reply_to)
     }
@@ -145,6 +233,27 @@ pub enum StorageOutcome {
     HintDeleted(bool),
     /// Hints held per intended node.
     PendingHints(BTreeMap<NodeId, u64>),
+    /// A level of a partition's tree.
+    Tree(TreeView),
+    /// Keys with their object hashes.
+    Digests(Vec<(Vec<u8>, u64)>),
+    /// Keys with their versions.
+    Objects(Vec<(Vec<u8>, VersionSet)>),
+    /// A step of a tree rebuild.
+    Rebuilt(RebuildStep),
+    /// Every partition's tree.
+    TreeSummaries(Vec<TreeSummary>),
+    /// Purge candidates, and where the next look resumes.
+    PurgeCandidates {
+        /// Tombstone-only keys old enough.
+        objects: Vec<(Vec<u8>, VersionSet)>,
+        /// Resume after this stored key (`None`: the partition was looked at to its end).
+        resume: Option<Vec<u8>>,
+        /// Keys looked at (what the look cost).
+        scanned: usize,
+    },
+    /// The keys a purge check agreed to, or a purge commit deleted.
+    Keys(Vec<Vec<u8>>),
 }
 
 /// The answer to one storage operation.
@@ -170,7 +279,80 @@ impl fmt::Display for StorageDone {
             Ok(StorageOutcome::PendingHints(counts)) => {
                 write!(f, "op {} hints held for {} nodes", self.op, counts.len())
             }
+            Ok(StorageOutcome::Tree(view)) => {
+                write!(f, "op {} tree ({} hashes)", self.op, view.hashes.len())
+            }
+            Ok(StorageOutcome::Digests(digests)) => {
+                write!(f, "op {} {} digests", self.op, digests.len())
+            }
+            Ok(StorageOutcome::Objects(objects)) => {
+                write!(f, "op {} {} objects", self.op, objects.len())
+            }
+            Ok(StorageOutcome::Rebuilt(step)) => {
+                write!(
+                    f,
+                    "op {} folded {} (done: {})",
+                    self.op, step.folded, step.done
+                )
+            }
+            Ok(StorageOutcome::TreeSummaries(trees)) => {
+                write!(f, "op {} {} trees", self.op, trees.len())
+            }
+            Ok(StorageOutcome::PurgeCandidates { objects, .. }) => {
+                write!(f, "op {} {} purge candidates", self.op, objects.len())
+            }
+            Ok(StorageOutcome::Keys(keys)) => write!(f, "op {} {} keys", self.op, keys.len()),
             Err(error) => write!(f, "op {} failed: {}", self.op, error.kind()),
         }
     }
+}
+
+/// A partition's tree as anti-entropy sees it: whether there is one, its root, its key count
+/// and the hashes of the level asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeView {
+    /// Whether the partition has a tree (false while it is first built after a start).
+    pub ready: bool,
+    /// The root hash.
+    pub root: u64,
+    /// Keys in the partition.
+    pub keys: u64,
+    /// The branch hashes, or the segment hashes of the branches asked for, in order.
+    pub hashes: Vec<u64>,
+}
+
+impl TreeView {
+    /// The view of a partition without a tree.
+    pub fn missing() -> TreeView {
+        TreeView {
+            ready: false,
+            root: 0,
+            keys: 0,
+            hashes: Vec::new(),
+        }
+    }
+}
+
+/// What one step of a tree rebuild did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RebuildStep {
+    /// Keys folded by this step.
+    pub folded: usize,
+    /// Whether the tree is complete (and now serves).
+    pub done: bool,
+    /// Whether a rebuilt tree differs from the one it replaced (rot, or a bug).
+    pub rot: bool,
+}
+
+/// One partition's tree, for `shoal admin aae`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeSummary {
+    /// The partition.
+    pub partition: u32,
+    /// `missing`, `building` or `ready`.
+    pub state: &'static str,
+    /// The root hash of the tree that serves (0 without one).
+    pub root: u64,
+    /// Keys under that tree.
+    pub keys: u64,
 }

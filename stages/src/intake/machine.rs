@@ -200,11 +200,11 @@ impl IntakeMachine {
             }
             return;
         }
-        if frame.kind == kind::STATS {
+        if frame.kind == kind::STATS || frame.kind == kind::AAE {
+            let origin = Origin { conn, request_id };
             match Message::decode(&frame) {
-                Ok(_) => out.socket(SocketCommand::Stats {
-                    origin: Origin { conn, request_id },
-                }),
+                Ok(Message::Aae) => out.socket(SocketCommand::Aae { origin }),
+                Ok(_) => out.socket(SocketCommand::Stats { origin }),
                 Err(error) => self.write(conn, request_id, &Message::Error(error.into()), out),
             }
             return;

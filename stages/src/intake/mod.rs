@@ -15,7 +15,7 @@ mod peers;
 
 pub use machine::{IntakeMachine, IntakeSettings, FIRST_CONN};
 
-use crate::event::{encode_reply, ConnId, GateChange, IntakeEvent, Now, SocketCommand};
+use crate::event::{encode_reply, AaeBoard, ConnId, GateChange, IntakeEvent, Now, SocketCommand};
 use crate::seda::{
     deliver, GateRegistry, Machine, OperationLatencies, Outbox, Router, StageReceiver,
     StageThrottle, Threads, Wake,
@@ -148,6 +148,8 @@ pub struct StatsSource {
     pub latencies: OperationLatencies,
     /// Every background stage's gate, and the controller's published state.
     pub gates: GateRegistry,
+    /// Anti-entropy's report.
+    pub aae: AaeBoard,
 }
 
 impl StatsSource {
@@ -225,6 +227,10 @@ impl Sockets {
             }
             SocketCommand::Throttle { origin, change } => {
                 let reply = Message::ThrottleReply(stats.throttle(change));
+                self.enqueue(origin.conn, &encode_reply(origin.request_id, &reply));
+            }
+            SocketCommand::Aae { origin } => {
+                let reply = Message::AaeReply(Box::new(stats.aae.report()));
                 self.enqueue(origin.conn, &encode_reply(origin.request_id, &reply));
             }
         }

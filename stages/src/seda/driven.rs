@@ -5,8 +5,9 @@
 use super::machine::{Delivery, Effect, Machine, Outbox};
 use super::{OperationLatencies, SendError, Stage, StageSender, StageSnapshot};
 use crate::event::{
-    wall_clock_ms, CoordinateEvent, Event, HandoffEvent, IntakeEvent, Now, Operation, ParseEvent,
-    Refusal, RepairEvent, ReplicateEvent, SocketCommand, StageId, StorageEvent,
+    wall_clock_ms, AntiEntropyEvent, CoordinateEvent, Event, HandoffEvent, IntakeEvent, Now,
+    Operation, ParseEvent, Refusal, RepairEvent, ReplicateEvent, SocketCommand, StageId,
+    StorageEvent,
 };
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,8 @@ pub struct Router {
     pub repair: StageSender<RepairEvent>,
     /// Hinted handoff.
     pub handoff: StageSender<HandoffEvent>,
+    /// Anti-entropy.
+    pub anti_entropy: StageSender<AntiEntropyEvent>,
     /// Storage.
     pub storage: StageSender<StorageEvent>,
 }
@@ -54,14 +57,14 @@ impl Router {
     pub fn try_send(&self, event: Event) -> Result<(), (Refusal, Event)> {
         route!(self, event, try_send, [Intake => intake, Parse => parse,
             Coordinate => coordinate, Replicate => replicate, Repair => repair,
-            Handoff => handoff, Storage => storage])
+            Handoff => handoff, AntiEntropy => anti_entropy, Storage => storage])
     }
 
     /// Queues an event, waiting for room; gives it back only if the stage stopped.
     pub fn send(&self, event: Event) -> Result<(), (Refusal, Event)> {
         route!(self, event, send, [Intake => intake, Parse => parse,
             Coordinate => coordinate, Replicate => replicate, Repair => repair,
-            Handoff => handoff, Storage => storage])
+            Handoff => handoff, AntiEntropy => anti_entropy, Storage => storage])
     }
 
     /// Events waiting in a stage's queue now.
@@ -73,6 +76,7 @@ impl Router {
             StageId::Replicate => self.replicate.depth(),
             StageId::Repair => self.repair.depth(),
             StageId::Handoff => self.handoff.depth(),
+            StageId::AntiEntropy => self.anti_entropy.depth(),
             StageId::Storage => self.storage.depth(),
         }
     }
@@ -88,6 +92,7 @@ impl Router {
                 StageId::Replicate => self.replicate.snapshot(),
                 StageId::Repair => self.repair.snapshot(),
                 StageId::Handoff => self.handoff.snapshot(),
+                StageId::AntiEntropy => self.anti_entropy.snapshot(),
                 StageId::Storage => self.storage.snapshot(),
             })
             .collect()

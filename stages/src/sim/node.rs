@@ -2,8 +2,9 @@
 //! survives its crashes, with the stage queues modelled as counters (a full foreground queue
 //! refuses a request exactly as the product's does).
 
+use crate::anti_entropy::{AntiEntropyMachine, AntiEntropySettings};
 use crate::coordinate::{Coordinator, CoordinatorSettings};
-use crate::event::{Event, Now, Operation, Refusal, SocketCommand, StageId};
+use crate::event::{AaeBoard, Event, Now, Operation, Refusal, SocketCommand, StageId};
 use crate::handoff::HandoffMachine;
 use crate::intake::{IntakeMachine, IntakeSettings};
 use crate::membership::MembershipView;
@@ -36,15 +37,20 @@ const MAX_SIBLINGS: usize = 32;
 const HANDOFF_RATE_PER_SEC: u64 = 1000;
 /// Repair writes sent per second by each node (its repair gate).
 const REPAIR_RATE_PER_SEC: u64 = 1000;
+/// Anti-entropy keys per second by each node (its gate).
+const ANTI_ENTROPY_RATE_PER_SEC: u64 = 5000;
+/// Stages of a node.
+pub const STAGES: usize = StageId::ALL.len();
 
 /// How often each ticking stage is ticked, in simulated µs (the stages whose `on_tick` does
 /// work; the others' ticks are no-ops under `sync = "always"`).
-pub const TICKS: [(StageId, u64); 5] = [
+pub const TICKS: [(StageId, u64); 6] = [
     (StageId::Intake, 100_000),
     (StageId::Coordinate, 10_000),
     (StageId::Replicate, 100_000),
     (StageId::Repair, 100_000),
     (StageId::Handoff, 200_000),
+    (StageId::AntiEntropy, 100_000),
 ];
 
 /// The machines of a running node.
@@ -55,6 +61,7 @@ pub struct Machines {
     replicate: ReplicateMachine,
     repair: RepairMachine,
     handoff: HandoffMachine,
+    anti_entropy: AntiEntropyMachine,
     storage: StorageMachine,
 }
 
@@ -72,16 +79,16 @@ pub struct SimNode {
     /// Simulated µs until which the node processes nothing (0: running).
     pub paused_until: u64,
     /// Events scheduled for each stage and not yet delivered (the queue's depth).
-    pub queued: [usize; 7],
+    pub queued: [usize; STAGES],
     /// When each stage's last scheduled event is delivered (queues are FIFO).
-    pub last_at: [u64; 7],
+    pub last_at: [u64; STAGES],
     /// Each stage's queue bound.
-    pub capacity: [usize; 7],
+    pub capacity: [usize; STAGES],
 }
 
 impl SimNode {
     /// A node that has never run.
-    pub fn new(id: NodeId, membership: MembershipView, capacity: [usize; 7]) -> SimNode {
+    pub fn new(id: NodeId, membership: MembershipView, capacity: [usize; STAGES]) -> SimNode {
         SimNode {
             id,
             membership,
@@ -90,8 +97,8 @@ impl SimNode {
             machines: None,
             store: None,
             paused_until: 0,
-            queued: [0; 7],
-            last_at: [0; 7],
+            queued: [0; STAGES],
+            last_at: [0; STAGES],
             capacity,
         }
     }
@@ -144,11 +151,29 @@ impl SimNode {
                 Gate::new(Some(HANDOFF_RATE_PER_SEC), base),
                 logger.clone(),
             ),
+            anti_entropy: AntiEntropyMachine::new(
+                AntiEntropySettings {
+                    node: self.id.clone(),
+                    n: N,
+                    enabled: true,
+                    // Short, so a simulated run of a few seconds sees many exchanges.
+                    exchange_interval: Duration::from_millis(1000),
+                    rebuild_interval: Duration::from_secs(10),
+                    confirm_delay: Duration::from_millis(200),
+                    max_keys_per_exchange: 256,
+                    // Longer than any run: the simulator checks convergence, not purges.
+                    tombstone_grace: Duration::from_secs(3600),
+                },
+                self.membership.clone(),
+                Gate::new(Some(ANTI_ENTROPY_RATE_PER_SEC), base),
+                AaeBoard::new(self.id.clone(), true),
+                logger.clone(),
+            ),
             storage: StorageMachine::new(0, store.clone(), storage, logger),
         });
         self.store = Some(store);
         self.incarnation += 1;
-        self.queued = [0; 7];
+        self.queued = [0; STAGES];
         self.paused_until = 0;
         Ok(())
     }
@@ -158,7 +183,7 @@ impl SimNode {
         self.machines = None;
         self.store = None;
         self.engine.crash();
-        self.queued = [0; 7];
+        self.queued = [0; STAGES];
         self.paused_until = 0;
     }
 }
@@ -169,8 +194,8 @@ impl SimNode {
 pub struct SimPost<'a> {
     /// Schedules an event for a stage of this node at a simulated time.
     pub schedule: &'a mut dyn FnMut(StageId, Event) -> u64,
-    pub queued: &'a mut [usize; 7],
-    pub capacity: &'a [usize; 7],
+    pub queued: &'a mut [usize; STAGES],
+    pub capacity: &'a [usize; STAGES],
     pub sockets: &'a mut Vec<SocketCommand>,
 }
 
@@ -219,6 +244,7 @@ impl Machines {
             Event::Replicate(e) => run(&mut self.replicate, now, Some(e), post),
             Event::Repair(e) => run(&mut self.repair, now, Some(e), post),
             Event::Handoff(e) => run(&mut self.handoff, now, Some(e), post),
+            Event::AntiEntropy(e) => run(&mut self.anti_entropy, now, Some(e), post),
             Event::Storage(e) => run(&mut self.storage, now, Some(e), post),
         }
     }
@@ -232,6 +258,7 @@ impl Machines {
             StageId::Replicate => run(&mut self.replicate, now, None, post),
             StageId::Repair => run(&mut self.repair, now, None, post),
             StageId::Handoff => run(&mut self.handoff, now, None, post),
+            StageId::AntiEntropy => run(&mut self.anti_entropy, now, None, post),
             StageId::Storage => run(&mut self.storage, now, None, post),
         }
     }

@@ -581,7 +581,9 @@ impl World {
             }
             // The simulated clients ask for neither; an empty answer keeps one reply per
             // request if one ever does.
-            SocketCommand::Stats { origin } | SocketCommand::Throttle { origin, .. } => {
+            SocketCommand::Stats { origin }
+            | SocketCommand::Throttle { origin, .. }
+            | SocketCommand::Aae { origin } => {
                 let reply = Message::StatsReply(StatsReply {
                     node: self.nodes[node].id.clone(),
                     stages: Vec::new(),

@@ -16,9 +16,7 @@ mod trees;
 
 pub use engine::{Engine, FjallEngine, Space};
 pub use memory::MemoryEngine;
-pub use store::{
-    RebuildStep, StorageError, Store, TreeSummary, TreeView, VersionLimits, MAX_STORABLE_KEY_BYTES,
-};
+pub use store::{StorageError, Store, VersionLimits, MAX_STORABLE_KEY_BYTES};
 
 use crate::error::ServiceError;
 use crate::event::{Now, ReplyTo, StorageDone, StorageEvent, StorageOutcome, StorageRequest};
@@ -133,6 +131,57 @@ impl StorageMachine {
                 StorageOutcome::HintDeleted(store.delete_hint_if_unchanged(&hint)?)
             }
             StorageRequest::PendingHints => StorageOutcome::PendingHints(store.pending_hints()?),
+            StorageRequest::TreeView {
+                partition,
+                branches,
+            } => StorageOutcome::Tree(store.tree_view(partition, branches.as_deref())),
+            StorageRequest::SegmentDigests {
+                partition,
+                segments,
+                limit,
+            } => StorageOutcome::Digests(store.segment_digests(partition, &segments, limit)?),
+            StorageRequest::Sync { merge, read } => {
+                store.merge_many(&merge)?;
+                StorageOutcome::Objects(store.read_many(&read)?)
+            }
+            StorageRequest::RebuildTree { partition, limit } => {
+                StorageOutcome::Rebuilt(store.rebuild_step(partition, limit)?)
+            }
+            StorageRequest::TreeSummaries => StorageOutcome::TreeSummaries(store.tree_summaries()),
+            StorageRequest::PurgeCandidates {
+                partition,
+                after,
+                scan_limit,
+                before_ms,
+            } => {
+                let look =
+                    store.purge_candidates(partition, after.as_deref(), scan_limit, before_ms)?;
+                StorageOutcome::PurgeCandidates {
+                    objects: look.candidates,
+                    resume: look.resume,
+                    scanned: look.scanned,
+                }
+            }
+            StorageRequest::PurgeCheck { objects, replica } => {
+                let mut agreed = Vec::new();
+                for (key, set) in objects {
+                    if !store.holds_hint_for(&key)?
+                        && (!replica || store.holds_exactly(&key, &set)?)
+                    {
+                        agreed.push(key);
+                    }
+                }
+                StorageOutcome::Keys(agreed)
+            }
+            StorageRequest::PurgeCommit { objects } => {
+                let mut purged = Vec::new();
+                for (key, set) in objects {
+                    if store.purge_if_unchanged(&key, &set)? {
+                        purged.push(key);
+                    }
+                }
+                StorageOutcome::Keys(purged)
+            }
         })
     }
 

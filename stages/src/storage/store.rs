@@ -7,7 +7,7 @@
 
 use super::engine::{Engine, FjallEngine, Space};
 use super::trees::{record_write, TreeState, Trees};
-use crate::event::Hint;
+use crate::event::{Hint, RebuildStep, TreeSummary, TreeView};
 use crate::merkle::{object_hash, MerkleTree};
 use crate::ring::{key_position, partition_of_position};
 use crate::vclock::VClock;
@@ -133,60 +133,21 @@ pub struct Store {
     trees: Arc<Trees>,
 }
 
+/// What one look for purge candidates found.
+pub struct PurgeLook {
+    /// Tombstone-only keys old enough, with their sets.
+    pub candidates: Vec<(Vec<u8>, VersionSet)>,
+    /// Where the next look resumes (`None`: the partition's end).
+    pub resume: Option<Vec<u8>>,
+    /// Keys looked at.
+    pub scanned: usize,
+}
+
 /// Where an object lives: its partition and segment, and its key in the objects keyspace.
 struct Location {
     partition: u32,
     segment: u16,
     stored: Vec<u8>,
-}
-
-/// A partition's tree as anti-entropy sees it: whether there is one, its root, its key count
-/// and the hashes of the level asked for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TreeView {
-    /// Whether the partition has a tree (false while it is first built after a start).
-    pub ready: bool,
-    /// The root hash.
-    pub root: u64,
-    /// Keys in the partition.
-    pub keys: u64,
-    /// The branch hashes, or the segment hashes of the branches asked for, in order.
-    pub hashes: Vec<u64>,
-}
-
-impl TreeView {
-    fn missing() -> TreeView {
-        TreeView {
-            ready: false,
-            root: 0,
-            keys: 0,
-            hashes: Vec::new(),
-        }
-    }
-}
-
-/// What one step of a tree rebuild did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RebuildStep {
-    /// Keys folded by this step.
-    pub folded: usize,
-    /// Whether the tree is complete (and now serves).
-    pub done: bool,
-    /// Whether a rebuilt tree differs from the one it replaced (rot, or a bug).
-    pub rot: bool,
-}
-
-/// One partition's tree, for `shoal admin aae`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TreeSummary {
-    /// The partition.
-    pub partition: u32,
-    /// `missing`, `building` or `ready`.
-    pub state: &'static str,
-    /// The root hash of the tree that serves (0 without one).
-    pub root: u64,
-    /// Keys under that tree.
-    pub keys: u64,
 }
 
 impl Store {
@@ -608,6 +569,86 @@ impl Store {
             }
         }
         Ok(RebuildStep { folded, done, rot })
+    }
+
+    /// Keys of `partition` after the stored key `after` whose versions are all tombstones,
+    /// each older than `before_ms` (so every replica has had the grace period to receive it);
+    /// looks at most `scan_limit` keys. Returns the candidates, where the next look resumes
+    /// (`None`: the partition's end) and how many keys it looked at.
+    pub fn purge_candidates(
+        &self,
+        partition: u32,
+        after: Option<&[u8]>,
+        scan_limit: usize,
+        before_ms: u64,
+    ) -> Result<PurgeLook, StorageError> {
+        let entries =
+            self.engine
+                .scan(Space::Objects, &partition.to_be_bytes(), after, scan_limit)?;
+        let scanned = entries.len();
+        let resume = if entries.len() < scan_limit {
+            None
+        } else {
+            entries.last().map(|(stored, _)| stored.clone())
+        };
+        let mut candidates = Vec::new();
+        for (stored, bytes) in entries {
+            let set = decode_version_set(&bytes)?;
+            let all_old_tombstones = !set.is_empty()
+                && set
+                    .versions()
+                    .iter()
+                    .all(|v| v.is_tombstone() && v.timestamp_ms < before_ms);
+            if all_old_tombstones {
+                let key = stored.get(LOCATION_BYTES..).unwrap_or_default().to_vec();
+                candidates.push((key, set));
+            }
+        }
+        Ok(PurgeLook {
+            candidates,
+            resume,
+            scanned,
+        })
+    }
+
+    /// Whether this node keeps a hint for `key` (for anyone): a purge must wait for it, or
+    /// its delivery would bring back what the tombstone deleted.
+    pub fn holds_hint_for(&self, key: &[u8]) -> Result<bool, StorageError> {
+        Ok(!self
+            .engine
+            .scan(Space::Hints, &hint_prefix(key), None, 1)?
+            .is_empty())
+    }
+
+    /// Whether this node holds exactly `set` for `key` (a purge's check on a replica).
+    pub fn holds_exactly(&self, key: &[u8], set: &VersionSet) -> Result<bool, StorageError> {
+        Ok(&self.read(key)? == set)
+    }
+
+    /// Removes `key` if it still holds exactly `set` (a purge's commit), updating its tree.
+    /// Returns whether it was removed.
+    pub fn purge_if_unchanged(&self, key: &[u8], set: &VersionSet) -> Result<bool, StorageError> {
+        check_key(key)?;
+        let _guard = self.lock(key);
+        let location = self.locate(key);
+        let Some(old) = self.engine.get(Space::Objects, &location.stored)? else {
+            return Ok(false);
+        };
+        if &decode_version_set(&old)? != set {
+            return Ok(false);
+        }
+        let mut tree = self.trees.lock(location.partition);
+        self.engine.remove(Space::Objects, &location.stored)?;
+        if let Some(tree) = tree.as_deref_mut() {
+            record_write(
+                tree,
+                location.segment,
+                &location.stored,
+                Some(object_hash(key, &old)),
+                None,
+            );
+        }
+        Ok(true)
     }
 
     /// Every partition's tree state, root and key count.

@@ -4,6 +4,10 @@
 //! Decoding checks the kind first (unknown → [`WireError::UnknownMessageType`]), then decodes the
 //! body and rejects trailing bytes, so a frame is either exactly one known message or an error.
 
+use super::aae::{
+    AaeDigests, AaeDigestsReply, AaePurge, AaePurgeReply, AaeReport, AaeSync, AaeSyncReply,
+    AaeTree, AaeTreeReply,
+};
 use super::frame::{encode_frame_into, Frame, FRAME_OVERHEAD_BYTES};
 use crate::error::ServiceError;
 use crate::membership::Membership;
@@ -279,6 +283,26 @@ pub enum Message {
     Members,
     /// Admin → node: the resource controller and background rates (and a change to them).
     Throttle(ThrottleRequest),
+    /// Admin → node: anti-entropy's trees and exchanges.
+    Aae,
+    /// Node → admin (boxed: one row per partition).
+    AaeReply(Box<AaeReport>),
+    /// Node → node: a level of a partition's Merkle tree.
+    AaeTree(AaeTree),
+    /// Node → node.
+    AaeTreeReply(AaeTreeReply),
+    /// Node → node: the keys of differing segments.
+    AaeDigests(AaeDigests),
+    /// Node → node.
+    AaeDigestsReply(AaeDigestsReply),
+    /// Node → node: merge these, send me those.
+    AaeSync(AaeSync),
+    /// Node → node.
+    AaeSyncReply(AaeSyncReply),
+    /// Node → node: a tombstone purge's check or commit.
+    AaePurge(AaePurge),
+    /// Node → node.
+    AaePurgeReply(AaePurgeReply),
     /// Node → admin.
     ThrottleReply(ThrottleReply),
     /// Node → client.
@@ -340,6 +364,26 @@ pub mod kind {
     pub const THROTTLE: u16 = 13;
     /// [`super::Message::ThrottleReply`]
     pub const THROTTLE_REPLY: u16 = 113;
+    /// [`super::Message::Aae`]
+    pub const AAE: u16 = 14;
+    /// [`super::Message::AaeReply`]
+    pub const AAE_REPLY: u16 = 114;
+    /// [`super::Message::AaeTree`]
+    pub const AAE_TREE: u16 = 204;
+    /// [`super::Message::AaeDigests`]
+    pub const AAE_DIGESTS: u16 = 205;
+    /// [`super::Message::AaeSync`]
+    pub const AAE_SYNC: u16 = 206;
+    /// [`super::Message::AaePurge`]
+    pub const AAE_PURGE: u16 = 207;
+    /// [`super::Message::AaeTreeReply`]
+    pub const AAE_TREE_REPLY: u16 = 254;
+    /// [`super::Message::AaeDigestsReply`]
+    pub const AAE_DIGESTS_REPLY: u16 = 255;
+    /// [`super::Message::AaeSyncReply`]
+    pub const AAE_SYNC_REPLY: u16 = 256;
+    /// [`super::Message::AaePurgeReply`]
+    pub const AAE_PURGE_REPLY: u16 = 257;
     /// [`super::Message::GetReply`]
     pub const GET_REPLY: u16 = 101;
     /// [`super::Message::PutReply`]
@@ -418,6 +462,16 @@ impl Message {
             Message::ThrottleReply(_) => kind::THROTTLE_REPLY,
             Message::GetReply(_) => kind::GET_REPLY,
             Message::PutReply(_) => kind::PUT_REPLY,
+            Message::Aae => kind::AAE,
+            Message::AaeReply(_) => kind::AAE_REPLY,
+            Message::AaeTree(_) => kind::AAE_TREE,
+            Message::AaeTreeReply(_) => kind::AAE_TREE_REPLY,
+            Message::AaeDigests(_) => kind::AAE_DIGESTS,
+            Message::AaeDigestsReply(_) => kind::AAE_DIGESTS_REPLY,
+            Message::AaeSync(_) => kind::AAE_SYNC,
+            Message::AaeSyncReply(_) => kind::AAE_SYNC_REPLY,
+            Message::AaePurge(_) => kind::AAE_PURGE,
+            Message::AaePurgeReply(_) => kind::AAE_PURGE_REPLY,
             Message::StatsReply(_) => kind::STATS_REPLY,
             Message::Error(_) => kind::ERROR,
         }
@@ -429,9 +483,21 @@ impl Message {
             Message::Get(m) => to_body(m),
             Message::Put(m) => to_body(m),
             Message::Delete(m) => to_body(m),
-            Message::Stats | Message::Ring | Message::Ping | Message::Pong | Message::Members => {
-                to_body(&())
-            }
+            Message::Stats
+            | Message::Ring
+            | Message::Ping
+            | Message::Pong
+            | Message::Members
+            | Message::Aae => to_body(&()),
+            Message::AaeReply(m) => to_body(m),
+            Message::AaeTree(m) => to_body(m),
+            Message::AaeTreeReply(m) => to_body(m),
+            Message::AaeDigests(m) => to_body(m),
+            Message::AaeDigestsReply(m) => to_body(m),
+            Message::AaeSync(m) => to_body(m),
+            Message::AaeSyncReply(m) => to_body(m),
+            Message::AaePurge(m) => to_body(m),
+            Message::AaePurgeReply(m) => to_body(m),
             Message::MembersReply(m) => to_body(m),
             Message::Throttle(m) => to_body(m),
             Message::ThrottleReply(m) => to_body(m),
@@ -495,6 +561,19 @@ impl Message {
                 Message::Members
             }
             kind::MEMBERS_REPLY => Message::MembersReply(from_body(k, body)?),
+            kind::AAE => {
+                from_body::<()>(k, body)?;
+                Message::Aae
+            }
+            kind::AAE_REPLY => Message::AaeReply(from_body(k, body)?),
+            kind::AAE_TREE => Message::AaeTree(from_body(k, body)?),
+            kind::AAE_TREE_REPLY => Message::AaeTreeReply(from_body(k, body)?),
+            kind::AAE_DIGESTS => Message::AaeDigests(from_body(k, body)?),
+            kind::AAE_DIGESTS_REPLY => Message::AaeDigestsReply(from_body(k, body)?),
+            kind::AAE_SYNC => Message::AaeSync(from_body(k, body)?),
+            kind::AAE_SYNC_REPLY => Message::AaeSyncReply(from_body(k, body)?),
+            kind::AAE_PURGE => Message::AaePurge(from_body(k, body)?),
+            kind::AAE_PURGE_REPLY => Message::AaePurgeReply(from_body(k, body)?),
             kind::THROTTLE => Message::Throttle(from_body(k, body)?),
             kind::THROTTLE_REPLY => Message::ThrottleReply(from_body(k, body)?),
             kind::PEER_HELLO => Message::PeerHello(from_body(k, body)?),
@@ -527,6 +606,11 @@ impl Message {
                 | Message::Ping
                 | Message::Members
                 | Message::Throttle(_)
+                | Message::Aae
+                | Message::AaeTree(_)
+                | Message::AaeDigests(_)
+                | Message::AaeSync(_)
+                | Message::AaePurge(_)
         )
     }
 }
@@ -581,6 +665,29 @@ impl fmt::Display for Message {
             Message::GetReply(m) => write!(f, "get reply ({} values)", m.values.len()),
             Message::PutReply(_) => write!(f, "put reply"),
             Message::StatsReply(m) => write!(f, "stats reply ({} stages)", m.stages.len()),
+            Message::Aae => write!(f, "anti-entropy report"),
+            Message::AaeReply(m) => {
+                write!(f, "anti-entropy report ({} partitions)", m.partitions.len())
+            }
+            Message::AaeTree(m) => write!(f, "tree of partition {}", m.partition),
+            Message::AaeTreeReply(m) => write!(f, "tree reply ({} hashes)", m.hashes.len()),
+            Message::AaeDigests(m) => write!(
+                f,
+                "digests of {} segments of partition {}",
+                m.segments.len(),
+                m.partition
+            ),
+            Message::AaeDigestsReply(m) => write!(f, "digests reply ({} keys)", m.digests.len()),
+            Message::AaeSync(m) => write!(
+                f,
+                "sync of partition {} ({} objects, {} wanted)",
+                m.partition,
+                m.objects.len(),
+                m.want.len()
+            ),
+            Message::AaeSyncReply(m) => write!(f, "sync reply ({} objects)", m.objects.len()),
+            Message::AaePurge(m) => write!(f, "purge {:?} ({} keys)", m.phase, m.objects.len()),
+            Message::AaePurgeReply(m) => write!(f, "purge reply ({} keys)", m.keys.len()),
             Message::Error(e) => write!(f, "error: {e}"),
         }
     }

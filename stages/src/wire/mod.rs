@@ -3,10 +3,16 @@
 //! Architecture invariant: this is the only module that knows MessagePack. Everything else
 //! handles typed values.
 
+mod aae;
 mod codec;
 mod frame;
 mod message;
 
+pub use aae::{
+    AaeDigests, AaeDigestsReply, AaeObject, AaePartitionReport, AaePeerReport, AaePurge,
+    AaePurgeReply, AaeReport, AaeSync, AaeSyncReply, AaeTree, AaeTreeReply, KeyDigest, PurgePhase,
+    MAX_AAE_ITEMS,
+};
 pub use codec::{
     decode_version_set, encode_version_set, ContextSeal, CorruptObject, MAX_CONTEXT_ENTRIES,
 };

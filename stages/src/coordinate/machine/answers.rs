@@ -103,10 +103,17 @@ impl Coordinator {
                 self.reply(now, pending, message, out);
                 return;
             }
-            (Work::Serve { request }, StorageOutcome::Versions(versions)) => {
-                let message = match request {
-                    ServeKind::Local => Message::LocalReply(LocalReply { versions }),
-                    ServeKind::Replica => Message::ReplicaReply(ReplicaReply { versions }),
+            (Work::Serve { request }, outcome) => {
+                let message = match (*request, outcome) {
+                    (ServeKind::Local, StorageOutcome::Versions(versions)) => {
+                        Message::LocalReply(LocalReply { versions })
+                    }
+                    (ServeKind::Replica, StorageOutcome::Versions(versions)) => {
+                        Message::ReplicaReply(ReplicaReply { versions })
+                    }
+                    (_, other) => Message::Error(ServiceError::Storage {
+                        reason: format!("storage answered a served request with {other:?}"),
+                    }),
                 };
                 self.reply(now, pending, message, out);
                 return;
