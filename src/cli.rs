@@ -140,6 +140,9 @@ pub enum AdminCommand {
     /// The resource controller and every background stage's rate, used rate, backlog and
     /// mode; `--stage NAME --rate N` pins a rate, `--stage NAME --auto` releases it.
     Throttle(crate::throttle_cli::ThrottleArgs),
+    /// Anti-entropy: per partition its Merkle tree (root, keys) and, per other replica, the
+    /// last exchange and the objects sent and received; totals.
+    Aae(RingArgs),
 }
 
 /// `shoal admin ring`
@@ -223,6 +226,10 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Admin(AdminCommand::Ring(args)) => run_ring(args),
         Command::Admin(AdminCommand::Members(args)) => run_members(args),
+        Command::Admin(AdminCommand::Aae(args)) => {
+            let mut client = connect(&args.target)?;
+            crate::aae_cli::run(&mut client, args.json, &mut std::io::stdout())
+        }
         Command::Admin(AdminCommand::Throttle(args)) => {
             let mut client = connect(&args.target)?;
             crate::throttle_cli::run(args, &mut client)

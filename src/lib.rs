@@ -6,6 +6,7 @@
 //! `shoal-stages` crate (`stages/`). ARCHITECTURE.md has the map.
 #![warn(missing_docs)]
 
+pub mod aae_cli;
 pub mod cli;
 pub mod client;
 pub mod cluster_client;

@@ -492,8 +492,8 @@ impl AntiEntropyMachine {
             self.jitter(self.settings.exchange_interval)
         };
         // Before the peer's tree was seen nothing was compared: not an exchange.
-        let compared = exchange.step != Step::OwnBranches
-            && (in_sync || exchange.step != Step::PeerBranches);
+        let compared =
+            exchange.step != Step::OwnBranches && (in_sync || exchange.step != Step::PeerBranches);
         let Some(peer) = self
             .partitions
             .get_mut(&exchange.partition)

@@ -119,17 +119,52 @@ fn a_wiped_replica_gets_every_key_back_without_reads() {
             "key {i} is not back on the wiped replica"
         );
     }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["admin", "aae", "--node", &cluster.addr(2), "--json"])
+        .output()
+        .expect("run shoal admin aae");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("aae json");
+    assert_eq!(
+        json["partitions"].as_array().map(Vec::len),
+        Some(64),
+        "{json}"
+    );
+    for field in ["partition", "tree", "root", "keys", "peers"] {
+        assert!(
+            json["partitions"][0].get(field).is_some(),
+            "no {field} in {json}"
+        );
+    }
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["admin", "aae", "--node", &cluster.addr(2)])
+        .output()
+        .expect("run shoal admin aae");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("Last exchange") && table.contains("tombstones purged"),
+        "{table}"
+    );
     let wiped = report(&cluster, 2).expect("report");
     assert_eq!(
         wiped.partitions.iter().map(|p| p.keys).sum::<u64>(),
         count as u64
     );
     // Only an exchange's initiator counts what it sent and received: the sum over the nodes
-    // is every object moved, once.
-    let moved: u64 = (0..3)
-        .filter_map(|i| report(&cluster, i))
-        .map(|r| r.keys_sent + r.keys_received)
-        .sum();
+    // is every object moved, once. Reports are published once a second: wait for the last.
+    let moved = || -> u64 {
+        (0..3)
+            .filter_map(|i| report(&cluster, i))
+            .map(|r| r.keys_sent + r.keys_received)
+            .sum()
+    };
+    super::support::eventually(|| moved() >= count as u64);
+    std::thread::sleep(Duration::from_millis(1200));
+    let moved = moved();
     assert!(
         moved >= count as u64 && moved <= count as u64 * 12 / 10,
         "the rebuild moved {moved} objects for {count} missing keys"
