@@ -92,6 +92,67 @@ fn arb_message() -> impl Strategy<Value = Message> {
         (0u64..1 << 40, 0u64..1 << 40).prop_map(|(declared, max)| Message::Error(
             ServiceError::FrameTooLarge { declared, max }
         )),
+        Just(Message::Aae),
+        (
+            any::<u32>(),
+            proptest::option::of(proptest::collection::vec(any::<u16>(), 0..8)),
+            proptest::option::of(any::<u64>())
+        )
+            .prop_map(|(partition, branches, root)| Message::AaeTree(
+                crate::wire::AaeTree {
+                    partition,
+                    branches,
+                    root
+                }
+            )),
+        (
+            any::<bool>(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u64>(), 0..8)
+        )
+            .prop_map(|(ready, root, hashes)| Message::AaeTreeReply(
+                crate::wire::AaeTreeReply {
+                    ready,
+                    root,
+                    keys: 7,
+                    hashes
+                }
+            )),
+        (any::<u32>(), proptest::collection::vec(any::<u16>(), 0..8)).prop_map(
+            |(partition, segments)| Message::AaeDigests(crate::wire::AaeDigests {
+                partition,
+                segments
+            })
+        ),
+        proptest::collection::vec((bytes(16), any::<u64>()), 0..4).prop_map(|digests| {
+            Message::AaeDigestsReply(crate::wire::AaeDigestsReply {
+                digests: digests
+                    .into_iter()
+                    .map(|(key, hash)| crate::wire::KeyDigest { key, hash })
+                    .collect(),
+            })
+        }),
+        (
+            bytes(16),
+            arb_versions(),
+            proptest::collection::vec(bytes(16), 0..3)
+        )
+            .prop_map(
+                |(key, versions, want)| Message::AaeSync(crate::wire::AaeSync {
+                    partition: 3,
+                    objects: vec![crate::wire::AaeObject { key, versions }],
+                    want
+                })
+            ),
+        (bytes(16), arb_versions()).prop_map(|(key, versions)| Message::AaePurge(
+            crate::wire::AaePurge {
+                partition: 1,
+                phase: crate::wire::PurgePhase::Check,
+                objects: vec![crate::wire::AaeObject { key, versions }],
+            }
+        )),
+        proptest::collection::vec(bytes(16), 0..3)
+            .prop_map(|keys| Message::AaePurgeReply(crate::wire::AaePurgeReply { keys })),
         Just(Message::Error(ServiceError::Quorum {
             operation: "put".into(),
             needed: 2,

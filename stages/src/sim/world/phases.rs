@@ -185,6 +185,7 @@ impl World {
                 }
             }
         }
+        self.check_roots();
         for node in &self.nodes {
             let pending = node.store.as_ref().map(|s| s.pending_hints());
             if let Some(Ok(pending)) = pending {
@@ -197,6 +198,52 @@ impl World {
                             node.id
                         ),
                     });
+                }
+            }
+        }
+    }
+
+    /// After heal and quiet, anti-entropy has rebuilt every tree and the replicas of each
+    /// partition agree on its Merkle root (SPEC §5: identical roots once faults heal).
+    fn check_roots(&mut self) {
+        let membership = self.nodes[0].membership.current();
+        let ring = membership.ring();
+        for partition in 0..ring.partition_count() {
+            let replicas = ring
+                .preference_list(crate::ring::PartitionId(partition), N)
+                .primaries;
+            let mut roots = Vec::new();
+            for replica in &replicas {
+                let Some(store) = self
+                    .nodes
+                    .iter()
+                    .find(|n| n.id == *replica)
+                    .and_then(|n| n.store.as_ref())
+                else {
+                    continue; // reported by the per-key check
+                };
+                let view = store.tree_view(partition, Some(&[]));
+                if !view.ready {
+                    self.violations.push(Violation {
+                        checker: checker::CONVERGENCE,
+                        detail: format!(
+                            "{replica} has no Merkle tree for partition {partition} after the quiet period"
+                        ),
+                    });
+                    continue;
+                }
+                roots.push((replica.clone(), view.root, view.keys));
+            }
+            if let Some((first, root, keys)) = roots.first().cloned() {
+                for (other, other_root, other_keys) in &roots[1..] {
+                    if *other_root != root {
+                        self.violations.push(Violation {
+                            checker: checker::CONVERGENCE,
+                            detail: format!(
+                                "partition {partition}: {first} has root {root:016x} ({keys} keys), {other} {other_root:016x} ({other_keys} keys)"
+                            ),
+                        });
+                    }
                 }
             }
         }
