@@ -29,7 +29,7 @@ impl fmt::Display for StageClass {
 /// Every stage of a node. The order is the pipeline order, which is also the shutdown order:
 /// the intake stops first (no new work enters), storage last (everything accepted is flushed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum StageId {
     /// Network intake: the mio loop that owns every socket.
     Intake,
@@ -157,8 +157,13 @@ mod tests {
     /// lists the real ones (not a fallback to some other stage's row).
     #[test]
     fn stage_names_round_trip_and_misspellings_are_errors() {
+        use serde::de::{value::Error, IntoDeserializer};
         for stage in StageId::ALL {
             assert_eq!(stage.name().parse::<StageId>(), Ok(stage));
+            // Config sections and shares are keyed by the same name through serde.
+            let name: serde::de::value::StrDeserializer<'_, Error> =
+                stage.name().into_deserializer();
+            assert_eq!(StageId::deserialize(name), Ok(stage), "{}", stage.name());
         }
         let error = "storge".parse::<StageId>().expect_err("misspelled");
         assert!(error.to_string().contains("storage"), "{error}");
