@@ -20,7 +20,7 @@ use crate::config::{Config, ConfigError, DEFAULT_SECRET};
 use crate::controller::ControllerLoop;
 use shoal_stages::anti_entropy::{AntiEntropyMachine, AntiEntropySettings};
 use shoal_stages::coordinate::{Coordinator, CoordinatorSettings};
-use shoal_stages::event::{AaeBoard, StageId};
+use shoal_stages::event::{wall_clock_ms, AaeBoard, StageId};
 use shoal_stages::handoff::HandoffMachine;
 use shoal_stages::intake::{Intake, IntakeMachine, IntakeSettings, IntakeSocket, StatsSource};
 use shoal_stages::membership::MembershipView;
@@ -120,7 +120,12 @@ impl Node {
         let node = NodeId::new(config.node.id.clone());
         let logger = logger.new(o!("node" => node.to_string()));
         std::fs::create_dir_all(&config.node.data_dir).map_err(io_error("creating data_dir"))?;
-        let store = Store::open(&config.node.data_dir, &node, config.cluster.partitions)?;
+        let store = Store::open(
+            &config.node.data_dir,
+            &node,
+            config.cluster.partitions,
+            wall_clock_ms(),
+        )?;
         let socket =
             IntakeSocket::bind(config.node.listen).map_err(io_error("binding listen address"))?;
         let local_addr = socket.local_addr();

@@ -40,9 +40,9 @@
 
 use crate::error::ServiceError;
 use crate::event::{
-    wall_clock_ms, AaeBoard, AaeRequest, AntiEntropyEvent, ConnId, Event, IntakeEvent, Now, OpId,
-    Origin, PeerDone, ReplicateEvent, ReplyTo, StorageDone, StorageEvent, StorageOutcome,
-    StorageRequest, TreeSummary,
+    AaeBoard, AaeRequest, AntiEntropyEvent, ConnId, Event, IntakeEvent, Now, OpId, Origin,
+    PeerDone, ReplicateEvent, ReplyTo, StorageDone, StorageEvent, StorageOutcome, StorageRequest,
+    TreeSummary,
 };
 use crate::membership::MembershipView;
 use crate::merkle::{differing, TreeShape};
@@ -230,7 +230,10 @@ pub struct AntiEntropyMachine {
     leases: BTreeMap<u32, Lease>,
     /// The tree-summary request in flight, and when the next is due.
     summaries: Option<(OpId, Instant)>,
-    next_report: Instant,
+    /// When the report is next refreshed (`None`: at the first tick).
+    next_report: Option<Instant>,
+    /// The wall clock as of the last event or tick (the driver's `now`).
+    wall_ms: u64,
     totals: Totals,
     /// Tokens owed for work done (see [`AntiEntropyMachine::pay_debt`]).
     debt: u64,
@@ -272,7 +275,8 @@ impl AntiEntropyMachine {
             serving: BTreeMap::new(),
             leases: BTreeMap::new(),
             summaries: None,
-            next_report: Instant::now(),
+            next_report: None,
+            wall_ms: 0,
             totals: Totals::default(),
             debt: 0,
             rng,
@@ -462,7 +466,7 @@ impl AntiEntropyMachine {
         self.exchange = Some(Exchange {
             partition,
             peer,
-            started_ms: wall_clock_ms(),
+            started_ms: self.wall_ms,
             step: Step::OwnBranches,
             waiting: Some((op, now + STEP_DEADLINE)),
             root: 0,
@@ -506,7 +510,7 @@ impl AntiEntropyMachine {
             return;
         }
         peer.report.exchanges += 1;
-        peer.report.last_exchange_ms = wall_clock_ms();
+        peer.report.last_exchange_ms = self.wall_ms;
         peer.report.keys_sent += exchange.sent;
         peer.report.keys_received += exchange.received;
         if in_sync && !exchange.cut_short {
@@ -771,7 +775,7 @@ impl AntiEntropyMachine {
     /// sync, if one is due.
     fn start_purge(&mut self, now: Instant, out: &mut Outbox) {
         let grace_ms = self.settings.tombstone_grace.as_millis() as u64;
-        let wall = wall_clock_ms();
+        let wall = self.wall_ms;
         // The due partition whose turn came first (the first due in partition order would
         // starve the later ones).
         let due = self
@@ -1205,6 +1209,7 @@ impl Machine for AntiEntropyMachine {
     type Input = AntiEntropyEvent;
 
     fn on_event(&mut self, now: Now, event: AntiEntropyEvent, out: &mut Outbox) {
+        self.wall_ms = now.wall_ms;
         let now = now.instant;
         let (op, answer) = match event {
             AntiEntropyEvent::Serve { origin, request } => {
@@ -1238,9 +1243,15 @@ impl Machine for AntiEntropyMachine {
             ),
         };
         self.on_answer(now, op, answer, out);
+        // The next exchange starts as soon as one ends, not at the next tick: a pass over
+        // partitions in sync then costs round trips, not ticks.
+        if self.settings.enabled && self.exchange.is_none() {
+            self.start_exchange(now, out);
+        }
     }
 
     fn on_tick(&mut self, now: Now, out: &mut Outbox) {
+        self.wall_ms = now.wall_ms;
         let now = now.instant;
         self.refresh_partitions(now);
         // Steps whose answer never came are given up (the peer's link is down, or a queue
@@ -1284,8 +1295,8 @@ impl Machine for AntiEntropyMachine {
                 self.start_purge(now, out);
             }
         }
-        if self.summaries.is_none() && self.next_report <= now {
-            self.next_report = now + REPORT_PERIOD;
+        if self.summaries.is_none() && self.next_report.is_none_or(|at| at <= now) {
+            self.next_report = Some(now + REPORT_PERIOD);
             let op = self.storage(StorageRequest::TreeSummaries, out);
             self.summaries = Some((op, now));
         }

@@ -149,9 +149,25 @@ impl VersionSet {
         now_ms: u64,
         max_clock_entries: usize,
     ) -> Result<Version, VersionError> {
+        self.coordinate_put_above(node, context, value, now_ms, max_clock_entries, 0)
+    }
+
+    /// [`VersionSet::coordinate_put`] with a counter above `floor` too: a node whose data
+    /// directory was lost starts its counters above everything it could have used before (its
+    /// epoch), since its old dots may live on in other replicas.
+    pub fn coordinate_put_above(
+        &mut self,
+        node: &NodeId,
+        context: &VClock,
+        value: Option<Vec<u8>>,
+        now_ms: u64,
+        max_clock_entries: usize,
+        floor: u64,
+    ) -> Result<Version, VersionError> {
         let counter = self
             .max_counter(node)
             .max(context.counter(node))
+            .max(floor)
             .checked_add(1)
             .ok_or_else(|| VersionError::CounterOverflow { node: node.clone() })?;
         let mut past = context.clone();

@@ -106,7 +106,9 @@ impl SimNode {
     /// Starts (or restarts, after a crash) the node's machines on its engine.
     pub fn start(&mut self, base: Instant) -> Result<(), String> {
         let partitions = self.membership.current().ring().partition_count();
-        let store = Store::with_engine(self.engine.clone(), &self.id, partitions)
+        // Epoch 0: a simulated node never loses its data directory (a crash keeps what was
+        // flushed), so its counters never restart.
+        let store = Store::with_engine(self.engine.clone(), &self.id, partitions, 0)
             .map_err(|e| e.to_string())?;
         let seal = ContextSeal::new(SECRET);
         let logger = slog::Logger::root(slog::Discard, slog::o!());

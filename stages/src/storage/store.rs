@@ -40,6 +40,10 @@ const META_NODE_ID: &str = "node_id";
 const META_FORMAT: &str = "format";
 /// Q, which the layout depends on (objects are stored under their partition).
 const META_PARTITIONS: &str = "partitions";
+/// The node's epoch in this directory: the floor of its new dots' counters, set from the wall
+/// clock (µs) when the directory is created, so a node that lost its data never reuses a dot
+/// that lives on in other replicas (two writes with one dot would never converge).
+const META_EPOCH: &str = "epoch";
 
 /// Bytes before the key in a stored object key: partition (u32) and segment (u16).
 const LOCATION_BYTES: usize = 6;
@@ -131,6 +135,8 @@ pub struct Store {
     partitions: u32,
     /// One Merkle tree per partition, updated by every write.
     trees: Arc<Trees>,
+    /// New dots' counters start above this (see `META_EPOCH`).
+    counter_floor: u64,
 }
 
 /// What one look for purge candidates found.
@@ -153,8 +159,14 @@ struct Location {
 impl Store {
     /// Opens (or creates) the fjall database in `dir` for `node` with Q = `partitions`,
     /// refusing another node's directory or another Q, and migrating a format-1 directory.
-    pub fn open(dir: &Path, node: &NodeId, partitions: u32) -> Result<Store, StorageError> {
-        Store::with_engine(Arc::new(FjallEngine::open(dir)?), node, partitions)
+    /// `now_ms` (the wall clock) sets the node's epoch if the directory is new.
+    pub fn open(
+        dir: &Path,
+        node: &NodeId,
+        partitions: u32,
+        now_ms: u64,
+    ) -> Result<Store, StorageError> {
+        Store::with_engine(Arc::new(FjallEngine::open(dir)?), node, partitions, now_ms)
     }
 
     /// A store over `engine` for `node` with Q = `partitions`, refusing an engine that holds
@@ -164,17 +176,28 @@ impl Store {
         engine: Arc<dyn Engine>,
         node: &NodeId,
         partitions: u32,
+        now_ms: u64,
     ) -> Result<Store, StorageError> {
-        let store = Store {
+        let mut store = Store {
             engine,
             locks: Arc::new((0..LOCK_STRIPES).map(|_| Mutex::new(())).collect()),
             hints_held: Arc::new(AtomicU64::new(0)),
             partitions: partitions.max(1),
             trees: Arc::new(Trees::new(partitions.max(1))),
+            counter_floor: 0,
         };
-        if check_identity(store.engine.as_ref(), node, store.partitions)? == Format::Legacy {
+        if check_identity(store.engine.as_ref(), node, store.partitions, now_ms)? == Format::Legacy
+        {
             store.migrate_legacy()?;
         }
+        store.counter_floor = match store.engine.get(Space::Meta, META_EPOCH.as_bytes())? {
+            Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StorageError::UnknownFormat {
+                    found: "2 with an unreadable epoch".to_string(),
+                })?,
+            None => 0, // a directory from before epochs: its counters never restarted
+        };
         store.engine.persist()?;
         let held = store.pending_hints()?.values().sum();
         store.hints_held.store(held, Ordering::Relaxed);
@@ -245,7 +268,14 @@ impl Store {
         let location = self.locate(key);
         let old = self.engine.get(Space::Objects, &location.stored)?;
         let mut set = decode_or_empty(old.clone())?;
-        let version = set.coordinate_put(node, context, value, now_ms, limits.max_clock_entries)?;
+        let version = set.coordinate_put_above(
+            node,
+            context,
+            value,
+            now_ms,
+            limits.max_clock_entries,
+            self.counter_floor,
+        )?;
         // Bounded here, at the coordinator, and not on replica merges: a replica must accept
         // what a coordinator accepted, or replicas would diverge.
         if set.len() > limits.max_siblings {
@@ -732,6 +762,7 @@ fn check_identity(
     engine: &dyn Engine,
     node: &NodeId,
     partitions: u32,
+    now_ms: u64,
 ) -> Result<Format, StorageError> {
     let meta = |key: &str| engine.get(Space::Meta, key.as_bytes());
     let stamp_partitions = || {
@@ -791,6 +822,8 @@ fn check_identity(
             )?;
             engine.insert(Space::Meta, META_FORMAT.as_bytes(), FORMAT_VERSION)?;
             stamp_partitions()?;
+            let epoch = now_ms.saturating_mul(1000);
+            engine.insert(Space::Meta, META_EPOCH.as_bytes(), &epoch.to_be_bytes())?;
             Ok(Format::Current)
         }
     }

@@ -23,8 +23,8 @@ fn node() -> NodeId {
 /// A store over each engine; the temp dir (if any) lives as long as the store.
 fn engines() -> Vec<(&'static str, Store, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let fjall = Store::open(dir.path(), &node(), Q).expect("fjall opens");
-    let memory = Store::with_engine(MemoryEngine::new(), &node(), Q).expect("memory opens");
+    let fjall = Store::open(dir.path(), &node(), Q, 0).expect("fjall opens");
+    let memory = Store::with_engine(MemoryEngine::new(), &node(), Q, 0).expect("memory opens");
     vec![("fjall", fjall, Some(dir)), ("memory", memory, None)]
 }
 
@@ -79,7 +79,7 @@ fn puts_version_and_bound_siblings_on_both_engines() {
 #[test]
 fn merges_are_idempotent_on_both_engines() {
     for (name, store, _dir) in engines() {
-        let other = Store::with_engine(MemoryEngine::new(), &NodeId::new("n2"), Q).expect("n2");
+        let other = Store::with_engine(MemoryEngine::new(), &NodeId::new("n2"), Q, 0).expect("n2");
         let (theirs, _) = other
             .coordinate_put(
                 b"k",
@@ -161,14 +161,14 @@ fn hints_round_trip_on_both_engines() {
 #[test]
 fn another_nodes_data_is_refused_on_both_engines() {
     let dir = tempfile::tempdir().expect("temp dir");
-    drop(Store::open(dir.path(), &node(), Q).expect("opens"));
-    let error = Store::open(dir.path(), &NodeId::new("n9"), Q)
+    drop(Store::open(dir.path(), &node(), Q, 0).expect("opens"));
+    let error = Store::open(dir.path(), &NodeId::new("n9"), Q, 0)
         .err()
         .expect("refused");
     assert!(error.to_string().contains("n1"), "{error}");
     let memory = MemoryEngine::new();
-    drop(Store::with_engine(memory.clone(), &node(), Q).expect("opens"));
-    assert!(Store::with_engine(memory, &NodeId::new("n9"), Q).is_err());
+    drop(Store::with_engine(memory.clone(), &node(), Q, 0).expect("opens"));
+    assert!(Store::with_engine(memory, &NodeId::new("n9"), Q, 0).is_err());
 }
 
 /// Goal: what was flushed survives a crash and what was not is lost, exactly (the
@@ -177,13 +177,13 @@ fn another_nodes_data_is_refused_on_both_engines() {
 #[test]
 fn memory_engine_crash_loses_exactly_the_unflushed_writes() {
     let engine = MemoryEngine::new();
-    let store = Store::with_engine(engine.clone(), &node(), Q).expect("opens");
+    let store = Store::with_engine(engine.clone(), &node(), Q, 0).expect("opens");
     put(&store, b"flushed", &VClock::new(), b"a");
     store.persist().expect("flush");
     put(&store, b"unflushed", &VClock::new(), b"b");
     assert_eq!(engine.unflushed_writes(), 1);
     engine.crash();
-    let store = Store::with_engine(engine.clone(), &node(), Q).expect("reopens");
+    let store = Store::with_engine(engine.clone(), &node(), Q, 0).expect("reopens");
     assert_eq!(store.read(b"flushed").expect("read").len(), 1);
     assert!(store.read(b"unflushed").expect("read").is_empty());
 
@@ -212,7 +212,7 @@ fn event(op: u64, request: StorageRequest) -> StorageEvent {
 #[test]
 fn failed_group_commit_acknowledges_no_write_of_the_batch() {
     let engine = MemoryEngine::new();
-    let store = Store::with_engine(engine.clone(), &node(), Q).expect("opens");
+    let store = Store::with_engine(engine.clone(), &node(), Q, 0).expect("opens");
     let settings = StorageSettings {
         node: node(),
         sync: SyncMode::Always,

@@ -17,7 +17,7 @@ fn node() -> NodeId {
 }
 
 fn store() -> Store {
-    Store::with_engine(MemoryEngine::new(), &node(), Q).expect("opens")
+    Store::with_engine(MemoryEngine::new(), &node(), Q, 0).expect("opens")
 }
 
 fn key(i: u32) -> Vec<u8> {
@@ -200,7 +200,7 @@ fn format_one_directories_migrate_and_another_q_is_refused() {
         .expect("legacy object");
     engine.insert(Space::Meta, b"node_id", b"n1").expect("meta");
     engine.insert(Space::Meta, b"format", b"1").expect("meta");
-    let store = Store::with_engine(engine.clone(), &node(), Q).expect("migrates");
+    let store = Store::with_engine(engine.clone(), &node(), Q, 0).expect("migrates");
     assert_eq!(store.read(&key(1)).expect("read"), set);
     assert!(engine
         .scan(Space::LegacyObjects, &[], None, 10)
@@ -211,7 +211,7 @@ fn format_one_directories_migrate_and_another_q_is_refused() {
         Some(&b"2"[..])
     );
     drop(store);
-    let error = Store::with_engine(Arc::clone(&engine) as Arc<dyn Engine>, &node(), 16)
+    let error = Store::with_engine(Arc::clone(&engine) as Arc<dyn Engine>, &node(), 16, 0)
         .err()
         .expect("another Q is refused");
     let text = error.to_string();
@@ -219,4 +219,26 @@ fn format_one_directories_migrate_and_another_q_is_refused() {
         text.contains("8 partitions") && text.contains("16"),
         "{text}"
     );
+}
+
+/// Goal: a node whose data directory was lost comes back with a new epoch: its new dots are
+/// above every dot it made before (which live on in other replicas), so one dot never names
+/// two writes, and replicas can converge; reopening a directory keeps its epoch.
+#[test]
+fn a_recreated_directory_never_reuses_a_dot() {
+    let engine = MemoryEngine::new();
+    let old = Store::with_engine(engine.clone(), &node(), Q, 1_000).expect("opens");
+    let before = put(&old, 1, b"before the wipe");
+    let old_counter = before.versions()[0].dot.counter;
+    assert!(old_counter > 1_000_000, "counters start above the epoch");
+    drop(old);
+    let reopened = Store::with_engine(engine, &node(), Q, 5_000).expect("reopens");
+    let again = put(&reopened, 2, b"same directory");
+    assert!(
+        again.versions()[0].dot.counter <= 1_000_001,
+        "a reopened directory keeps its epoch"
+    );
+    let wiped = Store::with_engine(MemoryEngine::new(), &node(), Q, 2_000).expect("opens");
+    let after = put(&wiped, 1, b"after the wipe");
+    assert!(after.versions()[0].dot.counter > old_counter);
 }

@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Issue 10's benchmark: Merkle anti-entropy between two replicas of KEYS keys (2 nodes, N=2,
+# every partition on both, sync = "none" so loading is quick; release build; loopback).
+#
+#  1. in sync: a full pass over every partition (each node exchanges each partition with its
+#     peer once per AAE_INTERVAL_MS) moves no keys; CPU of a node per second with anti-entropy
+#     on, against the same idle nodes with it off (threads that spin before they park cost
+#     the same in both).
+#  2. DIFF keys differ: n2 is stopped while DIFF new keys are written (N = node count, so no
+#     hints); after it returns, objects exchanged (both nodes' initiators, sent + received)
+#     against DIFF, bytes of anti-entropy messages, and the time to equal roots.
+#  3. wiped replica: the foreground p99.9 of an open loop (FG_RATE ops/s, workload A) with no
+#     rebuild, then with n2's data directory wiped and rebuilt by anti-entropy alone (the
+#     controller on); the rebuild's time and the p99.9 ratio (goal <= 1.3x).
+# Each phase RUNS times; medians. Prints a table and writes it to OUT_DIR/anti_entropy.txt.
+#
+# Usage: benches/anti_entropy.sh [keys] [runs]    (defaults 1000000 3)
+# Environment: OUT_DIR (target/bench-aae), DIFF (100), AAE_INTERVAL_MS (5000), FG_RATE (1000),
+# FG_SECS (30), LOAD_THREADS (8).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+base_keys=${1:-1000000}; runs=${2:-3}
+out=${OUT_DIR:-target/bench-aae}; diff_keys=${DIFF:-100}; interval=${AAE_INTERVAL_MS:-5000}
+fg_rate=${FG_RATE:-1000}; fg_secs=${FG_SECS:-30}; load_threads=${LOAD_THREADS:-8}
+command -v python3 >/dev/null || { echo "anti_entropy.sh: python3 is needed" >&2; exit 1; }
+cargo build --release -q
+bin=./target/release
+mkdir -p "$out"
+work=$(mktemp -d)
+declare -A pid
+cleanup() { for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+fail() { echo "anti_entropy.sh: $*" >&2; exit 1; }
+port() { echo $((7700 + $1)); }
+seeds="127.0.0.1:$(port 1),127.0.0.1:$(port 2)"
+clk=$(getconf CLK_TCK)
+
+start() { # i enabled
+  cat > "$work/n$1.toml" <<EOF
+[node]
+id = "n$1"
+listen = "127.0.0.1:$(port "$1")"
+data_dir = "$work/data/n$1"
+[cluster]
+n = 2
+r = 1
+w = 2
+probe_interval_ms = 200
+secret = "bench-anti-entropy-secret-0123456789"
+[[cluster.members]]
+id = "n1"
+addr = "127.0.0.1:$(port 1)"
+[[cluster.members]]
+id = "n2"
+addr = "127.0.0.1:$(port 2)"
+[storage]
+sync = "none"
+[anti_entropy]
+enabled = $2
+exchange_interval_ms = $interval
+confirm_delay_ms = 200
+max_keys_per_exchange = 4096
+EOF
+  "$bin/shoal" node --config "$work/n$1.toml" > "$work/n$1.out" 2>> "$work/n$1.log" &
+  pid[$1]=$!
+  for _ in $(seq 200); do grep -q listening "$work/n$1.out" 2>/dev/null && return; sleep 0.05; done
+  fail "n$1 did not start (see $work/n$1.log)"
+}
+stop() { kill -INT "${pid[$1]}" 2>/dev/null || true; wait "${pid[$1]}" 2>/dev/null || true; unset "pid[$1]"; }
+
+aae() { "$bin/shoal" admin aae --node "127.0.0.1:$(port "$1")" --json || fail "admin aae n$1"; }
+# field of the report: keys (sum over partitions), ready (all trees ready), roots (a digest of
+# all roots), moved (keys sent + received), bytes, exchanges
+field() { aae "$1" | python3 -c '
+import json, sys, hashlib
+r = json.load(sys.stdin); f = sys.argv[1]; p = r["partitions"]
+if f == "keys": print(sum(x["keys"] for x in p))
+elif f == "ready": print(int(bool(p) and all(x["tree"] == "ready" for x in p)))
+elif f == "roots": print(hashlib.md5(",".join(str(x["root"]) for x in p).encode()).hexdigest())
+elif f == "moved": print(r["keys_sent"] + r["keys_received"])
+elif f == "bytes": print(r["bytes_exchanged"])
+elif f == "exchanges": print(r["exchanges"])' "$2"; }
+sum2() { echo $(( $(field 1 "$1") + $(field 2 "$1") )); }
+# Waits until both nodes have ready trees with equal roots and KEYS keys; prints the seconds.
+converge() { # expected-keys limit-seconds
+  local t0; t0=$(date +%s%N)
+  while :; do
+    if [ "$(field 1 ready)" = 1 ] && [ "$(field 2 ready)" = 1 ] \
+       && [ "$(field 1 keys)" = "$1" ] && [ "$(field 2 keys)" = "$1" ] \
+       && [ "$(field 1 roots)" = "$(field 2 roots)" ]; then
+      awk -v ns="$(( $(date +%s%N) - t0 ))" 'BEGIN {printf "%.1f", ns / 1e9}'; return
+    fi
+    [ $(( ($(date +%s%N) - t0) / 1000000000 )) -gt "$2" ] && { echo never; return; }
+    sleep 0.5
+  done
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+p999() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(max(o["p999_us"] for o in r["operations"]) / 1000)' "$1"; }
+
+echo "run,phase,value" > "$out/runs.csv"
+record() { echo "$1,$2,$3" >> "$out/runs.csv"; echo "  run $1: $2 = $3"; }
+
+for run in $(seq "$runs"); do
+  keys=$base_keys
+  rm -rf "$work/data"
+  start 1 true; start 2 true
+  echo "run $run: loading $keys keys"
+  "$bin/shoal-load" --target "$seeds" --replicas 2 --threads "$load_threads" --keys "$keys" --ops 1 \
+      --workload c --distribution uniform > "$work/load.log" 2>&1 || fail "loading failed: $(tail -3 "$work/load.log")"
+  [ "$(converge "$keys" 600)" != never ] || fail "the loaded replicas never agreed"
+
+  # 1. A full pass in sync, anti-entropy on and off.
+  pass=$(( interval * 2 / 1000 + 1 ))
+  m0=$(sum2 moved); e0=$(sum2 exchanges); c0=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") ))
+  sleep "$pass"
+  m1=$(sum2 moved); e1=$(sum2 exchanges); c1=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") ))
+  record "$run" insync_keys_moved $(( m1 - m0 ))
+  record "$run" insync_exchanges_per_pass "$(awk -v e=$(( e1 - e0 )) -v s="$pass" -v i="$interval" 'BEGIN {printf "%.0f", e * i / 1000 / s}')"
+  record "$run" cpu_pct_per_node_aae_on "$(awk -v c=$(( c1 - c0 )) -v k="$clk" -v s="$pass" 'BEGIN {printf "%.2f", c / k / s * 100 / 2}')"
+  stop 1; stop 2; start 1 false; start 2 false
+  sleep 2
+  c0=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") )); sleep "$pass"
+  c1=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") ))
+  record "$run" cpu_pct_per_node_aae_off "$(awk -v c=$(( c1 - c0 )) -v k="$clk" -v s="$pass" 'BEGIN {printf "%.2f", c / k / s * 100 / 2}')"
+  stop 1; stop 2; start 1 true; start 2 true
+  [ "$(converge "$keys" 600)" != never ] || fail "trees were not rebuilt after the restart"
+
+  # 2. DIFF keys written while n2 is down. n2's counters restart with it; n1's do not.
+  n1_moved=$(field 1 moved); n1_bytes=$(field 1 bytes)
+  stop 2
+  "$bin/shoal-load" --target "127.0.0.1:$(port 1)" --replicas 1 --threads 2 --keys "$diff_keys" --ops 1 \
+      --w 1 --workload c --key-prefix "diff$run" > "$work/diff.log" 2>&1 || fail "diff writes failed: $(tail -3 "$work/diff.log")"
+  start 2 true
+  keys=$(( keys + diff_keys ))
+  took=$(converge "$keys" 600)
+  sleep 1.2 # reports are published once a second
+  record "$run" diff_keys_moved $(( $(field 1 moved) - n1_moved + $(field 2 moved) ))
+  record "$run" diff_bytes $(( $(field 1 bytes) - n1_bytes + $(field 2 bytes) ))
+  record "$run" diff_seconds "$took"
+
+  # 3. Foreground p99.9 without and with a wiped replica being rebuilt.
+  "$bin/shoal-load" --target "$seeds" --replicas 2 --threads 8 --keys "$base_keys" --rate "$fg_rate" --no-load \
+      --duration-secs "$fg_secs" --workload a --distribution uniform --json "$work/base.json" > "$work/base.log" 2>&1 \
+    || fail "baseline foreground failed: $(tail -3 "$work/base.log")"
+  stop 2; rm -rf "$work/data/n2"; start 2 true
+  "$bin/shoal-load" --target "$seeds" --replicas 2 --threads 8 --keys "$base_keys" --rate "$fg_rate" --no-load \
+      --duration-secs "$fg_secs" --workload a --distribution uniform --json "$work/wiped.json" > "$work/wiped.log" 2>&1 &
+  fg=$!
+  took=$(converge "$keys" 1800)
+  wait "$fg" || fail "foreground during the rebuild failed: $(tail -3 "$work/wiped.log")"
+  record "$run" rebuild_seconds "$took"
+  record "$run" fg_p999_ms_baseline "$(p999 "$work/base.json")"
+  record "$run" fg_p999_ms_rebuild "$(p999 "$work/wiped.json")"
+  stop 1; stop 2
+done
+
+python3 - "$out/runs.csv" "$diff_keys" <<'EOF' | tee "$out/anti_entropy.txt"
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+diff = int(sys.argv[2])
+def med(phase):
+    vals = [float(r["value"]) for r in rows if r["phase"] == phase and r["value"] != "never"]
+    return statistics.median(vals) if vals else float("nan")
+runs = len({r["run"] for r in rows})
+print(f"medians of {runs} runs")
+print(f"in sync, one full pass: keys moved {med('insync_keys_moved'):.0f}, exchanges per pass {med('insync_exchanges_per_pass'):.0f}")
+on, off = med("cpu_pct_per_node_aae_on"), med("cpu_pct_per_node_aae_off")
+print(f"  CPU per node: {on:.2f} % of a core with anti-entropy, {off:.2f} % without: {on - off:.2f} % for anti-entropy")
+moved = med("diff_keys_moved")
+print(f"{diff} keys differ: objects exchanged {moved:.0f} ({moved / diff:.2f}x the difference), "
+      f"{med('diff_bytes') / 1024:.1f} KiB of anti-entropy messages, roots equal after {med('diff_seconds'):.1f} s")
+base, wiped = med("fg_p999_ms_baseline"), med("fg_p999_ms_rebuild")
+print(f"wiped replica rebuilt in {med('rebuild_seconds'):.1f} s; foreground p99.9 {wiped:.1f} ms vs {base:.1f} ms "
+      f"without a rebuild ({wiped / base:.2f}x)")
+print(("holds" if moved <= 1.2 * diff else "MISSED") + ": keys exchanged <= 1.2x the difference")
+print(("holds" if med("insync_keys_moved") == 0 else "MISSED") + ": an in-sync pass moves no keys")
+print(("holds" if on - off <= 2.0 else "MISSED") + ": an in-sync pass costs <= 2 % of a core")
+print(("holds" if wiped / base <= 1.3 else "MISSED") + ": p99.9 during the rebuild <= 1.3x the baseline (goal)")
+EOF
