@@ -65,8 +65,14 @@ const REBUILD_CHUNK: usize = 256;
 const PURGE_SCAN: usize = 1024;
 /// How long one step may wait for storage or a peer before the exchange is given up.
 const STEP_DEADLINE: Duration = Duration::from_secs(10);
-/// How soon a pair is tried again when a tree was not ready or an exchange was cut short.
+/// How soon a pair is tried again when a tree was not ready or an exchange was cut short
+/// (jittered, so two replicas that opened one partition at once do not collide again).
 const RETRY_SOON: Duration = Duration::from_millis(500);
+/// How long a partition waits after a rebuild step or a purge look failed.
+const FAILURE_PAUSE: Duration = Duration::from_secs(5);
+/// Most bytes of objects (keys, values, clocks; estimated) one anti-entropy message carries,
+/// well under the default frame bound: more differing data goes in the next exchanges.
+const MAX_AAE_BATCH_BYTES: usize = 512 * 1024;
 /// How often the report is refreshed (tree roots from storage).
 const REPORT_PERIOD: Duration = Duration::from_secs(1);
 /// How long a peer's exchange holds one of this node's partitions without a next step.
@@ -395,11 +401,13 @@ impl AntiEntropyMachine {
     /// Starts the next rebuild step: a partition without a tree first, else one due for its
     /// rot check.
     fn start_rebuild(&mut self, now: Instant, out: &mut Outbox) {
+        // Missing trees first, then rot checks; a partition whose step failed waits its
+        // `next_rebuild` so it cannot hold every later partition back.
         let due = self
             .partitions
             .iter()
-            .find(|(_, s)| !s.tree_ready)
-            .or_else(|| self.partitions.iter().find(|(_, s)| s.next_rebuild <= now))
+            .filter(|(_, s)| s.next_rebuild <= now)
+            .min_by_key(|(_, s)| s.tree_ready)
             .map(|(p, _)| *p);
         let Some(partition) = due else {
             return;
@@ -491,7 +499,7 @@ impl AntiEntropyMachine {
             return;
         };
         let next = if retry {
-            RETRY_SOON
+            self.jitter(RETRY_SOON)
         } else {
             self.jitter(self.settings.exchange_interval)
         };
@@ -695,7 +703,10 @@ impl AntiEntropyMachine {
                 exchange.step = Step::OwnObjects;
                 exchange.waiting = Some((op, now + STEP_DEADLINE));
             }
-            (Step::OwnObjects, Answer::Storage(StorageOutcome::Objects(objects))) => {
+            (Step::OwnObjects, Answer::Storage(StorageOutcome::Objects(mut objects))) => {
+                if cap_bytes(&mut objects) {
+                    exchange.cut_short = true;
+                }
                 exchange.sent = objects.len() as u64;
                 let message = Message::AaeSync(AaeSync {
                     partition,
@@ -718,6 +729,8 @@ impl AntiEntropyMachine {
             }
             (Step::PeerSync, Answer::Peer(Message::AaeSyncReply(reply))) => {
                 exchange.received = reply.objects.len() as u64;
+                // The peer leaves out what would not fit one message: more next time.
+                exchange.cut_short |= reply.objects.len() < exchange.theirs_to_fetch.len();
                 self.totals.bytes_exchanged += encoded_size(&Message::AaeSyncReply(reply.clone()));
                 let merge = reply
                     .objects
@@ -854,6 +867,8 @@ impl AntiEntropyMachine {
                 if objects.is_empty() {
                     return;
                 }
+                let mut objects = objects;
+                cap_bytes(&mut objects);
                 purge.objects = objects;
                 purge.step = PurgeStep::Check;
                 purge.deadline = now + STEP_DEADLINE;
@@ -905,7 +920,15 @@ impl AntiEntropyMachine {
                     return;
                 }
             }
-            (PurgeStep::Candidates, _) => return,
+            (PurgeStep::Candidates, _) => {
+                // The look failed (an object that does not decode, say): try this partition
+                // again later rather than every tick.
+                let interval = self.jitter(self.settings.exchange_interval);
+                if let Some(state) = self.partitions.get_mut(&purge.partition) {
+                    state.next_purge = now + interval.max(FAILURE_PAUSE);
+                }
+                return;
+            }
         }
         self.purge = Some(purge);
     }
@@ -943,9 +966,16 @@ impl AntiEntropyMachine {
             })
             .collect();
         for target in targets {
+            // Whether the target replicates the partition, in this (the leader's) view: a
+            // member whose view lags must still be checked as the replica it may be.
+            let replica = self
+                .partitions
+                .get(&purge.partition)
+                .is_some_and(|s| s.peers.contains_key(&target));
             let message = Message::AaePurge(AaePurge {
                 partition: purge.partition,
                 phase,
+                replica,
                 objects: objects.clone(),
             });
             let op = self.peer(target, message, now, out);
@@ -963,6 +993,13 @@ impl AntiEntropyMachine {
                 branches,
                 root,
             } => {
+                // Branches past the shape name no segments (a peer of another Q, or a bug).
+                let branches = branches.map(|list| {
+                    let count = self.shape.branches();
+                    list.into_iter()
+                        .filter(|&b| usize::from(b) < count)
+                        .collect::<Vec<_>>()
+                });
                 if branches.is_none() {
                     // The opening of an exchange: one per partition at a time on this node.
                     let mine = self
@@ -1020,14 +1057,15 @@ impl AntiEntropyMachine {
             AaeRequest::Purge {
                 partition,
                 phase,
+                replica,
                 objects,
             } => {
                 let request = match phase {
-                    // A replica also checks that it holds exactly the tombstones; any other
-                    // member only that it keeps no hint for the keys.
+                    // A replica (in the leader's view or this node's) must hold exactly the
+                    // tombstones; any member, no hint for the keys and no other version.
                     PurgePhase::Check => StorageRequest::PurgeCheck {
                         objects,
-                        replica: self.partitions.contains_key(&partition),
+                        replica: replica || self.partitions.contains_key(&partition),
                     },
                     PurgePhase::Commit => StorageRequest::PurgeCommit { objects },
                 };
@@ -1069,7 +1107,16 @@ impl AntiEntropyMachine {
                     hashes: if same { Vec::new() } else { view.hashes },
                 })
             }
-            (Serving::Digests, Ok(StorageOutcome::Digests(digests))) => {
+            (Serving::Digests, Ok(StorageOutcome::Digests(mut digests))) => {
+                let mut bytes = 0;
+                let fits = digests
+                    .iter()
+                    .take_while(|(key, _)| {
+                        bytes += key.len() + 16;
+                        bytes <= MAX_AAE_BATCH_BYTES
+                    })
+                    .count();
+                digests.truncate(fits);
                 Message::AaeDigestsReply(AaeDigestsReply {
                     digests: digests
                         .into_iter()
@@ -1080,8 +1127,9 @@ impl AntiEntropyMachine {
                         .collect(),
                 })
             }
-            (Serving::Sync { partition }, Ok(StorageOutcome::Objects(objects))) => {
+            (Serving::Sync { partition }, Ok(StorageOutcome::Objects(mut objects))) => {
                 self.release(partition, origin.conn);
+                cap_bytes(&mut objects);
                 Message::AaeSyncReply(AaeSyncReply {
                     objects: objects
                         .into_iter()
@@ -1157,7 +1205,12 @@ impl AntiEntropyMachine {
                 self.rebuild = None;
                 match answer {
                     Answer::Storage(outcome) => self.on_rebuilt(now, partition, outcome),
-                    _ => warn!(self.logger, "tree rebuild step failed"; "partition" => partition),
+                    _ => {
+                        warn!(self.logger, "tree rebuild step failed"; "partition" => partition);
+                        if let Some(state) = self.partitions.get_mut(&partition) {
+                            state.next_rebuild = now + FAILURE_PAUSE;
+                        }
+                    }
                 }
                 return;
             }
@@ -1243,10 +1296,14 @@ impl Machine for AntiEntropyMachine {
             ),
         };
         self.on_answer(now, op, answer, out);
-        // The next exchange starts as soon as one ends, not at the next tick: a pass over
-        // partitions in sync then costs round trips, not ticks.
+        // The next exchange (or rebuild step) starts as soon as one ends, not at the next
+        // tick: a pass over partitions in sync costs round trips, and a rebuild of a million
+        // keys is paced by the gate, not by 256 keys a tick.
         if self.settings.enabled && self.exchange.is_none() {
             self.start_exchange(now, out);
+        }
+        if self.rebuild.is_none() {
+            self.start_rebuild(now, out);
         }
     }
 
@@ -1327,4 +1384,28 @@ impl Machine for AntiEntropyMachine {
         };
         self.on_answer(now.instant, op, Answer::Failed(error.to_string()), out);
     }
+}
+
+/// Keeps the first objects whose estimated encoded size fits [`MAX_AAE_BATCH_BYTES`] (at least
+/// one, which a frame bound sized for the largest value always fits). Returns whether any were
+/// left out.
+fn cap_bytes(objects: &mut Vec<(Vec<u8>, VersionSet)>) -> bool {
+    let mut bytes = 0;
+    let fits = objects
+        .iter()
+        .take_while(|(key, set)| {
+            bytes += key.len()
+                + set
+                    .versions()
+                    .iter()
+                    .map(|v| v.value.as_ref().map_or(0, Vec::len) + 32 * (v.past.len() + 2))
+                    .sum::<usize>();
+            bytes <= MAX_AAE_BATCH_BYTES
+        })
+        .count()
+        .max(1)
+        .min(objects.len());
+    let cut = fits < objects.len();
+    objects.truncate(fits);
+    cut
 }

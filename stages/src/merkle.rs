@@ -74,7 +74,11 @@ impl TreeShape {
     }
 
     /// The segments under `branch`.
+    /// A branch past the shape has none.
     pub fn segments_of(&self, branch: u16) -> std::ops::Range<u16> {
+        if usize::from(branch) >= self.branches() {
+            return 0..0;
+        }
         let first = branch << self.leaf_bits;
         // segments() <= 4096, so this fits a u16.
         first..first + self.segments_per_branch() as u16
@@ -238,6 +242,15 @@ mod tests {
             let total = shape.segments() << bits;
             assert!(total <= 1 << 22, "Q = 2^{bits}: {total} segments");
         }
+    }
+
+    /// Goal: a branch number past the shape (from a peer) names no segments and no hashes,
+    /// instead of overflowing.
+    #[test]
+    fn branches_past_the_shape_name_nothing() {
+        let shape = TreeShape::for_partitions(64);
+        assert!(shape.segments_of(u16::MAX).is_empty());
+        assert!(MerkleTree::new(shape).segment_hashes(1023).is_empty());
     }
 
     /// Goal: the object hash separates key from value (no shifting bytes between them).

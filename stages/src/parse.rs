@@ -249,6 +249,7 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<Routed, Se
             return Ok(Routed::AntiEntropy(AaeRequest::Purge {
                 partition: purge.partition,
                 phase: purge.phase,
+                replica: purge.replica,
                 objects: check_objects(settings, purge.objects)?,
             }));
         }

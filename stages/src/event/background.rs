@@ -86,6 +86,8 @@ pub enum AaeRequest {
         partition: u32,
         /// Check or commit.
         phase: crate::wire::PurgePhase,
+        /// Whether the leader counts this node as a replica of the partition.
+        replica: bool,
         /// Keys and the tombstone sets to purge.
         objects: Vec<(Vec<u8>, VersionSet)>,
     },

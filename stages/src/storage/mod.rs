@@ -165,9 +165,11 @@ impl StorageMachine {
             StorageRequest::PurgeCheck { objects, replica } => {
                 let mut agreed = Vec::new();
                 for (key, set) in objects {
-                    if !store.holds_hint_for(&key)?
-                        && (!replica || store.holds_exactly(&key, &set)?)
-                    {
+                    // A replica holds exactly the tombstones; any other member holds nothing
+                    // of the key or exactly them (a former replica's copy could come back).
+                    let stored = store.read(&key)?;
+                    let matches = stored == set || (!replica && stored.is_empty());
+                    if matches && !store.holds_hint_for(&key)? {
                         agreed.push(key);
                     }
                 }

@@ -186,8 +186,7 @@ impl Store {
             trees: Arc::new(Trees::new(partitions.max(1))),
             counter_floor: 0,
         };
-        if check_identity(store.engine.as_ref(), node, store.partitions, now_ms)? == Format::Legacy
-        {
+        if check_identity(store.engine.as_ref(), node, store.partitions)? == Format::Legacy {
             store.migrate_legacy()?;
         }
         store.counter_floor = match store.engine.get(Space::Meta, META_EPOCH.as_bytes())? {
@@ -196,7 +195,15 @@ impl Store {
                 .map_err(|_| StorageError::UnknownFormat {
                     found: "2 with an unreadable epoch".to_string(),
                 })?,
-            None => 0, // a directory from before epochs: its counters never restarted
+            // A directory from before epochs, or one whose creation crashed before its epoch
+            // was flushed: stamp one now (raising the floor is always safe).
+            None => {
+                let epoch = now_ms.saturating_mul(1000);
+                store
+                    .engine
+                    .insert(Space::Meta, META_EPOCH.as_bytes(), &epoch.to_be_bytes())?;
+                epoch
+            }
         };
         store.engine.persist()?;
         let held = store.pending_hints()?.values().sum();
@@ -762,7 +769,6 @@ fn check_identity(
     engine: &dyn Engine,
     node: &NodeId,
     partitions: u32,
-    now_ms: u64,
 ) -> Result<Format, StorageError> {
     let meta = |key: &str| engine.get(Space::Meta, key.as_bytes());
     let stamp_partitions = || {
@@ -822,8 +828,6 @@ fn check_identity(
             )?;
             engine.insert(Space::Meta, META_FORMAT.as_bytes(), FORMAT_VERSION)?;
             stamp_partitions()?;
-            let epoch = now_ms.saturating_mul(1000);
-            engine.insert(Space::Meta, META_EPOCH.as_bytes(), &epoch.to_be_bytes())?;
             Ok(Format::Current)
         }
     }

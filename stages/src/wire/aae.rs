@@ -107,6 +107,10 @@ pub struct AaePurge {
     pub partition: u32,
     /// Which phase.
     pub phase: PurgePhase,
+    /// Whether the sender counts the answerer among the partition's replicas (then it must
+    /// hold exactly each tombstone set, whatever its own view says).
+    #[serde(default)]
+    pub replica: bool,
     /// The keys with the tombstone sets to purge.
     pub objects: Vec<AaeObject>,
 }

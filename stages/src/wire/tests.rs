@@ -148,6 +148,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
             crate::wire::AaePurge {
                 partition: 1,
                 phase: crate::wire::PurgePhase::Check,
+                replica: true,
                 objects: vec![crate::wire::AaeObject { key, versions }],
             }
         )),
