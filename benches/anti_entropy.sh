@@ -111,10 +111,11 @@ for run in $(seq "$runs"); do
 
   # 1. A full pass in sync, anti-entropy on and off.
   pass=$(( interval * 2 / 1000 + 1 ))
-  m0=$(sum2 moved); e0=$(sum2 exchanges); c0=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") ))
+  m0=$(sum2 moved); e0=$(sum2 exchanges); b0=$(sum2 bytes); c0=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") ))
   sleep "$pass"
-  m1=$(sum2 moved); e1=$(sum2 exchanges); c1=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") ))
+  m1=$(sum2 moved); e1=$(sum2 exchanges); b1=$(sum2 bytes); c1=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") ))
   record "$run" insync_keys_moved $(( m1 - m0 ))
+  record "$run" insync_bytes_per_pass "$(awk -v b=$(( b1 - b0 )) -v s="$pass" -v i="$interval" 'BEGIN {printf "%.0f", b * i / 1000 / s}')"
   record "$run" insync_exchanges_per_pass "$(awk -v e=$(( e1 - e0 )) -v s="$pass" -v i="$interval" 'BEGIN {printf "%.0f", e * i / 1000 / s}')"
   record "$run" cpu_pct_per_node_aae_on "$(awk -v c=$(( c1 - c0 )) -v k="$clk" -v s="$pass" 'BEGIN {printf "%.2f", c / k / s * 100 / 2}')"
   stop 1; stop 2; start 1 false; start 2 false
@@ -164,7 +165,8 @@ def med(phase):
     return statistics.median(vals) if vals else float("nan")
 runs = len({r["run"] for r in rows})
 print(f"medians of {runs} runs")
-print(f"in sync, one full pass: keys moved {med('insync_keys_moved'):.0f}, exchanges per pass {med('insync_exchanges_per_pass'):.0f}")
+print(f"in sync, one full pass: keys moved {med('insync_keys_moved'):.0f}, exchanges per pass {med('insync_exchanges_per_pass'):.0f}, "
+      f"{med('insync_bytes_per_pass') / 1024:.1f} KiB of anti-entropy messages per pass (both nodes)")
 on, off = med("cpu_pct_per_node_aae_on"), med("cpu_pct_per_node_aae_off")
 print(f"  CPU per node: {on:.2f} % of a core with anti-entropy, {off:.2f} % without: {on - off:.2f} % for anti-entropy")
 moved = med("diff_keys_moved")
