@@ -152,7 +152,6 @@ struct Exchange {
     segments: Vec<u16>,
     own_digests: BTreeMap<Vec<u8>, u64>,
     theirs_to_fetch: Vec<Vec<u8>>,
-    differing: Vec<Vec<u8>>,
     sent: u64,
     received: u64,
     cut_short: bool,
@@ -484,7 +483,6 @@ impl AntiEntropyMachine {
             segments: Vec::new(),
             own_digests: BTreeMap::new(),
             theirs_to_fetch: Vec::new(),
-            differing: Vec::new(),
             sent: 0,
             received: 0,
             cut_short: false,
@@ -654,7 +652,6 @@ impl AntiEntropyMachine {
                 exchange.waiting = Some((op, now + STEP_DEADLINE));
             }
             (Step::PeerDigests, Answer::Peer(Message::AaeDigestsReply(reply))) => {
-                self.totals.bytes_exchanged += reply.digests.len() as u64 * 24;
                 exchange.cut_short |= reply.digests.len() >= MAX_AAE_ITEMS;
                 self.totals.digests_compared +=
                     (exchange.own_digests.len() + reply.digests.len()) as u64;
@@ -692,7 +689,6 @@ impl AntiEntropyMachine {
                     return self.finish_exchange(now, in_sync, retry);
                 }
                 exchange.theirs_to_fetch = theirs_to_fetch;
-                exchange.differing = ours_to_send.clone();
                 let op = self.storage(
                     StorageRequest::Sync {
                         merge: Vec::new(),
@@ -710,13 +706,7 @@ impl AntiEntropyMachine {
                 exchange.sent = objects.len() as u64;
                 let message = Message::AaeSync(AaeSync {
                     partition,
-                    objects: objects
-                        .into_iter()
-                        .map(|(key, versions)| AaeObject {
-                            key: Bytes::from(key),
-                            versions,
-                        })
-                        .collect(),
+                    objects: to_wire(objects),
                     want: exchange
                         .theirs_to_fetch
                         .iter()
@@ -731,7 +721,6 @@ impl AntiEntropyMachine {
                 exchange.received = reply.objects.len() as u64;
                 // The peer leaves out what would not fit one message: more next time.
                 exchange.cut_short |= reply.objects.len() < exchange.theirs_to_fetch.len();
-                self.totals.bytes_exchanged += encoded_size(&Message::AaeSyncReply(reply.clone()));
                 let merge = reply
                     .objects
                     .into_iter()
@@ -957,14 +946,7 @@ impl AntiEntropyMachine {
                 .map(|s| s.peers.keys().cloned().collect())
                 .unwrap_or_default(),
         };
-        let objects: Vec<AaeObject> = purge
-            .objects
-            .iter()
-            .map(|(key, versions)| AaeObject {
-                key: Bytes::from(key.clone()),
-                versions: versions.clone(),
-            })
-            .collect();
+        let objects = to_wire(purge.objects.clone());
         for target in targets {
             // Whether the target replicates the partition, in this (the leader's) view: a
             // member whose view lags must still be checked as the replica it may be.
@@ -1131,13 +1113,7 @@ impl AntiEntropyMachine {
                 self.release(partition, origin.conn);
                 cap_bytes(&mut objects);
                 Message::AaeSyncReply(AaeSyncReply {
-                    objects: objects
-                        .into_iter()
-                        .map(|(key, versions)| AaeObject {
-                            key: Bytes::from(key),
-                            versions,
-                        })
-                        .collect(),
+                    objects: to_wire(objects),
                 })
             }
             (Serving::Purge, Ok(StorageOutcome::Keys(keys))) => {
@@ -1408,4 +1384,15 @@ fn cap_bytes(objects: &mut Vec<(Vec<u8>, VersionSet)>) -> bool {
     let cut = fits < objects.len();
     objects.truncate(fits);
     cut
+}
+
+/// Objects as anti-entropy messages carry them.
+fn to_wire(objects: Vec<(Vec<u8>, VersionSet)>) -> Vec<AaeObject> {
+    objects
+        .into_iter()
+        .map(|(key, versions)| AaeObject {
+            key: Bytes::from(key),
+            versions,
+        })
+        .collect()
 }

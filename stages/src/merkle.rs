@@ -122,11 +122,6 @@ impl MerkleTree {
         }
     }
 
-    /// The shape.
-    pub fn shape(&self) -> TreeShape {
-        self.shape
-    }
-
     /// Records a write to an object of `segment`: its hash went from `old` to `new` (0 for
     /// absent, on either side).
     pub fn update(&mut self, segment: u16, old: Option<u64>, new: Option<u64>) {

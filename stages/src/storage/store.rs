@@ -476,11 +476,6 @@ impl Store {
         Ok(objects)
     }
 
-    /// Q.
-    pub fn partitions(&self) -> u32 {
-        self.partitions
-    }
-
     /// The tree anti-entropy compares for `partition`: its root and key count, with the branch
     /// hashes (`branches` = `None`) or the segment hashes under the branches listed. Not ready
     /// while the partition's first tree is being built.
@@ -655,11 +650,6 @@ impl Store {
             .engine
             .scan(Space::Hints, &hint_prefix(key), None, 1)?
             .is_empty())
-    }
-
-    /// Whether this node holds exactly `set` for `key` (a purge's check on a replica).
-    pub fn holds_exactly(&self, key: &[u8], set: &VersionSet) -> Result<bool, StorageError> {
-        Ok(&self.read(key)? == set)
     }
 
     /// Removes `key` if it still holds exactly `set` (a purge's commit), updating its tree.
