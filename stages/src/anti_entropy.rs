@@ -492,10 +492,7 @@ impl AntiEntropyMachine {
     /// Ends the exchange. `in_sync` records that the pair held the same data as of its start
     /// (what the purge relies on); `retry` brings the pair's next exchange forward (a tree
     /// was not ready, or the exchange was cut short).
-    fn finish_exchange(&mut self, now: Instant, in_sync: bool, retry: bool) {
-        let Some(exchange) = self.exchange.take() else {
-            return;
-        };
+    fn finish_exchange(&mut self, exchange: Exchange, now: Instant, in_sync: bool, retry: bool) {
         let next = if retry {
             self.jitter(RETRY_SOON)
         } else {
@@ -530,21 +527,16 @@ impl AntiEntropyMachine {
 
     /// Gives the exchange up (a peer or storage failed, or a step timed out); the pair is
     /// tried again at its normal interval.
-    fn abandon_exchange(&mut self, now: Instant, why: &str) {
-        if let Some(exchange) = &self.exchange {
-            info!(self.logger, "anti-entropy exchange given up";
-                "partition" => exchange.partition, "peer" => %exchange.peer, "why" => why);
-        }
-        let mean = self.settings.exchange_interval;
-        let next = self.jitter(mean);
-        if let Some(exchange) = self.exchange.take() {
-            if let Some(peer) = self
-                .partitions
-                .get_mut(&exchange.partition)
-                .and_then(|s| s.peers.get_mut(&exchange.peer))
-            {
-                peer.next_exchange = now + next;
-            }
+    fn abandon_exchange(&mut self, exchange: Exchange, now: Instant, why: &str) {
+        info!(self.logger, "anti-entropy exchange given up";
+            "partition" => exchange.partition, "peer" => %exchange.peer, "why" => why);
+        let next = self.jitter(self.settings.exchange_interval);
+        if let Some(peer) = self
+            .partitions
+            .get_mut(&exchange.partition)
+            .and_then(|s| s.peers.get_mut(&exchange.peer))
+        {
+            peer.next_exchange = now + next;
         }
     }
 
@@ -559,8 +551,7 @@ impl AntiEntropyMachine {
         match (exchange.step.clone(), answer) {
             (Step::OwnBranches, Answer::Storage(StorageOutcome::Tree(view))) => {
                 if !view.ready {
-                    self.exchange = Some(exchange);
-                    return self.finish_exchange(now, false, true);
+                    return self.finish_exchange(exchange, now, false, true);
                 }
                 exchange.root = view.root;
                 exchange.own_hashes = view.hashes;
@@ -575,13 +566,11 @@ impl AntiEntropyMachine {
             }
             (Step::PeerBranches, Answer::Peer(Message::AaeTreeReply(reply))) => {
                 if !reply.ready {
-                    self.exchange = Some(exchange);
-                    return self.finish_exchange(now, false, true);
+                    return self.finish_exchange(exchange, now, false, true);
                 }
                 if reply.root == exchange.root {
                     self.totals.in_sync_exchanges += 1;
-                    self.exchange = Some(exchange);
-                    return self.finish_exchange(now, true, false);
+                    return self.finish_exchange(exchange, now, true, false);
                 }
                 exchange.branches = differing(&exchange.own_hashes, &reply.hashes)
                     .into_iter()
@@ -621,8 +610,7 @@ impl AntiEntropyMachine {
                     exchange.segments = found.into_iter().filter(|s| first.contains(s)).collect();
                     if exchange.segments.is_empty() {
                         // Every difference was a write in flight, now arrived on both.
-                        self.exchange = Some(exchange);
-                        return self.finish_exchange(now, true, false);
+                        return self.finish_exchange(exchange, now, true, false);
                     }
                     if exchange.segments.len() > MAX_AAE_ITEMS {
                         exchange.segments.truncate(MAX_AAE_ITEMS);
@@ -685,8 +673,7 @@ impl AntiEntropyMachine {
                 if ours_to_send.is_empty() && theirs_to_fetch.is_empty() {
                     let in_sync = !exchange.cut_short;
                     let retry = exchange.cut_short;
-                    self.exchange = Some(exchange);
-                    return self.finish_exchange(now, in_sync, retry);
+                    return self.finish_exchange(exchange, now, in_sync, retry);
                 }
                 exchange.theirs_to_fetch = theirs_to_fetch;
                 let op = self.storage(
@@ -738,16 +725,17 @@ impl AntiEntropyMachine {
             }
             (Step::MergeBack, Answer::Storage(StorageOutcome::Objects(_))) => {
                 let cut_short = exchange.cut_short;
-                self.exchange = Some(exchange);
-                return self.finish_exchange(now, !cut_short, cut_short);
+                return self.finish_exchange(exchange, now, !cut_short, cut_short);
             }
             (_, Answer::Failed(why)) => {
-                self.exchange = Some(exchange);
-                return self.abandon_exchange(now, &why);
+                return self.abandon_exchange(exchange, now, &why);
             }
             (_, _) => {
-                self.exchange = Some(exchange);
-                return self.abandon_exchange(now, "an answer that does not fit the step");
+                return self.abandon_exchange(
+                    exchange,
+                    now,
+                    "an answer that does not fit the step",
+                );
             }
         }
         self.exchange = Some(exchange);
@@ -1292,13 +1280,15 @@ impl Machine for AntiEntropyMachine {
         if self.rebuild.is_some_and(|(_, _, deadline)| deadline <= now) {
             self.rebuild = None;
         }
-        if self
-            .exchange
-            .as_ref()
-            .and_then(|e| e.waiting)
-            .is_some_and(|(_, deadline)| deadline <= now)
-        {
-            self.abandon_exchange(now, "a step timed out");
+        if let Some(exchange) = self.exchange.take() {
+            if exchange
+                .waiting
+                .is_some_and(|(_, deadline)| deadline <= now)
+            {
+                self.abandon_exchange(exchange, now, "a step timed out");
+            } else {
+                self.exchange = Some(exchange);
+            }
         }
         if self.purge.as_ref().is_some_and(|p| p.deadline <= now) {
             self.purge = None;
