@@ -1,0 +1,670 @@
+//! Membership (Dynamo §4.8): who is in the cluster, where they listen, the partition
+//! assignment, and the ownership transfers a change of assignment set off — one value that
+//! every node holds a copy of and that gossip merges.
+//!
+//! The value is a state-based CRDT, so copies changed through different nodes at the same time
+//! merge instead of one overwriting the other:
+//! - **members** are a map of last-writer-wins registers, one per node id, each stamped with a
+//!   Lamport [`Stamp`] (counter, then the node that wrote it, break ties). A join staged
+//!   through n1 and a leave staged through n2 both survive the merge.
+//! - **the ring** (the committed assignment) is one register stamped by its commit, carrying
+//!   the ring it replaced while transfers are pending and the set of transfers done (a
+//!   grow-only set, merged by union). Two commits made at once: the later stamp wins, and the
+//!   other commit's member changes stay staged, visible in the next [`Membership::plan`].
+//!
+//! What an operator *wants* (members `Active`, `Leaving`, `Removed`) is kept apart from what
+//! is *committed* (the ring): the difference is the plan, shown before it is applied (riak's
+//! plan/commit). After a commit, every partition whose replicas changed has a transfer per new
+//! replica from an old one; until a partition's transfers are done its reads stay on the old
+//! replicas and its writes go to old and new ([`Membership::replicas`]).
+//!
+//! Pure: no clock, no I/O. [`MembershipView`] is the shared, swappable handle the stages read
+//! the current value through; the gossip stage is its one writer.
+
+use crate::ring::{NodeSpec, PartitionId, PreferenceList, Ring, RingError};
+use crate::NodeId;
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+/// One member of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its node id.
+    pub id: NodeId,
+    /// Where it listens for clients and peers.
+    pub addr: SocketAddr,
+    /// Relative capacity.
+    pub weight: u32,
+    /// Failure zone, if configured.
+    pub zone: Option<String>,
+}
+
+impl Member {
+    fn spec(&self) -> NodeSpec {
+        NodeSpec {
+            id: self.id.clone(),
+            weight: self.weight,
+            zone: self.zone.clone(),
+        }
+    }
+}
+
+/// A Lamport timestamp: who wrote a register and when, in an order every node agrees on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Above every counter the writer had seen.
+    pub counter: u64,
+    /// The node that wrote it (breaks ties between concurrent writes).
+    pub node: NodeId,
+}
+
+impl Stamp {
+    /// The stamp of a value every node derives from the same config (no writer).
+    fn initial() -> Stamp {
+        Stamp {
+            counter: 0,
+            node: NodeId::new(""),
+        }
+    }
+}
+
+/// What the operator wants of a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberState {
+    /// In the ring, or to be added by the next commit.
+    Active,
+    /// To be taken out of the ring; it hands its partitions over first (`admin leave`).
+    Leaving,
+    /// Dead: taken out of the ring, its replicas rebuilt from the others (`admin remove`).
+    Removed,
+}
+
+/// One member's register.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberEntry {
+    /// The member.
+    pub member: Member,
+    /// What the operator wants of it.
+    pub state: MemberState,
+    /// When that was written, and by whom.
+    pub stamp: Stamp,
+}
+
+/// The committed assignment, one register.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The current ring.
+    pub ring: Ring,
+    /// The commit that made it.
+    pub stamp: Stamp,
+    /// The ring it replaced; `None` for the initial ring.
+    pub previous: Option<Ring>,
+    /// Transfers of this commit that are done, as (partition, receiving node).
+    pub done: BTreeSet<(u32, NodeId)>,
+}
+
+/// One partition's data to copy from an old replica to a new one.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Transfer {
+    /// The partition.
+    pub partition: u32,
+    /// The old replica that streams it (`None`: no old replica is left to copy from).
+    pub from: Option<NodeId>,
+    /// The new replica.
+    pub to: NodeId,
+}
+
+/// What a commit would change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Members that would enter the ring.
+    pub joining: Vec<NodeId>,
+    /// Members that would leave it, handing their data over.
+    pub leaving: Vec<NodeId>,
+    /// Dead members that would be taken out.
+    pub removed: Vec<NodeId>,
+    /// Partitions whose owner (first replica) changes.
+    pub owners_changed: u32,
+    /// Every copy a commit would start.
+    pub transfers: Vec<Transfer>,
+}
+
+impl Plan {
+    /// Whether a commit would change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.joining.is_empty() && self.leaving.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// Why a membership change was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    /// The member is not known.
+    #[error("{node} is not a member")]
+    UnknownMember {
+        /// The node named.
+        node: NodeId,
+    },
+    /// A join names a node id that is already a member, at another address.
+    #[error("{node} is already a member at {addr}")]
+    AlreadyMember {
+        /// The node named.
+        node: NodeId,
+        /// Where it is known to listen.
+        addr: SocketAddr,
+    },
+    /// A removed node cannot come back under the same id (its dots could be reused).
+    #[error("{node} was removed; a node that comes back joins under a new id")]
+    WasRemoved {
+        /// The node named.
+        node: NodeId,
+    },
+    /// Taking the member out would leave no node in the ring.
+    #[error("{node} is the last member of the ring")]
+    LastMember {
+        /// The node named.
+        node: NodeId,
+    },
+    /// Nothing is staged.
+    #[error("nothing to commit: no join, leave or remove is staged")]
+    NothingStaged,
+    /// The previous commit's transfers are not all done.
+    #[error("{pending} transfers of the previous commit are still pending; commit again once they are done (admin ring shows them)")]
+    TransfersPending {
+        /// How many.
+        pending: usize,
+    },
+    /// The staged members do not make a valid ring.
+    #[error("ring: {0}")]
+    Ring(#[from] RingError),
+    /// A value received from a peer is not a valid membership of this cluster.
+    #[error("invalid membership: {reason}")]
+    Invalid {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Where a key's replicas are, for a coordinator: while the key's partition is moving, reads
+/// use the old replicas (the new ones do not hold it yet) and writes also reach the new ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replicas {
+    /// The replicas that count toward R and W, and the fallbacks of sloppy quorum.
+    pub list: PreferenceList,
+    /// New replicas being filled: each write is sent to them too, but their answers do not
+    /// count toward W (a read would not ask them).
+    pub also_write: Vec<NodeId>,
+}
+
+/// The cluster's membership: members, committed ring and pending transfers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// The highest Lamport counter in the value: grows with every change, so a client holding
+    /// a lower version knows to refresh (two different values may share a version).
+    pub version: u64,
+    members: BTreeMap<NodeId, MemberEntry>,
+    assignment: Assignment,
+}
+
+impl Membership {
+    /// The membership of `members`, all active, at `version`, with a fresh ring of
+    /// `partitions`. Every node given the same members derives the same value.
+    pub fn new(
+        version: u64,
+        partitions: u32,
+        members: Vec<Member>,
+    ) -> Result<Membership, RingError> {
+        let specs: Vec<NodeSpec> = members.iter().map(Member::spec).collect();
+        let ring = Ring::new(partitions, &specs)?;
+        let members = members
+            .into_iter()
+            .map(|member| {
+                let entry = MemberEntry {
+                    member,
+                    state: MemberState::Active,
+                    stamp: Stamp::initial(),
+                };
+                (entry.member.id.clone(), entry)
+            })
+            .collect();
+        Ok(Membership {
+            version,
+            members,
+            assignment: Assignment {
+                ring,
+                stamp: Stamp::initial(),
+                previous: None,
+                done: BTreeSet::new(),
+            },
+        })
+    }
+
+    /// The committed ring.
+    pub fn ring(&self) -> &Ring {
+        &self.assignment.ring
+    }
+
+    /// The committed assignment (ring, the ring it replaced, transfers done).
+    pub fn assignment(&self) -> &Assignment {
+        &self.assignment
+    }
+
+    /// A member by id, unless it was removed.
+    pub fn member(&self, id: &NodeId) -> Option<&Member> {
+        self.members
+            .get(id)
+            .filter(|e| e.state != MemberState::Removed)
+            .map(|e| &e.member)
+    }
+
+    /// Every member not removed, in id order.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members
+            .values()
+            .filter(|e| e.state != MemberState::Removed)
+            .map(|e| &e.member)
+    }
+
+    /// Every register, removed members included, in id order.
+    pub fn entries(&self) -> impl Iterator<Item = &MemberEntry> {
+        self.members.values()
+    }
+
+    /// Where a member listens.
+    pub fn addr_of(&self, id: &NodeId) -> Option<SocketAddr> {
+        self.member(id).map(|m| m.addr)
+    }
+
+    /// The replicas of `key` for a coordinator (see [`Replicas`]).
+    pub fn replicas_for_key(&self, key: &[u8], n: usize) -> Replicas {
+        self.replicas(self.ring().partition_of(key), n)
+    }
+
+    /// The replicas of a partition for a coordinator (see [`Replicas`]).
+    pub fn replicas(&self, partition: PartitionId, n: usize) -> Replicas {
+        let list = self.ring().preference_list(partition, n);
+        let Some(previous) = &self.assignment.previous else {
+            return Replicas {
+                list,
+                also_write: Vec::new(),
+            };
+        };
+        let moving = list.primaries.iter().any(|to| {
+            !self.assignment.done.contains(&(partition.0, to.clone()))
+                && !previous
+                    .preference_list(partition, n)
+                    .primaries
+                    .contains(to)
+        });
+        if !moving {
+            return Replicas {
+                list,
+                also_write: Vec::new(),
+            };
+        }
+        let old = previous.preference_list(partition, n);
+        let also_write = list
+            .primaries
+            .iter()
+            .filter(|to| !old.primaries.contains(to))
+            .cloned()
+            .collect();
+        // Old replicas that were removed cannot answer; keep them listed so sloppy quorum
+        // stands a fallback in for them, as for any down primary.
+        Replicas {
+            list: old,
+            also_write,
+        }
+    }
+
+    /// Every transfer of the last commit not yet done, in partition order.
+    pub fn pending_transfers(&self, n: usize) -> Vec<Transfer> {
+        self.transfers_between(self.assignment.previous.as_ref(), self.ring(), n)
+            .into_iter()
+            .filter(|t| {
+                !self
+                    .assignment
+                    .done
+                    .contains(&(t.partition, t.to.clone()))
+            })
+            .collect()
+    }
+
+    /// Whether this node is still a replica of `partition` under any ring a coordinator may
+    /// use (the committed one, or the one it replaced while the partition is moving).
+    pub fn holds(&self, node: &NodeId, partition: PartitionId, n: usize) -> bool {
+        let replicas = self.replicas(partition, n);
+        replicas.list.primaries.contains(node)
+            || replicas.also_write.contains(node)
+            || self
+                .ring()
+                .preference_list(partition, n)
+                .primaries
+                .contains(node)
+    }
+
+    /// The copies that moving from `old` to `new` needs: for each partition, each new replica
+    /// that was not an old one gets the data from the first old replica that was not removed.
+    fn transfers_between(&self, old: Option<&Ring>, new: &Ring, n: usize) -> Vec<Transfer> {
+        let Some(old) = old else {
+            return Vec::new();
+        };
+        let mut transfers = Vec::new();
+        for p in 0..new.partition_count() {
+            let partition = PartitionId(p);
+            let before = old.preference_list(partition, n).primaries;
+            let after = new.preference_list(partition, n).primaries;
+            let from = before
+                .iter()
+                .find(|node| self.state_of(node) != Some(MemberState::Removed))
+                .cloned();
+            for to in after.iter().filter(|to| !before.contains(to)) {
+                transfers.push(Transfer {
+                    partition: p,
+                    from: from.clone(),
+                    to: to.clone(),
+                });
+            }
+        }
+        transfers
+    }
+
+    /// What the operator wants of a member, if it is known.
+    pub fn state_of(&self, id: &NodeId) -> Option<MemberState> {
+        self.members.get(id).map(|e| e.state)
+    }
+
+    /// The next stamp a change written by `me` carries.
+    fn next_stamp(&mut self, me: &NodeId) -> Stamp {
+        self.version += 1;
+        Stamp {
+            counter: self.version,
+            node: me.clone(),
+        }
+    }
+
+    /// Stages a join of `member` (written by `me`). Joining again at the same address is a
+    /// no-op; a node that is leaving may be asked to stay by joining again.
+    pub fn stage_join(&mut self, me: &NodeId, member: Member) -> Result<(), MembershipError> {
+        if let Some(entry) = self.members.get(&member.id) {
+            match entry.state {
+                MemberState::Removed => {
+                    return Err(MembershipError::WasRemoved { node: member.id })
+                }
+                MemberState::Active if entry.member.addr != member.addr => {
+                    return Err(MembershipError::AlreadyMember {
+                        node: member.id,
+                        addr: entry.member.addr,
+                    })
+                }
+                MemberState::Active if entry.member == member => return Ok(()),
+                _ => {}
+            }
+        }
+        Ring::new(self.ring().partition_count(), &[member.spec()])?; // id, weight, zone valid
+        let stamp = self.next_stamp(me);
+        self.members.insert(
+            member.id.clone(),
+            MemberEntry {
+                member,
+                state: MemberState::Active,
+                stamp,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stages a leave (`Leaving`: it hands its data over) or a remove (`Removed`: it is dead).
+    pub fn stage_departure(
+        &mut self,
+        me: &NodeId,
+        node: &NodeId,
+        state: MemberState,
+    ) -> Result<(), MembershipError> {
+        let Some(entry) = self.members.get(node) else {
+            return Err(MembershipError::UnknownMember { node: node.clone() });
+        };
+        if entry.state == MemberState::Removed {
+            return Err(MembershipError::WasRemoved { node: node.clone() });
+        }
+        let staying = self
+            .members
+            .values()
+            .filter(|e| e.state == MemberState::Active && &e.member.id != node)
+            .count();
+        if staying == 0 {
+            return Err(MembershipError::LastMember { node: node.clone() });
+        }
+        let member = entry.member.clone();
+        let stamp = self.next_stamp(me);
+        self.members.insert(
+            node.clone(),
+            MemberEntry {
+                member,
+                state,
+                stamp,
+            },
+        );
+        Ok(())
+    }
+
+    /// The ring the staged changes would give, and what it would move.
+    pub fn plan(&self, n: usize) -> Result<(Plan, Ring), MembershipError> {
+        let ring = self.ring();
+        let wanted: Vec<NodeSpec> = self
+            .members
+            .values()
+            .filter(|e| e.state == MemberState::Active)
+            .map(|e| e.member.spec())
+            .collect();
+        let in_ring = |id: &NodeId| ring.contains(id);
+        let mut plan = Plan {
+            joining: Vec::new(),
+            leaving: Vec::new(),
+            removed: Vec::new(),
+            owners_changed: 0,
+            transfers: Vec::new(),
+        };
+        for entry in self.members.values() {
+            let id = &entry.member.id;
+            match entry.state {
+                MemberState::Active if !in_ring(id) => plan.joining.push(id.clone()),
+                MemberState::Active => {
+                    if ring.node(id) != Some(&entry.member.spec()) {
+                        plan.joining.push(id.clone()); // a new weight or zone
+                    }
+                }
+                MemberState::Leaving if in_ring(id) => plan.leaving.push(id.clone()),
+                MemberState::Removed if in_ring(id) => plan.removed.push(id.clone()),
+                _ => {}
+            }
+        }
+        if plan.is_empty() {
+            return Ok((plan, ring.clone()));
+        }
+        let next = ring.rebalance(&wanted)?;
+        plan.owners_changed = ring.moved_partitions(&next).len() as u32;
+        plan.transfers = self.transfers_between(Some(ring), &next, n);
+        Ok((plan, next))
+    }
+
+    /// Applies the staged changes (written by `me`): the planned ring becomes the committed
+    /// one and its transfers start. Refused while the previous commit's transfers are pending.
+    pub fn commit(&mut self, me: &NodeId, n: usize) -> Result<Plan, MembershipError> {
+        let pending = self.pending_transfers(n).len();
+        if pending > 0 {
+            return Err(MembershipError::TransfersPending { pending });
+        }
+        let (plan, next) = self.plan(n)?;
+        if plan.is_empty() {
+            return Err(MembershipError::NothingStaged);
+        }
+        let stamp = self.next_stamp(me);
+        let previous = std::mem::replace(&mut self.assignment.ring, next);
+        self.assignment.previous = Some(previous);
+        self.assignment.stamp = stamp;
+        // Transfers that have no old replica to copy from are done at once: nothing can be
+        // copied (every old replica was removed), and waiting would block reads forever.
+        self.assignment.done = plan
+            .transfers
+            .iter()
+            .filter(|t| t.from.is_none())
+            .map(|t| (t.partition, t.to.clone()))
+            .collect();
+        Ok(plan)
+    }
+
+    /// Records that `to` holds all of `partition` (written by `me`, the sender). Returns
+    /// whether that was news.
+    pub fn mark_transferred(&mut self, me: &NodeId, partition: u32, to: &NodeId) -> bool {
+        let fresh = self.assignment.done.insert((partition, to.clone()));
+        if fresh {
+            self.next_stamp(me);
+        }
+        fresh
+    }
+
+    /// Merges a copy from another node into this one; returns whether this one changed.
+    pub fn merge(&mut self, other: &Membership) -> bool {
+        let before = self.digest();
+        for (id, theirs) in &other.members {
+            match self.members.get(id) {
+                Some(ours) if ours.stamp >= theirs.stamp => {}
+                _ => {
+                    self.members.insert(id.clone(), theirs.clone());
+                }
+            }
+        }
+        let ours = &self.assignment;
+        let theirs = &other.assignment;
+        let newer = (&theirs.stamp, ring_digest(&theirs.ring)) > (&ours.stamp, ring_digest(&ours.ring));
+        if newer {
+            self.assignment = theirs.clone();
+        } else if theirs.stamp == ours.stamp && theirs.ring == ours.ring {
+            let done = theirs.done.clone();
+            self.assignment.done.extend(done);
+        }
+        self.version = self.version.max(other.version);
+        self.digest() != before
+    }
+
+    /// A digest of the whole value: equal digests, equal values (gossip sends the value only
+    /// when digests differ).
+    pub fn digest(&self) -> u64 {
+        let mut md5 = Md5::new();
+        md5.update(self.version.to_be_bytes());
+        for entry in self.members.values() {
+            hash_str(&mut md5, entry.member.id.as_str());
+            hash_str(&mut md5, &entry.member.addr.to_string());
+            md5.update(entry.member.weight.to_be_bytes());
+            hash_str(&mut md5, entry.member.zone.as_deref().unwrap_or(""));
+            md5.update([entry.state as u8]);
+            hash_stamp(&mut md5, &entry.stamp);
+        }
+        let a = &self.assignment;
+        hash_stamp(&mut md5, &a.stamp);
+        md5.update(ring_digest(&a.ring).to_be_bytes());
+        md5.update(a.previous.as_ref().map_or(0, ring_digest).to_be_bytes());
+        for (partition, to) in &a.done {
+            md5.update(partition.to_be_bytes());
+            hash_str(&mut md5, to.as_str());
+        }
+        first_u64(&md5.finalize())
+    }
+
+    /// Checks a value received from a peer: the same Q as ours, and rings that are whole.
+    pub fn check(&self, partitions: u32) -> Result<(), MembershipError> {
+        let invalid = |reason: String| MembershipError::Invalid { reason };
+        let a = &self.assignment;
+        for ring in std::iter::once(&a.ring).chain(&a.previous) {
+            if ring.partition_count() != partitions {
+                return Err(invalid(format!(
+                    "a ring of {} partitions, this cluster has {partitions}",
+                    ring.partition_count()
+                )));
+            }
+        }
+        for (id, entry) in &self.members {
+            if id != &entry.member.id {
+                return Err(invalid(format!("member {id} is filed under another id")));
+            }
+        }
+        if let Some(node) = a.ring.nodes().find(|spec| !self.members.contains_key(&spec.id)) {
+            return Err(invalid(format!("ring node {} is not a member", node.id)));
+        }
+        Ok(())
+    }
+}
+
+fn hash_str(md5: &mut Md5, s: &str) {
+    md5.update((s.len() as u64).to_be_bytes());
+    md5.update(s.as_bytes());
+}
+
+fn hash_stamp(md5: &mut Md5, stamp: &Stamp) {
+    md5.update(stamp.counter.to_be_bytes());
+    hash_str(md5, stamp.node.as_str());
+}
+
+fn first_u64(bytes: &[u8]) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&bytes[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// A digest of a ring: its nodes (with weights and zones) and its owners.
+fn ring_digest(ring: &Ring) -> u64 {
+    let mut md5 = Md5::new();
+    md5.update(ring.partition_count().to_be_bytes());
+    for spec in ring.nodes() {
+        hash_str(&mut md5, spec.id.as_str());
+        md5.update(spec.weight.to_be_bytes());
+        hash_str(&mut md5, spec.zone.as_deref().unwrap_or(""));
+    }
+    for owner in ring.owners() {
+        hash_str(&mut md5, owner.as_str());
+    }
+    first_u64(&md5.finalize())
+}
+
+/// The shared handle to the current membership. Reads are a lock and an `Arc` clone; the
+/// value read is immutable, so a stage can use it for a whole request without holding the lock.
+#[derive(Clone, Debug)]
+pub struct MembershipView {
+    current: Arc<RwLock<Arc<Membership>>>,
+}
+
+impl MembershipView {
+    /// A view holding `membership`.
+    pub fn new(membership: Membership) -> MembershipView {
+        MembershipView {
+            current: Arc::new(RwLock::new(Arc::new(membership))),
+        }
+    }
+
+    /// The current membership.
+    pub fn current(&self) -> Arc<Membership> {
+        // A poisoned lock means a writer panicked mid-swap; the Arc inside is still whole.
+        match self.current.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Installs `membership` (the gossip stage, the one writer, installs every value it
+    /// merged; the value only ever grows in the merge order, so no reader sees it go back).
+    pub fn set(&self, membership: Membership) {
+        let mut guard = match self.current.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = Arc::new(membership);
+    }
+}
+
+#[cfg(test)]
+mod tests;

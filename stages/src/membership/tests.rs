@@ -1,0 +1,214 @@
+use super::*;
+
+fn member(id: &str, port: u16) -> Member {
+    Member {
+        id: NodeId::new(id),
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        weight: 1,
+        zone: None,
+    }
+}
+
+fn three() -> Membership {
+    Membership::new(
+        1,
+        64,
+        vec![member("n1", 1), member("n2", 2), member("n3", 3)],
+    )
+    .expect("valid")
+}
+
+fn id(name: &str) -> NodeId {
+    NodeId::new(name)
+}
+
+/// Goal: nodes given the same members in any order derive the same membership and ring.
+#[test]
+fn same_members_in_any_order_give_the_same_ring() {
+    let a = three();
+    let b = Membership::new(
+        1,
+        64,
+        vec![member("n3", 3), member("n1", 1), member("n2", 2)],
+    )
+    .expect("valid");
+    assert_eq!(a, b);
+    assert_eq!(a.digest(), b.digest());
+    assert_eq!(
+        a.addr_of(&id("n2")),
+        Some(SocketAddr::from(([127, 0, 0, 1], 2)))
+    );
+}
+
+/// Goal: a join staged through one node and a leave staged through another at the same time
+/// both survive the merge, in either order, and merging again changes nothing.
+#[test]
+fn concurrent_changes_through_different_nodes_merge() {
+    let mut via_n1 = three();
+    let mut via_n2 = three();
+    via_n1
+        .stage_join(&id("n1"), member("n4", 4))
+        .expect("join");
+    via_n2
+        .stage_departure(&id("n2"), &id("n3"), MemberState::Leaving)
+        .expect("leave");
+    let mut a = via_n1.clone();
+    assert!(a.merge(&via_n2));
+    let mut b = via_n2.clone();
+    assert!(b.merge(&via_n1));
+    assert_eq!(a, b, "merge is commutative");
+    assert!(!a.merge(&via_n2), "and idempotent");
+    assert_eq!(a.state_of(&id("n4")), Some(MemberState::Active));
+    assert_eq!(a.state_of(&id("n3")), Some(MemberState::Leaving));
+    let (plan, _) = a.plan(3).expect("plan");
+    assert_eq!(plan.joining, vec![id("n4")]);
+    assert_eq!(plan.leaving, vec![id("n3")]);
+}
+
+/// Goal: the same member changed through two nodes at once ends the same everywhere (the
+/// later stamp wins, ties broken by the writer's id).
+#[test]
+fn the_same_member_changed_twice_at_once_ends_the_same_everywhere() {
+    let mut a = three();
+    let mut b = three();
+    a.stage_departure(&id("n1"), &id("n3"), MemberState::Leaving)
+        .expect("leave");
+    b.stage_departure(&id("n2"), &id("n3"), MemberState::Removed)
+        .expect("remove");
+    let mut ab = a.clone();
+    ab.merge(&b);
+    let mut ba = b.clone();
+    ba.merge(&a);
+    assert_eq!(ab, ba);
+    assert_eq!(ab.state_of(&id("n3")), Some(MemberState::Removed), "n2 > n1");
+}
+
+/// Goal: a join's plan moves partitions only to the joiner, about Q/S of them, and commits
+/// into transfers; until a partition's transfers are done its reads stay on the old replicas
+/// and its writes also reach the new one.
+#[test]
+fn a_committed_join_moves_reads_only_after_the_transfer() {
+    let mut m = three();
+    m.stage_join(&id("n1"), member("n4", 4)).expect("join");
+    let (plan, next) = m.plan(3).expect("plan");
+    assert_eq!(plan.joining, vec![id("n4")]);
+    assert!(plan.owners_changed as f64 <= 1.05 * 64.0 / 4.0, "{plan:?}");
+    assert!(plan.transfers.iter().all(|t| t.to == id("n4")));
+    assert!(next.contains(&id("n4")));
+    let committed = m.commit(&id("n1"), 3).expect("commit");
+    assert_eq!(committed, plan);
+    assert_eq!(m.pending_transfers(3), plan.transfers);
+    assert_eq!(
+        m.commit(&id("n1"), 3),
+        Err(MembershipError::TransfersPending {
+            pending: plan.transfers.len()
+        })
+    );
+    let moving = &plan.transfers[0];
+    let replicas = m.replicas(PartitionId(moving.partition), 3);
+    assert!(!replicas.list.primaries.contains(&id("n4")));
+    assert_eq!(replicas.also_write, vec![id("n4")]);
+    assert!(m.mark_transferred(&id("n1"), moving.partition, &id("n4")));
+    assert!(!m.mark_transferred(&id("n1"), moving.partition, &id("n4")));
+    let replicas = m.replicas(PartitionId(moving.partition), 3);
+    assert!(replicas.list.primaries.contains(&id("n4")));
+    assert!(replicas.also_write.is_empty());
+    for t in plan.transfers.iter().skip(1) {
+        m.mark_transferred(&id("n1"), t.partition, &t.to);
+    }
+    assert!(m.pending_transfers(3).is_empty());
+    assert_eq!(m.commit(&id("n1"), 3), Err(MembershipError::NothingStaged));
+}
+
+/// Goal: a removed node is never a transfer's source, and it cannot rejoin under its id.
+#[test]
+fn a_removed_node_is_never_copied_from_and_cannot_rejoin() {
+    let mut m = Membership::new(
+        1,
+        64,
+        vec![
+            member("n1", 1),
+            member("n2", 2),
+            member("n3", 3),
+            member("n4", 4),
+        ],
+    )
+    .expect("valid");
+    m.stage_departure(&id("n1"), &id("n4"), MemberState::Removed)
+        .expect("remove");
+    let plan = m.commit(&id("n1"), 3).expect("commit");
+    assert_eq!(plan.removed, vec![id("n4")]);
+    assert!(!plan.transfers.is_empty());
+    assert!(plan
+        .transfers
+        .iter()
+        .all(|t| t.from.as_ref().is_some_and(|f| f != &id("n4"))));
+    assert!(m.member(&id("n4")).is_none());
+    assert_eq!(
+        m.stage_join(&id("n1"), member("n4", 4)),
+        Err(MembershipError::WasRemoved { node: id("n4") })
+    );
+}
+
+/// Goal: two commits made at once resolve to one ring everywhere, and the losing commit's join
+/// stays staged for the next commit instead of vanishing.
+#[test]
+fn concurrent_commits_keep_one_ring_and_leave_the_loser_staged() {
+    let mut a = three();
+    let mut b = three();
+    a.stage_join(&id("n1"), member("n4", 4)).expect("join");
+    b.stage_join(&id("n2"), member("n5", 5)).expect("join");
+    a.commit(&id("n1"), 3).expect("commit a");
+    b.commit(&id("n2"), 3).expect("commit b");
+    let mut ab = a.clone();
+    ab.merge(&b);
+    let mut ba = b.clone();
+    ba.merge(&a);
+    assert_eq!(ab, ba);
+    let in_ring = [id("n4"), id("n5")].map(|n| ab.ring().contains(&n));
+    assert_eq!(in_ring.iter().filter(|x| **x).count(), 1, "{in_ring:?}");
+    for t in ab.pending_transfers(3) {
+        ab.mark_transferred(&id("n1"), t.partition, &t.to);
+    }
+    let (plan, _) = ab.plan(3).expect("plan");
+    assert_eq!(plan.joining.len(), 1, "the loser is still staged: {plan:?}");
+}
+
+/// Goal: transfers marked done through different nodes merge by union.
+#[test]
+fn transfers_done_through_different_nodes_merge() {
+    let mut m = three();
+    m.stage_join(&id("n1"), member("n4", 4)).expect("join");
+    let plan = m.commit(&id("n1"), 3).expect("commit");
+    let mut a = m.clone();
+    let mut b = m.clone();
+    let (first, second) = (&plan.transfers[0], &plan.transfers[1]);
+    a.mark_transferred(&id("n1"), first.partition, &first.to);
+    b.mark_transferred(&id("n2"), second.partition, &second.to);
+    a.merge(&b);
+    assert_eq!(a.pending_transfers(3).len(), plan.transfers.len() - 2);
+}
+
+/// Goal: a value from another cluster layout (another Q) or with a ring node that is not a
+/// member is refused before it is merged.
+#[test]
+fn values_of_another_layout_are_refused() {
+    let m = three();
+    assert!(m.check(64).is_ok());
+    let error = m.check(128).expect_err("another Q");
+    assert!(error.to_string().contains("64 partitions"), "{error}");
+}
+
+/// Goal: the last active member cannot leave, and leave of a stranger names it.
+#[test]
+fn departures_that_would_empty_the_ring_or_name_strangers_are_refused() {
+    let mut m = Membership::new(1, 8, vec![member("n1", 1)]).expect("valid");
+    assert_eq!(
+        m.stage_departure(&id("n1"), &id("n1"), MemberState::Leaving),
+        Err(MembershipError::LastMember { node: id("n1") })
+    );
+    assert_eq!(
+        m.stage_departure(&id("n1"), &id("n9"), MemberState::Leaving),
+        Err(MembershipError::UnknownMember { node: id("n9") })
+    );
+}
