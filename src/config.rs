@@ -100,6 +100,9 @@ pub struct Config {
     /// Merkle-tree anti-entropy and tombstone purge (Dynamo §4.7).
     #[serde(default)]
     pub anti_entropy: AntiEntropySection,
+    /// Gossip of the membership (Dynamo §4.8).
+    #[serde(default)]
+    pub gossip: GossipSection,
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
@@ -121,6 +124,10 @@ pub struct NodeSection {
     /// Failure zone (rack, data centre); preference lists prefer distinct zones.
     #[serde(default)]
     pub zone: Option<String>,
+    /// This node is not in the initial ring: `cluster.members` are only its seeds, and it
+    /// joins when an operator runs `shoal admin join` through any member.
+    #[serde(default)]
+    pub await_join: bool,
 }
 
 fn default_weight() -> u32 {
@@ -275,6 +282,20 @@ impl Default for AntiEntropySection {
     }
 }
 
+/// `[gossip]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GossipSection {
+    /// Time between rounds: each exchanges digests with a random member and a seed.
+    pub interval_ms: u64,
+}
+
+impl Default for GossipSection {
+    fn default() -> Self {
+        GossipSection { interval_ms: 1000 }
+    }
+}
+
 /// `[stages.NAME]`: every field optional; absent ones take the stage's default.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -376,9 +397,13 @@ impl Config {
     }
 
     /// The membership this config describes (version 1): this node, at `self_addr` unless
-    /// `cluster.members` lists it with the address its peers should use, plus the members.
+    /// `cluster.members` lists it with the address its peers should use, plus the members;
+    /// without this node if it awaits a join. Every node of a new cluster derives the same.
     pub fn membership(&self, self_addr: SocketAddr) -> Result<Membership, ConfigError> {
-        let specs = self.ring_members()?;
+        let mut specs = self.ring_members()?;
+        if self.node.await_join {
+            specs.retain(|spec| spec.id.as_str() != self.node.id);
+        }
         let members = specs
             .into_iter()
             .map(|spec| {
@@ -398,6 +423,16 @@ impl Config {
             .collect();
         Membership::new(1, self.cluster.partitions, members)
             .map_err(|e| invalid("cluster.members", e.to_string()))
+    }
+
+    /// The seeds gossip asks every round: the members the config lists, but this node.
+    pub fn seeds(&self) -> Vec<NodeId> {
+        self.cluster
+            .members
+            .iter()
+            .filter(|m| m.id != self.node.id)
+            .map(|m| NodeId::new(m.id.clone()))
+            .collect()
     }
 
     /// The ring's members: this node plus `cluster.members`, checked for duplicates.

@@ -21,9 +21,10 @@ use crate::controller::ControllerLoop;
 use shoal_stages::anti_entropy::{AntiEntropyMachine, AntiEntropySettings};
 use shoal_stages::coordinate::{Coordinator, CoordinatorSettings};
 use shoal_stages::event::{wall_clock_ms, AaeBoard, StageId};
+use shoal_stages::gossip::{GossipMachine, GossipSettings};
 use shoal_stages::handoff::HandoffMachine;
 use shoal_stages::intake::{Intake, IntakeMachine, IntakeSettings, IntakeSocket, StatsSource};
-use shoal_stages::membership::MembershipView;
+use shoal_stages::membership::{Membership, MembershipView};
 use shoal_stages::parse::{ParseMachine, ParseSettings};
 use shoal_stages::repair::RepairMachine;
 use shoal_stages::replicate::ReplicateMachine;
@@ -33,7 +34,7 @@ use shoal_stages::seda::{
     StageHandle, StageReceiver,
 };
 use shoal_stages::storage::{StorageError, StorageMachine, StorageSettings, Store, VersionLimits};
-use shoal_stages::wire::ContextSeal;
+use shoal_stages::wire::{decode_membership, ContextSeal};
 use shoal_stages::NodeId;
 use slog::{info, o, warn, Logger};
 use std::net::SocketAddr;
@@ -58,6 +59,9 @@ pub enum NodeError {
     /// The ring could not be built from the members.
     #[error("ring: {0}")]
     Ring(#[from] RingError),
+    /// The saved membership is unreadable or belongs to another layout.
+    #[error("saved membership: {0}; move the data directory aside to start from the config")]
+    Membership(String),
     /// A socket or thread could not be created.
     #[error("{what}: {source}")]
     Io {
@@ -95,6 +99,7 @@ struct Receivers {
     repair: StageReceiver<shoal_stages::event::RepairEvent>,
     handoff: StageReceiver<shoal_stages::event::HandoffEvent>,
     anti_entropy: StageReceiver<shoal_stages::event::AntiEntropyEvent>,
+    gossip: StageReceiver<shoal_stages::event::GossipEvent>,
     storage: StageReceiver<shoal_stages::event::StorageEvent>,
 }
 
@@ -129,7 +134,8 @@ impl Node {
         let socket =
             IntakeSocket::bind(config.node.listen).map_err(io_error("binding listen address"))?;
         let local_addr = socket.local_addr();
-        let membership = MembershipView::new(config.membership(local_addr)?);
+        let initial = starting_membership(config, &store, local_addr, &logger)?;
+        let membership = MembershipView::new(initial.clone());
         if config.cluster.secret == DEFAULT_SECRET {
             warn!(
                 logger,
@@ -149,7 +155,7 @@ impl Node {
             aae: AaeBoard::new(node_id.clone(), config.anti_entropy.enabled),
             logger: logger.clone(),
         };
-        let stages = spawn_pool_stages(config, &shared, receivers)?;
+        let stages = spawn_pool_stages(config, &shared, receivers, initial)?;
         let intake_stop = Arc::new(AtomicBool::new(false));
         let machine = IntakeMachine::new(
             IntakeSettings {
@@ -251,6 +257,7 @@ fn queues(
     let (handoff, handoff_rx) = stage_queue(&config.stage_spec(StageId::Handoff), None);
     let (anti_entropy, anti_entropy_rx) =
         stage_queue(&config.stage_spec(StageId::AntiEntropy), None);
+    let (gossip, gossip_rx) = stage_queue(&config.stage_spec(StageId::Gossip), None);
     let (storage, storage_rx) = stage_queue(&config.stage_spec(StageId::Storage), None);
     let router = Router {
         intake,
@@ -260,6 +267,7 @@ fn queues(
         repair,
         handoff,
         anti_entropy,
+        gossip,
         storage,
     };
     let receivers = Receivers {
@@ -269,6 +277,7 @@ fn queues(
         repair: repair_rx,
         handoff: handoff_rx,
         anti_entropy: anti_entropy_rx,
+        gossip: gossip_rx,
         storage: storage_rx,
     };
     (router, receivers, intake_rx)
@@ -293,6 +302,7 @@ fn spawn_pool_stages(
     config: &Config,
     shared: &Shared,
     receivers: Receivers,
+    membership: Membership,
 ) -> Result<Vec<StageHandle>, NodeError> {
     let storage_settings = StorageSettings {
         node: shared.node.clone(),
@@ -351,6 +361,21 @@ fn spawn_pool_stages(
             )
         },
     )?;
+    let gossip_settings = GossipSettings {
+        node: shared.node.clone(),
+        n: config.cluster.n,
+        partitions: config.cluster.partitions,
+        interval: Duration::from_millis(config.gossip.interval_ms),
+        seeds: config.seeds(),
+    };
+    let gossip = spawn(config, shared, StageId::Gossip, receivers.gossip, |_| {
+        GossipMachine::new(
+            gossip_settings.clone(),
+            membership.clone(),
+            shared.membership.clone(),
+            shared.logger.new(o!("stage" => StageId::Gossip.name())),
+        )
+    })?;
     let repair = spawn(config, shared, StageId::Repair, receivers.repair, |_| {
         RepairMachine::new(shared.node.clone(), gate(shared, StageId::Repair))
     })?;
@@ -396,8 +421,30 @@ fn spawn_pool_stages(
         repair,
         handoff,
         anti_entropy,
+        gossip,
         storage,
     ])
+}
+
+/// The membership a node starts with: the one it saved (the cluster may have changed since
+/// the config was written; the config's members are then only seeds), else the config's.
+fn starting_membership(
+    config: &Config,
+    store: &Store,
+    local_addr: SocketAddr,
+    logger: &Logger,
+) -> Result<Membership, NodeError> {
+    let from_config = config.membership(local_addr)?;
+    let Some(bytes) = store.load_membership()? else {
+        return Ok(from_config);
+    };
+    let saved = decode_membership(&bytes).map_err(|e| NodeError::Membership(e.to_string()))?;
+    saved
+        .check(config.cluster.partitions)
+        .map_err(|e| NodeError::Membership(e.to_string()))?;
+    info!(logger, "membership loaded"; "version" => saved.version,
+          "members" => saved.members().count());
+    Ok(saved)
 }
 
 /// A background stage's gate from the registry (every background stage of the table has one).

@@ -66,6 +66,15 @@ impl Config {
         self.validate_controller()?;
         self.validate_anti_entropy()?;
         self.ring_members()?;
+        if self.node.await_join && self.seeds().is_empty() {
+            return Err(invalid(
+                "node.await_join",
+                "a node that awaits a join needs cluster.members to gossip with (its seeds)",
+            ));
+        }
+        if !(10..=60_000).contains(&self.gossip.interval_ms) {
+            return Err(invalid("gossip.interval_ms", "must be in 10..=60000"));
+        }
         if !["debug", "info", "warning", "error"].contains(&self.log.level.as_str()) {
             return Err(invalid(
                 "log.level",

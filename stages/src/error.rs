@@ -144,6 +144,12 @@ pub enum ServiceError {
         /// The background stages, comma-separated.
         known: String,
     },
+    /// A membership change (`admin join|leave|remove|commit`) was refused.
+    #[error("membership change refused: {reason}")]
+    MembershipRefused {
+        /// Why, naming the member or the pending transfers.
+        reason: String,
+    },
 }
 
 impl ServiceError {
@@ -169,6 +175,7 @@ impl ServiceError {
             ServiceError::ShuttingDown => "ShuttingDown",
             ServiceError::NotABackgroundStage { .. } => "NotABackgroundStage",
             ServiceError::RateTooHigh { .. } => "RateTooHigh",
+            ServiceError::MembershipRefused { .. } => "MembershipRefused",
         }
     }
 }

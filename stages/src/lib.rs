@@ -13,7 +13,8 @@
 //!   (frames → typed requests), [`coordinate`] (quorums and deadlines), [`replicate`] (requests
 //!   to peers and their answers), [`storage`] (fjall or memory behind an engine trait),
 //!   [`repair`] (read repair), [`handoff`] (hinted handoff) and [`anti_entropy`] (Merkle
-//!   exchanges and tombstone purge), all background.
+//!   exchanges and tombstone purge), all background; [`gossip`] (the membership, §4.8: merged
+//!   with peers, changed by the operator's plan and commit), beside the pure [`membership`].
 //!
 //! See ARCHITECTURE.md at the repository root for the path of a request through the stages.
 #![warn(missing_docs)]
@@ -24,6 +25,7 @@ pub mod coordinate;
 pub mod error;
 pub mod event;
 pub mod failure_detector;
+pub mod gossip;
 pub mod handoff;
 pub mod intake;
 pub mod membership;

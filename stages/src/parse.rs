@@ -11,8 +11,8 @@
 
 use crate::error::ServiceError;
 use crate::event::{
-    AaeRequest, AntiEntropyEvent, ClientRequest, CoordinateEvent, Event, IntakeEvent, Now, Origin,
-    ParseEvent, ReplicateEvent, ServeRequest,
+    AaeRequest, AntiEntropyEvent, ClientRequest, CoordinateEvent, Event, GossipEvent, GossipServe,
+    IntakeEvent, Now, Origin, ParseEvent, ReplicateEvent, ServeRequest,
 };
 use crate::membership::MembershipView;
 use crate::seda::{Machine, Outbox};
@@ -43,6 +43,8 @@ pub enum Routed {
     Serve(ServeRequest),
     /// To anti-entropy (a peer's exchange or purge).
     AntiEntropy(AaeRequest),
+    /// A peer's gossip round or an operator's membership change, for the gossip stage.
+    Gossip(GossipServe),
 }
 
 /// One parse worker's machine.
@@ -114,6 +116,7 @@ impl ParseMachine {
             Ok(Routed::AntiEntropy(request)) => {
                 out.request(AntiEntropyEvent::Serve { origin, request })
             }
+            Ok(Routed::Gossip(request)) => out.request(GossipEvent::Serve { origin, request }),
             Err(error) => reply(out, origin, Message::Error(error)),
         }
     }
@@ -133,14 +136,17 @@ impl Machine for ParseMachine {
 
     /// The coordinator's queue was full (or closed): the request is answered with why.
     fn on_refused(&mut self, _now: Now, event: Event, error: ServiceError, out: &mut Outbox) {
-        if let Event::Coordinate(
-            CoordinateEvent::Client { origin, .. }
-            | CoordinateEvent::Serve { origin, .. }
-            | CoordinateEvent::Members { origin, .. },
-        ) = event
-        {
-            reply(out, origin, Message::Error(error));
-        }
+        let origin = match event {
+            Event::Coordinate(
+                CoordinateEvent::Client { origin, .. }
+                | CoordinateEvent::Serve { origin, .. }
+                | CoordinateEvent::Members { origin, .. },
+            )
+            | Event::AntiEntropy(AntiEntropyEvent::Serve { origin, .. })
+            | Event::Gossip(GossipEvent::Serve { origin, .. }) => origin,
+            _ => return,
+        };
+        reply(out, origin, Message::Error(error));
     }
 }
 
@@ -211,6 +217,10 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<Routed, Se
                 hint: write.hint,
             }));
         }
+        Message::Gossip(gossip) => {
+            return Ok(Routed::Gossip(GossipServe::Gossip(gossip)));
+        }
+        Message::Plan(plan) => return Ok(Routed::Gossip(GossipServe::Plan(plan))),
         Message::AaeTree(tree) => {
             if let Some(branches) = &tree.branches {
                 check_items(branches.len(), "branches")?;
@@ -269,6 +279,7 @@ pub fn authorize(message: Message, authenticated: bool) -> Result<Message, Servi
         Message::ReplicaRead(_)
         | Message::ReplicaWrite(_)
         | Message::Ping
+        | Message::Gossip(_)
         | Message::AaeTree(_)
         | Message::AaeDigests(_)
         | Message::AaeSync(_)

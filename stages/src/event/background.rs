@@ -120,6 +120,45 @@ impl fmt::Display for AntiEntropyEvent {
     }
 }
 
+/// A request the gossip stage serves: a peer's gossip, or an operator's change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GossipServe {
+    /// A peer's round (validated by parse: it came on an authenticated link).
+    Gossip(Box<crate::wire::GossipRequest>),
+    /// An operator's plan request (stage a change, show, commit).
+    Plan(crate::wire::PlanRequest),
+}
+
+/// The gossip stage's events: requests to serve, and answers to what it asked of storage
+/// (saves of the membership) and of peers (rounds).
+#[derive(Debug)]
+pub enum GossipEvent {
+    /// A request, to answer on `origin`.
+    Serve {
+        /// Where to answer.
+        origin: super::Origin,
+        /// The request.
+        request: GossipServe,
+    },
+    /// Storage answered a save.
+    Storage(StorageDone),
+    /// A peer answered a round (or could not be reached).
+    Peer(PeerDone),
+}
+
+impl fmt::Display for GossipEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GossipEvent::Serve { request, .. } => match request {
+                GossipServe::Gossip(g) => write!(f, "peer gossips {:016x}", g.digest),
+                GossipServe::Plan(p) => write!(f, "plan {:?} (commit: {})", p.change, p.commit),
+            },
+            GossipEvent::Storage(done) => write!(f, "storage {done}"),
+            GossipEvent::Peer(done) => write!(f, "peer {done}"),
+        }
+    }
+}
+
 /// Where the anti-entropy stage publishes its report and the intake reads it for `shoal admin
 /// aae` (a node answers even while its queues are full). Cheap to clone.
 #[derive(Clone)]

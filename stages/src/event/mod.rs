@@ -14,7 +14,9 @@ mod requests;
 mod stage_id;
 mod storage;
 
-pub use background::{AaeBoard, AaeRequest, AntiEntropyEvent, HandoffEvent, RepairEvent};
+pub use background::{
+    AaeBoard, AaeRequest, AntiEntropyEvent, GossipEvent, GossipServe, HandoffEvent, RepairEvent,
+};
 pub use ids::{wall_clock_ms, ConnId, Now, OpId, Origin};
 pub use network::{encode_reply, GateChange, IntakeEvent, ReplicateEvent, SocketCommand};
 pub use requests::{ClientRequest, CoordinateEvent, Operation, ParseEvent, PeerDone, ServeRequest};
@@ -44,6 +46,8 @@ pub enum Event {
     Handoff(HandoffEvent),
     /// For anti-entropy.
     AntiEntropy(AntiEntropyEvent),
+    /// For gossip.
+    Gossip(GossipEvent),
     /// For storage.
     Storage(StorageEvent),
 }
@@ -59,6 +63,7 @@ impl Event {
             Event::Repair(_) => StageId::Repair,
             Event::Handoff(_) => StageId::Handoff,
             Event::AntiEntropy(_) => StageId::AntiEntropy,
+            Event::Gossip(_) => StageId::Gossip,
             Event::Storage(_) => StageId::Storage,
         }
     }
@@ -74,6 +79,7 @@ impl fmt::Display for Event {
             Event::Repair(e) => e.fmt(f),
             Event::Handoff(e) => e.fmt(f),
             Event::AntiEntropy(e) => e.fmt(f),
+            Event::Gossip(e) => e.fmt(f),
             Event::Storage(e) => e.fmt(f),
         }
     }
@@ -97,6 +103,7 @@ into_event!(
     Repair(RepairEvent),
     Handoff(HandoffEvent),
     AntiEntropy(AntiEntropyEvent),
+    Gossip(GossipEvent),
     Storage(StorageEvent),
 );
 
@@ -110,6 +117,8 @@ pub enum ReplyTo {
     Handoff,
     /// Anti-entropy (tree levels, digests, exchanges, rebuilds, purges).
     AntiEntropy,
+    /// Gossip (membership saves, gossip rounds).
+    Gossip,
     /// Nobody: fire and forget (read repair; a lost repair is redone by the next read).
     Nobody,
 }
@@ -121,6 +130,7 @@ impl ReplyTo {
             ReplyTo::Coordinate => Some(Event::Coordinate(CoordinateEvent::Storage(done))),
             ReplyTo::Handoff => Some(Event::Handoff(HandoffEvent::Storage(done))),
             ReplyTo::AntiEntropy => Some(Event::AntiEntropy(AntiEntropyEvent::Storage(done))),
+            ReplyTo::Gossip => Some(Event::Gossip(GossipEvent::Storage(done))),
             ReplyTo::Nobody => None,
         }
     }
@@ -131,6 +141,7 @@ impl ReplyTo {
             ReplyTo::Coordinate => Some(Event::Coordinate(CoordinateEvent::Peer(done))),
             ReplyTo::Handoff => Some(Event::Handoff(HandoffEvent::Peer(done))),
             ReplyTo::AntiEntropy => Some(Event::AntiEntropy(AntiEntropyEvent::Peer(done))),
+            ReplyTo::Gossip => Some(Event::Gossip(GossipEvent::Peer(done))),
             ReplyTo::Nobody => None,
         }
     }
@@ -142,6 +153,7 @@ impl fmt::Display for ReplyTo {
             ReplyTo::Coordinate => "coordinate",
             ReplyTo::Handoff => "handoff",
             ReplyTo::AntiEntropy => "anti-entropy",
+            ReplyTo::Gossip => "gossip",
             ReplyTo::Nobody => "nobody",
         })
     }

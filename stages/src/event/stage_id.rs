@@ -45,6 +45,8 @@ pub enum StageId {
     Handoff,
     /// Anti-entropy: Merkle tree exchanges, tree rebuilds, tombstone purges (background).
     AntiEntropy,
+    /// Gossip: the membership, its merges with peers, and the operator's changes to it.
+    Gossip,
     /// Storage: the node's database.
     Storage,
 }
@@ -75,7 +77,7 @@ pub struct StageRow {
 
 impl StageId {
     /// Every stage, in pipeline (and shutdown) order.
-    pub const ALL: [StageId; 8] = [
+    pub const ALL: [StageId; 9] = [
         StageId::Intake,
         StageId::Parse,
         StageId::Coordinate,
@@ -83,6 +85,7 @@ impl StageId {
         StageId::Repair,
         StageId::Handoff,
         StageId::AntiEntropy,
+        StageId::Gossip,
         StageId::Storage,
     ];
 
@@ -98,6 +101,9 @@ impl StageId {
             StageId::Repair => ("repair", Background, 1, true, 1024, 16, 100),
             StageId::Handoff => ("handoff", Background, 1, true, 1024, 64, 200),
             StageId::AntiEntropy => ("anti_entropy", Background, 1, true, 1024, 64, 100),
+            // Foreground: the membership must converge even while background work is paused,
+            // and a round costs one small message a second.
+            StageId::Gossip => ("gossip", Foreground, 1, true, 1024, 64, 100),
             StageId::Storage => ("storage", Foreground, 2, false, 1024, 64, 100),
         };
         StageRow {

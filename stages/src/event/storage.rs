@@ -103,6 +103,11 @@ pub enum StorageRequest {
     },
     /// Every partition's tree state, root and key count.
     TreeSummaries,
+    /// Keep this encoded membership durably (gossip, after every change).
+    SaveMembership {
+        /// The membership, as `wire::encode_membership` wrote it.
+        bytes: Vec<u8>,
+    },
     /// Tombstone-only keys of a partition older than `before_ms`, a bounded look at a time.
     PurgeCandidates {
         /// The partition.
@@ -181,6 +186,9 @@ impl fmt::Display for StorageEvent {
                 write!(f, "rebuild {limit} of partition {partition} op {op}")
             }
             StorageRequest::TreeSummaries => write!(f, "tree summaries op {op}"),
+            StorageRequest::SaveMembership { bytes } => {
+                write!(f, "save membership ({} B) op {op}", bytes.len())
+            }
             StorageRequest::PurgeCandidates { partition, .. } => {
                 write!(f, "purge candidates of partition {partition} op {op}")
             }
@@ -243,6 +251,8 @@ pub enum StorageOutcome {
     Rebuilt(RebuildStep),
     /// Every partition's tree.
     TreeSummaries(Vec<TreeSummary>),
+    /// The membership is on disk.
+    Saved,
     /// Purge candidates, and where the next look resumes.
     PurgeCandidates {
         /// Tombstone-only keys old enough.
@@ -295,6 +305,7 @@ impl fmt::Display for StorageDone {
                     self.op, step.folded, step.done
                 )
             }
+            Ok(StorageOutcome::Saved) => write!(f, "op {} saved", self.op),
             Ok(StorageOutcome::TreeSummaries(trees)) => {
                 write!(f, "op {} {} trees", self.op, trees.len())
             }

@@ -325,12 +325,7 @@ impl Membership {
     pub fn pending_transfers(&self, n: usize) -> Vec<Transfer> {
         self.transfers_between(self.assignment.previous.as_ref(), self.ring(), n)
             .into_iter()
-            .filter(|t| {
-                !self
-                    .assignment
-                    .done
-                    .contains(&(t.partition, t.to.clone()))
-            })
+            .filter(|t| !self.assignment.done.contains(&(t.partition, t.to.clone())))
             .collect()
     }
 
@@ -541,7 +536,8 @@ impl Membership {
         }
         let ours = &self.assignment;
         let theirs = &other.assignment;
-        let newer = (&theirs.stamp, ring_digest(&theirs.ring)) > (&ours.stamp, ring_digest(&ours.ring));
+        let newer =
+            (&theirs.stamp, ring_digest(&theirs.ring)) > (&ours.stamp, ring_digest(&ours.ring));
         if newer {
             self.assignment = theirs.clone();
         } else if theirs.stamp == ours.stamp && theirs.ring == ours.ring {
@@ -593,7 +589,11 @@ impl Membership {
                 return Err(invalid(format!("member {id} is filed under another id")));
             }
         }
-        if let Some(node) = a.ring.nodes().find(|spec| !self.members.contains_key(&spec.id)) {
+        if let Some(node) = a
+            .ring
+            .nodes()
+            .find(|spec| !self.members.contains_key(&spec.id))
+        {
             return Err(invalid(format!("ring node {} is not a member", node.id)));
         }
         Ok(())

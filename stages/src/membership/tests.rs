@@ -46,9 +46,7 @@ fn same_members_in_any_order_give_the_same_ring() {
 fn concurrent_changes_through_different_nodes_merge() {
     let mut via_n1 = three();
     let mut via_n2 = three();
-    via_n1
-        .stage_join(&id("n1"), member("n4", 4))
-        .expect("join");
+    via_n1.stage_join(&id("n1"), member("n4", 4)).expect("join");
     via_n2
         .stage_departure(&id("n2"), &id("n3"), MemberState::Leaving)
         .expect("leave");
@@ -80,7 +78,11 @@ fn the_same_member_changed_twice_at_once_ends_the_same_everywhere() {
     let mut ba = b.clone();
     ba.merge(&a);
     assert_eq!(ab, ba);
-    assert_eq!(ab.state_of(&id("n3")), Some(MemberState::Removed), "n2 > n1");
+    assert_eq!(
+        ab.state_of(&id("n3")),
+        Some(MemberState::Removed),
+        "n2 > n1"
+    );
 }
 
 /// Goal: a join's plan moves partitions only to the joiner, about Q/S of them, and commits

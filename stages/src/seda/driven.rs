@@ -5,9 +5,9 @@
 use super::machine::{Delivery, Effect, Machine, Outbox};
 use super::{OperationLatencies, SendError, Stage, StageSender, StageSnapshot};
 use crate::event::{
-    wall_clock_ms, AntiEntropyEvent, CoordinateEvent, Event, HandoffEvent, IntakeEvent, Now,
-    Operation, ParseEvent, Refusal, RepairEvent, ReplicateEvent, SocketCommand, StageId,
-    StorageEvent,
+    wall_clock_ms, AntiEntropyEvent, CoordinateEvent, Event, GossipEvent, HandoffEvent,
+    IntakeEvent, Now, Operation, ParseEvent, Refusal, RepairEvent, ReplicateEvent, SocketCommand,
+    StageId, StorageEvent,
 };
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,8 @@ pub struct Router {
     pub handoff: StageSender<HandoffEvent>,
     /// Anti-entropy.
     pub anti_entropy: StageSender<AntiEntropyEvent>,
+    /// Gossip.
+    pub gossip: StageSender<GossipEvent>,
     /// Storage.
     pub storage: StageSender<StorageEvent>,
 }
@@ -57,14 +59,16 @@ impl Router {
     pub fn try_send(&self, event: Event) -> Result<(), (Refusal, Event)> {
         route!(self, event, try_send, [Intake => intake, Parse => parse,
             Coordinate => coordinate, Replicate => replicate, Repair => repair,
-            Handoff => handoff, AntiEntropy => anti_entropy, Storage => storage])
+            Handoff => handoff, AntiEntropy => anti_entropy, Gossip => gossip,
+            Storage => storage])
     }
 
     /// Queues an event, waiting for room; gives it back only if the stage stopped.
     pub fn send(&self, event: Event) -> Result<(), (Refusal, Event)> {
         route!(self, event, send, [Intake => intake, Parse => parse,
             Coordinate => coordinate, Replicate => replicate, Repair => repair,
-            Handoff => handoff, AntiEntropy => anti_entropy, Storage => storage])
+            Handoff => handoff, AntiEntropy => anti_entropy, Gossip => gossip,
+            Storage => storage])
     }
 
     /// Events waiting in a stage's queue now.
@@ -77,6 +81,7 @@ impl Router {
             StageId::Repair => self.repair.depth(),
             StageId::Handoff => self.handoff.depth(),
             StageId::AntiEntropy => self.anti_entropy.depth(),
+            StageId::Gossip => self.gossip.depth(),
             StageId::Storage => self.storage.depth(),
         }
     }
@@ -93,6 +98,7 @@ impl Router {
                 StageId::Repair => self.repair.snapshot(),
                 StageId::Handoff => self.handoff.snapshot(),
                 StageId::AntiEntropy => self.anti_entropy.snapshot(),
+                StageId::Gossip => self.gossip.snapshot(),
                 StageId::Storage => self.storage.snapshot(),
             })
             .collect()

@@ -5,6 +5,7 @@
 use crate::anti_entropy::{AntiEntropyMachine, AntiEntropySettings};
 use crate::coordinate::{Coordinator, CoordinatorSettings};
 use crate::event::{AaeBoard, Event, Now, Operation, Refusal, SocketCommand, StageId};
+use crate::gossip::{GossipMachine, GossipSettings};
 use crate::handoff::HandoffMachine;
 use crate::intake::{IntakeMachine, IntakeSettings};
 use crate::membership::MembershipView;
@@ -44,13 +45,14 @@ pub const STAGES: usize = StageId::ALL.len();
 
 /// How often each ticking stage is ticked, in simulated µs (the stages whose `on_tick` does
 /// work; the others' ticks are no-ops under `sync = "always"`).
-pub const TICKS: [(StageId, u64); 6] = [
+pub const TICKS: [(StageId, u64); 7] = [
     (StageId::Intake, 100_000),
     (StageId::Coordinate, 10_000),
     (StageId::Replicate, 100_000),
     (StageId::Repair, 100_000),
     (StageId::Handoff, 200_000),
     (StageId::AntiEntropy, 100_000),
+    (StageId::Gossip, 100_000),
 ];
 
 /// The machines of a running node.
@@ -62,6 +64,7 @@ pub struct Machines {
     repair: RepairMachine,
     handoff: HandoffMachine,
     anti_entropy: AntiEntropyMachine,
+    gossip: GossipMachine,
     storage: StorageMachine,
 }
 
@@ -171,6 +174,24 @@ impl SimNode {
                 AaeBoard::new(self.id.clone(), true),
                 logger.clone(),
             ),
+            gossip: GossipMachine::new(
+                GossipSettings {
+                    node: self.id.clone(),
+                    n: N,
+                    partitions,
+                    interval: Duration::from_millis(1000),
+                    seeds: self
+                        .membership
+                        .current()
+                        .members()
+                        .map(|m| m.id.clone())
+                        .collect(),
+                },
+                // The view outlives a crash: it stands for the membership the node saved.
+                (*self.membership.current()).clone(),
+                self.membership.clone(),
+                logger.clone(),
+            ),
             storage: StorageMachine::new(0, store.clone(), storage, logger),
         });
         self.store = Some(store);
@@ -247,6 +268,7 @@ impl Machines {
             Event::Repair(e) => run(&mut self.repair, now, Some(e), post),
             Event::Handoff(e) => run(&mut self.handoff, now, Some(e), post),
             Event::AntiEntropy(e) => run(&mut self.anti_entropy, now, Some(e), post),
+            Event::Gossip(e) => run(&mut self.gossip, now, Some(e), post),
             Event::Storage(e) => run(&mut self.storage, now, Some(e), post),
         }
     }
@@ -261,6 +283,7 @@ impl Machines {
             StageId::Repair => run(&mut self.repair, now, None, post),
             StageId::Handoff => run(&mut self.handoff, now, None, post),
             StageId::AntiEntropy => run(&mut self.anti_entropy, now, None, post),
+            StageId::Gossip => run(&mut self.gossip, now, None, post),
             StageId::Storage => run(&mut self.storage, now, None, post),
         }
     }

@@ -148,6 +148,10 @@ impl StorageMachine {
                 StorageOutcome::Rebuilt(store.rebuild_step(partition, limit)?)
             }
             StorageRequest::TreeSummaries => StorageOutcome::TreeSummaries(store.tree_summaries()),
+            StorageRequest::SaveMembership { bytes } => {
+                store.save_membership(&bytes)?;
+                StorageOutcome::Saved
+            }
             StorageRequest::PurgeCandidates {
                 partition,
                 after,

@@ -44,6 +44,8 @@ const META_PARTITIONS: &str = "partitions";
 /// clock (µs) when the directory is created, so a node that lost its data never reuses a dot
 /// that lives on in other replicas (two writes with one dot would never converge).
 const META_EPOCH: &str = "epoch";
+/// The membership as gossip last saved it (encoded by `wire`; storage only keeps the bytes).
+const META_MEMBERSHIP: &str = "membership";
 
 /// Bytes before the key in a stored object key: partition (u32) and segment (u16).
 const LOCATION_BYTES: usize = 6;
@@ -696,6 +698,20 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Keeps the encoded membership, durably.
+    pub fn save_membership(&self, bytes: &[u8]) -> Result<(), StorageError> {
+        self.engine
+            .insert(Space::Meta, META_MEMBERSHIP.as_bytes(), bytes)?;
+        // A membership change must survive a crash whatever `sync` says: a node that forgot
+        // a commit would route by a ring the others left.
+        self.engine.persist()
+    }
+
+    /// The membership gossip last saved, if any.
+    pub fn load_membership(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        self.engine.get(Space::Meta, META_MEMBERSHIP.as_bytes())
     }
 
     /// Flushes the journal to disk (fdatasync): every write before this call is durable after it.

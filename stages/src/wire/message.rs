@@ -9,6 +9,7 @@ use super::aae::{
     AaeTree, AaeTreeReply,
 };
 use super::frame::{encode_frame_into, Frame, FRAME_OVERHEAD_BYTES};
+use super::gossip::{GossipReply, GossipRequest, PlanReply, PlanRequest};
 use crate::error::ServiceError;
 use crate::membership::Membership;
 use crate::seda::{ControllerState, StageSnapshot, StageThrottle};
@@ -287,6 +288,14 @@ pub enum Message {
     Aae,
     /// Node → admin (boxed: one row per partition).
     AaeReply(Box<AaeReport>),
+    /// Admin → node: stage a membership change, show the plan, or commit it.
+    Plan(PlanRequest),
+    /// Node → admin.
+    PlanReply(Box<PlanReply>),
+    /// Node → node: a gossip round (boxed: it may carry the whole membership).
+    Gossip(Box<GossipRequest>),
+    /// Node → node.
+    GossipReply(Box<GossipReply>),
     /// Node → node: a level of a partition's Merkle tree.
     AaeTree(AaeTree),
     /// Node → node.
@@ -368,6 +377,14 @@ pub mod kind {
     pub const AAE: u16 = 14;
     /// [`super::Message::AaeReply`]
     pub const AAE_REPLY: u16 = 114;
+    /// [`super::Message::Plan`]
+    pub const PLAN: u16 = 15;
+    /// [`super::Message::PlanReply`]
+    pub const PLAN_REPLY: u16 = 115;
+    /// [`super::Message::Gossip`]
+    pub const GOSSIP: u16 = 208;
+    /// [`super::Message::GossipReply`]
+    pub const GOSSIP_REPLY: u16 = 258;
     /// [`super::Message::AaeTree`]
     pub const AAE_TREE: u16 = 204;
     /// [`super::Message::AaeDigests`]
@@ -464,6 +481,10 @@ impl Message {
             Message::PutReply(_) => kind::PUT_REPLY,
             Message::Aae => kind::AAE,
             Message::AaeReply(_) => kind::AAE_REPLY,
+            Message::Plan(_) => kind::PLAN,
+            Message::PlanReply(_) => kind::PLAN_REPLY,
+            Message::Gossip(_) => kind::GOSSIP,
+            Message::GossipReply(_) => kind::GOSSIP_REPLY,
             Message::AaeTree(_) => kind::AAE_TREE,
             Message::AaeTreeReply(_) => kind::AAE_TREE_REPLY,
             Message::AaeDigests(_) => kind::AAE_DIGESTS,
@@ -490,6 +511,10 @@ impl Message {
             | Message::Members
             | Message::Aae => to_body(&()),
             Message::AaeReply(m) => to_body(m),
+            Message::Plan(m) => to_body(m),
+            Message::PlanReply(m) => to_body(m),
+            Message::Gossip(m) => to_body(m),
+            Message::GossipReply(m) => to_body(m),
             Message::AaeTree(m) => to_body(m),
             Message::AaeTreeReply(m) => to_body(m),
             Message::AaeDigests(m) => to_body(m),
@@ -566,6 +591,10 @@ impl Message {
                 Message::Aae
             }
             kind::AAE_REPLY => Message::AaeReply(from_body(k, body)?),
+            kind::PLAN => Message::Plan(from_body(k, body)?),
+            kind::PLAN_REPLY => Message::PlanReply(from_body(k, body)?),
+            kind::GOSSIP => Message::Gossip(from_body(k, body)?),
+            kind::GOSSIP_REPLY => Message::GossipReply(from_body(k, body)?),
             kind::AAE_TREE => Message::AaeTree(from_body(k, body)?),
             kind::AAE_TREE_REPLY => Message::AaeTreeReply(from_body(k, body)?),
             kind::AAE_DIGESTS => Message::AaeDigests(from_body(k, body)?),
@@ -607,6 +636,8 @@ impl Message {
                 | Message::Members
                 | Message::Throttle(_)
                 | Message::Aae
+                | Message::Plan(_)
+                | Message::Gossip(_)
                 | Message::AaeTree(_)
                 | Message::AaeDigests(_)
                 | Message::AaeSync(_)
@@ -668,6 +699,17 @@ impl fmt::Display for Message {
             Message::Aae => write!(f, "anti-entropy report"),
             Message::AaeReply(m) => {
                 write!(f, "anti-entropy report ({} partitions)", m.partitions.len())
+            }
+            Message::Plan(m) => write!(f, "plan {:?} (commit: {})", m.change, m.commit),
+            Message::PlanReply(m) => write!(
+                f,
+                "plan reply ({} transfers, {} pending)",
+                m.plan.transfers.len(),
+                m.pending.len()
+            ),
+            Message::Gossip(m) => write!(f, "gossip (digest {:016x})", m.digest),
+            Message::GossipReply(m) => {
+                write!(f, "gossip reply (value: {})", m.membership.is_some())
             }
             Message::AaeTree(m) => write!(f, "tree of partition {}", m.partition),
             Message::AaeTreeReply(m) => write!(f, "tree reply ({} hashes)", m.hashes.len()),

@@ -6,6 +6,7 @@
 mod aae;
 mod codec;
 mod frame;
+mod gossip;
 mod message;
 
 pub use aae::{
@@ -19,6 +20,10 @@ pub use codec::{
 pub use frame::{
     encode_frame, encode_frame_into, Frame, FrameDecoder, FrameError, FRAME_OVERHEAD_BYTES,
     LENGTH_BYTES,
+};
+pub use gossip::{
+    decode_membership, encode_membership, GossipReply, GossipRequest, MembershipChange, PlanReply,
+    PlanRequest,
 };
 pub use message::{
     kind, Bytes, DeleteRequest, GetLocalRequest, GetReply, GetRequest, LocalReply, MemberStatus,

@@ -1,0 +1,74 @@
+//! The membership messages (Dynamo §4.8, SPEC §6): gossip between nodes, and the operator's
+//! plan-first changes (`shoal admin join|leave|remove|plan|commit`).
+
+use crate::membership::{Member, Membership, Plan, Transfer};
+use crate::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// Node → node, once a gossip round: my digest, and (the second message of a round, when the
+/// answer showed the asker knew something the answerer did not) my whole value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipRequest {
+    /// The digest of the asker's membership.
+    pub digest: u64,
+    /// The asker's membership, to merge.
+    pub membership: Option<Membership>,
+}
+
+/// The answer to [`GossipRequest`]: the answerer's value, unless the digests were equal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipReply {
+    /// The answerer's membership after merging the asker's, if it differs from the asker's.
+    pub membership: Option<Membership>,
+}
+
+/// Admin → node: stage a change to the membership (applied by the next commit).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MembershipChange {
+    /// A new node (or a member's new weight or zone).
+    Join(Member),
+    /// A member hands its partitions over and leaves.
+    Leave(NodeId),
+    /// A dead member is taken out; its replicas are rebuilt from the others.
+    Remove(NodeId),
+}
+
+/// Admin → node: what to do with the staged changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanRequest {
+    /// A change to stage first, if any.
+    pub change: Option<MembershipChange>,
+    /// Whether to commit the staged changes.
+    pub commit: bool,
+}
+
+/// Node → admin: the staged changes and what they would move, or what a commit started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanReply {
+    /// The answering node.
+    pub node: NodeId,
+    /// Its membership's version after the request.
+    pub version: u64,
+    /// Whether this request committed the plan.
+    pub committed: bool,
+    /// The staged changes and what they would move (after a commit: what it started).
+    pub plan: Plan,
+    /// Transfers of the last commit not yet done.
+    pub pending: Vec<Transfer>,
+}
+
+/// The membership as this node keeps it on disk (in storage's `meta`).
+pub fn encode_membership(membership: &Membership) -> Result<Vec<u8>, super::WireError> {
+    rmp_serde::to_vec_named(membership).map_err(|e| super::WireError::Encode {
+        reason: e.to_string(),
+    })
+}
+
+/// Reads back what [`encode_membership`] wrote.
+pub fn decode_membership(bytes: &[u8]) -> Result<Membership, super::WireError> {
+    rmp_serde::from_slice(bytes).map_err(|e| super::WireError::Malformed {
+        kind: super::kind::GOSSIP,
+        reason: format!("stored membership: {e}"),
+    })
+}
