@@ -7,6 +7,7 @@ use crate::node::Node;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use clap::{Args, Parser, Subcommand};
+use shoal_stages::membership::MemberState;
 use shoal_stages::versioning::VersionSet;
 use shoal_stages::wire::StatsReply;
 use std::io::Write;
@@ -143,6 +144,16 @@ pub enum AdminCommand {
     /// Anti-entropy: per partition its Merkle tree (root, keys) and, per other replica, the
     /// last exchange and the objects sent and received; totals.
     Aae(RingArgs),
+    /// Stage a new node's join (through any member); `admin commit` applies it.
+    Join(crate::membership_cli::JoinArgs),
+    /// Stage a member's leave: it hands its partitions over, then holds nothing.
+    Leave(crate::membership_cli::DepartArgs),
+    /// Stage a dead member's removal: its replicas are rebuilt from the others.
+    Remove(crate::membership_cli::DepartArgs),
+    /// What the staged changes would move, from whom to whom.
+    Plan(RingArgs),
+    /// Apply the staged changes: the new ring, and the transfers it needs.
+    Commit(RingArgs),
 }
 
 /// `shoal admin ring`
@@ -230,6 +241,33 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let mut client = connect(&args.target)?;
             crate::aae_cli::run(&mut client, args.json, &mut std::io::stdout())
         }
+        Command::Admin(AdminCommand::Join(args)) => {
+            crate::membership_cli::join(args, &mut std::io::stdout())
+        }
+        Command::Admin(AdminCommand::Leave(args)) => {
+            crate::membership_cli::depart(args, false, &mut std::io::stdout())
+        }
+        Command::Admin(AdminCommand::Remove(args)) => {
+            crate::membership_cli::depart(args, true, &mut std::io::stdout())
+        }
+        Command::Admin(AdminCommand::Plan(args)) => {
+            let mut client = connect(&args.target)?;
+            crate::membership_cli::plan_or_commit(
+                &mut client,
+                false,
+                args.json,
+                &mut std::io::stdout(),
+            )
+        }
+        Command::Admin(AdminCommand::Commit(args)) => {
+            let mut client = connect(&args.target)?;
+            crate::membership_cli::plan_or_commit(
+                &mut client,
+                true,
+                args.json,
+                &mut std::io::stdout(),
+            )
+        }
         Command::Admin(AdminCommand::Throttle(args)) => {
             let mut client = connect(&args.target)?;
             crate::throttle_cli::run(args, &mut client)
@@ -237,7 +275,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-fn connect(target: &Target) -> Result<Client, ClientError> {
+pub(crate) fn connect(target: &Target) -> Result<Client, ClientError> {
     Client::connect(
         &target.node,
         Duration::from_secs(target.timeout_secs.max(1)),
@@ -431,40 +469,70 @@ pub fn local_json(versions: &VersionSet) -> serde_json::Value {
 }
 
 fn run_ring(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let membership = connect(&args.target)?.ring()?;
+    let mut client = connect(&args.target)?;
+    let membership = client.ring()?;
+    // The pending transfers depend on N, which the node knows and the client does not.
+    let plan = client.plan(shoal_stages::wire::PlanRequest {
+        change: None,
+        commit: false,
+    })?;
     let ring = membership.ring();
     let q = ring.partition_count();
     let nodes: Vec<serde_json::Value> = membership
-        .members()
-        .map(|m| {
+        .entries()
+        .map(|e| {
+            let m = &e.member;
             let owned = ring.partitions_of(&m.id).len();
+            let state = match (e.state, ring.contains(&m.id)) {
+                (MemberState::Active, true) => "valid",
+                (MemberState::Active, false) => "joining",
+                (MemberState::Leaving, true) => "leaving",
+                (MemberState::Leaving, false) => "left",
+                (MemberState::Removed, _) => "removed",
+            };
             serde_json::json!({
                 "id": m.id.to_string(), "addr": m.addr.to_string(), "weight": m.weight,
-                "zone": m.zone, "partitions": owned, "share": owned as f64 / f64::from(q),
+                "zone": m.zone, "state": state, "partitions": owned,
+                "share": owned as f64 / f64::from(q),
+                "sending": plan.pending.iter().filter(|t| t.from.as_ref() == Some(&m.id)).count(),
+                "receiving": plan.pending.iter().filter(|t| t.to == m.id).count(),
             })
         })
         .collect();
     if args.json {
         let owners: Vec<String> = ring.owners().iter().map(|o| o.to_string()).collect();
-        let out = serde_json::json!({ "version": membership.version, "partitions": q, "nodes": nodes, "owners": owners });
+        let out = serde_json::json!({
+            "version": membership.version, "partitions": q, "nodes": nodes, "owners": owners,
+            "pending_transfers": plan.pending,
+        });
         println!("{out}");
         return Ok(());
     }
     println!("membership version {}, {q} partitions", membership.version);
     println!(
-        "{:<12} {:<22} {:>6} {:<8} {:>10} {:>7}",
-        "Node", "Address", "Weight", "Zone", "Partitions", "Share"
+        "{:<12} {:<22} {:<8} {:>6} {:<8} {:>10} {:>7} {:>8} {:>9}",
+        "Node", "Address", "State", "Weight", "Zone", "Partitions", "Share", "Sending", "Receiving"
     );
     for n in &nodes {
         println!(
-            "{:<12} {:<22} {:>6} {:<8} {:>10} {:>6.1}%",
+            "{:<12} {:<22} {:<8} {:>6} {:<8} {:>10} {:>6.1}% {:>8} {:>9}",
             n["id"].as_str().unwrap_or(""),
             n["addr"].as_str().unwrap_or(""),
+            n["state"].as_str().unwrap_or(""),
             n["weight"],
             n["zone"].as_str().unwrap_or("-"),
             n["partitions"],
-            n["share"].as_f64().unwrap_or(0.0) * 100.0
+            n["share"].as_f64().unwrap_or(0.0) * 100.0,
+            n["sending"],
+            n["receiving"],
         );
+    }
+    println!(
+        "pending transfers: {} (partition copies the last commit needs)",
+        plan.pending.len()
+    );
+    if !plan.plan.is_empty() {
+        println!("staged changes not committed: see `shoal admin plan`");
     }
     Ok(())
 }

@@ -7,8 +7,8 @@ use shoal_stages::membership::Membership;
 use shoal_stages::versioning::VersionSet;
 use shoal_stages::wire::{
     AaeReport, Bytes, DeleteRequest, FrameDecoder, FrameError, GetLocalRequest, GetRequest,
-    MembersReply, Message, PutRequest, StatsReply, ThrottleChange, ThrottleReply, ThrottleRequest,
-    WireError,
+    MembersReply, Message, PlanReply, PlanRequest, PutRequest, StatsReply, ThrottleChange,
+    ThrottleReply, ThrottleRequest, WireError,
 };
 use shoal_stages::ServiceError;
 use std::io::{self, Read, Write};
@@ -247,6 +247,15 @@ impl Client {
     pub fn ring(&mut self) -> Result<Membership, ClientError> {
         match self.call(&Message::Ring)? {
             Message::RingReply(membership) => Ok(membership),
+            other => Err(ClientError::UnexpectedReply(other.to_string())),
+        }
+    }
+
+    /// Stages a membership change, shows the plan, or commits it (`admin join|leave|remove|
+    /// plan|commit`).
+    pub fn plan(&mut self, request: PlanRequest) -> Result<PlanReply, ClientError> {
+        match self.call(&Message::Plan(request))? {
+            Message::PlanReply(reply) => Ok(*reply),
             other => Err(ClientError::UnexpectedReply(other.to_string())),
         }
     }

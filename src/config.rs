@@ -103,6 +103,9 @@ pub struct Config {
     /// Gossip of the membership (Dynamo §4.8).
     #[serde(default)]
     pub gossip: GossipSection,
+    /// Ownership transfer after a membership change.
+    #[serde(default)]
+    pub transfer: TransferSection,
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
@@ -293,6 +296,35 @@ pub struct GossipSection {
 impl Default for GossipSection {
     fn default() -> Self {
         GossipSection { interval_ms: 1000 }
+    }
+}
+
+/// `[transfer]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferSection {
+    /// Most objects per batch.
+    pub batch_keys: usize,
+    /// A batch stops growing at this many bytes.
+    pub batch_bytes: usize,
+    /// Wait after a commit before the catch-up pass (longer than gossip takes to reach every
+    /// node plus a request's deadline).
+    pub settle_ms: u64,
+    /// How long a partition this node no longer holds is kept before it is dropped.
+    pub cleanup_delay_ms: u64,
+    /// How long a batch may wait for its acknowledgement.
+    pub ack_timeout_ms: u64,
+}
+
+impl Default for TransferSection {
+    fn default() -> Self {
+        TransferSection {
+            batch_keys: 512,
+            batch_bytes: 256 * 1024,
+            settle_ms: 5000,
+            cleanup_delay_ms: 30_000,
+            ack_timeout_ms: 10_000,
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub mod controller;
 pub mod demo;
 pub mod load;
 pub mod logging;
+pub mod membership_cli;
 pub mod node;
 pub mod sim_cli;
 pub mod throttle_cli;

@@ -20,7 +20,7 @@ use crate::config::{Config, ConfigError, DEFAULT_SECRET};
 use crate::controller::ControllerLoop;
 use shoal_stages::anti_entropy::{AntiEntropyMachine, AntiEntropySettings};
 use shoal_stages::coordinate::{Coordinator, CoordinatorSettings};
-use shoal_stages::event::{wall_clock_ms, AaeBoard, StageId};
+use shoal_stages::event::{wall_clock_ms, AaeBoard, StageId, TransferBoard};
 use shoal_stages::gossip::{GossipMachine, GossipSettings};
 use shoal_stages::handoff::HandoffMachine;
 use shoal_stages::intake::{Intake, IntakeMachine, IntakeSettings, IntakeSocket, StatsSource};
@@ -34,6 +34,7 @@ use shoal_stages::seda::{
     StageHandle, StageReceiver,
 };
 use shoal_stages::storage::{StorageError, StorageMachine, StorageSettings, Store, VersionLimits};
+use shoal_stages::transfer::{TransferMachine, TransferSettings};
 use shoal_stages::wire::{decode_membership, ContextSeal};
 use shoal_stages::NodeId;
 use slog::{info, o, warn, Logger};
@@ -99,6 +100,7 @@ struct Receivers {
     repair: StageReceiver<shoal_stages::event::RepairEvent>,
     handoff: StageReceiver<shoal_stages::event::HandoffEvent>,
     anti_entropy: StageReceiver<shoal_stages::event::AntiEntropyEvent>,
+    transfer: StageReceiver<shoal_stages::event::TransferEvent>,
     gossip: StageReceiver<shoal_stages::event::GossipEvent>,
     storage: StageReceiver<shoal_stages::event::StorageEvent>,
 }
@@ -257,6 +259,7 @@ fn queues(
     let (handoff, handoff_rx) = stage_queue(&config.stage_spec(StageId::Handoff), None);
     let (anti_entropy, anti_entropy_rx) =
         stage_queue(&config.stage_spec(StageId::AntiEntropy), None);
+    let (transfer, transfer_rx) = stage_queue(&config.stage_spec(StageId::Transfer), None);
     let (gossip, gossip_rx) = stage_queue(&config.stage_spec(StageId::Gossip), None);
     let (storage, storage_rx) = stage_queue(&config.stage_spec(StageId::Storage), None);
     let router = Router {
@@ -267,6 +270,7 @@ fn queues(
         repair,
         handoff,
         anti_entropy,
+        transfer,
         gossip,
         storage,
     };
@@ -277,6 +281,7 @@ fn queues(
         repair: repair_rx,
         handoff: handoff_rx,
         anti_entropy: anti_entropy_rx,
+        transfer: transfer_rx,
         gossip: gossip_rx,
         storage: storage_rx,
     };
@@ -368,14 +373,43 @@ fn spawn_pool_stages(
         interval: Duration::from_millis(config.gossip.interval_ms),
         seeds: config.seeds(),
     };
+    let board = TransferBoard::default();
     let gossip = spawn(config, shared, StageId::Gossip, receivers.gossip, |_| {
         GossipMachine::new(
             gossip_settings.clone(),
             membership.clone(),
             shared.membership.clone(),
+            board.clone(),
+            Instant::now(),
             shared.logger.new(o!("stage" => StageId::Gossip.name())),
         )
     })?;
+    let t = &config.transfer;
+    let transfer_settings = TransferSettings {
+        node: shared.node.clone(),
+        n: config.cluster.n,
+        batch_keys: t.batch_keys,
+        batch_bytes: t.batch_bytes,
+        settle: Duration::from_millis(t.settle_ms),
+        cleanup_delay: Duration::from_millis(t.cleanup_delay_ms),
+        ack_timeout: Duration::from_millis(t.ack_timeout_ms),
+    };
+    let transfer = spawn(
+        config,
+        shared,
+        StageId::Transfer,
+        receivers.transfer,
+        |_| {
+            TransferMachine::new(
+                transfer_settings.clone(),
+                shared.membership.clone(),
+                gate(shared, StageId::Transfer),
+                board.clone(),
+                Instant::now(),
+                shared.logger.new(o!("stage" => StageId::Transfer.name())),
+            )
+        },
+    )?;
     let repair = spawn(config, shared, StageId::Repair, receivers.repair, |_| {
         RepairMachine::new(shared.node.clone(), gate(shared, StageId::Repair))
     })?;
@@ -421,6 +455,7 @@ fn spawn_pool_stages(
         repair,
         handoff,
         anti_entropy,
+        transfer,
         gossip,
         storage,
     ])

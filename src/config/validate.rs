@@ -75,6 +75,7 @@ impl Config {
         if !(10..=60_000).contains(&self.gossip.interval_ms) {
             return Err(invalid("gossip.interval_ms", "must be in 10..=60000"));
         }
+        self.validate_transfer()?;
         if !["debug", "info", "warning", "error"].contains(&self.log.level.as_str()) {
             return Err(invalid(
                 "log.level",
@@ -85,6 +86,40 @@ impl Config {
             return Err(invalid(
                 "log.format",
                 format!("{:?} is not text or json", self.log.format),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_transfer(&self) -> Result<(), ConfigError> {
+        let t = &self.transfer;
+        if !(1..=shoal_stages::wire::MAX_AAE_ITEMS).contains(&t.batch_keys) {
+            return Err(invalid(
+                "transfer.batch_keys",
+                format!("must be in 1..={}", shoal_stages::wire::MAX_AAE_ITEMS),
+            ));
+        }
+        // A batch must fit a frame with room for one more object of the largest size.
+        let most = self.limits.max_frame_bytes / 2;
+        if t.batch_bytes == 0 || t.batch_bytes > most {
+            return Err(invalid(
+                "transfer.batch_bytes",
+                format!("must be in 1..={most} (half of limits.max_frame_bytes)"),
+            ));
+        }
+        if t.settle_ms > 600_000 {
+            return Err(invalid("transfer.settle_ms", "must be at most 600000"));
+        }
+        if t.cleanup_delay_ms > 7 * 24 * 3600 * 1000 {
+            return Err(invalid(
+                "transfer.cleanup_delay_ms",
+                "must be at most a week",
+            ));
+        }
+        if !(100..=600_000).contains(&t.ack_timeout_ms) {
+            return Err(invalid(
+                "transfer.ack_timeout_ms",
+                "must be in 100..=600000",
             ));
         }
         Ok(())

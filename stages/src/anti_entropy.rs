@@ -693,7 +693,7 @@ impl AntiEntropyMachine {
                 exchange.sent = objects.len() as u64;
                 let message = Message::AaeSync(AaeSync {
                     partition,
-                    objects: to_wire(objects),
+                    objects: AaeObject::many(objects),
                     want: exchange
                         .theirs_to_fetch
                         .iter()
@@ -934,7 +934,7 @@ impl AntiEntropyMachine {
                 .map(|s| s.peers.keys().cloned().collect())
                 .unwrap_or_default(),
         };
-        let objects = to_wire(purge.objects.clone());
+        let objects = AaeObject::many(purge.objects.clone());
         for target in targets {
             // Whether the target replicates the partition, in this (the leader's) view: a
             // member whose view lags must still be checked as the replica it may be.
@@ -1101,7 +1101,7 @@ impl AntiEntropyMachine {
                 self.release(partition, origin.conn);
                 cap_bytes(&mut objects);
                 Message::AaeSyncReply(AaeSyncReply {
-                    objects: to_wire(objects),
+                    objects: AaeObject::many(objects),
                 })
             }
             (Serving::Purge, Ok(StorageOutcome::Keys(keys))) => {
@@ -1374,15 +1374,4 @@ fn cap_bytes(objects: &mut Vec<(Vec<u8>, VersionSet)>) -> bool {
     let cut = fits < objects.len();
     objects.truncate(fits);
     cut
-}
-
-/// Objects as anti-entropy messages carry them.
-fn to_wire(objects: Vec<(Vec<u8>, VersionSet)>) -> Vec<AaeObject> {
-    objects
-        .into_iter()
-        .map(|(key, versions)| AaeObject {
-            key: Bytes::from(key),
-            versions,
-        })
-        .collect()
 }

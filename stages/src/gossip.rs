@@ -10,6 +10,11 @@
 //! peer's value is merged; if the merged value still differs from the peer's, it is pushed
 //! back, so one round leaves both sides with the join of their values.
 //!
+//! Changes also travel at once instead of waiting for rounds: a change made here (an
+//! operator's, or a transfer finished) is pushed to every member, and a value that changed by
+//! a merge is pushed on to one random member (rumour mongering, Demers et al. 1987), so a
+//! change reaches every node in a few round trips; the periodic rounds catch whoever missed it.
+//!
 //! RECEIVER SIDE: a peer's digest equal to ours gets an empty answer; a pushed value is
 //! checked (same Q, whole rings) and merged; the answer carries our value if it differs from
 //! the peer's.
@@ -21,7 +26,7 @@
 use crate::error::ServiceError;
 use crate::event::{
     Event, GossipEvent, GossipServe, IntakeEvent, Now, OpId, Origin, PeerDone, ReplicateEvent,
-    ReplyTo, StorageDone, StorageEvent, StorageRequest,
+    ReplyTo, StorageDone, StorageEvent, StorageRequest, TransferBoard,
 };
 use crate::membership::{MemberState, Membership, MembershipView};
 use crate::seda::{Machine, Outbox};
@@ -65,9 +70,13 @@ pub struct GossipMachine {
     /// This node's copy of the membership (the view holds the same value for readers).
     membership: Membership,
     view: MembershipView,
+    /// The transfer stage's progress, shown in plan answers.
+    board: TransferBoard,
     /// SplitMix64 state for peer choice (seeded from the node id, so the simulator replays).
     rng: u64,
     next_round: Option<Instant>,
+    /// The `now` of the event being handled (for deadlines of pushes it starts).
+    now: Instant,
     rounds: BTreeMap<OpId, Round>,
     /// Saves storage is working on, with the operator replies that wait for them.
     saves: BTreeMap<OpId, Vec<(Origin, Message)>>,
@@ -78,12 +87,14 @@ pub struct GossipMachine {
 }
 
 impl GossipMachine {
-    /// A machine holding `membership` (the merge of the config's and the saved one), which it
-    /// installs into `view`.
+    /// A machine holding `membership` (the config's or the saved one), which it installs into
+    /// `view`; `started` is the driver's clock at the start.
     pub fn new(
         settings: GossipSettings,
         membership: Membership,
         view: MembershipView,
+        board: TransferBoard,
+        started: Instant,
         logger: Logger,
     ) -> GossipMachine {
         view.set(membership.clone());
@@ -96,8 +107,10 @@ impl GossipMachine {
             settings,
             membership,
             view,
+            board,
             rng,
             next_round: None,
+            now: started,
             rounds: BTreeMap::new(),
             saves: BTreeMap::new(),
             unsaved: None,
@@ -119,12 +132,7 @@ impl GossipMachine {
 
     fn round(&mut self, now: Instant, out: &mut Outbox) {
         let me = self.settings.node.clone();
-        let members: Vec<NodeId> = self
-            .membership
-            .members()
-            .map(|m| m.id.clone())
-            .filter(|id| *id != me)
-            .collect();
+        let members = self.others();
         let seeds: Vec<NodeId> = self
             .settings
             .seeds
@@ -222,7 +230,33 @@ impl GossipMachine {
                   "pending_transfers" => self.membership.pending_transfers(self.settings.n).len());
         }
         self.changed(Vec::new(), out);
+        // Rumour: pass the news on to one random member now rather than at the next round.
+        let members = self.others();
+        if !members.is_empty() {
+            let pick = (self.next_random() % members.len() as u64) as usize;
+            let now = self.now;
+            self.push(vec![members[pick].clone()], now, out);
+        }
         true
+    }
+
+    /// Every member but this node.
+    fn others(&self) -> Vec<NodeId> {
+        let me = &self.settings.node;
+        self.membership
+            .members()
+            .map(|m| m.id.clone())
+            .filter(|id| id != me)
+            .collect()
+    }
+
+    /// Sends our whole value to `peers`.
+    fn push(&mut self, peers: Vec<NodeId>, now: Instant, out: &mut Outbox) {
+        let digest = self.membership.digest();
+        for peer in peers {
+            let value = self.membership.clone();
+            self.send(peer, digest, Some(value), now, out);
+        }
     }
 
     // ---- the operator's changes ----
@@ -263,6 +297,7 @@ impl GossipMachine {
                     committed: request.commit,
                     plan,
                     pending: self.membership.pending_transfers(n),
+                    progress: self.board.read(),
                 }))
             }
             Err(error) => Message::Error(ServiceError::MembershipRefused {
@@ -274,6 +309,8 @@ impl GossipMachine {
         }
         // The operator hears "done" only once the change is on disk.
         self.changed(vec![(origin, reply)], out);
+        let (everyone, now) = (self.others(), self.now);
+        self.push(everyone, now, out);
     }
 
     /// Installs the current value for the other stages and saves it; `replies` are sent once
@@ -362,6 +399,7 @@ impl Machine for GossipMachine {
     type Input = GossipEvent;
 
     fn on_event(&mut self, now: Now, event: GossipEvent, out: &mut Outbox) {
+        self.now = now.instant;
         match event {
             GossipEvent::Serve { origin, request } => match request {
                 GossipServe::Gossip(request) => self.serve_gossip(origin, *request, out),
@@ -369,11 +407,22 @@ impl Machine for GossipMachine {
             },
             GossipEvent::Storage(done) => self.on_storage(done, out),
             GossipEvent::Peer(done) => self.on_peer(now.instant, done, out),
+            GossipEvent::Transferred { partition, to } => {
+                let me = self.settings.node.clone();
+                if self.membership.mark_transferred(&me, partition, &to) {
+                    info!(self.logger, "transfer done"; "partition" => partition, "to" => %to,
+                          "pending" => self.membership.pending_transfers(self.settings.n).len());
+                    self.changed(Vec::new(), out);
+                    let everyone = self.others();
+                    self.push(everyone, now.instant, out);
+                }
+            }
         }
     }
 
     fn on_tick(&mut self, now: Now, out: &mut Outbox) {
         let now = now.instant;
+        self.now = now;
         self.rounds.retain(|_, round| round.deadline > now);
         if self.unsaved.is_some() && self.saves.is_empty() {
             self.save(Vec::new(), out);

@@ -14,7 +14,9 @@
 //!   to peers and their answers), [`storage`] (fjall or memory behind an engine trait),
 //!   [`repair`] (read repair), [`handoff`] (hinted handoff) and [`anti_entropy`] (Merkle
 //!   exchanges and tombstone purge), all background; [`gossip`] (the membership, §4.8: merged
-//!   with peers, changed by the operator's plan and commit), beside the pure [`membership`].
+//!   with peers, changed by the operator's plan and commit), beside the pure [`membership`];
+//!   [`transfer`] (ownership transfer after a commit, and dropping what a node no longer
+//!   holds), background.
 //!
 //! See ARCHITECTURE.md at the repository root for the path of a request through the stages.
 #![warn(missing_docs)]
@@ -39,6 +41,7 @@ pub mod ring;
 pub mod seda;
 pub mod sim;
 pub mod storage;
+pub mod transfer;
 pub mod vclock;
 pub mod versioning;
 pub mod wire;

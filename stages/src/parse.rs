@@ -12,7 +12,7 @@
 use crate::error::ServiceError;
 use crate::event::{
     AaeRequest, AntiEntropyEvent, ClientRequest, CoordinateEvent, Event, GossipEvent, GossipServe,
-    IntakeEvent, Now, Origin, ParseEvent, ReplicateEvent, ServeRequest,
+    IntakeEvent, Now, Origin, ParseEvent, ReplicateEvent, ServeRequest, TransferEvent,
 };
 use crate::membership::MembershipView;
 use crate::seda::{Machine, Outbox};
@@ -45,6 +45,13 @@ pub enum Routed {
     AntiEntropy(AaeRequest),
     /// A peer's gossip round or an operator's membership change, for the gossip stage.
     Gossip(GossipServe),
+    /// An old replica's batch of a partition, for the transfer stage.
+    Transfer {
+        /// The partition.
+        partition: u32,
+        /// Its objects, validated.
+        objects: Vec<(Vec<u8>, VersionSet)>,
+    },
 }
 
 /// One parse worker's machine.
@@ -117,6 +124,11 @@ impl ParseMachine {
                 out.request(AntiEntropyEvent::Serve { origin, request })
             }
             Ok(Routed::Gossip(request)) => out.request(GossipEvent::Serve { origin, request }),
+            Ok(Routed::Transfer { partition, objects }) => out.request(TransferEvent::Serve {
+                origin,
+                partition,
+                objects,
+            }),
             Err(error) => reply(out, origin, Message::Error(error)),
         }
     }
@@ -143,7 +155,8 @@ impl Machine for ParseMachine {
                 | CoordinateEvent::Members { origin, .. },
             )
             | Event::AntiEntropy(AntiEntropyEvent::Serve { origin, .. })
-            | Event::Gossip(GossipEvent::Serve { origin, .. }) => origin,
+            | Event::Gossip(GossipEvent::Serve { origin, .. })
+            | Event::Transfer(TransferEvent::Serve { origin, .. }) => origin,
             _ => return,
         };
         reply(out, origin, Message::Error(error));
@@ -221,6 +234,13 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<Routed, Se
             return Ok(Routed::Gossip(GossipServe::Gossip(gossip)));
         }
         Message::Plan(plan) => return Ok(Routed::Gossip(GossipServe::Plan(plan))),
+        Message::TransferBatch(batch) => {
+            check_items(batch.objects.len(), "objects")?;
+            return Ok(Routed::Transfer {
+                partition: batch.partition,
+                objects: check_objects(settings, batch.objects)?,
+            });
+        }
         Message::AaeTree(tree) => {
             if let Some(branches) = &tree.branches {
                 check_items(branches.len(), "branches")?;
@@ -280,6 +300,7 @@ pub fn authorize(message: Message, authenticated: bool) -> Result<Message, Servi
         | Message::ReplicaWrite(_)
         | Message::Ping
         | Message::Gossip(_)
+        | Message::TransferBatch(_)
         | Message::AaeTree(_)
         | Message::AaeDigests(_)
         | Message::AaeSync(_)

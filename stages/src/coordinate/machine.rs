@@ -103,6 +103,8 @@ enum Work {
         written: Option<VersionSet>,
         remotes: Vec<Target>,
         spares: Vec<NodeId>,
+        /// New replicas of a moving partition: sent the write, not counted toward W.
+        also_write: Vec<NodeId>,
     },
     /// A put forwarded to a preference-list node; `untried` are the next candidates.
     Forward {
@@ -292,13 +294,9 @@ impl Coordinator {
             out.reply(IntakeEvent::reply(origin, &Message::Error(error)));
             return;
         }
-        let (targets, spares) = self.targets(request.key());
-        let primaries = self
-            .membership
-            .current()
-            .ring()
-            .preference_list_for_key(request.key(), n)
-            .primaries;
+        let replicas = self.membership.current().replicas_for_key(request.key(), n);
+        let primaries = replicas.list.primaries.clone();
+        let (targets, spares) = self.targets(replicas.list);
         let deadline = received_at + timeout.unwrap_or(self.settings.request_timeout);
         let me = self.settings.node.clone();
         let key = self.new_id();
@@ -358,6 +356,7 @@ impl Coordinator {
                     written: None,
                     remotes,
                     spares,
+                    also_write: replicas.also_write,
                 };
                 let op = self.new_op(key, &me, None);
                 out.request(storage(

@@ -144,6 +144,13 @@ pub enum GossipEvent {
     Storage(StorageDone),
     /// A peer answered a round (or could not be reached).
     Peer(PeerDone),
+    /// The transfer stage finished handing `partition` to `to` (acknowledged to the end).
+    Transferred {
+        /// The partition.
+        partition: u32,
+        /// The new replica that holds it now.
+        to: NodeId,
+    },
 }
 
 impl fmt::Display for GossipEvent {
@@ -155,6 +162,72 @@ impl fmt::Display for GossipEvent {
             },
             GossipEvent::Storage(done) => write!(f, "storage {done}"),
             GossipEvent::Peer(done) => write!(f, "peer {done}"),
+            GossipEvent::Transferred { partition, to } => {
+                write!(f, "partition {partition} handed to {to}")
+            }
+        }
+    }
+}
+
+/// The ownership-transfer stage's events: a batch from an old replica to merge, and answers to
+/// what it asked of storage and of peers.
+#[derive(Debug)]
+pub enum TransferEvent {
+    /// An old replica's batch of a partition this node receives, to merge and acknowledge on
+    /// `origin` (validated by parse).
+    Serve {
+        /// Where to answer.
+        origin: super::Origin,
+        /// The partition.
+        partition: u32,
+        /// Its objects.
+        objects: Vec<(Vec<u8>, VersionSet)>,
+    },
+    /// Storage answered (a batch read, a merge, a tree snapshot, a drop step).
+    Storage(StorageDone),
+    /// The new replica answered a batch (or could not be reached).
+    Peer(PeerDone),
+}
+
+impl fmt::Display for TransferEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransferEvent::Serve {
+                partition, objects, ..
+            } => write!(
+                f,
+                "batch of partition {partition} ({} objects)",
+                objects.len()
+            ),
+            TransferEvent::Storage(done) => write!(f, "storage {done}"),
+            TransferEvent::Peer(done) => write!(f, "peer {done}"),
+        }
+    }
+}
+
+/// Where the transfer stage publishes its outgoing transfers' progress, and the gossip stage
+/// reads it into `admin plan` and `admin ring` answers. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct TransferBoard {
+    progress: Arc<Mutex<Vec<crate::wire::TransferProgress>>>,
+}
+
+impl TransferBoard {
+    /// Replaces the published progress.
+    pub fn publish(&self, progress: Vec<crate::wire::TransferProgress>) {
+        // A poisoned lock only means a reader panicked; the value is replaced whole.
+        let mut guard = match self.progress.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = progress;
+    }
+
+    /// The published progress.
+    pub fn read(&self) -> Vec<crate::wire::TransferProgress> {
+        match self.progress.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 }

@@ -16,6 +16,7 @@ mod storage;
 
 pub use background::{
     AaeBoard, AaeRequest, AntiEntropyEvent, GossipEvent, GossipServe, HandoffEvent, RepairEvent,
+    TransferBoard, TransferEvent,
 };
 pub use ids::{wall_clock_ms, ConnId, Now, OpId, Origin};
 pub use network::{encode_reply, GateChange, IntakeEvent, ReplicateEvent, SocketCommand};
@@ -46,6 +47,8 @@ pub enum Event {
     Handoff(HandoffEvent),
     /// For anti-entropy.
     AntiEntropy(AntiEntropyEvent),
+    /// For ownership transfer.
+    Transfer(TransferEvent),
     /// For gossip.
     Gossip(GossipEvent),
     /// For storage.
@@ -63,6 +66,7 @@ impl Event {
             Event::Repair(_) => StageId::Repair,
             Event::Handoff(_) => StageId::Handoff,
             Event::AntiEntropy(_) => StageId::AntiEntropy,
+            Event::Transfer(_) => StageId::Transfer,
             Event::Gossip(_) => StageId::Gossip,
             Event::Storage(_) => StageId::Storage,
         }
@@ -79,6 +83,7 @@ impl fmt::Display for Event {
             Event::Repair(e) => e.fmt(f),
             Event::Handoff(e) => e.fmt(f),
             Event::AntiEntropy(e) => e.fmt(f),
+            Event::Transfer(e) => e.fmt(f),
             Event::Gossip(e) => e.fmt(f),
             Event::Storage(e) => e.fmt(f),
         }
@@ -103,6 +108,7 @@ into_event!(
     Repair(RepairEvent),
     Handoff(HandoffEvent),
     AntiEntropy(AntiEntropyEvent),
+    Transfer(TransferEvent),
     Gossip(GossipEvent),
     Storage(StorageEvent),
 );
@@ -119,6 +125,8 @@ pub enum ReplyTo {
     AntiEntropy,
     /// Gossip (membership saves, gossip rounds).
     Gossip,
+    /// Ownership transfer (batches read, sent and merged; partitions dropped).
+    Transfer,
     /// Nobody: fire and forget (read repair; a lost repair is redone by the next read).
     Nobody,
 }
@@ -131,6 +139,7 @@ impl ReplyTo {
             ReplyTo::Handoff => Some(Event::Handoff(HandoffEvent::Storage(done))),
             ReplyTo::AntiEntropy => Some(Event::AntiEntropy(AntiEntropyEvent::Storage(done))),
             ReplyTo::Gossip => Some(Event::Gossip(GossipEvent::Storage(done))),
+            ReplyTo::Transfer => Some(Event::Transfer(TransferEvent::Storage(done))),
             ReplyTo::Nobody => None,
         }
     }
@@ -142,6 +151,7 @@ impl ReplyTo {
             ReplyTo::Handoff => Some(Event::Handoff(HandoffEvent::Peer(done))),
             ReplyTo::AntiEntropy => Some(Event::AntiEntropy(AntiEntropyEvent::Peer(done))),
             ReplyTo::Gossip => Some(Event::Gossip(GossipEvent::Peer(done))),
+            ReplyTo::Transfer => Some(Event::Transfer(TransferEvent::Peer(done))),
             ReplyTo::Nobody => None,
         }
     }
@@ -154,6 +164,7 @@ impl fmt::Display for ReplyTo {
             ReplyTo::Handoff => "handoff",
             ReplyTo::AntiEntropy => "anti-entropy",
             ReplyTo::Gossip => "gossip",
+            ReplyTo::Transfer => "transfer",
             ReplyTo::Nobody => "nobody",
         })
     }

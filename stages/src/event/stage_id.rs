@@ -45,6 +45,9 @@ pub enum StageId {
     Handoff,
     /// Anti-entropy: Merkle tree exchanges, tree rebuilds, tombstone purges (background).
     AntiEntropy,
+    /// Ownership transfer: streams moving partitions to their new replicas, drops partitions
+    /// this node no longer holds (background).
+    Transfer,
     /// Gossip: the membership, its merges with peers, and the operator's changes to it.
     Gossip,
     /// Storage: the node's database.
@@ -77,7 +80,7 @@ pub struct StageRow {
 
 impl StageId {
     /// Every stage, in pipeline (and shutdown) order.
-    pub const ALL: [StageId; 9] = [
+    pub const ALL: [StageId; 10] = [
         StageId::Intake,
         StageId::Parse,
         StageId::Coordinate,
@@ -85,6 +88,7 @@ impl StageId {
         StageId::Repair,
         StageId::Handoff,
         StageId::AntiEntropy,
+        StageId::Transfer,
         StageId::Gossip,
         StageId::Storage,
     ];
@@ -101,6 +105,7 @@ impl StageId {
             StageId::Repair => ("repair", Background, 1, true, 1024, 16, 100),
             StageId::Handoff => ("handoff", Background, 1, true, 1024, 64, 200),
             StageId::AntiEntropy => ("anti_entropy", Background, 1, true, 1024, 64, 100),
+            StageId::Transfer => ("transfer", Background, 1, true, 1024, 64, 100),
             // Foreground: the membership must converge even while background work is paused,
             // and a round costs one small message a second.
             StageId::Gossip => ("gossip", Foreground, 1, true, 1024, 64, 100),

@@ -103,6 +103,27 @@ pub enum StorageRequest {
     },
     /// Every partition's tree state, root and key count.
     TreeSummaries,
+    /// The next objects of a partition (or of one of its segments) in stored order, after the
+    /// stored key `after`: at most `max_keys`, and no more once `max_bytes` are reached.
+    TransferBatch {
+        /// The partition.
+        partition: u32,
+        /// Only this segment's keys, if given.
+        segment: Option<u16>,
+        /// Resume after this stored key (`None`: from the start).
+        after: Option<Vec<u8>>,
+        /// Most objects.
+        max_keys: usize,
+        /// Stop adding objects once their encoded size reaches this.
+        max_bytes: usize,
+    },
+    /// Remove up to `limit` objects of a partition this node no longer holds.
+    DropPartition {
+        /// The partition.
+        partition: u32,
+        /// Most objects removed.
+        limit: usize,
+    },
     /// Keep this encoded membership durably (gossip, after every change).
     SaveMembership {
         /// The membership, as `wire::encode_membership` wrote it.
@@ -186,6 +207,16 @@ impl fmt::Display for StorageEvent {
                 write!(f, "rebuild {limit} of partition {partition} op {op}")
             }
             StorageRequest::TreeSummaries => write!(f, "tree summaries op {op}"),
+            StorageRequest::TransferBatch {
+                partition, after, ..
+            } => write!(
+                f,
+                "transfer batch of partition {partition} (resuming: {}) op {op}",
+                after.is_some()
+            ),
+            StorageRequest::DropPartition { partition, limit } => {
+                write!(f, "drop {limit} of partition {partition} op {op}")
+            }
             StorageRequest::SaveMembership { bytes } => {
                 write!(f, "save membership ({} B) op {op}", bytes.len())
             }
@@ -253,6 +284,22 @@ pub enum StorageOutcome {
     TreeSummaries(Vec<TreeSummary>),
     /// The membership is on disk.
     Saved,
+    /// A transfer batch, and the stored key to resume after (`None`: the scan is complete).
+    Batch {
+        /// Keys with their versions.
+        objects: Vec<(Vec<u8>, VersionSet)>,
+        /// Their encoded size.
+        bytes: u64,
+        /// Resume after this stored key.
+        resume: Option<Vec<u8>>,
+    },
+    /// A drop step: objects removed, and whether the partition is now empty.
+    Dropped {
+        /// Objects removed.
+        removed: usize,
+        /// Whether nothing is left.
+        done: bool,
+    },
     /// Purge candidates, and where the next look resumes.
     PurgeCandidates {
         /// Tombstone-only keys old enough.
@@ -306,6 +353,12 @@ impl fmt::Display for StorageDone {
                 )
             }
             Ok(StorageOutcome::Saved) => write!(f, "op {} saved", self.op),
+            Ok(StorageOutcome::Batch { objects, .. }) => {
+                write!(f, "op {} batch of {}", self.op, objects.len())
+            }
+            Ok(StorageOutcome::Dropped { removed, done }) => {
+                write!(f, "op {} dropped {removed} (done: {done})", self.op)
+            }
             Ok(StorageOutcome::TreeSummaries(trees)) => {
                 write!(f, "op {} {} trees", self.op, trees.len())
             }

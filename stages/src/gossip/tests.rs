@@ -34,7 +34,14 @@ fn machine(id: &str, membership: Membership) -> (GossipMachine, MembershipView) 
     };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     (
-        GossipMachine::new(settings, membership, view.clone(), logger),
+        GossipMachine::new(
+            settings,
+            membership,
+            view.clone(),
+            TransferBoard::default(),
+            Instant::now(),
+            logger,
+        ),
         view,
     )
 }

@@ -7,7 +7,7 @@ use super::{OperationLatencies, SendError, Stage, StageSender, StageSnapshot};
 use crate::event::{
     wall_clock_ms, AntiEntropyEvent, CoordinateEvent, Event, GossipEvent, HandoffEvent,
     IntakeEvent, Now, Operation, ParseEvent, Refusal, RepairEvent, ReplicateEvent, SocketCommand,
-    StageId, StorageEvent,
+    StageId, StorageEvent, TransferEvent,
 };
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,8 @@ pub struct Router {
     pub handoff: StageSender<HandoffEvent>,
     /// Anti-entropy.
     pub anti_entropy: StageSender<AntiEntropyEvent>,
+    /// Ownership transfer.
+    pub transfer: StageSender<TransferEvent>,
     /// Gossip.
     pub gossip: StageSender<GossipEvent>,
     /// Storage.
@@ -59,7 +61,7 @@ impl Router {
     pub fn try_send(&self, event: Event) -> Result<(), (Refusal, Event)> {
         route!(self, event, try_send, [Intake => intake, Parse => parse,
             Coordinate => coordinate, Replicate => replicate, Repair => repair,
-            Handoff => handoff, AntiEntropy => anti_entropy, Gossip => gossip,
+            Handoff => handoff, AntiEntropy => anti_entropy, Transfer => transfer, Gossip => gossip,
             Storage => storage])
     }
 
@@ -67,7 +69,7 @@ impl Router {
     pub fn send(&self, event: Event) -> Result<(), (Refusal, Event)> {
         route!(self, event, send, [Intake => intake, Parse => parse,
             Coordinate => coordinate, Replicate => replicate, Repair => repair,
-            Handoff => handoff, AntiEntropy => anti_entropy, Gossip => gossip,
+            Handoff => handoff, AntiEntropy => anti_entropy, Transfer => transfer, Gossip => gossip,
             Storage => storage])
     }
 
@@ -81,6 +83,7 @@ impl Router {
             StageId::Repair => self.repair.depth(),
             StageId::Handoff => self.handoff.depth(),
             StageId::AntiEntropy => self.anti_entropy.depth(),
+            StageId::Transfer => self.transfer.depth(),
             StageId::Gossip => self.gossip.depth(),
             StageId::Storage => self.storage.depth(),
         }
@@ -98,6 +101,7 @@ impl Router {
                 StageId::Repair => self.repair.snapshot(),
                 StageId::Handoff => self.handoff.snapshot(),
                 StageId::AntiEntropy => self.anti_entropy.snapshot(),
+                StageId::Transfer => self.transfer.snapshot(),
                 StageId::Gossip => self.gossip.snapshot(),
                 StageId::Storage => self.storage.snapshot(),
             })

@@ -4,7 +4,9 @@
 
 use crate::anti_entropy::{AntiEntropyMachine, AntiEntropySettings};
 use crate::coordinate::{Coordinator, CoordinatorSettings};
-use crate::event::{AaeBoard, Event, Now, Operation, Refusal, SocketCommand, StageId};
+use crate::event::{
+    AaeBoard, Event, Now, Operation, Refusal, SocketCommand, StageId, TransferBoard,
+};
 use crate::gossip::{GossipMachine, GossipSettings};
 use crate::handoff::HandoffMachine;
 use crate::intake::{IntakeMachine, IntakeSettings};
@@ -16,6 +18,7 @@ use crate::seda::{deliver, Gate, Machine, Outbox, Post};
 use crate::storage::{
     MemoryEngine, StorageMachine, StorageSettings, Store, SyncMode, VersionLimits,
 };
+use crate::transfer::{TransferMachine, TransferSettings};
 use crate::wire::ContextSeal;
 use crate::NodeId;
 use std::sync::Arc;
@@ -40,18 +43,21 @@ const HANDOFF_RATE_PER_SEC: u64 = 1000;
 const REPAIR_RATE_PER_SEC: u64 = 1000;
 /// Anti-entropy keys per second by each node (its gate).
 const ANTI_ENTROPY_RATE_PER_SEC: u64 = 5000;
+/// Objects streamed or dropped per second by each node's transfer stage (its gate).
+const TRANSFER_RATE_PER_SEC: u64 = 5000;
 /// Stages of a node.
 pub const STAGES: usize = StageId::ALL.len();
 
 /// How often each ticking stage is ticked, in simulated µs (the stages whose `on_tick` does
 /// work; the others' ticks are no-ops under `sync = "always"`).
-pub const TICKS: [(StageId, u64); 7] = [
+pub const TICKS: [(StageId, u64); 8] = [
     (StageId::Intake, 100_000),
     (StageId::Coordinate, 10_000),
     (StageId::Replicate, 100_000),
     (StageId::Repair, 100_000),
     (StageId::Handoff, 200_000),
     (StageId::AntiEntropy, 100_000),
+    (StageId::Transfer, 100_000),
     (StageId::Gossip, 100_000),
 ];
 
@@ -64,6 +70,7 @@ pub struct Machines {
     repair: RepairMachine,
     handoff: HandoffMachine,
     anti_entropy: AntiEntropyMachine,
+    transfer: TransferMachine,
     gossip: GossipMachine,
     storage: StorageMachine,
 }
@@ -146,6 +153,7 @@ impl SimNode {
             },
         };
         let view = self.membership.clone();
+        let board = TransferBoard::default();
         self.machines = Some(Machines {
             intake: IntakeMachine::new(intake, view.clone(), self.id.clone(), seal, logger.clone()),
             parse: ParseMachine::new(parse, view.clone()),
@@ -174,6 +182,22 @@ impl SimNode {
                 AaeBoard::new(self.id.clone(), true),
                 logger.clone(),
             ),
+            transfer: TransferMachine::new(
+                TransferSettings {
+                    node: self.id.clone(),
+                    n: N,
+                    batch_keys: 64,
+                    batch_bytes: 64 * 1024,
+                    settle: Duration::from_millis(1500),
+                    cleanup_delay: Duration::from_secs(3),
+                    ack_timeout: Duration::from_secs(1),
+                },
+                self.membership.clone(),
+                Gate::new(Some(TRANSFER_RATE_PER_SEC), base),
+                board.clone(),
+                base,
+                logger.clone(),
+            ),
             gossip: GossipMachine::new(
                 GossipSettings {
                     node: self.id.clone(),
@@ -190,6 +214,8 @@ impl SimNode {
                 // The view outlives a crash: it stands for the membership the node saved.
                 (*self.membership.current()).clone(),
                 self.membership.clone(),
+                board,
+                base,
                 logger.clone(),
             ),
             storage: StorageMachine::new(0, store.clone(), storage, logger),
@@ -268,6 +294,7 @@ impl Machines {
             Event::Repair(e) => run(&mut self.repair, now, Some(e), post),
             Event::Handoff(e) => run(&mut self.handoff, now, Some(e), post),
             Event::AntiEntropy(e) => run(&mut self.anti_entropy, now, Some(e), post),
+            Event::Transfer(e) => run(&mut self.transfer, now, Some(e), post),
             Event::Gossip(e) => run(&mut self.gossip, now, Some(e), post),
             Event::Storage(e) => run(&mut self.storage, now, Some(e), post),
         }
@@ -283,6 +310,7 @@ impl Machines {
             StageId::Repair => run(&mut self.repair, now, None, post),
             StageId::Handoff => run(&mut self.handoff, now, None, post),
             StageId::AntiEntropy => run(&mut self.anti_entropy, now, None, post),
+            StageId::Transfer => run(&mut self.transfer, now, None, post),
             StageId::Gossip => run(&mut self.gossip, now, None, post),
             StageId::Storage => run(&mut self.storage, now, None, post),
         }

@@ -148,6 +148,30 @@ impl StorageMachine {
                 StorageOutcome::Rebuilt(store.rebuild_step(partition, limit)?)
             }
             StorageRequest::TreeSummaries => StorageOutcome::TreeSummaries(store.tree_summaries()),
+            StorageRequest::TransferBatch {
+                partition,
+                segment,
+                after,
+                max_keys,
+                max_bytes,
+            } => {
+                let read = store.transfer_batch(
+                    partition,
+                    segment,
+                    after.as_deref(),
+                    max_keys,
+                    max_bytes,
+                )?;
+                StorageOutcome::Batch {
+                    objects: read.objects,
+                    bytes: read.bytes,
+                    resume: read.resume,
+                }
+            }
+            StorageRequest::DropPartition { partition, limit } => {
+                let (removed, done) = store.drop_partition(partition, limit)?;
+                StorageOutcome::Dropped { removed, done }
+            }
             StorageRequest::SaveMembership { bytes } => {
                 store.save_membership(&bytes)?;
                 StorageOutcome::Saved

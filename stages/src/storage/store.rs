@@ -141,6 +141,17 @@ pub struct Store {
     counter_floor: u64,
 }
 
+/// What [`Store::transfer_batch`] read.
+#[derive(Debug, Default)]
+pub struct TransferRead {
+    /// Keys with their versions, in stored order.
+    pub objects: Vec<(Vec<u8>, VersionSet)>,
+    /// Their encoded size.
+    pub bytes: u64,
+    /// The stored key to resume after (`None`: the scan is complete).
+    pub resume: Option<Vec<u8>>,
+}
+
 /// What one look for purge candidates found.
 pub struct PurgeLook {
     /// Tombstone-only keys old enough, with their sets.
@@ -643,6 +654,67 @@ impl Store {
             resume,
             scanned,
         })
+    }
+
+    /// The next objects of `partition` (of one `segment` of it, if given) after the stored key
+    /// `after`, for an ownership transfer: at most `max_keys`, stopping once `max_bytes` of
+    /// encoded objects are in. Returns the objects, their bytes and the stored key to resume
+    /// after (`None` when the scan reached the end).
+    pub fn transfer_batch(
+        &self,
+        partition: u32,
+        segment: Option<u16>,
+        after: Option<&[u8]>,
+        max_keys: usize,
+        max_bytes: usize,
+    ) -> Result<TransferRead, StorageError> {
+        let mut prefix = partition.to_be_bytes().to_vec();
+        if let Some(segment) = segment {
+            prefix.extend_from_slice(&segment.to_be_bytes());
+        }
+        let limit = max_keys.max(1);
+        let entries = self.engine.scan(Space::Objects, &prefix, after, limit)?;
+        let full = entries.len() == limit;
+        let mut read = TransferRead::default();
+        let mut last = None;
+        let total = entries.len();
+        for (i, (stored, bytes)) in entries.into_iter().enumerate() {
+            read.bytes += bytes.len() as u64;
+            let key = stored.get(LOCATION_BYTES..).unwrap_or_default().to_vec();
+            read.objects.push((key, decode_version_set(&bytes)?));
+            let cut = read.bytes >= max_bytes as u64 && i + 1 < total;
+            last = Some(stored);
+            if cut {
+                read.resume = last;
+                return Ok(read);
+            }
+        }
+        read.resume = if full { last } else { None };
+        Ok(read)
+    }
+
+    /// Removes up to `limit` objects of a partition this node no longer holds (each under its
+    /// key's lock, its tree updated). Returns how many, and whether the partition is empty.
+    pub fn drop_partition(
+        &self,
+        partition: u32,
+        limit: usize,
+    ) -> Result<(usize, bool), StorageError> {
+        let limit = limit.max(1);
+        let entries = self
+            .engine
+            .scan(Space::Objects, &partition.to_be_bytes(), None, limit)?;
+        let done = entries.len() < limit;
+        let mut removed = 0;
+        for (stored, bytes) in entries {
+            let key = stored.get(LOCATION_BYTES..).unwrap_or_default();
+            // A write that lands between the scan and the removal keeps its key for the next
+            // step (it no longer matches), so nothing is removed blindly.
+            if self.purge_if_unchanged(key, &decode_version_set(&bytes)?)? {
+                removed += 1;
+            }
+        }
+        Ok((removed, done))
     }
 
     /// Whether this node keeps a hint for `key` (for anyone): a purge must wait for it, or

@@ -71,6 +71,19 @@ pub struct AaeObject {
     pub versions: VersionSet,
 }
 
+impl AaeObject {
+    /// Keys and their versions as the wire carries them.
+    pub fn many(objects: Vec<(Vec<u8>, VersionSet)>) -> Vec<AaeObject> {
+        objects
+            .into_iter()
+            .map(|(key, versions)| AaeObject {
+                key: Bytes::from(key),
+                versions,
+            })
+            .collect()
+    }
+}
+
 /// Replica → replica: merge these objects, then send me your versions of `want` (after the
 /// merge, so what comes back is what both now hold).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -56,6 +56,9 @@ pub struct PlanReply {
     pub plan: Plan,
     /// Transfers of the last commit not yet done.
     pub pending: Vec<Transfer>,
+    /// The answering node's own outgoing transfers, with their progress.
+    #[serde(default)]
+    pub progress: Vec<TransferProgress>,
 }
 
 /// The membership as this node keeps it on disk (in storage's `meta`).
@@ -71,4 +74,39 @@ pub fn decode_membership(bytes: &[u8]) -> Result<Membership, super::WireError> {
         kind: super::kind::GOSSIP,
         reason: format!("stored membership: {e}"),
     })
+}
+
+/// Old replica → new replica (ownership transfer): merge these objects of `partition`, one
+/// acknowledged batch of a stream that resumes after the last acknowledged key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferBatch {
+    /// The partition being handed over.
+    pub partition: u32,
+    /// Its objects, in stored order.
+    pub objects: Vec<super::AaeObject>,
+}
+
+/// The answer to [`TransferBatch`]: the objects are merged (and as durable as the receiver's
+/// `sync` makes any replica write).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferAck {
+    /// Objects merged.
+    pub merged: u32,
+}
+
+/// One outgoing transfer as its sender reports it (`admin ring`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferProgress {
+    /// The partition.
+    pub partition: u32,
+    /// The receiving node.
+    pub to: NodeId,
+    /// Where the transfer is: `snapshot`, `streaming`, `settling`, `catching_up`, `done`.
+    pub phase: String,
+    /// Objects acknowledged so far.
+    pub objects: u64,
+    /// Bytes of those objects.
+    pub bytes: u64,
+    /// Attempts that failed and were resumed.
+    pub retries: u64,
 }

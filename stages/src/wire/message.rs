@@ -9,7 +9,9 @@ use super::aae::{
     AaeTree, AaeTreeReply,
 };
 use super::frame::{encode_frame_into, Frame, FRAME_OVERHEAD_BYTES};
-use super::gossip::{GossipReply, GossipRequest, PlanReply, PlanRequest};
+use super::gossip::{
+    GossipReply, GossipRequest, PlanReply, PlanRequest, TransferAck, TransferBatch,
+};
 use crate::error::ServiceError;
 use crate::membership::Membership;
 use crate::seda::{ControllerState, StageSnapshot, StageThrottle};
@@ -296,6 +298,10 @@ pub enum Message {
     Gossip(Box<GossipRequest>),
     /// Node → node.
     GossipReply(Box<GossipReply>),
+    /// Node → node: a batch of a partition handed to its new replica.
+    TransferBatch(TransferBatch),
+    /// Node → node.
+    TransferAck(TransferAck),
     /// Node → node: a level of a partition's Merkle tree.
     AaeTree(AaeTree),
     /// Node → node.
@@ -385,6 +391,10 @@ pub mod kind {
     pub const GOSSIP: u16 = 208;
     /// [`super::Message::GossipReply`]
     pub const GOSSIP_REPLY: u16 = 258;
+    /// [`super::Message::TransferBatch`]
+    pub const TRANSFER_BATCH: u16 = 209;
+    /// [`super::Message::TransferAck`]
+    pub const TRANSFER_ACK: u16 = 259;
     /// [`super::Message::AaeTree`]
     pub const AAE_TREE: u16 = 204;
     /// [`super::Message::AaeDigests`]
@@ -485,6 +495,8 @@ impl Message {
             Message::PlanReply(_) => kind::PLAN_REPLY,
             Message::Gossip(_) => kind::GOSSIP,
             Message::GossipReply(_) => kind::GOSSIP_REPLY,
+            Message::TransferBatch(_) => kind::TRANSFER_BATCH,
+            Message::TransferAck(_) => kind::TRANSFER_ACK,
             Message::AaeTree(_) => kind::AAE_TREE,
             Message::AaeTreeReply(_) => kind::AAE_TREE_REPLY,
             Message::AaeDigests(_) => kind::AAE_DIGESTS,
@@ -515,6 +527,8 @@ impl Message {
             Message::PlanReply(m) => to_body(m),
             Message::Gossip(m) => to_body(m),
             Message::GossipReply(m) => to_body(m),
+            Message::TransferBatch(m) => to_body(m),
+            Message::TransferAck(m) => to_body(m),
             Message::AaeTree(m) => to_body(m),
             Message::AaeTreeReply(m) => to_body(m),
             Message::AaeDigests(m) => to_body(m),
@@ -595,6 +609,8 @@ impl Message {
             kind::PLAN_REPLY => Message::PlanReply(from_body(k, body)?),
             kind::GOSSIP => Message::Gossip(from_body(k, body)?),
             kind::GOSSIP_REPLY => Message::GossipReply(from_body(k, body)?),
+            kind::TRANSFER_BATCH => Message::TransferBatch(from_body(k, body)?),
+            kind::TRANSFER_ACK => Message::TransferAck(from_body(k, body)?),
             kind::AAE_TREE => Message::AaeTree(from_body(k, body)?),
             kind::AAE_TREE_REPLY => Message::AaeTreeReply(from_body(k, body)?),
             kind::AAE_DIGESTS => Message::AaeDigests(from_body(k, body)?),
@@ -638,6 +654,7 @@ impl Message {
                 | Message::Aae
                 | Message::Plan(_)
                 | Message::Gossip(_)
+                | Message::TransferBatch(_)
                 | Message::AaeTree(_)
                 | Message::AaeDigests(_)
                 | Message::AaeSync(_)
@@ -711,6 +728,13 @@ impl fmt::Display for Message {
             Message::GossipReply(m) => {
                 write!(f, "gossip reply (value: {})", m.membership.is_some())
             }
+            Message::TransferBatch(m) => write!(
+                f,
+                "transfer of partition {} ({} objects)",
+                m.partition,
+                m.objects.len()
+            ),
+            Message::TransferAck(m) => write!(f, "transfer ack ({} merged)", m.merged),
             Message::AaeTree(m) => write!(f, "tree of partition {}", m.partition),
             Message::AaeTreeReply(m) => write!(f, "tree reply ({} hashes)", m.hashes.len()),
             Message::AaeDigests(m) => write!(

@@ -23,7 +23,7 @@ pub use frame::{
 };
 pub use gossip::{
     decode_membership, encode_membership, GossipReply, GossipRequest, MembershipChange, PlanReply,
-    PlanRequest,
+    PlanRequest, TransferAck, TransferBatch, TransferProgress,
 };
 pub use message::{
     kind, Bytes, DeleteRequest, GetLocalRequest, GetReply, GetRequest, LocalReply, MemberStatus,

@@ -87,6 +87,7 @@ impl Coordinator {
                     context,
                     written,
                     remotes,
+                    also_write,
                     ..
                 },
                 StorageOutcome::Written { set, version },
@@ -96,6 +97,17 @@ impl Coordinator {
                 let remotes = remotes.clone();
                 for remote in remotes {
                     self.send_write(key, remote, &pending.key, &set, pending.deadline, out);
+                }
+                // Untracked: their answers find no operation and are dropped; a lost one is
+                // covered by the transfer that is filling the new replica.
+                for node in std::mem::take(also_write) {
+                    let op = OpId(self.new_id());
+                    let message = Message::ReplicaWrite(ReplicaWrite {
+                        key: Bytes::from(pending.key.clone()),
+                        versions: set.clone(),
+                        hint: None,
+                    });
+                    out.request(to_peer(node, op, message, pending.deadline));
                 }
             }
             (Work::Members, StorageOutcome::PendingHints(counts)) => {

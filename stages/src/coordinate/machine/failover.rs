@@ -62,12 +62,8 @@ impl Coordinator {
 
     /// The replicas of a key (sloppy quorum): each primary that is up (this node always is),
     /// or else the next healthy fallback standing in for it; and the healthy fallbacks left.
-    pub(super) fn targets(&self, key: &[u8]) -> (Vec<Target>, Vec<NodeId>) {
-        let list = self
-            .membership
-            .current()
-            .ring()
-            .preference_list_for_key(key, self.settings.n);
+    /// While the key's partition moves, the primaries are its old replicas.
+    pub(super) fn targets(&self, list: crate::ring::PreferenceList) -> (Vec<Target>, Vec<NodeId>) {
         let me = &self.settings.node;
         let mut spares: Vec<NodeId> = list
             .fallbacks

@@ -1,0 +1,162 @@
+//! `shoal admin join|leave|remove|plan|commit`: the operator's plan-first membership changes
+//! (riak's staged clustering). `join`, `leave` and `remove` stage a change through any member
+//! and print the plan; `plan` shows what the staged changes would move; `commit` applies them,
+//! which starts the ownership transfers (`admin ring` shows those still pending).
+
+use crate::client::Client;
+use clap::Args;
+use shoal_stages::membership::Member;
+use shoal_stages::wire::{MembershipChange, PlanReply, PlanRequest};
+use shoal_stages::NodeId;
+use std::io::Write;
+use std::net::SocketAddr;
+
+/// `shoal admin join`
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    /// The member to send the change through.
+    #[command(flatten)]
+    pub target: crate::cli::Target,
+    /// The new node's id.
+    #[arg(long)]
+    pub id: String,
+    /// Where the new node listens (what its peers and clients connect to).
+    #[arg(long)]
+    pub addr: SocketAddr,
+    /// Its relative capacity.
+    #[arg(long, default_value_t = 1)]
+    pub weight: u32,
+    /// Its failure zone.
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `shoal admin leave` and `shoal admin remove`
+#[derive(Args, Debug)]
+pub struct DepartArgs {
+    /// The member to send the change through.
+    #[command(flatten)]
+    pub target: crate::cli::Target,
+    /// The member's id.
+    #[arg(long)]
+    pub id: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Stages a join and prints the plan.
+pub fn join(args: JoinArgs, out: &mut impl Write) -> Result<(), Box<dyn std::error::Error>> {
+    let member = Member {
+        id: NodeId::new(args.id),
+        addr: args.addr,
+        weight: args.weight,
+        zone: args.zone,
+    };
+    let request = PlanRequest {
+        change: Some(MembershipChange::Join(member)),
+        commit: false,
+    };
+    let reply = crate::cli::connect(&args.target)?.plan(request)?;
+    print_plan(&reply, args.json, out)
+}
+
+/// Stages a leave (`remove: false`) or a remove and prints the plan.
+pub fn depart(
+    args: DepartArgs,
+    remove: bool,
+    out: &mut impl Write,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let node = NodeId::new(args.id);
+    let change = if remove {
+        MembershipChange::Remove(node)
+    } else {
+        MembershipChange::Leave(node)
+    };
+    let request = PlanRequest {
+        change: Some(change),
+        commit: false,
+    };
+    let reply = crate::cli::connect(&args.target)?.plan(request)?;
+    print_plan(&reply, args.json, out)
+}
+
+/// Shows the plan (`commit: false`) or commits it.
+pub fn plan_or_commit(
+    client: &mut Client,
+    commit: bool,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let reply = client.plan(PlanRequest {
+        change: None,
+        commit,
+    })?;
+    print_plan(&reply, json, out)
+}
+
+/// Prints a plan reply as text or as JSON (the `PlanReply` fields).
+pub fn print_plan(
+    reply: &PlanReply,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string(reply)?)?;
+        return Ok(());
+    }
+    let plan = &reply.plan;
+    let names = |ids: &[NodeId]| {
+        if ids.is_empty() {
+            "-".to_string()
+        } else {
+            ids.iter()
+                .map(NodeId::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let heading = if reply.committed {
+        "committed"
+    } else if plan.is_empty() {
+        "nothing staged"
+    } else {
+        "staged (run `shoal admin commit` to apply)"
+    };
+    writeln!(
+        out,
+        "{heading} on {} (membership version {})",
+        reply.node, reply.version
+    )?;
+    writeln!(out, "  joining: {}", names(&plan.joining))?;
+    writeln!(out, "  leaving: {}", names(&plan.leaving))?;
+    writeln!(out, "  removed: {}", names(&plan.removed))?;
+    if !plan.is_empty() {
+        writeln!(
+            out,
+            "  partitions changing owner: {}; partition copies to make: {}",
+            plan.owners_changed,
+            plan.transfers.len()
+        )?;
+        let mut moves: std::collections::BTreeMap<(String, String), u32> = Default::default();
+        for t in &plan.transfers {
+            let from = t
+                .from
+                .as_ref()
+                .map_or("(nobody)".to_string(), NodeId::to_string);
+            *moves.entry((from, t.to.to_string())).or_default() += 1;
+        }
+        for ((from, to), count) in moves {
+            writeln!(out, "    {from} -> {to}: {count} partitions")?;
+        }
+    }
+    writeln!(
+        out,
+        "transfers of the last commit still pending: {}",
+        reply.pending.len()
+    )?;
+    Ok(())
+}

@@ -1,0 +1,752 @@
+//! Ownership transfer (Dynamo §4.8, SPEC §6), background class: after a commit changes a
+//! partition's replicas, its old replica streams it to each new one, and a node drops the
+//! partitions it no longer holds, by itself.
+//!
+//! DRIVER SIDE (the old replica, one transfer at a time):
+//! 1. **Snapshot**: the partition's Merkle segment hashes, the baseline of step 4.
+//! 2. **Stream**: the partition in stored order, in batches sized by the gate's tokens (one
+//!    per object) and a byte bound; each batch is acknowledged by the new replica before the
+//!    next is read. The cursor is the last acknowledged key: a timeout or an error resumes
+//!    from it, never from zero, and a transfer whose target keeps failing is parked (cursor
+//!    and all) while the others go on.
+//! 3. **Settle**: waits until `settle` has passed since this node saw the commit, so every
+//!    coordinator has heard of it (and sends new writes to the new replica as well) and every
+//!    write sent by one that had not has landed.
+//! 4. **Catch up**: the segments whose hashes changed since the snapshot were written during
+//!    the stream, perhaps only here; those segments are streamed again. (Without a ready tree
+//!    at the snapshot, the whole partition is streamed again.)
+//! 5. **Done**: the gossip stage records it in the membership (and spreads it); reads of the
+//!    partition move to the new replicas once all of its transfers are done.
+//!
+//! RECEIVER SIDE (the new replica): a batch is merged like replica writes (by clock, so a
+//! repeated batch changes nothing) and acknowledged once storage has it. A batch for a
+//! partition this node does not hold in its view is refused (it has not heard of the commit
+//! yet: the sender retries).
+//!
+//! CLEANUP: a partition this node holds under no ring a coordinator may use, and sends no
+//! transfer of, is dropped `cleanup_delay` after it stopped holding it (after a start, the
+//! delay counts from the start, so a stale view has time to be corrected by gossip). The drop
+//! is paced by the gate and removes only objects unchanged since it read them; an empty
+//! partition is looked at again only after another `cleanup_delay` (a stale coordinator's
+//! stray write is dropped then).
+
+use crate::error::ServiceError;
+use crate::event::{
+    Event, GossipEvent, IntakeEvent, Now, OpId, Origin, PeerDone, ReplicateEvent, ReplyTo,
+    StorageDone, StorageEvent, StorageOutcome, StorageRequest, TransferBoard, TransferEvent,
+};
+use crate::membership::{Membership, MembershipView, Stamp};
+use crate::merkle::{differing, TreeShape};
+use crate::ring::PartitionId;
+use crate::seda::{Gate, Machine, Outbox};
+use crate::versioning::VersionSet;
+use crate::wire::{AaeObject, Message, TransferAck, TransferBatch, TransferProgress};
+use crate::NodeId;
+use slog::{debug, info, warn, Logger};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+/// How long storage may take to answer before the step is asked again.
+const STORAGE_DEADLINE: Duration = Duration::from_secs(30);
+/// The first pause after a failed batch; it doubles per failure up to [`MAX_RETRY_PAUSE`].
+const MIN_RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// The longest pause between attempts of one transfer.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
+/// Failures in a row after which a transfer is parked so the others can go on.
+const FAILURES_BEFORE_PARKING: u32 = 3;
+/// How long a parked transfer waits before it is taken up again (from its cursor).
+const PARK_PAUSE: Duration = Duration::from_secs(10);
+/// Most objects removed per drop step.
+const DROP_STEP: usize = 1024;
+/// Finished transfers kept on the board, so `admin ring` shows what just completed.
+const FINISHED_SHOWN: usize = 64;
+
+/// How the transfer stage is set up.
+#[derive(Clone, Debug)]
+pub struct TransferSettings {
+    /// This node.
+    pub node: NodeId,
+    /// Replicas per key.
+    pub n: usize,
+    /// Most objects per batch.
+    pub batch_keys: usize,
+    /// A batch stops growing once its objects reach this many bytes.
+    pub batch_bytes: usize,
+    /// How long after seeing a commit the catch-up pass waits (step 3).
+    pub settle: Duration,
+    /// How long a partition this node no longer holds is kept before it is dropped.
+    pub cleanup_delay: Duration,
+    /// How long a batch may wait for its acknowledgement.
+    pub ack_timeout: Duration,
+}
+
+/// Where a transfer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Snapshot,
+    Streaming,
+    Settling { until: Instant },
+    Comparing,
+}
+
+impl Phase {
+    fn name(self, catch_up: bool) -> &'static str {
+        match self {
+            Phase::Snapshot => "snapshot",
+            Phase::Streaming if catch_up => "catching_up",
+            Phase::Streaming => "streaming",
+            Phase::Settling { .. } => "settling",
+            Phase::Comparing => "comparing",
+        }
+    }
+}
+
+/// What an outgoing transfer waits for.
+#[derive(Debug)]
+enum Waiting {
+    Storage {
+        op: OpId,
+        deadline: Instant,
+    },
+    Peer {
+        op: OpId,
+        deadline: Instant,
+        resume: Option<Vec<u8>>,
+        objects: u64,
+        bytes: u64,
+    },
+}
+
+/// One outgoing transfer.
+#[derive(Debug)]
+struct Active {
+    partition: u32,
+    to: NodeId,
+    phase: Phase,
+    /// Segment hashes when the stream started; `None`: the tree was not ready.
+    baseline: Option<Vec<u64>>,
+    /// Segments the current pass still streams, the current one first (`None`: the whole
+    /// partition in one scan).
+    segments: Option<VecDeque<u16>>,
+    /// The stored key of the last acknowledged object of the current scan.
+    cursor: Option<Vec<u8>>,
+    /// Whether the current pass is the catch-up (step 4).
+    catch_up: bool,
+    waiting: Option<Waiting>,
+    /// No new step before this (after a failure).
+    retry_at: Option<Instant>,
+    /// Failures in a row.
+    failures: u32,
+    objects: u64,
+    bytes: u64,
+    retries: u64,
+}
+
+impl Active {
+    fn new(partition: u32, to: NodeId) -> Active {
+        Active {
+            partition,
+            to,
+            phase: Phase::Snapshot,
+            baseline: None,
+            segments: None,
+            cursor: None,
+            catch_up: false,
+            waiting: None,
+            retry_at: None,
+            failures: 0,
+            objects: 0,
+            bytes: 0,
+            retries: 0,
+        }
+    }
+
+    fn progress(&self, phase: &str) -> TransferProgress {
+        TransferProgress {
+            partition: self.partition,
+            to: self.to.clone(),
+            phase: phase.to_string(),
+            objects: self.objects,
+            bytes: self.bytes,
+            retries: self.retries,
+        }
+    }
+}
+
+/// The transfer stage's machine.
+pub struct TransferMachine {
+    settings: TransferSettings,
+    membership: MembershipView,
+    /// One token per object streamed or dropped.
+    gate: Gate,
+    board: TransferBoard,
+    active: Option<Active>,
+    /// Transfers set aside after repeated failures, with when to take them up again.
+    parked: BTreeMap<(u32, NodeId), (Active, Instant)>,
+    /// Finished transfers the gossip stage has not taken yet (its queue was full).
+    unreported: Vec<(u32, NodeId)>,
+    /// Finished transfers, newest last, for the board.
+    finished: VecDeque<TransferProgress>,
+    /// The commit this node last saw, and when it first saw it.
+    commit_seen: Option<(Stamp, Instant)>,
+    /// Batches received, waiting for storage to merge them.
+    serving: BTreeMap<OpId, (Origin, u32)>,
+    /// Since when each partition this node does not hold has not been held.
+    unowned_since: BTreeMap<u32, Instant>,
+    /// Partitions found empty by a drop, and when.
+    found_empty: BTreeMap<u32, Instant>,
+    /// The drop step storage is working on.
+    dropping: Option<(u32, OpId, Instant)>,
+    /// When the machine started (cleanup waits `cleanup_delay` from here at least).
+    started: Instant,
+    next_op: u64,
+    logger: Logger,
+}
+
+impl TransferMachine {
+    /// A machine reading the membership from `membership`, paced by `gate`.
+    pub fn new(
+        settings: TransferSettings,
+        membership: MembershipView,
+        gate: Gate,
+        board: TransferBoard,
+        started: Instant,
+        logger: Logger,
+    ) -> TransferMachine {
+        TransferMachine {
+            settings,
+            membership,
+            gate,
+            board,
+            active: None,
+            parked: BTreeMap::new(),
+            unreported: Vec::new(),
+            finished: VecDeque::new(),
+            commit_seen: None,
+            serving: BTreeMap::new(),
+            unowned_since: BTreeMap::new(),
+            found_empty: BTreeMap::new(),
+            dropping: None,
+            started,
+            next_op: 0,
+            logger,
+        }
+    }
+
+    fn new_op(&mut self) -> OpId {
+        self.next_op += 1;
+        OpId(self.next_op)
+    }
+
+    fn storage(&mut self, request: StorageRequest, out: &mut Outbox) -> OpId {
+        let op = self.new_op();
+        out.request(StorageEvent {
+            op,
+            reply_to: ReplyTo::Transfer,
+            request,
+        });
+        op
+    }
+
+    /// This node's outgoing transfers under `m`, not yet done.
+    fn outgoing(&self, m: &Membership) -> BTreeSet<(u32, NodeId)> {
+        m.pending_transfers(self.settings.n)
+            .into_iter()
+            .filter(|t| t.from.as_ref() == Some(&self.settings.node))
+            .map(|t| (t.partition, t.to))
+            .collect()
+    }
+
+    // ---- DRIVER SIDE ----
+
+    fn advance(&mut self, now: Instant, out: &mut Outbox) {
+        let m = self.membership.current();
+        let stamp = m.assignment().stamp.clone();
+        if self
+            .commit_seen
+            .as_ref()
+            .is_none_or(|(seen, _)| *seen != stamp)
+        {
+            self.commit_seen = Some((stamp, now));
+        }
+        let outgoing = self.outgoing(&m);
+        // A transfer no longer pending (done, or replaced by a newer commit) is let go.
+        if let Some(active) = &self.active {
+            if !outgoing.contains(&(active.partition, active.to.clone())) {
+                self.active = None;
+            }
+        }
+        self.parked.retain(|key, _| outgoing.contains(key));
+        self.report_unreported(out);
+        if self.active.is_none() {
+            self.take_next(&outgoing, now);
+        }
+        self.step(now, out);
+        self.cleanup(&m, &outgoing, now, out);
+        self.publish(&outgoing);
+    }
+
+    /// Takes up a parked transfer that is due, else the first pending one not parked.
+    fn take_next(&mut self, outgoing: &BTreeSet<(u32, NodeId)>, now: Instant) {
+        let due = self
+            .parked
+            .iter()
+            .find(|(_, (_, until))| *until <= now)
+            .map(|(key, _)| key.clone());
+        if let Some(key) = due {
+            if let Some((mut active, _)) = self.parked.remove(&key) {
+                active.failures = 0;
+                active.retry_at = None;
+                self.active = Some(active);
+                return;
+            }
+        }
+        let fresh = outgoing
+            .iter()
+            .find(|key| !self.parked.contains_key(*key))
+            .cloned();
+        if let Some((partition, to)) = fresh {
+            info!(self.logger, "transfer starts"; "partition" => partition, "to" => %to);
+            self.active = Some(Active::new(partition, to));
+        }
+    }
+
+    /// Starts the active transfer's next step, unless it waits for an answer or a pause.
+    fn step(&mut self, now: Instant, out: &mut Outbox) {
+        let Some(active) = &self.active else {
+            return;
+        };
+        if active.waiting.is_some() || active.retry_at.is_some_and(|at| at > now) {
+            return;
+        }
+        let partition = active.partition;
+        let request = match active.phase {
+            Phase::Snapshot | Phase::Comparing => StorageRequest::TreeView {
+                partition,
+                branches: Some(all_branches(self.partitions())),
+            },
+            Phase::Settling { until } if until <= now => {
+                if let Some(active) = &mut self.active {
+                    active.phase = Phase::Comparing;
+                }
+                return self.step(now, out);
+            }
+            Phase::Settling { .. } => return,
+            Phase::Streaming => {
+                let tokens = self.gate.available(now);
+                if tokens == 0 {
+                    return;
+                }
+                StorageRequest::TransferBatch {
+                    partition,
+                    segment: active.segments.as_ref().and_then(|s| s.front().copied()),
+                    after: active.cursor.clone(),
+                    max_keys: self.settings.batch_keys.min(tokens as usize),
+                    max_bytes: self.settings.batch_bytes,
+                }
+            }
+        };
+        let op = self.storage(request, out);
+        if let Some(active) = &mut self.active {
+            active.waiting = Some(Waiting::Storage {
+                op,
+                deadline: now + STORAGE_DEADLINE,
+            });
+        }
+    }
+
+    fn partitions(&self) -> u32 {
+        self.membership.current().ring().partition_count()
+    }
+
+    fn on_storage(&mut self, now: Instant, done: StorageDone, out: &mut Outbox) {
+        if let Some((origin, count)) = self.serving.remove(&done.op) {
+            let message = match done.result {
+                Ok(_) => Message::TransferAck(TransferAck { merged: count }),
+                Err(error) => Message::Error(error),
+            };
+            return out.reply(IntakeEvent::reply(origin, &message));
+        }
+        if self
+            .dropping
+            .as_ref()
+            .is_some_and(|(_, op, _)| *op == done.op)
+        {
+            return self.on_dropped(now, done);
+        }
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        match &active.waiting {
+            Some(Waiting::Storage { op, .. }) if *op == done.op => active.waiting = None,
+            _ => return,
+        }
+        let outcome = match done.result {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                warn!(self.logger, "transfer step failed in storage"; "partition" => active.partition, "error" => %error);
+                return self.failed(now);
+            }
+        };
+        match (active.phase, outcome) {
+            (Phase::Snapshot, StorageOutcome::Tree(view)) => {
+                active.baseline = view.ready.then_some(view.hashes);
+                active.phase = Phase::Streaming;
+            }
+            (Phase::Comparing, StorageOutcome::Tree(view)) => {
+                let changed = match (&active.baseline, view.ready) {
+                    (Some(baseline), true) if baseline.len() == view.hashes.len() => Some(
+                        differing(baseline, &view.hashes)
+                            .into_iter()
+                            .map(|s| s as u16)
+                            .collect::<VecDeque<u16>>(),
+                    ),
+                    _ => None,
+                };
+                if changed.as_ref().is_some_and(VecDeque::is_empty) {
+                    return self.finish(out);
+                }
+                debug!(self.logger, "transfer catches up"; "partition" => active.partition,
+                       "segments" => changed.as_ref().map_or(-1, |c| c.len() as i64));
+                active.catch_up = true;
+                active.segments = changed;
+                active.cursor = None;
+                active.phase = Phase::Streaming;
+            }
+            (
+                Phase::Streaming,
+                StorageOutcome::Batch {
+                    objects,
+                    bytes,
+                    resume,
+                },
+            ) => {
+                if objects.is_empty() {
+                    return self.end_of_scan(now, out);
+                }
+                let count = objects.len() as u64;
+                // Paid now that the count is known; `step` asked for no more than was there.
+                self.gate.try_take(count, now);
+                let op = self.new_op();
+                let deadline = now + self.settings.ack_timeout;
+                let Some(active) = &mut self.active else {
+                    return;
+                };
+                out.request(ReplicateEvent::Send {
+                    peer: active.to.clone(),
+                    op,
+                    message: Message::TransferBatch(TransferBatch {
+                        partition: active.partition,
+                        objects: AaeObject::many(objects),
+                    }),
+                    deadline,
+                    reply_to: ReplyTo::Transfer,
+                });
+                active.waiting = Some(Waiting::Peer {
+                    op,
+                    deadline,
+                    resume,
+                    objects: count,
+                    bytes,
+                });
+                return;
+            }
+            (phase, outcome) => {
+                warn!(self.logger, "transfer got an unexpected storage answer";
+                      "phase" => ?phase, "answer" => ?outcome);
+                return self.failed(now);
+            }
+        }
+        self.step(now, out);
+    }
+
+    fn on_peer(&mut self, now: Instant, done: PeerDone, out: &mut Outbox) {
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        let (resume, objects, bytes) = match &mut active.waiting {
+            Some(Waiting::Peer {
+                op,
+                resume,
+                objects,
+                bytes,
+                ..
+            }) if *op == done.op => (resume.take(), *objects, *bytes),
+            _ => return,
+        };
+        active.waiting = None;
+        match done.result {
+            Ok(Message::TransferAck(_)) => {
+                active.objects += objects;
+                active.bytes += bytes;
+                active.failures = 0;
+                match resume {
+                    Some(cursor) => active.cursor = Some(cursor),
+                    None => return self.end_of_scan(now, out),
+                }
+            }
+            Ok(other) => {
+                debug!(self.logger, "transfer batch refused"; "partition" => active.partition,
+                       "to" => %active.to, "answer" => %other);
+                return self.failed(now);
+            }
+            Err(error) => {
+                debug!(self.logger, "transfer batch failed"; "partition" => active.partition,
+                       "to" => %active.to, "error" => %error);
+                return self.failed(now);
+            }
+        }
+        self.step(now, out);
+    }
+
+    /// The current scan reached its end: the next segment of the pass, or the pass's end.
+    fn end_of_scan(&mut self, now: Instant, out: &mut Outbox) {
+        let settle_until = self
+            .commit_seen
+            .as_ref()
+            .map_or(now, |(_, seen)| *seen + self.settings.settle)
+            .max(now);
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        active.cursor = None;
+        if let Some(segments) = &mut active.segments {
+            segments.pop_front();
+            if !segments.is_empty() {
+                return self.step(now, out);
+            }
+        }
+        if active.catch_up {
+            return self.finish(out);
+        }
+        active.phase = Phase::Settling {
+            until: settle_until,
+        };
+        self.step(now, out);
+    }
+
+    /// The transfer is complete: the gossip stage records it.
+    fn finish(&mut self, out: &mut Outbox) {
+        let Some(active) = self.active.take() else {
+            return;
+        };
+        info!(self.logger, "transfer done"; "partition" => active.partition, "to" => %active.to,
+              "objects" => active.objects, "bytes" => active.bytes, "retries" => active.retries);
+        self.finished.push_back(active.progress("done"));
+        while self.finished.len() > FINISHED_SHOWN {
+            self.finished.pop_front();
+        }
+        self.unreported.push((active.partition, active.to));
+        self.report_unreported(out);
+    }
+
+    fn report_unreported(&mut self, out: &mut Outbox) {
+        for (partition, to) in std::mem::take(&mut self.unreported) {
+            out.request(GossipEvent::Transferred { partition, to });
+        }
+    }
+
+    /// A step failed: retry after a pause from the last acknowledged key; park the transfer
+    /// after repeated failures.
+    fn failed(&mut self, now: Instant) {
+        let Some(mut active) = self.active.take() else {
+            return;
+        };
+        active.waiting = None;
+        active.failures += 1;
+        active.retries += 1;
+        if active.failures >= FAILURES_BEFORE_PARKING {
+            info!(self.logger, "transfer parked after failures"; "partition" => active.partition,
+                  "to" => %active.to, "objects" => active.objects);
+            let key = (active.partition, active.to.clone());
+            self.parked.insert(key, (active, now + PARK_PAUSE));
+            return;
+        }
+        let pause = MIN_RETRY_PAUSE
+            .saturating_mul(1 << active.failures.min(8))
+            .min(MAX_RETRY_PAUSE);
+        active.retry_at = Some(now + pause);
+        self.active = Some(active);
+    }
+
+    /// Gives up on answers past their deadline (the step is retried from the cursor).
+    fn expire(&mut self, now: Instant) {
+        let overdue = match self.active.as_ref().and_then(|a| a.waiting.as_ref()) {
+            Some(Waiting::Storage { deadline, .. } | Waiting::Peer { deadline, .. }) => {
+                *deadline <= now
+            }
+            None => false,
+        };
+        if overdue {
+            self.failed(now);
+        }
+        if self
+            .dropping
+            .as_ref()
+            .is_some_and(|(_, _, deadline)| *deadline <= now)
+        {
+            self.dropping = None;
+        }
+    }
+
+    // ---- RECEIVER SIDE ----
+
+    fn serve(
+        &mut self,
+        origin: Origin,
+        partition: u32,
+        objects: Vec<(Vec<u8>, VersionSet)>,
+        out: &mut Outbox,
+    ) {
+        let m = self.membership.current();
+        if partition >= m.ring().partition_count()
+            || !m.holds(&self.settings.node, PartitionId(partition), self.settings.n)
+        {
+            let error = ServiceError::MembershipRefused {
+                reason: format!(
+                    "{} does not hold partition {partition} in its view (version {})",
+                    self.settings.node, m.version
+                ),
+            };
+            return out.reply(IntakeEvent::reply(origin, &Message::Error(error)));
+        }
+        let count = objects.len() as u32;
+        let op = self.storage(
+            StorageRequest::Sync {
+                merge: objects,
+                read: Vec::new(),
+            },
+            out,
+        );
+        self.serving.insert(op, (origin, count));
+    }
+
+    // ---- CLEANUP ----
+
+    fn cleanup(
+        &mut self,
+        m: &Membership,
+        outgoing: &BTreeSet<(u32, NodeId)>,
+        now: Instant,
+        out: &mut Outbox,
+    ) {
+        let me = self.settings.node.clone();
+        let delay = self.settings.cleanup_delay;
+        let mut due = None;
+        for p in 0..m.ring().partition_count() {
+            let held = m.holds(&me, PartitionId(p), self.settings.n)
+                || outgoing.iter().any(|(partition, _)| *partition == p);
+            if held {
+                self.unowned_since.remove(&p);
+                self.found_empty.remove(&p);
+                continue;
+            }
+            let since = *self.unowned_since.entry(p).or_insert(now);
+            let waited = since.max(self.started) + delay <= now;
+            let empty_lately = self.found_empty.get(&p).is_some_and(|at| *at + delay > now);
+            if waited && !empty_lately && due.is_none() {
+                due = Some(p);
+            }
+        }
+        let Some(partition) = due else {
+            return;
+        };
+        if self.dropping.is_some() {
+            return;
+        }
+        let tokens = self.gate.available(now);
+        if tokens == 0 {
+            return;
+        }
+        let limit = DROP_STEP.min(tokens as usize);
+        let op = self.storage(StorageRequest::DropPartition { partition, limit }, out);
+        self.dropping = Some((partition, op, now + STORAGE_DEADLINE));
+    }
+
+    fn on_dropped(&mut self, now: Instant, done: StorageDone) {
+        let Some((partition, _, _)) = self.dropping.take() else {
+            return;
+        };
+        match done.result {
+            Ok(StorageOutcome::Dropped { removed, done }) => {
+                self.gate.try_take(removed as u64, now);
+                if removed > 0 {
+                    info!(self.logger, "dropped objects of a partition this node no longer holds";
+                          "partition" => partition, "objects" => removed, "empty" => done);
+                }
+                if done {
+                    self.found_empty.insert(partition, now);
+                }
+            }
+            Ok(other) => warn!(self.logger, "unexpected answer to a drop"; "answer" => ?other),
+            Err(error) => {
+                warn!(self.logger, "drop failed"; "partition" => partition, "error" => %error)
+            }
+        }
+    }
+
+    /// Publishes the outgoing transfers and reports the backlog (transfers pending here).
+    fn publish(&self, outgoing: &BTreeSet<(u32, NodeId)>) {
+        let mut progress: Vec<TransferProgress> = self.finished.iter().cloned().collect();
+        for (active, _) in self.parked.values() {
+            progress.push(active.progress("parked"));
+        }
+        if let Some(active) = &self.active {
+            progress.push(active.progress(active.phase.name(active.catch_up)));
+        }
+        self.board.publish(progress);
+        self.gate.report_backlog(outgoing.len() as u64);
+    }
+}
+
+/// Every branch of a partition's tree, for a whole-tree snapshot.
+fn all_branches(partitions: u32) -> Vec<u16> {
+    (0..TreeShape::for_partitions(partitions).branches() as u16).collect()
+}
+
+impl Machine for TransferMachine {
+    type Input = TransferEvent;
+
+    fn on_event(&mut self, now: Now, event: TransferEvent, out: &mut Outbox) {
+        let now = now.instant;
+        match event {
+            TransferEvent::Serve {
+                origin,
+                partition,
+                objects,
+            } => self.serve(origin, partition, objects, out),
+            TransferEvent::Storage(done) => self.on_storage(now, done, out),
+            TransferEvent::Peer(done) => self.on_peer(now, done, out),
+        }
+    }
+
+    fn on_tick(&mut self, now: Now, out: &mut Outbox) {
+        self.expire(now.instant);
+        self.advance(now.instant, out);
+    }
+
+    /// A refused batch or step is a failure (retried from the cursor); a refused report to
+    /// gossip is sent again next tick; a refused merge of a received batch is answered.
+    fn on_refused(&mut self, now: Now, event: Event, error: ServiceError, out: &mut Outbox) {
+        match event {
+            Event::Gossip(GossipEvent::Transferred { partition, to }) => {
+                self.unreported.push((partition, to));
+            }
+            Event::Storage(StorageEvent { op, .. }) => {
+                if let Some((origin, _)) = self.serving.remove(&op) {
+                    return out.reply(IntakeEvent::reply(origin, &Message::Error(error)));
+                }
+                if self.dropping.as_ref().is_some_and(|(_, d, _)| *d == op) {
+                    self.dropping = None;
+                    return;
+                }
+                self.failed(now.instant);
+            }
+            Event::Replicate(ReplicateEvent::Send { .. }) => self.failed(now.instant),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
