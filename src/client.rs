@@ -246,7 +246,7 @@ impl Client {
     /// The node's view of the membership and ring.
     pub fn ring(&mut self) -> Result<Membership, ClientError> {
         match self.call(&Message::Ring)? {
-            Message::RingReply(membership) => Ok(membership),
+            Message::RingReply(membership) => Ok(*membership),
             other => Err(ClientError::UnexpectedReply(other.to_string())),
         }
     }
@@ -254,7 +254,7 @@ impl Client {
     /// Stages a membership change, shows the plan, or commits it (`admin join|leave|remove|
     /// plan|commit`).
     pub fn plan(&mut self, request: PlanRequest) -> Result<PlanReply, ClientError> {
-        match self.call(&Message::Plan(request))? {
+        match self.call(&Message::Plan(Box::new(request)))? {
             Message::PlanReply(reply) => Ok(*reply),
             other => Err(ClientError::UnexpectedReply(other.to_string())),
         }

@@ -22,7 +22,8 @@ const DOWN_FOR: Duration = Duration::from_secs(2);
 /// A client for a whole cluster.
 pub struct ClusterClient {
     seeds: Vec<String>,
-    membership: Membership,
+    /// Boxed: two rings while partitions move make it large, and clients are moved around.
+    membership: Box<Membership>,
     n: usize,
     timeout: Duration,
     connections: HashMap<NodeId, Client>,
@@ -40,7 +41,7 @@ impl ClusterClient {
         let membership = fetch_ring(seeds, timeout)?;
         Ok(ClusterClient {
             seeds: seeds.to_vec(),
-            membership,
+            membership: Box::new(membership),
             n: n.max(1),
             timeout,
             connections: HashMap::new(),
@@ -88,7 +89,8 @@ impl ClusterClient {
     /// The nodes to try for a key, in order: preference list, then fallbacks; nodes marked
     /// down go last.
     fn candidates(&self, key: &[u8]) -> Vec<NodeId> {
-        let list = self.membership.ring().preference_list_for_key(key, self.n);
+        // While the key's partition moves, its old replicas still coordinate reads.
+        let list = self.membership.replicas_for_key(key, self.n).list;
         let now = Instant::now();
         let (mut up, down): (Vec<NodeId>, Vec<NodeId>) = list
             .primaries
@@ -154,7 +156,7 @@ impl ClusterClient {
                 .collect();
             sources.extend(self.seeds.iter().cloned());
             if let Ok(membership) = fetch_ring(&sources, self.timeout) {
-                self.membership = membership;
+                *self.membership = membership;
             }
         }
     }

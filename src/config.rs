@@ -305,7 +305,7 @@ impl Default for GossipSection {
 pub struct TransferSection {
     /// Most objects per batch.
     pub batch_keys: usize,
-    /// A batch stops growing at this many bytes.
+    /// A batch stops growing at this many bytes (at most half of `limits.max_frame_bytes`).
     pub batch_bytes: usize,
     /// Wait after a commit before the catch-up pass (longer than gossip takes to reach every
     /// node plus a request's deadline).

@@ -389,7 +389,8 @@ fn spawn_pool_stages(
         node: shared.node.clone(),
         n: config.cluster.n,
         batch_keys: t.batch_keys,
-        batch_bytes: t.batch_bytes,
+        // A batch must fit a frame, with room for the one object that may cross the bound.
+        batch_bytes: t.batch_bytes.min(config.limits.max_frame_bytes / 2),
         settle: Duration::from_millis(t.settle_ms),
         cleanup_delay: Duration::from_millis(t.cleanup_delay_ms),
         ack_timeout: Duration::from_millis(t.ack_timeout_ms),

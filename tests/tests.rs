@@ -8,6 +8,7 @@ mod cluster {
     pub mod durability;
     pub mod failures;
     pub mod load_tool;
+    pub mod membership;
     pub mod overload;
     pub mod replication;
     pub mod support;

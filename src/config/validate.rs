@@ -99,13 +99,8 @@ impl Config {
                 format!("must be in 1..={}", shoal_stages::wire::MAX_AAE_ITEMS),
             ));
         }
-        // A batch must fit a frame with room for one more object of the largest size.
-        let most = self.limits.max_frame_bytes / 2;
-        if t.batch_bytes == 0 || t.batch_bytes > most {
-            return Err(invalid(
-                "transfer.batch_bytes",
-                format!("must be in 1..={most} (half of limits.max_frame_bytes)"),
-            ));
+        if t.batch_bytes == 0 || t.batch_bytes > 64 << 20 {
+            return Err(invalid("transfer.batch_bytes", "must be in 1..=67108864"));
         }
         if t.settle_ms > 600_000 {
             return Err(invalid("transfer.settle_ms", "must be at most 600000"));

@@ -403,7 +403,7 @@ impl Machine for GossipMachine {
         match event {
             GossipEvent::Serve { origin, request } => match request {
                 GossipServe::Gossip(request) => self.serve_gossip(origin, *request, out),
-                GossipServe::Plan(request) => self.serve_plan(origin, request, out),
+                GossipServe::Plan(request) => self.serve_plan(origin, *request, out),
             },
             GossipEvent::Storage(done) => self.on_storage(done, out),
             GossipEvent::Peer(done) => self.on_peer(now.instant, done, out),

@@ -93,7 +93,7 @@ impl ParseMachine {
         let received_at = event.received_at;
         match message {
             Message::Ring => {
-                let membership = (*self.membership.current()).clone();
+                let membership = Box::new((*self.membership.current()).clone());
                 return reply(out, origin, Message::RingReply(membership));
             }
             Message::Ping if event.authenticated => return reply(out, origin, Message::Pong),

@@ -197,6 +197,8 @@ pub struct TransferMachine {
     found_empty: BTreeMap<u32, Instant>,
     /// The drop step storage is working on.
     dropping: Option<(u32, OpId, Instant)>,
+    /// Partitions due for a drop and not yet found empty (part of the backlog).
+    drops_due: u64,
     /// When the machine started (cleanup waits `cleanup_delay` from here at least).
     started: Instant,
     next_op: u64,
@@ -227,6 +229,7 @@ impl TransferMachine {
             unowned_since: BTreeMap::new(),
             found_empty: BTreeMap::new(),
             dropping: None,
+            drops_due: 0,
             started,
             next_op: 0,
             logger,
@@ -632,7 +635,10 @@ impl TransferMachine {
     ) {
         let me = self.settings.node.clone();
         let delay = self.settings.cleanup_delay;
-        let mut due = None;
+        // The due partition looked at longest ago (never first), so partitions found empty
+        // and due again cannot starve the others.
+        let mut due: Option<(Option<Instant>, u32)> = None;
+        self.drops_due = 0;
         for p in 0..m.ring().partition_count() {
             let held = m.holds(&me, PartitionId(p), self.settings.n)
                 || outgoing.iter().any(|(partition, _)| *partition == p);
@@ -643,12 +649,16 @@ impl TransferMachine {
             }
             let since = *self.unowned_since.entry(p).or_insert(now);
             let waited = since.max(self.started) + delay <= now;
-            let empty_lately = self.found_empty.get(&p).is_some_and(|at| *at + delay > now);
-            if waited && !empty_lately && due.is_none() {
-                due = Some(p);
+            let checked = self.found_empty.get(&p).copied();
+            let empty_lately = checked.is_some_and(|at| at + delay > now);
+            if waited && checked.is_none() {
+                self.drops_due += 1;
+            }
+            if waited && !empty_lately && due.is_none_or(|(oldest, _)| checked < oldest) {
+                due = Some((checked, p));
             }
         }
-        let Some(partition) = due else {
+        let Some((_, partition)) = due else {
             return;
         };
         if self.dropping.is_some() {
@@ -685,7 +695,8 @@ impl TransferMachine {
         }
     }
 
-    /// Publishes the outgoing transfers and reports the backlog (transfers pending here).
+    /// Publishes the outgoing transfers and reports the backlog (transfers pending here, and
+    /// partitions waiting to be dropped), so the controller gives the stage a share.
     fn publish(&self, outgoing: &BTreeSet<(u32, NodeId)>) {
         let mut progress: Vec<TransferProgress> = self.finished.iter().cloned().collect();
         for (active, _) in self.parked.values() {
@@ -695,7 +706,8 @@ impl TransferMachine {
             progress.push(active.progress(active.phase.name(active.catch_up)));
         }
         self.board.publish(progress);
-        self.gate.report_backlog(outgoing.len() as u64);
+        self.gate
+            .report_backlog(outgoing.len() as u64 + self.drops_due);
     }
 }
 

@@ -68,6 +68,8 @@ fn admin_stats_json_lists_every_stage_with_the_documented_fields() {
             "repair",
             "handoff",
             "anti_entropy",
+            "transfer",
+            "gossip",
             "storage"
         ]
     );

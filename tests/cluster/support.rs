@@ -159,12 +159,26 @@ pub struct TestCluster {
     _dir: tempfile::TempDir,
     pub nodes: Vec<Option<Node>>,
     pub configs: Vec<Config>,
+    /// The config text shared by every node: cluster settings, the initial members, extras.
+    shared: String,
 }
 
 impl TestCluster {
     /// Starts `count` nodes n1..n{count} with replication factor `n` and quorums `r`/`w`;
     /// down peers are probed every 100 ms so returning nodes are noticed quickly.
     pub fn start(count: usize, n: usize, r: usize, w: usize, extra: &str) -> TestCluster {
+        TestCluster::start_with(count, n, r, w, "", extra)
+    }
+
+    /// [`TestCluster::start`] with more `[cluster]` keys (`cluster_extra`, e.g. partitions).
+    pub fn start_with(
+        count: usize,
+        n: usize,
+        r: usize,
+        w: usize,
+        cluster_extra: &str,
+        extra: &str,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(count);
         let members: String = ports
@@ -177,29 +191,43 @@ impl TestCluster {
                 )
             })
             .collect();
+        let shared = format!(
+            "[cluster]\nn = {n}\nr = {r}\nw = {w}\nrequest_timeout_ms = 2000\nprobe_interval_ms = 100\nreplica_timeout_ms = 300\n\
+             secret = \"test-cluster-secret-0123456789\"\n{cluster_extra}{members}{extra}\n"
+        );
         let configs: Vec<Config> = ports
             .iter()
             .enumerate()
-            .map(|(i, port)| {
-                let data = dir.path().join(format!("n{}", i + 1));
-                config(&format!(
-                    "[node]\nid = \"n{}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n\
-                     [cluster]\nn = {n}\nr = {r}\nw = {w}\nrequest_timeout_ms = 2000\nprobe_interval_ms = 100\nreplica_timeout_ms = 300\n\
-                     secret = \"test-cluster-secret-0123456789\"\n{members}{extra}\n",
-                    i + 1,
-                    data.display().to_string()
-                ))
-            })
+            .map(|(i, port)| node_config(dir.path(), i + 1, *port, "", &shared))
             .collect();
         let mut cluster = TestCluster {
             _dir: dir,
             nodes: (0..count).map(|_| None).collect(),
             configs,
+            shared,
         };
         for i in 0..count {
             cluster.restart(i);
         }
         cluster
+    }
+
+    /// Starts one more node, n{count + 1}, outside the ring (`await_join`): the initial
+    /// members are its seeds, and it joins when an operator runs `admin join`. Returns its index.
+    pub fn start_joining(&mut self) -> usize {
+        let port = free_ports(1)[0];
+        let i = self.nodes.len();
+        let node = node_config(
+            self._dir.path(),
+            i + 1,
+            port,
+            "await_join = true\n",
+            &self.shared,
+        );
+        self.configs.push(node);
+        self.nodes.push(None);
+        self.restart(i);
+        i
     }
 
     /// The address of node `i` (0-based).
@@ -229,6 +257,15 @@ impl TestCluster {
         let node = Node::start(&self.configs[i], &logger).expect("node starts");
         self.nodes[i] = Some(node);
     }
+}
+
+/// The config of node n{number} of a test cluster.
+fn node_config(dir: &Path, number: usize, port: u16, node_extra: &str, shared: &str) -> Config {
+    let data = dir.join(format!("n{number}"));
+    config(&format!(
+        "[node]\nid = \"n{number}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n{node_extra}{shared}",
+        data.display().to_string()
+    ))
 }
 
 impl Drop for TestCluster {

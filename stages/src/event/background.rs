@@ -125,8 +125,9 @@ impl fmt::Display for AntiEntropyEvent {
 pub enum GossipServe {
     /// A peer's round (validated by parse: it came on an authenticated link).
     Gossip(Box<crate::wire::GossipRequest>),
-    /// An operator's plan request (stage a change, show, commit).
-    Plan(crate::wire::PlanRequest),
+    /// An operator's plan request (stage a change, show, commit); boxed, as a member's
+    /// address and zone would make every event larger.
+    Plan(Box<crate::wire::PlanRequest>),
 }
 
 /// The gossip stage's events: requests to serve, and answers to what it asked of storage

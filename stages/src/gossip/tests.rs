@@ -188,7 +188,7 @@ fn a_commit_is_answered_once_saved() {
         now(t),
         GossipEvent::Serve {
             origin: origin(),
-            request: GossipServe::Plan(join),
+            request: GossipServe::Plan(Box::new(join)),
         },
         &mut out,
     );
@@ -248,7 +248,7 @@ fn a_refused_change_names_the_member() {
         now(Instant::now()),
         GossipEvent::Serve {
             origin: origin(),
-            request: GossipServe::Plan(leave),
+            request: GossipServe::Plan(Box::new(leave)),
         },
         &mut out,
     );
@@ -276,7 +276,7 @@ fn a_change_reaches_1000_nodes_within_15_rounds() {
         let mut known = vec![0u64; NODES];
         known[NODES - 1] = 1; // made through an ordinary member, not a seed
         let mut rounds = 0;
-        while known.iter().any(|k| *k == 0) {
+        while known.contains(&0) {
             rounds += 1;
             assert!(rounds <= 15, "seed {seed}: not converged after 15 rounds");
             let start = known.clone();

@@ -468,10 +468,9 @@ impl Membership {
             let id = &entry.member.id;
             match entry.state {
                 MemberState::Active if !in_ring(id) => plan.joining.push(id.clone()),
-                MemberState::Active => {
-                    if ring.node(id) != Some(&entry.member.spec()) {
-                        plan.joining.push(id.clone()); // a new weight or zone
-                    }
+                // A member whose weight or zone changed is re-joined.
+                MemberState::Active if ring.node(id) != Some(&entry.member.spec()) => {
+                    plan.joining.push(id.clone())
                 }
                 MemberState::Leaving if in_ring(id) => plan.leaving.push(id.clone()),
                 MemberState::Removed if in_ring(id) => plan.removed.push(id.clone()),

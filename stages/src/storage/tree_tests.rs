@@ -242,3 +242,88 @@ fn a_recreated_directory_never_reuses_a_dot() {
     let after = put(&wiped, 1, b"after the wipe");
     assert!(after.versions()[0].dot.counter > old_counter);
 }
+
+/// Goal: a transfer reads a partition in bounded batches that resume exactly after the last
+/// stored key (every key once, in order), one segment at a time when asked; a drop removes a
+/// partition in steps, keeps the tree in step, and leaves other partitions alone.
+#[test]
+fn transfer_batches_resume_exactly_and_drops_empty_only_their_partition() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engines = [
+        (
+            "fjall",
+            Store::open(dir.path(), &node(), Q, 0).expect("fjall opens"),
+        ),
+        ("memory", store()),
+    ];
+    let where_is = |k: &[u8]| {
+        let position = crate::ring::key_position(k);
+        (
+            crate::ring::partition_of_position(Q, position).0,
+            crate::merkle::TreeShape::for_partitions(Q).segment_of_position(position),
+        )
+    };
+    for (name, store) in engines {
+        for i in 0..400 {
+            put(&store, i, b"v");
+        }
+        for p in 0..Q {
+            while !store.rebuild_step(p, 1000).expect("rebuild").done {}
+        }
+        let (partition, segment) = where_is(&key(0));
+        let expected: Vec<Vec<u8>> = (0..400)
+            .map(key)
+            .filter(|k| where_is(k).0 == partition)
+            .collect();
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let read = store
+                .transfer_batch(partition, None, after.as_deref(), 7, 1 << 20)
+                .expect("batch");
+            assert!(read.objects.len() <= 7, "{name}");
+            seen.extend(read.objects.into_iter().map(|(k, _)| k));
+            match read.resume {
+                Some(resume) => after = Some(resume),
+                None => break,
+            }
+        }
+        let mut sorted_seen = seen.clone();
+        sorted_seen.sort();
+        let mut sorted_expected = expected.clone();
+        sorted_expected.sort();
+        assert_eq!(sorted_seen, sorted_expected, "{name}: every key once");
+        // A byte bound cuts a batch short, but never below one object.
+        let read = store
+            .transfer_batch(partition, None, None, 100, 1)
+            .expect("batch");
+        assert_eq!(read.objects.len(), 1, "{name}");
+        assert!(read.resume.is_some(), "{name}");
+        // One segment only.
+        let read = store
+            .transfer_batch(partition, Some(segment), None, 1000, 1 << 20)
+            .expect("segment");
+        assert!(read
+            .objects
+            .iter()
+            .all(|(k, _)| where_is(k) == (partition, segment)));
+        let others = 400 - expected.len() as u64;
+        let mut steps = 0;
+        loop {
+            let (_, done) = store.drop_partition(partition, 16).expect("drop");
+            steps += 1;
+            if done {
+                break;
+            }
+            assert!(steps < 1000, "{name}: the drop ends");
+        }
+        assert!(steps >= expected.len() / 16, "{name}: in bounded steps");
+        assert!(store
+            .transfer_batch(partition, None, None, 10, 1 << 20)
+            .expect("batch")
+            .objects
+            .is_empty());
+        let keys: u64 = store.tree_summaries().iter().map(|t| t.keys).sum();
+        assert_eq!(keys, others, "{name}: trees count only what is left");
+    }
+}

@@ -1,1 +1,284 @@
+use super::*;
+use crate::membership::Member;
+use crate::seda::Effect;
+use std::net::SocketAddr;
 
+fn member(id: &str, port: u16) -> Member {
+    Member {
+        id: NodeId::new(id),
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        weight: 1,
+        zone: None,
+    }
+}
+
+/// A 3-node membership with n4's join committed, and the first transfer it needs.
+fn joined() -> (Membership, crate::membership::Transfer) {
+    let mut m = Membership::new(
+        1,
+        64,
+        vec![member("n1", 1), member("n2", 2), member("n3", 3)],
+    )
+    .expect("valid");
+    m.stage_join(&NodeId::new("n1"), member("n4", 4))
+        .expect("join");
+    let plan = m.commit(&NodeId::new("n1"), 3).expect("commit");
+    let first = plan.transfers[0].clone();
+    (m, first)
+}
+
+fn machine(me: &NodeId, m: Membership) -> TransferMachine {
+    let settings = TransferSettings {
+        node: me.clone(),
+        n: 3,
+        batch_keys: 2,
+        batch_bytes: 1 << 20,
+        settle: Duration::ZERO,
+        cleanup_delay: Duration::from_secs(3600),
+        ack_timeout: Duration::from_secs(1),
+    };
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    TransferMachine::new(
+        settings,
+        MembershipView::new(m),
+        Gate::new(None, Instant::now()),
+        TransferBoard::default(),
+        Instant::now(),
+        logger,
+    )
+}
+
+fn at(t: Instant) -> Now {
+    Now {
+        instant: t,
+        wall_ms: 0,
+    }
+}
+
+/// The storage requests and peer sends an outbox holds.
+fn effects(out: &mut Outbox) -> Vec<Event> {
+    out.take()
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Send { event, .. } => Some(event),
+            _ => None,
+        })
+        .collect()
+}
+
+fn storage_request(events: &[Event]) -> (OpId, &StorageRequest) {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::Storage(StorageEvent { op, request, .. }) => Some((*op, request)),
+            _ => None,
+        })
+        .expect("a storage request")
+}
+
+fn peer_send(events: &[Event]) -> (OpId, NodeId, usize) {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::Replicate(ReplicateEvent::Send {
+                op,
+                peer,
+                message: Message::TransferBatch(batch),
+                ..
+            }) => Some((*op, peer.clone(), batch.objects.len())),
+            _ => None,
+        })
+        .expect("a batch sent")
+}
+
+fn object(key: &str) -> (Vec<u8>, VersionSet) {
+    (key.as_bytes().to_vec(), VersionSet::new())
+}
+
+fn storage_done(op: OpId, outcome: StorageOutcome) -> TransferEvent {
+    TransferEvent::Storage(StorageDone {
+        op,
+        result: Ok(outcome),
+    })
+}
+
+fn tree(segments: usize) -> StorageOutcome {
+    StorageOutcome::Tree(crate::event::TreeView {
+        ready: true,
+        root: 0,
+        keys: 0,
+        hashes: vec![0; segments],
+    })
+}
+
+/// Goal: a transfer streams in acknowledged batches; a batch that fails is read again from
+/// the last acknowledged key (never from zero); once the stream ends and nothing changed in
+/// the tree meanwhile, the gossip stage is told the partition is handed over.
+#[test]
+fn a_failed_batch_resumes_after_the_last_acknowledged_key() {
+    let (m, transfer) = joined();
+    let me = transfer.from.clone().expect("a source");
+    let segments = TreeShape::for_partitions(64).segments();
+    let mut machine = machine(&me, m);
+    let t = Instant::now();
+    let mut out = Outbox::new();
+    machine.on_tick(at(t), &mut out);
+    let events = effects(&mut out);
+    let (op, request) = storage_request(&events);
+    assert!(
+        matches!(request, StorageRequest::TreeView { .. }),
+        "{request:?}"
+    );
+    machine.on_event(at(t), storage_done(op, tree(segments)), &mut out);
+    // First batch, from the start.
+    let events = effects(&mut out);
+    let (op, request) = storage_request(&events);
+    match request {
+        StorageRequest::TransferBatch {
+            partition, after, ..
+        } => {
+            assert_eq!(*partition, transfer.partition);
+            assert_eq!(after, &None);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let batch = StorageOutcome::Batch {
+        objects: vec![object("a"), object("b")],
+        bytes: 10,
+        resume: Some(b"cursor-b".to_vec()),
+    };
+    machine.on_event(at(t), storage_done(op, batch), &mut out);
+    let (op, peer, count) = peer_send(&effects(&mut out));
+    assert_eq!((peer, count), (transfer.to.clone(), 2));
+    let ack = |op| {
+        TransferEvent::Peer(PeerDone {
+            op,
+            peer: transfer.to.clone(),
+            result: Ok(Message::TransferAck(TransferAck { merged: 2 })),
+        })
+    };
+    machine.on_event(at(t), ack(op), &mut out);
+    // Second batch, after b; it fails on the wire.
+    let events = effects(&mut out);
+    let (op, request) = storage_request(&events);
+    assert!(
+        matches!(request, StorageRequest::TransferBatch { after: Some(a), .. } if a == b"cursor-b"),
+        "{request:?}"
+    );
+    let batch = StorageOutcome::Batch {
+        objects: vec![object("c")],
+        bytes: 5,
+        resume: None,
+    };
+    machine.on_event(at(t), storage_done(op, batch), &mut out);
+    let (op, _, _) = peer_send(&effects(&mut out));
+    machine.on_event(
+        at(t),
+        TransferEvent::Peer(PeerDone {
+            op,
+            peer: transfer.to.clone(),
+            result: Err(ServiceError::PeerUnreachable {
+                node: transfer.to.to_string(),
+            }),
+        }),
+        &mut out,
+    );
+    assert!(effects(&mut out).is_empty(), "no retry before the pause");
+    // After the pause: read again after b, not from the start.
+    let later = t + Duration::from_secs(1);
+    machine.on_tick(at(later), &mut out);
+    let events = effects(&mut out);
+    let (op, request) = storage_request(&events);
+    assert!(
+        matches!(request, StorageRequest::TransferBatch { after: Some(a), .. } if a == b"cursor-b"),
+        "resumed from the last acknowledged key: {request:?}"
+    );
+    let batch = StorageOutcome::Batch {
+        objects: vec![object("c")],
+        bytes: 5,
+        resume: None,
+    };
+    machine.on_event(at(later), storage_done(op, batch), &mut out);
+    let (op, _, _) = peer_send(&effects(&mut out));
+    machine.on_event(at(later), ack(op), &mut out);
+    // The stream ended: settle (zero here), then compare the tree with the snapshot.
+    machine.on_tick(at(later), &mut out);
+    let events = effects(&mut out);
+    let (op, request) = storage_request(&events);
+    assert!(
+        matches!(request, StorageRequest::TreeView { .. }),
+        "{request:?}"
+    );
+    machine.on_event(at(later), storage_done(op, tree(segments)), &mut out);
+    let events = effects(&mut out);
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Gossip(GossipEvent::Transferred { partition, to })
+                if *partition == transfer.partition && *to == transfer.to
+        )),
+        "{events:?}"
+    );
+    machine.publish(&BTreeSet::new());
+    assert!(machine
+        .board
+        .read()
+        .iter()
+        .any(|p| p.phase == "done" && p.objects == 3 && p.retries == 1));
+}
+
+/// Goal: segments written during the stream are streamed again (and only they), from the
+/// start of each segment, before the transfer counts as done.
+#[test]
+fn segments_written_during_the_stream_are_sent_again() {
+    let (m, transfer) = joined();
+    let me = transfer.from.clone().expect("a source");
+    let segments = TreeShape::for_partitions(64).segments();
+    let mut machine = machine(&me, m);
+    let t = Instant::now();
+    let mut out = Outbox::new();
+    machine.on_tick(at(t), &mut out);
+    let (op, _) = storage_request(&effects(&mut out));
+    machine.on_event(at(t), storage_done(op, tree(segments)), &mut out);
+    let (op, _) = storage_request(&effects(&mut out));
+    let empty = StorageOutcome::Batch {
+        objects: Vec::new(),
+        bytes: 0,
+        resume: None,
+    };
+    machine.on_event(at(t), storage_done(op, empty), &mut out);
+    // Stream done (the partition was empty); compare: segments 5 and 9 changed meanwhile.
+    machine.on_tick(at(t), &mut out);
+    let (op, _) = storage_request(&effects(&mut out));
+    let mut hashes = vec![0; segments];
+    hashes[5] = 1;
+    hashes[9] = 2;
+    let changed = StorageOutcome::Tree(crate::event::TreeView {
+        ready: true,
+        root: 3,
+        keys: 2,
+        hashes,
+    });
+    machine.on_event(at(t), storage_done(op, changed), &mut out);
+    for expected in [5u16, 9] {
+        let events = effects(&mut out);
+        let (op, request) = storage_request(&events);
+        assert!(
+            matches!(request, StorageRequest::TransferBatch { segment: Some(s), after: None, .. } if *s == expected),
+            "{request:?}"
+        );
+        let batch = StorageOutcome::Batch {
+            objects: Vec::new(),
+            bytes: 0,
+            resume: None,
+        };
+        machine.on_event(at(t), storage_done(op, batch), &mut out);
+    }
+    let events = effects(&mut out);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Gossip(GossipEvent::Transferred { .. }))),
+        "{events:?}"
+    );
+}

@@ -291,7 +291,7 @@ pub enum Message {
     /// Node → admin (boxed: one row per partition).
     AaeReply(Box<AaeReport>),
     /// Admin → node: stage a membership change, show the plan, or commit it.
-    Plan(PlanRequest),
+    Plan(Box<PlanRequest>),
     /// Node → admin.
     PlanReply(Box<PlanReply>),
     /// Node → node: a gossip round (boxed: it may carry the whole membership).
@@ -328,8 +328,8 @@ pub enum Message {
     StatsReply(StatsReply),
     /// Node → admin.
     LocalReply(LocalReply),
-    /// Node → client.
-    RingReply(Membership),
+    /// Node → client (boxed: the membership carries two rings while partitions move).
+    RingReply(Box<Membership>),
     /// Node → node.
     ReplicaReply(ReplicaReply),
     /// Node → node: answer to `Ping`.

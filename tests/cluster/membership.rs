@@ -1,0 +1,300 @@
+//! Membership changes on real nodes (Dynamo §4.8, SPEC §6): gossip spreads a change to every
+//! node, and joins and leaves under a live set workload lose no acknowledged add, leave every
+//! key with N copies on its new preference list and no copy anywhere else.
+
+use super::support::TestCluster;
+use shoal::client::{Client, RequestOptions};
+use shoal::cluster_client::ClusterClient;
+use shoal_stages::membership::{Member, MemberState, Membership};
+use shoal_stages::wire::{
+    Bytes, GetLocalRequest, MembershipChange, Message, PlanReply, PlanRequest,
+};
+use shoal_stages::NodeId;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn stage(client: &mut Client, change: MembershipChange, commit: bool) -> PlanReply {
+    client
+        .plan(PlanRequest {
+            change: Some(change),
+            commit,
+        })
+        .expect("membership change accepted")
+}
+
+/// Goal (issue: a change made through any node is in every node's view within 2 s on 5
+/// loopback nodes): a join staged through the third node is seen by all five within 2 s.
+#[test]
+fn a_change_through_any_node_reaches_all_five_within_two_seconds() {
+    let cluster = TestCluster::start(5, 3, 2, 2, "");
+    let stranger = Member {
+        id: NodeId::new("n9"),
+        addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+        weight: 1,
+        zone: None,
+    };
+    let mut clients: Vec<Client> = (0..5).map(|i| cluster.client(i)).collect();
+    stage(&mut clients[2], MembershipChange::Join(stranger), false);
+    let start = Instant::now();
+    loop {
+        let seen = clients
+            .iter_mut()
+            .map(|c| c.ring())
+            .filter(|m| {
+                m.as_ref()
+                    .is_ok_and(|m| m.state_of(&NodeId::new("n9")) == Some(MemberState::Active))
+            })
+            .count();
+        if seen == 5 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "only {seen} of 5 nodes saw the change after 2 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Fast transfers and cleanup for tests; anti-entropy fills copies a write missed.
+const FAST: &str = "[transfer]\nsettle_ms = 500\ncleanup_delay_ms = 1000\n\
+                    [anti_entropy]\nexchange_interval_ms = 500\nconfirm_delay_ms = 50\n\
+                    [gossip]\ninterval_ms = 200\n[storage]\nsync = \"none\"\n";
+
+/// How long a rebalance of a few thousand keys may take in a debug build on two cores.
+const SETTLE: Duration = Duration::from_secs(90);
+
+/// Waits until every running node's view has no pending transfer and all views are equal.
+fn wait_settled(cluster: &TestCluster, running: &[usize]) -> Membership {
+    let start = Instant::now();
+    loop {
+        let views: Vec<(Membership, usize)> = running
+            .iter()
+            .filter_map(|i| {
+                let mut client = cluster.client(*i);
+                let ring = client.ring().ok()?;
+                let plan = client
+                    .plan(PlanRequest {
+                        change: None,
+                        commit: false,
+                    })
+                    .ok()?;
+                Some((ring, plan.pending.len()))
+            })
+            .collect();
+        let settled = views.len() == running.len()
+            && views
+                .iter()
+                .all(|(m, pending)| *pending == 0 && m == &views[0].0);
+        if settled {
+            return views[0].0.clone();
+        }
+        assert!(
+            start.elapsed() < SETTLE,
+            "transfers not done after {SETTLE:?}: {:?}",
+            views.iter().map(|(_, p)| p).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn member_of(cluster: &TestCluster, i: usize) -> Member {
+    Member {
+        id: NodeId::new(cluster.configs[i].node.id.clone()),
+        addr: cluster.configs[i].node.listen,
+        weight: 1,
+        zone: None,
+    }
+}
+
+/// Which of `keys` node `i` stores itself (its own objects, not hints), pipelined.
+fn stored_on(cluster: &TestCluster, i: usize, keys: &[Vec<u8>]) -> Vec<bool> {
+    let mut client = cluster.client(i);
+    let mut present = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(64) {
+        // Replies come back as storage finishes them, not in request order.
+        let mut ids = std::collections::BTreeMap::new();
+        for (i, key) in chunk.iter().enumerate() {
+            let request = Message::GetLocal(GetLocalRequest {
+                key: Bytes::from(key.clone()),
+            });
+            ids.insert(client.send(&request).expect("send"), i);
+        }
+        let mut found = vec![false; chunk.len()];
+        for _ in chunk {
+            match client.receive().expect("reply") {
+                (id, Message::LocalReply(reply)) => {
+                    found[ids[&id]] = !reply.versions.is_empty();
+                }
+                (_, other) => panic!("get --local failed: {other}"),
+            }
+        }
+        present.extend(found);
+    }
+    present
+}
+
+fn parse_set(value: &[u8]) -> BTreeSet<u64> {
+    String::from_utf8_lossy(value)
+        .split(',')
+        .filter_map(|x| x.parse().ok())
+        .collect()
+}
+
+/// Goal (issue: under a set workload with acknowledged adds, join a 4th and a 5th node, then
+/// leave one): no acknowledged add is lost and nothing never attempted appears; every key ends
+/// with N copies on its new preference list and on no other node (the leaver included); a
+/// join of the S-th node moves at most 1.05 x Q/S owners.
+#[test]
+fn joins_and_a_leave_under_writes_lose_nothing_and_leave_no_stray_copies() {
+    let mut cluster = TestCluster::start_with(3, 3, 2, 2, "partitions = 16\n", FAST);
+    // Data in every partition, so the transfers carry something.
+    let preload: Vec<Vec<u8>> = (0..800).map(|i| format!("pre-{i}").into_bytes()).collect();
+    let mut loader = cluster.client(0);
+    for key in &preload {
+        loader
+            .put(key, None, b"preloaded", RequestOptions::default())
+            .expect("preload");
+    }
+    // Two writers add unique integers to hot keys through nodes that never leave.
+    let hot: Vec<String> = (0..3).map(|i| format!("set{i}")).collect();
+    let seeds = vec![cluster.addr(0), cluster.addr(2)];
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempted = Arc::new(Mutex::new(BTreeSet::new()));
+    let writers: Vec<_> = (0..2u64)
+        .map(|writer| {
+            let (hot, seeds, stop) = (hot.clone(), seeds.clone(), Arc::clone(&stop));
+            let attempted = Arc::clone(&attempted);
+            std::thread::spawn(move || {
+                let mut client =
+                    ClusterClient::connect(&seeds, 3, Duration::from_secs(5)).expect("connect");
+                let mut acked = BTreeSet::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let x = writer * 1_000_000 + i;
+                    i += 1;
+                    let key = hot[(x % 3) as usize].as_bytes();
+                    let Ok(read) = client.get(key, RequestOptions::default()) else {
+                        continue;
+                    };
+                    let mut set: BTreeSet<u64> =
+                        read.values.iter().flat_map(|v| parse_set(v)).collect();
+                    set.insert(x);
+                    attempted.lock().expect("lock").insert(x);
+                    let value: Vec<String> = set.iter().map(u64::to_string).collect();
+                    let put = client.put(
+                        key,
+                        Some(&read.context),
+                        value.join(",").as_bytes(),
+                        RequestOptions::default(),
+                    );
+                    if put.is_ok() {
+                        acked.insert(x);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                acked
+            })
+        })
+        .collect();
+
+    let mut running = vec![0, 1, 2];
+    for s in [4usize, 5] {
+        let i = cluster.start_joining();
+        let member = member_of(&cluster, i);
+        let reply = stage(&mut cluster.client(0), MembershipChange::Join(member), true);
+        assert!(reply.committed);
+        let most = (1.05 * 16.0 / s as f64).floor() as u32;
+        assert!(
+            reply.plan.owners_changed <= most,
+            "join of node {s} moved {} owners (at most {most})",
+            reply.plan.owners_changed
+        );
+        running.push(i);
+        wait_settled(&cluster, &running);
+    }
+    let leaver = NodeId::new("n2");
+    let reply = stage(
+        &mut cluster.client(0),
+        MembershipChange::Leave(leaver.clone()),
+        true,
+    );
+    assert_eq!(reply.plan.leaving, vec![leaver.clone()]);
+    let membership = wait_settled(&cluster, &running);
+    assert!(!membership.ring().contains(&leaver));
+    stop.store(true, Ordering::Relaxed);
+    let acked: BTreeSet<u64> = writers
+        .into_iter()
+        .flat_map(|w| w.join().expect("writer"))
+        .collect();
+    assert!(acked.len() >= 50, "few adds acknowledged: {}", acked.len());
+
+    // No acknowledged add lost; nothing never attempted.
+    let mut reader = cluster.client(0);
+    let all = RequestOptions {
+        r: Some(3),
+        ..RequestOptions::default()
+    };
+    let mut final_set = BTreeSet::new();
+    for key in &hot {
+        for value in reader.get(key.as_bytes(), all).expect("final read").values {
+            final_set.extend(parse_set(&value));
+        }
+    }
+    let lost: Vec<&u64> = acked.difference(&final_set).collect();
+    assert!(
+        lost.is_empty(),
+        "lost {} acknowledged adds: {lost:?}",
+        lost.len()
+    );
+    let attempted = attempted.lock().expect("lock").clone();
+    let invented: Vec<&u64> = final_set.difference(&attempted).collect();
+    assert!(invented.is_empty(), "never attempted: {invented:?}");
+
+    // Every key on exactly its new preference list (the leaver holds nothing).
+    let keys: Vec<Vec<u8>> = preload
+        .iter()
+        .cloned()
+        .chain(hot.iter().map(|k| k.clone().into_bytes()))
+        .collect();
+    // Per running node: (keys missing from it, keys it should not hold).
+    let misplaced = || -> Vec<(String, usize, usize)> {
+        running
+            .iter()
+            .map(|&i| {
+                let me = NodeId::new(cluster.configs[i].node.id.clone());
+                let present = stored_on(&cluster, i, &keys);
+                let (mut missing, mut stray) = (0, 0);
+                let mut parts = BTreeSet::new();
+                for (key, present) in keys.iter().zip(present) {
+                    let owner = membership
+                        .ring()
+                        .preference_list_for_key(key, 3)
+                        .primaries
+                        .contains(&me);
+                    missing += usize::from(owner && !present);
+                    stray += usize::from(!owner && present);
+                    if owner != present {
+                        parts.insert((membership.ring().partition_of(key).0, owner));
+                    }
+                }
+                (format!("{me} {parts:?}"), missing, stray)
+            })
+            .collect()
+    };
+    let start = Instant::now();
+    loop {
+        let wrong = misplaced();
+        if wrong.iter().all(|(_, missing, stray)| missing + stray == 0) {
+            break;
+        }
+        assert!(
+            start.elapsed() < SETTLE,
+            "keys not on exactly their preference lists after {SETTLE:?}: (node, missing, stray) {wrong:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
