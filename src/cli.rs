@@ -250,24 +250,18 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Admin(AdminCommand::Remove(args)) => {
             crate::membership_cli::depart(args, true, &mut std::io::stdout())
         }
-        Command::Admin(AdminCommand::Plan(args)) => {
-            let mut client = connect(&args.target)?;
-            crate::membership_cli::plan_or_commit(
-                &mut client,
-                false,
-                args.json,
-                &mut std::io::stdout(),
-            )
-        }
-        Command::Admin(AdminCommand::Commit(args)) => {
-            let mut client = connect(&args.target)?;
-            crate::membership_cli::plan_or_commit(
-                &mut client,
-                true,
-                args.json,
-                &mut std::io::stdout(),
-            )
-        }
+        Command::Admin(AdminCommand::Plan(args)) => crate::membership_cli::plan_or_commit(
+            &args.target,
+            false,
+            args.json,
+            &mut std::io::stdout(),
+        ),
+        Command::Admin(AdminCommand::Commit(args)) => crate::membership_cli::plan_or_commit(
+            &args.target,
+            true,
+            args.json,
+            &mut std::io::stdout(),
+        ),
         Command::Admin(AdminCommand::Throttle(args)) => {
             let mut client = connect(&args.target)?;
             crate::throttle_cli::run(args, &mut client)

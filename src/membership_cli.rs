@@ -84,13 +84,26 @@ pub fn depart(
     print_plan(&reply, args.json, out)
 }
 
-/// Shows the plan (`commit: false`) or commits it.
+/// Shows the plan (`commit: false`) or commits it; a commit is sent to the claimant (the
+/// one node that commits), found from the ring of the node asked.
 pub fn plan_or_commit(
-    client: &mut Client,
+    target: &crate::cli::Target,
     commit: bool,
     json: bool,
     out: &mut impl Write,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let mut client = crate::cli::connect(target)?;
+    if commit {
+        let membership = client.ring()?;
+        let claimant = membership
+            .claimant()
+            .and_then(|id| membership.addr_of(id))
+            .ok_or("the ring has no claimant (every member was removed)")?;
+        if claimant.to_string() != target.node {
+            let timeout = std::time::Duration::from_secs(target.timeout_secs);
+            client = Client::connect(&claimant.to_string(), timeout)?;
+        }
+    }
     let reply = client.plan(PlanRequest {
         change: None,
         commit,

@@ -316,6 +316,7 @@ fn spawn_pool_stages(
             max_clock_entries: config.cluster.vclock_max_entries,
             max_siblings: config.limits.max_siblings,
         },
+        ownership: Some((shared.membership.clone(), config.cluster.n)),
     };
     let storage_logger = shared.logger.new(o!("stage" => StageId::Storage.name()));
     let storage = spawn(
@@ -336,6 +337,11 @@ fn spawn_pool_stages(
         HandoffMachine::new(
             gate(shared, StageId::Handoff),
             shared.logger.new(o!("stage" => StageId::Handoff.name())),
+        )
+        .retargeting(
+            shared.membership.clone(),
+            shared.node.clone(),
+            config.cluster.n,
         )
     })?;
     let aae = &config.anti_entropy;

@@ -63,8 +63,10 @@ use std::time::{Duration, Instant};
 const REBUILD_CHUNK: usize = 256;
 /// Keys looked at per purge step.
 const PURGE_SCAN: usize = 1024;
-/// How long one step may wait for storage or a peer before the exchange is given up.
-const STEP_DEADLINE: Duration = Duration::from_secs(10);
+/// How long one step may wait for storage or a peer before the exchange is given up. Short:
+/// the stage runs one exchange at a time, so a lost answer stalls every pair until then (a
+/// step's messages are bounded to 512 KiB, well under this on any LAN).
+const STEP_DEADLINE: Duration = Duration::from_secs(3);
 /// How soon a pair is tried again when a tree was not ready or an exchange was cut short
 /// (jittered, so two replicas that opened one partition at once do not collide again).
 const RETRY_SOON: Duration = Duration::from_millis(500);

@@ -13,6 +13,10 @@
 //!
 //! RECEIVER SIDE: the intended node merges the versions like any replica write.
 //!
+//! A hint whose intended node no longer holds the key's partition (it left, or was removed,
+//! after the hint was written) is delivered to the key's current replicas instead, and
+//! deleted once every one of them acknowledged it: a write must not vanish with a leaver.
+//!
 //! Hints live in the store, so they survive a restart of this node. The machine reads and
 //! deletes them through the storage stage, never directly.
 
@@ -21,8 +25,10 @@ use crate::event::{
     Event, HandoffEvent, Hint, Now, OpId, PeerDone, ReplicateEvent, ReplyTo, StorageDone,
     StorageEvent, StorageOutcome, StorageRequest,
 };
+use crate::membership::MembershipView;
 use crate::seda::{Gate, Machine, Outbox};
 use crate::wire::{Bytes, Message, ReplicaWrite};
+use crate::NodeId;
 use slog::{info, warn, Logger};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -64,6 +70,12 @@ pub struct HandoffMachine {
     /// When the current pause ends (`None`: no pause).
     paused_until: Option<Instant>,
     next_op: u64,
+    /// The membership, this node and N, to send hints of departed nodes to the current
+    /// replicas (`None`: always to the intended node).
+    membership: Option<(MembershipView, NodeId, usize)>,
+    /// Hints sent to several current replicas: acknowledgements still awaited, and whether
+    /// one failed (then the hint stays for the next round).
+    fanout: BTreeMap<Vec<u8>, (usize, bool)>,
     logger: Logger,
 }
 
@@ -81,7 +93,62 @@ impl HandoffMachine {
             backoff: Duration::ZERO,
             paused_until: None,
             next_op: 0,
+            membership: None,
+            fanout: BTreeMap::new(),
             logger,
+        }
+    }
+
+    /// Sends hints whose intended node no longer holds their key to the key's current
+    /// replicas, as `membership` says (this node is `me`; N replicas per key).
+    pub fn retargeting(mut self, membership: MembershipView, me: NodeId, n: usize) -> Self {
+        self.membership = Some((membership, me, n));
+        self
+    }
+
+    /// Where a hint goes: its intended node, or (if that node no longer holds the key's
+    /// partition) every current replica but this node, and whether this node is one too.
+    fn destinations(&self, hint: &Hint) -> (Vec<NodeId>, bool) {
+        let Some((view, me, n)) = &self.membership else {
+            return (vec![hint.target.clone()], false);
+        };
+        let m = view.current();
+        let partition = m.ring().partition_of(&hint.key);
+        if m.holds(&hint.target, partition, *n) {
+            return (vec![hint.target.clone()], false);
+        }
+        let replicas = m.replicas(partition, *n);
+        let mut nodes: Vec<NodeId> = replicas
+            .list
+            .primaries
+            .into_iter()
+            .chain(replicas.also_write)
+            .collect();
+        let local = nodes.contains(me);
+        nodes.retain(|node| node != me);
+        (nodes, local)
+    }
+
+    /// A delivery failed: a hint sent to several replicas is kept if any of them failed.
+    fn delivery_failed(&mut self, hint: &Hint, out: &mut Outbox) {
+        self.round_failed += 1;
+        self.fanout_answer(hint, false, out);
+    }
+
+    /// Counts one answer of a fanned-out hint; deletes it once all acknowledged.
+    fn fanout_answer(&mut self, hint: &Hint, acked: bool, out: &mut Outbox) {
+        let Some((remaining, failed)) = self.fanout.get_mut(&hint.hint_key) else {
+            return;
+        };
+        *remaining = remaining.saturating_sub(1);
+        *failed |= !acked;
+        if *remaining == 0 {
+            let failed = *failed;
+            self.fanout.remove(&hint.hint_key);
+            if !failed {
+                let delete = self.storage(StorageRequest::DeleteHint { hint: hint.clone() });
+                out.request(delete);
+            }
         }
     }
 
@@ -128,21 +195,46 @@ impl HandoffMachine {
             }
             sent += 1;
             self.cursor = Some(hint.hint_key.clone());
-            let op = self.new_op();
-            let message = Message::ReplicaWrite(ReplicaWrite {
-                key: Bytes::from(hint.key.clone()),
-                versions: hint.versions.clone(),
-                hint: None,
-            });
+            let (destinations, local) = self.destinations(&hint);
+            if local {
+                // This node is a current replica too: its copy is merged here.
+                let merge = self.storage(StorageRequest::Merge {
+                    key: hint.key.clone(),
+                    versions: hint.versions.clone(),
+                });
+                out.request(StorageEvent {
+                    reply_to: ReplyTo::Nobody,
+                    ..merge
+                });
+            }
+            if destinations != [hint.target.clone()] {
+                info!(self.logger, "hint for a node that no longer holds its key goes to the current replicas";
+                      "intended" => %hint.target, "replicas" => destinations.len());
+                if destinations.is_empty() {
+                    let delete = self.storage(StorageRequest::DeleteHint { hint });
+                    out.request(delete);
+                    continue;
+                }
+                self.fanout
+                    .insert(hint.hint_key.clone(), (destinations.len(), false));
+            }
             let deadline = now + DELIVERY_DEADLINE;
-            out.request(ReplicateEvent::Send {
-                peer: hint.target.clone(),
-                op,
-                message,
-                deadline,
-                reply_to: ReplyTo::Handoff,
-            });
-            self.in_flight.insert(op, (hint, deadline));
+            for peer in destinations {
+                let op = self.new_op();
+                let message = Message::ReplicaWrite(ReplicaWrite {
+                    key: Bytes::from(hint.key.clone()),
+                    versions: hint.versions.clone(),
+                    hint: None,
+                });
+                out.request(ReplicateEvent::Send {
+                    peer,
+                    op,
+                    message,
+                    deadline,
+                    reply_to: ReplyTo::Handoff,
+                });
+                self.in_flight.insert(op, (hint.clone(), deadline));
+            }
         }
         if end_of_pass && sent == scanned {
             self.cursor = None; // every hint of the pass was sent; the next round starts over
@@ -173,7 +265,15 @@ impl HandoffMachine {
         let Some((hint, _)) = self.in_flight.remove(&done.op) else {
             return;
         };
-        if matches!(done.result, Ok(Message::ReplicaReply(_))) {
+        let acked = matches!(done.result, Ok(Message::ReplicaReply(_)));
+        if self.fanout.contains_key(&hint.hint_key) {
+            if acked {
+                self.round_acked += 1;
+                self.fanout_answer(&hint, true, out);
+            } else {
+                self.delivery_failed(&hint, out);
+            }
+        } else if acked {
             self.round_acked += 1;
             let delete = self.storage(StorageRequest::DeleteHint { hint });
             out.request(delete);
@@ -214,9 +314,17 @@ impl Machine for HandoffMachine {
 
     fn on_tick(&mut self, now: Now, out: &mut Outbox) {
         let now = now.instant;
-        let before = self.in_flight.len();
-        self.in_flight.retain(|_, (_, deadline)| *deadline > now);
-        self.round_failed += (before - self.in_flight.len()) as u64;
+        let expired: Vec<OpId> = self
+            .in_flight
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(op, _)| *op)
+            .collect();
+        for op in expired {
+            if let Some((hint, _)) = self.in_flight.remove(&op) {
+                self.delivery_failed(&hint, out);
+            }
+        }
         if self
             .scanning
             .is_some_and(|(_, asked)| now.saturating_duration_since(asked) >= SCAN_DEADLINE)
@@ -235,11 +343,12 @@ impl Machine for HandoffMachine {
     /// A full queue: a delivery not sent stays a hint for the next round; a scan not taken
     /// is asked again on the next tick; a deletion not taken is redone after the next
     /// delivery of the same hint.
-    fn on_refused(&mut self, _now: Now, event: Event, _error: ServiceError, _out: &mut Outbox) {
+    fn on_refused(&mut self, _now: Now, event: Event, _error: ServiceError, out: &mut Outbox) {
         match event {
             Event::Replicate(ReplicateEvent::Send { op, .. }) => {
-                self.in_flight.remove(&op);
-                self.round_failed += 1;
+                if let Some((hint, _)) = self.in_flight.remove(&op) {
+                    self.delivery_failed(&hint, out);
+                }
             }
             Event::Storage(StorageEvent { op, .. })
                 if self.scanning.is_some_and(|(scan, _)| scan == op) =>

@@ -55,7 +55,7 @@ const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// Failures in a row after which a transfer is parked so the others can go on.
 const FAILURES_BEFORE_PARKING: u32 = 3;
 /// How long a parked transfer waits before it is taken up again (from its cursor).
-const PARK_PAUSE: Duration = Duration::from_secs(10);
+const PARK_PAUSE: Duration = Duration::from_secs(2);
 /// Most objects removed per drop step.
 const DROP_STEP: usize = 1024;
 /// Finished transfers kept on the board, so `admin ring` shows what just completed.
@@ -132,6 +132,10 @@ struct Active {
     cursor: Option<Vec<u8>>,
     /// Whether the current pass is the catch-up (step 4).
     catch_up: bool,
+    /// Whether this is the final sync before a drop (see CLEANUP), not a pending transfer.
+    final_sync: bool,
+    /// The segment hashes at the last comparison: what the new replica holds, at least.
+    compared: Option<Vec<u64>>,
     waiting: Option<Waiting>,
     /// No new step before this (after a failure).
     retry_at: Option<Instant>,
@@ -152,6 +156,8 @@ impl Active {
             segments: None,
             cursor: None,
             catch_up: false,
+            final_sync: false,
+            compared: None,
             waiting: None,
             retry_at: None,
             failures: 0,
@@ -173,6 +179,10 @@ impl Active {
     }
 }
 
+/// A partition this node sent: the segment hashes it last compared (the baseline of the final
+/// sync), and the replicas the final sync still has to reach (`None` until it begins).
+type Handed = (Option<Vec<u64>>, Option<VecDeque<NodeId>>);
+
 /// The transfer stage's machine.
 pub struct TransferMachine {
     settings: TransferSettings,
@@ -187,6 +197,10 @@ pub struct TransferMachine {
     unreported: Vec<(u32, NodeId)>,
     /// Finished transfers, newest last, for the board.
     finished: VecDeque<TransferProgress>,
+    /// Partitions this node sent, with the segment hashes it last compared and (once the
+    /// final sync began) the current replicas still to sync: before the partition is dropped
+    /// here, what changed since is sent to each replica that holds it then.
+    handed: BTreeMap<u32, Handed>,
     /// The commit this node last saw, and when it first saw it.
     commit_seen: Option<(Stamp, Instant)>,
     /// Batches received, waiting for storage to merge them.
@@ -224,6 +238,7 @@ impl TransferMachine {
             parked: BTreeMap::new(),
             unreported: Vec::new(),
             finished: VecDeque::new(),
+            handed: BTreeMap::new(),
             commit_seen: None,
             serving: BTreeMap::new(),
             unowned_since: BTreeMap::new(),
@@ -275,7 +290,7 @@ impl TransferMachine {
         let outgoing = self.outgoing(&m);
         // A transfer no longer pending (done, or replaced by a newer commit) is let go.
         if let Some(active) = &self.active {
-            if !outgoing.contains(&(active.partition, active.to.clone())) {
+            if !active.final_sync && !outgoing.contains(&(active.partition, active.to.clone())) {
                 self.active = None;
             }
         }
@@ -406,6 +421,7 @@ impl TransferMachine {
                     ),
                     _ => None,
                 };
+                active.compared = view.ready.then_some(view.hashes);
                 if changed.as_ref().is_some_and(VecDeque::is_empty) {
                     return self.finish(out);
                 }
@@ -528,11 +544,28 @@ impl TransferMachine {
         self.step(now, out);
     }
 
-    /// The transfer is complete: the gossip stage records it.
+    /// The transfer is complete: the gossip stage records it. (A final sync only clears the
+    /// way for the drop.)
     fn finish(&mut self, out: &mut Outbox) {
         let Some(active) = self.active.take() else {
             return;
         };
+        if active.final_sync {
+            debug!(self.logger, "final sync done"; "partition" => active.partition,
+                   "to" => %active.to, "objects" => active.objects);
+            let finished = self
+                .handed
+                .get(&active.partition)
+                .is_some_and(|(_, left)| left.as_ref().is_some_and(VecDeque::is_empty));
+            if finished {
+                self.handed.remove(&active.partition);
+            }
+            return;
+        }
+        // The oldest comparison of the partition is the safe baseline for its final sync.
+        self.handed
+            .entry(active.partition)
+            .or_insert_with(|| (active.compared.clone(), None));
         info!(self.logger, "transfer done"; "partition" => active.partition, "to" => %active.to,
               "objects" => active.objects, "bytes" => active.bytes, "retries" => active.retries);
         self.finished.push_back(active.progress("done"));
@@ -555,6 +588,13 @@ impl TransferMachine {
         let Some(mut active) = self.active.take() else {
             return;
         };
+        if active.final_sync {
+            // Tried again by a later cleanup, from the comparison.
+            if let Some((_, Some(left))) = self.handed.get_mut(&active.partition) {
+                left.push_front(active.to);
+            }
+            return;
+        }
         active.waiting = None;
         active.failures += 1;
         active.retries += 1;
@@ -663,6 +703,39 @@ impl TransferMachine {
         };
         if self.dropping.is_some() {
             return;
+        }
+        // Before a partition this node sent is dropped, whatever reached it since (a hint
+        // delivered late, a write whose copy to the new replica was lost) is sent once more.
+        if let Some((compared, left)) = self.handed.get_mut(&partition) {
+            if self.active.is_some() {
+                return;
+            }
+            // To every replica that holds the partition now (not the ones it was sent to: a
+            // later commit may have moved it again).
+            let left = left.get_or_insert_with(|| {
+                let replicas = m.replicas(PartitionId(partition), self.settings.n);
+                replicas
+                    .list
+                    .primaries
+                    .into_iter()
+                    .chain(replicas.also_write)
+                    .filter(|node| *node != me)
+                    .collect()
+            });
+            match left.pop_front() {
+                Some(to) => {
+                    let mut sync = Active::new(partition, to);
+                    sync.final_sync = true;
+                    sync.baseline = compared.clone();
+                    sync.phase = Phase::Comparing;
+                    self.active = Some(sync);
+                    self.step(now, out);
+                    return;
+                }
+                None => {
+                    self.handed.remove(&partition);
+                }
+            }
         }
         let tokens = self.gate.available(now);
         if tokens == 0 {

@@ -103,8 +103,8 @@ pub struct Assignment {
     pub stamp: Stamp,
     /// The ring it replaced; `None` for the initial ring.
     pub previous: Option<Ring>,
-    /// Transfers of this commit that are done, as (partition, receiving node).
-    pub done: BTreeSet<(u32, NodeId)>,
+    /// Transfers of this commit that are done, as (partition, sending node, receiving node).
+    pub done: BTreeSet<(u32, Option<NodeId>, NodeId)>,
 }
 
 /// One partition's data to copy from an old replica to a new one.
@@ -172,6 +172,14 @@ pub enum MembershipError {
     /// Nothing is staged.
     #[error("nothing to commit: no join, leave or remove is staged")]
     NothingStaged,
+    /// Only the claimant commits.
+    #[error("{me} is not the claimant; commit through {claimant} (the ring member with the smallest id that was not removed)")]
+    NotClaimant {
+        /// The node asked.
+        me: NodeId,
+        /// The node that commits.
+        claimant: NodeId,
+    },
     /// The previous commit's transfers are not all done.
     #[error("{pending} transfers of the previous commit are still pending; commit again once they are done (admin ring shows them)")]
     TransfersPending {
@@ -293,13 +301,10 @@ impl Membership {
                 also_write: Vec::new(),
             };
         };
-        let moving = list.primaries.iter().any(|to| {
-            !self.assignment.done.contains(&(partition.0, to.clone()))
-                && !previous
-                    .preference_list(partition, n)
-                    .primaries
-                    .contains(to)
-        });
+        let moving = self
+            .partition_transfers(previous, self.ring(), partition, n)
+            .iter()
+            .any(|t| !self.is_done(t));
         if !moving {
             return Replicas {
                 list,
@@ -325,8 +330,14 @@ impl Membership {
     pub fn pending_transfers(&self, n: usize) -> Vec<Transfer> {
         self.transfers_between(self.assignment.previous.as_ref(), self.ring(), n)
             .into_iter()
-            .filter(|t| !self.assignment.done.contains(&(t.partition, t.to.clone())))
+            .filter(|t| !self.is_done(t))
             .collect()
+    }
+
+    fn is_done(&self, t: &Transfer) -> bool {
+        self.assignment
+            .done
+            .contains(&(t.partition, t.from.clone(), t.to.clone()))
     }
 
     /// Whether this node is still a replica of `partition` under any ring a coordinator may
@@ -342,24 +353,48 @@ impl Membership {
                 .contains(node)
     }
 
-    /// The copies that moving from `old` to `new` needs: for each partition, each new replica
-    /// that was not an old one gets the data from the first old replica that was not removed.
+    /// The copies that moving from `old` to `new` needs, partition by partition.
     fn transfers_between(&self, old: Option<&Ring>, new: &Ring, n: usize) -> Vec<Transfer> {
         let Some(old) = old else {
             return Vec::new();
         };
+        (0..new.partition_count())
+            .flat_map(|p| self.partition_transfers(old, new, PartitionId(p), n))
+            .collect()
+    }
+
+    /// The copies one partition needs: each new replica gets the data of every old replica
+    /// that leaves the list (so no write is lost when a leaver drops its copy: a write on W old
+    /// replicas is then on W of the new ones), or, if no leaver can send (none leaves because
+    /// a cluster smaller than N grew, or the leavers were removed as dead), of the first old
+    /// replica alive. What only a removed node held is gone; anti-entropy reconciles the rest.
+    fn partition_transfers(
+        &self,
+        old: &Ring,
+        new: &Ring,
+        partition: PartitionId,
+        n: usize,
+    ) -> Vec<Transfer> {
+        let before = old.preference_list(partition, n).primaries;
+        let after = new.preference_list(partition, n).primaries;
+        let alive = |node: &&NodeId| self.state_of(node) != Some(MemberState::Removed);
+        let leaving: Vec<&NodeId> = before.iter().filter(|b| !after.contains(b)).collect();
+        let mut sources: Vec<Option<NodeId>> = leaving
+            .into_iter()
+            .filter(alive)
+            .cloned()
+            .map(Some)
+            .collect();
+        if sources.is_empty() {
+            // No leaver can send (none left, or every leaver was removed): the replicas of a
+            // dead node are rebuilt from the first old replica still alive.
+            sources.push(before.iter().find(alive).cloned());
+        }
         let mut transfers = Vec::new();
-        for p in 0..new.partition_count() {
-            let partition = PartitionId(p);
-            let before = old.preference_list(partition, n).primaries;
-            let after = new.preference_list(partition, n).primaries;
-            let from = before
-                .iter()
-                .find(|node| self.state_of(node) != Some(MemberState::Removed))
-                .cloned();
-            for to in after.iter().filter(|to| !before.contains(to)) {
+        for to in after.iter().filter(|to| !before.contains(to)) {
+            for from in &sources {
                 transfers.push(Transfer {
-                    partition: p,
+                    partition: partition.0,
                     from: from.clone(),
                     to: to.clone(),
                 });
@@ -486,9 +521,30 @@ impl Membership {
         Ok((plan, next))
     }
 
-    /// Applies the staged changes (written by `me`): the planned ring becomes the committed
-    /// one and its transfers start. Refused while the previous commit's transfers are pending.
+    /// The one node that commits (riak's claimant): the ring member with the smallest id that
+    /// was not removed. Commits from one node never race, and the claimant's assignment is
+    /// always the newest (every commit came from it), so a commit is never computed from a
+    /// stale ring. A dead claimant is removed (staged through any node) and the next one
+    /// commits.
+    pub fn claimant(&self) -> Option<&NodeId> {
+        self.ring()
+            .nodes()
+            .map(|spec| &spec.id)
+            .find(|id| self.state_of(id) != Some(MemberState::Removed))
+    }
+
+    /// Applies the staged changes (written by `me`, the claimant): the planned ring becomes
+    /// the committed one and its transfers start. Refused while the previous commit's
+    /// transfers are pending.
     pub fn commit(&mut self, me: &NodeId, n: usize) -> Result<Plan, MembershipError> {
+        if let Some(claimant) = self.claimant() {
+            if claimant != me {
+                return Err(MembershipError::NotClaimant {
+                    me: me.clone(),
+                    claimant: claimant.clone(),
+                });
+            }
+        }
         let pending = self.pending_transfers(n).len();
         if pending > 0 {
             return Err(MembershipError::TransfersPending { pending });
@@ -507,7 +563,7 @@ impl Membership {
             .transfers
             .iter()
             .filter(|t| t.from.is_none())
-            .map(|t| (t.partition, t.to.clone()))
+            .map(|t| (t.partition, None, t.to.clone()))
             .collect();
         Ok(plan)
     }
@@ -515,7 +571,10 @@ impl Membership {
     /// Records that `to` holds all of `partition` (written by `me`, the sender). Returns
     /// whether that was news.
     pub fn mark_transferred(&mut self, me: &NodeId, partition: u32, to: &NodeId) -> bool {
-        let fresh = self.assignment.done.insert((partition, to.clone()));
+        let fresh = self
+            .assignment
+            .done
+            .insert((partition, Some(me.clone()), to.clone()));
         if fresh {
             self.next_stamp(me);
         }
@@ -564,8 +623,9 @@ impl Membership {
         hash_stamp(&mut md5, &a.stamp);
         md5.update(ring_digest(&a.ring).to_be_bytes());
         md5.update(a.previous.as_ref().map_or(0, ring_digest).to_be_bytes());
-        for (partition, to) in &a.done {
+        for (partition, from, to) in &a.done {
             md5.update(partition.to_be_bytes());
+            hash_str(&mut md5, from.as_ref().map_or("", NodeId::as_str));
             hash_str(&mut md5, to.as_str());
         }
         first_u64(&md5.finalize())

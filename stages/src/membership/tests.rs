@@ -110,13 +110,14 @@ fn a_committed_join_moves_reads_only_after_the_transfer() {
     let replicas = m.replicas(PartitionId(moving.partition), 3);
     assert!(!replicas.list.primaries.contains(&id("n4")));
     assert_eq!(replicas.also_write, vec![id("n4")]);
-    assert!(m.mark_transferred(&id("n1"), moving.partition, &id("n4")));
-    assert!(!m.mark_transferred(&id("n1"), moving.partition, &id("n4")));
+    let from = moving.from.clone().expect("a source");
+    assert!(m.mark_transferred(&from, moving.partition, &id("n4")));
+    assert!(!m.mark_transferred(&from, moving.partition, &id("n4")));
     let replicas = m.replicas(PartitionId(moving.partition), 3);
     assert!(replicas.list.primaries.contains(&id("n4")));
     assert!(replicas.also_write.is_empty());
     for t in plan.transfers.iter().skip(1) {
-        m.mark_transferred(&id("n1"), t.partition, &t.to);
+        m.mark_transferred(t.from.as_ref().expect("a source"), t.partition, &t.to);
     }
     assert!(m.pending_transfers(3).is_empty());
     assert_eq!(m.commit(&id("n1"), 3), Err(MembershipError::NothingStaged));
@@ -152,28 +153,29 @@ fn a_removed_node_is_never_copied_from_and_cannot_rejoin() {
     );
 }
 
-/// Goal: two commits made at once resolve to one ring everywhere, and the losing commit's join
-/// stays staged for the next commit instead of vanishing.
+/// Goal: only the claimant commits, so two commits never race: a commit through another node
+/// is refused and names the claimant; a join staged elsewhere is committed by the claimant
+/// once gossip brought it; a removed claimant hands the role to the next member.
 #[test]
-fn concurrent_commits_keep_one_ring_and_leave_the_loser_staged() {
+fn only_the_claimant_commits() {
     let mut a = three();
     let mut b = three();
-    a.stage_join(&id("n1"), member("n4", 4)).expect("join");
     b.stage_join(&id("n2"), member("n5", 5)).expect("join");
-    a.commit(&id("n1"), 3).expect("commit a");
-    b.commit(&id("n2"), 3).expect("commit b");
-    let mut ab = a.clone();
-    ab.merge(&b);
-    let mut ba = b.clone();
-    ba.merge(&a);
-    assert_eq!(ab, ba);
-    let in_ring = [id("n4"), id("n5")].map(|n| ab.ring().contains(&n));
-    assert_eq!(in_ring.iter().filter(|x| **x).count(), 1, "{in_ring:?}");
-    for t in ab.pending_transfers(3) {
-        ab.mark_transferred(&id("n1"), t.partition, &t.to);
-    }
-    let (plan, _) = ab.plan(3).expect("plan");
-    assert_eq!(plan.joining.len(), 1, "the loser is still staged: {plan:?}");
+    assert_eq!(
+        b.commit(&id("n2"), 3),
+        Err(MembershipError::NotClaimant {
+            me: id("n2"),
+            claimant: id("n1")
+        })
+    );
+    a.merge(&b);
+    let plan = a.commit(&id("n1"), 3).expect("the claimant commits");
+    assert_eq!(plan.joining, vec![id("n5")]);
+    let mut c = three();
+    c.stage_departure(&id("n2"), &id("n1"), MemberState::Removed)
+        .expect("remove");
+    assert_eq!(c.claimant(), Some(&id("n2")));
+    assert!(c.commit(&id("n2"), 3).is_ok());
 }
 
 /// Goal: transfers marked done through different nodes merge by union.
@@ -185,8 +187,16 @@ fn transfers_done_through_different_nodes_merge() {
     let mut a = m.clone();
     let mut b = m.clone();
     let (first, second) = (&plan.transfers[0], &plan.transfers[1]);
-    a.mark_transferred(&id("n1"), first.partition, &first.to);
-    b.mark_transferred(&id("n2"), second.partition, &second.to);
+    a.mark_transferred(
+        first.from.as_ref().expect("a source"),
+        first.partition,
+        &first.to,
+    );
+    b.mark_transferred(
+        second.from.as_ref().expect("a source"),
+        second.partition,
+        &second.to,
+    );
     a.merge(&b);
     assert_eq!(a.pending_transfers(3).len(), plan.transfers.len() - 2);
 }
@@ -213,4 +223,27 @@ fn departures_that_would_empty_the_ring_or_name_strangers_are_refused() {
         m.stage_departure(&id("n1"), &id("n9"), MemberState::Leaving),
         Err(MembershipError::UnknownMember { node: id("n9") })
     );
+}
+
+/// Goal: every old replica that leaves a partition's list sends it to each new replica (a
+/// write acknowledged by W old replicas is then on W new ones, whichever W they were); a
+/// partition whose list only grows gets it from its first old replica.
+#[test]
+fn leavers_of_a_partition_are_its_sources() {
+    let mut m = three();
+    m.stage_join(&id("n1"), member("n4", 4)).expect("join");
+    let plan = m.commit(&id("n1"), 3).expect("commit");
+    let previous = m.assignment().previous.clone().expect("the old ring");
+    for t in &plan.transfers {
+        let partition = PartitionId(t.partition);
+        let before = previous.preference_list(partition, 3).primaries;
+        let after = m.ring().preference_list(partition, 3).primaries;
+        let from = t.from.clone().expect("a source");
+        assert!(before.contains(&from) && !after.contains(&from), "{t:?}");
+    }
+    let mut small = Membership::new(1, 8, vec![member("n1", 1), member("n2", 2)]).expect("valid");
+    small.stage_join(&id("n1"), member("n3", 3)).expect("join");
+    let plan = small.commit(&id("n1"), 3).expect("commit");
+    assert_eq!(plan.transfers.len(), 8, "n3 gains every partition");
+    assert!(plan.transfers.iter().all(|t| t.from.is_some()));
 }

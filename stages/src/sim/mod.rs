@@ -44,6 +44,9 @@ pub struct Faults {
     /// A node's journal flushes fail for a while (a disk error): the writes of those batches
     /// are not acknowledged, and are lost if the node crashes before a flush succeeds.
     pub flush: bool,
+    /// A node outside the ring joins during the workload (plan and commit through a member),
+    /// and later a member leaves: their partitions are transferred while clients write.
+    pub membership: bool,
 }
 
 impl Faults {
@@ -57,6 +60,7 @@ impl Faults {
         crash: true,
         pause: true,
         flush: true,
+        membership: true,
     };
 
     /// No fault.
@@ -69,9 +73,10 @@ impl Faults {
         crash: false,
         pause: false,
         flush: false,
+        membership: false,
     };
 
-    const NAMES: [&'static str; 8] = [
+    const NAMES: [&'static str; 9] = [
         "delay",
         "drop",
         "duplicate",
@@ -80,9 +85,10 @@ impl Faults {
         "crash",
         "pause",
         "flush",
+        "membership",
     ];
 
-    fn flags(&self) -> [bool; 8] {
+    fn flags(&self) -> [bool; 9] {
         [
             self.delay,
             self.drop,
@@ -92,6 +98,7 @@ impl Faults {
             self.crash,
             self.pause,
             self.flush,
+            self.membership,
         ]
     }
 }
@@ -133,6 +140,7 @@ impl FromStr for Faults {
                 "crash" => &mut faults.crash,
                 "pause" => &mut faults.pause,
                 "flush" => &mut faults.flush,
+                "membership" => &mut faults.membership,
                 other => {
                     return Err(format!(
                         "unknown fault {other:?}; the faults are {}, or all, or none",

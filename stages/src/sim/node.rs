@@ -120,6 +120,12 @@ impl SimNode {
         // flushed), so its counters never restart.
         let store = Store::with_engine(self.engine.clone(), &self.id, partitions, 0)
             .map_err(|e| e.to_string())?;
+        // As a real node does: start from the membership it saved, if it saved one (a
+        // change merged but not yet flushed when it crashed comes back by gossip).
+        if let Some(bytes) = store.load_membership().map_err(|e| e.to_string())? {
+            let saved = crate::wire::decode_membership(&bytes).map_err(|e| e.to_string())?;
+            self.membership.set(saved);
+        }
         let seal = ContextSeal::new(SECRET);
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let coordinator = CoordinatorSettings {
@@ -151,6 +157,7 @@ impl SimNode {
                 max_clock_entries: 10,
                 max_siblings: MAX_SIBLINGS,
             },
+            ownership: Some((self.membership.clone(), N)),
         };
         let view = self.membership.clone();
         let board = TransferBoard::default();
@@ -163,7 +170,8 @@ impl SimNode {
             handoff: HandoffMachine::new(
                 Gate::new(Some(HANDOFF_RATE_PER_SEC), base),
                 logger.clone(),
-            ),
+            )
+            .retargeting(self.membership.clone(), self.id.clone(), N),
             anti_entropy: AntiEntropyMachine::new(
                 AntiEntropySettings {
                     node: self.id.clone(),

@@ -97,6 +97,18 @@ enum Job {
 
 #[derive(Clone, Debug)]
 enum Fault {
+    /// An operator joins the node (outside the ring until now) through a running member.
+    Join(usize),
+    /// An operator stages the node's leave through a running member, then commits it.
+    Leave(usize),
+    /// An operator commits the staged changes through the claimant, again every 500 ms until
+    /// `node` is in the ring (`joining`) or out of it (a commit is refused while the previous
+    /// one's transfers are pending, or while the claimant is down).
+    Commit {
+        node: usize,
+        joining: bool,
+        attempts: u32,
+    },
     Crash(usize),
     Restart(usize),
     Pause(usize, u64),
@@ -184,6 +196,8 @@ pub struct World {
     requests_ok: u64,
     requests_failed: u64,
     violations: Vec<Violation>,
+    /// The node outside the initial ring that joins (with the membership fault).
+    joiner: Option<usize>,
 }
 
 impl World {
@@ -213,7 +227,23 @@ impl World {
             let capacity = StageId::ALL.map(|stage| queue_capacity(stage, &mut rng));
             nodes.push(SimNode::new(member.id.clone(), membership, capacity));
         }
-        let skew_ms = (0..count).map(|_| rng.range(0, 50)).collect();
+        // With the membership fault, one more node runs from the start outside the ring (its
+        // config names the members as seeds) until an operator joins it.
+        let joiner = config.faults.membership.then(|| {
+            let membership = Membership::new(1, PARTITIONS, members.clone())
+                .map(MembershipView::new)
+                .unwrap_or_else(|e| unreachable!("simulated members form a ring: {e}"));
+            let capacity = StageId::ALL.map(|stage| queue_capacity(stage, &mut rng));
+            let id = NodeId::new(format!("n{}", count + 1));
+            nodes.push(SimNode::new(id, membership, capacity));
+            count
+        });
+        let mut addrs: BTreeMap<SocketAddr, usize> = addrs;
+        if let Some(joiner) = joiner {
+            addrs.insert(joiner_addr(joiner), joiner);
+        }
+        let total = nodes.len();
+        let skew_ms = (0..total).map(|_| rng.range(0, 50)).collect();
         let clients = (0..count.max(2))
             .map(|id| SimClient {
                 client: Client::new(id, N as u8),
@@ -248,6 +278,7 @@ impl World {
             requests_ok: 0,
             requests_failed: 0,
             violations: Vec::new(),
+            joiner,
         };
         world.boot();
         world
@@ -304,6 +335,13 @@ impl World {
                     Fault::FailFlushes(rng.index(count), failures),
                 ));
             }
+        }
+        if let Some(joiner) = self.joiner {
+            // The join early enough that the leave after it is still in the window.
+            let join_at = rng.range(start, (start + end) / 2);
+            plan.push((join_at, Fault::Join(joiner)));
+            let leave_at = (join_at + rng.range(1_000_000, 3_000_000)).min(end);
+            plan.push((leave_at, Fault::Leave(rng.index(joiner))));
         }
         if self.faults.partition && count > 1 {
             let side: BTreeSet<usize> = (0..count).filter(|_| rng.percent(50)).collect();
@@ -798,6 +836,11 @@ fn idempotent(frame: &[u8]) -> bool {
 /// A stage's queue bound in the simulator: small in some seeds, so full queues (and the
 /// `Overloaded` answers they cause) happen. Never below `SMALLEST_QUEUE`: one request puts up
 /// to N events on a queue at once, so a smaller bound would refuse every request of a kind.
+/// Where the joining node listens.
+fn joiner_addr(index: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, index as u8 + 1], 7400))
+}
+
 fn queue_capacity(stage: StageId, rng: &mut SimRng) -> usize {
     if rng.percent(30) {
         rng.range(SMALLEST_QUEUE, 32) as usize

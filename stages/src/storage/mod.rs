@@ -57,6 +57,10 @@ pub struct StorageSettings {
     pub sync: SyncMode,
     /// Bounds applied to new versions.
     pub limits: VersionLimits,
+    /// The membership and N: a drop step stops at any key once this node holds the
+    /// partition again (the view may change between the transfer stage's decision and the
+    /// step; data received since must not be dropped). `None`: drops are not checked.
+    pub ownership: Option<(crate::membership::MembershipView, usize)>,
 }
 
 /// An answer held until the batch's flush.
@@ -169,7 +173,15 @@ impl StorageMachine {
                 }
             }
             StorageRequest::DropPartition { partition, limit } => {
-                let (removed, done) = store.drop_partition(partition, limit)?;
+                let node = &self.settings.node;
+                let unowned = || {
+                    self.settings.ownership.as_ref().is_none_or(|(view, n)| {
+                        !view
+                            .current()
+                            .holds(node, crate::ring::PartitionId(partition), *n)
+                    })
+                };
+                let (removed, done) = store.drop_partition(partition, limit, unowned)?;
                 StorageOutcome::Dropped { removed, done }
             }
             StorageRequest::SaveMembership { bytes } => {

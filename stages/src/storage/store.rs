@@ -694,11 +694,13 @@ impl Store {
     }
 
     /// Removes up to `limit` objects of a partition this node no longer holds (each under its
-    /// key's lock, its tree updated). Returns how many, and whether the partition is empty.
+    /// key's lock, its tree updated), checking `unowned` before each. Returns how many, and
+    /// whether the partition is empty (false if `unowned` stopped it).
     pub fn drop_partition(
         &self,
         partition: u32,
         limit: usize,
+        unowned: impl Fn() -> bool,
     ) -> Result<(usize, bool), StorageError> {
         let limit = limit.max(1);
         let entries = self
@@ -707,6 +709,9 @@ impl Store {
         let done = entries.len() < limit;
         let mut removed = 0;
         for (stored, bytes) in entries {
+            if !unowned() {
+                return Ok((removed, false));
+            }
             let key = stored.get(LOCATION_BYTES..).unwrap_or_default();
             // A write that lands between the scan and the removal keeps its key for the next
             // step (it no longer matches), so nothing is removed blindly.

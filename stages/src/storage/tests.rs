@@ -217,6 +217,7 @@ fn failed_group_commit_acknowledges_no_write_of_the_batch() {
         node: node(),
         sync: SyncMode::Always,
         limits: LIMITS,
+        ownership: None,
     };
     let mut machine = StorageMachine::new(
         0,

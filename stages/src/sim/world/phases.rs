@@ -2,11 +2,55 @@
 //! judgement at its end.
 
 use super::*;
+use crate::event::{GossipEvent, GossipServe, Origin};
+use crate::wire::{MembershipChange, PlanRequest};
 
 impl World {
     pub(super) fn fault(&mut self, fault: Fault) {
         self.record(format!("{:>10} fault {fault:?}", self.sched.time));
         match fault {
+            Fault::Join(node) => {
+                let member = Member {
+                    id: self.nodes[node].id.clone(),
+                    addr: joiner_addr(node),
+                    weight: 1,
+                    zone: None,
+                };
+                self.operator(Some(MembershipChange::Join(member)), false, node);
+                let commit = Fault::Commit {
+                    node,
+                    joining: true,
+                    attempts: 60,
+                };
+                self.sched.after(100_000, Job::Fault(commit));
+            }
+            Fault::Leave(node) => {
+                let id = self.nodes[node].id.clone();
+                self.operator(Some(MembershipChange::Leave(id)), false, node);
+                let commit = Fault::Commit {
+                    node,
+                    joining: false,
+                    attempts: 60,
+                };
+                self.sched.after(100_000, Job::Fault(commit));
+            }
+            Fault::Commit {
+                node,
+                joining,
+                attempts,
+            } => {
+                let id = self.nodes[node].id.clone();
+                let done = self.final_view().ring().contains(&id) == joining;
+                if !done && attempts > 0 {
+                    self.operator(None, true, node);
+                    let commit = Fault::Commit {
+                        node,
+                        joining,
+                        attempts: attempts - 1,
+                    };
+                    self.sched.after(500_000, Job::Fault(commit));
+                }
+            }
             Fault::Crash(node) => self.crash(node),
             Fault::Restart(node) => {
                 if self.nodes[node].machines.is_none() {
@@ -27,6 +71,55 @@ impl World {
             Fault::Partition(side) => self.net.partition = Some(side),
             Fault::EndPartition => self.net.partition = None,
         }
+    }
+
+    /// An operator's plan request (a change to stage, and whether to commit) sent to the gossip
+    /// stage of a running member other than `about` (the answer goes nowhere: the operator
+    /// looks at the ring instead).
+    fn operator(&mut self, change: Option<MembershipChange>, commit: bool, about: usize) {
+        let view = self.final_view();
+        let claimant = view.claimant().cloned();
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|n| *n != about && self.nodes[*n].machines.is_some())
+            .filter(|n| view.member(&self.nodes[*n].id).is_some())
+            // Commits go to the claimant (as `shoal admin commit` sends them).
+            .filter(|n| !commit || claimant.as_ref() == Some(&self.nodes[*n].id))
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        let through = running[self.sched.rng.index(running.len())];
+        self.record(format!(
+            "{:>10} operator via n{}: {change:?} commit {commit}",
+            self.sched.time,
+            through + 1
+        ));
+        let request = GossipServe::Plan(Box::new(PlanRequest { change, commit }));
+        let event = Event::Gossip(GossipEvent::Serve {
+            origin: Origin {
+                conn: ConnId(u64::MAX),
+                request_id: 0,
+            },
+            request,
+        });
+        let incarnation = self.nodes[through].incarnation;
+        self.sched.after(
+            0,
+            Job::Deliver {
+                node: through,
+                incarnation,
+                event,
+            },
+        );
+    }
+
+    /// The newest membership any node holds (gossip makes them equal after the heal).
+    pub(super) fn final_view(&self) -> std::sync::Arc<Membership> {
+        self.nodes
+            .iter()
+            .map(|n| n.membership.current())
+            .max_by_key(|m| m.version)
+            .unwrap_or_else(|| unreachable!("a world has nodes"))
     }
 
     /// The node's process dies: its machines are gone, its unflushed writes lost, and its
@@ -119,25 +212,32 @@ impl World {
     fn check_replicated(&mut self) {
         let acked = self.history.acked_adds().clone();
         for (key, elements) in acked {
-            let primaries = self.nodes[0]
-                .membership
-                .current()
-                .ring()
-                .preference_list_for_key(key.as_bytes(), N)
+            let primaries = self
+                .final_view()
+                .replicas_for_key(key.as_bytes(), N)
+                .list
                 .primaries;
-            let holdings: Vec<BTreeSet<u64>> = primaries
+            let holdings: Vec<(NodeId, BTreeSet<u64>)> = primaries
                 .iter()
                 .filter_map(|p| self.nodes.iter().find(|n| n.id == *p))
-                .filter_map(|node| node.store.as_ref()?.read(key.as_bytes()).ok())
-                .map(|set| set.live_values().filter_map(decode_set).flatten().collect())
+                .filter_map(|node| {
+                    let set = node.store.as_ref()?.read(key.as_bytes()).ok()?;
+                    let elements = set.live_values().filter_map(decode_set).flatten().collect();
+                    Some((node.id.clone(), elements))
+                })
                 .collect();
             for element in elements {
-                let copies = holdings.iter().filter(|h| h.contains(&element)).count();
-                if copies < W {
+                let holders: Vec<&NodeId> = holdings
+                    .iter()
+                    .filter(|(_, h)| h.contains(&element))
+                    .map(|(id, _)| id)
+                    .collect();
+                if holders.len() < W {
                     self.violations.push(Violation {
                         checker: checker::REPLICATED,
                         detail: format!(
-                            "{key}: acknowledged add {element} is on {copies} of its primaries after the quiet period (W = {W})"
+                            "{key}: acknowledged add {element} is on {} of its primaries {primaries:?} ({holders:?}) after the quiet period (W = {W})",
+                            holders.len()
                         ),
                     });
                 }
@@ -149,11 +249,10 @@ impl World {
     /// and no node holds a hint.
     fn check_convergence(&mut self) {
         for key in self.history.keys() {
-            let primaries = self.nodes[0]
-                .membership
-                .current()
-                .ring()
-                .preference_list_for_key(key.as_bytes(), N)
+            let primaries = self
+                .final_view()
+                .replicas_for_key(key.as_bytes(), N)
+                .list
                 .primaries;
             let mut sets = Vec::new();
             for primary in &primaries {
@@ -186,6 +285,17 @@ impl World {
             }
         }
         self.check_roots();
+        let pending = self.final_view().pending_transfers(N);
+        if !pending.is_empty() {
+            self.violations.push(Violation {
+                checker: checker::CONVERGENCE,
+                detail: format!(
+                    "{} ownership transfers still pending after the quiet period: {:?}",
+                    pending.len(),
+                    pending.iter().take(4).collect::<Vec<_>>()
+                ),
+            });
+        }
         for node in &self.nodes {
             let pending = node.store.as_ref().map(|s| s.pending_hints());
             if let Some(Ok(pending)) = pending {
@@ -206,11 +316,12 @@ impl World {
     /// After heal and quiet, anti-entropy has rebuilt every tree and the replicas of each
     /// partition agree on its Merkle root (SPEC §5: identical roots once faults heal).
     fn check_roots(&mut self) {
-        let membership = self.nodes[0].membership.current();
+        let membership = self.final_view();
         let ring = membership.ring();
         for partition in 0..ring.partition_count() {
-            let replicas = ring
-                .preference_list(crate::ring::PartitionId(partition), N)
+            let replicas = membership
+                .replicas(crate::ring::PartitionId(partition), N)
+                .list
                 .primaries;
             let mut roots = Vec::new();
             for replica in &replicas {
