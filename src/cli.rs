@@ -508,17 +508,19 @@ fn run_ring(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
         "Node", "Address", "State", "Weight", "Zone", "Partitions", "Share", "Sending", "Receiving"
     );
     for n in &nodes {
+        // serde_json values ignore width flags: numbers are printed through strings.
+        let text = |field: &str| n[field].to_string();
         println!(
             "{:<12} {:<22} {:<8} {:>6} {:<8} {:>10} {:>6.1}% {:>8} {:>9}",
             n["id"].as_str().unwrap_or(""),
             n["addr"].as_str().unwrap_or(""),
             n["state"].as_str().unwrap_or(""),
-            n["weight"],
+            text("weight"),
             n["zone"].as_str().unwrap_or("-"),
-            n["partitions"],
+            text("partitions"),
             n["share"].as_f64().unwrap_or(0.0) * 100.0,
-            n["sending"],
-            n["receiving"],
+            text("sending"),
+            text("receiving"),
         );
     }
     println!(
