@@ -3,9 +3,10 @@
 # sync = "none"; release build; loopback) under an open-loop foreground load, with the
 # resource controller on.
 #
-# Per run: load KEYS keys of VALUE_BYTES; FG_SECS of foreground (FG_RATE ops/s, workload A)
-# with no change (the baseline); then the same foreground while n4 joins (admin join + commit,
-# 2 s in) and its partitions are transferred. Reports the foreground p99 of both (goal: during
+# Per run: load KEYS keys of VALUE_BYTES and start n4 outside the ring (so both phases run
+# the same four processes); wait SETTLE_SECS for the load's flushes and compactions; FG_SECS
+# of foreground (FG_RATE ops/s, workload A) with no change (the baseline); then the same
+# foreground while n4 joins (admin join + commit, 2 s in) and its partitions are transferred. Reports the foreground p99 of both (goal: during
 # <= 1.5x baseline), the transfer time, the partitions whose owner changed against the ideal
 # Q/S, the partition copies made against the ideal N*Q/S, and MB moved and MB/s (from the
 # senders' transfer reports). RUNS runs; medians. Prints a table and writes it to
@@ -13,12 +14,13 @@
 #
 # Usage: benches/rebalance.sh [keys] [runs]    (defaults 100000 3)
 # Environment: OUT_DIR (target/bench-rebalance), VALUE_BYTES (1024), FG_RATE (1000),
-# FG_SECS (40), LOAD_THREADS (8).
+# FG_SECS (40), LOAD_THREADS (8), SETTLE_SECS (20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 keys=${1:-100000}; runs=${2:-3}
 out=${OUT_DIR:-target/bench-rebalance}; value_bytes=${VALUE_BYTES:-1024}
 fg_rate=${FG_RATE:-1000}; fg_secs=${FG_SECS:-40}; load_threads=${LOAD_THREADS:-8}
+settle_secs=${SETTLE_SECS:-20}
 command -v python3 >/dev/null || { echo "rebalance.sh: python3 is needed" >&2; exit 1; }
 cargo build --release -q
 bin=./target/release
@@ -91,10 +93,11 @@ for run in $(seq "$runs"); do
   "$bin/shoal-load" --target "$seeds" --replicas 3 --threads "$load_threads" --keys "$keys" --ops 1 \
       --value-bytes "$value_bytes" --workload c --distribution uniform > "$work/load.log" 2>&1 \
     || fail "loading failed: $(tail -3 "$work/load.log")"
+  start 4 true
+  sleep "$settle_secs"
   "$bin/shoal-load" --target "$seeds" --replicas 3 --threads 8 --keys "$keys" --rate "$fg_rate" --no-load \
       --value-bytes "$value_bytes" --duration-secs "$fg_secs" --workload a --distribution uniform \
       --json "$work/base.json" > "$work/base.log" 2>&1 || fail "baseline foreground failed: $(tail -3 "$work/base.log")"
-  start 4 true
   "$bin/shoal-load" --target "$seeds" --replicas 3 --threads 8 --keys "$keys" --rate "$fg_rate" --no-load \
       --value-bytes "$value_bytes" --duration-secs "$fg_secs" --workload a --distribution uniform \
       --json "$work/move.json" > "$work/move.log" 2>&1 &

@@ -493,11 +493,44 @@ fn run_ring(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
             })
         })
         .collect();
+    // Each sender reports its own transfers' progress: ask every member (one that does not
+    // answer is skipped; its transfers show as pending without progress).
+    let timeout = std::time::Duration::from_secs(args.target.timeout_secs);
+    let progress: Vec<(String, shoal_stages::wire::TransferProgress)> = membership
+        .members()
+        .filter_map(|m| {
+            let mut client = Client::connect(&m.addr.to_string(), timeout).ok()?;
+            let reply = client
+                .plan(shoal_stages::wire::PlanRequest {
+                    change: None,
+                    commit: false,
+                })
+                .ok()?;
+            Some((m.id.to_string(), reply.progress))
+        })
+        .flat_map(|(from, progress)| progress.into_iter().map(move |p| (from.clone(), p)))
+        .filter(|(from, p)| {
+            plan.pending.iter().any(|t| {
+                t.partition == p.partition
+                    && t.to == p.to
+                    && t.from.as_ref().is_some_and(|f| f.as_str() == from)
+            })
+        })
+        .collect();
     if args.json {
         let owners: Vec<String> = ring.owners().iter().map(|o| o.to_string()).collect();
+        let in_flight: Vec<serde_json::Value> = progress
+            .iter()
+            .map(|(from, p)| {
+                serde_json::json!({
+                    "partition": p.partition, "from": from, "to": p.to.to_string(),
+                    "phase": p.phase, "objects": p.objects, "bytes": p.bytes, "retries": p.retries,
+                })
+            })
+            .collect();
         let out = serde_json::json!({
             "version": membership.version, "partitions": q, "nodes": nodes, "owners": owners,
-            "pending_transfers": plan.pending,
+            "pending_transfers": plan.pending, "in_flight": in_flight,
         });
         println!("{out}");
         return Ok(());
@@ -527,6 +560,17 @@ fn run_ring(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
         "pending transfers: {} (partition copies the last commit needs)",
         plan.pending.len()
     );
+    for (from, p) in &progress {
+        println!(
+            "  partition {:>5} {from} -> {}: {}, {} objects, {:.1} MiB, {} retries",
+            p.partition,
+            p.to,
+            p.phase,
+            p.objects,
+            p.bytes as f64 / 1_048_576.0,
+            p.retries
+        );
+    }
     if !plan.plan.is_empty() {
         println!("staged changes not committed: see `shoal admin plan`");
     }

@@ -25,8 +25,8 @@
 
 use crate::error::ServiceError;
 use crate::event::{
-    Event, GossipEvent, GossipServe, IntakeEvent, Now, OpId, Origin, PeerDone, ReplicateEvent,
-    ReplyTo, StorageDone, StorageEvent, StorageRequest, TransferBoard,
+    CoordinateEvent, Event, GossipEvent, GossipServe, IntakeEvent, Now, OpId, Origin, PeerDone,
+    ReplicateEvent, ReplyTo, StorageDone, StorageEvent, StorageRequest, TransferBoard,
 };
 use crate::membership::{MemberState, Membership, MembershipView};
 use crate::seda::{Machine, Outbox};
@@ -177,6 +177,13 @@ impl GossipMachine {
         let Some(round) = self.rounds.remove(&done.op) else {
             return; // past its deadline
         };
+        if matches!(done.result, Ok(Message::GossipReply(_))) {
+            // Gossip feeds the failure detector: a peer that answered a round is up (an offer:
+            // dropped, not waited for, when the coordinator's queue is full).
+            out.offer(CoordinateEvent::Heard {
+                peer: round.peer.clone(),
+            });
+        }
         match done.result {
             Ok(Message::GossipReply(reply)) => {
                 let Some(theirs) = reply.membership else {

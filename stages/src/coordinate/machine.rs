@@ -205,6 +205,9 @@ impl Coordinator {
                 self.on_answer(now, op, result, out)
             }
             CoordinateEvent::Peer(done) => self.on_peer_answer(now, done, out),
+            CoordinateEvent::Heard { peer } => {
+                self.detector.succeeded(&peer);
+            }
         }
     }
 

@@ -178,6 +178,12 @@ pub enum CoordinateEvent {
     Storage(StorageDone),
     /// A peer answered (or will not).
     Peer(PeerDone),
+    /// The gossip stage heard from a peer (it answered a round): the failure detector holds it
+    /// up without waiting for its next probe.
+    Heard {
+        /// The peer.
+        peer: crate::NodeId,
+    },
 }
 
 impl fmt::Display for CoordinateEvent {
@@ -220,6 +226,7 @@ impl fmt::Display for CoordinateEvent {
             }
             CoordinateEvent::Storage(done) => write!(f, "storage {done}"),
             CoordinateEvent::Peer(done) => write!(f, "peer {done}"),
+            CoordinateEvent::Heard { peer } => write!(f, "gossip heard from {peer}"),
         }
     }
 }
