@@ -365,7 +365,7 @@ impl GossipMachine {
             }
             Err(error) => {
                 warn!(self.logger, "membership not saved; retrying"; "error" => %error);
-                self.unsaved = Some(replies);
+                self.unsaved.get_or_insert_with(Vec::new).extend(replies);
             }
         }
     }
@@ -416,7 +416,16 @@ impl Machine for GossipMachine {
             GossipEvent::Peer(done) => self.on_peer(now.instant, done, out),
             GossipEvent::Transferred { partition, to } => {
                 let me = self.settings.node.clone();
-                if self.membership.mark_transferred(&me, partition, &to) {
+                // Only a transfer still pending from this node: a late report of an older
+                // commit's transfer must not mark a newer one done before its data moved.
+                let pending = self
+                    .membership
+                    .pending_transfers(self.settings.n)
+                    .iter()
+                    .any(|t| {
+                        t.partition == partition && t.to == to && t.from.as_ref() == Some(&me)
+                    });
+                if pending && self.membership.mark_transferred(&me, partition, &to) {
                     info!(self.logger, "transfer done"; "partition" => partition, "to" => %to,
                           "pending" => self.membership.pending_transfers(self.settings.n).len());
                     self.changed(Vec::new(), out);

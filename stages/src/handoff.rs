@@ -76,6 +76,8 @@ pub struct HandoffMachine {
     /// Hints sent to several current replicas: acknowledgements still awaited, and whether
     /// one failed (then the hint stays for the next round).
     fanout: BTreeMap<Vec<u8>, (usize, bool)>,
+    /// Merges of retargeted hints into this node's own store, awaiting storage.
+    local_merges: BTreeMap<OpId, Hint>,
     logger: Logger,
 }
 
@@ -95,6 +97,7 @@ impl HandoffMachine {
             next_op: 0,
             membership: None,
             fanout: BTreeMap::new(),
+            local_merges: BTreeMap::new(),
             logger,
         }
     }
@@ -196,27 +199,24 @@ impl HandoffMachine {
             sent += 1;
             self.cursor = Some(hint.hint_key.clone());
             let (destinations, local) = self.destinations(&hint);
+            if destinations != [hint.target.clone()] {
+                let count = destinations.len() + usize::from(local);
+                if count == 0 {
+                    continue; // no replica at all in this view: the hint waits
+                }
+                info!(self.logger, "hint for a node that no longer holds its key goes to the current replicas";
+                      "intended" => %hint.target, "replicas" => count);
+                self.fanout.insert(hint.hint_key.clone(), (count, false));
+            }
             if local {
-                // This node is a current replica too: its copy is merged here.
+                // This node is a current replica too: its copy is merged here, and counts as
+                // one acknowledgement once storage has it.
                 let merge = self.storage(StorageRequest::Merge {
                     key: hint.key.clone(),
                     versions: hint.versions.clone(),
                 });
-                out.request(StorageEvent {
-                    reply_to: ReplyTo::Nobody,
-                    ..merge
-                });
-            }
-            if destinations != [hint.target.clone()] {
-                info!(self.logger, "hint for a node that no longer holds its key goes to the current replicas";
-                      "intended" => %hint.target, "replicas" => destinations.len());
-                if destinations.is_empty() {
-                    let delete = self.storage(StorageRequest::DeleteHint { hint });
-                    out.request(delete);
-                    continue;
-                }
-                self.fanout
-                    .insert(hint.hint_key.clone(), (destinations.len(), false));
+                self.local_merges.insert(merge.op, hint.clone());
+                out.request(merge);
             }
             let deadline = now + DELIVERY_DEADLINE;
             for peer in destinations {
@@ -242,6 +242,15 @@ impl HandoffMachine {
     }
 
     fn on_storage(&mut self, now: Instant, done: StorageDone, out: &mut Outbox) {
+        if let Some(hint) = self.local_merges.remove(&done.op) {
+            if done.result.is_ok() {
+                self.round_acked += 1;
+                self.fanout_answer(&hint, true, out);
+            } else {
+                self.delivery_failed(&hint, out);
+            }
+            return;
+        }
         let scan = self.scanning.is_some_and(|(op, _)| op == done.op);
         match done.result {
             Ok(StorageOutcome::Hints { hints, held }) if scan => {
@@ -354,6 +363,11 @@ impl Machine for HandoffMachine {
                 if self.scanning.is_some_and(|(scan, _)| scan == op) =>
             {
                 self.scanning = None;
+            }
+            Event::Storage(StorageEvent { op, .. }) => {
+                if let Some(hint) = self.local_merges.remove(&op) {
+                    self.delivery_failed(&hint, out);
+                }
             }
             _ => {}
         }

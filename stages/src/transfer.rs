@@ -213,6 +213,8 @@ pub struct TransferMachine {
     dropping: Option<(u32, OpId, Instant)>,
     /// Partitions due for a drop and not yet found empty (part of the backlog).
     drops_due: u64,
+    /// No final sync starts before this (after one failed).
+    final_sync_after: Instant,
     /// When the machine started (cleanup waits `cleanup_delay` from here at least).
     started: Instant,
     next_op: u64,
@@ -245,6 +247,7 @@ impl TransferMachine {
             found_empty: BTreeMap::new(),
             dropping: None,
             drops_due: 0,
+            final_sync_after: started,
             started,
             next_op: 0,
             logger,
@@ -589,10 +592,12 @@ impl TransferMachine {
             return;
         };
         if active.final_sync {
-            // Tried again by a later cleanup, from the comparison.
-            if let Some((_, Some(left))) = self.handed.get_mut(&active.partition) {
-                left.push_front(active.to);
+            // Tried again after a pause, to the replicas that hold the partition then (a dead
+            // target that was removed meanwhile is no longer among them).
+            if let Some((_, left)) = self.handed.get_mut(&active.partition) {
+                *left = None;
             }
+            self.final_sync_after = now + PARK_PAUSE;
             return;
         }
         active.waiting = None;
@@ -707,7 +712,7 @@ impl TransferMachine {
         // Before a partition this node sent is dropped, whatever reached it since (a hint
         // delivered late, a write whose copy to the new replica was lost) is sent once more.
         if let Some((compared, left)) = self.handed.get_mut(&partition) {
-            if self.active.is_some() {
+            if self.active.is_some() || now < self.final_sync_after {
                 return;
             }
             // To every replica that holds the partition now (not the ones it was sent to: a

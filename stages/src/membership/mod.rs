@@ -334,10 +334,14 @@ impl Membership {
             .collect()
     }
 
+    /// A transfer with no sender is done at once (nothing can be copied; waiting would keep
+    /// reads on dead replicas and refuse every later commit).
     fn is_done(&self, t: &Transfer) -> bool {
-        self.assignment
-            .done
-            .contains(&(t.partition, t.from.clone(), t.to.clone()))
+        t.from.is_none()
+            || self
+                .assignment
+                .done
+                .contains(&(t.partition, t.from.clone(), t.to.clone()))
     }
 
     /// Whether this node is still a replica of `partition` under any ring a coordinator may
@@ -648,9 +652,14 @@ impl Membership {
                 return Err(invalid(format!("member {id} is filed under another id")));
             }
         }
-        if let Some(node) = a
-            .ring
-            .nodes()
+        if let Some((partition, _, _)) = a.done.iter().find(|(p, _, _)| *p >= partitions) {
+            return Err(invalid(format!(
+                "a transfer of partition {partition}, beyond Q"
+            )));
+        }
+        let rings = std::iter::once(&a.ring).chain(&a.previous);
+        if let Some(node) = rings
+            .flat_map(|ring| ring.nodes())
             .find(|spec| !self.members.contains_key(&spec.id))
         {
             return Err(invalid(format!("ring node {} is not a member", node.id)));
