@@ -60,7 +60,9 @@ pub struct GossipSettings {
 
 /// One round's request to a peer.
 struct Round {
+    /// The peer asked.
     peer: NodeId,
+    /// When the round is forgotten if unanswered.
     deadline: Instant,
 }
 
@@ -98,6 +100,7 @@ impl GossipMachine {
         logger: Logger,
     ) -> GossipMachine {
         view.set(membership.clone());
+        let settings_interval = settings.interval;
         let rng = settings
             .node
             .as_str()
@@ -109,7 +112,10 @@ impl GossipMachine {
             view,
             board,
             rng,
-            next_round: None,
+            // The first round waits an interval: peers of a cluster starting together are not
+            // all listening yet, and a failed round would put their links into backoff just as
+            // the first client requests arrive.
+            next_round: Some(started + settings_interval),
             now: started,
             rounds: BTreeMap::new(),
             saves: BTreeMap::new(),

@@ -48,6 +48,14 @@ const MIN_ROUND_BACKOFF: Duration = Duration::from_millis(400);
 /// hints beyond the failure detector's probe.
 const MAX_ROUND_BACKOFF: Duration = Duration::from_secs(2);
 
+/// A hint sent to several current replicas (its intended node no longer holds its key).
+struct Fanout {
+    /// Answers still awaited.
+    remaining: usize,
+    /// Whether one of them failed (then the hint stays for the next round).
+    failed: bool,
+}
+
 /// The handoff stage's machine.
 pub struct HandoffMachine {
     /// One token per hint delivered; the backlog it reports is the hints this node holds, as
@@ -75,7 +83,7 @@ pub struct HandoffMachine {
     membership: Option<(MembershipView, NodeId, usize)>,
     /// Hints sent to several current replicas: acknowledgements still awaited, and whether
     /// one failed (then the hint stays for the next round).
-    fanout: BTreeMap<Vec<u8>, (usize, bool)>,
+    fanout: BTreeMap<Vec<u8>, Fanout>,
     /// Merges of retargeted hints into this node's own store, awaiting storage.
     local_merges: BTreeMap<OpId, Hint>,
     logger: Logger,
@@ -140,13 +148,13 @@ impl HandoffMachine {
 
     /// Counts one answer of a fanned-out hint; deletes it once all acknowledged.
     fn fanout_answer(&mut self, hint: &Hint, acked: bool, out: &mut Outbox) {
-        let Some((remaining, failed)) = self.fanout.get_mut(&hint.hint_key) else {
+        let Some(fanout) = self.fanout.get_mut(&hint.hint_key) else {
             return;
         };
-        *remaining = remaining.saturating_sub(1);
-        *failed |= !acked;
-        if *remaining == 0 {
-            let failed = *failed;
+        fanout.remaining = fanout.remaining.saturating_sub(1);
+        fanout.failed |= !acked;
+        if fanout.remaining == 0 {
+            let failed = fanout.failed;
             self.fanout.remove(&hint.hint_key);
             if !failed {
                 let delete = self.storage(StorageRequest::DeleteHint { hint: hint.clone() });
@@ -206,7 +214,11 @@ impl HandoffMachine {
                 }
                 info!(self.logger, "hint for a node that no longer holds its key goes to the current replicas";
                       "intended" => %hint.target, "replicas" => count);
-                self.fanout.insert(hint.hint_key.clone(), (count, false));
+                let fanout = Fanout {
+                    remaining: count,
+                    failed: false,
+                };
+                self.fanout.insert(hint.hint_key.clone(), fanout);
             }
             if local {
                 // This node is a current replica too: its copy is merged here, and counts as

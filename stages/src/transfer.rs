@@ -179,9 +179,14 @@ impl Active {
     }
 }
 
-/// A partition this node sent: the segment hashes it last compared (the baseline of the final
-/// sync), and the replicas the final sync still has to reach (`None` until it begins).
-type Handed = (Option<Vec<u64>>, Option<VecDeque<NodeId>>);
+/// A partition this node sent, remembered for its final sync before the drop.
+struct Handed {
+    /// The segment hashes it last compared (the final sync's baseline; `None`: the tree was
+    /// not ready, so the whole partition is sent again).
+    compared: Option<Vec<u64>>,
+    /// The replicas the final sync still has to reach (`None` until it begins).
+    left: Option<VecDeque<NodeId>>,
+}
 
 /// The transfer stage's machine.
 pub struct TransferMachine {
@@ -559,7 +564,7 @@ impl TransferMachine {
             let finished = self
                 .handed
                 .get(&active.partition)
-                .is_some_and(|(_, left)| left.as_ref().is_some_and(VecDeque::is_empty));
+                .is_some_and(|h| h.left.as_ref().is_some_and(VecDeque::is_empty));
             if finished {
                 self.handed.remove(&active.partition);
             }
@@ -568,7 +573,10 @@ impl TransferMachine {
         // The oldest comparison of the partition is the safe baseline for its final sync.
         self.handed
             .entry(active.partition)
-            .or_insert_with(|| (active.compared.clone(), None));
+            .or_insert_with(|| Handed {
+                compared: active.compared.clone(),
+                left: None,
+            });
         info!(self.logger, "transfer done"; "partition" => active.partition, "to" => %active.to,
               "objects" => active.objects, "bytes" => active.bytes, "retries" => active.retries);
         self.finished.push_back(active.progress("done"));
@@ -594,8 +602,8 @@ impl TransferMachine {
         if active.final_sync {
             // Tried again after a pause, to the replicas that hold the partition then (a dead
             // target that was removed meanwhile is no longer among them).
-            if let Some((_, left)) = self.handed.get_mut(&active.partition) {
-                *left = None;
+            if let Some(handed) = self.handed.get_mut(&active.partition) {
+                handed.left = None;
             }
             self.final_sync_after = now + PARK_PAUSE;
             return;
@@ -711,7 +719,7 @@ impl TransferMachine {
         }
         // Before a partition this node sent is dropped, whatever reached it since (a hint
         // delivered late, a write whose copy to the new replica was lost) is sent once more.
-        if let Some((compared, left)) = self.handed.get_mut(&partition) {
+        if let Some(Handed { compared, left }) = self.handed.get_mut(&partition) {
             if self.active.is_some() || now < self.final_sync_after {
                 return;
             }

@@ -120,6 +120,12 @@ fn one_round_leaves_both_sides_with_both_changes() {
     let (mut b, b_view) = machine("n2", b_value);
     let mut out = Outbox::new();
     a.on_tick(now(t), &mut out);
+    assert!(
+        sends(&mut out).0.is_empty(),
+        "the first round waits an interval"
+    );
+    let t = t + Duration::from_secs(2);
+    a.on_tick(now(t), &mut out);
     let (rounds, _) = sends(&mut out);
     let (op, peer, request) = rounds
         .into_iter()
