@@ -11,10 +11,10 @@
 //! Each stage is a machine (`shoal_stages::seda::Machine`) run by `Driven` on the stage's
 //! workers (the intake's by the mio loop); its outbox is delivered through the `Router` of
 //! every queue. Requests move forward with `try_send` (a full queue answers `Overloaded`);
-//! answers move back with a blocking `send`. The blocking edges (storage→coordinate,
-//! storage→handoff, coordinate→intake, parse→intake, parse→replicate, replicate→intake,
-//! replicate→coordinate, replicate→handoff) form no cycle: coordinate, repair and handoff
-//! reach replicate and storage only with `try_send`, and the intake never blocks.
+//! answers move back with a blocking `send`. The blocking edges (storage and replicate to
+//! each stage that asks them, every stage to the intake, parse→replicate; the full list is in
+//! ARCHITECTURE.md's invariants) form no cycle: the stages that ask reach replicate and
+//! storage only with `try_send`, and the intake never blocks.
 
 use crate::config::{Config, ConfigError, DEFAULT_SECRET};
 use crate::controller::ControllerLoop;
@@ -221,8 +221,8 @@ impl Node {
     }
 
     /// Stops the stages in stage-table order (intake, parse, coordinate, replicate, repair,
-    /// handoff, anti-entropy, storage), each after its queue drained; storage flushes its
-    /// journal last.
+    /// handoff, anti-entropy, transfer, gossip, storage), each after its queue drained;
+    /// storage flushes its journal last.
     pub fn shutdown(mut self) {
         self.controller_stop.store(true, Ordering::Release);
         if let Some(thread) = self.controller_thread.take() {

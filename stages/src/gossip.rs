@@ -29,6 +29,7 @@ use crate::event::{
     ReplicateEvent, ReplyTo, StorageDone, StorageEvent, StorageRequest, TransferBoard,
 };
 use crate::membership::{MemberState, Membership, MembershipView};
+use crate::rng::SplitMix64;
 use crate::seda::{Machine, Outbox};
 use crate::wire::{
     encode_membership, GossipReply, GossipRequest, MembershipChange, Message, PlanReply,
@@ -74,8 +75,8 @@ pub struct GossipMachine {
     view: MembershipView,
     /// The transfer stage's progress, shown in plan answers.
     board: TransferBoard,
-    /// SplitMix64 state for peer choice (seeded from the node id, so the simulator replays).
-    rng: u64,
+    /// Peer choice, seeded from the node id (so the simulator replays).
+    rng: SplitMix64,
     next_round: Option<Instant>,
     /// The `now` of the event being handled (for deadlines of pushes it starts).
     now: Instant,
@@ -101,11 +102,13 @@ impl GossipMachine {
     ) -> GossipMachine {
         view.set(membership.clone());
         let settings_interval = settings.interval;
-        let rng = settings
-            .node
-            .as_str()
-            .bytes()
-            .fold(0x5EED_u64, |h, b| h.rotate_left(8) ^ u64::from(b));
+        let rng = SplitMix64::new(
+            settings
+                .node
+                .as_str()
+                .bytes()
+                .fold(0x5EED_u64, |h, b| h.rotate_left(8) ^ u64::from(b)),
+        );
         GossipMachine {
             settings,
             membership,
@@ -130,10 +133,6 @@ impl GossipMachine {
         OpId(self.next_op)
     }
 
-    fn next_random(&mut self) -> u64 {
-        splitmix(&mut self.rng)
-    }
-
     // ---- DRIVER SIDE ----
 
     fn round(&mut self, now: Instant, out: &mut Outbox) {
@@ -146,7 +145,7 @@ impl GossipMachine {
             .filter(|s| **s != me && self.membership.member(s).is_some())
             .cloned()
             .collect();
-        let (first, second) = (self.next_random(), self.next_random());
+        let (first, second) = (self.rng.next_u64(), self.rng.next_u64());
         for peer in pick_peers(&members, &seeds, first, second) {
             let digest = self.membership.digest();
             self.send(peer, digest, None, now, out);
@@ -246,7 +245,7 @@ impl GossipMachine {
         // Rumour: pass the news on to one random member now rather than at the next round.
         let members = self.others();
         if !members.is_empty() {
-            let pick = (self.next_random() % members.len() as u64) as usize;
+            let pick = (self.rng.next_u64() % members.len() as u64) as usize;
             let now = self.now;
             self.push(vec![members[pick].clone()], now, out);
         }
@@ -397,15 +396,6 @@ pub fn pick_peers(members: &[NodeId], seeds: &[NodeId], first: u64, second: u64)
         peers.push(seeds[(second % seeds.len() as u64) as usize].clone());
     }
     peers
-}
-
-/// SplitMix64 (the simulator's generator): small, and the same on every platform.
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 impl Machine for GossipMachine {

@@ -7,7 +7,8 @@
 //! - [`sim`]: the deterministic simulator: whole nodes in one thread, seeded.
 //! - Paper modules, pure (no threads, channels, sockets or clocks): [`ring`] (§4.2, §6.2),
 //!   [`vclock`] and [`versioning`] (§4.4), [`quorum`] (§4.5), [`controller`] (§6.5, the
-//!   resource controller's law), [`merkle`] (§4.7, the anti-entropy trees).
+//!   resource controller's law), [`merkle`] (§4.7, the anti-entropy trees), [`rng`]
+//!   (SplitMix64, seeded randomness the simulator replays).
 //! - [`wire`]: frames and every MessagePack encoding; the only module that knows MessagePack.
 //! - One module per stage: [`intake`] (mio sockets, client and peer connections), [`parse`]
 //!   (frames → typed requests), [`coordinate`] (quorums and deadlines), [`replicate`] (requests
@@ -38,6 +39,7 @@ pub mod quorum;
 pub mod repair;
 pub mod replicate;
 pub mod ring;
+pub mod rng;
 pub mod seda;
 pub mod sim;
 pub mod storage;

@@ -1,7 +1,7 @@
 //! Failures: failure detection, sloppy quorum and hinted handoff on real nodes over loopback.
 //! Reference: Dynamo §4.6 (hinted handoff), §4.8.3 (failure detection).
 
-use super::support::{eventually, hints_for, ProcessCluster, TestCluster};
+use super::support::{eventually, hints_for, parse_set, ProcessCluster, TestCluster};
 use shoal::client::RequestOptions;
 use shoal_stages::NodeId;
 
@@ -179,14 +179,6 @@ fn a_returning_node_is_used_again_without_operator_action() {
         .client(2)
         .put(b"through-n3", None, b"v", DEFAULT)
         .expect("n3 coordinates again");
-}
-
-/// Parses a value of the set workload: comma-separated integers.
-fn parse_set(value: &[u8]) -> std::collections::BTreeSet<u64> {
-    String::from_utf8_lossy(value)
-        .split(',')
-        .filter_map(|x| x.parse().ok())
-        .collect()
 }
 
 /// Goal: with sync = "always", kill -9 of a replica process during a stream of acknowledged

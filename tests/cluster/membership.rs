@@ -2,7 +2,7 @@
 //! node, and joins and leaves under a live set workload lose no acknowledged add, leave every
 //! key with N copies on its new preference list and no copy anywhere else.
 
-use super::support::TestCluster;
+use super::support::{parse_set, TestCluster};
 use shoal::client::{Client, RequestOptions};
 use shoal::cluster_client::ClusterClient;
 use shoal_stages::membership::{Member, MemberState, Membership};
@@ -135,13 +135,6 @@ fn stored_on(cluster: &TestCluster, i: usize, keys: &[Vec<u8>]) -> Vec<bool> {
         present.extend(found);
     }
     present
-}
-
-fn parse_set(value: &[u8]) -> BTreeSet<u64> {
-    String::from_utf8_lossy(value)
-        .split(',')
-        .filter_map(|x| x.parse().ok())
-        .collect()
 }
 
 /// Goal (issue: under a set workload with acknowledged adds, join a 4th and a 5th node, then

@@ -413,3 +413,12 @@ impl ProcessCluster {
 pub fn client_of(addr: &str) -> Client {
     Client::connect(addr, CLIENT_TIMEOUT).expect("connect")
 }
+
+/// The integers of a set-workload value ("1,5,9"): what clients of the set workload
+/// (TESTING.md §3) add to and read back.
+pub fn parse_set(value: &[u8]) -> std::collections::BTreeSet<u64> {
+    String::from_utf8_lossy(value)
+        .split(',')
+        .filter_map(|x| x.parse().ok())
+        .collect()
+}

@@ -57,6 +57,15 @@ impl Now {
             wall_ms: wall_clock_ms(),
         }
     }
+
+    /// `instant`, with the wall clock at 0 (for tests that do not read it).
+    #[cfg(test)]
+    pub(crate) fn at(instant: Instant) -> Now {
+        Now {
+            instant,
+            wall_ms: 0,
+        }
+    }
 }
 
 /// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).

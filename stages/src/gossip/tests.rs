@@ -3,22 +3,16 @@ use crate::event::ConnId;
 use crate::membership::Member;
 use crate::seda::Effect;
 use crate::wire::{Frame, FrameDecoder};
-use std::net::SocketAddr;
-
-fn member(id: &str, port: u16) -> Member {
-    Member {
-        id: NodeId::new(id),
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        weight: 1,
-        zone: None,
-    }
-}
 
 fn three() -> Membership {
     Membership::new(
         1,
         64,
-        vec![member("n1", 1), member("n2", 2), member("n3", 3)],
+        vec![
+            Member::loopback("n1", 1),
+            Member::loopback("n2", 2),
+            Member::loopback("n3", 3),
+        ],
     )
     .expect("valid")
 }
@@ -44,13 +38,6 @@ fn machine(id: &str, membership: Membership) -> (GossipMachine, MembershipView) 
         ),
         view,
     )
-}
-
-fn now(at: Instant) -> Now {
-    Now {
-        instant: at,
-        wall_ms: 0,
-    }
 }
 
 /// The one reply frame an outbox holds, decoded.
@@ -110,7 +97,7 @@ fn one_round_leaves_both_sides_with_both_changes() {
     let t = Instant::now();
     let mut a_value = three();
     a_value
-        .stage_join(&NodeId::new("n1"), member("n4", 4))
+        .stage_join(&NodeId::new("n1"), Member::loopback("n4", 4))
         .expect("join");
     let mut b_value = three();
     b_value
@@ -119,13 +106,13 @@ fn one_round_leaves_both_sides_with_both_changes() {
     let (mut a, a_view) = machine("n1", a_value);
     let (mut b, b_view) = machine("n2", b_value);
     let mut out = Outbox::new();
-    a.on_tick(now(t), &mut out);
+    a.on_tick(Now::at(t), &mut out);
     assert!(
         sends(&mut out).0.is_empty(),
         "the first round waits an interval"
     );
     let t = t + Duration::from_secs(2);
-    a.on_tick(now(t), &mut out);
+    a.on_tick(Now::at(t), &mut out);
     let (rounds, _) = sends(&mut out);
     let (op, peer, request) = rounds
         .into_iter()
@@ -138,7 +125,7 @@ fn one_round_leaves_both_sides_with_both_changes() {
     // Whoever the peer was, n2's machine answers (the test plays it).
     let _ = peer;
     b.on_event(
-        now(t),
+        Now::at(t),
         GossipEvent::Serve {
             origin: origin(),
             request: GossipServe::Gossip(Box::new(request)),
@@ -147,7 +134,7 @@ fn one_round_leaves_both_sides_with_both_changes() {
     );
     let answer = reply_of(&mut out).expect("an answer");
     a.on_event(
-        now(t),
+        Now::at(t),
         GossipEvent::Peer(PeerDone {
             op,
             peer: NodeId::new("n2"),
@@ -159,7 +146,7 @@ fn one_round_leaves_both_sides_with_both_changes() {
     assert_eq!(saves.len(), 1, "a changed value is saved");
     let (_, _, push) = pushes.into_iter().next().expect("the join is pushed back");
     b.on_event(
-        now(t),
+        Now::at(t),
         GossipEvent::Serve {
             origin: origin(),
             request: GossipServe::Gossip(Box::new(push)),
@@ -187,11 +174,11 @@ fn a_commit_is_answered_once_saved() {
     let (mut a, view) = machine("n1", three());
     let mut out = Outbox::new();
     let join = PlanRequest {
-        change: Some(MembershipChange::Join(member("n4", 4))),
+        change: Some(MembershipChange::Join(Member::loopback("n4", 4))),
         commit: true,
     };
     a.on_event(
-        now(t),
+        Now::at(t),
         GossipEvent::Serve {
             origin: origin(),
             request: GossipServe::Plan(Box::new(join)),
@@ -221,7 +208,7 @@ fn a_commit_is_answered_once_saved() {
         .expect("a save");
     assert!(view.current().ring().contains(&NodeId::new("n4")));
     a.on_event(
-        now(t),
+        Now::at(t),
         GossipEvent::Storage(StorageDone {
             op: save,
             result: Ok(crate::event::StorageOutcome::Saved),
@@ -251,7 +238,7 @@ fn a_refused_change_names_the_member() {
         commit: false,
     };
     a.on_event(
-        now(Instant::now()),
+        Now::at(Instant::now()),
         GossipEvent::Serve {
             origin: origin(),
             request: GossipServe::Plan(Box::new(leave)),
@@ -277,7 +264,7 @@ fn a_change_reaches_1000_nodes_within_15_rounds() {
     let seeds: Vec<NodeId> = ids[..3].to_vec();
     let mut worst = 0;
     for seed in 0..20u64 {
-        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut rng = SplitMix64::new(seed);
         // Each node's value is the newest change it has seen (a change is a join: merge is max).
         let mut known = vec![0u64; NODES];
         known[NODES - 1] = 1; // made through an ordinary member, not a seed
@@ -289,7 +276,7 @@ fn a_change_reaches_1000_nodes_within_15_rounds() {
             for (i, me) in ids.iter().enumerate() {
                 let others: Vec<NodeId> = ids.iter().filter(|id| *id != me).cloned().collect();
                 let my_seeds: Vec<NodeId> = seeds.iter().filter(|s| *s != me).cloned().collect();
-                let (first, second) = (splitmix(&mut rng), splitmix(&mut rng));
+                let (first, second) = (rng.next_u64(), rng.next_u64());
                 for peer in pick_peers(&others, &my_seeds, first, second) {
                     let j = ids.iter().position(|id| *id == peer).expect("a member");
                     // Push-pull: both end with the join of what they held at the round's start

@@ -43,6 +43,17 @@ pub struct Member {
 }
 
 impl Member {
+    /// A member of weight 1 with no zone on 127.0.0.1:`port`, for tests.
+    #[cfg(test)]
+    pub(crate) fn loopback(id: &str, port: u16) -> Member {
+        Member {
+            id: NodeId::new(id),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            weight: 1,
+            zone: None,
+        }
+    }
+
     fn spec(&self) -> NodeSpec {
         NodeSpec {
             id: self.id.clone(),
@@ -301,8 +312,10 @@ impl Membership {
                 also_write: Vec::new(),
             };
         };
+        // Each list is walked once: this runs for every client request.
+        let old = previous.preference_list(partition, n);
         let moving = self
-            .partition_transfers(previous, self.ring(), partition, n)
+            .partition_transfers(&old.primaries, &list.primaries, partition)
             .iter()
             .any(|t| !self.is_done(t));
         if !moving {
@@ -311,7 +324,6 @@ impl Membership {
                 also_write: Vec::new(),
             };
         }
-        let old = previous.preference_list(partition, n);
         let also_write = list
             .primaries
             .iter()
@@ -346,15 +358,11 @@ impl Membership {
 
     /// Whether this node is still a replica of `partition` under any ring a coordinator may
     /// use (the committed one, or the one it replaced while the partition is moving).
+    /// (While a partition moves, the committed ring's replicas are the old ones it keeps plus
+    /// `also_write`, so `replicas` covers both rings.)
     pub fn holds(&self, node: &NodeId, partition: PartitionId, n: usize) -> bool {
         let replicas = self.replicas(partition, n);
-        replicas.list.primaries.contains(node)
-            || replicas.also_write.contains(node)
-            || self
-                .ring()
-                .preference_list(partition, n)
-                .primaries
-                .contains(node)
+        replicas.list.primaries.contains(node) || replicas.also_write.contains(node)
     }
 
     /// The copies that moving from `old` to `new` needs, partition by partition.
@@ -363,7 +371,12 @@ impl Membership {
             return Vec::new();
         };
         (0..new.partition_count())
-            .flat_map(|p| self.partition_transfers(old, new, PartitionId(p), n))
+            .flat_map(|p| {
+                let partition = PartitionId(p);
+                let before = old.preference_list(partition, n).primaries;
+                let after = new.preference_list(partition, n).primaries;
+                self.partition_transfers(&before, &after, partition)
+            })
             .collect()
     }
 
@@ -374,13 +387,10 @@ impl Membership {
     /// replica alive. What only a removed node held is gone; anti-entropy reconciles the rest.
     fn partition_transfers(
         &self,
-        old: &Ring,
-        new: &Ring,
+        before: &[NodeId],
+        after: &[NodeId],
         partition: PartitionId,
-        n: usize,
     ) -> Vec<Transfer> {
-        let before = old.preference_list(partition, n).primaries;
-        let after = new.preference_list(partition, n).primaries;
         let alive = |node: &&NodeId| self.state_of(node) != Some(MemberState::Removed);
         let leaving: Vec<&NodeId> = before.iter().filter(|b| !after.contains(b)).collect();
         let mut sources: Vec<Option<NodeId>> = leaving

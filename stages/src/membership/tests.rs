@@ -1,19 +1,14 @@
 use super::*;
 
-fn member(id: &str, port: u16) -> Member {
-    Member {
-        id: NodeId::new(id),
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        weight: 1,
-        zone: None,
-    }
-}
-
 fn three() -> Membership {
     Membership::new(
         1,
         64,
-        vec![member("n1", 1), member("n2", 2), member("n3", 3)],
+        vec![
+            Member::loopback("n1", 1),
+            Member::loopback("n2", 2),
+            Member::loopback("n3", 3),
+        ],
     )
     .expect("valid")
 }
@@ -29,7 +24,11 @@ fn same_members_in_any_order_give_the_same_ring() {
     let b = Membership::new(
         1,
         64,
-        vec![member("n3", 3), member("n1", 1), member("n2", 2)],
+        vec![
+            Member::loopback("n3", 3),
+            Member::loopback("n1", 1),
+            Member::loopback("n2", 2),
+        ],
     )
     .expect("valid");
     assert_eq!(a, b);
@@ -46,7 +45,9 @@ fn same_members_in_any_order_give_the_same_ring() {
 fn concurrent_changes_through_different_nodes_merge() {
     let mut via_n1 = three();
     let mut via_n2 = three();
-    via_n1.stage_join(&id("n1"), member("n4", 4)).expect("join");
+    via_n1
+        .stage_join(&id("n1"), Member::loopback("n4", 4))
+        .expect("join");
     via_n2
         .stage_departure(&id("n2"), &id("n3"), MemberState::Leaving)
         .expect("leave");
@@ -91,7 +92,8 @@ fn the_same_member_changed_twice_at_once_ends_the_same_everywhere() {
 #[test]
 fn a_committed_join_moves_reads_only_after_the_transfer() {
     let mut m = three();
-    m.stage_join(&id("n1"), member("n4", 4)).expect("join");
+    m.stage_join(&id("n1"), Member::loopback("n4", 4))
+        .expect("join");
     let (plan, next) = m.plan(3).expect("plan");
     assert_eq!(plan.joining, vec![id("n4")]);
     assert!(plan.owners_changed as f64 <= 1.05 * 64.0 / 4.0, "{plan:?}");
@@ -130,10 +132,10 @@ fn a_removed_node_is_never_copied_from_and_cannot_rejoin() {
         1,
         64,
         vec![
-            member("n1", 1),
-            member("n2", 2),
-            member("n3", 3),
-            member("n4", 4),
+            Member::loopback("n1", 1),
+            Member::loopback("n2", 2),
+            Member::loopback("n3", 3),
+            Member::loopback("n4", 4),
         ],
     )
     .expect("valid");
@@ -148,7 +150,7 @@ fn a_removed_node_is_never_copied_from_and_cannot_rejoin() {
         .all(|t| t.from.as_ref().is_some_and(|f| f != &id("n4"))));
     assert!(m.member(&id("n4")).is_none());
     assert_eq!(
-        m.stage_join(&id("n1"), member("n4", 4)),
+        m.stage_join(&id("n1"), Member::loopback("n4", 4)),
         Err(MembershipError::WasRemoved { node: id("n4") })
     );
 }
@@ -160,7 +162,8 @@ fn a_removed_node_is_never_copied_from_and_cannot_rejoin() {
 fn only_the_claimant_commits() {
     let mut a = three();
     let mut b = three();
-    b.stage_join(&id("n2"), member("n5", 5)).expect("join");
+    b.stage_join(&id("n2"), Member::loopback("n5", 5))
+        .expect("join");
     assert_eq!(
         b.commit(&id("n2"), 3),
         Err(MembershipError::NotClaimant {
@@ -182,7 +185,8 @@ fn only_the_claimant_commits() {
 #[test]
 fn transfers_done_through_different_nodes_merge() {
     let mut m = three();
-    m.stage_join(&id("n1"), member("n4", 4)).expect("join");
+    m.stage_join(&id("n1"), Member::loopback("n4", 4))
+        .expect("join");
     let plan = m.commit(&id("n1"), 3).expect("commit");
     let mut a = m.clone();
     let mut b = m.clone();
@@ -201,8 +205,8 @@ fn transfers_done_through_different_nodes_merge() {
     assert_eq!(a.pending_transfers(3).len(), plan.transfers.len() - 2);
 }
 
-/// Goal: a value from another cluster layout (another Q) or with a ring node that is not a
-/// member is refused before it is merged.
+/// Goal: a value from another cluster layout (another Q) is refused before it is merged, with
+/// an error that names the partition counts.
 #[test]
 fn values_of_another_layout_are_refused() {
     let m = three();
@@ -214,7 +218,7 @@ fn values_of_another_layout_are_refused() {
 /// Goal: the last active member cannot leave, and leave of a stranger names it.
 #[test]
 fn departures_that_would_empty_the_ring_or_name_strangers_are_refused() {
-    let mut m = Membership::new(1, 8, vec![member("n1", 1)]).expect("valid");
+    let mut m = Membership::new(1, 8, vec![Member::loopback("n1", 1)]).expect("valid");
     assert_eq!(
         m.stage_departure(&id("n1"), &id("n1"), MemberState::Leaving),
         Err(MembershipError::LastMember { node: id("n1") })
@@ -231,7 +235,8 @@ fn departures_that_would_empty_the_ring_or_name_strangers_are_refused() {
 #[test]
 fn leavers_of_a_partition_are_its_sources() {
     let mut m = three();
-    m.stage_join(&id("n1"), member("n4", 4)).expect("join");
+    m.stage_join(&id("n1"), Member::loopback("n4", 4))
+        .expect("join");
     let plan = m.commit(&id("n1"), 3).expect("commit");
     let previous = m.assignment().previous.clone().expect("the old ring");
     for t in &plan.transfers {
@@ -241,8 +246,15 @@ fn leavers_of_a_partition_are_its_sources() {
         let from = t.from.clone().expect("a source");
         assert!(before.contains(&from) && !after.contains(&from), "{t:?}");
     }
-    let mut small = Membership::new(1, 8, vec![member("n1", 1), member("n2", 2)]).expect("valid");
-    small.stage_join(&id("n1"), member("n3", 3)).expect("join");
+    let mut small = Membership::new(
+        1,
+        8,
+        vec![Member::loopback("n1", 1), Member::loopback("n2", 2)],
+    )
+    .expect("valid");
+    small
+        .stage_join(&id("n1"), Member::loopback("n3", 3))
+        .expect("join");
     let plan = small.commit(&id("n1"), 3).expect("commit");
     assert_eq!(plan.transfers.len(), 8, "n3 gains every partition");
     assert!(plan.transfers.iter().all(|t| t.from.is_some()));

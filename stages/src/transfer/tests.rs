@@ -1,26 +1,20 @@
 use super::*;
 use crate::membership::Member;
 use crate::seda::Effect;
-use std::net::SocketAddr;
-
-fn member(id: &str, port: u16) -> Member {
-    Member {
-        id: NodeId::new(id),
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        weight: 1,
-        zone: None,
-    }
-}
 
 /// A 3-node membership with n4's join committed, and the first transfer it needs.
 fn joined() -> (Membership, crate::membership::Transfer) {
     let mut m = Membership::new(
         1,
         64,
-        vec![member("n1", 1), member("n2", 2), member("n3", 3)],
+        vec![
+            Member::loopback("n1", 1),
+            Member::loopback("n2", 2),
+            Member::loopback("n3", 3),
+        ],
     )
     .expect("valid");
-    m.stage_join(&NodeId::new("n1"), member("n4", 4))
+    m.stage_join(&NodeId::new("n1"), Member::loopback("n4", 4))
         .expect("join");
     let plan = m.commit(&NodeId::new("n1"), 3).expect("commit");
     let first = plan.transfers[0].clone();
@@ -46,13 +40,6 @@ fn machine(me: &NodeId, m: Membership) -> TransferMachine {
         Instant::now(),
         logger,
     )
-}
-
-fn at(t: Instant) -> Now {
-    Now {
-        instant: t,
-        wall_ms: 0,
-    }
 }
 
 /// The storage requests and peer sends an outbox holds.
@@ -91,8 +78,17 @@ fn peer_send(events: &[Event]) -> (OpId, NodeId, usize) {
         .expect("a batch sent")
 }
 
-fn object(key: &str) -> (Vec<u8>, VersionSet) {
-    (key.as_bytes().to_vec(), VersionSet::new())
+/// Storage's answer to a batch read: these keys (empty version sets), `bytes`, and where the
+/// next read resumes.
+fn batch_of(keys: &[&str], bytes: u64, resume: Option<&[u8]>) -> StorageOutcome {
+    StorageOutcome::Batch {
+        objects: keys
+            .iter()
+            .map(|key| (key.as_bytes().to_vec(), VersionSet::new()))
+            .collect(),
+        bytes,
+        resume: resume.map(<[u8]>::to_vec),
+    }
 }
 
 fn storage_done(op: OpId, outcome: StorageOutcome) -> TransferEvent {
@@ -122,14 +118,14 @@ fn a_failed_batch_resumes_after_the_last_acknowledged_key() {
     let mut machine = machine(&me, m);
     let t = Instant::now();
     let mut out = Outbox::new();
-    machine.on_tick(at(t), &mut out);
+    machine.on_tick(Now::at(t), &mut out);
     let events = effects(&mut out);
     let (op, request) = storage_request(&events);
     assert!(
         matches!(request, StorageRequest::TreeView { .. }),
         "{request:?}"
     );
-    machine.on_event(at(t), storage_done(op, tree(segments)), &mut out);
+    machine.on_event(Now::at(t), storage_done(op, tree(segments)), &mut out);
     // First batch, from the start.
     let events = effects(&mut out);
     let (op, request) = storage_request(&events);
@@ -142,12 +138,8 @@ fn a_failed_batch_resumes_after_the_last_acknowledged_key() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    let batch = StorageOutcome::Batch {
-        objects: vec![object("a"), object("b")],
-        bytes: 10,
-        resume: Some(b"cursor-b".to_vec()),
-    };
-    machine.on_event(at(t), storage_done(op, batch), &mut out);
+    let batch = batch_of(&["a", "b"], 10, Some(b"cursor-b"));
+    machine.on_event(Now::at(t), storage_done(op, batch), &mut out);
     let (op, peer, count) = peer_send(&effects(&mut out));
     assert_eq!((peer, count), (transfer.to.clone(), 2));
     let ack = |op| {
@@ -157,7 +149,7 @@ fn a_failed_batch_resumes_after_the_last_acknowledged_key() {
             result: Ok(Message::TransferAck(TransferAck { merged: 2 })),
         })
     };
-    machine.on_event(at(t), ack(op), &mut out);
+    machine.on_event(Now::at(t), ack(op), &mut out);
     // Second batch, after b; it fails on the wire.
     let events = effects(&mut out);
     let (op, request) = storage_request(&events);
@@ -165,15 +157,11 @@ fn a_failed_batch_resumes_after_the_last_acknowledged_key() {
         matches!(request, StorageRequest::TransferBatch { after: Some(a), .. } if a == b"cursor-b"),
         "{request:?}"
     );
-    let batch = StorageOutcome::Batch {
-        objects: vec![object("c")],
-        bytes: 5,
-        resume: None,
-    };
-    machine.on_event(at(t), storage_done(op, batch), &mut out);
+    let batch = batch_of(&["c"], 5, None);
+    machine.on_event(Now::at(t), storage_done(op, batch), &mut out);
     let (op, _, _) = peer_send(&effects(&mut out));
     machine.on_event(
-        at(t),
+        Now::at(t),
         TransferEvent::Peer(PeerDone {
             op,
             peer: transfer.to.clone(),
@@ -186,30 +174,26 @@ fn a_failed_batch_resumes_after_the_last_acknowledged_key() {
     assert!(effects(&mut out).is_empty(), "no retry before the pause");
     // After the pause: read again after b, not from the start.
     let later = t + Duration::from_secs(1);
-    machine.on_tick(at(later), &mut out);
+    machine.on_tick(Now::at(later), &mut out);
     let events = effects(&mut out);
     let (op, request) = storage_request(&events);
     assert!(
         matches!(request, StorageRequest::TransferBatch { after: Some(a), .. } if a == b"cursor-b"),
         "resumed from the last acknowledged key: {request:?}"
     );
-    let batch = StorageOutcome::Batch {
-        objects: vec![object("c")],
-        bytes: 5,
-        resume: None,
-    };
-    machine.on_event(at(later), storage_done(op, batch), &mut out);
+    let batch = batch_of(&["c"], 5, None);
+    machine.on_event(Now::at(later), storage_done(op, batch), &mut out);
     let (op, _, _) = peer_send(&effects(&mut out));
-    machine.on_event(at(later), ack(op), &mut out);
+    machine.on_event(Now::at(later), ack(op), &mut out);
     // The stream ended: settle (zero here), then compare the tree with the snapshot.
-    machine.on_tick(at(later), &mut out);
+    machine.on_tick(Now::at(later), &mut out);
     let events = effects(&mut out);
     let (op, request) = storage_request(&events);
     assert!(
         matches!(request, StorageRequest::TreeView { .. }),
         "{request:?}"
     );
-    machine.on_event(at(later), storage_done(op, tree(segments)), &mut out);
+    machine.on_event(Now::at(later), storage_done(op, tree(segments)), &mut out);
     let events = effects(&mut out);
     assert!(
         events.iter().any(|e| matches!(
@@ -237,18 +221,14 @@ fn segments_written_during_the_stream_are_sent_again() {
     let mut machine = machine(&me, m);
     let t = Instant::now();
     let mut out = Outbox::new();
-    machine.on_tick(at(t), &mut out);
+    machine.on_tick(Now::at(t), &mut out);
     let (op, _) = storage_request(&effects(&mut out));
-    machine.on_event(at(t), storage_done(op, tree(segments)), &mut out);
+    machine.on_event(Now::at(t), storage_done(op, tree(segments)), &mut out);
     let (op, _) = storage_request(&effects(&mut out));
-    let empty = StorageOutcome::Batch {
-        objects: Vec::new(),
-        bytes: 0,
-        resume: None,
-    };
-    machine.on_event(at(t), storage_done(op, empty), &mut out);
+    let empty = batch_of(&[], 0, None);
+    machine.on_event(Now::at(t), storage_done(op, empty), &mut out);
     // Stream done (the partition was empty); compare: segments 5 and 9 changed meanwhile.
-    machine.on_tick(at(t), &mut out);
+    machine.on_tick(Now::at(t), &mut out);
     let (op, _) = storage_request(&effects(&mut out));
     let mut hashes = vec![0; segments];
     hashes[5] = 1;
@@ -259,7 +239,7 @@ fn segments_written_during_the_stream_are_sent_again() {
         keys: 2,
         hashes,
     });
-    machine.on_event(at(t), storage_done(op, changed), &mut out);
+    machine.on_event(Now::at(t), storage_done(op, changed), &mut out);
     for expected in [5u16, 9] {
         let events = effects(&mut out);
         let (op, request) = storage_request(&events);
@@ -267,12 +247,8 @@ fn segments_written_during_the_stream_are_sent_again() {
             matches!(request, StorageRequest::TransferBatch { segment: Some(s), after: None, .. } if *s == expected),
             "{request:?}"
         );
-        let batch = StorageOutcome::Batch {
-            objects: Vec::new(),
-            bytes: 0,
-            resume: None,
-        };
-        machine.on_event(at(t), storage_done(op, batch), &mut out);
+        let batch = batch_of(&[], 0, None);
+        machine.on_event(Now::at(t), storage_done(op, batch), &mut out);
     }
     let events = effects(&mut out);
     assert!(
