@@ -1,65 +1,95 @@
 #!/usr/bin/env bash
-# The side-by-side benchmark (issue 5): in one run on one machine, the same workload with the
-# same concurrency against Redis (persistence off, loopback only), a single shoal node with
+# The side-by-side benchmark (issues 5 and 12): in one run on one machine, the same workload with
+# the same concurrency against Redis (persistence off, loopback only), a single shoal node with
 # sync = "always" (fsync before every acknowledgement, the default), the same with sync =
 # "none" (no persistence wait, closer to the Redis setting), and a 3-node shoal cluster
 # (N=3, R=2, W=2, sync = "always"); rounds alternate the targets so drift hits all of them.
-# Prints the median over the rounds of throughput and p50/p99/p99.9, with ratios to Redis.
-# Usage: benches/side_by_side.sh [rounds] [seconds] [threads] [workload]
+# Prints the median over the rounds of throughput and p50/p99/p99.9 with ratios to Redis, the
+# server CPU seconds per 1,000 operations of each target (utime + stime of its server
+# processes only, from /proc, over the run) and every server process's RSS at the end.
+# A failed load run is reported (FAILED ...), its row left out of the medians, and the table is
+# still printed; the script then exits non-zero. It never stops without saying why.
+# Usage: benches/side_by_side.sh [rounds] [seconds] [connections] [workload]
 # Installs redis-server from Debian's packages if it is missing (needs root, as on CI).
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
-rounds=${1:-3}; secs=${2:-8}; threads=${3:-4}; workload=${4:-a}
+rounds=${1:-3}; secs=${2:-8}; threads=${3:-32}; workload=${4:-a}
+die() { echo "side_by_side: $*" >&2; exit 1; }
+trap 'echo "side_by_side: stopped at line $LINENO (exit $?)" >&2' ERR
 if ! command -v redis-server > /dev/null; then
   echo "installing redis-server from Debian's packages" >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server > /dev/null
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server > /dev/null; } \
+    || die "cannot install redis-server"
 fi
-cargo build --release -q
+cargo build --release -q || die "the release build failed"
 bin=./target/release
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
+hz=$(getconf CLK_TCK)
 
+declare -A target_pids # label → its server processes
 redis_port=6391
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --protected-mode yes > "$work/redis.log" 2>&1 &
-pids+=($!)
+pids+=($!); target_pids[redis]=$!
 for _ in $(seq 100); do redis-cli -p "$redis_port" ping > /dev/null 2>&1 && break; sleep 0.05; done
+redis-cli -p "$redis_port" ping > /dev/null 2>&1 || die "redis did not start: $(cat "$work/redis.log")"
 
-start() { # config listen data → node in the background
-  "$bin/shoal" node --config "$1" --listen "$2" --data "$3" > "$3.out" 2> "$3.log" &
-  pids+=($!)
-  for _ in $(seq 100); do grep -q listening "$3.out" 2>/dev/null && break; sleep 0.05; done
-  grep -q listening "$3.out" || { echo "node did not start: $(cat "$3.log")" >&2; exit 1; }
+start() { # label config listen data → node in the background
+  "$bin/shoal" node --config "$2" --listen "$3" --data "$4" > "$4.out" 2> "$4.log" &
+  local pid=$!
+  pids+=("$pid"); target_pids[$1]="${target_pids[$1]:-} $pid"
+  for _ in $(seq 100); do grep -q listening "$4.out" 2>/dev/null && break; sleep 0.05; done
+  grep -q listening "$4.out" || die "node $3 did not start: $(tail -3 "$4.log")"
 }
-start config/single.toml 127.0.0.1:7411 "$work/single"
+start single config/single.toml 127.0.0.1:7411 "$work/single"
 sed 's/^sync = "always"/sync = "none"/' config/single.toml > "$work/single-nosync.toml"
-start "$work/single-nosync.toml" 127.0.0.1:7412 "$work/nosync"
-for i in 1 2 3; do start "config/cluster-n$i.toml" "127.0.0.1:740$i" "$work/cluster-n$i"; done
+start nosync "$work/single-nosync.toml" 127.0.0.1:7412 "$work/nosync"
+for i in 1 2 3; do start cluster "config/cluster-n$i.toml" "127.0.0.1:740$i" "$work/cluster-n$i"; done
+
+cpu_ticks() { # pids... → utime + stime of them all, in clock ticks
+  local total=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
 
 failed=0
+results="$work/results"; cpu="$work/cpu"
+touch "$results" "$cpu"
 load() { # label target replicas; a failed run is reported and counted, never fatal
+  local label=$1 before after
+  # shellcheck disable=SC2086 # the list of pids splits on purpose
+  before=$(cpu_ticks ${target_pids[$label]})
   if ! "$bin/shoal-load" --target "$2" --replicas "$3" --workload "$workload" --threads "$threads" \
     --duration-secs "$secs" --keys 10000 --value-bytes 100 > "$work/load.out" 2> "$work/load.err"; then
-    echo "FAILED: $1 run of round $round: $(grep error: "$work/load.err" | tail -1)" >&2
+    echo "FAILED: $label run of round $round: $(grep -h error "$work/load.err" "$work/load.out" | tail -1)" >&2
     failed=$((failed + 1))
+    return 0
   fi
-  awk -v label="$1" '$1=="get"||$1=="put"||$1=="rmw"||$1=="insert" {print label, $1, $3, $5, $7, $8}' "$work/load.out"
+  # shellcheck disable=SC2086
+  after=$(cpu_ticks ${target_pids[$label]})
+  awk -v label="$label" '$1=="get"||$1=="put"||$1=="rmw"||$1=="insert" {print label, $1, $3, $5, $7, $8}' "$work/load.out" >> "$results"
+  awk -v label="$label" -v ticks=$((after - before)) -v hz="$hz" '
+    $1=="get"||$1=="put"||$1=="rmw"||$1=="insert" {ops += $2}
+    END { if (ops > 0) printf "%s %.4f\n", label, (ticks / hz) / (ops / 1000) }' "$work/load.out" >> "$cpu"
 }
-results="$work/results"
 for round in $(seq "$rounds"); do
   echo "round $round" >&2
-  load redis "redis://127.0.0.1:$redis_port" 1 >> "$results"
-  load single 127.0.0.1:7411 1 >> "$results"
-  load nosync 127.0.0.1:7412 1 >> "$results"
-  load cluster 127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403 3 >> "$results"
+  load redis "redis://127.0.0.1:$redis_port" 1
+  load single 127.0.0.1:7411 1
+  load nosync 127.0.0.1:7412 1
+  load cluster 127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403 3
 done
 
-touch "$results"
+trap - ERR
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { print (b > 0 ? a / b : 0) }'; }
-median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+median() { sort -n | awk '{v[NR]=$1} END {print (NR ? v[int((NR+1)/2)] : "")}'; }
 value() { awk -v s="$1" -v o="$2" -v c="$3" '$1==s && $2==o {print $c}' "$results" | median; }
-echo "workload $workload, $threads threads, ${secs}s, median of $rounds rounds (ratio = shoal / redis)"
+echo "workload $workload, $threads connections, ${secs}s, median of $rounds rounds (ratio = shoal / redis)"
 echo "single: one node, sync=always; nosync: one node, sync=none; cluster: 3 nodes N=3 R=2 W=2, sync=always"
 printf "%-8s %-4s %9s %7s %8s %6s %8s %6s %8s %6s\n" target op "ops/s" ratio p50us ratio p99us ratio p999us ratio
 for op in $(awk '{print $2}' "$results" | sort -u); do
@@ -67,9 +97,21 @@ for op in $(awk '{print $2}' "$results" | sort -u); do
   for target in redis single nosync cluster; do
     ops=$(value "$target" "$op" 3); p50=$(value "$target" "$op" 4); p99=$(value "$target" "$op" 5); p999=$(value "$target" "$op" 6)
     [ -n "$ops" ] || continue
-    printf "%-8s %-4s %9s %7.2f %8s %6.1f %8s %6.1f %8s %6.1f\n" "$target" "$op" "$ops" "$(ratio "$ops" "$r_ops")" \
-      "$p50" "$(ratio "$p50" "$r50")" "$p99" "$(ratio "$p99" "$r99")" "$p999" "$(ratio "$p999" "$r999")"
+    printf "%-8s %-4s %9s %7.2f %8s %6.1f %8s %6.1f %8s %6.1f\n" "$target" "$op" "$ops" "$(ratio "$ops" "${r_ops:-0}")" \
+      "$p50" "$(ratio "$p50" "${r50:-0}")" "$p99" "$(ratio "$p99" "${r99:-0}")" "$p999" "$(ratio "$p999" "${r999:-0}")"
   done
+done
+echo
+echo "server CPU seconds per 1,000 operations (median of rounds; server processes only) and RSS at the end"
+printf "%-8s %14s  %s\n" target "cpu_s/1k_ops" "rss_mib per process"
+for target in redis single nosync cluster; do
+  c=$(awk -v s="$target" '$1==s {print $2}' "$cpu" | median)
+  rss=""
+  for p in ${target_pids[$target]}; do
+    r=$(awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$p/status" 2>/dev/null)
+    rss="$rss ${r:-gone}"
+  done
+  printf "%-8s %14s %s\n" "$target" "${c:-n/a}" "$rss"
 done
 if [ "$failed" -gt 0 ]; then
   echo "$failed load run(s) failed (see FAILED lines above); their rows are missing from the medians" >&2

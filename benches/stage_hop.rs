@@ -1,10 +1,11 @@
-//! What a stage hop costs, and how batching and spin-before-park amortize it.
+//! What a stage hop costs in the worker pool, and how batching and the one spinner amortize
+//! the wake-up that starts a chain.
 //!
-//! Run: `cargo bench --bench stage_hop`. Builds chains of real SEDA stages (the runtime the node
-//! uses: bounded crossbeam queues, worker threads, stats) where each stage forwards its event to
-//! the next, and measures:
-//! 1. latency: one event at a time through the idle chain (every hop wakes a parked or
-//!    spinning thread), per hop, for spin 0 / 50 / 200 µs;
+//! Run: `cargo bench --bench stage_hop`. Builds chains of real SEDA stages in one worker pool
+//! (the runtime the node uses: bounded crossbeam queues, shared workers, stats) where each
+//! stage forwards its event to the next, and measures:
+//! 1. latency: one event at a time through the idle chain, per hop, for pool spin 0 / 50 /
+//!    200 µs (the first hop wakes a parked or spinning worker; the others run on it);
 //! 2. throughput: a stream of events pushed as fast as the first queue takes them, for
 //!    batch_max 1 / 64 and spin 0 / 50 µs.
 //!
@@ -13,7 +14,7 @@
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use shoal_stages::seda::{
-    spawn_stage, stage_queue, Stage, StageClass, StageHandle, StageSender, StageSpec,
+    stage_queue, PoolSettings, Stage, StageClass, StageHandle, StageSender, StageSpec, WorkerPool,
 };
 use std::time::{Duration, Instant};
 
@@ -44,44 +45,63 @@ impl Stage for Relay {
     }
 }
 
-fn spec(batch_max: usize, spin_us: u64) -> StageSpec {
+const NAMES: [&str; HOPS] = ["relay-0", "relay-1", "relay-2"];
+
+fn spec(name: &'static str, batch_max: usize) -> StageSpec {
     StageSpec {
-        name: "relay",
+        name,
         class: StageClass::Foreground,
         threads: 1,
         queue_capacity: 1024,
         batch_max,
-        spin: Duration::from_micros(spin_us),
         tick: Duration::from_millis(100),
     }
 }
 
-/// Builds a chain of `HOPS` stages; returns its entry, its exit and the handles.
-fn chain(batch_max: usize, spin_us: u64) -> (StageSender<u64>, Receiver<u64>, Vec<StageHandle>) {
-    let (done_tx, done_rx) = bounded(THROUGHPUT_EVENTS);
-    let spec = spec(batch_max, spin_us);
-    let mut next: Option<StageSender<u64>> = None;
-    let mut handles = Vec::new();
-    for _ in 0..HOPS {
-        let (tx, rx) = stage_queue::<u64>(&spec, None);
-        let relay_next = next.clone();
-        let done = done_tx.clone();
-        handles.push(
-            spawn_stage(&spec, rx, move |_| Relay {
-                next: relay_next.clone(),
-                done: done.clone(),
-            })
-            .expect("spawn"),
-        );
-        next = Some(tx);
-    }
-    (next.expect("at least one hop"), done_rx, handles)
+/// A running chain: its entry, its exit, its stages and the pool.
+struct Chain {
+    entry: StageSender<u64>,
+    exit: Receiver<u64>,
+    handles: Vec<StageHandle>,
+    pool: WorkerPool,
 }
 
-fn stop(handles: Vec<StageHandle>) {
-    for h in handles {
+/// Builds a chain of `HOPS` stages in a pool of two workers.
+fn chain(batch_max: usize, spin_us: u64) -> Chain {
+    let (done_tx, done_rx) = bounded(THROUGHPUT_EVENTS);
+    let mut pool = WorkerPool::new(PoolSettings {
+        workers: 2,
+        spin: Duration::from_micros(spin_us),
+    });
+    let mut next: Option<StageSender<u64>> = None;
+    let mut handles = Vec::new();
+    for name in NAMES {
+        let spec = spec(name, batch_max);
+        let (tx, rx) = stage_queue::<u64>(&spec, Some(pool.waker(&spec)));
+        let relay_next = next.clone();
+        let done = done_tx.clone();
+        handles.push(pool.add_stage(&spec, rx, move |_| Relay {
+            next: relay_next.clone(),
+            done: done.clone(),
+        }));
+        next = Some(tx);
+    }
+    pool.start().expect("start the pool");
+    // The last stage added is the entry: stop it first.
+    handles.reverse();
+    Chain {
+        entry: next.expect("at least one hop"),
+        exit: done_rx,
+        handles,
+        pool,
+    }
+}
+
+fn stop(chain: Chain) {
+    for h in chain.handles {
         h.stop_and_join();
     }
+    chain.pool.stop_and_join();
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -93,17 +113,17 @@ fn median(mut xs: Vec<f64>) -> f64 {
 fn latency_per_hop_us(spin_us: u64) -> f64 {
     let runs = (0..RUNS)
         .map(|_| {
-            let (entry, exit, handles) = chain(64, spin_us);
+            let chain = chain(64, spin_us);
             let mut samples = Vec::with_capacity(LATENCY_EVENTS);
             for i in 0..LATENCY_EVENTS as u64 {
                 // A short pause lets every worker go idle, as between sparse requests.
                 std::thread::sleep(Duration::from_micros(300));
                 let start = Instant::now();
-                entry.send(i).expect("send");
-                exit.recv().expect("recv");
+                chain.entry.send(i).expect("send");
+                chain.exit.recv().expect("recv");
                 samples.push(start.elapsed().as_secs_f64() * 1e6 / HOPS as f64);
             }
-            stop(handles);
+            stop(chain);
             median(samples)
         })
         .collect();
@@ -114,19 +134,20 @@ fn latency_per_hop_us(spin_us: u64) -> f64 {
 fn throughput_per_sec(batch_max: usize, spin_us: u64) -> f64 {
     let runs = (0..RUNS)
         .map(|_| {
-            let (entry, exit, handles) = chain(batch_max, spin_us);
+            let chain = chain(batch_max, spin_us);
             let start = Instant::now();
+            let entry = chain.entry.clone();
             let feeder = std::thread::spawn(move || {
                 for i in 0..THROUGHPUT_EVENTS as u64 {
                     entry.send(i).expect("send");
                 }
             });
             for _ in 0..THROUGHPUT_EVENTS {
-                exit.recv().expect("recv");
+                chain.exit.recv().expect("recv");
             }
             let elapsed = start.elapsed().as_secs_f64();
             feeder.join().expect("feeder");
-            stop(handles);
+            stop(chain);
             THROUGHPUT_EVENTS as f64 / elapsed
         })
         .collect();

@@ -6,7 +6,7 @@ use shoal_stages::controller::ControllerSettings;
 use shoal_stages::event::{StageClass, StageId};
 use shoal_stages::membership::{Member, Membership};
 use shoal_stages::ring::NodeSpec;
-use shoal_stages::seda::StageSpec;
+use shoal_stages::seda::{PoolSettings, StageSpec};
 use shoal_stages::storage::{SyncMode, MAX_STORABLE_KEY_BYTES};
 use shoal_stages::wire::FRAME_OVERHEAD_BYTES;
 use shoal_stages::NodeId;
@@ -90,7 +90,10 @@ pub struct Config {
     /// Durability.
     #[serde(default)]
     pub storage: StorageSection,
-    /// Per-stage threads and queues, by stage name (`[stages.storage]`); a name that is not
+    /// The worker pool that serves every stage but the intake.
+    #[serde(default)]
+    pub pool: PoolSection,
+    /// Per-stage concurrency and queues, by stage name (`[stages.storage]`); a name that is not
     /// in the stage table is an error naming the stages that are.
     #[serde(default)]
     pub stages: BTreeMap<StageId, StageTuning>,
@@ -328,17 +331,45 @@ impl Default for TransferSection {
     }
 }
 
+/// `[pool]`: the worker pool that serves every stage's queue but the intake's.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSection {
+    /// Worker threads; 0 means one per core plus one.
+    pub workers: usize,
+    /// Microseconds the one spinning worker polls for work after handling events, before it
+    /// parks (0: never spin).
+    pub spin_us: u64,
+    /// Stages the intake's loop also runs between its turns (its thread domain): a request
+    /// whose stages are all here is served on that one thread, with no wake-up. Workers
+    /// still run them too when the loop is busy. Absent: parse, coordinate and replicate,
+    /// and storage too when `sync = "none"` (with a flush to wait for, storage stays on the
+    /// workers, so the loop keeps reading while a batch is flushed).
+    pub intake_runs: Option<Vec<StageId>>,
+}
+
+impl Default for PoolSection {
+    fn default() -> Self {
+        PoolSection {
+            workers: 0,
+            spin_us: DEFAULT_SPIN_US,
+            intake_runs: None,
+        }
+    }
+}
+
 /// `[stages.NAME]`: every field optional; absent ones take the stage's default.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageTuning {
-    /// Worker threads.
+    /// The most pool workers that serve the stage at once.
     pub threads: Option<usize>,
     /// Queue bound.
     pub queue_capacity: Option<usize>,
-    /// Events per batch.
+    /// Events a worker takes from the queue at a time.
     pub batch_max: Option<usize>,
-    /// Microseconds an idle worker polls before parking.
+    /// No longer used: spinning is the pool's (`[pool] spin_us`). Still accepted, so an older
+    /// config loads; the node warns that it is ignored.
     pub spin_us: Option<u64>,
     /// Units of work per second a background stage may do (its rate gate); absent or 0 means
     /// unlimited. Only background stages take it. With the controller enabled it is only the
@@ -370,10 +401,11 @@ impl Default for LogSection {
 /// that competes with foreground requests. The resource controller will adjust it.
 const DEFAULT_BACKGROUND_RATE_PER_SEC: u64 = 1000;
 
-/// Default microseconds an idle worker polls (yielding) before parking. Waking a parked thread
-/// costs ~50 µs per hop on these VMs (benches/stage_hop.rs); a single node under 4 closed-loop
-/// clients served 12.1k ops/s with 0, 13.7k with 50 and 15.3k with 200 µs (medians of 3, same
-/// session). An idle node parks after 200 µs, so the cost when idle is nil.
+/// Default microseconds the pool's one spinner polls (yielding) before parking. Waking a
+/// parked thread costs ~50 µs on these VMs (benches/stage_hop.rs), about the gap between a
+/// client's reply and its next request on loopback, so a short spin catches the next request
+/// without a wake-up. Only one worker spins, and only after handling events: an idle node
+/// does not spin.
 const DEFAULT_SPIN_US: u64 = 200;
 
 impl Config {
@@ -423,9 +455,42 @@ impl Config {
             threads: tuning.threads.unwrap_or(row.threads),
             queue_capacity: tuning.queue_capacity.unwrap_or(row.queue_capacity),
             batch_max: tuning.batch_max.unwrap_or(row.batch_max),
-            spin: Duration::from_micros(tuning.spin_us.unwrap_or(DEFAULT_SPIN_US)),
             tick,
         }
+    }
+
+    /// The worker pool's shape.
+    pub fn pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            workers: match self.pool.workers {
+                0 => PoolSettings::default_workers(),
+                n => n,
+            },
+            spin: Duration::from_micros(self.pool.spin_us),
+        }
+    }
+
+    /// The stages the intake's loop runs (`[pool] intake_runs`, or its default).
+    pub fn intake_runs(&self) -> Vec<StageId> {
+        match &self.pool.intake_runs {
+            Some(stages) => stages.clone(),
+            None => {
+                let mut stages = vec![StageId::Parse, StageId::Coordinate, StageId::Replicate];
+                if self.storage.sync == SyncMode::None {
+                    stages.push(StageId::Storage);
+                }
+                stages
+            }
+        }
+    }
+
+    /// Stages whose section still sets `spin_us`, which the pool no longer reads.
+    pub fn ignored_spin_keys(&self) -> Vec<StageId> {
+        self.stages
+            .iter()
+            .filter(|(_, tuning)| tuning.spin_us.is_some())
+            .map(|(stage, _)| *stage)
+            .collect()
     }
 
     /// The membership this config describes (version 1): this node, at `self_addr` unless

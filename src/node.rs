@@ -30,8 +30,8 @@ use shoal_stages::repair::RepairMachine;
 use shoal_stages::replicate::ReplicateMachine;
 use shoal_stages::ring::RingError;
 use shoal_stages::seda::{
-    spawn_stage, stage_queue, Driven, Gate, GateRegistry, Machine, OperationLatencies, Router,
-    StageHandle, StageReceiver,
+    stage_queue, Driven, Gate, GateRegistry, Machine, OperationLatencies, Router, StageHandle,
+    StageReceiver, WorkerPool,
 };
 use shoal_stages::storage::{StorageError, StorageMachine, StorageSettings, Store, VersionLimits};
 use shoal_stages::transfer::{TransferMachine, TransferSettings};
@@ -89,6 +89,8 @@ pub struct Node {
     controller_thread: Option<JoinHandle<()>>,
     /// Pool stages in shutdown order.
     stages: Vec<StageHandle>,
+    /// The workers that serve them.
+    pool: Option<WorkerPool>,
     logger: Logger,
 }
 
@@ -144,7 +146,11 @@ impl Node {
                 "cluster.secret is the public default: anyone can forge contexts; set your own"
             );
         }
-        let (router, receivers, intake_rx) = queues(config, &socket);
+        for stage in config.ignored_spin_keys() {
+            warn!(logger, "stages.{stage}.spin_us is ignored: only the worker pool spins ([pool] spin_us)"; "stage" => %stage);
+        }
+        let mut pool = WorkerPool::new(config.pool_settings());
+        let (router, receivers, intake_rx) = queues(config, &socket, &pool);
         let node_id = node.clone();
         let shared = Shared {
             node,
@@ -157,7 +163,8 @@ impl Node {
             aae: AaeBoard::new(node_id.clone(), config.anti_entropy.enabled),
             logger: logger.clone(),
         };
-        let stages = spawn_pool_stages(config, &shared, receivers, initial)?;
+        let stages = add_pool_stages(config, &shared, &mut pool, receivers, initial);
+        pool.start().map_err(io_error("starting the worker pool"))?;
         let intake_stop = Arc::new(AtomicBool::new(false));
         let machine = IntakeMachine::new(
             IntakeSettings {
@@ -178,13 +185,15 @@ impl Node {
             gates: shared.gates.clone(),
             aae: shared.aae.clone(),
         };
-        let intake = Intake::new(
+        let domain: Vec<&'static str> = config.intake_runs().iter().map(|s| s.name()).collect();
+        let intake = Intake::with_domain(
             socket,
             machine,
             intake_rx,
             stats,
             Arc::clone(&intake_stop),
             logger.new(o!("stage" => StageId::Intake.name())),
+            (!domain.is_empty()).then(|| pool.domain(&domain)),
         );
         let intake_thread = std::thread::Builder::new()
             .name(format!("{}-0", StageId::Intake.name()))
@@ -211,6 +220,7 @@ impl Node {
             controller_stop,
             controller_thread: Some(controller_thread),
             stages,
+            pool: Some(pool),
             logger,
         })
     }
@@ -237,6 +247,9 @@ impl Node {
             stage.stop_and_join();
             info!(self.logger, "stage stopped"; "stage" => name);
         }
+        if let Some(pool) = self.pool.take() {
+            pool.stop_and_join();
+        }
         info!(self.logger, "node stopped");
     }
 }
@@ -245,6 +258,7 @@ impl Node {
 fn queues(
     config: &Config,
     socket: &IntakeSocket,
+    pool: &WorkerPool,
 ) -> (
     Router,
     Receivers,
@@ -252,16 +266,15 @@ fn queues(
 ) {
     let (intake, intake_rx) =
         stage_queue(&config.stage_spec(StageId::Intake), Some(socket.waker()));
-    let (parse, parse_rx) = stage_queue(&config.stage_spec(StageId::Parse), None);
-    let (coordinate, coordinate_rx) = stage_queue(&config.stage_spec(StageId::Coordinate), None);
-    let (replicate, replicate_rx) = stage_queue(&config.stage_spec(StageId::Replicate), None);
-    let (repair, repair_rx) = stage_queue(&config.stage_spec(StageId::Repair), None);
-    let (handoff, handoff_rx) = stage_queue(&config.stage_spec(StageId::Handoff), None);
-    let (anti_entropy, anti_entropy_rx) =
-        stage_queue(&config.stage_spec(StageId::AntiEntropy), None);
-    let (transfer, transfer_rx) = stage_queue(&config.stage_spec(StageId::Transfer), None);
-    let (gossip, gossip_rx) = stage_queue(&config.stage_spec(StageId::Gossip), None);
-    let (storage, storage_rx) = stage_queue(&config.stage_spec(StageId::Storage), None);
+    let (parse, parse_rx) = pool_queue(config, pool, StageId::Parse);
+    let (coordinate, coordinate_rx) = pool_queue(config, pool, StageId::Coordinate);
+    let (replicate, replicate_rx) = pool_queue(config, pool, StageId::Replicate);
+    let (repair, repair_rx) = pool_queue(config, pool, StageId::Repair);
+    let (handoff, handoff_rx) = pool_queue(config, pool, StageId::Handoff);
+    let (anti_entropy, anti_entropy_rx) = pool_queue(config, pool, StageId::AntiEntropy);
+    let (transfer, transfer_rx) = pool_queue(config, pool, StageId::Transfer);
+    let (gossip, gossip_rx) = pool_queue(config, pool, StageId::Gossip);
+    let (storage, storage_rx) = pool_queue(config, pool, StageId::Storage);
     let router = Router {
         intake,
         parse,
@@ -288,27 +301,40 @@ fn queues(
     (router, receivers, intake_rx)
 }
 
-/// Starts `stage` with one machine per worker from `make`, delivering through the router.
+/// A pool stage's queue, which wakes the pool.
+fn pool_queue<E>(
+    config: &Config,
+    pool: &WorkerPool,
+    stage: StageId,
+) -> (shoal_stages::seda::StageSender<E>, StageReceiver<E>) {
+    let spec = config.stage_spec(stage);
+    stage_queue(&spec, Some(pool.waker(&spec)))
+}
+
+/// Adds `stage` to the pool with one machine per slot from `make`, delivering through the
+/// router.
 fn spawn<M: Machine>(
     config: &Config,
     shared: &Shared,
+    pool: &mut WorkerPool,
     stage: StageId,
     receiver: StageReceiver<M::Input>,
     mut make: impl FnMut(usize) -> M,
-) -> Result<StageHandle, NodeError> {
+) -> StageHandle {
     let driven = |index| Driven::new(make(index), shared.router.clone(), shared.latencies.clone());
-    spawn_stage(&config.stage_spec(stage), receiver, driven)
-        .map_err(io_error(&format!("starting {stage}")))
+    pool.add_stage(&config.stage_spec(stage), receiver, driven)
 }
 
-/// Starts every pool stage; returns them in shutdown (stage-table) order. Consumers start
-/// before producers.
-fn spawn_pool_stages(
+/// Adds every pool stage; returns them in shutdown (stage-table) order. Workers serve the
+/// stages in the order they are added: the end of the pipeline first (storage, then the
+/// stages that answer), so a worker finishes requests before it takes new ones.
+fn add_pool_stages(
     config: &Config,
     shared: &Shared,
+    pool: &mut WorkerPool,
     receivers: Receivers,
     membership: Membership,
-) -> Result<Vec<StageHandle>, NodeError> {
+) -> Vec<StageHandle> {
     let storage_settings = StorageSettings {
         node: shared.node.clone(),
         sync: config.storage.sync,
@@ -322,6 +348,7 @@ fn spawn_pool_stages(
     let storage = spawn(
         config,
         shared,
+        pool,
         StageId::Storage,
         receivers.storage,
         |index| {
@@ -332,18 +359,25 @@ fn spawn_pool_stages(
                 storage_logger.clone(),
             )
         },
-    )?;
-    let handoff = spawn(config, shared, StageId::Handoff, receivers.handoff, |_| {
-        HandoffMachine::new(
-            gate(shared, StageId::Handoff),
-            shared.logger.new(o!("stage" => StageId::Handoff.name())),
-        )
-        .retargeting(
-            shared.membership.clone(),
-            shared.node.clone(),
-            config.cluster.n,
-        )
-    })?;
+    );
+    let handoff = spawn(
+        config,
+        shared,
+        pool,
+        StageId::Handoff,
+        receivers.handoff,
+        |_| {
+            HandoffMachine::new(
+                gate(shared, StageId::Handoff),
+                shared.logger.new(o!("stage" => StageId::Handoff.name())),
+            )
+            .retargeting(
+                shared.membership.clone(),
+                shared.node.clone(),
+                config.cluster.n,
+            )
+        },
+    );
     let aae = &config.anti_entropy;
     let anti_entropy_settings = AntiEntropySettings {
         node: shared.node.clone(),
@@ -358,6 +392,7 @@ fn spawn_pool_stages(
     let anti_entropy = spawn(
         config,
         shared,
+        pool,
         StageId::AntiEntropy,
         receivers.anti_entropy,
         |_| {
@@ -371,7 +406,7 @@ fn spawn_pool_stages(
                     .new(o!("stage" => StageId::AntiEntropy.name())),
             )
         },
-    )?;
+    );
     let gossip_settings = GossipSettings {
         node: shared.node.clone(),
         n: config.cluster.n,
@@ -380,16 +415,23 @@ fn spawn_pool_stages(
         seeds: config.seeds(),
     };
     let board = TransferBoard::default();
-    let gossip = spawn(config, shared, StageId::Gossip, receivers.gossip, |_| {
-        GossipMachine::new(
-            gossip_settings.clone(),
-            membership.clone(),
-            shared.membership.clone(),
-            board.clone(),
-            Instant::now(),
-            shared.logger.new(o!("stage" => StageId::Gossip.name())),
-        )
-    })?;
+    let gossip = spawn(
+        config,
+        shared,
+        pool,
+        StageId::Gossip,
+        receivers.gossip,
+        |_| {
+            GossipMachine::new(
+                gossip_settings.clone(),
+                membership.clone(),
+                shared.membership.clone(),
+                board.clone(),
+                Instant::now(),
+                shared.logger.new(o!("stage" => StageId::Gossip.name())),
+            )
+        },
+    );
     let t = &config.transfer;
     let transfer_settings = TransferSettings {
         node: shared.node.clone(),
@@ -404,6 +446,7 @@ fn spawn_pool_stages(
     let transfer = spawn(
         config,
         shared,
+        pool,
         StageId::Transfer,
         receivers.transfer,
         |_| {
@@ -416,18 +459,24 @@ fn spawn_pool_stages(
                 shared.logger.new(o!("stage" => StageId::Transfer.name())),
             )
         },
-    )?;
-    let repair = spawn(config, shared, StageId::Repair, receivers.repair, |_| {
-        RepairMachine::new(shared.node.clone(), gate(shared, StageId::Repair))
-    })?;
+    );
+    let repair = spawn(
+        config,
+        shared,
+        pool,
+        StageId::Repair,
+        receivers.repair,
+        |_| RepairMachine::new(shared.node.clone(), gate(shared, StageId::Repair)),
+    );
     let max_frame = config.limits.max_frame_bytes;
     let replicate = spawn(
         config,
         shared,
+        pool,
         StageId::Replicate,
         receivers.replicate,
         |_| ReplicateMachine::new(max_frame),
-    )?;
+    );
     let coordinator_settings = CoordinatorSettings {
         node: shared.node.clone(),
         n: config.cluster.n,
@@ -442,20 +491,26 @@ fn spawn_pool_stages(
     let coordinate = spawn(
         config,
         shared,
+        pool,
         StageId::Coordinate,
         receivers.coordinate,
         |_| Coordinator::new(coordinator_settings.clone(), shared.membership.clone()),
-    )?;
+    );
     let parse_settings = ParseSettings {
         max_key_bytes: config.limits.max_key_bytes,
         max_value_bytes: config.limits.max_value_bytes,
         seal: shared.seal.clone(),
         max_replica_versions: config.limits.max_siblings * REPLICA_VERSIONS_PER_SIBLING,
     };
-    let parse = spawn(config, shared, StageId::Parse, receivers.parse, |_| {
-        ParseMachine::new(parse_settings.clone(), shared.membership.clone())
-    })?;
-    Ok(vec![
+    let parse = spawn(
+        config,
+        shared,
+        pool,
+        StageId::Parse,
+        receivers.parse,
+        |_| ParseMachine::new(parse_settings.clone(), shared.membership.clone()),
+    );
+    vec![
         parse,
         coordinate,
         replicate,
@@ -465,7 +520,7 @@ fn spawn_pool_stages(
         transfer,
         gossip,
         storage,
-    ])
+    ]
 }
 
 /// The membership a node starts with: the one it saved (the cluster may have changed since

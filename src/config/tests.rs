@@ -92,6 +92,10 @@ fn bad_values_are_named() {
         ("[controller]\nmax_rate = 0\n", "controller.max_rate"),
         ("[controller]\nincrease_per_period = 0\n", "controller.increase_per_period"),
         ("[controller]\ntarget = 5\n", "target"),
+        ("[pool]\nworkers = 1000\n", "pool.workers"),
+        ("[pool]\nspin_us = 1000000\n", "pool.spin_us"),
+        ("[pool]\nintake_runs = [\"handoff\"]\n", "pool.intake_runs"),
+        ("[pool]\nintake_runs = [\"intake\"]\n", "pool.intake_runs"),
         ("[controller.shares]\nstorage = 2\n", "controller.shares.storage"),
         ("[controller.shares]\nhandoff = 0\n", "controller.shares.handoff"),
         ("[controller.shares]\nhandof = 1\n", "handoff"),
@@ -101,4 +105,19 @@ fn bad_values_are_named() {
         let message = parse(&text).expect_err(key).to_string();
         assert!(message.contains(key), "{key}: {message}");
     }
+}
+
+/// Goal: the intake's loop runs storage too only when there is no flush to wait for, unless
+/// the config says which stages it runs; `[stages.X] spin_us` from older configs still loads.
+#[test]
+fn intake_domain_follows_sync_unless_configured() {
+    let none = parse(&format!("{MINIMAL}\n[storage]\nsync = \"none\"\n")).expect("valid");
+    assert!(none.intake_runs().contains(&StageId::Storage));
+    let always = parse(MINIMAL).expect("valid");
+    assert!(!always.intake_runs().contains(&StageId::Storage));
+    assert!(always.intake_runs().contains(&StageId::Coordinate));
+    let chosen = parse(&format!("{MINIMAL}\n[pool]\nintake_runs = []\n")).expect("valid");
+    assert!(chosen.intake_runs().is_empty());
+    let old = parse(&format!("{MINIMAL}\n[stages.parse]\nspin_us = 200\n")).expect("loads");
+    assert_eq!(old.ignored_spin_keys(), vec![StageId::Parse]);
 }

@@ -269,6 +269,25 @@ impl Config {
     }
 
     pub(super) fn validate_stages(&self) -> Result<(), ConfigError> {
+        if self.pool.workers > 256 {
+            return Err(invalid(
+                "pool.workers",
+                "must be in 0..=256 (0: one per core plus one)",
+            ));
+        }
+        if self.pool.spin_us > 100_000 {
+            return Err(invalid("pool.spin_us", "must be at most 100000"));
+        }
+        if let Some(stage) = self
+            .intake_runs()
+            .into_iter()
+            .find(|s| *s == StageId::Intake || s.class() == StageClass::Background)
+        {
+            return Err(invalid(
+                "pool.intake_runs",
+                format!("{stage} cannot run in the intake's loop: only foreground pool stages can"),
+            ));
+        }
         for (stage, tuning) in &self.stages {
             let key = |field: &str| format!("stages.{stage}.{field}");
             if tuning.threads == Some(0) || tuning.threads.is_some_and(|t| t > 256) {

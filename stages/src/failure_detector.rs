@@ -52,6 +52,13 @@ impl FailureDetector {
         !matches!(self.peers.get(peer), Some((Health::Down { .. }, _)))
     }
 
+    /// Whether any peer is held down (and so will be probed).
+    pub fn any_down(&self) -> bool {
+        self.peers
+            .values()
+            .any(|(health, _)| matches!(health, Health::Down { .. }))
+    }
+
     /// A request to `peer` failed or timed out. Returns true if this marked it down.
     pub fn failed(&mut self, peer: &NodeId, now: Instant) -> bool {
         let next_probe = now + self.probe_interval;

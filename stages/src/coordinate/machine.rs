@@ -600,6 +600,15 @@ impl Machine for Coordinator {
         self.tick(now.instant, out);
     }
 
+    /// Its 5 ms tick only resolves deadlines, reroutes silent replicas and probes down peers:
+    /// with no request in flight and every peer up there is nothing to do.
+    fn idle(&self) -> bool {
+        self.requests.is_empty()
+            && self.operations.is_empty()
+            && self.probes.is_empty()
+            && !self.detector.any_down()
+    }
+
     /// A request this coordinator sent was refused (a full storage or replication queue):
     /// the operation fails with that error, as a lost peer's would, and the client hears it.
     fn on_refused(&mut self, now: Now, event: Event, error: ServiceError, out: &mut Outbox) {

@@ -17,7 +17,7 @@ pub use machine::{IntakeMachine, IntakeSettings, FIRST_CONN};
 
 use crate::event::{encode_reply, AaeBoard, ConnId, GateChange, IntakeEvent, Now, SocketCommand};
 use crate::seda::{
-    deliver, GateRegistry, Machine, OperationLatencies, Outbox, Router, StageReceiver,
+    deliver, Domain, GateRegistry, Machine, OperationLatencies, Outbox, Router, StageReceiver,
     StageThrottle, Threads, Wake,
 };
 use crate::wire::{Message, StatsReply, ThrottleReply};
@@ -28,7 +28,7 @@ use slog::{debug, info, warn, Logger};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,17 +48,28 @@ const READS_PER_TURN: usize = 16;
 /// A connection's output buffer is released once flushed if it grew beyond this, so one large
 /// reply does not pin its peak size for the life of the connection.
 const KEEP_BUFFER_BYTES: usize = 256 * 1024;
+/// Passes over the domain's stages per loop turn.
+const DOMAIN_PASSES_PER_TURN: usize = 16;
 /// Rounds of closing per loop turn: closing a peer link makes the machine report it, which
 /// closes nothing more, so one extra round suffices.
 const CLOSE_ROUNDS: usize = 4;
 
-/// Wakes the intake loop from other threads.
-struct MioWake(Waker);
+/// Wakes the intake loop from other threads, but only when it sleeps in `poll`: a wake-up
+/// is a syscall, and while the loop is awake it drains its queue every turn anyway.
+struct MioWake {
+    waker: Waker,
+    sleeping: AtomicBool,
+}
 
 impl Wake for MioWake {
     fn wake(&self) {
-        // A failed wake only delays delivery until the next poll timeout.
-        let _ = self.0.wake();
+        // Pairs with the fence in `Intake::run`: either this sees the loop asleep, or the
+        // loop's check of its queue after announcing sleep sees the event just queued.
+        fence(Ordering::SeqCst);
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            // A failed wake only delays delivery until the next poll timeout.
+            let _ = self.waker.wake();
+        }
     }
 }
 
@@ -77,7 +88,10 @@ impl IntakeSocket {
         let mut listener = TcpListener::bind(addr)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let waker = Arc::new(MioWake(Waker::new(poll.registry(), WAKER)?));
+        let waker = Arc::new(MioWake {
+            waker: Waker::new(poll.registry(), WAKER)?,
+            sleeping: AtomicBool::new(false),
+        });
         let local_addr = listener.local_addr()?;
         Ok(IntakeSocket {
             poll,
@@ -321,6 +335,10 @@ pub struct Intake {
     ready: BTreeSet<ConnId>,
     /// When the machine is next ticked.
     next_tick: Instant,
+    /// Wakes this loop; told when the loop sleeps.
+    waker: Arc<MioWake>,
+    /// The pool stages this thread runs between its turns (a thread domain).
+    domain: Option<Domain>,
 }
 
 impl Intake {
@@ -334,11 +352,25 @@ impl Intake {
         stop: Arc<AtomicBool>,
         logger: Logger,
     ) -> Intake {
+        Intake::with_domain(socket, machine, receiver, stats, stop, logger, None)
+    }
+
+    /// An intake that also runs `domain`'s pool stages between its turns, so a request whose
+    /// stages are all in the domain is served on this thread without a wake-up.
+    pub fn with_domain(
+        socket: IntakeSocket,
+        machine: IntakeMachine,
+        receiver: StageReceiver<IntakeEvent>,
+        stats: StatsSource,
+        stop: Arc<AtomicBool>,
+        logger: Logger,
+        domain: Option<Domain>,
+    ) -> Intake {
         let IntakeSocket {
             poll,
             listener,
             local_addr,
-            ..
+            waker,
         } = socket;
         let sockets = Sockets {
             poll,
@@ -362,6 +394,8 @@ impl Intake {
             scratch: vec![0; READ_CHUNK_BYTES],
             ready: BTreeSet::new(),
             next_tick: Instant::now(),
+            waker,
+            domain,
         }
     }
 
@@ -369,14 +403,24 @@ impl Intake {
     pub fn run(mut self) {
         info!(self.logger, "intake listening"; "addr" => %self.local_addr);
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        if let Some(domain) = &self.domain {
+            domain.enter();
+        }
         while !self.stop.load(Ordering::Acquire) {
-            // Connections left with unread input must not wait for the poll timeout.
-            let timeout = if self.ready.is_empty() {
-                POLL_TIMEOUT
-            } else {
-                Duration::ZERO
-            };
-            if let Err(e) = self.sockets.poll.poll(&mut events, Some(timeout)) {
+            // Connections left with unread input, and domain work, must not wait for the
+            // poll timeout; otherwise the loop sleeps until a socket or the waker fires.
+            let busy = !self.ready.is_empty() || self.domain.as_ref().is_some_and(Domain::runnable);
+            let mut timeout = Duration::ZERO;
+            if !busy {
+                self.waker.sleeping.store(true, Ordering::SeqCst);
+                fence(Ordering::SeqCst);
+                if self.receiver.is_empty() {
+                    timeout = POLL_TIMEOUT;
+                }
+            }
+            let polled = self.sockets.poll.poll(&mut events, Some(timeout));
+            self.waker.sleeping.store(false, Ordering::SeqCst);
+            if let Err(e) = polled {
                 if e.kind() != ErrorKind::Interrupted {
                     warn!(self.logger, "poll failed"; "error" => %e);
                 }
@@ -392,6 +436,7 @@ impl Intake {
             for conn in std::mem::take(&mut self.ready) {
                 self.service(conn);
             }
+            self.run_domain();
             self.deliver_outgoing();
             self.tick();
         }
@@ -526,16 +571,36 @@ impl Intake {
         true
     }
 
-    /// Frames other stages queued for clients and peers.
-    fn deliver_outgoing(&mut self) {
-        while let Some(queued) = self.receiver.try_recv() {
-            let started = Instant::now();
-            let now = Now::real();
-            self.machine.on_event(now, queued.event, &mut self.outbox);
-            self.settle(now);
-            let wait = started.saturating_duration_since(queued.enqueued_at);
-            self.receiver.stats().on_batch(&[wait], started.elapsed());
+    /// Runs the domain's stages until they have nothing left (bounded, so sockets are not
+    /// starved by a stage that keeps refilling).
+    fn run_domain(&mut self) {
+        if let Some(domain) = &self.domain {
+            for _ in 0..DOMAIN_PASSES_PER_TURN {
+                if !domain.run_pass() {
+                    break;
+                }
+            }
         }
+    }
+
+    /// Frames other stages queued for clients and peers: every queued one, then each touched
+    /// connection is written once (one `write` per connection per turn, not per frame).
+    fn deliver_outgoing(&mut self) {
+        let started = Instant::now();
+        let now = Now::real();
+        let mut waits = Vec::new();
+        while let Some(queued) = self.receiver.try_recv() {
+            waits.push(started.saturating_duration_since(queued.enqueued_at));
+            self.machine.on_event(now, queued.event, &mut self.outbox);
+            if waits.len() >= EVENTS_PER_POLL {
+                break; // the rest next turn: sockets must not starve either
+            }
+        }
+        if waits.is_empty() {
+            return;
+        }
+        self.settle(now);
+        self.receiver.stats().on_batch(&waits, started.elapsed());
     }
 
     fn tick(&mut self) {

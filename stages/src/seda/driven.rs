@@ -1,6 +1,6 @@
 //! The threaded runtime's side of a machine: [`Router`] holds the sending end of every stage's
 //! queue, [`deliver`] carries out an outbox through it, and [`Driven`] runs a machine as a
-//! pool stage. The simulator has its own driver; the machines are the same.
+//! stage of the worker pool. The simulator has its own driver; the machines are the same.
 
 use super::machine::{Delivery, Effect, Machine, Outbox};
 use super::{OperationLatencies, SendError, Stage, StageSender, StageSnapshot};
@@ -250,6 +250,10 @@ impl<M: Machine> Stage for Driven<M> {
         let now = now_at(now);
         self.machine.on_tick(now, &mut self.outbox);
         self.deliver(now);
+    }
+
+    fn idle(&self) -> bool {
+        self.machine.idle()
     }
 
     fn on_stop(&mut self) {

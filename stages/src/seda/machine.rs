@@ -128,6 +128,13 @@ pub trait Machine: Send + 'static {
     /// Runs every tick of the stage (deadlines, periodic work).
     fn on_tick(&mut self, _now: Now, _out: &mut Outbox) {}
 
+    /// Whether a tick would do nothing until the next event (the pool then skips its ticks,
+    /// so an idle node wakes no thread for it). Only a machine whose ticks are frequent and
+    /// purely about work in flight says so.
+    fn idle(&self) -> bool {
+        false
+    }
+
     /// A [`Delivery::Request`] this machine sent was refused: `event` comes back with the
     /// error the requester should hear (`Overloaded` naming the full stage, or
     /// `ShuttingDown`).

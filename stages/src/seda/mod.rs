@@ -5,16 +5,16 @@
 //!   event straight back ([`SendError::Full`]) so the caller can answer `Overloaded` at once.
 //!   Replies travel back with [`StageSender::send`], which waits for room: a reply must not be
 //!   dropped, and the blocking edges never form a cycle (see ARCHITECTURE.md).
-//! - Batching: a worker takes up to `batch_max` queued events per wake-up, so one costly
-//!   wake-up of a parked thread is shared by every event that queued meanwhile.
-//! - Spinning: after a batch a worker polls its queue for `spin_us` before parking, so a hot
-//!   pipeline does not pay a park/unpark per hop. Zero disables it (the right choice when stages
-//!   outnumber cores by much).
+//! - Threads: one [`WorkerPool`] serves every stage's queue but the intake's (`runtime.rs`
+//!   says how): a hop between stages costs a queue push, not a thread wake-up, and a stage's
+//!   `threads` is the most workers that serve it at once.
+//! - Batching: a worker takes up to `batch_max` queued events of a stage at a time, so one
+//!   pass over a stage is shared by every event that queued meanwhile.
 //! - Background machines take a token from their stage's [`Gate`] before each unit of work and
 //!   never wait for one (refused, they carry on at their next tick); the [`GateRegistry`] is
 //!   where the resource controller and `admin throttle` set the rates.
 //! - Machines: a stage's logic is a [`Machine`] that writes effects to an [`Outbox`];
-//!   [`Driven`] runs one on a pool of workers and [`deliver`]s its outbox through the
+//!   [`Driven`] runs one in the worker pool and [`deliver`]s its outbox through the
 //!   [`Router`] (every stage's queue).
 
 mod driven;
@@ -31,7 +31,7 @@ pub use gates::{
 };
 pub use machine::{Delivery, Effect, Machine, Outbox};
 pub use rate_gate::{RateGate, BURST_WINDOW};
-pub use runtime::{spawn_stage, Stage, StageHandle};
+pub use runtime::{Domain, PoolSettings, Stage, StageHandle, WorkerPool};
 pub use stats::{micros, new_latency_histogram, OperationLatencies, StageSnapshot, StageStats};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -45,14 +45,12 @@ pub struct StageSpec {
     pub name: &'static str,
     /// Foreground or background.
     pub class: StageClass,
-    /// Worker threads.
+    /// The most pool workers that serve the stage at once (its slots).
     pub threads: usize,
     /// Queue bound.
     pub queue_capacity: usize,
-    /// Most events a worker takes per wake-up.
+    /// Most events a worker takes from the queue at a time.
     pub batch_max: usize,
-    /// How long an idle worker polls before parking.
-    pub spin: Duration,
     /// How often `on_tick` runs when no events arrive (deadlines, periodic work).
     pub tick: Duration,
 }
@@ -65,11 +63,36 @@ pub struct Queued<E> {
     pub enqueued_at: Instant,
 }
 
-/// Something to poke after an event is queued for a stage whose thread does not block on its
-/// queue (the intake's mio loop is woken through a `mio::Waker`).
+/// Something to poke after an event is queued: the worker pool (`WorkerPool::waker`) or the
+/// intake's mio loop (a `mio::Waker`).
 pub trait Wake: Send + Sync {
     /// Wakes the consumer.
     fn wake(&self);
+
+    /// A blocking send found the queue full: what the sending thread should do. A pool worker
+    /// runs a batch of the full stage itself, since the workers that would drain it may all be
+    /// waiting the same way.
+    fn help(&self) -> Help {
+        Help::Block
+    }
+
+    /// Whether the stage has stopped (a send is then refused as `Closed`).
+    fn closed(&self) -> bool {
+        false
+    }
+}
+
+/// What [`Wake::help`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Help {
+    /// Nothing: wait on the queue (a thread outside the pool).
+    Block,
+    /// Ran a batch of the stage: try again.
+    Ran,
+    /// Every slot of the stage is busy: try again shortly.
+    Busy,
+    /// The stage has stopped.
+    Closed,
 }
 
 /// Why an event was not queued; the event comes back so the caller can answer for it.
@@ -110,6 +133,9 @@ impl<E> Clone for StageSender<E> {
 impl<E> StageSender<E> {
     /// Queues an event if there is room; otherwise gives it back at once (and counts it).
     pub fn try_send(&self, event: E) -> Result<(), SendError<E>> {
+        if self.wake.as_ref().is_some_and(|wake| wake.closed()) {
+            return Err(SendError::Closed(event));
+        }
         let queued = Queued {
             event,
             enqueued_at: Instant::now(),
@@ -127,12 +153,31 @@ impl<E> StageSender<E> {
         }
     }
 
-    /// Queues an event, waiting for room (for replies, which must not be dropped).
+    /// Queues an event, waiting for room (for replies, which must not be dropped). On a pool
+    /// worker, waiting means running the full stage's batches until there is room.
     pub fn send(&self, event: E) -> Result<(), SendError<E>> {
-        let queued = Queued {
+        let mut queued = Queued {
             event,
             enqueued_at: Instant::now(),
         };
+        if let Some(wake) = &self.wake {
+            loop {
+                match self.sender.try_send(queued) {
+                    Ok(()) => {
+                        self.after_send();
+                        return Ok(());
+                    }
+                    Err(TrySendError::Disconnected(q)) => return Err(SendError::Closed(q.event)),
+                    Err(TrySendError::Full(q)) => queued = q,
+                }
+                match wake.help() {
+                    Help::Block => break,
+                    Help::Ran => {}
+                    Help::Busy => std::thread::yield_now(),
+                    Help::Closed => return Err(SendError::Closed(queued.event)),
+                }
+            }
+        }
         match self.sender.send(queued) {
             Ok(()) => {
                 self.after_send();
@@ -172,6 +217,11 @@ pub struct StageReceiver<E> {
 }
 
 impl<E> StageReceiver<E> {
+    /// Whether no event waits.
+    pub fn is_empty(&self) -> bool {
+        self.receiver.is_empty()
+    }
+
     /// Takes one event if any is waiting (for stages that drive their own loop, like intake).
     pub fn try_recv(&self) -> Option<Queued<E>> {
         self.receiver.try_recv().ok()

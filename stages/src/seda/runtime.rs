@@ -1,18 +1,43 @@
-//! The thin driver that runs a stage's handler on a pool of named threads.
+//! The shared worker pool that serves every stage's queue (issue 12).
+//!
+//! A stage keeps what SEDA gives it: its own bounded queue, statistics, class and `Overloaded`
+//! answer. What changed is who runs it. One stage per thread made every hop a thread wake-up
+//! (~50 µs on these VMs), and seven threads spinning before they parked fought over two cores.
+//! Now one pool of workers serves all the queues (Cassandra's shared executor pool; Welsh's
+//! thread domains):
+//!
+//! - **A stage is a set of slots**: `threads` of the stage table is now its concurrency limit,
+//!   one slot (one handler value behind a lock) per worker that may serve it at once.
+//!   Single-threaded stages have one slot, so their handler still sees one event at a time.
+//! - **A hop inside the pool wakes nobody.** A worker that queues an event for another stage
+//!   runs that stage's batch itself on its next pass, so parse → coordinate → storage →
+//!   coordinate runs on one thread without a wake-up. Before it runs a batch while other
+//!   work waits and nobody spins, it wakes one parked worker to help.
+//! - **At most one worker spins**, and only after a pass that handled events: an idle node,
+//!   whose passes run only ticks, parks at once.
+//! - **Ticks are aligned** to multiples of their period since the pool started, so one wake-up
+//!   runs every stage's 100 ms tick; a stage whose handler says it is idle is not ticked.
+//! - **Blocking edges cannot deadlock the pool.** A reply sent to a full queue (a blocking
+//!   send) from a worker runs a batch of the full stage on the sending worker instead of
+//!   waiting for a worker that may never come (see [`Wake::help`]). The blocking edges form no
+//!   cycle (ARCHITECTURE.md), so this nests at most as deep as the pipeline.
 
-use super::{Queued, StageReceiver, StageSpec, StageStats};
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use super::{Queued, StageReceiver, StageSpec, StageStats, Wake};
+use crossbeam_channel::Receiver;
+use std::cell::Cell;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
-/// Longest a parked worker sleeps before re-checking its stop flag, so shutdown is prompt even
-/// for a stage with a long tick.
-const MAX_PARK: Duration = Duration::from_millis(50);
+/// Longest a parked worker sleeps with no tick due (a safety net: every queued event and every
+/// stop request unparks a worker).
+const MAX_PARK: Duration = Duration::from_secs(1);
+/// A tick deadline meaning "not ticked until its next batch" (an idle handler).
+const NEVER: u64 = u64::MAX;
 
-/// A stage's logic. One value per worker thread; it sees only its events and the clock the
-/// driver passes in, so the same logic can be driven by a simulator.
+/// A stage's logic. One value per slot; it sees only its events and the clock the driver
+/// passes in, so the same logic can be driven by a simulator.
 pub trait Stage: Send + 'static {
     /// The closed set of events the stage takes.
     type Event: Send + 'static;
@@ -20,18 +45,618 @@ pub trait Stage: Send + 'static {
     /// Handles a batch of events (the handler drains `batch`). `now` is when the batch started.
     fn handle_batch(&mut self, now: Instant, batch: &mut Vec<Self::Event>);
 
-    /// Runs every `tick` of the spec, and whenever a batch ends past the next tick.
+    /// Runs every `tick` of the spec while the stage is not idle.
     fn on_tick(&mut self, _now: Instant) {}
 
-    /// Runs once when the worker stops, after its queue drained.
+    /// Whether a tick would do nothing until the next event arrives (then it is not ticked,
+    /// so an idle node wakes no thread for it).
+    fn idle(&self) -> bool {
+        false
+    }
+
+    /// Runs once when the stage stops, after its queue drained.
     fn on_stop(&mut self) {}
 }
 
-/// The running threads of a stage.
+/// The pool's shape: `[pool]` in the config.
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    /// Worker threads serving every stage but the intake.
+    pub workers: usize,
+    /// How long the one spinning worker polls for work after a pass that handled events,
+    /// before it parks.
+    pub spin: Duration,
+}
+
+impl PoolSettings {
+    /// One worker per core plus one, so a worker waiting on an fsync leaves every core busy.
+    pub fn default_workers() -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get()) + 1
+    }
+}
+
+thread_local! {
+    /// The pool this thread works for (its address), 0 on other threads.
+    static WORKER_OF: Cell<usize> = const { Cell::new(0) };
+    /// The stages of the domain this thread runs (see [`Domain`]), if it is not a worker.
+    static DOMAIN_STAGES: std::cell::RefCell<Option<Vec<&'static str>>> =
+        const { std::cell::RefCell::new(None) };
+    /// Whether this worker is running a background stage's batch: its sends then wake a
+    /// worker, so foreground work does not wait for a long background batch to end.
+    static IN_BACKGROUND: Cell<bool> = const { Cell::new(false) };
+}
+
+/// What a worker can do with a stage, whatever its event type.
+trait Runnable: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Events wait and a slot is free to take them.
+    fn runnable(&self) -> bool;
+    /// Runs one batch on a free slot; false if there was nothing to run or no free slot.
+    fn run_batch(&self) -> bool;
+    /// Runs the ticks that are due on free slots; whether any ran.
+    fn run_ticks(&self, now: Instant) -> bool;
+    /// The earliest tick deadline of its slots (nanoseconds since the pool's epoch).
+    fn next_tick(&self) -> u64;
+    /// Asks the stage to stop once its queue is empty.
+    fn request_stop(&self);
+    /// Stops the slots it can if a stop was asked and the queue is empty; whether stopped.
+    fn try_finish(&self) -> bool;
+    fn stopped(&self) -> bool;
+}
+
+/// What a pool's workers share.
+struct PoolShared {
+    epoch: Instant,
+    spin: Duration,
+    stages: OnceLock<Vec<Arc<dyn Runnable>>>,
+    /// Workers spinning now (at most one).
+    spinning: AtomicUsize,
+    /// Parked workers, to unpark.
+    idle: Mutex<Vec<(usize, Thread)>>,
+    idle_count: AtomicUsize,
+    shutdown: AtomicBool,
+}
+
+impl PoolShared {
+    fn id(self: &Arc<Self>) -> usize {
+        Arc::as_ptr(self) as usize
+    }
+
+    fn stages(&self) -> &[Arc<dyn Runnable>] {
+        self.stages.get().map_or(&[], Vec::as_slice)
+    }
+
+    fn idle_list(&self) -> MutexGuard<'_, Vec<(usize, Thread)>> {
+        // The list is only pushed to and popped from; a panic cannot leave it half-changed.
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn runnable_count(&self) -> usize {
+        self.stages().iter().filter(|s| s.runnable()).count()
+    }
+
+    /// Wakes a parked worker unless one spins (it will find the work) or none is parked.
+    fn notify(&self) {
+        // Pairs with the fence in `park`: either this sees the worker listed as idle, or the
+        // worker's re-check after listing itself sees the event just queued.
+        fence(Ordering::SeqCst);
+        if self.spinning.load(Ordering::SeqCst) > 0 || self.idle_count.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        self.wake_one();
+    }
+
+    fn wake_one(&self) {
+        let woken = {
+            let mut idle = self.idle_list();
+            let woken = idle.pop();
+            if woken.is_some() {
+                self.idle_count.fetch_sub(1, Ordering::SeqCst);
+            }
+            woken
+        };
+        if let Some((_, thread)) = woken {
+            thread.unpark();
+        }
+    }
+
+    /// Called before a batch: if other work waits and nobody spins, wake a worker to take
+    /// it rather than let it wait for this batch to end.
+    fn wake_helper(&self) {
+        if self.spinning.load(Ordering::SeqCst) == 0
+            && self.idle_count.load(Ordering::SeqCst) > 0
+            && self.runnable_count() > 1
+        {
+            self.wake_one();
+        }
+    }
+
+    fn wake_all(&self) {
+        let woken: Vec<(usize, Thread)> = {
+            let mut idle = self.idle_list();
+            self.idle_count.store(0, Ordering::SeqCst);
+            std::mem::take(&mut *idle)
+        };
+        for (_, thread) in woken {
+            thread.unpark();
+        }
+    }
+
+    /// Polls for work for `spin` if no other worker spins; whether work turned up.
+    fn spin_for_work(&self) -> bool {
+        if self.spin.is_zero()
+            || self
+                .spinning
+                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return false;
+        }
+        let until = Instant::now() + self.spin;
+        let found = loop {
+            if self.runnable_count() > 0 {
+                break true;
+            }
+            if Instant::now() >= until || self.shutdown.load(Ordering::Relaxed) {
+                break false;
+            }
+            // Yield rather than burn: on two cores the client may need this one.
+            std::thread::yield_now();
+        };
+        self.spinning.store(0, Ordering::SeqCst);
+        found
+    }
+
+    /// Parks until unparked or the next tick is due.
+    fn park(&self, index: usize) {
+        {
+            let mut idle = self.idle_list();
+            idle.push((index, std::thread::current()));
+            self.idle_count.fetch_add(1, Ordering::SeqCst);
+        }
+        fence(Ordering::SeqCst);
+        let next_tick = self.stages().iter().map(|s| s.next_tick()).min();
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let wait = match next_tick {
+            Some(tick) if tick != NEVER => Duration::from_nanos(tick.saturating_sub(now)),
+            _ => MAX_PARK,
+        }
+        .min(MAX_PARK);
+        let stop_pending = self.stages().iter().any(|s| !s.stopped() && s.try_finish());
+        if self.runnable_count() == 0
+            && !stop_pending
+            && !wait.is_zero()
+            && !self.shutdown.load(Ordering::SeqCst)
+        {
+            std::thread::park_timeout(wait);
+        }
+        let mut idle = self.idle_list();
+        if let Some(at) = idle.iter().position(|(i, _)| *i == index) {
+            idle.swap_remove(at);
+            self.idle_count.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The pool: built with its stages, then started.
+pub struct WorkerPool {
+    shared: Arc<PoolShared>,
+    settings: PoolSettings,
+    stages: Vec<Arc<dyn Runnable>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl WorkerPool {
+    /// A pool not yet started: queues take its [`WorkerPool::waker`], stages are added with
+    /// [`WorkerPool::add_stage`], then [`WorkerPool::start`] starts the workers.
+    pub fn new(settings: PoolSettings) -> WorkerPool {
+        WorkerPool {
+            shared: Arc::new(PoolShared {
+                epoch: Instant::now(),
+                spin: settings.spin,
+                stages: OnceLock::new(),
+                spinning: AtomicUsize::new(0),
+                idle: Mutex::new(Vec::new()),
+                idle_count: AtomicUsize::new(0),
+                shutdown: AtomicBool::new(false),
+            }),
+            settings,
+            stages: Vec::new(),
+            threads: Vec::new(),
+        }
+    }
+
+    /// What a stage's queue pokes after a send: it wakes a worker when needed, and lets a
+    /// worker blocked on that full queue run the stage itself.
+    pub fn waker(&self, spec: &StageSpec) -> Arc<dyn Wake> {
+        Arc::new(PoolWake {
+            shared: Arc::clone(&self.shared),
+            stage: spec.name,
+        })
+    }
+
+    /// Adds a stage with one handler per slot (`spec.threads` of them), made by `make(slot)`.
+    /// Its queue must have been made with this pool's [`WorkerPool::waker`].
+    pub fn add_stage<S: Stage>(
+        &mut self,
+        spec: &StageSpec,
+        receiver: StageReceiver<S::Event>,
+        mut make: impl FnMut(usize) -> S,
+    ) -> StageHandle {
+        let slots = spec.threads.max(1);
+        let now = self.shared.epoch.elapsed().as_nanos() as u64;
+        let stage = Arc::new(PoolStage {
+            epoch: self.shared.epoch,
+            tick_ns: (spec.tick.as_nanos() as u64).max(1),
+            batch_max: spec.batch_max.max(1),
+            background: spec.class == super::StageClass::Background,
+            name: spec.name,
+            stats: Arc::clone(&receiver.stats),
+            receiver: receiver.receiver,
+            slots: (0..slots)
+                .map(|index| {
+                    Mutex::new(Some(Slot {
+                        stage: make(index),
+                        batch: Vec::with_capacity(spec.batch_max.max(1)),
+                        waits: Vec::with_capacity(spec.batch_max.max(1)),
+                    }))
+                })
+                .collect(),
+            next_tick: (0..slots)
+                .map(|_| AtomicU64::new(align_up(now + 1, spec.tick.as_nanos() as u64)))
+                .collect(),
+            free: AtomicUsize::new(slots),
+            stop: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+        });
+        self.stages.push(Arc::clone(&stage) as Arc<dyn Runnable>);
+        StageHandle {
+            name: spec.name,
+            stage,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// A thread domain for a thread outside the pool (the intake's loop): it may run batches
+    /// of the named stages between its own work, so a request whose stages all run there
+    /// needs no thread wake-up at all (Welsh's thread domains; Redis's single loop).
+    pub fn domain(&self, stages: &[&'static str]) -> Domain {
+        Domain {
+            shared: Arc::clone(&self.shared),
+            names: stages.to_vec(),
+            stages: OnceLock::new(),
+        }
+    }
+
+    /// Starts the workers. Stages are served in the order they were added.
+    pub fn start(&mut self) -> std::io::Result<()> {
+        let stages = std::mem::take(&mut self.stages);
+        if self.shared.stages.set(stages).is_err() {
+            return Ok(()); // already started
+        }
+        for index in 0..self.settings.workers.max(1) {
+            let shared = Arc::clone(&self.shared);
+            let thread = std::thread::Builder::new()
+                .name(format!("worker-{index}"))
+                .spawn(move || work(&shared, index))?;
+            self.threads.push(thread);
+        }
+        Ok(())
+    }
+
+    /// Stops the workers (stop the stages first, with their handles, in shutdown order).
+    pub fn stop_and_join(mut self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.wake_all();
+        for thread in self.threads.drain(..) {
+            // A worker that panicked has already reported through the panic hook.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Some stages of a pool, run by a thread outside it (see [`WorkerPool::domain`]).
+pub struct Domain {
+    shared: Arc<PoolShared>,
+    names: Vec<&'static str>,
+    stages: OnceLock<Vec<Arc<dyn Runnable>>>,
+}
+
+impl Domain {
+    /// Makes the calling thread count as one of the pool's workers: its sends to pool stages
+    /// wake nobody (it runs them itself), and a blocking send to a full queue runs that
+    /// stage. Call once, on the thread that will call [`Domain::run_pass`].
+    pub fn enter(&self) {
+        WORKER_OF.with(|w| w.set(self.shared.id()));
+        DOMAIN_STAGES.with(|d| *d.borrow_mut() = Some(self.names.clone()));
+    }
+
+    fn stages(&self) -> &[Arc<dyn Runnable>] {
+        match self.shared.stages.get() {
+            Some(all) => self.stages.get_or_init(|| {
+                all.iter()
+                    .filter(|s| self.names.contains(&s.name()))
+                    .cloned()
+                    .collect()
+            }),
+            None => &[], // not started yet
+        }
+    }
+
+    /// Whether one of its stages has work a slot is free for.
+    pub fn runnable(&self) -> bool {
+        self.stages().iter().any(|s| s.runnable())
+    }
+
+    /// One batch of each of its stages that has work; whether any ran.
+    pub fn run_pass(&self) -> bool {
+        let mut ran = false;
+        for stage in self.stages() {
+            if stage.runnable() && !stage.stopped() {
+                self.shared.wake_helper();
+                ran |= stage.run_batch();
+            }
+        }
+        ran
+    }
+}
+
+/// A worker's life: passes over every stage until the pool shuts down.
+fn work(shared: &Arc<PoolShared>, index: usize) {
+    WORKER_OF.with(|w| w.set(shared.id()));
+    loop {
+        let mut handled_events = false;
+        let now = Instant::now();
+        for stage in shared.stages() {
+            stage.run_ticks(now);
+            if stage.runnable() {
+                shared.wake_helper();
+                handled_events |= stage.run_batch();
+            }
+            stage.try_finish();
+        }
+        if handled_events {
+            continue;
+        }
+        if shared.shutdown.load(Ordering::SeqCst) {
+            break;
+        }
+        if !shared.spin_for_work() {
+            shared.park(index);
+        }
+    }
+}
+
+fn align_up(ns: u64, period: u64) -> u64 {
+    let period = period.max(1);
+    ns.div_ceil(period).saturating_mul(period)
+}
+
+/// One handler of a stage and its batch buffers.
+struct Slot<S: Stage> {
+    stage: S,
+    batch: Vec<S::Event>,
+    waits: Vec<Duration>,
+}
+
+/// A stage served by the pool.
+struct PoolStage<S: Stage> {
+    epoch: Instant,
+    tick_ns: u64,
+    batch_max: usize,
+    background: bool,
+    name: &'static str,
+    stats: Arc<StageStats>,
+    receiver: Receiver<Queued<S::Event>>,
+    /// `None` once stopped.
+    slots: Vec<Mutex<Option<Slot<S>>>>,
+    /// Each slot's next tick, nanoseconds since the epoch (`NEVER`: idle).
+    next_tick: Vec<AtomicU64>,
+    /// Slots no worker holds (an estimate for `runnable`; the slot locks decide).
+    free: AtomicUsize,
+    stop: AtomicBool,
+    stopped: AtomicBool,
+}
+
+impl<S: Stage> PoolStage<S> {
+    fn lock(&self, index: usize) -> Option<MutexGuard<'_, Option<Slot<S>>>> {
+        match self.slots[index].try_lock() {
+            Ok(guard) => Some(guard),
+            // A handler that panicked leaves its slot unusable; the others serve on.
+            Err(TryLockError::Poisoned(_)) | Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    fn since_epoch(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    fn run_slot(&self, index: usize, slot: &mut Slot<S>) -> bool {
+        let started = Instant::now();
+        while slot.batch.len() < self.batch_max {
+            match self.receiver.try_recv() {
+                Ok(queued) => {
+                    slot.waits
+                        .push(started.saturating_duration_since(queued.enqueued_at));
+                    slot.batch.push(queued.event);
+                }
+                Err(_) => break,
+            }
+        }
+        if slot.batch.is_empty() {
+            return false;
+        }
+        let outer = IN_BACKGROUND.with(|b| b.replace(self.background));
+        self.stats.busy_threads.fetch_add(1, Ordering::Relaxed);
+        slot.stage.handle_batch(started, &mut slot.batch);
+        slot.batch.clear();
+        self.stats.on_batch(&slot.waits, started.elapsed());
+        self.stats.busy_threads.fetch_sub(1, Ordering::Relaxed);
+        slot.waits.clear();
+        IN_BACKGROUND.with(|b| b.set(outer));
+        // A slot left idle since its last tick is ticked again from now on.
+        if self.next_tick[index].load(Ordering::Relaxed) == NEVER {
+            let next = align_up(self.since_epoch(Instant::now()) + 1, self.tick_ns);
+            self.next_tick[index].store(next, Ordering::Relaxed);
+        }
+        true
+    }
+}
+
+impl<S: Stage> Runnable for PoolStage<S> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn runnable(&self) -> bool {
+        !self.receiver.is_empty() && self.free.load(Ordering::Relaxed) > 0
+    }
+
+    fn run_batch(&self) -> bool {
+        for index in 0..self.slots.len() {
+            let Some(mut guard) = self.lock(index) else {
+                continue;
+            };
+            let Some(slot) = guard.as_mut() else {
+                return false; // stopped
+            };
+            self.free.fetch_sub(1, Ordering::Relaxed);
+            let ran = self.run_slot(index, slot);
+            self.free.fetch_add(1, Ordering::Relaxed);
+            return ran;
+        }
+        false
+    }
+
+    fn run_ticks(&self, now: Instant) -> bool {
+        let now_ns = self.since_epoch(now);
+        let mut ran = false;
+        for index in 0..self.slots.len() {
+            if self.next_tick[index].load(Ordering::Relaxed) > now_ns {
+                continue;
+            }
+            let Some(mut guard) = self.lock(index) else {
+                continue;
+            };
+            let Some(slot) = guard.as_mut() else {
+                self.next_tick[index].store(NEVER, Ordering::Relaxed);
+                continue;
+            };
+            if slot.stage.idle() {
+                self.next_tick[index].store(NEVER, Ordering::Relaxed);
+                continue;
+            }
+            slot.stage.on_tick(now);
+            ran = true;
+            let next = align_up(self.since_epoch(Instant::now()) + 1, self.tick_ns);
+            self.next_tick[index].store(next, Ordering::Relaxed);
+        }
+        ran
+    }
+
+    fn next_tick(&self) -> u64 {
+        self.next_tick
+            .iter()
+            .map(|t| t.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(NEVER)
+    }
+
+    fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn try_finish(&self) -> bool {
+        if self.stopped.load(Ordering::SeqCst) {
+            return true;
+        }
+        if !self.stop.load(Ordering::SeqCst) || !self.receiver.is_empty() {
+            return false;
+        }
+        let mut all = true;
+        for index in 0..self.slots.len() {
+            match self.slots[index].try_lock() {
+                Ok(mut guard) => {
+                    if let Some(mut slot) = guard.take() {
+                        slot.stage.on_stop();
+                    }
+                    self.next_tick[index].store(NEVER, Ordering::Relaxed);
+                }
+                Err(TryLockError::Poisoned(_)) => {} // its handler panicked: nothing to stop
+                Err(TryLockError::WouldBlock) => all = false,
+            }
+        }
+        if all {
+            self.stopped.store(true, Ordering::SeqCst);
+        }
+        all
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+}
+
+/// A pool stage's queue's [`Wake`].
+struct PoolWake {
+    shared: Arc<PoolShared>,
+    stage: &'static str,
+}
+
+impl PoolWake {
+    fn on_worker(&self) -> bool {
+        WORKER_OF.with(|w| w.get()) == self.shared.id()
+    }
+
+    /// Whether this thread runs the stage on its next pass: a worker runs every stage, a
+    /// domain's thread only its own.
+    fn runs_here(&self) -> bool {
+        DOMAIN_STAGES.with(|d| match &*d.borrow() {
+            None => true,
+            Some(domain) => domain.contains(&self.stage),
+        })
+    }
+
+    fn target(&self) -> Option<&Arc<dyn Runnable>> {
+        self.shared.stages().iter().find(|s| s.name() == self.stage)
+    }
+}
+
+impl Wake for PoolWake {
+    fn wake(&self) {
+        // A worker runs what it queued on its next pass; a wake-up would only hand the event
+        // to another thread at the cost of a context switch. Not so from a background batch,
+        // which may run long while a foreground event waits.
+        if self.on_worker() && !IN_BACKGROUND.with(Cell::get) && self.runs_here() {
+            return;
+        }
+        self.shared.notify();
+    }
+
+    fn help(&self) -> super::Help {
+        if !self.on_worker() {
+            return super::Help::Block;
+        }
+        match self.target() {
+            None => super::Help::Block, // not started yet: the caller waits as before
+            Some(stage) if stage.stopped() => super::Help::Closed,
+            Some(stage) if stage.run_batch() => super::Help::Ran,
+            Some(_) => super::Help::Busy,
+        }
+    }
+
+    fn closed(&self) -> bool {
+        self.target().is_some_and(|s| s.stopped())
+    }
+}
+
+/// A stage in the pool, to stop.
 pub struct StageHandle {
     name: &'static str,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    stage: Arc<dyn Runnable>,
+    shared: Arc<PoolShared>,
 }
 
 impl StageHandle {
@@ -40,147 +665,27 @@ impl StageHandle {
         self.name
     }
 
-    /// Asks the workers to finish the queued events and exit.
+    /// Asks the stage to finish its queued events and stop.
     pub fn request_stop(&self) {
-        self.stop.store(true, Ordering::Release);
+        self.stage.request_stop();
+        self.shared.wake_all();
     }
 
-    /// Stops the stage and waits for its workers.
+    /// Stops the stage: waits until its queue drained and every slot's `on_stop` ran.
     pub fn stop_and_join(self) {
         self.request_stop();
-        for thread in self.threads {
-            // A worker that panicked has already reported through the panic hook; shutdown
-            // goes on with the other stages.
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Starts `spec.threads` workers, each running the handler `make(thread_index)` returns.
-/// (Background machines pace themselves with their stage's `Gate`; the runtime never sleeps
-/// on their behalf.)
-pub fn spawn_stage<S: Stage>(
-    spec: &StageSpec,
-    receiver: StageReceiver<S::Event>,
-    mut make: impl FnMut(usize) -> S,
-) -> std::io::Result<StageHandle> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::with_capacity(spec.threads);
-    for index in 0..spec.threads.max(1) {
-        let worker = Worker {
-            stage: make(index),
-            receiver: receiver.receiver.clone(),
-            stats: Arc::clone(&receiver.stats),
-            spec: spec.clone(),
-            stop: Arc::clone(&stop),
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("{}-{index}", spec.name))
-            .spawn(move || worker.run())?;
-        threads.push(thread);
-    }
-    Ok(StageHandle {
-        name: spec.name,
-        stop,
-        threads,
-    })
-}
-
-struct Worker<S: Stage> {
-    stage: S,
-    receiver: Receiver<Queued<S::Event>>,
-    stats: Arc<StageStats>,
-    spec: StageSpec,
-    stop: Arc<AtomicBool>,
-}
-
-/// What waiting for the next event gave.
-enum Next<E> {
-    Event(Queued<E>),
-    Idle,
-    Closed,
-}
-
-impl<S: Stage> Worker<S> {
-    fn run(mut self) {
-        let batch_max = self.spec.batch_max.max(1);
-        let mut batch = Vec::with_capacity(batch_max);
-        let mut waits = Vec::with_capacity(batch_max);
-        let mut next_tick = Instant::now() + self.spec.tick;
-        loop {
-            match self.next_event(next_tick) {
-                Next::Event(first) => {
-                    self.collect_batch(first, batch_max, &mut batch, &mut waits);
-                    self.handle(&mut batch, &mut waits);
+        while !self.stage.stopped() {
+            if self.shared.stages.get().is_none() {
+                // Never started: nobody else will run it.
+                self.stage.try_finish();
+                if !self.stage.stopped() {
+                    return;
                 }
-                Next::Idle => {}
-                Next::Closed => break,
-            }
-            let now = Instant::now();
-            if now >= next_tick {
-                self.stage.on_tick(now);
-                next_tick = now + self.spec.tick;
-            }
-            if self.stop.load(Ordering::Acquire) && self.receiver.is_empty() {
                 break;
             }
+            self.shared.wake_all();
+            std::thread::sleep(Duration::from_millis(1));
         }
-        self.stage.on_stop();
-    }
-
-    /// Polls for `spin`, then parks until an event, the next tick, or `MAX_PARK`.
-    fn next_event(&self, next_tick: Instant) -> Next<S::Event> {
-        let spin_until = Instant::now() + self.spec.spin;
-        loop {
-            match self.receiver.try_recv() {
-                Ok(event) => return Next::Event(event),
-                Err(TryRecvError::Disconnected) => return Next::Closed,
-                Err(TryRecvError::Empty) => {}
-            }
-            if Instant::now() >= spin_until || self.stop.load(Ordering::Relaxed) {
-                break;
-            }
-            std::thread::yield_now();
-        }
-        let park = next_tick
-            .saturating_duration_since(Instant::now())
-            .min(MAX_PARK);
-        match self.receiver.recv_timeout(park) {
-            Ok(event) => Next::Event(event),
-            Err(RecvTimeoutError::Timeout) => Next::Idle,
-            Err(RecvTimeoutError::Disconnected) => Next::Closed,
-        }
-    }
-
-    fn collect_batch(
-        &self,
-        first: Queued<S::Event>,
-        batch_max: usize,
-        batch: &mut Vec<S::Event>,
-        waits: &mut Vec<Duration>,
-    ) {
-        let now = Instant::now();
-        waits.push(now.saturating_duration_since(first.enqueued_at));
-        batch.push(first.event);
-        while batch.len() < batch_max {
-            match self.receiver.try_recv() {
-                Ok(queued) => {
-                    waits.push(now.saturating_duration_since(queued.enqueued_at));
-                    batch.push(queued.event);
-                }
-                Err(_) => break,
-            }
-        }
-    }
-
-    fn handle(&mut self, batch: &mut Vec<S::Event>, waits: &mut Vec<Duration>) {
-        self.stats.busy_threads.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
-        self.stage.handle_batch(started, batch);
-        batch.clear();
-        self.stats.on_batch(waits, started.elapsed());
-        self.stats.busy_threads.fetch_sub(1, Ordering::Relaxed);
-        waits.clear();
     }
 }
 

@@ -1,19 +1,27 @@
-//! Behaviour of the stage runtime: admission, batching and orderly stop.
+//! Behaviour of the worker pool: admission, batching, orderly stop, idle stages not ticked,
+//! and blocking sends between stages that cannot deadlock the pool.
 
-use super::super::{stage_queue, SendError, StageClass, StageSpec};
+use super::super::{stage_queue, SendError, StageClass, StageSender, StageSpec};
 use super::*;
 use crossbeam_channel::{unbounded, Sender};
+use std::sync::atomic::AtomicU64;
 
-fn spec(capacity: usize, batch_max: usize, class: StageClass) -> StageSpec {
+fn spec(name: &'static str, capacity: usize, batch_max: usize) -> StageSpec {
     StageSpec {
-        name: "test",
-        class,
+        name,
+        class: StageClass::Foreground,
         threads: 1,
         queue_capacity: capacity,
         batch_max,
-        spin: Duration::ZERO,
         tick: Duration::from_millis(10),
     }
+}
+
+fn pool(workers: usize) -> WorkerPool {
+    WorkerPool::new(PoolSettings {
+        workers,
+        spin: Duration::from_micros(50),
+    })
 }
 
 /// Reports every batch's size to the test.
@@ -32,7 +40,7 @@ impl Stage for Recorder {
 /// Goal: a full queue gives the event back at once and counts the rejection (SEDA admission).
 #[test]
 fn full_queue_rejects_and_returns_the_event() {
-    let spec = spec(2, 8, StageClass::Foreground);
+    let spec = spec("test", 2, 8);
     let (sender, _receiver) = stage_queue::<u32>(&spec, None);
     assert!(sender.try_send(1).is_ok());
     assert!(sender.try_send(2).is_ok());
@@ -45,20 +53,21 @@ fn full_queue_rejects_and_returns_the_event() {
     assert_eq!((snapshot.queue_depth, snapshot.queue_high_water), (2, 2));
 }
 
-/// Goal: events queued while a worker was away are taken in one batch, bounded by batch_max;
-/// stopping drains the queue first.
+/// Goal: events queued before the pool started are taken in batches bounded by batch_max;
+/// stopping drains the queue first, and a stopped stage refuses new events as closed.
 #[test]
 fn queued_events_are_taken_in_batches_and_drained_on_stop() {
-    let spec = spec(64, 16, StageClass::Foreground);
-    let (sender, receiver) = stage_queue::<u32>(&spec, None);
+    let spec = spec("test", 64, 16);
+    let mut pool = pool(1);
+    let (sender, receiver) = stage_queue::<u32>(&spec, Some(pool.waker(&spec)));
     for i in 0..40 {
         sender.try_send(i).expect("room");
     }
     let (batches_tx, batches_rx) = unbounded();
-    let handle = spawn_stage(&spec, receiver, |_| Recorder {
+    let handle = pool.add_stage(&spec, receiver, |_| Recorder {
         batches: batches_tx.clone(),
-    })
-    .expect("spawn");
+    });
+    pool.start().expect("start");
     handle.stop_and_join();
     let sizes: Vec<usize> = batches_rx.try_iter().collect();
     assert_eq!(sizes.iter().sum::<usize>(), 40);
@@ -67,6 +76,131 @@ fn queued_events_are_taken_in_batches_and_drained_on_stop() {
         "first batch takes batch_max events: {sizes:?}"
     );
     assert!(sizes.iter().all(|s| *s <= 16));
-    let snapshot = sender.snapshot();
-    assert_eq!(snapshot.processed, 40);
+    assert_eq!(sender.snapshot().processed, 40);
+    assert!(matches!(sender.try_send(99), Err(SendError::Closed(99))));
+    pool.stop_and_join();
+}
+
+/// Counts its ticks; idle while `idle` says so.
+struct Ticker {
+    ticks: Arc<AtomicU64>,
+    idle: bool,
+}
+
+impl Stage for Ticker {
+    type Event = u32;
+    fn handle_batch(&mut self, _now: Instant, batch: &mut Vec<u32>) {
+        batch.clear();
+    }
+    fn on_tick(&mut self, _now: Instant) {
+        self.ticks.fetch_add(1, Ordering::Relaxed);
+    }
+    fn idle(&self) -> bool {
+        self.idle
+    }
+}
+
+/// Goal: a stage that says it is idle is not ticked (an idle node wakes no thread for it),
+/// while a busy one is ticked every period.
+#[test]
+fn idle_stages_are_not_ticked_and_busy_ones_are() {
+    let mut pool = pool(2);
+    let mut handles = Vec::new();
+    let mut counters = Vec::new();
+    for (name, idle) in [("idle", true), ("busy", false)] {
+        let spec = spec(name, 8, 8);
+        let (_sender, receiver) = stage_queue::<u32>(&spec, Some(pool.waker(&spec)));
+        let ticks = Arc::new(AtomicU64::new(0));
+        counters.push(Arc::clone(&ticks));
+        handles.push(pool.add_stage(&spec, receiver, move |_| Ticker {
+            ticks: Arc::clone(&ticks),
+            idle,
+        }));
+    }
+    pool.start().expect("start");
+    std::thread::sleep(Duration::from_millis(200));
+    for handle in handles {
+        handle.stop_and_join();
+    }
+    pool.stop_and_join();
+    let idle = counters[0].load(Ordering::Relaxed);
+    let busy = counters[1].load(Ordering::Relaxed);
+    assert_eq!(idle, 0, "an idle stage was ticked {idle} times");
+    assert!(
+        (5..=30).contains(&busy),
+        "a 10 ms tick ran {busy} times in 200 ms"
+    );
+}
+
+/// Forwards each event to the next stage with a blocking send (a reply edge).
+struct Forward {
+    next: StageSender<u32>,
+}
+
+impl Stage for Forward {
+    type Event = u32;
+    fn handle_batch(&mut self, _now: Instant, batch: &mut Vec<u32>) {
+        for event in batch.drain(..) {
+            self.next.send(event).expect("the next stage runs");
+        }
+    }
+}
+
+/// Counts what reached the end of the chain.
+struct Sink {
+    seen: Sender<u32>,
+}
+
+impl Stage for Sink {
+    type Event = u32;
+    fn handle_batch(&mut self, _now: Instant, batch: &mut Vec<u32>) {
+        for event in batch.drain(..) {
+            let _ = self.seen.send(event);
+        }
+    }
+}
+
+/// Goal: with a single worker, a stage that sends with waiting (a reply edge) to a full queue
+/// does not deadlock the pool: the worker runs the full stage itself. A thread-per-stage
+/// runtime never had this hazard; a shared pool would without it.
+#[test]
+fn blocking_send_to_a_full_queue_runs_the_full_stage_on_a_single_worker() {
+    let mut pool = pool(1);
+    let sink_spec = spec("sink", 2, 1);
+    let (sink_tx, sink_rx) = stage_queue::<u32>(&sink_spec, Some(pool.waker(&sink_spec)));
+    let source_spec = spec("source", 256, 256);
+    let (source_tx, source_rx) = stage_queue::<u32>(&source_spec, Some(pool.waker(&source_spec)));
+    let (seen_tx, seen_rx) = unbounded();
+    // The source is served first, so its one batch fills the sink's queue of two at once.
+    let source = pool.add_stage(&source_spec, source_rx, |_| Forward {
+        next: sink_tx.clone(),
+    });
+    let sink = pool.add_stage(&sink_spec, sink_rx, |_| Sink {
+        seen: seen_tx.clone(),
+    });
+    for i in 0..200 {
+        source_tx.try_send(i).expect("room");
+    }
+    pool.start().expect("start");
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 200 && Instant::now() < deadline {
+        if let Ok(event) = seen_rx.recv_timeout(Duration::from_millis(100)) {
+            seen.push(event);
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        200,
+        "the pool stalled after {} events",
+        seen.len()
+    );
+    assert_eq!(
+        seen,
+        (0..200).collect::<Vec<_>>(),
+        "order kept along the chain"
+    );
+    source.stop_and_join();
+    sink.stop_and_join();
+    pool.stop_and_join();
 }
