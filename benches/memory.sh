@@ -3,7 +3,8 @@
 # is quick; memory does not depend on when the journal is flushed), writes KEYS distinct keys of
 # VALUE_BYTES each with shoal-load's load phase, lets compaction settle, and prints the node's
 # RSS, its peak RSS (VmHWM) and the data directory's size on disk. Target: RSS <= 256 MiB for
-# 1M keys of 1 KiB.
+# 1M keys of 1 KiB. First it measures the node's CPU while idle for 10 s (target < 1 % of a
+# core: no worker spins when there is nothing to do).
 # Usage: benches/memory.sh [keys] [value_bytes]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,11 @@ node_pid=$!
 for _ in $(seq 100); do grep -q listening "$work/node.out" 2>/dev/null && break; sleep 0.05; done
 grep -q listening "$work/node.out" || die "the node did not start: $(tail -3 "$work/node.log")"
 rss_mib() { awk -v k="$1" '$1==k":" {printf "%.1f", $2 / 1024}' "/proc/$node_pid/status"; }
-echo "idle node: RSS $(rss_mib VmRSS) MiB" >&2
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$node_pid/stat"; }
+sleep 2 # past start-up
+before=$(cpu_ticks); sleep 10; after=$(cpu_ticks)
+idle_cpu=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", 100 * t / hz / 10 }')
+echo "idle node: ${idle_cpu}% of a core over 10 s (target < 1 %), RSS $(rss_mib VmRSS) MiB"
 start=$(date +%s)
 # The load phase writes every key once; one second of reads then touches them.
 "$bin/shoal-load" --target 127.0.0.1:7431 --keys "$keys" --value-bytes "$value_bytes" \

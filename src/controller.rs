@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Longest the loop sleeps before re-checking its stop flag.
-const STOP_CHECK: Duration = Duration::from_millis(50);
+/// Longest the loop sleeps before re-checking its stop flag; `Node::shutdown` also unparks
+/// it, so this only bounds a missed unpark. Not shorter: an idle node should not wake for it.
+const STOP_CHECK: Duration = Duration::from_secs(1);
 
 /// What the loop reads and writes.
 pub struct ControllerLoop {
@@ -93,7 +94,7 @@ impl ControllerLoop {
         while !self.stop.load(Ordering::Acquire) {
             let now = Instant::now();
             if now < next {
-                std::thread::sleep(next.saturating_duration_since(now).min(STOP_CHECK));
+                std::thread::park_timeout(next.saturating_duration_since(now).min(STOP_CHECK));
                 continue;
             }
             next += period;

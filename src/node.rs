@@ -236,6 +236,7 @@ impl Node {
     pub fn shutdown(mut self) {
         self.controller_stop.store(true, Ordering::Release);
         if let Some(thread) = self.controller_thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
         self.intake_stop.store(true, Ordering::Release);

@@ -114,6 +114,9 @@ struct PoolShared {
     /// Parked workers, to unpark.
     idle: Mutex<Vec<(usize, Thread)>>,
     idle_count: AtomicUsize,
+    /// Whether a parked worker already sleeps only until the next tick; the others sleep
+    /// until unparked, so an idle pool wakes one thread per tick, not all of them.
+    timekeeper: AtomicBool,
     shutdown: AtomicBool,
 }
 
@@ -217,13 +220,21 @@ impl PoolShared {
             self.idle_count.fetch_add(1, Ordering::SeqCst);
         }
         fence(Ordering::SeqCst);
-        let next_tick = self.stages().iter().map(|s| s.next_tick()).min();
-        let now = self.epoch.elapsed().as_nanos() as u64;
-        let wait = match next_tick {
-            Some(tick) if tick != NEVER => Duration::from_nanos(tick.saturating_sub(now)),
-            _ => MAX_PARK,
-        }
-        .min(MAX_PARK);
+        let keeps_time = self
+            .timekeeper
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        let wait = if keeps_time {
+            let next_tick = self.stages().iter().map(|s| s.next_tick()).min();
+            let now = self.epoch.elapsed().as_nanos() as u64;
+            match next_tick {
+                Some(tick) if tick != NEVER => Duration::from_nanos(tick.saturating_sub(now)),
+                _ => MAX_PARK,
+            }
+            .min(MAX_PARK)
+        } else {
+            MAX_PARK
+        };
         let stop_pending = self.stages().iter().any(|s| !s.stopped() && s.try_finish());
         if self.runnable_count() == 0
             && !stop_pending
@@ -231,6 +242,9 @@ impl PoolShared {
             && !self.shutdown.load(Ordering::SeqCst)
         {
             std::thread::park_timeout(wait);
+        }
+        if keeps_time {
+            self.timekeeper.store(false, Ordering::SeqCst);
         }
         let mut idle = self.idle_list();
         if let Some(at) = idle.iter().position(|(i, _)| *i == index) {
@@ -260,6 +274,7 @@ impl WorkerPool {
                 spinning: AtomicUsize::new(0),
                 idle: Mutex::new(Vec::new()),
                 idle_count: AtomicUsize::new(0),
+                timekeeper: AtomicBool::new(false),
                 shutdown: AtomicBool::new(false),
             }),
             settings,
