@@ -573,18 +573,25 @@ impl Intake {
 
     /// Runs the domain's stages until they have nothing left (bounded, so sockets are not
     /// starved by a stage that keeps refilling).
+    ///
+    /// The domain's stages answer into this loop's own queue with reply deliveries, which
+    /// wait for room; only this thread drains that queue, so it must never fill while this
+    /// thread runs them. A pass runs only while at least half the queue is free: a pass adds
+    /// at most a batch of frames per stage, far less than half of any sane bound.
     fn run_domain(&mut self) {
         if let Some(domain) = &self.domain {
+            let room = self.receiver.stats().queue_capacity / 2;
             for _ in 0..DOMAIN_PASSES_PER_TURN {
-                if !domain.run_pass() {
+                if self.receiver.len() > room || !domain.run_pass() {
                     break;
                 }
             }
         }
     }
 
-    /// Frames other stages queued for clients and peers: every queued one, then each touched
-    /// connection is written once (one `write` per connection per turn, not per frame).
+    /// Frames other stages queued for clients and peers: every queued one (the queue is kept
+    /// near empty, see `run_domain`), then each touched connection is written once (one
+    /// `write` per connection per turn, not per frame).
     fn deliver_outgoing(&mut self) {
         let started = Instant::now();
         let now = Now::real();
@@ -592,9 +599,6 @@ impl Intake {
         while let Some(queued) = self.receiver.try_recv() {
             waits.push(started.saturating_duration_since(queued.enqueued_at));
             self.machine.on_event(now, queued.event, &mut self.outbox);
-            if waits.len() >= EVENTS_PER_POLL {
-                break; // the rest next turn: sockets must not starve either
-            }
         }
         if waits.is_empty() {
             return;

@@ -1,5 +1,6 @@
 //! The SEDA runtime (Welsh et al., SOSP 2001): a stage is a bounded queue of typed events, a
-//! named pool of worker threads that take events in batches, a class, and live statistics.
+//! handler with a concurrency limit that the shared worker pool runs on batches of them, a
+//! class, and live statistics.
 //!
 //! - Admission: requests enter a stage with [`StageSender::try_send`]; a full queue hands the
 //!   event straight back ([`SendError::Full`]) so the caller can answer `Overloaded` at once.
@@ -41,7 +42,7 @@ use std::time::{Duration, Instant};
 /// The tunable shape of a stage: one row of the stage table.
 #[derive(Clone, Debug)]
 pub struct StageSpec {
-    /// Name used in thread names, config keys, stats and logs.
+    /// Name used in config keys, stats and logs.
     pub name: &'static str,
     /// Foreground or background.
     pub class: StageClass,
@@ -161,6 +162,9 @@ impl<E> StageSender<E> {
             enqueued_at: Instant::now(),
         };
         if let Some(wake) = &self.wake {
+            if wake.closed() {
+                return Err(SendError::Closed(queued.event));
+            }
             loop {
                 match self.sender.try_send(queued) {
                     Ok(()) => {
@@ -210,7 +214,7 @@ impl<E> StageSender<E> {
     }
 }
 
-/// The receiving side of a stage's queue, handed to the stage's workers.
+/// The receiving side of a stage's queue, handed to the worker pool with the stage.
 pub struct StageReceiver<E> {
     pub(crate) receiver: Receiver<Queued<E>>,
     pub(crate) stats: Arc<StageStats>,
@@ -220,6 +224,11 @@ impl<E> StageReceiver<E> {
     /// Whether no event waits.
     pub fn is_empty(&self) -> bool {
         self.receiver.is_empty()
+    }
+
+    /// Events waiting now.
+    pub fn len(&self) -> usize {
+        self.receiver.len()
     }
 
     /// Takes one event if any is waiting (for stages that drive their own loop, like intake).

@@ -24,14 +24,15 @@
 
 use super::{Queued, StageReceiver, StageSpec, StageStats, Wake};
 use crossbeam_channel::Receiver;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
-/// Longest a parked worker sleeps with no tick due (a safety net: every queued event and every
-/// stop request unparks a worker).
+/// Longest a parked worker sleeps with no tick due (a safety net: an event queued from outside
+/// the pool and every stop request unpark a worker; an event a worker queues is run by that
+/// worker on its next pass).
 const MAX_PARK: Duration = Duration::from_secs(1);
 /// A tick deadline meaning "not ticked until its next batch" (an idle handler).
 const NEVER: u64 = u64::MAX;
@@ -79,8 +80,7 @@ thread_local! {
     /// The pool this thread works for (its address), 0 on other threads.
     static WORKER_OF: Cell<usize> = const { Cell::new(0) };
     /// The stages of the domain this thread runs (see [`Domain`]), if it is not a worker.
-    static DOMAIN_STAGES: std::cell::RefCell<Option<Vec<&'static str>>> =
-        const { std::cell::RefCell::new(None) };
+    static DOMAIN_STAGES: RefCell<Option<Vec<&'static str>>> = const { RefCell::new(None) };
     /// Whether this worker is running a background stage's batch: its sends then wake a
     /// worker, so foreground work does not wait for a long background batch to end.
     static IN_BACKGROUND: Cell<bool> = const { Cell::new(false) };
@@ -242,6 +242,10 @@ impl PoolShared {
             && !self.shutdown.load(Ordering::SeqCst)
         {
             std::thread::park_timeout(wait);
+        } else {
+            // Work seemed to be waiting; yield rather than come straight back to a slot lock
+            // another thread holds.
+            std::thread::yield_now();
         }
         if keeps_time {
             self.timekeeper.store(false, Ordering::SeqCst);
@@ -526,7 +530,9 @@ impl<S: Stage> Runnable for PoolStage<S> {
     }
 
     fn runnable(&self) -> bool {
-        !self.receiver.is_empty() && self.free.load(Ordering::Relaxed) > 0
+        // SeqCst with the updates in `run_batch`, `run_ticks` and `try_finish`: a worker that
+        // queued an event and sees no free slot is seen by the slot's holder, which rescans.
+        !self.receiver.is_empty() && self.free.load(Ordering::SeqCst) > 0
     }
 
     fn run_batch(&self) -> bool {
@@ -535,11 +541,11 @@ impl<S: Stage> Runnable for PoolStage<S> {
                 continue;
             };
             let Some(slot) = guard.as_mut() else {
-                return false; // stopped
+                continue; // this slot has stopped; another may not have yet
             };
-            self.free.fetch_sub(1, Ordering::Relaxed);
+            self.free.fetch_sub(1, Ordering::SeqCst);
             let ran = self.run_slot(index, slot);
-            self.free.fetch_add(1, Ordering::Relaxed);
+            self.free.fetch_add(1, Ordering::SeqCst);
             return ran;
         }
         false
@@ -563,7 +569,10 @@ impl<S: Stage> Runnable for PoolStage<S> {
                 self.next_tick[index].store(NEVER, Ordering::Relaxed);
                 continue;
             }
+            // Held for a tick: not free, so idle workers park instead of retrying the lock.
+            self.free.fetch_sub(1, Ordering::SeqCst);
             slot.stage.on_tick(now);
+            self.free.fetch_add(1, Ordering::SeqCst);
             ran = true;
             let next = align_up(self.since_epoch(Instant::now()) + 1, self.tick_ns);
             self.next_tick[index].store(next, Ordering::Relaxed);
@@ -595,6 +604,7 @@ impl<S: Stage> Runnable for PoolStage<S> {
             match self.slots[index].try_lock() {
                 Ok(mut guard) => {
                     if let Some(mut slot) = guard.take() {
+                        self.free.fetch_sub(1, Ordering::SeqCst); // a stopped slot serves no more
                         slot.stage.on_stop();
                     }
                     self.next_tick[index].store(NEVER, Ordering::Relaxed);
