@@ -92,7 +92,7 @@ trait Runnable: Send + Sync {
     /// Events wait and a slot is free to take them.
     fn runnable(&self) -> bool;
     /// Runs one batch on a free slot; false if there was nothing to run or no free slot.
-    fn run_batch(&self) -> bool;
+    fn run_batch(&self, shared: &PoolShared) -> bool;
     /// Runs the ticks that are due on free slots; whether any ran.
     fn run_ticks(&self, now: Instant) -> bool;
     /// The earliest tick deadline of its slots (nanoseconds since the pool's epoch).
@@ -117,6 +117,11 @@ struct PoolShared {
     /// Whether a parked worker already sleeps only until the next tick; the others sleep
     /// until unparked, so an idle pool wakes one thread per tick, not all of them.
     timekeeper: AtomicBool,
+    /// Until when the timekeeper sleeps (nanoseconds since the epoch; `NEVER`: nobody keeps
+    /// time, `NEVER - 1`: it is working out how long), and its thread, to unpark it when a
+    /// tick is armed earlier than that.
+    keeper_until: AtomicU64,
+    keeper: Mutex<Option<Thread>>,
     shutdown: AtomicBool,
 }
 
@@ -162,6 +167,24 @@ impl PoolShared {
         };
         if let Some((_, thread)) = woken {
             thread.unpark();
+        }
+    }
+
+    fn keeper_lock(&self) -> MutexGuard<'_, Option<Thread>> {
+        // Only ever replaced whole; a panic cannot leave it half-changed.
+        self.keeper
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A slot's tick was armed at `at` (it had been idle): unparks the timekeeper if it
+    /// sleeps past it, so an idle-then-busy coordinator's 5 ms deadlines are not late.
+    fn tick_armed(&self, at: u64) {
+        let until = self.keeper_until.load(Ordering::SeqCst);
+        if until != NEVER && at < until {
+            if let Some(thread) = self.keeper_lock().clone() {
+                thread.unpark();
+            }
         }
     }
 
@@ -225,6 +248,10 @@ impl PoolShared {
             .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok();
         let wait = if keeps_time {
+            *self.keeper_lock() = Some(std::thread::current());
+            // Announced before the ticks are read: a tick armed from here on unparks us (an
+            // unpark before the park makes the park return at once).
+            self.keeper_until.store(NEVER - 1, Ordering::SeqCst);
             let next_tick = self.stages().iter().map(|s| s.next_tick()).min();
             let now = self.epoch.elapsed().as_nanos() as u64;
             match next_tick {
@@ -235,6 +262,16 @@ impl PoolShared {
         } else {
             MAX_PARK
         };
+        if keeps_time {
+            let until = self.epoch.elapsed().as_nanos() as u64 + wait.as_nanos() as u64;
+            // Only lowers the announcement: a tick armed meanwhile has already unparked us.
+            let _ = self.keeper_until.compare_exchange(
+                NEVER - 1,
+                until,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
         let stop_pending = self.stages().iter().any(|s| !s.stopped() && s.try_finish());
         if self.runnable_count() == 0
             && !stop_pending
@@ -248,6 +285,7 @@ impl PoolShared {
             std::thread::yield_now();
         }
         if keeps_time {
+            self.keeper_until.store(NEVER, Ordering::SeqCst);
             self.timekeeper.store(false, Ordering::SeqCst);
         }
         let mut idle = self.idle_list();
@@ -279,6 +317,8 @@ impl WorkerPool {
                 idle: Mutex::new(Vec::new()),
                 idle_count: AtomicUsize::new(0),
                 timekeeper: AtomicBool::new(false),
+                keeper_until: AtomicU64::new(NEVER),
+                keeper: Mutex::new(None),
                 shutdown: AtomicBool::new(false),
             }),
             settings,
@@ -376,52 +416,6 @@ impl WorkerPool {
     }
 }
 
-/// Some stages of a pool, run by a thread outside it (see [`WorkerPool::domain`]).
-pub struct Domain {
-    shared: Arc<PoolShared>,
-    names: Vec<&'static str>,
-    stages: OnceLock<Vec<Arc<dyn Runnable>>>,
-}
-
-impl Domain {
-    /// Makes the calling thread count as one of the pool's workers: its sends to pool stages
-    /// wake nobody (it runs them itself), and a blocking send to a full queue runs that
-    /// stage. Call once, on the thread that will call [`Domain::run_pass`].
-    pub fn enter(&self) {
-        WORKER_OF.with(|w| w.set(self.shared.id()));
-        DOMAIN_STAGES.with(|d| *d.borrow_mut() = Some(self.names.clone()));
-    }
-
-    fn stages(&self) -> &[Arc<dyn Runnable>] {
-        match self.shared.stages.get() {
-            Some(all) => self.stages.get_or_init(|| {
-                all.iter()
-                    .filter(|s| self.names.contains(&s.name()))
-                    .cloned()
-                    .collect()
-            }),
-            None => &[], // not started yet
-        }
-    }
-
-    /// Whether one of its stages has work a slot is free for.
-    pub fn runnable(&self) -> bool {
-        self.stages().iter().any(|s| s.runnable())
-    }
-
-    /// One batch of each of its stages that has work; whether any ran.
-    pub fn run_pass(&self) -> bool {
-        let mut ran = false;
-        for stage in self.stages() {
-            if stage.runnable() && !stage.stopped() {
-                self.shared.wake_helper();
-                ran |= stage.run_batch();
-            }
-        }
-        ran
-    }
-}
-
 /// A worker's life: passes over every stage until the pool shuts down.
 fn work(shared: &Arc<PoolShared>, index: usize) {
     WORKER_OF.with(|w| w.set(shared.id()));
@@ -432,7 +426,7 @@ fn work(shared: &Arc<PoolShared>, index: usize) {
             stage.run_ticks(now);
             if stage.runnable() {
                 shared.wake_helper();
-                handled_events |= stage.run_batch();
+                handled_events |= stage.run_batch(shared);
             }
             stage.try_finish();
         }
@@ -492,7 +486,7 @@ impl<S: Stage> PoolStage<S> {
         at.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
-    fn run_slot(&self, index: usize, slot: &mut Slot<S>) -> bool {
+    fn run_slot(&self, index: usize, slot: &mut Slot<S>, shared: &PoolShared) -> bool {
         let started = Instant::now();
         while slot.batch.len() < self.batch_max {
             match self.receiver.try_recv() {
@@ -515,10 +509,12 @@ impl<S: Stage> PoolStage<S> {
         self.stats.busy_threads.fetch_sub(1, Ordering::Relaxed);
         slot.waits.clear();
         IN_BACKGROUND.with(|b| b.set(outer));
-        // A slot left idle since its last tick is ticked again from now on.
-        if self.next_tick[index].load(Ordering::Relaxed) == NEVER {
+        // A slot left idle since its last tick is ticked again from now on; the parked
+        // timekeeper may be sleeping past that tick, so it is told.
+        if self.next_tick[index].load(Ordering::SeqCst) == NEVER {
             let next = align_up(self.since_epoch(Instant::now()) + 1, self.tick_ns);
-            self.next_tick[index].store(next, Ordering::Relaxed);
+            self.next_tick[index].store(next, Ordering::SeqCst);
+            shared.tick_armed(next);
         }
         true
     }
@@ -535,7 +531,7 @@ impl<S: Stage> Runnable for PoolStage<S> {
         !self.receiver.is_empty() && self.free.load(Ordering::SeqCst) > 0
     }
 
-    fn run_batch(&self) -> bool {
+    fn run_batch(&self, shared: &PoolShared) -> bool {
         for index in 0..self.slots.len() {
             let Some(mut guard) = self.lock(index) else {
                 continue;
@@ -544,7 +540,7 @@ impl<S: Stage> Runnable for PoolStage<S> {
                 continue; // this slot has stopped; another may not have yet
             };
             self.free.fetch_sub(1, Ordering::SeqCst);
-            let ran = self.run_slot(index, slot);
+            let ran = self.run_slot(index, slot, shared);
             self.free.fetch_add(1, Ordering::SeqCst);
             return ran;
         }
@@ -624,59 +620,6 @@ impl<S: Stage> Runnable for PoolStage<S> {
     }
 }
 
-/// A pool stage's queue's [`Wake`].
-struct PoolWake {
-    shared: Arc<PoolShared>,
-    stage: &'static str,
-}
-
-impl PoolWake {
-    fn on_worker(&self) -> bool {
-        WORKER_OF.with(|w| w.get()) == self.shared.id()
-    }
-
-    /// Whether this thread runs the stage on its next pass: a worker runs every stage, a
-    /// domain's thread only its own.
-    fn runs_here(&self) -> bool {
-        DOMAIN_STAGES.with(|d| match &*d.borrow() {
-            None => true,
-            Some(domain) => domain.contains(&self.stage),
-        })
-    }
-
-    fn target(&self) -> Option<&Arc<dyn Runnable>> {
-        self.shared.stages().iter().find(|s| s.name() == self.stage)
-    }
-}
-
-impl Wake for PoolWake {
-    fn wake(&self) {
-        // A worker runs what it queued on its next pass; a wake-up would only hand the event
-        // to another thread at the cost of a context switch. Not so from a background batch,
-        // which may run long while a foreground event waits.
-        if self.on_worker() && !IN_BACKGROUND.with(Cell::get) && self.runs_here() {
-            return;
-        }
-        self.shared.notify();
-    }
-
-    fn help(&self) -> super::Help {
-        if !self.on_worker() {
-            return super::Help::Block;
-        }
-        match self.target() {
-            None => super::Help::Block, // not started yet: the caller waits as before
-            Some(stage) if stage.stopped() => super::Help::Closed,
-            Some(stage) if stage.run_batch() => super::Help::Ran,
-            Some(_) => super::Help::Busy,
-        }
-    }
-
-    fn closed(&self) -> bool {
-        self.target().is_some_and(|s| s.stopped())
-    }
-}
-
 /// A stage in the pool, to stop.
 pub struct StageHandle {
     name: &'static str,
@@ -713,6 +656,10 @@ impl StageHandle {
         }
     }
 }
+
+mod domain;
+pub use domain::Domain;
+use domain::PoolWake;
 
 #[cfg(test)]
 mod tests;

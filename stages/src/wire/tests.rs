@@ -378,3 +378,23 @@ fn seal_is_standard_hmac_md5() {
     );
     assert_eq!(sealed.len(), body_len + 16);
 }
+
+/// Goal: a stored or received version set's node names decode to the one shared copy of each
+/// name (no allocation per dot and clock entry), and the set itself is unchanged.
+#[test]
+fn decoded_node_names_share_one_copy() {
+    let node = crate::NodeId::new("n-shared-7");
+    let mut set = crate::versioning::VersionSet::new();
+    set.coordinate_put(&node, &VClock::new(), Some(b"v".to_vec()), 1, 10)
+        .expect("put");
+    let bytes = encode_version_set(&set).expect("encode");
+    let first = decode_version_set(&bytes).expect("decode");
+    let second = decode_version_set(&bytes).expect("decode");
+    assert_eq!(first, set);
+    let (a, b) = (
+        &first.versions()[0].dot.node,
+        &second.versions()[0].dot.node,
+    );
+    assert_eq!(a.as_str(), "n-shared-7");
+    assert!(a.shares_copy_with(b) && a.shares_copy_with(&node));
+}

@@ -204,3 +204,60 @@ fn blocking_send_to_a_full_queue_runs_the_full_stage_on_a_single_worker() {
     sink.stop_and_join();
     pool.stop_and_join();
 }
+
+/// Idle until an event arrives; its tick then records when it ran and makes it idle again.
+struct Deadline {
+    ticked: Sender<Instant>,
+    busy: bool,
+}
+
+impl Stage for Deadline {
+    type Event = u32;
+    fn handle_batch(&mut self, _now: Instant, batch: &mut Vec<u32>) {
+        batch.clear();
+        self.busy = true;
+    }
+    fn on_tick(&mut self, now: Instant) {
+        self.busy = false;
+        let _ = self.ticked.send(now);
+    }
+    fn idle(&self) -> bool {
+        !self.busy
+    }
+}
+
+/// Goal: a stage that leaves idle is ticked within its period even when the rest of the pool
+/// sleeps for a second (the timekeeper is woken; the coordinator's deadlines depend on it).
+#[test]
+fn a_stage_leaving_idle_is_ticked_within_its_period_in_a_sleeping_pool() {
+    let mut pool = pool(2);
+    let mut slow = spec("slow", 8, 8);
+    slow.tick = Duration::from_secs(1);
+    let (_slow_tx, slow_rx) = stage_queue::<u32>(&slow, Some(pool.waker(&slow)));
+    let slow_handle = pool.add_stage(&slow, slow_rx, |_| Ticker {
+        ticks: Arc::new(AtomicU64::new(0)),
+        idle: false,
+    });
+    let fast = spec("fast", 8, 8); // a 10 ms tick
+    let (fast_tx, fast_rx) = stage_queue::<u32>(&fast, Some(pool.waker(&fast)));
+    let (ticked_tx, ticked_rx) = unbounded();
+    let fast_handle = pool.add_stage(&fast, fast_rx, |_| Deadline {
+        ticked: ticked_tx.clone(),
+        busy: false,
+    });
+    pool.start().expect("start");
+    std::thread::sleep(Duration::from_millis(100)); // every worker parks
+    let sent = Instant::now();
+    fast_tx.try_send(1).expect("room");
+    let ticked = ticked_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the stage was ticked");
+    let late = ticked.saturating_duration_since(sent);
+    assert!(
+        late < Duration::from_millis(200),
+        "ticked {late:?} after leaving idle"
+    );
+    fast_handle.stop_and_join();
+    slow_handle.stop_and_join();
+    pool.stop_and_join();
+}

@@ -1,0 +1,107 @@
+//! Threads that send to pool stages: a thread domain outside the pool (the intake's loop runs
+//! some stages between its turns) and the [`Wake`] every pool stage's queue pokes, which
+//! decides whether a send wakes a worker and what a blocked send does instead of waiting.
+
+use super::{PoolShared, Runnable, DOMAIN_STAGES, IN_BACKGROUND, WORKER_OF};
+use crate::seda::{Help, Wake};
+use std::cell::Cell;
+use std::sync::{Arc, OnceLock};
+
+/// Some stages of a pool, run by a thread outside it (see [`WorkerPool::domain`]).
+pub struct Domain {
+    pub(super) shared: Arc<PoolShared>,
+    pub(super) names: Vec<&'static str>,
+    pub(super) stages: OnceLock<Vec<Arc<dyn Runnable>>>,
+}
+
+impl Domain {
+    /// Makes the calling thread count as one of the pool's workers: its sends to pool stages
+    /// wake nobody (it runs them itself), and a blocking send to a full queue runs that
+    /// stage. Call once, on the thread that will call [`Domain::run_pass`].
+    pub fn enter(&self) {
+        WORKER_OF.with(|w| w.set(self.shared.id()));
+        DOMAIN_STAGES.with(|d| *d.borrow_mut() = Some(self.names.clone()));
+    }
+
+    fn stages(&self) -> &[Arc<dyn Runnable>] {
+        match self.shared.stages.get() {
+            Some(all) => self.stages.get_or_init(|| {
+                all.iter()
+                    .filter(|s| self.names.contains(&s.name()))
+                    .cloned()
+                    .collect()
+            }),
+            None => &[], // not started yet
+        }
+    }
+
+    /// Whether one of its stages has work a slot is free for.
+    pub fn runnable(&self) -> bool {
+        self.stages().iter().any(|s| s.runnable())
+    }
+
+    /// One batch of each of its stages that has work; whether any ran.
+    pub fn run_pass(&self) -> bool {
+        let mut ran = false;
+        for stage in self.stages() {
+            if stage.runnable() && !stage.stopped() {
+                self.shared.wake_helper();
+                ran |= stage.run_batch(&self.shared);
+            }
+        }
+        ran
+    }
+}
+
+/// A pool stage's queue's [`Wake`].
+pub(super) struct PoolWake {
+    pub(super) shared: Arc<PoolShared>,
+    pub(super) stage: &'static str,
+}
+
+impl PoolWake {
+    fn on_worker(&self) -> bool {
+        WORKER_OF.with(|w| w.get()) == self.shared.id()
+    }
+
+    /// Whether this thread runs the stage on its next pass: a worker runs every stage, a
+    /// domain's thread only its own.
+    fn runs_here(&self) -> bool {
+        DOMAIN_STAGES.with(|d| match &*d.borrow() {
+            None => true,
+            Some(domain) => domain.contains(&self.stage),
+        })
+    }
+
+    fn target(&self) -> Option<&Arc<dyn Runnable>> {
+        self.shared.stages().iter().find(|s| s.name() == self.stage)
+    }
+}
+
+impl Wake for PoolWake {
+    fn wake(&self) {
+        // A worker runs what it queued on its next pass; a wake-up would only hand the event
+        // to another thread at the cost of a context switch. Not so from a background batch,
+        // which may run long while a foreground event waits.
+        if self.on_worker() && !IN_BACKGROUND.with(Cell::get) && self.runs_here() {
+            return;
+        }
+        self.shared.notify();
+    }
+
+    fn help(&self) -> Help {
+        if !self.on_worker() {
+            return Help::Block;
+        }
+        match self.target() {
+            None => Help::Block, // not started yet: the caller waits as before
+            Some(stage) if stage.stopped() => Help::Closed,
+            Some(stage) if stage.run_batch(&self.shared) => Help::Ran,
+            Some(_) => Help::Busy,
+        }
+    }
+
+    fn closed(&self) -> bool {
+        self.target().is_some_and(|s| s.stopped())
+    }
+}
