@@ -390,7 +390,7 @@ pub fn stats_table(stats: &StatsReply) -> String {
         "{:<11} {:<10} {:>7} {:>4} {:>6} {:>8} {:>9} {:>10} {:>10} {:>8} {:>14} {:>14}\n",
         "Stage",
         "Class",
-        "Threads",
+        "Slots",
         "Busy",
         "Depth",
         "Capacity",

@@ -34,7 +34,7 @@ pub struct StageStats {
     pub name: &'static str,
     /// Foreground or background.
     pub class: StageClass,
-    /// Worker threads.
+    /// Slots: the most pool workers that serve the stage at once (`threads` in the config).
     pub threads: usize,
     /// Queue bound.
     pub queue_capacity: usize,
@@ -59,7 +59,7 @@ pub struct StageSnapshot {
     pub name: String,
     /// `"foreground"` or `"background"`.
     pub class: String,
-    /// Worker threads.
+    /// Slots: the most pool workers that serve the stage at once (`threads` in the config).
     pub threads: u64,
     /// Events waiting now.
     pub queue_depth: u64,
