@@ -22,15 +22,9 @@ cd "$(dirname "$0")/.."
 base_keys=${1:-1000000}; runs=${2:-3}
 out=${OUT_DIR:-target/bench-aae}; diff_keys=${DIFF:-100}; interval=${AAE_INTERVAL_MS:-5000}
 fg_rate=${FG_RATE:-1000}; fg_secs=${FG_SECS:-30}; load_threads=${LOAD_THREADS:-8}
-command -v python3 >/dev/null || { echo "anti_entropy.sh: python3 is needed" >&2; exit 1; }
-cargo build --release -q
-bin=./target/release
+source benches/lib.sh
+needs_python
 mkdir -p "$out"
-work=$(mktemp -d)
-declare -A pid
-cleanup() { for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-fail() { echo "anti_entropy.sh: $*" >&2; exit 1; }
 port() { echo $((7700 + $1)); }
 seeds="127.0.0.1:$(port 1),127.0.0.1:$(port 2)"
 clk=$(getconf CLK_TCK)

@@ -31,15 +31,9 @@ runs=${1:-3}; backlog=${2:-150000}; secs=${3:-60}
 out=${OUT_DIR:-target/bench-controller}; fraction=${LOAD_FRACTION:-0.5}; lead=${LEAD:-3}
 target_factor=${TARGET_FACTOR:-1.5}; target_percentile=${TARGET_PERCENTILE:-99}; threads=${THREADS:-16}; value_bytes=${BACKLOG_VALUE_BYTES:-1024}
 settle=${SETTLE:-10}
-command -v python3 >/dev/null || { echo "controller.sh: python3 is needed for the report" >&2; exit 1; }
-cargo build --release -q
-bin=./target/release
+source benches/lib.sh
+needs_python
 mkdir -p "$out"
-work=$(mktemp -d)
-declare -A pid
-cleanup() { for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-fail() { echo "controller.sh: $*" >&2; exit 1; }
 
 port() { echo $((7600 + $1)); }
 seeds="127.0.0.1:$(port 1),127.0.0.1:$(port 2),127.0.0.1:$(port 4)"

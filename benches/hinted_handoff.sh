@@ -6,12 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}; threads=${2:-4}
-cargo build --release -q
-bin=./target/release
-work=$(mktemp -d)
-declare -A pid
-cleanup() { for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+source benches/lib.sh
 
 start() { # i
   "$bin/shoal" node --config "config/cluster5-n$1.toml" --data "$work/n$1" > "$work/n$1.out" 2>> "$work/n$1.log" &

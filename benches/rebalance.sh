@@ -21,15 +21,9 @@ keys=${1:-100000}; runs=${2:-3}
 out=${OUT_DIR:-target/bench-rebalance}; value_bytes=${VALUE_BYTES:-1024}
 fg_rate=${FG_RATE:-1000}; fg_secs=${FG_SECS:-40}; load_threads=${LOAD_THREADS:-8}
 settle_secs=${SETTLE_SECS:-20}
-command -v python3 >/dev/null || { echo "rebalance.sh: python3 is needed" >&2; exit 1; }
-cargo build --release -q
-bin=./target/release
+source benches/lib.sh
+needs_python
 mkdir -p "$out"
-work=$(mktemp -d)
-declare -A pid
-cleanup() { for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-fail() { echo "rebalance.sh: $*" >&2; exit 1; }
 port() { echo $((7800 + $1)); }
 seeds="127.0.0.1:$(port 1),127.0.0.1:$(port 2),127.0.0.1:$(port 3)"
 

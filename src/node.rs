@@ -186,7 +186,7 @@ impl Node {
             aae: shared.aae.clone(),
         };
         let domain: Vec<&'static str> = config.intake_runs().iter().map(|s| s.name()).collect();
-        let intake = Intake::with_domain(
+        let intake = Intake::new(
             socket,
             machine,
             intake_rx,

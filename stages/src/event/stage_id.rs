@@ -61,16 +61,18 @@ pub struct StageRow {
     pub name: &'static str,
     /// Foreground or background.
     pub class: StageClass,
-    /// Default worker threads.
+    /// Default slots: the most pool workers that serve the stage at once (`threads` in a
+    /// config).
     pub threads: usize,
-    /// Whether the stage must run on exactly one thread (its machine holds a table that would
-    /// otherwise be split: the coordinator's pending requests, replicate's outstanding
+    /// Whether the stage must have exactly one slot, so one worker at a time runs it (its
+    /// machine holds a table that would otherwise be split: the coordinator's pending requests, replicate's outstanding
     /// operations, handoff's deliveries, repair's writes waiting for tokens (whose count is
     /// the backlog its gate reports), anti-entropy's exchanges, the intake's sockets).
     pub single_threaded: bool,
     /// Default queue bound.
     pub queue_capacity: usize,
-    /// Default events per wake-up (unused by the intake, which drains its queue every turn).
+    /// Default events a worker takes from the queue at a time (unused by the intake, which
+    /// drains its queue every turn).
     pub batch_max: usize,
     /// How often the stage's machine is ticked: the coordinator's deadline resolution, the
     /// handoff round, the storage flush of `sync = "periodic"` (overridden by

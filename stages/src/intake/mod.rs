@@ -343,21 +343,10 @@ pub struct Intake {
 
 impl Intake {
     /// An intake over `socket` running `machine`, draining `receiver`, reaching the other
-    /// stages through `stats.router`.
+    /// stages through `stats.router`; it also runs `domain`'s pool stages between its turns,
+    /// so a request whose stages are all in the domain is served on this thread without a
+    /// wake-up.
     pub fn new(
-        socket: IntakeSocket,
-        machine: IntakeMachine,
-        receiver: StageReceiver<IntakeEvent>,
-        stats: StatsSource,
-        stop: Arc<AtomicBool>,
-        logger: Logger,
-    ) -> Intake {
-        Intake::with_domain(socket, machine, receiver, stats, stop, logger, None)
-    }
-
-    /// An intake that also runs `domain`'s pool stages between its turns, so a request whose
-    /// stages are all in the domain is served on this thread without a wake-up.
-    pub fn with_domain(
         socket: IntakeSocket,
         machine: IntakeMachine,
         receiver: StageReceiver<IntakeEvent>,

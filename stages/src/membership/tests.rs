@@ -13,6 +13,13 @@ fn three() -> Membership {
     .expect("valid")
 }
 
+/// Stages n4's join through n1 and commits it (n = 3): the plan the next tests inspect.
+fn join_n4_and_commit(m: &mut Membership) -> Plan {
+    m.stage_join(&id("n1"), Member::loopback("n4", 4))
+        .expect("join");
+    m.commit(&id("n1"), 3).expect("commit")
+}
+
 fn id(name: &str) -> NodeId {
     NodeId::new(name)
 }
@@ -185,9 +192,7 @@ fn only_the_claimant_commits() {
 #[test]
 fn transfers_done_through_different_nodes_merge() {
     let mut m = three();
-    m.stage_join(&id("n1"), Member::loopback("n4", 4))
-        .expect("join");
-    let plan = m.commit(&id("n1"), 3).expect("commit");
+    let plan = join_n4_and_commit(&mut m);
     let mut a = m.clone();
     let mut b = m.clone();
     let (first, second) = (&plan.transfers[0], &plan.transfers[1]);
@@ -235,9 +240,7 @@ fn departures_that_would_empty_the_ring_or_name_strangers_are_refused() {
 #[test]
 fn leavers_of_a_partition_are_its_sources() {
     let mut m = three();
-    m.stage_join(&id("n1"), Member::loopback("n4", 4))
-        .expect("join");
-    let plan = m.commit(&id("n1"), 3).expect("commit");
+    let plan = join_n4_and_commit(&mut m);
     let previous = m.assignment().previous.clone().expect("the old ring");
     for t in &plan.transfers {
         let partition = PartitionId(t.partition);

@@ -93,8 +93,8 @@ trait Runnable: Send + Sync {
     fn runnable(&self) -> bool;
     /// Runs one batch on a free slot; false if there was nothing to run or no free slot.
     fn run_batch(&self, shared: &PoolShared) -> bool;
-    /// Runs the ticks that are due on free slots; whether any ran.
-    fn run_ticks(&self, now: Instant) -> bool;
+    /// Runs the ticks that are due on free slots.
+    fn run_ticks(&self, now: Instant);
     /// The earliest tick deadline of its slots (nanoseconds since the pool's epoch).
     fn next_tick(&self) -> u64;
     /// Asks the stage to stop once its queue is empty.
@@ -114,12 +114,11 @@ struct PoolShared {
     /// Parked workers, to unpark.
     idle: Mutex<Vec<(usize, Thread)>>,
     idle_count: AtomicUsize,
-    /// Whether a parked worker already sleeps only until the next tick; the others sleep
-    /// until unparked, so an idle pool wakes one thread per tick, not all of them.
-    timekeeper: AtomicBool,
-    /// Until when the timekeeper sleeps (nanoseconds since the epoch; `NEVER`: nobody keeps
-    /// time, `NEVER - 1`: it is working out how long), and its thread, to unpark it when a
-    /// tick is armed earlier than that.
+    /// Until when the timekeeper sleeps: the one parked worker that sleeps only until the
+    /// next tick, while the others sleep until unparked, so an idle pool wakes one thread per
+    /// tick, not all of them. Nanoseconds since the epoch; `NEVER`: no worker keeps time,
+    /// `NEVER - 1`: one is working out how long. With its thread, to unpark it when a tick is
+    /// armed earlier than that.
     keeper_until: AtomicU64,
     keeper: Mutex<Option<Thread>>,
     shutdown: AtomicBool,
@@ -243,15 +242,14 @@ impl PoolShared {
             self.idle_count.fetch_add(1, Ordering::SeqCst);
         }
         fence(Ordering::SeqCst);
+        // Claimed and announced before the ticks are read: a tick armed from here on unparks
+        // us (an unpark before the park makes the park return at once).
         let keeps_time = self
-            .timekeeper
-            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .keeper_until
+            .compare_exchange(NEVER, NEVER - 1, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok();
         let wait = if keeps_time {
             *self.keeper_lock() = Some(std::thread::current());
-            // Announced before the ticks are read: a tick armed from here on unparks us (an
-            // unpark before the park makes the park return at once).
-            self.keeper_until.store(NEVER - 1, Ordering::SeqCst);
             let next_tick = self.stages().iter().map(|s| s.next_tick()).min();
             let now = self.epoch.elapsed().as_nanos() as u64;
             match next_tick {
@@ -286,7 +284,6 @@ impl PoolShared {
         }
         if keeps_time {
             self.keeper_until.store(NEVER, Ordering::SeqCst);
-            self.timekeeper.store(false, Ordering::SeqCst);
         }
         let mut idle = self.idle_list();
         if let Some(at) = idle.iter().position(|(i, _)| *i == index) {
@@ -316,7 +313,6 @@ impl WorkerPool {
                 spinning: AtomicUsize::new(0),
                 idle: Mutex::new(Vec::new()),
                 idle_count: AtomicUsize::new(0),
-                timekeeper: AtomicBool::new(false),
                 keeper_until: AtomicU64::new(NEVER),
                 keeper: Mutex::new(None),
                 shutdown: AtomicBool::new(false),
@@ -333,6 +329,7 @@ impl WorkerPool {
         Arc::new(PoolWake {
             shared: Arc::clone(&self.shared),
             stage: spec.name,
+            target: OnceLock::new(),
         })
     }
 
@@ -346,9 +343,10 @@ impl WorkerPool {
     ) -> StageHandle {
         let slots = spec.threads.max(1);
         let now = self.shared.epoch.elapsed().as_nanos() as u64;
+        let tick_ns = (spec.tick.as_nanos() as u64).max(1);
         let stage = Arc::new(PoolStage {
             epoch: self.shared.epoch,
-            tick_ns: (spec.tick.as_nanos() as u64).max(1),
+            tick_ns,
             batch_max: spec.batch_max.max(1),
             background: spec.class == super::StageClass::Background,
             name: spec.name,
@@ -364,7 +362,7 @@ impl WorkerPool {
                 })
                 .collect(),
             next_tick: (0..slots)
-                .map(|_| AtomicU64::new(align_up(now + 1, spec.tick.as_nanos() as u64)))
+                .map(|_| AtomicU64::new(align_up(now + 1, tick_ns)))
                 .collect(),
             free: AtomicUsize::new(slots),
             stop: AtomicBool::new(false),
@@ -547,9 +545,8 @@ impl<S: Stage> Runnable for PoolStage<S> {
         false
     }
 
-    fn run_ticks(&self, now: Instant) -> bool {
+    fn run_ticks(&self, now: Instant) {
         let now_ns = self.since_epoch(now);
-        let mut ran = false;
         for index in 0..self.slots.len() {
             if self.next_tick[index].load(Ordering::Relaxed) > now_ns {
                 continue;
@@ -569,11 +566,9 @@ impl<S: Stage> Runnable for PoolStage<S> {
             self.free.fetch_sub(1, Ordering::SeqCst);
             slot.stage.on_tick(now);
             self.free.fetch_add(1, Ordering::SeqCst);
-            ran = true;
             let next = align_up(self.since_epoch(Instant::now()) + 1, self.tick_ns);
             self.next_tick[index].store(next, Ordering::Relaxed);
         }
-        ran
     }
 
     fn next_tick(&self) -> u64 {

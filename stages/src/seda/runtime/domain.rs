@@ -60,6 +60,9 @@ impl Domain {
 pub(super) struct PoolWake {
     pub(super) shared: Arc<PoolShared>,
     pub(super) stage: &'static str,
+    /// The stage itself, found by name once the pool has started (`closed` is asked on
+    /// every send, so it must not search the stages each time).
+    pub(super) target: OnceLock<Arc<dyn Runnable>>,
 }
 
 impl PoolWake {
@@ -77,7 +80,15 @@ impl PoolWake {
     }
 
     fn target(&self) -> Option<&Arc<dyn Runnable>> {
-        self.shared.stages().iter().find(|s| s.name() == self.stage)
+        if let Some(stage) = self.target.get() {
+            return Some(stage);
+        }
+        let found = self
+            .shared
+            .stages()
+            .iter()
+            .find(|s| s.name() == self.stage)?;
+        Some(self.target.get_or_init(|| Arc::clone(found)))
     }
 }
 

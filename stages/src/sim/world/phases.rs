@@ -5,7 +5,21 @@ use super::*;
 use crate::event::{GossipEvent, GossipServe, Origin};
 use crate::wire::{MembershipChange, PlanRequest};
 
+/// Tries of the operator's commit after a join or leave: a commit is refused while the
+/// previous one's transfers are pending, so it is retried until the ring shows the change.
+const COMMIT_ATTEMPTS: u32 = 60;
+
 impl World {
+    /// Schedules the operator's commit of the change staged through `node`, `after` from now.
+    fn commit_later(&mut self, node: usize, joining: bool, attempts: u32, after: u64) {
+        let commit = Fault::Commit {
+            node,
+            joining,
+            attempts,
+        };
+        self.sched.after(after, Job::Fault(commit));
+    }
+
     pub(super) fn fault(&mut self, fault: Fault) {
         self.record(format!("{:>10} fault {fault:?}", self.sched.time));
         match fault {
@@ -17,22 +31,12 @@ impl World {
                     zone: None,
                 };
                 self.operator(Some(MembershipChange::Join(member)), false, node);
-                let commit = Fault::Commit {
-                    node,
-                    joining: true,
-                    attempts: 60,
-                };
-                self.sched.after(100_000, Job::Fault(commit));
+                self.commit_later(node, true, COMMIT_ATTEMPTS, 100_000);
             }
             Fault::Leave(node) => {
                 let id = self.nodes[node].id.clone();
                 self.operator(Some(MembershipChange::Leave(id)), false, node);
-                let commit = Fault::Commit {
-                    node,
-                    joining: false,
-                    attempts: 60,
-                };
-                self.sched.after(100_000, Job::Fault(commit));
+                self.commit_later(node, false, COMMIT_ATTEMPTS, 100_000);
             }
             Fault::Commit {
                 node,
@@ -43,12 +47,7 @@ impl World {
                 let done = self.final_view().ring().contains(&id) == joining;
                 if !done && attempts > 0 {
                     self.operator(None, true, node);
-                    let commit = Fault::Commit {
-                        node,
-                        joining,
-                        attempts: attempts - 1,
-                    };
-                    self.sched.after(500_000, Job::Fault(commit));
+                    self.commit_later(node, joining, attempts - 1, 500_000);
                 }
             }
             Fault::Crash(node) => self.crash(node),

@@ -1,0 +1,14 @@
+# Sourced, not run, by the benchmark scripts that start local nodes: what each of them starts
+# with. After `source benches/lib.sh` (from the project root) a script has the release binaries
+# built, `bin` (where they are), `work` (a temporary directory removed on exit), `pid` (name →
+# process, every one killed on exit), `fail MESSAGE` (says which script failed, exits 1) and
+# `needs_python`.
+bench_name=${0##*/}
+fail() { echo "$bench_name: $*" >&2; exit 1; }
+needs_python() { command -v python3 > /dev/null || fail "python3 is needed"; }
+cargo build --release -q || fail "the release build failed"
+bin=./target/release
+work=$(mktemp -d)
+declare -A pid
+cleanup() { for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
