@@ -26,6 +26,7 @@ fn put_message(value_bytes: usize) -> Message {
         w: Some(2),
         timeout_ms: None,
         forwarded: false,
+        durable: None,
     })
 }
 

@@ -1,6 +1,6 @@
 //! The `shoal` command line: `node`, `get`, `put`, `delete`, `admin`, `demo` and `sim`.
 
-use crate::client::{Client, ClientError, Context, RequestOptions};
+use crate::client::{Client, ClientError, Context, Durability, RequestOptions};
 use crate::config::Config;
 use crate::logging;
 use crate::node::Node;
@@ -112,6 +112,10 @@ pub struct PutArgs {
     /// Write quorum for this request.
     #[arg(long)]
     w: Option<u8>,
+    /// Durable writes for this request: all, one or none (the cluster's `durable_writes`
+    /// when absent). Prints the durable copies to stderr.
+    #[arg(long)]
+    durable: Option<Durability>,
 }
 
 /// `shoal delete`
@@ -127,6 +131,10 @@ pub struct DeleteArgs {
     /// Write quorum for this request.
     #[arg(long)]
     w: Option<u8>,
+    /// Durable writes for this request: all, one or none (the cluster's `durable_writes`
+    /// when absent). Prints the durable copies to stderr.
+    #[arg(long)]
+    durable: Option<Durability>,
 }
 
 /// `shoal admin …`
@@ -179,6 +187,14 @@ pub struct StatsArgs {
     watch: bool,
 }
 
+/// With `--durable`, says on stderr how many acknowledging replicas had the write on disk
+/// (stdout keeps only the context, for scripts).
+fn report_durable(asked: Option<Durability>, copies: u8) {
+    if let Some(asked) = asked {
+        eprintln!("durable copies: {copies} (asked: {asked})");
+    }
+}
+
 /// Runs a parsed command line; the error is printed by `main`.
 pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
@@ -194,15 +210,17 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 .transpose()?;
             let options = RequestOptions {
                 w: args.w,
+                durable: args.durable,
                 ..Default::default()
             };
-            let new_context = client.put(
+            let result = client.put_full(
                 args.key.as_bytes(),
                 context.as_ref(),
                 args.value.as_bytes(),
                 options,
             )?;
-            println!("{}", new_context.to_base64());
+            println!("{}", result.context.to_base64());
+            report_durable(args.durable, result.durable_copies);
             Ok(())
         }
         Command::Delete(args) => {
@@ -210,14 +228,12 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let context = Context::from_base64(&args.context)?;
             let options = RequestOptions {
                 w: args.w,
+                durable: args.durable,
                 ..Default::default()
             };
-            println!(
-                "{}",
-                client
-                    .delete(args.key.as_bytes(), &context, options)?
-                    .to_base64()
-            );
+            let result = client.delete_full(args.key.as_bytes(), &context, options)?;
+            println!("{}", result.context.to_base64());
+            report_durable(args.durable, result.durable_copies);
             Ok(())
         }
         Command::Admin(AdminCommand::Stats(args)) => run_stats(args),

@@ -10,6 +10,7 @@ use shoal_stages::wire::{
     MembersReply, Message, PlanReply, PlanRequest, PutRequest, StatsReply, ThrottleChange,
     ThrottleReply, ThrottleRequest, WireError,
 };
+pub use shoal_stages::Durability;
 use shoal_stages::ServiceError;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -83,6 +84,20 @@ pub struct RequestOptions {
     pub w: Option<u8>,
     /// Deadline at the node.
     pub timeout_ms: Option<u32>,
+    /// Durable writes for a put or delete (Dynamo §6.1: how many replicas flush before the
+    /// reply); the cluster's `durable_writes` when absent.
+    pub durable: Option<Durability>,
+}
+
+/// What a put or delete's reply says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutResult {
+    /// The new version's context.
+    pub context: Context,
+    /// The answering node's membership version (newer than the client's ring: refresh).
+    pub membership_version: u64,
+    /// How many acknowledging replicas had the write on disk.
+    pub durable_copies: u8,
 }
 
 /// A connection to one node.
@@ -183,18 +198,19 @@ impl Client {
         value: &[u8],
         options: RequestOptions,
     ) -> Result<Context, ClientError> {
-        self.put_with_version(key, context, value, options)
-            .map(|(context, _)| context)
+        self.put_full(key, context, value, options)
+            .map(|result| result.context)
     }
 
-    /// `put`, also returning the answering node's membership version (the refresh hint).
-    pub fn put_with_version(
+    /// `put`, with everything its reply says: also the answering node's membership version
+    /// (the refresh hint) and the durable copies.
+    pub fn put_full(
         &mut self,
         key: &[u8],
         context: Option<&Context>,
         value: &[u8],
         options: RequestOptions,
-    ) -> Result<(Context, u64), ClientError> {
+    ) -> Result<PutResult, ClientError> {
         let request = Message::Put(PutRequest {
             key: Bytes::from(key.to_vec()),
             context: context.map(|c| Bytes::from(c.0.clone())),
@@ -202,6 +218,7 @@ impl Client {
             w: options.w,
             timeout_ms: options.timeout_ms,
             forwarded: false,
+            durable: options.durable,
         });
         self.expect_put_reply(&request)
     }
@@ -213,22 +230,36 @@ impl Client {
         context: &Context,
         options: RequestOptions,
     ) -> Result<Context, ClientError> {
+        self.delete_full(key, context, options)
+            .map(|result| result.context)
+    }
+
+    /// `delete`, with everything its reply says (see [`Client::put_full`]).
+    pub fn delete_full(
+        &mut self,
+        key: &[u8],
+        context: &Context,
+        options: RequestOptions,
+    ) -> Result<PutResult, ClientError> {
         let request = Message::Delete(DeleteRequest {
             key: Bytes::from(key.to_vec()),
             context: Bytes::from(context.0.clone()),
             w: options.w,
             timeout_ms: options.timeout_ms,
             forwarded: false,
+            durable: options.durable,
         });
-        self.expect_put_reply(&request).map(|(context, _)| context)
+        self.expect_put_reply(&request)
     }
 
-    /// The context and membership version of a put or delete reply.
-    fn expect_put_reply(&mut self, request: &Message) -> Result<(Context, u64), ClientError> {
+    /// What a put or delete reply says.
+    fn expect_put_reply(&mut self, request: &Message) -> Result<PutResult, ClientError> {
         match self.call(request)? {
-            Message::PutReply(reply) => {
-                Ok((Context(reply.context.into_vec()), reply.membership_version))
-            }
+            Message::PutReply(reply) => Ok(PutResult {
+                context: Context(reply.context.into_vec()),
+                membership_version: reply.membership_version,
+                durable_copies: reply.durable,
+            }),
             other => Err(ClientError::UnexpectedReply(other.to_string())),
         }
     }

@@ -69,11 +69,9 @@ impl ClusterClient {
         value: &[u8],
         options: RequestOptions,
     ) -> Result<Context, ClientError> {
-        let (context, version) = self.with_node(key, |client| {
-            client.put_with_version(key, context, value, options)
-        })?;
-        self.refresh_if_newer(version);
-        Ok(context)
+        let result = self.with_node(key, |client| client.put_full(key, context, value, options))?;
+        self.refresh_if_newer(result.membership_version);
+        Ok(result.context)
     }
 
     /// `delete(key, context)` through a preference-list node.

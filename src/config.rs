@@ -9,6 +9,7 @@ use shoal_stages::ring::NodeSpec;
 use shoal_stages::seda::{PoolSettings, StageSpec};
 use shoal_stages::storage::{SyncMode, MAX_STORABLE_KEY_BYTES};
 use shoal_stages::wire::FRAME_OVERHEAD_BYTES;
+use shoal_stages::Durability;
 use shoal_stages::NodeId;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -152,6 +153,9 @@ pub struct ClusterSection {
     pub r: usize,
     /// Default write quorum.
     pub w: usize,
+    /// Default durable writes (Dynamo §6.1): how many replicas flush a put before the reply.
+    /// A request may override it.
+    pub durable_writes: Durability,
     /// Default deadline of a client request.
     pub request_timeout_ms: u64,
     /// Vector clock entries kept before the oldest are truncated.
@@ -174,6 +178,7 @@ impl Default for ClusterSection {
             n: 1,
             r: 1,
             w: 1,
+            durable_writes: Durability::None,
             request_timeout_ms: 2000,
             vclock_max_entries: 10,
             members: Vec::new(),
@@ -476,7 +481,11 @@ impl Config {
             Some(stages) => stages.clone(),
             None => {
                 let mut stages = vec![StageId::Parse, StageId::Coordinate, StageId::Replicate];
-                if self.storage.sync == SyncMode::None {
+                // Storage joins the loop only when its batches never flush: a flush there
+                // would stall every connection's reading.
+                if self.storage.sync == SyncMode::None
+                    && self.cluster.durable_writes == Durability::None
+                {
                     stages.push(StageId::Storage);
                 }
                 stages

@@ -73,6 +73,7 @@ pub fn run_demo(options: DemoOptions, out: &mut dyn Write) -> Result<usize, Stri
         rate: None,
         r: None,
         w: None,
+        durable: None,
         seed: 1,
         load_phase: true,
         stage_stats: true,

@@ -487,6 +487,7 @@ fn add_pool_stages(
         seal: shared.seal.clone(),
         probe_interval: Duration::from_millis(config.cluster.probe_interval_ms),
         replica_timeout: Duration::from_millis(config.cluster.replica_timeout_ms),
+        durable_writes: config.cluster.durable_writes,
     };
     // The stage table makes coordinate single-threaded (validated), so one coordinator.
     let coordinate = spawn(

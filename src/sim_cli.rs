@@ -4,6 +4,8 @@
 
 use clap::Args;
 use shoal_stages::sim::{self, Faults, SimConfig, SimReport};
+use shoal_stages::storage::SyncMode;
+use shoal_stages::Durability;
 use std::time::Instant;
 
 /// `shoal sim`
@@ -21,15 +23,43 @@ pub struct SimArgs {
     /// Nodes in the simulated cluster (default: the seed picks 3, 4 or 5).
     #[arg(long)]
     pub nodes: Option<usize>,
-    /// Faults to inject: all, none, or a list of delay,drop,duplicate,reorder,partition,crash,pause.
+    /// Faults to inject: all, none, or a list of delay,drop,duplicate,reorder,partition,crash,
+    /// power,pause,flush,membership.
     #[arg(long, default_value = "all")]
     pub faults: Faults,
+    /// Every node's `sync`: always (every write flushed before its ack), periodic or none.
+    #[arg(long, value_enum, default_value = "always")]
+    pub sync: SimSync,
+    /// The cluster's `durable_writes`: all, one or none (matters when --sync is not always).
+    #[arg(long, default_value = "none")]
+    pub durable: Durability,
     /// Print the run's events, then `trace <digest>`.
     #[arg(long)]
     pub trace: bool,
     /// Threads running seeds side by side (default: the machine's cores).
     #[arg(long)]
     pub jobs: Option<usize>,
+}
+
+/// `--sync` of `shoal sim` (the node setting, as a command-line value).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimSync {
+    /// Every write flushed before its acknowledgement.
+    Always,
+    /// Flushed on the storage stage's tick.
+    Periodic,
+    /// Flushed only when a request asks (`--durable`).
+    None,
+}
+
+impl SimSync {
+    fn mode(self) -> SyncMode {
+        match self {
+            SimSync::Always => SyncMode::Always,
+            SimSync::Periodic => SyncMode::Periodic,
+            SimSync::None => SyncMode::None,
+        }
+    }
 }
 
 /// Why `shoal sim` failed.
@@ -51,6 +81,8 @@ pub fn run(args: SimArgs) -> Result<(), SimError> {
         nodes: args.nodes,
         faults: args.faults,
         trace: args.trace,
+        sync: args.sync.mode(),
+        durable_writes: args.durable,
         ..SimConfig::default()
     };
     let seeds: Vec<u64> = match args.seed {
@@ -110,8 +142,14 @@ fn print_violations(report: &SimReport, args: &SimArgs) {
     } else {
         format!(" --faults {}", args.faults)
     };
+    let durability = if args.sync == SimSync::Always && args.durable == Durability::None {
+        String::new()
+    } else {
+        let sync = format!("{:?}", args.sync).to_lowercase();
+        format!(" --sync {sync} --durable {}", args.durable)
+    };
     println!(
-        "seed {} ({} nodes): {} violation(s); replay: shoal sim --seed {}{nodes}{faults} --trace",
+        "seed {} ({} nodes): {} violation(s); replay: shoal sim --seed {}{nodes}{faults}{durability} --trace",
         report.seed,
         report.nodes,
         report.violations.len(),

@@ -78,6 +78,7 @@ fn bad_values_are_named() {
         ("[limits]\nmax_siblings = 0\n", "limits.max_siblings"),
         ("[cluster]\nsecret = \"short\"\n", "cluster.secret"),
         ("[storage]\nsync = \"sometimes\"\n", "sync"),
+        ("[cluster]\ndurable_writes = \"two\"\n", "durable_writes"),
         ("[[cluster.members]]\nid = \"n2\"\naddr = \"127.0.0.1:1\"\n[[cluster.members]]\nid = \"n2\"\naddr = \"127.0.0.1:2\"\n", "cluster.members[1].id"),
         ("[stages.storage]\nrate_per_sec = 5\n", "stages.storage.rate_per_sec"),
         ("[stages.repair]\nrate_per_sec = -1\n", "rate_per_sec"),
@@ -116,6 +117,16 @@ fn intake_domain_follows_sync_unless_configured() {
     let always = parse(MINIMAL).expect("valid");
     assert!(!always.intake_runs().contains(&StageId::Storage));
     assert!(always.intake_runs().contains(&StageId::Coordinate));
+    // A request that asks for a flush would stall the loop: storage stays on the workers.
+    let buffered = parse(&format!(
+        "{MINIMAL}\n[storage]\nsync = \"none\"\n[cluster]\ndurable_writes = \"one\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(
+        buffered.cluster.durable_writes,
+        shoal_stages::Durability::One
+    );
+    assert!(!buffered.intake_runs().contains(&StageId::Storage));
     let chosen = parse(&format!("{MINIMAL}\n[pool]\nintake_runs = []\n")).expect("valid");
     assert!(chosen.intake_runs().is_empty());
     let old = parse(&format!("{MINIMAL}\n[stages.parse]\nspin_us = 200\n")).expect("loads");

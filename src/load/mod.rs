@@ -9,7 +9,7 @@ pub mod schedule;
 pub mod stage_sampler;
 pub mod target;
 
-use crate::client::{Context, RequestOptions};
+use crate::client::{Context, Durability, RequestOptions};
 use keys::{key_name, KeyChoice, KeyChooser, Rng};
 use report::{summarize, OpSummary, Recorder};
 use schedule::Schedule;
@@ -99,6 +99,8 @@ pub struct LoadConfig {
     pub r: Option<u8>,
     /// Per-request write quorum.
     pub w: Option<u8>,
+    /// Per-request durable writes (how many replicas flush a put before the reply).
+    pub durable: Option<Durability>,
     /// Seed of key and operation choice.
     pub seed: u64,
     /// Fill every key before the run.
@@ -160,6 +162,7 @@ pub fn run(config: &LoadConfig, live: &mut (dyn Write + Send)) -> Result<LoadRep
         r: config.r,
         w: config.w,
         timeout_ms: None,
+        durable: config.durable,
     };
     // Fail early and clearly when the target is unreachable.
     drop(Connection::open(&config.target, options)?);

@@ -1234,7 +1234,7 @@ impl Machine for AntiEntropyMachine {
             AntiEntropyEvent::Serve { origin, request } => {
                 return self.serve(now, origin, request, out);
             }
-            AntiEntropyEvent::Storage(StorageDone { op, result })
+            AntiEntropyEvent::Storage(StorageDone { op, result, .. })
                 if self.serving.contains_key(&op) =>
             {
                 if let Some((origin, serving)) = self.serving.remove(&op) {
@@ -1242,7 +1242,7 @@ impl Machine for AntiEntropyMachine {
                 }
                 return;
             }
-            AntiEntropyEvent::Storage(StorageDone { op, result }) => (
+            AntiEntropyEvent::Storage(StorageDone { op, result, .. }) => (
                 op,
                 match result {
                     Ok(outcome) => Answer::Storage(outcome),

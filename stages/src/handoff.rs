@@ -226,6 +226,7 @@ impl HandoffMachine {
                 let merge = self.storage(StorageRequest::Merge {
                     key: hint.key.clone(),
                     versions: hint.versions.clone(),
+                    durable: false,
                 });
                 self.local_merges.insert(merge.op, hint.clone());
                 out.request(merge);
@@ -237,6 +238,7 @@ impl HandoffMachine {
                     key: Bytes::from(hint.key.clone()),
                     versions: hint.versions.clone(),
                     hint: None,
+                    durable: false,
                 });
                 out.request(ReplicateEvent::Send {
                     peer,
@@ -458,6 +460,7 @@ mod tests {
                     hints: vec![hint(1), hint(2)],
                     held: 2,
                 }),
+                durable: false,
             };
             machine.on_event(at(start, ms), HandoffEvent::Storage(done), out);
             for op in delivery_ops(out) {

@@ -6,9 +6,9 @@
 //!   the machine/outbox contract every stage's logic follows.
 //! - [`sim`]: the deterministic simulator: whole nodes in one thread, seeded.
 //! - Paper modules, pure (no threads, channels, sockets or clocks): [`ring`] (§4.2, §6.2),
-//!   [`vclock`] and [`versioning`] (§4.4), [`quorum`] (§4.5), [`controller`] (§6.5, the
-//!   resource controller's law), [`merkle`] (§4.7, the anti-entropy trees), [`rng`]
-//!   (SplitMix64, seeded randomness the simulator replays).
+//!   [`vclock`] and [`versioning`] (§4.4), [`quorum`] (§4.5), [`durability`] (§6.1, buffered
+//!   writes), [`controller`] (§6.5, the resource controller's law), [`merkle`] (§4.7, the
+//!   anti-entropy trees), [`rng`] (SplitMix64, seeded randomness the simulator replays).
 //! - [`wire`]: frames and every MessagePack encoding; the only module that knows MessagePack.
 //! - One module per stage: [`intake`] (mio sockets, client and peer connections), [`parse`]
 //!   (frames → typed requests), [`coordinate`] (quorums and deadlines), [`replicate`] (requests
@@ -25,6 +25,7 @@
 pub mod anti_entropy;
 pub mod controller;
 pub mod coordinate;
+pub mod durability;
 pub mod error;
 pub mod event;
 pub mod failure_detector;
@@ -48,5 +49,6 @@ pub mod vclock;
 pub mod versioning;
 pub mod wire;
 
+pub use durability::Durability;
 pub use error::ServiceError;
 pub use node_id::NodeId;

@@ -190,6 +190,7 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<Routed, Se
                 w: put.w.map(usize::from),
                 timeout: timeout(put.timeout_ms),
                 forwarded: put.forwarded,
+                durable: put.durable,
             }
         }
         Message::Delete(delete) => {
@@ -201,6 +202,7 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<Routed, Se
                 w: delete.w.map(usize::from),
                 timeout: timeout(delete.timeout_ms),
                 forwarded: delete.forwarded,
+                durable: delete.durable,
             }
         }
         Message::GetLocal(local) => {
@@ -228,6 +230,7 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<Routed, Se
                 key,
                 versions,
                 hint: write.hint,
+                durable: write.durable,
             }));
         }
         Message::Gossip(gossip) => {
@@ -422,6 +425,7 @@ mod tests {
             w: Some(2),
             timeout_ms: Some(250),
             forwarded: false,
+            durable: None,
         })
     }
 
@@ -461,6 +465,7 @@ mod tests {
                 w: Some(2),
                 timeout: Some(Duration::from_millis(250)),
                 forwarded: false,
+                durable: None,
             })
         );
         let delete = Message::Delete(DeleteRequest {
@@ -469,6 +474,7 @@ mod tests {
             w: None,
             timeout_ms: None,
             forwarded: false,
+            durable: None,
         });
         assert!(matches!(
             validate(&s, delete),
@@ -492,6 +498,7 @@ mod tests {
         let reply = Message::PutReply(PutReply {
             context: Bytes::from(vec![]),
             membership_version: 0,
+            durable: 0,
         });
         assert_eq!(
             validate(&s, reply),
@@ -532,6 +539,7 @@ mod authorize_tests {
             w: None,
             timeout_ms: None,
             forwarded: true,
+            durable: None,
         });
         assert!(matches!(
             authorize(put.clone(), false),

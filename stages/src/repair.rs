@@ -80,6 +80,7 @@ impl RepairMachine {
                 request: StorageRequest::Merge {
                     key: write.key,
                     versions: write.versions,
+                    durable: false,
                 },
             });
         } else {
@@ -87,6 +88,7 @@ impl RepairMachine {
                 key: Bytes::from(write.key),
                 versions: write.versions,
                 hint: None,
+                durable: false,
             });
             out.offer(ReplicateEvent::Send {
                 peer: write.target,

@@ -33,6 +33,7 @@ fn write_keys(cluster: &TestCluster, count: usize, w: u8) {
             w: Some(w),
             timeout_ms: None,
             forwarded: false,
+            durable: None,
         });
         client.send(&request).expect("send put");
         in_flight += 1;

@@ -9,6 +9,7 @@ const DEFAULT: RequestOptions = RequestOptions {
     r: None,
     w: None,
     timeout_ms: None,
+    durable: None,
 };
 
 /// Proves the node still serves a fresh connection.
@@ -115,6 +116,7 @@ fn garbage_bodies_and_replies_sent_as_requests_get_typed_errors() {
     let reply_as_request = Message::PutReply(shoal_stages::wire::PutReply {
         context: Bytes::from(vec![]),
         membership_version: 0,
+        durable: 0,
     });
     let error = client.call(&reply_as_request).expect_err("not a request");
     assert!(
@@ -196,6 +198,7 @@ fn invalid_quorum_and_bad_context_get_typed_errors() {
         w: None,
         timeout_ms: None,
         forwarded: false,
+        durable: None,
     });
     let error = client.call(&forged).expect_err("bad context");
     assert!(
@@ -312,6 +315,7 @@ fn peer_requests_need_a_hello_signed_with_the_cluster_secret() {
         key: Bytes::from(b"k".to_vec()),
         versions: VersionSet::new(),
         hint: None,
+        durable: false,
     });
     let hello = |secret: &[u8], id: &str| {
         let node = NodeId::new(id);

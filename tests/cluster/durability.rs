@@ -125,3 +125,49 @@ fn node_refuses_another_nodes_data_directory() {
             .to_string();
     assert!(error.contains("n1") && error.contains("n2"), "{error}");
 }
+
+/// Goal: the reply of a put says how many durable copies it had (Dynamo §6.1), for the
+/// cluster's default and for each per-request override, on nodes that never flush on their
+/// own (`sync = "none"`): `all` counts every acknowledgement (W = 2), `one` exactly the
+/// coordinator's, `none` zero; a delete says the same. Method: 3 real nodes, N=3 R=2 W=2,
+/// `durable_writes = "one"`.
+#[test]
+fn put_reply_counts_the_durable_copies_each_mode_asked_for() {
+    use super::support::TestCluster;
+    use shoal::client::Durability;
+    let cluster = TestCluster::start_with(
+        3,
+        3,
+        2,
+        2,
+        "durable_writes = \"one\"\n",
+        "[storage]\nsync = \"none\"\n",
+    );
+    let mut client = cluster.client(0);
+    let mut copies = |key: &str, durable: Option<Durability>| {
+        let options = RequestOptions {
+            durable,
+            ..RequestOptions::default()
+        };
+        client
+            .put_full(key.as_bytes(), None, b"v", options)
+            .expect("put")
+            .durable_copies
+    };
+    assert_eq!(copies("default", None), 1, "the cluster default is one");
+    assert_eq!(copies("all", Some(Durability::All)), 2);
+    assert_eq!(copies("one", Some(Durability::One)), 1);
+    assert_eq!(copies("none", Some(Durability::None)), 0);
+
+    let read = client
+        .get(b"all", RequestOptions::default())
+        .expect("read back");
+    let options = RequestOptions {
+        durable: Some(Durability::All),
+        ..RequestOptions::default()
+    };
+    let deleted = client
+        .delete_full(b"all", &read.context, options)
+        .expect("delete");
+    assert_eq!(deleted.durable_copies, 2);
+}

@@ -9,6 +9,7 @@ const DEFAULT: RequestOptions = RequestOptions {
     r: None,
     w: None,
     timeout_ms: None,
+    durable: None,
 };
 
 fn five_nodes() -> TestCluster {
@@ -189,13 +190,29 @@ fn a_returning_node_is_used_again_without_operator_action() {
 /// (lost = acked − final is empty) and nothing never attempted.
 #[test]
 fn acknowledged_adds_survive_kill_9_of_a_replica() {
+    let cluster = ProcessCluster::start(5, 3, 2, 2);
+    adds_survive_kill_9_of(cluster, 1);
+}
+
+/// Goal: Dynamo's buffered writes are honest under kill -9 (§6.1): with
+/// `durable_writes = "one"` on nodes that flush only periodically, an acknowledged add
+/// survives the kill -9 of the coordinator of the hot keys, the one replica that flushed
+/// before acknowledging. Method: as above, the victim being the first of the preference list
+/// (the node the partition-aware client sends the puts to).
+#[test]
+fn acknowledged_adds_survive_kill_9_of_the_durable_replica_with_durable_writes_one() {
+    let cluster = ProcessCluster::start_durable(5, (3, 2, 2), "periodic", "one");
+    adds_survive_kill_9_of(cluster, 0);
+}
+
+/// The set workload of the two tests above, killing the hot keys' `victim_rank`-th primary.
+fn adds_survive_kill_9_of(mut cluster: ProcessCluster, victim_rank: usize) {
     use shoal::cluster_client::ClusterClient;
     use std::collections::BTreeSet;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
 
-    let mut cluster = ProcessCluster::start(5, 3, 2, 2);
     let hot: Vec<String> = (0..3).map(|i| format!("set{i}")).collect();
     let membership = super::support::client_of(&cluster.addrs[0])
         .ring()
@@ -203,7 +220,7 @@ fn acknowledged_adds_survive_kill_9_of_a_replica() {
     let victim = membership
         .ring()
         .preference_list_for_key(hot[0].as_bytes(), 3)
-        .primaries[1]
+        .primaries[victim_rank]
         .clone();
     let victim_index: usize = victim.as_str()[1..].parse::<usize>().expect("n<i>") - 1;
     let seeds: Vec<String> = cluster

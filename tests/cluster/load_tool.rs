@@ -29,6 +29,7 @@ fn load_config(target: &TargetSpec, threads: usize, ops: u64) -> LoadConfig {
         rate: None,
         r: None,
         w: None,
+        durable: None,
         seed: 7,
         load_phase: true,
         stage_stats: false,

@@ -23,6 +23,7 @@ fn burst_beyond_tiny_queues_gets_overloaded_and_the_rest_succeed() {
             w: None,
             timeout_ms: None,
             forwarded: false,
+            durable: None,
         });
         client.send(&put).expect("send");
     }

@@ -12,6 +12,7 @@ const DEFAULT: RequestOptions = RequestOptions {
     r: None,
     w: None,
     timeout_ms: None,
+    durable: None,
 };
 
 /// The sorted live values a node stores for a key.

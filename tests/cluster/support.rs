@@ -321,6 +321,16 @@ pub struct ProcessCluster {
 impl ProcessCluster {
     /// Starts `count` processes n1..n{count} with N=`n`, R=`r`, W=`w` and sync = "always".
     pub fn start(count: usize, n: usize, r: usize, w: usize) -> ProcessCluster {
+        ProcessCluster::start_durable(count, (n, r, w), "always", "none")
+    }
+
+    /// [`ProcessCluster::start`] with every node's `sync` and the cluster's `durable_writes`.
+    pub fn start_durable(
+        count: usize,
+        (n, r, w): (usize, usize, usize),
+        sync: &str,
+        durable_writes: &str,
+    ) -> ProcessCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(count);
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
@@ -340,8 +350,8 @@ impl ProcessCluster {
             .map(|(i, addr)| {
                 let data = dir.path().join(format!("n{}", i + 1));
                 let text = format!(
-                    "[node]\nid = \"n{}\"\nlisten = \"{addr}\"\ndata_dir = {:?}\n[storage]\nsync = \"always\"\n\
-                     [cluster]\nn = {n}\nr = {r}\nw = {w}\nrequest_timeout_ms = 2000\nprobe_interval_ms = 100\nreplica_timeout_ms = 300\n\
+                    "[node]\nid = \"n{}\"\nlisten = \"{addr}\"\ndata_dir = {:?}\n[storage]\nsync = \"{sync}\"\n\
+                     [cluster]\nn = {n}\nr = {r}\nw = {w}\ndurable_writes = \"{durable_writes}\"\nrequest_timeout_ms = 2000\nprobe_interval_ms = 100\nreplica_timeout_ms = 300\n\
                      secret = \"test-cluster-secret-0123456789\"\n{members}",
                     i + 1,
                     data.display().to_string()

@@ -8,6 +8,7 @@ const DEFAULT: RequestOptions = RequestOptions {
     r: None,
     w: None,
     timeout_ms: None,
+    durable: None,
 };
 
 /// Goal: blind puts (no context) never overwrite each other; a put with the context of a get

@@ -4,6 +4,7 @@
 //! a JSON report. The engine lives in `shoal::load` (shared with `shoal demo`).
 
 use clap::Parser;
+use shoal::client::Durability;
 use shoal::load::keys::KeyChoice;
 use shoal::load::report::table;
 use shoal::load::target::TargetSpec;
@@ -55,6 +56,11 @@ struct Args {
     /// Write quorum per request.
     #[arg(long)]
     w: Option<u8>,
+    /// Durable writes per put (shoal only): all (every acknowledging replica flushed), one
+    /// (the coordinator flushed, Dynamo's buffered writes) or none; the cluster's
+    /// `durable_writes` when absent.
+    #[arg(long)]
+    durable: Option<Durability>,
     /// Seed of key and operation choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -89,6 +95,9 @@ fn config(args: &Args) -> Result<LoadConfig, String> {
         return Err("--replicas must be at least 1".into());
     }
     let workload = args.workload;
+    if args.durable.is_some() && args.target.starts_with("redis://") {
+        return Err("--durable applies to a shoal target, not to Redis".into());
+    }
     Ok(LoadConfig {
         target: TargetSpec::parse(&args.target, args.replicas)?,
         workload,
@@ -102,6 +111,7 @@ fn config(args: &Args) -> Result<LoadConfig, String> {
         rate: args.rate,
         r: args.r,
         w: args.w,
+        durable: args.durable,
         seed: args.seed,
         load_phase: !args.no_load && workload != Workload::WriteOnly,
         stage_stats: args.stage_stats,

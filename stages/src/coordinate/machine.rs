@@ -19,6 +19,7 @@
 //!   deadline) updates the [`FailureDetector`]; down peers are probed with `Ping` every
 //!   `probe_interval` and come back by themselves.
 
+use crate::durability::Durability;
 use crate::error::ServiceError;
 use crate::event::{
     ClientRequest, CoordinateEvent, Event, IntakeEvent, Now, OpId, Operation, Origin, PeerDone,
@@ -59,6 +60,8 @@ pub struct CoordinatorSettings {
     /// How long a replica may stay silent before its replica goes to a fallback (Dynamo §4.6:
     /// a node that "misses its deadline" is treated like one that is down).
     pub replica_timeout: Duration,
+    /// Default durable writes (Dynamo §6.1): how many replicas flush before the reply.
+    pub durable_writes: Durability,
 }
 
 /// How long a probe may take before it counts as failed (the peer stays down).
@@ -105,6 +108,10 @@ enum Work {
         spares: Vec<NodeId>,
         /// New replicas of a moving partition: sent the write, not counted toward W.
         also_write: Vec<NodeId>,
+        /// Who flushes before acknowledging (the local write flushes for "one" and "all").
+        durability: Durability,
+        /// Acknowledgements whose copy was on disk, for the reply.
+        durable_copies: u8,
     },
     /// A put forwarded to a preference-list node; `untried` are the next candidates.
     Forward {
@@ -201,8 +208,12 @@ impl Coordinator {
                 received_at,
             } => self.start_members(origin, received_at, out),
             CoordinateEvent::Storage(done) => {
-                let StorageDone { op, result } = done;
-                self.on_answer(now, op, result, out)
+                let StorageDone {
+                    op,
+                    result,
+                    durable,
+                } = done;
+                self.on_answer(now, op, result, durable, out)
             }
             CoordinateEvent::Peer(done) => self.on_peer_answer(now, done, out),
             CoordinateEvent::Heard { peer } => {
@@ -334,14 +345,20 @@ impl Coordinator {
                 w,
                 timeout,
                 forwarded,
+                durable,
             } => {
                 if !primaries.contains(&me) && !forwarded {
                     // Healthy list nodes first; down ones last, in case the detector is wrong.
                     let (mut untried, down): (Vec<NodeId>, Vec<NodeId>) =
                         primaries.into_iter().partition(|p| self.detector.is_up(p));
                     untried.extend(down);
-                    let message =
-                        forwarded_message(&self.settings.seal, &k, &context, value, w, timeout);
+                    let message = forwarded_message(
+                        &self.settings.seal,
+                        &k,
+                        &context,
+                        value,
+                        (w, timeout, durable),
+                    );
                     pending.work = Work::Forward { message, untried };
                     self.requests.insert(key, pending);
                     self.deadlines.insert((deadline, key));
@@ -354,12 +371,15 @@ impl Coordinator {
                     targets.into_iter().filter(|t| t.node != me).collect();
                 remotes.truncate(n.saturating_sub(1));
                 pending.tracker = QuorumTracker::new(quorum, remotes.len() + 1);
+                let durability = durable.unwrap_or(self.settings.durable_writes);
                 pending.work = Work::Write {
                     context: None,
                     written: None,
                     remotes,
                     spares,
                     also_write: replicas.also_write,
+                    durability,
+                    durable_copies: 0,
                 };
                 let op = self.new_op(key, &me, None);
                 out.request(storage(
@@ -369,6 +389,9 @@ impl Coordinator {
                         context,
                         value,
                         now_ms: wall_ms,
+                        // Dynamo §6.1: the coordinator, a replica, is the one that writes
+                        // durably ("one"); its flush ends before the others get the write.
+                        durable: durability.coordinator_flushes(),
                     },
                 ));
             }
@@ -410,6 +433,7 @@ impl Coordinator {
                 key: k,
                 versions,
                 hint: Some(target),
+                durable,
             } if target != me => (
                 ServeKind::Replica,
                 k.clone(),
@@ -417,14 +441,22 @@ impl Coordinator {
                     target,
                     key: k,
                     versions,
+                    durable,
                 },
             ),
             ServeRequest::ReplicaWrite {
-                key: k, versions, ..
+                key: k,
+                versions,
+                durable,
+                ..
             } => (
                 ServeKind::Replica,
                 k.clone(),
-                StorageRequest::Merge { key: k, versions },
+                StorageRequest::Merge {
+                    key: k,
+                    versions,
+                    durable,
+                },
             ),
         };
         let deadline = received_at + self.settings.request_timeout;
@@ -497,7 +529,7 @@ impl Coordinator {
         target: Target,
         key: &[u8],
         versions: &VersionSet,
-        deadline: Instant,
+        (deadline, durable): (Instant, bool),
         out: &mut Outbox,
     ) {
         let op = self.new_op(request, &target.node, target.hint.clone());
@@ -505,6 +537,7 @@ impl Coordinator {
             key: Bytes::from(key.to_vec()),
             versions: versions.clone(),
             hint: target.hint,
+            durable,
         });
         out.request(to_peer(target.node, op, message, deadline));
     }
@@ -614,7 +647,7 @@ impl Machine for Coordinator {
     fn on_refused(&mut self, now: Now, event: Event, error: ServiceError, out: &mut Outbox) {
         match event {
             Event::Storage(StorageEvent { op, .. }) => {
-                self.on_answer(now.instant, op, Err(error), out)
+                self.on_answer(now.instant, op, Err(error), false, out)
             }
             Event::Replicate(ReplicateEvent::Send { peer, op, .. }) => {
                 let done = PeerDone {

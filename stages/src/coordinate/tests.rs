@@ -3,6 +3,7 @@
 //! Reference: Dynamo §4.5.
 
 use super::*;
+use crate::durability::Durability;
 use crate::error::ServiceError;
 use crate::event::{
     ClientRequest, ConnId, CoordinateEvent, Event, IntakeEvent, Now, OpId, Origin, PeerDone,
@@ -10,8 +11,9 @@ use crate::event::{
 };
 use crate::membership::{Member, Membership, MembershipView};
 use crate::seda::{Effect, Outbox};
+use crate::vclock::VClock;
 use crate::versioning::VersionSet;
-use crate::wire::{ContextSeal, FrameDecoder, Message};
+use crate::wire::{ContextSeal, FrameDecoder, Message, ReplicaReply};
 use crate::NodeId;
 use std::time::{Duration, Instant};
 
@@ -107,6 +109,7 @@ fn coordinator() -> Coordinator {
         seal: ContextSeal::new(b"coordinator-tests-secret"),
         probe_interval: Duration::from_millis(100),
         replica_timeout: Duration::from_secs(60),
+        durable_writes: Durability::None,
     };
     Coordinator::new(settings, membership)
 }
@@ -191,6 +194,7 @@ fn failure_that_makes_quorum_unreachable_is_answered_at_once() {
         CoordinateEvent::Storage(StorageDone {
             op,
             result: Err(failure.clone()),
+            durable: false,
         }),
         &mut out,
     );
@@ -209,6 +213,7 @@ fn failure_that_makes_quorum_unreachable_is_answered_at_once() {
     let late = StorageDone {
         op,
         result: Ok(StorageOutcome::Versions(VersionSet::new())),
+        durable: false,
     };
     on_event(
         &mut c,
@@ -283,6 +288,7 @@ fn request_with_too_few_healthy_replicas_is_answered_when_they_have() {
     let answer = StorageDone {
         op,
         result: Ok(StorageOutcome::Versions(VersionSet::new())),
+        durable: false,
     };
     on_event(&mut c, start, CoordinateEvent::Storage(answer), &mut out);
     let expected = ServiceError::Quorum {
@@ -324,6 +330,7 @@ fn forwarded_put_relays_an_error_answer_and_is_not_forwarded_twice() {
         w: None,
         timeout: None,
         forwarded,
+        durable: None,
     };
     let mut out = Vec::new();
     on_event(
@@ -374,6 +381,16 @@ fn forwarded_put_relays_an_error_answer_and_is_not_forwarded_twice() {
 /// A coordinator for n1 in a 3-member cluster with the given N/R/W (probes and replica
 /// timeouts far off, so only the test's events decide), and its membership.
 fn coordinator_of_three(n: usize, r: usize, w: usize) -> (Coordinator, Membership) {
+    coordinator_of_three_with(n, r, w, Durability::None)
+}
+
+/// [`coordinator_of_three`] with a default `durable_writes`.
+fn coordinator_of_three_with(
+    n: usize,
+    r: usize,
+    w: usize,
+    durable_writes: Durability,
+) -> (Coordinator, Membership) {
     let members: Vec<Member> = ["n1", "n2", "n3"]
         .iter()
         .map(|id| Member {
@@ -393,7 +410,132 @@ fn coordinator_of_three(n: usize, r: usize, w: usize) -> (Coordinator, Membershi
         seal: ContextSeal::new(b"coordinator-tests-secret"),
         probe_interval: Duration::from_secs(60),
         replica_timeout: Duration::from_secs(60),
+        durable_writes,
     };
     let view = MembershipView::new(membership.clone());
     (Coordinator::new(settings, view), membership)
+}
+
+/// Runs one put through n1 of a 3-node N=3 W=2 cluster with `durable` (or the default
+/// `default`): the local write answers with its own durability, then the first replica acks
+/// with `remote_durable`. Returns whether the local write was asked to flush, whether the
+/// replica writes were, and the reply's durable copies.
+fn durable_put(
+    default: Durability,
+    durable: Option<Durability>,
+    local_durable: bool,
+    remote_durable: bool,
+) -> (bool, Vec<bool>, u8) {
+    let (mut c, _) = coordinator_of_three_with(3, 2, 2, default);
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let request = ClientRequest::Put {
+        key: b"k".to_vec(),
+        context: Default::default(),
+        value: Some(b"v".to_vec()),
+        w: None,
+        timeout: None,
+        forwarded: false,
+        durable,
+    };
+    let origin = Origin {
+        conn: ConnId(1),
+        request_id: 5,
+    };
+    let client = CoordinateEvent::Client {
+        origin,
+        request,
+        received_at: start,
+    };
+    on_event(&mut c, start, client, &mut out);
+    let (op, local_flush) = match out.as_slice() {
+        [Output::Storage(StorageEvent {
+            op,
+            request: StorageRequest::CoordinatePut { durable, .. },
+            ..
+        })] => (*op, *durable),
+        other => panic!("expected the local write, got {other:?}"),
+    };
+    out.clear();
+    let mut set = VersionSet::new();
+    let version = set
+        .coordinate_put(
+            &NodeId::new("n1"),
+            &VClock::new(),
+            Some(b"v".to_vec()),
+            1,
+            10,
+        )
+        .expect("a version");
+    let written = StorageDone {
+        op,
+        result: Ok(StorageOutcome::Written { set, version }),
+        durable: local_durable,
+    };
+    on_event(&mut c, start, CoordinateEvent::Storage(written), &mut out);
+    let sent: Vec<(NodeId, OpId, bool)> = out
+        .iter()
+        .map(|o| match o {
+            Output::Peer {
+                peer,
+                op,
+                message: Message::ReplicaWrite(w),
+            } => (peer.clone(), *op, w.durable),
+            other => panic!("expected replica writes, got {other:?}"),
+        })
+        .collect();
+    out.clear();
+    let (peer, op, _) = sent.first().cloned().expect("a replica write");
+    let ack = PeerDone {
+        op,
+        peer,
+        result: Ok(Message::ReplicaReply(ReplicaReply {
+            versions: VersionSet::new(),
+            durable: remote_durable,
+        })),
+    };
+    on_event(&mut c, start, CoordinateEvent::Peer(ack), &mut out);
+    let copies = match out.as_slice() {
+        [Output::Reply {
+            message: Message::PutReply(reply),
+            ..
+        }] => reply.durable,
+        other => panic!("expected the put's reply at W = 2, got {other:?}"),
+    };
+    (local_flush, sent.iter().map(|s| s.2).collect(), copies)
+}
+
+/// Goal: Dynamo §6.1's buffered writes at the coordinator: with `durable_writes = "one"` the
+/// coordinator's own write flushes and the replica writes do not; with `"all"` every replica
+/// write flushes; with `"none"` none does; a request's override beats the cluster default;
+/// and the reply counts exactly the acknowledgements that were on disk.
+#[test]
+fn durable_writes_choose_who_flushes_and_the_reply_counts_durable_copies() {
+    use Durability::{All, None as Buffered, One};
+    assert_eq!(
+        durable_put(One, None, true, false),
+        (true, vec![false, false], 1)
+    );
+    assert_eq!(
+        durable_put(All, None, true, true),
+        (true, vec![true, true], 2)
+    );
+    assert_eq!(
+        durable_put(Buffered, None, false, false),
+        (false, vec![false, false], 0)
+    );
+    // The request's choice wins over the default, both ways.
+    assert_eq!(
+        durable_put(Buffered, Some(All), true, true),
+        (true, vec![true, true], 2)
+    );
+    assert_eq!(
+        durable_put(All, Some(Buffered), false, false),
+        (false, vec![false, false], 0)
+    );
+    // A node with sync = "always" flushes anyway: its answer says so, and is counted.
+    assert_eq!(
+        durable_put(Buffered, None, true, true),
+        (false, vec![false, false], 2)
+    );
 }

@@ -2,6 +2,7 @@
 //! answers the coordinator works from.
 
 use super::{ConnId, OpId, Origin, StorageDone};
+use crate::durability::Durability;
 use crate::error::ServiceError;
 use crate::vclock::VClock;
 use crate::versioning::VersionSet;
@@ -59,6 +60,8 @@ pub enum ClientRequest {
         timeout: Option<Duration>,
         /// Forwarded by a node outside the preference list: coordinate it here regardless.
         forwarded: bool,
+        /// Durable writes override (Dynamo §6.1).
+        durable: Option<Durability>,
     },
 }
 
@@ -93,6 +96,8 @@ pub enum ServeRequest {
         versions: VersionSet,
         /// The node these versions are meant for, when this node stands in for it.
         hint: Option<NodeId>,
+        /// Flush before acknowledging.
+        durable: bool,
     },
 }
 

@@ -40,6 +40,8 @@ pub enum StorageRequest {
         value: Option<Vec<u8>>,
         /// Wall-clock time for the version's timestamp.
         now_ms: u64,
+        /// Flush before answering (`durable_writes` "one" or "all").
+        durable: bool,
     },
     /// Keep versions meant for a down node as a hint (sloppy quorum).
     StoreHint {
@@ -49,6 +51,8 @@ pub enum StorageRequest {
         key: Vec<u8>,
         /// The versions.
         versions: VersionSet,
+        /// Flush before answering (the coordinator asked, `durable_writes = "all"`).
+        durable: bool,
     },
     /// Merge versions a coordinator or repairer sent (replica write).
     Merge {
@@ -56,6 +60,8 @@ pub enum StorageRequest {
         key: Vec<u8>,
         /// The versions to merge in.
         versions: VersionSet,
+        /// Flush before answering (the coordinator asked, `durable_writes = "all"`).
+        durable: bool,
     },
     /// Up to `limit` hints in key order, after the hint key `after` (hinted handoff's scan).
     ReadHints {
@@ -156,6 +162,17 @@ pub enum StorageRequest {
 }
 
 impl StorageRequest {
+    /// Whether the operation must be on disk before it is answered: it asked to be, or it
+    /// writes and the node's own `sync = "always"` flushes every write.
+    pub fn wants_flush(&self, sync_always: bool) -> bool {
+        match self {
+            StorageRequest::CoordinatePut { durable, .. }
+            | StorageRequest::Merge { durable, .. }
+            | StorageRequest::StoreHint { durable, .. } => *durable || sync_always,
+            other => sync_always && other.writes(),
+        }
+    }
+
     /// Whether the operation writes (and so waits for the group commit under `sync = "always"`).
     pub fn writes(&self) -> bool {
         matches!(
@@ -320,6 +337,8 @@ pub struct StorageDone {
     pub op: OpId,
     /// Its outcome.
     pub result: Result<StorageOutcome, ServiceError>,
+    /// The operation's writes were flushed to disk before this answer (group commit).
+    pub durable: bool,
 }
 
 impl fmt::Display for StorageDone {

@@ -212,6 +212,7 @@ fn a_commit_is_answered_once_saved() {
         GossipEvent::Storage(StorageDone {
             op: save,
             result: Ok(crate::event::StorageOutcome::Saved),
+            durable: false,
         }),
         &mut out,
     );

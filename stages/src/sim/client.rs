@@ -321,6 +321,7 @@ fn advance(task: Task, reply: Message, history: &mut History) -> Option<Task> {
                 w: None,
                 timeout_ms: None,
                 forwarded: false,
+                durable: None,
             }));
             Some(Task::Delete { key, next })
         }
@@ -423,5 +424,6 @@ fn put(key: &str, context: Option<Bytes>, value: Vec<u8>) -> Message {
         w: None,
         timeout_ms: None,
         forwarded: false,
+        durable: None,
     })
 }

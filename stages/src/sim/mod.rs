@@ -21,6 +21,8 @@ mod world;
 
 pub use check::{checker, Violation};
 
+use crate::durability::Durability;
+use crate::storage::SyncMode;
 use std::fmt;
 use std::str::FromStr;
 
@@ -39,6 +41,10 @@ pub struct Faults {
     pub partition: bool,
     /// A node crashes (unflushed writes lost) and restarts on its data.
     pub crash: bool,
+    /// Every node crashes at once (a power loss: unflushed writes lost everywhere) and
+    /// restarts. Only flushed writes survive it: `durable_writes` "one" or "all", or
+    /// `sync = "always"`.
+    pub power: bool,
     /// A node stops processing for a while (a GC pause, a stalled VM).
     pub pause: bool,
     /// A node's journal flushes fail for a while (a disk error): the writes of those batches
@@ -50,7 +56,7 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// Every fault.
+    /// Every fault but `power` (see below).
     pub const ALL: Faults = Faults {
         delay: true,
         drop: true,
@@ -58,6 +64,11 @@ impl Faults {
         reorder: true,
         partition: true,
         crash: true,
+        // Not in the default sweep: with the membership fault it finds a join staged while
+        // the joiner is down that never commits (see `shoal sim --seed 7 --faults
+        // power,membership`), a liveness problem of its own, left open. Its own tests run it
+        // with the other faults.
+        power: false,
         pause: true,
         flush: true,
         membership: true,
@@ -71,24 +82,26 @@ impl Faults {
         reorder: false,
         partition: false,
         crash: false,
+        power: false,
         pause: false,
         flush: false,
         membership: false,
     };
 
-    const NAMES: [&'static str; 9] = [
+    const NAMES: [&'static str; 10] = [
         "delay",
         "drop",
         "duplicate",
         "reorder",
         "partition",
         "crash",
+        "power",
         "pause",
         "flush",
         "membership",
     ];
 
-    fn flags(&self) -> [bool; 9] {
+    fn flags(&self) -> [bool; 10] {
         [
             self.delay,
             self.drop,
@@ -96,6 +109,7 @@ impl Faults {
             self.reorder,
             self.partition,
             self.crash,
+            self.power,
             self.pause,
             self.flush,
             self.membership,
@@ -138,6 +152,7 @@ impl FromStr for Faults {
                 "reorder" => &mut faults.reorder,
                 "partition" => &mut faults.partition,
                 "crash" => &mut faults.crash,
+                "power" => &mut faults.power,
                 "pause" => &mut faults.pause,
                 "flush" => &mut faults.flush,
                 "membership" => &mut faults.membership,
@@ -166,6 +181,10 @@ pub struct SimConfig {
     pub trace: bool,
     /// Simulated milliseconds of client workload (faults happen in this window).
     pub workload_ms: u64,
+    /// Every node's `sync` (`always` by default: every write flushed before its ack).
+    pub sync: SyncMode,
+    /// The cluster's `durable_writes` (matters when `sync` is not `always`).
+    pub durable_writes: Durability,
 }
 
 impl Default for SimConfig {
@@ -175,6 +194,8 @@ impl Default for SimConfig {
             faults: Faults::ALL,
             trace: false,
             workload_ms: 6_000,
+            sync: SyncMode::Always,
+            durable_writes: Durability::None,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::anti_entropy::{AntiEntropyMachine, AntiEntropySettings};
 use crate::coordinate::{Coordinator, CoordinatorSettings};
+use crate::durability::Durability;
 use crate::event::{
     AaeBoard, Event, Now, Operation, Refusal, SocketCommand, StageId, TransferBoard,
 };
@@ -94,12 +95,20 @@ pub struct SimNode {
     pub last_at: [u64; STAGES],
     /// Each stage's queue bound.
     pub capacity: [usize; STAGES],
+    /// The node's `sync` and the cluster's `durable_writes`.
+    pub durability: (SyncMode, Durability),
 }
 
 impl SimNode {
     /// A node that has never run.
-    pub fn new(id: NodeId, membership: MembershipView, capacity: [usize; STAGES]) -> SimNode {
+    pub fn new(
+        id: NodeId,
+        membership: MembershipView,
+        capacity: [usize; STAGES],
+        durability: (SyncMode, Durability),
+    ) -> SimNode {
         SimNode {
+            durability,
             id,
             membership,
             engine: MemoryEngine::new(),
@@ -137,6 +146,7 @@ impl SimNode {
             seal: seal.clone(),
             probe_interval: PROBE_INTERVAL,
             replica_timeout: REPLICA_TIMEOUT,
+            durable_writes: self.durability.1,
         };
         let parse = ParseSettings {
             max_key_bytes: 1024,
@@ -152,7 +162,7 @@ impl SimNode {
         };
         let storage = StorageSettings {
             node: self.id.clone(),
-            sync: SyncMode::Always,
+            sync: self.durability.0,
             limits: VersionLimits {
                 max_clock_entries: 10,
                 max_siblings: MAX_SIBLINGS,

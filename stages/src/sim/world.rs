@@ -225,7 +225,13 @@ impl World {
                 .map(MembershipView::new)
                 .unwrap_or_else(|e| unreachable!("simulated members form a ring: {e}"));
             let capacity = StageId::ALL.map(|stage| queue_capacity(stage, &mut rng));
-            nodes.push(SimNode::new(member.id.clone(), membership, capacity));
+            let durability = (config.sync, config.durable_writes);
+            nodes.push(SimNode::new(
+                member.id.clone(),
+                membership,
+                capacity,
+                durability,
+            ));
         }
         // With the membership fault, one more node runs from the start outside the ring (its
         // config names the members as seeds) until an operator joins it.
@@ -235,7 +241,8 @@ impl World {
                 .unwrap_or_else(|e| unreachable!("simulated members form a ring: {e}"));
             let capacity = StageId::ALL.map(|stage| queue_capacity(stage, &mut rng));
             let id = NodeId::new(format!("n{}", count + 1));
-            nodes.push(SimNode::new(id, membership, capacity));
+            let durability = (config.sync, config.durable_writes);
+            nodes.push(SimNode::new(id, membership, capacity, durability));
             count
         });
         let mut addrs: BTreeMap<SocketAddr, usize> = addrs;
@@ -315,6 +322,15 @@ impl World {
                 let node = rng.index(count);
                 let at = rng.range(start, end);
                 let back = (at + rng.range(200_000, 2_000_000)).min(self.workload_end);
+                plan.push((at, Fault::Crash(node)));
+                plan.push((back, Fault::Restart(node)));
+            }
+        }
+        if self.faults.power {
+            // Every node at once (a data centre's power): only flushed writes survive.
+            let at = rng.range(start, end);
+            let back = (at + rng.range(200_000, 1_000_000)).min(self.workload_end);
+            for node in 0..count {
                 plan.push((at, Fault::Crash(node)));
                 plan.push((back, Fault::Restart(node)));
             }

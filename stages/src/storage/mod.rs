@@ -1,10 +1,13 @@
 //! The storage stage: every read and write of the node's database goes through here.
 //!
-//! Group commit (SPEC §7): with `sync = "always"` a worker applies its whole batch of writes,
-//! flushes the journal **once** (fdatasync), and only then answers, so an acknowledged write is
-//! on disk and the flush cost is shared by every write that queued meanwhile. With
-//! `"periodic"` worker 0 flushes every `sync_interval` on its tick; with `"none"` the engine's
-//! own buffering decides (writes survive a process crash once in OS buffers, not a power loss).
+//! Group commit (SPEC §7): a worker applies its whole batch, answers at once every operation
+//! that need not be on disk, flushes the journal **once** (fdatasync) if any operation must
+//! be, and only then answers those, so an acknowledged durable write is on disk and the flush
+//! cost is shared by every write that queued meanwhile. A write must be on disk when its
+//! request asked (`durable_writes`, Dynamo §6.1's buffered writes: see [`crate::durability`])
+//! or the node's `sync = "always"`. With `"periodic"` worker 0 also flushes every
+//! `sync_interval` on its tick; with `"none"` the engine's own buffering decides for the
+//! others (writes survive a process crash once in OS buffers, not a power loss).
 //!
 //! The machine answers each operation to the stage its event names (`reply_to`); the bytes
 //! live behind the [`Engine`] trait: fjall in the product, memory in the simulator.
@@ -67,8 +70,9 @@ pub struct StorageSettings {
 struct Held {
     reply_to: ReplyTo,
     done: StorageDone,
-    /// Whether the operation wrote (and so is not acknowledged if the flush fails).
-    wrote: bool,
+    /// Whether the operation is answered only after the flush (and not acknowledged if it
+    /// fails).
+    flush: bool,
 }
 
 /// One storage worker's machine.
@@ -78,8 +82,10 @@ pub struct StorageMachine {
     /// Whether this worker runs the periodic flush (only one worker does).
     flushes_periodically: bool,
     logger: Logger,
-    /// Answers held until the batch's flush.
+    /// The batch's answers.
     held: Vec<Held>,
+    /// The answers that wait for the batch's flush.
+    flushing: Vec<Held>,
 }
 
 impl StorageMachine {
@@ -96,6 +102,7 @@ impl StorageMachine {
             settings,
             logger,
             held: Vec::new(),
+            flushing: Vec::new(),
         }
     }
 
@@ -111,12 +118,14 @@ impl StorageMachine {
                 target,
                 key,
                 versions,
+                ..
             } => StorageOutcome::Versions(store.store_hint(&target, &key, &versions)?),
             StorageRequest::CoordinatePut {
                 key,
                 context,
                 value,
                 now_ms,
+                durable: _,
             } => {
                 let node = &self.settings.node;
                 let limits = &self.settings.limits;
@@ -124,7 +133,7 @@ impl StorageMachine {
                     store.coordinate_put(&key, node, &context, value, now_ms, limits)?;
                 StorageOutcome::Written { set, version }
             }
-            StorageRequest::Merge { key, versions } => {
+            StorageRequest::Merge { key, versions, .. } => {
                 StorageOutcome::Versions(store.merge(&key, &versions)?)
             }
             StorageRequest::ReadHints { after, limit } => StorageOutcome::Hints {
@@ -233,7 +242,7 @@ impl StorageMachine {
             reply_to,
             request,
         } = event;
-        let wrote = request.writes();
+        let flush = request.wants_flush(self.settings.sync == SyncMode::Always);
         let result = self.apply(request).map_err(|e| match e {
             StorageError::TooManySiblings { count, max } => ServiceError::TooManySiblings {
                 count: count as u64,
@@ -248,23 +257,40 @@ impl StorageMachine {
         });
         self.held.push(Held {
             reply_to,
-            done: StorageDone { op, result },
-            wrote,
+            done: StorageDone {
+                op,
+                result,
+                durable: false,
+            },
+            flush,
         });
     }
 
-    /// Flushes once for the batch; if the flush fails, no write of the batch is acknowledged
-    /// (coordinated puts, replica merges and hints alike: each counts toward some W).
+    /// Flushes once for the batch's operations that must be on disk; if the flush fails, none
+    /// of them is acknowledged (coordinated puts, replica merges and hints alike: each counts
+    /// toward some W).
     fn group_commit(&mut self) {
-        if let Err(e) = self.store.persist() {
-            error!(self.logger, "journal flush failed"; "error" => %e);
-            for held in self.held.iter_mut().filter(|h| h.wrote) {
-                if held.done.result.is_ok() {
-                    held.done.result = Err(ServiceError::Storage {
-                        reason: format!("journal flush failed: {e}"),
-                    });
+        let outcome = self.store.persist();
+        for held in self.flushing.iter_mut() {
+            match &outcome {
+                Ok(()) => held.done.durable = held.done.result.is_ok(),
+                Err(e) => {
+                    if held.done.result.is_ok() {
+                        held.done.result = Err(ServiceError::Storage {
+                            reason: format!("journal flush failed: {e}"),
+                        });
+                    }
                 }
             }
+        }
+        if let Err(e) = outcome {
+            error!(self.logger, "journal flush failed"; "error" => %e);
+        }
+    }
+
+    fn answer(held: Held, out: &mut Outbox) {
+        if let Some(answer) = held.reply_to.storage_done(held.done) {
+            out.reply(answer);
         }
     }
 }
@@ -280,14 +306,20 @@ impl Machine for StorageMachine {
         for event in batch.drain(..) {
             self.hold(event);
         }
-        let wrote = self.held.iter().any(|h| h.wrote && h.done.result.is_ok());
-        if wrote && self.settings.sync == SyncMode::Always {
+        // What need not be on disk is answered before the flush: a buffered write or a read
+        // does not wait for the fdatasync a durable write in the same batch asked for.
+        for held in self.held.drain(..) {
+            if held.flush && held.done.result.is_ok() {
+                self.flushing.push(held);
+            } else {
+                Self::answer(held, out);
+            }
+        }
+        if !self.flushing.is_empty() {
             self.group_commit();
         }
-        for held in self.held.drain(..) {
-            if let Some(answer) = held.reply_to.storage_done(held.done) {
-                out.reply(answer);
-            }
+        for held in self.flushing.drain(..) {
+            Self::answer(held, out);
         }
     }
 

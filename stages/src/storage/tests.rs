@@ -231,6 +231,7 @@ fn failed_group_commit_acknowledges_no_write_of_the_batch() {
         context: VClock::new(),
         value: Some(b"v".to_vec()),
         now_ms: 1,
+        durable: false,
     };
     let read = StorageRequest::Read {
         key: b"other".to_vec(),
@@ -253,6 +254,113 @@ fn failed_group_commit_acknowledges_no_write_of_the_batch() {
             _ => None,
         })
         .collect();
-    assert_eq!(answers, vec![(1, false), (2, true)]);
+    // The read does not wait for the flush: it is answered first.
+    assert_eq!(answers, vec![(2, true), (1, false)]);
     let _ = Arc::clone(&engine);
+}
+
+/// The coordinator's storage answers of a batch: (op, succeeded, durable), in answer order.
+fn storage_answers(out: &mut Outbox) -> Vec<(u64, bool, bool)> {
+    out.take()
+        .into_iter()
+        .filter_map(|effect| match effect {
+            crate::seda::Effect::Send {
+                event: crate::event::Event::Coordinate(crate::event::CoordinateEvent::Storage(done)),
+                ..
+            } => Some((done.op.0, done.result.is_ok(), done.durable)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn coordinate_put(key: &[u8], durable: bool) -> StorageRequest {
+    StorageRequest::CoordinatePut {
+        key: key.to_vec(),
+        context: VClock::new(),
+        value: Some(b"v".to_vec()),
+        now_ms: 1,
+        durable,
+    }
+}
+
+/// Goal: Dynamo's buffered writes (§6.1) at one node with `sync = "none"`: in a batch, a
+/// write that asked to be durable is answered after the batch's one flush and says it is on
+/// disk; a buffered write and a read are answered before it and say they are not; a batch of
+/// buffered writes alone does not flush, and a crash (power loss) then loses exactly those.
+#[test]
+fn durable_writes_wait_for_the_flush_and_buffered_ones_do_not() {
+    let engine = MemoryEngine::new();
+    let store = Store::with_engine(engine.clone(), &node(), Q, 0).expect("opens");
+    let settings = StorageSettings {
+        node: node(),
+        sync: SyncMode::None,
+        limits: LIMITS,
+        ownership: None,
+    };
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let mut machine = StorageMachine::new(0, store, settings, logger);
+    let read = StorageRequest::Read {
+        key: b"other".to_vec(),
+        with_hints: true,
+    };
+    let mut out = Outbox::new();
+    let mut batch = vec![
+        event(1, coordinate_put(b"durable", true)),
+        event(2, coordinate_put(b"buffered", false)),
+        event(3, read),
+    ];
+    machine.on_batch(Now::real(), &mut batch, &mut out);
+    assert_eq!(
+        storage_answers(&mut out),
+        vec![(2, true, false), (3, true, false), (1, true, true)]
+    );
+    assert_eq!(
+        engine.unflushed_writes(),
+        0,
+        "the durable write flushed the batch"
+    );
+
+    let mut batch = vec![event(4, coordinate_put(b"lost", false))];
+    machine.on_batch(Now::real(), &mut batch, &mut out);
+    assert_eq!(storage_answers(&mut out), vec![(4, true, false)]);
+    assert_eq!(
+        engine.unflushed_writes(),
+        1,
+        "a buffered batch does not flush"
+    );
+
+    engine.crash();
+    let store = Store::with_engine(engine.clone(), &node(), Q, 0).expect("reopens");
+    assert_eq!(store.read(b"durable").expect("read").len(), 1);
+    assert_eq!(store.read(b"buffered").expect("read").len(), 1);
+    assert!(store.read(b"lost").expect("read").is_empty());
+}
+
+/// Goal: a node whose own `sync = "always"` flushes every write whatever the request asked,
+/// and its answers say so (the reply's count of durable copies is honest).
+#[test]
+fn sync_always_makes_every_write_durable_even_when_not_asked() {
+    let engine = MemoryEngine::new();
+    let store = Store::with_engine(engine.clone(), &node(), Q, 0).expect("opens");
+    let settings = StorageSettings {
+        node: node(),
+        sync: SyncMode::Always,
+        limits: LIMITS,
+        ownership: None,
+    };
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let mut machine = StorageMachine::new(0, store, settings, logger);
+    let mut out = Outbox::new();
+    let merge = StorageRequest::Merge {
+        key: b"merged".to_vec(),
+        versions: VersionSet::new(),
+        durable: false,
+    };
+    let mut batch = vec![event(1, coordinate_put(b"k", false)), event(2, merge)];
+    machine.on_batch(Now::real(), &mut batch, &mut out);
+    assert_eq!(
+        storage_answers(&mut out),
+        vec![(1, true, true), (2, true, true)]
+    );
+    assert_eq!(engine.unflushed_writes(), 0);
 }

@@ -95,6 +95,7 @@ fn storage_done(op: OpId, outcome: StorageOutcome) -> TransferEvent {
     TransferEvent::Storage(StorageDone {
         op,
         result: Ok(outcome),
+        durable: false,
     })
 }
 

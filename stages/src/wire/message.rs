@@ -12,6 +12,7 @@ use super::frame::{encode_frame_into, Frame, FRAME_OVERHEAD_BYTES};
 use super::gossip::{
     GossipReply, GossipRequest, PlanReply, PlanRequest, TransferAck, TransferBatch,
 };
+use crate::durability::Durability;
 use crate::error::ServiceError;
 use crate::membership::Membership;
 use crate::seda::{ControllerState, StageSnapshot, StageThrottle};
@@ -56,6 +57,10 @@ pub struct PutRequest {
     /// coordinates it even if its own view disagrees, so forwarding never loops.
     #[serde(default)]
     pub forwarded: bool,
+    /// Durable writes for this request (Dynamo §6.1); the cluster's `durable_writes` when
+    /// absent.
+    #[serde(default)]
+    pub durable: Option<Durability>,
 }
 
 /// `delete(key, context)`: writes a tombstone that supersedes what the context covers.
@@ -72,6 +77,9 @@ pub struct DeleteRequest {
     /// See [`PutRequest::forwarded`].
     #[serde(default)]
     pub forwarded: bool,
+    /// See [`PutRequest::durable`].
+    #[serde(default)]
+    pub durable: Option<Durability>,
 }
 
 /// An operator's read of one node's own stored versions of a key, with no coordination.
@@ -106,6 +114,9 @@ pub struct ReplicaWrite {
     /// when the receiver is a fallback standing in for it. The receiver keeps them as a hint.
     #[serde(default)]
     pub hint: Option<NodeId>,
+    /// Flush before acknowledging (the coordinator's `durable_writes` asked every replica to).
+    #[serde(default)]
+    pub durable: bool,
 }
 
 /// The first frame a node sends on a link it opens to a peer: proof that it knows the cluster
@@ -164,6 +175,9 @@ pub struct MembersReply {
 pub struct ReplicaReply {
     /// The replica's versions.
     pub versions: VersionSet,
+    /// The answer to a write: its copy was on disk when this was sent.
+    #[serde(default)]
+    pub durable: bool,
 }
 
 /// Reply to a get: the live sibling values and a context covering all of them (tombstones
@@ -187,6 +201,10 @@ pub struct PutReply {
     /// See [`GetReply::membership_version`].
     #[serde(default)]
     pub membership_version: u64,
+    /// How many of the acknowledging replicas had the write on disk (Dynamo §6.1): at least
+    /// one with `durable_writes = "one"`, all of them with `"all"`.
+    #[serde(default)]
+    pub durable: u8,
 }
 
 /// End-to-end latency of one client operation at this node, measured by the coordinator.

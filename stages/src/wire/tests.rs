@@ -53,14 +53,20 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 value,
                 w,
                 timeout_ms: None,
-                forwarded: w == Some(3)
+                forwarded: w == Some(3),
+                durable: match w {
+                    Some(1) => Some(crate::Durability::One),
+                    Some(2) => Some(crate::Durability::All),
+                    _ => None,
+                },
             })),
         (bytes(64), bytes(32)).prop_map(|(key, context)| Message::Delete(DeleteRequest {
             key,
             context,
             w: Some(2),
             timeout_ms: Some(5),
-            forwarded: false
+            forwarded: false,
+            durable: Some(crate::Durability::None),
         })),
         Just(Message::Stats),
         (proptest::collection::vec(bytes(64), 0..4), bytes(32)).prop_map(|(values, context)| {
@@ -72,7 +78,8 @@ fn arb_message() -> impl Strategy<Value = Message> {
         }),
         bytes(32).prop_map(|context| Message::PutReply(PutReply {
             context,
-            membership_version: 0
+            membership_version: 0,
+            durable: 2,
         })),
         bytes(64).prop_map(|key| Message::GetLocal(GetLocalRequest { key })),
         bytes(64).prop_map(|key| Message::ReplicaRead(ReplicaRead { key })),
@@ -80,10 +87,14 @@ fn arb_message() -> impl Strategy<Value = Message> {
             ReplicaWrite {
                 key,
                 versions,
-                hint: Some(crate::NodeId::new("n2"))
+                hint: Some(crate::NodeId::new("n2")),
+                durable: true,
             }
         )),
-        arb_versions().prop_map(|versions| Message::ReplicaReply(ReplicaReply { versions })),
+        arb_versions().prop_map(|versions| Message::ReplicaReply(ReplicaReply {
+            versions,
+            durable: true,
+        })),
         arb_versions().prop_map(|versions| Message::LocalReply(LocalReply { versions })),
         Just(Message::Ring),
         Just(Message::Ping),

@@ -11,6 +11,7 @@ impl Coordinator {
         now: Instant,
         op: OpId,
         result: Result<StorageOutcome, ServiceError>,
+        durable: bool,
         out: &mut Outbox,
     ) {
         let Some(OpInfo {
@@ -25,7 +26,10 @@ impl Coordinator {
             return;
         };
         match result {
-            Ok(outcome) => self.on_success(now, key, &mut pending, replica, outcome, out),
+            Ok(outcome) => {
+                let answer = (replica, outcome, durable);
+                self.on_success(now, key, &mut pending, answer, out)
+            }
             Err(error) => {
                 let local_write_failed = matches!(
                     pending.work,
@@ -67,11 +71,13 @@ impl Coordinator {
         now: Instant,
         key: RequestKey,
         pending: &mut Pending,
-        replica: NodeId,
-        outcome: StorageOutcome,
+        (replica, outcome, durable): (NodeId, StorageOutcome, bool),
         out: &mut Outbox,
     ) {
         let state = pending.tracker.ack();
+        if let Work::Write { durable_copies, .. } = &mut pending.work {
+            *durable_copies = durable_copies.saturating_add(u8::from(durable));
+        }
         match (&mut pending.work, outcome) {
             (
                 Work::Read {
@@ -88,6 +94,7 @@ impl Coordinator {
                     written,
                     remotes,
                     also_write,
+                    durability,
                     ..
                 },
                 StorageOutcome::Written { set, version },
@@ -95,8 +102,10 @@ impl Coordinator {
                 *context = Some(set.write_context(&version));
                 *written = Some(set.clone());
                 let remotes = remotes.clone();
+                let durable = durability.replicas_flush();
                 for remote in remotes {
-                    self.send_write(key, remote, &pending.key, &set, pending.deadline, out);
+                    let deadline = (pending.deadline, durable);
+                    self.send_write(key, remote, &pending.key, &set, deadline, out);
                 }
                 // Untracked: their answers find no operation and are dropped; a lost one is
                 // covered by the transfer that is filling the new replica.
@@ -106,6 +115,7 @@ impl Coordinator {
                         key: Bytes::from(pending.key.clone()),
                         versions: set.clone(),
                         hint: None,
+                        durable,
                     });
                     out.request(to_peer(node, op, message, pending.deadline));
                 }
@@ -121,7 +131,7 @@ impl Coordinator {
                         Message::LocalReply(LocalReply { versions })
                     }
                     (ServeKind::Replica, StorageOutcome::Versions(versions)) => {
-                        Message::ReplicaReply(ReplicaReply { versions })
+                        Message::ReplicaReply(ReplicaReply { versions, durable })
                     }
                     (_, other) => Message::Error(ServiceError::Storage {
                         reason: format!("storage answered a served request with {other:?}"),
@@ -155,9 +165,14 @@ impl Coordinator {
             }),
             // See `VersionSet::write_context`: the writer's context plus its own write, unless
             // that would also cover a sibling the writer never saw.
-            Work::Write { context, .. } => Message::PutReply(PutReply {
+            Work::Write {
+                context,
+                durable_copies,
+                ..
+            } => Message::PutReply(PutReply {
                 context: Bytes::from(seal.encode(&context.clone().unwrap_or_default())),
                 membership_version,
+                durable: *durable_copies,
             }),
             Work::Forward { .. } | Work::Serve { .. } | Work::Members => {
                 Message::Error(ServiceError::MalformedFrame {

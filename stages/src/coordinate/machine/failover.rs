@@ -104,17 +104,19 @@ impl Coordinator {
             Work::Write {
                 written: Some(versions),
                 spares,
+                durability,
                 ..
             } if !spares.is_empty() => {
                 let spare = spares.remove(0);
                 let versions = versions.clone();
+                let durable = durability.replicas_flush();
                 let hint = Some(failed.hint.clone().unwrap_or_else(|| failed.node.clone()));
                 self.send_write(
                     failed.request,
                     Target { node: spare, hint },
                     &key,
                     &versions,
-                    deadline,
+                    (deadline, durable),
                     out,
                 );
                 true
@@ -182,14 +184,18 @@ impl Coordinator {
                     }
                 }
             }
+            let mut durable = false;
             let result = done.result.and_then(|message| match message {
-                Message::ReplicaReply(reply) => Ok(StorageOutcome::Versions(reply.versions)),
+                Message::ReplicaReply(reply) => {
+                    durable = reply.durable;
+                    Ok(StorageOutcome::Versions(reply.versions))
+                }
                 Message::Error(error) => Err(error),
                 other => Err(ServiceError::MalformedFrame {
                     reason: format!("unexpected replica answer: {other}"),
                 }),
             });
-            return self.on_answer(now, done.op, result, out);
+            return self.on_answer(now, done.op, result, durable, out);
         }
         let Some(OpInfo { request: key, .. }) = self.operations.remove(&done.op) else {
             return;
@@ -230,8 +236,7 @@ pub(super) fn forwarded_message(
     key: &[u8],
     context: &VClock,
     value: Option<Vec<u8>>,
-    w: Option<usize>,
-    timeout: Option<Duration>,
+    (w, timeout, durable): (Option<usize>, Option<Duration>, Option<Durability>),
 ) -> Message {
     let key = Bytes::from(key.to_vec());
     let context = Bytes::from(seal.encode(context));
@@ -245,6 +250,7 @@ pub(super) fn forwarded_message(
             w,
             timeout_ms,
             forwarded: true,
+            durable,
         }),
         None => Message::Delete(DeleteRequest {
             key,
@@ -252,6 +258,7 @@ pub(super) fn forwarded_message(
             w,
             timeout_ms,
             forwarded: true,
+            durable,
         }),
     }
 }
