@@ -9,11 +9,14 @@
 # processes only, from /proc, over the run) and every server process's RSS at the end.
 # A failed load run is reported (FAILED ...), its row left out of the medians, and the table is
 # still printed; the script then exits non-zero. It never stops without saying why.
-# Usage: benches/side_by_side.sh [rounds] [seconds] [connections] [workload]
+# Usage: benches/side_by_side.sh [rounds] [seconds] [connections] [workload] [durable]
+# durable (all | one | none) is passed to every shoal run as `shoal-load --durable`; absent,
+# each node's config decides (durable_writes = "none": only sync matters).
 # Installs redis-server from Debian's packages if it is missing (needs root, as on CI).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-rounds=${1:-3}; secs=${2:-8}; threads=${3:-32}; workload=${4:-a}
+rounds=${1:-3}; secs=${2:-8}; threads=${3:-32}; workload=${4:-a}; durable=${5:-}
+case "$durable" in ""|all|one|none) ;; *) echo "side_by_side: durable must be all, one or none" >&2; exit 1 ;; esac
 die() { echo "side_by_side: $*" >&2; exit 1; }
 trap 'echo "side_by_side: stopped at line $LINENO (exit $?)" >&2' ERR
 if ! command -v redis-server > /dev/null; then
@@ -61,11 +64,12 @@ failed=0
 results="$work/results"; cpu="$work/cpu"
 touch "$results" "$cpu"
 load() { # label target replicas; a failed run is reported and counted, never fatal
-  local label=$1 before after
+  local label=$1 before after durable_args=()
+  [ -n "$durable" ] && [ "$label" != redis ] && durable_args=(--durable "$durable")
   # shellcheck disable=SC2086 # the list of pids splits on purpose
   before=$(cpu_ticks ${target_pids[$label]})
   if ! "$bin/shoal-load" --target "$2" --replicas "$3" --workload "$workload" --threads "$threads" \
-    --duration-secs "$secs" --keys 10000 --value-bytes 100 > "$work/load.out" 2> "$work/load.err"; then
+    --duration-secs "$secs" --keys 10000 --value-bytes 100 "${durable_args[@]}" > "$work/load.out" 2> "$work/load.err"; then
     echo "FAILED: $label run of round $round: $(grep -h error "$work/load.err" "$work/load.out" | tail -1)" >&2
     failed=$((failed + 1))
     return 0
@@ -89,7 +93,7 @@ trap - ERR
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { print (b > 0 ? a / b : 0) }'; }
 median() { sort -n | awk '{v[NR]=$1} END {print (NR ? v[int((NR+1)/2)] : "")}'; }
 value() { awk -v s="$1" -v o="$2" -v c="$3" '$1==s && $2==o {print $c}' "$results" | median; }
-echo "workload $workload, $threads connections, ${secs}s, median of $rounds rounds (ratio = shoal / redis)"
+echo "workload $workload, $threads connections, ${secs}s, median of $rounds rounds (ratio = shoal / redis)${durable:+, durable_writes $durable}"
 echo "single: one node, sync=always; nosync: one node, sync=none; cluster: 3 nodes N=3 R=2 W=2, sync=always"
 printf "%-8s %-4s %9s %7s %8s %6s %8s %6s %8s %6s\n" target op "ops/s" ratio p50us ratio p99us ratio p999us ratio
 for op in $(awk '{print $2}' "$results" | sort -u); do
