@@ -112,6 +112,9 @@ enum Work {
         durability: Durability,
         /// Acknowledgements whose copy was on disk, for the reply.
         durable_copies: u8,
+        /// `"one"`: the local write is applied and replicated but its flush has not answered;
+        /// no reply until it has.
+        awaiting_local_flush: bool,
     },
     /// A put forwarded to a preference-list node; `untried` are the next candidates.
     Forward {
@@ -380,6 +383,7 @@ impl Coordinator {
                     also_write: replicas.also_write,
                     durability,
                     durable_copies: 0,
+                    awaiting_local_flush: false,
                 };
                 let op = self.new_op(key, &me, None);
                 out.request(storage(

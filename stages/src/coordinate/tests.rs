@@ -539,3 +539,141 @@ fn durable_writes_choose_who_flushes_and_the_reply_counts_durable_copies() {
         (false, vec![false, false], 2)
     );
 }
+
+/// Starts a put through n1 (N=3 W=2, `durable_writes = "one"`) and answers its local write as
+/// applied with its flush to follow. Returns the coordinator, the local operation and the
+/// replica writes sent (peer, operation, whether they asked to flush).
+fn put_applied_before_its_flush() -> (Coordinator, OpId, Vec<(NodeId, OpId, bool)>) {
+    let (mut c, _) = coordinator_of_three_with(3, 2, 2, Durability::One);
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let request = ClientRequest::Put {
+        key: b"k".to_vec(),
+        context: Default::default(),
+        value: Some(b"v".to_vec()),
+        w: None,
+        timeout: None,
+        forwarded: false,
+        durable: None,
+    };
+    let origin = Origin {
+        conn: ConnId(1),
+        request_id: 6,
+    };
+    let client = CoordinateEvent::Client {
+        origin,
+        request,
+        received_at: start,
+    };
+    on_event(&mut c, start, client, &mut out);
+    let op = match out.as_slice() {
+        [Output::Storage(StorageEvent { op, .. })] => *op,
+        other => panic!("expected the local write, got {other:?}"),
+    };
+    out.clear();
+    let mut set = VersionSet::new();
+    let version = set
+        .coordinate_put(
+            &NodeId::new("n1"),
+            &VClock::new(),
+            Some(b"v".to_vec()),
+            1,
+            10,
+        )
+        .expect("a version");
+    let applied = StorageDone {
+        op,
+        result: Ok(StorageOutcome::Applied { set, version }),
+        durable: false,
+    };
+    on_event(&mut c, start, CoordinateEvent::Storage(applied), &mut out);
+    let sent = out
+        .iter()
+        .map(|o| match o {
+            Output::Peer {
+                peer,
+                op,
+                message: Message::ReplicaWrite(w),
+            } => (peer.clone(), *op, w.durable),
+            other => panic!("expected replica writes while the flush runs, got {other:?}"),
+        })
+        .collect();
+    (c, op, sent)
+}
+
+fn replica_ack(c: &mut Coordinator, peer: NodeId, op: OpId, out: &mut Vec<Output>) {
+    let ack = PeerDone {
+        op,
+        peer,
+        result: Ok(Message::ReplicaReply(ReplicaReply {
+            versions: VersionSet::new(),
+            durable: false,
+        })),
+    };
+    on_event(c, Instant::now(), CoordinateEvent::Peer(ack), out);
+}
+
+/// Goal: with `"one"` the write is replicated while the coordinator's flush runs (the flush
+/// and the round trip overlap), yet the client hears "ok" only once that flush answered, even
+/// when W buffered acknowledgements came first; the reply then counts one durable copy.
+#[test]
+fn one_replicates_during_the_coordinators_flush_and_replies_only_after_it() {
+    let (mut c, local, sent) = put_applied_before_its_flush();
+    assert_eq!(sent.len(), 2, "both other replicas get the write at once");
+    assert!(sent.iter().all(|s| !s.2), "with one, replicas do not flush");
+    let mut out = Vec::new();
+    for (peer, op, _) in sent {
+        replica_ack(&mut c, peer, op, &mut out);
+    }
+    assert!(out.is_empty(), "no reply before the local flush: {out:?}");
+    let flushed = StorageDone {
+        op: local,
+        result: Ok(StorageOutcome::Flushed),
+        durable: true,
+    };
+    on_event(
+        &mut c,
+        Instant::now(),
+        CoordinateEvent::Storage(flushed),
+        &mut out,
+    );
+    match out.as_slice() {
+        [Output::Reply {
+            message: Message::PutReply(reply),
+            ..
+        }] => assert_eq!(reply.durable, 1),
+        other => panic!("expected the reply after the flush, got {other:?}"),
+    }
+}
+
+/// Goal: with `"one"` a put whose coordinator flush failed is answered with that failure even
+/// though W replicas applied it: no copy is on disk, so "ok" would be a lie.
+#[test]
+fn one_fails_the_put_when_the_coordinators_flush_fails() {
+    let (mut c, local, sent) = put_applied_before_its_flush();
+    let mut out = Vec::new();
+    for (peer, op, _) in sent {
+        replica_ack(&mut c, peer, op, &mut out);
+    }
+    let failure = ServiceError::Storage {
+        reason: "journal flush failed: disk gone".into(),
+    };
+    let failed = StorageDone {
+        op: local,
+        result: Err(failure.clone()),
+        durable: false,
+    };
+    on_event(
+        &mut c,
+        Instant::now(),
+        CoordinateEvent::Storage(failed),
+        &mut out,
+    );
+    match out.as_slice() {
+        [Output::Reply {
+            message: Message::Error(e),
+            ..
+        }] => assert_eq!(e, &failure),
+        other => panic!("expected the flush's error, got {other:?}"),
+    }
+}

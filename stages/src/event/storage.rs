@@ -277,6 +277,17 @@ pub enum StorageOutcome {
         /// The version the write created.
         version: Version,
     },
+    /// A coordinated write that must be flushed, answered as soon as it is applied so the
+    /// coordinator can replicate it while the flush runs; a second answer for the same
+    /// operation follows: [`StorageOutcome::Flushed`], or the flush's error.
+    Applied {
+        /// The key's versions after the write.
+        set: VersionSet,
+        /// The version the write created.
+        version: Version,
+    },
+    /// The write answered earlier as [`StorageOutcome::Applied`] is on disk.
+    Flushed,
     /// A batch of hints, and how many hints the node holds in all (for the handoff stage's
     /// backlog).
     Hints {
@@ -346,6 +357,8 @@ impl fmt::Display for StorageDone {
         match &self.result {
             Ok(StorageOutcome::Versions(set)) => write!(f, "op {} done: {set}", self.op),
             Ok(StorageOutcome::Written { set, .. }) => write!(f, "op {} written: {set}", self.op),
+            Ok(StorageOutcome::Applied { set, .. }) => write!(f, "op {} applied: {set}", self.op),
+            Ok(StorageOutcome::Flushed) => write!(f, "op {} flushed", self.op),
             Ok(StorageOutcome::Hints { hints, held }) => {
                 write!(f, "op {} {} hints of {held}", self.op, hints.len())
             }

@@ -73,6 +73,8 @@ struct Held {
     /// Whether the operation is answered only after the flush (and not acknowledged if it
     /// fails).
     flush: bool,
+    /// A coordinated write's first answer, sent before the flush (`Applied`).
+    early: Option<StorageDone>,
 }
 
 /// One storage worker's machine.
@@ -255,6 +257,19 @@ impl StorageMachine {
                 }
             }
         });
+        // A coordinated write to flush is answered twice: applied now (its coordinator
+        // replicates it meanwhile), flushed after the batch's flush.
+        let (result, early) = match result {
+            Ok(StorageOutcome::Written { set, version }) if flush => {
+                let early = StorageDone {
+                    op,
+                    result: Ok(StorageOutcome::Applied { set, version }),
+                    durable: false,
+                };
+                (Ok(StorageOutcome::Flushed), Some(early))
+            }
+            other => (other, None),
+        };
         self.held.push(Held {
             reply_to,
             done: StorageDone {
@@ -263,6 +278,7 @@ impl StorageMachine {
                 durable: false,
             },
             flush,
+            early,
         });
     }
 
@@ -308,7 +324,12 @@ impl Machine for StorageMachine {
         }
         // What need not be on disk is answered before the flush: a buffered write or a read
         // does not wait for the fdatasync a durable write in the same batch asked for.
-        for held in self.held.drain(..) {
+        for mut held in self.held.drain(..) {
+            if let Some(early) = held.early.take() {
+                if let Some(answer) = held.reply_to.storage_done(early) {
+                    out.reply(answer);
+                }
+            }
             if held.flush && held.done.result.is_ok() {
                 self.flushing.push(held);
             } else {

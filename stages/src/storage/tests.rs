@@ -254,8 +254,9 @@ fn failed_group_commit_acknowledges_no_write_of_the_batch() {
             _ => None,
         })
         .collect();
-    // The read does not wait for the flush: it is answered first.
-    assert_eq!(answers, vec![(2, true), (1, false)]);
+    // The write is answered as applied at once (its coordinator replicates meanwhile), the
+    // read does not wait for the flush, and the failed flush is the write's final answer.
+    assert_eq!(answers, vec![(1, true), (2, true), (1, false)]);
     let _ = Arc::clone(&engine);
 }
 
@@ -310,9 +311,15 @@ fn durable_writes_wait_for_the_flush_and_buffered_ones_do_not() {
         event(3, read),
     ];
     machine.on_batch(Now::real(), &mut batch, &mut out);
+    // The durable write's first answer says applied (not yet on disk), its second flushed.
     assert_eq!(
         storage_answers(&mut out),
-        vec![(2, true, false), (3, true, false), (1, true, true)]
+        vec![
+            (1, true, false),
+            (2, true, false),
+            (3, true, false),
+            (1, true, true)
+        ]
     );
     assert_eq!(
         engine.unflushed_writes(),
@@ -360,7 +367,7 @@ fn sync_always_makes_every_write_durable_even_when_not_asked() {
     machine.on_batch(Now::real(), &mut batch, &mut out);
     assert_eq!(
         storage_answers(&mut out),
-        vec![(1, true, true), (2, true, true)]
+        vec![(1, true, false), (1, true, true), (2, true, true)]
     );
     assert_eq!(engine.unflushed_writes(), 0);
 }

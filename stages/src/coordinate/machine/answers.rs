@@ -14,6 +14,18 @@ impl Coordinator {
         durable: bool,
         out: &mut Outbox,
     ) {
+        if let Ok(StorageOutcome::Applied { set, version }) = result {
+            // The local write is applied and its flush runs: replicate it meanwhile. The
+            // operation stays: its flush answers it.
+            let Some(key) = self.operations.get(&op).map(|info| info.request) else {
+                return;
+            };
+            if let Some(mut pending) = self.requests.remove(&key) {
+                self.replicate_write(key, &mut pending, (set, version, true), out);
+                self.requests.insert(key, pending);
+            }
+            return;
+        }
         let Some(OpInfo {
             request: key,
             node: replica,
@@ -25,16 +37,35 @@ impl Coordinator {
         let Some(mut pending) = self.requests.remove(&key) else {
             return;
         };
+        let local = replica == self.settings.node;
+        if let Work::Write {
+            awaiting_local_flush,
+            ..
+        } = &mut pending.work
+        {
+            if local {
+                *awaiting_local_flush = false;
+            }
+        }
         match result {
             Ok(outcome) => {
                 let answer = (replica, outcome, durable);
                 self.on_success(now, key, &mut pending, answer, out)
             }
             Err(error) => {
+                // With "one" the coordinator's copy is the durable one: a put whose local flush
+                // failed has none, whatever the other replicas say.
                 let local_write_failed = matches!(
                     pending.work,
                     Work::Write { written: None, .. } | Work::Serve { .. } | Work::Members
-                );
+                ) || (local
+                    && matches!(
+                        pending.work,
+                        Work::Write {
+                            durability: Durability::One,
+                            ..
+                        }
+                    ));
                 let state = pending.tracker.fail();
                 // Without its local write the coordinator has no version to replicate: that
                 // failure is the answer. Otherwise the answer says how many of how many.
@@ -88,37 +119,8 @@ impl Coordinator {
                 merged.merge(&set);
                 replies.insert(replica, set);
             }
-            (
-                Work::Write {
-                    context,
-                    written,
-                    remotes,
-                    also_write,
-                    durability,
-                    ..
-                },
-                StorageOutcome::Written { set, version },
-            ) => {
-                *context = Some(set.write_context(&version));
-                *written = Some(set.clone());
-                let remotes = remotes.clone();
-                let durable = durability.replicas_flush();
-                for remote in remotes {
-                    let deadline = (pending.deadline, durable);
-                    self.send_write(key, remote, &pending.key, &set, deadline, out);
-                }
-                // Untracked: their answers find no operation and are dropped; a lost one is
-                // covered by the transfer that is filling the new replica.
-                for node in std::mem::take(also_write) {
-                    let op = OpId(self.new_id());
-                    let message = Message::ReplicaWrite(ReplicaWrite {
-                        key: Bytes::from(pending.key.clone()),
-                        versions: set.clone(),
-                        hint: None,
-                        durable,
-                    });
-                    out.request(to_peer(node, op, message, pending.deadline));
-                }
+            (Work::Write { .. }, StorageOutcome::Written { set, version }) => {
+                self.replicate_write(key, pending, (set, version, false), out);
             }
             (Work::Members, StorageOutcome::PendingHints(counts)) => {
                 let message = self.members_reply(now, &counts);
@@ -144,9 +146,65 @@ impl Coordinator {
             // (which only counts as the acknowledgement it is).
             _ => {}
         }
-        if state == QuorumState::Reached && !pending.replied {
+        // With "one", W acknowledgements are not enough without the coordinator's flushed copy.
+        let awaiting = matches!(
+            pending.work,
+            Work::Write {
+                awaiting_local_flush: true,
+                ..
+            }
+        );
+        if state == QuorumState::Reached && !pending.replied && !awaiting {
             let message = self.success_reply(pending);
             self.reply(now, pending, message, out);
+        }
+    }
+
+    /// The local write created the version (it is applied, and with `flush_pending` its flush
+    /// still runs): sends the resulting set to the other replicas.
+    fn replicate_write(
+        &mut self,
+        key: RequestKey,
+        pending: &mut Pending,
+        (set, version, flush_pending): (VersionSet, crate::versioning::Version, bool),
+        out: &mut Outbox,
+    ) {
+        let Work::Write {
+            context,
+            written,
+            remotes,
+            also_write,
+            durability,
+            awaiting_local_flush,
+            ..
+        } = &mut pending.work
+        else {
+            return;
+        };
+        if written.is_some() {
+            return; // replicated already (a repeated answer)
+        }
+        *context = Some(set.write_context(&version));
+        *written = Some(set.clone());
+        *awaiting_local_flush = flush_pending && *durability == Durability::One;
+        let remotes = remotes.clone();
+        let also_write = std::mem::take(also_write);
+        let durable = durability.replicas_flush();
+        for remote in remotes {
+            let deadline = (pending.deadline, durable);
+            self.send_write(key, remote, &pending.key, &set, deadline, out);
+        }
+        // Untracked: their answers find no operation and are dropped; a lost one is
+        // covered by the transfer that is filling the new replica.
+        for node in also_write {
+            let op = OpId(self.new_id());
+            let message = Message::ReplicaWrite(ReplicaWrite {
+                key: Bytes::from(pending.key.clone()),
+                versions: set.clone(),
+                hint: None,
+                durable,
+            });
+            out.request(to_peer(node, op, message, pending.deadline));
         }
     }
 
