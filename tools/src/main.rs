@@ -121,8 +121,14 @@ fn config(args: &Args) -> Result<LoadConfig, String> {
 fn print_report(report: &LoadReport) {
     let c = &report.config;
     println!(
-        "shoal-load: workload {:?}, {:?} keys, {} threads, {:.1} s, {} B values",
-        c.workload, c.key_choice, c.threads, report.elapsed_secs, c.value_bytes
+        "shoal-load: workload {:?}, {:?} keys, {} threads, {:.1} s, {} B values{}",
+        c.workload,
+        c.key_choice,
+        c.threads,
+        report.elapsed_secs,
+        c.value_bytes,
+        c.durable
+            .map_or(String::new(), |d| format!(", durable writes {d}"))
     );
     if let Some(load) = &report.load {
         println!(

@@ -257,7 +257,22 @@ impl Coordinator {
             }
             if let Some(mut pending) = self.requests.remove(&key) {
                 if !pending.replied {
-                    let error = pending.tracker.error(pending.operation.name());
+                    let error = if matches!(
+                        pending.work,
+                        Work::Write {
+                            awaiting_local_flush: true,
+                            ..
+                        }
+                    ) {
+                        // W replicas may have acknowledged; the one that had to flush did not.
+                        ServiceError::Storage {
+                            reason: "the coordinator's durable write (durable_writes = \"one\") \
+                                     did not finish its flush before the deadline"
+                                .into(),
+                        }
+                    } else {
+                        pending.tracker.error(pending.operation.name())
+                    };
                     self.reply(now, &mut pending, Message::Error(error), out);
                 }
                 repair_if_read(&pending, out);
