@@ -16,6 +16,7 @@ pub mod demo;
 pub mod load;
 pub mod logging;
 pub mod membership_cli;
+pub mod metrics;
 pub mod node;
 pub mod sim_cli;
 pub mod throttle_cli;

@@ -18,6 +18,7 @@
 
 use crate::config::{Config, ConfigError, DEFAULT_SECRET};
 use crate::controller::ControllerLoop;
+use crate::metrics::MetricsServer;
 use shoal_stages::anti_entropy::{AntiEntropyMachine, AntiEntropySettings};
 use shoal_stages::coordinate::{Coordinator, CoordinatorSettings};
 use shoal_stages::event::{wall_clock_ms, AaeBoard, StageId, TransferBoard};
@@ -87,6 +88,8 @@ pub struct Node {
     intake_thread: Option<JoinHandle<()>>,
     controller_stop: Arc<AtomicBool>,
     controller_thread: Option<JoinHandle<()>>,
+    /// `/metrics`, when `[metrics] listen` is set.
+    metrics: Option<MetricsServer>,
     /// Pool stages in shutdown order.
     stages: Vec<StageHandle>,
     /// The workers that serve them.
@@ -185,6 +188,18 @@ impl Node {
             gates: shared.gates.clone(),
             aae: shared.aae.clone(),
         };
+        let metrics = match config.metrics.listen {
+            Some(listen) => Some(
+                MetricsServer::start(
+                    listen,
+                    stats.clone(),
+                    shared.store.clone(),
+                    logger.new(o!("stage" => "metrics")),
+                )
+                .map_err(io_error("binding the metrics address"))?,
+            ),
+            None => None,
+        };
         let domain: Vec<&'static str> = config.intake_runs().iter().map(|s| s.name()).collect();
         let intake = Intake::new(
             socket,
@@ -212,13 +227,15 @@ impl Node {
         let current = shared.membership.current();
         info!(logger, "node started"; "addr" => %local_addr, "sync" => %config.storage.sync,
               "partitions" => current.ring().partition_count(), "members" => current.members().count(),
-              "n" => config.cluster.n);
+              "n" => config.cluster.n,
+              "metrics" => metrics.as_ref().map_or("off".to_string(), |m| m.addr().to_string()));
         Ok(Node {
             local_addr,
             intake_stop,
             intake_thread: Some(intake_thread),
             controller_stop,
             controller_thread: Some(controller_thread),
+            metrics,
             stages,
             pool: Some(pool),
             logger,
@@ -230,10 +247,18 @@ impl Node {
         self.local_addr
     }
 
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::addr)
+    }
+
     /// Stops the stages in stage-table order (intake, parse, coordinate, replicate, repair,
     /// handoff, anti-entropy, transfer, gossip, storage), each after its queue drained;
     /// storage flushes its journal last.
     pub fn shutdown(mut self) {
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop();
+        }
         self.controller_stop.store(true, Ordering::Release);
         if let Some(thread) = self.controller_thread.take() {
             thread.thread().unpark();

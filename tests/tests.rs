@@ -9,6 +9,7 @@ mod cluster {
     pub mod failures;
     pub mod load_tool;
     pub mod membership;
+    pub mod metrics;
     pub mod overload;
     pub mod replication;
     pub mod support;

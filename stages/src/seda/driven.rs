@@ -3,7 +3,7 @@
 //! stage of the worker pool. The simulator has its own driver; the machines are the same.
 
 use super::machine::{Delivery, Effect, Machine, Outbox};
-use super::{OperationLatencies, SendError, Stage, StageSender, StageSnapshot};
+use super::{ExportedHistogram, OperationLatencies, SendError, Stage, StageSender, StageSnapshot};
 use crate::event::{
     wall_clock_ms, AntiEntropyEvent, CoordinateEvent, Event, GossipEvent, HandoffEvent,
     IntakeEvent, Now, Operation, ParseEvent, Refusal, RepairEvent, ReplicateEvent, SocketCommand,
@@ -87,6 +87,28 @@ impl Router {
             StageId::Gossip => self.gossip.depth(),
             StageId::Storage => self.storage.depth(),
         }
+    }
+
+    /// Every stage's queue-wait and service-time histograms, in stage-table order.
+    pub fn exported(&self) -> Vec<(StageId, ExportedHistogram, ExportedHistogram)> {
+        StageId::ALL
+            .into_iter()
+            .map(|stage| {
+                let (wait, service) = match stage {
+                    StageId::Intake => self.intake.exported(),
+                    StageId::Parse => self.parse.exported(),
+                    StageId::Coordinate => self.coordinate.exported(),
+                    StageId::Replicate => self.replicate.exported(),
+                    StageId::Repair => self.repair.exported(),
+                    StageId::Handoff => self.handoff.exported(),
+                    StageId::AntiEntropy => self.anti_entropy.exported(),
+                    StageId::Transfer => self.transfer.exported(),
+                    StageId::Gossip => self.gossip.exported(),
+                    StageId::Storage => self.storage.exported(),
+                };
+                (stage, wait, service)
+            })
+            .collect()
     }
 
     /// Every stage's statistics now, in stage-table order.

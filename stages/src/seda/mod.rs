@@ -33,7 +33,10 @@ pub use gates::{
 pub use machine::{Delivery, Effect, Machine, Outbox};
 pub use rate_gate::{RateGate, BURST_WINDOW};
 pub use runtime::{Domain, PoolSettings, Stage, StageHandle, WorkerPool};
-pub use stats::{micros, new_latency_histogram, OperationLatencies, StageSnapshot, StageStats};
+pub use stats::{
+    micros, new_latency_histogram, ExportedHistogram, OperationLatencies, StageSnapshot,
+    StageStats, EXPORT_BOUNDS_US,
+};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::sync::Arc;
@@ -211,6 +214,11 @@ impl<E> StageSender<E> {
     /// A snapshot of the stage's statistics with its current depth.
     pub fn snapshot(&self) -> StageSnapshot {
         self.stats.snapshot(self.depth())
+    }
+
+    /// The stage's queue-wait and service-time histograms, for export.
+    pub fn exported(&self) -> (ExportedHistogram, ExportedHistogram) {
+        self.stats.exported()
     }
 }
 

@@ -22,6 +22,57 @@ pub fn new_latency_histogram() -> Histogram<u64> {
         .unwrap_or_else(|_| unreachable!("constant histogram bounds are valid"))
 }
 
+/// Upper bounds, in µs, of the buckets a latency histogram is exported with (Prometheus's
+/// `le`): a 1-2.5-5 series from 50 µs to 10 s, enough to tell a queue hop from a flush from a
+/// stall.
+pub const EXPORT_BOUNDS_US: [u64; 16] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 10_000_000,
+];
+
+/// A latency histogram in the shape Prometheus reads: cumulative counts at fixed bounds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportedHistogram {
+    /// Sum of the recorded values, µs. HDR histograms keep no exact sum: this is count × mean,
+    /// exact to the histogram's 0.1 % resolution.
+    pub sum_us: f64,
+    /// Values recorded.
+    pub count: u64,
+    /// For each of [`EXPORT_BOUNDS_US`]: the bound and how many values are at most it.
+    pub buckets: Vec<(u64, u64)>,
+}
+
+impl ExportedHistogram {
+    /// The export of `histogram`.
+    pub fn of(histogram: &Histogram<u64>) -> ExportedHistogram {
+        let count = histogram.len();
+        let buckets = EXPORT_BOUNDS_US
+            .iter()
+            .map(|&bound| {
+                let at_most = if count == 0 {
+                    0
+                } else {
+                    histogram.count_between(0, bound)
+                };
+                (bound, at_most)
+            })
+            .collect();
+        ExportedHistogram {
+            sum_us: histogram.mean() * count as f64,
+            count,
+            buckets,
+        }
+    }
+
+    /// The export of a shared histogram (empty if its lock was poisoned).
+    fn of_shared(histogram: &Mutex<Histogram<u64>>) -> ExportedHistogram {
+        match histogram.lock() {
+            Ok(h) => ExportedHistogram::of(&h),
+            Err(_) => ExportedHistogram::of(&new_latency_histogram()),
+        }
+    }
+}
+
 /// Microseconds of a duration, saturating.
 pub fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
@@ -155,6 +206,14 @@ impl StageStats {
         take(&self.recent_wait_us)
     }
 
+    /// The lifetime queue-wait and service-time histograms, for export.
+    pub fn exported(&self) -> (ExportedHistogram, ExportedHistogram) {
+        (
+            ExportedHistogram::of_shared(&self.wait_us),
+            ExportedHistogram::of_shared(&self.service_us),
+        )
+    }
+
     /// A snapshot, given the current queue depth (which only the queue knows).
     pub fn snapshot(&self, queue_depth: usize) -> StageSnapshot {
         let (wait_p50, wait_p99) = percentiles(&self.wait_us);
@@ -235,6 +294,16 @@ impl OperationLatencies {
         take(&self.recent)
     }
 
+    /// Each operation's lifetime latency histogram, for export, in operation order.
+    pub fn exported(&self) -> Vec<(&'static str, ExportedHistogram)> {
+        let Ok(map) = self.histograms.lock() else {
+            return Vec::new();
+        };
+        map.iter()
+            .map(|(operation, h)| (operation.name(), ExportedHistogram::of(h)))
+            .collect()
+    }
+
     /// Percentiles per operation.
     pub fn snapshot(&self) -> Vec<OperationLatency> {
         let Ok(map) = self.histograms.lock() else {
@@ -249,5 +318,40 @@ impl OperationLatencies {
                 latency_us_p999: h.value_at_quantile(0.999),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: an exported histogram counts, at each bound, the values at most that bound (what
+    /// Prometheus's `le` means), with the total count and sum.
+    #[test]
+    fn exported_buckets_count_the_values_at_most_each_bound() {
+        let mut histogram = new_latency_histogram();
+        for value in [10, 200, 3_000, 20_000_000] {
+            histogram.record(value).expect("in range");
+        }
+        let exported = ExportedHistogram::of(&histogram);
+        let at = |bound: u64| {
+            exported
+                .buckets
+                .iter()
+                .find(|(b, _)| *b == bound)
+                .map(|(_, n)| *n)
+        };
+        assert_eq!(at(50), Some(1));
+        assert_eq!(at(250), Some(2));
+        assert_eq!(at(5_000), Some(3));
+        assert_eq!(at(10_000_000), Some(3), "20 s is above every bound");
+        assert_eq!(exported.count, 4);
+        let sum = 10.0 + 200.0 + 3_000.0 + 20_000_000.0;
+        assert!(
+            (exported.sum_us - sum).abs() / sum < 0.01,
+            "{}",
+            exported.sum_us
+        );
+        assert_eq!(ExportedHistogram::of(&new_latency_histogram()).count, 0);
     }
 }

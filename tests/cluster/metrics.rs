@@ -1,0 +1,117 @@
+//! `/metrics` on a real node: scraped over HTTP and read back with a Prometheus text parser
+//! (prometheus-parse), as a Prometheus server would.
+
+use super::support::{TestNode, CLIENT_TIMEOUT};
+use prometheus_parse::{Sample, Scrape, Value};
+use shoal::client::RequestOptions;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+/// `GET path` over HTTP/1.0: the status code and the body.
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to /metrics");
+    stream
+        .set_read_timeout(Some(CLIENT_TIMEOUT))
+        .expect("read timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a header");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    (status, body.to_string())
+}
+
+fn sample<'a>(scrape: &'a Scrape, metric: &str, label: (&str, &str)) -> &'a Sample {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && s.labels.get(label.0) == Some(label.1))
+        .unwrap_or_else(|| panic!("no sample {metric}{{{}={:?}}}", label.0, label.1))
+}
+
+fn number(value: &Value) -> f64 {
+    match value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+        other => panic!("not a number: {other:?}"),
+    }
+}
+
+/// Goal: with `[metrics] listen` set, `GET /metrics` answers in the Prometheus text format, and
+/// what it says follows the traffic: every stage's queue depth and capacity, counters that
+/// count the requests just made, the put latency histogram holding them, the controller's
+/// target, each background stage's rate; another path is a 404 and the node keeps serving.
+#[test]
+fn metrics_are_scraped_over_http_and_parse_as_prometheus_text() {
+    let node = TestNode::start("[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let addr = node
+        .node
+        .as_ref()
+        .and_then(|n| n.metrics_addr())
+        .expect("metrics are served");
+    let mut client = node.client();
+    for i in 0..5 {
+        let key = format!("k{i}");
+        client
+            .put(key.as_bytes(), None, b"v", RequestOptions::default())
+            .expect("put");
+    }
+
+    let (status, body) = http_get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let scrape =
+        Scrape::parse(body.lines().map(|line| Ok(line.to_string()))).expect("Prometheus text");
+
+    let capacity = sample(&scrape, "shoal_stage_queue_capacity", ("stage", "storage"));
+    assert!(number(&capacity.value) > 0.0);
+    sample(&scrape, "shoal_stage_queue_depth", ("stage", "coordinate"));
+    let processed = sample(&scrape, "shoal_stage_processed_total", ("stage", "storage"));
+    assert!(number(&processed.value) >= 5.0, "{processed:?}");
+    let puts = sample(
+        &scrape,
+        "shoal_request_duration_seconds",
+        ("operation", "put"),
+    );
+    match &puts.value {
+        Value::Histogram(buckets) => {
+            let all = buckets.last().expect("buckets");
+            assert!(
+                all.less_than.is_infinite() && all.count >= 5.0,
+                "{buckets:?}"
+            );
+            // Cumulative, as Prometheus reads them: never decreasing, never above the total.
+            let counts: Vec<f64> = buckets.iter().map(|b| b.count).collect();
+            assert!(
+                counts.windows(2).all(|w| w[0] <= w[1]),
+                "buckets not cumulative: {buckets:?}"
+            );
+        }
+        other => panic!("the put latency is not a histogram: {other:?}"),
+    }
+    let count = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "shoal_request_duration_seconds_count")
+        .map(|s| number(&s.value));
+    assert!(count.is_none_or(|c| c >= 5.0), "count {count:?}");
+    let target = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "shoal_controller_target_seconds")
+        .expect("the controller's target");
+    assert!(number(&target.value) > 0.0);
+    sample(
+        &scrape,
+        "shoal_background_rate_limit_per_second",
+        ("stage", "handoff"),
+    );
+
+    let (status, _) = http_get(addr, "/other");
+    assert_eq!(status, 404);
+    client
+        .get(b"k1", RequestOptions::default())
+        .expect("the node still serves");
+}
