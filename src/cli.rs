@@ -52,6 +52,9 @@ pub struct DemoArgs {
     /// Load threads.
     #[arg(long, default_value_t = 4)]
     threads: usize,
+    /// Where to draw the run (SVG; default: shoal-demo.svg in the system's temp directory).
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 /// `shoal node`
@@ -244,6 +247,9 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let options = crate::demo::DemoOptions {
                 duration: std::time::Duration::from_secs(args.duration_secs),
                 threads: args.threads,
+                plot: args
+                    .plot
+                    .unwrap_or_else(|| std::env::temp_dir().join("shoal-demo.svg")),
             };
             let lost = crate::demo::run_demo(options, &mut std::io::stdout())?;
             if lost > 0 {

@@ -23,12 +23,14 @@ use std::time::Duration;
 const SET_KEYS: [&str; 3] = ["demo-set-0", "demo-set-1", "demo-set-2"];
 
 /// How long the demo runs its workload, and with how many threads.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct DemoOptions {
     /// Workload duration; the whole demo takes a few seconds more.
     pub duration: Duration,
     /// Load threads.
     pub threads: usize,
+    /// Where the run's plot goes (SVG).
+    pub plot: std::path::PathBuf,
 }
 
 /// Runs the demo, printing to `out`; returns how many acknowledged adds were lost (0 is the
@@ -112,6 +114,14 @@ pub fn run_demo(options: DemoOptions, out: &mut dyn Write) -> Result<usize, Stri
         )?;
         write!(out, "{}", stages.table()).map_err(|e| e.to_string())?;
     }
+    crate::load::plot::write_svg(&report, &options.plot)?;
+    w(
+        out,
+        &format!(
+            "== plot of the run (throughput, latency percentiles, queue depths): {}",
+            options.plot.display()
+        ),
+    )?;
     for seed in &seeds {
         let stats = Client::connect(seed, Duration::from_secs(5))
             .and_then(|mut c| c.stats())

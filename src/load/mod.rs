@@ -4,6 +4,7 @@
 //! operation, and optionally the per-stage queue depths of every node sampled during the run.
 
 pub mod keys;
+pub mod plot;
 pub mod report;
 pub mod schedule;
 pub mod stage_sampler;
@@ -118,8 +119,12 @@ pub struct Second {
     pub ops: u64,
     /// Failed operations in that second.
     pub errors: u64,
+    /// p50 of that second, microseconds.
+    pub p50_us: u64,
     /// p99 of that second, microseconds.
     pub p99_us: u64,
+    /// p99.9 of that second, microseconds.
+    pub p999_us: u64,
 }
 
 /// A finished run.
@@ -257,11 +262,14 @@ fn live_lines(
             .map(|mut r| std::mem::take(&mut *r))
             .unwrap_or_default();
         let (ok, errors) = interval.totals();
+        let (p50_us, p99_us, p999_us) = interval.quantiles_us();
         let second = Second {
             t: series.len() as u64 + 1,
             ops: ok,
             errors,
-            p99_us: interval.p99_us(),
+            p50_us,
+            p99_us,
+            p999_us,
         };
         let _ = writeln!(
             live,

@@ -90,16 +90,21 @@ impl Recorder {
         })
     }
 
-    /// The p99 of every operation together, microseconds (for the live line).
-    pub fn p99_us(&self) -> u64 {
+    /// The p50, p99 and p99.9 of every operation together, microseconds (for the live line
+    /// and the plot); zeros when nothing succeeded.
+    pub fn quantiles_us(&self) -> (u64, u64, u64) {
         let mut all = shoal_stages::seda::new_latency_histogram();
         for stats in self.ops.values() {
             let _ = all.add(&stats.histogram);
         }
         if all.is_empty() {
-            0
+            (0, 0, 0)
         } else {
-            all.value_at_quantile(0.99)
+            (
+                all.value_at_quantile(0.5),
+                all.value_at_quantile(0.99),
+                all.value_at_quantile(0.999),
+            )
         }
     }
 }

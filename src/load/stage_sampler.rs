@@ -35,6 +35,8 @@ pub struct StageDepth {
     pub mean_used_per_sec: f64,
     /// A background stage's largest backlog seen.
     pub peak_backlog: u64,
+    /// Every sample: seconds since sampling started, and the queue depth then.
+    pub depths: Vec<(f64, u64)>,
     samples: u64,
     depth_sum: u64,
     used_sum: u64,
@@ -160,7 +162,8 @@ impl StageSampler {
 fn sample_until(addrs: &[String], stop: &AtomicBool) -> BTreeMap<(String, String), StageDepth> {
     let mut stages: BTreeMap<(String, String), StageDepth> = BTreeMap::new();
     let mut clients: Vec<Option<Client>> = addrs.iter().map(|_| None).collect();
-    let mut next = Instant::now();
+    let started = Instant::now();
+    let mut next = started;
     while !stop.load(Ordering::Relaxed) {
         if Instant::now() >= next {
             next += SAMPLE_EVERY;
@@ -183,6 +186,8 @@ fn sample_until(addrs: &[String], stop: &AtomicBool) -> BTreeMap<(String, String
                             ..StageDepth::default()
                         });
                     entry.peak_depth = entry.peak_depth.max(s.queue_depth);
+                    let t = started.elapsed().as_secs_f64();
+                    entry.depths.push((t, s.queue_depth));
                     entry.depth_sum += s.queue_depth;
                     entry.samples += 1;
                     entry.wait_us_p99 = entry.wait_us_p99.max(s.wait_us_p99);

@@ -117,11 +117,28 @@ fn node_with_unknown_config_key_exits_naming_the_key() {
 
 /// Goal: `shoal demo` (README's main job), shortened, completes: a 3-node cluster under load
 /// with a node stopped and restarted, no acknowledged write lost, every stage of every node
-/// printed, everything stopped cleanly.
+/// printed, its plot written where it says, everything stopped cleanly.
 #[test]
 fn demo_completes_with_no_lost_write_and_prints_every_stage() {
-    let (ok, stdout, stderr) = shoal(&["demo", "--duration-secs", "4", "--threads", "2"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plot = dir.path().join("demo.svg");
+    let plot_arg = plot.to_str().expect("a UTF-8 temp path");
+    let (ok, stdout, stderr) = shoal(&[
+        "demo",
+        "--duration-secs",
+        "4",
+        "--threads",
+        "2",
+        "--plot",
+        plot_arg,
+    ]);
     assert!(ok, "demo failed: {stderr}\n{stdout}");
+    assert!(
+        stdout.contains(plot_arg),
+        "the demo says where its plot is: {stdout}"
+    );
+    let svg = std::fs::read_to_string(&plot).expect("the demo wrote its plot");
+    assert!(svg.contains("throughput per second") && svg.contains("latency per second"));
     assert!(
         stdout.contains("lost acknowledged writes: 0 of "),
         "{stdout}"

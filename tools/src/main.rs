@@ -70,6 +70,10 @@ struct Args {
     /// Write the configuration, results and per-second series as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Draw throughput and p50/p99/p99.9 per second (and, with --stage-stats, every stage's
+    /// queue depth over time) to this SVG file.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
     /// Sample every node's per-stage stats once a second and report queue depths.
     #[arg(long)]
     stage_stats: bool,
@@ -183,6 +187,15 @@ fn main() {
         if let Err(e) = written {
             eprintln!("error: cannot write {}: {e}", path.display());
             std::process::exit(1);
+        }
+    }
+    if let Some(path) = &args.plot {
+        match shoal::load::plot::write_svg(&report, path) {
+            Ok(()) => println!("plot: {}", path.display()),
+            Err(e) => {
+                eprintln!("error: cannot write {}: {e}", path.display());
+                std::process::exit(1);
+            }
         }
     }
     if succeeded == 0 && failed > 0 {
