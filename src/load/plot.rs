@@ -42,6 +42,9 @@ pub fn write_svg(report: &LoadReport, path: &Path) -> Result<(), String> {
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
+/// A latency line: its label, where a second keeps it, its colour.
+type Percentile = (&'static str, fn(&super::Second) -> u64, RGBColor);
+
 fn throughput(report: &LoadReport, area: &Area) -> Result<(), String> {
     let seconds = report.series.len().max(1) as u64;
     let top = report
@@ -113,7 +116,7 @@ fn latency(report: &LoadReport, area: &Area) -> Result<(), String> {
         .y_desc("ms")
         .draw()
         .map_err(text)?;
-    let lines: [(&str, fn(&super::Second) -> u64, RGBColor); 3] = [
+    let lines: [Percentile; 3] = [
         ("p50", |s| s.p50_us, GREEN),
         ("p99", |s| s.p99_us, BLUE),
         ("p99.9", |s| s.p999_us, RED),
