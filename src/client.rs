@@ -276,8 +276,13 @@ impl Client {
 
     /// The node's view of the membership and ring.
     pub fn ring(&mut self) -> Result<Membership, ClientError> {
+        self.ring_and_replicas().map(|(membership, _)| membership)
+    }
+
+    /// The node's view of the membership and ring, and the cluster's N.
+    pub fn ring_and_replicas(&mut self) -> Result<(Membership, usize), ClientError> {
         match self.call(&Message::Ring)? {
-            Message::RingReply(membership) => Ok(*membership),
+            Message::RingReply(reply) => Ok((reply.membership, usize::from(reply.replicas))),
             other => Err(ClientError::UnexpectedReply(other.to_string())),
         }
     }

@@ -38,15 +38,30 @@ impl ClusterClient {
         n: usize,
         timeout: Duration,
     ) -> Result<ClusterClient, ClientError> {
-        let membership = fetch_ring(seeds, timeout)?;
+        ClusterClient::connect_with(seeds, Some(n), timeout)
+    }
+
+    /// [`ClusterClient::connect`], with N as the cluster reports it with its ring when `n` is
+    /// `None`.
+    pub fn connect_with(
+        seeds: &[String],
+        n: Option<usize>,
+        timeout: Duration,
+    ) -> Result<ClusterClient, ClientError> {
+        let (membership, reported) = fetch_ring(seeds, timeout)?;
         Ok(ClusterClient {
             seeds: seeds.to_vec(),
             membership: Box::new(membership),
-            n: n.max(1),
+            n: n.unwrap_or(reported).max(1),
             timeout,
             connections: HashMap::new(),
             down_until: HashMap::new(),
         })
+    }
+
+    /// The N the client routes by (preference lists of this many nodes).
+    pub fn replicas(&self) -> usize {
+        self.n
     }
 
     /// The membership the client routes by.
@@ -153,19 +168,19 @@ impl ClusterClient {
                 .map(|m| m.addr.to_string())
                 .collect();
             sources.extend(self.seeds.iter().cloned());
-            if let Ok(membership) = fetch_ring(&sources, self.timeout) {
+            if let Ok((membership, _)) = fetch_ring(&sources, self.timeout) {
                 *self.membership = membership;
             }
         }
     }
 }
 
-/// The ring of the first node in `sources` that answers.
-fn fetch_ring(sources: &[String], timeout: Duration) -> Result<Membership, ClientError> {
+/// The ring, and the cluster's N, of the first node in `sources` that answers.
+fn fetch_ring(sources: &[String], timeout: Duration) -> Result<(Membership, usize), ClientError> {
     let mut last_error = ClientError::Usage("no seed nodes given".into());
     for addr in sources {
-        match Client::connect(addr, timeout).and_then(|mut client| client.ring()) {
-            Ok(membership) => return Ok(membership),
+        match Client::connect(addr, timeout).and_then(|mut client| client.ring_and_replicas()) {
+            Ok(ring) => return Ok(ring),
             Err(error) => last_error = error,
         }
     }

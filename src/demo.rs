@@ -62,7 +62,7 @@ pub fn run_demo(options: DemoOptions, out: &mut dyn Write) -> Result<usize, Stri
     let load = LoadConfig {
         target: TargetSpec::Shoal {
             seeds: seeds.clone(),
-            replicas: 3,
+            replicas: None,
         },
         workload: Workload::A,
         key_choice: KeyChoice::Zipfian,

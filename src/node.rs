@@ -528,6 +528,7 @@ fn add_pool_stages(
         max_value_bytes: config.limits.max_value_bytes,
         seal: shared.seal.clone(),
         max_replica_versions: config.limits.max_siblings * REPLICA_VERSIONS_PER_SIBLING,
+        replicas: config.cluster.n,
     };
     let parse = spawn(
         config,

@@ -17,8 +17,8 @@ pub enum TargetSpec {
     Shoal {
         /// Seed nodes.
         seeds: Vec<String>,
-        /// N, the preference-list length to route by.
-        replicas: usize,
+        /// N, the preference-list length to route by; `None`: as the cluster reports it.
+        replicas: Option<usize>,
     },
     /// A Redis server at host:port.
     Redis {
@@ -30,7 +30,7 @@ pub enum TargetSpec {
 impl TargetSpec {
     /// Parses `--target`: `redis://HOST:PORT`, or `shoal://HOST:PORT[,HOST:PORT…]` / a bare
     /// address list (shoal).
-    pub fn parse(text: &str, replicas: usize) -> Result<TargetSpec, String> {
+    pub fn parse(text: &str, replicas: Option<usize>) -> Result<TargetSpec, String> {
         if let Some(addr) = text.strip_prefix("redis://") {
             if addr.is_empty() {
                 return Err("redis:// needs HOST:PORT".into());
@@ -103,7 +103,7 @@ impl Connection {
     pub fn open(spec: &TargetSpec, options: RequestOptions) -> Result<Connection, String> {
         match spec {
             TargetSpec::Shoal { seeds, replicas } => {
-                ClusterClient::connect(seeds, *replicas, Duration::from_secs(10))
+                ClusterClient::connect_with(seeds, *replicas, Duration::from_secs(10))
                     .map(|c| Connection::Shoal(c, options))
                     .map_err(|e| {
                         format!("cannot reach the shoal cluster ({}): {e}", seeds.join(","))

@@ -17,7 +17,7 @@ use crate::event::{
 use crate::membership::MembershipView;
 use crate::seda::{Machine, Outbox};
 use crate::versioning::VersionSet;
-use crate::wire::{AaeObject, ContextSeal, Message, MAX_AAE_ITEMS, MAX_CONTEXT_ENTRIES};
+use crate::wire::{AaeObject, ContextSeal, Message, RingReply, MAX_AAE_ITEMS, MAX_CONTEXT_ENTRIES};
 use std::time::Duration;
 
 /// Request limits enforced by parsing.
@@ -32,6 +32,8 @@ pub struct ParseSettings {
     /// Most versions a peer may send for one key. Larger than the sibling limit a coordinator
     /// enforces, because concurrent coordinators may each add up to that limit.
     pub max_replica_versions: usize,
+    /// The cluster's N, told to clients with the ring so they route by the right list length.
+    pub replicas: usize,
 }
 
 /// Where a valid request goes.
@@ -93,8 +95,11 @@ impl ParseMachine {
         let received_at = event.received_at;
         match message {
             Message::Ring => {
-                let membership = Box::new((*self.membership.current()).clone());
-                return reply(out, origin, Message::RingReply(membership));
+                let ring = RingReply {
+                    membership: (*self.membership.current()).clone(),
+                    replicas: u8::try_from(self.settings.replicas).unwrap_or(u8::MAX),
+                };
+                return reply(out, origin, Message::RingReply(Box::new(ring)));
             }
             Message::Ping if event.authenticated => return reply(out, origin, Message::Pong),
             Message::Members => {
@@ -414,6 +419,7 @@ mod tests {
             max_value_bytes: 16,
             seal: ContextSeal::new(b"parse-tests-secret-0123"),
             max_replica_versions: 4,
+            replicas: 1,
         }
     }
 

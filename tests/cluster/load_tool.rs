@@ -103,7 +103,7 @@ fn load_runs_twice_against_one_node_without_errors() {
     let node = TestNode::start(NODE_LIMITS);
     let target = TargetSpec::Shoal {
         seeds: vec![node.addr.clone()],
-        replicas: 1,
+        replicas: Some(1),
     };
     two_runs_complete_and_siblings_do_not_grow(&target);
 }
@@ -114,9 +114,24 @@ fn load_runs_twice_against_a_three_node_cluster_without_errors() {
     let cluster = TestCluster::start(3, 3, 2, 2, NODE_LIMITS);
     let target = TargetSpec::Shoal {
         seeds: vec![cluster.addr(0), cluster.addr(1)],
-        replicas: 3,
+        replicas: None, // learned from the ring
     };
     two_runs_complete_and_siblings_do_not_grow(&target);
+}
+
+/// Goal: a partition-aware client given no N routes by the N the cluster reports with its
+/// ring (3 here), and an explicit N still wins.
+#[test]
+fn cluster_client_learns_n_from_the_ring() {
+    use shoal::cluster_client::ClusterClient;
+    let cluster = TestCluster::start(3, 3, 2, 2, "");
+    let seeds = vec![cluster.addr(1)];
+    let learned =
+        ClusterClient::connect_with(&seeds, None, Duration::from_secs(5)).expect("connects");
+    assert_eq!(learned.replicas(), 3);
+    let told =
+        ClusterClient::connect_with(&seeds, Some(2), Duration::from_secs(5)).expect("connects");
+    assert_eq!(told.replicas(), 2);
 }
 
 /// Goal: the load phase leaves alone a key that already holds one value of the run's size,
@@ -127,7 +142,7 @@ fn load_phase_keeps_keys_already_loaded() {
     let node = TestNode::start("");
     let target = TargetSpec::Shoal {
         seeds: vec![node.addr.clone()],
-        replicas: 1,
+        replicas: Some(1),
     };
     let mut config = load_config(&target, 2, 0);
     config.ops = Some(0);
@@ -179,7 +194,7 @@ impl Drop for RedisServer {
 #[test]
 fn load_runs_twice_against_redis_without_errors() {
     let redis = RedisServer::start();
-    let target = TargetSpec::parse(&format!("redis://{}", redis.addr), 1).expect("parses");
+    let target = TargetSpec::parse(&format!("redis://{}", redis.addr), None).expect("parses");
     let config = load_config(&target, 4, 1_000);
     assert_no_errors(&run_ok(&config), "first");
     assert_no_errors(&run_ok(&config), "second");

@@ -18,9 +18,10 @@ struct Args {
     /// Target: shoal seed nodes HOST:PORT[,HOST:PORT...] (or shoal://...), or redis://HOST:PORT.
     #[arg(long, alias = "node", default_value = "127.0.0.1:7401")]
     target: String,
-    /// The shoal cluster's replication factor N (the preference-list length to route by).
-    #[arg(long, default_value_t = 1)]
-    replicas: usize,
+    /// The shoal cluster's replication factor N (the preference-list length to route by);
+    /// by default the one the cluster reports with its ring.
+    #[arg(long)]
+    replicas: Option<usize>,
     /// Workload: a (50/50 read/update), b (95/5), c (read only), d (read latest, 5% insert),
     /// f (read-modify-write), write-only.
     #[arg(long, value_enum, default_value = "a")]
@@ -95,7 +96,7 @@ fn config(args: &Args) -> Result<LoadConfig, String> {
     if args.keys == 0 {
         return Err("--keys must be at least 1".into());
     }
-    if args.replicas == 0 {
+    if args.replicas == Some(0) {
         return Err("--replicas must be at least 1".into());
     }
     let workload = args.workload;
@@ -243,16 +244,16 @@ mod tests {
     #[test]
     fn targets_parse() {
         assert_eq!(
-            TargetSpec::parse("redis://127.0.0.1:6379", 3),
+            TargetSpec::parse("redis://127.0.0.1:6379", Some(3)),
             Ok(TargetSpec::Redis {
                 addr: "127.0.0.1:6379".into()
             })
         );
         assert_eq!(
-            TargetSpec::parse("shoal://a:1,b:2", 3),
+            TargetSpec::parse("shoal://a:1,b:2", None),
             Ok(TargetSpec::Shoal {
                 seeds: vec!["a:1".into(), "b:2".into()],
-                replicas: 3
+                replicas: None
             })
         );
     }

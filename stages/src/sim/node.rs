@@ -153,6 +153,7 @@ impl SimNode {
             max_value_bytes: 64 * 1024,
             seal: seal.clone(),
             max_replica_versions: MAX_SIBLINGS * 4,
+            replicas: N,
         };
         let intake = IntakeSettings {
             max_frame_bytes: 4 << 20,

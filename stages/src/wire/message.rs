@@ -207,6 +207,15 @@ pub struct PutReply {
     pub durable: u8,
 }
 
+/// Reply to `Ring`: what a partition-aware client routes by.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingReply {
+    /// The answering node's membership: members, their addresses and the ring.
+    pub membership: Membership,
+    /// The cluster's N (replicas per key): the preference-list length to route by.
+    pub replicas: u8,
+}
+
 /// End-to-end latency of one client operation at this node, measured by the coordinator.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperationLatency {
@@ -347,7 +356,7 @@ pub enum Message {
     /// Node → admin.
     LocalReply(LocalReply),
     /// Node → client (boxed: the membership carries two rings while partitions move).
-    RingReply(Box<Membership>),
+    RingReply(Box<RingReply>),
     /// Node → node.
     ReplicaReply(ReplicaReply),
     /// Node → node: answer to `Ping`.
@@ -726,7 +735,7 @@ impl fmt::Display for Message {
                 write!(f, "replica write ({} B key, {})", m.key.len(), m.versions)
             }
             Message::LocalReply(m) => write!(f, "local reply {}", m.versions),
-            Message::RingReply(m) => write!(f, "ring reply (version {})", m.version),
+            Message::RingReply(m) => write!(f, "ring reply (version {})", m.membership.version),
             Message::ReplicaReply(m) => write!(f, "replica reply {}", m.versions),
             Message::GetReply(m) => write!(f, "get reply ({} values)", m.values.len()),
             Message::PutReply(_) => write!(f, "put reply"),

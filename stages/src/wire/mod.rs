@@ -28,8 +28,8 @@ pub use gossip::{
 pub use message::{
     kind, Bytes, DeleteRequest, GetLocalRequest, GetReply, GetRequest, LocalReply, MemberStatus,
     MembersReply, Message, OperationLatency, PeerHello, PutReply, PutRequest, ReplicaRead,
-    ReplicaReply, ReplicaWrite, StatsReply, ThrottleChange, ThrottleReply, ThrottleRequest,
-    WireError,
+    ReplicaReply, ReplicaWrite, RingReply, StatsReply, ThrottleChange, ThrottleReply,
+    ThrottleRequest, WireError,
 };
 
 #[cfg(test)]
