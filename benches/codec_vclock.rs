@@ -27,6 +27,7 @@ fn put_message(value_bytes: usize) -> Message {
         timeout_ms: None,
         forwarded: false,
         durable: None,
+        overwrite: false,
     })
 }
 

@@ -211,6 +211,29 @@ impl Client {
         value: &[u8],
         options: RequestOptions,
     ) -> Result<PutResult, ClientError> {
+        self.put_request(key, context, value, options, false)
+    }
+
+    /// A last-writer-wins put: the new value supersedes every version the coordinating
+    /// replica holds, whatever this client saw (Redis's `SET`). Versions only other replicas
+    /// hold still come back as siblings.
+    pub fn overwrite(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        options: RequestOptions,
+    ) -> Result<PutResult, ClientError> {
+        self.put_request(key, None, value, options, true)
+    }
+
+    fn put_request(
+        &mut self,
+        key: &[u8],
+        context: Option<&Context>,
+        value: &[u8],
+        options: RequestOptions,
+        overwrite: bool,
+    ) -> Result<PutResult, ClientError> {
         let request = Message::Put(PutRequest {
             key: Bytes::from(key.to_vec()),
             context: context.map(|c| Bytes::from(c.0.clone())),
@@ -219,6 +242,7 @@ impl Client {
             timeout_ms: options.timeout_ms,
             forwarded: false,
             durable: options.durable,
+            overwrite,
         });
         self.expect_put_reply(&request)
     }

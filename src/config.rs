@@ -116,6 +116,28 @@ pub struct Config {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// The Redis-protocol door.
+    #[serde(default)]
+    pub redis: RedisSection,
+}
+
+/// `[redis]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    /// Where RESP2 clients (redis-cli, redis-benchmark) connect; absent: no door.
+    pub listen: Option<SocketAddr>,
+    /// Most Redis connections at once (each has a thread).
+    pub max_connections: usize,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        RedisSection {
+            listen: None,
+            max_connections: 256,
+        }
+    }
 }
 
 /// `[metrics]`

@@ -18,6 +18,7 @@ pub mod logging;
 pub mod membership_cli;
 pub mod metrics;
 pub mod node;
+pub mod redis_door;
 pub mod sim_cli;
 pub mod throttle_cli;
 

@@ -19,6 +19,7 @@
 use crate::config::{Config, ConfigError, DEFAULT_SECRET};
 use crate::controller::ControllerLoop;
 use crate::metrics::MetricsServer;
+use crate::redis_door::{DoorSettings, RedisDoor};
 use shoal_stages::anti_entropy::{AntiEntropyMachine, AntiEntropySettings};
 use shoal_stages::coordinate::{Coordinator, CoordinatorSettings};
 use shoal_stages::event::{wall_clock_ms, AaeBoard, StageId, TransferBoard};
@@ -90,6 +91,8 @@ pub struct Node {
     controller_thread: Option<JoinHandle<()>>,
     /// `/metrics`, when `[metrics] listen` is set.
     metrics: Option<MetricsServer>,
+    /// The RESP2 door, when `[redis] listen` is set.
+    redis: Option<RedisDoor>,
     /// Pool stages in shutdown order.
     stages: Vec<StageHandle>,
     /// The workers that serve them.
@@ -214,6 +217,20 @@ impl Node {
             .name(format!("{}-0", StageId::Intake.name()))
             .spawn(move || intake.run())
             .map_err(io_error("starting intake"))?;
+        let redis = match config.redis.listen {
+            Some(listen) => Some(
+                RedisDoor::start(
+                    listen,
+                    DoorSettings {
+                        node: local_addr,
+                        max_connections: config.redis.max_connections,
+                    },
+                    logger.new(o!("stage" => "redis")),
+                )
+                .map_err(io_error("binding the redis address"))?,
+            ),
+            None => None,
+        };
         let controller_stop = Arc::new(AtomicBool::new(false));
         let controller_thread = ControllerLoop::new(
             config,
@@ -228,7 +245,8 @@ impl Node {
         info!(logger, "node started"; "addr" => %local_addr, "sync" => %config.storage.sync,
               "partitions" => current.ring().partition_count(), "members" => current.members().count(),
               "n" => config.cluster.n,
-              "metrics" => metrics.as_ref().map_or("off".to_string(), |m| m.addr().to_string()));
+              "metrics" => metrics.as_ref().map_or("off".to_string(), |m| m.addr().to_string()),
+              "redis" => redis.as_ref().map_or("off".to_string(), |r| r.addr().to_string()));
         Ok(Node {
             local_addr,
             intake_stop,
@@ -236,6 +254,7 @@ impl Node {
             controller_stop,
             controller_thread: Some(controller_thread),
             metrics,
+            redis,
             stages,
             pool: Some(pool),
             logger,
@@ -252,12 +271,20 @@ impl Node {
         self.metrics.as_ref().map(MetricsServer::addr)
     }
 
+    /// Where the Redis door listens, if it does.
+    pub fn redis_addr(&self) -> Option<SocketAddr> {
+        self.redis.as_ref().map(RedisDoor::addr)
+    }
+
     /// Stops the stages in stage-table order (intake, parse, coordinate, replicate, repair,
     /// handoff, anti-entropy, transfer, gossip, storage), each after its queue drained;
     /// storage flushes its journal last.
     pub fn shutdown(mut self) {
         if let Some(metrics) = self.metrics.take() {
             metrics.stop();
+        }
+        if let Some(redis) = self.redis.take() {
+            redis.stop();
         }
         self.controller_stop.store(true, Ordering::Release);
         if let Some(thread) = self.controller_thread.take() {

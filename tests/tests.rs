@@ -11,6 +11,7 @@ mod cluster {
     pub mod membership;
     pub mod metrics;
     pub mod overload;
+    pub mod redis_door;
     pub mod replication;
     pub mod support;
     pub mod throttle;

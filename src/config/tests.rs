@@ -79,6 +79,8 @@ fn bad_values_are_named() {
         ("[cluster]\nsecret = \"short\"\n", "cluster.secret"),
         ("[storage]\nsync = \"sometimes\"\n", "sync"),
         ("[cluster]\ndurable_writes = \"two\"\n", "durable_writes"),
+        ("[redis]\nmax_connections = 0\n", "redis.max_connections"),
+        ("[metrics]\nlisten = \"nowhere\"\n", "listen"),
         ("[[cluster.members]]\nid = \"n2\"\naddr = \"127.0.0.1:1\"\n[[cluster.members]]\nid = \"n2\"\naddr = \"127.0.0.1:2\"\n", "cluster.members[1].id"),
         ("[stages.storage]\nrate_per_sec = 5\n", "stages.storage.rate_per_sec"),
         ("[stages.repair]\nrate_per_sec = -1\n", "rate_per_sec"),

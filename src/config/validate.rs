@@ -247,6 +247,10 @@ impl Config {
                 format!("must be in 1..={MAX_CONNECTIONS_LIMIT}"),
             ));
         }
+        // One thread per Redis connection: a bound a machine's thread limit can take.
+        if self.redis.max_connections == 0 || self.redis.max_connections > 4096 {
+            return Err(invalid("redis.max_connections", "must be in 1..=4096"));
+        }
         if l.frame_timeout_ms == 0 || l.frame_timeout_ms > MAX_INTERVAL_MS {
             return Err(invalid(
                 "limits.frame_timeout_ms",

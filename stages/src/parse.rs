@@ -196,6 +196,7 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<Routed, Se
                 timeout: timeout(put.timeout_ms),
                 forwarded: put.forwarded,
                 durable: put.durable,
+                overwrite: put.overwrite,
             }
         }
         Message::Delete(delete) => {
@@ -208,6 +209,7 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<Routed, Se
                 timeout: timeout(delete.timeout_ms),
                 forwarded: delete.forwarded,
                 durable: delete.durable,
+                overwrite: false,
             }
         }
         Message::GetLocal(local) => {
@@ -432,6 +434,7 @@ mod tests {
             timeout_ms: Some(250),
             forwarded: false,
             durable: None,
+            overwrite: false,
         })
     }
 
@@ -472,6 +475,7 @@ mod tests {
                 timeout: Some(Duration::from_millis(250)),
                 forwarded: false,
                 durable: None,
+                overwrite: false,
             })
         );
         let delete = Message::Delete(DeleteRequest {
@@ -546,6 +550,7 @@ mod authorize_tests {
             timeout_ms: None,
             forwarded: true,
             durable: None,
+            overwrite: false,
         });
         assert!(matches!(
             authorize(put.clone(), false),

@@ -34,6 +34,7 @@ fn write_keys(cluster: &TestCluster, count: usize, w: u8) {
             timeout_ms: None,
             forwarded: false,
             durable: None,
+            overwrite: false,
         });
         client.send(&request).expect("send put");
         in_flight += 1;

@@ -199,6 +199,7 @@ fn invalid_quorum_and_bad_context_get_typed_errors() {
         timeout_ms: None,
         forwarded: false,
         durable: None,
+        overwrite: false,
     });
     let error = client.call(&forged).expect_err("bad context");
     assert!(

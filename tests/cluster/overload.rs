@@ -24,6 +24,7 @@ fn burst_beyond_tiny_queues_gets_overloaded_and_the_rest_succeed() {
             timeout_ms: None,
             forwarded: false,
             durable: None,
+            overwrite: false,
         });
         client.send(&put).expect("send");
     }

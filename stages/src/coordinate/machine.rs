@@ -364,6 +364,7 @@ impl Coordinator {
                 timeout,
                 forwarded,
                 durable,
+                overwrite,
             } => {
                 if !primaries.contains(&me) && !forwarded {
                     // Healthy list nodes first; down ones last, in case the detector is wrong.
@@ -375,7 +376,7 @@ impl Coordinator {
                         &k,
                         &context,
                         value,
-                        (w, timeout, durable),
+                        (w, timeout, durable, overwrite),
                     );
                     pending.work = Work::Forward { message, untried };
                     self.requests.insert(key, pending);
@@ -411,6 +412,7 @@ impl Coordinator {
                         // Dynamo §6.1: the coordinator, a replica, is the one that writes
                         // durably ("one"); its flush ends before the others get the write.
                         durable: durability.coordinator_flushes(),
+                        overwrite,
                     },
                 ));
             }

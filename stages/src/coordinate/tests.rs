@@ -331,6 +331,7 @@ fn forwarded_put_relays_an_error_answer_and_is_not_forwarded_twice() {
         timeout: None,
         forwarded,
         durable: None,
+        overwrite: false,
     };
     let mut out = Vec::new();
     on_event(
@@ -437,6 +438,7 @@ fn durable_put(
         timeout: None,
         forwarded: false,
         durable,
+        overwrite: false,
     };
     let origin = Origin {
         conn: ConnId(1),
@@ -555,6 +557,7 @@ fn put_applied_before_its_flush() -> (Coordinator, OpId, Vec<(NodeId, OpId, bool
         timeout: None,
         forwarded: false,
         durable: None,
+        overwrite: false,
     };
     let origin = Origin {
         conn: ConnId(1),

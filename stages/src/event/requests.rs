@@ -62,6 +62,8 @@ pub enum ClientRequest {
         forwarded: bool,
         /// Durable writes override (Dynamo §6.1).
         durable: Option<Durability>,
+        /// Supersede every version the coordinator holds (see `PutRequest::overwrite`).
+        overwrite: bool,
     },
 }
 

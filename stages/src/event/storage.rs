@@ -42,6 +42,8 @@ pub enum StorageRequest {
         now_ms: u64,
         /// Flush before answering (`durable_writes` "one" or "all").
         durable: bool,
+        /// Supersede every version stored here, not only what the context covers.
+        overwrite: bool,
     },
     /// Keep versions meant for a down node as a hint (sloppy quorum).
     StoreHint {

@@ -425,5 +425,6 @@ fn put(key: &str, context: Option<Bytes>, value: Vec<u8>) -> Message {
         timeout_ms: None,
         forwarded: false,
         durable: None,
+        overwrite: false,
     })
 }

@@ -128,11 +128,15 @@ impl StorageMachine {
                 value,
                 now_ms,
                 durable: _,
+                overwrite,
             } => {
                 let node = &self.settings.node;
                 let limits = &self.settings.limits;
-                let (set, version) =
-                    store.coordinate_put(&key, node, &context, value, now_ms, limits)?;
+                let (set, version) = if overwrite {
+                    store.coordinate_overwrite(&key, node, &context, value, now_ms, limits)?
+                } else {
+                    store.coordinate_put(&key, node, &context, value, now_ms, limits)?
+                };
                 StorageOutcome::Written { set, version }
             }
             StorageRequest::Merge { key, versions, .. } => {

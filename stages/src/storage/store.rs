@@ -283,11 +283,48 @@ impl Store {
         now_ms: u64,
         limits: &VersionLimits,
     ) -> Result<(VersionSet, Version), StorageError> {
+        self.coordinate(key, node, (context, false), value, now_ms, limits)
+    }
+
+    /// [`Store::coordinate_put`] that supersedes every version this node holds for the key,
+    /// whatever the context covers (the Redis door's `SET`: last writer wins here; versions
+    /// only other replicas hold stay siblings). Under the key's lock, so concurrent overwrites
+    /// through this node never make siblings.
+    pub fn coordinate_overwrite(
+        &self,
+        key: &[u8],
+        node: &NodeId,
+        context: &VClock,
+        value: Option<Vec<u8>>,
+        now_ms: u64,
+        limits: &VersionLimits,
+    ) -> Result<(VersionSet, Version), StorageError> {
+        self.coordinate(key, node, (context, true), value, now_ms, limits)
+    }
+
+    fn coordinate(
+        &self,
+        key: &[u8],
+        node: &NodeId,
+        (context, overwrite): (&VClock, bool),
+        value: Option<Vec<u8>>,
+        now_ms: u64,
+        limits: &VersionLimits,
+    ) -> Result<(VersionSet, Version), StorageError> {
         check_key(key)?;
         let _guard = self.lock(key);
         let location = self.locate(key);
         let old = self.engine.get(Space::Objects, &location.stored)?;
         let mut set = decode_or_empty(old.clone())?;
+        let covering;
+        let context = if overwrite {
+            let mut all = context.clone();
+            all.merge(&set.context());
+            covering = all;
+            &covering
+        } else {
+            context
+        };
         let version = set.coordinate_put_above(
             node,
             context,

@@ -232,6 +232,7 @@ fn failed_group_commit_acknowledges_no_write_of_the_batch() {
         value: Some(b"v".to_vec()),
         now_ms: 1,
         durable: false,
+        overwrite: false,
     };
     let read = StorageRequest::Read {
         key: b"other".to_vec(),
@@ -281,6 +282,7 @@ fn coordinate_put(key: &[u8], durable: bool) -> StorageRequest {
         value: Some(b"v".to_vec()),
         now_ms: 1,
         durable,
+        overwrite: false,
     }
 }
 
@@ -370,4 +372,56 @@ fn sync_always_makes_every_write_durable_even_when_not_asked() {
         vec![(1, true, false), (1, true, true), (2, true, true)]
     );
     assert_eq!(engine.unflushed_writes(), 0);
+}
+
+/// Goal: an overwrite (the Redis door's `SET`) supersedes every version stored, whatever its
+/// context covers, so repeated blind overwrites leave one value, where blind puts leave
+/// siblings; versions merged in from another coordinator are superseded by the next
+/// overwrite too. Both engines.
+#[test]
+fn overwrites_supersede_every_stored_version_on_both_engines() {
+    for (name, store, _dir) in engines() {
+        put(&store, b"blind", &VClock::new(), b"a");
+        put(&store, b"blind", &VClock::new(), b"b");
+        assert_eq!(store.read(b"blind").expect("read").len(), 2, "{name}");
+
+        let overwrite = |value: &[u8]| {
+            store
+                .coordinate_overwrite(
+                    b"k",
+                    &node(),
+                    &VClock::new(),
+                    Some(value.to_vec()),
+                    1,
+                    &LIMITS,
+                )
+                .expect("overwrite")
+        };
+        overwrite(b"a");
+        let (set, _) = overwrite(b"b");
+        assert_eq!(
+            set.live_values().collect::<Vec<_>>(),
+            vec![&b"b"[..]],
+            "{name}"
+        );
+
+        // A concurrent version from another coordinator: a sibling until the next overwrite.
+        let mut other = VersionSet::new();
+        other
+            .coordinate_put(
+                &NodeId::new("n2"),
+                &VClock::new(),
+                Some(b"x".to_vec()),
+                2,
+                10,
+            )
+            .expect("a version");
+        assert_eq!(store.merge(b"k", &other).expect("merge").len(), 2, "{name}");
+        let (set, _) = overwrite(b"c");
+        assert_eq!(
+            set.live_values().collect::<Vec<_>>(),
+            vec![&b"c"[..]],
+            "{name}"
+        );
+    }
 }

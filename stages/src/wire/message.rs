@@ -61,6 +61,10 @@ pub struct PutRequest {
     /// absent.
     #[serde(default)]
     pub durable: Option<Durability>,
+    /// Supersede every version the coordinator holds, not only what `context` covers (last
+    /// writer wins at the coordinator: the Redis door's `SET`).
+    #[serde(default)]
+    pub overwrite: bool,
 }
 
 /// `delete(key, context)`: writes a tombstone that supersedes what the context covers.

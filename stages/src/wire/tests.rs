@@ -59,6 +59,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     Some(2) => Some(crate::Durability::All),
                     _ => None,
                 },
+                overwrite: false,
             })),
         (bytes(64), bytes(32)).prop_map(|(key, context)| Message::Delete(DeleteRequest {
             key,

@@ -236,7 +236,7 @@ pub(super) fn forwarded_message(
     key: &[u8],
     context: &VClock,
     value: Option<Vec<u8>>,
-    (w, timeout, durable): (Option<usize>, Option<Duration>, Option<Durability>),
+    (w, timeout, durable, overwrite): (Option<usize>, Option<Duration>, Option<Durability>, bool),
 ) -> Message {
     let key = Bytes::from(key.to_vec());
     let context = Bytes::from(seal.encode(context));
@@ -251,6 +251,7 @@ pub(super) fn forwarded_message(
             timeout_ms,
             forwarded: true,
             durable,
+            overwrite,
         }),
         None => Message::Delete(DeleteRequest {
             key,

@@ -1,0 +1,385 @@
+//! The Redis door: `[redis] listen` speaks RESP2, so `redis-cli` and `redis-benchmark` work
+//! against a node unchanged. Each Redis connection gets a plain thread (no async runtime) that
+//! decodes commands with the redis-protocol crate and carries each one out as native requests
+//! to its own node over loopback: the same intake, parse, coordinator, quorums and
+//! `Overloaded` answers as any client's.
+//!
+//! Semantics, for a client that knows nothing of versions:
+//! - `SET k v` reconciles: a put with the context of the key's current versions at its
+//!   coordinator (`PutRequest::overwrite`, applied under the key's lock there), so a Redis
+//!   client sees last-writer-wins and siblings do not grow; only versions a coordinator has
+//!   not seen yet (another node's concurrent SET) stay siblings. `MSET` is `SET` per pair.
+//! - `GET k` of a key with siblings answers **one** of them: the greatest by byte order (the
+//!   same on every node and every retry). `SHOAL.GET k` answers every sibling: an array of the
+//!   context (base64, as `shoal get` prints it) followed by the values.
+//! - `DEL` reads and deletes with the read's context; it counts keys that held a value.
+//!   `EXISTS` counts keys that hold a value.
+//! - `PING`, `ECHO`, `SELECT 0`, `QUIT`, and what redis-cli and redis-benchmark ask at start
+//!   (`COMMAND`, `CONFIG GET`, `CLIENT ...`) are answered; any other command gets
+//!   `ERR unknown command 'NAME'`.
+
+use crate::client::{Client, ClientError, RequestOptions};
+use redis_protocol::resp2::decode::decode;
+use redis_protocol::resp2::encode::encode;
+use redis_protocol::resp2::types::{OwnedFrame, Resp2Frame};
+use slog::{debug, warn, Logger};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How often the accepting thread looks at its stop flag while nobody connects.
+const ACCEPT_POLL: Duration = Duration::from_millis(50);
+/// Largest command the door buffers (a SET of a 1 MiB value fits, with its key).
+const MAX_COMMAND_BYTES: usize = 2 << 20;
+/// How long a request to the node may take before the door answers with an error.
+const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The door's settings.
+#[derive(Clone, Debug)]
+pub struct DoorSettings {
+    /// The node's own native address (loopback) the door sends requests to.
+    pub node: SocketAddr,
+    /// Most Redis connections at once; one more is refused with an error.
+    pub max_connections: usize,
+}
+
+/// The running door.
+pub struct RedisDoor {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RedisDoor {
+    /// Binds `listen` and accepts Redis connections until [`RedisDoor::stop`].
+    pub fn start(
+        listen: SocketAddr,
+        settings: DoorSettings,
+        logger: Logger,
+    ) -> Result<RedisDoor, std::io::Error> {
+        let listener = TcpListener::bind(listen)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("redis-door".into())
+                .spawn(move || accept(&listener, &settings, &stop, &logger))?
+        };
+        Ok(RedisDoor {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting; open connections end when their client closes or the node stops.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn accept(listener: &TcpListener, settings: &DoorSettings, stop: &AtomicBool, logger: &Logger) {
+    let open = Arc::new(AtomicUsize::new(0));
+    while !stop.load(Ordering::Relaxed) {
+        let (mut stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(ACCEPT_POLL);
+                continue;
+            }
+            Err(e) => {
+                warn!(logger, "redis door: accept failed"; "error" => %e);
+                std::thread::sleep(ACCEPT_POLL);
+                continue;
+            }
+        };
+        if open.load(Ordering::Relaxed) >= settings.max_connections {
+            let refusal = OwnedFrame::Error(format!(
+                "ERR max number of clients reached ({})",
+                settings.max_connections
+            ));
+            let _ = stream.write_all(&encoded(&refusal));
+            continue;
+        }
+        open.fetch_add(1, Ordering::Relaxed);
+        let (conn_open, node, conn_logger) = (Arc::clone(&open), settings.node, logger.clone());
+        let spawned = std::thread::Builder::new()
+            .name("redis-conn".into())
+            .spawn(move || {
+                if let Err(e) = serve(stream, node) {
+                    debug!(conn_logger, "redis connection ended"; "peer" => %peer, "reason" => %e);
+                }
+                conn_open.fetch_sub(1, Ordering::Relaxed);
+            });
+        if let Err(e) = spawned {
+            open.fetch_sub(1, Ordering::Relaxed);
+            warn!(logger, "redis door: cannot start a connection thread"; "error" => %e);
+        }
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionEnd {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("the client quit")]
+    Quit,
+}
+
+/// One Redis connection: commands in, replies out, in order.
+fn serve(mut stream: TcpStream, node: SocketAddr) -> Result<(), ConnectionEnd> {
+    stream.set_nodelay(true)?;
+    let mut door = Door { node, client: None };
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        // Every whole command buffered is answered before reading more (pipelining).
+        let mut out = Vec::new();
+        loop {
+            match decode(&buffer) {
+                Ok(Some((frame, used))) => {
+                    buffer.drain(..used);
+                    let (reply, quit) = door.command(frame);
+                    out.extend_from_slice(&encoded(&reply));
+                    if quit {
+                        stream.write_all(&out)?;
+                        return Err(ConnectionEnd::Quit);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let error = OwnedFrame::Error(format!("ERR Protocol error: {e}"));
+                    out.extend_from_slice(&encoded(&error));
+                    stream.write_all(&out)?;
+                    return Err(ConnectionEnd::Protocol(e.to_string()));
+                }
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out)?;
+        }
+        if buffer.len() > MAX_COMMAND_BYTES {
+            let error = OwnedFrame::Error(format!(
+                "ERR Protocol error: a command over {MAX_COMMAND_BYTES} bytes"
+            ));
+            stream.write_all(&encoded(&error))?;
+            return Err(ConnectionEnd::Protocol("command too large".into()));
+        }
+        let read = stream.read(&mut chunk)?;
+        if read == 0 {
+            return Ok(());
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+fn encoded(frame: &OwnedFrame) -> Vec<u8> {
+    let mut bytes = vec![0; frame.encode_len(false)];
+    match encode(&mut bytes, frame, false) {
+        Ok(written) => {
+            bytes.truncate(written);
+            bytes
+        }
+        Err(_) => b"-ERR encoding the reply failed\r\n".to_vec(),
+    }
+}
+
+/// One connection's way into its node.
+struct Door {
+    node: SocketAddr,
+    /// Opened on the first command that needs the node, reopened after a failure.
+    client: Option<Client>,
+}
+
+/// An error reply.
+fn error(text: impl Into<String>) -> OwnedFrame {
+    OwnedFrame::Error(text.into())
+}
+
+fn ok() -> OwnedFrame {
+    OwnedFrame::SimpleString(b"OK".to_vec())
+}
+
+/// A node error as Redis clients show errors: the node's typed error, named.
+fn node_error(e: ClientError) -> OwnedFrame {
+    error(format!("ERR {e}"))
+}
+
+impl Door {
+    fn client(&mut self) -> Result<&mut Client, OwnedFrame> {
+        if self.client.is_none() {
+            let client = Client::connect(&self.node.to_string(), NODE_TIMEOUT)
+                .map_err(|e| error(format!("ERR cannot reach the node: {e}")))?;
+            self.client = Some(client);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| error("ERR no connection to the node"))
+    }
+
+    /// Runs `request` on the node; a broken connection is dropped so the next command
+    /// reconnects.
+    fn call<T>(
+        &mut self,
+        request: impl FnOnce(&mut Client) -> Result<T, ClientError>,
+    ) -> Result<T, OwnedFrame> {
+        let result = request(self.client()?);
+        if let Err(ClientError::Io(_) | ClientError::Closed) = &result {
+            self.client = None;
+        }
+        result.map_err(node_error)
+    }
+
+    /// The reply to one command, and whether the connection ends after it.
+    fn command(&mut self, frame: OwnedFrame) -> (OwnedFrame, bool) {
+        let OwnedFrame::Array(parts) = frame else {
+            return (
+                error("ERR Protocol error: expected an array of bulk strings"),
+                false,
+            );
+        };
+        let mut args = Vec::with_capacity(parts.len());
+        for part in parts {
+            match part {
+                OwnedFrame::BulkString(bytes) | OwnedFrame::SimpleString(bytes) => args.push(bytes),
+                _ => {
+                    return (
+                        error("ERR Protocol error: arguments must be strings"),
+                        false,
+                    )
+                }
+            }
+        }
+        let Some(name) = args.first() else {
+            return (error("ERR empty command"), false);
+        };
+        let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+        let rest = &args[1..];
+        let reply = match (name.as_str(), rest.len()) {
+            ("QUIT", _) => return (ok(), true),
+            ("PING", 0) => OwnedFrame::SimpleString(b"PONG".to_vec()),
+            ("PING", 1) | ("ECHO", 1) => OwnedFrame::BulkString(rest[0].clone()),
+            ("SELECT", 1) if rest[0] == b"0" => ok(),
+            ("SELECT", 1) => error("ERR DB index is out of range (shoal has one keyspace)"),
+            // What clients ask at start: no command table, client names accepted, and every
+            // configuration parameter asked for (redis-benchmark's `save`, `appendonly`) empty.
+            ("COMMAND", _) => OwnedFrame::Array(Vec::new()),
+            ("CONFIG", n) if n >= 2 && rest[0].eq_ignore_ascii_case(b"GET") => OwnedFrame::Array(
+                rest[1..]
+                    .iter()
+                    .flat_map(|name| {
+                        [
+                            OwnedFrame::BulkString(name.clone()),
+                            OwnedFrame::BulkString(Vec::new()),
+                        ]
+                    })
+                    .collect(),
+            ),
+            ("CONFIG", _) => error("ERR only CONFIG GET is answered (with empty values)"),
+            ("CLIENT", _) => ok(),
+            ("GET", 1) => self.get(&rest[0]),
+            ("SHOAL.GET", 1) => self.get_all(&rest[0]),
+            ("SET", 2) => self.set(&rest[0], &rest[1]).unwrap_or_else(|e| e),
+            ("SET", n) if n > 2 => error("ERR SET options are not supported by shoal"),
+            ("MGET", n) if n > 0 => {
+                OwnedFrame::Array(rest.iter().map(|key| self.get(key)).collect())
+            }
+            ("MSET", n) if n > 0 && n % 2 == 0 => {
+                let mut reply = ok();
+                for pair in rest.chunks(2) {
+                    if let Err(e) = self.set(&pair[0], &pair[1]) {
+                        reply = e;
+                        break;
+                    }
+                }
+                reply
+            }
+            ("DEL", n) if n > 0 => self.count(rest, true),
+            ("EXISTS", n) if n > 0 => self.count(rest, false),
+            (
+                "PING" | "ECHO" | "SELECT" | "GET" | "SHOAL.GET" | "SET" | "MGET" | "MSET" | "DEL"
+                | "EXISTS",
+                _,
+            ) => error(format!(
+                "ERR wrong number of arguments for '{}' command",
+                name.to_ascii_lowercase()
+            )),
+            _ => error(format!(
+                "ERR unknown command '{}'",
+                String::from_utf8_lossy(&args[0])
+            )),
+        };
+        (reply, false)
+    }
+
+    /// `GET`: nil, the value, or the greatest sibling by byte order.
+    fn get(&mut self, key: &[u8]) -> OwnedFrame {
+        match self.call(|c| c.get(key, RequestOptions::default())) {
+            Ok(read) => match read.values.into_iter().max() {
+                Some(value) => OwnedFrame::BulkString(value),
+                None => OwnedFrame::Null,
+            },
+            Err(e) => e,
+        }
+    }
+
+    /// `SHOAL.GET`: the context, then every sibling.
+    fn get_all(&mut self, key: &[u8]) -> OwnedFrame {
+        match self.call(|c| c.get(key, RequestOptions::default())) {
+            Ok(read) => {
+                let mut items = vec![OwnedFrame::BulkString(
+                    read.context.to_base64().into_bytes(),
+                )];
+                items.extend(read.values.into_iter().map(OwnedFrame::BulkString));
+                OwnedFrame::Array(items)
+            }
+            Err(e) => e,
+        }
+    }
+
+    /// `SET`: a put that supersedes every version its coordinator holds (last writer wins,
+    /// atomically under the key's lock there, in one request).
+    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<OwnedFrame, OwnedFrame> {
+        self.call(|c| c.overwrite(key, value, RequestOptions::default()))?;
+        Ok(ok())
+    }
+
+    /// `DEL` (`delete`) or `EXISTS`: how many of the keys hold a value (deleting them).
+    fn count(&mut self, keys: &[Vec<u8>], delete: bool) -> OwnedFrame {
+        let mut count = 0;
+        for key in keys {
+            let read = match self.call(|c| c.get(key, RequestOptions::default())) {
+                Ok(read) => read,
+                Err(e) => return e,
+            };
+            if read.values.is_empty() {
+                continue;
+            }
+            if delete {
+                let deleted =
+                    self.call(|c| c.delete(key, &read.context, RequestOptions::default()));
+                if let Err(e) = deleted {
+                    return e;
+                }
+            }
+            count += 1;
+        }
+        OwnedFrame::Integer(count)
+    }
+}

@@ -1,0 +1,85 @@
+//! The Redis door with real Redis clients: `redis-cli` and `redis-benchmark` (Debian's
+//! redis-tools, which `tools/test-deps.sh` and CI install) against a real node.
+
+use super::support::TestNode;
+use std::process::Command;
+
+/// `redis-cli -p PORT ARGS…`: its stdout, trimmed.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    assert!(output.status.success(), "redis-cli {args:?} failed");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn installed(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok()
+}
+
+/// Goal: Redis's own clients work against the door unchanged (SET, GET, DEL, EXISTS, MSET,
+/// MGET, PING; SET reconciles so a key keeps one value; `SHOAL.GET` shows the context and
+/// the siblings; an unknown command is an error naming it), and
+/// `redis-benchmark -t set,get -n 100000 -c 50` runs with no error. Method: a real node with
+/// `[redis] listen`, the real tools as child processes.
+#[test]
+fn redis_cli_and_redis_benchmark_work_against_the_door() {
+    if !installed("redis-cli") || !installed("redis-benchmark") {
+        eprintln!("redis-cli or redis-benchmark is not installed: run tools/test-deps.sh");
+        return;
+    }
+    let node = TestNode::start("[redis]\nlisten = \"127.0.0.1:0\"\n[storage]\nsync = \"none\"\n");
+    let port = node
+        .node
+        .as_ref()
+        .and_then(|n| n.redis_addr())
+        .expect("the door listens")
+        .port();
+    assert_eq!(redis_cli(port, &["ping"]), "PONG");
+    assert_eq!(redis_cli(port, &["set", "k", "v1"]), "OK");
+    assert_eq!(redis_cli(port, &["set", "k", "v2"]), "OK");
+    assert_eq!(redis_cli(port, &["get", "k"]), "v2");
+    let all = redis_cli(port, &["shoal.get", "k"]);
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "the context and one value, no sibling: {all}"
+    );
+    assert_eq!(lines[1], "v2");
+    assert_eq!(redis_cli(port, &["mset", "a", "1", "b", "2"]), "OK");
+    assert_eq!(redis_cli(port, &["mget", "a", "b", "nope"]), "1\n2");
+    assert_eq!(redis_cli(port, &["exists", "a", "b", "nope"]), "2");
+    assert_eq!(redis_cli(port, &["del", "a", "nope"]), "1");
+    assert_eq!(redis_cli(port, &["get", "a"]), "");
+    let unknown = redis_cli(port, &["flushall"]);
+    assert!(unknown.contains("unknown command 'flushall'"), "{unknown}");
+
+    let output = Command::new("redis-benchmark")
+        .args(["-p", &port.to_string(), "-t", "set,get", "-n", "100000"])
+        .args(["-c", "50", "-q"])
+        .output()
+        .expect("redis-benchmark runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let report = format!("{stdout}\n{stderr}");
+    assert!(
+        !report.contains("Error") && !report.contains("ERR"),
+        "redis-benchmark saw errors: {report}"
+    );
+    for test in ["SET:", "GET:"] {
+        assert!(
+            report.contains(test) && report.contains("requests per second"),
+            "no {test} result: {report}"
+        );
+    }
+    assert_eq!(
+        redis_cli(port, &["get", "k"]),
+        "v2",
+        "the node still serves"
+    );
+}
