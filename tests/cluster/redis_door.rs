@@ -58,7 +58,9 @@ fn redis_cli_and_redis_benchmark_work_against_the_door() {
     let unknown = redis_cli(port, &["flushall"]);
     assert!(unknown.contains("unknown command 'flushall'"), "{unknown}");
 
-    let output = Command::new("redis-benchmark")
+    // Bounded: redis-benchmark retries a refused connection forever.
+    let output = Command::new("timeout")
+        .args(["300", "redis-benchmark"])
         .args(["-p", &port.to_string(), "-t", "set,get", "-n", "100000"])
         .args(["-c", "50", "-q"])
         .output()
