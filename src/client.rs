@@ -6,9 +6,9 @@ use base64::Engine;
 use shoal_stages::membership::Membership;
 use shoal_stages::versioning::VersionSet;
 use shoal_stages::wire::{
-    AaeReport, Bytes, DeleteRequest, FrameDecoder, FrameError, GetLocalRequest, GetRequest,
-    MembersReply, Message, PlanReply, PlanRequest, PutRequest, StatsReply, ThrottleChange,
-    ThrottleReply, ThrottleRequest, WireError,
+    AaeReport, AuthRequest, Bytes, DeleteRequest, FrameDecoder, FrameError, GetLocalRequest,
+    GetRequest, MembersReply, Message, PlanReply, PlanRequest, PutRequest, StatsReply,
+    ThrottleChange, ThrottleReply, ThrottleRequest, WireError,
 };
 pub use shoal_stages::Durability;
 use shoal_stages::ServiceError;
@@ -100,6 +100,9 @@ pub struct PutResult {
     pub durable_copies: u8,
 }
 
+/// The environment variable whose value [`Client::connect`] sends as the client token.
+pub const TOKEN_VARIABLE: &str = "SHOAL_CLIENT_TOKEN";
+
 /// A connection to one node.
 pub struct Client {
     stream: TcpStream,
@@ -122,12 +125,31 @@ impl Client {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        Ok(Client {
+        let mut client = Client {
             stream,
             decoder: FrameDecoder::new(MAX_REPLY_FRAME_BYTES),
             next_request_id: 1,
             buffer: vec![0; 64 * 1024],
-        })
+        };
+        // The CLI, the load tool and the cluster client all connect here: one variable gives
+        // them the node's `[security] client_token`.
+        if let Some(token) = std::env::var(TOKEN_VARIABLE).ok().filter(|t| !t.is_empty()) {
+            client.auth(&token)?;
+        }
+        Ok(client)
+    }
+
+    /// Sends the node's client token (`[security] client_token`); until then a node that
+    /// requires one refuses every request with `Unauthorized`, and a wrong one closes the
+    /// connection.
+    pub fn auth(&mut self, token: &str) -> Result<(), ClientError> {
+        let request = Message::Auth(AuthRequest {
+            token: token.to_string(),
+        });
+        match self.call(&request)? {
+            Message::AuthOk => Ok(()),
+            other => Err(ClientError::UnexpectedReply(other.to_string())),
+        }
     }
 
     /// Sends a request and waits for its reply; a typed error reply becomes `Err(Service)`.

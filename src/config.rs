@@ -119,6 +119,28 @@ pub struct Config {
     /// The Redis-protocol door.
     #[serde(default)]
     pub redis: RedisSection,
+    /// Client authentication.
+    #[serde(default)]
+    pub security: SecuritySection,
+}
+
+/// `[security]`
+#[derive(Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySection {
+    /// When set, every client and admin request (native, Redis door, `/metrics`) must carry
+    /// this token; a wrong one is refused `Unauthorized`. Peers prove the cluster secret.
+    pub client_token: Option<String>,
+}
+
+impl std::fmt::Debug for SecuritySection {
+    /// Never prints the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let token = self.client_token.as_ref().map(|_| "<hidden>");
+        f.debug_struct("SecuritySection")
+            .field("client_token", &token)
+            .finish()
+    }
 }
 
 /// `[redis]`

@@ -17,6 +17,7 @@ use prometheus_client::registry::{Registry, Unit};
 use shoal_stages::intake::StatsSource;
 use shoal_stages::seda::{ExportedHistogram, GateMode};
 use shoal_stages::storage::Store;
+use shoal_stages::wire::same_secret;
 use slog::{warn, Logger};
 use std::fmt;
 use std::net::SocketAddr;
@@ -37,9 +38,11 @@ pub struct MetricsServer {
 
 impl MetricsServer {
     /// Binds `listen` and serves scrapes on a thread of its own until [`MetricsServer::stop`].
+    /// With a token (`[security] client_token`), a scrape must send `Authorization: Bearer
+    /// TOKEN` (Prometheus's `authorization` setting); others get 401.
     pub fn start(
         listen: SocketAddr,
-        source: StatsSource,
+        (source, token): (StatsSource, Option<String>),
         store: Store,
         logger: Logger,
     ) -> Result<MetricsServer, std::io::Error> {
@@ -55,7 +58,7 @@ impl MetricsServer {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("metrics".into())
-                .spawn(move || serve(&server, &registry, &stop, &logger))?
+                .spawn(move || serve(&server, (&registry, token.as_deref()), &stop, &logger))?
         };
         Ok(MetricsServer {
             addr,
@@ -79,7 +82,12 @@ impl MetricsServer {
 }
 
 /// The server loop: `GET /metrics` is answered with the text; anything else with 404 or 405.
-fn serve(server: &tiny_http::Server, registry: &Registry, stop: &AtomicBool, logger: &Logger) {
+fn serve(
+    server: &tiny_http::Server,
+    (registry, token): (&Registry, Option<&str>),
+    stop: &AtomicBool,
+    logger: &Logger,
+) {
     while !stop.load(Ordering::Relaxed) {
         let request = match server.recv_timeout(STOP_CHECK) {
             Ok(Some(request)) => request,
@@ -91,7 +99,22 @@ fn serve(server: &tiny_http::Server, registry: &Registry, stop: &AtomicBool, log
             }
         };
         let path = request.url().split('?').next().unwrap_or("");
+        let authorized = token.is_none_or(|token| {
+            request.headers().iter().any(|header| {
+                header.field.equiv("Authorization")
+                    && header
+                        .value
+                        .as_str()
+                        .strip_prefix("Bearer ")
+                        .is_some_and(|given| same_secret(token.as_bytes(), given.as_bytes()))
+            })
+        });
         let response = match (request.method(), path) {
+            _ if !authorized => text_response(
+                401,
+                "this node requires its client token: Authorization: Bearer TOKEN\n".into(),
+                PLAIN,
+            ),
             (tiny_http::Method::Get, "/metrics") => {
                 let mut text = String::new();
                 match prometheus_client::encoding::prometheus_text::encode(&mut text, registry) {

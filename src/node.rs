@@ -178,6 +178,7 @@ impl Node {
                 max_connections: config.limits.max_connections,
                 max_write_buffer_bytes: config.limits.max_write_buffer_bytes,
                 frame_timeout: Duration::from_millis(config.limits.frame_timeout_ms),
+                client_token: config.security.client_token.clone(),
             },
             shared.membership.clone(),
             shared.node.clone(),
@@ -195,7 +196,7 @@ impl Node {
             Some(listen) => Some(
                 MetricsServer::start(
                     listen,
-                    stats.clone(),
+                    (stats.clone(), config.security.client_token.clone()),
                     shared.store.clone(),
                     logger.new(o!("stage" => "metrics")),
                 )
@@ -224,6 +225,7 @@ impl Node {
                     DoorSettings {
                         node: local_addr,
                         max_connections: config.redis.max_connections,
+                        token: config.security.client_token.clone(),
                     },
                     logger.new(o!("stage" => "redis")),
                 )

@@ -22,6 +22,7 @@ use crate::client::{Client, ClientError, RequestOptions};
 use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::encode::encode;
 use redis_protocol::resp2::types::{OwnedFrame, Resp2Frame};
+use shoal_stages::wire::same_secret;
 use slog::{debug, warn, Logger};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -44,6 +45,9 @@ pub struct DoorSettings {
     pub node: SocketAddr,
     /// Most Redis connections at once; one more is refused with an error.
     pub max_connections: usize,
+    /// `[security] client_token`: a Redis client must `AUTH` with it first, and the door's
+    /// own connection to the node sends it.
+    pub token: Option<String>,
 }
 
 /// The running door.
@@ -115,11 +119,17 @@ fn accept(listener: &TcpListener, settings: &DoorSettings, stop: &AtomicBool, lo
             continue;
         }
         open.fetch_add(1, Ordering::Relaxed);
-        let (conn_open, node, conn_logger) = (Arc::clone(&open), settings.node, logger.clone());
+        let (conn_open, conn_logger) = (Arc::clone(&open), logger.clone());
+        let door = Door {
+            node: settings.node,
+            client: None,
+            authorized: settings.token.is_none(),
+            token: settings.token.clone(),
+        };
         let spawned = std::thread::Builder::new()
             .name("redis-conn".into())
             .spawn(move || {
-                if let Err(e) = serve(stream, node) {
+                if let Err(e) = serve(stream, door) {
                     debug!(conn_logger, "redis connection ended"; "peer" => %peer, "reason" => %e);
                 }
                 conn_open.fetch_sub(1, Ordering::Relaxed);
@@ -143,9 +153,8 @@ enum ConnectionEnd {
 }
 
 /// One Redis connection: commands in, replies out, in order.
-fn serve(mut stream: TcpStream, node: SocketAddr) -> Result<(), ConnectionEnd> {
+fn serve(mut stream: TcpStream, mut door: Door) -> Result<(), ConnectionEnd> {
     stream.set_nodelay(true)?;
-    let mut door = Door { node, client: None };
     let mut buffer: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -205,6 +214,10 @@ struct Door {
     node: SocketAddr,
     /// Opened on the first command that needs the node, reopened after a failure.
     client: Option<Client>,
+    /// The Redis client sent the right `AUTH` (or none is required).
+    authorized: bool,
+    /// The node's client token, if it requires one.
+    token: Option<String>,
 }
 
 /// An error reply.
@@ -224,8 +237,13 @@ fn node_error(e: ClientError) -> OwnedFrame {
 impl Door {
     fn client(&mut self) -> Result<&mut Client, OwnedFrame> {
         if self.client.is_none() {
-            let client = Client::connect(&self.node.to_string(), NODE_TIMEOUT)
+            let mut client = Client::connect(&self.node.to_string(), NODE_TIMEOUT)
                 .map_err(|e| error(format!("ERR cannot reach the node: {e}")))?;
+            if let Some(token) = &self.token {
+                client
+                    .auth(token)
+                    .map_err(|e| error(format!("ERR the node refused the door: {e}")))?;
+            }
             self.client = Some(client);
         }
         self.client
@@ -271,6 +289,12 @@ impl Door {
         };
         let name = String::from_utf8_lossy(name).to_ascii_uppercase();
         let rest = &args[1..];
+        if name == "AUTH" {
+            return (self.auth(rest), false);
+        }
+        if !self.authorized && name != "QUIT" {
+            return (error("NOAUTH Authentication required."), false);
+        }
         let reply = match (name.as_str(), rest.len()) {
             ("QUIT", _) => return (ok(), true),
             ("PING", 0) => OwnedFrame::SimpleString(b"PONG".to_vec()),
@@ -326,6 +350,24 @@ impl Door {
             )),
         };
         (reply, false)
+    }
+
+    /// `AUTH token` or `AUTH user token` (the user is ignored): the node's client token.
+    fn auth(&mut self, args: &[Vec<u8>]) -> OwnedFrame {
+        let Some(given) = args.last().filter(|_| (1..=2).contains(&args.len())) else {
+            return error("ERR wrong number of arguments for 'auth' command");
+        };
+        match &self.token {
+            None => error("ERR AUTH <password> called without any password configured"),
+            Some(token) if same_secret(token.as_bytes(), given) => {
+                self.authorized = true;
+                ok()
+            }
+            Some(_) => {
+                self.authorized = false;
+                error("WRONGPASS invalid username-password pair or user is disabled.")
+            }
+        }
     }
 
     /// `GET`: nil, the value, or the greatest sibling by byte order.

@@ -13,6 +13,7 @@ mod cluster {
     pub mod overload;
     pub mod redis_door;
     pub mod replication;
+    pub mod security;
     pub mod support;
     pub mod throttle;
     pub mod versioning;

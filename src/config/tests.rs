@@ -80,6 +80,7 @@ fn bad_values_are_named() {
         ("[storage]\nsync = \"sometimes\"\n", "sync"),
         ("[cluster]\ndurable_writes = \"two\"\n", "durable_writes"),
         ("[redis]\nmax_connections = 0\n", "redis.max_connections"),
+        ("[security]\nclient_token = \"short\"\n", "security.client_token"),
         ("[metrics]\nlisten = \"nowhere\"\n", "listen"),
         ("[[cluster.members]]\nid = \"n2\"\naddr = \"127.0.0.1:1\"\n[[cluster.members]]\nid = \"n2\"\naddr = \"127.0.0.1:2\"\n", "cluster.members[1].id"),
         ("[stages.storage]\nrate_per_sec = 5\n", "stages.storage.rate_per_sec"),

@@ -247,6 +247,15 @@ impl Config {
                 format!("must be in 1..={MAX_CONNECTIONS_LIMIT}"),
             ));
         }
+        if let Some(token) = &self.security.client_token {
+            if token.len() < 16 || token.len() > 256 || !token.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(invalid(
+                    "security.client_token",
+                    "must be 16..=256 printable ASCII characters without spaces",
+                ));
+            }
+        }
         // One thread per Redis connection: a bound a machine's thread limit can take.
         if self.redis.max_connections == 0 || self.redis.max_connections > 4096 {
             return Err(invalid("redis.max_connections", "must be in 1..=4096"));

@@ -18,7 +18,8 @@ use crate::event::{
 use crate::membership::MembershipView;
 use crate::seda::{Machine, Outbox, MAX_RATE_PER_SEC};
 use crate::wire::{
-    kind, Bytes, ContextSeal, Frame, FrameDecoder, FrameError, Message, PeerHello, ThrottleChange,
+    kind, same_secret, Bytes, ContextSeal, Frame, FrameDecoder, FrameError, Message, PeerHello,
+    ThrottleChange,
 };
 use crate::NodeId;
 use slog::{debug, warn, Logger};
@@ -45,6 +46,10 @@ pub struct IntakeSettings {
     /// a frame (or stops half-way) would otherwise hold a connection slot and its buffer for
     /// ever (slowloris).
     pub frame_timeout: Duration,
+    /// `[security] client_token`: when set, a client connection's requests (admin ones too)
+    /// are refused `Unauthorized` until it sent an `Auth` frame with this token. Peers prove
+    /// themselves with their hello instead.
+    pub client_token: Option<String>,
 }
 
 /// What the machine knows of one connection.
@@ -55,6 +60,8 @@ struct Connection {
     /// The peer this incoming connection proved to be with a valid `PeerHello` (SPEC §11);
     /// `None` for clients. Peer-only requests are served only when set.
     authenticated: Option<NodeId>,
+    /// The client sent the right `Auth` token (only asked for with `client_token` set).
+    client_authorized: bool,
     /// Closing once its output is written (after a fatal frame error): input is ignored.
     closing: bool,
 }
@@ -111,6 +118,7 @@ impl IntakeMachine {
                 decoder: FrameDecoder::new(self.settings.max_frame_bytes),
                 frame_started: None,
                 authenticated: None,
+                client_authorized: false,
                 closing: false,
             },
         );
@@ -186,6 +194,15 @@ impl IntakeMachine {
         let request_id = frame.request_id;
         if frame.kind == kind::PEER_HELLO {
             return self.accept_hello(now, conn, &frame, out);
+        }
+        if frame.kind == kind::AUTH {
+            return self.accept_auth(conn, &frame, out);
+        }
+        if !self.may_request(conn) {
+            let error = ServiceError::Unauthorized {
+                reason: "this node requires a client token: send Auth first".into(),
+            };
+            return self.write(conn, request_id, &Message::Error(error), out);
         }
         if frame.kind == kind::THROTTLE {
             match Message::decode(&frame)
@@ -274,6 +291,44 @@ impl IntakeMachine {
             mac: Bytes::from(mac),
         });
         hello.encode(0).unwrap_or_default()
+    }
+
+    /// Whether `conn` may send requests: no token is required, or it sent the right one, or it
+    /// is a peer (a proven incoming link, or a link this node dialled, whose frames are
+    /// answers).
+    fn may_request(&self, conn: ConnId) -> bool {
+        self.settings.client_token.is_none()
+            || self.links.peer_of(conn).is_some()
+            || self
+                .connections
+                .get(&conn)
+                .is_some_and(|c| c.client_authorized || c.authenticated.is_some())
+    }
+
+    /// A client's `Auth`: the right token (compared in constant time) authorizes the
+    /// connection; a wrong one is answered `Unauthorized` and the connection closed.
+    fn accept_auth(&mut self, conn: ConnId, frame: &Frame, out: &mut Outbox) {
+        let token = match Message::decode(frame) {
+            Ok(Message::Auth(auth)) => auth.token,
+            _ => String::new(),
+        };
+        let accepted = match &self.settings.client_token {
+            None => true,
+            Some(expected) => same_secret(expected.as_bytes(), token.as_bytes()),
+        };
+        if accepted {
+            if let Some(connection) = self.connections.get_mut(&conn) {
+                connection.client_authorized = true;
+            }
+            self.write(conn, frame.request_id, &Message::AuthOk, out);
+        } else {
+            warn!(self.logger, "refusing a client token"; "conn" => conn.0);
+            let error = ServiceError::Unauthorized {
+                reason: "wrong client token".into(),
+            };
+            self.write(conn, frame.request_id, &Message::Error(error), out);
+            self.close(conn, out);
+        }
     }
 
     /// RECEIVER SIDE: checks a peer's hello; a valid one marks the connection as that peer's,

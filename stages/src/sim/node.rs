@@ -160,6 +160,7 @@ impl SimNode {
             max_connections: 1024,
             max_write_buffer_bytes: 16 << 20,
             frame_timeout: Duration::from_secs(30),
+            client_token: None,
         };
         let storage = StorageSettings {
             node: self.id.clone(),

@@ -23,6 +23,17 @@ const SEAL_BYTES: usize = 16;
 /// HMAC block size of MD5.
 const HMAC_BLOCK_BYTES: usize = 64;
 
+/// Whether two secrets (tokens, MACs) are equal, in time that depends only on their lengths,
+/// so a guesser learns nothing from how fast a wrong one is refused.
+pub fn same_secret(expected: &[u8], given: &[u8]) -> bool {
+    expected.len() == given.len()
+        && expected
+            .iter()
+            .zip(given)
+            .fold(0u8, |differ, (a, b)| differ | (a ^ b))
+            == 0
+}
+
 /// Seals contexts so that clients cannot forge them.
 ///
 /// Why: a context's counters decide which versions a put removes and which counter the

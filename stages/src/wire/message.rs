@@ -211,6 +211,20 @@ pub struct PutReply {
     pub durable: u8,
 }
 
+/// `Auth`: the client token a node with `[security] client_token` requires.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthRequest {
+    /// The token.
+    pub token: String,
+}
+
+impl fmt::Debug for AuthRequest {
+    /// Never prints the token (logs and traces show messages).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuthRequest { token: <hidden> }")
+    }
+}
+
 /// Reply to `Ring`: what a partition-aware client routes by.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RingReply {
@@ -367,6 +381,11 @@ pub enum Message {
     Pong,
     /// Node → admin.
     MembersReply(MembersReply),
+    /// Client → node: the `[security] client_token`, the first frame of a client connection
+    /// when the node requires one.
+    Auth(AuthRequest),
+    /// Node → client: the token was right; the connection may send requests.
+    AuthOk,
     /// Node → client: why the request failed.
     Error(ServiceError),
 }
@@ -386,6 +405,10 @@ pub mod kind {
     pub const STATS: u16 = 10;
     /// [`super::Message::Ring`]
     pub const RING: u16 = 11;
+    /// [`super::Message::Auth`]
+    pub const AUTH: u16 = 16;
+    /// [`super::Message::AuthOk`]
+    pub const AUTH_OK: u16 = 116;
     /// [`super::Message::LocalReply`]
     pub const LOCAL_REPLY: u16 = 104;
     /// [`super::Message::RingReply`]
@@ -506,6 +529,8 @@ impl Message {
             Message::Stats => kind::STATS,
             Message::GetLocal(_) => kind::GET_LOCAL,
             Message::Ring => kind::RING,
+            Message::Auth(_) => kind::AUTH,
+            Message::AuthOk => kind::AUTH_OK,
             Message::ReplicaRead(_) => kind::REPLICA_READ,
             Message::ReplicaWrite(_) => kind::REPLICA_WRITE,
             Message::LocalReply(_) => kind::LOCAL_REPLY,
@@ -552,7 +577,9 @@ impl Message {
             | Message::Ping
             | Message::Pong
             | Message::Members
+            | Message::AuthOk
             | Message::Aae => to_body(&()),
+            Message::Auth(m) => to_body(m),
             Message::AaeReply(m) => to_body(m),
             Message::Plan(m) => to_body(m),
             Message::PlanReply(m) => to_body(m),
@@ -617,6 +644,11 @@ impl Message {
             kind::RING => {
                 from_body::<()>(k, body)?;
                 Message::Ring
+            }
+            kind::AUTH => Message::Auth(from_body(k, body)?),
+            kind::AUTH_OK => {
+                from_body::<()>(k, body)?;
+                Message::AuthOk
             }
             kind::PING => {
                 from_body::<()>(k, body)?;
@@ -727,6 +759,8 @@ impl fmt::Display for Message {
             Message::Stats => write!(f, "stats"),
             Message::GetLocal(m) => write!(f, "get local ({} B key)", m.key.len()),
             Message::Ring => write!(f, "ring"),
+            Message::Auth(_) => write!(f, "auth"),
+            Message::AuthOk => write!(f, "auth ok"),
             Message::Ping => write!(f, "ping"),
             Message::PeerHello(m) => write!(f, "hello from {}", m.node),
             Message::Pong => write!(f, "pong"),

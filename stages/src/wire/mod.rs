@@ -15,7 +15,8 @@ pub use aae::{
     MAX_AAE_ITEMS,
 };
 pub use codec::{
-    decode_version_set, encode_version_set, ContextSeal, CorruptObject, MAX_CONTEXT_ENTRIES,
+    decode_version_set, encode_version_set, same_secret, ContextSeal, CorruptObject,
+    MAX_CONTEXT_ENTRIES,
 };
 pub use frame::{
     encode_frame, encode_frame_into, Frame, FrameDecoder, FrameError, FRAME_OVERHEAD_BYTES,
@@ -26,9 +27,9 @@ pub use gossip::{
     PlanRequest, TransferAck, TransferBatch, TransferProgress,
 };
 pub use message::{
-    kind, Bytes, DeleteRequest, GetLocalRequest, GetReply, GetRequest, LocalReply, MemberStatus,
-    MembersReply, Message, OperationLatency, PeerHello, PutReply, PutRequest, ReplicaRead,
-    ReplicaReply, ReplicaWrite, RingReply, StatsReply, ThrottleChange, ThrottleReply,
+    kind, AuthRequest, Bytes, DeleteRequest, GetLocalRequest, GetReply, GetRequest, LocalReply,
+    MemberStatus, MembersReply, Message, OperationLatency, PeerHello, PutReply, PutRequest,
+    ReplicaRead, ReplicaReply, ReplicaWrite, RingReply, StatsReply, ThrottleChange, ThrottleReply,
     ThrottleRequest, WireError,
 };
 
