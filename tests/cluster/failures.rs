@@ -1,8 +1,9 @@
 //! Failures: failure detection, sloppy quorum and hinted handoff on real nodes over loopback.
 //! Reference: Dynamo §4.6 (hinted handoff), §4.8.3 (failure detection).
 
+use super::support::CLIENT_TIMEOUT;
 use super::support::{eventually, hints_for, parse_set, ProcessCluster, TestCluster};
-use shoal::client::RequestOptions;
+use shoal::client::{Client, RequestOptions};
 use shoal_stages::NodeId;
 
 const DEFAULT: RequestOptions = RequestOptions {
@@ -343,10 +344,19 @@ fn a_silent_replica_is_replaced_by_a_fallback_within_the_request() {
     cluster.signal(victim, true);
     let put = client.put(b"silent", None, b"v", all_three);
     assert!(put.is_ok(), "W=3 put with a silent replica: {put:?}");
-    assert!(
-        eventually(|| cluster.hints_pending() > 0),
-        "no hint was kept for the silent replica"
-    );
+    let kept = eventually(|| cluster.hints_pending() > 0);
+    // It failed twice under the whole suite's load (2026-12-02) and never alone: say what
+    // every node reports, so the next failure shows whether the hint or the count is missing.
+    if !kept {
+        for (i, addr) in cluster.addrs.iter().enumerate() {
+            let reply = Client::connect(addr, CLIENT_TIMEOUT).and_then(|mut c| c.members());
+            eprintln!(
+                "diagnosis: node {i} (victim: {}), put {put:?}, members {reply:?}",
+                i == victim
+            );
+        }
+    }
+    assert!(kept, "no hint was kept for the silent replica");
 
     cluster.signal(victim, false);
     assert!(
