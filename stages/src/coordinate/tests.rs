@@ -417,17 +417,9 @@ fn coordinator_of_three_with(
     (Coordinator::new(settings, view), membership)
 }
 
-/// Runs one put through n1 of a 3-node N=3 W=2 cluster with `durable` (or the default
-/// `default`): the local write answers with its own durability, then the first replica acks
-/// with `remote_durable`. Returns whether the local write was asked to flush, whether the
-/// replica writes were, and the reply's durable copies.
-fn durable_put(
-    default: Durability,
-    durable: Option<Durability>,
-    local_durable: bool,
-    remote_durable: bool,
-) -> (bool, Vec<bool>, u8) {
-    let (mut c, _) = coordinator_of_three_with(3, 2, 2, default);
+/// Sends a client put of `k` through `c` (n1) with `durable`: the local write's operation
+/// and whether it was asked to flush.
+fn start_put(c: &mut Coordinator, durable: Option<Durability>) -> (OpId, bool) {
     let start = Instant::now();
     let mut out = Vec::new();
     let request = ClientRequest::Put {
@@ -449,16 +441,19 @@ fn durable_put(
         request,
         received_at: start,
     };
-    on_event(&mut c, start, client, &mut out);
-    let (op, local_flush) = match out.as_slice() {
+    on_event(c, start, client, &mut out);
+    match out.as_slice() {
         [Output::Storage(StorageEvent {
             op,
             request: StorageRequest::CoordinatePut { durable, .. },
             ..
         })] => (*op, *durable),
         other => panic!("expected the local write, got {other:?}"),
-    };
-    out.clear();
+    }
+}
+
+/// The set and version n1's local write of `k` makes.
+fn local_version() -> (VersionSet, crate::versioning::Version) {
     let mut set = VersionSet::new();
     let version = set
         .coordinate_put(
@@ -469,14 +464,12 @@ fn durable_put(
             10,
         )
         .expect("a version");
-    let written = StorageDone {
-        op,
-        result: Ok(StorageOutcome::Written { set, version }),
-        durable: local_durable,
-    };
-    on_event(&mut c, start, CoordinateEvent::Storage(written), &mut out);
-    let sent: Vec<(NodeId, OpId, bool)> = out
-        .iter()
+    (set, version)
+}
+
+/// The replica writes among `out`: peer, operation, whether they ask to flush.
+fn replica_writes(out: &[Output]) -> Vec<(NodeId, OpId, bool)> {
+    out.iter()
         .map(|o| match o {
             Output::Peer {
                 peer,
@@ -485,18 +478,56 @@ fn durable_put(
             } => (peer.clone(), *op, w.durable),
             other => panic!("expected replica writes, got {other:?}"),
         })
-        .collect();
-    out.clear();
-    let (peer, op, _) = sent.first().cloned().expect("a replica write");
+        .collect()
+}
+
+/// A replica's acknowledgement of a write, on disk or not.
+fn replica_ack(
+    c: &mut Coordinator,
+    (peer, op): (NodeId, OpId),
+    durable: bool,
+    out: &mut Vec<Output>,
+) {
     let ack = PeerDone {
         op,
         peer,
         result: Ok(Message::ReplicaReply(ReplicaReply {
             versions: VersionSet::new(),
-            durable: remote_durable,
+            durable,
         })),
     };
-    on_event(&mut c, start, CoordinateEvent::Peer(ack), &mut out);
+    on_event(c, Instant::now(), CoordinateEvent::Peer(ack), out);
+}
+
+/// Runs one put through n1 of a 3-node N=3 W=2 cluster with `durable` (or the default
+/// `default`): the local write answers with its own durability, then the first replica acks
+/// with `remote_durable`. Returns whether the local write was asked to flush, whether the
+/// replica writes were, and the reply's durable copies.
+fn durable_put(
+    default: Durability,
+    durable: Option<Durability>,
+    local_durable: bool,
+    remote_durable: bool,
+) -> (bool, Vec<bool>, u8) {
+    let (mut c, _) = coordinator_of_three_with(3, 2, 2, default);
+    let (op, local_flush) = start_put(&mut c, durable);
+    let (set, version) = local_version();
+    let written = StorageDone {
+        op,
+        result: Ok(StorageOutcome::Written { set, version }),
+        durable: local_durable,
+    };
+    let mut out = Vec::new();
+    on_event(
+        &mut c,
+        Instant::now(),
+        CoordinateEvent::Storage(written),
+        &mut out,
+    );
+    let sent = replica_writes(&out);
+    out.clear();
+    let (peer, op, _) = sent.first().cloned().expect("a replica write");
+    replica_ack(&mut c, (peer, op), remote_durable, &mut out);
     let copies = match out.as_slice() {
         [Output::Reply {
             message: Message::PutReply(reply),
@@ -547,73 +578,22 @@ fn durable_writes_choose_who_flushes_and_the_reply_counts_durable_copies() {
 /// replica writes sent (peer, operation, whether they asked to flush).
 fn put_applied_before_its_flush() -> (Coordinator, OpId, Vec<(NodeId, OpId, bool)>) {
     let (mut c, _) = coordinator_of_three_with(3, 2, 2, Durability::One);
-    let start = Instant::now();
-    let mut out = Vec::new();
-    let request = ClientRequest::Put {
-        key: b"k".to_vec(),
-        context: Default::default(),
-        value: Some(b"v".to_vec()),
-        w: None,
-        timeout: None,
-        forwarded: false,
-        durable: None,
-        overwrite: false,
-    };
-    let origin = Origin {
-        conn: ConnId(1),
-        request_id: 6,
-    };
-    let client = CoordinateEvent::Client {
-        origin,
-        request,
-        received_at: start,
-    };
-    on_event(&mut c, start, client, &mut out);
-    let op = match out.as_slice() {
-        [Output::Storage(StorageEvent { op, .. })] => *op,
-        other => panic!("expected the local write, got {other:?}"),
-    };
-    out.clear();
-    let mut set = VersionSet::new();
-    let version = set
-        .coordinate_put(
-            &NodeId::new("n1"),
-            &VClock::new(),
-            Some(b"v".to_vec()),
-            1,
-            10,
-        )
-        .expect("a version");
+    let (op, _) = start_put(&mut c, None);
+    let (set, version) = local_version();
     let applied = StorageDone {
         op,
         result: Ok(StorageOutcome::Applied { set, version }),
         durable: false,
     };
-    on_event(&mut c, start, CoordinateEvent::Storage(applied), &mut out);
-    let sent = out
-        .iter()
-        .map(|o| match o {
-            Output::Peer {
-                peer,
-                op,
-                message: Message::ReplicaWrite(w),
-            } => (peer.clone(), *op, w.durable),
-            other => panic!("expected replica writes while the flush runs, got {other:?}"),
-        })
-        .collect();
+    let mut out = Vec::new();
+    on_event(
+        &mut c,
+        Instant::now(),
+        CoordinateEvent::Storage(applied),
+        &mut out,
+    );
+    let sent = replica_writes(&out);
     (c, op, sent)
-}
-
-fn replica_ack(c: &mut Coordinator, peer: NodeId, op: OpId, out: &mut Vec<Output>) {
-    let ack = PeerDone {
-        op,
-        peer,
-        result: Ok(Message::ReplicaReply(ReplicaReply {
-            versions: VersionSet::new(),
-            durable: false,
-        })),
-    };
-    on_event(c, Instant::now(), CoordinateEvent::Peer(ack), out);
 }
 
 /// Goal: with `"one"` the write is replicated while the coordinator's flush runs (the flush
@@ -626,7 +606,7 @@ fn one_replicates_during_the_coordinators_flush_and_replies_only_after_it() {
     assert!(sent.iter().all(|s| !s.2), "with one, replicas do not flush");
     let mut out = Vec::new();
     for (peer, op, _) in sent {
-        replica_ack(&mut c, peer, op, &mut out);
+        replica_ack(&mut c, (peer, op), false, &mut out);
     }
     assert!(out.is_empty(), "no reply before the local flush: {out:?}");
     let flushed = StorageDone {
@@ -656,7 +636,7 @@ fn one_fails_the_put_when_the_coordinators_flush_fails() {
     let (mut c, local, sent) = put_applied_before_its_flush();
     let mut out = Vec::new();
     for (peer, op, _) in sent {
-        replica_ack(&mut c, peer, op, &mut out);
+        replica_ack(&mut c, (peer, op), false, &mut out);
     }
     let failure = ServiceError::Storage {
         reason: "journal flush failed: disk gone".into(),

@@ -198,6 +198,20 @@ fn memory_engine_crash_loses_exactly_the_unflushed_writes() {
     assert_eq!(store.read(b"retried").expect("read").len(), 1);
 }
 
+/// A storage machine (worker 0) with `sync` over a fresh memory engine, and that engine.
+fn memory_machine(sync: SyncMode) -> (Arc<MemoryEngine>, StorageMachine) {
+    let engine = MemoryEngine::new();
+    let store = Store::with_engine(engine.clone(), &node(), Q, 0).expect("opens");
+    let settings = StorageSettings {
+        node: node(),
+        sync,
+        limits: LIMITS,
+        ownership: None,
+    };
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    (engine, StorageMachine::new(0, store, settings, logger))
+}
+
 fn event(op: u64, request: StorageRequest) -> StorageEvent {
     StorageEvent {
         op: OpId(op),
@@ -211,20 +225,7 @@ fn event(op: u64, request: StorageRequest) -> StorageEvent {
 /// stage the event named. Reference: SPEC §7 group commit.
 #[test]
 fn failed_group_commit_acknowledges_no_write_of_the_batch() {
-    let engine = MemoryEngine::new();
-    let store = Store::with_engine(engine.clone(), &node(), Q, 0).expect("opens");
-    let settings = StorageSettings {
-        node: node(),
-        sync: SyncMode::Always,
-        limits: LIMITS,
-        ownership: None,
-    };
-    let mut machine = StorageMachine::new(
-        0,
-        store,
-        settings,
-        slog::Logger::root(slog::Discard, slog::o!()),
-    );
+    let (engine, mut machine) = memory_machine(SyncMode::Always);
     engine.fail_flushes(1);
     let write = StorageRequest::CoordinatePut {
         key: b"k".to_vec(),
@@ -292,16 +293,7 @@ fn coordinate_put(key: &[u8], durable: bool) -> StorageRequest {
 /// buffered writes alone does not flush, and a crash (power loss) then loses exactly those.
 #[test]
 fn durable_writes_wait_for_the_flush_and_buffered_ones_do_not() {
-    let engine = MemoryEngine::new();
-    let store = Store::with_engine(engine.clone(), &node(), Q, 0).expect("opens");
-    let settings = StorageSettings {
-        node: node(),
-        sync: SyncMode::None,
-        limits: LIMITS,
-        ownership: None,
-    };
-    let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let mut machine = StorageMachine::new(0, store, settings, logger);
+    let (engine, mut machine) = memory_machine(SyncMode::None);
     let read = StorageRequest::Read {
         key: b"other".to_vec(),
         with_hints: true,
@@ -349,16 +341,7 @@ fn durable_writes_wait_for_the_flush_and_buffered_ones_do_not() {
 /// and its answers say so (the reply's count of durable copies is honest).
 #[test]
 fn sync_always_makes_every_write_durable_even_when_not_asked() {
-    let engine = MemoryEngine::new();
-    let store = Store::with_engine(engine.clone(), &node(), Q, 0).expect("opens");
-    let settings = StorageSettings {
-        node: node(),
-        sync: SyncMode::Always,
-        limits: LIMITS,
-        ownership: None,
-    };
-    let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let mut machine = StorageMachine::new(0, store, settings, logger);
+    let (engine, mut machine) = memory_machine(SyncMode::Always);
     let mut out = Outbox::new();
     let merge = StorageRequest::Merge {
         key: b"merged".to_vec(),
