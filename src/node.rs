@@ -183,6 +183,7 @@ impl Node {
             shared.membership.clone(),
             shared.node.clone(),
             shared.seal.clone(),
+            random_seed(),
             logger.new(o!("stage" => StageId::Intake.name())),
         );
         let stats = StatsSource {
@@ -609,4 +610,27 @@ fn gate(shared: &Shared, stage: StageId) -> Gate {
         // foreground stage has none, and no foreground machine asks.
         None => unreachable!("{stage} is not a background stage"),
     }
+}
+
+/// A seed for the intake's handshake nonces: 16 bytes from the kernel's random source, or, if
+/// it cannot be read, two hashes of the clock and the process id under the standard library's
+/// randomly keyed hashers (still different for every process).
+fn random_seed() -> [u8; 16] {
+    use std::io::Read;
+    let mut seed = [0u8; 16];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed));
+    if read.is_err() {
+        use std::hash::{BuildHasher, Hasher};
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        for half in seed.chunks_mut(8) {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u32(std::process::id());
+            hasher.write_u128(clock);
+            half.copy_from_slice(&hasher.finish().to_be_bytes());
+        }
+    }
+    seed
 }

@@ -1,9 +1,12 @@
 //! Bad input gets a typed error and the node keeps serving everyone else (TESTING.md §4).
 
 use super::support::{values, TestNode};
-use shoal::client::{ClientError, RequestOptions};
-use shoal_stages::wire::{encode_frame, Bytes, Message, PutRequest};
-use shoal_stages::ServiceError;
+use shoal::client::{Client, ClientError, RequestOptions};
+use shoal_stages::wire::{
+    encode_frame, handshake_bytes, Bytes, ContextSeal, Message, PeerChallenge, PeerHello,
+    PeerProof, PutRequest,
+};
+use shoal_stages::{NodeId, ServiceError};
 
 const DEFAULT: RequestOptions = RequestOptions {
     r: None,
@@ -302,42 +305,24 @@ fn a_frame_left_half_sent_is_cut_off_at_the_frame_timeout() {
     assert_still_serving(&node);
 }
 
-/// Goal: peer-only requests need a connection that proved the cluster secret (SPEC §11): a
-/// plain client's ReplicaWrite or Ping is refused as Unauthorized, a hello signed with another
-/// secret is refused and its connection closed, a hello from a non-member is refused, and a
-/// correct hello makes the same requests work.
+/// Goal: peer-only requests need a connection that completed the challenge–response handshake
+/// (SPEC §11): a plain client's ReplicaWrite or Ping is refused as Unauthorized; a hello from a
+/// non-member, a proof made with another secret, a proof without a hello and a second hello
+/// are refused and the connection closed; the node's challenge proves it knows the secret; a
+/// correct proof makes the same requests work.
 #[test]
-fn peer_requests_need_a_hello_signed_with_the_cluster_secret() {
-    use shoal_stages::versioning::VersionSet;
-    use shoal_stages::wire::{ContextSeal, PeerHello, ReplicaWrite};
-    use shoal_stages::NodeId;
+fn peer_requests_need_the_challenge_response_handshake() {
     let node = TestNode::start("");
-    let write = Message::ReplicaWrite(ReplicaWrite {
-        key: Bytes::from(b"k".to_vec()),
-        versions: VersionSet::new(),
-        hint: None,
-        durable: false,
-    });
-    let hello = |secret: &[u8], id: &str| {
-        let node = NodeId::new(id);
-        let timestamp_ms = shoal_stages::event::wall_clock_ms();
-        let mac = ContextSeal::new(secret).sign(&PeerHello::signed_bytes(&node, timestamp_ms));
-        Message::PeerHello(PeerHello {
-            node,
-            timestamp_ms,
-            mac: Bytes::from(mac),
-        })
-    };
+    let secret = shoal::config::DEFAULT_SECRET.as_bytes();
     let unauthorized = |result: Result<Message, ClientError>| {
         matches!(
             result,
             Err(ClientError::Service(ServiceError::Unauthorized { .. }))
         )
     };
-
     let mut plain = node.client();
     assert!(
-        unauthorized(plain.call(&write)),
+        unauthorized(plain.call(&replica_write())),
         "a plain client's replica write"
     );
     assert!(
@@ -345,42 +330,147 @@ fn peer_requests_need_a_hello_signed_with_the_cluster_secret() {
         "a plain client's ping"
     );
 
+    let mut stranger = node.client();
+    let refusal = stranger.call(&hello("n9", [9; 16]));
+    assert!(unauthorized(refusal), "a non-member's hello");
+    assert_closed(&mut stranger, "a non-member's hello");
+
     let mut forger = node.client();
-    forger
-        .send(&hello(b"not-the-cluster-secret", "n1"))
-        .expect("send");
-    let (_, reply) = forger.receive().expect("an answer to the forged hello");
+    let challenge = challenge_of(forger.call(&hello("n1", [1; 16])));
+    let forged = proof(b"not-the-cluster-secret", "n1", [1; 16], &challenge);
+    forger.send(&forged).expect("send the forged proof");
+    let (_, reply) = forger.receive().expect("an answer to the forged proof");
     assert!(
         matches!(reply, Message::Error(ServiceError::Unauthorized { .. })),
         "{reply}"
     );
-    assert!(
-        matches!(
-            forger.receive(),
-            Err(ClientError::Closed) | Err(ClientError::Io(_))
-        ),
-        "closed after a forged hello"
-    );
+    assert_closed(&mut forger, "a forged proof");
 
-    let mut stranger = node.client();
-    stranger
-        .send(&hello(shoal::config::DEFAULT_SECRET.as_bytes(), "n9"))
+    let mut early = node.client();
+    early
+        .send(&proof(secret, "n1", [1; 16], &challenge))
         .expect("send");
-    let (_, reply) = stranger
+    let (_, reply) = early
         .receive()
-        .expect("an answer to a non-member's hello");
+        .expect("an answer to a proof without a hello");
     assert!(
         matches!(reply, Message::Error(ServiceError::Unauthorized { .. })),
         "{reply}"
     );
 
     let mut peer = node.client();
-    peer.send(&hello(shoal::config::DEFAULT_SECRET.as_bytes(), "n1"))
-        .expect("send");
+    let challenge = challenge_of(peer.call(&hello("n1", [2; 16])));
+    let signed = handshake_bytes(
+        PeerChallenge::LABEL,
+        &NodeId::new("n1"),
+        &challenge.node,
+        &[2; 16],
+        &challenge.nonce,
+    );
     assert!(
-        matches!(peer.call(&write), Ok(Message::ReplicaReply(_))),
+        ContextSeal::new(secret).verify(&signed, &challenge.mac),
+        "the node's challenge proves it knows the cluster secret"
+    );
+    peer.send(&proof(secret, "n1", [2; 16], &challenge))
+        .expect("send the proof");
+    assert!(
+        matches!(peer.call(&replica_write()), Ok(Message::ReplicaReply(_))),
         "a proven peer's replica write is served"
     );
     assert!(matches!(peer.call(&Message::Ping), Ok(Message::Pong)));
+    let second = peer.call(&hello("n1", [3; 16]));
+    assert!(unauthorized(second), "a second hello on a proven link");
+    assert_closed(&mut peer, "a second hello");
     assert_still_serving(&node);
+}
+
+/// Goal: a recorded handshake cannot be replayed (issue 13): the node challenges every
+/// connection with a fresh nonce, so the hello and proof bytes of an accepted handshake, sent
+/// again on a new connection, are refused `Unauthorized`, the connection is closed before its
+/// replica write is acted on, and the node keeps serving others.
+#[test]
+fn a_replayed_peer_handshake_is_refused() {
+    let node = TestNode::start("");
+    let secret = shoal::config::DEFAULT_SECRET.as_bytes();
+    let mut genuine = node.client();
+    let recorded_hello = hello("n1", [7; 16]);
+    let first = challenge_of(genuine.call(&recorded_hello));
+    let recorded_proof = proof(secret, "n1", [7; 16], &first);
+    genuine.send(&recorded_proof).expect("send the proof");
+    assert!(
+        matches!(genuine.call(&Message::Ping), Ok(Message::Pong)),
+        "the genuine handshake is accepted"
+    );
+
+    let mut replayer = node.client();
+    let second = challenge_of(replayer.call(&recorded_hello));
+    assert_ne!(
+        first.nonce, second.nonce,
+        "every connection is challenged with a fresh nonce"
+    );
+    replayer.send(&recorded_proof).expect("replay the proof");
+    replayer
+        .send(&replica_write())
+        .expect("a replica write behind it");
+    let (_, reply) = replayer.receive().expect("an answer to the replayed proof");
+    assert!(
+        matches!(reply, Message::Error(ServiceError::Unauthorized { .. })),
+        "the replayed proof is refused: {reply}"
+    );
+    assert_closed(&mut replayer, "a replayed handshake");
+    assert!(
+        matches!(genuine.call(&Message::Ping), Ok(Message::Pong)),
+        "the genuine link still works"
+    );
+    assert_still_serving(&node);
+}
+
+fn replica_write() -> Message {
+    use shoal_stages::versioning::VersionSet;
+    use shoal_stages::wire::ReplicaWrite;
+    Message::ReplicaWrite(ReplicaWrite {
+        key: Bytes::from(b"k".to_vec()),
+        versions: VersionSet::new(),
+        hint: None,
+        durable: false,
+    })
+}
+
+fn hello(node: &str, nonce: [u8; 16]) -> Message {
+    Message::PeerHello(PeerHello {
+        node: NodeId::new(node),
+        nonce: Bytes::from(nonce.to_vec()),
+    })
+}
+
+fn challenge_of(reply: Result<Message, ClientError>) -> PeerChallenge {
+    match reply {
+        Ok(Message::PeerChallenge(challenge)) => challenge,
+        other => panic!("expected a challenge to the hello, got {other:?}"),
+    }
+}
+
+/// The dialer's proof for `challenge`, made with `secret`.
+fn proof(secret: &[u8], dialer: &str, nonce: [u8; 16], challenge: &PeerChallenge) -> Message {
+    let signed = handshake_bytes(
+        PeerProof::LABEL,
+        &NodeId::new(dialer),
+        &challenge.node,
+        &nonce,
+        &challenge.nonce,
+    );
+    Message::PeerProof(PeerProof {
+        mac: Bytes::from(ContextSeal::new(secret).sign(&signed)),
+    })
+}
+
+/// The node closed `client`'s connection (EOF, or a reset).
+fn assert_closed(client: &mut Client, after: &str) {
+    assert!(
+        matches!(
+            client.receive(),
+            Err(ClientError::Closed) | Err(ClientError::Io(_))
+        ),
+        "connection closed after {after}"
+    );
 }

@@ -5,10 +5,12 @@
 //! the same over its simulated network.
 //!
 //! DRIVER SIDE of peering (SPEC §11, Dynamo §4.6): links this node opens are dialled on first
-//! use with a `PeerHello` as their first frame, redialled after backoff, and reported to the
-//! replication stage when they fail. RECEIVER SIDE: a peer's hello is checked before anything
-//! it sends as a peer is acted on.
+//! use, start with the challenge–response handshake (`handshake.rs`: hello, challenge, proof)
+//! and hold their frames until it is done, are redialled after backoff, and are reported to
+//! the replication stage when they fail. RECEIVER SIDE: a connection's hello is challenged,
+//! and nothing it sends as a peer is acted on before its proof checks out.
 
+use super::handshake::{self, Challenged, Dialing, NonceSource};
 use super::peers::{PeerLinks, Route};
 use crate::error::ServiceError;
 use crate::event::{
@@ -18,8 +20,8 @@ use crate::event::{
 use crate::membership::MembershipView;
 use crate::seda::{Machine, Outbox, MAX_RATE_PER_SEC};
 use crate::wire::{
-    kind, same_secret, Bytes, ContextSeal, Frame, FrameDecoder, FrameError, Message, PeerHello,
-    ThrottleChange,
+    kind, same_secret, ContextSeal, Frame, FrameDecoder, FrameError, Message, ThrottleChange,
+    NONCE_BYTES,
 };
 use crate::NodeId;
 use slog::{debug, warn, Logger};
@@ -29,9 +31,11 @@ use std::time::{Duration, Instant};
 /// Connection ids start here so they never collide with the mio loop's two fixed tokens
 /// (listener and waker).
 pub const FIRST_CONN: u64 = 2;
-/// How far a peer's hello timestamp may be from this node's clock. It bounds replays of a
-/// recorded hello; clocks of a cluster's nodes are assumed within this of each other.
-const HELLO_WINDOW_MS: u64 = 5 * 60 * 1000;
+/// How long a dialled peer has to answer the hello. A live peer answers at once (the intake
+/// does it on the spot, no disk, no other stage); one that has not within this is paused,
+/// partitioned or not shoal, and the link is closed and redialled after backoff rather than
+/// holding its frames until the peer wakes.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Limits of the intake.
 #[derive(Clone, Debug)]
@@ -48,7 +52,7 @@ pub struct IntakeSettings {
     pub frame_timeout: Duration,
     /// `[security] client_token`: when set, a client connection's requests (admin ones too)
     /// are refused `Unauthorized` until it sent an `Auth` frame with this token. Peers prove
-    /// themselves with their hello instead.
+    /// themselves with the handshake instead.
     pub client_token: Option<String>,
 }
 
@@ -57,9 +61,11 @@ struct Connection {
     decoder: FrameDecoder,
     /// When the incomplete frame now buffered began arriving (`None`: nothing partial).
     frame_started: Option<Instant>,
-    /// The peer this incoming connection proved to be with a valid `PeerHello` (SPEC §11);
+    /// The peer this incoming connection proved to be by completing the handshake (SPEC §11);
     /// `None` for clients. Peer-only requests are served only when set.
     authenticated: Option<NodeId>,
+    /// The hello was answered with a challenge; the proof is awaited.
+    challenged: Option<Challenged>,
     /// The client sent the right `Auth` token (only asked for with `client_token` set).
     client_authorized: bool,
     /// Closing once its output is written (after a fatal frame error): input is ignored.
@@ -74,22 +80,28 @@ pub struct IntakeMachine {
     next_conn: u64,
     /// Outgoing connections to peers, by peer.
     links: PeerLinks,
+    /// Outgoing connections still in their handshake, with the frames they hold.
+    dialing: BTreeMap<ConnId, Dialing>,
+    /// Nonces for this node's hellos and challenges.
+    nonces: NonceSource,
     /// Where peers listen, and who is a member.
     membership: MembershipView,
-    /// This node, named in its hellos.
+    /// This node, named in its handshakes.
     node: NodeId,
-    /// The cluster key: signs this node's hellos, checks its peers'.
+    /// The cluster key: signs this node's side of each handshake, checks the other's.
     seal: ContextSeal,
     logger: Logger,
 }
 
 impl IntakeMachine {
-    /// A machine for `node` with no connections.
+    /// A machine for `node` with no connections. `nonce_seed` seeds its handshake nonces
+    /// (random for a real node; the simulator's own for a replayable run).
     pub fn new(
         settings: IntakeSettings,
         membership: MembershipView,
         node: NodeId,
         seal: ContextSeal,
+        nonce_seed: [u8; NONCE_BYTES],
         logger: Logger,
     ) -> IntakeMachine {
         IntakeMachine {
@@ -97,6 +109,8 @@ impl IntakeMachine {
             connections: BTreeMap::new(),
             next_conn: FIRST_CONN,
             links: PeerLinks::default(),
+            dialing: BTreeMap::new(),
+            nonces: NonceSource::new(nonce_seed),
             membership,
             node,
             seal,
@@ -118,6 +132,7 @@ impl IntakeMachine {
                 decoder: FrameDecoder::new(self.settings.max_frame_bytes),
                 frame_started: None,
                 authenticated: None,
+                challenged: None,
                 client_authorized: false,
                 closing: false,
             },
@@ -192,8 +207,14 @@ impl IntakeMachine {
 
     fn dispatch(&mut self, now: Now, conn: ConnId, frame: Frame, out: &mut Outbox) {
         let request_id = frame.request_id;
+        if self.dialing.contains_key(&conn) {
+            return self.on_handshake_answer(conn, &frame, out);
+        }
         if frame.kind == kind::PEER_HELLO {
-            return self.accept_hello(now, conn, &frame, out);
+            return self.accept_hello(conn, &frame, out);
+        }
+        if frame.kind == kind::PEER_PROOF {
+            return self.accept_proof(conn, &frame, out);
         }
         if frame.kind == kind::AUTH {
             return self.accept_auth(conn, &frame, out);
@@ -230,24 +251,34 @@ impl IntakeMachine {
             .connections
             .get(&conn)
             .is_some_and(|c| c.authenticated.is_some());
+        let peer = self.links.peer_of(conn).cloned();
+        let refused = peer.is_some()
+            && frame.kind == kind::ERROR
+            && matches!(
+                Message::decode(&frame),
+                Ok(Message::Error(ServiceError::Unauthorized { .. }))
+            );
         out.request(ParseEvent {
             conn,
             frame,
             received_at: now.instant,
-            peer: self.links.peer_of(conn).cloned(),
+            peer: peer.clone(),
             authenticated,
         });
-    }
-
-    /// The loop finished a dial: the link is usable.
-    pub fn on_connected(&mut self, conn: ConnId) {
-        self.links.established(conn);
+        if refused {
+            // The peer no longer counts this link as proven (it restarted its side, or
+            // lost the proof). Every later request on it would be refused too: close it, so
+            // the next frame redials and handshakes afresh.
+            warn!(self.logger, "peer refused a request as unauthorized: closing the link to redial"; "peer" => ?peer, "conn" => conn.0);
+            self.close(conn, out);
+        }
     }
 
     /// `conn` closed (by either side, or a dial failed): a peer link's failure is reported to
     /// the replication stage, which fails what was outstanding on it.
     pub fn on_closed(&mut self, now: Now, conn: ConnId, out: &mut Outbox) {
         self.connections.remove(&conn);
+        self.dialing.remove(&conn);
         if let Some(peer) = self.links.peer_of(conn).cloned() {
             warn!(self.logger, "peer link lost"; "peer" => %peer, "conn" => conn.0);
             let in_flight_lost = self.links.is_established(conn);
@@ -256,10 +287,23 @@ impl IntakeMachine {
         }
     }
 
-    /// Queues a frame for a peer, dialling it if no link exists.
+    /// Queues a frame for a peer, dialling it if no link exists. Until the link's handshake is
+    /// done the frame is held (the receiver would refuse it before the proof).
     fn send_to_peer(&mut self, now: Now, peer: NodeId, frame: Vec<u8>, out: &mut Outbox) {
         match self.links.route(&peer, now.instant) {
-            Route::Via(conn) => out.socket(SocketCommand::Write { conn, frame }),
+            Route::Via(conn) => match self.dialing.get_mut(&conn) {
+                None => out.socket(SocketCommand::Write { conn, frame }),
+                Some(dialing)
+                    if dialing.held_bytes + frame.len() > self.settings.max_write_buffer_bytes =>
+                {
+                    warn!(self.logger, "peer link still in its handshake and its buffer is full: failing the frame"; "peer" => %peer);
+                    report_failed(peer, false, out);
+                }
+                Some(dialing) => {
+                    dialing.held_bytes += frame.len();
+                    dialing.held.push(frame);
+                }
+            },
             Route::BackingOff => report_failed(peer, false, out),
             Route::Dial => {
                 let Some(addr) = self.membership.current().addr_of(&peer) else {
@@ -271,26 +315,53 @@ impl IntakeMachine {
                 self.links.opened(&peer, conn);
                 debug!(self.logger, "dialling peer"; "peer" => %peer, "addr" => %addr, "conn" => conn.0);
                 out.socket(SocketCommand::Dial { conn, peer, addr });
-                // The hello goes first on the link, ahead of any request.
-                let hello = self.hello(now);
-                out.socket(SocketCommand::Write { conn, frame: hello });
-                out.socket(SocketCommand::Write { conn, frame });
+                let nonce = self.nonces.next(&self.seal);
+                self.write(conn, 0, &handshake::hello(&self.node, &nonce), out);
+                self.dialing.insert(
+                    conn,
+                    Dialing {
+                        nonce,
+                        started: now.instant,
+                        held_bytes: frame.len(),
+                        held: vec![frame],
+                    },
+                );
             }
         }
     }
 
-    /// This node's `PeerHello`, signed now.
-    fn hello(&self, now: Now) -> Vec<u8> {
-        let timestamp_ms = now.wall_ms;
-        let mac = self
-            .seal
-            .sign(&PeerHello::signed_bytes(&self.node, timestamp_ms));
-        let hello = Message::PeerHello(PeerHello {
-            node: self.node.clone(),
-            timestamp_ms,
-            mac: Bytes::from(mac),
-        });
-        hello.encode(0).unwrap_or_default()
+    /// DIALER SIDE: the first frame back on a link in its handshake. A valid challenge is
+    /// answered with the proof, followed by every held frame, and the link is established;
+    /// anything else (a refusal, a challenge from a stranger) closes the link, which fails
+    /// what it held.
+    fn on_handshake_answer(&mut self, conn: ConnId, frame: &Frame, out: &mut Outbox) {
+        let Some(dialing) = self.dialing.remove(&conn) else {
+            return;
+        };
+        let Some(peer) = self.links.peer_of(conn).cloned() else {
+            return self.close(conn, out);
+        };
+        let verdict = match Message::decode(frame) {
+            Ok(Message::PeerChallenge(challenge)) => {
+                handshake::answer(&self.seal, &self.node, &peer, &dialing.nonce, &challenge)
+            }
+            Ok(other) => Err(format!("the peer answered the hello with {other}")),
+            Err(error) => Err(format!("unreadable answer to the hello: {error}")),
+        };
+        match verdict {
+            Ok(proof) => {
+                debug!(self.logger, "peer link established"; "peer" => %peer, "conn" => conn.0);
+                self.write(conn, 0, &proof, out);
+                for frame in dialing.held {
+                    out.socket(SocketCommand::Write { conn, frame });
+                }
+                self.links.established(conn);
+            }
+            Err(reason) => {
+                warn!(self.logger, "peer handshake failed, closing the link"; "peer" => %peer, "conn" => conn.0, "reason" => %reason);
+                self.close(conn, out);
+            }
+        }
     }
 
     /// Whether `conn` may send requests: no token is required, or it sent the right one, or it
@@ -331,12 +402,69 @@ impl IntakeMachine {
         }
     }
 
-    /// RECEIVER SIDE: checks a peer's hello; a valid one marks the connection as that peer's,
-    /// an invalid one is answered `Unauthorized` and the connection closed.
-    fn accept_hello(&mut self, now: Now, conn: ConnId, frame: &Frame, out: &mut Outbox) {
+    /// RECEIVER SIDE: a hello from a member is answered with a challenge carrying a fresh
+    /// nonce; a malformed one, one from a stranger, or a second one on the connection is
+    /// refused `Unauthorized` and the connection closed.
+    fn accept_hello(&mut self, conn: ConnId, frame: &Frame, out: &mut Outbox) {
         let verdict = match Message::decode(frame) {
-            Ok(Message::PeerHello(hello)) => self.check_hello(now, &hello).map(|()| hello.node),
+            Ok(Message::PeerHello(hello)) => self.check_hello(conn, &hello.node, &hello.nonce),
             _ => Err("malformed hello".to_string()),
+        };
+        match verdict {
+            Ok((dialer, dialer_nonce)) => {
+                let challenged = Challenged {
+                    dialer,
+                    dialer_nonce,
+                    nonce: self.nonces.next(&self.seal),
+                };
+                let challenge = handshake::challenge(&self.seal, &self.node, &challenged);
+                self.write(conn, frame.request_id, &challenge, out);
+                if let Some(connection) = self.connections.get_mut(&conn) {
+                    connection.challenged = Some(challenged);
+                }
+            }
+            Err(reason) => self.refuse_peer(conn, frame.request_id, reason, out),
+        }
+    }
+
+    fn check_hello(
+        &self,
+        conn: ConnId,
+        node: &NodeId,
+        nonce: &[u8],
+    ) -> Result<(NodeId, crate::wire::Nonce), String> {
+        if self.membership.current().member(node).is_none() {
+            return Err(format!("{node} is not a member"));
+        }
+        let nonce = handshake::nonce_of(nonce).ok_or("hello nonce of the wrong length")?;
+        let fresh = self
+            .connections
+            .get(&conn)
+            .is_some_and(|c| c.challenged.is_none() && c.authenticated.is_none());
+        if !fresh {
+            return Err("a second hello on one connection".into());
+        }
+        Ok((node.clone(), nonce))
+    }
+
+    /// RECEIVER SIDE: the dialer's proof. One that answers this connection's challenge marks
+    /// the connection as that peer's; any other (a replayed one, one without a challenge) is
+    /// refused `Unauthorized` and the connection closed.
+    fn accept_proof(&mut self, conn: ConnId, frame: &Frame, out: &mut Outbox) {
+        let challenged = self
+            .connections
+            .get_mut(&conn)
+            .and_then(|c| c.challenged.take());
+        let verdict = match (Message::decode(frame), challenged) {
+            (Ok(Message::PeerProof(proof)), Some(challenged)) => {
+                if handshake::proven(&self.seal, &self.node, &challenged, &proof) {
+                    Ok(challenged.dialer)
+                } else {
+                    Err("proof does not answer this connection's challenge (a replay, or another cluster's secret)".to_string())
+                }
+            }
+            (Ok(Message::PeerProof(_)), None) => Err("proof without a hello".to_string()),
+            _ => Err("malformed proof".to_string()),
         };
         match verdict {
             Ok(peer) => {
@@ -345,31 +473,15 @@ impl IntakeMachine {
                     connection.authenticated = Some(peer);
                 }
             }
-            Err(reason) => {
-                warn!(self.logger, "refusing peer hello"; "conn" => conn.0, "reason" => %reason);
-                let error = Message::Error(ServiceError::Unauthorized { reason });
-                self.write(conn, frame.request_id, &error, out);
-                self.close(conn, out);
-            }
+            Err(reason) => self.refuse_peer(conn, frame.request_id, reason, out),
         }
     }
 
-    fn check_hello(&self, now: Now, hello: &PeerHello) -> Result<(), String> {
-        if self.membership.current().member(&hello.node).is_none() {
-            return Err(format!("{} is not a member", hello.node));
-        }
-        if now.wall_ms.abs_diff(hello.timestamp_ms) > HELLO_WINDOW_MS {
-            return Err(
-                "hello timestamp outside the accepted window (clocks apart, or a replay)".into(),
-            );
-        }
-        if !self.seal.verify(
-            &PeerHello::signed_bytes(&hello.node, hello.timestamp_ms),
-            &hello.mac,
-        ) {
-            return Err("hello not signed with this cluster's secret".into());
-        }
-        Ok(())
+    fn refuse_peer(&mut self, conn: ConnId, request_id: u64, reason: String, out: &mut Outbox) {
+        warn!(self.logger, "refusing a peer handshake"; "conn" => conn.0, "reason" => %reason);
+        let error = Message::Error(ServiceError::Unauthorized { reason });
+        self.write(conn, request_id, &error, out);
+        self.close(conn, out);
     }
 }
 
@@ -398,8 +510,20 @@ impl Machine for IntakeMachine {
     }
 
     /// Closes connections whose partial frame has been arriving for longer than the frame
-    /// timeout.
+    /// timeout, and links whose peer did not answer the hello within [`HANDSHAKE_TIMEOUT`]:
+    /// their held frames fail instead of waiting for the peer.
     fn on_tick(&mut self, now: Now, out: &mut Outbox) {
+        let unanswered: Vec<ConnId> = self
+            .dialing
+            .iter()
+            .filter(|(_, d)| now.instant.saturating_duration_since(d.started) > HANDSHAKE_TIMEOUT)
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in unanswered {
+            warn!(self.logger, "closing peer link: hello not answered in time"; "conn" => conn.0, "timeout_ms" => HANDSHAKE_TIMEOUT.as_millis() as u64);
+            self.dialing.remove(&conn);
+            self.close(conn, out);
+        }
         let timeout = self.settings.frame_timeout;
         let stalled: Vec<ConnId> = self
             .connections

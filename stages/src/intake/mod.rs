@@ -10,10 +10,13 @@
 //! read of input buffered and at most `max_write_buffer_bytes` of unsent output (a client that
 //! never reads is disconnected rather than allowed to grow the buffer).
 
+mod handshake;
 mod machine;
 mod peers;
+#[cfg(test)]
+mod tests;
 
-pub use machine::{IntakeMachine, IntakeSettings, FIRST_CONN};
+pub use machine::{IntakeMachine, IntakeSettings, FIRST_CONN, HANDSHAKE_TIMEOUT};
 
 use crate::event::{encode_reply, AaeBoard, ConnId, GateChange, IntakeEvent, Now, SocketCommand};
 use crate::seda::{
@@ -524,7 +527,6 @@ impl Intake {
         match socket.stream.peer_addr() {
             Ok(_) => {
                 socket.connecting = false;
-                self.machine.on_connected(conn);
                 true
             }
             Err(e) if e.kind() == ErrorKind::NotConnected => true,

@@ -36,8 +36,8 @@ pub struct Link {
     /// When the last frame in each direction (from `ends[i]`) arrives, so the next arrives
     /// after it.
     pub last_at: [u64; 2],
-    /// When the first frame in each direction arrives (nothing may overtake it).
-    pub first_at: [Option<u64>; 2],
+    /// When the last handshake frame in each direction arrives (nothing may overtake it).
+    pub barrier_at: [u64; 2],
     /// Closed links carry nothing more.
     pub open: bool,
 }
@@ -68,7 +68,7 @@ impl Network {
             Link {
                 ends: [a, b],
                 last_at: [ready_at; 2],
-                first_at: [None; 2],
+                barrier_at: [ready_at; 2],
                 open: true,
             },
         );

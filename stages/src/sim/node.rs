@@ -174,7 +174,14 @@ impl SimNode {
         let view = self.membership.clone();
         let board = TransferBoard::default();
         self.machines = Some(Machines {
-            intake: IntakeMachine::new(intake, view.clone(), self.id.clone(), seal, logger.clone()),
+            intake: IntakeMachine::new(
+                intake,
+                view.clone(),
+                self.id.clone(),
+                seal,
+                nonce_seed(&self.id, self.incarnation),
+                logger.clone(),
+            ),
             parse: ParseMachine::new(parse, view.clone()),
             coordinate: Coordinator::new(coordinator, view),
             replicate: ReplicateMachine::new(4 << 20),
@@ -355,4 +362,15 @@ impl Machines {
         self.intake.on_closed(now, conn, &mut outbox);
         deliver(&mut self.intake, now, &mut outbox, post);
     }
+}
+
+/// A simulated node's handshake nonce seed: different for every node and every restart (as a
+/// real process's random seed is), and the same in every replay of a run.
+fn nonce_seed(node: &NodeId, incarnation: u32) -> [u8; crate::wire::NONCE_BYTES] {
+    use md5::{Digest, Md5};
+    Md5::new()
+        .chain_update(node.as_str().as_bytes())
+        .chain_update(incarnation.to_be_bytes())
+        .finalize()
+        .into()
 }

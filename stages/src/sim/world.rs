@@ -67,12 +67,6 @@ enum Job {
         to: usize,
         frame: Vec<u8>,
     },
-    /// A node's dial completed.
-    Connected {
-        node: usize,
-        incarnation: u32,
-        conn: ConnId,
-    },
     /// A node's dial failed.
     DialFailed {
         node: usize,
@@ -420,17 +414,6 @@ impl World {
                 stage,
             } => self.tick(node, incarnation, stage),
             Job::Frame { link, to, frame } => self.frame(link, to, frame),
-            Job::Connected {
-                node,
-                incarnation,
-                conn,
-            } => {
-                if self.current(node, incarnation) {
-                    if let Some(machines) = &mut self.nodes[node].machines {
-                        machines.intake.on_connected(conn);
-                    }
-                }
-            }
             Job::DialFailed {
                 node,
                 incarnation,
@@ -695,14 +678,17 @@ impl World {
         let again = rng.range(1, 2_000);
         let mut at = self.sched.time + latency;
         if let Some(link) = self.net.links.get_mut(&link_id) {
-            // A reordered frame may overtake others, but never the link's first frame (a
-            // peer's hello, which must come first on a link).
-            let first = *link.first_at[side].get_or_insert(at);
-            if reorder {
-                at = at.max(first);
+            // A reordered frame may overtake others, but never a handshake frame: the proof
+            // must arrive before the requests it makes acceptable, as TCP would deliver them.
+            let handshake = is_handshake(&frame);
+            if reorder && !handshake {
+                at = at.max(link.barrier_at[side]);
             } else {
                 at = at.max(link.last_at[side]);
                 link.last_at[side] = at;
+            }
+            if handshake {
+                link.barrier_at[side] = at;
             }
         }
         let to = 1 - side;
@@ -761,14 +747,6 @@ impl World {
                 conn: target_conn,
             },
             ready,
-        );
-        self.sched.at(
-            ready,
-            Job::Connected {
-                node,
-                incarnation,
-                conn,
-            },
         );
     }
 
@@ -840,13 +818,24 @@ impl World {
 /// duplicates in practice are retries, and a retried (forwarded) put completes before its
 /// client hears "ok". A put delivered again *after* its acknowledgement would rightly appear
 /// as a new sibling later, which is not a behaviour of the real system, so puts and deletes
-/// are not duplicated; replica reads and writes (idempotent merges), pings, hellos and every
-/// reply are.
+/// are not duplicated, nor are the handshake's frames (each is valid once per connection);
+/// replica reads and writes (idempotent merges), pings and every reply are.
 fn idempotent(frame: &[u8]) -> bool {
-    let kind = frame
+    !matches!(frame_kind(frame), Some(kind::PUT | kind::DELETE)) && !is_handshake(frame)
+}
+
+/// Whether a frame is one of the peer handshake's.
+fn is_handshake(frame: &[u8]) -> bool {
+    matches!(
+        frame_kind(frame),
+        Some(kind::PEER_HELLO | kind::PEER_CHALLENGE | kind::PEER_PROOF)
+    )
+}
+
+fn frame_kind(frame: &[u8]) -> Option<u16> {
+    frame
         .get(LENGTH_BYTES..LENGTH_BYTES + 2)
-        .map(|k| u16::from_be_bytes([k[0], k[1]]));
-    !matches!(kind, Some(kind::PUT | kind::DELETE))
+        .map(|k| u16::from_be_bytes([k[0], k[1]]))
 }
 
 /// A stage's queue bound in the simulator: small in some seeds, so full queues (and the

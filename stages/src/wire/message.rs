@@ -123,29 +123,83 @@ pub struct ReplicaWrite {
     pub durable: bool,
 }
 
-/// The first frame a node sends on a link it opens to a peer: proof that it knows the cluster
-/// secret (SPEC §11). The receiver acts on peer-only requests from that connection only after
-/// a valid hello.
+/// The length of a handshake nonce.
+pub const NONCE_BYTES: usize = 16;
+
+/// A handshake nonce: fresh per connection, so a proof made for one connection is worthless on
+/// any other (a recorded handshake cannot be replayed).
+pub type Nonce = [u8; NONCE_BYTES];
+
+/// The peer handshake (SPEC §11), a challenge–response in three frames on each link a node
+/// opens, all before any peer request:
+///
+/// 1. dialer → receiver [`PeerHello`]: who it is, and a fresh nonce;
+/// 2. receiver → dialer [`PeerChallenge`]: who answers, a fresh nonce of its own, and a MAC over
+///    both nonces and both names, which proves to the dialer that it reached a member of its
+///    cluster (so a stranger cannot collect replica writes);
+/// 3. dialer → receiver [`PeerProof`]: a MAC over the same, under another label, proving the
+///    dialer knows the cluster secret.
+///
+/// The dialer holds its requests until it has the challenge and wrote its proof; the receiver
+/// acts on peer-only requests only after a valid proof. Each MAC has a label of its own, so
+/// no answer one side gives can be reflected as the other's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerHello {
-    /// The sending node.
+    /// The dialling node.
     pub node: NodeId,
-    /// Its wall clock, milliseconds: a hello is accepted only within a window around the
-    /// receiver's clock, which bounds how long a recorded hello could be replayed.
-    pub timestamp_ms: u64,
-    /// HMAC of [`PeerHello::signed_bytes`] under the cluster secret.
+    /// The dialler's nonce.
+    pub nonce: Bytes,
+}
+
+/// Step 2 of the handshake (see [`PeerHello`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerChallenge {
+    /// The answering node.
+    pub node: NodeId,
+    /// The receiver's nonce, which the dialer's proof must cover.
+    pub nonce: Bytes,
+    /// HMAC of [`handshake_bytes`] with [`PeerChallenge::LABEL`] under the cluster secret.
     pub mac: Bytes,
 }
 
-impl PeerHello {
-    /// The bytes the MAC covers: a fixed prefix, the node id and the timestamp.
-    pub fn signed_bytes(node: &NodeId, timestamp_ms: u64) -> Vec<u8> {
-        let mut out = b"shoal-peer-hello\0".to_vec();
-        out.extend_from_slice(node.as_str().as_bytes());
-        out.push(0);
-        out.extend_from_slice(&timestamp_ms.to_be_bytes());
-        out
+impl PeerChallenge {
+    /// What the receiver's MAC is labelled with.
+    pub const LABEL: &'static [u8] = b"shoal-peer-challenge";
+}
+
+/// Step 3 of the handshake (see [`PeerHello`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerProof {
+    /// HMAC of [`handshake_bytes`] with [`PeerProof::LABEL`] under the cluster secret.
+    pub mac: Bytes,
+}
+
+impl PeerProof {
+    /// What the dialer's MAC is labelled with.
+    pub const LABEL: &'static [u8] = b"shoal-peer-proof";
+}
+
+/// The bytes a handshake MAC covers: its label, both nodes and both nonces, each
+/// length-prefixed so no two different handshakes give the same bytes.
+pub fn handshake_bytes(
+    label: &[u8],
+    dialer: &NodeId,
+    receiver: &NodeId,
+    dialer_nonce: &[u8],
+    receiver_nonce: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    for part in [
+        label,
+        dialer.as_str().as_bytes(),
+        receiver.as_str().as_bytes(),
+        dialer_nonce,
+        receiver_nonce,
+    ] {
+        out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        out.extend_from_slice(part);
     }
+    out
 }
 
 /// One member as `admin members` shows it.
@@ -325,8 +379,12 @@ pub enum Message {
     ReplicaWrite(ReplicaWrite),
     /// Node → node: are you there? (failure detector probe)
     Ping,
-    /// Node → node: the first frame on a peer link, proving the cluster secret.
+    /// Node → node: the first frame on a peer link (handshake step 1).
     PeerHello(PeerHello),
+    /// The receiver's answer to a hello (handshake step 2).
+    PeerChallenge(PeerChallenge),
+    /// The dialer's proof of the cluster secret (handshake step 3).
+    PeerProof(PeerProof),
     /// Admin → node: members, their health and hints held for them.
     Members,
     /// Admin → node: the resource controller and background rates (and a change to them).
@@ -423,6 +481,10 @@ pub mod kind {
     pub const PING: u16 = 202;
     /// [`super::Message::PeerHello`]
     pub const PEER_HELLO: u16 = 203;
+    /// [`super::Message::PeerChallenge`]
+    pub const PEER_CHALLENGE: u16 = 253;
+    /// [`super::Message::PeerProof`]
+    pub const PEER_PROOF: u16 = 210;
     /// [`super::Message::Pong`]
     pub const PONG: u16 = 252;
     /// [`super::Message::Members`]
@@ -538,6 +600,8 @@ impl Message {
             Message::ReplicaReply(_) => kind::REPLICA_REPLY,
             Message::Ping => kind::PING,
             Message::PeerHello(_) => kind::PEER_HELLO,
+            Message::PeerChallenge(_) => kind::PEER_CHALLENGE,
+            Message::PeerProof(_) => kind::PEER_PROOF,
             Message::Pong => kind::PONG,
             Message::Members => kind::MEMBERS,
             Message::MembersReply(_) => kind::MEMBERS_REPLY,
@@ -599,6 +663,8 @@ impl Message {
             Message::Throttle(m) => to_body(m),
             Message::ThrottleReply(m) => to_body(m),
             Message::PeerHello(m) => to_body(m),
+            Message::PeerChallenge(m) => to_body(m),
+            Message::PeerProof(m) => to_body(m),
             Message::GetLocal(m) => to_body(m),
             Message::ReplicaRead(m) => to_body(m),
             Message::ReplicaWrite(m) => to_body(m),
@@ -685,6 +751,8 @@ impl Message {
             kind::THROTTLE => Message::Throttle(from_body(k, body)?),
             kind::THROTTLE_REPLY => Message::ThrottleReply(from_body(k, body)?),
             kind::PEER_HELLO => Message::PeerHello(from_body(k, body)?),
+            kind::PEER_CHALLENGE => Message::PeerChallenge(from_body(k, body)?),
+            kind::PEER_PROOF => Message::PeerProof(from_body(k, body)?),
             kind::GET_LOCAL => Message::GetLocal(from_body(k, body)?),
             kind::REPLICA_READ => Message::ReplicaRead(from_body(k, body)?),
             kind::REPLICA_WRITE => Message::ReplicaWrite(from_body(k, body)?),
@@ -763,6 +831,8 @@ impl fmt::Display for Message {
             Message::AuthOk => write!(f, "auth ok"),
             Message::Ping => write!(f, "ping"),
             Message::PeerHello(m) => write!(f, "hello from {}", m.node),
+            Message::PeerChallenge(m) => write!(f, "challenge from {}", m.node),
+            Message::PeerProof(_) => write!(f, "peer proof"),
             Message::Pong => write!(f, "pong"),
             Message::Members => write!(f, "members"),
             Message::MembersReply(m) => write!(f, "members reply ({} members)", m.members.len()),

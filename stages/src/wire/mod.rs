@@ -27,10 +27,11 @@ pub use gossip::{
     PlanRequest, TransferAck, TransferBatch, TransferProgress,
 };
 pub use message::{
-    kind, AuthRequest, Bytes, DeleteRequest, GetLocalRequest, GetReply, GetRequest, LocalReply,
-    MemberStatus, MembersReply, Message, OperationLatency, PeerHello, PutReply, PutRequest,
-    ReplicaRead, ReplicaReply, ReplicaWrite, RingReply, StatsReply, ThrottleChange, ThrottleReply,
-    ThrottleRequest, WireError,
+    handshake_bytes, kind, AuthRequest, Bytes, DeleteRequest, GetLocalRequest, GetReply,
+    GetRequest, LocalReply, MemberStatus, MembersReply, Message, Nonce, OperationLatency,
+    PeerChallenge, PeerHello, PeerProof, PutReply, PutRequest, ReplicaRead, ReplicaReply,
+    ReplicaWrite, RingReply, StatsReply, ThrottleChange, ThrottleReply, ThrottleRequest, WireError,
+    NONCE_BYTES,
 };
 
 #[cfg(test)]

@@ -1,0 +1,140 @@
+//! The peer handshake's pieces (SPEC §11): nonces, the three frames, and their checks. Pure:
+//! the intake machine decides when each is sent and what a failure does to the connection.
+//!
+//! Why a challenge–response: a hello signed over a timestamp could be recorded and replayed
+//! within its window by anyone on the path. Here each side's MAC covers a nonce the *other*
+//! side chose for this connection, so a recorded proof fails on any other connection, and
+//! the receiver's MAC proves to the dialer that it reached a member of its own cluster.
+
+use crate::wire::{
+    handshake_bytes, Bytes, ContextSeal, Message, Nonce, PeerChallenge, PeerHello, PeerProof,
+    NONCE_BYTES,
+};
+use crate::NodeId;
+use std::time::Instant;
+
+/// Fresh nonces: the MAC, under the cluster secret, of a per-process random seed and a
+/// counter. Unique because the counter never repeats within a process and the seed differs
+/// between processes; unpredictable to anyone without the secret. Deterministic given the
+/// seed, so the simulator replays a seed exactly.
+pub struct NonceSource {
+    seed: [u8; NONCE_BYTES],
+    counter: u64,
+}
+
+impl NonceSource {
+    /// A source seeded with `seed` (random for a real node, from the run's seed in the
+    /// simulator).
+    pub fn new(seed: [u8; NONCE_BYTES]) -> NonceSource {
+        NonceSource { seed, counter: 0 }
+    }
+
+    /// The next nonce.
+    pub fn next(&mut self, seal: &ContextSeal) -> Nonce {
+        self.counter += 1;
+        let mut input = b"shoal-nonce".to_vec();
+        input.extend_from_slice(&self.seed);
+        input.extend_from_slice(&self.counter.to_be_bytes());
+        let mut nonce = [0u8; NONCE_BYTES];
+        for (to, from) in nonce.iter_mut().zip(seal.sign(&input)) {
+            *to = from;
+        }
+        nonce
+    }
+}
+
+/// DIALER SIDE: a link waiting for the receiver's challenge. Frames for the peer are held
+/// here, in order, and written right after the proof.
+pub struct Dialing {
+    /// The nonce sent in the hello.
+    pub nonce: Nonce,
+    /// When the link was opened (the handshake must finish within `HANDSHAKE_TIMEOUT`).
+    pub started: Instant,
+    /// Encoded frames waiting for the proof.
+    pub held: Vec<Vec<u8>>,
+    /// Their total size, bounded by the per-connection write buffer.
+    pub held_bytes: usize,
+}
+
+/// RECEIVER SIDE: a connection that sent a hello and was challenged.
+pub struct Challenged {
+    /// Who the hello said it is.
+    pub dialer: NodeId,
+    /// The nonce of its hello.
+    pub dialer_nonce: Nonce,
+    /// The nonce of the challenge, which its proof must cover.
+    pub nonce: Nonce,
+}
+
+/// Step 1, the dialer's hello.
+pub fn hello(node: &NodeId, nonce: &Nonce) -> Message {
+    Message::PeerHello(PeerHello {
+        node: node.clone(),
+        nonce: Bytes::from(nonce.to_vec()),
+    })
+}
+
+/// A nonce from the wire, if it has the right length.
+pub fn nonce_of(bytes: &[u8]) -> Option<Nonce> {
+    bytes.try_into().ok()
+}
+
+/// Step 2, the receiver's challenge to `hello`'s sender.
+pub fn challenge(seal: &ContextSeal, receiver: &NodeId, of: &Challenged) -> Message {
+    let mac = seal.sign(&handshake_bytes(
+        PeerChallenge::LABEL,
+        &of.dialer,
+        receiver,
+        &of.dialer_nonce,
+        &of.nonce,
+    ));
+    Message::PeerChallenge(PeerChallenge {
+        node: receiver.clone(),
+        nonce: Bytes::from(of.nonce.to_vec()),
+        mac: Bytes::from(mac),
+    })
+}
+
+/// DIALER SIDE: checks the challenge from the link to `peer` that sent `nonce`; its proof on
+/// success, the reason otherwise.
+pub fn answer(
+    seal: &ContextSeal,
+    dialer: &NodeId,
+    peer: &NodeId,
+    nonce: &Nonce,
+    challenge: &PeerChallenge,
+) -> Result<Message, String> {
+    if &challenge.node != peer {
+        return Err(format!(
+            "dialled {peer} but {} answered the hello",
+            challenge.node
+        ));
+    }
+    let receiver_nonce = nonce_of(&challenge.nonce).ok_or("challenge nonce of the wrong length")?;
+    let signed = handshake_bytes(PeerChallenge::LABEL, dialer, peer, nonce, &receiver_nonce);
+    if !seal.verify(&signed, &challenge.mac) {
+        return Err("challenge not signed with this cluster's secret".into());
+    }
+    let proof = seal.sign(&handshake_bytes(
+        PeerProof::LABEL,
+        dialer,
+        peer,
+        nonce,
+        &receiver_nonce,
+    ));
+    Ok(Message::PeerProof(PeerProof {
+        mac: Bytes::from(proof),
+    }))
+}
+
+/// RECEIVER SIDE: whether `proof` answers the challenge this node sent.
+pub fn proven(seal: &ContextSeal, receiver: &NodeId, of: &Challenged, proof: &PeerProof) -> bool {
+    let signed = handshake_bytes(
+        PeerProof::LABEL,
+        &of.dialer,
+        receiver,
+        &of.dialer_nonce,
+        &of.nonce,
+    );
+    seal.verify(&signed, &proof.mac)
+}

@@ -1,0 +1,255 @@
+//! The intake machine's side of the peer handshake, two machines wired by hand: what the
+//! dialer holds and when it lets go, and what fails a link.
+
+use super::*;
+use crate::event::{Event, IntakeEvent, Now, ReplicateEvent, SocketCommand};
+use crate::membership::{Member, Membership, MembershipView};
+use crate::seda::{Effect, Machine, Outbox};
+use crate::wire::{kind, ContextSeal, FrameDecoder};
+use crate::NodeId;
+use std::time::{Duration, Instant};
+
+const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
+const SECRET: &[u8] = b"intake-tests-cluster-secret";
+
+fn membership() -> MembershipView {
+    let member = |id: &str, port: u16| Member {
+        id: NodeId::new(id),
+        addr: ([127, 0, 0, 1], port).into(),
+        weight: 1,
+        zone: None,
+    };
+    let members = vec![member("n1", 1), member("n2", 2)];
+    MembershipView::new(Membership::new(1, 8, members).expect("membership"))
+}
+
+fn machine(node: &str, secret: &[u8], seed: u8) -> IntakeMachine {
+    let settings = IntakeSettings {
+        max_frame_bytes: 1 << 20,
+        max_connections: 16,
+        max_write_buffer_bytes: 4096,
+        frame_timeout: FRAME_TIMEOUT,
+        client_token: None,
+    };
+    IntakeMachine::new(
+        settings,
+        membership(),
+        NodeId::new(node),
+        ContextSeal::new(secret),
+        [seed; 16],
+        slog::Logger::root(slog::Discard, slog::o!()),
+    )
+}
+
+/// The frames written, in order, and the connections closed.
+#[derive(Default, Debug)]
+struct Written {
+    frames: Vec<(ConnId, Vec<u8>)>,
+    closed: Vec<ConnId>,
+    dialled: Vec<ConnId>,
+    failed: Vec<(NodeId, bool)>,
+    parsed: usize,
+}
+
+fn written(out: &mut Outbox) -> Written {
+    let mut w = Written::default();
+    for effect in out.take() {
+        match effect {
+            Effect::Socket(SocketCommand::Write { conn, frame }) => w.frames.push((conn, frame)),
+            Effect::Socket(SocketCommand::Close { conn } | SocketCommand::Abort { conn }) => {
+                w.closed.push(conn)
+            }
+            Effect::Socket(SocketCommand::Dial { conn, .. }) => w.dialled.push(conn),
+            Effect::Send {
+                event:
+                    Event::Replicate(ReplicateEvent::PeerFailed {
+                        peer,
+                        in_flight_lost,
+                    }),
+                ..
+            } => w.failed.push((peer, in_flight_lost)),
+            Effect::Send {
+                event: Event::Parse(_),
+                ..
+            } => w.parsed += 1,
+            _ => {}
+        }
+    }
+    w
+}
+
+fn kind_of(frame: &[u8]) -> u16 {
+    let mut decoder = FrameDecoder::new(1 << 20);
+    decoder.extend(frame);
+    decoder
+        .next_frame()
+        .expect("a frame")
+        .expect("a whole frame")
+        .kind
+}
+
+fn to_peer(frame: &[u8]) -> IntakeEvent {
+    IntakeEvent::ToPeer {
+        peer: NodeId::new("n2"),
+        frame: frame.to_vec(),
+    }
+}
+
+fn ping() -> Vec<u8> {
+    crate::wire::Message::Ping.encode(1).expect("encode")
+}
+
+/// Goal: a dialer writes only its hello until the receiver's challenge arrives, then its proof
+/// and every frame it held, in order; later frames go straight out; the receiver passes the
+/// held request on as an authenticated peer's.
+#[test]
+fn a_dialer_holds_its_frames_until_the_challenge_and_then_sends_proof_and_frames() {
+    let now = Now::real();
+    let (mut dialer, mut receiver) = (machine("n1", SECRET, 1), machine("n2", SECRET, 2));
+    let mut out = Outbox::new();
+    dialer.on_event(now, to_peer(&ping()), &mut out);
+    dialer.on_event(now, to_peer(&ping()), &mut out);
+    let w = written(&mut out);
+    assert_eq!(w.dialled.len(), 1);
+    let link = w.dialled[0];
+    let kinds: Vec<u16> = w.frames.iter().map(|(_, f)| kind_of(f)).collect();
+    assert_eq!(
+        kinds,
+        vec![kind::PEER_HELLO],
+        "only the hello before the challenge"
+    );
+
+    let incoming = receiver.accept().expect("accepted");
+    receiver.on_received(now, incoming, &w.frames[0].1, &mut out);
+    let r = written(&mut out);
+    assert_eq!(r.closed, vec![]);
+    assert_eq!(r.frames.len(), 1);
+    assert_eq!(kind_of(&r.frames[0].1), kind::PEER_CHALLENGE);
+
+    dialer.on_received(now, link, &r.frames[0].1, &mut out);
+    let w = written(&mut out);
+    let kinds: Vec<u16> = w.frames.iter().map(|(_, f)| kind_of(f)).collect();
+    assert_eq!(kinds, vec![kind::PEER_PROOF, kind::PING, kind::PING]);
+    assert!(w.frames.iter().all(|(conn, _)| *conn == link));
+    dialer.on_event(now, to_peer(&ping()), &mut out);
+    let later = written(&mut out);
+    assert_eq!(later.frames.len(), 1, "an established link writes at once");
+
+    let bytes: Vec<u8> = w.frames.iter().flat_map(|(_, f)| f.clone()).collect();
+    receiver.on_received(now, incoming, &bytes, &mut out);
+    let r = written(&mut out);
+    assert_eq!(r.closed, vec![], "the proof is accepted");
+    assert_eq!(r.parsed, 2, "both held pings reach parse");
+}
+
+/// Goal: a challenge signed with another cluster's secret closes the link without writing a
+/// proof or any held frame; the closed link is reported to replication as unreachable (none of
+/// its frames was sent).
+#[test]
+fn a_challenge_from_another_cluster_closes_the_link_and_sends_nothing() {
+    let now = Now::real();
+    let (mut dialer, mut stranger) = (
+        machine("n1", SECRET, 1),
+        machine("n2", b"another-cluster-secret", 2),
+    );
+    let mut out = Outbox::new();
+    dialer.on_event(now, to_peer(&ping()), &mut out);
+    let w = written(&mut out);
+    let link = w.dialled[0];
+    let incoming = stranger.accept().expect("accepted");
+    stranger.on_received(now, incoming, &w.frames[0].1, &mut out);
+    let challenge = written(&mut out).frames.remove(0).1;
+    dialer.on_received(now, link, &challenge, &mut out);
+    let w = written(&mut out);
+    assert_eq!(w.frames.len(), 0, "no proof and no held frame");
+    assert_eq!(w.closed, vec![link]);
+    dialer.on_closed(now, link, &mut out);
+    assert_eq!(written(&mut out).failed, vec![(NodeId::new("n2"), false)]);
+}
+
+/// Goal: a peer that never answers the hello (paused, or not shoal) has its link closed after
+/// the handshake timeout, not before, so what it held fails instead of waiting for ever; frames
+/// beyond the write buffer while waiting fail at once.
+#[test]
+fn an_unanswered_hello_times_out_and_a_full_hold_fails_frames() {
+    let start = Instant::now();
+    let now = Now {
+        instant: start,
+        wall_ms: 0,
+    };
+    let mut dialer = machine("n1", SECRET, 1);
+    let mut out = Outbox::new();
+    dialer.on_event(now, to_peer(&ping()), &mut out);
+    let link = written(&mut out).dialled[0];
+    dialer.on_event(now, to_peer(&vec![0u8; 5000]), &mut out);
+    let w = written(&mut out);
+    assert_eq!(
+        w.failed,
+        vec![(NodeId::new("n2"), false)],
+        "a frame over the held bound fails"
+    );
+    assert!(w.frames.is_empty());
+
+    let at = |d: Duration| Now {
+        instant: start + d,
+        wall_ms: 0,
+    };
+    dialer.on_tick(at(HANDSHAKE_TIMEOUT), &mut out);
+    assert_eq!(written(&mut out).closed, vec![], "not before the timeout");
+    dialer.on_tick(at(HANDSHAKE_TIMEOUT + Duration::from_millis(1)), &mut out);
+    assert_eq!(written(&mut out).closed, vec![link]);
+}
+
+/// Goal: two nodes' nonces differ, and one node never repeats one: what makes a recorded
+/// proof worthless on another connection.
+#[test]
+fn nonces_never_repeat_within_a_node_or_across_seeds() {
+    let seal = ContextSeal::new(SECRET);
+    let mut a = handshake::NonceSource::new([1; 16]);
+    let mut b = handshake::NonceSource::new([2; 16]);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..1000 {
+        assert!(seen.insert(a.next(&seal)));
+        assert!(seen.insert(b.next(&seal)));
+    }
+}
+
+/// Goal: a peer that answers a request on an established link with `Unauthorized` (it no
+/// longer counts the link as proven) gets the answer passed on and the link closed, so the
+/// next frame (after the backoff) redials and handshakes afresh instead of being refused for ever.
+#[test]
+fn an_unauthorized_answer_on_a_link_closes_it_for_a_fresh_handshake() {
+    let now = Now::real();
+    let (mut dialer, mut receiver) = (machine("n1", SECRET, 1), machine("n2", SECRET, 2));
+    let mut out = Outbox::new();
+    dialer.on_event(now, to_peer(&ping()), &mut out);
+    let w = written(&mut out);
+    let link = w.dialled[0];
+    let incoming = receiver.accept().expect("accepted");
+    receiver.on_received(now, incoming, &w.frames[0].1, &mut out);
+    let challenge = written(&mut out).frames.remove(0).1;
+    dialer.on_received(now, link, &challenge, &mut out);
+    assert_eq!(written(&mut out).frames.len(), 2, "proof and ping");
+
+    let refusal = crate::event::encode_reply(
+        1,
+        &crate::wire::Message::Error(crate::error::ServiceError::Unauthorized {
+            reason: "no valid hello".into(),
+        }),
+    );
+    dialer.on_received(now, link, &refusal, &mut out);
+    let w = written(&mut out);
+    assert_eq!(w.parsed, 1, "the refusal still answers its request");
+    assert_eq!(w.closed, vec![link]);
+    dialer.on_closed(now, link, &mut out);
+    written(&mut out);
+    let after_backoff = Now {
+        instant: now.instant + Duration::from_secs(1),
+        ..now
+    };
+    dialer.on_event(after_backoff, to_peer(&ping()), &mut out);
+    let w = written(&mut out);
+    let kinds: Vec<u16> = w.frames.iter().map(|(_, f)| kind_of(f)).collect();
+    assert_eq!(w.dialled.len(), 1, "redialled");
+    assert_eq!(kinds, vec![kind::PEER_HELLO]);
+}
