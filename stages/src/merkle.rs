@@ -13,7 +13,7 @@
 //! Each object lives in exactly one segment, and the store keeps objects on disk ordered by
 //! `[partition][segment][key]`, so the keys of a differing segment are one range scan.
 
-use md5::{Digest, Md5};
+use xxhash_rust::xxh3::Xxh3;
 
 /// Total segments over all partitions the shape aims for (2^18 × 8 bytes = 2 MiB of leaves per
 /// node at most, whatever Q is). With the default Q = 64 that is 4,096 segments per partition,
@@ -85,19 +85,19 @@ impl TreeShape {
     }
 }
 
-/// An object's contribution to its segment: the first 8 bytes of MD5 over the key (length
-/// prefixed, so key and value bytes cannot trade places) and the stored bytes of its version
-/// set. Version sets are kept sorted so equal sets encode identically on every replica. MD5 and
-/// not a std hasher because the value must be the same on every node and every build.
+/// An object's contribution to its segment: XXH3-64 over the key (length prefixed, so key and
+/// value bytes cannot trade places) and the stored bytes of its version set. Version sets are
+/// kept sorted so equal sets encode identically on every replica. XXH3 and not a std hasher
+/// because the value must be the same on every node and every build; not MD5 because every
+/// write hashes its old and its new object, and MD5 was 4–6 % of a loaded node's CPU. Trees
+/// live in memory only, so the function can change between releases without a migration (but
+/// every node of a cluster must run the same one, or their roots never agree).
 pub fn object_hash(key: &[u8], encoded_set: &[u8]) -> u64 {
-    let mut md5 = Md5::new();
-    md5.update((key.len() as u64).to_be_bytes());
-    md5.update(key);
-    md5.update(encoded_set);
-    let digest = md5.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(first)
+    let mut hasher = Xxh3::new();
+    hasher.update(&(key.len() as u64).to_be_bytes());
+    hasher.update(key);
+    hasher.update(encoded_set);
+    hasher.digest()
 }
 
 /// One partition's tree: segment, branch and root hashes, and the number of keys it covers.
