@@ -24,7 +24,10 @@
 # 150k keys, about 58k hints and a 19 s unthrottled drain here; 4 KiB values add fjall
 # compaction stalls on the returning node long after the hints are delivered, which no pacing
 # of the hints removes),
-# SETTLE (10: seconds every mode waits between the backlog writes and the foreground run).
+# SETTLE (10: seconds every mode waits between the backlog writes and the foreground run),
+# RATE (the foreground's open-loop rate in ops/s instead of LOAD_FRACTION of the measured
+# maximum: for an A/B of two builds, where a faster build would otherwise get a heavier load),
+# BIN_DIR (the binaries to run, see benches/lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}; backlog=${2:-150000}; secs=${3:-60}
@@ -159,7 +162,7 @@ run_mode() { # mode run target_ms rate
 rm -f "$out"/throttle-*.jsonl "$out"/foreground-*.json "$out"/return-*.ms
 echo "mode,run,hints_at_return,drain_s" > "$out/runs.csv"
 maximum=$(max_rate)
-rate=$(awk -v m="$maximum" -v f="$fraction" 'BEGIN {printf "%d", m * f}')
+rate=${RATE:-$(awk -v m="$maximum" -v f="$fraction" 'BEGIN {printf "%d", m * f}')}
 echo "cluster maximum (workload A, $threads threads): $maximum ops/s; foreground open loop at $rate ops/s"
 for run in $(seq "$runs"); do
   run_mode baseline "$run" 50 "$rate"

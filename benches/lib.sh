@@ -2,12 +2,14 @@
 # with. After `source benches/lib.sh` (from the project root) a script has the release binaries
 # built, `bin` (where they are), `work` (a temporary directory removed on exit), `pid` (name →
 # process, every one killed on exit), `fail MESSAGE` (says which script failed, exits 1) and
-# `needs_python`.
+# `needs_python`. BIN_DIR=path runs the binaries found there instead (an A/B of two builds:
+# copy one build's `shoal` and `shoal-load` aside, then run the same script on each).
 bench_name=${0##*/}
 fail() { echo "$bench_name: $*" >&2; exit 1; }
 needs_python() { command -v python3 > /dev/null || fail "python3 is needed"; }
 cargo build --release -q || fail "the release build failed"
-bin=./target/release
+bin=${BIN_DIR:-./target/release}
+[ -x "$bin/shoal" ] && [ -x "$bin/shoal-load" ] || fail "no shoal and shoal-load in $bin"
 work=$(mktemp -d)
 declare -A pid
 cleanup() { for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }

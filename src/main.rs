@@ -12,7 +12,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// jemalloc's options, read at its start (`_RJEM_MALLOC_CONF` in the environment overrides
 /// them). One arena: a node has a handful of threads, and jemalloc's default of four per core
 /// kept about 60 MiB more resident at 1M keys (290 MiB against 229 MiB, `benches/memory.sh`)
-/// for no measurable speed. Freed pages go back to the kernel within a second.
+/// for no measurable speed. Dirty pages are purged after a second (when the allocator next
+/// runs: no background thread). The effect shows in `benches/memory.sh`; a misspelt symbol
+/// would be ignored silently, so check there after touching it.
 #[export_name = "_rjem_malloc_conf"]
 static JEMALLOC_CONF: &[u8; 47] = b"narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 

@@ -315,7 +315,9 @@ pub fn authorize(message: Message, authenticated: bool) -> Result<Message, Servi
         | Message::AaeDigests(_)
         | Message::AaeSync(_)
         | Message::AaePurge(_) => Err(ServiceError::Unauthorized {
-            reason: format!("{message} is for peers; this connection sent no valid hello"),
+            reason: format!(
+                "{message} is for peers; this connection has not completed the peer handshake"
+            ),
         }),
         Message::Put(mut put) => {
             put.forwarded = false;

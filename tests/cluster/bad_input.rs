@@ -307,8 +307,9 @@ fn a_frame_left_half_sent_is_cut_off_at_the_frame_timeout() {
 
 /// Goal: peer-only requests need a connection that completed the challenge–response handshake
 /// (SPEC §11): a plain client's ReplicaWrite or Ping is refused as Unauthorized; a hello from a
-/// non-member, a proof made with another secret, a proof without a hello and a second hello
-/// are refused and the connection closed; the node's challenge proves it knows the secret; a
+/// non-member, a proof made with another secret, the node's own challenge MAC sent back as a
+/// proof (reflection), a proof without a hello and a second hello are refused and the
+/// connection closed; the node's challenge proves it knows the secret; a
 /// correct proof makes the same requests work.
 #[test]
 fn peer_requests_need_the_challenge_response_handshake() {
@@ -345,6 +346,23 @@ fn peer_requests_need_the_challenge_response_handshake() {
         "{reply}"
     );
     assert_closed(&mut forger, "a forged proof");
+
+    let mut reflector = node.client();
+    let challenge = challenge_of(reflector.call(&hello("n1", [4; 16])));
+    let reflected = Message::PeerProof(PeerProof {
+        mac: challenge.mac.clone(),
+    });
+    reflector
+        .send(&reflected)
+        .expect("send the node's own MAC back");
+    let (_, reply) = reflector
+        .receive()
+        .expect("an answer to a reflected challenge");
+    assert!(
+        matches!(reply, Message::Error(ServiceError::Unauthorized { .. })),
+        "the challenge's MAC does not pass as a proof: {reply}"
+    );
+    assert_closed(&mut reflector, "a reflected challenge");
 
     let mut early = node.client();
     early

@@ -23,7 +23,7 @@ pub struct ParseEvent {
     /// The peer, when the frame arrived on a connection this node opened to it (so it can
     /// only be an answer to one of this node's requests).
     pub peer: Option<NodeId>,
-    /// Whether the connection proved it is a peer (a valid `PeerHello`): only then are
+    /// Whether the connection proved it is a peer (it completed the handshake): only then are
     /// peer-only requests served and the `forwarded` flag honoured (SPEC §11).
     pub authenticated: bool,
 }

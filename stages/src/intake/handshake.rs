@@ -4,7 +4,11 @@
 //! Why a challenge–response: a hello signed over a timestamp could be recorded and replayed
 //! within its window by anyone on the path. Here each side's MAC covers a nonce the *other*
 //! side chose for this connection, so a recorded proof fails on any other connection, and
-//! the receiver's MAC proves to the dialer that it reached a member of its own cluster.
+//! the receiver's MAC proves to the dialer that whoever answered knows the cluster secret.
+//! What it does not do: bind the frames after it to the handshake. Someone who can read and
+//! inject bytes on the path can relay a real handshake and then speak on the link; only
+//! encryption (TLS) closes that, and shoal has none yet (SPEC §11 asks for proof of the
+//! secret, not a secure channel).
 
 use crate::wire::{
     handshake_bytes, Bytes, ContextSeal, Message, Nonce, PeerChallenge, PeerHello, PeerProof,
@@ -23,8 +27,8 @@ pub struct NonceSource {
 }
 
 impl NonceSource {
-    /// A source seeded with `seed` (random for a real node, from the run's seed in the
-    /// simulator).
+    /// A source seeded with `seed` (random for a real node; in the simulator, derived from
+    /// the node and its incarnation).
     pub fn new(seed: [u8; NONCE_BYTES]) -> NonceSource {
         NonceSource { seed, counter: 0 }
     }

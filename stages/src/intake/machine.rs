@@ -208,7 +208,7 @@ impl IntakeMachine {
     fn dispatch(&mut self, now: Now, conn: ConnId, frame: Frame, out: &mut Outbox) {
         let request_id = frame.request_id;
         if self.dialing.contains_key(&conn) {
-            return self.on_handshake_answer(conn, &frame, out);
+            return self.on_handshake_answer(now, conn, &frame, out);
         }
         if frame.kind == kind::PEER_HELLO {
             return self.accept_hello(conn, &frame, out);
@@ -266,9 +266,10 @@ impl IntakeMachine {
             authenticated,
         });
         if refused {
-            // The peer no longer counts this link as proven (it restarted its side, or
-            // lost the proof). Every later request on it would be refused too: close it, so
-            // the next frame redials and handshakes afresh.
+            // The peer does not count this link as proven, though this node's proof was
+            // written. TCP makes that all but impossible (it would take a stream with a
+            // hole, or a bug), but if it happens every later request on the link would be
+            // refused too: close it, so the next frame redials and handshakes afresh.
             warn!(self.logger, "peer refused a request as unauthorized: closing the link to redial"; "peer" => ?peer, "conn" => conn.0);
             self.close(conn, out);
         }
@@ -293,8 +294,11 @@ impl IntakeMachine {
         match self.links.route(&peer, now.instant) {
             Route::Via(conn) => match self.dialing.get_mut(&conn) {
                 None => out.socket(SocketCommand::Write { conn, frame }),
+                // Half the write buffer, so the proof and what is written right after the
+                // held frames still fit when they are let go at once.
                 Some(dialing)
-                    if dialing.held_bytes + frame.len() > self.settings.max_write_buffer_bytes =>
+                    if dialing.held_bytes + frame.len()
+                        > self.settings.max_write_buffer_bytes / 2 =>
                 {
                     warn!(self.logger, "peer link still in its handshake and its buffer is full: failing the frame"; "peer" => %peer);
                     report_failed(peer, false, out);
@@ -334,12 +338,13 @@ impl IntakeMachine {
     /// answered with the proof, followed by every held frame, and the link is established;
     /// anything else (a refusal, a challenge from a stranger) closes the link, which fails
     /// what it held.
-    fn on_handshake_answer(&mut self, conn: ConnId, frame: &Frame, out: &mut Outbox) {
+    fn on_handshake_answer(&mut self, now: Now, conn: ConnId, frame: &Frame, out: &mut Outbox) {
+        let Some(peer) = self.links.peer_of(conn).cloned() else {
+            self.dialing.remove(&conn);
+            return self.close(conn, out);
+        };
         let Some(dialing) = self.dialing.remove(&conn) else {
             return;
-        };
-        let Some(peer) = self.links.peer_of(conn).cloned() else {
-            return self.close(conn, out);
         };
         let verdict = match Message::decode(frame) {
             Ok(Message::PeerChallenge(challenge)) => {
@@ -357,10 +362,24 @@ impl IntakeMachine {
                 }
                 self.links.established(conn);
             }
-            Err(reason) => {
-                warn!(self.logger, "peer handshake failed, closing the link"; "peer" => %peer, "conn" => conn.0, "reason" => %reason);
-                self.close(conn, out);
-            }
+            Err(reason) => self.abandon_link(now, conn, reason, out),
+        }
+    }
+
+    /// DIALER SIDE: gives up a link whose handshake failed. Aborted, not closed: a close waits
+    /// for a pending connect to finish, which a partition can stretch to minutes. The link
+    /// table forgets it at once, so the next frame for the peer backs off and redials instead
+    /// of going out on an unproven link, and replication hears that nothing held was sent.
+    fn abandon_link(&mut self, now: Now, conn: ConnId, reason: String, out: &mut Outbox) {
+        self.dialing.remove(&conn);
+        if let Some(connection) = self.connections.get_mut(&conn) {
+            connection.closing = true;
+        }
+        out.socket(SocketCommand::Abort { conn });
+        if let Some(peer) = self.links.peer_of(conn).cloned() {
+            warn!(self.logger, "peer handshake failed, dropping the link"; "peer" => %peer, "conn" => conn.0, "reason" => %reason);
+            self.links.failed(&peer, Some(conn), now.instant);
+            report_failed(peer, false, out);
         }
     }
 
@@ -520,9 +539,7 @@ impl Machine for IntakeMachine {
             .map(|(conn, _)| *conn)
             .collect();
         for conn in unanswered {
-            warn!(self.logger, "closing peer link: hello not answered in time"; "conn" => conn.0, "timeout_ms" => HANDSHAKE_TIMEOUT.as_millis() as u64);
-            self.dialing.remove(&conn);
-            self.close(conn, out);
+            self.abandon_link(now, conn, "hello not answered in time".into(), out);
         }
         let timeout = self.settings.frame_timeout;
         let stalled: Vec<ConnId> = self

@@ -29,7 +29,8 @@ pub enum Route {
 #[derive(Debug, Default)]
 struct Link {
     conn: Option<ConnId>,
-    /// Whether `conn` completed its connect (frames written to it may have been delivered).
+    /// Whether `conn` completed its handshake (frames written to it may have been delivered;
+    /// before, the intake holds them).
     established: bool,
     backoff: Duration,
     retry_at: Option<Instant>,

@@ -49,6 +49,8 @@ struct Written {
     dialled: Vec<ConnId>,
     failed: Vec<(NodeId, bool)>,
     parsed: usize,
+    /// Of those, from a connection that completed the handshake.
+    parsed_as_peer: usize,
 }
 
 fn written(out: &mut Outbox) -> Written {
@@ -69,9 +71,12 @@ fn written(out: &mut Outbox) -> Written {
                 ..
             } => w.failed.push((peer, in_flight_lost)),
             Effect::Send {
-                event: Event::Parse(_),
+                event: Event::Parse(parse),
                 ..
-            } => w.parsed += 1,
+            } => {
+                w.parsed += 1;
+                w.parsed_as_peer += usize::from(parse.authenticated);
+            }
             _ => {}
         }
     }
@@ -140,11 +145,12 @@ fn a_dialer_holds_its_frames_until_the_challenge_and_then_sends_proof_and_frames
     let r = written(&mut out);
     assert_eq!(r.closed, vec![], "the proof is accepted");
     assert_eq!(r.parsed, 2, "both held pings reach parse");
+    assert_eq!(r.parsed_as_peer, 2, "as a proven peer's");
 }
 
-/// Goal: a challenge signed with another cluster's secret closes the link without writing a
-/// proof or any held frame; the closed link is reported to replication as unreachable (none of
-/// its frames was sent).
+/// Goal: a challenge signed with another cluster's secret drops the link without writing a
+/// proof or any held frame, and replication hears at once that the peer is unreachable (none
+/// of its frames was sent), once, not again when the socket's close comes back.
 #[test]
 fn a_challenge_from_another_cluster_closes_the_link_and_sends_nothing() {
     let now = Now::real();
@@ -163,13 +169,15 @@ fn a_challenge_from_another_cluster_closes_the_link_and_sends_nothing() {
     let w = written(&mut out);
     assert_eq!(w.frames.len(), 0, "no proof and no held frame");
     assert_eq!(w.closed, vec![link]);
+    assert_eq!(w.failed, vec![(NodeId::new("n2"), false)]);
     dialer.on_closed(now, link, &mut out);
-    assert_eq!(written(&mut out).failed, vec![(NodeId::new("n2"), false)]);
+    assert_eq!(written(&mut out).failed, vec![], "reported once");
 }
 
-/// Goal: a peer that never answers the hello (paused, or not shoal) has its link closed after
-/// the handshake timeout, not before, so what it held fails instead of waiting for ever; frames
-/// beyond the write buffer while waiting fail at once.
+/// Goal: a peer that never answers the hello (paused, partitioned, or not shoal) has its link
+/// aborted after the handshake timeout, not before, and what it held fails at once; the next
+/// frame for the peer is not written on the abandoned link but waits for the backoff and
+/// redials with a new hello. Frames beyond the hold's bound fail at once.
 #[test]
 fn an_unanswered_hello_times_out_and_a_full_hold_fails_frames() {
     let start = Instant::now();
@@ -196,8 +204,21 @@ fn an_unanswered_hello_times_out_and_a_full_hold_fails_frames() {
     };
     dialer.on_tick(at(HANDSHAKE_TIMEOUT), &mut out);
     assert_eq!(written(&mut out).closed, vec![], "not before the timeout");
-    dialer.on_tick(at(HANDSHAKE_TIMEOUT + Duration::from_millis(1)), &mut out);
-    assert_eq!(written(&mut out).closed, vec![link]);
+    let timed_out = at(HANDSHAKE_TIMEOUT + Duration::from_millis(1));
+    dialer.on_tick(timed_out, &mut out);
+    let w = written(&mut out);
+    assert_eq!(w.closed, vec![link]);
+    assert_eq!(w.failed, vec![(NodeId::new("n2"), false)]);
+    dialer.on_event(timed_out, to_peer(&ping()), &mut out);
+    let w = written(&mut out);
+    assert!(w.frames.is_empty(), "nothing on the abandoned link");
+    assert_eq!(w.failed, vec![(NodeId::new("n2"), false)], "backing off");
+    dialer.on_event(at(HANDSHAKE_TIMEOUT * 2), to_peer(&ping()), &mut out);
+    let w = written(&mut out);
+    assert_eq!(w.dialled.len(), 1, "redialled after the backoff");
+    assert_ne!(w.dialled[0], link);
+    let kinds: Vec<u16> = w.frames.iter().map(|(_, f)| kind_of(f)).collect();
+    assert_eq!(kinds, vec![kind::PEER_HELLO]);
 }
 
 /// Goal: two nodes' nonces differ, and one node never repeats one: what makes a recorded

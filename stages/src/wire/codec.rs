@@ -75,8 +75,10 @@ impl ContextSeal {
         self.mac(message)
     }
 
-    /// The MAC of `message` under the cluster key. The same key authenticates peers
-    /// (`PeerHello`), with a message prefix of its own so a context can never pass as a hello.
+    /// The MAC of `message` under the cluster key. The same key signs the peer handshake
+    /// (`wire::handshake_bytes`), whose bytes begin with a length prefix (a 0 byte) and a
+    /// label, which no encoded context (a msgpack array or map) begins with, so a context's
+    /// MAC can never pass as a handshake's or the reverse.
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
         self.mac(message).to_vec()
     }

@@ -135,8 +135,8 @@ pub type Nonce = [u8; NONCE_BYTES];
 ///
 /// 1. dialer → receiver [`PeerHello`]: who it is, and a fresh nonce;
 /// 2. receiver → dialer [`PeerChallenge`]: who answers, a fresh nonce of its own, and a MAC over
-///    both nonces and both names, which proves to the dialer that it reached a member of its
-///    cluster (so a stranger cannot collect replica writes);
+///    both nonces and both names, which proves to the dialer that whoever answered knows the
+///    cluster secret (so a stranger listening on a member's address gets no replica writes);
 /// 3. dialer → receiver [`PeerProof`]: a MAC over the same, under another label, proving the
 ///    dialer knows the cluster secret.
 ///
