@@ -453,7 +453,15 @@ fn start_put(c: &mut Coordinator, durable: Option<Durability>) -> (OpId, bool) {
 }
 
 /// The set and version n1's local write of `k` makes.
-fn local_version() -> (VersionSet, crate::versioning::Version) {
+/// Answers the put's local write `op` with a new version of n1, as `outcome` (written, or
+/// applied with its flush to follow), `durable` saying whether it was flushed; what the
+/// coordinator sent in return.
+fn answer_local_write(
+    c: &mut Coordinator,
+    op: OpId,
+    outcome: fn(VersionSet, crate::versioning::Version) -> StorageOutcome,
+    durable: bool,
+) -> Vec<Output> {
     let mut set = VersionSet::new();
     let version = set
         .coordinate_put(
@@ -464,7 +472,14 @@ fn local_version() -> (VersionSet, crate::versioning::Version) {
             10,
         )
         .expect("a version");
-    (set, version)
+    let done = StorageDone {
+        op,
+        result: Ok(outcome(set, version)),
+        durable,
+    };
+    let mut out = Vec::new();
+    on_event(c, Instant::now(), CoordinateEvent::Storage(done), &mut out);
+    out
 }
 
 /// The replica writes among `out`: peer, operation, whether they ask to flush.
@@ -511,19 +526,8 @@ fn durable_put(
 ) -> (bool, Vec<bool>, u8) {
     let (mut c, _) = coordinator_of_three_with(3, 2, 2, default);
     let (op, local_flush) = start_put(&mut c, durable);
-    let (set, version) = local_version();
-    let written = StorageDone {
-        op,
-        result: Ok(StorageOutcome::Written { set, version }),
-        durable: local_durable,
-    };
-    let mut out = Vec::new();
-    on_event(
-        &mut c,
-        Instant::now(),
-        CoordinateEvent::Storage(written),
-        &mut out,
-    );
+    let written = |set, version| StorageOutcome::Written { set, version };
+    let mut out = answer_local_write(&mut c, op, written, local_durable);
     let sent = replica_writes(&out);
     out.clear();
     let (peer, op, _) = sent.first().cloned().expect("a replica write");
@@ -579,20 +583,8 @@ fn durable_writes_choose_who_flushes_and_the_reply_counts_durable_copies() {
 fn put_applied_before_its_flush() -> (Coordinator, OpId, Vec<(NodeId, OpId, bool)>) {
     let (mut c, _) = coordinator_of_three_with(3, 2, 2, Durability::One);
     let (op, _) = start_put(&mut c, None);
-    let (set, version) = local_version();
-    let applied = StorageDone {
-        op,
-        result: Ok(StorageOutcome::Applied { set, version }),
-        durable: false,
-    };
-    let mut out = Vec::new();
-    on_event(
-        &mut c,
-        Instant::now(),
-        CoordinateEvent::Storage(applied),
-        &mut out,
-    );
-    let sent = replica_writes(&out);
+    let applied = |set, version| StorageOutcome::Applied { set, version };
+    let sent = replica_writes(&answer_local_write(&mut c, op, applied, false));
     (c, op, sent)
 }
 

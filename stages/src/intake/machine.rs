@@ -262,10 +262,11 @@ impl IntakeMachine {
             conn,
             frame,
             received_at: now.instant,
-            peer: peer.clone(),
+            peer,
             authenticated,
         });
         if refused {
+            let peer = self.links.peer_of(conn);
             // The peer does not count this link as proven, though this node's proof was
             // written. TCP makes that all but impossible (it would take a stream with a
             // hole, or a bug), but if it happens every later request on the link would be

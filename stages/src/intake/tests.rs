@@ -100,6 +100,24 @@ fn to_peer(frame: &[u8]) -> IntakeEvent {
     }
 }
 
+/// `dialer` sends a ping to `receiver` (n2): the dial and hello, the receiver's challenge, and
+/// the dialer's answer to it. The link, and what the dialer did with the challenge.
+fn dial_and_answer(
+    dialer: &mut IntakeMachine,
+    receiver: &mut IntakeMachine,
+    now: Now,
+    out: &mut Outbox,
+) -> (ConnId, Written) {
+    dialer.on_event(now, to_peer(&ping()), out);
+    let w = written(out);
+    let link = w.dialled[0];
+    let incoming = receiver.accept().expect("accepted");
+    receiver.on_received(now, incoming, &w.frames[0].1, out);
+    let challenge = written(out).frames.remove(0).1;
+    dialer.on_received(now, link, &challenge, out);
+    (link, written(out))
+}
+
 fn ping() -> Vec<u8> {
     crate::wire::Message::Ping.encode(1).expect("encode")
 }
@@ -159,14 +177,7 @@ fn a_challenge_from_another_cluster_closes_the_link_and_sends_nothing() {
         machine("n2", b"another-cluster-secret", 2),
     );
     let mut out = Outbox::new();
-    dialer.on_event(now, to_peer(&ping()), &mut out);
-    let w = written(&mut out);
-    let link = w.dialled[0];
-    let incoming = stranger.accept().expect("accepted");
-    stranger.on_received(now, incoming, &w.frames[0].1, &mut out);
-    let challenge = written(&mut out).frames.remove(0).1;
-    dialer.on_received(now, link, &challenge, &mut out);
-    let w = written(&mut out);
+    let (link, w) = dial_and_answer(&mut dialer, &mut stranger, now, &mut out);
     assert_eq!(w.frames.len(), 0, "no proof and no held frame");
     assert_eq!(w.closed, vec![link]);
     assert_eq!(w.failed, vec![(NodeId::new("n2"), false)]);
@@ -243,14 +254,8 @@ fn an_unauthorized_answer_on_a_link_closes_it_for_a_fresh_handshake() {
     let now = Now::real();
     let (mut dialer, mut receiver) = (machine("n1", SECRET, 1), machine("n2", SECRET, 2));
     let mut out = Outbox::new();
-    dialer.on_event(now, to_peer(&ping()), &mut out);
-    let w = written(&mut out);
-    let link = w.dialled[0];
-    let incoming = receiver.accept().expect("accepted");
-    receiver.on_received(now, incoming, &w.frames[0].1, &mut out);
-    let challenge = written(&mut out).frames.remove(0).1;
-    dialer.on_received(now, link, &challenge, &mut out);
-    assert_eq!(written(&mut out).frames.len(), 2, "proof and ping");
+    let (link, w) = dial_and_answer(&mut dialer, &mut receiver, now, &mut out);
+    assert_eq!(w.frames.len(), 2, "proof and ping");
 
     let refusal = crate::event::encode_reply(
         1,

@@ -85,13 +85,7 @@ impl ContextSeal {
 
     /// Whether `mac` is the MAC of `message` (compared in constant time).
     pub fn verify(&self, message: &[u8], mac: &[u8]) -> bool {
-        let expected = self.mac(message);
-        mac.len() == expected.len()
-            && expected
-                .iter()
-                .zip(mac)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        same_secret(&self.mac(message), mac)
     }
 
     fn mac(&self, message: &[u8]) -> [u8; SEAL_BYTES] {
