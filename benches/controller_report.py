@@ -40,7 +40,7 @@ def runs_of(out, mode):
 
 def series(out, tag):
     """Per-bucket samples summed over nodes: t (s since n3's return), mean signal, handoff
-    rate (None if any node is unlimited), handoff used, backlog."""
+    rate (None if any node is unlimited), handoff used, hints held (handoff's backlog)."""
     with open(os.path.join(out, f"return-{tag}.ms")) as f:
         returned = int(f.read().strip())
     buckets = {}
@@ -58,7 +58,7 @@ def series(out, tag):
                     sample["controller"]["signal_ms"],
                     handoff["rate_per_sec"],
                     handoff["used_per_sec"],
-                    sum(s["backlog"] for s in sample["stages"]),
+                    handoff["backlog"],
                 )
     rows = []
     for key in sorted(buckets):

@@ -9,6 +9,10 @@
 //!   if that is higher (storage is where background writes meet foreground ones);
 //! - **idle foreground** (fewer than `idle_requests` requests in the window): the budget goes
 //!   straight to `max_rate` — nothing to protect, so background work runs at full speed;
+//! - **foreground back from idle**: the budget restarts at the floor and has to earn its rate
+//!   back additively. The idle ceiling is no measure of what a busy foreground tolerates:
+//!   kept, it let a backlog run at full speed until the first missed target, and those
+//!   periods were the worst of the foreground's tail;
 //! - **target missed** (over the window, and still in the newest period, so one slow period
 //!   that lingers in the window is cut for once): the rate the stages actually used (or the
 //!   budget, if lower) × `decrease_factor` (multiplicative decrease of what is really spent);
@@ -118,6 +122,8 @@ pub enum Step {
     Off,
     /// The foreground idled: the budget went to its ceiling.
     Idle,
+    /// The foreground came back after idling: the budget restarted at the floor.
+    Resume,
     /// The target held and the budget was used: it grew.
     Increase,
     /// The target held but the budget was not used: it stayed.
@@ -131,6 +137,7 @@ impl fmt::Display for Step {
         f.pad(match self {
             Step::Off => "off",
             Step::Idle => "idle",
+            Step::Resume => "resume",
             Step::Increase => "increase",
             Step::Hold => "hold",
             Step::Decrease => "decrease",
@@ -164,6 +171,8 @@ pub struct ResourceController {
     storage_wait: VecDeque<Histogram<u64>>,
     /// The total background budget, units per second.
     budget: f64,
+    /// Whether the last period found the foreground idle.
+    idle: bool,
 }
 
 impl ResourceController {
@@ -175,6 +184,7 @@ impl ResourceController {
             foreground: VecDeque::new(),
             storage_wait: VecDeque::new(),
             budget,
+            idle: false,
         }
     }
 
@@ -243,13 +253,16 @@ impl ResourceController {
             .filter(|(_, o)| !o.pinned)
             .map(|(stage, _)| used_per_sec.get(stage).copied().unwrap_or(0))
             .sum();
-        let step = if window_requests < settings.idle_requests {
+        let idle = std::mem::replace(&mut self.idle, window_requests < settings.idle_requests);
+        let step = if self.idle {
             self.budget = ceiling;
             Step::Idle
+        } else if idle {
+            self.budget = floor;
+            Step::Resume
         } else if signal_us > settings.target_ms.saturating_mul(1000) {
-            // Cut what is actually being spent, not an allowance nobody uses: after an idle
-            // spell the budget sits at the ceiling while the stages use a fraction of it, and
-            // halving the ceiling would take many periods to bite.
+            // Cut what is actually being spent, not an allowance nobody uses: a budget held
+            // while the stages used a fraction of it would take many halvings to bite.
             self.budget = self.budget.min((used as f64).max(floor)) * settings.decrease_factor;
             Step::Decrease
         } else {

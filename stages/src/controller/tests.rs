@@ -141,11 +141,29 @@ fn idle_foreground_gets_the_ceiling_and_growth_stops_there() {
     let idle = controller.on_period(period(3, 1, 5000, 0));
     assert_eq!((idle.step, idle.budget_per_sec), (Step::Idle, 10_000));
     assert_eq!(idle.rates[&StageId::Handoff], 10_000);
+
+    let mut controller = ResourceController::new(settings(), 9_850);
     for _ in 0..10 {
         controller.on_period(period(1000, 1, 5000, 1_000_000));
     }
     let busy = controller.on_period(period(1000, 1, 5000, 1_000_000));
-    assert_eq!(busy.budget_per_sec, 10_000, "{busy:?}");
+    assert_eq!((busy.step, busy.budget_per_sec), (Step::Increase, 10_000));
+}
+
+/// Goal: when requests come back after an idle spell, background work does not keep the
+/// idle ceiling (it would run at full speed until the first missed target): the budget
+/// restarts at the floor and grows additively while the target holds.
+#[test]
+fn a_foreground_back_from_idle_restarts_background_at_the_floor() {
+    let mut controller = ResourceController::new(settings(), 1000);
+    let idle = controller.on_period(period(0, 0, 5000, 2000));
+    assert_eq!((idle.step, idle.budget_per_sec), (Step::Idle, 10_000));
+    let back = controller.on_period(period(1000, 2, 5000, 2000));
+    assert_eq!((back.step, back.budget_per_sec), (Step::Resume, 10));
+    assert_eq!(back.rates[&StageId::Handoff], 10);
+    // 5 tokens over the 0.5 s period: all of the 10/s floor.
+    let grows = controller.on_period(period(1000, 2, 5000, 5));
+    assert_eq!((grows.step, grows.budget_per_sec), (Step::Increase, 110));
 }
 
 /// Goal: the signal is a sliding window: a slow period is forgotten `window_periods` later.
@@ -208,15 +226,14 @@ fn pinned_stages_and_a_disabled_controller_are_left_alone() {
     assert_eq!(off.used_per_sec[&StageId::Handoff], 100);
 }
 
-/// Goal: after an idle spell left the budget at the ceiling, the first missed target cuts the
-/// rate the stages actually use, not the unused ceiling (which would take many periods to
-/// bite).
+/// Goal: a missed target cuts the rate the stages actually use, not a budget they left
+/// unused (halving that would take many periods to bite).
 #[test]
-fn a_miss_after_idle_halves_what_is_used_not_the_ceiling() {
-    let mut controller = ResourceController::new(settings(), 1000);
-    let idle = controller.on_period(period(0, 0, 5000, 1000));
-    assert_eq!(idle.budget_per_sec, 10_000);
-    // 2000 tokens over the 0.5 s period: 4000/s used of the 10000/s ceiling.
+fn a_miss_halves_what_is_used_not_an_unused_budget() {
+    let mut controller = ResourceController::new(settings(), 10_000);
+    let held = controller.on_period(period(1000, 2, 5000, 1000));
+    assert_eq!((held.step, held.budget_per_sec), (Step::Hold, 10_000));
+    // 2000 tokens over the 0.5 s period: 4000/s used of the 10000/s budget.
     let missed = controller.on_period(period(1000, 40, 5000, 2000));
     assert_eq!((missed.step, missed.budget_per_sec), (Step::Decrease, 2000));
     assert_eq!(missed.rates[&StageId::Handoff], 2000);

@@ -165,12 +165,18 @@ pub enum StorageRequest {
 
 impl StorageRequest {
     /// Whether the operation must be on disk before it is answered: it asked to be, or it
-    /// writes and the node's own `sync = "always"` flushes every write.
+    /// writes and the node's own `sync = "always"` flushes every write. A hint's deletion
+    /// never waits for a flush: losing it to a power cut only delivers the hint again, which
+    /// the receiver merges by clock to the same result, and it reaches the disk with the next
+    /// flush anyway (under `sync = "always"`, the next write's). Waiting would add an
+    /// fdatasync per delivery round to every node that drains hints, on a disk the foreground
+    /// shares.
     pub fn wants_flush(&self, sync_always: bool) -> bool {
         match self {
             StorageRequest::CoordinatePut { durable, .. }
             | StorageRequest::Merge { durable, .. }
             | StorageRequest::StoreHint { durable, .. } => *durable || sync_always,
+            StorageRequest::DeleteHint { .. } => false,
             other => sync_always && other.writes(),
         }
     }

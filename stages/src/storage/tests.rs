@@ -357,6 +357,66 @@ fn sync_always_makes_every_write_durable_even_when_not_asked() {
     assert_eq!(engine.unflushed_writes(), 0);
 }
 
+/// Goal: under `sync = "always"` a delivered hint's deletion is answered without a flush of
+/// its own (losing it only delivers the hint again), and the next write's flush takes it to
+/// disk; a hint stored is flushed like any write.
+#[test]
+fn a_hint_deletion_waits_for_no_flush_even_with_sync_always() {
+    let (engine, mut machine) = memory_machine(SyncMode::Always);
+    let mut out = Outbox::new();
+    let mut versions = VersionSet::new();
+    versions
+        .coordinate_put(&node(), &VClock::new(), Some(b"v".to_vec()), 1, 10)
+        .expect("a version");
+    let store = StorageRequest::StoreHint {
+        target: NodeId::new("n2"),
+        key: b"k".to_vec(),
+        versions,
+        durable: false,
+    };
+    machine.on_batch(Now::real(), &mut vec![event(1, store)], &mut out);
+    assert_eq!(engine.unflushed_writes(), 0, "a stored hint is flushed");
+    let read = StorageRequest::ReadHints {
+        after: None,
+        limit: 10,
+    };
+    machine.on_batch(Now::real(), &mut vec![event(2, read)], &mut out);
+    let hints: Vec<Hint> = out
+        .take()
+        .into_iter()
+        .filter_map(|effect| match effect {
+            crate::seda::Effect::Send {
+                event: crate::event::Event::Coordinate(crate::event::CoordinateEvent::Storage(done)),
+                ..
+            } => match done.result {
+                Ok(StorageOutcome::Hints { hints, .. }) => Some(hints),
+                _ => None,
+            },
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(hints.len(), 1);
+
+    let delete = StorageRequest::DeleteHint {
+        hint: hints[0].clone(),
+    };
+    machine.on_batch(Now::real(), &mut vec![event(3, delete)], &mut out);
+    assert_eq!(storage_answers(&mut out), vec![(3, true, false)]);
+    assert_eq!(engine.unflushed_writes(), 1, "the deletion did not flush");
+
+    machine.on_batch(
+        Now::real(),
+        &mut vec![event(4, coordinate_put(b"next", false))],
+        &mut out,
+    );
+    assert_eq!(
+        engine.unflushed_writes(),
+        0,
+        "the next write's flush took the deletion to disk"
+    );
+}
+
 /// Goal: an overwrite (the Redis door's `SET`) supersedes every version stored, whatever its
 /// context covers, so repeated blind overwrites leave one value, where blind puts leave
 /// siblings; versions merged in from another coordinator are superseded by the next
