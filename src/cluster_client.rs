@@ -99,6 +99,16 @@ impl ClusterClient {
         self.with_node(key, |client| client.delete(key, context, options))
     }
 
+    /// Opens a connection to every member now rather than at each one's first request (a
+    /// load run's clock should not include the dialling). A member that cannot be reached is
+    /// marked down, as a failed request would.
+    pub fn dial_all(&mut self) {
+        let members: Vec<NodeId> = self.membership.members().map(|m| m.id.clone()).collect();
+        for node in members {
+            let _ = self.connection(&node);
+        }
+    }
+
     /// The nodes to try for a key, in order: preference list, then fallbacks; nodes marked
     /// down go last.
     fn candidates(&self, key: &[u8]) -> Vec<NodeId> {

@@ -104,7 +104,10 @@ impl Connection {
         match spec {
             TargetSpec::Shoal { seeds, replicas } => {
                 ClusterClient::connect_with(seeds, *replicas, Duration::from_secs(10))
-                    .map(|c| Connection::Shoal(c, options))
+                    .map(|mut client| {
+                        client.dial_all();
+                        Connection::Shoal(client, options)
+                    })
                     .map_err(|e| {
                         format!("cannot reach the shoal cluster ({}): {e}", seeds.join(","))
                     })
