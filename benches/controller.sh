@@ -10,8 +10,9 @@
 #   unthrottled  controller off, handoff unlimited (rate_per_sec = 0): background at full speed
 #   controller   controller on: target_percentile TARGET_PERCENTILE (99) at most the baseline's
 #                own node-side signal (the 90th percentile of its periods) x TARGET_FACTOR
-#                (1.2, the must-hold's own margin over the baseline). The node measures only service time, well below what clients see;
-#                a target taken from the client's p99 is never reached by the signal.
+#                (1.2, the must-hold's own margin over the baseline). The node measures
+#                only service time, well below what clients see; a target taken from the
+#                client's p99 is never reached by the signal.
 # Median of RUNS runs per mode. Prints foreground p99 and p99.9 per mode and as ratios to the
 # baseline, and each mode's drain time (n3's return to no hint held anywhere, by an exact scan
 # of every node's hints once their handoff stages report no backlog); writes per-period
@@ -98,18 +99,21 @@ hints() { # hints held for anyone by the nodes other than n3 (exact: a scan of e
 # Only handoff's: anti-entropy's backlog (partition pairs due after n3's restart) drains at
 # its own pace, and counting it made the unthrottled mode's "drain" anti-entropy's catch-up
 # at its fixed configured rate, long after the last hint was delivered.
+# One python3 per poll for all four nodes: the poll runs every 250 ms only in the modes with a
+# backlog, so its cost must stay small next to the foreground it would skew.
 backlog() { # tag
-  local total=0 n i
-  for i in 1 2 4 5; do
-    n=$(tail -n 1 "$out/throttle-$1-n$i.jsonl" 2>/dev/null | python3 -c '
+  python3 - "$out/throttle-$1-n"{1,2,4,5}.jsonl <<'PY'
 import json, sys
-try:
-    print(next(s["backlog"] for s in json.loads(sys.stdin.read())["stages"] if s["name"] == "handoff"))
-except (ValueError, KeyError, StopIteration):
-    print(1)  # no sample yet, or a line cut short: not drained as far as we know')
-    total=$((total + ${n:-1}))
-  done
-  echo "$total"
+total = 0
+for path in sys.argv[1:]:
+    try:
+        with open(path) as f:
+            last = f.read().splitlines()[-1]
+        total += next(s["backlog"] for s in json.loads(last)["stages"] if s["name"] == "handoff")
+    except (OSError, IndexError, ValueError, KeyError, StopIteration):
+        total += 1  # no sample yet, or a line cut short: not drained as far as we know
+print(total)
+PY
 }
 
 # Closed-loop maximum of the whole cluster, for the open-loop rate.

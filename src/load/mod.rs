@@ -193,7 +193,13 @@ pub fn run(config: &LoadConfig, live: &mut (dyn Write + Send)) -> Result<LoadRep
     // over a 30 s run). A worker whose connection failed here retries on its own.
     let connections: Vec<Option<Connection>> = std::thread::scope(|scope| {
         let opening: Vec<_> = (0..config.threads.max(1))
-            .map(|_| scope.spawn(|| Connection::open(&config.target, options).ok()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut connection = Connection::open(&config.target, options).ok()?;
+                    connection.dial_all();
+                    Some(connection)
+                })
+            })
             .collect();
         opening
             .into_iter()

@@ -28,10 +28,11 @@ impl Schedule {
     /// sent them in bursts of `threads` at once (64 requests every 64 ms at 1000/s), which
     /// queued each burst behind itself: a p99 of 20–35 ms where 8 threads measured 3–8 ms.
     pub fn for_thread(start: Instant, rate_per_sec: f64, threads: usize, index: usize) -> Schedule {
+        debug_assert!(index < threads, "thread {index} of {threads}");
         let rate = rate_per_sec.max(f64::MIN_POSITIVE);
         let threads = threads.max(1);
         Schedule {
-            start: start + Duration::from_secs_f64(index.min(threads - 1) as f64 / rate),
+            start: start + Duration::from_secs_f64(index as f64 / rate),
             interval: Duration::from_secs_f64(threads as f64 / rate),
         }
     }

@@ -104,15 +104,20 @@ impl Connection {
         match spec {
             TargetSpec::Shoal { seeds, replicas } => {
                 ClusterClient::connect_with(seeds, *replicas, Duration::from_secs(10))
-                    .map(|mut client| {
-                        client.dial_all();
-                        Connection::Shoal(client, options)
-                    })
+                    .map(|c| Connection::Shoal(c, options))
                     .map_err(|e| {
                         format!("cannot reach the shoal cluster ({}): {e}", seeds.join(","))
                     })
             }
             TargetSpec::Redis { addr } => Resp::connect(addr).map(Connection::Redis),
+        }
+    }
+
+    /// Connects to every node of a cluster now (the workload's threads, before its clock
+    /// starts); nothing for Redis, which has one.
+    pub fn dial_all(&mut self) {
+        if let Connection::Shoal(client, _) = self {
+            client.dial_all();
         }
     }
 

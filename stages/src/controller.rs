@@ -253,11 +253,13 @@ impl ResourceController {
             .filter(|(_, o)| !o.pinned)
             .map(|(stage, _)| used_per_sec.get(stage).copied().unwrap_or(0))
             .sum();
-        let idle = std::mem::replace(&mut self.idle, window_requests < settings.idle_requests);
+        // No hysteresis around `idle_requests`: a foreground at the threshold swings between
+        // the ceiling and the floor, and the floor side of that swing is the safe one.
+        let was_idle = std::mem::replace(&mut self.idle, window_requests < settings.idle_requests);
         let step = if self.idle {
             self.budget = ceiling;
             Step::Idle
-        } else if idle {
+        } else if was_idle {
             self.budget = floor;
             Step::Resume
         } else if signal_us > settings.target_ms.saturating_mul(1000) {

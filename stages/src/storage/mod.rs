@@ -37,7 +37,9 @@ pub enum SyncMode {
     None,
     /// Flush every `sync_interval_ms`; loses at most that window on power loss.
     Periodic,
-    /// Flush before acknowledging, one flush per batch (group commit).
+    /// Flush before acknowledging, one flush per batch (group commit). A delivered hint's
+    /// deletion acknowledges nothing and rides the next flush
+    /// ([`StorageRequest::wants_flush`](crate::event::StorageRequest::wants_flush)).
     Always,
 }
 
