@@ -154,22 +154,9 @@ for run in $(seq "$runs"); do
       --duration-secs "$fg_secs" --workload a --distribution uniform --json "$work/base.json" > "$work/base.log" 2>&1 \
     || fail "baseline foreground failed: $(tail -3 "$work/base.log")"
   kill "${watchers[@]}" 2>/dev/null || true; wait "${watchers[@]}" 2>/dev/null || true
-  target=$(python3 - "$target_factor" "$work"/signal-n*.jsonl <<'PY'
-import json, math, sys
-signals = []
-for path in sys.argv[2:]:
-    for line in open(path):
-        try:
-            c = json.loads(line)["controller"]
-        except (ValueError, KeyError):
-            continue  # a line cut short when the watcher was stopped
-        if c["window_requests"] > 0:
-            signals.append(c["signal_ms"])
-signals.sort()
-p90 = signals[int(0.9 * (len(signals) - 1))] if signals else 50
-print(max(1, math.ceil(p90 * float(sys.argv[1]))))
-PY
-)
+  signal=$(python3 benches/controller_report.py --signal-p90 "$work"/signal-n*.jsonl) \
+    || fail "no controller signal during the baseline"
+  target=$(target_from_signal "$signal" "$target_factor")
   record "$run" controller_target_ms "$target"
   stop 1; stop 2; start 1 true "$target"; start 2 true "$target"
   [ "$(converge "$keys" 600)" != never ] || fail "trees were not rebuilt after the restart"

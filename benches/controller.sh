@@ -186,8 +186,7 @@ for run in $(seq "$runs"); do
 done
 base99=$(python3 benches/controller_report.py "$out" --baseline-p99)
 base_signal=$(python3 benches/controller_report.py "$out" --baseline-signal)
-target=$(awk -v b="$base_signal" -v f="$target_factor" 'BEGIN {t = b * f; printf "%d", (t == int(t) ? t : int(t) + 1)}')
-[ "$target" -ge 1 ] || target=1
+target=$(target_from_signal "$base_signal" "$target_factor")
 echo "baseline: client p99 $base99 ms, node signal (p90 of periods) $base_signal ms: controller target p$target_percentile <= $target ms"
 for run in $(seq "$runs"); do
   run_mode unthrottled "$run" "$target" "$rate"

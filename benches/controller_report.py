@@ -4,6 +4,10 @@
   controller_report.py OUT --baseline-p99    prints the median baseline p99 in ms
   controller_report.py OUT --baseline-signal prints the median over baseline runs of the 90th
                                              percentile of the nodes' own signal per period
+  controller_report.py --signal-p90 FILE...  prints the 90th percentile of the node signal in
+                                             `admin throttle --json --watch-ms` samples (those
+                                             with requests in their window), e.g. for
+                                             benches/anti_entropy.sh's controller target
   controller_report.py OUT --target-ms T     prints the table, writes controller.csv,
                                              foreground.csv and controller.svg into OUT
 
@@ -82,6 +86,28 @@ def drains(out):
     return result
 
 
+def p90(values):
+    """The 90th percentile of `values` (None when empty): how a baseline's node signal becomes
+    the controller's target, in both benchmarks that derive one."""
+    values = sorted(values)
+    return values[int(0.9 * (len(values) - 1))] if values else None
+
+
+def signal_p90(paths):
+    """p90 of the node signal over `admin throttle` samples whose window saw requests."""
+    signals = []
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                try:
+                    controller = json.loads(line)["controller"]
+                except (json.JSONDecodeError, KeyError):
+                    continue  # a line cut short when the watcher was stopped
+                if controller["window_requests"] > 0:
+                    signals.append(controller["signal_ms"])
+    return p90(signals)
+
+
 def polyline(points, x_of, y_of, colour, dash=""):
     if not points:
         return ""
@@ -120,6 +146,12 @@ def panel(top, title, unit, lines, x_max, y_cap=None, width=900, height=260):
 
 
 def main():
+    if sys.argv[1] == "--signal-p90":
+        value = signal_p90(sys.argv[2:])
+        if value is None:
+            sys.exit("controller_report.py: no signal samples with requests in " + " ".join(sys.argv[2:]))
+        print(value)
+        return
     out, flag = sys.argv[1], sys.argv[2]
     if flag == "--baseline-p99":
         runs = runs_of(out, "baseline")
@@ -134,9 +166,9 @@ def main():
         # the node's signal reaches on this box, and the controller never acts.
         values = []
         for tag, _ in runs_of(out, "baseline"):
-            signals = sorted(s for t, s, _, _, _ in series(out, tag) if t >= 0)
-            if signals:
-                values.append(signals[int(0.9 * (len(signals) - 1))])
+            value = p90(s for t, s, _, _, _ in series(out, tag) if t >= 0)
+            if value is not None:
+                values.append(value)
         if not values:
             sys.exit("controller_report.py: no baseline controller samples in " + out)
         print(statistics.median(values))

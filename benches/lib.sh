@@ -7,6 +7,11 @@
 bench_name=${0##*/}
 fail() { echo "$bench_name: $*" >&2; exit 1; }
 needs_python() { command -v python3 > /dev/null || fail "python3 is needed"; }
+# The controller's target from a baseline's node signal: signal x factor, in whole ms rounded
+# up, at least 1 (controller.sh and anti_entropy.sh both derive theirs this way).
+target_from_signal() { # signal-ms factor
+  awk -v b="$1" -v f="$2" 'BEGIN {t = b * f; t = (t == int(t) ? t : int(t) + 1); printf "%d", (t < 1 ? 1 : t)}'
+}
 cargo build --release -q || fail "the release build failed"
 bin=${BIN_DIR:-./target/release}
 [ -x "$bin/shoal" ] && [ -x "$bin/shoal-load" ] || fail "no shoal and shoal-load in $bin"

@@ -410,10 +410,7 @@ fn worker(
     connection: Option<Connection>,
 ) -> Result<Recorder, String> {
     let mut recorder = Recorder::default();
-    let connection = match connection {
-        Some(connection) => Some(connection),
-        None => connect_worker(config, options, shared, &mut recorder),
-    };
+    let connection = connection.or_else(|| connect_worker(config, options, shared, &mut recorder));
     let Some(mut connection) = connection else {
         return Ok(recorder);
     };

@@ -14,23 +14,15 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// Requests every `1 / rate_per_sec` seconds from `start`.
-    pub fn new(start: Instant, rate_per_sec: f64) -> Schedule {
-        Schedule {
-            start,
-            interval: Duration::from_secs_f64(1.0 / rate_per_sec.max(f64::MIN_POSITIVE)),
-        }
-    }
-
     /// Thread `index`'s share of `threads` threads sending `rate_per_sec` in all: every
     /// `threads / rate` seconds, the first `index / rate` after `start`, so the threads' due
     /// times interleave into one request every `1 / rate`. Starting every thread at `start`
     /// sent them in bursts of `threads` at once (64 requests every 64 ms at 1000/s), which
     /// queued each burst behind itself: a p99 of 20–35 ms where 8 threads measured 3–8 ms.
     pub fn for_thread(start: Instant, rate_per_sec: f64, threads: usize, index: usize) -> Schedule {
+        let threads = threads.max(1);
         debug_assert!(index < threads, "thread {index} of {threads}");
         let rate = rate_per_sec.max(f64::MIN_POSITIVE);
-        let threads = threads.max(1);
         Schedule {
             start: start + Duration::from_secs_f64(index as f64 / rate),
             interval: Duration::from_secs_f64(threads as f64 / rate),
@@ -84,9 +76,9 @@ mod tests {
     #[test]
     fn a_stall_is_charged_to_every_request_due_during_it() {
         let start = Instant::now();
-        let schedule = Schedule::new(start, 1000.0); // one request per ms
-                                                     // Request 0 is sent on time and stalls 100 ms; requests 1..=99 fell due meanwhile and
-                                                     // are sent right after, each completing 1 ms after the previous one.
+        let schedule = Schedule::for_thread(start, 1000.0, 1, 0); // one request per ms
+                                                                  // Request 0 is sent on time and stalls 100 ms; requests 1..=99 fell due meanwhile and
+                                                                  // are sent right after, each completing 1 ms after the previous one.
         let done0 = start + Duration::from_millis(100);
         assert_eq!(schedule.latency(0, done0), Duration::from_millis(100));
         let done50 = done0 + Duration::from_millis(50);
@@ -111,7 +103,7 @@ mod tests {
     #[test]
     fn requests_are_due_at_the_rate() {
         let start = Instant::now();
-        let schedule = Schedule::new(start, 250.0);
+        let schedule = Schedule::for_thread(start, 250.0, 1, 0);
         assert_eq!(schedule.due(0), start);
         assert_eq!(schedule.due(250), start + Duration::from_secs(1));
     }

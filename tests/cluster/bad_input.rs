@@ -340,11 +340,7 @@ fn peer_requests_need_the_challenge_response_handshake() {
     let challenge = challenge_of(forger.call(&hello("n1", [1; 16])));
     let forged = proof(b"not-the-cluster-secret", "n1", [1; 16], &challenge);
     forger.send(&forged).expect("send the forged proof");
-    let (_, reply) = forger.receive().expect("an answer to the forged proof");
-    assert!(
-        matches!(reply, Message::Error(ServiceError::Unauthorized { .. })),
-        "{reply}"
-    );
+    assert_unauthorized(&mut forger, "the forged proof");
     assert_closed(&mut forger, "a forged proof");
 
     let mut reflector = node.client();
@@ -355,12 +351,9 @@ fn peer_requests_need_the_challenge_response_handshake() {
     reflector
         .send(&reflected)
         .expect("send the node's own MAC back");
-    let (_, reply) = reflector
-        .receive()
-        .expect("an answer to a reflected challenge");
-    assert!(
-        matches!(reply, Message::Error(ServiceError::Unauthorized { .. })),
-        "the challenge's MAC does not pass as a proof: {reply}"
+    assert_unauthorized(
+        &mut reflector,
+        "a reflected challenge (its MAC is no proof)",
     );
     assert_closed(&mut reflector, "a reflected challenge");
 
@@ -368,13 +361,7 @@ fn peer_requests_need_the_challenge_response_handshake() {
     early
         .send(&proof(secret, "n1", [1; 16], &challenge))
         .expect("send");
-    let (_, reply) = early
-        .receive()
-        .expect("an answer to a proof without a hello");
-    assert!(
-        matches!(reply, Message::Error(ServiceError::Unauthorized { .. })),
-        "{reply}"
-    );
+    assert_unauthorized(&mut early, "a proof without a hello");
 
     let mut peer = node.client();
     let challenge = challenge_of(peer.call(&hello("n1", [2; 16])));
@@ -430,11 +417,7 @@ fn a_replayed_peer_handshake_is_refused() {
     replayer
         .send(&replica_write())
         .expect("a replica write behind it");
-    let (_, reply) = replayer.receive().expect("an answer to the replayed proof");
-    assert!(
-        matches!(reply, Message::Error(ServiceError::Unauthorized { .. })),
-        "the replayed proof is refused: {reply}"
-    );
+    assert_unauthorized(&mut replayer, "the replayed proof");
     assert_closed(&mut replayer, "a replayed handshake");
     assert!(
         matches!(genuine.call(&Message::Ping), Ok(Message::Pong)),
@@ -480,6 +463,17 @@ fn proof(secret: &[u8], dialer: &str, nonce: [u8; 16], challenge: &PeerChallenge
     Message::PeerProof(PeerProof {
         mac: Bytes::from(ContextSeal::new(secret).sign(&signed)),
     })
+}
+
+/// The node's next answer on `client` refuses `what` as Unauthorized.
+fn assert_unauthorized(client: &mut Client, what: &str) {
+    let (_, reply) = client
+        .receive()
+        .unwrap_or_else(|e| panic!("an answer to {what}: {e:?}"));
+    assert!(
+        matches!(reply, Message::Error(ServiceError::Unauthorized { .. })),
+        "{what} is refused as Unauthorized: {reply}"
+    );
 }
 
 /// The node closed `client`'s connection (EOF, or a reset).
