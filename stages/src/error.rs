@@ -73,7 +73,10 @@ pub enum ServiceError {
         reason: String,
     },
     /// Fewer than the needed replicas answered before the deadline.
-    #[error("{operation} quorum not reached: {acked} of {needed} needed acknowledged ({asked} asked, {failed} failed)")]
+    #[error(
+        "{operation} quorum not reached: {acked} of {needed} needed acknowledged ({asked} asked, {failed} failed{})",
+        .first_failure.as_ref().map(|cause| format!("; first: {cause}")).unwrap_or_default()
+    )]
     Quorum {
         /// `"get"`, `"put"` or `"delete"`.
         operation: String,
@@ -85,6 +88,10 @@ pub enum ServiceError {
         asked: u64,
         /// Replicas that answered with an error.
         failed: u64,
+        /// The first failed replica and its error (`None` when none failed: the others were
+        /// still silent at the deadline). Absent in frames from older nodes.
+        #[serde(default)]
+        first_failure: Option<String>,
     },
     /// The put would leave more siblings than the limit; nothing was stored. Read the key and
     /// put with its context to reconcile the siblings first.

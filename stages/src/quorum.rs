@@ -26,6 +26,9 @@ pub struct QuorumTracker {
     asked: usize,
     acked: usize,
     failed: usize,
+    /// Why the first failed replica failed ("n2: overloaded: ..."): the quorum error names it,
+    /// so an operator can tell a stalled peer from a full queue without the node's log.
+    first_failure: Option<String>,
 }
 
 impl QuorumTracker {
@@ -36,6 +39,7 @@ impl QuorumTracker {
             asked,
             acked: 0,
             failed: 0,
+            first_failure: None,
         }
     }
 
@@ -45,9 +49,12 @@ impl QuorumTracker {
         self.state()
     }
 
-    /// Records a failed answer.
-    pub fn fail(&mut self) -> QuorumState {
+    /// Records a failed answer and, if it is the first, why it failed.
+    pub fn fail(&mut self, cause: impl FnOnce() -> String) -> QuorumState {
         self.failed += 1;
+        if self.first_failure.is_none() {
+            self.first_failure = Some(cause());
+        }
         self.state()
     }
 
@@ -76,6 +83,7 @@ impl QuorumTracker {
             acked: self.acked as u64,
             asked: self.asked as u64,
             failed: self.failed as u64,
+            first_failure: self.first_failure.clone(),
         }
     }
 }
@@ -98,7 +106,7 @@ mod tests {
                         tracker.ack()
                     } else {
                         failed += 1;
-                        tracker.fail()
+                        tracker.fail(|| "n2: overloaded".into())
                     };
                     let expected = if acked >= needed {
                         QuorumState::Reached
@@ -117,21 +125,30 @@ mod tests {
         }
     }
 
-    /// Goal: the quorum error says how many of how many answered.
+    /// Goal: the quorum error says how many of how many answered, and why the first failed
+    /// replica failed (not a later one's cause).
     #[test]
-    fn quorum_error_reports_counts() {
-        let mut tracker = QuorumTracker::new(2, 3);
+    fn quorum_error_reports_counts_and_the_first_failure() {
+        let mut tracker = QuorumTracker::new(3, 3);
         tracker.ack();
-        tracker.fail();
+        tracker.fail(|| "n2: peer n2 is unreachable".into());
+        tracker.fail(|| "n3: overloaded".into());
+        let error = tracker.error("put");
         assert_eq!(
-            tracker.error("put"),
+            error,
             ServiceError::Quorum {
                 operation: "put".into(),
-                needed: 2,
+                needed: 3,
                 acked: 1,
                 asked: 3,
-                failed: 1
+                failed: 2,
+                first_failure: Some("n2: peer n2 is unreachable".into()),
             }
+        );
+        assert_eq!(
+            error.to_string(),
+            "put quorum not reached: 1 of 3 needed acknowledged (3 asked, 2 failed; \
+             first: n2: peer n2 is unreachable)"
         );
     }
 }

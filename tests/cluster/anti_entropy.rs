@@ -3,9 +3,9 @@
 //! that missed it, then goes away everywhere.
 
 use super::support::TestCluster;
-use shoal::client::{Client, RequestOptions};
+use shoal::client::RequestOptions;
 use shoal_stages::wire::{AaeReport, Bytes, Message, PutRequest};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 /// Exchanges every ~200 ms per partition pair, so a test sees many passes; writes go to the OS
@@ -21,36 +21,47 @@ fn key(i: usize) -> Vec<u8> {
 }
 
 /// Writes `count` keys through node 0, pipelined (many requests in flight on one connection).
+/// A put that fails (a W=3 put fails when one replica is slow past its timeout or refuses with
+/// `Overloaded`, which a loaded CI machine does now and then) is sent again, a few times at
+/// most: these tests are about anti-entropy, and every key must be written before it starts.
 fn write_keys(cluster: &TestCluster, count: usize, w: u8) {
+    const ATTEMPTS: u32 = 5;
     let mut client = cluster.client(0);
     let window = 64;
-    let mut in_flight = 0;
-    for i in 0..count {
-        let request = Message::Put(PutRequest {
-            key: Bytes::from(key(i)),
-            context: None,
-            value: Bytes::from(format!("value-{i}").into_bytes()),
-            w: Some(w),
-            timeout_ms: None,
-            forwarded: false,
-            durable: None,
-            overwrite: false,
-        });
-        client.send(&request).expect("send put");
-        in_flight += 1;
-        if in_flight == window {
-            drain(&mut client, &mut in_flight);
+    // request id -> (key index, attempts so far)
+    let mut in_flight: HashMap<u64, (usize, u32)> = HashMap::new();
+    let mut next = 0;
+    while next < count || !in_flight.is_empty() {
+        while next < count && in_flight.len() < window {
+            let id = client.send(&put(next, w)).expect("send put");
+            in_flight.insert(id, (next, 1));
+            next += 1;
+        }
+        let (id, reply) = client.receive().expect("put reply");
+        let (i, attempts) = in_flight.remove(&id).expect("a reply to a request sent");
+        if !matches!(reply, Message::PutReply(_)) {
+            assert!(
+                attempts < ATTEMPTS,
+                "put of key {i} failed {attempts} times, last: {reply}"
+            );
+            eprintln!("put of key {i} failed (attempt {attempts}), sending it again: {reply}");
+            let id = client.send(&put(i, w)).expect("send put");
+            in_flight.insert(id, (i, attempts + 1));
         }
     }
-    drain(&mut client, &mut in_flight);
 }
 
-fn drain(client: &mut Client, in_flight: &mut usize) {
-    while *in_flight > 0 {
-        let (_, reply) = client.receive().expect("put reply");
-        assert!(matches!(reply, Message::PutReply(_)), "put failed: {reply}");
-        *in_flight -= 1;
-    }
+fn put(i: usize, w: u8) -> Message {
+    Message::Put(PutRequest {
+        key: Bytes::from(key(i)),
+        context: None,
+        value: Bytes::from(format!("value-{i}").into_bytes()),
+        w: Some(w),
+        timeout_ms: None,
+        forwarded: false,
+        durable: None,
+        overwrite: false,
+    })
 }
 
 fn report(cluster: &TestCluster, i: usize) -> Option<AaeReport> {

@@ -166,7 +166,8 @@ fn unanswered_request_fails_at_its_deadline_with_the_quorum_error() {
                     needed: 1,
                     acked: 0,
                     asked: 1,
-                    failed: 0
+                    failed: 0,
+                    first_failure: None,
                 }
             );
         }
@@ -204,6 +205,7 @@ fn failure_that_makes_quorum_unreachable_is_answered_at_once() {
         acked: 0,
         asked: 1,
         failed: 1,
+        first_failure: Some(format!("n1: {failure}")),
     };
     assert!(
         matches!(out.as_slice(), [Output::Reply { message: Message::Error(e), .. }] if *e == expected),
@@ -297,6 +299,7 @@ fn request_with_too_few_healthy_replicas_is_answered_when_they_have() {
         acked: 1,
         asked: 1,
         failed: 0,
+        first_failure: None,
     };
     assert!(
         out.iter().any(|o| matches!(o, Output::Reply { origin, message: Message::Error(e) } if origin.request_id == 2 && *e == expected)),

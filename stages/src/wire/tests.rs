@@ -171,7 +171,8 @@ fn arb_message() -> impl Strategy<Value = Message> {
             needed: 2,
             acked: 1,
             asked: 3,
-            failed: 0
+            failed: 0,
+            first_failure: None,
         })),
     ]
 }

@@ -197,7 +197,10 @@ impl Coordinator {
             });
             return self.on_answer(now, done.op, result, durable, out);
         }
-        let Some(OpInfo { request: key, .. }) = self.operations.remove(&done.op) else {
+        let Some(OpInfo {
+            request: key, node, ..
+        }) = self.operations.remove(&done.op)
+        else {
             return;
         };
         match done.result {
@@ -220,9 +223,9 @@ impl Coordinator {
             }
             // Never delivered (unreachable, or refused by our own queue): try the next
             // preference-list node.
-            Err(_) => {
+            Err(error) => {
                 if let Some(pending) = self.requests.get_mut(&key) {
-                    pending.tracker.fail();
+                    pending.tracker.fail(|| format!("{node}: {error}"));
                 }
                 self.forward_next(now, key, out);
             }
