@@ -24,7 +24,7 @@ use shoal_stages::anti_entropy::{AntiEntropyMachine, AntiEntropySettings};
 use shoal_stages::coordinate::{Coordinator, CoordinatorSettings};
 use shoal_stages::event::{wall_clock_ms, AaeBoard, StageId, TransferBoard};
 use shoal_stages::gossip::{GossipMachine, GossipSettings};
-use shoal_stages::handoff::HandoffMachine;
+use shoal_stages::handoff::{HandoffMachine, DEFAULT_BATCH_BYTES};
 use shoal_stages::intake::{Intake, IntakeMachine, IntakeSettings, IntakeSocket, StatsSource};
 use shoal_stages::membership::{Membership, MembershipView};
 use shoal_stages::parse::{ParseMachine, ParseSettings};
@@ -432,6 +432,7 @@ fn add_pool_stages(
                 shared.node.clone(),
                 config.cluster.n,
             )
+            .batch_bytes(DEFAULT_BATCH_BYTES.min(config.limits.max_frame_bytes / 2))
         },
     );
     let aae = &config.anti_entropy;

@@ -1362,12 +1362,7 @@ fn cap_bytes(objects: &mut Vec<(Vec<u8>, VersionSet)>) -> bool {
     let fits = objects
         .iter()
         .take_while(|(key, set)| {
-            bytes += key.len()
-                + set
-                    .versions()
-                    .iter()
-                    .map(|v| v.value.as_ref().map_or(0, Vec::len) + 32 * (v.past.len() + 2))
-                    .sum::<usize>();
+            bytes += key.len() + set.approx_bytes();
             bytes <= MAX_AAE_BATCH_BYTES
         })
         .count()

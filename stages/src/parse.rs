@@ -12,7 +12,8 @@
 use crate::error::ServiceError;
 use crate::event::{
     AaeRequest, AntiEntropyEvent, ClientRequest, CoordinateEvent, Event, GossipEvent, GossipServe,
-    IntakeEvent, Now, Origin, ParseEvent, ReplicateEvent, ServeRequest, TransferEvent,
+    HandoffEvent, IntakeEvent, Now, Origin, ParseEvent, ReplicateEvent, ServeRequest,
+    TransferEvent,
 };
 use crate::membership::MembershipView;
 use crate::seda::{Machine, Outbox};
@@ -52,6 +53,11 @@ pub enum Routed {
         /// The partition.
         partition: u32,
         /// Its objects, validated.
+        objects: Vec<(Vec<u8>, VersionSet)>,
+    },
+    /// A fallback's batch of hints meant for this node, for the handoff stage.
+    Handoff {
+        /// The hinted objects, validated.
         objects: Vec<(Vec<u8>, VersionSet)>,
     },
 }
@@ -134,6 +140,7 @@ impl ParseMachine {
                 partition,
                 objects,
             }),
+            Ok(Routed::Handoff { objects }) => out.request(HandoffEvent::Serve { origin, objects }),
             Err(error) => reply(out, origin, Message::Error(error)),
         }
     }
@@ -161,7 +168,8 @@ impl Machine for ParseMachine {
             )
             | Event::AntiEntropy(AntiEntropyEvent::Serve { origin, .. })
             | Event::Gossip(GossipEvent::Serve { origin, .. })
-            | Event::Transfer(TransferEvent::Serve { origin, .. }) => origin,
+            | Event::Transfer(TransferEvent::Serve { origin, .. })
+            | Event::Handoff(HandoffEvent::Serve { origin, .. }) => origin,
             _ => return,
         };
         reply(out, origin, Message::Error(error));
@@ -251,6 +259,12 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<Routed, Se
                 objects: check_objects(settings, batch.objects)?,
             });
         }
+        Message::HandoffBatch(batch) => {
+            check_items(batch.objects.len(), "objects")?;
+            return Ok(Routed::Handoff {
+                objects: check_objects(settings, batch.objects)?,
+            });
+        }
         Message::AaeTree(tree) => {
             if let Some(branches) = &tree.branches {
                 check_items(branches.len(), "branches")?;
@@ -311,6 +325,7 @@ pub fn authorize(message: Message, authenticated: bool) -> Result<Message, Servi
         | Message::Ping
         | Message::Gossip(_)
         | Message::TransferBatch(_)
+        | Message::HandoffBatch(_)
         | Message::AaeTree(_)
         | Message::AaeDigests(_)
         | Message::AaeSync(_)
@@ -524,6 +539,43 @@ mod tests {
             validate(&s, put(b"k", b"v", Some(foreign))),
             Err(ServiceError::BadContext { .. })
         ));
+    }
+
+    /// Goal: a fallback's batch of hints is peer-only, each object is checked like a replica
+    /// write (an oversized value refuses the whole batch, naming the limit), and a valid batch
+    /// goes to the handoff stage with every object.
+    #[test]
+    fn a_handoff_batch_is_peer_only_checked_and_routed_to_handoff() {
+        use crate::wire::{AaeObject, HandoffBatch};
+        let object = |value: &[u8]| {
+            let mut versions = VersionSet::new();
+            versions
+                .coordinate_put(
+                    &crate::NodeId::new("n2"),
+                    &VClock::new(),
+                    Some(value.to_vec()),
+                    1,
+                    4,
+                )
+                .expect("a version");
+            AaeObject {
+                key: Bytes::from(b"k".to_vec()),
+                versions,
+            }
+        };
+        let batch = |objects| Message::HandoffBatch(HandoffBatch { objects });
+        assert!(matches!(
+            authorize(batch(vec![object(b"v")]), false),
+            Err(ServiceError::Unauthorized { .. })
+        ));
+        assert!(matches!(
+            validate(&settings(), batch(vec![object(b"v"), object(b"w")])),
+            Ok(Routed::Handoff { objects }) if objects.len() == 2
+        ));
+        assert_eq!(
+            validate(&settings(), batch(vec![object(b"v"), object(&[0; 17])])).err(),
+            Some(ServiceError::ValueTooLarge { size: 17, max: 16 })
+        );
     }
 }
 

@@ -88,6 +88,15 @@ impl VersionSet {
         &self.versions
     }
 
+    /// Roughly how many bytes the set takes on the wire: its values plus about 32 bytes per
+    /// clock entry and per version. For sizing batches below the frame limit, not exact.
+    pub fn approx_bytes(&self) -> usize {
+        self.versions
+            .iter()
+            .map(|v| v.value.as_ref().map_or(0, Vec::len) + 32 * (v.past.len() + 2))
+            .sum()
+    }
+
     /// Number of versions (tombstones included).
     pub fn len(&self) -> usize {
         self.versions.len()

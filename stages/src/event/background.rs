@@ -1,7 +1,7 @@
 //! The background stages' events: read repair, hinted handoff and anti-entropy; and the board
 //! anti-entropy publishes its report on.
 
-use super::{PeerDone, StorageDone};
+use super::{Origin, PeerDone, StorageDone};
 use crate::versioning::VersionSet;
 use crate::wire::AaeReport;
 use crate::NodeId;
@@ -31,13 +31,22 @@ impl fmt::Display for RepairEvent {
     }
 }
 
-/// The handoff stage's events: answers to what it asked of storage and of peers.
+/// The handoff stage's events: answers to what it asked of storage and of peers, and hints
+/// other nodes deliver to this one.
 #[derive(Debug)]
 pub enum HandoffEvent {
-    /// Storage answered a hint scan or a hint deletion.
+    /// Storage answered a hint scan, a hint deletion or the merge of a received batch.
     Storage(StorageDone),
     /// The intended node answered a delivery (or could not be reached).
     Peer(PeerDone),
+    /// A fallback delivered hints meant for this node (validated by parse): merge them and
+    /// acknowledge on `origin`'s connection.
+    Serve {
+        /// Where to answer.
+        origin: Origin,
+        /// The hinted objects.
+        objects: Vec<(Vec<u8>, VersionSet)>,
+    },
 }
 
 impl fmt::Display for HandoffEvent {
@@ -45,6 +54,9 @@ impl fmt::Display for HandoffEvent {
         match self {
             HandoffEvent::Storage(done) => write!(f, "storage {done}"),
             HandoffEvent::Peer(done) => write!(f, "delivery {done}"),
+            HandoffEvent::Serve { objects, .. } => {
+                write!(f, "receive {} hinted objects", objects.len())
+            }
         }
     }
 }

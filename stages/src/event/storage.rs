@@ -72,10 +72,10 @@ pub enum StorageRequest {
         /// Most hints returned.
         limit: usize,
     },
-    /// Delete a delivered hint if it still holds exactly what was delivered.
-    DeleteHint {
-        /// The hint as delivered.
-        hint: Hint,
+    /// Delete delivered hints, each only if it still holds exactly what was delivered.
+    DeleteHints {
+        /// The hints as delivered.
+        hints: Vec<Hint>,
     },
     /// Count the hints held, per intended node.
     PendingHints,
@@ -176,7 +176,7 @@ impl StorageRequest {
             StorageRequest::CoordinatePut { durable, .. }
             | StorageRequest::Merge { durable, .. }
             | StorageRequest::StoreHint { durable, .. } => *durable || sync_always,
-            StorageRequest::DeleteHint { .. } => false,
+            StorageRequest::DeleteHints { .. } => false,
             other => sync_always && other.writes(),
         }
     }
@@ -188,7 +188,7 @@ impl StorageRequest {
             StorageRequest::CoordinatePut { .. }
                 | StorageRequest::StoreHint { .. }
                 | StorageRequest::Merge { .. }
-                | StorageRequest::DeleteHint { .. }
+                | StorageRequest::DeleteHints { .. }
                 | StorageRequest::PurgeCommit { .. }
         ) || matches!(self, StorageRequest::Sync { merge, .. } if !merge.is_empty())
     }
@@ -206,8 +206,8 @@ impl fmt::Display for StorageEvent {
             StorageRequest::Merge { versions, .. } => write!(f, "merge op {op} {versions}"),
             StorageRequest::StoreHint { target, .. } => write!(f, "hint for {target} op {op}"),
             StorageRequest::ReadHints { limit, .. } => write!(f, "read {limit} hints op {op}"),
-            StorageRequest::DeleteHint { hint } => {
-                write!(f, "delete hint for {} op {op}", hint.target)
+            StorageRequest::DeleteHints { hints } => {
+                write!(f, "delete {} delivered hints op {op}", hints.len())
             }
             StorageRequest::PendingHints => write!(f, "count hints op {op}"),
             StorageRequest::TreeView { partition, .. } => {
@@ -304,8 +304,8 @@ pub enum StorageOutcome {
         /// Every hint the node holds now.
         held: u64,
     },
-    /// Whether a delivered hint was deleted (false: it changed since it was read).
-    HintDeleted(bool),
+    /// How many delivered hints were deleted (the others changed since they were read).
+    HintsDeleted(u64),
     /// Hints held per intended node.
     PendingHints(BTreeMap<NodeId, u64>),
     /// A level of a partition's tree.
@@ -370,8 +370,8 @@ impl fmt::Display for StorageDone {
             Ok(StorageOutcome::Hints { hints, held }) => {
                 write!(f, "op {} {} hints of {held}", self.op, hints.len())
             }
-            Ok(StorageOutcome::HintDeleted(deleted)) => {
-                write!(f, "op {} hint deleted: {deleted}", self.op)
+            Ok(StorageOutcome::HintsDeleted(deleted)) => {
+                write!(f, "op {} {deleted} hints deleted", self.op)
             }
             Ok(StorageOutcome::PendingHints(counts)) => {
                 write!(f, "op {} hints held for {} nodes", self.op, counts.len())

@@ -148,8 +148,12 @@ impl StorageMachine {
                 hints: store.hints_batch(after.as_deref(), limit)?,
                 held: store.hints_held(),
             },
-            StorageRequest::DeleteHint { hint } => {
-                StorageOutcome::HintDeleted(store.delete_hint_if_unchanged(&hint)?)
+            StorageRequest::DeleteHints { hints } => {
+                let mut deleted = 0;
+                for hint in &hints {
+                    deleted += u64::from(store.delete_hint_if_unchanged(hint)?);
+                }
+                StorageOutcome::HintsDeleted(deleted)
             }
             StorageRequest::PendingHints => StorageOutcome::PendingHints(store.pending_hints()?),
             StorageRequest::TreeView {

@@ -398,9 +398,7 @@ fn a_hint_deletion_waits_for_no_flush_even_with_sync_always() {
         .collect();
     assert_eq!(hints.len(), 1);
 
-    let delete = StorageRequest::DeleteHint {
-        hint: hints[0].clone(),
-    };
+    let delete = StorageRequest::DeleteHints { hints };
     machine.on_batch(Now::real(), &mut vec![event(3, delete)], &mut out);
     assert_eq!(storage_answers(&mut out), vec![(3, true, false)]);
     assert_eq!(engine.unflushed_writes(), 1, "the deletion did not flush");

@@ -5,8 +5,8 @@
 //! body and rejects trailing bytes, so a frame is either exactly one known message or an error.
 
 use super::aae::{
-    AaeDigests, AaeDigestsReply, AaePurge, AaePurgeReply, AaeReport, AaeSync, AaeSyncReply,
-    AaeTree, AaeTreeReply,
+    AaeDigests, AaeDigestsReply, AaeObject, AaePurge, AaePurgeReply, AaeReport, AaeSync,
+    AaeSyncReply, AaeTree, AaeTreeReply,
 };
 use super::frame::{encode_frame_into, Frame, FRAME_OVERHEAD_BYTES};
 use super::gossip::{
@@ -121,6 +121,24 @@ pub struct ReplicaWrite {
     /// Flush before acknowledging (the coordinator's `durable_writes` asked every replica to).
     #[serde(default)]
     pub durable: bool,
+}
+
+/// Hinted handoff (Dynamo §4.6), fallback → intended node: merge these objects, which were
+/// kept here as hints while you were down. One frame carries many hints, merged by one storage
+/// operation (one flush under `sync = "always"`), so a returning node is not sent one replica
+/// write per hint while it also serves the foreground.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffBatch {
+    /// The hinted keys and their versions.
+    pub objects: Vec<AaeObject>,
+}
+
+/// The answer to [`HandoffBatch`]: every object is merged (as durable as the receiver's
+/// `sync` makes any replica write). The sender may now delete those hints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffAck {
+    /// Objects merged.
+    pub merged: u32,
 }
 
 /// The length of a handshake nonce.
@@ -405,6 +423,10 @@ pub enum Message {
     TransferBatch(TransferBatch),
     /// Node → node.
     TransferAck(TransferAck),
+    /// Node → node: hints delivered to the node they were meant for.
+    HandoffBatch(HandoffBatch),
+    /// Node → node.
+    HandoffAck(HandoffAck),
     /// Node → node: a level of a partition's Merkle tree.
     AaeTree(AaeTree),
     /// Node → node.
@@ -511,6 +533,10 @@ pub mod kind {
     pub const TRANSFER_BATCH: u16 = 209;
     /// [`super::Message::TransferAck`]
     pub const TRANSFER_ACK: u16 = 259;
+    /// [`super::Message::HandoffBatch`]
+    pub const HANDOFF_BATCH: u16 = 211;
+    /// [`super::Message::HandoffAck`]
+    pub const HANDOFF_ACK: u16 = 261;
     /// [`super::Message::AaeTree`]
     pub const AAE_TREE: u16 = 204;
     /// [`super::Message::AaeDigests`]
@@ -617,6 +643,8 @@ impl Message {
             Message::GossipReply(_) => kind::GOSSIP_REPLY,
             Message::TransferBatch(_) => kind::TRANSFER_BATCH,
             Message::TransferAck(_) => kind::TRANSFER_ACK,
+            Message::HandoffBatch(_) => kind::HANDOFF_BATCH,
+            Message::HandoffAck(_) => kind::HANDOFF_ACK,
             Message::AaeTree(_) => kind::AAE_TREE,
             Message::AaeTreeReply(_) => kind::AAE_TREE_REPLY,
             Message::AaeDigests(_) => kind::AAE_DIGESTS,
@@ -651,6 +679,8 @@ impl Message {
             Message::GossipReply(m) => to_body(m),
             Message::TransferBatch(m) => to_body(m),
             Message::TransferAck(m) => to_body(m),
+            Message::HandoffBatch(m) => to_body(m),
+            Message::HandoffAck(m) => to_body(m),
             Message::AaeTree(m) => to_body(m),
             Message::AaeTreeReply(m) => to_body(m),
             Message::AaeDigests(m) => to_body(m),
@@ -740,6 +770,8 @@ impl Message {
             kind::GOSSIP_REPLY => Message::GossipReply(from_body(k, body)?),
             kind::TRANSFER_BATCH => Message::TransferBatch(from_body(k, body)?),
             kind::TRANSFER_ACK => Message::TransferAck(from_body(k, body)?),
+            kind::HANDOFF_BATCH => Message::HandoffBatch(from_body(k, body)?),
+            kind::HANDOFF_ACK => Message::HandoffAck(from_body(k, body)?),
             kind::AAE_TREE => Message::AaeTree(from_body(k, body)?),
             kind::AAE_TREE_REPLY => Message::AaeTreeReply(from_body(k, body)?),
             kind::AAE_DIGESTS => Message::AaeDigests(from_body(k, body)?),
@@ -786,6 +818,7 @@ impl Message {
                 | Message::Plan(_)
                 | Message::Gossip(_)
                 | Message::TransferBatch(_)
+                | Message::HandoffBatch(_)
                 | Message::AaeTree(_)
                 | Message::AaeDigests(_)
                 | Message::AaeSync(_)
@@ -870,6 +903,8 @@ impl fmt::Display for Message {
                 m.objects.len()
             ),
             Message::TransferAck(m) => write!(f, "transfer ack ({} merged)", m.merged),
+            Message::HandoffBatch(m) => write!(f, "handoff of {} hinted objects", m.objects.len()),
+            Message::HandoffAck(m) => write!(f, "handoff ack ({} merged)", m.merged),
             Message::AaeTree(m) => write!(f, "tree of partition {}", m.partition),
             Message::AaeTreeReply(m) => write!(f, "tree reply ({} hashes)", m.hashes.len()),
             Message::AaeDigests(m) => write!(

@@ -28,10 +28,10 @@ pub use gossip::{
 };
 pub use message::{
     handshake_bytes, kind, AuthRequest, Bytes, DeleteRequest, GetLocalRequest, GetReply,
-    GetRequest, LocalReply, MemberStatus, MembersReply, Message, Nonce, OperationLatency,
-    PeerChallenge, PeerHello, PeerProof, PutReply, PutRequest, ReplicaRead, ReplicaReply,
-    ReplicaWrite, RingReply, StatsReply, ThrottleChange, ThrottleReply, ThrottleRequest, WireError,
-    NONCE_BYTES,
+    GetRequest, HandoffAck, HandoffBatch, LocalReply, MemberStatus, MembersReply, Message, Nonce,
+    OperationLatency, PeerChallenge, PeerHello, PeerProof, PutReply, PutRequest, ReplicaRead,
+    ReplicaReply, ReplicaWrite, RingReply, StatsReply, ThrottleChange, ThrottleReply,
+    ThrottleRequest, WireError, NONCE_BYTES,
 };
 
 #[cfg(test)]

@@ -156,6 +156,15 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     want
                 })
             ),
+        proptest::collection::vec((bytes(16), arb_versions()), 0..3).prop_map(|objects| {
+            Message::HandoffBatch(crate::wire::HandoffBatch {
+                objects: objects
+                    .into_iter()
+                    .map(|(key, versions)| crate::wire::AaeObject { key, versions })
+                    .collect(),
+            })
+        }),
+        any::<u32>().prop_map(|merged| Message::HandoffAck(crate::wire::HandoffAck { merged })),
         (bytes(16), arb_versions()).prop_map(|(key, versions)| Message::AaePurge(
             crate::wire::AaePurge {
                 partition: 1,
