@@ -206,13 +206,28 @@ pub fn run(config: &LoadConfig, live: &mut (dyn Write + Send)) -> Result<LoadRep
             .map(|thread| thread.join().ok().flatten())
             .collect()
     });
+    // Built once, before the clock: a Zipfian chooser sums a term per key (zeta), about 30 ms
+    // at 1M keys. Each of 64 workers building its own after the start cost two cores a
+    // second or more, which the first requests reported as latency (anti_entropy.sh's
+    // baseline p99.9 of 600-760 ms at 1M keys, 14 ms at 20k).
+    let chooser = KeyChooser::new(config.key_choice, config.keys);
     let start = Instant::now();
     let workers: Vec<_> = connections
         .into_iter()
         .enumerate()
         .map(|(index, connection)| {
-            let (config, shared) = (config.clone(), Arc::clone(&shared));
-            std::thread::spawn(move || worker(&config, options, index, start, &shared, connection))
+            let (config, shared, chooser) = (config.clone(), Arc::clone(&shared), chooser.clone());
+            std::thread::spawn(move || {
+                let context = WorkerContext {
+                    config: &config,
+                    options,
+                    index,
+                    start,
+                    shared: &shared,
+                    chooser: &chooser,
+                };
+                worker(&context, connection)
+            })
         })
         .collect();
     let series = live_lines(config, &shared, start, live);
@@ -401,21 +416,32 @@ fn load_key(connection: &mut Connection, key: &[u8], value: &[u8]) -> Result<boo
 }
 
 /// One client thread of the run.
-fn worker(
-    config: &LoadConfig,
+/// What a load worker is given: the run's settings, its index, the clock's start, the state
+/// it shares with the others and the key chooser built for all.
+struct WorkerContext<'a> {
+    config: &'a LoadConfig,
     options: RequestOptions,
     index: usize,
     start: Instant,
-    shared: &Shared,
-    connection: Option<Connection>,
-) -> Result<Recorder, String> {
+    shared: &'a Shared,
+    chooser: &'a KeyChooser,
+}
+
+fn worker(context: &WorkerContext, connection: Option<Connection>) -> Result<Recorder, String> {
+    let WorkerContext {
+        config,
+        options,
+        index,
+        start,
+        shared,
+        chooser,
+    } = *context;
     let mut recorder = Recorder::default();
     let connection = connection.or_else(|| connect_worker(config, options, shared, &mut recorder));
     let Some(mut connection) = connection else {
         return Ok(recorder);
     };
     let mut rng = Rng::new(config.seed.wrapping_add(index as u64));
-    let chooser = KeyChooser::new(config.key_choice, config.keys);
     let schedule = config
         .rate
         .map(|rate| Schedule::for_thread(start, rate, config.threads, index));
@@ -442,7 +468,7 @@ fn worker(
             config,
             &mut connection,
             &mut rng,
-            &chooser,
+            chooser,
             newest,
             shared,
             &mut contexts,

@@ -30,6 +30,20 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
+/// A stage's share of the budget when `[controller.shares]` does not name it: 3 for hinted
+/// handoff, 1 for the others. When a node returns, handoff and anti-entropy both have a
+/// backlog and both move the writes it missed: handoff knows exactly which (one cheap merge
+/// per hint, batched), anti-entropy finds them by walking trees and digests, at a higher cost
+/// per key. With equal shares each got half the budget, and the hints drained at half speed
+/// while anti-entropy moved the same keys (issue 9's benchmark); handoff first makes the node
+/// whole by the cheap path, and anti-entropy still gets a quarter and the floor.
+pub fn default_share(stage: StageId) -> u32 {
+    match stage {
+        StageId::Handoff => 3,
+        _ => 1,
+    }
+}
+
 /// Fraction of the budget the stages must have used for it to grow.
 pub const GROW_WHEN_USED: f64 = 0.5;
 
@@ -63,7 +77,7 @@ pub struct ControllerSettings {
     pub max_rate: u64,
     /// Fewer client requests than this in the window means the foreground idles.
     pub idle_requests: u64,
-    /// Relative share of the budget per background stage (default 1 each).
+    /// Relative share of the budget per background stage (default [`default_share`]).
     pub shares: BTreeMap<StageId, u32>,
 }
 
@@ -283,7 +297,13 @@ impl ResourceController {
     /// least the floor; those without one get the floor, so work arriving is started at once
     /// and claims its share at the next period.
     fn split(&self, stages: &BTreeMap<StageId, StageObservation>) -> BTreeMap<StageId, u64> {
-        let share = |stage: &StageId| self.settings.shares.get(stage).copied().unwrap_or(1);
+        let share = |stage: &StageId| {
+            self.settings
+                .shares
+                .get(stage)
+                .copied()
+                .unwrap_or_else(|| default_share(*stage))
+        };
         let busy_shares: u64 = stages
             .iter()
             .filter(|(_, o)| !o.pinned && o.backlog > 0)

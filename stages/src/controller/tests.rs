@@ -118,6 +118,36 @@ fn budget_is_split_by_share_among_stages_with_a_backlog() {
     assert_eq!(alone.rates[&StageId::Repair], 10, "no backlog: the floor");
 }
 
+/// Goal: with no `[controller.shares]`, hinted handoff gets three shares to anti-entropy's one
+/// when both have a backlog (a returning node: both move the writes it missed, handoff at
+/// the lower cost per key), and a share named in the config replaces the default.
+#[test]
+fn by_default_handoff_gets_three_shares_to_anti_entropys_one() {
+    let busy = StageObservation {
+        backlog: 100,
+        used: 0,
+        pinned: false,
+    };
+    let both = |settings: ControllerSettings| {
+        let mut controller = ResourceController::new(settings, 4000);
+        let mut observation = period(1000, 2, 100, 0);
+        observation.stages.insert(StageId::AntiEntropy, busy);
+        controller.on_period(observation).rates
+    };
+    let defaults = both(ControllerSettings {
+        shares: BTreeMap::new(),
+        ..settings()
+    });
+    assert_eq!(defaults[&StageId::Handoff], 3000);
+    assert_eq!(defaults[&StageId::AntiEntropy], 1000);
+    let equal = both(ControllerSettings {
+        shares: [(StageId::Handoff, 1)].into_iter().collect(),
+        ..settings()
+    });
+    assert_eq!(equal[&StageId::Handoff], 2000);
+    assert_eq!(equal[&StageId::AntiEntropy], 2000);
+}
+
 /// Goal: however long the target is missed, a stage with a backlog keeps the floor rate, so
 /// the backlog still drains.
 #[test]
