@@ -415,7 +415,6 @@ fn load_key(connection: &mut Connection, key: &[u8], value: &[u8]) -> Result<boo
     Ok(true)
 }
 
-/// One client thread of the run.
 /// What a load worker is given: the run's settings, its index, the clock's start, the state
 /// it shares with the others and the key chooser built for all.
 struct WorkerContext<'a> {
@@ -427,6 +426,7 @@ struct WorkerContext<'a> {
     chooser: &'a KeyChooser,
 }
 
+/// One client thread of the run.
 fn worker(context: &WorkerContext, connection: Option<Connection>) -> Result<Recorder, String> {
     let WorkerContext {
         config,

@@ -41,7 +41,7 @@ use crate::wire::{
 };
 use crate::NodeId;
 use slog::{info, warn, Logger};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// Hints read from the store per round.
@@ -115,6 +115,11 @@ pub struct HandoffMachine {
     local_merges: BTreeMap<OpId, Hint>,
     /// Batches received from fallbacks, being merged: where to answer and how many objects.
     serving: BTreeMap<OpId, (Origin, u32)>,
+    /// Hints (by hint key) of batches the target refused with an answer (not a lost link or
+    /// a full queue): one bad object (too many versions, a limit the target sets lower)
+    /// refuses its whole batch, and scans in key order would batch it with the same
+    /// neighbours every pass. These go alone, so only the bad one stays behind.
+    solo: BTreeSet<Vec<u8>>,
     logger: Logger,
 }
 
@@ -137,6 +142,7 @@ impl HandoffMachine {
             fanout: BTreeMap::new(),
             local_merges: BTreeMap::new(),
             serving: BTreeMap::new(),
+            solo: BTreeSet::new(),
             logger,
         }
     }
@@ -257,6 +263,10 @@ impl HandoffMachine {
             sent += 1;
             self.cursor = Some(hint.hint_key.clone());
             let (destinations, local) = self.destinations(&hint);
+            if destinations == [hint.target.clone()] && self.solo.remove(&hint.hint_key) {
+                self.send_batch(hint.target.clone(), vec![hint], deadline, out);
+                continue;
+            }
             if destinations == [hint.target.clone()] {
                 let bytes = hint.key.len() + hint.versions.approx_bytes();
                 let (batch, size) = batches.entry(hint.target.clone()).or_default();
@@ -432,6 +442,23 @@ impl HandoffMachine {
             _ => false,
         };
         if !acked {
+            let refusal = match &done.result {
+                Ok(Message::Error(error))
+                    if !matches!(
+                        error,
+                        ServiceError::Overloaded { .. } | ServiceError::ShuttingDown
+                    ) =>
+                {
+                    Some(error)
+                }
+                _ => None,
+            };
+            if let Some(error) = refusal.filter(|_| !delivery.fanout && delivery.hints.len() > 1) {
+                warn!(self.logger, "a hint batch was refused; its hints go one by one next";
+                      "target" => %done.peer, "hints" => delivery.hints.len(), "error" => %error);
+                self.solo
+                    .extend(delivery.hints.iter().map(|h| h.hint_key.clone()));
+            }
             return self.delivery_failed(delivery, out);
         }
         self.round_acked += delivery.hints.len() as u64;
@@ -880,5 +907,42 @@ mod tests {
             }
             _ => None,
         })
+    }
+
+    /// Goal: a batch the target refuses with an answer (one object over its limits refuses
+    /// them all) is not sent whole again: its hints go one by one, so only the bad one stays
+    /// behind; a batch refused for a full queue is sent whole again.
+    #[test]
+    fn a_refused_batch_is_sent_again_one_hint_at_a_time() {
+        let start = Instant::now();
+        let mut out = Outbox::new();
+        let hints = || (1..=3).map(|i| hint_for(i, "a")).collect::<Vec<_>>();
+        let sizes_after = |refusal: ServiceError, out: &mut Outbox| {
+            let mut machine = machine(start);
+            round(&mut machine, at(start, 0), hints(), out);
+            let sent = batches(out);
+            assert_eq!(sent.len(), 1);
+            let answer = PeerDone {
+                op: sent[0].0,
+                peer: NodeId::new("a"),
+                result: Ok(Message::Error(refusal)),
+            };
+            machine.on_event(at(start, 1), HandoffEvent::Peer(answer), out);
+            // The round failed: the next tick ends it and pauses; the one after the pause
+            // starts the next round.
+            machine.on_tick(at(start, 2), out);
+            assert_eq!(scan_op(out), None, "paused after the failed round");
+            round(&mut machine, at(start, 2000), hints(), out);
+            batches(out)
+                .iter()
+                .map(|(_, _, keys)| keys.len())
+                .collect::<Vec<_>>()
+        };
+        let too_many = ServiceError::TooManySiblings { count: 9, max: 8 };
+        assert_eq!(sizes_after(too_many, &mut out), vec![1, 1, 1]);
+        let full = ServiceError::Overloaded {
+            stage: "handoff".into(),
+        };
+        assert_eq!(sizes_after(full, &mut out), vec![3]);
     }
 }

@@ -45,6 +45,8 @@ fn write_keys(cluster: &TestCluster, count: usize, w: u8) {
                 "put of key {i} failed {attempts} times, last: {reply}"
             );
             eprintln!("put of key {i} failed (attempt {attempts}), sending it again: {reply}");
+            // A full queue or a stalled replica needs a moment, not an instant retry.
+            std::thread::sleep(Duration::from_millis(50 * u64::from(attempts)));
             let id = client.send(&put(i, w)).expect("send put");
             in_flight.insert(id, (i, attempts + 1));
         }

@@ -119,7 +119,7 @@ into_event!(
 pub enum ReplyTo {
     /// The coordinator (client requests, replica reads and writes, probes, members).
     Coordinate,
-    /// Hinted handoff (hint scans, deliveries, deletions).
+    /// Hinted handoff (hint scans, deliveries, deletions, merges of batches it received).
     Handoff,
     /// Anti-entropy (tree levels, digests, exchanges, rebuilds, purges).
     AntiEntropy,
