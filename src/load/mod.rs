@@ -218,15 +218,9 @@ pub fn run(config: &LoadConfig, live: &mut (dyn Write + Send)) -> Result<LoadRep
         .map(|(index, connection)| {
             let (config, shared, chooser) = (config.clone(), Arc::clone(&shared), chooser.clone());
             std::thread::spawn(move || {
-                let context = WorkerContext {
-                    config: &config,
-                    options,
-                    index,
-                    start,
-                    shared: &shared,
-                    chooser: &chooser,
-                };
-                worker(&context, connection)
+                worker(
+                    &config, options, index, start, &shared, &chooser, connection,
+                )
             })
         })
         .collect();
@@ -415,27 +409,18 @@ fn load_key(connection: &mut Connection, key: &[u8], value: &[u8]) -> Result<boo
     Ok(true)
 }
 
-/// What a load worker is given: the run's settings, its index, the clock's start, the state
-/// it shares with the others and the key chooser built for all.
-struct WorkerContext<'a> {
-    config: &'a LoadConfig,
+/// One client thread of the run: thread `index` of the run's schedule from `start`, drawing
+/// keys with the `chooser` built for all, over `connection` (opened before the clock; `None`
+/// if that failed, and it dials itself).
+fn worker(
+    config: &LoadConfig,
     options: RequestOptions,
     index: usize,
     start: Instant,
-    shared: &'a Shared,
-    chooser: &'a KeyChooser,
-}
-
-/// One client thread of the run.
-fn worker(context: &WorkerContext, connection: Option<Connection>) -> Result<Recorder, String> {
-    let WorkerContext {
-        config,
-        options,
-        index,
-        start,
-        shared,
-        chooser,
-    } = *context;
+    shared: &Shared,
+    chooser: &KeyChooser,
+    connection: Option<Connection>,
+) -> Result<Recorder, String> {
     let mut recorder = Recorder::default();
     let connection = connection.or_else(|| connect_worker(config, options, shared, &mut recorder));
     let Some(mut connection) = connection else {

@@ -162,16 +162,14 @@ impl HandoffMachine {
         self
     }
 
-    /// Where a hint goes: its intended node, or (if that node no longer holds the key's
-    /// partition) every current replica but this node, and whether this node is one too.
-    fn destinations(&self, hint: &Hint) -> (Vec<NodeId>, bool) {
-        let Some((view, me, n)) = &self.membership else {
-            return (vec![hint.target.clone()], false);
-        };
+    /// `None` while the hint's intended node still holds its key (it goes there); else the
+    /// key's current replicas but this node, and whether this node is one too.
+    fn retarget(&self, hint: &Hint) -> Option<(Vec<NodeId>, bool)> {
+        let (view, me, n) = self.membership.as_ref()?;
         let m = view.current();
         let partition = m.ring().partition_of(&hint.key);
         if m.holds(&hint.target, partition, *n) {
-            return (vec![hint.target.clone()], false);
+            return None;
         }
         let replicas = m.replicas(partition, *n);
         let mut nodes: Vec<NodeId> = replicas
@@ -182,7 +180,7 @@ impl HandoffMachine {
             .collect();
         let local = nodes.contains(me);
         nodes.retain(|node| node != me);
-        (nodes, local)
+        Some((nodes, local))
     }
 
     /// A delivery failed: its hints stay for a later round (a fanned-out hint is kept if
@@ -194,6 +192,16 @@ impl HandoffMachine {
                 self.fanout_answer(hint, false, out);
             }
         }
+    }
+
+    /// This node's own copy of a fanned-out hint was merged (`merged`) or not: one answer.
+    fn local_merge_answered(&mut self, hint: &Hint, merged: bool, out: &mut Outbox) {
+        if merged {
+            self.round_acked += 1;
+        } else {
+            self.round_failed += 1;
+        }
+        self.fanout_answer(hint, merged, out);
     }
 
     /// Counts one answer of a fanned-out hint; deletes it once all acknowledged.
@@ -262,26 +270,26 @@ impl HandoffMachine {
             }
             sent += 1;
             self.cursor = Some(hint.hint_key.clone());
-            let (destinations, local) = self.destinations(&hint);
-            if destinations == [hint.target.clone()] && self.solo.remove(&hint.hint_key) {
-                self.send_batch(hint.target.clone(), vec![hint], deadline, out);
+            if let Some((replicas, local)) = self.retarget(&hint) {
+                self.fan_out(hint, replicas, local, deadline, out);
                 continue;
             }
-            if destinations == [hint.target.clone()] {
-                let bytes = hint.key.len() + hint.versions.approx_bytes();
-                let (batch, size) = batches.entry(hint.target.clone()).or_default();
-                if !batch.is_empty()
-                    && (*size + bytes > self.batch_bytes || batch.len() >= MAX_AAE_ITEMS)
-                {
-                    let full = std::mem::take(batch);
-                    *size = 0;
-                    self.send_batch(hint.target.clone(), full, deadline, out);
-                }
-                *size += bytes;
-                batch.push(hint);
+            let target = hint.target.clone();
+            if self.solo.remove(&hint.hint_key) {
+                self.send_batch(target, vec![hint], deadline, out);
                 continue;
             }
-            self.fan_out(hint, destinations, local, deadline, out);
+            let bytes = hint.key.len() + hint.versions.approx_bytes();
+            let (batch, size) = batches.entry(target.clone()).or_default();
+            if !batch.is_empty()
+                && (*size + bytes > self.batch_bytes || batch.len() >= MAX_AAE_ITEMS)
+            {
+                let full = std::mem::take(batch);
+                *size = 0;
+                self.send_batch(target, full, deadline, out);
+            }
+            *size += bytes;
+            batch.push(hint);
         }
         for (target, (batch, _)) in batches {
             if !batch.is_empty() {
@@ -401,14 +409,7 @@ impl HandoffMachine {
             return out.reply(IntakeEvent::reply(origin, &message));
         }
         if let Some(hint) = self.local_merges.remove(&done.op) {
-            if done.result.is_ok() {
-                self.round_acked += 1;
-                self.fanout_answer(&hint, true, out);
-            } else {
-                self.round_failed += 1;
-                self.fanout_answer(&hint, false, out);
-            }
-            return;
+            return self.local_merge_answered(&hint, done.result.is_ok(), out);
         }
         let scan = self.scanning.is_some_and(|(op, _)| op == done.op);
         match done.result {
@@ -554,8 +555,7 @@ impl Machine for HandoffMachine {
                     return out.reply(IntakeEvent::reply(origin, &Message::Error(error)));
                 }
                 if let Some(hint) = self.local_merges.remove(&op) {
-                    self.round_failed += 1;
-                    self.fanout_answer(&hint, false, out);
+                    self.local_merge_answered(&hint, false, out);
                 }
             }
             _ => {}
