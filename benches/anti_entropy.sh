@@ -14,20 +14,24 @@
 #     by anti-entropy alone; the rebuild's time and the p99.9 ratio (goal <= 1.3x). The
 #     controller's target is the operator's SLA taken from that baseline, as in
 #     benches/controller.sh: p99 at most the nodes' own signal during it (the 90th percentile
-#     of their periods) x TARGET_FACTOR; both nodes restart with it before n2 is wiped.
+#     of their periods) x TARGET_FACTOR, but at least TARGET_MIN_MS (a light load on
+#     sync = "none" gives a signal under 1 ms, and a 1 ms target held the rebuild at the
+#     controller's floor for hours); both nodes restart with it before n2 is wiped. The
+#     foreground runs in FG_SECS segments for as long as the rebuild lasts; the p99.9 judged
+#     is the worst segment's (the median segment's is printed too).
 # Each phase RUNS times; medians. Prints a table and writes it to OUT_DIR/anti_entropy.txt.
 #
 # Usage: benches/anti_entropy.sh [keys] [runs]    (defaults 1000000 3)
 # Environment: OUT_DIR (target/bench-aae), DIFF (100), AAE_INTERVAL_MS (5000), FG_RATE (1000),
 # FG_SECS (30), LOAD_THREADS (8), FG_THREADS (64: each thread keeps one request in flight, so
 # fewer let a few slow seconds push the open loop behind its schedule for good),
-# TARGET_FACTOR (1.2).
+# TARGET_FACTOR (1.2), TARGET_MIN_MS (5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base_keys=${1:-1000000}; runs=${2:-3}
 out=${OUT_DIR:-target/bench-aae}; diff_keys=${DIFF:-100}; interval=${AAE_INTERVAL_MS:-5000}
 fg_rate=${FG_RATE:-1000}; fg_secs=${FG_SECS:-30}; load_threads=${LOAD_THREADS:-8}
-fg_threads=${FG_THREADS:-64}; target_factor=${TARGET_FACTOR:-1.2}
+fg_threads=${FG_THREADS:-64}; target_factor=${TARGET_FACTOR:-1.2}; target_min=${TARGET_MIN_MS:-5}
 source benches/lib.sh
 needs_python
 mkdir -p "$out"
@@ -157,18 +161,29 @@ for run in $(seq "$runs"); do
   signal=$(python3 benches/controller_report.py --signal-p90 "$work"/signal-n*.jsonl) \
     || fail "no controller signal during the baseline"
   target=$(target_from_signal "$signal" "$target_factor")
+  [ "$target" -ge "$target_min" ] || target=$target_min
   record "$run" controller_target_ms "$target"
   stop 1; stop 2; start 1 true "$target"; start 2 true "$target"
   [ "$(converge "$keys" 600)" != never ] || fail "trees were not rebuilt after the restart"
   stop 2; rm -rf "$work/data/n2"; start 2 true "$target"
-  "$bin/shoal-load" --target "$seeds" --replicas 2 --threads "$fg_threads" --keys "$base_keys" --rate "$fg_rate" --no-load \
-      --duration-secs "$fg_secs" --workload a --distribution uniform --json "$work/wiped.json" > "$work/wiped.log" 2>&1 &
+  rm -f "$work/rebuilt" "$work"/wiped-*.json
+  ( segment=0
+    while [ ! -e "$work/rebuilt" ]; do
+      segment=$(( segment + 1 ))
+      "$bin/shoal-load" --target "$seeds" --replicas 2 --threads "$fg_threads" --keys "$base_keys" --rate "$fg_rate" --no-load \
+          --duration-secs "$fg_secs" --workload a --distribution uniform --json "$work/wiped-$segment.json" > "$work/wiped.log" 2>&1 \
+        || { echo "foreground segment $segment during the rebuild failed: $(tail -3 "$work/wiped.log")" >&2; exit 1; }
+    done ) &
   fg=$!
-  took=$(converge "$keys" 1800)
-  wait "$fg" || fail "foreground during the rebuild failed: $(tail -3 "$work/wiped.log")"
+  took=$(converge "$keys" 3600)
+  touch "$work/rebuilt"
+  wait "$fg" || fail "foreground during the rebuild failed"
   record "$run" rebuild_seconds "$took"
   record "$run" fg_p999_ms_baseline "$(p999 "$work/base.json")"
-  record "$run" fg_p999_ms_rebuild "$(p999 "$work/wiped.json")"
+  segments=$(for f in "$work"/wiped-*.json; do p999 "$f"; done | sort -g)
+  record "$run" fg_segments_rebuild "$(echo "$segments" | wc -l)"
+  record "$run" fg_p999_ms_rebuild "$(echo "$segments" | tail -1)"
+  record "$run" fg_p999_ms_rebuild_median_segment "$(echo "$segments" | python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.stdin))')"
   stop 1; stop 2
 done
 
@@ -189,10 +204,12 @@ moved = med("diff_keys_moved")
 print(f"{diff} keys differ: objects exchanged {moved:.0f} ({moved / diff:.2f}x the difference), "
       f"{med('diff_bytes') / 1024:.1f} KiB of anti-entropy messages, roots equal after {med('diff_seconds'):.1f} s")
 base, wiped = med("fg_p999_ms_baseline"), med("fg_p999_ms_rebuild")
-print(f"wiped replica rebuilt in {med('rebuild_seconds'):.1f} s; foreground p99.9 {wiped:.1f} ms vs {base:.1f} ms "
-      f"without a rebuild ({wiped / base:.2f}x); controller target p99 <= {med('controller_target_ms'):.0f} ms")
+mid = med("fg_p999_ms_rebuild_median_segment")
+print(f"wiped replica rebuilt in {med('rebuild_seconds'):.1f} s; foreground p99.9 in its worst segment {wiped:.1f} ms "
+      f"vs {base:.1f} ms without a rebuild ({wiped / base:.2f}x; median segment {mid:.1f} ms, {mid / base:.2f}x; "
+      f"{med('fg_segments_rebuild'):.0f} segments); controller target p99 <= {med('controller_target_ms'):.0f} ms")
 print(("holds" if moved <= 1.2 * diff else "MISSED") + ": keys exchanged <= 1.2x the difference")
 print(("holds" if med("insync_keys_moved") == 0 else "MISSED") + ": an in-sync pass moves no keys")
 print(("holds" if on - off <= 2.0 else "MISSED") + ": an in-sync pass costs <= 2 % of a core")
-print(("holds" if wiped / base <= 1.3 else "MISSED") + ": p99.9 during the rebuild <= 1.3x the baseline (goal)")
+print(("holds" if wiped / base <= 1.3 else "MISSED") + ": p99.9 during the rebuild (worst segment) <= 1.3x the baseline (goal)")
 EOF

@@ -35,6 +35,7 @@ use shoal_stages::seda::{
     stage_queue, Driven, Gate, GateRegistry, Machine, OperationLatencies, Router, StageHandle,
     StageReceiver, WorkerPool,
 };
+use shoal_stages::storage::cpu_priority::{set_thread_nice, threads_named, ENGINE_THREAD_NAME};
 use shoal_stages::storage::{StorageError, StorageMachine, StorageSettings, Store, VersionLimits};
 use shoal_stages::transfer::{TransferMachine, TransferSettings};
 use shoal_stages::wire::{decode_membership, ContextSeal};
@@ -135,12 +136,14 @@ impl Node {
         let node = NodeId::new(config.node.id.clone());
         let logger = logger.new(o!("node" => node.to_string()));
         std::fs::create_dir_all(&config.node.data_dir).map_err(io_error("creating data_dir"))?;
+        let engine_threads_before = threads_named(ENGINE_THREAD_NAME).unwrap_or_default();
         let store = Store::open(
             &config.node.data_dir,
             &node,
             config.cluster.partitions,
             wall_clock_ms(),
         )?;
+        lower_storage_priority(config, &engine_threads_before, &logger);
         let socket =
             IntakeSocket::bind(config.node.listen).map_err(io_error("binding listen address"))?;
         let local_addr = socket.local_addr();
@@ -616,6 +619,32 @@ fn gate(shared: &Shared, stage: StageId) -> Gate {
 /// A seed for the intake's handshake nonces: 16 bytes from the kernel's random source, or, if
 /// it cannot be read, two hashes of the clock and the process id under the standard library's
 /// randomly keyed hashers (still different for every process).
+/// With the controller on, runs the threads the storage engine just started (the ones not in
+/// `before`: other nodes in this process keep theirs) at `controller.storage_nice`, so the
+/// flushes and compactions that delivered background writes cause give way to the
+/// foreground's threads. A failure costs only that protection: it is logged, not fatal.
+fn lower_storage_priority(config: &Config, before: &[u32], logger: &Logger) {
+    let nice = config.controller.storage_nice;
+    if !config.controller.enabled || nice == 0 {
+        return;
+    }
+    let result = threads_named(ENGINE_THREAD_NAME).and_then(|now| {
+        now.into_iter()
+            .filter(|tid| !before.contains(tid))
+            .try_fold(0, |changed, tid| {
+                set_thread_nice(tid, nice).map(|()| changed + 1)
+            })
+    });
+    match result {
+        Ok(changed) => {
+            info!(logger, "storage engine threads run at a lower CPU priority"; "threads" => changed, "nice" => nice)
+        }
+        Err(e) => {
+            warn!(logger, "could not lower the storage engine threads' CPU priority"; "error" => %e)
+        }
+    }
+}
+
 fn random_seed() -> [u8; 16] {
     use std::io::Read;
     let mut seed = [0u8; 16];

@@ -91,6 +91,8 @@ fn bad_values_are_named() {
         ("[controller]\nwindow_periods = 0\n", "controller.window_periods"),
         ("[controller]\ndecrease_factor = 1.5\n", "controller.decrease_factor"),
         ("[controller]\nmin_rate = 0\n", "controller.min_rate"),
+        ("[controller]\nstorage_nice = 20\n", "controller.storage_nice"),
+        ("[controller]\nstorage_nice = -1\n", "controller.storage_nice"),
         ("[controller]\nmin_rate = 10\nmax_rate = 5\n", "controller.min_rate"),
         ("[controller]\nmax_rate = 1000000000000\n", "controller.max_rate"),
         ("[controller]\nmax_rate = 0\n", "controller.max_rate"),

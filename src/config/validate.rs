@@ -200,6 +200,12 @@ impl Config {
                 format!("must be at most {MAX_RATE_PER_SEC}"),
             ));
         }
+        if !(0..=19).contains(&c.storage_nice) {
+            return Err(invalid(
+                "controller.storage_nice",
+                "must be in 0..=19 (0: the node's own priority; higher: lower priority)",
+            ));
+        }
         if c.increase_per_period == 0 || c.increase_per_period > c.max_rate {
             return Err(invalid(
                 "controller.increase_per_period",

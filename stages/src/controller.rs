@@ -79,6 +79,10 @@ pub struct ControllerSettings {
     pub idle_requests: u64,
     /// Relative share of the budget per background stage (default [`default_share`]).
     pub shares: BTreeMap<StageId, u32>,
+    /// Nice value of the storage engine's flush and compaction threads while the controller
+    /// is enabled, 0..=19 (0: the node's own): the cost of delivered background writes that
+    /// no gate paces (see [`crate::storage::cpu_priority`]).
+    pub storage_nice: i32,
 }
 
 impl Default for ControllerSettings {
@@ -95,6 +99,7 @@ impl Default for ControllerSettings {
             max_rate: 50_000,
             idle_requests: 100,
             shares: BTreeMap::new(),
+            storage_nice: 10,
         }
     }
 }

@@ -161,3 +161,52 @@ fn pinned_handoff_holds_hints_back_until_auto() {
         "hints drain once the controller has the stage back"
     );
 }
+
+/// The nice value of each thread of process `pid` named `name` (field 19 of its `stat`; the
+/// name, field 2, is in parentheses and may hold spaces, so fields count after the last `)`).
+fn nice_of_threads_named(pid: u32, name: &str) -> Vec<i64> {
+    let mut nices = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
+        let path = entry.expect("task entry").path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).expect("stat");
+        let after_name = &stat[stat.rfind(')').expect("stat has the name") + 2..];
+        let nice = after_name
+            .split_whitespace()
+            .nth(16)
+            .and_then(|field| field.parse().ok())
+            .expect("nice field");
+        nices.push(nice);
+    }
+    nices
+}
+
+/// Goal: with the controller on, the storage engine's flush and compaction threads run at
+/// `controller.storage_nice` and the node's own threads at its priority; with the controller
+/// off, the engine's threads keep the node's priority. Method: a real node process each
+/// way, its threads read from /proc.
+#[test]
+fn the_controller_lowers_the_storage_engines_cpu_priority_and_only_that() {
+    use super::support::{config_text, write_config, NodeProcess};
+    for (extra, engine_nice) in [
+        ("[controller]\nstorage_nice = 12\n", 12),
+        ("[controller]\nenabled = false\nstorage_nice = 12\n", 0),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = write_config(dir.path(), &config_text(dir.path(), extra));
+        let node = NodeProcess::start(&path);
+        let pid = node.child.id();
+        let engine = nice_of_threads_named(pid, "fjall:worker");
+        assert!(!engine.is_empty(), "fjall's workers are found by name");
+        assert!(
+            engine.iter().all(|&nice| nice == engine_nice),
+            "{extra}: engine threads {engine:?}, expected {engine_nice}"
+        );
+        let workers = nice_of_threads_named(pid, "worker-0");
+        assert_eq!(workers, vec![0], "{extra}: the stage workers keep the node's priority");
+        node.kill();
+    }
+}

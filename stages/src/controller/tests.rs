@@ -18,6 +18,7 @@ fn settings() -> ControllerSettings {
         shares: [(StageId::Handoff, 3), (StageId::Repair, 1)]
             .into_iter()
             .collect(),
+        storage_nice: 10,
     }
 }
 

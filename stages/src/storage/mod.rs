@@ -12,6 +12,7 @@
 //! The machine answers each operation to the stage its event names (`reply_to`); the bytes
 //! live behind the [`Engine`] trait: fjall in the product, memory in the simulator.
 
+pub mod cpu_priority;
 mod engine;
 mod memory;
 mod store;
