@@ -206,7 +206,11 @@ fn the_controller_lowers_the_storage_engines_cpu_priority_and_only_that() {
             "{extra}: engine threads {engine:?}, expected {engine_nice}"
         );
         let workers = nice_of_threads_named(pid, "worker-0");
-        assert_eq!(workers, vec![0], "{extra}: the stage workers keep the node's priority");
+        assert_eq!(
+            workers,
+            vec![0],
+            "{extra}: the stage workers keep the node's priority"
+        );
         node.kill();
     }
 }

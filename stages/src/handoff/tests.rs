@@ -1,0 +1,393 @@
+//! The handoff machine alone: rounds, batches per target, acks and deletions, retargeting,
+//! refusals and back-off, driven with a made-up clock and storage answers.
+
+use super::*;
+use crate::event::Event;
+use crate::seda::Effect;
+use crate::versioning::VersionSet;
+use crate::NodeId;
+
+fn at(start: Instant, ms: u64) -> Now {
+    Now {
+        instant: start + Duration::from_millis(ms),
+        wall_ms: 0,
+    }
+}
+
+/// The operation of the hint scan the outbox holds, if any.
+fn scan_op(out: &mut Outbox) -> Option<OpId> {
+    out.take().into_iter().find_map(|effect| match effect {
+        Effect::Send {
+            event:
+                Event::Storage(StorageEvent {
+                    op,
+                    request: StorageRequest::ReadHints { .. },
+                    ..
+                }),
+            ..
+        } => Some(op),
+        _ => None,
+    })
+}
+
+/// The operations of the deliveries the outbox holds.
+fn delivery_ops(out: &mut Outbox) -> Vec<OpId> {
+    out.take()
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::Send {
+                event: Event::Replicate(ReplicateEvent::Send { op, .. }),
+                ..
+            } => Some(op),
+            _ => None,
+        })
+        .collect()
+}
+
+fn hint(i: u8) -> Hint {
+    Hint {
+        hint_key: vec![i],
+        target: NodeId::new("down"),
+        key: vec![i],
+        versions: VersionSet::default(),
+    }
+}
+
+/// Goal: after a round in which every delivery failed (the target is down), the next
+/// round waits for the pause instead of reading and resending the hints at every tick;
+/// the pause grows while rounds keep failing. Method: a machine driven by hand.
+#[test]
+fn rounds_that_only_fail_pause_and_the_pause_grows() {
+    let start = Instant::now();
+    let logger = Logger::root(slog::Discard, slog::o!());
+    let mut machine = HandoffMachine::new(Gate::new(None, start), logger);
+    let mut out = Outbox::new();
+    let failing_round = |machine: &mut HandoffMachine, out: &mut Outbox, ms: u64| {
+        machine.on_tick(at(start, ms), out);
+        let scan = scan_op(out).expect("a round starts with a scan");
+        let done = StorageDone {
+            op: scan,
+            result: Ok(StorageOutcome::Hints {
+                hints: vec![hint(1), hint(2)],
+                held: 2,
+            }),
+            durable: false,
+        };
+        machine.on_event(at(start, ms), HandoffEvent::Storage(done), out);
+        for op in delivery_ops(out) {
+            let failed = PeerDone {
+                op,
+                peer: NodeId::new("down"),
+                result: Err(ServiceError::ShuttingDown),
+            };
+            machine.on_event(at(start, ms), HandoffEvent::Peer(failed), out);
+        }
+    };
+    failing_round(&mut machine, &mut out, 0);
+    machine.on_tick(at(start, 200), &mut out);
+    assert_eq!(scan_op(&mut out), None, "paused after a failing round");
+    // The pause (400 ms) was decided at 200 ms: the next round starts at 600 ms.
+    failing_round(&mut machine, &mut out, 600);
+    machine.on_tick(at(start, 800), &mut out);
+    machine.on_tick(at(start, 1200), &mut out);
+    assert_eq!(
+        scan_op(&mut out),
+        None,
+        "the second pause is longer (800 ms)"
+    );
+    machine.on_tick(at(start, 1600), &mut out);
+    assert!(scan_op(&mut out).is_some(), "rounds resume after the pause");
+}
+fn machine(start: Instant) -> HandoffMachine {
+    HandoffMachine::new(
+        Gate::new(None, start),
+        Logger::root(slog::Discard, slog::o!()),
+    )
+}
+
+fn hint_for(i: u8, target: &str) -> Hint {
+    let mut versions = VersionSet::new();
+    versions
+        .coordinate_put(
+            &NodeId::new("fallback"),
+            &crate::vclock::VClock::new(),
+            Some(vec![i; 10]),
+            1,
+            10,
+        )
+        .expect("a version");
+    Hint {
+        hint_key: vec![i],
+        target: NodeId::new(target),
+        key: vec![i],
+        versions,
+    }
+}
+
+/// What a round sent: per delivery, its operation, peer and the keys of its batch.
+fn batches(effects: &[Effect]) -> Vec<(OpId, NodeId, Vec<Vec<u8>>)> {
+    effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::Send {
+                event:
+                    Event::Replicate(ReplicateEvent::Send {
+                        op,
+                        peer,
+                        message: Message::HandoffBatch(batch),
+                        ..
+                    }),
+                ..
+            } => Some((
+                *op,
+                peer.clone(),
+                batch.objects.iter().map(|o| o.key.to_vec()).collect(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The hints of every deletion among the effects.
+fn deletions(effects: &[Effect]) -> Vec<Vec<Vec<u8>>> {
+    effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::Send {
+                event:
+                    Event::Storage(StorageEvent {
+                        request: StorageRequest::DeleteHints { hints },
+                        ..
+                    }),
+                ..
+            } => Some(hints.iter().map(|h| h.key.clone()).collect()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs a round: a tick, then storage's answer `hints` to its scan.
+fn round(machine: &mut HandoffMachine, now: Now, hints: Vec<Hint>, out: &mut Outbox) {
+    machine.on_tick(now, out);
+    let scan = scan_op(out).expect("a round starts with a scan");
+    let held = hints.len() as u64;
+    let done = StorageDone {
+        op: scan,
+        result: Ok(StorageOutcome::Hints { hints, held }),
+        durable: false,
+    };
+    machine.on_event(now, HandoffEvent::Storage(done), out);
+}
+
+/// Goal: the hints of a round travel as one batch per intended node, and a batch's hints
+/// are deleted together (one storage operation) only once that node acknowledged every
+/// object; a failed batch, or an acknowledgement that counts fewer objects, deletes
+/// nothing. Method: a machine driven by hand.
+#[test]
+fn hints_travel_in_one_batch_per_node_and_are_deleted_only_after_its_ack() {
+    let start = Instant::now();
+    let mut machine = machine(start);
+    let mut out = Outbox::new();
+    let hints = vec![
+        hint_for(1, "a"),
+        hint_for(2, "b"),
+        hint_for(3, "a"),
+        hint_for(4, "c"),
+        hint_for(5, "a"),
+    ];
+    round(&mut machine, at(start, 0), hints, &mut out);
+    let effects = out.take();
+    assert!(
+        deletions(&effects).is_empty(),
+        "nothing is deleted before its ack"
+    );
+    let sent = batches(&effects);
+    let keys: BTreeMap<String, Vec<Vec<u8>>> = sent
+        .iter()
+        .map(|(_, peer, keys)| (peer.to_string(), keys.clone()))
+        .collect();
+    assert_eq!(sent.len(), 3, "one batch per node: {keys:?}");
+    assert_eq!(keys["a"], vec![vec![1], vec![3], vec![5]]);
+    assert_eq!(keys["b"], vec![vec![2]]);
+    assert_eq!(machine.in_flight(), 5);
+    let answer = |peer: &str, result| {
+        let op = sent
+            .iter()
+            .find(|(_, p, _)| p.to_string() == peer)
+            .map(|(op, _, _)| *op)
+            .expect("a batch for the peer");
+        HandoffEvent::Peer(PeerDone {
+            op,
+            peer: NodeId::new(peer),
+            result,
+        })
+    };
+    let ack = |merged| Ok(Message::HandoffAck(HandoffAck { merged }));
+    machine.on_event(at(start, 1), answer("a", ack(3)), &mut out);
+    assert_eq!(
+        deletions(&out.take()),
+        vec![vec![vec![1], vec![3], vec![5]]]
+    );
+    machine.on_event(at(start, 1), answer("b", ack(0)), &mut out);
+    assert!(deletions(&out.take()).is_empty(), "an ack of fewer objects");
+    let refused = Err(ServiceError::PeerUnreachable { node: "c".into() });
+    machine.on_event(at(start, 1), answer("c", refused), &mut out);
+    assert!(deletions(&out.take()).is_empty(), "a failed batch");
+    assert_eq!(machine.in_flight(), 0);
+}
+
+/// Goal: a batch to one node stops growing at the byte cap, so it stays under the
+/// receiver's frame limit; a hint larger than the cap goes alone.
+#[test]
+fn a_batch_to_one_node_is_split_at_the_byte_cap() {
+    let start = Instant::now();
+    let one = {
+        let h = hint_for(0, "a");
+        h.key.len() + h.versions.approx_bytes()
+    };
+    let mut machine = machine(start).batch_bytes(2 * one);
+    let mut out = Outbox::new();
+    let hints = (1..=5).map(|i| hint_for(i, "a")).collect();
+    round(&mut machine, at(start, 0), hints, &mut out);
+    let sizes: Vec<usize> = batches(&out.take())
+        .iter()
+        .map(|(_, _, k)| k.len())
+        .collect();
+    assert_eq!(sizes, vec![2, 2, 1]);
+
+    let mut machine = HandoffMachine::new(
+        Gate::new(None, start),
+        Logger::root(slog::Discard, slog::o!()),
+    )
+    .batch_bytes(1);
+    let hints = (1..=3).map(|i| hint_for(i, "a")).collect();
+    round(&mut machine, at(start, 0), hints, &mut out);
+    let sizes: Vec<usize> = batches(&out.take())
+        .iter()
+        .map(|(_, _, k)| k.len())
+        .collect();
+    assert_eq!(sizes, vec![1, 1, 1], "hints over the cap go one by one");
+}
+
+/// Goal: the receiving side merges a delivered batch in one storage operation and
+/// acknowledges it with the count only once storage answered; a merge storage refused
+/// (its queue full) is answered with that refusal, so the sender keeps its hints.
+#[test]
+fn a_received_batch_is_merged_in_one_operation_then_acknowledged() {
+    let start = Instant::now();
+    let mut machine = machine(start);
+    let mut out = Outbox::new();
+    let origin = Origin {
+        conn: crate::event::ConnId(7),
+        request_id: 42,
+    };
+    let objects: Vec<(Vec<u8>, VersionSet)> = (1..=3)
+        .map(|i| {
+            let h = hint_for(i, "me");
+            (h.key, h.versions)
+        })
+        .collect();
+    let serve = HandoffEvent::Serve {
+        origin,
+        objects: objects.clone(),
+    };
+    machine.on_event(at(start, 0), serve, &mut out);
+    let merges: Vec<(OpId, usize)> = out
+        .take()
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::Send {
+                event:
+                    Event::Storage(StorageEvent {
+                        op,
+                        request: StorageRequest::Sync { merge, read },
+                        ..
+                    }),
+                ..
+            } if read.is_empty() => Some((op, merge.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(merges.len(), 1, "one storage operation for the batch");
+    assert_eq!(merges[0].1, 3);
+    assert!(reply_of(&mut out).is_none(), "no answer before storage's");
+    let done = StorageDone {
+        op: merges[0].0,
+        result: Ok(StorageOutcome::Objects(Vec::new())),
+        durable: true,
+    };
+    machine.on_event(at(start, 1), HandoffEvent::Storage(done), &mut out);
+    assert_eq!(
+        reply_of(&mut out),
+        Some((42, Message::HandoffAck(HandoffAck { merged: 3 })))
+    );
+
+    let serve = HandoffEvent::Serve { origin, objects };
+    machine.on_event(at(start, 2), serve, &mut out);
+    let refused = out
+        .take()
+        .into_iter()
+        .find_map(|effect| match effect {
+            Effect::Send { event, .. } => Some(event),
+            _ => None,
+        })
+        .expect("the merge");
+    let full = ServiceError::Overloaded {
+        stage: "storage".into(),
+    };
+    machine.on_refused(at(start, 2), refused, full.clone(), &mut out);
+    assert_eq!(reply_of(&mut out), Some((42, Message::Error(full))));
+}
+
+/// The one reply frame an outbox holds: its request id and message.
+fn reply_of(out: &mut Outbox) -> Option<(u64, Message)> {
+    out.take().into_iter().find_map(|effect| match effect {
+        Effect::Send {
+            event: Event::Intake(IntakeEvent::Send { frame, .. }),
+            ..
+        } => {
+            let mut decoder = crate::wire::FrameDecoder::new(usize::MAX);
+            decoder.extend(&frame);
+            let frame = decoder.next_frame().ok().flatten()?;
+            Some((frame.request_id, Message::decode(&frame).ok()?))
+        }
+        _ => None,
+    })
+}
+
+/// Goal: a batch the target refuses with an answer (one object over its limits refuses
+/// them all) is not sent whole again: its hints go one by one, so only the bad one stays
+/// behind; a batch refused for a full queue is sent whole again.
+#[test]
+fn a_refused_batch_is_sent_again_one_hint_at_a_time() {
+    let start = Instant::now();
+    let mut out = Outbox::new();
+    let hints = || (1..=3).map(|i| hint_for(i, "a")).collect::<Vec<_>>();
+    let sizes_after = |refusal: ServiceError, out: &mut Outbox| {
+        let mut machine = machine(start);
+        round(&mut machine, at(start, 0), hints(), out);
+        let sent = batches(&out.take());
+        assert_eq!(sent.len(), 1);
+        let answer = PeerDone {
+            op: sent[0].0,
+            peer: NodeId::new("a"),
+            result: Ok(Message::Error(refusal)),
+        };
+        machine.on_event(at(start, 1), HandoffEvent::Peer(answer), out);
+        // The round failed: the next tick ends it and pauses; the one after the pause
+        // starts the next round.
+        machine.on_tick(at(start, 2), out);
+        assert_eq!(scan_op(out), None, "paused after the failed round");
+        round(&mut machine, at(start, 2000), hints(), out);
+        batches(&out.take())
+            .iter()
+            .map(|(_, _, keys)| keys.len())
+            .collect::<Vec<_>>()
+    };
+    let too_many = ServiceError::TooManySiblings { count: 9, max: 8 };
+    assert_eq!(sizes_after(too_many, &mut out), vec![1, 1, 1]);
+    let full = ServiceError::Overloaded {
+        stage: "handoff".into(),
+    };
+    assert_eq!(sizes_after(full, &mut out), vec![3]);
+}
