@@ -105,9 +105,11 @@ converge() { # expected-keys limit-seconds
 # Waits until node i's trees are ready and hold KEYS keys; prints the seconds. (While the
 # foreground writes, two nodes' roots, read one after the other, almost never agree: roots
 # are compared once it stops.)
-keys_back() { # i expected-keys limit-seconds
+keys_back() { # i expected-keys limit-seconds foreground-pid
   local t0; t0=$(date +%s%N)
   while :; do
+    # A foreground segment that failed ends its loop: stop now, not after the limit.
+    kill -0 "$4" 2>/dev/null || fail "the foreground stopped during the rebuild: $(tail -3 "$work/wiped.log")"
     if [ "$(field "$1" ready)" = 1 ] && [ "$(field "$1" keys)" = "$2" ]; then
       awk -v ns="$(( $(date +%s%N) - t0 ))" 'BEGIN {printf "%.1f", ns / 1e9}'; return
     fi
@@ -189,7 +191,7 @@ for run in $(seq "$runs"); do
         || { echo "foreground segment $segment during the rebuild failed: $(tail -3 "$work/wiped.log")" >&2; exit 1; }
     done ) &
   fg=$!
-  took=$(keys_back 2 "$keys" 3600)
+  took=$(keys_back 2 "$keys" 3600 "$fg")
   touch "$work/rebuilt"
   wait "$fg" || fail "foreground during the rebuild failed"
   record "$run" rebuild_seconds "$took"

@@ -193,7 +193,10 @@ run_mode() { # mode run target_ms rate
 
 rm -f "$out"/throttle-*.jsonl "$out"/foreground-*.json "$out"/return-*.ms
 echo "mode,run,hints_at_return,drain_s" > "$out/runs.csv"
-maximum=$(max_rate)
+# Not $(max_rate): in a subshell the nodes it starts would be unknown to the exit trap, and a
+# failed sample would leave them running.
+max_rate > "$work/maximum"
+maximum=$(cat "$work/maximum")
 rate=${RATE:-$(awk -v m="$maximum" -v f="$fraction" 'BEGIN {printf "%d", m * f}')}
 echo "cluster maximum (workload A, $threads threads): $maximum ops/s; foreground open loop at $rate ops/s over $fg_threads connections"
 [ -n "${MAXIMUM_ONLY:-}" ] && exit 0

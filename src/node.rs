@@ -35,7 +35,9 @@ use shoal_stages::seda::{
     stage_queue, Driven, Gate, GateRegistry, Machine, OperationLatencies, Router, StageHandle,
     StageReceiver, WorkerPool,
 };
-use shoal_stages::storage::cpu_priority::{set_thread_nice, threads_named, ENGINE_THREAD_NAME};
+use shoal_stages::storage::cpu_priority::{
+    set_thread_nice, thread_nice, threads_named, ENGINE_THREAD_NAME,
+};
 use shoal_stages::storage::{StorageError, StorageMachine, StorageSettings, Store, VersionLimits};
 use shoal_stages::transfer::{TransferMachine, TransferSettings};
 use shoal_stages::wire::{decode_membership, ContextSeal};
@@ -616,35 +618,40 @@ fn gate(shared: &Shared, stage: StageId) -> Gate {
     }
 }
 
+/// With the controller on, lowers the CPU priority of the threads the storage engine just
+/// started (the ones not in `before`: other nodes in this process keep theirs) by
+/// `controller.storage_nice` below each thread's own (capped at nice 19), so the flushes and
+/// compactions that delivered background writes cause give way to the foreground's threads.
+/// Every thread is tried; a failure costs only that protection: it is logged, not fatal.
+fn lower_storage_priority(config: &Config, before: &[u32], logger: &Logger) {
+    let step = config.controller.storage_nice;
+    if !config.controller.enabled || step == 0 {
+        return;
+    }
+    let threads = match threads_named(ENGINE_THREAD_NAME) {
+        Ok(threads) => threads,
+        Err(e) => {
+            warn!(logger, "could not list the storage engine's threads"; "error" => %e);
+            return;
+        }
+    };
+    let (mut lowered, mut failed) = (0, 0);
+    for tid in threads.into_iter().filter(|tid| !before.contains(tid)) {
+        let result = thread_nice(tid).and_then(|nice| set_thread_nice(tid, (nice + step).min(19)));
+        match result {
+            Ok(()) => lowered += 1,
+            Err(e) => {
+                failed += 1;
+                warn!(logger, "could not lower a storage engine thread's CPU priority"; "thread" => tid, "error" => %e);
+            }
+        }
+    }
+    info!(logger, "storage engine threads run at a lower CPU priority"; "lowered" => lowered, "failed" => failed, "by" => step);
+}
+
 /// A seed for the intake's handshake nonces: 16 bytes from the kernel's random source, or, if
 /// it cannot be read, two hashes of the clock and the process id under the standard library's
 /// randomly keyed hashers (still different for every process).
-/// With the controller on, runs the threads the storage engine just started (the ones not in
-/// `before`: other nodes in this process keep theirs) at `controller.storage_nice`, so the
-/// flushes and compactions that delivered background writes cause give way to the
-/// foreground's threads. A failure costs only that protection: it is logged, not fatal.
-fn lower_storage_priority(config: &Config, before: &[u32], logger: &Logger) {
-    let nice = config.controller.storage_nice;
-    if !config.controller.enabled || nice == 0 {
-        return;
-    }
-    let result = threads_named(ENGINE_THREAD_NAME).and_then(|now| {
-        now.into_iter()
-            .filter(|tid| !before.contains(tid))
-            .try_fold(0, |changed, tid| {
-                set_thread_nice(tid, nice).map(|()| changed + 1)
-            })
-    });
-    match result {
-        Ok(changed) => {
-            info!(logger, "storage engine threads run at a lower CPU priority"; "threads" => changed, "nice" => nice)
-        }
-        Err(e) => {
-            warn!(logger, "could not lower the storage engine threads' CPU priority"; "error" => %e)
-        }
-    }
-}
-
 fn random_seed() -> [u8; 16] {
     use std::io::Read;
     let mut seed = [0u8; 16];

@@ -203,7 +203,7 @@ impl Config {
         if !(0..=19).contains(&c.storage_nice) {
             return Err(invalid(
                 "controller.storage_nice",
-                "must be in 0..=19 (0: the node's own priority; higher: lower priority)",
+                "must be in 0..=19 (steps of nice below the node's own; 0: none)",
             ));
         }
         if c.increase_per_period == 0 || c.increase_per_period > c.max_rate {

@@ -79,9 +79,10 @@ pub struct ControllerSettings {
     pub idle_requests: u64,
     /// Relative share of the budget per background stage (default [`default_share`]).
     pub shares: BTreeMap<StageId, u32>,
-    /// Nice value of the storage engine's flush and compaction threads while the controller
-    /// is enabled, 0..=19 (0: the node's own): the cost of delivered background writes that
-    /// no gate paces (see [`crate::storage::cpu_priority`]).
+    /// How many steps of nice (0..=19) the storage engine's flush and compaction threads run
+    /// below the node's own priority while the controller is enabled (0: none; capped at
+    /// nice 19): the cost of delivered background writes that no gate paces (see
+    /// [`crate::storage::cpu_priority`]).
     pub storage_nice: i32,
 }
 

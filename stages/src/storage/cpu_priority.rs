@@ -66,6 +66,12 @@ fn pid(tid: u32) -> io::Result<rustix::process::Pid> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no thread id {tid}")))
 }
 
+/// A thread's nice value (0 on this platform).
+#[cfg(not(target_os = "linux"))]
+pub fn thread_nice(_tid: u32) -> io::Result<i32> {
+    Ok(0)
+}
+
 /// Sets one thread's nice value (not on this platform: does nothing).
 #[cfg(not(target_os = "linux"))]
 pub fn set_thread_nice(_tid: u32, _nice: i32) -> io::Result<()> {

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 /// Longest key fjall accepts (its keys carry a u16 length; longer ones panic inside it).
 pub const MAX_STORABLE_KEY_BYTES: usize = u16::MAX as usize;
 
-/// Hints counted per engine scan by `pending_hints`, so counting a large backlog does not
+/// Hints counted per engine scan by `count_hints`, so counting a large backlog does not
 /// load it whole.
 const COUNT_CHUNK: usize = 1024;
 
@@ -512,8 +512,9 @@ impl Store {
         self.count_hints()
     }
 
-    /// Counts the hints per intended node by a scan of the hints keyspace.
-    fn count_hints(&self) -> Result<BTreeMap<NodeId, u64>, StorageError> {
+    /// Counts the hints per intended node by a scan of the hints keyspace (at open, and the
+    /// simulator's check that the kept count agrees).
+    pub fn count_hints(&self) -> Result<BTreeMap<NodeId, u64>, StorageError> {
         let mut counts = BTreeMap::new();
         let mut after: Option<Vec<u8>> = None;
         loop {

@@ -296,9 +296,23 @@ impl World {
             });
         }
         for node in &self.nodes {
-            let pending = node.store.as_ref().map(|s| s.pending_hints());
-            if let Some(Ok(pending)) = pending {
+            // A scan, not the kept count: the count is what the product trusts to skip
+            // scans, so it is checked against the engine here.
+            let pending = node
+                .store
+                .as_ref()
+                .map(|s| (s.count_hints(), s.hints_held()));
+            if let Some((Ok(pending), kept)) = pending {
                 let held: u64 = pending.values().sum();
+                if held != kept {
+                    self.violations.push(Violation {
+                        checker: checker::CONVERGENCE,
+                        detail: format!(
+                            "{} holds {held} hints but counts {kept} after the quiet period",
+                            node.id
+                        ),
+                    });
+                }
                 if held > 0 {
                     self.violations.push(Violation {
                         checker: checker::CONVERGENCE,
