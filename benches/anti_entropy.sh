@@ -89,34 +89,32 @@ elif f == "moved": print(r["keys_sent"] + r["keys_received"])
 elif f == "bytes": print(r["bytes_exchanged"])
 elif f == "exchanges": print(r["exchanges"])' "$2"; }
 sum2() { echo $(( $(field 1 "$1") + $(field 2 "$1") )); }
-# Waits until both nodes have ready trees with equal roots and KEYS keys; prints the seconds.
-converge() { # expected-keys limit-seconds
-  local t0; t0=$(date +%s%N)
-  while :; do
-    if [ "$(field 1 ready)" = 1 ] && [ "$(field 2 ready)" = 1 ] \
-       && [ "$(field 1 keys)" = "$1" ] && [ "$(field 2 keys)" = "$1" ] \
-       && [ "$(field 1 roots)" = "$(field 2 roots)" ]; then
-      awk -v ns="$(( $(date +%s%N) - t0 ))" 'BEGIN {printf "%.1f", ns / 1e9}'; return
-    fi
-    [ $(( ($(date +%s%N) - t0) / 1000000000 )) -gt "$2" ] && { echo never; return; }
+# Polls CHECK (a command and its arguments) every 0.5 s until it succeeds; prints the seconds
+# it took, or "never" after LIMIT seconds.
+seconds_until() { # limit-seconds check...
+  local limit=$1 t0; shift; t0=$(date +%s%N)
+  until "$@"; do
+    [ $(( ($(date +%s%N) - t0) / 1000000000 )) -gt "$limit" ] && { echo never; return; }
     sleep 0.5
   done
+  awk -v ns="$(( $(date +%s%N) - t0 ))" 'BEGIN {printf "%.1f", ns / 1e9}'
 }
-# Waits until node i's trees are ready and hold KEYS keys; prints the seconds. (While the
-# foreground writes, two nodes' roots, read one after the other, almost never agree: roots
-# are compared once it stops.)
-keys_back() { # i expected-keys limit-seconds foreground-pid
-  local t0; t0=$(date +%s%N)
-  while :; do
-    # A foreground segment that failed ends its loop: stop now, not after the limit.
-    kill -0 "$4" 2>/dev/null || fail "the foreground stopped during the rebuild: $(tail -3 "$work/wiped.log")"
-    if [ "$(field "$1" ready)" = 1 ] && [ "$(field "$1" keys)" = "$2" ]; then
-      awk -v ns="$(( $(date +%s%N) - t0 ))" 'BEGIN {printf "%.1f", ns / 1e9}'; return
-    fi
-    [ $(( ($(date +%s%N) - t0) / 1000000000 )) -gt "$3" ] && { echo never; return; }
-    sleep 0.5
-  done
+# Both nodes have ready trees with equal roots and KEYS keys.
+in_sync() { # expected-keys
+  [ "$(field 1 ready)" = 1 ] && [ "$(field 2 ready)" = 1 ] \
+    && [ "$(field 1 keys)" = "$1" ] && [ "$(field 2 keys)" = "$1" ] \
+    && [ "$(field 1 roots)" = "$(field 2 roots)" ]
 }
+converge() { seconds_until "$2" in_sync "$1"; } # expected-keys limit-seconds
+# Node i's trees are ready and hold KEYS keys, while the foreground (pid) still runs: a
+# segment that failed ends its loop, and the script stops now, not after the limit. (While
+# the foreground writes, two nodes' roots, read one after the other, almost never agree:
+# roots are compared once it stops.)
+keys_in() { # i expected-keys foreground-pid
+  kill -0 "$3" 2>/dev/null || fail "the foreground stopped during the rebuild: $(tail -3 "$work/wiped.log")"
+  [ "$(field "$1" ready)" = 1 ] && [ "$(field "$1" keys)" = "$2" ]
+}
+keys_back() { seconds_until "$3" keys_in "$1" "$2" "$4"; } # i expected-keys limit-seconds foreground-pid
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 p999() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(max(o["p999_us"] for o in r["operations"]) / 1000)' "$1"; }
 

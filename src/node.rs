@@ -35,9 +35,7 @@ use shoal_stages::seda::{
     stage_queue, Driven, Gate, GateRegistry, Machine, OperationLatencies, Router, StageHandle,
     StageReceiver, WorkerPool,
 };
-use shoal_stages::storage::cpu_priority::{
-    set_thread_nice, thread_nice, threads_named, ENGINE_THREAD_NAME,
-};
+use shoal_stages::storage::cpu_priority::{lower_priority, threads_named, ENGINE_THREAD_NAME};
 use shoal_stages::storage::{StorageError, StorageMachine, StorageSettings, Store, VersionLimits};
 use shoal_stages::transfer::{TransferMachine, TransferSettings};
 use shoal_stages::wire::{decode_membership, ContextSeal};
@@ -138,7 +136,11 @@ impl Node {
         let node = NodeId::new(config.node.id.clone());
         let logger = logger.new(o!("node" => node.to_string()));
         std::fs::create_dir_all(&config.node.data_dir).map_err(io_error("creating data_dir"))?;
-        let engine_threads_before = threads_named(ENGINE_THREAD_NAME).unwrap_or_default();
+        // Only the engine threads this open starts are ours (other nodes may share the process).
+        let engine_threads_before = match storage_nice_steps(config) {
+            Some(_) => threads_named(ENGINE_THREAD_NAME).unwrap_or_default(),
+            None => Vec::new(),
+        };
         let store = Store::open(
             &config.node.data_dir,
             &node,
@@ -618,16 +620,21 @@ fn gate(shared: &Shared, stage: StageId) -> Gate {
     }
 }
 
-/// With the controller on, lowers the CPU priority of the threads the storage engine just
-/// started (the ones not in `before`: other nodes in this process keep theirs) by
-/// `controller.storage_nice` below each thread's own (capped at nice 19), so the flushes and
-/// compactions that delivered background writes cause give way to the foreground's threads.
-/// Every thread is tried; a failure costs only that protection: it is logged, not fatal.
+/// Steps of nice the storage engine's threads go below the node's: with the controller on
+/// and `controller.storage_nice` above 0.
+fn storage_nice_steps(config: &Config) -> Option<i32> {
+    let steps = config.controller.storage_nice;
+    (config.controller.enabled && steps > 0).then_some(steps)
+}
+
+/// Lowers the CPU priority of the threads the storage engine just started (the ones not in
+/// `before`) by [`storage_nice_steps`], so the flushes and compactions that delivered
+/// background writes cause give way to the foreground's threads. Every thread is tried; a
+/// failure costs only that protection: it is logged, not fatal.
 fn lower_storage_priority(config: &Config, before: &[u32], logger: &Logger) {
-    let step = config.controller.storage_nice;
-    if !config.controller.enabled || step == 0 {
+    let Some(steps) = storage_nice_steps(config) else {
         return;
-    }
+    };
     let threads = match threads_named(ENGINE_THREAD_NAME) {
         Ok(threads) => threads,
         Err(e) => {
@@ -637,8 +644,7 @@ fn lower_storage_priority(config: &Config, before: &[u32], logger: &Logger) {
     };
     let (mut lowered, mut failed) = (0, 0);
     for tid in threads.into_iter().filter(|tid| !before.contains(tid)) {
-        let result = thread_nice(tid).and_then(|nice| set_thread_nice(tid, (nice + step).min(19)));
-        match result {
+        match lower_priority(tid, steps) {
             Ok(()) => lowered += 1,
             Err(e) => {
                 failed += 1;
@@ -646,7 +652,7 @@ fn lower_storage_priority(config: &Config, before: &[u32], logger: &Logger) {
             }
         }
     }
-    info!(logger, "storage engine threads run at a lower CPU priority"; "lowered" => lowered, "failed" => failed, "by" => step);
+    info!(logger, "storage engine threads run at a lower CPU priority"; "lowered" => lowered, "failed" => failed, "by" => steps);
 }
 
 /// A seed for the intake's handshake nonces: 16 bytes from the kernel's random source, or, if

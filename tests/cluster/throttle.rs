@@ -4,6 +4,7 @@
 
 use super::support::{eventually, hints_for, hints_on, TestCluster, TestNode};
 use shoal::client::RequestOptions;
+use shoal_stages::storage::cpu_priority::{thread_nice, threads_of};
 use shoal_stages::NodeId;
 use std::process::Command;
 use std::time::Duration;
@@ -162,35 +163,19 @@ fn pinned_handoff_holds_hints_back_until_auto() {
     );
 }
 
-/// The name and nice value of each thread of process `pid` (nice is field 19 of its `stat`;
-/// the name, field 2, is in parentheses and may hold spaces, so fields count after the last
-/// `)`).
+/// The name and nice value of each thread of process `pid`.
 fn thread_nices(pid: u32) -> Vec<(String, i64)> {
-    let mut nices = Vec::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
-        let path = entry.expect("task entry").path();
-        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
-            continue; // the thread ended meanwhile
-        };
-        let open = stat.find('(').expect("stat has the name");
-        let close = stat.rfind(')').expect("stat has the name");
-        let nice = stat[close + 2..]
-            .split_whitespace()
-            .nth(16)
-            .and_then(|field| field.parse().ok())
-            .expect("nice field");
-        nices.push((stat[open + 1..close].to_string(), nice));
-    }
-    nices
+    threads_of(pid)
+        .expect("threads listed")
+        .into_iter()
+        // A thread that ended meanwhile has no nice value left to read.
+        .filter_map(|(tid, name)| Some((name, i64::from(thread_nice(tid).ok()?))))
+        .collect()
 }
 
 /// The nice value this test process runs at (the node inherits it).
 fn own_nice() -> i64 {
-    thread_nices(std::process::id())
-        .into_iter()
-        .map(|(_, nice)| nice)
-        .min()
-        .expect("a thread")
+    i64::from(thread_nice(std::process::id()).expect("own nice"))
 }
 
 /// Goal: with the controller on, the storage engine's flush and compaction threads run

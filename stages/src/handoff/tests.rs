@@ -148,6 +148,14 @@ fn batches(effects: &[Effect]) -> Vec<(OpId, NodeId, Vec<Vec<u8>>)> {
         .collect()
 }
 
+/// How many hints each batch among the effects carries.
+fn batch_sizes(effects: Vec<Effect>) -> Vec<usize> {
+    batches(&effects)
+        .iter()
+        .map(|(_, _, keys)| keys.len())
+        .collect()
+}
+
 /// The hints of every deletion among the effects.
 fn deletions(effects: &[Effect]) -> Vec<Vec<Vec<u8>>> {
     effects
@@ -249,11 +257,7 @@ fn a_batch_to_one_node_is_split_at_the_byte_cap() {
     let mut out = Outbox::new();
     let hints = (1..=5).map(|i| hint_for(i, "a")).collect();
     round(&mut machine, at(start, 0), hints, &mut out);
-    let sizes: Vec<usize> = batches(&out.take())
-        .iter()
-        .map(|(_, _, k)| k.len())
-        .collect();
-    assert_eq!(sizes, vec![2, 2, 1]);
+    assert_eq!(batch_sizes(out.take()), vec![2, 2, 1]);
 
     let mut machine = HandoffMachine::new(
         Gate::new(None, start),
@@ -262,11 +266,11 @@ fn a_batch_to_one_node_is_split_at_the_byte_cap() {
     .batch_bytes(1);
     let hints = (1..=3).map(|i| hint_for(i, "a")).collect();
     round(&mut machine, at(start, 0), hints, &mut out);
-    let sizes: Vec<usize> = batches(&out.take())
-        .iter()
-        .map(|(_, _, k)| k.len())
-        .collect();
-    assert_eq!(sizes, vec![1, 1, 1], "hints over the cap go one by one");
+    assert_eq!(
+        batch_sizes(out.take()),
+        vec![1, 1, 1],
+        "hints over the cap go one by one"
+    );
 }
 
 /// Goal: the receiving side merges a delivered batch in one storage operation and
@@ -379,10 +383,7 @@ fn a_refused_batch_is_sent_again_one_hint_at_a_time() {
         machine.on_tick(at(start, 2), out);
         assert_eq!(scan_op(out), None, "paused after the failed round");
         round(&mut machine, at(start, 2000), hints(), out);
-        batches(&out.take())
-            .iter()
-            .map(|(_, _, keys)| keys.len())
-            .collect::<Vec<_>>()
+        batch_sizes(out.take())
     };
     let too_many = ServiceError::TooManySiblings { count: 9, max: 8 };
     assert_eq!(sizes_after(too_many, &mut out), vec![1, 1, 1]);

@@ -432,7 +432,7 @@ impl Store {
         // Almost always no hint is held: skip the range scan (an iterator over every level of
         // the hints keyspace, a fifth of a read's cost) when the exact count says so. A hint
         // counted only after its insert is one written concurrently with this read.
-        if self.hints_held.load(Ordering::Acquire) == 0 {
+        if self.holds_no_hints() {
             return Ok(set);
         }
         for (_, bytes) in self
@@ -452,7 +452,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Hint>, StorageError> {
         let mut out = Vec::new();
-        if self.hints_held.load(Ordering::Acquire) == 0 {
+        if self.holds_no_hints() {
             // Handoff asks every tick. Once a backlog is delivered, the hints keyspace holds
             // a tombstone per hint until fjall compacts them, and a scan from the start walks
             // them all: 15k on each sender after issue 9's benchmark, five times a second on
@@ -498,6 +498,12 @@ impl Store {
         }
     }
 
+    /// Whether no hint is held (exact): reads and scans of the hints keyspace can be skipped.
+    /// A hint counted only after its insert is one written concurrently with the caller.
+    fn holds_no_hints(&self) -> bool {
+        self.hints_held.load(Ordering::Acquire) == 0
+    }
+
     /// Hints held in all (exact; no scan).
     pub fn hints_held(&self) -> u64 {
         self.hints_held.load(Ordering::Relaxed)
@@ -506,7 +512,7 @@ impl Store {
     /// Hints waiting for delivery, per intended node (no scan when none is held: see
     /// [`Store::hints_batch`]).
     pub fn pending_hints(&self) -> Result<BTreeMap<NodeId, u64>, StorageError> {
-        if self.hints_held.load(Ordering::Acquire) == 0 {
+        if self.holds_no_hints() {
             return Ok(BTreeMap::new());
         }
         self.count_hints()
