@@ -4,7 +4,8 @@
 //! DRIVER SIDE (here): every tick, if no delivery is in flight, ask storage for the next batch
 //! of hints (resuming after the last one, so undeliverable hints do not block the rest) and
 //! send them, one rate-gate token per hint; when tokens run out the rest wait for the next
-//! round. The hints of a round meant for one node travel together as a `HandoffBatch` (split
+//! round. A round whose deliveries were acknowledged starts the next one at once, so the
+//! gate's rate, not the tick, is what paces handoff. The hints of a round meant for one node travel together as a `HandoffBatch` (split
 //! only to stay well under the frame limit): the returning node merges the whole batch with
 //! one storage operation and one flush, where a `ReplicaWrite` per hint cost it a frame, a
 //! coordinator hop, a storage operation and a group-commit turn each, the same as a foreground
@@ -431,10 +432,27 @@ impl HandoffMachine {
         }
     }
 
-    fn on_delivered(&mut self, done: PeerDone, out: &mut Outbox) {
+    fn on_delivered(&mut self, now: Instant, done: PeerDone, out: &mut Outbox) {
         let Some(delivery) = self.in_flight.remove(&done.op) else {
             return;
         };
+        self.delivery_answered(delivery, done, out);
+        self.chain_round(now, out);
+    }
+
+    /// A round whose last delivery was just answered, with at least one acknowledged, starts
+    /// the next one at once instead of at the next tick: the gate alone paces handoff (a
+    /// tick-paced round capped an unthrottled node at 256 hints per 200 ms, whatever its
+    /// rate). A round that only failed waits for the tick, which pauses it.
+    fn chain_round(&mut self, now: Instant, out: &mut Outbox) {
+        if !self.in_flight.is_empty() || self.scanning.is_some() || self.round_acked == 0 {
+            return;
+        }
+        self.end_round(now);
+        self.start_round(now, out);
+    }
+
+    fn delivery_answered(&mut self, delivery: Delivery, done: PeerDone, out: &mut Outbox) {
         let acked = match &done.result {
             Ok(Message::ReplicaReply(_)) => delivery.fanout,
             Ok(Message::HandoffAck(ack)) => {
@@ -501,7 +519,7 @@ impl Machine for HandoffMachine {
     fn on_event(&mut self, now: Now, event: HandoffEvent, out: &mut Outbox) {
         match event {
             HandoffEvent::Storage(done) => self.on_storage(now.instant, done, out),
-            HandoffEvent::Peer(done) => self.on_delivered(done, out),
+            HandoffEvent::Peer(done) => self.on_delivered(now.instant, done, out),
             HandoffEvent::Serve { origin, objects } => self.serve(origin, objects, out),
         }
     }

@@ -392,3 +392,55 @@ fn a_refused_batch_is_sent_again_one_hint_at_a_time() {
     };
     assert_eq!(sizes_after(full, &mut out), vec![3]);
 }
+
+/// Goal: a round whose deliveries were all acknowledged starts the next one at once (the gate
+/// alone paces handoff, not the 200 ms tick), and stops chaining when the gate is out of
+/// tokens or the pass found nothing left. Method: an unlimited machine and a machine with a
+/// gate of 3 tokens, driven by hand.
+#[test]
+fn an_acknowledged_round_starts_the_next_at_once_while_the_gate_allows() {
+    let start = Instant::now();
+    let ack_all = |machine: &mut HandoffMachine, out: &mut Outbox, effects: Vec<Effect>| {
+        for (op, peer, keys) in batches(&effects) {
+            let acked = PeerDone {
+                op,
+                peer,
+                result: Ok(Message::HandoffAck(HandoffAck {
+                    merged: keys.len() as u32,
+                })),
+            };
+            machine.on_event(at(start, 1), HandoffEvent::Peer(acked), out);
+        }
+    };
+    let mut out = Outbox::new();
+    let mut unlimited = machine(start);
+    round(&mut unlimited, at(start, 0), vec![hint_for(1, "a")], &mut out);
+    let sent = out.take();
+    ack_all(&mut unlimited, &mut out, sent);
+    assert!(
+        scan_op(&mut out).is_some(),
+        "the next round's scan goes out with the ack, before any tick"
+    );
+
+    let logger = Logger::root(slog::Discard, slog::o!());
+    let mut paced = HandoffMachine::new(Gate::new(Some(1), start), logger);
+    // A rate of 1/s holds one token at the start: the round sends one hint, and once it is
+    // acknowledged the gate is empty, so no scan goes out until tokens come back.
+    round(&mut paced, at(start, 0), vec![hint_for(1, "a")], &mut out);
+    let sent = out.take();
+    assert_eq!(batches(&sent).len(), 1);
+    ack_all(&mut paced, &mut out, sent);
+    assert_eq!(scan_op(&mut out), None, "no tokens, no chained round");
+
+    // A failed round does not chain: the tick pauses it.
+    let mut failing = machine(start);
+    round(&mut failing, at(start, 0), vec![hint_for(1, "a")], &mut out);
+    let (op, peer, _) = batches(&out.take()).remove(0);
+    let failed = PeerDone {
+        op,
+        peer,
+        result: Err(ServiceError::ShuttingDown),
+    };
+    failing.on_event(at(start, 1), HandoffEvent::Peer(failed), &mut out);
+    assert_eq!(scan_op(&mut out), None, "a round that only failed waits");
+}
