@@ -4,8 +4,8 @@
 //! DRIVER SIDE (here): every tick, if no delivery is in flight, ask storage for the next batch
 //! of hints (resuming after the last one, so undeliverable hints do not block the rest) and
 //! send them, one rate-gate token per hint; when tokens run out the rest wait for the next
-//! round. A round whose deliveries were acknowledged starts the next one at once, so the
-//! gate's rate, not the tick, is what paces handoff. The hints of a round meant for one node travel together as a `HandoffBatch` (split
+//! round. A round whose deliveries were acknowledged starts the next one at once while the
+//! gate holds a full round's tokens, so a high rate, not the tick, is what paces handoff. The hints of a round meant for one node travel together as a `HandoffBatch` (split
 //! only to stay well under the frame limit): the returning node merges the whole batch with
 //! one storage operation and one flush, where a `ReplicaWrite` per hint cost it a frame, a
 //! coordinator hop, a storage operation and a group-commit turn each, the same as a foreground
@@ -441,11 +441,17 @@ impl HandoffMachine {
     }
 
     /// A round whose last delivery was just answered, with at least one acknowledged, starts
-    /// the next one at once instead of at the next tick: the gate alone paces handoff (a
-    /// tick-paced round capped an unthrottled node at 256 hints per 200 ms, whatever its
-    /// rate). A round that only failed waits for the tick, which pauses it.
+    /// the next one at once instead of at the next tick if the gate holds a full round's
+    /// tokens: then the gate alone paces handoff (a tick-paced round capped an unthrottled
+    /// node at 256 hints per 200 ms, whatever its rate). With fewer tokens the next tick
+    /// starts it: rounds chained on a few tokens each cost a scan, a frame and a deletion
+    /// per handful of hints. A round that only failed waits for the tick, which pauses it.
     fn chain_round(&mut self, now: Instant, out: &mut Outbox) {
-        if !self.in_flight.is_empty() || self.scanning.is_some() || self.round_acked == 0 {
+        if !self.in_flight.is_empty()
+            || self.scanning.is_some()
+            || self.round_acked == 0
+            || self.gate.available(now) < HINTS_PER_ROUND as u64
+        {
             return;
         }
         self.end_round(now);

@@ -394,9 +394,9 @@ fn a_refused_batch_is_sent_again_one_hint_at_a_time() {
 }
 
 /// Goal: a round whose deliveries were all acknowledged starts the next one at once (the gate
-/// alone paces handoff, not the 200 ms tick), and stops chaining when the gate is out of
-/// tokens or the pass found nothing left. Method: an unlimited machine and a machine with a
-/// gate of 3 tokens, driven by hand.
+/// alone paces handoff, not the 200 ms tick) while the gate holds a full round's tokens, and
+/// leaves it to the tick otherwise, or when the round only failed. Method: machines with
+/// gates unlimited, at 1/s and at 1000/s, driven by hand.
 #[test]
 fn an_acknowledged_round_starts_the_next_at_once_while_the_gate_allows() {
     let start = Instant::now();
@@ -425,12 +425,20 @@ fn an_acknowledged_round_starts_the_next_at_once_while_the_gate_allows() {
     let logger = Logger::root(slog::Discard, slog::o!());
     let mut paced = HandoffMachine::new(Gate::new(Some(1), start), logger);
     // A rate of 1/s holds one token at the start: the round sends one hint, and once it is
-    // acknowledged the gate is empty, so no scan goes out until tokens come back.
+    // acknowledged the gate holds less than a round, so the tick starts the next one.
     round(&mut paced, at(start, 0), vec![hint_for(1, "a")], &mut out);
     let sent = out.take();
     assert_eq!(batches(&sent).len(), 1);
     ack_all(&mut paced, &mut out, sent);
-    assert_eq!(scan_op(&mut out), None, "no tokens, no chained round");
+    assert_eq!(scan_op(&mut out), None, "less than a round of tokens, no chained round");
+
+    // At 1000/s the gate holds 400 tokens (its burst): a full round's worth, so it chains.
+    let logger = Logger::root(slog::Discard, slog::o!());
+    let mut fast = HandoffMachine::new(Gate::new(Some(1000), start), logger);
+    round(&mut fast, at(start, 0), vec![hint_for(1, "a")], &mut out);
+    let sent = out.take();
+    ack_all(&mut fast, &mut out, sent);
+    assert!(scan_op(&mut out).is_some(), "a full round's tokens chain");
 
     // A failed round does not chain: the tick pauses it.
     let mut failing = machine(start);
