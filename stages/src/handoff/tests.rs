@@ -414,7 +414,12 @@ fn an_acknowledged_round_starts_the_next_at_once_while_the_gate_allows() {
     };
     let mut out = Outbox::new();
     let mut unlimited = machine(start);
-    round(&mut unlimited, at(start, 0), vec![hint_for(1, "a")], &mut out);
+    round(
+        &mut unlimited,
+        at(start, 0),
+        vec![hint_for(1, "a")],
+        &mut out,
+    );
     let sent = out.take();
     ack_all(&mut unlimited, &mut out, sent);
     assert!(
@@ -430,7 +435,11 @@ fn an_acknowledged_round_starts_the_next_at_once_while_the_gate_allows() {
     let sent = out.take();
     assert_eq!(batches(&sent).len(), 1);
     ack_all(&mut paced, &mut out, sent);
-    assert_eq!(scan_op(&mut out), None, "less than a round of tokens, no chained round");
+    assert_eq!(
+        scan_op(&mut out),
+        None,
+        "less than a round of tokens, no chained round"
+    );
 
     // At 1000/s the gate holds 400 tokens (its burst): a full round's worth, so it chains.
     let logger = Logger::root(slog::Discard, slog::o!());

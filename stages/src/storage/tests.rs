@@ -532,3 +532,84 @@ fn overwrites_supersede_every_stored_version_on_both_engines() {
         );
     }
 }
+
+/// Goal: a merge of many objects (a hint batch, an anti-entropy exchange) holds the storage
+/// stage at most [`MERGE_CHUNK`] objects at a time: each pass merges one chunk and queues the
+/// rest behind whatever foreground work arrived meanwhile, and the asker hears once, when all
+/// is merged, with the reads; a rest refused by a full queue answers the asker `Overloaded`.
+/// Method: a machine over the memory engine, its queue played by hand.
+#[test]
+fn a_large_merge_yields_to_the_queue_in_chunks_and_answers_once_when_whole() {
+    let (_engine, mut machine) = memory_machine(SyncMode::Always);
+    let objects: Vec<(Vec<u8>, VersionSet)> = (0..70u8)
+        .map(|i| {
+            let mut set = VersionSet::new();
+            set.coordinate_put(&NodeId::new("peer"), &VClock::new(), Some(vec![i]), 1, 10)
+                .expect("a version");
+            (vec![b'k', i], set)
+        })
+        .collect();
+    let sync = StorageRequest::Sync {
+        merge: objects,
+        read: vec![vec![b'k', 0]],
+    };
+    let mut queue = vec![event(1, sync)];
+    let mut rests = Vec::new();
+    let mut answers = Vec::new();
+    while let Some(next) = queue.pop() {
+        let mut out = Outbox::new();
+        machine.on_batch(Now::real(), &mut vec![next], &mut out);
+        for effect in out.take() {
+            match effect {
+                crate::seda::Effect::Send {
+                    event: crate::event::Event::Storage(rest),
+                    ..
+                } => {
+                    if let StorageRequest::Sync { merge, .. } = &rest.request {
+                        rests.push(merge.len());
+                    }
+                    queue.push(rest);
+                }
+                crate::seda::Effect::Send {
+                    event:
+                        crate::event::Event::Coordinate(crate::event::CoordinateEvent::Storage(done)),
+                    ..
+                } => answers.push((rests.len(), done)),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(rests, vec![70 - MERGE_CHUNK, 70 - 2 * MERGE_CHUNK]);
+    assert_eq!(answers.len(), 1, "one answer, after the last chunk");
+    let (after_rests, done) = answers.remove(0);
+    assert_eq!(after_rests, 2);
+    assert!(done.durable, "answered after the last chunk's flush");
+    match done.result {
+        Ok(StorageOutcome::Objects(read)) => {
+            assert_eq!(read.len(), 1);
+            assert_eq!(read[0].0, vec![b'k', 0]);
+        }
+        other => panic!("the reads, not {other:?}"),
+    }
+    assert_eq!(machine.store.objects().expect("scan").len(), 70);
+
+    // The rest refused by a full queue: the asker hears Overloaded.
+    let full = ServiceError::Overloaded {
+        stage: "storage".into(),
+    };
+    let rest = event(
+        2,
+        StorageRequest::Sync {
+            merge: Vec::new(),
+            read: Vec::new(),
+        },
+    );
+    let mut out = Outbox::new();
+    machine.on_refused(
+        Now::real(),
+        crate::event::Event::Storage(rest),
+        full,
+        &mut out,
+    );
+    assert_eq!(storage_answers(&mut out), vec![(2, false, false)]);
+}
