@@ -27,8 +27,11 @@
 # connections. Each thread keeps one request in flight, so the loop stays open only while
 # rate x mean latency < FG_THREADS: with 16, a few seconds of 9 ms latency at 1850 ops/s,
 # which a noisy disk or CPU gives this VM in any mode, left the load tool ever further behind
-# its schedule and reported seconds of p99 that no node ever saw), BACKLOG_VALUE_BYTES (1024: with
-# 150k keys, about 58k hints and a 19 s unthrottled drain here; 4 KiB values add fjall
+# its schedule and reported seconds of p99 that no node ever saw), BACKLOG_VALUE_BYTES (1024: since
+# handoff chains its rounds (it delivered at most 256 hints per 200 ms tick per node before),
+# 150k keys make about 58k hints that drain unthrottled in about 8 s here and 400k keys 154k
+# hints in 8-10 s (about 19k hints/s); the 400k keys' own compaction then costs every mode's
+# foreground, the baseline's too (its p99.9 went from 41 to 254 ms); 4 KiB values add fjall
 # compaction stalls on the returning node long after the hints are delivered, which no pacing
 # of the hints removes),
 # SETTLE (10: seconds every mode waits between the backlog writes and the foreground run),
