@@ -195,6 +195,8 @@ for run in $(seq "$runs"); do
   record "$run" rebuild_seconds "$took"
   record "$run" roots_equal_after_seconds "$(converge "$keys" 600)"
   record "$run" fg_p999_ms_baseline "$(p999 "$work/base.json")"
+  # Each segment's p99.9 in time order, so a worst segment can be placed in the rebuild.
+  record "$run" fg_p999_ms_by_segment "$(for i in $(seq "$(ls "$work"/wiped-*.json | wc -l)"); do p999 "$work/wiped-$i.json"; done | tr '\n' ' ')"
   segments=$(for f in "$work"/wiped-*.json; do p999 "$f"; done | sort -g)
   record "$run" fg_segments_rebuild "$(echo "$segments" | wc -l)"
   record "$run" fg_p999_ms_rebuild "$(echo "$segments" | tail -1)"
