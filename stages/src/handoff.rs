@@ -4,12 +4,14 @@
 //! DRIVER SIDE (here): every tick, if no delivery is in flight, ask storage for the next batch
 //! of hints (resuming after the last one, so undeliverable hints do not block the rest) and
 //! send them, one rate-gate token per hint; when tokens run out the rest wait for the next
-//! round. A round whose deliveries were acknowledged starts the next one at once while the
-//! gate holds a full round's tokens, so a high rate, not the tick, is what paces handoff. The hints of a round meant for one node travel together as a `HandoffBatch` (split
-//! only to stay well under the frame limit): the returning node merges the whole batch with
-//! one storage operation and one flush, where a `ReplicaWrite` per hint cost it a frame, a
-//! coordinator hop, a storage operation and a group-commit turn each, the same as a foreground
-//! write, while four fallbacks aimed all of that at it at once. The hints of a batch are
+//! round. A round whose deliveries were all acknowledged starts the next one at once while
+//! the gate holds a full round's tokens, so a high rate, not the tick, is what paces handoff.
+//! The hints of a round meant for one node travel together as a `HandoffBatch` (split only
+//! to stay well under the frame limit): the returning node merges the whole batch as one
+//! storage operation (cut by storage into chunks of 32, with one flush at the end), where a
+//! `ReplicaWrite` per hint cost it a frame, a coordinator hop, a storage operation and a
+//! group-commit turn each, the same as a foreground write, while four fallbacks aimed all of
+//! that at it at once. The hints of a batch are
 //! deleted, in one storage operation, only after the intended node acknowledged the batch,
 //! and each only if it still holds exactly what was delivered (a write that reached the hint
 //! meanwhile is delivered next round). A node that is still down fails fast (its link is
@@ -440,16 +442,19 @@ impl HandoffMachine {
         self.chain_round(now, out);
     }
 
-    /// A round whose last delivery was just answered, with at least one acknowledged, starts
-    /// the next one at once instead of at the next tick if the gate holds a full round's
-    /// tokens: then the gate alone paces handoff (a tick-paced round capped an unthrottled
-    /// node at 256 hints per 200 ms, whatever its rate). With fewer tokens the next tick
-    /// starts it: rounds chained on a few tokens each cost a scan, a frame and a deletion
-    /// per handful of hints. A round that only failed waits for the tick, which pauses it.
+    /// A round whose last delivery was just answered, every one acknowledged, starts the
+    /// next one at once instead of at the next tick if the gate holds a full round's tokens:
+    /// then the gate alone paces handoff (a tick-paced round capped an unthrottled node at
+    /// 256 hints per 200 ms, whatever its rate). With fewer tokens the next tick starts it:
+    /// rounds chained on a few tokens each cost a scan, a frame and a deletion per handful of
+    /// hints. A round with a failure waits for the tick (which pauses a round that only
+    /// failed): a fanned-out hint with one replica down is acknowledged by the others every
+    /// round and would otherwise be resent without pause.
     fn chain_round(&mut self, now: Instant, out: &mut Outbox) {
         if !self.in_flight.is_empty()
             || self.scanning.is_some()
             || self.round_acked == 0
+            || self.round_failed > 0
             || self.gate.available(now) < HINTS_PER_ROUND as u64
         {
             return;

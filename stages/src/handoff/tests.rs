@@ -395,8 +395,8 @@ fn a_refused_batch_is_sent_again_one_hint_at_a_time() {
 
 /// Goal: a round whose deliveries were all acknowledged starts the next one at once (the gate
 /// alone paces handoff, not the 200 ms tick) while the gate holds a full round's tokens, and
-/// leaves it to the tick otherwise, or when the round only failed. Method: machines with
-/// gates unlimited, at 1/s and at 1000/s, driven by hand.
+/// leaves it to the tick otherwise, or when any delivery of the round failed. Method:
+/// machines with gates unlimited, at 500/s and at 1000/s, driven by hand.
 #[test]
 fn an_acknowledged_round_starts_the_next_at_once_while_the_gate_allows() {
     let start = Instant::now();
@@ -428,9 +428,9 @@ fn an_acknowledged_round_starts_the_next_at_once_while_the_gate_allows() {
     );
 
     let logger = Logger::root(slog::Discard, slog::o!());
-    let mut paced = HandoffMachine::new(Gate::new(Some(1), start), logger);
-    // A rate of 1/s holds one token at the start: the round sends one hint, and once it is
-    // acknowledged the gate holds less than a round, so the tick starts the next one.
+    let mut paced = HandoffMachine::new(Gate::new(Some(500), start), logger);
+    // A rate of 500/s holds 200 tokens (its burst): the round sends one hint, and once it is
+    // acknowledged the gate holds 199, less than a round, so the tick starts the next one.
     round(&mut paced, at(start, 0), vec![hint_for(1, "a")], &mut out);
     let sent = out.take();
     assert_eq!(batches(&sent).len(), 1);
@@ -448,6 +448,31 @@ fn an_acknowledged_round_starts_the_next_at_once_while_the_gate_allows() {
     let sent = out.take();
     ack_all(&mut fast, &mut out, sent);
     assert!(scan_op(&mut out).is_some(), "a full round's tokens chain");
+
+    // A round with one batch acknowledged and one failed does not chain either.
+    let mut mixed = machine(start);
+    round(
+        &mut mixed,
+        at(start, 0),
+        vec![hint_for(1, "a"), hint_for(2, "b")],
+        &mut out,
+    );
+    let mut sent = batches(&out.take());
+    let (op, peer, _) = sent.remove(0);
+    let failed = PeerDone {
+        op,
+        peer,
+        result: Err(ServiceError::ShuttingDown),
+    };
+    mixed.on_event(at(start, 1), HandoffEvent::Peer(failed), &mut out);
+    let (op, peer, _) = sent.remove(0);
+    let acked = PeerDone {
+        op,
+        peer,
+        result: Ok(Message::HandoffAck(HandoffAck { merged: 1 })),
+    };
+    mixed.on_event(at(start, 1), HandoffEvent::Peer(acked), &mut out);
+    assert_eq!(scan_op(&mut out), None, "a round with a failure waits");
 
     // A failed round does not chain: the tick pauses it.
     let mut failing = machine(start);

@@ -13,7 +13,8 @@
 //! objects (a hint batch, an anti-entropy exchange, up to a thousand keys) merges that many,
 //! and sends the rest back to the end of its own queue as the same operation. Foreground
 //! operations queued meanwhile run between the chunks, and a batch no longer waits for one
-//! long merge before its answers go out. Only the last chunk answers (with the reads).
+//! long merge before its answers go out. Only the last chunk flushes and answers (with the
+//! reads).
 //!
 //! The machine answers each operation to the stage its event names (`reply_to`); the bytes
 //! live behind the [`Engine`] trait: fjall in the product, memory in the simulator.
@@ -266,16 +267,16 @@ impl StorageMachine {
     }
 
     /// Cuts a `Sync` with more than [`MERGE_CHUNK`] objects: returns the first chunk to
-    /// apply now (without the reads) and keeps the rest, reads included, to queue again after
-    /// the batch; `true` if it cut.
-    fn cut(&mut self, event: StorageEvent) -> (StorageEvent, bool) {
+    /// apply now (without the reads) and the rest, reads included, to queue again after the
+    /// batch.
+    fn cut(event: StorageEvent) -> (StorageEvent, Option<StorageEvent>) {
         let StorageEvent {
             op,
             reply_to,
             request: StorageRequest::Sync { mut merge, read },
         } = event
         else {
-            return (event, false);
+            return (event, None);
         };
         if merge.len() <= MERGE_CHUNK {
             let request = StorageRequest::Sync { merge, read };
@@ -284,14 +285,14 @@ impl StorageMachine {
                 reply_to,
                 request,
             };
-            return (event, false);
+            return (event, None);
         }
         let rest = merge.split_off(MERGE_CHUNK);
-        self.continued.push(StorageEvent {
+        let rest = StorageEvent {
             op,
             reply_to,
             request: StorageRequest::Sync { merge: rest, read },
-        });
+        };
         let request = StorageRequest::Sync {
             merge,
             read: Vec::new(),
@@ -301,17 +302,19 @@ impl StorageMachine {
             reply_to,
             request,
         };
-        (chunk, true)
+        (chunk, Some(rest))
     }
 
     fn hold(&mut self, event: StorageEvent) {
-        let (event, cut) = self.cut(event);
+        let (event, rest) = Self::cut(event);
         let StorageEvent {
             op,
             mut reply_to,
             request,
         } = event;
-        let flush = request.wants_flush(self.settings.sync == SyncMode::Always);
+        // A chunk with a rest does not flush: the last chunk's flush makes the whole merge
+        // durable (one fdatasync per merge, as before the cut), and only it answers.
+        let flush = rest.is_none() && request.wants_flush(self.settings.sync == SyncMode::Always);
         let result = self.apply(request).map_err(|e| match e {
             StorageError::TooManySiblings { count, max } => ServiceError::TooManySiblings {
                 count: count as u64,
@@ -324,15 +327,14 @@ impl StorageMachine {
                 }
             }
         });
-        if cut {
+        if let Some(rest) = rest {
             if result.is_ok() {
                 // The rest answers, once it is merged too.
                 reply_to = ReplyTo::Nobody;
-            } else {
-                // The rest is not merged: the error is the answer, and the asker's retry
-                // merges the whole again (merging by clock is idempotent).
-                self.continued.pop();
+                self.continued.push(rest);
             }
+            // Else the rest is not merged: the error is the answer, and the asker's retry
+            // merges the whole again (merging by clock is idempotent).
         }
         // A coordinated write to flush is answered twice: applied now (its coordinator
         // replicates it meanwhile), flushed after the batch's flush.
@@ -419,8 +421,9 @@ impl Machine for StorageMachine {
         for held in self.flushing.drain(..) {
             Self::answer(held, out);
         }
-        // A chunk's flush that failed is answered by the rest's: a later flush that succeeds
-        // makes the chunk's writes durable too, a failing one fails the whole merge.
+        // The rests go to the end of storage's own queue, behind what arrived meanwhile.
+        // Under a full queue a rest is refused and the merge answered `Overloaded` (see
+        // `on_refused`): a node whose storage queue is full has no room for background work.
         for rest in self.continued.drain(..) {
             out.request(rest);
         }

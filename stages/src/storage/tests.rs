@@ -534,13 +534,14 @@ fn overwrites_supersede_every_stored_version_on_both_engines() {
 }
 
 /// Goal: a merge of many objects (a hint batch, an anti-entropy exchange) holds the storage
-/// stage at most [`MERGE_CHUNK`] objects at a time: each pass merges one chunk and queues the
-/// rest behind whatever foreground work arrived meanwhile, and the asker hears once, when all
-/// is merged, with the reads; a rest refused by a full queue answers the asker `Overloaded`.
-/// Method: a machine over the memory engine, its queue played by hand.
+/// stage at most [`MERGE_CHUNK`] objects at a time: each pass merges one chunk, unflushed, and
+/// queues the rest behind the foreground work that arrived meanwhile (answered first); the
+/// asker hears once, after the last chunk's one flush, with the reads; a rest refused by a
+/// full queue answers the asker `Overloaded`. Method: a machine over the memory engine, its
+/// queue played by hand, a foreground read arriving while each rest waits.
 #[test]
 fn a_large_merge_yields_to_the_queue_in_chunks_and_answers_once_when_whole() {
-    let (_engine, mut machine) = memory_machine(SyncMode::Always);
+    let (engine, mut machine) = memory_machine(SyncMode::Always);
     let objects: Vec<(Vec<u8>, VersionSet)> = (0..70u8)
         .map(|i| {
             let mut set = VersionSet::new();
@@ -553,10 +554,18 @@ fn a_large_merge_yields_to_the_queue_in_chunks_and_answers_once_when_whole() {
         merge: objects,
         read: vec![vec![b'k', 0]],
     };
-    let mut queue = vec![event(1, sync)];
+    let read = |op| {
+        let request = StorageRequest::Read {
+            key: b"other".to_vec(),
+            with_hints: false,
+        };
+        event(op, request)
+    };
+    let mut queue = std::collections::VecDeque::from([event(1, sync)]);
     let mut rests = Vec::new();
+    let mut unflushed_between = Vec::new();
     let mut answers = Vec::new();
-    while let Some(next) = queue.pop() {
+    while let Some(next) = queue.pop_front() {
         let mut out = Outbox::new();
         machine.on_batch(Now::real(), &mut vec![next], &mut out);
         for effect in out.take() {
@@ -568,21 +577,37 @@ fn a_large_merge_yields_to_the_queue_in_chunks_and_answers_once_when_whole() {
                     if let StorageRequest::Sync { merge, .. } = &rest.request {
                         rests.push(merge.len());
                     }
-                    queue.push(rest);
+                    unflushed_between.push(engine.unflushed_writes());
+                    // A foreground read arrives while the rest waits in the queue.
+                    queue.push_back(read(100 + rests.len() as u64));
+                    queue.push_back(rest);
                 }
                 crate::seda::Effect::Send {
                     event:
                         crate::event::Event::Coordinate(crate::event::CoordinateEvent::Storage(done)),
                     ..
-                } => answers.push((rests.len(), done)),
+                } => answers.push(done),
                 _ => {}
             }
         }
     }
     assert_eq!(rests, vec![70 - MERGE_CHUNK, 70 - 2 * MERGE_CHUNK]);
-    assert_eq!(answers.len(), 1, "one answer, after the last chunk");
-    let (after_rests, done) = answers.remove(0);
-    assert_eq!(after_rests, 2);
+    assert!(
+        unflushed_between.iter().all(|&n| n > 0),
+        "a chunk with a rest is not flushed: {unflushed_between:?}"
+    );
+    assert_eq!(
+        engine.unflushed_writes(),
+        0,
+        "the last chunk flushed it all"
+    );
+    let order: Vec<u64> = answers.iter().map(|done| done.op.0).collect();
+    assert_eq!(
+        order,
+        vec![101, 102, 1],
+        "the reads first, the merge once, last"
+    );
+    let done = answers.pop().expect("the merge's answer");
     assert!(done.durable, "answered after the last chunk's flush");
     match done.result {
         Ok(StorageOutcome::Objects(read)) => {
@@ -593,18 +618,30 @@ fn a_large_merge_yields_to_the_queue_in_chunks_and_answers_once_when_whole() {
     }
     assert_eq!(machine.store.objects().expect("scan").len(), 70);
 
-    // The rest refused by a full queue: the asker hears Overloaded.
+    // A rest refused by a full queue: the asker hears Overloaded.
+    let objects: Vec<(Vec<u8>, VersionSet)> = (0..40u8)
+        .map(|i| (vec![b'r', i], VersionSet::new()))
+        .collect();
+    let sync = StorageRequest::Sync {
+        merge: objects,
+        read: Vec::new(),
+    };
+    let mut out = Outbox::new();
+    machine.on_batch(Now::real(), &mut vec![event(2, sync)], &mut out);
+    let rest = out
+        .take()
+        .into_iter()
+        .find_map(|effect| match effect {
+            crate::seda::Effect::Send {
+                event: crate::event::Event::Storage(rest),
+                ..
+            } => Some(rest),
+            _ => None,
+        })
+        .expect("a rest was queued");
     let full = ServiceError::Overloaded {
         stage: "storage".into(),
     };
-    let rest = event(
-        2,
-        StorageRequest::Sync {
-            merge: Vec::new(),
-            read: Vec::new(),
-        },
-    );
-    let mut out = Outbox::new();
     machine.on_refused(
         Now::real(),
         crate::event::Event::Storage(rest),
