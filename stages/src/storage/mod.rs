@@ -105,8 +105,6 @@ pub struct StorageMachine {
     held: Vec<Held>,
     /// The answers that wait for the batch's flush.
     flushing: Vec<Held>,
-    /// What is left of merges cut at [`MERGE_CHUNK`], to queue again after the batch.
-    continued: Vec<StorageEvent>,
 }
 
 impl StorageMachine {
@@ -124,7 +122,6 @@ impl StorageMachine {
             logger,
             held: Vec::new(),
             flushing: Vec::new(),
-            continued: Vec::new(),
         }
     }
 
@@ -266,47 +263,28 @@ impl StorageMachine {
         })
     }
 
-    /// Cuts a `Sync` with more than [`MERGE_CHUNK`] objects: returns the first chunk to
-    /// apply now (without the reads) and the rest, reads included, to queue again after the
-    /// batch.
-    fn cut(event: StorageEvent) -> (StorageEvent, Option<StorageEvent>) {
-        let StorageEvent {
-            op,
-            reply_to,
-            request: StorageRequest::Sync { mut merge, read },
-        } = event
-        else {
-            return (event, None);
+    /// Cuts a `Sync` with more than [`MERGE_CHUNK`] objects down to its first chunk (without
+    /// the reads) and returns the rest, reads included, to queue again.
+    fn cut(event: &mut StorageEvent) -> Option<StorageEvent> {
+        let StorageRequest::Sync { merge, read } = &mut event.request else {
+            return None;
         };
         if merge.len() <= MERGE_CHUNK {
-            let request = StorageRequest::Sync { merge, read };
-            let event = StorageEvent {
-                op,
-                reply_to,
-                request,
-            };
-            return (event, None);
+            return None;
         }
-        let rest = merge.split_off(MERGE_CHUNK);
-        let rest = StorageEvent {
-            op,
-            reply_to,
-            request: StorageRequest::Sync { merge: rest, read },
-        };
         let request = StorageRequest::Sync {
-            merge,
-            read: Vec::new(),
+            merge: merge.split_off(MERGE_CHUNK),
+            read: std::mem::take(read),
         };
-        let chunk = StorageEvent {
-            op,
-            reply_to,
+        Some(StorageEvent {
+            op: event.op,
+            reply_to: event.reply_to,
             request,
-        };
-        (chunk, Some(rest))
+        })
     }
 
-    fn hold(&mut self, event: StorageEvent) {
-        let (event, rest) = Self::cut(event);
+    fn hold(&mut self, mut event: StorageEvent, out: &mut Outbox) {
+        let rest = Self::cut(&mut event);
         let StorageEvent {
             op,
             mut reply_to,
@@ -329,9 +307,12 @@ impl StorageMachine {
         });
         if let Some(rest) = rest {
             if result.is_ok() {
-                // The rest answers, once it is merged too.
+                // The rest answers, once it is merged too. It goes to the end of storage's
+                // own queue, behind what arrived meanwhile; under a full queue it is refused
+                // and the merge answered `Overloaded` (see `on_refused`): a node whose
+                // storage queue is full has no room for background work.
                 reply_to = ReplyTo::Nobody;
-                self.continued.push(rest);
+                out.request(rest);
             }
             // Else the rest is not merged: the error is the answer, and the asker's retry
             // merges the whole again (merging by clock is idempotent).
@@ -399,7 +380,7 @@ impl Machine for StorageMachine {
 
     fn on_batch(&mut self, _now: Now, batch: &mut Vec<StorageEvent>, out: &mut Outbox) {
         for event in batch.drain(..) {
-            self.hold(event);
+            self.hold(event, out);
         }
         // What need not be on disk is answered before the flush: a buffered write or a read
         // does not wait for the fdatasync a durable write in the same batch asked for.
@@ -420,12 +401,6 @@ impl Machine for StorageMachine {
         }
         for held in self.flushing.drain(..) {
             Self::answer(held, out);
-        }
-        // The rests go to the end of storage's own queue, behind what arrived meanwhile.
-        // Under a full queue a rest is refused and the merge answered `Overloaded` (see
-        // `on_refused`): a node whose storage queue is full has no room for background work.
-        for rest in self.continued.drain(..) {
-            out.request(rest);
         }
     }
 
