@@ -97,6 +97,8 @@ fn bad_values_are_named() {
         ("[controller]\nmax_rate = 1000000000000\n", "controller.max_rate"),
         ("[controller]\nmax_rate = 0\n", "controller.max_rate"),
         ("[controller]\nincrease_per_period = 0\n", "controller.increase_per_period"),
+        ("[controller]\nheadroom_increase = 0.9\n", "controller.headroom_increase"),
+        ("[controller]\nheadroom_increase = 5\n", "controller.headroom_increase"),
         ("[controller]\ntarget = 5\n", "target"),
         ("[pool]\nworkers = 1000\n", "pool.workers"),
         ("[pool]\nspin_us = 1000000\n", "pool.spin_us"),

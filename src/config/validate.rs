@@ -212,6 +212,12 @@ impl Config {
                 "must be in 1..=max_rate",
             ));
         }
+        if !(1.0..=4.0).contains(&c.headroom_increase) {
+            return Err(invalid(
+                "controller.headroom_increase",
+                "must be in 1..=4 (1: additive increase only)",
+            ));
+        }
         for (stage, share) in &c.shares {
             let key = format!("controller.shares.{stage}");
             if stage.class() != StageClass::Background {

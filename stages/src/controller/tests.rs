@@ -11,6 +11,7 @@ fn settings() -> ControllerSettings {
         period_ms: 500,
         window_periods: 4,
         increase_per_period: 100,
+        headroom_increase: 1.0,
         decrease_factor: 0.5,
         min_rate: 10,
         max_rate: 10_000,
@@ -74,6 +75,47 @@ fn budget_grows_additively_and_shrinks_multiplicatively() {
     let missed = controller.on_period(period(1000, 40, 5000, 600));
     assert_eq!((missed.step, missed.budget_per_sec), (Step::Decrease, 600));
     assert!(missed.signal_us >= 40_000, "{missed:?}");
+}
+
+/// Goal: with headroom (signal at most half the target) a used budget grows by the factor
+/// when that beats the step; near the target, after a slow period still in the window, or
+/// unused, it does not climb.
+#[test]
+fn budget_climbs_by_the_factor_only_with_headroom() {
+    let climbing = ControllerSettings {
+        headroom_increase: 1.5,
+        ..settings()
+    };
+    let mut controller = ResourceController::new(climbing.clone(), 1000);
+    // Target 10 ms: 2 ms is headroom, 1000 × 1.5 beats 1000 + 100.
+    let climbed = controller.on_period(period(1000, 2, 5000, 500));
+    assert_eq!((climbed.step, climbed.budget_per_sec), (Step::Climb, 1500));
+    // 8 ms holds the target but is no headroom: the step.
+    let near = controller.on_period(period(1000, 8, 5000, 750));
+    assert_eq!((near.step, near.budget_per_sec), (Step::Increase, 1600));
+    // The 8 ms period is still in the window: a fast period alone is no room to climb.
+    let after_slow = controller.on_period(period(1000, 2, 5000, 800));
+    assert_eq!(
+        (after_slow.step, after_slow.budget_per_sec),
+        (Step::Increase, 1700)
+    );
+    // Unused, it holds, headroom or not.
+    let unused = controller.on_period(period(1000, 2, 5000, 10));
+    assert_eq!((unused.step, unused.budget_per_sec), (Step::Hold, 1700));
+
+    // Near the floor the step beats the factor (until 0.5 × budget > 100): additive first.
+    let mut low = ResourceController::new(climbing, 10);
+    let budgets: Vec<(Step, u64)> = [5, 55, 105]
+        .into_iter()
+        .map(|used| {
+            let decision = low.on_period(period(1000, 2, 5000, used));
+            (decision.step, decision.budget_per_sec)
+        })
+        .collect();
+    assert_eq!(
+        budgets,
+        [(Step::Increase, 110), (Step::Increase, 210), (Step::Climb, 315)]
+    );
 }
 
 /// Goal: a budget the stages do not use does not grow (it would be a burst later).
