@@ -7,7 +7,7 @@ use shoal_stages::event::{StageClass, StageId};
 use shoal_stages::membership::{Member, Membership};
 use shoal_stages::ring::NodeSpec;
 use shoal_stages::seda::{PoolSettings, StageSpec};
-use shoal_stages::storage::{SyncMode, MAX_STORABLE_KEY_BYTES};
+use shoal_stages::storage::{SyncMode, DEFAULT_OBJECT_CACHE_BYTES, MAX_STORABLE_KEY_BYTES};
 use shoal_stages::wire::FRAME_OVERHEAD_BYTES;
 use shoal_stages::Durability;
 use shoal_stages::NodeId;
@@ -305,6 +305,9 @@ pub struct StorageSection {
     pub sync: SyncMode,
     /// Flush interval of `"periodic"`.
     pub sync_interval_ms: u64,
+    /// MiB of decoded objects kept in memory beside the engine (0: none), so a hot key's
+    /// gets and read-before-write skip the engine's lookup.
+    pub object_cache_mib: usize,
 }
 
 impl Default for StorageSection {
@@ -312,6 +315,7 @@ impl Default for StorageSection {
         StorageSection {
             sync: SyncMode::Always,
             sync_interval_ms: 100,
+            object_cache_mib: DEFAULT_OBJECT_CACHE_BYTES >> 20,
         }
     }
 }

@@ -146,7 +146,8 @@ impl Node {
             &node,
             config.cluster.partitions,
             wall_clock_ms(),
-        )?;
+        )?
+        .with_object_cache(config.storage.object_cache_mib << 20);
         lower_storage_priority(config, &engine_threads_before, &logger);
         let socket =
             IntakeSocket::bind(config.node.listen).map_err(io_error("binding listen address"))?;

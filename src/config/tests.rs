@@ -70,6 +70,7 @@ fn bad_values_are_named() {
                 ("[log]\nformat = \"xml\"\n", "log.format"),
         ("[cluster]\nrequest_timeout_ms = 18446744073709551615\n", "cluster.request_timeout_ms"),
         ("[storage]\nsync_interval_ms = 99999999999\n", "storage.sync_interval_ms"),
+        ("[storage]\nobject_cache_mib = 100000\n", "storage.object_cache_mib"),
         ("[stages.storage]\nbatch_max = 100000000\n", "stages.storage.batch_max"),
         ("[stages.intake]\nthreads = 2\n", "stages.intake"),
         ("[stages.handoff]\nthreads = 2\n", "stages.handoff.threads"),

@@ -62,6 +62,12 @@ impl Config {
                 format!("must be in 1..={MAX_INTERVAL_MS}"),
             ));
         }
+        if self.storage.object_cache_mib > 65_536 {
+            return Err(invalid(
+                "storage.object_cache_mib",
+                "must be at most 65536 (0: no cache)",
+            ));
+        }
         self.validate_stages()?;
         self.validate_controller()?;
         self.validate_anti_entropy()?;

@@ -114,7 +114,11 @@ fn budget_climbs_by_the_factor_only_with_headroom() {
         .collect();
     assert_eq!(
         budgets,
-        [(Step::Increase, 110), (Step::Increase, 210), (Step::Climb, 315)]
+        [
+            (Step::Increase, 110),
+            (Step::Increase, 210),
+            (Step::Climb, 315)
+        ]
     );
 }
 

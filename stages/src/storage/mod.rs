@@ -19,6 +19,7 @@
 //! The machine answers each operation to the stage its event names (`reply_to`); the bytes
 //! live behind the [`Engine`] trait: fjall in the product, memory in the simulator.
 
+mod cache;
 pub mod cpu_priority;
 mod engine;
 mod memory;
@@ -27,7 +28,9 @@ mod trees;
 
 pub use engine::{Engine, FjallEngine, Space};
 pub use memory::MemoryEngine;
-pub use store::{StorageError, Store, VersionLimits, MAX_STORABLE_KEY_BYTES};
+pub use store::{
+    StorageError, Store, VersionLimits, DEFAULT_OBJECT_CACHE_BYTES, MAX_STORABLE_KEY_BYTES,
+};
 
 use crate::error::ServiceError;
 use crate::event::{

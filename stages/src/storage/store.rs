@@ -5,6 +5,7 @@
 //! (SPEC §5, `trees.rs`). The logic lives here once; the bytes live in an [`Engine`]: fjall,
 //! or memory for the simulator.
 
+use super::cache::CacheStripe;
 use super::engine::{Engine, FjallEngine, Space};
 use super::trees::{record_write, TreeState, Trees};
 use crate::event::{Hint, RebuildStep, TreeSummary, TreeView};
@@ -18,7 +19,7 @@ use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Longest key fjall accepts (its keys carry a u16 length; longer ones panic inside it).
 pub const MAX_STORABLE_KEY_BYTES: usize = u16::MAX as usize;
@@ -31,6 +32,9 @@ const COUNT_CHUNK: usize = 1024;
 /// the same key serialise on its stripe; a power of two well above the worker count keeps
 /// unrelated keys from waiting on each other.
 const LOCK_STRIPES: usize = 256;
+
+/// The object cache's budget unless the node sets one ([`Store::with_object_cache`]).
+pub const DEFAULT_OBJECT_CACHE_BYTES: usize = 8 << 20;
 
 /// On-disk format version written to `meta`. Format 1 kept objects by key alone; a format-1
 /// directory is migrated when opened. A node refuses any other format.
@@ -128,7 +132,8 @@ pub struct VersionLimits {
 #[derive(Clone)]
 pub struct Store {
     engine: Arc<dyn Engine>,
-    locks: Arc<Vec<Mutex<()>>>,
+    /// The key locks, each with its stripe of the object cache (see `cache.rs`).
+    locks: Arc<Vec<Mutex<CacheStripe>>>,
     /// Hints held, kept exact beside the hints keyspace (counted once at open, then changed
     /// under each key's lock as hints are added and deleted) so the handoff stage can report
     /// its backlog without a scan.
@@ -193,7 +198,7 @@ impl Store {
     ) -> Result<Store, StorageError> {
         let mut store = Store {
             engine,
-            locks: Arc::new((0..LOCK_STRIPES).map(|_| Mutex::new(())).collect()),
+            locks: stripes(DEFAULT_OBJECT_CACHE_BYTES),
             hints_held: Arc::new(AtomicU64::new(0)),
             partitions: partitions.max(1),
             trees: Arc::new(Trees::new(partitions.max(1))),
@@ -222,6 +227,26 @@ impl Store {
         let held = store.count_hints()?.values().sum();
         store.hints_held.store(held, Ordering::Relaxed);
         Ok(store)
+    }
+
+    /// This store with an object cache of `bytes` (0: none) instead of the default. Before
+    /// the store is shared: clones made earlier keep the old cache and locks.
+    pub fn with_object_cache(mut self, bytes: usize) -> Store {
+        self.locks = stripes(bytes);
+        self
+    }
+
+    /// Bytes the object cache holds now.
+    pub fn object_cache_bytes(&self) -> usize {
+        self.locks
+            .iter()
+            .map(|stripe| {
+                stripe
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .bytes()
+            })
+            .sum()
     }
 
     /// Moves format 1's objects (keyed by key alone) under their partition and segment, a
@@ -267,8 +292,30 @@ impl Store {
     /// The stored versions of `key` (empty if never written).
     pub fn read(&self, key: &[u8]) -> Result<VersionSet, StorageError> {
         check_key(key)?;
+        let mut stripe = self.lock(key);
         let location = self.locate(key);
-        decode_or_empty(self.engine.get(Space::Objects, &location.stored)?)
+        Ok(self.load(&mut stripe, key, &location)?.0)
+    }
+
+    /// The stored set of the key at `location` and the hash of its stored bytes (`None` if
+    /// absent), from the cache or the engine (then cached). The caller holds the key's lock
+    /// (`stripe`), so the cache and the engine cannot disagree meanwhile.
+    fn load(
+        &self,
+        stripe: &mut CacheStripe,
+        key: &[u8],
+        location: &Location,
+    ) -> Result<(VersionSet, Option<u64>), StorageError> {
+        if let Some(cached) = stripe.get(&location.stored) {
+            return Ok((cached.set.clone(), Some(cached.hash)));
+        }
+        let Some(bytes) = self.engine.get(Space::Objects, &location.stored)? else {
+            return Ok((VersionSet::new(), None));
+        };
+        let set = decode_version_set(&bytes)?;
+        let hash = object_hash(key, &bytes);
+        stripe.insert(&location.stored, set.clone(), hash, bytes.len());
+        Ok((set, Some(hash)))
     }
 
     /// The coordinator's write (SPEC §4): under the key's lock, reads the stored set, creates
@@ -312,10 +359,9 @@ impl Store {
         limits: &VersionLimits,
     ) -> Result<(VersionSet, Version), StorageError> {
         check_key(key)?;
-        let _guard = self.lock(key);
+        let mut stripe = self.lock(key);
         let location = self.locate(key);
-        let old = self.engine.get(Space::Objects, &location.stored)?;
-        let mut set = decode_or_empty(old.clone())?;
+        let (mut set, old_hash) = self.load(&mut stripe, key, &location)?;
         let covering;
         let context = if overwrite {
             let mut all = context.clone();
@@ -341,7 +387,7 @@ impl Store {
                 max: limits.max_siblings,
             });
         }
-        self.write(key, &location, old.as_deref(), &set)?;
+        self.write(&mut stripe, key, &location, old_hash, &set)?;
         Ok((set, version))
     }
 
@@ -358,32 +404,32 @@ impl Store {
         incoming: &VersionSet,
     ) -> Result<(VersionSet, bool), StorageError> {
         check_key(key)?;
-        let _guard = self.lock(key);
+        let mut stripe = self.lock(key);
         let location = self.locate(key);
-        let old = self.engine.get(Space::Objects, &location.stored)?;
-        let mut set = decode_or_empty(old.clone())?;
+        let (mut set, old_hash) = self.load(&mut stripe, key, &location)?;
         let before = set.clone();
         set.merge(incoming);
         let changed = set != before;
         if changed {
-            self.write(key, &location, old.as_deref(), &set)?;
+            self.write(&mut stripe, key, &location, old_hash, &set)?;
         }
         Ok((set, changed))
     }
 
-    /// Stores `set` for `key` (whose stored bytes were `old`, read under the key's lock that
-    /// the caller holds) and updates the partition's tree in the same critical section.
+    /// Stores `set` for `key` (whose stored bytes hashed to `old_hash`, read under the key's
+    /// lock that the caller holds as `stripe`), updates the partition's tree in the same
+    /// critical section, and caches the set once the engine took it.
     fn write(
         &self,
+        stripe: &mut CacheStripe,
         key: &[u8],
         location: &Location,
-        old: Option<&[u8]>,
+        old_hash: Option<u64>,
         set: &VersionSet,
     ) -> Result<(), StorageError> {
         let bytes = encode_version_set(set)?;
         // Pair assertion around the disk: what we write must read back as what we meant.
         debug_assert_eq!(decode_version_set(&bytes).ok().as_ref(), Some(set));
-        let old_hash = old.map(|old| object_hash(key, old));
         let new_hash = object_hash(key, &bytes);
         let mut tree = self.trees.lock(location.partition);
         self.engine
@@ -397,6 +443,7 @@ impl Store {
                 Some(new_hash),
             );
         }
+        stripe.insert(&location.stored, set.clone(), new_hash, bytes.len());
         Ok(())
     }
 
@@ -410,7 +457,7 @@ impl Store {
         incoming: &VersionSet,
     ) -> Result<VersionSet, StorageError> {
         check_key(key)?;
-        let _guard = self.lock(key);
+        let _stripe = self.lock(key);
         let hint_key = hint_key(key, target);
         let (mut set, new) = match self.engine.get(Space::Hints, &hint_key)? {
             Some(bytes) => (decode_version_set(&bytes)?, false),
@@ -482,7 +529,7 @@ impl Store {
     /// Deletes a delivered hint, but only if it still holds exactly what was delivered (a
     /// write that arrived meanwhile must be delivered too). Returns whether it was deleted.
     pub fn delete_hint_if_unchanged(&self, hint: &Hint) -> Result<bool, StorageError> {
-        let _guard = self.lock(&hint.key);
+        let _stripe = self.lock(&hint.key);
         match self.engine.get(Space::Hints, &hint.hint_key)? {
             Some(bytes) if decode_version_set(&bytes)? == hint.versions => {
                 self.engine.remove(Space::Hints, &hint.hint_key)?;
@@ -802,22 +849,23 @@ impl Store {
     /// Returns whether it was removed.
     pub fn purge_if_unchanged(&self, key: &[u8], set: &VersionSet) -> Result<bool, StorageError> {
         check_key(key)?;
-        let _guard = self.lock(key);
+        let mut stripe = self.lock(key);
         let location = self.locate(key);
-        let Some(old) = self.engine.get(Space::Objects, &location.stored)? else {
+        let (stored, Some(old_hash)) = self.load(&mut stripe, key, &location)? else {
             return Ok(false);
         };
-        if &decode_version_set(&old)? != set {
+        if &stored != set {
             return Ok(false);
         }
         let mut tree = self.trees.lock(location.partition);
         self.engine.remove(Space::Objects, &location.stored)?;
+        stripe.remove(&location.stored);
         if let Some(tree) = tree.as_deref_mut() {
             record_write(
                 tree,
                 location.segment,
                 &location.stored,
-                Some(object_hash(key, &old)),
+                Some(old_hash),
                 None,
             );
         }
@@ -863,7 +911,7 @@ impl Store {
         self.engine.persist()
     }
 
-    fn lock(&self, key: &[u8]) -> std::sync::MutexGuard<'_, ()> {
+    fn lock(&self, key: &[u8]) -> MutexGuard<'_, CacheStripe> {
         let mut hasher = DefaultHasher::new();
         key.hash(&mut hasher);
         let stripe = (hasher.finish() as usize) % self.locks.len();
@@ -983,9 +1031,12 @@ fn check_identity(
     }
 }
 
-fn decode_or_empty(bytes: Option<Vec<u8>>) -> Result<VersionSet, StorageError> {
-    match bytes {
-        Some(bytes) => Ok(decode_version_set(&bytes)?),
-        None => Ok(VersionSet::new()),
-    }
+/// The key-lock stripes, sharing `cache_bytes` of object cache between them.
+fn stripes(cache_bytes: usize) -> Arc<Vec<Mutex<CacheStripe>>> {
+    let per_stripe = cache_bytes / LOCK_STRIPES;
+    Arc::new(
+        (0..LOCK_STRIPES)
+            .map(|_| Mutex::new(CacheStripe::new(per_stripe)))
+            .collect(),
+    )
 }

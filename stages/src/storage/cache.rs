@@ -1,0 +1,172 @@
+//! The object cache: the decoded version sets of recently written or read keys, kept beside
+//! the engine so a hot key's read-before-write and its gets skip the engine's lookup and the
+//! decoding of its bytes (issue 12: on a loaded node they were a sixth of the loop thread's
+//! time, most of it in the memtable's skiplist, which keeps every version of a hot key until
+//! it is flushed).
+//!
+//! One [`CacheStripe`] lives inside each of the store's key-lock stripes, so the cache changes
+//! only under the lock that orders every read-modify-write of its keys: an entry is always what
+//! the engine holds for its key (written through after the engine accepted the write, removed
+//! with it), and nothing about it can race. Each stripe keeps its share of the byte budget and
+//! evicts in insertion order (FIFO: no bookkeeping on a hit, and a key rewritten keeps its
+//! place, which for a write-heavy hot set is as good as recency).
+
+use crate::versioning::VersionSet;
+use std::collections::{BTreeMap, VecDeque};
+
+/// Bytes an entry costs beyond its key and encoded set: the map's node, the FIFO's key copy
+/// and the decoded set's allocations, roughly. Counted so a budget of many small entries is
+/// not overrun several times over.
+const ENTRY_OVERHEAD_BYTES: usize = 160;
+
+/// A cached object: its versions and the Merkle hash of its stored bytes (a write needs the
+/// old hash to update the partition's tree, and the bytes are no longer read).
+#[derive(Clone, Debug)]
+pub struct Cached {
+    pub set: VersionSet,
+    pub hash: u64,
+    /// What it counts against the budget.
+    cost: usize,
+}
+
+/// One stripe's part of the cache.
+#[derive(Debug, Default)]
+pub struct CacheStripe {
+    entries: BTreeMap<Vec<u8>, Cached>,
+    /// Keys in insertion order, for eviction. A key removed from `entries` may linger here
+    /// until it reaches the front (then it is skipped).
+    order: VecDeque<Vec<u8>>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl CacheStripe {
+    /// A stripe holding at most `budget` bytes (0: caches nothing).
+    pub fn new(budget: usize) -> CacheStripe {
+        CacheStripe {
+            budget,
+            ..CacheStripe::default()
+        }
+    }
+
+    /// The cached object stored under `stored`, if any.
+    pub fn get(&self, stored: &[u8]) -> Option<&Cached> {
+        self.entries.get(stored)
+    }
+
+    /// Records that the engine now holds `set` (whose stored bytes hash to `hash`, and are
+    /// `encoded_len` long) under `stored`.
+    pub fn insert(&mut self, stored: &[u8], set: VersionSet, hash: u64, encoded_len: usize) {
+        let cost = stored.len() + encoded_len + ENTRY_OVERHEAD_BYTES;
+        if cost > self.budget {
+            self.remove(stored);
+            return;
+        }
+        let entry = Cached { set, hash, cost };
+        match self.entries.get_mut(stored) {
+            Some(old) => {
+                self.bytes = self.bytes - old.cost + cost;
+                *old = entry;
+            }
+            None => {
+                self.entries.insert(stored.to_vec(), entry);
+                self.order.push_back(stored.to_vec());
+                self.bytes += cost;
+            }
+        }
+        self.evict();
+    }
+
+    /// Records that the engine no longer holds anything under `stored`.
+    pub fn remove(&mut self, stored: &[u8]) {
+        if let Some(old) = self.entries.remove(stored) {
+            self.bytes -= old.cost;
+        }
+    }
+
+    /// Bytes counted against the budget.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn evict(&mut self) {
+        while self.bytes > self.budget {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.remove(&oldest);
+        }
+        // Keys removed while still queued pile up in `order` under churn: rebuild it when it
+        // is mostly such leftovers.
+        if self.order.len() > 2 * self.entries.len() + 16 {
+            let entries = &self.entries;
+            self.order.retain(|key| entries.contains_key(key));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vclock::VClock;
+    use crate::NodeId;
+
+    fn set(value: &[u8]) -> VersionSet {
+        let mut set = VersionSet::new();
+        let put = set.coordinate_put(
+            &NodeId::new("n1"),
+            &VClock::new(),
+            Some(value.to_vec()),
+            0,
+            10,
+        );
+        assert!(put.is_ok());
+        set
+    }
+
+    /// Goal: an entry is what was last inserted for its key, and gone once removed.
+    #[test]
+    fn holds_the_last_set_written_until_removed() {
+        let mut stripe = CacheStripe::new(10_000);
+        stripe.insert(b"k", set(b"one"), 1, 10);
+        stripe.insert(b"k", set(b"two"), 2, 10);
+        let cached = stripe.get(b"k").expect("cached");
+        assert_eq!((cached.set.clone(), cached.hash), (set(b"two"), 2));
+        assert_eq!(stripe.bytes(), 1 + 10 + ENTRY_OVERHEAD_BYTES);
+        stripe.remove(b"k");
+        assert!(stripe.get(b"k").is_none());
+        assert_eq!(stripe.bytes(), 0);
+    }
+
+    /// Goal: the budget is never exceeded: the oldest inserted keys go first, and an entry
+    /// larger than the whole budget is not kept (nor is an older one left behind for it).
+    #[test]
+    fn evicts_oldest_first_and_stays_within_its_budget() {
+        let cost = 2 + 40 + ENTRY_OVERHEAD_BYTES;
+        let mut stripe = CacheStripe::new(3 * cost);
+        for key in [b"k1", b"k2", b"k3", b"k4"] {
+            stripe.insert(key, set(b"v"), 0, 40);
+            assert!(stripe.bytes() <= 3 * cost);
+        }
+        assert!(stripe.get(b"k1").is_none());
+        assert!(stripe.get(b"k2").is_some() && stripe.get(b"k4").is_some());
+        stripe.insert(b"k2", set(b"v"), 0, 10 * cost);
+        assert!(stripe.get(b"k2").is_none(), "too large for the budget");
+        assert!(stripe.bytes() <= 3 * cost);
+        let mut off = CacheStripe::new(0);
+        off.insert(b"k", set(b"v"), 0, 1);
+        assert!(off.get(b"k").is_none());
+    }
+
+    /// Goal: keys removed while queued for eviction do not pile up in the queue.
+    #[test]
+    fn churn_of_removed_keys_does_not_grow_the_queue() {
+        let mut stripe = CacheStripe::new(1 << 20);
+        for i in 0..10_000u32 {
+            let key = i.to_be_bytes();
+            stripe.insert(&key, set(b"v"), 0, 10);
+            stripe.remove(&key);
+        }
+        assert!(stripe.order.len() <= 16 + 2, "{}", stripe.order.len());
+    }
+}
