@@ -3,6 +3,7 @@
 //! (latency from each request's intended start), a live line per second, a final report per
 //! operation, and optionally the per-stage queue depths of every node sampled during the run.
 
+pub mod contexts;
 pub mod keys;
 pub mod plot;
 pub mod report;
@@ -10,23 +11,20 @@ pub mod schedule;
 pub mod stage_sampler;
 pub mod target;
 
-use crate::client::{Context, Durability, RequestOptions};
+use crate::client::{Durability, RequestOptions};
+use contexts::Contexts;
 use keys::{key_name, KeyChoice, KeyChooser, Rng};
 use report::{summarize, OpSummary, Recorder};
 use schedule::Schedule;
 use serde::Serialize;
 use shoal_stages::error::ServiceError;
 use stage_sampler::{StageSampler, StageSummary};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use target::{Connection, OpError, TargetSpec};
-
-/// Contexts a worker remembers (one per key it touched) so its updates supersede what it saw
-/// instead of piling up siblings; bounded, cleared when full.
-const CONTEXT_CACHE_KEYS: usize = 100_000;
 
 /// Read-then-write attempts of a put refused with `TooManySiblings` before it counts as failed.
 const RECONCILE_ATTEMPTS: u32 = 4;
@@ -185,6 +183,7 @@ pub fn run(config: &LoadConfig, live: &mut (dyn Write + Send)) -> Result<LoadRep
         stop: AtomicBool::new(false),
         inserted: AtomicU64::new(config.keys.saturating_sub(1)),
         remaining: AtomicU64::new(config.ops.unwrap_or(u64::MAX)),
+        contexts: Contexts::default(),
     };
     let shared = Arc::new(shared);
     // Every worker connects before the clock starts: an open loop's schedule counts from
@@ -258,6 +257,8 @@ struct Shared {
     inserted: AtomicU64,
     /// Operations left when the run is bounded by a count.
     remaining: AtomicU64,
+    /// The newest context seen per key, by any worker.
+    contexts: Contexts,
 }
 
 /// Prints a line per second until the workers are done (duration or op budget); returns the
@@ -430,7 +431,6 @@ fn worker(
     let schedule = config
         .rate
         .map(|rate| Schedule::for_thread(start, rate, config.threads, index));
-    let mut contexts: HashMap<u64, Context> = HashMap::new();
     let value = vec![b'v'; config.value_bytes];
     let mut sent: u64 = 0;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -456,7 +456,6 @@ fn worker(
             chooser,
             newest,
             shared,
-            &mut contexts,
             &value,
         );
         let latency = began.elapsed();
@@ -505,12 +504,9 @@ fn one_operation(
     chooser: &KeyChooser,
     newest: u64,
     shared: &Shared,
-    contexts: &mut HashMap<u64, Context>,
     value: &[u8],
 ) -> (&'static str, Result<Option<usize>, OpError>) {
-    if contexts.len() >= CONTEXT_CACHE_KEYS {
-        contexts.clear();
-    }
+    let contexts = &shared.contexts;
     let read = rng.next_f64() < config.workload.read_fraction();
     if config.workload == Workload::D && !read {
         let key = shared.inserted.fetch_add(1, Ordering::Relaxed) + 1;
@@ -526,7 +522,7 @@ fn one_operation(
     if read {
         let result = connection.get(name.as_bytes()).map(|r| {
             if let Some(context) = r.context {
-                contexts.insert(key, context);
+                contexts.remember(key, context);
             }
             Some(r.siblings)
         });
@@ -542,7 +538,7 @@ fn one_operation(
         });
         return ("rmw", result);
     }
-    let mut result = connection.put(name.as_bytes(), contexts.get(&key), value);
+    let mut result = connection.put(name.as_bytes(), contexts.get(key).as_ref(), value);
     let mut attempts = 0;
     while attempts < RECONCILE_ATTEMPTS
         && matches!(
@@ -561,7 +557,7 @@ fn one_operation(
     }
     let result = result.map(|context| {
         if let Some(context) = context {
-            contexts.insert(key, context);
+            contexts.remember(key, context);
         }
         None
     });
