@@ -77,6 +77,17 @@ impl CacheStripe {
         self.evict();
     }
 
+    /// [`CacheStripe::insert`] for a key already cached only: a write refreshes its entry,
+    /// but does not admit a key nobody read before it (a bulk load of a million keys would
+    /// otherwise fill the cache with keys never touched again; a key is admitted by its
+    /// first read, a put's read-before-write included, so an updated key is cached from its
+    /// second write on).
+    pub fn refresh(&mut self, stored: &[u8], set: VersionSet, hash: u64, encoded_len: usize) {
+        if self.entries.contains_key(stored) {
+            self.insert(stored, set, hash, encoded_len);
+        }
+    }
+
     /// Records that the engine no longer holds anything under `stored`.
     pub fn remove(&mut self, stored: &[u8]) {
         if let Some(old) = self.entries.remove(stored) {
@@ -124,7 +135,8 @@ mod tests {
         set
     }
 
-    /// Goal: an entry is what was last inserted for its key, and gone once removed.
+    /// Goal: an entry is what was last inserted for its key, and gone once removed; a refresh
+/// updates a cached key and admits no other.
     #[test]
     fn holds_the_last_set_written_until_removed() {
         let mut stripe = CacheStripe::new(10_000);
@@ -136,6 +148,11 @@ mod tests {
         stripe.remove(b"k");
         assert!(stripe.get(b"k").is_none());
         assert_eq!(stripe.bytes(), 0);
+        stripe.refresh(b"k", set(b"three"), 3, 10);
+        assert!(stripe.get(b"k").is_none(), "a refresh admits no new key");
+        stripe.insert(b"k", set(b"three"), 3, 10);
+        stripe.refresh(b"k", set(b"four"), 4, 10);
+        assert_eq!(stripe.get(b"k").map(|c| c.hash), Some(4));
     }
 
     /// Goal: the budget is never exceeded: the oldest inserted keys go first, and an entry

@@ -418,7 +418,7 @@ impl Store {
 
     /// Stores `set` for `key` (whose stored bytes hashed to `old_hash`, read under the key's
     /// lock that the caller holds as `stripe`), updates the partition's tree in the same
-    /// critical section, and caches the set once the engine took it.
+    /// critical section, and refreshes the cached set once the engine took it.
     fn write(
         &self,
         stripe: &mut CacheStripe,
@@ -443,7 +443,7 @@ impl Store {
                 Some(new_hash),
             );
         }
-        stripe.insert(&location.stored, set.clone(), new_hash, bytes.len());
+        stripe.refresh(&location.stored, set.clone(), new_hash, bytes.len());
         Ok(())
     }
 
