@@ -67,6 +67,9 @@ fn quorums_survive_one_replica_down_and_fail_clearly_with_two_down() {
 
     cluster.stop(1);
     let started = Instant::now();
+    // As for the read below: the quorum is out of reach as soon as the peer is found down,
+    // possibly before the local write's flush answered (storage answers a batch's other work
+    // before its fdatasync), so the error reports 0 or 1 acknowledged.
     let error = client
         .put(b"k2", None, b"v", DEFAULT)
         .expect_err("W=2 with two down");
@@ -75,7 +78,7 @@ fn quorums_survive_one_replica_down_and_fail_clearly_with_two_down() {
             error,
             ClientError::Service(ServiceError::Quorum {
                 needed: 2,
-                acked: 1,
+                acked: 0..=1,
                 asked: 2..=3,
                 ..
             })

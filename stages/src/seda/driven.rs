@@ -266,6 +266,8 @@ impl<M: Machine> Stage for Driven<M> {
         let now = now_at(now);
         self.machine.on_batch(now, batch, &mut self.outbox);
         self.deliver(now);
+        self.machine.after_delivery(now, &mut self.outbox);
+        self.deliver(now);
     }
 
     fn on_tick(&mut self, now: Instant) {

@@ -304,7 +304,11 @@ impl Post for SimPost<'_> {
 fn run<M: Machine>(machine: &mut M, now: Now, input: Option<M::Input>, post: &mut SimPost<'_>) {
     let mut outbox = Outbox::new();
     match input {
-        Some(event) => machine.on_event(now, event, &mut outbox),
+        Some(event) => {
+            machine.on_event(now, event, &mut outbox);
+            deliver(machine, now, &mut outbox, post);
+            machine.after_delivery(now, &mut outbox);
+        }
         None => machine.on_tick(now, &mut outbox),
     }
     deliver(machine, now, &mut outbox, post);

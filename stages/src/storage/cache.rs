@@ -136,7 +136,7 @@ mod tests {
     }
 
     /// Goal: an entry is what was last inserted for its key, and gone once removed; a refresh
-/// updates a cached key and admits no other.
+    /// updates a cached key and admits no other.
     #[test]
     fn holds_the_last_set_written_until_removed() {
         let mut stripe = CacheStripe::new(10_000);

@@ -386,7 +386,8 @@ impl Machine for StorageMachine {
             self.hold(event, out);
         }
         // What need not be on disk is answered before the flush: a buffered write or a read
-        // does not wait for the fdatasync a durable write in the same batch asked for.
+        // does not wait for the fdatasync a durable write in the same batch asked for. The
+        // driver delivers these answers before it calls `after_delivery`, which flushes.
         for mut held in self.held.drain(..) {
             if let Some(early) = held.early.take() {
                 if let Some(answer) = held.reply_to.storage_done(early) {
@@ -399,9 +400,16 @@ impl Machine for StorageMachine {
                 Self::answer(held, out);
             }
         }
-        if !self.flushing.is_empty() {
-            self.group_commit();
+    }
+
+    /// The batch's group commit, once its other answers are on their way (before, the reads
+    /// of a batch with a durable write in it waited for the fdatasync too: delivered only
+    /// after the whole batch).
+    fn after_delivery(&mut self, _now: Now, out: &mut Outbox) {
+        if self.flushing.is_empty() {
+            return;
         }
+        self.group_commit();
         for held in self.flushing.drain(..) {
             Self::answer(held, out);
         }

@@ -286,6 +286,48 @@ fn event(op: u64, request: StorageRequest) -> StorageEvent {
     }
 }
 
+/// What a driver does with a batch: the machine's batch, then (its answers delivered) what
+/// waits for delivery, the group commit.
+fn whole_batch(
+    machine: &mut StorageMachine,
+    now: Now,
+    batch: &mut Vec<StorageEvent>,
+    out: &mut Outbox,
+) {
+    machine.on_batch(now, batch, out);
+    machine.after_delivery(now, out);
+}
+
+/// Goal: a batch's reads (and the early answer of its durable write) leave the machine before
+/// its fdatasync: the driver delivers them, then `after_delivery` flushes and answers the
+/// write as durable. Before, the driver delivered the whole batch's answers after the flush,
+/// so every get that shared a batch with a put waited for the disk. Reference: SPEC §7.
+#[test]
+fn a_batch_answers_its_reads_before_its_group_commit() {
+    let (engine, mut machine) = memory_machine(SyncMode::Always);
+    let read = StorageRequest::Read {
+        key: b"other".to_vec(),
+        with_hints: true,
+    };
+    let mut out = Outbox::new();
+    machine.on_batch(
+        Now::real(),
+        &mut vec![event(1, coordinate_put(b"k", false)), event(2, read)],
+        &mut out,
+    );
+    assert_eq!(
+        storage_answers(&mut out),
+        vec![(1, true, false), (2, true, false)]
+    );
+    assert!(
+        engine.unflushed_writes() > 0,
+        "nothing is flushed before delivery"
+    );
+    machine.after_delivery(Now::real(), &mut out);
+    assert_eq!(storage_answers(&mut out), vec![(1, true, true)]);
+    assert_eq!(engine.unflushed_writes(), 0);
+}
+
 /// Goal: with `sync = "always"`, a batch whose flush fails acknowledges none of its writes
 /// (each answer is a storage error) but still answers its reads; every answer goes to the
 /// stage the event named. Reference: SPEC §7 group commit.
@@ -306,7 +348,8 @@ fn failed_group_commit_acknowledges_no_write_of_the_batch() {
         with_hints: true,
     };
     let mut out = Outbox::new();
-    machine.on_batch(
+    whole_batch(
+        &mut machine,
         Now::real(),
         &mut vec![event(1, write), event(2, read)],
         &mut out,
@@ -370,7 +413,7 @@ fn durable_writes_wait_for_the_flush_and_buffered_ones_do_not() {
         event(2, coordinate_put(b"buffered", false)),
         event(3, read),
     ];
-    machine.on_batch(Now::real(), &mut batch, &mut out);
+    whole_batch(&mut machine, Now::real(), &mut batch, &mut out);
     // The durable write's first answer says applied (not yet on disk), its second flushed.
     assert_eq!(
         storage_answers(&mut out),
@@ -388,7 +431,7 @@ fn durable_writes_wait_for_the_flush_and_buffered_ones_do_not() {
     );
 
     let mut batch = vec![event(4, coordinate_put(b"lost", false))];
-    machine.on_batch(Now::real(), &mut batch, &mut out);
+    whole_batch(&mut machine, Now::real(), &mut batch, &mut out);
     assert_eq!(storage_answers(&mut out), vec![(4, true, false)]);
     assert_eq!(
         engine.unflushed_writes(),
@@ -415,7 +458,7 @@ fn sync_always_makes_every_write_durable_even_when_not_asked() {
         durable: false,
     };
     let mut batch = vec![event(1, coordinate_put(b"k", false)), event(2, merge)];
-    machine.on_batch(Now::real(), &mut batch, &mut out);
+    whole_batch(&mut machine, Now::real(), &mut batch, &mut out);
     assert_eq!(
         storage_answers(&mut out),
         vec![(1, true, false), (1, true, true), (2, true, true)]
@@ -440,13 +483,23 @@ fn a_hint_deletion_waits_for_no_flush_even_with_sync_always() {
         versions,
         durable: false,
     };
-    machine.on_batch(Now::real(), &mut vec![event(1, store)], &mut out);
+    whole_batch(
+        &mut machine,
+        Now::real(),
+        &mut vec![event(1, store)],
+        &mut out,
+    );
     assert_eq!(engine.unflushed_writes(), 0, "a stored hint is flushed");
     let read = StorageRequest::ReadHints {
         after: None,
         limit: 10,
     };
-    machine.on_batch(Now::real(), &mut vec![event(2, read)], &mut out);
+    whole_batch(
+        &mut machine,
+        Now::real(),
+        &mut vec![event(2, read)],
+        &mut out,
+    );
     let hints: Vec<Hint> = out
         .take()
         .into_iter()
@@ -465,11 +518,17 @@ fn a_hint_deletion_waits_for_no_flush_even_with_sync_always() {
     assert_eq!(hints.len(), 1);
 
     let delete = StorageRequest::DeleteHints { hints };
-    machine.on_batch(Now::real(), &mut vec![event(3, delete)], &mut out);
+    whole_batch(
+        &mut machine,
+        Now::real(),
+        &mut vec![event(3, delete)],
+        &mut out,
+    );
     assert_eq!(storage_answers(&mut out), vec![(3, true, false)]);
     assert_eq!(engine.unflushed_writes(), 1, "the deletion did not flush");
 
-    machine.on_batch(
+    whole_batch(
+        &mut machine,
         Now::real(),
         &mut vec![event(4, coordinate_put(b"next", false))],
         &mut out,
@@ -567,7 +626,7 @@ fn a_large_merge_yields_to_the_queue_in_chunks_and_answers_once_when_whole() {
     let mut answers = Vec::new();
     while let Some(next) = queue.pop_front() {
         let mut out = Outbox::new();
-        machine.on_batch(Now::real(), &mut vec![next], &mut out);
+        whole_batch(&mut machine, Now::real(), &mut vec![next], &mut out);
         for effect in out.take() {
             match effect {
                 crate::seda::Effect::Send {
@@ -627,7 +686,12 @@ fn a_large_merge_yields_to_the_queue_in_chunks_and_answers_once_when_whole() {
         read: Vec::new(),
     };
     let mut out = Outbox::new();
-    machine.on_batch(Now::real(), &mut vec![event(2, sync)], &mut out);
+    whole_batch(
+        &mut machine,
+        Now::real(),
+        &mut vec![event(2, sync)],
+        &mut out,
+    );
     let rest = out
         .take()
         .into_iter()
