@@ -32,6 +32,8 @@ const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;
 const MAX_VALUE_LIMIT_BYTES: usize = 256 * 1024 * 1024;
 /// See [`MAX_INTERVAL_MS`].
 const MAX_SIBLINGS_LIMIT: usize = 1024;
+/// Upper bound of `storage.object_cache_mib` (64 GiB): past that a typo, not a plan.
+const MAX_OBJECT_CACHE_MIB: usize = 65_536;
 /// A background rate's bound (units per second), shared with `admin throttle`'s pins.
 use shoal_stages::seda::MAX_RATE_PER_SEC;
 

@@ -62,10 +62,10 @@ impl Config {
                 format!("must be in 1..={MAX_INTERVAL_MS}"),
             ));
         }
-        if self.storage.object_cache_mib > 65_536 {
+        if self.storage.object_cache_mib > MAX_OBJECT_CACHE_MIB {
             return Err(invalid(
                 "storage.object_cache_mib",
-                "must be at most 65536 (0: no cache)",
+                format!("must be at most {MAX_OBJECT_CACHE_MIB} (0: no cache)"),
             ));
         }
         self.validate_stages()?;
@@ -218,10 +218,10 @@ impl Config {
                 "must be in 1..=max_rate",
             ));
         }
-        if !(1.0..=4.0).contains(&c.headroom_increase) {
+        if !(1.0..=2.0).contains(&c.headroom_factor) {
             return Err(invalid(
-                "controller.headroom_increase",
-                "must be in 1..=4 (1: additive increase only)",
+                "controller.headroom_factor",
+                "must be in 1..=2 (1: additive increase only)",
             ));
         }
         for (stage, share) in &c.shares {

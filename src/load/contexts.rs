@@ -1,4 +1,4 @@
-//! The load tool's memory of contexts: the newest context any worker saw for each key, shared
+//! The load tool's memory of contexts: the last context any worker got for each key, shared
 //! by every worker of the run, so an update supersedes what the run last read or wrote there.
 //!
 //! Per worker it was a 32-thread run's largest cost: a key's next update came from another
@@ -38,12 +38,13 @@ impl Contexts {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The newest context seen for `key`.
+    /// The last context remembered for `key` (a slow worker's older read can replace a newer
+    /// one; the put then adds a sibling, as a client with that context would).
     pub fn get(&self, key: u64) -> Option<Context> {
         self.shard(key).get(&key).cloned()
     }
 
-    /// Remembers `context` as the newest seen for `key`.
+    /// Remembers `context` as the one to write `key` with next.
     pub fn remember(&self, key: u64, context: Context) {
         let mut shard = self.shard(key);
         if shard.len() >= CONTEXT_CACHE_KEYS / SHARDS && !shard.contains_key(&key) {
@@ -60,7 +61,7 @@ mod tests {
     /// Goal: what one worker remembers another finds, the last remembered wins, and the cache
     /// stays bounded.
     #[test]
-    fn workers_share_the_newest_context_and_the_cache_stays_bounded() {
+    fn workers_share_the_last_context_and_the_cache_stays_bounded() {
         let contexts = Contexts::default();
         contexts.remember(7, Context(b"old".to_vec()));
         contexts.remember(7, Context(b"new".to_vec()));

@@ -257,7 +257,7 @@ struct Shared {
     inserted: AtomicU64,
     /// Operations left when the run is bounded by a count.
     remaining: AtomicU64,
-    /// The newest context seen per key, by any worker.
+    /// The last context any worker got per key.
     contexts: Contexts,
 }
 

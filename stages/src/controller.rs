@@ -20,10 +20,10 @@
 //!   stages used at least [`GROW_WHEN_USED`] of it (CockroachDB's rule: a budget nobody uses
 //!   must not pile up into a burst later);
 //! - **target held with headroom** (signal at most [`HEADROOM`] of the target): the budget
-//!   grows by `headroom_increase` × itself if that is more than the step (TCP's slow start,
+//!   grows to `headroom_factor` × itself if that is more than the step (TCP's slow start,
 //!   on the same use rule). Additive alone climbed 80 units/s per second at the defaults: a
-//!   backlog that drains at 19k/s unthrottled took 7.5× as long under the controller while
-//!   the foreground sat at a third of its target (issue 9's benchmark). Near the target the
+//!   backlog that drains at 19k/s unthrottled took 7.5-9.6× as long under the controller
+//!   while the foreground sat at a third of its target (issue 9's benchmark). Near the target the
 //!   step stays additive, so the probing there is as gentle as before;
 //! - **split**: stages with a backlog share the budget by their configured shares; every
 //!   stage gets at least `min_rate` (the floor, so a backlog always drains, however loaded
@@ -54,13 +54,14 @@ pub fn default_share(stage: StageId) -> u32 {
 pub const GROW_WHEN_USED: f64 = 0.5;
 
 /// A signal at or below this fraction of the target has headroom: the budget may grow by
-/// `headroom_increase` rather than by the additive step.
+/// `headroom_factor` rather than by the additive step.
 pub const HEADROOM: f64 = 0.5;
 
 /// The controller's knobs: the `[controller]` section of the node's config, read as it is
 /// (the config validates it). Once a period the controller compares the foreground's recent
 /// latency percentile with `target_ms` and sets the total rate of background work: additive
-/// increase while the target holds, multiplicative decrease when it is missed, split over
+/// increase while the target holds (multiplicative by `headroom_factor` while the signal is
+/// at most half the target), multiplicative decrease when it is missed, split over
 /// the background stages by `shares`, each at least `min_rate`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -79,8 +80,8 @@ pub struct ControllerSettings {
     /// Units per second the budget grows per period while the target holds.
     pub increase_per_period: u64,
     /// What the budget is multiplied by per period while the signal is at most half the
-    /// target (if that grows it more than the step), in [1, 4]; 1: additive only.
-    pub headroom_increase: f64,
+    /// target (if that grows it more than the step), in [1, 2]; 1: additive only.
+    pub headroom_factor: f64,
     /// What the budget is multiplied by when the target is missed, in (0, 1).
     pub decrease_factor: f64,
     /// The floor of every background stage, units per second: a backlog always drains.
@@ -108,7 +109,7 @@ impl Default for ControllerSettings {
             period_ms: 250,
             window_periods: 8,
             increase_per_period: 20,
-            headroom_increase: 1.25,
+            headroom_factor: 1.25,
             decrease_factor: 0.5,
             min_rate: 20,
             max_rate: 50_000,
@@ -312,7 +313,7 @@ impl ResourceController {
             Step::Hold
         } else {
             let step = settings.increase_per_period as f64;
-            let climbed = self.budget * settings.headroom_increase;
+            let climbed = self.budget * settings.headroom_factor;
             let target_us = settings.target_ms.saturating_mul(1000) as f64;
             if signal_us as f64 <= HEADROOM * target_us && climbed > self.budget + step {
                 self.budget = climbed;

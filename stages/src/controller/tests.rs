@@ -11,7 +11,7 @@ fn settings() -> ControllerSettings {
         period_ms: 500,
         window_periods: 4,
         increase_per_period: 100,
-        headroom_increase: 1.0,
+        headroom_factor: 1.0,
         decrease_factor: 0.5,
         min_rate: 10,
         max_rate: 10_000,
@@ -83,7 +83,7 @@ fn budget_grows_additively_and_shrinks_multiplicatively() {
 #[test]
 fn budget_climbs_by_the_factor_only_with_headroom() {
     let climbing = ControllerSettings {
-        headroom_increase: 1.5,
+        headroom_factor: 1.5,
         ..settings()
     };
     let mut controller = ResourceController::new(climbing.clone(), 1000);

@@ -128,7 +128,8 @@ pub trait Machine: Send + 'static {
     /// Runs after what `on_batch` (or `on_event`) wrote has been delivered: work that must
     /// not hold up those effects. Storage's group commit runs here, so a batch's reads and
     /// buffered writes are answered before its fdatasync, not after it; the default does
-    /// nothing.
+    /// nothing. The pool's driver and the simulator call it; the intake's loop, whose
+    /// machine has no such work, does not.
     fn after_delivery(&mut self, _now: Now, _out: &mut Outbox) {}
 
     /// Runs every tick of the stage (deadlines, periodic work).

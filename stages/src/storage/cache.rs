@@ -23,20 +23,31 @@ const ENTRY_OVERHEAD_BYTES: usize = 160;
 /// old hash to update the partition's tree, and the bytes are no longer read).
 #[derive(Clone, Debug)]
 pub struct Cached {
+    /// The versions the engine holds for the key.
     pub set: VersionSet,
+    /// `merkle::object_hash` of the key and its stored bytes.
     pub hash: u64,
     /// What it counts against the budget.
     cost: usize,
+    /// When it entered (its ticket in `order`).
+    admitted: u64,
 }
 
 /// One stripe's part of the cache.
 #[derive(Debug, Default)]
 pub struct CacheStripe {
+    /// Stored key (partition, segment, key) → its cached object.
     entries: BTreeMap<Vec<u8>, Cached>,
-    /// Keys in insertion order, for eviction. A key removed from `entries` may linger here
-    /// until it reaches the front (then it is skipped).
-    order: VecDeque<Vec<u8>>,
+    /// Keys in admission order, for eviction, each with its admission ticket: a key removed
+    /// and admitted again has a new ticket, so its old place in the queue is recognised as
+    /// stale (skipped at the front, dropped when the queue is compacted) and never evicts
+    /// the new entry early.
+    order: VecDeque<(u64, Vec<u8>)>,
+    /// The next admission ticket.
+    next_ticket: u64,
+    /// Bytes counted against the budget by the entries.
     bytes: usize,
+    /// This stripe's share of `[storage] object_cache_mib`.
     budget: usize,
 }
 
@@ -62,15 +73,24 @@ impl CacheStripe {
             self.remove(stored);
             return;
         }
-        let entry = Cached { set, hash, cost };
         match self.entries.get_mut(stored) {
             Some(old) => {
                 self.bytes = self.bytes - old.cost + cost;
-                *old = entry;
+                old.set = set;
+                old.hash = hash;
+                old.cost = cost;
             }
             None => {
+                let admitted = self.next_ticket;
+                self.next_ticket += 1;
+                let entry = Cached {
+                    set,
+                    hash,
+                    cost,
+                    admitted,
+                };
                 self.entries.insert(stored.to_vec(), entry);
-                self.order.push_back(stored.to_vec());
+                self.order.push_back((admitted, stored.to_vec()));
                 self.bytes += cost;
             }
         }
@@ -95,23 +115,41 @@ impl CacheStripe {
         }
     }
 
+    /// Forgets everything (after a panic while the stripe's lock was held, when an entry may
+    /// no longer be what the engine holds).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.order.clear();
+        self.bytes = 0;
+    }
+
     /// Bytes counted against the budget.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
 
+    /// Whether `ticket` is still `stored`'s place in the queue.
+    fn current(&self, ticket: u64, stored: &[u8]) -> bool {
+        self.entries
+            .get(stored)
+            .is_some_and(|entry| entry.admitted == ticket)
+    }
+
     fn evict(&mut self) {
         while self.bytes > self.budget {
-            let Some(oldest) = self.order.pop_front() else {
+            let Some((ticket, oldest)) = self.order.pop_front() else {
                 break;
             };
-            self.remove(&oldest);
+            if self.current(ticket, &oldest) {
+                self.remove(&oldest);
+            }
         }
-        // Keys removed while still queued pile up in `order` under churn: rebuild it when it
-        // is mostly such leftovers.
+        // Places of removed keys pile up in `order` under churn: compact it when it is mostly
+        // such leftovers.
         if self.order.len() > 2 * self.entries.len() + 16 {
-            let entries = &self.entries;
-            self.order.retain(|key| entries.contains_key(key));
+            let mut order = std::mem::take(&mut self.order);
+            order.retain(|(ticket, key)| self.current(*ticket, key));
+            self.order = order;
         }
     }
 }
@@ -175,7 +213,9 @@ mod tests {
         assert!(off.get(b"k").is_none());
     }
 
-    /// Goal: keys removed while queued for eviction do not pile up in the queue.
+    /// Goal: keys removed while queued for eviction do not pile up in the queue, nor does
+    /// one key removed and admitted again and again; and its stale place never evicts the
+    /// entry it has now.
     #[test]
     fn churn_of_removed_keys_does_not_grow_the_queue() {
         let mut stripe = CacheStripe::new(1 << 20);
@@ -185,5 +225,21 @@ mod tests {
             stripe.remove(&key);
         }
         assert!(stripe.order.len() <= 16 + 2, "{}", stripe.order.len());
+        for _ in 0..10_000 {
+            stripe.insert(b"again", set(b"v"), 0, 10);
+            stripe.remove(b"again");
+        }
+        stripe.insert(b"again", set(b"v"), 0, 10);
+        assert!(stripe.order.len() <= 16 + 2, "{}", stripe.order.len());
+
+        let cost = 2 + 40 + ENTRY_OVERHEAD_BYTES;
+        let mut small = CacheStripe::new(2 * cost);
+        small.insert(b"k1", set(b"v"), 0, 40);
+        small.remove(b"k1");
+        small.insert(b"k2", set(b"v"), 0, 40);
+        small.insert(b"k1", set(b"v"), 0, 40); // admitted again, behind k2
+        small.insert(b"k3", set(b"v"), 0, 40); // evicts the oldest live entry: k2
+        assert!(small.get(b"k2").is_none());
+        assert!(small.get(b"k1").is_some() && small.get(b"k3").is_some());
     }
 }

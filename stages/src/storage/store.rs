@@ -167,6 +167,15 @@ pub struct PurgeLook {
     pub scanned: usize,
 }
 
+/// Whether a read from the engine enters the object cache: the foreground's reads and
+/// writes do; background passes over many keys (anti-entropy's reads, purges, dropping a
+/// partition) do not, or they would push the hot keys out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    Yes,
+    No,
+}
+
 /// Where an object lives: its partition and segment, and its key in the objects keyspace.
 struct Location {
     partition: u32,
@@ -291,20 +300,25 @@ impl Store {
 
     /// The stored versions of `key` (empty if never written).
     pub fn read(&self, key: &[u8]) -> Result<VersionSet, StorageError> {
+        self.read_admitting(key, Admit::Yes)
+    }
+
+    fn read_admitting(&self, key: &[u8], admit: Admit) -> Result<VersionSet, StorageError> {
         check_key(key)?;
         let mut stripe = self.lock(key);
         let location = self.locate(key);
-        Ok(self.load(&mut stripe, key, &location)?.0)
+        Ok(self.load(&mut stripe, key, &location, admit)?.0)
     }
 
     /// The stored set of the key at `location` and the hash of its stored bytes (`None` if
-    /// absent), from the cache or the engine (then cached). The caller holds the key's lock
-    /// (`stripe`), so the cache and the engine cannot disagree meanwhile.
+    /// absent), from the cache or the engine (then cached if `admit`). The caller holds the
+    /// key's lock (`stripe`), so the cache and the engine cannot disagree meanwhile.
     fn load(
         &self,
         stripe: &mut CacheStripe,
         key: &[u8],
         location: &Location,
+        admit: Admit,
     ) -> Result<(VersionSet, Option<u64>), StorageError> {
         if let Some(cached) = stripe.get(&location.stored) {
             return Ok((cached.set.clone(), Some(cached.hash)));
@@ -314,7 +328,9 @@ impl Store {
         };
         let set = decode_version_set(&bytes)?;
         let hash = object_hash(key, &bytes);
-        stripe.insert(&location.stored, set.clone(), hash, bytes.len());
+        if admit == Admit::Yes {
+            stripe.insert(&location.stored, set.clone(), hash, bytes.len());
+        }
         Ok((set, Some(hash)))
     }
 
@@ -361,7 +377,7 @@ impl Store {
         check_key(key)?;
         let mut stripe = self.lock(key);
         let location = self.locate(key);
-        let (mut set, old_hash) = self.load(&mut stripe, key, &location)?;
+        let (mut set, old_hash) = self.load(&mut stripe, key, &location, Admit::Yes)?;
         let covering;
         let context = if overwrite {
             let mut all = context.clone();
@@ -406,7 +422,7 @@ impl Store {
         check_key(key)?;
         let mut stripe = self.lock(key);
         let location = self.locate(key);
-        let (mut set, old_hash) = self.load(&mut stripe, key, &location)?;
+        let (mut set, old_hash) = self.load(&mut stripe, key, &location, Admit::Yes)?;
         let before = set.clone();
         set.merge(incoming);
         let changed = set != before;
@@ -657,7 +673,8 @@ impl Store {
     pub fn read_many(&self, keys: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, VersionSet)>, StorageError> {
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
-            let set = self.read(key)?;
+            // Anti-entropy's reads: a pass over a partition must not push out the hot keys.
+            let set = self.read_admitting(key, Admit::No)?;
             if !set.is_empty() {
                 out.push((key.clone(), set));
             }
@@ -851,7 +868,7 @@ impl Store {
         check_key(key)?;
         let mut stripe = self.lock(key);
         let location = self.locate(key);
-        let (stored, Some(old_hash)) = self.load(&mut stripe, key, &location)? else {
+        let (stored, Some(old_hash)) = self.load(&mut stripe, key, &location, Admit::No)? else {
             return Ok(false);
         };
         if &stored != set {
@@ -915,11 +932,16 @@ impl Store {
         let mut hasher = DefaultHasher::new();
         key.hash(&mut hasher);
         let stripe = (hasher.finish() as usize) % self.locks.len();
-        // A poisoned stripe only means another worker panicked mid-write; the guarded data
-        // lives in the engine, not behind the mutex, so carrying on is safe.
-        self.locks[stripe]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        // A poisoned stripe means another worker panicked mid-write: the data lives in the
+        // engine, so carrying on is safe once the stripe's cache, which may no longer match
+        // it, is emptied.
+        let lock = &self.locks[stripe];
+        lock.lock().unwrap_or_else(|poisoned| {
+            let mut stripe = poisoned.into_inner();
+            stripe.clear();
+            lock.clear_poison();
+            stripe
+        })
     }
 }
 
