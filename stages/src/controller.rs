@@ -298,13 +298,14 @@ impl ResourceController {
         // No hysteresis around `idle_requests`: a foreground at the threshold swings between
         // the ceiling and the floor, and the floor side of that swing is the safe one.
         let was_idle = std::mem::replace(&mut self.idle, window_requests < settings.idle_requests);
+        let target_us = settings.target_ms.saturating_mul(1000);
         let step = if self.idle {
             self.budget = ceiling;
             Step::Idle
         } else if was_idle {
             self.budget = floor;
             Step::Resume
-        } else if signal_us.min(newest_us) > settings.target_ms.saturating_mul(1000) {
+        } else if signal_us.min(newest_us) > target_us {
             // Cut what is actually being spent, not an allowance nobody uses: a budget held
             // while the stages used a fraction of it would take many halvings to bite.
             self.budget = self.budget.min((used as f64).max(floor)) * settings.decrease_factor;
@@ -314,8 +315,7 @@ impl ResourceController {
         } else {
             let step = settings.increase_per_period as f64;
             let climbed = self.budget * settings.headroom_factor;
-            let target_us = settings.target_ms.saturating_mul(1000) as f64;
-            if signal_us as f64 <= HEADROOM * target_us && climbed > self.budget + step {
+            if signal_us as f64 <= HEADROOM * target_us as f64 && climbed > self.budget + step {
                 self.budget = climbed;
                 Step::Climb
             } else {

@@ -118,7 +118,8 @@ pub trait Machine: Send + 'static {
     fn on_event(&mut self, now: Now, event: Self::Input, out: &mut Outbox);
 
     /// Handles a batch (SEDA's batching); the default handles each event in turn. Storage
-    /// overrides it to flush once per batch (group commit).
+    /// overrides it to apply the whole batch and hold its durable writes for one flush
+    /// (group commit, in [`Machine::after_delivery`]).
     fn on_batch(&mut self, now: Now, batch: &mut Vec<Self::Input>, out: &mut Outbox) {
         for event in batch.drain(..) {
             self.on_event(now, event, out);

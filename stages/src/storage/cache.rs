@@ -1,4 +1,4 @@
-//! The object cache: the decoded version sets of recently written or read keys, kept beside
+//! The object cache: the decoded version sets of recently read keys, kept beside
 //! the engine so a hot key's read-before-write and its gets skip the engine's lookup and the
 //! decoding of its bytes (issue 12: on a loaded node they were a sixth of the loop thread's
 //! time, most of it in the memtable's skiplist, which keeps every version of a hot key until
@@ -6,9 +6,9 @@
 //!
 //! One [`CacheStripe`] lives inside each of the store's key-lock stripes, so the cache changes
 //! only under the lock that orders every read-modify-write of its keys: an entry is always what
-//! the engine holds for its key (written through after the engine accepted the write, removed
-//! with it), and nothing about it can race. Each stripe keeps its share of the byte budget and
-//! evicts in insertion order (FIFO: no bookkeeping on a hit, and a key rewritten keeps its
+//! the engine holds for its key (refreshed after the engine accepted a write, removed with
+//! it), and nothing about it can race. Each stripe keeps its share of the byte budget and
+//! evicts in admission order (FIFO: no bookkeeping on a hit, and a key rewritten keeps its
 //! place, which for a write-heavy hot set is as good as recency).
 
 use crate::versioning::VersionSet;
@@ -21,7 +21,7 @@ const ENTRY_OVERHEAD_BYTES: usize = 160;
 
 /// A cached object: its versions and the Merkle hash of its stored bytes (a write needs the
 /// old hash to update the partition's tree, and the bytes are no longer read).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Cached {
     /// The versions the engine holds for the key.
     pub set: VersionSet,

@@ -249,12 +249,7 @@ impl Store {
     pub fn object_cache_bytes(&self) -> usize {
         self.locks
             .iter()
-            .map(|stripe| {
-                stripe
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .bytes()
-            })
+            .map(|lock| lock_stripe(lock).bytes())
             .sum()
     }
 
@@ -932,16 +927,7 @@ impl Store {
         let mut hasher = DefaultHasher::new();
         key.hash(&mut hasher);
         let stripe = (hasher.finish() as usize) % self.locks.len();
-        // A poisoned stripe means another worker panicked mid-write: the data lives in the
-        // engine, so carrying on is safe once the stripe's cache, which may no longer match
-        // it, is emptied.
-        let lock = &self.locks[stripe];
-        lock.lock().unwrap_or_else(|poisoned| {
-            let mut stripe = poisoned.into_inner();
-            stripe.clear();
-            lock.clear_poison();
-            stripe
-        })
+        lock_stripe(&self.locks[stripe])
     }
 }
 
@@ -1051,6 +1037,18 @@ fn check_identity(
             Ok(Format::Current)
         }
     }
+}
+
+/// Takes one key-lock stripe. A poisoned stripe means another worker panicked mid-write: the
+/// data lives in the engine, so carrying on is safe once the stripe's cache, which may no
+/// longer match it, is emptied.
+fn lock_stripe(lock: &Mutex<CacheStripe>) -> MutexGuard<'_, CacheStripe> {
+    lock.lock().unwrap_or_else(|poisoned| {
+        let mut stripe = poisoned.into_inner();
+        stripe.clear();
+        lock.clear_poison();
+        stripe
+    })
 }
 
 /// The key-lock stripes, sharing `cache_bytes` of object cache between them.
