@@ -412,6 +412,10 @@ pub struct PoolSection {
     /// and storage too when `sync = "none"` (with a flush to wait for, storage stays on the
     /// workers, so the loop keeps reading while a batch is flushed).
     pub intake_runs: Option<Vec<StageId>>,
+    /// A turn of the intake's loop with at least this many connections to write hands their
+    /// output to the reply-writer thread and goes on reading (quieter turns write inline: a
+    /// hand-off costs a wake-up). 0: no writer thread.
+    pub reply_writer_from: usize,
 }
 
 impl Default for PoolSection {
@@ -420,6 +424,7 @@ impl Default for PoolSection {
             workers: 0,
             spin_us: DEFAULT_SPIN_US,
             intake_runs: None,
+            reply_writer_from: DEFAULT_REPLY_WRITER_FROM,
         }
     }
 }
@@ -473,6 +478,9 @@ const DEFAULT_BACKGROUND_RATE_PER_SEC: u64 = 1000;
 /// without a wake-up. Only one worker spins, and only after handling events: an idle node
 /// does not spin.
 const DEFAULT_SPIN_US: u64 = 200;
+/// Connections to write in one loop turn before the reply writer takes them (see
+/// `PoolSection::reply_writer_from`).
+const DEFAULT_REPLY_WRITER_FROM: usize = 4;
 
 impl Config {
     /// Reads and validates a config file.

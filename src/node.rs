@@ -222,7 +222,9 @@ impl Node {
             Arc::clone(&intake_stop),
             logger.new(o!("stage" => StageId::Intake.name())),
             (!domain.is_empty()).then(|| pool.domain(&domain)),
-        );
+        )
+        .with_reply_writer(config.pool.reply_writer_from)
+        .map_err(io_error("starting the reply writer"))?;
         let intake_thread = std::thread::Builder::new()
             .name(format!("{}-0", StageId::Intake.name()))
             .spawn(move || intake.run())

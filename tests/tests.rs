@@ -13,6 +13,7 @@ mod cluster {
     pub mod overload;
     pub mod redis_door;
     pub mod replication;
+    pub mod reply_writer;
     pub mod security;
     pub mod support;
     pub mod throttle;

@@ -1,7 +1,8 @@
 //! The network intake stage: one mio event loop (one thread) that owns every socket.
 //!
 //! The loop is the I/O half: it accepts connections, reads bytes, dials peers and writes
-//! frames. Every decision about those bytes is the [`IntakeMachine`]'s (`machine.rs`): frames
+//! frames (a busy turn's writes go to the reply-writer thread, `writer.rs`, so the loop reads
+//! and runs its stages while they are sent). Every decision about those bytes is the [`IntakeMachine`]'s (`machine.rs`): frames
 //! are checked (declared length before buffering) and handed to the parse stage with a
 //! request delivery, so a full parse queue is answered `Overloaded` on the spot. Other stages
 //! send frames through the intake's own queue and wake the loop with a `mio::Waker`.
@@ -15,6 +16,7 @@ mod machine;
 mod peers;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 pub use machine::{IntakeMachine, IntakeSettings, FIRST_CONN, HANDSHAKE_TIMEOUT};
 
@@ -31,9 +33,11 @@ use slog::{debug, info, warn, Logger};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use writer::{Job, Writer, Written};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -127,10 +131,23 @@ struct Socket {
     overflowed: bool,
     /// An outgoing peer connection whose connect has not completed: output waits.
     connecting: bool,
+    /// The peer shut its side or the socket reported an error: read until end of file or the
+    /// error, since no further readiness edge will come to report what a short read left.
+    read_closed: bool,
+    /// A duplicate of the socket for the reply writer (`None`: the duplicate failed, the loop
+    /// writes this connection itself).
+    shared: Option<Arc<std::net::TcpStream>>,
+    /// Output is at the reply writer: new frames wait behind it in `outgoing`.
+    at_writer: bool,
 }
 
 impl Socket {
     fn new(stream: TcpStream, connecting: bool) -> Socket {
+        let shared = stream
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .map(|fd| Arc::new(std::net::TcpStream::from(fd)));
         Socket {
             stream,
             outgoing: Vec::new(),
@@ -138,6 +155,9 @@ impl Socket {
             closing: false,
             overflowed: false,
             connecting,
+            read_closed: false,
+            shared,
+            at_writer: false,
         }
     }
 }
@@ -151,6 +171,10 @@ struct Sockets {
     /// Connections to close now (failed dials, aborted ones), reported to the machine.
     dead: BTreeSet<ConnId>,
     max_write_buffer_bytes: usize,
+    /// The reply writer, when the node runs one.
+    writer: Option<Writer>,
+    /// Connections with output a turn needs before it is handed to the writer.
+    offload_from: usize,
     logger: Logger,
 }
 
@@ -280,8 +304,8 @@ impl Sockets {
         let Some(socket) = self.open.get_mut(&conn) else {
             return true;
         };
-        if socket.connecting {
-            return true; // output waits for the connect to complete
+        if socket.connecting || socket.at_writer {
+            return true; // output waits for the connect, or behind what the writer holds
         }
         if socket.overflowed {
             warn!(self.logger, "dropping slow reader"; "conn" => conn.0, "limit_bytes" => self.max_write_buffer_bytes);
@@ -306,6 +330,91 @@ impl Sockets {
             return !socket.closing;
         }
         true
+    }
+
+    /// Writes every connection with new output: inline, or, when the turn has at least
+    /// `offload_from` of them, by the reply writer while the loop goes on.
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut jobs = Vec::new();
+        let offload = self.writer.is_some() && dirty.len() >= self.offload_from;
+        for conn in dirty {
+            if offload {
+                if let Some(job) = self.hand_off(conn) {
+                    jobs.push(job);
+                    continue;
+                }
+            }
+            if !self.flush(conn) {
+                self.dead.insert(conn);
+            }
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        let returned = match &mut self.writer {
+            Some(writer) => writer.send(jobs).err(),
+            None => Some(jobs),
+        };
+        // The writer thread is gone (it cannot panic on a write, but if it did): write inline.
+        for job in returned.into_iter().flatten() {
+            self.writer = None;
+            self.on_written(Written {
+                conn: job.conn,
+                bytes: job.bytes,
+                written: job.written,
+                failed: false,
+            });
+            if !self.flush(job.conn) {
+                self.dead.insert(job.conn);
+            }
+        }
+    }
+
+    /// Moves a connection's unsent output into a writer job, if it has any and may.
+    fn hand_off(&mut self, conn: ConnId) -> Option<Job> {
+        let socket = self.open.get_mut(&conn)?;
+        let idle = socket.written == socket.outgoing.len();
+        if idle || socket.connecting || socket.overflowed || socket.at_writer || socket.closing {
+            return None; // the inline flush does what these need
+        }
+        let stream = Arc::clone(socket.shared.as_ref()?);
+        socket.at_writer = true;
+        Some(Job {
+            conn,
+            stream,
+            bytes: std::mem::take(&mut socket.outgoing),
+            written: std::mem::replace(&mut socket.written, 0),
+        })
+    }
+
+    /// Takes back a job from the writer: output the socket did not take goes before what
+    /// queued meanwhile; a failed socket is closed. The connection is flushed next.
+    fn on_written(&mut self, done: Written) {
+        let Some(socket) = self.open.get_mut(&done.conn) else {
+            return; // closed meanwhile (connection ids are never reused)
+        };
+        socket.at_writer = false;
+        if done.failed {
+            self.dead.insert(done.conn);
+            return;
+        }
+        let mut bytes = done.bytes;
+        if done.written < bytes.len() {
+            bytes.drain(..done.written);
+            bytes.extend_from_slice(&socket.outgoing[socket.written..]);
+            socket.outgoing = bytes;
+            socket.written = 0;
+        } else if socket.outgoing.is_empty() && bytes.capacity() <= KEEP_BUFFER_BYTES {
+            bytes.clear();
+            socket.outgoing = bytes; // keeps its allocation for the next reply
+        }
+        self.dirty.insert(done.conn);
+    }
+
+    /// Whether the reply writer has finished jobs to collect.
+    fn writer_done(&self) -> bool {
+        self.writer.as_ref().is_some_and(Writer::has_done)
     }
 
     fn close(&mut self, conn: ConnId) {
@@ -370,6 +479,8 @@ impl Intake {
             dirty: BTreeSet::new(),
             dead: BTreeSet::new(),
             max_write_buffer_bytes: machine.settings().max_write_buffer_bytes,
+            writer: None,
+            offload_from: 0,
             logger: logger.clone(),
         };
         Intake {
@@ -391,6 +502,17 @@ impl Intake {
         }
     }
 
+    /// Starts the reply writer: a turn with at least `from` connections to write hands their
+    /// output to it (`writer.rs`). 0 starts none: the loop writes everything itself.
+    pub fn with_reply_writer(mut self, from: usize) -> io::Result<Intake> {
+        if from > 0 {
+            let wake = Arc::clone(&self.waker) as Arc<dyn Wake>;
+            self.sockets.writer = Some(Writer::start(wake)?);
+            self.sockets.offload_from = from;
+        }
+        Ok(self)
+    }
+
     /// Runs the loop until the stop flag is set, then closes every socket.
     pub fn run(mut self) {
         info!(self.logger, "intake listening"; "addr" => %self.local_addr);
@@ -406,7 +528,8 @@ impl Intake {
             if !busy {
                 self.waker.sleeping.store(true, Ordering::SeqCst);
                 fence(Ordering::SeqCst);
-                if self.receiver.is_empty() {
+                // The writer wakes the loop after each batch it wrote (`writer.rs`).
+                if self.receiver.is_empty() && !self.sockets.writer_done() {
                     timeout = POLL_TIMEOUT;
                 }
             }
@@ -422,9 +545,18 @@ impl Intake {
                 match event.token() {
                     LISTENER => self.accept_all(),
                     WAKER => {}
-                    Token(conn) => self.service(ConnId(conn as u64)),
+                    Token(conn) => {
+                        let conn = ConnId(conn as u64);
+                        if event.is_read_closed() || event.is_error() {
+                            if let Some(socket) = self.sockets.open.get_mut(&conn) {
+                                socket.read_closed = true;
+                            }
+                        }
+                        self.service(conn);
+                    }
                 }
             }
+            self.collect_written();
             for conn in std::mem::take(&mut self.ready) {
                 self.service(conn);
             }
@@ -452,11 +584,7 @@ impl Intake {
                 sockets: |command| sockets.execute(command, stats),
             };
             deliver(machine, now, outbox, &mut post);
-            for conn in std::mem::take(&mut self.sockets.dirty) {
-                if !self.sockets.flush(conn) {
-                    self.sockets.dead.insert(conn);
-                }
-            }
+            self.sockets.flush_dirty();
             let dead = std::mem::take(&mut self.sockets.dead);
             if dead.is_empty() {
                 return;
@@ -466,6 +594,18 @@ impl Intake {
                 self.sockets.close(conn);
                 self.machine.on_closed(now, conn, &mut self.outbox);
             }
+        }
+    }
+
+    /// Takes back what the reply writer finished, then flushes what queued behind it.
+    fn collect_written(&mut self) {
+        let mut collected = false;
+        while let Some(done) = self.sockets.writer.as_mut().and_then(Writer::try_collect) {
+            self.sockets.on_written(done);
+            collected = true;
+        }
+        if collected {
+            self.settle(Now::real());
         }
     }
 
@@ -546,12 +686,19 @@ impl Intake {
             match socket.stream.read(&mut self.scratch) {
                 Ok(0) => return false,
                 Ok(n) => {
+                    // A stream socket that fills less than the buffer has been drained (epoll(7)):
+                    // the next read would only say `WouldBlock`, a syscall per request for
+                    // nothing. Data arriving later raises a new edge.
+                    let drained = n < self.scratch.len() && !socket.read_closed;
                     self.machine.on_received(
                         Now::real(),
                         conn,
                         &self.scratch[..n],
                         &mut self.outbox,
                     );
+                    if drained {
+                        return true;
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}

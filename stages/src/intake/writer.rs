@@ -1,0 +1,149 @@
+//! The reply writer: a thread that writes a busy loop turn's output to its sockets.
+//!
+//! On loopback a `send` carries the receiver's side too (the kernel delivers the segment and
+//! wakes the reading thread in the sender's context): about 7 µs per reply here, 40 % of the
+//! loop's time under 32 connections (benches/results/profile-nosync-2026-12-03.txt). The loop
+//! is one thread, so while it sends nothing else of the node runs. When a turn has at least
+//! `min_writes` connections to write, the loop hands their output to this thread and goes on
+//! reading and running its stages; the two overlap on two cores. A quiet turn (few replies)
+//! writes inline: a hand-off costs a thread wake-up, which a lone reply would wait for.
+//!
+//! Ownership: a connection's output is at the writer (`Socket::at_writer`) from hand-off until
+//! the loop collects its [`Written`]; meanwhile new frames queue behind it in the loop, so the
+//! byte order on the socket is the order the frames were queued. What the socket did not take
+//! (`WouldBlock`) comes back to the loop, which writes it when the socket is writable again.
+//! The writer holds a duplicate of the socket's descriptor, so a connection the loop closes
+//! meanwhile stays a valid descriptor until its job ends (its write then fails or is lost with
+//! the connection, as it would have been inline).
+
+use crate::event::ConnId;
+use crate::seda::Wake;
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use std::io::{ErrorKind, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// One connection's output handed to the writer.
+pub(super) struct Job {
+    pub conn: ConnId,
+    /// A duplicate of the connection's socket (same open file: non-blocking too).
+    pub stream: Arc<TcpStream>,
+    /// The output; bytes before `written` were already sent.
+    pub bytes: Vec<u8>,
+    pub written: usize,
+}
+
+/// What became of a [`Job`]: `written` of `bytes` sent (all of them unless the socket was
+/// full), or the socket failed.
+pub(super) struct Written {
+    pub conn: ConnId,
+    pub bytes: Vec<u8>,
+    pub written: usize,
+    pub failed: bool,
+}
+
+/// The loop's end of the writer thread.
+pub(super) struct Writer {
+    jobs: Option<Sender<Vec<Job>>>,
+    done: Receiver<Written>,
+    thread: Option<JoinHandle<()>>,
+    /// Connections whose output is at the writer now.
+    pub in_flight: usize,
+}
+
+impl Writer {
+    /// Starts the thread; it wakes the loop through `wake` after each batch of jobs, so the
+    /// loop collects what was written (and queued behind it) without waiting for a socket.
+    pub fn start(wake: Arc<dyn Wake>) -> std::io::Result<Writer> {
+        let (jobs, incoming) = crossbeam_channel::unbounded::<Vec<Job>>();
+        let (report, done) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("reply-writer".into())
+            .spawn(move || {
+                // Ends when the loop drops its sender (the node stops).
+                for batch in incoming.iter() {
+                    for job in batch {
+                        if report.send(write(job)).is_err() {
+                            return;
+                        }
+                    }
+                    wake.wake();
+                }
+            })?;
+        Ok(Writer {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+            in_flight: 0,
+        })
+    }
+
+    /// Hands a turn's output over; returns the jobs back if the thread is gone.
+    pub fn send(&mut self, batch: Vec<Job>) -> Result<(), Vec<Job>> {
+        let count = batch.len();
+        match &self.jobs {
+            Some(jobs) => match jobs.send(batch) {
+                Ok(()) => {
+                    self.in_flight += count;
+                    Ok(())
+                }
+                Err(returned) => Err(returned.0),
+            },
+            None => Err(batch),
+        }
+    }
+
+    /// Whether finished jobs wait to be collected.
+    pub fn has_done(&self) -> bool {
+        !self.done.is_empty()
+    }
+
+    /// The next finished job, if any.
+    pub fn try_collect(&mut self) -> Option<Written> {
+        match self.done.try_recv() {
+            Ok(written) => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                Some(written)
+            }
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            // The thread only writes to non-blocking sockets, so it ends promptly.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sends what the socket takes.
+fn write(mut job: Job) -> Written {
+    let mut failed = false;
+    let mut stream: &TcpStream = &job.stream;
+    while job.written < job.bytes.len() {
+        match stream.write(&job.bytes[job.written..]) {
+            Ok(0) => {
+                failed = true;
+                break;
+            }
+            Ok(n) => job.written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    Written {
+        conn: job.conn,
+        bytes: job.bytes,
+        written: job.written,
+        failed,
+    }
+}
