@@ -36,7 +36,9 @@ use shoal_stages::seda::{
     StageReceiver, WorkerPool,
 };
 use shoal_stages::storage::cpu_priority::{lower_priority, threads_named, ENGINE_THREAD_NAME};
-use shoal_stages::storage::{StorageError, StorageMachine, StorageSettings, Store, VersionLimits};
+use shoal_stages::storage::{
+    CommitMachine, StorageError, StorageMachine, StorageSettings, Store, VersionLimits,
+};
 use shoal_stages::transfer::{TransferMachine, TransferSettings};
 use shoal_stages::wire::{decode_membership, ContextSeal};
 use shoal_stages::NodeId;
@@ -112,6 +114,7 @@ struct Receivers {
     transfer: StageReceiver<shoal_stages::event::TransferEvent>,
     gossip: StageReceiver<shoal_stages::event::GossipEvent>,
     storage: StageReceiver<shoal_stages::event::StorageEvent>,
+    commit: StageReceiver<shoal_stages::event::CommitEvent>,
 }
 
 /// What every stage of the node shares.
@@ -223,7 +226,7 @@ impl Node {
             logger.new(o!("stage" => StageId::Intake.name())),
             (!domain.is_empty()).then(|| pool.domain(&domain)),
         )
-        .with_reply_writer(config.pool.reply_writer_from)
+        .with_reply_writer(config.reply_writer_from())
         .map_err(io_error("starting the reply writer"))?;
         let intake_thread = std::thread::Builder::new()
             .name(format!("{}-0", StageId::Intake.name()))
@@ -290,8 +293,8 @@ impl Node {
     }
 
     /// Stops the stages in stage-table order (intake, parse, coordinate, replicate, repair,
-    /// handoff, anti-entropy, transfer, gossip, storage), each after its queue drained;
-    /// storage flushes its journal last.
+    /// handoff, anti-entropy, transfer, gossip, storage, commit), each after its queue
+    /// drained; the commit stage flushes the journal last.
     pub fn shutdown(mut self) {
         if let Some(metrics) = self.metrics.take() {
             metrics.stop();
@@ -341,6 +344,7 @@ fn queues(
     let (transfer, transfer_rx) = pool_queue(config, pool, StageId::Transfer);
     let (gossip, gossip_rx) = pool_queue(config, pool, StageId::Gossip);
     let (storage, storage_rx) = pool_queue(config, pool, StageId::Storage);
+    let (commit, commit_rx) = pool_queue(config, pool, StageId::Commit);
     let router = Router {
         intake,
         parse,
@@ -352,6 +356,7 @@ fn queues(
         transfer,
         gossip,
         storage,
+        commit,
     };
     let receivers = Receivers {
         parse: parse_rx,
@@ -363,6 +368,7 @@ fn queues(
         transfer: transfer_rx,
         gossip: gossip_rx,
         storage: storage_rx,
+        commit: commit_rx,
     };
     (router, receivers, intake_rx)
 }
@@ -425,6 +431,15 @@ fn add_pool_stages(
                 storage_logger.clone(),
             )
         },
+    );
+    let commit_logger = shared.logger.new(o!("stage" => StageId::Commit.name()));
+    let commit = spawn(
+        config,
+        shared,
+        pool,
+        StageId::Commit,
+        receivers.commit,
+        |_| CommitMachine::new(shared.store.clone(), commit_logger.clone()),
     );
     let handoff = spawn(
         config,
@@ -589,6 +604,7 @@ fn add_pool_stages(
         transfer,
         gossip,
         storage,
+        commit,
     ]
 }
 

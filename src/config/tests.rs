@@ -105,6 +105,7 @@ fn bad_values_are_named() {
         ("[pool]\nspin_us = 1000000\n", "pool.spin_us"),
         ("[pool]\nintake_runs = [\"handoff\"]\n", "pool.intake_runs"),
         ("[pool]\nintake_runs = [\"intake\"]\n", "pool.intake_runs"),
+        ("[pool]\nintake_runs = [\"commit\"]\n", "pool.intake_runs"),
         ("[controller.shares]\nstorage = 2\n", "controller.shares.storage"),
         ("[controller.shares]\nhandoff = 0\n", "controller.shares.handoff"),
         ("[controller.shares]\nhandof = 1\n", "handoff"),
@@ -116,16 +117,17 @@ fn bad_values_are_named() {
     }
 }
 
-/// Goal: the intake's loop runs storage too only when there is no flush to wait for, unless
-/// the config says which stages it runs; `[stages.X] spin_us` from older configs still loads.
+/// Goal: the intake's loop runs storage whatever `sync` or `durable_writes` say (the commit
+/// stage waits for the disk, never storage) and never the commit stage, unless the config says
+/// which stages it runs; `[stages.X] spin_us` from older configs still loads.
 #[test]
-fn intake_domain_follows_sync_unless_configured() {
+fn intake_domain_holds_storage_but_never_the_flush_unless_configured() {
     let none = parse(&format!("{MINIMAL}\n[storage]\nsync = \"none\"\n")).expect("valid");
     assert!(none.intake_runs().contains(&StageId::Storage));
     let always = parse(MINIMAL).expect("valid");
-    assert!(!always.intake_runs().contains(&StageId::Storage));
+    assert!(always.intake_runs().contains(&StageId::Storage));
     assert!(always.intake_runs().contains(&StageId::Coordinate));
-    // A request that asks for a flush would stall the loop: storage stays on the workers.
+    assert!(!always.intake_runs().contains(&StageId::Commit));
     let buffered = parse(&format!(
         "{MINIMAL}\n[storage]\nsync = \"none\"\n[cluster]\ndurable_writes = \"one\"\n"
     ))
@@ -134,7 +136,7 @@ fn intake_domain_follows_sync_unless_configured() {
         buffered.cluster.durable_writes,
         shoal_stages::Durability::One
     );
-    assert!(!buffered.intake_runs().contains(&StageId::Storage));
+    assert!(buffered.intake_runs().contains(&StageId::Storage));
     let chosen = parse(&format!("{MINIMAL}\n[pool]\nintake_runs = []\n")).expect("valid");
     assert!(chosen.intake_runs().is_empty());
     let old = parse(&format!("{MINIMAL}\n[stages.parse]\nspin_us = 200\n")).expect("loads");

@@ -319,6 +319,13 @@ impl Config {
                 format!("{stage} cannot run in the intake's loop: only foreground pool stages can"),
             ));
         }
+        if self.intake_runs().contains(&StageId::Commit) {
+            return Err(invalid(
+                "pool.intake_runs",
+                "commit cannot run in the intake's loop: it waits for each fdatasync, and the \
+                 loop would stop reading every socket meanwhile",
+            ));
+        }
         for (stage, tuning) in &self.stages {
             let key = |field: &str| format!("stages.{stage}.{field}");
             if tuning.threads == Some(0) || tuning.threads.is_some_and(|t| t > 256) {

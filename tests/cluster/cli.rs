@@ -70,7 +70,8 @@ fn admin_stats_json_lists_every_stage_with_the_documented_fields() {
             "anti_entropy",
             "transfer",
             "gossip",
-            "storage"
+            "storage",
+            "commit"
         ]
     );
     for field in [

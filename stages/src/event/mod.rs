@@ -23,8 +23,8 @@ pub use network::{encode_reply, GateChange, IntakeEvent, ReplicateEvent, SocketC
 pub use requests::{ClientRequest, CoordinateEvent, Operation, ParseEvent, PeerDone, ServeRequest};
 pub use stage_id::{StageClass, StageId, StageRow, UnknownStage};
 pub use storage::{
-    Hint, RebuildStep, StorageDone, StorageEvent, StorageOutcome, StorageRequest, TreeSummary,
-    TreeView,
+    CommitEvent, Hint, RebuildStep, StorageDone, StorageEvent, StorageOutcome, StorageRequest,
+    TreeSummary, TreeView,
 };
 
 use crate::error::ServiceError;
@@ -53,6 +53,8 @@ pub enum Event {
     Gossip(GossipEvent),
     /// For storage.
     Storage(StorageEvent),
+    /// For the journal flush (group commit).
+    Commit(CommitEvent),
 }
 
 impl Event {
@@ -69,6 +71,7 @@ impl Event {
             Event::Transfer(_) => StageId::Transfer,
             Event::Gossip(_) => StageId::Gossip,
             Event::Storage(_) => StageId::Storage,
+            Event::Commit(_) => StageId::Commit,
         }
     }
 }
@@ -86,6 +89,7 @@ impl fmt::Display for Event {
             Event::Transfer(e) => e.fmt(f),
             Event::Gossip(e) => e.fmt(f),
             Event::Storage(e) => e.fmt(f),
+            Event::Commit(e) => e.fmt(f),
         }
     }
 }
@@ -111,6 +115,7 @@ into_event!(
     Transfer(TransferEvent),
     Gossip(GossipEvent),
     Storage(StorageEvent),
+    Commit(CommitEvent),
 );
 
 /// Where an answer goes: the stage that asked. Carried in every storage operation and every

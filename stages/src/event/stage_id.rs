@@ -27,7 +27,8 @@ impl fmt::Display for StageClass {
 }
 
 /// Every stage of a node. The order is the pipeline order, which is also the shutdown order:
-/// the intake stops first (no new work enters), storage last (everything accepted is flushed).
+/// the intake stops first (no new work enters), storage next to last and commit last
+/// (everything accepted is flushed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StageId {
@@ -52,6 +53,9 @@ pub enum StageId {
     Gossip,
     /// Storage: the node's database.
     Storage,
+    /// The journal flush (group commit): answers the writes that must be on disk once one
+    /// fdatasync covers them, off the thread that applied them.
+    Commit,
 }
 
 /// One row of the stage table: a stage's defaults.
@@ -82,7 +86,7 @@ pub struct StageRow {
 
 impl StageId {
     /// Every stage, in pipeline (and shutdown) order.
-    pub const ALL: [StageId; 10] = [
+    pub const ALL: [StageId; 11] = [
         StageId::Intake,
         StageId::Parse,
         StageId::Coordinate,
@@ -93,6 +97,7 @@ impl StageId {
         StageId::Transfer,
         StageId::Gossip,
         StageId::Storage,
+        StageId::Commit,
     ];
 
     /// The stage's row of the table.
@@ -112,6 +117,8 @@ impl StageId {
             // and a round costs one small message a second.
             StageId::Gossip => ("gossip", Foreground, 1, true, 1024, 64, 100),
             StageId::Storage => ("storage", Foreground, 2, false, 1024, 64, 100),
+            // One slot: while it flushes, the next writes queue and share the next flush.
+            StageId::Commit => ("commit", Foreground, 1, true, 4096, 1024, 100),
         };
         StageRow {
             name,

@@ -19,6 +19,22 @@ pub struct StorageEvent {
     pub request: StorageRequest,
 }
 
+/// Writes storage applied that may be acknowledged only once on disk, with their answers:
+/// the commit stage flushes the journal once for every such event it has, then sends each
+/// answer (marked durable, or the flush's error). Empty: a flush asked for by `sync =
+/// "periodic"`'s tick, answering nobody.
+#[derive(Debug, Default)]
+pub struct CommitEvent {
+    /// The answers to send once flushed, each to its asker.
+    pub waiting: Vec<(ReplyTo, StorageDone)>,
+}
+
+impl fmt::Display for CommitEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "flush for {} writes", self.waiting.len())
+    }
+}
+
 /// What a storage operation does.
 #[derive(Debug)]
 pub enum StorageRequest {

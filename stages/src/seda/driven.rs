@@ -5,9 +5,9 @@
 use super::machine::{Delivery, Effect, Machine, Outbox};
 use super::{ExportedHistogram, OperationLatencies, SendError, Stage, StageSender, StageSnapshot};
 use crate::event::{
-    wall_clock_ms, AntiEntropyEvent, CoordinateEvent, Event, GossipEvent, HandoffEvent,
-    IntakeEvent, Now, Operation, ParseEvent, Refusal, RepairEvent, ReplicateEvent, SocketCommand,
-    StageId, StorageEvent, TransferEvent,
+    wall_clock_ms, AntiEntropyEvent, CommitEvent, CoordinateEvent, Event, GossipEvent,
+    HandoffEvent, IntakeEvent, Now, Operation, ParseEvent, Refusal, RepairEvent, ReplicateEvent,
+    SocketCommand, StageId, StorageEvent, TransferEvent,
 };
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,8 @@ pub struct Router {
     pub gossip: StageSender<GossipEvent>,
     /// Storage.
     pub storage: StageSender<StorageEvent>,
+    /// The journal flush (group commit).
+    pub commit: StageSender<CommitEvent>,
 }
 
 /// Sends through one typed sender, giving the event back as an [`Event`] when refused.
@@ -62,7 +64,7 @@ impl Router {
         route!(self, event, try_send, [Intake => intake, Parse => parse,
             Coordinate => coordinate, Replicate => replicate, Repair => repair,
             Handoff => handoff, AntiEntropy => anti_entropy, Transfer => transfer, Gossip => gossip,
-            Storage => storage])
+            Storage => storage, Commit => commit])
     }
 
     /// Queues an event, waiting for room; gives it back only if the stage stopped.
@@ -70,7 +72,7 @@ impl Router {
         route!(self, event, send, [Intake => intake, Parse => parse,
             Coordinate => coordinate, Replicate => replicate, Repair => repair,
             Handoff => handoff, AntiEntropy => anti_entropy, Transfer => transfer, Gossip => gossip,
-            Storage => storage])
+            Storage => storage, Commit => commit])
     }
 
     /// Events waiting in a stage's queue now.
@@ -86,6 +88,7 @@ impl Router {
             StageId::Transfer => self.transfer.depth(),
             StageId::Gossip => self.gossip.depth(),
             StageId::Storage => self.storage.depth(),
+            StageId::Commit => self.commit.depth(),
         }
     }
 
@@ -105,6 +108,7 @@ impl Router {
                     StageId::Transfer => self.transfer.exported(),
                     StageId::Gossip => self.gossip.exported(),
                     StageId::Storage => self.storage.exported(),
+                    StageId::Commit => self.commit.exported(),
                 };
                 (stage, wait, service)
             })
@@ -126,6 +130,7 @@ impl Router {
                 StageId::Transfer => self.transfer.snapshot(),
                 StageId::Gossip => self.gossip.snapshot(),
                 StageId::Storage => self.storage.snapshot(),
+                StageId::Commit => self.commit.snapshot(),
             })
             .collect()
     }
@@ -265,8 +270,6 @@ impl<M: Machine> Stage for Driven<M> {
     fn handle_batch(&mut self, now: Instant, batch: &mut Vec<M::Input>) {
         let now = now_at(now);
         self.machine.on_batch(now, batch, &mut self.outbox);
-        self.deliver(now);
-        self.machine.after_delivery(now, &mut self.outbox);
         self.deliver(now);
     }
 

@@ -118,20 +118,13 @@ pub trait Machine: Send + 'static {
     fn on_event(&mut self, now: Now, event: Self::Input, out: &mut Outbox);
 
     /// Handles a batch (SEDA's batching); the default handles each event in turn. Storage
-    /// overrides it to apply the whole batch and hold its durable writes for one flush
-    /// (group commit, in [`Machine::after_delivery`]).
+    /// overrides it to apply the whole batch and send its durable writes' answers to the
+    /// commit stage in one event; the commit stage, to flush once for its whole batch.
     fn on_batch(&mut self, now: Now, batch: &mut Vec<Self::Input>, out: &mut Outbox) {
         for event in batch.drain(..) {
             self.on_event(now, event, out);
         }
     }
-
-    /// Runs after what `on_batch` (or `on_event`) wrote has been delivered: work that must
-    /// not hold up those effects. Storage's group commit runs here, so a batch's reads and
-    /// buffered writes are answered before its fdatasync, not after it; the default does
-    /// nothing. The pool's driver and the simulator call it; the intake's loop, whose
-    /// machine has no such work, does not.
-    fn after_delivery(&mut self, _now: Now, _out: &mut Outbox) {}
 
     /// Runs every tick of the stage (deadlines, periodic work).
     fn on_tick(&mut self, _now: Now, _out: &mut Outbox) {}

@@ -17,7 +17,7 @@ use crate::repair::RepairMachine;
 use crate::replicate::ReplicateMachine;
 use crate::seda::{deliver, Gate, Machine, Outbox, Post};
 use crate::storage::{
-    MemoryEngine, StorageMachine, StorageSettings, Store, SyncMode, VersionLimits,
+    CommitMachine, MemoryEngine, StorageMachine, StorageSettings, Store, SyncMode, VersionLimits,
 };
 use crate::transfer::{TransferMachine, TransferSettings};
 use crate::wire::ContextSeal;
@@ -74,6 +74,7 @@ pub struct Machines {
     transfer: TransferMachine,
     gossip: GossipMachine,
     storage: StorageMachine,
+    commit: CommitMachine,
 }
 
 /// One node of the simulated cluster.
@@ -245,7 +246,8 @@ impl SimNode {
                 base,
                 logger.clone(),
             ),
-            storage: StorageMachine::new(0, store.clone(), storage, logger),
+            storage: StorageMachine::new(0, store.clone(), storage, logger.clone()),
+            commit: CommitMachine::new(store.clone(), logger),
         });
         self.store = Some(store);
         self.incarnation += 1;
@@ -306,8 +308,6 @@ fn run<M: Machine>(machine: &mut M, now: Now, input: Option<M::Input>, post: &mu
     match input {
         Some(event) => {
             machine.on_event(now, event, &mut outbox);
-            deliver(machine, now, &mut outbox, post);
-            machine.after_delivery(now, &mut outbox);
         }
         None => machine.on_tick(now, &mut outbox),
     }
@@ -328,6 +328,7 @@ impl Machines {
             Event::Transfer(e) => run(&mut self.transfer, now, Some(e), post),
             Event::Gossip(e) => run(&mut self.gossip, now, Some(e), post),
             Event::Storage(e) => run(&mut self.storage, now, Some(e), post),
+            Event::Commit(e) => run(&mut self.commit, now, Some(e), post),
         }
     }
 
@@ -344,6 +345,7 @@ impl Machines {
             StageId::Transfer => run(&mut self.transfer, now, None, post),
             StageId::Gossip => run(&mut self.gossip, now, None, post),
             StageId::Storage => run(&mut self.storage, now, None, post),
+            StageId::Commit => run(&mut self.commit, now, None, post),
         }
     }
 

@@ -1,13 +1,16 @@
 //! The storage stage: every read and write of the node's database goes through here.
 //!
-//! Group commit (SPEC §7): a worker applies its whole batch, answers at once every operation
-//! that need not be on disk, flushes the journal **once** (fdatasync) if any operation must
-//! be, and only then answers those, so an acknowledged durable write is on disk and the flush
-//! cost is shared by every write that queued meanwhile. A write must be on disk when its
-//! request asked (`durable_writes`, Dynamo §6.1's buffered writes: see [`crate::durability`])
-//! or the node's `sync = "always"`. With `"periodic"` worker 0 also flushes every
-//! `sync_interval` on its tick; with `"none"` the engine's own buffering decides for the
-//! others (writes survive a process crash once in OS buffers, not a power loss).
+//! Group commit (SPEC §7): a worker applies its whole batch and answers at once every operation
+//! that need not be on disk; the answers of those that must be go to the commit stage
+//! (`commit.rs`) in one [`CommitEvent`], which flushes the journal **once** (fdatasync) for
+//! all the events it has and only then sends them, so an acknowledged durable write is on disk
+//! and the flush cost is shared by every write that queued meanwhile. Storage itself never
+//! waits for the disk, so it can run on the intake loop's thread whatever `sync` is. A write
+//! must be on disk when its request asked (`durable_writes`, Dynamo §6.1's buffered writes: see
+//! [`crate::durability`]) or the node's `sync = "always"`. With `"periodic"` worker 0 asks the
+//! commit stage for a flush every `sync_interval` on its tick; with `"none"` the engine's own
+//! buffering decides for the others (writes survive a process crash once in OS buffers, not a
+//! power loss).
 //!
 //! Background merges yield (issue 9, issue 10): a `Sync` carrying more than [`MERGE_CHUNK`]
 //! objects (a hint batch, an anti-entropy exchange, up to a thousand keys) merges that many,
@@ -20,12 +23,14 @@
 //! live behind the [`Engine`] trait: fjall in the product, memory in the simulator.
 
 mod cache;
+mod commit;
 pub mod cpu_priority;
 mod engine;
 mod memory;
 mod store;
 mod trees;
 
+pub use commit::CommitMachine;
 pub use engine::{Engine, FjallEngine, Space};
 pub use memory::MemoryEngine;
 pub use store::{
@@ -34,7 +39,7 @@ pub use store::{
 
 use crate::error::ServiceError;
 use crate::event::{
-    Event, Now, ReplyTo, StorageDone, StorageEvent, StorageOutcome, StorageRequest,
+    CommitEvent, Event, Now, ReplyTo, StorageDone, StorageEvent, StorageOutcome, StorageRequest,
 };
 use crate::seda::{Machine, Outbox};
 use crate::NodeId;
@@ -86,7 +91,7 @@ pub struct StorageSettings {
 /// storage slot for about a millisecond, where a 1000-key exchange held it for tens.
 pub const MERGE_CHUNK: usize = 32;
 
-/// An answer held until the batch's flush.
+/// An answer held until the batch's end (and, if it must be on disk, the commit stage's flush).
 struct Held {
     reply_to: ReplyTo,
     done: StorageDone,
@@ -101,13 +106,11 @@ struct Held {
 pub struct StorageMachine {
     store: Store,
     settings: StorageSettings,
-    /// Whether this worker runs the periodic flush (only one worker does).
+    /// Whether this worker asks for the periodic flush (only one worker does).
     flushes_periodically: bool,
     logger: Logger,
     /// The batch's answers.
     held: Vec<Held>,
-    /// The answers that wait for the batch's flush.
-    flushing: Vec<Held>,
 }
 
 impl StorageMachine {
@@ -124,7 +127,6 @@ impl StorageMachine {
             settings,
             logger,
             held: Vec::new(),
-            flushing: Vec::new(),
         }
     }
 
@@ -345,28 +347,6 @@ impl StorageMachine {
         });
     }
 
-    /// Flushes once for the batch's operations that must be on disk; if the flush fails, none
-    /// of them is acknowledged (coordinated puts, replica merges and hints alike: each counts
-    /// toward some W).
-    fn group_commit(&mut self) {
-        let outcome = self.store.persist();
-        for held in self.flushing.iter_mut() {
-            match &outcome {
-                Ok(()) => held.done.durable = held.done.result.is_ok(),
-                Err(e) => {
-                    if held.done.result.is_ok() {
-                        held.done.result = Err(ServiceError::Storage {
-                            reason: format!("journal flush failed: {e}"),
-                        });
-                    }
-                }
-            }
-        }
-        if let Err(e) = outcome {
-            error!(self.logger, "journal flush failed"; "error" => %e);
-        }
-    }
-
     fn answer(held: Held, out: &mut Outbox) {
         if let Some(answer) = held.reply_to.storage_done(held.done) {
             out.reply(answer);
@@ -385,9 +365,10 @@ impl Machine for StorageMachine {
         for event in batch.drain(..) {
             self.hold(event, out);
         }
-        // What need not be on disk is answered before the flush: a buffered write or a read
-        // does not wait for the fdatasync a durable write in the same batch asked for. The
-        // driver delivers these answers before it calls `after_delivery`, which flushes.
+        // What need not be on disk is answered now: a buffered write or a read does not wait
+        // for the fdatasync a durable write in the same batch asked for. What must be on disk
+        // is answered by the commit stage after its flush.
+        let mut commit = CommitEvent::default();
         for mut held in self.held.drain(..) {
             if let Some(early) = held.early.take() {
                 if let Some(answer) = held.reply_to.storage_done(early) {
@@ -395,23 +376,14 @@ impl Machine for StorageMachine {
                 }
             }
             if held.flush && held.done.result.is_ok() {
-                self.flushing.push(held);
+                commit.waiting.push((held.reply_to, held.done));
             } else {
                 Self::answer(held, out);
             }
         }
-    }
-
-    /// The batch's group commit, once its other answers are on their way (before, the reads
-    /// of a batch with a durable write in it waited for the fdatasync too: delivered only
-    /// after the whole batch).
-    fn after_delivery(&mut self, _now: Now, out: &mut Outbox) {
-        if self.flushing.is_empty() {
-            return;
-        }
-        self.group_commit();
-        for held in self.flushing.drain(..) {
-            Self::answer(held, out);
+        if !commit.waiting.is_empty() {
+            // A reply delivery: the writes are applied, so their answers must not be refused.
+            out.reply(commit);
         }
     }
 
@@ -430,11 +402,10 @@ impl Machine for StorageMachine {
         }
     }
 
-    fn on_tick(&mut self, _now: Now, _out: &mut Outbox) {
+    fn on_tick(&mut self, _now: Now, out: &mut Outbox) {
         if self.flushes_periodically {
-            if let Err(e) = self.store.persist() {
-                error!(self.logger, "periodic journal flush failed"; "error" => %e);
-            }
+            // The commit stage flushes, so whichever thread runs storage never waits for it.
+            out.reply(CommitEvent::default());
         }
     }
 

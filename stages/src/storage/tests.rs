@@ -264,8 +264,15 @@ fn memory_engine_crash_loses_exactly_the_unflushed_writes() {
     assert_eq!(store.read(b"retried").expect("read").len(), 1);
 }
 
-/// A storage machine (worker 0) with `sync` over a fresh memory engine, and that engine.
-fn memory_machine(sync: SyncMode) -> (Arc<MemoryEngine>, StorageMachine) {
+/// Storage and its commit stage over one store, as a node runs them.
+struct Pair {
+    storage: StorageMachine,
+    commit: CommitMachine,
+}
+
+/// A storage machine (worker 0) with `sync` and its commit machine over a fresh memory
+/// engine, and that engine.
+fn memory_machine(sync: SyncMode) -> (Arc<MemoryEngine>, Pair) {
     let engine = MemoryEngine::new();
     let store = Store::with_engine(engine.clone(), &node(), Q, 0).expect("opens");
     let settings = StorageSettings {
@@ -275,7 +282,30 @@ fn memory_machine(sync: SyncMode) -> (Arc<MemoryEngine>, StorageMachine) {
         ownership: None,
     };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    (engine, StorageMachine::new(0, store, settings, logger))
+    let commit = CommitMachine::new(store.clone(), logger.clone());
+    let storage = StorageMachine::new(0, store, settings, logger);
+    (engine, Pair { storage, commit })
+}
+
+/// What the runtime does with storage's outbox: its answers go on, its commit events go to
+/// the commit stage, whose answers (after its one flush) follow.
+fn commit(machines: &mut Pair, now: Now, out: &mut Outbox) {
+    let mut flushed = Outbox::new();
+    for effect in out.take() {
+        match effect {
+            crate::seda::Effect::Send {
+                event: crate::event::Event::Commit(event),
+                ..
+            } => machines.commit.on_event(now, event, &mut flushed),
+            crate::seda::Effect::Send { delivery, event } => out.send(delivery, event),
+            other => panic!("storage produced {other:?}"),
+        }
+    }
+    for effect in flushed.take() {
+        if let crate::seda::Effect::Send { delivery, event } = effect {
+            out.send(delivery, event);
+        }
+    }
 }
 
 fn event(op: u64, request: StorageRequest) -> StorageEvent {
@@ -286,45 +316,117 @@ fn event(op: u64, request: StorageRequest) -> StorageEvent {
     }
 }
 
-/// What a driver does with a batch: the machine's batch, then (its answers delivered) what
-/// waits for delivery, the group commit.
-fn whole_batch(
-    machine: &mut StorageMachine,
-    now: Now,
-    batch: &mut Vec<StorageEvent>,
-    out: &mut Outbox,
-) {
-    machine.on_batch(now, batch, out);
-    machine.after_delivery(now, out);
+/// What a node does with a batch: storage's batch, then the commit stage's flush.
+fn whole_batch(machines: &mut Pair, now: Now, batch: &mut Vec<StorageEvent>, out: &mut Outbox) {
+    machines.storage.on_batch(now, batch, out);
+    commit(machines, now, out);
 }
 
-/// Goal: a batch's reads (and the early answer of its durable write) leave the machine before
-/// its fdatasync: the driver delivers them, then `after_delivery` flushes and answers the
-/// write as durable. Before, the driver delivered the whole batch's answers after the flush,
-/// so every get that shared a batch with a put waited for the disk. Reference: SPEC §7.
+/// Goal: storage never waits for the disk: a batch's reads (and the early answer of its
+/// durable write) leave it at once, and the durable write's final answer goes to the commit
+/// stage in one event, answered as durable only after the commit stage's flush. Before the
+/// commit stage, storage flushed on the thread that ran it, so it could not run on the
+/// intake's loop with `sync = "always"`. Reference: SPEC §7.
 #[test]
-fn a_batch_answers_its_reads_before_its_group_commit() {
+fn storage_answers_its_reads_at_once_and_the_commit_stage_answers_after_the_flush() {
     let (engine, mut machine) = memory_machine(SyncMode::Always);
     let read = StorageRequest::Read {
         key: b"other".to_vec(),
         with_hints: true,
     };
     let mut out = Outbox::new();
-    machine.on_batch(
+    machine.storage.on_batch(
         Now::real(),
         &mut vec![event(1, coordinate_put(b"k", false)), event(2, read)],
         &mut out,
     );
+    let commits = out
+        .effects()
+        .iter()
+        .filter(|effect| {
+            matches!(
+                effect,
+                crate::seda::Effect::Send {
+                    delivery: crate::seda::Delivery::Reply,
+                    event: crate::event::Event::Commit(commit),
+                } if commit.waiting.len() == 1
+            )
+        })
+        .count();
     assert_eq!(
-        storage_answers(&mut out),
-        vec![(1, true, false), (2, true, false)]
+        commits, 1,
+        "one commit event, sent as a reply (never refused)"
     );
     assert!(
         engine.unflushed_writes() > 0,
-        "nothing is flushed before delivery"
+        "storage itself flushes nothing"
     );
-    machine.after_delivery(Now::real(), &mut out);
-    assert_eq!(storage_answers(&mut out), vec![(1, true, true)]);
+    commit(&mut machine, Now::real(), &mut out);
+    assert_eq!(
+        storage_answers(&mut out),
+        vec![(1, true, false), (2, true, false), (1, true, true)]
+    );
+    assert_eq!(engine.unflushed_writes(), 0);
+}
+
+/// The commit events in `out`, taken out of it (the other effects stay, in order).
+fn commit_events(out: &mut Outbox) -> Vec<CommitEvent> {
+    let mut events = Vec::new();
+    for effect in out.take() {
+        match effect {
+            crate::seda::Effect::Send {
+                event: crate::event::Event::Commit(event),
+                ..
+            } => events.push(event),
+            crate::seda::Effect::Send { delivery, event } => out.send(delivery, event),
+            other => panic!("storage produced {other:?}"),
+        }
+    }
+    events
+}
+
+/// Goal: group commit across batches: the commit stage flushes once for every commit event of
+/// its batch (the writes of storage batches that queued while it was flushing), so one failed
+/// flush fails them all and acknowledges none (were it one flush per event, only the first
+/// would fail). With `sync = "periodic"`, storage's tick asks the commit stage for the flush
+/// instead of flushing on storage's own thread. Reference: SPEC §7.
+#[test]
+fn the_commit_stage_flushes_once_for_the_batches_that_queued() {
+    let (engine, mut machines) = memory_machine(SyncMode::Always);
+    let now = Now::real();
+    let mut out = Outbox::new();
+    let mut first = vec![event(1, coordinate_put(b"a", false))];
+    machines.storage.on_batch(now, &mut first, &mut out);
+    let mut second = vec![event(2, coordinate_put(b"b", false))];
+    machines.storage.on_batch(now, &mut second, &mut out);
+    let mut events = commit_events(&mut out);
+    assert_eq!(events.len(), 2, "one commit event per storage batch");
+    assert_eq!(
+        storage_answers(&mut out),
+        vec![(1, true, false), (2, true, false)],
+        "applied at once, not yet durable"
+    );
+    engine.fail_flushes(1);
+    machines.commit.on_batch(now, &mut events, &mut out);
+    assert_eq!(
+        storage_answers(&mut out),
+        vec![(1, false, false), (2, false, false)]
+    );
+
+    let (engine, mut machines) = memory_machine(SyncMode::Periodic);
+    let mut out = Outbox::new();
+    let mut batch = vec![event(3, coordinate_put(b"c", false))];
+    machines.storage.on_batch(now, &mut batch, &mut out);
+    assert_eq!(storage_answers(&mut out), vec![(3, true, false)]);
+    machines.storage.on_tick(now, &mut out);
+    assert_eq!(
+        engine.unflushed_writes(),
+        1,
+        "storage's tick flushes nothing itself"
+    );
+    let mut events = commit_events(&mut out);
+    assert_eq!(events.len(), 1, "the tick asks the commit stage");
+    machines.commit.on_batch(now, &mut events, &mut out);
     assert_eq!(engine.unflushed_writes(), 0);
 }
 
@@ -675,7 +777,7 @@ fn a_large_merge_yields_to_the_queue_in_chunks_and_answers_once_when_whole() {
         }
         other => panic!("the reads, not {other:?}"),
     }
-    assert_eq!(machine.store.objects().expect("scan").len(), 70);
+    assert_eq!(machine.storage.store.objects().expect("scan").len(), 70);
 
     // A rest refused by a full queue: the asker hears Overloaded.
     let objects: Vec<(Vec<u8>, VersionSet)> = (0..40u8)
@@ -706,7 +808,7 @@ fn a_large_merge_yields_to_the_queue_in_chunks_and_answers_once_when_whole() {
     let full = ServiceError::Overloaded {
         stage: "storage".into(),
     };
-    machine.on_refused(
+    machine.storage.on_refused(
         Now::real(),
         crate::event::Event::Storage(rest),
         full,

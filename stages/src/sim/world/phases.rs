@@ -24,13 +24,8 @@ impl World {
         self.record(format!("{:>10} fault {fault:?}", self.sched.time));
         match fault {
             Fault::Join(node) => {
-                let member = Member {
-                    id: self.nodes[node].id.clone(),
-                    addr: joiner_addr(node),
-                    weight: 1,
-                    zone: None,
-                };
-                self.operator(Some(MembershipChange::Join(member)), false, node);
+                let join = MembershipChange::Join(self.joiner_member(node));
+                self.operator(Some(join), false, node);
                 self.commit_later(node, true, COMMIT_ATTEMPTS, 100_000);
             }
             Fault::Leave(node) => {
@@ -46,7 +41,11 @@ impl World {
                 let id = self.nodes[node].id.clone();
                 let done = self.final_view().ring().contains(&id) == joining;
                 if !done && attempts > 0 {
-                    self.operator(None, true, node);
+                    // The join goes with every commit: the first may have been lost with the
+                    // member it was sent to (paused, then crashed before it staged it), and
+                    // staging a join again at the same address changes nothing.
+                    let change = joining.then(|| MembershipChange::Join(self.joiner_member(node)));
+                    self.operator(change, true, node);
                     self.commit_later(node, joining, attempts - 1, 500_000);
                 }
             }
@@ -69,6 +68,16 @@ impl World {
             Fault::FailFlushes(node, count) => self.nodes[node].engine.fail_flushes(count),
             Fault::Partition(side) => self.net.partition = Some(side),
             Fault::EndPartition => self.net.partition = None,
+        }
+    }
+
+    /// The member a joining node is staged as.
+    fn joiner_member(&self, node: usize) -> Member {
+        Member {
+            id: self.nodes[node].id.clone(),
+            addr: joiner_addr(node),
+            weight: 1,
+            zone: None,
         }
     }
 
