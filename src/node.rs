@@ -2,19 +2,20 @@
 //!
 //! ```text
 //!                 ┌──────────────── replies (send) ─────────────────┐
-//! socket → intake ─try_send→ parse ─try_send→ coordinate ─try_send→ storage (fjall)
-//!   ↑  ↑                      │                 │  ↑  ↑                 │
-//!   │  │ peer answers (send)  └→ replicate ←────┘  │  └──── send ───────┘
-//!   │  └──────── frames to peers (send) ─┘  └─send─┘
+//! socket → intake ─try_send→ parse ─try_send→ coordinate ─try_send→ storage (fjall) ─try_send→ commit
+//!   ↑  ↑                      │                 │  ↑  ↑  ↑              │                      │
+//!   │  │ peer answers (send)  └→ replicate ←────┘  │  │  └──── send ────┘  (fdatasync, then)  │
+//!   │  └──────── frames to peers (send) ─┘  └─send─┘  └──────────────── send ─────────────────┘
 //!   │                          coordinate ─try_send→ repair (background) ─try_send→ storage/replicate
 //! ```
 //! Each stage is a machine (`shoal_stages::seda::Machine`) run by `Driven` on the stage's
 //! workers (the intake's by the mio loop); its outbox is delivered through the `Router` of
 //! every queue. Requests move forward with `try_send` (a full queue answers `Overloaded`);
-//! answers move back with a blocking `send`. The blocking edges (storage and replicate to
-//! each stage that asks them, every stage to the intake, parse→replicate; the full list is in
-//! ARCHITECTURE.md's invariants) form no cycle: the stages that ask reach replicate and
-//! storage only with `try_send`, and the intake never blocks.
+//! answers move back with a blocking `send`. The blocking edges (storage, commit and replicate
+//! to each stage that asks them, every stage to the intake, parse→replicate; the full list is
+//! in ARCHITECTURE.md's invariants) form no cycle: the stages that ask reach replicate, storage
+//! and commit only with `try_send` (storage's commit events too: it runs on the intake's loop),
+//! and the intake never blocks on its own queue.
 
 use crate::config::{Config, ConfigError, DEFAULT_SECRET};
 use crate::controller::ControllerLoop;

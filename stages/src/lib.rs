@@ -12,7 +12,8 @@
 //! - [`wire`]: frames and every MessagePack encoding; the only module that knows MessagePack.
 //! - One module per stage: [`intake`] (mio sockets, client and peer connections), [`parse`]
 //!   (frames → typed requests), [`coordinate`] (quorums and deadlines), [`replicate`] (requests
-//!   to peers and their answers), [`storage`] (fjall or memory behind an engine trait),
+//!   to peers and their answers), [`storage`] (fjall or memory behind an engine trait, and
+//!   the commit stage: group commit, the one place a thread waits for the disk),
 //!   [`repair`] (read repair), [`handoff`] (hinted handoff) and [`anti_entropy`] (Merkle
 //!   exchanges and tombstone purge), all background; [`gossip`] (the membership, §4.8: merged
 //!   with peers, changed by the operator's plan and commit), beside the pure [`membership`];

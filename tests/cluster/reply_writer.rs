@@ -121,3 +121,37 @@ fn a_client_that_never_reads_is_dropped_with_the_writer_on() {
         "the hog received all {received} replies: it was never dropped"
     );
 }
+
+/// Goal: a client that never reads and asks one small reply at a time (so each turn hands the
+/// writer one connection's output, which the full socket refuses) is still cut off at its
+/// output bound: what the writer holds and what it hands back count against the bound.
+#[test]
+fn a_slow_reader_asking_one_reply_at_a_time_is_dropped_with_the_writer_on() {
+    let node = TestNode::start(
+        "[pool]\nreply_writer_from = 1\n\
+         [limits]\nmax_value_bytes = 100000\nmax_frame_bytes = 200000\nmax_write_buffer_bytes = 200000\n",
+    );
+    let mut writer = node.client();
+    writer
+        .put(b"small", None, &[7u8; 10_000], DEFAULT)
+        .expect("put");
+    let mut hog = node.client();
+    // 3000 replies of 10 KB: 30 MB, several times what loopback's socket buffers hold.
+    let requests = 3000;
+    for _ in 0..requests {
+        if hog.send(&get(b"small")).is_err() {
+            break;
+        }
+        thread::sleep(Duration::from_micros(100));
+    }
+    let mut other = node.client();
+    other.put(b"alive", None, b"yes", DEFAULT).expect("served");
+    let mut received = 0;
+    while hog.receive().is_ok() {
+        received += 1;
+    }
+    assert!(
+        received < requests,
+        "the hog received all {received} replies: its output was never bounded"
+    );
+}

@@ -14,30 +14,31 @@
 mod handshake;
 mod machine;
 mod peers;
+mod sockets;
 #[cfg(test)]
 mod tests;
 mod writer;
 
 pub use machine::{IntakeMachine, IntakeSettings, FIRST_CONN, HANDSHAKE_TIMEOUT};
 
-use crate::event::{encode_reply, AaeBoard, ConnId, GateChange, IntakeEvent, Now, SocketCommand};
+use crate::event::{AaeBoard, ConnId, GateChange, IntakeEvent, Now};
 use crate::seda::{
     deliver, Domain, GateRegistry, Machine, OperationLatencies, Outbox, Router, StageReceiver,
     StageThrottle, Threads, Wake,
 };
-use crate::wire::{Message, StatsReply, ThrottleReply};
+use crate::wire::{StatsReply, ThrottleReply};
 use crate::NodeId;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slog::{debug, info, warn, Logger};
+use sockets::{token, Socket, Sockets};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read};
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use writer::{Job, Writer, Written};
+use writer::Writer;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -52,9 +53,6 @@ const EVENTS_PER_POLL: usize = 1024;
 /// drains would otherwise never yield `WouldBlock` and starve every other socket and the
 /// outgoing queue; past this it waits for the next turn.
 const READS_PER_TURN: usize = 16;
-/// A connection's output buffer is released once flushed if it grew beyond this, so one large
-/// reply does not pin its peak size for the life of the connection.
-const KEEP_BUFFER_BYTES: usize = 256 * 1024;
 /// Passes over the domain's stages per loop turn.
 const DOMAIN_PASSES_PER_TURN: usize = 16;
 /// Rounds of closing per loop turn: closing a peer link makes the machine report it, which
@@ -119,65 +117,6 @@ impl IntakeSocket {
     }
 }
 
-/// One socket and its unsent output.
-struct Socket {
-    stream: TcpStream,
-    /// Encoded frames not yet written; `written` bytes of its front are already sent.
-    outgoing: Vec<u8>,
-    written: usize,
-    /// Close once `outgoing` is flushed.
-    closing: bool,
-    /// Unsent output exceeded `max_write_buffer_bytes`: a slow reader, dropped at next flush.
-    overflowed: bool,
-    /// An outgoing peer connection whose connect has not completed: output waits.
-    connecting: bool,
-    /// The peer shut its side or the socket reported an error: read until end of file or the
-    /// error, since no further readiness edge will come to report what a short read left.
-    read_closed: bool,
-    /// A duplicate of the socket for the reply writer (`None`: the duplicate failed, the loop
-    /// writes this connection itself).
-    shared: Option<Arc<std::net::TcpStream>>,
-    /// Output is at the reply writer: new frames wait behind it in `outgoing`.
-    at_writer: bool,
-}
-
-impl Socket {
-    fn new(stream: TcpStream, connecting: bool) -> Socket {
-        let shared = stream
-            .as_fd()
-            .try_clone_to_owned()
-            .ok()
-            .map(|fd| Arc::new(std::net::TcpStream::from(fd)));
-        Socket {
-            stream,
-            outgoing: Vec::new(),
-            written: 0,
-            closing: false,
-            overflowed: false,
-            connecting,
-            read_closed: false,
-            shared,
-            at_writer: false,
-        }
-    }
-}
-
-/// The sockets of the loop and what the machine's commands did to them this turn.
-struct Sockets {
-    poll: Poll,
-    open: BTreeMap<ConnId, Socket>,
-    /// Connections with new output, to flush.
-    dirty: BTreeSet<ConnId>,
-    /// Connections to close now (failed dials, aborted ones), reported to the machine.
-    dead: BTreeSet<ConnId>,
-    max_write_buffer_bytes: usize,
-    /// The reply writer, when the node runs one.
-    writer: Option<Writer>,
-    /// Connections with output a turn needs before it is handed to the writer.
-    offload_from: usize,
-    logger: Logger,
-}
-
 /// What a `Stats` request is answered from.
 #[derive(Clone)]
 pub struct StatsSource {
@@ -234,201 +173,6 @@ impl StatsSource {
     }
 }
 
-impl Sockets {
-    /// Appends a frame to a connection's output (if it still exists), unless that would take
-    /// its unsent bytes past the bound: then the connection is marked for dropping instead.
-    fn enqueue(&mut self, conn: ConnId, frame: &[u8]) {
-        if let Some(socket) = self.open.get_mut(&conn) {
-            let unsent = socket.outgoing.len() - socket.written;
-            if unsent + frame.len() > self.max_write_buffer_bytes {
-                socket.overflowed = true;
-            } else {
-                socket.outgoing.extend_from_slice(frame);
-            }
-            self.dirty.insert(conn);
-        }
-    }
-
-    fn execute(&mut self, command: SocketCommand, stats: &StatsSource) {
-        match command {
-            SocketCommand::Write { conn, frame } => self.enqueue(conn, &frame),
-            SocketCommand::Dial { conn, peer, addr } => self.dial(conn, &peer, addr),
-            SocketCommand::Close { conn } => {
-                if let Some(socket) = self.open.get_mut(&conn) {
-                    socket.closing = true;
-                    self.dirty.insert(conn);
-                }
-            }
-            SocketCommand::Abort { conn } => {
-                self.dead.insert(conn);
-            }
-            SocketCommand::Stats { origin } => {
-                let reply = Message::StatsReply(stats.snapshot());
-                self.enqueue(origin.conn, &encode_reply(origin.request_id, &reply));
-            }
-            SocketCommand::Throttle { origin, change } => {
-                let reply = Message::ThrottleReply(stats.throttle(change));
-                self.enqueue(origin.conn, &encode_reply(origin.request_id, &reply));
-            }
-            SocketCommand::Aae { origin } => {
-                let reply = Message::AaeReply(Box::new(stats.aae.report()));
-                self.enqueue(origin.conn, &encode_reply(origin.request_id, &reply));
-            }
-        }
-    }
-
-    /// Starts a non-blocking connect to a peer; a failure is reported as a closed connection.
-    fn dial(&mut self, conn: ConnId, peer: &NodeId, addr: SocketAddr) {
-        let registered = TcpStream::connect(addr).and_then(|mut stream| {
-            let interest = Interest::READABLE | Interest::WRITABLE;
-            self.poll
-                .registry()
-                .register(&mut stream, token(conn), interest)?;
-            Ok(stream)
-        });
-        match registered {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                self.open.insert(conn, Socket::new(stream, true));
-            }
-            Err(e) => {
-                warn!(self.logger, "cannot dial peer"; "peer" => %peer, "error" => %e);
-                self.dead.insert(conn);
-            }
-        }
-    }
-
-    /// Writes as much pending output as the socket takes. Returns false when the connection
-    /// must close (error, slow reader over its bound, or closing and flushed).
-    fn flush(&mut self, conn: ConnId) -> bool {
-        let Some(socket) = self.open.get_mut(&conn) else {
-            return true;
-        };
-        if socket.connecting || socket.at_writer {
-            return true; // output waits for the connect, or behind what the writer holds
-        }
-        if socket.overflowed {
-            warn!(self.logger, "dropping slow reader"; "conn" => conn.0, "limit_bytes" => self.max_write_buffer_bytes);
-            return false;
-        }
-        while socket.written < socket.outgoing.len() {
-            match socket.stream.write(&socket.outgoing[socket.written..]) {
-                Ok(0) => return false,
-                Ok(n) => socket.written += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        if socket.written == socket.outgoing.len() {
-            if socket.outgoing.capacity() > KEEP_BUFFER_BYTES {
-                socket.outgoing = Vec::new();
-            } else {
-                socket.outgoing.clear();
-            }
-            socket.written = 0;
-            return !socket.closing;
-        }
-        true
-    }
-
-    /// Writes every connection with new output: inline, or, when the turn has at least
-    /// `offload_from` of them, by the reply writer while the loop goes on.
-    fn flush_dirty(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
-        let mut jobs = Vec::new();
-        let offload = self.writer.is_some() && dirty.len() >= self.offload_from;
-        for conn in dirty {
-            if offload {
-                if let Some(job) = self.hand_off(conn) {
-                    jobs.push(job);
-                    continue;
-                }
-            }
-            if !self.flush(conn) {
-                self.dead.insert(conn);
-            }
-        }
-        if jobs.is_empty() {
-            return;
-        }
-        let returned = match &mut self.writer {
-            Some(writer) => writer.send(jobs).err(),
-            None => Some(jobs),
-        };
-        // The writer thread is gone (it cannot panic on a write, but if it did): write inline.
-        for job in returned.into_iter().flatten() {
-            self.writer = None;
-            self.on_written(Written {
-                conn: job.conn,
-                bytes: job.bytes,
-                written: job.written,
-                failed: false,
-            });
-            if !self.flush(job.conn) {
-                self.dead.insert(job.conn);
-            }
-        }
-    }
-
-    /// Moves a connection's unsent output into a writer job, if it has any and may.
-    fn hand_off(&mut self, conn: ConnId) -> Option<Job> {
-        let socket = self.open.get_mut(&conn)?;
-        let idle = socket.written == socket.outgoing.len();
-        if idle || socket.connecting || socket.overflowed || socket.at_writer || socket.closing {
-            return None; // the inline flush does what these need
-        }
-        let stream = Arc::clone(socket.shared.as_ref()?);
-        socket.at_writer = true;
-        Some(Job {
-            conn,
-            stream,
-            bytes: std::mem::take(&mut socket.outgoing),
-            written: std::mem::replace(&mut socket.written, 0),
-        })
-    }
-
-    /// Takes back a job from the writer: output the socket did not take goes before what
-    /// queued meanwhile; a failed socket is closed. The connection is flushed next.
-    fn on_written(&mut self, done: Written) {
-        let Some(socket) = self.open.get_mut(&done.conn) else {
-            return; // closed meanwhile (connection ids are never reused)
-        };
-        socket.at_writer = false;
-        if done.failed {
-            self.dead.insert(done.conn);
-            return;
-        }
-        let mut bytes = done.bytes;
-        if done.written < bytes.len() {
-            bytes.drain(..done.written);
-            bytes.extend_from_slice(&socket.outgoing[socket.written..]);
-            socket.outgoing = bytes;
-            socket.written = 0;
-        } else if socket.outgoing.is_empty() && bytes.capacity() <= KEEP_BUFFER_BYTES {
-            bytes.clear();
-            socket.outgoing = bytes; // keeps its allocation for the next reply
-        }
-        self.dirty.insert(done.conn);
-    }
-
-    /// Whether the reply writer has finished jobs to collect.
-    fn writer_done(&self) -> bool {
-        self.writer.as_ref().is_some_and(Writer::has_done)
-    }
-
-    fn close(&mut self, conn: ConnId) {
-        if let Some(mut socket) = self.open.remove(&conn) {
-            let _ = self.poll.registry().deregister(&mut socket.stream);
-            debug!(self.logger, "connection closed"; "conn" => conn.0);
-        }
-    }
-}
-
-fn token(conn: ConnId) -> Token {
-    Token(conn.0 as usize)
-}
-
 /// The running intake loop.
 pub struct Intake {
     machine: IntakeMachine,
@@ -480,7 +224,7 @@ impl Intake {
             dead: BTreeSet::new(),
             max_write_buffer_bytes: machine.settings().max_write_buffer_bytes,
             writer: None,
-            offload_from: 0,
+            reply_writer_from: 0,
             logger: logger.clone(),
         };
         Intake {
@@ -508,7 +252,7 @@ impl Intake {
         if from > 0 {
             let wake = Arc::clone(&self.waker) as Arc<dyn Wake>;
             self.sockets.writer = Some(Writer::start(wake)?);
-            self.sockets.offload_from = from;
+            self.sockets.reply_writer_from = from;
         }
         Ok(self)
     }
@@ -600,8 +344,8 @@ impl Intake {
     /// Takes back what the reply writer finished, then flushes what queued behind it.
     fn collect_written(&mut self) {
         let mut collected = false;
-        while let Some(done) = self.sockets.writer.as_mut().and_then(Writer::try_collect) {
-            self.sockets.on_written(done);
+        while let Some(report) = self.sockets.writer.as_mut().and_then(Writer::try_collect) {
+            self.sockets.on_report(report);
             collected = true;
         }
         if collected {
@@ -639,7 +383,10 @@ impl Intake {
             return;
         }
         debug!(self.logger, "connection opened"; "conn" => conn.0, "peer" => %peer);
-        self.sockets.open.insert(conn, Socket::new(stream, false));
+        let for_writer = self.sockets.writer.is_some();
+        self.sockets
+            .open
+            .insert(conn, Socket::new(stream, false, for_writer));
     }
 
     /// Completes a pending connect, reads what the socket has into the machine, and writes

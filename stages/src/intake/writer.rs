@@ -4,21 +4,23 @@
 //! wakes the reading thread in the sender's context): about 7 µs per reply here, 40 % of the
 //! loop's time under 32 connections (benches/results/profile-nosync-2026-12-03.txt). The loop
 //! is one thread, so while it sends nothing else of the node runs. When a turn has at least
-//! `min_writes` connections to write, the loop hands their output to this thread and goes on
-//! reading and running its stages; the two overlap on two cores. A quiet turn (few replies)
-//! writes inline: a hand-off costs a thread wake-up, which a lone reply would wait for.
+//! `[pool] reply_writer_from` connections to write, the loop hands their output to this thread
+//! and goes on reading and running its stages; the two overlap on two cores. A quiet turn (few
+//! replies) writes inline: a hand-off costs a thread wake-up, which a lone reply would wait
+//! for.
 //!
 //! Ownership: a connection's output is at the writer (`Socket::at_writer`) from hand-off until
-//! the loop collects its [`Written`]; meanwhile new frames queue behind it in the loop, so the
+//! the loop collects its [`Report`]; meanwhile new frames queue behind it in the loop, so the
 //! byte order on the socket is the order the frames were queued. What the socket did not take
-//! (`WouldBlock`) comes back to the loop, which writes it when the socket is writable again.
+//! (`WouldBlock`) comes back to the loop, which writes that connection itself until the socket
+//! took everything (retrying on its writable edge).
 //! The writer holds a duplicate of the socket's descriptor, so a connection the loop closes
 //! meanwhile stays a valid descriptor until its job ends (its write then fails or is lost with
 //! the connection, as it would have been inline).
 
 use crate::event::ConnId;
 use crate::seda::Wake;
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -26,36 +28,42 @@ use std::thread::JoinHandle;
 
 /// One connection's output handed to the writer.
 pub(super) struct Job {
+    /// The connection.
     pub conn: ConnId,
     /// A duplicate of the connection's socket (same open file: non-blocking too).
     pub stream: Arc<TcpStream>,
-    /// The output; bytes before `written` were already sent.
+    /// The output, from its first unsent byte at `written`.
     pub bytes: Vec<u8>,
+    /// Bytes of `bytes` already sent.
     pub written: usize,
 }
 
-/// What became of a [`Job`]: `written` of `bytes` sent (all of them unless the socket was
-/// full), or the socket failed.
-pub(super) struct Written {
+/// What became of a [`Job`], sent back to the loop.
+pub(super) struct Report {
+    /// The connection.
     pub conn: ConnId,
+    /// The job's output, handed back (what was not sent is still to send).
     pub bytes: Vec<u8>,
+    /// Bytes of `bytes` sent: all of them unless the socket was full.
     pub written: usize,
+    /// The socket failed: the connection is to close.
     pub failed: bool,
 }
 
 /// The loop's end of the writer thread.
 pub(super) struct Writer {
     jobs: Option<Sender<Vec<Job>>>,
-    done: Receiver<Written>,
+    done: Receiver<Report>,
     thread: Option<JoinHandle<()>>,
-    /// Connections whose output is at the writer now.
-    pub in_flight: usize,
 }
 
 impl Writer {
     /// Starts the thread; it wakes the loop through `wake` after each batch of jobs, so the
     /// loop collects what was written (and queued behind it) without waiting for a socket.
     pub fn start(wake: Arc<dyn Wake>) -> std::io::Result<Writer> {
+        // Unbounded on purpose, yet bounded in fact: a connection has at most one job at the
+        // writer until the loop collected its report, so neither channel holds more than
+        // `max_connections` jobs.
         let (jobs, incoming) = crossbeam_channel::unbounded::<Vec<Job>>();
         let (report, done) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()
@@ -75,21 +83,13 @@ impl Writer {
             jobs: Some(jobs),
             done,
             thread: Some(thread),
-            in_flight: 0,
         })
     }
 
     /// Hands a turn's output over; returns the jobs back if the thread is gone.
     pub fn send(&mut self, batch: Vec<Job>) -> Result<(), Vec<Job>> {
-        let count = batch.len();
         match &self.jobs {
-            Some(jobs) => match jobs.send(batch) {
-                Ok(()) => {
-                    self.in_flight += count;
-                    Ok(())
-                }
-                Err(returned) => Err(returned.0),
-            },
+            Some(jobs) => jobs.send(batch).map_err(|returned| returned.0),
             None => Err(batch),
         }
     }
@@ -100,14 +100,8 @@ impl Writer {
     }
 
     /// The next finished job, if any.
-    pub fn try_collect(&mut self) -> Option<Written> {
-        match self.done.try_recv() {
-            Ok(written) => {
-                self.in_flight = self.in_flight.saturating_sub(1);
-                Some(written)
-            }
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+    pub fn try_collect(&mut self) -> Option<Report> {
+        self.done.try_recv().ok()
     }
 }
 
@@ -122,7 +116,7 @@ impl Drop for Writer {
 }
 
 /// Sends what the socket takes.
-fn write(mut job: Job) -> Written {
+fn write(mut job: Job) -> Report {
     let mut failed = false;
     let mut stream: &TcpStream = &job.stream;
     while job.written < job.bytes.len() {
@@ -140,7 +134,7 @@ fn write(mut job: Job) -> Written {
             }
         }
     }
-    Written {
+    Report {
         conn: job.conn,
         bytes: job.bytes,
         written: job.written,

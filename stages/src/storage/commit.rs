@@ -70,6 +70,11 @@ impl Machine for CommitMachine {
         }
     }
 
+    /// It holds nothing between batches and has no tick of its own.
+    fn idle(&self) -> bool {
+        true
+    }
+
     fn on_stop(&mut self, _out: &mut Outbox) {
         if let Err(e) = self.store.persist() {
             error!(self.logger, "final journal flush failed"; "error" => %e);

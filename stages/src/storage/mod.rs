@@ -111,6 +111,10 @@ pub struct StorageMachine {
     logger: Logger,
     /// The batch's answers.
     held: Vec<Held>,
+    /// Answers waiting for the flush whose commit event found the commit queue full: sent
+    /// again with the next batch's (or the next tick). Storage runs on the intake's loop, which
+    /// must never wait for a queue, so the event is a request, not a blocking reply.
+    uncommitted: Vec<(ReplyTo, StorageDone)>,
 }
 
 impl StorageMachine {
@@ -127,6 +131,7 @@ impl StorageMachine {
             settings,
             logger,
             held: Vec::new(),
+            uncommitted: Vec::new(),
         }
     }
 
@@ -368,7 +373,9 @@ impl Machine for StorageMachine {
         // What need not be on disk is answered now: a buffered write or a read does not wait
         // for the fdatasync a durable write in the same batch asked for. What must be on disk
         // is answered by the commit stage after its flush.
-        let mut commit = CommitEvent::default();
+        let mut commit = CommitEvent {
+            waiting: std::mem::take(&mut self.uncommitted),
+        };
         for mut held in self.held.drain(..) {
             if let Some(early) = held.early.take() {
                 if let Some(answer) = held.reply_to.storage_done(early) {
@@ -382,14 +389,30 @@ impl Machine for StorageMachine {
             }
         }
         if !commit.waiting.is_empty() {
-            // A reply delivery: the writes are applied, so their answers must not be refused.
-            out.reply(commit);
+            out.request(commit);
         }
     }
 
-    /// The rest of a cut merge found the queue full: the merge is answered `Overloaded`
-    /// (the asker keeps what it sent and tries again later).
+    /// A commit event found the commit queue full: its answers wait (`uncommitted`); the
+    /// commit stage stopped: they are answered with the error. The rest of a cut merge found
+    /// the queue full: the merge is answered `Overloaded` (the asker keeps what it sent and
+    /// tries again later).
     fn on_refused(&mut self, _now: Now, event: Event, error: ServiceError, out: &mut Outbox) {
+        if let Event::Commit(commit) = event {
+            if matches!(error, ServiceError::Overloaded { .. }) {
+                // The writes are applied; their answers wait for room (`uncommitted`).
+                self.uncommitted.extend(commit.waiting);
+            } else {
+                // The commit stage stopped: not flushed, so not acknowledged.
+                for (reply_to, mut done) in commit.waiting {
+                    done.result = Err(error.clone());
+                    if let Some(answer) = reply_to.storage_done(done) {
+                        out.reply(answer);
+                    }
+                }
+            }
+            return;
+        }
         if let Event::Storage(StorageEvent { op, reply_to, .. }) = event {
             let done = StorageDone {
                 op,
@@ -403,9 +426,12 @@ impl Machine for StorageMachine {
     }
 
     fn on_tick(&mut self, _now: Now, out: &mut Outbox) {
-        if self.flushes_periodically {
-            // The commit stage flushes, so whichever thread runs storage never waits for it.
-            out.reply(CommitEvent::default());
+        if self.flushes_periodically || !self.uncommitted.is_empty() {
+            // The commit stage flushes, so whichever thread runs storage never waits for it
+            // (a refused periodic request is simply the next tick's).
+            out.request(CommitEvent {
+                waiting: std::mem::take(&mut self.uncommitted),
+            });
         }
     }
 

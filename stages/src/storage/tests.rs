@@ -347,16 +347,14 @@ fn storage_answers_its_reads_at_once_and_the_commit_stage_answers_after_the_flus
             matches!(
                 effect,
                 crate::seda::Effect::Send {
-                    delivery: crate::seda::Delivery::Reply,
+                    delivery: crate::seda::Delivery::Request,
                     event: crate::event::Event::Commit(commit),
                 } if commit.waiting.len() == 1
             )
         })
         .count();
-    assert_eq!(
-        commits, 1,
-        "one commit event, sent as a reply (never refused)"
-    );
+    // A request, never a waiting reply: storage runs on the intake's loop.
+    assert_eq!(commits, 1, "one commit event, sent as a request");
     assert!(
         engine.unflushed_writes() > 0,
         "storage itself flushes nothing"
@@ -428,6 +426,75 @@ fn the_commit_stage_flushes_once_for_the_batches_that_queued() {
     assert_eq!(events.len(), 1, "the tick asks the commit stage");
     machines.commit.on_batch(now, &mut events, &mut out);
     assert_eq!(engine.unflushed_writes(), 0);
+}
+
+/// Goal: storage never waits for a full commit queue (it runs on the intake's loop) and never
+/// loses an answer to one: a refused commit event's answers go with the next batch's event (or
+/// the next tick's), and are acknowledged only after that flush; a stopped commit stage's
+/// answers are errors (not flushed, so not acknowledged).
+#[test]
+fn a_full_commit_queue_delays_the_answers_and_a_stopped_one_fails_them() {
+    let (engine, mut machines) = memory_machine(SyncMode::Always);
+    let now = Now::real();
+    let full = ServiceError::Overloaded {
+        stage: "commit".to_string(),
+    };
+    let mut out = Outbox::new();
+    machines.storage.on_batch(
+        now,
+        &mut vec![event(1, coordinate_put(b"a", false))],
+        &mut out,
+    );
+    for refused in commit_events(&mut out) {
+        machines
+            .storage
+            .on_refused(now, refused.into(), full.clone(), &mut out);
+    }
+    assert_eq!(
+        storage_answers(&mut out),
+        vec![(1, true, false)],
+        "applied only"
+    );
+    machines.storage.on_batch(
+        now,
+        &mut vec![event(2, coordinate_put(b"b", false))],
+        &mut out,
+    );
+    let mut events = commit_events(&mut out);
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0].waiting.len(),
+        2,
+        "the refused answer rides the next event"
+    );
+    machines.commit.on_batch(now, &mut events, &mut out);
+    assert_eq!(
+        storage_answers(&mut out),
+        vec![(2, true, false), (1, true, true), (2, true, true)]
+    );
+    assert_eq!(engine.unflushed_writes(), 0);
+
+    machines.storage.on_batch(
+        now,
+        &mut vec![event(3, coordinate_put(b"c", false))],
+        &mut out,
+    );
+    for refused in commit_events(&mut out) {
+        machines
+            .storage
+            .on_refused(now, refused.into(), full.clone(), &mut out);
+    }
+    let _ = storage_answers(&mut out);
+    machines.storage.on_tick(now, &mut out);
+    let events = commit_events(&mut out);
+    assert_eq!(events.len(), 1, "the tick sends what waits");
+    machines.storage.on_refused(
+        now,
+        events.into_iter().next().expect("one").into(),
+        ServiceError::ShuttingDown,
+        &mut out,
+    );
+    assert_eq!(storage_answers(&mut out), vec![(3, false, false)]);
 }
 
 /// Goal: with `sync = "always"`, a batch whose flush fails acknowledges none of its writes

@@ -43,7 +43,8 @@ impl World {
                 if !done && attempts > 0 {
                     // The join goes with every commit: the first may have been lost with the
                     // member it was sent to (paused, then crashed before it staged it), and
-                    // staging a join again at the same address changes nothing.
+                    // staging a join again at the same address changes nothing. It cannot undo
+                    // a leave: the run's leave is always another node's (`plan_faults`).
                     let change = joining.then(|| MembershipChange::Join(self.joiner_member(node)));
                     self.operator(change, true, node);
                     self.commit_later(node, joining, attempts - 1, 500_000);
