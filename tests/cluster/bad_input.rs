@@ -1,12 +1,13 @@
 //! Bad input gets a typed error and the node keeps serving everyone else (TESTING.md §4).
 
-use super::support::{values, TestNode};
+use super::support::{replies_to_a_client_that_never_reads, values, TestNode, SLOW_READER_LIMITS};
 use shoal::client::{Client, ClientError, RequestOptions};
 use shoal_stages::wire::{
     encode_frame, handshake_bytes, Bytes, ContextSeal, Message, PeerChallenge, PeerHello,
     PeerProof, PutRequest,
 };
 use shoal_stages::{NodeId, ServiceError};
+use std::time::Duration;
 
 const DEFAULT: RequestOptions = RequestOptions {
     r: None,
@@ -223,30 +224,11 @@ fn invalid_quorum_and_bad_context_get_typed_errors() {
 /// replies exceed the bound, and the node keeps serving others.
 #[test]
 fn client_that_never_reads_is_dropped_and_others_are_served() {
-    let node = TestNode::start("[limits]\nmax_value_bytes = 100000\nmax_frame_bytes = 200000\nmax_write_buffer_bytes = 200000\n");
-    let mut writer = node.client();
-    writer
-        .put(b"fat", None, &[1u8; 90_000], DEFAULT)
-        .expect("put");
-    let mut hog = node.client();
-    let get = Message::Get(shoal_stages::wire::GetRequest {
-        key: Bytes::from(b"fat".to_vec()),
-        r: None,
-        timeout_ms: None,
-    });
+    let node = TestNode::start(SLOW_READER_LIMITS);
     // Each reply is ~90 KB: 400 unread replies (36 MB) overflow the socket buffers and then
     // the node's 200 KB bound, so the node must cut the hog off before sending them all.
     let requests = 400;
-    for _ in 0..requests {
-        if hog.send(&get).is_err() {
-            break;
-        }
-    }
-    assert_still_serving(&node);
-    let mut received = 0;
-    while hog.receive().is_ok() {
-        received += 1;
-    }
+    let received = replies_to_a_client_that_never_reads(&node, 90_000, requests, Duration::ZERO);
     assert!(
         received < requests,
         "the hog received all {received} replies: it was never dropped"

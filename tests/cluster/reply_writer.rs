@@ -4,7 +4,7 @@
 //! writer. (Pipelined replies are matched by request id: the node never promised their order,
 //! and with or without the writer a later small get may overtake an earlier large one.)
 
-use super::support::TestNode;
+use super::support::{replies_to_a_client_that_never_reads, TestNode, SLOW_READER_LIMITS};
 use shoal::client::{Client, RequestOptions};
 use shoal_stages::wire::{Bytes, GetRequest, Message};
 use std::collections::BTreeMap;
@@ -19,6 +19,9 @@ const DEFAULT: RequestOptions = RequestOptions {
 };
 
 /// Every turn with a connection to write hands it to the writer (the most it ever does).
+const WRITER_ALWAYS: &str = "[pool]\nreply_writer_from = 1\n";
+
+/// The writer on every turn, with room for 120 KB values and 12 MB of unsent replies.
 const WRITER_EVERY_TURN: &str = "[pool]\nreply_writer_from = 1\n\
     [limits]\nmax_value_bytes = 200000\nmax_frame_bytes = 300000\n\
     max_write_buffer_bytes = 67108864\n";
@@ -95,27 +98,9 @@ fn pipelined_replies_through_the_reply_writer_arrive_whole_and_each_once() {
 /// output bound (output handed back by the writer counts), and others are served meanwhile.
 #[test]
 fn a_client_that_never_reads_is_dropped_with_the_writer_on() {
-    let node = TestNode::start(
-        "[pool]\nreply_writer_from = 1\n\
-         [limits]\nmax_value_bytes = 100000\nmax_frame_bytes = 200000\nmax_write_buffer_bytes = 200000\n",
-    );
-    let mut writer = node.client();
-    writer
-        .put(b"fat", None, &[1u8; 90_000], DEFAULT)
-        .expect("put");
-    let mut hog = node.client();
+    let node = TestNode::start(&format!("{WRITER_ALWAYS}{SLOW_READER_LIMITS}"));
     let requests = 400;
-    for _ in 0..requests {
-        if hog.send(&get(b"fat")).is_err() {
-            break;
-        }
-    }
-    let mut other = node.client();
-    other.put(b"alive", None, b"yes", DEFAULT).expect("served");
-    let mut received = 0;
-    while hog.receive().is_ok() {
-        received += 1;
-    }
+    let received = replies_to_a_client_that_never_reads(&node, 90_000, requests, Duration::ZERO);
     assert!(
         received < requests,
         "the hog received all {received} replies: it was never dropped"
@@ -127,29 +112,11 @@ fn a_client_that_never_reads_is_dropped_with_the_writer_on() {
 /// output bound: what the writer holds and what it hands back count against the bound.
 #[test]
 fn a_slow_reader_asking_one_reply_at_a_time_is_dropped_with_the_writer_on() {
-    let node = TestNode::start(
-        "[pool]\nreply_writer_from = 1\n\
-         [limits]\nmax_value_bytes = 100000\nmax_frame_bytes = 200000\nmax_write_buffer_bytes = 200000\n",
-    );
-    let mut writer = node.client();
-    writer
-        .put(b"small", None, &[7u8; 10_000], DEFAULT)
-        .expect("put");
-    let mut hog = node.client();
+    let node = TestNode::start(&format!("{WRITER_ALWAYS}{SLOW_READER_LIMITS}"));
     // 3000 replies of 10 KB: 30 MB, several times what loopback's socket buffers hold.
     let requests = 3000;
-    for _ in 0..requests {
-        if hog.send(&get(b"small")).is_err() {
-            break;
-        }
-        thread::sleep(Duration::from_micros(100));
-    }
-    let mut other = node.client();
-    other.put(b"alive", None, b"yes", DEFAULT).expect("served");
-    let mut received = 0;
-    while hog.receive().is_ok() {
-        received += 1;
-    }
+    let pause = Duration::from_micros(100);
+    let received = replies_to_a_client_that_never_reads(&node, 10_000, requests, pause);
     assert!(
         received < requests,
         "the hog received all {received} replies: its output was never bounded"

@@ -437,3 +437,53 @@ pub fn parse_set(value: &[u8]) -> std::collections::BTreeSet<u64> {
         .filter_map(|x| x.parse().ok())
         .collect()
 }
+
+/// Limits for the slow-reader tests: values up to 100 KB, and a client's unsent replies cut
+/// off past 200 KB.
+pub const SLOW_READER_LIMITS: &str =
+    "[limits]\nmax_value_bytes = 100000\nmax_frame_bytes = 200000\nmax_write_buffer_bytes = 200000\n";
+
+/// Stores a `value_bytes` value, then on a connection that never reads sends `requests` gets
+/// of it (pausing `pause` after each), checks that another client is served meanwhile, and
+/// reads what arrives until the node closes the hog's connection: how many replies it got.
+pub fn replies_to_a_client_that_never_reads(
+    node: &TestNode,
+    value_bytes: usize,
+    requests: usize,
+    pause: Duration,
+) -> usize {
+    let options = RequestOptions {
+        r: None,
+        w: None,
+        timeout_ms: None,
+        durable: None,
+    };
+    let mut writer = node.client();
+    writer
+        .put(b"hogged", None, &vec![1u8; value_bytes], options)
+        .expect("put");
+    let get = shoal_stages::wire::Message::Get(shoal_stages::wire::GetRequest {
+        key: shoal_stages::wire::Bytes::from(b"hogged".to_vec()),
+        r: None,
+        timeout_ms: None,
+    });
+    let mut hog = node.client();
+    for _ in 0..requests {
+        if hog.send(&get).is_err() {
+            break;
+        }
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+    }
+    let mut other = node.client();
+    other
+        .put(b"alive", None, b"yes", options)
+        .expect("the node still serves puts");
+    assert!(values(&mut other, "alive").contains(&"yes".to_string()));
+    let mut received = 0;
+    while hog.receive().is_ok() {
+        received += 1;
+    }
+    received
+}
