@@ -1,9 +1,9 @@
 //! The network intake stage: one mio event loop (one thread) that owns every socket.
 //!
 //! The loop is the I/O half: it accepts connections, reads bytes, dials peers and writes
-//! frames (a busy turn's writes go to the reply-writer thread, `writer.rs`, so the loop reads
-//! and runs its stages while they are sent). Every decision about those bytes is the [`IntakeMachine`]'s (`machine.rs`): frames
-//! are checked (declared length before buffering) and handed to the parse stage with a
+//! frames (`sockets.rs`; a busy turn's writes go to the reply-writer thread, `writer.rs`, so
+//! the loop reads and runs its stages while they are sent). Every decision about those bytes
+//! is the [`IntakeMachine`]'s (`machine.rs`): frames are checked (declared length before buffering) and handed to the parse stage with a
 //! request delivery, so a full parse queue is answered `Overloaded` on the spot. Other stages
 //! send frames through the intake's own queue and wake the loop with a `mio::Waker`.
 //!
@@ -346,6 +346,10 @@ impl Intake {
         let mut collected = false;
         while let Some(report) = self.sockets.writer.as_mut().and_then(Writer::try_collect) {
             self.sockets.on_report(report);
+            collected = true;
+        }
+        if self.sockets.writer.as_ref().is_some_and(Writer::gone) {
+            self.sockets.writer_gone(Vec::new());
             collected = true;
         }
         if collected {

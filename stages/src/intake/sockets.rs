@@ -273,16 +273,20 @@ impl Sockets {
     }
 
     /// The writer thread is gone (it cannot panic on a write, but if it did): what it
-    /// finished is taken back, the jobs it never got are written inline, and a connection
-    /// whose output it held is closed (that output is lost with it).
-    fn writer_gone(&mut self, unsent: Vec<Job>) {
+    /// finished is taken back and written, the jobs it never got are written inline, and a
+    /// connection whose output it still held is closed (that output is lost with it). From
+    /// then on the loop writes everything itself.
+    pub fn writer_gone(&mut self, unsent: Vec<Job>) {
         let Some(mut writer) = self.writer.take() else {
             return;
         };
+        let mut returned = Vec::new();
         while let Some(report) = writer.try_collect() {
+            returned.push(report.conn);
             self.on_report(report);
         }
         for job in unsent {
+            returned.push(job.conn);
             self.on_report(Report {
                 conn: job.conn,
                 bytes: job.bytes,
@@ -290,10 +294,19 @@ impl Sockets {
                 failed: false,
             });
         }
+        for conn in returned {
+            self.dirty.remove(&conn);
+            if !self.flush(conn) {
+                self.dead.insert(conn);
+            }
+        }
         let stranded = self.open.iter().filter(|(_, socket)| socket.at_writer > 0);
         let stranded: Vec<ConnId> = stranded.map(|(conn, _)| *conn).collect();
         warn!(self.logger, "the reply writer stopped: the loop writes every reply itself"; "connections_lost" => stranded.len());
         self.dead.extend(stranded);
+        for socket in self.open.values_mut() {
+            socket.shared = None; // no second descriptor per connection any more
+        }
     }
 
     /// Whether the reply writer has finished jobs to collect.

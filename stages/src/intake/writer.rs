@@ -15,8 +15,8 @@
 //! (`WouldBlock`) comes back to the loop, which writes that connection itself until the socket
 //! took everything (retrying on its writable edge).
 //! The writer holds a duplicate of the socket's descriptor, so a connection the loop closes
-//! meanwhile stays a valid descriptor until its job ends (its write then fails or is lost with
-//! the connection, as it would have been inline).
+//! meanwhile stays open until its job ends: those bytes are still sent (the peer sees them
+//! before the close), and the report for a connection the loop no longer has is ignored.
 
 use crate::event::ConnId;
 use crate::seda::Wake;
@@ -92,6 +92,11 @@ impl Writer {
             Some(jobs) => jobs.send(batch).map_err(|returned| returned.0),
             None => Err(batch),
         }
+    }
+
+    /// Whether the thread ended (it only does when the loop drops its sender, or on a panic).
+    pub fn gone(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
     /// Whether finished jobs wait to be collected.

@@ -113,7 +113,9 @@ pub struct StorageMachine {
     held: Vec<Held>,
     /// Answers waiting for the flush whose commit event found the commit queue full: sent
     /// again with the next batch's (or the next tick). Storage runs on the intake's loop, which
-    /// must never wait for a queue, so the event is a request, not a blocking reply.
+    /// must never wait for a queue, so the event is a request, not a blocking reply. Bounded
+    /// in fact by the writes in flight: each is a client's or a background stage's request
+    /// still waiting for this answer, and those are bounded by their own queues and windows.
     uncommitted: Vec<(ReplyTo, StorageDone)>,
 }
 
@@ -436,6 +438,7 @@ impl Machine for StorageMachine {
     }
 
     fn on_stop(&mut self, _out: &mut Outbox) {
+        // This flush also covers `uncommitted` writes; their askers stopped before storage.
         if let Err(e) = self.store.persist() {
             error!(self.logger, "final journal flush failed"; "error" => %e);
         }
