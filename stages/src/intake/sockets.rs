@@ -192,22 +192,20 @@ impl Sockets {
     /// of them have output to send, by the reply writer while the loop goes on.
     pub fn flush_dirty(&mut self) {
         let dirty = std::mem::take(&mut self.dirty);
-        let offload = self.writer.is_some() && {
-            let sending = dirty.iter().filter(|conn| self.may_hand_off(conn)).count();
-            sending >= self.reply_writer_from
-        };
-        let mut jobs = Vec::new();
-        for conn in dirty {
-            if offload && self.may_hand_off(&conn) {
-                if let Some(job) = self.hand_off(conn) {
-                    jobs.push(job);
-                    continue;
-                }
-            }
+        let (mut sending, mut inline): (Vec<ConnId>, Vec<ConnId>) =
+            dirty.into_iter().partition(|conn| self.may_hand_off(conn));
+        if self.writer.is_none() || sending.len() < self.reply_writer_from {
+            inline.append(&mut sending);
+        }
+        for conn in inline {
             if !self.flush(conn) {
                 self.dead.insert(conn);
             }
         }
+        let jobs: Vec<Job> = sending
+            .into_iter()
+            .filter_map(|conn| self.hand_off(conn))
+            .collect();
         if jobs.is_empty() {
             return;
         }

@@ -55,7 +55,7 @@ pub enum SyncMode {
     None,
     /// Flush every `sync_interval_ms`; loses at most that window on power loss.
     Periodic,
-    /// Flush before acknowledging, one flush per batch (group commit). A delivered hint's
+    /// Flush before acknowledging, one flush per commit-stage batch (group commit). A delivered hint's
     /// deletion acknowledges nothing and rides the next flush
     /// ([`StorageRequest::wants_flush`](crate::event::StorageRequest::wants_flush)).
     Always,
@@ -437,12 +437,8 @@ impl Machine for StorageMachine {
         }
     }
 
-    fn on_stop(&mut self, _out: &mut Outbox) {
-        // This flush also covers `uncommitted` writes; their askers stopped before storage.
-        if let Err(e) = self.store.persist() {
-            error!(self.logger, "final journal flush failed"; "error" => %e);
-        }
-    }
+    // No flush of its own on stop: the commit stage stops after storage and flushes last,
+    // which covers `uncommitted` writes too (their askers stopped before storage).
 }
 
 #[cfg(test)]

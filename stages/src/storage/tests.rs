@@ -428,6 +428,14 @@ fn the_commit_stage_flushes_once_for_the_batches_that_queued() {
     assert_eq!(engine.unflushed_writes(), 0);
 }
 
+/// Hands every commit event in `out` back to storage as refused with `error` (a full or
+/// stopped commit queue), as the runtime does.
+fn refuse_commits(storage: &mut StorageMachine, now: Now, error: &ServiceError, out: &mut Outbox) {
+    for refused in commit_events(out) {
+        storage.on_refused(now, refused.into(), error.clone(), out);
+    }
+}
+
 /// Goal: storage never waits for a full commit queue (it runs on the intake's loop) and never
 /// loses an answer to one: a refused commit event's answers go with the next batch's event (or
 /// the next tick's), and are acknowledged only after that flush; a stopped commit stage's
@@ -445,11 +453,7 @@ fn a_full_commit_queue_delays_the_answers_and_a_stopped_one_fails_them() {
         &mut vec![event(1, coordinate_put(b"a", false))],
         &mut out,
     );
-    for refused in commit_events(&mut out) {
-        machines
-            .storage
-            .on_refused(now, refused.into(), full.clone(), &mut out);
-    }
+    refuse_commits(&mut machines.storage, now, &full, &mut out);
     assert_eq!(
         storage_answers(&mut out),
         vec![(1, true, false)],
@@ -479,11 +483,7 @@ fn a_full_commit_queue_delays_the_answers_and_a_stopped_one_fails_them() {
         &mut vec![event(3, coordinate_put(b"c", false))],
         &mut out,
     );
-    for refused in commit_events(&mut out) {
-        machines
-            .storage
-            .on_refused(now, refused.into(), full.clone(), &mut out);
-    }
+    refuse_commits(&mut machines.storage, now, &full, &mut out);
     let _ = storage_answers(&mut out);
     machines.storage.on_tick(now, &mut out);
     let events = commit_events(&mut out);
