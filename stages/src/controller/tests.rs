@@ -315,3 +315,63 @@ fn a_miss_halves_what_is_used_not_an_unused_budget() {
     assert_eq!((missed.step, missed.budget_per_sec), (Step::Decrease, 2000));
     assert_eq!(missed.rates[&StageId::Handoff], 2000);
 }
+
+/// Goal: a fast window whose newest period is slow (its requests are a sliver of the window)
+/// is no room to climb: the window lags the load a climb adds.
+#[test]
+fn climb_waits_for_the_newest_period_to_have_headroom_too() {
+    let climbing = ControllerSettings {
+        headroom_factor: 1.5,
+        ..settings()
+    };
+    let mut controller = ResourceController::new(climbing, 1000);
+    for _ in 0..3 {
+        controller.on_period(period(1000, 2, 5000, 500));
+    }
+    let budget_before = controller.budget.round() as u64;
+    // 20 requests at 8 ms among 3000 at 2 ms: the window's p99 is 2 ms, the newest 8 ms.
+    let slow_newest = controller.on_period(period(20, 8, 5000, budget_before));
+    assert!(slow_newest.signal_us <= 5_000, "{slow_newest:?}");
+    assert_eq!(
+        (slow_newest.step, slow_newest.budget_per_sec),
+        (Step::Increase, budget_before + 100)
+    );
+}
+
+/// Goal: after a miss, a held target grows the budget by the factor back to 80 % of the rate
+/// spent at the miss (not by the step alone), and by the step from there.
+#[test]
+fn after_a_miss_the_budget_recovers_to_most_of_the_rate_that_missed() {
+    let climbing = ControllerSettings {
+        headroom_factor: 1.5,
+        ..settings()
+    };
+    let mut controller = ResourceController::new(climbing, 4000);
+    // 2000 tokens in 0.5 s: 4000/s spent when the target was missed; mark 3200.
+    let missed = controller.on_period(period(1000, 40, 5000, 2000));
+    assert_eq!((missed.step, missed.budget_per_sec), (Step::Decrease, 2000));
+    // 8 ms: the target holds (newest period) without headroom (the window still holds 40 ms).
+    let steps: Vec<(Step, u64)> = [1000, 1500, 1600]
+        .into_iter()
+        .map(|used| {
+            let decision = controller.on_period(period(1000, 8, 5000, used));
+            (decision.step, decision.budget_per_sec)
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (Step::Recover, 3000),
+            (Step::Recover, 3200),
+            (Step::Increase, 3300)
+        ]
+    );
+    // An idle foreground forgets the mark: back from idle, growth is additive again.
+    for _ in 0..4 {
+        controller.on_period(period(0, 0, 5000, 0));
+    }
+    let resumed = controller.on_period(period(1000, 8, 5000, 0));
+    assert_eq!(resumed.step, Step::Resume);
+    let after = controller.on_period(period(1000, 8, 5000, 10));
+    assert_eq!((after.step, after.budget_per_sec), (Step::Increase, 110));
+}
