@@ -175,6 +175,13 @@ impl Client {
         Ok(id)
     }
 
+    /// Shuts the sending side of the connection (after the last request): the node still
+    /// answers every request sent before, then closes.
+    pub fn finish_sending(&mut self) -> Result<(), ClientError> {
+        self.stream.shutdown(std::net::Shutdown::Write)?;
+        Ok(())
+    }
+
     /// Sends raw bytes (for tests of malformed input).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.stream.write_all(bytes)?;

@@ -122,3 +122,34 @@ fn a_slow_reader_asking_one_reply_at_a_time_is_dropped_with_the_writer_on() {
         "the hog received all {received} replies: its output was never bounded"
     );
 }
+
+/// Goal: a client that shuts its sending side right after its last request (as `nc -N` or a
+/// shell pipe does) still gets an answer to every request, then the node closes the
+/// connection; before, the node closed it on the end of stream and the answers were lost.
+#[test]
+fn a_client_that_stops_sending_after_its_requests_gets_every_answer() {
+    let node = TestNode::start("");
+    let mut loader = node.client();
+    loader
+        .put(b"half", None, b"closed", DEFAULT)
+        .expect("put");
+    let mut client = node.client();
+    let mut sent = BTreeMap::new();
+    for _ in 0..20 {
+        sent.insert(client.send(&get(b"half")).expect("send"), ());
+    }
+    client.finish_sending().expect("shutdown(Write)");
+    let mut answered = 0;
+    loop {
+        match client.receive() {
+            Ok((id, Message::GetReply(reply))) => {
+                assert!(sent.remove(&id).is_some(), "answer to request {id}, once");
+                assert_eq!(reply.values.len(), 1, "{reply:?}");
+                answered += 1;
+            }
+            Ok((id, other)) => panic!("request {id}: unexpected {other}"),
+            Err(_) => break,
+        }
+    }
+    assert_eq!(answered, 20, "unanswered: {sent:?}");
+}

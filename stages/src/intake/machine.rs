@@ -70,6 +70,10 @@ struct Connection {
     client_authorized: bool,
     /// Closing once its output is written (after a fatal frame error): input is ignored.
     closing: bool,
+    /// A client's requests sent on to parse and not answered yet (peers' are not counted).
+    awaiting: u32,
+    /// The client shut its sending side: the connection closes once `awaiting` is zero.
+    read_done: bool,
 }
 
 /// The intake's machine.
@@ -135,6 +139,8 @@ impl IntakeMachine {
                 challenged: None,
                 client_authorized: false,
                 closing: false,
+                awaiting: 0,
+                read_done: false,
             },
         );
         conn
@@ -174,6 +180,33 @@ impl IntakeMachine {
                 }
                 Err(error) => return self.unreadable(conn, error, out),
             }
+        }
+    }
+
+    /// The other side shut its sending half (end of stream) of `conn`. Returns whether the
+    /// connection stays open: a client still owed answers keeps it until the last one is
+    /// written (a client that half-closes after its last request, as `nc -N` or a shell pipe
+    /// does, still reads its answers); anything else is finished.
+    pub fn on_read_closed(&mut self, conn: ConnId) -> bool {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return false;
+        };
+        if connection.closing || connection.awaiting == 0 {
+            return false;
+        }
+        connection.read_done = true;
+        true
+    }
+
+    /// A client request on `conn` was answered: a connection whose client stopped sending
+    /// closes after its last answer.
+    fn answered(&mut self, conn: ConnId, out: &mut Outbox) {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        connection.awaiting = connection.awaiting.saturating_sub(1);
+        if connection.read_done && connection.awaiting == 0 {
+            self.close(conn, out);
         }
     }
 
@@ -258,6 +291,11 @@ impl IntakeMachine {
                 Message::decode(&frame),
                 Ok(Message::Error(ServiceError::Unauthorized { .. }))
             );
+        if peer.is_none() && !authenticated {
+            if let Some(connection) = self.connections.get_mut(&conn) {
+                connection.awaiting = connection.awaiting.saturating_add(1);
+            }
+        }
         out.request(ParseEvent {
             conn,
             frame,
@@ -523,6 +561,7 @@ impl Machine for IntakeMachine {
             IntakeEvent::Send { conn, frame } => {
                 if self.connections.contains_key(&conn) {
                     out.socket(SocketCommand::Write { conn, frame });
+                    self.answered(conn, out);
                 }
             }
             IntakeEvent::ToPeer { peer, frame } => self.send_to_peer(now, peer, frame, out),
@@ -566,6 +605,7 @@ impl Machine for IntakeMachine {
     fn on_refused(&mut self, _now: Now, event: Event, error: ServiceError, out: &mut Outbox) {
         if let Event::Parse(ParseEvent { conn, frame, .. }) = event {
             self.write(conn, frame.request_id, &Message::Error(error), out);
+            self.answered(conn, out);
         }
     }
 }

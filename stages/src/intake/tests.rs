@@ -279,3 +279,49 @@ fn an_unauthorized_answer_on_a_link_closes_it_for_a_fresh_handshake() {
     assert_eq!(w.dialled.len(), 1, "redialled");
     assert_eq!(kinds, vec![kind::PEER_HELLO]);
 }
+
+/// Goal: a client that shuts its sending side after its requests keeps its connection until
+/// every one is answered (a refused one too), then it closes; one owed nothing closes at once.
+#[test]
+fn a_client_that_stops_sending_gets_its_answers_before_the_close() {
+    let now = Now::real();
+    let mut out = Outbox::new();
+    let mut node = machine("n1", SECRET, 1);
+    let client = node.accept().expect("accepted");
+    let mut requests = ping();
+    requests.extend(crate::wire::Message::Ping.encode(2).expect("encode"));
+    requests.extend(crate::wire::Message::Ping.encode(3).expect("encode"));
+    node.on_received(now, client, &requests, &mut out);
+    let parsed: Vec<Event> = out
+        .take()
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::Send {
+                event: event @ Event::Parse(_),
+                ..
+            } => Some(event),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(parsed.len(), 3);
+
+    assert!(node.on_read_closed(client), "three answers are owed");
+    let answer = |request_id| IntakeEvent::Send {
+        conn: client,
+        frame: crate::wire::Message::Pong.encode(request_id).expect("encode"),
+    };
+    node.on_event(now, answer(1), &mut out);
+    let first = written(&mut out);
+    assert_eq!((first.frames.len(), first.closed.len()), (1, 0));
+    let refused = parsed.into_iter().nth(1).expect("the second request");
+    node.on_refused(now, refused, crate::ServiceError::ShuttingDown, &mut out);
+    let second = written(&mut out);
+    assert_eq!((second.frames.len(), second.closed.len()), (1, 0));
+    node.on_event(now, answer(3), &mut out);
+    let last = written(&mut out);
+    assert_eq!(last.frames.len(), 1);
+    assert_eq!(last.closed, vec![client], "closed after the last answer");
+
+    let idle = node.accept().expect("accepted");
+    assert!(!node.on_read_closed(idle), "nothing owed: finished at once");
+}
