@@ -30,10 +30,12 @@
 //!   counts because the window lags: judged on the window alone, two nodes climbed from 1k to
 //!   12-16k units/s in the 2 s it took their own load to show in it, and the whole cluster's
 //!   tail paid (the benchmark at 300k keys). Near the target the factor nears 1 and the
-//!   additive step is what is left, so the probing there is as gentle as before;
-//! - **recovery after a miss** (target held, budget below [`RECOVER_TO`] of the
-//!   rate spent when the target was last missed): the budget grows by `headroom_factor` up to
-//!   that mark (BIC-TCP's search back towards the last rate that failed). With the additive
+//!   additive step is what is left, so the probing there is gentle (but see recovery);
+//! - **recovery after a miss** (target held over the window and in the newest period, budget
+//!   below [`RECOVER_TO`] of the rate spent when the target was last missed): the budget grows
+//!   by the whole `headroom_factor` up to that mark, however close the signal is to the target
+//!   (BIC-TCP's search back towards the last rate that failed); whichever rule grows it most
+//!   applies. With the additive
 //!   step alone, a node cut from 3.7k to 0.7k units/s needed 30 s to earn back half of it,
 //!   and its backlog, the largest, set the drain time of the whole cluster;
 //! - **split**: stages with a backlog share the budget by their configured shares; every
@@ -76,8 +78,8 @@ pub const RECOVER_TO: f64 = 0.8;
 /// (the config validates it). Once a period the controller compares the foreground's recent
 /// latency percentile with `target_ms` and sets the total rate of background work: additive
 /// increase while the target holds (multiplicative while the signal is below it, by up to
-/// `headroom_factor` at half the target or less), multiplicative decrease when it is missed, split over
-/// the background stages by `shares`, each at least `min_rate`.
+/// `headroom_factor` at half the target or less), multiplicative decrease when it is missed,
+/// split over the background stages by `shares`, each at least `min_rate`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControllerSettings {
@@ -95,8 +97,9 @@ pub struct ControllerSettings {
     /// Units per second the budget grows per period while the target holds.
     pub increase_per_period: u64,
     /// What the budget is multiplied by per period while the signal is at most half the
-    /// target (less, down to 1, as it nears the target; only if that grows it more than the
-    /// step), in [1, 2]; 1: additive only.
+    /// target (less, down to 1, as it nears the target), and after a miss until it is back at
+    /// [`RECOVER_TO`] of the rate then spent; only if that grows it more than the step; in
+    /// [1, 2]; 1: additive only.
     pub headroom_factor: f64,
     /// What the budget is multiplied by when the target is missed, in (0, 1).
     pub decrease_factor: f64,
@@ -180,8 +183,8 @@ pub enum Step {
     /// The target held with room and the budget was used: it grew by a factor graded by the
     /// room (up to `headroom_factor`).
     Climb,
-    /// The target held, the budget was used and is well below the rate spent at the last
-    /// miss: it grew by the factor towards that.
+    /// The target held, the budget was used and is below [`RECOVER_TO`] of the rate spent at
+    /// the last miss: it grew by the whole factor towards that.
     Recover,
     /// The target held but the budget was not used: it stayed.
     Hold,
@@ -348,17 +351,24 @@ impl ResourceController {
                 target_us,
                 settings.headroom_factor,
             );
+            // The largest growth any rule allows: more room never means slower growth.
+            let increased = self.budget + step;
             let climbed = self.budget * room;
-            let recovered = self.budget * settings.headroom_factor;
-            let mark = RECOVER_TO * self.missed_at;
-            if climbed > self.budget + step {
+            // Recovery waits until the window, not only the newest period, is back under
+            // the target: the periods that missed are still in it.
+            let recovered = if signal_us.max(newest_us) <= target_us {
+                (self.budget * settings.headroom_factor).min(RECOVER_TO * self.missed_at)
+            } else {
+                0.0
+            };
+            if recovered > increased && recovered > climbed {
+                self.budget = recovered;
+                Step::Recover
+            } else if climbed > increased {
                 self.budget = climbed;
                 Step::Climb
-            } else if self.budget + step < mark && recovered > self.budget + step {
-                self.budget = recovered.min(mark);
-                Step::Recover
             } else {
-                self.budget += step;
+                self.budget = increased;
                 Step::Increase
             }
         };

@@ -12,6 +12,10 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 /// A frame read from a connection, for the parse stage.
+///
+/// A client's request (`peer` none, not `authenticated`) is answered exactly once: by one
+/// `IntakeEvent::Send` to `conn`, or by this event refused back to the intake. The intake
+/// counts on it to close a client's half-closed connection after the last answer.
 #[derive(Debug)]
 pub struct ParseEvent {
     /// The connection it arrived on.

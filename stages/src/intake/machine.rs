@@ -10,6 +10,8 @@
 //! the replication stage when they fail. RECEIVER SIDE: a connection's hello is challenged,
 //! and nothing it sends as a peer is acted on before its proof checks out.
 
+mod admission;
+
 use super::handshake::{self, Challenged, Dialing, NonceSource};
 use super::peers::{PeerLinks, Route};
 use crate::error::ServiceError;
@@ -20,8 +22,7 @@ use crate::event::{
 use crate::membership::MembershipView;
 use crate::seda::{Machine, Outbox, MAX_RATE_PER_SEC};
 use crate::wire::{
-    kind, same_secret, ContextSeal, Frame, FrameDecoder, FrameError, Message, ThrottleChange,
-    NONCE_BYTES,
+    kind, ContextSeal, Frame, FrameDecoder, FrameError, Message, ThrottleChange, NONCE_BYTES,
 };
 use crate::NodeId;
 use slog::{debug, warn, Logger};
@@ -70,7 +71,10 @@ struct Connection {
     client_authorized: bool,
     /// Closing once its output is written (after a fatal frame error): input is ignored.
     closing: bool,
-    /// A client's requests sent on to parse and not answered yet (peers' are not counted).
+    /// A client's requests sent on to parse and not answered yet. Every one is answered
+    /// exactly once, by an `IntakeEvent::Send` or by a refusal back to this machine (see
+    /// [`ParseEvent`]). Not counted: peers' requests, and what the machine or the loop answers
+    /// on the spot (errors, `Stats`, `Throttle`, `Aae`).
     awaiting: u32,
     /// The client shut its sending side: the connection closes once `awaiting` is zero.
     read_done: bool,
@@ -184,28 +188,47 @@ impl IntakeMachine {
     }
 
     /// The other side shut its sending half (end of stream) of `conn`. Returns whether the
-    /// connection stays open: a client still owed answers keeps it until the last one is
-    /// written (a client that half-closes after its last request, as `nc -N` or a shell pipe
-    /// does, still reads its answers); anything else is finished.
-    pub fn on_read_closed(&mut self, conn: ConnId) -> bool {
+    /// loop keeps the connection: a client's stays until its output is written (answers
+    /// already made, `Stats` replies) and, when it is still owed answers, until the last one
+    /// is made (a client that half-closes after its last request, as `nc -N` or a shell pipe
+    /// does, still reads its answers). A link to a peer is finished at once (its failure is
+    /// reported when the loop closes it).
+    pub fn on_read_closed(&mut self, conn: ConnId, out: &mut Outbox) -> bool {
+        if self.links.peer_of(conn).is_some() {
+            return false;
+        }
         let Some(connection) = self.connections.get_mut(&conn) else {
             return false;
         };
-        if connection.closing || connection.awaiting == 0 {
-            return false;
+        if connection.read_done || connection.closing {
+            return true;
         }
         connection.read_done = true;
+        if connection.awaiting == 0 {
+            self.close(conn, out);
+        }
         true
     }
 
     /// A client request on `conn` was answered: a connection whose client stopped sending
-    /// closes after its last answer.
+    /// closes (once its output is written) after its last answer.
     fn answered(&mut self, conn: ConnId, out: &mut Outbox) {
+        if self.links.peer_of(conn).is_some() {
+            return;
+        }
         let Some(connection) = self.connections.get_mut(&conn) else {
             return;
         };
+        if connection.authenticated.is_some() {
+            return;
+        }
+        debug_assert!(
+            connection.awaiting > 0,
+            "conn {}: an answer to a client request that was never counted",
+            conn.0
+        );
         connection.awaiting = connection.awaiting.saturating_sub(1);
-        if connection.read_done && connection.awaiting == 0 {
+        if connection.read_done && connection.awaiting == 0 && !connection.closing {
             self.close(conn, out);
         }
     }
@@ -420,126 +443,6 @@ impl IntakeMachine {
             self.links.failed(&peer, Some(conn), now.instant);
             report_failed(peer, false, out);
         }
-    }
-
-    /// Whether `conn` may send requests: no token is required, or it sent the right one, or it
-    /// is a peer (a proven incoming link, or a link this node dialled, whose frames are
-    /// answers).
-    fn may_request(&self, conn: ConnId) -> bool {
-        self.settings.client_token.is_none()
-            || self.links.peer_of(conn).is_some()
-            || self
-                .connections
-                .get(&conn)
-                .is_some_and(|c| c.client_authorized || c.authenticated.is_some())
-    }
-
-    /// A client's `Auth`: the right token (compared in constant time) authorizes the
-    /// connection; a wrong one is answered `Unauthorized` and the connection closed.
-    fn accept_auth(&mut self, conn: ConnId, frame: &Frame, out: &mut Outbox) {
-        let token = match Message::decode(frame) {
-            Ok(Message::Auth(auth)) => auth.token,
-            _ => String::new(),
-        };
-        let accepted = match &self.settings.client_token {
-            None => true,
-            Some(expected) => same_secret(expected.as_bytes(), token.as_bytes()),
-        };
-        if accepted {
-            if let Some(connection) = self.connections.get_mut(&conn) {
-                connection.client_authorized = true;
-            }
-            self.write(conn, frame.request_id, &Message::AuthOk, out);
-        } else {
-            warn!(self.logger, "refusing a client token"; "conn" => conn.0);
-            let error = ServiceError::Unauthorized {
-                reason: "wrong client token".into(),
-            };
-            self.write(conn, frame.request_id, &Message::Error(error), out);
-            self.close(conn, out);
-        }
-    }
-
-    /// RECEIVER SIDE: a hello from a member is answered with a challenge carrying a fresh
-    /// nonce; a malformed one, one from a stranger, or a second one on the connection is
-    /// refused `Unauthorized` and the connection closed.
-    fn accept_hello(&mut self, conn: ConnId, frame: &Frame, out: &mut Outbox) {
-        let verdict = match Message::decode(frame) {
-            Ok(Message::PeerHello(hello)) => self.check_hello(conn, &hello.node, &hello.nonce),
-            _ => Err("malformed hello".to_string()),
-        };
-        match verdict {
-            Ok((dialer, dialer_nonce)) => {
-                let challenged = Challenged {
-                    dialer,
-                    dialer_nonce,
-                    nonce: self.nonces.next(&self.seal),
-                };
-                let challenge = handshake::challenge(&self.seal, &self.node, &challenged);
-                self.write(conn, frame.request_id, &challenge, out);
-                if let Some(connection) = self.connections.get_mut(&conn) {
-                    connection.challenged = Some(challenged);
-                }
-            }
-            Err(reason) => self.refuse_peer(conn, frame.request_id, reason, out),
-        }
-    }
-
-    fn check_hello(
-        &self,
-        conn: ConnId,
-        node: &NodeId,
-        nonce: &[u8],
-    ) -> Result<(NodeId, crate::wire::Nonce), String> {
-        if self.membership.current().member(node).is_none() {
-            return Err(format!("{node} is not a member"));
-        }
-        let nonce = handshake::nonce_of(nonce).ok_or("hello nonce of the wrong length")?;
-        let fresh = self
-            .connections
-            .get(&conn)
-            .is_some_and(|c| c.challenged.is_none() && c.authenticated.is_none());
-        if !fresh {
-            return Err("a second hello on one connection".into());
-        }
-        Ok((node.clone(), nonce))
-    }
-
-    /// RECEIVER SIDE: the dialer's proof. One that answers this connection's challenge marks
-    /// the connection as that peer's; any other (a replayed one, one without a challenge) is
-    /// refused `Unauthorized` and the connection closed.
-    fn accept_proof(&mut self, conn: ConnId, frame: &Frame, out: &mut Outbox) {
-        let challenged = self
-            .connections
-            .get_mut(&conn)
-            .and_then(|c| c.challenged.take());
-        let verdict = match (Message::decode(frame), challenged) {
-            (Ok(Message::PeerProof(proof)), Some(challenged)) => {
-                if handshake::proven(&self.seal, &self.node, &challenged, &proof) {
-                    Ok(challenged.dialer)
-                } else {
-                    Err("proof does not answer this connection's challenge (a replay, or another cluster's secret)".to_string())
-                }
-            }
-            (Ok(Message::PeerProof(_)), None) => Err("proof without a hello".to_string()),
-            _ => Err("malformed proof".to_string()),
-        };
-        match verdict {
-            Ok(peer) => {
-                debug!(self.logger, "peer authenticated"; "conn" => conn.0, "peer" => %peer);
-                if let Some(connection) = self.connections.get_mut(&conn) {
-                    connection.authenticated = Some(peer);
-                }
-            }
-            Err(reason) => self.refuse_peer(conn, frame.request_id, reason, out),
-        }
-    }
-
-    fn refuse_peer(&mut self, conn: ConnId, request_id: u64, reason: String, out: &mut Outbox) {
-        warn!(self.logger, "refusing a peer handshake"; "conn" => conn.0, "reason" => %reason);
-        let error = Message::Error(ServiceError::Unauthorized { reason });
-        self.write(conn, request_id, &error, out);
-        self.close(conn, out);
     }
 }
 

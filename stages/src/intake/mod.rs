@@ -435,7 +435,7 @@ impl Intake {
                 return true;
             }
             match socket.stream.read(&mut self.scratch) {
-                Ok(0) => return self.machine.on_read_closed(conn),
+                Ok(0) => return self.machine.on_read_closed(conn, &mut self.outbox),
                 Ok(n) => {
                     // A stream socket that fills less than the buffer has been drained (epoll(7)):
                     // the next read would only say `WouldBlock`, a syscall per request for

@@ -305,10 +305,16 @@ fn a_client_that_stops_sending_gets_its_answers_before_the_close() {
         .collect();
     assert_eq!(parsed.len(), 3);
 
-    assert!(node.on_read_closed(client), "three answers are owed");
+    assert!(
+        node.on_read_closed(client, &mut out),
+        "three answers are owed"
+    );
+    assert!(written(&mut out).closed.is_empty());
     let answer = |request_id| IntakeEvent::Send {
         conn: client,
-        frame: crate::wire::Message::Pong.encode(request_id).expect("encode"),
+        frame: crate::wire::Message::Pong
+            .encode(request_id)
+            .expect("encode"),
     };
     node.on_event(now, answer(1), &mut out);
     let first = written(&mut out);
@@ -322,6 +328,8 @@ fn a_client_that_stops_sending_gets_its_answers_before_the_close() {
     assert_eq!(last.frames.len(), 1);
     assert_eq!(last.closed, vec![client], "closed after the last answer");
 
+    // Owed nothing: closed once its output is written (not dropped with it).
     let idle = node.accept().expect("accepted");
-    assert!(!node.on_read_closed(idle), "nothing owed: finished at once");
+    assert!(node.on_read_closed(idle, &mut out));
+    assert_eq!(written(&mut out).closed, vec![idle]);
 }

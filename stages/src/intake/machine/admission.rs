@@ -1,0 +1,135 @@
+//! Who may speak on a connection: a client's `Auth` token, and the receiving side of the peer
+//! handshake (SPEC §11: a hello is challenged, the proof checked, and nothing the connection
+//! sends as a peer is acted on before it checks out). Split from `machine.rs` to keep each
+//! file one concern; the dialling side is in `machine.rs` with the links.
+
+use super::IntakeMachine;
+use crate::error::ServiceError;
+use crate::event::ConnId;
+use crate::intake::handshake::{self, Challenged};
+use crate::seda::Outbox;
+use crate::wire::{same_secret, Frame, Message};
+use crate::NodeId;
+use slog::{debug, warn};
+
+impl IntakeMachine {
+    /// Whether `conn` may send requests: no token is required, or it sent the right one, or it
+    /// is a peer (a proven incoming link, or a link this node dialled, whose frames are
+    /// answers).
+    pub(super) fn may_request(&self, conn: ConnId) -> bool {
+        self.settings.client_token.is_none()
+            || self.links.peer_of(conn).is_some()
+            || self
+                .connections
+                .get(&conn)
+                .is_some_and(|c| c.client_authorized || c.authenticated.is_some())
+    }
+
+    /// A client's `Auth`: the right token (compared in constant time) authorizes the
+    /// connection; a wrong one is answered `Unauthorized` and the connection closed.
+    pub(super) fn accept_auth(&mut self, conn: ConnId, frame: &Frame, out: &mut Outbox) {
+        let token = match Message::decode(frame) {
+            Ok(Message::Auth(auth)) => auth.token,
+            _ => String::new(),
+        };
+        let accepted = match &self.settings.client_token {
+            None => true,
+            Some(expected) => same_secret(expected.as_bytes(), token.as_bytes()),
+        };
+        if accepted {
+            if let Some(connection) = self.connections.get_mut(&conn) {
+                connection.client_authorized = true;
+            }
+            self.write(conn, frame.request_id, &Message::AuthOk, out);
+        } else {
+            warn!(self.logger, "refusing a client token"; "conn" => conn.0);
+            let error = ServiceError::Unauthorized {
+                reason: "wrong client token".into(),
+            };
+            self.write(conn, frame.request_id, &Message::Error(error), out);
+            self.close(conn, out);
+        }
+    }
+
+    /// RECEIVER SIDE: a hello from a member is answered with a challenge carrying a fresh
+    /// nonce; a malformed one, one from a stranger, or a second one on the connection is
+    /// refused `Unauthorized` and the connection closed.
+    pub(super) fn accept_hello(&mut self, conn: ConnId, frame: &Frame, out: &mut Outbox) {
+        let verdict = match Message::decode(frame) {
+            Ok(Message::PeerHello(hello)) => self.check_hello(conn, &hello.node, &hello.nonce),
+            _ => Err("malformed hello".to_string()),
+        };
+        match verdict {
+            Ok((dialer, dialer_nonce)) => {
+                let challenged = Challenged {
+                    dialer,
+                    dialer_nonce,
+                    nonce: self.nonces.next(&self.seal),
+                };
+                let challenge = handshake::challenge(&self.seal, &self.node, &challenged);
+                self.write(conn, frame.request_id, &challenge, out);
+                if let Some(connection) = self.connections.get_mut(&conn) {
+                    connection.challenged = Some(challenged);
+                }
+            }
+            Err(reason) => self.refuse_peer(conn, frame.request_id, reason, out),
+        }
+    }
+
+    fn check_hello(
+        &self,
+        conn: ConnId,
+        node: &NodeId,
+        nonce: &[u8],
+    ) -> Result<(NodeId, crate::wire::Nonce), String> {
+        if self.membership.current().member(node).is_none() {
+            return Err(format!("{node} is not a member"));
+        }
+        let nonce = handshake::nonce_of(nonce).ok_or("hello nonce of the wrong length")?;
+        let fresh = self
+            .connections
+            .get(&conn)
+            .is_some_and(|c| c.challenged.is_none() && c.authenticated.is_none());
+        if !fresh {
+            return Err("a second hello on one connection".into());
+        }
+        Ok((node.clone(), nonce))
+    }
+
+    /// RECEIVER SIDE: the dialer's proof. One that answers this connection's challenge marks
+    /// the connection as that peer's; any other (a replayed one, one without a challenge) is
+    /// refused `Unauthorized` and the connection closed.
+    pub(super) fn accept_proof(&mut self, conn: ConnId, frame: &Frame, out: &mut Outbox) {
+        let challenged = self
+            .connections
+            .get_mut(&conn)
+            .and_then(|c| c.challenged.take());
+        let verdict = match (Message::decode(frame), challenged) {
+            (Ok(Message::PeerProof(proof)), Some(challenged)) => {
+                if handshake::proven(&self.seal, &self.node, &challenged, &proof) {
+                    Ok(challenged.dialer)
+                } else {
+                    Err("proof does not answer this connection's challenge (a replay, or another cluster's secret)".to_string())
+                }
+            }
+            (Ok(Message::PeerProof(_)), None) => Err("proof without a hello".to_string()),
+            _ => Err("malformed proof".to_string()),
+        };
+        match verdict {
+            Ok(peer) => {
+                debug!(self.logger, "peer authenticated"; "conn" => conn.0, "peer" => %peer);
+                if let Some(connection) = self.connections.get_mut(&conn) {
+                    connection.authenticated = Some(peer);
+                }
+            }
+            Err(reason) => self.refuse_peer(conn, frame.request_id, reason, out),
+        }
+    }
+
+    fn refuse_peer(&mut self, conn: ConnId, request_id: u64, reason: String, out: &mut Outbox) {
+        warn!(self.logger, "refusing a peer handshake"; "conn" => conn.0, "reason" => %reason);
+        let error = Message::Error(ServiceError::Unauthorized { reason });
+        self.write(conn, request_id, &error, out);
+        self.close(conn, out);
+    }
+}
