@@ -26,7 +26,8 @@
 # Environment: OUT_DIR (target/bench-aae), DIFF (100), AAE_INTERVAL_MS (5000), FG_RATE (1000),
 # FG_SECS (30), LOAD_THREADS (8), FG_THREADS (64: each thread keeps one request in flight, so
 # fewer let a few slow seconds push the open loop behind its schedule for good),
-# TARGET_FACTOR (1.2), TARGET_MIN_MS (5).
+# TARGET_FACTOR (1.2), TARGET_MIN_MS (5), INSYNC_ONLY (set: phase 1 only, then the table with
+# what it measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base_keys=${1:-1000000}; runs=${2:-3}
@@ -116,6 +117,19 @@ keys_in() { # i expected-keys foreground-pid
 }
 keys_back() { seconds_until "$3" keys_in "$1" "$2" "$4"; } # i expected-keys limit-seconds foreground-pid
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Waits (at most 180 s) until the two nodes together use under 5 % of a core each over 3 s.
+# The engine compacts for a minute or more after a million keys are loaded: measured right
+# after the load, that work was billed to anti-entropy (2.95 % of a core with it, 0.73 %
+# without, the latter measured after a restart when the compactions were done).
+settle() {
+  local c0 c1 _
+  for _ in $(seq 60); do
+    c0=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") )); sleep 3
+    c1=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") ))
+    [ $(( (c1 - c0) * 100 / clk / 3 / 2 )) -lt 5 ] && return
+  done
+  echo "  (the nodes were still busy after 180 s: measuring anyway)"
+}
 p999() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(max(o["p999_us"] for o in r["operations"]) / 1000)' "$1"; }
 
 echo "run,phase,value" > "$out/runs.csv"
@@ -130,8 +144,9 @@ for run in $(seq "$runs"); do
       --workload c --distribution uniform > "$work/load.log" 2>&1 || fail "loading failed: $(tail -3 "$work/load.log")"
   [ "$(converge "$keys" 600)" != never ] || fail "the loaded replicas never agreed"
 
-  # 1. A full pass in sync, anti-entropy on and off.
+  # 1. A full pass in sync, anti-entropy on and off, each once the nodes are quiet.
   pass=$(( interval * 2 / 1000 + 1 ))
+  settle
   m0=$(sum2 moved); e0=$(sum2 exchanges); b0=$(sum2 bytes); c0=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") ))
   sleep "$pass"
   m1=$(sum2 moved); e1=$(sum2 exchanges); b1=$(sum2 bytes); c1=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") ))
@@ -142,10 +157,13 @@ for run in $(seq "$runs"); do
   stop 1; stop 2; start 1 false; start 2 false
   # Trees are rebuilt after a start even with exchanges off: measure once they are ready.
   [ "$(converge "$keys" 600)" != never ] || fail "trees were not rebuilt after the restart"
+  settle
   c0=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") )); sleep "$pass"
   c1=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") ))
   record "$run" cpu_pct_per_node_aae_off "$(awk -v c=$(( c1 - c0 )) -v k="$clk" -v s="$pass" 'BEGIN {printf "%.2f", c / k / s * 100 / 2}')"
-  stop 1; stop 2; start 1 true; start 2 true
+  stop 1; stop 2
+  if [ -n "${INSYNC_ONLY:-}" ]; then continue; fi
+  start 1 true; start 2 true
   [ "$(converge "$keys" 600)" != never ] || fail "trees were not rebuilt after the restart"
 
   # 2. DIFF keys written while n2 is down. n2's counters restart with it; n1's do not.
@@ -217,6 +235,10 @@ print(f"in sync, one full pass: keys moved {med('insync_keys_moved'):.0f}, excha
       f"{med('insync_bytes_per_pass') / 1024:.1f} KiB of anti-entropy messages per pass (both nodes)")
 on, off = med("cpu_pct_per_node_aae_on"), med("cpu_pct_per_node_aae_off")
 print(f"  CPU per node: {on:.2f} % of a core with anti-entropy, {off:.2f} % without: {on - off:.2f} % for anti-entropy")
+print(("holds" if med("insync_keys_moved") == 0 else "MISSED") + ": an in-sync pass moves no keys")
+print(("holds" if on - off <= 2.0 else "MISSED") + ": an in-sync pass costs <= 2 % of a core")
+if not any(r["phase"] == "diff_keys_moved" for r in rows):
+    sys.exit(0)  # INSYNC_ONLY
 moved = med("diff_keys_moved")
 print(f"{diff} keys differ: objects exchanged {moved:.0f} ({moved / diff:.2f}x the difference), "
       f"{med('diff_bytes') / 1024:.1f} KiB of anti-entropy messages, roots equal after {med('diff_seconds'):.1f} s")
@@ -226,7 +248,5 @@ print(f"wiped replica rebuilt (every key back on it) in {med('rebuild_seconds'):
       f"vs {base:.1f} ms without a rebuild ({wiped / base:.2f}x; median segment {mid:.1f} ms, {mid / base:.2f}x; "
       f"{med('fg_segments_rebuild'):.0f} segments); controller target p99 <= {med('controller_target_ms'):.0f} ms")
 print(("holds" if moved <= 1.2 * diff else "MISSED") + ": keys exchanged <= 1.2x the difference")
-print(("holds" if med("insync_keys_moved") == 0 else "MISSED") + ": an in-sync pass moves no keys")
-print(("holds" if on - off <= 2.0 else "MISSED") + ": an in-sync pass costs <= 2 % of a core")
 print(("holds" if wiped / base <= 1.3 else "MISSED") + ": p99.9 during the rebuild (worst segment) <= 1.3x the baseline (goal)")
 EOF
