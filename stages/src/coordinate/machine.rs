@@ -22,9 +22,9 @@
 use crate::durability::Durability;
 use crate::error::ServiceError;
 use crate::event::{
-    ClientRequest, CoordinateEvent, Event, IntakeEvent, Now, OpId, Operation, Origin, PeerDone,
-    RepairEvent, ReplicateEvent, ReplyTo, ServeRequest, StorageDone, StorageEvent, StorageOutcome,
-    StorageRequest,
+    ClientRequest, CoordinateEvent, Event, HandoffEvent, IntakeEvent, Now, OpId, Operation, Origin,
+    PeerDone, RepairEvent, ReplicateEvent, ReplyTo, ServeRequest, StorageDone, StorageEvent,
+    StorageOutcome, StorageRequest,
 };
 use crate::failure_detector::FailureDetector;
 use crate::membership::MembershipView;
@@ -219,9 +219,16 @@ impl Coordinator {
                 self.on_answer(now, op, result, durable, out)
             }
             CoordinateEvent::Peer(done) => self.on_peer_answer(now, done, out),
-            CoordinateEvent::Heard { peer } => {
-                self.detector.succeeded(&peer);
-            }
+            CoordinateEvent::Heard { peer } => self.heard_from(&peer, out),
+        }
+    }
+
+    /// `peer` answered: it is up. If that brings it back, hinted handoff is told, so hints
+    /// for it do not wait out the pause their failed deliveries started (offered: a full
+    /// handoff queue only means the pause runs out as before).
+    pub(super) fn heard_from(&mut self, peer: &NodeId, out: &mut Outbox) {
+        if self.detector.succeeded(peer) {
+            out.offer(HandoffEvent::PeerUp { peer: peer.clone() });
         }
     }
 

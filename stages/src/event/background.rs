@@ -47,6 +47,12 @@ pub enum HandoffEvent {
         /// The hinted objects.
         objects: Vec<(Vec<u8>, VersionSet)>,
     },
+    /// The coordinator's failure detector saw `peer` answer again after it was down: a round
+    /// paused by failed deliveries starts at the next tick, not when its pause runs out.
+    PeerUp {
+        /// The peer that came back.
+        peer: NodeId,
+    },
 }
 
 impl fmt::Display for HandoffEvent {
@@ -57,6 +63,7 @@ impl fmt::Display for HandoffEvent {
             HandoffEvent::Serve { objects, .. } => {
                 write!(f, "receive {} hinted objects", objects.len())
             }
+            HandoffEvent::PeerUp { peer } => write!(f, "{peer} is up"),
         }
     }
 }

@@ -53,6 +53,29 @@ fn hint(i: u8) -> Hint {
     }
 }
 
+/// A round at `ms` whose every delivery fails (its target is down).
+fn failing_round(machine: &mut HandoffMachine, out: &mut Outbox, start: Instant, ms: u64) {
+    machine.on_tick(at(start, ms), out);
+    let scan = scan_op(out).expect("a round starts with a scan");
+    let done = StorageDone {
+        op: scan,
+        result: Ok(StorageOutcome::Hints {
+            hints: vec![hint(1), hint(2)],
+            held: 2,
+        }),
+        durable: false,
+    };
+    machine.on_event(at(start, ms), HandoffEvent::Storage(done), out);
+    for op in delivery_ops(out) {
+        let failed = PeerDone {
+            op,
+            peer: NodeId::new("down"),
+            result: Err(ServiceError::ShuttingDown),
+        };
+        machine.on_event(at(start, ms), HandoffEvent::Peer(failed), out);
+    }
+}
+
 /// Goal: after a round in which every delivery failed (the target is down), the next
 /// round waits for the pause instead of reading and resending the hints at every tick;
 /// the pause grows while rounds keep failing. Method: a machine driven by hand.
@@ -62,32 +85,11 @@ fn rounds_that_only_fail_pause_and_the_pause_grows() {
     let logger = Logger::root(slog::Discard, slog::o!());
     let mut machine = HandoffMachine::new(Gate::new(None, start), logger);
     let mut out = Outbox::new();
-    let failing_round = |machine: &mut HandoffMachine, out: &mut Outbox, ms: u64| {
-        machine.on_tick(at(start, ms), out);
-        let scan = scan_op(out).expect("a round starts with a scan");
-        let done = StorageDone {
-            op: scan,
-            result: Ok(StorageOutcome::Hints {
-                hints: vec![hint(1), hint(2)],
-                held: 2,
-            }),
-            durable: false,
-        };
-        machine.on_event(at(start, ms), HandoffEvent::Storage(done), out);
-        for op in delivery_ops(out) {
-            let failed = PeerDone {
-                op,
-                peer: NodeId::new("down"),
-                result: Err(ServiceError::ShuttingDown),
-            };
-            machine.on_event(at(start, ms), HandoffEvent::Peer(failed), out);
-        }
-    };
-    failing_round(&mut machine, &mut out, 0);
+    failing_round(&mut machine, &mut out, start, 0);
     machine.on_tick(at(start, 200), &mut out);
     assert_eq!(scan_op(&mut out), None, "paused after a failing round");
     // The pause (400 ms) was decided at 200 ms: the next round starts at 600 ms.
-    failing_round(&mut machine, &mut out, 600);
+    failing_round(&mut machine, &mut out, start, 600);
     machine.on_tick(at(start, 800), &mut out);
     machine.on_tick(at(start, 1200), &mut out);
     assert_eq!(
@@ -98,6 +100,32 @@ fn rounds_that_only_fail_pause_and_the_pause_grows() {
     machine.on_tick(at(start, 1600), &mut out);
     assert!(scan_op(&mut out).is_some(), "rounds resume after the pause");
 }
+
+/// Goal: the failure detector seeing a down peer answer again ends the pause its failed
+/// deliveries started: the next tick starts a round, not the end of the pause.
+#[test]
+fn a_peer_back_up_ends_the_pause_of_failed_rounds() {
+    let start = Instant::now();
+    let mut machine = machine(start);
+    let mut out = Outbox::new();
+    failing_round(&mut machine, &mut out, start, 0);
+    machine.on_tick(at(start, 200), &mut out);
+    assert_eq!(
+        scan_op(&mut out),
+        None,
+        "paused after a failing round (until 600 ms)"
+    );
+    let back = HandoffEvent::PeerUp {
+        peer: NodeId::new("down"),
+    };
+    machine.on_event(at(start, 250), back, &mut out);
+    machine.on_tick(at(start, 300), &mut out);
+    assert!(
+        scan_op(&mut out).is_some(),
+        "a round starts at once, not at 600 ms"
+    );
+}
+
 fn machine(start: Instant) -> HandoffMachine {
     HandoffMachine::new(
         Gate::new(None, start),

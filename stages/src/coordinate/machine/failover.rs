@@ -156,9 +156,7 @@ impl Coordinator {
             Err(ServiceError::PeerUnreachable { .. } | ServiceError::PeerLost { .. })
         );
         match &done.result {
-            Ok(_) => {
-                self.detector.succeeded(&done.peer);
-            }
+            Ok(_) => self.heard_from(&done.peer, out),
             Err(_) if link_failed => {
                 self.detector.failed(&done.peer, now);
             }
