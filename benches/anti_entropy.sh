@@ -26,8 +26,8 @@
 # Environment: OUT_DIR (target/bench-aae), DIFF (100), AAE_INTERVAL_MS (5000), FG_RATE (1000),
 # FG_SECS (30), LOAD_THREADS (8), FG_THREADS (64: each thread keeps one request in flight, so
 # fewer let a few slow seconds push the open loop behind its schedule for good),
-# TARGET_FACTOR (1.2), TARGET_MIN_MS (5), INSYNC_ONLY (set: phase 1 only, then the table with
-# what it measured).
+# TARGET_FACTOR (1.2), TARGET_MIN_MS (5), INSYNC_ONLY (any non-empty value: phase 1 only,
+# then the table with what it measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base_keys=${1:-1000000}; runs=${2:-3}
@@ -117,7 +117,7 @@ keys_in() { # i expected-keys foreground-pid
 }
 keys_back() { seconds_until "$3" keys_in "$1" "$2" "$4"; } # i expected-keys limit-seconds foreground-pid
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# Waits (at most 180 s) until the two nodes together use under 5 % of a core each over 3 s.
+# Waits (at most 180 s) until the two nodes use under 5 % of a core each on average over 3 s.
 # The engine compacts for a minute or more after a million keys are loaded: measured right
 # after the load, that work was billed to anti-entropy (2.95 % of a core with it, 0.73 %
 # without, the latter measured after a restart when the compactions were done).

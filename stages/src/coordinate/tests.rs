@@ -655,3 +655,49 @@ fn one_fails_the_put_when_the_coordinators_flush_fails() {
         other => panic!("expected the flush's error, got {other:?}"),
     }
 }
+
+/// Goal: when the failure detector sees a peer it had marked down answer again, hinted
+/// handoff is told once (so the hints for it do not wait out their pause); a peer that was
+/// never down, or is already back, is not announced. Reference: Dynamo §4.6, §4.8.3.
+#[test]
+fn a_down_peer_heard_again_is_announced_to_handoff_once() {
+    let (mut c, _) = coordinator_of_three(3, 2, 2);
+    let now = Instant::now();
+    let announced = |out: &[Output]| {
+        out.iter()
+            .filter(|o| matches!(o, Output::Other(e) if e.contains("PeerUp")))
+            .count()
+    };
+    let mut out = Vec::new();
+    on_event(
+        &mut c,
+        now,
+        CoordinateEvent::Heard {
+            peer: NodeId::new("n2"),
+        },
+        &mut out,
+    );
+    assert_eq!(announced(&out), 0, "n2 was never down: {out:?}");
+    let unreachable = PeerDone {
+        op: OpId(999),
+        peer: NodeId::new("n2"),
+        result: Err(ServiceError::PeerUnreachable { node: "n2".into() }),
+    };
+    on_event(&mut c, now, CoordinateEvent::Peer(unreachable), &mut out);
+    assert_eq!(announced(&out), 0);
+    for _ in 0..2 {
+        on_event(
+            &mut c,
+            now,
+            CoordinateEvent::Heard {
+                peer: NodeId::new("n2"),
+            },
+            &mut out,
+        );
+    }
+    assert_eq!(
+        announced(&out),
+        1,
+        "announced once when it came back: {out:?}"
+    );
+}
