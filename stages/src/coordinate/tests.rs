@@ -668,15 +668,11 @@ fn a_down_peer_heard_again_is_announced_to_handoff_once() {
             .filter(|o| matches!(o, Output::Other(e) if e.contains("PeerUp")))
             .count()
     };
+    let heard = || CoordinateEvent::Heard {
+        peer: NodeId::new("n2"),
+    };
     let mut out = Vec::new();
-    on_event(
-        &mut c,
-        now,
-        CoordinateEvent::Heard {
-            peer: NodeId::new("n2"),
-        },
-        &mut out,
-    );
+    on_event(&mut c, now, heard(), &mut out);
     assert_eq!(announced(&out), 0, "n2 was never down: {out:?}");
     let unreachable = PeerDone {
         op: OpId(999),
@@ -686,14 +682,7 @@ fn a_down_peer_heard_again_is_announced_to_handoff_once() {
     on_event(&mut c, now, CoordinateEvent::Peer(unreachable), &mut out);
     assert_eq!(announced(&out), 0);
     for _ in 0..2 {
-        on_event(
-            &mut c,
-            now,
-            CoordinateEvent::Heard {
-                peer: NodeId::new("n2"),
-            },
-            &mut out,
-        );
+        on_event(&mut c, now, heard(), &mut out);
     }
     assert_eq!(
         announced(&out),
