@@ -2,7 +2,8 @@
 //! TigerBeetle's VOPR are the models). K whole nodes — every stage machine, the same code the
 //! product runs, over the memory storage engine — run in one thread with a simulated clock and
 //! a simulated network that can delay, drop, duplicate and reorder frames, partition and heal,
-//! crash a node (its unflushed writes are lost) and restart it, and pause one. Seeded clients
+//! crash a node's process (what it wrote survives) or cut its power (its unflushed writes are
+//! lost) and restart it, and pause one. Seeded clients
 //! run the set workload, blind puts, deletes and the same-context scenario through the nodes'
 //! real intake; checkers judge the history and the replicas' final state.
 //!
@@ -39,16 +40,18 @@ pub struct Faults {
     pub reorder: bool,
     /// The nodes split in two groups that cannot reach each other, then healed.
     pub partition: bool,
-    /// A node crashes (unflushed writes lost) and restarts on its data.
+    /// A node's process crashes (what it wrote reached the OS and survives) and restarts on
+    /// its data; where every acknowledged write is flushed first (`sync = "always"`, or
+    /// `durable_writes` "one" or "all"), half the crashes are that machine's power loss
+    /// instead (unflushed writes lost).
     pub crash: bool,
-    /// Every node crashes at once (a power loss: unflushed writes lost everywhere) and
-    /// restarts. Only flushed writes survive it: `durable_writes` "one" or "all", or
-    /// `sync = "always"`.
+    /// Every node loses power at once (unflushed writes lost everywhere) and restarts. Only
+    /// flushed writes survive it: `durable_writes` "one" or "all", or `sync = "always"`.
     pub power: bool,
     /// A node stops processing for a while (a GC pause, a stalled VM).
     pub pause: bool,
     /// A node's journal flushes fail for a while (a disk error): the writes of those batches
-    /// are not acknowledged, and are lost if the node crashes before a flush succeeds.
+    /// are not acknowledged, and are lost if the node loses power before a flush succeeds.
     pub flush: bool,
     /// A node outside the ring joins during the workload (plan and commit through a member),
     /// and later a member leaves: their partitions are transferred while clients write.

@@ -256,11 +256,15 @@ impl SimNode {
         Ok(())
     }
 
-    /// A crash: the machines are gone and the engine loses what was not flushed.
-    pub fn crash(&mut self) {
+    /// A crash: the machines are gone; with `power` (the machine's power, not only the
+    /// process) the engine loses what was not flushed. A process crash leaves the engine as
+    /// it is: a later power loss still takes what was never flushed.
+    pub fn crash(&mut self, power: bool) {
         self.machines = None;
         self.store = None;
-        self.engine.crash();
+        if power {
+            self.engine.lose_power();
+        }
         self.queued = [0; STAGES];
         self.paused_until = 0;
     }

@@ -113,6 +113,22 @@ fn power_loss_of_every_node_loses_nothing_acknowledged_with_one_durable_copy() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Goal: a process crash loses nothing acknowledged even on nodes that never flush on their
+/// own (`sync = "none"`, `durable_writes = "none"`): what a write reached before its ack is
+/// in the OS, as fjall's writes are (`acknowledged_puts_survive_kill_9_with_sync_none` says
+/// the same of a real node); only a power loss may take it. Method: 30 seeds with every
+/// fault of the default sweep (crashes are process crashes here).
+#[test]
+fn process_crashes_lose_nothing_acknowledged_on_nodes_that_never_flush() {
+    let config = SimConfig {
+        sync: SyncMode::None,
+        durable_writes: Durability::None,
+        ..SimConfig::default()
+    };
+    let failures = violating_seeds(&config, 30);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// Goal: the power-loss nemesis bites: with `durable_writes = "none"` and `sync = "none"`
 /// acknowledged writes are lost (what README says `"none"` risks), so the test above could
 /// fail. Method: the first seed with a power loss alone.

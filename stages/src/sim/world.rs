@@ -9,8 +9,10 @@ use super::net::{End, Network};
 use super::node::{Machines, SimNode, SimPost, N, REQUEST_TIMEOUT, TICKS, W};
 use super::rng::SimRng;
 use super::{Faults, SimConfig, SimReport};
+use crate::durability::Durability;
 use crate::event::{encode_reply, ConnId, Event, Now, SocketCommand, StageId};
 use crate::membership::{Member, Membership, MembershipView};
+use crate::storage::SyncMode;
 use crate::wire::{kind, FrameDecoder, Message, StatsReply, LENGTH_BYTES};
 use crate::NodeId;
 use md5::{Digest, Md5};
@@ -103,7 +105,10 @@ enum Fault {
         joining: bool,
         attempts: u32,
     },
+    /// The node's process dies: what it wrote reached the OS and survives.
     Crash(usize),
+    /// The node's machine loses power: what it never flushed is lost too.
+    PowerLoss(usize),
     Restart(usize),
     Pause(usize, u64),
     FailFlushes(usize, u32),
@@ -177,6 +182,10 @@ pub struct World {
     clients: Vec<SimClient>,
     history: History,
     faults: Faults,
+    /// Whether every acknowledged write is flushed first (`sync = "always"`, or
+    /// `durable_writes` "one" or "all"): then one machine's power loss is a fault the
+    /// configuration promises to survive, and the crash fault draws it too.
+    acked_flushed: bool,
     /// Whether the message faults (drop, duplicate, reorder, delay) are on now.
     noisy: bool,
     /// Whether clients start new workload tasks.
@@ -268,6 +277,8 @@ impl World {
             clients,
             history: History::default(),
             faults: config.faults,
+            acked_flushed: config.sync == SyncMode::Always
+                || config.durable_writes != Durability::None,
             noisy: false,
             working: true,
             workload_end: config.workload_ms * 1000,
@@ -309,6 +320,7 @@ impl World {
         if end <= start {
             return;
         }
+        let acked_flushed = self.acked_flushed;
         let rng = &mut self.sched.rng;
         let mut plan = Vec::new();
         if self.faults.crash {
@@ -316,7 +328,15 @@ impl World {
                 let node = rng.index(count);
                 let at = rng.range(start, end);
                 let back = (at + rng.range(200_000, 2_000_000)).min(self.workload_end);
-                plan.push((at, Fault::Crash(node)));
+                // A process crash keeps what reached the OS (as fjall's writes do before
+                // their ack). Where every acknowledged write is flushed first, half the
+                // crashes are the machine's power instead, losing what was never flushed.
+                let crash = if acked_flushed && rng.index(2) == 0 {
+                    Fault::PowerLoss(node)
+                } else {
+                    Fault::Crash(node)
+                };
+                plan.push((at, crash));
                 plan.push((back, Fault::Restart(node)));
             }
         }
@@ -325,7 +345,7 @@ impl World {
             let at = rng.range(start, end);
             let back = (at + rng.range(200_000, 1_000_000)).min(self.workload_end);
             for node in 0..count {
-                plan.push((at, Fault::Crash(node)));
+                plan.push((at, Fault::PowerLoss(node)));
                 plan.push((back, Fault::Restart(node)));
             }
         }

@@ -1,5 +1,5 @@
 //! The simulator's engine: ordered maps in memory, with a journal of the writes since the last
-//! [`Engine::persist`] so that a simulated crash loses exactly what was not flushed, and
+//! [`Engine::persist`] so that a simulated power loss loses exactly what was not flushed, and
 //! injectable faults (a flush that fails). Deterministic: no clock, no randomness of its own.
 
 use super::engine::{Engine, Space};
@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
-/// What an engine holds: what reads see, what survives a crash, and what the faults are.
+/// What an engine holds: what reads see, what survives a power loss, and what the faults are.
 #[derive(Default)]
 struct State {
     /// What reads see: every write, flushed or not. In [`Space::ALL`] order.
     current: [Map; 4],
-    /// What was flushed: what a crash leaves.
+    /// What was flushed: what a power loss leaves (a process crash leaves everything: the
+    /// writes reached the OS, as fjall's do before their ack).
     durable: [Map; 4],
     /// Writes since the last successful flush, in order (`None`: a removal).
     journal: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
@@ -22,7 +23,7 @@ struct State {
     failing_flushes: u32,
 }
 
-/// An in-memory [`Engine`] that can crash and fail.
+/// An in-memory [`Engine`] that can lose power and fail.
 #[derive(Default)]
 pub struct MemoryEngine {
     state: Mutex<State>,
@@ -39,8 +40,8 @@ impl MemoryEngine {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A simulated crash (power loss): every write not flushed is lost.
-    pub fn crash(&self) {
+    /// A simulated power loss: every write not flushed is lost.
+    pub fn lose_power(&self) {
         let mut state = self.state();
         state.current = state.durable.clone();
         state.journal.clear();

@@ -248,7 +248,7 @@ fn memory_engine_crash_loses_exactly_the_unflushed_writes() {
     store.persist().expect("flush");
     put(&store, b"unflushed", &VClock::new(), b"b");
     assert_eq!(engine.unflushed_writes(), 1);
-    engine.crash();
+    engine.lose_power();
     let store = Store::with_engine(engine.clone(), &node(), Q, 0).expect("reopens");
     assert_eq!(store.read(b"flushed").expect("read").len(), 1);
     assert!(store.read(b"unflushed").expect("read").is_empty());
@@ -260,7 +260,7 @@ fn memory_engine_crash_loses_exactly_the_unflushed_writes() {
         Err(StorageError::Simulated { .. })
     ));
     store.persist().expect("the next flush succeeds");
-    engine.crash();
+    engine.lose_power();
     assert_eq!(store.read(b"retried").expect("read").len(), 1);
 }
 
@@ -608,7 +608,7 @@ fn durable_writes_wait_for_the_flush_and_buffered_ones_do_not() {
         "a buffered batch does not flush"
     );
 
-    engine.crash();
+    engine.lose_power();
     let store = Store::with_engine(engine.clone(), &node(), Q, 0).expect("reopens");
     assert_eq!(store.read(b"durable").expect("read").len(), 1);
     assert_eq!(store.read(b"buffered").expect("read").len(), 1);

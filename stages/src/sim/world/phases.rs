@@ -50,7 +50,8 @@ impl World {
                     self.commit_later(node, joining, attempts - 1, 500_000);
                 }
             }
-            Fault::Crash(node) => self.crash(node),
+            Fault::Crash(node) => self.crash(node, false),
+            Fault::PowerLoss(node) => self.crash(node, true),
             Fault::Restart(node) => {
                 if self.nodes[node].machines.is_none() {
                     // A disk still failing its flushes keeps the node down (as a real one
@@ -131,13 +132,14 @@ impl World {
             .unwrap_or_else(|| unreachable!("a world has nodes"))
     }
 
-    /// The node's process dies: its machines are gone, its unflushed writes lost, and its
-    /// connections reset (peers and clients hear of it after a network delay).
-    fn crash(&mut self, node: usize) {
+    /// The node's process dies (with `power`, its machine: its unflushed writes are lost
+    /// too): its machines are gone and its connections reset (peers and clients hear of it
+    /// after a network delay).
+    fn crash(&mut self, node: usize, power: bool) {
         if self.nodes[node].machines.is_none() {
             return;
         }
-        self.nodes[node].crash();
+        self.nodes[node].crash(power);
         for link in self.net.links_of(node) {
             let delay = self.sched.rng.range(50, 500);
             self.sched.after(delay, Job::Closed { link });
