@@ -35,9 +35,9 @@
 //!   below [`RECOVER_TO`] of the rate spent when the target was last missed): the budget grows
 //!   by the whole `headroom_factor` up to that mark, however close the signal is to the target
 //!   (BIC-TCP's search back towards the last rate that failed); whichever rule grows it most
-//!   applies. With the additive
-//!   step alone, a node cut from 3.7k to 0.7k units/s needed 30 s to earn back half of it,
-//!   and its backlog, the largest, set the drain time of the whole cluster;
+//!   applies. With the additive step alone, a node cut from 3.7k to 0.7k units/s needed 30 s
+//!   to earn back half of it, and its backlog, the largest, set the drain time of the whole
+//!   cluster;
 //! - **split**: stages with a backlog share the budget by their configured shares; every
 //!   stage gets at least `min_rate` (the floor, so a backlog always drains, however loaded
 //!   the foreground); a pinned stage is left alone and outside the budget.
@@ -346,17 +346,14 @@ impl ResourceController {
             Step::Hold
         } else {
             let step = settings.increase_per_period as f64;
-            let room = room_factor(
-                signal_us.max(newest_us),
-                target_us,
-                settings.headroom_factor,
-            );
+            let worst_us = signal_us.max(newest_us);
+            let room = room_factor(worst_us, target_us, settings.headroom_factor);
             // The largest growth any rule allows: more room never means slower growth.
             let increased = self.budget + step;
             let climbed = self.budget * room;
             // Recovery waits until the window, not only the newest period, is back under
             // the target: the periods that missed are still in it.
-            let recovered = if signal_us.max(newest_us) <= target_us {
+            let recovered = if worst_us <= target_us {
                 (self.budget * settings.headroom_factor).min(RECOVER_TO * self.missed_at)
             } else {
                 0.0

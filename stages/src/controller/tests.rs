@@ -62,6 +62,21 @@ fn with_repair_backlog(mut observation: Observation, pinned: bool) -> Observatio
     observation
 }
 
+/// One period per `used` (tokens handoff took; 1000 requests at `latency_ms`, a backlog):
+/// each period's step and budget.
+fn steps(
+    controller: &mut ResourceController,
+    latency_ms: u64,
+    used: impl IntoIterator<Item = u64>,
+) -> Vec<(Step, u64)> {
+    used.into_iter()
+        .map(|used| {
+            let decision = controller.on_period(period(1000, latency_ms, 5000, used));
+            (decision.step, decision.budget_per_sec)
+        })
+        .collect()
+}
+
 /// `decision` climbed to `budget`, give or take the histogram's rounding of the signal.
 fn assert_climbed_to(decision: &Decision, budget: u64) {
     assert_eq!(decision.step, Step::Climb, "{decision:?}");
@@ -117,15 +132,8 @@ fn budget_climbs_by_a_factor_graded_by_the_room_below_the_target() {
 
     // Near the floor the step beats the factor (until 0.5 × budget > 100): additive first.
     let mut low = ResourceController::new(climbing, 10);
-    let budgets: Vec<(Step, u64)> = [5, 55, 105]
-        .into_iter()
-        .map(|used| {
-            let decision = low.on_period(period(1000, 2, 5000, used));
-            (decision.step, decision.budget_per_sec)
-        })
-        .collect();
     assert_eq!(
-        budgets,
+        steps(&mut low, 2, [5, 55, 105]),
         [
             (Step::Increase, 110),
             (Step::Increase, 210),
@@ -362,14 +370,8 @@ fn after_a_miss_the_budget_recovers_to_most_of_the_rate_that_missed() {
     assert_eq!((missed.step, missed.budget_per_sec), (Step::Decrease, 2000));
     // 9 ms holds the target in the newest period, but the 40 ms period stays in the window
     // (4 periods) for three more: the step only.
-    let waiting: Vec<(Step, u64)> = (0..3)
-        .map(|_| {
-            let decision = controller.on_period(period(1000, 9, 5000, 1000));
-            (decision.step, decision.budget_per_sec)
-        })
-        .collect();
     assert_eq!(
-        waiting,
+        steps(&mut controller, 9, [1000; 3]),
         [
             (Step::Increase, 2100),
             (Step::Increase, 2200),

@@ -210,18 +210,22 @@ impl IntakeMachine {
         true
     }
 
+    /// `conn`'s state if it is a client's: not a link this node dialled, not a proven peer.
+    fn client_mut(&mut self, conn: ConnId) -> Option<&mut Connection> {
+        if self.links.peer_of(conn).is_some() {
+            return None;
+        }
+        self.connections
+            .get_mut(&conn)
+            .filter(|c| c.authenticated.is_none())
+    }
+
     /// A client request on `conn` was answered: a connection whose client stopped sending
     /// closes (once its output is written) after its last answer.
     fn answered(&mut self, conn: ConnId, out: &mut Outbox) {
-        if self.links.peer_of(conn).is_some() {
-            return;
-        }
-        let Some(connection) = self.connections.get_mut(&conn) else {
+        let Some(connection) = self.client_mut(conn) else {
             return;
         };
-        if connection.authenticated.is_some() {
-            return;
-        }
         debug_assert!(
             connection.awaiting > 0,
             "conn {}: an answer to a client request that was never counted",
@@ -314,10 +318,8 @@ impl IntakeMachine {
                 Message::decode(&frame),
                 Ok(Message::Error(ServiceError::Unauthorized { .. }))
             );
-        if peer.is_none() && !authenticated {
-            if let Some(connection) = self.connections.get_mut(&conn) {
-                connection.awaiting = connection.awaiting.saturating_add(1);
-            }
+        if let Some(client) = self.client_mut(conn) {
+            client.awaiting = client.awaiting.saturating_add(1);
         }
         out.request(ParseEvent {
             conn,

@@ -9,7 +9,6 @@ use super::net::{End, Network};
 use super::node::{Machines, SimNode, SimPost, N, REQUEST_TIMEOUT, TICKS, W};
 use super::rng::SimRng;
 use super::{Faults, SimConfig, SimReport};
-use crate::durability::Durability;
 use crate::event::{encode_reply, ConnId, Event, Now, SocketCommand, StageId};
 use crate::membership::{Member, Membership, MembershipView};
 use crate::storage::SyncMode;
@@ -278,7 +277,7 @@ impl World {
             history: History::default(),
             faults: config.faults,
             acked_flushed: config.sync == SyncMode::Always
-                || config.durable_writes != Durability::None,
+                || config.durable_writes.coordinator_flushes(),
             noisy: false,
             working: true,
             workload_end: config.workload_ms * 1000,

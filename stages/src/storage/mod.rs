@@ -55,8 +55,8 @@ pub enum SyncMode {
     None,
     /// Flush every `sync_interval_ms`; loses at most that window on power loss.
     Periodic,
-    /// Flush before acknowledging, one flush per commit-stage batch (group commit). A delivered hint's
-    /// deletion acknowledges nothing and rides the next flush
+    /// Flush before acknowledging, one flush per commit-stage batch (group commit). A
+    /// delivered hint's deletion acknowledges nothing and rides the next flush
     /// ([`StorageRequest::wants_flush`](crate::event::StorageRequest::wants_flush)).
     Always,
 }
