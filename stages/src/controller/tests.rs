@@ -23,6 +23,14 @@ fn settings() -> ControllerSettings {
     }
 }
 
+/// [`settings`] with a climb factor of 1.5.
+fn climbing() -> ControllerSettings {
+    ControllerSettings {
+        headroom_factor: 1.5,
+        ..settings()
+    }
+}
+
 /// A period in which `requests` requests each took `latency_ms`; handoff has `backlog` and
 /// used `used` tokens, repair nothing.
 fn period(requests: u64, latency_ms: u64, backlog: u64, used: u64) -> Observation {
@@ -108,10 +116,7 @@ fn budget_grows_additively_and_shrinks_multiplicatively() {
 /// full room).
 #[test]
 fn budget_climbs_by_a_factor_graded_by_the_room_below_the_target() {
-    let climbing = ControllerSettings {
-        headroom_factor: 1.5,
-        ..settings()
-    };
+    let climbing = climbing();
     let mut controller = ResourceController::new(climbing.clone(), 1000);
     // Target 10 ms: 2 ms is full headroom, 1000 × 1.5 beats 1000 + 100.
     let climbed = controller.on_period(period(1000, 2, 5000, 500));
@@ -340,10 +345,7 @@ fn a_miss_halves_what_is_used_not_an_unused_budget() {
 /// is not full room to climb: the window lags the load a climb adds.
 #[test]
 fn room_to_climb_is_judged_on_the_newest_period_too() {
-    let climbing = ControllerSettings {
-        headroom_factor: 1.5,
-        ..settings()
-    };
+    let climbing = climbing();
     let mut controller = ResourceController::new(climbing, 1000);
     for _ in 0..3 {
         controller.on_period(period(1000, 2, 5000, 500));
@@ -360,10 +362,7 @@ fn room_to_climb_is_judged_on_the_newest_period_too() {
 /// graded climb is small); whichever rule grows it most applies.
 #[test]
 fn after_a_miss_the_budget_recovers_to_most_of_the_rate_that_missed() {
-    let climbing = ControllerSettings {
-        headroom_factor: 1.5,
-        ..settings()
-    };
+    let climbing = climbing();
     let mut controller = ResourceController::new(climbing, 4000);
     // 2000 tokens in 0.5 s: 4000/s spent when the target was missed; mark 3200.
     let missed = controller.on_period(period(1000, 40, 5000, 2000));
