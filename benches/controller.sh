@@ -39,7 +39,9 @@
 # maximum: for an A/B of two builds, where a faster build would otherwise get a heavier load),
 # BIN_DIR (the binaries to run, see benches/lib.sh), STORAGE_NICE (controller.storage_nice of
 # every node; unset: the node's default), MAXIMUM_ONLY (set: print the measured maximum and
-# stop, for an A/B of a setting's cost at saturation).
+# stop, for an A/B of a setting's cost at saturation), BASELINE_ONLY (set: run the baseline
+# mode alone, for a look at the foreground's own noise). Every run keeps its nodes' logs in
+# OUT_DIR as log-MODE-RUN-nI.log: slow intake loop turns and journal flushes are warned there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}; backlog=${2:-150000}; secs=${3:-60}
@@ -190,6 +192,8 @@ run_mode() { # mode run target_ms rate
   wait "$load" || fail "the foreground run failed ($tag): $(tail -3 "$work/fg-$tag.log")"
   kill "${watchers[@]}" 2>/dev/null || true; wait "${watchers[@]}" 2>/dev/null || true
   stop_all
+  # Each node's log of the run (slow loop turns and journal flushes are warned of there).
+  for i in 1 2 3 4 5; do mv "$work/n$i.log" "$out/log-$tag-n$i.log" 2>/dev/null || true; done
   echo "$mode,$run,$held,$drained" >> "$out/runs.csv"
   echo "  $tag: $held hints held at n3's return, drained after ${drained}s"
 }
@@ -210,6 +214,7 @@ base99=$(python3 benches/controller_report.py "$out" --baseline-p99)
 base_signal=$(python3 benches/controller_report.py "$out" --baseline-signal)
 target=$(target_from_signal "$base_signal" "$target_factor")
 echo "baseline: client p99 $base99 ms, node signal (p90 of periods) $base_signal ms: controller target p$target_percentile <= $target ms"
+[ -n "${BASELINE_ONLY:-}" ] && exit 0
 for run in $(seq "$runs"); do
   run_mode unthrottled "$run" "$target" "$rate"
   run_mode controller "$run" "$target" "$rate"

@@ -23,8 +23,8 @@ pub use machine::{IntakeMachine, IntakeSettings, FIRST_CONN, HANDSHAKE_TIMEOUT};
 
 use crate::event::{AaeBoard, ConnId, GateChange, IntakeEvent, Now};
 use crate::seda::{
-    deliver, Domain, GateRegistry, Machine, OperationLatencies, Outbox, Router, StageReceiver,
-    StageThrottle, Threads, Wake,
+    deliver, Domain, GateRegistry, Machine, OperationLatencies, Outbox, Router, SlowWatch,
+    StageReceiver, StageThrottle, Threads, Wake,
 };
 use crate::wire::{StatsReply, ThrottleReply};
 use crate::NodeId;
@@ -55,6 +55,9 @@ const EVENTS_PER_POLL: usize = 1024;
 const READS_PER_TURN: usize = 16;
 /// Passes over the domain's stages per loop turn.
 const DOMAIN_PASSES_PER_TURN: usize = 16;
+/// A loop turn this long is warned of: every client of the node waited that long, whatever
+/// its request.
+const SLOW_TURN: Duration = Duration::from_millis(20);
 /// Rounds of closing per loop turn: closing a peer link makes the machine report it, which
 /// closes nothing more, so one extra round suffices.
 const CLOSE_ROUNDS: usize = 4;
@@ -195,6 +198,8 @@ pub struct Intake {
     waker: Arc<MioWake>,
     /// The pool stages this thread runs between its turns (a thread domain).
     domain: Option<Domain>,
+    /// Turns that took too long.
+    slow: SlowWatch,
 }
 
 impl Intake {
@@ -243,6 +248,7 @@ impl Intake {
             next_tick: Instant::now(),
             waker,
             domain,
+            slow: SlowWatch::new(SLOW_TURN),
         }
     }
 
@@ -285,6 +291,7 @@ impl Intake {
                 }
                 continue;
             }
+            let started = Instant::now();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
@@ -304,9 +311,21 @@ impl Intake {
             for conn in std::mem::take(&mut self.ready) {
                 self.service(conn);
             }
+            let sockets_done = Instant::now();
             self.run_domain();
+            let domain_done = Instant::now();
             self.deliver_outgoing();
             self.tick();
+            let ended = Instant::now();
+            if let Some(stalls) = self.slow.observe(ended - started, ended) {
+                // The split of the last one: sockets (reading, parsing, writing) or the
+                // domain's stages (coordination and storage on this thread).
+                warn!(self.logger, "slow intake loop turn";
+                    "turns" => stalls.count, "worst_ms" => stalls.worst.as_millis() as u64,
+                    "sockets_ms" => (sockets_done - started).as_millis() as u64,
+                    "domain_ms" => (domain_done - sockets_done).as_millis() as u64,
+                    "outgoing_ms" => (ended - domain_done).as_millis() as u64);
+            }
         }
         info!(self.logger, "intake stopped"; "connections" => self.sockets.open.len());
     }

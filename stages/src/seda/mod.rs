@@ -23,6 +23,7 @@ mod gates;
 mod machine;
 mod rate_gate;
 mod runtime;
+mod slow;
 mod stats;
 
 pub use crate::event::StageClass;
@@ -33,6 +34,7 @@ pub use gates::{
 pub use machine::{Delivery, Effect, Machine, Outbox};
 pub use rate_gate::{RateGate, BURST_WINDOW};
 pub use runtime::{Domain, PoolSettings, Stage, StageHandle, WorkerPool};
+pub use slow::{SlowWatch, Stalls};
 pub use stats::{
     micros, new_latency_histogram, ExportedHistogram, OperationLatencies, StageSnapshot,
     StageStats, EXPORT_BOUNDS_US,

@@ -15,8 +15,13 @@
 use super::Store;
 use crate::error::ServiceError;
 use crate::event::{CommitEvent, Now, ReplyTo, StorageDone};
-use crate::seda::{Machine, Outbox};
-use slog::{error, Logger};
+use crate::seda::{Machine, Outbox, SlowWatch};
+use slog::{error, warn, Logger};
+use std::time::{Duration, Instant};
+
+/// A journal flush this long is warned of: ~100x its usual time here, and long enough that
+/// every write behind it waits (fjall holds its journal's lock while it flushes).
+const SLOW_FLUSH: Duration = Duration::from_millis(20);
 
 /// The commit stage's machine.
 pub struct CommitMachine {
@@ -24,6 +29,7 @@ pub struct CommitMachine {
     logger: Logger,
     /// The batch's answers, held for its flush.
     waiting: Vec<(ReplyTo, StorageDone)>,
+    slow: SlowWatch,
 }
 
 impl CommitMachine {
@@ -33,6 +39,7 @@ impl CommitMachine {
             store,
             logger,
             waiting: Vec::new(),
+            slow: SlowWatch::new(SLOW_FLUSH),
         }
     }
 }
@@ -49,7 +56,14 @@ impl Machine for CommitMachine {
             self.waiting.extend(event.waiting);
         }
         // One flush for the whole batch, the periodic flush's empty events included.
+        let started = Instant::now();
         let outcome = self.store.persist();
+        let ended = Instant::now();
+        if let Some(stalls) = self.slow.observe(ended - started, ended) {
+            warn!(self.logger, "slow journal flush";
+                "flushes" => stalls.count, "worst_ms" => stalls.worst.as_millis() as u64,
+                "writes" => self.waiting.len());
+        }
         if let Err(e) = &outcome {
             error!(self.logger, "journal flush failed"; "error" => %e, "writes" => self.waiting.len());
         }

@@ -108,6 +108,14 @@ pub enum StorageError {
         /// The format `meta` names.
         found: String,
     },
+    /// The journal file could not be found, opened or flushed.
+    #[error("journal {path}: {error}")]
+    Journal {
+        /// The journal file, or the data directory searched for one.
+        path: String,
+        /// What failed.
+        error: std::io::Error,
+    },
     /// The key is longer than fjall can store (callers validate first; this is the backstop).
     #[error("key of {size} bytes exceeds the storable maximum of {MAX_STORABLE_KEY_BYTES}")]
     KeyTooLong {
