@@ -24,7 +24,7 @@ pub use machine::{IntakeMachine, IntakeSettings, FIRST_CONN, HANDSHAKE_TIMEOUT};
 use crate::event::{AaeBoard, ConnId, GateChange, IntakeEvent, Now};
 use crate::seda::{
     deliver, Domain, GateRegistry, Machine, OperationLatencies, Outbox, Router, SlowWatch,
-    StageReceiver, StageThrottle, Threads, Wake,
+    SlowestBatch, StageReceiver, StageThrottle, Threads, Wake,
 };
 use crate::wire::{StatsReply, ThrottleReply};
 use crate::NodeId;
@@ -312,18 +312,21 @@ impl Intake {
                 self.service(conn);
             }
             let sockets_done = Instant::now();
-            self.run_domain();
+            let slowest = self.run_domain();
             let domain_done = Instant::now();
             self.deliver_outgoing();
             self.tick();
             let ended = Instant::now();
             if let Some(stalls) = self.slow.observe(ended - started, ended) {
                 // The split of the last one: sockets (reading, parsing, writing) or the
-                // domain's stages (coordination and storage on this thread).
+                // domain's stages (coordination and storage on this thread), and the stage
+                // whose batch took longest.
+                let (stage, stage_took) = slowest.unwrap_or(("none", Duration::ZERO));
                 warn!(self.logger, "slow intake loop turn";
                     "turns" => stalls.count, "worst_ms" => stalls.worst.as_millis() as u64,
                     "sockets_ms" => (sockets_done - started).as_millis() as u64,
                     "domain_ms" => (domain_done - sockets_done).as_millis() as u64,
+                    "slowest_stage" => stage, "slowest_stage_ms" => stage_took.as_millis() as u64,
                     "outgoing_ms" => (ended - domain_done).as_millis() as u64);
             }
         }
@@ -486,15 +489,17 @@ impl Intake {
     /// wait for room; only this thread drains that queue, so it must never fill while this
     /// thread runs them. A pass runs only while at least half the queue is free: a pass adds
     /// at most a batch of frames per stage, far less than half of any sane bound.
-    fn run_domain(&mut self) {
+    fn run_domain(&mut self) -> SlowestBatch {
+        let mut slowest = None;
         if let Some(domain) = &self.domain {
             let room = self.receiver.stats().queue_capacity / 2;
             for _ in 0..DOMAIN_PASSES_PER_TURN {
-                if self.receiver.len() > room || !domain.run_pass() {
+                if self.receiver.len() > room || !domain.run_pass(&mut slowest) {
                     break;
                 }
             }
         }
+        slowest
     }
 
     /// Frames other stages queued for clients and peers: every queued one (the queue is kept

@@ -653,8 +653,8 @@ impl StageHandle {
 }
 
 mod domain;
-pub use domain::Domain;
 use domain::PoolWake;
+pub use domain::{Domain, SlowestBatch};
 
 #[cfg(test)]
 mod tests;

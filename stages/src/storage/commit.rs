@@ -17,10 +17,10 @@ use crate::error::ServiceError;
 use crate::event::{CommitEvent, Now, ReplyTo, StorageDone};
 use crate::seda::{Machine, Outbox, SlowWatch};
 use slog::{error, warn, Logger};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// A journal flush this long is warned of: ~100x its usual time here, and long enough that
-/// every write behind it waits (fjall holds its journal's lock while it flushes).
+/// A journal flush this long is warned of: ~100x its usual time here, and every write it
+/// covers waits that long for its answer.
 const SLOW_FLUSH: Duration = Duration::from_millis(20);
 
 /// The commit stage's machine.
@@ -29,6 +29,7 @@ pub struct CommitMachine {
     logger: Logger,
     /// The batch's answers, held for its flush.
     waiting: Vec<(ReplyTo, StorageDone)>,
+    /// Flushes of at least `SLOW_FLUSH`.
     slow: SlowWatch,
 }
 
@@ -51,19 +52,20 @@ impl Machine for CommitMachine {
         self.on_batch(now, &mut vec![event], out);
     }
 
-    fn on_batch(&mut self, _now: Now, batch: &mut Vec<CommitEvent>, out: &mut Outbox) {
+    fn on_batch(&mut self, now: Now, batch: &mut Vec<CommitEvent>, out: &mut Outbox) {
         for event in batch.drain(..) {
             self.waiting.extend(event.waiting);
         }
         // One flush for the whole batch, the periodic flush's empty events included.
-        let started = Instant::now();
         let outcome = self.store.persist();
-        let ended = Instant::now();
-        if let Some(stalls) = self.slow.observe(ended - started, ended) {
-            warn!(self.logger, "slow journal flush";
-                "flushes" => stalls.count, "worst_ms" => stalls.worst.as_millis() as u64,
-                "writes" => self.waiting.len());
+        if let Ok(took) = &outcome {
+            if let Some(stalls) = self.slow.observe(*took, now.instant) {
+                warn!(self.logger, "slow journal flush";
+                    "flushes" => stalls.count, "worst_ms" => stalls.worst.as_millis() as u64,
+                    "writes" => self.waiting.len());
+            }
         }
+        let outcome = outcome.map(drop);
         if let Err(e) = &outcome {
             error!(self.logger, "journal flush failed"; "error" => %e, "writes" => self.waiting.len());
         }

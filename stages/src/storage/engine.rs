@@ -7,7 +7,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Times the journal flush looks again for the active journal file when the one it found was
 /// removed meanwhile (a rotation between listing and opening it).
@@ -74,8 +75,8 @@ pub trait Engine: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Entries, StorageError>;
 
-    /// Makes every write so far durable (fdatasync of the journal).
-    fn persist(&self) -> Result<(), StorageError>;
+    /// Makes every write so far durable (fdatasync of the journal); how long the disk took.
+    fn persist(&self) -> Result<Duration, StorageError>;
 }
 
 /// fjall: one database per node, one keyspace per [`Space`].
@@ -87,12 +88,20 @@ pub struct FjallEngine {
     dir: PathBuf,
     /// The active journal file as last flushed: its id and our own handle on it.
     journal: Mutex<Option<(u64, File)>>,
+    /// Why a journal flush failed, once one has: from then on every write and flush is
+    /// refused (see `persist`).
+    failed: OnceLock<String>,
 }
 
 impl FjallEngine {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<FjallEngine, StorageError> {
-        let db = Database::builder(dir).open()?;
+        // Absolute, as fjall keeps it: a relative path would follow the working directory.
+        let dir = std::path::absolute(dir).map_err(|error| StorageError::Journal {
+            path: dir.display().to_string(),
+            error,
+        })?;
+        let db = Database::builder(&dir).open()?;
         let open = |space: Space| db.keyspace(space.name(), KeyspaceCreateOptions::default);
         let keyspaces = [
             open(Space::Objects)?,
@@ -103,9 +112,20 @@ impl FjallEngine {
         Ok(FjallEngine {
             db,
             keyspaces,
-            dir: dir.to_path_buf(),
+            dir,
             journal: Mutex::new(None),
+            failed: OnceLock::new(),
         })
+    }
+
+    /// Refuses once a journal flush has failed.
+    fn refuse_after_failure(&self) -> Result<(), StorageError> {
+        match self.failed.get() {
+            Some(reason) => Err(StorageError::JournalFailed {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// fdatasync of the active journal file through our own handle, outside fjall's lock.
@@ -150,10 +170,12 @@ impl Engine for FjallEngine {
     }
 
     fn insert(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        self.refuse_after_failure()?;
         Ok(self.keyspace(space).insert(key, value)?)
     }
 
     fn remove(&self, space: Space, key: &[u8]) -> Result<(), StorageError> {
+        self.refuse_after_failure()?;
         Ok(self.keyspace(space).remove(key)?)
     }
 
@@ -194,16 +216,35 @@ impl Engine for FjallEngine {
     /// (five nodes sharing a disk with their compactions) held the intake loop, where storage
     /// runs, for as long, so every client of the node waited, readers included. So the
     /// journal's buffer goes to the OS under the lock (a `write`), and the fdatasync is ours,
-    /// on the active journal file, without it: writes go on while the disk works.
+    /// on the active journal file, without it: writes go on while the disk works. (fjall
+    /// still syncs under its lock when it flushes a memtable and when it rotates the journal,
+    /// every 64 MiB or so of writes.)
     ///
     /// Why that covers every write so far: they are in the file that was active when the
     /// buffer was written, or an older one. fjall syncs a journal file when it rotates away
-    /// from it (`Writer::rotate` persists with `SyncAll` first), so if the newest file is no
-    /// longer that one, that one is on disk already, and syncing the newest costs nothing
-    /// wrong.
-    fn persist(&self) -> Result<(), StorageError> {
+    /// from it (`Writer::rotate` persists with `SyncAll` under the lock before the new file
+    /// exists), so if the newest file is no longer that one, that one is on disk already.
+    ///
+    /// A failed flush is final, as fjall's own poisoning made it: after a writeback error
+    /// Linux marks the pages clean and reports the error once, so a later fdatasync would
+    /// succeed over a hole in the journal, and writes acknowledged after it would be lost at
+    /// recovery (which stops at the first torn batch). Every later write and flush is refused
+    /// until the node restarts.
+    fn persist(&self) -> Result<Duration, StorageError> {
+        self.refuse_after_failure()?;
         self.db.persist(PersistMode::Buffer)?;
-        self.sync_active_journal()
+        let started = Instant::now();
+        let synced = self.sync_active_journal();
+        let took = started.elapsed();
+        if let Err(e) = &synced {
+            let _ = self.failed.set(e.to_string());
+        }
+        synced?;
+        // A rotation that failed after creating its new file leaves the writer on the old
+        // one, which then is not the newest; fjall poisons itself once its lock is free.
+        // Asking it again after the sync sees that poison (it fails on a poisoned database).
+        self.db.persist(PersistMode::Buffer)?;
+        Ok(took)
     }
 }
 
@@ -230,43 +271,114 @@ fn journal_path(dir: &Path, id: u64) -> PathBuf {
 mod tests {
     use super::*;
 
+    fn journal_files(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .expect("data dir")
+            .map(|entry| entry.expect("entry").path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "jnl"))
+            .collect()
+    }
+
+    /// Goal: the flush finds fjall's active journal by its name: the highest `<id>.jnl`,
+    /// whatever else the directory holds.
     #[test]
     fn the_newest_journal_is_the_highest_numbered_jnl_file() {
         let dir = tempfile::tempdir().expect("temp dir");
-        for name in ["0.jnl", "3.jnl", "12.jnl", "7.jnl", "20.tmp", "lock", "x.jnl"] {
+        for name in [
+            "0.jnl", "3.jnl", "12.jnl", "7.jnl", "20.tmp", "lock", "x.jnl",
+        ] {
             std::fs::write(dir.path().join(name), b"").expect("file");
         }
         assert_eq!(newest_journal(dir.path()).expect("found"), 12);
-    }
-
-    #[test]
-    fn a_directory_without_a_journal_is_an_error_naming_it() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let error = newest_journal(dir.path()).expect_err("no journal");
+        let empty = tempfile::tempdir().expect("temp dir");
+        let error = newest_journal(empty.path()).expect_err("no journal");
         assert_eq!(error.kind(), ErrorKind::NotFound);
     }
 
-    /// Goal: a persist leaves every write so far in the active journal file, on the OS's side
-    /// of fjall's buffer (what the fdatasync outside fjall's lock then flushes), and keeps
-    /// doing so for later writes through the handle it keeps.
+    /// Goal: the flush follows fjall's journal when fjall rotates it (here by flushing a
+    /// memtable after more than 64 MB of journal): the next flush syncs the new file, and
+    /// the write after the rotation is in it.
     #[test]
-    fn persist_puts_every_write_in_the_active_journal_file() {
+    fn persist_follows_the_journal_across_a_rotation() {
         let dir = tempfile::tempdir().expect("temp dir");
         let engine = FjallEngine::open(dir.path()).expect("opens");
-        let in_active_journal = |needle: &[u8]| {
-            let id = newest_journal(dir.path()).expect("journal");
-            // The file is preallocated: its length says nothing, its bytes do.
-            let bytes = std::fs::read(journal_path(dir.path(), id)).expect("journal file");
-            bytes.windows(needle.len()).any(|window| window == needle)
-        };
-        for round in 0..3u8 {
-            let value = format!("shoal-journal-test-value-{round}").repeat(64).into_bytes();
-            assert!(!in_active_journal(&value), "round {round}: already there");
+        engine.persist().expect("persist");
+        let first = newest_journal(dir.path()).expect("journal");
+        // Incompressible bytes (xorshift), so the journal grows by what is written.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..66u32 {
+            let value: Vec<u8> = (0..1 << 17)
+                .flat_map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state.to_le_bytes()
+                })
+                .collect();
             engine
-                .insert(Space::Objects, &[round], &value)
+                .insert(Space::Objects, &i.to_be_bytes(), &value)
                 .expect("insert");
-            engine.persist().expect("persist");
-            assert!(in_active_journal(&value), "round {round}: not in the journal file");
         }
+        engine
+            .keyspace(Space::Objects)
+            .rotate_memtable_and_wait()
+            .expect("memtable flushed");
+        let second = newest_journal(dir.path()).expect("journal");
+        assert!(second > first, "no rotation: still journal {first}");
+        let marker = b"written-after-the-rotation".repeat(16);
+        engine
+            .insert(Space::Objects, b"after", &marker)
+            .expect("insert");
+        engine.persist().expect("persist after the rotation");
+        let synced = engine
+            .journal
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .map(|(id, _)| *id);
+        assert_eq!(synced, Some(second), "the flush synced an old journal");
+        let bytes = std::fs::read(journal_path(dir.path(), second)).expect("journal");
+        assert!(bytes.windows(marker.len()).any(|window| window == marker));
+    }
+
+    /// Goal: a failed journal flush is final: the flush says which file, and every later
+    /// flush and write is refused with the first failure's reason, even once the journal can
+    /// be found again (a later fdatasync could succeed over pages the failed one lost).
+    /// Method: the journal files are removed from under fjall, so the flush finds none.
+    #[test]
+    fn after_a_failed_journal_flush_every_write_and_flush_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = FjallEngine::open(dir.path()).expect("opens");
+        engine.insert(Space::Objects, b"k", b"v").expect("insert");
+        engine.persist().expect("persist");
+        for path in journal_files(dir.path()) {
+            std::fs::remove_file(path).expect("remove journal");
+        }
+        match engine.persist() {
+            Err(StorageError::Journal { path, .. }) => {
+                assert_eq!(
+                    Path::new(&path),
+                    std::path::absolute(dir.path()).expect("abs")
+                )
+            }
+            other => panic!("expected a journal error, got {other:?}"),
+        }
+        std::fs::write(dir.path().join("999.jnl"), b"").expect("a journal again");
+        assert!(matches!(
+            engine.persist(),
+            Err(StorageError::JournalFailed { .. })
+        ));
+        assert!(matches!(
+            engine.insert(Space::Objects, b"k2", b"v"),
+            Err(StorageError::JournalFailed { .. })
+        ));
+        assert!(matches!(
+            engine.remove(Space::Objects, b"k"),
+            Err(StorageError::JournalFailed { .. })
+        ));
+        assert_eq!(
+            engine.get(Space::Objects, b"k").expect("reads go on"),
+            Some(b"v".to_vec())
+        );
     }
 }

@@ -20,6 +20,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// Longest key fjall accepts (its keys carry a u16 length; longer ones panic inside it).
 pub const MAX_STORABLE_KEY_BYTES: usize = u16::MAX as usize;
@@ -115,6 +116,13 @@ pub enum StorageError {
         path: String,
         /// What failed.
         error: std::io::Error,
+    },
+    /// An earlier journal flush failed: writes since may not be on disk behind it, so the
+    /// node refuses writes and flushes until it restarts.
+    #[error("an earlier journal flush failed ({reason}): writes and flushes are refused until the node restarts (fjall then recovers its journal up to the last whole batch)")]
+    JournalFailed {
+        /// The first failure.
+        reason: String,
     },
     /// The key is longer than fjall can store (callers validate first; this is the backstop).
     #[error("key of {size} bytes exceeds the storable maximum of {MAX_STORABLE_KEY_BYTES}")]
@@ -918,7 +926,7 @@ impl Store {
             .insert(Space::Meta, META_MEMBERSHIP.as_bytes(), bytes)?;
         // A membership change must survive a crash whatever `sync` says: a node that forgot
         // a commit would route by a ring the others left.
-        self.engine.persist()
+        self.engine.persist().map(drop)
     }
 
     /// The membership gossip last saved, if any.
@@ -926,8 +934,9 @@ impl Store {
         self.engine.get(Space::Meta, META_MEMBERSHIP.as_bytes())
     }
 
-    /// Flushes the journal to disk (fdatasync): every write before this call is durable after it.
-    pub fn persist(&self) -> Result<(), StorageError> {
+    /// Flushes the journal to disk (fdatasync): every write before this call is durable after
+    /// it. How long the disk took.
+    pub fn persist(&self) -> Result<Duration, StorageError> {
         self.engine.persist()
     }
 

@@ -186,7 +186,7 @@ impl Engine for CountingHintScans {
         }
         self.inner.scan(space, prefix, after, limit)
     }
-    fn persist(&self) -> Result<(), StorageError> {
+    fn persist(&self) -> Result<std::time::Duration, StorageError> {
         self.inner.persist()
     }
 }

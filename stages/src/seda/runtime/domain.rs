@@ -6,6 +6,11 @@ use super::{PoolShared, Runnable, DOMAIN_STAGES, IN_BACKGROUND, WORKER_OF};
 use crate::seda::{Help, Wake};
 use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The longest batch a domain's thread ran over some passes, and its stage's name: what a
+/// slow turn of the loop went to.
+pub type SlowestBatch = Option<(&'static str, Duration)>;
 
 /// Some stages of a pool, run by a thread outside it (see [`WorkerPool::domain`]).
 pub struct Domain {
@@ -40,16 +45,22 @@ impl Domain {
         self.stages().iter().any(|s| s.runnable())
     }
 
-    /// One batch of each of its stages that has work; whether any ran.
+    /// One batch of each of its stages that has work; whether any ran. `slowest` keeps the
+    /// longest batch so far.
     ///
     /// Unlike a worker it wakes no helper for the work that waits: the loop runs its domain's
     /// stages itself between its turns, and helpers only fought it for the same slots (a
     /// 3-node cluster on two cores served 14 % more without them, one node the same).
-    pub fn run_pass(&self) -> bool {
+    pub fn run_pass(&self, slowest: &mut SlowestBatch) -> bool {
         let mut ran = false;
         for stage in self.stages() {
             if stage.runnable() && !stage.stopped() {
+                let started = Instant::now();
                 ran |= stage.run_batch(&self.shared);
+                let took = started.elapsed();
+                if slowest.is_none_or(|(_, longest)| took > longest) {
+                    *slowest = Some((stage.name(), took));
+                }
             }
         }
         ran
