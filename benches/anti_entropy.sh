@@ -23,7 +23,7 @@
 # Each phase RUNS times; medians. Prints a table and writes it to OUT_DIR/anti_entropy.txt.
 #
 # Usage: benches/anti_entropy.sh [keys] [runs]    (defaults 1000000 3)
-# Environment: OUT_DIR (target/bench-aae), DIFF (100), AAE_INTERVAL_MS (5000), FG_RATE (1000),
+# Environment: OUT_DIR (target/bench-aae; the nodes' logs are kept in OUT_DIR/logs), DIFF (100), AAE_INTERVAL_MS (5000), FG_RATE (1000),
 # FG_SECS (30), LOAD_THREADS (8), FG_THREADS (64: each thread keeps one request in flight, so
 # fewer let a few slow seconds push the open loop behind its schedule for good),
 # TARGET_FACTOR (1.2), TARGET_MIN_MS (5), INSYNC_ONLY (any non-empty value: phase 1 only,
@@ -37,6 +37,7 @@ fg_threads=${FG_THREADS:-64}; target_factor=${TARGET_FACTOR:-1.2}; target_min=${
 source benches/lib.sh
 needs_python
 mkdir -p "$out"
+keep_logs="$out/logs" # the nodes' logs, kept on exit (benches/lib.sh)
 port() { echo $((7700 + $1)); }
 seeds="127.0.0.1:$(port 1),127.0.0.1:$(port 2)"
 clk=$(getconf CLK_TCK)

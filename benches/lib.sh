@@ -17,5 +17,11 @@ bin=${BIN_DIR:-./target/release}
 [ -x "$bin/shoal" ] && [ -x "$bin/shoal-load" ] || fail "no shoal and shoal-load in $bin"
 work=$(mktemp -d)
 declare -A pid
-cleanup() { for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+# A script that sets keep_logs=DIR has every *.log of its work directory (the nodes' logs:
+# slow loop turns and journal flushes are warned there) copied to DIR on exit.
+cleanup() {
+  for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  if [ -n "${keep_logs:-}" ]; then mkdir -p "$keep_logs"; cp "$work"/*.log "$keep_logs"/ 2>/dev/null || true; fi
+  rm -rf "$work"
+}
 trap cleanup EXIT
