@@ -23,9 +23,10 @@
 # Each phase RUNS times; medians. Prints a table and writes it to OUT_DIR/anti_entropy.txt.
 #
 # Usage: benches/anti_entropy.sh [keys] [runs]    (defaults 1000000 3)
-# Environment: OUT_DIR (target/bench-aae; the nodes' logs are kept in OUT_DIR/logs), DIFF (100), AAE_INTERVAL_MS (5000), FG_RATE (1000),
-# FG_SECS (30), LOAD_THREADS (8), FG_THREADS (64: each thread keeps one request in flight, so
-# fewer let a few slow seconds push the open loop behind its schedule for good),
+# Environment: OUT_DIR (target/bench-aae; the nodes' logs are kept in OUT_DIR/logs), DIFF (100),
+# AAE_INTERVAL_MS (5000), FG_RATE (1000), FG_SECS (30), LOAD_THREADS (8), FG_THREADS (64: each
+# thread keeps one request in flight, so fewer let a few slow seconds push the open loop behind
+# its schedule for good),
 # TARGET_FACTOR (1.2), TARGET_MIN_MS (5), INSYNC_ONLY (any non-empty value: phase 1 only,
 # then the table with what it measured).
 set -euo pipefail
