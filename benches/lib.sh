@@ -21,7 +21,9 @@ declare -A pid
 # slow loop turns and journal flushes are warned there) copied to DIR on exit.
 cleanup() {
   for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
-  if [ -n "${keep_logs:-}" ]; then mkdir -p "$keep_logs"; cp "$work"/*.log "$keep_logs"/ 2>/dev/null || true; fi
+  if [ -n "${keep_logs:-}" ]; then
+    mkdir -p "$keep_logs"; cp "$work"/*.log "$keep_logs"/ 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -176,6 +176,17 @@ impl StatsSource {
     }
 }
 
+/// Where a loop turn's time went: its sockets (reading, parsing, writing), the stages of its
+/// domain (coordination and storage on this thread) with the longest batch among them, and
+/// the rest (frames from other stages, the machine's tick).
+#[derive(Clone, Copy)]
+struct TurnSplit {
+    sockets: Duration,
+    domain: Duration,
+    slowest: (&'static str, Duration),
+    rest: Duration,
+}
+
 /// The running intake loop.
 pub struct Intake {
     machine: IntakeMachine,
@@ -198,8 +209,8 @@ pub struct Intake {
     waker: Arc<MioWake>,
     /// The pool stages this thread runs between its turns (a thread domain).
     domain: Option<Domain>,
-    /// Turns that took too long.
-    slow: SlowWatch,
+    /// Turns that took too long, with where each one's time went.
+    slow: SlowWatch<TurnSplit>,
 }
 
 impl Intake {
@@ -317,20 +328,28 @@ impl Intake {
             self.deliver_outgoing();
             self.tick();
             let ended = Instant::now();
-            if let Some(stalls) = self.slow.observe(ended - started, ended) {
-                // The split of the last one: sockets (reading, parsing, writing) or the
-                // domain's stages (coordination and storage on this thread), and the stage
-                // whose batch took longest.
-                let (stage, stage_took) = slowest.unwrap_or(("none", Duration::ZERO));
-                warn!(self.logger, "slow intake loop turn";
-                    "turns" => stalls.count, "worst_ms" => stalls.worst.as_millis() as u64,
-                    "sockets_ms" => (sockets_done - started).as_millis() as u64,
-                    "domain_ms" => (domain_done - sockets_done).as_millis() as u64,
-                    "slowest_stage" => stage, "slowest_stage_ms" => stage_took.as_millis() as u64,
-                    "outgoing_ms" => (ended - domain_done).as_millis() as u64);
-            }
+            let split = TurnSplit {
+                sockets: sockets_done - started,
+                domain: domain_done - sockets_done,
+                slowest: slowest.unwrap_or(("none", Duration::ZERO)),
+                rest: ended - domain_done,
+            };
+            self.warn_if_slow(ended - started, ended, split);
         }
         info!(self.logger, "intake stopped"; "connections" => self.sockets.open.len());
+    }
+
+    /// Warns of slow turns (at most once a second, with the worst one's split).
+    fn warn_if_slow(&mut self, took: Duration, now: Instant, split: TurnSplit) {
+        if let Some(stalls) = self.slow.observe(took, now, split) {
+            let ms = |d: Duration| d.as_millis() as u64;
+            let worst = stalls.detail;
+            warn!(self.logger, "slow intake loop turn";
+                "turns" => stalls.count, "worst_ms" => ms(stalls.worst),
+                "sockets_ms" => ms(worst.sockets), "domain_ms" => ms(worst.domain),
+                "slowest_stage" => worst.slowest.0, "slowest_stage_ms" => ms(worst.slowest.1),
+                "outgoing_and_tick_ms" => ms(worst.rest));
+        }
     }
 
     /// Carries out the machine's outbox, then flushes and closes what it touched.

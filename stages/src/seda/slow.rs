@@ -2,70 +2,73 @@
 //! (the intake loop's turn, a journal flush), as etcd warns of a slow fdatasync.
 //!
 //! A stall worth knowing about tends to come in bursts (a disk busy with a compaction slows
-//! every flush for a second), so warnings are rate-limited: at most one per `EVERY`, saying
-//! how many stalls it stands for and the worst of them.
+//! every flush for a second), so warnings are rate-limited: at most one per
+//! `WARNING_INTERVAL`, saying how many stalls it stands for, the worst of them and what the
+//! caller recorded about that worst one.
 
 use std::time::{Duration, Instant};
 
 /// Shortest time between two warnings of one watch.
-const EVERY: Duration = Duration::from_secs(1);
+const WARNING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Stalls seen since the last warning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stalls {
+pub struct Stalls<D> {
     /// How many took at least the threshold.
     pub count: u64,
     /// The longest of them.
     pub worst: Duration,
+    /// What the caller recorded about the longest (where its time went).
+    pub detail: D,
 }
 
 /// Watches one step's durations against a threshold.
 #[derive(Debug)]
-pub struct SlowWatch {
+pub struct SlowWatch<D> {
     /// A step at least this long is a stall.
     threshold: Duration,
     /// When the last warning was given.
     last_warned: Option<Instant>,
-    /// Stalls not warned of yet.
-    pending: Stalls,
+    /// Stalls not warned of yet (none if `None`).
+    pending: Option<Stalls<D>>,
 }
 
-impl SlowWatch {
+impl<D: Copy> SlowWatch<D> {
     /// A watch that counts steps of at least `threshold`.
-    pub fn new(threshold: Duration) -> SlowWatch {
+    pub fn new(threshold: Duration) -> SlowWatch<D> {
         SlowWatch {
             threshold,
             last_warned: None,
-            pending: Stalls {
-                count: 0,
-                worst: Duration::ZERO,
-            },
+            pending: None,
         }
     }
 
-    /// Records a step that took `took`, ending at `now`: the stalls to warn of now, if any.
-    /// The first stall warns at once; later ones at most once per `EVERY`, with the first
-    /// step after it (a stall or not), so a burst's last stalls are not held back until the
-    /// next one.
-    pub fn observe(&mut self, took: Duration, now: Instant) -> Option<Stalls> {
+    /// Records a step that took `took`, ending at `now`, with `detail` about it: the stalls to
+    /// warn of now, if any. The first stall warns at once; later ones at most once per
+    /// `WARNING_INTERVAL`, with the first step after it (a stall or not), so a burst's last
+    /// stalls are not held back until the next one.
+    pub fn observe(&mut self, took: Duration, now: Instant, detail: D) -> Option<Stalls<D>> {
         if took >= self.threshold {
-            self.pending.count += 1;
-            self.pending.worst = self.pending.worst.max(took);
+            let pending = self.pending.get_or_insert(Stalls {
+                count: 0,
+                worst: took,
+                detail,
+            });
+            pending.count += 1;
+            if took >= pending.worst {
+                pending.worst = took;
+                pending.detail = detail;
+            }
         }
-        if self.pending.count == 0
+        if self.pending.is_none()
             || self
                 .last_warned
-                .is_some_and(|at| now.saturating_duration_since(at) < EVERY)
+                .is_some_and(|at| now.saturating_duration_since(at) < WARNING_INTERVAL)
         {
             return None;
         }
         self.last_warned = Some(now);
-        let stalls = self.pending;
-        self.pending = Stalls {
-            count: 0,
-            worst: Duration::ZERO,
-        };
-        Some(stalls)
+        self.pending.take()
     }
 }
 
@@ -80,35 +83,35 @@ mod tests {
     fn steps_under_the_threshold_never_warn() {
         let mut watch = SlowWatch::new(20 * MS);
         let t0 = Instant::now();
-        assert_eq!(watch.observe(19 * MS, t0), None);
-        assert_eq!(watch.observe(19 * MS, t0 + 5 * EVERY), None);
+        assert_eq!(watch.observe(19 * MS, t0, ()), None);
+        assert_eq!(watch.observe(19 * MS, t0 + 5 * WARNING_INTERVAL, ()), None);
     }
 
     /// Goal: the first stall warns at once; a burst after it is counted and warned of once a
-    /// second later with its count and its worst, by the first step then, stall or not.
+    /// second later, by the first step then (stall or not), with its count, its worst and
+    /// the worst one's detail (not the detail of the step that happened to report it).
     #[test]
     fn a_burst_of_stalls_warns_once_a_second_with_its_count_and_worst() {
         let mut watch = SlowWatch::new(20 * MS);
         let t0 = Instant::now();
-        let first = watch.observe(25 * MS, t0);
-        assert_eq!(
-            first,
+        let first = watch.observe(25 * MS, t0, 'a');
+        let stalls = |count, worst, detail| {
             Some(Stalls {
-                count: 1,
-                worst: 25 * MS
+                count,
+                worst,
+                detail,
             })
-        );
-        assert_eq!(watch.observe(60 * MS, t0 + 100 * MS), None);
-        assert_eq!(watch.observe(30 * MS, t0 + 500 * MS), None);
-        assert_eq!(watch.observe(MS, t0 + 900 * MS), None);
-        let held_back = watch.observe(MS, t0 + EVERY);
+        };
+        assert_eq!(first, stalls(1, 25 * MS, 'a'));
+        assert_eq!(watch.observe(60 * MS, t0 + 100 * MS, 'b'), None);
+        assert_eq!(watch.observe(30 * MS, t0 + 500 * MS, 'c'), None);
+        assert_eq!(watch.observe(MS, t0 + 900 * MS, 'd'), None);
+        let held_back = watch.observe(MS, t0 + WARNING_INTERVAL, 'e');
+        assert_eq!(held_back, stalls(2, 60 * MS, 'b'));
         assert_eq!(
-            held_back,
-            Some(Stalls {
-                count: 2,
-                worst: 60 * MS
-            })
+            watch.observe(MS, t0 + 3 * WARNING_INTERVAL, 'f'),
+            None,
+            "nothing pending"
         );
-        assert_eq!(watch.observe(MS, t0 + 3 * EVERY), None, "nothing pending");
     }
 }

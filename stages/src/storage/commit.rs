@@ -29,8 +29,8 @@ pub struct CommitMachine {
     logger: Logger,
     /// The batch's answers, held for its flush.
     waiting: Vec<(ReplyTo, StorageDone)>,
-    /// Flushes of at least `SLOW_FLUSH`.
-    slow: SlowWatch,
+    /// Flushes of at least `SLOW_FLUSH`, with the writes each covered.
+    slow: SlowWatch<usize>,
 }
 
 impl CommitMachine {
@@ -59,10 +59,11 @@ impl Machine for CommitMachine {
         // One flush for the whole batch, the periodic flush's empty events included.
         let outcome = self.store.persist();
         if let Ok(took) = &outcome {
-            if let Some(stalls) = self.slow.observe(*took, now.instant) {
+            let writes = self.waiting.len();
+            if let Some(stalls) = self.slow.observe(*took, now.instant, writes) {
                 warn!(self.logger, "slow journal flush";
                     "flushes" => stalls.count, "worst_ms" => stalls.worst.as_millis() as u64,
-                    "writes" => self.waiting.len());
+                    "worst_writes" => stalls.detail);
             }
         }
         let outcome = outcome.map(drop);
