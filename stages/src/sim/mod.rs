@@ -52,6 +52,8 @@ pub struct Faults {
     pub pause: bool,
     /// A node's journal flushes fail for a while (a disk error): the writes of those batches
     /// are not acknowledged, and are lost if the node loses power before a flush succeeds.
+    /// The first failure poisons the node, as fjall's engine is: it refuses every write until
+    /// its operator restarts it (a crash and restart 0.2-1 s later in the plan, and at heal).
     pub flush: bool,
     /// A node outside the ring joins during the workload (plan and commit through a member),
     /// and later a member leaves: their partitions are transferred while clients write.

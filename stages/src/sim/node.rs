@@ -126,6 +126,9 @@ impl SimNode {
     /// Starts (or restarts, after a crash) the node's machines on its engine.
     pub fn start(&mut self, base: Instant) -> Result<(), String> {
         let partitions = self.membership.current().ring().partition_count();
+        // A new process: a failed flush's refusal was the old one's (fjall's engine is
+        // opened anew).
+        self.engine.restart();
         // Epoch 0: a simulated node never loses its data directory (a crash keeps what was
         // flushed), so its counters never restart.
         let store = Store::with_engine(self.engine.clone(), &self.id, partitions, 0)

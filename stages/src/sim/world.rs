@@ -359,10 +359,14 @@ impl World {
         if self.faults.flush {
             for _ in 0..rng.range(1, 4) {
                 let failures = rng.range(1, 4) as u32;
-                plan.push((
-                    rng.range(start, end),
-                    Fault::FailFlushes(rng.index(count), failures),
-                ));
+                let node = rng.index(count);
+                let at = rng.range(start, end);
+                plan.push((at, Fault::FailFlushes(node, failures)));
+                // The first failure poisons the node (every write refused, as fjall's engine
+                // does); its operator restarts it a little later.
+                let restart = (at + rng.range(200_000, 1_000_000)).min(self.workload_end);
+                plan.push((restart, Fault::Crash(node)));
+                plan.push((restart + 50_000, Fault::Restart(node)));
             }
         }
         if let Some(joiner) = self.joiner {

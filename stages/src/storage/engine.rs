@@ -76,8 +76,8 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<Entries, StorageError>;
 
     /// Makes every write so far durable (fdatasync of the journal); how long the disk took.
-    /// fjall's failed fdatasync is final (every later write and flush is refused until a
-    /// restart); the simulator's engine fails only the flushes it is told to, then recovers.
+    /// A failed fdatasync is final: every later write and flush is refused until the process
+    /// restarts (fjall's engine; the simulator's models the same).
     fn persist(&self) -> Result<Duration, StorageError>;
 }
 

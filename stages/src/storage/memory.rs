@@ -22,6 +22,9 @@ struct State {
     journal: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
     /// Flushes still to fail (an injected fault).
     failing_flushes: u32,
+    /// A flush failed: writes and flushes are refused until the process restarts
+    /// ([`MemoryEngine::restart`]), as fjall's engine refuses them.
+    poisoned: bool,
 }
 
 /// An in-memory [`Engine`] that can lose power and fail.
@@ -48,10 +51,31 @@ impl MemoryEngine {
         state.journal.clear();
     }
 
-    /// The next `count` flushes fail (and leave their writes unflushed, as a failed fdatasync
-    /// does: they stay visible and are flushed by the next flush that succeeds).
+    /// The next `count` flushes fail (and leave their writes unflushed). The first failure
+    /// poisons the engine, as a failed fdatasync does fjall's: every later write and flush is
+    /// refused until the process restarts.
     pub fn fail_flushes(&self, count: u32) {
         self.state().failing_flushes = count;
+    }
+
+    /// Whether a failed flush has poisoned the engine.
+    pub fn poisoned(&self) -> bool {
+        self.state().poisoned
+    }
+
+    /// The process using the engine restarted: the poison was its, and goes with it (what was
+    /// written stays; a power loss is [`MemoryEngine::lose_power`]).
+    pub fn restart(&self) {
+        self.state().poisoned = false;
+    }
+
+    fn refuse_if_poisoned(state: &State) -> Result<(), StorageError> {
+        if state.poisoned {
+            return Err(StorageError::JournalFailed {
+                reason: "simulated journal flush failure".to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// Writes not yet flushed.
@@ -67,6 +91,7 @@ impl Engine for MemoryEngine {
 
     fn insert(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
         let mut state = self.state();
+        MemoryEngine::refuse_if_poisoned(&state)?;
         state.current[space as usize].insert(key.to_vec(), value.to_vec());
         state
             .journal
@@ -76,6 +101,7 @@ impl Engine for MemoryEngine {
 
     fn remove(&self, space: Space, key: &[u8]) -> Result<(), StorageError> {
         let mut state = self.state();
+        MemoryEngine::refuse_if_poisoned(&state)?;
         state.current[space as usize].remove(key);
         state.journal.push((space, key.to_vec(), None));
         Ok(())
@@ -106,8 +132,10 @@ impl Engine for MemoryEngine {
     /// Takes no time: the simulator's disk is instant.
     fn persist(&self) -> Result<Duration, StorageError> {
         let mut state = self.state();
+        MemoryEngine::refuse_if_poisoned(&state)?;
         if state.failing_flushes > 0 {
             state.failing_flushes -= 1;
+            state.poisoned = true;
             return Err(StorageError::Simulated {
                 what: "journal flush",
             });

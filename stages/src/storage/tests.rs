@@ -238,8 +238,9 @@ fn another_nodes_data_is_refused_on_both_engines() {
 }
 
 /// Goal: what was flushed survives a crash and what was not is lost, exactly (the
-/// simulator's model of power loss); a failed flush keeps the writes pending, and the next
-/// flush that succeeds makes them durable.
+/// simulator's model of power loss); a failed flush keeps the writes pending and poisons the
+/// engine, as fjall's: every later write and flush is refused until the process restarts,
+/// and the first flush after that makes them durable.
 #[test]
 fn memory_engine_crash_loses_exactly_the_unflushed_writes() {
     let engine = MemoryEngine::new();
@@ -259,7 +260,24 @@ fn memory_engine_crash_loses_exactly_the_unflushed_writes() {
         store.persist(),
         Err(StorageError::Simulated { .. })
     ));
-    store.persist().expect("the next flush succeeds");
+    assert!(matches!(
+        store.persist(),
+        Err(StorageError::JournalFailed { .. })
+    ));
+    assert!(engine.poisoned());
+    let refused = store.coordinate_put(
+        b"refused",
+        &node(),
+        &VClock::new(),
+        Some(b"d".to_vec()),
+        1,
+        &LIMITS,
+    );
+    assert!(matches!(refused, Err(StorageError::JournalFailed { .. })));
+    engine.restart();
+    store
+        .persist()
+        .expect("the first flush after the restart succeeds");
     engine.lose_power();
     assert_eq!(store.read(b"retried").expect("read").len(), 1);
 }

@@ -156,6 +156,11 @@ impl World {
         for node in 0..self.nodes.len() {
             self.nodes[node].paused_until = 0;
             self.nodes[node].engine.fail_flushes(0);
+            // A node whose flush failed refuses every write until restarted: its operator
+            // restarts it.
+            if self.nodes[node].engine.poisoned() {
+                self.crash(node, false);
+            }
             if self.nodes[node].machines.is_none() {
                 self.start_node(node);
             }
