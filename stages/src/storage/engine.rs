@@ -300,6 +300,15 @@ mod tests {
             .collect()
     }
 
+    /// A fresh engine whose key `k` (`v`) is flushed, in its temp dir.
+    fn engine_holding_k() -> (tempfile::TempDir, FjallEngine) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = FjallEngine::open(dir.path()).expect("opens");
+        engine.insert(Space::Objects, b"k", b"v").expect("insert");
+        engine.persist().expect("persist");
+        (dir, engine)
+    }
+
     /// Goal: the flush finds fjall's active journal by its name: the highest `<id>.jnl`,
     /// whatever else the directory holds.
     #[test]
@@ -366,10 +375,7 @@ mod tests {
     /// the next flush that finds it succeeds), and says where it looked.
     #[test]
     fn a_flush_that_cannot_find_the_journal_fails_alone() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let engine = FjallEngine::open(dir.path()).expect("opens");
-        engine.insert(Space::Objects, b"k", b"v").expect("insert");
-        engine.persist().expect("persist");
+        let (dir, engine) = engine_holding_k();
         for path in journal_files(dir.path()) {
             std::fs::remove_file(path).expect("remove journal");
         }
@@ -396,10 +402,7 @@ mod tests {
     /// and reads go on. Method: the fdatasync of a pipe, which Linux refuses (EINVAL).
     #[test]
     fn after_a_failed_fdatasync_every_write_and_flush_is_refused() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let engine = FjallEngine::open(dir.path()).expect("opens");
-        engine.insert(Space::Objects, b"k", b"v").expect("insert");
-        engine.persist().expect("persist");
+        let (_dir, engine) = engine_holding_k();
         let (_reader, writer) = std::io::pipe().expect("pipe");
         let pipe = File::from(std::os::fd::OwnedFd::from(writer));
         assert!(engine.sync_or_fail(&pipe, 7).is_err());
