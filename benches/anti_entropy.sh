@@ -26,9 +26,8 @@
 # Environment: OUT_DIR (target/bench-aae; the nodes' logs are kept in OUT_DIR/logs), DIFF (100),
 # AAE_INTERVAL_MS (5000), FG_RATE (1000), FG_SECS (30), LOAD_THREADS (8), FG_THREADS (64: each
 # thread keeps one request in flight, so fewer let a few slow seconds push the open loop behind
-# its schedule for good),
-# TARGET_FACTOR (1.2), TARGET_MIN_MS (5), INSYNC_ONLY (any non-empty value: phase 1 only,
-# then the table with what it measured).
+# its schedule for good), TARGET_FACTOR (1.2), TARGET_MIN_MS (5), INSYNC_ONLY (any non-empty
+# value: phase 1 only, then the table with what it measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base_keys=${1:-1000000}; runs=${2:-3}
@@ -119,6 +118,7 @@ keys_in() { # i expected-keys foreground-pid
 }
 keys_back() { seconds_until "$3" keys_in "$1" "$2" "$4"; } # i expected-keys limit-seconds foreground-pid
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_both() { echo $(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") )); } # both nodes' ticks
 # Waits (at most 180 s) until the two nodes use under 5 % of a core each on average over 3 s.
 # The engine compacts for a minute or more after a million keys are loaded: measured right
 # after the load, that work was billed to anti-entropy (2.95 % of a core with it, 0.73 %
@@ -126,8 +126,8 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 settle() {
   local c0 c1 _
   for _ in $(seq 60); do
-    c0=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") )); sleep 3
-    c1=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") ))
+    c0=$(cpu_both); sleep 3
+    c1=$(cpu_both)
     [ $(( (c1 - c0) * 100 / clk / 3 / 2 )) -lt 5 ] && return
   done
   echo "  (the nodes were still busy after 180 s: measuring anyway)"
@@ -149,9 +149,9 @@ for run in $(seq "$runs"); do
   # 1. A full pass in sync, anti-entropy on and off, each once the nodes are quiet.
   pass=$(( interval * 2 / 1000 + 1 ))
   settle
-  m0=$(sum2 moved); e0=$(sum2 exchanges); b0=$(sum2 bytes); c0=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") ))
+  m0=$(sum2 moved); e0=$(sum2 exchanges); b0=$(sum2 bytes); c0=$(cpu_both)
   sleep "$pass"
-  m1=$(sum2 moved); e1=$(sum2 exchanges); b1=$(sum2 bytes); c1=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") ))
+  m1=$(sum2 moved); e1=$(sum2 exchanges); b1=$(sum2 bytes); c1=$(cpu_both)
   record "$run" insync_keys_moved $(( m1 - m0 ))
   record "$run" insync_bytes_per_pass "$(awk -v b=$(( b1 - b0 )) -v s="$pass" -v i="$interval" 'BEGIN {printf "%.0f", b * i / 1000 / s}')"
   record "$run" insync_exchanges_per_pass "$(awk -v e=$(( e1 - e0 )) -v s="$pass" -v i="$interval" 'BEGIN {printf "%.0f", e * i / 1000 / s}')"
@@ -160,8 +160,8 @@ for run in $(seq "$runs"); do
   # Trees are rebuilt after a start even with exchanges off: measure once they are ready.
   [ "$(converge "$keys" 600)" != never ] || fail "trees were not rebuilt after the restart"
   settle
-  c0=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") )); sleep "$pass"
-  c1=$(( $(cpu_ticks "${pid[1]}") + $(cpu_ticks "${pid[2]}") ))
+  c0=$(cpu_both); sleep "$pass"
+  c1=$(cpu_both)
   record "$run" cpu_pct_per_node_aae_off "$(awk -v c=$(( c1 - c0 )) -v k="$clk" -v s="$pass" 'BEGIN {printf "%.2f", c / k / s * 100 / 2}')"
   stop 1; stop 2
   if [ -n "${INSYNC_ONLY:-}" ]; then continue; fi

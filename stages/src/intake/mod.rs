@@ -4,8 +4,9 @@
 //! frames (`sockets.rs`; a busy turn's writes go to the reply-writer thread, `writer.rs`, so
 //! the loop reads and runs its stages while they are sent). Every decision about those bytes
 //! is the [`IntakeMachine`]'s (`machine.rs`): frames are checked (declared length before
-//! buffering) and handed to the parse stage with a request delivery, so a full parse queue is answered `Overloaded` on the spot. Other stages
-//! send frames through the intake's own queue and wake the loop with a `mio::Waker`.
+//! buffering) and handed to the parse stage with a request delivery, so a full parse queue is
+//! answered `Overloaded` on the spot. Other stages send frames through the intake's own queue
+//! and wake the loop with a `mio::Waker`.
 //!
 //! Bounds: at most `max_connections` sockets; per connection, at most one maximal frame plus one
 //! read of input buffered and at most `max_write_buffer_bytes` of unsent output (a client that

@@ -99,10 +99,7 @@ impl FjallEngine {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<FjallEngine, StorageError> {
         // Absolute, as fjall keeps it: a relative path would follow the working directory.
-        let dir = std::path::absolute(dir).map_err(|error| StorageError::Journal {
-            path: dir.display().to_string(),
-            error,
-        })?;
+        let dir = std::path::absolute(dir).map_err(|error| journal_error(dir, error))?;
         let db = Database::builder(&dir).open()?;
         let open = |space: Space| db.keyspace(space.name(), KeyspaceCreateOptions::default);
         let keyspaces = [

@@ -27,6 +27,18 @@ struct State {
     poisoned: bool,
 }
 
+impl State {
+    /// Refuses once a failed flush has poisoned the engine.
+    fn refuse_if_poisoned(&self) -> Result<(), StorageError> {
+        if self.poisoned {
+            return Err(StorageError::JournalFailed {
+                reason: "simulated journal flush failure".to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// An in-memory [`Engine`] that can lose power and fail.
 #[derive(Default)]
 pub struct MemoryEngine {
@@ -69,15 +81,6 @@ impl MemoryEngine {
         self.state().poisoned = false;
     }
 
-    fn refuse_if_poisoned(state: &State) -> Result<(), StorageError> {
-        if state.poisoned {
-            return Err(StorageError::JournalFailed {
-                reason: "simulated journal flush failure".to_string(),
-            });
-        }
-        Ok(())
-    }
-
     /// Writes not yet flushed.
     pub fn unflushed_writes(&self) -> usize {
         self.state().journal.len()
@@ -91,7 +94,7 @@ impl Engine for MemoryEngine {
 
     fn insert(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
         let mut state = self.state();
-        MemoryEngine::refuse_if_poisoned(&state)?;
+        state.refuse_if_poisoned()?;
         state.current[space as usize].insert(key.to_vec(), value.to_vec());
         state
             .journal
@@ -101,7 +104,7 @@ impl Engine for MemoryEngine {
 
     fn remove(&self, space: Space, key: &[u8]) -> Result<(), StorageError> {
         let mut state = self.state();
-        MemoryEngine::refuse_if_poisoned(&state)?;
+        state.refuse_if_poisoned()?;
         state.current[space as usize].remove(key);
         state.journal.push((space, key.to_vec(), None));
         Ok(())
@@ -132,7 +135,7 @@ impl Engine for MemoryEngine {
     /// Takes no time: the simulator's disk is instant.
     fn persist(&self) -> Result<Duration, StorageError> {
         let mut state = self.state();
-        MemoryEngine::refuse_if_poisoned(&state)?;
+        state.refuse_if_poisoned()?;
         if state.failing_flushes > 0 {
             state.failing_flushes -= 1;
             state.poisoned = true;
