@@ -43,10 +43,16 @@ pub fn same_secret(expected: &[u8], given: &[u8]) -> bool {
 /// back without a valid MAC is refused. Every node of a cluster shares the secret, so any node
 /// accepts a context any other produced. HMAC-MD5 remains a sound MAC (MD5's collision
 /// weakness does not carry over to HMAC); it is used because MD5 is already our ring hash.
+///
+/// The two keyed pads are one MD5 block each, absorbed once here: every MAC starts from a clone
+/// of those states, which saves two of the four MD5 compressions a MAC of a context costs (a
+/// put verifies one and every reply seals one).
 #[derive(Clone)]
 pub struct ContextSeal {
-    inner_pad: [u8; HMAC_BLOCK_BYTES],
-    outer_pad: [u8; HMAC_BLOCK_BYTES],
+    /// MD5 after absorbing the key XOR ipad.
+    inner: Md5,
+    /// MD5 after absorbing the key XOR opad.
+    outer: Md5,
 }
 
 impl std::fmt::Debug for ContextSeal {
@@ -65,8 +71,8 @@ impl ContextSeal {
             key[..secret.len()].copy_from_slice(secret);
         }
         ContextSeal {
-            inner_pad: key.map(|b| b ^ 0x36),
-            outer_pad: key.map(|b| b ^ 0x5c),
+            inner: Md5::new().chain_update(key.map(|b| b ^ 0x36)),
+            outer: Md5::new().chain_update(key.map(|b| b ^ 0x5c)),
         }
     }
 
@@ -89,15 +95,8 @@ impl ContextSeal {
     }
 
     fn mac(&self, message: &[u8]) -> [u8; SEAL_BYTES] {
-        let inner = Md5::new()
-            .chain_update(self.inner_pad)
-            .chain_update(message)
-            .finalize();
-        Md5::new()
-            .chain_update(self.outer_pad)
-            .chain_update(inner)
-            .finalize()
-            .into()
+        let inner = self.inner.clone().chain_update(message).finalize();
+        self.outer.clone().chain_update(inner).finalize().into()
     }
 
     /// Encodes and seals a context for a client. Empty clocks encode too, so every reply has a
