@@ -9,6 +9,8 @@
 #   baseline     the same keys written with n3 up, so no hint is held (n3 returns to
 #                nothing to receive but has the same data), controller on
 #   unthrottled  controller off, handoff unlimited (rate_per_sec = 0): background at full speed
+#   pinned       controller off, handoff at a fixed PINNED_RATE per node (only in MODES, for a look
+#                at what a steady pace of the backlog costs the foreground)
 #   controller   controller on: target_percentile TARGET_PERCENTILE (99) at most the baseline's
 #                own node-side signal (the 90th percentile of its periods) x TARGET_FACTOR
 #                (1.2, the must-hold's own margin over the baseline). The node measures
@@ -40,7 +42,9 @@
 # BIN_DIR (the binaries to run, see benches/lib.sh), STORAGE_NICE (controller.storage_nice of
 # every node; unset: the node's default), MAXIMUM_ONLY (set: print the measured maximum and
 # stop, for an A/B of a setting's cost at saturation), BASELINE_ONLY (set: run the baseline
-# mode alone, for a look at the foreground's own noise). Every run keeps its nodes' logs in
+# mode alone, for a look at the foreground's own noise), MODES (the modes after the baseline,
+# "unthrottled controller"; the table's must-holds need both), PINNED_RATE (1000: the pinned
+# mode's handoff rate per node, hints per second). Every run keeps its nodes' logs in
 # OUT_DIR as log-MODE-RUN-nI.log: slow intake loop turns and journal flushes are warned there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +53,10 @@ out=${OUT_DIR:-target/bench-controller}; fraction=${LOAD_FRACTION:-0.5}; lead=${
 target_factor=${TARGET_FACTOR:-1.2}; target_percentile=${TARGET_PERCENTILE:-99}; threads=${THREADS:-16}; value_bytes=${BACKLOG_VALUE_BYTES:-1024}
 fg_threads=${FG_THREADS:-64}
 settle=${SETTLE:-10}
+modes=${MODES:-unthrottled controller}; pinned_rate=${PINNED_RATE:-1000}
+for m in $modes; do
+  case "$m" in unthrottled|pinned|controller) ;; *) echo "controller.sh: unknown mode $m in MODES" >&2; exit 1 ;; esac
+done
 source benches/lib.sh
 needs_python
 mkdir -p "$out"
@@ -74,9 +82,9 @@ $members
 [storage]
 sync = "always"
 [stages.handoff]
-rate_per_sec = $([ "$1" = unthrottled ] && echo 0 || echo 1000)
+rate_per_sec = $(case "$1" in unthrottled) echo 0 ;; pinned) echo "$pinned_rate" ;; *) echo 1000 ;; esac)
 [controller]
-enabled = $([ "$1" = unthrottled ] && echo false || echo true)
+enabled = $(case "$1" in unthrottled|pinned) echo false ;; *) echo true ;; esac)
 target_percentile = $target_percentile
 target_ms = $3
 $([ -n "${STORAGE_NICE:-}" ] && echo "storage_nice = $STORAGE_NICE")
@@ -176,6 +184,11 @@ run_mode() { # mode run target_ms rate
   sleep "$lead"
   start "$mode" 3 "$target"
   t0=$(date +%s%N); echo "$(( t0 / 1000000 ))" > "$out/return-$tag.ms"
+  # The returning node's own samples, apart from the four the report sums (it holds no hints):
+  # its signal says whether the foreground waits on it.
+  "$bin/shoal" admin throttle --node "127.0.0.1:$(port 3)" --json --watch-ms 250 \
+      > "$out/returning-$tag-n3.jsonl" 2>/dev/null &
+  watchers+=($!)
   while :; do
     sleep 0.25
     elapsed=$(( ($(date +%s%N) - t0) / 1000000 ))
@@ -198,7 +211,7 @@ run_mode() { # mode run target_ms rate
   echo "  $tag: $held hints held at n3's return, drained after ${drained}s"
 }
 
-rm -f "$out"/throttle-*.jsonl "$out"/foreground-*.json "$out"/return-*.ms
+rm -f "$out"/throttle-*.jsonl "$out"/returning-*.jsonl "$out"/foreground-*.json "$out"/return-*.ms
 echo "mode,run,hints_at_return,drain_s" > "$out/runs.csv"
 # Not $(max_rate): in a subshell the nodes it starts would be unknown to the exit trap, and a
 # failed sample would leave them running.
@@ -218,7 +231,6 @@ target=$(target_from_signal "$base_signal" "$target_factor")
 echo "baseline: client p99 $base99 ms, node signal (p90 of periods) $base_signal ms: controller target p$target_percentile <= $target ms"
 [ -n "${BASELINE_ONLY:-}" ] && exit 0
 for run in $(seq "$runs"); do
-  run_mode unthrottled "$run" "$target" "$rate"
-  run_mode controller "$run" "$target" "$rate"
+  for m in $modes; do run_mode "$m" "$run" "$target" "$rate"; done
 done
 python3 benches/controller_report.py "$out" --target-ms "p$target_percentile <= $target"
