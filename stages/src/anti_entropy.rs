@@ -32,7 +32,12 @@
 //!
 //! Pacing: one token of the stage's gate per key folded into a tree, per key looked at for a
 //! purge, per object exchanged, and one per exchange; charged once the work is done (its size
-//! is known only then), and no new work starts while tokens are owed.
+//! is known only then), and no new work starts while tokens are owed. The answering side
+//! pays too, one token per object a peer's sync gives it to merge, and while it owes it
+//! answers a peer opening an exchange "not ready": a replica rebuilt from nothing (its data
+//! directory lost) takes its keys in at the pace its own controller allows, set by the
+//! foreground latency there, not at the pace of the peers that send them (issue 9's finding
+//! for hinted handoff, which the same debt paces on the receiving side).
 //!
 //! ANSWERING SIDE (also here): a peer's tree, digest, sync and purge requests come from parse
 //! and are answered from storage. Opening an exchange (the branch-level tree request) leases
@@ -982,7 +987,7 @@ impl AntiEntropyMachine {
                         .leases
                         .get(&partition)
                         .is_some_and(|l| l.conn != origin.conn && l.until > now);
-                    if mine || other {
+                    if mine || other || !self.pay_debt(now) {
                         let busy = Message::AaeTreeReply(AaeTreeReply {
                             ready: false,
                             root: 0,
@@ -1019,13 +1024,18 @@ impl AntiEntropyMachine {
                 partition,
                 objects,
                 want,
-            } => (
-                Serving::Sync { partition },
-                StorageRequest::Sync {
-                    merge: objects,
-                    read: want,
-                },
-            ),
+            } => {
+                // Merging them is this node's work: charged like its own (see the module's
+                // Pacing), so it opens no exchange for a peer until they are paid for.
+                self.debt += objects.len() as u64;
+                (
+                    Serving::Sync { partition },
+                    StorageRequest::Sync {
+                        merge: objects,
+                        read: want,
+                    },
+                )
+            }
             AaeRequest::Purge {
                 partition,
                 phase,
@@ -1276,6 +1286,10 @@ impl Machine for AntiEntropyMachine {
     fn on_tick(&mut self, now: Now, out: &mut Outbox) {
         self.wall_ms = now.wall_ms;
         let now = now.instant;
+        // Every tick, not only when new work would start: the bucket holds at most 400 ms
+        // of its rate, so a debt paid only at the next start (a peer's opening, a rebuild
+        // step) would lose what accrued beyond that meanwhile.
+        self.pay_debt(now);
         self.refresh_partitions(now);
         // Steps whose answer never came are given up (the peer's link is down, or a queue
         // dropped the event).
@@ -1325,8 +1339,9 @@ impl Machine for AntiEntropyMachine {
             let op = self.storage(StorageRequest::TreeSummaries, out);
             self.summaries = Some((op, now));
         }
-        // The work waiting, for the controller's split: trees to build and pairs due for an
-        // exchange (a stage with no backlog gets only the floor rate).
+        // The work waiting, for the controller's split: trees to build, pairs due for an
+        // exchange and tokens owed (a stage with no backlog gets only the floor rate, which
+        // would pay for a peer's sync of a thousand keys in fifty seconds).
         let missing = self.partitions.values().filter(|s| !s.tree_ready).count();
         let due = self
             .partitions
@@ -1334,7 +1349,7 @@ impl Machine for AntiEntropyMachine {
             .flat_map(|s| s.peers.values())
             .filter(|peer| peer.next_exchange <= now)
             .count();
-        self.gate.report_backlog((missing + due) as u64);
+        self.gate.report_backlog((missing + due) as u64 + self.debt);
     }
 
     /// A full queue: the step's answer will never come; give the step up now rather than at
@@ -1372,3 +1387,6 @@ fn cap_bytes(objects: &mut Vec<(Vec<u8>, VersionSet)>) -> bool {
     objects.truncate(fits);
     cut
 }
+
+#[cfg(test)]
+mod tests;

@@ -25,8 +25,21 @@
 //! [`MAX_ROUND_BACKOFF`], as before.
 //!
 //! RECEIVER SIDE (here too): a `HandoffBatch` from a fallback is merged by clock like any
-//! replica write (`StorageRequest::Sync`) and acknowledged with `HandoffAck`. The sender paid
-//! the rate-gate tokens; the receiver does not pay again.
+//! replica write (`StorageRequest::Sync`) and acknowledged with `HandoffAck`. The receiver
+//! pays for what it merges too, one token of its own gate per object, because the returning
+//! node is where a backlog hurts the foreground: four fallbacks pacing themselves, each on its
+//! own latency, had no way to see the damage they did there (issue 9's benchmark: with every
+//! fallback held to a steady 1000 hints/s, the returning node's own p99 rose to 30-140 ms for
+//! the whole 40 s drain while the fallbacks' stayed in line, and the client's p99.9 was 7-8x
+//! the baseline). So the returning node's controller decides how fast it takes hints in: a
+//! batch that arrives while the receiver still owes tokens for the last one is answered
+//! `Overloaded` without being merged (the fallback keeps its hints and offers more at its
+//! next tick, without the pause of a failed round: a busy node is up), and one that arrives
+//! with nothing owed is
+//! merged and charged whole (the debt is paid as tokens accrue, so a batch larger than the
+//! bucket still gets in). Refused objects count in the backlog the gate reports for a second,
+//! so the receiver's controller gives its handoff stage a share of the budget while hints
+//! wait to come in.
 //!
 //! A hint whose intended node no longer holds the key's partition (it left, or was removed,
 //! after the hint was written) is delivered to the key's current replicas instead, one
@@ -49,11 +62,16 @@ use crate::wire::{
 };
 use crate::NodeId;
 use slog::{info, warn, Logger};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Hints read from the store per round.
 const HINTS_PER_ROUND: usize = 256;
+
+/// How long the objects of a batch refused for want of tokens count as this node's backlog:
+/// the fallbacks send them again within their longest pause ([`MAX_ROUND_BACKOFF`]), but
+/// most come back sooner, and demand that stopped must stop claiming budget.
+const REFUSED_WINDOW: Duration = Duration::from_secs(1);
 /// A batch to one node stops growing at about this many bytes (a hint larger than this goes
 /// alone), unless the frame limit asks for less: see [`HandoffMachine::batch_bytes`].
 pub const DEFAULT_BATCH_BYTES: usize = 256 * 1024;
@@ -106,6 +124,10 @@ pub struct HandoffMachine {
     round_acked: u64,
     /// Hints of the current round whose delivery failed (refused, lost or past the deadline).
     round_failed: u64,
+    /// Hints of the current round the target refused as busy (`Overloaded`: its own gate
+    /// or a full queue). Not failures: the round does not pause for them, it only waits for
+    /// the next tick instead of chaining (see [`HandoffMachine::chain_round`]).
+    round_busy: u64,
     /// The pause after rounds in which every delivery failed (zero after a success).
     backoff: Duration,
     /// When the current pause ends (`None`: no pause).
@@ -123,6 +145,14 @@ pub struct HandoffMachine {
     local_merges: BTreeMap<OpId, Hint>,
     /// Batches received from fallbacks, being merged: where to answer and how many objects.
     serving: BTreeMap<OpId, (Origin, u32)>,
+    /// Hints this node holds, as storage counted them with the last scan.
+    held: u64,
+    /// Tokens still owed for received batches already admitted (see the module's RECEIVER
+    /// SIDE): no batch is admitted while any are.
+    receive_debt: u64,
+    /// Objects of received batches refused for want of tokens, with when: the demand the
+    /// backlog reports for [`REFUSED_WINDOW`].
+    refused: VecDeque<(Instant, u64)>,
     /// Hints (by hint key) of batches the target refused with an answer (not a lost link or
     /// a full queue): one bad object (too many versions, a limit the target sets lower)
     /// refuses its whole batch, and scans in key order would batch it with the same
@@ -142,6 +172,7 @@ impl HandoffMachine {
             cursor: None,
             round_acked: 0,
             round_failed: 0,
+            round_busy: 0,
             backoff: Duration::ZERO,
             paused_until: None,
             next_op: 0,
@@ -150,6 +181,9 @@ impl HandoffMachine {
             fanout: BTreeMap::new(),
             local_merges: BTreeMap::new(),
             serving: BTreeMap::new(),
+            held: 0,
+            receive_debt: 0,
+            refused: VecDeque::new(),
             solo: BTreeSet::new(),
             logger,
         }
@@ -265,7 +299,8 @@ impl HandoffMachine {
     /// are gathered into one batch per node; a batch that reaches the byte cap is sent and
     /// the next one started.
     fn deliver(&mut self, now: Instant, hints: Vec<Hint>, held: u64, out: &mut Outbox) {
-        self.gate.report_backlog(held);
+        self.held = held;
+        self.report_backlog(now);
         let end_of_pass = hints.len() < self.scan_limit;
         let scanned = hints.len();
         let deadline = now + DELIVERY_DEADLINE;
@@ -396,10 +431,55 @@ impl HandoffMachine {
         }
     }
 
-    /// A fallback delivered hints meant for this node: merge them all in one storage
-    /// operation, and acknowledge once storage has them.
-    fn serve(&mut self, origin: Origin, objects: Vec<(Vec<u8>, VersionSet)>, out: &mut Outbox) {
+    /// Reports the backlog: the hints this node holds, the tokens it owes for batches it took
+    /// in, and the objects of batches it refused over the last [`REFUSED_WINDOW`].
+    fn report_backlog(&mut self, now: Instant) {
+        while self
+            .refused
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= REFUSED_WINDOW)
+        {
+            self.refused.pop_front();
+        }
+        let refused: u64 = self.refused.iter().map(|(_, objects)| objects).sum();
+        self.gate
+            .report_backlog(self.held + self.receive_debt + refused);
+    }
+
+    /// Pays what the gate grants now towards the tokens owed for received batches.
+    fn pay_receive_debt(&mut self, now: Instant) {
+        if self.receive_debt == 0 {
+            return;
+        }
+        let paying = self.gate.available(now).min(self.receive_debt);
+        if paying > 0 && self.gate.try_take(paying, now) {
+            self.receive_debt -= paying;
+        }
+    }
+
+    /// A fallback delivered hints meant for this node: if nothing is owed for the last batch,
+    /// merge them all in one storage operation and acknowledge once storage has them;
+    /// otherwise refuse them with `Overloaded` (see the module's RECEIVER SIDE).
+    fn serve(
+        &mut self,
+        now: Instant,
+        origin: Origin,
+        objects: Vec<(Vec<u8>, VersionSet)>,
+        out: &mut Outbox,
+    ) {
         let count = u32::try_from(objects.len()).unwrap_or(u32::MAX);
+        self.pay_receive_debt(now);
+        if self.receive_debt > 0 {
+            self.refused.push_back((now, u64::from(count)));
+            self.report_backlog(now);
+            let busy = ServiceError::Overloaded {
+                stage: "handoff".into(),
+            };
+            return out.reply(IntakeEvent::reply(origin, &Message::Error(busy)));
+        }
+        self.receive_debt = u64::from(count);
+        self.pay_receive_debt(now);
+        self.report_backlog(now);
         let merge = self.storage(StorageRequest::Sync {
             merge: objects,
             read: Vec::new(),
@@ -454,12 +534,14 @@ impl HandoffMachine {
     /// rounds chained on a few tokens each cost a scan, a frame and a deletion per handful of
     /// hints. A round with a failure waits for the tick (which pauses a round that only
     /// failed): a fanned-out hint with one replica down is acknowledged by the others every
-    /// round and would otherwise be resent without pause.
+    /// round and would otherwise be resent without pause. So does a round the target refused
+    /// as busy: it is pacing what it takes in, and a tick is soon enough to offer more.
     fn chain_round(&mut self, now: Instant, out: &mut Outbox) {
         if !self.in_flight.is_empty()
             || self.scanning.is_some()
             || self.round_acked == 0
             || self.round_failed > 0
+            || self.round_busy > 0
             || self.gate.available(now) < HINTS_PER_ROUND as u64
         {
             return;
@@ -477,6 +559,17 @@ impl HandoffMachine {
             _ => false,
         };
         if !acked {
+            if !delivery.fanout
+                && matches!(
+                    &done.result,
+                    Ok(Message::Error(ServiceError::Overloaded { .. }))
+                )
+            {
+                // The target is pacing what it takes in (or its queue is full): its hints
+                // stay, and go again in a later round of this pass or the next.
+                self.round_busy += delivery.hints.len() as u64;
+                return;
+            }
             let refusal = match &done.result {
                 Ok(Message::Error(error))
                     if !matches!(
@@ -521,6 +614,7 @@ impl HandoffMachine {
         }
         self.round_acked = 0;
         self.round_failed = 0;
+        self.round_busy = 0;
     }
 
     /// Hints in deliveries awaiting acknowledgement.
@@ -536,7 +630,9 @@ impl Machine for HandoffMachine {
         match event {
             HandoffEvent::Storage(done) => self.on_storage(now.instant, done, out),
             HandoffEvent::Peer(done) => self.on_delivered(now.instant, done, out),
-            HandoffEvent::Serve { origin, objects } => self.serve(origin, objects, out),
+            HandoffEvent::Serve { origin, objects } => {
+                self.serve(now.instant, origin, objects, out)
+            }
             HandoffEvent::PeerUp { peer } => {
                 // Any peer: the next round delivers to the one that is back, and the others'
                 // deliveries fail fast on their links (and pause the rounds again). Failures
@@ -553,6 +649,8 @@ impl Machine for HandoffMachine {
 
     fn on_tick(&mut self, now: Now, out: &mut Outbox) {
         let now = now.instant;
+        self.pay_receive_debt(now);
+        self.report_backlog(now);
         let expired: Vec<OpId> = self
             .in_flight
             .iter()

@@ -393,6 +393,80 @@ fn a_received_batch_is_merged_in_one_operation_then_acknowledged() {
     assert_eq!(reply_of(&mut out), Some((42, Message::Error(full))));
 }
 
+/// Goal: the returning node paces what it takes in by its own gate (issue 9): a batch is
+/// merged and charged whole when nothing is owed, and one that arrives while tokens are still
+/// owed is refused `Overloaded` without a merge; the owed tokens and the refused objects are
+/// the backlog its controller sees, and once the debt is paid a batch gets in again.
+#[test]
+fn a_receiver_refuses_batches_while_it_owes_tokens_for_the_last() {
+    let start = Instant::now();
+    let logger = Logger::root(slog::Discard, slog::o!());
+    let gate = Gate::new(Some(10), start); // 10 tokens a second, a burst of 4
+    let mut machine = HandoffMachine::new(gate.clone(), logger);
+    let mut out = Outbox::new();
+    let origin = Origin {
+        conn: crate::event::ConnId(7),
+        request_id: 42,
+    };
+    let batch = || HandoffEvent::Serve {
+        origin,
+        objects: (1..=20)
+            .map(|i| {
+                let h = hint_for(i, "me");
+                (h.key, h.versions)
+            })
+            .collect(),
+    };
+    let merges = |out: &mut Outbox| {
+        out.take()
+            .into_iter()
+            .filter(|effect| {
+                matches!(
+                    effect,
+                    Effect::Send {
+                        event: Event::Storage(StorageEvent {
+                            request: StorageRequest::Sync { .. },
+                            ..
+                        }),
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+
+    machine.on_event(at(start, 0), batch(), &mut out);
+    assert_eq!(merges(&mut out), 1, "nothing owed: the batch is merged");
+    assert_eq!(
+        gate.reading().backlog,
+        16,
+        "20 objects charged, the burst of 4 paid"
+    );
+
+    machine.on_event(at(start, 10), batch(), &mut out);
+    let busy = ServiceError::Overloaded {
+        stage: "handoff".into(),
+    };
+    assert_eq!(reply_of(&mut out), Some((42, Message::Error(busy))));
+    machine.on_event(at(start, 10), batch(), &mut out);
+    assert_eq!(merges(&mut out), 0, "tokens owed: no merge");
+    assert_eq!(
+        gate.reading().backlog,
+        16 + 40,
+        "the debt and both refused batches' objects"
+    );
+
+    // Each tick pays what accrued (4 tokens per 400 ms); the refused objects stop counting
+    // after a second.
+    for ms in [400, 800, 1200, 1600] {
+        machine.on_tick(at(start, ms), &mut out);
+    }
+    out.take();
+    assert_eq!(gate.reading().backlog, 0, "debt paid, refusals aged out");
+    machine.on_event(at(start, 1700), batch(), &mut out);
+    assert_eq!(merges(&mut out), 1, "paid up: the next batch gets in");
+}
+
 /// The one reply frame an outbox holds: its request id and message.
 fn reply_of(out: &mut Outbox) -> Option<(u64, Message)> {
     out.take().into_iter().find_map(|effect| match effect {
@@ -411,13 +485,14 @@ fn reply_of(out: &mut Outbox) -> Option<(u64, Message)> {
 
 /// Goal: a batch the target refuses with an answer (one object over its limits refuses
 /// them all) is not sent whole again: its hints go one by one, so only the bad one stays
-/// behind; a batch refused for a full queue is sent whole again.
+/// behind; a batch refused as busy (`Overloaded`: a full queue, or a receiver pacing what it
+/// takes in) is sent whole again, and its round does not pause: the next tick offers more.
 #[test]
 fn a_refused_batch_is_sent_again_one_hint_at_a_time() {
     let start = Instant::now();
     let mut out = Outbox::new();
     let hints = || (1..=3).map(|i| hint_for(i, "a")).collect::<Vec<_>>();
-    let sizes_after = |refusal: ServiceError, out: &mut Outbox| {
+    let sizes_after = |refusal: ServiceError, pauses: bool, out: &mut Outbox| {
         let mut machine = machine(start);
         round(&mut machine, at(start, 0), hints(), out);
         let sent = batches(&out.take());
@@ -428,19 +503,32 @@ fn a_refused_batch_is_sent_again_one_hint_at_a_time() {
             result: Ok(Message::Error(refusal)),
         };
         machine.on_event(at(start, 1), HandoffEvent::Peer(answer), out);
-        // The round failed: the next tick ends it and pauses; the one after the pause
-        // starts the next round.
+        // The next tick ends the round. A round that failed pauses (the tick after the pause
+        // starts the next round); one refused as busy starts the next round at that tick.
         machine.on_tick(at(start, 2), out);
-        assert_eq!(scan_op(out), None, "paused after the failed round");
-        round(&mut machine, at(start, 2000), hints(), out);
+        if pauses {
+            assert_eq!(scan_op(out), None, "paused after the failed round");
+            round(&mut machine, at(start, 2000), hints(), out);
+        } else {
+            let scan = scan_op(out).expect("no pause after a busy refusal");
+            let read = StorageDone {
+                op: scan,
+                result: Ok(StorageOutcome::Hints {
+                    hints: hints(),
+                    held: 3,
+                }),
+                durable: false,
+            };
+            machine.on_event(at(start, 3), HandoffEvent::Storage(read), out);
+        }
         batch_sizes(out.take())
     };
     let too_many = ServiceError::TooManySiblings { count: 9, max: 8 };
-    assert_eq!(sizes_after(too_many, &mut out), vec![1, 1, 1]);
+    assert_eq!(sizes_after(too_many, true, &mut out), vec![1, 1, 1]);
     let full = ServiceError::Overloaded {
         stage: "handoff".into(),
     };
-    assert_eq!(sizes_after(full, &mut out), vec![3]);
+    assert_eq!(sizes_after(full, false, &mut out), vec![3]);
 }
 
 /// Goal: a round whose deliveries were all acknowledged starts the next one at once (the gate

@@ -1,0 +1,130 @@
+//! The answering side's pacing: a node pays for the objects a peer's sync gives it to merge,
+//! and opens no exchange for a peer while it owes (issue 9's finding, that the node taking
+//! a backlog in is where the foreground pays for it, applied to anti-entropy).
+
+use super::*;
+use crate::event::ConnId;
+use crate::membership::{Member, Membership};
+use crate::seda::Effect;
+use slog::Logger;
+
+fn at(start: Instant, ms: u64) -> Now {
+    Now {
+        instant: start + Duration::from_millis(ms),
+        wall_ms: 0,
+    }
+}
+
+fn machine(gate: Gate) -> AntiEntropyMachine {
+    let member = |id: &str, port: u16| Member {
+        id: NodeId::new(id),
+        addr: ([127, 0, 0, 1], port).into(),
+        weight: 1,
+        zone: None,
+    };
+    let members = vec![member("n1", 1), member("n2", 2)];
+    let membership = MembershipView::new(Membership::new(1, 8, members).expect("membership"));
+    let settings = AntiEntropySettings {
+        node: NodeId::new("n1"),
+        n: 2,
+        // Only the answering side is under test: this node starts no exchange of its own.
+        enabled: false,
+        exchange_interval: Duration::from_secs(60),
+        rebuild_interval: Duration::from_secs(600),
+        confirm_delay: Duration::from_millis(200),
+        max_keys_per_exchange: 256,
+        tombstone_grace: Duration::from_secs(3600),
+    };
+    AntiEntropyMachine::new(
+        settings,
+        membership,
+        gate,
+        AaeBoard::new(NodeId::new("n1"), true),
+        Logger::root(slog::Discard, slog::o!()),
+    )
+}
+
+/// A peer opening an exchange of partition 3 (the branch-level tree request).
+fn opening() -> AntiEntropyEvent {
+    AntiEntropyEvent::Serve {
+        origin: Origin {
+            conn: ConnId(7),
+            request_id: 1,
+        },
+        request: AaeRequest::Tree {
+            partition: 3,
+            branches: None,
+            root: Some(1),
+        },
+    }
+}
+
+/// Whether the machine answered "not ready" at once (rather than asking storage).
+fn refused_as_busy(out: &mut Outbox) -> bool {
+    out.take().into_iter().any(|effect| match effect {
+        Effect::Send {
+            event: Event::Intake(IntakeEvent::Send { frame, .. }),
+            ..
+        } => {
+            let mut decoder = crate::wire::FrameDecoder::new(usize::MAX);
+            decoder.extend(&frame);
+            decoder
+                .next_frame()
+                .ok()
+                .flatten()
+                .and_then(|frame| Message::decode(&frame).ok())
+                .is_some_and(|m| {
+                    matches!(m, Message::AaeTreeReply(AaeTreeReply { ready: false, .. }))
+                })
+        }
+        _ => false,
+    })
+}
+
+/// Goal: merging a peer's sync is charged to this node's gate, and while those tokens are
+/// owed a peer's opening hears "not ready"; once the ticks have paid them, an opening is
+/// served again. The debt is the backlog the controller sees meanwhile.
+#[test]
+fn a_node_owing_tokens_for_a_peers_sync_opens_no_exchange_until_paid() {
+    let start = Instant::now();
+    let gate = Gate::new(Some(10), start); // 10 tokens a second, a burst of 4
+    let mut machine = machine(gate.clone());
+    let mut out = Outbox::new();
+
+    machine.on_event(at(start, 0), opening(), &mut out);
+    assert!(
+        !refused_as_busy(&mut out),
+        "nothing owed: the opening is served"
+    );
+
+    let objects: Vec<(Vec<u8>, VersionSet)> =
+        (0..20u8).map(|i| (vec![i], VersionSet::new())).collect();
+    let sync = AntiEntropyEvent::Serve {
+        origin: Origin {
+            conn: ConnId(7),
+            request_id: 2,
+        },
+        request: AaeRequest::Sync {
+            partition: 3,
+            objects,
+            want: Vec::new(),
+        },
+    };
+    machine.on_event(at(start, 1), sync, &mut out);
+    out.take();
+    machine.on_event(at(start, 2), opening(), &mut out);
+    assert!(
+        refused_as_busy(&mut out),
+        "20 tokens owed, 4 paid: not ready"
+    );
+    machine.on_tick(at(start, 100), &mut out);
+    out.take();
+    assert!(gate.reading().backlog >= 16, "the debt counts as backlog");
+
+    for ms in [400, 800, 1200, 1600, 2000, 2400] {
+        machine.on_tick(at(start, ms), &mut out);
+    }
+    out.take();
+    machine.on_event(at(start, 2500), opening(), &mut out);
+    assert!(!refused_as_busy(&mut out), "paid up: the opening is served");
+}
