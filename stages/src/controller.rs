@@ -16,6 +16,13 @@
 //! - **target missed** (over the window, and still in the newest period, so one slow period
 //!   that lingers in the window is cut for once): the rate the stages actually used (or the
 //!   budget, if lower) × `decrease_factor` (multiplicative decrease of what is really spent);
+//!   but only when the miss is more than [`MISS_AT_ONCE`] × the target or the period before
+//!   missed too. A first miss by less **holds** the budget for a period (`watch`): at a target
+//!   near the foreground's own noise a single 250 ms period (a couple of hundred requests, so
+//!   its p99 is its second-worst) crossed it often with no background to blame, and each such
+//!   crossing halved the budget (issue 9's benchmark: a returning node pacing its hints on a
+//!   21 ms target whose own signal wandered 10-30 ms took 113 s to drain what unthrottled took
+//!   in 5). A real step up in load is still halved within two periods;
 //! - **target held**: budget + `increase_per_period` (additive increase), but only while the
 //!   stages used at least [`GROW_WHEN_USED`] of it (CockroachDB's rule: a budget nobody uses
 //!   must not pile up into a burst later);
@@ -73,6 +80,10 @@ pub const HEADROOM: f64 = 0.5;
 /// After a miss, the budget may grow by `headroom_factor` (rather than by the step) while it
 /// is below this fraction of the rate that was being spent when the target was missed.
 pub const RECOVER_TO: f64 = 0.8;
+
+/// A miss of the newest period by more than this many times the target is cut at once; by
+/// less, only if the period before missed too.
+pub const MISS_AT_ONCE: u64 = 2;
 
 /// The controller's knobs: the `[controller]` section of the node's config, read as it is
 /// (the config validates it). Once a period the controller compares the foreground's recent
@@ -190,6 +201,9 @@ pub enum Step {
     Hold,
     /// The target was missed: the budget shrank.
     Decrease,
+    /// The target was missed for one period, by less than [`MISS_AT_ONCE`] × itself: the
+    /// budget stays until the next period says whether the miss persists.
+    Watch,
 }
 
 impl fmt::Display for Step {
@@ -203,6 +217,7 @@ impl fmt::Display for Step {
             Step::Recover => "recover",
             Step::Hold => "hold",
             Step::Decrease => "decrease",
+            Step::Watch => "watch",
         })
     }
 }
@@ -238,6 +253,8 @@ pub struct ResourceController {
     /// The rate the stages were spending when the target was last missed (0: no miss since
     /// the controller started or the foreground last idled).
     missed_at: f64,
+    /// Whether the last period's own percentile missed the target.
+    missed_last_period: bool,
 }
 
 impl ResourceController {
@@ -251,6 +268,7 @@ impl ResourceController {
             budget,
             idle: false,
             missed_at: 0.0,
+            missed_last_period: false,
         }
     }
 
@@ -328,6 +346,9 @@ impl ResourceController {
         // the ceiling and the floor, and the floor side of that swing is the safe one.
         let was_idle = std::mem::replace(&mut self.idle, window_requests < settings.idle_requests);
         let target_us = settings.target_ms.saturating_mul(1000);
+        let persists =
+            self.missed_last_period || newest_us > target_us.saturating_mul(MISS_AT_ONCE);
+        self.missed_last_period = newest_us > target_us;
         let step = if self.idle {
             self.budget = ceiling;
             self.missed_at = 0.0;
@@ -335,6 +356,8 @@ impl ResourceController {
         } else if was_idle {
             self.budget = floor;
             Step::Resume
+        } else if signal_us.min(newest_us) > target_us && !persists {
+            Step::Watch
         } else if signal_us.min(newest_us) > target_us {
             // Cut what is actually being spent, not an allowance nobody uses: a budget held
             // while the stages used a fraction of it would take many halvings to bite.

@@ -192,7 +192,8 @@ pub struct ControllerState {
     pub budget_per_sec: u64,
     /// How often the controller decides, milliseconds.
     pub period_ms: u64,
-    /// What the last period decided: `increase`, `hold`, `decrease`, `idle`, `resume` or `off`
+    /// What the last period decided: `increase`, `climb`, `recover`, `hold`, `watch`,
+    /// `decrease`, `idle`, `resume` or `off`
     /// (`starting` before the first period).
     pub last_step: String,
 }
