@@ -300,13 +300,7 @@ impl AntiEntropyMachine {
     /// starts only when nothing is owed. Work is charged after it is done because its size
     /// (keys in a partition, keys that differ) is known only then.
     fn pay_debt(&mut self, now: Instant) -> bool {
-        if self.debt > 0 {
-            let paying = self.gate.available(now).min(self.debt);
-            if paying > 0 && self.gate.try_take(paying, now) {
-                self.debt -= paying;
-            }
-        }
-        self.debt == 0
+        self.gate.pay(&mut self.debt, now)
     }
 
     fn new_op(&mut self) -> OpId {

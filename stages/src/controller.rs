@@ -253,7 +253,8 @@ pub struct ResourceController {
     /// The rate the stages were spending when the target was last missed (0: no miss since
     /// the controller started or the foreground last idled).
     missed_at: f64,
-    /// Whether the last period's own percentile missed the target.
+    /// Whether the last period missed the target (over the window and in its own
+    /// percentile, as a cut needs).
     missed_last_period: bool,
 }
 
@@ -346,9 +347,10 @@ impl ResourceController {
         // the ceiling and the floor, and the floor side of that swing is the safe one.
         let was_idle = std::mem::replace(&mut self.idle, window_requests < settings.idle_requests);
         let target_us = settings.target_ms.saturating_mul(1000);
+        let missed = signal_us.min(newest_us) > target_us;
         let persists =
             self.missed_last_period || newest_us > target_us.saturating_mul(MISS_AT_ONCE);
-        self.missed_last_period = newest_us > target_us;
+        self.missed_last_period = missed;
         let step = if self.idle {
             self.budget = ceiling;
             self.missed_at = 0.0;
@@ -356,9 +358,9 @@ impl ResourceController {
         } else if was_idle {
             self.budget = floor;
             Step::Resume
-        } else if signal_us.min(newest_us) > target_us && !persists {
+        } else if missed && !persists {
             Step::Watch
-        } else if signal_us.min(newest_us) > target_us {
+        } else if missed {
             // Cut what is actually being spent, not an allowance nobody uses: a budget held
             // while the stages used a fraction of it would take many halvings to bite.
             let spent = self.budget.min((used as f64).max(floor));

@@ -59,9 +59,23 @@ fn opening() -> AntiEntropyEvent {
     }
 }
 
-/// Whether the machine answered "not ready" at once (rather than asking storage).
-fn refused_as_busy(out: &mut Outbox) -> bool {
-    out.take().into_iter().any(|effect| match effect {
+/// What the machine did with an opening: `Some(true)` answered "not ready" at once,
+/// `Some(false)` asked storage for its tree, `None` neither.
+fn refused_as_busy(out: &mut Outbox) -> Option<bool> {
+    let effects = out.take();
+    let asked_storage = effects.iter().any(|effect| {
+        matches!(
+            effect,
+            Effect::Send {
+                event: Event::Storage(StorageEvent {
+                    request: StorageRequest::TreeView { .. },
+                    ..
+                }),
+                ..
+            }
+        )
+    });
+    let busy = effects.into_iter().any(|effect| match effect {
         Effect::Send {
             event: Event::Intake(IntakeEvent::Send { frame, .. }),
             ..
@@ -78,22 +92,33 @@ fn refused_as_busy(out: &mut Outbox) -> bool {
                 })
         }
         _ => false,
-    })
+    });
+    match (busy, asked_storage) {
+        (true, false) => Some(true),
+        (false, true) => Some(false),
+        _ => None,
+    }
 }
 
 /// Goal: merging a peer's sync is charged to this node's gate, and while those tokens are
 /// owed a peer's opening hears "not ready"; once the ticks have paid them, an opening is
 /// served again. The debt is the backlog the controller sees meanwhile.
+/// Reference: Dynamo §4.7 (anti-entropy), §6.5 (admission control of background work).
 #[test]
 fn a_node_owing_tokens_for_a_peers_sync_opens_no_exchange_until_paid() {
     let start = Instant::now();
     let gate = Gate::new(Some(10), start); // 10 tokens a second, a burst of 4
     let mut machine = machine(gate.clone());
     let mut out = Outbox::new();
+    // The backlog before any debt: trees to build and pairs due.
+    machine.on_tick(at(start, 0), &mut out);
+    out.take();
+    let before = gate.reading().backlog;
 
     machine.on_event(at(start, 0), opening(), &mut out);
-    assert!(
-        !refused_as_busy(&mut out),
+    assert_eq!(
+        refused_as_busy(&mut out),
+        Some(false),
         "nothing owed: the opening is served"
     );
 
@@ -113,18 +138,27 @@ fn a_node_owing_tokens_for_a_peers_sync_opens_no_exchange_until_paid() {
     machine.on_event(at(start, 1), sync, &mut out);
     out.take();
     machine.on_event(at(start, 2), opening(), &mut out);
-    assert!(
+    assert_eq!(
         refused_as_busy(&mut out),
+        Some(true),
         "20 tokens owed, 4 paid: not ready"
     );
     machine.on_tick(at(start, 100), &mut out);
     out.take();
-    assert!(gate.reading().backlog >= 16, "the debt counts as backlog");
+    assert_eq!(
+        gate.reading().backlog,
+        before + 16,
+        "the debt counts as backlog"
+    );
 
     for ms in [400, 800, 1200, 1600, 2000, 2400] {
         machine.on_tick(at(start, ms), &mut out);
     }
     out.take();
     machine.on_event(at(start, 2500), opening(), &mut out);
-    assert!(!refused_as_busy(&mut out), "paid up: the opening is served");
+    assert_eq!(
+        refused_as_busy(&mut out),
+        Some(false),
+        "paid up: the opening is served"
+    );
 }

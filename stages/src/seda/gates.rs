@@ -114,6 +114,18 @@ impl Gate {
         granted
     }
 
+    /// Pays what the gate grants now towards `owed` tokens (work charged after it was done,
+    /// or taken in on credit); whether nothing is owed any more.
+    pub fn pay(&self, owed: &mut u64, now: Instant) -> bool {
+        if *owed > 0 {
+            let paying = self.available(now).min(*owed);
+            if paying > 0 && self.try_take(paying, now) {
+                *owed -= paying;
+            }
+        }
+        *owed == 0
+    }
+
     /// Whole tokens `try_take` would grant now (`u64::MAX` when unlimited); takes none.
     pub fn available(&self, now: Instant) -> u64 {
         self.state().bucket.available(now)

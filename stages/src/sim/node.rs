@@ -38,7 +38,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
 const REPLICA_TIMEOUT: Duration = Duration::from_millis(300);
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 const MAX_SIBLINGS: usize = 32;
-/// Hints delivered per second by each node (its handoff gate).
+/// Hints delivered, and hints taken in, per second by each node (its handoff gate).
 const HANDOFF_RATE_PER_SEC: u64 = 1000;
 /// Repair writes sent per second by each node (its repair gate).
 const REPAIR_RATE_PER_SEC: u64 = 1000;

@@ -134,7 +134,8 @@ pub struct HandoffBatch {
 }
 
 /// The answer to [`HandoffBatch`]: every object is merged (as durable as the receiver's
-/// `sync` makes any replica write). The sender may now delete those hints.
+/// `sync` makes any replica write). The sender may now delete those hints. A receiver still
+/// paying its gate for the last batch it took in answers `Overloaded` instead, unmerged.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandoffAck {
     /// Objects merged.
