@@ -20,7 +20,9 @@
 # baseline, and each mode's drain time (n3's return to no hint held anywhere, by an exact scan
 # of every node's hints once their handoff stages report no backlog); writes per-period
 # series (controller signal, handoff rate and use summed over nodes, hints held; foreground
-# p99 per second) to controller.csv and plots them to controller.svg in OUT_DIR.
+# p99 per second) to controller.csv and plots them to controller.svg in OUT_DIR. The
+# returning node's own `admin throttle` samples go to OUT_DIR/returning-MODE-RUN-n3.jsonl
+# (not in the report: it paces what it takes in, and its signal says what the drain costs it).
 #
 # Usage: benches/controller.sh [runs] [backlog-keys] [foreground-seconds]
 # Environment: OUT_DIR (default target/bench-controller), LOAD_FRACTION (0.5), LEAD (3),

@@ -128,8 +128,9 @@ pub struct HandoffMachine {
     /// Hints of the current round whose delivery failed (refused, lost or past the deadline).
     round_failed: u64,
     /// Hints of the current round the target refused as busy (`Overloaded`: its own gate
-    /// or a full queue). Not failures: the round does not pause for them, it only waits for
-    /// the next tick instead of chaining (see [`HandoffMachine::chain_round`]).
+    /// or a full queue). Not failures: the round does not chain, and if nothing of it was
+    /// acknowledged it pauses the shortest pause, never a growing one (see
+    /// [`HandoffMachine::end_round`]).
     round_busy: u64,
     /// The pause after rounds in which every delivery failed (zero after a success).
     backoff: Duration,
@@ -299,9 +300,8 @@ impl HandoffMachine {
 
     /// Sends the hints storage read, as far as the rate gate allows, and reports the backlog:
     /// every hint the node holds (`held`, exact as of the scan) and what it owes and refused
-    /// as a receiver. Hints for their intended node
-    /// are gathered into one batch per node; a batch that reaches the byte cap is sent and
-    /// the next one started.
+    /// as a receiver. Hints for their intended node are gathered into one batch per node; a
+    /// batch that reaches the byte cap is sent and the next one started.
     fn deliver(&mut self, now: Instant, hints: Vec<Hint>, held: u64, out: &mut Outbox) {
         self.held = held;
         self.report_backlog(now);
@@ -538,7 +538,7 @@ impl HandoffMachine {
     /// hints. A round with a failure waits for the tick (which pauses a round that only
     /// failed): a fanned-out hint with one replica down is acknowledged by the others every
     /// round and would otherwise be resent without pause. So does a round the target refused
-    /// as busy: it is pacing what it takes in, and a tick is soon enough to offer more.
+    /// as busy: it is pacing what it takes in.
     fn chain_round(&mut self, now: Instant, out: &mut Outbox) {
         if !self.in_flight.is_empty()
             || self.scanning.is_some()

@@ -16,13 +16,7 @@ fn at(start: Instant, ms: u64) -> Now {
 }
 
 fn machine(gate: Gate) -> AntiEntropyMachine {
-    let member = |id: &str, port: u16| Member {
-        id: NodeId::new(id),
-        addr: ([127, 0, 0, 1], port).into(),
-        weight: 1,
-        zone: None,
-    };
-    let members = vec![member("n1", 1), member("n2", 2)];
+    let members = vec![Member::loopback("n1", 1), Member::loopback("n2", 2)];
     let membership = MembershipView::new(Membership::new(1, 8, members).expect("membership"));
     let settings = AntiEntropySettings {
         node: NodeId::new("n1"),
@@ -77,20 +71,11 @@ fn refused_as_busy(out: &mut Outbox) -> Option<bool> {
     });
     let busy = effects.into_iter().any(|effect| match effect {
         Effect::Send {
-            event: Event::Intake(IntakeEvent::Send { frame, .. }),
+            event: Event::Intake(event),
             ..
-        } => {
-            let mut decoder = crate::wire::FrameDecoder::new(usize::MAX);
-            decoder.extend(&frame);
-            decoder
-                .next_frame()
-                .ok()
-                .flatten()
-                .and_then(|frame| Message::decode(&frame).ok())
-                .is_some_and(|m| {
-                    matches!(m, Message::AaeTreeReply(AaeTreeReply { ready: false, .. }))
-                })
-        }
+        } => event.sent_message().is_some_and(|(_, m)| {
+            matches!(m, Message::AaeTreeReply(AaeTreeReply { ready: false, .. }))
+        }),
         _ => false,
     });
     match (busy, asked_storage) {

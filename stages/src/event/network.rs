@@ -36,6 +36,19 @@ impl IntakeEvent {
             frame: encode_reply(origin.request_id, message),
         }
     }
+
+    /// The request id and message of the frame this event sends, decoded (tests read the
+    /// replies a machine sent back this way).
+    #[cfg(test)]
+    pub(crate) fn sent_message(&self) -> Option<(u64, Message)> {
+        let IntakeEvent::Send { frame, .. } = self else {
+            return None;
+        };
+        let mut decoder = crate::wire::FrameDecoder::new(usize::MAX);
+        decoder.extend(frame);
+        let frame = decoder.next_frame().ok().flatten()?;
+        Some((frame.request_id, Message::decode(&frame).ok()?))
+    }
 }
 
 /// Encodes a reply frame. If the reply cannot be encoded (a bug), the requester gets an error

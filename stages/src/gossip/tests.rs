@@ -2,7 +2,6 @@ use super::*;
 use crate::event::ConnId;
 use crate::membership::Member;
 use crate::seda::Effect;
-use crate::wire::{Frame, FrameDecoder};
 
 fn three() -> Membership {
     Membership::new(
@@ -44,14 +43,9 @@ fn machine(id: &str, membership: Membership) -> (GossipMachine, MembershipView) 
 fn reply_of(out: &mut Outbox) -> Option<Message> {
     out.take().into_iter().find_map(|effect| match effect {
         Effect::Send {
-            event: Event::Intake(IntakeEvent::Send { frame, .. }),
+            event: Event::Intake(event),
             ..
-        } => {
-            let mut decoder = FrameDecoder::new(usize::MAX);
-            decoder.extend(&frame);
-            let frame: Frame = decoder.next_frame().ok().flatten()?;
-            Message::decode(&frame).ok()
-        }
+        } => event.sent_message().map(|(_, message)| message),
         _ => None,
     })
 }

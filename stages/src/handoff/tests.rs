@@ -472,14 +472,9 @@ fn a_receiver_refuses_batches_while_it_owes_tokens_for_the_last() {
 fn reply_of(out: &mut Outbox) -> Option<(u64, Message)> {
     out.take().into_iter().find_map(|effect| match effect {
         Effect::Send {
-            event: Event::Intake(IntakeEvent::Send { frame, .. }),
+            event: Event::Intake(event),
             ..
-        } => {
-            let mut decoder = crate::wire::FrameDecoder::new(usize::MAX);
-            decoder.extend(&frame);
-            let frame = decoder.next_frame().ok().flatten()?;
-            Some((frame.request_id, Message::decode(&frame).ok()?))
-        }
+        } => event.sent_message(),
         _ => None,
     })
 }

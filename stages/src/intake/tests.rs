@@ -13,13 +13,7 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 const SECRET: &[u8] = b"intake-tests-cluster-secret";
 
 fn membership() -> MembershipView {
-    let member = |id: &str, port: u16| Member {
-        id: NodeId::new(id),
-        addr: ([127, 0, 0, 1], port).into(),
-        weight: 1,
-        zone: None,
-    };
-    let members = vec![member("n1", 1), member("n2", 2)];
+    let members = vec![Member::loopback("n1", 1), Member::loopback("n2", 2)];
     MembershipView::new(Membership::new(1, 8, members).expect("membership"))
 }
 

@@ -120,13 +120,7 @@ impl ContextSeal {
         };
         let (body, mac) = bytes.split_at(split);
         // Compare without an early exit so the time taken does not tell how much matched.
-        let expected = self.mac(body);
-        if expected
-            .iter()
-            .zip(mac)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            != 0
-        {
+        if !same_secret(&self.mac(body), mac) {
             return Err(bad_context(
                 "seal does not match: not a context of this cluster",
             ));
