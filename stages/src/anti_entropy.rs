@@ -194,8 +194,10 @@ enum Serving {
         root: Option<u64>,
     },
     Digests,
+    /// A peer's sync; `objects` were charged to this node's debt when it arrived.
     Sync {
         partition: u32,
+        objects: u64,
     },
     Purge,
 }
@@ -1021,9 +1023,13 @@ impl AntiEntropyMachine {
             } => {
                 // Merging them is this node's work: charged like its own (see the module's
                 // Pacing), so it opens no exchange for a peer until they are paid for.
-                self.debt += objects.len() as u64;
+                let charged = objects.len() as u64;
+                self.debt += charged;
                 (
-                    Serving::Sync { partition },
+                    Serving::Sync {
+                        partition,
+                        objects: charged,
+                    },
                     StorageRequest::Sync {
                         merge: objects,
                         read: want,
@@ -1103,7 +1109,7 @@ impl AntiEntropyMachine {
                         .collect(),
                 })
             }
-            (Serving::Sync { partition }, Ok(StorageOutcome::Objects(mut objects))) => {
+            (Serving::Sync { partition, .. }, Ok(StorageOutcome::Objects(mut objects))) => {
                 self.release(partition, origin.conn);
                 cap_bytes(&mut objects);
                 Message::AaeSyncReply(AaeSyncReply {
@@ -1121,6 +1127,16 @@ impl AntiEntropyMachine {
             }),
         };
         out.reply(IntakeEvent::reply(origin, &message));
+    }
+
+    /// A peer's sync that storage refused or failed merged nothing this node must pay for
+    /// (as hinted handoff does for a refused batch): its charge comes off the debt. A sync
+    /// that failed after some of its chunks went in is forgiven whole; it is rare (a full
+    /// queue, a failing disk) and the next exchange finds what it left.
+    fn forgive(&mut self, serving: &Serving) {
+        if let Serving::Sync { objects, .. } = serving {
+            self.debt = self.debt.saturating_sub(*objects);
+        }
     }
 
     fn release(&mut self, partition: u32, conn: ConnId) {
@@ -1242,6 +1258,9 @@ impl Machine for AntiEntropyMachine {
                 if self.serving.contains_key(&op) =>
             {
                 if let Some((origin, serving)) = self.serving.remove(&op) {
+                    if result.is_err() {
+                        self.forgive(&serving);
+                    }
                     self.on_served(origin, serving, result.map_err(|e| e.to_string()), out);
                 }
                 return;
@@ -1350,7 +1369,8 @@ impl Machine for AntiEntropyMachine {
     /// its deadline.
     fn on_refused(&mut self, now: Now, event: Event, error: ServiceError, out: &mut Outbox) {
         if let Event::Storage(StorageEvent { op, .. }) = &event {
-            if let Some((origin, _)) = self.serving.remove(op) {
+            if let Some((origin, serving)) = self.serving.remove(op) {
+                self.forgive(&serving);
                 return out.reply(IntakeEvent::reply(origin, &Message::Error(error)));
             }
         }

@@ -147,3 +147,97 @@ fn a_node_owing_tokens_for_a_peers_sync_opens_no_exchange_until_paid() {
         "paid up: the opening is served"
     );
 }
+
+/// A peer's sync of `count` objects of partition 3.
+fn sync_of(count: u8, request_id: u64) -> AntiEntropyEvent {
+    let objects: Vec<(Vec<u8>, VersionSet)> =
+        (0..count).map(|i| (vec![i], VersionSet::new())).collect();
+    AntiEntropyEvent::Serve {
+        origin: Origin {
+            conn: ConnId(7),
+            request_id,
+        },
+        request: AaeRequest::Sync {
+            partition: 3,
+            objects,
+            want: Vec::new(),
+        },
+    }
+}
+
+/// The storage operation a served sync asked for, and its event.
+fn storage_sync(out: &mut Outbox) -> (OpId, Event) {
+    out.take()
+        .into_iter()
+        .find_map(|effect| match effect {
+            Effect::Send {
+                event:
+                    event @ Event::Storage(StorageEvent {
+                        request: StorageRequest::Sync { .. },
+                        ..
+                    }),
+                ..
+            } => {
+                let Event::Storage(StorageEvent { op, .. }) = &event else {
+                    unreachable!("matched a storage event");
+                };
+                Some((*op, event))
+            }
+            _ => None,
+        })
+        .expect("the sync went to storage")
+}
+
+/// Goal: a peer's sync that storage refused (a full queue) or failed merged nothing, so this
+/// node does not pay for it: its charge comes off the debt, and a peer's opening is served
+/// at once rather than after the ticks would have paid for work never done.
+#[test]
+fn a_sync_storage_refused_or_failed_is_not_charged() {
+    let start = Instant::now();
+    let gate = Gate::new(Some(10), start); // 10 tokens a second, a burst of 4
+    let mut machine = machine(gate);
+    let mut out = Outbox::new();
+
+    // Refused: the storage queue was full.
+    machine.on_event(at(start, 0), sync_of(20, 1), &mut out);
+    let (_, event) = storage_sync(&mut out);
+    machine.on_refused(
+        at(start, 1),
+        event,
+        ServiceError::Overloaded {
+            stage: "storage".into(),
+        },
+        &mut out,
+    );
+    out.take();
+    machine.on_event(at(start, 2), opening(), &mut out);
+    assert_eq!(refused_as_busy(&mut out), Some(false), "nothing owed");
+
+    // Failed: storage answered with an error.
+    machine.on_event(at(start, 3), sync_of(20, 2), &mut out);
+    let (op, _) = storage_sync(&mut out);
+    let failed = AntiEntropyEvent::Storage(StorageDone {
+        op,
+        result: Err(ServiceError::Storage {
+            reason: "disk full".into(),
+        }),
+        durable: false,
+    });
+    machine.on_event(at(start, 4), failed, &mut out);
+    out.take();
+    machine.on_event(at(start, 5), opening(), &mut out);
+    assert_eq!(refused_as_busy(&mut out), Some(false), "nothing owed");
+
+    // Served: the charge stays until paid.
+    machine.on_event(at(start, 6), sync_of(20, 3), &mut out);
+    let (op, _) = storage_sync(&mut out);
+    let merged = AntiEntropyEvent::Storage(StorageDone {
+        op,
+        result: Ok(StorageOutcome::Objects(Vec::new())),
+        durable: false,
+    });
+    machine.on_event(at(start, 7), merged, &mut out);
+    out.take();
+    machine.on_event(at(start, 8), opening(), &mut out);
+    assert_eq!(refused_as_busy(&mut out), Some(true), "16 tokens owed");
+}
