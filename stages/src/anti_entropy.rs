@@ -620,11 +620,11 @@ impl AntiEntropyMachine {
                         exchange.cut_short = true;
                     }
                     let op = self.storage(
-                        StorageRequest::SegmentDigests {
+                        StorageRequest::segment_digests(
                             partition,
-                            segments: exchange.segments.clone(),
-                            limit: MAX_AAE_ITEMS,
-                        },
+                            exchange.segments.clone(),
+                            MAX_AAE_ITEMS,
+                        ),
                         out,
                     );
                     exchange.step = Step::OwnDigests;
@@ -679,13 +679,7 @@ impl AntiEntropyMachine {
                     return self.finish_exchange(exchange, now, in_sync, retry);
                 }
                 exchange.theirs_to_fetch = theirs_to_fetch;
-                let op = self.storage(
-                    StorageRequest::Sync {
-                        merge: Vec::new(),
-                        read: ours_to_send,
-                    },
-                    out,
-                );
+                let op = self.storage(StorageRequest::sync(Vec::new(), ours_to_send), out);
                 exchange.step = Step::OwnObjects;
                 exchange.waiting = Some((op, now + STEP_DEADLINE));
             }
@@ -716,13 +710,7 @@ impl AntiEntropyMachine {
                     .into_iter()
                     .map(|o| (o.key.into_vec(), o.versions))
                     .collect();
-                let op = self.storage(
-                    StorageRequest::Sync {
-                        merge,
-                        read: Vec::new(),
-                    },
-                    out,
-                );
+                let op = self.storage(StorageRequest::sync(merge, Vec::new()), out);
                 exchange.step = Step::MergeBack;
                 exchange.waiting = Some((op, now + STEP_DEADLINE));
             }
@@ -1009,11 +997,7 @@ impl AntiEntropyMachine {
                 self.lease(partition, origin.conn, now);
                 (
                     Serving::Digests,
-                    StorageRequest::SegmentDigests {
-                        partition,
-                        segments,
-                        limit: MAX_AAE_ITEMS,
-                    },
+                    StorageRequest::segment_digests(partition, segments, MAX_AAE_ITEMS),
                 )
             }
             AaeRequest::Sync {
@@ -1030,10 +1014,7 @@ impl AntiEntropyMachine {
                         partition,
                         objects: charged,
                     },
-                    StorageRequest::Sync {
-                        merge: objects,
-                        read: want,
-                    },
+                    StorageRequest::sync(objects, want),
                 )
             }
             AaeRequest::Purge {

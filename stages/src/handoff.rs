@@ -478,10 +478,7 @@ impl HandoffMachine {
         self.receive_debt = u64::from(count);
         self.pay_receive_debt(now);
         self.report_backlog(now);
-        let merge = self.storage(StorageRequest::Sync {
-            merge: objects,
-            read: Vec::new(),
-        });
+        let merge = self.storage(StorageRequest::sync(objects, Vec::new()));
         self.serving.insert(merge.op, (origin, count));
         out.request(merge);
     }

@@ -667,13 +667,7 @@ impl TransferMachine {
             return out.reply(IntakeEvent::reply(origin, &Message::Error(error)));
         }
         let count = objects.len() as u32;
-        let op = self.storage(
-            StorageRequest::Sync {
-                merge: objects,
-                read: Vec::new(),
-            },
-            out,
-        );
+        let op = self.storage(StorageRequest::sync(objects, Vec::new()), out);
         self.serving.insert(op, (origin, count));
     }
 

@@ -102,7 +102,8 @@ pub enum StorageRequest {
         /// `None`: the branch hashes; else the segment hashes under these branches.
         branches: Option<Vec<u16>>,
     },
-    /// The keys of some segments of a partition with their object hashes.
+    /// The keys of some segments of a partition with their object hashes. Built with
+    /// [`StorageRequest::segment_digests`].
     SegmentDigests {
         /// The partition.
         partition: u32,
@@ -110,13 +111,23 @@ pub enum StorageRequest {
         segments: Vec<u16>,
         /// Most keys returned.
         limit: usize,
+        /// What the earlier steps of this request found: storage scans a few hundred keys a
+        /// turn and queues the other segments again (see `storage::DIGEST_CHUNK`). Empty
+        /// when a stage asks.
+        found: Vec<(Vec<u8>, u64)>,
     },
-    /// Merge these objects, then read those keys (anti-entropy's exchange of differing keys).
+    /// Read those keys, then merge these objects (anti-entropy's exchange of differing keys;
+    /// a key in both gets its stored set before the merge, and the asker merging it ends
+    /// with the same union as this node). Built with [`StorageRequest::sync`].
     Sync {
         /// Objects to merge like replica writes.
         merge: Vec<(Vec<u8>, VersionSet)>,
-        /// Keys to read after the merge.
+        /// Keys to read.
         read: Vec<Vec<u8>>,
+        /// What the earlier steps of this request read: storage reads a few dozen keys and
+        /// merges a few dozen objects a turn, and queues the rest again (see
+        /// `storage::READ_CHUNK`, `storage::MERGE_CHUNK`). Empty when a stage asks.
+        found: Vec<(Vec<u8>, VersionSet)>,
     },
     /// Fold up to `limit` more keys into a partition's tree being rebuilt.
     RebuildTree {
@@ -180,6 +191,25 @@ pub enum StorageRequest {
 }
 
 impl StorageRequest {
+    /// Read `read`, then merge `merge`; answered with the objects read.
+    pub fn sync(merge: Vec<(Vec<u8>, VersionSet)>, read: Vec<Vec<u8>>) -> StorageRequest {
+        StorageRequest::Sync {
+            merge,
+            read,
+            found: Vec::new(),
+        }
+    }
+
+    /// The keys of `segments` of `partition` with their object hashes, at most `limit`.
+    pub fn segment_digests(partition: u32, segments: Vec<u16>, limit: usize) -> StorageRequest {
+        StorageRequest::SegmentDigests {
+            partition,
+            segments,
+            limit,
+            found: Vec::new(),
+        }
+    }
+
     /// Whether the operation must be on disk before it is answered: it asked to be, or it
     /// writes and the node's own `sync = "always"` flushes every write. A hint's deletion
     /// never waits for a flush: losing it to a power cut only delivers the hint again, which
@@ -238,7 +268,7 @@ impl fmt::Display for StorageEvent {
                 "digests of {} segments of partition {partition} op {op}",
                 segments.len()
             ),
-            StorageRequest::Sync { merge, read } => write!(
+            StorageRequest::Sync { merge, read, .. } => write!(
                 f,
                 "sync op {op}: merge {}, read {}",
                 merge.len(),

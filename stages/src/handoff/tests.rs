@@ -354,7 +354,7 @@ fn a_received_batch_is_merged_in_one_operation_then_acknowledged() {
                 event:
                     Event::Storage(StorageEvent {
                         op,
-                        request: StorageRequest::Sync { merge, read },
+                        request: StorageRequest::Sync { merge, read, .. },
                         ..
                     }),
                 ..

@@ -17,7 +17,9 @@
 //! and sends the rest back to the end of its own queue as the same operation. Foreground
 //! operations queued meanwhile run between the chunks, and a batch no longer waits for one
 //! long merge before its answers go out. Only the last chunk flushes and answers (with the
-//! reads).
+//! reads). Background reads are cut too: a `Sync` reads [`READ_CHUNK`] keys a step before
+//! its merges, a `SegmentDigests` scans about [`DIGEST_CHUNK`] keys' worth of segments a
+//! step, and what a step found travels in the rest's `found`.
 //!
 //! The machine answers each operation to the stage its event names (`reply_to`); the bytes
 //! live behind the [`Engine`] trait: fjall in the product, memory in the simulator.
@@ -90,6 +92,18 @@ pub struct StorageSettings {
 /// queue. A merge of a 1 KiB object costs tens of microseconds here, so a chunk holds a
 /// storage slot for about a millisecond, where a 1000-key exchange held it for tens.
 pub const MERGE_CHUNK: usize = 32;
+
+/// Most keys a `Sync` reads in one storage operation, the same way (a point read costs
+/// 10-20 us here). Storage runs on the intake loop's thread: an exchange's read of a
+/// thousand keys in one turn held every client request behind it for tens of milliseconds
+/// (issue 10's benchmark: loop turns of 20-90 ms during a wiped replica's rebuild).
+pub const READ_CHUNK: usize = 64;
+
+/// About how many keys `SegmentDigests` scans in one storage operation (whole segments, as
+/// many as the partition's keys per segment make this many); the other segments go back to
+/// the end of the queue. A digest reads the key's stored object and hashes it, and an
+/// exchange's scan of up to 4096 keys in one turn was the other long turn.
+pub const DIGEST_CHUNK: usize = 256;
 
 /// An answer held until the batch's end (and, if it must be on disk, the commit stage's flush).
 struct Held {
@@ -191,10 +205,20 @@ impl StorageMachine {
                 partition,
                 segments,
                 limit,
-            } => StorageOutcome::Digests(store.segment_digests(partition, &segments, limit)?),
-            StorageRequest::Sync { merge, read } => {
+                mut found,
+            } => {
+                let left = limit.saturating_sub(found.len());
+                found.extend(store.segment_digests(partition, &segments, left)?);
+                StorageOutcome::Digests(found)
+            }
+            StorageRequest::Sync {
+                merge,
+                read,
+                mut found,
+            } => {
+                found.extend(store.read_many(&read)?);
                 store.merge_many(&merge)?;
-                StorageOutcome::Objects(store.read_many(&read)?)
+                StorageOutcome::Objects(found)
             }
             StorageRequest::RebuildTree { partition, limit } => {
                 StorageOutcome::Rebuilt(store.rebuild_step(partition, limit)?)
@@ -275,18 +299,36 @@ impl StorageMachine {
         })
     }
 
-    /// Cuts a `Sync` with more than [`MERGE_CHUNK`] objects down to its first chunk (without
-    /// the reads) and returns the rest, reads included, to queue again.
-    fn cut(event: &mut StorageEvent) -> Option<StorageEvent> {
-        let StorageRequest::Sync { merge, read } = &mut event.request else {
-            return None;
-        };
-        if merge.len() <= MERGE_CHUNK {
-            return None;
-        }
-        let request = StorageRequest::Sync {
-            merge: merge.split_off(MERGE_CHUNK),
-            read: std::mem::take(read),
+    /// Cuts a background request too big for one turn down to its first step and returns the
+    /// rest to queue again: a `Sync` reads [`READ_CHUNK`] keys a step, then merges
+    /// [`MERGE_CHUNK`] objects a step (so the last step merges, and flushes if it must); a
+    /// `SegmentDigests` scans about [`DIGEST_CHUNK`] keys' worth of segments a step. What a
+    /// step found goes into the rest's `found` once it is applied ([`Self::carry`]).
+    fn cut(&self, event: &mut StorageEvent) -> Option<StorageEvent> {
+        let request = match &mut event.request {
+            StorageRequest::Sync { merge, read, .. } if read.len() > READ_CHUNK => {
+                StorageRequest::Sync {
+                    merge: std::mem::take(merge),
+                    read: read.split_off(READ_CHUNK),
+                    found: Vec::new(),
+                }
+            }
+            StorageRequest::Sync { merge, .. } if merge.len() > MERGE_CHUNK => {
+                StorageRequest::sync(merge.split_off(MERGE_CHUNK), Vec::new())
+            }
+            StorageRequest::SegmentDigests {
+                partition,
+                segments,
+                limit,
+                ..
+            } => {
+                let per_step = (DIGEST_CHUNK / self.store.keys_per_segment(*partition)).max(1);
+                if segments.len() <= per_step {
+                    return None;
+                }
+                StorageRequest::segment_digests(*partition, segments.split_off(per_step), *limit)
+            }
+            _ => return None,
         };
         Some(StorageEvent {
             op: event.op,
@@ -295,8 +337,30 @@ impl StorageMachine {
         })
     }
 
+    /// Moves what a step found into the rest of its request, which answers for the whole;
+    /// `false` if the rest is not needed after all (the digests reached their limit).
+    fn carry(rest: &mut StorageEvent, result: &mut Result<StorageOutcome, ServiceError>) -> bool {
+        match (&mut rest.request, result) {
+            (StorageRequest::Sync { found, .. }, Ok(StorageOutcome::Objects(objects))) => {
+                *found = std::mem::take(objects);
+                true
+            }
+            (
+                StorageRequest::SegmentDigests { found, limit, .. },
+                Ok(StorageOutcome::Digests(digests)),
+            ) => {
+                if digests.len() >= *limit {
+                    return false;
+                }
+                *found = std::mem::take(digests);
+                true
+            }
+            _ => true,
+        }
+    }
+
     fn hold(&mut self, mut event: StorageEvent, out: &mut Outbox) {
-        let rest = Self::cut(&mut event);
+        let rest = self.cut(&mut event);
         let StorageEvent {
             op,
             mut reply_to,
@@ -305,7 +369,7 @@ impl StorageMachine {
         // A chunk with a rest does not flush: the last chunk's flush makes the whole merge
         // durable (one fdatasync per merge, as before the cut), and only it answers.
         let flush = rest.is_none() && request.wants_flush(self.settings.sync == SyncMode::Always);
-        let result = self.apply(request).map_err(|e| match e {
+        let mut result = self.apply(request).map_err(|e| match e {
             StorageError::TooManySiblings { count, max } => ServiceError::TooManySiblings {
                 count: count as u64,
                 max: max as u64,
@@ -317,17 +381,17 @@ impl StorageMachine {
                 }
             }
         });
-        if let Some(rest) = rest {
-            if result.is_ok() {
-                // The rest answers, once it is merged too. It goes to the end of storage's
+        if let Some(mut rest) = rest {
+            if result.is_ok() && Self::carry(&mut rest, &mut result) {
+                // The rest answers, once it is done too. It goes to the end of storage's
                 // own queue, behind what arrived meanwhile; under a full queue it is refused
-                // and the merge answered `Overloaded` (see `on_refused`): a node whose
+                // and the request answered `Overloaded` (see `on_refused`): a node whose
                 // storage queue is full has no room for background work.
                 reply_to = ReplyTo::Nobody;
                 out.request(rest);
             }
-            // Else the rest is not merged: the error is the answer, and the asker's retry
-            // merges the whole again (merging by clock is idempotent).
+            // Else the rest is not done: the error is the answer, and the asker's retry
+            // does the whole again (merging by clock is idempotent).
         }
         // A coordinated write to flush is answered twice: applied now (its coordinator
         // replicates it meanwhile), flushed after the batch's flush.

@@ -655,6 +655,21 @@ impl Store {
         }
     }
 
+    /// About how many keys one segment of `partition` holds: its tree's key count over its
+    /// segments, rounded up, at least 1 (1 while no tree serves). Storage sizes a digest
+    /// scan's steps with it.
+    pub fn keys_per_segment(&self, partition: u32) -> usize {
+        let segments = self.trees.shape().segments() as u64;
+        let keys = self
+            .trees
+            .lock(partition)
+            .and_then(|state| state.serving().map(MerkleTree::keys))
+            .unwrap_or(0);
+        usize::try_from(keys.div_ceil(segments.max(1)))
+            .unwrap_or(usize::MAX)
+            .max(1)
+    }
+
     /// The keys of `partition` in `segments`, each with its object hash (what the tree was
     /// built from), in stored order; at most `limit`.
     pub fn segment_digests(
