@@ -194,10 +194,12 @@ enum Serving {
         root: Option<u64>,
     },
     Digests,
-    /// A peer's sync; `objects` were charged to this node's debt when it arrived.
+    /// A peer's sync; `objects` were charged to this node's debt when it arrived, behind
+    /// `ahead` tokens (counted in `retired`) charged before them.
     Sync {
         partition: u32,
         objects: u64,
+        ahead: u64,
     },
     Purge,
 }
@@ -251,6 +253,9 @@ pub struct AntiEntropyMachine {
     totals: Totals,
     /// Tokens owed for work done (see [`AntiEntropyMachine::pay_debt`]).
     debt: u64,
+    /// Tokens of debt paid or forgiven since the machine started: where a charge stands in
+    /// the order debts are paid (see [`AntiEntropyMachine::forgive`]).
+    retired: u64,
     rng: u64,
     next_op: u64,
 }
@@ -293,6 +298,7 @@ impl AntiEntropyMachine {
             wall_ms: 0,
             totals: Totals::default(),
             debt: 0,
+            retired: 0,
             rng,
             next_op: 0,
         }
@@ -302,7 +308,10 @@ impl AntiEntropyMachine {
     /// starts only when nothing is owed. Work is charged after it is done because its size
     /// (keys in a partition, keys that differ) is known only then.
     fn pay_debt(&mut self, now: Instant) -> bool {
-        self.gate.pay(&mut self.debt, now)
+        let owed = self.debt;
+        let paid = self.gate.pay(&mut self.debt, now);
+        self.retired += owed - self.debt;
+        paid
     }
 
     fn new_op(&mut self) -> OpId {
@@ -1008,11 +1017,13 @@ impl AntiEntropyMachine {
                 // Merging them is this node's work: charged like its own (see the module's
                 // Pacing), so it opens no exchange for a peer until they are paid for.
                 let charged = objects.len() as u64;
+                let ahead = self.retired + self.debt;
                 self.debt += charged;
                 (
                     Serving::Sync {
                         partition,
                         objects: charged,
+                        ahead,
                     },
                     StorageRequest::sync(objects, want),
                 )
@@ -1054,11 +1065,11 @@ impl AntiEntropyMachine {
         &mut self,
         origin: Origin,
         serving: Serving,
-        result: Result<StorageOutcome, String>,
+        outcome: StorageOutcome,
         out: &mut Outbox,
     ) {
-        let message = match (serving, result) {
-            (Serving::Tree { partition, root }, Ok(StorageOutcome::Tree(view))) => {
+        let message = match (serving, outcome) {
+            (Serving::Tree { partition, root }, StorageOutcome::Tree(view)) => {
                 let same = root == Some(view.root) && view.ready;
                 if same || !view.ready {
                     self.release(partition, origin.conn);
@@ -1070,7 +1081,7 @@ impl AntiEntropyMachine {
                     hashes: if same { Vec::new() } else { view.hashes },
                 })
             }
-            (Serving::Digests, Ok(StorageOutcome::Digests(mut digests))) => {
+            (Serving::Digests, StorageOutcome::Digests(mut digests)) => {
                 let mut bytes = 0;
                 let fits = digests
                     .iter()
@@ -1090,33 +1101,55 @@ impl AntiEntropyMachine {
                         .collect(),
                 })
             }
-            (Serving::Sync { partition, .. }, Ok(StorageOutcome::Objects(mut objects))) => {
+            (Serving::Sync { partition, .. }, StorageOutcome::Objects(mut objects)) => {
                 self.release(partition, origin.conn);
                 cap_bytes(&mut objects);
                 Message::AaeSyncReply(AaeSyncReply {
                     objects: AaeObject::many(objects),
                 })
             }
-            (Serving::Purge, Ok(StorageOutcome::Keys(keys))) => {
-                Message::AaePurgeReply(AaePurgeReply {
-                    keys: keys.into_iter().map(Bytes::from).collect(),
-                })
-            }
-            (_, Err(reason)) => Message::Error(ServiceError::Storage { reason }),
-            (_, Ok(other)) => Message::Error(ServiceError::Storage {
+            (Serving::Purge, StorageOutcome::Keys(keys)) => Message::AaePurgeReply(AaePurgeReply {
+                keys: keys.into_iter().map(Bytes::from).collect(),
+            }),
+            (_, other) => Message::Error(ServiceError::Storage {
                 reason: format!("storage answered an anti-entropy request with {other:?}"),
             }),
         };
         out.reply(IntakeEvent::reply(origin, &message));
     }
 
+    /// Storage refused (a full queue) or failed a peer's request: the peer hears the error
+    /// as it is (`Overloaded` stays `Overloaded`, so it can tell a busy node from a broken
+    /// one), the partition's lease is released at once rather than when it runs out, and a
+    /// sync's charge is forgiven.
+    fn not_served(
+        &mut self,
+        origin: Origin,
+        serving: Serving,
+        error: ServiceError,
+        out: &mut Outbox,
+    ) {
+        self.forgive(&serving);
+        if let Serving::Tree { partition, .. } | Serving::Sync { partition, .. } = serving {
+            self.release(partition, origin.conn);
+        }
+        out.reply(IntakeEvent::reply(origin, &Message::Error(error)));
+    }
+
     /// A peer's sync that storage refused or failed merged nothing this node must pay for
-    /// (as hinted handoff does for a refused batch): its charge comes off the debt. A sync
-    /// that failed after some of its chunks went in is forgiven whole; it is rare (a full
-    /// queue, a failing disk) and the next exchange finds what it left.
+    /// (as hinted handoff does for a refused batch): the part of its charge not yet paid
+    /// comes off the debt. Debts are paid in the order they were charged, and a sync's steps
+    /// span ticks that pay, so by the time it fails some of its charge may be paid: only the
+    /// rest is forgiven, never debt owed for other work. (After another charge was forgiven
+    /// meanwhile this errs towards forgiving less.) A sync that failed after some of its
+    /// steps went in is forgiven the same; it is rare (a full queue, a failing disk) and the
+    /// next exchange finds what it left.
     fn forgive(&mut self, serving: &Serving) {
-        if let Serving::Sync { objects, .. } = serving {
-            self.debt = self.debt.saturating_sub(*objects);
+        if let Serving::Sync { objects, ahead, .. } = serving {
+            let paid = self.retired.saturating_sub(*ahead).min(*objects);
+            let unpaid = (objects - paid).min(self.debt);
+            self.debt -= unpaid;
+            self.retired += unpaid;
         }
     }
 
@@ -1239,10 +1272,10 @@ impl Machine for AntiEntropyMachine {
                 if self.serving.contains_key(&op) =>
             {
                 if let Some((origin, serving)) = self.serving.remove(&op) {
-                    if result.is_err() {
-                        self.forgive(&serving);
+                    match result {
+                        Ok(outcome) => self.on_served(origin, serving, outcome, out),
+                        Err(error) => self.not_served(origin, serving, error, out),
                     }
-                    self.on_served(origin, serving, result.map_err(|e| e.to_string()), out);
                 }
                 return;
             }
@@ -1351,8 +1384,7 @@ impl Machine for AntiEntropyMachine {
     fn on_refused(&mut self, now: Now, event: Event, error: ServiceError, out: &mut Outbox) {
         if let Event::Storage(StorageEvent { op, .. }) = &event {
             if let Some((origin, serving)) = self.serving.remove(op) {
-                self.forgive(&serving);
-                return out.reply(IntakeEvent::reply(origin, &Message::Error(error)));
+                return self.not_served(origin, serving, error, out);
             }
         }
         let op = match &event {

@@ -10,7 +10,8 @@
 //! - **idle foreground** (fewer than `idle_requests` requests in the window): the budget goes
 //!   straight to `max_rate` — nothing to protect, so background work runs at full speed;
 //! - **foreground back from idle**: the budget goes back to what it was before the idle spell
-//!   (at a node's start, the configured rates' sum). The idle ceiling is no measure of what a
+//!   (at a node's start, the one it started with: the configured rates' sum, where an
+//!   unlimited stage counts as `max_rate`). The idle ceiling is no measure of what a
 //!   busy foreground tolerates: kept, it let a backlog run at full speed until the first
 //!   missed target, and those periods were the worst of the foreground's tail. The floor is
 //!   no measure either: a node restarted with hints waiting for it (issue 9's benchmark) spent
@@ -18,7 +19,7 @@
 //!   tolerated;
 //! - **target missed** (over the window, and still in the newest period, so one slow period
 //!   that lingers in the window is cut for once): the rate the stages actually used (or the
-//!   budget, if lower) × the target / the signal that missed, but at least × `decrease_factor`
+//!   budget, if lower) × the target / the newest period's signal, but at least × `decrease_factor`
 //!   (multiplicative decrease of what is really spent, graded by the miss: a miss of 2× the
 //!   target at the default factor halves it, one of 1.2× cuts a sixth). A fixed halving for
 //!   every miss sawed a returning node's budget from 4-5k units/s down to 200-500 on signals
@@ -122,7 +123,7 @@ pub struct ControllerSettings {
     /// [1, 2]; 1: additive only.
     pub headroom_factor: f64,
     /// The deepest cut of a missed target, in (0, 1): the budget is multiplied by the target
-    /// over the signal that missed, but never by less than this.
+    /// over the newest period's signal, but never by less than this.
     pub decrease_factor: f64,
     /// The floor of every background stage, units per second: a backlog always drains.
     pub min_rate: u64,
@@ -358,7 +359,9 @@ impl ResourceController {
             .map(|(stage, _)| used_per_sec.get(stage).copied().unwrap_or(0))
             .sum();
         // No hysteresis around `idle_requests`: a foreground at the threshold swings between
-        // the ceiling and the floor, and the floor side of that swing is the safe one.
+        // the ceiling and the budget it had before, but the ceiling only ever serves a window
+        // of fewer than `idle_requests` requests, so few requests meet it, and a miss they
+        // see cuts the budget the next busy period.
         let was_idle = std::mem::replace(&mut self.idle, window_requests < settings.idle_requests);
         let target_us = settings.target_ms.saturating_mul(1000);
         let missed = signal_us.min(newest_us) > target_us;
@@ -382,9 +385,9 @@ impl ResourceController {
             // while the stages used a fraction of it would take many halvings to bite.
             let spent = self.budget.min((used as f64).max(floor));
             self.missed_at = spent;
-            // The miss both the window and the newest period agree on.
-            let miss_us = signal_us.min(newest_us) as f64;
-            let graded = target_us as f64 / miss_us;
+            // Graded by the newest period, the one the budget now in force shaped: a step
+            // up in load that the window has not caught up with yet is still halved.
+            let graded = target_us as f64 / newest_us as f64;
             self.budget = spent * graded.max(settings.decrease_factor);
             Step::Decrease
         } else if (used as f64) < GROW_WHEN_USED * self.budget {

@@ -228,6 +228,35 @@ fn a_sync_storage_refused_or_failed_is_not_charged() {
     machine.on_event(at(start, 5), opening(), &mut out);
     assert_eq!(refused_as_busy(&mut out), Some(false), "nothing owed");
 
+    // A sync failing after ticks paid part of its charge is forgiven only the rest: a
+    // charge made after it (another peer's sync) stays owed whole.
+    let mut machine = self::machine(Gate::new(Some(10), start));
+    machine.on_event(at(start, 0), sync_of(20, 4), &mut out);
+    let (first, _) = storage_sync(&mut out);
+    machine.on_tick(at(start, 10), &mut out); // pays the 4 the bucket holds
+    out.take();
+    assert_eq!(machine.debt, 16);
+    machine.on_event(at(start, 11), sync_of(20, 5), &mut out);
+    let (second, _) = storage_sync(&mut out);
+    assert_eq!(machine.debt, 36);
+    let failed = |op| {
+        AntiEntropyEvent::Storage(StorageDone {
+            op,
+            result: Err(ServiceError::Storage {
+                reason: "disk full".into(),
+            }),
+            durable: false,
+        })
+    };
+    machine.on_event(at(start, 12), failed(first), &mut out);
+    assert_eq!(
+        machine.debt, 20,
+        "the first's 16 unpaid forgiven, the second's 20 owed"
+    );
+    machine.on_event(at(start, 13), failed(second), &mut out);
+    assert_eq!(machine.debt, 0);
+    out.take();
+
     // Served: the charge stays until paid.
     machine.on_event(at(start, 6), sync_of(20, 3), &mut out);
     let (op, _) = storage_sync(&mut out);

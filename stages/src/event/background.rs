@@ -89,8 +89,8 @@ pub enum AaeRequest {
         /// The segments.
         segments: Vec<u16>,
     },
-    /// Merge these objects, then answer with this node's versions of `want` (the end of an
-    /// exchange).
+    /// Merge these objects and answer with this node's versions of `want` as they were
+    /// before the merge (the end of an exchange).
     Sync {
         /// The partition.
         partition: u32,

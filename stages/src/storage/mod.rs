@@ -460,9 +460,9 @@ impl Machine for StorageMachine {
     }
 
     /// A commit event found the commit queue full: its answers wait (`uncommitted`); the
-    /// commit stage stopped: they are answered with the error. The rest of a cut merge found
-    /// the queue full: the merge is answered `Overloaded` (the asker keeps what it sent and
-    /// tries again later).
+    /// commit stage stopped: they are answered with the error. The rest of a cut request (a
+    /// merge, reads, a digest scan) found the queue full: the request is answered
+    /// `Overloaded` (the asker keeps what it sent and tries again later).
     fn on_refused(&mut self, _now: Now, event: Event, error: ServiceError, out: &mut Outbox) {
         if let Event::Commit(commit) = event {
             if matches!(error, ServiceError::Overloaded { .. }) {

@@ -1072,3 +1072,36 @@ fn large_reads_and_digest_scans_yield_to_the_queue_in_steps() {
         other => panic!("the digests, not {other:?}"),
     }
 }
+
+/// Goal: a sync reads before it merges: a key it both merges and reads is answered as it
+/// was stored before (the asker merges that into its own and ends with the same union as
+/// this node), and is stored merged. Anti-entropy's exchange sends such a key both ways.
+#[test]
+fn a_sync_answers_a_key_it_also_merges_as_it_was_stored_before() {
+    let (_engine, mut machine) = memory_machine(SyncMode::None);
+    let version_of = |node: &str, value: u8| {
+        let mut set = VersionSet::new();
+        set.coordinate_put(&NodeId::new(node), &VClock::new(), Some(vec![value]), 1, 10)
+            .expect("a version");
+        set
+    };
+    let stored = version_of("a", 1);
+    let incoming = version_of("b", 2);
+    let first = StorageRequest::sync(vec![(b"k".to_vec(), stored.clone())], Vec::new());
+    let (done, _) = run_in_steps(&mut machine, first);
+    assert!(done.result.is_ok(), "{done:?}");
+
+    let both = StorageRequest::sync(vec![(b"k".to_vec(), incoming.clone())], vec![b"k".to_vec()]);
+    let (done, _) = run_in_steps(&mut machine, both);
+    match done.result {
+        Ok(StorageOutcome::Objects(read)) => {
+            assert_eq!(read, vec![(b"k".to_vec(), stored.clone())])
+        }
+        other => panic!("the read, not {other:?}"),
+    }
+    let mut union = stored;
+    union.merge(&incoming);
+    assert_eq!(union.len(), 2, "concurrent versions: siblings");
+    let now = machine.storage.store.read(b"k").expect("a read");
+    assert_eq!(now, union);
+}

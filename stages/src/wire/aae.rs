@@ -84,8 +84,9 @@ impl AaeObject {
     }
 }
 
-/// Replica → replica: merge these objects, then send me your versions of `want` (after the
-/// merge, so what comes back is what both now hold).
+/// Replica → replica: merge these objects and send me your versions of `want`, as they were
+/// before the merge (a key in both comes back as the answerer held it; the asker merging
+/// that ends with the same union as the answerer).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AaeSync {
     /// The partition (for logs and stats).
