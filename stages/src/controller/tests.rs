@@ -275,7 +275,7 @@ fn a_foreground_back_from_idle_resumes_the_budget_it_had_before() {
     assert_eq!((again.step, again.budget_per_sec), (Step::Resume, 1100));
 }
 
-/// Goal: a missed target cuts the budget by the target over the signal that missed (a mild
+/// Goal: a missed target cuts the budget by the target over the newest period's signal (a mild
 /// miss a little, a miss of twice the target or more by `decrease_factor`), so a budget
 /// near the rate the target holds at is not sawed far below it.
 #[test]

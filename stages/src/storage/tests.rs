@@ -789,17 +789,10 @@ fn overwrites_supersede_every_stored_version_on_both_engines() {
 fn a_large_merge_yields_to_the_queue_in_chunks_and_answers_once_when_whole() {
     let (engine, mut machine) = memory_machine(SyncMode::Always);
     let objects: Vec<(Vec<u8>, VersionSet)> = (0..70u8)
-        .map(|i| {
-            let mut set = VersionSet::new();
-            set.coordinate_put(&NodeId::new("peer"), &VClock::new(), Some(vec![i]), 1, 10)
-                .expect("a version");
-            (vec![b'k', i], set)
-        })
+        .map(|i| (vec![b'k', i], version_of("peer", i)))
         .collect();
     // A key stored before: a sync reads before it merges.
-    let mut kept = VersionSet::new();
-    kept.coordinate_put(&NodeId::new("peer"), &VClock::new(), Some(vec![1]), 1, 10)
-        .expect("a version");
+    let kept = version_of("peer", 1);
     let mut out = Outbox::new();
     let first = StorageRequest::sync(vec![(b"kept".to_vec(), kept)], Vec::new());
     whole_batch(
@@ -962,6 +955,20 @@ fn the_object_cache_always_agrees_with_the_engine() {
 
 /// Runs `request` as op 1 through the machine, playing storage's queue by hand with a
 /// foreground read arriving while each rest waits; returns the final answer and how many
+/// A version set of one version, written by `writer` with `value`.
+fn version_of(writer: &str, value: u8) -> VersionSet {
+    let mut set = VersionSet::new();
+    set.coordinate_put(
+        &NodeId::new(writer),
+        &VClock::new(),
+        Some(vec![value]),
+        1,
+        10,
+    )
+    .expect("a version");
+    set
+}
+
 /// rests were queued.
 fn run_in_steps(machine: &mut Pair, request: StorageRequest) -> (StorageDone, usize) {
     let mut queue = std::collections::VecDeque::from([event(1, request)]);
@@ -1006,12 +1013,7 @@ fn run_in_steps(machine: &mut Pair, request: StorageRequest) -> (StorageDone, us
 fn large_reads_and_digest_scans_yield_to_the_queue_in_steps() {
     let (_engine, mut machine) = memory_machine(SyncMode::None);
     let objects: Vec<(Vec<u8>, VersionSet)> = (0..600u16)
-        .map(|i| {
-            let mut set = VersionSet::new();
-            set.coordinate_put(&NodeId::new("peer"), &VClock::new(), Some(vec![1]), 1, 10)
-                .expect("a version");
-            (format!("key-{i}").into_bytes(), set)
-        })
+        .map(|i| (format!("key-{i}").into_bytes(), version_of("peer", 1)))
         .collect();
     let keys: Vec<Vec<u8>> = objects.iter().map(|(key, _)| key.clone()).collect();
     let (stored, _) = run_in_steps(&mut machine, StorageRequest::sync(objects, Vec::new()));
@@ -1079,12 +1081,6 @@ fn large_reads_and_digest_scans_yield_to_the_queue_in_steps() {
 #[test]
 fn a_sync_answers_a_key_it_also_merges_as_it_was_stored_before() {
     let (_engine, mut machine) = memory_machine(SyncMode::None);
-    let version_of = |node: &str, value: u8| {
-        let mut set = VersionSet::new();
-        set.coordinate_put(&NodeId::new(node), &VClock::new(), Some(vec![value]), 1, 10)
-            .expect("a version");
-        set
-    };
     let stored = version_of("a", 1);
     let incoming = version_of("b", 2);
     let first = StorageRequest::sync(vec![(b"k".to_vec(), stored.clone())], Vec::new());
