@@ -72,6 +72,8 @@ fn chain(batch_max: usize, spin_us: u64) -> Chain {
     let mut pool = WorkerPool::new(PoolSettings {
         workers: 2,
         spin: Duration::from_micros(spin_us),
+        thread_name: "worker",
+        nice_steps: 0,
     });
     let mut next: Option<StageSender<u64>> = None;
     let mut handles = Vec::new();

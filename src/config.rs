@@ -401,8 +401,12 @@ impl Default for TransferSection {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolSection {
-    /// Worker threads; 0 means one per core plus one.
+    /// Worker threads of the foreground stages; 0 means one per core plus one.
     pub workers: usize,
+    /// Worker threads of the background stages (repair, handoff, anti-entropy, transfer and
+    /// storage's background lane): only these run them, at `controller.background_nice`
+    /// below the node's priority while the controller is on.
+    pub background_workers: usize,
     /// Microseconds the one spinning worker polls for work after handling events, before it
     /// parks (0: never spin).
     pub spin_us: u64,
@@ -423,6 +427,7 @@ impl Default for PoolSection {
     fn default() -> Self {
         PoolSection {
             workers: 0,
+            background_workers: DEFAULT_BACKGROUND_WORKERS,
             spin_us: DEFAULT_SPIN_US,
             intake_runs: None,
             reply_writer_from: None,
@@ -479,6 +484,12 @@ const DEFAULT_BACKGROUND_RATE_PER_SEC: u64 = 1000;
 /// without a wake-up. Only one worker spins, and only after handling events: an idle node
 /// does not spin.
 const DEFAULT_SPIN_US: u64 = 200;
+/// One background worker: on two cores a second would only take more CPU from the
+/// foreground, and the background stages' gates pace their work anyway.
+const DEFAULT_BACKGROUND_WORKERS: usize = 1;
+/// The background workers' thread names (`background-0`, ...): the node finds them by it to
+/// lower their priority.
+pub const BACKGROUND_THREAD_NAME: &str = "background";
 /// Connections to write in one loop turn before the reply writer takes them, when no write
 /// waits for the disk (see [`Config::reply_writer_from`]).
 const DEFAULT_REPLY_WRITER_FROM: usize = 4;
@@ -505,7 +516,7 @@ impl Config {
 
     /// The rate of a background stage's gate (`None`: unlimited, or a foreground stage).
     pub fn stage_rate(&self, stage: StageId) -> Option<u64> {
-        if stage.class() != StageClass::Background {
+        if !stage.paced() {
             return None;
         }
         match self.tuning(stage).rate_per_sec {
@@ -542,6 +553,23 @@ impl Config {
                 n => n,
             },
             spin: Duration::from_micros(self.pool.spin_us),
+            thread_name: "worker",
+            nice_steps: 0,
+        }
+    }
+
+    /// The background pool's shape: its own workers, which never spin (background work can
+    /// wait a wake-up).
+    pub fn background_pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            workers: self.pool.background_workers,
+            spin: Duration::ZERO,
+            thread_name: BACKGROUND_THREAD_NAME,
+            nice_steps: if self.controller.enabled {
+                self.controller.background_nice
+            } else {
+                0
+            },
         }
     }
 

@@ -101,6 +101,8 @@ pub struct Node {
     stages: Vec<StageHandle>,
     /// The workers that serve them.
     pool: Option<WorkerPool>,
+    /// The background stages' workers.
+    background_pool: Option<WorkerPool>,
     logger: Logger,
 }
 
@@ -114,6 +116,7 @@ struct Receivers {
     anti_entropy: StageReceiver<shoal_stages::event::AntiEntropyEvent>,
     transfer: StageReceiver<shoal_stages::event::TransferEvent>,
     gossip: StageReceiver<shoal_stages::event::GossipEvent>,
+    background_storage: StageReceiver<shoal_stages::event::StorageEvent>,
     storage: StageReceiver<shoal_stages::event::StorageEvent>,
     commit: StageReceiver<shoal_stages::event::CommitEvent>,
 }
@@ -168,7 +171,8 @@ impl Node {
             warn!(logger, "stages.{stage}.spin_us is ignored: only the worker pool spins ([pool] spin_us)"; "stage" => %stage);
         }
         let mut pool = WorkerPool::new(config.pool_settings());
-        let (router, receivers, intake_rx) = queues(config, &socket, &pool);
+        let mut background = pool.beside(config.background_pool_settings());
+        let (router, receivers, intake_rx) = queues(config, &socket, &pool, &background);
         let node_id = node.clone();
         let shared = Shared {
             node,
@@ -181,8 +185,26 @@ impl Node {
             aae: AaeBoard::new(node_id.clone(), config.anti_entropy.enabled),
             logger: logger.clone(),
         };
-        let stages = add_pool_stages(config, &shared, &mut pool, receivers, initial);
+        let stages = add_pool_stages(
+            config,
+            &shared,
+            (&mut pool, &mut background),
+            receivers,
+            initial,
+        );
         pool.start().map_err(io_error("starting the worker pool"))?;
+        background
+            .start()
+            .map_err(io_error("starting the background workers"))?;
+        let steps = config.background_pool_settings().nice_steps;
+        if steps > 0 {
+            match background.nice_failures() {
+                0 => info!(logger, "background workers run at a lower CPU priority"; "by" => steps),
+                failed => {
+                    warn!(logger, "background workers could not lower their CPU priority"; "failed" => failed, "by" => steps)
+                }
+            }
+        }
         let intake_stop = Arc::new(AtomicBool::new(false));
         let machine = IntakeMachine::new(
             IntakeSettings {
@@ -274,6 +296,7 @@ impl Node {
             redis,
             stages,
             pool: Some(pool),
+            background_pool: Some(background),
             logger,
         })
     }
@@ -294,7 +317,7 @@ impl Node {
     }
 
     /// Stops the stages in stage-table order (intake, parse, coordinate, replicate, repair,
-    /// handoff, anti-entropy, transfer, gossip, storage, commit), each after its queue
+    /// handoff, anti-entropy, transfer, gossip, background storage, storage, commit), each after its queue
     /// drained; the commit stage flushes the journal last.
     pub fn shutdown(mut self) {
         if let Some(metrics) = self.metrics.take() {
@@ -320,6 +343,9 @@ impl Node {
         if let Some(pool) = self.pool.take() {
             pool.stop_and_join();
         }
+        if let Some(pool) = self.background_pool.take() {
+            pool.stop_and_join();
+        }
         info!(self.logger, "node stopped");
     }
 }
@@ -329,6 +355,7 @@ fn queues(
     config: &Config,
     socket: &IntakeSocket,
     pool: &WorkerPool,
+    background: &WorkerPool,
 ) -> (
     Router,
     Receivers,
@@ -339,11 +366,13 @@ fn queues(
     let (parse, parse_rx) = pool_queue(config, pool, StageId::Parse);
     let (coordinate, coordinate_rx) = pool_queue(config, pool, StageId::Coordinate);
     let (replicate, replicate_rx) = pool_queue(config, pool, StageId::Replicate);
-    let (repair, repair_rx) = pool_queue(config, pool, StageId::Repair);
-    let (handoff, handoff_rx) = pool_queue(config, pool, StageId::Handoff);
-    let (anti_entropy, anti_entropy_rx) = pool_queue(config, pool, StageId::AntiEntropy);
-    let (transfer, transfer_rx) = pool_queue(config, pool, StageId::Transfer);
+    let (repair, repair_rx) = pool_queue(config, background, StageId::Repair);
+    let (handoff, handoff_rx) = pool_queue(config, background, StageId::Handoff);
+    let (anti_entropy, anti_entropy_rx) = pool_queue(config, background, StageId::AntiEntropy);
+    let (transfer, transfer_rx) = pool_queue(config, background, StageId::Transfer);
     let (gossip, gossip_rx) = pool_queue(config, pool, StageId::Gossip);
+    let (background_storage, background_storage_rx) =
+        pool_queue(config, background, StageId::BackgroundStorage);
     let (storage, storage_rx) = pool_queue(config, pool, StageId::Storage);
     let (commit, commit_rx) = pool_queue(config, pool, StageId::Commit);
     let router = Router {
@@ -356,6 +385,7 @@ fn queues(
         anti_entropy,
         transfer,
         gossip,
+        background_storage,
         storage,
         commit,
     };
@@ -368,6 +398,7 @@ fn queues(
         anti_entropy: anti_entropy_rx,
         transfer: transfer_rx,
         gossip: gossip_rx,
+        background_storage: background_storage_rx,
         storage: storage_rx,
         commit: commit_rx,
     };
@@ -400,11 +431,12 @@ fn spawn<M: Machine>(
 
 /// Adds every pool stage; returns them in shutdown (stage-table) order. Workers serve the
 /// stages in the order they are added: the end of the pipeline first (storage, then the
-/// stages that answer), so a worker finishes requests before it takes new ones.
+/// stages that answer), so a worker finishes requests before it takes new ones. Background
+/// stages go to the background pool, whose workers serve only them.
 fn add_pool_stages(
     config: &Config,
     shared: &Shared,
-    pool: &mut WorkerPool,
+    (pool, background): (&mut WorkerPool, &mut WorkerPool),
     receivers: Receivers,
     membership: Membership,
 ) -> Vec<StageHandle> {
@@ -433,6 +465,25 @@ fn add_pool_stages(
             )
         },
     );
+    let background_storage_logger = shared
+        .logger
+        .new(o!("stage" => StageId::BackgroundStorage.name()));
+    let background_storage = spawn(
+        config,
+        shared,
+        background,
+        StageId::BackgroundStorage,
+        receivers.background_storage,
+        |index| {
+            // Never index 0: the foreground lane's first worker asks for the periodic flush.
+            StorageMachine::new(
+                index + 1,
+                shared.store.clone(),
+                storage_settings.clone(),
+                background_storage_logger.clone(),
+            )
+        },
+    );
     let commit_logger = shared.logger.new(o!("stage" => StageId::Commit.name()));
     let commit = spawn(
         config,
@@ -445,7 +496,7 @@ fn add_pool_stages(
     let handoff = spawn(
         config,
         shared,
-        pool,
+        background,
         StageId::Handoff,
         receivers.handoff,
         |_| {
@@ -475,7 +526,7 @@ fn add_pool_stages(
     let anti_entropy = spawn(
         config,
         shared,
-        pool,
+        background,
         StageId::AntiEntropy,
         receivers.anti_entropy,
         |_| {
@@ -529,7 +580,7 @@ fn add_pool_stages(
     let transfer = spawn(
         config,
         shared,
-        pool,
+        background,
         StageId::Transfer,
         receivers.transfer,
         |_| {
@@ -546,7 +597,7 @@ fn add_pool_stages(
     let repair = spawn(
         config,
         shared,
-        pool,
+        background,
         StageId::Repair,
         receivers.repair,
         |_| RepairMachine::new(shared.node.clone(), gate(shared, StageId::Repair)),
@@ -604,6 +655,7 @@ fn add_pool_stages(
         anti_entropy,
         transfer,
         gossip,
+        background_storage,
         storage,
         commit,
     ]

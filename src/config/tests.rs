@@ -94,6 +94,12 @@ fn bad_values_are_named() {
         ("[controller]\nmin_rate = 0\n", "controller.min_rate"),
         ("[controller]\nstorage_nice = 20\n", "controller.storage_nice"),
         ("[controller]\nstorage_nice = -1\n", "controller.storage_nice"),
+        ("[controller]\nbackground_nice = 20\n", "controller.background_nice"),
+        ("[pool]\nbackground_workers = 0\n", "pool.background_workers"),
+        (
+            "[stages.background_storage]\nrate_per_sec = 10\n",
+            "stages.background_storage.rate_per_sec",
+        ),
         ("[controller]\nmin_rate = 10\nmax_rate = 5\n", "controller.min_rate"),
         ("[controller]\nmax_rate = 1000000000000\n", "controller.max_rate"),
         ("[controller]\nmax_rate = 0\n", "controller.max_rate"),

@@ -212,6 +212,12 @@ impl Config {
                 "must be in 0..=19 (steps of nice below the node's own; 0: none)",
             ));
         }
+        if !(0..=19).contains(&c.background_nice) {
+            return Err(invalid(
+                "controller.background_nice",
+                "must be in 0..=19 (steps of nice below the node's own; 0: none)",
+            ));
+        }
         if c.increase_per_period == 0 || c.increase_per_period > c.max_rate {
             return Err(invalid(
                 "controller.increase_per_period",
@@ -226,8 +232,11 @@ impl Config {
         }
         for (stage, share) in &c.shares {
             let key = format!("controller.shares.{stage}");
-            if stage.class() != StageClass::Background {
-                return Err(invalid(&key, "only background stages have a share"));
+            if !stage.paced() {
+                return Err(invalid(
+                    &key,
+                    "only background stages with a gate have a share",
+                ));
             }
             if *share == 0 || *share > 1000 {
                 return Err(invalid(&key, "must be in 1..=1000"));
@@ -300,6 +309,12 @@ impl Config {
     }
 
     pub(super) fn validate_stages(&self) -> Result<(), ConfigError> {
+        if !(1..=64).contains(&self.pool.background_workers) {
+            return Err(invalid(
+                "pool.background_workers",
+                "must be in 1..=64 (background stages run only on these threads)",
+            ));
+        }
         if self.pool.workers > 256 {
             return Err(invalid(
                 "pool.workers",
@@ -349,10 +364,11 @@ impl Config {
             if tuning.spin_us.is_some_and(|s| s > 100_000) {
                 return Err(invalid(&key("spin_us"), "must be at most 100000"));
             }
-            if stage.class() == StageClass::Foreground && tuning.rate_per_sec.is_some() {
+            if !stage.paced() && tuning.rate_per_sec.is_some() {
                 return Err(invalid(
                     &key("rate_per_sec"),
-                    "only background stages take a rate",
+                    "only background stages with a gate take a rate (storage's background \
+                     lane is paced by the stages that ask it)",
                 ));
             }
             if tuning.rate_per_sec.is_some_and(|r| r > MAX_RATE_PER_SEC) {

@@ -139,6 +139,12 @@ pub struct ControllerSettings {
     /// nice 19): the cost of delivered background writes that no gate paces (see
     /// [`crate::storage::cpu_priority`]).
     pub storage_nice: i32,
+    /// How many steps of nice (0..=19) the background workers (`[pool] background_workers`:
+    /// the threads that run hinted handoff, anti-entropy, transfers, read repair and storage's
+    /// background lane) run below the node's own priority while the controller is enabled:
+    /// the kernel then gives a waking foreground thread the core at once, between two
+    /// periods of the controller as well as within them.
+    pub background_nice: i32,
 }
 
 impl Default for ControllerSettings {
@@ -157,6 +163,7 @@ impl Default for ControllerSettings {
             idle_requests: 100,
             shares: BTreeMap::new(),
             storage_nice: 10,
+            background_nice: 10,
         }
     }
 }

@@ -70,6 +70,7 @@ fn admin_stats_json_lists_every_stage_with_the_documented_fields() {
             "anti_entropy",
             "transfer",
             "gossip",
+            "background_storage",
             "storage",
             "commit"
         ]

@@ -179,34 +179,53 @@ fn own_nice() -> i64 {
 }
 
 /// Goal: with the controller on, the storage engine's flush and compaction threads run
-/// `controller.storage_nice` steps below the node's priority and every other thread of the
-/// node at it; with the controller off, every thread keeps the node's priority. Method: a
-/// real node process each way, its threads read from /proc; the node's priority is the one
-/// this test runs at.
+/// `controller.storage_nice` steps below the node's priority, the background workers
+/// `controller.background_nice` steps below it, and every other thread of the node at it;
+/// with the controller off, every thread keeps the node's priority. Method: a real node
+/// process each way, its threads read from /proc; the node's priority is the one this test
+/// runs at.
 #[test]
-fn the_controller_lowers_the_storage_engines_cpu_priority_and_only_that() {
+fn the_controller_lowers_the_storage_engine_and_background_workers_priority_and_only_those() {
     use super::support::{config_text, write_config, NodeProcess};
     let base = own_nice();
-    for (extra, step) in [
-        ("[controller]\nstorage_nice = 5\n", 5),
-        ("[controller]\nenabled = false\nstorage_nice = 5\n", 0),
+    for (extra, engine_step, background_step) in [
+        (
+            "[controller]\nstorage_nice = 5\nbackground_nice = 3\n",
+            5,
+            3,
+        ),
+        (
+            "[controller]\nenabled = false\nstorage_nice = 5\nbackground_nice = 3\n",
+            0,
+            0,
+        ),
     ] {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = write_config(dir.path(), &config_text(dir.path(), extra));
         let node = NodeProcess::start(&path);
         let threads = thread_nices(node.child.id());
-        let engine: Vec<i64> = threads
-            .iter()
-            .filter(|(name, _)| name == "fjall:worker")
-            .map(|(_, nice)| *nice)
-            .collect();
-        assert!(!engine.is_empty(), "fjall's workers are found by name");
-        let expected = (base + step).min(19);
-        assert!(
-            engine.iter().all(|&nice| nice == expected),
-            "{extra}: engine threads {engine:?}, expected {expected}"
-        );
-        for (name, nice) in threads.iter().filter(|(name, _)| name != "fjall:worker") {
+        let of = |prefix: &str| -> Vec<i64> {
+            threads
+                .iter()
+                .filter(|(name, _)| name.starts_with(prefix))
+                .map(|(_, nice)| *nice)
+                .collect()
+        };
+        for (prefix, step) in [
+            ("fjall:worker", engine_step),
+            ("background-", background_step),
+        ] {
+            let found = of(prefix);
+            assert!(!found.is_empty(), "{prefix} threads are found by name");
+            let expected = (base + step).min(19);
+            assert!(
+                found.iter().all(|&nice| nice == expected),
+                "{extra}: {prefix} threads {found:?}, expected {expected}"
+            );
+        }
+        for (name, nice) in threads.iter().filter(|(name, _)| {
+            !name.starts_with("fjall:worker") && !name.starts_with("background-")
+        }) {
             assert_eq!(
                 *nice, base,
                 "{extra}: thread {name} keeps the node's priority"

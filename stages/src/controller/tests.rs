@@ -20,6 +20,7 @@ fn settings() -> ControllerSettings {
             .into_iter()
             .collect(),
         storage_nice: 10,
+        background_nice: 10,
     }
 }
 

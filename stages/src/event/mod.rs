@@ -70,6 +70,7 @@ impl Event {
             Event::AntiEntropy(_) => StageId::AntiEntropy,
             Event::Transfer(_) => StageId::Transfer,
             Event::Gossip(_) => StageId::Gossip,
+            Event::Storage(e) if e.reply_to.background() => StageId::BackgroundStorage,
             Event::Storage(_) => StageId::Storage,
             Event::Commit(_) => StageId::Commit,
         }
@@ -137,6 +138,16 @@ pub enum ReplyTo {
 }
 
 impl ReplyTo {
+    /// Whether the asker is a background stage (hinted handoff, anti-entropy, transfer, or a
+    /// read repair nobody waits for): its storage requests go to storage's background lane
+    /// ([`StageId::BackgroundStorage`]), so they never hold up a client's on the intake's loop.
+    pub fn background(self) -> bool {
+        matches!(
+            self,
+            ReplyTo::Handoff | ReplyTo::AntiEntropy | ReplyTo::Transfer | ReplyTo::Nobody
+        )
+    }
+
     /// The event that carries a storage answer to its asker (`None`: nobody is waiting).
     pub fn storage_done(self, done: StorageDone) -> Option<Event> {
         match self {

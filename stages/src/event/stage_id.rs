@@ -51,6 +51,11 @@ pub enum StageId {
     Transfer,
     /// Gossip: the membership, its merges with peers, and the operator's changes to it.
     Gossip,
+    /// Storage's background lane: the same database, serving only what background stages ask
+    /// (hint scans and merges, anti-entropy's digests and syncs, transfers, read repairs), on
+    /// the background workers, never on the intake's loop. Not paced itself: the stages that
+    /// ask take their tokens before they ask.
+    BackgroundStorage,
     /// Storage: the node's database.
     Storage,
     /// The journal flush (group commit): answers the writes that must be on disk once one
@@ -86,7 +91,7 @@ pub struct StageRow {
 
 impl StageId {
     /// Every stage, in pipeline (and shutdown) order.
-    pub const ALL: [StageId; 11] = [
+    pub const ALL: [StageId; 12] = [
         StageId::Intake,
         StageId::Parse,
         StageId::Coordinate,
@@ -96,6 +101,7 @@ impl StageId {
         StageId::AntiEntropy,
         StageId::Transfer,
         StageId::Gossip,
+        StageId::BackgroundStorage,
         StageId::Storage,
         StageId::Commit,
     ];
@@ -116,6 +122,10 @@ impl StageId {
             // Foreground: the membership must converge even while background work is paused,
             // and a round costs one small message a second.
             StageId::Gossip => ("gossip", Foreground, 1, true, 1024, 64, 100),
+            // One slot: one background worker by default, and its work is paced upstream.
+            StageId::BackgroundStorage => {
+                ("background_storage", Background, 1, false, 1024, 64, 100)
+            }
             StageId::Storage => ("storage", Foreground, 2, false, 1024, 64, 100),
             // One slot: while it flushes, the next writes queue and share the next flush.
             StageId::Commit => ("commit", Foreground, 1, true, 4096, 1024, 100),
@@ -139,6 +149,12 @@ impl StageId {
     /// The stage's class.
     pub const fn class(self) -> StageClass {
         self.row().class
+    }
+
+    /// Whether the stage takes tokens from a gate of its own (every background stage but
+    /// storage's background lane, whose work was paid for by the stage that asked for it).
+    pub fn paced(self) -> bool {
+        self.class() == StageClass::Background && self != StageId::BackgroundStorage
     }
 }
 

@@ -17,7 +17,7 @@ use super::peers::{PeerLinks, Route};
 use crate::error::ServiceError;
 use crate::event::{
     encode_reply, ConnId, Event, GateChange, IntakeEvent, Now, Origin, ParseEvent, ReplicateEvent,
-    SocketCommand, StageClass, StageId,
+    SocketCommand, StageId,
 };
 use crate::membership::MembershipView;
 use crate::seda::{Machine, Outbox, MAX_RATE_PER_SEC};
@@ -523,12 +523,12 @@ fn gate_change(message: Message) -> Result<GateChange, ServiceError> {
         });
     };
     let background = |name: &str| match name.parse::<StageId>() {
-        Ok(stage) if stage.class() == StageClass::Background => Ok(stage),
+        Ok(stage) if stage.paced() => Ok(stage),
         _ => Err(ServiceError::NotABackgroundStage {
             name: name.to_string(),
             known: StageId::ALL
                 .into_iter()
-                .filter(|s| s.class() == StageClass::Background)
+                .filter(|s| s.paced())
                 .map(StageId::name)
                 .collect::<Vec<_>>()
                 .join(", "),

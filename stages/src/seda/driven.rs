@@ -37,17 +37,20 @@ pub struct Router {
     pub transfer: StageSender<TransferEvent>,
     /// Gossip.
     pub gossip: StageSender<GossipEvent>,
+    /// Storage's background lane: storage requests of background stages.
+    pub background_storage: StageSender<StorageEvent>,
     /// Storage.
     pub storage: StageSender<StorageEvent>,
     /// The journal flush (group commit).
     pub commit: StageSender<CommitEvent>,
 }
 
-/// Sends through one typed sender, giving the event back as an [`Event`] when refused.
+/// Sends through one typed sender, giving the event back as an [`Event`] when refused. `$e`
+/// names the event inside each arm's sender expression (storage picks its lane by it).
 macro_rules! route {
-    ($self:ident, $event:ident, $method:ident, [$($variant:ident => $field:ident),*]) => {
+    ($event:ident, $method:ident, $e:ident, [$($variant:ident => $sender:expr),*]) => {
         match $event {
-            $(Event::$variant(e) => $self.$field.$method(e).map_err(|refused| match refused {
+            $(Event::$variant($e) => $sender.$method($e).map_err(|refused| match refused {
                 SendError::Full(e) => (Refusal::Full, Event::$variant(e)),
                 SendError::Closed(e) => (Refusal::Closed, Event::$variant(e)),
             }),)*
@@ -61,18 +64,28 @@ macro_rules! route {
 impl Router {
     /// Queues an event if its stage has room; otherwise gives it back with the reason.
     pub fn try_send(&self, event: Event) -> Result<(), (Refusal, Event)> {
-        route!(self, event, try_send, [Intake => intake, Parse => parse,
-            Coordinate => coordinate, Replicate => replicate, Repair => repair,
-            Handoff => handoff, AntiEntropy => anti_entropy, Transfer => transfer, Gossip => gossip,
-            Storage => storage, Commit => commit])
+        route!(event, try_send, e, [Intake => self.intake, Parse => self.parse,
+            Coordinate => self.coordinate, Replicate => self.replicate, Repair => self.repair,
+            Handoff => self.handoff, AntiEntropy => self.anti_entropy, Transfer => self.transfer,
+            Gossip => self.gossip, Storage => self.storage_lane(&e), Commit => self.commit])
     }
 
     /// Queues an event, waiting for room; gives it back only if the stage stopped.
     pub fn send(&self, event: Event) -> Result<(), (Refusal, Event)> {
-        route!(self, event, send, [Intake => intake, Parse => parse,
-            Coordinate => coordinate, Replicate => replicate, Repair => repair,
-            Handoff => handoff, AntiEntropy => anti_entropy, Transfer => transfer, Gossip => gossip,
-            Storage => storage, Commit => commit])
+        route!(event, send, e, [Intake => self.intake, Parse => self.parse,
+            Coordinate => self.coordinate, Replicate => self.replicate, Repair => self.repair,
+            Handoff => self.handoff, AntiEntropy => self.anti_entropy, Transfer => self.transfer,
+            Gossip => self.gossip, Storage => self.storage_lane(&e), Commit => self.commit])
+    }
+
+    /// The storage queue a request goes to: the background lane if a background stage asked
+    /// (the same rule as [`Event::stage`]).
+    fn storage_lane(&self, event: &StorageEvent) -> &StageSender<StorageEvent> {
+        if event.reply_to.background() {
+            &self.background_storage
+        } else {
+            &self.storage
+        }
     }
 
     /// Events waiting in a stage's queue now.
@@ -87,6 +100,7 @@ impl Router {
             StageId::AntiEntropy => self.anti_entropy.depth(),
             StageId::Transfer => self.transfer.depth(),
             StageId::Gossip => self.gossip.depth(),
+            StageId::BackgroundStorage => self.background_storage.depth(),
             StageId::Storage => self.storage.depth(),
             StageId::Commit => self.commit.depth(),
         }
@@ -107,6 +121,7 @@ impl Router {
                     StageId::AntiEntropy => self.anti_entropy.exported(),
                     StageId::Transfer => self.transfer.exported(),
                     StageId::Gossip => self.gossip.exported(),
+                    StageId::BackgroundStorage => self.background_storage.exported(),
                     StageId::Storage => self.storage.exported(),
                     StageId::Commit => self.commit.exported(),
                 };
@@ -129,6 +144,7 @@ impl Router {
                 StageId::AntiEntropy => self.anti_entropy.snapshot(),
                 StageId::Transfer => self.transfer.snapshot(),
                 StageId::Gossip => self.gossip.snapshot(),
+                StageId::BackgroundStorage => self.background_storage.snapshot(),
                 StageId::Storage => self.storage.snapshot(),
                 StageId::Commit => self.commit.snapshot(),
             })
@@ -286,5 +302,76 @@ impl<M: Machine> Stage for Driven<M> {
     fn on_stop(&mut self) {
         self.machine.on_stop(&mut self.outbox);
         self.deliver(Now::real());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{OpId, ReplyTo, StorageRequest};
+    use crate::seda::{stage_queue, StageReceiver, StageSpec};
+
+    fn queue<E>(stage: StageId) -> (StageSender<E>, StageReceiver<E>) {
+        let row = stage.row();
+        let spec = StageSpec {
+            name: row.name,
+            class: row.class,
+            threads: row.threads,
+            queue_capacity: row.queue_capacity,
+            batch_max: row.batch_max,
+            tick: Duration::from_millis(row.tick_ms),
+        };
+        stage_queue(&spec, None)
+    }
+
+    fn storage_request(reply_to: ReplyTo) -> Event {
+        Event::Storage(StorageEvent {
+            op: OpId(1),
+            reply_to,
+            request: StorageRequest::PendingHints,
+        })
+    }
+
+    /// Goal: a storage request from a background stage (handoff, anti-entropy, transfer, or
+    /// a read repair nobody waits for) lands in storage's background lane, the one the intake's
+    /// loop never runs; a client's or gossip's lands in storage's own queue. `Event::stage`
+    /// names the queue the router uses (the simulator routes by it).
+    #[test]
+    fn background_stages_storage_requests_go_to_storages_background_lane() {
+        let (background_storage, background_rx) = queue(StageId::BackgroundStorage);
+        let (storage, storage_rx) = queue(StageId::Storage);
+        let router = Router {
+            intake: queue(StageId::Intake).0,
+            parse: queue(StageId::Parse).0,
+            coordinate: queue(StageId::Coordinate).0,
+            replicate: queue(StageId::Replicate).0,
+            repair: queue(StageId::Repair).0,
+            handoff: queue(StageId::Handoff).0,
+            anti_entropy: queue(StageId::AntiEntropy).0,
+            transfer: queue(StageId::Transfer).0,
+            gossip: queue(StageId::Gossip).0,
+            background_storage,
+            storage,
+            commit: queue(StageId::Commit).0,
+        };
+        let background = [
+            ReplyTo::Handoff,
+            ReplyTo::AntiEntropy,
+            ReplyTo::Transfer,
+            ReplyTo::Nobody,
+        ];
+        for reply_to in background {
+            let event = storage_request(reply_to);
+            assert_eq!(event.stage(), StageId::BackgroundStorage, "{reply_to}");
+            assert!(router.try_send(event).is_ok());
+        }
+        for reply_to in [ReplyTo::Coordinate, ReplyTo::Gossip] {
+            let event = storage_request(reply_to);
+            assert_eq!(event.stage(), StageId::Storage, "{reply_to}");
+            assert!(router.send(event).is_ok());
+        }
+        assert_eq!(router.depth(StageId::BackgroundStorage), background.len());
+        assert_eq!(router.depth(StageId::Storage), 2);
+        drop((background_rx, storage_rx));
     }
 }

@@ -11,7 +11,7 @@
 //! on the rate and the `now` passed in, so the simulator still replays a seed exactly.
 
 use super::rate_gate::RateGate;
-use crate::event::{StageClass, StageId};
+use crate::event::StageId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -236,11 +236,12 @@ pub struct GateRegistry {
 }
 
 impl GateRegistry {
-    /// A gate for every background stage of the table, at the rate `rate_of` gives it.
+    /// A gate for every paced background stage of the table ([`StageId::paced`]), at the rate
+    /// `rate_of` gives it.
     pub fn new(rate_of: impl Fn(StageId) -> Option<u64>, now: Instant) -> GateRegistry {
         let gates = StageId::ALL
             .into_iter()
-            .filter(|stage| stage.class() == StageClass::Background)
+            .filter(|stage| stage.paced())
             .map(|stage| (stage, Gate::new(rate_of(stage), now)))
             .collect();
         GateRegistry {

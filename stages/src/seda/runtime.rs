@@ -21,11 +21,19 @@
 //!   send) from a worker runs a batch of the full stage on the sending worker instead of
 //!   waiting for a worker that may never come (see [`Wake::help`]). The blocking edges form no
 //!   cycle (ARCHITECTURE.md), so this nests at most as deep as the pipeline.
+//! - **Pools of one family.** A node runs two pools: the foreground's, and a small one for the
+//!   background stages whose threads run at a lower CPU priority ([`WorkerPool::beside`]).
+//!   Each pool's workers serve only its own stages, but a blocked send helps across the family
+//!   (a worker of either pool, or the intake's loop, runs the full stage of the other), so
+//!   splitting the stages over two pools adds no way to deadlock.
 
 use super::{Queued, StageReceiver, StageSpec, StageStats, Wake};
+use crate::storage::cpu_priority::lower_own_priority;
 use crossbeam_channel::Receiver;
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+/// The last family number given out (see [`WorkerPool::beside`]); 0 means "no family".
+static FAMILIES: AtomicUsize = AtomicUsize::new(0);
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -62,8 +70,13 @@ pub trait Stage: Send + 'static {
 /// The pool's shape: `[pool]` in the config.
 #[derive(Clone, Debug)]
 pub struct PoolSettings {
-    /// Worker threads serving every stage but the intake.
+    /// Worker threads serving the pool's stages.
     pub workers: usize,
+    /// The workers' thread names: this, a dash and the worker's index.
+    pub thread_name: &'static str,
+    /// Steps of nice (0..=19) the workers run below the process's priority (0: none): each
+    /// worker lowers itself as it starts (the background pool's, while the controller is on).
+    pub nice_steps: i32,
     /// How long the one spinning worker polls for work after a pass that handled events,
     /// before it parks.
     pub spin: Duration,
@@ -79,6 +92,8 @@ impl PoolSettings {
 thread_local! {
     /// The pool this thread works for (its address), 0 on other threads.
     static WORKER_OF: Cell<usize> = const { Cell::new(0) };
+    /// The family of that pool (see [`WorkerPool::beside`]), 0 on other threads.
+    static FAMILY_OF: Cell<usize> = const { Cell::new(0) };
     /// The stages of the domain this thread runs (see [`Domain`]), if it is not a worker.
     static DOMAIN_STAGES: RefCell<Option<Vec<&'static str>>> = const { RefCell::new(None) };
     /// Whether this worker is running a background stage's batch: its sends then wake a
@@ -106,6 +121,8 @@ trait Runnable: Send + Sync {
 
 /// What a pool's workers share.
 struct PoolShared {
+    /// The pools whose blocked sends help each other (see [`WorkerPool::beside`]).
+    family: usize,
     epoch: Instant,
     spin: Duration,
     stages: OnceLock<Vec<Arc<dyn Runnable>>>,
@@ -122,6 +139,10 @@ struct PoolShared {
     keeper_until: AtomicU64,
     keeper: Mutex<Option<Thread>>,
     shutdown: AtomicBool,
+    /// Workers that have started (and tried to lower their priority).
+    started: AtomicUsize,
+    /// Workers that could not lower their priority.
+    nice_failures: AtomicUsize,
 }
 
 impl PoolShared {
@@ -305,9 +326,24 @@ impl WorkerPool {
     /// A pool not yet started: queues take its [`WorkerPool::waker`], stages are added with
     /// [`WorkerPool::add_stage`], then [`WorkerPool::start`] starts the workers.
     pub fn new(settings: PoolSettings) -> WorkerPool {
+        let family = FAMILIES.fetch_add(1, Ordering::Relaxed) + 1;
+        WorkerPool::in_family(settings, family, Instant::now())
+    }
+
+    /// A second pool of the same family: its workers serve only the stages added to it (a
+    /// node's background stages, on threads it runs at a lower CPU priority), and a send
+    /// blocked on a full queue of either pool, from a worker of either or from a domain,
+    /// runs a batch of the full stage itself, as inside one pool (see [`Wake::help`]). Its
+    /// ticks keep this pool's epoch.
+    pub fn beside(&self, settings: PoolSettings) -> WorkerPool {
+        WorkerPool::in_family(settings, self.shared.family, self.shared.epoch)
+    }
+
+    fn in_family(settings: PoolSettings, family: usize, epoch: Instant) -> WorkerPool {
         WorkerPool {
             shared: Arc::new(PoolShared {
-                epoch: Instant::now(),
+                family,
+                epoch,
                 spin: settings.spin,
                 stages: OnceLock::new(),
                 spinning: AtomicUsize::new(0),
@@ -316,6 +352,8 @@ impl WorkerPool {
                 keeper_until: AtomicU64::new(NEVER),
                 keeper: Mutex::new(None),
                 shutdown: AtomicBool::new(false),
+                started: AtomicUsize::new(0),
+                nice_failures: AtomicUsize::new(0),
             }),
             settings,
             stages: Vec::new(),
@@ -387,20 +425,42 @@ impl WorkerPool {
         }
     }
 
-    /// Starts the workers. Stages are served in the order they were added.
+    /// Starts the workers and returns once each has started (and, with `nice_steps`, tried
+    /// to lower its priority: see [`WorkerPool::nice_failures`]). Stages are served in the
+    /// order they were added.
     pub fn start(&mut self) -> std::io::Result<()> {
         let stages = std::mem::take(&mut self.stages);
         if self.shared.stages.set(stages).is_err() {
             return Ok(()); // already started
         }
-        for index in 0..self.settings.workers.max(1) {
+        let workers = self.settings.workers.max(1);
+        for index in 0..workers {
             let shared = Arc::clone(&self.shared);
+            let nice_steps = self.settings.nice_steps;
             let thread = std::thread::Builder::new()
-                .name(format!("worker-{index}"))
-                .spawn(move || work(&shared, index))?;
+                .name(format!("{}-{index}", self.settings.thread_name))
+                .spawn(move || {
+                    if nice_steps > 0 && lower_own_priority(nice_steps).is_err() {
+                        shared.nice_failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                    shared.started.fetch_add(1, Ordering::SeqCst);
+                    work(&shared, index)
+                })?;
             self.threads.push(thread);
         }
+        // A thread starts within microseconds; the bound only keeps a wedged box from
+        // hanging the node's start.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.shared.started.load(Ordering::SeqCst) < workers && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
         Ok(())
+    }
+
+    /// Workers that could not lower their priority by `nice_steps` (they run at the
+    /// process's own).
+    pub fn nice_failures(&self) -> usize {
+        self.shared.nice_failures.load(Ordering::SeqCst)
     }
 
     /// Stops the workers (stop the stages first, with their handles, in shutdown order).
@@ -417,6 +477,7 @@ impl WorkerPool {
 /// A worker's life: passes over every stage until the pool shuts down.
 fn work(shared: &Arc<PoolShared>, index: usize) {
     WORKER_OF.with(|w| w.set(shared.id()));
+    FAMILY_OF.with(|f| f.set(shared.family));
     loop {
         let mut handled_events = false;
         let now = Instant::now();

@@ -73,6 +73,8 @@ pub struct Machines {
     anti_entropy: AntiEntropyMachine,
     transfer: TransferMachine,
     gossip: GossipMachine,
+    /// Storage's background lane: its own machine over the same store, as on a real node.
+    background_storage: StorageMachine,
     storage: StorageMachine,
     commit: CommitMachine,
 }
@@ -249,6 +251,13 @@ impl SimNode {
                 base,
                 logger.clone(),
             ),
+            // Worker 1: only the foreground lane's first worker flushes periodically.
+            background_storage: StorageMachine::new(
+                1,
+                store.clone(),
+                storage.clone(),
+                logger.clone(),
+            ),
             storage: StorageMachine::new(0, store.clone(), storage, logger.clone()),
             commit: CommitMachine::new(store.clone(), logger),
         });
@@ -334,6 +343,9 @@ impl Machines {
             Event::AntiEntropy(e) => run(&mut self.anti_entropy, now, Some(e), post),
             Event::Transfer(e) => run(&mut self.transfer, now, Some(e), post),
             Event::Gossip(e) => run(&mut self.gossip, now, Some(e), post),
+            Event::Storage(e) if e.reply_to.background() => {
+                run(&mut self.background_storage, now, Some(e), post)
+            }
             Event::Storage(e) => run(&mut self.storage, now, Some(e), post),
             Event::Commit(e) => run(&mut self.commit, now, Some(e), post),
         }
@@ -351,6 +363,7 @@ impl Machines {
             StageId::AntiEntropy => run(&mut self.anti_entropy, now, None, post),
             StageId::Transfer => run(&mut self.transfer, now, None, post),
             StageId::Gossip => run(&mut self.gossip, now, None, post),
+            StageId::BackgroundStorage => run(&mut self.background_storage, now, None, post),
             StageId::Storage => run(&mut self.storage, now, None, post),
             StageId::Commit => run(&mut self.commit, now, None, post),
         }

@@ -487,7 +487,7 @@ impl World {
             };
             let incarnation = *incarnation;
             let mut schedule = |stage: StageId, event: Event| {
-                let hop = if stage == StageId::Storage {
+                let hop = if matches!(stage, StageId::Storage | StageId::BackgroundStorage) {
                     sched.rng.range(50, 400) // a write and its share of a group commit
                 } else {
                     sched.rng.range(5, 50)

@@ -2,7 +2,7 @@
 //! some stages between its turns) and the [`Wake`] every pool stage's queue pokes, which
 //! decides whether a send wakes a worker and what a blocked send does instead of waiting.
 
-use super::{PoolShared, Runnable, DOMAIN_STAGES, IN_BACKGROUND, WORKER_OF};
+use super::{PoolShared, Runnable, DOMAIN_STAGES, FAMILY_OF, IN_BACKGROUND, WORKER_OF};
 use crate::seda::{Help, Wake};
 use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
@@ -25,6 +25,7 @@ impl Domain {
     /// stage. Call once, on the thread that will call [`Domain::run_pass`].
     pub fn enter(&self) {
         WORKER_OF.with(|w| w.set(self.shared.id()));
+        FAMILY_OF.with(|f| f.set(self.shared.family));
         DOMAIN_STAGES.with(|d| *d.borrow_mut() = Some(self.names.clone()));
     }
 
@@ -115,7 +116,10 @@ impl Wake for PoolWake {
     }
 
     fn help(&self) -> Help {
-        if !self.on_worker() {
+        // Any thread of the family runs the full stage: a background worker blocked on a
+        // foreground queue, or the loop on a background one, must not wait for a worker of
+        // the other pool that may itself wait for it.
+        if FAMILY_OF.with(|f| f.get()) != self.shared.family {
             return Help::Block;
         }
         match self.target() {

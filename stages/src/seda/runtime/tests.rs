@@ -21,6 +21,8 @@ fn pool(workers: usize) -> WorkerPool {
     WorkerPool::new(PoolSettings {
         workers,
         spin: Duration::from_micros(50),
+        thread_name: "worker",
+        nice_steps: 0,
     })
 }
 
@@ -203,6 +205,91 @@ fn blocking_send_to_a_full_queue_runs_the_full_stage_on_a_single_worker() {
     source.stop_and_join();
     sink.stop_and_join();
     pool.stop_and_join();
+}
+
+/// Goal: a node's two pools (foreground and background, [`WorkerPool::beside`]) cannot
+/// deadlock each other through blocking sends: a chain background → foreground →
+/// background of queues of two, one worker each, delivers everything in order. Without help
+/// across the family, the background worker waits on the full foreground queue while the
+/// foreground worker waits on the full background one.
+#[test]
+fn blocking_sends_between_two_pools_of_one_family_do_not_deadlock() {
+    let mut foreground = pool(1);
+    let mut background = foreground.beside(PoolSettings {
+        workers: 1,
+        spin: Duration::ZERO,
+        thread_name: "background",
+        nice_steps: 0,
+    });
+    let tail_spec = spec("tail", 2, 1);
+    let (tail_tx, tail_rx) = stage_queue::<u32>(&tail_spec, Some(background.waker(&tail_spec)));
+    let middle_spec = spec("middle", 2, 1);
+    let (middle_tx, middle_rx) =
+        stage_queue::<u32>(&middle_spec, Some(foreground.waker(&middle_spec)));
+    let source_spec = spec("source", 256, 256);
+    let (source_tx, source_rx) =
+        stage_queue::<u32>(&source_spec, Some(background.waker(&source_spec)));
+    let (seen_tx, seen_rx) = unbounded();
+    let source = background.add_stage(&source_spec, source_rx, |_| Forward {
+        next: middle_tx.clone(),
+    });
+    let tail = background.add_stage(&tail_spec, tail_rx, |_| Sink {
+        seen: seen_tx.clone(),
+    });
+    let middle = foreground.add_stage(&middle_spec, middle_rx, |_| Forward {
+        next: tail_tx.clone(),
+    });
+    for i in 0..200 {
+        source_tx.try_send(i).expect("room");
+    }
+    foreground.start().expect("start");
+    background.start().expect("start");
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 200 && Instant::now() < deadline {
+        if let Ok(event) = seen_rx.recv_timeout(Duration::from_millis(100)) {
+            seen.push(event);
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..200).collect::<Vec<_>>(),
+        "the pools stalled or reordered"
+    );
+    source.stop_and_join();
+    middle.stop_and_join();
+    tail.stop_and_join();
+    foreground.stop_and_join();
+    background.stop_and_join();
+}
+
+/// Goal: a pool started with `nice_steps` has every worker at that many steps of nice below
+/// the process (capped at 19), and only its workers: the starting thread keeps its own.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_pool_with_nice_steps_runs_its_workers_below_the_process_priority() {
+    use crate::storage::cpu_priority::{thread_nice, threads_named};
+    let own = rustix::process::getpriority_process(None).expect("own nice");
+    let mut background = WorkerPool::new(PoolSettings {
+        workers: 2,
+        spin: Duration::ZERO,
+        thread_name: "nicetest",
+        nice_steps: 4,
+    });
+    background.start().expect("start");
+    assert_eq!(background.nice_failures(), 0);
+    let workers: Vec<u32> = (0..2)
+        .flat_map(|i| threads_named(&format!("nicetest-{i}")).expect("threads"))
+        .collect();
+    assert_eq!(workers.len(), 2, "both workers found by name");
+    for tid in workers {
+        assert_eq!(thread_nice(tid).expect("nice"), (own + 4).min(19));
+    }
+    assert_eq!(
+        rustix::process::getpriority_process(None).expect("own nice"),
+        own
+    );
+    background.stop_and_join();
 }
 
 /// Idle until an event arrives; its tick then records when it ran and makes it idle again.
