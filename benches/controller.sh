@@ -42,7 +42,8 @@
 # RATE (the foreground's open-loop rate in ops/s instead of LOAD_FRACTION of the measured
 # maximum: for an A/B of two builds, where a faster build would otherwise get a heavier load),
 # BIN_DIR (the binaries to run, see benches/lib.sh), STORAGE_NICE (controller.storage_nice of
-# every node; unset: the node's default), MAXIMUM_ONLY (set: print the measured maximum and
+# every node; unset: the node's default), BACKGROUND_NICE (controller.background_nice of every
+# node, the background workers' steps of nice; unset: the node's default), MAXIMUM_ONLY (set: print the measured maximum and
 # stop, for an A/B of a setting's cost at saturation), BASELINE_ONLY (set: run the baseline
 # mode alone, for a look at the foreground's own noise), MODES (the modes after the baseline,
 # "unthrottled controller"; the table's must-holds need both), PINNED_RATE (1000: the pinned
@@ -90,6 +91,7 @@ enabled = $(case "$1" in unthrottled|pinned) echo false ;; *) echo true ;; esac)
 target_percentile = $target_percentile
 target_ms = $3
 $([ -n "${STORAGE_NICE:-}" ] && echo "storage_nice = $STORAGE_NICE")
+$([ -n "${BACKGROUND_NICE:-}" ] && echo "background_nice = $BACKGROUND_NICE")
 EOF
 }
 

@@ -8,6 +8,9 @@
 //!   │  └──────── frames to peers (send) ─┘  └─send─┘  └──────────────── send ─────────────────┘
 //!   │                          coordinate ─try_send→ repair (background) ─try_send→ storage/replicate
 //! ```
+//! Background stages (repair, handoff, anti-entropy, transfer) run on a second pool of
+//! lower-priority workers, and their storage requests go to storage's background lane
+//! (`background_storage`, same store), which the intake's loop never runs.
 //! Each stage is a machine (`shoal_stages::seda::Machine`) run by `Driven` on the stage's
 //! workers (the intake's by the mio loop); its outbox is delivered through the `Router` of
 //! every queue. Requests move forward with `try_send` (a full queue answers `Overloaded`);

@@ -51,7 +51,7 @@ use crate::event::{
 };
 use crate::membership::MembershipView;
 use crate::merkle::{differing, TreeShape};
-use crate::ring::PartitionId;
+use crate::ring::{key_position, PartitionId};
 use crate::seda::{Gate, Machine, Outbox};
 use crate::versioning::VersionSet;
 use crate::wire::{
@@ -158,10 +158,70 @@ struct Exchange {
     first_segments: Vec<u16>,
     segments: Vec<u16>,
     own_digests: BTreeMap<Vec<u8>, u64>,
+    /// Where this node's digest list stopped short, if it did: its last key's place.
+    own_cut: Option<Place>,
     theirs_to_fetch: Vec<Vec<u8>>,
     sent: u64,
     received: u64,
     cut_short: bool,
+}
+
+/// A key's place in stored order: its segment, then the key.
+type Place = (u16, Vec<u8>);
+
+/// The differing keys two digest lists show.
+#[derive(Debug, PartialEq, Eq)]
+struct Differences {
+    /// Keys this node holds differently or alone: to send.
+    send: Vec<Vec<u8>>,
+    /// Keys the peer holds differently or alone: to ask for.
+    fetch: Vec<Vec<u8>>,
+    /// Not every difference of the segments was found or taken: exchange again soon.
+    cut_short: bool,
+}
+
+/// Compares two digest lists of the same segments, each with the place where it stopped
+/// short of the segments' end, if it did. A list is complete only up to its cut, so keys
+/// are compared up to the earlier cut and the rest left to the next exchange: a key past it
+/// is not missing, only not listed (comparing it would send, or ask for, what the other side
+/// already holds). At most `max_keys` keys are taken.
+fn compare_digests(
+    (own, own_cut): (&BTreeMap<Vec<u8>, u64>, Option<Place>),
+    (theirs, their_cut): (&BTreeMap<Vec<u8>, u64>, Option<Place>),
+    place: impl Fn(&[u8]) -> Place,
+    max_keys: usize,
+) -> Differences {
+    let boundary = match (own_cut, their_cut) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let mut found = Differences {
+        send: Vec::new(),
+        fetch: Vec::new(),
+        cut_short: boundary.is_some(),
+    };
+    let keys: BTreeSet<&Vec<u8>> = own
+        .keys()
+        .chain(theirs.keys())
+        .filter(|key| boundary.as_ref().is_none_or(|b| place(key) <= *b))
+        .collect();
+    for key in keys {
+        let (mine, other) = (own.get(key), theirs.get(key));
+        if mine == other {
+            continue;
+        }
+        if found.send.len() + found.fetch.len() >= max_keys {
+            found.cut_short = true;
+            break;
+        }
+        if mine.is_some() {
+            found.send.push(key.clone());
+        }
+        if other.is_some() {
+            found.fetch.push(key.clone());
+        }
+    }
+    found
 }
 
 /// A purge under way.
@@ -193,7 +253,10 @@ enum Serving {
         partition: u32,
         root: Option<u64>,
     },
-    Digests,
+    /// A peer's digests, at most `limit` keys.
+    Digests {
+        limit: usize,
+    },
     /// A peer's sync; `objects` were charged to this node's debt when it arrived, behind
     /// `ahead` tokens (counted in `retired`) charged before them.
     Sync {
@@ -384,6 +447,25 @@ impl AntiEntropyMachine {
         self.partitions = partitions;
     }
 
+    /// Most digests an exchange lists on each side: twice the keys it may move, so a nearly
+    /// synced partition's differing segments fit one exchange, while a wiped replica's peer
+    /// scans two keys per key it sends, not [`MAX_AAE_ITEMS`] (4096) per thousand.
+    fn digest_limit(&self) -> usize {
+        self.settings
+            .max_keys_per_exchange
+            .saturating_mul(2)
+            .clamp(1, MAX_AAE_ITEMS)
+    }
+
+    /// A key's place in a partition's stored order (segment, then key), which is the order of
+    /// a digest list.
+    fn place(&self, key: &[u8]) -> Place {
+        (
+            self.shape.segment_of_position(key_position(key)),
+            key.to_vec(),
+        )
+    }
+
     fn storage(&mut self, request: StorageRequest, out: &mut Outbox) -> OpId {
         let op = self.new_op();
         out.request(StorageEvent {
@@ -494,6 +576,7 @@ impl AntiEntropyMachine {
             first_segments: Vec::new(),
             segments: Vec::new(),
             own_digests: BTreeMap::new(),
+            own_cut: None,
             theirs_to_fetch: Vec::new(),
             sent: 0,
             received: 0,
@@ -632,7 +715,7 @@ impl AntiEntropyMachine {
                         StorageRequest::segment_digests(
                             partition,
                             exchange.segments.clone(),
-                            MAX_AAE_ITEMS,
+                            self.digest_limit(),
                         ),
                         out,
                     );
@@ -641,18 +724,24 @@ impl AntiEntropyMachine {
                 }
             }
             (Step::OwnDigests, Answer::Storage(StorageOutcome::Digests(digests))) => {
-                exchange.cut_short |= digests.len() >= MAX_AAE_ITEMS;
+                let limit = self.digest_limit();
+                exchange.own_cut = (digests.len() >= limit)
+                    .then(|| digests.last().map(|(key, _)| self.place(key)))
+                    .flatten();
                 exchange.own_digests = digests.into_iter().collect();
                 let message = Message::AaeDigests(AaeDigests {
                     partition,
                     segments: exchange.segments.clone(),
+                    limit: limit as u32,
                 });
                 let op = self.peer(peer, message, now, out);
                 exchange.step = Step::PeerDigests;
                 exchange.waiting = Some((op, now + STEP_DEADLINE));
             }
             (Step::PeerDigests, Answer::Peer(Message::AaeDigestsReply(reply))) => {
-                exchange.cut_short |= reply.digests.len() >= MAX_AAE_ITEMS;
+                let their_cut = (reply.cut || reply.digests.len() >= self.digest_limit())
+                    .then(|| reply.digests.last().map(|d| self.place(&d.key)))
+                    .flatten();
                 self.totals.digests_compared +=
                     (exchange.own_digests.len() + reply.digests.len()) as u64;
                 let theirs: BTreeMap<Vec<u8>, u64> = reply
@@ -660,28 +749,14 @@ impl AntiEntropyMachine {
                     .into_iter()
                     .map(|d| (d.key.into_vec(), d.hash))
                     .collect();
-                let mut ours_to_send = Vec::new();
-                let mut theirs_to_fetch = Vec::new();
-                let keys: BTreeSet<&Vec<u8>> =
-                    exchange.own_digests.keys().chain(theirs.keys()).collect();
-                for key in keys {
-                    let (mine, other) = (exchange.own_digests.get(key), theirs.get(key));
-                    if mine == other {
-                        continue;
-                    }
-                    if ours_to_send.len() + theirs_to_fetch.len()
-                        >= self.settings.max_keys_per_exchange
-                    {
-                        exchange.cut_short = true;
-                        break;
-                    }
-                    if mine.is_some() {
-                        ours_to_send.push(key.clone());
-                    }
-                    if other.is_some() {
-                        theirs_to_fetch.push(key.clone());
-                    }
-                }
+                let found = compare_digests(
+                    (&exchange.own_digests, exchange.own_cut.take()),
+                    (&theirs, their_cut),
+                    |key| self.place(key),
+                    self.settings.max_keys_per_exchange,
+                );
+                exchange.cut_short |= found.cut_short;
+                let (ours_to_send, theirs_to_fetch) = (found.send, found.fetch);
                 if ours_to_send.is_empty() && theirs_to_fetch.is_empty() {
                     let in_sync = !exchange.cut_short;
                     let retry = exchange.cut_short;
@@ -1002,11 +1077,12 @@ impl AntiEntropyMachine {
             AaeRequest::Digests {
                 partition,
                 segments,
+                limit,
             } => {
                 self.lease(partition, origin.conn, now);
                 (
-                    Serving::Digests,
-                    StorageRequest::segment_digests(partition, segments, MAX_AAE_ITEMS),
+                    Serving::Digests { limit },
+                    StorageRequest::segment_digests(partition, segments, limit),
                 )
             }
             AaeRequest::Sync {
@@ -1081,7 +1157,8 @@ impl AntiEntropyMachine {
                     hashes: if same { Vec::new() } else { view.hashes },
                 })
             }
-            (Serving::Digests, StorageOutcome::Digests(mut digests)) => {
+            (Serving::Digests { limit }, StorageOutcome::Digests(mut digests)) => {
+                let cut = digests.len() >= limit;
                 let mut bytes = 0;
                 let fits = digests
                     .iter()
@@ -1090,6 +1167,7 @@ impl AntiEntropyMachine {
                         bytes <= MAX_AAE_BATCH_BYTES
                     })
                     .count();
+                let cut = cut || fits < digests.len();
                 digests.truncate(fits);
                 Message::AaeDigestsReply(AaeDigestsReply {
                     digests: digests
@@ -1099,6 +1177,7 @@ impl AntiEntropyMachine {
                             hash,
                         })
                         .collect(),
+                    cut,
                 })
             }
             (Serving::Sync { partition, .. }, StorageOutcome::Objects(mut objects)) => {

@@ -280,6 +280,8 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<Routed, Se
             return Ok(Routed::AntiEntropy(AaeRequest::Digests {
                 partition: digests.partition,
                 segments: digests.segments,
+                // A peer may ask for fewer keys, never for more than one message carries.
+                limit: (digests.limit as usize).clamp(1, MAX_AAE_ITEMS),
             }));
         }
         Message::AaeSync(sync) => {

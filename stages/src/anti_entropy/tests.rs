@@ -270,3 +270,64 @@ fn a_sync_storage_refused_or_failed_is_not_charged() {
     machine.on_event(at(start, 8), opening(), &mut out);
     assert_eq!(refused_as_busy(&mut out), Some(true), "16 tokens owed");
 }
+
+/// A digest list of keys whose place is their first byte as a segment, then the key.
+fn digests(keys: &[(&[u8], u64)]) -> BTreeMap<Vec<u8>, u64> {
+    keys.iter().map(|(k, h)| (k.to_vec(), *h)).collect()
+}
+
+fn by_first_byte(key: &[u8]) -> Place {
+    (u16::from(key[0]), key.to_vec())
+}
+
+/// Goal: a digest list that stopped short (its limit, or the message's byte cap) is compared
+/// only up to where it stopped, so a key past it is not taken as missing on that side (a
+/// wiped replica's peer scans about two keys per key it sends, and nothing the other side
+/// already holds is sent); with both lists cut, the earlier cut bounds the comparison; whole
+/// lists are compared whole, and at most max_keys keys are taken.
+#[test]
+fn digest_lists_that_stopped_short_are_compared_only_up_to_the_earlier_cut() {
+    // Segment 1 differs in k1b; we listed up to segment 3, they stopped after segment 2.
+    let own = digests(&[(b"\x01a", 1), (b"\x01b", 2), (b"\x02a", 3), (b"\x03a", 4)]);
+    let theirs = digests(&[(b"\x01a", 1), (b"\x01b", 9), (b"\x02a", 3)]);
+    let cut_after_2 = Some(by_first_byte(b"\x02a"));
+    let found = compare_digests(
+        (&own, None),
+        (&theirs, cut_after_2.clone()),
+        by_first_byte,
+        10,
+    );
+    assert_eq!(
+        found.send,
+        vec![b"\x01b".to_vec()],
+        "k3a is only not listed"
+    );
+    assert_eq!(found.fetch, vec![b"\x01b".to_vec()]);
+    assert!(found.cut_short, "the rest waits for the next exchange");
+
+    // Not cut: k3a is missing on their side, and is sent.
+    let found = compare_digests((&own, None), (&theirs, None), by_first_byte, 10);
+    assert_eq!(found.send, vec![b"\x01b".to_vec(), b"\x03a".to_vec()]);
+    assert!(!found.cut_short);
+
+    // Both cut: the earlier cut (ours, after k1b) bounds it; k2a, which they lack, waits.
+    let theirs = digests(&[(b"\x01a", 1), (b"\x01b", 9), (b"\x02b", 5)]);
+    let found = compare_digests(
+        (&own, Some(by_first_byte(b"\x01b"))),
+        (&theirs, Some(by_first_byte(b"\x02b"))),
+        by_first_byte,
+        10,
+    );
+    assert_eq!(found.send, vec![b"\x01b".to_vec()]);
+    assert_eq!(found.fetch, vec![b"\x01b".to_vec()]);
+
+    // A wiped peer: everything we list is sent, at most max_keys of it.
+    let found = compare_digests(
+        (&own, Some(by_first_byte(b"\x03a"))),
+        (&BTreeMap::new(), None),
+        by_first_byte,
+        2,
+    );
+    assert_eq!(found.send, vec![b"\x01a".to_vec(), b"\x01b".to_vec()]);
+    assert!(found.fetch.is_empty() && found.cut_short);
+}

@@ -88,6 +88,8 @@ pub enum AaeRequest {
         partition: u32,
         /// The segments.
         segments: Vec<u16>,
+        /// Most keys to list (validated by parse: 1..=`MAX_AAE_ITEMS`).
+        limit: usize,
     },
     /// Merge these objects and answer with this node's versions of `want` as they were
     /// before the merge (the end of an exchange).

@@ -44,6 +44,13 @@ pub struct AaeDigests {
     pub partition: u32,
     /// The segments.
     pub segments: Vec<u16>,
+    /// Most keys to list (at most [`MAX_AAE_ITEMS`]; absent from an older node: that).
+    #[serde(default = "max_aae_items")]
+    pub limit: u32,
+}
+
+fn max_aae_items() -> u32 {
+    MAX_AAE_ITEMS as u32
 }
 
 /// One key and the hash of its stored version set.
@@ -58,8 +65,13 @@ pub struct KeyDigest {
 /// The answer to [`AaeDigests`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AaeDigestsReply {
-    /// The keys, in stored order (at most [`MAX_AAE_ITEMS`]).
+    /// The keys, in stored order (at most the limit asked for).
     pub digests: Vec<KeyDigest>,
+    /// The list stopped short of the segments' end (the limit, or the message's byte cap):
+    /// it is complete only up to its last key. Absent from an older node: false (the asker
+    /// then also takes a full list as cut).
+    #[serde(default)]
+    pub cut: bool,
 }
 
 /// A key and its versions.

@@ -130,20 +130,31 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     hashes
                 }
             )),
-        (any::<u32>(), proptest::collection::vec(any::<u16>(), 0..8)).prop_map(
-            |(partition, segments)| Message::AaeDigests(crate::wire::AaeDigests {
-                partition,
-                segments
-            })
-        ),
-        proptest::collection::vec((bytes(16), any::<u64>()), 0..4).prop_map(|digests| {
-            Message::AaeDigestsReply(crate::wire::AaeDigestsReply {
-                digests: digests
-                    .into_iter()
-                    .map(|(key, hash)| crate::wire::KeyDigest { key, hash })
-                    .collect(),
-            })
-        }),
+        (
+            any::<u32>(),
+            proptest::collection::vec(any::<u16>(), 0..8),
+            any::<u32>()
+        )
+            .prop_map(|(partition, segments, limit)| Message::AaeDigests(
+                crate::wire::AaeDigests {
+                    partition,
+                    segments,
+                    limit
+                }
+            )),
+        (
+            proptest::collection::vec((bytes(16), any::<u64>()), 0..4),
+            any::<bool>()
+        )
+            .prop_map(|(digests, cut)| {
+                Message::AaeDigestsReply(crate::wire::AaeDigestsReply {
+                    digests: digests
+                        .into_iter()
+                        .map(|(key, hash)| crate::wire::KeyDigest { key, hash })
+                        .collect(),
+                    cut,
+                })
+            }),
         (
             bytes(16),
             arb_versions(),
@@ -419,4 +430,48 @@ fn decoded_node_names_share_one_copy() {
     );
     assert_eq!(a.as_str(), "n-shared-7");
     assert!(a.shares_copy_with(b) && a.shares_copy_with(&node));
+}
+
+/// Goal: an exchange's digest messages from a node that predates the digest limit still
+/// decode: a request without `limit` asks for the most one message carries, and a reply
+/// without `cut` reads as not cut (the asker then takes a full list as cut by its length).
+#[test]
+fn digest_messages_without_limit_or_cut_decode_with_the_old_meaning() {
+    #[derive(serde::Serialize)]
+    struct OldDigests {
+        partition: u32,
+        segments: Vec<u16>,
+    }
+    #[derive(serde::Serialize)]
+    struct OldReply {
+        digests: Vec<crate::wire::KeyDigest>,
+    }
+    let old = |kind: u16, body: Vec<u8>| {
+        Message::decode(&Frame {
+            kind,
+            request_id: 1,
+            body,
+        })
+    };
+    let body = rmp_serde::to_vec_named(&OldDigests {
+        partition: 3,
+        segments: vec![1, 2],
+    })
+    .expect("encodable");
+    assert_eq!(
+        old(kind::AAE_DIGESTS, body),
+        Ok(Message::AaeDigests(crate::wire::AaeDigests {
+            partition: 3,
+            segments: vec![1, 2],
+            limit: MAX_AAE_ITEMS as u32,
+        }))
+    );
+    let body = rmp_serde::to_vec_named(&OldReply { digests: vec![] }).expect("encodable");
+    assert_eq!(
+        old(kind::AAE_DIGESTS_REPLY, body),
+        Ok(Message::AaeDigestsReply(crate::wire::AaeDigestsReply {
+            digests: vec![],
+            cut: false,
+        }))
+    );
 }
