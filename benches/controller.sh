@@ -12,10 +12,14 @@
 #   pinned       controller off, handoff at a fixed PINNED_RATE per node (only in MODES, for a look
 #                at what a steady pace of the backlog costs the foreground)
 #   controller   controller on: target_percentile TARGET_PERCENTILE (99) at most the baseline's
-#                own node-side signal (the 90th percentile of its periods) x TARGET_FACTOR
-#                (1.2, the must-hold's own margin over the baseline). The node measures
-#                only service time, well below what clients see; a target taken from the
-#                client's p99 is never reached by the signal.
+#                own node-side signal (the TARGET_FROM-th percentile of its periods, default
+#                95) x TARGET_FACTOR (1.2, the must-hold's own margin over the baseline). The
+#                node measures only service time, well below what clients see; a target taken
+#                from the client's p99 is never reached by the signal. A target the
+#                background-free cluster itself misses in one period of ten (TARGET_FROM=90,
+#                the default before stop 31) has the controller fight the box's own noise:
+#                every node's budget sat at the floor while their signals stayed above it
+#                with almost no background work running, and the drain took 13x.
 # Median of RUNS runs per mode. Prints foreground p99 and p99.9 per mode and as ratios to the
 # baseline, and each mode's drain time (n3's return to no hint held anywhere, by an exact scan
 # of every node's hints once their handoff stages report no backlog); writes per-period
@@ -26,7 +30,8 @@
 #
 # Usage: benches/controller.sh [runs] [backlog-keys] [foreground-seconds]
 # Environment: OUT_DIR (default target/bench-controller), LOAD_FRACTION (0.5), LEAD (3),
-# TARGET_PERCENTILE (99), TARGET_FACTOR (1.2), THREADS (16: the closed-loop runs that measure
+# TARGET_PERCENTILE (99), TARGET_FACTOR (1.2), TARGET_FROM (95: the percentile of the baseline's
+# periods the target is derived from; its p99 is set by n3's first seconds back, a cold cache), THREADS (16: the closed-loop runs that measure
 # the maximum, fill and write the backlog), FG_THREADS (64: the open-loop foreground's
 # connections. Each thread keeps one request in flight, so the loop stays open only while
 # rate x mean latency < FG_THREADS: with 16, a few seconds of 9 ms latency at 1850 ops/s,
@@ -53,7 +58,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}; backlog=${2:-150000}; secs=${3:-60}
 out=${OUT_DIR:-target/bench-controller}; fraction=${LOAD_FRACTION:-0.5}; lead=${LEAD:-3}
-target_factor=${TARGET_FACTOR:-1.2}; target_percentile=${TARGET_PERCENTILE:-99}; threads=${THREADS:-16}; value_bytes=${BACKLOG_VALUE_BYTES:-1024}
+target_factor=${TARGET_FACTOR:-1.2}; target_percentile=${TARGET_PERCENTILE:-99}; target_from=${TARGET_FROM:-95}; threads=${THREADS:-16}; value_bytes=${BACKLOG_VALUE_BYTES:-1024}
 fg_threads=${FG_THREADS:-64}
 settle=${SETTLE:-10}
 modes=${MODES:-unthrottled controller}; pinned_rate=${PINNED_RATE:-1000}
@@ -230,9 +235,9 @@ for run in $(seq "$runs"); do
   run_mode baseline "$run" 50 "$rate"
 done
 base99=$(python3 benches/controller_report.py "$out" --baseline-p99)
-base_signal=$(python3 benches/controller_report.py "$out" --baseline-signal)
+base_signal=$(python3 benches/controller_report.py "$out" --baseline-signal "$target_from")
 target=$(target_from_signal "$base_signal" "$target_factor")
-echo "baseline: client p99 $base99 ms, node signal (p90 of periods) $base_signal ms: controller target p$target_percentile <= $target ms"
+echo "baseline: client p99 $base99 ms, node signal (p$target_from of periods) $base_signal ms: controller target p$target_percentile <= $target ms"
 [ -n "${BASELINE_ONLY:-}" ] && exit 0
 for run in $(seq "$runs"); do
   for m in $modes; do run_mode "$m" "$run" "$target" "$rate"; done

@@ -2,8 +2,9 @@
 """The report of benches/controller.sh (standard library only).
 
   controller_report.py OUT --baseline-p99    prints the median baseline p99 in ms
-  controller_report.py OUT --baseline-signal prints the median over baseline runs of the 90th
-                                             percentile of the nodes' own signal per period
+  controller_report.py OUT --baseline-signal [Q]  prints the median over baseline runs of the
+                                             Q-th percentile (default 90) of the nodes' own
+                                             signal per period
   controller_report.py --signal-p90 FILE...  prints the 90th percentile of the node signal in
                                              `admin throttle --json --watch-ms` samples (those
                                              with requests in their window), e.g. for
@@ -89,11 +90,16 @@ def drains(out):
     return result
 
 
-def p90(values):
-    """The 90th percentile of `values` (None when empty): how a baseline's node signal becomes
+def percentile(values, q):
+    """The q-th percentile of `values` (None when empty): how a baseline's node signal becomes
     the controller's target, in both benchmarks that derive one."""
     values = sorted(values)
-    return values[int(0.9 * (len(values) - 1))] if values else None
+    return values[int(q / 100 * (len(values) - 1))] if values else None
+
+
+def p90(values):
+    """The 90th percentile of `values` (None when empty)."""
+    return percentile(values, 90)
 
 
 def signal_p90(paths):
@@ -167,9 +173,10 @@ def main():
         # coordinator and storage), which is below what a client sees (client queueing, the
         # network, scheduling). A target derived from the client's p99 sits above anything
         # the node's signal reaches on this box, and the controller never acts.
+        q = float(sys.argv[3]) if len(sys.argv) > 3 else 90
         values = []
         for tag, _ in runs_of(out, "baseline"):
-            value = p90(s for t, s, _, _, _ in series(out, tag) if t >= 0)
+            value = percentile((s for t, s, _, _, _ in series(out, tag) if t >= 0), q)
             if value is not None:
                 values.append(value)
         if not values:

@@ -404,8 +404,9 @@ pub struct PoolSection {
     /// Worker threads of the foreground stages; 0 means one per core plus one.
     pub workers: usize,
     /// Worker threads of the background stages (repair, handoff, anti-entropy, transfer and
-    /// storage's background lane): only these run them, at `controller.background_nice`
-    /// below the node's priority while the controller is on.
+    /// storage's background lane): these serve them (a send blocked on a full background
+    /// queue also runs a batch of it), at `controller.background_nice` below the node's
+    /// priority while the controller is on.
     pub background_workers: usize,
     /// Microseconds the one spinning worker polls for work after handling events, before it
     /// parks (0: never spin).
@@ -487,8 +488,8 @@ const DEFAULT_SPIN_US: u64 = 200;
 /// One background worker: on two cores a second would only take more CPU from the
 /// foreground, and the background stages' gates pace their work anyway.
 const DEFAULT_BACKGROUND_WORKERS: usize = 1;
-/// The background workers' thread names (`background-0`, ...): the node finds them by it to
-/// lower their priority.
+/// The background workers' thread names (`background-0`, ...), as `ps -L` and the tests see
+/// them.
 pub const BACKGROUND_THREAD_NAME: &str = "background";
 /// Connections to write in one loop turn before the reply writer takes them, when no write
 /// waits for the disk (see [`Config::reply_writer_from`]).

@@ -74,6 +74,7 @@ impl ControllerLoop {
             budget_per_sec: initial,
             rates: BTreeMap::new(),
             used_per_sec: BTreeMap::new(),
+            quiet_us: 0,
         };
         let mut state = controller_loop.state(&starting);
         state.last_step = "starting".into();
@@ -154,6 +155,7 @@ impl ControllerLoop {
             budget_per_sec: decision.budget_per_sec,
             period_ms: settings.period_ms,
             last_step: decision.step.to_string(),
+            quiet_us: decision.quiet_us,
         }
     }
 }

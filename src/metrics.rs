@@ -458,6 +458,15 @@ impl Collector for NodeMetrics {
         gauge(
             e,
             (
+                "shoal_controller_quiet_signal_seconds",
+                "The foreground's own level: the signal over the last window whose background \
+                 work stayed at the floor (0: none recent).",
+            ),
+            controller.quiet_us as f64 / 1e6,
+        )?;
+        gauge(
+            e,
+            (
                 "shoal_controller_budget_per_second",
                 "The total background budget, units per second.",
             ),

@@ -4,6 +4,7 @@
 
 use crate::client::Client;
 use clap::Args;
+use shoal_stages::controller::target_in_force_us;
 use shoal_stages::seda::{ControllerState, StageThrottle};
 use shoal_stages::wire::{ThrottleChange, ThrottleReply};
 use std::fmt::Write;
@@ -97,6 +98,7 @@ pub fn throttle_json(reply: &ThrottleReply) -> serde_json::Value {
             "window_requests": c.window_requests,
             "budget_per_sec": c.budget_per_sec,
             "last_step": c.last_step,
+            "quiet_ms": c.quiet_us as f64 / 1000.0,
         },
         "stages": reply.stages.iter().map(|s| serde_json::json!({
             "name": s.name,
@@ -130,6 +132,15 @@ pub fn throttle_table(controller: &ControllerState, stages: &[StageThrottle]) ->
         },
         c.period_ms,
     );
+    if c.quiet_us > 0 {
+        let quiet_ms = c.quiet_us as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "foreground's own level {quiet_ms:.2} ms (background at the floor): target in force \
+             {:.2} ms",
+            target_in_force_us(c.target_ms, c.quiet_us) as f64 / 1000.0,
+        );
+    }
     let _ = writeln!(
         out,
         "{:<11} {:>10} {:>10} {:>10} {:>7} {:>8}",

@@ -160,6 +160,9 @@ struct Exchange {
     own_digests: BTreeMap<Vec<u8>, u64>,
     /// Where this node's digest list stopped short, if it did: its last key's place.
     own_cut: Option<Place>,
+    /// Where the lists begin: after this place, once both lists of the same segments
+    /// stopped short with nothing differing before (the exchange goes on from there).
+    resume: Option<Place>,
     theirs_to_fetch: Vec<Vec<u8>>,
     sent: u64,
     received: u64,
@@ -178,6 +181,9 @@ struct Differences {
     fetch: Vec<Vec<u8>>,
     /// Not every difference of the segments was found or taken: exchange again soon.
     cut_short: bool,
+    /// Where the comparison stopped: the earlier of the two lists' cuts, if either stopped
+    /// short.
+    boundary: Option<Place>,
 }
 
 /// Compares two digest lists of the same segments, each with the place where it stopped
@@ -199,6 +205,7 @@ fn compare_digests(
         send: Vec::new(),
         fetch: Vec::new(),
         cut_short: boundary.is_some(),
+        boundary: boundary.clone(),
     };
     let keys: BTreeSet<&Vec<u8>> = own
         .keys()
@@ -577,6 +584,7 @@ impl AntiEntropyMachine {
             segments: Vec::new(),
             own_digests: BTreeMap::new(),
             own_cut: None,
+            resume: None,
             theirs_to_fetch: Vec::new(),
             sent: 0,
             received: 0,
@@ -711,16 +719,7 @@ impl AntiEntropyMachine {
                         exchange.segments.truncate(MAX_AAE_ITEMS);
                         exchange.cut_short = true;
                     }
-                    let op = self.storage(
-                        StorageRequest::segment_digests(
-                            partition,
-                            exchange.segments.clone(),
-                            self.digest_limit(),
-                        ),
-                        out,
-                    );
-                    exchange.step = Step::OwnDigests;
-                    exchange.waiting = Some((op, now + STEP_DEADLINE));
+                    self.ask_own_digests(&mut exchange, now, out);
                 }
             }
             (Step::OwnDigests, Answer::Storage(StorageOutcome::Digests(digests))) => {
@@ -733,6 +732,10 @@ impl AntiEntropyMachine {
                     partition,
                     segments: exchange.segments.clone(),
                     limit: limit as u32,
+                    after: exchange
+                        .resume
+                        .as_ref()
+                        .map(|(_, key)| Bytes::from(key.clone())),
                 });
                 let op = self.peer(peer, message, now, out);
                 exchange.step = Step::PeerDigests;
@@ -757,6 +760,20 @@ impl AntiEntropyMachine {
                 );
                 exchange.cut_short |= found.cut_short;
                 let (ours_to_send, theirs_to_fetch) = (found.send, found.fetch);
+                if ours_to_send.is_empty() && theirs_to_fetch.is_empty() {
+                    // Nothing differs up to where a list stopped short: go on from there
+                    // within this exchange (starting again from the segments' start, the
+                    // next exchange would stop at the same place for ever).
+                    if let Some(boundary) = found.boundary {
+                        if exchange.resume.as_ref().is_none_or(|r| boundary > *r) {
+                            exchange.segments.retain(|&segment| segment >= boundary.0);
+                            exchange.resume = Some(boundary);
+                            self.ask_own_digests(&mut exchange, now, out);
+                            self.exchange = Some(exchange);
+                            return;
+                        }
+                    }
+                }
                 if ours_to_send.is_empty() && theirs_to_fetch.is_empty() {
                     let in_sync = !exchange.cut_short;
                     let retry = exchange.cut_short;
@@ -814,6 +831,22 @@ impl AntiEntropyMachine {
             }
         }
         self.exchange = Some(exchange);
+    }
+
+    /// Asks storage for this node's digests of the exchange's segments (after its resume
+    /// place, if any), at most [`Self::digest_limit`].
+    fn ask_own_digests(&mut self, exchange: &mut Exchange, now: Instant, out: &mut Outbox) {
+        let op = self.storage(
+            StorageRequest::segment_digests_after(
+                exchange.partition,
+                exchange.segments.clone(),
+                exchange.resume.as_ref().map(|(_, key)| key.clone()),
+                self.digest_limit(),
+            ),
+            out,
+        );
+        exchange.step = Step::OwnDigests;
+        exchange.waiting = Some((op, now + STEP_DEADLINE));
     }
 
     fn ask_own_segments(
@@ -1078,11 +1111,12 @@ impl AntiEntropyMachine {
                 partition,
                 segments,
                 limit,
+                after,
             } => {
                 self.lease(partition, origin.conn, now);
                 (
                     Serving::Digests { limit },
-                    StorageRequest::segment_digests(partition, segments, limit),
+                    StorageRequest::segment_digests_after(partition, segments, after, limit),
                 )
             }
             AaeRequest::Sync {

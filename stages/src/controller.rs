@@ -54,6 +54,19 @@
 //!   applies. With the additive step alone, a node cut from 3.7k to 0.7k units/s needed 30 s
 //!   to earn back half of it, and its backlog, the largest, set the drain time of the whole
 //!   cluster;
+//! - **the foreground's own level** (the target in force): a window in which every period's
+//!   background work stayed at the floor (at most `min_rate` per stage) measures what the
+//!   foreground costs alone, the *quiet signal*; for the next [`QUIET_FOR_PERIODS`] periods
+//!   the target in force is the higher of `target_ms` and [`QUIET_MARGIN`] × that. A miss
+//!   the foreground makes by itself is not background's to pay: cutting the background
+//!   cannot fix it, and it starved the backlog. In issue 9's benchmark, after the work left
+//!   the intake's loop, every node's signal sat at 10-17 ms against an 8 ms target with the
+//!   budgets at the floor (20-40 units/s) and almost nothing running, and the drain took 13×
+//!   its unthrottled time; background work still may not lift the signal more than the
+//!   margin above the foreground's own level. The target in force is at most
+//!   [`QUIET_CEILING`] × `target_ms`: a foreground that misses by more than that alone is
+//!   overloaded, and background work stays at the floor (also the bound on any ratchet, a
+//!   quiet window that still carried the cost of earlier background work);
 //! - **split**: stages with a backlog share the budget by their configured shares; every
 //!   stage gets at least `min_rate` (the floor, so a backlog always drains, however loaded
 //!   the foreground); a pinned stage is left alone and outside the budget.
@@ -93,6 +106,18 @@ pub const RECOVER_TO: f64 = 0.8;
 /// A miss of the newest period by more than this many times the target is cut at once; by
 /// less, only if the period before missed too.
 pub const MISS_AT_ONCE: u64 = 2;
+
+/// How far above the foreground's own level (the quiet signal) background work may lift the
+/// signal when that level is above the target: the must-hold's own margin (issue 9).
+pub const QUIET_MARGIN: f64 = 1.2;
+
+/// Periods a quiet signal stands for (30 s at the default period): the foreground's own level
+/// moves with its load, so it is measured again whenever the budget sits at the floor for a
+/// window, and forgotten after this long without one.
+pub const QUIET_FOR_PERIODS: u64 = 120;
+
+/// The most the foreground's own level raises the target in force: this many × `target_ms`.
+pub const QUIET_CEILING: u64 = 3;
 
 /// The controller's knobs: the `[controller]` section of the node's config, read as it is
 /// (the config validates it). Once a period the controller compares the foreground's recent
@@ -141,9 +166,13 @@ pub struct ControllerSettings {
     pub storage_nice: i32,
     /// How many steps of nice (0..=19) the background workers (`[pool] background_workers`:
     /// the threads that run hinted handoff, anti-entropy, transfers, read repair and storage's
-    /// background lane) run below the node's own priority while the controller is enabled:
-    /// the kernel then gives a waking foreground thread the core at once, between two
-    /// periods of the controller as well as within them.
+    /// background lane) run below the node's own priority while the controller is enabled
+    /// (default 0: none). A waking foreground thread then takes the core at once, but the
+    /// background lane takes the same key-stripe and partition-tree locks as the foreground's
+    /// storage, and a low-priority thread preempted while holding one stalls the foreground
+    /// behind it: at 10, every node's signal in issue 9's benchmark sat at three times the
+    /// baseline's while almost no background work ran, and a 1M-key rebuild's worst
+    /// foreground p99.9 went from 12 to 162 ms (one run each).
     pub background_nice: i32,
 }
 
@@ -163,7 +192,7 @@ impl Default for ControllerSettings {
             idle_requests: 100,
             shares: BTreeMap::new(),
             storage_nice: 10,
-            background_nice: 10,
+            background_nice: 0,
         }
     }
 }
@@ -255,6 +284,9 @@ pub struct Decision {
     pub rates: BTreeMap<StageId, u64>,
     /// Units per second each stage used over the period.
     pub used_per_sec: BTreeMap<StageId, u64>,
+    /// The foreground's own level: the signal over the last window in which background work
+    /// stayed at the floor, if one ended within [`QUIET_FOR_PERIODS`] (0: none).
+    pub quiet_us: u64,
 }
 
 /// The controller's state between periods.
@@ -277,6 +309,12 @@ pub struct ResourceController {
     /// Whether the last period missed the target (over the window and in its own
     /// percentile, as a cut needs).
     missed_last_period: bool,
+    /// Units per second the unpinned stages used in each period of the window, oldest first.
+    used_window: VecDeque<u64>,
+    /// The foreground's own level (see [`QUIET_MARGIN`]), microseconds; 0: none known.
+    quiet_us: u64,
+    /// Periods since the quiet signal was measured.
+    quiet_age: u64,
 }
 
 impl ResourceController {
@@ -292,6 +330,9 @@ impl ResourceController {
             before_idle: budget,
             missed_at: 0.0,
             missed_last_period: false,
+            used_window: VecDeque::new(),
+            quiet_us: 0,
+            quiet_age: 0,
         }
     }
 
@@ -316,6 +357,12 @@ impl ResourceController {
             .iter()
             .map(|(stage, o)| (*stage, (o.used as f64 / period_secs).round() as u64))
             .collect();
+        self.measure_quiet(
+            signal_us,
+            window_requests,
+            &observation.stages,
+            &used_per_sec,
+        );
         let step = self.adjust_budget(
             signal_us,
             newest_us,
@@ -339,7 +386,50 @@ impl ResourceController {
             },
             rates,
             used_per_sec,
+            quiet_us: self.quiet_us,
         }
+    }
+
+    /// Keeps the window's background use per period, and takes the signal as the
+    /// foreground's own level when every period of a busy window held background work at the
+    /// floor (the least the controller can make it).
+    fn measure_quiet(
+        &mut self,
+        signal_us: u64,
+        window_requests: u64,
+        stages: &BTreeMap<StageId, StageObservation>,
+        used_per_sec: &BTreeMap<StageId, u64>,
+    ) {
+        let unpinned = stages.iter().filter(|(_, o)| !o.pinned);
+        let floor_use = self
+            .settings
+            .min_rate
+            .saturating_mul(unpinned.clone().count() as u64);
+        let used: u64 = unpinned
+            .map(|(stage, _)| used_per_sec.get(stage).copied().unwrap_or(0))
+            .sum();
+        let window = self.settings.window_periods.max(1);
+        self.used_window.push_back(used);
+        while self.used_window.len() > window {
+            self.used_window.pop_front();
+        }
+        self.quiet_age = self.quiet_age.saturating_add(1);
+        let quiet = self.used_window.len() == window
+            && self.used_window.iter().all(|&u| u <= floor_use)
+            && window_requests >= self.settings.idle_requests;
+        if quiet {
+            self.quiet_us = signal_us;
+            self.quiet_age = 0;
+        } else if self.quiet_age > QUIET_FOR_PERIODS {
+            self.quiet_us = 0;
+        }
+    }
+
+    /// The target the law holds the signal to: the configured one, or [`QUIET_MARGIN`] above
+    /// the foreground's own level if that is higher, at most [`QUIET_CEILING`] × the
+    /// configured one.
+    fn target_in_force_us(&self) -> u64 {
+        target_in_force_us(self.settings.target_ms, self.quiet_us)
     }
 
     /// The AIMD law on the total budget. `signal_us` is the window's percentile, `newest_us`
@@ -370,7 +460,7 @@ impl ResourceController {
         // of fewer than `idle_requests` requests, so few requests meet it, and a miss they
         // see cuts the budget the next busy period.
         let was_idle = std::mem::replace(&mut self.idle, window_requests < settings.idle_requests);
-        let target_us = settings.target_ms.saturating_mul(1000);
+        let target_us = self.target_in_force_us();
         let missed = signal_us.min(newest_us) > target_us;
         let persists =
             self.missed_last_period || newest_us > target_us.saturating_mul(MISS_AT_ONCE);
@@ -457,6 +547,14 @@ impl ResourceController {
             })
             .collect()
     }
+}
+
+/// The target in force for a configured `target_ms` and a quiet signal (see
+/// [`QUIET_MARGIN`], [`QUIET_CEILING`]), microseconds.
+pub fn target_in_force_us(target_ms: u64, quiet_us: u64) -> u64 {
+    let target_us = target_ms.saturating_mul(1000);
+    let own_level = (quiet_us as f64 * QUIET_MARGIN) as u64;
+    target_us.max(own_level.min(target_us.saturating_mul(QUIET_CEILING)))
 }
 
 /// What a used budget may be multiplied by this period, given the signal (the higher of the

@@ -18,7 +18,9 @@ use crate::event::{
 use crate::membership::MembershipView;
 use crate::seda::{Machine, Outbox};
 use crate::versioning::VersionSet;
-use crate::wire::{AaeObject, ContextSeal, Message, RingReply, MAX_AAE_ITEMS, MAX_CONTEXT_ENTRIES};
+use crate::wire::{
+    AaeObject, Bytes, ContextSeal, Message, RingReply, MAX_AAE_ITEMS, MAX_CONTEXT_ENTRIES,
+};
 use std::time::Duration;
 
 /// Request limits enforced by parsing.
@@ -282,6 +284,7 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<Routed, Se
                 segments: digests.segments,
                 // A peer may ask for fewer keys, never for more than one message carries.
                 limit: (digests.limit as usize).clamp(1, MAX_AAE_ITEMS),
+                after: digests.after.map(Bytes::into_vec),
             }));
         }
         Message::AaeSync(sync) => {

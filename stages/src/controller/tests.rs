@@ -463,3 +463,62 @@ fn a_mild_miss_is_cut_only_when_it_persists() {
     let cut = controller.on_period(period(1000, 25, 5000, 500));
     assert_eq!((cut.step, cut.budget_per_sec), (Step::Decrease, 500));
 }
+
+/// Goal: a miss the foreground makes by itself is not background's to pay. A window whose
+/// every period held background work at the floor measures the foreground's own level; the
+/// target in force is then 1.2 × that (at most 3 × the configured target), so the budget
+/// grows while background work lifts the signal less than that and is cut once it lifts it
+/// more; a foreground over 3 × the target alone keeps the floor; the level is forgotten
+/// after QUIET_FOR_PERIODS periods without a quiet window.
+#[test]
+fn a_miss_the_foreground_makes_alone_does_not_hold_background_at_the_floor() {
+    let mut controller = ResourceController::new(settings(), 10);
+    // The floor is 10/s a stage, 20/s for two; 5 tokens in a 500 ms period are 10/s.
+    let quiet = steps(&mut controller, 20, [5, 5, 5]);
+    assert!(
+        quiet.iter().all(|(_, budget)| *budget == 10),
+        "at the floor while the target (10 ms) is missed: {quiet:?}"
+    );
+    // The window's fourth period at the floor: 20 ms is the foreground's own level, and
+    // under 1.2 × that the used budget grows.
+    let measured = controller.on_period(period(1000, 20, 5000, 5));
+    assert!(
+        measured.quiet_us.abs_diff(20_000) <= 100,
+        "the foreground's own level: {measured:?}"
+    );
+    assert_eq!(
+        (measured.step, measured.budget_per_sec),
+        (Step::Increase, 110)
+    );
+    // 22 ms is under 24: not a miss, and the used budget goes on growing.
+    let grown = steps(&mut controller, 22, [60, 110, 160, 210]);
+    assert_eq!(
+        grown,
+        vec![
+            (Step::Increase, 210),
+            (Step::Increase, 310),
+            (Step::Increase, 410),
+            (Step::Increase, 510)
+        ]
+    );
+    // 30 ms is over 24: cut (after a first mild miss is watched).
+    let cut = steps(&mut controller, 30, [255, 255]);
+    assert_eq!(cut[0].0, Step::Watch, "{cut:?}");
+    assert_eq!(cut[1].0, Step::Decrease, "{cut:?}");
+
+    // Alone at 100 ms the target in force stops at 30 ms: the floor holds.
+    let mut overloaded = ResourceController::new(settings(), 10);
+    let at_floor = steps(&mut overloaded, 100, [5; 12]);
+    assert!(
+        at_floor
+            .iter()
+            .all(|(step, budget)| *step == Step::Decrease && *budget == 10),
+        "{at_floor:?}"
+    );
+
+    // Forgotten after QUIET_FOR_PERIODS periods with background busy.
+    let busy = steps(&mut controller, 5, vec![400; QUIET_FOR_PERIODS as usize]);
+    assert!(busy.iter().all(|(step, _)| *step != Step::Decrease));
+    let decision = controller.on_period(period(1000, 5, 5000, 400));
+    assert_eq!(decision.quiet_us, 0, "{decision:?}");
+}

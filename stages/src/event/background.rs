@@ -90,6 +90,8 @@ pub enum AaeRequest {
         segments: Vec<u16>,
         /// Most keys to list (validated by parse: 1..=`MAX_AAE_ITEMS`).
         limit: usize,
+        /// Only the first segment's keys after this one.
+        after: Option<Vec<u8>>,
     },
     /// Merge these objects and answer with this node's versions of `want` as they were
     /// before the merge (the end of an exchange).

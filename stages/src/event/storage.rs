@@ -111,6 +111,9 @@ pub enum StorageRequest {
         segments: Vec<u16>,
         /// Most keys returned.
         limit: usize,
+        /// Only the first segment's keys after this one (an exchange going on past where its
+        /// lists last stopped short); `None`: from each segment's start.
+        after: Option<Vec<u8>>,
         /// What the earlier steps of this request found: storage scans a few hundred keys a
         /// turn and queues the other segments again (see `storage::DIGEST_CHUNK`). Empty
         /// when a stage asks.
@@ -202,10 +205,21 @@ impl StorageRequest {
 
     /// The keys of `segments` of `partition` with their object hashes, at most `limit`.
     pub fn segment_digests(partition: u32, segments: Vec<u16>, limit: usize) -> StorageRequest {
+        StorageRequest::segment_digests_after(partition, segments, None, limit)
+    }
+
+    /// [`StorageRequest::segment_digests`], the first segment's keys only after `after`.
+    pub fn segment_digests_after(
+        partition: u32,
+        segments: Vec<u16>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> StorageRequest {
         StorageRequest::SegmentDigests {
             partition,
             segments,
             limit,
+            after,
             found: Vec::new(),
         }
     }

@@ -208,6 +208,12 @@ pub struct ControllerState {
     /// `decrease`, `idle`, `resume` or `off`
     /// (`starting` before the first period).
     pub last_step: String,
+    /// The foreground's own level: the signal over the last window whose background work
+    /// stayed at the floor, microseconds (0: none recent). The target in force is the higher
+    /// of `target_ms` and 1.2 × this, at most 3 × `target_ms`
+    /// (`controller::target_in_force_us`). Absent from an older node: 0.
+    #[serde(default)]
+    pub quiet_us: u64,
 }
 
 /// One background stage as `admin throttle` shows it.

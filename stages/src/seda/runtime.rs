@@ -1,4 +1,5 @@
-//! The shared worker pool that serves every stage's queue (issue 12).
+//! The worker pools that serve the stages' queues (issue 12): a node's foreground pool and
+//! its background pool, one family.
 //!
 //! A stage keeps what SEDA gives it: its own bounded queue, statistics, class and `Overloaded`
 //! answer. What changed is who runs it. One stage per thread made every hop a thread wake-up
@@ -28,16 +29,15 @@
 //!   splitting the stages over two pools adds no way to deadlock.
 
 use super::{Queued, StageReceiver, StageSpec, StageStats, Wake};
-use crate::storage::cpu_priority::lower_own_priority;
 use crossbeam_channel::Receiver;
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
-/// The last family number given out (see [`WorkerPool::beside`]); 0 means "no family".
-static FAMILIES: AtomicUsize = AtomicUsize::new(0);
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
+/// The last family number given out (see [`WorkerPool::beside`]); 0 means "no family".
+static FAMILIES: AtomicUsize = AtomicUsize::new(0);
 /// Longest a parked worker sleeps with no tick due (a safety net: an event queued from outside
 /// the pool and every stop request unpark a worker; an event a worker queues is run by that
 /// worker on its next pass).
@@ -499,6 +499,24 @@ fn work(shared: &Arc<PoolShared>, index: usize) {
             shared.park(index);
         }
     }
+}
+
+/// Lowers the calling thread's priority by `steps` of nice below its own (capped at 19:
+/// raising nice needs no privilege): `PRIO_PROCESS` with no id names the calling thread on
+/// Linux, which keeps a nice value per thread.
+#[cfg(target_os = "linux")]
+fn lower_own_priority(steps: i32) -> std::io::Result<()> {
+    let nice = rustix::process::getpriority_process(None)?;
+    Ok(rustix::process::setpriority_process(
+        None,
+        (nice + steps).min(19),
+    )?)
+}
+
+/// Lowers the calling thread's priority (not on this platform: does nothing).
+#[cfg(not(target_os = "linux"))]
+fn lower_own_priority(_steps: i32) -> std::io::Result<()> {
+    Ok(())
 }
 
 fn align_up(ns: u64, period: u64) -> u64 {

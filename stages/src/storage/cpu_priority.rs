@@ -73,24 +73,6 @@ pub fn lower_priority(tid: u32, steps: i32) -> io::Result<()> {
     set_thread_nice(tid, (nice + steps).min(19))
 }
 
-/// Lowers the calling thread's priority by `steps` of nice below its own (capped at 19), as
-/// [`lower_priority`] does for another thread: `PRIO_PROCESS` with no id names the calling
-/// thread on Linux.
-#[cfg(target_os = "linux")]
-pub fn lower_own_priority(steps: i32) -> io::Result<()> {
-    let nice = rustix::process::getpriority_process(None)?;
-    Ok(rustix::process::setpriority_process(
-        None,
-        (nice + steps).min(19),
-    )?)
-}
-
-/// Lowers the calling thread's priority (not on this platform: does nothing).
-#[cfg(not(target_os = "linux"))]
-pub fn lower_own_priority(_steps: i32) -> io::Result<()> {
-    Ok(())
-}
-
 /// Sets one thread's nice value.
 #[cfg(target_os = "linux")]
 fn set_thread_nice(tid: u32, nice: i32) -> io::Result<()> {

@@ -14,9 +14,11 @@
 //!
 //! Background merges yield (issue 9, issue 10): a `Sync` carrying more than [`MERGE_CHUNK`]
 //! objects (a hint batch, an anti-entropy exchange, up to a thousand keys) merges that many,
-//! and sends the rest back to the end of its own queue as the same operation. Foreground
-//! operations queued meanwhile run between the chunks, and a batch no longer waits for one
-//! long merge before its answers go out. Only the last chunk flushes and answers (with the
+//! and sends the rest back to the end of its own queue as the same operation. These requests
+//! come from background stages and so run in storage's background lane (`background_storage`,
+//! its own queue and workers, never the intake's loop); the chunks keep one such operation
+//! from holding that lane's slot, and the locks it shares with the foreground, for long, and
+//! let the lane's other work run between them. Only the last chunk flushes and answers (with the
 //! reads). Background reads are cut too: a `Sync` reads [`READ_CHUNK`] keys a step before
 //! its merges, a `SegmentDigests` scans about [`DIGEST_CHUNK`] keys' worth of segments a
 //! step, and what a step found travels in the rest's `found`.
@@ -94,9 +96,10 @@ pub struct StorageSettings {
 pub const MERGE_CHUNK: usize = 32;
 
 /// Most keys a `Sync` reads in one storage operation, the same way (a point read costs
-/// 10-20 us here). Storage runs on the intake loop's thread: an exchange's read of a
-/// thousand keys in one turn held every client request behind it for tens of milliseconds
-/// (issue 10's benchmark: loop turns of 20-90 ms during a wiped replica's rebuild).
+/// 10-20 us here). When storage ran these on the intake loop's thread, an exchange's read of
+/// a thousand keys in one turn held every client request behind it for tens of milliseconds
+/// (issue 10's benchmark: loop turns of 20-90 ms during a wiped replica's rebuild); they now
+/// run in the background lane, where the steps still bound one operation's turn.
 pub const READ_CHUNK: usize = 64;
 
 /// About how many keys `SegmentDigests` scans in one storage operation (whole segments, as
@@ -205,10 +208,16 @@ impl StorageMachine {
                 partition,
                 segments,
                 limit,
+                after,
                 mut found,
             } => {
                 let left = limit.saturating_sub(found.len());
-                found.extend(store.segment_digests(partition, &segments, left)?);
+                found.extend(store.segment_digests_after(
+                    partition,
+                    &segments,
+                    after.as_deref(),
+                    left,
+                )?);
                 StorageOutcome::Digests(found)
             }
             StorageRequest::Sync {
@@ -326,6 +335,7 @@ impl StorageMachine {
                 if segments.len() <= per_step {
                     return None;
                 }
+                // The rest starts at a segment of its own: from its start.
                 StorageRequest::segment_digests(*partition, segments.split_off(per_step), *limit)
             }
             _ => return None,

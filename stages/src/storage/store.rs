@@ -678,12 +678,35 @@ impl Store {
         segments: &[u16],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, u64)>, StorageError> {
+        self.segment_digests_after(partition, segments, None, limit)
+    }
+
+    /// [`Store::segment_digests`], the first segment's keys only after the key `after`
+    /// (an exchange going on past where its last lists stopped short).
+    pub fn segment_digests_after(
+        &self,
+        partition: u32,
+        segments: &[u16],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, u64)>, StorageError> {
         let mut out = Vec::new();
-        for &segment in segments {
+        for (i, &segment) in segments.iter().enumerate() {
             let mut prefix = partition.to_be_bytes().to_vec();
             prefix.extend_from_slice(&segment.to_be_bytes());
+            let start = match after {
+                Some(key) if i == 0 => {
+                    let mut stored = prefix.clone();
+                    stored.extend_from_slice(key);
+                    Some(stored)
+                }
+                _ => None,
+            };
             let left = limit.saturating_sub(out.len());
-            for (stored, bytes) in self.engine.scan(Space::Objects, &prefix, None, left)? {
+            for (stored, bytes) in
+                self.engine
+                    .scan(Space::Objects, &prefix, start.as_deref(), left)?
+            {
                 let key = stored.get(LOCATION_BYTES..).unwrap_or_default().to_vec();
                 let hash = object_hash(&key, &bytes);
                 out.push((key, hash));

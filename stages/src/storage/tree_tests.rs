@@ -184,6 +184,49 @@ fn segment_digests_pinpoint_the_differing_key() {
     assert_eq!(location_of_7, vec![key(7)]);
 }
 
+/// Goal: a digest scan that goes on after a key starts right after it in the first segment
+/// and takes the later segments whole: resumed at every key of a partition's list in turn,
+/// with a limit of one, it walks the same list (an exchange going on past where its lists
+/// stopped short visits every key once, and never starts again from the beginning).
+#[test]
+fn digest_scans_resume_after_a_key_and_walk_every_key_once() {
+    let store = store();
+    for i in 0..200 {
+        put(&store, i, b"v");
+    }
+    let all: Vec<u16> = (0..4096).collect();
+    let partition = (0..Q)
+        .max_by_key(|&p| {
+            store
+                .segment_digests(p, &all, usize::MAX)
+                .expect("digests")
+                .len()
+        })
+        .expect("a partition");
+    let whole = store
+        .segment_digests(partition, &all, usize::MAX)
+        .expect("digests");
+    assert!(whole.len() >= 2, "a partition with keys in several places");
+    let shape = crate::merkle::TreeShape::for_partitions(Q);
+    let segment_of = |key: &[u8]| shape.segment_of_position(crate::ring::key_position(key));
+    let mut walked = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    let mut segments = all.clone();
+    loop {
+        let next = store
+            .segment_digests_after(partition, &segments, after.as_deref(), 1)
+            .expect("digests");
+        let Some((key, hash)) = next.into_iter().next() else {
+            break;
+        };
+        walked.push((key.clone(), hash));
+        let segment = segment_of(&key);
+        segments.retain(|&s| s >= segment);
+        after = Some(key);
+    }
+    assert_eq!(walked, whole);
+}
+
 /// Goal: a format-1 data directory (objects keyed by key alone) is migrated when opened:
 /// every object readable, the old keyspace empty, the format stamped 2; and a directory laid
 /// out for another Q is refused with an error that says what to do.

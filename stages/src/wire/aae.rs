@@ -47,6 +47,10 @@ pub struct AaeDigests {
     /// Most keys to list (at most [`MAX_AAE_ITEMS`]; absent from an older node: that).
     #[serde(default = "max_aae_items")]
     pub limit: u32,
+    /// Only the first segment's keys after this one: the exchange goes on past where both
+    /// lists last stopped short (absent from an older node: from the start).
+    #[serde(default)]
+    pub after: Option<Bytes>,
 }
 
 fn max_aae_items() -> u32 {

@@ -133,13 +133,15 @@ fn arb_message() -> impl Strategy<Value = Message> {
         (
             any::<u32>(),
             proptest::collection::vec(any::<u16>(), 0..8),
-            any::<u32>()
+            any::<u32>(),
+            proptest::option::of(bytes(16))
         )
-            .prop_map(|(partition, segments, limit)| Message::AaeDigests(
+            .prop_map(|(partition, segments, limit, after)| Message::AaeDigests(
                 crate::wire::AaeDigests {
                     partition,
                     segments,
-                    limit
+                    limit,
+                    after
                 }
             )),
         (
@@ -433,8 +435,8 @@ fn decoded_node_names_share_one_copy() {
 }
 
 /// Goal: an exchange's digest messages from a node that predates the digest limit still
-/// decode: a request without `limit` asks for the most one message carries, and a reply
-/// without `cut` reads as not cut (the asker then takes a full list as cut by its length).
+/// decode: a request without `limit` asks for the most one message carries from each
+/// segment's start (no `after`), and a reply without `cut` reads as not cut (the asker then takes a full list as cut by its length).
 #[test]
 fn digest_messages_without_limit_or_cut_decode_with_the_old_meaning() {
     #[derive(serde::Serialize)]
@@ -464,6 +466,7 @@ fn digest_messages_without_limit_or_cut_decode_with_the_old_meaning() {
             partition: 3,
             segments: vec![1, 2],
             limit: MAX_AAE_ITEMS as u32,
+            after: None,
         }))
     );
     let body = rmp_serde::to_vec_named(&OldReply { digests: vec![] }).expect("encodable");
