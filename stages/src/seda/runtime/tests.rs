@@ -162,6 +162,18 @@ impl Stage for Sink {
     }
 }
 
+/// Up to `count` events from `seen`, waiting at most 10 s for them all.
+fn receive(seen: &crossbeam_channel::Receiver<u32>, count: usize) -> Vec<u32> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.len() < count && Instant::now() < deadline {
+        if let Ok(event) = seen.recv_timeout(Duration::from_millis(100)) {
+            out.push(event);
+        }
+    }
+    out
+}
+
 /// Goal: with a single worker, a stage that sends with waiting (a reply edge) to a full queue
 /// does not deadlock the pool: the worker runs the full stage itself. A thread-per-stage
 /// runtime never had this hazard; a shared pool would without it.
@@ -184,13 +196,7 @@ fn blocking_send_to_a_full_queue_runs_the_full_stage_on_a_single_worker() {
         source_tx.try_send(i).expect("room");
     }
     pool.start().expect("start");
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while seen.len() < 200 && Instant::now() < deadline {
-        if let Ok(event) = seen_rx.recv_timeout(Duration::from_millis(100)) {
-            seen.push(event);
-        }
-    }
+    let seen = receive(&seen_rx, 200);
     assert_eq!(
         seen.len(),
         200,
@@ -244,13 +250,7 @@ fn blocking_sends_between_two_pools_of_one_family_do_not_deadlock() {
     }
     foreground.start().expect("start");
     background.start().expect("start");
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while seen.len() < 200 && Instant::now() < deadline {
-        if let Ok(event) = seen_rx.recv_timeout(Duration::from_millis(100)) {
-            seen.push(event);
-        }
-    }
+    let seen = receive(&seen_rx, 200);
     assert_eq!(
         seen,
         (0..200).collect::<Vec<_>>(),
