@@ -357,19 +357,21 @@ impl ResourceController {
             .iter()
             .map(|(stage, o)| (*stage, (o.used as f64 / period_secs).round() as u64))
             .collect();
-        self.measure_quiet(
-            signal_us,
-            window_requests,
-            &observation.stages,
-            &used_per_sec,
-        );
-        let step = self.adjust_budget(
-            signal_us,
-            newest_us,
-            window_requests,
-            &observation.stages,
-            &used_per_sec,
-        );
+        // What the stages the controller sets used, units per second, and the least they
+        // can be held to (the floor each).
+        let unpinned: Vec<StageId> = observation
+            .stages
+            .iter()
+            .filter(|(_, o)| !o.pinned)
+            .map(|(stage, _)| *stage)
+            .collect();
+        let used: u64 = unpinned
+            .iter()
+            .map(|stage| used_per_sec.get(stage).copied().unwrap_or(0))
+            .sum();
+        let floor_use = self.settings.min_rate.saturating_mul(unpinned.len() as u64);
+        self.measure_quiet(signal_us, window_requests, used, floor_use);
+        let step = self.adjust_budget(signal_us, newest_us, window_requests, used);
         let rates = if step == Step::Off {
             BTreeMap::new()
         } else {
@@ -393,21 +395,7 @@ impl ResourceController {
     /// Keeps the window's background use per period, and takes the signal as the
     /// foreground's own level when every period of a busy window held background work at the
     /// floor (the least the controller can make it).
-    fn measure_quiet(
-        &mut self,
-        signal_us: u64,
-        window_requests: u64,
-        stages: &BTreeMap<StageId, StageObservation>,
-        used_per_sec: &BTreeMap<StageId, u64>,
-    ) {
-        let unpinned = stages.iter().filter(|(_, o)| !o.pinned);
-        let floor_use = self
-            .settings
-            .min_rate
-            .saturating_mul(unpinned.clone().count() as u64);
-        let used: u64 = unpinned
-            .map(|(stage, _)| used_per_sec.get(stage).copied().unwrap_or(0))
-            .sum();
+    fn measure_quiet(&mut self, signal_us: u64, window_requests: u64, used: u64, floor_use: u64) {
         let window = self.settings.window_periods.max(1);
         self.used_window.push_back(used);
         while self.used_window.len() > window {
@@ -441,8 +429,7 @@ impl ResourceController {
         signal_us: u64,
         newest_us: u64,
         window_requests: u64,
-        stages: &BTreeMap<StageId, StageObservation>,
-        used_per_sec: &BTreeMap<StageId, u64>,
+        used: u64,
     ) -> Step {
         let settings = &self.settings;
         if !settings.enabled {
@@ -450,11 +437,6 @@ impl ResourceController {
         }
         let floor = settings.min_rate as f64;
         let ceiling = (settings.max_rate as f64).max(floor);
-        let used: u64 = stages
-            .iter()
-            .filter(|(_, o)| !o.pinned)
-            .map(|(stage, _)| used_per_sec.get(stage).copied().unwrap_or(0))
-            .sum();
         // No hysteresis around `idle_requests`: a foreground at the threshold swings between
         // the ceiling and the budget it had before, but the ceiling only ever serves a window
         // of fewer than `idle_requests` requests, so few requests meet it, and a miss they
