@@ -195,6 +195,45 @@ impl Node {
             receivers,
             initial,
         );
+        let mut node = Node {
+            local_addr,
+            intake_stop: Arc::new(AtomicBool::new(false)),
+            intake_thread: None,
+            controller_stop: Arc::new(AtomicBool::new(false)),
+            controller_thread: None,
+            metrics: None,
+            redis: None,
+            stages,
+            pool: Some(pool),
+            background_pool: Some(background),
+            logger,
+        };
+        // From here on threads run: a part that fails to start (an address taken, a thread
+        // refused) stops every part started before it, so a process that embeds nodes is not
+        // left with a half-started node's workers.
+        match node.start_threads(config, &shared, socket, intake_rx) {
+            Ok(()) => Ok(node),
+            Err(e) => {
+                node.shutdown();
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the workers, intake, the metrics and Redis doors and the resource controller,
+    /// keeping each in `self` as it starts, so that [`Node::shutdown`] stops those that did.
+    fn start_threads(
+        &mut self,
+        config: &Config,
+        shared: &Shared,
+        socket: IntakeSocket,
+        intake_rx: StageReceiver<shoal_stages::event::IntakeEvent>,
+    ) -> Result<(), NodeError> {
+        let logger = self.logger.clone();
+        let (Some(pool), Some(background)) = (self.pool.as_mut(), self.background_pool.as_mut())
+        else {
+            return Ok(()); // Node::start puts both in before it calls this
+        };
         pool.start().map_err(io_error("starting the worker pool"))?;
         background
             .start()
@@ -208,7 +247,6 @@ impl Node {
                 }
             }
         }
-        let intake_stop = Arc::new(AtomicBool::new(false));
         let machine = IntakeMachine::new(
             IntakeSettings {
                 max_frame_bytes: config.limits.max_frame_bytes,
@@ -230,8 +268,8 @@ impl Node {
             gates: shared.gates.clone(),
             aae: shared.aae.clone(),
         };
-        let metrics = match config.metrics.listen {
-            Some(listen) => Some(
+        if let Some(listen) = config.metrics.listen {
+            self.metrics = Some(
                 MetricsServer::start(
                     listen,
                     (stats.clone(), config.security.client_token.clone()),
@@ -239,69 +277,58 @@ impl Node {
                     logger.new(o!("stage" => "metrics")),
                 )
                 .map_err(io_error("binding the metrics address"))?,
-            ),
-            None => None,
-        };
+            );
+        }
         let domain: Vec<&'static str> = config.intake_runs().iter().map(|s| s.name()).collect();
         let intake = Intake::new(
             socket,
             machine,
             intake_rx,
             stats,
-            Arc::clone(&intake_stop),
+            Arc::clone(&self.intake_stop),
             logger.new(o!("stage" => StageId::Intake.name())),
             (!domain.is_empty()).then(|| pool.domain(&domain)),
         )
         .with_reply_writer(config.reply_writer_from())
         .map_err(io_error("starting the reply writer"))?;
-        let intake_thread = std::thread::Builder::new()
-            .name(format!("{}-0", StageId::Intake.name()))
-            .spawn(move || intake.run())
-            .map_err(io_error("starting intake"))?;
-        let redis = match config.redis.listen {
-            Some(listen) => Some(
+        self.intake_thread = Some(
+            std::thread::Builder::new()
+                .name(format!("{}-0", StageId::Intake.name()))
+                .spawn(move || intake.run())
+                .map_err(io_error("starting intake"))?,
+        );
+        if let Some(listen) = config.redis.listen {
+            self.redis = Some(
                 RedisDoor::start(
                     listen,
                     DoorSettings {
-                        node: local_addr,
+                        node: self.local_addr,
                         max_connections: config.redis.max_connections,
                         token: config.security.client_token.clone(),
                     },
                     logger.new(o!("stage" => "redis")),
                 )
                 .map_err(io_error("binding the redis address"))?,
-            ),
-            None => None,
-        };
-        let controller_stop = Arc::new(AtomicBool::new(false));
-        let controller_thread = ControllerLoop::new(
-            config,
-            shared.gates.clone(),
-            shared.latencies.clone(),
-            shared.router.clone(),
-            Arc::clone(&controller_stop),
-        )
-        .spawn()
-        .map_err(io_error("starting the resource controller"))?;
+            );
+        }
+        self.controller_thread = Some(
+            ControllerLoop::new(
+                config,
+                shared.gates.clone(),
+                shared.latencies.clone(),
+                shared.router.clone(),
+                Arc::clone(&self.controller_stop),
+            )
+            .spawn()
+            .map_err(io_error("starting the resource controller"))?,
+        );
         let current = shared.membership.current();
-        info!(logger, "node started"; "addr" => %local_addr, "sync" => %config.storage.sync,
+        info!(logger, "node started"; "addr" => %self.local_addr, "sync" => %config.storage.sync,
               "partitions" => current.ring().partition_count(), "members" => current.members().count(),
               "n" => config.cluster.n,
-              "metrics" => metrics.as_ref().map_or("off".to_string(), |m| m.addr().to_string()),
-              "redis" => redis.as_ref().map_or("off".to_string(), |r| r.addr().to_string()));
-        Ok(Node {
-            local_addr,
-            intake_stop,
-            intake_thread: Some(intake_thread),
-            controller_stop,
-            controller_thread: Some(controller_thread),
-            metrics,
-            redis,
-            stages,
-            pool: Some(pool),
-            background_pool: Some(background),
-            logger,
-        })
+              "metrics" => self.metrics.as_ref().map_or("off".to_string(), |m| m.addr().to_string()),
+              "redis" => self.redis.as_ref().map_or("off".to_string(), |r| r.addr().to_string()));
+        Ok(())
     }
 
     /// The address the node listens on.
