@@ -27,13 +27,13 @@
 # AAE_INTERVAL_MS (5000), FG_RATE (1000), FG_SECS (30), LOAD_THREADS (8), FG_THREADS (64: each
 # thread keeps one request in flight, so fewer let a few slow seconds push the open loop behind
 # its schedule for good), TARGET_FACTOR (1.2), TARGET_MIN_MS (5), INSYNC_ONLY (any non-empty
-# value: phase 1 only, then the table with what it measured).
+# value: phase 1 only, then the table with what it measured), SYNC (none: the nodes' storage.sync).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base_keys=${1:-1000000}; runs=${2:-3}
 out=${OUT_DIR:-target/bench-aae}; diff_keys=${DIFF:-100}; interval=${AAE_INTERVAL_MS:-5000}
 fg_rate=${FG_RATE:-1000}; fg_secs=${FG_SECS:-30}; load_threads=${LOAD_THREADS:-8}
-fg_threads=${FG_THREADS:-64}; target_factor=${TARGET_FACTOR:-1.2}; target_min=${TARGET_MIN_MS:-5}
+sync=${SYNC:-none}; fg_threads=${FG_THREADS:-64}; target_factor=${TARGET_FACTOR:-1.2}; target_min=${TARGET_MIN_MS:-5}
 source benches/lib.sh
 needs_python
 mkdir -p "$out"
@@ -61,7 +61,7 @@ addr = "127.0.0.1:$(port 1)"
 id = "n2"
 addr = "127.0.0.1:$(port 2)"
 [storage]
-sync = "none"
+sync = "$sync"
 [anti_entropy]
 enabled = $2
 exchange_interval_ms = $interval
