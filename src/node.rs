@@ -204,14 +204,14 @@ impl Node {
             metrics: None,
             redis: None,
             stages,
-            pool: Some(pool),
-            background_pool: Some(background),
+            pool: None,
+            background_pool: None,
             logger,
         };
         // From here on threads run: a part that fails to start (an address taken, a thread
         // refused) stops every part started before it, so a process that embeds nodes is not
         // left with a half-started node's workers.
-        match node.start_threads(config, &shared, socket, intake_rx) {
+        match node.start_threads(config, &shared, (pool, background), (socket, intake_rx)) {
             Ok(()) => Ok(node),
             Err(e) => {
                 node.shutdown();
@@ -226,21 +226,26 @@ impl Node {
         &mut self,
         config: &Config,
         shared: &Shared,
-        socket: IntakeSocket,
-        intake_rx: StageReceiver<shoal_stages::event::IntakeEvent>,
+        (mut pool, mut background): (WorkerPool, WorkerPool),
+        (socket, intake_rx): (
+            IntakeSocket,
+            StageReceiver<shoal_stages::event::IntakeEvent>,
+        ),
     ) -> Result<(), NodeError> {
         let logger = self.logger.clone();
-        let (Some(pool), Some(background)) = (self.pool.as_mut(), self.background_pool.as_mut())
-        else {
-            return Ok(()); // Node::start puts both in before it calls this
-        };
-        pool.start().map_err(io_error("starting the worker pool"))?;
-        background
-            .start()
-            .map_err(io_error("starting the background workers"))?;
+        let domain: Vec<&'static str> = config.intake_runs().iter().map(|s| s.name()).collect();
+        let domain = (!domain.is_empty()).then(|| pool.domain(&domain));
+        // A pool's start is all or nothing (the workers it started stop if one cannot).
+        let started = pool.start();
+        self.pool = Some(pool);
+        started.map_err(io_error("starting the worker pool"))?;
+        let started = background.start();
+        let nice_failures = background.nice_failures();
+        self.background_pool = Some(background);
+        started.map_err(io_error("starting the background workers"))?;
         let steps = config.background_pool_settings().nice_steps;
         if steps > 0 {
-            match background.nice_failures() {
+            match nice_failures {
                 0 => info!(logger, "background workers run at a lower CPU priority"; "by" => steps),
                 failed => {
                     warn!(logger, "background workers could not lower their CPU priority"; "failed" => failed, "by" => steps)
@@ -276,10 +281,9 @@ impl Node {
                     shared.store.clone(),
                     logger.new(o!("stage" => "metrics")),
                 )
-                .map_err(io_error("binding the metrics address"))?,
+                .map_err(io_error(&format!("binding the metrics address {listen}")))?,
             );
         }
-        let domain: Vec<&'static str> = config.intake_runs().iter().map(|s| s.name()).collect();
         let intake = Intake::new(
             socket,
             machine,
@@ -287,7 +291,7 @@ impl Node {
             stats,
             Arc::clone(&self.intake_stop),
             logger.new(o!("stage" => StageId::Intake.name())),
-            (!domain.is_empty()).then(|| pool.domain(&domain)),
+            domain,
         )
         .with_reply_writer(config.reply_writer_from())
         .map_err(io_error("starting the reply writer"))?;
@@ -308,7 +312,7 @@ impl Node {
                     },
                     logger.new(o!("stage" => "redis")),
                 )
-                .map_err(io_error("binding the redis address"))?,
+                .map_err(io_error(&format!("binding the redis address {listen}")))?,
             );
         }
         self.controller_thread = Some(

@@ -141,6 +141,8 @@ struct PoolShared {
     shutdown: AtomicBool,
     /// Workers that have started (and tried to lower their priority).
     started: AtomicUsize,
+    /// Workers that have returned (after a shutdown).
+    exited: AtomicUsize,
     /// Workers that could not lower their priority.
     nice_failures: AtomicUsize,
 }
@@ -148,6 +150,12 @@ struct PoolShared {
 impl PoolShared {
     fn id(self: &Arc<Self>) -> usize {
         Arc::as_ptr(self) as usize
+    }
+
+    /// Whether the pool shut down and every worker it started has returned.
+    fn no_workers_left(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+            && self.exited.load(Ordering::SeqCst) == self.started.load(Ordering::SeqCst)
     }
 
     fn stages(&self) -> &[Arc<dyn Runnable>] {
@@ -353,6 +361,7 @@ impl WorkerPool {
                 keeper: Mutex::new(None),
                 shutdown: AtomicBool::new(false),
                 started: AtomicUsize::new(0),
+                exited: AtomicUsize::new(0),
                 nice_failures: AtomicUsize::new(0),
             }),
             settings,
@@ -437,16 +446,30 @@ impl WorkerPool {
         for index in 0..workers {
             let shared = Arc::clone(&self.shared);
             let nice_steps = self.settings.nice_steps;
-            let thread = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("{}-{index}", self.settings.thread_name))
                 .spawn(move || {
                     if nice_steps > 0 && lower_own_priority(nice_steps).is_err() {
                         shared.nice_failures.fetch_add(1, Ordering::SeqCst);
                     }
                     shared.started.fetch_add(1, Ordering::SeqCst);
-                    work(&shared, index)
-                })?;
-            self.threads.push(thread);
+                    work(&shared, index);
+                    shared.exited.fetch_add(1, Ordering::SeqCst);
+                });
+            match spawned {
+                Ok(thread) => self.threads.push(thread),
+                Err(e) => {
+                    // All or nothing: the workers already running stop, so that stopping a
+                    // stage (`StageHandle::stop_and_join`) runs its end itself rather than
+                    // waiting for workers that will never come.
+                    self.shared.shutdown.store(true, Ordering::SeqCst);
+                    self.shared.wake_all();
+                    for thread in self.threads.drain(..) {
+                        let _ = thread.join();
+                    }
+                    return Err(e);
+                }
+            }
         }
         // A thread starts within microseconds; the bound only keeps a wedged box from
         // hanging the node's start.
@@ -717,8 +740,8 @@ impl StageHandle {
     pub fn stop_and_join(self) {
         self.request_stop();
         while !self.stage.stopped() {
-            if self.shared.stages.get().is_none() {
-                // Never started: nobody else will run it.
+            if self.shared.stages.get().is_none() || self.shared.no_workers_left() {
+                // Never started (or its start failed): nobody else will run it.
                 self.stage.try_finish();
                 if !self.stage.stopped() {
                     return;

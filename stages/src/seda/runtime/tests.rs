@@ -83,6 +83,30 @@ fn queued_events_are_taken_in_batches_and_drained_on_stop() {
     pool.stop_and_join();
 }
 
+/// Goal: a stage stopped after its pool's workers have returned (as after a start that failed
+/// part-way, which stops the workers it had started) stops on the stopping thread rather than
+/// waiting for workers that will never come.
+#[test]
+fn a_stage_whose_pool_has_no_workers_left_stops_without_them() {
+    let spec = spec("test", 64, 16);
+    let mut pool = pool(1);
+    let (_sender, receiver) = stage_queue::<u32>(&spec, Some(pool.waker(&spec)));
+    let (batches_tx, _batches_rx) = unbounded();
+    let handle = pool.add_stage(&spec, receiver, |_| Recorder {
+        batches: batches_tx.clone(),
+    });
+    pool.start().expect("start");
+    pool.stop_and_join();
+    let (done_tx, done_rx) = unbounded();
+    std::thread::spawn(move || {
+        handle.stop_and_join();
+        let _ = done_tx.send(());
+    });
+    done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the stage stopped without workers");
+}
+
 /// Counts its ticks; idle while `idle` says so.
 struct Ticker {
     ticks: Arc<AtomicU64>,
