@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 14's benchmark: what Dynamo's buffered writes (§6.1) buy. 3 nodes on loopback, N=3 R=2
 # W=2, every node with sync = "periodic" (writes nobody asked to flush reach the disk every
-# sync_interval_ms; SYNC=none: when the OS decides), all on this machine's one disk. Per workload (A, and write-only):
+# sync_interval_ms; SYNC=none: when the OS decides, its writeback started every 100 ms), all on this machine's one disk. Per workload (A, and write-only):
 #   1. the closed-loop maximum with durable_writes = "all" (THREADS connections);
 #   2. ROUNDS rounds of open-loop runs at LOAD_FRACTION (0.6) of that maximum, one run per mode
 #      in each round, the modes alternating: all (every acknowledging replica flushed), one

@@ -22,15 +22,22 @@ pub struct StorageEvent {
 /// Writes storage applied that may be acknowledged only once on disk, with their answers:
 /// the commit stage flushes the journal once for every such event it has, then sends each
 /// answer (marked durable, or the flush's error). Empty: a flush asked for by `sync =
-/// "periodic"`'s tick, answering nobody.
+/// "periodic"`'s tick, answering nobody, or with `write_back`, `sync = "none"`'s.
 #[derive(Debug, Default)]
 pub struct CommitEvent {
     /// The answers to send once flushed, each to its asker.
     pub waiting: Vec<(ReplyTo, StorageDone)>,
+    /// Only start the journal's writeback, waiting for nothing (`sync = "none"`'s tick; see
+    /// [`crate::storage::Store::write_back`]). A batch with any other event flushes instead,
+    /// which covers this too.
+    pub write_back: bool,
 }
 
 impl fmt::Display for CommitEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.write_back && self.waiting.is_empty() {
+            return f.write_str("journal writeback");
+        }
         write!(f, "flush for {} writes", self.waiting.len())
     }
 }

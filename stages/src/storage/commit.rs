@@ -16,7 +16,7 @@ use super::Store;
 use crate::error::ServiceError;
 use crate::event::{CommitEvent, Now, ReplyTo, StorageDone};
 use crate::seda::{Machine, Outbox, SlowWatch};
-use slog::{error, warn, Logger};
+use slog::{error, info, warn, Logger};
 use std::time::Duration;
 
 /// A journal flush this long is warned of: ~100x its usual time here, and every write it
@@ -31,6 +31,8 @@ pub struct CommitMachine {
     waiting: Vec<(ReplyTo, StorageDone)>,
     /// Flushes of at least `SLOW_FLUSH`, with the writes each covered.
     slow: SlowWatch<usize>,
+    /// Whether the last journal writeback failed (see `write_back`).
+    write_back_failing: bool,
 }
 
 impl CommitMachine {
@@ -41,6 +43,25 @@ impl CommitMachine {
             logger,
             waiting: Vec::new(),
             slow: SlowWatch::new(SLOW_FLUSH),
+            write_back_failing: false,
+        }
+    }
+
+    /// `sync = "none"`'s writeback. No answer waits for it, and a page it could not write is
+    /// reported by the journal's next fdatasync, so a failure is warned of when it starts and
+    /// when it ends, not every tick (unless it is the final kind: see `Store::write_back`,
+    /// after which every write is refused with the reason).
+    fn write_back(&mut self) {
+        match (self.store.write_back(), self.write_back_failing) {
+            (Ok(()), true) => {
+                self.write_back_failing = false;
+                info!(self.logger, "journal writeback works again");
+            }
+            (Err(e), false) => {
+                self.write_back_failing = true;
+                warn!(self.logger, "journal writeback failed (warned once until it works)"; "error" => %e);
+            }
+            _ => {}
         }
     }
 }
@@ -53,8 +74,14 @@ impl Machine for CommitMachine {
     }
 
     fn on_batch(&mut self, now: Now, batch: &mut Vec<CommitEvent>, out: &mut Outbox) {
+        let mut flush = false;
         for event in batch.drain(..) {
+            flush |= !event.write_back || !event.waiting.is_empty();
             self.waiting.extend(event.waiting);
+        }
+        if !flush {
+            self.write_back();
+            return;
         }
         // One flush for the whole batch, the periodic flush's empty events included.
         let outcome = self.store.persist();

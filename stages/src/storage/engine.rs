@@ -5,8 +5,10 @@ use super::StorageError;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind};
+use std::num::NonZeroU64;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -79,6 +81,13 @@ pub trait Engine: Send + Sync + 'static {
     /// A failed fdatasync is final: every later write and flush is refused until the process
     /// restarts (fjall's engine; the simulator's models the same).
     fn persist(&self) -> Result<Duration, StorageError>;
+
+    /// Starts writing the journal's pages out and returns without waiting for the disk
+    /// (`sync = "none"`'s writeback): it makes nothing durable, but it leaves little for
+    /// the engine's own syncs to write while every writer waits on them. Default: nothing.
+    fn write_back(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 /// fjall: one database per node, one keyspace per [`Space`].
@@ -93,6 +102,11 @@ pub struct FjallEngine {
     /// Why a journal flush failed, once one has: from then on every write and flush is
     /// refused (see `persist`).
     failed: OnceLock<String>,
+    /// Whether anything was written since the last `write_back`.
+    written: AtomicBool,
+    /// The journal `write_back` last started writing out, and up to where: the next one
+    /// starts there (a page still being written then stays cached, which costs nothing).
+    advised: Mutex<(u64, u64)>,
 }
 
 impl FjallEngine {
@@ -114,6 +128,8 @@ impl FjallEngine {
             dir,
             journal: Mutex::new(None),
             failed: OnceLock::new(),
+            written: AtomicBool::new(false),
+            advised: Mutex::new((0, 0)),
         })
     }
 
@@ -132,6 +148,19 @@ impl FjallEngine {
     /// final (`sync_or_fail`), and it is decided under the handle's lock, so a flush that
     /// waited for the failed one sees it rather than syncing over its hole.
     fn sync_active_journal(&self) -> Result<Duration, StorageError> {
+        self.with_active_journal(|file, id| {
+            let started = Instant::now();
+            self.sync_or_fail(file, id)?;
+            Ok(started.elapsed())
+        })
+    }
+
+    /// Runs `act` on the active journal file through our own handle (see
+    /// `sync_active_journal`), under the handle's lock.
+    fn with_active_journal<T>(
+        &self,
+        act: impl FnOnce(&File, u64) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
         let mut cached = self.journal.lock().unwrap_or_else(PoisonError::into_inner);
         self.refuse_after_failure()?;
         for _ in 0..JOURNAL_LOOKUPS {
@@ -155,9 +184,7 @@ impl FjallEngine {
                 *cached = Some((id, file));
             }
             if let Some((id, file)) = cached.as_ref() {
-                let started = Instant::now();
-                self.sync_or_fail(file, *id)?;
-                return Ok(started.elapsed());
+                return act(file, *id);
             }
         }
         Err(journal_error(
@@ -187,11 +214,13 @@ impl Engine for FjallEngine {
 
     fn insert(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
         self.refuse_after_failure()?;
+        self.written.store(true, Ordering::Relaxed);
         Ok(self.keyspace(space).insert(key, value)?)
     }
 
     fn remove(&self, space: Space, key: &[u8]) -> Result<(), StorageError> {
         self.refuse_after_failure()?;
+        self.written.store(true, Ordering::Relaxed);
         Ok(self.keyspace(space).remove(key)?)
     }
 
@@ -257,6 +286,68 @@ impl Engine for FjallEngine {
         self.db.persist(PersistMode::Buffer)?;
         Ok(took)
     }
+
+    /// fjall syncs the whole journal file under its lock when it rotates it (about every 64
+    /// MB) and when it flushes a memtable: with `sync = "none"` nothing else wrote those pages
+    /// out, so every writer, the intake loop's included, waited for up to 64 MB to reach the
+    /// disk (storage turns of 100-160 ms on both nodes of issue 10's rebuild). This starts
+    /// that writing early, a little at a time: `POSIX_FADV_DONTNEED` starts the writeback of
+    /// the range's dirty pages without waiting for it (Linux: `WB_SYNC_NONE`) and drops its
+    /// clean ones, which only recovery reads. The range stops [`WRITE_BACK_TAIL`] short of
+    /// the end: a dropped page that fjall still appends to would be read back from the disk,
+    /// under its lock, by the next write. Nothing written since the last call: nothing to do.
+    ///
+    /// It promises nothing, but it is not free of consequence: fadvise does not consume a
+    /// writeback error, so the next fdatasync of the file (fjall's, or `persist`'s) reports
+    /// it, and when fjall has moved to a new file, the old one is synced through our handle
+    /// first (as `persist` does), where a failure is final.
+    fn write_back(&self) -> Result<(), StorageError> {
+        if !self.written.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.with_active_journal(|file, id| {
+            let path = || journal_path(&self.dir, id);
+            let end = file
+                .metadata()
+                .map_err(|e| journal_error(&path(), e))?
+                .len();
+            let to = end.saturating_sub(WRITE_BACK_TAIL) & !(PAGE_BYTES - 1);
+            let mut advised = self.advised.lock().unwrap_or_else(PoisonError::into_inner);
+            let from = if advised.0 == id { advised.1 } else { 0 };
+            let Some(len) = NonZeroU64::new(to.saturating_sub(from)) else {
+                return Ok(());
+            };
+            write_back_range(file, from, len).map_err(|e| journal_error(&path(), e))?;
+            *advised = (id, to);
+            Ok(())
+        })
+    }
+}
+
+/// How much of the journal's end `write_back` leaves alone: the page fjall appends to, and
+/// some before it (at ~100 ms between calls, more than one call's worth of appends at the
+/// rates seen here).
+const WRITE_BACK_TAIL: u64 = 1 << 20;
+
+/// The page size the range is rounded down to (a multiple of the real one on every Linux
+/// target: a smaller range only writes back less).
+const PAGE_BYTES: u64 = 64 << 10;
+
+/// Starts the writeback of `len` bytes of `file` from `from` and drops their clean pages.
+#[cfg(target_os = "linux")]
+fn write_back_range(file: &File, from: u64, len: NonZeroU64) -> io::Result<()> {
+    Ok(rustix::fs::fadvise(
+        file,
+        from,
+        Some(len),
+        rustix::fs::Advice::DontNeed,
+    )?)
+}
+
+/// Elsewhere the OS decides alone.
+#[cfg(not(target_os = "linux"))]
+fn write_back_range(_file: &File, _from: u64, _len: NonZeroU64) -> io::Result<()> {
+    Ok(())
 }
 
 fn journal_error(path: &Path, error: io::Error) -> StorageError {
@@ -328,9 +419,60 @@ mod tests {
     #[test]
     fn persist_follows_the_journal_across_a_rotation() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let engine = FjallEngine::open(dir.path()).expect("opens");
+        let (engine, second) = rotated(dir.path());
+        let marker = b"written-after-the-rotation".repeat(16);
+        engine
+            .insert(Space::Objects, b"after", &marker)
+            .expect("insert");
+        engine.persist().expect("persist after the rotation");
+        assert_eq!(
+            active(&engine),
+            Some(second),
+            "the flush synced an old journal"
+        );
+        let bytes = std::fs::read(journal_path(dir.path(), second)).expect("journal");
+        assert!(bytes.windows(marker.len()).any(|window| window == marker));
+    }
+
+    /// Goal: `sync = "none"`'s writeback works on the journal fjall writes now, across a
+    /// rotation, and does nothing (not even a look for the journal) when nothing was written
+    /// since the last one.
+    #[test]
+    fn write_back_follows_the_journal_across_a_rotation() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (engine, second) = rotated(dir.path());
+        engine.write_back().expect("write back after the rotation");
+        assert_eq!(active(&engine), Some(second), "wrote back an old journal");
+        *engine.journal.lock().expect("lock") = None;
+        engine.write_back().expect("nothing written since");
+        assert_eq!(
+            active(&engine),
+            None,
+            "looked for the journal with nothing to do"
+        );
+        engine
+            .insert(Space::Objects, b"after", b"v")
+            .expect("insert");
+        engine.write_back().expect("write back after a write");
+        assert_eq!(active(&engine), Some(second));
+    }
+
+    /// The journal file our handle is on.
+    fn active(engine: &FjallEngine) -> Option<u64> {
+        engine
+            .journal
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .map(|(id, _)| *id)
+    }
+
+    /// An engine in `dir` whose handle is on its first journal, after fjall rotated to a new
+    /// one (by flushing a memtable after more than 64 MB of journal); the new one's id.
+    fn rotated(dir: &Path) -> (FjallEngine, u64) {
+        let engine = FjallEngine::open(dir).expect("opens");
         engine.persist().expect("persist");
-        let first = newest_journal(dir.path()).expect("journal");
+        let first = newest_journal(dir).expect("journal");
         // Incompressible bytes (xorshift), so the journal grows by what is written.
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         for i in 0..66u32 {
@@ -350,22 +492,9 @@ mod tests {
             .keyspace(Space::Objects)
             .rotate_memtable_and_wait()
             .expect("memtable flushed");
-        let second = newest_journal(dir.path()).expect("journal");
+        let second = newest_journal(dir).expect("journal");
         assert!(second > first, "no rotation: still journal {first}");
-        let marker = b"written-after-the-rotation".repeat(16);
-        engine
-            .insert(Space::Objects, b"after", &marker)
-            .expect("insert");
-        engine.persist().expect("persist after the rotation");
-        let synced = engine
-            .journal
-            .lock()
-            .expect("lock")
-            .as_ref()
-            .map(|(id, _)| *id);
-        assert_eq!(synced, Some(second), "the flush synced an old journal");
-        let bytes = std::fs::read(journal_path(dir.path(), second)).expect("journal");
-        assert!(bytes.windows(marker.len()).any(|window| window == marker));
+        (engine, second)
     }
 
     /// Goal: a flush that cannot find the journal fails alone (nothing written was lost, so

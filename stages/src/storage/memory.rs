@@ -25,6 +25,9 @@ struct State {
     /// A flush failed: writes and flushes are refused until the process restarts
     /// ([`MemoryEngine::restart`]), as fjall's engine refuses them.
     poisoned: bool,
+    /// Writebacks started ([`Engine::write_back`]): counted only, as they make nothing
+    /// durable.
+    write_backs: u64,
 }
 
 impl State {
@@ -85,6 +88,11 @@ impl MemoryEngine {
     pub fn unflushed_writes(&self) -> usize {
         self.state().journal.len()
     }
+
+    /// How many writebacks were started.
+    pub fn write_backs(&self) -> u64 {
+        self.state().write_backs
+    }
 }
 
 impl Engine for MemoryEngine {
@@ -130,6 +138,15 @@ impl Engine for MemoryEngine {
             .take(limit)
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect())
+    }
+
+    /// Promises nothing, as fjall's does not: what was not flushed stays at risk of a power
+    /// loss. Refused once poisoned, as fjall's is.
+    fn write_back(&self) -> Result<(), StorageError> {
+        let mut state = self.state();
+        state.refuse_if_poisoned()?;
+        state.write_backs += 1;
+        Ok(())
     }
 
     /// Takes no time: the simulator's disk is instant.

@@ -10,7 +10,8 @@
 //! [`crate::durability`]) or the node's `sync = "always"`. With `"periodic"` worker 0 asks the
 //! commit stage for a flush every `sync_interval` on its tick; with `"none"` the engine's own
 //! buffering decides for the others (writes survive a process crash once in OS buffers, not a
-//! power loss).
+//! power loss), and worker 0 asks the commit stage on its tick to start the journal's
+//! writeback without waiting for it ([`Store::write_back`]).
 //!
 //! Background merges yield (issue 9, issue 10): a `Sync` carrying more than [`MERGE_CHUNK`]
 //! objects (a hint batch, an anti-entropy exchange, up to a thousand keys) merges that many,
@@ -55,7 +56,9 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncMode {
-    /// Never flush explicitly; fastest, loses recent writes on power loss.
+    /// Never flush explicitly; fastest, loses recent writes on power loss. The journal's
+    /// writeback is still started on storage's tick ([`Store::write_back`]), waiting for
+    /// nothing, so the engine's own syncs find little to write.
     None,
     /// Flush every `sync_interval_ms`; loses at most that window on power loss.
     Periodic,
@@ -125,6 +128,9 @@ pub struct StorageMachine {
     settings: StorageSettings,
     /// Whether this worker asks for the periodic flush (only one worker does).
     flushes_periodically: bool,
+    /// Whether this worker asks for `sync = "none"`'s periodic journal writeback (only one
+    /// worker does; see [`Store::write_back`]).
+    writes_back: bool,
     logger: Logger,
     /// The batch's answers.
     held: Vec<Held>,
@@ -147,6 +153,7 @@ impl StorageMachine {
         StorageMachine {
             store,
             flushes_periodically: index == 0 && settings.sync == SyncMode::Periodic,
+            writes_back: index == 0 && settings.sync == SyncMode::None,
             settings,
             logger,
             held: Vec::new(),
@@ -451,6 +458,7 @@ impl Machine for StorageMachine {
         // is answered by the commit stage after its flush.
         let mut commit = CommitEvent {
             waiting: std::mem::take(&mut self.uncommitted),
+            write_back: false,
         };
         for mut held in self.held.drain(..) {
             if let Some(early) = held.early.take() {
@@ -502,11 +510,13 @@ impl Machine for StorageMachine {
     }
 
     fn on_tick(&mut self, _now: Now, out: &mut Outbox) {
-        if self.flushes_periodically || !self.uncommitted.is_empty() {
+        if self.flushes_periodically || self.writes_back || !self.uncommitted.is_empty() {
             // The commit stage flushes, so whichever thread runs storage never waits for it
             // (a refused periodic request is simply the next tick's).
+            let waiting = std::mem::take(&mut self.uncommitted);
             out.request(CommitEvent {
-                waiting: std::mem::take(&mut self.uncommitted),
+                write_back: self.writes_back && waiting.is_empty(),
+                waiting,
             });
         }
     }

@@ -978,6 +978,13 @@ impl Store {
         self.engine.persist()
     }
 
+    /// Starts writing the journal out without waiting for the disk (`sync = "none"`): makes
+    /// nothing durable, but keeps the engine's own syncs, which writers wait for, short. Its
+    /// failure is final when it is a sync's (see [`Engine::write_back`]'s fjall engine).
+    pub fn write_back(&self) -> Result<(), StorageError> {
+        self.engine.write_back()
+    }
+
     fn lock(&self, key: &[u8]) -> MutexGuard<'_, CacheStripe> {
         let mut hasher = DefaultHasher::new();
         key.hash(&mut hasher);

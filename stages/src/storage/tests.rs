@@ -189,6 +189,9 @@ impl Engine for CountingHintScans {
     fn persist(&self) -> Result<std::time::Duration, StorageError> {
         self.inner.persist()
     }
+    fn write_back(&self) -> Result<(), StorageError> {
+        self.inner.write_back()
+    }
 }
 
 /// Goal: with no hint held (the exact count says so), handoff's every-tick read of the next
@@ -444,6 +447,62 @@ fn the_commit_stage_flushes_once_for_the_batches_that_queued() {
     assert_eq!(events.len(), 1, "the tick asks the commit stage");
     machines.commit.on_batch(now, &mut events, &mut out);
     assert_eq!(engine.unflushed_writes(), 0);
+}
+
+/// Goal: with `sync = "none"`, storage's tick (worker 0 only) asks the commit stage to start
+/// the journal's writeback, which makes nothing durable and flushes nothing; a batch with a
+/// write that must be on disk beside it flushes instead; "always" asks for nothing on its tick.
+#[test]
+fn sync_none_starts_the_journal_writeback_on_its_tick_and_flushes_nothing() {
+    let now = Now::real();
+    let (engine, mut machines) = memory_machine(SyncMode::None);
+    let mut out = Outbox::new();
+    let mut batch = vec![event(1, coordinate_put(b"a", false))];
+    machines.storage.on_batch(now, &mut batch, &mut out);
+    assert_eq!(storage_answers(&mut out), vec![(1, true, false)]);
+    machines.storage.on_tick(now, &mut out);
+    let mut events = commit_events(&mut out);
+    assert_eq!(events.len(), 1, "the tick asks the commit stage");
+    assert!(events[0].write_back && events[0].waiting.is_empty());
+    machines.commit.on_batch(now, &mut events, &mut out);
+    assert_eq!(engine.write_backs(), 1);
+    assert_eq!(engine.unflushed_writes(), 1, "a writeback flushes nothing");
+    assert!(storage_answers(&mut out).is_empty(), "and answers nobody");
+
+    let store = Store::with_engine(engine.clone(), &node(), Q, 0).expect("opens");
+    let settings = StorageSettings {
+        node: node(),
+        sync: SyncMode::None,
+        limits: LIMITS,
+        ownership: None,
+    };
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let mut other = StorageMachine::new(1, store, settings, logger);
+    other.on_tick(now, &mut out);
+    assert!(commit_events(&mut out).is_empty(), "only worker 0 asks");
+
+    machines.storage.on_tick(now, &mut out);
+    let mut events = commit_events(&mut out);
+    machines.storage.on_batch(
+        now,
+        &mut vec![event(2, coordinate_put(b"b", true))],
+        &mut out,
+    );
+    events.extend(commit_events(&mut out));
+    assert_eq!(events.len(), 2);
+    machines.commit.on_batch(now, &mut events, &mut out);
+    assert_eq!(
+        storage_answers(&mut out),
+        vec![(2, true, false), (2, true, true)],
+        "applied, then durable after the flush"
+    );
+    assert_eq!(engine.write_backs(), 1, "the flush covers the writeback");
+    assert_eq!(engine.unflushed_writes(), 0);
+
+    let (engine, mut machines) = memory_machine(SyncMode::Always);
+    machines.storage.on_tick(now, &mut out);
+    assert!(commit_events(&mut out).is_empty());
+    assert_eq!(engine.write_backs(), 0);
 }
 
 /// Hands every commit event in `out` back to storage as refused with `error` (a full or
