@@ -296,6 +296,14 @@ struct Pair {
 fn memory_machine(sync: SyncMode) -> (Arc<MemoryEngine>, Pair) {
     let engine = MemoryEngine::new();
     let store = Store::with_engine(engine.clone(), &node(), Q, 0).expect("opens");
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let commit = CommitMachine::new(store.clone(), logger);
+    let storage = storage_worker(0, store, sync);
+    (engine, Pair { storage, commit })
+}
+
+/// Storage worker `index` with `sync` over `store`.
+fn storage_worker(index: usize, store: Store, sync: SyncMode) -> StorageMachine {
     let settings = StorageSettings {
         node: node(),
         sync,
@@ -303,9 +311,7 @@ fn memory_machine(sync: SyncMode) -> (Arc<MemoryEngine>, Pair) {
         ownership: None,
     };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let commit = CommitMachine::new(store.clone(), logger.clone());
-    let storage = StorageMachine::new(0, store, settings, logger);
-    (engine, Pair { storage, commit })
+    StorageMachine::new(index, store, settings, logger)
 }
 
 /// What the runtime does with storage's outbox: its answers go on, its commit events go to
@@ -470,14 +476,7 @@ fn sync_none_starts_the_journal_writeback_on_its_tick_and_flushes_nothing() {
     assert!(storage_answers(&mut out).is_empty(), "and answers nobody");
 
     let store = Store::with_engine(engine.clone(), &node(), Q, 0).expect("opens");
-    let settings = StorageSettings {
-        node: node(),
-        sync: SyncMode::None,
-        limits: LIMITS,
-        ownership: None,
-    };
-    let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let mut other = StorageMachine::new(1, store, settings, logger);
+    let mut other = storage_worker(1, store, SyncMode::None);
     other.on_tick(now, &mut out);
     assert!(commit_events(&mut out).is_empty(), "only worker 0 asks");
 
