@@ -72,9 +72,49 @@ impl<D: Copy> SlowWatch<D> {
     }
 }
 
+/// Lets a repeated log line through at most once per `WARNING_INTERVAL` (the first at once),
+/// counting the ones held back: a fault that fails every request (a journal flush that failed,
+/// after which every write is refused) logs a line a second, not one per request.
+#[derive(Debug, Default)]
+pub struct LogLimit {
+    /// When the last line went through.
+    last: Option<Instant>,
+    /// Occurrences held back since.
+    held_back: u64,
+}
+
+impl LogLimit {
+    /// Whether to log the occurrence at `now`; if so, how many were held back before it.
+    pub fn admit(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|at| now.saturating_duration_since(at) < WARNING_INTERVAL)
+        {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Goal: a repeated line goes through at once, then at most once a second, saying how
+    /// many were held back in between.
+    #[test]
+    fn a_repeated_line_goes_through_once_a_second_with_the_count_held_back() {
+        let mut limit = LogLimit::default();
+        let t0 = Instant::now();
+        assert_eq!(limit.admit(t0), Some(0));
+        for i in 1..=3 {
+            assert_eq!(limit.admit(t0 + i * 100 * MS), None);
+        }
+        assert_eq!(limit.admit(t0 + WARNING_INTERVAL), Some(3));
+        assert_eq!(limit.admit(t0 + 5 * WARNING_INTERVAL), Some(0));
+    }
 
     const MS: Duration = Duration::from_millis(1);
 

@@ -46,7 +46,7 @@ use crate::error::ServiceError;
 use crate::event::{
     CommitEvent, Event, Now, ReplyTo, StorageDone, StorageEvent, StorageOutcome, StorageRequest,
 };
-use crate::seda::{Machine, Outbox};
+use crate::seda::{LogLimit, Machine, Outbox};
 use crate::NodeId;
 use serde::{Deserialize, Serialize};
 use slog::{error, Logger};
@@ -131,6 +131,8 @@ pub struct StorageMachine {
     /// Whether this worker asks for `sync = "none"`'s periodic journal writeback (only one
     /// worker does; see [`Store::write_back`]).
     writes_back: bool,
+    /// Failed operations' log lines, at most one a second.
+    failures: LogLimit,
     logger: Logger,
     /// The batch's answers.
     held: Vec<Held>,
@@ -154,6 +156,7 @@ impl StorageMachine {
             store,
             flushes_periodically: index == 0 && settings.sync == SyncMode::Periodic,
             writes_back: index == 0 && settings.sync == SyncMode::None,
+            failures: LogLimit::default(),
             settings,
             logger,
             held: Vec::new(),
@@ -376,7 +379,7 @@ impl StorageMachine {
         }
     }
 
-    fn hold(&mut self, mut event: StorageEvent, out: &mut Outbox) {
+    fn hold(&mut self, now: Now, mut event: StorageEvent, out: &mut Outbox) {
         let rest = self.cut(&mut event);
         let StorageEvent {
             op,
@@ -392,7 +395,12 @@ impl StorageMachine {
                 max: max as u64,
             },
             other => {
-                error!(self.logger, "storage operation failed"; "op" => op.0, "error" => %other);
+                // Once a journal flush failed every write fails the same way: a line a
+                // second, with how many were held back, not one per request.
+                if let Some(held_back) = self.failures.admit(now.instant) {
+                    error!(self.logger, "storage operation failed"; "op" => op.0, "error" => %other,
+                           "failures_not_logged_since_the_last" => held_back);
+                }
                 ServiceError::Storage {
                     reason: other.to_string(),
                 }
@@ -449,9 +457,9 @@ impl Machine for StorageMachine {
         self.on_batch(now, &mut vec![event], out);
     }
 
-    fn on_batch(&mut self, _now: Now, batch: &mut Vec<StorageEvent>, out: &mut Outbox) {
+    fn on_batch(&mut self, now: Now, batch: &mut Vec<StorageEvent>, out: &mut Outbox) {
         for event in batch.drain(..) {
-            self.hold(event, out);
+            self.hold(now, event, out);
         }
         // What need not be on disk is answered now: a buffered write or a read does not wait
         // for the fdatasync a durable write in the same batch asked for. What must be on disk
