@@ -307,13 +307,10 @@ impl Engine for FjallEngine {
         }
         self.with_active_journal(|file, id| {
             let path = || journal_path(&self.dir, id);
-            let end = file
-                .metadata()
-                .map_err(|e| journal_error(&path(), e))?
-                .len();
-            let to = end.saturating_sub(WRITE_BACK_TAIL) & !(PAGE_BYTES - 1);
             let mut advised = self.advised.lock().unwrap_or_else(PoisonError::into_inner);
             let from = if advised.0 == id { advised.1 } else { 0 };
+            let end = written_end(file, from).map_err(|e| journal_error(&path(), e))?;
+            let to = end.saturating_sub(WRITE_BACK_TAIL) & !(PAGE_BYTES - 1);
             let Some(len) = NonZeroU64::new(to.saturating_sub(from)) else {
                 return Ok(());
             };
@@ -332,6 +329,24 @@ const WRITE_BACK_TAIL: u64 = 1 << 20;
 /// The page size the range is rounded down to (a multiple of the real one on every Linux
 /// target: a smaller range only writes back less).
 const PAGE_BYTES: u64 = 64 << 10;
+
+/// Where `file`'s written bytes end, looking from `from`: fjall sets a new journal's length to
+/// 64 MiB before it writes anything (a sparse file), so the length says nothing; the first
+/// hole after `from` does (a dirty page not yet on disk counts as data). The length when the
+/// file system cannot say.
+#[cfg(target_os = "linux")]
+fn written_end(file: &File, from: u64) -> io::Result<u64> {
+    match rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(from)) {
+        Ok(end) => Ok(end),
+        Err(_) => Ok(file.metadata()?.len()),
+    }
+}
+
+/// Elsewhere: the file's length.
+#[cfg(not(target_os = "linux"))]
+fn written_end(file: &File, _from: u64) -> io::Result<u64> {
+    Ok(file.metadata()?.len())
+}
 
 /// Starts the writeback of `len` bytes of `file` from `from` and drops their clean pages.
 #[cfg(target_os = "linux")]
@@ -455,6 +470,46 @@ mod tests {
             .expect("insert");
         engine.write_back().expect("write back after a write");
         assert_eq!(active(&engine), Some(second));
+    }
+
+    /// Goal: the writeback follows what fjall wrote, not the journal file's length (fjall
+    /// sets a new journal's length to 64 MiB before writing): it covers the written bytes
+    /// but the last MiB, and moves on as more are written.
+    #[test]
+    fn write_back_covers_what_was_written_and_moves_on() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = FjallEngine::open(dir.path()).expect("opens");
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut write_mib = |engine: &FjallEngine, from: u32| {
+            for i in from..from + 3 {
+                let value: Vec<u8> = (0..1 << 17)
+                    .flat_map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        state.to_le_bytes()
+                    })
+                    .collect();
+                engine
+                    .insert(Space::Objects, &i.to_be_bytes(), &value)
+                    .expect("insert");
+            }
+        };
+        let advised = |engine: &FjallEngine| engine.advised.lock().expect("lock").1;
+        write_mib(&engine, 0);
+        engine.write_back().expect("write back");
+        let first = advised(&engine);
+        assert!(
+            first > 0 && first <= 3 << 20,
+            "advised up to {first} after 3 MiB written"
+        );
+        write_mib(&engine, 3);
+        engine.write_back().expect("write back");
+        let second = advised(&engine);
+        assert!(
+            second > first && second <= 6 << 20,
+            "advised up to {second} after 6 MiB written (first {first})"
+        );
     }
 
     /// The journal file our handle is on.
