@@ -310,7 +310,7 @@ impl Engine for FjallEngine {
             let mut advised = self.advised.lock().unwrap_or_else(PoisonError::into_inner);
             let from = if advised.0 == id { advised.1 } else { 0 };
             let end = written_end(file, from).map_err(|e| journal_error(&path(), e))?;
-            let to = end.saturating_sub(WRITE_BACK_TAIL) & !(PAGE_BYTES - 1);
+            let to = end.saturating_sub(WRITE_BACK_TAIL) & !(WRITE_BACK_ALIGN - 1);
             let Some(len) = NonZeroU64::new(to.saturating_sub(from)) else {
                 return Ok(());
             };
@@ -326,9 +326,9 @@ impl Engine for FjallEngine {
 /// rates seen here).
 const WRITE_BACK_TAIL: u64 = 1 << 20;
 
-/// The page size the range is rounded down to (a multiple of the real one on every Linux
-/// target: a smaller range only writes back less).
-const PAGE_BYTES: u64 = 64 << 10;
+/// What the range's ends are rounded down to: a multiple of the page size on every Linux
+/// target, so only whole pages are advised (a smaller range only writes back less).
+const WRITE_BACK_ALIGN: u64 = 64 << 10;
 
 /// Where `file`'s written bytes end, looking from `from`: fjall sets a new journal's length to
 /// 64 MiB before it writes anything (a sparse file), so the length says nothing; the first
@@ -480,36 +480,39 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let engine = FjallEngine::open(dir.path()).expect("opens");
         let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut write_mib = |engine: &FjallEngine, from: u32| {
-            for i in from..from + 3 {
-                let value: Vec<u8> = (0..1 << 17)
-                    .flat_map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        state.to_le_bytes()
-                    })
-                    .collect();
-                engine
-                    .insert(Space::Objects, &i.to_be_bytes(), &value)
-                    .expect("insert");
-            }
-        };
         let advised = |engine: &FjallEngine| engine.advised.lock().expect("lock").1;
-        write_mib(&engine, 0);
+        write_mib(&engine, 0..3, &mut state);
         engine.write_back().expect("write back");
         let first = advised(&engine);
         assert!(
             first > 0 && first <= 3 << 20,
             "advised up to {first} after 3 MiB written"
         );
-        write_mib(&engine, 3);
+        write_mib(&engine, 3..6, &mut state);
         engine.write_back().expect("write back");
         let second = advised(&engine);
         assert!(
             second > first && second <= 6 << 20,
             "advised up to {second} after 6 MiB written (first {first})"
         );
+    }
+
+    /// Writes one MiB of incompressible bytes (xorshift from `state`, so the journal grows by
+    /// what is written) under each key of `keys`.
+    fn write_mib(engine: &FjallEngine, keys: std::ops::Range<u32>, state: &mut u64) {
+        for i in keys {
+            let value: Vec<u8> = (0..1 << 17)
+                .flat_map(|_| {
+                    *state ^= *state << 13;
+                    *state ^= *state >> 7;
+                    *state ^= *state << 17;
+                    state.to_le_bytes()
+                })
+                .collect();
+            engine
+                .insert(Space::Objects, &i.to_be_bytes(), &value)
+                .expect("insert");
+        }
     }
 
     /// The journal file our handle is on.
@@ -528,21 +531,7 @@ mod tests {
         let engine = FjallEngine::open(dir).expect("opens");
         engine.persist().expect("persist");
         let first = newest_journal(dir).expect("journal");
-        // Incompressible bytes (xorshift), so the journal grows by what is written.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        for i in 0..66u32 {
-            let value: Vec<u8> = (0..1 << 17)
-                .flat_map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state.to_le_bytes()
-                })
-                .collect();
-            engine
-                .insert(Space::Objects, &i.to_be_bytes(), &value)
-                .expect("insert");
-        }
+        write_mib(&engine, 0..66, &mut 0x9e37_79b9_7f4a_7c15);
         engine
             .keyspace(Space::Objects)
             .rotate_memtable_and_wait()
