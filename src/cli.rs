@@ -408,6 +408,9 @@ pub(crate) fn write_out(out: &mut std::io::Stdout, text: &str) -> std::io::Resul
 /// The human form of `admin stats`: one row per stage, then operation latencies.
 pub fn stats_table(stats: &StatsReply) -> String {
     let mut out = format!("node {}\n", stats.node);
+    if let Some(failure) = &stats.storage_failure {
+        out.push_str(&format!("UNHEALTHY: storage refuses writes: {failure}\n"));
+    }
     out.push_str(&format!(
         "{:<11} {:<10} {:>7} {:>4} {:>6} {:>8} {:>9} {:>10} {:>10} {:>8} {:>14} {:>14}\n",
         "Stage",

@@ -52,13 +52,21 @@ impl MetricsServer {
             .to_ip()
             .ok_or_else(|| std::io::Error::other("the metrics listener has no IP address"))?;
         let mut registry = Registry::default();
+        let health = store.clone();
         registry.register_collector(Box::new(NodeMetrics { source, store }));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("metrics".into())
-                .spawn(move || serve(&server, (&registry, token.as_deref()), &stop, &logger))?
+                .spawn(move || {
+                    let site = Site {
+                        registry: &registry,
+                        token: token.as_deref(),
+                        store: &health,
+                    };
+                    serve(&server, &site, &stop, &logger)
+                })?
         };
         Ok(MetricsServer {
             addr,
@@ -81,13 +89,21 @@ impl MetricsServer {
     }
 }
 
-/// The server loop: `GET /metrics` is answered with the text; anything else with 404 or 405.
-fn serve(
-    server: &tiny_http::Server,
-    (registry, token): (&Registry, Option<&str>),
-    stop: &AtomicBool,
-    logger: &Logger,
-) {
+/// What the server answers from.
+struct Site<'a> {
+    registry: &'a Registry,
+    /// `[security] client_token`: every path needs it when set.
+    token: Option<&'a str>,
+    /// For `/health`.
+    store: &'a Store,
+}
+
+/// The server loop: `GET /metrics` is answered with the text, `GET /health` with 200 `ok`
+/// or, while storage refuses writes, 503 and why (a load balancer's or supervisor's probe:
+/// such a node still answers reads and scrapes, so nothing else about it looks wrong);
+/// anything else with 404 or 405.
+fn serve(server: &tiny_http::Server, site: &Site<'_>, stop: &AtomicBool, logger: &Logger) {
+    let (registry, token) = (site.registry, site.token);
     while !stop.load(Ordering::Relaxed) {
         let request = match server.recv_timeout(STOP_CHECK) {
             Ok(Some(request)) => request,
@@ -122,14 +138,35 @@ fn serve(
                     Err(_) => text_response(500, "encoding the metrics failed\n".into(), PLAIN),
                 }
             }
-            (tiny_http::Method::Get, _) => {
-                text_response(404, "not found: metrics are at /metrics\n".into(), PLAIN)
+            (tiny_http::Method::Get, "/health") => {
+                let (status, body) = health(site.store);
+                text_response(status, body, PLAIN)
             }
-            _ => text_response(405, "only GET /metrics is served\n".into(), PLAIN),
+            (tiny_http::Method::Get, _) => text_response(
+                404,
+                "not found: metrics are at /metrics, health at /health\n".into(),
+                PLAIN,
+            ),
+            _ => text_response(
+                405,
+                "only GET /metrics and GET /health are served\n".into(),
+                PLAIN,
+            ),
         };
         if let Err(e) = request.respond(response) {
             warn!(logger, "answering a metrics scrape failed"; "error" => %e);
         }
+    }
+}
+
+/// `GET /health`'s status and body.
+fn health(store: &Store) -> (u16, String) {
+    match store.failure() {
+        None => (200, "ok\n".into()),
+        Some(failure) => (
+            503,
+            format!("unhealthy: storage refuses writes: {failure}\n"),
+        ),
     }
 }
 
@@ -373,6 +410,15 @@ impl Collector for NodeMetrics {
             hints.iter().map(|(node, n)| (node.as_str(), *n)).collect(),
         )?;
 
+        gauge(
+            e,
+            (
+                "shoal_storage_writable",
+                "1 while storage takes writes; 0 once a journal flush failed (every write is refused until the node restarts; GET /health says why).",
+            ),
+            u64::from(stats.storage_failure.is_none()),
+        )?;
+
         let aae = self.source.aae.report();
         gauge(
             e,
@@ -538,5 +584,28 @@ impl Collector for NodeMetrics {
                 .collect(),
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::health;
+    use shoal_stages::storage::{MemoryEngine, Store};
+    use shoal_stages::NodeId;
+
+    /// Goal: `/health` answers 200 while storage takes writes and 503 with the reason once a
+    /// journal flush failed (the node then refuses every write but still serves reads, so a
+    /// probe must be able to tell).
+    #[test]
+    fn health_turns_unhealthy_with_the_reason_once_a_journal_flush_failed() {
+        let engine = MemoryEngine::new();
+        let store = Store::with_engine(engine.clone(), &NodeId::new("n1"), 8, 0).expect("opens");
+        assert_eq!(health(&store), (200, "ok\n".to_string()));
+        engine.fail_flushes(1);
+        assert!(store.persist().is_err(), "the injected failure");
+        let (status, body) = health(&store);
+        assert_eq!(status, 503);
+        assert!(body.contains("storage refuses writes"), "{body}");
+        assert!(body.contains("simulated journal flush failure"), "{body}");
     }
 }

@@ -52,7 +52,8 @@ fn number(value: &Value) -> f64 {
 /// Goal: with `[metrics] listen` set, `GET /metrics` answers in the Prometheus text format, and
 /// what it says follows the traffic: every stage's queue depth and capacity, counters that
 /// count the requests just made, the put latency histogram holding them, the controller's
-/// target, each background stage's rate; another path is a 404 and the node keeps serving.
+/// target, each background stage's rate, that storage takes writes (and `/health` says ok);
+/// another path is a 404 and the node keeps serving.
 #[test]
 fn metrics_are_scraped_over_http_and_parse_as_prometheus_text() {
     let node = TestNode::start("[metrics]\nlisten = \"127.0.0.1:0\"\n");
@@ -117,6 +118,15 @@ fn metrics_are_scraped_over_http_and_parse_as_prometheus_text() {
         "shoal_background_rate_limit_per_second",
         ("stage", "handoff"),
     );
+
+    let writable = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "shoal_storage_writable")
+        .expect("whether storage takes writes");
+    assert_eq!(number(&writable.value), 1.0);
+    let (status, body) = http_get(addr, "/health");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
 
     let (status, _) = http_get(addr, "/other");
     assert_eq!(status, 404);

@@ -134,6 +134,9 @@ pub struct StatsSource {
     pub gates: GateRegistry,
     /// Anti-entropy's report.
     pub aae: AaeBoard,
+    /// Why storage refuses every write until the node restarts, or `None` (the store's
+    /// `failure`, read through this so the intake imports no stage module).
+    pub storage_failure: Arc<dyn Fn() -> Option<String> + Send + Sync>,
 }
 
 impl StatsSource {
@@ -145,6 +148,7 @@ impl StatsSource {
             operations: self.latencies.snapshot(),
             controller: Box::new(self.gates.controller()),
             background: self.background(),
+            storage_failure: (self.storage_failure)(),
         }
     }
 

@@ -11,7 +11,7 @@ use super::rng::SimRng;
 use super::{Faults, SimConfig, SimReport};
 use crate::event::{encode_reply, ConnId, Event, Now, SocketCommand, StageId};
 use crate::membership::{Member, Membership, MembershipView};
-use crate::storage::SyncMode;
+use crate::storage::{Engine, SyncMode};
 use crate::wire::{kind, FrameDecoder, Message, StatsReply, LENGTH_BYTES};
 use crate::NodeId;
 use md5::{Digest, Md5};
@@ -650,6 +650,7 @@ impl World {
                     operations: Vec::new(),
                     controller: Default::default(),
                     background: Vec::new(),
+                    storage_failure: self.nodes[node].engine.failure(),
                 });
                 let frame = encode_reply(origin.request_id, &reply);
                 self.socket(

@@ -88,6 +88,13 @@ pub trait Engine: Send + Sync + 'static {
     fn write_back(&self) -> Result<(), StorageError> {
         Ok(())
     }
+
+    /// Why the engine refuses every write until the process restarts (a journal flush
+    /// failed), or `None` while it takes them. Operators and `/health` read it: a node in
+    /// that state still answers reads, so nothing else about it looks wrong.
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// fjall: one database per node, one keyspace per [`Space`].
@@ -301,6 +308,10 @@ impl Engine for FjallEngine {
     /// writeback error, so the next fdatasync of the file (fjall's, or `persist`'s) reports
     /// it, and when fjall has moved to a new file, the old one is synced through our handle
     /// first (as `persist` does), where a failure is final.
+    fn failure(&self) -> Option<String> {
+        self.refuse_after_failure().err().map(|e| e.to_string())
+    }
+
     fn write_back(&self) -> Result<(), StorageError> {
         if !self.written.swap(false, Ordering::SeqCst) {
             return Ok(());

@@ -96,6 +96,13 @@ impl MemoryEngine {
 }
 
 impl Engine for MemoryEngine {
+    fn failure(&self) -> Option<String> {
+        self.state()
+            .refuse_if_poisoned()
+            .err()
+            .map(|e| e.to_string())
+    }
+
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.state().current[space as usize].get(key).cloned())
     }

@@ -985,6 +985,12 @@ impl Store {
         self.engine.write_back()
     }
 
+    /// Why this store refuses every write until the node restarts, or `None` while it
+    /// takes them (see [`Engine::failure`]).
+    pub fn failure(&self) -> Option<String> {
+        self.engine.failure()
+    }
+
     fn lock(&self, key: &[u8]) -> MutexGuard<'_, CacheStripe> {
         let mut hasher = DefaultHasher::new();
         key.hash(&mut hasher);

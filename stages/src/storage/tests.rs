@@ -243,7 +243,8 @@ fn another_nodes_data_is_refused_on_both_engines() {
 /// Goal: what was flushed survives a crash and what was not is lost, exactly (the
 /// simulator's model of power loss); a failed flush keeps the writes pending and poisons the
 /// engine, as fjall's: every later write and flush is refused until the process restarts,
-/// and the first flush after that makes them durable.
+/// and the first flush after that makes them durable. The store reports that state (what
+/// `admin stats` and `/health` show) while it lasts.
 #[test]
 fn memory_engine_crash_loses_exactly_the_unflushed_writes() {
     let engine = MemoryEngine::new();
@@ -257,6 +258,11 @@ fn memory_engine_crash_loses_exactly_the_unflushed_writes() {
     assert_eq!(store.read(b"flushed").expect("read").len(), 1);
     assert!(store.read(b"unflushed").expect("read").is_empty());
 
+    assert_eq!(
+        store.failure(),
+        None,
+        "a healthy store has no failure to report"
+    );
     engine.fail_flushes(1);
     put(&store, b"retried", &VClock::new(), b"c");
     assert!(matches!(
@@ -277,7 +283,13 @@ fn memory_engine_crash_loses_exactly_the_unflushed_writes() {
         &LIMITS,
     );
     assert!(matches!(refused, Err(StorageError::JournalFailed { .. })));
+    let failure = store.failure().expect("a poisoned store reports why");
+    assert!(
+        failure.contains("refused until the node restarts"),
+        "{failure}"
+    );
     engine.restart();
+    assert_eq!(store.failure(), None, "the poison goes with the process");
     store
         .persist()
         .expect("the first flush after the restart succeeds");

@@ -338,6 +338,11 @@ pub struct StatsReply {
     /// Every background stage's gate, as `admin throttle` shows it.
     #[serde(default)]
     pub background: Vec<StageThrottle>,
+    /// Why the node's storage refuses every write until it restarts (a journal flush
+    /// failed), or `None`: such a node still answers reads and stats, so this is where an
+    /// operator sees it.
+    #[serde(default)]
+    pub storage_failure: Option<String>,
 }
 
 /// What `admin throttle` changes, if anything.
