@@ -28,11 +28,10 @@
 //!   (a worker of either pool, or the intake's loop, runs the full stage of the other), so
 //!   splitting the stages over two pools adds no way to deadlock.
 
-use super::{Queued, StageReceiver, StageSpec, StageStats, Wake};
-use crossbeam_channel::Receiver;
+use super::{StageReceiver, StageSpec, Wake};
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
@@ -386,41 +385,11 @@ impl WorkerPool {
         &mut self,
         spec: &StageSpec,
         receiver: StageReceiver<S::Event>,
-        mut make: impl FnMut(usize) -> S,
+        make: impl FnMut(usize) -> S,
     ) -> StageHandle {
-        let slots = spec.threads.max(1);
-        let now = self.shared.epoch.elapsed().as_nanos() as u64;
-        let tick_ns = (spec.tick.as_nanos() as u64).max(1);
-        let stage = Arc::new(PoolStage {
-            epoch: self.shared.epoch,
-            tick_ns,
-            batch_max: spec.batch_max.max(1),
-            background: spec.class == super::StageClass::Background,
-            name: spec.name,
-            stats: Arc::clone(&receiver.stats),
-            receiver: receiver.receiver,
-            slots: (0..slots)
-                .map(|index| {
-                    Mutex::new(Some(Slot {
-                        stage: make(index),
-                        batch: Vec::with_capacity(spec.batch_max.max(1)),
-                        waits: Vec::with_capacity(spec.batch_max.max(1)),
-                    }))
-                })
-                .collect(),
-            next_tick: (0..slots)
-                .map(|_| AtomicU64::new(align_up(now + 1, tick_ns)))
-                .collect(),
-            free: AtomicUsize::new(slots),
-            stop: AtomicBool::new(false),
-            stopped: AtomicBool::new(false),
-        });
+        let stage = Arc::new(PoolStage::new(spec, receiver, self.shared.epoch, make));
         self.stages.push(Arc::clone(&stage) as Arc<dyn Runnable>);
-        StageHandle {
-            name: spec.name,
-            stage,
-            shared: Arc::clone(&self.shared),
-        }
+        StageHandle::new(spec.name, stage, Arc::clone(&self.shared))
     }
 
     /// A thread domain for a thread outside the pool (the intake's loop): it may run batches
@@ -453,8 +422,11 @@ impl WorkerPool {
                         shared.nice_failures.fetch_add(1, Ordering::SeqCst);
                     }
                     shared.started.fetch_add(1, Ordering::SeqCst);
+                    // Counted on the way out however the worker leaves: a machine that
+                    // panics unwinds through here, and a stage whose pool has no worker left
+                    // must then finish itself (`no_workers_left`) rather than wait for it.
+                    let _exit = CountsExit(&shared.exited);
                     work(&shared, index);
-                    shared.exited.fetch_add(1, Ordering::SeqCst);
                 });
             match spawned {
                 Ok(thread) => self.threads.push(thread),
@@ -494,6 +466,15 @@ impl WorkerPool {
             // A worker that panicked has already reported through the panic hook.
             let _ = thread.join();
         }
+    }
+}
+
+/// Counts a worker as exited when dropped, which a panic's unwinding does too.
+struct CountsExit<'a>(&'a AtomicUsize);
+
+impl Drop for CountsExit<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -547,216 +528,12 @@ fn align_up(ns: u64, period: u64) -> u64 {
     ns.div_ceil(period).saturating_mul(period)
 }
 
-/// One handler of a stage and its batch buffers.
-struct Slot<S: Stage> {
-    stage: S,
-    batch: Vec<S::Event>,
-    waits: Vec<Duration>,
-}
-
-/// A stage served by the pool.
-struct PoolStage<S: Stage> {
-    epoch: Instant,
-    tick_ns: u64,
-    batch_max: usize,
-    background: bool,
-    name: &'static str,
-    stats: Arc<StageStats>,
-    receiver: Receiver<Queued<S::Event>>,
-    /// `None` once stopped.
-    slots: Vec<Mutex<Option<Slot<S>>>>,
-    /// Each slot's next tick, nanoseconds since the epoch (`NEVER`: idle).
-    next_tick: Vec<AtomicU64>,
-    /// Slots no worker holds (an estimate for `runnable`; the slot locks decide).
-    free: AtomicUsize,
-    stop: AtomicBool,
-    stopped: AtomicBool,
-}
-
-impl<S: Stage> PoolStage<S> {
-    fn lock(&self, index: usize) -> Option<MutexGuard<'_, Option<Slot<S>>>> {
-        match self.slots[index].try_lock() {
-            Ok(guard) => Some(guard),
-            // A handler that panicked leaves its slot unusable; the others serve on.
-            Err(TryLockError::Poisoned(_)) | Err(TryLockError::WouldBlock) => None,
-        }
-    }
-
-    fn since_epoch(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.epoch).as_nanos() as u64
-    }
-
-    fn run_slot(&self, index: usize, slot: &mut Slot<S>, shared: &PoolShared) -> bool {
-        let started = Instant::now();
-        while slot.batch.len() < self.batch_max {
-            match self.receiver.try_recv() {
-                Ok(queued) => {
-                    slot.waits
-                        .push(started.saturating_duration_since(queued.enqueued_at));
-                    slot.batch.push(queued.event);
-                }
-                Err(_) => break,
-            }
-        }
-        if slot.batch.is_empty() {
-            return false;
-        }
-        let outer = IN_BACKGROUND.with(|b| b.replace(self.background));
-        self.stats.busy_threads.fetch_add(1, Ordering::Relaxed);
-        slot.stage.handle_batch(started, &mut slot.batch);
-        slot.batch.clear();
-        self.stats.on_batch(&slot.waits, started.elapsed());
-        self.stats.busy_threads.fetch_sub(1, Ordering::Relaxed);
-        slot.waits.clear();
-        IN_BACKGROUND.with(|b| b.set(outer));
-        // A slot left idle since its last tick is ticked again from now on; the parked
-        // timekeeper may be sleeping past that tick, so it is told.
-        if self.next_tick[index].load(Ordering::SeqCst) == NEVER {
-            let next = align_up(self.since_epoch(Instant::now()) + 1, self.tick_ns);
-            self.next_tick[index].store(next, Ordering::SeqCst);
-            shared.tick_armed(next);
-        }
-        true
-    }
-}
-
-impl<S: Stage> Runnable for PoolStage<S> {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-
-    fn runnable(&self) -> bool {
-        // SeqCst with the updates in `run_batch`, `run_ticks` and `try_finish`: a worker that
-        // queued an event and sees no free slot is seen by the slot's holder, which rescans.
-        !self.receiver.is_empty() && self.free.load(Ordering::SeqCst) > 0
-    }
-
-    fn run_batch(&self, shared: &PoolShared) -> bool {
-        for index in 0..self.slots.len() {
-            let Some(mut guard) = self.lock(index) else {
-                continue;
-            };
-            let Some(slot) = guard.as_mut() else {
-                continue; // this slot has stopped; another may not have yet
-            };
-            self.free.fetch_sub(1, Ordering::SeqCst);
-            let ran = self.run_slot(index, slot, shared);
-            self.free.fetch_add(1, Ordering::SeqCst);
-            return ran;
-        }
-        false
-    }
-
-    fn run_ticks(&self, now: Instant) {
-        let now_ns = self.since_epoch(now);
-        for index in 0..self.slots.len() {
-            if self.next_tick[index].load(Ordering::Relaxed) > now_ns {
-                continue;
-            }
-            let Some(mut guard) = self.lock(index) else {
-                continue;
-            };
-            let Some(slot) = guard.as_mut() else {
-                self.next_tick[index].store(NEVER, Ordering::Relaxed);
-                continue;
-            };
-            if slot.stage.idle() {
-                self.next_tick[index].store(NEVER, Ordering::Relaxed);
-                continue;
-            }
-            // Held for a tick: not free, so idle workers park instead of retrying the lock.
-            self.free.fetch_sub(1, Ordering::SeqCst);
-            slot.stage.on_tick(now);
-            self.free.fetch_add(1, Ordering::SeqCst);
-            let next = align_up(self.since_epoch(Instant::now()) + 1, self.tick_ns);
-            self.next_tick[index].store(next, Ordering::Relaxed);
-        }
-    }
-
-    fn next_tick(&self) -> u64 {
-        self.next_tick
-            .iter()
-            .map(|t| t.load(Ordering::Relaxed))
-            .min()
-            .unwrap_or(NEVER)
-    }
-
-    fn request_stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-
-    fn try_finish(&self) -> bool {
-        if self.stopped.load(Ordering::SeqCst) {
-            return true;
-        }
-        if !self.stop.load(Ordering::SeqCst) || !self.receiver.is_empty() {
-            return false;
-        }
-        let mut all = true;
-        for index in 0..self.slots.len() {
-            match self.slots[index].try_lock() {
-                Ok(mut guard) => {
-                    if let Some(mut slot) = guard.take() {
-                        self.free.fetch_sub(1, Ordering::SeqCst); // a stopped slot serves no more
-                        slot.stage.on_stop();
-                    }
-                    self.next_tick[index].store(NEVER, Ordering::Relaxed);
-                }
-                Err(TryLockError::Poisoned(_)) => {} // its handler panicked: nothing to stop
-                Err(TryLockError::WouldBlock) => all = false,
-            }
-        }
-        if all {
-            self.stopped.store(true, Ordering::SeqCst);
-        }
-        all
-    }
-
-    fn stopped(&self) -> bool {
-        self.stopped.load(Ordering::SeqCst)
-    }
-}
-
-/// A stage in the pool, to stop.
-pub struct StageHandle {
-    name: &'static str,
-    stage: Arc<dyn Runnable>,
-    shared: Arc<PoolShared>,
-}
-
-impl StageHandle {
-    /// The stage's name.
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
-    /// Asks the stage to finish its queued events and stop.
-    pub fn request_stop(&self) {
-        self.stage.request_stop();
-        self.shared.wake_all();
-    }
-
-    /// Stops the stage: waits until its queue drained and every slot's `on_stop` ran.
-    pub fn stop_and_join(self) {
-        self.request_stop();
-        while !self.stage.stopped() {
-            if self.shared.stages.get().is_none() || self.shared.no_workers_left() {
-                // Never started (or its start failed): nobody else will run it.
-                self.stage.try_finish();
-                if !self.stage.stopped() {
-                    return;
-                }
-                break;
-            }
-            self.shared.wake_all();
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
 mod domain;
+mod stage;
 use domain::PoolWake;
 pub use domain::{Domain, SlowestBatch};
+use stage::PoolStage;
+pub use stage::StageHandle;
 
 #[cfg(test)]
 mod tests;

@@ -84,19 +84,22 @@ fn queued_events_are_taken_in_batches_and_drained_on_stop() {
 }
 
 /// Goal: a stage stopped after its pool's workers have returned (as after a start that failed
-/// part-way, which stops the workers it had started) stops on the stopping thread rather than
-/// waiting for workers that will never come.
+/// part-way, which stops the workers it had started) serves what its queue holds and stops
+/// on the stopping thread rather than waiting for workers that will never come.
 #[test]
 fn a_stage_whose_pool_has_no_workers_left_stops_without_them() {
     let spec = spec("test", 64, 16);
     let mut pool = pool(1);
-    let (_sender, receiver) = stage_queue::<u32>(&spec, Some(pool.waker(&spec)));
-    let (batches_tx, _batches_rx) = unbounded();
+    let (sender, receiver) = stage_queue::<u32>(&spec, Some(pool.waker(&spec)));
+    let (batches_tx, batches_rx) = unbounded();
     let handle = pool.add_stage(&spec, receiver, |_| Recorder {
         batches: batches_tx.clone(),
     });
     pool.start().expect("start");
     pool.stop_and_join();
+    for i in 0..3 {
+        sender.try_send(i).expect("the stage still takes events");
+    }
     let (done_tx, done_rx) = unbounded();
     std::thread::spawn(move || {
         handle.stop_and_join();
@@ -105,6 +108,50 @@ fn a_stage_whose_pool_has_no_workers_left_stops_without_them() {
     done_rx
         .recv_timeout(Duration::from_secs(10))
         .expect("the stage stopped without workers");
+    let served: usize = batches_rx.try_iter().sum();
+    assert_eq!(
+        served, 3,
+        "what its queue held was served before it stopped"
+    );
+}
+
+/// Panics on its first batch (a machine bug).
+struct Panics;
+
+impl Stage for Panics {
+    type Event = u32;
+    fn handle_batch(&mut self, _now: Instant, _batch: &mut Vec<u32>) {
+        panic!("a machine bug (this panic is the test's)");
+    }
+}
+
+/// Goal: a worker that died in a panic counts as gone, so a stage of its pool stops on the
+/// stopping thread instead of waiting for a worker that will never come back.
+#[test]
+fn a_worker_that_panicked_counts_as_exited_when_its_stage_stops() {
+    let spec = spec("test", 64, 16);
+    let mut pool = pool(1);
+    let (sender, receiver) = stage_queue::<u32>(&spec, Some(pool.waker(&spec)));
+    let handle = pool.add_stage(&spec, receiver, |_| Panics);
+    pool.start().expect("start");
+    sender.try_send(1).expect("room");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pool.threads.iter().all(|t| t.is_finished()) {
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not die on the event"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    pool.stop_and_join();
+    let (done_tx, done_rx) = unbounded();
+    std::thread::spawn(move || {
+        handle.stop_and_join();
+        let _ = done_tx.send(());
+    });
+    done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the stage stopped without its panicked worker");
 }
 
 /// Counts its ticks; idle while `idle` says so.
