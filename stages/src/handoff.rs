@@ -39,8 +39,9 @@
 //! reads each batch it refuses), and one that arrives with nothing owed is merged and charged
 //! whole (the debt is paid as tokens accrue, so a batch larger than the bucket still gets
 //! in; one storage refuses or fails is not charged). Refused objects count in the backlog the
-//! gate reports for a second, so the receiver's controller gives its handoff stage a share of
-//! the budget while hints wait to come in. A handoff gate pinned at 0 pauses taking hints in
+//! gate reports for a second (each sender's latest refused batch: it offers the same hints
+//! again), so the receiver's controller gives its handoff stage a share of the budget while
+//! hints wait to come in; the sender gets back the tokens it spent on a refused batch. A handoff gate pinned at 0 pauses taking hints in
 //! as well as handing them off.
 //!
 //! A hint whose intended node no longer holds the key's partition (it left, or was removed,
@@ -53,18 +54,18 @@
 
 use crate::error::ServiceError;
 use crate::event::{
-    Event, HandoffEvent, Hint, IntakeEvent, Now, OpId, Origin, PeerDone, ReplicateEvent, ReplyTo,
-    StorageDone, StorageEvent, StorageOutcome, StorageRequest,
+    ConnId, Event, HandoffEvent, Hint, IntakeEvent, Now, OpId, Origin, PeerDone, ReplicateEvent,
+    ReplyTo, StorageDone, StorageEvent, StorageOutcome, StorageRequest,
 };
 use crate::membership::MembershipView;
-use crate::seda::{Gate, Machine, Outbox};
+use crate::seda::{Gate, LogLimit, Machine, Outbox};
 use crate::versioning::VersionSet;
 use crate::wire::{
     AaeObject, Bytes, HandoffAck, HandoffBatch, Message, ReplicaWrite, MAX_AAE_ITEMS,
 };
 use crate::NodeId;
 use slog::{info, warn, Logger};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// Hints read from the store per round.
@@ -154,9 +155,13 @@ pub struct HandoffMachine {
     /// Tokens still owed for received batches already admitted (see the module's RECEIVER
     /// SIDE): no batch is admitted while any are.
     receive_debt: u64,
-    /// Objects of received batches refused for want of tokens, with when: the demand the
-    /// backlog reports for [`REFUSED_WINDOW`].
-    refused: VecDeque<(Instant, u64)>,
+    /// Failed hint storage operations' log lines, at most one a second.
+    failures: LogLimit,
+    /// Objects of the last batch each sender (its connection) had refused for want of
+    /// tokens, with when: the demand the backlog reports for [`REFUSED_WINDOW`]. The latest
+    /// per sender, because a fallback offers the same hints again after its pause: summing
+    /// every refusal counted one backlog two or three times a second.
+    refused: BTreeMap<ConnId, (Instant, u64)>,
     /// Hints (by hint key) of batches the target refused with an answer (not a lost link or
     /// a full queue): one bad object (too many versions, a limit the target sets lower)
     /// refuses its whole batch, and scans in key order would batch it with the same
@@ -187,7 +192,8 @@ impl HandoffMachine {
             serving: BTreeMap::new(),
             held: 0,
             receive_debt: 0,
-            refused: VecDeque::new(),
+            failures: LogLimit::default(),
+            refused: BTreeMap::new(),
             solo: BTreeSet::new(),
             logger,
         }
@@ -438,14 +444,9 @@ impl HandoffMachine {
     /// Reports the backlog: the hints this node holds, the tokens it owes for batches it took
     /// in, and the objects of batches it refused over the last [`REFUSED_WINDOW`].
     fn report_backlog(&mut self, now: Instant) {
-        while self
-            .refused
-            .front()
-            .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= REFUSED_WINDOW)
-        {
-            self.refused.pop_front();
-        }
-        let refused: u64 = self.refused.iter().map(|(_, objects)| objects).sum();
+        self.refused
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) < REFUSED_WINDOW);
+        let refused: u64 = self.refused.values().map(|(_, objects)| objects).sum();
         self.gate
             .report_backlog(self.held + self.receive_debt + refused);
     }
@@ -468,7 +469,7 @@ impl HandoffMachine {
         let count = u32::try_from(objects.len()).unwrap_or(u32::MAX);
         self.pay_receive_debt(now);
         if self.receive_debt > 0 {
-            self.refused.push_back((now, u64::from(count)));
+            self.refused.insert(origin.conn, (now, u64::from(count)));
             self.report_backlog(now);
             let busy = ServiceError::Overloaded {
                 stage: "handoff".into(),
@@ -514,7 +515,10 @@ impl HandoffMachine {
                 if scan {
                     self.scanning = None;
                 }
-                warn!(self.logger, "hint storage operation failed"; "error" => %error);
+                if let Some(held_back) = self.failures.admit(now) {
+                    warn!(self.logger, "hint storage operation failed"; "error" => %error,
+                          "failures_not_logged_since_the_last" => held_back);
+                }
             }
         }
     }
@@ -523,7 +527,7 @@ impl HandoffMachine {
         let Some(delivery) = self.in_flight.remove(&done.op) else {
             return;
         };
-        self.delivery_answered(delivery, done, out);
+        self.delivery_answered(now, delivery, done, out);
         self.chain_round(now, out);
     }
 
@@ -550,7 +554,13 @@ impl HandoffMachine {
         self.start_round(now, out);
     }
 
-    fn delivery_answered(&mut self, delivery: Delivery, done: PeerDone, out: &mut Outbox) {
+    fn delivery_answered(
+        &mut self,
+        now: Instant,
+        delivery: Delivery,
+        done: PeerDone,
+        out: &mut Outbox,
+    ) {
         let acked = match &done.result {
             Ok(Message::ReplicaReply(_)) => delivery.fanout,
             Ok(Message::HandoffAck(ack)) => {
@@ -566,8 +576,11 @@ impl HandoffMachine {
                 )
             {
                 // The target is pacing what it takes in (or its queue is full): its hints
-                // stay, and go again in a later round of this pass or the next.
+                // stay, and go again in a later round of this pass or the next. Their tokens
+                // come back: nothing was delivered, so a busy receiver does not halve the
+                // rate this node hands off at once it takes batches again.
                 self.round_busy += delivery.hints.len() as u64;
+                self.gate.give_back(delivery.hints.len() as u64, now);
                 return;
             }
             let refusal = match &done.result {

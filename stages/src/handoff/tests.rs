@@ -395,8 +395,9 @@ fn a_received_batch_is_merged_in_one_operation_then_acknowledged() {
 
 /// Goal: the returning node paces what it takes in by its own gate (issue 9): a batch is
 /// merged and charged whole when nothing is owed, and one that arrives while tokens are still
-/// owed is refused `Overloaded` without a merge; the owed tokens and the refused objects are
-/// the backlog its controller sees, and once the debt is paid a batch gets in again.
+/// owed is refused `Overloaded` without a merge; the owed tokens and the refused objects (each
+/// sender's latest batch, once however often it is offered) are the backlog its controller
+/// sees, and once the debt is paid a batch gets in again.
 /// Reference: Dynamo §4.6 (hinted handoff), §6.5 (admission control of background work).
 #[test]
 fn a_receiver_refuses_batches_while_it_owes_tokens_for_the_last() {
@@ -453,8 +454,27 @@ fn a_receiver_refuses_batches_while_it_owes_tokens_for_the_last() {
     assert_eq!(merges(&mut out), 0, "tokens owed: no merge");
     assert_eq!(
         gate.reading().backlog,
-        16 + 40,
-        "the debt and both refused batches' objects"
+        16 + 20,
+        "the debt and the refused batch's objects, once: its sender offered it twice"
+    );
+    let other = HandoffEvent::Serve {
+        origin: Origin {
+            conn: crate::event::ConnId(8),
+            request_id: 43,
+        },
+        objects: (21..=30)
+            .map(|i| {
+                let h = hint_for(i, "me");
+                (h.key, h.versions)
+            })
+            .collect(),
+    };
+    machine.on_event(at(start, 20), other, &mut out);
+    assert_eq!(merges(&mut out), 0, "tokens owed: no merge");
+    assert_eq!(
+        gate.reading().backlog,
+        16 + 20 + 10,
+        "a second sender's refused batch adds to the first's"
     );
 
     // Each tick pays what accrued (4 tokens per 400 ms); the refused objects stop counting
@@ -529,6 +549,39 @@ fn a_refused_batch_is_sent_again_one_hint_at_a_time() {
         stage: "handoff".into(),
     };
     assert_eq!(sizes_after(full, false, &mut out), vec![3]);
+}
+
+/// Goal: the tokens a sender took for a batch the receiver refused as busy come back to its
+/// gate (nothing was delivered), while a batch that failed otherwise keeps them spent (it was
+/// work: a frame sent to a node that could not take it).
+#[test]
+fn a_batch_refused_as_busy_gives_its_tokens_back() {
+    let start = Instant::now();
+    let logger = Logger::root(slog::Discard, slog::o!());
+    for (refusal, tokens_after) in [
+        (
+            ServiceError::Overloaded {
+                stage: "handoff".into(),
+            },
+            4,
+        ),
+        (ServiceError::TooManySiblings { count: 9, max: 8 }, 1),
+    ] {
+        let gate = Gate::new(Some(10), start); // 10 tokens a second, a burst of 4
+        let mut machine = HandoffMachine::new(gate.clone(), logger.clone());
+        let mut out = Outbox::new();
+        let hints = (1..=3).map(|i| hint_for(i, "a")).collect();
+        round(&mut machine, at(start, 0), hints, &mut out);
+        let sent = batches(&out.take());
+        assert_eq!(gate.available(start), 1, "three of four tokens taken");
+        let answer = PeerDone {
+            op: sent[0].0,
+            peer: NodeId::new("a"),
+            result: Ok(Message::Error(refusal.clone())),
+        };
+        machine.on_event(at(start, 0), HandoffEvent::Peer(answer), &mut out);
+        assert_eq!(gate.available(start), tokens_after, "after {refusal:?}");
+    }
 }
 
 /// Goal: a round whose deliveries were all acknowledged starts the next one at once (the gate

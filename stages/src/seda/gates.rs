@@ -114,6 +114,14 @@ impl Gate {
         granted
     }
 
+    /// Returns `units` tokens taken for work that did not happen (a batch the receiver
+    /// refused as busy): they are not counted as used.
+    pub fn give_back(&self, units: u64, now: Instant) {
+        let mut state = self.state();
+        state.bucket.give_back(units, now);
+        state.granted = state.granted.saturating_sub(units);
+    }
+
     /// Pays what the gate grants now towards `owed` tokens (work charged after it was done,
     /// or taken in on credit); whether nothing is owed any more.
     pub fn pay(&self, owed: &mut u64, now: Instant) -> bool {

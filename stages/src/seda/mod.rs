@@ -34,7 +34,7 @@ pub use gates::{
 pub use machine::{Delivery, Effect, Machine, Outbox};
 pub use rate_gate::{RateGate, BURST_WINDOW};
 pub use runtime::{Domain, PoolSettings, SlowestBatch, Stage, StageHandle, WorkerPool};
-pub use slow::{LogLimit, SlowWatch, Stalls};
+pub use slow::{LogLimit, LogLimits, SlowWatch, Stalls};
 pub use stats::{
     micros, new_latency_histogram, ExportedHistogram, OperationLatencies, StageSnapshot,
     StageStats, EXPORT_BOUNDS_US,

@@ -78,6 +78,12 @@ impl RateGate {
         (self.tokens + f64::EPSILON).floor().max(0.0) as u64
     }
 
+    /// Returns `units` tokens taken for work that did not happen (up to the burst).
+    pub fn give_back(&mut self, units: u64, now: Instant) {
+        self.refill(now);
+        self.tokens = (self.tokens + units as f64).min(self.burst());
+    }
+
     /// Takes `units` tokens if the balance covers them; `false` (and nothing taken) otherwise.
     pub fn try_take(&mut self, units: u64, now: Instant) -> bool {
         if self.rate_per_sec.is_none() {

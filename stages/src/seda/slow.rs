@@ -98,9 +98,55 @@ impl LogLimit {
     }
 }
 
+/// A [`LogLimit`] per kind of occurrence (an error's variant, say): a second kind of failure
+/// within the second is logged, not counted under the first one's line.
+#[derive(Debug)]
+pub struct LogLimits<K> {
+    /// Few kinds: a list searched in order.
+    limits: Vec<(K, LogLimit)>,
+}
+
+impl<K> Default for LogLimits<K> {
+    fn default() -> Self {
+        LogLimits { limits: Vec::new() }
+    }
+}
+
+impl<K: PartialEq> LogLimits<K> {
+    /// Whether to log an occurrence of `kind` at `now`; if so, how many of that kind were
+    /// held back before it.
+    pub fn admit(&mut self, kind: K, now: Instant) -> Option<u64> {
+        if let Some((_, limit)) = self.limits.iter_mut().find(|(k, _)| *k == kind) {
+            return limit.admit(now);
+        }
+        let mut limit = LogLimit::default();
+        let admitted = limit.admit(now);
+        self.limits.push((kind, limit));
+        admitted
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Goal: kinds are limited apart: a second kind's first line goes through within the
+    /// first kind's second, and each counts only its own held-back lines.
+    #[test]
+    fn each_kind_of_line_has_its_own_limit() {
+        let mut limits = LogLimits::default();
+        let t0 = Instant::now();
+        assert_eq!(limits.admit("flush", t0), Some(0));
+        assert_eq!(limits.admit("flush", t0 + 10 * MS), None);
+        assert_eq!(limits.admit("key", t0 + 20 * MS), Some(0), "another kind");
+        assert_eq!(limits.admit("key", t0 + 30 * MS), None);
+        assert_eq!(limits.admit("key", t0 + 40 * MS), None);
+        assert_eq!(limits.admit("flush", t0 + WARNING_INTERVAL), Some(1));
+        assert_eq!(
+            limits.admit("key", t0 + 20 * MS + WARNING_INTERVAL),
+            Some(2)
+        );
+    }
 
     /// Goal: a repeated line goes through at once, then at most once a second, saying how
     /// many were held back in between.

@@ -15,7 +15,7 @@
 use super::Store;
 use crate::error::ServiceError;
 use crate::event::{CommitEvent, Now, ReplyTo, StorageDone};
-use crate::seda::{Machine, Outbox, SlowWatch};
+use crate::seda::{LogLimit, Machine, Outbox, SlowWatch};
 use slog::{error, info, warn, Logger};
 use std::time::Duration;
 
@@ -33,6 +33,8 @@ pub struct CommitMachine {
     slow: SlowWatch<usize>,
     /// Whether the last journal writeback failed (see `write_back`).
     write_back_failing: bool,
+    /// Failed flushes' log lines, at most one a second (once one failed, all do).
+    failures: LogLimit,
 }
 
 impl CommitMachine {
@@ -44,6 +46,7 @@ impl CommitMachine {
             waiting: Vec::new(),
             slow: SlowWatch::new(SLOW_FLUSH),
             write_back_failing: false,
+            failures: LogLimit::default(),
         }
     }
 
@@ -95,7 +98,11 @@ impl Machine for CommitMachine {
         }
         let outcome = outcome.map(drop);
         if let Err(e) = &outcome {
-            error!(self.logger, "journal flush failed"; "error" => %e, "writes" => self.waiting.len());
+            // Final once it fails (every later flush is refused): a line a second.
+            if let Some(held_back) = self.failures.admit(now.instant) {
+                error!(self.logger, "journal flush failed"; "error" => %e, "writes" => self.waiting.len(),
+                       "failures_not_logged_since_the_last" => held_back);
+            }
         }
         for (reply_to, mut done) in self.waiting.drain(..) {
             match &outcome {

@@ -46,7 +46,7 @@ use crate::error::ServiceError;
 use crate::event::{
     CommitEvent, Event, Now, ReplyTo, StorageDone, StorageEvent, StorageOutcome, StorageRequest,
 };
-use crate::seda::{LogLimit, Machine, Outbox};
+use crate::seda::{LogLimits, Machine, Outbox};
 use crate::NodeId;
 use serde::{Deserialize, Serialize};
 use slog::{error, Logger};
@@ -131,8 +131,8 @@ pub struct StorageMachine {
     /// Whether this worker asks for `sync = "none"`'s periodic journal writeback (only one
     /// worker does; see [`Store::write_back`]).
     writes_back: bool,
-    /// Failed operations' log lines, at most one a second.
-    failures: LogLimit,
+    /// Failed operations' log lines, at most one a second per kind of error.
+    failures: LogLimits<std::mem::Discriminant<StorageError>>,
     logger: Logger,
     /// The batch's answers.
     held: Vec<Held>,
@@ -156,7 +156,7 @@ impl StorageMachine {
             store,
             flushes_periodically: index == 0 && settings.sync == SyncMode::Periodic,
             writes_back: index == 0 && settings.sync == SyncMode::None,
-            failures: LogLimit::default(),
+            failures: LogLimits::default(),
             settings,
             logger,
             held: Vec::new(),
@@ -396,8 +396,9 @@ impl StorageMachine {
             },
             other => {
                 // Once a journal flush failed every write fails the same way: a line a
-                // second, with how many were held back, not one per request.
-                if let Some(held_back) = self.failures.admit(now.instant) {
+                // second per kind of error, with how many were held back, not one per request.
+                let kind = std::mem::discriminant(&other);
+                if let Some(held_back) = self.failures.admit(kind, now.instant) {
                     error!(self.logger, "storage operation failed"; "op" => op.0, "error" => %other,
                            "failures_not_logged_since_the_last" => held_back);
                 }
