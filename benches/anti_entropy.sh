@@ -27,7 +27,10 @@
 # AAE_INTERVAL_MS (5000), FG_RATE (1000), FG_SECS (30), LOAD_THREADS (8), FG_THREADS (64: each
 # thread keeps one request in flight, so fewer let a few slow seconds push the open loop behind
 # its schedule for good), TARGET_FACTOR (1.2), TARGET_MIN_MS (5), INSYNC_ONLY (any non-empty
-# value: phase 1 only, then the table with what it measured), SYNC (none: the nodes' storage.sync).
+# value: phase 1 only, then the table with what it measured), SYNC (none: the nodes' storage.sync),
+# STALLS (seconds: benches/stall_sampler.py watches both nodes' intake loops for that long in the
+# baseline and from the start of the rebuild, into OUT_DIR/stalls-RUN-{base,rebuild}.txt; it
+# costs some CPU itself, so runs with it are a diagnosis, not the figure).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base_keys=${1:-1000000}; runs=${2:-3}
@@ -188,6 +191,11 @@ for run in $(seq "$runs"); do
     "$bin/shoal" admin throttle --node "127.0.0.1:$(port $i)" --json --watch-ms 250 > "$work/signal-n$i.jsonl" 2>/dev/null &
     watchers+=($!)
   done
+  sample_stalls() { # label seconds
+    [ -n "${STALLS:-}" ] || return 0
+    python3 benches/stall_sampler.py "$2" intake-0 "${pid[1]}" "${pid[2]}" > "$out/stalls-$run-$1.txt" 2>&1 &
+  }
+  sample_stalls base "$fg_secs"
   "$bin/shoal-load" --target "$seeds" --replicas 2 --threads "$fg_threads" --keys "$base_keys" --rate "$fg_rate" --no-load \
       --duration-secs "$fg_secs" --workload a --distribution uniform --json "$work/base.json" > "$work/base.log" 2>&1 \
     || fail "baseline foreground failed: $(tail -3 "$work/base.log")"
@@ -201,6 +209,7 @@ for run in $(seq "$runs"); do
   [ "$(converge "$keys" 600)" != never ] || fail "trees were not rebuilt after the restart"
   stop 2; rm -rf "$work/data/n2"; start 2 true "$target"
   rm -f "$work/rebuilt" "$work"/wiped-*.json
+  sample_stalls rebuild "${STALLS:-0}"
   ( segment=0
     while [ ! -e "$work/rebuilt" ]; do
       segment=$(( segment + 1 ))
