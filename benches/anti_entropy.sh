@@ -194,7 +194,9 @@ for run in $(seq "$runs"); do
   sample_stalls() { # label seconds
     [ -n "${STALLS:-}" ] || return 0
     python3 benches/stall_sampler.py "$2" intake-0 "${pid[1]}" "${pid[2]}" > "$out/stalls-$run-$1.txt" 2>&1 &
+    samplers+=($!)
   }
+  samplers=()
   sample_stalls base "$fg_secs"
   "$bin/shoal-load" --target "$seeds" --replicas 2 --threads "$fg_threads" --keys "$base_keys" --rate "$fg_rate" --no-load \
       --duration-secs "$fg_secs" --workload a --distribution uniform --json "$work/base.json" > "$work/base.log" 2>&1 \
@@ -231,6 +233,8 @@ for run in $(seq "$runs"); do
   record "$run" fg_p999_ms_rebuild "$(echo "$segments" | tail -1)"
   record "$run" fg_p999_ms_rebuild_median_segment "$(echo "$segments" | python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.stdin))')"
   stop 1; stop 2
+  # Their reports are written when their time is up (a failed run leaves them to finish).
+  for s in "${samplers[@]}"; do wait "$s" 2>/dev/null || true; done
 done
 
 python3 - "$out/runs.csv" "$diff_keys" <<'EOF' | tee "$out/anti_entropy.txt"

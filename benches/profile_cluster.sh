@@ -12,7 +12,10 @@ cargo build --release -q || { echo "the release build failed" >&2; exit 1; }
 bin=./target/release
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+lp=
+# A failure stops the load run too (not profiled: perf records the nodes alone) rather than
+# waiting out its 20 s.
+cleanup() { for p in "${pids[@]}" $lp; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 for i in 1 2 3; do
   "$bin/shoal" node --config "config/cluster-n$i.toml" --listen "127.0.0.1:740$i" --data "$work/n$i" > "$work/n$i.out" 2> "$work/n$i.log" &
@@ -23,7 +26,6 @@ done
 "$bin/shoal-load" --target 127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403 --replicas 3 --workload a --threads 32 \
   --duration-secs 20 --keys 10000 --value-bytes 100 > "$work/load.out" 2> "$work/load.err" &
 lp=$!
-pids+=("$lp") # a failure below stops the load run too, rather than waiting out its 20 s
 sleep 6
 perf record -e cpu-clock -F 999 -p "$(IFS=,; echo "${pids[*]}")" -o "${PERF_DATA:-target/perf-cluster.data}" -- sleep 8 2> "$work/perf.err" || { echo "perf record failed: $(tail -2 "$work/perf.err")" >&2; exit 1; }
 wait "$lp" || { echo "the load run failed: $(tail -3 "$work/load.err")" >&2; exit 1; }

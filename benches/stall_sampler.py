@@ -86,7 +86,10 @@ def main():
             last_wait[pid] = waited_ns
             stack = None
             if state in ("D", "S"):
+                # The kernel stack needs root; wchan (the function it sleeps in) does not.
                 stack = short_stack(read(f"{base}/stack") or "")
+                if stack == "(no stack)":
+                    stack = (read(f"{base}/wchan") or "").strip() or "(no stack)"
                 if "ep_poll" in stack or "epoll" in stack:
                     stack = None  # waiting for work, not stalled
                 else:

@@ -630,3 +630,30 @@ fn run_members(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::stats_table;
+    use shoal_stages::wire::StatsReply;
+    use shoal_stages::NodeId;
+
+    /// Goal: `admin stats` of a node whose storage refuses writes says so, with the reason,
+    /// right under the node's name; a healthy node's table has no such line.
+    #[test]
+    fn stats_of_a_node_whose_storage_refuses_writes_say_unhealthy_and_why() {
+        let mut stats = StatsReply {
+            node: NodeId::new("n1"),
+            stages: Vec::new(),
+            operations: Vec::new(),
+            controller: Box::default(),
+            background: Vec::new(),
+            storage_failure: None,
+        };
+        assert!(!stats_table(&stats).contains("UNHEALTHY"));
+        stats.storage_failure = Some("journal 7.jnl: Input/output error".into());
+        let table = stats_table(&stats);
+        let second = table.lines().nth(1).unwrap_or_default();
+        assert!(second.starts_with("UNHEALTHY"), "{table}");
+        assert!(second.contains("7.jnl: Input/output error"), "{table}");
+    }
+}

@@ -39,10 +39,10 @@
 //! reads each batch it refuses), and one that arrives with nothing owed is merged and charged
 //! whole (the debt is paid as tokens accrue, so a batch larger than the bucket still gets
 //! in; one storage refuses or fails is not charged). Refused objects count in the backlog the
-//! gate reports for a second (each sender's latest refused batch: it offers the same hints
-//! again), so the receiver's controller gives its handoff stage a share of the budget while
-//! hints wait to come in; the sender gets back the tokens it spent on a refused batch. A handoff gate pinned at 0 pauses taking hints in
-//! as well as handing them off.
+//! gate reports for a second (once per batch, however often its sender offers it again), so
+//! the receiver's controller gives its handoff stage a share of the budget while hints wait
+//! to come in; the sender gets back the tokens it spent on a batch refused as busy. A
+//! handoff gate pinned at 0 pauses taking hints in as well as handing them off.
 //!
 //! A hint whose intended node no longer holds the key's partition (it left, or was removed,
 //! after the hint was written) is delivered to the key's current replicas instead, one
@@ -58,7 +58,7 @@ use crate::event::{
     ReplyTo, StorageDone, StorageEvent, StorageOutcome, StorageRequest,
 };
 use crate::membership::MembershipView;
-use crate::seda::{Gate, LogLimit, Machine, Outbox};
+use crate::seda::{Gate, LogLimits, Machine, Outbox};
 use crate::versioning::VersionSet;
 use crate::wire::{
     AaeObject, Bytes, HandoffAck, HandoffBatch, Message, ReplicaWrite, MAX_AAE_ITEMS,
@@ -75,6 +75,9 @@ const HINTS_PER_ROUND: usize = 256;
 /// the fallbacks send them again within their longest pause ([`MAX_ROUND_BACKOFF`]), but
 /// most come back sooner, and demand that stopped must stop claiming budget.
 const REFUSED_WINDOW: Duration = Duration::from_secs(1);
+/// Refused batches remembered for the backlog at once: a round is at most 256 hints, so a
+/// few per sender; the bound only keeps a peer sending odd batches from growing the map.
+const MAX_REFUSED_TRACKED: usize = 1024;
 /// A batch to one node stops growing at about this many bytes (a hint larger than this goes
 /// alone), unless the frame limit asks for less: see [`HandoffMachine::batch_bytes`].
 pub const DEFAULT_BATCH_BYTES: usize = 256 * 1024;
@@ -155,13 +158,15 @@ pub struct HandoffMachine {
     /// Tokens still owed for received batches already admitted (see the module's RECEIVER
     /// SIDE): no batch is admitted while any are.
     receive_debt: u64,
-    /// Failed hint storage operations' log lines, at most one a second.
-    failures: LogLimit,
-    /// Objects of the last batch each sender (its connection) had refused for want of
-    /// tokens, with when: the demand the backlog reports for [`REFUSED_WINDOW`]. The latest
-    /// per sender, because a fallback offers the same hints again after its pause: summing
-    /// every refusal counted one backlog two or three times a second.
-    refused: BTreeMap<ConnId, (Instant, u64)>,
+    /// Failed hint storage operations' log lines, at most one a second per kind of error.
+    failures: LogLimits<std::mem::Discriminant<ServiceError>>,
+    /// Objects of batches refused for want of tokens, by sender (its connection) and the
+    /// batch's first key, with when: the demand the backlog reports for [`REFUSED_WINDOW`].
+    /// Keyed so a batch offered again replaces its own entry (a fallback offers the same
+    /// hints again after its pause: summing every offer counted one backlog two or three
+    /// times a second) while a round's several batches add up. At most
+    /// [`MAX_REFUSED_TRACKED`] entries.
+    refused: BTreeMap<(ConnId, Vec<u8>), (Instant, u64)>,
     /// Hints (by hint key) of batches the target refused with an answer (not a lost link or
     /// a full queue): one bad object (too many versions, a limit the target sets lower)
     /// refuses its whole batch, and scans in key order would batch it with the same
@@ -192,7 +197,7 @@ impl HandoffMachine {
             serving: BTreeMap::new(),
             held: 0,
             receive_debt: 0,
-            failures: LogLimit::default(),
+            failures: LogLimits::default(),
             refused: BTreeMap::new(),
             solo: BTreeSet::new(),
             logger,
@@ -469,7 +474,14 @@ impl HandoffMachine {
         let count = u32::try_from(objects.len()).unwrap_or(u32::MAX);
         self.pay_receive_debt(now);
         if self.receive_debt > 0 {
-            self.refused.insert(origin.conn, (now, u64::from(count)));
+            let first = objects
+                .first()
+                .map(|(key, _)| key.clone())
+                .unwrap_or_default();
+            let batch = (origin.conn, first);
+            if self.refused.len() < MAX_REFUSED_TRACKED || self.refused.contains_key(&batch) {
+                self.refused.insert(batch, (now, u64::from(count)));
+            }
             self.report_backlog(now);
             let busy = ServiceError::Overloaded {
                 stage: "handoff".into(),
@@ -515,7 +527,8 @@ impl HandoffMachine {
                 if scan {
                     self.scanning = None;
                 }
-                if let Some(held_back) = self.failures.admit(now) {
+                let kind = std::mem::discriminant(&error);
+                if let Some(held_back) = self.failures.admit(kind, now) {
                     warn!(self.logger, "hint storage operation failed"; "error" => %error,
                           "failures_not_logged_since_the_last" => held_back);
                 }

@@ -457,24 +457,30 @@ fn a_receiver_refuses_batches_while_it_owes_tokens_for_the_last() {
         16 + 20,
         "the debt and the refused batch's objects, once: its sender offered it twice"
     );
-    let other = HandoffEvent::Serve {
+    let serve = |conn: u64, hints: std::ops::RangeInclusive<u8>| HandoffEvent::Serve {
         origin: Origin {
-            conn: crate::event::ConnId(8),
+            conn: crate::event::ConnId(conn),
             request_id: 43,
         },
-        objects: (21..=30)
+        objects: hints
             .map(|i| {
                 let h = hint_for(i, "me");
                 (h.key, h.versions)
             })
             .collect(),
     };
-    machine.on_event(at(start, 20), other, &mut out);
+    machine.on_event(at(start, 20), serve(8, 21..=30), &mut out);
     assert_eq!(merges(&mut out), 0, "tokens owed: no merge");
     assert_eq!(
         gate.reading().backlog,
         16 + 20 + 10,
         "a second sender's refused batch adds to the first's"
+    );
+    machine.on_event(at(start, 30), serve(7, 31..=35), &mut out);
+    assert_eq!(
+        gate.reading().backlog,
+        16 + 20 + 10 + 5,
+        "another batch of the first sender's round adds too"
     );
 
     // Each tick pays what accrued (4 tokens per 400 ms); the refused objects stop counting
@@ -558,14 +564,17 @@ fn a_refused_batch_is_sent_again_one_hint_at_a_time() {
 fn a_batch_refused_as_busy_gives_its_tokens_back() {
     let start = Instant::now();
     let logger = Logger::root(slog::Discard, slog::o!());
-    for (refusal, tokens_after) in [
+    // (the answer, the gate's tokens after it, the tokens it counts as used: the
+    // controller's reading)
+    for (refusal, tokens_after, granted_after) in [
         (
             ServiceError::Overloaded {
                 stage: "handoff".into(),
             },
             4,
+            0,
         ),
-        (ServiceError::TooManySiblings { count: 9, max: 8 }, 1),
+        (ServiceError::TooManySiblings { count: 9, max: 8 }, 1, 3),
     ] {
         let gate = Gate::new(Some(10), start); // 10 tokens a second, a burst of 4
         let mut machine = HandoffMachine::new(gate.clone(), logger.clone());
@@ -581,6 +590,7 @@ fn a_batch_refused_as_busy_gives_its_tokens_back() {
         };
         machine.on_event(at(start, 0), HandoffEvent::Peer(answer), &mut out);
         assert_eq!(gate.available(start), tokens_after, "after {refusal:?}");
+        assert_eq!(gate.reading().granted, granted_after, "after {refusal:?}");
     }
 }
 

@@ -42,7 +42,9 @@ impl fmt::Display for GateMode {
 pub struct GateReading {
     /// Units per second allowed now; `None`: unlimited.
     pub rate_per_sec: Option<u64>,
-    /// Tokens granted since the gate was made (the controller differences it per period).
+    /// Tokens granted since the gate was made, less those given back (the controller
+    /// differences it per period, saturating: a give-back after the period that granted the
+    /// tokens can make one period's use read low).
     pub granted: u64,
     /// Work the stage reported waiting for tokens or for its next round.
     pub backlog: u64,
@@ -67,7 +69,7 @@ struct GateState {
     /// The rate the config gave, restored when a pin is released (the controller, if enabled,
     /// replaces it at its next period).
     configured: Option<u64>,
-    /// Tokens granted since the gate was made.
+    /// Tokens granted since the gate was made, less those given back.
     granted: u64,
     /// The stage's own count of waiting work.
     backlog: u64,

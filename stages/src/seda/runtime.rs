@@ -140,7 +140,10 @@ struct PoolShared {
     shutdown: AtomicBool,
     /// Workers that have started (and tried to lower their priority).
     started: AtomicUsize,
-    /// Workers that have returned (after a shutdown).
+    /// Workers whose thread was spawned (set before spawning, so no worker can be seen to
+    /// exit before it is counted; lowered to those spawned when a spawn fails).
+    spawned: AtomicUsize,
+    /// Workers that have returned: after a shutdown, or unwinding from a panic.
     exited: AtomicUsize,
     /// Workers that could not lower their priority.
     nice_failures: AtomicUsize,
@@ -151,10 +154,11 @@ impl PoolShared {
         Arc::as_ptr(self) as usize
     }
 
-    /// Whether the pool shut down and every worker it started has returned.
+    /// Whether the pool was started and every worker it spawned has returned (a shutdown, a
+    /// start that failed part-way, or panics): nobody is left to run its stages.
     fn no_workers_left(&self) -> bool {
-        self.shutdown.load(Ordering::SeqCst)
-            && self.exited.load(Ordering::SeqCst) == self.started.load(Ordering::SeqCst)
+        self.stages.get().is_some()
+            && self.exited.load(Ordering::SeqCst) >= self.spawned.load(Ordering::SeqCst)
     }
 
     fn stages(&self) -> &[Arc<dyn Runnable>] {
@@ -360,6 +364,7 @@ impl WorkerPool {
                 keeper: Mutex::new(None),
                 shutdown: AtomicBool::new(false),
                 started: AtomicUsize::new(0),
+                spawned: AtomicUsize::new(0),
                 exited: AtomicUsize::new(0),
                 nice_failures: AtomicUsize::new(0),
             }),
@@ -412,6 +417,7 @@ impl WorkerPool {
             return Ok(()); // already started
         }
         let workers = self.settings.workers.max(1);
+        self.shared.spawned.store(workers, Ordering::SeqCst);
         for index in 0..workers {
             let shared = Arc::clone(&self.shared);
             let nice_steps = self.settings.nice_steps;
@@ -434,6 +440,7 @@ impl WorkerPool {
                     // All or nothing: the workers already running stop, so that stopping a
                     // stage (`StageHandle::stop_and_join`) runs its end itself rather than
                     // waiting for workers that will never come.
+                    self.shared.spawned.store(index, Ordering::SeqCst);
                     self.shared.shutdown.store(true, Ordering::SeqCst);
                     self.shared.wake_all();
                     for thread in self.threads.drain(..) {

@@ -212,6 +212,25 @@ impl FjallEngine {
     fn keyspace(&self, space: Space) -> &Keyspace {
         &self.keyspaces[space as usize]
     }
+
+    /// A write's or flush's result from fjall. fjall poisons itself when one of its own
+    /// syncs fails (a journal rotation's, a memtable flush's) and then refuses every write
+    /// and flush: that is final as ours is, so it is recorded as our failure too, which is
+    /// what `/health` and `admin stats` report.
+    fn checked<T>(&self, result: Result<T, fjall::Error>) -> Result<T, StorageError> {
+        result.map_err(|error| {
+            if matches!(error, fjall::Error::Poisoned) {
+                let _ = self.failed.set(
+                    "the storage engine (fjall) poisoned itself after one of its own syncs failed"
+                        .to_string(),
+                );
+                if let Err(refusal) = self.refuse_after_failure() {
+                    return refusal;
+                }
+            }
+            StorageError::from(error)
+        })
+    }
 }
 
 impl Engine for FjallEngine {
@@ -222,13 +241,13 @@ impl Engine for FjallEngine {
     fn insert(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
         self.refuse_after_failure()?;
         self.written.store(true, Ordering::Relaxed);
-        Ok(self.keyspace(space).insert(key, value)?)
+        self.checked(self.keyspace(space).insert(key, value))
     }
 
     fn remove(&self, space: Space, key: &[u8]) -> Result<(), StorageError> {
         self.refuse_after_failure()?;
         self.written.store(true, Ordering::Relaxed);
-        Ok(self.keyspace(space).remove(key)?)
+        self.checked(self.keyspace(space).remove(key))
     }
 
     fn scan(
@@ -284,14 +303,19 @@ impl Engine for FjallEngine {
     /// until the node restarts.
     fn persist(&self) -> Result<Duration, StorageError> {
         self.refuse_after_failure()?;
-        self.db.persist(PersistMode::Buffer)?;
+        self.checked(self.db.persist(PersistMode::Buffer))?;
         let took = self.sync_active_journal()?;
         // A rotation that failed after creating its new file leaves the writer on the old
         // one, which then is not the newest; fjall poisons itself once its lock is free.
         // Asking it again after the sync sees that poison if it is there by now (the old
         // file's extra sync above covers what was written to it before this flush).
-        self.db.persist(PersistMode::Buffer)?;
+        self.checked(self.db.persist(PersistMode::Buffer))?;
         Ok(took)
+    }
+
+    /// Set by our own failed fdatasync or by fjall's poisoning of itself (see `checked`).
+    fn failure(&self) -> Option<String> {
+        self.refuse_after_failure().err().map(|e| e.to_string())
     }
 
     /// fjall syncs the whole journal file under its lock when it rotates it (about every 64
@@ -308,10 +332,6 @@ impl Engine for FjallEngine {
     /// writeback error, so the next fdatasync of the file (fjall's, or `persist`'s) reports
     /// it, and when fjall has moved to a new file, the old one is synced through our handle
     /// first (as `persist` does), where a failure is final.
-    fn failure(&self) -> Option<String> {
-        self.refuse_after_failure().err().map(|e| e.to_string())
-    }
-
     fn write_back(&self) -> Result<(), StorageError> {
         if !self.written.swap(false, Ordering::SeqCst) {
             return Ok(());
@@ -594,6 +614,31 @@ mod tests {
         refused(engine.persist().map(drop));
         refused(engine.insert(Space::Objects, b"k2", b"v"));
         refused(engine.remove(Space::Objects, b"k"));
+        assert_eq!(
+            engine.get(Space::Objects, b"k").expect("reads go on"),
+            Some(b"v".to_vec())
+        );
+        assert!(engine.failure().is_some_and(|f| f.contains("7.jnl")));
+    }
+
+    /// Goal: when fjall poisons itself (one of its own syncs failed), the engine records it
+    /// as its failure: writes and flushes are refused with that reason, `failure` (what
+    /// `/health` reports) says so, and reads go on. Method: fjall's `Poisoned` error passed
+    /// through the check every write and flush goes through (fjall's own sync failures
+    /// cannot be caused from a test).
+    #[test]
+    fn fjall_poisoning_itself_counts_as_the_engines_failure() {
+        let (_dir, engine) = engine_holding_k();
+        assert_eq!(engine.failure(), None);
+        let refused = engine.checked::<()>(Err(fjall::Error::Poisoned));
+        assert!(matches!(refused, Err(StorageError::JournalFailed { .. })));
+        assert!(engine
+            .failure()
+            .is_some_and(|f| f.contains("poisoned itself")));
+        assert!(matches!(
+            engine.insert(Space::Objects, b"k2", b"v"),
+            Err(StorageError::JournalFailed { .. })
+        ));
         assert_eq!(
             engine.get(Space::Objects, b"k").expect("reads go on"),
             Some(b"v".to_vec())

@@ -478,3 +478,33 @@ fn digest_messages_without_limit_or_cut_decode_with_the_old_meaning() {
         }))
     );
 }
+
+/// Goal: a stats reply from a node that predates `storage_failure` (no such field) decodes
+/// as a node whose storage takes writes, so `admin stats` against an older node works.
+#[test]
+fn a_stats_reply_without_storage_failure_decodes_as_healthy() {
+    #[derive(serde::Serialize)]
+    struct OldStats {
+        node: crate::NodeId,
+        stages: Vec<crate::seda::StageSnapshot>,
+        operations: Vec<OperationLatency>,
+    }
+    let body = rmp_serde::to_vec_named(&OldStats {
+        node: crate::NodeId::new("n1"),
+        stages: vec![],
+        operations: vec![],
+    })
+    .expect("encodable");
+    let decoded = Message::decode(&Frame {
+        kind: kind::STATS_REPLY,
+        request_id: 1,
+        body,
+    });
+    match decoded {
+        Ok(Message::StatsReply(reply)) => {
+            assert_eq!(reply.node, crate::NodeId::new("n1"));
+            assert_eq!(reply.storage_failure, None);
+        }
+        other => panic!("expected a stats reply, got {other:?}"),
+    }
+}

@@ -118,8 +118,11 @@ impl Wake for PoolWake {
     fn help(&self) -> Help {
         // Any thread of the family runs the full stage: a background worker blocked on a
         // foreground queue, or the loop on a background one, must not wait for a worker of
-        // the other pool that may itself wait for it.
-        if FAMILY_OF.with(|f| f.get()) != self.shared.family {
+        // the other pool that may itself wait for it. So does any other thread once the
+        // stage's pool has no worker left (they panicked, or its start failed): a stage
+        // stopped then is drained on the stopping thread (`StageHandle::stop_and_join`),
+        // and its replies must not wait for workers that will never come.
+        if FAMILY_OF.with(|f| f.get()) != self.shared.family && !self.shared.no_workers_left() {
             return Help::Block;
         }
         match self.target() {

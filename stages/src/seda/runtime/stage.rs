@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 /// One handler of a stage and its batch buffers.
-pub(super) struct Slot<S: Stage> {
+struct Slot<S: Stage> {
     stage: S,
     batch: Vec<S::Event>,
     waits: Vec<Duration>,

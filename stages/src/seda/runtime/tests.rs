@@ -126,9 +126,16 @@ impl Stage for Panics {
 }
 
 /// Goal: a worker that died in a panic counts as gone, so a stage of its pool stops on the
-/// stopping thread instead of waiting for a worker that will never come back.
+/// stopping thread instead of waiting for a worker that will never come back, stopped
+/// before its pool as a node stops them (stages first) and after it.
 #[test]
 fn a_worker_that_panicked_counts_as_exited_when_its_stage_stops() {
+    for stage_first in [true, false] {
+        stage_of_a_panicked_worker_stops(stage_first);
+    }
+}
+
+fn stage_of_a_panicked_worker_stops(stage_first: bool) {
     let spec = spec("test", 64, 16);
     let mut pool = pool(1);
     let (sender, receiver) = stage_queue::<u32>(&spec, Some(pool.waker(&spec)));
@@ -143,7 +150,12 @@ fn a_worker_that_panicked_counts_as_exited_when_its_stage_stops() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    pool.stop_and_join();
+    let mut pool = Some(pool);
+    if !stage_first {
+        if let Some(pool) = pool.take() {
+            pool.stop_and_join();
+        }
+    }
     let (done_tx, done_rx) = unbounded();
     std::thread::spawn(move || {
         handle.stop_and_join();
@@ -151,7 +163,10 @@ fn a_worker_that_panicked_counts_as_exited_when_its_stage_stops() {
     });
     done_rx
         .recv_timeout(Duration::from_secs(10))
-        .expect("the stage stopped without its panicked worker");
+        .unwrap_or_else(|_| panic!("stage_first {stage_first}: the stage never stopped"));
+    if let Some(pool) = pool {
+        pool.stop_and_join();
+    }
 }
 
 /// Counts its ticks; idle while `idle` says so.
