@@ -166,8 +166,8 @@ fn health(store: &Store) -> (u16, String) {
         None => (200, "ok\n".into()),
         Some(_) => (
             503,
-            "unhealthy: storage refuses writes until the node restarts (a journal flush failed; \
-             `shoal admin stats` and the node's log say why)\n"
+            "unhealthy: storage refuses writes until the node restarts (its journal could not \
+             be written or flushed; `shoal admin stats` and the node's log say why)\n"
                 .into(),
         ),
     }
@@ -417,7 +417,7 @@ impl Collector for NodeMetrics {
             e,
             (
                 "shoal_storage_writable",
-                "1 while storage takes writes; 0 once a journal flush failed (every write is refused until the node restarts; GET /health says why).",
+                "1 while storage takes writes; 0 once its journal failed (every write is refused until the node restarts; admin stats says why).",
             ),
             u64::from(stats.storage_failure.is_none()),
         )?;

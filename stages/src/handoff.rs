@@ -65,7 +65,9 @@ use crate::wire::{
 };
 use crate::NodeId;
 use slog::{info, warn, Logger};
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 /// Hints read from the store per round.
@@ -160,13 +162,13 @@ pub struct HandoffMachine {
     receive_debt: u64,
     /// Failed hint storage operations' log lines, at most one a second per kind of error.
     failures: LogLimits<std::mem::Discriminant<ServiceError>>,
-    /// Objects of batches refused for want of tokens, by sender (its connection) and the
-    /// batch's first key, with when: the demand the backlog reports for [`REFUSED_WINDOW`].
-    /// Keyed so a batch offered again replaces its own entry (a fallback offers the same
-    /// hints again after its pause: summing every offer counted one backlog two or three
-    /// times a second) while a round's several batches add up. At most
-    /// [`MAX_REFUSED_TRACKED`] entries.
-    refused: BTreeMap<(ConnId, Vec<u8>), (Instant, u64)>,
+    /// Objects of batches refused for want of tokens, by sender (its connection) and a hash
+    /// of the batch's first key (keys may be 64 KiB), with when: the demand the backlog
+    /// reports for [`REFUSED_WINDOW`]. Keyed so a batch offered again replaces its own entry
+    /// (a fallback offers the same hints again after its pause: summing every offer counted
+    /// one backlog two or three times a second) while a round's several batches add up. At
+    /// most [`MAX_REFUSED_TRACKED`] entries, entries past the window dropped first.
+    refused: BTreeMap<(ConnId, u64), (Instant, u64)>,
     /// Hints (by hint key) of batches the target refused with an answer (not a lost link or
     /// a full queue): one bad object (too many versions, a limit the target sets lower)
     /// refuses its whole batch, and scans in key order would batch it with the same
@@ -474,11 +476,11 @@ impl HandoffMachine {
         let count = u32::try_from(objects.len()).unwrap_or(u32::MAX);
         self.pay_receive_debt(now);
         if self.receive_debt > 0 {
-            let first = objects
-                .first()
-                .map(|(key, _)| key.clone())
-                .unwrap_or_default();
-            let batch = (origin.conn, first);
+            let mut first = DefaultHasher::new();
+            objects.first().map(|(key, _)| key).hash(&mut first);
+            let batch = (origin.conn, first.finish());
+            self.refused
+                .retain(|_, (at, _)| now.saturating_duration_since(*at) < REFUSED_WINDOW);
             if self.refused.len() < MAX_REFUSED_TRACKED || self.refused.contains_key(&batch) {
                 self.refused.insert(batch, (now, u64::from(count)));
             }

@@ -114,8 +114,11 @@ trait Runnable: Send + Sync {
     /// Asks the stage to stop once its queue is empty.
     fn request_stop(&self);
     /// Stops the slots it can if a stop was asked and the queue is empty; whether stopped.
+    /// A stage whose every handler panicked stops with what its queue holds dropped.
     fn try_finish(&self) -> bool;
     fn stopped(&self) -> bool;
+    /// Every slot's handler panicked: nothing can run it any more.
+    fn dead(&self) -> bool;
 }
 
 /// What a pool's workers share.
@@ -412,26 +415,31 @@ impl WorkerPool {
     /// to lower its priority: see [`WorkerPool::nice_failures`]). Stages are served in the
     /// order they were added.
     pub fn start(&mut self) -> std::io::Result<()> {
-        let stages = std::mem::take(&mut self.stages);
-        if self.shared.stages.set(stages).is_err() {
+        if self.shared.stages.get().is_some() {
             return Ok(()); // already started
         }
+        // Counted before the stages are published, so `no_workers_left` never sees a started
+        // pool with no worker counted yet.
         let workers = self.settings.workers.max(1);
         self.shared.spawned.store(workers, Ordering::SeqCst);
+        let stages = std::mem::take(&mut self.stages);
+        if self.shared.stages.set(stages).is_err() {
+            return Ok(());
+        }
         for index in 0..workers {
             let shared = Arc::clone(&self.shared);
             let nice_steps = self.settings.nice_steps;
             let spawned = std::thread::Builder::new()
                 .name(format!("{}-{index}", self.settings.thread_name))
                 .spawn(move || {
-                    if nice_steps > 0 && lower_own_priority(nice_steps).is_err() {
-                        shared.nice_failures.fetch_add(1, Ordering::SeqCst);
-                    }
-                    shared.started.fetch_add(1, Ordering::SeqCst);
                     // Counted on the way out however the worker leaves: a machine that
                     // panics unwinds through here, and a stage whose pool has no worker left
                     // must then finish itself (`no_workers_left`) rather than wait for it.
                     let _exit = CountsExit(&shared.exited);
+                    if nice_steps > 0 && lower_own_priority(nice_steps).is_err() {
+                        shared.nice_failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                    shared.started.fetch_add(1, Ordering::SeqCst);
                     work(&shared, index);
                 });
             match spawned {

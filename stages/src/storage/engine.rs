@@ -214,18 +214,28 @@ impl FjallEngine {
     }
 
     /// A write's or flush's result from fjall. fjall poisons itself when one of its own
-    /// syncs fails (a journal rotation's, a memtable flush's) and then refuses every write
-    /// and flush: that is final as ours is, so it is recorded as our failure too, which is
-    /// what `/health` and `admin stats` report.
+    /// writes or syncs fails (a journal write, a rotation's or a memtable flush's sync) or a
+    /// worker of its own panics, and then refuses every write and flush: that is final as our
+    /// failure is, so it is recorded as ours too, which is what `/health` and `admin stats`
+    /// report. The call that poisons it returns the I/O error itself, so after any other
+    /// error fjall is asked once more (a buffer flush, which checks the poison first).
     fn checked<T>(&self, result: Result<T, fjall::Error>) -> Result<T, StorageError> {
         result.map_err(|error| {
-            if matches!(error, fjall::Error::Poisoned) {
+            let poisoned = matches!(error, fjall::Error::Poisoned)
+                || matches!(
+                    self.db.persist(PersistMode::Buffer),
+                    Err(fjall::Error::Poisoned)
+                );
+            if poisoned {
                 let _ = self.failed.set(
-                    "the storage engine (fjall) poisoned itself after one of its own syncs failed"
+                    "the storage engine (fjall) poisoned itself: one of its own journal writes, \
+                     syncs or workers failed"
                         .to_string(),
                 );
-                if let Err(refusal) = self.refuse_after_failure() {
-                    return refusal;
+                if matches!(error, fjall::Error::Poisoned) {
+                    if let Err(refusal) = self.refuse_after_failure() {
+                        return refusal;
+                    }
                 }
             }
             StorageError::from(error)
@@ -624,12 +634,16 @@ mod tests {
     /// Goal: when fjall poisons itself (one of its own syncs failed), the engine records it
     /// as its failure: writes and flushes are refused with that reason, `failure` (what
     /// `/health` reports) says so, and reads go on. Method: fjall's `Poisoned` error passed
-    /// through the check every write and flush goes through (fjall's own sync failures
-    /// cannot be caused from a test).
+    /// through `checked`, which insert, remove and persist route fjall's results through
+    /// (fjall's own sync failures cannot be caused from a test, so that routing is read, not
+    /// tested; an I/O error on a healthy fjall is also checked to leave it healthy).
     #[test]
     fn fjall_poisoning_itself_counts_as_the_engines_failure() {
         let (_dir, engine) = engine_holding_k();
         assert_eq!(engine.failure(), None);
+        let io = engine.checked::<()>(Err(fjall::Error::Io(std::io::Error::other("disk"))));
+        assert!(matches!(io, Err(StorageError::Engine(_))));
+        assert_eq!(engine.failure(), None, "an I/O error alone does not poison");
         let refused = engine.checked::<()>(Err(fjall::Error::Poisoned));
         assert!(matches!(refused, Err(StorageError::JournalFailed { .. })));
         assert!(engine

@@ -127,13 +127,15 @@ impl Wake for PoolWake {
         }
         match self.target() {
             None => Help::Block, // not started yet: the caller waits as before
-            Some(stage) if stage.stopped() => Help::Closed,
+            // A stage whose every handler panicked will never take the event: the sender
+            // hears it is closed rather than spinning on a queue nobody empties.
+            Some(stage) if stage.stopped() || stage.dead() => Help::Closed,
             Some(stage) if stage.run_batch(&self.shared) => Help::Ran,
             Some(_) => Help::Busy,
         }
     }
 
     fn closed(&self) -> bool {
-        self.target().is_some_and(|s| s.stopped())
+        self.target().is_some_and(|s| s.stopped() || s.dead())
     }
 }

@@ -188,7 +188,15 @@ impl<S: Stage> Runnable for PoolStage<S> {
         if self.stopped.load(Ordering::SeqCst) {
             return true;
         }
-        if !self.stop.load(Ordering::SeqCst) || !self.receiver.is_empty() {
+        if !self.stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        if self.dead() {
+            // No handler is left to answer what waits: it is dropped with the stage, which
+            // is better than a queue nobody can ever empty holding the node's stop forever.
+            while self.receiver.try_recv().is_ok() {}
+        }
+        if !self.receiver.is_empty() {
             return false;
         }
         let mut all = true;
@@ -213,6 +221,10 @@ impl<S: Stage> Runnable for PoolStage<S> {
 
     fn stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst)
+    }
+
+    fn dead(&self) -> bool {
+        self.slots.iter().all(Mutex::is_poisoned)
     }
 }
 
@@ -252,16 +264,17 @@ impl StageHandle {
         self.request_stop();
         while !self.stage.stopped() {
             if self.shared.stages.get().is_none() || self.shared.no_workers_left() {
-                // Never started (or its start failed): nobody else will run it, so what its
-                // queue holds is served here (each request gets its answer), then it stops.
+                // Never started, its start failed or its workers died: nobody else will run
+                // it, so what its queue holds is served here (each request gets its answer),
+                // then it stops. A thread of the other pool may still hold a slot for a
+                // moment (helping a blocked send): then this tries again.
                 while self.stage.runnable() && self.stage.run_batch(&self.shared) {}
-                self.stage.try_finish();
-                if !self.stage.stopped() {
-                    return;
+                if self.stage.try_finish() {
+                    break;
                 }
-                break;
+            } else {
+                self.shared.wake_all();
             }
-            self.shared.wake_all();
             std::thread::sleep(Duration::from_millis(1));
         }
     }

@@ -164,6 +164,10 @@ fn stage_of_a_panicked_worker_stops(stage_first: bool) {
     done_rx
         .recv_timeout(Duration::from_secs(10))
         .unwrap_or_else(|_| panic!("stage_first {stage_first}: the stage never stopped"));
+    assert!(
+        matches!(sender.try_send(2), Err(SendError::Closed(2))),
+        "stage_first {stage_first}: the stage is stopped, not only left"
+    );
     if let Some(pool) = pool {
         pool.stop_and_join();
     }
