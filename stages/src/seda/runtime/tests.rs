@@ -83,6 +83,16 @@ fn queued_events_are_taken_in_batches_and_drained_on_stop() {
     pool.stop_and_join();
 }
 
+/// Whether stopping `handle` returns within 10 s (a hang fails the test instead of hanging it).
+fn stops_in_time(handle: StageHandle) -> bool {
+    let (done_tx, done_rx) = unbounded();
+    std::thread::spawn(move || {
+        handle.stop_and_join();
+        let _ = done_tx.send(());
+    });
+    done_rx.recv_timeout(Duration::from_secs(10)).is_ok()
+}
+
 /// Goal: a stage stopped after its pool's workers have returned (as after a start that failed
 /// part-way, which stops the workers it had started) serves what its queue holds and stops
 /// on the stopping thread rather than waiting for workers that will never come.
@@ -100,14 +110,7 @@ fn a_stage_whose_pool_has_no_workers_left_stops_without_them() {
     for i in 0..3 {
         sender.try_send(i).expect("the stage still takes events");
     }
-    let (done_tx, done_rx) = unbounded();
-    std::thread::spawn(move || {
-        handle.stop_and_join();
-        let _ = done_tx.send(());
-    });
-    done_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the stage stopped without workers");
+    assert!(stops_in_time(handle), "the stage stopped without workers");
     let served: usize = batches_rx.try_iter().sum();
     assert_eq!(
         served, 3,
@@ -156,14 +159,10 @@ fn stage_of_a_panicked_worker_stops(stage_first: bool) {
             pool.stop_and_join();
         }
     }
-    let (done_tx, done_rx) = unbounded();
-    std::thread::spawn(move || {
-        handle.stop_and_join();
-        let _ = done_tx.send(());
-    });
-    done_rx
-        .recv_timeout(Duration::from_secs(10))
-        .unwrap_or_else(|_| panic!("stage_first {stage_first}: the stage never stopped"));
+    assert!(
+        stops_in_time(handle),
+        "stage_first {stage_first}: the stage never stopped"
+    );
     assert!(
         matches!(sender.try_send(2), Err(SendError::Closed(2))),
         "stage_first {stage_first}: the stage is stopped, not only left"
