@@ -30,13 +30,14 @@
 # value: phase 1 only, then the table with what it measured), SYNC (none: the nodes' storage.sync),
 # STALLS (seconds: benches/stall_sampler.py watches both nodes' intake loops for that long in the
 # baseline and from the start of the rebuild, into OUT_DIR/stalls-RUN-{base,rebuild}.txt; it
-# costs some CPU itself, so runs with it are a diagnosis, not the figure).
+# costs some CPU itself, so runs with it are a diagnosis, not the figure), STORAGE_NICE (10, the
+# nodes' controller.storage_nice: how far below the node fjall's flush and compaction threads run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base_keys=${1:-1000000}; runs=${2:-3}
 out=${OUT_DIR:-target/bench-aae}; diff_keys=${DIFF:-100}; interval=${AAE_INTERVAL_MS:-5000}
 fg_rate=${FG_RATE:-1000}; fg_secs=${FG_SECS:-30}; load_threads=${LOAD_THREADS:-8}
-sync=${SYNC:-none}; fg_threads=${FG_THREADS:-64}; target_factor=${TARGET_FACTOR:-1.2}; target_min=${TARGET_MIN_MS:-5}
+sync=${SYNC:-none}; storage_nice=${STORAGE_NICE:-10}; fg_threads=${FG_THREADS:-64}; target_factor=${TARGET_FACTOR:-1.2}; target_min=${TARGET_MIN_MS:-5}
 source benches/lib.sh
 needs_python
 mkdir -p "$out"
@@ -73,6 +74,7 @@ max_keys_per_exchange = 4096
 [controller]
 target_percentile = 99
 target_ms = ${3:-50}
+storage_nice = $storage_nice
 EOF
   "$bin/shoal" node --config "$work/n$1.toml" > "$work/n$1.out" 2>> "$work/n$1.log" &
   pid[$1]=$!
