@@ -2,6 +2,7 @@
 //! and opens no exchange for a peer while it owes (issue 9's finding, that the node taking
 //! a backlog in is where the foreground pays for it, applied to anti-entropy).
 
+use super::exchange::compare_digests;
 use super::*;
 use crate::event::ConnId;
 use crate::membership::{Member, Membership};

@@ -1,0 +1,109 @@
+//! A data directory's identity in `meta` (node id, format version, Q, epoch): stamped when it is
+//! created, checked when it is opened, and format 1 migrated to the partitioned layout.
+
+use super::*;
+
+impl Store {
+    /// Moves format 1's objects (keyed by key alone) under their partition and segment, a
+    /// flushed chunk at a time, then stamps format 2. A crash midway leaves format 1 with the
+    /// objects not yet moved, and the next open carries on (moving an object twice writes the
+    /// same bytes).
+    pub(super) fn migrate_legacy(&self) -> Result<(), StorageError> {
+        loop {
+            let chunk = self
+                .engine
+                .scan(Space::LegacyObjects, &[], None, MIGRATION_CHUNK)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for (key, bytes) in &chunk {
+                let location = self.locate(key);
+                self.engine
+                    .insert(Space::Objects, &location.stored, bytes)?;
+                self.engine.remove(Space::LegacyObjects, key)?;
+            }
+            self.engine.persist()?;
+        }
+        self.engine
+            .insert(Space::Meta, META_FORMAT.as_bytes(), FORMAT_VERSION)?;
+        Ok(())
+    }
+}
+
+/// What a data directory's `meta` says about its layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Format {
+    /// Format 2 (or a new directory, now stamped).
+    Current,
+    /// Format 1: objects to migrate.
+    Legacy,
+}
+
+/// Stamps a new data directory with the node's id, format and Q, or checks an existing one.
+pub(super) fn check_identity(
+    engine: &dyn Engine,
+    node: &NodeId,
+    partitions: u32,
+) -> Result<Format, StorageError> {
+    let meta = |key: &str| engine.get(Space::Meta, key.as_bytes());
+    let stamp_partitions = || {
+        engine.insert(
+            Space::Meta,
+            META_PARTITIONS.as_bytes(),
+            &partitions.to_be_bytes(),
+        )
+    };
+    match meta(META_NODE_ID)? {
+        Some(found) if found != node.as_str().as_bytes() => Err(StorageError::WrongNode {
+            found: String::from_utf8_lossy(&found).into_owned(),
+            expected: node.to_string(),
+        }),
+        Some(_) => {
+            let format = meta(META_FORMAT)?;
+            let legacy = match format.as_deref() {
+                Some(f) if f == FORMAT_VERSION => false,
+                Some(f) if f == LEGACY_FORMAT => true,
+                other => {
+                    return Err(StorageError::UnknownFormat {
+                        found: other.map_or_else(
+                            || "none".to_string(),
+                            |f| String::from_utf8_lossy(f).into_owned(),
+                        ),
+                    })
+                }
+            };
+            match meta(META_PARTITIONS)? {
+                Some(bytes) => {
+                    let stored = <[u8; 4]>::try_from(bytes.as_slice())
+                        .map(u32::from_be_bytes)
+                        .map_err(|_| StorageError::UnknownFormat {
+                            found: "2 with an unreadable partition count".to_string(),
+                        })?;
+                    if stored != partitions {
+                        return Err(StorageError::PartitionsChanged {
+                            stored,
+                            configured: partitions,
+                        });
+                    }
+                }
+                // Format 1 did not depend on Q: the migration lays it out for this one.
+                None => stamp_partitions()?,
+            }
+            Ok(if legacy {
+                Format::Legacy
+            } else {
+                Format::Current
+            })
+        }
+        None => {
+            engine.insert(
+                Space::Meta,
+                META_NODE_ID.as_bytes(),
+                node.as_str().as_bytes(),
+            )?;
+            engine.insert(Space::Meta, META_FORMAT.as_bytes(), FORMAT_VERSION)?;
+            stamp_partitions()?;
+            Ok(Format::Current)
+        }
+    }
+}
