@@ -4,15 +4,22 @@
 //! handles typed values.
 
 mod aae;
+mod admin;
 mod codec;
 mod frame;
 mod gossip;
+mod handshake;
 mod message;
+mod requests;
 
 pub use aae::{
     AaeDigests, AaeDigestsReply, AaeObject, AaePartitionReport, AaePeerReport, AaePurge,
     AaePurgeReply, AaeReport, AaeSync, AaeSyncReply, AaeTree, AaeTreeReply, KeyDigest, PurgePhase,
     MAX_AAE_ITEMS,
+};
+pub use admin::{
+    AuthRequest, MemberStatus, MembersReply, OperationLatency, RingReply, StatsReply,
+    ThrottleChange, ThrottleReply, ThrottleRequest,
 };
 pub use codec::{
     decode_version_set, encode_version_set, same_secret, ContextSeal, CorruptObject,
@@ -26,12 +33,11 @@ pub use gossip::{
     decode_membership, encode_membership, GossipReply, GossipRequest, MembershipChange, PlanReply,
     PlanRequest, TransferAck, TransferBatch, TransferProgress,
 };
-pub use message::{
-    handshake_bytes, kind, AuthRequest, Bytes, DeleteRequest, GetLocalRequest, GetReply,
-    GetRequest, HandoffAck, HandoffBatch, LocalReply, MemberStatus, MembersReply, Message, Nonce,
-    OperationLatency, PeerChallenge, PeerHello, PeerProof, PutReply, PutRequest, ReplicaRead,
-    ReplicaReply, ReplicaWrite, RingReply, StatsReply, ThrottleChange, ThrottleReply,
-    ThrottleRequest, WireError, NONCE_BYTES,
+pub use handshake::{handshake_bytes, Nonce, PeerChallenge, PeerHello, PeerProof, NONCE_BYTES};
+pub use message::{kind, Bytes, Message, WireError};
+pub use requests::{
+    DeleteRequest, GetLocalRequest, GetReply, GetRequest, HandoffAck, HandoffBatch, LocalReply,
+    PutReply, PutRequest, ReplicaRead, ReplicaReply, ReplicaWrite,
 };
 
 #[cfg(test)]

@@ -1,0 +1,175 @@
+//! The driver side's answers: storage's batches read (streamed to the new owner) and the
+//! peer's acknowledgements, and what the end of a scan starts (the final sync, or the finish).
+
+use super::*;
+
+impl TransferMachine {
+    /// Storage answered: a receiver's merge (its acknowledgement goes back), or a step of the
+    /// active transfer.
+    pub(super) fn on_storage(&mut self, now: Instant, done: StorageDone, out: &mut Outbox) {
+        if let Some((origin, count)) = self.serving.remove(&done.op) {
+            let message = match done.result {
+                Ok(_) => Message::TransferAck(TransferAck { merged: count }),
+                Err(error) => Message::Error(error),
+            };
+            return out.reply(IntakeEvent::reply(origin, &message));
+        }
+        if self
+            .dropping
+            .as_ref()
+            .is_some_and(|(_, op, _)| *op == done.op)
+        {
+            return self.on_dropped(now, done);
+        }
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        match &active.waiting {
+            Some(Waiting::Storage { op, .. }) if *op == done.op => active.waiting = None,
+            _ => return,
+        }
+        let outcome = match done.result {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                warn!(self.logger, "transfer step failed in storage"; "partition" => active.partition, "error" => %error);
+                return self.failed(now);
+            }
+        };
+        match (active.phase, outcome) {
+            (Phase::Snapshot, StorageOutcome::Tree(view)) => {
+                active.baseline = view.ready.then_some(view.hashes);
+                active.phase = Phase::Streaming;
+            }
+            (Phase::Comparing, StorageOutcome::Tree(view)) => {
+                let changed = match (&active.baseline, view.ready) {
+                    (Some(baseline), true) if baseline.len() == view.hashes.len() => Some(
+                        differing(baseline, &view.hashes)
+                            .into_iter()
+                            .map(|s| s as u16)
+                            .collect::<VecDeque<u16>>(),
+                    ),
+                    _ => None,
+                };
+                active.compared = view.ready.then_some(view.hashes);
+                if changed.as_ref().is_some_and(VecDeque::is_empty) {
+                    return self.finish(out);
+                }
+                debug!(self.logger, "transfer catches up"; "partition" => active.partition,
+                       "segments" => changed.as_ref().map_or(-1, |c| c.len() as i64));
+                active.catch_up = true;
+                active.segments = changed;
+                active.cursor = None;
+                active.phase = Phase::Streaming;
+            }
+            (
+                Phase::Streaming,
+                StorageOutcome::Batch {
+                    objects,
+                    bytes,
+                    resume,
+                },
+            ) => {
+                if objects.is_empty() {
+                    return self.end_of_scan(now, out);
+                }
+                let count = objects.len() as u64;
+                // Paid now that the count is known; `step` asked for no more than was there.
+                self.gate.try_take(count, now);
+                let op = self.new_op();
+                let deadline = now + self.settings.ack_timeout;
+                let Some(active) = &mut self.active else {
+                    return;
+                };
+                out.request(ReplicateEvent::Send {
+                    peer: active.to.clone(),
+                    op,
+                    message: Message::TransferBatch(TransferBatch {
+                        partition: active.partition,
+                        objects: AaeObject::many(objects),
+                    }),
+                    deadline,
+                    reply_to: ReplyTo::Transfer,
+                });
+                active.waiting = Some(Waiting::Peer {
+                    op,
+                    deadline,
+                    resume,
+                    objects: count,
+                    bytes,
+                });
+                return;
+            }
+            (phase, outcome) => {
+                warn!(self.logger, "transfer got an unexpected storage answer";
+                      "phase" => ?phase, "answer" => ?outcome);
+                return self.failed(now);
+            }
+        }
+        self.step(now, out);
+    }
+
+    pub(super) fn on_peer(&mut self, now: Instant, done: PeerDone, out: &mut Outbox) {
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        let (resume, objects, bytes) = match &mut active.waiting {
+            Some(Waiting::Peer {
+                op,
+                resume,
+                objects,
+                bytes,
+                ..
+            }) if *op == done.op => (resume.take(), *objects, *bytes),
+            _ => return,
+        };
+        active.waiting = None;
+        match done.result {
+            Ok(Message::TransferAck(_)) => {
+                active.objects += objects;
+                active.bytes += bytes;
+                active.failures = 0;
+                match resume {
+                    Some(cursor) => active.cursor = Some(cursor),
+                    None => return self.end_of_scan(now, out),
+                }
+            }
+            Ok(other) => {
+                debug!(self.logger, "transfer batch refused"; "partition" => active.partition,
+                       "to" => %active.to, "answer" => %other);
+                return self.failed(now);
+            }
+            Err(error) => {
+                debug!(self.logger, "transfer batch failed"; "partition" => active.partition,
+                       "to" => %active.to, "error" => %error);
+                return self.failed(now);
+            }
+        }
+        self.step(now, out);
+    }
+
+    /// The current scan reached its end: the next segment of the pass, or the pass's end.
+    pub(super) fn end_of_scan(&mut self, now: Instant, out: &mut Outbox) {
+        let settle_until = self
+            .commit_seen
+            .as_ref()
+            .map_or(now, |(_, seen)| *seen + self.settings.settle)
+            .max(now);
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        active.cursor = None;
+        if let Some(segments) = &mut active.segments {
+            segments.pop_front();
+            if !segments.is_empty() {
+                return self.step(now, out);
+            }
+        }
+        if active.catch_up {
+            return self.finish(out);
+        }
+        active.phase = Phase::Settling {
+            until: settle_until,
+        };
+        self.step(now, out);
+    }
+}
