@@ -428,83 +428,6 @@ impl Coordinator {
         self.requests.insert(key, pending);
     }
 
-    fn start_serve(
-        &mut self,
-        origin: Origin,
-        request: ServeRequest,
-        received_at: Instant,
-        out: &mut Outbox,
-    ) {
-        let key = self.new_id();
-        let me = self.settings.node.clone();
-        let op = self.new_op(key, &me, None);
-        let (kind, item, request) = match request {
-            // `get --local`: the node's own objects, not the hints it keeps for others.
-            ServeRequest::Local { key: k } => (
-                ServeKind::Local,
-                k.clone(),
-                StorageRequest::Read {
-                    key: k,
-                    with_hints: false,
-                },
-            ),
-            ServeRequest::ReplicaRead { key: k } => (
-                ServeKind::Replica,
-                k.clone(),
-                StorageRequest::Read {
-                    key: k,
-                    with_hints: true,
-                },
-            ),
-            // Sloppy quorum: a fallback keeps versions meant for another node as a hint.
-            ServeRequest::ReplicaWrite {
-                key: k,
-                versions,
-                hint: Some(target),
-                durable,
-            } if target != me => (
-                ServeKind::Replica,
-                k.clone(),
-                StorageRequest::StoreHint {
-                    target,
-                    key: k,
-                    versions,
-                    durable,
-                },
-            ),
-            ServeRequest::ReplicaWrite {
-                key: k,
-                versions,
-                durable,
-                ..
-            } => (
-                ServeKind::Replica,
-                k.clone(),
-                StorageRequest::Merge {
-                    key: k,
-                    versions,
-                    durable,
-                },
-            ),
-        };
-        let deadline = received_at + self.settings.request_timeout;
-        out.request(storage(op, request));
-        self.deadlines.insert((deadline, key));
-        self.requests.insert(
-            key,
-            Pending {
-                origin,
-                operation: Operation::Get,
-                key: item,
-                received_at,
-                deadline,
-                tracker: QuorumTracker::new(1, 1),
-                replied: false,
-                work: Work::Serve { request: kind },
-            },
-        );
-    }
-
     fn new_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
@@ -580,54 +503,6 @@ impl Coordinator {
         }
         out.reply(IntakeEvent::reply(pending.origin, &message));
     }
-
-    /// `admin members`: asks storage for the hints held; the reply (see `answers.rs`) adds
-    /// the failure detector's view of every member.
-    fn start_members(&mut self, origin: Origin, received_at: Instant, out: &mut Outbox) {
-        let key = self.new_id();
-        let me = self.settings.node.clone();
-        let op = self.new_op(key, &me, None);
-        let deadline = received_at + self.settings.request_timeout;
-        out.request(storage(op, StorageRequest::PendingHints));
-        self.deadlines.insert((deadline, key));
-        self.requests.insert(
-            key,
-            Pending {
-                origin,
-                operation: Operation::Get,
-                key: Vec::new(),
-                received_at,
-                deadline,
-                tracker: QuorumTracker::new(1, 1),
-                replied: false,
-                work: Work::Members,
-            },
-        );
-    }
-
-    /// Every member with this node's view of its health and the hints held for it.
-    fn members_reply(&self, now: Instant, pending_hints: &BTreeMap<NodeId, u64>) -> Message {
-        let membership = self.membership.current();
-        let statuses = self.detector.statuses(now);
-        let members = membership
-            .members()
-            .map(|m| {
-                let status = statuses.iter().find(|s| s.node == m.id);
-                MemberStatus {
-                    node: m.id.clone(),
-                    addr: m.addr.to_string(),
-                    up: status.is_none_or(|s| s.up),
-                    down_for_ms: status.map_or(0, |s| s.down_for_ms),
-                    hints_pending: pending_hints.get(&m.id).copied().unwrap_or(0),
-                }
-            })
-            .collect();
-        Message::MembersReply(MembersReply {
-            node: self.settings.node.clone(),
-            version: membership.version,
-            members,
-        })
-    }
 }
 
 /// An operation on the local store, answered to the coordinator.
@@ -692,5 +567,6 @@ impl Machine for Coordinator {
 
 mod answers;
 mod failover;
+mod serve;
 use answers::repair_if_read;
 use failover::forwarded_message;

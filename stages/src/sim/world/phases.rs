@@ -10,6 +10,83 @@ use crate::wire::{MembershipChange, PlanRequest};
 const COMMIT_ATTEMPTS: u32 = 60;
 
 impl World {
+    /// Draws the seed's crashes, pauses and partition inside the workload window.
+    pub(super) fn plan_faults(&mut self) {
+        let count = self.nodes.len();
+        let (start, end) = (300_000, self.workload_end.saturating_sub(500_000));
+        if end <= start {
+            return;
+        }
+        let acked_flushed = self.acked_flushed;
+        let rng = &mut self.sched.rng;
+        let mut plan = Vec::new();
+        if self.faults.crash {
+            for _ in 0..rng.range(1, 3) {
+                let node = rng.index(count);
+                let at = rng.range(start, end);
+                let back = (at + rng.range(200_000, 2_000_000)).min(self.workload_end);
+                // A process crash keeps what reached the OS (as fjall's writes do before
+                // their ack). Where every acknowledged write is flushed first, half the
+                // crashes are the machine's power instead, losing what was never flushed.
+                let crash = if acked_flushed && rng.index(2) == 0 {
+                    Fault::PowerLoss(node)
+                } else {
+                    Fault::Crash(node)
+                };
+                plan.push((at, crash));
+                plan.push((back, Fault::Restart(node)));
+            }
+        }
+        if self.faults.power {
+            // Every node at once (a data centre's power): only flushed writes survive.
+            let at = rng.range(start, end);
+            let back = (at + rng.range(200_000, 1_000_000)).min(self.workload_end);
+            for node in 0..count {
+                plan.push((at, Fault::PowerLoss(node)));
+                plan.push((back, Fault::Restart(node)));
+            }
+        }
+        if self.faults.pause {
+            for _ in 0..rng.range(1, 3) {
+                plan.push((
+                    rng.range(start, end),
+                    Fault::Pause(rng.index(count), rng.range(50_000, 1_500_000)),
+                ));
+            }
+        }
+        if self.faults.flush {
+            for _ in 0..rng.range(1, 4) {
+                let failures = rng.range(1, 4) as u32;
+                let node = rng.index(count);
+                let at = rng.range(start, end);
+                plan.push((at, Fault::FailFlushes(node, failures)));
+                // The first failure poisons the node (every write refused, as fjall's engine
+                // does); its operator restarts it a little later.
+                let restart = (at + rng.range(200_000, 1_000_000)).min(self.workload_end);
+                plan.push((restart, Fault::Crash(node)));
+                plan.push((restart + 50_000, Fault::Restart(node)));
+            }
+        }
+        if let Some(joiner) = self.joiner {
+            // The join early enough that the leave after it is still in the window.
+            let join_at = rng.range(start, (start + end) / 2);
+            plan.push((join_at, Fault::Join(joiner)));
+            let leave_at = (join_at + rng.range(1_000_000, 3_000_000)).min(end);
+            plan.push((leave_at, Fault::Leave(rng.index(joiner))));
+        }
+        if self.faults.partition && count > 1 {
+            let side: BTreeSet<usize> = (0..count).filter(|_| rng.percent(50)).collect();
+            if !side.is_empty() && side.len() < count {
+                let at = rng.range(start, end);
+                plan.push((at, Fault::Partition(side)));
+                plan.push((at + rng.range(300_000, 3_000_000), Fault::EndPartition));
+            }
+        }
+        for (at, fault) in plan {
+            self.sched.at(at, Job::Fault(fault));
+        }
+    }
+
     /// Schedules the operator's commit of the change staged through `node`, `after` from now.
     fn commit_later(&mut self, node: usize, joining: bool, attempts: u32, after: u64) {
         let commit = Fault::Commit {

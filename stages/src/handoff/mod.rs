@@ -24,7 +24,7 @@
 //! never sent a request to itself (another coordinator chose it) waits out its pause, at most
 //! [`MAX_ROUND_BACKOFF`], as before.
 //!
-//! RECEIVER SIDE (here too): a `HandoffBatch` from a fallback is merged by clock like any
+//! RECEIVER SIDE (`receive.rs`): a `HandoffBatch` from a fallback is merged by clock like any
 //! replica write (`StorageRequest::Sync`) and acknowledged with `HandoffAck`. The receiver
 //! pays for what it merges too, one token of its own gate per object, because the returning
 //! node is where a backlog hurts the foreground: four fallbacks pacing themselves, each on its
@@ -44,7 +44,7 @@
 //! to come in; the sender gets back the tokens it spent on a batch refused as busy. A
 //! handoff gate pinned at 0 pauses taking hints in as well as handing them off.
 //!
-//! A hint whose intended node no longer holds the key's partition (it left, or was removed,
+//! A hint whose intended node no longer holds the key's partition (`retarget.rs`; it left, or was removed,
 //! after the hint was written) is delivered to the key's current replicas instead, one
 //! `ReplicaWrite` each (rare: only after a membership change), and deleted once every one of
 //! them acknowledged it: a write must not vanish with a leaver.
@@ -64,6 +64,7 @@ use crate::wire::{
     AaeObject, Bytes, HandoffAck, HandoffBatch, Message, ReplicaWrite, MAX_AAE_ITEMS,
 };
 use crate::NodeId;
+use retarget::Fanout;
 use slog::{info, warn, Logger};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet};
@@ -95,14 +96,6 @@ const MIN_ROUND_BACKOFF: Duration = Duration::from_millis(400);
 /// The longest pause between failing rounds: also the longest a returning node waits for its
 /// hints if the failure detector's `PeerUp` is lost (offered to a full queue).
 const MAX_ROUND_BACKOFF: Duration = Duration::from_secs(2);
-
-/// A hint sent to several current replicas (its intended node no longer holds its key).
-struct Fanout {
-    /// Answers still awaited.
-    remaining: usize,
-    /// Whether one of them failed (then the hint stays for the next round).
-    failed: bool,
-}
 
 /// One delivery awaiting its answer.
 struct Delivery {
@@ -221,27 +214,6 @@ impl HandoffMachine {
         self
     }
 
-    /// `None` while the hint's intended node still holds its key (it goes there); else the
-    /// key's current replicas but this node, and whether this node is one too.
-    fn retarget(&self, hint: &Hint) -> Option<(Vec<NodeId>, bool)> {
-        let (view, me, n) = self.membership.as_ref()?;
-        let m = view.current();
-        let partition = m.ring().partition_of(&hint.key);
-        if m.holds(&hint.target, partition, *n) {
-            return None;
-        }
-        let replicas = m.replicas(partition, *n);
-        let mut nodes: Vec<NodeId> = replicas
-            .list
-            .primaries
-            .into_iter()
-            .chain(replicas.also_write)
-            .collect();
-        let local = nodes.contains(me);
-        nodes.retain(|node| node != me);
-        Some((nodes, local))
-    }
-
     /// A delivery failed: its hints stay for a later round (a fanned-out hint is kept if
     /// any of its replicas failed).
     fn delivery_failed(&mut self, delivery: Delivery, out: &mut Outbox) {
@@ -249,34 +221,6 @@ impl HandoffMachine {
         if delivery.fanout {
             for hint in &delivery.hints {
                 self.fanout_answer(hint, false, out);
-            }
-        }
-    }
-
-    /// This node's own copy of a fanned-out hint was merged (`merged`) or not: one answer.
-    fn local_merge_answered(&mut self, hint: &Hint, merged: bool, out: &mut Outbox) {
-        if merged {
-            self.round_acked += 1;
-        } else {
-            self.round_failed += 1;
-        }
-        self.fanout_answer(hint, merged, out);
-    }
-
-    /// Counts one answer of a fanned-out hint; deletes it once all acknowledged.
-    fn fanout_answer(&mut self, hint: &Hint, acked: bool, out: &mut Outbox) {
-        let Some(fanout) = self.fanout.get_mut(&hint.hint_key) else {
-            return;
-        };
-        fanout.remaining = fanout.remaining.saturating_sub(1);
-        fanout.failed |= !acked;
-        if fanout.remaining == 0 {
-            let failed = fanout.failed;
-            self.fanout.remove(&hint.hint_key);
-            if !failed {
-                let hints = vec![hint.clone()];
-                let delete = self.storage(StorageRequest::DeleteHints { hints });
-                out.request(delete);
             }
         }
     }
@@ -390,112 +334,6 @@ impl HandoffMachine {
             deadline,
         };
         self.in_flight.insert(op, delivery);
-    }
-
-    /// Sends a hint whose intended node no longer holds its key to each current replica
-    /// (`local`: this node is one too, and merges its copy here).
-    fn fan_out(
-        &mut self,
-        hint: Hint,
-        destinations: Vec<NodeId>,
-        local: bool,
-        deadline: Instant,
-        out: &mut Outbox,
-    ) {
-        let count = destinations.len() + usize::from(local);
-        if count == 0 {
-            return; // no replica at all in this view: the hint waits
-        }
-        info!(self.logger, "hint for a node that no longer holds its key goes to the current replicas";
-              "intended" => %hint.target, "replicas" => count);
-        let fanout = Fanout {
-            remaining: count,
-            failed: false,
-        };
-        self.fanout.insert(hint.hint_key.clone(), fanout);
-        if local {
-            // This node is a current replica too: its copy is merged here, and counts as
-            // one acknowledgement once storage has it.
-            let merge = self.storage(StorageRequest::Merge {
-                key: hint.key.clone(),
-                versions: hint.versions.clone(),
-                durable: false,
-            });
-            self.local_merges.insert(merge.op, hint.clone());
-            out.request(merge);
-        }
-        for peer in destinations {
-            let op = self.new_op();
-            let message = Message::ReplicaWrite(ReplicaWrite {
-                key: Bytes::from(hint.key.clone()),
-                versions: hint.versions.clone(),
-                hint: None,
-                durable: false,
-            });
-            out.request(ReplicateEvent::Send {
-                peer,
-                op,
-                message,
-                deadline,
-                reply_to: ReplyTo::Handoff,
-            });
-            let delivery = Delivery {
-                hints: vec![hint.clone()],
-                fanout: true,
-                deadline,
-            };
-            self.in_flight.insert(op, delivery);
-        }
-    }
-
-    /// Reports the backlog: the hints this node holds, the tokens it owes for batches it took
-    /// in, and the objects of batches it refused over the last [`REFUSED_WINDOW`].
-    fn report_backlog(&mut self, now: Instant) {
-        self.refused
-            .retain(|_, (at, _)| now.saturating_duration_since(*at) < REFUSED_WINDOW);
-        let refused: u64 = self.refused.values().map(|(_, objects)| objects).sum();
-        self.gate
-            .report_backlog(self.held + self.receive_debt + refused);
-    }
-
-    /// Pays what the gate grants now towards the tokens owed for received batches.
-    fn pay_receive_debt(&mut self, now: Instant) {
-        self.gate.pay(&mut self.receive_debt, now);
-    }
-
-    /// A fallback delivered hints meant for this node: if nothing is owed for the last batch,
-    /// merge them all in one storage operation and acknowledge once storage has them;
-    /// otherwise refuse them with `Overloaded` (see the module's RECEIVER SIDE).
-    fn serve(
-        &mut self,
-        now: Instant,
-        origin: Origin,
-        objects: Vec<(Vec<u8>, VersionSet)>,
-        out: &mut Outbox,
-    ) {
-        let count = u32::try_from(objects.len()).unwrap_or(u32::MAX);
-        self.pay_receive_debt(now);
-        if self.receive_debt > 0 {
-            let mut first = DefaultHasher::new();
-            objects.first().map(|(key, _)| key).hash(&mut first);
-            let batch = (origin.conn, first.finish());
-            self.refused
-                .retain(|_, (at, _)| now.saturating_duration_since(*at) < REFUSED_WINDOW);
-            if self.refused.len() < MAX_REFUSED_TRACKED || self.refused.contains_key(&batch) {
-                self.refused.insert(batch, (now, u64::from(count)));
-            }
-            self.report_backlog(now);
-            let busy = ServiceError::Overloaded {
-                stage: "handoff".into(),
-            };
-            return out.reply(IntakeEvent::reply(origin, &Message::Error(busy)));
-        }
-        self.receive_debt = u64::from(count);
-        self.pay_receive_debt(now);
-        self.report_backlog(now);
-        let merge = self.storage(StorageRequest::sync(objects, Vec::new()));
-        self.serving.insert(merge.op, (origin, count));
-        out.request(merge);
     }
 
     fn on_storage(&mut self, now: Instant, done: StorageDone, out: &mut Outbox) {
@@ -740,5 +578,7 @@ impl Machine for HandoffMachine {
     }
 }
 
+mod receive;
+mod retarget;
 #[cfg(test)]
 mod tests;

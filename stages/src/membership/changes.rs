@@ -1,0 +1,180 @@
+//! The operator's changes (Dynamo §4.8.1: explicit join and leave): staged by any member, planned
+//! into a new ring with the transfers it needs, committed by the claimant, and each transfer
+//! marked done as the partition arrives.
+
+use super::*;
+
+impl Membership {
+    /// The next stamp a change written by `me` carries.
+    pub(super) fn next_stamp(&mut self, me: &NodeId) -> Stamp {
+        self.version += 1;
+        Stamp {
+            counter: self.version,
+            node: me.clone(),
+        }
+    }
+
+    /// Stages a join of `member` (written by `me`). Joining again at the same address is a
+    /// no-op; a node that is leaving may be asked to stay by joining again.
+    pub fn stage_join(&mut self, me: &NodeId, member: Member) -> Result<(), MembershipError> {
+        if let Some(entry) = self.members.get(&member.id) {
+            match entry.state {
+                MemberState::Removed => {
+                    return Err(MembershipError::WasRemoved { node: member.id })
+                }
+                MemberState::Active if entry.member.addr != member.addr => {
+                    return Err(MembershipError::AlreadyMember {
+                        node: member.id,
+                        addr: entry.member.addr,
+                    })
+                }
+                MemberState::Active if entry.member == member => return Ok(()),
+                _ => {}
+            }
+        }
+        Ring::new(self.ring().partition_count(), &[member.spec()])?; // id, weight, zone valid
+        let stamp = self.next_stamp(me);
+        self.members.insert(
+            member.id.clone(),
+            MemberEntry {
+                member,
+                state: MemberState::Active,
+                stamp,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stages a leave (`Leaving`: it hands its data over) or a remove (`Removed`: it is dead).
+    pub fn stage_departure(
+        &mut self,
+        me: &NodeId,
+        node: &NodeId,
+        state: MemberState,
+    ) -> Result<(), MembershipError> {
+        let Some(entry) = self.members.get(node) else {
+            return Err(MembershipError::UnknownMember { node: node.clone() });
+        };
+        if entry.state == MemberState::Removed {
+            return Err(MembershipError::WasRemoved { node: node.clone() });
+        }
+        let staying = self
+            .members
+            .values()
+            .filter(|e| e.state == MemberState::Active && &e.member.id != node)
+            .count();
+        if staying == 0 {
+            return Err(MembershipError::LastMember { node: node.clone() });
+        }
+        let member = entry.member.clone();
+        let stamp = self.next_stamp(me);
+        self.members.insert(
+            node.clone(),
+            MemberEntry {
+                member,
+                state,
+                stamp,
+            },
+        );
+        Ok(())
+    }
+
+    /// The ring the staged changes would give, and what it would move.
+    pub fn plan(&self, n: usize) -> Result<(Plan, Ring), MembershipError> {
+        let ring = self.ring();
+        let wanted: Vec<NodeSpec> = self
+            .members
+            .values()
+            .filter(|e| e.state == MemberState::Active)
+            .map(|e| e.member.spec())
+            .collect();
+        let in_ring = |id: &NodeId| ring.contains(id);
+        let mut plan = Plan {
+            joining: Vec::new(),
+            leaving: Vec::new(),
+            removed: Vec::new(),
+            owners_changed: 0,
+            transfers: Vec::new(),
+        };
+        for entry in self.members.values() {
+            let id = &entry.member.id;
+            match entry.state {
+                MemberState::Active if !in_ring(id) => plan.joining.push(id.clone()),
+                // A member whose weight or zone changed is re-joined.
+                MemberState::Active if ring.node(id) != Some(&entry.member.spec()) => {
+                    plan.joining.push(id.clone())
+                }
+                MemberState::Leaving if in_ring(id) => plan.leaving.push(id.clone()),
+                MemberState::Removed if in_ring(id) => plan.removed.push(id.clone()),
+                _ => {}
+            }
+        }
+        if plan.is_empty() {
+            return Ok((plan, ring.clone()));
+        }
+        let next = ring.rebalance(&wanted)?;
+        plan.owners_changed = ring.moved_partitions(&next).len() as u32;
+        plan.transfers = self.transfers_between(Some(ring), &next, n);
+        Ok((plan, next))
+    }
+
+    /// The one node that commits (riak's claimant): the ring member with the smallest id that
+    /// was not removed. Commits from one node never race, and the claimant's assignment is
+    /// always the newest (every commit came from it), so a commit is never computed from a
+    /// stale ring. A dead claimant is removed (staged through any node) and the next one
+    /// commits.
+    pub fn claimant(&self) -> Option<&NodeId> {
+        self.ring()
+            .nodes()
+            .map(|spec| &spec.id)
+            .find(|id| self.state_of(id) != Some(MemberState::Removed))
+    }
+
+    /// Applies the staged changes (written by `me`, the claimant): the planned ring becomes
+    /// the committed one and its transfers start. Refused while the previous commit's
+    /// transfers are pending.
+    pub fn commit(&mut self, me: &NodeId, n: usize) -> Result<Plan, MembershipError> {
+        if let Some(claimant) = self.claimant() {
+            if claimant != me {
+                return Err(MembershipError::NotClaimant {
+                    me: me.clone(),
+                    claimant: claimant.clone(),
+                });
+            }
+        }
+        let pending = self.pending_transfers(n).len();
+        if pending > 0 {
+            return Err(MembershipError::TransfersPending { pending });
+        }
+        let (plan, next) = self.plan(n)?;
+        if plan.is_empty() {
+            return Err(MembershipError::NothingStaged);
+        }
+        let stamp = self.next_stamp(me);
+        let previous = std::mem::replace(&mut self.assignment.ring, next);
+        self.assignment.previous = Some(previous);
+        self.assignment.stamp = stamp;
+        // Transfers that have no old replica to copy from are done at once: nothing can be
+        // copied (every old replica was removed), and waiting would block reads forever.
+        self.assignment.done = plan
+            .transfers
+            .iter()
+            .filter(|t| t.from.is_none())
+            .map(|t| (t.partition, None, t.to.clone()))
+            .collect();
+        Ok(plan)
+    }
+
+    /// Records that `to` holds all of `partition` (written by `me`, the sender). Returns
+    /// whether that was news.
+    pub fn mark_transferred(&mut self, me: &NodeId, partition: u32, to: &NodeId) -> bool {
+        let fresh = self
+            .assignment
+            .done
+            .insert((partition, Some(me.clone()), to.clone()));
+        if fresh {
+            self.next_stamp(me);
+        }
+        fresh
+    }
+}
