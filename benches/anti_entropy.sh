@@ -34,7 +34,9 @@
 # nodes' controller.storage_nice: how far below the node fjall's flush and compaction threads run),
 # TARGET_PERCENTILE (99.9, the product's default: the controller's signal, the foreground percentile it
 # holds to its target; 99 was this script's default until 2026-12-04, and held the rebuild to a looser
-# bound than a node runs with).
+# bound than a node runs with), MAX_RATE (unset: the product's default; else the nodes'
+# controller.max_rate, the most background units per second the controller ever grants: a rebuild
+# held to a fixed slow pace).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base_keys=${1:-1000000}; runs=${2:-3}
@@ -78,6 +80,7 @@ max_keys_per_exchange = 4096
 target_percentile = $target_percentile
 target_ms = ${3:-50}
 storage_nice = $storage_nice
+${MAX_RATE:+max_rate = $MAX_RATE}
 EOF
   "$bin/shoal" node --config "$work/n$1.toml" > "$work/n$1.out" 2>> "$work/n$1.log" &
   pid[$1]=$!
