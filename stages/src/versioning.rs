@@ -222,25 +222,30 @@ impl VersionSet {
 
     /// A replica's side: merges another replica's set into this one (replication, read repair,
     /// anti-entropy, handoff). Commutative, associative and idempotent; a version is dropped only
-    /// if another version supersedes it.
-    pub fn merge(&mut self, other: &VersionSet) {
+    /// if another version supersedes it. Returns whether this set changed (a replica stores
+    /// the set only then; knowing it here spares a copy of the set and a comparison per write).
+    pub fn merge(&mut self, other: &VersionSet) -> bool {
+        let mut changed = false;
         for version in &other.versions {
-            self.absorb(version.clone());
+            changed |= self.absorb(version.clone());
         }
+        changed
     }
 
-    /// Adds one version: ignored if something here supersedes it, and removes what it supersedes.
-    fn absorb(&mut self, version: Version) {
+    /// Adds one version: ignored if something here supersedes it, and removes what it
+    /// supersedes. Returns whether the set changed.
+    fn absorb(&mut self, version: Version) -> bool {
         if let Some(existing) = self.versions.iter_mut().find(|v| v.dot == version.dot) {
             // One dot names one write, so copies are equal; if a bug or a truncated clock ever
             // made two differ, keep the same one on every replica (the larger) so they converge.
             if version_order_key(&version) > version_order_key(existing) {
                 *existing = version;
+                return true;
             }
-            return;
+            return false;
         }
         if self.versions.iter().any(|v| v.supersedes(&version)) {
-            return;
+            return false;
         }
         self.versions.retain(|v| !version.supersedes(v));
         let at = self
@@ -248,6 +253,7 @@ impl VersionSet {
             .binary_search_by(|v| v.dot.cmp(&version.dot))
             .unwrap_or_else(|insert_at| insert_at);
         self.versions.insert(at, version);
+        true
     }
 }
 

@@ -415,9 +415,7 @@ impl Store {
         let mut stripe = self.lock(key);
         let location = self.locate(key);
         let (mut set, old_hash) = self.load(&mut stripe, key, &location, Admit::Yes)?;
-        let before = set.clone();
-        set.merge(incoming);
-        let changed = set != before;
+        let changed = set.merge(incoming);
         if changed {
             self.write(&mut stripe, key, &location, old_hash, &set)?;
         }

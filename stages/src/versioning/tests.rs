@@ -261,6 +261,20 @@ proptest! {
         prop_assert_eq!(m(&sets[0], &sets[0]), sets[0].clone());
     }
 
+    /// Goal: merge says exactly whether the set changed (a replica writes the set to disk
+    /// only then), for every pair of replicas of a history and a set merged into itself.
+    #[test]
+    fn merge_reports_a_change_exactly_when_the_set_changed(steps in arb_steps()) {
+        let (sets, _) = run(&steps);
+        for a in &sets {
+            for b in &sets {
+                let mut merged = a.clone();
+                let changed = merged.merge(b);
+                prop_assert_eq!(changed, &merged != a);
+            }
+        }
+    }
+
     /// Goal: the context of a set covers every version in it, so a put with it leaves exactly
     /// one version.
     #[test]
