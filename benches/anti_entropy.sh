@@ -36,7 +36,8 @@
 # holds to its target; 99 was this script's default until 2026-12-04, and held the rebuild to a looser
 # bound than a node runs with), MAX_RATE (unset: the product's default; else the nodes'
 # controller.max_rate, the most background units per second the controller ever grants: a rebuild
-# held to a fixed slow pace).
+# held to a fixed slow pace; it paces the trees' rebuilds after each restart too, and at 4000
+# with 1M keys those outlasted the script's 600 s wait: use fewer keys with it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base_keys=${1:-1000000}; runs=${2:-3}
