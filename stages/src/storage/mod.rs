@@ -535,6 +535,10 @@ impl Machine for StorageMachine {
 }
 
 #[cfg(test)]
+mod machine_tests;
+#[cfg(test)]
+mod step_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tree_tests;
