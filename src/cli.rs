@@ -7,9 +7,7 @@ use crate::node::Node;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use clap::{Args, Parser, Subcommand};
-use shoal_stages::membership::MemberState;
 use shoal_stages::versioning::VersionSet;
-use shoal_stages::wire::StatsReply;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -171,23 +169,23 @@ pub enum AdminCommand {
 #[derive(Args, Debug)]
 pub struct RingArgs {
     #[command(flatten)]
-    target: Target,
+    pub(crate) target: Target,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// `shoal admin stats`
 #[derive(Args, Debug)]
 pub struct StatsArgs {
     #[command(flatten)]
-    target: Target,
+    pub(crate) target: Target,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Print again every second until interrupted.
     #[arg(long)]
-    watch: bool,
+    pub(crate) watch: bool,
 }
 
 /// With `--durable`, says on stderr how many acknowledging replicas had the write on disk
@@ -239,7 +237,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             report_durable(args.durable, result.durable_copies);
             Ok(())
         }
-        Command::Admin(AdminCommand::Stats(args)) => run_stats(args),
+        Command::Admin(AdminCommand::Stats(args)) => crate::stats_cli::run_stats(args),
         Command::Demo(args) => {
             if args.duration_secs == 0 || args.duration_secs > 600 || args.threads == 0 {
                 return Err("--duration-secs must be in 1..=600 and --threads at least 1".into());
@@ -257,8 +255,8 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         }
-        Command::Admin(AdminCommand::Ring(args)) => run_ring(args),
-        Command::Admin(AdminCommand::Members(args)) => run_members(args),
+        Command::Admin(AdminCommand::Ring(args)) => crate::ring_cli::run_ring(args),
+        Command::Admin(AdminCommand::Members(args)) => crate::ring_cli::run_members(args),
         Command::Admin(AdminCommand::Aae(args)) => {
             let mut client = connect(&args.target)?;
             crate::aae_cli::run(&mut client, args.json, &mut std::io::stdout())
@@ -377,83 +375,11 @@ pub fn get_json(values: &[Vec<u8>], context: &Context) -> serde_json::Value {
     }
 }
 
-fn run_stats(args: StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let mut client = connect(&args.target)?;
-    let mut stdout = std::io::stdout();
-    loop {
-        let stats = client.stats()?;
-        let text = if args.json {
-            format!("{}\n", serde_json::to_string(&stats)?)
-        } else {
-            stats_table(&stats)
-        };
-        if !args.watch {
-            return Ok(write_out(&mut stdout, &text)?);
-        }
-        // A closed standard output (`--watch | head`) ends the watch quietly.
-        if write_out(&mut stdout, &format!("{text}\n")).is_err() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
 /// Writes and flushes `text` to standard output; a watcher whose reader went away (`| head`)
 /// gets the error back instead of a panic.
 pub(crate) fn write_out(out: &mut std::io::Stdout, text: &str) -> std::io::Result<()> {
     out.write_all(text.as_bytes())?;
     out.flush()
-}
-
-/// The human form of `admin stats`: one row per stage, then operation latencies.
-pub fn stats_table(stats: &StatsReply) -> String {
-    let mut out = format!("node {}\n", stats.node);
-    if let Some(failure) = &stats.storage_failure {
-        out.push_str(&format!("UNHEALTHY: storage refuses writes: {failure}\n"));
-    }
-    out.push_str(&format!(
-        "{:<11} {:<10} {:>7} {:>4} {:>6} {:>8} {:>9} {:>10} {:>10} {:>8} {:>14} {:>14}\n",
-        "Stage",
-        "Class",
-        "Slots",
-        "Busy",
-        "Depth",
-        "Capacity",
-        "HighWater",
-        "Enqueued",
-        "Processed",
-        "Rejected",
-        "Wait p50/p99",
-        "Svc p50/p99"
-    ));
-    for s in &stats.stages {
-        out.push_str(&format!(
-            "{:<11} {:<10} {:>7} {:>4} {:>6} {:>8} {:>9} {:>10} {:>10} {:>8} {:>14} {:>14}\n",
-            s.name,
-            s.class,
-            s.threads,
-            s.busy_threads,
-            s.queue_depth,
-            s.queue_capacity,
-            s.queue_high_water,
-            s.enqueued,
-            s.processed,
-            s.rejected,
-            format!("{}/{}us", s.wait_us_p50, s.wait_us_p99),
-            format!("{}/{}us", s.service_us_p50, s.service_us_p99),
-        ));
-    }
-    for op in &stats.operations {
-        out.push_str(&format!(
-            "{:<7} count {:>10}  p50 {:>7}us  p99 {:>7}us  p99.9 {:>7}us\n",
-            op.operation, op.count, op.latency_us_p50, op.latency_us_p99, op.latency_us_p999
-        ));
-    }
-    out.push_str(&crate::throttle_cli::throttle_table(
-        &stats.controller,
-        &stats.background,
-    ));
-    out
 }
 
 /// The JSON form of `get --local`: every stored version with its dot and causal past.
@@ -485,175 +411,4 @@ pub fn local_json(versions: &VersionSet) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({ "versions": rows })
-}
-
-fn run_ring(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let mut client = connect(&args.target)?;
-    let membership = client.ring()?;
-    // The pending transfers depend on N, which the node knows and the client does not.
-    let plan = client.plan(shoal_stages::wire::PlanRequest {
-        change: None,
-        commit: false,
-    })?;
-    let ring = membership.ring();
-    let q = ring.partition_count();
-    let nodes: Vec<serde_json::Value> = membership
-        .entries()
-        .map(|e| {
-            let m = &e.member;
-            let owned = ring.partitions_of(&m.id).len();
-            let state = match (e.state, ring.contains(&m.id)) {
-                (MemberState::Active, true) => "valid",
-                (MemberState::Active, false) => "joining",
-                (MemberState::Leaving, true) => "leaving",
-                (MemberState::Leaving, false) => "left",
-                (MemberState::Removed, _) => "removed",
-            };
-            serde_json::json!({
-                "id": m.id.to_string(), "addr": m.addr.to_string(), "weight": m.weight,
-                "zone": m.zone, "state": state, "partitions": owned,
-                "share": owned as f64 / f64::from(q),
-                "sending": plan.pending.iter().filter(|t| t.from.as_ref() == Some(&m.id)).count(),
-                "receiving": plan.pending.iter().filter(|t| t.to == m.id).count(),
-            })
-        })
-        .collect();
-    // Each sender reports its own transfers' progress: ask every member (one that does not
-    // answer is skipped; its transfers show as pending without progress).
-    let timeout = std::time::Duration::from_secs(args.target.timeout_secs);
-    let progress: Vec<(String, shoal_stages::wire::TransferProgress)> = membership
-        .members()
-        .filter_map(|m| {
-            let mut client = Client::connect(&m.addr.to_string(), timeout).ok()?;
-            let reply = client
-                .plan(shoal_stages::wire::PlanRequest {
-                    change: None,
-                    commit: false,
-                })
-                .ok()?;
-            Some((m.id.to_string(), reply.progress))
-        })
-        .flat_map(|(from, progress)| progress.into_iter().map(move |p| (from.clone(), p)))
-        .filter(|(from, p)| {
-            plan.pending.iter().any(|t| {
-                t.partition == p.partition
-                    && t.to == p.to
-                    && t.from.as_ref().is_some_and(|f| f.as_str() == from)
-            })
-        })
-        .collect();
-    if args.json {
-        let owners: Vec<String> = ring.owners().iter().map(|o| o.to_string()).collect();
-        let in_flight: Vec<serde_json::Value> = progress
-            .iter()
-            .map(|(from, p)| {
-                serde_json::json!({
-                    "partition": p.partition, "from": from, "to": p.to.to_string(),
-                    "phase": p.phase, "objects": p.objects, "bytes": p.bytes, "retries": p.retries,
-                })
-            })
-            .collect();
-        let out = serde_json::json!({
-            "version": membership.version, "partitions": q, "nodes": nodes, "owners": owners,
-            "pending_transfers": plan.pending, "in_flight": in_flight,
-        });
-        println!("{out}");
-        return Ok(());
-    }
-    println!("membership version {}, {q} partitions", membership.version);
-    println!(
-        "{:<12} {:<22} {:<8} {:>6} {:<8} {:>10} {:>7} {:>8} {:>9}",
-        "Node", "Address", "State", "Weight", "Zone", "Partitions", "Share", "Sending", "Receiving"
-    );
-    for n in &nodes {
-        // serde_json values ignore width flags: numbers are printed through strings.
-        let text = |field: &str| n[field].to_string();
-        println!(
-            "{:<12} {:<22} {:<8} {:>6} {:<8} {:>10} {:>6.1}% {:>8} {:>9}",
-            n["id"].as_str().unwrap_or(""),
-            n["addr"].as_str().unwrap_or(""),
-            n["state"].as_str().unwrap_or(""),
-            text("weight"),
-            n["zone"].as_str().unwrap_or("-"),
-            text("partitions"),
-            n["share"].as_f64().unwrap_or(0.0) * 100.0,
-            text("sending"),
-            text("receiving"),
-        );
-    }
-    println!(
-        "pending transfers: {} (partition copies the last commit needs)",
-        plan.pending.len()
-    );
-    for (from, p) in &progress {
-        println!(
-            "  partition {:>5} {from} -> {}: {}, {} objects, {:.1} MiB, {} retries",
-            p.partition,
-            p.to,
-            p.phase,
-            p.objects,
-            p.bytes as f64 / 1_048_576.0,
-            p.retries
-        );
-    }
-    if !plan.plan.is_empty() {
-        println!("staged changes not committed: see `shoal admin plan`");
-    }
-    Ok(())
-}
-
-fn run_members(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let reply = connect(&args.target)?.members()?;
-    if args.json {
-        println!("{}", serde_json::to_string(&reply)?);
-        return Ok(());
-    }
-    println!(
-        "members as seen by {} (membership version {})",
-        reply.node, reply.version
-    );
-    println!(
-        "{:<12} {:<22} {:<6} {:>12} {:>13}",
-        "Node", "Address", "State", "Down for", "Hints held"
-    );
-    for m in &reply.members {
-        let state = if m.up { "up" } else { "down" };
-        let down = if m.up {
-            "-".to_string()
-        } else {
-            format!("{:.1}s", m.down_for_ms as f64 / 1000.0)
-        };
-        println!(
-            "{:<12} {:<22} {:<6} {:>12} {:>13}",
-            m.node, m.addr, state, down, m.hints_pending
-        );
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::stats_table;
-    use shoal_stages::wire::StatsReply;
-    use shoal_stages::NodeId;
-
-    /// Goal: `admin stats` of a node whose storage refuses writes says so, with the reason,
-    /// right under the node's name; a healthy node's table has no such line.
-    #[test]
-    fn stats_of_a_node_whose_storage_refuses_writes_say_unhealthy_and_why() {
-        let mut stats = StatsReply {
-            node: NodeId::new("n1"),
-            stages: Vec::new(),
-            operations: Vec::new(),
-            controller: Box::default(),
-            background: Vec::new(),
-            storage_failure: None,
-        };
-        assert!(!stats_table(&stats).contains("UNHEALTHY"));
-        stats.storage_failure = Some("journal 7.jnl: Input/output error".into());
-        let table = stats_table(&stats);
-        let second = table.lines().nth(1).unwrap_or_default();
-        assert!(second.starts_with("UNHEALTHY"), "{table}");
-        assert!(second.contains("7.jnl: Input/output error"), "{table}");
-    }
 }

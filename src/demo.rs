@@ -4,7 +4,6 @@
 //! stops one node midway and brings it back; prints the latency report, where the pipeline
 //! backed up, and each node's per-stage table; shuts everything down. Bounded in time.
 
-use crate::cli::stats_table;
 use crate::client::{Client, RequestOptions};
 use crate::cluster_client::ClusterClient;
 use crate::config::Config;
@@ -13,6 +12,7 @@ use crate::load::target::TargetSpec;
 use crate::load::{keys::KeyChoice, run, LoadConfig, Workload};
 use crate::logging;
 use crate::node::Node;
+use crate::stats_cli::stats_table;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};

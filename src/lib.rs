@@ -19,7 +19,9 @@ pub mod membership_cli;
 pub mod metrics;
 pub mod node;
 pub mod redis_door;
+pub mod ring_cli;
 pub mod sim_cli;
+pub mod stats_cli;
 pub mod throttle_cli;
 
 pub use shoal_stages as stages;
