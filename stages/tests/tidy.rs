@@ -68,10 +68,12 @@ fn stage_files() -> Vec<(&'static str, String, PathBuf)> {
     files
 }
 
-/// The lines of a file that are not test code: a file named `tests.rs` is all test code, and
+/// The lines of a file that are not test code: a file whose name ends in `tests.rs`, or one
+/// under a test module's own `tests/` directory, is all test code, and
 /// in any other file everything from the first `#[cfg(test)]` on is.
 fn product_lines(relative: &str, path: &Path) -> Vec<(usize, String)> {
-    if relative.ends_with("tests.rs") {
+    // A test module's file, or a file of a test module's own directory (`x/tests/y.rs`).
+    if relative.ends_with("tests.rs") || relative.contains("/tests/") {
         return Vec::new();
     }
     let text = std::fs::read_to_string(path).expect("source readable");

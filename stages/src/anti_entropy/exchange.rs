@@ -159,13 +159,7 @@ impl AntiEntropyMachine {
     /// Ends the exchange. `in_sync` records that the pair held the same data as of its start
     /// (what the purge relies on); `retry` brings the pair's next exchange forward (a tree
     /// was not ready, or the exchange was cut short).
-    pub(super) fn finish_exchange(
-        &mut self,
-        exchange: Exchange,
-        now: Instant,
-        in_sync: bool,
-        retry: bool,
-    ) {
+    fn finish_exchange(&mut self, exchange: Exchange, now: Instant, in_sync: bool, retry: bool) {
         let next = if retry {
             self.jitter(RETRY_SOON)
         } else {
@@ -405,12 +399,7 @@ impl AntiEntropyMachine {
 
     /// Asks storage for this node's digests of the exchange's segments (after its resume
     /// place, if any), at most [`Self::digest_limit`].
-    pub(super) fn ask_own_digests(
-        &mut self,
-        exchange: &mut Exchange,
-        now: Instant,
-        out: &mut Outbox,
-    ) {
+    fn ask_own_digests(&mut self, exchange: &mut Exchange, now: Instant, out: &mut Outbox) {
         let op = self.storage(
             StorageRequest::segment_digests_after(
                 exchange.partition,

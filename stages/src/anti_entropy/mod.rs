@@ -3,7 +3,8 @@
 //! answered, or lost their data directory) converge without any client read; and tombstones
 //! every replica holds are purged after a grace period.
 //!
-//! DRIVER SIDE, one exchange at a time, each (partition, peer) on its own jittered schedule.
+//! DRIVER SIDE (`exchange.rs`), one exchange at a time, each (partition, peer) on its own
+//! jittered schedule.
 //! A partition takes part in one exchange at a time on each node, started here or by a peer
 //! (a peer that opens an exchange on a busy partition hears "not ready" and tries again
 //! soon). So two replicas never run two exchanges of one partition at once, and a replica
@@ -20,15 +21,15 @@
 //! 4. our versions of the differing keys we hold go to the peer, which merges them and answers
 //!    with its versions of the ones it holds; we merge those. Both now hold the merge.
 //!
-//! Trees: after a start every partition this node replicates has none; they are rebuilt here
-//! in chunks, and ready trees are rebuilt again on a slow jittered schedule to catch rot.
+//! Trees (`trees.rs`): after a start every partition this node replicates has none; they are
+//! rebuilt in chunks, and ready trees are rebuilt again on a slow jittered schedule to catch rot.
 //!
-//! Tombstone purge, by the smallest-id replica of a partition only: once an exchange with
-//! every other replica has left them in sync, tombstone-only keys older than both that
-//! moment and `tombstone_grace` are on every replica. They are purged in two phases: every
-//! member checks (a replica holds exactly that set; nobody keeps a hint for the key, whose
-//! delivery would bring an older version back), then the replicas delete the keys that still
-//! hold exactly the set. A replica that was down has no exchange and blocks the purge.
+//! Tombstone purge (`purge.rs`), by the smallest-id replica of a partition only: once an exchange
+//! with every other replica has left them in sync, tombstone-only keys older than both that moment
+//! and `tombstone_grace` are on every replica. They are purged in two phases: every member checks
+//! (a replica holds exactly that set; nobody keeps a hint for the key, whose delivery would bring
+//! an older version back), then the replicas delete the keys that still hold exactly the set. A
+//! replica that was down has no exchange and blocks the purge.
 //!
 //! Pacing: one token of the stage's gate per key folded into a tree, per key looked at for a
 //! purge, per object exchanged, and one per exchange; charged once the work is done (its size
@@ -39,7 +40,7 @@
 //! foreground latency there, not at the pace of the peers that send them (issue 9's finding
 //! for hinted handoff, which the same debt paces on the receiving side).
 //!
-//! ANSWERING SIDE (also here): a peer's tree, digest, sync and purge requests come from parse
+//! ANSWERING SIDE (`serve.rs`): a peer's tree, digest, sync and purge requests come from parse
 //! and are answered from storage. Opening an exchange (the branch-level tree request) leases
 //! the partition to that peer's connection until its sync, or [`LEASE`] without a step.
 

@@ -182,7 +182,7 @@ impl AntiEntropyMachine {
 
     /// Sends a purge phase: the check to every other member (anyone may hold a hint), the
     /// commit to the other replicas.
-    pub(super) fn broadcast_purge(
+    fn broadcast_purge(
         &mut self,
         purge: &mut Purge,
         phase: PurgePhase,

@@ -242,7 +242,7 @@ impl AntiEntropyMachine {
         }
     }
 
-    pub(super) fn release(&mut self, partition: u32, conn: ConnId) {
+    fn release(&mut self, partition: u32, conn: ConnId) {
         if self.leases.get(&partition).is_some_and(|l| l.conn == conn) {
             self.leases.remove(&partition);
         }

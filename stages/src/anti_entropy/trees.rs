@@ -1,6 +1,6 @@
-//! The partitions' Merkle trees as this stage keeps them: rebuilt from storage in chunks after
-//! a start and again on a slow jittered schedule to catch rot, and their roots published to
-//! the report (`shoal admin aae`).
+//! The partitions' Merkle trees as this stage keeps them, rebuilt from storage in chunks after
+//! a start and again on a slow jittered schedule to catch rot; and the stage's report (`shoal
+//! admin aae`): each partition's tree and peers, and the totals.
 
 use super::*;
 

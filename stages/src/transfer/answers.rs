@@ -1,11 +1,13 @@
-//! The driver side's answers: storage's batches read (streamed to the new owner) and the
-//! peer's acknowledgements, and what the end of a scan starts (the final sync, or the finish).
+//! Storage's and the peer's answers to the active transfer's steps (snapshot and comparison,
+//! batches read and streamed, acknowledgements), and what a scan's end leads to (the next
+//! segment, the settle, or the finish); storage's answers to a receiver's merge and to a drop
+//! step pass through here too.
 
 use super::*;
 
 impl TransferMachine {
-    /// Storage answered: a receiver's merge (its acknowledgement goes back), or a step of the
-    /// active transfer.
+    /// Storage answered: a receiver's merge (its acknowledgement goes back), a cleanup drop
+    /// step, or a step of the active transfer.
     pub(super) fn on_storage(&mut self, now: Instant, done: StorageDone, out: &mut Outbox) {
         if let Some((origin, count)) = self.serving.remove(&done.op) {
             let message = match done.result {
@@ -148,7 +150,7 @@ impl TransferMachine {
     }
 
     /// The current scan reached its end: the next segment of the pass, or the pass's end.
-    pub(super) fn end_of_scan(&mut self, now: Instant, out: &mut Outbox) {
+    fn end_of_scan(&mut self, now: Instant, out: &mut Outbox) {
         let settle_until = self
             .commit_seen
             .as_ref()

@@ -1,5 +1,6 @@
-//! Cleanup after a handoff: a partition this node no longer replicates is dropped from storage
-//! a step at a time, once `cleanup_delay` has passed and its new owners confirmed it.
+//! Cleanup: a partition this node no longer holds, and sends no transfer of, is dropped a
+//! gated step at a time once `cleanup_delay` has passed; one it sent is first synced once more
+//! to the replicas that hold it now (the final sync).
 
 use super::*;
 

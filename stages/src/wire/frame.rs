@@ -23,7 +23,7 @@ const KEEP_BUFFER_BYTES: usize = 256 * 1024;
 /// One frame, header decoded, body still MessagePack.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
-    /// Message type (see `message::MessageKind`).
+    /// Message type (see `message::kind`).
     pub kind: u16,
     /// Chosen by the sender of a request, echoed in its reply.
     pub request_id: u64,

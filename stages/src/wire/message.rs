@@ -1,4 +1,6 @@
-//! The typed messages of the shoal protocol, and their encoding as frames.
+//! The `Message` enum over every typed message of the protocol (the structs are in
+//! `requests.rs`, `handshake.rs`, `admin.rs`, `aae.rs` and `gossip.rs`), and its encoding as
+//! frames.
 //!
 //! Each message type has a fixed `kind` number in the frame header and a MessagePack body.
 //! Decoding checks the kind first (unknown → [`WireError::UnknownMessageType`]), then decodes the

@@ -104,7 +104,7 @@ impl Store {
 
     /// Whether no hint is held (exact): reads and scans of the hints keyspace can be skipped.
     /// A hint counted only after its insert is one written concurrently with the caller.
-    pub(super) fn holds_no_hints(&self) -> bool {
+    fn holds_no_hints(&self) -> bool {
         self.hints_held.load(Ordering::Acquire) == 0
     }
 
@@ -156,20 +156,20 @@ impl Store {
 
 /// Hints are keyed `[key length: u16][key][target]`, so all hints of one key share a prefix
 /// (for reads) whatever bytes the key holds.
-pub(super) fn hint_prefix(key: &[u8]) -> Vec<u8> {
+fn hint_prefix(key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + key.len());
     out.extend_from_slice(&(key.len() as u16).to_be_bytes());
     out.extend_from_slice(key);
     out
 }
 
-pub(super) fn hint_key(key: &[u8], target: &NodeId) -> Vec<u8> {
+fn hint_key(key: &[u8], target: &NodeId) -> Vec<u8> {
     let mut out = hint_prefix(key);
     out.extend_from_slice(target.as_str().as_bytes());
     out
 }
 
-pub(super) fn split_hint_key(hint_key: &[u8]) -> Option<(Vec<u8>, NodeId)> {
+fn split_hint_key(hint_key: &[u8]) -> Option<(Vec<u8>, NodeId)> {
     let (length, rest) = hint_key.split_first_chunk::<2>()?;
     let length = u16::from_be_bytes(*length) as usize;
     let key = rest.get(..length)?.to_vec();

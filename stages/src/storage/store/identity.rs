@@ -1,4 +1,4 @@
-//! A data directory's identity in `meta` (node id, format version, Q, epoch): stamped when it is
+//! A data directory's identity in `meta` (node id, format version, Q): stamped when it is
 //! created, checked when it is opened, and format 1 migrated to the partitioned layout.
 
 use super::*;
