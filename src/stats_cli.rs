@@ -1,5 +1,6 @@
-//! `shoal admin stats`: every stage's queue depth, throughput and latency, the controller's
-//! state and the node's health, as a table or JSON.
+//! `shoal admin stats`: every stage's queue depth, counts of events enqueued, processed and
+//! rejected, and latencies, the operations' latencies, the controller's state and the node's
+//! health, as a table or JSON.
 
 use crate::cli::{connect, write_out, StatsArgs};
 use shoal_stages::wire::StatsReply;
@@ -27,7 +28,8 @@ pub fn run_stats(args: StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-/// The human form of `admin stats`: one row per stage, then operation latencies.
+/// The human form of `admin stats`: one row per stage, then operation latencies, then the
+/// controller's and the background stages' throttles.
 pub fn stats_table(stats: &StatsReply) -> String {
     let mut out = format!("node {}\n", stats.node);
     if let Some(failure) = &stats.storage_failure {

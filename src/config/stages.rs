@@ -64,22 +64,22 @@ pub struct StageTuning {
 /// Default rate of a background stage (repair: keys repaired; handoff: hints delivered, per
 /// second), so a burst of stale reads or a returning node does not turn into a burst of writes
 /// that competes with foreground requests. The resource controller will adjust it.
-pub(super) const DEFAULT_BACKGROUND_RATE_PER_SEC: u64 = 1000;
+const DEFAULT_BACKGROUND_RATE_PER_SEC: u64 = 1000;
 /// Default microseconds the pool's one spinner polls (yielding) before parking. Waking a
 /// parked thread costs ~50 µs on these VMs (benches/stage_hop.rs), about the gap between a
 /// client's reply and its next request on loopback, so a short spin catches the next request
 /// without a wake-up. Only one worker spins, and only after handling events: an idle node
 /// does not spin.
-pub(super) const DEFAULT_SPIN_US: u64 = 200;
+const DEFAULT_SPIN_US: u64 = 200;
 /// One background worker: on two cores a second would only take more CPU from the
 /// foreground, and the background stages' gates pace their work anyway.
-pub(super) const DEFAULT_BACKGROUND_WORKERS: usize = 1;
+const DEFAULT_BACKGROUND_WORKERS: usize = 1;
 /// The background workers' thread names (`background-0`, ...), as `ps -L` and the tests see
 /// them.
 pub const BACKGROUND_THREAD_NAME: &str = "background";
 /// Connections to write in one loop turn before the reply writer takes them, when no write
 /// waits for the disk (see [`Config::reply_writer_from`]).
-pub(super) const DEFAULT_REPLY_WRITER_FROM: usize = 4;
+const DEFAULT_REPLY_WRITER_FROM: usize = 4;
 
 impl Config {
     /// The tuning given for a stage (all defaults when its section is absent).

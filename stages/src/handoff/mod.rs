@@ -44,10 +44,11 @@
 //! to come in; the sender gets back the tokens it spent on a batch refused as busy. A
 //! handoff gate pinned at 0 pauses taking hints in as well as handing them off.
 //!
-//! A hint whose intended node no longer holds the key's partition (`retarget.rs`; it left, or was
-//! removed, after the hint was written) is delivered to the key's current replicas instead, one
-//! `ReplicaWrite` each (rare: only after a membership change), and deleted once every one of them
-//! acknowledged it: a write must not vanish with a leaver.
+//! A hint whose intended node no longer holds the key's partition (`retarget.rs`; it left, was
+//! removed, or the partition moved away after the hint was written) is delivered to the key's
+//! current replicas instead, one `ReplicaWrite` each, this node's own copy merged here (rare: only
+//! after a membership change), and deleted once every one of them acknowledged it: a write must
+//! not vanish with a leaver.
 //!
 //! Hints live in the store, so they survive a restart of this node. The machine reads and
 //! deletes them through the storage stage, never directly.

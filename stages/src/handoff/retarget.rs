@@ -1,15 +1,16 @@
-//! Hints whose intended node no longer holds their key (it left, or was removed, after the
-//! hint was written): sent to the key's current replicas, one `ReplicaWrite` each, and deleted
-//! only once every one of them acknowledged (see the module above).
+//! Hints whose intended node no longer holds their key (it left, was removed, or the partition
+//! moved away after the hint was written): sent to the key's current replicas, one
+//! `ReplicaWrite` each (this node's own copy merged here), and deleted only once every one of
+//! them acknowledged (see the module above).
 
 use super::*;
 
 /// A hint sent to several current replicas (its intended node no longer holds its key).
 pub(super) struct Fanout {
     /// Answers still awaited.
-    pub(super) remaining: usize,
+    remaining: usize,
     /// Whether one of them failed (then the hint stays for the next round).
-    pub(super) failed: bool,
+    failed: bool,
 }
 
 impl HandoffMachine {

@@ -6,7 +6,7 @@ use super::*;
 
 impl Membership {
     /// The next stamp a change written by `me` carries.
-    pub(super) fn next_stamp(&mut self, me: &NodeId) -> Stamp {
+    fn next_stamp(&mut self, me: &NodeId) -> Stamp {
         self.version += 1;
         Stamp {
             counter: self.version,

@@ -1,3 +1,5 @@
+//! Who may send what: peer-only requests refused from connections that proved nothing.
+
 use super::*;
 use crate::wire::{Bytes, PutRequest, ReplicaRead};
 

@@ -1,3 +1,6 @@
+//! Parsing a frame: kinds checked, bodies decoded exactly, sizes and contexts validated, errors
+//! typed.
+
 use super::*;
 use crate::vclock::VClock;
 use crate::wire::{Bytes, DeleteRequest, GetRequest, PutReply, PutRequest};

@@ -1,5 +1,6 @@
 //! Where the store's bytes live: the [`Engine`] trait, and fjall behind it (the product). The
-//! simulator's engine is in `memory.rs`. Both pass one shared test suite (`tests.rs`).
+//! simulator's engine is in `memory.rs`. Both pass one shared test suite (`storage/tests.rs`); fjall's own
+//! journal handling is tested in `engine/tests.rs`.
 
 use super::StorageError;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};

@@ -1,6 +1,6 @@
 //! The storage machine and its commit stage over a memory engine, as a node runs them:
 //! answers before and after the group commit, durable and buffered writes, refused and
-//! failed flushes, and large requests cut into steps that yield to the queue.
+//! failed flushes.
 
 use super::tests::{node, LIMITS, Q};
 use super::*;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 /// Storage and its commit stage over one store, as a node runs them.
 pub(super) struct Pair {
     pub(super) storage: StorageMachine,
-    pub(super) commit: CommitMachine,
+    commit: CommitMachine,
 }
 
 /// A storage machine (worker 0) with `sync` and its commit machine over a fresh memory

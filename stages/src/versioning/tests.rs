@@ -110,6 +110,27 @@ fn write_context_without_a_gap_covers_the_writers_own_write() {
     assert_eq!(values(&set), vec!["2"]);
 }
 
+/// Goal: two copies of one dot that differ (a bug or a truncated clock could make them) end
+/// as the same one on every replica, the larger, and merge says whether that changed the set:
+/// taking the larger copy in changes it, offering the smaller changes nothing.
+#[test]
+fn two_copies_of_one_dot_keep_the_larger_and_merge_says_which_changed() {
+    let mut smaller = VersionSet::new();
+    let written = put(&mut smaller, "a", &VClock::new(), "v", 10);
+    let mut copy = written.clone();
+    copy.timestamp_ms = 20;
+    let larger = VersionSet::from_versions(vec![copy.clone()]);
+    let mut merged = smaller.clone();
+    assert!(
+        merged.merge(&larger),
+        "taking the larger copy changes the set"
+    );
+    assert_eq!(merged.versions(), &[copy][..]);
+    let mut kept = larger.clone();
+    assert!(!kept.merge(&smaller), "the smaller copy changes nothing");
+    assert_eq!(kept, larger);
+}
+
 /// Goal: a stale replica's old value cannot undo a delete when the sets merge.
 #[test]
 fn stale_replica_does_not_resurrect_a_deleted_value() {

@@ -1,6 +1,6 @@
 //! The simulated network as the nodes use it: their socket commands carried out, frames
-//! transmitted over links that may drop, delay or duplicate them (`idempotent` says which may
-//! be duplicated), dials, and closed links.
+//! transmitted over links that may reset (a loss), delay, reorder or duplicate them, or lose
+//! them across a partition (`idempotent` says which may be duplicated), dials, and closed links.
 
 use super::*;
 
@@ -135,7 +135,7 @@ impl World {
         );
     }
 
-    pub(super) fn dial(&mut self, node: usize, conn: ConnId, addr: SocketAddr) {
+    fn dial(&mut self, node: usize, conn: ConnId, addr: SocketAddr) {
         let incarnation = self.nodes[node].incarnation;
         let latency = self.sched.rng.range(50, 500);
         let failed = Job::DialFailed {

@@ -1,3 +1,6 @@
+//! fjall's journal as the engine handles it: the active file found, followed across rotations,
+//! flushed and written back; a failed flush final, and fjall's own poisoning seen as one.
+
 use super::*;
 
 fn journal_files(dir: &Path) -> Vec<PathBuf> {
