@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// How soon a pair is tried again when a tree was not ready or an exchange was cut short
+/// (jittered, so two replicas that opened one partition at once do not collide again).
+const RETRY_SOON: Duration = Duration::from_millis(500);
+
 /// Where an exchange is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Step {

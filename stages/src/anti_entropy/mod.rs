@@ -74,17 +74,10 @@ use exchange::{Exchange, Place, Step};
 use purge::Purge;
 use serve::{Lease, Serving};
 
-/// Keys folded per rebuild step (the partition's writers wait for one step at most).
-const REBUILD_CHUNK: usize = 256;
-/// Keys looked at per purge step.
-const PURGE_SCAN: usize = 1024;
 /// How long one step may wait for storage or a peer before the exchange is given up. Short:
 /// the stage runs one exchange at a time, so a lost answer stalls every pair until then (a
 /// step's messages are bounded to 512 KiB, well under this on any LAN).
 const STEP_DEADLINE: Duration = Duration::from_secs(3);
-/// How soon a pair is tried again when a tree was not ready or an exchange was cut short
-/// (jittered, so two replicas that opened one partition at once do not collide again).
-const RETRY_SOON: Duration = Duration::from_millis(500);
 /// How long a partition waits after a rebuild step or a purge look failed.
 const FAILURE_PAUSE: Duration = Duration::from_secs(5);
 /// Most bytes of objects (keys, values, clocks; estimated) one anti-entropy message carries,

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Keys looked at per purge step.
+const PURGE_SCAN: usize = 1024;
+
 /// A purge under way.
 #[derive(Debug)]
 pub(super) struct Purge {

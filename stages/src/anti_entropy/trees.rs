@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Keys folded per rebuild step (the partition's writers wait for one step at most).
+const REBUILD_CHUNK: usize = 256;
+
 impl AntiEntropyMachine {
     /// Starts the next rebuild step: a partition without a tree first, else one due for its
     /// rot check.

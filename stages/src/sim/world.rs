@@ -36,18 +36,10 @@ const FINAL_LIMIT_US: u64 = 20_000_000;
 const PATIENCE_US: u64 = 3 * REQUEST_TIMEOUT.as_micros() as u64 + 2_000_000;
 /// How often client patience and the end of the final reads are checked.
 const WATCHDOG_US: u64 = 250_000;
-/// How long a dial across a partition hangs before it fails.
-const CONNECT_TIMEOUT_US: u64 = 1_000_000;
 /// Bound on the jobs of one run (a run that does not end is a bug of its own).
 const MAX_JOBS: u64 = 5_000_000;
 /// The smallest queue bound a seed draws.
 const SMALLEST_QUEUE: u64 = 8;
-/// Percent of node-to-node frames the drop, duplicate, reorder and delay faults touch.
-const DROP_PERCENT: u64 = 2;
-const DUPLICATE_PERCENT: u64 = 2;
-const REORDER_PERCENT: u64 = 5;
-const DELAY_PERCENT: u64 = 3;
-
 /// Something to do at a simulated time.
 enum Job {
     /// An event for a stage of a node (in the incarnation that queued it).
@@ -364,13 +356,7 @@ impl World {
                 node,
                 incarnation,
                 conn,
-            } => {
-                if self.current(node, incarnation) {
-                    self.with_machines(node, |machines, now, post| {
-                        machines.closed(now, conn, post)
-                    });
-                }
-            }
+            } => self.conn_closed(node, incarnation, conn),
             Job::Closed { link } => self.closed(link),
             Job::ClientStart { client } => self.client_start(client),
             Job::Fault(fault) => self.fault(fault),

@@ -31,10 +31,6 @@ use identity::{check_identity, Format};
 /// Longest key fjall accepts (its keys carry a u16 length; longer ones panic inside it).
 pub const MAX_STORABLE_KEY_BYTES: usize = u16::MAX as usize;
 
-/// Hints counted per engine scan by `count_hints`, so counting a large backlog does not
-/// load it whole.
-const COUNT_CHUNK: usize = 1024;
-
 /// Number of lock stripes guarding read-modify-write of objects. Two storage workers that touch
 /// the same key serialise on its stripe; a power of two well above the worker count keeps
 /// unrelated keys from waiting on each other.
@@ -43,14 +39,6 @@ const LOCK_STRIPES: usize = 256;
 /// The object cache's budget unless the node sets one ([`Store::with_object_cache`]).
 pub const DEFAULT_OBJECT_CACHE_BYTES: usize = 8 << 20;
 
-/// On-disk format version written to `meta`. Format 1 kept objects by key alone; a format-1
-/// directory is migrated when opened. A node refuses any other format.
-const FORMAT_VERSION: &[u8] = b"2";
-const LEGACY_FORMAT: &[u8] = b"1";
-const META_NODE_ID: &str = "node_id";
-const META_FORMAT: &str = "format";
-/// Q, which the layout depends on (objects are stored under their partition).
-const META_PARTITIONS: &str = "partitions";
 /// The node's epoch in this directory: the floor of its new dots' counters, set from the wall
 /// clock (µs) when the directory is created, so a node that lost its data never reuses a dot
 /// that lives on in other replicas (two writes with one dot would never converge).
@@ -60,9 +48,6 @@ const META_MEMBERSHIP: &str = "membership";
 
 /// Bytes before the key in a stored object key: partition (u32) and segment (u16).
 const LOCATION_BYTES: usize = 6;
-
-/// Objects moved per step of a format-1 migration (each step is flushed before the next).
-const MIGRATION_CHUNK: usize = 1024;
 
 /// Why the store failed. Wrapped as `ServiceError::Storage` for clients.
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Most objects removed per drop step.
+const DROP_STEP: usize = 1024;
+
 impl TransferMachine {
     /// Drops the due partition this node no longer replicates, a step at a time (see above).
     pub(super) fn cleanup(

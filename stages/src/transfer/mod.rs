@@ -56,8 +56,6 @@ const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 const FAILURES_BEFORE_PARKING: u32 = 3;
 /// How long a parked transfer waits before it is taken up again (from its cursor).
 const PARK_PAUSE: Duration = Duration::from_secs(2);
-/// Most objects removed per drop step.
-const DROP_STEP: usize = 1024;
 /// Finished transfers kept on the board, so `admin ring` shows what just completed.
 const FINISHED_SHOWN: usize = 64;
 

@@ -14,9 +14,6 @@ impl Coordinator {
         received_at: Instant,
         out: &mut Outbox,
     ) {
-        let key = self.new_id();
-        let me = self.settings.node.clone();
-        let op = self.new_op(key, &me, None);
         let (kind, item, request) = match request {
             // `get --local`: the node's own objects, not the hints it keeps for others.
             ServeRequest::Local { key: k } => (
@@ -41,7 +38,7 @@ impl Coordinator {
                 versions,
                 hint: Some(target),
                 durable,
-            } if target != me => (
+            } if target != self.settings.node => (
                 ServeKind::Replica,
                 k.clone(),
                 StorageRequest::StoreHint {
@@ -66,6 +63,31 @@ impl Coordinator {
                 },
             ),
         };
+        let work = Work::Serve { request: kind };
+        self.start_local(origin, received_at, item, request, work, out);
+    }
+
+    /// `admin members`: asks storage for the hints held; the reply (see `answers.rs`) adds
+    /// the failure detector's view of every member.
+    pub(super) fn start_members(&mut self, origin: Origin, received_at: Instant, out: &mut Outbox) {
+        let request = StorageRequest::PendingHints;
+        self.start_local(origin, received_at, Vec::new(), request, Work::Members, out);
+    }
+
+    /// Registers a request that one local storage answer completes (its deadline, a quorum of
+    /// one) and asks storage for it.
+    fn start_local(
+        &mut self,
+        origin: Origin,
+        received_at: Instant,
+        item: Vec<u8>,
+        request: StorageRequest,
+        work: Work,
+        out: &mut Outbox,
+    ) {
+        let key = self.new_id();
+        let me = self.settings.node.clone();
+        let op = self.new_op(key, &me, None);
         let deadline = received_at + self.settings.request_timeout;
         out.request(storage(op, request));
         self.deadlines.insert((deadline, key));
@@ -79,31 +101,7 @@ impl Coordinator {
                 deadline,
                 tracker: QuorumTracker::new(1, 1),
                 replied: false,
-                work: Work::Serve { request: kind },
-            },
-        );
-    }
-
-    /// `admin members`: asks storage for the hints held; the reply (see `answers.rs`) adds
-    /// the failure detector's view of every member.
-    pub(super) fn start_members(&mut self, origin: Origin, received_at: Instant, out: &mut Outbox) {
-        let key = self.new_id();
-        let me = self.settings.node.clone();
-        let op = self.new_op(key, &me, None);
-        let deadline = received_at + self.settings.request_timeout;
-        out.request(storage(op, StorageRequest::PendingHints));
-        self.deadlines.insert((deadline, key));
-        self.requests.insert(
-            key,
-            Pending {
-                origin,
-                operation: Operation::Get,
-                key: Vec::new(),
-                received_at,
-                deadline,
-                tracker: QuorumTracker::new(1, 1),
-                replied: false,
-                work: Work::Members,
+                work,
             },
         );
     }

@@ -4,7 +4,24 @@
 
 use super::*;
 
+/// How long a dial across a partition hangs before it fails.
+const CONNECT_TIMEOUT_US: u64 = 1_000_000;
+
+/// Percent of node-to-node frames the drop, duplicate, reorder and delay faults touch.
+const DROP_PERCENT: u64 = 2;
+const DUPLICATE_PERCENT: u64 = 2;
+const REORDER_PERCENT: u64 = 5;
+const DELAY_PERCENT: u64 = 3;
+
 impl World {
+    /// Tells the node's intake that `conn` closed, if the node is still the incarnation that
+    /// opened it.
+    pub(super) fn conn_closed(&mut self, node: usize, incarnation: u32, conn: ConnId) {
+        if self.current(node, incarnation) {
+            self.with_machines(node, |machines, now, post| machines.closed(now, conn, post));
+        }
+    }
+
     /// Carries out a node's socket command on the simulated network.
     pub(super) fn socket(&mut self, node: usize, command: SocketCommand) {
         match command {
@@ -220,13 +237,7 @@ impl World {
                     node,
                     incarnation,
                     conn,
-                } => {
-                    if self.current(node, incarnation) {
-                        self.with_machines(node, |machines, now, post| {
-                            machines.closed(now, conn, post)
-                        });
-                    }
-                }
+                } => self.conn_closed(node, incarnation, conn),
                 End::Client { client } => {
                     self.clients[client].link = None;
                     self.clients[client].client.on_closed();

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Hints counted per engine scan by `count_hints`, so counting a large backlog does not
+/// load it whole.
+const COUNT_CHUNK: usize = 1024;
+
 impl Store {
     /// The fallback's side of sloppy quorum (Dynamo §4.6): merges `incoming` into the hint
     /// kept for `target` (the node the replica was meant for), apart from this node's own

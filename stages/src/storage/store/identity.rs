@@ -3,6 +3,19 @@
 
 use super::*;
 
+/// On-disk format version written to `meta`. Format 1 kept objects by key alone; a format-1
+/// directory is migrated when opened. A node refuses any other format.
+const FORMAT_VERSION: &[u8] = b"2";
+const LEGACY_FORMAT: &[u8] = b"1";
+const META_NODE_ID: &str = "node_id";
+const META_FORMAT: &str = "format";
+
+/// Q, which the layout depends on (objects are stored under their partition).
+const META_PARTITIONS: &str = "partitions";
+
+/// Objects moved per step of a format-1 migration (each step is flushed before the next).
+const MIGRATION_CHUNK: usize = 1024;
+
 impl Store {
     /// Moves format 1's objects (keyed by key alone) under their partition and segment, a
     /// flushed chunk at a time, then stamps format 2. A crash midway leaves format 1 with the
