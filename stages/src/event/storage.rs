@@ -248,6 +248,32 @@ impl StorageRequest {
         }
     }
 
+    /// Whether the operation may change what the engine holds, and so must have its writes
+    /// handed to the OS before it is answered ([`crate::storage::Store::write_out`], once per
+    /// batch). Every kind is named, so a new one must say.
+    pub fn may_write(&self) -> bool {
+        match self {
+            StorageRequest::CoordinatePut { .. }
+            | StorageRequest::StoreHint { .. }
+            | StorageRequest::Merge { .. }
+            | StorageRequest::DeleteHints { .. }
+            | StorageRequest::Sync { .. }
+            | StorageRequest::DropPartition { .. }
+            | StorageRequest::SaveMembership { .. }
+            | StorageRequest::PurgeCommit { .. } => true,
+            StorageRequest::Read { .. }
+            | StorageRequest::ReadHints { .. }
+            | StorageRequest::PendingHints
+            | StorageRequest::TreeView { .. }
+            | StorageRequest::SegmentDigests { .. }
+            | StorageRequest::RebuildTree { .. }
+            | StorageRequest::TreeSummaries
+            | StorageRequest::TransferBatch { .. }
+            | StorageRequest::PurgeCandidates { .. }
+            | StorageRequest::PurgeCheck { .. } => false,
+        }
+    }
+
     /// Whether the operation writes (and so waits for the group commit under `sync = "always"`).
     pub fn writes(&self) -> bool {
         matches!(

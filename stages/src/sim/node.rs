@@ -268,12 +268,14 @@ impl SimNode {
         Ok(())
     }
 
-    /// A crash: the machines are gone; with `power` (the machine's power, not only the
-    /// process) the engine loses what was not flushed. A process crash leaves the engine as
-    /// it is: a later power loss still takes what was never flushed.
+    /// A crash: the machines are gone, and with them the writes their process had not yet
+    /// written out; with `power` (the machine's power, not only the process) the engine also
+    /// loses what was not flushed. After a process crash alone, a later power loss still
+    /// takes what was never flushed.
     pub fn crash(&mut self, power: bool) {
         self.machines = None;
         self.store = None;
+        self.engine.lose_process();
         if power {
             self.engine.lose_power();
         }

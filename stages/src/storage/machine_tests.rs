@@ -513,3 +513,44 @@ fn a_hint_deletion_waits_for_no_flush_even_with_sync_always() {
         "the next write's flush took the deletion to disk"
     );
 }
+
+/// Goal: kill -9 loses no acknowledged write, whatever `sync` says: storage hands a batch's
+/// writes to the OS before it answers any of them (one write-out per batch that wrote, none
+/// for a batch of reads), and when the write-out fails it acknowledges none of the batch's
+/// writes and still answers its reads. Fails if storage answered before writing out (the
+/// process crash would take the acknowledged write) or wrote out for reads alone.
+#[test]
+fn writes_reach_the_os_before_their_answer_and_a_failed_write_out_acknowledges_none() {
+    let (engine, mut machines) = memory_machine(SyncMode::None);
+    let now = Now::real();
+    let read = |key: &[u8]| StorageRequest::Read {
+        key: key.to_vec(),
+        with_hints: true,
+    };
+    let mut out = Outbox::new();
+    let mut batch = vec![event(1, coordinate_put(b"a", false)), event(2, read(b"b"))];
+    machines.storage.on_batch(now, &mut batch, &mut out);
+    assert_eq!(
+        storage_answers(&mut out),
+        vec![(1, true, false), (2, true, false)]
+    );
+    assert_eq!(engine.write_outs(), 1, "one write-out for the batch");
+    engine.lose_process();
+    let kept = machines.storage.store.read(b"a").expect("reads");
+    assert_eq!(kept.len(), 1, "the acknowledged write survives the process");
+
+    machines
+        .storage
+        .on_batch(now, &mut vec![event(3, read(b"a"))], &mut out);
+    assert_eq!(storage_answers(&mut out), vec![(3, true, false)]);
+    assert_eq!(engine.write_outs(), 1, "reads alone write nothing out");
+
+    engine.fail_write_outs(1);
+    let mut batch = vec![event(4, coordinate_put(b"c", false)), event(5, read(b"a"))];
+    machines.storage.on_batch(now, &mut batch, &mut out);
+    assert_eq!(
+        storage_answers(&mut out),
+        vec![(4, false, false), (5, true, false)],
+        "the write is refused, the read answered"
+    );
+}

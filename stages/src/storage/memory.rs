@@ -1,6 +1,7 @@
 //! The simulator's engine: ordered maps in memory, with a journal of the writes since the last
-//! [`Engine::persist`] so that a simulated power loss loses exactly what was not flushed, and
-//! injectable faults (a flush that fails). Deterministic: no clock, no randomness of its own.
+//! [`Engine::persist`] so that a simulated power loss loses exactly what was not flushed (and a
+//! process crash what was not written out), and injectable faults (a flush that fails).
+//! Deterministic: no clock, no randomness of its own.
 
 use super::engine::{Engine, Space};
 use super::StorageError;
@@ -15,13 +16,20 @@ type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 struct State {
     /// What reads see: every write, flushed or not. In [`Space::ALL`] order.
     current: [Map; 4],
-    /// What was flushed: what a power loss leaves (a process crash leaves everything: the
-    /// writes reached the OS, as fjall's do before their ack).
+    /// What was flushed: what a power loss leaves.
     durable: [Map; 4],
     /// Writes since the last successful flush, in order (`None`: a removal).
     journal: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
+    /// How many of the journal's last writes are still in the process's buffer, not yet
+    /// written out to the OS ([`Engine::write_out`]): what a process crash loses, as fjall's
+    /// journal buffer is lost with its process.
+    buffered: usize,
     /// Flushes still to fail (an injected fault).
     failing_flushes: u32,
+    /// Write-outs still to fail (an injected fault).
+    failing_write_outs: u32,
+    /// Write-outs that succeeded.
+    write_outs: u64,
     /// A flush failed: writes and flushes are refused until the process restarts
     /// ([`MemoryEngine::restart`]), as fjall's engine refuses them.
     poisoned: bool,
@@ -64,6 +72,25 @@ impl MemoryEngine {
         let mut state = self.state();
         state.current = state.durable.clone();
         state.journal.clear();
+        state.buffered = 0;
+    }
+
+    /// A simulated process crash: the writes still in the process's buffer are lost; what
+    /// was written out stays (in the OS, at risk of a power loss until flushed).
+    pub fn lose_process(&self) {
+        let mut state = self.state();
+        let kept = state.journal.len() - state.buffered;
+        state.journal.truncate(kept);
+        state.buffered = 0;
+        let mut current = state.durable.clone();
+        for (space, key, value) in &state.journal {
+            let map = &mut current[*space as usize];
+            match value {
+                Some(value) => map.insert(key.clone(), value.clone()),
+                None => map.remove(key),
+            };
+        }
+        state.current = current;
     }
 
     /// The next `count` flushes fail (and leave their writes unflushed). The first failure
@@ -71,6 +98,17 @@ impl MemoryEngine {
     /// refused until the process restarts.
     pub fn fail_flushes(&self, count: u32) {
         self.state().failing_flushes = count;
+    }
+
+    /// The next `count` write-outs fail (and leave their writes in the process's buffer);
+    /// the first poisons the engine, as a failed journal write does fjall's.
+    pub fn fail_write_outs(&self, count: u32) {
+        self.state().failing_write_outs = count;
+    }
+
+    /// How many write-outs succeeded.
+    pub fn write_outs(&self) -> u64 {
+        self.state().write_outs
     }
 
     /// Whether a failed flush has poisoned the engine.
@@ -114,6 +152,7 @@ impl Engine for MemoryEngine {
         state
             .journal
             .push((space, key.to_vec(), Some(value.to_vec())));
+        state.buffered += 1;
         Ok(())
     }
 
@@ -122,6 +161,7 @@ impl Engine for MemoryEngine {
         state.refuse_if_poisoned()?;
         state.current[space as usize].remove(key);
         state.journal.push((space, key.to_vec(), None));
+        state.buffered += 1;
         Ok(())
     }
 
@@ -156,10 +196,28 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
-    /// Takes no time: the simulator's disk is instant.
+    /// Refused once poisoned, as fjall's is.
+    fn write_out(&self) -> Result<(), StorageError> {
+        let mut state = self.state();
+        state.refuse_if_poisoned()?;
+        if state.failing_write_outs > 0 {
+            state.failing_write_outs -= 1;
+            state.poisoned = true;
+            return Err(StorageError::Simulated {
+                what: "journal write-out",
+            });
+        }
+        state.buffered = 0;
+        state.write_outs += 1;
+        Ok(())
+    }
+
+    /// Takes no time: the simulator's disk is instant. A failing flush has written the
+    /// buffer out first, as fjall's engine does before its fdatasync.
     fn persist(&self) -> Result<Duration, StorageError> {
         let mut state = self.state();
         state.refuse_if_poisoned()?;
+        state.buffered = 0;
         if state.failing_flushes > 0 {
             state.failing_flushes -= 1;
             state.poisoned = true;

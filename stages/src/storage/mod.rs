@@ -120,6 +120,9 @@ struct Held {
     flush: bool,
     /// A coordinated write's first answer, sent before the flush (`Applied`).
     early: Option<StorageDone>,
+    /// Whether the operation may have written: its answer waits for the batch's
+    /// [`Store::write_out`], and fails if that does.
+    wrote: bool,
 }
 
 /// One storage worker's machine.
@@ -389,6 +392,7 @@ impl StorageMachine {
         // A chunk with a rest does not flush: the last chunk's flush makes the whole merge
         // durable (one fdatasync per merge, as before the cut), and only it answers.
         let flush = rest.is_none() && request.wants_flush(self.settings.sync == SyncMode::Always);
+        let wrote = request.may_write();
         let mut result = self.apply(request).map_err(|e| match e {
             StorageError::TooManySiblings { count, max } => ServiceError::TooManySiblings {
                 count: count as u64,
@@ -441,7 +445,35 @@ impl StorageMachine {
             },
             flush,
             early,
+            wrote,
         });
+    }
+
+    /// Hands the batch's writes to the OS before any of them is answered, so an
+    /// acknowledged write survives the process's death whatever `sync` says (one system call
+    /// per batch; reads alone skip it). If that fails, nothing that wrote is acknowledged.
+    fn write_out(&mut self, now: Now) {
+        if !self.held.iter().any(|held| held.wrote) {
+            return;
+        }
+        let Err(error) = self.store.write_out() else {
+            return;
+        };
+        let kind = std::mem::discriminant(&error);
+        if let Some(held_back) = self.failures.admit(kind, now.instant) {
+            error!(self.logger, "storage write-out failed"; "error" => %error,
+                   "failures_not_logged_since_the_last" => held_back);
+        }
+        let refusal = ServiceError::Storage {
+            reason: error.to_string(),
+        };
+        for held in self.held.iter_mut().filter(|held| held.wrote) {
+            if held.done.result.is_ok() {
+                held.done.result = Err(refusal.clone());
+            }
+            held.early = None;
+            held.flush = false;
+        }
     }
 
     fn answer(held: Held, out: &mut Outbox) {
@@ -462,6 +494,7 @@ impl Machine for StorageMachine {
         for event in batch.drain(..) {
             self.hold(now, event, out);
         }
+        self.write_out(now);
         // What need not be on disk is answered now: a buffered write or a read does not wait
         // for the fdatasync a durable write in the same batch asked for. What must be on disk
         // is answered by the commit stage after its flush.

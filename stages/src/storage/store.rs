@@ -452,6 +452,12 @@ impl Store {
         self.engine.get(Space::Meta, META_MEMBERSHIP.as_bytes())
     }
 
+    /// Hands the writes this process still buffers to the OS (see [`Engine::write_out`]):
+    /// after it they survive the process's death.
+    pub fn write_out(&self) -> Result<(), StorageError> {
+        self.engine.write_out()
+    }
+
     /// Flushes the journal to disk (fdatasync): every write before this call is durable after
     /// it. How long the disk took.
     pub fn persist(&self) -> Result<Duration, StorageError> {

@@ -187,6 +187,9 @@ impl Engine for CountingHintScans {
         }
         self.inner.scan(space, prefix, after, limit)
     }
+    fn write_out(&self) -> Result<(), StorageError> {
+        self.inner.write_out()
+    }
     fn persist(&self) -> Result<std::time::Duration, StorageError> {
         self.inner.persist()
     }
