@@ -73,6 +73,16 @@ impl VClock {
         self.entries.len()
     }
 
+    /// About how many bytes the clock takes in MessagePack (a buffer size, not a bound):
+    /// per entry its node's name and two integers of up to 9 bytes each.
+    pub fn encoded_size_hint(&self) -> usize {
+        5 + self
+            .entries
+            .keys()
+            .map(|node| node.as_str().len() + 24)
+            .sum::<usize>()
+    }
+
     /// Whether the clock has no entries.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

@@ -74,6 +74,19 @@ impl VersionSet {
         VersionSet::default()
     }
 
+    /// About how many bytes the set takes in MessagePack (a buffer size, not a bound): per
+    /// version its value, its dot, its context and its timestamp.
+    pub fn encoded_size_hint(&self) -> usize {
+        5 + self
+            .versions
+            .iter()
+            .map(|v| {
+                let value = v.value.as_ref().map_or(0, Vec::len);
+                value + v.dot.node.as_str().len() + v.past.encoded_size_hint() + 32
+            })
+            .sum::<usize>()
+    }
+
     /// A set made of `versions`, reconciled (superseded versions dropped, duplicates merged).
     pub fn from_versions(versions: Vec<Version>) -> VersionSet {
         let mut set = VersionSet::new();

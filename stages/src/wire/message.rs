@@ -13,7 +13,7 @@ use super::aae::{
 use super::admin::{
     AuthRequest, MembersReply, RingReply, StatsReply, ThrottleReply, ThrottleRequest,
 };
-use super::frame::{encode_frame_into, Frame, FRAME_OVERHEAD_BYTES};
+use super::frame::{Frame, FRAME_OVERHEAD_BYTES, LENGTH_BYTES};
 use super::gossip::{
     GossipReply, GossipRequest, PlanReply, PlanRequest, TransferAck, TransferBatch,
 };
@@ -30,6 +30,10 @@ use std::io::Cursor;
 
 /// Largest body a frame can carry: its length field is a u32 that also counts the header.
 const MAX_BODY_BYTES: usize = u32::MAX as usize - FRAME_OVERHEAD_BYTES;
+
+/// Room reserved for a body before it is serialized: a get or put of a small value and its
+/// context fits, so the hot frames are written without growing the buffer.
+const FRAME_BODY_GUESS: usize = 256;
 
 /// Bytes, encoded as a MessagePack `bin` (not an array of integers).
 pub type Bytes = serde_bytes::ByteBuf;
@@ -316,64 +320,79 @@ impl Message {
         }
     }
 
-    /// Appends this message as a complete frame to `out`.
+    /// Appends this message as a complete frame to `out`: the body is serialized in place
+    /// behind the header, whose length is filled in after (no body buffer of its own: it was
+    /// one allocation and a copy per frame, grown from empty). On an error `out` is as it was.
     pub fn encode_into(&self, request_id: u64, out: &mut Vec<u8>) -> Result<(), WireError> {
-        let body = match self {
-            Message::Get(m) => to_body(m),
-            Message::Put(m) => to_body(m),
-            Message::Delete(m) => to_body(m),
+        let start = out.len();
+        out.reserve(LENGTH_BYTES + FRAME_OVERHEAD_BYTES + FRAME_BODY_GUESS);
+        out.extend_from_slice(&[0; LENGTH_BYTES]);
+        out.extend_from_slice(&self.kind().to_be_bytes());
+        out.extend_from_slice(&request_id.to_be_bytes());
+        if let Err(error) = self.write_body(out) {
+            out.truncate(start);
+            return Err(error);
+        }
+        let body = out.len() - start - LENGTH_BYTES - FRAME_OVERHEAD_BYTES;
+        if body > MAX_BODY_BYTES {
+            out.truncate(start);
+            return Err(WireError::Encode {
+                reason: format!("{body} bytes exceed the frame format's {MAX_BODY_BYTES}"),
+            });
+        }
+        let length = (FRAME_OVERHEAD_BYTES + body) as u32;
+        out[start..start + LENGTH_BYTES].copy_from_slice(&length.to_be_bytes());
+        Ok(())
+    }
+
+    /// Appends this message's body (named fields) to `out`.
+    fn write_body(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        match self {
+            Message::Get(m) => to_body(m, out),
+            Message::Put(m) => to_body(m, out),
+            Message::Delete(m) => to_body(m, out),
             Message::Stats
             | Message::Ring
             | Message::Ping
             | Message::Pong
             | Message::Members
             | Message::AuthOk
-            | Message::Aae => to_body(&()),
-            Message::Auth(m) => to_body(m),
-            Message::AaeReply(m) => to_body(m),
-            Message::Plan(m) => to_body(m),
-            Message::PlanReply(m) => to_body(m),
-            Message::Gossip(m) => to_body(m),
-            Message::GossipReply(m) => to_body(m),
-            Message::TransferBatch(m) => to_body(m),
-            Message::TransferAck(m) => to_body(m),
-            Message::HandoffBatch(m) => to_body(m),
-            Message::HandoffAck(m) => to_body(m),
-            Message::AaeTree(m) => to_body(m),
-            Message::AaeTreeReply(m) => to_body(m),
-            Message::AaeDigests(m) => to_body(m),
-            Message::AaeDigestsReply(m) => to_body(m),
-            Message::AaeSync(m) => to_body(m),
-            Message::AaeSyncReply(m) => to_body(m),
-            Message::AaePurge(m) => to_body(m),
-            Message::AaePurgeReply(m) => to_body(m),
-            Message::MembersReply(m) => to_body(m),
-            Message::Throttle(m) => to_body(m),
-            Message::ThrottleReply(m) => to_body(m),
-            Message::PeerHello(m) => to_body(m),
-            Message::PeerChallenge(m) => to_body(m),
-            Message::PeerProof(m) => to_body(m),
-            Message::GetLocal(m) => to_body(m),
-            Message::ReplicaRead(m) => to_body(m),
-            Message::ReplicaWrite(m) => to_body(m),
-            Message::LocalReply(m) => to_body(m),
-            Message::RingReply(m) => to_body(m),
-            Message::ReplicaReply(m) => to_body(m),
-            Message::GetReply(m) => to_body(m),
-            Message::PutReply(m) => to_body(m),
-            Message::StatsReply(m) => to_body(m),
-            Message::Error(m) => to_body(m),
-        }?;
-        if body.len() > MAX_BODY_BYTES {
-            return Err(WireError::Encode {
-                reason: format!(
-                    "{} bytes exceed the frame format's {MAX_BODY_BYTES}",
-                    body.len()
-                ),
-            });
+            | Message::Aae => to_body(&(), out),
+            Message::Auth(m) => to_body(m, out),
+            Message::AaeReply(m) => to_body(m, out),
+            Message::Plan(m) => to_body(m, out),
+            Message::PlanReply(m) => to_body(m, out),
+            Message::Gossip(m) => to_body(m, out),
+            Message::GossipReply(m) => to_body(m, out),
+            Message::TransferBatch(m) => to_body(m, out),
+            Message::TransferAck(m) => to_body(m, out),
+            Message::HandoffBatch(m) => to_body(m, out),
+            Message::HandoffAck(m) => to_body(m, out),
+            Message::AaeTree(m) => to_body(m, out),
+            Message::AaeTreeReply(m) => to_body(m, out),
+            Message::AaeDigests(m) => to_body(m, out),
+            Message::AaeDigestsReply(m) => to_body(m, out),
+            Message::AaeSync(m) => to_body(m, out),
+            Message::AaeSyncReply(m) => to_body(m, out),
+            Message::AaePurge(m) => to_body(m, out),
+            Message::AaePurgeReply(m) => to_body(m, out),
+            Message::MembersReply(m) => to_body(m, out),
+            Message::Throttle(m) => to_body(m, out),
+            Message::ThrottleReply(m) => to_body(m, out),
+            Message::PeerHello(m) => to_body(m, out),
+            Message::PeerChallenge(m) => to_body(m, out),
+            Message::PeerProof(m) => to_body(m, out),
+            Message::GetLocal(m) => to_body(m, out),
+            Message::ReplicaRead(m) => to_body(m, out),
+            Message::ReplicaWrite(m) => to_body(m, out),
+            Message::LocalReply(m) => to_body(m, out),
+            Message::RingReply(m) => to_body(m, out),
+            Message::ReplicaReply(m) => to_body(m, out),
+            Message::GetReply(m) => to_body(m, out),
+            Message::PutReply(m) => to_body(m, out),
+            Message::StatsReply(m) => to_body(m, out),
+            Message::Error(m) => to_body(m, out),
         }
-        encode_frame_into(self.kind(), request_id, &body, out);
-        Ok(())
     }
 
     /// This message as a complete frame.
@@ -486,8 +505,8 @@ impl Message {
 }
 
 /// Encodes a message body with field names, so the protocol can grow optional fields.
-fn to_body<T: Serialize>(message: &T) -> Result<Vec<u8>, WireError> {
-    rmp_serde::to_vec_named(message).map_err(|e| WireError::Encode {
+fn to_body<T: Serialize>(message: &T, out: &mut Vec<u8>) -> Result<(), WireError> {
+    rmp_serde::encode::write_named(out, message).map_err(|e| WireError::Encode {
         reason: e.to_string(),
     })
 }
