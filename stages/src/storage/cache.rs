@@ -108,6 +108,16 @@ impl CacheStripe {
         }
     }
 
+    /// The cached object under `stored` with its set moved out (left empty), for a write
+    /// that replaces it: the caller then [`CacheStripe::refresh`]es the entry or, if the
+    /// write fails, [`CacheStripe::remove`]s it, before it lets go of the stripe's lock.
+    /// Saves a put a copy of the set (the entry keeps its place in the eviction order).
+    pub fn take(&mut self, stored: &[u8]) -> Option<(VersionSet, u64)> {
+        self.entries
+            .get_mut(stored)
+            .map(|cached| (std::mem::take(&mut cached.set), cached.hash))
+    }
+
     /// Records that the engine no longer holds anything under `stored`.
     pub fn remove(&mut self, stored: &[u8]) {
         if let Some(old) = self.entries.remove(stored) {

@@ -354,34 +354,48 @@ impl Store {
         check_key(key)?;
         let mut stripe = self.lock(key);
         let location = self.locate(key);
-        let (mut set, old_hash) = self.load(&mut stripe, key, &location, Admit::Yes)?;
-        let covering;
-        let context = if overwrite {
-            let mut all = context.clone();
-            all.merge(&set.context());
-            covering = all;
-            &covering
-        } else {
-            context
+        // The cached set is moved out, not copied: the entry is refreshed by the write or
+        // removed if anything before it fails (the engine still holds the old set).
+        let (mut set, old_hash) = match stripe.take(&location.stored) {
+            Some((set, hash)) => (set, Some(hash)),
+            None => self.load(&mut stripe, key, &location, Admit::Yes)?,
         };
-        let version = set.coordinate_put_above(
-            node,
-            context,
-            value,
-            now_ms,
-            limits.max_clock_entries,
-            self.counter_floor,
-        )?;
-        // Bounded here, at the coordinator, and not on replica merges: a replica must accept
-        // what a coordinator accepted, or replicas would diverge.
-        if set.len() > limits.max_siblings {
-            return Err(StorageError::TooManySiblings {
-                count: set.len(),
-                max: limits.max_siblings,
-            });
+        let written = || -> Result<Version, StorageError> {
+            let covering;
+            let context = if overwrite {
+                let mut all = context.clone();
+                all.merge(&set.context());
+                covering = all;
+                &covering
+            } else {
+                context
+            };
+            let version = set.coordinate_put_above(
+                node,
+                context,
+                value,
+                now_ms,
+                limits.max_clock_entries,
+                self.counter_floor,
+            )?;
+            // Bounded here, at the coordinator, and not on replica merges: a replica must
+            // accept what a coordinator accepted, or replicas would diverge.
+            if set.len() > limits.max_siblings {
+                return Err(StorageError::TooManySiblings {
+                    count: set.len(),
+                    max: limits.max_siblings,
+                });
+            }
+            self.write(&mut stripe, key, &location, old_hash, &set)?;
+            Ok(version)
+        };
+        match written() {
+            Ok(version) => Ok((set, version)),
+            Err(error) => {
+                stripe.remove(&location.stored);
+                Err(error)
+            }
         }
-        self.write(&mut stripe, key, &location, old_hash, &set)?;
-        Ok((set, version))
     }
 
     /// A replica's write: merges `incoming` into the stored set under the key's lock and stores

@@ -37,7 +37,8 @@ fn put(store: &Store, key: &[u8], context: &VClock, value: &[u8]) -> (VersionSet
 
 /// Goal: an absent key reads as no versions; a put creates one version with this node's
 /// dot; a put with the returned context replaces it; blind puts add siblings up to the limit
-/// and past it fail with nothing stored. Both engines.
+/// and past it fail with nothing stored (and the object cache, whose set the refused put had
+/// moved out, still reads as what is stored). Both engines.
 #[test]
 fn puts_version_and_bound_siblings_on_both_engines() {
     for (name, store, _dir) in engines() {
