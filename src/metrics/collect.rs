@@ -1,0 +1,416 @@
+//! What a `/metrics` scrape renders: [`NodeMetrics`], a prometheus-client collector that reads
+//! the node's statistics at each scrape, and the helpers that encode one family of gauges,
+//! counters or histograms.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Unit;
+use shoal_stages::intake::StatsSource;
+use shoal_stages::seda::{ExportedHistogram, GateMode};
+use shoal_stages::storage::Store;
+use std::fmt;
+
+/// What a scrape reads.
+pub(super) struct NodeMetrics {
+    pub(super) source: StatsSource,
+    pub(super) store: Store,
+}
+
+impl fmt::Debug for NodeMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeMetrics")
+            .field("node", &self.source.node)
+            .finish()
+    }
+}
+
+/// One family's samples: label value → value.
+type Samples<'a, T> = Vec<(&'a str, T)>;
+
+/// A gauge family with one label.
+fn gauges<T: prometheus_client::encoding::EncodeGaugeValue + Clone + fmt::Debug>(
+    encoder: &mut DescriptorEncoder,
+    (name, help, label): (&str, &str, &str),
+    samples: Samples<'_, T>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (value_label, value) in samples {
+        let labels = [(label, value_label)];
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A counter family with one label (the encoder adds `_total`).
+fn counters(
+    encoder: &mut DescriptorEncoder,
+    (name, help, label): (&str, &str, &str),
+    samples: Samples<'_, u64>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value_label, value) in samples {
+        let labels = [(label, value_label)];
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A histogram family in seconds with one label, from microsecond histograms.
+fn histograms(
+    encoder: &mut DescriptorEncoder,
+    (name, help, label): (&str, &str, &str),
+    samples: Samples<'_, &ExportedHistogram>,
+) -> fmt::Result {
+    let mut family =
+        encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+    for (value_label, histogram) in samples {
+        let labels = [(label, value_label)];
+        // The encoder takes each bucket's own count and accumulates them itself.
+        let mut below = 0;
+        let buckets: Vec<(f64, u64)> = histogram
+            .buckets
+            .iter()
+            .map(|(bound_us, at_most)| {
+                let own = at_most.saturating_sub(below);
+                below = *at_most;
+                (*bound_us as f64 / 1e6, own)
+            })
+            .collect();
+        let mut metric = family.encode_family(&labels)?;
+        metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            histogram.sum_us / 1e6,
+            histogram.count,
+            &buckets,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// A gauge without labels.
+fn gauge<T: prometheus_client::encoding::EncodeGaugeValue + Clone + fmt::Debug>(
+    encoder: &mut DescriptorEncoder,
+    (name, help): (&str, &str),
+    value: T,
+) -> fmt::Result {
+    let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(family)
+}
+
+/// A counter without labels (the encoder adds `_total`).
+fn counter(encoder: &mut DescriptorEncoder, (name, help): (&str, &str), value: u64) -> fmt::Result {
+    let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value).encode(family)
+}
+
+impl Collector for NodeMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let stats = self.source.snapshot();
+        let e = &mut encoder;
+        let stage = |f: fn(&shoal_stages::seda::StageSnapshot) -> u64| -> Samples<'_, u64> {
+            stats
+                .stages
+                .iter()
+                .map(|s| (s.name.as_str(), f(s)))
+                .collect()
+        };
+        gauges(
+            e,
+            (
+                "shoal_stage_queue_depth",
+                "Events waiting in the stage's queue.",
+                "stage",
+            ),
+            stage(|s| s.queue_depth),
+        )?;
+        gauges(
+            e,
+            (
+                "shoal_stage_queue_capacity",
+                "The stage's queue bound.",
+                "stage",
+            ),
+            stage(|s| s.queue_capacity),
+        )?;
+        gauges(
+            e,
+            (
+                "shoal_stage_queue_high_water",
+                "Deepest the stage's queue has been.",
+                "stage",
+            ),
+            stage(|s| s.queue_high_water),
+        )?;
+        gauges(
+            e,
+            (
+                "shoal_stage_slots",
+                "Most pool workers that serve the stage at once.",
+                "stage",
+            ),
+            stage(|s| s.threads),
+        )?;
+        gauges(
+            e,
+            (
+                "shoal_stage_busy",
+                "Workers running the stage now.",
+                "stage",
+            ),
+            stage(|s| s.busy_threads),
+        )?;
+        counters(
+            e,
+            (
+                "shoal_stage_enqueued",
+                "Events queued for the stage.",
+                "stage",
+            ),
+            stage(|s| s.enqueued),
+        )?;
+        counters(
+            e,
+            (
+                "shoal_stage_processed",
+                "Events the stage handled.",
+                "stage",
+            ),
+            stage(|s| s.processed),
+        )?;
+        counters(
+            e,
+            (
+                "shoal_stage_rejected",
+                "Events refused because the stage's queue was full (Overloaded).",
+                "stage",
+            ),
+            stage(|s| s.rejected),
+        )?;
+        let exported = self.source.router.exported();
+        histograms(
+            e,
+            (
+                "shoal_stage_queue_wait",
+                "Time events waited in the stage's queue.",
+                "stage",
+            ),
+            exported
+                .iter()
+                .map(|(stage, wait, _)| (stage.name(), wait))
+                .collect(),
+        )?;
+        histograms(
+            e,
+            (
+                "shoal_stage_service",
+                "Time the stage took per event.",
+                "stage",
+            ),
+            exported
+                .iter()
+                .map(|(stage, _, service)| (stage.name(), service))
+                .collect(),
+        )?;
+        let operations = self.source.latencies.exported();
+        histograms(
+            e,
+            (
+                "shoal_request_duration",
+                "Client requests coordinated here, from receipt to reply.",
+                "operation",
+            ),
+            operations.iter().map(|(op, h)| (*op, h)).collect(),
+        )?;
+
+        // Hints held for each intended node (an exact count by scanning the hints; a scrape
+        // every few seconds is cheap next to the traffic that makes hints).
+        let hints = self.store.pending_hints().unwrap_or_default();
+        gauges(
+            e,
+            (
+                "shoal_hints_held",
+                "Hints this node holds for another, by intended node.",
+                "target",
+            ),
+            hints.iter().map(|(node, n)| (node.as_str(), *n)).collect(),
+        )?;
+
+        gauge(
+            e,
+            (
+                "shoal_storage_writable",
+                "1 while storage takes writes; 0 once its journal failed (every write is refused until the node restarts; admin stats says why).",
+            ),
+            u64::from(stats.storage_failure.is_none()),
+        )?;
+
+        let aae = self.source.aae.report();
+        gauge(
+            e,
+            (
+                "shoal_anti_entropy_enabled",
+                "1 when anti-entropy exchanges run.",
+            ),
+            u64::from(aae.enabled),
+        )?;
+        for (name, help, value) in [
+            (
+                "shoal_anti_entropy_exchanges",
+                "Exchanges completed.",
+                aae.exchanges,
+            ),
+            (
+                "shoal_anti_entropy_in_sync_exchanges",
+                "Exchanges that found the roots equal at once.",
+                aae.in_sync_exchanges,
+            ),
+            (
+                "shoal_anti_entropy_keys_sent",
+                "Objects sent to peers by exchanges.",
+                aae.keys_sent,
+            ),
+            (
+                "shoal_anti_entropy_keys_received",
+                "Objects received from peers by exchanges.",
+                aae.keys_received,
+            ),
+            (
+                "shoal_anti_entropy_bytes",
+                "Bytes of exchange messages sent and received as initiator.",
+                aae.bytes_exchanged,
+            ),
+            (
+                "shoal_anti_entropy_rebuilds",
+                "Tree rebuilds completed.",
+                aae.rebuilds,
+            ),
+            (
+                "shoal_anti_entropy_tombstones_purged",
+                "Tombstones purged.",
+                aae.tombstones_purged,
+            ),
+        ] {
+            counter(e, (name, help), value)?;
+        }
+
+        let controller = &stats.controller;
+        gauge(
+            e,
+            (
+                "shoal_controller_enabled",
+                "1 when the resource controller sets the background rates.",
+            ),
+            u64::from(controller.enabled),
+        )?;
+        gauge(
+            e,
+            (
+                "shoal_controller_target_seconds",
+                "The foreground latency target of the watched percentile.",
+            ),
+            controller.target_ms as f64 / 1e3,
+        )?;
+        gauge(
+            e,
+            (
+                "shoal_controller_target_percentile",
+                "The foreground latency percentile the controller watches.",
+            ),
+            controller.target_percentile_milli as f64 / 1e3,
+        )?;
+        gauge(
+            e,
+            (
+                "shoal_controller_signal_seconds",
+                "The watched percentile over the last window.",
+            ),
+            controller.signal_us as f64 / 1e6,
+        )?;
+        gauge(
+            e,
+            (
+                "shoal_controller_quiet_signal_seconds",
+                "The foreground's own level: the signal over the last window whose background \
+                 work stayed at the floor (0: none recent).",
+            ),
+            controller.quiet_us as f64 / 1e6,
+        )?;
+        gauge(
+            e,
+            (
+                "shoal_controller_budget_per_second",
+                "The total background budget, units per second.",
+            ),
+            controller.budget_per_sec,
+        )?;
+        let background = &stats.background;
+        // An unlimited stage (no rate) is exported as +Inf.
+        gauges(
+            e,
+            (
+                "shoal_background_rate_limit_per_second",
+                "Units per second a background stage may use now.",
+                "stage",
+            ),
+            background
+                .iter()
+                .map(|b| {
+                    let rate = b.rate_per_sec.map_or(f64::INFINITY, |r| r as f64);
+                    (b.name.as_str(), rate)
+                })
+                .collect(),
+        )?;
+        gauges(
+            e,
+            (
+                "shoal_background_used_per_second",
+                "Units per second a background stage used over the controller's last period.",
+                "stage",
+            ),
+            background
+                .iter()
+                .map(|b| (b.name.as_str(), b.used_per_sec))
+                .collect(),
+        )?;
+        gauges(
+            e,
+            (
+                "shoal_background_backlog",
+                "Work a background stage has waiting.",
+                "stage",
+            ),
+            background
+                .iter()
+                .map(|b| (b.name.as_str(), b.backlog))
+                .collect(),
+        )?;
+        gauges(
+            e,
+            (
+                "shoal_background_pinned",
+                "1 when an operator pinned the stage's rate (admin throttle).",
+                "stage",
+            ),
+            background
+                .iter()
+                .map(|b| (b.name.as_str(), u64::from(b.mode == GateMode::Pinned)))
+                .collect(),
+        )?;
+        counters(
+            e,
+            (
+                "shoal_background_dropped",
+                "Background work dropped because too much was waiting.",
+                "stage",
+            ),
+            background
+                .iter()
+                .map(|b| (b.name.as_str(), b.dropped))
+                .collect(),
+        )?;
+        Ok(())
+    }
+}
