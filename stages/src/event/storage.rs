@@ -248,9 +248,9 @@ impl StorageRequest {
         }
     }
 
-    /// Whether the operation may change what the engine holds, and so must have its writes
-    /// handed to the OS before it is answered ([`crate::storage::Store::write_out`], once per
-    /// batch). Every kind is named, so a new one must say.
+    /// Whether the operation may change what the engine holds, and so is refused when its
+    /// batch's hand-off to the OS fails ([`crate::storage::Store::write_out`]). Every kind is
+    /// named, so a new one must say.
     pub fn may_write(&self) -> bool {
         match self {
             StorageRequest::CoordinatePut { .. }

@@ -40,7 +40,8 @@ pub struct Faults {
     pub reorder: bool,
     /// The nodes split in two groups that cannot reach each other, then healed.
     pub partition: bool,
-    /// A node's process crashes (what it wrote reached the OS and survives) and restarts on
+    /// A node's process crashes (what it handed to the OS survives, what it still buffered
+    /// is lost) and restarts on
     /// its data; where every acknowledged write is flushed first (`sync = "always"`, or
     /// `durable_writes` "one" or "all"), half the crashes are that machine's power loss
     /// instead (unflushed writes lost).

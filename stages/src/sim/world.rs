@@ -96,7 +96,8 @@ enum Fault {
         joining: bool,
         attempts: u32,
     },
-    /// The node's process dies: what it wrote reached the OS and survives.
+    /// The node's process dies: what it handed to the OS survives, what it still buffered
+    /// does not (storage writes a batch out before answering it).
     Crash(usize),
     /// The node's machine loses power: what it never flushed is lost too.
     PowerLoss(usize),

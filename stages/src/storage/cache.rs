@@ -5,9 +5,10 @@
 //! it is flushed).
 //!
 //! One [`CacheStripe`] lives inside each of the store's key-lock stripes, so the cache changes
-//! only under the lock that orders every read-modify-write of its keys: an entry is always what
-//! the engine holds for its key (refreshed after the engine accepted a write, removed with
-//! it), and nothing about it can race. Each stripe keeps its share of the byte budget and
+//! only under the lock that orders every read-modify-write of its keys: whenever that lock is
+//! free an entry is what the engine holds for its key (refreshed after the engine accepted a
+//! write, removed with it; a put moves the set out and puts the new one back, or removes the
+//! entry, before it lets go), and nothing about it can race. Each stripe keeps its share of the byte budget and
 //! evicts in admission order (FIFO: no bookkeeping on a hit, and a key rewritten keeps its
 //! place, which for a write-heavy hot set is as good as recency).
 

@@ -9,7 +9,7 @@ use std::io::{self, ErrorKind};
 use std::num::NonZeroU64;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -80,9 +80,11 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Hands the writes this process still buffers to the OS (a `write(2)` of the journal's
     /// buffer): after it they survive the process's death (kill -9), not the machine's. A
-    /// write is buffered in the process until this or [`Engine::persist`] runs, so storage
-    /// calls it once per batch that wrote, before answering any of the batch (one system
-    /// call per batch, not one per write). Its failure is final, as a flush's is.
+    /// write is buffered in the process, yet visible to every reader, until this or
+    /// [`Engine::persist`] runs, so storage calls it at the end of every batch, before
+    /// answering any of it: what a batch wrote or read is then in the OS (one system call per
+    /// batch, not one per write; none when nothing is buffered). Its failure is final, as a
+    /// flush's is.
     fn write_out(&self) -> Result<(), StorageError>;
 
     /// Makes every write so far durable (fdatasync of the journal); how long the disk took.
@@ -119,6 +121,12 @@ pub struct FjallEngine {
     failed: OnceLock<String>,
     /// Whether anything was written since the last `write_back`.
     written: AtomicBool,
+    /// Inserts and removals begun (counted before fjall makes them visible) and finished,
+    /// and how many begun ones a write-out is known to have covered: `write_out` skips
+    /// fjall's journal lock when every write begun is covered (see `covered_by`).
+    writes_begun: AtomicU64,
+    writes_done: AtomicU64,
+    written_out: AtomicU64,
     /// The journal `write_back` last started writing out, and up to where: the next one
     /// starts there (a page still being written then stays cached, which costs nothing).
     advised: Mutex<(u64, u64)>,
@@ -154,8 +162,28 @@ impl FjallEngine {
             journal: Mutex::new(None),
             failed: OnceLock::new(),
             written: AtomicBool::new(false),
+            writes_begun: AtomicU64::new(0),
+            writes_done: AtomicU64::new(0),
+            written_out: AtomicU64::new(0),
             advised: Mutex::new((0, 0)),
         })
+    }
+
+    /// How many writes a write-out starting now will have handed to the OS: every write
+    /// begun, if each of them has finished (reached fjall's buffer) by now; `None` while one
+    /// is under way (it may reach the buffer after the write-out). `done` is read before
+    /// `begun`: equal, no write was under way at the first read, nor begun in between.
+    fn would_cover(&self) -> Option<u64> {
+        let done = self.writes_done.load(Ordering::SeqCst);
+        let begun = self.writes_begun.load(Ordering::SeqCst);
+        (done >= begun).then_some(begun)
+    }
+
+    /// Records a finished write-out of the buffer that `would_cover` said (before it) covers.
+    fn covered(&self, covers: Option<u64>) {
+        if let Some(begun) = covers {
+            self.written_out.fetch_max(begun, Ordering::SeqCst);
+        }
     }
 
     /// Refuses once a journal flush has failed.
@@ -269,12 +297,14 @@ impl Engine for FjallEngine {
     fn insert(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
         self.refuse_after_failure()?;
         self.written.store(true, Ordering::Relaxed);
+        let _counted = CountedWrite::begin(self);
         self.checked(self.keyspace(space).insert(key, value))
     }
 
     fn remove(&self, space: Space, key: &[u8]) -> Result<(), StorageError> {
         self.refuse_after_failure()?;
         self.written.store(true, Ordering::Relaxed);
+        let _counted = CountedWrite::begin(self);
         self.checked(self.keyspace(space).remove(key))
     }
 
@@ -312,7 +342,13 @@ impl Engine for FjallEngine {
 
     fn write_out(&self) -> Result<(), StorageError> {
         self.refuse_after_failure()?;
-        self.checked(self.db.persist(PersistMode::Buffer))
+        let covers = self.would_cover();
+        if covers.is_some_and(|begun| begun <= self.written_out.load(Ordering::SeqCst)) {
+            return Ok(()); // every write begun so far is in the OS already
+        }
+        self.checked(self.db.persist(PersistMode::Buffer))?;
+        self.covered(covers);
+        Ok(())
     }
 
     /// fjall's own `persist(SyncData)` holds its journal's lock through the fdatasync, and
@@ -336,7 +372,9 @@ impl Engine for FjallEngine {
     /// until the node restarts.
     fn persist(&self) -> Result<Duration, StorageError> {
         self.refuse_after_failure()?;
+        let covers = self.would_cover();
         self.checked(self.db.persist(PersistMode::Buffer))?;
+        self.covered(covers);
         let took = self.sync_active_journal()?;
         // A rotation that failed after creating its new file leaves the writer on the old
         // one, which then is not the newest; fjall poisons itself once its lock is free.
@@ -453,6 +491,24 @@ fn newest_journal(dir: &Path) -> io::Result<u64> {
 
 fn journal_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id}.jnl"))
+}
+
+/// One insert or removal, counted as begun before fjall makes it visible to readers and as
+/// done once fjall returned (whatever it returned): a write-out covers it only if it was done
+/// before the write-out began (see `FjallEngine::would_cover`).
+struct CountedWrite<'a>(&'a FjallEngine);
+
+impl<'a> CountedWrite<'a> {
+    fn begin(engine: &'a FjallEngine) -> CountedWrite<'a> {
+        engine.writes_begun.fetch_add(1, Ordering::SeqCst);
+        CountedWrite(engine)
+    }
+}
+
+impl Drop for CountedWrite<'_> {
+    fn drop(&mut self) {
+        self.0.writes_done.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 #[cfg(test)]

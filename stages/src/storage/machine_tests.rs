@@ -515,10 +515,11 @@ fn a_hint_deletion_waits_for_no_flush_even_with_sync_always() {
 }
 
 /// Goal: kill -9 loses no acknowledged write, whatever `sync` says: storage hands a batch's
-/// writes to the OS before it answers any of them (one write-out per batch that wrote, none
-/// for a batch of reads), and when the write-out fails it acknowledges none of the batch's
-/// writes and still answers its reads. Fails if storage answered before writing out (the
-/// process crash would take the acknowledged write) or wrote out for reads alone.
+/// writes to the OS before it answers any of them (one write-out per batch), a batch of reads
+/// does too (another worker's write it read is out before the read is answered), and when
+/// the write-out fails it acknowledges none of the batch's writes and still answers its
+/// reads. Fails if storage answered before writing out (the process crash would take the
+/// acknowledged write, or the value a read passed on).
 #[test]
 fn writes_reach_the_os_before_their_answer_and_a_failed_write_out_acknowledges_none() {
     let (engine, mut machines) = memory_machine(SyncMode::None);
@@ -536,14 +537,28 @@ fn writes_reach_the_os_before_their_answer_and_a_failed_write_out_acknowledges_n
     );
     assert_eq!(engine.write_outs(), 1, "one write-out for the batch");
     engine.lose_process();
-    let kept = machines.storage.store.read(b"a").expect("reads");
+    // A new process's store: the old one's object cache went with it.
+    let restarted = Store::with_engine(engine.clone(), &node(), Q, 0).expect("reopens");
+    let kept = restarted.read(b"a").expect("reads");
     assert_eq!(kept.len(), 1, "the acknowledged write survives the process");
 
+    // Another worker's write, visible before its own batch ends and writes it out.
+    let other = machines.storage.store.clone();
+    let written = other.coordinate_put(b"d", &node(), &VClock::new(), Some(vec![4]), 1, &LIMITS);
+    assert!(written.is_ok());
     machines
         .storage
-        .on_batch(now, &mut vec![event(3, read(b"a"))], &mut out);
+        .on_batch(now, &mut vec![event(3, read(b"d"))], &mut out);
     assert_eq!(storage_answers(&mut out), vec![(3, true, false)]);
-    assert_eq!(engine.write_outs(), 1, "reads alone write nothing out");
+    engine.lose_process();
+    // A new process's store: the old one's object cache went with it.
+    let restarted = Store::with_engine(engine.clone(), &node(), Q, 0).expect("reopens");
+    let kept = restarted.read(b"d").expect("reads");
+    assert_eq!(
+        kept.len(),
+        1,
+        "what a read answered with survives the process"
+    );
 
     engine.fail_write_outs(1);
     let mut batch = vec![event(4, coordinate_put(b"c", false)), event(5, read(b"a"))];

@@ -30,8 +30,8 @@ struct State {
     failing_write_outs: u32,
     /// Write-outs that succeeded.
     write_outs: u64,
-    /// A flush failed: writes and flushes are refused until the process restarts
-    /// ([`MemoryEngine::restart`]), as fjall's engine refuses them.
+    /// A flush or a write-out failed: writes, write-outs and flushes are refused until the
+    /// process restarts ([`MemoryEngine::restart`]), as fjall's engine refuses them.
     poisoned: bool,
     /// Writebacks started ([`Engine::write_back`]): counted only, as they make nothing
     /// durable.
@@ -43,7 +43,7 @@ impl State {
     fn refuse_if_poisoned(&self) -> Result<(), StorageError> {
         if self.poisoned {
             return Err(StorageError::JournalFailed {
-                reason: "simulated journal flush failure".to_string(),
+                reason: "simulated journal flush or write-out failure".to_string(),
             });
         }
         Ok(())

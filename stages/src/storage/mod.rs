@@ -8,10 +8,10 @@
 //! waits for the disk, so it can run on the intake loop's thread whatever `sync` is. A write
 //! must be on disk when its request asked (`durable_writes`, Dynamo §6.1's buffered writes: see
 //! [`crate::durability`]) or the node's `sync = "always"`. With `"periodic"` worker 0 asks the
-//! commit stage for a flush every `sync_interval` on its tick; with `"none"` the engine's own
-//! buffering decides for the others (writes survive a process crash once in OS buffers, not a
-//! power loss), and worker 0 asks the commit stage on its tick to start the journal's
-//! writeback without waiting for it ([`Store::write_back`]).
+//! commit stage for a flush every `sync_interval` on its tick; with `"none"` nothing waits for
+//! the disk: every batch hands its writes to the OS before any answer ([`Store::write_out`];
+//! they survive a process crash, not a power loss), and worker 0 asks the commit stage on its
+//! tick to start the journal's writeback without waiting for it ([`Store::write_back`]).
 //!
 //! Background merges yield (issue 9, issue 10): a `Sync` carrying more than [`MERGE_CHUNK`]
 //! objects (a hint batch, an anti-entropy exchange, up to a thousand keys) merges that many,
@@ -449,11 +449,15 @@ impl StorageMachine {
         });
     }
 
-    /// Hands the batch's writes to the OS before any of them is answered, so an
-    /// acknowledged write survives the process's death whatever `sync` says (one system call
-    /// per batch; reads alone skip it). If that fails, nothing that wrote is acknowledged.
+    /// Hands what the batch wrote or read to the OS before any of it is answered, so an
+    /// acknowledged write survives the process's death whatever `sync` says, and so does
+    /// anything a read passes on (a value another thread wrote is visible before that
+    /// thread's batch writes it out: shipped to a peer and then lost here, its dot could be
+    /// issued again after a restart). One system call per batch, none when nothing is
+    /// buffered. If it fails, nothing that wrote is acknowledged; reads are still answered,
+    /// as they are after any failed flush (the node refuses writes until restarted).
     fn write_out(&mut self, now: Now) {
-        if !self.held.iter().any(|held| held.wrote) {
+        if self.held.is_empty() {
             return;
         }
         let Err(error) = self.store.write_out() else {

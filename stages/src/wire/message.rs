@@ -31,6 +31,9 @@ use std::io::Cursor;
 /// Largest body a frame can carry: its length field is a u32 that also counts the header.
 const MAX_BODY_BYTES: usize = u32::MAX as usize - FRAME_OVERHEAD_BYTES;
 
+/// Spare capacity past which a freshly encoded frame is shrunk to its length.
+const SHRINK_ABOVE_BYTES: usize = 4096;
+
 /// Room reserved for a body before it is serialized: a get or put of a small value and its
 /// context fits, so the hot frames are written without growing the buffer.
 const FRAME_BODY_GUESS: usize = 256;
@@ -399,6 +402,11 @@ impl Message {
     pub fn encode(&self, request_id: u64) -> Result<Vec<u8>, WireError> {
         let mut out = Vec::new();
         self.encode_into(request_id, &mut out)?;
+        // Grown by doubling, a large frame (a transfer batch) could hold twice its size
+        // while it waits in a connection's queue, whose budget counts its length.
+        if out.capacity() - out.len() > SHRINK_ABOVE_BYTES {
+            out.shrink_to_fit();
+        }
         Ok(out)
     }
 

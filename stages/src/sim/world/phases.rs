@@ -25,8 +25,8 @@ impl World {
                 let node = rng.index(count);
                 let at = rng.range(start, end);
                 let back = (at + rng.range(200_000, 2_000_000)).min(self.workload_end);
-                // A process crash keeps what reached the OS (as fjall's writes do before
-                // their ack). Where every acknowledged write is flushed first, half the
+                // A process crash keeps what reached the OS (storage writes a batch out
+                // before its answers). Where every acknowledged write is flushed first, half the
                 // crashes are the machine's power instead, losing what was never flushed.
                 let crash = if acked_flushed && rng.index(2) == 0 {
                     Fault::PowerLoss(node)

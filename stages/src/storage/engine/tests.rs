@@ -1,5 +1,6 @@
 //! fjall's journal as the engine handles it: the active file found, followed across rotations,
-//! flushed and written back; a failed flush final, and fjall's own poisoning seen as one.
+//! written out, flushed and written back; a failed flush final, and fjall's own poisoning seen
+//! as one.
 
 use super::*;
 
@@ -223,5 +224,61 @@ fn fjall_poisoning_itself_counts_as_the_engines_failure() {
     assert_eq!(
         engine.get(Space::Objects, b"k").expect("reads go on"),
         Some(b"v".to_vec())
+    );
+}
+
+/// Whether a journal file in `dir`, as the OS has it, contains `marker` (fjall preallocates
+/// its journal files, so their length says nothing).
+fn journal_holds(dir: &Path, marker: &[u8]) -> bool {
+    journal_files(dir).iter().any(|path| {
+        let bytes = std::fs::read(path).expect("journal readable");
+        bytes.windows(marker.len()).any(|window| window == marker)
+    })
+}
+
+/// Goal: a write stays in fjall's buffer until a write-out hands it to the OS (so a batch of
+/// writes costs one `write(2)`), and a write-out never counts as covered a write that was
+/// still under way when it began (a read-only batch skips fjall's lock only when every write
+/// begun is out). Fails if fjall wrote each insert out itself, if `write_out` left a write
+/// buffered, or if it marked a write under way as covered.
+#[test]
+fn a_write_reaches_the_os_at_the_write_out_and_one_under_way_is_never_counted_out() {
+    let (dir, engine) = engine_holding_k();
+    engine
+        .insert(Space::Objects, b"a", b"first-value-marker")
+        .expect("insert");
+    assert!(
+        !journal_holds(dir.path(), b"first-value-marker"),
+        "buffered in the process"
+    );
+    engine.write_out().expect("write-out");
+    assert!(
+        journal_holds(dir.path(), b"first-value-marker"),
+        "handed to the OS"
+    );
+    let covered = engine.written_out.load(Ordering::SeqCst);
+    assert_eq!(covered, engine.writes_begun.load(Ordering::SeqCst));
+
+    // A write under way (begun, not yet in fjall's buffer) while a write-out runs.
+    engine.writes_begun.fetch_add(1, Ordering::SeqCst);
+    engine
+        .insert(Space::Objects, b"b", b"second-value-marker")
+        .expect("insert");
+    engine.write_out().expect("write-out");
+    assert!(
+        journal_holds(dir.path(), b"second-value-marker"),
+        "b is out"
+    );
+    assert_eq!(
+        engine.written_out.load(Ordering::SeqCst),
+        covered,
+        "the write under way is not counted out"
+    );
+    engine.writes_done.fetch_add(1, Ordering::SeqCst);
+    engine.write_out().expect("write-out");
+    assert_eq!(
+        engine.written_out.load(Ordering::SeqCst),
+        engine.writes_begun.load(Ordering::SeqCst),
+        "counted once it is done"
     );
 }
