@@ -274,6 +274,35 @@ impl StorageRequest {
         }
     }
 
+    /// Whether the operation's answer carries stored objects (or what is decided from them)
+    /// out of storage: to a client, a peer, a transfer, a purge. Such an answer must not leave
+    /// before what it read is in the OS (another worker's write is visible before its batch
+    /// writes it out; see `StorageMachine::write_out`). Trees and digests carry hashes only:
+    /// an exchange they start reads its objects with a `Sync`, which does. Every kind is
+    /// named, so a new one must say.
+    pub fn hands_out_objects(&self) -> bool {
+        match self {
+            StorageRequest::Read { .. }
+            | StorageRequest::ReadHints { .. }
+            | StorageRequest::Sync { .. }
+            | StorageRequest::TransferBatch { .. }
+            | StorageRequest::PurgeCandidates { .. }
+            | StorageRequest::PurgeCheck { .. }
+            | StorageRequest::CoordinatePut { .. }
+            | StorageRequest::StoreHint { .. }
+            | StorageRequest::Merge { .. } => true,
+            StorageRequest::DeleteHints { .. }
+            | StorageRequest::PendingHints
+            | StorageRequest::TreeView { .. }
+            | StorageRequest::SegmentDigests { .. }
+            | StorageRequest::RebuildTree { .. }
+            | StorageRequest::TreeSummaries
+            | StorageRequest::DropPartition { .. }
+            | StorageRequest::SaveMembership { .. }
+            | StorageRequest::PurgeCommit { .. } => false,
+        }
+    }
+
     /// Whether the operation writes (and so waits for the group commit under `sync = "always"`).
     pub fn writes(&self) -> bool {
         matches!(

@@ -516,7 +516,8 @@ fn a_hint_deletion_waits_for_no_flush_even_with_sync_always() {
 
 /// Goal: kill -9 loses no acknowledged write, whatever `sync` says: storage hands a batch's
 /// writes to the OS before it answers any of them (one write-out per batch), a batch of reads
-/// does too (another worker's write it read is out before the read is answered), and when
+/// does too (another worker's write it read is out before the read is answered; a batch of
+/// tree summaries, hashes only, does not), and when
 /// the write-out fails it acknowledges none of the batch's writes and still answers its
 /// reads. Fails if storage answered before writing out (the process crash would take the
 /// acknowledged write, or the value a read passed on).
@@ -559,6 +560,16 @@ fn writes_reach_the_os_before_their_answer_and_a_failed_write_out_acknowledges_n
         1,
         "what a read answered with survives the process"
     );
+
+    // Trees and digests carry hashes only: a batch of them alone writes nothing out.
+    let outs = engine.write_outs();
+    machines.storage.on_batch(
+        now,
+        &mut vec![event(6, StorageRequest::TreeSummaries)],
+        &mut out,
+    );
+    let _ = out.take();
+    assert_eq!(engine.write_outs(), outs, "no write-out for hashes alone");
 
     engine.fail_write_outs(1);
     let mut batch = vec![event(4, coordinate_put(b"c", false)), event(5, read(b"a"))];

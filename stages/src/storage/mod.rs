@@ -123,6 +123,9 @@ struct Held {
     /// Whether the operation may have written: its answer waits for the batch's
     /// [`Store::write_out`], and fails if that does.
     wrote: bool,
+    /// Whether its answer carries objects out of storage
+    /// ([`StorageRequest::hands_out_objects`]): it waits for the write-out too.
+    hands_out: bool,
 }
 
 /// One storage worker's machine.
@@ -393,6 +396,7 @@ impl StorageMachine {
         // durable (one fdatasync per merge, as before the cut), and only it answers.
         let flush = rest.is_none() && request.wants_flush(self.settings.sync == SyncMode::Always);
         let wrote = request.may_write();
+        let hands_out = request.hands_out_objects();
         let mut result = self.apply(request).map_err(|e| match e {
             StorageError::TooManySiblings { count, max } => ServiceError::TooManySiblings {
                 count: count as u64,
@@ -446,18 +450,20 @@ impl StorageMachine {
             flush,
             early,
             wrote,
+            hands_out,
         });
     }
 
     /// Hands what the batch wrote or read to the OS before any of it is answered, so an
     /// acknowledged write survives the process's death whatever `sync` says, and so does
-    /// anything a read passes on (a value another thread wrote is visible before that
+    /// any object a read passes on (a value another thread wrote is visible before that
     /// thread's batch writes it out: shipped to a peer and then lost here, its dot could be
     /// issued again after a restart). One system call per batch, none when nothing is
-    /// buffered. If it fails, nothing that wrote is acknowledged; reads are still answered,
+    /// buffered; none for a batch of trees and digests alone (the background lane's
+    /// rebuilds, which would otherwise take fjall's journal lock at a low CPU priority). If it fails, nothing that wrote is acknowledged; reads are still answered,
     /// as they are after any failed flush (the node refuses writes until restarted).
     fn write_out(&mut self, now: Now) {
-        if self.held.is_empty() {
+        if !self.held.iter().any(|held| held.wrote || held.hands_out) {
             return;
         }
         let Err(error) = self.store.write_out() else {
