@@ -39,9 +39,9 @@ const LOCK_STRIPES: usize = 256;
 /// The object cache's budget unless the node sets one ([`Store::with_object_cache`]).
 pub const DEFAULT_OBJECT_CACHE_BYTES: usize = 8 << 20;
 
-/// The node's epoch in this directory: the floor of its new dots' counters, set from the wall
-/// clock (µs) when the directory is created, so a node that lost its data never reuses a dot
-/// that lives on in other replicas (two writes with one dot would never converge).
+/// The node's epoch in this directory: the floor of its new dots' counters, raised to the wall
+/// clock (µs) at every start, so a node that lost its data, or the writes a crash took, never
+/// reuses a dot that lives on in other replicas (two writes with one dot would never converge).
 const META_EPOCH: &str = "epoch";
 /// The membership as gossip last saved it (encoded by `wire`; storage only keeps the bytes).
 const META_MEMBERSHIP: &str = "membership";
@@ -223,22 +223,32 @@ impl Store {
         if check_identity(store.engine.as_ref(), node, store.partitions)? == Format::Legacy {
             store.migrate_legacy()?;
         }
-        store.counter_floor = match store.engine.get(Space::Meta, META_EPOCH.as_bytes())? {
-            Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
-                .map(u64::from_be_bytes)
-                .map_err(|_| StorageError::UnknownFormat {
-                    found: "2 with an unreadable epoch".to_string(),
-                })?,
+        let stored = match store.engine.get(Space::Meta, META_EPOCH.as_bytes())? {
+            Some(bytes) => Some(
+                <[u8; 8]>::try_from(bytes.as_slice())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StorageError::UnknownFormat {
+                        found: "2 with an unreadable epoch".to_string(),
+                    })?,
+            ),
             // A directory from before epochs, or one whose creation crashed before its epoch
-            // was flushed: stamp one now (raising the floor is always safe).
-            None => {
-                let epoch = now_ms.saturating_mul(1000);
-                store
-                    .engine
-                    .insert(Space::Meta, META_EPOCH.as_bytes(), &epoch.to_be_bytes())?;
-                epoch
-            }
+            // was flushed.
+            None => None,
         };
+        // Raised to the clock at every start, not only when the directory is new (raising the
+        // floor is always safe): a crash can lose writes here that live on at other replicas
+        // (a power loss with sync = "none" or "periodic" takes what was not flushed, after
+        // the coordinator replicated it), and a floor kept from before would let this node
+        // make one of those dots again for another value. No key takes a million writes a
+        // second from one node, so counters never catch up with the clock in microseconds.
+        // A clock set back keeps the floor where it was.
+        let floor = stored.unwrap_or(0).max(now_ms.saturating_mul(1000));
+        if stored != Some(floor) {
+            store
+                .engine
+                .insert(Space::Meta, META_EPOCH.as_bytes(), &floor.to_be_bytes())?;
+        }
+        store.counter_floor = floor;
         store.engine.persist()?;
         let held = store.count_hints()?.values().sum();
         store.hints_held.store(held, Ordering::Relaxed);

@@ -266,7 +266,9 @@ fn format_one_directories_migrate_and_another_q_is_refused() {
 
 /// Goal: a node whose data directory was lost comes back with a new epoch: its new dots are
 /// above every dot it made before (which live on in other replicas), so one dot never names
-/// two writes, and replicas can converge; reopening a directory keeps its epoch.
+/// two writes, and replicas can converge. So does a node whose crash lost writes it had
+/// already replicated (a power loss before the flush): the floor rises to the clock at every
+/// start, and a clock set back keeps it. Fails if the reopened store issued the lost dot again.
 #[test]
 fn a_recreated_directory_never_reuses_a_dot() {
     let engine = MemoryEngine::new();
@@ -275,15 +277,25 @@ fn a_recreated_directory_never_reuses_a_dot() {
     let old_counter = before.versions()[0].dot.counter;
     assert!(old_counter > 1_000_000, "counters start above the epoch");
     drop(old);
-    let reopened = Store::with_engine(engine, &node(), Q, 5_000).expect("reopens");
-    let again = put(&reopened, 2, b"same directory");
-    assert!(
-        again.versions()[0].dot.counter <= 1_000_001,
-        "a reopened directory keeps its epoch"
-    );
     let wiped = Store::with_engine(MemoryEngine::new(), &node(), Q, 2_000).expect("opens");
     let after = put(&wiped, 1, b"after the wipe");
     assert!(after.versions()[0].dot.counter > old_counter);
+
+    // The write of key 1 was never flushed: the power loss takes it here, while its
+    // replicas keep it.
+    engine.lose_power();
+    let reopened = Store::with_engine(engine.clone(), &node(), Q, 5_000).expect("reopens");
+    assert!(reopened.read(&key(1)).expect("reads").is_empty());
+    let again = put(&reopened, 1, b"after the power loss");
+    let again_counter = again.versions()[0].dot.counter;
+    assert!(again_counter > 5_000_000, "the floor rose to the clock");
+    drop(reopened);
+    let clock_back = Store::with_engine(engine, &node(), Q, 3_000).expect("reopens");
+    let later = put(&clock_back, 2, b"with the clock set back");
+    assert!(
+        later.versions()[0].dot.counter > 5_000_000,
+        "a clock set back keeps the floor"
+    );
 }
 
 /// Goal: a transfer reads a partition in bounded batches that resume exactly after the last
