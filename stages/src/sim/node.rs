@@ -126,14 +126,15 @@ impl SimNode {
     }
 
     /// Starts (or restarts, after a crash) the node's machines on its engine.
-    pub fn start(&mut self, base: Instant) -> Result<(), String> {
+    pub fn start(&mut self, base: Instant, wall_ms: u64) -> Result<(), String> {
         let partitions = self.membership.current().ring().partition_count();
         // A new process: a failed flush's refusal was the old one's (fjall's engine is
         // opened anew).
         self.engine.restart();
-        // Epoch 0: a simulated node never loses its data directory (a crash keeps what was
-        // flushed), so its counters never restart.
-        let store = Store::with_engine(self.engine.clone(), &self.id, partitions, 0)
+        // At the node's simulated wall clock, as a real node opens its store: every start
+        // raises the floor of its dots' counters, so a power loss that took writes it had
+        // replicated never lets it make one of their dots again.
+        let store = Store::with_engine(self.engine.clone(), &self.id, partitions, wall_ms)
             .map_err(|e| e.to_string())?;
         // As a real node does: start from the membership it saved, if it saved one (a
         // change merged but not yet flushed when it crashed comes back by gossip).

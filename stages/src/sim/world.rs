@@ -484,7 +484,8 @@ impl World {
     /// the journal, and the disk may be failing flushes): the error is returned and the node
     /// stays down.
     fn try_start_node(&mut self, node: usize) -> Result<(), String> {
-        self.nodes[node].start(self.base)?;
+        let wall_ms = self.now(node).wall_ms;
+        self.nodes[node].start(self.base, wall_ms)?;
         let incarnation = self.nodes[node].incarnation;
         self.record(format!(
             "{:>10} n{} start #{incarnation}",
