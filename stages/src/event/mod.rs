@@ -23,8 +23,8 @@ pub use network::{encode_reply, GateChange, IntakeEvent, ReplicateEvent, SocketC
 pub use requests::{ClientRequest, CoordinateEvent, Operation, ParseEvent, PeerDone, ServeRequest};
 pub use stage_id::{StageClass, StageId, StageRow, UnknownStage};
 pub use storage::{
-    CommitEvent, Hint, RebuildStep, StorageDone, StorageEvent, StorageOutcome, StorageRequest,
-    TreeSummary, TreeView,
+    CommitEvent, Hint, Reach, RebuildStep, StorageDone, StorageEvent, StorageOutcome,
+    StorageRequest, TreeSummary, TreeView,
 };
 
 use crate::error::ServiceError;

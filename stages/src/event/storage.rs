@@ -42,6 +42,19 @@ impl fmt::Display for CommitEvent {
     }
 }
 
+/// What a storage operation does with the engine's objects ([`StorageRequest::reach`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// It may change what the engine holds: its answer waits for the batch's write-out and
+    /// is refused if that fails.
+    Writes,
+    /// It reads objects and its answer carries them (or what is decided from them) out: the
+    /// answer waits for the write-out.
+    HandsOut,
+    /// It reads trees, digests or counts only: nothing to wait for.
+    Hashes,
+}
+
 /// What a storage operation does.
 #[derive(Debug)]
 pub enum StorageRequest {
@@ -248,10 +261,14 @@ impl StorageRequest {
         }
     }
 
-    /// Whether the operation may change what the engine holds, and so is refused when its
-    /// batch's hand-off to the OS fails ([`crate::storage::Store::write_out`]). Every kind is
-    /// named, so a new one must say.
-    pub fn may_write(&self) -> bool {
+    /// What the operation does with the engine's objects, which decides its part in the
+    /// batch's write-out ([`crate::storage::Store::write_out`]): another worker's write is
+    /// visible before its own batch writes it out, so an answer that acknowledges a write or
+    /// carries objects (or what is decided from them) out of storage, to a client, a peer, a
+    /// transfer or a purge, must wait for it. Trees and digests carry hashes only: an
+    /// exchange they start reads its objects with a `Sync`, which waits. Every kind is named,
+    /// so a new one must say.
+    pub fn reach(&self) -> Reach {
         match self {
             StorageRequest::CoordinatePut { .. }
             | StorageRequest::StoreHint { .. }
@@ -260,46 +277,17 @@ impl StorageRequest {
             | StorageRequest::Sync { .. }
             | StorageRequest::DropPartition { .. }
             | StorageRequest::SaveMembership { .. }
-            | StorageRequest::PurgeCommit { .. } => true,
+            | StorageRequest::PurgeCommit { .. } => Reach::Writes,
             StorageRequest::Read { .. }
             | StorageRequest::ReadHints { .. }
-            | StorageRequest::PendingHints
+            | StorageRequest::TransferBatch { .. }
+            | StorageRequest::PurgeCandidates { .. }
+            | StorageRequest::PurgeCheck { .. } => Reach::HandsOut,
+            StorageRequest::PendingHints
             | StorageRequest::TreeView { .. }
             | StorageRequest::SegmentDigests { .. }
             | StorageRequest::RebuildTree { .. }
-            | StorageRequest::TreeSummaries
-            | StorageRequest::TransferBatch { .. }
-            | StorageRequest::PurgeCandidates { .. }
-            | StorageRequest::PurgeCheck { .. } => false,
-        }
-    }
-
-    /// Whether the operation's answer carries stored objects (or what is decided from them)
-    /// out of storage: to a client, a peer, a transfer, a purge. Such an answer must not leave
-    /// before what it read is in the OS (another worker's write is visible before its batch
-    /// writes it out; see `StorageMachine::write_out`). Trees and digests carry hashes only:
-    /// an exchange they start reads its objects with a `Sync`, which does. Every kind is
-    /// named, so a new one must say.
-    pub fn hands_out_objects(&self) -> bool {
-        match self {
-            StorageRequest::Read { .. }
-            | StorageRequest::ReadHints { .. }
-            | StorageRequest::Sync { .. }
-            | StorageRequest::TransferBatch { .. }
-            | StorageRequest::PurgeCandidates { .. }
-            | StorageRequest::PurgeCheck { .. }
-            | StorageRequest::CoordinatePut { .. }
-            | StorageRequest::StoreHint { .. }
-            | StorageRequest::Merge { .. } => true,
-            StorageRequest::DeleteHints { .. }
-            | StorageRequest::PendingHints
-            | StorageRequest::TreeView { .. }
-            | StorageRequest::SegmentDigests { .. }
-            | StorageRequest::RebuildTree { .. }
-            | StorageRequest::TreeSummaries
-            | StorageRequest::DropPartition { .. }
-            | StorageRequest::SaveMembership { .. }
-            | StorageRequest::PurgeCommit { .. } => false,
+            | StorageRequest::TreeSummaries => Reach::Hashes,
         }
     }
 

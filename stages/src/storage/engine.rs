@@ -9,7 +9,7 @@ use std::io::{self, ErrorKind};
 use std::num::NonZeroU64;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -81,10 +81,10 @@ pub trait Engine: Send + Sync + 'static {
     /// Hands the writes this process still buffers to the OS (a `write(2)` of the journal's
     /// buffer): after it they survive the process's death (kill -9), not the machine's. A
     /// write is buffered in the process, yet visible to every reader, until this or
-    /// [`Engine::persist`] runs, so storage calls it at the end of every batch, before
-    /// answering any of it: what a batch wrote or read is then in the OS (one system call per
-    /// batch, not one per write; none when nothing is buffered). Its failure is final, as a
-    /// flush's is.
+    /// [`Engine::persist`] runs, so storage calls it at the end of every batch that wrote or
+    /// read objects, before answering any of it: what the batch wrote or read is then in the
+    /// OS (one system call per batch, not one per write; none when nothing is buffered). Its
+    /// failure is final, as a flush's is.
     fn write_out(&self) -> Result<(), StorageError>;
 
     /// Makes every write so far durable (fdatasync of the journal); how long the disk took.
@@ -119,14 +119,14 @@ pub struct FjallEngine {
     /// Why a journal flush failed, once one has: from then on every write and flush is
     /// refused (see `persist`).
     failed: OnceLock<String>,
-    /// Whether anything was written since the last `write_back`.
-    written: AtomicBool,
     /// Inserts and removals begun (counted before fjall makes them visible) and finished,
     /// and how many begun ones a write-out is known to have covered: `write_out` skips
-    /// fjall's journal lock when every write begun is covered (see `covered_by`).
+    /// fjall's journal lock when every write begun is covered (see `would_cover`).
     writes_begun: AtomicU64,
     writes_done: AtomicU64,
     written_out: AtomicU64,
+    /// `writes_begun` at the last `write_back`: none since, nothing to write back.
+    written_back: AtomicU64,
     /// The journal `write_back` last started writing out, and up to where: the next one
     /// starts there (a page still being written then stays cached, which costs nothing).
     advised: Mutex<(u64, u64)>,
@@ -161,10 +161,10 @@ impl FjallEngine {
             dir,
             journal: Mutex::new(None),
             failed: OnceLock::new(),
-            written: AtomicBool::new(false),
             writes_begun: AtomicU64::new(0),
             writes_done: AtomicU64::new(0),
             written_out: AtomicU64::new(0),
+            written_back: AtomicU64::new(0),
             advised: Mutex::new((0, 0)),
         })
     }
@@ -296,14 +296,12 @@ impl Engine for FjallEngine {
 
     fn insert(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
         self.refuse_after_failure()?;
-        self.written.store(true, Ordering::Relaxed);
         let _counted = CountedWrite::begin(self);
         self.checked(self.keyspace(space).insert(key, value))
     }
 
     fn remove(&self, space: Space, key: &[u8]) -> Result<(), StorageError> {
         self.refuse_after_failure()?;
-        self.written.store(true, Ordering::Relaxed);
         let _counted = CountedWrite::begin(self);
         self.checked(self.keyspace(space).remove(key))
     }
@@ -404,7 +402,8 @@ impl Engine for FjallEngine {
     /// it, and when fjall has moved to a new file, the old one is synced through our handle
     /// first (as `persist` does), where a failure is final.
     fn write_back(&self) -> Result<(), StorageError> {
-        if !self.written.swap(false, Ordering::SeqCst) {
+        let begun = self.writes_begun.load(Ordering::SeqCst);
+        if self.written_back.swap(begun, Ordering::SeqCst) == begun {
             return Ok(());
         }
         self.with_active_journal(|file, id| {

@@ -86,10 +86,7 @@ pub(super) fn whole_batch(
 #[test]
 fn storage_answers_its_reads_at_once_and_the_commit_stage_answers_after_the_flush() {
     let (engine, mut machine) = memory_machine(SyncMode::Always);
-    let read = StorageRequest::Read {
-        key: b"other".to_vec(),
-        with_hints: true,
-    };
+    let read = read(b"other");
     let mut out = Outbox::new();
     machine.storage.on_batch(
         Now::real(),
@@ -309,18 +306,8 @@ fn a_full_commit_queue_delays_the_answers_and_a_stopped_one_fails_them() {
 fn failed_group_commit_acknowledges_no_write_of_the_batch() {
     let (engine, mut machine) = memory_machine(SyncMode::Always);
     engine.fail_flushes(1);
-    let write = StorageRequest::CoordinatePut {
-        key: b"k".to_vec(),
-        context: VClock::new(),
-        value: Some(b"v".to_vec()),
-        now_ms: 1,
-        durable: false,
-        overwrite: false,
-    };
-    let read = StorageRequest::Read {
-        key: b"other".to_vec(),
-        with_hints: true,
-    };
+    let write = coordinate_put(b"k", false);
+    let read = read(b"other");
     let mut out = Outbox::new();
     whole_batch(
         &mut machine,
@@ -359,6 +346,14 @@ pub(super) fn storage_answers(out: &mut Outbox) -> Vec<(u64, bool, bool)> {
         .collect()
 }
 
+/// A replica read of `key` (hints merged in).
+fn read(key: &[u8]) -> StorageRequest {
+    StorageRequest::Read {
+        key: key.to_vec(),
+        with_hints: true,
+    }
+}
+
 fn coordinate_put(key: &[u8], durable: bool) -> StorageRequest {
     StorageRequest::CoordinatePut {
         key: key.to_vec(),
@@ -377,10 +372,7 @@ fn coordinate_put(key: &[u8], durable: bool) -> StorageRequest {
 #[test]
 fn durable_writes_wait_for_the_flush_and_buffered_ones_do_not() {
     let (engine, mut machine) = memory_machine(SyncMode::None);
-    let read = StorageRequest::Read {
-        key: b"other".to_vec(),
-        with_hints: true,
-    };
+    let read = read(b"other");
     let mut out = Outbox::new();
     let mut batch = vec![
         event(1, coordinate_put(b"durable", true)),
@@ -525,10 +517,6 @@ fn a_hint_deletion_waits_for_no_flush_even_with_sync_always() {
 fn writes_reach_the_os_before_their_answer_and_a_failed_write_out_acknowledges_none() {
     let (engine, mut machines) = memory_machine(SyncMode::None);
     let now = Now::real();
-    let read = |key: &[u8]| StorageRequest::Read {
-        key: key.to_vec(),
-        with_hints: true,
-    };
     let mut out = Outbox::new();
     let mut batch = vec![event(1, coordinate_put(b"a", false)), event(2, read(b"b"))];
     machines.storage.on_batch(now, &mut batch, &mut out);

@@ -44,7 +44,8 @@ pub use store::{
 
 use crate::error::ServiceError;
 use crate::event::{
-    CommitEvent, Event, Now, ReplyTo, StorageDone, StorageEvent, StorageOutcome, StorageRequest,
+    CommitEvent, Event, Now, Reach, ReplyTo, StorageDone, StorageEvent, StorageOutcome,
+    StorageRequest,
 };
 use crate::seda::{LogLimits, Machine, Outbox};
 use crate::NodeId;
@@ -120,12 +121,9 @@ struct Held {
     flush: bool,
     /// A coordinated write's first answer, sent before the flush (`Applied`).
     early: Option<StorageDone>,
-    /// Whether the operation may have written: its answer waits for the batch's
-    /// [`Store::write_out`], and fails if that does.
-    wrote: bool,
-    /// Whether its answer carries objects out of storage
-    /// ([`StorageRequest::hands_out_objects`]): it waits for the write-out too.
-    hands_out: bool,
+    /// What the operation does with the engine's objects: whether its answer waits for the
+    /// batch's [`Store::write_out`], and fails if that does.
+    reach: Reach,
 }
 
 /// One storage worker's machine.
@@ -395,8 +393,7 @@ impl StorageMachine {
         // A chunk with a rest does not flush: the last chunk's flush makes the whole merge
         // durable (one fdatasync per merge, as before the cut), and only it answers.
         let flush = rest.is_none() && request.wants_flush(self.settings.sync == SyncMode::Always);
-        let wrote = request.may_write();
-        let hands_out = request.hands_out_objects();
+        let reach = request.reach();
         let mut result = self.apply(request).map_err(|e| match e {
             StorageError::TooManySiblings { count, max } => ServiceError::TooManySiblings {
                 count: count as u64,
@@ -449,8 +446,7 @@ impl StorageMachine {
             },
             flush,
             early,
-            wrote,
-            hands_out,
+            reach,
         });
     }
 
@@ -460,10 +456,11 @@ impl StorageMachine {
     /// thread's batch writes it out: shipped to a peer and then lost here, its dot could be
     /// issued again after a restart). One system call per batch, none when nothing is
     /// buffered; none for a batch of trees and digests alone (the background lane's
-    /// rebuilds, which would otherwise take fjall's journal lock at a low CPU priority). If it fails, nothing that wrote is acknowledged; reads are still answered,
-    /// as they are after any failed flush (the node refuses writes until restarted).
+    /// rebuilds, which would otherwise take fjall's journal lock at a low CPU priority). If
+    /// it fails, nothing that wrote is acknowledged; reads are still answered, as they are
+    /// after any failed flush (the node refuses writes until restarted).
     fn write_out(&mut self, now: Now) {
-        if !self.held.iter().any(|held| held.wrote || held.hands_out) {
+        if self.held.iter().all(|held| held.reach == Reach::Hashes) {
             return;
         }
         let Err(error) = self.store.write_out() else {
@@ -477,7 +474,11 @@ impl StorageMachine {
         let refusal = ServiceError::Storage {
             reason: error.to_string(),
         };
-        for held in self.held.iter_mut().filter(|held| held.wrote) {
+        for held in self
+            .held
+            .iter_mut()
+            .filter(|held| held.reach == Reach::Writes)
+        {
             if held.done.result.is_ok() {
                 held.done.result = Err(refusal.clone());
             }

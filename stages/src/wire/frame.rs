@@ -55,13 +55,33 @@ pub enum FrameError {
 
 /// Encodes a frame into `out` (appending).
 pub fn encode_frame_into(kind: u16, request_id: u64, body: &[u8], out: &mut Vec<u8>) {
-    let length = (FRAME_OVERHEAD_BYTES + body.len()) as u32;
-    debug_assert!(FRAME_OVERHEAD_BYTES + body.len() <= u32::MAX as usize);
-    out.reserve(LENGTH_BYTES + length as usize);
-    out.extend_from_slice(&length.to_be_bytes());
+    out.reserve(LENGTH_BYTES + FRAME_OVERHEAD_BYTES + body.len());
+    let start = start_frame(kind, request_id, out);
+    out.extend_from_slice(body);
+    let fits = finish_frame(out, start);
+    debug_assert!(fits.is_ok());
+}
+
+/// Appends a frame's header to `out` with its length left blank, so that its body can be
+/// serialized straight behind it and [`finish_frame`] fill the length in; where it starts.
+pub fn start_frame(kind: u16, request_id: u64, out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; LENGTH_BYTES]);
     out.extend_from_slice(&kind.to_be_bytes());
     out.extend_from_slice(&request_id.to_be_bytes());
-    out.extend_from_slice(body);
+    start
+}
+
+/// Fills in the length of the frame [`start_frame`] began at `start`: everything appended
+/// since is its body. `Err` with the body's size if the length field cannot count it (the
+/// length is left blank).
+pub fn finish_frame(out: &mut [u8], start: usize) -> Result<(), usize> {
+    let length = out.len() - start - LENGTH_BYTES;
+    let Ok(field) = u32::try_from(length) else {
+        return Err(length - FRAME_OVERHEAD_BYTES);
+    };
+    out[start..start + LENGTH_BYTES].copy_from_slice(&field.to_be_bytes());
+    Ok(())
 }
 
 /// Encodes a frame into a fresh buffer.

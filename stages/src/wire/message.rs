@@ -13,7 +13,7 @@ use super::aae::{
 use super::admin::{
     AuthRequest, MembersReply, RingReply, StatsReply, ThrottleReply, ThrottleRequest,
 };
-use super::frame::{Frame, FRAME_OVERHEAD_BYTES, LENGTH_BYTES};
+use super::frame::{finish_frame, start_frame, Frame, FRAME_OVERHEAD_BYTES, LENGTH_BYTES};
 use super::gossip::{
     GossipReply, GossipRequest, PlanReply, PlanRequest, TransferAck, TransferBatch,
 };
@@ -327,25 +327,17 @@ impl Message {
     /// behind the header, whose length is filled in after (no body buffer of its own: it was
     /// one allocation and a copy per frame, grown from empty). On an error `out` is as it was.
     pub fn encode_into(&self, request_id: u64, out: &mut Vec<u8>) -> Result<(), WireError> {
-        let start = out.len();
         out.reserve(LENGTH_BYTES + FRAME_OVERHEAD_BYTES + FRAME_BODY_GUESS);
-        out.extend_from_slice(&[0; LENGTH_BYTES]);
-        out.extend_from_slice(&self.kind().to_be_bytes());
-        out.extend_from_slice(&request_id.to_be_bytes());
-        if let Err(error) = self.write_body(out) {
-            out.truncate(start);
-            return Err(error);
-        }
-        let body = out.len() - start - LENGTH_BYTES - FRAME_OVERHEAD_BYTES;
-        if body > MAX_BODY_BYTES {
-            out.truncate(start);
-            return Err(WireError::Encode {
+        let start = start_frame(self.kind(), request_id, out);
+        let finished = self.write_body(out).and_then(|()| {
+            finish_frame(out, start).map_err(|body| WireError::Encode {
                 reason: format!("{body} bytes exceed the frame format's {MAX_BODY_BYTES}"),
-            });
+            })
+        });
+        if finished.is_err() {
+            out.truncate(start);
         }
-        let length = (FRAME_OVERHEAD_BYTES + body) as u32;
-        out[start..start + LENGTH_BYTES].copy_from_slice(&length.to_be_bytes());
-        Ok(())
+        finished
     }
 
     /// Appends this message's body (named fields) to `out`.
