@@ -3,7 +3,9 @@
 # the same concurrency against Redis (persistence off, loopback only), a single shoal node with
 # sync = "always" (fsync before every acknowledgement, the default), the same with sync =
 # "none" (no persistence wait, closer to the Redis setting), and a 3-node shoal cluster
-# (N=3, R=2, W=2, sync = "always"); rounds alternate the targets so drift hits all of them.
+# (N=3, R=2, W=2) twice: with sync = "always" (config/cluster-n*.toml as they are) and with
+# sync = "none" (like for like with Redis's persistence off, as the single-node pair);
+# rounds alternate the targets so drift hits all of them.
 # Prints the median over the rounds of throughput and p50/p99/p99.9 with ratios to Redis, the
 # server CPU seconds per 1,000 operations of each target (utime + stime of its server
 # processes only, from /proc, over the run) and every server process's RSS at the end.
@@ -50,6 +52,12 @@ start single config/single.toml 127.0.0.1:7411 "$work/single"
 sed 's/^sync = "always"/sync = "none"/' config/single.toml > "$work/single-nosync.toml"
 start nosync "$work/single-nosync.toml" 127.0.0.1:7412 "$work/nosync"
 for i in 1 2 3; do start cluster "config/cluster-n$i.toml" "127.0.0.1:740$i" "$work/cluster-n$i"; done
+# The same three configs on other ports (their member lists too), with sync = "none".
+for i in 1 2 3; do
+  sed -e 's/^sync = "always"/sync = "none"/' -e 's/127\.0\.0\.1:740\([1-3]\)/127.0.0.1:742\1/' \
+    "config/cluster-n$i.toml" > "$work/clnosync-n$i.toml"
+  start clnosync "$work/clnosync-n$i.toml" "127.0.0.1:742$i" "$work/clnosync-n$i"
+done
 
 cpu_ticks() { # pids... → utime + stime of them all, in clock ticks
   local total=0 p
@@ -87,6 +95,7 @@ for round in $(seq "$rounds"); do
   load single 127.0.0.1:7411 1
   load nosync 127.0.0.1:7412 1
   load cluster 127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403 3
+  load clnosync 127.0.0.1:7421,127.0.0.1:7422,127.0.0.1:7423 3
 done
 
 trap - ERR
@@ -94,11 +103,11 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { print (b > 0 ? a / b : 0) }'; }
 median() { sort -n | awk '{v[NR]=$1} END {print (NR ? v[int((NR+1)/2)] : "")}'; }
 value() { awk -v s="$1" -v o="$2" -v c="$3" '$1==s && $2==o {print $c}' "$results" | median; }
 echo "workload $workload, $threads connections, ${secs}s, median of $rounds rounds (ratio = shoal / redis)${durable:+, durable_writes $durable}"
-echo "single: one node, sync=always; nosync: one node, sync=none; cluster: 3 nodes N=3 R=2 W=2, sync=always"
+echo "single: one node, sync=always; nosync: one node, sync=none; cluster: 3 nodes N=3 R=2 W=2, sync=always; clnosync: the same, sync=none"
 printf "%-8s %-4s %9s %7s %8s %6s %8s %6s %8s %6s\n" target op "ops/s" ratio p50us ratio p99us ratio p999us ratio
 for op in $(awk '{print $2}' "$results" | sort -u); do
   r_ops=$(value redis "$op" 3); r50=$(value redis "$op" 4); r99=$(value redis "$op" 5); r999=$(value redis "$op" 6)
-  for target in redis single nosync cluster; do
+  for target in redis single nosync cluster clnosync; do
     ops=$(value "$target" "$op" 3); p50=$(value "$target" "$op" 4); p99=$(value "$target" "$op" 5); p999=$(value "$target" "$op" 6)
     [ -n "$ops" ] || continue
     printf "%-8s %-4s %9s %7.2f %8s %6.1f %8s %6.1f %8s %6.1f\n" "$target" "$op" "$ops" "$(ratio "$ops" "${r_ops:-0}")" \
@@ -108,7 +117,7 @@ done
 echo
 echo "server CPU seconds per 1,000 operations (median of rounds; server processes only) and RSS at the end"
 printf "%-8s %14s  %s\n" target "cpu_s/1k_ops" "rss_mib per process"
-for target in redis single nosync cluster; do
+for target in redis single nosync cluster clnosync; do
   c=$(awk -v s="$target" '$1==s {print $2}' "$cpu" | median)
   rss=""
   for p in ${target_pids[$target]}; do

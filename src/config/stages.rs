@@ -15,8 +15,8 @@ pub struct PoolSection {
     /// priority while the controller is on.
     pub background_workers: usize,
     /// Microseconds the one spinning worker polls for work after handling events, before it
-    /// parks (0: never spin).
-    pub spin_us: u64,
+    /// parks (0: never spin). Absent: see [`Config::spin_us`].
+    pub spin_us: Option<u64>,
     /// Stages the intake's loop also runs between its turns (its thread domain): a request
     /// whose stages are all here is served on that one thread, with no wake-up. Workers
     /// still run them too when the loop is busy. Absent: parse, coordinate, replicate and
@@ -35,7 +35,7 @@ impl Default for PoolSection {
         PoolSection {
             workers: 0,
             background_workers: DEFAULT_BACKGROUND_WORKERS,
-            spin_us: DEFAULT_SPIN_US,
+            spin_us: None,
             intake_runs: None,
             reply_writer_from: None,
         }
@@ -65,11 +65,11 @@ pub struct StageTuning {
 /// second), so a burst of stale reads or a returning node does not turn into a burst of writes
 /// that competes with foreground requests. The resource controller will adjust it.
 const DEFAULT_BACKGROUND_RATE_PER_SEC: u64 = 1000;
-/// Default microseconds the pool's one spinner polls (yielding) before parking. Waking a
-/// parked thread costs ~50 µs on these VMs (benches/stage_hop.rs), about the gap between a
-/// client's reply and its next request on loopback, so a short spin catches the next request
-/// without a wake-up. Only one worker spins, and only after handling events: an idle node
-/// does not spin.
+/// Microseconds the pool's one spinner polls (yielding) before parking, by default while
+/// writes wait for the disk ([`Config::spin_us`]). Waking a parked thread costs ~50 µs on these
+/// VMs (benches/stage_hop.rs), about the gap between a client's reply and its next request on
+/// loopback, so a short spin catches the next event without a wake-up. Only one worker spins,
+/// and only after handling events: an idle node does not spin.
 const DEFAULT_SPIN_US: u64 = 200;
 /// One background worker: on two cores a second would only take more CPU from the
 /// foreground, and the background stages' gates pace their work anyway.
@@ -125,7 +125,7 @@ impl Config {
                 0 => PoolSettings::default_workers(),
                 n => n,
             },
-            spin: Duration::from_micros(self.pool.spin_us),
+            spin: Duration::from_micros(self.spin_us()),
             thread_name: "worker",
             nice_steps: 0,
         }
@@ -168,15 +168,35 @@ impl Config {
     /// commit stage the loop has time to spare, and the writer's wake-ups cost one node
     /// 31k against 39k ops/s with `sync = "always"`.
     pub fn reply_writer_from(&self) -> usize {
-        self.pool.reply_writer_from.unwrap_or(
-            if self.storage.sync == SyncMode::None
-                && self.cluster.durable_writes == Durability::None
-            {
-                DEFAULT_REPLY_WRITER_FROM
-            } else {
-                0
-            },
-        )
+        self.pool.reply_writer_from.unwrap_or(if self.writes_wait_for_disk() {
+            0
+        } else {
+            DEFAULT_REPLY_WRITER_FROM
+        })
+    }
+
+    /// How long the pool's one spinner polls before parking (`[pool] spin_us`, or its
+    /// default): 200 µs when writes wait for the disk, otherwise none. While writes wait, the
+    /// commit stage's flushes run on a worker, and a spinning worker takes each flush's answers
+    /// and the next batch without a wake-up (a 3-node loopback cluster with `sync = "always"`:
+    /// 12 % fewer ops/s without the spin). When nothing waits for the disk, every stage of a
+    /// request runs on the intake's loop, so a spinner finds little and takes the core the loop
+    /// (or, with nodes sharing a machine, another node) needs: the same cluster with `sync =
+    /// "none"` did 8-12 % more ops/s without it, one node the same within noise (5 interleaved
+    /// runs, `benches/results/spin-2026-12-04.txt`).
+    pub fn spin_us(&self) -> u64 {
+        self.pool.spin_us.unwrap_or(if self.writes_wait_for_disk() {
+            DEFAULT_SPIN_US
+        } else {
+            0
+        })
+    }
+
+    /// Whether the commit stage flushes beside the requests: `sync = "always"` (every write
+    /// waits for it) or `"periodic"` (a flush every interval), or `durable_writes` other than
+    /// `"none"` (the writes that ask wait for it).
+    fn writes_wait_for_disk(&self) -> bool {
+        self.storage.sync != SyncMode::None || self.cluster.durable_writes != Durability::None
     }
 
     /// Stages whose section still sets `spin_us`, which the pool no longer reads.

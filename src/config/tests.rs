@@ -148,3 +148,31 @@ fn intake_domain_holds_storage_but_never_the_flush_unless_configured() {
     let old = parse(&format!("{MINIMAL}\n[stages.parse]\nspin_us = 200\n")).expect("loads");
     assert_eq!(old.ignored_spin_keys(), vec![StageId::Parse]);
 }
+
+/// Goal: the pool spins, and the loop hands replies to the writer, by whether writes wait for
+/// the disk (the commit stage then works on a worker, and the loop has time to spare), unless
+/// the config says otherwise.
+#[test]
+fn pool_spins_only_while_writes_wait_for_the_disk_and_the_writer_only_while_none_do() {
+    let none = parse(&format!("{MINIMAL}\n[storage]\nsync = \"none\"\n")).expect("valid");
+    assert_eq!((none.spin_us(), none.reply_writer_from()), (0, 4));
+    assert_eq!(none.pool_settings().spin, std::time::Duration::ZERO);
+    let always = parse(MINIMAL).expect("valid");
+    assert_eq!((always.spin_us(), always.reply_writer_from()), (200, 0));
+    let periodic = parse(&format!("{MINIMAL}\n[storage]\nsync = \"periodic\"\n")).expect("valid");
+    assert_eq!((periodic.spin_us(), periodic.reply_writer_from()), (200, 0));
+    let buffered = parse(&format!(
+        "{MINIMAL}\n[storage]\nsync = \"none\"\n[cluster]\ndurable_writes = \"one\"\n"
+    ))
+    .expect("valid");
+    assert_eq!((buffered.spin_us(), buffered.reply_writer_from()), (200, 0));
+    let chosen = parse(&format!(
+        "{MINIMAL}\n[storage]\nsync = \"none\"\n[pool]\nspin_us = 50\nreply_writer_from = 0\n"
+    ))
+    .expect("valid");
+    assert_eq!((chosen.spin_us(), chosen.reply_writer_from()), (50, 0));
+    assert_eq!(
+        chosen.pool_settings().spin,
+        std::time::Duration::from_micros(50)
+    );
+}

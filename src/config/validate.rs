@@ -321,7 +321,7 @@ impl Config {
                 "must be in 0..=256 (0: one per core plus one)",
             ));
         }
-        if self.pool.spin_us > 100_000 {
+        if self.pool.spin_us.is_some_and(|s| s > 100_000) {
             return Err(invalid("pool.spin_us", "must be at most 100000"));
         }
         if let Some(stage) = self
