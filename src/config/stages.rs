@@ -168,11 +168,13 @@ impl Config {
     /// commit stage the loop has time to spare, and the writer's wake-ups cost one node
     /// 31k against 39k ops/s with `sync = "always"`.
     pub fn reply_writer_from(&self) -> usize {
-        self.pool.reply_writer_from.unwrap_or(if self.writes_wait_for_disk() {
-            0
-        } else {
-            DEFAULT_REPLY_WRITER_FROM
-        })
+        self.pool
+            .reply_writer_from
+            .unwrap_or(if self.writes_wait_for_disk() {
+                0
+            } else {
+                DEFAULT_REPLY_WRITER_FROM
+            })
     }
 
     /// How long the pool's one spinner polls before parking (`[pool] spin_us`, or its

@@ -218,7 +218,8 @@ impl VersionSet {
     /// dot is added only when the result covers no other live version; otherwise the writer
     /// gets its own context back, and its next put leaves this write as a sibling (an extra
     /// sibling, never a lost write). Checking the coordinator's set is enough: every live
-    /// version carrying one of its dots is in its own set, where it was created.
+    /// version carrying one of its actor's dots is in its own set, where it was created (a
+    /// crash, which could take some, ends the actor: `Store::actor`).
     pub fn write_context(&self, version: &Version) -> VClock {
         let mut candidate = version.past.clone();
         candidate.add_dot(&version.dot, version.timestamp_ms);

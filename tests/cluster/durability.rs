@@ -1,7 +1,12 @@
 //! Durability: what a node acknowledged is on disk. Reference: Dynamo §6.1; SPEC §7.
 
-use super::support::{config_text, values, write_config, NodeProcess, TestNode, CLIENT_TIMEOUT};
+use super::support::{
+    client_of, config_text, values, write_config, NodeProcess, ProcessCluster, TestCluster,
+    TestNode, CLIENT_TIMEOUT,
+};
 use shoal::client::RequestOptions;
+use shoal_stages::storage::actor_node;
+use shoal_stages::NodeId;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -183,4 +188,49 @@ fn put_reply_counts_the_durable_copies_each_mode_asked_for() {
         .delete_full(b"all", &read.context, options)
         .expect("delete");
     assert_eq!(deleted.durable_copies, 2);
+}
+
+/// Goal: a node's dots name an actor that a graceful restart keeps and a kill -9 replaces: a
+/// crash may have taken writes that other replicas hold, and a new dot of the old actor would
+/// make every context the node hands out cover them. The write from before the kill is still
+/// read (kill -9 loses nothing acknowledged). Reference: `Store::actor`.
+#[test]
+fn a_graceful_restart_keeps_the_dot_actor_and_a_kill_9_names_a_new_one() {
+    fn actor_of(mut client: shoal::client::Client, key: &[u8]) -> NodeId {
+        let set = client.get_local(key).expect("local read");
+        assert_eq!(set.len(), 1, "one version of {key:?}");
+        set.versions()[0].dot.node.clone()
+    }
+    let put = |mut client: shoal::client::Client, key: &[u8]| {
+        client
+            .put(key, None, b"v", RequestOptions::default())
+            .expect("put");
+    };
+    let mut cluster = TestCluster::start(1, 1, 1, 1, "");
+    put(cluster.client(0), b"a");
+    let first = actor_of(cluster.client(0), b"a");
+    assert_eq!(actor_node(&first), "n1");
+    cluster.stop(0);
+    cluster.restart(0);
+    put(cluster.client(0), b"b");
+    assert_eq!(
+        actor_of(cluster.client(0), b"b"),
+        first,
+        "kept over a graceful restart"
+    );
+
+    let mut processes = ProcessCluster::start(1, 1, 1, 1);
+    put(client_of(&processes.addrs[0]), b"a");
+    let first = actor_of(client_of(&processes.addrs[0]), b"a");
+    processes.kill(0);
+    processes.restart(0);
+    put(client_of(&processes.addrs[0]), b"b");
+    let second = actor_of(client_of(&processes.addrs[0]), b"b");
+    assert_ne!(second, first, "a kill -9 ends the actor");
+    assert_eq!(actor_node(&second), "n1");
+    assert_eq!(
+        actor_of(client_of(&processes.addrs[0]), b"a"),
+        first,
+        "the write survived the kill"
+    );
 }

@@ -126,9 +126,15 @@ impl Machine for CommitMachine {
         true
     }
 
+    /// The last flush, and the mark of a clean close (the next start keeps this run's dot
+    /// actor: `Store::close_cleanly`); the commit stage stops last, after every writer.
     fn on_stop(&mut self, _out: &mut Outbox) {
         if let Err(e) = self.store.persist() {
             error!(self.logger, "final journal flush failed"; "error" => %e);
+            return;
+        }
+        if let Err(e) = self.store.close_cleanly() {
+            error!(self.logger, "marking the directory closed cleanly failed"; "error" => %e);
         }
     }
 }

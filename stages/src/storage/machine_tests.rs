@@ -533,7 +533,7 @@ fn writes_reach_the_os_before_their_answer_and_a_failed_write_out_acknowledges_n
 
     // Another worker's write, visible before its own batch ends and writes it out.
     let other = machines.storage.store.clone();
-    let written = other.coordinate_put(b"d", &node(), &VClock::new(), Some(vec![4]), 1, &LIMITS);
+    let written = other.coordinate_put(b"d", &VClock::new(), Some(vec![4]), 1, &LIMITS);
     assert!(written.is_ok());
     machines
         .storage

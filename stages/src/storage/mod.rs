@@ -39,7 +39,8 @@ pub use commit::CommitMachine;
 pub use engine::{Engine, FjallEngine, Space};
 pub use memory::MemoryEngine;
 pub use store::{
-    StorageError, Store, VersionLimits, DEFAULT_OBJECT_CACHE_BYTES, MAX_STORABLE_KEY_BYTES,
+    actor_node, StorageError, Store, VersionLimits, DEFAULT_OBJECT_CACHE_BYTES,
+    MAX_STORABLE_KEY_BYTES,
 };
 
 use crate::error::ServiceError;
@@ -190,12 +191,11 @@ impl StorageMachine {
                 durable: _,
                 overwrite,
             } => {
-                let node = &self.settings.node;
                 let limits = &self.settings.limits;
                 let (set, version) = if overwrite {
-                    store.coordinate_overwrite(&key, node, &context, value, now_ms, limits)?
+                    store.coordinate_overwrite(&key, &context, value, now_ms, limits)?
                 } else {
-                    store.coordinate_put(&key, node, &context, value, now_ms, limits)?
+                    store.coordinate_put(&key, &context, value, now_ms, limits)?
                 };
                 StorageOutcome::Written { set, version }
             }

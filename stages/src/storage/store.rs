@@ -43,8 +43,22 @@ pub const DEFAULT_OBJECT_CACHE_BYTES: usize = 8 << 20;
 /// clock (µs) at every start, so a node that lost its data, or the writes a crash took, never
 /// reuses a dot that lives on in other replicas (two writes with one dot would never converge).
 const META_EPOCH: &str = "epoch";
+/// The actor that names this node's dots in this directory (see [`Store::actor`]).
+const META_ACTOR: &str = "actor";
+/// Present while the directory is closed cleanly: written by [`Store::close_cleanly`] after
+/// the last flush, removed (flushed) at every open, so an open that finds it knows the last
+/// run lost nothing.
+const META_CLEAN: &str = "clean";
 /// The membership as gossip last saved it (encoded by `wire`; storage only keeps the bytes).
 const META_MEMBERSHIP: &str = "membership";
+
+/// The node an actor ([`Store::actor`]) belongs to: its name before the last `@`.
+pub fn actor_node(actor: &NodeId) -> &str {
+    actor
+        .as_str()
+        .rsplit_once('@')
+        .map_or(actor.as_str(), |(node, _)| node)
+}
 
 /// Bytes before the key in a stored object key: partition (u32) and segment (u16).
 const LOCATION_BYTES: usize = 6;
@@ -151,6 +165,8 @@ pub struct Store {
     trees: Arc<Trees>,
     /// New dots' counters start above this (see `META_EPOCH`).
     counter_floor: u64,
+    /// Names this node's new dots (see [`Store::actor`]).
+    actor: NodeId,
 }
 
 /// What [`Store::transfer_batch`] read.
@@ -193,7 +209,7 @@ struct Location {
 impl Store {
     /// Opens (or creates) the fjall database in `dir` for `node` with Q = `partitions`,
     /// refusing another node's directory or another Q, and migrating a format-1 directory.
-    /// `now_ms` (the wall clock) sets the node's epoch if the directory is new.
+    /// `now_ms` (the wall clock) raises the node's epoch (and names a new actor, if one is due).
     pub fn open(
         dir: &Path,
         node: &NodeId,
@@ -219,6 +235,7 @@ impl Store {
             partitions: partitions.max(1),
             trees: Arc::new(Trees::new(partitions.max(1))),
             counter_floor: 0,
+            actor: node.clone(),
         };
         if check_identity(store.engine.as_ref(), node, store.partitions)? == Format::Legacy {
             store.migrate_legacy()?;
@@ -241,18 +258,76 @@ impl Store {
         // the coordinator replicated it), and a floor kept from before would let this node
         // make one of those dots again for another value. No key takes a million writes a
         // second from one node, so counters never catch up with the clock in microseconds.
-        // A clock set back keeps the floor where it was.
-        let floor = stored.unwrap_or(0).max(now_ms.saturating_mul(1000));
+        // A clock set back keeps the floor where it was, one above: the floor also names a
+        // crashed run's new actor (`open_actor`), which must differ from every earlier one.
+        let floor = stored
+            .map_or(0, |floor| floor.saturating_add(1))
+            .max(now_ms.saturating_mul(1000));
         if stored != Some(floor) {
             store
                 .engine
                 .insert(Space::Meta, META_EPOCH.as_bytes(), &floor.to_be_bytes())?;
         }
         store.counter_floor = floor;
+        store.actor = store.open_actor(node, floor)?;
         store.engine.persist()?;
         let held = store.count_hints()?.values().sum();
         store.hints_held.store(held, Ordering::Relaxed);
         Ok(store)
+    }
+
+    /// The actor of this run's dots: the one stored, if the last run closed cleanly, else a
+    /// new one, `<node>@<floor>` (Dynamo's vector clocks name a node; a restart after a crash
+    /// must name another, as Riak's vnodes take a new id after an unclean stop). Why: a crash
+    /// (a power loss with `sync = "none"` or `"periodic"`) can take this node's writes that
+    /// live on at other replicas, and a new dot of the same actor, whatever its counter, would
+    /// make every context that holds it (a put's, a read's) cover the lost ones too, so a
+    /// client's next put would supersede writes it never saw. A new actor's dots cover nothing
+    /// before them. A directory without a stored actor (new, or older than actors) takes a new
+    /// one too: a wiped directory's old dots live on at the replicas. The marker of a clean
+    /// close is removed here, so a crash during this run counts as one.
+    fn open_actor(&self, node: &NodeId, floor: u64) -> Result<NodeId, StorageError> {
+        let clean = self
+            .engine
+            .get(Space::Meta, META_CLEAN.as_bytes())?
+            .is_some();
+        let stored = self.engine.get(Space::Meta, META_ACTOR.as_bytes())?;
+        let kept = stored
+            .filter(|_| clean)
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .map(NodeId::new)
+            .filter(|actor| actor.is_valid() && actor_node(actor) == node.as_str());
+        let actor = match kept {
+            Some(actor) => actor,
+            None => {
+                let actor = NodeId::new(format!("{node}@{floor}"));
+                self.engine.insert(
+                    Space::Meta,
+                    META_ACTOR.as_bytes(),
+                    actor.as_str().as_bytes(),
+                )?;
+                actor
+            }
+        };
+        if clean {
+            self.engine.remove(Space::Meta, META_CLEAN.as_bytes())?;
+        }
+        Ok(actor)
+    }
+
+    /// The actor that names the dots this node makes: its id with the start it took it at
+    /// (`n1@1764860000000000`), kept over clean restarts, new after a crash ([`Store::open`]).
+    pub fn actor(&self) -> &NodeId {
+        &self.actor
+    }
+
+    /// Marks the directory closed cleanly, after a final flush: the next open keeps the actor.
+    /// Called by the commit stage as it stops, after every other writer stopped; nothing may
+    /// write after it (a write would then be lost by a crash the marker hides).
+    pub fn close_cleanly(&self) -> Result<(), StorageError> {
+        self.engine
+            .insert(Space::Meta, META_CLEAN.as_bytes(), &[1])?;
+        self.engine.persist().map(|_| ())
     }
 
     /// This store with an object cache of `bytes` (0: none) instead of the default. Before
@@ -322,18 +397,17 @@ impl Store {
     }
 
     /// The coordinator's write (SPEC §4): under the key's lock, reads the stored set, creates
-    /// the new version with a dot of `node`, and stores the result. Returns the set after the
+    /// the new version with a dot of this node's actor ([`Store::actor`]), and stores the result. Returns the set after the
     /// write and the new version. Durable only after [`Store::persist`].
     pub fn coordinate_put(
         &self,
         key: &[u8],
-        node: &NodeId,
         context: &VClock,
         value: Option<Vec<u8>>,
         now_ms: u64,
         limits: &VersionLimits,
     ) -> Result<(VersionSet, Version), StorageError> {
-        self.coordinate(key, node, (context, false), value, now_ms, limits)
+        self.coordinate(key, (context, false), value, now_ms, limits)
     }
 
     /// [`Store::coordinate_put`] that supersedes every version this node holds for the key,
@@ -343,19 +417,17 @@ impl Store {
     pub fn coordinate_overwrite(
         &self,
         key: &[u8],
-        node: &NodeId,
         context: &VClock,
         value: Option<Vec<u8>>,
         now_ms: u64,
         limits: &VersionLimits,
     ) -> Result<(VersionSet, Version), StorageError> {
-        self.coordinate(key, node, (context, true), value, now_ms, limits)
+        self.coordinate(key, (context, true), value, now_ms, limits)
     }
 
     fn coordinate(
         &self,
         key: &[u8],
-        node: &NodeId,
         (context, overwrite): (&VClock, bool),
         value: Option<Vec<u8>>,
         now_ms: u64,
@@ -381,7 +453,7 @@ impl Store {
                 context
             };
             let version = set.coordinate_put_above(
-                node,
+                &self.actor,
                 context,
                 value,
                 now_ms,

@@ -31,12 +31,12 @@ fn engines() -> Vec<(&'static str, Store, Option<tempfile::TempDir>)> {
 
 fn put(store: &Store, key: &[u8], context: &VClock, value: &[u8]) -> (VersionSet, Version) {
     store
-        .coordinate_put(key, &node(), context, Some(value.to_vec()), 1, &LIMITS)
+        .coordinate_put(key, context, Some(value.to_vec()), 1, &LIMITS)
         .expect("put")
 }
 
-/// Goal: an absent key reads as no versions; a put creates one version with this node's
-/// dot; a put with the returned context replaces it; blind puts add siblings up to the limit
+/// Goal: an absent key reads as no versions; a put creates one version with a dot of this
+/// node's actor; a put with the returned context replaces it; blind puts add siblings up to the limit
 /// and past it fail with nothing stored (and the object cache, whose set the refused put had
 /// moved out, still reads as what is stored). Both engines.
 #[test]
@@ -45,7 +45,8 @@ fn puts_version_and_bound_siblings_on_both_engines() {
         assert!(store.read(b"k").expect("read").is_empty(), "{name}");
         let (set, version) = put(&store, b"k", &VClock::new(), b"a");
         assert_eq!(set.len(), 1, "{name}");
-        assert_eq!(version.dot.node, node(), "{name}");
+        assert_eq!(&version.dot.node, store.actor(), "{name}");
+        assert_eq!(actor_node(store.actor()), "n1", "{name}");
         let (set, _) = put(&store, b"k", &set.context(), b"b");
         assert_eq!(
             set.live_values().collect::<Vec<_>>(),
@@ -54,14 +55,7 @@ fn puts_version_and_bound_siblings_on_both_engines() {
         );
         put(&store, b"k", &VClock::new(), b"c");
         put(&store, b"k", &VClock::new(), b"d");
-        let refused = store.coordinate_put(
-            b"k",
-            &node(),
-            &VClock::new(),
-            Some(b"e".to_vec()),
-            1,
-            &LIMITS,
-        );
+        let refused = store.coordinate_put(b"k", &VClock::new(), Some(b"e".to_vec()), 1, &LIMITS);
         assert!(
             matches!(
                 refused,
@@ -83,14 +77,7 @@ fn merges_are_idempotent_on_both_engines() {
     for (name, store, _dir) in engines() {
         let other = Store::with_engine(MemoryEngine::new(), &NodeId::new("n2"), Q, 0).expect("n2");
         let (theirs, _) = other
-            .coordinate_put(
-                b"k",
-                &NodeId::new("n2"),
-                &VClock::new(),
-                Some(b"x".to_vec()),
-                1,
-                &LIMITS,
-            )
+            .coordinate_put(b"k", &VClock::new(), Some(b"x".to_vec()), 1, &LIMITS)
             .expect("put");
         put(&store, b"k", &VClock::new(), b"a");
         let once = store.merge(b"k", &theirs).expect("merge");
@@ -279,14 +266,7 @@ fn memory_engine_crash_loses_exactly_the_unflushed_writes() {
         Err(StorageError::JournalFailed { .. })
     ));
     assert!(engine.poisoned());
-    let refused = store.coordinate_put(
-        b"refused",
-        &node(),
-        &VClock::new(),
-        Some(b"d".to_vec()),
-        1,
-        &LIMITS,
-    );
+    let refused = store.coordinate_put(b"refused", &VClock::new(), Some(b"d".to_vec()), 1, &LIMITS);
     assert!(matches!(refused, Err(StorageError::JournalFailed { .. })));
     let failure = store.failure().expect("a poisoned store reports why");
     assert!(
@@ -315,14 +295,7 @@ fn overwrites_supersede_every_stored_version_on_both_engines() {
 
         let overwrite = |value: &[u8]| {
             store
-                .coordinate_overwrite(
-                    b"k",
-                    &node(),
-                    &VClock::new(),
-                    Some(value.to_vec()),
-                    1,
-                    &LIMITS,
-                )
+                .coordinate_overwrite(b"k", &VClock::new(), Some(value.to_vec()), 1, &LIMITS)
                 .expect("overwrite")
         };
         overwrite(b"a");
@@ -403,4 +376,73 @@ fn the_object_cache_always_agrees_with_the_engine() {
         assert!(cached.object_cache_bytes() <= budget);
     }
     assert!(uncached.object_cache_bytes() == 0);
+}
+
+/// Goal: a crash gives the node a new actor, so that no context it hands out (a put's write
+/// context, a read's) covers a write the crash took here that another replica still holds, and
+/// a client's next put keeps that write as a sibling instead of superseding it unseen.
+/// Fails with one actor per node: the new dot's counter, above the lost one, covers it.
+#[test]
+fn a_crash_gives_the_node_a_new_actor_so_no_context_covers_the_writes_it_lost() {
+    let engine = MemoryEngine::new();
+    let first = Store::with_engine(engine.clone(), &node(), Q, 1_000).expect("opens");
+    let first_actor = first.actor().clone();
+    // x is replicated (`replica` holds its set) but never flushed here.
+    let (replica, lost) = put(&first, b"k", &VClock::new(), b"x");
+    drop(first);
+    engine.lose_power();
+    let second = Store::with_engine(engine.clone(), &node(), Q, 2_000).expect("reopens");
+    assert_ne!(second.actor(), &first_actor, "a crash ends the actor");
+    assert_eq!(actor_node(second.actor()), "n1");
+    assert!(
+        second.read(b"k").expect("read").is_empty(),
+        "x is lost here"
+    );
+
+    let (set, version) = put(&second, b"k", &VClock::new(), b"y");
+    let write_context = set.write_context(&version);
+    assert!(!write_context.covers(&lost.dot), "a put's context covers x");
+    assert!(
+        !set.context().covers(&lost.dot),
+        "a read's context covers x"
+    );
+    let (after, _) = put(&second, b"k", &write_context, b"z");
+    let mut merged = replica.clone();
+    merged.merge(&after);
+    let mut values: Vec<_> = merged.live_values().collect();
+    values.sort();
+    assert_eq!(values, vec![&b"x"[..], &b"z"[..]], "x survives beside z");
+}
+
+/// Goal: a clean close keeps the actor over a restart (its dots are all on disk); a restart
+/// after a run that did not close cleanly takes a new one, even with the clock set back; a
+/// directory without an actor (new, or wiped) takes a new one, named by the clock.
+#[test]
+fn a_clean_close_keeps_the_actor_and_a_crash_or_a_wipe_never_does() {
+    let engine = MemoryEngine::new();
+    let store = Store::with_engine(engine.clone(), &node(), Q, 1_000).expect("opens");
+    let actor = store.actor().clone();
+    assert_eq!(actor.as_str(), "n1@1000000");
+    put(&store, b"k", &VClock::new(), b"a");
+    store.close_cleanly().expect("closes");
+    drop(store);
+    let kept = Store::with_engine(engine.clone(), &node(), Q, 2_000).expect("reopens");
+    assert_eq!(kept.actor(), &actor, "a clean close keeps the actor");
+    drop(kept); // no clean close: a crash
+    let crashed = Store::with_engine(engine.clone(), &node(), Q, 3_000).expect("reopens");
+    let crashed_actor = crashed.actor().clone();
+    assert_ne!(crashed_actor, actor, "a crash takes a new actor");
+    drop(crashed);
+    let clock_back = Store::with_engine(engine, &node(), Q, 500).expect("reopens");
+    assert!(
+        clock_back.actor() != &crashed_actor && clock_back.actor() != &actor,
+        "a clock set back still names a new actor: {}",
+        clock_back.actor()
+    );
+    // A wiped directory knows no earlier start: its actor is new by the clock alone.
+    let wiped = Store::with_engine(MemoryEngine::new(), &node(), Q, 4_000).expect("opens");
+    assert!(
+        ![&actor, &crashed_actor, clock_back.actor()].contains(&wiped.actor()),
+        "a wiped directory takes a new actor"
+    );
 }

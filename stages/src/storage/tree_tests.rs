@@ -26,14 +26,7 @@ fn key(i: u32) -> Vec<u8> {
 
 fn put(store: &Store, i: u32, value: &[u8]) -> VersionSet {
     store
-        .coordinate_put(
-            &key(i),
-            &node(),
-            &VClock::new(),
-            Some(value.to_vec()),
-            1,
-            &LIMITS,
-        )
+        .coordinate_put(&key(i), &VClock::new(), Some(value.to_vec()), 1, &LIMITS)
         .expect("put")
         .0
 }
@@ -41,14 +34,7 @@ fn put(store: &Store, i: u32, value: &[u8]) -> VersionSet {
 fn overwrite(store: &Store, i: u32, value: &[u8]) {
     let set = store.read(&key(i)).expect("read");
     store
-        .coordinate_put(
-            &key(i),
-            &node(),
-            &set.context(),
-            Some(value.to_vec()),
-            2,
-            &LIMITS,
-        )
+        .coordinate_put(&key(i), &set.context(), Some(value.to_vec()), 2, &LIMITS)
         .expect("overwrite");
 }
 
