@@ -9,6 +9,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// entry, so a bound keeps a hostile peer from inflating every stored object.
 pub const MAX_NODE_ID_BYTES: usize = 64;
 
+/// Longest actor name (a dot's or clock entry's: a node's name, `@` and its epoch, up to 20
+/// digits; `Store::actor`).
+pub const MAX_ACTOR_BYTES: usize = MAX_NODE_ID_BYTES + 21;
+
 /// A node's stable name (e.g. `"n1"`), chosen by the operator in the node's config.
 ///
 /// Ordered, so that maps keyed by node iterate deterministically (the simulator and the ring
@@ -82,8 +86,14 @@ impl NodeId {
     /// Whether the name is usable: non-empty, at most [`MAX_NODE_ID_BYTES`], printable ASCII
     /// without spaces (so it can appear in logs, stats tables and file names unquoted).
     pub fn is_valid(&self) -> bool {
+        self.0.len() <= MAX_NODE_ID_BYTES && self.is_valid_actor()
+    }
+
+    /// Whether the name is usable as an actor, the name a dot or a clock entry carries: as
+    /// [`NodeId::is_valid`], at most [`MAX_ACTOR_BYTES`].
+    pub fn is_valid_actor(&self) -> bool {
         !self.0.is_empty()
-            && self.0.len() <= MAX_NODE_ID_BYTES
+            && self.0.len() <= MAX_ACTOR_BYTES
             && self.0.bytes().all(|b| b.is_ascii_graphic())
     }
 

@@ -411,8 +411,11 @@ fn check_versions(
                 version.past.len()
             )));
         }
-        let nodes_valid =
-            version.dot.node.is_valid() && version.past.entries().all(|(node, _)| node.is_valid());
+        let nodes_valid = version.dot.node.is_valid_actor()
+            && version
+                .past
+                .entries()
+                .all(|(node, _)| node.is_valid_actor());
         if !nodes_valid {
             return Err(malformed("a version names an invalid node".into()));
         }

@@ -296,7 +296,7 @@ impl Store {
             .filter(|_| clean)
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .map(NodeId::new)
-            .filter(|actor| actor.is_valid() && actor_node(actor) == node.as_str());
+            .filter(|actor| actor.is_valid_actor() && actor_node(actor) == node.as_str());
         let actor = match kept {
             Some(actor) => actor,
             None => {

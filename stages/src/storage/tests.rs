@@ -446,3 +446,20 @@ fn a_clean_close_keeps_the_actor_and_a_crash_or_a_wipe_never_does() {
         "a wiped directory takes a new actor"
     );
 }
+
+/// Goal: the longest node name a config accepts, at the latest epoch, still makes an actor
+/// that replicas accept in dots and clocks (they check `is_valid_actor`), and no longer name
+/// passes.
+#[test]
+fn the_longest_node_name_makes_an_actor_replicas_accept() {
+    use crate::node_id::{MAX_ACTOR_BYTES, MAX_NODE_ID_BYTES};
+    let node = NodeId::new("n".repeat(MAX_NODE_ID_BYTES));
+    assert!(node.is_valid());
+    let store = Store::with_engine(MemoryEngine::new(), &node, Q, u64::MAX / 1000).expect("opens");
+    assert!(store.actor().is_valid_actor(), "{}", store.actor());
+    assert!(
+        !store.actor().is_valid(),
+        "an actor is longer than a member's name may be"
+    );
+    assert!(!NodeId::new("n".repeat(MAX_ACTOR_BYTES + 1)).is_valid_actor());
+}

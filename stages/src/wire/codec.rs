@@ -151,7 +151,7 @@ fn decode_context_body(bytes: &[u8]) -> Result<VClock, ServiceError> {
             ),
         });
     }
-    if let Some((node, _)) = clock.entries().find(|(node, _)| !node.is_valid()) {
+    if let Some((node, _)) = clock.entries().find(|(node, _)| !node.is_valid_actor()) {
         return Err(ServiceError::BadContext {
             reason: format!("invalid node name {:?} in context", node.as_str()),
         });
