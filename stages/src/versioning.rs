@@ -1,6 +1,7 @@
 //! Data versioning (Dynamo §4.4) with dotted versions, the fix Riak needed (SPEC §3).
 //!
-//! Every stored version carries its **dot**, the `(node, counter)` of the write that created it,
+//! Every stored version carries its **dot**, the `(actor, counter)` of the write that created it
+//! (the actor names the coordinating node and its run since its last crash: `Store::actor`),
 //! beside its **past**, the client context it was written with. A version `v` is obsolete exactly
 //! when some clock that a writer had seen covers `v.dot`:
 //! - a put with context `C` removes the stored versions whose dots `C` covers, keeps the rest as
@@ -141,8 +142,8 @@ impl VersionSet {
         context
     }
 
-    /// The highest counter `node` has used for this object, in any dot or past.
-    fn max_counter(&self, node: &NodeId) -> u64 {
+    /// The highest counter `node` (an actor) has used for this object, in any dot or past.
+    pub(crate) fn max_counter(&self, node: &NodeId) -> u64 {
         self.versions
             .iter()
             .map(|v| {
@@ -219,7 +220,8 @@ impl VersionSet {
     /// gets its own context back, and its next put leaves this write as a sibling (an extra
     /// sibling, never a lost write). Checking the coordinator's set is enough: every live
     /// version carrying one of its actor's dots is in its own set, where it was created (a
-    /// crash, which could take some, ends the actor: `Store::actor`).
+    /// crash, or a drop or purge of a set holding its counters, ends the actor first:
+    /// `storage/store/actor.rs`).
     pub fn write_context(&self, version: &Version) -> VClock {
         let mut candidate = version.past.clone();
         candidate.add_dot(&version.dot, version.timestamp_ms);

@@ -150,3 +150,29 @@ fn a_handoff_batch_is_peer_only_checked_and_routed_to_handoff() {
         Some(ServiceError::ValueTooLarge { size: 17, max: 16 })
     );
 }
+
+/// Goal: a peer's versions whose dots and clock entries name the longest actor a node can have
+/// (its longest name, `@`, a 20-digit epoch) are accepted; a longer name is refused.
+#[test]
+fn versions_naming_the_longest_actors_pass_and_longer_names_do_not() {
+    use crate::node_id::{MAX_ACTOR_BYTES, MAX_NODE_ID_BYTES};
+    use crate::NodeId;
+    let set_by = |actor: &NodeId| {
+        let mut set = VersionSet::new();
+        set.coordinate_put(actor, &VClock::new(), Some(b"a".to_vec()), 1, 10)
+            .expect("first");
+        let context = set.context();
+        set.coordinate_put(actor, &context, Some(b"b".to_vec()), 2, 10)
+            .expect("second");
+        assert!(set.versions()[0].past.entries().any(|(n, _)| n == actor));
+        set
+    };
+    let longest = NodeId::new(format!("{}@{}", "n".repeat(MAX_NODE_ID_BYTES), u64::MAX));
+    assert_eq!(longest.as_str().len(), MAX_ACTOR_BYTES);
+    assert!(check_versions(&settings(), set_by(&longest)).is_ok());
+    let longer = NodeId::new("n".repeat(MAX_ACTOR_BYTES + 1));
+    assert!(matches!(
+        check_versions(&settings(), set_by(&longer)),
+        Err(ServiceError::MalformedFrame { .. })
+    ));
+}

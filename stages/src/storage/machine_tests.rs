@@ -568,3 +568,31 @@ fn writes_reach_the_os_before_their_answer_and_a_failed_write_out_acknowledges_n
         "the write is refused, the read answered"
     );
 }
+
+/// Goal: the commit stage's stop marks the directory closed cleanly only after its final flush
+/// succeeded: the next open keeps the actor after a good stop, and names a new one after a
+/// stop whose flush failed (what that flush covered may be lost).
+#[test]
+fn the_commit_stage_marks_a_clean_close_only_after_its_final_flush() {
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let mut out = Outbox::default();
+    let engine = MemoryEngine::new();
+    let store = Store::with_engine(engine.clone(), &node(), Q, 1_000).expect("opens");
+    let actor = store.actor();
+    CommitMachine::new(store, logger.clone()).on_stop(&mut out);
+    let store = Store::with_engine(engine.clone(), &node(), Q, 2_000).expect("reopens");
+    assert_eq!(store.actor(), actor, "a good stop keeps the actor");
+
+    store
+        .coordinate_put(b"k", &VClock::new(), Some(b"v".to_vec()), 1, &LIMITS)
+        .expect("put");
+    engine.fail_flushes(1);
+    CommitMachine::new(store, logger).on_stop(&mut out);
+    engine.restart();
+    let store = Store::with_engine(engine, &node(), Q, 3_000).expect("reopens");
+    assert_ne!(
+        store.actor(),
+        actor,
+        "a failed final flush is no clean close"
+    );
+}

@@ -83,7 +83,7 @@ impl fmt::Display for SyncMode {
 /// Settings of the storage stage.
 #[derive(Clone, Debug)]
 pub struct StorageSettings {
-    /// This node (the coordinator id in new dots).
+    /// This node (its actor, `Store::actor`, names the dots it makes).
     pub node: NodeId,
     /// Durability mode.
     pub sync: SyncMode,

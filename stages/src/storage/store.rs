@@ -22,9 +22,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+mod actor;
 mod hints;
 mod identity;
 mod partitions;
+
+pub use actor::actor_node;
+use actor::{lock_actor, Actor};
 
 use identity::{check_identity, Format};
 
@@ -39,26 +43,8 @@ const LOCK_STRIPES: usize = 256;
 /// The object cache's budget unless the node sets one ([`Store::with_object_cache`]).
 pub const DEFAULT_OBJECT_CACHE_BYTES: usize = 8 << 20;
 
-/// The node's epoch in this directory: the floor of its new dots' counters, raised to the wall
-/// clock (µs) at every start, so a node that lost its data, or the writes a crash took, never
-/// reuses a dot that lives on in other replicas (two writes with one dot would never converge).
-const META_EPOCH: &str = "epoch";
-/// The actor that names this node's dots in this directory (see [`Store::actor`]).
-const META_ACTOR: &str = "actor";
-/// Present while the directory is closed cleanly: written by [`Store::close_cleanly`] after
-/// the last flush, removed (flushed) at every open, so an open that finds it knows the last
-/// run lost nothing.
-const META_CLEAN: &str = "clean";
 /// The membership as gossip last saved it (encoded by `wire`; storage only keeps the bytes).
 const META_MEMBERSHIP: &str = "membership";
-
-/// The node an actor ([`Store::actor`]) belongs to: its name before the last `@`.
-pub fn actor_node(actor: &NodeId) -> &str {
-    actor
-        .as_str()
-        .rsplit_once('@')
-        .map_or(actor.as_str(), |(node, _)| node)
-}
 
 /// Bytes before the key in a stored object key: partition (u32) and segment (u16).
 const LOCATION_BYTES: usize = 6;
@@ -163,10 +149,11 @@ pub struct Store {
     partitions: u32,
     /// One Merkle tree per partition, updated by every write.
     trees: Arc<Trees>,
-    /// New dots' counters start above this (see `META_EPOCH`).
-    counter_floor: u64,
-    /// Names this node's new dots (see [`Store::actor`]).
-    actor: NodeId,
+    /// This node.
+    node: NodeId,
+    /// The actor that names this node's new dots and their counters' floor, shared by every
+    /// clone (a removal may renew it: see `actor.rs`).
+    actor: Arc<Mutex<Actor>>,
 }
 
 /// What [`Store::transfer_batch`] read.
@@ -228,106 +215,27 @@ impl Store {
         partitions: u32,
         now_ms: u64,
     ) -> Result<Store, StorageError> {
-        let mut store = Store {
+        let store = Store {
             engine,
             locks: stripes(DEFAULT_OBJECT_CACHE_BYTES),
             hints_held: Arc::new(AtomicU64::new(0)),
             partitions: partitions.max(1),
             trees: Arc::new(Trees::new(partitions.max(1))),
-            counter_floor: 0,
-            actor: node.clone(),
+            node: node.clone(),
+            actor: Arc::new(Mutex::new(Actor {
+                name: node.clone(),
+                floor: 0,
+            })),
         };
         if check_identity(store.engine.as_ref(), node, store.partitions)? == Format::Legacy {
             store.migrate_legacy()?;
         }
-        let stored = match store.engine.get(Space::Meta, META_EPOCH.as_bytes())? {
-            Some(bytes) => Some(
-                <[u8; 8]>::try_from(bytes.as_slice())
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| StorageError::UnknownFormat {
-                        found: "2 with an unreadable epoch".to_string(),
-                    })?,
-            ),
-            // A directory from before epochs, or one whose creation crashed before its epoch
-            // was flushed.
-            None => None,
-        };
-        // Raised to the clock at every start, not only when the directory is new (raising the
-        // floor is always safe): a crash can lose writes here that live on at other replicas
-        // (a power loss with sync = "none" or "periodic" takes what was not flushed, after
-        // the coordinator replicated it), and a floor kept from before would let this node
-        // make one of those dots again for another value. No key takes a million writes a
-        // second from one node, so counters never catch up with the clock in microseconds.
-        // A clock set back keeps the floor where it was, one above: the floor also names a
-        // crashed run's new actor (`open_actor`), which must differ from every earlier one.
-        let floor = stored
-            .map_or(0, |floor| floor.saturating_add(1))
-            .max(now_ms.saturating_mul(1000));
-        if stored != Some(floor) {
-            store
-                .engine
-                .insert(Space::Meta, META_EPOCH.as_bytes(), &floor.to_be_bytes())?;
-        }
-        store.counter_floor = floor;
-        store.actor = store.open_actor(node, floor)?;
+        let actor = store.open_actor(now_ms)?;
+        *lock_actor(&store.actor) = actor;
         store.engine.persist()?;
         let held = store.count_hints()?.values().sum();
         store.hints_held.store(held, Ordering::Relaxed);
         Ok(store)
-    }
-
-    /// The actor of this run's dots: the one stored, if the last run closed cleanly, else a
-    /// new one, `<node>@<floor>` (Dynamo's vector clocks name a node; a restart after a crash
-    /// must name another, as Riak's vnodes take a new id after an unclean stop). Why: a crash
-    /// (a power loss with `sync = "none"` or `"periodic"`) can take this node's writes that
-    /// live on at other replicas, and a new dot of the same actor, whatever its counter, would
-    /// make every context that holds it (a put's, a read's) cover the lost ones too, so a
-    /// client's next put would supersede writes it never saw. A new actor's dots cover nothing
-    /// before them. A directory without a stored actor (new, or older than actors) takes a new
-    /// one too: a wiped directory's old dots live on at the replicas. The marker of a clean
-    /// close is removed here, so a crash during this run counts as one.
-    fn open_actor(&self, node: &NodeId, floor: u64) -> Result<NodeId, StorageError> {
-        let clean = self
-            .engine
-            .get(Space::Meta, META_CLEAN.as_bytes())?
-            .is_some();
-        let stored = self.engine.get(Space::Meta, META_ACTOR.as_bytes())?;
-        let kept = stored
-            .filter(|_| clean)
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .map(NodeId::new)
-            .filter(|actor| actor.is_valid_actor() && actor_node(actor) == node.as_str());
-        let actor = match kept {
-            Some(actor) => actor,
-            None => {
-                let actor = NodeId::new(format!("{node}@{floor}"));
-                self.engine.insert(
-                    Space::Meta,
-                    META_ACTOR.as_bytes(),
-                    actor.as_str().as_bytes(),
-                )?;
-                actor
-            }
-        };
-        if clean {
-            self.engine.remove(Space::Meta, META_CLEAN.as_bytes())?;
-        }
-        Ok(actor)
-    }
-
-    /// The actor that names the dots this node makes: its id with the start it took it at
-    /// (`n1@1764860000000000`), kept over clean restarts, new after a crash ([`Store::open`]).
-    pub fn actor(&self) -> &NodeId {
-        &self.actor
-    }
-
-    /// Marks the directory closed cleanly, after a final flush: the next open keeps the actor.
-    /// Called by the commit stage as it stops, after every other writer stopped; nothing may
-    /// write after it (a write would then be lost by a crash the marker hides).
-    pub fn close_cleanly(&self) -> Result<(), StorageError> {
-        self.engine
-            .insert(Space::Meta, META_CLEAN.as_bytes(), &[1])?;
-        self.engine.persist().map(|_| ())
     }
 
     /// This store with an object cache of `bytes` (0: none) instead of the default. Before
@@ -452,13 +360,16 @@ impl Store {
             } else {
                 context
             };
+            // Read under the key's lock: a removal of this key that renewed the actor
+            // (`renew_actor_if_removing`) happened before it, under the same lock.
+            let actor = self.current_actor();
             let version = set.coordinate_put_above(
-                &self.actor,
+                &actor.name,
                 context,
                 value,
                 now_ms,
                 limits.max_clock_entries,
-                self.counter_floor,
+                actor.floor,
             )?;
             // Bounded here, at the coordinator, and not on replica merges: a replica must
             // accept what a coordinator accepted, or replicas would diverge.

@@ -304,6 +304,7 @@ impl Store {
         if &stored != set {
             return Ok(false);
         }
+        self.renew_actor_if_removing(&stored)?;
         let mut tree = self.trees.lock(location.partition);
         self.engine.remove(Space::Objects, &location.stored)?;
         stripe.remove(&location.stored);

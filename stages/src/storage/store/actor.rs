@@ -1,0 +1,159 @@
+//! The actor that names this node's dots (Dynamo §4.4's "node" of a vector clock entry), its
+//! counters' floor, and when both change.
+//!
+//! A dot's counter says "this actor's events 1..=c": a context holding `n1:7` covers every
+//! dot `n1:c` with `c <= 7`. That is only true if every live version carrying a dot of `n1` is
+//! in `n1`'s own stored set, where it was made (`VersionSet::write_context` relies on it, and a
+//! read's context is the join of what it saw). Three things break it, and each ends the actor:
+//! - **a crash**: a power loss with `sync = "none"` or `"periodic"` can take writes of this node
+//!   that other replicas hold. A later dot of the same actor, whatever its counter, would make
+//!   every context the node hands out cover them, so a client's next put would supersede
+//!   writes it never saw. So an open after anything but a clean close (and in a new or wiped
+//!   directory, whose old dots live on at the replicas) names a new actor, as Riak's vnodes
+//!   take a new id after an unclean stop.
+//! - **a local removal**: a partition dropped after a transfer, or a tombstone purged, takes
+//!   a set with this actor's counters from the node. A later put of that key would start its
+//!   counter from the floor again: it could make a dot it made before (two writes under one dot
+//!   never converge) or cover the dropped versions, which live on at the new owners. So a
+//!   removal of a set that holds a counter of the current actor renews it first.
+//! - nothing else: a clean close (the commit stage's last flush) keeps the actor.
+
+use super::*;
+
+/// The node's epoch in this directory: the floor of its new dots' counters, raised at every
+/// start to the wall clock (µs) and at least by one, and by one at every renewal; it also names
+/// every new actor, so no two runs or renewals share a name.
+const META_EPOCH: &str = "epoch";
+/// The actor that names this node's dots in this directory.
+const META_ACTOR: &str = "actor";
+/// Present while the directory is closed cleanly: written by [`Store::close_cleanly`] after
+/// the last flush, removed (and flushed) at every open, so an open that finds it knows the
+/// last run lost nothing.
+const META_CLEAN: &str = "clean";
+
+/// The actor of the dots this node makes now, and the floor of their counters.
+#[derive(Clone, Debug)]
+pub(super) struct Actor {
+    /// `<node>@<epoch>`.
+    pub(super) name: NodeId,
+    /// New dots' counters start above this.
+    pub(super) floor: u64,
+}
+
+/// The node an actor ([`Store::actor`]) belongs to: its name before the last `@`.
+pub fn actor_node(actor: &NodeId) -> &str {
+    actor
+        .as_str()
+        .rsplit_once('@')
+        .map_or(actor.as_str(), |(node, _)| node)
+}
+
+/// The actor's lock; a panic under it leaves a whole `Actor` behind.
+pub(super) fn lock_actor(actor: &Mutex<Actor>) -> MutexGuard<'_, Actor> {
+    actor.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Store {
+    /// The epoch and the actor of the run that opens the directory (see the module's doc):
+    /// the stored actor if the last run closed cleanly, else a new one, `<node>@<epoch>`. The
+    /// epoch rises to `now_ms` (in µs: no key takes a million writes a second from one node,
+    /// so counters never catch the clock) and by at least one (a clock set back still names a
+    /// new actor). The marker of a clean close is removed, so a crash during this run counts as
+    /// one. The caller flushes before the node serves.
+    pub(super) fn open_actor(&self, now_ms: u64) -> Result<Actor, StorageError> {
+        let stored = match self.engine.get(Space::Meta, META_EPOCH.as_bytes())? {
+            Some(bytes) => Some(
+                <[u8; 8]>::try_from(bytes.as_slice())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StorageError::UnknownFormat {
+                        found: "2 with an unreadable epoch".to_string(),
+                    })?,
+            ),
+            // A directory from before epochs, or one whose creation crashed before its epoch
+            // was flushed.
+            None => None,
+        };
+        let floor = match stored {
+            Some(epoch) => epoch.checked_add(1).ok_or_else(|| self.epoch_exhausted())?,
+            None => 0,
+        }
+        .max(now_ms.saturating_mul(1000));
+        self.engine
+            .insert(Space::Meta, META_EPOCH.as_bytes(), &floor.to_be_bytes())?;
+        let clean = self
+            .engine
+            .get(Space::Meta, META_CLEAN.as_bytes())?
+            .is_some();
+        let kept = self
+            .engine
+            .get(Space::Meta, META_ACTOR.as_bytes())?
+            .filter(|_| clean)
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .map(NodeId::new)
+            .filter(|actor| actor.is_valid_actor() && actor_node(actor) == self.node.as_str());
+        let name = match kept {
+            Some(name) => name,
+            None => self.name_actor(floor)?,
+        };
+        if clean {
+            self.engine.remove(Space::Meta, META_CLEAN.as_bytes())?;
+        }
+        Ok(Actor { name, floor })
+    }
+
+    /// A new actor named by `epoch`, stored (flushed by whatever flush comes next: a crash
+    /// before it names another at the next open anyway).
+    fn name_actor(&self, epoch: u64) -> Result<NodeId, StorageError> {
+        let name = NodeId::new(format!("{}@{epoch}", self.node));
+        self.engine
+            .insert(Space::Meta, META_ACTOR.as_bytes(), name.as_str().as_bytes())?;
+        Ok(name)
+    }
+
+    fn epoch_exhausted(&self) -> StorageError {
+        StorageError::Version(crate::versioning::VersionError::CounterOverflow {
+            node: self.node.clone(),
+        })
+    }
+
+    /// The actor that names the dots this node makes now: its id and the epoch it took it at
+    /// (`n1@1764860000000000`); kept over clean restarts, new after a crash and after a removal
+    /// of a set that held its counters (see the module's doc).
+    pub fn actor(&self) -> NodeId {
+        lock_actor(&self.actor).name.clone()
+    }
+
+    /// The actor and floor for a new dot.
+    pub(super) fn current_actor(&self) -> Actor {
+        lock_actor(&self.actor).clone()
+    }
+
+    /// Before `set` leaves this node by a local removal (a drop or a purge; called under the
+    /// key's lock): if it holds a counter of the current actor, a new actor takes over, named
+    /// by the epoch plus one (stored, so the next start's epoch is above it).
+    pub(super) fn renew_actor_if_removing(&self, set: &VersionSet) -> Result<(), StorageError> {
+        let mut actor = lock_actor(&self.actor);
+        if set.max_counter(&actor.name) == 0 {
+            return Ok(());
+        }
+        // The floor is the stored epoch (the open and every renewal store it).
+        let epoch = actor
+            .floor
+            .checked_add(1)
+            .ok_or_else(|| self.epoch_exhausted())?;
+        self.engine
+            .insert(Space::Meta, META_EPOCH.as_bytes(), &epoch.to_be_bytes())?;
+        let name = self.name_actor(epoch)?;
+        *actor = Actor { name, floor: epoch };
+        Ok(())
+    }
+
+    /// Marks the directory closed cleanly, after a final flush: the next open keeps the actor.
+    /// Called by the commit stage as it stops, after every other writer stopped; nothing may
+    /// write after it (a write would then be lost by a crash the marker hides).
+    pub fn close_cleanly(&self) -> Result<(), StorageError> {
+        self.engine
+            .insert(Space::Meta, META_CLEAN.as_bytes(), &[1])?;
+        self.engine.persist().map(|_| ())
+    }
+}
