@@ -220,7 +220,7 @@ impl VersionSet {
     /// gets its own context back, and its next put leaves this write as a sibling (an extra
     /// sibling, never a lost write). Checking the coordinator's set is enough: every live
     /// version carrying one of its actor's dots is in its own set, where it was created (a
-    /// crash, or a drop or purge of a set holding its counters, ends the actor first:
+    /// crash, or a partition's drop of a set holding its counters, ends the actor first:
     /// `storage/store/actor.rs`).
     pub fn write_context(&self, version: &Version) -> VClock {
         let mut candidate = version.past.clone();

@@ -28,7 +28,7 @@ mod identity;
 mod partitions;
 
 pub use actor::actor_node;
-use actor::{lock_actor, Actor};
+use actor::{lock_actor, Actor, Removal};
 
 use identity::{check_identity, Format};
 
@@ -360,8 +360,8 @@ impl Store {
             } else {
                 context
             };
-            // Read under the key's lock: a removal of this key that renewed the actor
-            // (`renew_actor_if_removing`) happened before it, under the same lock.
+            // Read under the key's lock: a removal of this key that renewed the actor or raised
+            // its floor (`before_removal`) happened before it, under the same lock.
             let actor = self.current_actor();
             let version = set.coordinate_put_above(
                 &actor.name,

@@ -466,37 +466,66 @@ fn the_longest_node_name_makes_an_actor_replicas_accept() {
     assert!(!NodeId::new("n".repeat(MAX_ACTOR_BYTES + 1)).is_valid_actor());
 }
 
-/// Goal: a local removal of a set holding the current actor's counters (a purged tombstone, a
-/// dropped partition's key) renews the actor first, so a later put of the key never makes a
-/// dot made before, nor one that an old context covers; a removal of a set without them
-/// keeps the actor; a clean restart keeps the renewed one.
-/// Fails without the renewal: the put after the purge makes the same dot again.
+/// Goal: after a local removal of a set holding the current actor's counters, a later put of
+/// the key never makes a dot made before, nor one an old context covers: a purge raises the
+/// floor (same actor), a partition's drop renews the actor (the dropped versions live on at the
+/// owners, and a new dot of the old actor would cover them); a removal of another actor's set
+/// changes neither; a clean restart keeps the renewed actor.
+/// Fails without `before_removal`: the put after the purge makes the same dot again.
 #[test]
-fn a_removal_of_the_actors_versions_renews_it_so_no_dot_is_made_twice() {
+fn a_removal_of_the_actors_versions_never_lets_a_dot_be_made_twice() {
     let engine = MemoryEngine::new();
     let store = Store::with_engine(engine.clone(), &node(), Q, 1_000).expect("opens");
-    let before = store.actor();
+    let actor = store.actor();
     let (set, deleted) = store
         .coordinate_put(b"k", &VClock::new(), None, 1, &LIMITS)
         .expect("delete");
     let old_context = set.context();
     assert!(store.purge_if_unchanged(b"k", &set).expect("purges"));
-    let renewed = store.actor();
-    assert_ne!(renewed, before, "the purge renewed the actor");
-    let (_, again) = put(&store, b"k", &VClock::new(), b"again");
+    assert_eq!(store.actor(), actor, "a purge keeps the actor");
+    let (set, again) = put(&store, b"k", &VClock::new(), b"again");
     assert_ne!(again.dot, deleted.dot, "a dot made twice");
     assert!(
         !old_context.covers(&again.dot),
         "an old context covers the new write"
     );
 
+    let partition_of =
+        |key: &[u8]| crate::ring::partition_of_position(Q, crate::ring::key_position(key)).0;
+    let dropped_context = set.context();
+    let dropped = store
+        .drop_partition(partition_of(b"k"), 100, || true)
+        .expect("drops");
+    assert_eq!(dropped, (1, true));
+    let renewed = store.actor();
+    assert_ne!(renewed, actor, "a drop renews the actor");
+    let (set, back) = put(&store, b"k", &VClock::new(), b"back");
+    assert_eq!(back.dot.node, renewed);
+    assert_ne!(back.dot, again.dot, "a dot made twice");
+    assert!(
+        !dropped_context.covers(&back.dot),
+        "an old context covers the new write"
+    );
+    assert!(
+        !set.write_context(&back).covers(&again.dot),
+        "the new write's context covers the dropped version the owners hold"
+    );
+
+    // Another actor's set, in another partition, dropped: nothing changes.
+    let other_key = (0u32..)
+        .map(|i| format!("j{i}").into_bytes())
+        .find(|key| partition_of(key) != partition_of(b"k"))
+        .expect("a key elsewhere");
     let other =
         Store::with_engine(MemoryEngine::new(), &NodeId::new("n2"), Q, 1_000).expect("n2 opens");
     let (theirs, _) = other
-        .coordinate_put(b"j", &VClock::new(), None, 1, &LIMITS)
+        .coordinate_put(&other_key, &VClock::new(), None, 1, &LIMITS)
         .expect("n2's delete");
-    store.merge(b"j", &theirs).expect("merge");
-    assert!(store.purge_if_unchanged(b"j", &theirs).expect("purges"));
+    store.merge(&other_key, &theirs).expect("merge");
+    let dropped = store
+        .drop_partition(partition_of(&other_key), 100, || true)
+        .expect("drops");
+    assert_eq!(dropped, (1, true));
     assert_eq!(
         store.actor(),
         renewed,

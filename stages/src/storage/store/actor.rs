@@ -11,11 +11,16 @@
 //!   writes it never saw. So an open after anything but a clean close (and in a new or wiped
 //!   directory, whose old dots live on at the replicas) names a new actor, as Riak's vnodes
 //!   take a new id after an unclean stop.
-//! - **a local removal**: a partition dropped after a transfer, or a tombstone purged, takes
-//!   a set with this actor's counters from the node. A later put of that key would start its
-//!   counter from the floor again: it could make a dot it made before (two writes under one dot
-//!   never converge) or cover the dropped versions, which live on at the new owners. So a
-//!   removal of a set that holds a counter of the current actor renews it first.
+//! - **a dropped partition**: after a transfer the node removes the partition's sets, which
+//!   live on at the new owners. If the partition comes back, a put of such a key would start
+//!   its counter from the floor again: it could make a dot it made before (two writes under one
+//!   dot never converge) or cover the dropped versions in the contexts it hands out. So
+//!   dropping a set that holds a counter of the current actor renews it first (rare: a
+//!   membership change).
+//!
+//! A purged tombstone leaves every replica, so covering it is harmless; only a dot made twice
+//! is not, and raising the floor to the purged set's counters prevents that without a new
+//! actor (purges are frequent, and every new actor is a clock entry more for later writes).
 //! - nothing else: a clean close (the commit stage's last flush) keeps the actor.
 
 use super::*;
@@ -46,6 +51,15 @@ pub fn actor_node(actor: &NodeId) -> &str {
         .as_str()
         .rsplit_once('@')
         .map_or(actor.as_str(), |(node, _)| node)
+}
+
+/// Why a set leaves this node (see the module's doc).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Removal {
+    /// A partition this node no longer holds: the set lives on at its owners.
+    Drop,
+    /// A tombstone every replica purges.
+    Purge,
 }
 
 /// The actor's lock; a panic under it leaves a whole `Actor` behind.
@@ -128,12 +142,22 @@ impl Store {
         lock_actor(&self.actor).clone()
     }
 
-    /// Before `set` leaves this node by a local removal (a drop or a purge; called under the
-    /// key's lock): if it holds a counter of the current actor, a new actor takes over, named
-    /// by the epoch plus one (stored, so the next start's epoch is above it).
-    pub(super) fn renew_actor_if_removing(&self, set: &VersionSet) -> Result<(), StorageError> {
+    /// Before `set` leaves this node (called under the key's lock), if it holds a counter of
+    /// the current actor: a purge raises the floor above it; a drop hands over to a new actor,
+    /// named by the epoch plus one (stored, so the next start's epoch is above it).
+    pub(super) fn before_removal(
+        &self,
+        set: &VersionSet,
+        removal: Removal,
+    ) -> Result<(), StorageError> {
         let mut actor = lock_actor(&self.actor);
-        if set.max_counter(&actor.name) == 0 {
+        let used = set.max_counter(&actor.name);
+        if used == 0 {
+            return Ok(());
+        }
+        if removal == Removal::Purge {
+            // Only for this run: the next start's floor, the clock in µs, is above anyway.
+            actor.floor = actor.floor.max(used);
             return Ok(());
         }
         // The floor is the stored epoch (the open and every renewal store it).

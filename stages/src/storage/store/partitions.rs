@@ -285,7 +285,8 @@ impl Store {
             let key = stored.get(LOCATION_BYTES..).unwrap_or_default();
             // A write that lands between the scan and the removal keeps its key for the next
             // step (it no longer matches), so nothing is removed blindly.
-            if self.purge_if_unchanged(key, &decode_version_set(&bytes)?)? {
+            let set = decode_version_set(&bytes)?;
+            if self.remove_if_unchanged(key, &set, Removal::Drop)? {
                 removed += 1;
             }
         }
@@ -295,6 +296,15 @@ impl Store {
     /// Removes `key` if it still holds exactly `set` (a purge's commit), updating its tree.
     /// Returns whether it was removed.
     pub fn purge_if_unchanged(&self, key: &[u8], set: &VersionSet) -> Result<bool, StorageError> {
+        self.remove_if_unchanged(key, set, Removal::Purge)
+    }
+
+    fn remove_if_unchanged(
+        &self,
+        key: &[u8],
+        set: &VersionSet,
+        removal: Removal,
+    ) -> Result<bool, StorageError> {
         check_key(key)?;
         let mut stripe = self.lock(key);
         let location = self.locate(key);
@@ -304,7 +314,7 @@ impl Store {
         if &stored != set {
             return Ok(false);
         }
-        self.renew_actor_if_removing(&stored)?;
+        self.before_removal(&stored, removal)?;
         let mut tree = self.trees.lock(location.partition);
         self.engine.remove(Space::Objects, &location.stored)?;
         stripe.remove(&location.stored);
