@@ -28,8 +28,11 @@ pub struct NodeId(Arc<str>);
 
 /// Names a decode may add for reuse. Bounded: decoded names can come from any client's admin
 /// request, and those must not grow the set without end (past the bound a decoded name is
-/// simply allocated). Names made by [`NodeId::new`] (config, stored hints) are always kept, so
-/// the members' names are shared however full the set is.
+/// simply allocated). Names made by [`NodeId::new`] (config, stored hints, this node's own
+/// actors) are always kept, so the members' names are shared however full the set is. Other
+/// nodes' actors are decoded names: each node has a new one after every crash and every
+/// partition it drops (`Store::actor`), so a cluster's actors take thousands of such events to
+/// fill the set; past it, only their decodes allocate.
 const MAX_DECODED_NAMES: usize = 4096;
 
 /// The shared copy of `name`, from the names seen before when possible; a new name is kept

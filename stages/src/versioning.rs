@@ -175,9 +175,9 @@ impl VersionSet {
         self.coordinate_put_above(node, context, value, now_ms, max_clock_entries, 0)
     }
 
-    /// [`VersionSet::coordinate_put`] with a counter above `floor` too: a node whose data
-    /// directory was lost starts its counters above everything it could have used before (its
-    /// epoch), since its old dots may live on in other replicas.
+    /// [`VersionSet::coordinate_put`] with a counter above `floor` too: the store's high-water
+    /// mark of the actor's dots (`storage/store/actor.rs`), so no dot is made twice even where
+    /// the key's set keeps no trace of an earlier one.
     pub fn coordinate_put_above(
         &mut self,
         node: &NodeId,

@@ -569,9 +569,10 @@ fn writes_reach_the_os_before_their_answer_and_a_failed_write_out_acknowledges_n
     );
 }
 
-/// Goal: the commit stage's stop marks the directory closed cleanly only after its final flush
-/// succeeded: the next open keeps the actor after a good stop, and names a new one after a
-/// stop whose flush failed (what that flush covered may be lost).
+/// Goal: the commit stage's stop marks the directory closed cleanly: the next open keeps the
+/// actor after a good stop, and names a new one after a stop whose final flush failed (what it
+/// covered may be lost). The second half holds by the stage's check and by the engine, which
+/// refuses every write once a flush failed, as fjall does.
 #[test]
 fn the_commit_stage_marks_a_clean_close_only_after_its_final_flush() {
     let logger = slog::Logger::root(slog::Discard, slog::o!());

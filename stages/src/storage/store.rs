@@ -371,6 +371,7 @@ impl Store {
                 limits.max_clock_entries,
                 actor.floor,
             )?;
+            self.made_dot(version.dot.counter);
             // Bounded here, at the coordinator, and not on replica merges: a replica must
             // accept what a coordinator accepted, or replicas would diverge.
             if set.len() > limits.max_siblings {

@@ -467,11 +467,11 @@ fn the_longest_node_name_makes_an_actor_replicas_accept() {
 }
 
 /// Goal: after a local removal of a set holding the current actor's counters, a later put of
-/// the key never makes a dot made before, nor one an old context covers: a purge raises the
-/// floor (same actor), a partition's drop renews the actor (the dropped versions live on at the
+/// the key never makes a dot made before, nor one an old context covers: after a purge the
+/// floor (a high-water mark of the actor's dots) is above it, a partition's drop renews the actor (the dropped versions live on at the
 /// owners, and a new dot of the old actor would cover them); a removal of another actor's set
 /// changes neither; a clean restart keeps the renewed actor.
-/// Fails without `before_removal`: the put after the purge makes the same dot again.
+/// Fails without `made_dot`: the put after the purge makes the same dot again.
 #[test]
 fn a_removal_of_the_actors_versions_never_lets_a_dot_be_made_twice() {
     let engine = MemoryEngine::new();

@@ -4,30 +4,30 @@
 //! A dot's counter says "this actor's events 1..=c": a context holding `n1:7` covers every
 //! dot `n1:c` with `c <= 7`. That is only true if every live version carrying a dot of `n1` is
 //! in `n1`'s own stored set, where it was made (`VersionSet::write_context` relies on it, and a
-//! read's context is the join of what it saw). Three things break it, and each ends the actor:
+//! read's context is the join of what it saw). Two things break it, and each ends the actor:
 //! - **a crash**: a power loss with `sync = "none"` or `"periodic"` can take writes of this node
 //!   that other replicas hold. A later dot of the same actor, whatever its counter, would make
 //!   every context the node hands out cover them, so a client's next put would supersede
 //!   writes it never saw. So an open after anything but a clean close (and in a new or wiped
 //!   directory, whose old dots live on at the replicas) names a new actor, as Riak's vnodes
-//!   take a new id after an unclean stop.
+//!   take a new id after an unclean stop. A clean close (the commit stage's last flush) keeps
+//!   the actor.
 //! - **a dropped partition**: after a transfer the node removes the partition's sets, which
-//!   live on at the new owners. If the partition comes back, a put of such a key would start
-//!   its counter from the floor again: it could make a dot it made before (two writes under one
-//!   dot never converge) or cover the dropped versions in the contexts it hands out. So
-//!   dropping a set that holds a counter of the current actor renews it first (rare: a
-//!   membership change).
+//!   live on at the new owners. If the partition comes back, a dot of the same actor would
+//!   cover the dropped versions in the contexts the node hands out. So dropping a set that
+//!   holds a counter of the current actor renews it first (rare: a membership change).
 //!
-//! A purged tombstone leaves every replica, so covering it is harmless; only a dot made twice
-//! is not, and raising the floor to the purged set's counters prevents that without a new
-//! actor (purges are frequent, and every new actor is a clock entry more for later writes).
-//! - nothing else: a clean close (the commit stage's last flush) keeps the actor.
+//! And no dot is made twice: the floor is a high-water mark of every dot the actor made in this
+//! run, so a key's new counter is above all of them even where nothing of an earlier one is
+//! left in the key's set (a purged tombstone, a clock truncated by another node's write). A
+//! purge needs nothing else: a tombstone leaves every replica, so covering it is harmless.
 
 use super::*;
 
-/// The node's epoch in this directory: the floor of its new dots' counters, raised at every
-/// start to the wall clock (µs) and at least by one, and by one at every renewal; it also names
-/// every new actor, so no two runs or renewals share a name.
+/// The node's epoch in this directory: raised at every start to the wall clock (µs) and at
+/// least by one, and to one above the floor at every renewal; it starts the floor of a run's
+/// dots and names every new actor, so no two runs or renewals share a name. The wall clock in
+/// µs is above every counter an earlier run made: no node makes a million dots a second.
 const META_EPOCH: &str = "epoch";
 /// The actor that names this node's dots in this directory.
 const META_ACTOR: &str = "actor";
@@ -41,7 +41,8 @@ const META_CLEAN: &str = "clean";
 pub(super) struct Actor {
     /// `<node>@<epoch>`.
     pub(super) name: NodeId,
-    /// New dots' counters start above this.
+    /// New dots' counters are above this: the epoch, raised by every dot made (see the
+    /// module's doc).
     pub(super) floor: u64,
 }
 
@@ -131,8 +132,8 @@ impl Store {
     }
 
     /// The actor that names the dots this node makes now: its id and the epoch it took it at
-    /// (`n1@1764860000000000`); kept over clean restarts, new after a crash and after a removal
-    /// of a set that held its counters (see the module's doc).
+    /// (`n1@1764860000000000`); kept over clean restarts, new after a crash and after a drop of
+    /// a set that held its counters (see the module's doc).
     pub fn actor(&self) -> NodeId {
         lock_actor(&self.actor).name.clone()
     }
@@ -142,25 +143,32 @@ impl Store {
         lock_actor(&self.actor).clone()
     }
 
-    /// Before `set` leaves this node (called under the key's lock), if it holds a counter of
-    /// the current actor: a purge raises the floor above it; a drop hands over to a new actor,
-    /// named by the epoch plus one (stored, so the next start's epoch is above it).
+    /// Raises the floor to a dot just made (called under its key's lock), so no later dot of
+    /// this actor, of any key, is at or below it. Not past half the counters' range: a key whose
+    /// counters a faulty peer pushed near the end would otherwise stop every other key's puts
+    /// (that key still counts from its own set).
+    pub(super) fn made_dot(&self, counter: u64) {
+        let mut actor = lock_actor(&self.actor);
+        actor.floor = actor.floor.max(counter.min(u64::MAX / 2));
+    }
+
+    /// Before `set` leaves this node (called under the key's lock): a drop of a set holding a
+    /// counter of the current actor hands over to a new actor, named by one above the floor
+    /// (stored and flushed, so no later start or renewal can take the name again). A purge
+    /// needs nothing (see the module's doc).
     pub(super) fn before_removal(
         &self,
         set: &VersionSet,
         removal: Removal,
     ) -> Result<(), StorageError> {
-        let mut actor = lock_actor(&self.actor);
-        let used = set.max_counter(&actor.name);
-        if used == 0 {
-            return Ok(());
-        }
         if removal == Removal::Purge {
-            // Only for this run: the next start's floor, the clock in µs, is above anyway.
-            actor.floor = actor.floor.max(used);
             return Ok(());
         }
-        // The floor is the stored epoch (the open and every renewal store it).
+        let mut actor = lock_actor(&self.actor);
+        if set.max_counter(&actor.name) == 0 {
+            return Ok(());
+        }
+        // The floor is at least the stored epoch (the open and every renewal store it).
         let epoch = actor
             .floor
             .checked_add(1)
@@ -168,6 +176,7 @@ impl Store {
         self.engine
             .insert(Space::Meta, META_EPOCH.as_bytes(), &epoch.to_be_bytes())?;
         let name = self.name_actor(epoch)?;
+        self.engine.persist()?;
         *actor = Actor { name, floor: epoch };
         Ok(())
     }
