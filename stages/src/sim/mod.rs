@@ -41,10 +41,10 @@ pub struct Faults {
     /// The nodes split in two groups that cannot reach each other, then healed.
     pub partition: bool,
     /// A node's process crashes (what it handed to the OS survives, what it still buffered
-    /// is lost) and restarts on
-    /// its data; where every acknowledged write is flushed first (`sync = "always"`, or
-    /// `durable_writes` "one" or "all"), half the crashes are that machine's power loss
-    /// instead (unflushed writes lost).
+    /// is lost) and restarts on its data; half the crashes are that machine's power loss
+    /// instead (unflushed writes lost): any of them where every acknowledged write is flushed
+    /// first (`sync = "always"`, or `durable_writes` "one" or "all"), else at most one per run
+    /// (W = 2 machines hold every acknowledged write).
     pub crash: bool,
     /// Every node loses power at once (unflushed writes lost everywhere) and restarts. Only
     /// flushed writes survive it: `durable_writes` "one" or "all", or `sync = "always"`.

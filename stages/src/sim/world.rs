@@ -175,8 +175,9 @@ pub struct World {
     history: History,
     faults: Faults,
     /// Whether every acknowledged write is flushed first (`sync = "always"`, or
-    /// `durable_writes` "one" or "all"): then one machine's power loss is a fault the
-    /// configuration promises to survive, and the crash fault draws it too.
+    /// `durable_writes` "one" or "all"): then any machine's power loss is a fault the
+    /// configuration promises to survive, and the crash fault draws as many as it likes;
+    /// otherwise one (W = 2 machines hold every acknowledged write).
     acked_flushed: bool,
     /// Whether the message faults (drop, duplicate, reorder, delay) are on now.
     noisy: bool,
