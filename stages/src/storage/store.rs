@@ -28,7 +28,7 @@ mod identity;
 mod partitions;
 
 pub use actor::actor_node;
-use actor::{lock_actor, Actor, Removal};
+use actor::{lock_actor, Actor};
 
 use identity::{check_identity, Format};
 
@@ -305,8 +305,9 @@ impl Store {
     }
 
     /// The coordinator's write (SPEC §4): under the key's lock, reads the stored set, creates
-    /// the new version with a dot of this node's actor ([`Store::actor`]), and stores the result. Returns the set after the
-    /// write and the new version. Durable only after [`Store::persist`].
+    /// the new version with a dot of this node's actor ([`Store::actor`]), and stores the
+    /// result. Returns the set after the write and the new version. Durable only after
+    /// [`Store::persist`].
     pub fn coordinate_put(
         &self,
         key: &[u8],
@@ -360,8 +361,8 @@ impl Store {
             } else {
                 context
             };
-            // Read under the key's lock: a removal of this key that renewed the actor or raised
-            // its floor (`before_removal`) happened before it, under the same lock.
+            // Read under the key's lock: a drop of this key renewed the actor (`before_drop`)
+            // before it removed the key under the same lock.
             let actor = self.current_actor();
             let version = set.coordinate_put_above(
                 &actor.name,

@@ -54,15 +54,6 @@ pub fn actor_node(actor: &NodeId) -> &str {
         .map_or(actor.as_str(), |(node, _)| node)
 }
 
-/// Why a set leaves this node (see the module's doc).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Removal {
-    /// A partition this node no longer holds: the set lives on at its owners.
-    Drop,
-    /// A tombstone every replica purges.
-    Purge,
-}
-
 /// The actor's lock; a panic under it leaves a whole `Actor` behind.
 pub(super) fn lock_actor(actor: &Mutex<Actor>) -> MutexGuard<'_, Actor> {
     actor.lock().unwrap_or_else(|p| p.into_inner())
@@ -152,18 +143,10 @@ impl Store {
         actor.floor = actor.floor.max(counter.min(u64::MAX / 2));
     }
 
-    /// Before `set` leaves this node (called under the key's lock): a drop of a set holding a
-    /// counter of the current actor hands over to a new actor, named by one above the floor
-    /// (stored and flushed, so no later start or renewal can take the name again). A purge
-    /// needs nothing (see the module's doc).
-    pub(super) fn before_removal(
-        &self,
-        set: &VersionSet,
-        removal: Removal,
-    ) -> Result<(), StorageError> {
-        if removal == Removal::Purge {
-            return Ok(());
-        }
+    /// Before a partition's drop removes `set`: if it holds a counter of the current actor, a
+    /// new actor takes over, named by one above the floor (stored and flushed, so no later
+    /// start or renewal can take the name again). A purge needs nothing (see the module's doc).
+    pub(super) fn before_drop(&self, set: &VersionSet) -> Result<(), StorageError> {
         let mut actor = lock_actor(&self.actor);
         if set.max_counter(&actor.name) == 0 {
             return Ok(());

@@ -284,27 +284,20 @@ impl Store {
             }
             let key = stored.get(LOCATION_BYTES..).unwrap_or_default();
             // A write that lands between the scan and the removal keeps its key for the next
-            // step (it no longer matches), so nothing is removed blindly.
+            // step (it no longer matches), so nothing is removed blindly. The actor is renewed
+            // first if the set holds its counters (needlessly, if such a write lands: harmless).
             let set = decode_version_set(&bytes)?;
-            if self.remove_if_unchanged(key, &set, Removal::Drop)? {
+            self.before_drop(&set)?;
+            if self.purge_if_unchanged(key, &set)? {
                 removed += 1;
             }
         }
         Ok((removed, done))
     }
 
-    /// Removes `key` if it still holds exactly `set` (a purge's commit), updating its tree.
-    /// Returns whether it was removed.
+    /// Removes `key` if it still holds exactly `set` (a purge's commit, a drop's step),
+    /// updating its tree. Returns whether it was removed.
     pub fn purge_if_unchanged(&self, key: &[u8], set: &VersionSet) -> Result<bool, StorageError> {
-        self.remove_if_unchanged(key, set, Removal::Purge)
-    }
-
-    fn remove_if_unchanged(
-        &self,
-        key: &[u8],
-        set: &VersionSet,
-        removal: Removal,
-    ) -> Result<bool, StorageError> {
         check_key(key)?;
         let mut stripe = self.lock(key);
         let location = self.locate(key);
@@ -314,7 +307,6 @@ impl Store {
         if &stored != set {
             return Ok(false);
         }
-        self.before_removal(&stored, removal)?;
         let mut tree = self.trees.lock(location.partition);
         self.engine.remove(Space::Objects, &location.stored)?;
         stripe.remove(&location.stored);
