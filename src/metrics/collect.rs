@@ -6,7 +6,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Unit;
 use shoal_stages::intake::StatsSource;
 use shoal_stages::seda::{ExportedHistogram, GateMode};
@@ -30,32 +30,37 @@ impl fmt::Debug for NodeMetrics {
 /// One family's samples: label value → value.
 type Samples<'a, T> = Vec<(&'a str, T)>;
 
-/// A gauge family with one label.
-fn gauges<T: prometheus_client::encoding::EncodeGaugeValue + Clone + fmt::Debug>(
+/// A family of one kind of constant metric (`M::TYPE`) with one label.
+fn family<T, M: EncodeMetric + TypedMetric>(
     encoder: &mut DescriptorEncoder,
     (name, help, label): (&str, &str, &str),
     samples: Samples<'_, T>,
+    metric: fn(T) -> M,
 ) -> fmt::Result {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    let mut family = encoder.encode_descriptor(name, help, None, M::TYPE)?;
     for (value_label, value) in samples {
         let labels = [(label, value_label)];
-        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+        metric(value).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// A gauge family with one label.
+fn gauges<T: prometheus_client::encoding::EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    spec: (&str, &str, &str),
+    samples: Samples<'_, T>,
+) -> fmt::Result {
+    family(encoder, spec, samples, ConstGauge::new)
 }
 
 /// A counter family with one label (the encoder adds `_total`).
 fn counters(
     encoder: &mut DescriptorEncoder,
-    (name, help, label): (&str, &str, &str),
+    spec: (&str, &str, &str),
     samples: Samples<'_, u64>,
 ) -> fmt::Result {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (value_label, value) in samples {
-        let labels = [(label, value_label)];
-        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
+    family(encoder, spec, samples, ConstCounter::new)
 }
 
 /// A histogram family in seconds with one label, from microsecond histograms.

@@ -11,6 +11,20 @@ use std::time::Duration;
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
+/// Applies journal entries (`None`: a removal) to `maps`, in order.
+fn replay(
+    maps: &mut [Map; 4],
+    entries: impl IntoIterator<Item = (Space, Vec<u8>, Option<Vec<u8>>)>,
+) {
+    for (space, key, value) in entries {
+        let map = &mut maps[space as usize];
+        match value {
+            Some(value) => map.insert(key, value),
+            None => map.remove(&key),
+        };
+    }
+}
+
 /// What an engine holds: what reads see, what survives a power loss, and what the faults are.
 #[derive(Default)]
 struct State {
@@ -83,13 +97,7 @@ impl MemoryEngine {
         state.journal.truncate(kept);
         state.buffered = 0;
         let mut current = state.durable.clone();
-        for (space, key, value) in &state.journal {
-            let map = &mut current[*space as usize];
-            match value {
-                Some(value) => map.insert(key.clone(), value.clone()),
-                None => map.remove(key),
-            };
-        }
+        replay(&mut current, state.journal.iter().cloned());
         state.current = current;
     }
 
@@ -226,13 +234,7 @@ impl Engine for MemoryEngine {
             });
         }
         let journal = std::mem::take(&mut state.journal);
-        for (space, key, value) in journal {
-            let durable = &mut state.durable[space as usize];
-            match value {
-                Some(value) => durable.insert(key, value),
-                None => durable.remove(&key),
-            };
-        }
+        replay(&mut state.durable, journal);
         Ok(Duration::ZERO)
     }
 }

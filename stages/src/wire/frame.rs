@@ -53,15 +53,6 @@ pub enum FrameError {
     },
 }
 
-/// Encodes a frame into `out` (appending).
-pub fn encode_frame_into(kind: u16, request_id: u64, body: &[u8], out: &mut Vec<u8>) {
-    out.reserve(LENGTH_BYTES + FRAME_OVERHEAD_BYTES + body.len());
-    let start = start_frame(kind, request_id, out);
-    out.extend_from_slice(body);
-    let fits = finish_frame(out, start);
-    debug_assert!(fits.is_ok());
-}
-
 /// Appends a frame's header to `out` with its length left blank, so that its body can be
 /// serialized straight behind it and [`finish_frame`] fill the length in; where it starts.
 pub fn start_frame(kind: u16, request_id: u64, out: &mut Vec<u8>) -> usize {
@@ -86,8 +77,11 @@ pub fn finish_frame(out: &mut [u8], start: usize) -> Result<(), usize> {
 
 /// Encodes a frame into a fresh buffer.
 pub fn encode_frame(kind: u16, request_id: u64, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    encode_frame_into(kind, request_id, body, &mut out);
+    let mut out = Vec::with_capacity(LENGTH_BYTES + FRAME_OVERHEAD_BYTES + body.len());
+    let start = start_frame(kind, request_id, &mut out);
+    out.extend_from_slice(body);
+    let fits = finish_frame(&mut out, start);
+    debug_assert!(fits.is_ok());
     out
 }
 

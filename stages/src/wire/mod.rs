@@ -26,8 +26,7 @@ pub use codec::{
     MAX_CONTEXT_ENTRIES,
 };
 pub use frame::{
-    encode_frame, encode_frame_into, Frame, FrameDecoder, FrameError, FRAME_OVERHEAD_BYTES,
-    LENGTH_BYTES,
+    encode_frame, Frame, FrameDecoder, FrameError, FRAME_OVERHEAD_BYTES, LENGTH_BYTES,
 };
 pub use gossip::{
     decode_membership, encode_membership, GossipReply, GossipRequest, MembershipChange, PlanReply,
