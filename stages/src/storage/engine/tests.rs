@@ -37,6 +37,22 @@ fn the_newest_journal_is_the_highest_numbered_jnl_file() {
     assert_eq!(error.kind(), ErrorKind::NotFound);
 }
 
+/// Goal: a flush keeps its handle without listing the directory only while that journal
+/// is still the active one: its successor `id + 1` absent and the file itself still there.
+#[test]
+fn the_held_journal_is_active_until_its_successor_appears_or_it_is_removed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("3.jnl"), b"").expect("file");
+    let file = File::open(dir.path().join("3.jnl")).expect("open");
+    assert!(still_active(dir.path(), &file, 3).expect("checked"));
+    std::fs::write(dir.path().join("4.jnl"), b"").expect("file");
+    assert!(!still_active(dir.path(), &file, 3).expect("checked"));
+    std::fs::remove_file(dir.path().join("4.jnl")).expect("remove");
+    std::fs::remove_file(dir.path().join("3.jnl")).expect("remove");
+    assert!(!still_active(dir.path(), &file, 3).expect("checked"));
+    assert!(!still_active(dir.path(), &file, u64::MAX).expect("checked"));
+}
+
 /// Goal: the flush follows fjall's journal when fjall rotates it (here by flushing a
 /// memtable after more than 64 MB of journal): the next flush syncs the new file, and
 /// the write after the rotation is in it.
