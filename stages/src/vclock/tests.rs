@@ -103,3 +103,49 @@ fn truncation_drops_oldest_then_lowest_node() {
     assert_eq!(clock.counter(&"c".into()), 1);
     assert_eq!(clock.len(), 1);
 }
+
+/// The clock as it was kept before (a `BTreeMap`), for the encoding comparisons below.
+fn as_map(clock: &VClock) -> std::collections::BTreeMap<NodeId, ClockEntry> {
+    clock
+        .entries()
+        .map(|(node, entry)| (node.clone(), *entry))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Goal: the clock's encoding is the map encoding it always had, byte for byte (stored
+    /// objects and other nodes' messages hold it), and decodes back to the same clock.
+    #[test]
+    fn a_clock_encodes_as_the_map_it_was_and_decodes_back(a in arb_clock()) {
+        let ours = rmp_serde::to_vec_named(&a).expect("encodes");
+        let map = rmp_serde::to_vec_named(&as_map(&a)).expect("encodes");
+        prop_assert_eq!(&ours, &map);
+        let back: VClock = rmp_serde::from_slice(&ours).expect("decodes");
+        prop_assert_eq!(back, a);
+    }
+
+    /// Goal: a map from elsewhere, in any order and naming a node twice, decodes as the
+    /// `BTreeMap` did (sorted; a node's last entry wins), so lookups by node stay right.
+    #[test]
+    fn a_clock_decodes_any_map_as_the_btree_map_did(
+        pairs in proptest::collection::vec((0..NODES.len(), 0u64..6, 0u64..100), 0..8)
+    ) {
+        // MessagePack's fixmap header: 0x80 | entries (fewer than 16 here).
+        let mut body = vec![0x80 | pairs.len() as u8];
+        for (node, counter, ts) in &pairs {
+            rmp_serde::encode::write_named(&mut body, &(NODES[*node])).expect("node");
+            rmp_serde::encode::write_named(&mut body, &ClockEntry { counter: *counter, timestamp_ms: *ts })
+                .expect("entry");
+        }
+        let ours: VClock = rmp_serde::from_slice(&body).expect("decodes");
+        let map: std::collections::BTreeMap<NodeId, ClockEntry> =
+            rmp_serde::from_slice(&body).expect("decodes");
+        prop_assert_eq!(as_map(&ours), map.clone());
+        for (node, entry) in &map {
+            prop_assert_eq!(ours.counter(node), entry.counter);
+        }
+        prop_assert!(ours.entries().map(|(n, _)| n).collect::<Vec<_>>().windows(2).all(|w| w[0] < w[1]));
+    }
+}
