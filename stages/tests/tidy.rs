@@ -136,13 +136,16 @@ fn stage_machines_read_no_clock() {
 }
 
 /// Goal: decisions iterate ordered collections only, so one seed gives one run (STYLE
-/// habit 20). Method: no `HashMap` or `HashSet` in the product code of a stage module.
+/// habit 20). Method: no `HashMap` or `HashSet` in the product code of a stage module, but on
+/// a line that says the collection is never iterated (habit 20 lets a `HashMap` hold data:
+/// the object cache's lookups), so each exception is written where a reader sees it.
 #[test]
 fn stage_modules_use_ordered_collections() {
     let mut violations = Vec::new();
     for (_, relative, path) in stage_files() {
         for (number, line) in product_lines(&relative, &path) {
-            if line.contains("HashMap") || line.contains("HashSet") {
+            let unordered = line.contains("HashMap") || line.contains("HashSet");
+            if unordered && !line.ends_with("// never iterated (STYLE 20)") {
                 violations.push(format!("src/{relative}:{number}: {}", line.trim()));
             }
         }

@@ -408,10 +408,18 @@ impl Store {
         check_key(key)?;
         let mut stripe = self.lock(key);
         let location = self.locate(key);
-        let (mut set, old_hash) = self.load(&mut stripe, key, &location, Admit::Yes)?;
+        // Moved out of the cache as a put's is (a copy fewer), and put back or refreshed
+        // before the lock goes; removed if the write fails.
+        let (mut set, old_hash) = match stripe.take(&location.stored) {
+            Some((set, hash)) => (set, Some(hash)),
+            None => self.load(&mut stripe, key, &location, Admit::Yes)?,
+        };
         let changed = set.merge(incoming);
-        if changed {
-            self.write(&mut stripe, key, &location, old_hash, &set)?;
+        if !changed {
+            stripe.restore(&location.stored, set.clone());
+        } else if let Err(error) = self.write(&mut stripe, key, &location, old_hash, &set) {
+            stripe.remove(&location.stored);
+            return Err(error);
         }
         Ok((set, changed))
     }

@@ -232,6 +232,42 @@ fn another_nodes_data_is_refused_on_both_engines() {
     assert!(Store::with_engine(memory, &NodeId::new("n9"), Q, 0).is_err());
 }
 
+/// Goal: a replica merge the engine refuses leaves the object cache reading what is stored
+/// (the merge moved the cached set out), and a merge that changes nothing puts it back.
+#[test]
+fn a_refused_or_idle_merge_leaves_the_cached_set_as_stored() {
+    let engine = MemoryEngine::new();
+    let store = Store::with_engine(engine.clone(), &node(), Q, 0)
+        .expect("opens")
+        .with_object_cache(1 << 20);
+    let (stored, _) = put(&store, b"k", &VClock::new(), b"a");
+    assert_eq!(store.read(b"k").expect("read, now cached"), stored);
+    assert!(store.object_cache_bytes() > 0, "the read cached the key");
+    assert_eq!(store.merge(b"k", &stored).expect("idle merge"), stored);
+    assert_eq!(store.read(b"k").expect("read"), stored, "put back");
+    engine.fail_flushes(1);
+    assert!(store.persist().is_err());
+    let mut incoming = VersionSet::new();
+    incoming
+        .coordinate_put(
+            &NodeId::new("n2"),
+            &VClock::new(),
+            Some(b"b".to_vec()),
+            1,
+            10,
+        )
+        .expect("a version");
+    assert!(
+        store.merge(b"k", &incoming).is_err(),
+        "a poisoned engine refuses"
+    );
+    assert_eq!(
+        store.read(b"k").expect("read"),
+        stored,
+        "nothing lost from the cache"
+    );
+}
+
 /// Goal: what was flushed survives a crash and what was not is lost, exactly (the
 /// simulator's model of power loss); a failed flush keeps the writes pending and poisons the
 /// engine, as fjall's: every later write and flush is refused until the process restarts,
