@@ -146,9 +146,7 @@ impl FjallEngine {
             .open()?;
         let open = |space: Space| {
             db.keyspace(space.name(), || {
-                KeyspaceCreateOptions::default()
-                    .manual_journal_persist(true)
-                    .max_memtable_size(16 * 1024 * 1024)
+                KeyspaceCreateOptions::default().manual_journal_persist(true)
             })
         };
         let keyspaces = [
