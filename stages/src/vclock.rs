@@ -133,7 +133,7 @@ impl VClock {
         }
     }
 
-    /// Sets `node`'s entry to `counter` (used by tests and decoders; does not lower an entry).
+    /// Sets `node`'s entry to `counter` (used by tests and benches; does not lower an entry).
     pub fn with_entry(mut self, node: impl Into<NodeId>, counter: u64, timestamp_ms: u64) -> Self {
         self.add_dot(
             &Dot {
@@ -184,19 +184,24 @@ impl VClock {
         if self.entries.len() <= max_entries {
             return 0;
         }
-        let mut by_age: Vec<(u64, &NodeId)> = self
+        // Oldest first (ties by node order), by index: one pass of `retain` drops them.
+        let mut by_age: Vec<(u64, &NodeId, usize)> = self
             .entries
             .iter()
-            .map(|(node, entry)| (entry.timestamp_ms, node))
+            .enumerate()
+            .map(|(at, (node, entry))| (entry.timestamp_ms, node, at))
             .collect();
         by_age.sort();
         let excess = self.entries.len() - max_entries;
-        let dropped: Vec<NodeId> = by_age
-            .into_iter()
-            .take(excess)
-            .map(|(_, node)| node.clone())
-            .collect();
-        self.entries.retain(|(node, _)| !dropped.contains(node));
+        let mut dropped = vec![false; self.entries.len()];
+        for (_, _, at) in by_age.into_iter().take(excess) {
+            dropped[at] = true;
+        }
+        let mut at = 0;
+        self.entries.retain(|_| {
+            at += 1;
+            !dropped[at - 1]
+        });
         excess
     }
 }
@@ -233,10 +238,15 @@ impl<'de> Visitor<'de> for ClockVisitor {
             Vec::with_capacity(map.size_hint().unwrap_or(0).min(16));
         let mut sorted = true;
         while let Some((node, entry)) = map.next_entry::<NodeId, ClockEntry>()? {
-            if let Some((last, _)) = entries.last() {
-                sorted &= *last < node;
+            match entries.last_mut() {
+                // The same node again: its last entry wins, and a run of repeats holds one.
+                Some((last, held)) if *last == node => *held = entry,
+                Some((last, _)) => {
+                    sorted &= *last < node;
+                    entries.push((node, entry));
+                }
+                None => entries.push((node, entry)),
             }
-            entries.push((node, entry));
         }
         if !sorted {
             // Stable, so of a node's entries the last stays last; keep that one.

@@ -135,17 +135,29 @@ fn stage_machines_read_no_clock() {
     );
 }
 
+/// Files that may hold a `HashMap` on a line marked `// never iterated (STYLE 20)`: habit 20
+/// lets one hold data that no decision walks. The object cache looks its keys up on every
+/// read and write, and evicts by its own FIFO.
+const UNORDERED_ALLOWED: &[&str] = &["storage/cache.rs"];
+
 /// Goal: decisions iterate ordered collections only, so one seed gives one run (STYLE
 /// habit 20). Method: no `HashMap` or `HashSet` in the product code of a stage module, but on
-/// a line that says the collection is never iterated (habit 20 lets a `HashMap` hold data:
-/// the object cache's lookups), so each exception is written where a reader sees it.
+/// a marked line of a file in `UNORDERED_ALLOWED`, whose product code must then never walk
+/// its `entries` (the marked map).
 #[test]
 fn stage_modules_use_ordered_collections() {
     let mut violations = Vec::new();
     for (_, relative, path) in stage_files() {
+        let allowed = UNORDERED_ALLOWED.contains(&relative.as_str());
         for (number, line) in product_lines(&relative, &path) {
             let unordered = line.contains("HashMap") || line.contains("HashSet");
-            if unordered && !line.ends_with("// never iterated (STYLE 20)") {
+            let marked = allowed && line.ends_with("// never iterated (STYLE 20)");
+            let walks = ["iter", "keys", "values", "drain", "into_iter", "retain"]
+                .iter()
+                .any(|walk| line.contains(&format!("entries.{walk}(")))
+                || line.contains("in &self.entries")
+                || line.contains("in self.entries");
+            if (unordered && !marked) || (allowed && walks) {
                 violations.push(format!("src/{relative}:{number}: {}", line.trim()));
             }
         }

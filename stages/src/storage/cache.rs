@@ -7,16 +7,16 @@
 //! One [`CacheStripe`] lives inside each of the store's key-lock stripes, so the cache changes
 //! only under the lock that orders every read-modify-write of its keys: whenever that lock is
 //! free an entry is what the engine holds for its key (refreshed after the engine accepted a
-//! write, removed with it; a put moves the set out and puts the new one back, or removes the
-//! entry, before it lets go), and nothing about it can race. Each stripe keeps its share of the byte budget and
-//! evicts in admission order (FIFO: no bookkeeping on a hit, and a key rewritten keeps its
+//! write, removed with it; a put or a replica merge moves the set out and puts the new one,
+//! or the unchanged one, back, or removes the entry, before it lets go), and nothing about it
+//! can race. Each stripe keeps its share of the byte budget and evicts in admission order (FIFO: no bookkeeping on a hit, and a key rewritten keeps its
 //! place, which for a write-heavy hot set is as good as recency).
 
 use crate::versioning::VersionSet;
 use std::collections::VecDeque;
 
-/// Bytes an entry costs beyond its key and encoded set: the map's node, the FIFO's key copy
-/// and the decoded set's allocations, roughly. Counted so a budget of many small entries is
+/// Bytes an entry costs beyond its key and encoded set: its slot in the map, the FIFO's key
+/// copy and the decoded set's allocations (versions, clocks), roughly. Counted so a budget of many small entries is
 /// not overrun several times over.
 const ENTRY_OVERHEAD_BYTES: usize = 160;
 
@@ -112,9 +112,10 @@ impl CacheStripe {
     }
 
     /// The cached object under `stored` with its set moved out (left empty), for a write
-    /// that replaces it: the caller then [`CacheStripe::refresh`]es the entry or, if the
-    /// write fails, [`CacheStripe::remove`]s it, before it lets go of the stripe's lock.
-    /// Saves a put a copy of the set (the entry keeps its place in the eviction order).
+    /// that may replace it: the caller then [`CacheStripe::refresh`]es the entry, puts the
+    /// set back unchanged ([`CacheStripe::restore`]) or, if the write fails,
+    /// [`CacheStripe::remove`]s it, before it lets go of the stripe's lock. Saves a put and a
+    /// replica merge a copy of the set (the entry keeps its place in the eviction order).
     pub fn take(&mut self, stored: &[u8]) -> Option<(VersionSet, u64)> {
         self.entries
             .get_mut(stored)

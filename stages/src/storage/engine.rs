@@ -17,6 +17,15 @@ use std::time::{Duration, Instant};
 /// removed meanwhile (a rotation between listing and opening it).
 const JOURNAL_LOOKUPS: usize = 3;
 
+/// A keyspace's memtable size: fjall's default, fixed when the keyspace is created (fjall
+/// stores it; a directory keeps its own). Up to two memtables (the active one and the one
+/// being flushed) live in memory. Measured for a node filled with 1M keys of 1 KiB
+/// (`benches/results/memory-2026-12-04-stop37.txt`, five runs each): at 64 MiB, RSS at rest
+/// 227-260 MiB, peak 240-266, the fill 40-47 s; at 16 MiB, 122-150 MiB at rest but no lower
+/// a peak (233-298) and the fill 48-51 s (more, smaller flushes and compactions). The write
+/// throughput was kept; the side-by-side load did not tell the two apart.
+const MEMTABLE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Key-value pairs of a scan, in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -146,7 +155,9 @@ impl FjallEngine {
             .open()?;
         let open = |space: Space| {
             db.keyspace(space.name(), || {
-                KeyspaceCreateOptions::default().manual_journal_persist(true)
+                KeyspaceCreateOptions::default()
+                    .manual_journal_persist(true)
+                    .max_memtable_size(MEMTABLE_BYTES)
             })
         };
         let keyspaces = [
@@ -493,14 +504,16 @@ fn newest_journal(dir: &Path) -> io::Result<u64> {
     newest.ok_or_else(|| io::Error::new(ErrorKind::NotFound, "no journal file (*.jnl)"))
 }
 
-/// Whether journal `id`, open as `file`, is still fjall's active one: two system calls
+/// Whether journal `id`, open as `file`, is still fjall's active one: three system calls
 /// where listing the directory (`newest_journal`) took four and a parse of every name, once
 /// per flush (3 % of a 3-node cluster's CPU with `sync = "always"`). fjall rotates from `id`
 /// by creating `id + 1` before it writes there, and deletes sealed journals oldest first
-/// (fjall 3.1's `JournalManager::maintenance`), so `id + 1` cannot be gone while `id` is
-/// still there. Hence: `id + 1` absent (checked first), then `id` still linked, means no
-/// rotation had happened when `id + 1` was looked for, as a listing at that moment would
-/// have said. `false` sends the caller to the listing.
+/// (fjall's `JournalManager::maintenance`; the version is pinned in Cargo.toml for this), so
+/// `id + 1` cannot be gone while `id` is still there. Hence: `id + 1` absent (checked first),
+/// then the name `id` still naming our file (same device and inode: a link count would not
+/// do on NFS, where a removed open file lives on under another name), means no rotation had
+/// happened when `id + 1` was looked for, as a listing at that moment would have said.
+/// `false` sends the caller to the listing.
 fn still_active(dir: &Path, file: &File, id: u64) -> io::Result<bool> {
     use std::os::unix::fs::MetadataExt;
     let Some(next) = id.checked_add(1) else {
@@ -511,7 +524,13 @@ fn still_active(dir: &Path, file: &File, id: u64) -> io::Result<bool> {
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    Ok(file.metadata()?.nlink() > 0)
+    let named = match std::fs::metadata(journal_path(dir, id)) {
+        Ok(named) => named,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let held = file.metadata()?;
+    Ok(named.dev() == held.dev() && named.ino() == held.ino())
 }
 
 fn journal_path(dir: &Path, id: u64) -> PathBuf {

@@ -410,13 +410,18 @@ impl Store {
         let location = self.locate(key);
         // Moved out of the cache as a put's is (a copy fewer), and put back or refreshed
         // before the lock goes; removed if the write fails.
-        let (mut set, old_hash) = match stripe.take(&location.stored) {
+        let taken = stripe.take(&location.stored);
+        let was_cached = taken.is_some();
+        let (mut set, old_hash) = match taken {
             Some((set, hash)) => (set, Some(hash)),
             None => self.load(&mut stripe, key, &location, Admit::Yes)?,
         };
         let changed = set.merge(incoming);
         if !changed {
-            stripe.restore(&location.stored, set.clone());
+            // (A set `load` just read was cached by it, unmoved.)
+            if was_cached {
+                stripe.restore(&location.stored, set.clone());
+            }
         } else if let Err(error) = self.write(&mut stripe, key, &location, old_hash, &set) {
             stripe.remove(&location.stored);
             return Err(error);

@@ -119,6 +119,9 @@ proptest! {
     /// objects and other nodes' messages hold it), and decodes back to the same clock.
     #[test]
     fn a_clock_encodes_as_the_map_it_was_and_decodes_back(a in arb_clock()) {
+        // Named (messages) and compact (stored sets) alike.
+        let compact = rmp_serde::to_vec(&a).expect("encodes");
+        prop_assert_eq!(&compact, &rmp_serde::to_vec(&as_map(&a)).expect("encodes"));
         let ours = rmp_serde::to_vec_named(&a).expect("encodes");
         let map = rmp_serde::to_vec_named(&as_map(&a)).expect("encodes");
         prop_assert_eq!(&ours, &map);
@@ -148,4 +151,34 @@ proptest! {
         }
         prop_assert!(ours.entries().map(|(n, _)| n).collect::<Vec<_>>().windows(2).all(|w| w[0] < w[1]));
     }
+}
+
+/// Goal: a clock of more entries than MessagePack's small map holds (16: the map16 header)
+/// encodes as the map did and decodes back; truncation of it keeps the newest.
+#[test]
+fn a_clock_of_twenty_nodes_encodes_as_the_map_and_truncates_to_the_newest() {
+    let clock = (0..20u64).fold(VClock::new(), |clock, i| {
+        clock.with_entry(format!("node-{:02}", 19 - i).as_str(), i + 1, 100 + i)
+    });
+    for encode in [
+        rmp_serde::to_vec::<VClock>,
+        rmp_serde::to_vec_named::<VClock>,
+    ] {
+        let bytes = encode(&clock).expect("encodes");
+        assert_eq!(bytes[0], 0xde, "a map16 header");
+        let back: VClock = rmp_serde::from_slice(&bytes).expect("decodes");
+        assert_eq!(back, clock);
+    }
+    assert_eq!(
+        rmp_serde::to_vec(&clock).expect("encodes"),
+        rmp_serde::to_vec(&as_map(&clock)).expect("encodes")
+    );
+    let mut truncated = clock.clone();
+    assert_eq!(truncated.truncate(5), 15);
+    let kept: Vec<&str> = truncated.entries().map(|(node, _)| node.as_str()).collect();
+    // node-04 .. node-00 were written last (timestamps 115..119).
+    assert_eq!(
+        kept,
+        vec!["node-00", "node-01", "node-02", "node-03", "node-04"]
+    );
 }

@@ -48,6 +48,11 @@ fn the_held_journal_is_active_until_its_successor_appears_or_it_is_removed() {
     std::fs::write(dir.path().join("4.jnl"), b"").expect("file");
     assert!(!still_active(dir.path(), &file, 3).expect("checked"));
     std::fs::remove_file(dir.path().join("4.jnl")).expect("remove");
+    assert!(still_active(dir.path(), &file, 3).expect("checked"));
+    // Another file under the held one's name is not the held file.
+    std::fs::remove_file(dir.path().join("3.jnl")).expect("remove");
+    std::fs::write(dir.path().join("3.jnl"), b"").expect("file");
+    assert!(!still_active(dir.path(), &file, 3).expect("checked"));
     std::fs::remove_file(dir.path().join("3.jnl")).expect("remove");
     assert!(!still_active(dir.path(), &file, 3).expect("checked"));
     assert!(!still_active(dir.path(), &file, u64::MAX).expect("checked"));
@@ -162,7 +167,8 @@ fn rotated(dir: &Path) -> (FjallEngine, u64) {
         .rotate_memtable_and_wait()
         .expect("memtable flushed");
     let second = newest_journal(dir).expect("journal");
-    assert!(second > first, "no rotation: still journal {first}");
+    // `still_active` relies on a rotation's next journal being `id + 1`.
+    assert_eq!(second, first + 1, "a rotation from journal {first}");
     (engine, second)
 }
 
