@@ -35,6 +35,21 @@ fn put(store: &Store, key: &[u8], context: &VClock, value: &[u8]) -> (VersionSet
         .expect("put")
 }
 
+/// A set holding one blind write of `value` coordinated by another node (`n2`), as a
+/// replica write brings it.
+fn written_by_n2(value: &[u8], now_ms: u64) -> VersionSet {
+    let mut set = VersionSet::new();
+    set.coordinate_put(
+        &NodeId::new("n2"),
+        &VClock::new(),
+        Some(value.to_vec()),
+        now_ms,
+        10,
+    )
+    .expect("a version");
+    set
+}
+
 /// Goal: an absent key reads as no versions; a put creates one version with a dot of this
 /// node's actor; a put with the returned context replaces it; blind puts add siblings up to the limit
 /// and past it fail with nothing stored (and the object cache, whose set the refused put had
@@ -247,16 +262,7 @@ fn a_refused_or_idle_merge_leaves_the_cached_set_as_stored() {
     assert_eq!(store.read(b"k").expect("read"), stored, "put back");
     engine.fail_flushes(1);
     assert!(store.persist().is_err());
-    let mut incoming = VersionSet::new();
-    incoming
-        .coordinate_put(
-            &NodeId::new("n2"),
-            &VClock::new(),
-            Some(b"b".to_vec()),
-            1,
-            10,
-        )
-        .expect("a version");
+    let incoming = written_by_n2(b"b", 1);
     assert!(
         store.merge(b"k", &incoming).is_err(),
         "a poisoned engine refuses"
@@ -343,16 +349,7 @@ fn overwrites_supersede_every_stored_version_on_both_engines() {
         );
 
         // A concurrent version from another coordinator: a sibling until the next overwrite.
-        let mut other = VersionSet::new();
-        other
-            .coordinate_put(
-                &NodeId::new("n2"),
-                &VClock::new(),
-                Some(b"x".to_vec()),
-                2,
-                10,
-            )
-            .expect("a version");
+        let other = written_by_n2(b"x", 2);
         assert_eq!(store.merge(b"k", &other).expect("merge").len(), 2, "{name}");
         let (set, _) = overwrite(b"c");
         assert_eq!(
