@@ -184,17 +184,18 @@ impl VClock {
         if self.entries.len() <= max_entries {
             return 0;
         }
-        // Oldest first (ties by node order), by index: one pass of `retain` drops them.
-        let mut by_age: Vec<(u64, &NodeId, usize)> = self
+        // Oldest first, ties by node order (the entries' own order, so by index): one pass
+        // of `retain` drops them.
+        let mut by_age: Vec<(u64, usize)> = self
             .entries
             .iter()
             .enumerate()
-            .map(|(at, (node, entry))| (entry.timestamp_ms, node, at))
+            .map(|(at, (_, entry))| (entry.timestamp_ms, at))
             .collect();
-        by_age.sort();
+        by_age.sort_unstable();
         let excess = self.entries.len() - max_entries;
         let mut dropped = vec![false; self.entries.len()];
-        for (_, _, at) in by_age.into_iter().take(excess) {
+        for (_, at) in by_age.into_iter().take(excess) {
             dropped[at] = true;
         }
         let mut at = 0;
@@ -232,7 +233,7 @@ impl<'de> Visitor<'de> for ClockVisitor {
     }
 
     /// As the `BTreeMap` it replaced decoded: in any order, a node named twice keeps its last
-    /// entry. The map's length is the sender's word, so it sizes nothing beyond a clock's bound.
+    /// entry. The map's length is the sender's word, so it sizes nothing beyond 16 entries.
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<VClock, A::Error> {
         let mut entries: Vec<(NodeId, ClockEntry)> =
             Vec::with_capacity(map.size_hint().unwrap_or(0).min(16));

@@ -49,6 +49,11 @@ fn the_held_journal_is_active_until_its_successor_appears_or_it_is_removed() {
     assert!(!still_active(dir.path(), &file, 3).expect("checked"));
     std::fs::remove_file(dir.path().join("4.jnl")).expect("remove");
     assert!(still_active(dir.path(), &file, 3).expect("checked"));
+    // Renamed away (as NFS does with a removed open file): still linked, no longer `3.jnl`.
+    std::fs::rename(dir.path().join("3.jnl"), dir.path().join("3.moved")).expect("rename");
+    assert!(!still_active(dir.path(), &file, 3).expect("checked"));
+    std::fs::rename(dir.path().join("3.moved"), dir.path().join("3.jnl")).expect("rename");
+    assert!(still_active(dir.path(), &file, 3).expect("checked"));
     // Another file under the held one's name is not the held file.
     std::fs::remove_file(dir.path().join("3.jnl")).expect("remove");
     std::fs::write(dir.path().join("3.jnl"), b"").expect("file");
