@@ -18,11 +18,11 @@ pub const MAX_ACTOR_BYTES: usize = MAX_NODE_ID_BYTES + 21;
 /// Ordered, so that maps keyed by node iterate deterministically (the simulator and the ring
 /// assignment depend on that).
 ///
-/// Shared, not copied: a node's actor (its id, `@`, its epoch: `Store::actor`, a `NodeId` too)
-/// sits in every dot and clock entry of every version, and is
-/// decoded and cloned several times per request. An `Arc<str>` makes a clone a reference
-/// count, and decoding looks the name up among the names already seen (see [`intern`]), so
-/// neither allocates (with `String` they were about a tenth of a node's CPU under load).
+/// Shared, not copied: a node's actor (its id, `@`, its epoch: `Store::actor`, a `NodeId`
+/// too) sits in every dot and clock entry of every version, and is decoded and cloned several
+/// times per request. An `Arc<str>` makes a clone a reference count, and decoding looks the
+/// name up among the names already seen (see [`intern`]), so neither allocates (with `String`
+/// they were about a tenth of a node's CPU under load).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId(Arc<str>);
 

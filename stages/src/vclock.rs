@@ -250,16 +250,15 @@ impl<'de> Visitor<'de> for ClockVisitor {
             }
         }
         if !sorted {
-            // Stable, so of a node's entries the last stays last; keep that one.
+            // Stable, so of a node's entries the last stays last; that one's entry is kept.
             entries.sort_by(|(a, _), (b, _)| a.cmp(b));
-            let mut kept: Vec<(NodeId, ClockEntry)> = Vec::with_capacity(entries.len());
-            for (node, entry) in entries {
-                match kept.last_mut() {
-                    Some((last, held)) if *last == node => *held = entry,
-                    _ => kept.push((node, entry)),
+            entries.dedup_by(|later, kept| {
+                let same = later.0 == kept.0;
+                if same {
+                    kept.1 = later.1;
                 }
-            }
-            entries = kept;
+                same
+            });
         }
         Ok(VClock { entries })
     }

@@ -304,6 +304,23 @@ impl Store {
         Ok((set, Some(hash)))
     }
 
+    /// The stored set of the key at `location` for a write under its lock (`stripe`): moved
+    /// out of the cache, not copied (the entry stays, emptied, and the caller refreshes,
+    /// restores or removes it before the lock goes), or read from the engine (and cached);
+    /// its hash, and whether it came from the cache.
+    fn take_or_load(
+        &self,
+        stripe: &mut CacheStripe,
+        key: &[u8],
+        location: &Location,
+    ) -> Result<(VersionSet, Option<u64>, bool), StorageError> {
+        if let Some((set, hash)) = stripe.take(&location.stored) {
+            return Ok((set, Some(hash), true));
+        }
+        let (set, hash) = self.load(stripe, key, location, Admit::Yes)?;
+        Ok((set, hash, false))
+    }
+
     /// The coordinator's write (SPEC §4): under the key's lock, reads the stored set, creates
     /// the new version with a dot of this node's actor ([`Store::actor`]), and stores the
     /// result. Returns the set after the write and the new version. Durable only after
@@ -345,12 +362,9 @@ impl Store {
         check_key(key)?;
         let mut stripe = self.lock(key);
         let location = self.locate(key);
-        // The cached set is moved out, not copied: the entry is refreshed by the write or
-        // removed if anything before it fails (the engine still holds the old set).
-        let (mut set, old_hash) = match stripe.take(&location.stored) {
-            Some((set, hash)) => (set, Some(hash)),
-            None => self.load(&mut stripe, key, &location, Admit::Yes)?,
-        };
+        // The entry is refreshed by the write or removed if anything before it fails (the
+        // engine still holds the old set).
+        let (mut set, old_hash, _) = self.take_or_load(&mut stripe, key, &location)?;
         let written = || -> Result<Version, StorageError> {
             let covering;
             let context = if overwrite {
@@ -408,14 +422,8 @@ impl Store {
         check_key(key)?;
         let mut stripe = self.lock(key);
         let location = self.locate(key);
-        // Moved out of the cache as a put's is (a copy fewer), and put back or refreshed
-        // before the lock goes; removed if the write fails.
-        let taken = stripe.take(&location.stored);
-        let was_cached = taken.is_some();
-        let (mut set, old_hash) = match taken {
-            Some((set, hash)) => (set, Some(hash)),
-            None => self.load(&mut stripe, key, &location, Admit::Yes)?,
-        };
+        // Put back or refreshed before the lock goes; removed if the write fails.
+        let (mut set, old_hash, was_cached) = self.take_or_load(&mut stripe, key, &location)?;
         let changed = set.merge(incoming);
         if !changed {
             // (A set `load` just read was cached by it, unmoved.)
