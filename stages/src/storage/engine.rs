@@ -2,6 +2,7 @@
 //! simulator's engine is in `memory.rs`. Both pass one shared test suite (`storage/tests.rs`); fjall's own
 //! journal handling is tested in `engine/tests.rs`.
 
+use super::instance::{instance_of, INSTANCE_FILE};
 use super::StorageError;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::fs::{File, OpenOptions};
@@ -113,6 +114,14 @@ pub trait Engine: Send + Sync + 'static {
     /// that state still answers reads, so nothing else about it looks wrong.
     fn failure(&self) -> Option<String> {
         None
+    }
+
+    /// Which copy of the stored data this is, on which boot, for the mark of a clean close
+    /// (`instance.rs`): a directory copied or restored since, or opened after a reboot, has
+    /// another. Default: always the same (an engine without files: a copy of it is a
+    /// different engine).
+    fn instance(&self) -> Result<String, StorageError> {
+        Ok(String::new())
     }
 }
 
@@ -402,6 +411,13 @@ impl Engine for FjallEngine {
     /// Set by our own failed fdatasync or by fjall's poisoning of itself (see `checked`).
     fn failure(&self) -> Option<String> {
         self.refuse_after_failure().err().map(|e| e.to_string())
+    }
+
+    fn instance(&self) -> Result<String, StorageError> {
+        instance_of(&self.dir).map_err(|error| StorageError::Instance {
+            path: self.dir.join(INSTANCE_FILE).display().to_string(),
+            error,
+        })
     }
 
     /// fjall syncs the whole journal file under its lock when it rotates it (about every 64

@@ -31,15 +31,17 @@ mod cache;
 mod commit;
 pub mod cpu_priority;
 mod engine;
+mod instance;
 mod memory;
 mod store;
 mod trees;
 
 pub use commit::CommitMachine;
 pub use engine::{Engine, FjallEngine, Space};
+pub use instance::INSTANCE_FILE;
 pub use memory::MemoryEngine;
 pub use store::{
-    actor_node, StorageError, Store, VersionLimits, DEFAULT_OBJECT_CACHE_BYTES,
+    actor_node, ActorOrigin, StorageError, Store, VersionLimits, DEFAULT_OBJECT_CACHE_BYTES,
     MAX_STORABLE_KEY_BYTES,
 };
 

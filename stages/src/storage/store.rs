@@ -27,7 +27,7 @@ mod hints;
 mod identity;
 mod partitions;
 
-pub use actor::actor_node;
+pub use actor::{actor_node, ActorOrigin};
 use actor::{lock_actor, Actor};
 
 use identity::{check_identity, Format};
@@ -108,6 +108,15 @@ pub enum StorageError {
         /// What failed.
         error: std::io::Error,
     },
+    /// The file that names this copy of the data directory (`instance.rs`) could not be read
+    /// or made.
+    #[error("instance file {path}: {error}")]
+    Instance {
+        /// The file.
+        path: String,
+        /// What failed.
+        error: std::io::Error,
+    },
     /// An earlier journal flush failed: writes since may not be on disk behind it, so the
     /// node refuses writes and flushes until it restarts.
     #[error("an earlier journal flush failed ({reason}): writes and flushes are refused until the node restarts (fjall then recovers its journal up to the last whole batch)")]
@@ -154,6 +163,8 @@ pub struct Store {
     /// The actor that names this node's new dots and their counters' floor, shared by every
     /// clone (a removal may renew it: see `actor.rs`).
     actor: Arc<Mutex<Actor>>,
+    /// Why the open kept the actor or named a new one (logged by the node at start).
+    actor_origin: ActorOrigin,
 }
 
 /// What [`Store::transfer_batch`] read.
@@ -215,7 +226,7 @@ impl Store {
         partitions: u32,
         now_ms: u64,
     ) -> Result<Store, StorageError> {
-        let store = Store {
+        let mut store = Store {
             engine,
             locks: stripes(DEFAULT_OBJECT_CACHE_BYTES),
             hints_held: Arc::new(AtomicU64::new(0)),
@@ -226,12 +237,14 @@ impl Store {
                 name: node.clone(),
                 floor: 0,
             })),
+            actor_origin: ActorOrigin::NewDirectory,
         };
         if check_identity(store.engine.as_ref(), node, store.partitions)? == Format::Legacy {
             store.migrate_legacy()?;
         }
-        let actor = store.open_actor(now_ms)?;
+        let (actor, origin) = store.open_actor(now_ms)?;
         *lock_actor(&store.actor) = actor;
+        store.actor_origin = origin;
         store.engine.persist()?;
         let held = store.count_hints()?.values().sum();
         store.hints_held.store(held, Ordering::Relaxed);

@@ -33,8 +33,37 @@ const META_EPOCH: &str = "epoch";
 const META_ACTOR: &str = "actor";
 /// Present while the directory is closed cleanly: written by [`Store::close_cleanly`] after
 /// the last flush, removed (and flushed) at every open, so an open that finds it knows the
-/// last run lost nothing.
+/// last run lost nothing. It holds the engine's instance (`storage/instance.rs`): it counts
+/// only in the copy of the directory, and on the boot, that wrote it, never in a copy
+/// restored after the actor went on making dots elsewhere.
 const META_CLEAN: &str = "clean";
+
+/// Why the run that opened the directory names its dots as it does; the node logs it at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActorOrigin {
+    /// Kept: the last run closed cleanly, in this copy of the directory, on this boot.
+    Kept,
+    /// New: the directory held no actor (new, wiped, or from before actors).
+    NewDirectory,
+    /// New: the last run did not close cleanly (kill -9, power loss, a failed last flush).
+    UncleanStop,
+    /// New: the last run closed cleanly, but the directory was copied, restored or moved to
+    /// another filesystem since, or the machine restarted.
+    CopiedOrRebooted,
+}
+
+impl std::fmt::Display for ActorOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ActorOrigin::Kept => "kept: the last run closed cleanly",
+            ActorOrigin::NewDirectory => "new: the directory held none",
+            ActorOrigin::UncleanStop => "new: the last run did not close cleanly",
+            ActorOrigin::CopiedOrRebooted => {
+                "new: the directory was copied or restored since its clean close, or the machine restarted"
+            }
+        })
+    }
+}
 
 /// The actor of the dots this node makes now, and the floor of their counters.
 #[derive(Clone, Debug)]
@@ -66,7 +95,7 @@ impl Store {
     /// so counters never catch the clock) and by at least one (a clock set back still names a
     /// new actor). The marker of a clean close is removed, so a crash during this run counts as
     /// one. The caller flushes before the node serves.
-    pub(super) fn open_actor(&self, now_ms: u64) -> Result<Actor, StorageError> {
+    pub(super) fn open_actor(&self, now_ms: u64) -> Result<(Actor, ActorOrigin), StorageError> {
         let stored = match self.engine.get(Space::Meta, META_EPOCH.as_bytes())? {
             Some(bytes) => Some(
                 <[u8; 8]>::try_from(bytes.as_slice())
@@ -86,25 +115,33 @@ impl Store {
         .max(now_ms.saturating_mul(1000));
         self.engine
             .insert(Space::Meta, META_EPOCH.as_bytes(), &floor.to_be_bytes())?;
-        let clean = self
-            .engine
-            .get(Space::Meta, META_CLEAN.as_bytes())?
-            .is_some();
-        let kept = self
+        let mark = self.engine.get(Space::Meta, META_CLEAN.as_bytes())?;
+        // An instance that cannot be read counts as another copy: a new actor is always safe.
+        let clean = mark.as_ref().map(|mark| {
+            self.engine
+                .instance()
+                .is_ok_and(|instance| instance.as_bytes() == mark.as_slice())
+        });
+        let stored = self
             .engine
             .get(Space::Meta, META_ACTOR.as_bytes())?
-            .filter(|_| clean)
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .map(NodeId::new)
             .filter(|actor| actor.is_valid_actor() && actor_node(actor) == self.node.as_str());
-        let name = match kept {
-            Some(name) => name,
-            None => self.name_actor(floor)?,
+        let origin = match (&stored, clean) {
+            (None, _) => ActorOrigin::NewDirectory,
+            (Some(_), None) => ActorOrigin::UncleanStop,
+            (Some(_), Some(false)) => ActorOrigin::CopiedOrRebooted,
+            (Some(_), Some(true)) => ActorOrigin::Kept,
         };
-        if clean {
+        let name = match stored {
+            Some(name) if origin == ActorOrigin::Kept => name,
+            _ => self.name_actor(floor)?,
+        };
+        if mark.is_some() {
             self.engine.remove(Space::Meta, META_CLEAN.as_bytes())?;
         }
-        Ok(Actor { name, floor })
+        Ok((Actor { name, floor }, origin))
     }
 
     /// A new actor named by `epoch`, stored (flushed by whatever flush comes next: a crash
@@ -164,12 +201,19 @@ impl Store {
         Ok(())
     }
 
-    /// Marks the directory closed cleanly, after a final flush: the next open keeps the actor.
-    /// Called by the commit stage as it stops, after every other writer stopped; nothing may
-    /// write after it (a write would then be lost by a crash the marker hides).
+    /// Marks the directory closed cleanly, after a final flush: the next open of this copy of
+    /// it, on this boot, keeps the actor. Called by the commit stage as it stops, after every
+    /// other writer stopped; nothing may write after it (a write would then be lost by a crash
+    /// the marker hides).
     pub fn close_cleanly(&self) -> Result<(), StorageError> {
+        let instance = self.engine.instance()?;
         self.engine
-            .insert(Space::Meta, META_CLEAN.as_bytes(), &[1])?;
+            .insert(Space::Meta, META_CLEAN.as_bytes(), instance.as_bytes())?;
         self.engine.persist().map(|_| ())
+    }
+
+    /// Why this run's actor was kept or is new (see [`ActorOrigin`]).
+    pub fn actor_origin(&self) -> ActorOrigin {
+        self.actor_origin
     }
 }
