@@ -270,6 +270,8 @@ impl StorageRequest {
     /// so a new one must say.
     pub fn reach(&self) -> Reach {
         match self {
+            // An anti-entropy sync with nothing (left) to merge only reads, as `writes` says.
+            StorageRequest::Sync { merge, .. } if merge.is_empty() => Reach::HandsOut,
             StorageRequest::CoordinatePut { .. }
             | StorageRequest::StoreHint { .. }
             | StorageRequest::Merge { .. }
