@@ -135,9 +135,10 @@ impl Node {
             wall_clock_ms(),
         )?
         .with_object_cache(config.storage.object_cache_mib << 20);
-        // Whether this run's dots continue the last run's actor (storage/store/actor.rs): a
-        // new one after a crash, a copy or a reboot is what keeps contexts honest.
-        info!(logger, "storage open"; "actor" => %store.actor(), "actor_origin" => %store.actor_origin());
+        // Whether this run's dots continue the last run's actor (storage/store/actor.rs): an
+        // operator who restored a backup sees here that the node took a new one.
+        info!(logger, "storage open";
+              "actor" => %store.actor(), "actor_origin" => %store.actor_origin());
         lower_storage_priority(config, &engine_threads_before, &logger);
         let socket =
             IntakeSocket::bind(config.node.listen).map_err(io_error("binding listen address"))?;

@@ -2,7 +2,7 @@
 //! simulator's engine is in `memory.rs`. Both pass one shared test suite (`storage/tests.rs`); fjall's own
 //! journal handling is tested in `engine/tests.rs`.
 
-use super::instance::{instance_of, INSTANCE_FILE};
+use super::instance::{instance_of, renew_instance, INSTANCE_FILE};
 use super::StorageError;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::fs::{File, OpenOptions};
@@ -116,12 +116,18 @@ pub trait Engine: Send + Sync + 'static {
         None
     }
 
-    /// Which copy of the stored data this is, on which boot, for the mark of a clean close
-    /// (`instance.rs`): a directory copied or restored since, or opened after a reboot, has
-    /// another. Default: always the same (an engine without files: a copy of it is a
-    /// different engine).
-    fn instance(&self) -> Result<String, StorageError> {
-        Ok(String::new())
+    /// Which copy of the stored data this is, in which run, for the mark of a clean close
+    /// (`instance.rs`); `None` when it has none. A directory copied or restored since, or
+    /// opened again, has another. Default: always the same (an engine without files: a copy
+    /// of it is a different engine).
+    fn instance(&self) -> Result<Option<String>, StorageError> {
+        Ok(Some(String::new()))
+    }
+
+    /// Gives the stored data a new instance, which no mark written before matches (every open
+    /// does). Default: nothing.
+    fn renew_instance(&self) -> Result<(), StorageError> {
+        Ok(())
     }
 }
 
@@ -203,6 +209,13 @@ impl FjallEngine {
     fn covered(&self, covers: Option<u64>) {
         if let Some(begun) = covers {
             self.written_out.fetch_max(begun, Ordering::SeqCst);
+        }
+    }
+
+    fn instance_error(&self, error: io::Error) -> StorageError {
+        StorageError::Instance {
+            path: self.dir.join(INSTANCE_FILE).display().to_string(),
+            error,
         }
     }
 
@@ -413,11 +426,12 @@ impl Engine for FjallEngine {
         self.refuse_after_failure().err().map(|e| e.to_string())
     }
 
-    fn instance(&self) -> Result<String, StorageError> {
-        instance_of(&self.dir).map_err(|error| StorageError::Instance {
-            path: self.dir.join(INSTANCE_FILE).display().to_string(),
-            error,
-        })
+    fn instance(&self) -> Result<Option<String>, StorageError> {
+        instance_of(&self.dir).map_err(|error| self.instance_error(error))
+    }
+
+    fn renew_instance(&self) -> Result<(), StorageError> {
+        renew_instance(&self.dir).map_err(|error| self.instance_error(error))
     }
 
     /// fjall syncs the whole journal file under its lock when it rotates it (about every 64

@@ -1,17 +1,19 @@
-//! Which copy of a data directory this is, and on which boot: what the mark of a clean close
+//! Which copy of a data directory this is, in which run: what the mark of a clean close
 //! carries (`store/actor.rs`).
 //!
 //! The mark lets a restart keep the node's actor, which is safe only if every dot that actor
 //! made is in this directory. A directory restored from a copy taken at an earlier clean close
 //! breaks that: the actor went on making dots after the copy was taken, and other replicas hold
-//! them, so the restored node's next dots would make its contexts cover writes it never had. A
-//! copy or a restore makes new files, so the mark names one file of the directory by device,
-//! inode and change time (no tool can set a ctime back), and names the boot: after a copy, a
-//! restore, a move to another filesystem or a machine rolled back to a snapshot (which boots
-//! again), the next open takes a new actor. A new actor is always safe (its dots cover nothing
-//! before them); the cost of one too many is a clock entry. Not caught: a filesystem snapshot
-//! rolled back in place while the machine stays up (same inode, same ctime); README says to
-//! delete [`INSTANCE_FILE`] then.
+//! them, so the restored node's next dots would make its contexts cover writes it never had.
+//! So the mark names one file of the directory, [`INSTANCE_FILE`], by device, inode and change
+//! time (no tool can set a ctime back), and names the boot; every open replaces the file, so
+//! a mark matches only the copy, the run and the boot that wrote it. After a copy, a restore
+//! (even one into the live directory that skips files it finds unchanged), a move to another
+//! filesystem or a reboot, the next open takes a new actor. A new actor is always safe (its
+//! dots cover nothing before them); one too many costs a clock entry, which is also what a
+//! `chmod`, `chown` or hard link of the file costs. Not caught: a filesystem snapshot of the
+//! directory rolled back in place, or a machine resumed from a snapshot of its memory, without
+//! a reboot; README says to delete the file before starting the node then.
 
 use std::fs::{self, File};
 use std::io::{self, ErrorKind, Write};
@@ -21,36 +23,42 @@ use std::path::Path;
 /// The file in the data directory whose identity the mark of a clean close records. fjall
 /// ignores files in its directory that are not `*.jnl`.
 pub const INSTANCE_FILE: &str = "shoal-instance";
+/// Where a new instance file is written before it replaces the old one.
+const NEXT_INSTANCE_FILE: &str = "shoal-instance.next";
 
 /// What the file says to someone who finds it.
-const INSTANCE_TEXT: &[u8] = b"This file names this copy of a shoal data directory: a node keeps \
-its vector-clock actor over a clean restart only in the copy, and on the boot, that closed. \
-Delete it after rolling a filesystem snapshot of the directory back in place.\n";
+const INSTANCE_TEXT: &[u8] = b"This file names this copy of a shoal data directory, replaced \
+at every start: a node keeps its vector-clock actor over a clean restart only in the copy, the \
+run and the boot that closed. Delete it after rolling a snapshot of the directory back in place.\n";
 
-/// This copy of `dir` on this boot, as text: the boot id and [`INSTANCE_FILE`]'s device,
-/// inode and change time. Creates the file (flushed, with its directory entry) when it is
-/// missing, so a directory that lost it never matches a mark written before.
-pub fn instance_of(dir: &Path) -> io::Result<String> {
-    let path = dir.join(INSTANCE_FILE);
-    let meta = match fs::metadata(&path) {
+/// This copy of `dir` in this run, as text: the boot id and [`INSTANCE_FILE`]'s device, inode
+/// and change time; `None` if the file is missing.
+pub fn instance_of(dir: &Path) -> io::Result<Option<String>> {
+    let meta = match fs::metadata(dir.join(INSTANCE_FILE)) {
         Ok(meta) => meta,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            let mut file = File::create_new(&path)?;
-            file.write_all(INSTANCE_TEXT)?;
-            file.sync_all()?;
-            File::open(dir)?.sync_all()?;
-            file.metadata()?
-        }
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    Ok(format!(
+    Ok(Some(format!(
         "boot {} dev {} ino {} ctime {}.{:09}",
         boot_id(),
         meta.dev(),
         meta.ino(),
         meta.ctime(),
         meta.ctime_nsec()
-    ))
+    )))
+}
+
+/// Replaces [`INSTANCE_FILE`] with a new file (written and flushed aside, renamed over it, the
+/// directory flushed), so no mark written before matches it. A crash part-way leaves the old
+/// file or the new one: either way the mark, removed by the same open, is gone.
+pub fn renew_instance(dir: &Path) -> io::Result<()> {
+    let next = dir.join(NEXT_INSTANCE_FILE);
+    let mut file = File::create(&next)?;
+    file.write_all(INSTANCE_TEXT)?;
+    file.sync_all()?;
+    fs::rename(&next, dir.join(INSTANCE_FILE))?;
+    File::open(dir)?.sync_all()
 }
 
 /// Linux's id of this boot; empty where there is none (a reboot then goes unseen, a copy

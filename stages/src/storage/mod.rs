@@ -581,6 +581,8 @@ impl Machine for StorageMachine {
 }
 
 #[cfg(test)]
+mod instance_tests;
+#[cfg(test)]
 mod machine_tests;
 #[cfg(test)]
 mod step_tests;

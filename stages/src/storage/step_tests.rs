@@ -279,3 +279,25 @@ fn a_sync_answers_a_key_it_also_merges_as_it_was_stored_before() {
     let now = machine.storage.store.read(b"k").expect("a read");
     assert_eq!(now, union);
 }
+
+/// Goal: an anti-entropy sync is refused like a write after a failed write-out only if it
+/// merges; one that only reads is answered, as a read is (a failed write-out makes the engine
+/// refuse every later write, and what it answers with was read, not written).
+#[test]
+fn after_a_failed_write_out_a_merging_sync_is_refused_and_a_reading_one_answered() {
+    let (engine, mut machine) = memory_machine(SyncMode::None);
+    engine.fail_write_outs(1);
+    let merging = StorageRequest::sync(vec![(b"m".to_vec(), version_of("peer", 1))], Vec::new());
+    let reading = StorageRequest::sync(Vec::new(), vec![b"m".to_vec()]);
+    let mut out = Outbox::new();
+    whole_batch(
+        &mut machine,
+        Now::real(),
+        &mut vec![event(1, merging), event(2, reading)],
+        &mut out,
+    );
+    assert_eq!(
+        storage_answers(&mut out),
+        vec![(1, false, false), (2, true, false)]
+    );
+}

@@ -485,58 +485,6 @@ fn a_clean_close_keeps_the_actor_and_a_crash_or_a_wipe_never_does() {
     assert_eq!(wiped.actor_origin(), ActorOrigin::NewDirectory);
 }
 
-/// Copies the files of a closed fjall directory, as `cp -r` or a restore from a backup does.
-fn copy_directory(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("creates the copy");
-    for entry in std::fs::read_dir(from).expect("lists") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_directory(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copies");
-        }
-    }
-}
-
-/// Goal: the mark of a clean close counts only in the copy of the directory that wrote it. A
-/// copy taken at a clean close and opened later (a restore from a backup: the original's actor
-/// may have made dots since, which other replicas hold) takes a new actor, while the original
-/// keeps its own; so does a directory whose instance file was removed. Real fjall: the copy's
-/// files are new files.
-#[test]
-fn a_directory_restored_from_a_copy_takes_a_new_actor_and_the_original_keeps_its_own() {
-    let original = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(original.path(), &node(), Q, 1_000).expect("opens");
-    let actor = store.actor();
-    put(&store, b"k", &VClock::new(), b"a");
-    store.close_cleanly().expect("closes");
-    drop(store);
-
-    let backup = tempfile::tempdir().expect("temp dir");
-    copy_directory(original.path(), backup.path());
-    let restored = Store::open(backup.path(), &node(), Q, 2_000).expect("the copy opens");
-    assert_ne!(restored.actor(), actor, "a restored copy takes a new actor");
-    assert_eq!(restored.actor_origin(), ActorOrigin::CopiedOrRebooted);
-    assert_eq!(
-        restored.read(b"k").expect("reads").live_values().count(),
-        1,
-        "the copy holds the data"
-    );
-    drop(restored);
-
-    let reopened = Store::open(original.path(), &node(), Q, 3_000).expect("reopens");
-    assert_eq!(reopened.actor(), actor, "the original keeps its actor");
-    assert_eq!(reopened.actor_origin(), ActorOrigin::Kept);
-    reopened.close_cleanly().expect("closes");
-    drop(reopened);
-
-    std::fs::remove_file(original.path().join(INSTANCE_FILE)).expect("removes");
-    let renamed = Store::open(original.path(), &node(), Q, 4_000).expect("reopens");
-    assert_ne!(renamed.actor(), actor, "no instance file: a new actor");
-    assert_eq!(renamed.actor_origin(), ActorOrigin::CopiedOrRebooted);
-}
-
 /// Goal: the longest node name a config accepts, at the latest epoch, still makes an actor
 /// that replicas accept in dots and clocks (they check `is_valid_actor`), and no longer name
 /// passes.

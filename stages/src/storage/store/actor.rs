@@ -33,10 +33,12 @@ const META_EPOCH: &str = "epoch";
 const META_ACTOR: &str = "actor";
 /// Present while the directory is closed cleanly: written by [`Store::close_cleanly`] after
 /// the last flush, removed (and flushed) at every open, so an open that finds it knows the
-/// last run lost nothing. It holds the engine's instance (`storage/instance.rs`): it counts
-/// only in the copy of the directory, and on the boot, that wrote it, never in a copy
-/// restored after the actor went on making dots elsewhere.
+/// last run lost nothing. It holds the engine's instance (`storage/instance.rs`), which every
+/// open renews: it counts only in the copy of the directory, the run and the boot that wrote
+/// it, never in a copy restored after the actor went on making dots elsewhere.
 const META_CLEAN: &str = "clean";
+/// The mark of a clean close as builds before instances wrote it.
+const MARK_WITHOUT_INSTANCE: &[u8] = &[1];
 
 /// Why the run that opened the directory names its dots as it does; the node logs it at start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,8 +49,10 @@ pub enum ActorOrigin {
     NewDirectory,
     /// New: the last run did not close cleanly (kill -9, power loss, a failed last flush).
     UncleanStop,
-    /// New: the last run closed cleanly, but the directory was copied, restored or moved to
-    /// another filesystem since, or the machine restarted.
+    /// New: the last run closed cleanly, but its mark is from a build before instances.
+    MarkWithoutInstance,
+    /// New: the last run closed cleanly, but the directory was copied or restored since, its
+    /// instance file changed (a `chmod`, `chown` or hard link), or the machine restarted.
     CopiedOrRebooted,
 }
 
@@ -58,8 +62,12 @@ impl std::fmt::Display for ActorOrigin {
             ActorOrigin::Kept => "kept: the last run closed cleanly",
             ActorOrigin::NewDirectory => "new: the directory held none",
             ActorOrigin::UncleanStop => "new: the last run did not close cleanly",
+            ActorOrigin::MarkWithoutInstance => {
+                "new: the last run closed cleanly, but its mark is from an older build"
+            }
             ActorOrigin::CopiedOrRebooted => {
-                "new: the directory was copied or restored since its clean close, or the machine restarted"
+                "new: since its clean close the directory was copied or restored, \
+                 its instance file changed, or the machine restarted"
             }
         })
     }
@@ -116,28 +124,28 @@ impl Store {
         self.engine
             .insert(Space::Meta, META_EPOCH.as_bytes(), &floor.to_be_bytes())?;
         let mark = self.engine.get(Space::Meta, META_CLEAN.as_bytes())?;
-        // An instance that cannot be read counts as another copy: a new actor is always safe.
-        let clean = mark.as_ref().map(|mark| {
-            self.engine
-                .instance()
-                .is_ok_and(|instance| instance.as_bytes() == mark.as_slice())
-        });
+        let instance = self.engine.instance()?;
         let stored = self
             .engine
             .get(Space::Meta, META_ACTOR.as_bytes())?
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .map(NodeId::new)
             .filter(|actor| actor.is_valid_actor() && actor_node(actor) == self.node.as_str());
-        let origin = match (&stored, clean) {
+        let origin = match (&stored, mark.as_deref()) {
             (None, _) => ActorOrigin::NewDirectory,
             (Some(_), None) => ActorOrigin::UncleanStop,
-            (Some(_), Some(false)) => ActorOrigin::CopiedOrRebooted,
-            (Some(_), Some(true)) => ActorOrigin::Kept,
+            (Some(_), Some(MARK_WITHOUT_INSTANCE)) => ActorOrigin::MarkWithoutInstance,
+            (Some(_), Some(mark)) if instance.as_deref().map(str::as_bytes) == Some(mark) => {
+                ActorOrigin::Kept
+            }
+            (Some(_), Some(_)) => ActorOrigin::CopiedOrRebooted,
         };
         let name = match stored {
             Some(name) if origin == ActorOrigin::Kept => name,
             _ => self.name_actor(floor)?,
         };
+        // This run's instance: only a mark this run's clean close writes can match it.
+        self.engine.renew_instance()?;
         if mark.is_some() {
             self.engine.remove(Space::Meta, META_CLEAN.as_bytes())?;
         }
@@ -206,9 +214,11 @@ impl Store {
     /// other writer stopped; nothing may write after it (a write would then be lost by a crash
     /// the marker hides).
     pub fn close_cleanly(&self) -> Result<(), StorageError> {
-        let instance = self.engine.instance()?;
-        self.engine
-            .insert(Space::Meta, META_CLEAN.as_bytes(), instance.as_bytes())?;
+        // No instance (its file was removed while the node ran): no mark, a new actor next.
+        if let Some(instance) = self.engine.instance()? {
+            self.engine
+                .insert(Space::Meta, META_CLEAN.as_bytes(), instance.as_bytes())?;
+        }
         self.engine.persist().map(|_| ())
     }
 

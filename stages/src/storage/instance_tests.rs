@@ -1,0 +1,87 @@
+//! The mark of a clean close on real fjall directories copied and restored as operators do
+//! (`instance.rs`, `store/actor.rs`).
+
+use super::tests::{node, Q};
+use super::*;
+use crate::vclock::VClock;
+use std::path::Path;
+
+/// Copies the files of a closed fjall directory as `cp -r` does; `skip` names one to leave
+/// out (a restore that finds it unchanged).
+fn copy_directory(from: &Path, to: &Path, skip: Option<&str>) {
+    std::fs::create_dir_all(to).expect("creates the copy");
+    for entry in std::fs::read_dir(from).expect("lists") {
+        let entry = entry.expect("entry");
+        if skip.is_some_and(|name| entry.file_name() == name) {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_directory(&entry.path(), &target, None);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copies");
+        }
+    }
+}
+
+/// A store of node n1 opened at `now_ms` that writes one key and closes cleanly.
+fn run_and_close(dir: &Path, now_ms: u64) -> (NodeId, ActorOrigin) {
+    let store = Store::open(dir, &node(), Q, now_ms).expect("opens");
+    let run = (store.actor(), store.actor_origin());
+    store
+        .coordinate_put(b"k", &VClock::new(), Some(b"v".to_vec()), 1, &tests::LIMITS)
+        .expect("put");
+    store.close_cleanly().expect("closes");
+    run
+}
+
+/// Goal: the mark of a clean close counts only in the copy of the directory that wrote it. A
+/// copy taken at a clean close and opened later (a restore from a backup: the original's actor
+/// may have made dots since, which other replicas hold) takes a new actor, while the original
+/// keeps its own over its clean restarts; so does a directory whose instance file was removed.
+#[test]
+fn a_directory_restored_from_a_copy_takes_a_new_actor_and_the_original_keeps_its_own() {
+    let original = tempfile::tempdir().expect("temp dir");
+    let (actor, _) = run_and_close(original.path(), 1_000);
+
+    let backup = tempfile::tempdir().expect("temp dir");
+    copy_directory(original.path(), backup.path(), None);
+    let restored = Store::open(backup.path(), &node(), Q, 2_000).expect("the copy opens");
+    assert_ne!(restored.actor(), actor, "a restored copy takes a new actor");
+    assert_eq!(restored.actor_origin(), ActorOrigin::CopiedOrRebooted);
+    let held = restored.read(b"k").expect("reads");
+    assert_eq!(held.live_values().count(), 1, "the copy holds the data");
+    drop(restored);
+
+    assert_eq!(
+        run_and_close(original.path(), 3_000),
+        (actor.clone(), ActorOrigin::Kept),
+        "the original keeps its actor"
+    );
+    std::fs::remove_file(original.path().join(INSTANCE_FILE)).expect("removes");
+    let recreated = Store::open(original.path(), &node(), Q, 4_000).expect("reopens");
+    assert_ne!(recreated.actor(), actor, "no instance file: a new actor");
+    assert_eq!(recreated.actor_origin(), ActorOrigin::CopiedOrRebooted);
+}
+
+/// Goal: a backup restored into the live directory by a tool that skips files it finds
+/// unchanged (rsync's default) still takes a new actor: the instance file is renewed by every
+/// open, so the live one is never the backup's even when the restore leaves it in place.
+#[test]
+fn a_backup_restored_over_the_live_directory_takes_a_new_actor() {
+    let live = tempfile::tempdir().expect("temp dir");
+    let (actor, _) = run_and_close(live.path(), 1_000);
+    let backup = tempfile::tempdir().expect("temp dir");
+    copy_directory(live.path(), backup.path(), None);
+    // The node runs on, with the same actor, and stops cleanly again.
+    assert_eq!(
+        run_and_close(live.path(), 2_000),
+        (actor.clone(), ActorOrigin::Kept)
+    );
+
+    // fjall's files and the backup's mark come back; the instance file is left as it is.
+    copy_directory(backup.path(), live.path(), Some(INSTANCE_FILE));
+    let restored = Store::open(live.path(), &node(), Q, 3_000).expect("opens");
+    assert_ne!(restored.actor(), actor, "the backup's mark must not match");
+    assert_eq!(restored.actor_origin(), ActorOrigin::CopiedOrRebooted);
+}
