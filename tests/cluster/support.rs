@@ -396,11 +396,21 @@ impl ProcessCluster {
     pub fn signal(&mut self, i: usize, pause: bool) {
         if let Some(node) = &self.nodes[i] {
             let signal = if pause { "-STOP" } else { "-CONT" };
+            let pid = node.child.id();
             let status = Command::new("kill")
-                .args([signal, &node.child.id().to_string()])
+                .args([signal, &pid.to_string()])
                 .status()
                 .expect("kill");
             assert!(status.success(), "kill {signal} failed");
+            // kill returns once the signal is queued; the threads stop only as each is next
+            // scheduled, and on two busy cores a node's loop can answer a request sent after
+            // kill returned (a W=3 put then needed no fallback, and no hint was kept).
+            if pause {
+                assert!(
+                    eventually(|| every_thread_stopped(pid)),
+                    "node {i} (pid {pid}) did not stop"
+                );
+            }
         }
         if pause {
             self.paused.insert(i);
@@ -422,6 +432,20 @@ impl ProcessCluster {
             .map(|reply| reply.members.iter().map(|m| m.hints_pending).sum::<u64>())
             .sum()
     }
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`;
+/// the state follows the command name, which may hold spaces and parentheses).
+fn every_thread_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+    })
 }
 
 /// A client of the node at `addr`.
