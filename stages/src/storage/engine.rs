@@ -2,7 +2,7 @@
 //! simulator's engine is in `memory.rs`. Both pass one shared test suite (`storage/tests.rs`); fjall's own
 //! journal handling is tested in `engine/tests.rs`.
 
-use super::instance::{instance_of, renew_instance, INSTANCE_FILE};
+use super::instance::{instance_of, renew_instance, InstanceError};
 use super::StorageError;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::fs::{File, OpenOptions};
@@ -117,18 +117,14 @@ pub trait Engine: Send + Sync + 'static {
     }
 
     /// Which copy of the stored data this is, in which run, for the mark of a clean close
-    /// (`instance.rs`); `None` when it has none. A directory copied or restored since, or
-    /// opened again, has another. Default: always the same (an engine without files: a copy
-    /// of it is a different engine).
-    fn instance(&self) -> Result<Option<String>, StorageError> {
-        Ok(Some(String::new()))
-    }
+    /// (`instance.rs`); `None` when it has none (no mark is then written). A directory copied
+    /// or restored since, or opened again, has another. No default: an engine that answered
+    /// the same for every copy would keep the actor of a restored backup.
+    fn instance(&self) -> Result<Option<String>, StorageError>;
 
     /// Gives the stored data a new instance, which no mark written before matches (every open
-    /// does). Default: nothing.
-    fn renew_instance(&self) -> Result<(), StorageError> {
-        Ok(())
-    }
+    /// does).
+    fn renew_instance(&self) -> Result<(), StorageError>;
 }
 
 /// fjall: one database per node, one keyspace per [`Space`].
@@ -209,13 +205,6 @@ impl FjallEngine {
     fn covered(&self, covers: Option<u64>) {
         if let Some(begun) = covers {
             self.written_out.fetch_max(begun, Ordering::SeqCst);
-        }
-    }
-
-    fn instance_error(&self, error: io::Error) -> StorageError {
-        StorageError::Instance {
-            path: self.dir.join(INSTANCE_FILE).display().to_string(),
-            error,
         }
     }
 
@@ -427,11 +416,11 @@ impl Engine for FjallEngine {
     }
 
     fn instance(&self) -> Result<Option<String>, StorageError> {
-        instance_of(&self.dir).map_err(|error| self.instance_error(error))
+        instance_of(&self.dir).map_err(instance_error)
     }
 
     fn renew_instance(&self) -> Result<(), StorageError> {
-        renew_instance(&self.dir).map_err(|error| self.instance_error(error))
+        renew_instance(&self.dir).map_err(instance_error)
     }
 
     /// fjall syncs the whole journal file under its lock when it rotates it (about every 64
@@ -511,6 +500,13 @@ fn write_back_range(file: &File, from: u64, len: NonZeroU64) -> io::Result<()> {
 #[cfg(not(target_os = "linux"))]
 fn write_back_range(_file: &File, _from: u64, _len: NonZeroU64) -> io::Result<()> {
     Ok(())
+}
+
+fn instance_error(failed: InstanceError) -> StorageError {
+    StorageError::Instance {
+        path: failed.path.display().to_string(),
+        error: failed.error,
+    }
 }
 
 fn journal_error(path: &Path, error: io::Error) -> StorageError {

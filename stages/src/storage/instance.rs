@@ -10,15 +10,33 @@
 //! a mark matches only the copy, the run and the boot that wrote it. After a copy, a restore
 //! (even one into the live directory that skips files it finds unchanged), a move to another
 //! filesystem or a reboot, the next open takes a new actor. A new actor is always safe (its
-//! dots cover nothing before them); one too many costs a clock entry, which is also what a
-//! `chmod`, `chown` or hard link of the file costs. Not caught: a filesystem snapshot of the
-//! directory rolled back in place, or a machine resumed from a snapshot of its memory, without
-//! a reboot; README says to delete the file before starting the node then.
+//! dots cover nothing before them); one too many costs a clock entry more in each key the node
+//! then coordinates, which is also what a `chmod`, `chown` or hard link of the file costs. Not
+//! caught: a restore over the live directory that leaves a newer journal behind (its run's own
+//! mark can match), a filesystem snapshot of the directory rolled back in place, or a machine
+//! resumed from a snapshot of its memory, without a reboot; README says to restore into an
+//! emptied directory, and to delete the file before starting the node after any of these.
 
 use std::fs::{self, File};
 use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A failed read or replacement of the instance file: which path, and what failed.
+#[derive(Debug)]
+pub struct InstanceError {
+    /// The file or directory the failing call was about.
+    pub path: PathBuf,
+    /// What failed.
+    pub error: io::Error,
+}
+
+fn at(path: &Path) -> impl FnOnce(io::Error) -> InstanceError + '_ {
+    move |error| InstanceError {
+        path: path.to_path_buf(),
+        error,
+    }
+}
 
 /// The file in the data directory whose identity the mark of a clean close records. fjall
 /// ignores files in its directory that are not `*.jnl`.
@@ -33,11 +51,12 @@ run and the boot that closed. Delete it after rolling a snapshot of the director
 
 /// This copy of `dir` in this run, as text: the boot id and [`INSTANCE_FILE`]'s device, inode
 /// and change time; `None` if the file is missing.
-pub fn instance_of(dir: &Path) -> io::Result<Option<String>> {
-    let meta = match fs::metadata(dir.join(INSTANCE_FILE)) {
+pub fn instance_of(dir: &Path) -> Result<Option<String>, InstanceError> {
+    let path = dir.join(INSTANCE_FILE);
+    let meta = match fs::metadata(&path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+        Err(e) => return Err(at(&path)(e)),
     };
     Ok(Some(format!(
         "boot {} dev {} ino {} ctime {}.{:09}",
@@ -50,15 +69,19 @@ pub fn instance_of(dir: &Path) -> io::Result<Option<String>> {
 }
 
 /// Replaces [`INSTANCE_FILE`] with a new file (written and flushed aside, renamed over it, the
-/// directory flushed), so no mark written before matches it. A crash part-way leaves the old
-/// file or the new one: either way the mark, removed by the same open, is gone.
-pub fn renew_instance(dir: &Path) -> io::Result<()> {
+/// directory flushed), so no mark written before matches it. A crash part-way may leave the
+/// old file, and the mark that matches it: harmless, since the open that crashed made no dot
+/// (the store flushes its open before the node serves).
+pub fn renew_instance(dir: &Path) -> Result<(), InstanceError> {
     let next = dir.join(NEXT_INSTANCE_FILE);
-    let mut file = File::create(&next)?;
-    file.write_all(INSTANCE_TEXT)?;
-    file.sync_all()?;
-    fs::rename(&next, dir.join(INSTANCE_FILE))?;
-    File::open(dir)?.sync_all()
+    let mut file = File::create(&next).map_err(at(&next))?;
+    file.write_all(INSTANCE_TEXT).map_err(at(&next))?;
+    file.sync_all().map_err(at(&next))?;
+    let path = dir.join(INSTANCE_FILE);
+    fs::rename(&next, &path).map_err(at(&path))?;
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(at(dir))
 }
 
 /// Linux's id of this boot; empty where there is none (a reboot then goes unseen, a copy

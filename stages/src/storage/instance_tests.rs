@@ -64,9 +64,10 @@ fn a_directory_restored_from_a_copy_takes_a_new_actor_and_the_original_keeps_its
     assert_eq!(recreated.actor_origin(), ActorOrigin::CopiedOrRebooted);
 }
 
-/// Goal: a backup restored into the live directory by a tool that skips files it finds
-/// unchanged (rsync's default) still takes a new actor: the instance file is renewed by every
-/// open, so the live one is never the backup's even when the restore leaves it in place.
+/// Goal: a backup restored into the live directory by a tool that skips files it judges
+/// unchanged (`rsync --checksum`, or one that compares sizes alone) still takes a new actor:
+/// the instance file is renewed by every open, so the live one is never the backup's even when
+/// the restore leaves it in place.
 #[test]
 fn a_backup_restored_over_the_live_directory_takes_a_new_actor() {
     let live = tempfile::tempdir().expect("temp dir");
@@ -84,4 +85,29 @@ fn a_backup_restored_over_the_live_directory_takes_a_new_actor() {
     let restored = Store::open(live.path(), &node(), Q, 3_000).expect("opens");
     assert_ne!(restored.actor(), actor, "the backup's mark must not match");
     assert_eq!(restored.actor_origin(), ActorOrigin::CopiedOrRebooted);
+}
+
+/// Goal: the mark a build before instances wrote (`[1]` under `clean` in `meta`) does not keep
+/// the actor, since it names no copy: an upgraded node takes a new actor once, says why, and
+/// keeps that one over its next clean restart.
+#[test]
+fn a_mark_from_before_instances_takes_a_new_actor_once() {
+    let engine = MemoryEngine::new();
+    let store = Store::with_engine(engine.clone(), &node(), Q, 1_000).expect("opens");
+    let actor = store.actor();
+    drop(store);
+    engine
+        .insert(Space::Meta, b"clean", &[1])
+        .expect("the old build's mark");
+    let upgraded = Store::with_engine(engine.clone(), &node(), Q, 2_000).expect("reopens");
+    assert_ne!(upgraded.actor(), actor, "an old mark names no copy");
+    assert_eq!(upgraded.actor_origin(), ActorOrigin::MarkWithoutInstance);
+    let renewed = upgraded.actor();
+    upgraded.close_cleanly().expect("closes");
+    drop(upgraded);
+    let again = Store::with_engine(engine, &node(), Q, 3_000).expect("reopens");
+    assert_eq!(
+        (again.actor(), again.actor_origin()),
+        (renewed, ActorOrigin::Kept)
+    );
 }

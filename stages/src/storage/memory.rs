@@ -142,6 +142,15 @@ impl MemoryEngine {
 }
 
 impl Engine for MemoryEngine {
+    /// Always the same: a copy of this engine is another engine, never a restored one.
+    fn instance(&self) -> Result<Option<String>, StorageError> {
+        Ok(Some(String::new()))
+    }
+
+    fn renew_instance(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     fn failure(&self) -> Option<String> {
         self.state()
             .refuse_if_poisoned()

@@ -1,5 +1,6 @@
 //! Large storage requests (merges, reads, digest scans) cut into steps that let the queue's
-//! foreground events in between, and answered once, whole.
+//! foreground events in between, and answered once, whole; and which steps a failed
+//! write-out refuses.
 
 use super::machine_tests::{event, memory_machine, storage_answers, whole_batch, Pair};
 use super::tests::Q;

@@ -109,8 +109,8 @@ pub enum StorageError {
         error: std::io::Error,
     },
     /// The file that names this copy of the data directory (`instance.rs`) could not be read
-    /// or made.
-    #[error("instance file {path}: {error}")]
+    /// or replaced.
+    #[error("the data directory's instance file, at {path}: {error}")]
     Instance {
         /// The file.
         path: String,

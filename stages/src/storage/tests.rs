@@ -193,6 +193,12 @@ impl Engine for CountingHintScans {
     fn write_out(&self) -> Result<(), StorageError> {
         self.inner.write_out()
     }
+    fn instance(&self) -> Result<Option<String>, StorageError> {
+        self.inner.instance()
+    }
+    fn renew_instance(&self) -> Result<(), StorageError> {
+        self.inner.renew_instance()
+    }
     fn persist(&self) -> Result<std::time::Duration, StorageError> {
         self.inner.persist()
     }

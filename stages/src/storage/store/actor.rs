@@ -47,12 +47,14 @@ pub enum ActorOrigin {
     Kept,
     /// New: the directory held no actor (new, wiped, or from before actors).
     NewDirectory,
-    /// New: the last run did not close cleanly (kill -9, power loss, a failed last flush).
+    /// New: the last run did not close cleanly (kill -9, power loss, a failed last flush), or
+    /// it did but found no instance file to name in its mark (removed while it ran).
     UncleanStop,
     /// New: the last run closed cleanly, but its mark is from a build before instances.
     MarkWithoutInstance,
     /// New: the last run closed cleanly, but the directory was copied or restored since, its
-    /// instance file changed (a `chmod`, `chown` or hard link), or the machine restarted.
+    /// instance file changed (a `chmod`, `chown` or hard link), or the machine restarted; also
+    /// after an open that crashed between renewing the file and flushing the mark's removal.
     CopiedOrRebooted,
 }
 
