@@ -408,7 +408,8 @@ impl ProcessCluster {
             if pause {
                 assert!(
                     eventually(|| every_thread_stopped(pid)),
-                    "node {i} (pid {pid}) did not stop"
+                    "node {i} (pid {pid}) did not stop: state {:?} (Z: it had exited)",
+                    process_state(pid)
                 );
             }
         }
@@ -434,18 +435,27 @@ impl ProcessCluster {
     }
 }
 
-/// Whether every thread of process `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`;
-/// the state follows the command name, which may hold spaces and parentheses).
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`).
 fn every_thread_stopped(pid: u32) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
-    tasks.flatten().all(|task| {
-        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-            stat.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
-        })
-    })
+    tasks
+        .flatten()
+        .all(|task| state_in(&task.path().join("stat")) == Some('T'))
+}
+
+/// The state letter of process `pid` (`/proc/<pid>/stat`), if it is still there.
+fn process_state(pid: u32) -> Option<char> {
+    state_in(Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// The state letter in a `stat` file: it follows the command name, which may hold spaces and
+/// parentheses, so it is read after the last `)`.
+fn state_in(stat: &Path) -> Option<char> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    let (_, rest) = text.rsplit_once(')')?;
+    rest.trim_start().chars().next()
 }
 
 /// A client of the node at `addr`.
