@@ -5,6 +5,7 @@ use shoal::client::{Client, RequestOptions};
 use shoal::config::Config;
 use shoal::logging;
 use shoal::node::Node;
+use shoal_stages::storage::cpu_priority::threads_of;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -437,12 +438,11 @@ impl ProcessCluster {
 
 /// Whether every thread of process `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`).
 fn every_thread_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks
-        .flatten()
-        .all(|task| state_in(&task.path().join("stat")) == Some('T'))
+    threads_of(pid).is_ok_and(|threads| {
+        threads.iter().all(|(tid, _)| {
+            state_in(Path::new(&format!("/proc/{pid}/task/{tid}/stat"))) == Some('T')
+        })
+    })
 }
 
 /// The state letter of process `pid` (`/proc/<pid>/stat`), if it is still there.

@@ -2,7 +2,7 @@
 //! simulator's engine is in `memory.rs`. Both pass one shared test suite (`storage/tests.rs`); fjall's own
 //! journal handling is tested in `engine/tests.rs`.
 
-use super::instance::{instance_of, renew_instance, InstanceError};
+use super::instance::{instance_of, renew_instance};
 use super::StorageError;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::fs::{File, OpenOptions};
@@ -416,11 +416,11 @@ impl Engine for FjallEngine {
     }
 
     fn instance(&self) -> Result<Option<String>, StorageError> {
-        instance_of(&self.dir).map_err(instance_error)
+        instance_of(&self.dir)
     }
 
     fn renew_instance(&self) -> Result<(), StorageError> {
-        renew_instance(&self.dir).map_err(instance_error)
+        renew_instance(&self.dir)
     }
 
     /// fjall syncs the whole journal file under its lock when it rotates it (about every 64
@@ -500,13 +500,6 @@ fn write_back_range(file: &File, from: u64, len: NonZeroU64) -> io::Result<()> {
 #[cfg(not(target_os = "linux"))]
 fn write_back_range(_file: &File, _from: u64, _len: NonZeroU64) -> io::Result<()> {
     Ok(())
-}
-
-fn instance_error(failed: InstanceError) -> StorageError {
-    StorageError::Instance {
-        path: failed.path.display().to_string(),
-        error: failed.error,
-    }
 }
 
 fn journal_error(path: &Path, error: io::Error) -> StorageError {

@@ -17,23 +17,16 @@
 //! resumed from a snapshot of its memory, without a reboot; README says to restore into an
 //! emptied directory, and to delete the file before starting the node after any of these.
 
+use super::StorageError;
 use std::fs::{self, File};
 use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// A failed read or replacement of the instance file: which path, and what failed.
-#[derive(Debug)]
-pub struct InstanceError {
-    /// The file or directory the failing call was about.
-    pub path: PathBuf,
-    /// What failed.
-    pub error: io::Error,
-}
-
-fn at(path: &Path) -> impl FnOnce(io::Error) -> InstanceError + '_ {
-    move |error| InstanceError {
-        path: path.to_path_buf(),
+/// The error of a failed call about `path` (the file, its replacement or the directory).
+fn at(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
+    move |error| StorageError::Instance {
+        path: path.display().to_string(),
         error,
     }
 }
@@ -51,7 +44,7 @@ run and the boot that closed. Delete it after rolling a snapshot of the director
 
 /// This copy of `dir` in this run, as text: the boot id and [`INSTANCE_FILE`]'s device, inode
 /// and change time; `None` if the file is missing.
-pub fn instance_of(dir: &Path) -> Result<Option<String>, InstanceError> {
+pub fn instance_of(dir: &Path) -> Result<Option<String>, StorageError> {
     let path = dir.join(INSTANCE_FILE);
     let meta = match fs::metadata(&path) {
         Ok(meta) => meta,
@@ -72,7 +65,7 @@ pub fn instance_of(dir: &Path) -> Result<Option<String>, InstanceError> {
 /// directory flushed), so no mark written before matches it. A crash part-way may leave the
 /// old file, and the mark that matches it: harmless, since the open that crashed made no dot
 /// (the store flushes its open before the node serves).
-pub fn renew_instance(dir: &Path) -> Result<(), InstanceError> {
+pub fn renew_instance(dir: &Path) -> Result<(), StorageError> {
     let next = dir.join(NEXT_INSTANCE_FILE);
     let mut file = File::create(&next).map_err(at(&next))?;
     file.write_all(INSTANCE_TEXT).map_err(at(&next))?;

@@ -1,6 +1,7 @@
 //! The mark of a clean close on real fjall directories copied and restored as operators do
 //! (`instance.rs`, `store/actor.rs`).
 
+use super::instance::INSTANCE_FILE;
 use super::tests::{node, Q};
 use super::*;
 use crate::vclock::VClock;
@@ -35,17 +36,22 @@ fn run_and_close(dir: &Path, now_ms: u64) -> (NodeId, ActorOrigin) {
     run
 }
 
+/// A directory where node n1 ran once and closed cleanly, its actor, and a copy taken then.
+fn closed_with_backup() -> (tempfile::TempDir, NodeId, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (actor, _) = run_and_close(dir.path(), 1_000);
+    let backup = tempfile::tempdir().expect("temp dir");
+    copy_directory(dir.path(), backup.path(), None);
+    (dir, actor, backup)
+}
+
 /// Goal: the mark of a clean close counts only in the copy of the directory that wrote it. A
 /// copy taken at a clean close and opened later (a restore from a backup: the original's actor
 /// may have made dots since, which other replicas hold) takes a new actor, while the original
 /// keeps its own over its clean restarts; so does a directory whose instance file was removed.
 #[test]
 fn a_directory_restored_from_a_copy_takes_a_new_actor_and_the_original_keeps_its_own() {
-    let original = tempfile::tempdir().expect("temp dir");
-    let (actor, _) = run_and_close(original.path(), 1_000);
-
-    let backup = tempfile::tempdir().expect("temp dir");
-    copy_directory(original.path(), backup.path(), None);
+    let (original, actor, backup) = closed_with_backup();
     let restored = Store::open(backup.path(), &node(), Q, 2_000).expect("the copy opens");
     assert_ne!(restored.actor(), actor, "a restored copy takes a new actor");
     assert_eq!(restored.actor_origin(), ActorOrigin::CopiedOrRebooted);
@@ -70,10 +76,7 @@ fn a_directory_restored_from_a_copy_takes_a_new_actor_and_the_original_keeps_its
 /// the restore leaves it in place.
 #[test]
 fn a_backup_restored_over_the_live_directory_takes_a_new_actor() {
-    let live = tempfile::tempdir().expect("temp dir");
-    let (actor, _) = run_and_close(live.path(), 1_000);
-    let backup = tempfile::tempdir().expect("temp dir");
-    copy_directory(live.path(), backup.path(), None);
+    let (live, actor, backup) = closed_with_backup();
     // The node runs on, with the same actor, and stops cleanly again.
     assert_eq!(
         run_and_close(live.path(), 2_000),

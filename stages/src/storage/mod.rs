@@ -38,7 +38,6 @@ mod trees;
 
 pub use commit::CommitMachine;
 pub use engine::{Engine, FjallEngine, Space};
-pub use instance::INSTANCE_FILE;
 pub use memory::MemoryEngine;
 pub use store::{
     actor_node, ActorOrigin, StorageError, Store, VersionLimits, DEFAULT_OBJECT_CACHE_BYTES,
