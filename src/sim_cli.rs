@@ -24,7 +24,7 @@ pub struct SimArgs {
     #[arg(long)]
     pub nodes: Option<usize>,
     /// Faults to inject: all, none, or a list of delay,drop,duplicate,reorder,partition,crash,
-    /// power,pause,flush,membership.
+    /// power,pause,flush,membership,restore.
     #[arg(long, default_value = "all")]
     pub faults: Faults,
     /// Every node's `sync`: always (every write flushed before its ack), periodic or none.

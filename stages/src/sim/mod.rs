@@ -59,6 +59,11 @@ pub struct Faults {
     /// A node outside the ring joins during the workload (plan and commit through a member),
     /// and later a member leaves: their partitions are transferred while clients write.
     pub membership: bool,
+    /// An operator stops a member cleanly (the next start keeps its dot actor), copies its
+    /// data and starts it again; later the node's disk dies and the copy is restored. The
+    /// restored node must take a new actor: its old one went on making dots that other
+    /// replicas hold and the copy lacks.
+    pub restore: bool,
 }
 
 impl Faults {
@@ -78,6 +83,7 @@ impl Faults {
         pause: true,
         flush: true,
         membership: true,
+        restore: true,
     };
 
     /// No fault.
@@ -92,9 +98,10 @@ impl Faults {
         pause: false,
         flush: false,
         membership: false,
+        restore: false,
     };
 
-    const NAMES: [&'static str; 10] = [
+    const NAMES: [&'static str; 11] = [
         "delay",
         "drop",
         "duplicate",
@@ -105,9 +112,10 @@ impl Faults {
         "pause",
         "flush",
         "membership",
+        "restore",
     ];
 
-    fn flags(&self) -> [bool; 10] {
+    fn flags(&self) -> [bool; 11] {
         [
             self.delay,
             self.drop,
@@ -119,6 +127,7 @@ impl Faults {
             self.pause,
             self.flush,
             self.membership,
+            self.restore,
         ]
     }
 }
@@ -162,6 +171,7 @@ impl FromStr for Faults {
                 "pause" => &mut faults.pause,
                 "flush" => &mut faults.flush,
                 "membership" => &mut faults.membership,
+                "restore" => &mut faults.restore,
                 other => {
                     return Err(format!(
                         "unknown fault {other:?}; the faults are {}, or all, or none",

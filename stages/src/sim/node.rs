@@ -17,7 +17,8 @@ use crate::repair::RepairMachine;
 use crate::replicate::ReplicateMachine;
 use crate::seda::{deliver, Gate, Machine, Outbox, Post};
 use crate::storage::{
-    CommitMachine, MemoryEngine, StorageMachine, StorageSettings, Store, SyncMode, VersionLimits,
+    CommitMachine, MemoryBackup, MemoryEngine, StorageMachine, StorageSettings, Store, SyncMode,
+    VersionLimits,
 };
 use crate::transfer::{TransferMachine, TransferSettings};
 use crate::wire::ContextSeal;
@@ -100,6 +101,8 @@ pub struct SimNode {
     pub capacity: [usize; STAGES],
     /// The node's `sync` and the cluster's `durable_writes`.
     pub durability: (SyncMode, Durability),
+    /// The copy of its data an operator took (the restore fault), to restore it from later.
+    pub backup: Option<MemoryBackup>,
 }
 
 impl SimNode {
@@ -122,6 +125,7 @@ impl SimNode {
             queued: [0; STAGES],
             last_at: [0; STAGES],
             capacity,
+            backup: None,
         }
     }
 
@@ -282,6 +286,18 @@ impl SimNode {
         }
         self.queued = [0; STAGES];
         self.paused_until = 0;
+    }
+
+    /// An operator's stop (SIGTERM): as on a real node, the commit stage stops last, with
+    /// the final flush and the mark of a clean close, so the next start keeps the node's dot
+    /// actor. What was still on its way between the stages is dropped unanswered (the real
+    /// node's drain answers it; unanswered, its clients retry). A node already down stays so.
+    pub fn stop_cleanly(&mut self) {
+        let Some(mut machines) = self.machines.take() else {
+            return;
+        };
+        machines.commit.on_stop(&mut Outbox::new());
+        self.crash(false);
     }
 }
 

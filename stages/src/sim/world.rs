@@ -101,6 +101,10 @@ enum Fault {
     Crash(usize),
     /// The node's machine loses power: what it never flushed is lost too.
     PowerLoss(usize),
+    /// An operator stops the node cleanly and copies its data (the restore fault).
+    Backup(usize),
+    /// The node's disk dies (its process with it), and the operator restores the copy.
+    Restore(usize),
     Restart(usize),
     Pause(usize, u64),
     FailFlushes(usize, u32),
@@ -179,6 +183,10 @@ pub struct World {
     /// configuration promises to survive, and the crash fault draws as many as it likes;
     /// otherwise one (W = 2 machines hold every acknowledged write).
     acked_flushed: bool,
+    /// Whether every acknowledged write is flushed on W machines (`sync = "always"`, or
+    /// `durable_writes = "all"`): then a restored backup, which loses one machine's writes
+    /// since the copy, and power losses anywhere together still leave a flushed copy.
+    acked_flushed_twice: bool,
     /// Whether the message faults (drop, duplicate, reorder, delay) are on now.
     noisy: bool,
     /// Whether clients start new workload tasks.
@@ -272,6 +280,8 @@ impl World {
             faults: config.faults,
             acked_flushed: config.sync == SyncMode::Always
                 || config.durable_writes.coordinator_flushes(),
+            acked_flushed_twice: config.sync == SyncMode::Always
+                || config.durable_writes.replicas_flush(),
             noisy: false,
             working: true,
             workload_end: config.workload_ms * 1000,
@@ -488,8 +498,12 @@ impl World {
         let wall_ms = self.now(node).wall_ms;
         self.nodes[node].start(self.base, wall_ms)?;
         let incarnation = self.nodes[node].incarnation;
+        let (actor, origin) = match &self.nodes[node].store {
+            Some(store) => (store.actor(), store.actor_origin()),
+            None => unreachable!("a started node has its store"),
+        };
         self.record(format!(
-            "{:>10} n{} start #{incarnation}",
+            "{:>10} n{} start #{incarnation} actor {actor} ({origin})",
             self.sched.time,
             node + 1
         ));

@@ -114,3 +114,48 @@ fn a_mark_from_before_instances_takes_a_new_actor_once() {
         (renewed, ActorOrigin::Kept)
     );
 }
+
+/// Goal: the memory engine, which the simulator restores from backups, models the instance
+/// as fjall's engine does: a clean restart keeps the actor, a restored copy (taken at a clean
+/// close, restored after the actor went on) does not, the restored node keeps its new actor
+/// over its next clean restart, and a copy restored at once is still another file. Fails with
+/// a constant instance (the first restore keeps the actor) and if `MemoryEngine::restore`
+/// keeps the instance (the last one does).
+#[test]
+fn a_memory_engine_restored_from_a_backup_takes_a_new_actor() {
+    let engine = MemoryEngine::new();
+    let store = Store::with_engine(engine.clone(), &node(), Q, 1_000).expect("opens");
+    let actor = store.actor();
+    store.close_cleanly().expect("closes");
+    drop(store);
+    let backup = engine.backup();
+    let kept = Store::with_engine(engine.clone(), &node(), Q, 2_000).expect("reopens");
+    assert_eq!(
+        (kept.actor(), kept.actor_origin()),
+        (actor.clone(), ActorOrigin::Kept)
+    );
+    kept.close_cleanly().expect("closes");
+    drop(kept);
+    engine.restore(&backup);
+    let restored = Store::with_engine(engine.clone(), &node(), Q, 3_000).expect("reopens");
+    assert_ne!(
+        restored.actor(),
+        actor,
+        "the backup's mark names another copy"
+    );
+    assert_eq!(restored.actor_origin(), ActorOrigin::CopiedOrRebooted);
+    let renewed = restored.actor();
+    restored.close_cleanly().expect("closes");
+    drop(restored);
+    let again = Store::with_engine(engine.clone(), &node(), Q, 4_000).expect("reopens");
+    assert_eq!(
+        (again.actor(), again.actor_origin()),
+        (renewed, ActorOrigin::Kept)
+    );
+    again.close_cleanly().expect("closes");
+    drop(again);
+    let backup = engine.backup();
+    engine.restore(&backup);
+    let copied = Store::with_engine(engine, &node(), Q, 5_000).expect("reopens");
+    assert_eq!(copied.actor_origin(), ActorOrigin::CopiedOrRebooted);
+}

@@ -1,7 +1,8 @@
 //! The simulator's engine: ordered maps in memory, with a journal of the writes since the last
 //! [`Engine::persist`] so that a simulated power loss loses exactly what was not flushed (and a
-//! process crash what was not written out), and injectable faults (a flush that fails).
-//! Deterministic: no clock, no randomness of its own.
+//! process crash what was not written out), injectable faults (a flush that fails), and copies
+//! of its data restored over it (an operator's backup). Deterministic: no clock, no randomness
+//! of its own.
 
 use super::engine::{Engine, Space};
 use super::StorageError;
@@ -50,6 +51,12 @@ struct State {
     /// Writebacks started ([`Engine::write_back`]): counted only, as they make nothing
     /// durable.
     write_backs: u64,
+    /// The engine's instance ([`Engine::instance`]), the model of fjall's engine's instance
+    /// file: renewed at every open, and new in a restored copy, whose file is another file.
+    /// It is not data: a power loss or a restore does not bring an older one back.
+    instance: u64,
+    /// Instances handed out so far: the next is one more.
+    instances_made: u64,
 }
 
 impl State {
@@ -62,6 +69,18 @@ impl State {
         }
         Ok(())
     }
+
+    fn fresh_instance(&mut self) -> u64 {
+        self.instances_made += 1;
+        self.instances_made
+    }
+}
+
+/// A copy of a stopped engine's data: what copying a stopped node's data directory takes
+/// (everything written out, flushed or not; a process's unwritten buffer died with it).
+#[derive(Clone)]
+pub struct MemoryBackup {
+    maps: [Map; 4],
 }
 
 /// An in-memory [`Engine`] that can lose power and fail.
@@ -139,15 +158,38 @@ impl MemoryEngine {
     pub fn write_backs(&self) -> u64 {
         self.state().write_backs
     }
+
+    /// A copy of the data, as an operator's backup of the stopped node takes it.
+    pub fn backup(&self) -> MemoryBackup {
+        MemoryBackup {
+            maps: self.state().current.clone(),
+        }
+    }
+
+    /// Replaces the data with a backup's, as an operator restores a stopped node's data
+    /// directory from a copy: what was written since the copy is gone, and the instance is
+    /// new (the copy's instance file is another file than the one its clean-close mark
+    /// names).
+    pub fn restore(&self, backup: &MemoryBackup) {
+        let mut state = self.state();
+        state.current = backup.maps.clone();
+        state.durable = backup.maps.clone();
+        state.journal.clear();
+        state.buffered = 0;
+        state.instance = state.fresh_instance();
+    }
 }
 
 impl Engine for MemoryEngine {
-    /// Always the same: a copy of this engine is another engine, never a restored one.
+    /// The same from one open to the next clean close and the open after it; another after
+    /// a restore ([`MemoryEngine::restore`]).
     fn instance(&self) -> Result<Option<String>, StorageError> {
-        Ok(Some(String::new()))
+        Ok(Some(self.state().instance.to_string()))
     }
 
     fn renew_instance(&self) -> Result<(), StorageError> {
+        let mut state = self.state();
+        state.instance = state.fresh_instance();
         Ok(())
     }
 

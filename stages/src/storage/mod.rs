@@ -38,7 +38,7 @@ mod trees;
 
 pub use commit::CommitMachine;
 pub use engine::{Engine, FjallEngine, Space};
-pub use memory::MemoryEngine;
+pub use memory::{MemoryBackup, MemoryEngine};
 pub use store::{
     actor_node, ActorOrigin, StorageError, Store, VersionLimits, DEFAULT_OBJECT_CACHE_BYTES,
     MAX_STORABLE_KEY_BYTES,

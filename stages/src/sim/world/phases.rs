@@ -24,6 +24,26 @@ impl World {
         let mut power_losses = if self.acked_flushed { usize::MAX } else { 1 };
         let rng = &mut self.sched.rng;
         let mut plan = Vec::new();
+        // An operator stops a member, copies its data and starts it again (it keeps its dot
+        // actor); later its disk dies and the copy is restored. The copy lacks the writes the
+        // node took since, which W = 2 machines held: unless both copies were flushed, a
+        // power loss could take the other, so the restore then takes the place of every power
+        // loss (crashes are process crashes; with the power fault there is no restore).
+        let restore = self.faults.restore && (self.acked_flushed_twice || !self.faults.power);
+        if restore {
+            if !self.acked_flushed_twice {
+                power_losses = 0;
+            }
+            let node = rng.index(count);
+            let backup = rng.range(start, (start + end) / 2);
+            let back = backup + rng.range(50_000, 500_000);
+            let restore = (back + rng.range(300_000, 2_000_000)).min(end);
+            let restored = (restore + rng.range(200_000, 1_000_000)).min(self.workload_end);
+            plan.push((backup, Fault::Backup(node)));
+            plan.push((back, Fault::Restart(node)));
+            plan.push((restore, Fault::Restore(node)));
+            plan.push((restored, Fault::Restart(node)));
+        }
         if self.faults.crash {
             for _ in 0..rng.range(1, 3) {
                 let node = rng.index(count);
@@ -134,6 +154,17 @@ impl World {
             }
             Fault::Crash(node) => self.crash(node, false),
             Fault::PowerLoss(node) => self.crash(node, true),
+            Fault::Backup(node) => {
+                self.stop_cleanly(node);
+                self.nodes[node].backup = Some(self.nodes[node].engine.backup());
+            }
+            Fault::Restore(node) => {
+                // Its disk died (a crash), and the operator restores the copy over it.
+                self.crash(node, false);
+                if let Some(backup) = &self.nodes[node].backup {
+                    self.nodes[node].engine.restore(backup);
+                }
+            }
             Fault::Restart(node) => {
                 if self.nodes[node].machines.is_none() {
                     // A disk still failing its flushes keeps the node down (as a real one
@@ -222,6 +253,22 @@ impl World {
             return;
         }
         self.nodes[node].crash(power);
+        self.reset_links(node);
+    }
+
+    /// The node stops as an operator stops it (see `SimNode::stop_cleanly`); its connections
+    /// close as a crash's do.
+    fn stop_cleanly(&mut self, node: usize) {
+        if self.nodes[node].machines.is_none() {
+            return;
+        }
+        self.nodes[node].stop_cleanly();
+        self.reset_links(node);
+    }
+
+    /// The connections of a node that stopped close (peers and clients hear of it after a
+    /// network delay).
+    fn reset_links(&mut self, node: usize) {
         for link in self.net.links_of(node) {
             let delay = self.sched.rng.range(50, 500);
             self.sched.after(delay, Job::Closed { link });
