@@ -436,11 +436,15 @@ impl ProcessCluster {
     }
 }
 
-/// Whether every thread of process `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`).
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`,
+/// or `t` where a debugger or `strace` traces it: a traced thread stops there instead).
 fn every_thread_stopped(pid: u32) -> bool {
     threads_of(pid).is_ok_and(|threads| {
         threads.iter().all(|(tid, _)| {
-            state_in(Path::new(&format!("/proc/{pid}/task/{tid}/stat"))) == Some('T')
+            matches!(
+                state_in(Path::new(&format!("/proc/{pid}/task/{tid}/stat"))),
+                Some('T' | 't')
+            )
         })
     })
 }

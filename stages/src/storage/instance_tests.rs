@@ -159,3 +159,38 @@ fn a_memory_engine_restored_from_a_backup_takes_a_new_actor() {
     let copied = Store::with_engine(engine, &node(), Q, 5_000).expect("reopens");
     assert_eq!(copied.actor_origin(), ActorOrigin::CopiedOrRebooted);
 }
+
+/// Goal: the simulator's backups hold what a copy of the files would: what was written out,
+/// flushed or not, and not what the process still buffered; a restore drops what came after
+/// the copy, and what it brings back survives a power loss (it is on the new disk). Fails if
+/// `restore` only renewed the instance, or if `backup` copied the process's buffer.
+#[test]
+fn a_memory_engine_backup_holds_what_was_written_out_and_a_restore_drops_what_came_after() {
+    let engine = MemoryEngine::new();
+    let value = |key: &[u8]| engine.get(Space::Meta, key).expect("reads");
+    engine
+        .insert(Space::Meta, b"flushed", b"1")
+        .expect("writes");
+    engine.persist().expect("flushes");
+    engine
+        .insert(Space::Meta, b"written-out", b"2")
+        .expect("writes");
+    engine.write_out().expect("writes out");
+    engine
+        .insert(Space::Meta, b"buffered", b"3")
+        .expect("writes");
+    let backup = engine.backup();
+    engine.insert(Space::Meta, b"after", b"4").expect("writes");
+    engine.persist().expect("flushes");
+    engine.restore(&backup);
+    assert_eq!(value(b"flushed"), Some(b"1".to_vec()));
+    assert_eq!(value(b"written-out"), Some(b"2".to_vec()));
+    assert_eq!(value(b"buffered"), None, "a process's buffer is in no file");
+    assert_eq!(value(b"after"), None, "written after the copy");
+    engine.lose_power();
+    assert_eq!(
+        value(b"written-out"),
+        Some(b"2".to_vec()),
+        "restored data is on disk"
+    );
+}

@@ -159,23 +159,28 @@ impl MemoryEngine {
         self.state().write_backs
     }
 
-    /// A copy of the data, as an operator's backup of the stopped node takes it.
+    /// A copy of the data, as an operator's backup of the node takes it from its files:
+    /// what was written out, flushed or not, and not what a running process still buffers.
     pub fn backup(&self) -> MemoryBackup {
-        MemoryBackup {
-            maps: self.state().current.clone(),
-        }
+        let state = self.state();
+        let mut maps = state.durable.clone();
+        let written_out = state.journal.len() - state.buffered;
+        replay(&mut maps, state.journal[..written_out].iter().cloned());
+        MemoryBackup { maps }
     }
 
     /// Replaces the data with a backup's, as an operator restores a stopped node's data
-    /// directory from a copy: what was written since the copy is gone, and the instance is
-    /// new (the copy's instance file is another file than the one its clean-close mark
-    /// names).
+    /// directory from a copy onto a new disk: what was written since the copy is gone, the
+    /// old disk's injected faults with it, and the instance is new (the copy's instance file
+    /// is another file than the one its clean-close mark names).
     pub fn restore(&self, backup: &MemoryBackup) {
         let mut state = self.state();
         state.current = backup.maps.clone();
         state.durable = backup.maps.clone();
         state.journal.clear();
         state.buffered = 0;
+        state.failing_flushes = 0;
+        state.failing_write_outs = 0;
         state.instance = state.fresh_instance();
     }
 }

@@ -22,28 +22,12 @@ impl World {
         // buffers at least), and its power loss takes writes of its own that other replicas
         // still hold (the case a crash's new dot actor is for: `storage/store/actor.rs`).
         let mut power_losses = if self.acked_flushed { usize::MAX } else { 1 };
-        let rng = &mut self.sched.rng;
         let mut plan = Vec::new();
-        // An operator stops a member, copies its data and starts it again (it keeps its dot
-        // actor); later its disk dies and the copy is restored. The copy lacks the writes the
-        // node took since, which W = 2 machines held: unless both copies were flushed, a
-        // power loss could take the other, so the restore then takes the place of every power
-        // loss (crashes are process crashes; with the power fault there is no restore).
-        let restore = self.faults.restore && (self.acked_flushed_twice || !self.faults.power);
-        if restore {
-            if !self.acked_flushed_twice {
-                power_losses = 0;
-            }
-            let node = rng.index(count);
-            let backup = rng.range(start, (start + end) / 2);
-            let back = backup + rng.range(50_000, 500_000);
-            let restore = (back + rng.range(300_000, 2_000_000)).min(end);
-            let restored = (restore + rng.range(200_000, 1_000_000)).min(self.workload_end);
-            plan.push((backup, Fault::Backup(node)));
-            plan.push((back, Fault::Restart(node)));
-            plan.push((restore, Fault::Restore(node)));
-            plan.push((restored, Fault::Restart(node)));
+        if self.faults.restore && self.plan_restore(&mut plan) && !self.acked_flushed_twice {
+            // The restore is this run's one loss of a machine's writes (`plan_restore`).
+            power_losses = 0;
         }
+        let rng = &mut self.sched.rng;
         if self.faults.crash {
             for _ in 0..rng.range(1, 3) {
                 let node = rng.index(count);
@@ -110,6 +94,39 @@ impl World {
         for (at, fault) in plan {
             self.sched.at(at, Job::Fault(fault));
         }
+    }
+
+    /// The restore fault's plan: an operator stops a member, copies its data and starts it
+    /// again (it keeps its dot actor); later its disk dies and the copy is restored. The copy
+    /// lacks the writes the node took since, which W = 2 machines held: unless both copies
+    /// were flushed, a power loss could take the other, so then the run has no power loss
+    /// beside it (the caller draws none; with the power fault this is left out, and says so:
+    /// the answer is whether it was).
+    ///
+    /// Not excluded, and never seen in the sweeps: with the membership fault, a write whose
+    /// other copy was a hint the restored node held, while a leave moved the key's partition
+    /// to that node, would have both copies there; restoring it would lose the write.
+    fn plan_restore(&mut self, plan: &mut Vec<(u64, Fault)>) -> bool {
+        if self.faults.power && !self.acked_flushed_twice {
+            let time = self.sched.time;
+            self.record(format!(
+                "{time:>10} restore left out: power losses without two flushed copies"
+            ));
+            return false;
+        }
+        let (start, end) = (300_000, self.workload_end.saturating_sub(500_000));
+        let rng = &mut self.sched.rng;
+        // A member of the first ring (the joiner, outside it until it joins, holds nothing).
+        let node = rng.index(self.joiner.unwrap_or(self.nodes.len()));
+        let backup_at = rng.range(start, (start + end) / 2);
+        let back_at = backup_at + rng.range(50_000, 500_000);
+        let restore_at = (back_at + rng.range(300_000, 2_000_000)).min(end);
+        let restored_at = (restore_at + rng.range(200_000, 1_000_000)).min(self.workload_end);
+        plan.push((backup_at, Fault::Backup(node)));
+        plan.push((back_at, Fault::Restart(node)));
+        plan.push((restore_at, Fault::Restore(node)));
+        plan.push((restored_at, Fault::Restart(node)));
+        true
     }
 
     /// Schedules the operator's commit of the change staged through `node`, `after` from now.
@@ -353,7 +370,9 @@ impl World {
     /// key's primaries. W replicas acknowledged it (fallbacks among them, holding hints that
     /// the quiet period handed off), every acknowledged write was flushed first, and no later
     /// write to a set key drops an element it read; so fewer copies means a write or a hint
-    /// was lost (a hint deleted before its target acknowledged it, say).
+    /// was lost (a hint deleted before its target acknowledged it, say). A restored backup
+    /// takes one copy of the writes since the copy: anti-entropy brings it back within the
+    /// quiet period, or this fires.
     fn check_replicated(&mut self) {
         let acked = self.history.acked_adds().clone();
         for (key, elements) in acked {
