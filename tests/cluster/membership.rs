@@ -291,3 +291,48 @@ fn joins_and_a_leave_under_writes_lose_nothing_and_leave_no_stray_copies() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// Goal (a mistyped join must not stop membership changes for good): on three real nodes
+/// holding data, a join at an address nobody listens at is committed; a further commit is
+/// refused while its transfers wait; its removal commits anyway, every view settles with no
+/// transfer pending and the node out of the ring, and every key is still on all three nodes
+/// (N = 3: the senders kept what they were to send).
+#[test]
+fn a_join_committed_at_a_dead_address_is_removed_and_the_ring_settles() {
+    let cluster = TestCluster::start_with(3, 3, 2, 2, "partitions = 16\n", FAST);
+    let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("k{i}").into_bytes()).collect();
+    let mut client = cluster.client(0);
+    for key in &keys {
+        client
+            .put(key, None, b"v", RequestOptions::default())
+            .expect("put");
+    }
+    let ghost = NodeId::new("n9");
+    let member = Member {
+        id: ghost.clone(),
+        addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+        weight: 1,
+        zone: None,
+    };
+    assert!(stage(&mut client, MembershipChange::Join(member), true).committed);
+    let refused = client
+        .plan(PlanRequest {
+            change: None,
+            commit: true,
+        })
+        .expect_err("a commit while n9's transfers wait");
+    assert!(refused.to_string().contains("still pending"), "{refused}");
+    let removal = stage(&mut client, MembershipChange::Remove(ghost.clone()), true);
+    assert!(removal.committed);
+    assert_eq!(removal.plan.removed, vec![ghost.clone()]);
+    let membership = wait_settled(&cluster, &[0, 1, 2]);
+    assert!(!membership.ring().contains(&ghost));
+    assert_eq!(membership.state_of(&ghost), Some(MemberState::Removed));
+    for i in 0..3 {
+        let missing = stored_on(&cluster, i, &keys)
+            .iter()
+            .filter(|present| !**present)
+            .count();
+        assert_eq!(missing, 0, "node {i} lost {missing} of {} keys", keys.len());
+    }
+}

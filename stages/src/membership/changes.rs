@@ -33,6 +33,16 @@ impl Membership {
             }
         }
         Ring::new(self.ring().partition_count(), &[member.spec()])?; // id, weight, zone valid
+                                                                     // Two members at one address: peers would reach one of them under both names.
+        if let Some(other) = self
+            .members()
+            .find(|m| m.addr == member.addr && m.id != member.id)
+        {
+            return Err(MembershipError::AddressTaken {
+                addr: member.addr,
+                node: other.id.clone(),
+            });
+        }
         let stamp = self.next_stamp(me);
         self.members.insert(
             member.id.clone(),
@@ -132,7 +142,12 @@ impl Membership {
 
     /// Applies the staged changes (written by `me`, the claimant): the planned ring becomes
     /// the committed one and its transfers start. Refused while the previous commit's
-    /// transfers are pending.
+    /// transfers are pending, but for those to a node since staged for removal: they can
+    /// never finish (a join committed at a wrong address, or a joiner dead before it received
+    /// anything), and waiting for them would refuse every commit, the removal's own included.
+    /// Their senders still hold what they were to send (a sender drops a partition only
+    /// after its receivers acknowledged it), and the removal's commit copies each of the
+    /// node's partitions to its new replica from an old one alive.
     pub fn commit(&mut self, me: &NodeId, n: usize) -> Result<Plan, MembershipError> {
         if let Some(claimant) = self.claimant() {
             if claimant != me {
@@ -142,7 +157,11 @@ impl Membership {
                 });
             }
         }
-        let pending = self.pending_transfers(n).len();
+        let pending = self
+            .pending_transfers(n)
+            .iter()
+            .filter(|t| self.state_of(&t.to) != Some(MemberState::Removed))
+            .count();
         if pending > 0 {
             return Err(MembershipError::TransfersPending { pending });
         }

@@ -191,8 +191,16 @@ pub enum MembershipError {
         /// The node that commits.
         claimant: NodeId,
     },
+    /// Another member listens at the address a join names.
+    #[error("{addr} is where member {node} listens; a joining node needs an address of its own")]
+    AddressTaken {
+        /// The address.
+        addr: SocketAddr,
+        /// The member there.
+        node: NodeId,
+    },
     /// The previous commit's transfers are not all done.
-    #[error("{pending} transfers of the previous commit are still pending; commit again once they are done (admin ring shows them)")]
+    #[error("{pending} transfers of the previous commit are still pending; commit again once they are done (admin ring shows them), or, if their receiver will never come up, stage its removal (admin remove) and commit that")]
     TransfersPending {
         /// How many.
         pending: usize,

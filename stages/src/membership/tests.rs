@@ -262,3 +262,62 @@ fn leavers_of_a_partition_are_its_sources() {
     assert_eq!(plan.transfers.len(), 8, "n3 gains every partition");
     assert!(plan.transfers.iter().all(|t| t.from.is_some()));
 }
+
+/// Goal: a join committed for a node that never comes up (a mistyped address) does not hold
+/// membership forever: its transfers can never finish, so they do not refuse the commit of
+/// its removal, which takes it out of the ring and fills its partitions from old replicas
+/// alive. Transfers to a node that is not being removed still refuse a commit.
+#[test]
+fn a_committed_join_that_never_comes_up_can_be_removed_while_its_transfers_are_pending() {
+    let mut m = three();
+    m.stage_join(&id("n1"), Member::loopback("n4", 4))
+        .expect("join n4");
+    m.stage_join(&id("n1"), Member::loopback("n9", 9))
+        .expect("join n9");
+    let joined = m.commit(&id("n1"), 3).expect("commit");
+    let to_n4: Vec<&Transfer> = joined
+        .transfers
+        .iter()
+        .filter(|t| t.to == id("n4"))
+        .collect();
+    assert!(!to_n4.is_empty() && to_n4.len() < joined.transfers.len());
+    m.stage_departure(&id("n1"), &id("n9"), MemberState::Removed)
+        .expect("remove n9");
+    assert_eq!(
+        m.commit(&id("n1"), 3),
+        Err(MembershipError::TransfersPending {
+            pending: to_n4.len()
+        }),
+        "n4's transfers still count"
+    );
+    for t in &to_n4 {
+        m.mark_transferred(t.from.as_ref().expect("a source"), t.partition, &t.to);
+    }
+    let removed = m.commit(&id("n1"), 3).expect("the removal commits");
+    assert_eq!(removed.removed, vec![id("n9")]);
+    assert!(!m.ring().contains(&id("n9")));
+    assert!(!removed.transfers.is_empty());
+    assert!(removed
+        .transfers
+        .iter()
+        .all(|t| { t.to != id("n9") && t.from.as_ref().is_some_and(|from| from != &id("n9")) }));
+}
+
+/// Goal: a join at an address another member listens at is refused and names that member
+/// (peers would reach one node under both names); the same node joining again is not.
+#[test]
+fn a_join_at_another_members_address_is_refused() {
+    let mut m = three();
+    let mut at_n2 = Member::loopback("n5", 2);
+    assert_eq!(
+        m.stage_join(&id("n1"), at_n2.clone()),
+        Err(MembershipError::AddressTaken {
+            addr: at_n2.addr,
+            node: id("n2")
+        })
+    );
+    at_n2.addr = Member::loopback("n5", 5).addr;
+    m.stage_join(&id("n1"), at_n2.clone())
+        .expect("its own address");
+    m.stage_join(&id("n1"), at_n2).expect("again: a no-op");
+}
