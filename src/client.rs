@@ -109,6 +109,10 @@ pub struct Client {
     decoder: FrameDecoder,
     next_request_id: u64,
     buffer: Vec<u8>,
+    /// The node, as the caller named it: every connection error says which node failed.
+    node: String,
+    /// How long a reply may take.
+    timeout: Duration,
 }
 
 impl Client {
@@ -121,7 +125,12 @@ impl Client {
         let first = resolved.first().ok_or_else(|| {
             ClientError::Usage(format!("node address {addr:?} resolves to nothing"))
         })?;
-        let stream = TcpStream::connect_timeout(first, timeout)?;
+        let stream = TcpStream::connect_timeout(first, timeout).map_err(|e| {
+            ClientError::Io(io::Error::new(
+                e.kind(),
+                format!("cannot connect to {addr}: {e}"),
+            ))
+        })?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
@@ -130,6 +139,8 @@ impl Client {
             decoder: FrameDecoder::new(MAX_REPLY_FRAME_BYTES),
             next_request_id: 1,
             buffer: vec![0; 64 * 1024],
+            node: addr.to_string(),
+            timeout,
         };
         // The CLI, the load tool and the cluster client all connect here: one variable gives
         // them the node's `[security] client_token`.
@@ -171,21 +182,37 @@ impl Client {
     pub fn send(&mut self, request: &Message) -> Result<u64, ClientError> {
         let id = self.next_request_id;
         self.next_request_id += 1;
-        self.stream.write_all(&request.encode(id)?)?;
+        let frame = request.encode(id)?;
+        self.stream
+            .write_all(&frame)
+            .map_err(|e| self.io_error(e))?;
         Ok(id)
+    }
+
+    /// An I/O error on the connection, naming the node; a read or write that timed out says
+    /// so (the OS reports it as "Resource temporarily unavailable"). The kind is kept.
+    fn io_error(&self, error: io::Error) -> ClientError {
+        let what = match error.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => format!(
+                "{}: no progress within {:?} (is it a shoal node, and is it overloaded?)",
+                self.node, self.timeout
+            ),
+            _ => format!("{}: {error}", self.node),
+        };
+        ClientError::Io(io::Error::new(error.kind(), what))
     }
 
     /// Shuts the sending side of the connection (after the last request): the node still
     /// answers every request sent before, then closes.
     pub fn finish_sending(&mut self) -> Result<(), ClientError> {
-        self.stream.shutdown(std::net::Shutdown::Write)?;
-        Ok(())
+        self.stream
+            .shutdown(std::net::Shutdown::Write)
+            .map_err(|e| self.io_error(e))
     }
 
     /// Sends raw bytes (for tests of malformed input).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.stream.write_all(bytes)?;
-        Ok(())
+        self.stream.write_all(bytes).map_err(|e| self.io_error(e))
     }
 
     /// Waits for the next reply frame: its request id and message.
@@ -194,7 +221,10 @@ impl Client {
             if let Some(frame) = self.decoder.next_frame()? {
                 return Ok((frame.request_id, Message::decode(&frame)?));
             }
-            let n = self.stream.read(&mut self.buffer)?;
+            let n = self
+                .stream
+                .read(&mut self.buffer)
+                .map_err(|e| self.io_error(e))?;
             if n == 0 {
                 return Err(ClientError::Closed);
             }

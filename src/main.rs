@@ -19,9 +19,30 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static JEMALLOC_CONF: &[u8; 47] = b"narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 fn main() {
+    quiet_on_closed_stdout();
     let cli = shoal::cli::Cli::parse();
     if let Err(error) = shoal::cli::run(cli) {
         eprintln!("error: {error}");
         std::process::exit(1);
     }
+}
+
+/// `shoal admin ring | head`: once the reader is gone, the next print fails with a broken
+/// pipe, and Rust (which ignores SIGPIPE) panics with a backtrace. Like other Unix tools, the
+/// command then just stops (status 141, a SIGPIPE death's); every other panic is reported
+/// as before.
+fn quiet_on_closed_stdout() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
 }

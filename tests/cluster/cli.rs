@@ -205,3 +205,47 @@ fn sim_sweeps_seeds_and_replays_one_with_the_same_digest() {
     assert!(!ok);
     assert!(err.contains("meteor") && err.contains("partition"), "{err}");
 }
+
+/// Goal: a command whose reader stops early (`shoal sim --trace | head -1`) stops quietly,
+/// as other Unix tools do, instead of panicking with a backtrace on the broken pipe.
+#[test]
+fn a_command_whose_reader_goes_away_stops_without_a_panic() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["sim", "--seed", "1", "--trace"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run shoal");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut first = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("a line");
+    assert!(first.contains("start"), "{first}"); // the reader is dropped here
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(141), "{stderr}");
+}
+
+/// Goal: a node that cannot be reached is named in the error, whether nothing listens at its
+/// address or what listens never answers (a timeout, not "Resource temporarily
+/// unavailable").
+#[test]
+fn connection_errors_name_the_node_and_say_a_timeout_is_one() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = closed.local_addr().expect("addr").to_string();
+    drop(closed);
+    let (ok, _, err) = shoal(&["get", "--node", &addr, "k"]);
+    assert!(!ok);
+    assert!(err.contains(&format!("cannot connect to {addr}")), "{err}");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr").to_string();
+    let (ok, _, err) = shoal(&["get", "--node", &addr, "k", "--timeout-secs", "1"]);
+    assert!(!ok);
+    assert!(
+        err.contains(&addr) && err.contains("no progress within 1s"),
+        "{err}"
+    );
+}
