@@ -5,7 +5,9 @@
 # "none" (no persistence wait, closer to the Redis setting), and a 3-node shoal cluster
 # (N=3, R=2, W=2) twice: with sync = "always" (config/cluster-n*.toml as they are) and with
 # sync = "none" (like for like with Redis's persistence off, as the single-node pair);
-# rounds alternate the targets so drift hits all of them.
+# rounds alternate the targets so drift hits all of them. For the "always" rows' like for like,
+# Redis also runs with its append-only file fsynced before every reply (redis_fsync:
+# appendfsync always); every ratio is still to Redis with persistence off, the issue's baseline.
 # Prints the median over the rounds of throughput and p50/p99/p99.9 with ratios to Redis, the
 # server CPU seconds per 1,000 operations of each target (utime + stime of its server
 # processes only, from /proc, over the run) and every server process's RSS at the end.
@@ -40,6 +42,13 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --p
 pids+=($!); target_pids[redis]=$!
 for _ in $(seq 100); do redis-cli -p "$redis_port" ping > /dev/null 2>&1 && break; sleep 0.05; done
 redis-cli -p "$redis_port" ping > /dev/null 2>&1 || die "redis did not start: $(cat "$work/redis.log")"
+redis_fsync_port=6392
+mkdir -p "$work/redis-fsync"
+redis-server --port "$redis_fsync_port" --bind 127.0.0.1 --save "" --appendonly yes --appendfsync always \
+  --dir "$work/redis-fsync" --protected-mode yes > "$work/redis-fsync.log" 2>&1 &
+pids+=($!); target_pids[redis_fsync]=$!
+for _ in $(seq 100); do redis-cli -p "$redis_fsync_port" ping > /dev/null 2>&1 && break; sleep 0.05; done
+redis-cli -p "$redis_fsync_port" ping > /dev/null 2>&1 || die "redis (fsync) did not start: $(cat "$work/redis-fsync.log")"
 
 start() { # label config listen data → node in the background
   "$bin/shoal" node --config "$2" --listen "$3" --data "$4" > "$4.out" 2> "$4.log" &
@@ -73,7 +82,7 @@ results="$work/results"; cpu="$work/cpu"
 touch "$results" "$cpu"
 load() { # label target replicas; a failed run is reported and counted, never fatal
   local label=$1 before after durable_args=()
-  [ -n "$durable" ] && [ "$label" != redis ] && durable_args=(--durable "$durable")
+  [ -n "$durable" ] && [[ "$label" != redis* ]] && durable_args=(--durable "$durable")
   # shellcheck disable=SC2086 # the list of pids splits on purpose
   before=$(cpu_ticks ${target_pids[$label]})
   if ! "$bin/shoal-load" --target "$2" --replicas "$3" --workload "$workload" --threads "$threads" \
@@ -92,6 +101,7 @@ load() { # label target replicas; a failed run is reported and counted, never fa
 for round in $(seq "$rounds"); do
   echo "round $round" >&2
   load redis "redis://127.0.0.1:$redis_port" 1
+  load redis_fsync "redis://127.0.0.1:$redis_fsync_port" 1
   load single 127.0.0.1:7411 1
   load nosync 127.0.0.1:7412 1
   load cluster 127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403 3
@@ -103,28 +113,28 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { print (b > 0 ? a / b : 0) }'; }
 median() { sort -n | awk '{v[NR]=$1} END {print (NR ? v[int((NR+1)/2)] : "")}'; }
 value() { awk -v s="$1" -v o="$2" -v c="$3" '$1==s && $2==o {print $c}' "$results" | median; }
 echo "workload $workload, $threads connections, ${secs}s, median of $rounds rounds (ratio = shoal / redis)${durable:+, durable_writes $durable}"
-echo "single: one node, sync=always; nosync: one node, sync=none; cluster: 3 nodes N=3 R=2 W=2, sync=always; clnosync: the same, sync=none"
-printf "%-8s %-4s %9s %7s %8s %6s %8s %6s %8s %6s\n" target op "ops/s" ratio p50us ratio p99us ratio p999us ratio
+echo "redis_fsync: redis, appendfsync always; single: one node, sync=always; nosync: one node, sync=none; cluster: 3 nodes N=3 R=2 W=2, sync=always; clnosync: the same, sync=none"
+printf "%-11s %-4s %9s %7s %8s %6s %8s %6s %8s %6s\n" target op "ops/s" ratio p50us ratio p99us ratio p999us ratio
 for op in $(awk '{print $2}' "$results" | sort -u); do
   r_ops=$(value redis "$op" 3); r50=$(value redis "$op" 4); r99=$(value redis "$op" 5); r999=$(value redis "$op" 6)
-  for target in redis single nosync cluster clnosync; do
+  for target in redis redis_fsync single nosync cluster clnosync; do
     ops=$(value "$target" "$op" 3); p50=$(value "$target" "$op" 4); p99=$(value "$target" "$op" 5); p999=$(value "$target" "$op" 6)
     [ -n "$ops" ] || continue
-    printf "%-8s %-4s %9s %7.2f %8s %6.1f %8s %6.1f %8s %6.1f\n" "$target" "$op" "$ops" "$(ratio "$ops" "${r_ops:-0}")" \
+    printf "%-11s %-4s %9s %7.2f %8s %6.1f %8s %6.1f %8s %6.1f\n" "$target" "$op" "$ops" "$(ratio "$ops" "${r_ops:-0}")" \
       "$p50" "$(ratio "$p50" "${r50:-0}")" "$p99" "$(ratio "$p99" "${r99:-0}")" "$p999" "$(ratio "$p999" "${r999:-0}")"
   done
 done
 echo
 echo "server CPU seconds per 1,000 operations (median of rounds; server processes only) and RSS at the end"
-printf "%-8s %14s  %s\n" target "cpu_s/1k_ops" "rss_mib per process"
-for target in redis single nosync cluster clnosync; do
+printf "%-11s %14s  %s\n" target "cpu_s/1k_ops" "rss_mib per process"
+for target in redis redis_fsync single nosync cluster clnosync; do
   c=$(awk -v s="$target" '$1==s {print $2}' "$cpu" | median)
   rss=""
   for p in ${target_pids[$target]}; do
     r=$(awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$p/status" 2>/dev/null)
     rss="$rss ${r:-gone}"
   done
-  printf "%-8s %14s %s\n" "$target" "${c:-n/a}" "$rss"
+  printf "%-11s %14s %s\n" "$target" "${c:-n/a}" "$rss"
 done
 if [ "$failed" -gt 0 ]; then
   echo "$failed load run(s) failed (see FAILED lines above); their rows are missing from the medians" >&2
