@@ -32,15 +32,18 @@ impl Membership {
                 _ => {}
             }
         }
-        Ring::new(self.ring().partition_count(), &[member.spec()])?; // id, weight, zone valid
-                                                                     // Two members at one address: peers would reach one of them under both names.
-        if let Some(other) = self
-            .members()
-            .find(|m| m.addr == member.addr && m.id != member.id)
-        {
+        // Its id, weight and zone make a valid ring.
+        Ring::new(self.ring().partition_count(), &[member.spec()])?;
+        // Two members at one address: peers would reach one of them under both names. A node
+        // that left or is leaving, or that was removed, frees its address.
+        if let Some(other) = self.members.values().find(|e| {
+            e.state == MemberState::Active
+                && e.member.addr == member.addr
+                && e.member.id != member.id
+        }) {
             return Err(MembershipError::AddressTaken {
                 addr: member.addr,
-                node: other.id.clone(),
+                node: other.member.id.clone(),
             });
         }
         let stamp = self.next_stamp(me);
@@ -89,9 +92,57 @@ impl Membership {
         Ok(())
     }
 
-    /// The ring the staged changes would give, and what it would move.
+    /// The ring the staged changes would give, and what it would move: from the committed
+    /// ring, or from the one before it when the commit will undo the last one (see
+    /// `commit_base`), whose removed receivers then leave with it.
     pub fn plan(&self, n: usize) -> Result<(Plan, Ring), MembershipError> {
-        let ring = self.ring();
+        let Ok((base, true)) = self.commit_base(n) else {
+            return self.plan_from(self.ring(), n);
+        };
+        let (mut plan, next) = self.plan_from(&base, n)?;
+        plan.removed.extend(
+            self.ring()
+                .nodes()
+                .map(|spec| spec.id.clone())
+                .filter(|id| !base.contains(id)),
+        );
+        Ok((plan, next))
+    }
+
+    /// The ring a commit starts from, and whether that undoes the last commit. Normally the
+    /// committed ring, and refused while the last commit's copies are pending. But a copy to
+    /// a node that never comes up (a join at a mistyped address) never finishes, so its
+    /// removal could never commit and membership would be stuck for good. So when every
+    /// pending copy goes to a node since staged for removal and none of the last commit's
+    /// copies has arrived, the commit starts from the ring before the last one: every
+    /// partition that commit moved is still read and written there (a partition's reads
+    /// move only once its copies are done), so going back loses nothing, and the last commit
+    /// is undone. Once some of its copies arrived, the ring before it is no longer whole
+    /// (their senders dropped their copies), and the commit is refused as before.
+    fn commit_base(&self, n: usize) -> Result<(Ring, bool), MembershipError> {
+        let pending = self.pending_transfers(n);
+        if pending.is_empty() {
+            return Ok((self.ring().clone(), false));
+        }
+        let refused = MembershipError::TransfersPending {
+            pending: pending.len(),
+        };
+        let to_removed = pending
+            .iter()
+            .all(|t| self.state_of(&t.to) == Some(MemberState::Removed));
+        let arrived = self
+            .assignment
+            .done
+            .iter()
+            .any(|(_, from, _)| from.is_some());
+        match &self.assignment.previous {
+            Some(previous) if to_removed && !arrived => Ok((previous.clone(), true)),
+            _ => Err(refused),
+        }
+    }
+
+    /// `plan` from `ring`.
+    fn plan_from(&self, ring: &Ring, n: usize) -> Result<(Plan, Ring), MembershipError> {
         let wanted: Vec<NodeSpec> = self
             .members
             .values()
@@ -142,12 +193,8 @@ impl Membership {
 
     /// Applies the staged changes (written by `me`, the claimant): the planned ring becomes
     /// the committed one and its transfers start. Refused while the previous commit's
-    /// transfers are pending, but for those to a node since staged for removal: they can
-    /// never finish (a join committed at a wrong address, or a joiner dead before it received
-    /// anything), and waiting for them would refuse every commit, the removal's own included.
-    /// Their senders still hold what they were to send (a sender drops a partition only
-    /// after its receivers acknowledged it), and the removal's commit copies each of the
-    /// node's partitions to its new replica from an old one alive.
+    /// transfers are pending, unless they all wait for nodes since removed and none arrived:
+    /// then the previous commit is undone (see `commit_base`).
     pub fn commit(&mut self, me: &NodeId, n: usize) -> Result<Plan, MembershipError> {
         if let Some(claimant) = self.claimant() {
             if claimant != me {
@@ -157,21 +204,14 @@ impl Membership {
                 });
             }
         }
-        let pending = self
-            .pending_transfers(n)
-            .iter()
-            .filter(|t| self.state_of(&t.to) != Some(MemberState::Removed))
-            .count();
-        if pending > 0 {
-            return Err(MembershipError::TransfersPending { pending });
-        }
+        let (base, _) = self.commit_base(n)?;
         let (plan, next) = self.plan(n)?;
         if plan.is_empty() {
             return Err(MembershipError::NothingStaged);
         }
         let stamp = self.next_stamp(me);
-        let previous = std::mem::replace(&mut self.assignment.ring, next);
-        self.assignment.previous = Some(previous);
+        self.assignment.ring = next;
+        self.assignment.previous = Some(base);
         self.assignment.stamp = stamp;
         // Transfers that have no old replica to copy from are done at once: nothing can be
         // copied (every old replica was removed), and waiting would block reads forever.
