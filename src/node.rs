@@ -117,16 +117,21 @@ struct Shared {
 }
 
 impl Node {
-    /// Binds the socket, opens storage, builds the membership and starts every stage.
+    /// Opens storage, builds the membership, binds the socket and starts every stage.
     pub fn start(config: &Config, logger: &Logger) -> Result<Node, NodeError> {
         config.validate()?;
         let node = NodeId::new(config.node.id.clone());
         let logger = logger.new(o!("node" => node.to_string()));
         std::fs::create_dir_all(&config.node.data_dir).map_err(io_error("creating data_dir"))?;
-        // Bound before storage opens: a node that cannot listen (the port taken, say) fails
-        // before its open renews the instance file and names a new dot actor for nothing.
+        // A node that cannot listen (the port taken, say) fails before its storage open
+        // renews the instance file and names a new dot actor for nothing. Only a probe: the
+        // socket that serves is bound after the open, since a listening socket accepts
+        // connections nobody answers while fjall recovers its journal (peers would wait out
+        // a timeout instead of being refused at once).
         let listening = format!("binding listen address {}", config.node.listen);
-        let socket = IntakeSocket::bind(config.node.listen).map_err(io_error(&listening))?;
+        if config.node.listen.port() != 0 {
+            std::net::TcpListener::bind(config.node.listen).map_err(io_error(&listening))?;
+        }
         // Only the engine threads this open starts are ours (other nodes may share the process).
         let engine_threads_before = match storage_nice_steps(config) {
             Some(_) => threads_named(ENGINE_THREAD_NAME).unwrap_or_default(),
@@ -144,6 +149,7 @@ impl Node {
         info!(logger, "storage open";
               "actor" => %store.actor(), "actor_origin" => %store.actor_origin());
         lower_storage_priority(config, &engine_threads_before, &logger);
+        let socket = IntakeSocket::bind(config.node.listen).map_err(io_error(&listening))?;
         let local_addr = socket.local_addr();
         let initial = starting_membership(config, &store, local_addr, &logger)?;
         let membership = MembershipView::new(initial.clone());

@@ -249,3 +249,31 @@ fn connection_errors_name_the_node_and_say_a_timeout_is_one() {
         "{err}"
     );
 }
+
+/// Goal: a node whose listen address is taken says which address, and fails before it opens
+/// storage (no instance file renewed, no new dot actor named for a node that never ran).
+#[test]
+fn a_node_on_a_taken_port_names_it_and_leaves_its_storage_unopened() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path().join("node");
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let args = [
+        "node",
+        "--config",
+        "config/single.toml",
+        "--listen",
+        &addr,
+        "--data",
+        &dir_arg,
+    ];
+    let (ok, _, err) = shoal(&args);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("binding listen address {addr}")),
+        "{err}"
+    );
+    let files = std::fs::read_dir(&dir).map_or(0, |entries| entries.count());
+    assert_eq!(files, 0, "storage was opened in {}", dir.display());
+}
