@@ -35,12 +35,18 @@ impl Membership {
         // Its id, weight and zone make a valid ring.
         Ring::new(self.ring().partition_count(), &[member.spec()])?;
         // Two members at one address: peers would reach one of them under both names. A node
-        // that left or is leaving, or that was removed, frees its address.
-        if let Some(other) = self.members.values().find(|e| {
-            e.state == MemberState::Active
-                && e.member.addr == member.addr
-                && e.member.id != member.id
-        }) {
+        // that was removed, or has left the ring, frees its address; one leaving still
+        // listens until it is out.
+        let listening = |e: &MemberEntry| match e.state {
+            MemberState::Active => true,
+            MemberState::Leaving => self.ring().contains(&e.member.id),
+            MemberState::Removed => false,
+        };
+        if let Some(other) = self
+            .members
+            .values()
+            .find(|e| listening(e) && e.member.addr == member.addr && e.member.id != member.id)
+        {
             return Err(MembershipError::AddressTaken {
                 addr: member.addr,
                 node: other.member.id.clone(),
@@ -118,26 +124,33 @@ impl Membership {
     /// partition that commit moved is still read and written there (a partition's reads
     /// move only once its copies are done), so going back loses nothing, and the last commit
     /// is undone. Once some of its copies arrived, the ring before it is no longer whole
-    /// (their senders dropped their copies), and the commit is refused as before.
+    /// (their senders dropped their copies), and the commit is refused: `CannotUndo` where
+    /// copies wait for removed nodes (no commit can pass then: a known limit), else
+    /// `TransfersPending` as before.
     fn commit_base(&self, n: usize) -> Result<(Ring, bool), MembershipError> {
         let pending = self.pending_transfers(n);
         if pending.is_empty() {
             return Ok((self.ring().clone(), false));
         }
-        let refused = MembershipError::TransfersPending {
-            pending: pending.len(),
-        };
-        let to_removed = pending
+        let removed: BTreeSet<NodeId> = pending
             .iter()
-            .all(|t| self.state_of(&t.to) == Some(MemberState::Removed));
-        let arrived = self
-            .assignment
-            .done
-            .iter()
-            .any(|(_, from, _)| from.is_some());
+            .map(|t| &t.to)
+            .filter(|to| self.state_of(to) == Some(MemberState::Removed))
+            .cloned()
+            .collect();
+        // Also a copy with no sender, done at the commit: its partition was served from the
+        // new ring at once, so the ring before is not whole for it either.
+        let arrived = !self.assignment.done.is_empty();
+        let all_to_removed = pending.iter().all(|t| removed.contains(&t.to));
         match &self.assignment.previous {
-            Some(previous) if to_removed && !arrived => Ok((previous.clone(), true)),
-            _ => Err(refused),
+            Some(previous) if all_to_removed && !arrived => Ok((previous.clone(), true)),
+            _ if !removed.is_empty() && arrived => Err(MembershipError::CannotUndo {
+                pending: pending.len(),
+                removed: removed.into_iter().collect(),
+            }),
+            _ => Err(MembershipError::TransfersPending {
+                pending: pending.len(),
+            }),
         }
     }
 

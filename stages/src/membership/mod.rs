@@ -200,10 +200,19 @@ pub enum MembershipError {
         node: NodeId,
     },
     /// The previous commit's transfers are not all done.
-    #[error("{pending} transfers of the previous commit are still pending; commit again once they are done (admin ring shows them), or, if their receiver will never come up, stage its removal (admin remove) and commit that")]
+    #[error("{pending} transfers of the previous commit are still pending; commit again once they are done (admin ring shows them), or, if their receiver will never come up (a join at a wrong address), stage its removal (admin remove) and commit that: it undoes that join")]
     TransfersPending {
         /// How many.
         pending: usize,
+    },
+    /// The previous commit's copies to removed nodes can never finish, and the commit cannot
+    /// be undone because some of its other copies finished.
+    #[error("{pending} transfers of the previous commit are still pending, some to removed nodes ({}) that will never take them; that commit cannot be undone because some of its transfers finished, so no commit can pass (a known limit: README, \"Changing members\")", removed.iter().map(NodeId::as_str).collect::<Vec<_>>().join(", "))]
+    CannotUndo {
+        /// How many transfers are pending.
+        pending: usize,
+        /// The removed nodes they wait for.
+        removed: Vec<NodeId>,
     },
     /// The staged members do not make a valid ring.
     #[error("ring: {0}")]

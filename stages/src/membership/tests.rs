@@ -307,8 +307,9 @@ fn a_committed_join_that_never_comes_up_is_undone_by_its_removal() {
     }
     assert_eq!(
         both.commit(&id("n1"), 3),
-        Err(MembershipError::TransfersPending {
-            pending: pending - to_n4.len()
+        Err(MembershipError::CannotUndo {
+            pending: pending - to_n4.len(),
+            removed: vec![id("n9")]
         }),
         "n4's copies arrived: the ring before is no longer whole"
     );
@@ -332,6 +333,17 @@ fn a_join_at_another_members_address_is_refused() {
     m.stage_join(&id("n1"), own.clone())
         .expect("its own address");
     m.stage_join(&id("n1"), own).expect("again: a no-op");
+    // A node staged to leave still listens until it is out of the ring.
+    m.stage_departure(&id("n1"), &id("n3"), MemberState::Leaving)
+        .expect("n3 leaves");
+    let at_n3 = Member::loopback("n7", 3);
+    assert_eq!(
+        m.stage_join(&id("n1"), at_n3.clone()),
+        Err(MembershipError::AddressTaken {
+            addr: at_n3.addr,
+            node: id("n3")
+        })
+    );
     // A removed node frees its address: it comes back under a new id.
     m.stage_departure(&id("n1"), &id("n2"), MemberState::Removed)
         .expect("remove n2");
