@@ -35,8 +35,16 @@ pub fn stats_table(stats: &StatsReply) -> String {
     if let Some(failure) = &stats.storage_failure {
         out.push_str(&format!("UNHEALTHY: storage refuses writes: {failure}\n"));
     }
+    // As wide as the longest stage name (`background_storage`), so the columns line up.
+    let width = stats
+        .stages
+        .iter()
+        .map(|s| s.name.len())
+        .chain(["Stage".len()])
+        .max()
+        .unwrap_or_default();
     out.push_str(&format!(
-        "{:<11} {:<10} {:>7} {:>4} {:>6} {:>8} {:>9} {:>10} {:>10} {:>8} {:>14} {:>14}\n",
+        "{:<width$} {:<10} {:>7} {:>4} {:>6} {:>8} {:>9} {:>10} {:>10} {:>8} {:>14} {:>14}\n",
         "Stage",
         "Class",
         "Slots",
@@ -52,7 +60,7 @@ pub fn stats_table(stats: &StatsReply) -> String {
     ));
     for s in &stats.stages {
         out.push_str(&format!(
-            "{:<11} {:<10} {:>7} {:>4} {:>6} {:>8} {:>9} {:>10} {:>10} {:>8} {:>14} {:>14}\n",
+            "{:<width$} {:<10} {:>7} {:>4} {:>6} {:>8} {:>9} {:>10} {:>10} {:>8} {:>14} {:>14}\n",
             s.name,
             s.class,
             s.threads,

@@ -16,7 +16,7 @@ use std::time::Duration;
 #[command(name = "shoal-load", version, about)]
 struct Args {
     /// Target: shoal seed nodes HOST:PORT[,HOST:PORT...] (or shoal://...), or redis://HOST:PORT.
-    #[arg(long, alias = "node", default_value = "127.0.0.1:7401")]
+    #[arg(long, visible_alias = "node", default_value = "127.0.0.1:7401")]
     target: String,
     /// The shoal cluster's replication factor N (the preference-list length to route by);
     /// by default the one the cluster reports with its ring.
@@ -39,7 +39,7 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     value_bytes: usize,
     /// Client threads (one connection each).
-    #[arg(long, alias = "connections", default_value_t = 4)]
+    #[arg(long, visible_alias = "connections", default_value_t = 4)]
     threads: usize,
     /// Seconds to run (unless --ops is given).
     #[arg(long, default_value_t = 10)]
