@@ -31,6 +31,9 @@ const RECONCILE_ATTEMPTS: u32 = 4;
 
 /// Pause between a worker's attempts to connect.
 const CONNECT_RETRY: Duration = Duration::from_millis(100);
+/// Connection attempts of a load-phase thread (`CONNECT_RETRY` apart) before it gives up its
+/// share of the keys.
+const LOAD_CONNECT_ATTEMPTS: u32 = 50;
 
 /// The YCSB core workloads, and write-only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -376,13 +379,23 @@ fn load_keys(
     keys: std::ops::Range<u64>,
 ) -> LoadPhaseReport {
     let mut report = LoadPhaseReport::default();
-    let mut connection = match Connection::open(&config.target, options) {
-        Ok(connection) => connection,
-        Err(_) => {
-            report
-                .errors
-                .insert("connect".into(), keys.end.saturating_sub(keys.start));
-            return report;
+    // A node refusing the ring fetch from a full queue, or a moment unreachable, would
+    // otherwise write off this thread's whole share of the keys: try a while first.
+    let mut attempts = 0;
+    let mut connection = loop {
+        match Connection::open(&config.target, options) {
+            Ok(connection) => break connection,
+            Err(_) if attempts < LOAD_CONNECT_ATTEMPTS => {
+                attempts += 1;
+                std::thread::sleep(CONNECT_RETRY);
+            }
+            Err(error) => {
+                report.errors.insert(
+                    format!("connect:{}", error.kind),
+                    keys.end.saturating_sub(keys.start),
+                );
+                return report;
+            }
         }
     };
     let value = vec![b'x'; config.value_bytes];
@@ -486,8 +499,8 @@ fn connect_worker(
     while !shared.stop.load(Ordering::Relaxed) {
         match Connection::open(&config.target, options) {
             Ok(connection) => return Some(connection),
-            Err(_) => {
-                recorder.error("connect", "unreachable");
+            Err(error) => {
+                recorder.error("connect", &error.kind);
                 std::thread::sleep(CONNECT_RETRY);
             }
         }

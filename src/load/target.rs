@@ -98,18 +98,45 @@ pub enum Connection {
     Redis(Resp),
 }
 
+/// Why a connection could not be opened: a short kind to count it by (`Overloaded` when a
+/// node refused the ring fetch from a full queue, `io:ConnectionRefused`, ...) and the message.
+#[derive(Debug)]
+pub struct OpenError {
+    /// What to count it as.
+    pub kind: String,
+    /// What to tell the user.
+    pub message: String,
+}
+
+impl From<OpenError> for String {
+    fn from(error: OpenError) -> String {
+        error.message
+    }
+}
+
 impl Connection {
     /// Connects to `spec` with per-request `options` (r/w, shoal only).
-    pub fn open(spec: &TargetSpec, options: RequestOptions) -> Result<Connection, String> {
+    pub fn open(spec: &TargetSpec, options: RequestOptions) -> Result<Connection, OpenError> {
         match spec {
             TargetSpec::Shoal { seeds, replicas } => {
                 ClusterClient::connect_with(seeds, *replicas, Duration::from_secs(10))
                     .map(|c| Connection::Shoal(c, options))
-                    .map_err(|e| {
-                        format!("cannot reach the shoal cluster ({}): {e}", seeds.join(","))
+                    .map_err(|e| OpenError {
+                        message: format!(
+                            "cannot reach the shoal cluster ({}): {e}",
+                            seeds.join(",")
+                        ),
+                        kind: op_error(e).kind().to_string(),
                     })
             }
-            TargetSpec::Redis { addr } => Resp::connect(addr).map(Connection::Redis),
+            TargetSpec::Redis { addr } => {
+                Resp::connect(addr)
+                    .map(Connection::Redis)
+                    .map_err(|message| OpenError {
+                        kind: "unreachable".into(),
+                        message,
+                    })
+            }
         }
     }
 
