@@ -105,8 +105,13 @@ pub struct PutArgs {
     target: Target,
     /// The key (UTF-8).
     key: String,
-    /// The value (UTF-8).
-    value: String,
+    /// The value (UTF-8); or give --value-file.
+    #[arg(required_unless_present = "value_file", conflicts_with = "value_file")]
+    value: Option<String>,
+    /// Read the value from this file, any bytes (`-`: standard input): for values too large
+    /// or too binary for an argument.
+    #[arg(long)]
+    value_file: Option<std::path::PathBuf>,
     /// Context from a previous get, to replace the versions it saw.
     #[arg(long)]
     context: Option<String>,
@@ -196,6 +201,18 @@ fn report_durable(asked: Option<Durability>, copies: u8) {
     }
 }
 
+/// A put's value from a file, or from standard input for `-`.
+fn read_value(path: &std::path::Path) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let mut value = Vec::new();
+    let read = if path.as_os_str() == "-" {
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut value)
+    } else {
+        std::fs::File::open(path).and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut value))
+    };
+    read.map_err(|e| format!("reading the value from {}: {e}", path.display()))?;
+    Ok(value)
+}
+
 /// Runs a parsed command line; the error is printed by `main`.
 pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
@@ -214,12 +231,12 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 durable: args.durable,
                 ..Default::default()
             };
-            let result = client.put_full(
-                args.key.as_bytes(),
-                context.as_ref(),
-                args.value.as_bytes(),
-                options,
-            )?;
+            let value = match (&args.value, &args.value_file) {
+                (Some(value), _) => value.as_bytes().to_vec(),
+                (None, Some(path)) => read_value(path)?,
+                (None, None) => return Err("give a value or --value-file".into()),
+            };
+            let result = client.put_full(args.key.as_bytes(), context.as_ref(), &value, options)?;
             println!("{}", result.context.to_base64());
             report_durable(args.durable, result.durable_copies);
             Ok(())

@@ -277,3 +277,48 @@ fn a_node_on_a_taken_port_names_it_and_leaves_its_storage_unopened() {
     let files = std::fs::read_dir(&dir).map_or(0, |entries| entries.count());
     assert_eq!(files, 0, "storage was opened in {}", dir.display());
 }
+
+/// Goal: a value too large for a command-line argument goes in through --value-file (any
+/// bytes, or `-` for standard input) and reads back whole; an unreadable file is named.
+#[test]
+fn put_takes_a_large_value_from_a_file_or_standard_input() {
+    use std::io::Write;
+    let node = TestNode::start("");
+    let addr = node.addr.as_str();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("value");
+    let value: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &value).expect("write the value");
+    let file = path.to_string_lossy().into_owned();
+    let (ok, _, err) = shoal(&["put", "--node", addr, "big", "--value-file", &file]);
+    assert!(ok, "{err}");
+    let mut client =
+        shoal::client::Client::connect(addr, std::time::Duration::from_secs(5)).expect("connect");
+    let read = client
+        .get(b"big", shoal::client::RequestOptions::default())
+        .expect("get");
+    assert_eq!(read.values, vec![value.clone()]);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["put", "--node", addr, "piped", "--value-file", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run shoal");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"from stdin")
+        .expect("write");
+    assert!(child.wait().expect("wait").success());
+    let read = client
+        .get(b"piped", shoal::client::RequestOptions::default())
+        .expect("get");
+    assert_eq!(read.values, vec![b"from stdin".to_vec()]);
+
+    let missing = dir.path().join("missing").to_string_lossy().into_owned();
+    let (ok, _, err) = shoal(&["put", "--node", addr, "k", "--value-file", &missing]);
+    assert!(!ok);
+    assert!(err.contains(&missing), "{err}");
+}
