@@ -74,8 +74,9 @@ pub enum ServiceError {
     },
     /// Fewer than the needed replicas answered before the deadline.
     #[error(
-        "{operation} quorum not reached: {acked} of {needed} needed acknowledged ({asked} asked, {failed} failed{})",
-        .first_failure.as_ref().map(|cause| format!("; first: {cause}")).unwrap_or_default()
+        "{operation} quorum not reached: {acked} of {needed} needed acknowledged ({asked} asked, {failed} failed{}{})",
+        .first_failure.as_ref().map(|cause| format!("; first: {cause}")).unwrap_or_default(),
+        if missing.is_empty() { String::new() } else { format!("; missing: {}", missing.join(", ")) }
     )]
     Quorum {
         /// `"get"`, `"put"` or `"delete"`.
@@ -92,6 +93,12 @@ pub enum ServiceError {
         /// still silent at the deadline). Absent in frames from older nodes.
         #[serde(default)]
         first_failure: Option<String>,
+        /// The replicas that never answered, and why: "n2 (held down, not asked)" for a
+        /// primary the failure detector holds down and no fallback stood in for, "n3
+        /// (silent)" for one asked that had not answered at the deadline. Absent in frames
+        /// from older nodes.
+        #[serde(default)]
+        missing: Vec<String>,
     },
     /// The put would leave more siblings than the limit; nothing was stored. Read the key and
     /// put with its context to reconcile the siblings first.

@@ -29,6 +29,8 @@ pub struct QuorumTracker {
     /// Why the first failed replica failed ("n2: overloaded: ..."): the quorum error names it,
     /// so an operator can tell a stalled peer from a full queue without the node's log.
     first_failure: Option<String>,
+    /// Replicas that never answered, and why (see `ServiceError::Quorum::missing`).
+    missing: Vec<String>,
 }
 
 impl QuorumTracker {
@@ -40,7 +42,20 @@ impl QuorumTracker {
             acked: 0,
             failed: 0,
             first_failure: None,
+            missing: Vec::new(),
         }
+    }
+
+    /// Sets how many replicas are asked (before any answer: a put asks itself and at most
+    /// N - 1 others, whatever the list held).
+    pub fn set_asked(&mut self, asked: usize) {
+        self.asked = asked;
+    }
+
+    /// Notes a replica that will not answer, and why ("held down, not asked", "silent"):
+    /// the quorum error names it.
+    pub fn missing(&mut self, node: &str, why: &str) {
+        self.missing.push(format!("{node} ({why})"));
     }
 
     /// Records a successful answer.
@@ -84,6 +99,7 @@ impl QuorumTracker {
             asked: self.asked as u64,
             failed: self.failed as u64,
             first_failure: self.first_failure.clone(),
+            missing: self.missing.clone(),
         }
     }
 }
@@ -125,14 +141,15 @@ mod tests {
         }
     }
 
-    /// Goal: the quorum error says how many of how many answered, and why the first failed
-    /// replica failed (not a later one's cause).
+    /// Goal: the quorum error says how many of how many answered, why the first failed
+    /// replica failed (not a later one's cause), and which replicas never answered.
     #[test]
     fn quorum_error_reports_counts_and_the_first_failure() {
         let mut tracker = QuorumTracker::new(3, 3);
         tracker.ack();
         tracker.fail(|| "n2: peer n2 is unreachable".into());
         tracker.fail(|| "n3: overloaded".into());
+        tracker.missing("n4", "held down, not asked");
         let error = tracker.error("put");
         assert_eq!(
             error,
@@ -143,12 +160,13 @@ mod tests {
                 asked: 3,
                 failed: 2,
                 first_failure: Some("n2: peer n2 is unreachable".into()),
+                missing: vec!["n4 (held down, not asked)".into()],
             }
         );
         assert_eq!(
             error.to_string(),
             "put quorum not reached: 1 of 3 needed acknowledged (3 asked, 2 failed; \
-             first: n2: peer n2 is unreachable)"
+             first: n2: peer n2 is unreachable; missing: n4 (held down, not asked))"
         );
     }
 }

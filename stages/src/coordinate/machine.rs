@@ -264,6 +264,9 @@ impl Coordinator {
             }
             if let Some(mut pending) = self.requests.remove(&key) {
                 if !pending.replied {
+                    for node in &silent {
+                        pending.tracker.missing(node.as_str(), "silent");
+                    }
                     let error = if matches!(
                         pending.work,
                         Work::Write {
@@ -339,13 +342,21 @@ impl Coordinator {
         let deadline = received_at + timeout.unwrap_or(self.settings.request_timeout);
         let me = self.settings.node.clone();
         let key = self.new_id();
+        let mut tracker = QuorumTracker::new(quorum, targets.len());
+        // Primaries held down that no fallback stands in for: a failed quorum names them.
+        for primary in primaries
+            .iter()
+            .filter(|p| !targets.iter().any(|t| t.node == **p))
+        {
+            tracker.missing(primary.as_str(), "held down, not asked");
+        }
         let mut pending = Pending {
             origin,
             operation,
             key: request.key().to_vec(),
             received_at,
             deadline,
-            tracker: QuorumTracker::new(quorum, targets.len()),
+            tracker,
             replied: false,
             work: Work::Serve {
                 request: ServeKind::Local,
@@ -396,7 +407,7 @@ impl Coordinator {
                 let mut remotes: Vec<Target> =
                     targets.into_iter().filter(|t| t.node != me).collect();
                 remotes.truncate(n.saturating_sub(1));
-                pending.tracker = QuorumTracker::new(quorum, remotes.len() + 1);
+                pending.tracker.set_asked(remotes.len() + 1);
                 let durability = durable.unwrap_or(self.settings.durable_writes);
                 pending.work = Work::Write {
                     context: None,

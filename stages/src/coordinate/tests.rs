@@ -168,6 +168,7 @@ fn unanswered_request_fails_at_its_deadline_with_the_quorum_error() {
                     asked: 1,
                     failed: 0,
                     first_failure: None,
+                    missing: vec!["n1 (silent)".into()],
                 }
             );
         }
@@ -206,6 +207,7 @@ fn failure_that_makes_quorum_unreachable_is_answered_at_once() {
         asked: 1,
         failed: 1,
         first_failure: Some(format!("n1: {failure}")),
+        missing: Vec::new(),
     };
     assert!(
         matches!(out.as_slice(), [Output::Reply { message: Message::Error(e), .. }] if *e == expected),
@@ -300,6 +302,10 @@ fn request_with_too_few_healthy_replicas_is_answered_when_they_have() {
         asked: 1,
         failed: 0,
         first_failure: None,
+        missing: vec![
+            "n2 (held down, not asked)".into(),
+            "n3 (held down, not asked)".into(),
+        ],
     };
     assert!(
         out.iter().any(|o| matches!(o, Output::Reply { origin, message: Message::Error(e) } if origin.request_id == 2 && *e == expected)),

@@ -195,6 +195,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
             asked: 3,
             failed: 0,
             first_failure: None,
+            missing: vec!["n3 (silent)".into()],
         })),
     ]
 }
