@@ -182,7 +182,7 @@ fn starts_of(trace: &[String], n: usize) -> Vec<(String, String)> {
 /// stop before the copy keeps the actor, the start on the restored copy takes a new one (the
 /// copy's mark names another instance), and nothing acknowledged is lost. Method: 10 seeds
 /// with that fault alone, their traces read. The sweep above runs it with every other fault
-/// (where a constant instance loses acknowledged adds in 4 of its 600 seeds).
+/// (where a constant instance loses acknowledged adds in 7 of its 600 seeds).
 #[test]
 fn a_member_restored_from_its_backup_takes_a_new_actor_after_keeping_it_over_the_copy() {
     let config = SimConfig {
