@@ -203,14 +203,13 @@ fn report_durable(asked: Option<Durability>, copies: u8) {
 
 /// A put's value from a file, or from standard input for `-`.
 fn read_value(path: &std::path::Path) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
-    let mut value = Vec::new();
     let read = if path.as_os_str() == "-" {
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut value)
+        let mut value = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut value).map(|_| value)
     } else {
-        std::fs::File::open(path).and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut value))
+        std::fs::read(path)
     };
-    read.map_err(|e| format!("reading the value from {}: {e}", path.display()))?;
-    Ok(value)
+    Ok(read.map_err(|e| format!("reading the value from {}: {e}", path.display()))?)
 }
 
 /// Runs a parsed command line; the error is printed by `main`.

@@ -24,7 +24,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use target::{Connection, OpError, TargetSpec};
+use target::{Connection, OpError, OpenError, TargetSpec};
 
 /// Read-then-write attempts of a put refused with `TooManySiblings` before it counts as failed.
 const RECONCILE_ATTEMPTS: u32 = 4;
@@ -382,20 +382,18 @@ fn load_keys(
     // A node refusing the ring fetch from a full queue, or a moment unreachable, would
     // otherwise write off this thread's whole share of the keys: try a while first.
     let mut attempts = 0;
-    let mut connection = loop {
-        match Connection::open(&config.target, options) {
-            Ok(connection) => break connection,
-            Err(_) if attempts < LOAD_CONNECT_ATTEMPTS => {
-                attempts += 1;
-                std::thread::sleep(CONNECT_RETRY);
-            }
-            Err(error) => {
-                report.errors.insert(
-                    format!("connect:{}", error.kind),
-                    keys.end.saturating_sub(keys.start),
-                );
-                return report;
-            }
+    let opened = open_retrying(config, options, |_| {
+        attempts += 1;
+        attempts <= LOAD_CONNECT_ATTEMPTS
+    });
+    let mut connection = match opened {
+        Ok(connection) => connection,
+        Err(error) => {
+            report.errors.insert(
+                format!("connect:{}", error.kind),
+                keys.end.saturating_sub(keys.start),
+            );
+            return report;
         }
     };
     let value = vec![b'x'; config.value_bytes];
@@ -496,16 +494,30 @@ fn connect_worker(
     shared: &Shared,
     recorder: &mut Recorder,
 ) -> Option<Connection> {
-    while !shared.stop.load(Ordering::Relaxed) {
+    if shared.stop.load(Ordering::Relaxed) {
+        return None;
+    }
+    open_retrying(config, options, |error| {
+        recorder.error("connect", &error.kind);
+        !shared.stop.load(Ordering::Relaxed)
+    })
+    .ok()
+}
+
+/// Opens a connection, trying again `CONNECT_RETRY` later after each failure for as long as
+/// `again` says; the last failure otherwise.
+fn open_retrying(
+    config: &LoadConfig,
+    options: RequestOptions,
+    mut again: impl FnMut(&OpenError) -> bool,
+) -> Result<Connection, OpenError> {
+    loop {
         match Connection::open(&config.target, options) {
-            Ok(connection) => return Some(connection),
-            Err(error) => {
-                recorder.error("connect", &error.kind);
-                std::thread::sleep(CONNECT_RETRY);
-            }
+            Ok(connection) => return Ok(connection),
+            Err(error) if again(&error) => std::thread::sleep(CONNECT_RETRY),
+            Err(error) => return Err(error),
         }
     }
-    None
 }
 
 /// Chooses and performs one operation; returns its name and, for reads, the sibling count.

@@ -100,37 +100,26 @@ impl Membership {
 
     /// The ring the staged changes would give, and what it would move: from the committed
     /// ring, or from the one before it when the commit will undo the last one (see
-    /// `commit_base`), whose removed receivers then leave with it.
+    /// `undone_by_next_commit`).
     pub fn plan(&self, n: usize) -> Result<(Plan, Ring), MembershipError> {
-        let Ok((base, true)) = self.commit_base(n) else {
-            return self.plan_from(self.ring(), n);
-        };
-        let (mut plan, next) = self.plan_from(&base, n)?;
-        plan.removed.extend(
-            self.ring()
-                .nodes()
-                .map(|spec| spec.id.clone())
-                .filter(|id| !base.contains(id)),
-        );
-        Ok((plan, next))
+        self.plan_from(self.undone_by_next_commit(n).ok().flatten(), n)
     }
 
-    /// The ring a commit starts from, and whether that undoes the last commit. Normally the
-    /// committed ring, and refused while the last commit's copies are pending. But a copy to
-    /// a node that never comes up (a join at a mistyped address) never finishes, so its
-    /// removal could never commit and membership would be stuck for good. So when every
-    /// pending copy goes to a node since staged for removal and none of the last commit's
-    /// copies has arrived, the commit starts from the ring before the last one: every
-    /// partition that commit moved is still read and written there (a partition's reads
-    /// move only once its copies are done), so going back loses nothing, and the last commit
-    /// is undone. Once some of its copies arrived, the ring before it is no longer whole
-    /// (their senders dropped their copies), and the commit is refused: `CannotUndo` where
-    /// copies wait for removed nodes (no commit can pass then: a known limit), else
-    /// `TransfersPending` as before.
-    fn commit_base(&self, n: usize) -> Result<(Ring, bool), MembershipError> {
+    /// Where the next commit starts: `None` from the committed ring, refused while the last
+    /// commit's copies are pending. But a copy to a node that never comes up (a join at a
+    /// mistyped address) never finishes, so its removal could never commit and membership
+    /// would be stuck for good. So when every pending copy goes to a node since staged for
+    /// removal and none of the last commit's copies has arrived, the commit starts from the
+    /// ring before the last one (`Some`): every partition that commit moved is still read and
+    /// written there (a partition's reads move only once its copies are done), so going back
+    /// loses nothing, and the last commit is undone. Once some of its copies arrived, the ring
+    /// before it is no longer whole (their senders dropped their copies), and the commit is
+    /// refused: `CannotUndo` where copies wait for removed nodes (no commit can pass then: a
+    /// known limit), else `TransfersPending` as before.
+    fn undone_by_next_commit(&self, n: usize) -> Result<Option<&Ring>, MembershipError> {
         let pending = self.pending_transfers(n);
         if pending.is_empty() {
-            return Ok((self.ring().clone(), false));
+            return Ok(None);
         }
         let removed: BTreeSet<NodeId> = pending
             .iter()
@@ -143,7 +132,7 @@ impl Membership {
         let arrived = !self.assignment.done.is_empty();
         let all_to_removed = pending.iter().all(|t| removed.contains(&t.to));
         match &self.assignment.previous {
-            Some(previous) if all_to_removed && !arrived => Ok((previous.clone(), true)),
+            Some(previous) if all_to_removed && !arrived => Ok(Some(previous)),
             _ if !removed.is_empty() && arrived => Err(MembershipError::CannotUndo {
                 pending: pending.len(),
                 removed: removed.into_iter().collect(),
@@ -154,8 +143,21 @@ impl Membership {
         }
     }
 
-    /// `plan` from `ring`.
-    fn plan_from(&self, ring: &Ring, n: usize) -> Result<(Plan, Ring), MembershipError> {
+    /// `plan` from the committed ring, or from `undone` (the ring before it), whose members
+    /// the undone commit brought in then leave with it.
+    fn plan_from(&self, undone: Option<&Ring>, n: usize) -> Result<(Plan, Ring), MembershipError> {
+        let ring = undone.unwrap_or(self.ring());
+        let (mut plan, next) = self.plan_on(ring, n)?;
+        if let Some(undone) = undone {
+            let brought_in = self.ring().nodes().map(|spec| &spec.id);
+            plan.removed
+                .extend(brought_in.filter(|id| !undone.contains(id)).cloned());
+        }
+        Ok((plan, next))
+    }
+
+    /// The staged changes applied to `ring`, and what they would move.
+    fn plan_on(&self, ring: &Ring, n: usize) -> Result<(Plan, Ring), MembershipError> {
         let wanted: Vec<NodeSpec> = self
             .members
             .values()
@@ -207,7 +209,7 @@ impl Membership {
     /// Applies the staged changes (written by `me`, the claimant): the planned ring becomes
     /// the committed one and its transfers start. Refused while the previous commit's
     /// transfers are pending, unless they all wait for nodes since removed and none arrived:
-    /// then the previous commit is undone (see `commit_base`).
+    /// then the previous commit is undone (see `undone_by_next_commit`).
     pub fn commit(&mut self, me: &NodeId, n: usize) -> Result<Plan, MembershipError> {
         if let Some(claimant) = self.claimant() {
             if claimant != me {
@@ -217,14 +219,14 @@ impl Membership {
                 });
             }
         }
-        let (base, _) = self.commit_base(n)?;
-        let (plan, next) = self.plan(n)?;
+        let undone = self.undone_by_next_commit(n)?.cloned();
+        let (plan, next) = self.plan_from(undone.as_ref(), n)?;
         if plan.is_empty() {
             return Err(MembershipError::NothingStaged);
         }
         let stamp = self.next_stamp(me);
-        self.assignment.ring = next;
-        self.assignment.previous = Some(base);
+        let replaced = std::mem::replace(&mut self.assignment.ring, next);
+        self.assignment.previous = Some(undone.unwrap_or(replaced));
         self.assignment.stamp = stamp;
         // Transfers that have no old replica to copy from are done at once: nothing can be
         // copied (every old replica was removed), and waiting would block reads forever.

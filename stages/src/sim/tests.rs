@@ -42,10 +42,11 @@ const SWEEP_SEEDS: u64 = 600;
 
 /// Goal: across a fixed sweep of seeds with every fault (crashes and power losses, partitions,
 /// pauses, lost connections, duplicated and reordered frames, latency spikes, failed flushes,
-/// a join and a leave, a member restored from a backup), no checker fires: no acknowledged add is lost, nothing appears that no client wrote,
-/// same-context puts both survive, reconciling puts leave one value, every request gets
-/// exactly one reply, and every replica converges after heal. Method: seeds 0..SWEEP_SEEDS, split
-/// over the machine's cores; a failing seed is printed with the command that replays it.
+/// a join and a leave, a member restored from a backup), no checker fires: no acknowledged
+/// add is lost, nothing appears that no client wrote, same-context puts both survive,
+/// reconciling puts leave one value, every request gets exactly one reply, and every replica
+/// converges after heal. Method: seeds 0..SWEEP_SEEDS, split over the machine's cores; a
+/// failing seed is printed with the command that replays it.
 #[test]
 fn sweep_of_seeds_with_every_fault_breaks_no_property() {
     // Every node flushes every write before its ack, so a power loss of them all is a fault

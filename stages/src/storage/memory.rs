@@ -52,11 +52,9 @@ struct State {
     /// durable.
     write_backs: u64,
     /// The engine's instance ([`Engine::instance`]), the model of fjall's engine's instance
-    /// file: renewed at every open, and new in a restored copy, whose file is another file.
-    /// It is not data: a power loss or a restore does not bring an older one back.
+    /// file: renewed (one more) at every open, and new in a restored copy, whose file is
+    /// another file. It is not data: a power loss or a restore never brings an older one back.
     instance: u64,
-    /// Instances handed out so far: the next is one more.
-    instances_made: u64,
 }
 
 impl State {
@@ -70,9 +68,13 @@ impl State {
         Ok(())
     }
 
-    fn fresh_instance(&mut self) -> u64 {
-        self.instances_made += 1;
-        self.instances_made
+    /// What the process has handed to the OS: the flushed data and the journal's written-out
+    /// writes (what survives the process, and what a copy of the files holds).
+    fn written_out(&self) -> [Map; 4] {
+        let mut maps = self.durable.clone();
+        let kept = self.journal.len() - self.buffered;
+        replay(&mut maps, self.journal[..kept].iter().cloned());
+        maps
     }
 }
 
@@ -112,12 +114,10 @@ impl MemoryEngine {
     /// was written out stays (in the OS, at risk of a power loss until flushed).
     pub fn lose_process(&self) {
         let mut state = self.state();
+        state.current = state.written_out();
         let kept = state.journal.len() - state.buffered;
         state.journal.truncate(kept);
         state.buffered = 0;
-        let mut current = state.durable.clone();
-        replay(&mut current, state.journal.iter().cloned());
-        state.current = current;
     }
 
     /// The next `count` flushes fail (and leave their writes unflushed). The first failure
@@ -162,11 +162,9 @@ impl MemoryEngine {
     /// A copy of the data, as an operator's backup of the node takes it from its files:
     /// what was written out, flushed or not, and not what a running process still buffers.
     pub fn backup(&self) -> MemoryBackup {
-        let state = self.state();
-        let mut maps = state.durable.clone();
-        let written_out = state.journal.len() - state.buffered;
-        replay(&mut maps, state.journal[..written_out].iter().cloned());
-        MemoryBackup { maps }
+        MemoryBackup {
+            maps: self.state().written_out(),
+        }
     }
 
     /// Replaces the data with a backup's, as an operator restores a stopped node's data
@@ -181,7 +179,7 @@ impl MemoryEngine {
         state.buffered = 0;
         state.failing_flushes = 0;
         state.failing_write_outs = 0;
-        state.instance = state.fresh_instance();
+        state.instance += 1;
     }
 }
 
@@ -194,7 +192,7 @@ impl Engine for MemoryEngine {
 
     fn renew_instance(&self) -> Result<(), StorageError> {
         let mut state = self.state();
-        state.instance = state.fresh_instance();
+        state.instance += 1;
         Ok(())
     }
 
