@@ -352,3 +352,105 @@ fn a_join_committed_at_a_dead_address_is_undone_by_its_removal() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Waits until node `i` sees every pending transfer go to `to` (the others arrived).
+fn wait_only_pending_to(cluster: &TestCluster, i: usize, to: &NodeId) -> usize {
+    let start = Instant::now();
+    let mut client = cluster.client(i);
+    loop {
+        let plan = client
+            .plan(PlanRequest {
+                change: None,
+                commit: false,
+            })
+            .expect("plan");
+        if !plan.pending.is_empty() && plan.pending.iter().all(|t| &t.to == to) {
+            return plan.pending.len();
+        }
+        assert!(
+            start.elapsed() < SETTLE,
+            "copies to others still pending: {:?}",
+            plan.pending
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Goal (a mistyped join committed together with a good change must not stop membership
+/// changes for good either): on six real nodes (N = 3), a join at a dead address and leaves
+/// of n5 and n6 are committed at once; the copies to the staying nodes arrive while n9's
+/// never can, and keys written meanwhile land on the replicas from before that commit.
+/// Removing n9 commits, every view settles with n9, n5 and n6 out of the ring and no copy
+/// pending, and every key, from before and from meanwhile, is on all three of its replicas.
+#[test]
+fn a_dead_join_committed_with_leaves_is_taken_out_by_its_removal() {
+    let cluster = TestCluster::start_with(6, 3, 2, 2, "partitions = 16\n", FAST);
+    let put_all = |keys: &[Vec<u8>]| {
+        let mut client = cluster.client(0);
+        for key in keys {
+            client
+                .put(key, None, b"v", RequestOptions::default())
+                .expect("put");
+        }
+    };
+    let mut keys: Vec<Vec<u8>> = (0..150).map(|i| format!("k{i}").into_bytes()).collect();
+    put_all(&keys);
+    let ghost = NodeId::new("n9");
+    let member = Member {
+        id: ghost.clone(),
+        addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+        weight: 1,
+        zone: None,
+    };
+    let mut client = cluster.client(0);
+    stage(&mut client, MembershipChange::Join(member), false);
+    let leavers: Vec<NodeId> = (4..6)
+        .map(|i| NodeId::new(cluster.configs[i].node.id.clone()))
+        .collect();
+    stage(
+        &mut client,
+        MembershipChange::Leave(leavers[0].clone()),
+        false,
+    );
+    let all = stage(
+        &mut client,
+        MembershipChange::Leave(leavers[1].clone()),
+        true,
+    );
+    assert!(all.committed);
+    assert_eq!(all.plan.joining, vec![ghost.clone()]);
+    // Copies to live nodes that will have arrived: the commit cannot simply be undone.
+    assert!(all.plan.transfers.iter().any(|t| t.to != ghost), "{all:?}");
+    wait_only_pending_to(&cluster, 0, &ghost);
+    let meanwhile: Vec<Vec<u8>> = (0..150).map(|i| format!("m{i}").into_bytes()).collect();
+    put_all(&meanwhile);
+    keys.extend(meanwhile);
+
+    let removal = stage(&mut client, MembershipChange::Remove(ghost.clone()), true);
+    assert!(removal.committed, "{removal:?}");
+    let membership = wait_settled(&cluster, &[0, 1, 2, 3]);
+    assert!(!membership.ring().contains(&ghost));
+    assert!(leavers.iter().all(|l| !membership.ring().contains(l)));
+    assert_eq!(membership.state_of(&ghost), Some(MemberState::Removed));
+    let start = Instant::now();
+    loop {
+        let held: Vec<Vec<bool>> = (0..4).map(|i| stored_on(&cluster, i, &keys)).collect();
+        let mut missing = Vec::new();
+        for (k, key) in keys.iter().enumerate() {
+            for node in membership.ring().preference_list_for_key(key, 3).primaries {
+                let index = (0..4).find(|i| cluster.configs[*i].node.id == node.as_str());
+                if index.is_none_or(|i| !held[i][k]) {
+                    missing.push((String::from_utf8_lossy(key).into_owned(), node.to_string()));
+                }
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < SETTLE,
+            "keys missing from their replicas: {missing:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

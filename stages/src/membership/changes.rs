@@ -107,40 +107,43 @@ impl Membership {
 
     /// Where the next commit starts: `None` from the committed ring, refused while the last
     /// commit's copies are pending. But a copy to a node that never comes up (a join at a
-    /// mistyped address) never finishes, so its removal could never commit and membership
-    /// would be stuck for good. So when every pending copy goes to a node since staged for
-    /// removal and none of the last commit's copies has arrived, the commit starts from the
-    /// ring before the last one (`Some`): every partition that commit moved is still read and
-    /// written there (a partition's reads move only once its copies are done), so going back
-    /// loses nothing, and the last commit is undone. Once some of its copies arrived, the ring
-    /// before it is no longer whole (their senders dropped their copies), and the commit is
-    /// refused: `CannotUndo` where copies wait for removed nodes (no commit can pass then: a
-    /// known limit), else `TransfersPending` as before.
+    /// wrong address) never finishes, so its removal could never commit and membership
+    /// would be stuck for good. So a commit passes when every pending copy goes to a node
+    /// since staged for removal. Each partition's data then moves from the replicas it is
+    /// read and written on now ([`Membership::replicas`]: the old ones while its copies wait),
+    /// which the commit keeps in `old_replicas` where they are not its list in the ring it
+    /// starts from. Where none of the last commit's copies has arrived, it starts from the
+    /// ring before the last one (`Some`): every partition that commit moved is still served
+    /// there, so the last commit is undone and nothing moves. Once some arrived, from the
+    /// committed ring: the removed node's partitions are dealt out again.
     fn undone_by_next_commit(&self, n: usize) -> Result<Option<&Ring>, MembershipError> {
         let pending = self.pending_transfers(n);
         if pending.is_empty() {
             return Ok(None);
         }
-        let removed: BTreeSet<NodeId> = pending
-            .iter()
-            .map(|t| &t.to)
-            .filter(|to| self.state_of(to) == Some(MemberState::Removed))
-            .cloned()
-            .collect();
-        // Also a copy with no sender, done at the commit: its partition was served from the
-        // new ring at once, so the ring before is not whole for it either.
-        let arrived = !self.assignment.done.is_empty();
-        let all_to_removed = pending.iter().all(|t| removed.contains(&t.to));
-        match &self.assignment.previous {
-            Some(previous) if all_to_removed && !arrived => Ok(Some(previous)),
-            _ if !removed.is_empty() && arrived => Err(MembershipError::CannotUndo {
+        let removed = |t: &Transfer| self.state_of(&t.to) == Some(MemberState::Removed);
+        if !pending.iter().all(removed) {
+            return Err(MembershipError::TransfersPending {
                 pending: pending.len(),
-                removed: removed.into_iter().collect(),
-            }),
-            _ => Err(MembershipError::TransfersPending {
-                pending: pending.len(),
-            }),
+            });
         }
+        // Also a copy with no sender, done at the commit: its partition was served from the
+        // new ring at once, so the ring before is not whole for it.
+        let arrived = !self.assignment.done.is_empty();
+        Ok(self.assignment.previous.as_ref().filter(|_| !arrived))
+    }
+
+    /// The replicas each partition is served from now where they are not its list in `base`
+    /// (the ring the next commit starts from): that commit's `old_replicas`.
+    fn served_apart_from(&self, base: &Ring, n: usize) -> BTreeMap<u32, Vec<NodeId>> {
+        (0..base.partition_count())
+            .map(PartitionId)
+            .filter_map(|partition| {
+                let serving = self.replicas(partition, n).list.primaries;
+                (serving != base.preference_list(partition, n).primaries)
+                    .then_some((partition.0, serving))
+            })
+            .collect()
     }
 
     /// `plan` from the committed ring, or from `undone` (the ring before it), whose members
@@ -190,7 +193,10 @@ impl Membership {
         }
         let next = ring.rebalance(&wanted)?;
         plan.owners_changed = ring.moved_partitions(&next).len() as u32;
-        plan.transfers = self.transfers_between(Some(ring), &next, n);
+        // From the replicas that serve each partition now: its list in `ring`, unless its
+        // copies of the last commit still wait (see `undone_by_next_commit`).
+        let serving = |partition| self.replicas(partition, n).list.primaries;
+        plan.transfers = self.transfers_between(serving, &next, n);
         Ok((plan, next))
     }
 
@@ -208,8 +214,8 @@ impl Membership {
 
     /// Applies the staged changes (written by `me`, the claimant): the planned ring becomes
     /// the committed one and its transfers start. Refused while the previous commit's
-    /// transfers are pending, unless they all wait for nodes since removed and none arrived:
-    /// then the previous commit is undone (see `undone_by_next_commit`).
+    /// transfers are pending, unless they all wait for nodes since removed (see
+    /// `undone_by_next_commit`).
     pub fn commit(&mut self, me: &NodeId, n: usize) -> Result<Plan, MembershipError> {
         if let Some(claimant) = self.claimant() {
             if claimant != me {
@@ -224,9 +230,12 @@ impl Membership {
         if plan.is_empty() {
             return Err(MembershipError::NothingStaged);
         }
+        let base = undone.as_ref().unwrap_or(self.ring());
+        let old_replicas = self.served_apart_from(base, n);
         let stamp = self.next_stamp(me);
         let replaced = std::mem::replace(&mut self.assignment.ring, next);
         self.assignment.previous = Some(undone.unwrap_or(replaced));
+        self.assignment.old_replicas = old_replicas;
         self.assignment.stamp = stamp;
         // Transfers that have no old replica to copy from are done at once: nothing can be
         // copied (every old replica was removed), and waiting would block reads forever.

@@ -116,6 +116,14 @@ pub struct Assignment {
     pub previous: Option<Ring>,
     /// Transfers of this commit that are done, as (partition, sending node, receiving node).
     pub done: BTreeSet<(u32, Option<NodeId>, NodeId)>,
+    /// The old replicas of partitions whose old replicas are not their list in `previous`.
+    /// Empty unless this commit passed while copies of the one before still waited for
+    /// removed nodes (a join at a wrong address): the partitions those copies were for were
+    /// still read and written on the replicas before *that* commit, so those are the ones that
+    /// hold their data and must send it (see `undone_by_next_commit`). Absent in values
+    /// written before it existed.
+    #[serde(default)]
+    pub old_replicas: BTreeMap<u32, Vec<NodeId>>,
 }
 
 /// One partition's data to copy from an old replica to a new one.
@@ -200,19 +208,10 @@ pub enum MembershipError {
         node: NodeId,
     },
     /// The previous commit's transfers are not all done.
-    #[error("{pending} transfers of the previous commit are still pending; commit again once they are done (admin ring shows them), or, if their receiver will never come up (a join at a wrong address), stage its removal (admin remove) and commit that: it undoes that join")]
+    #[error("{pending} transfers of the previous commit are still pending; commit again once they are done (admin ring shows them), or, if their receiver will never come up (a join at a wrong address), stage its removal (admin remove) and commit that")]
     TransfersPending {
         /// How many.
         pending: usize,
-    },
-    /// The previous commit's copies to removed nodes can never finish, and the commit cannot
-    /// be undone because some of its other copies finished.
-    #[error("{pending} transfers of the previous commit are still pending, some to removed nodes ({}) that will never take them; that commit cannot be undone because some of its transfers finished, so no commit can pass (a known limit: README, \"Changing members\")", removed.iter().map(NodeId::as_str).collect::<Vec<_>>().join(", "))]
-    CannotUndo {
-        /// How many transfers are pending.
-        pending: usize,
-        /// The removed nodes they wait for.
-        removed: Vec<NodeId>,
     },
     /// The staged members do not make a valid ring.
     #[error("ring: {0}")]
@@ -275,6 +274,7 @@ impl Membership {
                 stamp: Stamp::initial(),
                 previous: None,
                 done: BTreeSet::new(),
+                old_replicas: BTreeMap::new(),
             },
         })
     }
@@ -323,14 +323,13 @@ impl Membership {
     /// The replicas of a partition for a coordinator (see [`Replicas`]).
     pub fn replicas(&self, partition: PartitionId, n: usize) -> Replicas {
         let list = self.ring().preference_list(partition, n);
-        let Some(previous) = &self.assignment.previous else {
+        let Some(old) = self.old_list(partition, n) else {
             return Replicas {
                 list,
                 also_write: Vec::new(),
             };
         };
         // Each list is walked once: this runs for every client request.
-        let old = previous.preference_list(partition, n);
         let moving = self
             .partition_transfers(&old.primaries, &list.primaries, partition)
             .iter()
@@ -355,9 +354,27 @@ impl Membership {
         }
     }
 
+    /// A partition's replicas before the last commit (`None`: the initial ring), with the
+    /// fallbacks of the ring before it: its list in `previous`, or the list the commit kept
+    /// in `old_replicas`.
+    fn old_list(&self, partition: PartitionId, n: usize) -> Option<PreferenceList> {
+        let previous = self.assignment.previous.as_ref()?;
+        let mut list = previous.preference_list(partition, n);
+        if let Some(kept) = self.assignment.old_replicas.get(&partition.0) {
+            let walk = list.primaries.into_iter().chain(list.fallbacks);
+            list.fallbacks = walk.filter(|node| !kept.contains(node)).collect();
+            list.primaries = kept.clone();
+        }
+        Some(list)
+    }
+
     /// Every transfer of the last commit not yet done, in partition order.
     pub fn pending_transfers(&self, n: usize) -> Vec<Transfer> {
-        self.transfers_between(self.assignment.previous.as_ref(), self.ring(), n)
+        if self.assignment.previous.is_none() {
+            return Vec::new();
+        }
+        let old = |p: PartitionId| self.old_list(p, n).map(|l| l.primaries).unwrap_or_default();
+        self.transfers_between(old, self.ring(), n)
             .into_iter()
             .filter(|t| !self.is_done(t))
             .collect()
@@ -382,17 +399,19 @@ impl Membership {
         replicas.list.primaries.contains(node) || replicas.also_write.contains(node)
     }
 
-    /// The copies that moving from `old` to `new` needs, partition by partition.
-    fn transfers_between(&self, old: Option<&Ring>, new: &Ring, n: usize) -> Vec<Transfer> {
-        let Some(old) = old else {
-            return Vec::new();
-        };
+    /// The copies that moving each partition from its replicas `old` gives to its list in
+    /// `new` needs, partition by partition.
+    fn transfers_between(
+        &self,
+        old: impl Fn(PartitionId) -> Vec<NodeId>,
+        new: &Ring,
+        n: usize,
+    ) -> Vec<Transfer> {
         (0..new.partition_count())
             .flat_map(|p| {
                 let partition = PartitionId(p);
-                let before = old.preference_list(partition, n).primaries;
                 let after = new.preference_list(partition, n).primaries;
-                self.partition_transfers(&before, &after, partition)
+                self.partition_transfers(&old(partition), &after, partition)
             })
             .collect()
     }
@@ -486,6 +505,13 @@ impl Membership {
             hash_str(&mut md5, from.as_ref().map_or("", NodeId::as_str));
             hash_str(&mut md5, to.as_str());
         }
+        for (partition, replicas) in &a.old_replicas {
+            md5.update(partition.to_be_bytes());
+            md5.update((replicas.len() as u64).to_be_bytes());
+            for node in replicas {
+                hash_str(&mut md5, node.as_str());
+            }
+        }
         first_u64(&md5.finalize())
     }
 
@@ -510,6 +536,19 @@ impl Membership {
             return Err(invalid(format!(
                 "a transfer of partition {partition}, beyond Q"
             )));
+        }
+        if !a.old_replicas.is_empty() && a.previous.is_none() {
+            return Err(invalid("old replicas kept without a previous ring".into()));
+        }
+        for (partition, replicas) in &a.old_replicas {
+            if *partition >= partitions || replicas.is_empty() {
+                return Err(invalid(format!(
+                    "old replicas of partition {partition}: beyond Q or none"
+                )));
+            }
+            if let Some(node) = replicas.iter().find(|id| !self.members.contains_key(id)) {
+                return Err(invalid(format!("old replica {node} is not a member")));
+            }
         }
         let rings = std::iter::once(&a.ring).chain(&a.previous);
         if let Some(node) = rings

@@ -266,8 +266,7 @@ fn leavers_of_a_partition_are_its_sources() {
 /// Goal: a join committed for a node that never comes up (a mistyped address) does not hold
 /// membership forever: its copies can never finish, so its removal's commit undoes the join
 /// (the ring goes back to the one every moving partition was still served from) instead of
-/// being refused. Once some of a commit's copies arrived it cannot be undone, and copies to
-/// a live node still refuse a commit.
+/// being refused. Copies to a live node still refuse a commit.
 #[test]
 fn a_committed_join_that_never_comes_up_is_undone_by_its_removal() {
     let mut m = three();
@@ -297,22 +296,89 @@ fn a_committed_join_that_never_comes_up_is_undone_by_its_removal() {
     let pending = joined.transfers.len();
     let refused = Err(MembershipError::TransfersPending { pending });
     assert_eq!(both.commit(&id("n1"), 3), refused, "copies to n4 wait");
-    let to_n4: Vec<&Transfer> = joined
-        .transfers
-        .iter()
-        .filter(|t| t.to == id("n4"))
-        .collect();
-    for t in &to_n4 {
-        both.mark_transferred(t.from.as_ref().expect("a source"), t.partition, &t.to);
+}
+
+/// Goal: a join at a dead address committed together with one whose copies arrived does not
+/// lock membership: removing the dead node commits, and each partition's data moves from the
+/// replicas that were really serving it (those before the joins, for the partitions whose
+/// copies waited for the dead node), so a write on any two of them is on two of its new
+/// replicas once the copies are done, and none of them stops holding it before.
+#[test]
+fn a_dead_join_committed_with_a_live_one_is_taken_out_by_its_removal() {
+    let (n, q) = (3, 64);
+    let mut m = three();
+    m.stage_join(&id("n1"), Member::loopback("n4", 4))
+        .expect("join n4");
+    m.stage_join(&id("n1"), Member::loopback("n9", 9))
+        .expect("join n9");
+    let joined = m.commit(&id("n1"), n).expect("commit");
+    for t in joined.transfers.iter().filter(|t| t.to == id("n4")) {
+        m.mark_transferred(t.from.as_ref().expect("a source"), t.partition, &t.to);
     }
+    let serving: Vec<Vec<NodeId>> = (0..q)
+        .map(|p| m.replicas(PartitionId(p), n).list.primaries)
+        .collect();
+    let ring_lists = |m: &Membership, p: u32| m.ring().preference_list(PartitionId(p), n);
+    let waiting = (0..q).filter(|&p| serving[p as usize] != ring_lists(&m, p).primaries);
+    assert!(waiting.count() > 0, "some partitions wait for n9's copies");
+    assert!(serving.iter().all(|list| !list.contains(&id("n9"))));
+
+    m.stage_departure(&id("n1"), &id("n9"), MemberState::Removed)
+        .expect("remove n9");
+    let (planned, _) = m.plan(n).expect("plan");
+    let plan = m.commit(&id("n1"), n).expect("the removal commits");
+    assert_eq!(plan, planned);
+    assert!(!m.ring().contains(&id("n9")));
+    assert!(m.check(q).is_ok(), "{:?}", m.check(q));
+    let pending = m.pending_transfers(n);
     assert_eq!(
-        both.commit(&id("n1"), 3),
-        Err(MembershipError::CannotUndo {
-            pending: pending - to_n4.len(),
-            removed: vec![id("n9")]
-        }),
-        "n4's copies arrived: the ring before is no longer whole"
+        plan.transfers, pending,
+        "the plan shows the copies that follow"
     );
+    let moving: BTreeSet<u32> = pending.iter().map(|t| t.partition).collect();
+    assert!(!moving.is_empty());
+    for &p in &moving {
+        let partition = PartitionId(p);
+        let during = m.replicas(partition, n).list.primaries;
+        assert_eq!(
+            during, serving[p as usize],
+            "partition {p} stays where it was"
+        );
+        for node in &serving[p as usize] {
+            assert!(m.holds(node, partition, n), "{node} keeps partition {p}");
+        }
+    }
+
+    // Each partition's writes on any two of the replicas that served it, copied as the
+    // transfers say.
+    let mut copies: BTreeMap<u32, Vec<BTreeSet<NodeId>>> = BTreeMap::new();
+    for p in 0..q {
+        let list = &serving[p as usize];
+        let pairs = (0..list.len()).flat_map(|i| (i + 1..list.len()).map(move |j| (i, j)));
+        let writes = pairs.map(|(i, j)| BTreeSet::from([list[i].clone(), list[j].clone()]));
+        copies.insert(p, writes.collect());
+    }
+    for t in m.pending_transfers(n) {
+        let from = t.from.clone().expect("every partition has a live sender");
+        for holders in copies.get_mut(&t.partition).expect("a partition") {
+            if holders.contains(&from) {
+                holders.insert(t.to.clone());
+            }
+        }
+        m.mark_transferred(&from, t.partition, &t.to);
+    }
+    assert!(m.pending_transfers(n).is_empty());
+    for (p, writes) in &copies {
+        let now = m.replicas(PartitionId(*p), n).list.primaries;
+        assert_eq!(now, ring_lists(&m, *p).primaries);
+        for holders in writes {
+            let kept = now.iter().filter(|node| holders.contains(*node)).count();
+            assert!(
+                kept >= 2,
+                "partition {p}: a write on {holders:?} is on {kept} of {now:?}"
+            );
+        }
+    }
 }
 
 /// Goal: a join at an address another member listens at is refused and names that member

@@ -88,6 +88,15 @@ enum Fault {
     Join(usize),
     /// An operator stages the node's leave through a running member, then commits it.
     Leave(usize),
+    /// An operator stages a join at an address where nothing listens (a mistyped one), just
+    /// before the joiner's: that commit then moves partitions to a node that never takes them.
+    GhostJoin,
+    /// The operator notices and removes the ghost: stages its removal and commits, looking
+    /// again every 500 ms while attempts are left (a commit is refused while copies to live
+    /// nodes are pending).
+    RemoveGhost {
+        attempts: u32,
+    },
     /// An operator commits the staged changes through the claimant, again every 500 ms until
     /// `node` is in the ring (`joining`) or out of it (a commit is refused while the previous
     /// one's transfers are pending, or while the claimant is down).

@@ -35,7 +35,7 @@ use crate::event::{
     Event, GossipEvent, IntakeEvent, Now, OpId, Origin, PeerDone, ReplicateEvent, ReplyTo,
     StorageDone, StorageEvent, StorageOutcome, StorageRequest, TransferBoard, TransferEvent,
 };
-use crate::membership::{Membership, MembershipView, Stamp};
+use crate::membership::{MemberState, Membership, MembershipView, Stamp};
 use crate::merkle::{differing, TreeShape};
 use crate::ring::PartitionId;
 use crate::seda::{Gate, Machine, Outbox};
@@ -273,10 +273,13 @@ impl TransferMachine {
     }
 
     /// This node's outgoing transfers under `m`, not yet done.
+    /// This node's pending transfers, but those to a node staged for removal: the operator
+    /// said it is dead, and the next commit lets its copies go.
     fn outgoing(&self, m: &Membership) -> BTreeSet<(u32, NodeId)> {
         m.pending_transfers(self.settings.n)
             .into_iter()
             .filter(|t| t.from.as_ref() == Some(&self.settings.node))
+            .filter(|t| m.state_of(&t.to) != Some(MemberState::Removed))
             .map(|t| (t.partition, t.to))
             .collect()
     }
@@ -310,21 +313,10 @@ impl TransferMachine {
         self.publish(&outgoing);
     }
 
-    /// Takes up a parked transfer that is due, else the first pending one not parked.
+    /// Takes up the first pending transfer not yet tried, else a parked one that is due.
+    /// Fresh ones first: a receiver that never answers (a join at a dead address) parks its
+    /// transfers again and again, and taking those up first would starve every other one.
     fn take_next(&mut self, outgoing: &BTreeSet<(u32, NodeId)>, now: Instant) {
-        let due = self
-            .parked
-            .iter()
-            .find(|(_, (_, until))| *until <= now)
-            .map(|(key, _)| key.clone());
-        if let Some(key) = due {
-            if let Some((mut active, _)) = self.parked.remove(&key) {
-                active.failures = 0;
-                active.retry_at = None;
-                self.active = Some(active);
-                return;
-            }
-        }
         let fresh = outgoing
             .iter()
             .find(|key| !self.parked.contains_key(*key))
@@ -332,6 +324,17 @@ impl TransferMachine {
         if let Some((partition, to)) = fresh {
             info!(self.logger, "transfer starts"; "partition" => partition, "to" => %to);
             self.active = Some(Active::new(partition, to));
+            return;
+        }
+        let due = self
+            .parked
+            .iter()
+            .find(|(_, (_, until))| *until <= now)
+            .map(|(key, _)| key.clone());
+        if let Some((mut active, _)) = due.and_then(|key| self.parked.remove(&key)) {
+            active.failures = 0;
+            active.retry_at = None;
+            self.active = Some(active);
         }
     }
 

@@ -108,6 +108,61 @@ fn tree(segments: usize) -> StorageOutcome {
     })
 }
 
+/// Goal: a receiver that keeps failing (a join at a dead address) does not starve the
+/// sender's other transfers: a parked transfer is taken up again only once every other one
+/// was tried, and transfers to a node staged for removal are not tried at all.
+#[test]
+fn a_dead_receiver_does_not_starve_the_other_transfers() {
+    let n1 = NodeId::new("n1");
+    // One commit with a dead join and a live one.
+    let mut m = Membership::new(
+        1,
+        64,
+        vec![Member::loopback("n1", 1), Member::loopback("n2", 2)],
+    )
+    .expect("valid");
+    m.stage_join(&n1, Member::loopback("n9", 9))
+        .expect("join n9");
+    m.stage_join(&n1, Member::loopback("n3", 3))
+        .expect("join n3");
+    m.commit(&n1, 3).expect("commit");
+    let machine = machine(&n1, m.clone());
+    let outgoing = machine.outgoing(&m);
+    let to = |name: &str| {
+        outgoing
+            .iter()
+            .filter(|(_, to)| to.as_str() == name)
+            .count()
+    };
+    assert!(to("n9") > 1 && to("n3") > 0, "{outgoing:?}");
+    let mut machine = machine;
+    let mut now = Instant::now();
+    let mut taken = Vec::new();
+    for _ in 0..outgoing.len() {
+        machine.take_next(&outgoing, now);
+        let active = machine.active.as_ref().expect("a transfer to take up");
+        let key = (active.partition, active.to.clone());
+        assert!(
+            !taken.contains(&key),
+            "{key:?} again while {outgoing:?} wait"
+        );
+        taken.push(key);
+        // Every attempt fails until the transfer is parked.
+        while machine.active.is_some() {
+            machine.failed(now);
+        }
+        now += PARK_PAUSE * 2;
+    }
+    machine.take_next(&outgoing, now);
+    assert!(machine.active.is_some(), "a parked one is taken up again");
+
+    m.stage_departure(&n1, &NodeId::new("n9"), MemberState::Removed)
+        .expect("remove n9");
+    let left = machine.outgoing(&m);
+    assert!(left.iter().all(|(_, to)| to.as_str() != "n9"), "{left:?}");
+    assert_eq!(left.len(), to("n3"));
+}
+
 /// Goal: a transfer streams in acknowledged batches; a batch that fails is read again from
 /// the last acknowledged key (never from zero); once the stream ends and nothing changed in
 /// the tree meanwhile, the gossip stage is told the partition is handed over.

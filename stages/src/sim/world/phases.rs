@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::event::{GossipEvent, GossipServe, Origin};
+use crate::membership::MemberState;
 use crate::wire::{MembershipChange, PlanRequest};
 
 /// Tries of the operator's commit after a join or leave: a commit is refused while the
@@ -79,6 +80,13 @@ impl World {
         if let Some(joiner) = self.joiner {
             // The join early enough that the leave after it is still in the window.
             let join_at = rng.range(start, (start + end) / 2);
+            if rng.percent(50) {
+                // Half the runs commit a join at a dead address with it, and remove it later.
+                plan.push((join_at.saturating_sub(1), Fault::GhostJoin));
+                let remove_at = join_at + rng.range(300_000, 2_000_000);
+                let attempts = COMMIT_ATTEMPTS;
+                plan.push((remove_at, Fault::RemoveGhost { attempts }));
+            }
             plan.push((join_at, Fault::Join(joiner)));
             let leave_at = (join_at + rng.range(1_000_000, 3_000_000)).min(end);
             plan.push((leave_at, Fault::Leave(rng.index(joiner))));
@@ -147,6 +155,30 @@ impl World {
                 self.operator(Some(join), false, node);
                 self.commit_later(node, true, COMMIT_ATTEMPTS, 100_000);
             }
+            Fault::GhostJoin => {
+                let ghost = MembershipChange::Join(self.ghost_member());
+                self.operator(Some(ghost), false, usize::MAX);
+            }
+            Fault::RemoveGhost { attempts } => {
+                // Looked at until the attempts run out, not only until it seems gone: a
+                // staging held by a member that was down when looked at may come back with it.
+                let ghost = self.ghost_member().id;
+                let view = self.final_view();
+                let staged = match view.state_of(&ghost) {
+                    None => None, // not seen (yet)
+                    Some(MemberState::Removed) => view.ring().contains(&ghost).then_some(None),
+                    Some(_) => Some(Some(MembershipChange::Remove(ghost))),
+                };
+                if let Some(change) = staged {
+                    self.operator(change, true, usize::MAX);
+                }
+                if attempts > 0 {
+                    let next = Fault::RemoveGhost {
+                        attempts: attempts - 1,
+                    };
+                    self.sched.after(500_000, Job::Fault(next));
+                }
+            }
             Fault::Leave(node) => {
                 let id = self.nodes[node].id.clone();
                 self.operator(Some(MembershipChange::Leave(id)), false, node);
@@ -200,6 +232,16 @@ impl World {
             Fault::FailFlushes(node, count) => self.nodes[node].engine.fail_flushes(count),
             Fault::Partition(side) => self.net.partition = Some(side),
             Fault::EndPartition => self.net.partition = None,
+        }
+    }
+
+    /// The ghost of `Fault::GhostJoin`: the next id, at an address no simulated node has.
+    fn ghost_member(&self) -> Member {
+        Member {
+            id: NodeId::new(format!("n{}", self.nodes.len() + 1)),
+            addr: SocketAddr::from(([10, 0, 0, 250], 7400)),
+            weight: 1,
+            zone: None,
         }
     }
 
