@@ -31,6 +31,9 @@ pub struct QuorumTracker {
     first_failure: Option<String>,
     /// Replicas that never answered, and why (see `ServiceError::Quorum::missing`).
     missing: Vec<String>,
+    /// Failures that were a full queue (`Overloaded`), and the first such refusal's stage.
+    overloaded: usize,
+    refused_by: Option<String>,
 }
 
 impl QuorumTracker {
@@ -43,6 +46,8 @@ impl QuorumTracker {
             failed: 0,
             first_failure: None,
             missing: Vec::new(),
+            overloaded: 0,
+            refused_by: None,
         }
     }
 
@@ -65,10 +70,14 @@ impl QuorumTracker {
     }
 
     /// Records a failed answer and, if it is the first, why it failed.
-    pub fn fail(&mut self, cause: impl FnOnce() -> String) -> QuorumState {
+    pub fn fail(&mut self, replica: &str, error: &ServiceError) -> QuorumState {
         self.failed += 1;
         if self.first_failure.is_none() {
-            self.first_failure = Some(cause());
+            self.first_failure = Some(format!("{replica}: {error}"));
+        }
+        if let ServiceError::Overloaded { stage } = error {
+            self.overloaded += 1;
+            self.refused_by.get_or_insert_with(|| stage.clone());
         }
         self.state()
     }
@@ -90,8 +99,18 @@ impl QuorumTracker {
         self.acked + self.failed >= self.asked
     }
 
-    /// The typed error reporting how many of how many answered.
+    /// The typed error reporting how many of how many answered; `Overloaded` when every
+    /// replica that failed refused from a full queue and none is missing (SEDA's fail-fast
+    /// answer, which tells a client to back off: a lone node whose storage queue was full has
+    /// no quorum problem).
     pub fn error(&self, operation: &str) -> ServiceError {
+        if let Some(stage) = &self.refused_by {
+            if self.overloaded == self.failed && self.missing.is_empty() {
+                return ServiceError::Overloaded {
+                    stage: stage.clone(),
+                };
+            }
+        }
         ServiceError::Quorum {
             operation: operation.to_string(),
             needed: self.needed as u64,
@@ -122,7 +141,7 @@ mod tests {
                         tracker.ack()
                     } else {
                         failed += 1;
-                        tracker.fail(|| "n2: overloaded".into())
+                        tracker.fail("n2", &ServiceError::PeerUnreachable { node: "n2".into() })
                     };
                     let expected = if acked >= needed {
                         QuorumState::Reached
@@ -147,8 +166,9 @@ mod tests {
     fn quorum_error_reports_counts_and_the_first_failure() {
         let mut tracker = QuorumTracker::new(3, 3);
         tracker.ack();
-        tracker.fail(|| "n2: peer n2 is unreachable".into());
-        tracker.fail(|| "n3: overloaded".into());
+        tracker.fail("n2", &ServiceError::PeerUnreachable { node: "n2".into() });
+        let storage = "storage".to_string();
+        tracker.fail("n3", &ServiceError::Overloaded { stage: storage });
         tracker.missing("n4", "held down, not asked");
         let error = tracker.error("put");
         assert_eq!(
@@ -168,5 +188,46 @@ mod tests {
             "put quorum not reached: 1 of 3 needed acknowledged (3 asked, 2 failed; \
              first: n2: peer n2 is unreachable; missing: n4 (held down, not asked))"
         );
+    }
+
+    /// Goal: when every replica that failed refused from a full queue, the answer is
+    /// `Overloaded`, naming the stage (a client backs off), not a quorum error; a replica that
+    /// failed otherwise, or one that never answered by the deadline, keeps it a quorum error.
+    #[test]
+    fn a_quorum_lost_to_full_queues_only_is_answered_overloaded() {
+        let full = |stage: &str| ServiceError::Overloaded {
+            stage: stage.into(),
+        };
+        let mut lone = QuorumTracker::new(1, 1);
+        assert_eq!(lone.fail("n1", &full("storage")), QuorumState::Unreachable);
+        assert_eq!(lone.error("get"), full("storage"));
+
+        let mut two_full = QuorumTracker::new(2, 3);
+        two_full.ack();
+        two_full.fail("n2", &full("replicate"));
+        two_full.fail("n3", &full("storage"));
+        assert_eq!(
+            two_full.error("put"),
+            full("replicate"),
+            "the first refusal's stage"
+        );
+
+        let mut mixed = QuorumTracker::new(2, 3);
+        mixed.fail("n2", &full("storage"));
+        mixed.fail("n3", &ServiceError::PeerUnreachable { node: "n3".into() });
+        assert!(matches!(mixed.error("get"), ServiceError::Quorum { .. }));
+
+        let mut one_silent = QuorumTracker::new(2, 2);
+        one_silent.fail("n2", &full("storage"));
+        assert_eq!(
+            one_silent.error("get"),
+            full("storage"),
+            "unreachable at once"
+        );
+        one_silent.missing("n3", "silent");
+        assert!(matches!(
+            one_silent.error("get"),
+            ServiceError::Quorum { .. }
+        ));
     }
 }

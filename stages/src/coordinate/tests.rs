@@ -229,6 +229,31 @@ fn failure_that_makes_quorum_unreachable_is_answered_at_once() {
     assert!(out.is_empty(), "late answer produced {out:?}");
 }
 
+/// Goal: a lone node whose storage queue refused the read answers `Overloaded`, naming the
+/// stage (back off and retry), not a quorum error.
+#[test]
+fn a_read_refused_by_a_full_storage_queue_is_answered_overloaded() {
+    let mut c = coordinator();
+    let start = Instant::now();
+    let mut out = Vec::new();
+    on_event(&mut c, start, get(1, start), &mut out);
+    let op = storage_op(&out);
+    out.clear();
+    let full = ServiceError::Overloaded {
+        stage: "storage".into(),
+    };
+    let refused = StorageDone {
+        op,
+        result: Err(full.clone()),
+        durable: false,
+    };
+    on_event(&mut c, start, CoordinateEvent::Storage(refused), &mut out);
+    assert!(
+        matches!(out.as_slice(), [Output::Reply { message: Message::Error(e), .. }] if *e == full),
+        "{out:?}"
+    );
+}
+
 /// Goal: per-request quorums outside 1..=N are refused before any storage work.
 #[test]
 fn quorum_outside_one_to_n_is_refused_before_any_work() {

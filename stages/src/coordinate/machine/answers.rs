@@ -66,7 +66,7 @@ impl Coordinator {
                             ..
                         }
                     ));
-                let state = pending.tracker.fail(|| format!("{replica}: {error}"));
+                let state = pending.tracker.fail(replica.as_str(), &error);
                 // Without its local write the coordinator has no version to replicate: that
                 // failure is the answer. Otherwise the answer says how many of how many.
                 if !pending.replied && (local_write_failed || state == QuorumState::Unreachable) {

@@ -223,7 +223,7 @@ impl Coordinator {
             // preference-list node.
             Err(error) => {
                 if let Some(pending) = self.requests.get_mut(&key) {
-                    pending.tracker.fail(|| format!("{node}: {error}"));
+                    pending.tracker.fail(node.as_str(), &error);
                 }
                 self.forward_next(now, key, out);
             }
