@@ -23,7 +23,13 @@ pub fn run_ring(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
         .map(|e| {
             let m = &e.member;
             let owned = ring.partitions_of(&m.id).len();
-            let state = match (e.state, ring.contains(&m.id)) {
+            let sending = plan
+                .pending
+                .iter()
+                .filter(|t| t.from.as_ref() == Some(&m.id))
+                .count();
+            // A leaver out of the ring has left only once it sends nothing more.
+            let state = match (e.state, ring.contains(&m.id) || sending > 0) {
                 (MemberState::Active, true) => "valid",
                 (MemberState::Active, false) => "joining",
                 (MemberState::Leaving, true) => "leaving",
@@ -34,7 +40,7 @@ pub fn run_ring(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
                 "id": m.id.to_string(), "addr": m.addr.to_string(), "weight": m.weight,
                 "zone": m.zone, "state": state, "partitions": owned,
                 "share": owned as f64 / f64::from(q),
-                "sending": plan.pending.iter().filter(|t| t.from.as_ref() == Some(&m.id)).count(),
+                "sending": sending,
                 "receiving": plan.pending.iter().filter(|t| t.to == m.id).count(),
             })
         })

@@ -36,10 +36,15 @@ impl Membership {
         Ring::new(self.ring().partition_count(), &[member.spec()])?;
         // Two members at one address: peers would reach one of them under both names. A node
         // that was removed, or has left the ring, frees its address; one leaving still
-        // listens until it is out.
+        // listens until it is out (of the ring, and of the replicas a partition is still
+        // served from while its copies wait: `old_replicas`).
+        let kept = |id: &NodeId| {
+            let mut lists = self.assignment.old_replicas.values();
+            lists.any(|list| list.contains(id))
+        };
         let listening = |e: &MemberEntry| match e.state {
             MemberState::Active => true,
-            MemberState::Leaving => self.ring().contains(&e.member.id),
+            MemberState::Leaving => self.ring().contains(&e.member.id) || kept(&e.member.id),
             MemberState::Removed => false,
         };
         if let Some(other) = self
@@ -113,9 +118,10 @@ impl Membership {
     /// read and written on now ([`Membership::replicas`]: the old ones while its copies wait),
     /// which the commit keeps in `old_replicas` where they are not its list in the ring it
     /// starts from. Where none of the last commit's copies has arrived, it starts from the
-    /// ring before the last one (`Some`): every partition that commit moved is still served
-    /// there, so the last commit is undone and nothing moves. Once some arrived, from the
-    /// committed ring: the removed node's partitions are dealt out again.
+    /// ring before the last one (`Some`): the partitions that commit moved were never served
+    /// anywhere else, so the last commit is undone, and only what the staged changes (or lists
+    /// kept from a commit before) need moves. Once some arrived, from the committed ring: the
+    /// removed node's partitions are dealt out again.
     fn undone_by_next_commit(&self, n: usize) -> Result<Option<&Ring>, MembershipError> {
         let pending = self.pending_transfers(n);
         if pending.is_empty() {

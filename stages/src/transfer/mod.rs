@@ -272,8 +272,8 @@ impl TransferMachine {
         op
     }
 
-    /// This node's outgoing transfers under `m`, not yet done.
-    /// This node's pending transfers, but those to a node staged for removal: the operator
+    /// This node's outgoing transfers under `m`, not yet done, but those to a node staged for
+    /// removal: the operator
     /// said it is dead, and the next commit lets its copies go.
     fn outgoing(&self, m: &Membership) -> BTreeSet<(u32, NodeId)> {
         m.pending_transfers(self.settings.n)

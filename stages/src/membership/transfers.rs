@@ -1,0 +1,144 @@
+//! Which replicas serve a partition while it moves (Dynamo §4.8: reads stay on the old ones
+//! until its copies are done, writes reach old and new), and the copies a commit needs.
+
+use super::*;
+
+impl Membership {
+    /// The replicas of `key` for a coordinator (see [`Replicas`]).
+    pub fn replicas_for_key(&self, key: &[u8], n: usize) -> Replicas {
+        self.replicas(self.ring().partition_of(key), n)
+    }
+
+    /// The replicas of a partition for a coordinator (see [`Replicas`]).
+    pub fn replicas(&self, partition: PartitionId, n: usize) -> Replicas {
+        let list = self.ring().preference_list(partition, n);
+        let Some(old) = self.old_list(partition, n) else {
+            return Replicas {
+                list,
+                also_write: Vec::new(),
+            };
+        };
+        // Each list is walked once: this runs for every client request.
+        let moving = self
+            .partition_transfers(&old.primaries, &list.primaries, partition)
+            .iter()
+            .any(|t| !self.is_done(t));
+        if !moving {
+            return Replicas {
+                list,
+                also_write: Vec::new(),
+            };
+        }
+        let also_write = list
+            .primaries
+            .iter()
+            .filter(|to| !old.primaries.contains(to))
+            .cloned()
+            .collect();
+        // Old replicas that were removed cannot answer; keep them listed so sloppy quorum
+        // stands a fallback in for them, as for any down primary.
+        Replicas {
+            list: old,
+            also_write,
+        }
+    }
+
+    /// A partition's replicas before the last commit (`None`: the initial ring), with the
+    /// fallbacks of the ring before it: its list in `previous`, or the list the commit kept
+    /// in `old_replicas`.
+    fn old_list(&self, partition: PartitionId, n: usize) -> Option<PreferenceList> {
+        let previous = self.assignment.previous.as_ref()?;
+        let mut list = previous.preference_list(partition, n);
+        if let Some(kept) = self.assignment.old_replicas.get(&partition.0) {
+            let walk = list.primaries.into_iter().chain(list.fallbacks);
+            list.fallbacks = walk.filter(|node| !kept.contains(node)).collect();
+            list.primaries = kept.clone();
+        }
+        Some(list)
+    }
+
+    /// Every transfer of the last commit not yet done, in partition order.
+    pub fn pending_transfers(&self, n: usize) -> Vec<Transfer> {
+        if self.assignment.previous.is_none() {
+            return Vec::new();
+        }
+        let old = |p: PartitionId| self.old_list(p, n).map(|l| l.primaries).unwrap_or_default();
+        self.transfers_between(old, self.ring(), n)
+            .into_iter()
+            .filter(|t| !self.is_done(t))
+            .collect()
+    }
+
+    /// A transfer with no sender is done at once (nothing can be copied; waiting would keep
+    /// reads on dead replicas and refuse every later commit).
+    fn is_done(&self, t: &Transfer) -> bool {
+        t.from.is_none()
+            || self
+                .assignment
+                .done
+                .contains(&(t.partition, t.from.clone(), t.to.clone()))
+    }
+
+    /// Whether this node is still a replica of `partition` under any ring a coordinator may
+    /// use (the committed one, or the one it replaced while the partition is moving).
+    /// (While a partition moves, the committed ring's replicas are the old ones it keeps plus
+    /// `also_write`, so `replicas` covers both rings.)
+    pub fn holds(&self, node: &NodeId, partition: PartitionId, n: usize) -> bool {
+        let replicas = self.replicas(partition, n);
+        replicas.list.primaries.contains(node) || replicas.also_write.contains(node)
+    }
+
+    /// The copies that moving each partition from its replicas `old` gives to its list in
+    /// `new` needs, partition by partition.
+    pub(super) fn transfers_between(
+        &self,
+        old: impl Fn(PartitionId) -> Vec<NodeId>,
+        new: &Ring,
+        n: usize,
+    ) -> Vec<Transfer> {
+        (0..new.partition_count())
+            .flat_map(|p| {
+                let partition = PartitionId(p);
+                let after = new.preference_list(partition, n).primaries;
+                self.partition_transfers(&old(partition), &after, partition)
+            })
+            .collect()
+    }
+
+    /// The copies one partition needs: each new replica gets the data of every old replica
+    /// that leaves the list (so no write is lost when a leaver drops its copy: a write on W old
+    /// replicas is then on W of the new ones), or, if no leaver can send (none leaves because
+    /// a cluster smaller than N grew, or the leavers were removed as dead), of the first old
+    /// replica alive. What only a removed node held is gone; anti-entropy reconciles the rest.
+    fn partition_transfers(
+        &self,
+        before: &[NodeId],
+        after: &[NodeId],
+        partition: PartitionId,
+    ) -> Vec<Transfer> {
+        let alive = |node: &&NodeId| self.state_of(node) != Some(MemberState::Removed);
+        let leaving: Vec<&NodeId> = before.iter().filter(|b| !after.contains(b)).collect();
+        let mut sources: Vec<Option<NodeId>> = leaving
+            .into_iter()
+            .filter(alive)
+            .cloned()
+            .map(Some)
+            .collect();
+        if sources.is_empty() {
+            // No leaver can send (none left, or every leaver was removed): the replicas of a
+            // dead node are rebuilt from the first old replica still alive.
+            sources.push(before.iter().find(alive).cloned());
+        }
+        let mut transfers = Vec::new();
+        for to in after.iter().filter(|to| !before.contains(to)) {
+            for from in &sources {
+                transfers.push(Transfer {
+                    partition: partition.0,
+                    from: from.clone(),
+                    to: to.clone(),
+                });
+            }
+        }
+        transfers
+    }
+}
