@@ -99,13 +99,14 @@ impl QuorumTracker {
         self.acked + self.failed >= self.asked
     }
 
-    /// The typed error reporting how many of how many answered; `Overloaded` when every
-    /// replica that failed refused from a full queue and none is missing (SEDA's fail-fast
-    /// answer, which tells a client to back off: a lone node whose storage queue was full has
-    /// no quorum problem).
+    /// The typed error reporting how many of how many answered; `Overloaded` when no replica
+    /// took the request and every one that failed refused from a full queue, with none missing
+    /// (SEDA's fail-fast answer, which tells a client to back off: a lone node whose storage
+    /// queue was full has no quorum problem). One acknowledgement means a version may exist
+    /// and spread: that is a quorum error, with its counts.
     pub fn error(&self, operation: &str) -> ServiceError {
         if let Some(stage) = &self.refused_by {
-            if self.overloaded == self.failed && self.missing.is_empty() {
+            if self.acked == 0 && self.overloaded == self.failed && self.missing.is_empty() {
                 return ServiceError::Overloaded {
                     stage: stage.clone(),
                 };
@@ -190,9 +191,10 @@ mod tests {
         );
     }
 
-    /// Goal: when every replica that failed refused from a full queue, the answer is
-    /// `Overloaded`, naming the stage (a client backs off), not a quorum error; a replica that
-    /// failed otherwise, or one that never answered by the deadline, keeps it a quorum error.
+    /// Goal: when no replica took the request and every one that failed refused from a full
+    /// queue, the answer is `Overloaded`, naming the stage (a client backs off), not a quorum
+    /// error; a replica that acknowledged (a version may spread), one that failed otherwise,
+    /// or one that never answered keeps it a quorum error.
     #[test]
     fn a_quorum_lost_to_full_queues_only_is_answered_overloaded() {
         let full = |stage: &str| ServiceError::Overloaded {
@@ -202,14 +204,23 @@ mod tests {
         assert_eq!(lone.fail("n1", &full("storage")), QuorumState::Unreachable);
         assert_eq!(lone.error("get"), full("storage"));
 
-        let mut two_full = QuorumTracker::new(2, 3);
-        two_full.ack();
-        two_full.fail("n2", &full("replicate"));
-        two_full.fail("n3", &full("storage"));
+        let mut all_full = QuorumTracker::new(2, 3);
+        all_full.fail("n1", &full("replicate"));
+        all_full.fail("n2", &full("storage"));
         assert_eq!(
-            two_full.error("put"),
+            all_full.error("get"),
             full("replicate"),
             "the first refusal's stage"
+        );
+
+        let mut one_took_it = QuorumTracker::new(2, 3);
+        one_took_it.ack();
+        one_took_it.fail("n2", &full("replicate"));
+        one_took_it.fail("n3", &full("storage"));
+        let error = one_took_it.error("put");
+        assert!(
+            matches!(error, ServiceError::Quorum { acked: 1, .. }),
+            "{error:?}"
         );
 
         let mut mixed = QuorumTracker::new(2, 3);

@@ -250,22 +250,26 @@ impl Coordinator {
                 .requests
                 .get(&key)
                 .is_some_and(|p| matches!(p.work, Work::Forward { .. }));
-            let silent: Vec<NodeId> = if forwarded {
-                Vec::new()
-            } else {
-                self.operations
-                    .values()
-                    .filter(|op| op.request == key)
-                    .map(|op| op.node.clone())
-                    .collect()
-            };
-            for node in silent.iter().filter(|n| **n != self.settings.node) {
-                self.detector.failed(node, now);
+            let outstanding: Vec<NodeId> = self
+                .operations
+                .values()
+                .filter(|op| op.request == key)
+                .map(|op| op.node.clone())
+                .collect();
+            if !forwarded {
+                for node in outstanding.iter().filter(|n| **n != self.settings.node) {
+                    self.detector.failed(node, now);
+                }
             }
+            let why = if forwarded {
+                "forwarded, no answer"
+            } else {
+                "silent"
+            };
             if let Some(mut pending) = self.requests.remove(&key) {
                 if !pending.replied {
-                    for node in &silent {
-                        pending.tracker.missing(node.as_str(), "silent");
+                    for node in &outstanding {
+                        pending.tracker.missing(node.as_str(), why);
                     }
                     let error = if matches!(
                         pending.work,

@@ -413,6 +413,77 @@ fn forwarded_put_relays_an_error_answer_and_is_not_forwarded_twice() {
     }
 }
 
+/// Goal: a forwarded put whose first node was refused by our own full queue and whose next
+/// node has not answered by the deadline is a quorum error naming that node (it may have
+/// applied the put), not `Overloaded` (which says nothing was done).
+#[test]
+fn a_forwarded_put_unanswered_at_its_deadline_is_a_quorum_error_naming_the_node() {
+    let (mut c, membership) = coordinator_of_three(2, 1, 1);
+    let me = NodeId::new("n1");
+    let key = (0..1000)
+        .map(|i| format!("k{i}").into_bytes())
+        .find(|k| {
+            !membership
+                .ring()
+                .preference_list_for_key(k, 2)
+                .primaries
+                .contains(&me)
+        })
+        .expect("a key outside n1's lists");
+    let start = Instant::now();
+    let request = ClientRequest::Put {
+        key,
+        context: Default::default(),
+        value: Some(b"v".to_vec()),
+        w: None,
+        timeout: None,
+        forwarded: false,
+        durable: None,
+        overwrite: false,
+    };
+    let origin = Origin {
+        conn: ConnId(1),
+        request_id: 9,
+    };
+    let mut out = Vec::new();
+    let client = CoordinateEvent::Client {
+        origin,
+        request,
+        received_at: start,
+    };
+    on_event(&mut c, start, client, &mut out);
+    let forwarded = |out: &[Output]| match out {
+        [Output::Peer {
+            peer,
+            op,
+            message: Message::Put(m),
+        }] if m.forwarded => (peer.clone(), *op),
+        other => panic!("expected one forwarded put, got {other:?}"),
+    };
+    let (first, op) = forwarded(&out);
+    out.clear();
+    let full = ServiceError::Overloaded {
+        stage: "replicate".into(),
+    };
+    let refused = PeerDone {
+        op,
+        peer: first.clone(),
+        result: Err(full),
+    };
+    on_event(&mut c, start, CoordinateEvent::Peer(refused), &mut out);
+    let (next, _) = forwarded(&out);
+    assert_ne!(next, first);
+    out.clear();
+    on_tick(&mut c, start + TIMEOUT * 2, &mut out);
+    match out.as_slice() {
+        [Output::Reply {
+            message: Message::Error(ServiceError::Quorum { missing, .. }),
+            ..
+        }] => assert_eq!(missing, &vec![format!("{next} (forwarded, no answer)")]),
+        other => panic!("expected a quorum error, got {other:?}"),
+    }
+}
+
 /// A coordinator for n1 in a 3-member cluster with the given N/R/W (probes and replica
 /// timeouts far off, so only the test's events decide), and its membership.
 fn coordinator_of_three(n: usize, r: usize, w: usize) -> (Coordinator, Membership) {

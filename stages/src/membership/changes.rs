@@ -35,16 +35,18 @@ impl Membership {
         // Its id, weight and zone make a valid ring.
         Ring::new(self.ring().partition_count(), &[member.spec()])?;
         // Two members at one address: peers would reach one of them under both names. A node
-        // that was removed, or has left the ring, frees its address; one leaving still
-        // listens until it is out (of the ring, and of the replicas a partition is still
-        // served from while its copies wait: `old_replicas`).
-        let kept = |id: &NodeId| {
-            let mut lists = self.assignment.old_replicas.values();
-            lists.any(|list| list.contains(id))
+        // that was removed frees its address; one leaving may still serve and send while it
+        // is in the committed ring, the ring before it (its copies may wait) or a list kept in
+        // `old_replicas`, so it keeps it until the next commit (or its removal) takes it out.
+        let a = &self.assignment;
+        let serving = |id: &NodeId| {
+            a.ring.contains(id)
+                || a.previous.as_ref().is_some_and(|ring| ring.contains(id))
+                || a.old_replicas.values().any(|list| list.contains(id))
         };
         let listening = |e: &MemberEntry| match e.state {
             MemberState::Active => true,
-            MemberState::Leaving => self.ring().contains(&e.member.id) || kept(&e.member.id),
+            MemberState::Leaving => serving(&e.member.id),
             MemberState::Removed => false,
         };
         if let Some(other) = self
@@ -161,6 +163,12 @@ impl Membership {
             let brought_in = self.ring().nodes().map(|spec| &spec.id);
             plan.removed
                 .extend(brought_in.filter(|id| !undone.contains(id)).cloned());
+            if plan.transfers.is_empty() {
+                // Nothing else staged, yet partitions served from lists kept by the last
+                // commit still move back to their lists in the ring before it.
+                let serving = |partition| self.replicas(partition, n).list.primaries;
+                plan.transfers = self.transfers_between(serving, &next, n);
+            }
         }
         Ok((plan, next))
     }

@@ -416,6 +416,29 @@ fn a_join_at_another_members_address_is_refused() {
     at_n2.id = id("n6");
     m.stage_join(&id("n1"), at_n2)
         .expect("n2's address, n2 removed");
+
+    // Out of the ring but still sending its partitions, a leaver keeps its address.
+    let mut left = three();
+    join_n4_and_commit(&mut left);
+    for t in left.pending_transfers(3) {
+        left.mark_transferred(t.from.as_ref().expect("a source"), t.partition, &t.to);
+    }
+    left.stage_departure(&id("n1"), &id("n3"), MemberState::Leaving)
+        .expect("n3 leaves");
+    left.commit(&id("n1"), 3).expect("commit");
+    assert!(!left.ring().contains(&id("n3")));
+    assert!(left
+        .pending_transfers(3)
+        .iter()
+        .any(|t| t.from == Some(id("n3"))));
+    let at_n3 = Member::loopback("n7", 3);
+    assert_eq!(
+        left.stage_join(&id("n1"), at_n3.clone()),
+        Err(MembershipError::AddressTaken {
+            addr: at_n3.addr,
+            node: id("n3")
+        })
+    );
 }
 
 /// Every pair of a partition's serving replicas: where a W = 2 write made now may be.

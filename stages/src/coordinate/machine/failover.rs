@@ -35,6 +35,12 @@ impl Coordinator {
             self.detector.failed(&info.node, now);
             if self.retry_on_spare(&info, out) {
                 self.operations.remove(&op);
+                // Named if the quorum fails after all: it did not answer.
+                if let Some(pending) = self.requests.get_mut(&info.request) {
+                    pending
+                        .tracker
+                        .missing(info.node.as_str(), "silent, sent to a spare");
+                }
             }
         }
     }
