@@ -292,6 +292,16 @@ fn joins_and_a_leave_under_writes_lose_nothing_and_leave_no_stray_copies() {
     }
 }
 
+/// n9 at 127.0.0.1:9, where nothing listens: a join at a mistyped address.
+fn ghost() -> Member {
+    Member {
+        id: NodeId::new("n9"),
+        addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+        weight: 1,
+        zone: None,
+    }
+}
+
 /// Goal (a mistyped join must not stop membership changes for good): on four real nodes
 /// (N = 3) holding data, a join at an address nobody listens at is committed; a further
 /// commit is refused while its copies wait; its removal commits anyway and undoes the join,
@@ -308,13 +318,8 @@ fn a_join_committed_at_a_dead_address_is_undone_by_its_removal() {
             .expect("put");
     }
     let before = client.ring().expect("ring").ring().clone();
-    let ghost = NodeId::new("n9");
-    let member = Member {
-        id: ghost.clone(),
-        addr: SocketAddr::from(([127, 0, 0, 1], 9)),
-        weight: 1,
-        zone: None,
-    };
+    let member = ghost();
+    let ghost = member.id.clone();
     assert!(stage(&mut client, MembershipChange::Join(member), true).committed);
     let refused = client
         .plan(PlanRequest {
@@ -330,27 +335,7 @@ fn a_join_committed_at_a_dead_address_is_undone_by_its_removal() {
     assert_eq!(membership.ring(), &before, "the ring before the join");
     assert_eq!(membership.state_of(&ghost), Some(MemberState::Removed));
     // Every key on all three of its replicas (a write reaches the third after its ack).
-    let start = Instant::now();
-    loop {
-        let held: Vec<Vec<bool>> = (0..4).map(|i| stored_on(&cluster, i, &keys)).collect();
-        let mut missing = Vec::new();
-        for (k, key) in keys.iter().enumerate() {
-            for node in membership.ring().preference_list_for_key(key, 3).primaries {
-                let index = (0..4).find(|i| cluster.configs[*i].node.id == node.as_str());
-                if index.is_some_and(|i| !held[i][k]) {
-                    missing.push((k, node.to_string()));
-                }
-            }
-        }
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            start.elapsed() < SETTLE,
-            "keys missing from their replicas: {missing:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_on_their_replicas(&cluster, &membership, &keys, 4);
 }
 
 /// Waits until node `i` sees every pending transfer go to `to` (the others arrived).
@@ -395,13 +380,8 @@ fn a_dead_join_committed_with_leaves_is_taken_out_by_its_removal() {
     };
     let mut keys: Vec<Vec<u8>> = (0..150).map(|i| format!("k{i}").into_bytes()).collect();
     put_all(&keys);
-    let ghost = NodeId::new("n9");
-    let member = Member {
-        id: ghost.clone(),
-        addr: SocketAddr::from(([127, 0, 0, 1], 9)),
-        weight: 1,
-        zone: None,
-    };
+    let member = ghost();
+    let ghost = member.id.clone();
     let mut client = cluster.client(0);
     stage(&mut client, MembershipChange::Join(member), false);
     let leavers: Vec<NodeId> = (4..6)
@@ -432,20 +412,31 @@ fn a_dead_join_committed_with_leaves_is_taken_out_by_its_removal() {
     assert!(!membership.ring().contains(&ghost));
     assert!(leavers.iter().all(|l| !membership.ring().contains(l)));
     assert_eq!(membership.state_of(&ghost), Some(MemberState::Removed));
+    wait_on_their_replicas(&cluster, &membership, &keys, 4);
+}
+
+/// Waits until every key is stored on each of its N = 3 replicas under `membership`, all of
+/// which must be among the first `running` nodes.
+fn wait_on_their_replicas(
+    cluster: &TestCluster,
+    membership: &Membership,
+    keys: &[Vec<u8>],
+    running: usize,
+) {
     let start = Instant::now();
     loop {
-        let held: Vec<Vec<bool>> = (0..4).map(|i| stored_on(&cluster, i, &keys)).collect();
+        let held: Vec<Vec<bool>> = (0..running).map(|i| stored_on(cluster, i, keys)).collect();
         let mut missing = Vec::new();
         for (k, key) in keys.iter().enumerate() {
             for node in membership.ring().preference_list_for_key(key, 3).primaries {
-                let index = (0..4).find(|i| cluster.configs[*i].node.id == node.as_str());
+                let index = (0..running).find(|i| cluster.configs[*i].node.id == node.as_str());
                 if index.is_none_or(|i| !held[i][k]) {
                     missing.push((String::from_utf8_lossy(key).into_owned(), node.to_string()));
                 }
             }
         }
         if missing.is_empty() {
-            break;
+            return;
         }
         assert!(
             start.elapsed() < SETTLE,

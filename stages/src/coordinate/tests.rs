@@ -177,29 +177,35 @@ fn unanswered_request_fails_at_its_deadline_with_the_quorum_error() {
     assert_eq!(c.pending_requests(), 0);
 }
 
+/// A lone node's read whose storage answers `error`: the storage op, and what followed.
+fn read_answered_with(
+    c: &mut Coordinator,
+    start: Instant,
+    error: ServiceError,
+) -> (OpId, Vec<Output>) {
+    let mut out = Vec::new();
+    on_event(c, start, get(1, start), &mut out);
+    let op = storage_op(&out);
+    out.clear();
+    let answer = StorageDone {
+        op,
+        result: Err(error),
+        durable: false,
+    };
+    on_event(c, start, CoordinateEvent::Storage(answer), &mut out);
+    (op, out)
+}
+
 /// Goal: a failure that makes the quorum unreachable is answered at once with the quorum error
 /// (counting the failure), and a late answer after the deadline changes nothing.
 #[test]
 fn failure_that_makes_quorum_unreachable_is_answered_at_once() {
     let mut c = coordinator();
     let start = Instant::now();
-    let mut out = Vec::new();
-    on_event(&mut c, start, get(1, start), &mut out);
-    let op = storage_op(&out);
-    out.clear();
     let failure = ServiceError::Storage {
         reason: "disk on fire".into(),
     };
-    on_event(
-        &mut c,
-        start,
-        CoordinateEvent::Storage(StorageDone {
-            op,
-            result: Err(failure.clone()),
-            durable: false,
-        }),
-        &mut out,
-    );
+    let (op, mut out) = read_answered_with(&mut c, start, failure.clone());
     let expected = ServiceError::Quorum {
         operation: "get".into(),
         needed: 1,
@@ -233,21 +239,10 @@ fn failure_that_makes_quorum_unreachable_is_answered_at_once() {
 /// stage (back off and retry), not a quorum error.
 #[test]
 fn a_read_refused_by_a_full_storage_queue_is_answered_overloaded() {
-    let mut c = coordinator();
-    let start = Instant::now();
-    let mut out = Vec::new();
-    on_event(&mut c, start, get(1, start), &mut out);
-    let op = storage_op(&out);
-    out.clear();
     let full = ServiceError::Overloaded {
         stage: "storage".into(),
     };
-    let refused = StorageDone {
-        op,
-        result: Err(full.clone()),
-        durable: false,
-    };
-    on_event(&mut c, start, CoordinateEvent::Storage(refused), &mut out);
+    let (_, out) = read_answered_with(&mut coordinator(), Instant::now(), full.clone());
     assert!(
         matches!(out.as_slice(), [Output::Reply { message: Message::Error(e), .. }] if *e == full),
         "{out:?}"
@@ -344,53 +339,9 @@ fn request_with_too_few_healthy_replicas_is_answered_when_they_have() {
 #[test]
 fn forwarded_put_relays_an_error_answer_and_is_not_forwarded_twice() {
     let (mut c, membership) = coordinator_of_three(2, 1, 1);
-    let me = NodeId::new("n1");
-    let key = (0..1000)
-        .map(|i| format!("k{i}").into_bytes())
-        .find(|k| {
-            !membership
-                .ring()
-                .preference_list_for_key(k, 2)
-                .primaries
-                .contains(&me)
-        })
-        .expect("a key outside n1's lists");
-
     let start = Instant::now();
-    let put = |forwarded| ClientRequest::Put {
-        key: key.clone(),
-        context: Default::default(),
-        value: Some(b"v".to_vec()),
-        w: None,
-        timeout: None,
-        forwarded,
-        durable: None,
-        overwrite: false,
-    };
     let mut out = Vec::new();
-    on_event(
-        &mut c,
-        start,
-        CoordinateEvent::Client {
-            origin: Origin {
-                conn: ConnId(1),
-                request_id: 9,
-            },
-            request: put(false),
-            received_at: start,
-        },
-        &mut out,
-    );
-    let (peer, op) = match out.as_slice() {
-        [Output::Peer {
-            peer,
-            op,
-            message: Message::Put(m),
-            ..
-        }] if m.forwarded => (peer.clone(), *op),
-        other => panic!("expected one forwarded put, got {other:?}"),
-    };
-    out.clear();
+    let (peer, op) = forward_a_put(&mut c, &membership, start, &mut out);
     let refusal = ServiceError::TooManySiblings { count: 33, max: 32 };
     on_event(
         &mut c,
@@ -419,49 +370,9 @@ fn forwarded_put_relays_an_error_answer_and_is_not_forwarded_twice() {
 #[test]
 fn a_forwarded_put_unanswered_at_its_deadline_is_a_quorum_error_naming_the_node() {
     let (mut c, membership) = coordinator_of_three(2, 1, 1);
-    let me = NodeId::new("n1");
-    let key = (0..1000)
-        .map(|i| format!("k{i}").into_bytes())
-        .find(|k| {
-            !membership
-                .ring()
-                .preference_list_for_key(k, 2)
-                .primaries
-                .contains(&me)
-        })
-        .expect("a key outside n1's lists");
     let start = Instant::now();
-    let request = ClientRequest::Put {
-        key,
-        context: Default::default(),
-        value: Some(b"v".to_vec()),
-        w: None,
-        timeout: None,
-        forwarded: false,
-        durable: None,
-        overwrite: false,
-    };
-    let origin = Origin {
-        conn: ConnId(1),
-        request_id: 9,
-    };
     let mut out = Vec::new();
-    let client = CoordinateEvent::Client {
-        origin,
-        request,
-        received_at: start,
-    };
-    on_event(&mut c, start, client, &mut out);
-    let forwarded = |out: &[Output]| match out {
-        [Output::Peer {
-            peer,
-            op,
-            message: Message::Put(m),
-        }] if m.forwarded => (peer.clone(), *op),
-        other => panic!("expected one forwarded put, got {other:?}"),
-    };
-    let (first, op) = forwarded(&out);
-    out.clear();
+    let (first, op) = forward_a_put(&mut c, &membership, start, &mut out);
     let full = ServiceError::Overloaded {
         stage: "replicate".into(),
     };
@@ -482,6 +393,63 @@ fn a_forwarded_put_unanswered_at_its_deadline_is_a_quorum_error_naming_the_node(
         }] => assert_eq!(missing, &vec![format!("{next} (forwarded, no answer)")]),
         other => panic!("expected a quorum error, got {other:?}"),
     }
+}
+
+/// A client's put of `key` (connection 1, request 9), received at `start`.
+fn client_put(key: Vec<u8>, durable: Option<Durability>, start: Instant) -> CoordinateEvent {
+    let request = ClientRequest::Put {
+        key,
+        context: Default::default(),
+        value: Some(b"v".to_vec()),
+        w: None,
+        timeout: None,
+        forwarded: false,
+        durable,
+        overwrite: false,
+    };
+    let origin = Origin {
+        conn: ConnId(1),
+        request_id: 9,
+    };
+    CoordinateEvent::Client {
+        origin,
+        request,
+        received_at: start,
+    }
+}
+
+/// The one put forwarded to a peer in `out`: (peer, op).
+fn forwarded(out: &[Output]) -> (NodeId, OpId) {
+    match out {
+        [Output::Peer {
+            peer,
+            op,
+            message: Message::Put(m),
+        }] if m.forwarded => (peer.clone(), *op),
+        other => panic!("expected one forwarded put, got {other:?}"),
+    }
+}
+
+/// A client's put (request 9) of a key none of whose replicas is n1, so n1 forwards it; the
+/// forward's peer and op. `out` is left empty.
+fn forward_a_put(
+    c: &mut Coordinator,
+    membership: &Membership,
+    start: Instant,
+    out: &mut Vec<Output>,
+) -> (NodeId, OpId) {
+    let me = NodeId::new("n1");
+    let key = (0..1000)
+        .map(|i| format!("k{i}").into_bytes())
+        .find(|k| {
+            let list = membership.ring().preference_list_for_key(k, 2);
+            !list.primaries.contains(&me)
+        })
+        .expect("a key outside n1's lists");
+    on_event(c, start, client_put(key, None, start), out);
+    let forward = forwarded(out);
+    out.clear();
+    forward
 }
 
 /// A coordinator for n1 in a 3-member cluster with the given N/R/W (probes and replica
@@ -527,26 +495,12 @@ fn coordinator_of_three_with(
 fn start_put(c: &mut Coordinator, durable: Option<Durability>) -> (OpId, bool) {
     let start = Instant::now();
     let mut out = Vec::new();
-    let request = ClientRequest::Put {
-        key: b"k".to_vec(),
-        context: Default::default(),
-        value: Some(b"v".to_vec()),
-        w: None,
-        timeout: None,
-        forwarded: false,
-        durable,
-        overwrite: false,
-    };
-    let origin = Origin {
-        conn: ConnId(1),
-        request_id: 5,
-    };
-    let client = CoordinateEvent::Client {
-        origin,
-        request,
-        received_at: start,
-    };
-    on_event(c, start, client, &mut out);
+    on_event(
+        c,
+        start,
+        client_put(b"k".to_vec(), durable, start),
+        &mut out,
+    );
     match out.as_slice() {
         [Output::Storage(StorageEvent {
             op,
