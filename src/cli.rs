@@ -349,10 +349,7 @@ fn run_get(args: GetArgs) -> Result<(), Box<dyn std::error::Error>> {
                 println!("(no versions stored here)");
             }
             for v in versions.versions() {
-                let value = v
-                    .value
-                    .as_deref()
-                    .map_or("(tombstone)".into(), String::from_utf8_lossy);
+                let value = v.value.as_deref().map_or("(tombstone)".into(), shown);
                 println!("{}:{} {value}", v.dot.node, v.dot.counter);
             }
         }
@@ -372,11 +369,24 @@ fn run_get(args: GetArgs) -> Result<(), Box<dyn std::error::Error>> {
             println!("(not found)");
         }
         for value in &result.values {
-            println!("{}", String::from_utf8_lossy(value));
+            println!("{}", shown(value));
         }
         println!("context: {}", result.context.to_base64());
     }
     Ok(())
+}
+
+/// A value as `get` prints it: its text, or, for bytes that are not UTF-8, what they are and
+/// where to find them (a terminal would show them garbled, and a lossy copy is not the value).
+fn shown(value: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(value) {
+        Ok(text) => text.into(),
+        Err(_) => format!(
+            "({} bytes, not UTF-8: --json gives them in base64)",
+            value.len()
+        )
+        .into(),
+    }
 }
 
 /// The JSON form of a get: values as strings when all are UTF-8, else base64.

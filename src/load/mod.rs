@@ -479,7 +479,7 @@ fn worker(
                         r.read(*siblings);
                     }
                 }
-                Err(error) => r.error(op, error.kind()),
+                Err(error) => r.error(op, &error.kind()),
             }
         }
     }

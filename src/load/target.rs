@@ -75,11 +75,15 @@ pub enum OpError {
 }
 
 impl OpError {
-    /// A short name to count errors by.
-    pub fn kind(&self) -> &str {
+    /// A short name to count errors by; a refusal from a full queue names the stage
+    /// (`Overloaded(storage)`), the one to look at when tuning queues and admission.
+    pub fn kind(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            OpError::Service(e) => e.kind(),
-            OpError::Other(kind) => kind,
+            OpError::Service(ServiceError::Overloaded { stage }) => {
+                format!("Overloaded({stage})").into()
+            }
+            OpError::Service(e) => e.kind().into(),
+            OpError::Other(kind) => kind.as_str().into(),
         }
     }
 }
@@ -277,5 +281,26 @@ impl Resp {
             line if line.starts_with('-') => Err("redis-error".into()),
             _ => Err("protocol".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a load run's error counts name the stage whose full queue refused (the one to
+    /// tune), and every other error by its kind.
+    #[test]
+    fn refusals_are_counted_by_the_stage_that_refused() {
+        let full = OpError::Service(ServiceError::Overloaded {
+            stage: "storage".into(),
+        });
+        assert_eq!(full.kind(), "Overloaded(storage)");
+        let unreachable = OpError::Service(ServiceError::PeerUnreachable { node: "n2".into() });
+        assert_eq!(unreachable.kind(), "PeerUnreachable");
+        assert_eq!(
+            OpError::from("io:TimedOut".to_string()).kind(),
+            "io:TimedOut"
+        );
     }
 }

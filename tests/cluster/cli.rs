@@ -298,6 +298,19 @@ fn put_takes_a_large_value_from_a_file_or_standard_input() {
         .get(b"big", shoal::client::RequestOptions::default())
         .expect("get");
     assert_eq!(read.values, vec![value.clone()]);
+    // Read back through the CLI: named, not printed garbled; whole in base64.
+    let (ok, out, err) = shoal(&["get", "--node", addr, "big"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("(300000 bytes, not UTF-8"), "{out}");
+    let (ok, out, err) = shoal(&["get", "--node", addr, "big", "--json"]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let encoded = json["values_base64"][0].as_str().expect("base64");
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .expect("decodes");
+    assert_eq!(decoded, value);
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
         .args(["put", "--node", addr, "piped", "--value-file", "-"])
