@@ -129,8 +129,7 @@ impl Membership {
         if pending.is_empty() {
             return Ok(None);
         }
-        let removed = |t: &Transfer| self.state_of(&t.to) == Some(MemberState::Removed);
-        if !pending.iter().all(removed) {
+        if !pending.iter().all(|t| self.goes_to_removed(t)) {
             return Err(MembershipError::TransfersPending {
                 pending: pending.len(),
             });
@@ -147,7 +146,7 @@ impl Membership {
         (0..base.partition_count())
             .map(PartitionId)
             .filter_map(|partition| {
-                let serving = self.replicas(partition, n).list.primaries;
+                let serving = self.serving(partition, n);
                 (serving != base.preference_list(partition, n).primaries)
                     .then_some((partition.0, serving))
             })
@@ -166,7 +165,7 @@ impl Membership {
             if plan.transfers.is_empty() {
                 // Nothing else staged, yet partitions served from lists kept by the last
                 // commit still move back to their lists in the ring before it.
-                let serving = |partition| self.replicas(partition, n).list.primaries;
+                let serving = |partition| self.serving(partition, n);
                 plan.transfers = self.transfers_between(serving, &next, n);
             }
         }
@@ -209,7 +208,7 @@ impl Membership {
         plan.owners_changed = ring.moved_partitions(&next).len() as u32;
         // From the replicas that serve each partition now: its list in `ring`, unless its
         // copies of the last commit still wait (see `undone_by_next_commit`).
-        let serving = |partition| self.replicas(partition, n).list.primaries;
+        let serving = |partition| self.serving(partition, n);
         plan.transfers = self.transfers_between(serving, &next, n);
         Ok((plan, next))
     }

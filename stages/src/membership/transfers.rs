@@ -43,6 +43,12 @@ impl Membership {
         }
     }
 
+    /// The replicas a partition is read and written on now (counted toward R and W): where
+    /// the next commit copies it from.
+    pub(super) fn serving(&self, partition: PartitionId, n: usize) -> Vec<NodeId> {
+        self.replicas(partition, n).list.primaries
+    }
+
     /// A partition's replicas before the last commit (`None`: the initial ring), with the
     /// fallbacks of the ring before it: its list in `previous`, or the list the commit kept
     /// in `old_replicas`.
@@ -67,6 +73,12 @@ impl Membership {
             .into_iter()
             .filter(|t| !self.is_done(t))
             .collect()
+    }
+
+    /// Whether a transfer's receiver was since staged for removal: the operator said it is
+    /// dead, so the copy is never tried and the next commit lets it go.
+    pub fn goes_to_removed(&self, t: &Transfer) -> bool {
+        self.state_of(&t.to) == Some(MemberState::Removed)
     }
 
     /// A transfer with no sender is done at once (nothing can be copied; waiting would keep

@@ -35,7 +35,7 @@ use crate::event::{
     Event, GossipEvent, IntakeEvent, Now, OpId, Origin, PeerDone, ReplicateEvent, ReplyTo,
     StorageDone, StorageEvent, StorageOutcome, StorageRequest, TransferBoard, TransferEvent,
 };
-use crate::membership::{MemberState, Membership, MembershipView, Stamp};
+use crate::membership::{Membership, MembershipView, Stamp};
 use crate::merkle::{differing, TreeShape};
 use crate::ring::PartitionId;
 use crate::seda::{Gate, Machine, Outbox};
@@ -273,13 +273,12 @@ impl TransferMachine {
     }
 
     /// This node's outgoing transfers under `m`, not yet done, but those to a node staged for
-    /// removal: the operator
-    /// said it is dead, and the next commit lets its copies go.
+    /// removal: the operator said it is dead, and the next commit lets its copies go.
     fn outgoing(&self, m: &Membership) -> BTreeSet<(u32, NodeId)> {
         m.pending_transfers(self.settings.n)
             .into_iter()
             .filter(|t| t.from.as_ref() == Some(&self.settings.node))
-            .filter(|t| m.state_of(&t.to) != Some(MemberState::Removed))
+            .filter(|t| !m.goes_to_removed(t))
             .map(|t| (t.partition, t.to))
             .collect()
     }

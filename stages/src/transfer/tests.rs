@@ -1,5 +1,5 @@
 use super::*;
-use crate::membership::Member;
+use crate::membership::{Member, MemberState};
 use crate::seda::Effect;
 
 /// A 3-node membership with n4's join committed, and the first transfer it needs.

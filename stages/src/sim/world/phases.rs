@@ -164,13 +164,16 @@ impl World {
                 // staging held by a member that was down when looked at may come back with it.
                 let ghost = self.ghost_member().id;
                 let view = self.final_view();
-                let staged = match view.state_of(&ghost) {
-                    None => None, // not seen (yet)
-                    Some(MemberState::Removed) => view.ring().contains(&ghost).then_some(None),
-                    Some(_) => Some(Some(MembershipChange::Remove(ghost))),
-                };
-                if let Some(change) = staged {
-                    self.operator(change, true, usize::MAX);
+                match view.state_of(&ghost) {
+                    // Staged out but still in the ring: commit (again).
+                    Some(MemberState::Removed) if view.ring().contains(&ghost) => {
+                        self.operator(None, true, usize::MAX)
+                    }
+                    Some(MemberState::Removed) | None => {} // out, or not seen (yet)
+                    Some(_) => {
+                        let change = MembershipChange::Remove(ghost);
+                        self.operator(Some(change), true, usize::MAX)
+                    }
                 }
                 if attempts > 0 {
                     let next = Fault::RemoveGhost {
