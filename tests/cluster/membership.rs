@@ -110,6 +110,16 @@ fn member_of(cluster: &TestCluster, i: usize) -> Member {
     }
 }
 
+/// Puts `value` under each of `keys` (blind puts) through the first node.
+fn put_each(cluster: &TestCluster, keys: &[Vec<u8>], value: &[u8]) {
+    let mut client = cluster.client(0);
+    for key in keys {
+        client
+            .put(key, None, value, RequestOptions::default())
+            .expect("put");
+    }
+}
+
 /// Which of `keys` node `i` stores itself (its own objects, not hints), pipelined.
 fn stored_on(cluster: &TestCluster, i: usize, keys: &[Vec<u8>]) -> Vec<bool> {
     let mut client = cluster.client(i);
@@ -146,12 +156,7 @@ fn joins_and_a_leave_under_writes_lose_nothing_and_leave_no_stray_copies() {
     let mut cluster = TestCluster::start_with(3, 3, 2, 2, "partitions = 16\n", FAST);
     // Data in every partition, so the transfers carry something.
     let preload: Vec<Vec<u8>> = (0..800).map(|i| format!("pre-{i}").into_bytes()).collect();
-    let mut loader = cluster.client(0);
-    for key in &preload {
-        loader
-            .put(key, None, b"preloaded", RequestOptions::default())
-            .expect("preload");
-    }
+    put_each(&cluster, &preload, b"preloaded");
     // Two writers add unique integers to hot keys through nodes that never leave.
     let hot: Vec<String> = (0..3).map(|i| format!("set{i}")).collect();
     let seeds = vec![cluster.addr(0), cluster.addr(2)];
@@ -311,12 +316,8 @@ fn ghost() -> Member {
 fn a_join_committed_at_a_dead_address_is_undone_by_its_removal() {
     let cluster = TestCluster::start_with(4, 3, 2, 2, "partitions = 16\n", FAST);
     let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("k{i}").into_bytes()).collect();
+    put_each(&cluster, &keys, b"v");
     let mut client = cluster.client(0);
-    for key in &keys {
-        client
-            .put(key, None, b"v", RequestOptions::default())
-            .expect("put");
-    }
     let before = client.ring().expect("ring").ring().clone();
     let member = ghost();
     let ghost = member.id.clone();
@@ -370,16 +371,8 @@ fn wait_only_pending_to(cluster: &TestCluster, i: usize, to: &NodeId) -> usize {
 #[test]
 fn a_dead_join_committed_with_leaves_is_taken_out_by_its_removal() {
     let cluster = TestCluster::start_with(6, 3, 2, 2, "partitions = 16\n", FAST);
-    let put_all = |keys: &[Vec<u8>]| {
-        let mut client = cluster.client(0);
-        for key in keys {
-            client
-                .put(key, None, b"v", RequestOptions::default())
-                .expect("put");
-        }
-    };
     let mut keys: Vec<Vec<u8>> = (0..150).map(|i| format!("k{i}").into_bytes()).collect();
-    put_all(&keys);
+    put_each(&cluster, &keys, b"v");
     let member = ghost();
     let ghost = member.id.clone();
     let mut client = cluster.client(0);
@@ -403,7 +396,7 @@ fn a_dead_join_committed_with_leaves_is_taken_out_by_its_removal() {
     assert!(all.plan.transfers.iter().any(|t| t.to != ghost), "{all:?}");
     wait_only_pending_to(&cluster, 0, &ghost);
     let meanwhile: Vec<Vec<u8>> = (0..150).map(|i| format!("m{i}").into_bytes()).collect();
-    put_all(&meanwhile);
+    put_each(&cluster, &meanwhile, b"v");
     keys.extend(meanwhile);
 
     let removal = stage(&mut client, MembershipChange::Remove(ghost.clone()), true);
