@@ -198,6 +198,10 @@ pub struct TransferMachine {
     parked: BTreeMap<(u32, NodeId), (Active, Instant)>,
     /// Finished transfers the gossip stage has not taken yet (its queue was full).
     unreported: Vec<(u32, NodeId)>,
+    /// Transfers finished under the commit in `commit_seen`: not started again while their
+    /// done mark travels to this node's view (gossip records it after this stage reports it),
+    /// which took one more tree snapshot and a pass over the partition for nothing.
+    sent: BTreeSet<(u32, NodeId)>,
     /// Finished transfers, newest last, for the board.
     finished: VecDeque<TransferProgress>,
     /// Partitions this node sent, with the segment hashes it last compared and (once the
@@ -242,6 +246,7 @@ impl TransferMachine {
             active: None,
             parked: BTreeMap::new(),
             unreported: Vec::new(),
+            sent: BTreeSet::new(),
             finished: VecDeque::new(),
             handed: BTreeMap::new(),
             commit_seen: None,
@@ -294,6 +299,7 @@ impl TransferMachine {
             .is_none_or(|(seen, _)| *seen != stamp)
         {
             self.commit_seen = Some((stamp, now));
+            self.sent.clear();
         }
         let outgoing = self.outgoing(&m);
         // A transfer no longer pending (done, or replaced by a newer commit) is let go.
@@ -312,13 +318,14 @@ impl TransferMachine {
         self.publish(&outgoing);
     }
 
-    /// Takes up the first pending transfer not yet tried, else a parked one that is due.
+    /// Takes up the first pending transfer not yet tried (nor finished, its done mark on its
+    /// way), else a parked one that is due.
     /// Fresh ones first: a receiver that never answers (a join at a dead address) parks its
     /// transfers again and again, and taking those up first would starve every other one.
     fn take_next(&mut self, outgoing: &BTreeSet<(u32, NodeId)>, now: Instant) {
         let fresh = outgoing
             .iter()
-            .find(|key| !self.parked.contains_key(*key))
+            .find(|key| !self.parked.contains_key(*key) && !self.sent.contains(*key))
             .cloned();
         if let Some((partition, to)) = fresh {
             info!(self.logger, "transfer starts"; "partition" => partition, "to" => %to);
@@ -416,6 +423,7 @@ impl TransferMachine {
         while self.finished.len() > FINISHED_SHOWN {
             self.finished.pop_front();
         }
+        self.sent.insert((active.partition, active.to.clone()));
         self.unreported.push((active.partition, active.to));
         self.report_unreported(out);
     }

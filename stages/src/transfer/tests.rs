@@ -165,7 +165,8 @@ fn a_dead_receiver_does_not_starve_the_other_transfers() {
 
 /// Goal: a transfer streams in acknowledged batches; a batch that fails is read again from
 /// the last acknowledged key (never from zero); once the stream ends and nothing changed in
-/// the tree meanwhile, the gossip stage is told the partition is handed over.
+/// the tree meanwhile, the gossip stage is told the partition is handed over, and the
+/// transfer is not started again while that news travels to this node's view.
 #[test]
 fn a_failed_batch_resumes_after_the_last_acknowledged_key() {
     let (m, transfer) = joined();
@@ -265,6 +266,28 @@ fn a_failed_batch_resumes_after_the_last_acknowledged_key() {
         .read()
         .iter()
         .any(|p| p.phase == "done" && p.objects == 3 && p.retries == 1));
+    // Its done mark has not reached this node's view yet: the next transfer starts, not this
+    // one again.
+    let key = (transfer.partition, transfer.to.clone());
+    assert!(machine
+        .outgoing(&machine.membership.current())
+        .contains(&key));
+    machine.on_tick(Now::at(later), &mut out);
+    let active = machine.active.as_ref().expect("the next transfer");
+    assert_ne!((active.partition, active.to.clone()), key);
+    // A new commit forgets what was sent under the old one.
+    let mut next = (*machine.membership.current()).clone();
+    for t in next.pending_transfers(3) {
+        if let Some(from) = &t.from {
+            next.mark_transferred(from, t.partition, &t.to);
+        }
+    }
+    next.stage_join(&me, Member::loopback("n5", 5))
+        .expect("join n5");
+    next.commit(&me, 3).expect("commit");
+    machine.membership.set(next);
+    machine.on_tick(Now::at(later), &mut out);
+    assert!(machine.sent.is_empty());
 }
 
 /// Goal: segments written during the stream are streamed again (and only they), from the
