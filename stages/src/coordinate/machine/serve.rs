@@ -93,7 +93,7 @@ impl Coordinator {
         self.deadlines.insert((deadline, key));
         self.requests.insert(
             key,
-            Pending {
+            Box::new(Pending {
                 origin,
                 operation: Operation::Get,
                 key: item,
@@ -102,7 +102,7 @@ impl Coordinator {
                 tracker: QuorumTracker::new(1, 1),
                 replied: false,
                 work,
-            },
+            }),
         );
     }
 
