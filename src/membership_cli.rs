@@ -72,15 +72,24 @@ pub fn depart(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let node = NodeId::new(args.id);
     let change = if remove {
-        MembershipChange::Remove(node)
+        MembershipChange::Remove(node.clone())
     } else {
-        MembershipChange::Leave(node)
+        MembershipChange::Leave(node.clone())
     };
     let request = PlanRequest {
         change: Some(change),
         commit: false,
     };
     let reply = crate::cli::connect(&args.target)?.plan(request)?;
+    if remove && !args.json && !reply.plan.removed.contains(&node) {
+        // A member that has left is in no ring: the removal takes effect at once (its
+        // address is free), and the plan, which lists ring changes only, shows nothing.
+        writeln!(
+            out,
+            "{node} is in no ring (it has left): marked removed now, its address is free; \
+             a commit has nothing to move for it"
+        )?;
+    }
     print_plan(&reply, args.json, out)
 }
 

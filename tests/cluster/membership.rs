@@ -150,7 +150,8 @@ fn stored_on(cluster: &TestCluster, i: usize, keys: &[Vec<u8>]) -> Vec<bool> {
 /// Goal (issue: under a set workload with acknowledged adds, join a 4th and a 5th node, then
 /// leave one): no acknowledged add is lost and nothing never attempted appears; every key ends
 /// with N copies on its new preference list and on no other node (the leaver included); a
-/// join of the S-th node moves at most 1.05 x Q/S owners.
+/// join of the S-th node moves at most 1.05 x Q/S owners; the leaver, stopped and removed,
+/// moves nothing again.
 #[test]
 fn joins_and_a_leave_under_writes_lose_nothing_and_leave_no_stray_copies() {
     let mut cluster = TestCluster::start_with(3, 3, 2, 2, "partitions = 16\n", FAST);
@@ -295,6 +296,21 @@ fn joins_and_a_leave_under_writes_lose_nothing_and_leave_no_stray_copies() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    // The leaver, stopped and removed: it is in no ring, so the removal moves nothing (its
+    // finished copies stay done: they were all started over from other replicas before) and
+    // leaves nothing to commit; the others no longer list it.
+    cluster.stop(1);
+    let reply = stage(
+        &mut cluster.client(0),
+        MembershipChange::Remove(leaver.clone()),
+        false,
+    );
+    assert!(reply.plan.is_empty(), "{:?}", reply.plan);
+    assert_eq!(reply.pending, Vec::new());
+    let others: Vec<usize> = running.iter().copied().filter(|&i| i != 1).collect();
+    let membership = wait_settled(&cluster, &others);
+    assert!(membership.member(&leaver).is_none());
 }
 
 /// n9 at 127.0.0.1:9, where nothing listens: a join at a mistyped address.

@@ -263,6 +263,53 @@ fn leavers_of_a_partition_are_its_sources() {
     assert!(plan.transfers.iter().all(|t| t.from.is_some()));
 }
 
+/// Goal: removing a member that has left and handed everything over (`admin remove` of a
+/// stopped leaver) starts no copy again: its finished copies stay done, nothing is pending,
+/// reads stay where they moved, and the next commit passes. A leaver removed before its
+/// copies were done is still replaced as a source by a live old replica.
+#[test]
+fn removing_a_member_that_has_left_restarts_none_of_its_copies() {
+    let mut m = Membership::new(
+        1,
+        64,
+        vec![
+            Member::loopback("n1", 1),
+            Member::loopback("n2", 2),
+            Member::loopback("n3", 3),
+            Member::loopback("n4", 4),
+        ],
+    )
+    .expect("valid");
+    m.stage_departure(&id("n1"), &id("n2"), MemberState::Leaving)
+        .expect("leave");
+    let plan = m.commit(&id("n1"), 3).expect("commit");
+    assert!(plan.transfers.iter().all(|t| t.from == Some(id("n2"))));
+    // A copy of n2's not yet done when it is removed: rebuilt from a live old replica.
+    let mut early = m.clone();
+    early
+        .stage_departure(&id("n1"), &id("n2"), MemberState::Removed)
+        .expect("remove");
+    let rebuilt = early.pending_transfers(3);
+    assert_eq!(rebuilt.len(), plan.transfers.len());
+    assert!(rebuilt
+        .iter()
+        .all(|t| t.from.as_ref().is_some_and(|f| f != &id("n2"))));
+
+    for t in &plan.transfers {
+        assert!(m.mark_transferred(&id("n2"), t.partition, &t.to));
+    }
+    assert!(m.pending_transfers(3).is_empty());
+    let serving: Vec<Vec<NodeId>> = (0..64).map(|p| m.serving(PartitionId(p), 3)).collect();
+    m.stage_departure(&id("n1"), &id("n2"), MemberState::Removed)
+        .expect("remove");
+    assert_eq!(m.pending_transfers(3), Vec::new());
+    let after: Vec<Vec<NodeId>> = (0..64).map(|p| m.serving(PartitionId(p), 3)).collect();
+    assert_eq!(after, serving);
+    m.stage_join(&id("n1"), Member::loopback("n5", 5))
+        .expect("join n5");
+    m.commit(&id("n1"), 3).expect("the next commit passes");
+}
+
 /// Goal: a join committed for a node that never comes up (a mistyped address) does not hold
 /// membership forever: its copies can never finish, so its removal's commit undoes the join
 /// (the ring goes back to the one every moving partition was still served from) instead of

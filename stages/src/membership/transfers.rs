@@ -122,6 +122,8 @@ impl Membership {
     /// replicas is then on W of the new ones), or, if no leaver can send (none leaves because
     /// a cluster smaller than N grew, or the leavers were removed as dead), of the first old
     /// replica alive. What only a removed node held is gone; anti-entropy reconciles the rest.
+    /// A copy a leaver finished before it was removed stays the copy (done): removing a node
+    /// that has left must not start its partitions' copies over from another replica.
     fn partition_transfers(
         &self,
         before: &[NodeId],
@@ -130,26 +132,25 @@ impl Membership {
     ) -> Vec<Transfer> {
         let alive = |node: &&NodeId| self.state_of(node) != Some(MemberState::Removed);
         let leaving: Vec<&NodeId> = before.iter().filter(|b| !after.contains(b)).collect();
-        let mut sources: Vec<Option<NodeId>> = leaving
-            .into_iter()
-            .filter(alive)
-            .cloned()
-            .map(Some)
-            .collect();
-        if sources.is_empty() {
-            // No leaver can send (none left, or every leaver was removed): the replicas of a
-            // dead node are rebuilt from the first old replica still alive.
-            sources.push(before.iter().find(alive).cloned());
-        }
         let mut transfers = Vec::new();
         for to in after.iter().filter(|to| !before.contains(to)) {
-            for from in &sources {
-                transfers.push(Transfer {
-                    partition: partition.0,
-                    from: from.clone(),
-                    to: to.clone(),
-                });
+            let copy = |from: Option<NodeId>| Transfer {
+                partition: partition.0,
+                from,
+                to: to.clone(),
+            };
+            let mut sources: Vec<Transfer> = leaving
+                .iter()
+                .map(|leaver| copy(Some((*leaver).clone())))
+                .filter(|t| t.from.as_ref().is_some_and(|from| alive(&from)) || self.is_done(t))
+                .collect();
+            if sources.is_empty() {
+                // No leaver can send (none left, or every leaver was removed before its copy
+                // was done): the replicas of a dead node are rebuilt from the first old
+                // replica still alive.
+                sources.push(copy(before.iter().find(alive).cloned()));
             }
+            transfers.extend(sources);
         }
         transfers
     }
