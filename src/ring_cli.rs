@@ -145,8 +145,14 @@ pub fn run_members(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
         "Node", "Address", "State", "Down for", "Hints held"
     );
     for m in &reply.members {
-        let state = if m.up { "up" } else { "down" };
-        let down = if m.up {
+        // A member that has left gets no requests, so this node's detector knows nothing of
+        // it: "up" would be a guess.
+        let state = match (m.left, m.up) {
+            (true, _) => "left",
+            (false, true) => "up",
+            (false, false) => "down",
+        };
+        let down = if m.up || m.left {
             "-".to_string()
         } else {
             format!("{:.1}s", m.down_for_ms as f64 / 1000.0)

@@ -297,6 +297,11 @@ fn joins_and_a_leave_under_writes_lose_nothing_and_leave_no_stray_copies() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    // `admin members` calls it left (no request goes to it: up or down would be a guess).
+    let members = cluster.client(0).members().expect("members").members;
+    let left: Vec<&NodeId> = members.iter().filter(|m| m.left).map(|m| &m.node).collect();
+    assert_eq!(left, vec![&leaver]);
+
     // The leaver, stopped and removed: it is in no ring, so the removal moves nothing (its
     // finished copies stay done: they were all started over from other replicas before) and
     // leaves nothing to commit; the others no longer list it.

@@ -345,9 +345,18 @@ impl IntakeMachine {
         self.connections.remove(&conn);
         self.dialing.remove(&conn);
         if let Some(peer) = self.links.peer_of(conn).cloned() {
-            warn!(self.logger, "peer link lost"; "peer" => %peer, "conn" => conn.0);
             let in_flight_lost = self.links.is_established(conn);
-            self.links.failed(&peer, Some(conn), now.instant);
+            // A stopped peer is redialled every backoff (up to 500 ms): warned once, then
+            // quiet until a link to it works again (`admin members` shows it down).
+            if self.links.failed(&peer, Some(conn), now.instant) {
+                if in_flight_lost {
+                    warn!(self.logger, "peer link lost"; "peer" => %peer, "conn" => conn.0);
+                } else {
+                    warn!(self.logger, "cannot reach peer: redialling quietly until a link to it works"; "peer" => %peer, "conn" => conn.0);
+                }
+            } else {
+                debug!(self.logger, "peer still unreachable"; "peer" => %peer, "conn" => conn.0);
+            }
             report_failed(peer, in_flight_lost, out);
         }
     }
@@ -375,8 +384,9 @@ impl IntakeMachine {
             Route::BackingOff => report_failed(peer, false, out),
             Route::Dial => {
                 let Some(addr) = self.membership.current().addr_of(&peer) else {
-                    warn!(self.logger, "no address for peer"; "peer" => %peer);
-                    self.links.failed(&peer, None, now.instant);
+                    if self.links.failed(&peer, None, now.instant) {
+                        warn!(self.logger, "no address for peer"; "peer" => %peer);
+                    }
                     return report_failed(peer, false, out);
                 };
                 let conn = self.open();
@@ -441,8 +451,10 @@ impl IntakeMachine {
         }
         out.socket(SocketCommand::Abort { conn });
         if let Some(peer) = self.links.peer_of(conn).cloned() {
+            // Warned every time: a handshake refused is a secret or a version mismatch to fix,
+            // not a peer that is down.
             warn!(self.logger, "peer handshake failed, dropping the link"; "peer" => %peer, "conn" => conn.0, "reason" => %reason);
-            self.links.failed(&peer, Some(conn), now.instant);
+            let _ = self.links.failed(&peer, Some(conn), now.instant);
             report_failed(peer, false, out);
         }
     }

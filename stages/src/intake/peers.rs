@@ -39,6 +39,9 @@ struct Link {
     established: bool,
     backoff: Duration,
     retry_at: Option<Instant>,
+    /// A failure was reported since the last established link: the next ones are not news
+    /// (a stopped peer is redialled every backoff, and each failed dial would warn).
+    reported: bool,
 }
 
 /// Outgoing links by peer.
@@ -81,6 +84,7 @@ impl PeerLinks {
             link.backoff = Duration::ZERO;
             link.retry_at = None;
             link.established = true;
+            link.reported = false;
         }
     }
 
@@ -98,18 +102,23 @@ impl PeerLinks {
         self.peers.get(&conn)
     }
 
-    /// A dial or connection to `peer` failed: back off before the next dial.
-    pub fn failed(&mut self, peer: &NodeId, conn: Option<ConnId>, now: Instant) {
+    /// A dial or connection to `peer` failed: back off before the next dial. Whether it is
+    /// news to log: an established link broke, or the first failure since one last worked.
+    pub fn failed(&mut self, peer: &NodeId, conn: Option<ConnId>, now: Instant) -> bool {
         if let Some(conn) = conn {
             self.peers.remove(&conn);
         }
         let link = self.links.entry(peer.clone()).or_default();
+        let broke = conn.is_some() && link.conn == conn && link.established;
         if conn.is_none() || link.conn == conn {
             link.conn = None;
             link.established = false;
         }
         link.backoff = (link.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
         link.retry_at = Some(now + link.backoff);
+        let news = broke || !link.reported;
+        link.reported = true;
+        news
     }
 }
 
@@ -141,11 +150,35 @@ mod tests {
         assert_eq!(links.route(&peer, start + BACKOFF_MAX), Route::Dial);
         links.opened(&peer, ConnId(9));
         links.established(ConnId(9));
-        links.failed(&peer, Some(ConnId(9)), start);
+        assert!(
+            links.failed(&peer, Some(ConnId(9)), start),
+            "a working link broke"
+        );
         assert_eq!(
             links.route(&peer, start + BACKOFF_MIN),
             Route::Dial,
             "backoff restarted from the minimum"
         );
+    }
+
+    /// Goal: a peer that stays unreachable is news once (its first failed dial), not at every
+    /// redial; a link that worked and broke is news again.
+    #[test]
+    fn an_unreachable_peer_is_reported_once_until_a_link_works() {
+        let mut links = PeerLinks::default();
+        let peer = NodeId::new("n2");
+        let now = Instant::now();
+        links.opened(&peer, ConnId(1));
+        assert!(links.failed(&peer, Some(ConnId(1)), now));
+        for conn in 2..10 {
+            links.opened(&peer, ConnId(conn));
+            assert!(!links.failed(&peer, Some(ConnId(conn)), now), "dial {conn}");
+        }
+        assert!(!links.failed(&peer, None, now));
+        links.opened(&peer, ConnId(10));
+        links.established(ConnId(10));
+        assert!(links.failed(&peer, Some(ConnId(10)), now));
+        links.opened(&peer, ConnId(11));
+        assert!(!links.failed(&peer, Some(ConnId(11)), now));
     }
 }

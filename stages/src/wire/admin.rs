@@ -20,6 +20,10 @@ pub struct MemberStatus {
     pub down_for_ms: u64,
     /// Hints the answering node holds for it.
     pub hints_pending: u64,
+    /// It has left: out of the ring and sending no copy. No request goes to it, so `up`
+    /// says nothing of it (stop it and `admin remove` it). Absent from older nodes' replies.
+    #[serde(default)]
+    pub left: bool,
 }
 
 /// Reply to `Members`.

@@ -3,6 +3,7 @@
 //! members` (the membership with the hints held for each member).
 
 use super::*;
+use crate::membership::MemberState;
 
 impl Coordinator {
     /// Serves a request from the local store alone: a peer's `ReplicaRead`/`ReplicaWrite` or
@@ -114,9 +115,12 @@ impl Coordinator {
     ) -> Message {
         let membership = self.membership.current();
         let statuses = self.detector.statuses(now);
+        let pending = membership.pending_transfers(self.settings.n);
         let members = membership
-            .members()
-            .map(|m| {
+            .entries()
+            .filter(|e| e.state != MemberState::Removed)
+            .map(|e| {
+                let m = &e.member;
                 let status = statuses.iter().find(|s| s.node == m.id);
                 MemberStatus {
                     node: m.id.clone(),
@@ -124,6 +128,9 @@ impl Coordinator {
                     up: status.is_none_or(|s| s.up),
                     down_for_ms: status.map_or(0, |s| s.down_for_ms),
                     hints_pending: pending_hints.get(&m.id).copied().unwrap_or(0),
+                    left: e.state == MemberState::Leaving
+                        && !membership.ring().contains(&m.id)
+                        && !pending.iter().any(|t| t.from.as_ref() == Some(&m.id)),
                 }
             })
             .collect();
