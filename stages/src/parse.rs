@@ -211,9 +211,20 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<Routed, Se
         }
         Message::Delete(delete) => {
             check_key(settings, &delete.key)?;
+            let context = settings.seal.decode(&delete.context)?;
+            if context.is_empty() {
+                // A tombstone with an empty clock is concurrent with every version: it would
+                // sit beside them as one more sibling and delete nothing, while the client
+                // was told its delete succeeded.
+                return Err(ServiceError::BadContext {
+                    reason: "a delete needs the context of a get that saw the value; \
+                             an empty context deletes nothing"
+                        .into(),
+                });
+            }
             ClientRequest::Put {
                 key: delete.key.into_vec(),
-                context: settings.seal.decode(&delete.context)?,
+                context,
                 value: None,
                 w: delete.w.map(usize::from),
                 timeout: timeout(delete.timeout_ms),

@@ -91,7 +91,8 @@ fn valid_requests_become_typed_client_requests() {
     ));
 }
 
-/// Goal: replies sent as requests and forged contexts are refused with their own errors.
+/// Goal: replies sent as requests, forged contexts and deletes with an empty context are
+/// refused with their own errors.
 #[test]
 fn replies_and_forged_contexts_are_refused() {
     let s = settings();
@@ -112,6 +113,21 @@ fn replies_and_forged_contexts_are_refused() {
         validate(&s, put(b"k", b"v", Some(foreign))),
         Err(ServiceError::BadContext { .. })
     ));
+    // A delete with an empty context (no bytes, or a sealed empty clock) would delete
+    // nothing: refused, where a put with one is a blind write.
+    for context in [Vec::new(), s.seal.encode(&VClock::new())] {
+        let delete = Message::Delete(DeleteRequest {
+            key: Bytes::from(b"k".to_vec()),
+            context: Bytes::from(context),
+            w: None,
+            timeout_ms: None,
+            forwarded: false,
+            durable: None,
+        });
+        assert!(
+            matches!(validate(&s, delete), Err(ServiceError::BadContext { reason }) if reason.contains("deletes nothing"))
+        );
+    }
 }
 
 /// Goal: a fallback's batch of hints is peer-only, each object is checked like a replica
