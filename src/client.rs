@@ -28,9 +28,14 @@ pub enum ClientError {
     /// The connection failed or timed out.
     #[error("connection: {0}")]
     Io(#[from] io::Error),
-    /// The node's bytes were not a valid frame.
-    #[error("bad frame from node: {0}")]
-    Frame(#[from] FrameError),
+    /// The node's bytes were not a valid frame (the address may not be a shoal node's).
+    #[error("bad frame from {node} (is it a shoal node?): {error}")]
+    Frame {
+        /// The address that sent them.
+        node: String,
+        /// What was wrong.
+        error: FrameError,
+    },
     /// The node's frame was not a valid message.
     #[error("bad message from node: {0}")]
     Wire(#[from] WireError),
@@ -167,6 +172,11 @@ impl Client {
     pub fn call(&mut self, request: &Message) -> Result<Message, ClientError> {
         let id = self.send(request)?;
         let (reply_id, reply) = self.receive()?;
+        if let (0, Message::Error(error)) = (reply_id, &reply) {
+            // Request id 0 is the node's answer to a frame it could not take (too large,
+            // malformed) before it closes the connection: the error says why.
+            return Err(ClientError::Service(error.clone()));
+        }
         if reply_id != id {
             return Err(ClientError::UnexpectedReply(format!(
                 "reply id {reply_id} for request {id}"
@@ -218,7 +228,14 @@ impl Client {
     /// Waits for the next reply frame: its request id and message.
     pub fn receive(&mut self) -> Result<(u64, Message), ClientError> {
         loop {
-            if let Some(frame) = self.decoder.next_frame()? {
+            let next = self
+                .decoder
+                .next_frame()
+                .map_err(|error| ClientError::Frame {
+                    node: self.node.clone(),
+                    error,
+                })?;
+            if let Some(frame) = next {
                 return Ok((frame.request_id, Message::decode(&frame)?));
             }
             let n = self

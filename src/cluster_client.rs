@@ -138,7 +138,9 @@ impl ClusterClient {
             };
             match call(client) {
                 Ok(value) => return Ok(value),
-                Err(error @ (ClientError::Io(_) | ClientError::Closed | ClientError::Frame(_))) => {
+                Err(
+                    error @ (ClientError::Io(_) | ClientError::Closed | ClientError::Frame { .. }),
+                ) => {
                     self.mark_down(&node);
                     last_error = error;
                 }

@@ -22,6 +22,14 @@ fn main() {
     quiet_on_closed_stdout();
     let cli = shoal::cli::Cli::parse();
     if let Err(error) = shoal::cli::run(cli) {
+        // The commands that write through `writeln!` (admin throttle, aae, plan) get the
+        // closed pipe as an error, not a panic: the same quiet stop as below.
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            std::process::exit(141);
+        }
         eprintln!("error: {error}");
         std::process::exit(1);
     }

@@ -202,7 +202,7 @@ pub fn op_error(error: ClientError) -> OpError {
         ClientError::Service(e) => return OpError::Service(e),
         ClientError::Io(e) => format!("io:{:?}", e.kind()),
         ClientError::Closed => "closed".into(),
-        ClientError::Frame(_) | ClientError::Wire(_) => "protocol".into(),
+        ClientError::Frame { .. } | ClientError::Wire(_) => "protocol".into(),
         ClientError::UnexpectedReply(_) => "unexpected-reply".into(),
         ClientError::Usage(_) => "usage".into(),
     })

@@ -206,8 +206,9 @@ fn sim_sweeps_seeds_and_replays_one_with_the_same_digest() {
     assert!(err.contains("meteor") && err.contains("partition"), "{err}");
 }
 
-/// Goal: a command whose reader stops early (`shoal sim --trace | head -1`) stops quietly,
-/// as other Unix tools do, instead of panicking with a backtrace on the broken pipe.
+/// Goal: a command whose reader stops early (`shoal sim --trace | head -1`, `shoal admin
+/// throttle | head -1`) stops quietly, as other Unix tools do, instead of
+/// panicking with a backtrace or printing "error: Broken pipe".
 #[test]
 fn a_command_whose_reader_goes_away_stops_without_a_panic() {
     use std::io::{BufRead, BufReader};
@@ -227,11 +228,28 @@ fn a_command_whose_reader_goes_away_stops_without_a_panic() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(output.status.code(), Some(141), "{stderr}");
+
+    // A command that writes through `writeln!` gets the closed pipe as an error: the same
+    // quiet stop, not "error: Broken pipe".
+    // The reader is gone before the command prints (it first asks the node), so its first
+    // write fails whatever the timing.
+    let node = TestNode::start("");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["admin", "throttle", "--node", &node.addr])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run shoal");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.is_empty(), "{stderr}");
+    assert_eq!(output.status.code(), Some(141), "{stderr}");
 }
 
 /// Goal: a node that cannot be reached is named in the error, whether nothing listens at its
-/// address or what listens never answers (a timeout, not "Resource temporarily
-/// unavailable").
+/// address, what listens never answers (a timeout, not "Resource temporarily unavailable"),
+/// or what answers is not a shoal node.
 #[test]
 fn connection_errors_name_the_node_and_say_a_timeout_is_one() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -248,6 +266,24 @@ fn connection_errors_name_the_node_and_say_a_timeout_is_one() {
         err.contains(&addr) && err.contains("no progress within 1s"),
         "{err}"
     );
+    // Something else answers there (a web server): its bytes are named as not shoal's, not
+    // read as a 1.2 GB frame length without a word.
+    let web = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = web.local_addr().expect("addr").to_string();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = web.accept().expect("accept");
+        let mut request = [0u8; 64];
+        let _ = conn.read(&mut request);
+        let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+    });
+    let (ok, _, err) = shoal(&["get", "--node", &addr, "k", "--timeout-secs", "5"]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("bad frame from {addr} (is it a shoal node?)")),
+        "{err}"
+    );
+    server.join().expect("the web server");
 }
 
 /// Goal: a node whose listen address is taken says which address, and fails before it opens
@@ -279,7 +315,8 @@ fn a_node_on_a_taken_port_names_it_and_leaves_its_storage_unopened() {
 }
 
 /// Goal: a value too large for a command-line argument goes in through --value-file (any
-/// bytes, or `-` for standard input) and reads back whole; an unreadable file is named.
+/// bytes, or `-` for standard input) and reads back whole; an unreadable file is named; one
+/// beyond the node's frame limit gets the node's reason.
 #[test]
 fn put_takes_a_large_value_from_a_file_or_standard_input() {
     use std::io::Write;
@@ -292,6 +329,16 @@ fn put_takes_a_large_value_from_a_file_or_standard_input() {
     let file = path.to_string_lossy().into_owned();
     let (ok, _, err) = shoal(&["put", "--node", addr, "big", "--value-file", &file]);
     assert!(ok, "{err}");
+    // Beyond the node's frame limit: the node's own reason, not a mismatched reply id.
+    let huge = dir.path().join("huge");
+    std::fs::write(&huge, vec![7u8; 1_200_000]).expect("write the huge value");
+    let huge_arg = huge.to_string_lossy().into_owned();
+    let (ok, _, err) = shoal(&["put", "--node", addr, "huge", "--value-file", &huge_arg]);
+    assert!(!ok);
+    assert!(
+        err.contains("frame of") && err.contains("exceeds the maximum"),
+        "{err}"
+    );
     let mut client =
         shoal::client::Client::connect(addr, std::time::Duration::from_secs(5)).expect("connect");
     let read = client
