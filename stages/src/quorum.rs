@@ -189,6 +189,16 @@ mod tests {
             "put quorum not reached: 1 of 3 needed acknowledged (3 asked, 2 failed; \
              first: n2: peer n2 is unreachable; missing: n4 (held down, not asked))"
         );
+        // Given up before every replica answered (too few were left to reach W): the count
+        // of those still silent is in the text, so asked = acknowledged + failed + silent.
+        let mut early = QuorumTracker::new(2, 2);
+        let state = early.fail("n3", &ServiceError::PeerUnreachable { node: "n3".into() });
+        assert_eq!(state, QuorumState::Unreachable);
+        assert_eq!(
+            early.error("put").to_string(),
+            "put quorum not reached: 0 of 2 needed acknowledged (2 asked, 1 failed, \
+             1 not answered yet; first: n3: peer n3 is unreachable)"
+        );
     }
 
     /// Goal: when no replica took the request and every one that failed refused from a full
