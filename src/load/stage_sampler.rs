@@ -81,8 +81,15 @@ pub struct StageSummary {
 impl StageSummary {
     /// The human-readable table.
     pub fn table(&self) -> String {
+        // As wide as the longest name (background_storage), so every row's columns line up.
+        let nw = self.stages.iter().map(|s| s.node.len()).fold(8, usize::max);
+        let sw = self
+            .stages
+            .iter()
+            .map(|s| s.stage.len())
+            .fold(11, usize::max);
         let mut out = format!(
-            "{:<8} {:<11} {:>10} {:>10} {:>13} {:>21} {:>11} {:>12}\n",
+            "{:<nw$} {:<sw$} {:>10} {:>10} {:>13} {:>21} {:>11} {:>12}\n",
             "node",
             "stage",
             "peak depth",
@@ -102,7 +109,7 @@ impl StageSummary {
                 None => ("-".into(), "-".into(), "-".into()),
             };
             out.push_str(&format!(
-                "{:<8} {:<11} {:>10} {:>10.1} {:>13} {:>21} {:>11} {:>12}\n",
+                "{:<nw$} {:<sw$} {:>10} {:>10.1} {:>13} {:>21} {:>11} {:>12}\n",
                 s.node, s.stage, s.peak_depth, s.mean_depth, s.wait_us_p99, rate, used, backlog
             ));
         }
@@ -205,4 +212,35 @@ fn sample_until(addrs: &[String], stop: &AtomicBool) -> BTreeMap<(String, String
         std::thread::sleep(Duration::from_millis(20));
     }
     stages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: the table's columns line up whatever the stage names' lengths (a new-user trial
+    /// saw background_storage push every later column of its rows out of line).
+    #[test]
+    fn the_stage_table_lines_up_with_the_longest_stage_name() {
+        let stage = |name: &str, rate| StageDepth {
+            node: "n1".into(),
+            stage: name.into(),
+            peak_depth: 3,
+            rate_per_sec_range: rate,
+            ..StageDepth::default()
+        };
+        let summary = StageSummary {
+            stages: vec![
+                stage("intake", None),
+                stage("background_storage", Some((Some(20), None))),
+            ],
+            bottleneck: None,
+        };
+        let table = summary.table();
+        // Every column has a fixed width and the last is right-aligned: rows of one length
+        // are rows whose columns line up.
+        let widths: Vec<usize> = table.lines().map(str::len).collect();
+        assert_eq!(widths.len(), 3, "{table}");
+        assert!(widths.windows(2).all(|w| w[0] == w[1]), "{table}");
+    }
 }
