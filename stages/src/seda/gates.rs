@@ -66,9 +66,13 @@ struct GateState {
     bucket: RateGate,
     /// Who sets the rate.
     mode: GateMode,
-    /// The rate the config gave, restored when a pin is released (the controller, if enabled,
-    /// replaces it at its next period).
+    /// The rate the config gave, restored when a pin is released if the controller never
+    /// set one.
     configured: Option<u64>,
+    /// The controller's last rate (`None`: it has set none), kept while pinned so a release
+    /// goes back to it at once rather than to `configured` until the controller's next
+    /// period (which showed the configured 1000/s for a moment after `--auto`).
+    auto: Option<Option<u64>>,
     /// Tokens granted since the gate was made, less those given back.
     granted: u64,
     /// The stage's own count of waiting work.
@@ -93,6 +97,7 @@ impl Gate {
                 bucket: RateGate::new(rate_per_sec, now),
                 mode: GateMode::Auto,
                 configured: rate_per_sec,
+                auto: None,
                 granted: 0,
                 backlog: 0,
                 used_per_sec: 0,
@@ -154,6 +159,7 @@ impl Gate {
     /// The controller's rate: applied unless an operator pinned the gate.
     pub fn set_auto_rate(&self, rate_per_sec: Option<u64>, now: Instant) {
         let mut state = self.state();
+        state.auto = Some(rate_per_sec);
         if state.mode == GateMode::Auto {
             state.bucket.set_rate(rate_per_sec, now);
         }
@@ -168,13 +174,13 @@ impl Gate {
             .set_rate(Some(rate_per_sec.min(MAX_RATE_PER_SEC)), now);
     }
 
-    /// Hands the gate back: the configured rate applies again until the controller (if
-    /// enabled) sets one at its next period.
+    /// Hands the gate back: the controller's last rate applies again (the configured one if
+    /// the controller never set one) until it sets the next.
     pub fn release(&self, now: Instant) {
         let mut state = self.state();
         state.mode = GateMode::Auto;
-        let configured = state.configured;
-        state.bucket.set_rate(configured, now);
+        let rate = state.auto.unwrap_or(state.configured);
+        state.bucket.set_rate(rate, now);
     }
 
     /// What the controller measured the stage used over its last period.
@@ -314,7 +320,8 @@ mod tests {
     use std::time::Duration;
 
     /// Goal: a pinned rate is obeyed whatever the controller says, and release hands the gate
-    /// back. Method: the controller sets a rate while pinned (ignored), then after release.
+    /// back at the controller's last rate (the configured one if it never set one). Method:
+    /// the controller sets a rate while pinned (ignored until the release), then after it.
     #[test]
     fn pinned_rate_ignores_the_controller_until_released() {
         let start = Instant::now();
@@ -338,11 +345,18 @@ mod tests {
         gate.release(start);
         assert_eq!(
             gate.reading().rate_per_sec,
-            Some(1000),
-            "the configured rate again"
+            Some(5000),
+            "the controller's last rate again, not the configured one"
         );
-        gate.set_auto_rate(Some(5000), start);
-        assert_eq!(gate.reading().rate_per_sec, Some(5000));
         assert_eq!(gate.reading().mode, GateMode::Auto);
+        gate.set_auto_rate(Some(300), start);
+        assert_eq!(gate.reading().rate_per_sec, Some(300));
+        // A gate the controller never set goes back to the configured rate.
+        let repair = registry
+            .gate(StageId::Repair)
+            .expect("repair is background");
+        repair.pin(0, start);
+        repair.release(start);
+        assert_eq!(repair.reading().rate_per_sec, Some(1000));
     }
 }
