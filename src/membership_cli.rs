@@ -80,13 +80,16 @@ pub fn depart(
         change: Some(change),
         commit: false,
     };
-    let reply = crate::cli::connect(&args.target)?.plan(request)?;
-    if remove && !args.json && !reply.plan.removed.contains(&node) {
-        // A member that has left is in no ring: the removal takes effect at once (its
-        // address is free), and the plan, which lists ring changes only, shows nothing.
+    let mut client = crate::cli::connect(&args.target)?;
+    // Before the change: whether the node had left (the plan, which lists ring changes only,
+    // shows nothing for it).
+    let (membership, n) = client.ring_and_replicas()?;
+    let had_left = membership.has_left(&node, n);
+    let reply = client.plan(request)?;
+    if remove && had_left && !args.json {
         writeln!(
             out,
-            "{node} is in no ring (it has left): marked removed now, its address is free; \
+            "{node} had left: marked removed now (the others forget it; its address is free); \
              a commit has nothing to move for it"
         )?;
     }

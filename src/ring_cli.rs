@@ -10,7 +10,7 @@ use shoal_stages::membership::MemberState;
 /// with the progress their senders report.
 pub fn run_ring(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut client = connect(&args.target)?;
-    let membership = client.ring()?;
+    let (membership, n) = client.ring_and_replicas()?;
     // The pending transfers depend on N, which the node knows and the client does not.
     let plan = client.plan(shoal_stages::wire::PlanRequest {
         change: None,
@@ -28,12 +28,13 @@ pub fn run_ring(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
                 .iter()
                 .filter(|t| t.from.as_ref() == Some(&m.id))
                 .count();
-            // A leaver out of the ring has left only once it sends nothing more.
-            let state = match (e.state, ring.contains(&m.id) || sending > 0) {
+            // A leaver has left only once it holds nothing any coordinator still uses (the
+            // same rule as `admin members`).
+            let state = match (e.state, ring.contains(&m.id)) {
                 (MemberState::Active, true) => "valid",
                 (MemberState::Active, false) => "joining",
-                (MemberState::Leaving, true) => "leaving",
-                (MemberState::Leaving, false) => "left",
+                (MemberState::Leaving, _) if membership.has_left(&m.id, n) => "left",
+                (MemberState::Leaving, _) => "leaving",
                 (MemberState::Removed, _) => "removed",
             };
             serde_json::json!({

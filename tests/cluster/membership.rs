@@ -302,9 +302,9 @@ fn joins_and_a_leave_under_writes_lose_nothing_and_leave_no_stray_copies() {
     let left: Vec<&NodeId> = members.iter().filter(|m| m.left).map(|m| &m.node).collect();
     assert_eq!(left, vec![&leaver]);
 
-    // The leaver, stopped and removed: it is in no ring, so the removal moves nothing (its
-    // finished copies stay done: they were all started over from other replicas before) and
-    // leaves nothing to commit; the others no longer list it.
+    // The leaver, stopped and removed: it holds nothing, so the removal moves nothing (its
+    // finished copies stay done; until stop 41 they were all started over from other
+    // replicas) and leaves nothing to commit; the others no longer list it.
     cluster.stop(1);
     let reply = stage(
         &mut cluster.client(0),

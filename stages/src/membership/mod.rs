@@ -92,7 +92,8 @@ pub enum MemberState {
     Active,
     /// To be taken out of the ring; it hands its partitions over first (`admin leave`).
     Leaving,
-    /// Dead: taken out of the ring, its replicas rebuilt from the others (`admin remove`).
+    /// Dead: taken out of the ring, its replicas rebuilt from the others (`admin remove`);
+    /// a copy it finished sending before stays done.
     Removed,
 }
 

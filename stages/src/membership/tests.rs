@@ -310,6 +310,76 @@ fn removing_a_member_that_has_left_restarts_none_of_its_copies() {
     m.commit(&id("n1"), 3).expect("the next commit passes");
 }
 
+/// Goal: the rule behind the test above, where it is subtler. Two leavers of one partition
+/// both removed, one's copy done and the other's not: the missing copy comes from a live old
+/// replica (a write on the second leaver and that replica keeps a second copy). A cluster
+/// smaller than N that grew copies from its first live replica; that replica removed after
+/// its copies finished restarts none of them.
+#[test]
+fn copies_a_removed_node_finished_stay_done_and_the_rest_come_from_a_live_replica() {
+    let five: Vec<Member> = (1..=5)
+        .map(|i| Member::loopback(&format!("n{i}"), i as u16))
+        .collect();
+    let mut m = Membership::new(1, 64, five).expect("valid");
+    for leaver in ["n2", "n3"] {
+        m.stage_departure(&id("n1"), &id(leaver), MemberState::Leaving)
+            .expect("leave");
+    }
+    let plan = m.commit(&id("n1"), 3).expect("commit");
+    let previous = m.assignment().previous.clone().expect("the old ring");
+    for t in plan.transfers.iter().filter(|t| t.from == Some(id("n2"))) {
+        assert!(m.mark_transferred(&id("n2"), t.partition, &t.to));
+    }
+    for leaver in ["n2", "n3"] {
+        m.stage_departure(&id("n1"), &id(leaver), MemberState::Removed)
+            .expect("remove");
+    }
+    let pending = m.pending_transfers(3);
+    for p in 0..64 {
+        let before = previous.preference_list(PartitionId(p), 3).primaries;
+        let after = m.ring().preference_list(PartitionId(p), 3).primaries;
+        let of_p: Vec<&Transfer> = pending.iter().filter(|t| t.partition == p).collect();
+        if !before.contains(&id("n3")) {
+            assert!(of_p.is_empty(), "partition {p}: {of_p:?}");
+            continue;
+        }
+        // Every new replica gets a copy from an old replica alive.
+        for to in after.iter().filter(|to| !before.contains(to)) {
+            assert!(
+                of_p.iter().any(|t| &t.to == to
+                    && t.from
+                        .as_ref()
+                        .is_some_and(|f| before.contains(f) && f != &id("n2") && f != &id("n3"))),
+                "partition {p} to {to}: {of_p:?}"
+            );
+        }
+    }
+    assert!(
+        !pending.is_empty(),
+        "some partitions had n3 among their replicas"
+    );
+
+    let mut small = Membership::new(
+        1,
+        8,
+        vec![Member::loopback("n1", 1), Member::loopback("n2", 2)],
+    )
+    .expect("valid");
+    small
+        .stage_join(&id("n1"), Member::loopback("n3", 3))
+        .expect("join");
+    let plan = small.commit(&id("n1"), 3).expect("commit");
+    for t in &plan.transfers {
+        let from = t.from.clone().expect("a source");
+        assert!(small.mark_transferred(&from, t.partition, &t.to));
+    }
+    let source = plan.transfers[0].from.clone().expect("a source");
+    small
+        .stage_departure(&id("n3"), &source, MemberState::Removed)
+        .expect("remove");
+    assert_eq!(small.pending_transfers(3), Vec::new());
+}
+
 /// Goal: a join committed for a node that never comes up (a mistyped address) does not hold
 /// membership forever: its copies can never finish, so its removal's commit undoes the join
 /// (the ring goes back to the one every moving partition was still served from) instead of

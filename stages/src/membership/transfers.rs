@@ -100,6 +100,14 @@ impl Membership {
         replicas.list.primaries.contains(node) || replicas.also_write.contains(node)
     }
 
+    /// Whether `node` has left: it is leaving and holds no partition under any ring a
+    /// coordinator may use (while a partition it held waits for any of its copies, reads
+    /// and writes still reach it). Its final sync and drop come `cleanup_delay_ms` later.
+    pub fn has_left(&self, node: &NodeId, n: usize) -> bool {
+        self.state_of(node) == Some(MemberState::Leaving)
+            && (0..self.ring().partition_count()).all(|p| !self.holds(node, PartitionId(p), n))
+    }
+
     /// The copies that moving each partition from its replicas `old` gives to its list in
     /// `new` needs, partition by partition.
     pub(super) fn transfers_between(
@@ -119,11 +127,11 @@ impl Membership {
 
     /// The copies one partition needs: each new replica gets the data of every old replica
     /// that leaves the list (so no write is lost when a leaver drops its copy: a write on W old
-    /// replicas is then on W of the new ones), or, if no leaver can send (none leaves because
-    /// a cluster smaller than N grew, or the leavers were removed as dead), of the first old
-    /// replica alive. What only a removed node held is gone; anti-entropy reconciles the rest.
-    /// A copy a leaver finished before it was removed stays the copy (done): removing a node
-    /// that has left must not start its partitions' copies over from another replica.
+    /// replicas is then on W of the new ones). A copy no leaver can give (none leaves because a
+    /// cluster smaller than N grew, or a leaver was removed as dead before its copy was done)
+    /// is given by the first old replica alive. What only a removed node held is gone;
+    /// anti-entropy reconciles the rest. A copy finished before its sender was removed stays
+    /// the copy (done): removing a node that has left must not start its copies over.
     fn partition_transfers(
         &self,
         before: &[NodeId],
@@ -134,21 +142,34 @@ impl Membership {
         let leaving: Vec<&NodeId> = before.iter().filter(|b| !after.contains(b)).collect();
         let mut transfers = Vec::new();
         for to in after.iter().filter(|to| !before.contains(to)) {
-            let copy = |from: Option<NodeId>| Transfer {
+            let copy = |from: &NodeId| Transfer {
                 partition: partition.0,
-                from,
+                from: Some(from.clone()),
                 to: to.clone(),
             };
-            let mut sources: Vec<Transfer> = leaving
+            let (mut sources, lost): (Vec<Transfer>, Vec<Transfer>) = leaving
                 .iter()
-                .map(|leaver| copy(Some((*leaver).clone())))
-                .filter(|t| t.from.as_ref().is_some_and(|from| alive(&from)) || self.is_done(t))
-                .collect();
-            if sources.is_empty() {
-                // No leaver can send (none left, or every leaver was removed before its copy
-                // was done): the replicas of a dead node are rebuilt from the first old
-                // replica still alive.
-                sources.push(copy(before.iter().find(alive).cloned()));
+                .map(|leaver| copy(leaver))
+                .partition(|t| t.from.as_ref().is_some_and(|f| alive(&f)) || self.is_done(t));
+            if leaving.is_empty() || !lost.is_empty() {
+                // The stand-in: a copy from another old replica already done under this
+                // commit (its sender may since have been removed), else from the first alive.
+                let done = before
+                    .iter()
+                    .map(copy)
+                    .find(|t| self.is_done(t) && !sources.contains(t));
+                let first_alive = || match before.iter().find(alive) {
+                    Some(node) => copy(node),
+                    None => Transfer {
+                        partition: partition.0,
+                        from: None,
+                        to: to.clone(),
+                    },
+                };
+                let stand_in = done.unwrap_or_else(first_alive);
+                if !sources.contains(&stand_in) {
+                    sources.push(stand_in);
+                }
             }
             transfers.extend(sources);
         }

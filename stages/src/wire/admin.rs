@@ -20,8 +20,9 @@ pub struct MemberStatus {
     pub down_for_ms: u64,
     /// Hints the answering node holds for it.
     pub hints_pending: u64,
-    /// It has left: out of the ring and sending no copy. No request goes to it, so `up`
-    /// says nothing of it (stop it and `admin remove` it). Absent from older nodes' replies.
+    /// It has left: it holds no partition under any ring a coordinator may use
+    /// (`Membership::has_left`), so no request goes to it and `up` says nothing of it.
+    /// Absent from older nodes' replies.
     #[serde(default)]
     pub left: bool,
 }

@@ -115,7 +115,6 @@ impl Coordinator {
     ) -> Message {
         let membership = self.membership.current();
         let statuses = self.detector.statuses(now);
-        let pending = membership.pending_transfers(self.settings.n);
         let members = membership
             .entries()
             .filter(|e| e.state != MemberState::Removed)
@@ -128,9 +127,7 @@ impl Coordinator {
                     up: status.is_none_or(|s| s.up),
                     down_for_ms: status.map_or(0, |s| s.down_for_ms),
                     hints_pending: pending_hints.get(&m.id).copied().unwrap_or(0),
-                    left: e.state == MemberState::Leaving
-                        && !membership.ring().contains(&m.id)
-                        && !pending.iter().any(|t| t.from.as_ref() == Some(&m.id)),
+                    left: membership.has_left(&m.id, self.settings.n),
                 }
             })
             .collect();
