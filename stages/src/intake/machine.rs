@@ -436,7 +436,7 @@ impl IntakeMachine {
                 }
                 self.links.established(conn);
             }
-            Err(reason) => self.abandon_link(now, conn, reason, out),
+            Err(reason) => self.abandon_link(now, conn, reason, true, out),
         }
     }
 
@@ -444,17 +444,29 @@ impl IntakeMachine {
     /// for a pending connect to finish, which a partition can stretch to minutes. The link
     /// table forgets it at once, so the next frame for the peer backs off and redials instead
     /// of going out on an unproven link, and replication hears that nothing held was sent.
-    fn abandon_link(&mut self, now: Now, conn: ConnId, reason: String, out: &mut Outbox) {
+    /// `refused`: the peer answered with something other than a valid challenge (a secret or
+    /// a version to fix), warned every time; otherwise (no answer in time: a paused or
+    /// partitioned peer) warned once, like a peer that refuses dials.
+    fn abandon_link(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        reason: String,
+        refused: bool,
+        out: &mut Outbox,
+    ) {
         self.dialing.remove(&conn);
         if let Some(connection) = self.connections.get_mut(&conn) {
             connection.closing = true;
         }
         out.socket(SocketCommand::Abort { conn });
         if let Some(peer) = self.links.peer_of(conn).cloned() {
-            // Warned every time: a handshake refused is a secret or a version mismatch to fix,
-            // not a peer that is down.
-            warn!(self.logger, "peer handshake failed, dropping the link"; "peer" => %peer, "conn" => conn.0, "reason" => %reason);
-            let _ = self.links.failed(&peer, Some(conn), now.instant);
+            let news = self.links.failed(&peer, Some(conn), now.instant);
+            if refused || news {
+                warn!(self.logger, "peer handshake failed, dropping the link"; "peer" => %peer, "conn" => conn.0, "reason" => %reason);
+            } else {
+                debug!(self.logger, "peer handshake failed again"; "peer" => %peer, "conn" => conn.0, "reason" => %reason);
+            }
             report_failed(peer, false, out);
         }
     }
@@ -496,7 +508,7 @@ impl Machine for IntakeMachine {
             .map(|(conn, _)| *conn)
             .collect();
         for conn in unanswered {
-            self.abandon_link(now, conn, "hello not answered in time".into(), out);
+            self.abandon_link(now, conn, "hello not answered in time".into(), false, out);
         }
         let timeout = self.settings.frame_timeout;
         let stalled: Vec<ConnId> = self

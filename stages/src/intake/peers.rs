@@ -109,15 +109,17 @@ impl PeerLinks {
             self.peers.remove(&conn);
         }
         let link = self.links.entry(peer.clone()).or_default();
-        let broke = conn.is_some() && link.conn == conn && link.established;
-        if conn.is_none() || link.conn == conn {
+        let current = conn.is_none() || link.conn == conn;
+        let broke = current && conn.is_some() && link.established;
+        if current {
             link.conn = None;
             link.established = false;
         }
         link.backoff = (link.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
         link.retry_at = Some(now + link.backoff);
-        let news = broke || !link.reported;
-        link.reported = true;
+        // A connection already replaced by a newer one says nothing of the peer now.
+        let news = current && (broke || !link.reported);
+        link.reported |= current;
         news
     }
 }
@@ -180,5 +182,10 @@ mod tests {
         assert!(links.failed(&peer, Some(ConnId(10)), now));
         links.opened(&peer, ConnId(11));
         assert!(!links.failed(&peer, Some(ConnId(11)), now));
+        // A stale connection failing while a newer link works is not news either.
+        links.opened(&peer, ConnId(12));
+        links.established(ConnId(12));
+        assert!(!links.failed(&peer, Some(ConnId(11)), now));
+        assert_eq!(links.route(&peer, now), Route::Via(ConnId(12)));
     }
 }
