@@ -29,13 +29,17 @@ pub enum ClientError {
     #[error("connection: {0}")]
     Io(#[from] io::Error),
     /// The node's bytes were not a valid frame (the address may not be a shoal node's).
-    #[error("bad frame from {node} (is it a shoal node?): {error}")]
+    #[error("bad frame from {addr} (is it a shoal node?): {error}")]
     Frame {
         /// The address that sent them.
-        node: String,
+        addr: String,
         /// What was wrong.
         error: FrameError,
     },
+    /// The node refused a frame it could not take (too large, malformed) and closed the
+    /// connection: the error says why. The connection is dead; the node is not.
+    #[error("{0}")]
+    Refused(ServiceError),
     /// The node's frame was not a valid message.
     #[error("bad message from node: {0}")]
     Wire(#[from] WireError),
@@ -175,7 +179,7 @@ impl Client {
         if let (0, Message::Error(error)) = (reply_id, &reply) {
             // Request id 0 is the node's answer to a frame it could not take (too large,
             // malformed) before it closes the connection: the error says why.
-            return Err(ClientError::Service(error.clone()));
+            return Err(ClientError::Refused(error.clone()));
         }
         if reply_id != id {
             return Err(ClientError::UnexpectedReply(format!(
@@ -232,7 +236,7 @@ impl Client {
                 .decoder
                 .next_frame()
                 .map_err(|error| ClientError::Frame {
-                    node: self.node.clone(),
+                    addr: self.node.clone(),
                     error,
                 })?;
             if let Some(frame) = next {

@@ -144,6 +144,12 @@ impl ClusterClient {
                     self.mark_down(&node);
                     last_error = error;
                 }
+                Err(error @ ClientError::Refused(_)) => {
+                    // The node closed this connection after refusing the frame; it is up.
+                    // The next request reconnects; another node would refuse it the same.
+                    self.connections.remove(&node);
+                    return Err(error);
+                }
                 Err(other) => return Err(other),
             }
         }

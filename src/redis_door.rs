@@ -251,14 +251,20 @@ impl Door {
             .ok_or_else(|| error("ERR no connection to the node"))
     }
 
-    /// Runs `request` on the node; a broken connection is dropped so the next command
-    /// reconnects.
+    /// Runs `request` on the node; a broken connection (or one the node closed after
+    /// refusing a frame) is dropped so the next command reconnects.
     fn call<T>(
         &mut self,
         request: impl FnOnce(&mut Client) -> Result<T, ClientError>,
     ) -> Result<T, OwnedFrame> {
         let result = request(self.client()?);
-        if let Err(ClientError::Io(_) | ClientError::Closed) = &result {
+        if let Err(
+            ClientError::Io(_)
+            | ClientError::Closed
+            | ClientError::Refused(_)
+            | ClientError::Frame { .. },
+        ) = &result
+        {
             self.client = None;
         }
         result.map_err(node_error)

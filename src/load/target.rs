@@ -199,7 +199,7 @@ impl Connection {
 /// A client error as a load-run error: typed when the node answered, named otherwise.
 pub fn op_error(error: ClientError) -> OpError {
     OpError::Other(match error {
-        ClientError::Service(e) => return OpError::Service(e),
+        ClientError::Service(e) | ClientError::Refused(e) => return OpError::Service(e),
         ClientError::Io(e) => format!("io:{:?}", e.kind()),
         ClientError::Closed => "closed".into(),
         ClientError::Frame { .. } | ClientError::Wire(_) => "protocol".into(),

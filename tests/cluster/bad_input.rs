@@ -25,6 +25,31 @@ fn assert_still_serving(node: &TestNode) {
     assert!(values(&mut client, "alive").contains(&"yes".to_string()));
 }
 
+/// Goal: a frame over the node's frame limit is refused with the node's reason (a refusal,
+/// not a mismatched reply), and the partition-aware client neither marks the node down nor
+/// keeps the connection the node closed: its next request goes through.
+#[test]
+fn a_frame_over_the_limit_is_refused_and_the_cluster_client_goes_on() {
+    let node = TestNode::start("[limits]\nmax_value_bytes = 1000\nmax_frame_bytes = 100000\n");
+    let seeds = vec![node.addr.clone()];
+    let mut client =
+        shoal::cluster_client::ClusterClient::connect(&seeds, 1, Duration::from_secs(5))
+            .expect("connect");
+    let error = client
+        .put(b"huge", None, &[7u8; 200_000], DEFAULT)
+        .expect_err("too large a frame");
+    assert!(
+        matches!(
+            error,
+            ClientError::Refused(ServiceError::FrameTooLarge { max: 100_000, .. })
+        ),
+        "{error}"
+    );
+    client
+        .put(b"small", None, b"v", DEFAULT)
+        .expect("the next request goes through");
+}
+
 /// Goal: a value over the limit is refused with ValueTooLarge and nothing is stored.
 #[test]
 fn value_over_the_limit_is_refused_and_nothing_is_stored() {

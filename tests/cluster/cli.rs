@@ -273,9 +273,13 @@ fn connection_errors_name_the_node_and_say_a_timeout_is_one() {
     let server = std::thread::spawn(move || {
         use std::io::{Read, Write};
         let (mut conn, _) = web.accept().expect("accept");
-        let mut request = [0u8; 64];
+        let mut request = [0u8; 4096];
         let _ = conn.read(&mut request);
         let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        // Close only once the client has gone (reading to its end), so the close never
+        // resets the connection before the client read the answer.
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+        let _ = conn.read_to_end(&mut Vec::new());
     });
     let (ok, _, err) = shoal(&["get", "--node", &addr, "k", "--timeout-secs", "5"]);
     assert!(!ok);
