@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 /// How often every node is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
+/// The table's node and stage columns are at least as wide as their headings.
+const MIN_NODE_WIDTH: usize = 8;
+const MIN_STAGE_WIDTH: usize = 11;
+
 /// One stage of one node over the run.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StageDepth {
@@ -82,14 +86,18 @@ impl StageSummary {
     /// The human-readable table.
     pub fn table(&self) -> String {
         // As wide as the longest name (background_storage), so every row's columns line up.
-        let nw = self.stages.iter().map(|s| s.node.len()).fold(8, usize::max);
-        let sw = self
+        let node_width = self
+            .stages
+            .iter()
+            .map(|s| s.node.len())
+            .fold(MIN_NODE_WIDTH, usize::max);
+        let stage_width = self
             .stages
             .iter()
             .map(|s| s.stage.len())
-            .fold(11, usize::max);
+            .fold(MIN_STAGE_WIDTH, usize::max);
         let mut out = format!(
-            "{:<nw$} {:<sw$} {:>10} {:>10} {:>13} {:>21} {:>11} {:>12}\n",
+            "{:<node_width$} {:<stage_width$} {:>10} {:>10} {:>13} {:>21} {:>11} {:>12}\n",
             "node",
             "stage",
             "peak depth",
@@ -109,7 +117,7 @@ impl StageSummary {
                 None => ("-".into(), "-".into(), "-".into()),
             };
             out.push_str(&format!(
-                "{:<nw$} {:<sw$} {:>10} {:>10.1} {:>13} {:>21} {:>11} {:>12}\n",
+                "{:<node_width$} {:<stage_width$} {:>10} {:>10.1} {:>13} {:>21} {:>11} {:>12}\n",
                 s.node, s.stage, s.peak_depth, s.mean_depth, s.wait_us_p99, rate, used, backlog
             ));
         }

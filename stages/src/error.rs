@@ -75,8 +75,9 @@ pub enum ServiceError {
     /// Fewer than the needed replicas answered before the deadline.
     #[error(
         "{operation} quorum not reached: {acked} of {needed} needed acknowledged ({asked} asked, {failed} failed{}{}{})",
-        // Answered before every replica did (too few left to reach it): say how many had not.
-        match asked.saturating_sub(acked + failed) { 0 => String::new(), n => format!(", {n} not answered yet") },
+        // Asked replicas with no answer: silent at the deadline (named in `missing`), or still
+        // out when too few were left to reach the quorum.
+        match asked.saturating_sub(acked + failed) { 0 => String::new(), n => format!(", {n} not answered") },
         .first_failure.as_ref().map(|cause| format!("; first: {cause}")).unwrap_or_default(),
         if missing.is_empty() { String::new() } else { format!("; missing: {}", missing.join(", ")) }
     )]

@@ -197,7 +197,7 @@ mod tests {
         assert_eq!(
             early.error("put").to_string(),
             "put quorum not reached: 0 of 2 needed acknowledged (2 asked, 1 failed, \
-             1 not answered yet; first: n3: peer n3 is unreachable)"
+             1 not answered; first: n3: peer n3 is unreachable)"
         );
     }
 

@@ -69,10 +69,10 @@ struct GateState {
     /// The rate the config gave, restored when a pin is released if the controller never
     /// set one.
     configured: Option<u64>,
-    /// The controller's last rate (`None`: it has set none), kept while pinned so a release
-    /// goes back to it at once rather than to `configured` until the controller's next
-    /// period (which showed the configured 1000/s for a moment after `--auto`).
-    auto: Option<Option<u64>>,
+    /// The controller's last rate (`None`: it has set none; `Some(None)`: unlimited), so a
+    /// release goes back to it at once rather than to `configured` until the controller's
+    /// next period (which showed the configured 1000/s for a moment after `--auto`).
+    controller_rate: Option<Option<u64>>,
     /// Tokens granted since the gate was made, less those given back.
     granted: u64,
     /// The stage's own count of waiting work.
@@ -97,7 +97,7 @@ impl Gate {
                 bucket: RateGate::new(rate_per_sec, now),
                 mode: GateMode::Auto,
                 configured: rate_per_sec,
-                auto: None,
+                controller_rate: None,
                 granted: 0,
                 backlog: 0,
                 used_per_sec: 0,
@@ -159,7 +159,7 @@ impl Gate {
     /// The controller's rate: applied unless an operator pinned the gate.
     pub fn set_auto_rate(&self, rate_per_sec: Option<u64>, now: Instant) {
         let mut state = self.state();
-        state.auto = Some(rate_per_sec);
+        state.controller_rate = Some(rate_per_sec);
         if state.mode == GateMode::Auto {
             state.bucket.set_rate(rate_per_sec, now);
         }
@@ -179,7 +179,7 @@ impl Gate {
     pub fn release(&self, now: Instant) {
         let mut state = self.state();
         state.mode = GateMode::Auto;
-        let rate = state.auto.unwrap_or(state.configured);
+        let rate = state.controller_rate.unwrap_or(state.configured);
         state.bucket.set_rate(rate, now);
     }
 
@@ -333,6 +333,9 @@ mod tests {
             registry.gate(StageId::Storage).is_none(),
             "storage is foreground"
         );
+        // The controller sets a rate, then the operator pins (the controller skips pinned
+        // gates; a rate it sets meanwhile is ignored too).
+        gate.set_auto_rate(Some(5000), start);
         gate.pin(10, start);
         gate.set_auto_rate(Some(5000), start);
         assert_eq!(gate.reading().rate_per_sec, Some(10));

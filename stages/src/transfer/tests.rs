@@ -165,8 +165,7 @@ fn a_dead_receiver_does_not_starve_the_other_transfers() {
 
 /// Goal: a transfer streams in acknowledged batches; a batch that fails is read again from
 /// the last acknowledged key (never from zero); once the stream ends and nothing changed in
-/// the tree meanwhile, the gossip stage is told the partition is handed over, and the
-/// transfer is not started again while that news travels to this node's view.
+/// the tree meanwhile, the gossip stage is told the partition is handed over.
 #[test]
 fn a_failed_batch_resumes_after_the_last_acknowledged_key() {
     let (m, transfer) = joined();
@@ -266,28 +265,6 @@ fn a_failed_batch_resumes_after_the_last_acknowledged_key() {
         .read()
         .iter()
         .any(|p| p.phase == "done" && p.objects == 3 && p.retries == 1));
-    // Its done mark has not reached this node's view yet: the next transfer starts, not this
-    // one again.
-    let key = (transfer.partition, transfer.to.clone());
-    assert!(machine
-        .outgoing(&machine.membership.current())
-        .contains(&key));
-    machine.on_tick(Now::at(later), &mut out);
-    let active = machine.active.as_ref().expect("the next transfer");
-    assert_ne!((active.partition, active.to.clone()), key);
-    // A new commit forgets what was sent under the old one.
-    let mut next = (*machine.membership.current()).clone();
-    for t in next.pending_transfers(3) {
-        if let Some(from) = &t.from {
-            next.mark_transferred(from, t.partition, &t.to);
-        }
-    }
-    next.stage_join(&me, Member::loopback("n5", 5))
-        .expect("join n5");
-    next.commit(&me, 3).expect("commit");
-    machine.membership.set(next);
-    machine.on_tick(Now::at(later), &mut out);
-    assert!(machine.sent.is_empty());
 }
 
 /// Goal: segments written during the stream are streamed again (and only they), from the
@@ -336,4 +313,63 @@ fn segments_written_during_the_stream_are_sent_again() {
             .any(|e| matches!(e, Event::Gossip(GossipEvent::Transferred { .. }))),
         "{events:?}"
     );
+}
+
+/// Goal: a finished transfer is not started again while its done mark travels to this node's
+/// view (gossip records it after this stage reports it): the next transfer starts instead,
+/// and what was finished under one commit is forgotten at the next.
+#[test]
+fn a_finished_transfer_is_not_started_again_while_its_done_mark_travels() {
+    let (m, transfer) = joined();
+    let me = transfer.from.clone().expect("a source");
+    let segments = TreeShape::for_partitions(64).segments();
+    let mut machine = machine(&me, m);
+    let t = Instant::now();
+    let mut out = Outbox::new();
+    // Snapshot, one batch (acknowledged), settle (zero), compare: done.
+    machine.on_tick(Now::at(t), &mut out);
+    let (op, _) = storage_request(&effects(&mut out));
+    machine.on_event(Now::at(t), storage_done(op, tree(segments)), &mut out);
+    let (op, _) = storage_request(&effects(&mut out));
+    machine.on_event(
+        Now::at(t),
+        storage_done(op, batch_of(&["a"], 5, None)),
+        &mut out,
+    );
+    let (op, peer, _) = peer_send(&effects(&mut out));
+    let ack = TransferEvent::Peer(PeerDone {
+        op,
+        peer,
+        result: Ok(Message::TransferAck(TransferAck { merged: 1 })),
+    });
+    machine.on_event(Now::at(t), ack, &mut out);
+    machine.on_tick(Now::at(t), &mut out);
+    let (op, _) = storage_request(&effects(&mut out));
+    machine.on_event(Now::at(t), storage_done(op, tree(segments)), &mut out);
+    let reported = effects(&mut out).iter().any(|e| {
+        matches!(e, Event::Gossip(GossipEvent::Transferred { partition, to })
+            if *partition == transfer.partition && *to == transfer.to)
+    });
+    assert!(reported);
+    // The view still has it pending: the next transfer starts, not this one again.
+    let key = (transfer.partition, transfer.to.clone());
+    assert!(machine
+        .outgoing(&machine.membership.current())
+        .contains(&key));
+    machine.on_tick(Now::at(t), &mut out);
+    let active = machine.active.as_ref().expect("the next transfer");
+    assert_ne!((active.partition, active.to.clone()), key);
+    // A new commit forgets what was sent under the old one.
+    let mut next = (*machine.membership.current()).clone();
+    for t in next.pending_transfers(3) {
+        if let Some(from) = &t.from {
+            next.mark_transferred(from, t.partition, &t.to);
+        }
+    }
+    next.stage_join(&me, Member::loopback("n5", 5))
+        .expect("join n5");
+    next.commit(&me, 3).expect("commit");
+    machine.membership.set(next);
+    machine.on_tick(Now::at(t), &mut out);
+    assert!(machine.sent.is_empty());
 }
