@@ -13,6 +13,33 @@ fn three() -> Membership {
     .expect("valid")
 }
 
+fn four() -> Membership {
+    Membership::new(
+        1,
+        64,
+        (1..=4)
+            .map(|i| Member::loopback(&format!("n{i}"), i))
+            .collect(),
+    )
+    .expect("valid")
+}
+
+/// Two nodes, Q = 8, N = 3 (smaller than N), and n3's join committed: with no leaver, each
+/// partition is copied from its first old replica.
+fn two_grown_to_three() -> (Membership, Plan) {
+    let mut small = Membership::new(
+        1,
+        8,
+        vec![Member::loopback("n1", 1), Member::loopback("n2", 2)],
+    )
+    .expect("valid");
+    small
+        .stage_join(&id("n1"), Member::loopback("n3", 3))
+        .expect("join");
+    let plan = small.commit(&id("n1"), 3).expect("commit");
+    (small, plan)
+}
+
 /// Stages n4's join through n1 and commits it (n = 3): the plan the next tests inspect.
 fn join_n4_and_commit(m: &mut Membership) -> Plan {
     m.stage_join(&id("n1"), Member::loopback("n4", 4))
@@ -135,17 +162,7 @@ fn a_committed_join_moves_reads_only_after_the_transfer() {
 /// Goal: a removed node is never a transfer's source, and it cannot rejoin under its id.
 #[test]
 fn a_removed_node_is_never_copied_from_and_cannot_rejoin() {
-    let mut m = Membership::new(
-        1,
-        64,
-        vec![
-            Member::loopback("n1", 1),
-            Member::loopback("n2", 2),
-            Member::loopback("n3", 3),
-            Member::loopback("n4", 4),
-        ],
-    )
-    .expect("valid");
+    let mut m = four();
     m.stage_departure(&id("n1"), &id("n4"), MemberState::Removed)
         .expect("remove");
     let plan = m.commit(&id("n1"), 3).expect("commit");
@@ -249,16 +266,7 @@ fn leavers_of_a_partition_are_its_sources() {
         let from = t.from.clone().expect("a source");
         assert!(before.contains(&from) && !after.contains(&from), "{t:?}");
     }
-    let mut small = Membership::new(
-        1,
-        8,
-        vec![Member::loopback("n1", 1), Member::loopback("n2", 2)],
-    )
-    .expect("valid");
-    small
-        .stage_join(&id("n1"), Member::loopback("n3", 3))
-        .expect("join");
-    let plan = small.commit(&id("n1"), 3).expect("commit");
+    let (_, plan) = two_grown_to_three();
     assert_eq!(plan.transfers.len(), 8, "n3 gains every partition");
     assert!(plan.transfers.iter().all(|t| t.from.is_some()));
 }
@@ -269,17 +277,7 @@ fn leavers_of_a_partition_are_its_sources() {
 /// copies were done is still replaced as a source by a live old replica.
 #[test]
 fn removing_a_member_that_has_left_restarts_none_of_its_copies() {
-    let mut m = Membership::new(
-        1,
-        64,
-        vec![
-            Member::loopback("n1", 1),
-            Member::loopback("n2", 2),
-            Member::loopback("n3", 3),
-            Member::loopback("n4", 4),
-        ],
-    )
-    .expect("valid");
+    let mut m = four();
     m.stage_departure(&id("n1"), &id("n2"), MemberState::Leaving)
         .expect("leave");
     let plan = m.commit(&id("n1"), 3).expect("commit");
@@ -359,16 +357,7 @@ fn copies_a_removed_node_finished_stay_done_and_the_rest_come_from_a_live_replic
         "some partitions had n3 among their replicas"
     );
 
-    let mut small = Membership::new(
-        1,
-        8,
-        vec![Member::loopback("n1", 1), Member::loopback("n2", 2)],
-    )
-    .expect("valid");
-    small
-        .stage_join(&id("n1"), Member::loopback("n3", 3))
-        .expect("join");
-    let plan = small.commit(&id("n1"), 3).expect("commit");
+    let (mut small, plan) = two_grown_to_three();
     for t in &plan.transfers {
         let from = t.from.clone().expect("a source");
         assert!(small.mark_transferred(&from, t.partition, &t.to));

@@ -99,6 +99,42 @@ fn storage_done(op: OpId, outcome: StorageOutcome) -> TransferEvent {
     })
 }
 
+/// A machine on the sender of `joined`'s first transfer, with the transfer, the tree's
+/// segment count, the time and an outbox; its first tick asks for the tree snapshot.
+fn fresh() -> (
+    TransferMachine,
+    crate::membership::Transfer,
+    usize,
+    Instant,
+    Outbox,
+) {
+    let (m, transfer) = joined();
+    let me = transfer.from.clone().expect("a source");
+    let segments = TreeShape::for_partitions(64).segments();
+    (
+        machine(&me, m),
+        transfer,
+        segments,
+        Instant::now(),
+        Outbox::new(),
+    )
+}
+
+/// `fresh`, its tree snapshot taken: it waits for the first batch read.
+fn snapshot_taken() -> (
+    TransferMachine,
+    crate::membership::Transfer,
+    usize,
+    Instant,
+    Outbox,
+) {
+    let (mut machine, transfer, segments, t, mut out) = fresh();
+    machine.on_tick(Now::at(t), &mut out);
+    let (op, _) = storage_request(&effects(&mut out));
+    machine.on_event(Now::at(t), storage_done(op, tree(segments)), &mut out);
+    (machine, transfer, segments, t, out)
+}
+
 fn tree(segments: usize) -> StorageOutcome {
     StorageOutcome::Tree(crate::event::TreeView {
         ready: true,
@@ -168,12 +204,7 @@ fn a_dead_receiver_does_not_starve_the_other_transfers() {
 /// the tree meanwhile, the gossip stage is told the partition is handed over.
 #[test]
 fn a_failed_batch_resumes_after_the_last_acknowledged_key() {
-    let (m, transfer) = joined();
-    let me = transfer.from.clone().expect("a source");
-    let segments = TreeShape::for_partitions(64).segments();
-    let mut machine = machine(&me, m);
-    let t = Instant::now();
-    let mut out = Outbox::new();
+    let (mut machine, transfer, segments, t, mut out) = fresh();
     machine.on_tick(Now::at(t), &mut out);
     let events = effects(&mut out);
     let (op, request) = storage_request(&events);
@@ -271,15 +302,7 @@ fn a_failed_batch_resumes_after_the_last_acknowledged_key() {
 /// start of each segment, before the transfer counts as done.
 #[test]
 fn segments_written_during_the_stream_are_sent_again() {
-    let (m, transfer) = joined();
-    let me = transfer.from.clone().expect("a source");
-    let segments = TreeShape::for_partitions(64).segments();
-    let mut machine = machine(&me, m);
-    let t = Instant::now();
-    let mut out = Outbox::new();
-    machine.on_tick(Now::at(t), &mut out);
-    let (op, _) = storage_request(&effects(&mut out));
-    machine.on_event(Now::at(t), storage_done(op, tree(segments)), &mut out);
+    let (mut machine, _, segments, t, mut out) = snapshot_taken();
     let (op, _) = storage_request(&effects(&mut out));
     let empty = batch_of(&[], 0, None);
     machine.on_event(Now::at(t), storage_done(op, empty), &mut out);
@@ -320,29 +343,15 @@ fn segments_written_during_the_stream_are_sent_again() {
 /// and what was finished under one commit is forgotten at the next.
 #[test]
 fn a_finished_transfer_is_not_started_again_while_its_done_mark_travels() {
-    let (m, transfer) = joined();
+    let (mut machine, transfer, segments, t, mut out) = snapshot_taken();
     let me = transfer.from.clone().expect("a source");
-    let segments = TreeShape::for_partitions(64).segments();
-    let mut machine = machine(&me, m);
-    let t = Instant::now();
-    let mut out = Outbox::new();
-    // Snapshot, one batch (acknowledged), settle (zero), compare: done.
-    machine.on_tick(Now::at(t), &mut out);
-    let (op, _) = storage_request(&effects(&mut out));
-    machine.on_event(Now::at(t), storage_done(op, tree(segments)), &mut out);
+    // The partition is empty: the stream ends at once; settle (zero), compare: done.
     let (op, _) = storage_request(&effects(&mut out));
     machine.on_event(
         Now::at(t),
-        storage_done(op, batch_of(&["a"], 5, None)),
+        storage_done(op, batch_of(&[], 0, None)),
         &mut out,
     );
-    let (op, peer, _) = peer_send(&effects(&mut out));
-    let ack = TransferEvent::Peer(PeerDone {
-        op,
-        peer,
-        result: Ok(Message::TransferAck(TransferAck { merged: 1 })),
-    });
-    machine.on_event(Now::at(t), ack, &mut out);
     machine.on_tick(Now::at(t), &mut out);
     let (op, _) = storage_request(&effects(&mut out));
     machine.on_event(Now::at(t), storage_done(op, tree(segments)), &mut out);
