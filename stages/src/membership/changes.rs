@@ -166,7 +166,7 @@ impl Membership {
                 // Nothing else staged, yet partitions served from lists kept by the last
                 // commit still move back to their lists in the ring before it.
                 let serving = |partition| self.serving(partition, n);
-                plan.transfers = self.transfers_between(serving, &next, n);
+                plan.transfers = self.transfers_between(serving, &next, n, true);
             }
         }
         Ok((plan, next))
@@ -209,7 +209,7 @@ impl Membership {
         // From the replicas that serve each partition now: its list in `ring`, unless its
         // copies of the last commit still wait (see `undone_by_next_commit`).
         let serving = |partition| self.serving(partition, n);
-        plan.transfers = self.transfers_between(serving, &next, n);
+        plan.transfers = self.transfers_between(serving, &next, n, true);
         Ok((plan, next))
     }
 

@@ -310,7 +310,8 @@ fn removing_a_member_that_has_left_restarts_none_of_its_copies() {
 
 /// Goal: the rule behind the test above, where it is subtler. Two leavers of one partition
 /// both removed, one's copy done and the other's not: the missing copy comes from a live old
-/// replica (a write on the second leaver and that replica keeps a second copy). A cluster
+/// replica (a write on the second leaver and that replica keeps a second copy); the same with
+/// the other leaver still leaving, whose later removal restarts nothing. A cluster
 /// smaller than N that grew copies from its first live replica; that replica removed after
 /// its copies finished restarts none of them.
 #[test]
@@ -356,6 +357,59 @@ fn copies_a_removed_node_finished_stay_done_and_the_rest_come_from_a_live_replic
         !pending.is_empty(),
         "some partitions had n3 among their replicas"
     );
+
+    // One leaver removed before its copy, the other still leaving: the missing copy comes
+    // from an old replica that stays, not only from the other leaver. Once all are done and
+    // the second leaver (now left) is removed too, nothing starts again.
+    let five: Vec<Member> = (1..=5)
+        .map(|i| Member::loopback(&format!("n{i}"), i as u16))
+        .collect();
+    let mut m = Membership::new(1, 64, five).expect("valid");
+    for leaver in ["n2", "n3"] {
+        m.stage_departure(&id("n1"), &id(leaver), MemberState::Leaving)
+            .expect("leave");
+    }
+    let plan = m.commit(&id("n1"), 3).expect("commit");
+    assert_eq!(
+        plan.transfers,
+        m.pending_transfers(3),
+        "the plan is what pends"
+    );
+    let previous = m.assignment().previous.clone().expect("the old ring");
+    m.stage_departure(&id("n1"), &id("n3"), MemberState::Removed)
+        .expect("remove n3");
+    let pending = m.pending_transfers(3);
+    let mut both = 0;
+    for p in 0..64 {
+        let before = previous.preference_list(PartitionId(p), 3).primaries;
+        if !(before.contains(&id("n2")) && before.contains(&id("n3"))) {
+            continue;
+        }
+        both += 1;
+        let after = m.ring().preference_list(PartitionId(p), 3).primaries;
+        for to in after.iter().filter(|to| !before.contains(to)) {
+            let from = |t: &&Transfer| t.partition == p && &t.to == to;
+            let senders: Vec<&NodeId> = pending
+                .iter()
+                .filter(from)
+                .filter_map(|t| t.from.as_ref())
+                .collect();
+            assert!(senders.contains(&&id("n2")), "partition {p}: {senders:?}");
+            assert!(
+                senders.iter().any(|s| **s != id("n2") && **s != id("n3")),
+                "partition {p} to {to}: no copy from a replica that stays: {senders:?}"
+            );
+        }
+    }
+    assert!(both > 0, "some partitions had both leavers");
+    for t in &pending {
+        let from = t.from.clone().expect("a source");
+        assert!(m.mark_transferred(&from, t.partition, &t.to));
+    }
+    assert!(m.has_left(&id("n2"), 3));
+    m.stage_departure(&id("n1"), &id("n2"), MemberState::Removed)
+        .expect("remove n2");
+    assert_eq!(m.pending_transfers(3), Vec::new());
 
     let (mut small, plan) = two_grown_to_three();
     for t in &plan.transfers {

@@ -20,7 +20,7 @@ impl Membership {
         };
         // Each list is walked once: this runs for every client request.
         let moving = self
-            .partition_transfers(&old.primaries, &list.primaries, partition)
+            .partition_transfers(&old.primaries, &list.primaries, partition, false)
             .iter()
             .any(|t| !self.is_done(t));
         if !moving {
@@ -69,7 +69,7 @@ impl Membership {
             return Vec::new();
         }
         let old = |p: PartitionId| self.old_list(p, n).map(|l| l.primaries).unwrap_or_default();
-        self.transfers_between(old, self.ring(), n)
+        self.transfers_between(old, self.ring(), n, false)
             .into_iter()
             .filter(|t| !self.is_done(t))
             .collect()
@@ -109,18 +109,20 @@ impl Membership {
     }
 
     /// The copies that moving each partition from its replicas `old` gives to its list in
-    /// `new` needs, partition by partition.
+    /// `new` needs, partition by partition. `planning`: for the next commit, under which no
+    /// copy is done yet (the done marks are the last commit's); otherwise the last commit's.
     pub(super) fn transfers_between(
         &self,
         old: impl Fn(PartitionId) -> Vec<NodeId>,
         new: &Ring,
         n: usize,
+        planning: bool,
     ) -> Vec<Transfer> {
         (0..new.partition_count())
             .flat_map(|p| {
                 let partition = PartitionId(p);
                 let after = new.preference_list(partition, n).primaries;
-                self.partition_transfers(&old(partition), &after, partition)
+                self.partition_transfers(&old(partition), &after, partition, planning)
             })
             .collect()
     }
@@ -129,16 +131,20 @@ impl Membership {
     /// that leaves the list (so no write is lost when a leaver drops its copy: a write on W old
     /// replicas is then on W of the new ones). A copy no leaver can give (none leaves because a
     /// cluster smaller than N grew, or a leaver was removed as dead before its copy was done)
-    /// is given by the first old replica alive. What only a removed node held is gone;
-    /// anti-entropy reconciles the rest. A copy finished before its sender was removed stays
-    /// the copy (done): removing a node that has left must not start its copies over.
+    /// is given by a stand-in: an old replica whose copy is done, else the first alive one
+    /// not already sending. What only a removed node held is gone; anti-entropy reconciles the
+    /// rest. A copy finished before its sender was removed stays the copy (done): removing a
+    /// node that has left must not start its copies over. `planning`: see
+    /// `transfers_between`.
     fn partition_transfers(
         &self,
         before: &[NodeId],
         after: &[NodeId],
         partition: PartitionId,
+        planning: bool,
     ) -> Vec<Transfer> {
         let alive = |node: &&NodeId| self.state_of(node) != Some(MemberState::Removed);
+        let done = |t: &Transfer| !planning && self.is_done(t);
         let leaving: Vec<&NodeId> = before.iter().filter(|b| !after.contains(b)).collect();
         let mut transfers = Vec::new();
         for to in after.iter().filter(|to| !before.contains(to)) {
@@ -150,25 +156,32 @@ impl Membership {
             let (mut sources, lost): (Vec<Transfer>, Vec<Transfer>) = leaving
                 .iter()
                 .map(|leaver| copy(leaver))
-                .partition(|t| t.from.as_ref().is_some_and(|f| alive(&f)) || self.is_done(t));
+                .partition(|t| t.from.as_ref().is_some_and(|f| alive(&f)) || done(t));
             if leaving.is_empty() || !lost.is_empty() {
-                // The stand-in: a copy from another old replica already done under this
-                // commit (its sender may since have been removed), else from the first alive.
-                let done = before
+                // Done first: once a stand-in finished, its removal must not move the copy to
+                // the next replica. A leaver that still sends is no stand-in (it already is a
+                // source): the next alive old replica is, so a write on the removed leaver and
+                // that replica keeps its second copy.
+                let stand_in = before
                     .iter()
                     .map(copy)
-                    .find(|t| self.is_done(t) && !sources.contains(t));
-                let first_alive = || match before.iter().find(alive) {
-                    Some(node) => copy(node),
-                    None => Transfer {
+                    .find(|t| done(t) && !sources.contains(t))
+                    .or_else(|| {
+                        before
+                            .iter()
+                            .filter(alive)
+                            .map(copy)
+                            .find(|t| !sources.contains(t))
+                    });
+                match stand_in {
+                    Some(t) => sources.push(t),
+                    // No old replica alive: nothing can be copied (done at once).
+                    None if sources.is_empty() => sources.push(Transfer {
                         partition: partition.0,
                         from: None,
                         to: to.clone(),
-                    },
-                };
-                let stand_in = done.unwrap_or_else(first_alive);
-                if !sources.contains(&stand_in) {
-                    sources.push(stand_in);
+                    }),
+                    None => {} // every alive old replica sends already
                 }
             }
             transfers.extend(sources);
