@@ -144,9 +144,14 @@ impl ClusterClient {
                     self.mark_down(&node);
                     last_error = error;
                 }
-                Err(error @ ClientError::Refused(_)) => {
-                    // The node closed this connection after refusing the frame; it is up.
-                    // The next request reconnects; another node would refuse it the same.
+                Err(
+                    error @ (ClientError::Refused(_)
+                    | ClientError::Wire(_)
+                    | ClientError::UnexpectedReply(_)),
+                ) => {
+                    // The node closed this connection after refusing the frame, or the
+                    // stream is out of step: the connection is unusable, the node is up. The
+                    // next request reconnects; another node would answer this one the same.
                     self.connections.remove(&node);
                     return Err(error);
                 }

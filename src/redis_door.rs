@@ -251,8 +251,8 @@ impl Door {
             .ok_or_else(|| error("ERR no connection to the node"))
     }
 
-    /// Runs `request` on the node; a broken connection (or one the node closed after
-    /// refusing a frame) is dropped so the next command reconnects.
+    /// Runs `request` on the node; a broken connection (one the node closed after refusing
+    /// a frame, or a stream out of step) is dropped so the next command reconnects.
     fn call<T>(
         &mut self,
         request: impl FnOnce(&mut Client) -> Result<T, ClientError>,
@@ -262,7 +262,9 @@ impl Door {
             ClientError::Io(_)
             | ClientError::Closed
             | ClientError::Refused(_)
-            | ClientError::Frame { .. },
+            | ClientError::Frame { .. }
+            | ClientError::Wire(_)
+            | ClientError::UnexpectedReply(_),
         ) = &result
         {
             self.client = None;

@@ -26,8 +26,8 @@ fn assert_still_serving(node: &TestNode) {
 }
 
 /// Goal: a frame over the node's frame limit is refused with the node's reason (a refusal,
-/// not a mismatched reply), and the partition-aware client neither marks the node down nor
-/// keeps the connection the node closed: its next request goes through.
+/// not a mismatched reply), and the partition-aware client does not reuse the connection the
+/// node closed: its next request goes through.
 #[test]
 fn a_frame_over_the_limit_is_refused_and_the_cluster_client_goes_on() {
     let node = TestNode::start("[limits]\nmax_value_bytes = 1000\nmax_frame_bytes = 100000\n");
