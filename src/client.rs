@@ -54,6 +54,15 @@ pub enum ClientError {
     Usage(String),
 }
 
+impl ClientError {
+    /// Whether the connection the error came from can carry no more requests: anything but
+    /// the node's typed answer to the request, or a usage error found before sending. (The
+    /// node closes after a refused frame, and a stream out of step stays out of step.)
+    pub fn breaks_connection(&self) -> bool {
+        !matches!(self, ClientError::Service(_) | ClientError::Usage(_))
+    }
+}
+
 /// An opaque context from a get or put, to pass to the next put or delete of the key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Context(pub Vec<u8>);

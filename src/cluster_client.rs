@@ -144,14 +144,10 @@ impl ClusterClient {
                     self.mark_down(&node);
                     last_error = error;
                 }
-                Err(
-                    error @ (ClientError::Refused(_)
-                    | ClientError::Wire(_)
-                    | ClientError::UnexpectedReply(_)),
-                ) => {
-                    // The node closed this connection after refusing the frame, or the
-                    // stream is out of step: the connection is unusable, the node is up. The
-                    // next request reconnects; another node would answer this one the same.
+                Err(error) if error.breaks_connection() => {
+                    // The node answered (a refused frame, a stream out of step): it is up,
+                    // the connection is unusable. The next request reconnects; another node
+                    // would answer this one the same.
                     self.connections.remove(&node);
                     return Err(error);
                 }

@@ -81,12 +81,15 @@ pub fn depart(
         commit: false,
     };
     let mut client = crate::cli::connect(&args.target)?;
-    // Before the change: whether the node had left (the plan, which lists ring changes only,
-    // shows nothing for it).
-    let (membership, n) = client.ring_and_replicas()?;
-    let had_left = membership.has_left(&node, n);
+    // Before a removal: whether the node had left (the plan, which lists ring changes only,
+    // shows nothing for it). Asked only when it will be said.
+    let had_left = remove
+        && !args.json
+        && client
+            .ring_and_replicas()
+            .map(|(membership, n)| membership.has_left(&node, n))?;
     let reply = client.plan(request)?;
-    if remove && had_left && !args.json {
+    if had_left {
         writeln!(
             out,
             "{node} had left: marked removed now (the others forget it; its address is free); \

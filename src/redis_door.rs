@@ -258,15 +258,7 @@ impl Door {
         request: impl FnOnce(&mut Client) -> Result<T, ClientError>,
     ) -> Result<T, OwnedFrame> {
         let result = request(self.client()?);
-        if let Err(
-            ClientError::Io(_)
-            | ClientError::Closed
-            | ClientError::Refused(_)
-            | ClientError::Frame { .. }
-            | ClientError::Wire(_)
-            | ClientError::UnexpectedReply(_),
-        ) = &result
-        {
+        if result.as_ref().is_err_and(ClientError::breaks_connection) {
             self.client = None;
         }
         result.map_err(node_error)

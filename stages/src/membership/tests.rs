@@ -15,11 +15,12 @@ fn three() -> Membership {
     .expect("valid")
 }
 
-fn four() -> Membership {
+/// n1..n`count` on loopback, Q = 64.
+fn members(count: u16) -> Membership {
     Membership::new(
         1,
         64,
-        (1..=4)
+        (1..=count)
             .map(|i| Member::loopback(&format!("n{i}"), i))
             .collect(),
     )
@@ -164,7 +165,7 @@ fn a_committed_join_moves_reads_only_after_the_transfer() {
 /// Goal: a removed node is never a transfer's source, and it cannot rejoin under its id.
 #[test]
 fn a_removed_node_is_never_copied_from_and_cannot_rejoin() {
-    let mut m = four();
+    let mut m = members(4);
     m.stage_departure(&id("n1"), &id("n4"), MemberState::Removed)
         .expect("remove");
     let plan = m.commit(&id("n1"), 3).expect("commit");

@@ -148,39 +148,42 @@ impl Membership {
         let leaving: Vec<&NodeId> = before.iter().filter(|b| !after.contains(b)).collect();
         let mut transfers = Vec::new();
         for to in after.iter().filter(|to| !before.contains(to)) {
-            let copy = |from: &NodeId| Transfer {
+            let copy = |from: Option<&NodeId>| Transfer {
                 partition: partition.0,
-                from: Some(from.clone()),
+                from: from.cloned(),
                 to: to.clone(),
             };
-            let (mut sources, lost): (Vec<Transfer>, Vec<Transfer>) = leaving
-                .iter()
-                .map(|leaver| copy(leaver))
-                .partition(|t| t.from.as_ref().is_some_and(|f| alive(&f)) || done(t));
-            if leaving.is_empty() || !lost.is_empty() {
+            let mut sources = Vec::new();
+            // A copy no leaver gives: none leaves, or one was removed before its copy was done.
+            let mut lost = leaving.is_empty();
+            for leaver in &leaving {
+                let t = copy(Some(leaver));
+                if alive(leaver) || done(&t) {
+                    sources.push(t);
+                } else {
+                    lost = true;
+                }
+            }
+            if lost {
                 // Done first: once a stand-in finished, its removal must not move the copy to
                 // the next replica. A leaver that still sends is no stand-in (it already is a
                 // source): the next alive old replica is, so a write on the removed leaver and
                 // that replica keeps its second copy.
                 let stand_in = before
                     .iter()
-                    .map(copy)
+                    .map(|node| copy(Some(node)))
                     .find(|t| done(t) && !sources.contains(t))
                     .or_else(|| {
                         before
                             .iter()
                             .filter(alive)
-                            .map(copy)
+                            .map(|node| copy(Some(node)))
                             .find(|t| !sources.contains(t))
                     });
                 match stand_in {
                     Some(t) => sources.push(t),
                     // No old replica alive: nothing can be copied (done at once).
-                    None if sources.is_empty() => sources.push(Transfer {
-                        partition: partition.0,
-                        from: None,
-                        to: to.clone(),
-                    }),
+                    None if sources.is_empty() => sources.push(copy(None)),
                     None => {} // every alive old replica sends already
                 }
             }

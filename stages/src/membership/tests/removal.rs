@@ -10,7 +10,7 @@ use super::*;
 /// copies were done is still replaced as a source by a live old replica.
 #[test]
 fn removing_a_member_that_has_left_restarts_none_of_its_copies() {
-    let mut m = four();
+    let mut m = members(4);
     m.stage_departure(&id("n1"), &id("n2"), MemberState::Leaving)
         .expect("leave");
     let plan = m.commit(&id("n1"), 3).expect("commit");
@@ -41,6 +41,17 @@ fn removing_a_member_that_has_left_restarts_none_of_its_copies() {
     m.commit(&id("n1"), 3).expect("the next commit passes");
 }
 
+/// Five members, the leaves of n2 and n3 committed (N = 3): the plan.
+fn n2_and_n3_leave_five() -> (Membership, Plan) {
+    let mut m = members(5);
+    for leaver in ["n2", "n3"] {
+        m.stage_departure(&id("n1"), &id(leaver), MemberState::Leaving)
+            .expect("leave");
+    }
+    let plan = m.commit(&id("n1"), 3).expect("commit");
+    (m, plan)
+}
+
 /// Goal: the rule behind the test above, where it is subtler. Two leavers of one partition
 /// both removed, one's copy done and the other's not: the missing copy comes from a live old
 /// replica (a write on the second leaver and that replica keeps a second copy); the same with
@@ -49,15 +60,7 @@ fn removing_a_member_that_has_left_restarts_none_of_its_copies() {
 /// its copies finished restarts none of them.
 #[test]
 fn copies_a_removed_node_finished_stay_done_and_the_rest_come_from_a_live_replica() {
-    let five: Vec<Member> = (1..=5)
-        .map(|i| Member::loopback(&format!("n{i}"), i as u16))
-        .collect();
-    let mut m = Membership::new(1, 64, five).expect("valid");
-    for leaver in ["n2", "n3"] {
-        m.stage_departure(&id("n1"), &id(leaver), MemberState::Leaving)
-            .expect("leave");
-    }
-    let plan = m.commit(&id("n1"), 3).expect("commit");
+    let (mut m, plan) = n2_and_n3_leave_five();
     let previous = m.assignment().previous.clone().expect("the old ring");
     for t in plan.transfers.iter().filter(|t| t.from == Some(id("n2"))) {
         assert!(m.mark_transferred(&id("n2"), t.partition, &t.to));
@@ -94,15 +97,7 @@ fn copies_a_removed_node_finished_stay_done_and_the_rest_come_from_a_live_replic
     // One leaver removed before its copy, the other still leaving: the missing copy comes
     // from an old replica that stays, not only from the other leaver. Once all are done and
     // the second leaver (now left) is removed too, nothing starts again.
-    let five: Vec<Member> = (1..=5)
-        .map(|i| Member::loopback(&format!("n{i}"), i as u16))
-        .collect();
-    let mut m = Membership::new(1, 64, five).expect("valid");
-    for leaver in ["n2", "n3"] {
-        m.stage_departure(&id("n1"), &id(leaver), MemberState::Leaving)
-            .expect("leave");
-    }
-    let plan = m.commit(&id("n1"), 3).expect("commit");
+    let (mut m, plan) = n2_and_n3_leave_five();
     assert_eq!(
         plan.transfers,
         m.pending_transfers(3),
