@@ -206,9 +206,20 @@ impl Client {
         let id = self.next_request_id;
         self.next_request_id += 1;
         let frame = request.encode(id)?;
-        self.stream
-            .write_all(&frame)
-            .map_err(|e| self.io_error(e))?;
+        if let Err(error) = self.stream.write_all(&frame) {
+            // A node that refuses a frame answers, then closes; if it dropped the stream
+            // while this was still sending (past its lingering close), the send fails with a
+            // reset, but the answer saying why may already be here to read.
+            if matches!(
+                error.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ) {
+                if let Ok((0, Message::Error(refusal))) = self.receive() {
+                    return Err(ClientError::Refused(refusal));
+                }
+            }
+            return Err(self.io_error(error));
+        }
         Ok(id)
     }
 

@@ -50,6 +50,32 @@ fn a_frame_over_the_limit_is_refused_and_the_cluster_client_goes_on() {
         .expect("the next request goes through");
 }
 
+/// Goal: a frame far over the limit, still being sent when the node refuses it, reaches the
+/// client as the node's refusal, not as a reset connection: the node reads and discards
+/// the rest of the frame before it closes (closing with input unread resets the stream,
+/// which fails the client's send before it ever reads the answer), and a client whose send
+/// is reset anyway reads the answer that came before the reset.
+#[test]
+fn a_frame_still_being_sent_when_refused_gets_the_refusal_not_a_reset() {
+    let node = TestNode::start("[limits]\nmax_value_bytes = 1000\nmax_frame_bytes = 100000\n");
+    // 8 MB the node discards; 150 MB it stops discarding (past 64 MiB) and resets, and the
+    // client still reads the answer that came before.
+    for size in [8_000_000, 8_000_000, 150_000_000] {
+        let mut client = node.client();
+        let error = client
+            .put(b"huge", None, &vec![7u8; size], DEFAULT)
+            .expect_err("too large a frame");
+        assert!(
+            matches!(
+                error,
+                ClientError::Refused(ServiceError::FrameTooLarge { max: 100_000, .. })
+            ),
+            "{error}"
+        );
+    }
+    assert_still_serving(&node);
+}
+
 /// Goal: a value over the limit is refused with ValueTooLarge and nothing is stored.
 #[test]
 fn value_over_the_limit_is_refused_and_nothing_is_stored() {

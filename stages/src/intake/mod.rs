@@ -246,6 +246,7 @@ impl Intake {
             max_write_buffer_bytes: machine.settings().max_write_buffer_bytes,
             writer: None,
             reply_writer_from: 0,
+            lingering: BTreeMap::new(),
             logger: logger.clone(),
         };
         Intake {
@@ -314,6 +315,10 @@ impl Intake {
                     WAKER => {}
                     Token(conn) => {
                         let conn = ConnId(conn as u64);
+                        if self.sockets.lingering.contains_key(&conn) {
+                            self.sockets.drain_lingering(conn);
+                            continue;
+                        }
                         if event.is_read_closed() || event.is_error() {
                             if let Some(socket) = self.sockets.open.get_mut(&conn) {
                                 socket.read_closed = true;
@@ -332,6 +337,9 @@ impl Intake {
             let domain_done = Instant::now();
             self.deliver_outgoing();
             self.tick();
+            if !self.sockets.lingering.is_empty() {
+                self.sockets.expire_lingering(Instant::now());
+            }
             let ended = Instant::now();
             let split = TurnSplit {
                 sockets: sockets_done - started,
