@@ -1,8 +1,10 @@
 //! Micro benchmarks of the hot pure code: the frame codec, vector clocks / version sets, and
-//! ring lookups (MD5 of the key and the preference-list walk).
+//! ring lookups (MD5 of the key and the preference-list walk), and a coordinator's replicas
+//! of a key before and after a membership change.
 //! Run: `cargo bench --bench codec_vclock`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use shoal_stages::membership::{Member, Membership, MembershipView};
 use shoal_stages::ring::{NodeSpec, Ring};
 use shoal_stages::vclock::VClock;
 use shoal_stages::versioning::VersionSet;
@@ -11,6 +13,7 @@ use shoal_stages::wire::{
 };
 use shoal_stages::NodeId;
 use std::hint::black_box;
+use std::net::SocketAddr;
 
 fn put_message(value_bytes: usize) -> Message {
     let context = VClock::new()
@@ -142,5 +145,65 @@ fn ring(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, codec, vclock, ring);
+/// Four members on loopback, Q = 64.
+fn four_members() -> Membership {
+    let members = (1..=4u16)
+        .map(|i| Member {
+            id: NodeId::new(format!("n{i}")),
+            addr: SocketAddr::from(([127, 0, 0, 1], 7400 + i)),
+            weight: 1,
+            zone: None,
+        })
+        .collect();
+    Membership::new(1, 64, members).expect("membership")
+}
+
+/// What a coordinator asks for every request: the replicas of a key, on a membership that
+/// never changed and on one whose last commit (n5 joined) has finished all its copies (the
+/// ring it replaced is kept until the next commit), and through the view a coordinator reads.
+fn replicas(c: &mut Criterion) {
+    let mut group = c.benchmark_group("membership");
+    let fresh = four_members();
+    let mut settled = four_members();
+    let me = NodeId::new("n1");
+    let joiner = Member {
+        id: NodeId::new("n5"),
+        addr: SocketAddr::from(([127, 0, 0, 1], 7405)),
+        weight: 1,
+        zone: None,
+    };
+    settled.stage_join(&me, joiner).expect("join");
+    let plan = settled.commit(&me, 3).expect("commit");
+    for t in &plan.transfers {
+        if let Some(from) = &t.from {
+            settled.mark_transferred(from, t.partition, &t.to);
+        }
+    }
+    assert!(settled.pending_transfers(3).is_empty(), "every copy done");
+    let keys: Vec<Vec<u8>> = (0..1024)
+        .map(|i| format!("user{i:012}").into_bytes())
+        .collect();
+    for (name, membership) in [("never_changed", &fresh), ("after_a_join", &settled)] {
+        let mut i = 0;
+        group.bench_function(format!("replicas_for_key_{name}"), |b| {
+            b.iter(|| {
+                i = (i + 1) % keys.len();
+                membership.replicas_for_key(black_box(&keys[i]), 3)
+            })
+        });
+    }
+    // What the coordinator calls: the view remembers each partition's replicas until the
+    // next membership is installed.
+    let view = MembershipView::new(settled);
+    let mut i = 0;
+    group.bench_function("view_replicas_for_key_after_a_join", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            view.replicas_for_key(black_box(&keys[i]), 3)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, codec, vclock, ring, replicas);
 criterion_main!(benches);

@@ -343,7 +343,7 @@ impl Coordinator {
             out.reply(IntakeEvent::reply(origin, &Message::Error(error)));
             return;
         }
-        let replicas = self.membership.current().replicas_for_key(request.key(), n);
+        let replicas = self.membership.replicas_for_key(request.key(), n);
         let primaries = replicas.list.primaries.clone();
         let (targets, spares) = self.targets(replicas.list);
         let deadline = received_at + timeout.unwrap_or(self.settings.request_timeout);

@@ -389,7 +389,7 @@ impl Intake {
             }
             for conn in dead {
                 self.ready.remove(&conn);
-                self.sockets.close(conn);
+                self.sockets.close(conn, now.instant);
                 self.machine.on_closed(now, conn, &mut self.outbox);
             }
         }

@@ -350,7 +350,7 @@ impl Sockets {
 
     /// Closes and forgets a connection. One the node closed after writing everything, whose
     /// peer may still be sending, lingers instead (see [`LINGER`]).
-    pub fn close(&mut self, conn: ConnId) {
+    pub fn close(&mut self, conn: ConnId, now: Instant) {
         let Some(mut socket) = self.open.remove(&conn) else {
             return;
         };
@@ -362,7 +362,7 @@ impl Sockets {
             debug!(self.logger, "connection closed, lingering to discard its input"; "conn" => conn.0);
             let lingering = Lingering {
                 stream: socket.stream,
-                until: Instant::now() + LINGER,
+                until: now + LINGER,
                 discarded: 0,
             };
             self.lingering.insert(conn, lingering);

@@ -162,6 +162,40 @@ fn a_committed_join_moves_reads_only_after_the_transfer() {
     assert_eq!(m.commit(&id("n1"), 3), Err(MembershipError::NothingStaged));
 }
 
+/// Goal: the view a coordinator reads answers every key as the membership it holds does,
+/// and a membership installed later is answered afresh (the replicas it remembers per
+/// partition belong to one installed value): once the copies are done, reads move to n4.
+#[test]
+fn the_view_answers_as_its_membership_and_forgets_on_install() {
+    let mut m = three();
+    let plan = join_n4_and_commit(&mut m);
+    let view = MembershipView::new(m.clone());
+    let keys: Vec<Vec<u8>> = (0..500).map(|i| format!("k{i}").into_bytes()).collect();
+    for _ in 0..2 {
+        for key in &keys {
+            assert_eq!(view.replicas_for_key(key, 3), m.replicas_for_key(key, 3));
+        }
+    }
+    let moving = |v: &MembershipView| {
+        keys.iter()
+            .filter(|key| !v.replicas_for_key(key, 3).also_write.is_empty())
+            .count()
+    };
+    assert!(
+        moving(&view) > 0,
+        "n4's copies are pending: writes also reach it"
+    );
+    for t in &plan.transfers {
+        m.mark_transferred(t.from.as_ref().expect("a source"), t.partition, &t.to);
+    }
+    view.set(m.clone());
+    assert_eq!(moving(&view), 0, "every copy is done");
+    for key in &keys {
+        assert_eq!(view.replicas_for_key(key, 3), m.replicas_for_key(key, 3));
+        assert_eq!(view.replicas_for_key(key, 2), m.replicas_for_key(key, 2));
+    }
+}
+
 /// Goal: a removed node is never a transfer's source, and it cannot rejoin under its id.
 #[test]
 fn a_removed_node_is_never_copied_from_and_cannot_rejoin() {
