@@ -11,9 +11,10 @@
 //!   that coordinated already did what retrying elsewhere would do.
 
 use crate::client::{Client, ClientError, Context, GetResult, RequestOptions};
-use shoal_stages::membership::Membership;
+use shoal_stages::membership::{Membership, MembershipView};
 use shoal_stages::NodeId;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a node that failed is tried only after the others.
@@ -22,8 +23,9 @@ const DOWN_FOR: Duration = Duration::from_secs(2);
 /// A client for a whole cluster.
 pub struct ClusterClient {
     seeds: Vec<String>,
-    /// Boxed: two rings while partitions move make it large, and clients are moved around.
-    membership: Box<Membership>,
+    /// The ring routed by, with each partition's replicas remembered until a refresh (a
+    /// request's preference list is then a lookup, not a ring walk).
+    membership: MembershipView,
     n: usize,
     timeout: Duration,
     connections: HashMap<NodeId, Client>,
@@ -51,7 +53,7 @@ impl ClusterClient {
         let (membership, reported) = fetch_ring(seeds, timeout)?;
         Ok(ClusterClient {
             seeds: seeds.to_vec(),
-            membership: Box::new(membership),
+            membership: MembershipView::new(membership),
             n: n.unwrap_or(reported).max(1),
             timeout,
             connections: HashMap::new(),
@@ -65,8 +67,8 @@ impl ClusterClient {
     }
 
     /// The membership the client routes by.
-    pub fn membership(&self) -> &Membership {
-        &self.membership
+    pub fn membership(&self) -> Arc<Membership> {
+        self.membership.current()
     }
 
     /// `get(key)` through a preference-list node.
@@ -103,7 +105,8 @@ impl ClusterClient {
     /// load run's clock should not include the dialling). A member that cannot be reached is
     /// marked down, as a failed request would.
     pub fn dial_all(&mut self) {
-        let members: Vec<NodeId> = self.membership.members().map(|m| m.id.clone()).collect();
+        let membership = self.membership.current();
+        let members: Vec<NodeId> = membership.members().map(|m| m.id.clone()).collect();
         for node in members {
             let _ = self.connection(&node);
         }
@@ -159,7 +162,7 @@ impl ClusterClient {
 
     fn connection(&mut self, node: &NodeId) -> Option<&mut Client> {
         if !self.connections.contains_key(node) {
-            let addr = self.membership.addr_of(node)?;
+            let addr = self.membership.current().addr_of(node)?;
             match Client::connect(&addr.to_string(), self.timeout) {
                 Ok(client) => {
                     self.connections.insert(node.clone(), client);
@@ -180,15 +183,13 @@ impl ClusterClient {
     }
 
     fn refresh_if_newer(&mut self, version: u64) {
-        if version > self.membership.version {
-            let mut sources: Vec<String> = self
-                .membership
-                .members()
-                .map(|m| m.addr.to_string())
-                .collect();
+        let membership = self.membership.current();
+        if version > membership.version {
+            let mut sources: Vec<String> =
+                membership.members().map(|m| m.addr.to_string()).collect();
             sources.extend(self.seeds.iter().cloned());
             if let Ok((membership, _)) = fetch_ring(&sources, self.timeout) {
-                *self.membership = membership;
+                self.membership.set(membership);
             }
         }
     }
