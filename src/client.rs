@@ -131,6 +131,9 @@ pub struct Client {
     node: String,
     /// How long a reply may take.
     timeout: Duration,
+    /// [`Client::finish_sending`] shut the sending side: a failed send is this side's doing,
+    /// not the node's.
+    sending_finished: bool,
 }
 
 impl Client {
@@ -159,6 +162,7 @@ impl Client {
             buffer: vec![0; 64 * 1024],
             node: addr.to_string(),
             timeout,
+            sending_finished: false,
         };
         // The CLI, the load tool and the cluster client all connect here: one variable gives
         // them the node's `[security] client_token`.
@@ -209,11 +213,13 @@ impl Client {
         if let Err(error) = self.stream.write_all(&frame) {
             // A node that refuses a frame answers, then closes; if it dropped the stream
             // while this was still sending (past its lingering close), the send fails with a
-            // reset, but the answer saying why may already be here to read.
-            if matches!(
+            // reset or a broken pipe, but the answer saying why may already be here to read
+            // (the reset empties the sending queue, not the receiving one).
+            let reset = matches!(
                 error.kind(),
                 io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-            ) {
+            );
+            if reset && !self.sending_finished {
                 if let Ok((0, Message::Error(refusal))) = self.receive() {
                     return Err(ClientError::Refused(refusal));
                 }
@@ -239,6 +245,7 @@ impl Client {
     /// Shuts the sending side of the connection (after the last request): the node still
     /// answers every request sent before, then closes.
     pub fn finish_sending(&mut self) -> Result<(), ClientError> {
+        self.sending_finished = true;
         self.stream
             .shutdown(std::net::Shutdown::Write)
             .map_err(|e| self.io_error(e))

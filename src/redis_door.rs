@@ -22,14 +22,15 @@ use crate::client::{Client, ClientError, RequestOptions};
 use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::encode::encode;
 use redis_protocol::resp2::types::{OwnedFrame, Resp2Frame};
+use shoal_stages::intake::{LINGER_MAX_BYTES, LINGER_TIMEOUT};
 use shoal_stages::wire::same_secret;
 use slog::{debug, warn, Logger};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often the accepting thread looks at its stop flag while nobody connects.
 const ACCEPT_POLL: Duration = Duration::from_millis(50);
@@ -129,14 +130,42 @@ fn accept(listener: &TcpListener, settings: &DoorSettings, stop: &AtomicBool, lo
         let spawned = std::thread::Builder::new()
             .name("redis-conn".into())
             .spawn(move || {
-                if let Err(e) = serve(stream, door) {
+                let ended = serve(&mut stream, door);
+                if let Err(e) = &ended {
                     debug!(conn_logger, "redis connection ended"; "peer" => %peer, "reason" => %e);
+                }
+                if let Err(ConnectionEnd::Protocol(_)) = ended {
+                    linger(&mut stream);
                 }
                 conn_open.fetch_sub(1, Ordering::Relaxed);
             });
         if let Err(e) = spawned {
             open.fetch_sub(1, Ordering::Relaxed);
             warn!(logger, "redis door: cannot start a connection thread"; "error" => %e);
+        }
+    }
+}
+
+/// The intake's lingering close (`stages/src/intake/linger.rs`) on the door's blocking
+/// socket, after a protocol error was answered: shut for writing, then read and throw away
+/// what the client still sends (a command over the limit, say) until it closes, for at most
+/// `LINGER_TIMEOUT` or `LINGER_MAX_BYTES`. Dropping the socket with that input unread would
+/// reset the stream, and the reset fails the client's send before it reads the error.
+fn linger(stream: &mut TcpStream) {
+    if stream.shutdown(Shutdown::Write).is_err() {
+        return;
+    }
+    let until = Instant::now() + LINGER_TIMEOUT;
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut discarded = 0;
+    while discarded <= LINGER_MAX_BYTES {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => discarded += n,
         }
     }
 }
@@ -153,7 +182,7 @@ enum ConnectionEnd {
 }
 
 /// One Redis connection: commands in, replies out, in order.
-fn serve(mut stream: TcpStream, mut door: Door) -> Result<(), ConnectionEnd> {
+fn serve(stream: &mut TcpStream, mut door: Door) -> Result<(), ConnectionEnd> {
     stream.set_nodelay(true)?;
     let mut buffer: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];

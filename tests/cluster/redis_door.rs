@@ -2,7 +2,10 @@
 //! redis-tools, which `tools/test-deps.sh` and CI install) against a real node.
 
 use super::support::TestNode;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::process::Command;
+use std::time::Duration;
 
 /// `redis-cli -p PORT ARGS…`: its stdout, trimmed.
 fn redis_cli(port: u16, args: &[&str]) -> String {
@@ -83,5 +86,40 @@ fn redis_cli_and_redis_benchmark_work_against_the_door() {
         redis_cli(port, &["get", "k"]),
         "v2",
         "the node still serves"
+    );
+}
+
+/// Goal: a command over the door's limit, still being sent when the door refuses it, gets
+/// the door's protocol error and then a clean end of stream, not a reset that fails the
+/// client's send before it reads the error (the door reads and throws away the rest before
+/// closing, as the node's own intake does). Method: 8 MB of one bulk string over a raw
+/// socket, no Redis client needed.
+#[test]
+fn a_command_over_the_limit_gets_the_error_not_a_reset() {
+    let node = TestNode::start("[redis]\nlisten = \"127.0.0.1:0\"\n");
+    let addr = node
+        .node
+        .as_ref()
+        .and_then(|n| n.redis_addr())
+        .expect("the door listens");
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let value = vec![b'x'; 8_000_000];
+    let mut command = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", value.len()).into_bytes();
+    command.extend_from_slice(&value);
+    command.extend_from_slice(b"\r\n");
+    stream
+        .write_all(&command)
+        .expect("the door reads the whole command");
+    let mut reply = Vec::new();
+    stream
+        .read_to_end(&mut reply)
+        .expect("the error, then a clean end of stream");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.starts_with("-ERR Protocol error: a command over"),
+        "{reply}"
     );
 }

@@ -8,11 +8,13 @@
 //! answered `Overloaded` on the spot. Other stages send frames through the intake's own queue
 //! and wake the loop with a `mio::Waker`.
 //!
-//! Bounds: at most `max_connections` sockets; per connection, at most one maximal frame plus one
+//! Bounds: at most `max_connections` sockets, and `linger::MAX_LINGERING_SOCKETS` closed ones
+//! still read so they end without a reset (`linger.rs`); per connection, at most one maximal frame plus one
 //! read of input buffered and at most `max_write_buffer_bytes` of unsent output (a client that
 //! never reads is disconnected rather than allowed to grow the buffer).
 
 mod handshake;
+mod linger;
 mod machine;
 mod peers;
 mod sockets;
@@ -29,6 +31,8 @@ use crate::seda::{
 };
 use crate::wire::{StatsReply, ThrottleReply};
 use crate::NodeId;
+use linger::Linger;
+pub use linger::{LINGER_MAX_BYTES, LINGER_TIMEOUT};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slog::{debug, info, warn, Logger};
@@ -53,7 +57,7 @@ const EVENTS_PER_POLL: usize = 1024;
 /// Reads from one connection per turn of the loop. A client that sends faster than the loop
 /// drains would otherwise never yield `WouldBlock` and starve every other socket and the
 /// outgoing queue; past this it waits for the next turn.
-const READS_PER_TURN: usize = 16;
+pub(super) const READS_PER_TURN: usize = 16;
 /// Passes over the domain's stages per loop turn.
 const DOMAIN_PASSES_PER_TURN: usize = 16;
 /// A loop turn this long is warned of: every client of the node waited that long, whatever
@@ -246,7 +250,7 @@ impl Intake {
             max_write_buffer_bytes: machine.settings().max_write_buffer_bytes,
             writer: None,
             reply_writer_from: 0,
-            lingering: BTreeMap::new(),
+            linger: Linger::new(logger.clone()),
             logger: logger.clone(),
         };
         Intake {
@@ -290,7 +294,9 @@ impl Intake {
         while !self.stop.load(Ordering::Acquire) {
             // Connections left with unread input, and domain work, must not wait for the
             // poll timeout; otherwise the loop sleeps until a socket or the waker fires.
-            let busy = !self.ready.is_empty() || self.domain.as_ref().is_some_and(Domain::runnable);
+            let busy = !self.ready.is_empty()
+                || self.sockets.linger.busy()
+                || self.domain.as_ref().is_some_and(Domain::runnable);
             let mut timeout = Duration::ZERO;
             if !busy {
                 self.waker.sleeping.store(true, Ordering::SeqCst);
@@ -310,23 +316,7 @@ impl Intake {
             }
             let started = Instant::now();
             for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept_all(),
-                    WAKER => {}
-                    Token(conn) => {
-                        let conn = ConnId(conn as u64);
-                        if self.sockets.lingering.contains_key(&conn) {
-                            self.sockets.drain_lingering(conn);
-                            continue;
-                        }
-                        if event.is_read_closed() || event.is_error() {
-                            if let Some(socket) = self.sockets.open.get_mut(&conn) {
-                                socket.read_closed = true;
-                            }
-                        }
-                        self.service(conn);
-                    }
-                }
+                self.on_poll_event(event);
             }
             self.collect_written();
             for conn in std::mem::take(&mut self.ready) {
@@ -337,8 +327,9 @@ impl Intake {
             let domain_done = Instant::now();
             self.deliver_outgoing();
             self.tick();
-            if !self.sockets.lingering.is_empty() {
-                self.sockets.expire_lingering(Instant::now());
+            if self.sockets.linger.any() {
+                let Sockets { linger, poll, .. } = &mut self.sockets;
+                linger.turn(Instant::now(), poll.registry());
             }
             let ended = Instant::now();
             let split = TurnSplit {
@@ -350,6 +341,28 @@ impl Intake {
             self.warn_if_slow(ended - started, ended, split);
         }
         info!(self.logger, "intake stopped"; "connections" => self.sockets.open.len());
+    }
+
+    /// One readiness event: new connections, or a socket to read and write (a lingering one
+    /// only to drain).
+    fn on_poll_event(&mut self, event: &mio::event::Event) {
+        match event.token() {
+            LISTENER => self.accept_all(),
+            WAKER => {}
+            Token(conn) => {
+                let conn = ConnId(conn as u64);
+                if self.sockets.linger.has(conn) {
+                    let Sockets { linger, poll, .. } = &mut self.sockets;
+                    return linger.drain(conn, poll.registry());
+                }
+                if event.is_read_closed() || event.is_error() {
+                    if let Some(socket) = self.sockets.open.get_mut(&conn) {
+                        socket.read_closed = true;
+                    }
+                }
+                self.service(conn);
+            }
+        }
     }
 
     /// Warns of slow turns (at most once a second, with the worst one's split).

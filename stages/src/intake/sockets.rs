@@ -2,6 +2,7 @@
 //! commands do to them, and the hand-off of a busy turn's output to the reply writer
 //! (`writer.rs`) and back.
 
+use super::linger::Linger;
 use super::writer::{Job, Report, Writer};
 use super::StatsSource;
 use crate::event::{encode_reply, ConnId, SocketCommand};
@@ -11,32 +12,15 @@ use mio::net::TcpStream;
 use mio::{Interest, Poll, Token};
 use slog::{debug, warn, Logger};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::io::{ErrorKind, Write};
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// A connection's output buffer is released once flushed if it grew beyond this, so one large
 /// reply does not pin its peak size for the life of the connection.
 const KEEP_BUFFER_BYTES: usize = 256 * 1024;
-
-/// How long a connection the node closed after answering (a refused frame, a wrong token, a
-/// refused handshake) goes on being read, its input discarded, before it is dropped. Closing
-/// a socket with unread input resets the stream, and a reset fails the peer's send, often
-/// before the peer has read the answer that says why (an 8 MB put over the frame limit got
-/// "connection reset by peer" rather than FrameTooLarge). So the node shuts its side for
-/// writing and reads until the peer closes too, the peer's input ends or this passes: the
-/// lingering close of HTTP servers (nginx's `lingering_close`).
-const LINGER: Duration = Duration::from_secs(2);
-
-/// Input a lingering connection may discard before it is dropped anyway (a peer that keeps
-/// sending is not read for ever).
-const LINGER_MAX_BYTES: usize = 64 * 1024 * 1024;
-
-/// Connections lingering at once; beyond this a closed connection is dropped at once, so a
-/// flood of refused connections cannot hold descriptors the clients need.
-const MAX_LINGERING: usize = 64;
 
 /// One socket and its unsent output.
 pub(super) struct Socket {
@@ -47,7 +31,7 @@ pub(super) struct Socket {
     /// Close once `outgoing` is flushed.
     pub closing: bool,
     /// Closing, and every byte of its output written: the node chose this close, so the
-    /// socket lingers (see [`LINGER`]) instead of resetting unread input.
+    /// socket lingers (`linger.rs`) instead of resetting unread input.
     finished: bool,
     /// Unsent output exceeded `max_write_buffer_bytes`: a slow reader, dropped at next flush.
     overflowed: bool,
@@ -105,20 +89,9 @@ pub(super) struct Sockets {
     /// `[pool] reply_writer_from`: connections with output a turn needs before they are
     /// handed to the writer.
     pub reply_writer_from: usize,
-    /// Connections closed after their last answer whose input is still read and discarded
-    /// (see [`LINGER`]); the machine has forgotten them. They keep their poll token
-    /// (connection ids are never reused), so a readable edge drains them.
-    pub lingering: BTreeMap<ConnId, Lingering>,
+    /// Connections the node closed whose input is still read and thrown away.
+    pub linger: Linger,
     pub logger: Logger,
-}
-
-/// A closed connection still being read, so its unread input does not reset it.
-pub(super) struct Lingering {
-    stream: TcpStream,
-    /// Dropped then, whatever it still sends.
-    until: Instant,
-    /// Bytes read and thrown away so far.
-    discarded: usize,
 }
 
 impl Sockets {
@@ -349,75 +322,20 @@ impl Sockets {
     }
 
     /// Closes and forgets a connection. One the node closed after writing everything, whose
-    /// peer may still be sending, lingers instead (see [`LINGER`]).
+    /// peer may still be sending, lingers instead (`linger.rs`).
     pub fn close(&mut self, conn: ConnId, now: Instant) {
-        let Some(mut socket) = self.open.remove(&conn) else {
+        let Some(socket) = self.open.remove(&conn) else {
             return;
         };
-        if socket.finished
-            && !socket.read_closed
-            && self.lingering.len() < MAX_LINGERING
-            && socket.stream.shutdown(Shutdown::Write).is_ok()
-        {
-            debug!(self.logger, "connection closed, lingering to discard its input"; "conn" => conn.0);
-            let lingering = Lingering {
-                stream: socket.stream,
-                until: now + LINGER,
-                discarded: 0,
-            };
-            self.lingering.insert(conn, lingering);
-            // What arrived before the close raised its edge already: read it now.
-            self.drain_lingering(conn);
-            return;
-        }
-        let _ = self.poll.registry().deregister(&mut socket.stream);
-        debug!(self.logger, "connection closed"; "conn" => conn.0);
-    }
-
-    /// Reads and discards what a lingering connection has; drops it once its peer closed,
-    /// it failed, or it sent more than [`LINGER_MAX_BYTES`].
-    pub fn drain_lingering(&mut self, conn: ConnId) {
-        let Some(lingering) = self.lingering.get_mut(&conn) else {
-            return;
-        };
-        let mut discard = [0u8; 16 * 1024];
-        let done = loop {
-            match lingering.stream.read(&mut discard) {
-                Ok(0) => break true,
-                Ok(n) => {
-                    lingering.discarded += n;
-                    if lingering.discarded > LINGER_MAX_BYTES {
-                        break true;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => break true,
+        let mut stream = socket.stream;
+        if socket.finished {
+            match self.linger.start(conn, stream, now, self.poll.registry()) {
+                Ok(()) => return,
+                Err(back) => stream = back,
             }
-        };
-        if done {
-            self.drop_lingering(conn);
         }
-    }
-
-    /// Drops the lingering connections whose time is up.
-    pub fn expire_lingering(&mut self, now: Instant) {
-        let expired: Vec<ConnId> = self
-            .lingering
-            .iter()
-            .filter(|(_, lingering)| lingering.until <= now)
-            .map(|(conn, _)| *conn)
-            .collect();
-        for conn in expired {
-            self.drop_lingering(conn);
-        }
-    }
-
-    fn drop_lingering(&mut self, conn: ConnId) {
-        if let Some(mut lingering) = self.lingering.remove(&conn) {
-            let _ = self.poll.registry().deregister(&mut lingering.stream);
-            debug!(self.logger, "lingering connection dropped"; "conn" => conn.0, "discarded_bytes" => lingering.discarded);
-        }
+        let _ = self.poll.registry().deregister(&mut stream);
+        debug!(self.logger, "connection closed"; "conn" => conn.0);
     }
 }
 
