@@ -3,8 +3,11 @@
 # the same concurrency against Redis (persistence off, loopback only), a single shoal node with
 # sync = "always" (fsync before every acknowledgement, the default), the same with sync =
 # "none" (no persistence wait, closer to the Redis setting), and a 3-node shoal cluster
-# (N=3, R=2, W=2) twice: with sync = "always" (config/cluster-n*.toml as they are) and with
-# sync = "none" (like for like with Redis's persistence off, as the single-node pair);
+# (N=3, R=2, W=2) three times: with sync = "always" (config/cluster-n*.toml as they are), with
+# sync = "none" (like for like with Redis's persistence off, as the single-node pair), and with
+# Dynamo's buffered writes (clbuffered: sync = "periodic" and durable_writes = "one", so each
+# put waits for one flush, its coordinator's, instead of one on each of W replicas, and an
+# acknowledged put still survives every node losing power at once);
 # rounds alternate the targets so drift hits all of them. For the "always" rows' like for like,
 # Redis also runs with its append-only file fsynced before every reply (redis_fsync:
 # appendfsync always); every ratio is still to Redis with persistence off, the issue's baseline.
@@ -67,6 +70,13 @@ for i in 1 2 3; do
     "config/cluster-n$i.toml" > "$work/clnosync-n$i.toml"
   start clnosync "$work/clnosync-n$i.toml" "127.0.0.1:742$i" "$work/clnosync-n$i"
 done
+# And with Dynamo's buffered writes (sync = "periodic", durable_writes = "one").
+for i in 1 2 3; do
+  sed -e 's/^sync = "always"/sync = "periodic"/' -e 's/^\[cluster\]$/[cluster]\ndurable_writes = "one"/' \
+    -e 's/127\.0\.0\.1:740\([1-3]\)/127.0.0.1:743\1/' "config/cluster-n$i.toml" > "$work/clbuffered-n$i.toml"
+  grep -q '^durable_writes = "one"' "$work/clbuffered-n$i.toml" || die "clbuffered-n$i.toml: no durable_writes line"
+  start clbuffered "$work/clbuffered-n$i.toml" "127.0.0.1:743$i" "$work/clbuffered-n$i"
+done
 
 cpu_ticks() { # pids... → utime + stime of them all, in clock ticks
   local total=0 p
@@ -106,6 +116,7 @@ for round in $(seq "$rounds"); do
   load nosync 127.0.0.1:7412 1
   load cluster 127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403 3
   load clnosync 127.0.0.1:7421,127.0.0.1:7422,127.0.0.1:7423 3
+  load clbuffered 127.0.0.1:7431,127.0.0.1:7432,127.0.0.1:7433 3
 done
 
 trap - ERR
@@ -113,11 +124,11 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { print (b > 0 ? a / b : 0) }'; }
 median() { sort -n | awk '{v[NR]=$1} END {print (NR ? v[int((NR+1)/2)] : "")}'; }
 value() { awk -v s="$1" -v o="$2" -v c="$3" '$1==s && $2==o {print $c}' "$results" | median; }
 echo "workload $workload, $threads connections, ${secs}s, median of $rounds rounds (ratio = shoal / redis)${durable:+, durable_writes $durable}"
-echo "redis_fsync: redis, appendfsync always; single: one node, sync=always; nosync: one node, sync=none; cluster: 3 nodes N=3 R=2 W=2, sync=always; clnosync: the same, sync=none"
+echo "redis_fsync: redis, appendfsync always; single: one node, sync=always; nosync: one node, sync=none; cluster: 3 nodes N=3 R=2 W=2, sync=always; clnosync: the same, sync=none; clbuffered: the same, sync=periodic, durable_writes=one"
 printf "%-11s %-4s %9s %7s %8s %6s %8s %6s %8s %6s\n" target op "ops/s" ratio p50us ratio p99us ratio p999us ratio
 for op in $(awk '{print $2}' "$results" | sort -u); do
   r_ops=$(value redis "$op" 3); r50=$(value redis "$op" 4); r99=$(value redis "$op" 5); r999=$(value redis "$op" 6)
-  for target in redis redis_fsync single nosync cluster clnosync; do
+  for target in redis redis_fsync single nosync cluster clnosync clbuffered; do
     ops=$(value "$target" "$op" 3); p50=$(value "$target" "$op" 4); p99=$(value "$target" "$op" 5); p999=$(value "$target" "$op" 6)
     [ -n "$ops" ] || continue
     printf "%-11s %-4s %9s %7.2f %8s %6.1f %8s %6.1f %8s %6.1f\n" "$target" "$op" "$ops" "$(ratio "$ops" "${r_ops:-0}")" \
@@ -127,7 +138,7 @@ done
 echo
 echo "server CPU seconds per 1,000 operations (median of rounds; server processes only) and RSS at the end"
 printf "%-11s %14s  %s\n" target "cpu_s/1k_ops" "rss_mib per process"
-for target in redis redis_fsync single nosync cluster clnosync; do
+for target in redis redis_fsync single nosync cluster clnosync clbuffered; do
   c=$(awk -v s="$target" '$1==s {print $2}' "$cpu" | median)
   rss=""
   for p in ${target_pids[$target]}; do
