@@ -57,6 +57,13 @@ impl QuorumTracker {
         self.asked = asked;
     }
 
+    /// Counts one more replica asked: a forwarded put asks the list's nodes one at a time,
+    /// so each it tries is one more (before, a forward that failed on three nodes said "1
+    /// asked, 3 failed").
+    pub fn ask_one_more(&mut self) {
+        self.asked += 1;
+    }
+
     /// Notes a replica that will not answer, and why ("held down, not asked", "silent"):
     /// the quorum error names it.
     pub fn missing(&mut self, node: &str, why: &str) {

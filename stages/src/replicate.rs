@@ -18,7 +18,7 @@
 //! Threads: one; the outstanding table lives in it.
 
 use crate::error::ServiceError;
-use crate::event::{IntakeEvent, Now, OpId, PeerDone, ReplicateEvent, ReplyTo};
+use crate::event::{CoordinateEvent, IntakeEvent, Now, OpId, PeerDone, ReplicateEvent, ReplyTo};
 use crate::seda::{Machine, Outbox};
 use crate::wire::Message;
 use crate::NodeId;
@@ -130,6 +130,17 @@ impl ReplicateMachine {
             .filter(|(_, o)| o.peer == peer)
             .map(|(id, _)| *id)
             .collect();
+        // The coordinator's failure detector learns of the failure from its own requests'
+        // answers; when only other stages' requests were on the link, it is told here (an
+        // offer: dropped, not waited for, when its queue is full).
+        let others_only = failed.iter().all(|id| {
+            self.outstanding
+                .get(id)
+                .is_some_and(|o| o.reply_to != ReplyTo::Coordinate)
+        });
+        if !failed.is_empty() && others_only {
+            out.offer(CoordinateEvent::LinkFailed { peer: peer.clone() });
+        }
         for request_id in failed {
             if let Some(Outstanding {
                 op, reply_to, peer, ..
@@ -251,6 +262,46 @@ mod tests {
                 Event::Coordinate(CoordinateEvent::Peer(PeerDone { op: OpId(7), .. }))
             ]
         ));
+    }
+
+    /// Goal: a failed link under background stages' requests only (gossip, anti-entropy)
+    /// tells the coordinator's failure detector (a dead peer on a cluster without client
+    /// traffic must not stay "up"); under a coordinator request it does not, since the
+    /// coordinator learns from that request's answer. Reference: Dynamo §4.8.3.
+    #[test]
+    fn a_link_failed_under_background_requests_reaches_the_failure_detector() {
+        let now = Now::real();
+        let deadline = now.instant + Duration::from_secs(1);
+        for (askers, told) in [
+            (vec![ReplyTo::Gossip, ReplyTo::AntiEntropy], true),
+            (vec![ReplyTo::Gossip, ReplyTo::Coordinate], false),
+        ] {
+            let mut machine = ReplicateMachine::new(1 << 20);
+            let mut out = Outbox::new();
+            for (op, reply_to) in askers.into_iter().enumerate() {
+                let send = ReplicateEvent::Send {
+                    peer: NodeId::new("n2"),
+                    op: OpId(op as u64),
+                    message: Message::Ping,
+                    deadline,
+                    reply_to,
+                };
+                machine.on_event(now, send, &mut out);
+            }
+            out.take();
+            let failed = ReplicateEvent::PeerFailed {
+                peer: NodeId::new("n2"),
+                in_flight_lost: false,
+            };
+            machine.on_event(now, failed, &mut out);
+            let link_failed = answers(&mut out)
+                .into_iter()
+                .filter(|event| {
+                    matches!(event, Event::Coordinate(CoordinateEvent::LinkFailed { peer }) if peer.as_str() == "n2")
+                })
+                .count();
+            assert_eq!(link_failed, usize::from(told), "told: {told}");
+        }
     }
 
     /// Goal: a failed link fails every request outstanding on that peer at once, with

@@ -124,6 +124,29 @@ fn hints_survive_a_restart_of_the_fallback() {
     }
 }
 
+/// Goal: a stopped node is seen down by the others with no client traffic at all: the links
+/// gossip and anti-entropy fail to open feed the failure detector too (before, `admin
+/// members` showed a killed node "up" until a client request went its way). Reference:
+/// Dynamo §4.8.3.
+#[test]
+fn a_stopped_node_is_seen_down_without_client_traffic() {
+    let mut cluster = TestCluster::start(3, 3, 2, 2, "");
+    cluster.stop(2);
+    let sees_n3_down = |i: usize| {
+        cluster
+            .client(i)
+            .members()
+            .expect("members")
+            .members
+            .iter()
+            .any(|m| m.node.as_str() == "n3" && !m.up)
+    };
+    assert!(
+        eventually(|| sees_n3_down(0) && sees_n3_down(1)),
+        "n1 and n2 still call the stopped n3 up"
+    );
+}
+
 /// Goal: a node that comes back is used again without operator action: its peers' failure
 /// detectors see it up, and new writes reach it directly instead of becoming hints.
 #[test]

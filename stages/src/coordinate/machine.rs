@@ -223,6 +223,9 @@ impl Coordinator {
             }
             CoordinateEvent::Peer(done) => self.on_peer_answer(now, done, out),
             CoordinateEvent::Heard { peer } => self.heard_from(&peer, out),
+            CoordinateEvent::LinkFailed { peer } => {
+                self.detector.failed(&peer, now);
+            }
         }
     }
 
@@ -404,6 +407,7 @@ impl Coordinator {
                         (w, timeout, durable, overwrite),
                     );
                     pending.work = Work::Forward { message, untried };
+                    pending.tracker.set_asked(0); // each node tried is counted as it is asked
                     self.requests.insert(key, pending);
                     self.deadlines.insert((deadline, key));
                     self.forward_next(now, key, out);

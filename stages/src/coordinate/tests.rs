@@ -395,6 +395,37 @@ fn a_forwarded_put_unanswered_at_its_deadline_is_a_quorum_error_naming_the_node(
     }
 }
 
+/// Goal: a forwarded put that no list node could be reached for says so with counts that add
+/// up: each node tried is one asked and one failed (before: "1 asked, 2 failed").
+#[test]
+fn a_forward_no_list_node_takes_counts_each_node_tried_as_asked() {
+    let (mut c, membership) = coordinator_of_three(2, 1, 1);
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let (mut peer, mut op) = forward_a_put(&mut c, &membership, start, &mut out);
+    for _ in 0..2 {
+        let unreachable = PeerDone {
+            op,
+            peer: peer.clone(),
+            result: Err(ServiceError::PeerUnreachable {
+                node: peer.to_string(),
+            }),
+        };
+        on_event(&mut c, start, CoordinateEvent::Peer(unreachable), &mut out);
+        if let [Output::Peer { .. }] = out.as_slice() {
+            (peer, op) = forwarded(&out);
+            out.clear();
+        }
+    }
+    match out.as_slice() {
+        [Output::Reply {
+            message: Message::Error(ServiceError::Quorum { asked, failed, .. }),
+            ..
+        }] => assert_eq!((*asked, *failed), (2, 2)),
+        other => panic!("expected a quorum error, got {other:?}"),
+    }
+}
+
 /// A client's put of `key` (connection 1, request 9), received at `start`.
 fn client_put(key: Vec<u8>, durable: Option<Durability>, start: Instant) -> CoordinateEvent {
     let request = ClientRequest::Put {

@@ -195,6 +195,14 @@ pub enum CoordinateEvent {
         /// The peer.
         peer: crate::NodeId,
     },
+    /// The link to a peer failed under another stage's requests (gossip, anti-entropy,
+    /// handoff, transfer): the failure detector holds it down, as it would for the
+    /// coordinator's own. Without this a dead peer stayed "up" on a cluster with no client
+    /// traffic, while every background stage failed to reach it.
+    LinkFailed {
+        /// The peer.
+        peer: crate::NodeId,
+    },
 }
 
 impl fmt::Display for CoordinateEvent {
@@ -238,6 +246,7 @@ impl fmt::Display for CoordinateEvent {
             CoordinateEvent::Storage(done) => write!(f, "storage {done}"),
             CoordinateEvent::Peer(done) => write!(f, "peer {done}"),
             CoordinateEvent::Heard { peer } => write!(f, "gossip heard from {peer}"),
+            CoordinateEvent::LinkFailed { peer } => write!(f, "link to {peer} failed"),
         }
     }
 }

@@ -149,6 +149,7 @@ impl Coordinator {
         }
         let peer = untried.remove(0);
         let (message, deadline) = (message.clone(), pending.deadline);
+        pending.tracker.ask_one_more();
         let op = self.new_op(key, &peer, None);
         out.request(to_peer(peer, op, message, deadline));
     }
