@@ -312,6 +312,7 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<Routed, Se
                 partition: sync.partition,
                 objects: check_objects(settings, sync.objects)?,
                 want,
+                from: sync.from,
             }));
         }
         Message::AaePurge(purge) => {

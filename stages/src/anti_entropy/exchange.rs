@@ -183,6 +183,9 @@ impl AntiEntropyMachine {
         if !compared {
             return;
         }
+        if self.failing_peers.remove(&exchange.peer) {
+            info!(self.logger, "anti-entropy exchanges work again"; "peer" => %exchange.peer);
+        }
         peer.report.exchanges += 1;
         peer.report.last_exchange_ms = self.wall_ms;
         peer.report.keys_sent += exchange.sent;
@@ -199,8 +202,13 @@ impl AntiEntropyMachine {
     /// Gives the exchange up (a peer or storage failed, or a step timed out); the pair is
     /// tried again at its normal interval.
     pub(super) fn abandon_exchange(&mut self, exchange: Exchange, now: Instant, why: &str) {
-        info!(self.logger, "anti-entropy exchange given up";
-            "partition" => exchange.partition, "peer" => %exchange.peer, "why" => why);
+        if self.failing_peers.insert(exchange.peer.clone()) {
+            info!(self.logger, "anti-entropy exchange given up (more with this peer at debug until one completes)";
+                "partition" => exchange.partition, "peer" => %exchange.peer, "why" => why);
+        } else {
+            debug!(self.logger, "anti-entropy exchange given up";
+                "partition" => exchange.partition, "peer" => %exchange.peer, "why" => why);
+        }
         let next = self.jitter(self.settings.exchange_interval);
         if let Some(peer) = self
             .partitions
@@ -365,6 +373,7 @@ impl AntiEntropyMachine {
                         .iter()
                         .map(|k| Bytes::from(k.clone()))
                         .collect(),
+                    from: Some(self.settings.node.clone()),
                 });
                 let op = self.peer(peer, message, now, out);
                 exchange.step = Step::PeerSync;

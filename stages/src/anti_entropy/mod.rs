@@ -61,7 +61,7 @@ use crate::wire::{
     Message, PurgePhase, MAX_AAE_ITEMS,
 };
 use crate::NodeId;
-use slog::{info, warn, Logger};
+use slog::{debug, info, warn, Logger};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -178,6 +178,10 @@ pub struct AntiEntropyMachine {
     retired: u64,
     rng: u64,
     next_op: u64,
+    /// Peers whose last exchange was given up: their next failures log at debug until an
+    /// exchange with them completes (a dead peer fails one exchange per partition, a dozen
+    /// lines a second at info).
+    failing_peers: BTreeSet<NodeId>,
 }
 
 impl AntiEntropyMachine {
@@ -215,6 +219,7 @@ impl AntiEntropyMachine {
             leases: BTreeMap::new(),
             summaries: None,
             next_report: None,
+            failing_peers: BTreeSet::new(),
             wall_ms: 0,
             totals: Totals::default(),
             debt: 0,

@@ -21,6 +21,7 @@ pub(super) enum Serving {
         partition: u32,
         objects: u64,
         ahead: u64,
+        from: Option<NodeId>,
     },
     Purge,
 }
@@ -99,6 +100,7 @@ impl AntiEntropyMachine {
                 partition,
                 objects,
                 want,
+                from,
             } => {
                 // Merging them is this node's work: charged like its own (see the module's
                 // Pacing), so it opens no exchange for a peer until they are paid for.
@@ -110,6 +112,7 @@ impl AntiEntropyMachine {
                         partition,
                         objects: charged,
                         ahead,
+                        from,
                     },
                     StorageRequest::sync(objects, want),
                 )
@@ -190,9 +193,18 @@ impl AntiEntropyMachine {
                     cut,
                 })
             }
-            (Serving::Sync { partition, .. }, StorageOutcome::Objects(mut objects)) => {
+            (
+                Serving::Sync {
+                    partition,
+                    objects: merged,
+                    from,
+                    ..
+                },
+                StorageOutcome::Objects(mut objects),
+            ) => {
                 self.release(partition, origin.conn);
                 cap_bytes(&mut objects);
+                self.count_served_sync(partition, from.as_ref(), merged, objects.len() as u64);
                 Message::AaeSyncReply(AaeSyncReply {
                     objects: AaeObject::many(objects),
                 })
@@ -239,6 +251,24 @@ impl AntiEntropyMachine {
             let unpaid = (objects - paid).min(self.debt);
             self.debt -= unpaid;
             self.retired += unpaid;
+        }
+    }
+
+    /// Counts a peer's sync this node answered: the objects it merged as received and those
+    /// it answered with as sent, in its totals and its report of that peer. Before, only the
+    /// node that started an exchange counted it, so a wiped node's report showed a third of
+    /// what it got back (its two peers started the other exchanges).
+    fn count_served_sync(&mut self, partition: u32, from: Option<&NodeId>, merged: u64, sent: u64) {
+        self.totals.keys_received += merged;
+        self.totals.keys_sent += sent;
+        let report = from.and_then(|peer| {
+            self.partitions
+                .get_mut(&partition)
+                .and_then(|state| state.peers.get_mut(peer))
+        });
+        if let Some(peer) = report {
+            peer.report.keys_received += merged;
+            peer.report.keys_sent += sent;
         }
     }
 

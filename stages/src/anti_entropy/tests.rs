@@ -108,20 +108,7 @@ fn a_node_owing_tokens_for_a_peers_sync_opens_no_exchange_until_paid() {
         "nothing owed: the opening is served"
     );
 
-    let objects: Vec<(Vec<u8>, VersionSet)> =
-        (0..20u8).map(|i| (vec![i], VersionSet::new())).collect();
-    let sync = AntiEntropyEvent::Serve {
-        origin: Origin {
-            conn: ConnId(7),
-            request_id: 2,
-        },
-        request: AaeRequest::Sync {
-            partition: 3,
-            objects,
-            want: Vec::new(),
-        },
-    };
-    machine.on_event(at(start, 1), sync, &mut out);
+    machine.on_event(at(start, 1), sync_of(20, 2), &mut out);
     out.take();
     machine.on_event(at(start, 2), opening(), &mut out);
     assert_eq!(
@@ -149,7 +136,7 @@ fn a_node_owing_tokens_for_a_peers_sync_opens_no_exchange_until_paid() {
     );
 }
 
-/// A peer's sync of `count` objects of partition 3.
+/// n2's sync of `count` objects of partition 3.
 fn sync_of(count: u8, request_id: u64) -> AntiEntropyEvent {
     let objects: Vec<(Vec<u8>, VersionSet)> =
         (0..count).map(|i| (vec![i], VersionSet::new())).collect();
@@ -162,6 +149,7 @@ fn sync_of(count: u8, request_id: u64) -> AntiEntropyEvent {
             partition: 3,
             objects,
             want: Vec::new(),
+            from: Some(NodeId::new("n2")),
         },
     }
 }
@@ -187,6 +175,34 @@ fn storage_sync(out: &mut Outbox) -> (OpId, Event) {
             _ => None,
         })
         .expect("the sync went to storage")
+}
+
+/// Goal: a peer's sync this node answers is counted in its report, in the totals and the
+/// row of that peer: the objects it merged as received, those it answered with as sent.
+/// Before, only the node that started an exchange counted it, so a wiped node's report
+/// showed a third of what it got back (its two peers started the other exchanges).
+#[test]
+fn a_served_sync_counts_what_this_node_received_and_sent() {
+    let start = Instant::now();
+    let mut machine = machine(Gate::new(None, start));
+    let mut out = Outbox::new();
+    machine.on_tick(at(start, 0), &mut out);
+    out.take();
+    machine.on_event(at(start, 1), sync_of(5, 1), &mut out);
+    let (op, _) = storage_sync(&mut out);
+    let ours: Vec<(Vec<u8>, VersionSet)> = (0..3u8).map(|i| (vec![i], VersionSet::new())).collect();
+    let answered = AntiEntropyEvent::Storage(StorageDone {
+        op,
+        result: Ok(StorageOutcome::Objects(ours)),
+        durable: false,
+    });
+    machine.on_event(at(start, 2), answered, &mut out);
+    assert_eq!(
+        (machine.totals.keys_received, machine.totals.keys_sent),
+        (5, 3)
+    );
+    let row = &machine.partitions[&3].peers[&NodeId::new("n2")].report;
+    assert_eq!((row.keys_received, row.keys_sent), (5, 3));
 }
 
 /// Goal: a peer's sync that storage refused (a full queue) or failed merged nothing, so this

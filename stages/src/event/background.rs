@@ -102,6 +102,8 @@ pub enum AaeRequest {
         objects: Vec<(Vec<u8>, VersionSet)>,
         /// Keys to answer with.
         want: Vec<Vec<u8>>,
+        /// The asker, as it names itself (for the report of that peer).
+        from: Option<crate::NodeId>,
     },
     /// A tombstone purge's check or commit.
     Purge {

@@ -111,6 +111,10 @@ pub struct AaeSync {
     pub objects: Vec<AaeObject>,
     /// Differing keys the answerer holds.
     pub want: Vec<Bytes>,
+    /// The asker, so the answerer counts what it took and gave in its report of that peer
+    /// too (for stats only; `None` from nodes before it was sent).
+    #[serde(default)]
+    pub from: Option<NodeId>,
 }
 
 /// The answer to [`AaeSync`].

@@ -166,7 +166,8 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 |(key, versions, want)| Message::AaeSync(crate::wire::AaeSync {
                     partition: 3,
                     objects: vec![crate::wire::AaeObject { key, versions }],
-                    want
+                    want,
+                    from: Some(crate::NodeId::new("n2")),
                 })
             ),
         proptest::collection::vec((bytes(16), arb_versions()), 0..3).prop_map(|objects| {
