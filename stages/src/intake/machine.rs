@@ -98,7 +98,40 @@ pub struct IntakeMachine {
     node: NodeId,
     /// The cluster key: signs this node's side of each handshake, checks the other's.
     seal: ContextSeal,
+    /// Handshakes refused, counted per peer (dialling) and per reason (answering), so each
+    /// is warned of at the 1st, 10th, 100th... time rather than at every redial (a node with
+    /// the wrong secret drew about six warnings a second).
+    refusals: Repeats,
     logger: Logger,
+}
+
+/// Counts of repeated events by key; says when one is worth a warning.
+#[derive(Debug, Default)]
+pub(super) struct Repeats(BTreeMap<String, u64>);
+
+impl Repeats {
+    /// Keys kept: past this the counts start over (keys come from peers' answers).
+    const MAX_KEYS: usize = 64;
+
+    /// Counts one more `key`; its count when that is 1 or a power of ten (warn then), else
+    /// `None` (log at debug).
+    pub(super) fn note(&mut self, key: &str) -> Option<u64> {
+        if self.0.len() >= Self::MAX_KEYS && !self.0.contains_key(key) {
+            self.0.clear();
+        }
+        let count = self.0.entry(key.to_string()).or_insert(0);
+        *count += 1;
+        let mut power = 1;
+        while power < *count {
+            power *= 10;
+        }
+        (power == *count).then_some(*count)
+    }
+
+    /// Starts `key`'s count over (what it counted stopped happening).
+    pub(super) fn forget(&mut self, key: &str) {
+        self.0.remove(key);
+    }
 }
 
 impl IntakeMachine {
@@ -122,6 +155,7 @@ impl IntakeMachine {
             membership,
             node,
             seal,
+            refusals: Repeats::default(),
             logger,
         }
     }
@@ -445,7 +479,8 @@ impl IntakeMachine {
     /// table forgets it at once, so the next frame for the peer backs off and redials instead
     /// of going out on an unproven link, and replication hears that nothing held was sent.
     /// `refused`: the peer answered with something other than a valid challenge (a secret or
-    /// a version to fix), warned every time; otherwise (no answer in time: a paused or
+    /// a version to fix), warned at the 1st, 10th, 100th... refusal since a link last worked
+    /// (`Repeats`); otherwise (no answer in time: a paused or
     /// partitioned peer) warned once, like a peer that refuses dials.
     fn abandon_link(
         &mut self,
@@ -462,8 +497,16 @@ impl IntakeMachine {
         out.socket(SocketCommand::Abort { conn });
         if let Some(peer) = self.links.peer_of(conn).cloned() {
             let news = self.links.failed(&peer, Some(conn), now.instant);
-            if refused || news {
-                warn!(self.logger, "peer handshake failed, dropping the link"; "peer" => %peer, "conn" => conn.0, "reason" => %reason);
+            if news {
+                self.refusals.forget(peer.as_str());
+            }
+            let times = if refused {
+                self.refusals.note(peer.as_str())
+            } else {
+                news.then_some(1)
+            };
+            if let Some(times) = times {
+                warn!(self.logger, "peer handshake failed, dropping the link"; "peer" => %peer, "conn" => conn.0, "reason" => %reason, "times" => times);
             } else {
                 debug!(self.logger, "peer handshake failed again"; "peer" => %peer, "conn" => conn.0, "reason" => %reason);
             }

@@ -327,3 +327,16 @@ fn a_client_that_stops_sending_gets_its_answers_before_the_close() {
     assert!(node.on_read_closed(idle, &mut out));
     assert_eq!(written(&mut out).closed, vec![idle]);
 }
+
+/// Goal: a repeated refusal is warned of at its 1st, 10th, 100th... occurrence, per key, and
+/// counts start over once forgotten (a link worked again), so a node with the wrong secret
+/// no longer draws a warning at every redial.
+#[test]
+fn repeated_refusals_are_warned_of_at_powers_of_ten() {
+    let mut repeats = super::machine::Repeats::default();
+    let warned: Vec<u64> = (0..1000).filter_map(|_| repeats.note("n2")).collect();
+    assert_eq!(warned, vec![1, 10, 100, 1000]);
+    assert_eq!(repeats.note("n3"), Some(1), "counted per key");
+    repeats.forget("n2");
+    assert_eq!(repeats.note("n2"), Some(1), "starts over");
+}

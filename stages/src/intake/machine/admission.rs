@@ -127,7 +127,14 @@ impl IntakeMachine {
     }
 
     fn refuse_peer(&mut self, conn: ConnId, request_id: u64, reason: String, out: &mut Outbox) {
-        warn!(self.logger, "refusing a peer handshake"; "conn" => conn.0, "reason" => %reason);
+        match self.refusals.note(&reason) {
+            Some(times) => {
+                warn!(self.logger, "refusing a peer handshake"; "conn" => conn.0, "reason" => %reason, "times" => times)
+            }
+            None => {
+                debug!(self.logger, "refusing a peer handshake"; "conn" => conn.0, "reason" => %reason)
+            }
+        }
         let error = Message::Error(ServiceError::Unauthorized { reason });
         self.write(conn, request_id, &error, out);
         self.close(conn, out);
