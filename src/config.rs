@@ -217,7 +217,9 @@ pub struct ClusterSection {
     pub request_timeout_ms: u64,
     /// Vector clock entries kept before the oldest are truncated.
     pub vclock_max_entries: usize,
-    /// The other members (this node is always a member). Empty: a one-node cluster.
+    /// The members of the initial ring: one list, the same on every node, this node among
+    /// them (a node that awaits a join: its seeds, itself not needed). Empty: a one-node
+    /// cluster.
     pub members: Vec<MemberSection>,
     /// How often a peer the failure detector holds down is probed (Dynamo §4.8.3).
     pub probe_interval_ms: u64,
@@ -477,6 +479,7 @@ impl Config {
             weight: self.node.weight,
             zone: self.node.zone.clone(),
         }];
+        let mut listed_self = false;
         for (i, m) in self.cluster.members.iter().enumerate() {
             let key = format!("cluster.members[{i}]");
             if !NodeId::new(m.id.clone()).is_valid() {
@@ -488,10 +491,11 @@ impl Config {
             if m.weight == 0 {
                 return Err(invalid(&format!("{key}.weight"), "must be at least 1"));
             }
-            if m.id == self.node.id {
+            if m.id == self.node.id && !listed_self {
+                listed_self = true;
                 continue; // listing oneself among the members is allowed (one shared list)
             }
-            if members.iter().any(|existing| existing.id.as_str() == m.id) {
+            if m.id == self.node.id || members.iter().any(|existing| existing.id.as_str() == m.id) {
                 return Err(invalid(
                     &format!("{key}.id"),
                     format!("{:?} is listed twice", m.id),
@@ -502,6 +506,21 @@ impl Config {
                 weight: m.weight,
                 zone: m.zone.clone(),
             });
+        }
+        // The list is the initial ring, the same on every node: one that names others but not
+        // this node gives it a ring of its own the others refuse (it serves nobody), or, for a
+        // node meant to join a running cluster, lacks `await_join`.
+        if members.len() > 1 && !listed_self && !self.node.await_join {
+            return Err(invalid(
+                "cluster.members",
+                format!(
+                    "lists other nodes but not this one ({id:?}): the list is the initial ring, \
+                     the same on every node, so add {id:?} to it on every node; or, to add this \
+                     node to a running cluster, set node.await_join = true and run \
+                     `shoal admin join`",
+                    id = self.node.id
+                ),
+            ));
         }
         Ok(members)
     }

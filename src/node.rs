@@ -58,6 +58,9 @@ pub enum NodeError {
     /// The data directory could not be opened.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    /// Another process holds the data directory's lock.
+    #[error("data_dir {0} is in use by another process (is a node already running on it?)")]
+    DataDirInUse(String),
     /// The ring could not be built from the members.
     #[error("ring: {0}")]
     Ring(#[from] RingError),
@@ -122,7 +125,8 @@ impl Node {
         config.validate()?;
         let node = NodeId::new(config.node.id.clone());
         let logger = logger.new(o!("node" => node.to_string()));
-        std::fs::create_dir_all(&config.node.data_dir).map_err(io_error("creating data_dir"))?;
+        let creating = format!("creating data_dir {}", config.node.data_dir.display());
+        std::fs::create_dir_all(&config.node.data_dir).map_err(io_error(&creating))?;
         // A node that cannot listen (the port taken, say) fails before its storage open
         // renews the instance file and names a new dot actor for nothing. Only a probe: the
         // socket that serves is bound after the open, since a listening socket accepts
@@ -142,7 +146,13 @@ impl Node {
             &node,
             config.cluster.partitions,
             wall_clock_ms(),
-        )?
+        )
+        .map_err(|error| match error {
+            locked if locked.is_locked() => {
+                NodeError::DataDirInUse(config.node.data_dir.display().to_string())
+            }
+            other => NodeError::Storage(other),
+        })?
         .with_object_cache(config.storage.object_cache_mib << 20);
         // Whether this run's dots continue the last run's actor (storage/store/actor.rs): an
         // operator who restored a backup sees here that the node took a new one.

@@ -84,6 +84,10 @@ fn bad_values_are_named() {
         ("[security]\nclient_token = \"short\"\n", "security.client_token"),
         ("[metrics]\nlisten = \"nowhere\"\n", "listen"),
         ("[[cluster.members]]\nid = \"n2\"\naddr = \"127.0.0.1:1\"\n[[cluster.members]]\nid = \"n2\"\naddr = \"127.0.0.1:2\"\n", "cluster.members[1].id"),
+        // This node listed twice, at two addresses.
+        ("[[cluster.members]]\nid = \"n1\"\naddr = \"127.0.0.1:1\"\n[[cluster.members]]\nid = \"n1\"\naddr = \"127.0.0.1:2\"\n", "cluster.members[1].id"),
+        // Others listed but not this node (and it does not await a join): a ring of its own.
+        ("[[cluster.members]]\nid = \"n2\"\naddr = \"127.0.0.1:1\"\n", "add \"n1\" to it on every node"),
         ("[stages.storage]\nrate_per_sec = 5\n", "stages.storage.rate_per_sec"),
         ("[stages.repair]\nrate_per_sec = -1\n", "rate_per_sec"),
         ("[controller]\ntarget_percentile = 100.5\n", "controller.target_percentile"),

@@ -318,6 +318,34 @@ fn a_node_on_a_taken_port_names_it_and_leaves_its_storage_unopened() {
     assert_eq!(files, 0, "storage was opened in {}", dir.display());
 }
 
+/// Goal: a node started on a data directory another node holds says so and names it (before,
+/// "storage: fjall: FjallError: Locked").
+#[test]
+fn a_node_on_a_data_dir_in_use_names_it() {
+    let running = TestNode::start("");
+    let dir = running
+        .dir
+        .path()
+        .join("data")
+        .to_string_lossy()
+        .into_owned();
+    let args = [
+        "node",
+        "--config",
+        "config/single.toml",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        &dir,
+    ];
+    let (ok, _, err) = shoal(&args);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("data_dir {dir} is in use by another process")),
+        "{err}"
+    );
+}
+
 /// Goal: a value too large for a command-line argument goes in through --value-file (any
 /// bytes, or `-` for standard input) and reads back whole; an unreadable file is named; one
 /// beyond the node's frame limit gets the node's reason.

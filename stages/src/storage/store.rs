@@ -132,6 +132,13 @@ pub enum StorageError {
     },
 }
 
+impl StorageError {
+    /// Whether the engine refused to open the directory because another process holds it.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, StorageError::Engine(fjall::Error::Locked))
+    }
+}
+
 /// Bounds on the versions a coordinated put may create.
 #[derive(Clone, Copy, Debug)]
 pub struct VersionLimits {
