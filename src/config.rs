@@ -515,9 +515,9 @@ impl Config {
                 "cluster.members",
                 format!(
                     "lists other nodes but not this one ({id:?}): the list is the initial ring, \
-                     the same on every node, so add {id:?} to it on every node; or, to add this \
-                     node to a running cluster, set node.await_join = true and run \
-                     `shoal admin join`",
+                     the same on every node, so add {id:?} to it on every node; or, for a node \
+                     that joins a running cluster (or joined one: keep it after the join), \
+                     set node.await_join = true (and run `shoal admin join`)",
                     id = self.node.id
                 ),
             ));

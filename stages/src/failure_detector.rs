@@ -79,6 +79,17 @@ impl FailureDetector {
         }
     }
 
+    /// Another stage could not reach `peer` (its link failed under background requests):
+    /// an up peer is marked down, as [`FailureDetector::failed`] would; a peer already down
+    /// is left as it is. Why: a dead peer fails a dozen background requests a second, and
+    /// counting each as a failed request would push its next probe back every time, so a
+    /// returning node would wait for them to stop before a probe found it.
+    pub fn suspect(&mut self, peer: &NodeId, now: Instant) {
+        if self.is_up(peer) {
+            self.failed(peer, now);
+        }
+    }
+
     /// A request to `peer` succeeded. Returns true if this brought it back up.
     pub fn succeeded(&mut self, peer: &NodeId) -> bool {
         let was_down = !self.is_up(peer);
@@ -158,5 +169,27 @@ mod tests {
         assert!(detector.succeeded(&peer));
         assert!(detector.is_up(&peer));
         assert!(detector.due_probes(start + interval * 10).is_empty());
+    }
+
+    /// Goal: another stage's failed link marks an up peer down, but does not push back the
+    /// probe of a peer already down (a dead peer's background failures, a dozen a second,
+    /// would otherwise keep it from ever being probed). Reference: Dynamo §4.8.3.
+    #[test]
+    fn a_suspected_peer_is_down_and_its_probe_is_not_postponed() {
+        let interval = Duration::from_millis(100);
+        let mut detector = FailureDetector::new(interval);
+        let peer = NodeId::new("n2");
+        let start = Instant::now();
+        detector.suspect(&peer, start);
+        assert!(!detector.is_up(&peer));
+        for ms in [30, 60, 90] {
+            detector.suspect(&peer, start + Duration::from_millis(ms));
+        }
+        assert_eq!(
+            detector.due_probes(start + interval),
+            vec![peer.clone()],
+            "probed on time"
+        );
+        assert_eq!(detector.statuses(start + interval)[0].failures, 1);
     }
 }

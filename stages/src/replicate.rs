@@ -9,7 +9,9 @@
 //! intake reports a peer's connection failed (or a send was refused while it backs off),
 //! every request outstanding on that peer fails at once — `PeerLost` when an established
 //! connection broke (the peer may have acted on them), `PeerUnreachable` otherwise — so a
-//! quorum that cannot be met fails now rather than at the deadline.
+//! quorum that cannot be met fails now rather than at the deadline. When none of them was the
+//! coordinator's, the coordinator's failure detector is told too (`LinkFailed`): it would
+//! otherwise learn of a dead peer only from client traffic.
 //!
 //! RECEIVER SIDE (a peer asks): not here. A peer's `ReplicaRead`/`ReplicaWrite` enters like a
 //! client request (intake → parse → coordinate, served from local storage) and is answered on

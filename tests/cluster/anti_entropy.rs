@@ -181,11 +181,6 @@ fn a_wiped_replica_gets_every_key_back_without_reads() {
         received >= count as u64 && received <= count as u64 * 12 / 10,
         "the wiped node received {received} objects for {count} missing keys"
     );
-    let sent: u64 = (0..2)
-        .filter_map(|i| report(&cluster, i))
-        .map(|r| r.keys_sent)
-        .sum();
-    assert_eq!(sent, received, "what its peers sent is what it received");
 }
 
 /// Goal: a replica that missed writes while it was stopped (no hints: N equals the node count,

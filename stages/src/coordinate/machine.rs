@@ -27,7 +27,7 @@ use crate::event::{
     StorageOutcome, StorageRequest,
 };
 use crate::failure_detector::FailureDetector;
-use crate::membership::MembershipView;
+use crate::membership::{MemberState, MembershipView};
 use crate::quorum::{QuorumState, QuorumTracker};
 use crate::seda::{Machine, Outbox};
 use crate::vclock::VClock;
@@ -223,9 +223,7 @@ impl Coordinator {
             }
             CoordinateEvent::Peer(done) => self.on_peer_answer(now, done, out),
             CoordinateEvent::Heard { peer } => self.heard_from(&peer, out),
-            CoordinateEvent::LinkFailed { peer } => {
-                self.detector.failed(&peer, now);
-            }
+            CoordinateEvent::LinkFailed { peer } => self.link_failed(&peer, now),
         }
     }
 
@@ -235,6 +233,21 @@ impl Coordinator {
     pub(super) fn heard_from(&mut self, peer: &NodeId, out: &mut Outbox) {
         if self.detector.succeeded(peer) {
             out.offer(HandoffEvent::PeerUp { peer: peer.clone() });
+        }
+    }
+
+    /// Another stage's link to `peer` failed: a member that may still hold data is suspected
+    /// down. Not one that left or was removed: nothing is sent to it, a stopped leaver would
+    /// be probed for ever, and the coordinator would never be idle.
+    fn link_failed(&mut self, peer: &NodeId, now: Instant) {
+        let membership = self.membership.current();
+        let serving = match membership.state_of(peer) {
+            Some(MemberState::Active) => true,
+            Some(MemberState::Leaving) => !membership.has_left(peer, self.settings.n),
+            Some(MemberState::Removed) | None => false,
+        };
+        if serving {
+            self.detector.suspect(peer, now);
         }
     }
 
@@ -407,7 +420,9 @@ impl Coordinator {
                         (w, timeout, durable, overwrite),
                     );
                     pending.work = Work::Forward { message, untried };
-                    pending.tracker.set_asked(0); // each node tried is counted as it is asked
+                    // A forward tries every list node, down ones too: each is counted as it is
+                    // asked, and none is "held down, not asked".
+                    pending.tracker = QuorumTracker::new(quorum, 0);
                     self.requests.insert(key, pending);
                     self.deadlines.insert((deadline, key));
                     self.forward_next(now, key, out);

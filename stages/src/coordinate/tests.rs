@@ -396,12 +396,21 @@ fn a_forwarded_put_unanswered_at_its_deadline_is_a_quorum_error_naming_the_node(
 }
 
 /// Goal: a forwarded put that no list node could be reached for says so with counts that add
-/// up: each node tried is one asked and one failed (before: "1 asked, 2 failed").
+/// up: each node tried, down ones too, is one asked and one failed, and none is "held down,
+/// not asked" (with both list nodes held down it said "1 asked, 2 failed; missing: n2 (held
+/// down, not asked), n3 (...)" though both were tried).
 #[test]
 fn a_forward_no_list_node_takes_counts_each_node_tried_as_asked() {
     let (mut c, membership) = coordinator_of_three(2, 1, 1);
     let start = Instant::now();
     let mut out = Vec::new();
+    for peer in ["n2", "n3"] {
+        let failed = CoordinateEvent::LinkFailed {
+            peer: NodeId::new(peer),
+        };
+        on_event(&mut c, start, failed, &mut out);
+    }
+    out.clear();
     let (mut peer, mut op) = forward_a_put(&mut c, &membership, start, &mut out);
     for _ in 0..2 {
         let unreachable = PeerDone {
@@ -419,9 +428,18 @@ fn a_forward_no_list_node_takes_counts_each_node_tried_as_asked() {
     }
     match out.as_slice() {
         [Output::Reply {
-            message: Message::Error(ServiceError::Quorum { asked, failed, .. }),
+            message:
+                Message::Error(ServiceError::Quorum {
+                    asked,
+                    failed,
+                    missing,
+                    ..
+                }),
             ..
-        }] => assert_eq!((*asked, *failed), (2, 2)),
+        }] => {
+            assert_eq!((*asked, *failed), (2, 2));
+            assert!(missing.is_empty(), "{missing:?}");
+        }
         other => panic!("expected a quorum error, got {other:?}"),
     }
 }

@@ -101,37 +101,8 @@ pub struct IntakeMachine {
     /// Handshakes refused, counted per peer (dialling) and per reason (answering), so each
     /// is warned of at the 1st, 10th, 100th... time rather than at every redial (a node with
     /// the wrong secret drew about six warnings a second).
-    refusals: Repeats,
+    refusals: super::repeats::Repeats,
     logger: Logger,
-}
-
-/// Counts of repeated events by key; says when one is worth a warning.
-#[derive(Debug, Default)]
-pub(super) struct Repeats(BTreeMap<String, u64>);
-
-impl Repeats {
-    /// Keys kept: past this the counts start over (keys come from peers' answers).
-    const MAX_KEYS: usize = 64;
-
-    /// Counts one more `key`; its count when that is 1 or a power of ten (warn then), else
-    /// `None` (log at debug).
-    pub(super) fn note(&mut self, key: &str) -> Option<u64> {
-        if self.0.len() >= Self::MAX_KEYS && !self.0.contains_key(key) {
-            self.0.clear();
-        }
-        let count = self.0.entry(key.to_string()).or_insert(0);
-        *count += 1;
-        let mut power = 1;
-        while power < *count {
-            power *= 10;
-        }
-        (power == *count).then_some(*count)
-    }
-
-    /// Starts `key`'s count over (what it counted stopped happening).
-    pub(super) fn forget(&mut self, key: &str) {
-        self.0.remove(key);
-    }
 }
 
 impl IntakeMachine {
@@ -155,7 +126,7 @@ impl IntakeMachine {
             membership,
             node,
             seal,
-            refusals: Repeats::default(),
+            refusals: super::repeats::Repeats::default(),
             logger,
         }
     }
@@ -497,11 +468,12 @@ impl IntakeMachine {
         out.socket(SocketCommand::Abort { conn });
         if let Some(peer) = self.links.peer_of(conn).cloned() {
             let news = self.links.failed(&peer, Some(conn), now.instant);
+            let key = format!("dial {peer}");
             if news {
-                self.refusals.forget(peer.as_str());
+                self.refusals.forget(&key);
             }
             let times = if refused {
-                self.refusals.note(peer.as_str())
+                self.refusals.note(&key)
             } else {
                 news.then_some(1)
             };

@@ -333,7 +333,7 @@ fn a_client_that_stops_sending_gets_its_answers_before_the_close() {
 /// no longer draws a warning at every redial.
 #[test]
 fn repeated_refusals_are_warned_of_at_powers_of_ten() {
-    let mut repeats = super::machine::Repeats::default();
+    let mut repeats = super::repeats::Repeats::default();
     let warned: Vec<u64> = (0..1000).filter_map(|_| repeats.note("n2")).collect();
     assert_eq!(warned, vec![1, 10, 100, 1000]);
     assert_eq!(repeats.note("n3"), Some(1), "counted per key");

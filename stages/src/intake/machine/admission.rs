@@ -55,8 +55,16 @@ impl IntakeMachine {
     /// nonce; a malformed one, one from a stranger, or a second one on the connection is
     /// refused `Unauthorized` and the connection closed.
     pub(super) fn accept_hello(&mut self, conn: ConnId, frame: &Frame, out: &mut Outbox) {
+        let mut member = None;
         let verdict = match Message::decode(frame) {
-            Ok(Message::PeerHello(hello)) => self.check_hello(conn, &hello.node, &hello.nonce),
+            Ok(Message::PeerHello(hello)) => {
+                member = self
+                    .membership
+                    .current()
+                    .member(&hello.node)
+                    .map(|m| m.id.clone());
+                self.check_hello(conn, &hello.node, &hello.nonce)
+            }
             _ => Err("malformed hello".to_string()),
         };
         match verdict {
@@ -72,7 +80,7 @@ impl IntakeMachine {
                     connection.challenged = Some(challenged);
                 }
             }
-            Err(reason) => self.refuse_peer(conn, frame.request_id, reason, out),
+            Err(reason) => self.refuse_peer(conn, frame.request_id, reason, member, out),
         }
     }
 
@@ -104,6 +112,7 @@ impl IntakeMachine {
             .connections
             .get_mut(&conn)
             .and_then(|c| c.challenged.take());
+        let dialer = challenged.as_ref().map(|c| c.dialer.clone());
         let verdict = match (Message::decode(frame), challenged) {
             (Ok(Message::PeerProof(proof)), Some(challenged)) => {
                 if handshake::proven(&self.seal, &self.node, &challenged, &proof) {
@@ -122,17 +131,28 @@ impl IntakeMachine {
                     connection.authenticated = Some(peer);
                 }
             }
-            Err(reason) => self.refuse_peer(conn, frame.request_id, reason, out),
+            Err(reason) => self.refuse_peer(conn, frame.request_id, reason, dialer, out),
         }
     }
 
-    fn refuse_peer(&mut self, conn: ConnId, request_id: u64, reason: String, out: &mut Outbox) {
-        match self.refusals.note(&reason) {
+    /// Refuses a handshake. `member`: the member the dialer says it is, if it names one;
+    /// refusals are counted per member (and all strangers as one), so each misconfigured
+    /// node is warned of at its own 1st, 10th, 100th... refusal.
+    fn refuse_peer(
+        &mut self,
+        conn: ConnId,
+        request_id: u64,
+        reason: String,
+        member: Option<NodeId>,
+        out: &mut Outbox,
+    ) {
+        let dialer = member.map_or_else(|| "(not a member)".to_string(), |m| m.to_string());
+        match self.refusals.note(&format!("answer {dialer}")) {
             Some(times) => {
-                warn!(self.logger, "refusing a peer handshake"; "conn" => conn.0, "reason" => %reason, "times" => times)
+                warn!(self.logger, "refusing a peer handshake"; "conn" => conn.0, "dialer" => %dialer, "reason" => %reason, "times" => times)
             }
             None => {
-                debug!(self.logger, "refusing a peer handshake"; "conn" => conn.0, "reason" => %reason)
+                debug!(self.logger, "refusing a peer handshake"; "conn" => conn.0, "dialer" => %dialer, "reason" => %reason)
             }
         }
         let error = Message::Error(ServiceError::Unauthorized { reason });

@@ -1,0 +1,35 @@
+//! Counting repeated events so that each is warned of at its 1st, 10th, 100th... occurrence
+//! rather than at every one: a peer refusing our handshake (a wrong secret) is redialled
+//! every backoff, and a node with the wrong secret drew about six warnings a second.
+
+use std::collections::BTreeMap;
+
+/// Counts of repeated events by key; says when one is worth a warning.
+#[derive(Debug, Default)]
+pub(crate) struct Repeats(BTreeMap<String, u64>);
+
+impl Repeats {
+    /// Keys kept: past this the counts start over (callers' keys are bounded by the members;
+    /// this bounds a caller that is wrong about that).
+    const MAX_KEYS: usize = 64;
+
+    /// Counts one more `key`; its count when that is 1 or a power of ten (warn then), else
+    /// `None` (log at debug).
+    pub(crate) fn note(&mut self, key: &str) -> Option<u64> {
+        if self.0.len() >= Self::MAX_KEYS && !self.0.contains_key(key) {
+            self.0.clear();
+        }
+        let count = self.0.entry(key.to_string()).or_insert(0);
+        *count += 1;
+        let mut power = 1;
+        while power < *count {
+            power *= 10;
+        }
+        (power == *count).then_some(*count)
+    }
+
+    /// Starts `key`'s count over (what it counted stopped happening).
+    pub(crate) fn forget(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+}
