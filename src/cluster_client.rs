@@ -135,9 +135,14 @@ impl ClusterClient {
     ) -> Result<T, ClientError> {
         let mut last_error = ClientError::Usage("the ring has no nodes".into());
         for node in self.candidates(key) {
-            let Some(client) = self.connection(&node) else {
-                last_error = ClientError::Usage(format!("cannot connect to {node}"));
-                continue;
+            let client = match self.connection(&node) {
+                Ok(client) => client,
+                Err(error) => {
+                    // The connect's own error ("cannot connect to ADDR: refused"), not a usage
+                    // error: callers count and report it as the I/O failure it is.
+                    last_error = error;
+                    continue;
+                }
             };
             match call(client) {
                 Ok(value) => return Ok(value),
@@ -160,20 +165,26 @@ impl ClusterClient {
         Err(last_error)
     }
 
-    fn connection(&mut self, node: &NodeId) -> Option<&mut Client> {
+    fn connection(&mut self, node: &NodeId) -> Result<&mut Client, ClientError> {
         if !self.connections.contains_key(node) {
-            let addr = self.membership.current().addr_of(node)?;
+            let addr = self
+                .membership
+                .current()
+                .addr_of(node)
+                .ok_or_else(|| ClientError::Usage(format!("{node} is not in the ring")))?;
             match Client::connect(&addr.to_string(), self.timeout) {
                 Ok(client) => {
                     self.connections.insert(node.clone(), client);
                 }
-                Err(_) => {
+                Err(error) => {
                     self.mark_down(node);
-                    return None;
+                    return Err(error);
                 }
             }
         }
-        self.connections.get_mut(node)
+        self.connections
+            .get_mut(node)
+            .ok_or_else(|| ClientError::Usage(format!("no connection to {node}")))
     }
 
     fn mark_down(&mut self, node: &NodeId) {

@@ -11,7 +11,7 @@ pub mod schedule;
 pub mod stage_sampler;
 pub mod target;
 
-use crate::client::{Durability, RequestOptions};
+use crate::client::{Context, Durability, RequestOptions};
 use contexts::Contexts;
 use keys::{key_name, KeyChoice, KeyChooser, Rng};
 use report::{summarize, OpSummary, Recorder};
@@ -34,6 +34,9 @@ const CONNECT_RETRY: Duration = Duration::from_millis(100);
 /// Connection attempts of a load-phase thread (`CONNECT_RETRY` apart) before it gives up its
 /// share of the keys.
 const LOAD_CONNECT_ATTEMPTS: u32 = 50;
+
+/// How long a closed-loop worker waits after a request no node could be reached for.
+const UNREACHABLE_PAUSE: Duration = Duration::from_millis(20);
 
 /// The YCSB core workloads, and write-only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -172,8 +175,11 @@ pub fn run(config: &LoadConfig, live: &mut (dyn Write + Send)) -> Result<LoadRep
     };
     // Fail early and clearly when the target is unreachable.
     drop(Connection::open(&config.target, options)?);
+    // The load phase's reads and writes leave each key's context here, so the run's first
+    // update of a key supersedes what is stored instead of adding a sibling beside it.
+    let contexts = Arc::new(Contexts::default());
     let load = if config.load_phase && config.keys > 0 {
-        Some(load_phase(config, options)?)
+        Some(load_phase(config, options, &contexts)?)
     } else {
         None
     };
@@ -186,7 +192,7 @@ pub fn run(config: &LoadConfig, live: &mut (dyn Write + Send)) -> Result<LoadRep
         stop: AtomicBool::new(false),
         inserted: AtomicU64::new(config.keys.saturating_sub(1)),
         remaining: AtomicU64::new(config.ops.unwrap_or(u64::MAX)),
-        contexts: Contexts::default(),
+        contexts,
     };
     let shared = Arc::new(shared);
     // Every worker connects before the clock starts: an open loop's schedule counts from
@@ -261,7 +267,7 @@ struct Shared {
     /// Operations left when the run is bounded by a count.
     remaining: AtomicU64,
     /// The last context any worker got per key.
-    contexts: Contexts,
+    contexts: Arc<Contexts>,
 }
 
 /// Prints a line per second until the workers are done (duration or op budget); returns the
@@ -347,16 +353,21 @@ impl LoadPhaseReport {
 /// is read first and left alone when it holds one value of the run's size; otherwise it is
 /// written with the context of that read, which replaces every sibling instead of adding one.
 /// A key that fails is counted by error kind and the phase goes on.
-fn load_phase(config: &LoadConfig, options: RequestOptions) -> Result<LoadPhaseReport, String> {
+fn load_phase(
+    config: &LoadConfig,
+    options: RequestOptions,
+    contexts: &Arc<Contexts>,
+) -> Result<LoadPhaseReport, String> {
     let started = Instant::now();
     let threads = config.threads.max(1) as u64;
     let per_thread = config.keys.div_ceil(threads);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let config = config.clone();
+            let contexts = Arc::clone(contexts);
             std::thread::spawn(move || {
                 let keys = (t * per_thread)..((t + 1) * per_thread).min(config.keys);
-                load_keys(&config, options, keys)
+                load_keys(&config, options, keys, &contexts)
             })
         })
         .collect();
@@ -377,6 +388,7 @@ fn load_keys(
     config: &LoadConfig,
     options: RequestOptions,
     keys: std::ops::Range<u64>,
+    contexts: &Contexts,
 ) -> LoadPhaseReport {
     let mut report = LoadPhaseReport::default();
     // A node refusing the ring fetch from a full queue, or a moment unreachable, would
@@ -398,27 +410,38 @@ fn load_keys(
     };
     let value = vec![b'x'; config.value_bytes];
     for k in keys {
-        match load_key(
-            &mut connection,
-            key_name(&config.key_prefix, k).as_bytes(),
-            &value,
-        ) {
-            Ok(true) => report.written += 1,
-            Ok(false) => report.kept += 1,
+        let name = key_name(&config.key_prefix, k);
+        match load_key(&mut connection, name.as_bytes(), &value) {
+            Ok((wrote, context)) => {
+                if let Some(context) = context {
+                    contexts.remember(k, context);
+                }
+                if wrote {
+                    report.written += 1;
+                } else {
+                    report.kept += 1;
+                }
+            }
             Err(e) => *report.errors.entry(e.kind().to_string()).or_default() += 1,
         }
     }
     report
 }
 
-/// Makes `key` hold exactly one value of `value`'s size; returns whether it wrote.
-fn load_key(connection: &mut Connection, key: &[u8], value: &[u8]) -> Result<bool, OpError> {
+/// Makes `key` hold exactly one value of `value`'s size; returns whether it wrote, and the
+/// context to write the key with next (the read's when it kept the value, the put's when it
+/// wrote).
+fn load_key(
+    connection: &mut Connection,
+    key: &[u8],
+    value: &[u8],
+) -> Result<(bool, Option<Context>), OpError> {
     let read = connection.get(key)?;
     if read.single_value_bytes == Some(value.len()) {
-        return Ok(false);
+        return Ok((false, read.context));
     }
-    connection.put(key, read.context.as_ref(), value)?;
-    Ok(true)
+    let context = connection.put(key, read.context.as_ref(), value)?;
+    Ok((true, context))
 }
 
 /// One client thread of the run: thread `index` of the run's schedule from `start`, drawing
@@ -482,6 +505,13 @@ fn worker(
                 Err(error) => r.error(op, &error.kind()),
             }
         }
+        drop(interval);
+        if schedule.is_none() && result.as_ref().is_err_and(OpError::no_node_reached) {
+            // A closed loop whose every candidate node refused the connection would spin,
+            // failing a hundred thousand requests a second and taking the cores a restarting
+            // node needs (an open loop keeps its schedule).
+            std::thread::sleep(UNREACHABLE_PAUSE);
+        }
     }
     Ok(recorder)
 }
@@ -535,11 +565,16 @@ fn one_operation(
     let read = rng.next_f64() < config.workload.read_fraction();
     if config.workload == Workload::D && !read {
         let key = shared.inserted.fetch_add(1, Ordering::Relaxed) + 1;
+        let name = key_name(&config.key_prefix, key);
+        let result = connection.put(name.as_bytes(), contexts.get(key).as_ref(), value);
         return (
             "insert",
-            connection
-                .put(key_name(&config.key_prefix, key).as_bytes(), None, value)
-                .map(|_| None),
+            result.map(|context| {
+                if let Some(context) = context {
+                    contexts.remember(key, context);
+                }
+                None
+            }),
         );
     }
     let key = chooser.next(rng, newest);

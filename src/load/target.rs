@@ -88,6 +88,14 @@ impl OpError {
     }
 }
 
+impl OpError {
+    /// Whether no node could be reached at all (I/O failures, closed connections): the
+    /// cluster client already tried every candidate.
+    pub fn no_node_reached(&self) -> bool {
+        matches!(self, OpError::Other(kind) if kind.starts_with("io:") || kind == "closed")
+    }
+}
+
 impl From<String> for OpError {
     fn from(kind: String) -> OpError {
         OpError::Other(kind)

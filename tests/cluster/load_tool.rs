@@ -7,6 +7,7 @@ use super::support::{free_ports, TestCluster, TestNode, CLIENT_TIMEOUT};
 use shoal::load::keys::KeyChoice;
 use shoal::load::target::TargetSpec;
 use shoal::load::{run, LoadConfig, LoadReport, Workload};
+use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -117,6 +118,63 @@ fn load_runs_twice_against_a_three_node_cluster_without_errors() {
         replicas: None, // learned from the ring
     };
     two_runs_complete_and_siblings_do_not_grow(&target);
+}
+
+/// Goal: one client thread never makes a sibling, in its first run or a later one against
+/// the same keys: the load phase leaves each key's context for the run's first update, which
+/// then supersedes the stored value (it wrote blind before, so a run of one thread saw
+/// siblings in a tenth of its reads, and a rerun in more). Method: a 3-node cluster (N=3,
+/// R=2, W=2), two single-threaded runs of workload A.
+#[test]
+fn a_single_client_thread_makes_no_siblings_run_after_run() {
+    let cluster = TestCluster::start(3, 3, 2, 2, "");
+    let target = TargetSpec::Shoal {
+        seeds: vec![cluster.addr(0)],
+        replicas: None,
+    };
+    let single = load_config(&target, 1, 400);
+    for run in ["first", "second"] {
+        let report = run_ok(&single);
+        assert_no_errors(&report, run);
+        assert_eq!(report.reads_with_siblings, 0, "{run} run saw siblings");
+    }
+}
+
+/// Goal: a closed-loop run whose only node stops midway counts the failures as the I/O
+/// errors they are (not "usage"), and pauses after each rather than spinning (it failed a
+/// hundred thousand requests a second, taking the cores a restarting node needs). Method: a
+/// real node stopped 300 ms into a 1.5 s run of 2 threads; at 20 ms a pause, at most about
+/// 120 failures.
+#[test]
+fn a_run_whose_node_stops_counts_io_errors_and_does_not_spin() {
+    let mut node = TestNode::start("");
+    let target = TargetSpec::Shoal {
+        seeds: vec![node.addr.clone()],
+        replicas: Some(1),
+    };
+    let mut config = load_config(&target, 2, 0);
+    config.ops = None;
+    config.duration = Duration::from_millis(1500);
+    let report = std::thread::scope(|scope| {
+        let running = scope.spawn(|| run_ok(&config));
+        std::thread::sleep(Duration::from_millis(300));
+        if let Some(running_node) = node.node.take() {
+            running_node.shutdown();
+        }
+        running.join().expect("the run ends")
+    });
+    let errors: BTreeMap<&str, u64> = report
+        .operations
+        .iter()
+        .flat_map(|op| op.errors_by_kind.iter())
+        .fold(BTreeMap::new(), |mut all, (kind, n)| {
+            *all.entry(kind.as_str()).or_default() += n;
+            all
+        });
+    assert!(!errors.contains_key("usage"), "{errors:?}");
+    let failed: u64 = errors.values().sum();
+    assert!(failed > 0, "the stop was noticed: {errors:?}");
+    assert!(failed <= 400, "a closed loop spun: {errors:?}");
 }
 
 /// Goal: a partition-aware client given no N routes by the N the cluster reports with its
