@@ -133,6 +133,9 @@ pub fn run(args: SimArgs) -> Result<(), SimError> {
     Ok(())
 }
 
+/// Violations printed per seed in a sweep (all of them when one seed runs).
+const VIOLATIONS_SHOWN_PER_SEED: usize = 3;
+
 fn print_violations(report: &SimReport, args: &SimArgs) {
     let nodes = args
         .nodes
@@ -155,8 +158,21 @@ fn print_violations(report: &SimReport, args: &SimArgs) {
         report.violations.len(),
         report.seed
     );
-    for violation in &report.violations {
+    // The first few say what broke; a sweep of a lossy setting can find a thousand per seed,
+    // and the replay (with --trace, or a one-seed run) prints them all.
+    let shown = if args.seed.is_some() {
+        report.violations.len()
+    } else {
+        VIOLATIONS_SHOWN_PER_SEED
+    };
+    for violation in report.violations.iter().take(shown) {
         println!("  {violation}");
+    }
+    if report.violations.len() > shown {
+        println!(
+            "  ... and {} more (run the seed alone to see them all)",
+            report.violations.len() - shown
+        );
     }
 }
 
