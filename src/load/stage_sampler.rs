@@ -144,7 +144,7 @@ impl StageSampler {
         let addrs: Vec<String> = membership.members().map(|m| m.addr.to_string()).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || sample_until(&addrs, &flag));
+        let thread = std::thread::spawn(move || sample_until(addrs, &flag));
         Ok(StageSampler { stop, thread })
     }
 
@@ -174,15 +174,32 @@ impl StageSampler {
     }
 }
 
-fn sample_until(addrs: &[String], stop: &AtomicBool) -> BTreeMap<(String, String), StageDepth> {
+/// Adds the members of the ring any sampled node reports now: a node that joins during the
+/// run is sampled from its join on (before, the list was fixed at the start, and a joined
+/// node that took a quarter of the traffic was missing from the table and the plot).
+fn add_new_members(clients: &mut BTreeMap<String, Option<Client>>) {
+    let ring = clients
+        .values_mut()
+        .flatten()
+        .find_map(|client| client.ring().ok());
+    if let Some(membership) = ring {
+        for member in membership.members() {
+            clients.entry(member.addr.to_string()).or_insert(None);
+        }
+    }
+}
+
+fn sample_until(addrs: Vec<String>, stop: &AtomicBool) -> BTreeMap<(String, String), StageDepth> {
     let mut stages: BTreeMap<(String, String), StageDepth> = BTreeMap::new();
-    let mut clients: Vec<Option<Client>> = addrs.iter().map(|_| None).collect();
+    let mut clients: BTreeMap<String, Option<Client>> =
+        addrs.into_iter().map(|addr| (addr, None)).collect();
     let started = Instant::now();
     let mut next = started;
     while !stop.load(Ordering::Relaxed) {
         if Instant::now() >= next {
             next += SAMPLE_EVERY;
-            for (addr, slot) in addrs.iter().zip(clients.iter_mut()) {
+            add_new_members(&mut clients);
+            for (addr, slot) in clients.iter_mut() {
                 if slot.is_none() {
                     *slot = Client::connect(addr, Duration::from_secs(1)).ok();
                 }

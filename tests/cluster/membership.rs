@@ -459,3 +459,22 @@ fn wait_on_their_replicas(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Goal: the load tool's stage sampler (`shoal-load --stage-stats`) samples a node that joins
+/// during the run, from its join on (the list of nodes was fixed at the start, and a joined
+/// node serving a quarter of the traffic was missing from the table and the plot). Method: a
+/// sampler started on three nodes, a fourth joined and committed, two more samples.
+#[test]
+fn the_stage_sampler_samples_a_node_that_joins_during_the_run() {
+    use shoal::load::stage_sampler::StageSampler;
+    let mut cluster = TestCluster::start(3, 3, 2, 2, "");
+    let sampler = StageSampler::start(vec![cluster.addr(0)]).expect("sampler starts");
+    let i = cluster.start_joining();
+    let member = member_of(&cluster, i);
+    let reply = stage(&mut cluster.client(0), MembershipChange::Join(member), true);
+    assert!(reply.committed);
+    std::thread::sleep(Duration::from_millis(2500));
+    let summary = sampler.finish();
+    let nodes: BTreeSet<&str> = summary.stages.iter().map(|s| s.node.as_str()).collect();
+    assert!(nodes.contains("n4"), "sampled: {nodes:?}");
+}
