@@ -173,8 +173,18 @@ pub fn run(config: &LoadConfig, live: &mut (dyn Write + Send)) -> Result<LoadRep
         timeout_ms: None,
         durable: config.durable,
     };
-    // Fail early and clearly when the target is unreachable.
-    drop(Connection::open(&config.target, options)?);
+    // Fail early and clearly when the target is unreachable, or when the quorums asked for
+    // cannot be met by the cluster's N (every request would be refused `InvalidQuorum`).
+    if let Connection::Shoal(client, _) = Connection::open(&config.target, options)? {
+        let n = client.replicas();
+        for (name, quorum) in [("r", config.r), ("w", config.w)] {
+            if let Some(quorum) = quorum.filter(|q| *q == 0 || usize::from(*q) > n) {
+                return Err(format!(
+                    "--{name} {quorum} is outside 1..={n} (the cluster's N, the replicas of a key)"
+                ));
+            }
+        }
+    }
     // The load phase's reads and writes leave each key's context here, so the run's first
     // update of a key supersedes what is stored instead of adding a sibling beside it.
     let contexts = Arc::new(Contexts::default());

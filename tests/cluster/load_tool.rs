@@ -177,6 +177,21 @@ fn a_run_whose_node_stops_counts_io_errors_and_does_not_spin() {
     assert!(failed <= 400, "a closed loop spun: {errors:?}");
 }
 
+/// Goal: a run asking for quorums the cluster's N cannot meet is refused before it starts,
+/// saying why (it ran its whole duration with every request refused `InvalidQuorum`).
+#[test]
+fn a_quorum_beyond_n_is_refused_before_the_run() {
+    let node = TestNode::start("");
+    let target = TargetSpec::Shoal {
+        seeds: vec![node.addr.clone()],
+        replicas: None,
+    };
+    let mut config = load_config(&target, 1, 10);
+    config.r = Some(2);
+    let error = run(&config, &mut std::io::sink()).expect_err("refused");
+    assert!(error.contains("--r 2 is outside 1..=1"), "{error}");
+}
+
 /// Goal: a partition-aware client given no N routes by the N the cluster reports with its
 /// ring (3 here), and an explicit N still wins.
 #[test]

@@ -172,6 +172,14 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // A report that cannot be written is found now, not after the whole run: each output
+    // file is created (empty) before the load starts.
+    for path in [&args.json, &args.plot].into_iter().flatten() {
+        if let Err(e) = std::fs::File::create(path) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            std::process::exit(2);
+        }
+    }
     let report = match run(&config, &mut std::io::stderr()) {
         Ok(report) => report,
         Err(message) => {
