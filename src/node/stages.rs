@@ -317,7 +317,10 @@ pub(super) fn add_pool_stages(
         pool,
         StageId::Coordinate,
         receivers.coordinate,
-        |_| Coordinator::new(coordinator_settings.clone(), shared.membership.clone()),
+        |_| {
+            Coordinator::new(coordinator_settings.clone(), shared.membership.clone())
+                .with_logger(shared.logger.new(o!("stage" => StageId::Coordinate.name())))
+        },
     );
     let parse_settings = ParseSettings {
         max_key_bytes: config.limits.max_key_bytes,

@@ -84,10 +84,9 @@ impl FailureDetector {
     /// is left as it is. Why: a dead peer fails a dozen background requests a second, and
     /// counting each as a failed request would push its next probe back every time, so a
     /// returning node would wait for them to stop before a probe found it.
-    pub fn suspect(&mut self, peer: &NodeId, now: Instant) {
-        if self.is_up(peer) {
-            self.failed(peer, now);
-        }
+    /// Returns true if this marked it down.
+    pub fn suspect(&mut self, peer: &NodeId, now: Instant) -> bool {
+        self.is_up(peer) && self.failed(peer, now)
     }
 
     /// A request to `peer` succeeded. Returns true if this brought it back up.

@@ -37,6 +37,7 @@ use crate::wire::{
     PutReply, PutRequest, ReplicaRead, ReplicaReply, ReplicaWrite,
 };
 use crate::NodeId;
+use slog::{info, Logger};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -172,6 +173,8 @@ pub struct Coordinator {
     probes: BTreeMap<OpId, (NodeId, Instant)>,
     /// Deadlines in time order, so a tick inspects only the expired ones.
     deadlines: BTreeSet<(Instant, RequestKey)>,
+    /// Where the detector's verdicts are logged (a peer down, up again).
+    logger: Logger,
 }
 
 impl Coordinator {
@@ -186,6 +189,21 @@ impl Coordinator {
             requests: BTreeMap::new(),
             operations: BTreeMap::new(),
             deadlines: BTreeSet::new(),
+            logger: Logger::root(slog::Discard, slog::o!()),
+        }
+    }
+
+    /// The same, logging the failure detector's verdicts to `logger`.
+    pub fn with_logger(mut self, logger: Logger) -> Coordinator {
+        self.logger = logger;
+        self
+    }
+
+    /// A request to `peer` failed (`why`): the detector counts it, and a peer it marks down
+    /// is logged, once per outage.
+    pub(super) fn peer_failed(&mut self, peer: &NodeId, now: Instant, why: &str) {
+        if self.detector.failed(peer, now) {
+            info!(self.logger, "peer marked down"; "peer" => %peer, "why" => why);
         }
     }
 
@@ -232,6 +250,7 @@ impl Coordinator {
     /// handoff queue only means the pause runs out as before).
     pub(super) fn heard_from(&mut self, peer: &NodeId, out: &mut Outbox) {
         if self.detector.succeeded(peer) {
+            info!(self.logger, "peer up again"; "peer" => %peer);
             out.offer(HandoffEvent::PeerUp { peer: peer.clone() });
         }
     }
@@ -246,8 +265,8 @@ impl Coordinator {
             Some(MemberState::Leaving) => !membership.has_left(peer, self.settings.n),
             Some(MemberState::Removed) | None => false,
         };
-        if serving {
-            self.detector.suspect(peer, now);
+        if serving && self.detector.suspect(peer, now) {
+            info!(self.logger, "peer marked down"; "peer" => %peer, "why" => "a link to it failed under background traffic");
         }
     }
 
@@ -276,8 +295,9 @@ impl Coordinator {
                 .map(|op| op.node.clone())
                 .collect();
             if !forwarded {
-                for node in outstanding.iter().filter(|n| **n != self.settings.node) {
-                    self.detector.failed(node, now);
+                let me = self.settings.node.clone();
+                for node in outstanding.iter().filter(|n| **n != me) {
+                    self.peer_failed(node, now, "let a request's deadline pass");
                 }
             }
             let why = if forwarded {

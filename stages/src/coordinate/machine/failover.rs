@@ -32,7 +32,7 @@ impl Coordinator {
             if !reroutable {
                 continue;
             }
-            self.detector.failed(&info.node, now);
+            self.peer_failed(&info.node, now, "silent past the replica timeout");
             if self.retry_on_spare(&info, out) {
                 self.operations.remove(&op);
                 // Named if the quorum fails after all: it did not answer.
@@ -55,7 +55,7 @@ impl Coordinator {
             .collect();
         for op in expired {
             if let Some((peer, _)) = self.probes.remove(&op) {
-                self.detector.failed(&peer, now);
+                self.peer_failed(&peer, now, "a probe went unanswered");
             }
         }
         for peer in self.detector.due_probes(now) {
@@ -165,7 +165,7 @@ impl Coordinator {
         match &done.result {
             Ok(_) => self.heard_from(&done.peer, out),
             Err(_) if link_failed => {
-                self.detector.failed(&done.peer, now);
+                self.peer_failed(&done.peer, now, "its link failed");
             }
             Err(_) => {}
         }
