@@ -36,7 +36,10 @@ pub struct NodeId(Arc<str>);
 const MAX_DECODED_NAMES: usize = 4096;
 
 /// The shared copy of `name`, from the names seen before when possible; a new name is kept
-/// if `always_keep` or the set is below its bound.
+/// if `always_keep`, or if the set is below its bound and the name could be an actor's (no
+/// longer than [`MAX_ACTOR_BYTES`]): a decoded name may come from anyone (a stranger's hello,
+/// a client's admin request) and be as long as a frame, and 4096 names of a megabyte each
+/// would be held for the life of the process.
 fn intern(name: &str, always_keep: bool) -> Arc<str> {
     static NAMES: OnceLock<Mutex<BTreeSet<Arc<str>>>> = OnceLock::new();
     let names = NAMES.get_or_init(|| Mutex::new(BTreeSet::new()));
@@ -48,7 +51,7 @@ fn intern(name: &str, always_keep: bool) -> Arc<str> {
         return Arc::clone(known);
     }
     let shared: Arc<str> = Arc::from(name);
-    if always_keep || names.len() < MAX_DECODED_NAMES {
+    if always_keep || (names.len() < MAX_DECODED_NAMES && name.len() <= MAX_ACTOR_BYTES) {
         names.insert(Arc::clone(&shared));
     }
     shared

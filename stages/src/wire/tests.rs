@@ -436,6 +436,19 @@ fn decoded_node_names_share_one_copy() {
     assert!(a.shares_copy_with(b) && a.shares_copy_with(&node));
 }
 
+/// Goal: a decoded name longer than any actor's is not kept for reuse (a stranger could fill
+/// the shared set with names as long as a frame, held for the life of the process); it still
+/// decodes, as its own copy.
+#[test]
+fn a_decoded_name_too_long_for_an_actor_is_not_kept() {
+    let long = "x".repeat(crate::node_id::MAX_ACTOR_BYTES + 1);
+    let bytes = rmp_serde::to_vec(&long).expect("encode");
+    let first: crate::NodeId = rmp_serde::from_slice(&bytes).expect("decode");
+    let second: crate::NodeId = rmp_serde::from_slice(&bytes).expect("decode");
+    assert_eq!(first.as_str(), long);
+    assert!(!first.shares_copy_with(&second), "the long name was kept");
+}
+
 /// Goal: an exchange's digest messages from a node that predates the digest limit still
 /// decode: a request without `limit` asks for the most one message carries from each
 /// segment's start (no `after`), and a reply without `cut` reads as not cut (the asker then takes a full list as cut by its length).
