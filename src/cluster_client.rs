@@ -27,6 +27,8 @@ pub struct ClusterClient {
     /// request's preference list is then a lookup, not a ring walk).
     membership: MembershipView,
     n: usize,
+    /// The N the cluster reported with its ring (`n` may be the caller's override).
+    cluster_n: usize,
     timeout: Duration,
     connections: HashMap<NodeId, Client>,
     down_until: HashMap<NodeId, Instant>,
@@ -55,6 +57,7 @@ impl ClusterClient {
             seeds: seeds.to_vec(),
             membership: MembershipView::new(membership),
             n: n.unwrap_or(reported).max(1),
+            cluster_n: reported,
             timeout,
             connections: HashMap::new(),
             down_until: HashMap::new(),
@@ -64,6 +67,11 @@ impl ClusterClient {
     /// The N the client routes by (preference lists of this many nodes).
     pub fn replicas(&self) -> usize {
         self.n
+    }
+
+    /// The cluster's N as its ring reported it, whatever N the client routes by.
+    pub fn cluster_replicas(&self) -> usize {
+        self.cluster_n
     }
 
     /// The membership the client routes by.

@@ -175,16 +175,7 @@ pub fn run(config: &LoadConfig, live: &mut (dyn Write + Send)) -> Result<LoadRep
     };
     // Fail early and clearly when the target is unreachable, or when the quorums asked for
     // cannot be met by the cluster's N (every request would be refused `InvalidQuorum`).
-    if let Connection::Shoal(client, _) = Connection::open(&config.target, options)? {
-        let n = client.replicas();
-        for (name, quorum) in [("r", config.r), ("w", config.w)] {
-            if let Some(quorum) = quorum.filter(|q| *q == 0 || usize::from(*q) > n) {
-                return Err(format!(
-                    "--{name} {quorum} is outside 1..={n} (the cluster's N, the replicas of a key)"
-                ));
-            }
-        }
-    }
+    Connection::open(&config.target, options)?.check_quorums(config.r, config.w)?;
     // The load phase's reads and writes leave each key's context here, so the run's first
     // update of a key supersedes what is stored instead of adding a sibling beside it.
     let contexts = Arc::new(Contexts::default());
@@ -516,10 +507,10 @@ fn worker(
             }
         }
         drop(interval);
-        if schedule.is_none() && result.as_ref().is_err_and(OpError::no_node_reached) {
+        if schedule.is_none() && matches!(result, Err(OpError::Unreachable(_))) {
             // A closed loop whose every candidate node refused the connection would spin,
             // failing a hundred thousand requests a second and taking the cores a restarting
-            // node needs (an open loop keeps its schedule).
+            // node needs (an open loop keeps its schedule; a Redis target never pauses).
             std::thread::sleep(UNREACHABLE_PAUSE);
         }
     }

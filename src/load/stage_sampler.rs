@@ -174,17 +174,20 @@ impl StageSampler {
     }
 }
 
-/// Adds the members of the ring any sampled node reports now: a node that joins during the
+/// Samples the members of the ring a sampled node reports now: a node that joins during the
 /// run is sampled from its join on (before, the list was fixed at the start, and a joined
-/// node that took a quarter of the traffic was missing from the table and the plot).
-fn add_new_members(clients: &mut BTreeMap<String, Option<Client>>) {
+/// node that took a quarter of the traffic was missing from the table and the plot), and one
+/// no longer a member is no longer dialled (what it showed stays in the summary).
+fn follow_the_ring(clients: &mut BTreeMap<String, Option<Client>>) {
     let ring = clients
         .values_mut()
         .flatten()
         .find_map(|client| client.ring().ok());
     if let Some(membership) = ring {
-        for member in membership.members() {
-            clients.entry(member.addr.to_string()).or_insert(None);
+        let members: Vec<String> = membership.members().map(|m| m.addr.to_string()).collect();
+        clients.retain(|addr, _| members.contains(addr));
+        for addr in members {
+            clients.entry(addr).or_insert(None);
         }
     }
 }
@@ -198,7 +201,7 @@ fn sample_until(addrs: Vec<String>, stop: &AtomicBool) -> BTreeMap<(String, Stri
     while !stop.load(Ordering::Relaxed) {
         if Instant::now() >= next {
             next += SAMPLE_EVERY;
-            add_new_members(&mut clients);
+            follow_the_ring(&mut clients);
             for (addr, slot) in clients.iter_mut() {
                 if slot.is_none() {
                     *slot = Client::connect(addr, Duration::from_secs(1)).ok();

@@ -70,6 +70,9 @@ pub struct ReadResult {
 pub enum OpError {
     /// The node answered with a typed error.
     Service(ServiceError),
+    /// No node could be reached (an I/O failure or a closed connection after the cluster
+    /// client tried every candidate), named by a short kind (`io:ConnectionRefused`).
+    Unreachable(String),
     /// Anything else, named by a short kind (`io:TimedOut`, `closed`, `redis-error`, ...).
     Other(String),
 }
@@ -83,16 +86,8 @@ impl OpError {
                 format!("Overloaded({stage})").into()
             }
             OpError::Service(e) => e.kind().into(),
-            OpError::Other(kind) => kind.as_str().into(),
+            OpError::Unreachable(kind) | OpError::Other(kind) => kind.as_str().into(),
         }
-    }
-}
-
-impl OpError {
-    /// Whether no node could be reached at all (I/O failures, closed connections): the
-    /// cluster client already tried every candidate.
-    pub fn no_node_reached(&self) -> bool {
-        matches!(self, OpError::Other(kind) if kind.starts_with("io:") || kind == "closed")
     }
 }
 
@@ -152,6 +147,23 @@ impl Connection {
         }
     }
 
+    /// An error naming the first of `r` and `w` outside 1..=N, the N the cluster reports
+    /// (every request would be refused `InvalidQuorum`); nothing for Redis.
+    pub fn check_quorums(&self, r: Option<u8>, w: Option<u8>) -> Result<(), String> {
+        let Connection::Shoal(client, _) = self else {
+            return Ok(());
+        };
+        let n = client.cluster_replicas();
+        for (name, quorum) in [("r", r), ("w", w)] {
+            if let Some(quorum) = quorum.filter(|q| *q == 0 || usize::from(*q) > n) {
+                return Err(format!(
+                    "--{name} {quorum} is outside 1..={n} (the cluster's N, the replicas of a key)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Connects to every node of a cluster now (the workload's threads, before its clock
     /// starts); nothing for Redis, which has one.
     pub fn dial_all(&mut self) {
@@ -208,8 +220,8 @@ impl Connection {
 pub fn op_error(error: ClientError) -> OpError {
     OpError::Other(match error {
         ClientError::Service(e) | ClientError::Refused(e) => return OpError::Service(e),
-        ClientError::Io(e) => format!("io:{:?}", e.kind()),
-        ClientError::Closed => "closed".into(),
+        ClientError::Io(e) => return OpError::Unreachable(format!("io:{:?}", e.kind())),
+        ClientError::Closed => return OpError::Unreachable("closed".into()),
         ClientError::Frame { .. } | ClientError::Wire(_) => "protocol".into(),
         ClientError::UnexpectedReply(_) => "unexpected-reply".into(),
         ClientError::Usage(_) => "usage".into(),

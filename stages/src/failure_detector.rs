@@ -81,10 +81,11 @@ impl FailureDetector {
 
     /// Another stage could not reach `peer` (its link failed under background requests):
     /// an up peer is marked down, as [`FailureDetector::failed`] would; a peer already down
-    /// is left as it is. Why: a dead peer fails a dozen background requests a second, and
-    /// counting each as a failed request would push its next probe back every time, so a
-    /// returning node would wait for them to stop before a probe found it.
-    /// Returns true if this marked it down.
+    /// is left as it is. Returns true if this marked it down.
+    ///
+    /// Why: a dead peer fails a dozen background requests a second, and counting each as a
+    /// failed request would push its next probe back every time, so a returning node would
+    /// wait for them to stop before a probe found it.
     pub fn suspect(&mut self, peer: &NodeId, now: Instant) -> bool {
         self.is_up(peer) && self.failed(peer, now)
     }
@@ -179,10 +180,10 @@ mod tests {
         let mut detector = FailureDetector::new(interval);
         let peer = NodeId::new("n2");
         let start = Instant::now();
-        detector.suspect(&peer, start);
+        assert!(detector.suspect(&peer, start), "marked down");
         assert!(!detector.is_up(&peer));
         for ms in [30, 60, 90] {
-            detector.suspect(&peer, start + Duration::from_millis(ms));
+            assert!(!detector.suspect(&peer, start + Duration::from_millis(ms)));
         }
         assert_eq!(
             detector.due_probes(start + interval),

@@ -149,8 +149,12 @@ fn print_report(report: &LoadReport) {
     }
     print!("{}", table(&report.operations));
     if let Some(target) = report.target_rate {
+        // The achieved rate counts failures too (it says whether the schedule was kept): say
+        // how much of it failed, so a dead node's run does not read as a full rate.
+        let (_, failed) = report.totals();
+        let failed_per_sec = failed as f64 / report.elapsed_secs.max(f64::MIN_POSITIVE);
         println!(
-            "rate: {:.0} ops/s achieved of {target:.0} targeted (open loop)",
+            "rate: {:.0} ops/s achieved of {target:.0} targeted (open loop), {failed_per_sec:.0} ops/s of it failed",
             report.achieved_rate
         );
     }
@@ -173,16 +177,29 @@ fn main() {
         }
     };
     // A report that cannot be written is found now, not after the whole run: each output
-    // file is created (empty) before the load starts.
+    // file is opened for writing before the load starts, without truncating one that exists
+    // (a run that fails leaves the last report as it was, and removes a file it created).
+    let mut created = Vec::new();
     for path in [&args.json, &args.plot].into_iter().flatten() {
-        if let Err(e) = std::fs::File::create(path) {
+        let existed = path.exists();
+        let opened = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path);
+        if let Err(e) = opened {
             eprintln!("error: cannot write {}: {e}", path.display());
             std::process::exit(2);
+        }
+        if !existed {
+            created.push(path.clone());
         }
     }
     let report = match run(&config, &mut std::io::stderr()) {
         Ok(report) => report,
         Err(message) => {
+            for path in &created {
+                let _ = std::fs::remove_file(path);
+            }
             eprintln!("error: {message}");
             std::process::exit(1);
         }

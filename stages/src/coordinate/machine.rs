@@ -199,14 +199,6 @@ impl Coordinator {
         self
     }
 
-    /// A request to `peer` failed (`why`): the detector counts it, and a peer it marks down
-    /// is logged, once per outage.
-    pub(super) fn peer_failed(&mut self, peer: &NodeId, now: Instant, why: &str) {
-        if self.detector.failed(peer, now) {
-            info!(self.logger, "peer marked down"; "peer" => %peer, "why" => why);
-        }
-    }
-
     /// Requests waiting for a quorum or for stragglers.
     pub fn pending_requests(&self) -> usize {
         self.requests.len()
@@ -242,31 +234,6 @@ impl Coordinator {
             CoordinateEvent::Peer(done) => self.on_peer_answer(now, done, out),
             CoordinateEvent::Heard { peer } => self.heard_from(&peer, out),
             CoordinateEvent::LinkFailed { peer } => self.link_failed(&peer, now),
-        }
-    }
-
-    /// `peer` answered: it is up. If that brings it back, hinted handoff is told, so hints
-    /// for it do not wait out the pause their failed deliveries started (offered: a full
-    /// handoff queue only means the pause runs out as before).
-    pub(super) fn heard_from(&mut self, peer: &NodeId, out: &mut Outbox) {
-        if self.detector.succeeded(peer) {
-            info!(self.logger, "peer up again"; "peer" => %peer);
-            out.offer(HandoffEvent::PeerUp { peer: peer.clone() });
-        }
-    }
-
-    /// Another stage's link to `peer` failed: a member that may still hold data is suspected
-    /// down. Not one that left or was removed: nothing is sent to it, a stopped leaver would
-    /// be probed for ever, and the coordinator would never be idle.
-    fn link_failed(&mut self, peer: &NodeId, now: Instant) {
-        let membership = self.membership.current();
-        let serving = match membership.state_of(peer) {
-            Some(MemberState::Active) => true,
-            Some(MemberState::Leaving) => !membership.has_left(peer, self.settings.n),
-            Some(MemberState::Removed) | None => false,
-        };
-        if serving && self.detector.suspect(peer, now) {
-            info!(self.logger, "peer marked down"; "peer" => %peer, "why" => "a link to it failed under background traffic");
         }
     }
 

@@ -1,11 +1,45 @@
 //! The coordinator when nodes fail or sit outside the preference list: sloppy quorum's choice
 //! of replicas (Dynamo §4.6), retries on spare fallbacks, rerouting replicas that miss their
-//! deadline, failure-detector probes (§4.8.3), and forwarding a put to a preference-list node.
+//! deadline, the failure detector (§4.8.3: verdicts, probes, other stages' failed links),
+//! and forwarding a put to a preference-list node.
 //! A child of `machine`, so it works on the same private state.
 
 use super::*;
 
 impl Coordinator {
+    /// A request to `peer` failed (`why`): the detector counts it, and a peer it marks down
+    /// is logged, once per outage.
+    pub(super) fn peer_failed(&mut self, peer: &NodeId, now: Instant, why: &str) {
+        if self.detector.failed(peer, now) {
+            info!(self.logger, "peer marked down"; "peer" => %peer, "why" => why);
+        }
+    }
+
+    /// `peer` answered: it is up. If that brings it back, hinted handoff is told, so hints
+    /// for it do not wait out the pause their failed deliveries started (offered: a full
+    /// handoff queue only means the pause runs out as before).
+    pub(super) fn heard_from(&mut self, peer: &NodeId, out: &mut Outbox) {
+        if self.detector.succeeded(peer) {
+            info!(self.logger, "peer up again"; "peer" => %peer);
+            out.offer(HandoffEvent::PeerUp { peer: peer.clone() });
+        }
+    }
+
+    /// Another stage's link to `peer` failed: a member that may still hold data is suspected
+    /// down. Not one that left or was removed: nothing is sent to it, a stopped leaver would
+    /// be probed for ever, and the coordinator would never be idle.
+    pub(super) fn link_failed(&mut self, peer: &NodeId, now: Instant) {
+        let membership = self.membership.current();
+        let serving = match membership.state_of(peer) {
+            Some(MemberState::Active) => true,
+            Some(MemberState::Leaving) => !membership.has_left(peer, self.settings.n),
+            Some(MemberState::Removed) | None => false,
+        };
+        if serving && self.detector.suspect(peer, now) {
+            info!(self.logger, "peer marked down"; "peer" => %peer, "why" => "a link to it failed under background traffic");
+        }
+    }
+
     /// A remote replica of a read or write that has not answered within `replica_timeout`
     /// counts as failed: its node is marked down and its replica is re-sent to the next spare
     /// fallback (with a hint, for writes) within the same request. Its late answer, if any, is
