@@ -207,6 +207,17 @@ mod tests {
     use crate::seda::Effect;
     use std::time::Duration;
 
+    /// A `Ping` to `peer` as operation `op` of `reply_to`, due within a second of `now`.
+    fn ping(peer: &str, op: u64, reply_to: ReplyTo, now: Now) -> ReplicateEvent {
+        ReplicateEvent::Send {
+            peer: NodeId::new(peer),
+            op: OpId(op),
+            message: Message::Ping,
+            deadline: now.instant + Duration::from_secs(1),
+            reply_to,
+        }
+    }
+
     fn answers(out: &mut Outbox) -> Vec<Event> {
         out.take()
             .into_iter()
@@ -224,18 +235,10 @@ mod tests {
     fn answers_reach_the_asker_named_in_the_request() {
         let mut machine = ReplicateMachine::new(1 << 20);
         let now = Now::real();
-        let deadline = now.instant + Duration::from_secs(1);
         let mut out = Outbox::new();
         let n2 = NodeId::new("n2");
         for reply_to in [ReplyTo::Coordinate, ReplyTo::Handoff] {
-            let send = ReplicateEvent::Send {
-                peer: n2.clone(),
-                op: OpId(7),
-                message: Message::Ping,
-                deadline,
-                reply_to,
-            };
-            machine.on_event(now, send, &mut out);
+            machine.on_event(now, ping("n2", 7, reply_to, now), &mut out);
         }
         out.take();
         let stranger = ReplicateEvent::Reply {
@@ -273,7 +276,6 @@ mod tests {
     #[test]
     fn a_link_failed_under_background_requests_reaches_the_failure_detector() {
         let now = Now::real();
-        let deadline = now.instant + Duration::from_secs(1);
         for (askers, told) in [
             (vec![ReplyTo::Gossip, ReplyTo::AntiEntropy], true),
             (vec![ReplyTo::Gossip, ReplyTo::Coordinate], false),
@@ -281,14 +283,7 @@ mod tests {
             let mut machine = ReplicateMachine::new(1 << 20);
             let mut out = Outbox::new();
             for (op, reply_to) in askers.into_iter().enumerate() {
-                let send = ReplicateEvent::Send {
-                    peer: NodeId::new("n2"),
-                    op: OpId(op as u64),
-                    message: Message::Ping,
-                    deadline,
-                    reply_to,
-                };
-                machine.on_event(now, send, &mut out);
+                machine.on_event(now, ping("n2", op as u64, reply_to, now), &mut out);
             }
             out.take();
             let failed = ReplicateEvent::PeerFailed {
@@ -312,17 +307,9 @@ mod tests {
     fn failed_link_fails_only_that_peers_requests() {
         let mut machine = ReplicateMachine::new(1 << 20);
         let now = Now::real();
-        let deadline = now.instant + Duration::from_secs(1);
         let mut out = Outbox::new();
         for (peer, op) in [("n2", 1), ("n3", 2), ("n2", 3)] {
-            let send = ReplicateEvent::Send {
-                peer: NodeId::new(peer),
-                op: OpId(op),
-                message: Message::Ping,
-                deadline,
-                reply_to: ReplyTo::Coordinate,
-            };
-            machine.on_event(now, send, &mut out);
+            machine.on_event(now, ping(peer, op, ReplyTo::Coordinate, now), &mut out);
         }
         out.take();
         let failed = ReplicateEvent::PeerFailed {

@@ -16,6 +16,17 @@ const DEFAULT: RequestOptions = RequestOptions {
     durable: None,
 };
 
+/// Asserts `error` is the node's refusal of a frame over its 100,000-byte limit.
+fn assert_refused_over_the_frame_limit(error: &ClientError) {
+    assert!(
+        matches!(
+            error,
+            ClientError::Refused(ServiceError::FrameTooLarge { max: 100_000, .. })
+        ),
+        "{error}"
+    );
+}
+
 /// Proves the node still serves a fresh connection.
 fn assert_still_serving(node: &TestNode) {
     let mut client = node.client();
@@ -38,13 +49,7 @@ fn a_frame_over_the_limit_is_refused_and_the_cluster_client_goes_on() {
     let error = client
         .put(b"huge", None, &[7u8; 200_000], DEFAULT)
         .expect_err("too large a frame");
-    assert!(
-        matches!(
-            error,
-            ClientError::Refused(ServiceError::FrameTooLarge { max: 100_000, .. })
-        ),
-        "{error}"
-    );
+    assert_refused_over_the_frame_limit(&error);
     client
         .put(b"small", None, b"v", DEFAULT)
         .expect("the next request goes through");
@@ -79,13 +84,7 @@ fn a_frame_still_being_sent_when_refused_gets_the_refusal_not_a_reset() {
         .client()
         .put(b"huge", None, &vec![7u8; 100_000_000], DEFAULT)
         .expect_err("too large a frame");
-    assert!(
-        matches!(
-            error,
-            ClientError::Refused(ServiceError::FrameTooLarge { max: 100_000, .. })
-        ),
-        "{error}"
-    );
+    assert_refused_over_the_frame_limit(&error);
     assert_still_serving(&node);
 }
 
