@@ -299,8 +299,8 @@ impl GossipMachine {
         let reply = match applied {
             Ok(plan) => {
                 if request.commit {
-                    info!(self.logger, "membership committed"; "joining" => ?plan.joining,
-                          "leaving" => ?plan.leaving, "removed" => ?plan.removed,
+                    info!(self.logger, "membership committed"; "joining" => names(&plan.joining),
+                          "leaving" => names(&plan.leaving), "removed" => names(&plan.removed),
                           "transfers" => plan.transfers.len());
                 }
                 Message::PlanReply(Box::new(PlanReply {
@@ -422,7 +422,8 @@ impl Machine for GossipMachine {
                         t.partition == partition && t.to == to && t.from.as_ref() == Some(&me)
                     });
                 if pending && self.membership.mark_transferred(&me, partition, &to) {
-                    info!(self.logger, "transfer done"; "partition" => partition, "to" => %to,
+                    // The transfer stage logs the copy itself (objects, bytes) at info.
+                    debug!(self.logger, "transfer marked done"; "partition" => partition, "to" => %to,
                           "pending" => self.membership.pending_transfers(self.settings.n).len());
                     self.changed(Vec::new(), out);
                     let everyone = self.others();
@@ -463,6 +464,12 @@ impl Machine for GossipMachine {
             _ => {}
         }
     }
+}
+
+/// Node names for a log line, `n1,n4` (their `Debug` form reads `[NodeId("n1"), ...]`).
+fn names(nodes: &[NodeId]) -> String {
+    let names: Vec<&str> = nodes.iter().map(NodeId::as_str).collect();
+    names.join(",")
 }
 
 #[cfg(test)]
