@@ -316,7 +316,10 @@ mod tests {
             stage: "storage".into(),
         });
         assert_eq!(full.kind(), "Overloaded(storage)");
-        let unreachable = OpError::Service(ServiceError::PeerUnreachable { node: "n2".into() });
+        let unreachable = OpError::Service(ServiceError::PeerUnreachable {
+            node: "n2".into(),
+            why: None,
+        });
         assert_eq!(unreachable.kind(), "PeerUnreachable");
         assert_eq!(
             OpError::from("io:TimedOut".to_string()).kind(),

@@ -120,10 +120,14 @@ pub enum ServiceError {
     },
     /// A peer could not be reached (connection refused, or backing off after a failure): the
     /// request was never delivered to it.
-    #[error("peer {node} is unreachable")]
+    #[error("peer {node} is unreachable{}", why.as_ref().map_or(String::new(), |w| format!(" ({w})")))]
     PeerUnreachable {
         /// The peer's node id.
         node: String,
+        /// Why, when the peer said so: it refused this node's handshake (a different cluster
+        /// secret, say). Absent from older nodes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        why: Option<String>,
     },
     /// The connection to a peer broke while the request was outstanding: the peer may or may
     /// not have acted on it. For a put forwarded to a preference-list node, the put may have

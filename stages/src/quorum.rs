@@ -149,7 +149,13 @@ mod tests {
                         tracker.ack()
                     } else {
                         failed += 1;
-                        tracker.fail("n2", &ServiceError::PeerUnreachable { node: "n2".into() })
+                        tracker.fail(
+                            "n2",
+                            &ServiceError::PeerUnreachable {
+                                node: "n2".into(),
+                                why: None,
+                            },
+                        )
                     };
                     let expected = if acked >= needed {
                         QuorumState::Reached
@@ -174,7 +180,13 @@ mod tests {
     fn quorum_error_reports_counts_and_the_first_failure() {
         let mut tracker = QuorumTracker::new(3, 3);
         tracker.ack();
-        tracker.fail("n2", &ServiceError::PeerUnreachable { node: "n2".into() });
+        tracker.fail(
+            "n2",
+            &ServiceError::PeerUnreachable {
+                node: "n2".into(),
+                why: None,
+            },
+        );
         let storage = "storage".to_string();
         tracker.fail("n3", &ServiceError::Overloaded { stage: storage });
         tracker.missing("n4", "held down, not asked");
@@ -199,7 +211,13 @@ mod tests {
         // Given up before every replica answered (too few were left to reach W): the count
         // of those still silent is in the text, so asked = acknowledged + failed + silent.
         let mut early = QuorumTracker::new(2, 2);
-        let state = early.fail("n3", &ServiceError::PeerUnreachable { node: "n3".into() });
+        let state = early.fail(
+            "n3",
+            &ServiceError::PeerUnreachable {
+                node: "n3".into(),
+                why: None,
+            },
+        );
         assert_eq!(state, QuorumState::Unreachable);
         assert_eq!(
             early.error("put").to_string(),
@@ -242,7 +260,13 @@ mod tests {
 
         let mut mixed = QuorumTracker::new(2, 3);
         mixed.fail("n2", &full("storage"));
-        mixed.fail("n3", &ServiceError::PeerUnreachable { node: "n3".into() });
+        mixed.fail(
+            "n3",
+            &ServiceError::PeerUnreachable {
+                node: "n3".into(),
+                why: None,
+            },
+        );
         assert!(matches!(mixed.error("get"), ServiceError::Quorum { .. }));
 
         let mut one_silent = QuorumTracker::new(2, 2);

@@ -125,7 +125,13 @@ impl ReplicateMachine {
         }
     }
 
-    fn on_peer_failed(&mut self, peer: NodeId, in_flight_lost: bool, out: &mut Outbox) {
+    fn on_peer_failed(
+        &mut self,
+        peer: NodeId,
+        in_flight_lost: bool,
+        refused: Option<String>,
+        out: &mut Outbox,
+    ) {
         let failed: Vec<u64> = self
             .outstanding
             .iter()
@@ -152,7 +158,10 @@ impl ReplicateMachine {
                 let error = if in_flight_lost {
                     ServiceError::PeerLost { node }
                 } else {
-                    ServiceError::PeerUnreachable { node }
+                    ServiceError::PeerUnreachable {
+                        node,
+                        why: refused.clone(),
+                    }
                 };
                 let done = PeerDone {
                     op,
@@ -190,7 +199,8 @@ impl Machine for ReplicateMachine {
             ReplicateEvent::PeerFailed {
                 peer,
                 in_flight_lost,
-            } => self.on_peer_failed(peer, in_flight_lost, out),
+                refused,
+            } => self.on_peer_failed(peer, in_flight_lost, refused, out),
         }
     }
 
@@ -289,6 +299,7 @@ mod tests {
             let failed = ReplicateEvent::PeerFailed {
                 peer: NodeId::new("n2"),
                 in_flight_lost: false,
+                refused: None,
             };
             machine.on_event(now, failed, &mut out);
             let link_failed = answers(&mut out)
@@ -315,6 +326,7 @@ mod tests {
         let failed = ReplicateEvent::PeerFailed {
             peer: NodeId::new("n2"),
             in_flight_lost: false,
+            refused: None,
         };
         machine.on_event(now, failed, &mut out);
         let ops: Vec<u64> = answers(&mut out)

@@ -299,6 +299,7 @@ fn request_with_too_few_healthy_replicas_is_answered_when_they_have() {
                 peer: peer.clone(),
                 result: Err(ServiceError::PeerUnreachable {
                     node: peer.to_string(),
+                    why: None,
                 }),
             };
             on_event(&mut c, start, CoordinateEvent::Peer(done), &mut out);
@@ -418,6 +419,7 @@ fn a_forward_no_list_node_takes_counts_each_node_tried_as_asked() {
             peer: peer.clone(),
             result: Err(ServiceError::PeerUnreachable {
                 node: peer.to_string(),
+                why: None,
             }),
         };
         on_event(&mut c, start, CoordinateEvent::Peer(unreachable), &mut out);
@@ -581,7 +583,10 @@ fn a_down_peer_heard_again_is_announced_to_handoff_once() {
     let unreachable = PeerDone {
         op: OpId(999),
         peer: NodeId::new("n2"),
-        result: Err(ServiceError::PeerUnreachable { node: "n2".into() }),
+        result: Err(ServiceError::PeerUnreachable {
+            node: "n2".into(),
+            why: None,
+        }),
     };
     on_event(&mut c, now, CoordinateEvent::Peer(unreachable), &mut out);
     assert_eq!(announced(&out), 0);

@@ -106,6 +106,9 @@ pub enum ReplicateEvent {
         /// Whether an established connection broke, so requests outstanding on it may have
         /// reached the peer (`PeerLost`); otherwise none did (`PeerUnreachable`).
         in_flight_lost: bool,
+        /// Why, when the peer refused this node's handshake (its reason), so the requests
+        /// failed say so rather than only "unreachable".
+        refused: Option<String>,
     },
 }
 
@@ -127,6 +130,7 @@ impl fmt::Display for ReplicateEvent {
             ReplicateEvent::PeerFailed {
                 peer,
                 in_flight_lost,
+                ..
             } => {
                 let lost = if *in_flight_lost {
                     " (in flight lost)"

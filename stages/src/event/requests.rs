@@ -196,8 +196,8 @@ pub enum CoordinateEvent {
         peer: crate::NodeId,
     },
     /// The link to a peer failed under another stage's requests (gossip, anti-entropy,
-    /// handoff, transfer): the failure detector holds it down, as it would for the
-    /// coordinator's own. Without this a dead peer stayed "up" on a cluster with no client
+    /// handoff, transfer, repair): the failure detector suspects a member that still serves
+    /// (`FailureDetector::suspect`: an up peer is marked down, a down one left as it is). Without this a dead peer stayed "up" on a cluster with no client
     /// traffic, while every background stage failed to reach it.
     LinkFailed {
         /// The peer.

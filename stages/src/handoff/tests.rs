@@ -288,7 +288,10 @@ fn hints_travel_in_one_batch_per_node_and_are_deleted_only_after_its_ack() {
     );
     machine.on_event(at(start, 1), answer("b", ack(0)), &mut out);
     assert!(deletions(&out.take()).is_empty(), "an ack of fewer objects");
-    let refused = Err(ServiceError::PeerUnreachable { node: "c".into() });
+    let refused = Err(ServiceError::PeerUnreachable {
+        node: "c".into(),
+        why: None,
+    });
     machine.on_event(at(start, 1), answer("c", refused), &mut out);
     assert!(deletions(&out.take()).is_empty(), "a failed batch");
     assert_eq!(machine.in_flight(), 0);

@@ -1,5 +1,5 @@
 //! The lingering close: a connection the node closes after answering (a refused frame, a
-//! wrong token, a refused handshake, a link it abandons) is shut for writing and read, its
+//! wrong token, a refused handshake) is shut for writing and read, its
 //! input thrown away, until the peer closes too, it fails, or a bound is reached; only then is
 //! the socket dropped.
 //!
@@ -68,7 +68,8 @@ impl Linger {
         self.open.contains_key(&conn)
     }
 
-    /// Whether a turn has draining or expiring to do.
+    /// Whether a lingering connection stopped at a turn's read bound and must be drained again
+    /// without waiting for the poll (expiry waits for the next turn, at most `POLL_TIMEOUT`).
     pub fn busy(&self) -> bool {
         !self.ready.is_empty()
     }

@@ -98,10 +98,15 @@ pub struct IntakeMachine {
     node: NodeId,
     /// The cluster key: signs this node's side of each handshake, checks the other's.
     seal: ContextSeal,
-    /// Handshakes refused, counted per peer (dialling) and per reason (answering), so each
+    /// Handshakes refused, counted per peer when dialling and per member the dialer names
+    /// (non-members as one) when answering, so each
     /// is warned of at the 1st, 10th, 100th... time rather than at every redial (a node with
     /// the wrong secret drew about six warnings a second).
     refusals: super::repeats::Repeats,
+    /// Why each peer last refused this node's handshake, until a link to it works: the
+    /// requests failed while the link backs off say so (a quorum error read "peer n1 is
+    /// unreachable" for a wrong cluster secret, which only the log explained).
+    refused_why: BTreeMap<NodeId, String>,
     logger: Logger,
 }
 
@@ -127,6 +132,7 @@ impl IntakeMachine {
             node,
             seal,
             refusals: super::repeats::Repeats::default(),
+            refused_why: BTreeMap::new(),
             logger,
         }
     }
@@ -362,7 +368,8 @@ impl IntakeMachine {
             } else {
                 debug!(self.logger, "peer still unreachable"; "peer" => %peer, "conn" => conn.0);
             }
-            report_failed(peer, in_flight_lost, out);
+            let refused = self.refused_why.get(&peer).cloned();
+            report_failed(peer, in_flight_lost, refused, out);
         }
     }
 
@@ -379,20 +386,23 @@ impl IntakeMachine {
                         > self.settings.max_write_buffer_bytes / 2 =>
                 {
                     warn!(self.logger, "peer link still in its handshake and its buffer is full: failing the frame"; "peer" => %peer);
-                    report_failed(peer, false, out);
+                    report_failed(peer, false, None, out);
                 }
                 Some(dialing) => {
                     dialing.held_bytes += frame.len();
                     dialing.held.push(frame);
                 }
             },
-            Route::BackingOff => report_failed(peer, false, out),
+            Route::BackingOff => {
+                let refused = self.refused_why.get(&peer).cloned();
+                report_failed(peer, false, refused, out)
+            }
             Route::Dial => {
                 let Some(addr) = self.membership.current().addr_of(&peer) else {
                     if self.links.failed(&peer, None, now.instant) {
                         warn!(self.logger, "no address for peer"; "peer" => %peer);
                     }
-                    return report_failed(peer, false, out);
+                    return report_failed(peer, false, None, out);
                 };
                 let conn = self.open();
                 self.links.opened(&peer, conn);
@@ -440,6 +450,7 @@ impl IntakeMachine {
                     out.socket(SocketCommand::Write { conn, frame });
                 }
                 self.links.established(conn);
+                self.refused_why.remove(&peer);
             }
             Err(reason) => self.abandon_link(now, conn, reason, true, out),
         }
@@ -482,7 +493,12 @@ impl IntakeMachine {
             } else {
                 debug!(self.logger, "peer handshake failed again"; "peer" => %peer, "conn" => conn.0, "reason" => %reason);
             }
-            report_failed(peer, false, out);
+            let why = refused.then(|| format!("it refused this node's handshake: {reason}"));
+            match &why {
+                Some(why) => self.refused_why.insert(peer.clone(), why.clone()),
+                None => self.refused_why.remove(&peer),
+            };
+            report_failed(peer, false, why, out);
         }
     }
 }
@@ -490,10 +506,11 @@ impl IntakeMachine {
 /// Tells the replication stage a peer failed (`in_flight_lost`: an established link broke, so
 /// what was outstanding on it may have been delivered). Offered: the intake never waits; if
 /// the queue is full the operations fail at their deadline instead.
-fn report_failed(peer: NodeId, in_flight_lost: bool, out: &mut Outbox) {
+fn report_failed(peer: NodeId, in_flight_lost: bool, refused: Option<String>, out: &mut Outbox) {
     out.offer(ReplicateEvent::PeerFailed {
         peer,
         in_flight_lost,
+        refused,
     });
 }
 

@@ -42,6 +42,8 @@ struct Written {
     closed: Vec<ConnId>,
     dialled: Vec<ConnId>,
     failed: Vec<(NodeId, bool)>,
+    /// The reason each failure carried, when the peer refused this node's handshake.
+    refused: Vec<Option<String>>,
     parsed: usize,
     /// Of those, from a connection that completed the handshake.
     parsed_as_peer: usize,
@@ -61,9 +63,13 @@ fn written(out: &mut Outbox) -> Written {
                     Event::Replicate(ReplicateEvent::PeerFailed {
                         peer,
                         in_flight_lost,
+                        refused,
                     }),
                 ..
-            } => w.failed.push((peer, in_flight_lost)),
+            } => {
+                w.failed.push((peer, in_flight_lost));
+                w.refused.push(refused);
+            }
             Effect::Send {
                 event: Event::Parse(parse),
                 ..
@@ -177,6 +183,26 @@ fn a_challenge_from_another_cluster_closes_the_link_and_sends_nothing() {
     assert_eq!(w.failed, vec![(NodeId::new("n2"), false)]);
     dialer.on_closed(now, link, &mut out);
     assert_eq!(written(&mut out).failed, vec![], "reported once");
+}
+
+/// Goal: requests failed because the peer refused this node's handshake say so, with the
+/// peer's reason, and so do those failed while the link backs off after it (a quorum error
+/// read only "peer n2 is unreachable" for a wrong cluster secret).
+#[test]
+fn a_refused_handshake_is_the_reason_requests_to_that_peer_fail() {
+    let now = Now::real();
+    let (mut dialer, mut stranger) = (
+        machine("n1", SECRET, 1),
+        machine("n2", b"another-cluster-secret", 2),
+    );
+    let mut out = Outbox::new();
+    let (_, w) = dial_and_answer(&mut dialer, &mut stranger, now, &mut out);
+    let first = w.refused.first().cloned().flatten().expect("a reason");
+    assert!(first.contains("refused this node's handshake"), "{first}");
+    dialer.on_event(now, to_peer(&ping()), &mut out);
+    let backing_off = written(&mut out);
+    assert_eq!(backing_off.dialled.len(), 0, "backing off, not redialling");
+    assert_eq!(backing_off.refused, vec![Some(first)]);
 }
 
 /// Goal: a peer that never answers the hello (paused, partitioned, or not shoal) has its link

@@ -254,6 +254,7 @@ fn a_failed_batch_resumes_after_the_last_acknowledged_key() {
             peer: transfer.to.clone(),
             result: Err(ServiceError::PeerUnreachable {
                 node: transfer.to.to_string(),
+                why: None,
             }),
         }),
         &mut out,
