@@ -308,6 +308,34 @@ fn leavers_of_a_partition_are_its_sources() {
     assert!(plan.transfers.iter().all(|t| t.from.is_some()));
 }
 
+/// Goal: a leave that brings no new replica into a partition's list (three members, N=3, one
+/// leaves) hands the leaver's data to every replica that stays, so a write the leaver holds
+/// and a staying replica lost (a backup restored) is not dropped with the leaver's copy
+/// (the simulator's seed 2602 lost acknowledged writes that way); a removed member gives
+/// nothing.
+#[test]
+fn a_leave_below_n_hands_the_leavers_data_to_every_replica_that_stays() {
+    let mut m = three();
+    m.stage_departure(&id("n1"), &id("n3"), MemberState::Leaving)
+        .expect("leave");
+    let plan = m.commit(&id("n1"), 3).expect("commit");
+    let expected: BTreeSet<(u32, Option<NodeId>, NodeId)> = (0..64)
+        .flat_map(|p| [(p, Some(id("n3")), id("n1")), (p, Some(id("n3")), id("n2"))])
+        .collect();
+    let planned: BTreeSet<(u32, Option<NodeId>, NodeId)> = plan
+        .transfers
+        .iter()
+        .map(|t| (t.partition, t.from.clone(), t.to.clone()))
+        .collect();
+    assert_eq!(planned, expected);
+    let mut removed = three();
+    removed
+        .stage_departure(&id("n1"), &id("n3"), MemberState::Removed)
+        .expect("remove");
+    let plan = removed.commit(&id("n1"), 3).expect("commit");
+    assert!(plan.transfers.is_empty(), "{:?}", plan.transfers);
+}
+
 /// Goal: a join at an address another member listens at is refused and names that member
 /// (peers would reach one node under both names); the same node joining again is not.
 #[test]

@@ -147,6 +147,27 @@ impl Membership {
         let done = |t: &Transfer| !planning && self.is_done(t);
         let leaving: Vec<&NodeId> = before.iter().filter(|b| !after.contains(b)).collect();
         let mut transfers = Vec::new();
+        if !leaving.is_empty() && after.iter().all(|to| before.contains(to)) {
+            // A leave that brings no new replica into the list (the cluster falls below N):
+            // each replica that stays gets the leaver's data. It was assumed to hold it already
+            // (a write on W old replicas), but one may have lost writes since (a backup
+            // restored, a disk replaced) and another never had them, and the leaver drops its
+            // copy once its transfers are done: the simulator lost acknowledged writes this
+            // way (seed 2602 of every fault with power). A removed leaver gives nothing.
+            for to in after {
+                for leaver in &leaving {
+                    let t = Transfer {
+                        partition: partition.0,
+                        from: Some((*leaver).clone()),
+                        to: to.clone(),
+                    };
+                    if alive(leaver) || done(&t) {
+                        transfers.push(t);
+                    }
+                }
+            }
+            return transfers;
+        }
         for to in after.iter().filter(|to| !before.contains(to)) {
             let copy = |from: Option<&NodeId>| Transfer {
                 partition: partition.0,
