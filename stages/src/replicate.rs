@@ -228,6 +228,15 @@ mod tests {
         }
     }
 
+    /// The intake's report that no link to n2 could be made.
+    fn n2_unreachable() -> ReplicateEvent {
+        ReplicateEvent::PeerFailed {
+            peer: NodeId::new("n2"),
+            in_flight_lost: false,
+            refused: None,
+        }
+    }
+
     fn answers(out: &mut Outbox) -> Vec<Event> {
         out.take()
             .into_iter()
@@ -296,12 +305,7 @@ mod tests {
                 machine.on_event(now, ping("n2", op as u64, reply_to, now), &mut out);
             }
             out.take();
-            let failed = ReplicateEvent::PeerFailed {
-                peer: NodeId::new("n2"),
-                in_flight_lost: false,
-                refused: None,
-            };
-            machine.on_event(now, failed, &mut out);
+            machine.on_event(now, n2_unreachable(), &mut out);
             let link_failed = answers(&mut out)
                 .into_iter()
                 .filter(|event| {
@@ -323,12 +327,7 @@ mod tests {
             machine.on_event(now, ping(peer, op, ReplyTo::Coordinate, now), &mut out);
         }
         out.take();
-        let failed = ReplicateEvent::PeerFailed {
-            peer: NodeId::new("n2"),
-            in_flight_lost: false,
-            refused: None,
-        };
-        machine.on_event(now, failed, &mut out);
+        machine.on_event(now, n2_unreachable(), &mut out);
         let ops: Vec<u64> = answers(&mut out)
             .into_iter()
             .filter_map(|event| match event {
