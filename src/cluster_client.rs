@@ -13,6 +13,7 @@
 use crate::client::{Client, ClientError, Context, GetResult, RequestOptions};
 use shoal_stages::membership::{Membership, MembershipView};
 use shoal_stages::NodeId;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -174,25 +175,24 @@ impl ClusterClient {
     }
 
     fn connection(&mut self, node: &NodeId) -> Result<&mut Client, ClientError> {
-        if !self.connections.contains_key(node) {
-            let addr = self
-                .membership
-                .current()
-                .addr_of(node)
-                .ok_or_else(|| ClientError::Usage(format!("{node} is not in the ring")))?;
-            match Client::connect(&addr.to_string(), self.timeout) {
-                Ok(client) => {
-                    self.connections.insert(node.clone(), client);
-                }
-                Err(error) => {
-                    self.mark_down(node);
-                    return Err(error);
-                }
+        let vacant = match self.connections.entry(node.clone()) {
+            Entry::Occupied(open) => return Ok(open.into_mut()),
+            Entry::Vacant(vacant) => vacant,
+        };
+        let addr = self
+            .membership
+            .current()
+            .addr_of(node)
+            .ok_or_else(|| ClientError::Usage(format!("{node} is not in the ring")))?;
+        match Client::connect(&addr.to_string(), self.timeout) {
+            Ok(client) => Ok(vacant.insert(client)),
+            Err(error) => {
+                // `mark_down`, but no connection to drop (and `self` is still lent out).
+                self.down_until
+                    .insert(node.clone(), Instant::now() + DOWN_FOR);
+                Err(error)
             }
         }
-        self.connections
-            .get_mut(node)
-            .ok_or_else(|| ClientError::Usage(format!("no connection to {node}")))
     }
 
     fn mark_down(&mut self, node: &NodeId) {

@@ -495,7 +495,8 @@ impl Config {
                 listed_self = true;
                 continue; // listing oneself among the members is allowed (one shared list)
             }
-            if m.id == self.node.id || members.iter().any(|existing| existing.id.as_str() == m.id) {
+            // `members` starts with this node: a second listing of it is caught here too.
+            if members.iter().any(|existing| existing.id.as_str() == m.id) {
                 return Err(invalid(
                     &format!("{key}.id"),
                     format!("{:?} is listed twice", m.id),

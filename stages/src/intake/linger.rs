@@ -69,14 +69,9 @@ impl Linger {
     }
 
     /// Whether a lingering connection stopped at a turn's read bound and must be drained again
-    /// without waiting for the poll (expiry waits for the next turn, at most `POLL_TIMEOUT`).
+    /// without waiting for the poll (expiry is the tick's, at most `POLL_TIMEOUT` late).
     pub fn busy(&self) -> bool {
         !self.ready.is_empty()
-    }
-
-    /// Whether any connection lingers.
-    pub fn any(&self) -> bool {
-        !self.open.is_empty()
     }
 
     /// Starts `conn`'s lingering close (its output all written); gives the stream back when
@@ -127,12 +122,15 @@ impl Linger {
         self.ready.insert(conn);
     }
 
-    /// A loop turn's share: drains the connections left at the read bound, and drops those
-    /// whose time is up.
-    pub fn turn(&mut self, now: Instant, registry: &Registry) {
+    /// A loop turn's share: drains again the connections left at the read bound.
+    pub fn drain_ready(&mut self, registry: &Registry) {
         for conn in std::mem::take(&mut self.ready) {
             self.drain(conn, registry);
         }
+    }
+
+    /// Drops the connections whose time is up (the loop's tick, every `POLL_TIMEOUT`).
+    pub fn expire(&mut self, now: Instant, registry: &Registry) {
         let expired: Vec<ConnId> = self
             .open
             .iter()

@@ -103,10 +103,6 @@ pub struct IntakeMachine {
     /// is warned of at the 1st, 10th, 100th... time rather than at every redial (a node with
     /// the wrong secret drew about six warnings a second).
     refusals: super::repeats::Repeats,
-    /// Why each peer last refused this node's handshake, until a link to it works: the
-    /// requests failed while the link backs off say so (a quorum error read "peer n1 is
-    /// unreachable" for a wrong cluster secret, which only the log explained).
-    refused_why: BTreeMap<NodeId, String>,
     logger: Logger,
 }
 
@@ -132,7 +128,6 @@ impl IntakeMachine {
             node,
             seal,
             refusals: super::repeats::Repeats::default(),
-            refused_why: BTreeMap::new(),
             logger,
         }
     }
@@ -368,7 +363,7 @@ impl IntakeMachine {
             } else {
                 debug!(self.logger, "peer still unreachable"; "peer" => %peer, "conn" => conn.0);
             }
-            let refused = self.refused_why.get(&peer).cloned();
+            let refused = self.links.refused(&peer);
             report_failed(peer, in_flight_lost, refused, out);
         }
     }
@@ -394,7 +389,7 @@ impl IntakeMachine {
                 }
             },
             Route::BackingOff => {
-                let refused = self.refused_why.get(&peer).cloned();
+                let refused = self.links.refused(&peer);
                 report_failed(peer, false, refused, out)
             }
             Route::Dial => {
@@ -450,7 +445,6 @@ impl IntakeMachine {
                     out.socket(SocketCommand::Write { conn, frame });
                 }
                 self.links.established(conn);
-                self.refused_why.remove(&peer);
             }
             Err(reason) => self.abandon_link(now, conn, reason, true, out),
         }
@@ -494,10 +488,7 @@ impl IntakeMachine {
                 debug!(self.logger, "peer handshake failed again"; "peer" => %peer, "conn" => conn.0, "reason" => %reason);
             }
             let why = refused.then(|| format!("it refused this node's handshake: {reason}"));
-            match &why {
-                Some(why) => self.refused_why.insert(peer.clone(), why.clone()),
-                None => self.refused_why.remove(&peer),
-            };
+            self.links.set_refused(&peer, why.clone());
             report_failed(peer, false, why, out);
         }
     }

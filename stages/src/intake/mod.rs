@@ -328,9 +328,9 @@ impl Intake {
             let domain_done = Instant::now();
             self.deliver_outgoing();
             self.tick();
-            if self.sockets.linger.any() {
+            if self.sockets.linger.busy() {
                 let Sockets { linger, poll, .. } = &mut self.sockets;
-                linger.turn(Instant::now(), poll.registry());
+                linger.drain_ready(poll.registry());
             }
             let ended = Instant::now();
             let split = TurnSplit {
@@ -572,6 +572,8 @@ impl Intake {
             return;
         }
         self.next_tick = now.instant + POLL_TIMEOUT;
+        let Sockets { linger, poll, .. } = &mut self.sockets;
+        linger.expire(now.instant, poll.registry());
         self.machine.on_tick(now, &mut self.outbox);
         self.settle(now);
     }

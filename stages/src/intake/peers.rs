@@ -42,6 +42,10 @@ struct Link {
     /// A failure was reported since the last established link: the next ones are not news
     /// (a stopped peer is redialled every backoff, and each failed dial would warn).
     reported: bool,
+    /// Why the peer last refused this node's handshake, until a link to it works: requests
+    /// failed while the link backs off carry it (a quorum error read "peer n1 is unreachable"
+    /// for a wrong cluster secret, which only the log explained).
+    refused: Option<String>,
 }
 
 /// Outgoing links by peer.
@@ -85,7 +89,19 @@ impl PeerLinks {
             link.retry_at = None;
             link.established = true;
             link.reported = false;
+            link.refused = None;
         }
+    }
+
+    /// Records why `peer` refused this node's handshake (`None`: it did not refuse; a hello
+    /// went unanswered).
+    pub fn set_refused(&mut self, peer: &NodeId, why: Option<String>) {
+        self.links.entry(peer.clone()).or_default().refused = why;
+    }
+
+    /// Why `peer` last refused this node's handshake, while no link to it has worked since.
+    pub fn refused(&self, peer: &NodeId) -> Option<String> {
+        self.links.get(peer).and_then(|link| link.refused.clone())
     }
 
     /// Whether `conn` is the established link to its peer: if it breaks, requests written to

@@ -58,12 +58,13 @@ impl IntakeMachine {
         let mut member = None;
         let verdict = match Message::decode(frame) {
             Ok(Message::PeerHello(hello)) => {
-                member = self
-                    .membership
-                    .current()
-                    .member(&hello.node)
-                    .map(|m| m.id.clone());
-                self.check_hello(conn, &hello.node, &hello.nonce)
+                let verdict = self.check_hello(conn, &hello.node, &hello.nonce);
+                if verdict.is_err() {
+                    // Only a refusal needs to know whether the dialer names a member.
+                    let membership = self.membership.current();
+                    member = membership.member(&hello.node).map(|m| m.id.clone());
+                }
+                verdict
             }
             _ => Err("malformed hello".to_string()),
         };
