@@ -72,6 +72,13 @@ impl TransferMachine {
                 },
             ) => {
                 if objects.is_empty() {
+                    // A final sync's whole-partition scan found nothing: no replica needs it.
+                    if active.final_sync && active.segments.is_none() && active.cursor.is_none() {
+                        let partition = active.partition;
+                        if let Some(handed) = self.handed.get_mut(&partition) {
+                            handed.left = Some(VecDeque::new());
+                        }
+                    }
                     return self.end_of_scan(now, out);
                 }
                 let count = objects.len() as u64;

@@ -1,6 +1,8 @@
 //! Cleanup: a partition this node no longer holds, and sends no transfer of, is dropped a
-//! gated step at a time once `cleanup_delay` has passed; one it sent is first synced once more
-//! to the replicas that hold it now (the final sync).
+//! gated step at a time once `cleanup_delay` has passed, and only after a final sync has sent
+//! it once more to the replicas that hold it now: what changed since its transfer when this
+//! node remembers the transfer, the whole partition when it does not (it restarted since, or
+//! never sent it: a stale coordinator's stray write).
 
 use super::*;
 
@@ -28,16 +30,24 @@ impl TransferMachine {
             if held {
                 self.unowned_since.remove(&p);
                 self.found_empty.remove(&p);
+                self.synced.remove(&p);
+                self.sync_after.remove(&p);
                 continue;
             }
             let since = *self.unowned_since.entry(p).or_insert(now);
             let waited = since.max(self.started) + delay <= now;
             let checked = self.found_empty.get(&p).copied();
             let empty_lately = checked.is_some_and(|at| at + delay > now);
+            // A final sync that failed waits before it is tried again; the others go on.
+            let sync_waits = self.sync_after.get(&p).is_some_and(|at| *at > now);
             if waited && checked.is_none() {
                 self.drops_due += 1;
             }
-            if waited && !empty_lately && due.is_none_or(|(oldest, _)| checked < oldest) {
+            if waited
+                && !empty_lately
+                && !sync_waits
+                && due.is_none_or(|(oldest, _)| checked < oldest)
+            {
                 due = Some((checked, p));
             }
         }
@@ -47,15 +57,22 @@ impl TransferMachine {
         if self.dropping.is_some() {
             return;
         }
-        // Before a partition this node sent is dropped, whatever reached it since (a hint
-        // delivered late, a write whose copy to the new replica was lost) is sent once more.
-        if let Some(Handed { compared, left }) = self.handed.get_mut(&partition) {
-            if self.active.is_some() || now < self.final_sync_after {
+        // Before a partition is dropped here, it is sent once more to every replica that holds
+        // it now: whatever reached it since its transfer (a hint delivered late, a write whose
+        // copy to the new replica was lost) may be the last copy. Without a remembered
+        // transfer (this node restarted since: the simulator's seed 1006 lost acknowledged
+        // writes that way; or it never held the partition) the whole partition is sent.
+        if !self.synced.contains(&partition) {
+            if self.active.is_some() {
                 return;
             }
+            let handed = self.handed.entry(partition).or_insert_with(|| Handed {
+                compared: None,
+                left: None,
+            });
             // To every replica that holds the partition now (not the ones it was sent to: a
             // later commit may have moved it again).
-            let left = left.get_or_insert_with(|| {
+            let left = handed.left.get_or_insert_with(|| {
                 let replicas = m.replicas(PartitionId(partition), self.settings.n);
                 replicas
                     .list
@@ -69,14 +86,24 @@ impl TransferMachine {
                 Some(to) => {
                     let mut sync = Active::new(partition, to);
                     sync.final_sync = true;
-                    sync.baseline = compared.clone();
-                    sync.phase = Phase::Comparing;
+                    match handed.compared.clone() {
+                        Some(compared) => {
+                            sync.baseline = Some(compared);
+                            sync.phase = Phase::Comparing;
+                        }
+                        // The whole partition, in one scan (a tree would change nothing).
+                        None => {
+                            sync.phase = Phase::Streaming;
+                            sync.catch_up = true;
+                        }
+                    }
                     self.active = Some(sync);
                     self.step(now, out);
                     return;
                 }
                 None => {
                     self.handed.remove(&partition);
+                    self.synced.insert(partition);
                 }
             }
         }
@@ -102,6 +129,8 @@ impl TransferMachine {
                 }
                 if done {
                     self.found_empty.insert(partition, now);
+                    // What reaches the partition from now on is synced again before its drop.
+                    self.synced.remove(&partition);
                 }
             }
             Ok(other) => warn!(self.logger, "unexpected answer to a drop"; "answer" => ?other),

@@ -25,7 +25,8 @@
 //!
 //! CLEANUP: a partition this node holds under no ring a coordinator may use, and sends no
 //! transfer of, is dropped `cleanup_delay` after it stopped holding it (after a start, the
-//! delay counts from the start, so a stale view has time to be corrected by gossip). The drop
+//! delay counts from the start, so a stale view has time to be corrected by gossip), once a
+//! final sync has sent it to the replicas that hold it then (see `cleanup.rs`). The drop
 //! is paced by the gate and removes only objects unchanged since it read them; an empty
 //! partition is looked at again only after another `cleanup_delay` (a stale coordinator's
 //! stray write is dropped then).
@@ -177,7 +178,8 @@ impl Active {
     }
 }
 
-/// A partition this node sent, remembered for its final sync before the drop.
+/// A partition this node sent (remembered for its final sync before the drop), or one whose
+/// final sync has begun.
 struct Handed {
     /// The segment hashes it last compared (the final sync's baseline; `None`: the tree was
     /// not ready, so the whole partition is sent again).
@@ -208,6 +210,11 @@ pub struct TransferMachine {
     /// final sync began) the current replicas still to sync: before the partition is dropped
     /// here, what changed since is sent to each replica that holds it then.
     handed: BTreeMap<u32, Handed>,
+    /// Partitions whose final sync is complete, so their drop steps may run; forgotten once
+    /// a drop empties the partition or this node holds it again.
+    synced: BTreeSet<u32>,
+    /// When a partition's failed final sync may be tried again.
+    sync_after: BTreeMap<u32, Instant>,
     /// The commit this node last saw, and when it first saw it.
     commit_seen: Option<(Stamp, Instant)>,
     /// Batches received, waiting for storage to merge them.
@@ -220,8 +227,6 @@ pub struct TransferMachine {
     dropping: Option<(u32, OpId, Instant)>,
     /// Partitions due for a drop and not yet found empty (part of the backlog).
     drops_due: u64,
-    /// No final sync starts before this (after one failed).
-    final_sync_after: Instant,
     /// When the machine started (cleanup waits `cleanup_delay` from here at least).
     started: Instant,
     next_op: u64,
@@ -249,13 +254,14 @@ impl TransferMachine {
             sent: BTreeSet::new(),
             finished: VecDeque::new(),
             handed: BTreeMap::new(),
+            synced: BTreeSet::new(),
+            sync_after: BTreeMap::new(),
             commit_seen: None,
             serving: BTreeMap::new(),
             unowned_since: BTreeMap::new(),
             found_empty: BTreeMap::new(),
             dropping: None,
             drops_due: 0,
-            final_sync_after: started,
             started,
             next_op: 0,
             logger,
@@ -407,6 +413,7 @@ impl TransferMachine {
                 .is_some_and(|h| h.left.as_ref().is_some_and(VecDeque::is_empty));
             if finished {
                 self.handed.remove(&active.partition);
+                self.synced.insert(active.partition);
             }
             return;
         }
@@ -446,7 +453,7 @@ impl TransferMachine {
             if let Some(handed) = self.handed.get_mut(&active.partition) {
                 handed.left = None;
             }
-            self.final_sync_after = now + PARK_PAUSE;
+            self.sync_after.insert(active.partition, now + PARK_PAUSE);
             return;
         }
         active.waiting = None;

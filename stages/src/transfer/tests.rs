@@ -383,3 +383,113 @@ fn a_finished_transfer_is_not_started_again_while_its_done_mark_travels() {
     machine.on_tick(Now::at(t), &mut out);
     assert!(machine.sent.is_empty());
 }
+
+/// Goal: a node that remembers no transfer of a partition it no longer holds (it restarted
+/// since it handed the partition over) sends the whole partition to every replica that holds
+/// it before the drop: the simulator's seed 1006 lost acknowledged writes when a restarted
+/// sender dropped the last copy of a write the new replica had missed. A partition found
+/// empty is dropped without sending anything.
+#[test]
+fn a_restarted_node_sends_a_partition_to_every_replica_before_dropping_it() {
+    let n1 = NodeId::new("n1");
+    let m = Membership::new(
+        1,
+        64,
+        ["n1", "n2", "n3", "n4"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Member::loopback(name, i as u16 + 1))
+            .collect(),
+    )
+    .expect("valid");
+    let partition = (0..64)
+        .find(|p| !m.holds(&n1, PartitionId(*p), 3))
+        .expect("a partition n1 does not hold");
+    let replicas: BTreeSet<NodeId> = m
+        .replicas(PartitionId(partition), 3)
+        .list
+        .primaries
+        .into_iter()
+        .collect();
+    let mut machine = machine(&n1, m);
+    let mut out = Outbox::new();
+    // The cleanup delay counts from when the machine (re)started and first saw the
+    // partition unheld.
+    let start = Instant::now();
+    machine.on_tick(Now::at(start), &mut out);
+    assert!(effects(&mut out).is_empty(), "nothing before the delay");
+    let t = start + Duration::from_secs(3601);
+    let mut synced = BTreeSet::new();
+    let dropped = loop {
+        machine.on_tick(Now::at(t), &mut out);
+        let events = effects(&mut out);
+        let (op, request) = storage_request(&events);
+        match request {
+            StorageRequest::TransferBatch {
+                partition: p,
+                segment,
+                after,
+                ..
+            } => {
+                assert_eq!((*p, segment, after), (partition, &None, &None));
+                let batch = batch_of(&["k"], 10, None);
+                machine.on_event(Now::at(t), storage_done(op, batch), &mut out);
+                let (op, peer, count) = peer_send(&effects(&mut out));
+                assert_eq!(count, 1);
+                assert!(synced.insert(peer.clone()), "{peer} synced twice");
+                let ack = TransferEvent::Peer(PeerDone {
+                    op,
+                    peer,
+                    result: Ok(Message::TransferAck(TransferAck { merged: 1 })),
+                });
+                machine.on_event(Now::at(t), ack, &mut out);
+            }
+            StorageRequest::DropPartition { partition: p, .. } => {
+                assert_eq!(*p, partition);
+                break op;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(synced, replicas, "every replica got the partition first");
+    let done = StorageOutcome::Dropped {
+        removed: 1,
+        done: true,
+    };
+    machine.on_event(Now::at(t), storage_done(dropped, done), &mut out);
+
+    // Looked at again a delay later (with the other partitions n1 does not hold): each
+    // sync's scan finds nothing, so no replica is sent anything and the drop comes next.
+    let later = t + Duration::from_secs(3601);
+    let mut scanned = BTreeSet::new();
+    for _ in 0..200 {
+        machine.on_tick(Now::at(later), &mut out);
+        let events = effects(&mut out);
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, Event::Replicate(ReplicateEvent::Send { .. }))),
+            "{events:?}"
+        );
+        let (op, request) = storage_request(&events);
+        let answer = match request {
+            StorageRequest::TransferBatch { partition: p, .. } => {
+                assert!(scanned.insert(*p), "partition {p} scanned twice");
+                batch_of(&[], 0, None)
+            }
+            StorageRequest::DropPartition { partition: p, .. } => {
+                assert!(scanned.contains(p), "partition {p} dropped unsynced");
+                if *p == partition {
+                    return;
+                }
+                StorageOutcome::Dropped {
+                    removed: 0,
+                    done: true,
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        machine.on_event(Now::at(later), storage_done(op, answer), &mut out);
+    }
+    panic!("partition {partition} was not dropped again");
+}
