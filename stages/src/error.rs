@@ -165,6 +165,21 @@ pub enum ServiceError {
         /// The background stages, comma-separated.
         known: String,
     },
+    /// A replica write or a transfer batch reached a node that holds no copy of its
+    /// partition in its membership view (the sender's view is newer or older than this
+    /// node's). It is not stored: a node drops the partitions it does not hold, so a copy
+    /// kept there could be the one a write's quorum counted on, and be lost.
+    #[error(
+        "{node} is not a replica of partition {partition} in its membership (version {version})"
+    )]
+    NotAReplica {
+        /// The node that refused.
+        node: String,
+        /// The partition.
+        partition: u32,
+        /// The version of the node's membership.
+        version: u64,
+    },
     /// A membership change (`admin join|leave|remove|commit`) was refused.
     #[error("membership change refused: {reason}")]
     MembershipRefused {
@@ -197,6 +212,7 @@ impl ServiceError {
             ServiceError::NotABackgroundStage { .. } => "NotABackgroundStage",
             ServiceError::RateTooHigh { .. } => "RateTooHigh",
             ServiceError::MembershipRefused { .. } => "MembershipRefused",
+            ServiceError::NotAReplica { .. } => "NotAReplica",
         }
     }
 }

@@ -512,6 +512,18 @@ impl MembershipView {
     /// remembered per partition until the next membership is installed. Only one `n` is
     /// remembered (a node has one); another is worked out each time.
     pub fn replicas_for_key(&self, key: &[u8], n: usize) -> Replicas {
+        self.with_replicas(key, n, Replicas::clone)
+    }
+
+    /// Whether `node` holds `key`'s partition under any ring a coordinator may use
+    /// ([`Membership::holds`]), from the same remembered answers.
+    pub fn holds_key(&self, node: &NodeId, key: &[u8], n: usize) -> bool {
+        self.with_replicas(key, n, |r| {
+            r.list.primaries.contains(node) || r.also_write.contains(node)
+        })
+    }
+
+    fn with_replicas<T>(&self, key: &[u8], n: usize, f: impl FnOnce(&Replicas) -> T) -> T {
         let installed = self.installed();
         let membership = &installed.membership;
         let partition = membership.ring().partition_of(key);
@@ -520,10 +532,10 @@ impl MembershipView {
             (n, (0..count).map(|_| OnceLock::new()).collect())
         });
         match slots.get(partition.0 as usize) {
-            Some(slot) if *cached_n == n => slot
-                .get_or_init(|| membership.replicas(partition, n))
-                .clone(),
-            _ => membership.replicas(partition, n),
+            Some(slot) if *cached_n == n => {
+                f(slot.get_or_init(|| membership.replicas(partition, n)))
+            }
+            _ => f(&membership.replicas(partition, n)),
         }
     }
 

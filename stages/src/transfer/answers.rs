@@ -76,7 +76,7 @@ impl TransferMachine {
                     if active.final_sync && active.segments.is_none() && active.cursor.is_none() {
                         let partition = active.partition;
                         if let Some(handed) = self.handed.get_mut(&partition) {
-                            handed.left = Some(VecDeque::new());
+                            handed.empty = true;
                         }
                     }
                     return self.end_of_scan(now, out);

@@ -32,6 +32,9 @@ impl TransferMachine {
                 self.found_empty.remove(&p);
                 self.synced.remove(&p);
                 self.sync_after.remove(&p);
+                if let Some(handed) = self.handed.get_mut(&p) {
+                    handed.restart();
+                }
                 continue;
             }
             let since = *self.unowned_since.entry(p).or_insert(now);
@@ -57,55 +60,8 @@ impl TransferMachine {
         if self.dropping.is_some() {
             return;
         }
-        // Before a partition is dropped here, it is sent once more to every replica that holds
-        // it now: whatever reached it since its transfer (a hint delivered late, a write whose
-        // copy to the new replica was lost) may be the last copy. Without a remembered
-        // transfer (this node restarted since: the simulator's seed 1006 lost acknowledged
-        // writes that way; or it never held the partition) the whole partition is sent.
-        if !self.synced.contains(&partition) {
-            if self.active.is_some() {
-                return;
-            }
-            let handed = self.handed.entry(partition).or_insert_with(|| Handed {
-                compared: None,
-                left: None,
-            });
-            // To every replica that holds the partition now (not the ones it was sent to: a
-            // later commit may have moved it again).
-            let left = handed.left.get_or_insert_with(|| {
-                let replicas = m.replicas(PartitionId(partition), self.settings.n);
-                replicas
-                    .list
-                    .primaries
-                    .into_iter()
-                    .chain(replicas.also_write)
-                    .filter(|node| *node != me)
-                    .collect()
-            });
-            match left.pop_front() {
-                Some(to) => {
-                    let mut sync = Active::new(partition, to);
-                    sync.final_sync = true;
-                    match handed.compared.clone() {
-                        Some(compared) => {
-                            sync.baseline = Some(compared);
-                            sync.phase = Phase::Comparing;
-                        }
-                        // The whole partition, in one scan (a tree would change nothing).
-                        None => {
-                            sync.phase = Phase::Streaming;
-                            sync.catch_up = true;
-                        }
-                    }
-                    self.active = Some(sync);
-                    self.step(now, out);
-                    return;
-                }
-                None => {
-                    self.handed.remove(&partition);
-                    self.synced.insert(partition);
-                }
-            }
+        if !self.synced.contains(&partition) && !self.final_sync(m, partition, now, out) {
+            return;
         }
         let tokens = self.gate.available(now);
         if tokens == 0 {
@@ -114,6 +70,61 @@ impl TransferMachine {
         let limit = DROP_STEP.min(tokens as usize);
         let op = self.storage(StorageRequest::DropPartition { partition, limit }, out);
         self.dropping = Some((partition, op, now + STORAGE_DEADLINE));
+    }
+
+    /// Before a partition is dropped here, it is sent once more to every replica that holds
+    /// it now: whatever reached it since its transfer (a hint delivered late, a write whose
+    /// copy to the new replica was lost) may be the last copy. Without a remembered transfer
+    /// (this node restarted since: the simulator's seed 1006 lost acknowledged writes that
+    /// way; or it never held the partition) the whole partition is sent. Starts the sync to
+    /// the next replica (the least failed first); true once every replica has it.
+    fn final_sync(
+        &mut self,
+        m: &Membership,
+        partition: u32,
+        now: Instant,
+        out: &mut Outbox,
+    ) -> bool {
+        if self.active.is_some() {
+            return false;
+        }
+        let me = &self.settings.node;
+        let handed = self.handed.entry(partition).or_default();
+        // The replicas that hold the partition now (not the ones it was sent to: a later
+        // commit may have moved it again).
+        let replicas = m.replicas(PartitionId(partition), self.settings.n);
+        let next = replicas
+            .list
+            .primaries
+            .into_iter()
+            .chain(replicas.also_write)
+            .filter(|node| node != me && !handed.synced_to.contains(node))
+            .min_by_key(|node| handed.failures.get(node).copied().unwrap_or(0));
+        let to = match next {
+            Some(to) if !handed.empty => to,
+            _ => {
+                self.handed.remove(&partition);
+                self.sync_after.remove(&partition);
+                self.synced.insert(partition);
+                return true;
+            }
+        };
+        let mut sync = Active::new(partition, to);
+        sync.final_sync = true;
+        match handed.compared.clone() {
+            Some(compared) => {
+                sync.baseline = Some(compared);
+                sync.phase = Phase::Comparing;
+            }
+            // The whole partition, in one scan (a tree would change nothing).
+            None => {
+                sync.phase = Phase::Streaming;
+                sync.catch_up = true;
+            }
+        }
+        self.active = Some(sync);
+        self.step(now, out);
+        false
     }
 
     pub(super) fn on_dropped(&mut self, now: Instant, done: StorageDone) {

@@ -55,6 +55,8 @@ const MIN_RETRY_PAUSE: Duration = Duration::from_millis(200);
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// Failures in a row after which a transfer is parked so the others can go on.
 const FAILURES_BEFORE_PARKING: u32 = 3;
+/// The longest pause before a failed final sync is tried again.
+const MAX_SYNC_PAUSE: Duration = Duration::from_secs(60);
 /// How long a parked transfer waits before it is taken up again (from its cursor).
 const PARK_PAUSE: Duration = Duration::from_secs(2);
 /// Finished transfers kept on the board, so `admin ring` shows what just completed.
@@ -178,14 +180,31 @@ impl Active {
     }
 }
 
-/// A partition this node sent (remembered for its final sync before the drop), or one whose
-/// final sync has begun.
+/// A partition's final sync before its drop (see `cleanup.rs`): made when this node finishes
+/// sending the partition (with the baseline), or when its drop comes due without one.
+#[derive(Default)]
 struct Handed {
-    /// The segment hashes it last compared (the final sync's baseline; `None`: the tree was
-    /// not ready, so the whole partition is sent again).
+    /// The segment hashes this node last compared when it sent the partition (the final
+    /// sync's baseline; `None`: unknown, or the tree was not ready, so the whole partition is
+    /// sent).
     compared: Option<Vec<u64>>,
-    /// The replicas the final sync still has to reach (`None` until it begins).
-    left: Option<VecDeque<NodeId>>,
+    /// The replicas the final sync reached.
+    synced_to: BTreeSet<NodeId>,
+    /// Failed attempts per replica: the least failed is tried first, so a dead replica does
+    /// not hold up the live ones.
+    failures: BTreeMap<NodeId, u32>,
+    /// A whole-partition scan found nothing: no replica needs the sync.
+    empty: bool,
+}
+
+impl Handed {
+    /// Forgets the sync's progress (the node holds the partition again; it syncs afresh
+    /// when it stops).
+    fn restart(&mut self) {
+        self.synced_to.clear();
+        self.failures.clear();
+        self.empty = false;
+    }
 }
 
 /// The transfer stage's machine.
@@ -206,9 +225,10 @@ pub struct TransferMachine {
     sent: BTreeSet<(u32, NodeId)>,
     /// Finished transfers, newest last, for the board.
     finished: VecDeque<TransferProgress>,
-    /// Partitions this node sent, with the segment hashes it last compared and (once the
-    /// final sync began) the current replicas still to sync: before the partition is dropped
-    /// here, what changed since is sent to each replica that holds it then.
+    /// Final syncs: of partitions this node sent (with the segment hashes it last
+    /// compared), and of partitions whose drop came due: before a partition is dropped here,
+    /// it is sent to each replica that holds it then (what changed since the baseline, or
+    /// all of it).
     handed: BTreeMap<u32, Handed>,
     /// Partitions whose final sync is complete, so their drop steps may run; forgotten once
     /// a drop empties the partition or this node holds it again.
@@ -308,9 +328,19 @@ impl TransferMachine {
             self.sent.clear();
         }
         let outgoing = self.outgoing(&m);
-        // A transfer no longer pending (done, or replaced by a newer commit) is let go.
+        // A transfer no longer pending (done, or replaced by a newer commit) is let go; so
+        // is a final sync of a partition this node holds again.
         if let Some(active) = &self.active {
-            if !active.final_sync && !outgoing.contains(&(active.partition, active.to.clone())) {
+            let gone = if active.final_sync {
+                m.holds(
+                    &self.settings.node,
+                    PartitionId(active.partition),
+                    self.settings.n,
+                )
+            } else {
+                !outgoing.contains(&(active.partition, active.to.clone()))
+            };
+            if gone {
                 self.active = None;
             }
         }
@@ -407,13 +437,8 @@ impl TransferMachine {
         if active.final_sync {
             debug!(self.logger, "final sync done"; "partition" => active.partition,
                    "to" => %active.to, "objects" => active.objects);
-            let finished = self
-                .handed
-                .get(&active.partition)
-                .is_some_and(|h| h.left.as_ref().is_some_and(VecDeque::is_empty));
-            if finished {
-                self.handed.remove(&active.partition);
-                self.synced.insert(active.partition);
+            if let Some(handed) = self.handed.get_mut(&active.partition) {
+                handed.synced_to.insert(active.to);
             }
             return;
         }
@@ -422,7 +447,7 @@ impl TransferMachine {
             .entry(active.partition)
             .or_insert_with(|| Handed {
                 compared: active.compared.clone(),
-                left: None,
+                ..Handed::default()
             });
         info!(self.logger, "transfer done"; "partition" => active.partition, "to" => %active.to,
               "objects" => active.objects, "bytes" => active.bytes, "retries" => active.retries);
@@ -448,12 +473,18 @@ impl TransferMachine {
             return;
         };
         if active.final_sync {
-            // Tried again after a pause, to the replicas that hold the partition then (a dead
-            // target that was removed meanwhile is no longer among them).
-            if let Some(handed) = self.handed.get_mut(&active.partition) {
-                handed.left = None;
-            }
-            self.sync_after.insert(active.partition, now + PARK_PAUSE);
+            // Tried again after a pause that doubles per failure of this target, the least
+            // failed replica first, among those that hold the partition then (a dead target
+            // removed meanwhile is no longer one); the replicas it reached keep their sync.
+            let failures = self.handed.get_mut(&active.partition).map_or(1, |handed| {
+                let failures = handed.failures.entry(active.to).or_insert(0);
+                *failures += 1;
+                *failures
+            });
+            let pause = MIN_RETRY_PAUSE
+                .saturating_mul(1 << failures.min(8))
+                .min(MAX_SYNC_PAUSE);
+            self.sync_after.insert(active.partition, now + pause);
             return;
         }
         active.waiting = None;
@@ -506,11 +537,10 @@ impl TransferMachine {
         if partition >= m.ring().partition_count()
             || !m.holds(&self.settings.node, PartitionId(partition), self.settings.n)
         {
-            let error = ServiceError::MembershipRefused {
-                reason: format!(
-                    "{} does not hold partition {partition} in its view (version {})",
-                    self.settings.node, m.version
-                ),
+            let error = ServiceError::NotAReplica {
+                node: self.settings.node.to_string(),
+                partition,
+                version: m.version,
             };
             return out.reply(IntakeEvent::reply(origin, &Message::Error(error)));
         }
@@ -529,7 +559,11 @@ impl TransferMachine {
             progress.push(active.progress("parked"));
         }
         if let Some(active) = &self.active {
-            progress.push(active.progress(active.phase.name(active.catch_up)));
+            let phase = match active.final_sync {
+                true => "final_sync",
+                false => active.phase.name(active.catch_up),
+            };
+            progress.push(active.progress(phase));
         }
         self.board.publish(progress);
         self.gate

@@ -493,3 +493,87 @@ fn a_restarted_node_sends_a_partition_to_every_replica_before_dropping_it() {
     }
     panic!("partition {partition} was not dropped again");
 }
+
+/// Goal: a final sync that fails for one replica (down, but still a member) keeps what the
+/// others got: they are synced first, the failed one is tried again after a pause, and the
+/// partition is dropped only once it has it too.
+#[test]
+fn a_final_sync_failing_for_one_replica_syncs_the_others_and_retries_it_before_the_drop() {
+    let n1 = NodeId::new("n1");
+    // Four partitions over four nodes with N = 3: n1 holds all but one.
+    let m = Membership::new(
+        1,
+        4,
+        ["n1", "n2", "n3", "n4"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Member::loopback(name, i as u16 + 1))
+            .collect(),
+    )
+    .expect("valid");
+    let unheld: Vec<u32> = (0..4)
+        .filter(|p| !m.holds(&n1, PartitionId(*p), 3))
+        .collect();
+    let [partition] = unheld[..] else {
+        panic!("n1 should hold all partitions but one: {unheld:?}");
+    };
+    let mut machine = machine(&n1, m);
+    let mut out = Outbox::new();
+    let start = Instant::now();
+    machine.on_tick(Now::at(start), &mut out);
+    assert!(effects(&mut out).is_empty(), "nothing before the delay");
+    let mut now = start + Duration::from_secs(3601);
+    // One attempt: the batch read, its send, and the replica's answer (`fail`: unreachable).
+    let attempt = |machine: &mut TransferMachine, now: Instant, fail: bool| -> Option<NodeId> {
+        let mut out = Outbox::new();
+        machine.on_tick(Now::at(now), &mut out);
+        let events = effects(&mut out);
+        if events.is_empty() {
+            return None;
+        }
+        let (op, request) = storage_request(&events);
+        if let StorageRequest::DropPartition { partition: p, .. } = request {
+            assert_eq!(*p, partition);
+            return Some(NodeId::new("dropped"));
+        }
+        machine.on_event(
+            Now::at(now),
+            storage_done(op, batch_of(&["k"], 1, None)),
+            &mut out,
+        );
+        let (op, peer, _) = peer_send(&effects(&mut out));
+        let result = match fail {
+            true => Err(ServiceError::PeerUnreachable {
+                node: peer.to_string(),
+                why: None,
+            }),
+            false => Ok(Message::TransferAck(TransferAck { merged: 1 })),
+        };
+        let answer = TransferEvent::Peer(PeerDone {
+            op,
+            peer: peer.clone(),
+            result,
+        });
+        machine.on_event(Now::at(now), answer, &mut out);
+        Some(peer)
+    };
+    let dead = attempt(&mut machine, now, true).expect("a first replica tried");
+    assert_eq!(
+        attempt(&mut machine, now, false),
+        None,
+        "no retry before the pause"
+    );
+    now += Duration::from_secs(1);
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        order.push(attempt(&mut machine, now, false).expect("a sync"));
+    }
+    assert_ne!(order[0], dead, "the live replicas first: {order:?}");
+    assert_ne!(order[1], dead, "the live replicas first: {order:?}");
+    assert_eq!(order[2], dead, "then the failed one again: {order:?}");
+    assert_eq!(
+        attempt(&mut machine, now, false),
+        Some(NodeId::new("dropped")),
+        "dropped once every replica has it"
+    );
+}

@@ -212,10 +212,14 @@ impl Coordinator {
             .and_then(|op| self.requests.get(&op.request))
             .is_some_and(|p| matches!(p.work, Work::Forward { .. }));
         if !forwarding {
-            // Only a replica whose link failed is retried on a spare (replica reads and writes
-            // are idempotent, so one that may have arrived costs nothing); one that answered
-            // with an error has spoken.
-            if link_failed {
+            // Only a replica whose link failed, or that does not hold the key in its view, is
+            // retried on a spare (replica reads and writes are idempotent, so one that may
+            // have arrived costs nothing); one that answered with another error has spoken.
+            let not_a_replica = matches!(
+                done.result,
+                Ok(Message::Error(ServiceError::NotAReplica { .. }))
+            );
+            if link_failed || not_a_replica {
                 if let Some(info) = self.operations.get(&done.op).cloned() {
                     if self.retry_on_spare(&info, out) {
                         self.operations.remove(&done.op);

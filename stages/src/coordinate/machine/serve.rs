@@ -54,18 +54,42 @@ impl Coordinator {
                 versions,
                 durable,
                 ..
-            } => (
-                ServeKind::Replica,
-                k.clone(),
-                StorageRequest::Merge {
-                    key: k,
-                    versions,
-                    durable,
-                },
-            ),
+            } => {
+                if let Some(error) = self.not_a_replica(&k) {
+                    return out.reply(IntakeEvent::reply(origin, &Message::Error(error)));
+                }
+                (
+                    ServeKind::Replica,
+                    k.clone(),
+                    StorageRequest::Merge {
+                        key: k,
+                        versions,
+                        durable,
+                    },
+                )
+            }
         };
         let work = Work::Serve { request: kind };
         self.start_local(origin, received_at, item, request, work, out);
+    }
+
+    /// Why this node refuses to store a replica write of `key`: it holds no copy of the
+    /// key's partition in its view, so its cleanup would drop the copy (after its final
+    /// sync, perhaps before this write reached it) while the write's coordinator counted it.
+    /// Refused, the coordinator asks another node (sloppy quorum), a hint keeps the write
+    /// for the replicas, and read repair finds its next replica. A coordinator with a newer
+    /// view than this node's is refused too, until gossip brings this node the commit.
+    fn not_a_replica(&self, key: &[u8]) -> Option<ServiceError> {
+        let (me, n) = (&self.settings.node, self.settings.n);
+        if self.membership.holds_key(me, key, n) {
+            return None;
+        }
+        let m = self.membership.current();
+        Some(ServiceError::NotAReplica {
+            node: me.to_string(),
+            partition: m.ring().partition_of(key).0,
+            version: m.version,
+        })
     }
 
     /// `admin members`: asks storage for the hints held; the reply (see `answers.rs`) adds
