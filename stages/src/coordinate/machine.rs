@@ -416,7 +416,14 @@ impl Coordinator {
                     return;
                 }
                 // A forwarded put whose sender's view differs may land outside the list: this
-                // node is then one of the N replicas it writes.
+                // node is then one of the N replicas it writes, if it holds the key at all (a
+                // copy here would be dropped by cleanup, perhaps after its final sync, while
+                // the quorum counted it): otherwise the sender tries the next list node.
+                if forwarded {
+                    if let Some(error) = self.not_a_replica(&k) {
+                        return out.reply(IntakeEvent::reply(origin, &Message::Error(error)));
+                    }
+                }
                 let mut remotes: Vec<Target> =
                     targets.into_iter().filter(|t| t.node != me).collect();
                 remotes.truncate(n.saturating_sub(1));

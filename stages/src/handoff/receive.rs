@@ -29,6 +29,13 @@ impl HandoffMachine {
         objects: Vec<(Vec<u8>, VersionSet)>,
         out: &mut Outbox,
     ) {
+        // A hint for a key this node does not hold in its view (the fallback's view is older
+        // or newer) is not stored: cleanup would drop it, perhaps after its final sync, while
+        // the fallback deleted its copy. The fallback keeps the hints and, once its view says
+        // so, sends them to the key's replicas (`retarget.rs`).
+        if let Some(error) = self.not_a_replica(&objects) {
+            return out.reply(IntakeEvent::reply(origin, &Message::Error(error)));
+        }
         let count = u32::try_from(objects.len()).unwrap_or(u32::MAX);
         self.pay_receive_debt(now);
         if self.receive_debt > 0 {
@@ -52,5 +59,20 @@ impl HandoffMachine {
         let merge = self.storage(StorageRequest::sync(objects, Vec::new()));
         self.serving.insert(merge.op, (origin, count));
         out.request(merge);
+    }
+
+    /// The refusal of a batch holding a key whose partition this node holds in no ring of its
+    /// view, naming the first such partition.
+    fn not_a_replica(&self, objects: &[(Vec<u8>, VersionSet)]) -> Option<ServiceError> {
+        let (membership, me, n) = self.membership.as_ref()?;
+        let (key, _) = objects
+            .iter()
+            .find(|(key, _)| !membership.holds_key(me, key, *n))?;
+        let m = membership.current();
+        Some(ServiceError::NotAReplica {
+            node: me.to_string(),
+            partition: m.ring().partition_of(key).0,
+            version: m.version,
+        })
     }
 }

@@ -5,6 +5,7 @@
 //! never sent it: a stale coordinator's stray write).
 
 use super::*;
+use crate::membership::MemberState;
 
 /// Most objects removed per drop step.
 const DROP_STEP: usize = 1024;
@@ -99,6 +100,8 @@ impl TransferMachine {
             .into_iter()
             .chain(replicas.also_write)
             .filter(|node| node != me && !handed.synced_to.contains(node))
+            // A removed member's copy is rebuilt from the others; nothing goes to it.
+            .filter(|node| m.state_of(node) != Some(MemberState::Removed))
             .min_by_key(|node| handed.failures.get(node).copied().unwrap_or(0));
         let to = match next {
             Some(to) if !handed.empty => to,

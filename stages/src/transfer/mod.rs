@@ -475,14 +475,21 @@ impl TransferMachine {
         if active.final_sync {
             // Tried again after a pause that doubles per failure of this target, the least
             // failed replica first, among those that hold the partition then (a dead target
-            // removed meanwhile is no longer one); the replicas it reached keep their sync.
+            // removed meanwhile is no longer asked); the replicas it reached keep their sync.
             let failures = self.handed.get_mut(&active.partition).map_or(1, |handed| {
-                let failures = handed.failures.entry(active.to).or_insert(0);
+                let failures = handed.failures.entry(active.to.clone()).or_insert(0);
                 *failures += 1;
                 *failures
             });
+            if failures == 1 {
+                info!(self.logger, "final sync failed; the partition's drop waits for it";
+                      "partition" => active.partition, "to" => %active.to);
+            } else {
+                debug!(self.logger, "final sync failed again"; "partition" => active.partition,
+                       "to" => %active.to, "failures" => failures);
+            }
             let pause = MIN_RETRY_PAUSE
-                .saturating_mul(1 << failures.min(8))
+                .saturating_mul(1 << failures.min(9))
                 .min(MAX_SYNC_PAUSE);
             self.sync_after.insert(active.partition, now + pause);
             return;
@@ -559,9 +566,10 @@ impl TransferMachine {
             progress.push(active.progress("parked"));
         }
         if let Some(active) = &self.active {
-            let phase = match active.final_sync {
-                true => "final_sync",
-                false => active.phase.name(active.catch_up),
+            let phase = if active.final_sync {
+                "final_sync"
+            } else {
+                active.phase.name(active.catch_up)
             };
             progress.push(active.progress(phase));
         }

@@ -247,6 +247,13 @@ impl Coordinator {
             return;
         };
         match done.result {
+            // It holds no copy of the key in its view, and applied nothing: the next one.
+            Ok(Message::Error(error @ ServiceError::NotAReplica { .. })) => {
+                if let Some(pending) = self.requests.get_mut(&key) {
+                    pending.tracker.fail(node.as_str(), &error);
+                }
+                self.forward_next(now, key, out);
+            }
             // The preference-list node answered: its answer is the client's, error or not.
             Ok(message) => {
                 if let Some(mut pending) = self.requests.remove(&key) {

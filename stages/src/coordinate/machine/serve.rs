@@ -73,13 +73,14 @@ impl Coordinator {
         self.start_local(origin, received_at, item, request, work, out);
     }
 
-    /// Why this node refuses to store a replica write of `key`: it holds no copy of the
-    /// key's partition in its view, so its cleanup would drop the copy (after its final
-    /// sync, perhaps before this write reached it) while the write's coordinator counted it.
-    /// Refused, the coordinator asks another node (sloppy quorum), a hint keeps the write
-    /// for the replicas, and read repair finds its next replica. A coordinator with a newer
-    /// view than this node's is refused too, until gossip brings this node the commit.
-    fn not_a_replica(&self, key: &[u8]) -> Option<ServiceError> {
+    /// Why this node refuses to store a replica write or a forwarded put of `key`: it holds
+    /// no copy of the key's partition in its view, so its cleanup would drop the copy (after
+    /// its final sync, perhaps before this write reached it) while the write's coordinator
+    /// counted it. Refused, a coordinator asks a spare fallback (sloppy quorum) whose hint
+    /// keeps the write for the replicas, and a forwarding node the next list node. A
+    /// coordinator with a newer view than this node's is refused too, until gossip brings
+    /// this node the commit.
+    pub(super) fn not_a_replica(&self, key: &[u8]) -> Option<ServiceError> {
         let (me, n) = (&self.settings.node, self.settings.n);
         if self.membership.holds_key(me, key, n) {
             return None;

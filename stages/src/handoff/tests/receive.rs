@@ -184,3 +184,85 @@ fn reply_of(out: &mut Outbox) -> Option<(u64, Message)> {
         _ => None,
     })
 }
+
+/// Goal: a batch holding a key whose partition this node holds in no ring of its view is
+/// refused with `NotAReplica` and nothing of it is stored (cleanup would drop that copy,
+/// perhaps after its final sync, while the fallback deleted its hint); a batch of keys it
+/// holds is merged.
+#[test]
+fn a_batch_with_a_key_this_node_does_not_hold_is_refused_and_not_stored() {
+    use crate::membership::{Member, Membership, MembershipView};
+    let start = Instant::now();
+    // N = 1 of three members: n1 holds some keys and not others.
+    let members = ["n1", "n2", "n3"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Member::loopback(name, i as u16 + 1))
+        .collect();
+    let membership = Membership::new(1, 8, members).expect("valid");
+    let n1 = NodeId::new("n1");
+    let key_where = |held: bool| {
+        (0..1000)
+            .map(|i| format!("key-{i}").into_bytes())
+            .find(|k| {
+                membership
+                    .ring()
+                    .preference_list_for_key(k, 1)
+                    .primaries
+                    .contains(&n1)
+                    == held
+            })
+            .expect("such a key")
+    };
+    let view = MembershipView::new(membership.clone());
+    let mut machine = machine(start).retargeting(view, n1.clone(), 1);
+    let mut out = Outbox::new();
+    let origin = Origin {
+        conn: crate::event::ConnId(7),
+        request_id: 42,
+    };
+    let objects = vec![
+        (key_where(true), VersionSet::new()),
+        (key_where(false), VersionSet::new()),
+    ];
+    let serve = HandoffEvent::Serve { origin, objects };
+    machine.on_event(at(start, 0), serve, &mut out);
+    let effects = out.take();
+    assert!(
+        !effects.iter().any(|e| matches!(
+            e,
+            Effect::Send {
+                event: Event::Storage(_),
+                ..
+            }
+        )),
+        "nothing stored: {effects:?}"
+    );
+    let reply = effects.into_iter().find_map(|effect| match effect {
+        Effect::Send {
+            event: Event::Intake(event),
+            ..
+        } => event.sent_message(),
+        _ => None,
+    });
+    match reply {
+        Some((42, Message::Error(ServiceError::NotAReplica { node, .. }))) => {
+            assert_eq!(node, "n1")
+        }
+        other => panic!("expected NotAReplica, got {other:?}"),
+    }
+
+    let objects = vec![(key_where(true), VersionSet::new())];
+    let serve = HandoffEvent::Serve { origin, objects };
+    machine.on_event(at(start, 1), serve, &mut out);
+    assert!(
+        out.take().iter().any(|e| matches!(
+            e,
+            Effect::Send {
+                event: Event::Storage(_),
+                ..
+            }
+        )),
+        "a batch of held keys is merged"
+    );
+}
