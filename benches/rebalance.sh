@@ -9,7 +9,8 @@
 # foreground while n4 joins (admin join + commit, 2 s in) and its partitions are transferred. Reports the foreground p99 of both (goal: during
 # <= 1.5x baseline), the transfer time, the partitions whose owner changed against the ideal
 # Q/S, the partition copies made against the ideal N*Q/S, and MB moved and MB/s (from the
-# senders' transfer reports). RUNS runs; medians. Prints a table and writes it to
+# senders' transfer reports) and the foreground requests that failed in each phase (by kind
+# per run). RUNS runs; medians. Prints a table and writes it to
 # OUT_DIR/rebalance.txt.
 #
 # Usage: benches/rebalance.sh [keys] [runs]    (defaults 100000 3)
@@ -64,6 +65,7 @@ EOF
 stop() { kill -INT "${pid[$1]}" 2>/dev/null || true; wait "${pid[$1]}" 2>/dev/null || true; unset "pid[$1]"; }
 pending() { "$bin/shoal" admin ring --node "127.0.0.1:$(port 1)" --json \
   | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["pending_transfers"]))' || fail "admin ring"; }
+failed() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(o["errors"] for o in r["operations"]))' "$1"; }
 p99() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(max(o["p99_us"] for o in r["operations"]) / 1000)' "$1"; }
 # Bytes the senders report for transfers done (each node shows its own, newest 64).
 moved_bytes() {
@@ -114,6 +116,12 @@ for run in $(seq "$runs"); do
   record "$run" moved_mb "$(awk -v b="$bytes" 'BEGIN {printf "%.1f", b / 1048576}')"
   record "$run" fg_p99_ms_baseline "$(p99 "$work/base.json")"
   record "$run" fg_p99_ms_transfer "$(p99 "$work/move.json")"
+  record "$run" fg_failed_baseline "$(failed "$work/base.json")"
+  record "$run" fg_failed_transfer "$(failed "$work/move.json")"
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); k={}
+for o in r["operations"]:
+    for kind, n in o["errors_by_kind"].items(): k[kind] = k.get(kind, 0) + n
+print("  run '"$run"': failed during the transfer by kind:", k or "none")' "$work/move.json"
   stop 4; stop 1; stop 2; stop 3
 done
 
@@ -130,6 +138,7 @@ took, mb = med("transfer_seconds"), med("moved_mb")
 print(f"transfers done in {took:.1f} s after the commit; {mb:.1f} MB moved, {mb / took:.1f} MB/s")
 base, move = med("fg_p99_ms_baseline"), med("fg_p99_ms_transfer")
 print(f"foreground p99 {move:.2f} ms during the transfer vs {base:.2f} ms before ({move / base:.2f}x)")
+print(f"failed foreground requests: {med('fg_failed_transfer'):.0f} during the transfer, {med('fg_failed_baseline'):.0f} before")
 print(("holds" if med("owners_changed") <= 1.05 * q / s else "MISSED") + ": owners changed <= 1.05x Q/S")
 print(("holds" if move / base <= 1.5 else "MISSED") + ": p99 during the transfer <= 1.5x the baseline")
 EOF

@@ -165,9 +165,9 @@ pub enum ServiceError {
         /// The background stages, comma-separated.
         known: String,
     },
-    /// A replica write or a transfer batch reached a node that holds no copy of its
-    /// partition in its membership view (the sender's view is newer or older than this
-    /// node's). It is not stored: a node drops the partitions it does not hold, so a copy
+    /// A replica write, a forwarded put, a hint batch or a transfer batch reached a node
+    /// that holds no copy of its key's partition in its membership view (the sender's view
+    /// is newer or older than this node's). Nothing of it is stored: a node drops the partitions it does not hold, so a copy
     /// kept there could be the one a write's quorum counted on, and be lost.
     #[error(
         "{node} is not a replica of partition {partition} in its membership (version {version})"

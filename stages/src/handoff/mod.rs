@@ -25,7 +25,9 @@
 //! [`MAX_ROUND_BACKOFF`], as before.
 //!
 //! RECEIVER SIDE (`receive.rs`): a `HandoffBatch` from a fallback is merged by clock like any
-//! replica write (`StorageRequest::Sync`) and acknowledged with `HandoffAck`. The receiver
+//! replica write (`StorageRequest::Sync`) and acknowledged with `HandoffAck`; one holding a
+//! key whose partition the receiver holds in no ring of its view is refused whole
+//! (`NotAReplica`), as a replica write would be. The receiver
 //! pays for what it merges too, one token of its own gate per object, because the returning
 //! node is where a backlog hurts the foreground: four fallbacks pacing themselves, each on its
 //! own latency, had no way to see the damage they did there (issue 9's benchmark: with every
@@ -66,7 +68,7 @@ use crate::wire::{
 };
 use crate::NodeId;
 use retarget::Fanout;
-use slog::{info, warn, Logger};
+use slog::{debug, info, warn, Logger};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
@@ -166,7 +168,9 @@ pub struct HandoffMachine {
     /// Hints (by hint key) of batches the target refused with an answer (not a lost link or
     /// a full queue): one bad object (too many versions, a limit the target sets lower)
     /// refuses its whole batch, and scans in key order would batch it with the same
-    /// neighbours every pass. These go alone, so only the bad one stays behind.
+    /// neighbours every pass. These go alone, so only the bad one stays behind. So do the
+    /// hints of a partition the target said it does not hold (`NotAReplica`), until it
+    /// takes them.
     solo: BTreeSet<Vec<u8>>,
     logger: Logger,
 }
@@ -408,6 +412,12 @@ impl HandoffMachine {
         self.start_round(now, out);
     }
 
+    /// The partition of `key` in this node's view (`None` without a membership: tests).
+    fn partition_of(&self, key: &[u8]) -> Option<u32> {
+        let (membership, _, _) = self.membership.as_ref()?;
+        Some(membership.current().ring().partition_of(key).0)
+    }
+
     fn delivery_answered(
         &mut self,
         now: Instant,
@@ -448,7 +458,25 @@ impl HandoffMachine {
                 }
                 _ => None,
             };
-            if let Some(error) = refusal.filter(|_| !delivery.fanout && delivery.hints.len() > 1) {
+            if let Some(ServiceError::NotAReplica { partition, .. }) = refusal {
+                // The target does not hold that partition in its view (one of the two views
+                // is behind): its hints go alone, so they do not hold back the rest of a
+                // batch, until the views agree (then it takes them, or this node's view
+                // retargets them). Not a warning: it passes once gossip catches up.
+                let partition = *partition;
+                debug!(self.logger, "hints refused: the target does not hold their partition";
+                       "target" => %done.peer, "partition" => partition);
+                let of_partition = |h: &&Hint| self.partition_of(&h.key) == Some(partition);
+                let held_back: Vec<Vec<u8>> = delivery
+                    .hints
+                    .iter()
+                    .filter(of_partition)
+                    .map(|h| h.hint_key.clone())
+                    .collect();
+                self.solo.extend(held_back);
+            } else if let Some(error) =
+                refusal.filter(|_| !delivery.fanout && delivery.hints.len() > 1)
+            {
                 warn!(self.logger, "a hint batch was refused; its hints go one by one next";
                       "target" => %done.peer, "hints" => delivery.hints.len(), "error" => %error);
                 self.solo

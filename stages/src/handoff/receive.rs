@@ -1,5 +1,6 @@
 //! The receiving side: a fallback's `HandoffBatch` merged when nothing is owed for the last one,
-//! refused as busy otherwise, and the backlog the gate reports (see the module above).
+//! refused as busy otherwise (and refused whole, `NotAReplica`, when it holds a key this node
+//! does not hold in its view), and the backlog the gate reports (see the module above).
 
 use super::*;
 

@@ -510,3 +510,75 @@ fn an_acknowledged_round_starts_the_next_at_once_while_the_gate_allows() {
 }
 
 mod receive;
+
+/// Goal: a batch the target refuses with `NotAReplica` (it does not hold that partition in
+/// its view: one of the two views is behind) holds back only that partition's hints, which go
+/// alone from then on; the target's other hints still travel together.
+#[test]
+fn hints_of_a_partition_the_target_does_not_hold_go_alone_and_the_rest_together() {
+    use crate::membership::{Member, Membership, MembershipView};
+    let start = Instant::now();
+    let members = ["n1", "n2", "n3"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Member::loopback(name, i as u16 + 1))
+        .collect();
+    let membership = Membership::new(1, 8, members).expect("valid");
+    let n2 = NodeId::new("n2");
+    // Two keys each of two partitions n2 holds (N = 1), as hints for n2.
+    let ring = membership.ring();
+    let keys_of_n2: Vec<(u32, Vec<u8>)> = (0..2000)
+        .map(|i| format!("key-{i}").into_bytes())
+        .filter(|k| ring.preference_list_for_key(k, 1).primaries.contains(&n2))
+        .map(|k| (ring.partition_of(&k).0, k))
+        .collect();
+    let first = keys_of_n2[0].0;
+    let other = keys_of_n2
+        .iter()
+        .find(|(p, _)| *p != first)
+        .expect("n2 holds two partitions")
+        .0;
+    let pick = |partition: u32| {
+        keys_of_n2
+            .iter()
+            .filter(move |(p, _)| *p == partition)
+            .take(2)
+    };
+    let hints = || {
+        pick(first)
+            .chain(pick(other))
+            .enumerate()
+            .map(|(i, (_, key))| Hint {
+                hint_key: vec![i as u8],
+                key: key.clone(),
+                ..hint_for(i as u8, "n2")
+            })
+            .collect::<Vec<_>>()
+    };
+    let view = MembershipView::new(membership.clone());
+    let mut machine = machine(start).retargeting(view, NodeId::new("n1"), 1);
+    let mut out = Outbox::new();
+    round(&mut machine, at(start, 0), hints(), &mut out);
+    let sent = batches(&out.take());
+    assert_eq!(sent.len(), 1, "one batch of four: {sent:?}");
+    let refusal = PeerDone {
+        op: sent[0].0,
+        peer: n2.clone(),
+        result: Ok(Message::Error(ServiceError::NotAReplica {
+            node: "n2".into(),
+            partition: first,
+            version: 1,
+        })),
+    };
+    machine.on_event(at(start, 1), HandoffEvent::Peer(refusal), &mut out);
+    assert!(deletions(&out.take()).is_empty(), "nothing deleted");
+    machine.on_tick(at(start, 2), &mut out);
+    round(&mut machine, at(start, 2000), hints(), &mut out);
+    let mut sizes = batch_sizes(out.take());
+    sizes.sort_unstable();
+    assert_eq!(
+        sizes,
+        vec![1, 1, 2],
+        "the refused partition's two alone, the others together"
+    );
+}
