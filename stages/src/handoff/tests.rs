@@ -511,19 +511,24 @@ fn an_acknowledged_round_starts_the_next_at_once_while_the_gate_allows() {
 
 mod receive;
 
+/// Members n1, n2 and n3 over 8 partitions.
+fn three_members() -> crate::membership::Membership {
+    let members = ["n1", "n2", "n3"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| crate::membership::Member::loopback(name, i as u16 + 1))
+        .collect();
+    crate::membership::Membership::new(1, 8, members).expect("valid")
+}
+
 /// Goal: a batch the target refuses with `NotAReplica` (it does not hold that partition in
 /// its view: one of the two views is behind) holds back only that partition's hints, which go
 /// alone from then on; the target's other hints still travel together.
 #[test]
 fn hints_of_a_partition_the_target_does_not_hold_go_alone_and_the_rest_together() {
-    use crate::membership::{Member, Membership, MembershipView};
+    use crate::membership::MembershipView;
     let start = Instant::now();
-    let members = ["n1", "n2", "n3"]
-        .iter()
-        .enumerate()
-        .map(|(i, name)| Member::loopback(name, i as u16 + 1))
-        .collect();
-    let membership = Membership::new(1, 8, members).expect("valid");
+    let membership = three_members();
     let n2 = NodeId::new("n2");
     // Two keys each of two partitions n2 holds (N = 1), as hints for n2.
     let ring = membership.ring();

@@ -21,6 +21,16 @@ fn joined() -> (Membership, crate::membership::Transfer) {
     (m, first)
 }
 
+/// Members n1 to n4 over `partitions` partitions.
+fn four_members(partitions: u32) -> Membership {
+    let members = ["n1", "n2", "n3", "n4"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Member::loopback(name, i as u16 + 1))
+        .collect();
+    Membership::new(1, partitions, members).expect("valid")
+}
+
 fn machine(me: &NodeId, m: Membership) -> TransferMachine {
     let settings = TransferSettings {
         node: me.clone(),
@@ -392,16 +402,7 @@ fn a_finished_transfer_is_not_started_again_while_its_done_mark_travels() {
 #[test]
 fn a_restarted_node_sends_a_partition_to_every_replica_before_dropping_it() {
     let n1 = NodeId::new("n1");
-    let m = Membership::new(
-        1,
-        64,
-        ["n1", "n2", "n3", "n4"]
-            .iter()
-            .enumerate()
-            .map(|(i, name)| Member::loopback(name, i as u16 + 1))
-            .collect(),
-    )
-    .expect("valid");
+    let m = four_members(64);
     let partition = (0..64)
         .find(|p| !m.holds(&n1, PartitionId(*p), 3))
         .expect("a partition n1 does not hold");
@@ -501,16 +502,7 @@ fn a_restarted_node_sends_a_partition_to_every_replica_before_dropping_it() {
 fn a_final_sync_failing_for_one_replica_syncs_the_others_and_retries_it_before_the_drop() {
     let n1 = NodeId::new("n1");
     // Four partitions over four nodes with N = 3: n1 holds all but one.
-    let m = Membership::new(
-        1,
-        4,
-        ["n1", "n2", "n3", "n4"]
-            .iter()
-            .enumerate()
-            .map(|(i, name)| Member::loopback(name, i as u16 + 1))
-            .collect(),
-    )
-    .expect("valid");
+    let m = four_members(4);
     let unheld: Vec<u32> = (0..4)
         .filter(|p| !m.holds(&n1, PartitionId(*p), 3))
         .collect();

@@ -191,15 +191,10 @@ fn reply_of(out: &mut Outbox) -> Option<(u64, Message)> {
 /// holds is merged.
 #[test]
 fn a_batch_with_a_key_this_node_does_not_hold_is_refused_and_not_stored() {
-    use crate::membership::{Member, Membership, MembershipView};
+    use crate::membership::MembershipView;
     let start = Instant::now();
     // N = 1 of three members: n1 holds some keys and not others.
-    let members = ["n1", "n2", "n3"]
-        .iter()
-        .enumerate()
-        .map(|(i, name)| Member::loopback(name, i as u16 + 1))
-        .collect();
-    let membership = Membership::new(1, 8, members).expect("valid");
+    let membership = three_members();
     let n1 = NodeId::new("n1");
     let key_where = |held: bool| {
         (0..1000)
