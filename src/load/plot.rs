@@ -277,7 +277,7 @@ mod tests {
         let idle = stage("gossip", vec![(0.0, 0), (1.0, 0)]);
         let stages = StageSummary {
             stages: vec![backed_up, idle],
-            bottleneck: None,
+            ..StageSummary::default()
         };
         let with_stages = dir.path().join("stages.svg");
         write_svg(&report(Some(stages)), &with_stages).expect("plots");

@@ -80,6 +80,10 @@ pub struct StageSummary {
     pub stages: Vec<StageDepth>,
     /// The node and foreground stage with the highest queue wait: where the pipeline backs up.
     pub bottleneck: Option<String>,
+    /// Members that did not answer some of the once-a-second samples (stopped, unreachable):
+    /// address, samples missed, samples tried. Their rows cover only the samples they
+    /// answered, and a member that never answered has none.
+    pub missed: Vec<(String, u64, u64)>,
 }
 
 impl StageSummary {
@@ -124,6 +128,11 @@ impl StageSummary {
         if let Some(bottleneck) = &self.bottleneck {
             out.push_str(&format!("highest foreground queue wait: {bottleneck}\n"));
         }
+        for (addr, missed, tried) in &self.missed {
+            out.push_str(&format!(
+                "not sampled: {addr} did not answer {missed} of {tried} samples (stopped or unreachable)\n"
+            ));
+        }
         out
     }
 }
@@ -131,7 +140,15 @@ impl StageSummary {
 /// The running sampler.
 pub struct StageSampler {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<BTreeMap<(String, String), StageDepth>>,
+    thread: JoinHandle<Sampled>,
+}
+
+/// What the sampling thread gathered: per node and stage, and per member the samples it
+/// missed and tried.
+#[derive(Default)]
+struct Sampled {
+    stages: BTreeMap<(String, String), StageDepth>,
+    tries: BTreeMap<String, (u64, u64)>,
 }
 
 impl StageSampler {
@@ -151,10 +168,15 @@ impl StageSampler {
     /// Stops sampling and summarises.
     pub fn finish(self) -> StageSummary {
         self.stop.store(true, Ordering::Relaxed);
-        let stages: Vec<StageDepth> = self
-            .thread
-            .join()
-            .unwrap_or_default()
+        let sampled = self.thread.join().unwrap_or_default();
+        let missed = sampled
+            .tries
+            .into_iter()
+            .filter(|(_, (missed, _))| *missed > 0)
+            .map(|(addr, (missed, tried))| (addr, missed, tried))
+            .collect();
+        let stages: Vec<StageDepth> = sampled
+            .stages
             .into_values()
             .map(|mut s| {
                 s.mean_depth = s.depth_sum as f64 / s.samples.max(1) as f64;
@@ -170,7 +192,11 @@ impl StageSampler {
             .max_by_key(|s| s.wait_us_p99)
             .filter(|s| s.wait_us_p99 > 0)
             .map(|s| format!("{} on {} (p99 {} us)", s.stage, s.node, s.wait_us_p99));
-        StageSummary { stages, bottleneck }
+        StageSummary {
+            stages,
+            bottleneck,
+            missed,
+        }
     }
 }
 
@@ -192,8 +218,9 @@ fn follow_the_ring(clients: &mut BTreeMap<String, Option<Client>>) {
     }
 }
 
-fn sample_until(addrs: Vec<String>, stop: &AtomicBool) -> BTreeMap<(String, String), StageDepth> {
+fn sample_until(addrs: Vec<String>, stop: &AtomicBool) -> Sampled {
     let mut stages: BTreeMap<(String, String), StageDepth> = BTreeMap::new();
+    let mut tries: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut clients: BTreeMap<String, Option<Client>> =
         addrs.into_iter().map(|addr| (addr, None)).collect();
     let started = Instant::now();
@@ -206,8 +233,10 @@ fn sample_until(addrs: Vec<String>, stop: &AtomicBool) -> BTreeMap<(String, Stri
                 if slot.is_none() {
                     *slot = Client::connect(addr, Duration::from_secs(1)).ok();
                 }
-                let Some(client) = slot else { continue };
-                let Ok(stats) = client.stats() else {
+                let (missed, tried) = tries.entry(addr.clone()).or_default();
+                *tried += 1;
+                let Some(stats) = slot.as_mut().and_then(|client| client.stats().ok()) else {
+                    *missed += 1;
                     *slot = None; // a stopped node: try again next second
                     continue;
                 };
@@ -239,7 +268,7 @@ fn sample_until(addrs: Vec<String>, stop: &AtomicBool) -> BTreeMap<(String, Stri
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    stages
+    Sampled { stages, tries }
 }
 
 #[cfg(test)]
@@ -262,7 +291,7 @@ mod tests {
                 stage("intake", None),
                 stage("background_storage", Some((Some(20), None))),
             ],
-            bottleneck: None,
+            ..StageSummary::default()
         };
         let table = summary.table();
         // Every column has a fixed width and the last is right-aligned: rows of one length
@@ -270,5 +299,21 @@ mod tests {
         let widths: Vec<usize> = table.lines().map(str::len).collect();
         assert_eq!(widths.len(), 3, "{table}");
         assert!(widths.windows(2).all(|w| w[0] == w[1]), "{table}");
+    }
+
+    /// Goal: a member that missed samples (stopped, unreachable) is named under the table
+    /// with how many it missed, not silently left out (a new-user trial's stopped node was
+    /// simply absent from the table).
+    #[test]
+    fn a_member_that_missed_samples_is_named_under_the_table() {
+        let summary = StageSummary {
+            missed: vec![("127.0.0.1:7403".into(), 12, 30)],
+            ..StageSummary::default()
+        };
+        let table = summary.table();
+        assert!(
+            table.contains("not sampled: 127.0.0.1:7403 did not answer 12 of 30 samples"),
+            "{table}"
+        );
     }
 }
