@@ -75,8 +75,8 @@ pub struct Target {
     /// Node address, host:port.
     #[arg(long, default_value = "127.0.0.1:7401")]
     pub node: String,
-    /// Seconds to wait for the node.
-    #[arg(long, default_value_t = 5)]
+    /// Seconds to wait for the node (at least 1).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_secs: u64,
 }
 
@@ -306,10 +306,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 pub(crate) fn connect(target: &Target) -> Result<Client, ClientError> {
-    Client::connect(
-        &target.node,
-        Duration::from_secs(target.timeout_secs.max(1)),
-    )
+    Client::connect(&target.node, Duration::from_secs(target.timeout_secs))
 }
 
 fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {

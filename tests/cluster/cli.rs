@@ -414,3 +414,12 @@ fn put_takes_a_large_value_from_a_file_or_standard_input() {
     assert!(!ok);
     assert!(err.contains(&missing), "{err}");
 }
+
+/// Goal: `--timeout-secs 0` is refused with a usage error naming the option, before any
+/// connection (it used to wait one second instead, silently).
+#[test]
+fn a_zero_timeout_is_refused_as_usage() {
+    let (ok, _, stderr) = shoal(&["get", "--node", "127.0.0.1:1", "--timeout-secs", "0", "k"]);
+    assert!(!ok);
+    assert!(stderr.contains("--timeout-secs"), "{stderr}");
+}
