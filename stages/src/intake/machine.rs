@@ -19,13 +19,13 @@ use crate::event::{
     encode_reply, ConnId, Event, GateChange, IntakeEvent, Now, Origin, ParseEvent, ReplicateEvent,
     SocketCommand, StageId,
 };
-use crate::membership::MembershipView;
+use crate::membership::{MemberState, MembershipView};
 use crate::seda::{Machine, Outbox, MAX_RATE_PER_SEC};
 use crate::wire::{
     kind, ContextSeal, Frame, FrameDecoder, FrameError, Message, ThrottleChange, NONCE_BYTES,
 };
 use crate::NodeId;
-use slog::{debug, warn, Logger};
+use slog::{debug, info, warn, Logger};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -355,7 +355,15 @@ impl IntakeMachine {
             // A stopped peer is redialled every backoff (up to 500 ms): warned once, then
             // quiet until a link to it works again (`admin members` shows it down).
             if self.links.failed(&peer, Some(conn), now.instant) {
-                if in_flight_lost {
+                // A member an operator took out (a leave, a removal) stops by plan: its link
+                // closing is news, not a warning.
+                let departing = matches!(
+                    self.membership.current().state_of(&peer),
+                    Some(MemberState::Leaving | MemberState::Removed)
+                );
+                if in_flight_lost && departing {
+                    info!(self.logger, "link to a departing member closed"; "peer" => %peer, "conn" => conn.0);
+                } else if in_flight_lost {
                     warn!(self.logger, "peer link lost"; "peer" => %peer, "conn" => conn.0);
                 } else {
                     warn!(self.logger, "cannot reach peer: redialling quietly until a link to it works"; "peer" => %peer, "conn" => conn.0);
