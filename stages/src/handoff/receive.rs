@@ -66,14 +66,8 @@ impl HandoffMachine {
     /// view, naming the first such partition.
     fn not_a_replica(&self, objects: &[(Vec<u8>, VersionSet)]) -> Option<ServiceError> {
         let (membership, me, n) = self.membership.as_ref()?;
-        let (key, _) = objects
+        objects
             .iter()
-            .find(|(key, _)| !membership.holds_key(me, key, *n))?;
-        let m = membership.current();
-        Some(ServiceError::NotAReplica {
-            node: me.to_string(),
-            partition: m.ring().partition_of(key).0,
-            version: m.version,
-        })
+            .find_map(|(key, _)| membership.not_a_replica(me, key, *n))
     }
 }

@@ -23,6 +23,7 @@
 //! Pure: no clock, no I/O. [`MembershipView`] is the shared, swappable handle the stages read
 //! the current value through; the gossip stage is its one writer.
 
+use crate::error::ServiceError;
 use crate::ring::{NodeSpec, PartitionId, PreferenceList, Ring, RingError};
 use crate::NodeId;
 use md5::{Digest, Md5};
@@ -236,6 +237,13 @@ pub struct Replicas {
     /// New replicas being filled: each write is sent to them too, but their answers do not
     /// count toward W (a read would not ask them).
     pub also_write: Vec<NodeId>,
+}
+
+impl Replicas {
+    /// Whether `node` is one of them: in the list, or a new replica being filled.
+    pub fn includes(&self, node: &NodeId) -> bool {
+        self.list.primaries.contains(node) || self.also_write.contains(node)
+    }
 }
 
 /// The cluster's membership: members, committed ring and pending transfers.
@@ -515,11 +523,20 @@ impl MembershipView {
         self.with_replicas(key, n, Replicas::clone)
     }
 
-    /// Whether `node` holds `key`'s partition under any ring a coordinator may use
-    /// ([`Membership::holds`]), from the same remembered answers.
-    pub fn holds_key(&self, node: &NodeId, key: &[u8], n: usize) -> bool {
-        self.with_replicas(key, n, |r| {
-            r.list.primaries.contains(node) || r.also_write.contains(node)
+    /// Why `node` refuses to store `key` (a replica write, a forwarded put, a hint): it holds
+    /// the key's partition under no ring a coordinator may use ([`Membership::holds`]), so
+    /// its cleanup would drop the copy, perhaps after its final sync, while the write's
+    /// quorum counted it. Answered from the same remembered replicas. A sender with a newer
+    /// view than this node's is refused too, until gossip brings it the commit.
+    pub fn not_a_replica(&self, node: &NodeId, key: &[u8], n: usize) -> Option<ServiceError> {
+        if self.with_replicas(key, n, |r| r.includes(node)) {
+            return None;
+        }
+        let m = self.current();
+        Some(ServiceError::NotAReplica {
+            node: node.to_string(),
+            partition: m.ring().partition_of(key).0,
+            version: m.version,
         })
     }
 

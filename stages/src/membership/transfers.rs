@@ -96,8 +96,7 @@ impl Membership {
     /// (While a partition moves, the committed ring's replicas are the old ones it keeps plus
     /// `also_write`, so `replicas` covers both rings.)
     pub fn holds(&self, node: &NodeId, partition: PartitionId, n: usize) -> bool {
-        let replicas = self.replicas(partition, n);
-        replicas.list.primaries.contains(node) || replicas.also_write.contains(node)
+        self.replicas(partition, n).includes(node)
     }
 
     /// Whether `node` has left: it is leaving and holds no partition under any ring a

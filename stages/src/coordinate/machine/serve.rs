@@ -73,24 +73,12 @@ impl Coordinator {
         self.start_local(origin, received_at, item, request, work, out);
     }
 
-    /// Why this node refuses to store a replica write or a forwarded put of `key`: it holds
-    /// no copy of the key's partition in its view, so its cleanup would drop the copy (after
-    /// its final sync, perhaps before this write reached it) while the write's coordinator
-    /// counted it. Refused, a coordinator asks a spare fallback (sloppy quorum) whose hint
-    /// keeps the write for the replicas, and a forwarding node the next list node. A
-    /// coordinator with a newer view than this node's is refused too, until gossip brings
-    /// this node the commit.
+    /// Why this node refuses to store a replica write or a forwarded put of `key`
+    /// ([`MembershipView::not_a_replica`]): a coordinator then asks a spare fallback (sloppy
+    /// quorum) whose hint keeps the write, and a forwarding node the next list node.
     pub(super) fn not_a_replica(&self, key: &[u8]) -> Option<ServiceError> {
-        let (me, n) = (&self.settings.node, self.settings.n);
-        if self.membership.holds_key(me, key, n) {
-            return None;
-        }
-        let m = self.membership.current();
-        Some(ServiceError::NotAReplica {
-            node: me.to_string(),
-            partition: m.ring().partition_of(key).0,
-            version: m.version,
-        })
+        self.membership
+            .not_a_replica(&self.settings.node, key, self.settings.n)
     }
 
     /// `admin members`: asks storage for the hints held; the reply (see `answers.rs`) adds
