@@ -31,7 +31,6 @@ impl TransferMachine {
             if held {
                 self.unowned_since.remove(&p);
                 self.found_empty.remove(&p);
-                self.synced.remove(&p);
                 self.sync_after.remove(&p);
                 if let Some(handed) = self.handed.get_mut(&p) {
                     handed.restart();
@@ -61,7 +60,7 @@ impl TransferMachine {
         if self.dropping.is_some() {
             return;
         }
-        if !self.synced.contains(&partition) && !self.final_sync(m, partition, now, out) {
+        if !self.final_sync(m, partition, now, out) {
             return;
         }
         let tokens = self.gate.available(now);
@@ -78,7 +77,9 @@ impl TransferMachine {
     /// copy to the new replica was lost) may be the last copy. Without a remembered transfer
     /// (this node restarted since: the simulator's seed 1006 lost acknowledged writes that
     /// way; or it never held the partition) the whole partition is sent. Starts the sync to
-    /// the next replica (the least failed first); true once every replica has it.
+    /// the next replica (the least failed first); true once every replica has it. Its record
+    /// stays until a drop empties the partition, so each drop step asks again (a replica a
+    /// later commit adds gets it first).
     fn final_sync(
         &mut self,
         m: &Membership,
@@ -106,9 +107,7 @@ impl TransferMachine {
         let to = match next {
             Some(to) if !handed.empty => to,
             _ => {
-                self.handed.remove(&partition);
                 self.sync_after.remove(&partition);
-                self.synced.insert(partition);
                 return true;
             }
         };
@@ -144,7 +143,7 @@ impl TransferMachine {
                 if done {
                     self.found_empty.insert(partition, now);
                     // What reaches the partition from now on is synced again before its drop.
-                    self.synced.remove(&partition);
+                    self.handed.remove(&partition);
                 }
             }
             Ok(other) => warn!(self.logger, "unexpected answer to a drop"; "answer" => ?other),

@@ -228,11 +228,8 @@ pub struct TransferMachine {
     /// Final syncs: of partitions this node sent (with the segment hashes it last
     /// compared), and of partitions whose drop came due: before a partition is dropped here,
     /// it is sent to each replica that holds it then (what changed since the baseline, or
-    /// all of it).
+    /// all of it). Kept until a drop empties the partition.
     handed: BTreeMap<u32, Handed>,
-    /// Partitions whose final sync is complete, so their drop steps may run; forgotten once
-    /// a drop empties the partition or this node holds it again.
-    synced: BTreeSet<u32>,
     /// When a partition's failed final sync may be tried again.
     sync_after: BTreeMap<u32, Instant>,
     /// The commit this node last saw, and when it first saw it.
@@ -274,7 +271,6 @@ impl TransferMachine {
             sent: BTreeSet::new(),
             finished: VecDeque::new(),
             handed: BTreeMap::new(),
-            synced: BTreeSet::new(),
             sync_after: BTreeMap::new(),
             commit_seen: None,
             serving: BTreeMap::new(),
