@@ -176,7 +176,12 @@ fn a_receiver_refuses_batches_while_it_owes_tokens_for_the_last() {
 
 /// The one reply frame an outbox holds: its request id and message.
 fn reply_of(out: &mut Outbox) -> Option<(u64, Message)> {
-    out.take().into_iter().find_map(|effect| match effect {
+    reply_in(out.take())
+}
+
+/// The first reply among `effects`: its request id and message.
+fn reply_in(effects: Vec<Effect>) -> Option<(u64, Message)> {
+    effects.into_iter().find_map(|effect| match effect {
         Effect::Send {
             event: Event::Intake(event),
             ..
@@ -233,14 +238,7 @@ fn a_batch_with_a_key_this_node_does_not_hold_is_refused_and_not_stored() {
         )),
         "nothing stored: {effects:?}"
     );
-    let reply = effects.into_iter().find_map(|effect| match effect {
-        Effect::Send {
-            event: Event::Intake(event),
-            ..
-        } => event.sent_message(),
-        _ => None,
-    });
-    match reply {
+    match reply_in(effects) {
         Some((42, Message::Error(ServiceError::NotAReplica { node, .. }))) => {
             assert_eq!(node, "n1")
         }
