@@ -11,7 +11,9 @@
 # Q/S, the partition copies made against the ideal N*Q/S, and MB moved and MB/s (from the
 # senders' transfer reports) and the foreground requests that failed in each phase (by kind
 # per run). RUNS runs; medians. Prints a table and writes it to
-# OUT_DIR/rebalance.txt.
+# OUT_DIR/rebalance.txt; each run's foreground log per phase (one line a second) is kept there
+# as runN-baseline.log and runN-join.log (its clock started at the time in runN-join-started,
+# UTC), with the nodes' logs (runN-nI.log).
 #
 # Usage: benches/rebalance.sh [keys] [runs]    (defaults 100000 3)
 # Environment: OUT_DIR (target/bench-rebalance), VALUE_BYTES (1024), FG_RATE (1000),
@@ -105,6 +107,7 @@ for run in $(seq "$runs"); do
       --value-bytes "$value_bytes" --duration-secs "$fg_secs" --workload a --distribution uniform \
       --json "$work/move.json" > "$work/move.log" 2>&1 &
   fg=$!
+  date -u +%H:%M:%S.%N > "$out/run$run-join-started"
   sleep 2
   "$bin/shoal" admin join --node "127.0.0.1:$(port 2)" --id n4 --addr "127.0.0.1:$(port 4)" > /dev/null \
     || fail "admin join failed"
@@ -129,7 +132,11 @@ for run in $(seq "$runs"); do
 for o in r["operations"]:
     for kind, n in o["errors_by_kind"].items(): k[kind] = k.get(kind, 0) + n
 print("  run '"$run"': failed during the transfer by kind:", k or "none")' "$work/move.json"
+  # The foreground's per-second lines (ops/s, errors, p99) of both phases, to see when in the
+  # join the tail grew.
+  cp "$work/base.log" "$out/run$run-baseline.log"; cp "$work/move.log" "$out/run$run-join.log"
   stop 4; stop 1; stop 2; stop 3
+  for i in 1 2 3 4; do cp "$work/n$i.log" "$out/run$run-n$i.log"; done
 done
 
 python3 - "$out/runs.csv" <<'EOF' | tee "$out/rebalance.txt"

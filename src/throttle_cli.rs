@@ -141,9 +141,15 @@ pub fn throttle_table(controller: &ControllerState, stages: &[StageThrottle]) ->
             target_in_force_us(c.target_ms, c.quiet_us) as f64 / 1000.0,
         );
     }
+    // As wide as the longest stage name (anti_entropy is wider than the header), so every
+    // row's columns sit under their header.
+    let name_width = stages
+        .iter()
+        .map(|s| s.name.len())
+        .fold("Background".len(), usize::max);
     let _ = writeln!(
         out,
-        "{:<11} {:>10} {:>10} {:>10} {:>7} {:>8}",
+        "{:<name_width$} {:>10} {:>10} {:>10} {:>7} {:>8}",
         "Background", "Rate/s", "Used/s", "Backlog", "Mode", "Dropped"
     );
     for s in stages {
@@ -152,9 +158,38 @@ pub fn throttle_table(controller: &ControllerState, stages: &[StageThrottle]) ->
             .map_or_else(|| "unlimited".to_string(), |r| r.to_string());
         let _ = writeln!(
             out,
-            "{:<11} {:>10} {:>10} {:>10} {:>7} {:>8}",
+            "{:<name_width$} {:>10} {:>10} {:>10} {:>7} {:>8}",
             s.name, rate, s.used_per_sec, s.backlog, s.mode, s.dropped
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_stages::seda::GateMode;
+
+    /// Goal: each background stage's row lines up under the header, whatever the length of
+    /// its name (a new-user trial saw the anti_entropy row one column right of the others).
+    #[test]
+    fn every_background_row_lines_up_under_the_header() {
+        let stage = |name: &str| StageThrottle {
+            name: name.into(),
+            rate_per_sec: Some(1000),
+            used_per_sec: 12,
+            backlog: 3,
+            mode: GateMode::Auto,
+            dropped: 0,
+        };
+        let stages = [stage("repair"), stage("anti_entropy"), stage("transfer")];
+        let table = throttle_table(&ControllerState::default(), &stages);
+        let rows: Vec<&str> = table
+            .lines()
+            .skip_while(|line| !line.starts_with("Background"))
+            .collect();
+        assert_eq!(rows.len(), 4, "{table}");
+        // The last column is right-aligned: rows of one length have their columns in line.
+        assert!(rows.iter().all(|row| row.len() == rows[0].len()), "{table}");
+    }
 }

@@ -80,10 +80,23 @@ pub struct StageSummary {
     pub stages: Vec<StageDepth>,
     /// The node and foreground stage with the highest queue wait: where the pipeline backs up.
     pub bottleneck: Option<String>,
-    /// Members that did not answer some of the once-a-second samples (stopped, unreachable):
-    /// address, samples missed, samples tried. Their rows cover only the samples they
-    /// answered, and a member that never answered has none.
-    pub missed: Vec<(String, u64, u64)>,
+    /// Members that did not answer some of the once-a-second samples (stopped, unreachable).
+    /// Their rows cover only the samples they answered, and a member that never answered has
+    /// none.
+    pub missed: Vec<MissedSamples>,
+}
+
+/// A member that did not answer some of the samples.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MissedSamples {
+    /// Its id, as the table's rows name it.
+    pub node: String,
+    /// Its address.
+    pub addr: String,
+    /// Samples it did not answer.
+    pub missed: u64,
+    /// Samples tried.
+    pub tried: u64,
 }
 
 impl StageSummary {
@@ -101,15 +114,15 @@ impl StageSummary {
             .map(|s| s.stage.len())
             .fold(MIN_STAGE_WIDTH, usize::max);
         let mut out = format!(
-            "{:<node_width$} {:<stage_width$} {:>10} {:>10} {:>13} {:>21} {:>11} {:>12}\n",
+            "{:<node_width$} {:<stage_width$} {:>12} {:>12} {:>13} {:>21} {:>13} {:>14}\n",
             "node",
             "stage",
-            "peak depth",
-            "mean depth",
+            "depth (peak)",
+            "depth (mean)",
             "wait p99 us",
             "rate/s (min..max)",
-            "used/s mean",
-            "peak backlog"
+            "used/s (mean)",
+            "backlog (peak)"
         );
         for s in &self.stages {
             let (rate, used, backlog) = match s.rate_per_sec_range {
@@ -121,16 +134,17 @@ impl StageSummary {
                 None => ("-".into(), "-".into(), "-".into()),
             };
             out.push_str(&format!(
-                "{:<node_width$} {:<stage_width$} {:>10} {:>10.1} {:>13} {:>21} {:>11} {:>12}\n",
+                "{:<node_width$} {:<stage_width$} {:>12} {:>12.1} {:>13} {:>21} {:>13} {:>14}\n",
                 s.node, s.stage, s.peak_depth, s.mean_depth, s.wait_us_p99, rate, used, backlog
             ));
         }
         if let Some(bottleneck) = &self.bottleneck {
             out.push_str(&format!("highest foreground queue wait: {bottleneck}\n"));
         }
-        for (addr, missed, tried) in &self.missed {
+        for m in &self.missed {
             out.push_str(&format!(
-                "not sampled: {addr} did not answer {missed} of {tried} samples (stopped or unreachable)\n"
+                "not sampled: {} ({}) did not answer {} of {} samples (stopped or unreachable)\n",
+                m.node, m.addr, m.missed, m.tried
             ));
         }
         out
@@ -143,12 +157,13 @@ pub struct StageSampler {
     thread: JoinHandle<Sampled>,
 }
 
-/// What the sampling thread gathered: per node and stage, and per member the samples it
-/// missed and tried.
+/// What the sampling thread gathered: per node and stage, and per member (by address) the
+/// samples it missed and tried, and its id.
 #[derive(Default)]
 struct Sampled {
     stages: BTreeMap<(String, String), StageDepth>,
     tries: BTreeMap<String, (u64, u64)>,
+    ids: BTreeMap<String, String>,
 }
 
 impl StageSampler {
@@ -158,10 +173,13 @@ impl StageSampler {
             .iter()
             .find_map(|s| Client::connect(s, Duration::from_secs(5)).ok()?.ring().ok())
             .ok_or("cannot fetch the ring to sample stages")?;
-        let addrs: Vec<String> = membership.members().map(|m| m.addr.to_string()).collect();
+        let members: Vec<(String, String)> = membership
+            .members()
+            .map(|m| (m.addr.to_string(), m.id.to_string()))
+            .collect();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || sample_until(addrs, &flag));
+        let thread = std::thread::spawn(move || sample_until(members, &flag));
         Ok(StageSampler { stop, thread })
     }
 
@@ -169,11 +187,17 @@ impl StageSampler {
     pub fn finish(self) -> StageSummary {
         self.stop.store(true, Ordering::Relaxed);
         let sampled = self.thread.join().unwrap_or_default();
+        let ids = &sampled.ids;
         let missed = sampled
             .tries
-            .into_iter()
+            .iter()
             .filter(|(_, (missed, _))| *missed > 0)
-            .map(|(addr, (missed, tried))| (addr, missed, tried))
+            .map(|(addr, &(missed, tried))| MissedSamples {
+                node: ids.get(addr).cloned().unwrap_or_else(|| "?".into()),
+                addr: addr.clone(),
+                missed,
+                tried,
+            })
             .collect();
         let stages: Vec<StageDepth> = sampled
             .stages
@@ -204,7 +228,10 @@ impl StageSampler {
 /// run is sampled from its join on (before, the list was fixed at the start, and a joined
 /// node that took a quarter of the traffic was missing from the table and the plot), and one
 /// no longer a member is no longer dialled (what it showed stays in the summary).
-fn follow_the_ring(clients: &mut BTreeMap<String, Option<Client>>) {
+fn follow_the_ring(
+    clients: &mut BTreeMap<String, Option<Client>>,
+    ids: &mut BTreeMap<String, String>,
+) {
     let ring = clients
         .values_mut()
         .flatten()
@@ -212,23 +239,28 @@ fn follow_the_ring(clients: &mut BTreeMap<String, Option<Client>>) {
     if let Some(membership) = ring {
         let members: Vec<String> = membership.members().map(|m| m.addr.to_string()).collect();
         clients.retain(|addr, _| members.contains(addr));
+        for m in membership.members() {
+            ids.insert(m.addr.to_string(), m.id.to_string());
+        }
         for addr in members {
             clients.entry(addr).or_insert(None);
         }
     }
 }
 
-fn sample_until(addrs: Vec<String>, stop: &AtomicBool) -> Sampled {
+/// Samples `members` (address, id) and those the ring adds, until `stop`.
+fn sample_until(members: Vec<(String, String)>, stop: &AtomicBool) -> Sampled {
     let mut stages: BTreeMap<(String, String), StageDepth> = BTreeMap::new();
     let mut tries: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut ids: BTreeMap<String, String> = members.iter().cloned().collect();
     let mut clients: BTreeMap<String, Option<Client>> =
-        addrs.into_iter().map(|addr| (addr, None)).collect();
+        members.into_iter().map(|(addr, _)| (addr, None)).collect();
     let started = Instant::now();
     let mut next = started;
     while !stop.load(Ordering::Relaxed) {
         if Instant::now() >= next {
             next += SAMPLE_EVERY;
-            follow_the_ring(&mut clients);
+            follow_the_ring(&mut clients, &mut ids);
             for (addr, slot) in clients.iter_mut() {
                 if slot.is_none() {
                     *slot = Client::connect(addr, Duration::from_secs(1)).ok();
@@ -268,7 +300,7 @@ fn sample_until(addrs: Vec<String>, stop: &AtomicBool) -> Sampled {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Sampled { stages, tries }
+    Sampled { stages, tries, ids }
 }
 
 #[cfg(test)]
@@ -307,12 +339,17 @@ mod tests {
     #[test]
     fn a_member_that_missed_samples_is_named_under_the_table() {
         let summary = StageSummary {
-            missed: vec![("127.0.0.1:7403".into(), 12, 30)],
+            missed: vec![MissedSamples {
+                node: "n3".into(),
+                addr: "127.0.0.1:7403".into(),
+                missed: 12,
+                tried: 30,
+            }],
             ..StageSummary::default()
         };
         let table = summary.table();
         assert!(
-            table.contains("not sampled: 127.0.0.1:7403 did not answer 12 of 30 samples"),
+            table.contains("not sampled: n3 (127.0.0.1:7403) did not answer 12 of 30 samples"),
             "{table}"
         );
     }

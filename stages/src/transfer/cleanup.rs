@@ -31,6 +31,7 @@ impl TransferMachine {
             if held {
                 self.unowned_since.remove(&p);
                 self.found_empty.remove(&p);
+                self.dropped_so_far.remove(&p);
                 self.sync_after.remove(&p);
                 if let Some(handed) = self.handed.get_mut(&p) {
                     handed.restart();
@@ -137,10 +138,15 @@ impl TransferMachine {
             Ok(StorageOutcome::Dropped { removed, done }) => {
                 self.gate.try_take(removed as u64, now);
                 if removed > 0 {
-                    info!(self.logger, "dropped objects of a partition this node no longer holds";
+                    *self.dropped_so_far.entry(partition).or_default() += removed as u64;
+                    debug!(self.logger, "dropped objects of a partition this node no longer holds";
                           "partition" => partition, "objects" => removed, "empty" => done);
                 }
                 if done {
+                    if let Some(total) = self.dropped_so_far.remove(&partition) {
+                        info!(self.logger, "dropped a partition this node no longer holds";
+                              "partition" => partition, "objects" => total);
+                    }
                     self.found_empty.insert(partition, now);
                     // What reaches the partition from now on is synced again before its drop.
                     self.handed.remove(&partition);

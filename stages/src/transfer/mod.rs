@@ -242,6 +242,9 @@ pub struct TransferMachine {
     found_empty: BTreeMap<u32, Instant>,
     /// The drop step storage is working on.
     dropping: Option<(u32, OpId, Instant)>,
+    /// Objects each partition's drop has removed so far, logged once when it is empty (a
+    /// line per step made most of a node's log during a join).
+    dropped_so_far: BTreeMap<u32, u64>,
     /// Partitions due for a drop and not yet found empty (part of the backlog).
     drops_due: u64,
     /// When the machine started (cleanup waits `cleanup_delay` from here at least).
@@ -277,6 +280,7 @@ impl TransferMachine {
             unowned_since: BTreeMap::new(),
             found_empty: BTreeMap::new(),
             dropping: None,
+            dropped_so_far: BTreeMap::new(),
             drops_due: 0,
             started,
             next_op: 0,
@@ -360,7 +364,7 @@ impl TransferMachine {
             .find(|key| !self.parked.contains_key(*key) && !self.sent.contains(*key))
             .cloned();
         if let Some((partition, to)) = fresh {
-            info!(self.logger, "transfer starts"; "partition" => partition, "to" => %to);
+            debug!(self.logger, "transfer starts"; "partition" => partition, "to" => %to);
             self.active = Some(Active::new(partition, to));
             return;
         }
