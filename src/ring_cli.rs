@@ -142,7 +142,7 @@ pub fn run_members(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
         reply.node, reply.version
     );
     println!(
-        "{:<12} {:<22} {:<6} {:>12} {:>13}",
+        "{:<12} {:<22} {:<6} {:>12} {:>13}  Why down",
         "Node", "Address", "State", "Down for", "Hints held"
     );
     for m in &reply.members {
@@ -153,14 +153,17 @@ pub fn run_members(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
             (false, true) => "up",
             (false, false) => "down",
         };
-        let down = if m.up || m.left {
-            "-".to_string()
+        let (down, why) = if m.up || m.left {
+            ("-".to_string(), "")
         } else {
-            format!("{:.1}s", m.down_for_ms as f64 / 1000.0)
+            (
+                format!("{:.1}s", m.down_for_ms as f64 / 1000.0),
+                m.why.as_str(),
+            )
         };
         println!(
-            "{:<12} {:<22} {:<6} {:>12} {:>13}",
-            m.node, m.addr, state, down, m.hints_pending
+            "{:<12} {:<22} {:<6} {:>12} {:>13}  {}",
+            m.node, m.addr, state, down, m.hints_pending, why
         );
     }
     Ok(())

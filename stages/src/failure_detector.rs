@@ -15,7 +15,13 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Health {
     Up,
-    Down { since: Instant, next_probe: Instant },
+    /// `why`: the failure that marked it down (a request's or probe's, or another stage's
+    /// link), so an error naming a peer held down can say why.
+    Down {
+        since: Instant,
+        next_probe: Instant,
+        why: &'static str,
+    },
 }
 
 /// A peer's state for `admin members`.
@@ -29,6 +35,9 @@ pub struct PeerStatus {
     pub down_for_ms: u64,
     /// Failures seen since it was last up.
     pub failures: u64,
+    /// What marked it down ("silent past the replica timeout", ...); empty when up.
+    #[serde(default)]
+    pub why: String,
 }
 
 /// Every peer's health as seen from this node.
@@ -59,8 +68,9 @@ impl FailureDetector {
             .any(|(health, _)| matches!(health, Health::Down { .. }))
     }
 
-    /// A request to `peer` failed or timed out. Returns true if this marked it down.
-    pub fn failed(&mut self, peer: &NodeId, now: Instant) -> bool {
+    /// A request to `peer` failed or timed out (`why`, kept while it stays down). Returns true
+    /// if this marked it down.
+    pub fn failed(&mut self, peer: &NodeId, now: Instant, why: &'static str) -> bool {
         let next_probe = now + self.probe_interval;
         let entry = self.peers.entry(peer.clone()).or_insert((Health::Up, 0));
         entry.1 += 1;
@@ -69,11 +79,16 @@ impl FailureDetector {
                 entry.0 = Health::Down {
                     since: now,
                     next_probe,
+                    why,
                 };
                 true
             }
-            Health::Down { since, .. } => {
-                entry.0 = Health::Down { since, next_probe };
+            Health::Down { since, why, .. } => {
+                entry.0 = Health::Down {
+                    since,
+                    next_probe,
+                    why,
+                };
                 false
             }
         }
@@ -86,8 +101,21 @@ impl FailureDetector {
     /// Why: a dead peer fails a dozen background requests a second, and counting each as a
     /// failed request would push its next probe back every time, so a returning node would
     /// wait for them to stop before a probe found it.
-    pub fn suspect(&mut self, peer: &NodeId, now: Instant) -> bool {
-        self.is_up(peer) && self.failed(peer, now)
+    pub fn suspect(&mut self, peer: &NodeId, now: Instant, why: &'static str) -> bool {
+        self.is_up(peer) && self.failed(peer, now, why)
+    }
+
+    /// Why a request does not ask `peer`, for a failed quorum's error: "held down 3.2 s
+    /// (its link failed; 4 failures), not asked". A peer that is up gets the bare words.
+    pub fn not_asked_note(&self, peer: &NodeId, now: Instant) -> String {
+        match self.peers.get(peer) {
+            Some((Health::Down { since, why, .. }, failures)) => format!(
+                "held down {:.1} s ({why}; {failures} failure{}), not asked",
+                now.saturating_duration_since(*since).as_secs_f64(),
+                if *failures == 1 { "" } else { "s" }
+            ),
+            _ => "held down, not asked".to_string(),
+        }
     }
 
     /// A request to `peer` succeeded. Returns true if this brought it back up.
@@ -102,11 +130,17 @@ impl FailureDetector {
         let interval = self.probe_interval;
         let mut due = Vec::new();
         for (peer, (health, _)) in self.peers.iter_mut() {
-            if let Health::Down { since, next_probe } = *health {
+            if let Health::Down {
+                since,
+                next_probe,
+                why,
+            } = *health
+            {
                 if next_probe <= now {
                     *health = Health::Down {
                         since,
                         next_probe: now + interval,
+                        why,
                     };
                     due.push(peer.clone());
                 }
@@ -120,15 +154,18 @@ impl FailureDetector {
         self.peers
             .iter()
             .map(|(node, (health, failures))| {
-                let down_for = match health {
-                    Health::Up => Duration::ZERO,
-                    Health::Down { since, .. } => now.saturating_duration_since(*since),
+                let (down_for, why) = match health {
+                    Health::Up => (Duration::ZERO, ""),
+                    Health::Down { since, why, .. } => {
+                        (now.saturating_duration_since(*since), *why)
+                    }
                 };
                 PeerStatus {
                     node: node.clone(),
                     up: matches!(health, Health::Up),
                     down_for_ms: u64::try_from(down_for.as_millis()).unwrap_or(u64::MAX),
                     failures: *failures,
+                    why: why.to_string(),
                 }
             })
             .collect()
@@ -148,8 +185,11 @@ mod tests {
         let peer = NodeId::new("n2");
         let start = Instant::now();
         assert!(detector.is_up(&peer), "unknown peers are up");
-        assert!(detector.failed(&peer, start));
-        assert!(!detector.failed(&peer, start), "already down");
+        assert!(detector.failed(&peer, start, "its link failed"));
+        assert!(
+            !detector.failed(&peer, start, "a probe went unanswered"),
+            "already down"
+        );
         assert!(!detector.is_up(&peer));
         assert!(
             detector.due_probes(start).is_empty(),
@@ -166,6 +206,10 @@ mod tests {
         );
         let status = &detector.statuses(start + interval * 2)[0];
         assert!(!status.up && status.failures == 2 && status.down_for_ms == 200);
+        assert_eq!(
+            status.why, "its link failed",
+            "the failure that marked it down"
+        );
         assert!(detector.succeeded(&peer));
         assert!(detector.is_up(&peer));
         assert!(detector.due_probes(start + interval * 10).is_empty());
@@ -180,10 +224,13 @@ mod tests {
         let mut detector = FailureDetector::new(interval);
         let peer = NodeId::new("n2");
         let start = Instant::now();
-        assert!(detector.suspect(&peer, start), "marked down");
+        assert!(
+            detector.suspect(&peer, start, "its link failed"),
+            "marked down"
+        );
         assert!(!detector.is_up(&peer));
         for ms in [30, 60, 90] {
-            assert!(!detector.suspect(&peer, start + Duration::from_millis(ms)));
+            assert!(!detector.suspect(&peer, start + Duration::from_millis(ms), "its link failed"));
         }
         assert_eq!(
             detector.due_probes(start + interval),
@@ -191,5 +238,24 @@ mod tests {
             "probed on time"
         );
         assert_eq!(detector.statuses(start + interval)[0].failures, 1);
+    }
+
+    /// Goal: a failed quorum's error says why a replica it did not ask is held down, for how
+    /// long and after how many failures (it said only "held down, not asked").
+    #[test]
+    fn a_peer_held_down_is_named_with_why_and_for_how_long() {
+        let mut detector = FailureDetector::new(Duration::from_secs(1));
+        let peer = NodeId::new("n2");
+        let start = Instant::now();
+        assert_eq!(
+            detector.not_asked_note(&peer, start),
+            "held down, not asked"
+        );
+        detector.failed(&peer, start, "silent past the replica timeout");
+        detector.failed(&peer, start, "a probe went unanswered");
+        assert_eq!(
+            detector.not_asked_note(&peer, start + Duration::from_millis(3200)),
+            "held down 3.2 s (silent past the replica timeout; 2 failures), not asked"
+        );
     }
 }

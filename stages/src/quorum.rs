@@ -64,7 +64,8 @@ impl QuorumTracker {
         self.asked += 1;
     }
 
-    /// Notes a replica that will not answer, and why ("held down, not asked", "silent"):
+    /// Notes a replica that will not answer, and why ("held down 3.2 s (its link failed; 4
+    /// failures), not asked", "silent"):
     /// the quorum error names it.
     pub fn missing(&mut self, node: &str, why: &str) {
         self.missing.push(format!("{node} ({why})"));

@@ -358,7 +358,10 @@ impl Coordinator {
             .iter()
             .filter(|p| !targets.iter().any(|t| t.node == **p))
         {
-            tracker.missing(primary.as_str(), "held down, not asked");
+            tracker.missing(
+                primary.as_str(),
+                &self.detector.not_asked_note(primary, now),
+            );
         }
         let mut pending = Box::new(Pending {
             origin,

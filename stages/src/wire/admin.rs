@@ -25,6 +25,10 @@ pub struct MemberStatus {
     /// Absent from older nodes' replies.
     #[serde(default)]
     pub left: bool,
+    /// What marked it down ("silent past the replica timeout", "its link failed", ...);
+    /// empty when up. Absent from older nodes' replies.
+    #[serde(default)]
+    pub why: String,
 }
 
 /// Reply to `Members`.

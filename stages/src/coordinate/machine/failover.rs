@@ -9,8 +9,8 @@ use super::*;
 impl Coordinator {
     /// A request to `peer` failed (`why`): the detector counts it, and a peer it marks down
     /// is logged, once per outage.
-    pub(super) fn peer_failed(&mut self, peer: &NodeId, now: Instant, why: &str) {
-        if self.detector.failed(peer, now) {
+    pub(super) fn peer_failed(&mut self, peer: &NodeId, now: Instant, why: &'static str) {
+        if self.detector.failed(peer, now, why) {
             info!(self.logger, "peer marked down"; "peer" => %peer, "why" => why);
         }
     }
@@ -35,8 +35,9 @@ impl Coordinator {
             Some(MemberState::Leaving) => !membership.has_left(peer, self.settings.n),
             Some(MemberState::Removed) | None => false,
         };
-        if serving && self.detector.suspect(peer, now) {
-            info!(self.logger, "peer marked down"; "peer" => %peer, "why" => "a link to it failed under background traffic");
+        let why = "a link to it failed under background traffic";
+        if serving && self.detector.suspect(peer, now, why) {
+            info!(self.logger, "peer marked down"; "peer" => %peer, "why" => why);
         }
     }
 

@@ -141,6 +141,7 @@ impl Coordinator {
                     down_for_ms: status.map_or(0, |s| s.down_for_ms),
                     hints_pending: pending_hints.get(&m.id).copied().unwrap_or(0),
                     left: membership.has_left(&m.id, self.settings.n),
+                    why: status.map_or_else(String::new, |s| s.why.clone()),
                 }
             })
             .collect();
