@@ -12,15 +12,17 @@
 # senders' transfer reports) and the foreground requests that failed in each phase (by kind
 # per run). RUNS runs; medians. Prints a table and writes it to
 # OUT_DIR/rebalance.txt; each run's foreground log per phase (one line a second) is kept there
-# as runN-baseline.log and runN-join.log (its clock started at the time in runN-join-started,
-# UTC), with the nodes' logs (runN-nI.log).
+# as runN-baseline.log, runN-join.log (its clock started at the time in runN-join-phase-started,
+# 2 s before the join, in the nodes' log time) and runN-after.log, with the nodes' logs
+# (runN-nI.log). A run that fails leaves its nodes' logs in OUT_DIR/failed.
 #
 # Usage: benches/rebalance.sh [keys] [runs]    (defaults 100000 3)
 # Environment: OUT_DIR (target/bench-rebalance), VALUE_BYTES (1024), FG_RATE (1000),
 # FG_SECS (40), LOAD_THREADS (8), SETTLE_SECS (20), TARGET_MS (50) and TARGET_PERCENTILE
 # (99.9): the controller's SLA; AFTER_SECS (0): when set, a third phase of the same foreground
-# that long once the join's phase ended, to tell what the join's work costs from what the
-# four-node cluster costs once it is done (its p99 is reported as fg_p99_ms_after).
+# that long once the join's phase ended, every old replica has dropped what it handed (no
+# transfer backlog left) and SETTLE_SECS more have passed, to tell what the join's work costs from what the four-node
+# cluster costs once it is done (reported as fg_p99_ms_after and fg_failed_after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 keys=${1:-100000}; runs=${2:-3}
@@ -33,6 +35,7 @@ target_ms=${TARGET_MS:-50}; target_percentile=${TARGET_PERCENTILE:-99.9}
 source benches/lib.sh
 needs_python
 mkdir -p "$out"
+keep_logs="$out/failed"
 port() { echo $((7800 + $1)); }
 seeds="127.0.0.1:$(port 1),127.0.0.1:$(port 2),127.0.0.1:$(port 3)"
 
@@ -78,6 +81,17 @@ pending() { "$bin/shoal" admin ring --node "127.0.0.1:$(port 1)" --json \
   | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["pending_transfers"]))' || fail "admin ring"; }
 failed() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(o["errors"] for o in r["operations"]))' "$1"; }
 p99() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(max(o["p99_us"] for o in r["operations"]) / 1000)' "$1"; }
+# Transfer work left on every node (partitions to send or to drop).
+transfer_backlog() {
+  local total=0 b i
+  for i in 1 2 3 4; do
+    b=$("$bin/shoal" admin throttle --node "127.0.0.1:$(port "$i")" --json \
+      | python3 -c 'import json,sys; print(sum(s["backlog"] for s in json.load(sys.stdin)["stages"] if s["name"] == "transfer"))') \
+      || fail "admin throttle n$i"
+    total=$(( total + b ))
+  done
+  echo "$total"
+}
 # Bytes the senders report for transfers done (each node shows its own, newest 64).
 moved_bytes() {
   local total=0 b
@@ -95,6 +109,7 @@ record() { echo "$1,$2,$3" >> "$out/runs.csv"; echo "  run $1: $2 = $3"; }
 
 for run in $(seq "$runs"); do
   rm -rf "$work/data"
+  for i in 1 2 3 4; do : > "$work/n$i.log"; done # each run's logs are its own
   start 1 false; start 2 false; start 3 false
   echo "run $run: loading $keys keys of $value_bytes B"
   "$bin/shoal-load" --target "$seeds" --replicas 3 --threads "$load_threads" --keys "$keys" --ops 1 \
@@ -109,7 +124,7 @@ for run in $(seq "$runs"); do
       --value-bytes "$value_bytes" --duration-secs "$fg_secs" --workload a --distribution uniform \
       --json "$work/move.json" > "$work/move.log" 2>&1 &
   fg=$!
-  date -u +%H:%M:%S.%N > "$out/run$run-join-started"
+  date +%H:%M:%S.%N > "$out/run$run-join-phase-started"
   sleep 2
   "$bin/shoal" admin join --node "127.0.0.1:$(port 2)" --id n4 --addr "127.0.0.1:$(port 4)" > /dev/null \
     || fail "admin join failed"
@@ -129,10 +144,19 @@ for run in $(seq "$runs"); do
   record "$run" fg_p99_ms_baseline "$(p99 "$work/base.json")"
   record "$run" fg_p99_ms_transfer "$(p99 "$work/move.json")"
   if [ "$after_secs" -gt 0 ]; then
+    # The old replicas drop what they handed cleanup_delay_ms after, in gated steps: wait
+    # until no node has a transfer backlog, so the phase measures the cluster, not the drops.
+    t0=$(date +%s)
+    while [ "$(transfer_backlog)" != 0 ]; do
+      [ $(( $(date +%s) - t0 )) -gt 600 ] && fail "transfer backlog not empty 10 minutes after the join"
+      sleep 0.5
+    done
+    sleep "$settle_secs" # as before the baseline: the drops' flushes and compactions settle
     "$bin/shoal-load" --target "$seeds" --replicas 3 --threads 8 --keys "$keys" --rate "$fg_rate" --no-load \
         --value-bytes "$value_bytes" --duration-secs "$after_secs" --workload a --distribution uniform \
         --json "$work/after.json" > "$work/after.log" 2>&1 || fail "foreground after the join failed: $(tail -3 "$work/after.log")"
     record "$run" fg_p99_ms_after "$(p99 "$work/after.json")"
+    record "$run" fg_failed_after "$(failed "$work/after.json")"
     cp "$work/after.log" "$out/run$run-after.log"
   fi
   record "$run" fg_failed_baseline "$(failed "$work/base.json")"
@@ -164,7 +188,8 @@ print(f"foreground p99 {move:.2f} ms during the transfer vs {base:.2f} ms before
 print(f"failed foreground requests: {med('fg_failed_transfer'):.0f} during the transfer, {med('fg_failed_baseline'):.0f} before")
 if any(r["phase"] == "fg_p99_ms_after" for r in rows):
     after = med("fg_p99_ms_after")
-    print(f"foreground p99 {after:.2f} ms in the phase after the join's ({after / base:.2f}x the baseline)")
+    print(f"foreground p99 {after:.2f} ms in the phase after the join's ({after / base:.2f}x the baseline; "
+          f"the join's phase {move / after:.2f}x it); {med('fg_failed_after'):.0f} failed")
 print(("holds" if med("owners_changed") <= 1.05 * q / s else "MISSED") + ": owners changed <= 1.05x Q/S")
 print(("holds" if move / base <= 1.5 else "MISSED") + ": p99 during the transfer <= 1.5x the baseline")
 EOF

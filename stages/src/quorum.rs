@@ -190,7 +190,10 @@ mod tests {
         );
         let storage = "storage".to_string();
         tracker.fail("n3", &ServiceError::Overloaded { stage: storage });
-        tracker.missing("n4", "held down, not asked");
+        tracker.missing(
+            "n4",
+            "held down 3.2 s (its link failed; 4 failures), not asked",
+        );
         let error = tracker.error("put");
         assert_eq!(
             error,
@@ -201,13 +204,16 @@ mod tests {
                 asked: 3,
                 failed: 2,
                 first_failure: Some("n2: peer n2 is unreachable".into()),
-                missing: vec!["n4 (held down, not asked)".into()],
+                missing: vec![
+                    "n4 (held down 3.2 s (its link failed; 4 failures), not asked)".into()
+                ],
             }
         );
         assert_eq!(
             error.to_string(),
             "put quorum not reached: 1 of 3 needed acknowledged (3 asked, 2 failed; \
-             first: n2: peer n2 is unreachable; missing: n4 (held down, not asked))"
+             first: n2: peer n2 is unreachable; missing: n4 (held down 3.2 s (its link failed; \
+             4 failures), not asked))"
         );
         // Given up before every replica answered (too few were left to reach W): the count
         // of those still silent is in the text, so asked = acknowledged + failed + silent.

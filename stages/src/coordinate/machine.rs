@@ -264,7 +264,7 @@ impl Coordinator {
             if !forwarded {
                 let me = self.settings.node.clone();
                 for node in outstanding.iter().filter(|n| **n != me) {
-                    self.peer_failed(node, now, "let a request's deadline pass");
+                    self.peer_failed(node, now, "silent at a request's deadline");
                 }
             }
             let why = if forwarded {

@@ -523,3 +523,50 @@ fn a_stats_reply_without_storage_failure_decodes_as_healthy() {
         other => panic!("expected a stats reply, got {other:?}"),
     }
 }
+
+/// Goal: a members reply from a node older than the detector's reasons (no `why`) still
+/// decodes, its members' reasons empty: `admin members` works across an upgrade.
+#[test]
+fn a_members_reply_without_reasons_decodes_with_none() {
+    #[derive(serde::Serialize)]
+    struct OldMember {
+        node: crate::NodeId,
+        addr: String,
+        up: bool,
+        down_for_ms: u64,
+        hints_pending: u64,
+        left: bool,
+    }
+    #[derive(serde::Serialize)]
+    struct OldMembers {
+        node: crate::NodeId,
+        version: u64,
+        members: Vec<OldMember>,
+    }
+    let body = rmp_serde::to_vec_named(&OldMembers {
+        node: crate::NodeId::new("n1"),
+        version: 3,
+        members: vec![OldMember {
+            node: crate::NodeId::new("n2"),
+            addr: "127.0.0.1:7402".into(),
+            up: false,
+            down_for_ms: 1500,
+            hints_pending: 2,
+            left: false,
+        }],
+    })
+    .expect("encodable");
+    let decoded = Message::decode(&Frame {
+        kind: kind::MEMBERS_REPLY,
+        request_id: 1,
+        body,
+    });
+    match decoded {
+        Ok(Message::MembersReply(reply)) => {
+            assert_eq!(reply.members.len(), 1);
+            assert_eq!(reply.members[0].down_for_ms, 1500);
+            assert_eq!(reply.members[0].why, "");
+        }
+        other => panic!("expected a members reply, got {other:?}"),
+    }
+}
