@@ -189,7 +189,9 @@ impl Store {
     /// Keys of `partition` after the stored key `after` whose versions are all tombstones,
     /// each older than `before_ms` (so every replica has had the grace period to receive it);
     /// looks at most `scan_limit` keys. Returns the candidates, where the next look resumes
-    /// (`None`: the partition's end) and how many keys it looked at.
+    /// (`None`: the partition's end) and how many keys it looked at: none, when a look from
+    /// the partition's start finds it unmarked (no tombstone written since the last pass
+    /// began, none met by it).
     pub fn purge_candidates(
         &self,
         partition: u32,
@@ -197,6 +199,11 @@ impl Store {
         scan_limit: usize,
         before_ms: u64,
     ) -> Result<PurgeLook, StorageError> {
+        // A pass starts at the partition's first key: if no write has put a tombstone in it
+        // since the last pass began (nor did that pass meet one), there is nothing to look at.
+        if after.is_none() && !self.take_tombstone_mark(partition) {
+            return Ok(PurgeLook::default());
+        }
         let entries =
             self.engine
                 .scan(Space::Objects, &partition.to_be_bytes(), after, scan_limit)?;
@@ -209,11 +216,14 @@ impl Store {
         let mut candidates = Vec::new();
         for (stored, bytes) in entries {
             let set = decode_version_set(&bytes)?;
-            let all_old_tombstones = !set.is_empty()
-                && set
-                    .versions()
-                    .iter()
-                    .all(|v| v.is_tombstone() && v.timestamp_ms < before_ms);
+            let tombstones_only =
+                !set.is_empty() && set.versions().iter().all(Version::is_tombstone);
+            if tombstones_only {
+                // Young or old, the next pass must look at it again.
+                self.mark_tombstones(partition);
+            }
+            let all_old_tombstones =
+                tombstones_only && set.versions().iter().all(|v| v.timestamp_ms < before_ms);
             if all_old_tombstones {
                 let key = stored.get(LOCATION_BYTES..).unwrap_or_default().to_vec();
                 candidates.push((key, set));
@@ -293,6 +303,22 @@ impl Store {
             }
         }
         Ok((removed, done))
+    }
+
+    /// Notes that `partition` may hold a tombstone-only key (see `may_hold_tombstones`).
+    pub(super) fn mark_tombstones(&self, partition: u32) {
+        if let Some(mark) = self.may_hold_tombstones.get(partition as usize) {
+            mark.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether `partition` may hold a tombstone-only key, clearing the mark: a purge pass is
+    /// starting, and from here on each write of a tombstone and each one the pass meets marks
+    /// it again.
+    fn take_tombstone_mark(&self, partition: u32) -> bool {
+        self.may_hold_tombstones
+            .get(partition as usize)
+            .is_none_or(|mark| mark.swap(false, Ordering::SeqCst))
     }
 
     /// Removes `key` if it still holds exactly `set` (a purge's commit, a drop's step),
