@@ -81,28 +81,21 @@ pending() { "$bin/shoal" admin ring --node "127.0.0.1:$(port 1)" --json \
   | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["pending_transfers"]))' || fail "admin ring"; }
 failed() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(o["errors"] for o in r["operations"]))' "$1"; }
 p99() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(max(o["p99_us"] for o in r["operations"]) / 1000)' "$1"; }
-# Transfer work left on every node (partitions to send or to drop).
-transfer_backlog() {
+# The sum over nodes 1..LAST of a number each one's `shoal admin COMMAND --json` gives
+# (EXPRESSION, Python over the parsed reply `j`).
+sum_over_nodes() { # LAST COMMAND EXPRESSION
   local total=0 b i
-  for i in 1 2 3 4; do
-    b=$("$bin/shoal" admin throttle --node "127.0.0.1:$(port "$i")" --json \
-      | python3 -c 'import json,sys; print(sum(s["backlog"] for s in json.load(sys.stdin)["stages"] if s["name"] == "transfer"))') \
-      || fail "admin throttle n$i"
+  for i in $(seq "$1"); do
+    b=$("$bin/shoal" admin "$2" --node "127.0.0.1:$(port "$i")" --json \
+      | python3 -c "import json,sys; j=json.load(sys.stdin); print($3)") || fail "admin $2 n$i"
     total=$(( total + b ))
   done
   echo "$total"
 }
+# Transfer work left on every node (partitions to send or to drop).
+transfer_backlog() { sum_over_nodes 4 throttle 'sum(s["backlog"] for s in j["stages"] if s["name"] == "transfer")'; }
 # Bytes the senders report for transfers done (each node shows its own, newest 64).
-moved_bytes() {
-  local total=0 b
-  for i in 1 2 3; do
-    b=$("$bin/shoal" admin plan --node "127.0.0.1:$(port "$i")" --json \
-      | python3 -c 'import json,sys; print(sum(p["bytes"] for p in json.load(sys.stdin)["progress"] if p["phase"] == "done"))') \
-      || fail "admin plan n$i"
-    total=$(( total + b ))
-  done
-  echo "$total"
-}
+moved_bytes() { sum_over_nodes 3 plan 'sum(p["bytes"] for p in j["progress"] if p["phase"] == "done")'; }
 
 echo "run,phase,value" > "$out/runs.csv"
 record() { echo "$1,$2,$3" >> "$out/runs.csv"; echo "  run $1: $2 = $3"; }

@@ -602,3 +602,50 @@ fn a_down_peer_heard_again_is_announced_to_handoff_once() {
 
 mod durable;
 mod not_a_replica;
+
+/// Goal: a request given up before every replica answered (two peers failed, so R=2 can no
+/// longer be reached while the local read is still out) names the replica still out: a
+/// trial's error said "1 not answered" and not which.
+#[test]
+fn a_quorum_given_up_early_names_the_replicas_not_yet_answered() {
+    let (mut c, _) = coordinator_of_three(3, 2, 2);
+    let start = Instant::now();
+    let mut out = Vec::new();
+    on_event(&mut c, start, get(1, start), &mut out);
+    let mut replies = Vec::new();
+    for output in std::mem::take(&mut out) {
+        if let Output::Peer { peer, op, .. } = output {
+            let done = PeerDone {
+                op,
+                peer: peer.clone(),
+                result: Err(ServiceError::PeerUnreachable {
+                    node: peer.to_string(),
+                    why: None,
+                }),
+            };
+            on_event(&mut c, start, CoordinateEvent::Peer(done), &mut replies);
+        }
+    }
+    let error = replies
+        .iter()
+        .find_map(|o| match o {
+            Output::Reply {
+                message: Message::Error(e),
+                ..
+            } => Some(e.clone()),
+            _ => None,
+        })
+        .expect("a quorum error once two of three failed");
+    match error {
+        ServiceError::Quorum {
+            acked,
+            failed,
+            missing,
+            ..
+        } => {
+            assert_eq!((acked, failed), (0, 2));
+            assert_eq!(missing, vec!["n1 (not answered yet)".to_string()]);
+        }
+        other => panic!("expected a quorum error, got {other:?}"),
+    }
+}

@@ -73,6 +73,13 @@ impl Coordinator {
                     let error = if local_write_failed {
                         error
                     } else {
+                        // Given up before every replica answered: name the ones still out (a
+                        // trial's error said "1 not answered" and not which).
+                        for info in self.operations.values().filter(|i| i.request == key) {
+                            pending
+                                .tracker
+                                .missing(info.node.as_str(), "not answered yet");
+                        }
                         pending.tracker.error(pending.operation.name())
                     };
                     self.reply(now, &mut pending, Message::Error(error), out);
