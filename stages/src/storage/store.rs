@@ -18,7 +18,7 @@ use crate::NodeId;
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -165,14 +165,12 @@ pub struct Store {
     partitions: u32,
     /// One Merkle tree per partition, updated by every write.
     trees: Arc<Trees>,
-    /// Per partition: whether it may hold a tombstone-only key, so the tombstone purge's scan
-    /// (every key of every partition it leads, once per exchange interval) skips a partition
-    /// that cannot have one. Set by every write whose versions include a tombstone; cleared
-    /// when a purge scan starts at the partition's first key (and set again by a tombstone it
-    /// meets); all set at open (unknown). Why: with no deletes, that scan was most of an idle
-    /// node's background reading, and it doubled a loaded cluster's p99 (1.0-1.6 against
-    /// 0.6 ms with anti-entropy off, `benches/rebalance.sh` and stop 44's note).
-    may_hold_tombstones: Arc<Vec<AtomicBool>>,
+    /// Per partition, what lets the tombstone purge's pass (every key of every partition it
+    /// leads, once per exchange interval) skip a partition that cannot hold a tombstone-only
+    /// key (see [`TombstoneWatch`]). Why: with no deletes, that pass was most of a node's
+    /// background reading, and it doubled a loaded cluster's p99 (1.0 against 0.6 ms with
+    /// anti-entropy off; stop 44's note).
+    tombstone_watch: Arc<Vec<Mutex<TombstoneWatch>>>,
     /// This node.
     node: NodeId,
     /// The actor that names this node's new dots and their counters' floor, shared by every
@@ -191,6 +189,22 @@ pub struct TransferRead {
     pub bytes: u64,
     /// The stored key to resume after (`None`: the scan is complete).
     pub resume: Option<Vec<u8>>,
+}
+
+/// One partition's tombstone writes and purge passes, for the purge to skip a partition no
+/// tombstone reached. A pass that began at the partition's first key and ran to its end
+/// meeting no tombstone-only key leaves the partition clean as of the tombstone writes
+/// counted when it began; a later pass skips it while no tombstone write has been counted
+/// since. A pass cut short, or one that met a tombstone (not yet old enough, or kept by a
+/// member's check), leaves it to be looked at again. Nothing is known at open.
+#[derive(Debug, Default)]
+pub(super) struct TombstoneWatch {
+    /// Writes whose versions included a tombstone, since open.
+    pub(super) writes: u64,
+    /// `writes` when the last clean pass began (`None`: none yet).
+    pub(super) clean_as_of: Option<u64>,
+    /// The pass under way: `writes` when it began, and whether it met a tombstone-only key.
+    pub(super) pass: Option<(u64, bool)>,
 }
 
 /// What one look for purge candidates found.
@@ -248,9 +262,9 @@ impl Store {
             hints_held: Arc::new(AtomicU64::new(0)),
             partitions: partitions.max(1),
             trees: Arc::new(Trees::new(partitions.max(1))),
-            may_hold_tombstones: Arc::new(
+            tombstone_watch: Arc::new(
                 (0..partitions.max(1))
-                    .map(|_| AtomicBool::new(true))
+                    .map(|_| Mutex::new(TombstoneWatch::default()))
                     .collect(),
             ),
             node: node.clone(),
@@ -499,7 +513,7 @@ impl Store {
             );
         }
         if set.versions().iter().any(Version::is_tombstone) {
-            self.mark_tombstones(location.partition);
+            self.watch_tombstones(location.partition, |watch| watch.writes += 1);
         }
         stripe.refresh(&location.stored, set.clone(), new_hash, bytes.len());
         Ok(())

@@ -190,8 +190,8 @@ impl Store {
     /// each older than `before_ms` (so every replica has had the grace period to receive it);
     /// looks at most `scan_limit` keys. Returns the candidates, where the next look resumes
     /// (`None`: the partition's end) and how many keys it looked at: none, when a look from
-    /// the partition's start finds it unmarked (no tombstone written since the last pass
-    /// began, none met by it).
+    /// the partition's start finds no tombstone written since the last clean pass began
+    /// (see [`TombstoneWatch`]).
     pub fn purge_candidates(
         &self,
         partition: u32,
@@ -200,9 +200,18 @@ impl Store {
         before_ms: u64,
     ) -> Result<PurgeLook, StorageError> {
         // A pass starts at the partition's first key: if no write has put a tombstone in it
-        // since the last pass began (nor did that pass meet one), there is nothing to look at.
-        if after.is_none() && !self.take_tombstone_mark(partition) {
-            return Ok(PurgeLook::default());
+        // since the last clean pass began, there is nothing to look at.
+        if after.is_none() {
+            let clean = self.watch_tombstones(partition, |watch| {
+                let clean = watch.clean_as_of == Some(watch.writes);
+                if !clean {
+                    watch.pass = Some((watch.writes, false));
+                }
+                clean
+            });
+            if clean == Some(true) {
+                return Ok(PurgeLook::default());
+            }
         }
         let entries =
             self.engine
@@ -220,7 +229,11 @@ impl Store {
                 !set.is_empty() && set.versions().iter().all(Version::is_tombstone);
             if tombstones_only {
                 // Young or old, the next pass must look at it again.
-                self.mark_tombstones(partition);
+                self.watch_tombstones(partition, |watch| {
+                    if let Some((_, met)) = &mut watch.pass {
+                        *met = true;
+                    }
+                });
             }
             let all_old_tombstones =
                 tombstones_only && set.versions().iter().all(|v| v.timestamp_ms < before_ms);
@@ -228,6 +241,14 @@ impl Store {
                 let key = stored.get(LOCATION_BYTES..).unwrap_or_default().to_vec();
                 candidates.push((key, set));
             }
+        }
+        if resume.is_none() {
+            // The pass reached the end: clean as of its start if it met no tombstone.
+            self.watch_tombstones(partition, |watch| {
+                if let Some((began, met)) = watch.pass.take() {
+                    watch.clean_as_of = (!met).then_some(began);
+                }
+            });
         }
         Ok(PurgeLook {
             candidates,
@@ -305,20 +326,19 @@ impl Store {
         Ok((removed, done))
     }
 
-    /// Notes that `partition` may hold a tombstone-only key (see `may_hold_tombstones`).
-    pub(super) fn mark_tombstones(&self, partition: u32) {
-        if let Some(mark) = self.may_hold_tombstones.get(partition as usize) {
-            mark.store(true, Ordering::SeqCst);
-        }
-    }
-
-    /// Whether `partition` may hold a tombstone-only key, clearing the mark: a purge pass is
-    /// starting, and from here on each write of a tombstone and each one the pass meets marks
-    /// it again.
-    fn take_tombstone_mark(&self, partition: u32) -> bool {
-        self.may_hold_tombstones
-            .get(partition as usize)
-            .is_none_or(|mark| mark.swap(false, Ordering::SeqCst))
+    /// Runs `act` on `partition`'s tombstone watch, under its lock (never held across a
+    /// scan); `None` for a partition number past Q, which is then never skipped.
+    pub(super) fn watch_tombstones<T>(
+        &self,
+        partition: u32,
+        act: impl FnOnce(&mut TombstoneWatch) -> T,
+    ) -> Option<T> {
+        let watch = self.tombstone_watch.get(partition as usize)?;
+        // Only counters and flags: a panic cannot leave them half-changed.
+        let mut guard = watch
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Some(act(&mut guard))
     }
 
     /// Removes `key` if it still holds exactly `set` (a purge's commit, a drop's step),
