@@ -129,6 +129,23 @@ fn get(request_id: u64, now: Instant) -> CoordinateEvent {
     }
 }
 
+/// Answers every peer request in `sent` with `PeerUnreachable`; what that makes goes to `out`.
+fn fail_every_peer(c: &mut Coordinator, now: Instant, sent: Vec<Output>, out: &mut Vec<Output>) {
+    for output in sent {
+        if let Output::Peer { peer, op, .. } = output {
+            let done = PeerDone {
+                op,
+                peer: peer.clone(),
+                result: Err(ServiceError::PeerUnreachable {
+                    node: peer.to_string(),
+                    why: None,
+                }),
+            };
+            on_event(c, now, CoordinateEvent::Peer(done), out);
+        }
+    }
+}
+
 fn storage_op(out: &[Output]) -> OpId {
     match out {
         [Output::Storage(StorageEvent {
@@ -292,19 +309,8 @@ fn request_with_too_few_healthy_replicas_is_answered_when_they_have() {
     // First get: the two peers fail, which marks them down.
     let mut out = Vec::new();
     on_event(&mut c, start, get(1, start), &mut out);
-    for output in std::mem::take(&mut out) {
-        if let Output::Peer { peer, op, .. } = output {
-            let done = PeerDone {
-                op,
-                peer: peer.clone(),
-                result: Err(ServiceError::PeerUnreachable {
-                    node: peer.to_string(),
-                    why: None,
-                }),
-            };
-            on_event(&mut c, start, CoordinateEvent::Peer(done), &mut out);
-        }
-    }
+    let sent = std::mem::take(&mut out);
+    fail_every_peer(&mut c, start, sent, &mut out);
     // Second get: only the local replica is asked.
     out.clear();
     on_event(&mut c, start, get(2, start), &mut out);
@@ -613,19 +619,7 @@ fn a_quorum_given_up_early_names_the_replicas_not_yet_answered() {
     let mut out = Vec::new();
     on_event(&mut c, start, get(1, start), &mut out);
     let mut replies = Vec::new();
-    for output in std::mem::take(&mut out) {
-        if let Output::Peer { peer, op, .. } = output {
-            let done = PeerDone {
-                op,
-                peer: peer.clone(),
-                result: Err(ServiceError::PeerUnreachable {
-                    node: peer.to_string(),
-                    why: None,
-                }),
-            };
-            on_event(&mut c, start, CoordinateEvent::Peer(done), &mut replies);
-        }
-    }
+    fail_every_peer(&mut c, start, out, &mut replies);
     let error = replies
         .iter()
         .find_map(|o| match o {
