@@ -129,19 +129,23 @@ fn get(request_id: u64, now: Instant) -> CoordinateEvent {
     }
 }
 
+/// `peer`'s answer to operation `op`: unreachable.
+fn unreachable(peer: &NodeId, op: OpId) -> CoordinateEvent {
+    CoordinateEvent::Peer(PeerDone {
+        op,
+        peer: peer.clone(),
+        result: Err(ServiceError::PeerUnreachable {
+            node: peer.to_string(),
+            why: None,
+        }),
+    })
+}
+
 /// Answers every peer request in `sent` with `PeerUnreachable`; what that makes goes to `out`.
 fn fail_every_peer(c: &mut Coordinator, now: Instant, sent: Vec<Output>, out: &mut Vec<Output>) {
     for output in sent {
         if let Output::Peer { peer, op, .. } = output {
-            let done = PeerDone {
-                op,
-                peer: peer.clone(),
-                result: Err(ServiceError::PeerUnreachable {
-                    node: peer.to_string(),
-                    why: None,
-                }),
-            };
-            on_event(c, now, CoordinateEvent::Peer(done), out);
+            on_event(c, now, unreachable(&peer, op), out);
         }
     }
 }
@@ -420,15 +424,7 @@ fn a_forward_no_list_node_takes_counts_each_node_tried_as_asked() {
     out.clear();
     let (mut peer, mut op) = forward_a_put(&mut c, &membership, start, &mut out);
     for _ in 0..2 {
-        let unreachable = PeerDone {
-            op,
-            peer: peer.clone(),
-            result: Err(ServiceError::PeerUnreachable {
-                node: peer.to_string(),
-                why: None,
-            }),
-        };
-        on_event(&mut c, start, CoordinateEvent::Peer(unreachable), &mut out);
+        on_event(&mut c, start, unreachable(&peer, op), &mut out);
         if let [Output::Peer { .. }] = out.as_slice() {
             (peer, op) = forwarded(&out);
             out.clear();
@@ -586,15 +582,12 @@ fn a_down_peer_heard_again_is_announced_to_handoff_once() {
     let mut out = Vec::new();
     on_event(&mut c, now, heard(), &mut out);
     assert_eq!(announced(&out), 0, "n2 was never down: {out:?}");
-    let unreachable = PeerDone {
-        op: OpId(999),
-        peer: NodeId::new("n2"),
-        result: Err(ServiceError::PeerUnreachable {
-            node: "n2".into(),
-            why: None,
-        }),
-    };
-    on_event(&mut c, now, CoordinateEvent::Peer(unreachable), &mut out);
+    on_event(
+        &mut c,
+        now,
+        unreachable(&NodeId::new("n2"), OpId(999)),
+        &mut out,
+    );
     assert_eq!(announced(&out), 0);
     for _ in 0..2 {
         on_event(&mut c, now, heard(), &mut out);

@@ -223,18 +223,13 @@ impl Store {
             entries.last().map(|(stored, _)| stored.clone())
         };
         let mut candidates = Vec::new();
+        let mut met_tombstones = false;
         for (stored, bytes) in entries {
             let set = decode_version_set(&bytes)?;
             let tombstones_only =
                 !set.is_empty() && set.versions().iter().all(Version::is_tombstone);
-            if tombstones_only {
-                // Young or old, the next pass must look at it again.
-                self.watch_tombstones(partition, |watch| {
-                    if let Some((_, met)) = &mut watch.pass {
-                        *met = true;
-                    }
-                });
-            }
+            // Young or old, the next pass must look at it again.
+            met_tombstones |= tombstones_only;
             let all_old_tombstones =
                 tombstones_only && set.versions().iter().all(|v| v.timestamp_ms < before_ms);
             if all_old_tombstones {
@@ -242,14 +237,17 @@ impl Store {
                 candidates.push((key, set));
             }
         }
-        if resume.is_none() {
+        self.watch_tombstones(partition, |watch| {
+            if let Some((_, met)) = &mut watch.pass {
+                *met |= met_tombstones;
+            }
             // The pass reached the end: clean as of its start if it met no tombstone.
-            self.watch_tombstones(partition, |watch| {
+            if resume.is_none() {
                 if let Some((began, met)) = watch.pass.take() {
                     watch.clean_as_of = (!met).then_some(began);
                 }
-            });
-        }
+            }
+        });
         Ok(PurgeLook {
             candidates,
             resume,
