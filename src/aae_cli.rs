@@ -23,7 +23,7 @@ pub fn run(
         if ms == 0 {
             "never".to_string()
         } else {
-            format!("{:.1}s ago", now.saturating_sub(ms) as f64 / 1000.0)
+            format!("{:.1} s ago", now.saturating_sub(ms) as f64 / 1000.0)
         }
     };
     writeln!(

@@ -157,7 +157,7 @@ pub fn run_members(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
             ("-".to_string(), "")
         } else {
             (
-                format!("{:.1}s", m.down_for_ms as f64 / 1000.0),
+                format!("{:.1} s", m.down_for_ms as f64 / 1000.0),
                 m.why.as_str(),
             )
         };

@@ -74,7 +74,10 @@ pub enum ServiceError {
     },
     /// Fewer than the needed replicas answered before the deadline.
     #[error(
-        "{operation} quorum not reached: {acked} of {needed} needed acknowledged ({asked} asked, {failed} failed{}{}{})",
+        "{operation} quorum not reached: {acked} of {needed} needed {} ({asked} asked, {failed} failed{}{}{})",
+        // A read's replicas answer; a write's acknowledge (a trial read "acknowledged" on a
+        // get as a sign the read had written something).
+        if operation == "get" { "answered" } else { "acknowledged" },
         // Asked replicas with no answer: silent at the deadline (named in `missing`), or still
         // out when too few were left to reach the quorum.
         match asked.saturating_sub(acked + failed) { 0 => String::new(), n => format!(", {n} not answered") },
@@ -96,8 +99,8 @@ pub enum ServiceError {
         /// still silent at the deadline). Absent in frames from older nodes.
         #[serde(default)]
         first_failure: Option<String>,
-        /// The replicas that never answered, and why: "n2 (held down 3.2 s (its link
-        /// failed; 4 failures), not asked)" for a primary the failure detector holds down
+        /// The replicas that never answered, and why: "n2 (not asked: held down 3.2 s, its
+        /// link failed, 4 failures)" for a primary the failure detector holds down
         /// (for how long, what marked it down, failures since) and no fallback stood in for, "n3
         /// (silent)" for one asked that had not answered at the deadline. Absent in frames
         /// from older nodes.

@@ -105,13 +105,14 @@ impl FailureDetector {
         self.is_up(peer) && self.failed(peer, now, why)
     }
 
-    /// Why a request does not ask `peer`, for a failed quorum's error: "held down 3.2 s
-    /// (its link failed; 4 failures), not asked". A peer held up was not left out by the
-    /// detector: "not asked".
+    /// Why a request does not ask `peer`, for a failed quorum's error: "not asked: held down
+    /// 3.2 s, its link failed, 4 failures" (flat: the error puts it in parentheses after the
+    /// peer's name, and a trial found nested ones hard to read). A peer held up was not left
+    /// out by the detector: "not asked".
     pub fn not_asked_note(&self, peer: &NodeId, now: Instant) -> String {
         match self.peers.get(peer) {
             Some((Health::Down { since, why, .. }, failures)) => format!(
-                "held down {:.1} s ({why}; {failures} failure{}), not asked",
+                "not asked: held down {:.1} s, {why}, {failures} failure{}",
                 now.saturating_duration_since(*since).as_secs_f64(),
                 if *failures == 1 { "" } else { "s" }
             ),
@@ -253,7 +254,7 @@ mod tests {
         detector.failed(&peer, start, "a probe went unanswered");
         assert_eq!(
             detector.not_asked_note(&peer, start + Duration::from_millis(3200)),
-            "held down 3.2 s (silent past the replica timeout; 2 failures), not asked"
+            "not asked: held down 3.2 s, silent past the replica timeout, 2 failures"
         );
     }
 }

@@ -64,8 +64,8 @@ impl QuorumTracker {
         self.asked += 1;
     }
 
-    /// Notes a replica that will not answer, and why ("held down 3.2 s (its link failed; 4
-    /// failures), not asked", "silent"):
+    /// Notes a replica that will not answer, and why ("not asked: held down 3.2 s, its link
+    /// failed, 4 failures", "silent"):
     /// the quorum error names it.
     pub fn missing(&mut self, node: &str, why: &str) {
         self.missing.push(format!("{node} ({why})"));
@@ -192,7 +192,7 @@ mod tests {
         tracker.fail("n3", &ServiceError::Overloaded { stage: storage });
         tracker.missing(
             "n4",
-            "held down 3.2 s (its link failed; 4 failures), not asked",
+            "not asked: held down 3.2 s, its link failed, 4 failures",
         );
         let error = tracker.error("put");
         assert_eq!(
@@ -205,15 +205,15 @@ mod tests {
                 failed: 2,
                 first_failure: Some("n2: peer n2 is unreachable".into()),
                 missing: vec![
-                    "n4 (held down 3.2 s (its link failed; 4 failures), not asked)".into()
+                    "n4 (not asked: held down 3.2 s, its link failed, 4 failures)".into()
                 ],
             }
         );
         assert_eq!(
             error.to_string(),
             "put quorum not reached: 1 of 3 needed acknowledged (3 asked, 2 failed; \
-             first: n2: peer n2 is unreachable; missing: n4 (held down 3.2 s (its link failed; \
-             4 failures), not asked))"
+             first: n2: peer n2 is unreachable; missing: n4 (not asked: held down 3.2 s, its link \
+             failed, 4 failures))"
         );
         // Given up before every replica answered (too few were left to reach W): the count
         // of those still silent is in the text, so asked = acknowledged + failed + silent.
@@ -229,6 +229,12 @@ mod tests {
         assert_eq!(
             early.error("put").to_string(),
             "put quorum not reached: 0 of 2 needed acknowledged (2 asked, 1 failed, \
+             1 not answered; first: n3: peer n3 is unreachable)"
+        );
+        // A read's replicas answer, they acknowledge nothing.
+        assert_eq!(
+            early.error("get").to_string(),
+            "get quorum not reached: 0 of 2 needed answered (2 asked, 1 failed, \
              1 not answered; first: n3: peer n3 is unreachable)"
         );
     }

@@ -334,8 +334,8 @@ fn request_with_too_few_healthy_replicas_is_answered_when_they_have() {
         failed: 0,
         first_failure: None,
         missing: vec![
-            "n2 (held down 0.0 s (its link failed; 1 failure), not asked)".into(),
-            "n3 (held down 0.0 s (its link failed; 1 failure), not asked)".into(),
+            "n2 (not asked: held down 0.0 s, its link failed, 1 failure)".into(),
+            "n3 (not asked: held down 0.0 s, its link failed, 1 failure)".into(),
         ],
     };
     assert!(
