@@ -271,6 +271,11 @@ impl Store {
         if let Some(segment) = segment {
             prefix.extend_from_slice(&segment.to_be_bytes());
         }
+        // A partition handed away and found empty since its last write: a final sync's scan
+        // would read only the engine's tombstones of what the drop removed.
+        if after.is_none() && self.empty_watch.known_empty(partition) {
+            return Ok(TransferRead::default());
+        }
         let limit = max_keys.max(1);
         let entries = self.engine.scan(Space::Objects, &prefix, after, limit)?;
         let full = entries.len() == limit;
@@ -301,10 +306,19 @@ impl Store {
         limit: usize,
         unowned: impl Fn() -> bool,
     ) -> Result<(usize, bool), StorageError> {
+        // Looked at again every cleanup delay for a stray write: while none was written since
+        // a scan found it empty, it still is (see [`EmptyWatch`]).
+        if self.empty_watch.known_empty(partition) {
+            return Ok((0, true));
+        }
         let limit = limit.max(1);
+        let as_of = self.empty_watch.count(partition);
         let entries = self
             .engine
             .scan(Space::Objects, &partition.to_be_bytes(), None, limit)?;
+        if entries.is_empty() {
+            self.empty_watch.found_empty(partition, as_of);
+        }
         let done = entries.len() < limit;
         let mut removed = 0;
         for (stored, bytes) in entries {

@@ -1,0 +1,100 @@
+//! What lets a partition this node no longer holds be looked at again without a scan while
+//! nothing was written to it (see [`EmptyWatch`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// `empty_as_of` before any drop found the partition empty.
+const UNKNOWN: u64 = u64::MAX;
+
+/// Per partition, the writes of objects counted since open, and that count when a drop's scan
+/// from the partition's first key last found nothing.
+///
+/// Why: after a join, each old replica looks at every partition it handed away again every
+/// `cleanup_delay`, for a stale coordinator's stray write: a final sync that streams the whole
+/// partition to each replica, then a drop step. The partition is empty, but its range is full
+/// of the engine's tombstones for the objects the drop removed, so each look was a scan over
+/// thousands of them, on every old node, for as long as they lived. A loaded cluster's p99
+/// stayed at about twice its level before the join for minutes after it (stop 44's
+/// `benches/rebalance.sh` after phase; the background pool's worker doing those scans was 11 %
+/// of n1's CPU). While the count has not moved since the partition was found empty, it still
+/// is: the look answers from here.
+///
+/// A write is counted after the engine took it, so a scan that began after a counted write
+/// sees that write; a write counted after a scan began moves the count and the next look
+/// scans. Removals are not counted: they cannot make an empty partition hold anything.
+/// Nothing is known at open.
+pub(in crate::storage) struct EmptyWatch {
+    writes: Vec<AtomicU64>,
+    empty_as_of: Vec<AtomicU64>,
+}
+
+impl EmptyWatch {
+    /// A watch over `partitions` partitions, knowing nothing.
+    pub(super) fn new(partitions: u32) -> EmptyWatch {
+        EmptyWatch {
+            writes: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            empty_as_of: (0..partitions).map(|_| AtomicU64::new(UNKNOWN)).collect(),
+        }
+    }
+
+    /// An object of `partition` was written (call after the engine took it).
+    pub(super) fn wrote(&self, partition: u32) {
+        if let Some(count) = self.writes.get(partition as usize) {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The writes counted for `partition` so far: read before a scan, for
+    /// [`EmptyWatch::found_empty`].
+    pub(super) fn count(&self, partition: u32) -> u64 {
+        self.writes
+            .get(partition as usize)
+            .map_or(0, |count| count.load(Ordering::SeqCst))
+    }
+
+    /// A scan from the partition's first key, begun when the count was `as_of`, found nothing.
+    pub(super) fn found_empty(&self, partition: u32, as_of: u64) {
+        if let Some(mark) = self.empty_as_of.get(partition as usize) {
+            mark.store(as_of, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether `partition` is known to hold no object: found empty, and written to since by
+    /// nothing. False for a partition number past Q.
+    pub(super) fn known_empty(&self, partition: u32) -> bool {
+        let index = partition as usize;
+        match (self.empty_as_of.get(index), self.writes.get(index)) {
+            (Some(mark), Some(count)) => {
+                let mark = mark.load(Ordering::SeqCst);
+                mark != UNKNOWN && mark == count.load(Ordering::SeqCst)
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a partition is known empty only from a scan that found nothing until the next
+    /// write, and a write counted while the scan ran keeps it unknown.
+    #[test]
+    fn a_partition_is_known_empty_until_its_next_write() {
+        let watch = EmptyWatch::new(4);
+        assert!(!watch.known_empty(1), "nothing is known at open");
+        let as_of = watch.count(1);
+        watch.found_empty(1, as_of);
+        assert!(watch.known_empty(1));
+        assert!(!watch.known_empty(2), "only the partition scanned");
+        watch.wrote(1);
+        assert!(!watch.known_empty(1), "a write since the scan");
+        // A scan during which a write landed: its mark is older than the count.
+        let as_of = watch.count(1);
+        watch.wrote(1);
+        watch.found_empty(1, as_of);
+        assert!(!watch.known_empty(1));
+        assert!(!watch.known_empty(9), "past Q: never known");
+        watch.wrote(9); // ignored, no panic
+    }
+}
