@@ -2,12 +2,13 @@
 //! nothing was written to it (see [`EmptyWatch`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 /// `empty_as_of` before any drop found the partition empty.
 const UNKNOWN: u64 = u64::MAX;
 
-/// Per partition, the writes of objects counted since open, and that count when a drop's scan
-/// from the partition's first key last found nothing.
+/// Per partition, the writes of objects counted since open, and that count when a drop pass
+/// last found the partition empty (it reached the end with nothing written meanwhile).
 ///
 /// Why: after a join, each old replica looks at every partition it handed away again every
 /// `cleanup_delay`, for a stale coordinator's stray write: a final sync that streams the whole
@@ -23,9 +24,26 @@ const UNKNOWN: u64 = u64::MAX;
 /// sees that write; a write counted after a scan began moves the count and the next look
 /// scans. Removals are not counted: they cannot make an empty partition hold anything.
 /// Nothing is known at open.
+///
+/// It also keeps each partition's drop pass where it is: the last stored key a step looked at
+/// and the count when the pass began. A step resumes after that key instead of scanning from
+/// the partition's first key past the tombstones of every step before it (a partition of 15k
+/// objects dropped 1024 at a time walked 100k of them). A write that lands behind the cursor
+/// moves the count, so the pass that reaches the end does not call the partition empty and the
+/// next one starts from its first key again.
 pub(in crate::storage) struct EmptyWatch {
     writes: Vec<AtomicU64>,
     empty_as_of: Vec<AtomicU64>,
+    /// Per partition, the drop pass under way.
+    cursors: Vec<Mutex<Option<DropPass>>>,
+}
+
+/// Where a drop step starts: after `after` (`None`: the partition's first key), in a pass
+/// that began when the count was `as_of`.
+#[derive(Clone)]
+pub(in crate::storage) struct DropPass {
+    pub(in crate::storage) after: Option<Vec<u8>>,
+    pub(in crate::storage) as_of: u64,
 }
 
 impl EmptyWatch {
@@ -34,7 +52,53 @@ impl EmptyWatch {
         EmptyWatch {
             writes: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             empty_as_of: (0..partitions).map(|_| AtomicU64::new(UNKNOWN)).collect(),
+            cursors: (0..partitions).map(|_| Mutex::new(None)).collect(),
         }
+    }
+
+    fn cursor(&self, partition: u32) -> Option<MutexGuard<'_, Option<DropPass>>> {
+        // A key and a count, replaced whole: a panic cannot leave it half-changed.
+        let cursor = self.cursors.get(partition as usize)?;
+        Some(
+            cursor
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Where the next drop step of `partition` starts: the pass under way, or a new one from
+    /// the partition's first key as of the count now.
+    pub(super) fn drop_pass(&self, partition: u32) -> DropPass {
+        self.cursor(partition)
+            .and_then(|cursor| cursor.clone())
+            .unwrap_or_else(|| DropPass {
+                after: None,
+                as_of: self.count(partition),
+            })
+    }
+
+    /// The drop step of `pass` looked up to the stored key `last`; the pass goes on after it.
+    pub(super) fn drop_went_to(&self, partition: u32, pass: &DropPass, last: Vec<u8>) {
+        if let Some(mut cursor) = self.cursor(partition) {
+            *cursor = Some(DropPass {
+                after: Some(last),
+                as_of: pass.as_of,
+            });
+        }
+    }
+
+    /// The drop pass `pass` ended: at the partition's end with every object it met removed
+    /// (`complete`), or stopped. Returns whether the partition is empty now: a complete pass
+    /// during which nothing was written to it. Then it is known empty until the next write.
+    pub(super) fn drop_ended(&self, partition: u32, pass: &DropPass, complete: bool) -> bool {
+        if let Some(mut cursor) = self.cursor(partition) {
+            *cursor = None;
+        }
+        let empty = complete && self.count(partition) == pass.as_of;
+        if empty {
+            self.found_empty(partition, pass.as_of);
+        }
+        empty
     }
 
     /// An object of `partition` was written (call after the engine took it).

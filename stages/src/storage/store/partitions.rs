@@ -298,8 +298,10 @@ impl Store {
     }
 
     /// Removes up to `limit` objects of a partition this node no longer holds (each under its
-    /// key's lock, its tree updated), checking `unowned` before each. Returns how many, and
-    /// whether the partition is empty (false if `unowned` stopped it).
+    /// key's lock, its tree updated), checking `unowned` before each, from where the last step
+    /// of the pass stopped. Returns how many, and whether the partition is empty now (false if
+    /// `unowned` stopped it, or if something was written to it during the pass: the next step
+    /// starts a pass from its first key).
     pub fn drop_partition(
         &self,
         partition: u32,
@@ -312,17 +314,22 @@ impl Store {
             return Ok((0, true));
         }
         let limit = limit.max(1);
-        let as_of = self.empty_watch.count(partition);
-        let entries = self
-            .engine
-            .scan(Space::Objects, &partition.to_be_bytes(), None, limit)?;
-        if entries.is_empty() {
-            self.empty_watch.found_empty(partition, as_of);
-        }
-        let done = entries.len() < limit;
+        // A step resumes where the last one stopped, not past the tombstones of every step
+        // before it; a write behind it keeps the pass from calling the partition empty.
+        let pass = self.empty_watch.drop_pass(partition);
+        let entries = self.engine.scan(
+            Space::Objects,
+            &partition.to_be_bytes(),
+            pass.after.as_deref(),
+            limit,
+        )?;
+        let at_end = entries.len() < limit;
+        let last = entries.last().map(|(stored, _)| stored.clone());
         let mut removed = 0;
+        let mut kept = false;
         for (stored, bytes) in entries {
             if !unowned() {
+                self.empty_watch.drop_ended(partition, &pass, false);
                 return Ok((removed, false));
             }
             let key = stored.get(LOCATION_BYTES..).unwrap_or_default();
@@ -333,9 +340,20 @@ impl Store {
             self.before_drop(&set)?;
             if self.purge_if_unchanged(key, &set)? {
                 removed += 1;
+            } else {
+                kept = true; // written since the scan: the count moved too
             }
         }
-        Ok((removed, done))
+        match (at_end, last) {
+            (false, Some(last)) => {
+                self.empty_watch.drop_went_to(partition, &pass, last);
+                Ok((removed, false))
+            }
+            _ => Ok((
+                removed,
+                self.empty_watch.drop_ended(partition, &pass, !kept),
+            )),
+        }
     }
 
     /// Runs `act` on `partition`'s tombstone watch, under its lock (never held across a
