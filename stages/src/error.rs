@@ -76,7 +76,8 @@ pub enum ServiceError {
     #[error(
         "{operation} quorum not reached: {acked} of {needed} needed {} ({asked} asked, {failed} failed{}{}{})",
         // A read's replicas answer; a write's acknowledge (a trial read "acknowledged" on a
-        // get as a sign the read had written something).
+        // get as a sign the read had written something). By the operation's name: it is a
+        // string on the wire, from older nodes too.
         if operation == "get" { "answered" } else { "acknowledged" },
         // Asked replicas with no answer: silent at the deadline (named in `missing`), or still
         // out when too few were left to reach the quorum.

@@ -466,12 +466,12 @@ impl Machine for GossipMachine {
     }
 }
 
-/// Node names for a log line, `n1,n4` (their `Debug` form reads `[NodeId("n1"), ...]`).
-/// Node ids for a log line, "none" for no node (a trial read the empty field of "removed: ,"
-/// as a missing value).
+/// Node names for a log line, `n1,n4` (their `Debug` form reads `[NodeId("n1"), ...]`), and
+/// "-" for none, as `admin commit` prints it (a trial read the empty field of "removed: ," as
+/// a missing value).
 fn names(nodes: &[NodeId]) -> String {
     if nodes.is_empty() {
-        return "none".to_string();
+        return "-".to_string();
     }
     let names: Vec<&str> = nodes.iter().map(NodeId::as_str).collect();
     names.join(",")

@@ -286,3 +286,11 @@ fn a_change_reaches_1000_nodes_within_15_rounds() {
     }
     assert!(worst <= 15, "{worst}");
 }
+
+/// Goal: the "membership committed" line names an empty list "-", as `admin commit` does (a
+/// trial read "removed: ," as a value missing), and a list by the nodes' ids.
+#[test]
+fn a_log_line_names_no_node_with_a_dash() {
+    assert_eq!(names(&[]), "-");
+    assert_eq!(names(&[NodeId::new("n1"), NodeId::new("n4")]), "n1,n4");
+}

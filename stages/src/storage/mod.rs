@@ -580,6 +580,8 @@ impl Machine for StorageMachine {
 }
 
 #[cfg(test)]
+mod drop_tests;
+#[cfg(test)]
 mod instance_tests;
 #[cfg(test)]
 mod machine_tests;

@@ -1,5 +1,6 @@
 //! What lets a partition this node no longer holds be looked at again without a scan while
-//! nothing was written to it (see [`EmptyWatch`]).
+//! nothing was written to it, and its drop resume where the last step stopped (see
+//! [`EmptyWatch`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -32,7 +33,9 @@ const UNKNOWN: u64 = u64::MAX;
 /// moves the count, so the pass that reaches the end does not call the partition empty and the
 /// next one starts from its first key again.
 pub(in crate::storage) struct EmptyWatch {
+    /// Per partition, the object writes counted since open.
     writes: Vec<AtomicU64>,
+    /// Per partition, `writes` when a drop pass last found it empty (`UNKNOWN`: never).
     empty_as_of: Vec<AtomicU64>,
     /// Per partition, the drop pass under way.
     cursors: Vec<Mutex<Option<DropPass>>>,
@@ -42,7 +45,9 @@ pub(in crate::storage) struct EmptyWatch {
 /// that began when the count was `as_of`.
 #[derive(Clone)]
 pub(in crate::storage) struct DropPass {
+    /// The stored key the last step of the pass looked at last.
     pub(in crate::storage) after: Option<Vec<u8>>,
+    /// The partition's write count when the pass began.
     pub(in crate::storage) as_of: u64,
 }
 
@@ -87,13 +92,19 @@ impl EmptyWatch {
         }
     }
 
-    /// The drop pass `pass` ended: at the partition's end with every object it met removed
-    /// (`complete`), or stopped. Returns whether the partition is empty now: a complete pass
-    /// during which nothing was written to it. Then it is known empty until the next write.
-    pub(super) fn drop_ended(&self, partition: u32, pass: &DropPass, complete: bool) -> bool {
+    /// The drop pass was stopped (the node holds the partition again): the next starts from
+    /// the partition's first key.
+    pub(super) fn drop_stopped(&self, partition: u32) {
         if let Some(mut cursor) = self.cursor(partition) {
             *cursor = None;
         }
+    }
+
+    /// The drop pass `pass` reached the partition's end, having removed every object it met
+    /// (`complete`) or not. Returns whether the partition is empty now: a complete pass during
+    /// which nothing was written to it. Then it is known empty until the next write.
+    pub(super) fn drop_ended(&self, partition: u32, pass: &DropPass, complete: bool) -> bool {
+        self.drop_stopped(partition);
         let empty = complete && self.count(partition) == pass.as_of;
         if empty {
             self.found_empty(partition, pass.as_of);

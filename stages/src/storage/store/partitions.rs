@@ -329,7 +329,7 @@ impl Store {
         let mut kept = false;
         for (stored, bytes) in entries {
             if !unowned() {
-                self.empty_watch.drop_ended(partition, &pass, false);
+                self.empty_watch.drop_stopped(partition);
                 return Ok((removed, false));
             }
             let key = stored.get(LOCATION_BYTES..).unwrap_or_default();
@@ -341,7 +341,9 @@ impl Store {
             if self.purge_if_unchanged(key, &set)? {
                 removed += 1;
             } else {
-                kept = true; // written since the scan: the count moved too
+                // Changed since the scan (the count moved too) or already gone (a purge): this
+                // pass proves nothing, the next looks again.
+                kept = true;
             }
         }
         match (at_end, last) {
