@@ -226,7 +226,7 @@ echo "mode,run,hints_at_return,drain_s" > "$out/runs.csv"
 # failed sample would leave them running.
 max_rate > "$work/maximum"
 rm -f "$work"/n*.log # the maximum's nodes' logs: each run keeps its own
-keep_logs="$out/logs-at-exit" # whatever a failed run left (benches/lib.sh)
+keep_failed_logs="$out/logs-at-exit" # whatever a failed run left (benches/lib.sh)
 maximum=$(cat "$work/maximum")
 rate=${RATE:-$(awk -v m="$maximum" -v f="$fraction" 'BEGIN {printf "%d", m * f}')}
 echo "cluster maximum (workload A, $threads threads): $maximum ops/s; foreground open loop at $rate ops/s over $fg_threads connections"

@@ -18,11 +18,16 @@ bin=${BIN_DIR:-./target/release}
 work=$(mktemp -d)
 declare -A pid
 # A script that sets keep_logs=DIR has every *.log of its work directory (the nodes' logs:
-# slow loop turns and journal flushes are warned there) copied to DIR on exit.
+# slow loop turns and journal flushes are warned there) copied to DIR on exit; one that sets
+# keep_failed_logs=DIR, only when it exits with an error (a run that worked leaves no
+# directory named for a failure).
 cleanup() {
+  local status=$?
   for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
-  if [ -n "${keep_logs:-}" ]; then
-    mkdir -p "$keep_logs"; cp "$work"/*.log "$keep_logs"/ 2>/dev/null || true
+  local keep=${keep_logs:-}
+  [ "$status" -ne 0 ] && [ -n "${keep_failed_logs:-}" ] && keep=$keep_failed_logs
+  if [ -n "$keep" ]; then
+    mkdir -p "$keep"; cp "$work"/*.log "$keep"/ 2>/dev/null || true
   fi
   rm -rf "$work"
 }

@@ -35,7 +35,7 @@ target_ms=${TARGET_MS:-50}; target_percentile=${TARGET_PERCENTILE:-99.9}
 source benches/lib.sh
 needs_python
 mkdir -p "$out"
-keep_logs="$out/failed"
+keep_failed_logs="$out/failed"
 port() { echo $((7800 + $1)); }
 seeds="127.0.0.1:$(port 1),127.0.0.1:$(port 2),127.0.0.1:$(port 3)"
 
