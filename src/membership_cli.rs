@@ -186,5 +186,12 @@ pub fn print_plan(
         "transfers of the last commit still pending: {}",
         reply.pending.len()
     )?;
+    // Each old replica drops what it handed away on its own, cleanup_delay_ms after: a change
+    // is finished when no transfer is pending and every node shows 0 here.
+    writeln!(
+        out,
+        "partitions {} no longer holds and has not dropped yet: {}",
+        reply.node, reply.drops_waiting
+    )?;
     Ok(())
 }

@@ -310,6 +310,7 @@ impl GossipMachine {
                     plan,
                     pending: self.membership.pending_transfers(n),
                     progress: self.board.read(),
+                    drops_waiting: self.board.drops_waiting(),
                 }))
             }
             Err(error) => Message::Error(ServiceError::MembershipRefused {

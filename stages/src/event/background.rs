@@ -231,11 +231,13 @@ impl fmt::Display for TransferEvent {
     }
 }
 
-/// Where the transfer stage publishes its outgoing transfers' progress, and the gossip stage
-/// reads it into `admin plan` and `admin ring` answers. Cheap to clone.
+/// Where the transfer stage publishes its outgoing transfers' progress and how many partitions
+/// it handed away and has not dropped yet, and the gossip stage reads them into `admin plan`
+/// and `admin ring` answers. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct TransferBoard {
     progress: Arc<Mutex<Vec<crate::wire::TransferProgress>>>,
+    drops_waiting: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl TransferBoard {
@@ -247,6 +249,19 @@ impl TransferBoard {
             Err(poisoned) => poisoned.into_inner(),
         };
         *guard = progress;
+    }
+
+    /// Partitions this node no longer holds and has not dropped yet, those still waiting out
+    /// `cleanup_delay` included (the transfer stage's backlog counts only those due).
+    pub fn publish_drops_waiting(&self, partitions: u64) {
+        self.drops_waiting
+            .store(partitions, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// See [`TransferBoard::publish_drops_waiting`].
+    pub fn drops_waiting(&self) -> u64 {
+        self.drops_waiting
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The published progress.

@@ -247,6 +247,11 @@ pub struct TransferMachine {
     dropped_so_far: BTreeMap<u32, u64>,
     /// Partitions due for a drop and not yet found empty (part of the backlog).
     drops_due: u64,
+    /// Partitions no longer held and not yet found empty, due or still waiting out the delay
+    /// (published for `admin plan`; its fall to 0 is logged: the operator's "drops done").
+    drops_waiting: u64,
+    /// The most `drops_waiting` has been since it was last 0 (the logged total).
+    drops_peak: u64,
     /// When the machine started (cleanup waits `cleanup_delay` from here at least).
     started: Instant,
     next_op: u64,
@@ -282,6 +287,8 @@ impl TransferMachine {
             dropping: None,
             dropped_so_far: BTreeMap::new(),
             drops_due: 0,
+            drops_waiting: 0,
+            drops_peak: 0,
             started,
             next_op: 0,
             logger,
@@ -574,6 +581,7 @@ impl TransferMachine {
             progress.push(active.progress(phase));
         }
         self.board.publish(progress);
+        self.board.publish_drops_waiting(self.drops_waiting);
         self.gate
             .report_backlog(outgoing.len() as u64 + self.drops_due);
     }

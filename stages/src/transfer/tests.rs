@@ -412,6 +412,9 @@ fn a_restarted_node_sends_a_partition_to_every_replica_before_dropping_it() {
         .primaries
         .into_iter()
         .collect();
+    let unheld = (0..64)
+        .filter(|p| !m.holds(&n1, PartitionId(*p), 3))
+        .count() as u64;
     let mut machine = machine(&n1, m);
     let mut out = Outbox::new();
     // The cleanup delay counts from when the machine (re)started and first saw the
@@ -419,6 +422,12 @@ fn a_restarted_node_sends_a_partition_to_every_replica_before_dropping_it() {
     let start = Instant::now();
     machine.on_tick(Now::at(start), &mut out);
     assert!(effects(&mut out).is_empty(), "nothing before the delay");
+    assert_eq!(
+        machine.board.drops_waiting(),
+        unheld,
+        "waiting out the delay counts as not dropped yet (the backlog says 0)"
+    );
+    assert_eq!(machine.gate.reading().backlog, 0);
     let t = start + Duration::from_secs(3601);
     let mut synced = BTreeSet::new();
     let dropped = loop {
@@ -465,6 +474,9 @@ fn a_restarted_node_sends_a_partition_to_every_replica_before_dropping_it() {
     let mut scanned = BTreeSet::new();
     for _ in 0..200 {
         machine.on_tick(Now::at(later), &mut out);
+        if scanned.is_empty() {
+            assert_eq!(machine.board.drops_waiting(), unheld - 1, "one dropped");
+        }
         let events = effects(&mut out);
         assert!(
             !events

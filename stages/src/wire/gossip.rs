@@ -59,6 +59,10 @@ pub struct PlanReply {
     /// The answering node's own outgoing transfers, with their progress.
     #[serde(default)]
     pub progress: Vec<TransferProgress>,
+    /// Partitions the answering node no longer holds and has not dropped yet, those waiting
+    /// out `cleanup_delay_ms` included. Absent from older nodes' replies.
+    #[serde(default)]
+    pub drops_waiting: u64,
 }
 
 /// The membership as this node keeps it on disk (in storage's `meta`).
