@@ -124,6 +124,7 @@ impl AntiEntropyMachine {
                     .filter(|(_, state)| state.next_exchange <= now)
                     .map(move |(peer, state)| (state.next_exchange, *p, peer.clone()))
             })
+            .filter(|(_, p, peer)| !self.copy_pending(*p, peer))
             .min();
         let Some((_, partition, peer)) = due else {
             return;

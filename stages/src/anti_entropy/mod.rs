@@ -182,6 +182,10 @@ pub struct AntiEntropyMachine {
     /// exchange with them completes (a dead peer fails one exchange per partition, a dozen
     /// lines a second at info).
     failing_peers: BTreeSet<NodeId>,
+    /// Partitions still being copied to a new replica by an ownership transfer, with that
+    /// replica: no exchange of the partition involves it until the copy is done (see
+    /// [`AntiEntropyMachine::copy_pending`]).
+    copying: BTreeSet<(u32, NodeId)>,
 }
 
 impl AntiEntropyMachine {
@@ -220,6 +224,7 @@ impl AntiEntropyMachine {
             summaries: None,
             next_report: None,
             failing_peers: BTreeSet::new(),
+            copying: BTreeSet::new(),
             wall_ms: 0,
             totals: Totals::default(),
             debt: 0,
@@ -261,6 +266,12 @@ impl AntiEntropyMachine {
             return;
         }
         self.membership_version = Some(membership.version);
+        // Every transfer done moves the version, so this follows each copy's end.
+        self.copying = membership
+            .pending_transfers(self.settings.n)
+            .into_iter()
+            .map(|t| (t.partition, t.to))
+            .collect();
         let ring = membership.ring();
         let me = self.settings.node.clone();
         let mut partitions = BTreeMap::new();
@@ -307,6 +318,19 @@ impl AntiEntropyMachine {
             partitions.insert(p, state);
         }
         self.partitions = partitions;
+    }
+
+    /// Whether an ownership transfer is still copying `partition` to this node or to `peer`:
+    /// an exchange of the pair now would compare a copy half made and send the rest of the
+    /// partition a second time (a trial's join: anti-entropy sent 25-50 % of what the
+    /// transfers did, whole partitions to the new node while their transfers ran). The
+    /// transfer's own catch-up covers what changes meanwhile; the exchanges resume once its
+    /// done mark reaches this node.
+    fn copy_pending(&self, partition: u32, peer: &NodeId) -> bool {
+        self.copying.contains(&(partition, peer.clone()))
+            || self
+                .copying
+                .contains(&(partition, self.settings.node.clone()))
     }
 
     /// Most digests an exchange lists on each side: twice the keys it may move, so a nearly
@@ -524,9 +548,9 @@ impl Machine for AntiEntropyMachine {
         let missing = self.partitions.values().filter(|s| !s.tree_ready).count();
         let due = self
             .partitions
-            .values()
-            .flat_map(|s| s.peers.values())
-            .filter(|peer| peer.next_exchange <= now)
+            .iter()
+            .flat_map(|(p, s)| s.peers.iter().map(move |(peer, state)| (*p, peer, state)))
+            .filter(|(p, peer, state)| state.next_exchange <= now && !self.copy_pending(*p, peer))
             .count();
         self.gate.report_backlog((missing + due) as u64 + self.debt);
     }
