@@ -357,16 +357,10 @@ fn digest_lists_that_stopped_short_are_compared_only_up_to_the_earlier_cut() {
 #[test]
 fn no_exchange_involves_a_replica_whose_copy_is_still_being_transferred() {
     let n1 = NodeId::new("n1");
-    let mut membership = Membership::new(
-        1,
-        16,
-        vec![
-            Member::loopback("n1", 1),
-            Member::loopback("n2", 2),
-            Member::loopback("n3", 3),
-        ],
-    )
-    .expect("membership");
+    let three = (1..=3u16)
+        .map(|i| Member::loopback(&format!("n{i}"), i))
+        .collect();
+    let mut membership = Membership::new(1, 16, three).expect("membership");
     membership
         .stage_join(&n1, Member::loopback("n4", 4))
         .expect("join");
