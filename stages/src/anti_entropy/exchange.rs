@@ -164,7 +164,13 @@ impl AntiEntropyMachine {
     /// Ends the exchange. `in_sync` records that the pair held the same data as of its start
     /// (what the purge relies on); `retry` brings the pair's next exchange forward (a tree
     /// was not ready, or the exchange was cut short).
-    fn finish_exchange(&mut self, exchange: Exchange, now: Instant, in_sync: bool, retry: bool) {
+    pub(super) fn finish_exchange(
+        &mut self,
+        exchange: Exchange,
+        now: Instant,
+        in_sync: bool,
+        retry: bool,
+    ) {
         let next = if retry {
             self.jitter(RETRY_SOON)
         } else {
@@ -184,9 +190,7 @@ impl AntiEntropyMachine {
         if !compared {
             return;
         }
-        if self.failing_peers.remove(&exchange.peer) {
-            info!(self.logger, "anti-entropy exchanges work again"; "peer" => %exchange.peer);
-        }
+        let works_again = self.failing_peers.remove(&exchange.peer);
         peer.report.exchanges += 1;
         peer.report.last_exchange_ms = self.wall_ms;
         peer.report.keys_sent += exchange.sent;
@@ -198,10 +202,24 @@ impl AntiEntropyMachine {
         self.debt += exchange.sent + exchange.received;
         self.totals.keys_sent += exchange.sent;
         self.totals.keys_received += exchange.received;
+        if works_again {
+            info!(self.logger, "anti-entropy exchanges work again"; "peer" => %exchange.peer);
+            // Its other pairs were put off an interval when it failed (`abandon_exchange`):
+            // they come soon, now.
+            let soon = now + RETRY_SOON;
+            for (p, state) in self.partitions.iter_mut() {
+                if *p == exchange.partition {
+                    continue;
+                }
+                if let Some(other) = state.peers.get_mut(&exchange.peer) {
+                    other.next_exchange = other.next_exchange.min(soon);
+                }
+            }
+        }
     }
 
-    /// Gives the exchange up (a peer or storage failed, or a step timed out); the pair is
-    /// tried again at its normal interval.
+    /// Gives the exchange up (a peer or storage failed, or a step timed out); every pair with
+    /// the peer is tried again at its normal interval.
     pub(super) fn abandon_exchange(&mut self, exchange: Exchange, now: Instant, why: &str) {
         if self.failing_peers.insert(exchange.peer.clone()) {
             info!(self.logger, "anti-entropy exchange given up (more with this peer at debug until one completes)";
@@ -210,13 +228,27 @@ impl AntiEntropyMachine {
             debug!(self.logger, "anti-entropy exchange given up";
                 "partition" => exchange.partition, "peer" => %exchange.peer, "why" => why);
         }
-        let next = self.jitter(self.settings.exchange_interval);
-        if let Some(peer) = self
-            .partitions
-            .get_mut(&exchange.partition)
-            .and_then(|s| s.peers.get_mut(&exchange.peer))
-        {
-            peer.next_exchange = now + next;
+        // Every pair with this peer waits an interval, not only this one: a peer that is down
+        // would otherwise fail one exchange per partition in turn, each costing a tree read
+        // and a token, and show as a backlog of due pairs that can make no progress (a
+        // trial's `admin throttle` with every peer down). The first exchange that works again
+        // brings its other pairs forward (`finish_exchange`).
+        let interval = self.settings.exchange_interval;
+        let mut delays = Vec::new();
+        for (p, state) in &self.partitions {
+            if state.peers.contains_key(&exchange.peer) {
+                delays.push(*p);
+            }
+        }
+        for p in delays {
+            let next = now + self.jitter(interval);
+            if let Some(peer) = self
+                .partitions
+                .get_mut(&p)
+                .and_then(|s| s.peers.get_mut(&exchange.peer))
+            {
+                peer.next_exchange = peer.next_exchange.max(next);
+            }
         }
     }
 

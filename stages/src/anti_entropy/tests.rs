@@ -394,17 +394,18 @@ fn no_exchange_involves_a_replica_whose_copy_is_still_being_transferred() {
     for state in machine.partitions.values_mut() {
         state.tree_ready = true;
     }
-    // Every pair due: start exchanges one after another, giving each up at once.
+    // Every pair due: start exchanges one after another, each ending at once in sync.
     let started = |machine: &mut AntiEntropyMachine, now: Instant| {
         let mut pairs = BTreeSet::new();
         let mut out = Outbox::new();
         for _ in 0..200 {
             machine.start_exchange(now, &mut out);
-            let Some(exchange) = machine.exchange.take() else {
+            let Some(mut exchange) = machine.exchange.take() else {
                 break;
             };
             pairs.insert((exchange.partition, exchange.peer.clone()));
-            machine.abandon_exchange(exchange, now, "test");
+            exchange.step = super::exchange::Step::MergeBack;
+            machine.finish_exchange(exchange, now, true, false);
         }
         pairs
     };
@@ -447,5 +448,104 @@ fn no_exchange_involves_a_replica_whose_copy_is_still_being_transferred() {
             .filter(|(_, to)| to.as_str() == "n4")
             .all(|pair| { !machine.partitions.contains_key(&pair.0) || pairs.contains(pair) }),
         "after the copies: {pairs:?}"
+    );
+}
+
+/// Goal: an exchange given up with a peer puts off every pair with that peer an interval, not
+/// only its own (a down peer failed one exchange per partition in turn, and showed as a
+/// backlog that could make no progress); the other peers' pairs go on; the first exchange with
+/// it that works brings its other pairs forward.
+#[test]
+fn a_failed_exchange_puts_off_every_pair_with_that_peer_until_one_works() {
+    let n1 = NodeId::new("n1");
+    let three = (1..=3u16)
+        .map(|i| Member::loopback(&format!("n{i}"), i))
+        .collect();
+    let membership = Membership::new(1, 8, three).expect("membership");
+    let settings = AntiEntropySettings {
+        node: n1.clone(),
+        n: 3,
+        enabled: true,
+        exchange_interval: Duration::from_secs(60),
+        rebuild_interval: Duration::from_secs(600),
+        confirm_delay: Duration::from_millis(200),
+        max_keys_per_exchange: 256,
+        tombstone_grace: Duration::from_secs(3600),
+    };
+    let start = Instant::now();
+    let mut machine = AntiEntropyMachine::new(
+        settings,
+        MembershipView::new(membership),
+        Gate::new(None, start),
+        AaeBoard::new(n1.clone(), true),
+        Logger::root(slog::Discard, slog::o!()),
+    );
+    let mut out = Outbox::new();
+    machine.on_tick(at(start, 0), &mut out);
+    for state in machine.partitions.values_mut() {
+        state.tree_ready = true;
+    }
+    let n2 = NodeId::new("n2");
+    let now = start + Duration::from_secs(120);
+    let next_start = |machine: &mut AntiEntropyMachine, now: Instant| {
+        let mut out = Outbox::new();
+        machine.start_exchange(now, &mut out);
+        machine.exchange.take()
+    };
+    // Give up exchanges until one with n2 fails; from then on none with n2 starts.
+    let mut failed_n2 = false;
+    let mut others = 0;
+    for _ in 0..40 {
+        let Some(exchange) = next_start(&mut machine, now) else {
+            break;
+        };
+        if exchange.peer == n2 {
+            assert!(!failed_n2, "an exchange with n2 after one with it failed");
+            failed_n2 = true;
+        } else {
+            others += 1;
+        }
+        machine.abandon_exchange(exchange, now, "peer n2 is unreachable");
+    }
+    assert!(failed_n2, "an exchange with n2 was tried");
+    assert!(others > 0, "the other peer's pairs went on");
+
+    // An interval later n2 answers: one exchange with it works, and its other pairs are due
+    // soon after, not an interval later.
+    let back = now + Duration::from_secs(200);
+    let exchange = loop {
+        let exchange = next_start(&mut machine, back).expect("pairs are due");
+        if exchange.peer == n2 {
+            break exchange;
+        }
+        machine.abandon_exchange(exchange, back, "test");
+    };
+    let done_partition = exchange.partition;
+    let mut exchange = exchange;
+    exchange.step = super::exchange::Step::MergeBack;
+    machine.finish_exchange(exchange, back, true, false);
+    let soon = back + Duration::from_secs(1);
+    let mut with_n2 = BTreeSet::new();
+    for _ in 0..40 {
+        let Some(exchange) = next_start(&mut machine, soon) else {
+            break;
+        };
+        if exchange.peer == n2 {
+            with_n2.insert(exchange.partition);
+        }
+        let mut exchange = exchange;
+        exchange.step = super::exchange::Step::MergeBack;
+        machine.finish_exchange(exchange, soon, true, false);
+    }
+    let n2_pairs = machine
+        .partitions
+        .iter()
+        .filter(|(p, s)| **p != done_partition && s.peers.contains_key(&n2))
+        .count();
+    assert!(n2_pairs > 0);
+    assert_eq!(
+        with_n2.len(),
+        n2_pairs,
+        "n2's other pairs came soon: {with_n2:?}"
     );
 }
