@@ -349,6 +349,35 @@ fn digest_lists_that_stopped_short_are_compared_only_up_to_the_earlier_cut() {
     assert!(found.fetch.is_empty() && found.cut_short);
 }
 
+/// n1's machine with exchanges on (N = 3, a 60 s interval) over `view`, ticked once at the
+/// returned start, every tree it replicates ready.
+fn exchanging_n1(view: MembershipView) -> (AntiEntropyMachine, Instant) {
+    let n1 = NodeId::new("n1");
+    let settings = AntiEntropySettings {
+        node: n1.clone(),
+        n: 3,
+        enabled: true,
+        exchange_interval: Duration::from_secs(60),
+        rebuild_interval: Duration::from_secs(600),
+        confirm_delay: Duration::from_millis(200),
+        max_keys_per_exchange: 256,
+        tombstone_grace: Duration::from_secs(3600),
+    };
+    let start = Instant::now();
+    let mut machine = AntiEntropyMachine::new(
+        settings,
+        view,
+        Gate::new(None, start),
+        AaeBoard::new(n1, true),
+        Logger::root(slog::Discard, slog::o!()),
+    );
+    machine.on_tick(at(start, 0), &mut Outbox::new());
+    for state in machine.partitions.values_mut() {
+        state.tree_ready = true;
+    }
+    (machine, start)
+}
+
 /// Goal: while an ownership transfer copies a partition to a new replica, no exchange of
 /// that partition involves the new replica (it would send the partition a second time, as a
 /// trial's join found: 25-50 % more traffic than the transfers); the other pairs go on, and
@@ -371,29 +400,8 @@ fn no_exchange_involves_a_replica_whose_copy_is_still_being_transferred() {
         .map(|t| (t.partition, t.to))
         .collect();
     let view = MembershipView::new(membership.clone());
-    let settings = AntiEntropySettings {
-        node: n1.clone(),
-        n: 3,
-        enabled: true,
-        exchange_interval: Duration::from_secs(60),
-        rebuild_interval: Duration::from_secs(600),
-        confirm_delay: Duration::from_millis(200),
-        max_keys_per_exchange: 256,
-        tombstone_grace: Duration::from_secs(3600),
-    };
-    let start = Instant::now();
-    let mut machine = AntiEntropyMachine::new(
-        settings,
-        view.clone(),
-        Gate::new(None, start),
-        AaeBoard::new(n1.clone(), true),
-        Logger::root(slog::Discard, slog::o!()),
-    );
+    let (mut machine, start) = exchanging_n1(view.clone());
     let mut out = Outbox::new();
-    machine.on_tick(at(start, 0), &mut out);
-    for state in machine.partitions.values_mut() {
-        state.tree_ready = true;
-    }
     // Every pair due: start exchanges one after another, each ending at once in sync.
     let started = |machine: &mut AntiEntropyMachine, now: Instant| {
         let mut pairs = BTreeSet::new();
@@ -457,34 +465,11 @@ fn no_exchange_involves_a_replica_whose_copy_is_still_being_transferred() {
 /// it that works brings its other pairs forward.
 #[test]
 fn a_failed_exchange_puts_off_every_pair_with_that_peer_until_one_works() {
-    let n1 = NodeId::new("n1");
     let three = (1..=3u16)
         .map(|i| Member::loopback(&format!("n{i}"), i))
         .collect();
     let membership = Membership::new(1, 8, three).expect("membership");
-    let settings = AntiEntropySettings {
-        node: n1.clone(),
-        n: 3,
-        enabled: true,
-        exchange_interval: Duration::from_secs(60),
-        rebuild_interval: Duration::from_secs(600),
-        confirm_delay: Duration::from_millis(200),
-        max_keys_per_exchange: 256,
-        tombstone_grace: Duration::from_secs(3600),
-    };
-    let start = Instant::now();
-    let mut machine = AntiEntropyMachine::new(
-        settings,
-        MembershipView::new(membership),
-        Gate::new(None, start),
-        AaeBoard::new(n1.clone(), true),
-        Logger::root(slog::Discard, slog::o!()),
-    );
-    let mut out = Outbox::new();
-    machine.on_tick(at(start, 0), &mut out);
-    for state in machine.partitions.values_mut() {
-        state.tree_ready = true;
-    }
+    let (mut machine, start) = exchanging_n1(MembershipView::new(membership));
     let n2 = NodeId::new("n2");
     let now = start + Duration::from_secs(120);
     let next_start = |machine: &mut AntiEntropyMachine, now: Instant| {
