@@ -8,9 +8,12 @@
 //! - Refresh: every get and put reply carries the answering node's membership version; a
 //!   newer one than the client's makes it fetch the ring again.
 //! - Errors the store returns (quorum, overload, bad input) are returned as they are: the node
-//!   that coordinated already did what retrying elsewhere would do.
+//!   that coordinated already did what retrying elsewhere would do. A stopping node's
+//!   `ShuttingDown` is the exception: it refused the request untouched, so the next node is
+//!   tried, as for a connection that failed.
 
 use crate::client::{Client, ClientError, Context, GetResult, RequestOptions};
+use shoal_stages::error::ServiceError;
 use shoal_stages::membership::{Membership, MembershipView};
 use shoal_stages::NodeId;
 use std::collections::hash_map::Entry;
@@ -158,6 +161,12 @@ impl ClusterClient {
                 Err(
                     error @ (ClientError::Io(_) | ClientError::Closed | ClientError::Frame { .. }),
                 ) => {
+                    self.mark_down(&node);
+                    last_error = error;
+                }
+                Err(error @ ClientError::Service(ServiceError::ShuttingDown)) => {
+                    // The node is stopping and refused the request before doing anything with
+                    // it: the next node may take it.
                     self.mark_down(&node);
                     last_error = error;
                 }

@@ -192,10 +192,21 @@ pub struct NodeSection {
     /// joins when an operator runs `shoal admin join` through any member.
     #[serde(default)]
     pub await_join: bool,
+    /// A clean stop (SIGINT, SIGTERM) answers the client requests the node already took for up
+    /// to this long, refusing new ones `ShuttingDown`, before it closes client connections and
+    /// stops its stages; 0 stops at once, unanswered requests cut off.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
 }
 
 fn default_weight() -> u32 {
     1
+}
+
+/// Longer than a client request's default deadline (2 s) plus a closed connection's linger
+/// (2 s), so a drain normally ends because everything was answered.
+fn default_drain_timeout_ms() -> u64 {
+    5000
 }
 
 /// `[cluster]`

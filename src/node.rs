@@ -31,7 +31,7 @@ use shoal_stages::intake::{Intake, IntakeMachine, IntakeSettings, IntakeSocket, 
 use shoal_stages::membership::{Membership, MembershipView};
 use shoal_stages::ring::RingError;
 use shoal_stages::seda::{
-    GateRegistry, OperationLatencies, Router, StageHandle, StageReceiver, WorkerPool,
+    GateRegistry, OperationLatencies, Router, StageHandle, StageReceiver, Wake, WorkerPool,
 };
 use shoal_stages::storage::cpu_priority::{lower_priority, threads_named, ENGINE_THREAD_NAME};
 use shoal_stages::storage::{StorageError, Store};
@@ -88,6 +88,10 @@ fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
 pub struct Node {
     local_addr: SocketAddr,
     intake_stop: Arc<AtomicBool>,
+    /// Set by [`Node::shutdown`]: the intake answers what clients are owed, then ends.
+    intake_drain: Arc<AtomicBool>,
+    /// Wakes the intake's loop (to see the drain flag at once).
+    intake_waker: Option<Arc<dyn Wake>>,
     intake_thread: Option<JoinHandle<()>>,
     controller_stop: Arc<AtomicBool>,
     controller_thread: Option<JoinHandle<()>>,
@@ -197,6 +201,8 @@ impl Node {
         let mut node = Node {
             local_addr,
             intake_stop: Arc::new(AtomicBool::new(false)),
+            intake_drain: Arc::new(AtomicBool::new(false)),
+            intake_waker: None,
             intake_thread: None,
             controller_stop: Arc::new(AtomicBool::new(false)),
             controller_thread: None,
@@ -287,6 +293,7 @@ impl Node {
                 .map_err(io_error(&format!("binding the metrics address {listen}")))?,
             );
         }
+        self.intake_waker = Some(socket.waker());
         let intake = Intake::new(
             socket,
             machine,
@@ -297,7 +304,11 @@ impl Node {
             domain,
         )
         .with_reply_writer(config.reply_writer_from())
-        .map_err(io_error("starting the reply writer"))?;
+        .map_err(io_error("starting the reply writer"))?
+        .with_drain(
+            Arc::clone(&self.intake_drain),
+            Duration::from_millis(config.node.drain_timeout_ms),
+        );
         self.intake_thread = Some(
             std::thread::Builder::new()
                 .name(format!("{}-0", StageId::Intake.name()))
@@ -353,9 +364,12 @@ impl Node {
         self.redis.as_ref().map(RedisDoor::addr)
     }
 
-    /// Stops the stages in stage-table order (intake, parse, coordinate, replicate, repair,
-    /// handoff, anti-entropy, transfer, gossip, background storage, storage, commit), each after its queue
-    /// drained; the commit stage flushes the journal last.
+    /// Stops cleanly: first the intake answers every client request it already took and
+    /// refuses new ones `ShuttingDown` (for up to `[node] drain_timeout_ms`), then closes the
+    /// client connections; then the stages stop in stage-table order (intake, parse,
+    /// coordinate, replicate, repair, handoff, anti-entropy, transfer, gossip, background
+    /// storage, storage, commit), each after its queue drained; the commit stage flushes the
+    /// journal last. The metrics endpoint and the Redis door close first, unanswered.
     pub fn shutdown(mut self) {
         if let Some(metrics) = self.metrics.take() {
             metrics.stop();
@@ -368,10 +382,15 @@ impl Node {
             thread.thread().unpark();
             let _ = thread.join();
         }
-        self.intake_stop.store(true, Ordering::Release);
+        // The intake's loop ends by itself once its drain is over (`Intake::with_drain`).
+        self.intake_drain.store(true, Ordering::Release);
+        if let Some(waker) = &self.intake_waker {
+            waker.wake();
+        }
         if let Some(thread) = self.intake_thread.take() {
             let _ = thread.join();
         }
+        self.intake_stop.store(true, Ordering::Release);
         for stage in self.stages.drain(..) {
             let name = stage.name();
             stage.stop_and_join();

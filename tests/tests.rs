@@ -15,6 +15,7 @@ mod cluster {
     pub mod replication;
     pub mod reply_writer;
     pub mod security;
+    pub mod shutdown;
     pub mod support;
     pub mod throttle;
     pub mod versioning;

@@ -74,6 +74,11 @@ impl Linger {
         !self.ready.is_empty()
     }
 
+    /// Whether any connection is lingering.
+    pub fn lingering(&self) -> bool {
+        !self.open.is_empty()
+    }
+
     /// Starts `conn`'s lingering close (its output all written); gives the stream back when
     /// it cannot linger (too many do, or the shutdown failed), to be dropped at once.
     pub fn start(

@@ -103,7 +103,22 @@ pub struct IntakeMachine {
     /// is warned of at the 1st, 10th, 100th... time rather than at every redial (a node with
     /// the wrong secret drew about six warnings a second).
     refusals: super::repeats::Repeats,
+    /// A clean stop's progress ([`IntakeMachine::begin_drain`]).
+    drain: Drain,
     logger: Logger,
+}
+
+/// Where a clean stop (SIGINT, SIGTERM) is: client requests that arrive once it began are
+/// refused `ShuttingDown`, those taken before are answered, then the client connections close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drain {
+    /// Serving.
+    Off,
+    /// Answering what was taken; refusing the rest.
+    Answering,
+    /// Nothing owed: every client connection closes once its output is written, and new ones
+    /// are closed at once.
+    Closing,
 }
 
 impl IntakeMachine {
@@ -128,6 +143,7 @@ impl IntakeMachine {
             node,
             seal,
             refusals: super::repeats::Repeats::default(),
+            drain: Drain::Off,
             logger,
         }
     }
@@ -159,6 +175,9 @@ impl IntakeMachine {
     /// A connection was accepted: its id, or `None` when the connection limit is reached
     /// (the caller closes it).
     pub fn accept(&mut self) -> Option<ConnId> {
+        if self.drain == Drain::Closing {
+            return None;
+        }
         if self.connections.len() >= self.settings.max_connections {
             warn!(self.logger, "connection refused: limit reached"; "limit" => self.settings.max_connections);
             return None;
@@ -214,6 +233,60 @@ impl IntakeMachine {
             self.close(conn, out);
         }
         true
+    }
+
+    /// A clean stop begins (the node was told to stop): from now on a client's request is
+    /// refused `ShuttingDown`; those already taken are still answered (peers' requests and
+    /// the answers to this node's own are served as before). [`IntakeMachine::drain_step`]
+    /// then closes the client connections. Called again, it does nothing.
+    pub fn begin_drain(&mut self) {
+        if self.drain == Drain::Off {
+            self.drain = Drain::Answering;
+            info!(self.logger, "stopping: answering the client requests already taken, refusing new ones"; "owed" => self.owed());
+        }
+    }
+
+    /// A clean stop's next step: once no client is owed an answer, every client connection is
+    /// closed (after its output is written). Returns whether the drain is done: no client
+    /// connection is left.
+    pub fn drain_step(&mut self, out: &mut Outbox) -> bool {
+        let clients: Vec<ConnId> = self
+            .connections
+            .keys()
+            .copied()
+            .filter(|conn| self.is_client(*conn))
+            .collect();
+        match self.drain {
+            Drain::Off => false,
+            Drain::Answering if self.owed() > 0 => false,
+            Drain::Answering => {
+                self.drain = Drain::Closing;
+                for conn in clients {
+                    if self.connections.get(&conn).is_some_and(|c| !c.closing) {
+                        self.close(conn, out);
+                    }
+                }
+                false
+            }
+            Drain::Closing => clients.is_empty(),
+        }
+    }
+
+    /// Client requests taken and not answered yet, over every connection.
+    pub fn owed(&self) -> u64 {
+        self.connections
+            .iter()
+            .filter(|(conn, _)| self.is_client(**conn))
+            .map(|(_, c)| u64::from(c.awaiting))
+            .sum()
+    }
+
+    fn is_client(&self, conn: ConnId) -> bool {
+        self.links.peer_of(conn).is_none()
+            && self
+                .connections
+                .get(&conn)
+                .is_some_and(|c| c.authenticated.is_none())
     }
 
     /// `conn`'s state if it is a client's: not a link this node dialled, not a proven peer.
@@ -324,6 +397,12 @@ impl IntakeMachine {
                 Message::decode(&frame),
                 Ok(Message::Error(ServiceError::Unauthorized { .. }))
             );
+        if self.drain != Drain::Off && self.client_mut(conn).is_some() {
+            // Refused before any stage sees it: never applied, so the client may send it to
+            // another node (the partition-aware client does).
+            let error = Message::Error(ServiceError::ShuttingDown);
+            return self.write(conn, request_id, &error, out);
+        }
         if let Some(client) = self.client_mut(conn) {
             client.awaiting = client.awaiting.saturating_add(1);
         }

@@ -53,6 +53,8 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Longest the loop sleeps before re-checking its stop flag; also how often the machine is
 /// ticked (frame deadlines are seconds long).
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// Longest the loop sleeps while a clean stop drains.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
 /// Socket events handled per `poll` call.
 const EVENTS_PER_POLL: usize = 1024;
 /// Reads from one connection per turn of the loop. A client that sends faster than the loop
@@ -221,6 +223,17 @@ pub struct Intake {
     domain: Option<Domain>,
     /// Turns that took too long, with where each one's time went.
     slow: SlowWatch<TurnSplit>,
+    /// A clean stop's drain, when the node asks for one ([`Intake::with_drain`]).
+    drain: Option<DrainControl>,
+}
+
+/// How a clean stop ends the loop: the node sets `flag`; the loop then answers what clients
+/// are owed, refuses the rest, closes their connections and ends, or ends when `timeout`
+/// has passed since the flag was first seen, whichever comes first.
+struct DrainControl {
+    flag: Arc<AtomicBool>,
+    timeout: Duration,
+    deadline: Option<Instant>,
 }
 
 impl Intake {
@@ -271,7 +284,21 @@ impl Intake {
             waker,
             domain,
             slow: SlowWatch::new(SLOW_TURN),
+            drain: None,
         }
+    }
+
+    /// Lets the node stop the loop cleanly: once `flag` is set, client requests already taken
+    /// are answered and new ones refused `ShuttingDown`, then the client connections close and
+    /// the loop ends; after `timeout` it ends whatever is still owed. The stop flag still
+    /// ends it at once.
+    pub fn with_drain(mut self, flag: Arc<AtomicBool>, timeout: Duration) -> Intake {
+        self.drain = Some(DrainControl {
+            flag,
+            timeout,
+            deadline: None,
+        });
+        self
     }
 
     /// Starts the reply writer: a turn with at least `from` connections to write hands their
@@ -292,7 +319,7 @@ impl Intake {
         if let Some(domain) = &self.domain {
             domain.enter();
         }
-        while !self.stop.load(Ordering::Acquire) {
+        while !self.stop.load(Ordering::Acquire) && !self.drained() {
             // Connections left with unread input, and domain work, must not wait for the
             // poll timeout; otherwise the loop sleeps until a socket or the waker fires.
             let busy = !self.ready.is_empty()
@@ -305,6 +332,10 @@ impl Intake {
                 // The writer wakes the loop after each batch it wrote (`writer.rs`).
                 if self.receiver.is_empty() && !self.sockets.writer_done() {
                     timeout = POLL_TIMEOUT;
+                }
+                if self.drain.as_ref().is_some_and(|d| d.deadline.is_some()) {
+                    // A drain's last steps (closes, lingers) raise no event to wake the loop.
+                    timeout = timeout.min(DRAIN_POLL);
                 }
             }
             let polled = self.sockets.poll.poll(&mut events, Some(timeout));
@@ -342,6 +373,36 @@ impl Intake {
             self.warn_if_slow(ended - started, ended, split);
         }
         info!(self.logger, "intake stopped"; "connections" => self.sockets.open.len());
+    }
+
+    /// Whether a clean stop's drain is over: every client answered, its connection closed and
+    /// done lingering, or the drain's time is up. Each call takes the drain a step.
+    fn drained(&mut self) -> bool {
+        let Some(drain) = self.drain.as_mut() else {
+            return false;
+        };
+        if !drain.flag.load(Ordering::Acquire) {
+            return false;
+        }
+        let now = Instant::now();
+        let deadline = *drain.deadline.get_or_insert(now + drain.timeout);
+        let timeout = drain.timeout;
+        self.machine.begin_drain();
+        let closed = self.machine.drain_step(&mut self.outbox);
+        self.settle(Now::real());
+        if closed && !self.sockets.linger.lingering() {
+            info!(
+                self.logger,
+                "stopping: every client request taken was answered"
+            );
+            return true;
+        }
+        if now >= deadline {
+            warn!(self.logger, "stopping before every client request taken was answered: the drain's time is up";
+                  "owed" => self.machine.owed(), "drain_timeout_ms" => timeout.as_millis());
+            return true;
+        }
+        false
     }
 
     /// One readiness event: new connections, or a socket to read and write (a lingering one

@@ -354,6 +354,74 @@ fn a_client_that_stops_sending_gets_its_answers_before_the_close() {
     assert_eq!(written(&mut out).closed, vec![idle]);
 }
 
+/// Goal: a stopping node's intake answers what it took, refuses a client's later requests
+/// `ShuttingDown` before any stage sees them, closes every client connection once none is
+/// owed an answer, and closes new connections at once from then on.
+#[test]
+fn a_draining_intake_refuses_new_requests_and_closes_clients_once_none_is_owed() {
+    let now = Now::real();
+    let mut out = Outbox::new();
+    let mut node = machine("n1", SECRET, 1);
+    let busy = node.accept().expect("accepted");
+    let idle = node.accept().expect("accepted");
+    node.on_received(now, busy, &ping(), &mut out);
+    assert_eq!(written(&mut out).parsed, 1);
+
+    node.begin_drain();
+    assert!(!node.drain_step(&mut out), "one answer is owed");
+    assert!(
+        written(&mut out).closed.is_empty(),
+        "nothing closes while owed"
+    );
+    let later = crate::wire::Message::Ping.encode(2).expect("encode");
+    node.on_received(now, busy, &later, &mut out);
+    let refusal = written(&mut out);
+    assert_eq!(refusal.parsed, 0, "refused before any stage");
+    let [(conn, frame)] = refusal.frames.as_slice() else {
+        panic!("one refusal written: {refusal:?}");
+    };
+    let mut decoder = FrameDecoder::new(1 << 20);
+    decoder.extend(frame);
+    let frame = decoder.next_frame().expect("frame").expect("whole");
+    assert_eq!((*conn, frame.request_id), (busy, 2));
+    assert!(matches!(
+        crate::wire::Message::decode(&frame),
+        Ok(crate::wire::Message::Error(
+            crate::ServiceError::ShuttingDown
+        ))
+    ));
+
+    let answer = crate::wire::Message::Pong.encode(1).expect("encode");
+    node.on_event(
+        now,
+        IntakeEvent::Send {
+            conn: busy,
+            frame: answer,
+        },
+        &mut out,
+    );
+    assert_eq!(
+        written(&mut out).frames.len(),
+        1,
+        "the owed answer is written"
+    );
+    assert!(!node.drain_step(&mut out), "the clients are still open");
+    let mut closed = written(&mut out).closed;
+    closed.sort();
+    assert_eq!(
+        closed,
+        vec![busy, idle],
+        "every client closes once none is owed"
+    );
+    assert!(
+        node.accept().is_none(),
+        "a new connection is closed at once"
+    );
+    node.on_closed(now, busy, &mut out);
+    node.on_closed(now, idle, &mut out);
+    assert!(node.drain_step(&mut out), "no client connection is left");
+}
+
 /// Goal: a repeated refusal is warned of at its 1st, 10th, 100th... occurrence, per key, and
 /// counts start over once forgotten (a link worked again), so a node with the wrong secret
 /// no longer draws a warning at every redial.

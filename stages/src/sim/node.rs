@@ -290,8 +290,10 @@ impl SimNode {
 
     /// An operator's stop (SIGTERM): as on a real node, the commit stage stops last, with
     /// the final flush and the mark of a clean close, so the next start keeps the node's dot
-    /// actor. What was still on its way between the stages is dropped unanswered (the real
-    /// node's drain answers it; unanswered, its clients retry). A node already down stays so.
+    /// actor. What was still on its way between the stages is dropped unanswered, as on a
+    /// real node whose drain found no time (`[node] drain_timeout_ms = 0`; the drain itself
+    /// is the intake machine's, tested there); unanswered, its clients retry. A node already
+    /// down stays so.
     pub fn stop_cleanly(&mut self) {
         let Some(mut machines) = self.machines.take() else {
             return;
