@@ -147,6 +147,44 @@ fn a_stopped_node_is_seen_down_without_client_traffic() {
     );
 }
 
+/// Goal: a node stopped cleanly tells its peers as it goes, so they hold it down at once and
+/// say why ("it said it stopped"), not as a link that failed under background traffic; when
+/// it is back they use it again.
+#[test]
+fn a_cleanly_stopped_node_is_held_down_as_stopped_until_it_is_back() {
+    let mut cluster = TestCluster::start(3, 3, 2, 2, "");
+    // A write asks every replica: n1 and n2 each have a link to n3 to be told on.
+    for i in [0, 1] {
+        cluster
+            .client(i)
+            .put(b"k", None, b"v", DEFAULT)
+            .expect("put");
+    }
+    cluster.stop(2);
+    let why_n3_down = |cluster: &TestCluster, i: usize| {
+        cluster
+            .client(i)
+            .members()
+            .expect("members")
+            .members
+            .iter()
+            .find(|m| m.node.as_str() == "n3" && !m.up)
+            .map(|m| m.why.clone())
+    };
+    let told = |i: usize| why_n3_down(&cluster, i).as_deref() == Some("it said it stopped");
+    assert!(
+        eventually(|| told(0) && told(1)),
+        "n1 and n2 on the stopped n3: {:?}, {:?}",
+        why_n3_down(&cluster, 0),
+        why_n3_down(&cluster, 1)
+    );
+    cluster.restart(2);
+    assert!(
+        eventually(|| why_n3_down(&cluster, 0).is_none() && why_n3_down(&cluster, 1).is_none()),
+        "n3 back, yet still held down"
+    );
+}
+
 /// Goal: a node that comes back is used again without operator action: its peers' failure
 /// detectors see it up, and new writes reach it directly instead of becoming hints.
 #[test]

@@ -234,6 +234,7 @@ impl Coordinator {
             CoordinateEvent::Peer(done) => self.on_peer_answer(now, done, out),
             CoordinateEvent::Heard { peer } => self.heard_from(&peer, out),
             CoordinateEvent::LinkFailed { peer } => self.link_failed(&peer, now),
+            CoordinateEvent::PeerStopped { peer } => self.peer_stopped(&peer, now),
         }
     }
 

@@ -599,6 +599,39 @@ fn a_down_peer_heard_again_is_announced_to_handoff_once() {
     );
 }
 
+/// Goal: a peer that said it stopped is held down at once, before any request to it failed:
+/// a get asks only the others, and the peer's next answer (a probe's, once it is back) brings
+/// it up and is announced to hinted handoff.
+#[test]
+fn a_peer_that_said_it_stopped_is_held_down_until_heard_again() {
+    let (mut c, _) = coordinator_of_three(3, 2, 2);
+    let now = Instant::now();
+    let n2 = NodeId::new("n2");
+    let mut out = Vec::new();
+    on_event(
+        &mut c,
+        now,
+        CoordinateEvent::PeerStopped { peer: n2.clone() },
+        &mut out,
+    );
+    on_event(&mut c, now, get(1, now), &mut out);
+    let asked: Vec<NodeId> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Peer { peer, .. } => Some(peer.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, vec![NodeId::new("n3")], "n2 is not asked: {out:?}");
+    out.clear();
+    on_event(&mut c, now, CoordinateEvent::Heard { peer: n2 }, &mut out);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Other(e) if e.contains("PeerUp"))),
+        "back up, announced: {out:?}"
+    );
+}
+
 mod durable;
 mod not_a_replica;
 

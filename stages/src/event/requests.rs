@@ -203,6 +203,13 @@ pub enum CoordinateEvent {
         /// The peer.
         peer: crate::NodeId,
     },
+    /// A peer said, as its clean stop ended, that it is stopping (`Message::Stopping`): the
+    /// failure detector marks a member that still serves down at once, its requests go to
+    /// fallbacks (with hints) until a probe finds it back.
+    PeerStopped {
+        /// The peer.
+        peer: crate::NodeId,
+    },
 }
 
 impl fmt::Display for CoordinateEvent {
@@ -247,6 +254,7 @@ impl fmt::Display for CoordinateEvent {
             CoordinateEvent::Peer(done) => write!(f, "peer {done}"),
             CoordinateEvent::Heard { peer } => write!(f, "gossip heard from {peer}"),
             CoordinateEvent::LinkFailed { peer } => write!(f, "link to {peer} failed"),
+            CoordinateEvent::PeerStopped { peer } => write!(f, "{peer} stopped"),
         }
     }
 }

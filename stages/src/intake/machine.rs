@@ -16,8 +16,8 @@ use super::handshake::{self, Challenged, Dialing, NonceSource};
 use super::peers::{PeerLinks, Route};
 use crate::error::ServiceError;
 use crate::event::{
-    encode_reply, ConnId, Event, GateChange, IntakeEvent, Now, Origin, ParseEvent, ReplicateEvent,
-    SocketCommand, StageId,
+    encode_reply, ConnId, CoordinateEvent, Event, GateChange, IntakeEvent, Now, Origin, ParseEvent,
+    ReplicateEvent, SocketCommand, StageId,
 };
 use crate::membership::{MemberState, MembershipView};
 use crate::seda::{Machine, Outbox, MAX_RATE_PER_SEC};
@@ -272,6 +272,52 @@ impl IntakeMachine {
         }
     }
 
+    /// A clean stop's last word to the peers, as its drain ends: `Stopping` on every
+    /// connection with a peer, the links this node dialled and the ones peers dialled (each
+    /// peer reads it before that connection's close, so the close is taken as planned).
+    pub fn announce_stop(&mut self, out: &mut Outbox) {
+        let mut told = Vec::new();
+        for (conn, peer) in self.links.established_links() {
+            self.write(conn, 0, &Message::Stopping, out);
+            told.push(peer);
+        }
+        let dialled_in: Vec<(ConnId, NodeId)> = self
+            .connections
+            .iter()
+            .filter_map(|(conn, c)| c.authenticated.clone().map(|peer| (*conn, peer)))
+            .collect();
+        for (conn, peer) in dialled_in {
+            self.write(conn, 0, &Message::Stopping, out);
+            told.push(peer);
+        }
+        told.sort();
+        told.dedup();
+        info!(self.logger, "stopping: told the peers"; "peers" => told.len());
+    }
+
+    /// A peer said it is stopping, on a link this node dialled or one it proved itself on:
+    /// the coordinator's failure detector marks it down at once, and its connections' close
+    /// and the failed redials while it is away are logged as planned. From anyone else the
+    /// frame is refused: only a peer may say so.
+    fn on_peer_stopping(&mut self, conn: ConnId, request_id: u64, out: &mut Outbox) {
+        let peer = self.links.peer_of(conn).cloned().or_else(|| {
+            self.connections
+                .get(&conn)
+                .and_then(|c| c.authenticated.clone())
+        });
+        let Some(peer) = peer else {
+            let error = ServiceError::Unauthorized {
+                reason: "only a peer that completed the handshake may say it is stopping".into(),
+            };
+            return self.write(conn, request_id, &Message::Error(error), out);
+        };
+        if !self.links.is_stopping(&peer) {
+            info!(self.logger, "peer is stopping: requests go to the other replicas until it is back"; "peer" => %peer);
+        }
+        self.links.stopping(&peer);
+        out.offer(CoordinateEvent::PeerStopped { peer });
+    }
+
     /// Client requests taken and not answered yet, over every connection.
     pub fn owed(&self) -> u64 {
         self.connections
@@ -358,6 +404,9 @@ impl IntakeMachine {
         if frame.kind == kind::AUTH {
             return self.accept_auth(conn, &frame, out);
         }
+        if frame.kind == kind::PEER_STOPPING {
+            return self.on_peer_stopping(conn, request_id, out);
+        }
         if !self.may_request(conn) {
             let error = ServiceError::Unauthorized {
                 reason: "this node requires a client token: send Auth first".into(),
@@ -442,6 +491,8 @@ impl IntakeMachine {
                 );
                 if in_flight_lost && departing {
                     info!(self.logger, "link to a departing member closed"; "peer" => %peer, "conn" => conn.0);
+                } else if self.links.is_stopping(&peer) {
+                    info!(self.logger, "link to a stopped peer closed: redialling quietly until it is back"; "peer" => %peer, "conn" => conn.0);
                 } else if in_flight_lost {
                     warn!(self.logger, "peer link lost"; "peer" => %peer, "conn" => conn.0);
                 } else {

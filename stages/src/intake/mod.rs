@@ -395,14 +395,16 @@ impl Intake {
                 self.logger,
                 "stopping: every client request taken was answered"
             );
-            return true;
-        }
-        if now >= deadline {
+        } else if now >= deadline {
             warn!(self.logger, "stopping before every client request taken was answered: the drain's time is up";
                   "owed" => self.machine.owed(), "drain_timeout_ms" => timeout.as_millis());
-            return true;
+        } else {
+            return false;
         }
-        false
+        // Written now, sent before each connection's close when the loop's sockets drop.
+        self.machine.announce_stop(&mut self.outbox);
+        self.settle(Now::real());
+        true
     }
 
     /// One readiness event: new connections, or a socket to read and write (a lingering one

@@ -46,6 +46,9 @@ struct Link {
     /// failed while the link backs off carry it (a quorum error read "peer n1 is unreachable"
     /// for a wrong cluster secret, which only the log explained).
     refused: Option<String>,
+    /// The peer said it is stopping (a clean stop): its link's close and the failed redials
+    /// while it is away are planned, not news to warn of. Cleared when a link works again.
+    stopping: bool,
 }
 
 /// Outgoing links by peer.
@@ -90,7 +93,27 @@ impl PeerLinks {
             link.established = true;
             link.reported = false;
             link.refused = None;
+            link.stopping = false;
         }
+    }
+
+    /// `peer` said it is stopping.
+    pub fn stopping(&mut self, peer: &NodeId) {
+        self.links.entry(peer.clone()).or_default().stopping = true;
+    }
+
+    /// Whether `peer` said it is stopping and no link to it worked since.
+    pub fn is_stopping(&self, peer: &NodeId) -> bool {
+        self.links.get(peer).is_some_and(|link| link.stopping)
+    }
+
+    /// The outgoing connections whose handshake is done, with their peers.
+    pub fn established_links(&self) -> Vec<(ConnId, NodeId)> {
+        self.links
+            .iter()
+            .filter(|(_, link)| link.established)
+            .filter_map(|(peer, link)| link.conn.map(|conn| (conn, peer.clone())))
+            .collect()
     }
 
     /// Records why `peer` refused this node's handshake (`None`: it did not refuse; a hello

@@ -47,6 +47,8 @@ struct Written {
     parsed: usize,
     /// Of those, from a connection that completed the handshake.
     parsed_as_peer: usize,
+    /// Peers the coordinator was told stopped.
+    stopped: Vec<NodeId>,
 }
 
 fn written(out: &mut Outbox) -> Written {
@@ -70,6 +72,10 @@ fn written(out: &mut Outbox) -> Written {
                 w.failed.push((peer, in_flight_lost));
                 w.refused.push(refused);
             }
+            Effect::Send {
+                event: Event::Coordinate(crate::event::CoordinateEvent::PeerStopped { peer }),
+                ..
+            } => w.stopped.push(peer),
             Effect::Send {
                 event: Event::Parse(parse),
                 ..
@@ -420,6 +426,58 @@ fn a_draining_intake_refuses_new_requests_and_closes_clients_once_none_is_owed()
     node.on_closed(now, busy, &mut out);
     node.on_closed(now, idle, &mut out);
     assert!(node.drain_step(&mut out), "no client connection is left");
+}
+
+/// Goal: as its drain ends a stopping node says so on every connection with a peer, the ones
+/// peers dialled too; the peer that reads it tells its coordinator (which marks the node down)
+/// before the connection's close; a client cannot say it for a peer.
+#[test]
+fn a_stopping_node_tells_its_peers_and_only_a_peer_may_say_it() {
+    let now = Now::real();
+    let (mut n1, mut n2) = (machine("n1", SECRET, 1), machine("n2", SECRET, 2));
+    let mut out = Outbox::new();
+    // n1 dials n2; n2's side of the link is the connection n1 proved itself on.
+    n1.on_event(now, to_peer(&ping()), &mut out);
+    let hello = written(&mut out);
+    let link = hello.dialled[0];
+    let incoming = n2.accept().expect("accepted");
+    n2.on_received(now, incoming, &hello.frames[0].1, &mut out);
+    let challenge = written(&mut out).frames.remove(0).1;
+    n1.on_received(now, link, &challenge, &mut out);
+    let proof: Vec<u8> = written(&mut out)
+        .frames
+        .into_iter()
+        .flat_map(|(_, f)| f)
+        .collect();
+    n2.on_received(now, incoming, &proof, &mut out);
+    assert_eq!(written(&mut out).parsed_as_peer, 1, "n1 proved itself");
+
+    n2.begin_drain();
+    n2.announce_stop(&mut out);
+    let told = written(&mut out);
+    assert_eq!(told.frames.len(), 1, "one connection with a peer: {told:?}");
+    let (conn, frame) = &told.frames[0];
+    assert_eq!((*conn, kind_of(frame)), (incoming, kind::PEER_STOPPING));
+
+    n1.on_received(now, link, frame, &mut out);
+    let heard = written(&mut out);
+    assert_eq!(heard.stopped, vec![NodeId::new("n2")]);
+    assert!(heard.frames.is_empty(), "no answer");
+    n1.on_closed(now, link, &mut out);
+    assert_eq!(
+        written(&mut out).failed.len(),
+        1,
+        "the close still fails what was on it"
+    );
+
+    let client = n1.accept().expect("accepted");
+    n1.on_received(now, client, frame, &mut out);
+    let refused = written(&mut out);
+    assert!(
+        refused.stopped.is_empty(),
+        "a client cannot say a peer stopped"
+    );
+    assert_eq!(refused.frames.len(), 1, "it is told why");
 }
 
 /// Goal: a repeated refusal is warned of at its 1st, 10th, 100th... occurrence, per key, and

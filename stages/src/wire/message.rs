@@ -124,6 +124,10 @@ pub enum Message {
     ReplicaReply(ReplicaReply),
     /// Node → node: answer to `Ping`.
     Pong,
+    /// Node → node, on every connection with a peer, as a clean stop ends: this node has
+    /// answered what it took and is closing. The peer marks it down at once ("it stopped")
+    /// and takes the connections' close as planned. No answer.
+    Stopping,
     /// Node → admin.
     MembersReply(MembersReply),
     /// Client → node: the `[security] client_token`, the first frame of a client connection
@@ -200,6 +204,8 @@ pub mod kind {
     pub const TRANSFER_ACK: u16 = 259;
     /// [`super::Message::HandoffBatch`]
     pub const HANDOFF_BATCH: u16 = 211;
+    /// [`super::Message::Stopping`]
+    pub const PEER_STOPPING: u16 = 212;
     /// [`super::Message::HandoffAck`]
     pub const HANDOFF_ACK: u16 = 261;
     /// [`super::Message::AaeTree`]
@@ -294,6 +300,7 @@ impl Message {
             Message::PeerChallenge(_) => kind::PEER_CHALLENGE,
             Message::PeerProof(_) => kind::PEER_PROOF,
             Message::Pong => kind::PONG,
+            Message::Stopping => kind::PEER_STOPPING,
             Message::Members => kind::MEMBERS,
             Message::MembersReply(_) => kind::MEMBERS_REPLY,
             Message::Throttle(_) => kind::THROTTLE,
@@ -350,6 +357,7 @@ impl Message {
             | Message::Ring
             | Message::Ping
             | Message::Pong
+            | Message::Stopping
             | Message::Members
             | Message::AuthOk
             | Message::Aae => to_body(&(), out),
@@ -430,6 +438,10 @@ impl Message {
             kind::PONG => {
                 from_body::<()>(k, body)?;
                 Message::Pong
+            }
+            kind::PEER_STOPPING => {
+                from_body::<()>(k, body)?;
+                Message::Stopping
             }
             kind::MEMBERS => {
                 from_body::<()>(k, body)?;
@@ -544,6 +556,7 @@ impl fmt::Display for Message {
             Message::PeerChallenge(m) => write!(f, "challenge from {}", m.node),
             Message::PeerProof(_) => write!(f, "peer proof"),
             Message::Pong => write!(f, "pong"),
+            Message::Stopping => write!(f, "stopping"),
             Message::Members => write!(f, "members"),
             Message::MembersReply(m) => write!(f, "members reply ({} members)", m.members.len()),
             Message::Throttle(m) => write!(f, "throttle {:?}", m.change),

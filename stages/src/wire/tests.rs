@@ -100,6 +100,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
         Just(Message::Ring),
         Just(Message::Ping),
         Just(Message::Pong),
+        Just(Message::Stopping),
         Just(Message::Members),
         (0u64..1 << 40, 0u64..1 << 40).prop_map(|(declared, max)| Message::Error(
             ServiceError::FrameTooLarge { declared, max }

@@ -29,15 +29,29 @@ impl Coordinator {
     /// down. Not one that left or was removed: nothing is sent to it, a stopped leaver would
     /// be probed for ever, and the coordinator would never be idle.
     pub(super) fn link_failed(&mut self, peer: &NodeId, now: Instant) {
+        let why = "a link to it failed under background traffic";
+        if self.serving(peer) && self.detector.suspect(peer, now, why) {
+            info!(self.logger, "peer marked down"; "peer" => %peer, "why" => why);
+        }
+    }
+
+    /// `peer` said it stopped cleanly: a member that may still hold data is marked down at
+    /// once, before any request to it fails (and its probes find it when it is back).
+    pub(super) fn peer_stopped(&mut self, peer: &NodeId, now: Instant) {
+        let why = "it said it stopped";
+        if self.serving(peer) && self.detector.suspect(peer, now, why) {
+            info!(self.logger, "peer marked down"; "peer" => %peer, "why" => why);
+        }
+    }
+
+    /// Whether `peer` is a member requests may still go to (active, or leaving and still
+    /// holding partitions).
+    fn serving(&self, peer: &NodeId) -> bool {
         let membership = self.membership.current();
-        let serving = match membership.state_of(peer) {
+        match membership.state_of(peer) {
             Some(MemberState::Active) => true,
             Some(MemberState::Leaving) => !membership.has_left(peer, self.settings.n),
             Some(MemberState::Removed) | None => false,
-        };
-        let why = "a link to it failed under background traffic";
-        if serving && self.detector.suspect(peer, now, why) {
-            info!(self.logger, "peer marked down"; "peer" => %peer, "why" => why);
         }
     }
 
