@@ -369,7 +369,8 @@ impl Node {
     /// client connections; then the stages stop in stage-table order (intake, parse,
     /// coordinate, replicate, repair, handoff, anti-entropy, transfer, gossip, background
     /// storage, storage, commit), each after its queue drained; the commit stage flushes the
-    /// journal last. The metrics endpoint and the Redis door close first, unanswered.
+    /// journal last. First of all the metrics endpoint closes and the Redis door stops
+    /// accepting (its open connections are the intake's clients: they drain with the rest).
     pub fn shutdown(mut self) {
         if let Some(metrics) = self.metrics.take() {
             metrics.stop();
