@@ -186,8 +186,8 @@ pub fn print_plan(
             // and its sources can differ (a trial saw "n4 -> n5: 64", then 44 spread out).
             writeln!(
                 out,
-                "  (provisional: the last commit's transfers are still pending; a commit waits \
-                 for them, and the copies' sources may change by then)"
+                "  (provisional: the last commit's transfers are still pending; a commit is \
+                 refused until they are done, and the copies' sources may change by then)"
             )?;
         }
     }
