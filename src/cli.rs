@@ -331,6 +331,18 @@ fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     std::io::stdout().flush()?;
     signals.forever().next();
+    // A second signal while the drain runs: stop at once, as an operator pressing Ctrl-C
+    // twice means.
+    let (at_once, second_logger) = (node.stop_at_once(), logger.clone());
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            slog::warn!(
+                second_logger,
+                "a second signal: stopping at once, without finishing the drain"
+            );
+            at_once.store(true, std::sync::atomic::Ordering::Release);
+        }
+    });
     node.shutdown();
     Ok(())
 }

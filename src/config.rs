@@ -203,8 +203,8 @@ fn default_weight() -> u32 {
     1
 }
 
-/// Longer than a client request's default deadline (2 s) plus a closed connection's linger
-/// (2 s), so a drain normally ends because everything was answered.
+/// Longer than a client request's default deadline (`request_timeout_ms`), so a drain
+/// normally ends because everything was answered.
 fn default_drain_timeout_ms() -> u64 {
     5000
 }

@@ -349,6 +349,12 @@ impl Node {
         Ok(())
     }
 
+    /// A flag that, once set, ends a clean stop's drain at once (a second SIGINT or SIGTERM):
+    /// requests still owed are cut off, the peers are not told.
+    pub fn stop_at_once(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.intake_stop)
+    }
+
     /// The address the node listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -375,8 +381,8 @@ impl Node {
         if let Some(metrics) = self.metrics.take() {
             metrics.stop();
         }
-        if let Some(redis) = self.redis.take() {
-            redis.stop();
+        if let Some(redis) = self.redis.as_mut() {
+            redis.stop_accepting();
         }
         self.controller_stop.store(true, Ordering::Release);
         if let Some(thread) = self.controller_thread.take() {
@@ -391,7 +397,9 @@ impl Node {
         if let Some(thread) = self.intake_thread.take() {
             let _ = thread.join();
         }
-        self.intake_stop.store(true, Ordering::Release);
+        if let Some(redis) = self.redis.take() {
+            redis.stop();
+        }
         for stage in self.stages.drain(..) {
             let name = stage.name();
             stage.stop_and_join();

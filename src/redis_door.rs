@@ -25,10 +25,11 @@ use redis_protocol::resp2::types::{OwnedFrame, Resp2Frame};
 use shoal_stages::intake::{LINGER_MAX_BYTES, LINGER_TIMEOUT};
 use shoal_stages::wire::same_secret;
 use slog::{debug, warn, Logger};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -56,7 +57,12 @@ pub struct RedisDoor {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// A handle on each open connection's socket, to end it when the node stops.
+    connections: Connections,
 }
+
+/// Each open connection's socket (a second handle on it), by a number of the door's own.
+type Connections = Arc<Mutex<BTreeMap<u64, TcpStream>>>;
 
 impl RedisDoor {
     /// Binds `listen` and accepts Redis connections until [`RedisDoor::stop`].
@@ -69,16 +75,18 @@ impl RedisDoor {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
+        let connections = Connections::default();
         let thread = {
-            let stop = Arc::clone(&stop);
+            let (stop, connections) = (Arc::clone(&stop), Arc::clone(&connections));
             std::thread::Builder::new()
                 .name("redis-door".into())
-                .spawn(move || accept(&listener, &settings, &stop, &logger))?
+                .spawn(move || accept(&listener, &settings, &stop, &connections, &logger))?
         };
         Ok(RedisDoor {
             addr,
             stop,
             thread: Some(thread),
+            connections,
         })
     }
 
@@ -87,17 +95,45 @@ impl RedisDoor {
         self.addr
     }
 
-    /// Stops accepting; open connections end when their client closes or the node stops.
-    pub fn stop(mut self) {
+    /// Stops accepting; open connections go on (their commands reach the node as a client's,
+    /// so a stopping node's drain answers them) until [`RedisDoor::stop`].
+    pub fn stop_accepting(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
+
+    /// Stops accepting and ends every open connection (its client sees the connection close;
+    /// without this, each connection answered every later command "cannot reach the node"
+    /// until the process exited).
+    pub fn stop(mut self) {
+        self.stop_accepting();
+        let open = std::mem::take(&mut *lock_connections(&self.connections));
+        for stream in open.values() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
 }
 
-fn accept(listener: &TcpListener, settings: &DoorSettings, stop: &AtomicBool, logger: &Logger) {
+/// The registry, even if a connection thread panicked holding it (it holds only sockets).
+fn lock_connections(
+    connections: &Connections,
+) -> std::sync::MutexGuard<'_, BTreeMap<u64, TcpStream>> {
+    connections
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn accept(
+    listener: &TcpListener,
+    settings: &DoorSettings,
+    stop: &AtomicBool,
+    connections: &Connections,
+    logger: &Logger,
+) {
     let open = Arc::new(AtomicUsize::new(0));
+    let mut next_id = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let (mut stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
@@ -121,6 +157,12 @@ fn accept(listener: &TcpListener, settings: &DoorSettings, stop: &AtomicBool, lo
         }
         open.fetch_add(1, Ordering::Relaxed);
         let (conn_open, conn_logger) = (Arc::clone(&open), logger.clone());
+        next_id += 1;
+        let id = next_id;
+        if let Ok(handle) = stream.try_clone() {
+            lock_connections(connections).insert(id, handle);
+        }
+        let registry = Arc::clone(connections);
         let door = Door {
             node: settings.node,
             client: None,
@@ -137,9 +179,11 @@ fn accept(listener: &TcpListener, settings: &DoorSettings, stop: &AtomicBool, lo
                 if let Err(ConnectionEnd::Protocol(_)) = ended {
                     linger(&mut stream);
                 }
+                lock_connections(&registry).remove(&id);
                 conn_open.fetch_sub(1, Ordering::Relaxed);
             });
         if let Err(e) = spawned {
+            lock_connections(connections).remove(&id);
             open.fetch_sub(1, Ordering::Relaxed);
             warn!(logger, "redis door: cannot start a connection thread"; "error" => %e);
         }

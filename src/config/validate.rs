@@ -13,6 +13,12 @@ impl Config {
                 "must be 1..=64 printable ASCII characters without spaces",
             ));
         }
+        if self.node.drain_timeout_ms > MAX_INTERVAL_MS {
+            return Err(invalid(
+                "node.drain_timeout_ms",
+                format!("must be in 0..={MAX_INTERVAL_MS}"),
+            ));
+        }
         if self.node.weight == 0 {
             return Err(invalid("node.weight", "must be at least 1"));
         }

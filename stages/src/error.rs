@@ -150,8 +150,9 @@ pub enum ServiceError {
         /// What is missing or wrong.
         reason: String,
     },
-    /// The node is shutting down and accepts no more work.
-    #[error("node is shutting down")]
+    /// The node is shutting down and accepts no more work: the request was refused before
+    /// anything was done with it.
+    #[error("node is shutting down: the request was not applied; send it to another node")]
     ShuttingDown,
     /// `admin throttle --rate N` asked for more than any rate may be.
     #[error("a rate of {rate} per second is above the most any rate may be, {max}")]

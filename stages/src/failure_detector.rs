@@ -21,8 +21,14 @@ enum Health {
         since: Instant,
         next_probe: Instant,
         why: &'static str,
+        /// The peer said it stopped: only a probe's answer brings it back, not an answer or
+        /// gossip it sent before it stopped and that arrives after (`said_stopped`).
+        until_probed: bool,
     },
 }
+
+/// Why a peer that said it stopped is down.
+pub const SAID_STOPPED: &str = "it said it stopped";
 
 /// A peer's state for `admin members`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,14 +86,21 @@ impl FailureDetector {
                     since: now,
                     next_probe,
                     why,
+                    until_probed: false,
                 };
                 true
             }
-            Health::Down { since, why, .. } => {
+            Health::Down {
+                since,
+                why,
+                until_probed,
+                ..
+            } => {
                 entry.0 = Health::Down {
                     since,
                     next_probe,
                     why,
+                    until_probed,
                 };
                 false
             }
@@ -105,6 +118,26 @@ impl FailureDetector {
         self.is_up(peer) && self.failed(peer, now, why)
     }
 
+    /// `peer` said it stopped (a clean stop's last word): it is held down, as
+    /// [`FailureDetector::suspect`] would, with that reason, until a probe's answer
+    /// ([`FailureDetector::probe_answered`]); answers and gossip it sent before it stopped,
+    /// which can arrive after it said so (they take a longer path through the stages), do not
+    /// bring it back. Returns true if this marked it down.
+    pub fn said_stopped(&mut self, peer: &NodeId, now: Instant) -> bool {
+        let marked = self.suspect(peer, now, SAID_STOPPED);
+        if let Some((
+            Health::Down {
+                why, until_probed, ..
+            },
+            _,
+        )) = self.peers.get_mut(peer)
+        {
+            *why = SAID_STOPPED;
+            *until_probed = true;
+        }
+        marked
+    }
+
     /// Why a request does not ask `peer`, for a failed quorum's error: "not asked: held down
     /// 3.2 s, its link failed, 4 failures" (flat: the error puts it in parentheses after the
     /// peer's name, and a trial found nested ones hard to read). A peer held up was not left
@@ -120,8 +153,24 @@ impl FailureDetector {
         }
     }
 
-    /// A request to `peer` succeeded. Returns true if this brought it back up.
+    /// A request to `peer` succeeded, or it was heard from: it is up, unless it said it stopped
+    /// (then only a probe's answer counts). Returns true if this brought it back up.
     pub fn succeeded(&mut self, peer: &NodeId) -> bool {
+        if let Some((
+            Health::Down {
+                until_probed: true, ..
+            },
+            _,
+        )) = self.peers.get(peer)
+        {
+            return false;
+        }
+        self.probe_answered(peer)
+    }
+
+    /// A probe of `peer` was answered: it is up, whatever held it down. Returns true if it
+    /// was down.
+    pub fn probe_answered(&mut self, peer: &NodeId) -> bool {
         let was_down = !self.is_up(peer);
         self.peers.insert(peer.clone(), (Health::Up, 0));
         was_down
@@ -132,18 +181,9 @@ impl FailureDetector {
         let interval = self.probe_interval;
         let mut due = Vec::new();
         for (peer, (health, _)) in self.peers.iter_mut() {
-            if let Health::Down {
-                since,
-                next_probe,
-                why,
-            } = *health
-            {
-                if next_probe <= now {
-                    *health = Health::Down {
-                        since,
-                        next_probe: now + interval,
-                        why,
-                    };
+            if let Health::Down { next_probe, .. } = health {
+                if *next_probe <= now {
+                    *next_probe = now + interval;
                     due.push(peer.clone());
                 }
             }
@@ -256,5 +296,29 @@ mod tests {
             detector.not_asked_note(&peer, start + Duration::from_millis(3200)),
             "not asked: held down 3.2 s, silent past the replica timeout, 2 failures"
         );
+    }
+
+    /// Goal: a peer that said it stopped stays down through answers it sent before it stopped
+    /// (they arrive after), with that reason, until a probe's answer; an ordinary failure is
+    /// undone by any answer, as before.
+    #[test]
+    fn a_peer_that_said_it_stopped_is_up_again_only_on_a_probe_answer() {
+        let mut detector = FailureDetector::new(Duration::from_secs(1));
+        let (stopped, failed) = (NodeId::new("n2"), NodeId::new("n3"));
+        let start = Instant::now();
+        assert!(detector.said_stopped(&stopped, start));
+        assert!(detector.failed(&failed, start, "its link failed"));
+        assert!(!detector.succeeded(&stopped), "a late answer");
+        assert!(!detector.is_up(&stopped));
+        let status = |d: &FailureDetector| {
+            d.statuses(start)
+                .into_iter()
+                .find(|s| s.node == stopped)
+                .map(|s| s.why)
+        };
+        assert_eq!(status(&detector).as_deref(), Some(SAID_STOPPED));
+        assert!(detector.probe_answered(&stopped));
+        assert!(detector.is_up(&stopped));
+        assert!(detector.succeeded(&failed), "any answer undoes a failure");
     }
 }

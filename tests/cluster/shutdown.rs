@@ -36,7 +36,8 @@ fn put(i: usize) -> Message {
 /// stop closes the connection with taken writes applied but unanswered.
 #[test]
 fn a_stopping_node_answers_every_request_it_took_and_applies_none_it_did_not_answer() {
-    let extra = "[storage]\nsync = \"always\"\n";
+    // A drain that cannot run out on a slow machine: this test is about what it answers.
+    let extra = "drain_timeout_ms = 600000\n[storage]\nsync = \"always\"\n";
     let mut node = TestNode::start(extra);
     let mut client = node.client();
     let mut ids = BTreeMap::new();
@@ -80,19 +81,19 @@ fn a_stopping_node_answers_every_request_it_took_and_applies_none_it_did_not_ans
             Err(other) => panic!("after the stop: {other}"),
         }
     }
+    // Closed on our side too, so the node's lingering close ends at once.
+    drop(client);
     stopping.join().expect("shutdown ends");
     let acknowledged = outcomes
         .values()
         .filter(|o| **o == Outcome::Acknowledged)
         .count();
-    let refused = outcomes
-        .values()
-        .filter(|o| matches!(o, Outcome::Refused(kind) if kind == "ShuttingDown"))
-        .count();
+    // How many were refused rather than never read depends on when the stop's flag is seen;
+    // `a_draining_intake_refuses_new_requests_and_closes_clients_once_none_is_owed` pins that.
     assert!(
-        acknowledged > 0 && refused > 0,
-        "the stop came while puts were both answered and arriving: {acknowledged} acknowledged, \
-         {refused} refused as shutting down"
+        acknowledged > 0 && acknowledged < outcomes.len(),
+        "the stop came while puts were arriving: {acknowledged} of {} acknowledged",
+        outcomes.len()
     );
 
     let restarted = Node::start(

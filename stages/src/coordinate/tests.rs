@@ -600,10 +600,10 @@ fn a_down_peer_heard_again_is_announced_to_handoff_once() {
 }
 
 /// Goal: a peer that said it stopped is held down at once, before any request to it failed:
-/// a get asks only the others, and the peer's next answer (a probe's, once it is back) brings
-/// it up and is announced to hinted handoff.
+/// a get asks only the others; gossip it sent before it stopped, arriving after, does not bring
+/// it back; a probe's answer (once it is back) does, and is announced to hinted handoff.
 #[test]
-fn a_peer_that_said_it_stopped_is_held_down_until_heard_again() {
+fn a_peer_that_said_it_stopped_is_held_down_until_a_probe_finds_it() {
     let (mut c, _) = coordinator_of_three(3, 2, 2);
     let now = Instant::now();
     let n2 = NodeId::new("n2");
@@ -624,12 +624,57 @@ fn a_peer_that_said_it_stopped_is_held_down_until_heard_again() {
         .collect();
     assert_eq!(asked, vec![NodeId::new("n3")], "n2 is not asked: {out:?}");
     out.clear();
-    on_event(&mut c, now, CoordinateEvent::Heard { peer: n2 }, &mut out);
-    assert!(
+    let back = |out: &[Output]| {
         out.iter()
-            .any(|o| matches!(o, Output::Other(e) if e.contains("PeerUp"))),
-        "back up, announced: {out:?}"
+            .any(|o| matches!(o, Output::Other(e) if e.contains("PeerUp")))
+    };
+    on_event(
+        &mut c,
+        now,
+        CoordinateEvent::Heard { peer: n2.clone() },
+        &mut out,
     );
+    assert!(!back(&out), "late gossip does not bring it back: {out:?}");
+    // The coordinator of three probes every 60 s.
+    on_tick(&mut c, now + Duration::from_secs(61), &mut out);
+    let probe = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Peer {
+                peer,
+                op,
+                message: Message::Ping,
+            } if *peer == n2 => Some(*op),
+            _ => None,
+        })
+        .expect("n2 probed");
+    out.clear();
+    let pong = CoordinateEvent::Peer(PeerDone {
+        op: probe,
+        peer: n2,
+        result: Ok(Message::Pong),
+    });
+    on_event(&mut c, now + Duration::from_secs(61), pong, &mut out);
+    assert!(back(&out), "a probe's answer brings it back: {out:?}");
+}
+
+/// Goal: a put forwarded to a list node that is stopping, refused `ShuttingDown` (it did
+/// nothing with it), goes to the next list node instead of failing the client's request.
+#[test]
+fn a_forwarded_put_refused_by_a_stopping_node_goes_to_the_next_list_node() {
+    let (mut c, membership) = coordinator_of_three(2, 2, 2);
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let (first, op) = forward_a_put(&mut c, &membership, now, &mut out);
+    out.clear();
+    let refusal = PeerDone {
+        op,
+        peer: first.clone(),
+        result: Ok(Message::Error(ServiceError::ShuttingDown)),
+    };
+    on_event(&mut c, now, CoordinateEvent::Peer(refusal), &mut out);
+    let (second, _) = forwarded(&out);
+    assert_ne!(second, first, "the next list node: {out:?}");
 }
 
 mod durable;

@@ -11,13 +11,16 @@
 //! and nothing it sends as a peer is acted on before its proof checks out.
 
 mod admission;
+mod drain;
+
+use drain::Drain;
 
 use super::handshake::{self, Challenged, Dialing, NonceSource};
 use super::peers::{PeerLinks, Route};
 use crate::error::ServiceError;
 use crate::event::{
-    encode_reply, ConnId, CoordinateEvent, Event, GateChange, IntakeEvent, Now, Origin, ParseEvent,
-    ReplicateEvent, SocketCommand, StageId,
+    encode_reply, ConnId, Event, GateChange, IntakeEvent, Now, Origin, ParseEvent, ReplicateEvent,
+    SocketCommand, StageId,
 };
 use crate::membership::{MemberState, MembershipView};
 use crate::seda::{Machine, Outbox, MAX_RATE_PER_SEC};
@@ -108,19 +111,6 @@ pub struct IntakeMachine {
     logger: Logger,
 }
 
-/// Where a clean stop (SIGINT, SIGTERM) is: client requests that arrive once it began are
-/// refused `ShuttingDown`, those taken before are answered, then the client connections close.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Drain {
-    /// Serving.
-    Off,
-    /// Answering what was taken; refusing the rest.
-    Answering,
-    /// Nothing owed: every client connection closes once its output is written, and new ones
-    /// are closed at once.
-    Closing,
-}
-
 impl IntakeMachine {
     /// A machine for `node` with no connections. `nonce_seed` seeds its handshake nonces
     /// (random for a real node; the simulator's own for a replayable run).
@@ -175,7 +165,7 @@ impl IntakeMachine {
     /// A connection was accepted: its id, or `None` when the connection limit is reached
     /// (the caller closes it).
     pub fn accept(&mut self) -> Option<ConnId> {
-        if self.drain == Drain::Closing {
+        if matches!(self.drain, Drain::Closing | Drain::Announced) {
             return None;
         }
         if self.connections.len() >= self.settings.max_connections {
@@ -235,114 +225,12 @@ impl IntakeMachine {
         true
     }
 
-    /// A clean stop begins (the node was told to stop): from now on a client's request is
-    /// refused `ShuttingDown`; those already taken are still answered (peers' requests and
-    /// the answers to this node's own are served as before). [`IntakeMachine::drain_step`]
-    /// then closes the client connections. Called again, it does nothing.
-    pub fn begin_drain(&mut self) {
-        if self.drain == Drain::Off {
-            self.drain = Drain::Answering;
-            info!(self.logger, "stopping: answering the client requests already taken, refusing new ones"; "owed" => self.owed());
-        }
-    }
-
-    /// A clean stop's next step: once no client is owed an answer, every client connection is
-    /// closed (after its output is written). Returns whether the drain is done: no client
-    /// connection is left.
-    pub fn drain_step(&mut self, out: &mut Outbox) -> bool {
-        let clients: Vec<ConnId> = self
-            .connections
-            .keys()
-            .copied()
-            .filter(|conn| self.is_client(*conn))
-            .collect();
-        match self.drain {
-            Drain::Off => false,
-            Drain::Answering if self.owed() > 0 => false,
-            Drain::Answering => {
-                self.drain = Drain::Closing;
-                for conn in clients {
-                    if self.connections.get(&conn).is_some_and(|c| !c.closing) {
-                        self.close(conn, out);
-                    }
-                }
-                false
-            }
-            Drain::Closing => clients.is_empty(),
-        }
-    }
-
-    /// A clean stop's last word to the peers, as its drain ends: `Stopping` on every
-    /// connection with a peer, the links this node dialled and the ones peers dialled (each
-    /// peer reads it before that connection's close, so the close is taken as planned).
-    pub fn announce_stop(&mut self, out: &mut Outbox) {
-        let mut told = Vec::new();
-        for (conn, peer) in self.links.established_links() {
-            self.write(conn, 0, &Message::Stopping, out);
-            told.push(peer);
-        }
-        let dialled_in: Vec<(ConnId, NodeId)> = self
-            .connections
-            .iter()
-            .filter_map(|(conn, c)| c.authenticated.clone().map(|peer| (*conn, peer)))
-            .collect();
-        for (conn, peer) in dialled_in {
-            self.write(conn, 0, &Message::Stopping, out);
-            told.push(peer);
-        }
-        told.sort();
-        told.dedup();
-        info!(self.logger, "stopping: told the peers"; "peers" => told.len());
-    }
-
-    /// A peer said it is stopping, on a link this node dialled or one it proved itself on:
-    /// the coordinator's failure detector marks it down at once, and its connections' close
-    /// and the failed redials while it is away are logged as planned. From anyone else the
-    /// frame is refused: only a peer may say so.
-    fn on_peer_stopping(&mut self, conn: ConnId, request_id: u64, out: &mut Outbox) {
-        let peer = self.links.peer_of(conn).cloned().or_else(|| {
-            self.connections
-                .get(&conn)
-                .and_then(|c| c.authenticated.clone())
-        });
-        let Some(peer) = peer else {
-            let error = ServiceError::Unauthorized {
-                reason: "only a peer that completed the handshake may say it is stopping".into(),
-            };
-            return self.write(conn, request_id, &Message::Error(error), out);
-        };
-        if !self.links.is_stopping(&peer) {
-            info!(self.logger, "peer is stopping: requests go to the other replicas until it is back"; "peer" => %peer);
-        }
-        self.links.stopping(&peer);
-        out.offer(CoordinateEvent::PeerStopped { peer });
-    }
-
-    /// Client requests taken and not answered yet, over every connection.
-    pub fn owed(&self) -> u64 {
-        self.connections
-            .iter()
-            .filter(|(conn, _)| self.is_client(**conn))
-            .map(|(_, c)| u64::from(c.awaiting))
-            .sum()
-    }
-
-    fn is_client(&self, conn: ConnId) -> bool {
-        self.links.peer_of(conn).is_none()
-            && self
-                .connections
-                .get(&conn)
-                .is_some_and(|c| c.authenticated.is_none())
-    }
-
-    /// `conn`'s state if it is a client's: not a link this node dialled, not a proven peer.
+    /// `conn`'s state if it is a client's ([`IntakeMachine::is_client`]).
     fn client_mut(&mut self, conn: ConnId) -> Option<&mut Connection> {
-        if self.links.peer_of(conn).is_some() {
+        if !self.is_client(conn) {
             return None;
         }
-        self.connections
-            .get_mut(&conn)
-            .filter(|c| c.authenticated.is_none())
+        self.connections.get_mut(&conn)
     }
 
     /// A client request on `conn` was answered: a connection whose client stopped sending
@@ -446,11 +334,8 @@ impl IntakeMachine {
                 Message::decode(&frame),
                 Ok(Message::Error(ServiceError::Unauthorized { .. }))
             );
-        if self.drain != Drain::Off && self.client_mut(conn).is_some() {
-            // Refused before any stage sees it: never applied, so the client may send it to
-            // another node (the partition-aware client does).
-            let error = Message::Error(ServiceError::ShuttingDown);
-            return self.write(conn, request_id, &error, out);
+        if self.refused_while_draining(conn, &frame) {
+            return self.refuse_as_stopping(conn, request_id, out);
         }
         if let Some(client) = self.client_mut(conn) {
             client.awaiting = client.awaiting.saturating_add(1);

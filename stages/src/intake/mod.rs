@@ -55,6 +55,13 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// Longest the loop sleeps while a clean stop drains.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
+/// Longest a clean stop waits for client connections still lingering once every client's
+/// answers are written: an active client closes at once on reading the end, an idle one only
+/// when it next sends, and waiting the whole `LINGER_TIMEOUT` for it held every stop for 2 s.
+const DRAIN_LINGER: Duration = Duration::from_millis(250);
+/// Longest a clean stop waits, once it told the peers, for their connections to close (each
+/// closes once its `Stopping` frame is written).
+const DRAIN_ANNOUNCE: Duration = Duration::from_millis(500);
 /// Socket events handled per `poll` call.
 const EVENTS_PER_POLL: usize = 1024;
 /// Reads from one connection per turn of the loop. A client that sends faster than the loop
@@ -233,7 +240,12 @@ pub struct Intake {
 struct DrainControl {
     flag: Arc<AtomicBool>,
     timeout: Duration,
+    /// When the client part must end (set when the flag is first seen).
     deadline: Option<Instant>,
+    /// When the last client connection closed (lingering ones are waited for a little more).
+    clients_closed: Option<Instant>,
+    /// When the peers were told (their connections are then waited for a little more).
+    announced: Option<Instant>,
 }
 
 impl Intake {
@@ -297,6 +309,8 @@ impl Intake {
             flag,
             timeout,
             deadline: None,
+            clients_closed: None,
+            announced: None,
         });
         self
     }
@@ -375,8 +389,11 @@ impl Intake {
         info!(self.logger, "intake stopped"; "connections" => self.sockets.open.len());
     }
 
-    /// Whether a clean stop's drain is over: every client answered, its connection closed and
-    /// done lingering, or the drain's time is up. Each call takes the drain a step.
+    /// Whether a clean stop's drain is over; each call takes it a step. First every client
+    /// request taken is answered and the client connections close (`drain_timeout_ms` at
+    /// most), lingering ones waited for [`DRAIN_LINGER`] at most (a client that holds an idle
+    /// connection only notices the close when it next sends); then the peers are told and
+    /// their connections close once that is written ([`DRAIN_ANNOUNCE`] at most).
     fn drained(&mut self) -> bool {
         let Some(drain) = self.drain.as_mut() else {
             return false;
@@ -385,26 +402,47 @@ impl Intake {
             return false;
         }
         let now = Instant::now();
-        let deadline = *drain.deadline.get_or_insert(now + drain.timeout);
-        let timeout = drain.timeout;
+        if drain.deadline.is_none() {
+            drain.deadline = Some(now + drain.timeout);
+            if drain.timeout.is_zero() {
+                info!(self.logger, "stopping at once: drain_timeout_ms is 0, requests already taken are cut off"; "owed" => self.machine.owed());
+            } else {
+                info!(self.logger, "stopping: answering the client requests already taken, refusing new ones"; "owed" => self.machine.owed(), "for_at_most_ms" => drain.timeout.as_millis());
+            }
+        }
+        if let Some(at) = drain.announced {
+            return self.machine.peers_open() == 0 || now >= at + DRAIN_ANNOUNCE;
+        }
+        let (deadline, timeout) = (drain.deadline.unwrap_or(now), drain.timeout);
         self.machine.begin_drain();
         let closed = self.machine.drain_step(&mut self.outbox);
         self.settle(Now::real());
-        if closed && !self.sockets.linger.lingering() {
+        let Some(drain) = self.drain.as_mut() else {
+            return true;
+        };
+        if closed && drain.clients_closed.is_none() {
+            drain.clients_closed = Some(now);
+        }
+        let lingered = !self.sockets.linger.lingering()
+            || drain
+                .clients_closed
+                .is_some_and(|at| now >= at + DRAIN_LINGER);
+        let owed = self.machine.owed();
+        if closed && lingered {
             info!(
                 self.logger,
                 "stopping: every client request taken was answered"
             );
-        } else if now >= deadline {
-            warn!(self.logger, "stopping before every client request taken was answered: the drain's time is up";
-                  "owed" => self.machine.owed(), "drain_timeout_ms" => timeout.as_millis());
-        } else {
+        } else if now >= deadline && owed > 0 {
+            warn!(self.logger, "stopping with client requests taken and not answered: the drain's time is up; they may have been applied (a client that sends them again may write twice)";
+                  "owed" => owed, "drain_timeout_ms" => timeout.as_millis());
+        } else if now < deadline {
             return false;
         }
-        // Written now, sent before each connection's close when the loop's sockets drop.
+        drain.announced = Some(now);
         self.machine.announce_stop(&mut self.outbox);
         self.settle(Now::real());
-        true
+        false
     }
 
     /// One readiness event: new connections, or a socket to read and write (a lingering one

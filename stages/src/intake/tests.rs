@@ -428,9 +428,11 @@ fn a_draining_intake_refuses_new_requests_and_closes_clients_once_none_is_owed()
     assert!(node.drain_step(&mut out), "no client connection is left");
 }
 
-/// Goal: as its drain ends a stopping node says so on every connection with a peer, the ones
-/// peers dialled too; the peer that reads it tells its coordinator (which marks the node down)
-/// before the connection's close; a client cannot say it for a peer.
+/// Goal: a draining node refuses a put a peer forwards (its coordinator tries the next list
+/// node) but serves the peer's replica traffic; as its drain ends it says it is stopping on
+/// every connection with a peer, the links it dialled and the ones peers dialled, and closes
+/// each once that is written; the peer that reads it tells its coordinator (which holds the
+/// node down); a client cannot say it for a peer.
 #[test]
 fn a_stopping_node_tells_its_peers_and_only_a_peer_may_say_it() {
     let now = Now::real();
@@ -453,16 +455,59 @@ fn a_stopping_node_tells_its_peers_and_only_a_peer_may_say_it() {
     assert_eq!(written(&mut out).parsed_as_peer, 1, "n1 proved itself");
 
     n2.begin_drain();
+    let forwarded_put = crate::wire::Message::Put(crate::wire::PutRequest {
+        key: crate::wire::Bytes::from(b"k".to_vec()),
+        context: None,
+        value: crate::wire::Bytes::from(b"v".to_vec()),
+        w: None,
+        timeout_ms: None,
+        forwarded: true,
+        durable: None,
+        overwrite: false,
+    })
+    .encode(7)
+    .expect("encode");
+    n2.on_received(now, incoming, &forwarded_put, &mut out);
+    let turned_away = written(&mut out);
+    assert_eq!(
+        turned_away.parsed, 0,
+        "a forwarded put is refused: {turned_away:?}"
+    );
+    assert_eq!(turned_away.frames.len(), 1, "with an answer");
+    n2.on_received(now, incoming, &ping(), &mut out);
+    assert_eq!(
+        written(&mut out).parsed_as_peer,
+        1,
+        "replica traffic is served"
+    );
+
     n2.announce_stop(&mut out);
     let told = written(&mut out);
     assert_eq!(told.frames.len(), 1, "one connection with a peer: {told:?}");
     let (conn, frame) = &told.frames[0];
     assert_eq!((*conn, kind_of(frame)), (incoming, kind::PEER_STOPPING));
+    assert_eq!(told.closed, vec![incoming], "closed once that is written");
+    assert_eq!(n2.peers_open(), 1, "until the loop closed it");
+    n2.on_closed(now, incoming, &mut out);
+    assert_eq!(n2.peers_open(), 0);
 
     n1.on_received(now, link, frame, &mut out);
     let heard = written(&mut out);
     assert_eq!(heard.stopped, vec![NodeId::new("n2")]);
     assert!(heard.frames.is_empty(), "no answer");
+    n1.announce_stop(&mut out);
+    let told_back = written(&mut out);
+    let kinds: Vec<(ConnId, u16)> = told_back
+        .frames
+        .iter()
+        .map(|(conn, f)| (*conn, kind_of(f)))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![(link, kind::PEER_STOPPING)],
+        "on the link it dialled"
+    );
+    assert_eq!(told_back.closed, vec![link]);
     n1.on_closed(now, link, &mut out);
     assert_eq!(
         written(&mut out).failed.len(),
@@ -470,8 +515,9 @@ fn a_stopping_node_tells_its_peers_and_only_a_peer_may_say_it() {
         "the close still fails what was on it"
     );
 
-    let client = n1.accept().expect("accepted");
-    n1.on_received(now, client, frame, &mut out);
+    let mut n3 = machine("n3", SECRET, 3);
+    let client = n3.accept().expect("accepted");
+    n3.on_received(now, client, frame, &mut out);
     let refused = written(&mut out);
     assert!(
         refused.stopped.is_empty(),

@@ -20,9 +20,20 @@ impl Coordinator {
     /// handoff queue only means the pause runs out as before).
     pub(super) fn heard_from(&mut self, peer: &NodeId, out: &mut Outbox) {
         if self.detector.succeeded(peer) {
-            info!(self.logger, "peer up again"; "peer" => %peer);
-            out.offer(HandoffEvent::PeerUp { peer: peer.clone() });
+            self.back_up(peer, out);
         }
+    }
+
+    /// A probe of `peer` was answered: up again, even one that said it stopped.
+    fn probe_answered(&mut self, peer: &NodeId, out: &mut Outbox) {
+        if self.detector.probe_answered(peer) {
+            self.back_up(peer, out);
+        }
+    }
+
+    fn back_up(&mut self, peer: &NodeId, out: &mut Outbox) {
+        info!(self.logger, "peer up again"; "peer" => %peer);
+        out.offer(HandoffEvent::PeerUp { peer: peer.clone() });
     }
 
     /// Another stage's link to `peer` failed: a member that may still hold data is suspected
@@ -35,12 +46,12 @@ impl Coordinator {
         }
     }
 
-    /// `peer` said it stopped cleanly: a member that may still hold data is marked down at
-    /// once, before any request to it fails (and its probes find it when it is back).
+    /// `peer` said it stopped cleanly: a member that may still hold data is held down at
+    /// once, before any request to it fails, until a probe finds it back
+    /// (`FailureDetector::said_stopped`).
     pub(super) fn peer_stopped(&mut self, peer: &NodeId, now: Instant) {
-        let why = "it said it stopped";
-        if self.serving(peer) && self.detector.suspect(peer, now, why) {
-            info!(self.logger, "peer marked down"; "peer" => %peer, "why" => why);
+        if self.serving(peer) && self.detector.said_stopped(peer, now) {
+            info!(self.logger, "peer marked down"; "peer" => %peer, "why" => crate::failure_detector::SAID_STOPPED);
         }
     }
 
@@ -211,14 +222,16 @@ impl Coordinator {
             done.result,
             Err(ServiceError::PeerUnreachable { .. } | ServiceError::PeerLost { .. })
         );
+        let probe = self.probes.remove(&done.op).is_some();
         match &done.result {
+            Ok(_) if probe => self.probe_answered(&done.peer, out),
             Ok(_) => self.heard_from(&done.peer, out),
             Err(_) if link_failed => {
                 self.peer_failed(&done.peer, now, "its link failed");
             }
             Err(_) => {}
         }
-        if self.probes.remove(&done.op).is_some() {
+        if probe {
             return;
         }
         let forwarding = self
@@ -262,8 +275,11 @@ impl Coordinator {
             return;
         };
         match done.result {
-            // It holds no copy of the key in its view, and applied nothing: the next one.
-            Ok(Message::Error(error @ ServiceError::NotAReplica { .. })) => {
+            // It holds no copy of the key in its view, or is stopping, and applied nothing: the
+            // next one.
+            Ok(Message::Error(
+                error @ (ServiceError::NotAReplica { .. } | ServiceError::ShuttingDown),
+            )) => {
                 if let Some(pending) = self.requests.get_mut(&key) {
                     pending.tracker.fail(node.as_str(), &error);
                 }
