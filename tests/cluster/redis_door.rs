@@ -123,3 +123,35 @@ fn a_command_over_the_limit_gets_the_error_not_a_reset() {
         "{reply}"
     );
 }
+
+/// Goal: a Redis connection open when its node stops cleanly is answered up to the stop and
+/// then closed; it neither stays open nor answers "cannot reach the node" to every later
+/// command until the process exits (a trial saw 14,410 such replies in 0.4 s).
+#[test]
+fn a_redis_connection_is_closed_when_its_node_stops() {
+    let mut node = TestNode::start("[redis]\nlisten = \"127.0.0.1:0\"\n");
+    let port = node
+        .node
+        .as_ref()
+        .and_then(|n| n.redis_addr())
+        .expect("the door listens")
+        .port();
+    let mut redis = TcpStream::connect(("127.0.0.1", port)).expect("connect to the door");
+    redis
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    redis.write_all(b"*1\r\n$4\r\nPING\r\n").expect("send");
+    let mut reply = [0u8; 7];
+    redis.read_exact(&mut reply).expect("the door answers");
+    assert_eq!(&reply, b"+PONG\r\n");
+    if let Some(running) = node.node.take() {
+        running.shutdown();
+    }
+    let mut rest = Vec::new();
+    match redis.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the connection stayed open after the stop: {e}"),
+    }
+    assert!(rest.is_empty(), "nothing after the stop: {rest:?}");
+}

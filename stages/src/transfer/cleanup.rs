@@ -65,9 +65,17 @@ impl TransferMachine {
             // pending transfers: a trial found no sign of it but the backlog, which reads 0
             // while partitions still wait out the delay. (After a restart, the partitions it
             // does not hold are looked at once too, and found empty.)
-            info!(self.logger, "every partition this node no longer holds is dropped";
-                  "partitions" => self.drops_peak);
+            if self.drops_with_objects > 0 {
+                info!(self.logger, "every partition this node no longer holds is dropped";
+                      "partitions" => self.drops_peak, "with_objects" => self.drops_with_objects);
+            } else {
+                // A fresh start looks at every partition it does not hold once (a trial read
+                // "is dropped" on a cluster where nothing had moved).
+                info!(self.logger, "the partitions this node does not hold were looked at: none held anything";
+                      "partitions" => self.drops_peak);
+            }
             self.drops_peak = 0;
+            self.drops_with_objects = 0;
         }
         let Some((_, partition)) = due else {
             return;
@@ -160,6 +168,7 @@ impl TransferMachine {
                     if let Some(total) = self.dropped_so_far.remove(&partition) {
                         info!(self.logger, "dropped a partition this node no longer holds";
                               "partition" => partition, "objects" => total);
+                        self.drops_with_objects += 1;
                     }
                     self.found_empty.insert(partition, now);
                     // What reaches the partition from now on is synced again before its drop.

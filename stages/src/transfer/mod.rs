@@ -252,6 +252,9 @@ pub struct TransferMachine {
     drops_waiting: u64,
     /// The most `drops_waiting` has been since it was last 0 (the logged total).
     drops_peak: u64,
+    /// Of those, partitions a drop removed objects from (0: every one was found empty, as
+    /// after a fresh start, where nothing was handed away).
+    drops_with_objects: u64,
     /// When the machine started (cleanup waits `cleanup_delay` from here at least).
     started: Instant,
     next_op: u64,
@@ -289,6 +292,7 @@ impl TransferMachine {
             drops_due: 0,
             drops_waiting: 0,
             drops_peak: 0,
+            drops_with_objects: 0,
             started,
             next_op: 0,
             logger,
