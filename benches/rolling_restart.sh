@@ -52,7 +52,8 @@ awk '/^\[ *[0-9]+s\]/ {for (i = 1; i <= NF; i++) if ($i == "p99") {v = $(i + 1);
 warns=$(cat "$work"/n?.log | grep -c " WARN " || true)
 lost=$(cat "$work"/n?.log | grep -c "peer link lost" || true)
 echo "node log lines: $warns WARN, of them $lost 'peer link lost'"
-# The nodes' lines about the stops, counted by what they say (names and numbers dropped).
-grep -hE "stopping: |peer marked down|peer is stopping|stopped peer|peer link lost" "$work"/n?.log \
+# The nodes' warnings and lines about the stops, counted by what they say (names and numbers
+# dropped).
+grep -hE " WARN |stopping: |peer marked down|peer is stopping|stopped peer" "$work"/n?.log \
   | sed -E 's/^[A-Z][a-z]{2} [0-9]{2} [0-9:.]+ //; s/, (owed|peers|conn|peer|node|stage): [a-z0-9_]+//g' \
   | sort | uniq -c | sort -rn

@@ -153,6 +153,9 @@ pub struct HandoffMachine {
     serving: BTreeMap<OpId, (Origin, u32)>,
     /// Hints this node holds, as storage counted them with the last scan.
     held: u64,
+    /// Hints handed off and deleted since the count last read 0: logged once when it does
+    /// again (a line per batch was dozens per returning node, and "deleted" read as alarming).
+    handed_off: u64,
     /// Tokens still owed for received batches already admitted (see the module's RECEIVER
     /// SIDE): no batch is admitted while any are.
     receive_debt: u64,
@@ -196,6 +199,7 @@ impl HandoffMachine {
             local_merges: BTreeMap::new(),
             serving: BTreeMap::new(),
             held: 0,
+            handed_off: 0,
             receive_debt: 0,
             failures: LogLimits::default(),
             refused: BTreeMap::new(),
@@ -266,6 +270,10 @@ impl HandoffMachine {
     /// batch that reaches the byte cap is sent and the next one started.
     fn deliver(&mut self, now: Instant, hints: Vec<Hint>, held: u64, out: &mut Outbox) {
         self.held = held;
+        if held == 0 && self.handed_off > 0 {
+            info!(self.logger, "every hint this node held was handed off"; "handed_off" => self.handed_off);
+            self.handed_off = 0;
+        }
         self.report_backlog(now);
         let end_of_pass = hints.len() < self.scan_limit;
         let scanned = hints.len();
@@ -364,7 +372,8 @@ impl HandoffMachine {
                 self.deliver(now, hints, held, out);
             }
             Ok(StorageOutcome::HintsDeleted(deleted)) if deleted > 0 => {
-                info!(self.logger, "hints handed off"; "deleted" => deleted);
+                debug!(self.logger, "hints handed off and deleted here"; "hints" => deleted);
+                self.handed_off += deleted;
             }
             // Those that changed meanwhile: the next round delivers the new versions.
             Ok(_) => {}

@@ -374,7 +374,10 @@ impl IntakeMachine {
                     self.membership.current().state_of(&peer),
                     Some(MemberState::Leaving | MemberState::Removed)
                 );
-                if in_flight_lost && departing {
+                if self.drain == Drain::Announced {
+                    // This node is stopping and closed it itself, having said so.
+                    debug!(self.logger, "link closed: this node is stopping"; "peer" => %peer, "conn" => conn.0);
+                } else if in_flight_lost && departing {
                     info!(self.logger, "link to a departing member closed"; "peer" => %peer, "conn" => conn.0);
                 } else if self.links.is_stopping(&peer) {
                     info!(self.logger, "link to a stopped peer closed: redialling quietly until it is back"; "peer" => %peer, "conn" => conn.0);
