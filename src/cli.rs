@@ -331,18 +331,27 @@ fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     std::io::stdout().flush()?;
     signals.forever().next();
-    // A second signal while the drain runs: stop at once, as an operator pressing Ctrl-C
-    // twice means.
+    // A second signal while the drain runs ends it at once (the stages still stop in order);
+    // a third ends the process, as an operator pressing Ctrl-C again means.
     let (at_once, second_logger) = (node.stop_at_once(), logger.clone());
-    std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            slog::warn!(
-                second_logger,
-                "a second signal: stopping at once, without finishing the drain"
-            );
-            at_once.store(true, std::sync::atomic::Ordering::Release);
-        }
-    });
+    let watcher = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut more = signals.forever();
+            if more.next().is_some() {
+                slog::warn!(
+                    second_logger,
+                    "a second signal: ending the drain at once (a third ends the process)"
+                );
+                at_once.store(true, std::sync::atomic::Ordering::Release);
+            }
+            if more.next().is_some() {
+                std::process::exit(130);
+            }
+        });
+    if let Err(e) = watcher {
+        slog::warn!(logger, "cannot watch for a second signal: the drain runs to its end"; "error" => %e);
+    }
     node.shutdown();
     Ok(())
 }

@@ -114,8 +114,9 @@ pub fn run(args: SimArgs) -> Result<(), SimError> {
         }
     }
     let events: u64 = reports.iter().map(|r| r.events).sum();
+    let refused: u64 = reports.iter().map(|r| r.refused_adds).sum();
     eprintln!(
-        "{} seeds in {elapsed:.1} s ({:.1} seeds/s, {events} events), faults {}",
+        "{} seeds in {elapsed:.1} s ({:.1} seeds/s, {events} events), faults {}; puts refused by a stopping node: {refused}",
         reports.len(),
         reports.len() as f64 / elapsed.max(f64::MIN_POSITIVE),
         config.faults

@@ -84,17 +84,9 @@ fn a_stopping_node_answers_every_request_it_took_and_applies_none_it_did_not_ans
     // Closed on our side too, so the node's lingering close ends at once.
     drop(client);
     stopping.join().expect("shutdown ends");
-    let acknowledged = outcomes
-        .values()
-        .filter(|o| **o == Outcome::Acknowledged)
-        .count();
-    // How many were refused rather than never read depends on when the stop's flag is seen;
-    // `a_draining_intake_refuses_new_requests_and_closes_clients_once_none_is_owed` pins that.
-    assert!(
-        acknowledged > 0 && acknowledged < outcomes.len(),
-        "the stop came while puts were arriving: {acknowledged} of {} acknowledged",
-        outcomes.len()
-    );
+    // How many were acknowledged, refused or never read depends on when the stop's flag is
+    // seen (`a_draining_intake_refuses_new_requests_and_closes_clients_once_none_is_owed`
+    // pins the refusal); what must hold whatever the timing is checked below.
 
     let restarted = Node::start(
         &config(&config_text(node.dir.path(), extra)),

@@ -418,6 +418,8 @@ impl IntakeMachine {
                 let refused = self.links.refused(&peer);
                 report_failed(peer, false, refused, out)
             }
+            // Stopping, and the peers were told: a new link would get no word of it.
+            Route::Dial if self.announced() => report_failed(peer, false, None, out),
             Route::Dial => {
                 let Some(addr) = self.membership.current().addr_of(&peer) else {
                     if self.links.failed(&peer, None, now.instant) {

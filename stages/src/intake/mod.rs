@@ -427,17 +427,19 @@ impl Intake {
             || drain
                 .clients_closed
                 .is_some_and(|at| now >= at + DRAIN_LINGER);
-        let owed = self.machine.owed();
+        let (owed, open) = (self.machine.owed(), self.machine.clients_open());
         if closed && lingered {
             info!(
                 self.logger,
                 "stopping: every client request taken was answered"
             );
-        } else if now >= deadline && owed > 0 {
-            warn!(self.logger, "stopping with client requests taken and not answered: the drain's time is up; they may have been applied (a client that sends them again may write twice)";
-                  "owed" => owed, "drain_timeout_ms" => timeout.as_millis());
         } else if now < deadline {
             return false;
+        } else if timeout.is_zero() {
+            info!(self.logger, "stopping at once: requests taken and not answered are cut off"; "owed" => owed);
+        } else if owed > 0 || open > 0 {
+            warn!(self.logger, "stopping with client requests taken and not answered, or answers not yet written: the drain's time is up; they may have been applied (a client that sends them again may write twice)";
+                  "owed" => owed, "client_connections_open" => open, "drain_timeout_ms" => timeout.as_millis());
         }
         drain.announced = Some(now);
         self.machine.announce_stop(&mut self.outbox);

@@ -41,6 +41,9 @@ pub mod checker {
     pub const REPLICATED: &str = "replicated-w";
     /// The final reads themselves succeed once everything healed.
     pub const FINAL_READ: &str = "final-read";
+    /// A put a stopping node refused (`ShuttingDown`: before any stage saw it) is never
+    /// applied: its element is never read.
+    pub const REFUSED_APPLIED: &str = "refused-write-applied";
 }
 
 /// Encodes a set as a value (`set:1,5,9`).
@@ -83,6 +86,8 @@ pub struct History {
     /// Set keys: elements whose add was attempted, and acknowledged.
     attempted_adds: BTreeMap<String, BTreeSet<u64>>,
     acked_adds: BTreeMap<String, BTreeSet<u64>>,
+    /// Set keys: elements whose put a stopping node refused (never to be read).
+    refused_adds: BTreeMap<String, BTreeSet<u64>>,
     /// Every other key: the values written to it.
     written: BTreeMap<String, BTreeSet<Vec<u8>>>,
     blind: BTreeMap<String, BTreeMap<Vec<u8>, BlindValue>>,
@@ -101,6 +106,14 @@ impl History {
     /// An add of `element` to the set in `key` is about to be put.
     pub fn add_attempted(&mut self, key: &str, element: u64) {
         self.attempted_adds
+            .entry(key.to_string())
+            .or_default()
+            .insert(element);
+    }
+
+    /// The put carrying `element` was refused by a node that is stopping: not applied.
+    pub fn add_refused(&mut self, key: &str, element: u64) {
+        self.refused_adds
             .entry(key.to_string())
             .or_default()
             .insert(element);
@@ -155,6 +168,17 @@ impl History {
     /// Checks a read's values against what was written: a value nobody wrote is a phantom.
     pub fn check_read(&mut self, key: &str, values: &[Vec<u8>]) {
         for value in values {
+            let refused: Vec<u64> = decode_set(value)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| self.refused_adds.get(key).is_some_and(|r| r.contains(e)))
+                .collect();
+            if !refused.is_empty() {
+                self.violation(
+                    checker::REFUSED_APPLIED,
+                    format!("{key} holds {refused:?}, whose put a stopping node refused"),
+                );
+            }
             let known = match decode_set(value) {
                 Some(elements) => {
                     let attempted = self.attempted_adds.get(key);
@@ -185,7 +209,12 @@ impl History {
         &self.acked_adds
     }
 
-    /// Set adds acknowledged, over every key.
+    /// Set adds a stopping node refused, over every key.
+    pub fn refused_add_count(&self) -> u64 {
+        self.refused_adds.values().map(|r| r.len() as u64).sum()
+    }
+
+    /// Acknowledged adds, over every key.
     pub fn acked_add_count(&self) -> u64 {
         self.acked_adds.values().map(|a| a.len() as u64).sum()
     }
@@ -303,13 +332,16 @@ mod tests {
     use super::*;
 
     /// Goal: the checkers catch what they are named for: an acked add missing, a value no
-    /// client wrote, one of two same-context puts lost.
+    /// client wrote, one of two same-context puts lost, a put refused as shutting down read.
     #[test]
     fn checkers_catch_what_they_are_named_for() {
         let mut history = History::default();
         history.add_attempted("s", 1);
         history.add_acked("s", 1);
         history.add_attempted("s", 2);
+        history.add_attempted("r", 3);
+        history.add_refused("r", 3);
+        history.final_read("r", vec![encode_set(&BTreeSet::from([3]))]);
         history.final_read("s", vec![encode_set(&BTreeSet::from([2, 9]))]);
         history.write_attempted("p", b"a");
         history.write_attempted("p", b"b");
@@ -319,7 +351,12 @@ mod tests {
         let found: BTreeSet<&str> = history.finish().iter().map(|v| v.checker).collect();
         assert_eq!(
             found,
-            BTreeSet::from([checker::LOST_ADD, checker::PHANTOM, checker::SAME_CONTEXT])
+            BTreeSet::from([
+                checker::LOST_ADD,
+                checker::PHANTOM,
+                checker::SAME_CONTEXT,
+                checker::REFUSED_APPLIED
+            ])
         );
     }
 }

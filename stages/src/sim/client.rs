@@ -283,8 +283,13 @@ fn advance(task: Task, reply: Message, history: &mut History) -> Option<Task> {
             mut written,
             ..
         } => {
-            let Message::PutReply(done) = reply else {
-                return None;
+            let done = match reply {
+                Message::PutReply(done) => done,
+                Message::Error(crate::error::ServiceError::ShuttingDown) => {
+                    history.add_refused(&key, element);
+                    return None;
+                }
+                _ => return None,
             };
             history.add_acked(&key, element);
             let element = then?;

@@ -243,6 +243,9 @@ pub struct SimReport {
     pub requests_failed: u64,
     /// Acknowledged set adds.
     pub acked_adds: u64,
+    /// Set adds whose put a stopping node refused (`ShuttingDown`): how often the drain's
+    /// refusal was exercised (the checker `refused-write-applied` watches them).
+    pub refused_adds: u64,
     /// Simulated milliseconds the run lasted.
     pub simulated_ms: u64,
 }

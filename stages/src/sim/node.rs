@@ -288,12 +288,11 @@ impl SimNode {
         self.paused_until = 0;
     }
 
-    /// An operator's stop (SIGTERM): as on a real node, the commit stage stops last, with
-    /// the final flush and the mark of a clean close, so the next start keeps the node's dot
-    /// actor. What was still on its way between the stages is dropped unanswered, as on a
-    /// real node whose drain found no time (`[node] drain_timeout_ms = 0`; the drain itself
-    /// is the intake machine's, tested there); unanswered, its clients retry. A node already
-    /// down stays so.
+    /// An operator's stop (SIGTERM), once the world ran its drain (`World::drain_step`): as
+    /// on a real node, the commit stage stops last, with the final flush and the mark of a
+    /// clean close, so the next start keeps the node's dot actor. What was still on its way
+    /// between the stages (peers' replica traffic; the clients' requests were answered, or the
+    /// drain timed out) is dropped unanswered. A node already down stays so.
     pub fn stop_cleanly(&mut self) {
         let Some(mut machines) = self.machines.take() else {
             return;
@@ -401,6 +400,20 @@ impl Machines {
         let mut outbox = Outbox::new();
         self.intake.on_received(now, conn, bytes, &mut outbox);
         deliver(&mut self.intake, now, &mut outbox, post);
+    }
+
+    /// A clean stop's drain, one step (`IntakeMachine::begin_drain`, `drain_step`); with
+    /// `announce` its last: the peers are told and their connections closed. Whether no client
+    /// connection is left.
+    pub fn drain(&mut self, now: Now, announce: bool, post: &mut SimPost<'_>) -> bool {
+        let mut outbox = Outbox::new();
+        self.intake.begin_drain();
+        let done = self.intake.drain_step(&mut outbox);
+        if announce {
+            self.intake.announce_stop(&mut outbox);
+        }
+        deliver(&mut self.intake, now, &mut outbox, post);
+        done
     }
 
     /// One of the intake's connections closed.

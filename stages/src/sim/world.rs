@@ -68,6 +68,14 @@ enum Job {
     },
     /// A link closes; both ends hear of it.
     Closed { link: u64 },
+    /// A clean stop's drain takes its next step (it began at `since`).
+    DrainStep {
+        node: usize,
+        incarnation: u32,
+        since: u64,
+    },
+    /// A clean stop's drain is over: the node stops and its backup is taken.
+    DrainEnd { node: usize, incarnation: u32 },
     /// A client starts its next task (connecting first if need be).
     ClientStart { client: usize },
     /// A fault begins or ends.
@@ -379,6 +387,17 @@ impl World {
                 conn,
             } => self.conn_closed(node, incarnation, conn),
             Job::Closed { link } => self.closed(link),
+            Job::DrainStep {
+                node,
+                incarnation,
+                since,
+            } => self.drain_step(node, incarnation, since),
+            Job::DrainEnd { node, incarnation } => {
+                if self.current(node, incarnation) {
+                    self.stop_cleanly(node);
+                    self.nodes[node].backup = Some(self.nodes[node].engine.backup());
+                }
+            }
             Job::ClientStart { client } => self.client_start(client),
             Job::Fault(fault) => self.fault(fault),
             Job::Heal => self.heal(),

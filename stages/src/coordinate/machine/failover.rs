@@ -50,6 +50,8 @@ impl Coordinator {
     /// once, before any request to it fails, until a probe finds it back
     /// (`FailureDetector::said_stopped`).
     pub(super) fn peer_stopped(&mut self, peer: &NodeId, now: Instant) {
+        // A probe already out may be answered by the node before it stopped.
+        self.probes.retain(|_, (probed, _)| probed != peer);
         if self.serving(peer) && self.detector.said_stopped(peer, now) {
             info!(self.logger, "peer marked down"; "peer" => %peer, "why" => crate::failure_detector::SAID_STOPPED);
         }

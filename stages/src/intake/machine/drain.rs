@@ -86,6 +86,11 @@ impl IntakeMachine {
         }
     }
 
+    /// Whether the peers were told: frames for them are failed, not dialled.
+    pub(super) fn announced(&self) -> bool {
+        self.drain == Drain::Announced
+    }
+
     /// A clean stop's last word to the peers: `Stopping` on every connection with a peer, the
     /// links this node dialled and the ones peers dialled, each then closed like a client's
     /// (its output written first, then the close, then the linger), so each peer reads it
@@ -113,7 +118,16 @@ impl IntakeMachine {
             .map(|(conn, _)| *conn)
             .collect();
         for conn in peer_conns {
-            self.close(conn, out);
+            if self.dialing.contains_key(&conn) {
+                // Still in its handshake (or connecting): nothing was said on it, and a close
+                // would wait for a connect that may never come.
+                out.socket(crate::event::SocketCommand::Abort { conn });
+                if let Some(c) = self.connections.get_mut(&conn) {
+                    c.closing = true;
+                }
+            } else {
+                self.close(conn, out);
+            }
         }
         told.sort();
         told.dedup();
@@ -162,12 +176,21 @@ impl IntakeMachine {
     }
 
     /// Whether `conn` is a client's: not a link this node dialled, not a peer that proved
-    /// itself, nor one in the middle of doing so (challenged, its proof awaited).
+    /// itself. (One in the middle of its handshake counts as a client, as it does for the
+    /// requests it may send before its proof: the count of what is owed must agree.)
     pub(super) fn is_client(&self, conn: ConnId) -> bool {
         self.links.peer_of(conn).is_none()
             && self
                 .connections
                 .get(&conn)
-                .is_some_and(|c| c.authenticated.is_none() && c.challenged.is_none())
+                .is_some_and(|c| c.authenticated.is_none())
+    }
+
+    /// Client connections still open.
+    pub fn clients_open(&self) -> usize {
+        self.connections
+            .keys()
+            .filter(|conn| self.is_client(**conn))
+            .count()
     }
 }

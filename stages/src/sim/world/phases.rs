@@ -9,6 +9,9 @@ use crate::wire::{MembershipChange, PlanRequest};
 /// Tries of the operator's commit after a join or leave: a commit is refused while the
 /// previous one's transfers are pending, so it is retried until the ring shows the change.
 const COMMIT_ATTEMPTS: u32 = 60;
+/// Longest a simulated clean stop drains (the real default is 5 s; the simulated clients'
+/// requests end well within this).
+const SIM_DRAIN_US: u64 = 2_000_000;
 
 impl World {
     /// Draws the seed's crashes, pauses and partition inside the workload window.
@@ -207,8 +210,13 @@ impl World {
             Fault::Crash(node) => self.crash(node, false),
             Fault::PowerLoss(node) => self.crash(node, true),
             Fault::Backup(node) => {
-                self.stop_cleanly(node);
-                self.nodes[node].backup = Some(self.nodes[node].engine.backup());
+                if self.nodes[node].machines.is_some() {
+                    // Stopped as an operator stops it, drain first; backed up at its end.
+                    let (incarnation, since) = (self.nodes[node].incarnation, self.sched.time);
+                    self.drain_step(node, incarnation, since);
+                } else {
+                    self.nodes[node].backup = Some(self.nodes[node].engine.backup());
+                }
             }
             Fault::Restore(node) => {
                 // Its disk died (a crash), and the operator restores the copy over it.
@@ -318,9 +326,39 @@ impl World {
         self.reset_links(node);
     }
 
-    /// The node stops as an operator stops it (see `SimNode::stop_cleanly`); its connections
-    /// close as a crash's do.
-    fn stop_cleanly(&mut self, node: usize) {
+    /// A clean stop's drain, a step every millisecond as the real loop's turns go: the node
+    /// answers what its clients are owed and refuses the rest, closes their connections, then
+    /// (at once when none is left, or after [`SIM_DRAIN_US`]) tells its peers it stopped and
+    /// stops a millisecond later, so that word goes out before its links close. A crash
+    /// meanwhile ends it (a later incarnation ignores the steps left).
+    pub(super) fn drain_step(&mut self, node: usize, incarnation: u32, since: u64) {
+        if !self.current(node, incarnation) {
+            return;
+        }
+        let mut clients_closed = false;
+        self.with_machines(node, |machines, now, post| {
+            clients_closed = machines.drain(now, false, post);
+        });
+        if clients_closed || self.sched.time >= since + SIM_DRAIN_US {
+            self.with_machines(node, |machines, now, post| {
+                machines.drain(now, true, post);
+            });
+            self.sched.after(1_000, Job::DrainEnd { node, incarnation });
+        } else {
+            self.sched.after(
+                1_000,
+                Job::DrainStep {
+                    node,
+                    incarnation,
+                    since,
+                },
+            );
+        }
+    }
+
+    /// The node stops as an operator stops it, its drain done (see `SimNode::stop_cleanly`);
+    /// its connections close as a crash's do.
+    pub(super) fn stop_cleanly(&mut self, node: usize) {
         if self.nodes[node].machines.is_none() {
             return;
         }
@@ -393,6 +431,7 @@ impl World {
         self.check_convergence();
         let keys = self.history.keys();
         let acked_adds = self.history.acked_add_count();
+        let refused_adds = self.history.refused_add_count();
         let mut violations = std::mem::take(&mut self.violations);
         violations.extend(std::mem::take(&mut self.history).finish());
         let digest = self.digest.clone().finalize();
@@ -407,6 +446,7 @@ impl World {
             requests_ok: self.requests_ok,
             requests_failed: self.requests_failed,
             acked_adds,
+            refused_adds,
             simulated_ms: self.sched.time / 1000,
         }
     }
