@@ -124,6 +124,18 @@ fn hints_survive_a_restart_of_the_fallback() {
     }
 }
 
+/// Why node `i` holds `node` down (`None`: it holds it up), from its `admin members`.
+fn why_down(cluster: &TestCluster, i: usize, node: &str) -> Option<String> {
+    cluster
+        .client(i)
+        .members()
+        .expect("members")
+        .members
+        .iter()
+        .find(|m| m.node.as_str() == node && !m.up)
+        .map(|m| m.why.clone())
+}
+
 /// Goal: a stopped node is seen down by the others with no client traffic at all: the links
 /// gossip and anti-entropy fail to open feed the failure detector too (before, `admin
 /// members` showed a killed node "up" until a client request went its way). Reference:
@@ -132,15 +144,7 @@ fn hints_survive_a_restart_of_the_fallback() {
 fn a_stopped_node_is_seen_down_without_client_traffic() {
     let mut cluster = TestCluster::start(3, 3, 2, 2, "");
     cluster.stop(2);
-    let sees_n3_down = |i: usize| {
-        cluster
-            .client(i)
-            .members()
-            .expect("members")
-            .members
-            .iter()
-            .any(|m| m.node.as_str() == "n3" && !m.up)
-    };
+    let sees_n3_down = |i: usize| why_down(&cluster, i, "n3").is_some();
     assert!(
         eventually(|| sees_n3_down(0) && sees_n3_down(1)),
         "n1 and n2 still call the stopped n3 up"
@@ -161,16 +165,7 @@ fn a_cleanly_stopped_node_is_held_down_as_stopped_until_it_is_back() {
             .expect("put");
     }
     cluster.stop(2);
-    let why_n3_down = |cluster: &TestCluster, i: usize| {
-        cluster
-            .client(i)
-            .members()
-            .expect("members")
-            .members
-            .iter()
-            .find(|m| m.node.as_str() == "n3" && !m.up)
-            .map(|m| m.why.clone())
-    };
+    let why_n3_down = |cluster: &TestCluster, i: usize| why_down(cluster, i, "n3");
     let told = |i: usize| why_n3_down(&cluster, i).as_deref() == Some("it said it stopped");
     assert!(
         eventually(|| told(0) && told(1)),

@@ -19,6 +19,15 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
+/// The port of `node`'s Redis door.
+fn door_port(node: &TestNode) -> u16 {
+    node.node
+        .as_ref()
+        .and_then(|n| n.redis_addr())
+        .expect("the door listens")
+        .port()
+}
+
 fn installed(tool: &str) -> bool {
     Command::new(tool).arg("--version").output().is_ok()
 }
@@ -35,12 +44,7 @@ fn redis_cli_and_redis_benchmark_work_against_the_door() {
         return;
     }
     let node = TestNode::start("[redis]\nlisten = \"127.0.0.1:0\"\n[storage]\nsync = \"none\"\n");
-    let port = node
-        .node
-        .as_ref()
-        .and_then(|n| n.redis_addr())
-        .expect("the door listens")
-        .port();
+    let port = door_port(&node);
     assert_eq!(redis_cli(port, &["ping"]), "PONG");
     assert_eq!(redis_cli(port, &["set", "k", "v1"]), "OK");
     assert_eq!(redis_cli(port, &["set", "k", "v2"]), "OK");
@@ -130,12 +134,7 @@ fn a_command_over_the_limit_gets_the_error_not_a_reset() {
 #[test]
 fn a_redis_connection_is_closed_when_its_node_stops() {
     let mut node = TestNode::start("[redis]\nlisten = \"127.0.0.1:0\"\n");
-    let port = node
-        .node
-        .as_ref()
-        .and_then(|n| n.redis_addr())
-        .expect("the door listens")
-        .port();
+    let port = door_port(&node);
     let mut redis = TcpStream::connect(("127.0.0.1", port)).expect("connect to the door");
     redis
         .set_read_timeout(Some(Duration::from_secs(5)))
