@@ -81,6 +81,10 @@ struct Connection {
     awaiting: u32,
     /// The client shut its sending side: the connection closes once `awaiting` is zero.
     read_done: bool,
+    /// A proven peer's forwarded puts and deletes taken and not answered yet, by request id:
+    /// a clean stop answers them before it closes the connection (the forwarding coordinator
+    /// would otherwise tell its client the outcome is unknown).
+    forwarded: std::collections::BTreeSet<u64>,
 }
 
 /// The intake's machine.
@@ -157,6 +161,7 @@ impl IntakeMachine {
                 closing: false,
                 awaiting: 0,
                 read_done: false,
+                forwarded: Default::default(),
             },
         );
         conn
@@ -339,6 +344,14 @@ impl IntakeMachine {
         }
         if let Some(client) = self.client_mut(conn) {
             client.awaiting = client.awaiting.saturating_add(1);
+        } else if matches!(frame.kind, kind::PUT | kind::DELETE) {
+            if let Some(peer) = self
+                .connections
+                .get_mut(&conn)
+                .filter(|c| c.authenticated.is_some())
+            {
+                peer.forwarded.insert(request_id);
+            }
         }
         out.request(ParseEvent {
             conn,
@@ -539,7 +552,10 @@ impl Machine for IntakeMachine {
     fn on_event(&mut self, now: Now, event: IntakeEvent, out: &mut Outbox) {
         match event {
             IntakeEvent::Send { conn, frame } => {
-                if self.connections.contains_key(&conn) {
+                if let Some(connection) = self.connections.get_mut(&conn) {
+                    if let Some(id) = request_id_of(&frame) {
+                        connection.forwarded.remove(&id);
+                    }
                     out.socket(SocketCommand::Write { conn, frame });
                     self.answered(conn, out);
                 }
@@ -584,10 +600,21 @@ impl Machine for IntakeMachine {
     /// Parse's queue was full: the request is answered `Overloaded` on the spot.
     fn on_refused(&mut self, _now: Now, event: Event, error: ServiceError, out: &mut Outbox) {
         if let Event::Parse(ParseEvent { conn, frame, .. }) = event {
+            if let Some(connection) = self.connections.get_mut(&conn) {
+                connection.forwarded.remove(&frame.request_id);
+            }
             self.write(conn, frame.request_id, &Message::Error(error), out);
             self.answered(conn, out);
         }
     }
+}
+
+/// The request id in an encoded frame's header (after its length and kind; `None` for a
+/// frame too short to have one).
+fn request_id_of(frame: &[u8]) -> Option<u64> {
+    let start = crate::wire::LENGTH_BYTES + 2;
+    let bytes = frame.get(start..start + 8)?;
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
 /// Checks an `admin throttle` request: the stage it names must be a background stage.

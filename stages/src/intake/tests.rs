@@ -454,20 +454,38 @@ fn a_stopping_node_tells_its_peers_and_only_a_peer_may_say_it() {
     n2.on_received(now, incoming, &proof, &mut out);
     assert_eq!(written(&mut out).parsed_as_peer, 1, "n1 proved itself");
 
+    let forwarded_put = |request_id| {
+        crate::wire::Message::Put(crate::wire::PutRequest {
+            key: crate::wire::Bytes::from(b"k".to_vec()),
+            context: None,
+            value: crate::wire::Bytes::from(b"v".to_vec()),
+            w: None,
+            timeout_ms: None,
+            forwarded: true,
+            durable: None,
+            overwrite: false,
+        })
+        .encode(request_id)
+        .expect("encode")
+    };
+    // Taken before the stop: owed, and waited for.
+    n2.on_received(now, incoming, &forwarded_put(5), &mut out);
+    assert_eq!(written(&mut out).parsed_as_peer, 1);
     n2.begin_drain();
-    let forwarded_put = crate::wire::Message::Put(crate::wire::PutRequest {
-        key: crate::wire::Bytes::from(b"k".to_vec()),
-        context: None,
-        value: crate::wire::Bytes::from(b"v".to_vec()),
-        w: None,
-        timeout_ms: None,
-        forwarded: true,
-        durable: None,
-        overwrite: false,
-    })
-    .encode(7)
-    .expect("encode");
-    n2.on_received(now, incoming, &forwarded_put, &mut out);
+    assert_eq!(n2.owed(), 1, "a forwarded put taken is owed");
+    assert!(!n2.drain_step(&mut out));
+    let reply = crate::wire::Message::Pong.encode(5).expect("encode");
+    n2.on_event(
+        now,
+        IntakeEvent::Send {
+            conn: incoming,
+            frame: reply,
+        },
+        &mut out,
+    );
+    assert_eq!(n2.owed(), 0, "answered");
+    written(&mut out);
+    n2.on_received(now, incoming, &forwarded_put(7), &mut out);
     let turned_away = written(&mut out);
     assert_eq!(
         turned_away.parsed, 0,

@@ -166,12 +166,15 @@ impl IntakeMachine {
         out.offer(CoordinateEvent::PeerStopped { peer });
     }
 
-    /// Client requests taken and not answered yet, over every connection.
+    /// Requests taken and not answered yet, over every connection: clients' requests, and
+    /// the puts and deletes proven peers forwarded.
     pub fn owed(&self) -> u64 {
         self.connections
             .iter()
-            .filter(|(conn, _)| self.is_client(**conn))
-            .map(|(_, c)| u64::from(c.awaiting))
+            .map(|(conn, c)| {
+                let client = if self.is_client(*conn) { c.awaiting } else { 0 };
+                u64::from(client) + c.forwarded.len() as u64
+            })
             .sum()
     }
 
