@@ -51,6 +51,19 @@ pub struct PeerStatus {
 pub struct FailureDetector {
     probe_interval: Duration,
     peers: BTreeMap<NodeId, (Health, u64)>,
+    /// When each peer still down was last named by [`FailureDetector::still_down`].
+    reminded: BTreeMap<NodeId, Instant>,
+}
+
+/// A peer held down long enough to be named again (see [`FailureDetector::still_down`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StillDown {
+    /// The peer.
+    pub node: NodeId,
+    /// How long it has been down.
+    pub down_for: Duration,
+    /// What marked it down.
+    pub why: &'static str,
 }
 
 impl FailureDetector {
@@ -59,6 +72,7 @@ impl FailureDetector {
         FailureDetector {
             probe_interval,
             peers: BTreeMap::new(),
+            reminded: BTreeMap::new(),
         }
     }
 
@@ -173,7 +187,37 @@ impl FailureDetector {
     pub fn probe_answered(&mut self, peer: &NodeId) -> bool {
         let was_down = !self.is_up(peer);
         self.peers.insert(peer.clone(), (Health::Up, 0));
+        self.reminded.remove(peer);
         was_down
+    }
+
+    /// Peers down for at least `every` and not named in the last `every`: each is returned
+    /// once per `every` while it stays down. Why: after its first lines a peer that stays
+    /// down is silent in the log; a planned stop that became an outage went unnoticed (a
+    /// trial's node, down 100 s with 1,700 hints held for it, drew no line after the first).
+    pub fn still_down(&mut self, now: Instant, every: Duration) -> Vec<StillDown> {
+        let mut due = Vec::new();
+        for (node, (health, _)) in &self.peers {
+            let Health::Down { since, why, .. } = health else {
+                continue;
+            };
+            let down_for = now.saturating_duration_since(*since);
+            let named_lately = self
+                .reminded
+                .get(node)
+                .is_some_and(|at| now.saturating_duration_since(*at) < every);
+            if down_for >= every && !named_lately {
+                due.push(StillDown {
+                    node: node.clone(),
+                    down_for,
+                    why,
+                });
+            }
+        }
+        for d in &due {
+            self.reminded.insert(d.node.clone(), now);
+        }
+        due
     }
 
     /// Down peers whose probe is due; each is rescheduled, so it is returned once per interval.
@@ -320,5 +364,32 @@ mod tests {
         assert!(detector.probe_answered(&stopped));
         assert!(detector.is_up(&stopped));
         assert!(detector.succeeded(&failed), "any answer undoes a failure");
+    }
+
+    /// Goal: a peer that stays down is named again once per interval, not before it has been
+    /// down that long, and not once it is back.
+    #[test]
+    fn a_peer_that_stays_down_is_named_again_once_a_minute() {
+        let mut detector = FailureDetector::new(Duration::from_secs(1));
+        let peer = NodeId::new("n2");
+        let minute = Duration::from_secs(60);
+        let start = Instant::now();
+        assert!(detector.said_stopped(&peer, start));
+        assert!(detector.still_down(start + minute / 2, minute).is_empty());
+        let named = detector.still_down(start + minute, minute);
+        assert_eq!(
+            named,
+            vec![StillDown {
+                node: peer.clone(),
+                down_for: minute,
+                why: SAID_STOPPED
+            }]
+        );
+        assert!(detector
+            .still_down(start + minute * 3 / 2, minute)
+            .is_empty());
+        assert_eq!(detector.still_down(start + minute * 2, minute).len(), 1);
+        assert!(detector.probe_answered(&peer));
+        assert!(detector.still_down(start + minute * 4, minute).is_empty());
     }
 }

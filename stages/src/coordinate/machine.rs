@@ -67,6 +67,8 @@ pub struct CoordinatorSettings {
 
 /// How long a probe may take before it counts as failed (the peer stays down).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a member that stays down is named again in the log ("peer still down").
+const STILL_DOWN_EVERY: Duration = Duration::from_secs(60);
 
 /// One replica of a request: the node asked, and the preference-list node it stands in for.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -120,7 +120,17 @@ impl Coordinator {
                 self.peer_failed(&peer, now, "a probe went unanswered");
             }
         }
-        for peer in self.detector.due_probes(now) {
+        let due = self.detector.due_probes(now);
+        if !due.is_empty() {
+            // At most once per probe interval: name the members that have stayed down.
+            for still in self.detector.still_down(now, STILL_DOWN_EVERY) {
+                if self.serving(&still.node) {
+                    info!(self.logger, "peer still down"; "peer" => %still.node,
+                          "for_s" => still.down_for.as_secs(), "why" => still.why);
+                }
+            }
+        }
+        for peer in due {
             let op = OpId(self.new_id());
             let deadline = now + PROBE_TIMEOUT;
             self.probes.insert(op, (peer.clone(), deadline));
