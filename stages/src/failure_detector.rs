@@ -24,6 +24,8 @@ enum Health {
         /// The peer said it stopped: only a probe's answer brings it back, not an answer or
         /// gossip it sent before it stopped and that arrives after (`said_stopped`).
         until_probed: bool,
+        /// When [`FailureDetector::still_down`] last named it (`None`: not yet).
+        named: Option<Instant>,
     },
 }
 
@@ -51,8 +53,6 @@ pub struct PeerStatus {
 pub struct FailureDetector {
     probe_interval: Duration,
     peers: BTreeMap<NodeId, (Health, u64)>,
-    /// When each peer still down was last named by [`FailureDetector::still_down`].
-    reminded: BTreeMap<NodeId, Instant>,
 }
 
 /// A peer held down long enough to be named again (see [`FailureDetector::still_down`]).
@@ -72,7 +72,6 @@ impl FailureDetector {
         FailureDetector {
             probe_interval,
             peers: BTreeMap::new(),
-            reminded: BTreeMap::new(),
         }
     }
 
@@ -94,28 +93,22 @@ impl FailureDetector {
         let next_probe = now + self.probe_interval;
         let entry = self.peers.entry(peer.clone()).or_insert((Health::Up, 0));
         entry.1 += 1;
-        match entry.0 {
+        match &mut entry.0 {
             Health::Up => {
                 entry.0 = Health::Down {
                     since: now,
                     next_probe,
                     why,
                     until_probed: false,
+                    named: None,
                 };
                 true
             }
+            // Down already: its reason and the rest stay; the next probe moves.
             Health::Down {
-                since,
-                why,
-                until_probed,
-                ..
+                next_probe: probe, ..
             } => {
-                entry.0 = Health::Down {
-                    since,
-                    next_probe,
-                    why,
-                    until_probed,
-                };
+                *probe = next_probe;
                 false
             }
         }
@@ -187,7 +180,6 @@ impl FailureDetector {
     pub fn probe_answered(&mut self, peer: &NodeId) -> bool {
         let was_down = !self.is_up(peer);
         self.peers.insert(peer.clone(), (Health::Up, 0));
-        self.reminded.remove(peer);
         was_down
     }
 
@@ -197,25 +189,23 @@ impl FailureDetector {
     /// trial's node, down 100 s with 1,700 hints held for it, drew no line after the first).
     pub fn still_down(&mut self, now: Instant, every: Duration) -> Vec<StillDown> {
         let mut due = Vec::new();
-        for (node, (health, _)) in &self.peers {
-            let Health::Down { since, why, .. } = health else {
+        for (node, (health, _)) in self.peers.iter_mut() {
+            let Health::Down {
+                since, why, named, ..
+            } = health
+            else {
                 continue;
             };
             let down_for = now.saturating_duration_since(*since);
-            let named_lately = self
-                .reminded
-                .get(node)
-                .is_some_and(|at| now.saturating_duration_since(*at) < every);
+            let named_lately = named.is_some_and(|at| now.saturating_duration_since(at) < every);
             if down_for >= every && !named_lately {
+                *named = Some(now);
                 due.push(StillDown {
                     node: node.clone(),
                     down_for,
                     why,
                 });
             }
-        }
-        for d in &due {
-            self.reminded.insert(d.node.clone(), now);
         }
         due
     }

@@ -342,16 +342,12 @@ impl IntakeMachine {
         if self.refused_while_draining(conn, &frame) {
             return self.refuse_as_stopping(conn, request_id, out);
         }
-        if let Some(client) = self.client_mut(conn) {
-            client.awaiting = client.awaiting.saturating_add(1);
-        } else if matches!(frame.kind, kind::PUT | kind::DELETE) {
-            if let Some(peer) = self
-                .connections
-                .get_mut(&conn)
-                .filter(|c| c.authenticated.is_some())
-            {
+        if self.is_forwarded(conn, &frame) {
+            if let Some(peer) = self.connections.get_mut(&conn) {
                 peer.forwarded.insert(request_id);
             }
+        } else if let Some(client) = self.client_mut(conn) {
+            client.awaiting = client.awaiting.saturating_add(1);
         }
         out.request(ParseEvent {
             conn,
@@ -553,8 +549,11 @@ impl Machine for IntakeMachine {
         match event {
             IntakeEvent::Send { conn, frame } => {
                 if let Some(connection) = self.connections.get_mut(&conn) {
-                    if let Some(id) = request_id_of(&frame) {
-                        connection.forwarded.remove(&id);
+                    // Only a proven peer's connection has any: a client's reply reads nothing.
+                    if !connection.forwarded.is_empty() {
+                        if let Some(id) = request_id_of(&frame) {
+                            connection.forwarded.remove(&id);
+                        }
                     }
                     out.socket(SocketCommand::Write { conn, frame });
                     self.answered(conn, out);

@@ -402,48 +402,51 @@ impl Intake {
             return false;
         }
         let now = Instant::now();
+        let timeout = drain.timeout;
         if drain.deadline.is_none() {
-            drain.deadline = Some(now + drain.timeout);
-            if drain.timeout.is_zero() {
-                info!(self.logger, "stopping at once: drain_timeout_ms is 0, requests already taken are cut off"; "owed" => self.machine.owed());
+            drain.deadline = Some(now + timeout);
+            self.machine.begin_drain();
+            let owed = self.machine.owed();
+            if timeout.is_zero() {
+                info!(self.logger, "stopping at once: drain_timeout_ms is 0, requests already taken are cut off"; "owed" => owed);
             } else {
-                info!(self.logger, "stopping: answering the client requests already taken, refusing new ones"; "owed" => self.machine.owed(), "for_at_most_ms" => drain.timeout.as_millis());
+                info!(self.logger, "stopping: answering the client requests already taken, refusing new ones"; "owed" => owed, "for_at_most_ms" => timeout.as_millis());
             }
         }
-        if let Some(at) = drain.announced {
+        // Copied out: the steps below need the whole loop.
+        let (deadline, clients_closed, announced) =
+            (drain.deadline, drain.clients_closed, drain.announced);
+        if let Some(at) = announced {
             return self.machine.peers_open() == 0 || now >= at + DRAIN_ANNOUNCE;
         }
-        let (deadline, timeout) = (drain.deadline.unwrap_or(now), drain.timeout);
-        self.machine.begin_drain();
         let closed = self.machine.drain_step(&mut self.outbox);
         self.settle(Now::real());
-        let Some(drain) = self.drain.as_mut() else {
-            return true;
-        };
-        if closed && drain.clients_closed.is_none() {
-            drain.clients_closed = Some(now);
-        }
+        let clients_closed = clients_closed.or(closed.then_some(now));
         let lingered = !self.sockets.linger.lingering()
-            || drain
-                .clients_closed
-                .is_some_and(|at| now >= at + DRAIN_LINGER);
-        let (owed, open) = (self.machine.owed(), self.machine.clients_open());
+            || clients_closed.is_some_and(|at| now >= at + DRAIN_LINGER);
+        let timed_out = deadline.is_some_and(|at| now >= at);
         if closed && lingered {
             info!(
                 self.logger,
                 "stopping: every client request taken was answered"
             );
-        } else if now < deadline {
+        } else if !timed_out {
+            if let Some(drain) = self.drain.as_mut() {
+                drain.clients_closed = clients_closed;
+            }
             return false;
-        } else if timeout.is_zero() {
-            info!(self.logger, "stopping at once: requests taken and not answered are cut off"; "owed" => owed);
-        } else if owed > 0 || open > 0 {
-            warn!(self.logger, "stopping with client requests taken and not answered, or answers not yet written: the drain's time is up; they may have been applied (a client that sends them again may write twice)";
-                  "owed" => owed, "client_connections_open" => open, "drain_timeout_ms" => timeout.as_millis());
+        } else if !timeout.is_zero() {
+            let (owed, open) = (self.machine.owed(), self.machine.clients_open());
+            if owed > 0 || open > 0 {
+                warn!(self.logger, "stopping with client requests taken and not answered, or answers not yet written: the drain's time is up; they may have been applied (a client that sends them again may write twice)";
+                      "owed" => owed, "client_connections_open" => open, "drain_timeout_ms" => timeout.as_millis());
+            }
         }
-        drain.announced = Some(now);
         self.machine.announce_stop(&mut self.outbox);
         self.settle(Now::real());
+        if let Some(drain) = self.drain.as_mut() {
+            drain.announced = Some(now);
+        }
         false
     }
 

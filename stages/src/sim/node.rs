@@ -402,18 +402,18 @@ impl Machines {
         deliver(&mut self.intake, now, &mut outbox, post);
     }
 
-    /// A clean stop's drain, one step (`IntakeMachine::begin_drain`, `drain_step`); with
-    /// `announce` its last: the peers are told and their connections closed. Whether no client
-    /// connection is left.
-    pub fn drain(&mut self, now: Now, announce: bool, post: &mut SimPost<'_>) -> bool {
+    /// A clean stop's drain, one step (`IntakeMachine::begin_drain`, `drain_step`); its last
+    /// once no client connection is left or `timed_out`: the peers are told and their
+    /// connections closed. Whether that was the last.
+    pub fn drain(&mut self, now: Now, timed_out: bool, post: &mut SimPost<'_>) -> bool {
         let mut outbox = Outbox::new();
         self.intake.begin_drain();
-        let done = self.intake.drain_step(&mut outbox);
-        if announce {
+        let last = self.intake.drain_step(&mut outbox) || timed_out;
+        if last {
             self.intake.announce_stop(&mut outbox);
         }
         deliver(&mut self.intake, now, &mut outbox, post);
-        done
+        last
     }
 
     /// One of the intake's connections closed.

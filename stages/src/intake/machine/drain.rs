@@ -44,15 +44,20 @@ impl IntakeMachine {
         if self.drain == Drain::Off {
             return false;
         }
-        let forwarded = matches!(frame.kind, kind::PUT | kind::DELETE)
-            && self
-                .connections
-                .get(&conn)
-                .is_some_and(|c| c.authenticated.is_some());
         // What only reads the node's state is still answered (a trial found `admin members`
         // refused while `admin stats` was answered).
         let reads_state = matches!(frame.kind, kind::MEMBERS | kind::RING);
-        forwarded || (self.is_client(conn) && !reads_state)
+        self.is_forwarded(conn, frame) || (self.is_client(conn) && !reads_state)
+    }
+
+    /// Whether `frame` on `conn` is a put or delete a proven peer forwarded (a peer sends a
+    /// client's kind of request only to forward it).
+    pub(super) fn is_forwarded(&self, conn: ConnId, frame: &Frame) -> bool {
+        matches!(frame.kind, kind::PUT | kind::DELETE)
+            && self
+                .connections
+                .get(&conn)
+                .is_some_and(|c| c.authenticated.is_some())
     }
 
     /// The answer to a refused frame.

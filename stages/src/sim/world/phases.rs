@@ -335,14 +335,12 @@ impl World {
         if !self.current(node, incarnation) {
             return;
         }
-        let mut clients_closed = false;
+        let timed_out = self.sched.time >= since + SIM_DRAIN_US;
+        let mut announced = false;
         self.with_machines(node, |machines, now, post| {
-            clients_closed = machines.drain(now, false, post);
+            announced = machines.drain(now, timed_out, post);
         });
-        if clients_closed || self.sched.time >= since + SIM_DRAIN_US {
-            self.with_machines(node, |machines, now, post| {
-                machines.drain(now, true, post);
-            });
+        if announced {
             self.sched.after(1_000, Job::DrainEnd { node, incarnation });
         } else {
             self.sched.after(
