@@ -107,13 +107,14 @@ fn to_peer(frame: &[u8]) -> IntakeEvent {
 }
 
 /// `dialer` sends a ping to `receiver` (n2): the dial and hello, the receiver's challenge, and
-/// the dialer's answer to it. The link, and what the dialer did with the challenge.
+/// the dialer's answer to it. The link, the receiver's side of it, and what the dialer did
+/// with the challenge.
 fn dial_and_answer(
     dialer: &mut IntakeMachine,
     receiver: &mut IntakeMachine,
     now: Now,
     out: &mut Outbox,
-) -> (ConnId, Written) {
+) -> (ConnId, ConnId, Written) {
     dialer.on_event(now, to_peer(&ping()), out);
     let w = written(out);
     let link = w.dialled[0];
@@ -121,7 +122,7 @@ fn dial_and_answer(
     receiver.on_received(now, incoming, &w.frames[0].1, out);
     let challenge = written(out).frames.remove(0).1;
     dialer.on_received(now, link, &challenge, out);
-    (link, written(out))
+    (link, incoming, written(out))
 }
 
 fn ping() -> Vec<u8> {
@@ -183,7 +184,7 @@ fn a_challenge_from_another_cluster_closes_the_link_and_sends_nothing() {
         machine("n2", b"another-cluster-secret", 2),
     );
     let mut out = Outbox::new();
-    let (link, w) = dial_and_answer(&mut dialer, &mut stranger, now, &mut out);
+    let (link, _, w) = dial_and_answer(&mut dialer, &mut stranger, now, &mut out);
     assert_eq!(w.frames.len(), 0, "no proof and no held frame");
     assert_eq!(w.closed, vec![link]);
     assert_eq!(w.failed, vec![(NodeId::new("n2"), false)]);
@@ -202,7 +203,7 @@ fn a_refused_handshake_is_the_reason_requests_to_that_peer_fail() {
         machine("n2", b"another-cluster-secret", 2),
     );
     let mut out = Outbox::new();
-    let (_, w) = dial_and_answer(&mut dialer, &mut stranger, now, &mut out);
+    let (_, _, w) = dial_and_answer(&mut dialer, &mut stranger, now, &mut out);
     let first = w.refused.first().cloned().flatten().expect("a reason");
     assert!(first.contains("refused this node's handshake"), "{first}");
     dialer.on_event(now, to_peer(&ping()), &mut out);
@@ -280,7 +281,7 @@ fn an_unauthorized_answer_on_a_link_closes_it_for_a_fresh_handshake() {
     let now = Now::real();
     let (mut dialer, mut receiver) = (machine("n1", SECRET, 1), machine("n2", SECRET, 2));
     let mut out = Outbox::new();
-    let (link, w) = dial_and_answer(&mut dialer, &mut receiver, now, &mut out);
+    let (link, _, w) = dial_and_answer(&mut dialer, &mut receiver, now, &mut out);
     assert_eq!(w.frames.len(), 2, "proof and ping");
 
     let refusal = crate::event::encode_reply(
@@ -439,18 +440,8 @@ fn a_stopping_node_tells_its_peers_and_only_a_peer_may_say_it() {
     let (mut n1, mut n2) = (machine("n1", SECRET, 1), machine("n2", SECRET, 2));
     let mut out = Outbox::new();
     // n1 dials n2; n2's side of the link is the connection n1 proved itself on.
-    n1.on_event(now, to_peer(&ping()), &mut out);
-    let hello = written(&mut out);
-    let link = hello.dialled[0];
-    let incoming = n2.accept().expect("accepted");
-    n2.on_received(now, incoming, &hello.frames[0].1, &mut out);
-    let challenge = written(&mut out).frames.remove(0).1;
-    n1.on_received(now, link, &challenge, &mut out);
-    let proof: Vec<u8> = written(&mut out)
-        .frames
-        .into_iter()
-        .flat_map(|(_, f)| f)
-        .collect();
+    let (link, incoming, answered) = dial_and_answer(&mut n1, &mut n2, now, &mut out);
+    let proof: Vec<u8> = answered.frames.into_iter().flat_map(|(_, f)| f).collect();
     n2.on_received(now, incoming, &proof, &mut out);
     assert_eq!(written(&mut out).parsed_as_peer, 1, "n1 proved itself");
 
