@@ -37,7 +37,7 @@ mod store;
 mod trees;
 
 pub use commit::CommitMachine;
-pub use engine::{Engine, FjallEngine, Space};
+pub use engine::{journal_files, Engine, FjallEngine, Space};
 pub use memory::{MemoryBackup, MemoryEngine};
 pub use store::{
     actor_node, ActorOrigin, StorageError, Store, VersionLimits, DEFAULT_OBJECT_CACHE_BYTES,

@@ -4,7 +4,7 @@
 
 use super::*;
 
-fn journal_files(dir: &Path) -> Vec<PathBuf> {
+fn journal_files_in(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .expect("data dir")
         .map(|entry| entry.expect("entry").path())
@@ -182,7 +182,7 @@ fn rotated(dir: &Path) -> (FjallEngine, u64) {
 #[test]
 fn a_flush_that_cannot_find_the_journal_fails_alone() {
     let (dir, engine) = engine_holding_k();
-    for path in journal_files(dir.path()) {
+    for path in journal_files_in(dir.path()) {
         std::fs::remove_file(path).expect("remove journal");
     }
     match engine.persist() {
@@ -257,7 +257,7 @@ fn fjall_poisoning_itself_counts_as_the_engines_failure() {
 /// Whether a journal file in `dir`, as the OS has it, contains `marker` (fjall preallocates
 /// its journal files, so their length says nothing).
 fn journal_holds(dir: &Path, marker: &[u8]) -> bool {
-    journal_files(dir).iter().any(|path| {
+    journal_files_in(dir).iter().any(|path| {
         let bytes = std::fs::read(path).expect("journal readable");
         bytes.windows(marker.len()).any(|window| window == marker)
     })
@@ -307,5 +307,39 @@ fn a_write_reaches_the_os_at_the_write_out_and_one_under_way_is_never_counted_ou
         engine.written_out.load(Ordering::SeqCst),
         engine.writes_begun.load(Ordering::SeqCst),
         "counted once it is done"
+    );
+}
+
+/// Goal: a rarely written keyspace does not hold the journal past its bound: once the
+/// journal passes `JOURNAL_BYTES`, fjall flushes the keyspace holding its oldest file back
+/// (here the meta keyspace, written once before 198 MiB of objects) and the files every
+/// keyspace flushed past go, so a crash's restart replays little. At fjall's default bound
+/// (512 MiB) all four files stay.
+#[test]
+fn a_rarely_written_keyspace_does_not_hold_the_journal_past_its_bound() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = FjallEngine::open(dir.path()).expect("opens");
+    engine.insert(Space::Meta, b"m", b"1").expect("insert");
+    let mut state = 0x9e37_79b9_7f4a_7c15;
+    for round in 0..3 {
+        write_mib(&engine, round * 66..(round + 1) * 66, &mut state);
+        engine
+            .keyspace(Space::Objects)
+            .rotate_memtable_and_wait()
+            .expect("memtable flushed");
+    }
+    // The meta keyspace's flush and the removals run on fjall's workers: give them a moment.
+    let started = Instant::now();
+    while journal_files(dir.path()) > 2 && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        journal_files(dir.path()) <= 2,
+        "journal files kept: {:?}",
+        journal_files_in(dir.path())
+    );
+    assert_eq!(
+        engine.get(Space::Meta, b"m").expect("get"),
+        Some(b"1".to_vec())
     );
 }
