@@ -327,6 +327,9 @@ pub struct LoadPhaseReport {
     /// Keys written: absent, holding a value of another size, or holding siblings (which the
     /// put reconciled, since it carries the context of its read).
     pub written: u64,
+    /// Of the keys written, those the read found absent (the others were reconciled or
+    /// resized): after a restart, over keys a run already loaded, what the node lost.
+    pub missing: u64,
     /// Keys left alone: they already held one value of the run's size.
     pub kept: u64,
     /// Keys whose read or write failed, by error kind; the run went on without them.
@@ -338,6 +341,7 @@ pub struct LoadPhaseReport {
 impl LoadPhaseReport {
     fn merge(&mut self, other: LoadPhaseReport) {
         self.written += other.written;
+        self.missing += other.missing;
         self.kept += other.kept;
         for (kind, n) in other.errors {
             *self.errors.entry(kind).or_default() += n;
@@ -413,14 +417,17 @@ fn load_keys(
     for k in keys {
         let name = key_name(&config.key_prefix, k);
         match load_key(&mut connection, name.as_bytes(), &value) {
-            Ok((wrote, context)) => {
+            Ok((found, context)) => {
                 if let Some(context) = context {
                     contexts.remember(k, context);
                 }
-                if wrote {
-                    report.written += 1;
-                } else {
-                    report.kept += 1;
+                match found {
+                    Found::Loaded => report.kept += 1,
+                    Found::Other => report.written += 1,
+                    Found::Absent => {
+                        report.written += 1;
+                        report.missing += 1;
+                    }
                 }
             }
             Err(e) => *report.errors.entry(e.kind().to_string()).or_default() += 1,
@@ -429,20 +436,35 @@ fn load_keys(
     report
 }
 
-/// Makes `key` hold exactly one value of `value`'s size; returns whether it wrote, and the
-/// context to write the key with next (the read's when it kept the value, the put's when it
-/// wrote).
+/// What the load phase's read of a key found.
+enum Found {
+    /// One value of the run's size: left alone.
+    Loaded,
+    /// Nothing: written.
+    Absent,
+    /// Siblings, or a value of another size: written over (reconciled).
+    Other,
+}
+
+/// Makes `key` hold exactly one value of `value`'s size; returns what its read found (it
+/// wrote unless `Loaded`), and the context to write the key with next (the read's when it
+/// kept the value, the put's when it wrote).
 fn load_key(
     connection: &mut Connection,
     key: &[u8],
     value: &[u8],
-) -> Result<(bool, Option<Context>), OpError> {
+) -> Result<(Found, Option<Context>), OpError> {
     let read = connection.get(key)?;
     if read.single_value_bytes == Some(value.len()) {
-        return Ok((false, read.context));
+        return Ok((Found::Loaded, read.context));
     }
+    let found = if read.siblings == 0 {
+        Found::Absent
+    } else {
+        Found::Other
+    };
     let context = connection.put(key, read.context.as_ref(), value)?;
-    Ok((true, context))
+    Ok((found, context))
 }
 
 /// One client thread of the run: thread `index` of the run's schedule from `start`, drawing

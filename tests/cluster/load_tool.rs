@@ -4,6 +4,7 @@
 //! against one cluster, so this is what makes their figures honest.
 
 use super::support::{free_ports, TestCluster, TestNode, CLIENT_TIMEOUT};
+use shoal::client::RequestOptions;
 use shoal::load::keys::KeyChoice;
 use shoal::load::target::TargetSpec;
 use shoal::load::{run, LoadConfig, LoadReport, Workload};
@@ -214,8 +215,10 @@ fn cluster_client_learns_n_from_the_ring() {
 }
 
 /// Goal: the load phase leaves alone a key that already holds one value of the run's size,
-/// and writes (reconciling) only the others. Method: a first run's load phase writes every
-/// key; a second, load-only run (no operations) writes none.
+/// writes (reconciling) only the others, and counts apart those it found absent (what a
+/// restart lost). Method: a first run's load phase writes every key, all absent; a second,
+/// load-only run (no operations) writes none; after a blind put makes siblings of one key,
+/// a third writes that one, found present.
 #[test]
 fn load_phase_keeps_keys_already_loaded() {
     let node = TestNode::start("");
@@ -228,8 +231,19 @@ fn load_phase_keeps_keys_already_loaded() {
     let first = run_ok(&config);
     let second = run_ok(&config);
     let (first, second) = (first.load.expect("ran"), second.load.expect("ran"));
-    assert_eq!((first.written, first.kept), (KEYS, 0));
-    assert_eq!((second.written, second.kept), (0, KEYS));
+    assert_eq!((first.written, first.missing, first.kept), (KEYS, KEYS, 0));
+    assert_eq!((second.written, second.missing, second.kept), (0, 0, KEYS));
+    let key = shoal::load::keys::key_name(shoal::load::keys::DEFAULT_KEY_PREFIX, 3);
+    node.client()
+        .put(
+            key.as_bytes(),
+            None,
+            b"a sibling",
+            RequestOptions::default(),
+        )
+        .expect("blind put");
+    let third = run_ok(&config).load.expect("ran");
+    assert_eq!((third.written, third.missing, third.kept), (1, 0, KEYS - 1));
 }
 
 /// A `redis-server` on a free loopback port, persistence off, stopped on drop.

@@ -137,8 +137,9 @@ fn print_report(report: &LoadReport) {
     );
     if let Some(load) = &report.load {
         println!(
-            "load phase: {} keys written, {} already loaded, {} failed in {:.1} s",
+            "load phase: {} keys written ({} of them absent before), {} already loaded, {} failed in {:.1} s",
             load.written,
+            load.missing,
             load.kept,
             load.failed(),
             load.elapsed_secs
