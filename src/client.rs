@@ -43,9 +43,9 @@ pub enum ClientError {
     /// The node's frame was not a valid message.
     #[error("bad message from node: {0}")]
     Wire(#[from] WireError),
-    /// The node closed the connection.
-    #[error("node closed the connection")]
-    Closed,
+    /// The node (named) closed the connection with no answer to come.
+    #[error("{0} closed the connection without answering{UNANSWERED}")]
+    Closed(String),
     /// The reply does not match the request.
     #[error("unexpected reply: {0}")]
     UnexpectedReply(String),
@@ -53,6 +53,11 @@ pub enum ClientError {
     #[error("{0}")]
     Usage(String),
 }
+
+/// What a request a node left unanswered means: a node that stops cleanly answers every
+/// request it took before it closes (README, a clean stop), so one left unanswered then was
+/// never applied; a crash promises nothing.
+const UNANSWERED: &str = " (if it is stopping cleanly it did nothing with a request it left unanswered: send it to another node; after a crash it may have been applied)";
 
 impl ClientError {
     /// Whether the connection the error came from can carry no more requests: anything but
@@ -237,6 +242,9 @@ impl Client {
                 "{}: no progress within {:?} (is it a shoal node, and is it overloaded?)",
                 self.node, self.timeout
             ),
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => format!("{}: {error}{UNANSWERED}", self.node),
             _ => format!("{}: {error}", self.node),
         };
         ClientError::Io(io::Error::new(error.kind(), what))
@@ -274,7 +282,7 @@ impl Client {
                 .read(&mut self.buffer)
                 .map_err(|e| self.io_error(e))?;
             if n == 0 {
-                return Err(ClientError::Closed);
+                return Err(ClientError::Closed(self.node.clone()));
             }
             self.decoder.extend(&self.buffer[..n]);
         }

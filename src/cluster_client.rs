@@ -159,7 +159,9 @@ impl ClusterClient {
             match call(client) {
                 Ok(value) => return Ok(value),
                 Err(
-                    error @ (ClientError::Io(_) | ClientError::Closed | ClientError::Frame { .. }),
+                    error @ (ClientError::Io(_)
+                    | ClientError::Closed(_)
+                    | ClientError::Frame { .. }),
                 ) => {
                     self.mark_down(&node);
                     last_error = error;

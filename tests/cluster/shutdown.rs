@@ -77,7 +77,7 @@ fn a_stopping_node_answers_every_request_it_took_and_applies_none_it_did_not_ans
                     },
                 );
             }
-            Err(ClientError::Closed | ClientError::Io(_)) => break,
+            Err(ClientError::Closed(_) | ClientError::Io(_)) => break,
             Err(other) => panic!("after the stop: {other}"),
         }
     }
