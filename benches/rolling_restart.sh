@@ -4,7 +4,8 @@
 # THREADS load threads, while each node in turn gets SIGTERM, stays down DOWN_SECS, is started
 # again and given UP_SECS before the next. Reports what the clients saw (failed operations by
 # kind, p99 and p99.9 of the whole run, the worst second's p99, reads that saw siblings), how
-# long each stop took (SIGTERM to exit: the drain), and what the nodes logged about it: WARN
+# long each stop took (SIGTERM to exit: the drain) and each start (to listening: the journal's
+# replay, if any), and what the nodes logged about it: WARN
 # lines in all ("peer link lost" among them) and the drains' own lines.
 #
 # Usage: benches/rolling_restart.sh
@@ -19,7 +20,7 @@ source benches/lib.sh
 start() { # i
   "$bin/shoal" node --config "config/cluster-n$1.toml" --data "$work/d$1" > "$work/n$1.out" 2>> "$work/n$1.log" &
   pid[$1]=$!
-  for _ in $(seq 200); do grep -q listening "$work/n$1.out" 2>/dev/null && return; sleep 0.05; done
+  for _ in $(seq 1000); do grep -q listening "$work/n$1.out" 2>/dev/null && return; sleep 0.01; done
   fail "n$1 did not start (see its log)"
 }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
@@ -40,7 +41,9 @@ for i in 1 2 3; do
   unset "pid[$i]"
   sleep "$down_secs"
   : > "$work/n$i.out"
+  t0=$(now_ms)
   start "$i"
+  echo "n$i listening again in $(( $(now_ms) - t0 )) ms"
   sleep "$up_secs"
 done
 wait "$load_pid" || fail "the load run failed: $(tail -3 "$work/load.out")"
