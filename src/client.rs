@@ -43,9 +43,12 @@ pub enum ClientError {
     /// The node's frame was not a valid message.
     #[error("bad message from node: {0}")]
     Wire(#[from] WireError),
-    /// The node (named) closed the connection with no answer to come.
-    #[error("{0} closed the connection without answering{UNANSWERED}")]
-    Closed(String),
+    /// The node closed the connection with no answer to come.
+    #[error("{addr} closed the connection without answering{UNANSWERED}")]
+    Closed {
+        /// The node, as the caller named it.
+        addr: String,
+    },
     /// The reply does not match the request.
     #[error("unexpected reply: {0}")]
     UnexpectedReply(String),
@@ -54,10 +57,11 @@ pub enum ClientError {
     Usage(String),
 }
 
-/// What a request a node left unanswered means: a node that stops cleanly answers every
-/// request it took before it closes (README, a clean stop), so one left unanswered then was
-/// never applied; a crash promises nothing.
-const UNANSWERED: &str = " (if it is stopping cleanly it did nothing with a request it left unanswered: send it to another node; after a crash it may have been applied)";
+/// What a request a node left unanswered means. A connection ends unanswered for many
+/// reasons (a crash, a refused frame, a deadline, the network), and the request may have
+/// been applied; but a node that stops cleanly answers every request it took before its
+/// drain ends (README, a clean stop), so then it was not.
+const UNANSWERED: &str = ": the request may have been applied, unless the node was stopping cleanly and its drain finished in time (then it was not)";
 
 impl ClientError {
     /// Whether the connection the error came from can carry no more requests: anything but
@@ -282,7 +286,9 @@ impl Client {
                 .read(&mut self.buffer)
                 .map_err(|e| self.io_error(e))?;
             if n == 0 {
-                return Err(ClientError::Closed(self.node.clone()));
+                return Err(ClientError::Closed {
+                    addr: self.node.clone(),
+                });
             }
             self.decoder.extend(&self.buffer[..n]);
         }
@@ -465,5 +471,34 @@ impl Client {
             Message::StatsReply(reply) => Ok(reply),
             other => Err(ClientError::UnexpectedReply(other.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a connection the node reset or broke names the node and says what a request it
+    /// left unanswered means; a timeout says it made no progress instead.
+    #[test]
+    fn a_reset_connection_names_the_node_and_what_an_unanswered_request_means() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let client = Client::connect(&addr, Duration::from_secs(5)).expect("connects");
+        for kind in [
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::BrokenPipe,
+        ] {
+            let said = client.io_error(io::Error::from(kind)).to_string();
+            assert!(said.contains(&addr) && said.contains(UNANSWERED), "{said}");
+        }
+        let said = client
+            .io_error(io::Error::from(io::ErrorKind::WouldBlock))
+            .to_string();
+        assert!(
+            said.contains("no progress") && !said.contains(UNANSWERED),
+            "{said}"
+        );
     }
 }

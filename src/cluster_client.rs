@@ -160,7 +160,7 @@ impl ClusterClient {
                 Ok(value) => return Ok(value),
                 Err(
                     error @ (ClientError::Io(_)
-                    | ClientError::Closed(_)
+                    | ClientError::Closed { .. }
                     | ClientError::Frame { .. }),
                 ) => {
                     self.mark_down(&node);

@@ -5,21 +5,22 @@
 
 pub mod contexts;
 pub mod keys;
+pub mod phase;
 pub mod plot;
 pub mod report;
 pub mod schedule;
 pub mod stage_sampler;
 pub mod target;
 
-use crate::client::{Context, Durability, RequestOptions};
+use crate::client::{Durability, RequestOptions};
 use contexts::Contexts;
 use keys::{key_name, KeyChoice, KeyChooser, Rng};
+use phase::{load_phase, LoadPhaseReport};
 use report::{summarize, OpSummary, Recorder};
 use schedule::Schedule;
 use serde::Serialize;
 use shoal_stages::error::ServiceError;
 use stage_sampler::{StageSampler, StageSummary};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,9 +32,6 @@ const RECONCILE_ATTEMPTS: u32 = 4;
 
 /// Pause between a worker's attempts to connect.
 const CONNECT_RETRY: Duration = Duration::from_millis(100);
-/// Connection attempts of a load-phase thread (`CONNECT_RETRY` apart) before it gives up its
-/// share of the keys.
-const LOAD_CONNECT_ATTEMPTS: u32 = 50;
 
 /// How long a closed-loop worker waits after a request no node could be reached for.
 const UNREACHABLE_PAUSE: Duration = Duration::from_millis(20);
@@ -321,152 +319,6 @@ fn live_lines(
     }
 }
 
-/// What the load phase did, key by key.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct LoadPhaseReport {
-    /// Keys written: absent, holding a value of another size, or holding siblings (which the
-    /// put reconciled, since it carries the context of its read).
-    pub written: u64,
-    /// Of the keys written, those the read found absent (the others were reconciled or
-    /// resized): after a restart, over keys a run already loaded, what the node lost.
-    pub missing: u64,
-    /// Keys left alone: they already held one value of the run's size.
-    pub kept: u64,
-    /// Keys whose read or write failed, by error kind; the run went on without them.
-    pub errors: BTreeMap<String, u64>,
-    /// How long the phase took.
-    pub elapsed_secs: f64,
-}
-
-impl LoadPhaseReport {
-    fn merge(&mut self, other: LoadPhaseReport) {
-        self.written += other.written;
-        self.missing += other.missing;
-        self.kept += other.kept;
-        for (kind, n) in other.errors {
-            *self.errors.entry(kind).or_default() += n;
-        }
-    }
-
-    /// Keys that failed.
-    pub fn failed(&self) -> u64 {
-        self.errors.values().sum()
-    }
-}
-
-/// Fills every key, split over the threads, so that running it again changes nothing: each key
-/// is read first and left alone when it holds one value of the run's size; otherwise it is
-/// written with the context of that read, which replaces every sibling instead of adding one.
-/// A key that fails is counted by error kind and the phase goes on.
-fn load_phase(
-    config: &LoadConfig,
-    options: RequestOptions,
-    contexts: &Arc<Contexts>,
-) -> Result<LoadPhaseReport, String> {
-    let started = Instant::now();
-    let threads = config.threads.max(1) as u64;
-    let per_thread = config.keys.div_ceil(threads);
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let config = config.clone();
-            let contexts = Arc::clone(contexts);
-            std::thread::spawn(move || {
-                let keys = (t * per_thread)..((t + 1) * per_thread).min(config.keys);
-                load_keys(&config, options, keys, &contexts)
-            })
-        })
-        .collect();
-    let mut report = LoadPhaseReport::default();
-    for handle in handles {
-        report.merge(
-            handle
-                .join()
-                .map_err(|_| "a load thread panicked".to_string())?,
-        );
-    }
-    report.elapsed_secs = started.elapsed().as_secs_f64();
-    Ok(report)
-}
-
-/// One load-phase thread: its share of the keys over one connection.
-fn load_keys(
-    config: &LoadConfig,
-    options: RequestOptions,
-    keys: std::ops::Range<u64>,
-    contexts: &Contexts,
-) -> LoadPhaseReport {
-    let mut report = LoadPhaseReport::default();
-    // A node refusing the ring fetch from a full queue, or a moment unreachable, would
-    // otherwise write off this thread's whole share of the keys: try a while first.
-    let mut attempts = 0;
-    let opened = open_retrying(config, options, |_| {
-        attempts += 1;
-        attempts <= LOAD_CONNECT_ATTEMPTS
-    });
-    let mut connection = match opened {
-        Ok(connection) => connection,
-        Err(error) => {
-            report.errors.insert(
-                format!("connect:{}", error.kind),
-                keys.end.saturating_sub(keys.start),
-            );
-            return report;
-        }
-    };
-    let value = vec![b'x'; config.value_bytes];
-    for k in keys {
-        let name = key_name(&config.key_prefix, k);
-        match load_key(&mut connection, name.as_bytes(), &value) {
-            Ok((found, context)) => {
-                if let Some(context) = context {
-                    contexts.remember(k, context);
-                }
-                match found {
-                    Found::Loaded => report.kept += 1,
-                    Found::Other => report.written += 1,
-                    Found::Absent => {
-                        report.written += 1;
-                        report.missing += 1;
-                    }
-                }
-            }
-            Err(e) => *report.errors.entry(e.kind().to_string()).or_default() += 1,
-        }
-    }
-    report
-}
-
-/// What the load phase's read of a key found.
-enum Found {
-    /// One value of the run's size: left alone.
-    Loaded,
-    /// Nothing: written.
-    Absent,
-    /// Siblings, or a value of another size: written over (reconciled).
-    Other,
-}
-
-/// Makes `key` hold exactly one value of `value`'s size; returns what its read found (it
-/// wrote unless `Loaded`), and the context to write the key with next (the read's when it
-/// kept the value, the put's when it wrote).
-fn load_key(
-    connection: &mut Connection,
-    key: &[u8],
-    value: &[u8],
-) -> Result<(Found, Option<Context>), OpError> {
-    let read = connection.get(key)?;
-    if read.single_value_bytes == Some(value.len()) {
-        return Ok((Found::Loaded, read.context));
-    }
-    let found = if read.siblings == 0 {
-        Found::Absent
-    } else {
-        Found::Other
-    };
-    let context = connection.put(key, read.context.as_ref(), value)?;
-    Ok((found, context))
-}
-
 /// One client thread of the run: thread `index` of the run's schedule from `start`, drawing
 /// keys with the `chooser` built for all, over `connection` (opened before the clock; `None`
 /// if that failed, and it dials itself).
@@ -559,7 +411,7 @@ fn connect_worker(
 
 /// Opens a connection, trying again `CONNECT_RETRY` later after each failure for as long as
 /// `again` says; the last failure otherwise.
-fn open_retrying(
+pub(crate) fn open_retrying(
     config: &LoadConfig,
     options: RequestOptions,
     mut again: impl FnMut(&OpenError) -> bool,

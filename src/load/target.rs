@@ -221,7 +221,7 @@ pub fn op_error(error: ClientError) -> OpError {
     OpError::Other(match error {
         ClientError::Service(e) | ClientError::Refused(e) => return OpError::Service(e),
         ClientError::Io(e) => return OpError::Unreachable(format!("io:{:?}", e.kind())),
-        ClientError::Closed(_) => return OpError::Unreachable("closed".into()),
+        ClientError::Closed { .. } => return OpError::Unreachable("closed".into()),
         ClientError::Frame { .. } | ClientError::Wire(_) => "protocol".into(),
         ClientError::UnexpectedReply(_) => "unexpected-reply".into(),
         ClientError::Usage(_) => "usage".into(),

@@ -231,8 +231,8 @@ fn load_phase_keeps_keys_already_loaded() {
     let first = run_ok(&config);
     let second = run_ok(&config);
     let (first, second) = (first.load.expect("ran"), second.load.expect("ran"));
-    assert_eq!((first.written, first.missing, first.kept), (KEYS, KEYS, 0));
-    assert_eq!((second.written, second.missing, second.kept), (0, 0, KEYS));
+    assert_eq!((first.written, first.absent, first.kept), (KEYS, KEYS, 0));
+    assert_eq!((second.written, second.absent, second.kept), (0, 0, KEYS));
     let key = shoal::load::keys::key_name(shoal::load::keys::DEFAULT_KEY_PREFIX, 3);
     node.client()
         .put(
@@ -243,7 +243,7 @@ fn load_phase_keeps_keys_already_loaded() {
         )
         .expect("blind put");
     let third = run_ok(&config).load.expect("ran");
-    assert_eq!((third.written, third.missing, third.kept), (1, 0, KEYS - 1));
+    assert_eq!((third.written, third.absent, third.kept), (1, 0, KEYS - 1));
 }
 
 /// A `redis-server` on a free loopback port, persistence off, stopped on drop.

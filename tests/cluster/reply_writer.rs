@@ -145,7 +145,7 @@ fn a_client_that_stops_sending_after_its_requests_gets_every_answer() {
                 assert_eq!(reply.values.len(), 1, "{reply:?}");
             }
             Ok((id, other)) => panic!("request {id}: unexpected {other}"),
-            Err(ClientError::Closed(_)) => break,
+            Err(ClientError::Closed { .. }) => break,
             Err(e) => panic!("the node neither answered nor closed: {e}"),
         }
     }

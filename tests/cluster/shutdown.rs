@@ -77,7 +77,15 @@ fn a_stopping_node_answers_every_request_it_took_and_applies_none_it_did_not_ans
                     },
                 );
             }
-            Err(ClientError::Closed(_) | ClientError::Io(_)) => break,
+            Err(end @ (ClientError::Closed { .. } | ClientError::Io(_))) => {
+                // Closed or reset, the client says what an unanswered request means here.
+                let said = end.to_string();
+                assert!(
+                    said.starts_with(&node.addr) && said.contains("stopping cleanly"),
+                    "{said}"
+                );
+                break;
+            }
             Err(other) => panic!("after the stop: {other}"),
         }
     }

@@ -139,7 +139,7 @@ fn print_report(report: &LoadReport) {
         println!(
             "load phase: {} keys written ({} of them absent before), {} already loaded, {} failed in {:.1} s",
             load.written,
-            load.missing,
+            load.absent,
             load.kept,
             load.failed(),
             load.elapsed_secs

@@ -27,15 +27,18 @@ const JOURNAL_LOOKUPS: usize = 3;
 /// throughput was kept; the side-by-side load did not tell the two apart.
 const MEMTABLE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// The journal fjall keeps before it flushes the keyspaces that hold its oldest file back
-/// (fjall's default 512 MiB; its floor is 64). A journal file is removed only once every
-/// keyspace written in it has flushed past it, and the meta and hints keyspaces, written
-/// rarely, rarely fill a memtable: so the journal grew to the bound and stayed near it, and
-/// a node killed there replayed all of it on its next start. Measured (one node, 300k keys
-/// of 1 KiB, then 5 s of workload A, then kill -9; `benches/restart.sh`): at 512 MiB the
-/// journal held 128-512 MiB and the start took up to 1.1 s; at 128 MiB, 64-128 MiB and up to
-/// 0.26 s. The flushes it forces are of those small keyspaces (a few tiny tables).
-const JOURNAL_BYTES: u64 = 128 * 1024 * 1024;
+/// The sealed journal fjall keeps before it flushes the keyspaces that hold its oldest file
+/// back (fjall's default 512 MiB, its floor 64 MiB). fjall removes a journal file only once
+/// every keyspace that held unflushed data when it was sealed has flushed past it, and the
+/// meta keyspace, written rarely (at a start, a clean close, a membership change), rarely
+/// fills a memtable: so the journal grew to the bound, and a start after a kill -9 replayed
+/// all of it. Measured on one node (`benches/restart.sh`: 300k keys of 1 KiB, 5 s of
+/// workload A, then a stop): at 512 MiB a start found up to 8 files and took up to 1.1 s. A
+/// lower bound also pushes the objects keyspace's memtable out early: at 128 MiB fjall's
+/// workers spent 30-120 % more CPU over the same run (304-359 ticks against 161-235), and
+/// half the clean stops waited 0.1-0.9 s for a flush in progress (about 60 ms otherwise); at
+/// 256 MiB neither (173-251 ticks, stops 57-65 ms).
+const JOURNAL_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Key-value pairs of a scan, in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
@@ -564,8 +567,9 @@ fn still_active(dir: &Path, file: &File, id: u64) -> io::Result<bool> {
     Ok(named.dev() == held.dev() && named.ino() == held.ino())
 }
 
-/// How many journal files (`<id>.jnl`) `dir` holds: what an open will replay (each up to 64
-/// MiB; fjall gives a new one that length before writing it). 0 when `dir` cannot be read.
+/// How many journal files (`<id>.jnl`) `dir` holds: what an open will replay (fjall sizes
+/// a new one to 64 MiB and seals it at a memtable flush once it holds about 61 MB, so each
+/// is about that). 0 when `dir` cannot be read.
 pub fn journal_files(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |entries| {
         entries
