@@ -25,7 +25,8 @@ pub struct LoadPhaseReport {
     /// put reconciled, since it carries the context of its read).
     pub written: u64,
     /// Of the keys written, those the read found absent (the others were reconciled or
-    /// resized): after a restart, over keys a run already loaded, what the node lost.
+    /// resized). After a restart, over keys a run already loaded: keys lost, deleted since,
+    /// or missed by the read quorum (R < N).
     pub absent: u64,
     /// Keys left alone: they already held one value of the run's size.
     pub kept: u64,
