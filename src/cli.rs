@@ -317,7 +317,8 @@ fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(data) = args.data {
         config.node.data_dir = data;
     }
-    let logger = logging::logger(&config.log.level, &config.log.format);
+    // Dropped last (declared first): every queued line is written before the process ends.
+    let (logger, _log_guard) = logging::logger_with_guard(&config.log.level, &config.log.format);
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,

@@ -124,3 +124,52 @@ fn a_stopping_node_answers_every_request_it_took_and_applies_none_it_did_not_ans
         wrong.first()
     );
 }
+
+/// Goal: a node process stopped by SIGTERM writes its log to the end before it exits. Its
+/// last lines ("node stopped", the stages' stops) were lost: a clone of the logger held by
+/// the signal watcher kept the log's queue alive past `main`, and the process exited first.
+#[test]
+fn a_node_stopped_by_sigterm_writes_its_log_to_the_end() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, config_text(dir.path(), "")).expect("config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["node", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shoal node");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let (listening, started) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = listening.send(line);
+    });
+    let (logged, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut log = String::new();
+        // Ends once the process has exited (its stderr closes).
+        let _ = stderr.read_to_string(&mut log);
+        let _ = logged.send(log);
+    });
+    let line = started
+        .recv_timeout(CLIENT_TIMEOUT)
+        .expect("the node started");
+    assert!(line.contains("listening on"), "{line}");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let log = exited
+        .recv_timeout(CLIENT_TIMEOUT)
+        .expect("the node exited in time");
+    assert!(child.wait().expect("reaped").success(), "{log}");
+    let last = log.lines().last().unwrap_or_default();
+    assert!(last.contains("node stopped"), "the log ends with: {last}");
+}
