@@ -551,7 +551,7 @@ impl Machine for IntakeMachine {
                 if let Some(connection) = self.connections.get_mut(&conn) {
                     // Only a proven peer's connection has any: a client's reply reads nothing.
                     if !connection.forwarded.is_empty() {
-                        if let Some(id) = request_id_of(&frame) {
+                        if let Some((_, id)) = crate::wire::encoded_header(&frame) {
                             connection.forwarded.remove(&id);
                         }
                     }
@@ -606,14 +606,6 @@ impl Machine for IntakeMachine {
             self.answered(conn, out);
         }
     }
-}
-
-/// The request id in an encoded frame's header (after its length and kind; `None` for a
-/// frame too short to have one).
-fn request_id_of(frame: &[u8]) -> Option<u64> {
-    let start = crate::wire::LENGTH_BYTES + 2;
-    let bytes = frame.get(start..start + 8)?;
-    Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
 /// Checks an `admin throttle` request: the stage it names must be a background stage.

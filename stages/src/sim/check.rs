@@ -168,18 +168,17 @@ impl History {
     /// Checks a read's values against what was written: a value nobody wrote is a phantom.
     pub fn check_read(&mut self, key: &str, values: &[Vec<u8>]) {
         for value in values {
-            let refused: Vec<u64> = decode_set(value)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|e| self.refused_adds.get(key).is_some_and(|r| r.contains(e)))
-                .collect();
-            if !refused.is_empty() {
-                self.violation(
-                    checker::REFUSED_APPLIED,
-                    format!("{key} holds {refused:?}, whose put a stopping node refused"),
-                );
+            let elements = decode_set(value);
+            if let (Some(elements), Some(refused_here)) = (&elements, self.refused_adds.get(key)) {
+                let refused: Vec<u64> = elements.intersection(refused_here).copied().collect();
+                if !refused.is_empty() {
+                    self.violation(
+                        checker::REFUSED_APPLIED,
+                        format!("{key} holds {refused:?}, whose put a stopping node refused"),
+                    );
+                }
             }
-            let known = match decode_set(value) {
+            let known = match elements {
                 Some(elements) => {
                     let attempted = self.attempted_adds.get(key);
                     elements

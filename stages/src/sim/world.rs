@@ -12,7 +12,7 @@ use super::{Faults, SimConfig, SimReport};
 use crate::event::{encode_reply, ConnId, Event, Now, SocketCommand, StageId};
 use crate::membership::{Member, Membership, MembershipView};
 use crate::storage::{Engine, SyncMode};
-use crate::wire::{kind, FrameDecoder, Message, StatsReply, LENGTH_BYTES};
+use crate::wire::{encoded_header, kind, FrameDecoder, Message, StatsReply};
 use crate::NodeId;
 use md5::{Digest, Md5};
 use std::cmp::{Ordering, Reverse};

@@ -85,6 +85,17 @@ pub fn encode_frame(kind: u16, request_id: u64, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The kind and request id in the header of an encoded frame (`None` when it is too short to
+/// have them): for a caller that holds a frame on its way out and needs only those.
+pub fn encoded_header(frame: &[u8]) -> Option<(u16, u64)> {
+    let header = frame.get(LENGTH_BYTES..LENGTH_BYTES + FRAME_OVERHEAD_BYTES)?;
+    let (kind, id) = header.split_at(2);
+    Some((
+        u16::from_be_bytes(kind.try_into().ok()?),
+        u64::from_be_bytes(id.try_into().ok()?),
+    ))
+}
+
 /// Incremental splitter of a byte stream into frames. Bytes are appended as they arrive; the
 /// buffer never holds more than one maximal frame plus one read's worth of bytes, because the
 /// length is checked the moment it is readable and the caller drains frames after every read.

@@ -26,7 +26,8 @@ pub use codec::{
     MAX_CONTEXT_ENTRIES,
 };
 pub use frame::{
-    encode_frame, Frame, FrameDecoder, FrameError, FRAME_OVERHEAD_BYTES, LENGTH_BYTES,
+    encode_frame, encoded_header, Frame, FrameDecoder, FrameError, FRAME_OVERHEAD_BYTES,
+    LENGTH_BYTES,
 };
 pub use gossip::{
     decode_membership, encode_membership, GossipReply, GossipRequest, MembershipChange, PlanReply,

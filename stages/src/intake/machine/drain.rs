@@ -69,25 +69,23 @@ impl IntakeMachine {
     /// A clean stop's next step: once no client is owed an answer, every client connection is
     /// closed (after its output is written). Returns whether no client connection is left.
     pub fn drain_step(&mut self, out: &mut Outbox) -> bool {
-        let clients: Vec<ConnId> = self
-            .connections
-            .keys()
-            .copied()
-            .filter(|conn| self.is_client(*conn))
-            .collect();
         match self.drain {
             Drain::Off => false,
             Drain::Answering if self.owed() > 0 => false,
             Drain::Answering => {
                 self.drain = Drain::Closing;
-                for conn in clients {
-                    if self.connections.get(&conn).is_some_and(|c| !c.closing) {
-                        self.close(conn, out);
-                    }
+                let open: Vec<ConnId> = self
+                    .connections
+                    .iter()
+                    .filter(|(conn, c)| !c.closing && self.is_client(**conn))
+                    .map(|(conn, _)| *conn)
+                    .collect();
+                for conn in open {
+                    self.close(conn, out);
                 }
                 false
             }
-            Drain::Closing | Drain::Announced => clients.is_empty(),
+            Drain::Closing | Drain::Announced => self.clients_open() == 0,
         }
     }
 

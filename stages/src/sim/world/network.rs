@@ -267,7 +267,5 @@ fn is_handshake(frame: &[u8]) -> bool {
 }
 
 fn frame_kind(frame: &[u8]) -> Option<u16> {
-    frame
-        .get(LENGTH_BYTES..LENGTH_BYTES + 2)
-        .map(|k| u16::from_be_bytes([k[0], k[1]]))
+    encoded_header(frame).map(|(kind, _)| kind)
 }

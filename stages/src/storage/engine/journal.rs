@@ -63,16 +63,26 @@ pub(super) fn journal_error(path: &Path, error: io::Error) -> StorageError {
 /// The id of the newest journal file in `dir` (fjall names them `<id>.jnl`, the active one
 /// the highest).
 pub(super) fn newest_journal(dir: &Path) -> io::Result<u64> {
-    let mut newest = None;
+    journal_ids(dir)?
+        .into_iter()
+        .max()
+        .ok_or_else(|| io::Error::new(ErrorKind::NotFound, "no journal file (*.jnl)"))
+}
+
+/// The ids of the journal files in `dir` (`<id>.jnl`), in no order.
+fn journal_ids(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut ids = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
-        let id = name
+        if let Some(id) = name
             .to_str()
             .and_then(|name| name.strip_suffix(".jnl"))
-            .and_then(|id| id.parse::<u64>().ok());
-        newest = newest.max(id);
+            .and_then(|id| id.parse::<u64>().ok())
+        {
+            ids.push(id);
+        }
     }
-    newest.ok_or_else(|| io::Error::new(ErrorKind::NotFound, "no journal file (*.jnl)"))
+    Ok(ids)
 }
 
 /// Whether journal `id`, open as `file`, is still fjall's active one: three system calls
@@ -108,17 +118,7 @@ pub(super) fn still_active(dir: &Path, file: &File, id: u64) -> io::Result<bool>
 /// a new one to 64 MiB and seals it at a memtable flush once it holds about 61 MB, so each
 /// is about that). 0 when `dir` cannot be read.
 pub fn journal_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map_or(0, |entries| {
-        entries
-            .filter_map(Result::ok)
-            .filter(|entry| {
-                entry
-                    .file_name()
-                    .to_str()
-                    .is_some_and(|n| n.ends_with(".jnl"))
-            })
-            .count()
-    })
+    journal_ids(dir).map_or(0, |ids| ids.len())
 }
 
 pub(super) fn journal_path(dir: &Path, id: u64) -> PathBuf {
