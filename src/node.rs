@@ -384,7 +384,10 @@ impl Node {
     /// storage, storage, commit), each after its queue drained; the commit stage flushes the
     /// journal last. First of all the metrics endpoint closes and the Redis door stops
     /// accepting (its open connections are the intake's clients: they drain with the rest).
+    ///
+    /// Each step's time is logged (`took_ms`): a stop that takes seconds says where they went.
     pub fn shutdown(mut self) {
+        let began = Instant::now();
         if let Some(metrics) = self.metrics.take() {
             metrics.stop();
         }
@@ -407,10 +410,16 @@ impl Node {
         if let Some(redis) = self.redis.take() {
             redis.stop();
         }
+        // The commit stage stops last. Its time is the final journal flush's, the clean
+        // close's (both wait for fjall's journal lock, which a memtable flush in progress
+        // holds) and fjall's close: its machine is the last holder of the store (once every
+        // other stage stopped), and dropping it waits for fjall's flush and compaction workers.
         for stage in self.stages.drain(..) {
             let name = stage.name();
+            let started = Instant::now();
             stage.stop_and_join();
-            info!(self.logger, "stage stopped"; "stage" => name);
+            info!(self.logger, "stage stopped"; "stage" => name,
+                  "took_ms" => started.elapsed().as_millis() as u64);
         }
         if let Some(pool) = self.pool.take() {
             pool.stop_and_join();
@@ -418,7 +427,7 @@ impl Node {
         if let Some(pool) = self.background_pool.take() {
             pool.stop_and_join();
         }
-        info!(self.logger, "node stopped");
+        info!(self.logger, "node stopped"; "took_ms" => began.elapsed().as_millis() as u64);
     }
 }
 

@@ -128,8 +128,9 @@ fn a_stopping_node_answers_every_request_it_took_and_applies_none_it_did_not_ans
 /// Goal: a node process stopped by SIGTERM writes its log to the end before it exits. Its
 /// last lines ("node stopped", the stages' stops) were lost: a clone of the logger held by
 /// the signal watcher kept the log's queue alive past `main`, and the process exited first.
+/// The lines time each step, so a stop of seconds says where they went.
 #[test]
-fn a_node_stopped_by_sigterm_writes_its_log_to_the_end() {
+fn a_node_stopped_by_sigterm_writes_its_log_to_the_end_with_each_steps_time() {
     use std::io::{BufRead, BufReader, Read};
     use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().expect("temp dir");
@@ -171,5 +172,16 @@ fn a_node_stopped_by_sigterm_writes_its_log_to_the_end() {
         .expect("the node exited in time");
     assert!(child.wait().expect("reaped").success(), "{log}");
     let last = log.lines().last().unwrap_or_default();
-    assert!(last.contains("node stopped"), "the log ends with: {last}");
+    assert!(
+        last.contains("node stopped") && last.contains("took_ms"),
+        "the log ends with: {last}"
+    );
+    // A slow stop says where its time went: each stage's stop, and the final flush's sync.
+    assert!(
+        log.lines().any(|l| l.contains("stage stopped")
+            && l.contains("stage: commit")
+            && l.contains("took_ms")),
+        "{log}"
+    );
+    assert!(log.contains("final_sync_ms"), "{log}");
 }

@@ -128,13 +128,22 @@ impl Machine for CommitMachine {
 
     /// The last flush, and the mark of a clean close (the next start keeps this run's dot
     /// actor: `Store::close_cleanly`); the commit stage stops last, after every writer.
+    /// Its line gives the final fdatasync's own time: the rest of the commit stage's stop
+    /// (the node logs it) went to waiting for fjall's journal lock and to closing fjall.
     fn on_stop(&mut self, _out: &mut Outbox) {
-        if let Err(e) = self.store.persist() {
-            error!(self.logger, "final journal flush failed"; "error" => %e);
-            return;
-        }
-        if let Err(e) = self.store.close_cleanly() {
-            error!(self.logger, "marking the directory closed cleanly failed"; "error" => %e);
+        let sync = match self.store.persist() {
+            Ok(sync) => sync,
+            Err(e) => {
+                error!(self.logger, "final journal flush failed"; "error" => %e);
+                return;
+            }
+        };
+        match self.store.close_cleanly() {
+            Ok(()) => info!(self.logger, "journal flushed, directory marked closed cleanly";
+                            "final_sync_ms" => sync.as_millis() as u64),
+            Err(e) => {
+                error!(self.logger, "marking the directory closed cleanly failed"; "error" => %e)
+            }
         }
     }
 }
