@@ -156,9 +156,16 @@ impl Client {
             ClientError::Usage(format!("node address {addr:?} resolves to nothing"))
         })?;
         let stream = TcpStream::connect_timeout(first, timeout).map_err(|e| {
+            // A refused connect is the one failure that says what happened to the request:
+            // it was never sent. The bare OS error reads like any other during a stop.
+            let what = if e.kind() == io::ErrorKind::ConnectionRefused {
+                ": nothing listens there (the node is not running, or it stopped); the request was not sent"
+            } else {
+                ""
+            };
             ClientError::Io(io::Error::new(
                 e.kind(),
-                format!("cannot connect to {addr}: {e}"),
+                format!("cannot connect to {addr}: {e}{what}"),
             ))
         })?;
         stream.set_nodelay(true)?;
@@ -498,6 +505,23 @@ mod tests {
             .to_string();
         assert!(
             said.contains("no progress") && !said.contains(UNANSWERED),
+            "{said}"
+        );
+    }
+
+    /// Goal: a refused connect names the address and says the request was never sent (a
+    /// stopped node's refusal read as the bare OS error).
+    #[test]
+    fn a_refused_connect_says_nothing_listens_and_the_request_was_not_sent() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        drop(listener);
+        let said = match Client::connect(&addr, Duration::from_secs(5)) {
+            Ok(_) => panic!("connected to {addr}, where nothing listens"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            said.contains(&addr) && said.contains("nothing listens") && said.contains("not sent"),
             "{said}"
         );
     }
