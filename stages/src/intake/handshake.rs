@@ -11,8 +11,8 @@
 //! secret, not a secure channel).
 
 use crate::wire::{
-    handshake_bytes, Bytes, ContextSeal, Message, Nonce, PeerChallenge, PeerHello, PeerProof,
-    NONCE_BYTES,
+    handshake_bytes, protocol_mismatch, Bytes, ContextSeal, Message, Nonce, PeerChallenge,
+    PeerHello, PeerProof, NONCE_BYTES, PEER_PROTOCOL,
 };
 use crate::NodeId;
 use std::time::Instant;
@@ -75,6 +75,7 @@ pub fn hello(node: &NodeId, nonce: &Nonce) -> Message {
     Message::PeerHello(PeerHello {
         node: node.clone(),
         nonce: Bytes::from(nonce.to_vec()),
+        protocol: PEER_PROTOCOL,
     })
 }
 
@@ -96,6 +97,7 @@ pub fn challenge(seal: &ContextSeal, receiver: &NodeId, of: &Challenged) -> Mess
         node: receiver.clone(),
         nonce: Bytes::from(of.nonce.to_vec()),
         mac: Bytes::from(mac),
+        protocol: PEER_PROTOCOL,
     })
 }
 
@@ -113,6 +115,9 @@ pub fn answer(
             "dialled {peer} but {} answered the hello",
             challenge.node
         ));
+    }
+    if let Some(reason) = protocol_mismatch(peer, challenge.protocol) {
+        return Err(reason);
     }
     let receiver_nonce = nonce_of(&challenge.nonce).ok_or("challenge nonce of the wrong length")?;
     let signed = handshake_bytes(PeerChallenge::LABEL, dialer, peer, nonce, &receiver_nonce);
@@ -141,4 +146,35 @@ pub fn proven(seal: &ContextSeal, receiver: &NodeId, of: &Challenged, proof: &Pe
         &of.nonce,
     );
     seal.verify(&signed, &proof.mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a dialer refuses a challenge from a node of another peer protocol, naming both
+    /// versions, before it sends its proof or any frame it holds.
+    #[test]
+    fn a_challenge_of_another_protocol_is_refused_naming_both_versions() {
+        let seal = ContextSeal::new(b"a-cluster-secret-of-16-bytes");
+        let (dialer, peer) = (NodeId::new("n1"), NodeId::new("n2"));
+        let nonce = [1; NONCE_BYTES];
+        let challenged = Challenged {
+            dialer: dialer.clone(),
+            dialer_nonce: nonce,
+            nonce: [2; NONCE_BYTES],
+        };
+        let Message::PeerChallenge(mut challenge) = challenge(&seal, &peer, &challenged) else {
+            panic!("challenge() builds a challenge");
+        };
+        assert!(answer(&seal, &dialer, &peer, &nonce, &challenge).is_ok());
+        challenge.protocol = PEER_PROTOCOL + 1;
+        let refused = answer(&seal, &dialer, &peer, &nonce, &challenge).err();
+        let refused = refused.unwrap_or_default();
+        assert!(
+            refused.contains(&format!("n2 speaks peer protocol {}", PEER_PROTOCOL + 1))
+                && refused.contains(&format!("this node {PEER_PROTOCOL}")),
+            "{refused}"
+        );
+    }
 }

@@ -5,6 +5,30 @@ use super::message::Bytes;
 use crate::NodeId;
 use serde::{Deserialize, Serialize};
 
+/// The peer protocol this build speaks: every frame nodes send each other, and how each is
+/// encoded. Raise it with any change a node of the last version would misread or refuse (a
+/// message or field removed or renamed, a meaning changed; a field added with a default is
+/// not one). Each side of a handshake refuses a peer that names another version, and both
+/// say which two met, so a cluster of mixed builds fails at its links, plainly, instead of
+/// at its first misread frame. A hello or challenge without it is from a build before it was
+/// named, which speaks version 1.
+pub const PEER_PROTOCOL: u32 = 1;
+
+/// What a hello or challenge without a protocol version speaks (see [`PEER_PROTOCOL`]).
+fn first_protocol() -> u32 {
+    1
+}
+
+/// Why a peer of `theirs` is refused, or `None` when it speaks this build's protocol.
+pub fn protocol_mismatch(peer: &NodeId, theirs: u32) -> Option<String> {
+    (theirs != PEER_PROTOCOL).then(|| {
+        format!(
+            "{peer} speaks peer protocol {theirs} and this node {PEER_PROTOCOL}: the nodes of one \
+             cluster must all run builds of one protocol (upgrade or roll back one of them)"
+        )
+    })
+}
+
 /// The length of a handshake nonce.
 pub const NONCE_BYTES: usize = 16;
 
@@ -31,6 +55,9 @@ pub struct PeerHello {
     pub node: NodeId,
     /// The dialler's nonce.
     pub nonce: Bytes,
+    /// The peer protocol the dialler speaks ([`PEER_PROTOCOL`]).
+    #[serde(default = "first_protocol")]
+    pub protocol: u32,
 }
 
 /// Step 2 of the handshake (see [`PeerHello`]).
@@ -42,6 +69,9 @@ pub struct PeerChallenge {
     pub nonce: Bytes,
     /// HMAC of [`handshake_bytes`] with [`PeerChallenge::LABEL`] under the cluster secret.
     pub mac: Bytes,
+    /// The peer protocol the receiver speaks ([`PEER_PROTOCOL`]).
+    #[serde(default = "first_protocol")]
+    pub protocol: u32,
 }
 
 impl PeerChallenge {

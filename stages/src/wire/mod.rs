@@ -33,7 +33,10 @@ pub use gossip::{
     decode_membership, encode_membership, GossipReply, GossipRequest, MembershipChange, PlanReply,
     PlanRequest, TransferAck, TransferBatch, TransferProgress,
 };
-pub use handshake::{handshake_bytes, Nonce, PeerChallenge, PeerHello, PeerProof, NONCE_BYTES};
+pub use handshake::{
+    handshake_bytes, protocol_mismatch, Nonce, PeerChallenge, PeerHello, PeerProof, NONCE_BYTES,
+    PEER_PROTOCOL,
+};
 pub use message::{kind, Bytes, Message, WireError};
 pub use requests::{
     DeleteRequest, GetLocalRequest, GetReply, GetRequest, HandoffAck, HandoffBatch, LocalReply,

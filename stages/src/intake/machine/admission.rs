@@ -8,7 +8,7 @@ use crate::error::ServiceError;
 use crate::event::ConnId;
 use crate::intake::handshake::{self, Challenged};
 use crate::seda::Outbox;
-use crate::wire::{same_secret, Frame, Message};
+use crate::wire::{protocol_mismatch, same_secret, Frame, Message, PeerHello};
 use crate::NodeId;
 use slog::{debug, warn};
 
@@ -58,7 +58,7 @@ impl IntakeMachine {
         let mut member = None;
         let verdict = match Message::decode(frame) {
             Ok(Message::PeerHello(hello)) => {
-                let verdict = self.check_hello(conn, &hello.node, &hello.nonce);
+                let verdict = self.check_hello(conn, &hello);
                 if verdict.is_err() {
                     // Only a refusal needs to know whether the dialer names a member.
                     let membership = self.membership.current();
@@ -88,13 +88,16 @@ impl IntakeMachine {
     fn check_hello(
         &self,
         conn: ConnId,
-        node: &NodeId,
-        nonce: &[u8],
+        hello: &PeerHello,
     ) -> Result<(NodeId, crate::wire::Nonce), String> {
+        let node = &hello.node;
         if self.membership.current().member(node).is_none() {
             return Err(format!("{node} is not a member"));
         }
-        let nonce = handshake::nonce_of(nonce).ok_or("hello nonce of the wrong length")?;
+        if let Some(reason) = protocol_mismatch(node, hello.protocol) {
+            return Err(reason);
+        }
+        let nonce = handshake::nonce_of(&hello.nonce).ok_or("hello nonce of the wrong length")?;
         let fresh = self
             .connections
             .get(&conn)
