@@ -32,6 +32,10 @@ enum Health {
 /// Why a peer that said it stopped is down.
 pub const SAID_STOPPED: &str = "it said it stopped";
 
+/// Why a peer whose handshake failed is down (either side refused the other).
+pub const REFUSED_HANDSHAKE: &str =
+    "its handshake with this node failed (another secret, ring or build: the log says which)";
+
 /// A peer's state for `admin members`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerStatus {
@@ -143,6 +147,29 @@ impl FailureDetector {
             *until_probed = true;
         }
         marked
+    }
+
+    /// A handshake with `peer` failed, refused by either side: it runs, but the two cannot be
+    /// peers (another secret, Q or protocol, or not a member). Marked down if it was up, and whatever held it down before (a
+    /// stop it announced, a timeout) gives way to this newer reason, so `admin members` does
+    /// not keep saying "it said it stopped" of a node that came back misconfigured. Only a
+    /// probe's answer, after a handshake that works, brings it back. Returns true if this
+    /// marked it down or changed why.
+    pub fn refused(&mut self, peer: &NodeId, now: Instant) -> bool {
+        let marked = self.failed(peer, now, REFUSED_HANDSHAKE);
+        let mut changed = false;
+        if let Some((
+            Health::Down {
+                why, until_probed, ..
+            },
+            _,
+        )) = self.peers.get_mut(peer)
+        {
+            changed = *why != REFUSED_HANDSHAKE;
+            *why = REFUSED_HANDSHAKE;
+            *until_probed = true;
+        }
+        marked || changed
     }
 
     /// Why a request does not ask `peer`, for a failed quorum's error: "not asked: held down
@@ -354,6 +381,32 @@ mod tests {
         assert!(detector.probe_answered(&stopped));
         assert!(detector.is_up(&stopped));
         assert!(detector.succeeded(&failed), "any answer undoes a failure");
+    }
+
+    /// Goal: a peer that said it stopped and whose handshake then failed (a trial's
+    /// node restarted with another secret read "it said it stopped" for minutes) is held down
+    /// with the refusal as its reason, through late answers, until a probe's answer; a peer
+    /// that was up is marked down by a refusal.
+    #[test]
+    fn a_refused_handshake_replaces_why_a_peer_is_down() {
+        let mut detector = FailureDetector::new(Duration::from_secs(1));
+        let (stopped, up) = (NodeId::new("n2"), NodeId::new("n3"));
+        let start = Instant::now();
+        assert!(detector.said_stopped(&stopped, start));
+        assert!(detector.refused(&stopped, start), "the reason changed");
+        assert!(!detector.refused(&stopped, start), "already that reason");
+        assert!(detector.refused(&up, start), "marked down");
+        let why = |d: &FailureDetector, peer: &NodeId| {
+            d.statuses(start)
+                .into_iter()
+                .find(|s| &s.node == peer)
+                .map(|s| s.why)
+        };
+        assert_eq!(why(&detector, &stopped).as_deref(), Some(REFUSED_HANDSHAKE));
+        assert_eq!(why(&detector, &up).as_deref(), Some(REFUSED_HANDSHAKE));
+        assert!(!detector.succeeded(&up), "a late answer");
+        assert!(detector.probe_answered(&up));
+        assert!(detector.is_up(&up));
     }
 
     /// Goal: a peer that stays down is named again once per interval, not before it has been

@@ -147,7 +147,10 @@ impl ReplicateMachine {
                 .is_some_and(|o| o.reply_to != ReplyTo::Coordinate)
         });
         if !failed.is_empty() && others_only {
-            out.offer(CoordinateEvent::LinkFailed { peer: peer.clone() });
+            out.offer(CoordinateEvent::LinkFailed {
+                peer: peer.clone(),
+                refused: refused.is_some(),
+            });
         }
         for request_id in failed {
             if let Some(Outstanding {
@@ -309,7 +312,7 @@ mod tests {
             let link_failed = answers(&mut out)
                 .into_iter()
                 .filter(|event| {
-                    matches!(event, Event::Coordinate(CoordinateEvent::LinkFailed { peer }) if peer.as_str() == "n2")
+                    matches!(event, Event::Coordinate(CoordinateEvent::LinkFailed { peer, .. }) if peer.as_str() == "n2")
                 })
                 .count();
             assert_eq!(link_failed, usize::from(told), "told: {told}");

@@ -481,30 +481,57 @@ fn a_replayed_peer_handshake_is_refused() {
 #[test]
 fn a_peer_speaking_another_protocol_is_refused_naming_both_versions() {
     let node = TestNode::start("");
-    let mut newer = node.client();
-    newer
-        .send(&Message::PeerHello(PeerHello {
+    let reason = refused_hello(
+        &node,
+        PeerHello {
             protocol: PEER_PROTOCOL + 1,
-            ..match hello("n1", [9; 16]) {
-                Message::PeerHello(hello) => hello,
-                other => panic!("hello() built {other}"),
-            }
-        }))
+            ..plain_hello("n1")
+        },
+    );
+    assert!(
+        reason.contains(&format!("peer protocol {}", PEER_PROTOCOL + 1))
+            && reason.contains(&format!("this node {PEER_PROTOCOL}")),
+        "{reason}"
+    );
+}
+
+/// Goal: a member's name on a node started with another Q (a trial's impostor: an empty
+/// directory, `partitions = 128` in a cluster of 64, taken for the member, handed its hints,
+/// answering reads by its own ring) is refused at its hello with both rings named.
+#[test]
+fn a_peer_with_another_number_of_partitions_is_refused_naming_both() {
+    let node = TestNode::start("");
+    let reason = refused_hello(
+        &node,
+        PeerHello {
+            partitions: 128,
+            ..plain_hello("n1")
+        },
+    );
+    assert!(
+        reason.contains("n1 has a ring of 128 partitions and this node 64"),
+        "{reason}"
+    );
+}
+
+/// Sends `hello` and a replica write behind it: the hello must be refused `Unauthorized`
+/// (its reason returned), the connection closed, and the node still serving others.
+fn refused_hello(node: &TestNode, hello: PeerHello) -> String {
+    let mut dialer = node.client();
+    dialer
+        .send(&Message::PeerHello(hello))
         .expect("send the hello");
-    newer
+    dialer
         .send(&replica_write())
         .expect("a replica write behind it");
-    let (_, reply) = newer.receive().expect("an answer to the hello");
-    match reply {
-        Message::Error(ServiceError::Unauthorized { reason }) => assert!(
-            reason.contains(&format!("peer protocol {}", PEER_PROTOCOL + 1))
-                && reason.contains(&format!("this node {PEER_PROTOCOL}")),
-            "{reason}"
-        ),
+    let (_, reply) = dialer.receive().expect("an answer to the hello");
+    let reason = match reply {
+        Message::Error(ServiceError::Unauthorized { reason }) => reason,
         other => panic!("the hello is refused as Unauthorized, got {other}"),
-    }
-    assert_closed(&mut newer, "a hello of another protocol");
-    assert_still_serving(&node);
+    };
+    assert_closed(&mut dialer, "a refused hello");
+    assert_still_serving(node);
+    reason
 }
 
 fn replica_write() -> Message {
@@ -520,10 +547,19 @@ fn replica_write() -> Message {
 
 fn hello(node: &str, nonce: [u8; 16]) -> Message {
     Message::PeerHello(PeerHello {
-        node: NodeId::new(node),
         nonce: Bytes::from(nonce.to_vec()),
-        protocol: PEER_PROTOCOL,
+        ..plain_hello(node)
     })
+}
+
+/// A hello as this build sends it, from a node of the test nodes' Q (64).
+fn plain_hello(node: &str) -> PeerHello {
+    PeerHello {
+        node: NodeId::new(node),
+        nonce: Bytes::from(vec![9; 16]),
+        protocol: PEER_PROTOCOL,
+        partitions: 64,
+    }
 }
 
 fn challenge_of(reply: Result<Message, ClientError>) -> PeerChallenge {

@@ -235,7 +235,7 @@ impl Coordinator {
             }
             CoordinateEvent::Peer(done) => self.on_peer_answer(now, done, out),
             CoordinateEvent::Heard { peer } => self.heard_from(&peer, out),
-            CoordinateEvent::LinkFailed { peer } => self.link_failed(&peer, now),
+            CoordinateEvent::LinkFailed { peer, refused } => self.link_failed(&peer, now, refused),
             CoordinateEvent::PeerStopped { peer } => self.peer_stopped(&peer, now),
         }
     }

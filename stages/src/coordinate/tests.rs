@@ -418,6 +418,7 @@ fn a_forward_no_list_node_takes_counts_each_node_tried_as_asked() {
     for peer in ["n2", "n3"] {
         let failed = CoordinateEvent::LinkFailed {
             peer: NodeId::new(peer),
+            refused: false,
         };
         on_event(&mut c, start, failed, &mut out);
     }

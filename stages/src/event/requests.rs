@@ -202,6 +202,8 @@ pub enum CoordinateEvent {
     LinkFailed {
         /// The peer.
         peer: crate::NodeId,
+        /// The peer refused this node's handshake (`FailureDetector::refused`).
+        refused: bool,
     },
     /// A peer said, as its clean stop ended, that it is stopping (`Message::Stopping`): the
     /// failure detector marks a member that still serves down at once, its requests go to
@@ -253,7 +255,7 @@ impl fmt::Display for CoordinateEvent {
             CoordinateEvent::Storage(done) => write!(f, "storage {done}"),
             CoordinateEvent::Peer(done) => write!(f, "peer {done}"),
             CoordinateEvent::Heard { peer } => write!(f, "gossip heard from {peer}"),
-            CoordinateEvent::LinkFailed { peer } => write!(f, "link to {peer} failed"),
+            CoordinateEvent::LinkFailed { peer, .. } => write!(f, "link to {peer} failed"),
             CoordinateEvent::PeerStopped { peer } => write!(f, "{peer} stopped"),
         }
     }

@@ -11,8 +11,8 @@
 //! secret, not a secure channel).
 
 use crate::wire::{
-    handshake_bytes, protocol_mismatch, Bytes, ContextSeal, Message, Nonce, PeerChallenge,
-    PeerHello, PeerProof, NONCE_BYTES, PEER_PROTOCOL,
+    handshake_bytes, partitions_mismatch, protocol_mismatch, Bytes, ContextSeal, Message, Nonce,
+    PeerChallenge, PeerHello, PeerProof, NONCE_BYTES, PEER_PROTOCOL,
 };
 use crate::NodeId;
 use std::time::Instant;
@@ -70,12 +70,13 @@ pub struct Challenged {
     pub nonce: Nonce,
 }
 
-/// Step 1, the dialer's hello.
-pub fn hello(node: &NodeId, nonce: &Nonce) -> Message {
+/// Step 1, the dialer's hello, from a node whose ring has `partitions`.
+pub fn hello(node: &NodeId, nonce: &Nonce, partitions: u32) -> Message {
     Message::PeerHello(PeerHello {
         node: node.clone(),
         nonce: Bytes::from(nonce.to_vec()),
         protocol: PEER_PROTOCOL,
+        partitions,
     })
 }
 
@@ -84,8 +85,14 @@ pub fn nonce_of(bytes: &[u8]) -> Option<Nonce> {
     bytes.try_into().ok()
 }
 
-/// Step 2, the receiver's challenge to `hello`'s sender.
-pub fn challenge(seal: &ContextSeal, receiver: &NodeId, of: &Challenged) -> Message {
+/// Step 2, the receiver's challenge to `hello`'s sender, from a node whose ring has
+/// `partitions`.
+pub fn challenge(
+    seal: &ContextSeal,
+    receiver: &NodeId,
+    of: &Challenged,
+    partitions: u32,
+) -> Message {
     let mac = seal.sign(&handshake_bytes(
         PeerChallenge::LABEL,
         &of.dialer,
@@ -98,17 +105,19 @@ pub fn challenge(seal: &ContextSeal, receiver: &NodeId, of: &Challenged) -> Mess
         nonce: Bytes::from(of.nonce.to_vec()),
         mac: Bytes::from(mac),
         protocol: PEER_PROTOCOL,
+        partitions,
     })
 }
 
-/// DIALER SIDE: checks the challenge from the link to `peer` that sent `nonce`; its proof on
-/// success, the reason otherwise.
+/// DIALER SIDE: checks the challenge from the link to `peer` that sent `nonce`, for a dialer
+/// whose ring has `partitions`; its proof on success, the reason otherwise.
 pub fn answer(
     seal: &ContextSeal,
     dialer: &NodeId,
     peer: &NodeId,
     nonce: &Nonce,
     challenge: &PeerChallenge,
+    partitions: u32,
 ) -> Result<Message, String> {
     if &challenge.node != peer {
         return Err(format!(
@@ -116,7 +125,9 @@ pub fn answer(
             challenge.node
         ));
     }
-    if let Some(reason) = protocol_mismatch(peer, challenge.protocol) {
+    if let Some(reason) = protocol_mismatch(peer, challenge.protocol)
+        .or_else(|| partitions_mismatch(peer, challenge.partitions, partitions))
+    {
         return Err(reason);
     }
     let receiver_nonce = nonce_of(&challenge.nonce).ok_or("challenge nonce of the wrong length")?;
@@ -152,10 +163,10 @@ pub fn proven(seal: &ContextSeal, receiver: &NodeId, of: &Challenged, proof: &Pe
 mod tests {
     use super::*;
 
-    /// Goal: a dialer refuses a challenge from a node of another peer protocol, naming both
-    /// versions, before it sends its proof or any frame it holds.
+    /// Goal: a dialer refuses a challenge from a node of another peer protocol or another
+    /// Q, naming both, before it sends its proof or any frame it holds.
     #[test]
-    fn a_challenge_of_another_protocol_is_refused_naming_both_versions() {
+    fn a_challenge_of_another_protocol_or_ring_is_refused_naming_both() {
         let seal = ContextSeal::new(b"a-cluster-secret-of-16-bytes");
         let (dialer, peer) = (NodeId::new("n1"), NodeId::new("n2"));
         let nonce = [1; NONCE_BYTES];
@@ -164,12 +175,18 @@ mod tests {
             dialer_nonce: nonce,
             nonce: [2; NONCE_BYTES],
         };
-        let Message::PeerChallenge(mut challenge) = challenge(&seal, &peer, &challenged) else {
+        let Message::PeerChallenge(mut challenge) = challenge(&seal, &peer, &challenged, 64) else {
             panic!("challenge() builds a challenge");
         };
-        assert!(answer(&seal, &dialer, &peer, &nonce, &challenge).is_ok());
+        assert!(answer(&seal, &dialer, &peer, &nonce, &challenge, 64).is_ok());
+        let refused = answer(&seal, &dialer, &peer, &nonce, &challenge, 128).err();
+        let refused = refused.unwrap_or_default();
+        assert!(
+            refused.contains("n2 has a ring of 64 partitions and this node 128"),
+            "{refused}"
+        );
         challenge.protocol = PEER_PROTOCOL + 1;
-        let refused = answer(&seal, &dialer, &peer, &nonce, &challenge).err();
+        let refused = answer(&seal, &dialer, &peer, &nonce, &challenge, 64).err();
         let refused = refused.unwrap_or_default();
         assert!(
             refused.contains(&format!("n2 speaks peer protocol {}", PEER_PROTOCOL + 1))

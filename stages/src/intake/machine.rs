@@ -441,7 +441,8 @@ impl IntakeMachine {
                 debug!(self.logger, "dialling peer"; "peer" => %peer, "addr" => %addr, "conn" => conn.0);
                 out.socket(SocketCommand::Dial { conn, peer, addr });
                 let nonce = self.nonces.next(&self.seal);
-                self.write(conn, 0, &handshake::hello(&self.node, &nonce), out);
+                let hello = handshake::hello(&self.node, &nonce, self.partitions());
+                self.write(conn, 0, &hello, out);
                 self.dialing.insert(
                     conn,
                     Dialing {
@@ -469,7 +470,15 @@ impl IntakeMachine {
         };
         let verdict = match Message::decode(frame) {
             Ok(Message::PeerChallenge(challenge)) => {
-                handshake::answer(&self.seal, &self.node, &peer, &dialing.nonce, &challenge)
+                let partitions = self.partitions();
+                handshake::answer(
+                    &self.seal,
+                    &self.node,
+                    &peer,
+                    &dialing.nonce,
+                    &challenge,
+                    partitions,
+                )
             }
             Ok(other) => Err(format!("the peer answered the hello with {other}")),
             Err(error) => Err(format!("unreadable answer to the hello: {error}")),

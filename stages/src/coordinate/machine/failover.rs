@@ -38,10 +38,23 @@ impl Coordinator {
 
     /// Another stage's link to `peer` failed: a member that may still hold data is suspected
     /// down. Not one that left or was removed: nothing is sent to it, a stopped leaver would
-    /// be probed for ever, and the coordinator would never be idle.
-    pub(super) fn link_failed(&mut self, peer: &NodeId, now: Instant) {
+    /// be probed for ever, and the coordinator would never be idle. `refused`: its handshake
+    /// was refused ([`Coordinator::handshake_refused`]).
+    pub(super) fn link_failed(&mut self, peer: &NodeId, now: Instant, refused: bool) {
+        if refused {
+            return self.handshake_refused(peer, now);
+        }
         let why = "a link to it failed under background traffic";
         if self.serving(peer) && self.detector.suspect(peer, now, why) {
+            info!(self.logger, "peer marked down"; "peer" => %peer, "why" => why);
+        }
+    }
+
+    /// A handshake with `peer` failed (either side refused): held down with that reason,
+    /// whatever held it down before (`FailureDetector::refused`).
+    fn handshake_refused(&mut self, peer: &NodeId, now: Instant) {
+        if self.serving(peer) && self.detector.refused(peer, now) {
+            let why = crate::failure_detector::REFUSED_HANDSHAKE;
             info!(self.logger, "peer marked down"; "peer" => %peer, "why" => why);
         }
     }
@@ -238,6 +251,9 @@ impl Coordinator {
         match &done.result {
             Ok(_) if probe => self.probe_answered(&done.peer, out),
             Ok(_) => self.heard_from(&done.peer, out),
+            Err(ServiceError::PeerUnreachable { why: Some(_), .. }) => {
+                self.handshake_refused(&done.peer, now);
+            }
             Err(_) if link_failed => {
                 self.peer_failed(&done.peer, now, "its link failed");
             }

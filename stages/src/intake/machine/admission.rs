@@ -8,7 +8,7 @@ use crate::error::ServiceError;
 use crate::event::ConnId;
 use crate::intake::handshake::{self, Challenged};
 use crate::seda::Outbox;
-use crate::wire::{protocol_mismatch, same_secret, Frame, Message, PeerHello};
+use crate::wire::{partitions_mismatch, protocol_mismatch, same_secret, Frame, Message, PeerHello};
 use crate::NodeId;
 use slog::{debug, warn};
 
@@ -75,7 +75,8 @@ impl IntakeMachine {
                     dialer_nonce,
                     nonce: self.nonces.next(&self.seal),
                 };
-                let challenge = handshake::challenge(&self.seal, &self.node, &challenged);
+                let challenge =
+                    handshake::challenge(&self.seal, &self.node, &challenged, self.partitions());
                 self.write(conn, frame.request_id, &challenge, out);
                 if let Some(connection) = self.connections.get_mut(&conn) {
                     connection.challenged = Some(challenged);
@@ -83,6 +84,11 @@ impl IntakeMachine {
             }
             Err(reason) => self.refuse_peer(conn, frame.request_id, reason, member, out),
         }
+    }
+
+    /// This node's Q, which a peer's handshake must name too.
+    pub(super) fn partitions(&self) -> u32 {
+        self.membership.current().ring().partition_count()
     }
 
     fn check_hello(
@@ -94,7 +100,9 @@ impl IntakeMachine {
         if self.membership.current().member(node).is_none() {
             return Err(format!("{node} is not a member"));
         }
-        if let Some(reason) = protocol_mismatch(node, hello.protocol) {
+        if let Some(reason) = protocol_mismatch(node, hello.protocol)
+            .or_else(|| partitions_mismatch(node, hello.partitions, self.partitions()))
+        {
             return Err(reason);
         }
         let nonce = handshake::nonce_of(&hello.nonce).ok_or("hello nonce of the wrong length")?;
