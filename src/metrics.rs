@@ -13,6 +13,7 @@ mod collect;
 use collect::NodeMetrics;
 use prometheus_client::registry::Registry;
 use shoal_stages::intake::StatsSource;
+use shoal_stages::membership::MembershipView;
 use shoal_stages::storage::Store;
 use shoal_stages::wire::same_secret;
 use slog::{warn, Logger};
@@ -39,7 +40,7 @@ impl MetricsServer {
     pub fn start(
         listen: SocketAddr,
         (source, token): (StatsSource, Option<String>),
-        store: Store,
+        (store, membership): (Store, MembershipView),
         logger: Logger,
     ) -> Result<MetricsServer, std::io::Error> {
         let server = tiny_http::Server::http(listen).map_err(std::io::Error::other)?;
@@ -49,7 +50,11 @@ impl MetricsServer {
             .ok_or_else(|| std::io::Error::other("the metrics listener has no IP address"))?;
         let mut registry = Registry::default();
         let health = store.clone();
-        registry.register_collector(Box::new(NodeMetrics { source, store }));
+        registry.register_collector(Box::new(NodeMetrics {
+            source,
+            store,
+            membership,
+        }));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = Arc::clone(&stop);

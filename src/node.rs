@@ -294,7 +294,7 @@ impl Node {
                 MetricsServer::start(
                     listen,
                     (stats.clone(), config.security.client_token.clone()),
-                    shared.store.clone(),
+                    (shared.store.clone(), shared.membership.clone()),
                     logger.new(o!("stage" => "metrics")),
                 )
                 .map_err(io_error(&format!("binding the metrics address {listen}")))?,

@@ -9,6 +9,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Unit;
 use shoal_stages::intake::StatsSource;
+use shoal_stages::membership::MembershipView;
 use shoal_stages::seda::{ExportedHistogram, GateMode};
 use shoal_stages::storage::Store;
 use std::fmt;
@@ -17,6 +18,8 @@ use std::fmt;
 pub(super) struct NodeMetrics {
     pub(super) source: StatsSource,
     pub(super) store: Store,
+    /// Whose hints are reported: every other member, at 0 when none are held.
+    pub(super) membership: MembershipView,
 }
 
 impl fmt::Debug for NodeMetrics {
@@ -231,8 +234,15 @@ impl Collector for NodeMetrics {
         )?;
 
         // Hints held for each intended node (an exact count by scanning the hints; a scrape
-        // every few seconds is cheap next to the traffic that makes hints).
-        let hints = self.store.pending_hints().unwrap_or_default();
+        // every few seconds is cheap next to the traffic that makes hints). Every other
+        // member has a series, 0 when none are held: one that vanished at 0 read as "no data"
+        // to an alert, not as "all delivered".
+        let mut hints = self.store.pending_hints().unwrap_or_default();
+        for member in self.membership.current().members() {
+            if member.id != self.source.node {
+                hints.entry(member.id.clone()).or_insert(0);
+            }
+        }
         gauges(
             e,
             (

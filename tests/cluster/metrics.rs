@@ -1,7 +1,7 @@
 //! `/metrics` on a real node: scraped over HTTP and read back with a Prometheus text parser
 //! (prometheus-parse), as a Prometheus server would.
 
-use super::support::{TestNode, CLIENT_TIMEOUT};
+use super::support::{TestCluster, TestNode, CLIENT_TIMEOUT};
 use prometheus_parse::{Sample, Scrape, Value};
 use shoal::client::RequestOptions;
 use std::io::{Read, Write};
@@ -167,4 +167,29 @@ fn a_node_that_cannot_bind_its_metrics_address_stops_what_it_started() {
     let put = client.put(b"k", None, b"v", RequestOptions::default());
     node.shutdown();
     put.expect("put on the restarted node");
+}
+
+/// Goal: `shoal_hints_held` has a series for every other member, 0 while none are held (a
+/// trial's alert read the vanished series as "no data", not "all delivered"), and none for
+/// the node itself.
+#[test]
+fn hints_held_reads_zero_for_every_other_member() {
+    let cluster = TestCluster::start(2, 2, 1, 1, "[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let addr = cluster.nodes[0]
+        .as_ref()
+        .and_then(|n| n.metrics_addr())
+        .expect("metrics are served");
+    let (status, body) = http_get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let scrape =
+        Scrape::parse(body.lines().map(|line| Ok(line.to_string()))).expect("Prometheus text");
+    let held = sample(&scrape, "shoal_hints_held", ("target", "n2"));
+    assert_eq!(number(&held.value), 0.0);
+    assert!(
+        !scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "shoal_hints_held" && s.labels.get("target") == Some("n1")),
+        "{body}"
+    );
 }

@@ -393,7 +393,15 @@ impl IntakeMachine {
                 } else if in_flight_lost {
                     warn!(self.logger, "peer link lost"; "peer" => %peer, "conn" => conn.0);
                 } else {
-                    warn!(self.logger, "cannot reach peer: redialling quietly until a link to it works"; "peer" => %peer, "conn" => conn.0);
+                    // The address this node dials, from its own membership: a member list
+                    // that names a wrong one shows here (every node's version can agree).
+                    let addr = self
+                        .membership
+                        .current()
+                        .addr_of(&peer)
+                        .map(|a| a.to_string());
+                    let addr = addr.unwrap_or_else(|| "(no address)".into());
+                    warn!(self.logger, "cannot reach peer: redialling quietly until a link to it works"; "peer" => %peer, "addr" => addr, "conn" => conn.0);
                 }
             } else {
                 debug!(self.logger, "peer still unreachable"; "peer" => %peer, "conn" => conn.0);
