@@ -7,7 +7,7 @@ use shoal_stages::membership::Membership;
 use shoal_stages::versioning::VersionSet;
 use shoal_stages::wire::{
     AaeReport, AuthRequest, Bytes, DeleteRequest, FrameDecoder, FrameError, GetLocalRequest,
-    GetRequest, MembersReply, Message, PlanReply, PlanRequest, PutRequest, StatsReply,
+    GetRequest, MembersReply, Message, PlanReply, PlanRequest, PutRequest, RingReply, StatsReply,
     ThrottleChange, ThrottleReply, ThrottleRequest, WireError,
 };
 pub use shoal_stages::Durability;
@@ -250,7 +250,8 @@ impl Client {
     fn io_error(&self, error: io::Error) -> ClientError {
         let what = match error.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => format!(
-                "{}: no progress within {:?} (is it a shoal node, and is it overloaded?)",
+                "{}: no progress within {:?} (is it a shoal node, and is it overloaded or \
+                 stalled?); a request it took may still be applied when it goes on",
                 self.node, self.timeout
             ),
             io::ErrorKind::ConnectionReset
@@ -433,10 +434,26 @@ impl Client {
 
     /// The node's view of the membership and ring, and the cluster's N.
     pub fn ring_and_replicas(&mut self) -> Result<(Membership, usize), ClientError> {
+        self.ring_reply()
+            .map(|reply| (reply.membership, usize::from(reply.replicas)))
+    }
+
+    /// The node's whole answer to `Ring`: membership, N and its default request deadline.
+    pub fn ring_reply(&mut self) -> Result<RingReply, ClientError> {
         match self.call(&Message::Ring)? {
-            Message::RingReply(reply) => Ok((reply.membership, usize::from(reply.replicas))),
+            Message::RingReply(reply) => Ok(*reply),
             other => Err(ClientError::UnexpectedReply(other.to_string())),
         }
+    }
+
+    /// Waits at most `wait` for each reply from now on (the connect's timeout until then).
+    /// A socket option only when it changes: the partition-aware client sets it per request.
+    pub fn wait_for_replies(&mut self, wait: Duration) -> Result<(), ClientError> {
+        if wait != self.timeout {
+            self.stream.set_read_timeout(Some(wait))?;
+            self.timeout = wait;
+        }
+        Ok(())
     }
 
     /// Stages a membership change, shows the plan, or commits it (`admin join|leave|remove|
@@ -504,7 +521,9 @@ mod tests {
             .io_error(io::Error::from(io::ErrorKind::WouldBlock))
             .to_string();
         assert!(
-            said.contains("no progress") && !said.contains(UNANSWERED),
+            said.contains("no progress")
+                && said.contains("may still be applied")
+                && !said.contains(UNANSWERED),
             "{said}"
         );
     }

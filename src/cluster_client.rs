@@ -3,8 +3,13 @@
 //! skipping the forwarding hop a load balancer would cost.
 //!
 //! - Routing: the first reachable node of the key's preference list, then the rest of the
-//!   list, then the fallbacks; a node that fails to connect or answer is skipped for
-//!   `DOWN_FOR` before it is tried first again.
+//!   list, then the fallbacks; a node that fails to connect or answer is tried only after the
+//!   others for `DOWN_FOR`, twice that after its next failure, and so on up to `DOWN_MAX`,
+//!   until it answers again.
+//! - Waiting: a node answers every request by its deadline (the request's `timeout_ms`, or
+//!   the cluster's `request_timeout_ms`, which the ring tells), so the client waits for a
+//!   reply that long plus `REPLY_MARGIN`, not its whole timeout: a stalled node (paused,
+//!   swapping, a disk hang) costs a request seconds, not the client's 10.
 //! - Refresh: every get and put reply carries the answering node's membership version; a
 //!   newer one than the client's makes it fetch the ring again.
 //! - Errors the store returns (quorum, overload, bad input) are returned as they are: the node
@@ -15,14 +20,23 @@
 use crate::client::{Client, ClientError, Context, GetResult, RequestOptions};
 use shoal_stages::error::ServiceError;
 use shoal_stages::membership::{Membership, MembershipView};
+use shoal_stages::wire::RingReply;
 use shoal_stages::NodeId;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long a node that failed is tried only after the others.
+/// How long a node that failed is tried only after the others (doubled per failure since it
+/// last answered, up to `DOWN_MAX`).
 const DOWN_FOR: Duration = Duration::from_secs(2);
+
+/// The longest a failing node is tried only after the others.
+const DOWN_MAX: Duration = Duration::from_secs(16);
+
+/// How long past a request's deadline a reply is still waited for: the node's reply on the
+/// way, or a deadline counted from a read the node made a little after the send.
+const REPLY_MARGIN: Duration = Duration::from_secs(1);
 
 /// A client for a whole cluster.
 pub struct ClusterClient {
@@ -34,8 +48,11 @@ pub struct ClusterClient {
     /// The N the cluster reported with its ring (`n` may be the caller's override).
     cluster_n: usize,
     timeout: Duration,
+    /// The cluster's default request deadline, as the ring told it (None: not told).
+    deadline: Option<Duration>,
     connections: HashMap<NodeId, Client>,
-    down_until: HashMap<NodeId, Instant>,
+    /// Nodes that failed: until when each is tried last, and its failures since it answered.
+    down_until: HashMap<NodeId, (Instant, u32)>,
 }
 
 impl ClusterClient {
@@ -56,13 +73,16 @@ impl ClusterClient {
         n: Option<usize>,
         timeout: Duration,
     ) -> Result<ClusterClient, ClientError> {
-        let (membership, reported) = fetch_ring(seeds, timeout)?;
+        let ring = fetch_ring(seeds, timeout)?;
+        let reported = usize::from(ring.replicas);
         Ok(ClusterClient {
             seeds: seeds.to_vec(),
-            membership: MembershipView::new(membership),
+            membership: MembershipView::new(ring.membership),
             n: n.unwrap_or(reported).max(1),
             cluster_n: reported,
             timeout,
+            deadline: (ring.request_timeout_ms > 0)
+                .then(|| Duration::from_millis(ring.request_timeout_ms)),
             connections: HashMap::new(),
             down_until: HashMap::new(),
         })
@@ -85,7 +105,7 @@ impl ClusterClient {
 
     /// `get(key)` through a preference-list node.
     pub fn get(&mut self, key: &[u8], options: RequestOptions) -> Result<GetResult, ClientError> {
-        let result = self.with_node(key, |client| client.get(key, options))?;
+        let result = self.with_node(key, options, |client| client.get(key, options))?;
         self.refresh_if_newer(result.membership_version);
         Ok(result)
     }
@@ -98,7 +118,9 @@ impl ClusterClient {
         value: &[u8],
         options: RequestOptions,
     ) -> Result<Context, ClientError> {
-        let result = self.with_node(key, |client| client.put_full(key, context, value, options))?;
+        let result = self.with_node(key, options, |client| {
+            client.put_full(key, context, value, options)
+        })?;
         self.refresh_if_newer(result.membership_version);
         Ok(result.context)
     }
@@ -110,7 +132,7 @@ impl ClusterClient {
         context: &Context,
         options: RequestOptions,
     ) -> Result<Context, ClientError> {
-        self.with_node(key, |client| client.delete(key, context, options))
+        self.with_node(key, options, |client| client.delete(key, context, options))
     }
 
     /// Opens a connection to every member now rather than at each one's first request (a
@@ -134,18 +156,33 @@ impl ClusterClient {
             .primaries
             .into_iter()
             .chain(list.fallbacks)
-            .partition(|node| self.down_until.get(node).is_none_or(|until| *until <= now));
+            .partition(|node| {
+                self.down_until
+                    .get(node)
+                    .is_none_or(|(until, _)| *until <= now)
+            });
         up.extend(down);
         up
+    }
+
+    /// How long to wait for a node's reply to a request with `options` (see the module doc).
+    fn reply_wait(&self, options: RequestOptions) -> Duration {
+        let deadline = options
+            .timeout_ms
+            .map(|ms| Duration::from_millis(u64::from(ms)))
+            .or(self.deadline);
+        deadline.map_or(self.timeout, |d| (d + REPLY_MARGIN).min(self.timeout))
     }
 
     /// Runs `call` on the first candidate node that answers; connection failures move on.
     fn with_node<T>(
         &mut self,
         key: &[u8],
+        options: RequestOptions,
         mut call: impl FnMut(&mut Client) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
         let mut last_error = ClientError::Usage("the ring has no nodes".into());
+        let wait = self.reply_wait(options);
         for node in self.candidates(key) {
             let client = match self.connection(&node) {
                 Ok(client) => client,
@@ -156,8 +193,14 @@ impl ClusterClient {
                     continue;
                 }
             };
-            match call(client) {
-                Ok(value) => return Ok(value),
+            let answer = client.wait_for_replies(wait).and_then(|()| call(client));
+            match answer {
+                Ok(value) => {
+                    if !self.down_until.is_empty() {
+                        self.down_until.remove(&node);
+                    }
+                    return Ok(value);
+                }
                 Err(
                     error @ (ClientError::Io(_)
                     | ClientError::Closed { .. }
@@ -199,8 +242,7 @@ impl ClusterClient {
             Ok(client) => Ok(vacant.insert(client)),
             Err(error) => {
                 // `mark_down`, but no connection to drop (and `self` is still lent out).
-                self.down_until
-                    .insert(node.clone(), Instant::now() + DOWN_FOR);
+                note_down(&mut self.down_until, node);
                 Err(error)
             }
         }
@@ -208,8 +250,7 @@ impl ClusterClient {
 
     fn mark_down(&mut self, node: &NodeId) {
         self.connections.remove(node);
-        self.down_until
-            .insert(node.clone(), Instant::now() + DOWN_FOR);
+        note_down(&mut self.down_until, node);
     }
 
     fn refresh_if_newer(&mut self, version: u64) {
@@ -218,18 +259,28 @@ impl ClusterClient {
             let mut sources: Vec<String> =
                 membership.members().map(|m| m.addr.to_string()).collect();
             sources.extend(self.seeds.iter().cloned());
-            if let Ok((membership, _)) = fetch_ring(&sources, self.timeout) {
-                self.membership.set(membership);
+            if let Ok(ring) = fetch_ring(&sources, self.timeout) {
+                self.membership.set(ring.membership);
             }
         }
     }
 }
 
-/// The ring, and the cluster's N, of the first node in `sources` that answers.
-fn fetch_ring(sources: &[String], timeout: Duration) -> Result<(Membership, usize), ClientError> {
+/// `node` failed: it is tried last for `DOWN_FOR`, doubled for each failure since it last
+/// answered, up to `DOWN_MAX` (a stalled node cost each retry a wait; a dead one, a refused
+/// connect).
+fn note_down(down_until: &mut HashMap<NodeId, (Instant, u32)>, node: &NodeId) {
+    let failures = down_until.get(node).map_or(0, |(_, failures)| *failures);
+    let wait = DOWN_FOR.saturating_mul(1 << failures.min(4)).min(DOWN_MAX);
+    down_until.insert(node.clone(), (Instant::now() + wait, failures + 1));
+}
+
+/// The ring reply (membership, N, default deadline) of the first node in `sources` that
+/// answers.
+fn fetch_ring(sources: &[String], timeout: Duration) -> Result<RingReply, ClientError> {
     let mut last_error = ClientError::Usage("no seed nodes given".into());
     for addr in sources {
-        match Client::connect(addr, timeout).and_then(|mut client| client.ring_and_replicas()) {
+        match Client::connect(addr, timeout).and_then(|mut client| client.ring_reply()) {
             Ok(ring) => return Ok(ring),
             Err(error) => last_error = error,
         }

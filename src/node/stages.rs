@@ -328,6 +328,7 @@ pub(super) fn add_pool_stages(
         seal: shared.seal.clone(),
         max_replica_versions: config.limits.max_siblings * REPLICA_VERSIONS_PER_SIBLING,
         replicas: config.cluster.n,
+        request_timeout: Duration::from_millis(config.cluster.request_timeout_ms),
     };
     let parse = spawn(
         config,

@@ -37,6 +37,8 @@ pub struct ParseSettings {
     pub max_replica_versions: usize,
     /// The cluster's N, told to clients with the ring so they route by the right list length.
     pub replicas: usize,
+    /// The default request deadline, told to clients with the ring (`RingReply`).
+    pub request_timeout: Duration,
 }
 
 /// Where a valid request goes.
@@ -106,6 +108,7 @@ impl ParseMachine {
                 let ring = RingReply {
                     membership: (*self.membership.current()).clone(),
                     replicas: u8::try_from(self.settings.replicas).unwrap_or(u8::MAX),
+                    request_timeout_ms: self.settings.request_timeout.as_millis() as u64,
                 };
                 return reply(out, origin, Message::RingReply(Box::new(ring)));
             }

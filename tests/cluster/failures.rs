@@ -429,3 +429,60 @@ fn a_silent_replica_is_replaced_by_a_fallback_within_the_request() {
         "the resumed replica lacks the write"
     );
 }
+
+/// Goal: the partition-aware client waits for a stalled node (paused: connections accepted,
+/// nothing answered) only as long as the node's deadline plus a margin, which the ring tells
+/// it, not its own whole timeout; it then takes the request to the next node, and sends the
+/// following ones elsewhere at once (a trial's load tool stood still for 10 s at a time
+/// while one node was paused, with no error).
+#[test]
+fn a_stalled_node_costs_the_cluster_client_its_deadline_not_its_timeout() {
+    use shoal::cluster_client::ClusterClient;
+    use std::time::{Duration, Instant};
+    let mut cluster = ProcessCluster::start(3, 3, 2, 2);
+    // The client's own timeout, far past the nodes' 4 s deadline.
+    let mut client =
+        ClusterClient::connect(&cluster.addrs, 3, Duration::from_secs(30)).expect("connect");
+    let membership = client.membership();
+    let first = |key: &str| {
+        membership
+            .ring()
+            .preference_list_for_key(key.as_bytes(), 3)
+            .primaries[0]
+            .clone()
+    };
+    let victim = first("stalled-0");
+    let keys: Vec<String> = (0..200)
+        .map(|i| format!("stalled-{i}"))
+        .filter(|key| first(key) == victim)
+        .take(3)
+        .collect();
+    assert_eq!(keys.len(), 3, "keys whose list starts with {victim}");
+    for key in &keys {
+        client
+            .put(key.as_bytes(), None, b"before", DEFAULT)
+            .expect("put with every node up");
+    }
+    let index = victim.as_str()[1..].parse::<usize>().expect("n<i>") - 1;
+    cluster.signal(index, true);
+
+    let started = Instant::now();
+    let read = client.get(keys[0].as_bytes(), DEFAULT);
+    let took = started.elapsed();
+    assert!(read.is_ok(), "the next node answers: {read:?}");
+    assert!(
+        took < Duration::from_secs(12),
+        "waited {took:?} for a paused node (deadline 4 s + margin 1 s)"
+    );
+    let started = Instant::now();
+    for key in &keys[1..] {
+        let read = client.get(key.as_bytes(), DEFAULT).expect("read elsewhere");
+        assert_eq!(read.values, vec![b"before".to_vec()]);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the paused node was tried again at once: {:?}",
+        started.elapsed()
+    );
+    cluster.signal(index, false);
+}

@@ -12,6 +12,7 @@ fn settings() -> ParseSettings {
         seal: ContextSeal::new(b"parse-tests-secret-0123"),
         max_replica_versions: 4,
         replicas: 1,
+        request_timeout: std::time::Duration::from_secs(2),
     }
 }
 

@@ -165,6 +165,7 @@ impl SimNode {
             seal: seal.clone(),
             max_replica_versions: MAX_SIBLINGS * 4,
             replicas: N,
+            request_timeout: REQUEST_TIMEOUT,
         };
         let intake = IntakeSettings {
             max_frame_bytes: 4 << 20,

@@ -63,6 +63,11 @@ pub struct RingReply {
     pub membership: Membership,
     /// The cluster's N (replicas per key): the preference-list length to route by.
     pub replicas: u8,
+    /// The answering node's default request deadline (`cluster.request_timeout_ms`): every
+    /// client request is answered by then, so a client that waits much longer for a node is
+    /// waiting for a stalled one (0: a build before it was told).
+    #[serde(default)]
+    pub request_timeout_ms: u64,
 }
 
 /// End-to-end latency of one client operation at this node, measured by the coordinator.
