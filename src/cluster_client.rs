@@ -14,8 +14,9 @@
 //!   newer one than the client's makes it fetch the ring again.
 //! - Errors the store returns (quorum, overload, bad input) are returned as they are: the node
 //!   that coordinated already did what retrying elsewhere would do. A stopping node's
-//!   `ShuttingDown` is the exception: it refused the request untouched, so the next node is
-//!   tried, as for a connection that failed.
+//!   `ShuttingDown` is the exception, and so is a node every peer refuses (`CutOff`): it
+//!   refused the request untouched, so the next node is tried, as for a connection that
+//!   failed.
 
 use crate::client::{Client, ClientError, Context, GetResult, RequestOptions};
 use shoal_stages::error::ServiceError;
@@ -209,9 +210,13 @@ impl ClusterClient {
                     self.mark_down(&node);
                     last_error = error;
                 }
-                Err(error @ ClientError::Service(ServiceError::ShuttingDown)) => {
-                    // The node is stopping and refused the request before doing anything with
-                    // it: the next node may take it.
+                Err(
+                    error @ ClientError::Service(
+                        ServiceError::ShuttingDown | ServiceError::CutOff { .. },
+                    ),
+                ) => {
+                    // The node is stopping, or every peer refuses it, and it refused the
+                    // request before doing anything with it: the next node may take it.
                     self.mark_down(&node);
                     last_error = error;
                 }

@@ -154,6 +154,14 @@ pub enum ServiceError {
     /// anything was done with it.
     #[error("node is shutting down: the request was not applied; send it to another node")]
     ShuttingDown,
+    /// Every other member refuses this node's handshake (another secret, Q or build), so it
+    /// can reach no other replica: a client's request was refused before anything was done
+    /// with it.
+    #[error("this node's peers all refuse its handshake ({reason}): the request was not applied; send it to another node")]
+    CutOff {
+        /// The first peer's refusal.
+        reason: String,
+    },
     /// `admin throttle --rate N` asked for more than any rate may be.
     #[error("a rate of {rate} per second is above the most any rate may be, {max}")]
     RateTooHigh {
@@ -215,6 +223,7 @@ impl ServiceError {
             ServiceError::PeerLost { .. } => "PeerLost",
             ServiceError::Unauthorized { .. } => "Unauthorized",
             ServiceError::ShuttingDown => "ShuttingDown",
+            ServiceError::CutOff { .. } => "CutOff",
             ServiceError::NotABackgroundStage { .. } => "NotABackgroundStage",
             ServiceError::RateTooHigh { .. } => "RateTooHigh",
             ServiceError::MembershipRefused { .. } => "MembershipRefused",

@@ -486,3 +486,61 @@ fn a_stalled_node_costs_the_cluster_client_its_deadline_not_its_timeout() {
     );
     cluster.signal(index, false);
 }
+
+/// Goal: a node restarted with another cluster secret, which every peer then refuses (a
+/// trial's such node failed a third of a partition-aware client's requests, and applied puts
+/// it reported failed), refuses clients' data requests `CutOff` before anything is applied,
+/// still answers `members`; the partition-aware client takes its requests to the others
+/// without an error; with the right secret again it serves.
+#[test]
+fn a_node_every_peer_refuses_turns_clients_away_and_they_go_elsewhere() {
+    use shoal::client::ClientError;
+    use shoal::cluster_client::ClusterClient;
+    use shoal_stages::ServiceError;
+    use std::time::Duration;
+    let mut cluster = TestCluster::start(3, 3, 2, 2, "");
+    let addrs: Vec<String> = (0..3).map(|i| cluster.addr(i)).collect();
+    cluster.stop(2);
+    let right = cluster.configs[2].cluster.secret.clone();
+    cluster.configs[2].cluster.secret = "another-cluster-secret-0123456789".into();
+    cluster.restart(2);
+    let mut odd = cluster.client(2);
+    fn cut_off<T>(result: &Result<T, ClientError>) -> bool {
+        matches!(
+            result,
+            Err(ClientError::Service(ServiceError::CutOff { .. }))
+        )
+    }
+    // It dials its peers by itself (gossip), and each refuses it.
+    assert!(
+        eventually(|| cut_off(&odd.get(b"probe", DEFAULT))),
+        "the odd node still takes client requests"
+    );
+    let put = odd.put(b"turned-away", None, b"v", DEFAULT);
+    assert!(cut_off(&put), "{put:?}");
+    let local = odd
+        .get_local(b"turned-away")
+        .expect("a local read is answered");
+    assert!(
+        local.live_values().next().is_none(),
+        "the refused put was applied"
+    );
+    odd.members().expect("members is answered");
+
+    let mut client = ClusterClient::connect(&addrs, 3, Duration::from_secs(5)).expect("connect");
+    for i in 0..30 {
+        let key = format!("elsewhere-{i}");
+        client
+            .put(key.as_bytes(), None, b"v", DEFAULT)
+            .unwrap_or_else(|e| panic!("put {key} with one node cut off: {e}"));
+    }
+
+    cluster.stop(2);
+    cluster.configs[2].cluster.secret = right;
+    cluster.restart(2);
+    let mut back = cluster.client(2);
+    assert!(
+        eventually(|| back.get(b"probe", DEFAULT).is_ok()),
+        "the node with the right secret serves again"
+    );
+}

@@ -11,6 +11,7 @@
 //! and nothing it sends as a peer is acted on before its proof checks out.
 
 mod admission;
+mod cut_off;
 mod drain;
 
 use drain::Drain;
@@ -112,6 +113,8 @@ pub struct IntakeMachine {
     refusals: super::repeats::Repeats,
     /// A clean stop's progress ([`IntakeMachine::begin_drain`]).
     drain: Drain,
+    /// Why every peer refuses this node, while they do (`cut_off.rs`).
+    cut_off: Option<String>,
     logger: Logger,
 }
 
@@ -138,6 +141,7 @@ impl IntakeMachine {
             seal,
             refusals: super::repeats::Repeats::default(),
             drain: Drain::Off,
+            cut_off: None,
             logger,
         }
     }
@@ -342,6 +346,9 @@ impl IntakeMachine {
         if self.refused_while_draining(conn, &frame) {
             return self.refuse_as_stopping(conn, request_id, out);
         }
+        if self.refused_as_cut_off(conn, &frame) {
+            return self.refuse_as_cut_off(conn, request_id, out);
+        }
         if self.is_forwarded(conn, &frame) {
             if let Some(peer) = self.connections.get_mut(&conn) {
                 peer.forwarded.insert(request_id);
@@ -499,6 +506,9 @@ impl IntakeMachine {
                     out.socket(SocketCommand::Write { conn, frame });
                 }
                 self.links.established(conn);
+                if self.cut_off.is_some() {
+                    self.update_cut_off();
+                }
             }
             Err(reason) => self.abandon_link(now, conn, reason, true, out),
         }
@@ -543,6 +553,9 @@ impl IntakeMachine {
             }
             let why = refused.then(|| format!("it refused this node's handshake: {reason}"));
             self.links.set_refused(&peer, why.clone());
+            if refused {
+                self.update_cut_off();
+            }
             report_failed(peer, false, why, out);
         }
     }
@@ -582,8 +595,12 @@ impl Machine for IntakeMachine {
 
     /// Closes connections whose partial frame has been arriving for longer than the frame
     /// timeout, and links whose peer did not answer the hello within [`HANDSHAKE_TIMEOUT`]:
-    /// their held frames fail instead of waiting for the peer.
+    /// their held frames fail instead of waiting for the peer. A node every peer refused
+    /// looks again (a membership change may have taken the refusing members out).
     fn on_tick(&mut self, now: Now, out: &mut Outbox) {
+        if self.cut_off.is_some() {
+            self.update_cut_off();
+        }
         let unanswered: Vec<ConnId> = self
             .dialing
             .iter()
