@@ -446,11 +446,13 @@ impl Client {
         }
     }
 
-    /// Waits at most `wait` for each reply from now on (the connect's timeout until then).
-    /// A socket option only when it changes: the partition-aware client sets it per request.
+    /// Waits at most `wait` for each reply, and for each send to make progress, from now on
+    /// (the connect's timeout until then). Socket options only when it changes: the
+    /// partition-aware client sets it per request.
     pub fn wait_for_replies(&mut self, wait: Duration) -> Result<(), ClientError> {
         if wait != self.timeout {
             self.stream.set_read_timeout(Some(wait))?;
+            self.stream.set_write_timeout(Some(wait))?;
             self.timeout = wait;
         }
         Ok(())

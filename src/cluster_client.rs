@@ -49,11 +49,12 @@ pub struct ClusterClient {
     /// The N the cluster reported with its ring (`n` may be the caller's override).
     cluster_n: usize,
     timeout: Duration,
-    /// The cluster's default request deadline, as the ring told it (None: not told).
-    deadline: Option<Duration>,
+    /// The cluster's default request timeout (`request_timeout_ms`), as the ring told it
+    /// (None: not told). A node's own config sets it: the last ring fetched speaks for all.
+    request_timeout: Option<Duration>,
     connections: HashMap<NodeId, Client>,
     /// Nodes that failed: until when each is tried last, and its failures since it answered.
-    down_until: HashMap<NodeId, (Instant, u32)>,
+    down_until: HashMap<NodeId, Down>,
 }
 
 impl ClusterClient {
@@ -76,14 +77,14 @@ impl ClusterClient {
     ) -> Result<ClusterClient, ClientError> {
         let ring = fetch_ring(seeds, timeout)?;
         let reported = usize::from(ring.replicas);
+        let request_timeout = ring_request_timeout(&ring);
         Ok(ClusterClient {
             seeds: seeds.to_vec(),
             membership: MembershipView::new(ring.membership),
             n: n.unwrap_or(reported).max(1),
             cluster_n: reported,
             timeout,
-            deadline: (ring.request_timeout_ms > 0)
-                .then(|| Duration::from_millis(ring.request_timeout_ms)),
+            request_timeout,
             connections: HashMap::new(),
             down_until: HashMap::new(),
         })
@@ -106,7 +107,7 @@ impl ClusterClient {
 
     /// `get(key)` through a preference-list node.
     pub fn get(&mut self, key: &[u8], options: RequestOptions) -> Result<GetResult, ClientError> {
-        let result = self.with_node(key, options, |client| client.get(key, options))?;
+        let result = self.with_node(key, options, Retry::Any, |client| client.get(key, options))?;
         self.refresh_if_newer(result.membership_version);
         Ok(result)
     }
@@ -119,7 +120,7 @@ impl ClusterClient {
         value: &[u8],
         options: RequestOptions,
     ) -> Result<Context, ClientError> {
-        let result = self.with_node(key, options, |client| {
+        let result = self.with_node(key, options, Retry::Unsent, |client| {
             client.put_full(key, context, value, options)
         })?;
         self.refresh_if_newer(result.membership_version);
@@ -133,7 +134,9 @@ impl ClusterClient {
         context: &Context,
         options: RequestOptions,
     ) -> Result<Context, ClientError> {
-        self.with_node(key, options, |client| client.delete(key, context, options))
+        self.with_node(key, options, Retry::Unsent, |client| {
+            client.delete(key, context, options)
+        })
     }
 
     /// Opens a connection to every member now rather than at each one's first request (a
@@ -160,30 +163,23 @@ impl ClusterClient {
             .partition(|node| {
                 self.down_until
                     .get(node)
-                    .is_none_or(|(until, _)| *until <= now)
+                    .is_none_or(|down| down.until <= now)
             });
         up.extend(down);
         up
     }
 
-    /// How long to wait for a node's reply to a request with `options` (see the module doc).
-    fn reply_wait(&self, options: RequestOptions) -> Duration {
-        let deadline = options
-            .timeout_ms
-            .map(|ms| Duration::from_millis(u64::from(ms)))
-            .or(self.deadline);
-        deadline.map_or(self.timeout, |d| (d + REPLY_MARGIN).min(self.timeout))
-    }
-
-    /// Runs `call` on the first candidate node that answers; connection failures move on.
+    /// Runs `call` on the first candidate node that answers; connection failures move on, and
+    /// a node that did not answer in time moves on only for a request `retry` allows.
     fn with_node<T>(
         &mut self,
         key: &[u8],
         options: RequestOptions,
+        retry: Retry,
         mut call: impl FnMut(&mut Client) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
         let mut last_error = ClientError::Usage("the ring has no nodes".into());
-        let wait = self.reply_wait(options);
+        let wait = reply_wait(options, self.request_timeout, self.timeout);
         for node in self.candidates(key) {
             let client = match self.connection(&node) {
                 Ok(client) => client,
@@ -197,10 +193,21 @@ impl ClusterClient {
             let answer = client.wait_for_replies(wait).and_then(|()| call(client));
             match answer {
                 Ok(value) => {
-                    if !self.down_until.is_empty() {
-                        self.down_until.remove(&node);
-                    }
+                    self.answered(&node);
                     return Ok(value);
+                }
+                Err(ClientError::Io(error))
+                    if retry == Retry::Unsent
+                        && matches!(
+                            error.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                {
+                    // A stalled node holds the put (it applies it when it goes on): sent
+                    // again elsewhere it would be applied twice, under two dots, and the
+                    // client would see a sibling it never wrote. Its outcome is unknown.
+                    self.mark_down(&node);
+                    return Err(ClientError::Io(error));
                 }
                 Err(
                     error @ (ClientError::Io(_)
@@ -224,10 +231,14 @@ impl ClusterClient {
                     // The node answered (a refused frame, a stream out of step): it is up,
                     // the connection is unusable. The next request reconnects; another node
                     // would answer this one the same.
+                    self.answered(&node);
                     self.connections.remove(&node);
                     return Err(error);
                 }
-                Err(other) => return Err(other),
+                Err(other) => {
+                    self.answered(&node);
+                    return Err(other);
+                }
             }
         }
         Err(last_error)
@@ -253,6 +264,14 @@ impl ClusterClient {
         }
     }
 
+    /// `node` answered (a value or a typed error): it is no longer tried last, and its next
+    /// failure starts the wait over at `DOWN_FOR`.
+    fn answered(&mut self, node: &NodeId) {
+        if !self.down_until.is_empty() {
+            self.down_until.remove(node);
+        }
+    }
+
     fn mark_down(&mut self, node: &NodeId) {
         self.connections.remove(node);
         note_down(&mut self.down_until, node);
@@ -265,19 +284,65 @@ impl ClusterClient {
                 membership.members().map(|m| m.addr.to_string()).collect();
             sources.extend(self.seeds.iter().cloned());
             if let Ok(ring) = fetch_ring(&sources, self.timeout) {
+                self.request_timeout = ring_request_timeout(&ring).or(self.request_timeout);
                 self.membership.set(ring.membership);
             }
         }
     }
 }
 
-/// `node` failed: it is tried last for `DOWN_FOR`, doubled for each failure since it last
-/// answered, up to `DOWN_MAX` (a stalled node cost each retry a wait; a dead one, a refused
-/// connect).
-fn note_down(down_until: &mut HashMap<NodeId, (Instant, u32)>, node: &NodeId) {
-    let failures = down_until.get(node).map_or(0, |(_, failures)| *failures);
-    let wait = DOWN_FOR.saturating_mul(1 << failures.min(4)).min(DOWN_MAX);
-    down_until.insert(node.clone(), (Instant::now() + wait, failures + 1));
+/// Which requests go to the next node after one that did not answer in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retry {
+    /// A get: asking another node changes nothing.
+    Any,
+    /// A put or delete: only one that was never sent (no connection, or refused untouched).
+    Unsent,
+}
+
+/// A node that failed: until when it is tried last, and its failures since it last answered.
+#[derive(Clone, Copy, Debug)]
+struct Down {
+    until: Instant,
+    failures: u32,
+}
+
+/// How long a node is tried last after its `failures`-th failure in a row (1 = the first):
+/// `DOWN_FOR`, doubled for each earlier one, at most `DOWN_MAX` (a stalled node cost each
+/// retry a wait; a dead one, a refused connect).
+fn down_for(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(DOWN_MAX.as_secs().ilog2());
+    DOWN_FOR.saturating_mul(1 << doublings).min(DOWN_MAX)
+}
+
+/// `node` failed (see [`down_for`]).
+fn note_down(down_until: &mut HashMap<NodeId, Down>, node: &NodeId) {
+    let failures = down_until
+        .get(node)
+        .map_or(0, |down| down.failures)
+        .saturating_add(1);
+    let until = Instant::now() + down_for(failures);
+    down_until.insert(node.clone(), Down { until, failures });
+}
+
+/// How long to wait for a node's reply to a request with `options` (see the module doc):
+/// its deadline (the request's `timeout_ms`, else the cluster's `request_timeout`) plus
+/// `REPLY_MARGIN`, at most the client's `timeout`, which alone counts when neither is known.
+fn reply_wait(
+    options: RequestOptions,
+    request_timeout: Option<Duration>,
+    timeout: Duration,
+) -> Duration {
+    let deadline = options
+        .timeout_ms
+        .map(|ms| Duration::from_millis(u64::from(ms)))
+        .or(request_timeout);
+    deadline.map_or(timeout, |d| (d + REPLY_MARGIN).min(timeout))
+}
+
+/// The default request timeout a ring reply told, if it told one (0: an older node).
+fn ring_request_timeout(ring: &RingReply) -> Option<Duration> {
+    (ring.request_timeout_ms > 0).then(|| Duration::from_millis(ring.request_timeout_ms))
 }
 
 /// The ring reply (membership, N, default deadline) of the first node in `sources` that
@@ -291,4 +356,47 @@ fn fetch_ring(sources: &[String], timeout: Duration) -> Result<RingReply, Client
         }
     }
     Err(last_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a failing node is tried last 2 s after its first failure in a row, doubled after
+    /// each further one, never more than 16 s, however many.
+    #[test]
+    fn a_failing_node_waits_longer_after_each_failure_up_to_the_cap() {
+        let waits: Vec<u64> = [1, 2, 3, 4, 5, 6, 40, u32::MAX]
+            .into_iter()
+            .map(|failures| down_for(failures).as_secs())
+            .collect();
+        assert_eq!(waits, vec![2, 4, 8, 16, 16, 16, 16, 16]);
+        let mut down = HashMap::new();
+        let node = NodeId::new("n1");
+        for _ in 0..3 {
+            note_down(&mut down, &node);
+        }
+        assert_eq!(down.get(&node).map(|d| d.failures), Some(3));
+    }
+
+    /// Goal: a reply is waited for the request's deadline plus the margin: its own timeout_ms
+    /// first, else the cluster's request timeout, never past the client's timeout, and the
+    /// client's timeout alone when neither is known (an older node's ring).
+    #[test]
+    fn a_reply_is_waited_for_the_deadline_plus_the_margin_within_the_client_timeout() {
+        let secs = Duration::from_secs;
+        let client = secs(10);
+        let own = RequestOptions {
+            timeout_ms: Some(500),
+            ..RequestOptions::default()
+        };
+        let defaults = RequestOptions::default();
+        assert_eq!(reply_wait(defaults, Some(secs(2)), client), secs(3));
+        assert_eq!(
+            reply_wait(own, Some(secs(2)), client),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(reply_wait(defaults, Some(secs(30)), client), client);
+        assert_eq!(reply_wait(defaults, None, client), client);
+    }
 }

@@ -7,6 +7,7 @@ mod cluster {
     pub mod cli;
     pub mod durability;
     pub mod failures;
+    pub mod handshake;
     pub mod load_tool;
     pub mod membership;
     pub mod metrics;

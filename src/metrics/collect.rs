@@ -237,12 +237,16 @@ impl Collector for NodeMetrics {
         // every few seconds is cheap next to the traffic that makes hints). Every other
         // member has a series, 0 when none are held: one that vanished at 0 read as "no data"
         // to an alert, not as "all delivered".
-        let mut hints = self.store.pending_hints().unwrap_or_default();
-        for member in self.membership.current().members() {
-            if member.id != self.source.node {
-                hints.entry(member.id.clone()).or_insert(0);
+        // A count that failed leaves the family empty ("no data"), never a 0 it did not see.
+        let mut hints = self.store.pending_hints().ok();
+        if let Some(hints) = hints.as_mut() {
+            for member in self.membership.current().members() {
+                if member.id != self.source.node {
+                    hints.entry(member.id.clone()).or_insert(0);
+                }
             }
         }
+        let hints = hints.unwrap_or_default();
         gauges(
             e,
             (

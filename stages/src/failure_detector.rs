@@ -33,8 +33,8 @@ enum Health {
 pub const SAID_STOPPED: &str = "it said it stopped";
 
 /// Why a peer whose handshake failed is down (either side refused the other).
-pub const REFUSED_HANDSHAKE: &str =
-    "its handshake with this node failed (another secret, ring or build: the log says which)";
+pub const REFUSED_HANDSHAKE: &str = "its handshake with this node failed \
+    (another secret, ring or build, or not a member: the log says which)";
 
 /// A peer's state for `admin members`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,7 +156,9 @@ impl FailureDetector {
     /// probe's answer, after a handshake that works, brings it back. Returns true if this
     /// marked it down or changed why.
     pub fn refused(&mut self, peer: &NodeId, now: Instant) -> bool {
-        let marked = self.failed(peer, now, REFUSED_HANDSHAKE);
+        // As `suspect`: a peer already down keeps its next probe (a refused redial every
+        // backoff would push it back for ever) and its failure count.
+        let marked = self.suspect(peer, now, REFUSED_HANDSHAKE);
         let mut changed = false;
         if let Some((
             Health::Down {

@@ -11,10 +11,11 @@ use shoal::load::target::TargetSpec;
 use shoal::load::{run, LoadConfig, LoadReport, Workload};
 use std::time::Duration;
 
-/// jemalloc instead of glibc's malloc, as the node has: every request allocates (its frame,
-/// the reply's decoded versions, the remembered context), from 32 threads at once, and
-/// glibc's malloc and free took about 4 % of the tool's CPU at 32 connections (perf). On
-/// a 2-core box the tool's CPU is taken from the target it measures.
+/// jemalloc instead of glibc's malloc, as the node has (not its one-arena setting: the tool's
+/// memory is not measured). Every request allocates (its frame, the reply's decoded versions,
+/// the remembered context) from 32 threads at once, and glibc's malloc and free took about
+/// 4 % of the tool's CPU at 32 connections (perf). On a 2-core box the tool's CPU is taken
+/// from the target it measures.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

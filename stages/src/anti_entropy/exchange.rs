@@ -195,13 +195,17 @@ impl AntiEntropyMachine {
         peer.report.last_exchange_ms = self.wall_ms;
         peer.report.keys_sent += exchange.sent;
         peer.report.keys_received += exchange.received;
-        if in_sync && !exchange.cut_short {
+        let found_in_sync = in_sync && !exchange.cut_short;
+        if found_in_sync {
             peer.report.in_sync_since_ms = exchange.started_ms;
         }
         self.totals.exchanges += 1;
         self.debt += exchange.sent + exchange.received;
         self.totals.keys_sent += exchange.sent;
         self.totals.keys_received += exchange.received;
+        if found_in_sync {
+            self.note_catch_up();
+        }
         if works_again {
             info!(self.logger, "anti-entropy exchanges work again"; "peer" => %exchange.peer);
             // Its other pairs were put off an interval when it failed (`abandon_exchange`):

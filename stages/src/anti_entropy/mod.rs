@@ -66,11 +66,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 mod exchange;
+mod progress;
 mod purge;
 mod serve;
 mod trees;
 
 use exchange::{Exchange, Place, Step};
+use progress::{CatchUp, Totals};
 use purge::Purge;
 use serve::{Lease, Serving};
 
@@ -131,20 +133,6 @@ struct PartitionState {
     summary: Option<TreeSummary>,
 }
 
-/// Counters for the report.
-#[derive(Clone, Copy, Debug, Default)]
-struct Totals {
-    exchanges: u64,
-    in_sync_exchanges: u64,
-    keys_sent: u64,
-    keys_received: u64,
-    digests_compared: u64,
-    bytes_exchanged: u64,
-    rebuilds: u64,
-    rot_found: u64,
-    tombstones_purged: u64,
-}
-
 /// The anti-entropy stage's machine.
 pub struct AntiEntropyMachine {
     settings: AntiEntropySettings,
@@ -171,6 +159,8 @@ pub struct AntiEntropyMachine {
     /// The wall clock as of the last event or tick (the driver's `now`).
     wall_ms: u64,
     totals: Totals,
+    /// When the node started, and whether it has caught up since (`progress.rs`).
+    catch_up: CatchUp,
     /// Tokens owed for work done (see [`AntiEntropyMachine::pay_debt`]).
     debt: u64,
     /// Tokens of debt paid or forgiven since the machine started: where a charge stands in
@@ -227,6 +217,7 @@ impl AntiEntropyMachine {
             copying: BTreeSet::new(),
             wall_ms: 0,
             totals: Totals::default(),
+            catch_up: CatchUp::default(),
             debt: 0,
             retired: 0,
             rng,
@@ -444,6 +435,7 @@ impl Machine for AntiEntropyMachine {
 
     fn on_event(&mut self, now: Now, event: AntiEntropyEvent, out: &mut Outbox) {
         self.wall_ms = now.wall_ms;
+        self.catch_up.saw(now.wall_ms);
         let now = now.instant;
         let (op, answer) = match event {
             AntiEntropyEvent::Serve { origin, request } => {
@@ -493,6 +485,7 @@ impl Machine for AntiEntropyMachine {
 
     fn on_tick(&mut self, now: Now, out: &mut Outbox) {
         self.wall_ms = now.wall_ms;
+        self.catch_up.saw(now.wall_ms);
         let now = now.instant;
         // Every tick, not only when new work would start: the bucket holds at most 400 ms
         // of its rate, so a debt paid only at the next start (a peer's opening, a rebuild

@@ -534,3 +534,49 @@ fn a_failed_exchange_puts_off_every_pair_with_that_peer_until_one_works() {
         "n2's other pairs came soon: {with_n2:?}"
     );
 }
+
+/// Goal: the node says it has caught up once every partition it holds was found in sync with
+/// each other replica by an exchange that began after its start, not before the last pair,
+/// and a pair found in sync before the start does not count (a wiped node's log was silent
+/// about its rebuild; only `admin aae` told when it was done).
+#[test]
+fn catching_up_is_noted_once_every_pair_was_found_in_sync_since_the_start() {
+    let start = Instant::now();
+    let mut machine = machine(Gate::new(None, start));
+    let mut out = Outbox::new();
+    let started = Now {
+        instant: start,
+        wall_ms: 10_000,
+    };
+    machine.on_tick(started, &mut out);
+    let pairs: Vec<(u32, NodeId)> = machine
+        .partitions
+        .iter()
+        .flat_map(|(p, state)| state.peers.keys().map(move |peer| (*p, peer.clone())))
+        .collect();
+    assert!(pairs.len() >= 2, "{pairs:?}");
+    let set = |machine: &mut AntiEntropyMachine, (p, peer): &(u32, NodeId), ms: u64| {
+        if let Some(state) = machine
+            .partitions
+            .get_mut(p)
+            .and_then(|s| s.peers.get_mut(peer))
+        {
+            state.report.in_sync_since_ms = ms;
+        }
+        machine.note_catch_up();
+    };
+    let (last, rest) = pairs.split_last().expect("pairs");
+    for pair in rest {
+        set(&mut machine, pair, 10_500);
+    }
+    set(&mut machine, last, 9_000);
+    assert!(
+        !machine.catch_up.done,
+        "a pair in sync only before the start"
+    );
+    set(&mut machine, last, 12_000);
+    assert!(
+        machine.catch_up.done,
+        "every pair found in sync since the start"
+    );
+}

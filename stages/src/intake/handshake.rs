@@ -125,15 +125,18 @@ pub fn answer(
             challenge.node
         ));
     }
-    if let Some(reason) = protocol_mismatch(peer, challenge.protocol)
-        .or_else(|| partitions_mismatch(peer, challenge.partitions, partitions))
-    {
+    // The version first (another may sign differently), then the MAC: what the answerer
+    // says of its ring counts only once it is known to be of this cluster.
+    if let Some(reason) = protocol_mismatch(peer, challenge.protocol) {
         return Err(reason);
     }
     let receiver_nonce = nonce_of(&challenge.nonce).ok_or("challenge nonce of the wrong length")?;
     let signed = handshake_bytes(PeerChallenge::LABEL, dialer, peer, nonce, &receiver_nonce);
     if !seal.verify(&signed, &challenge.mac) {
         return Err("challenge not signed with this cluster's secret".into());
+    }
+    if let Some(reason) = partitions_mismatch(peer, challenge.partitions, partitions) {
+        return Err(reason);
     }
     let proof = seal.sign(&handshake_bytes(
         PeerProof::LABEL,

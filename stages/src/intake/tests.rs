@@ -5,9 +5,11 @@ use super::*;
 use crate::event::{Event, IntakeEvent, Now, ReplicateEvent, SocketCommand};
 use crate::membership::{Member, Membership, MembershipView};
 use crate::seda::{Effect, Machine, Outbox};
-use crate::wire::{kind, ContextSeal, FrameDecoder};
+use crate::wire::{kind, ContextSeal, FrameDecoder, Message};
 use crate::NodeId;
 use std::time::{Duration, Instant};
+
+mod cut_off;
 
 const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 const SECRET: &[u8] = b"intake-tests-cluster-secret";
@@ -18,6 +20,10 @@ fn membership() -> MembershipView {
 }
 
 fn machine(node: &str, secret: &[u8], seed: u8) -> IntakeMachine {
+    machine_in(node, secret, seed, membership())
+}
+
+fn machine_in(node: &str, secret: &[u8], seed: u8, membership: MembershipView) -> IntakeMachine {
     let settings = IntakeSettings {
         max_frame_bytes: 1 << 20,
         max_connections: 16,
@@ -27,7 +33,7 @@ fn machine(node: &str, secret: &[u8], seed: u8) -> IntakeMachine {
     };
     IntakeMachine::new(
         settings,
-        membership(),
+        membership,
         NodeId::new(node),
         ContextSeal::new(secret),
         [seed; 16],

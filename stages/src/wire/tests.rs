@@ -8,6 +8,8 @@ use crate::vclock::VClock;
 use crate::wire::{GetLocalRequest, LocalReply, ReplicaRead, ReplicaReply, ReplicaWrite};
 use proptest::prelude::*;
 
+mod handshake;
+
 const MAX: usize = 4096;
 
 fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
@@ -570,48 +572,4 @@ fn a_members_reply_without_reasons_decodes_with_none() {
         }
         other => panic!("expected a members reply, got {other:?}"),
     }
-}
-
-/// Goal: a hello and a challenge from a build before the peer protocol was named (no
-/// `protocol` field) read as version 1, so a rolling upgrade from such a build keeps its
-/// links; and a node of this build names its own version in both.
-#[test]
-fn a_handshake_without_a_protocol_version_reads_as_the_first() {
-    #[derive(serde::Serialize)]
-    struct OldHello {
-        node: crate::NodeId,
-        nonce: Bytes,
-    }
-    #[derive(serde::Serialize)]
-    struct OldChallenge {
-        node: crate::NodeId,
-        nonce: Bytes,
-        mac: Bytes,
-    }
-    let node = crate::NodeId::new("n1");
-    let old = OldHello {
-        node: node.clone(),
-        nonce: Bytes::from(vec![1; NONCE_BYTES]),
-    };
-    let hello: PeerHello =
-        rmp_serde::from_slice(&rmp_serde::to_vec_named(&old).expect("encode")).expect("decode");
-    assert_eq!(hello.protocol, 1);
-    let old = OldChallenge {
-        node,
-        nonce: Bytes::from(vec![2; NONCE_BYTES]),
-        mac: Bytes::from(vec![3; 16]),
-    };
-    let challenge: PeerChallenge =
-        rmp_serde::from_slice(&rmp_serde::to_vec_named(&old).expect("encode")).expect("decode");
-    assert_eq!(challenge.protocol, 1);
-    assert_eq!(
-        PEER_PROTOCOL, 1,
-        "raising it: keep the first version's default at 1"
-    );
-    assert!(protocol_mismatch(&challenge.node, 1).is_none());
-    let refusal = protocol_mismatch(&challenge.node, 2).unwrap_or_default();
-    assert!(
-        refusal.contains("n1 speaks peer protocol 2 and this node 1"),
-        "{refusal}"
-    );
 }

@@ -3,65 +3,109 @@
 //! replica: its coordinated puts fail their quorum (after writing locally: the value turns up
 //! later), its reads answer from its own data only, and a context another node sealed is
 //! "not of this cluster" to it. A trial's wrong-secret node failed a third of a partition-aware
-//! client's requests that way. Once every other member (two at least) refused it and none has
-//! accepted it since, it refuses clients' data requests `CutOff` before any stage sees them,
-//! so nothing is applied, and the partition-aware client takes them to another node.
-//! Why two at least: with one peer, which of the two is the odd one cannot be told.
+//! client's requests that way. Once every other member (two at least) refused this node's
+//! handshake under the current membership, and none accepted it since, it refuses clients'
+//! data requests `CutOff` before any stage sees them, so nothing is applied, and the
+//! partition-aware client takes them to another node.
+//!
+//! Why two at least: with one peer, which of the two is the odd one cannot be told. Why under
+//! the current membership: a node waiting to join is refused ("not a member") until the join
+//! commits, and those refusals say nothing once it has. A node that is not a member of its own
+//! membership (waiting to join, or removed) is never cut off: it serves no partition anyway.
+//! A hello that goes unanswered is not a refusal: a paused peer does not make this node whole.
 
 use super::IntakeMachine;
 use crate::error::ServiceError;
 use crate::event::ConnId;
 use crate::seda::Outbox;
 use crate::wire::{kind, Frame, Message};
+use crate::NodeId;
 use slog::{info, warn};
+use std::collections::BTreeMap;
+
+/// What the intake knows of peers refusing this node.
+#[derive(Debug, Default)]
+pub(super) struct CutOff {
+    /// Each peer's last refusal of this node's handshake, with the membership version it came
+    /// under, until a handshake with it works.
+    refusals: BTreeMap<NodeId, (u64, String)>,
+    /// Why client requests are refused (the first refusing peer's reason), while they are.
+    reason: Option<String>,
+}
 
 impl IntakeMachine {
-    /// Works out again whether every peer refuses this node (after a dial's handshake failed
-    /// or worked, and at each tick, which follows membership changes), logging a change.
-    pub(super) fn update_cut_off(&mut self) {
-        let membership = self.membership.current();
-        let mut others = 0;
-        let mut reason = None;
-        for member in membership.members().filter(|m| m.id != self.node) {
-            others += 1;
-            match self.links.refused(&member.id) {
-                Some(why) => {
-                    reason.get_or_insert_with(|| format!("{}: {why}", member.id));
-                }
-                None => return self.set_cut_off(None),
-            }
-        }
-        self.set_cut_off(reason.filter(|_| others >= 2));
+    /// `peer` refused this node's handshake (`why`).
+    pub(super) fn note_refusal(&mut self, peer: &NodeId, why: &str) {
+        let version = self.membership.current().version;
+        self.cut_off
+            .refusals
+            .insert(peer.clone(), (version, why.to_string()));
+        self.update_cut_off();
     }
 
-    fn set_cut_off(&mut self, reason: Option<String>) {
-        match (&self.cut_off, &reason) {
+    /// A handshake with `peer` worked.
+    pub(super) fn note_accepted(&mut self, peer: &NodeId) {
+        if self.cut_off.refusals.remove(peer).is_some() {
+            self.update_cut_off();
+        }
+    }
+
+    /// Works out again whether every peer refuses this node (after a refusal, a handshake
+    /// that worked, and at each tick while it is cut off, which follows membership changes),
+    /// logging a change.
+    pub(super) fn update_cut_off(&mut self) {
+        let reason = self.refused_by_every_peer();
+        match (&self.cut_off.reason, &reason) {
             (None, Some(why)) => {
                 warn!(self.logger, "every peer refuses this node's handshake: client requests are refused CutOff until one accepts it"; "first" => %why)
             }
             (Some(_), None) => {
                 info!(
                     self.logger,
-                    "a peer accepts this node's handshake again: serving client requests"
+                    "not every peer refuses this node any more: serving client requests"
                 )
             }
             _ => {}
         }
-        self.cut_off = reason;
+        self.cut_off.reason = reason;
+    }
+
+    /// The first refusing peer's reason, when every other member (two at least) refused this
+    /// node, itself a member, under the current membership.
+    fn refused_by_every_peer(&self) -> Option<String> {
+        let membership = self.membership.current();
+        membership.member(&self.node)?;
+        let mut others = 0;
+        let mut first = None;
+        for member in membership.members().filter(|m| m.id != self.node) {
+            others += 1;
+            match self.cut_off.refusals.get(&member.id) {
+                Some((version, why)) if *version == membership.version => {
+                    first.get_or_insert_with(|| format!("{}: {why}", member.id));
+                }
+                _ => return None,
+            }
+        }
+        first.filter(|_| others >= 2)
+    }
+
+    /// Whether client requests are refused `CutOff` now.
+    pub(super) fn is_cut_off(&self) -> bool {
+        self.cut_off.reason.is_some()
     }
 
     /// Whether `frame` on `conn` is a client's data request refused because every peer
     /// refuses this node. Reads of its state (`Members`, `Ring`, `Stats`, a local get) are
     /// still answered: they are how an operator finds out.
     pub(super) fn refused_as_cut_off(&self, conn: ConnId, frame: &Frame) -> bool {
-        self.cut_off.is_some()
+        self.is_cut_off()
             && matches!(frame.kind, kind::GET | kind::PUT | kind::DELETE)
             && self.is_client(conn)
     }
 
     /// The answer to a request refused by [`IntakeMachine::refused_as_cut_off`].
     pub(super) fn refuse_as_cut_off(&self, conn: ConnId, request_id: u64, out: &mut Outbox) {
-        let reason = self.cut_off.clone().unwrap_or_default();
+        let reason = self.cut_off.reason.clone().unwrap_or_default();
         let error = Message::Error(ServiceError::CutOff { reason });
         self.write(conn, request_id, &error, out);
     }
