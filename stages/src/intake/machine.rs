@@ -415,8 +415,11 @@ impl IntakeMachine {
             } else {
                 debug!(self.logger, "peer still unreachable"; "peer" => %peer, "conn" => conn.0);
             }
-            let refused = self.links.refused(&peer);
-            report_failed(peer, in_flight_lost, refused, out);
+            // Closed without a refusal (a refused handshake is abandoned before its close
+            // comes back): whatever the peer said before is old news, and a request failed
+            // now must not blame a handshake on a peer that has since stopped.
+            self.links.set_refused(&peer, None);
+            report_failed(peer, in_flight_lost, None, out);
         }
     }
 }

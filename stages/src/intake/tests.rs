@@ -200,7 +200,8 @@ fn a_challenge_from_another_cluster_closes_the_link_and_sends_nothing() {
 
 /// Goal: requests failed because the peer refused this node's handshake say so, with the
 /// peer's reason, and so do those failed while the link backs off after it (a quorum error
-/// read only "peer n2 is unreachable" for a wrong cluster secret).
+/// read only "peer n2 is unreachable" for a wrong cluster secret); once a later dial fails
+/// without a refusal, they no longer do.
 #[test]
 fn a_refused_handshake_is_the_reason_requests_to_that_peer_fail() {
     let now = Now::real();
@@ -216,6 +217,18 @@ fn a_refused_handshake_is_the_reason_requests_to_that_peer_fail() {
     let backing_off = written(&mut out);
     assert_eq!(backing_off.dialled.len(), 0, "backing off, not redialling");
     assert_eq!(backing_off.refused, vec![Some(first)]);
+    // The peer has since stopped: a redial that closes without a refusal fails with no
+    // reason, and so do the sends backing off after it (it refused once; it is gone now).
+    let later = Now {
+        instant: now.instant + Duration::from_secs(1),
+        wall_ms: now.wall_ms + 1000,
+    };
+    dialer.on_event(later, to_peer(&ping()), &mut out);
+    let redial = written(&mut out).dialled[0];
+    dialer.on_closed(later, redial, &mut out);
+    assert_eq!(written(&mut out).refused, vec![None]);
+    dialer.on_event(later, to_peer(&ping()), &mut out);
+    assert_eq!(written(&mut out).refused, vec![None]);
 }
 
 /// Goal: a peer that never answers the hello (paused, partitioned, or not shoal) has its link
