@@ -71,7 +71,8 @@ pub enum OpError {
     /// The node answered with a typed error.
     Service(ServiceError),
     /// No node could be reached (an I/O failure or a closed connection after the cluster
-    /// client tried every candidate), named by a short kind (`io:ConnectionRefused`).
+    /// client tried every candidate), named by a short kind (`io:ConnectionRefused`, or
+    /// `no-answer-in-time(may-be-applied)` for a stalled node).
     Unreachable(String),
     /// Anything else, named by a short kind (`io:TimedOut`, `closed`, `redis-error`, ...).
     Other(String),
@@ -220,6 +221,16 @@ impl Connection {
 pub fn op_error(error: ClientError) -> OpError {
     OpError::Other(match error {
         ClientError::Service(e) | ClientError::Refused(e) => return OpError::Service(e),
+        // A node that did not answer in time: named for what it means, as the client's own
+        // error does (a trial read "io:WouldBlock" as a bug in the tool).
+        ClientError::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            return OpError::Unreachable("no-answer-in-time(may-be-applied)".into())
+        }
         ClientError::Io(e) => return OpError::Unreachable(format!("io:{:?}", e.kind())),
         ClientError::Closed { .. } => return OpError::Unreachable("closed".into()),
         ClientError::Frame { .. } | ClientError::Wire(_) => "protocol".into(),
@@ -325,5 +336,9 @@ mod tests {
             OpError::from("io:TimedOut".to_string()).kind(),
             "io:TimedOut"
         );
+        let stalled = op_error(ClientError::Io(std::io::Error::from(
+            std::io::ErrorKind::WouldBlock,
+        )));
+        assert_eq!(stalled.kind(), "no-answer-in-time(may-be-applied)");
     }
 }
