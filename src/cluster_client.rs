@@ -22,18 +22,14 @@ use crate::client::{Client, ClientError, Context, GetResult, RequestOptions};
 use shoal_stages::error::ServiceError;
 use shoal_stages::membership::{Membership, MembershipView};
 use shoal_stages::wire::RingReply;
+
+mod health;
+pub use health::NodeHealth;
 use shoal_stages::NodeId;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How long a node that failed is tried only after the others (doubled per failure since it
-/// last answered, up to `DOWN_MAX`).
-const DOWN_FOR: Duration = Duration::from_secs(2);
-
-/// The longest a failing node is tried only after the others.
-const DOWN_MAX: Duration = Duration::from_secs(16);
 
 /// How long past a request's deadline a reply is still waited for: the node's reply on the
 /// way, or a deadline counted from a read the node made a little after the send.
@@ -53,8 +49,8 @@ pub struct ClusterClient {
     /// (None: not told). A node's own config sets it: the last ring fetched speaks for all.
     request_timeout: Option<Duration>,
     connections: HashMap<NodeId, Client>,
-    /// Nodes that failed: until when each is tried last, and its failures since it answered.
-    down_until: HashMap<NodeId, Down>,
+    /// The nodes that failed lately (shared by the load tool's workers: `share_health`).
+    health: NodeHealth,
 }
 
 impl ClusterClient {
@@ -86,7 +82,7 @@ impl ClusterClient {
             timeout,
             request_timeout,
             connections: HashMap::new(),
-            down_until: HashMap::new(),
+            health: NodeHealth::default(),
         })
     }
 
@@ -150,9 +146,15 @@ impl ClusterClient {
         }
     }
 
+    /// Shares `health` (which nodes failed lately) with the other clients holding it: once a
+    /// failed node's wait is over, one of their requests tries it, not each client's.
+    pub fn share_health(&mut self, health: NodeHealth) {
+        self.health = health;
+    }
+
     /// The nodes to try for a key, in order: preference list, then fallbacks; nodes marked
-    /// down go last.
-    fn candidates(&self, key: &[u8]) -> Vec<NodeId> {
+    /// down go last (`probe`: how long this request may wait for one whose wait is over).
+    fn candidates(&self, key: &[u8], probe: Duration) -> Vec<NodeId> {
         // While the key's partition moves, its old replicas still coordinate reads.
         let list = self.membership.replicas_for_key(key, self.n).list;
         let now = Instant::now();
@@ -160,11 +162,7 @@ impl ClusterClient {
             .primaries
             .into_iter()
             .chain(list.fallbacks)
-            .partition(|node| {
-                self.down_until
-                    .get(node)
-                    .is_none_or(|down| down.until <= now)
-            });
+            .partition(|node| self.health.may_try(node, now, probe));
         up.extend(down);
         up
     }
@@ -180,7 +178,7 @@ impl ClusterClient {
     ) -> Result<T, ClientError> {
         let mut last_error = ClientError::Usage("the ring has no nodes".into());
         let wait = reply_wait(options, self.request_timeout, self.timeout);
-        for node in self.candidates(key) {
+        for node in self.candidates(key, wait) {
             let client = match self.connection(&node) {
                 Ok(client) => client,
                 Err(error) => {
@@ -258,7 +256,7 @@ impl ClusterClient {
             Ok(client) => Ok(vacant.insert(client)),
             Err(error) => {
                 // `mark_down`, but no connection to drop (and `self` is still lent out).
-                note_down(&mut self.down_until, node);
+                self.health.failed(node, Instant::now());
                 Err(error)
             }
         }
@@ -267,14 +265,12 @@ impl ClusterClient {
     /// `node` answered (a value or a typed error): it is no longer tried last, and its next
     /// failure starts the wait over at `DOWN_FOR`.
     fn answered(&mut self, node: &NodeId) {
-        if !self.down_until.is_empty() {
-            self.down_until.remove(node);
-        }
+        self.health.answered(node);
     }
 
     fn mark_down(&mut self, node: &NodeId) {
         self.connections.remove(node);
-        note_down(&mut self.down_until, node);
+        self.health.failed(node, Instant::now());
     }
 
     fn refresh_if_newer(&mut self, version: u64) {
@@ -298,31 +294,6 @@ enum Retry {
     Any,
     /// A put or delete: only one that was never sent (no connection, or refused untouched).
     Unsent,
-}
-
-/// A node that failed: until when it is tried last, and its failures since it last answered.
-#[derive(Clone, Copy, Debug)]
-struct Down {
-    until: Instant,
-    failures: u32,
-}
-
-/// How long a node is tried last after its `failures`-th failure in a row (1 = the first):
-/// `DOWN_FOR`, doubled for each earlier one, at most `DOWN_MAX` (a stalled node cost each
-/// retry a wait; a dead one, a refused connect).
-fn down_for(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(DOWN_MAX.as_secs().ilog2());
-    DOWN_FOR.saturating_mul(1 << doublings).min(DOWN_MAX)
-}
-
-/// `node` failed (see [`down_for`]).
-fn note_down(down_until: &mut HashMap<NodeId, Down>, node: &NodeId) {
-    let failures = down_until
-        .get(node)
-        .map_or(0, |down| down.failures)
-        .saturating_add(1);
-    let until = Instant::now() + down_for(failures);
-    down_until.insert(node.clone(), Down { until, failures });
 }
 
 /// How long to wait for a node's reply to a request with `options` (see the module doc):
@@ -361,23 +332,6 @@ fn fetch_ring(sources: &[String], timeout: Duration) -> Result<RingReply, Client
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Goal: a failing node is tried last 2 s after its first failure in a row, doubled after
-    /// each further one, never more than 16 s, however many.
-    #[test]
-    fn a_failing_node_waits_longer_after_each_failure_up_to_the_cap() {
-        let waits: Vec<u64> = [1, 2, 3, 4, 5, 6, 40, u32::MAX]
-            .into_iter()
-            .map(|failures| down_for(failures).as_secs())
-            .collect();
-        assert_eq!(waits, vec![2, 4, 8, 16, 16, 16, 16, 16]);
-        let mut down = HashMap::new();
-        let node = NodeId::new("n1");
-        for _ in 0..3 {
-            note_down(&mut down, &node);
-        }
-        assert_eq!(down.get(&node).map(|d| d.failures), Some(3));
-    }
 
     /// Goal: a reply is waited for the request's deadline plus the margin: its own timeout_ms
     /// first, else the cluster's request timeout, never past the client's timeout, and the

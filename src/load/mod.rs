@@ -13,6 +13,7 @@ pub mod stage_sampler;
 pub mod target;
 
 use crate::client::{Durability, RequestOptions};
+use crate::cluster_client::NodeHealth;
 use contexts::Contexts;
 use keys::{key_name, KeyChoice, KeyChooser, Rng};
 use phase::{load_phase, LoadPhaseReport};
@@ -192,8 +193,10 @@ pub fn run(config: &LoadConfig, live: &mut (dyn Write + Send)) -> Result<LoadRep
         inserted: AtomicU64::new(config.keys.saturating_sub(1)),
         remaining: AtomicU64::new(config.ops.unwrap_or(u64::MAX)),
         contexts,
+        health: NodeHealth::default(),
     };
     let shared = Arc::new(shared);
+    let health = &shared.health;
     // Every worker connects before the clock starts: an open loop's schedule counts from
     // `start`, and 64 workers fetching the ring and dialling at once took hundreds of ms on a
     // loaded machine, which their first requests then reported as latency (a p99.9 of 600 ms
@@ -203,6 +206,7 @@ pub fn run(config: &LoadConfig, live: &mut (dyn Write + Send)) -> Result<LoadRep
             .map(|_| {
                 scope.spawn(|| {
                     let mut connection = Connection::open(&config.target, options).ok()?;
+                    connection.share_health(health);
                     connection.dial_all();
                     Some(connection)
                 })
@@ -267,6 +271,8 @@ struct Shared {
     remaining: AtomicU64,
     /// The last context any worker got per key.
     contexts: Arc<Contexts>,
+    /// Which nodes failed lately, for every worker: one of them tries a failed node again.
+    health: NodeHealth,
 }
 
 /// Prints a line per second until the workers are done (duration or op budget); returns the
@@ -402,11 +408,13 @@ fn connect_worker(
     if shared.stop.load(Ordering::Relaxed) {
         return None;
     }
-    open_retrying(config, options, |error| {
+    let mut connection = open_retrying(config, options, |error| {
         recorder.error("connect", &error.kind);
         !shared.stop.load(Ordering::Relaxed)
     })
-    .ok()
+    .ok()?;
+    connection.share_health(&shared.health);
+    Some(connection)
 }
 
 /// Opens a connection, trying again `CONNECT_RETRY` later after each failure for as long as

@@ -3,7 +3,7 @@
 //! tool in one run.
 
 use crate::client::{ClientError, Context, RequestOptions};
-use crate::cluster_client::ClusterClient;
+use crate::cluster_client::{ClusterClient, NodeHealth};
 use serde::Serialize;
 use shoal_stages::error::ServiceError;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -163,6 +163,14 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// Shares which nodes failed lately with the run's other workers (see
+    /// `ClusterClient::share_health`); nothing for Redis.
+    pub fn share_health(&mut self, health: &NodeHealth) {
+        if let Connection::Shoal(client, _) = self {
+            client.share_health(health.clone());
+        }
     }
 
     /// Connects to every node of a cluster now (the workload's threads, before its clock
