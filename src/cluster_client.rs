@@ -22,14 +22,14 @@ use crate::client::{Client, ClientError, Context, GetResult, RequestOptions};
 use shoal_stages::error::ServiceError;
 use shoal_stages::membership::{Membership, MembershipView};
 use shoal_stages::wire::RingReply;
-
-mod health;
-pub use health::NodeHealth;
 use shoal_stages::NodeId;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod health;
+pub use health::NodeHealth;
 
 /// How long past a request's deadline a reply is still waited for: the node's reply on the
 /// way, or a deadline counted from a read the node made a little after the send.
@@ -191,7 +191,7 @@ impl ClusterClient {
             let answer = client.wait_for_replies(wait).and_then(|()| call(client));
             match answer {
                 Ok(value) => {
-                    self.answered(&node);
+                    self.health.answered(&node);
                     return Ok(value);
                 }
                 Err(ClientError::Io(error))
@@ -229,12 +229,12 @@ impl ClusterClient {
                     // The node answered (a refused frame, a stream out of step): it is up,
                     // the connection is unusable. The next request reconnects; another node
                     // would answer this one the same.
-                    self.answered(&node);
+                    self.health.answered(&node);
                     self.connections.remove(&node);
                     return Err(error);
                 }
                 Err(other) => {
-                    self.answered(&node);
+                    self.health.answered(&node);
                     return Err(other);
                 }
             }
@@ -260,12 +260,6 @@ impl ClusterClient {
                 Err(error)
             }
         }
-    }
-
-    /// `node` answered (a value or a typed error): it is no longer tried last, and its next
-    /// failure starts the wait over at `DOWN_FOR`.
-    fn answered(&mut self, node: &NodeId) {
-        self.health.answered(node);
     }
 
     fn mark_down(&mut self, node: &NodeId) {

@@ -108,10 +108,8 @@ mod tests {
     /// another failure doubles the wait.
     #[test]
     fn one_request_tries_a_failed_node_when_its_wait_is_over() {
-        let (health, shared) = {
-            let health = NodeHealth::default();
-            (health.clone(), health)
-        };
+        let health = NodeHealth::default();
+        let shared = health.clone();
         let node = NodeId::new("n3");
         let start = Instant::now();
         let probe = Duration::from_secs(3);

@@ -135,43 +135,47 @@ impl FailureDetector {
     /// which can arrive after it said so (they take a longer path through the stages), do not
     /// bring it back. Returns true if this marked it down.
     pub fn said_stopped(&mut self, peer: &NodeId, now: Instant) -> bool {
-        let marked = self.suspect(peer, now, SAID_STOPPED);
-        if let Some((
-            Health::Down {
-                why, until_probed, ..
-            },
-            _,
-        )) = self.peers.get_mut(peer)
-        {
-            *why = SAID_STOPPED;
-            *until_probed = true;
-        }
-        marked
+        self.hold_until_probed(peer, now, SAID_STOPPED).0
     }
 
     /// A handshake with `peer` failed, refused by either side: it runs, but the two cannot be
-    /// peers (another secret, Q or protocol, or not a member). Marked down if it was up, and whatever held it down before (a
-    /// stop it announced, a timeout) gives way to this newer reason, so `admin members` does
-    /// not keep saying "it said it stopped" of a node that came back misconfigured. Only a
-    /// probe's answer, after a handshake that works, brings it back. Returns true if this
-    /// marked it down or changed why.
+    /// peers (another secret, Q or protocol, or not a member). Marked down if it was up, and
+    /// whatever held it down before (a stop it announced, a timeout) gives way to this newer
+    /// reason, so `admin members` does not keep saying "it said it stopped" of a node that
+    /// came back misconfigured. Only a probe's answer, after a handshake that works, brings
+    /// it back. Returns true if this marked it down or changed why.
     pub fn refused(&mut self, peer: &NodeId, now: Instant) -> bool {
-        // As `suspect`: a peer already down keeps its next probe (a refused redial every
-        // backoff would push it back for ever) and its failure count.
-        let marked = self.suspect(peer, now, REFUSED_HANDSHAKE);
+        let (marked, changed) = self.hold_until_probed(peer, now, REFUSED_HANDSHAKE);
+        marked || changed
+    }
+
+    /// Holds `peer` down for `why` until a probe's answer: marked down as
+    /// [`FailureDetector::suspect`] would (a peer already down keeps its next probe and its
+    /// failure count: a refused redial every backoff would push the probe back for ever),
+    /// with `why` replacing its reason. Whether this marked it down, and whether the reason
+    /// changed.
+    fn hold_until_probed(
+        &mut self,
+        peer: &NodeId,
+        now: Instant,
+        why: &'static str,
+    ) -> (bool, bool) {
+        let marked = self.suspect(peer, now, why);
         let mut changed = false;
         if let Some((
             Health::Down {
-                why, until_probed, ..
+                why: held_for,
+                until_probed,
+                ..
             },
             _,
         )) = self.peers.get_mut(peer)
         {
-            changed = *why != REFUSED_HANDSHAKE;
-            *why = REFUSED_HANDSHAKE;
+            changed = *held_for != why;
+            *held_for = why;
             *until_probed = true;
         }
-        marked || changed
+        (marked, changed)
     }
 
     /// Why a request does not ask `peer`, for a failed quorum's error: "not asked: held down
@@ -281,6 +285,15 @@ impl FailureDetector {
 mod tests {
     use super::*;
 
+    /// Why `admin members` says `peer` is down.
+    fn why_down(detector: &FailureDetector, peer: &NodeId, now: Instant) -> Option<String> {
+        detector
+            .statuses(now)
+            .into_iter()
+            .find(|s| &s.node == peer)
+            .map(|s| s.why)
+    }
+
     /// Goal: a failure marks a peer down, it is probed once per interval, and a success brings
     /// it back. Reference: Dynamo §4.8.3.
     #[test]
@@ -373,13 +386,10 @@ mod tests {
         assert!(detector.failed(&failed, start, "its link failed"));
         assert!(!detector.succeeded(&stopped), "a late answer");
         assert!(!detector.is_up(&stopped));
-        let status = |d: &FailureDetector| {
-            d.statuses(start)
-                .into_iter()
-                .find(|s| s.node == stopped)
-                .map(|s| s.why)
-        };
-        assert_eq!(status(&detector).as_deref(), Some(SAID_STOPPED));
+        assert_eq!(
+            why_down(&detector, &stopped, start).as_deref(),
+            Some(SAID_STOPPED)
+        );
         assert!(detector.probe_answered(&stopped));
         assert!(detector.is_up(&stopped));
         assert!(detector.succeeded(&failed), "any answer undoes a failure");
@@ -398,14 +408,12 @@ mod tests {
         assert!(detector.refused(&stopped, start), "the reason changed");
         assert!(!detector.refused(&stopped, start), "already that reason");
         assert!(detector.refused(&up, start), "marked down");
-        let why = |d: &FailureDetector, peer: &NodeId| {
-            d.statuses(start)
-                .into_iter()
-                .find(|s| &s.node == peer)
-                .map(|s| s.why)
-        };
-        assert_eq!(why(&detector, &stopped).as_deref(), Some(REFUSED_HANDSHAKE));
-        assert_eq!(why(&detector, &up).as_deref(), Some(REFUSED_HANDSHAKE));
+        for peer in [&stopped, &up] {
+            assert_eq!(
+                why_down(&detector, peer, start).as_deref(),
+                Some(REFUSED_HANDSHAKE)
+            );
+        }
         assert!(!detector.succeeded(&up), "a late answer");
         assert!(detector.probe_answered(&up));
         assert!(detector.is_up(&up));

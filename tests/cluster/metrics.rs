@@ -49,6 +49,15 @@ fn number(value: &Value) -> f64 {
     }
 }
 
+/// `GET /metrics` from `addr`, which must answer 200, parsed as Prometheus text; and its body.
+fn scrape(addr: SocketAddr) -> (Scrape, String) {
+    let (status, body) = http_get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let scrape =
+        Scrape::parse(body.lines().map(|line| Ok(line.to_string()))).expect("Prometheus text");
+    (scrape, body)
+}
+
 /// Goal: with `[metrics] listen` set, `GET /metrics` answers in the Prometheus text format, and
 /// what it says follows the traffic: every stage's queue depth and capacity, counters that
 /// count the requests just made, the put latency histogram holding them, the controller's
@@ -70,10 +79,7 @@ fn metrics_are_scraped_over_http_and_parse_as_prometheus_text() {
             .expect("put");
     }
 
-    let (status, body) = http_get(addr, "/metrics");
-    assert_eq!(status, 200, "{body}");
-    let scrape =
-        Scrape::parse(body.lines().map(|line| Ok(line.to_string()))).expect("Prometheus text");
+    let (scrape, _) = scrape(addr);
 
     let capacity = sample(&scrape, "shoal_stage_queue_capacity", ("stage", "storage"));
     assert!(number(&capacity.value) > 0.0);
@@ -179,10 +185,7 @@ fn hints_held_reads_zero_for_every_other_member() {
         .as_ref()
         .and_then(|n| n.metrics_addr())
         .expect("metrics are served");
-    let (status, body) = http_get(addr, "/metrics");
-    assert_eq!(status, 200, "{body}");
-    let scrape =
-        Scrape::parse(body.lines().map(|line| Ok(line.to_string()))).expect("Prometheus text");
+    let (scrape, body) = scrape(addr);
     let held = sample(&scrape, "shoal_hints_held", ("target", "n2"));
     assert_eq!(number(&held.value), 0.0);
     assert!(

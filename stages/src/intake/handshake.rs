@@ -11,11 +11,36 @@
 //! secret, not a secure channel).
 
 use crate::wire::{
-    handshake_bytes, partitions_mismatch, protocol_mismatch, Bytes, ContextSeal, Message, Nonce,
-    PeerChallenge, PeerHello, PeerProof, NONCE_BYTES, PEER_PROTOCOL,
+    handshake_bytes, Bytes, ContextSeal, Message, Nonce, PeerChallenge, PeerHello, PeerProof,
+    NONCE_BYTES, PEER_PROTOCOL,
 };
 use crate::NodeId;
 use std::time::Instant;
+
+/// Why a peer of `theirs` is refused, or `None` when it speaks this build's protocol.
+pub fn protocol_mismatch(peer: &NodeId, theirs: u32) -> Option<String> {
+    (theirs != PEER_PROTOCOL).then(|| {
+        format!(
+            "{peer} speaks peer protocol {theirs} and this node {PEER_PROTOCOL}: the nodes of one \
+             cluster must all run builds of one protocol (upgrade or roll back one of them)"
+        )
+    })
+}
+
+/// Why a peer whose ring has `theirs` partitions is refused by a node whose ring has `ours`,
+/// or `None` when they agree. Q is fixed for a cluster's life: a node started with another
+/// (on an empty data directory, so its own storage does not refuse it) would otherwise be
+/// taken for the member at its address, given that member's hints, and would answer reads and
+/// exchange trees by a ring the others do not have. 0 is a build before Q was named here.
+pub fn partitions_mismatch(peer: &NodeId, theirs: u32, ours: u32) -> Option<String> {
+    (theirs != 0 && theirs != ours).then(|| {
+        format!(
+            "{peer} has a ring of {theirs} partitions and this node {ours}: Q is fixed for a \
+             cluster's life (cluster.partitions), so one of them was started with another; \
+             fix its config and start it on an empty data directory"
+        )
+    })
+}
 
 /// Fresh nonces: the MAC, under the cluster secret, of a per-process random seed and a
 /// counter. Unique because the counter never repeats within a process and the seed differs
@@ -196,5 +221,24 @@ mod tests {
                 && refused.contains(&format!("this node {PEER_PROTOCOL}")),
             "{refused}"
         );
+    }
+
+    /// Goal: a peer of this build's protocol is not refused, another is with both versions
+    /// named; an untold Q (0, an earlier build) is not checked, another Q is refused.
+    #[test]
+    fn another_protocol_or_q_is_refused_and_an_untold_q_is_not() {
+        let node = NodeId::new("n1");
+        assert!(protocol_mismatch(&node, PEER_PROTOCOL).is_none());
+        let other = PEER_PROTOCOL + 1;
+        let refusal = protocol_mismatch(&node, other).unwrap_or_default();
+        assert!(
+            refusal.contains(&format!(
+                "n1 speaks peer protocol {other} and this node {PEER_PROTOCOL}"
+            )),
+            "{refusal}"
+        );
+        // No Q told (0) is not checked; another is refused.
+        assert!(partitions_mismatch(&node, 0, 64).is_none());
+        assert!(partitions_mismatch(&node, 128, 64).is_some());
     }
 }

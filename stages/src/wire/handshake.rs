@@ -19,31 +19,6 @@ fn first_protocol() -> u32 {
     1
 }
 
-/// Why a peer of `theirs` is refused, or `None` when it speaks this build's protocol.
-pub fn protocol_mismatch(peer: &NodeId, theirs: u32) -> Option<String> {
-    (theirs != PEER_PROTOCOL).then(|| {
-        format!(
-            "{peer} speaks peer protocol {theirs} and this node {PEER_PROTOCOL}: the nodes of one \
-             cluster must all run builds of one protocol (upgrade or roll back one of them)"
-        )
-    })
-}
-
-/// Why a peer whose ring has `theirs` partitions is refused by a node whose ring has `ours`,
-/// or `None` when they agree. Q is fixed for a cluster's life: a node started with another
-/// (on an empty data directory, so its own storage does not refuse it) would otherwise be
-/// taken for the member at its address, given that member's hints, and would answer reads and
-/// exchange trees by a ring the others do not have. 0 is a build before Q was named here.
-pub fn partitions_mismatch(peer: &NodeId, theirs: u32, ours: u32) -> Option<String> {
-    (theirs != 0 && theirs != ours).then(|| {
-        format!(
-            "{peer} has a ring of {theirs} partitions and this node {ours}: Q is fixed for a \
-             cluster's life (cluster.partitions), so one of them was started with another; \
-             fix its config and start it on an empty data directory"
-        )
-    })
-}
-
 /// The length of a handshake nonce.
 pub const NONCE_BYTES: usize = 16;
 
@@ -73,7 +48,8 @@ pub struct PeerHello {
     /// The peer protocol the dialler speaks ([`PEER_PROTOCOL`]).
     #[serde(default = "first_protocol")]
     pub protocol: u32,
-    /// The dialler's Q, its ring's partitions ([`partitions_mismatch`]; 0 from earlier builds).
+    /// The dialler's Q, its ring's partitions (`intake::handshake::partitions_mismatch`; 0 from
+    /// earlier builds).
     #[serde(default)]
     pub partitions: u32,
 }
@@ -90,7 +66,8 @@ pub struct PeerChallenge {
     /// The peer protocol the receiver speaks ([`PEER_PROTOCOL`]).
     #[serde(default = "first_protocol")]
     pub protocol: u32,
-    /// The receiver's Q ([`partitions_mismatch`]; 0 from earlier builds).
+    /// The receiver's Q (`intake::handshake::partitions_mismatch`; 0 from
+    /// earlier builds).
     #[serde(default)]
     pub partitions: u32,
 }

@@ -34,8 +34,7 @@ pub use gossip::{
     PlanRequest, TransferAck, TransferBatch, TransferProgress,
 };
 pub use handshake::{
-    handshake_bytes, partitions_mismatch, protocol_mismatch, Nonce, PeerChallenge, PeerHello,
-    PeerProof, NONCE_BYTES, PEER_PROTOCOL,
+    handshake_bytes, Nonce, PeerChallenge, PeerHello, PeerProof, NONCE_BYTES, PEER_PROTOCOL,
 };
 pub use message::{kind, Bytes, Message, WireError};
 pub use requests::{

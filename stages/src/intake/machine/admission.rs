@@ -7,8 +7,9 @@ use super::IntakeMachine;
 use crate::error::ServiceError;
 use crate::event::ConnId;
 use crate::intake::handshake::{self, Challenged};
+use crate::intake::handshake::{partitions_mismatch, protocol_mismatch};
 use crate::seda::Outbox;
-use crate::wire::{partitions_mismatch, protocol_mismatch, same_secret, Frame, Message, PeerHello};
+use crate::wire::{same_secret, Frame, Message, PeerHello};
 use crate::NodeId;
 use slog::{debug, warn};
 
