@@ -70,6 +70,16 @@ pub struct StillDown {
     pub why: &'static str,
 }
 
+/// A plain failure (`why`) of a peer held down for a refused handshake: the refusal no longer
+/// holds, since a failure while it does carries it again (`FailureDetector::refused`); so the
+/// newer reason replaces it, and `admin members` does not blame a handshake for a peer that
+/// has since simply stopped.
+fn outdate_refusal(held_for: &mut &'static str, why: &'static str) {
+    if *held_for == REFUSED_HANDSHAKE && why != REFUSED_HANDSHAKE {
+        *held_for = why;
+    }
+}
+
 impl FailureDetector {
     /// A detector that probes down peers every `probe_interval`. Unknown peers count as up.
     pub fn new(probe_interval: Duration) -> FailureDetector {
@@ -108,11 +118,14 @@ impl FailureDetector {
                 };
                 true
             }
-            // Down already: its reason and the rest stay; the next probe moves.
+            // Down already: the rest stays; the next probe moves.
             Health::Down {
-                next_probe: probe, ..
+                next_probe: probe,
+                why: held_for,
+                ..
             } => {
                 *probe = next_probe;
+                outdate_refusal(held_for, why);
                 false
             }
         }
@@ -126,7 +139,11 @@ impl FailureDetector {
     /// failed request would push its next probe back every time, so a returning node would
     /// wait for them to stop before a probe found it.
     pub fn suspect(&mut self, peer: &NodeId, now: Instant, why: &'static str) -> bool {
-        self.is_up(peer) && self.failed(peer, now, why)
+        if let Some((Health::Down { why: held_for, .. }, _)) = self.peers.get_mut(peer) {
+            outdate_refusal(held_for, why);
+            return false;
+        }
+        self.failed(peer, now, why)
     }
 
     /// `peer` said it stopped (a clean stop's last word): it is held down, as
@@ -417,6 +434,39 @@ mod tests {
         assert!(!detector.succeeded(&up), "a late answer");
         assert!(detector.probe_answered(&up));
         assert!(detector.is_up(&up));
+    }
+
+    /// Goal: a peer held down for a refused handshake that then simply fails (it has since
+    /// stopped: nothing listens) is held down for that, whether a request or another stage's
+    /// link failed; a peer held down for another reason keeps it.
+    #[test]
+    fn a_plain_failure_after_a_refused_handshake_is_the_newer_reason() {
+        let mut detector = FailureDetector::new(Duration::from_secs(1));
+        let (by_request, by_stage, stopped) =
+            (NodeId::new("n2"), NodeId::new("n3"), NodeId::new("n4"));
+        let start = Instant::now();
+        let (link, background) = (
+            "its link failed",
+            "a link to it failed under background traffic",
+        );
+        assert!(detector.refused(&by_request, start));
+        assert!(!detector.failed(&by_request, start, link), "down already");
+        assert_eq!(
+            why_down(&detector, &by_request, start).as_deref(),
+            Some(link)
+        );
+        assert!(detector.refused(&by_stage, start));
+        assert!(!detector.suspect(&by_stage, start, background));
+        assert_eq!(
+            why_down(&detector, &by_stage, start).as_deref(),
+            Some(background)
+        );
+        assert!(detector.said_stopped(&stopped, start));
+        assert!(!detector.failed(&stopped, start, link));
+        assert_eq!(
+            why_down(&detector, &stopped, start).as_deref(),
+            Some(SAID_STOPPED)
+        );
     }
 
     /// Goal: a peer that stays down is named again once per interval, not before it has been

@@ -500,9 +500,10 @@ fn a_stalled_node_moves_gets_on_and_fails_puts_it_holds() {
 
 /// Goal: a node restarted with another cluster secret, which every peer then refuses (a
 /// trial's such node failed a third of a partition-aware client's requests, and applied puts
-/// it reported failed), refuses clients' data requests `CutOff` before anything is applied,
-/// still answers `members`; the partition-aware client takes its requests to the others
-/// without an error; with the right secret again it serves.
+/// it reported failed), refuses clients' data requests and its ring `CutOff` before anything
+/// is applied, still answers `members`; the partition-aware client, seeded with it first,
+/// takes its ring and its requests to the others without an error; with the right secret
+/// again it serves.
 #[test]
 fn a_node_every_peer_refuses_turns_clients_away_and_they_go_elsewhere() {
     use shoal::client::ClientError;
@@ -537,8 +538,12 @@ fn a_node_every_peer_refuses_turns_clients_away_and_they_go_elsewhere() {
         "the refused put was applied"
     );
     odd.members().expect("members is answered");
+    let ring = odd.ring();
+    assert!(cut_off(&ring), "a client would route by its ring: {ring:?}");
 
-    let mut client = ClusterClient::connect(&addrs, 3, Duration::from_secs(5)).expect("connect");
+    // Seeded with the odd node first, the client takes its ring from the next seed.
+    let seeds = [addrs[2].clone(), addrs[0].clone(), addrs[1].clone()];
+    let mut client = ClusterClient::connect(&seeds, 3, Duration::from_secs(5)).expect("connect");
     for i in 0..30 {
         let key = format!("elsewhere-{i}");
         client

@@ -17,13 +17,115 @@ use crate::wire::{
 use crate::NodeId;
 use std::time::Instant;
 
+/// Why a peer handshake failed, by kind. Each kind is counted on its own for the log's 1st,
+/// 10th, 100th... warning (`Repeats`), so a node refused for its Q and then, restarted, for
+/// its secret is warned of again: a trial found the second cause silent on the healthy
+/// nodes, whose one count per peer had passed its 10th refusal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The dialer names no member of this node's view.
+    NotAMember {
+        /// The node it names.
+        node: NodeId,
+    },
+    /// The peer speaks another peer protocol (`wire::PEER_PROTOCOL`).
+    Protocol {
+        /// The peer.
+        peer: NodeId,
+        /// Its protocol version.
+        theirs: u32,
+    },
+    /// The peer's ring has another number of partitions.
+    Partitions {
+        /// The peer.
+        peer: NodeId,
+        /// Its Q.
+        theirs: u32,
+        /// This node's Q.
+        ours: u32,
+    },
+    /// DIALER SIDE: the challenge's MAC is not the cluster secret's.
+    ChallengeNotSigned,
+    /// RECEIVER SIDE: the proof does not answer this connection's challenge.
+    ProofNotAnswering,
+    /// Another node than the one dialled answered the hello.
+    WrongPeer {
+        /// The node dialled.
+        dialled: NodeId,
+        /// The node that answered.
+        answered: NodeId,
+    },
+    /// DIALER SIDE: the peer refused this node's hello; its error says why.
+    ByPeer {
+        /// The peer's error, as it wrote it.
+        error: String,
+    },
+    /// A frame that is no step of the handshake, or not in its order.
+    Malformed {
+        /// What was wrong with it.
+        what: String,
+    },
+}
+
+impl Refusal {
+    /// The kind, to count refusals by and to log: `secret` for both sides' MAC failures.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::NotAMember { .. } => "not-a-member",
+            Refusal::Protocol { .. } => "protocol",
+            Refusal::Partitions { .. } => "partitions",
+            Refusal::ChallengeNotSigned | Refusal::ProofNotAnswering => "secret",
+            Refusal::WrongPeer { .. } => "wrong-peer",
+            Refusal::ByPeer { .. } => "refused-by-peer",
+            Refusal::Malformed { .. } => "malformed",
+        }
+    }
+
+    /// A malformed step: `what` was wrong.
+    pub(crate) fn malformed(what: &str) -> Refusal {
+        Refusal::Malformed {
+            what: what.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::NotAMember { node } => write!(f, "{node} is not a member"),
+            Refusal::Protocol { peer, theirs } => write!(
+                f,
+                "{peer} speaks peer protocol {theirs} and this node {PEER_PROTOCOL}: the nodes of \
+                 one cluster must all run builds of one protocol (upgrade or roll back one of them)"
+            ),
+            Refusal::Partitions { peer, theirs, ours } => write!(
+                f,
+                "{peer} has a ring of {theirs} partitions and this node {ours}: Q is fixed for a \
+                 cluster's life (cluster.partitions), so one of them was started with another; \
+                 fix its config and start it on an empty data directory"
+            ),
+            Refusal::ChallengeNotSigned => {
+                write!(f, "challenge not signed with this cluster's secret")
+            }
+            Refusal::ProofNotAnswering => write!(
+                f,
+                "proof does not answer this connection's challenge (a replay, or another \
+                 cluster's secret)"
+            ),
+            Refusal::WrongPeer { dialled, answered } => {
+                write!(f, "dialled {dialled} but {answered} answered the hello")
+            }
+            Refusal::ByPeer { error } => write!(f, "the peer refused the hello: {error}"),
+            Refusal::Malformed { what } => write!(f, "{what}"),
+        }
+    }
+}
+
 /// Why a peer of `theirs` is refused, or `None` when it speaks this build's protocol.
-pub fn protocol_mismatch(peer: &NodeId, theirs: u32) -> Option<String> {
-    (theirs != PEER_PROTOCOL).then(|| {
-        format!(
-            "{peer} speaks peer protocol {theirs} and this node {PEER_PROTOCOL}: the nodes of one \
-             cluster must all run builds of one protocol (upgrade or roll back one of them)"
-        )
+pub fn protocol_mismatch(peer: &NodeId, theirs: u32) -> Option<Refusal> {
+    (theirs != PEER_PROTOCOL).then(|| Refusal::Protocol {
+        peer: peer.clone(),
+        theirs,
     })
 }
 
@@ -32,13 +134,11 @@ pub fn protocol_mismatch(peer: &NodeId, theirs: u32) -> Option<String> {
 /// (on an empty data directory, so its own storage does not refuse it) would otherwise be
 /// taken for the member at its address, given that member's hints, and would answer reads and
 /// exchange trees by a ring the others do not have. 0 is a build before Q was named here.
-pub fn partitions_mismatch(peer: &NodeId, theirs: u32, ours: u32) -> Option<String> {
-    (theirs != 0 && theirs != ours).then(|| {
-        format!(
-            "{peer} has a ring of {theirs} partitions and this node {ours}: Q is fixed for a \
-             cluster's life (cluster.partitions), so one of them was started with another; \
-             fix its config and start it on an empty data directory"
-        )
+pub fn partitions_mismatch(peer: &NodeId, theirs: u32, ours: u32) -> Option<Refusal> {
+    (theirs != 0 && theirs != ours).then(|| Refusal::Partitions {
+        peer: peer.clone(),
+        theirs,
+        ours,
     })
 }
 
@@ -143,22 +243,23 @@ pub fn answer(
     nonce: &Nonce,
     challenge: &PeerChallenge,
     partitions: u32,
-) -> Result<Message, String> {
+) -> Result<Message, Refusal> {
     if &challenge.node != peer {
-        return Err(format!(
-            "dialled {peer} but {} answered the hello",
-            challenge.node
-        ));
+        return Err(Refusal::WrongPeer {
+            dialled: peer.clone(),
+            answered: challenge.node.clone(),
+        });
     }
     // The version first (another may sign differently), then the MAC: what the answerer
     // says of its ring counts only once it is known to be of this cluster.
     if let Some(reason) = protocol_mismatch(peer, challenge.protocol) {
         return Err(reason);
     }
-    let receiver_nonce = nonce_of(&challenge.nonce).ok_or("challenge nonce of the wrong length")?;
+    let receiver_nonce = nonce_of(&challenge.nonce)
+        .ok_or_else(|| Refusal::malformed("challenge nonce of the wrong length"))?;
     let signed = handshake_bytes(PeerChallenge::LABEL, dialer, peer, nonce, &receiver_nonce);
     if !seal.verify(&signed, &challenge.mac) {
-        return Err("challenge not signed with this cluster's secret".into());
+        return Err(Refusal::ChallengeNotSigned);
     }
     if let Some(reason) = partitions_mismatch(peer, challenge.partitions, partitions) {
         return Err(reason);
@@ -208,14 +309,14 @@ mod tests {
         };
         assert!(answer(&seal, &dialer, &peer, &nonce, &challenge, 64).is_ok());
         let refused = answer(&seal, &dialer, &peer, &nonce, &challenge, 128).err();
-        let refused = refused.unwrap_or_default();
+        let refused = refused.map(|r| r.to_string()).unwrap_or_default();
         assert!(
             refused.contains("n2 has a ring of 64 partitions and this node 128"),
             "{refused}"
         );
         challenge.protocol = PEER_PROTOCOL + 1;
         let refused = answer(&seal, &dialer, &peer, &nonce, &challenge, 64).err();
-        let refused = refused.unwrap_or_default();
+        let refused = refused.map(|r| r.to_string()).unwrap_or_default();
         assert!(
             refused.contains(&format!("n2 speaks peer protocol {}", PEER_PROTOCOL + 1))
                 && refused.contains(&format!("this node {PEER_PROTOCOL}")),
@@ -230,7 +331,8 @@ mod tests {
         let node = NodeId::new("n1");
         assert!(protocol_mismatch(&node, PEER_PROTOCOL).is_none());
         let other = PEER_PROTOCOL + 1;
-        let refusal = protocol_mismatch(&node, other).unwrap_or_default();
+        let refusal = protocol_mismatch(&node, other).map(|r| r.to_string());
+        let refusal = refusal.unwrap_or_default();
         assert!(
             refusal.contains(&format!(
                 "n1 speaks peer protocol {other} and this node {PEER_PROTOCOL}"

@@ -460,7 +460,7 @@ impl Machine for IntakeMachine {
             .map(|(conn, _)| *conn)
             .collect();
         for conn in unanswered {
-            self.abandon_link(now, conn, "hello not answered in time".into(), false, out);
+            self.abandon_link(now, conn, None, out);
         }
         let timeout = self.settings.frame_timeout;
         let stalled: Vec<ConnId> = self

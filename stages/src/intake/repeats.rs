@@ -28,8 +28,9 @@ impl Repeats {
         (power == *count).then_some(*count)
     }
 
-    /// Starts `key`'s count over (what it counted stopped happening).
-    pub(crate) fn forget(&mut self, key: &str) {
-        self.0.remove(key);
+    /// Starts every count whose key begins with `prefix` over (what they counted stopped
+    /// happening: a peer's refusals of each kind, once its handshake worked).
+    pub(crate) fn forget_all(&mut self, prefix: &str) {
+        self.0.retain(|key, _| !key.starts_with(prefix));
     }
 }

@@ -7,7 +7,7 @@ use super::IntakeMachine;
 use crate::error::ServiceError;
 use crate::event::ConnId;
 use crate::intake::handshake::{self, Challenged};
-use crate::intake::handshake::{partitions_mismatch, protocol_mismatch};
+use crate::intake::handshake::{partitions_mismatch, protocol_mismatch, Refusal};
 use crate::seda::Outbox;
 use crate::wire::{same_secret, Frame, Message, PeerHello};
 use crate::NodeId;
@@ -67,7 +67,7 @@ impl IntakeMachine {
                 }
                 verdict
             }
-            _ => Err("malformed hello".to_string()),
+            _ => Err(Refusal::malformed("malformed hello")),
         };
         match verdict {
             Ok((dialer, dialer_nonce)) => {
@@ -96,23 +96,24 @@ impl IntakeMachine {
         &self,
         conn: ConnId,
         hello: &PeerHello,
-    ) -> Result<(NodeId, crate::wire::Nonce), String> {
+    ) -> Result<(NodeId, crate::wire::Nonce), Refusal> {
         let node = &hello.node;
         if self.membership.current().member(node).is_none() {
-            return Err(format!("{node} is not a member"));
+            return Err(Refusal::NotAMember { node: node.clone() });
         }
         if let Some(reason) = protocol_mismatch(node, hello.protocol)
             .or_else(|| partitions_mismatch(node, hello.partitions, self.partitions()))
         {
             return Err(reason);
         }
-        let nonce = handshake::nonce_of(&hello.nonce).ok_or("hello nonce of the wrong length")?;
+        let nonce = handshake::nonce_of(&hello.nonce)
+            .ok_or_else(|| Refusal::malformed("hello nonce of the wrong length"))?;
         let fresh = self
             .connections
             .get(&conn)
             .is_some_and(|c| c.challenged.is_none() && c.authenticated.is_none());
         if !fresh {
-            return Err("a second hello on one connection".into());
+            return Err(Refusal::malformed("a second hello on one connection"));
         }
         Ok((node.clone(), nonce))
     }
@@ -131,15 +132,17 @@ impl IntakeMachine {
                 if handshake::proven(&self.seal, &self.node, &challenged, &proof) {
                     Ok(challenged.dialer)
                 } else {
-                    Err("proof does not answer this connection's challenge (a replay, or another cluster's secret)".to_string())
+                    Err(Refusal::ProofNotAnswering)
                 }
             }
-            (Ok(Message::PeerProof(_)), None) => Err("proof without a hello".to_string()),
-            _ => Err("malformed proof".to_string()),
+            (Ok(Message::PeerProof(_)), None) => Err(Refusal::malformed("proof without a hello")),
+            _ => Err(Refusal::malformed("malformed proof")),
         };
         match verdict {
             Ok(peer) => {
                 debug!(self.logger, "peer authenticated"; "conn" => conn.0, "peer" => %peer);
+                // Its refusals stopped: a later one is news again.
+                self.refusals.forget_all(&format!("answer {peer} "));
                 if let Some(connection) = self.connections.get_mut(&conn) {
                     connection.authenticated = Some(peer);
                 }
@@ -149,26 +152,30 @@ impl IntakeMachine {
     }
 
     /// Refuses a handshake. `member`: the member the dialer says it is, if it names one;
-    /// refusals are counted per member (and all strangers as one), so each misconfigured
-    /// node is warned of at its own 1st, 10th, 100th... refusal.
+    /// refusals are counted per member (and all strangers as one) and per kind, so each
+    /// misconfigured node is warned of at its own 1st, 10th, 100th... refusal of each kind
+    /// since its handshake last worked.
     fn refuse_peer(
         &mut self,
         conn: ConnId,
         request_id: u64,
-        reason: String,
+        reason: Refusal,
         member: Option<NodeId>,
         out: &mut Outbox,
     ) {
         let dialer = member.map_or_else(|| "(not a member)".to_string(), |m| m.to_string());
-        match self.refusals.note(&format!("answer {dialer}")) {
+        let kind = reason.kind();
+        match self.refusals.note(&format!("answer {dialer} {kind}")) {
             Some(times) => {
-                warn!(self.logger, "refusing a peer handshake"; "conn" => conn.0, "dialer" => %dialer, "reason" => %reason, "times" => times)
+                warn!(self.logger, "refusing a peer handshake"; "conn" => conn.0, "dialer" => %dialer, "kind" => kind, "reason" => %reason, "times" => times)
             }
             None => {
-                debug!(self.logger, "refusing a peer handshake"; "conn" => conn.0, "dialer" => %dialer, "reason" => %reason)
+                debug!(self.logger, "refusing a peer handshake"; "conn" => conn.0, "dialer" => %dialer, "kind" => kind, "reason" => %reason)
             }
         }
-        let error = Message::Error(ServiceError::Unauthorized { reason });
+        let error = Message::Error(ServiceError::Unauthorized {
+            reason: reason.to_string(),
+        });
         self.write(conn, request_id, &error, out);
         self.close(conn, out);
     }

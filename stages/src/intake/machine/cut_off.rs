@@ -94,12 +94,18 @@ impl IntakeMachine {
         self.cut_off.reason.is_some()
     }
 
-    /// Whether `frame` on `conn` is a client's data request refused because every peer
-    /// refuses this node. Reads of its state (`Members`, `Ring`, `Stats`, a local get) are
-    /// still answered: they are how an operator finds out.
+    /// Whether `frame` on `conn` is a client's request refused because every peer refuses
+    /// this node: its gets, puts and deletes, and its ring, which a partition-aware client
+    /// would route by (a trial's load tool seeded with a node of another Q routed by its
+    /// ring of 128 partitions); refused, the client asks its next seed. Reads of its state
+    /// (`Members`, `Stats`, a local get) are still answered: they are how an operator finds
+    /// out, and the refusal names the first peer's reason.
     pub(super) fn refused_as_cut_off(&self, conn: ConnId, frame: &Frame) -> bool {
         self.is_cut_off()
-            && matches!(frame.kind, kind::GET | kind::PUT | kind::DELETE)
+            && matches!(
+                frame.kind,
+                kind::GET | kind::PUT | kind::DELETE | kind::RING
+            )
             && self.is_client(conn)
     }
 

@@ -5,7 +5,7 @@
 
 use super::IntakeMachine;
 use crate::event::{ConnId, Now, ReplicateEvent, SocketCommand};
-use crate::intake::handshake::{self, Dialing};
+use crate::intake::handshake::{self, Dialing, Refusal};
 use crate::intake::peers::Route;
 use crate::seda::Outbox;
 use crate::wire::{Frame, Message};
@@ -102,8 +102,15 @@ impl IntakeMachine {
                     partitions,
                 )
             }
-            Ok(other) => Err(format!("the peer answered the hello with {other}")),
-            Err(error) => Err(format!("unreadable answer to the hello: {error}")),
+            Ok(Message::Error(error)) => Err(Refusal::ByPeer {
+                error: error.to_string(),
+            }),
+            Ok(other) => Err(Refusal::Malformed {
+                what: format!("the peer answered the hello with {other}"),
+            }),
+            Err(error) => Err(Refusal::Malformed {
+                what: format!("unreadable answer to the hello: {error}"),
+            }),
         };
         match verdict {
             Ok(proof) => {
@@ -115,7 +122,7 @@ impl IntakeMachine {
                 self.links.established(conn);
                 self.note_accepted(&peer);
             }
-            Err(reason) => self.abandon_link(now, conn, reason, true, out),
+            Err(reason) => self.abandon_link(now, conn, Some(reason), out),
         }
     }
 
@@ -123,16 +130,15 @@ impl IntakeMachine {
     /// for a pending connect to finish, which a partition can stretch to minutes. The link
     /// table forgets it at once, so the next frame for the peer backs off and redials instead
     /// of going out on an unproven link, and replication hears that nothing held was sent.
-    /// `refused`: the peer answered with something other than a valid challenge (a secret or
-    /// a version to fix), warned at the 1st, 10th, 100th... refusal since a link last worked
-    /// (`Repeats`); otherwise (no answer in time: a paused or
-    /// partitioned peer) warned once, like a peer that refuses dials.
+    /// `refused`: why the handshake was refused (the peer answered with something other than
+    /// a valid challenge: a secret, a ring or a version to fix), warned at the 1st, 10th,
+    /// 100th... refusal of each kind since a link last worked (`Repeats`); `None`: no answer
+    /// in time (a paused or partitioned peer), warned once, like a peer that refuses dials.
     pub(super) fn abandon_link(
         &mut self,
         now: Now,
         conn: ConnId,
-        reason: String,
-        refused: bool,
+        refused: Option<Refusal>,
         out: &mut Outbox,
     ) {
         self.dialing.remove(&conn);
@@ -142,23 +148,29 @@ impl IntakeMachine {
         out.socket(SocketCommand::Abort { conn });
         if let Some(peer) = self.links.peer_of(conn).cloned() {
             let news = self.links.failed(&peer, Some(conn), now.instant);
-            let key = format!("dial {peer}");
+            let prefix = format!("dial {peer} ");
             if news {
-                self.refusals.forget(&key);
+                self.refusals.forget_all(&prefix);
             }
-            let times = if refused {
-                self.refusals.note(&key)
-            } else {
-                news.then_some(1)
+            let (kind, reason) = match &refused {
+                Some(refusal) => (refusal.kind(), refusal.to_string()),
+                None => ("no-answer", "hello not answered in time".to_string()),
+            };
+            let times = match refused {
+                Some(_) => self.refusals.note(&format!("{prefix}{kind}")),
+                None => news.then_some(1),
             };
             if let Some(times) = times {
-                warn!(self.logger, "peer handshake failed, dropping the link"; "peer" => %peer, "conn" => conn.0, "reason" => %reason, "times" => times);
+                warn!(self.logger, "peer handshake failed, dropping the link"; "peer" => %peer, "conn" => conn.0, "kind" => kind, "reason" => %reason, "times" => times);
             } else {
-                debug!(self.logger, "peer handshake failed again"; "peer" => %peer, "conn" => conn.0, "reason" => %reason);
+                debug!(self.logger, "peer handshake failed again"; "peer" => %peer, "conn" => conn.0, "kind" => kind, "reason" => %reason);
             }
-            let why = refused.then(|| format!("it refused this node's handshake: {reason}"));
+            let why = refused.as_ref().map(|refusal| match refusal {
+                Refusal::ByPeer { error } => format!("it refused this node's handshake: {error}"),
+                own => format!("this node refused its answer to the hello: {own}"),
+            });
             self.links.set_refused(&peer, why.clone());
-            if refused {
+            if refused.is_some() {
                 self.note_refusal(&peer, &reason);
             }
             report_failed(peer, false, why, out);
