@@ -423,3 +423,74 @@ fn a_zero_timeout_is_refused_as_usage() {
     assert!(!ok);
     assert!(stderr.contains("--timeout-secs"), "{stderr}");
 }
+
+/// Goal: every `--json` output README's "JSON output" table lists has the top-level fields it
+/// names, and each element of an array the row describes ("each: ...") has its fields, so
+/// the table a script author reads cannot drift from what the node prints.
+#[test]
+fn cli_json_outputs_have_the_fields_the_readme_lists() {
+    let node = TestNode::start("");
+    let (ok, _, stderr) = shoal(&["put", "--node", &node.addr, "documented", "v"]);
+    assert!(ok, "{stderr}");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let mut checked = 0;
+    for row in readme
+        .lines()
+        .filter(|l| l.starts_with("| `get ") || l.starts_with("| `admin "))
+    {
+        let columns: Vec<&str> = row.split('|').map(str::trim).collect();
+        let command = columns[1].trim_matches('`').replace("KEY", "documented");
+        let mut args: Vec<&str> = command.split_whitespace().collect();
+        args.extend(["--node", &node.addr]);
+        let (ok, out, stderr) = shoal(&args);
+        assert!(ok, "{command}: {stderr}");
+        let json: serde_json::Value =
+            serde_json::from_str(out.lines().next().unwrap_or_default()).expect("one JSON line");
+        for (field, each) in documented_fields(columns[2]) {
+            let value = json
+                .get(&field)
+                .unwrap_or_else(|| panic!("{command}: no {field} in {out}"));
+            if each.is_empty() {
+                continue;
+            }
+            let first = value
+                .as_array()
+                .and_then(|a| a.first())
+                .unwrap_or_else(|| panic!("{command}: {field} is no array with an element"));
+            for inner in each {
+                assert!(
+                    first.get(&inner).is_some(),
+                    "{command}: no {field}[].{inner} in {out}"
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 8, "README's table has 8 rows to check");
+}
+
+/// The fields a README table cell names: each backticked name outside parentheses, with the
+/// backticked names of a "(each: ...)" after it (up to a `;`) as its elements' fields.
+fn documented_fields(cell: &str) -> Vec<(String, Vec<String>)> {
+    fn names(text: &str) -> Vec<String> {
+        text.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    }
+    let mut fields: Vec<(String, Vec<String>)> = Vec::new();
+    let mut rest = cell;
+    while let Some(open) = rest.find('(') {
+        fields.extend(names(&rest[..open]).into_iter().map(|n| (n, Vec::new())));
+        let close = rest[open..].find(')').map_or(rest.len(), |c| open + c);
+        let inside = &rest[open + 1..close];
+        if let (Some(each), Some(last)) = (inside.strip_prefix("each:"), fields.last_mut()) {
+            last.1 = names(each.split(';').next().unwrap_or_default());
+        }
+        rest = rest.get(close + 1..).unwrap_or_default();
+    }
+    fields.extend(names(rest).into_iter().map(|n| (n, Vec::new())));
+    fields
+}
