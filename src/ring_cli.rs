@@ -78,6 +78,7 @@ pub fn run_ring(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
                 serde_json::json!({
                     "partition": p.partition, "from": from, "to": p.to.to_string(),
                     "phase": p.phase, "objects": p.objects, "bytes": p.bytes, "retries": p.retries,
+                    "last_error": p.last_error,
                 })
             })
             .collect();
@@ -123,6 +124,9 @@ pub fn run_ring(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
             p.bytes as f64 / 1_048_576.0,
             p.retries
         );
+        if !p.last_error.is_empty() {
+            println!("    last failure: {}", p.last_error);
+        }
     }
     if !plan.plan.is_empty() {
         println!("staged changes not committed: see `shoal admin plan`");

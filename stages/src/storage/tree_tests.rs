@@ -341,6 +341,13 @@ fn transfer_batches_resume_exactly_and_drops_empty_only_their_partition() {
             .expect("batch");
         assert_eq!(read.objects.len(), 1, "{name}");
         assert!(read.resume.is_some(), "{name}");
+        // Nor is it crossed by a later object: two objects' worth holds two, not three.
+        let one = read.bytes as usize;
+        let read = store
+            .transfer_batch(partition, None, None, 100, 2 * one + one / 2)
+            .expect("batch");
+        assert_eq!(read.objects.len(), 2, "{name}");
+        assert!(read.bytes as usize <= 2 * one + one / 2, "{name}");
         // One segment only.
         let read = store
             .transfer_batch(partition, Some(segment), None, 1000, 1 << 20)

@@ -34,7 +34,7 @@ impl TransferMachine {
             Ok(outcome) => outcome,
             Err(error) => {
                 warn!(self.logger, "transfer step failed in storage"; "partition" => active.partition, "error" => %error);
-                return self.failed(now);
+                return self.failed(now, format!("storage: {error}"));
             }
         };
         match (active.phase, outcome) {
@@ -111,7 +111,7 @@ impl TransferMachine {
             (phase, outcome) => {
                 warn!(self.logger, "transfer got an unexpected storage answer";
                       "phase" => ?phase, "answer" => ?outcome);
-                return self.failed(now);
+                return self.failed(now, "an unexpected storage answer".into());
             }
         }
         self.step(now, out);
@@ -137,6 +137,7 @@ impl TransferMachine {
                 active.objects += objects;
                 active.bytes += bytes;
                 active.failures = 0;
+                active.last_error = None;
                 match resume {
                     Some(cursor) => active.cursor = Some(cursor),
                     None => return self.end_of_scan(now, out),
@@ -145,15 +146,62 @@ impl TransferMachine {
             Ok(other) => {
                 debug!(self.logger, "transfer batch refused"; "partition" => active.partition,
                        "to" => %active.to, "answer" => %other);
-                return self.failed(now);
+                return self.failed(now, format!("the receiver answered {other}"));
             }
             Err(error) => {
                 debug!(self.logger, "transfer batch failed"; "partition" => active.partition,
                        "to" => %active.to, "error" => %error);
-                return self.failed(now);
+                return self.failed(now, error.to_string());
             }
         }
         self.step(now, out);
+    }
+
+    /// A step failed (`why`): retry after a pause from the last acknowledged key; park the
+    /// transfer after repeated failures, saying why.
+    pub(super) fn failed(&mut self, now: Instant, why: String) {
+        let Some(mut active) = self.active.take() else {
+            return;
+        };
+        active.last_error = Some(why);
+        if active.final_sync {
+            // Tried again after a pause that doubles per failure of this target, the least
+            // failed replica first, among those that hold the partition then (a dead target
+            // removed meanwhile is no longer asked); the replicas it reached keep their sync.
+            let failures = self.handed.get_mut(&active.partition).map_or(1, |handed| {
+                let failures = handed.failures.entry(active.to.clone()).or_insert(0);
+                *failures += 1;
+                *failures
+            });
+            if failures == 1 {
+                info!(self.logger, "final sync failed; the partition's drop waits for it";
+                      "partition" => active.partition, "to" => %active.to);
+            } else {
+                debug!(self.logger, "final sync failed again"; "partition" => active.partition,
+                       "to" => %active.to, "failures" => failures);
+            }
+            let pause = MIN_RETRY_PAUSE
+                .saturating_mul(1 << failures.min(9))
+                .min(MAX_SYNC_PAUSE);
+            self.sync_after.insert(active.partition, now + pause);
+            return;
+        }
+        active.waiting = None;
+        active.failures += 1;
+        active.retries += 1;
+        if active.failures >= FAILURES_BEFORE_PARKING {
+            let error = active.last_error.as_deref().unwrap_or_default();
+            info!(self.logger, "transfer parked after failures"; "partition" => active.partition,
+                  "to" => %active.to, "objects" => active.objects, "error" => error);
+            let key = (active.partition, active.to.clone());
+            self.parked.insert(key, (active, now + PARK_PAUSE));
+            return;
+        }
+        let pause = MIN_RETRY_PAUSE
+            .saturating_mul(1 << active.failures.min(8))
+            .min(MAX_RETRY_PAUSE);
+        active.retry_at = Some(now + pause);
+        self.active = Some(active);
     }
 
     /// The current scan reached its end: the next segment of the pass, or the pass's end.

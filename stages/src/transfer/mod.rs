@@ -142,6 +142,9 @@ struct Active {
     retry_at: Option<Instant>,
     /// Failures in a row.
     failures: u32,
+    /// Why the last step failed, for the line that parks it (a frame too large, a peer's
+    /// refusal, no answer by the deadline).
+    last_error: Option<String>,
     objects: u64,
     bytes: u64,
     retries: u64,
@@ -162,6 +165,7 @@ impl Active {
             waiting: None,
             retry_at: None,
             failures: 0,
+            last_error: None,
             objects: 0,
             bytes: 0,
             retries: 0,
@@ -176,6 +180,7 @@ impl Active {
             objects: self.objects,
             bytes: self.bytes,
             retries: self.retries,
+            last_error: self.last_error.clone().unwrap_or_default(),
         }
     }
 }
@@ -477,51 +482,6 @@ impl TransferMachine {
         }
     }
 
-    /// A step failed: retry after a pause from the last acknowledged key; park the transfer
-    /// after repeated failures.
-    fn failed(&mut self, now: Instant) {
-        let Some(mut active) = self.active.take() else {
-            return;
-        };
-        if active.final_sync {
-            // Tried again after a pause that doubles per failure of this target, the least
-            // failed replica first, among those that hold the partition then (a dead target
-            // removed meanwhile is no longer asked); the replicas it reached keep their sync.
-            let failures = self.handed.get_mut(&active.partition).map_or(1, |handed| {
-                let failures = handed.failures.entry(active.to.clone()).or_insert(0);
-                *failures += 1;
-                *failures
-            });
-            if failures == 1 {
-                info!(self.logger, "final sync failed; the partition's drop waits for it";
-                      "partition" => active.partition, "to" => %active.to);
-            } else {
-                debug!(self.logger, "final sync failed again"; "partition" => active.partition,
-                       "to" => %active.to, "failures" => failures);
-            }
-            let pause = MIN_RETRY_PAUSE
-                .saturating_mul(1 << failures.min(9))
-                .min(MAX_SYNC_PAUSE);
-            self.sync_after.insert(active.partition, now + pause);
-            return;
-        }
-        active.waiting = None;
-        active.failures += 1;
-        active.retries += 1;
-        if active.failures >= FAILURES_BEFORE_PARKING {
-            info!(self.logger, "transfer parked after failures"; "partition" => active.partition,
-                  "to" => %active.to, "objects" => active.objects);
-            let key = (active.partition, active.to.clone());
-            self.parked.insert(key, (active, now + PARK_PAUSE));
-            return;
-        }
-        let pause = MIN_RETRY_PAUSE
-            .saturating_mul(1 << active.failures.min(8))
-            .min(MAX_RETRY_PAUSE);
-        active.retry_at = Some(now + pause);
-        self.active = Some(active);
-    }
-
     /// Gives up on answers past their deadline (the step is retried from the cursor).
     fn expire(&mut self, now: Instant) {
         let overdue = match self.active.as_ref().and_then(|a| a.waiting.as_ref()) {
@@ -531,7 +491,7 @@ impl TransferMachine {
             None => false,
         };
         if overdue {
-            self.failed(now);
+            self.failed(now, "no answer by the step's deadline".into());
         }
         if self
             .dropping
@@ -632,9 +592,11 @@ impl Machine for TransferMachine {
                     self.dropping = None;
                     return;
                 }
-                self.failed(now.instant);
+                self.failed(now.instant, format!("storage refused the step: {error}"));
             }
-            Event::Replicate(ReplicateEvent::Send { .. }) => self.failed(now.instant),
+            Event::Replicate(ReplicateEvent::Send { .. }) => {
+                self.failed(now.instant, format!("the batch was not sent: {error}"));
+            }
             _ => {}
         }
     }

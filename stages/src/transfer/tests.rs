@@ -192,11 +192,17 @@ fn a_dead_receiver_does_not_starve_the_other_transfers() {
             !taken.contains(&key),
             "{key:?} again while {outgoing:?} wait"
         );
-        taken.push(key);
-        // Every attempt fails until the transfer is parked.
+        taken.push(key.clone());
+        // Every attempt fails until the transfer is parked, which keeps why.
         while machine.active.is_some() {
-            machine.failed(now);
+            machine.failed(now, "cannot reach peer n9".into());
         }
+        let parked = machine.parked.get(&key).map(|(a, _)| a.progress("parked"));
+        assert_eq!(
+            parked.map(|p| p.last_error).as_deref(),
+            Some("cannot reach peer n9"),
+            "a parked transfer says what holds it"
+        );
         now += PARK_PAUSE * 2;
     }
     machine.take_next(&outgoing, now);

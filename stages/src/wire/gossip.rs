@@ -113,4 +113,8 @@ pub struct TransferProgress {
     pub bytes: u64,
     /// Attempts that failed and were resumed.
     pub retries: u64,
+    /// Why the last attempt failed (empty: none failed, or a build before it was told): what
+    /// holds a parked transfer.
+    #[serde(default)]
+    pub last_error: String,
 }

@@ -256,9 +256,17 @@ impl Store {
     }
 
     /// The next objects of `partition` (of one `segment` of it, if given) after the stored key
-    /// `after`, for an ownership transfer: at most `max_keys`, stopping once `max_bytes` of
-    /// encoded objects are in. Returns the objects, their bytes and the stored key to resume
+    /// `after`, for an ownership transfer: at most `max_keys`, and at most `max_bytes` of
+    /// encoded objects, except that the first object is taken whatever its size (one object
+    /// alone always goes). Returns the objects, their bytes and the stored key to resume
     /// after (`None` when the scan reached the end).
+    ///
+    /// Why the bound holds before an object, not after it: the batch travels in one peer
+    /// frame, and `max_bytes` is at most half the frame limit so that one object of the
+    /// largest value still fits beside the rest. Cut only after the object that crossed it, a
+    /// batch of 255 KiB plus a 1 MiB value passed the frame limit; the replicate stage refused
+    /// it (`FrameTooLarge`) and the transfer retried the same batch for ever, holding every
+    /// later membership change (a trial's join and leave, with 1 MiB values stored).
     pub fn transfer_batch(
         &self,
         partition: u32,
@@ -281,17 +289,17 @@ impl Store {
         let full = entries.len() == limit;
         let mut read = TransferRead::default();
         let mut last = None;
-        let total = entries.len();
-        for (i, (stored, bytes)) in entries.into_iter().enumerate() {
-            read.bytes += bytes.len() as u64;
-            let key = stored.get(LOCATION_BYTES..).unwrap_or_default().to_vec();
-            read.objects.push((key, decode_version_set(&bytes)?));
-            let cut = read.bytes >= max_bytes as u64 && i + 1 < total;
-            last = Some(stored);
-            if cut {
+        for (stored, bytes) in entries {
+            let size = bytes.len() as u64;
+            if !read.objects.is_empty() && read.bytes + size > max_bytes as u64 {
+                // This one starts the next batch.
                 read.resume = last;
                 return Ok(read);
             }
+            read.bytes += size;
+            let key = stored.get(LOCATION_BYTES..).unwrap_or_default().to_vec();
+            read.objects.push((key, decode_version_set(&bytes)?));
+            last = Some(stored);
         }
         read.resume = if full { last } else { None };
         Ok(read)
