@@ -48,7 +48,10 @@ pub struct ClusterClient {
     /// The cluster's default request timeout (`request_timeout_ms`), as the ring told it
     /// (None: not told). A node's own config sets it: the last ring fetched speaks for all.
     request_timeout: Option<Duration>,
-    connections: HashMap<NodeId, Client>,
+    /// Open connections, each with the health epoch it was last found good at: one opened
+    /// before its node's latest failure (seen by any client sharing the health) is dialled
+    /// again before use.
+    connections: HashMap<NodeId, (Client, u64)>,
     /// The nodes that failed lately (shared by the load tool's workers: `share_health`).
     health: NodeHealth,
 }
@@ -242,9 +245,24 @@ impl ClusterClient {
         Err(last_error)
     }
 
+    /// The connection to `node`, dialled if there is none or if the one there was opened
+    /// before the node's latest failure. Why: the load tool's workers share which nodes
+    /// failed, and after a node's restart each worker's old connection failed once when tried,
+    /// each failure holding the node off longer (2 s doubled up to 16 s): a trial's 8 workers
+    /// left a restarted node without requests for 110 s.
     fn connection(&mut self, node: &NodeId) -> Result<&mut Client, ClientError> {
+        let epoch = self.health.epoch();
+        if let Some((_, checked)) = self.connections.get(node) {
+            if *checked != epoch && self.health.failed_since(node, *checked) {
+                self.connections.remove(node);
+            }
+        }
         let vacant = match self.connections.entry(node.clone()) {
-            Entry::Occupied(open) => return Ok(open.into_mut()),
+            Entry::Occupied(open) => {
+                let (client, checked) = open.into_mut();
+                *checked = epoch;
+                return Ok(client);
+            }
             Entry::Vacant(vacant) => vacant,
         };
         let addr = self
@@ -253,7 +271,7 @@ impl ClusterClient {
             .addr_of(node)
             .ok_or_else(|| ClientError::Usage(format!("{node} is not in the ring")))?;
         match Client::connect(&addr.to_string(), self.timeout) {
-            Ok(client) => Ok(vacant.insert(client)),
+            Ok(client) => Ok(&mut vacant.insert((client, epoch)).0),
             Err(error) => {
                 // `mark_down`, but no connection to drop (and `self` is still lent out).
                 self.health.failed(node, Instant::now());

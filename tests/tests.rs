@@ -5,6 +5,7 @@ mod cluster {
     pub mod anti_entropy;
     pub mod bad_input;
     pub mod cli;
+    pub mod cluster_client;
     pub mod durability;
     pub mod failures;
     pub mod handshake;

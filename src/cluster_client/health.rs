@@ -6,7 +6,7 @@
 
 use shoal_stages::NodeId;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,11 @@ pub struct NodeHealth {
     down: Arc<Mutex<HashMap<NodeId, Down>>>,
     /// How many nodes `down` holds: a request while none failed takes no lock.
     held: Arc<AtomicUsize>,
+    /// Failures seen in all, by any client sharing this: a connection checked at the current
+    /// epoch needs no look at `failed_at`.
+    epoch: Arc<AtomicU64>,
+    /// Each node's latest failure, as the epoch it made.
+    failed_at: Arc<Mutex<HashMap<NodeId, u64>>>,
 }
 
 impl NodeHealth {
@@ -63,8 +68,31 @@ impl NodeHealth {
         }
     }
 
-    /// `node` failed: tried last for [`down_for`] of its failures in a row.
+    /// The failures seen so far by the clients sharing this (a request a node did not
+    /// answer, or a connect it refused): also the epoch [`NodeHealth::failed_since`] counts by.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Whether `node` failed after `epoch`: a connection to it checked then is of a node that
+    /// has failed since (stopped, restarted, cut off), so it is dialled again rather than
+    /// tried, as another client's failure would otherwise be found again by each client.
+    pub(super) fn failed_since(&self, node: &NodeId, epoch: u64) -> bool {
+        let failed_at = self
+            .failed_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        failed_at.get(node).is_some_and(|at| *at > epoch)
+    }
+
+    /// `node` failed: tried last for [`down_for`] of its failures in a row, and every
+    /// connection to it opened before now is dialled again before its next use.
     pub(super) fn failed(&self, node: &NodeId, now: Instant) {
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.failed_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(node.clone(), epoch);
         let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
         let failures = down
             .get(node)
