@@ -77,8 +77,12 @@ impl HandoffMachine {
         if count == 0 {
             return; // no replica at all in this view: the hint waits
         }
-        info!(self.logger, "hint for a node that no longer holds its key goes to the current replicas";
+        debug!(self.logger, "hint for a node that no longer holds its key goes to the current replicas";
               "intended" => %hint.target, "replicas" => count);
+        *self
+            .round_retargeted
+            .entry(hint.target.clone())
+            .or_insert(0) += 1;
         let fanout = Fanout {
             remaining: count,
             failed: false,
