@@ -330,6 +330,8 @@ impl Node {
                         node: self.local_addr,
                         max_connections: config.redis.max_connections,
                         token: config.security.client_token.clone(),
+                        frame_timeout: Duration::from_millis(config.limits.frame_timeout_ms),
+                        max_value_bytes: config.limits.max_value_bytes,
                     },
                     logger.new(o!("stage" => "redis")),
                 )

@@ -16,7 +16,8 @@
 //!   `EXISTS` counts keys that hold a value.
 //! - `PING`, `ECHO`, `SELECT 0`, `QUIT`, and what redis-cli and redis-benchmark ask at start
 //!   (`COMMAND`, `CONFIG GET`, `CLIENT ...`) are answered; any other command gets
-//!   `ERR unknown command 'NAME'`.
+//!   `ERR unknown command 'NAME'`. Inline commands (a line of words) are read like RESP ones
+//!   (`redis_door/connection.rs`).
 
 use crate::client::{Client, ClientError, RequestOptions};
 use redis_protocol::resp2::decode::decode;
@@ -26,17 +27,18 @@ use shoal_stages::intake::{LINGER_MAX_BYTES, LINGER_TIMEOUT};
 use shoal_stages::wire::same_secret;
 use slog::{debug, warn, Logger};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod connection;
+use connection::{linger, refuse, serve, ConnectionEnd};
+
 /// How often the accepting thread looks at its stop flag while nobody connects.
 const ACCEPT_POLL: Duration = Duration::from_millis(50);
-/// Largest command the door buffers (a SET of a 1 MiB value fits, with its key).
-const MAX_COMMAND_BYTES: usize = 2 << 20;
 /// How long a request to the node may take before the door answers with an error.
 const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -50,6 +52,12 @@ pub struct DoorSettings {
     /// `[security] client_token`: a Redis client must `AUTH` with it first, and the door's
     /// own connection to the node sends it.
     pub token: Option<String>,
+    /// `[limits] frame_timeout_ms`: a command begun and not completed in this time is
+    /// refused and the connection closed (an idle connection, with nothing begun, stays).
+    pub frame_timeout: Duration,
+    /// `[limits] max_value_bytes`: a longer `SET` value is refused here, naming the limit,
+    /// rather than by the node's frame limit in words a Redis user cannot place.
+    pub max_value_bytes: usize,
 }
 
 /// The running door.
@@ -133,6 +141,8 @@ fn accept(
     logger: &Logger,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
+    let lingering = Arc::new(AtomicUsize::new(0));
+    let mut refused = 0u64;
     let mut next_id = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let (mut stream, peer) = match listener.accept() {
@@ -148,11 +158,15 @@ fn accept(
             }
         };
         if open.load(Ordering::Relaxed) >= settings.max_connections {
-            let refusal = OwnedFrame::Error(format!(
-                "ERR max number of clients reached ({})",
-                settings.max_connections
-            ));
-            let _ = stream.write_all(&encoded(&refusal));
+            refuse(stream, settings.max_connections, &lingering);
+            refused += 1;
+            if refused
+                .checked_ilog10()
+                .is_some_and(|p| 10u64.pow(p) == refused)
+            {
+                warn!(logger, "redis door: a connection refused, max_connections are open";
+                      "max_connections" => settings.max_connections, "times" => refused);
+            }
             continue;
         }
         open.fetch_add(1, Ordering::Relaxed);
@@ -168,11 +182,13 @@ fn accept(
             client: None,
             authorized: settings.token.is_none(),
             token: settings.token.clone(),
+            max_value_bytes: settings.max_value_bytes,
         };
+        let frame_timeout = settings.frame_timeout;
         let spawned = std::thread::Builder::new()
             .name("redis-conn".into())
             .spawn(move || {
-                let ended = serve(&mut stream, door);
+                let ended = serve(&mut stream, door, frame_timeout);
                 if let Err(e) = &ended {
                     debug!(conn_logger, "redis connection ended"; "peer" => %peer, "reason" => %e);
                 }
@@ -190,98 +206,6 @@ fn accept(
     }
 }
 
-/// The intake's lingering close (`stages/src/intake/linger.rs`) on the door's blocking
-/// socket, after a protocol error was answered: shut for writing, then read and throw away
-/// what the client still sends (a command over the limit, say) until it closes, for at most
-/// `LINGER_TIMEOUT` or `LINGER_MAX_BYTES`. Dropping the socket with that input unread would
-/// reset the stream, and the reset fails the client's send before it reads the error.
-fn linger(stream: &mut TcpStream) {
-    if stream.shutdown(Shutdown::Write).is_err() {
-        return;
-    }
-    let until = Instant::now() + LINGER_TIMEOUT;
-    let mut chunk = vec![0u8; 16 * 1024];
-    let mut discarded = 0;
-    while discarded <= LINGER_MAX_BYTES {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            return;
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => discarded += n,
-        }
-    }
-}
-
-/// Why a connection ended.
-#[derive(Debug, thiserror::Error)]
-enum ConnectionEnd {
-    #[error("socket: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("protocol: {0}")]
-    Protocol(String),
-    #[error("the client quit")]
-    Quit,
-}
-
-/// One Redis connection: commands in, replies out, in order.
-fn serve(stream: &mut TcpStream, mut door: Door) -> Result<(), ConnectionEnd> {
-    stream.set_nodelay(true)?;
-    let mut buffer: Vec<u8> = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        // Every whole command buffered is answered before reading more (pipelining).
-        let mut out = Vec::new();
-        loop {
-            match decode(&buffer) {
-                Ok(Some((frame, used))) => {
-                    buffer.drain(..used);
-                    let (reply, quit) = door.command(frame);
-                    out.extend_from_slice(&encoded(&reply));
-                    if quit {
-                        stream.write_all(&out)?;
-                        return Err(ConnectionEnd::Quit);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let error = OwnedFrame::Error(format!("ERR Protocol error: {e}"));
-                    out.extend_from_slice(&encoded(&error));
-                    stream.write_all(&out)?;
-                    return Err(ConnectionEnd::Protocol(e.to_string()));
-                }
-            }
-        }
-        if !out.is_empty() {
-            stream.write_all(&out)?;
-        }
-        if buffer.len() > MAX_COMMAND_BYTES {
-            let error = OwnedFrame::Error(format!(
-                "ERR Protocol error: a command over {MAX_COMMAND_BYTES} bytes"
-            ));
-            stream.write_all(&encoded(&error))?;
-            return Err(ConnectionEnd::Protocol("command too large".into()));
-        }
-        let read = stream.read(&mut chunk)?;
-        if read == 0 {
-            return Ok(());
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-    }
-}
-
-fn encoded(frame: &OwnedFrame) -> Vec<u8> {
-    let mut bytes = vec![0; frame.encode_len(false)];
-    match encode(&mut bytes, frame, false) {
-        Ok(written) => {
-            bytes.truncate(written);
-            bytes
-        }
-        Err(_) => b"-ERR encoding the reply failed\r\n".to_vec(),
-    }
-}
-
 /// One connection's way into its node.
 struct Door {
     node: SocketAddr,
@@ -291,6 +215,8 @@ struct Door {
     authorized: bool,
     /// The node's client token, if it requires one.
     token: Option<String>,
+    /// `[limits] max_value_bytes`.
+    max_value_bytes: usize,
 }
 
 /// An error reply.
@@ -471,6 +397,13 @@ impl Door {
     /// `SET`: a put that supersedes every version its coordinator holds (last writer wins,
     /// atomically under the key's lock there, in one request).
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<OwnedFrame, OwnedFrame> {
+        if value.len() > self.max_value_bytes {
+            return Err(error(format!(
+                "ERR value of {} bytes exceeds the maximum of {} ([limits] max_value_bytes)",
+                value.len(),
+                self.max_value_bytes
+            )));
+        }
         self.call(|c| c.overwrite(key, value, RequestOptions::default()))?;
         Ok(ok())
     }

@@ -154,3 +154,111 @@ fn a_redis_connection_is_closed_when_its_node_stops() {
     }
     assert!(rest.is_empty(), "nothing after the stop: {rest:?}");
 }
+
+/// A raw socket to a node's door, reads bounded by 10 s.
+fn raw_door(node: &TestNode) -> TcpStream {
+    let addr = node
+        .node
+        .as_ref()
+        .and_then(|n| n.redis_addr())
+        .expect("the door listens");
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+}
+
+/// Reads until `want` replies (lines starting with + - : $ or *, counting a bulk's payload as
+/// part of it) have come, or the stream ends.
+fn read_replies(stream: &mut TcpStream, want: usize) -> String {
+    let mut text = String::new();
+    let mut chunk = [0u8; 4096];
+    while text.matches("\r\n").count() < want {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => text.push_str(&String::from_utf8_lossy(&chunk[..n])),
+        }
+    }
+    text
+}
+
+/// Goal: inline commands (a line of words, as `nc` or `telnet` send them, which Redis
+/// accepts) are answered like RESP ones, an empty line is not answered, and RESP and inline
+/// mix on one connection (a trial got "Invalid frame type" and a closed connection).
+#[test]
+fn inline_commands_are_answered_like_resp_ones() {
+    let node = TestNode::start("[redis]\nlisten = \"127.0.0.1:0\"\n");
+    let mut stream = raw_door(&node);
+    stream
+        .write_all(b"PING\r\n\r\nSET inline v1\r\n*2\r\n$3\r\nGET\r\n$6\r\ninline\r\nget inline\n")
+        .expect("send");
+    let replies = read_replies(&mut stream, 6);
+    assert_eq!(replies, "+PONG\r\n+OK\r\n$2\r\nv1\r\n$2\r\nv1\r\n");
+}
+
+/// Goal: a command begun and not completed within `frame_timeout_ms` (a client that sent half
+/// of one, or a bulk length it never fills) gets an error naming the limit and the connection
+/// closes, while an idle connection with nothing begun stays open (a trial found both kinds
+/// open after 70 s, each holding a thread and a slot).
+#[test]
+fn a_command_left_unfinished_is_refused_after_the_frame_timeout() {
+    let node =
+        TestNode::start("[redis]\nlisten = \"127.0.0.1:0\"\n[limits]\nframe_timeout_ms = 300\n");
+    let mut idle = raw_door(&node);
+    let mut partial = raw_door(&node);
+    partial
+        .write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$999999\r\nonly a little")
+        .expect("send");
+    let mut reply = Vec::new();
+    partial
+        .read_to_end(&mut reply)
+        .expect("the error, then the end of the stream");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.starts_with("-ERR Protocol error: a command begun and not completed within 300 ms"),
+        "{reply}"
+    );
+    // The idle one, older than the timeout, still answers.
+    idle.write_all(b"PING\r\n").expect("send");
+    assert_eq!(read_replies(&mut idle, 1), "+PONG\r\n");
+}
+
+/// Goal: a connection past `[redis] max_connections` reads Redis's own refusal, even when it
+/// sent a command first, rather than a reset with no message (what a trial's 257th client got).
+#[test]
+fn a_connection_past_the_limit_reads_why_it_was_refused() {
+    let node = TestNode::start("[redis]\nlisten = \"127.0.0.1:0\"\nmax_connections = 1\n");
+    let mut first = raw_door(&node);
+    first.write_all(b"PING\r\n").expect("send");
+    assert_eq!(read_replies(&mut first, 1), "+PONG\r\n");
+    let mut second = raw_door(&node);
+    // Sent before it reads: unread input at the close would reset the stream.
+    let _ = second.write_all(b"PING\r\n");
+    let mut reply = Vec::new();
+    let _ = second.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.starts_with("-ERR max number of clients reached (1"),
+        "{reply}"
+    );
+}
+
+/// Goal: a SET of a value over `[limits] max_value_bytes` is refused naming that limit, even
+/// when the value is also past the node's frame limit (a trial got "frame of 1130598 bytes
+/// exceeds the maximum of 1130505", which a Redis user cannot place).
+#[test]
+fn a_value_over_the_limit_is_refused_naming_max_value_bytes() {
+    let node = TestNode::start("[redis]\nlisten = \"127.0.0.1:0\"\n");
+    let mut stream = raw_door(&node);
+    let value = vec![b'x'; 1_130_505];
+    let mut command = format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${}\r\n", value.len()).into_bytes();
+    command.extend_from_slice(&value);
+    command.extend_from_slice(b"\r\n");
+    stream.write_all(&command).expect("send");
+    let reply = read_replies(&mut stream, 1);
+    assert_eq!(
+        reply,
+        "-ERR value of 1130505 bytes exceeds the maximum of 1048576 ([limits] max_value_bytes)\r\n"
+    );
+}
