@@ -18,6 +18,17 @@ pub fn run_ring(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let ring = membership.ring();
     let q = ring.partition_count();
+    // Replicas held: the partitions whose preference list of N names the node. Strategy 3
+    // spreads the owners evenly, but who follows whom on the ring decides the replicas, and
+    // after joins and leaves they can be uneven (a trial's 4 nodes held 44, 46, 44 and 58 of
+    // 192): the primaries' share alone hid it.
+    let mut copies = std::collections::BTreeMap::new();
+    for p in 0..q {
+        let list = ring.preference_list(shoal_stages::ring::PartitionId(p), n);
+        for node in list.primaries {
+            *copies.entry(node).or_insert(0u32) += 1;
+        }
+    }
     let nodes: Vec<serde_json::Value> = membership
         .entries()
         .map(|e| {
@@ -41,6 +52,7 @@ pub fn run_ring(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
                 "id": m.id.to_string(), "addr": m.addr.to_string(), "weight": m.weight,
                 "zone": m.zone, "state": state, "partitions": owned,
                 "share": owned as f64 / f64::from(q),
+                "replicas": copies.get(&m.id).copied().unwrap_or(0),
                 "sending": sending,
                 "receiving": plan.pending.iter().filter(|t| t.to == m.id).count(),
             })
@@ -91,14 +103,23 @@ pub fn run_ring(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("membership version {}, {q} partitions", membership.version);
     println!(
-        "{:<12} {:<22} {:<8} {:>6} {:<8} {:>10} {:>7} {:>8} {:>9}",
-        "Node", "Address", "State", "Weight", "Zone", "Partitions", "Share", "Sending", "Receiving"
+        "{:<12} {:<22} {:<8} {:>6} {:<8} {:>10} {:>7} {:>8} {:>8} {:>9}",
+        "Node",
+        "Address",
+        "State",
+        "Weight",
+        "Zone",
+        "Partitions",
+        "Share",
+        "Replicas",
+        "Sending",
+        "Receiving"
     );
     for n in &nodes {
         // serde_json values ignore width flags: numbers are printed through strings.
         let text = |field: &str| n[field].to_string();
         println!(
-            "{:<12} {:<22} {:<8} {:>6} {:<8} {:>10} {:>6.1}% {:>8} {:>9}",
+            "{:<12} {:<22} {:<8} {:>6} {:<8} {:>10} {:>6.1}% {:>8} {:>8} {:>9}",
             n["id"].as_str().unwrap_or(""),
             n["addr"].as_str().unwrap_or(""),
             n["state"].as_str().unwrap_or(""),
@@ -106,6 +127,7 @@ pub fn run_ring(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
             n["zone"].as_str().unwrap_or("-"),
             text("partitions"),
             n["share"].as_f64().unwrap_or(0.0) * 100.0,
+            text("replicas"),
             text("sending"),
             text("receiving"),
         );
