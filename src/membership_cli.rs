@@ -60,8 +60,42 @@ pub fn join(args: JoinArgs, out: &mut impl Write) -> Result<(), Box<dyn std::err
         change: Some(MembershipChange::Join(member)),
         commit: false,
     };
-    let reply = crate::cli::connect(&args.target)?.plan(request)?;
-    print_plan(&reply, args.json, out)
+    let mut client = crate::cli::connect(&args.target)?;
+    let reply = client.plan(request)?;
+    print_plan(&reply, args.json, out)?;
+    warn_if_under_n(&mut client, &reply, args.json, out)
+}
+
+/// After staging: a warning when the staged ring would have fewer nodes than N, so each key
+/// would keep fewer copies than N (a trial staged a leave that left 2 nodes for N=3 and was
+/// told nothing).
+fn warn_if_under_n(
+    client: &mut Client,
+    reply: &PlanReply,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if json || reply.plan.is_empty() {
+        return Ok(());
+    }
+    let (membership, n) = client.ring_and_replicas()?;
+    let ring = membership.ring();
+    let plan = &reply.plan;
+    let staying = ring
+        .nodes()
+        .filter(|spec| !plan.leaving.contains(&spec.id) && !plan.removed.contains(&spec.id))
+        .count();
+    let after = staying + plan.joining.len();
+    if after < n {
+        writeln!(
+            out,
+            "warning: the ring would have {after} node{} for N={n}: each key would keep {after} \
+             cop{} until more nodes join (writes needing more than that fail)",
+            if after == 1 { "" } else { "s" },
+            if after == 1 { "y" } else { "ies" },
+        )?;
+    }
+    Ok(())
 }
 
 /// Stages a leave (`remove: false`) or a remove and prints the plan.
@@ -96,7 +130,8 @@ pub fn depart(
              a commit has nothing to move for it"
         )?;
     }
-    print_plan(&reply, args.json, out)
+    print_plan(&reply, args.json, out)?;
+    warn_if_under_n(&mut client, &reply, args.json, out)
 }
 
 /// Shows the plan (`commit: false`) or commits it; a commit is sent to the claimant (the

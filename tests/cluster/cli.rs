@@ -494,3 +494,30 @@ fn documented_fields(cell: &str) -> Vec<(String, Vec<String>)> {
     fields.extend(names(rest).into_iter().map(|n| (n, Vec::new())));
     fields
 }
+
+/// Goal: staging a leave that would leave fewer nodes than N warns that each key would keep
+/// fewer copies (a trial staged such a leave on 3 nodes with N=3 and was told nothing); a
+/// change that keeps N nodes does not.
+#[test]
+fn staging_a_leave_below_n_nodes_warns_of_fewer_copies() {
+    let cluster = super::support::TestCluster::start(3, 3, 2, 2, "");
+    let node = cluster.addr(0);
+    let (ok, out, err) = shoal(&["admin", "leave", "--node", &node, "--id", "n3"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("warning: the ring would have 2 nodes for N=3: each key would keep 2 copies"),
+        "{out}"
+    );
+    let (ok, out, err) = shoal(&[
+        "admin",
+        "join",
+        "--node",
+        &node,
+        "--id",
+        "n9",
+        "--addr",
+        "127.0.0.1:9",
+    ]);
+    assert!(ok, "{err}");
+    assert!(!out.contains("warning"), "3 nodes again: {out}");
+}
