@@ -40,7 +40,7 @@ impl MetricsServer {
     pub fn start(
         listen: SocketAddr,
         (source, token): (StatsSource, Option<String>),
-        (store, membership): (Store, MembershipView),
+        (store, membership, replicas): (Store, MembershipView, usize),
         logger: Logger,
     ) -> Result<MetricsServer, std::io::Error> {
         let server = tiny_http::Server::http(listen).map_err(std::io::Error::other)?;
@@ -54,6 +54,7 @@ impl MetricsServer {
             source,
             store,
             membership,
+            replicas,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {

@@ -294,7 +294,11 @@ impl Node {
                 MetricsServer::start(
                     listen,
                     (stats.clone(), config.security.client_token.clone()),
-                    (shared.store.clone(), shared.membership.clone()),
+                    (
+                        shared.store.clone(),
+                        shared.membership.clone(),
+                        config.cluster.n as usize,
+                    ),
                     logger.new(o!("stage" => "metrics")),
                 )
                 .map_err(io_error(&format!("binding the metrics address {listen}")))?,

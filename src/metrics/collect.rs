@@ -20,6 +20,8 @@ pub(super) struct NodeMetrics {
     pub(super) store: Store,
     /// Whose hints are reported: every other member, at 0 when none are held.
     pub(super) membership: MembershipView,
+    /// N, to count the partitions this node stores.
+    pub(super) replicas: usize,
 }
 
 impl fmt::Debug for NodeMetrics {
@@ -255,6 +257,36 @@ impl Collector for NodeMetrics {
                 "target",
             ),
             hints.iter().map(|(node, n)| (node.as_str(), *n)).collect(),
+        )?;
+
+        // The ring as this node has it: its version (equal on every node once a change has
+        // spread) and the partitions it owns and stores (a trial asked for the membership in
+        // the metrics; replicas held can drift apart after joins and leaves).
+        let membership = self.membership.current();
+        gauge(
+            e,
+            (
+                "shoal_membership_version",
+                "The membership version this node has (the same on every node once a change has spread).",
+            ),
+            membership.version,
+        )?;
+        let ring = membership.ring();
+        let n = self.replicas;
+        let (mut owned, mut stored) = (0u64, 0u64);
+        for p in 0..ring.partition_count() {
+            let list = ring.preference_list(shoal_stages::ring::PartitionId(p), n);
+            owned += u64::from(list.primaries.first() == Some(&self.source.node));
+            stored += u64::from(list.primaries.contains(&self.source.node));
+        }
+        gauges(
+            e,
+            (
+                "shoal_partitions",
+                "Partitions of the committed ring this node owns (role owner: first replica) or stores (role replica: on their preference list of N).",
+                "role",
+            ),
+            vec![("owner", owned), ("replica", stored)],
         )?;
 
         gauge(

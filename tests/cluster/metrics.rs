@@ -196,3 +196,27 @@ fn hints_held_reads_zero_for_every_other_member() {
         "{body}"
     );
 }
+
+/// Goal: the metrics carry the membership version this node has and the partitions it owns
+/// and stores (two nodes with N=2: it stores every partition and owns some, not all).
+#[test]
+fn the_membership_version_and_the_partitions_held_are_scraped() {
+    let cluster = TestCluster::start(2, 2, 1, 1, "[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let addr = cluster.nodes[0]
+        .as_ref()
+        .and_then(|n| n.metrics_addr())
+        .expect("metrics are served");
+    let membership = cluster.client(0).ring().expect("ring");
+    let q = f64::from(membership.ring().partition_count());
+    let (scrape, body) = scrape(addr);
+    let version = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "shoal_membership_version")
+        .unwrap_or_else(|| panic!("no shoal_membership_version in {body}"));
+    assert_eq!(number(&version.value), membership.version as f64);
+    let replica = number(&sample(&scrape, "shoal_partitions", ("role", "replica")).value);
+    let owner = number(&sample(&scrape, "shoal_partitions", ("role", "owner")).value);
+    assert_eq!(replica, q, "N=2 on two nodes: every partition");
+    assert!(owner > 0.0 && owner < q, "{owner} of {q}");
+}
