@@ -297,7 +297,7 @@ impl Node {
                     (
                         shared.store.clone(),
                         shared.membership.clone(),
-                        config.cluster.n as usize,
+                        config.cluster.n,
                     ),
                     logger.new(o!("stage" => "metrics")),
                 )
