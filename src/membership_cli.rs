@@ -222,7 +222,8 @@ pub fn print_plan(
             writeln!(
                 out,
                 "  (provisional: the last commit's transfers are still pending; a commit is \
-                 refused until they are done, and the copies' sources may change by then)"
+                 refused until they are done, unless those left all go to removed nodes, and \
+                 the copies' sources may change by then)"
             )?;
         }
     }
