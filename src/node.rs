@@ -336,6 +336,7 @@ impl Node {
                         token: config.security.client_token.clone(),
                         frame_timeout: Duration::from_millis(config.limits.frame_timeout_ms),
                         max_value_bytes: config.limits.max_value_bytes,
+                        max_key_bytes: config.limits.max_key_bytes,
                     },
                     logger.new(o!("stage" => "redis")),
                 )

@@ -35,7 +35,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 mod connection;
-use connection::{linger, refuse, serve, ConnectionEnd};
+use connection::{command_limit, linger, refuse, serve, ConnectionEnd, ConnectionLimits};
 
 /// How often the accepting thread looks at its stop flag while nobody connects.
 const ACCEPT_POLL: Duration = Duration::from_millis(50);
@@ -58,6 +58,8 @@ pub struct DoorSettings {
     /// `[limits] max_value_bytes`: a longer `SET` value is refused here, naming the limit,
     /// rather than by the node's frame limit in words a Redis user cannot place.
     pub max_value_bytes: usize,
+    /// `[limits] max_key_bytes`: with the value's, how large a command is buffered.
+    pub max_key_bytes: usize,
 }
 
 /// The running door.
@@ -184,11 +186,14 @@ fn accept(
             token: settings.token.clone(),
             max_value_bytes: settings.max_value_bytes,
         };
-        let frame_timeout = settings.frame_timeout;
+        let limits = ConnectionLimits {
+            frame_timeout: settings.frame_timeout,
+            command_bytes: command_limit(settings.max_key_bytes, settings.max_value_bytes),
+        };
         let spawned = std::thread::Builder::new()
             .name("redis-conn".into())
             .spawn(move || {
-                let ended = serve(&mut stream, door, frame_timeout);
+                let ended = serve(&mut stream, door, limits);
                 if let Err(e) = &ended {
                     debug!(conn_logger, "redis connection ended"; "peer" => %peer, "reason" => %e);
                 }
@@ -324,6 +329,10 @@ impl Door {
                 OwnedFrame::Array(rest.iter().map(|key| self.get(key)).collect())
             }
             ("MSET", n) if n > 0 && n % 2 == 0 => {
+                // Every value checked before any is written: MSET is all or nothing here.
+                if let Some(refusal) = rest.chunks(2).find_map(|pair| self.too_large(&pair[1])) {
+                    return (refusal, false);
+                }
                 let mut reply = ok();
                 for pair in rest.chunks(2) {
                     if let Err(e) = self.set(&pair[0], &pair[1]) {
@@ -397,15 +406,22 @@ impl Door {
     /// `SET`: a put that supersedes every version its coordinator holds (last writer wins,
     /// atomically under the key's lock there, in one request).
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<OwnedFrame, OwnedFrame> {
-        if value.len() > self.max_value_bytes {
-            return Err(error(format!(
-                "ERR value of {} bytes exceeds the maximum of {} ([limits] max_value_bytes)",
-                value.len(),
-                self.max_value_bytes
-            )));
+        if let Some(refusal) = self.too_large(value) {
+            return Err(refusal);
         }
         self.call(|c| c.overwrite(key, value, RequestOptions::default()))?;
         Ok(ok())
+    }
+
+    /// The refusal of a value over `[limits] max_value_bytes`, if it is.
+    fn too_large(&self, value: &[u8]) -> Option<OwnedFrame> {
+        (value.len() > self.max_value_bytes).then(|| {
+            error(format!(
+                "ERR value of {} bytes exceeds the maximum of {} ([limits] max_value_bytes)",
+                value.len(),
+                self.max_value_bytes
+            ))
+        })
     }
 
     /// `DEL` (`delete`) or `EXISTS`: how many of the keys hold a value (deleting them).

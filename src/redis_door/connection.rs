@@ -4,8 +4,15 @@
 
 use super::*;
 
-/// Largest command the door buffers (a SET of a 1 MiB value fits, with its key).
-const MAX_COMMAND_BYTES: usize = 2 << 20;
+/// Largest command the door buffers at least (a SET of a 1 MiB value fits, with its key); a
+/// node with larger `max_value_bytes` buffers that and its key more (`command_limit`).
+const MIN_COMMAND_BYTES: usize = 2 << 20;
+
+/// The largest command the door buffers for a node of these limits: a SET of the largest
+/// value and key, with room for the framing.
+pub(super) fn command_limit(max_key_bytes: usize, max_value_bytes: usize) -> usize {
+    (max_key_bytes + max_value_bytes + (64 << 10)).max(MIN_COMMAND_BYTES)
+}
 
 /// The longest inline command (a line of words, as `nc` or `telnet` send; Redis's own bound).
 const MAX_INLINE_BYTES: usize = 64 * 1024;
@@ -81,12 +88,13 @@ pub(super) enum ConnectionEnd {
 pub(super) fn serve(
     stream: &mut TcpStream,
     mut door: Door,
-    frame_timeout: Duration,
+    limits: ConnectionLimits,
 ) -> Result<(), ConnectionEnd> {
     stream.set_nodelay(true)?;
     let mut buffer: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut begun: Option<Instant> = None;
+    let mut timeout_set = false;
     loop {
         // Every whole command buffered is answered before reading more (pipelining).
         let mut out = Vec::new();
@@ -94,6 +102,8 @@ pub(super) fn serve(
             match next_command(&buffer) {
                 Ok(Some((frame, used))) => {
                     buffer.drain(..used);
+                    // Completed: what is left is another command, timed from now on.
+                    begun = None;
                     if matches!(&frame, OwnedFrame::Array(words) if words.is_empty()) {
                         continue; // an empty line: Redis answers nothing
                     }
@@ -116,25 +126,33 @@ pub(super) fn serve(
         if !out.is_empty() {
             stream.write_all(&out)?;
         }
-        if buffer.len() > MAX_COMMAND_BYTES {
+        if buffer.len() > limits.command_bytes {
             let error = OwnedFrame::Error(format!(
-                "ERR Protocol error: a command over {MAX_COMMAND_BYTES} bytes"
+                "ERR Protocol error: a command over {} bytes",
+                limits.command_bytes
             ));
             stream.write_all(&encoded(&error))?;
             return Err(ConnectionEnd::Protocol("command too large".into()));
         }
+        // Timed from when the replies before it were written (a slow node's answers are not
+        // the client's delay), or from when the part of it that is here arrived.
         let wait = if buffer.is_empty() {
             begun = None;
             None
         } else {
             let since = *begun.get_or_insert_with(Instant::now);
-            Some(frame_timeout.saturating_sub(since.elapsed()))
+            Some(limits.frame_timeout.saturating_sub(since.elapsed()))
         };
         // `None`: the wait for the rest of a command ran out.
         let read = match wait {
             Some(left) if left.is_zero() => None,
             _ => {
-                stream.set_read_timeout(wait)?;
+                // Set only when it changes: a request-reply client waits with none, and a
+                // system call per read would cost the hot path.
+                if wait.is_some() || timeout_set {
+                    stream.set_read_timeout(wait)?;
+                    timeout_set = wait.is_some();
+                }
                 match stream.read(&mut chunk) {
                     Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                         None
@@ -144,11 +162,11 @@ pub(super) fn serve(
             }
         };
         let Some(read) = read else {
-            if begun.is_some_and(|since| since.elapsed() >= frame_timeout) {
+            if begun.is_some_and(|since| since.elapsed() >= limits.frame_timeout) {
                 let error = OwnedFrame::Error(format!(
                     "ERR Protocol error: a command begun and not completed within {} ms \
                      ([limits] frame_timeout_ms)",
-                    frame_timeout.as_millis()
+                    limits.frame_timeout.as_millis()
                 ));
                 stream.write_all(&encoded(&error))?;
                 return Err(ConnectionEnd::Protocol(
@@ -162,6 +180,15 @@ pub(super) fn serve(
         }
         buffer.extend_from_slice(&chunk[..read]);
     }
+}
+
+/// What one connection may hold.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ConnectionLimits {
+    /// A command begun and not completed in this time is refused (`[limits] frame_timeout_ms`).
+    pub frame_timeout: Duration,
+    /// The largest command buffered ([`command_limit`]).
+    pub command_bytes: usize,
 }
 
 /// The next whole command in `buffer` and the bytes it takes: RESP (an array of bulk

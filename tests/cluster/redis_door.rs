@@ -262,3 +262,24 @@ fn a_value_over_the_limit_is_refused_naming_max_value_bytes() {
         "-ERR value of 1130505 bytes exceeds the maximum of 1048576 ([limits] max_value_bytes)\r\n"
     );
 }
+
+/// Goal: a client that streams commands, always with part of the next one sent, keeps its
+/// connection past the frame timeout: the clock runs from the last completed command, not
+/// from the first partial one (the first version closed such a pipelining client).
+#[test]
+fn a_client_streaming_commands_past_the_frame_timeout_stays_connected() {
+    let node =
+        TestNode::start("[redis]\nlisten = \"127.0.0.1:0\"\n[limits]\nframe_timeout_ms = 300\n");
+    let mut stream = raw_door(&node);
+    stream.write_all(b"PING\r\nPI").expect("send");
+    let mut replies = read_replies(&mut stream, 1);
+    // Ten steps of 100 ms: each completes the partial command and starts another.
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(100));
+        stream.write_all(b"NG\r\nPI").expect("send");
+        replies.push_str(&read_replies(&mut stream, 1));
+    }
+    stream.write_all(b"NG\r\n").expect("send");
+    replies.push_str(&read_replies(&mut stream, 1));
+    assert_eq!(replies, "+PONG\r\n".repeat(12), "{replies}");
+}
