@@ -317,24 +317,29 @@ fn transfer_batches_resume_exactly_and_drops_empty_only_their_partition() {
             .map(key)
             .filter(|k| where_is(k).0 == partition)
             .collect();
-        let mut seen = Vec::new();
-        let mut after = None;
-        loop {
-            let read = store
-                .transfer_batch(partition, None, after.as_deref(), 7, 1 << 20)
-                .expect("batch");
-            assert!(read.objects.len() <= 7, "{name}");
-            seen.extend(read.objects.into_iter().map(|(k, _)| k));
-            match read.resume {
-                Some(resume) => after = Some(resume),
-                None => break,
-            }
-        }
-        let mut sorted_seen = seen.clone();
-        sorted_seen.sort();
         let mut sorted_expected = expected.clone();
         sorted_expected.sort();
-        assert_eq!(sorted_seen, sorted_expected, "{name}: every key once");
+        // Cut by keys, and by bytes (a cut before an object reads it again next time).
+        for (max_keys, max_bytes) in [(7, 1 << 20), (100, 120)] {
+            let mut seen = Vec::new();
+            let mut after = None;
+            loop {
+                let read = store
+                    .transfer_batch(partition, None, after.as_deref(), max_keys, max_bytes)
+                    .expect("batch");
+                assert!(read.objects.len() <= max_keys, "{name}");
+                seen.extend(read.objects.into_iter().map(|(k, _)| k));
+                match read.resume {
+                    Some(resume) => after = Some(resume),
+                    None => break,
+                }
+            }
+            seen.sort();
+            assert_eq!(
+                seen, sorted_expected,
+                "{name} ({max_keys}, {max_bytes}): every key once"
+            );
+        }
         // A byte bound cuts a batch short, but never below one object.
         let read = store
             .transfer_batch(partition, None, None, 100, 1)

@@ -151,6 +151,11 @@ impl TransferMachine {
             Err(error) => {
                 debug!(self.logger, "transfer batch failed"; "partition" => active.partition,
                        "to" => %active.to, "error" => %error);
+                if matches!(error, ServiceError::FrameTooLarge { .. }) {
+                    // Encoded larger than its byte count said (long keys, many small clocks):
+                    // the same batch would be refused for ever, so the next ones are smaller.
+                    active.keys_cap = Some((objects as usize / 2).max(1));
+                }
                 return self.failed(now, error.to_string());
             }
         }

@@ -145,6 +145,9 @@ struct Active {
     /// Why the last step failed, for the line that parks it (a frame too large, a peer's
     /// refusal, no answer by the deadline).
     last_error: Option<String>,
+    /// The most objects a batch may hold from now on, after a batch the frame limit refused
+    /// (halved each time, down to one).
+    keys_cap: Option<usize>,
     objects: u64,
     bytes: u64,
     retries: u64,
@@ -166,6 +169,7 @@ impl Active {
             retry_at: None,
             failures: 0,
             last_error: None,
+            keys_cap: None,
             objects: 0,
             bytes: 0,
             retries: 0,
@@ -426,7 +430,11 @@ impl TransferMachine {
                     partition,
                     segment: active.segments.as_ref().and_then(|s| s.front().copied()),
                     after: active.cursor.clone(),
-                    max_keys: self.settings.batch_keys.min(tokens as usize),
+                    max_keys: self
+                        .settings
+                        .batch_keys
+                        .min(tokens as usize)
+                        .min(active.keys_cap.unwrap_or(usize::MAX)),
                     max_bytes: self.settings.batch_bytes,
                 }
             }

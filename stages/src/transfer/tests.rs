@@ -587,3 +587,43 @@ fn a_final_sync_failing_for_one_replica_syncs_the_others_and_retries_it_before_t
         "dropped once every replica has it"
     );
 }
+
+/// Goal: a batch the frame limit refuses (`FrameTooLarge`: its encoding outgrew its byte
+/// count) is read again with half as many objects, so the transfer goes on instead of
+/// sending the same batch for ever.
+#[test]
+fn a_batch_too_large_for_a_frame_is_read_again_smaller() {
+    let (mut machine, transfer, segments, t, mut out) = fresh();
+    machine.on_tick(Now::at(t), &mut out);
+    let (op, _) = storage_request(&effects(&mut out));
+    machine.on_event(Now::at(t), storage_done(op, tree(segments)), &mut out);
+    let (op, _) = storage_request(&effects(&mut out));
+    let batch = batch_of(&["a", "b", "c", "d"], 40, None);
+    machine.on_event(Now::at(t), storage_done(op, batch), &mut out);
+    let (op, _, count) = peer_send(&effects(&mut out));
+    assert_eq!(count, 4);
+    let refused = TransferEvent::Peer(PeerDone {
+        op,
+        peer: transfer.to.clone(),
+        result: Err(ServiceError::FrameTooLarge {
+            declared: 2 << 20,
+            max: 1 << 20,
+        }),
+    });
+    machine.on_event(Now::at(t), refused, &mut out);
+    let later = t + Duration::from_secs(1);
+    machine.on_tick(Now::at(later), &mut out);
+    let events = effects(&mut out);
+    let (_, request) = storage_request(&events);
+    assert!(
+        matches!(
+            request,
+            StorageRequest::TransferBatch {
+                max_keys: 2,
+                after: None,
+                ..
+            }
+        ),
+        "half as many, from the same place: {request:?}"
+    );
+}

@@ -290,7 +290,10 @@ impl Store {
         let mut read = TransferRead::default();
         let mut last = None;
         for (stored, bytes) in entries {
-            let size = bytes.len() as u64;
+            // The key travels too (up to 64 KiB of it); what the wire's encoding adds beyond
+            // these is covered by `max_bytes` being half the frame, and a batch the frame
+            // still refuses is read again smaller (`transfer::answers`).
+            let size = (stored.len() + bytes.len()) as u64;
             if !read.objects.is_empty() && read.bytes + size > max_bytes as u64 {
                 // This one starts the next batch.
                 read.resume = last;
