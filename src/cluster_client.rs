@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod health;
+use health::Gone;
 pub use health::NodeHealth;
 
 /// How long past a request's deadline a reply is still waited for: the node's reply on the
@@ -207,7 +208,7 @@ impl ClusterClient {
                     // A stalled node holds the put (it applies it when it goes on): sent
                     // again elsewhere it would be applied twice, under two dots, and the
                     // client would see a sibling it never wrote. Its outcome is unknown.
-                    self.mark_down(&node);
+                    self.mark_down(&node, Gone::No);
                     return Err(ClientError::Io(error));
                 }
                 Err(
@@ -215,7 +216,7 @@ impl ClusterClient {
                     | ClientError::Closed { .. }
                     | ClientError::Frame { .. }),
                 ) => {
-                    self.mark_down(&node);
+                    self.mark_down(&node, gone(&error));
                     last_error = error;
                 }
                 Err(
@@ -225,7 +226,7 @@ impl ClusterClient {
                 ) => {
                     // The node is stopping, or every peer refuses it, and it refused the
                     // request before doing anything with it: the next node may take it.
-                    self.mark_down(&node);
+                    self.mark_down(&node, gone(&error));
                     last_error = error;
                 }
                 Err(error) if error.breaks_connection() => {
@@ -274,15 +275,15 @@ impl ClusterClient {
             Ok(client) => Ok(&mut vacant.insert((client, epoch)).0),
             Err(error) => {
                 // `mark_down`, but no connection to drop (and `self` is still lent out).
-                self.health.failed(node, Instant::now());
+                self.health.failed(node, Instant::now(), Gone::Yes);
                 Err(error)
             }
         }
     }
 
-    fn mark_down(&mut self, node: &NodeId) {
+    fn mark_down(&mut self, node: &NodeId, gone: Gone) {
         self.connections.remove(node);
-        self.health.failed(node, Instant::now());
+        self.health.failed(node, Instant::now(), gone);
     }
 
     fn refresh_if_newer(&mut self, version: u64) {
@@ -296,6 +297,28 @@ impl ClusterClient {
                 self.membership.set(ring.membership);
             }
         }
+    }
+}
+
+/// Whether a failure says the node's process is gone (it stopped, restarted, or nothing
+/// listens): every connection opened to it before is then dead. A stall or a refusal says
+/// its connections still work, and redialling them would only add work to a struggling node.
+fn gone(error: &ClientError) -> Gone {
+    match error {
+        ClientError::Closed { .. } | ClientError::Service(ServiceError::ShuttingDown) => Gone::Yes,
+        ClientError::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            Gone::Yes
+        }
+        _ => Gone::No,
     }
 }
 

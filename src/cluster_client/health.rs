@@ -30,11 +30,22 @@ pub struct NodeHealth {
     down: Arc<Mutex<HashMap<NodeId, Down>>>,
     /// How many nodes `down` holds: a request while none failed takes no lock.
     held: Arc<AtomicUsize>,
-    /// Failures seen in all, by any client sharing this: a connection checked at the current
-    /// epoch needs no look at `failed_at`.
+    /// Failures seen in all that said a node's process was gone ([`Gone::Yes`]), by any
+    /// client sharing this: a connection checked at the current epoch needs no look at
+    /// `failed_at`. Moved only under `failed_at`'s lock, with it.
     epoch: Arc<AtomicU64>,
-    /// Each node's latest failure, as the epoch it made.
+    /// Each node's latest such failure, as the epoch it made.
     failed_at: Arc<Mutex<HashMap<NodeId, u64>>>,
+}
+
+/// Whether a failure says the node's process is gone, so that every connection opened to it
+/// before is dead (see [`NodeHealth::failed_since`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Gone {
+    /// It closed, reset or refused the connection, or said it is stopping.
+    Yes,
+    /// It stalled, or refused the request: its connections still work.
+    No,
 }
 
 impl NodeHealth {
@@ -68,8 +79,9 @@ impl NodeHealth {
         }
     }
 
-    /// The failures seen so far by the clients sharing this (a request a node did not
-    /// answer, or a connect it refused): also the epoch [`NodeHealth::failed_since`] counts by.
+    /// The failures seen so far by the clients sharing this that said a node's process was
+    /// gone (a connection closed or reset, a connect refused, a stop): the epoch
+    /// [`NodeHealth::failed_since`] counts by.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
@@ -85,14 +97,18 @@ impl NodeHealth {
         failed_at.get(node).is_some_and(|at| *at > epoch)
     }
 
-    /// `node` failed: tried last for [`down_for`] of its failures in a row, and every
-    /// connection to it opened before now is dialled again before its next use.
-    pub(super) fn failed(&self, node: &NodeId, now: Instant) {
-        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-        self.failed_at
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(node.clone(), epoch);
+    /// `node` failed: tried last for [`down_for`] of its failures in a row; if its process is
+    /// `gone`, every connection to it opened before now is dialled again before its next use.
+    pub(super) fn failed(&self, node: &NodeId, now: Instant, gone: Gone) {
+        if gone == Gone::Yes {
+            // Under the lock: a client that reads the new epoch then finds the failure.
+            let mut failed_at = self
+                .failed_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+            failed_at.insert(node.clone(), epoch);
+        }
         let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
         let failures = down
             .get(node)
@@ -142,7 +158,7 @@ mod tests {
         let start = Instant::now();
         let probe = Duration::from_secs(3);
         assert!(health.may_try(&node, start, probe), "never failed");
-        health.failed(&node, start);
+        health.failed(&node, start, Gone::Yes);
         assert!(!shared.may_try(&node, start + Duration::from_secs(1), probe));
         let over = start + Duration::from_secs(2);
         assert!(
@@ -153,7 +169,7 @@ mod tests {
             !shared.may_try(&node, over, probe),
             "the others, while it tries"
         );
-        health.failed(&node, over + probe);
+        health.failed(&node, over + probe, Gone::No);
         let second = over + probe + Duration::from_secs(3);
         assert!(
             !shared.may_try(&node, second, probe),
