@@ -78,14 +78,22 @@ fn warn_if_under_n(
     if json || reply.plan.is_empty() {
         return Ok(());
     }
-    let (membership, n) = client.ring_and_replicas()?;
-    let ring = membership.ring();
+    // Best effort: the change is staged already, and a ring not read (a cut-off node refuses
+    // it) only means no warning.
+    let Ok((membership, n)) = client.ring_and_replicas() else {
+        return Ok(());
+    };
     let plan = &reply.plan;
-    let staying = ring
+    // The ring's nodes that stay, with those joining (a member whose weight or zone changes
+    // is listed as joining too: counted once).
+    let mut after: std::collections::BTreeSet<&NodeId> = membership
+        .ring()
         .nodes()
-        .filter(|spec| !plan.leaving.contains(&spec.id) && !plan.removed.contains(&spec.id))
-        .count();
-    let after = staying + plan.joining.len();
+        .map(|spec| &spec.id)
+        .filter(|id| !plan.leaving.contains(id) && !plan.removed.contains(id))
+        .collect();
+    after.extend(plan.joining.iter());
+    let after = after.len();
     if after < n {
         writeln!(
             out,

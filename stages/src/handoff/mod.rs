@@ -134,10 +134,8 @@ pub struct HandoffMachine {
     /// acknowledged it pauses the shortest pause, never a growing one (see
     /// [`HandoffMachine::end_round`]).
     round_busy: u64,
-    /// Hints of the current round sent to their key's current replicas, by the node they
-    /// were for (it no longer holds the key): one log line per node a round, not per hint
-    /// (a removal of a node holding 1,400 hints logged 1,439 lines in 12 s).
-    round_retargeted: BTreeMap<NodeId, u64>,
+    /// Hints sent to their key's current replicas, counted for the log (`retarget.rs`).
+    retargeted: retarget::Retargeted,
     /// The pause after rounds in which every delivery failed (zero after a success).
     backoff: Duration,
     /// When the current pause ends (`None`: no pause).
@@ -193,7 +191,7 @@ impl HandoffMachine {
             cursor: None,
             round_acked: 0,
             round_failed: 0,
-            round_retargeted: BTreeMap::new(),
+            retargeted: retarget::Retargeted::default(),
             round_busy: 0,
             backoff: Duration::ZERO,
             paused_until: None,
@@ -529,10 +527,7 @@ impl HandoffMachine {
         self.round_acked = 0;
         self.round_failed = 0;
         self.round_busy = 0;
-        for (intended, hints) in std::mem::take(&mut self.round_retargeted) {
-            info!(self.logger, "hints for a node that no longer holds their keys went to the current replicas";
-                  "intended" => %intended, "hints" => hints);
-        }
+        self.retargeted.end_round(&self.logger);
     }
 
     /// Hints in deliveries awaiting acknowledgement.

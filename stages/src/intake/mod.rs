@@ -17,7 +17,7 @@ mod handshake;
 mod linger;
 mod machine;
 mod peers;
-mod repeats;
+pub(crate) mod repeats;
 mod sockets;
 #[cfg(test)]
 mod tests;

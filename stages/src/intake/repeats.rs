@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 pub(crate) struct Repeats(BTreeMap<String, u64>);
 
 impl Repeats {
-    /// Keys kept: past this the counts start over (callers' keys are bounded by the members;
-    /// this bounds a caller that is wrong about that).
-    const MAX_KEYS: usize = 64;
+    /// Keys kept: past this the counts start over (callers' keys are bounded by the members,
+    /// times the kinds of refusal on each side: 64 was passed by a cluster of 33 nodes once
+    /// keys were per kind; this bounds a caller that is wrong about that).
+    const MAX_KEYS: usize = 1024;
 
     /// Counts one more `key`; its count when that is 1 or a power of ten (warn then), else
     /// `None` (log at debug).
