@@ -20,13 +20,35 @@ enum Health {
     Down {
         since: Instant,
         next_probe: Instant,
-        why: &'static str,
+        why: DownReason,
         /// The peer said it stopped: only a probe's answer brings it back, not an answer or
         /// gossip it sent before it stopped and that arrives after (`said_stopped`).
         until_probed: bool,
         /// When [`FailureDetector::still_down`] last named it (`None`: not yet).
         named: Option<Instant>,
     },
+}
+
+/// Why a peer is held down, by kind: which reason gives way to which is decided on the kind
+/// (STYLE 22), the text is for people.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DownReason {
+    /// A request, a probe or another stage's link failed (the text says which).
+    Failed(&'static str),
+    /// It said it stopped ([`SAID_STOPPED`]).
+    SaidStopped,
+    /// Its handshake with this node failed ([`REFUSED_HANDSHAKE`]).
+    RefusedHandshake,
+}
+
+impl DownReason {
+    fn text(self) -> &'static str {
+        match self {
+            DownReason::Failed(why) => why,
+            DownReason::SaidStopped => SAID_STOPPED,
+            DownReason::RefusedHandshake => REFUSED_HANDSHAKE,
+        }
+    }
 }
 
 /// Why a peer that said it stopped is down.
@@ -73,10 +95,11 @@ pub struct StillDown {
 /// A plain failure (`why`) of a peer held down for a refused handshake: the refusal no longer
 /// holds, since a failure while it does carries it again (`FailureDetector::refused`); so the
 /// newer reason replaces it, and `admin members` does not blame a handshake for a peer that
-/// has since simply stopped.
-fn outdate_refusal(held_for: &mut &'static str, why: &'static str) {
-    if *held_for == REFUSED_HANDSHAKE && why != REFUSED_HANDSHAKE {
-        *held_for = why;
+/// has since simply stopped. It stays held until a probe's answer, as a refused peer was: a
+/// probe comes every interval, and an answer it sent before it failed must not bring it back.
+fn outdate_refusal(held_for: &mut DownReason, why: &'static str) {
+    if *held_for == DownReason::RefusedHandshake {
+        *held_for = DownReason::Failed(why);
     }
 }
 
@@ -112,7 +135,7 @@ impl FailureDetector {
                 entry.0 = Health::Down {
                     since: now,
                     next_probe,
-                    why,
+                    why: DownReason::Failed(why),
                     until_probed: false,
                     named: None,
                 };
@@ -152,7 +175,7 @@ impl FailureDetector {
     /// which can arrive after it said so (they take a longer path through the stages), do not
     /// bring it back. Returns true if this marked it down.
     pub fn said_stopped(&mut self, peer: &NodeId, now: Instant) -> bool {
-        self.hold_until_probed(peer, now, SAID_STOPPED).0
+        self.hold_until_probed(peer, now, DownReason::SaidStopped).0
     }
 
     /// A handshake with `peer` failed, refused by either side: it runs, but the two cannot be
@@ -162,7 +185,7 @@ impl FailureDetector {
     /// came back misconfigured. Only a probe's answer, after a handshake that works, brings
     /// it back. Returns true if this marked it down or changed why.
     pub fn refused(&mut self, peer: &NodeId, now: Instant) -> bool {
-        let (marked, changed) = self.hold_until_probed(peer, now, REFUSED_HANDSHAKE);
+        let (marked, changed) = self.hold_until_probed(peer, now, DownReason::RefusedHandshake);
         marked || changed
     }
 
@@ -171,13 +194,9 @@ impl FailureDetector {
     /// failure count: a refused redial every backoff would push the probe back for ever),
     /// with `why` replacing its reason. Whether this marked it down, and whether the reason
     /// changed.
-    fn hold_until_probed(
-        &mut self,
-        peer: &NodeId,
-        now: Instant,
-        why: &'static str,
-    ) -> (bool, bool) {
-        let marked = self.suspect(peer, now, why);
+    fn hold_until_probed(&mut self, peer: &NodeId, now: Instant, why: DownReason) -> (bool, bool) {
+        // `suspect`'s marking, without its outdating of a refusal: `why` replaces any reason.
+        let marked = self.is_up(peer) && self.failed(peer, now, why.text());
         let mut changed = false;
         if let Some((
             Health::Down {
@@ -202,8 +221,9 @@ impl FailureDetector {
     pub fn not_asked_note(&self, peer: &NodeId, now: Instant) -> String {
         match self.peers.get(peer) {
             Some((Health::Down { since, why, .. }, failures)) => format!(
-                "not asked: held down {:.1} s, {why}, {failures} failure{}",
+                "not asked: held down {:.1} s, {}, {failures} failure{}",
                 now.saturating_duration_since(*since).as_secs_f64(),
+                why.text(),
                 if *failures == 1 { "" } else { "s" }
             ),
             _ => "not asked".to_string(),
@@ -253,7 +273,7 @@ impl FailureDetector {
                 due.push(StillDown {
                     node: node.clone(),
                     down_for,
-                    why,
+                    why: why.text(),
                 });
             }
         }
@@ -283,7 +303,7 @@ impl FailureDetector {
                 let (down_for, why) = match health {
                     Health::Up => (Duration::ZERO, ""),
                     Health::Down { since, why, .. } => {
-                        (now.saturating_duration_since(*since), *why)
+                        (now.saturating_duration_since(*since), why.text())
                     }
                 };
                 PeerStatus {
