@@ -39,6 +39,7 @@ pub mod node_id;
 pub mod parse;
 pub mod quorum;
 pub mod repair;
+pub(crate) mod repeats;
 pub mod replicate;
 pub mod ring;
 pub mod rng;

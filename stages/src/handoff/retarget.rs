@@ -22,7 +22,7 @@ pub(super) struct Retargeted {
     /// This round's count by intended node.
     round: BTreeMap<NodeId, u64>,
     /// Rounds with any, by intended node.
-    rounds: crate::intake::repeats::Repeats,
+    rounds: crate::repeats::Repeats,
 }
 
 impl Retargeted {

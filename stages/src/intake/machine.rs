@@ -112,7 +112,7 @@ pub struct IntakeMachine {
     /// (non-members as one) when answering, so each
     /// is warned of at the 1st, 10th, 100th... time rather than at every redial (a node with
     /// the wrong secret drew about six warnings a second).
-    refusals: super::repeats::Repeats,
+    refusals: crate::repeats::Repeats,
     /// A clean stop's progress ([`IntakeMachine::begin_drain`]).
     drain: Drain,
     /// Peers' refusals of this node, and whether clients are turned away (`cut_off.rs`).
@@ -141,7 +141,7 @@ impl IntakeMachine {
             membership,
             node,
             seal,
-            refusals: super::repeats::Repeats::default(),
+            refusals: crate::repeats::Repeats::default(),
             drain: Drain::Off,
             cut_off: cut_off::CutOff::default(),
             logger,

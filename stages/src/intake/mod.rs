@@ -17,7 +17,6 @@ mod handshake;
 mod linger;
 mod machine;
 mod peers;
-pub(crate) mod repeats;
 mod sockets;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,4 @@
-//! How refused handshakes are warned of (`intake/repeats.rs`): at the 1st, 10th, 100th...
+//! How refused handshakes are warned of (`repeats.rs`): at the 1st, 10th, 100th...
 //! refusal of each kind per peer, so a node's log names every new cause.
 
 use super::*;
@@ -48,7 +48,7 @@ impl slog::Serializer for Line {
 /// the wrong secret no longer draws a warning at every redial.
 #[test]
 fn repeated_refusals_are_warned_of_at_powers_of_ten() {
-    let mut repeats = crate::intake::repeats::Repeats::default();
+    let mut repeats = crate::repeats::Repeats::default();
     let warned: Vec<u64> = (0..1000)
         .filter_map(|_| repeats.note("answer n2 secret"))
         .collect();
