@@ -110,12 +110,8 @@ fn a_command_over_the_limit_gets_the_error_not_a_reset() {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    let value = vec![b'x'; 8_000_000];
-    let mut command = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", value.len()).into_bytes();
-    command.extend_from_slice(&value);
-    command.extend_from_slice(b"\r\n");
     stream
-        .write_all(&command)
+        .write_all(&set_command(b"k", 8_000_000))
         .expect("the door reads the whole command");
     let mut reply = Vec::new();
     stream
@@ -153,6 +149,16 @@ fn a_redis_connection_is_closed_when_its_node_stops() {
         Err(e) => panic!("the connection stayed open after the stop: {e}"),
     }
     assert!(rest.is_empty(), "nothing after the stop: {rest:?}");
+}
+
+/// `SET key <value_bytes of x>` in RESP.
+fn set_command(key: &[u8], value_bytes: usize) -> Vec<u8> {
+    let mut command = format!("*3\r\n$3\r\nSET\r\n${}\r\n", key.len()).into_bytes();
+    command.extend_from_slice(key);
+    command.extend_from_slice(format!("\r\n${value_bytes}\r\n").as_bytes());
+    command.resize(command.len() + value_bytes, b'x');
+    command.extend_from_slice(b"\r\n");
+    command
 }
 
 /// A raw socket to a node's door, reads bounded by 10 s.
@@ -251,11 +257,9 @@ fn a_connection_past_the_limit_reads_why_it_was_refused() {
 fn a_value_over_the_limit_is_refused_naming_max_value_bytes() {
     let node = TestNode::start("[redis]\nlisten = \"127.0.0.1:0\"\n");
     let mut stream = raw_door(&node);
-    let value = vec![b'x'; 1_130_505];
-    let mut command = format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${}\r\n", value.len()).into_bytes();
-    command.extend_from_slice(&value);
-    command.extend_from_slice(b"\r\n");
-    stream.write_all(&command).expect("send");
+    stream
+        .write_all(&set_command(b"big", 1_130_505))
+        .expect("send");
     let reply = read_replies(&mut stream, 1);
     assert_eq!(
         reply,
