@@ -12,6 +12,7 @@ mod collect;
 
 use collect::NodeMetrics;
 use prometheus_client::registry::Registry;
+use shoal_stages::failure_detector::PeerBoard;
 use shoal_stages::intake::StatsSource;
 use shoal_stages::membership::MembershipView;
 use shoal_stages::storage::Store;
@@ -40,7 +41,7 @@ impl MetricsServer {
     pub fn start(
         listen: SocketAddr,
         (source, token): (StatsSource, Option<String>),
-        (store, membership, replicas): (Store, MembershipView, usize),
+        (store, membership, replicas, peers): (Store, MembershipView, usize, PeerBoard),
         logger: Logger,
     ) -> Result<MetricsServer, std::io::Error> {
         let server = tiny_http::Server::http(listen).map_err(std::io::Error::other)?;
@@ -55,6 +56,7 @@ impl MetricsServer {
             store,
             membership,
             replicas,
+            peers,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {

@@ -27,6 +27,7 @@ use crate::controller::ControllerLoop;
 use crate::metrics::MetricsServer;
 use crate::redis_door::{DoorSettings, RedisDoor};
 use shoal_stages::event::{wall_clock_ms, AaeBoard, StageId};
+use shoal_stages::failure_detector::PeerBoard;
 use shoal_stages::intake::{Intake, IntakeMachine, IntakeSettings, IntakeSocket, StatsSource};
 use shoal_stages::membership::{Membership, MembershipView};
 use shoal_stages::ring::RingError;
@@ -120,6 +121,8 @@ struct Shared {
     gates: GateRegistry,
     /// Anti-entropy's report, for `admin aae`.
     aae: AaeBoard,
+    /// The peers the coordinator's failure detector holds down, for the metrics.
+    peers: PeerBoard,
     logger: Logger,
 }
 
@@ -196,6 +199,7 @@ impl Node {
             router,
             gates: GateRegistry::new(|stage| config.stage_rate(stage), Instant::now()),
             aae: AaeBoard::new(node_id.clone(), config.anti_entropy.enabled),
+            peers: PeerBoard::default(),
             logger: logger.clone(),
         };
         let stages = add_pool_stages(
@@ -298,6 +302,7 @@ impl Node {
                         shared.store.clone(),
                         shared.membership.clone(),
                         config.cluster.n,
+                        shared.peers.clone(),
                     ),
                     logger.new(o!("stage" => "metrics")),
                 )

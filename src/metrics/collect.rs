@@ -22,6 +22,8 @@ pub(super) struct NodeMetrics {
     pub(super) membership: MembershipView,
     /// N, to count the partitions this node stores.
     pub(super) replicas: usize,
+    /// The peers the failure detector holds down.
+    pub(super) peers: shoal_stages::failure_detector::PeerBoard,
 }
 
 impl fmt::Debug for NodeMetrics {
@@ -279,6 +281,24 @@ impl Collector for NodeMetrics {
             owned += u64::from(list.primaries.first() == Some(&self.source.node));
             stored += u64::from(list.primaries.contains(&self.source.node));
         }
+        let down = self.peers.down();
+        let others: Vec<&str> = membership
+            .members()
+            .map(|m| m.id.as_str())
+            .filter(|id| *id != self.source.node.as_str())
+            .collect();
+        gauges(
+            e,
+            (
+                "shoal_peer_up",
+                "1 while this node's failure detector holds the member up (requests go to it), 0 while it holds it down; admin members says why.",
+                "peer",
+            ),
+            others
+                .iter()
+                .map(|id| (*id, u64::from(!down.iter().any(|d| d.as_str() == *id))))
+                .collect(),
+        )?;
         gauges(
             e,
             (

@@ -320,6 +320,7 @@ pub(super) fn add_pool_stages(
         |_| {
             Coordinator::new(coordinator_settings.clone(), shared.membership.clone())
                 .with_logger(shared.logger.new(o!("stage" => StageId::Coordinate.name())))
+                .with_peer_board(shared.peers.clone())
         },
     );
     let parse_settings = ParseSettings {

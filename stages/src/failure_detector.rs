@@ -79,6 +79,27 @@ pub struct PeerStatus {
 pub struct FailureDetector {
     probe_interval: Duration,
     peers: BTreeMap<NodeId, (Health, u64)>,
+    /// Where the peers held down are published as they change (the metrics read it).
+    board: Option<PeerBoard>,
+}
+
+/// The peers a node's failure detector holds down, as it last published them: read by the
+/// metrics (`shoal_peer_up`) on their own thread, written by the detector only when a peer
+/// goes down or comes back (never per request).
+#[derive(Clone, Debug, Default)]
+pub struct PeerBoard(std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<NodeId>>>);
+
+impl PeerBoard {
+    /// The peers held down now.
+    pub fn down(&self) -> std::collections::BTreeSet<NodeId> {
+        self.0.lock().map(|set| set.clone()).unwrap_or_default()
+    }
+
+    fn set(&self, down: std::collections::BTreeSet<NodeId>) {
+        if let Ok(mut set) = self.0.lock() {
+            *set = down;
+        }
+    }
 }
 
 /// A peer held down long enough to be named again (see [`FailureDetector::still_down`]).
@@ -109,6 +130,25 @@ impl FailureDetector {
         FailureDetector {
             probe_interval,
             peers: BTreeMap::new(),
+            board: None,
+        }
+    }
+
+    /// Publishes the peers held down to `board` from now on, at each change.
+    pub fn publish_to(&mut self, board: PeerBoard) {
+        self.board = Some(board);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        if let Some(board) = &self.board {
+            let down = self
+                .peers
+                .iter()
+                .filter(|(_, (health, _))| matches!(health, Health::Down { .. }))
+                .map(|(peer, _)| peer.clone())
+                .collect();
+            board.set(down);
         }
     }
 
@@ -139,6 +179,7 @@ impl FailureDetector {
                     until_probed: false,
                     named: None,
                 };
+                self.publish();
                 true
             }
             // Down already: the rest stays; the next probe moves.
@@ -250,6 +291,9 @@ impl FailureDetector {
     pub fn probe_answered(&mut self, peer: &NodeId) -> bool {
         let was_down = !self.is_up(peer);
         self.peers.insert(peer.clone(), (Health::Up, 0));
+        if was_down {
+            self.publish();
+        }
         was_down
     }
 

@@ -220,3 +220,31 @@ fn the_membership_version_and_the_partitions_held_are_scraped() {
     assert_eq!(replica, q, "N=2 on two nodes: every partition");
     assert!(owner > 0.0 && owner < q, "{owner} of {q}");
 }
+
+/// Goal: `shoal_peer_up` has a series for every other member: 1 while this node's failure
+/// detector holds it up, 0 once it holds it down (a stopped peer), 1 again once it is back.
+#[test]
+fn peer_up_follows_the_failure_detector() {
+    let mut cluster = TestCluster::start(3, 3, 2, 2, "[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let addr = cluster.nodes[0]
+        .as_ref()
+        .and_then(|n| n.metrics_addr())
+        .expect("metrics are served");
+    let up = |peer: &str| {
+        let (scrape, _) = scrape(addr);
+        number(&sample(&scrape, "shoal_peer_up", ("peer", peer)).value)
+    };
+    assert_eq!((up("n2"), up("n3")), (1.0, 1.0));
+    cluster.stop(2);
+    // Gossip's links to it fail, and the detector holds it down.
+    assert!(
+        super::support::eventually(|| up("n3") == 0.0),
+        "n3 still up"
+    );
+    assert_eq!(up("n2"), 1.0);
+    cluster.restart(2);
+    assert!(
+        super::support::eventually(|| up("n3") == 1.0),
+        "n3 not back"
+    );
+}

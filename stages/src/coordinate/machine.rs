@@ -201,6 +201,12 @@ impl Coordinator {
         self
     }
 
+    /// The same, publishing the peers its detector holds down to `board` (the metrics).
+    pub fn with_peer_board(mut self, board: crate::failure_detector::PeerBoard) -> Coordinator {
+        self.detector.publish_to(board);
+        self
+    }
+
     /// Requests waiting for a quorum or for stragglers.
     pub fn pending_requests(&self) -> usize {
         self.requests.len()
