@@ -12,6 +12,7 @@ mod collect;
 
 use collect::NodeMetrics;
 use prometheus_client::registry::Registry;
+use shoal_stages::event::TransferBoard;
 use shoal_stages::failure_detector::PeerBoard;
 use shoal_stages::intake::StatsSource;
 use shoal_stages::membership::MembershipView;
@@ -41,7 +42,13 @@ impl MetricsServer {
     pub fn start(
         listen: SocketAddr,
         (source, token): (StatsSource, Option<String>),
-        (store, membership, replicas, peers): (Store, MembershipView, usize, PeerBoard),
+        (store, membership, replicas, peers, transfers): (
+            Store,
+            MembershipView,
+            usize,
+            PeerBoard,
+            TransferBoard,
+        ),
         logger: Logger,
     ) -> Result<MetricsServer, std::io::Error> {
         let server = tiny_http::Server::http(listen).map_err(std::io::Error::other)?;
@@ -57,6 +64,7 @@ impl MetricsServer {
             membership,
             replicas,
             peers,
+            transfers,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {

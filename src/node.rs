@@ -26,7 +26,7 @@ use crate::config::{Config, ConfigError, DEFAULT_SECRET};
 use crate::controller::ControllerLoop;
 use crate::metrics::MetricsServer;
 use crate::redis_door::{DoorSettings, RedisDoor};
-use shoal_stages::event::{wall_clock_ms, AaeBoard, StageId};
+use shoal_stages::event::{wall_clock_ms, AaeBoard, StageId, TransferBoard};
 use shoal_stages::failure_detector::PeerBoard;
 use shoal_stages::intake::{Intake, IntakeMachine, IntakeSettings, IntakeSocket, StatsSource};
 use shoal_stages::membership::{Membership, MembershipView};
@@ -123,6 +123,8 @@ struct Shared {
     aae: AaeBoard,
     /// The peers the coordinator's failure detector holds down, for the metrics.
     peers: PeerBoard,
+    /// The transfer stage's outgoing transfers, for `admin plan`, `admin ring` and the metrics.
+    transfers: TransferBoard,
     logger: Logger,
 }
 
@@ -200,6 +202,7 @@ impl Node {
             gates: GateRegistry::new(|stage| config.stage_rate(stage), Instant::now()),
             aae: AaeBoard::new(node_id.clone(), config.anti_entropy.enabled),
             peers: PeerBoard::default(),
+            transfers: TransferBoard::default(),
             logger: logger.clone(),
         };
         let stages = add_pool_stages(
@@ -303,6 +306,7 @@ impl Node {
                         shared.membership.clone(),
                         config.cluster.n,
                         shared.peers.clone(),
+                        shared.transfers.clone(),
                     ),
                     logger.new(o!("stage" => "metrics")),
                 )

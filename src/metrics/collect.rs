@@ -24,6 +24,8 @@ pub(super) struct NodeMetrics {
     pub(super) replicas: usize,
     /// The peers the failure detector holds down.
     pub(super) peers: shoal_stages::failure_detector::PeerBoard,
+    /// The transfer stage's outgoing transfers (which are parked).
+    pub(super) transfers: shoal_stages::event::TransferBoard,
 }
 
 impl fmt::Debug for NodeMetrics {
@@ -298,6 +300,39 @@ impl Collector for NodeMetrics {
                 .iter()
                 .map(|id| (*id, u64::from(!down.iter().any(|d| d.as_str() == *id))))
                 .collect(),
+        )?;
+        // Partition copies the last commit still needs, this node's to send and to receive, and
+        // those of its own it parked after repeated failures: a copy parked for long holds
+        // every later commit (a trial's 1 MiB values did, showing only as a backlog).
+        let pending = membership.pending_transfers(n);
+        let me = &self.source.node;
+        let sending = pending
+            .iter()
+            .filter(|t| t.from.as_ref() == Some(me))
+            .count();
+        let receiving = pending.iter().filter(|t| &t.to == me).count();
+        gauges(
+            e,
+            (
+                "shoal_transfers_pending",
+                "Partition copies the last commit still needs, by this node's role in them (admin ring lists them).",
+                "role",
+            ),
+            vec![("sending", sending as u64), ("receiving", receiving as u64)],
+        )?;
+        let parked = self
+            .transfers
+            .read()
+            .iter()
+            .filter(|p| p.phase == "parked")
+            .count();
+        gauge(
+            e,
+            (
+                "shoal_transfers_parked",
+                "This node's outgoing partition copies parked after repeated failures (admin ring prints each one's last failure).",
+            ),
+            parked as u64,
         )?;
         gauges(
             e,

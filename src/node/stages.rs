@@ -7,7 +7,7 @@ use super::{Shared, REPLICA_VERSIONS_PER_SIBLING};
 use crate::config::Config;
 use shoal_stages::anti_entropy::{AntiEntropyMachine, AntiEntropySettings};
 use shoal_stages::coordinate::{Coordinator, CoordinatorSettings};
-use shoal_stages::event::{StageId, TransferBoard};
+use shoal_stages::event::StageId;
 use shoal_stages::gossip::{GossipMachine, GossipSettings};
 use shoal_stages::handoff::{HandoffMachine, DEFAULT_BATCH_BYTES};
 use shoal_stages::intake::IntakeSocket;
@@ -236,7 +236,7 @@ pub(super) fn add_pool_stages(
         interval: Duration::from_millis(config.gossip.interval_ms),
         seeds: config.seeds(),
     };
-    let board = TransferBoard::default();
+    let board = shared.transfers.clone();
     let gossip = spawn(
         config,
         shared,

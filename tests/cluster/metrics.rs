@@ -248,3 +248,72 @@ fn peer_up_follows_the_failure_detector() {
         "n3 not back"
     );
 }
+
+/// Goal: the copies a commit still needs show in the metrics, by this node's role, and so do
+/// those it parked: a join committed at an address nobody listens at leaves copies this node
+/// must send that never finish, and they park (a trial's stuck copies showed only as a
+/// background backlog).
+#[test]
+fn copies_pending_and_parked_are_scraped() {
+    use shoal_stages::membership::Member;
+    use shoal_stages::wire::{MembershipChange, PlanRequest};
+    let cluster = TestCluster::start(3, 3, 2, 2, "[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let addr = cluster.nodes[0]
+        .as_ref()
+        .and_then(|n| n.metrics_addr())
+        .expect("metrics are served");
+    let gauge = |metric: &str, label: Option<(&str, &str)>| {
+        let (scrape, body) = scrape(addr);
+        match label {
+            Some(label) => number(&sample(&scrape, metric, label).value),
+            None => scrape
+                .samples
+                .iter()
+                .find(|s| s.metric == metric)
+                .map(|s| number(&s.value))
+                .unwrap_or_else(|| panic!("no {metric} in {body}")),
+        }
+    };
+    assert_eq!(
+        gauge("shoal_transfers_pending", Some(("role", "sending"))),
+        0.0
+    );
+    assert_eq!(gauge("shoal_transfers_parked", None), 0.0);
+    let ghost = Member {
+        id: shoal_stages::NodeId::new("n9"),
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
+        weight: 1,
+        zone: None,
+    };
+    // Data in the partitions: an empty partition's copy is done without its receiver.
+    let mut client = cluster.client(0);
+    for i in 0..400 {
+        client
+            .put(
+                format!("k{i}").as_bytes(),
+                None,
+                b"v",
+                RequestOptions::default(),
+            )
+            .expect("put");
+    }
+    // n1, node 0, is the claimant: it commits.
+    for (change, commit) in [(Some(MembershipChange::Join(ghost)), false), (None, true)] {
+        client
+            .plan(PlanRequest { change, commit })
+            .expect("staged, then committed");
+    }
+    assert!(
+        super::support::eventually(|| {
+            gauge("shoal_transfers_pending", Some(("role", "sending"))) > 0.0
+                && gauge("shoal_transfers_parked", None) > 0.0
+        }),
+        "no copy pending and parked on n1: sending {}, parked {}",
+        gauge("shoal_transfers_pending", Some(("role", "sending"))),
+        gauge("shoal_transfers_parked", None)
+    );
+    assert_eq!(
+        gauge("shoal_transfers_pending", Some(("role", "receiving"))),
+        0.0
+    );
+}
