@@ -42,6 +42,16 @@ fn sample<'a>(scrape: &'a Scrape, metric: &str, label: (&str, &str)) -> &'a Samp
         .unwrap_or_else(|| panic!("no sample {metric}{{{}={:?}}}", label.0, label.1))
 }
 
+/// A cluster of `nodes` (N, R, W) whose first node serves metrics, and that address.
+fn cluster_with_metrics(nodes: usize, n: usize, r: usize, w: usize) -> (TestCluster, SocketAddr) {
+    let cluster = TestCluster::start(nodes, n, r, w, "[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let addr = cluster.nodes[0]
+        .as_ref()
+        .and_then(|n| n.metrics_addr())
+        .expect("metrics are served");
+    (cluster, addr)
+}
+
 fn number(value: &Value) -> f64 {
     match value {
         Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
@@ -180,11 +190,7 @@ fn a_node_that_cannot_bind_its_metrics_address_stops_what_it_started() {
 /// the node itself.
 #[test]
 fn hints_held_reads_zero_for_every_other_member() {
-    let cluster = TestCluster::start(2, 2, 1, 1, "[metrics]\nlisten = \"127.0.0.1:0\"\n");
-    let addr = cluster.nodes[0]
-        .as_ref()
-        .and_then(|n| n.metrics_addr())
-        .expect("metrics are served");
+    let (_cluster, addr) = cluster_with_metrics(2, 2, 1, 1);
     let (scrape, body) = scrape(addr);
     let held = sample(&scrape, "shoal_hints_held", ("target", "n2"));
     assert_eq!(number(&held.value), 0.0);
@@ -201,11 +207,7 @@ fn hints_held_reads_zero_for_every_other_member() {
 /// and stores (two nodes with N=2: it stores every partition and owns some, not all).
 #[test]
 fn the_membership_version_and_the_partitions_held_are_scraped() {
-    let cluster = TestCluster::start(2, 2, 1, 1, "[metrics]\nlisten = \"127.0.0.1:0\"\n");
-    let addr = cluster.nodes[0]
-        .as_ref()
-        .and_then(|n| n.metrics_addr())
-        .expect("metrics are served");
+    let (cluster, addr) = cluster_with_metrics(2, 2, 1, 1);
     let membership = cluster.client(0).ring().expect("ring");
     let q = f64::from(membership.ring().partition_count());
     let (scrape, body) = scrape(addr);
@@ -225,11 +227,7 @@ fn the_membership_version_and_the_partitions_held_are_scraped() {
 /// detector holds it up, 0 once it holds it down (a stopped peer), 1 again once it is back.
 #[test]
 fn peer_up_follows_the_failure_detector() {
-    let mut cluster = TestCluster::start(3, 3, 2, 2, "[metrics]\nlisten = \"127.0.0.1:0\"\n");
-    let addr = cluster.nodes[0]
-        .as_ref()
-        .and_then(|n| n.metrics_addr())
-        .expect("metrics are served");
+    let (mut cluster, addr) = cluster_with_metrics(3, 3, 2, 2);
     let up = |peer: &str| {
         let (scrape, _) = scrape(addr);
         number(&sample(&scrape, "shoal_peer_up", ("peer", peer)).value)
@@ -257,11 +255,7 @@ fn peer_up_follows_the_failure_detector() {
 fn copies_pending_and_parked_are_scraped() {
     use shoal_stages::membership::Member;
     use shoal_stages::wire::{MembershipChange, PlanRequest};
-    let cluster = TestCluster::start(3, 3, 2, 2, "[metrics]\nlisten = \"127.0.0.1:0\"\n");
-    let addr = cluster.nodes[0]
-        .as_ref()
-        .and_then(|n| n.metrics_addr())
-        .expect("metrics are served");
+    let (cluster, addr) = cluster_with_metrics(3, 3, 2, 2);
     let gauge = |metric: &str, label: Option<(&str, &str)>| {
         let (scrape, body) = scrape(addr);
         match label {
