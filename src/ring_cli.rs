@@ -18,17 +18,9 @@ pub fn run_ring(args: RingArgs) -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let ring = membership.ring();
     let q = ring.partition_count();
-    // Replicas held: the partitions whose preference list of N names the node. Strategy 3
-    // spreads the owners evenly, but who follows whom on the ring decides the replicas, and
-    // after joins and leaves they can be uneven (a trial's 4 nodes held 44, 46, 44 and 58 of
-    // 192): the primaries' share alone hid it.
-    let mut copies = std::collections::BTreeMap::new();
-    for p in 0..q {
-        let list = ring.preference_list(shoal_stages::ring::PartitionId(p), n);
-        for node in list.primaries {
-            *copies.entry(node).or_insert(0u32) += 1;
-        }
-    }
+    // What each node stores, beside what it owns: the owners' share alone hid a trial's
+    // uneven replicas (`Ring::replicas_held`).
+    let copies = ring.replicas_held(n);
     let nodes: Vec<serde_json::Value> = membership
         .entries()
         .map(|e| {

@@ -275,20 +275,16 @@ impl Collector for NodeMetrics {
             ),
             membership.version,
         )?;
-        let ring = membership.ring();
+        let me = &self.source.node;
         let n = self.replicas;
-        let (mut owned, mut stored) = (0u64, 0u64);
-        for p in 0..ring.partition_count() {
-            let list = ring.preference_list(shoal_stages::ring::PartitionId(p), n);
-            owned += u64::from(list.primaries.first() == Some(&self.source.node));
-            stored += u64::from(list.primaries.contains(&self.source.node));
-        }
+        let owned = membership.ring().partitions_of(me).len() as u64;
+        let stored = membership
+            .ring()
+            .replicas_held(n)
+            .get(me)
+            .copied()
+            .unwrap_or(0);
         let down = self.peers.down();
-        let others: Vec<&str> = membership
-            .members()
-            .map(|m| m.id.as_str())
-            .filter(|id| *id != self.source.node.as_str())
-            .collect();
         gauges(
             e,
             (
@@ -296,16 +292,16 @@ impl Collector for NodeMetrics {
                 "1 while this node's failure detector holds the member up (requests go to it), 0 while it holds it down; admin members says why.",
                 "peer",
             ),
-            others
-                .iter()
-                .map(|id| (*id, u64::from(!down.iter().any(|d| d.as_str() == *id))))
+            membership
+                .members()
+                .filter(|m| &m.id != me)
+                .map(|m| (m.id.as_str(), u64::from(!down.contains(&m.id))))
                 .collect(),
         )?;
         // Partition copies the last commit still needs, this node's to send and to receive, and
         // those of its own it parked after repeated failures: a copy parked for long holds
         // every later commit (a trial's 1 MiB values did, showing only as a backlog).
         let pending = membership.pending_transfers(n);
-        let me = &self.source.node;
         let sending = pending
             .iter()
             .filter(|t| t.from.as_ref() == Some(me))
@@ -341,7 +337,7 @@ impl Collector for NodeMetrics {
                 "Partitions of the committed ring this node owns (role owner: first replica) or stores (role replica: on their preference list of N).",
                 "role",
             ),
-            vec![("owner", owned), ("replica", stored)],
+            vec![("owner", owned), ("replica", u64::from(stored))],
         )?;
 
         gauge(

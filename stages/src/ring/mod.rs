@@ -302,6 +302,20 @@ impl Ring {
             .collect()
     }
 
+    /// How many partitions each node stores: those whose preference list of `n` names it.
+    /// Strategy 3 spreads the owners evenly, but who follows whom on the ring decides the
+    /// replicas, and after joins and leaves they can drift apart (a trial's 4 nodes, N=3,
+    /// held 44, 46, 44 and 58 of 192). A node that stores none is absent.
+    pub fn replicas_held(&self, n: usize) -> BTreeMap<NodeId, u32> {
+        let mut held = BTreeMap::new();
+        for p in 0..self.partitions {
+            for node in self.preference_list(PartitionId(p), n).primaries {
+                *held.entry(node).or_insert(0) += 1;
+            }
+        }
+        held
+    }
+
     /// Fair share bound of SPEC §2: ceil(Q*w/Σw) + 1. Zero for a non-member.
     pub fn max_partitions_for(&self, id: &NodeId) -> u32 {
         let Some(spec) = self.nodes.get(id) else {

@@ -417,3 +417,14 @@ proptest! {
         }
     }
 }
+
+/// Goal: the partitions each node stores add up to N per partition, and with as many nodes as
+/// N every node stores every partition.
+#[test]
+fn replicas_held_count_every_partition_n_times() {
+    let ring = Ring::new(64, &numbered(&[1, 1, 1, 1])).expect("ring");
+    let held = ring.replicas_held(3);
+    assert_eq!(held.values().sum::<u32>(), 64 * 3, "{held:?}");
+    let three = Ring::new(64, &numbered(&[1, 1, 1])).expect("ring");
+    assert!(three.replicas_held(3).values().all(|&p| p == 64));
+}
