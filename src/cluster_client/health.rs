@@ -86,9 +86,9 @@ impl NodeHealth {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Whether `node` failed after `epoch`: a connection to it checked then is of a node that
-    /// has failed since (stopped, restarted, cut off), so it is dialled again rather than
-    /// tried, as another client's failure would otherwise be found again by each client.
+    /// Whether `node`'s process was found gone after `epoch` (it stopped or restarted): a
+    /// connection to it checked then is dialled again rather than tried, as another client's
+    /// failure would otherwise be found again by each client.
     pub(super) fn failed_since(&self, node: &NodeId, epoch: u64) -> bool {
         let failed_at = self
             .failed_at

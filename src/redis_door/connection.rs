@@ -115,24 +115,15 @@ pub(super) fn serve(
                     }
                 }
                 Ok(None) => break,
-                Err(e) => {
-                    let error = OwnedFrame::Error(format!("ERR Protocol error: {e}"));
-                    out.extend_from_slice(&encoded(&error));
-                    stream.write_all(&out)?;
-                    return Err(ConnectionEnd::Protocol(e.to_string()));
-                }
+                Err(e) => return end_with_protocol_error(stream, out, e),
             }
         }
         if !out.is_empty() {
             stream.write_all(&out)?;
         }
         if buffer.len() > limits.command_bytes {
-            let error = OwnedFrame::Error(format!(
-                "ERR Protocol error: a command over {} bytes",
-                limits.command_bytes
-            ));
-            stream.write_all(&encoded(&error))?;
-            return Err(ConnectionEnd::Protocol("command too large".into()));
+            let error = format!("a command over {} bytes", limits.command_bytes);
+            return end_with_protocol_error(stream, Vec::new(), error);
         }
         // Timed from when the replies before it were written (a slow node's answers are not
         // the client's delay), or from when the part of it that is here arrived.
@@ -163,15 +154,11 @@ pub(super) fn serve(
         };
         let Some(read) = read else {
             if begun.is_some_and(|since| since.elapsed() >= limits.frame_timeout) {
-                let error = OwnedFrame::Error(format!(
-                    "ERR Protocol error: a command begun and not completed within {} ms \
-                     ([limits] frame_timeout_ms)",
+                let error = format!(
+                    "a command begun and not completed within {} ms ([limits] frame_timeout_ms)",
                     limits.frame_timeout.as_millis()
-                ));
-                stream.write_all(&encoded(&error))?;
-                return Err(ConnectionEnd::Protocol(
-                    "command not completed in time".into(),
-                ));
+                );
+                return end_with_protocol_error(stream, Vec::new(), error);
             }
             continue;
         };
@@ -180,6 +167,19 @@ pub(super) fn serve(
         }
         buffer.extend_from_slice(&chunk[..read]);
     }
+}
+
+/// Writes `out` (the replies owed before it) and then the protocol error `error`, and ends
+/// the connection (the caller closes it lingering).
+fn end_with_protocol_error(
+    stream: &mut TcpStream,
+    mut out: Vec<u8>,
+    error: String,
+) -> Result<(), ConnectionEnd> {
+    let reply = OwnedFrame::Error(format!("ERR Protocol error: {error}"));
+    out.extend_from_slice(&encoded(&reply));
+    stream.write_all(&out)?;
+    Err(ConnectionEnd::Protocol(error))
 }
 
 /// What one connection may hold.

@@ -170,7 +170,7 @@ impl IntakeMachine {
                 own => format!("this node refused its answer to the hello: {own}"),
             });
             self.links.set_refused(&peer, why.clone());
-            if refused.is_some() {
+            if why.is_some() {
                 self.note_refusal(&peer, &reason);
             }
             report_failed(peer, false, why, out);

@@ -108,10 +108,7 @@ fn a_failed_batch_resumes_after_the_last_acknowledged_key() {
 /// sending the same batch for ever.
 #[test]
 fn a_batch_too_large_for_a_frame_is_read_again_smaller() {
-    let (mut machine, transfer, segments, t, mut out) = fresh();
-    machine.on_tick(Now::at(t), &mut out);
-    let (op, _) = storage_request(&effects(&mut out));
-    machine.on_event(Now::at(t), storage_done(op, tree(segments)), &mut out);
+    let (mut machine, transfer, _, t, mut out) = snapshot_taken();
     let (op, _) = storage_request(&effects(&mut out));
     let batch = batch_of(&["a", "b", "c", "d"], 40, None);
     machine.on_event(Now::at(t), storage_done(op, batch), &mut out);
