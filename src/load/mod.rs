@@ -28,7 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use target::{Connection, OpError, OpenError, TargetSpec};
 
-/// Read-then-write attempts of a put refused with `TooManySiblings` before it counts as failed.
+/// Read-then-write attempts of a put refused with `TooManySiblings` or `ObjectTooLarge` (both
+/// say: reconcile first) before it counts as failed.
 const RECONCILE_ATTEMPTS: u32 = 4;
 
 /// Pause between a worker's attempts to connect.
@@ -486,7 +487,9 @@ fn one_operation(
     while attempts < RECONCILE_ATTEMPTS
         && matches!(
             &result,
-            Err(OpError::Service(ServiceError::TooManySiblings { .. }))
+            Err(OpError::Service(
+                ServiceError::TooManySiblings { .. } | ServiceError::ObjectTooLarge { .. }
+            ))
         )
     {
         // What a real client does, as the error says: read to get a context covering every

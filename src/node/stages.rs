@@ -134,6 +134,7 @@ pub(super) fn add_pool_stages(
         limits: VersionLimits {
             max_clock_entries: config.cluster.vclock_max_entries,
             max_siblings: config.limits.max_siblings,
+            max_frame_bytes: config.limits.max_frame_bytes,
         },
         ownership: Some((shared.membership.clone(), config.cluster.n)),
     };

@@ -200,6 +200,30 @@ pub enum ServiceError {
         /// Why, naming the member or the pending transfers.
         reason: String,
     },
+    /// The put would leave the key's versions together larger than one frame carries, so no
+    /// get, replica write or transfer could move them; nothing was stored. Read the key and
+    /// put with its context: that replaces the versions the context covers.
+    #[error("object too large: the put would leave {versions} versions of {bytes} bytes together, over the {max} bytes one frame carries for this key ([limits] max_frame_bytes); reconcile with a get's context")]
+    ObjectTooLarge {
+        /// Encoded bytes of the versions the put would leave.
+        bytes: u64,
+        /// How many versions (siblings) that is.
+        versions: u64,
+        /// The most this key's versions may take (`max_frame_bytes` less the key and the
+        /// frame's fields).
+        max: u64,
+    },
+    /// A reply larger than `[limits] max_frame_bytes` was not sent (the receiver would close
+    /// the connection): this error went in its place, so the connection, and every request on
+    /// it, stays up. Most likely a key whose versions together grew past a frame through
+    /// replica merges.
+    #[error("reply of {bytes} bytes exceeds the maximum frame of {max} bytes ([limits] max_frame_bytes): not sent")]
+    ReplyTooLarge {
+        /// The reply frame's length.
+        bytes: u64,
+        /// The node's `limits.max_frame_bytes`.
+        max: u64,
+    },
 }
 
 impl ServiceError {
@@ -228,6 +252,8 @@ impl ServiceError {
             ServiceError::RateTooHigh { .. } => "RateTooHigh",
             ServiceError::MembershipRefused { .. } => "MembershipRefused",
             ServiceError::NotAReplica { .. } => "NotAReplica",
+            ServiceError::ObjectTooLarge { .. } => "ObjectTooLarge",
+            ServiceError::ReplyTooLarge { .. } => "ReplyTooLarge",
         }
     }
 }

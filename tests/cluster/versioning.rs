@@ -1,8 +1,9 @@
 //! Versioning through a real node: siblings, reconciliation, the same-context case, deletes.
 //! Reference: Dynamo §4.4; SPEC §3.
 
-use super::support::{values, TestNode};
-use shoal::client::RequestOptions;
+use super::support::{values, TestCluster, TestNode};
+use shoal::client::{ClientError, RequestOptions};
+use shoal_stages::ServiceError;
 
 const DEFAULT: RequestOptions = RequestOptions {
     r: None,
@@ -103,4 +104,53 @@ fn absent_key_reads_as_no_versions() {
     let node = TestNode::start("");
     let result = node.client().get(b"never", DEFAULT).expect("get");
     assert!(result.values.is_empty());
+}
+
+/// Goal: in a 3-node cluster, a blind put that would leave a key's versions larger than one
+/// frame carries is refused with `ObjectTooLarge` whichever node takes it, and stores nothing
+/// anywhere: every node still reads the one value (R = 3, so all three answer), and a put with
+/// the read's context replaces it. Before the bound, two blind puts of 600 KiB left siblings
+/// no replica's answer could carry: reads lost that replica and its link to the coordinator.
+#[test]
+fn a_blind_put_past_what_a_frame_carries_is_refused_on_every_node() {
+    let cluster = TestCluster::start(3, 3, 2, 2, "");
+    let first = vec![1u8; 600 << 10];
+    cluster
+        .client(0)
+        .put(b"big", None, &first, DEFAULT)
+        .expect("one value fits");
+    for i in 0..3 {
+        let error = cluster
+            .client(i)
+            .put(b"big", None, &vec![2u8; 600 << 10], DEFAULT)
+            .expect_err("two such versions do not fit a frame");
+        assert!(
+            matches!(
+                error,
+                ClientError::Service(ServiceError::ObjectTooLarge { versions: 2, .. })
+            ),
+            "node {i}: {error}"
+        );
+    }
+    let all = RequestOptions {
+        r: Some(3),
+        ..DEFAULT
+    };
+    for i in 0..3 {
+        let read = cluster
+            .client(i)
+            .get(b"big", all)
+            .expect("every node reads it");
+        assert_eq!(read.values, vec![first.clone()], "node {i}: nothing stored");
+    }
+    let context = cluster.client(1).get(b"big", all).expect("get").context;
+    let second = vec![3u8; 600 << 10];
+    cluster
+        .client(1)
+        .put(b"big", Some(&context), &second, DEFAULT)
+        .expect("a reconciling put fits");
+    for i in 0..3 {
+        let read = cluster.client(i).get(b"big", all).expect("get");
+        assert_eq!(read.values, vec![second.clone()], "node {i}");
+    }
 }

@@ -19,7 +19,9 @@ pub use background::{
     TransferBoard, TransferEvent,
 };
 pub use ids::{wall_clock_ms, ConnId, Now, OpId, Origin};
-pub use network::{encode_reply, GateChange, IntakeEvent, ReplicateEvent, SocketCommand};
+pub use network::{
+    encode_reply, reply_within, GateChange, IntakeEvent, ReplicateEvent, SocketCommand,
+};
 pub use requests::{ClientRequest, CoordinateEvent, Operation, ParseEvent, PeerDone, ServeRequest};
 pub use stage_id::{StageClass, StageId, StageRow, UnknownStage};
 pub use storage::{

@@ -22,8 +22,8 @@ use super::handshake::{Challenged, Dialing, NonceSource};
 use super::peers::PeerLinks;
 use crate::error::ServiceError;
 use crate::event::{
-    encode_reply, ConnId, Event, GateChange, IntakeEvent, Now, Origin, ParseEvent, SocketCommand,
-    StageId,
+    encode_reply, reply_within, ConnId, Event, GateChange, IntakeEvent, Now, Origin, ParseEvent,
+    SocketCommand, StageId,
 };
 use crate::membership::{MemberState, MembershipView};
 use crate::seda::{Machine, Outbox, MAX_RATE_PER_SEC};
@@ -117,6 +117,8 @@ pub struct IntakeMachine {
     drain: Drain,
     /// Peers' refusals of this node, and whether clients are turned away (`cut_off.rs`).
     cut_off: cut_off::CutOff,
+    /// Replies too large to send, warned of at most once a second.
+    oversized: crate::seda::LogLimit,
     logger: Logger,
 }
 
@@ -144,6 +146,7 @@ impl IntakeMachine {
             refusals: crate::repeats::Repeats::default(),
             drain: Drain::Off,
             cut_off: cut_off::CutOff::default(),
+            oversized: crate::seda::LogLimit::default(),
             logger,
         }
     }
@@ -272,6 +275,19 @@ impl IntakeMachine {
         };
         self.write(conn, 0, &Message::Error(reply), out);
         self.close(conn, out);
+    }
+
+    /// `frame`, or the `ReplyTooLarge` error that replaces it when it is over the frame limit.
+    fn within_frame(&mut self, now: Now, conn: ConnId, frame: Vec<u8>) -> Vec<u8> {
+        let bytes = frame.len();
+        reply_within(frame, self.settings.max_frame_bytes).unwrap_or_else(|error| {
+            if let Some(held_back) = self.oversized.admit(now.instant) {
+                warn!(self.logger, "a reply over the frame limit was not sent; its request got ReplyTooLarge";
+                      "conn" => conn.0, "bytes" => bytes, "max" => self.settings.max_frame_bytes,
+                      "not_logged_since_the_last" => held_back);
+            }
+            error
+        })
     }
 
     fn write(&self, conn: ConnId, request_id: u64, message: &Message, out: &mut Outbox) {
@@ -430,6 +446,7 @@ impl Machine for IntakeMachine {
     fn on_event(&mut self, now: Now, event: IntakeEvent, out: &mut Outbox) {
         match event {
             IntakeEvent::Send { conn, frame } => {
+                let frame = self.within_frame(now, conn, frame);
                 if let Some(connection) = self.connections.get_mut(&conn) {
                     // Only a proven peer's connection has any: a client's reply reads nothing.
                     if !connection.forwarded.is_empty() {

@@ -10,6 +10,7 @@ use crate::NodeId;
 use std::time::{Duration, Instant};
 
 mod cut_off;
+mod oversized;
 mod refusals;
 
 const FRAME_TIMEOUT: Duration = Duration::from_secs(5);

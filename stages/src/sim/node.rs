@@ -180,6 +180,7 @@ impl SimNode {
             limits: VersionLimits {
                 max_clock_entries: 10,
                 max_siblings: MAX_SIBLINGS,
+                max_frame_bytes: intake.max_frame_bytes,
             },
             ownership: Some((self.membership.clone(), N)),
         };

@@ -400,6 +400,15 @@ impl StorageMachine {
                 count: count as u64,
                 max: max as u64,
             },
+            StorageError::ObjectTooLarge {
+                bytes,
+                versions,
+                max,
+            } => ServiceError::ObjectTooLarge {
+                bytes: bytes as u64,
+                versions: versions as u64,
+                max: max as u64,
+            },
             other => {
                 // Once a journal flush failed every write fails the same way: a line a
                 // second per kind of error, with how many were held back, not one per request.

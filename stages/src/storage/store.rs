@@ -80,6 +80,16 @@ pub enum StorageError {
         /// This node's id.
         expected: String,
     },
+    /// A coordinated put would leave the key's versions larger than one frame carries.
+    #[error("the put would leave {versions} versions of {bytes} bytes together, over the {max} bytes a frame carries for this key")]
+    ObjectTooLarge {
+        /// Encoded bytes of the versions.
+        bytes: usize,
+        /// How many versions.
+        versions: usize,
+        /// The bound for this key (`VersionLimits::max_object_bytes`).
+        max: usize,
+    },
     /// A coordinated put would leave more siblings than allowed.
     #[error("the put would leave {count} siblings, the limit is {max}")]
     TooManySiblings {
@@ -149,6 +159,25 @@ pub struct VersionLimits {
     /// Siblings a key may have after a coordinated put. Why: every blind put adds a sibling,
     /// every get returns them all, and a reply must fit in a frame a client accepts.
     pub max_siblings: usize,
+    /// `limits.max_frame_bytes` (the same on every node): a key's versions together must fit
+    /// one frame, or no get, replica write, hint or transfer could carry them (two blind
+    /// puts of 600 KiB made a key nobody could read, reconcile or move).
+    pub max_frame_bytes: usize,
+}
+
+/// Bytes a frame spends on a message's fields besides the key and the versions it carries
+/// (a replica write's op and hint target, a get answer's fields): a bound, not a count.
+const MESSAGE_FIELDS_BYTES: usize = 4096;
+
+impl VersionLimits {
+    /// The most encoded bytes `key`'s versions may take after a coordinated put: what a frame
+    /// carries with the key, the frame's header and a message's fields. At least the
+    /// largest value and its clock with the configured limits (config validation keeps
+    /// `max_frame_bytes` 16 KiB above a maximal key and value).
+    pub fn max_object_bytes(&self, key: &[u8]) -> usize {
+        self.max_frame_bytes
+            .saturating_sub(key.len() + crate::wire::FRAME_OVERHEAD_BYTES + MESSAGE_FIELDS_BYTES)
+    }
 }
 
 /// The node's store: the object, hint and meta logic of shoal over an [`Engine`] (fjall in the
@@ -450,7 +479,18 @@ impl Store {
                     max: limits.max_siblings,
                 });
             }
-            self.write(&mut stripe, key, &location, old_hash, &set)?;
+            let bytes = encode_version_set(&set)?;
+            // Bounded here for the same reason: replicas, hints and transfers carry what a
+            // coordinator accepted, whole.
+            let max = limits.max_object_bytes(key);
+            if bytes.len() > max {
+                return Err(StorageError::ObjectTooLarge {
+                    bytes: bytes.len(),
+                    versions: set.len(),
+                    max,
+                });
+            }
+            self.write_encoded(&mut stripe, key, &location, old_hash, &set, bytes)?;
             Ok(version)
         };
         match written() {
@@ -504,6 +544,19 @@ impl Store {
         set: &VersionSet,
     ) -> Result<(), StorageError> {
         let bytes = encode_version_set(set)?;
+        self.write_encoded(stripe, key, location, old_hash, set, bytes)
+    }
+
+    /// [`Store::write`] of a set already encoded as `bytes`.
+    fn write_encoded(
+        &self,
+        stripe: &mut CacheStripe,
+        key: &[u8],
+        location: &Location,
+        old_hash: Option<u64>,
+        set: &VersionSet,
+        bytes: Vec<u8>,
+    ) -> Result<(), StorageError> {
         // Pair assertion around the disk: what we write must read back as what we meant.
         debug_assert_eq!(decode_version_set(&bytes).ok().as_ref(), Some(set));
         let new_hash = object_hash(key, &bytes);

@@ -12,6 +12,7 @@ use std::sync::Arc;
 pub(super) const LIMITS: VersionLimits = VersionLimits {
     max_clock_entries: 10,
     max_siblings: 3,
+    max_frame_bytes: 4 << 20,
 };
 
 /// Q for the tests' stores.
@@ -88,6 +89,41 @@ fn puts_version_and_bound_siblings_on_both_engines() {
             3,
             "{name}: nothing stored"
         );
+    }
+}
+
+/// Goal: a put that would leave a key's versions larger than one frame carries is refused
+/// with `ObjectTooLarge` and stores nothing (the stored value still reads back), while a put
+/// with the context, which replaces what it covers, is taken. Two blind puts of 600 KiB under
+/// a 1.1 MB frame once made a key that no get, replica write or transfer could carry.
+#[test]
+fn a_put_past_what_a_frame_carries_is_refused_and_stores_nothing() {
+    let limits = VersionLimits {
+        max_frame_bytes: 1_130_505,
+        ..LIMITS
+    };
+    let big = vec![7u8; 600 << 10];
+    for (name, store, _dir) in engines() {
+        let put_big =
+            |context: &VClock| store.coordinate_put(b"k", context, Some(big.clone()), 1, &limits);
+        let (first, _) = put_big(&VClock::new()).expect("one value fits");
+        let refused = put_big(&VClock::new());
+        let max = limits.max_object_bytes(b"k");
+        match refused {
+            Err(StorageError::ObjectTooLarge {
+                bytes,
+                versions: 2,
+                max: m,
+            }) => assert!(bytes > m && m == max, "{name}: {bytes} over {m}"),
+            other => panic!("{name}: expected ObjectTooLarge, got {other:?}"),
+        }
+        assert_eq!(
+            store.read(b"k").expect("read"),
+            first,
+            "{name}: nothing stored"
+        );
+        let (replaced, _) = put_big(&first.context()).expect("a reconciling put fits");
+        assert_eq!(replaced.len(), 1, "{name}");
     }
 }
 

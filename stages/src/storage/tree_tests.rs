@@ -11,6 +11,7 @@ const Q: u32 = 8;
 const LIMITS: VersionLimits = VersionLimits {
     max_clock_entries: 10,
     max_siblings: 3,
+    max_frame_bytes: 4 << 20,
 };
 
 fn node() -> NodeId {
