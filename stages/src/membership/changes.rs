@@ -204,7 +204,7 @@ impl Membership {
         if plan.is_empty() {
             return Ok((plan, ring.clone()));
         }
-        let next = ring.rebalance(&wanted)?;
+        let next = ring.rebalance(&wanted, n)?;
         plan.owners_changed = ring.moved_partitions(&next).len() as u32;
         // From the replicas that serve each partition now: its list in `ring`, unless its
         // copies of the last commit still wait (see `undone_by_next_commit`).

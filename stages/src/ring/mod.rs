@@ -210,7 +210,7 @@ impl Ring {
         let specs: Vec<&NodeSpec> = members.values().collect();
         let targets = fresh_targets(partitions, &shares(partitions, &specs));
         let slots = vec![None; partitions as usize];
-        Ok(finish(partitions, members, slots, &targets))
+        Ok(finish(partitions, members, slots, &targets, None))
     }
 
     /// The assignment for a new node set that moves as few partitions as it must from self:
@@ -221,7 +221,11 @@ impl Ring {
     /// new node; a leave moves only the leaver's partitions (from a ring made by [`Ring::new`]
     /// these are guaranteed; after a long history of changes they hold all but in rare rounding
     /// corner cases). Q never changes.
-    pub fn rebalance(&self, nodes: &[NodeSpec]) -> Result<Ring, RingError> {
+    ///
+    /// Which receiver gets which freed partition is then chosen so that the partitions each
+    /// node *stores* (those whose preference list of `n` names it) come close to its weighted
+    /// share of N·Q (`balance.rs`): the same partitions move either way.
+    pub fn rebalance(&self, nodes: &[NodeSpec], n: usize) -> Result<Ring, RingError> {
         let members = check_nodes(nodes)?;
         // Nodes are numbered in id order; a slot holds its owner's number, None once free.
         let number: BTreeMap<&NodeId, usize> = members.keys().zip(0..).collect();
@@ -248,7 +252,7 @@ impl Ring {
             .collect();
         let targets = rebalance_targets(self.partitions, &standings);
         release_excess(&mut slots, &targets);
-        Ok(finish(self.partitions, members, slots, &targets))
+        Ok(finish(self.partitions, members, slots, &targets, Some(n)))
     }
 
     /// Q, the number of partitions.
@@ -527,29 +531,39 @@ fn is_valid_zone(zone: &str) -> bool {
     !zone.is_empty() && zone.len() <= MAX_ZONE_BYTES && zone.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// Deals the free slots (see [`fill_free`]) and names each slot's owner. Slots and targets
-/// number the members in id order.
+/// Deals the free slots (see [`fill_free`]) and names each slot's owner; with `balance_for`
+/// (a rebalance's N), then permutes the dealt owners toward even replica counts
+/// ([`balance_replicas`]). Slots and targets number the members in id order.
 fn finish(
     partitions: u32,
     members: BTreeMap<NodeId, NodeSpec>,
     slots: Vec<Option<usize>>,
     targets: &[u32],
+    balance_for: Option<usize>,
 ) -> Ring {
+    let free: Vec<usize> = (0..slots.len()).filter(|&p| slots[p].is_none()).collect();
     let ids: Vec<&NodeId> = members.keys().collect();
     let dealt = fill_free(slots, targets);
     let owners = dealt.iter().map(|&number| ids[number].clone()).collect();
     // Members number at most MAX_NODES, so every number fits a u32.
     let numbers = dealt.into_iter().map(|number| number as u32).collect();
-    Ring {
+    let mut ring = Ring {
         partitions,
         owners,
         numbers,
         nodes: members,
+    };
+    if let Some(n) = balance_for {
+        balance_replicas(&mut ring, &free, n);
     }
+    ring
 }
 
 /// A node's weighted share of Q, s = Q·w/Σw, as the integers the assignment works with.
 mod assign;
+mod balance;
+
+use balance::balance_replicas;
 
 use assign::{
     fill_free, fresh_targets, rebalance_targets, release_excess, share_of, shares, Standing,
