@@ -331,6 +331,30 @@ fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         node.local_addr()
     );
     std::io::stdout().flush()?;
+    // A node whose intake thread failed answers nobody: it stops as if signalled, and the
+    // process exits with an error for its supervisor (a trial's stayed alive, deaf).
+    let failed = node.failed();
+    let watch_failure = {
+        let (failed, handle, logger) = (
+            std::sync::Arc::clone(&failed),
+            signals.handle(),
+            logger.clone(),
+        );
+        move || loop {
+            if failed.load(std::sync::atomic::Ordering::Acquire) {
+                slog::crit!(logger, "stopping: the intake thread failed");
+                handle.close();
+                return;
+            }
+            if handle.is_closed() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let watchdog = std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(watch_failure)?;
     signals.forever().next();
     // A second signal while the drain runs ends it at once (the stages still stop in order);
     // a third ends the process, as an operator pressing Ctrl-C again means.
@@ -354,6 +378,12 @@ fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         slog::warn!(logger, "cannot watch for a second signal: the drain runs to its end"; "error" => %e);
     }
     node.shutdown();
+    drop(watchdog);
+    if failed.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(
+            "the node stopped because its intake thread failed (the log above says where)".into(),
+        );
+    }
     Ok(())
 }
 

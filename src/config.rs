@@ -279,7 +279,8 @@ pub struct MemberSection {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
-    /// Longest key (at most 65535: fjall's key bound).
+    /// Longest key (at most `MAX_STORABLE_KEY_BYTES`, 65469: fjall's key bound less what
+    /// storage adds to a key).
     pub max_key_bytes: usize,
     /// Longest value.
     pub max_value_bytes: usize,

@@ -57,7 +57,7 @@ impl MetricsServer {
             .to_ip()
             .ok_or_else(|| std::io::Error::other("the metrics listener has no IP address"))?;
         let mut registry = Registry::default();
-        let health = store.clone();
+        let health = (store.clone(), Arc::clone(&source.intake_failed));
         registry.register_collector(Box::new(NodeMetrics {
             source,
             store,
@@ -75,7 +75,8 @@ impl MetricsServer {
                     let site = Site {
                         registry: &registry,
                         token: token.as_deref(),
-                        store: &health,
+                        store: &health.0,
+                        intake_failed: &health.1,
                     };
                     serve(&server, &site, &stop, &logger)
                 })?
@@ -108,6 +109,8 @@ struct Site<'a> {
     token: Option<&'a str>,
     /// For `/health`.
     store: &'a Store,
+    /// For `/health`: the intake's thread panicked.
+    intake_failed: &'a AtomicBool,
 }
 
 /// The server loop: `GET /metrics` is answered with the text, `GET /health` with 200 `ok`
@@ -151,7 +154,7 @@ fn serve(server: &tiny_http::Server, site: &Site<'_>, stop: &AtomicBool, logger:
                 }
             }
             (tiny_http::Method::Get, "/health") => {
-                let (status, body) = health(site.store);
+                let (status, body) = health(site.store, site.intake_failed);
                 text_response(status, body, PLAIN)
             }
             (tiny_http::Method::Get, _) => text_response(
@@ -173,7 +176,15 @@ fn serve(server: &tiny_http::Server, site: &Site<'_>, stop: &AtomicBool, logger:
 
 /// `GET /health`'s status and body. The body names the state, not the error: that carries
 /// a path of the data directory, and `admin stats` and the log have it.
-fn health(store: &Store) -> (u16, String) {
+fn health(store: &Store, intake_failed: &AtomicBool) -> (u16, String) {
+    if intake_failed.load(Ordering::Acquire) {
+        return (
+            503,
+            "unhealthy: the intake thread stopped (it panicked; the node's log says where): the \
+             node answers no connection and is stopping\n"
+                .into(),
+        );
+    }
     match store.failure() {
         None => (200, "ok\n".into()),
         Some(_) => (
@@ -205,6 +216,7 @@ mod tests {
     use super::health;
     use shoal_stages::storage::{MemoryEngine, Store};
     use shoal_stages::NodeId;
+    use std::sync::atomic::AtomicBool;
 
     /// Goal: `/health` answers 200 while storage takes writes and 503 once a
     /// journal flush failed (the node then refuses every write but still serves reads, so a
@@ -213,11 +225,24 @@ mod tests {
     fn health_turns_unhealthy_once_a_journal_flush_failed() {
         let engine = MemoryEngine::new();
         let store = Store::with_engine(engine.clone(), &NodeId::new("n1"), 8, 0).expect("opens");
-        assert_eq!(health(&store), (200, "ok\n".to_string()));
+        let intake_failed = AtomicBool::new(false);
+        assert_eq!(health(&store, &intake_failed), (200, "ok\n".to_string()));
         engine.fail_flushes(1);
         assert!(store.persist().is_err(), "the injected failure");
-        let (status, body) = health(&store);
+        let (status, body) = health(&store, &intake_failed);
         assert_eq!(status, 503);
         assert!(body.contains("storage refuses writes"), "{body}");
+    }
+
+    /// Goal: `/health` answers 503 once the intake's thread panicked (a trial's node kept
+    /// answering "ok" with no thread left to read its connections).
+    #[test]
+    fn health_turns_unhealthy_once_the_intake_thread_failed() {
+        let store =
+            Store::with_engine(MemoryEngine::new(), &NodeId::new("n1"), 8, 0).expect("opens");
+        let intake_failed = AtomicBool::new(true);
+        let (status, body) = health(&store, &intake_failed);
+        assert_eq!(status, 503);
+        assert!(body.contains("intake thread stopped"), "{body}");
     }
 }

@@ -32,13 +32,14 @@ use shoal_stages::intake::{Intake, IntakeMachine, IntakeSettings, IntakeSocket, 
 use shoal_stages::membership::{Membership, MembershipView};
 use shoal_stages::ring::RingError;
 use shoal_stages::seda::{
-    GateRegistry, OperationLatencies, Router, StageHandle, StageReceiver, Wake, WorkerPool,
+    GateRegistry, NodeCounters, OperationLatencies, Router, StageHandle, StageReceiver, Wake,
+    WorkerPool,
 };
 use shoal_stages::storage::cpu_priority::{lower_priority, threads_named, ENGINE_THREAD_NAME};
 use shoal_stages::storage::{journal_files, StorageError, Store};
 use shoal_stages::wire::{decode_membership, ContextSeal};
 use shoal_stages::NodeId;
-use slog::{info, o, warn, Logger};
+use slog::{crit, info, o, warn, Logger};
 use stages::{add_pool_stages, queues};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,6 +95,8 @@ pub struct Node {
     /// Wakes the intake's loop (to see the drain flag at once).
     intake_waker: Option<Arc<dyn Wake>>,
     intake_thread: Option<JoinHandle<()>>,
+    /// Set if the intake's thread panicked (see [`Node::failed`]).
+    intake_failed: Arc<AtomicBool>,
     controller_stop: Arc<AtomicBool>,
     controller_thread: Option<JoinHandle<()>>,
     /// `/metrics`, when `[metrics] listen` is set.
@@ -115,6 +118,8 @@ struct Shared {
     membership: MembershipView,
     seal: ContextSeal,
     latencies: OperationLatencies,
+    /// Hints handed off, repair writes, failed operations (for the metrics).
+    counters: NodeCounters,
     store: Store,
     router: Router,
     /// Every background stage's rate gate.
@@ -197,6 +202,7 @@ impl Node {
             membership,
             seal: ContextSeal::new(config.cluster.secret.as_bytes()),
             latencies: OperationLatencies::default(),
+            counters: NodeCounters::default(),
             store,
             router,
             gates: GateRegistry::new(|stage| config.stage_rate(stage), Instant::now()),
@@ -218,6 +224,7 @@ impl Node {
             intake_drain: Arc::new(AtomicBool::new(false)),
             intake_waker: None,
             intake_thread: None,
+            intake_failed: Arc::new(AtomicBool::new(false)),
             controller_stop: Arc::new(AtomicBool::new(false)),
             controller_thread: None,
             metrics: None,
@@ -289,6 +296,9 @@ impl Node {
             node: shared.node.clone(),
             router: shared.router.clone(),
             latencies: shared.latencies.clone(),
+            counters: shared.counters.clone(),
+            connections: machine.connection_board(),
+            intake_failed: Arc::clone(&self.intake_failed),
             gates: shared.gates.clone(),
             aae: shared.aae.clone(),
             storage_failure: {
@@ -332,7 +342,21 @@ impl Node {
         self.intake_thread = Some(
             std::thread::Builder::new()
                 .name(format!("{}-0", StageId::Intake.name()))
-                .spawn(move || intake.run())
+                .spawn({
+                    let failed = Arc::clone(&self.intake_failed);
+                    let logger = logger.clone();
+                    move || {
+                        // A panic here leaves a process that answers nobody: say so, and let
+                        // the node's owner (`shoal node`) stop it rather than linger alive.
+                        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            intake.run()
+                        }));
+                        if ran.is_err() {
+                            failed.store(true, Ordering::Release);
+                            crit!(logger, "the intake thread panicked: the node reads and answers no connection, and stops");
+                        }
+                    }
+                })
                 .map_err(io_error("starting intake"))?,
         );
         if let Some(listen) = config.redis.listen {
@@ -370,6 +394,13 @@ impl Node {
               "metrics" => self.metrics.as_ref().map_or("off".to_string(), |m| m.addr().to_string()),
               "redis" => self.redis.as_ref().map_or("off".to_string(), |r| r.addr().to_string()));
         Ok(())
+    }
+
+    /// Whether the intake's thread panicked: the node reads and answers no connection, so its
+    /// owner should stop it (`shoal node` does, and exits with an error, for a supervisor to
+    /// restart it; acknowledged writes are in the journal, as after a kill -9).
+    pub fn failed(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.intake_failed)
     }
 
     /// A flag that, once set, ends a clean stop's drain at once (a second SIGINT or SIGTERM):

@@ -120,6 +120,25 @@ fn counter(encoder: &mut DescriptorEncoder, (name, help): (&str, &str), value: u
     ConstCounter::new(value).encode(family)
 }
 
+/// Client requests this node coordinated that were answered with an error, by operation and
+/// kind (two labels; nothing before the first failure).
+fn request_errors(
+    encoder: &mut DescriptorEncoder,
+    failed: &[(shoal_stages::event::Operation, &'static str, u64)],
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(
+        "shoal_request_errors",
+        "Client requests coordinated here that were answered with an error, by operation and kind (the error's name, as in admin stats and the load tool).",
+        None,
+        MetricType::Counter,
+    )?;
+    for &(operation, kind, n) in failed {
+        let labels = [("operation", operation.name()), ("kind", kind)];
+        ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for NodeMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let stats = self.source.snapshot();
@@ -261,6 +280,37 @@ impl Collector for NodeMetrics {
                 "target",
             ),
             hints.iter().map(|(node, n)| (node.as_str(), *n)).collect(),
+        )?;
+
+        // What the node did since it started, counted as it happened (a trial asked how many
+        // hints were handed off, how many read repairs went out and which errors clients got).
+        let counts = &self.source.counters;
+        counter(
+            e,
+            (
+                "shoal_hints_handed_off",
+                "Hints their target acknowledged since this node started (delivered there, deleted here).",
+            ),
+            counts.hints_handed_off(),
+        )?;
+        counter(
+            e,
+            (
+                "shoal_read_repair_writes",
+                "Read-repair writes this node issued to stale replicas since it started (its own copy included; one a full queue refused also counts in shoal_stage_rejected).",
+            ),
+            counts.repair_writes(),
+        )?;
+        request_errors(e, &counts.failed())?;
+        let connections = &self.source.connections;
+        gauges(
+            e,
+            (
+                "shoal_connections",
+                "Open connections: clients (a peer's before its handshake completes too) and peers (this node's links to them, theirs to it).",
+                "kind",
+            ),
+            vec![("client", connections.clients()), ("peer", connections.peers())],
         )?;
 
         // The ring as this node has it: its version (equal on every node once a change has

@@ -113,7 +113,10 @@ fn spawn<M: Machine>(
     receiver: StageReceiver<M::Input>,
     mut make: impl FnMut(usize) -> M,
 ) -> StageHandle {
-    let driven = |index| Driven::new(make(index), shared.router.clone(), shared.latencies.clone());
+    let driven = |index| {
+        let stats = (shared.latencies.clone(), shared.counters.clone());
+        Driven::new(make(index), shared.router.clone(), stats)
+    };
     pool.add_stage(&config.stage_spec(stage), receiver, driven)
 }
 
@@ -291,7 +294,12 @@ pub(super) fn add_pool_stages(
         receivers.repair,
         |_| RepairMachine::new(shared.node.clone(), gate(shared, StageId::Repair)),
     );
-    let max_frame = config.limits.max_frame_bytes;
+    // Peers take frames up to the reply bound from each other (see the intake's
+    // `take_peer_frames`): a key's versions may outgrow a client's frame through replica merges.
+    let max_frame = config
+        .limits
+        .max_write_buffer_bytes
+        .max(config.limits.max_frame_bytes);
     let replicate = spawn(
         config,
         shared,

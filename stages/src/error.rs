@@ -213,15 +213,15 @@ pub enum ServiceError {
         /// frame's fields).
         max: u64,
     },
-    /// A reply larger than `[limits] max_frame_bytes` was not sent (the receiver would close
-    /// the connection): this error went in its place, so the connection, and every request on
-    /// it, stays up. Most likely a key whose versions together grew past a frame through
-    /// replica merges.
-    #[error("reply of {bytes} bytes exceeds the maximum frame of {max} bytes ([limits] max_frame_bytes): not sent")]
+    /// A reply larger than `[limits] max_write_buffer_bytes` was not sent (it could never be
+    /// queued, and its reader would close the connection): this error went in its place, so
+    /// the connection, and every request on it, stays up. Only a key whose versions together
+    /// grew that large through replica merges gets it.
+    #[error("reply of {bytes} bytes exceeds the most a reply may take, {max} bytes ([limits] max_write_buffer_bytes): not sent")]
     ReplyTooLarge {
         /// The reply frame's length.
         bytes: u64,
-        /// The node's `limits.max_frame_bytes`.
+        /// The node's `limits.max_write_buffer_bytes`.
         max: u64,
     },
 }

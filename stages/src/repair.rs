@@ -70,6 +70,7 @@ impl RepairMachine {
 
     fn send(&mut self, now: Now, write: RepairWrite, out: &mut Outbox) {
         self.next_op += 1;
+        out.count(crate::seda::Count::RepairWrites(1));
         let op = OpId(self.next_op);
         // Offered, not requested: background work yields to foreground, and a dropped repair
         // is redone later.

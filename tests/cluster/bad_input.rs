@@ -349,3 +349,30 @@ fn a_frame_left_half_sent_is_cut_off_at_the_frame_timeout() {
     );
     assert_still_serving(&node);
 }
+
+/// Goal: on a node with the default limits, a key of the longest allowed length is stored and
+/// read back, and one byte more is refused with `InvalidKey` naming the limit; the node keeps
+/// serving. A trial's get of a 65530-byte key (then allowed) panicked the node's intake
+/// inside fjall.
+#[test]
+fn a_key_of_the_longest_allowed_length_is_stored_and_one_longer_refused() {
+    use shoal_stages::storage::MAX_STORABLE_KEY_BYTES;
+    let node = TestNode::start("");
+    let mut client = node.client();
+    let key = vec![b'k'; MAX_STORABLE_KEY_BYTES];
+    client
+        .put(&key, None, b"v", DEFAULT)
+        .expect("the longest key");
+    let read = client.get(&key, DEFAULT).expect("read back");
+    assert_eq!(read.values, vec![b"v".to_vec()]);
+    let longer = vec![b'k'; MAX_STORABLE_KEY_BYTES + 1];
+    let error = client.get(&longer, DEFAULT).expect_err("one byte too long");
+    assert!(
+        matches!(
+            error,
+            ClientError::Service(ServiceError::InvalidKey { max, .. }) if max as usize == MAX_STORABLE_KEY_BYTES
+        ),
+        "{error}"
+    );
+    assert_still_serving(&node);
+}

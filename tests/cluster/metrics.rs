@@ -311,3 +311,127 @@ fn copies_pending_and_parked_are_scraped() {
         0.0
     );
 }
+
+/// The value of `metric` with `labels` in a scrape of `addr`, or 0 when it has no such series.
+fn counted(addr: SocketAddr, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let (scrape, _) = scrape(addr);
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map_or(0.0, |s| number(&s.value))
+}
+
+/// Goal: a client request answered with an error is counted by operation and kind
+/// (`shoal_request_errors_total`), and a read that finds a stale replica counts the repair
+/// write it issues (`shoal_read_repair_writes_total`): n3 misses a put while stopped, and a
+/// get with R = 3 after its restart repairs it.
+#[test]
+fn failed_requests_and_read_repairs_are_counted() {
+    let (mut cluster, addr) = cluster_with_metrics(3, 3, 2, 2);
+    let options = RequestOptions {
+        r: None,
+        w: None,
+        timeout_ms: None,
+        durable: None,
+    };
+    let errors = |kind| {
+        counted(
+            addr,
+            "shoal_request_errors_total",
+            &[("operation", "put"), ("kind", kind)],
+        )
+    };
+    assert_eq!(errors("ObjectTooLarge"), 0.0);
+    let big = vec![1u8; 600 << 10];
+    cluster
+        .client(0)
+        .put(b"big", None, &big, options)
+        .expect("one fits");
+    cluster
+        .client(0)
+        .put(b"big", None, &big, options)
+        .expect_err("two do not fit a frame");
+    assert_eq!(errors("ObjectTooLarge"), 1.0);
+
+    let repairs = || counted(addr, "shoal_read_repair_writes_total", &[]);
+    let before = repairs();
+    cluster.stop(2);
+    cluster
+        .client(0)
+        .put(b"r", None, b"v", options)
+        .expect("W=2 of n1, n2");
+    cluster.restart(2);
+    let all = RequestOptions {
+        r: Some(3),
+        ..options
+    };
+    assert!(
+        super::support::eventually(|| {
+            // Until n1 holds n3 up again the read fails its R; once it answers, it is stale.
+            let _ = cluster.client(0).get(b"r", all);
+            repairs() > before
+        }),
+        "no repair write counted"
+    );
+}
+
+/// Goal: hints their target acknowledged are counted (`shoal_hints_handed_off_total`): n4 is
+/// stopped while keys it replicates are written, n1 keeps some of them as hints, and once n4
+/// is back they are handed off and counted, as many as n1 held.
+#[test]
+fn hints_handed_off_are_counted() {
+    let (mut cluster, addr) = cluster_with_metrics(4, 3, 2, 2);
+    let options = RequestOptions {
+        r: None,
+        w: None,
+        timeout_ms: None,
+        durable: None,
+    };
+    cluster.stop(3);
+    for i in 0..64 {
+        let key = format!("h{i}");
+        cluster
+            .client(0)
+            .put(key.as_bytes(), None, b"v", options)
+            .expect("W=2 with a fallback");
+    }
+    let held = super::support::hints_on(&cluster, 0, "n4");
+    assert!(held > 0, "n1 holds no hint for n4: the test proves nothing");
+    assert_eq!(counted(addr, "shoal_hints_handed_off_total", &[]), 0.0);
+    cluster.restart(3);
+    assert!(
+        super::support::eventually(|| super::support::hints_on(&cluster, 0, "n4") == 0),
+        "n1's hints for n4 were not handed off"
+    );
+    assert_eq!(
+        counted(addr, "shoal_hints_handed_off_total", &[]),
+        held as f64
+    );
+}
+
+/// Goal: open connections are counted by kind: the clients connected now, and the links
+/// between this node and its peers; a closed client is no longer counted.
+#[test]
+fn open_connections_are_counted_by_kind() {
+    let (cluster, addr) = cluster_with_metrics(3, 3, 2, 2);
+    let connections = |kind| counted(addr, "shoal_connections", &[("kind", kind)]);
+    let mut clients: Vec<_> = (0..3).map(|_| cluster.client(0)).collect();
+    for client in &mut clients {
+        client
+            .members()
+            .expect("answered, so the node has the connection");
+    }
+    assert!(
+        super::support::eventually(|| connections("client") == 3.0 && connections("peer") >= 2.0),
+        "clients {}, peers {}",
+        connections("client"),
+        connections("peer")
+    );
+    drop(clients);
+    assert!(
+        super::support::eventually(|| connections("client") == 0.0),
+        "clients {} after they closed",
+        connections("client")
+    );
+}

@@ -154,3 +154,71 @@ fn a_blind_put_past_what_a_frame_carries_is_refused_on_every_node() {
         assert_eq!(read.values, vec![second.clone()], "node {i}");
     }
 }
+
+/// Goal: when replicas merge siblings each took alone (concurrent blind puts, each within the
+/// bound where its coordinator checked it) into versions larger than a client's frame, every
+/// node still reads them whole, and a put with that read's context replaces them. Method: A
+/// (600 KiB) is written while n3 is stopped, then B (600 KiB) through n3 while n1 is stopped,
+/// for a key whose preference list n3 leads once n1 is out: n3 coordinates with nothing
+/// stored, and n2 merges B into A. A trial's concurrent puts made such a key: no get, repair
+/// or transfer could carry it (the answers were refused as over the frame limit).
+#[test]
+fn siblings_merged_past_a_frame_are_read_whole_and_reconciled() {
+    let mut cluster = TestCluster::start(3, 3, 2, 2, "");
+    let membership = cluster.client(0).ring().expect("ring");
+    let key = (0..1000)
+        .map(|i| format!("big{i}"))
+        .find(|key| {
+            let list = membership.ring().preference_list_for_key(key.as_bytes(), 3);
+            let order: Vec<&str> = list.primaries.iter().map(|id| id.as_str()).collect();
+            order == ["n1", "n3", "n2"]
+                || order == ["n3", "n1", "n2"]
+                || order == ["n3", "n2", "n1"]
+        })
+        .expect("a key that n3 coordinates while n1 is out");
+    let (a, b) = (vec![1u8; 600 << 10], vec![2u8; 600 << 10]);
+    cluster.stop(2);
+    cluster
+        .client(0)
+        .put(key.as_bytes(), None, &a, DEFAULT)
+        .expect("A on n1 and n2");
+    cluster.restart(2);
+    cluster.stop(0);
+    assert!(
+        super::support::eventually(|| cluster
+            .client(2)
+            .put(key.as_bytes(), None, &b, DEFAULT)
+            .is_ok()),
+        "B through n3 (once n3 holds n2 up)"
+    );
+    cluster.restart(0);
+    let all = RequestOptions {
+        r: Some(3),
+        ..DEFAULT
+    };
+    let mut read = None;
+    assert!(
+        super::support::eventually(|| {
+            read = cluster.client(0).get(key.as_bytes(), all).ok();
+            read.as_ref().is_some_and(|r| r.values.len() == 2)
+        }),
+        "A and B read whole through n1: {:?}",
+        read.as_ref().map(|r| r.values.len())
+    );
+    let context = read.expect("read").context;
+    let c = vec![3u8; 600 << 10];
+    cluster
+        .client(1)
+        .put(key.as_bytes(), Some(&context), &c, DEFAULT)
+        .expect("the reconciling put");
+    for i in 0..3 {
+        // Every node answers R = 3 once its detector holds the restarted n1 up again.
+        assert!(
+            super::support::eventually(|| cluster
+                .client(i)
+                .get(key.as_bytes(), all)
+                .is_ok_and(|read| read.values == vec![c.clone()])),
+            "node {i} does not read C alone"
+        );
+    }
+}

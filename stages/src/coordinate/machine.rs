@@ -29,7 +29,7 @@ use crate::event::{
 use crate::failure_detector::FailureDetector;
 use crate::membership::{MemberState, MembershipView};
 use crate::quorum::{QuorumState, QuorumTracker};
-use crate::seda::{Machine, Outbox};
+use crate::seda::{Count, Machine, Outbox};
 use crate::vclock::VClock;
 use crate::versioning::VersionSet;
 use crate::wire::{
@@ -543,6 +543,12 @@ impl Coordinator {
                 pending.operation,
                 now.saturating_duration_since(pending.received_at),
             );
+            if let Message::Error(error) = &message {
+                out.count(Count::Failed {
+                    operation: pending.operation,
+                    kind: error.kind(),
+                });
+            }
         }
         out.reply(IntakeEvent::reply(pending.origin, &message));
     }

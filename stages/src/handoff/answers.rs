@@ -73,6 +73,9 @@ impl HandoffMachine {
             return self.delivery_failed(delivery, out);
         }
         self.round_acked += delivery.hints.len() as u64;
+        out.count(crate::seda::Count::HintsHandedOff(
+            delivery.hints.len() as u64
+        ));
         if delivery.fanout {
             for hint in &delivery.hints {
                 self.fanout_answer(hint, true, out);

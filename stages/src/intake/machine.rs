@@ -119,6 +119,8 @@ pub struct IntakeMachine {
     cut_off: cut_off::CutOff,
     /// Replies too large to send, warned of at most once a second.
     oversized: crate::seda::LogLimit,
+    /// Open connections by kind, published each tick for the metrics.
+    board: super::ConnectionBoard,
     logger: Logger,
 }
 
@@ -147,6 +149,7 @@ impl IntakeMachine {
             drain: Drain::Off,
             cut_off: cut_off::CutOff::default(),
             oversized: crate::seda::LogLimit::default(),
+            board: super::ConnectionBoard::default(),
             logger,
         }
     }
@@ -277,13 +280,49 @@ impl IntakeMachine {
         self.close(conn, out);
     }
 
-    /// `frame`, or the `ReplyTooLarge` error that replaces it when it is over the frame limit.
+    /// Lets `conn`, a link to a peer or a peer's proven link to this node, carry frames up to
+    /// `max_write_buffer_bytes` (the most a reply may take): a key's versions can outgrow
+    /// `max_frame_bytes` through replica merges (siblings each replica took alone), and
+    /// replica answers, read repairs, hints and transfers must still carry them. A client's
+    /// requests stay bounded by `max_frame_bytes`.
+    fn take_peer_frames(&mut self, conn: ConnId) {
+        let max = self
+            .settings
+            .max_write_buffer_bytes
+            .max(self.settings.max_frame_bytes);
+        if let Some(connection) = self.connections.get_mut(&conn) {
+            connection.decoder.set_max_frame_bytes(max);
+        }
+    }
+
+    /// The connections the metrics read: where `board` gets them.
+    pub fn connection_board(&self) -> super::ConnectionBoard {
+        self.board.clone()
+    }
+
+    fn publish_connections(&self) {
+        let peers = self
+            .connections
+            .iter()
+            .filter(|(conn, c)| c.authenticated.is_some() || self.links.peer_of(**conn).is_some())
+            .count() as u64;
+        self.board
+            .publish(self.connections.len() as u64 - peers, peers);
+    }
+
+    /// `frame`, or the `ReplyTooLarge` error that replaces it when it is over the most a reply
+    /// may take (`max_write_buffer_bytes`: a larger one could never be queued, and a client
+    /// or peer reading it would close the connection).
     fn within_frame(&mut self, now: Now, conn: ConnId, frame: Vec<u8>) -> Vec<u8> {
         let bytes = frame.len();
-        reply_within(frame, self.settings.max_frame_bytes).unwrap_or_else(|error| {
+        let max = self
+            .settings
+            .max_write_buffer_bytes
+            .max(self.settings.max_frame_bytes);
+        reply_within(frame, max).unwrap_or_else(|error| {
             if let Some(held_back) = self.oversized.admit(now.instant) {
-                warn!(self.logger, "a reply over the frame limit was not sent; its request got ReplyTooLarge";
-                      "conn" => conn.0, "bytes" => bytes, "max" => self.settings.max_frame_bytes,
+                warn!(self.logger, "a reply over the reply limit was not sent; its request got ReplyTooLarge";
+                      "conn" => conn.0, "bytes" => bytes, "max" => max,
                       "not_logged_since_the_last" => held_back);
             }
             error
@@ -467,6 +506,7 @@ impl Machine for IntakeMachine {
     /// their held frames fail instead of waiting for the peer. A node every peer refused
     /// looks again (a membership change may have taken the refusing members out).
     fn on_tick(&mut self, now: Now, out: &mut Outbox) {
+        self.publish_connections();
         if self.is_cut_off() {
             self.update_cut_off();
         }

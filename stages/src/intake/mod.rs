@@ -13,6 +13,7 @@
 //! read of input buffered and at most `max_write_buffer_bytes` of unsent output (a client that
 //! never reads is disconnected rather than allowed to grow the buffer).
 
+mod connections;
 mod handshake;
 mod linger;
 mod machine;
@@ -22,6 +23,7 @@ mod sockets;
 mod tests;
 mod writer;
 
+pub use connections::ConnectionBoard;
 pub use machine::{IntakeMachine, IntakeSettings, FIRST_CONN, HANDSHAKE_TIMEOUT};
 
 use crate::event::{AaeBoard, ConnId, GateChange, IntakeEvent, Now};
@@ -143,6 +145,13 @@ pub struct StatsSource {
     pub router: Router,
     /// Client operation latencies.
     pub latencies: OperationLatencies,
+    /// Hints handed off, repair writes, failed operations.
+    pub counters: crate::seda::NodeCounters,
+    /// Open connections by kind (the intake machine's board).
+    pub connections: ConnectionBoard,
+    /// Set once the intake's thread panicked: the node then reads and answers no connection
+    /// and is stopping (`/health` turns unhealthy at once).
+    pub intake_failed: Arc<std::sync::atomic::AtomicBool>,
     /// Every background stage's gate, and the controller's published state.
     pub gates: GateRegistry,
     /// Anti-entropy's report.
@@ -498,6 +507,7 @@ impl Intake {
             let mut post = Threads {
                 router,
                 latencies: &stats.latencies,
+                counters: &stats.counters,
                 sockets: |command| sockets.execute(command, stats),
             };
             deliver(machine, now, outbox, &mut post);

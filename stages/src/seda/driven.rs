@@ -167,6 +167,9 @@ pub trait Post {
     /// Records a finished client operation's latency.
     fn latency(&mut self, operation: Operation, latency: Duration);
 
+    /// Adds to the node's counts.
+    fn count(&mut self, count: super::Count);
+
     /// Carries out a socket command (the intake's machine only).
     fn socket(&mut self, command: SocketCommand);
 }
@@ -202,6 +205,7 @@ pub fn deliver<M: Machine>(machine: &mut M, now: Now, outbox: &mut Outbox, post:
                     let _ = post.try_send(event);
                 }
                 Effect::Latency { operation, latency } => post.latency(operation, latency),
+                Effect::Count(count) => post.count(count),
                 Effect::Socket(command) => post.socket(command),
             }
         }
@@ -220,6 +224,8 @@ pub struct Threads<'a, S: FnMut(SocketCommand)> {
     pub router: &'a Router,
     /// The node's client latencies.
     pub latencies: &'a OperationLatencies,
+    /// The node's counts.
+    pub counters: &'a super::NodeCounters,
     /// Socket commands.
     pub sockets: S,
 }
@@ -238,6 +244,10 @@ impl<S: FnMut(SocketCommand)> Post for Threads<'_, S> {
         self.latencies.record(operation, latency);
     }
 
+    fn count(&mut self, count: super::Count) {
+        self.counters.add(count);
+    }
+
     fn socket(&mut self, command: SocketCommand) {
         (self.sockets)(command);
     }
@@ -248,16 +258,22 @@ pub struct Driven<M: Machine> {
     machine: M,
     router: Router,
     latencies: OperationLatencies,
+    counters: super::NodeCounters,
     outbox: Outbox,
 }
 
 impl<M: Machine> Driven<M> {
     /// Runs `machine`, delivering its outbox through `router`.
-    pub fn new(machine: M, router: Router, latencies: OperationLatencies) -> Driven<M> {
+    pub fn new(
+        machine: M,
+        router: Router,
+        (latencies, counters): (OperationLatencies, super::NodeCounters),
+    ) -> Driven<M> {
         Driven {
             machine,
             router,
             latencies,
+            counters,
             outbox: Outbox::new(),
         }
     }
@@ -266,6 +282,7 @@ impl<M: Machine> Driven<M> {
         let mut post = Threads {
             router: &self.router,
             latencies: &self.latencies,
+            counters: &self.counters,
             // Pool stages have no sockets; a socket command from one is a wiring bug.
             sockets: |command| debug_assert!(false, "socket command from a pool stage: {command}"),
         };

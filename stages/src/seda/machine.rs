@@ -40,6 +40,8 @@ pub enum Effect {
         /// Its end-to-end latency.
         latency: Duration,
     },
+    /// Something the node counts for its metrics.
+    Count(super::Count),
     /// A socket command (the intake's machine only).
     Socket(SocketCommand),
 }
@@ -79,6 +81,11 @@ impl Outbox {
     /// A finished client operation's latency.
     pub fn latency(&mut self, operation: Operation, latency: Duration) {
         self.effects.push(Effect::Latency { operation, latency });
+    }
+
+    /// Something to count for the metrics.
+    pub fn count(&mut self, count: super::Count) {
+        self.effects.push(Effect::Count(count));
     }
 
     /// A socket command.

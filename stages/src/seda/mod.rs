@@ -18,6 +18,7 @@
 //!   [`Driven`] runs one in the worker pool and [`deliver`]s its outbox through the
 //!   [`Router`] (every stage's queue).
 
+mod counters;
 mod driven;
 mod gates;
 mod machine;
@@ -27,6 +28,7 @@ mod slow;
 mod stats;
 
 pub use crate::event::StageClass;
+pub use counters::{Count, NodeCounters};
 pub use driven::{deliver, Driven, Post, Router, Threads};
 pub use gates::{
     ControllerState, Gate, GateMode, GateReading, GateRegistry, StageThrottle, MAX_RATE_PER_SEC,

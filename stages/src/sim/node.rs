@@ -336,6 +336,8 @@ impl Post for SimPost<'_> {
 
     fn latency(&mut self, _operation: Operation, _latency: Duration) {}
 
+    fn count(&mut self, _count: crate::seda::Count) {}
+
     fn socket(&mut self, command: SocketCommand) {
         self.sockets.push(command);
     }

@@ -34,8 +34,16 @@ use empty::EmptyWatch;
 
 use identity::{check_identity, Format};
 
-/// Longest key fjall accepts (its keys carry a u16 length; longer ones panic inside it).
-pub const MAX_STORABLE_KEY_BYTES: usize = u16::MAX as usize;
+/// Longest client key storage can keep: fjall's bound on its own keys (they carry a u16
+/// length; a longer one panics inside it) less what storage puts around a client's key. A
+/// hint's key adds the most: the key's length (2 bytes) and the intended node's id (up to
+/// `MAX_NODE_ID_BYTES`); an object's, its partition and segment ([`LOCATION_BYTES`]). The
+/// bound was once fjall's own 65535, and a get of a key of 65530 bytes panicked the intake
+/// thread that served it (a trial took a 3-node cluster down with three requests).
+pub const MAX_STORABLE_KEY_BYTES: usize = u16::MAX as usize - HINT_KEY_OVERHEAD;
+
+/// Bytes a hint's stored key adds to the client's key (see [`MAX_STORABLE_KEY_BYTES`]).
+const HINT_KEY_OVERHEAD: usize = 2 + crate::node_id::MAX_NODE_ID_BYTES;
 
 /// Number of lock stripes guarding read-modify-write of objects. Two storage workers that touch
 /// the same key serialise on its stripe; a power of two well above the worker count keeps
@@ -50,6 +58,10 @@ const META_MEMBERSHIP: &str = "membership";
 
 /// Bytes before the key in a stored object key: partition (u32) and segment (u16).
 const LOCATION_BYTES: usize = 6;
+const _: () = assert!(
+    LOCATION_BYTES <= HINT_KEY_OVERHEAD,
+    "a hint key adds the most"
+);
 
 /// Why the store failed. Wrapped as `ServiceError::Storage` for clients.
 #[derive(Debug, thiserror::Error)]

@@ -143,6 +143,37 @@ fn merges_are_idempotent_on_both_engines() {
     }
 }
 
+/// Goal: a key of the longest storable length is written, read, merged and kept as a hint for
+/// a node of the longest id, on fjall (whose own key bound, 65535, panics past it), and one
+/// byte more is refused with `KeyTooLong` on every path. Keys of 65530 bytes once panicked
+/// inside fjall (storage adds its own bytes before a client's key).
+#[test]
+fn the_longest_storable_key_is_kept_on_every_path_and_a_longer_one_refused() {
+    for (name, store, _dir) in engines() {
+        let key = vec![b'k'; MAX_STORABLE_KEY_BYTES];
+        let (set, _) = put(&store, &key, &VClock::new(), b"v");
+        assert_eq!(store.read(&key).expect("read"), set, "{name}");
+        store.merge(&key, &written_by_n2(b"w", 2)).expect("merge");
+        let target = NodeId::new("t".repeat(crate::node_id::MAX_NODE_ID_BYTES).as_str());
+        store.store_hint(&target, &key, &set).expect("hint");
+        let longer = vec![b'k'; MAX_STORABLE_KEY_BYTES + 1];
+        let refused = |result: Result<(), StorageError>| {
+            assert!(
+                matches!(result, Err(StorageError::KeyTooLong { .. })),
+                "{name}: {result:?}"
+            )
+        };
+        refused(store.read(&longer).map(drop));
+        refused(
+            store
+                .coordinate_put(&longer, &VClock::new(), Some(b"v".to_vec()), 1, &LIMITS)
+                .map(drop),
+        );
+        refused(store.merge(&longer, &set).map(drop));
+        refused(store.store_hint(&target, &longer, &set).map(drop));
+    }
+}
+
 /// Goal: hints are kept apart from objects, read together with them for replica reads,
 /// scanned in order with resumption, counted per target (and in all, without a scan), and
 /// deleted only if unchanged.

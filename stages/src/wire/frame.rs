@@ -117,6 +117,12 @@ impl FrameDecoder {
         }
     }
 
+    /// Accepts frames up to `max_frame_bytes` from now on (a connection proven to be a peer's,
+    /// whose answers may carry a key's versions past a client's frame limit).
+    pub fn set_max_frame_bytes(&mut self, max_frame_bytes: usize) {
+        self.max_frame_bytes = max_frame_bytes;
+    }
+
     /// Appends received bytes.
     pub fn extend(&mut self, bytes: &[u8]) {
         self.compact();

@@ -146,6 +146,7 @@ impl IntakeMachine {
                 if let Some(connection) = self.connections.get_mut(&conn) {
                     connection.authenticated = Some(peer);
                 }
+                self.take_peer_frames(conn);
             }
             Err(reason) => self.refuse_peer(conn, frame.request_id, reason, dialer, out),
         }

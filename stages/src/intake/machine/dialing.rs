@@ -53,6 +53,7 @@ impl IntakeMachine {
                     return report_failed(peer, false, None, out);
                 };
                 let conn = self.open();
+                self.take_peer_frames(conn);
                 self.links.opened(&peer, conn);
                 debug!(self.logger, "dialling peer"; "peer" => %peer, "addr" => %addr, "conn" => conn.0);
                 out.socket(SocketCommand::Dial { conn, peer, addr });
