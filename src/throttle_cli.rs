@@ -17,7 +17,8 @@ pub struct ThrottleArgs {
     /// The background stage to pin or release (with `--rate` or `--auto`).
     #[arg(long, requires = "lever")]
     stage: Option<String>,
-    /// Pin the stage's rate to this many units per second (0 pauses it); the controller
+    /// Pin the stage's rate to this many units per second (0 pauses it; in the config file a
+    /// stage's rate_per_sec of 0 means unlimited instead); the controller
     /// leaves it alone until `--auto`.
     #[arg(long, group = "lever", requires = "stage")]
     rate: Option<u64>,

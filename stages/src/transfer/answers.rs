@@ -196,8 +196,18 @@ impl TransferMachine {
         active.retries += 1;
         if active.failures >= FAILURES_BEFORE_PARKING {
             let error = active.last_error.as_deref().unwrap_or_default();
-            info!(self.logger, "transfer parked after failures"; "partition" => active.partition,
-                  "to" => %active.to, "objects" => active.objects, "error" => error);
+            // A parked copy holds every later commit: its first parking is a warning (a trial
+            // missed it at INFO); it parks again after each pause, told at INFO.
+            active.parks += 1;
+            if active.parks == 1 {
+                warn!(self.logger, "transfer parked after failures: every later commit waits for it";
+                      "partition" => active.partition, "to" => %active.to,
+                      "objects" => active.objects, "error" => error);
+            } else {
+                info!(self.logger, "transfer parked again"; "partition" => active.partition,
+                      "to" => %active.to, "objects" => active.objects, "retries" => active.retries,
+                      "error" => error);
+            }
             let key = (active.partition, active.to.clone());
             self.parked.insert(key, (active, now + PARK_PAUSE));
             return;

@@ -151,6 +151,8 @@ struct Active {
     objects: u64,
     bytes: u64,
     retries: u64,
+    /// Times it was parked: the first is warned of.
+    parks: u32,
 }
 
 impl Active {
@@ -173,6 +175,7 @@ impl Active {
             objects: 0,
             bytes: 0,
             retries: 0,
+            parks: 0,
         }
     }
 
