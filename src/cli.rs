@@ -334,19 +334,16 @@ fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
     // A node whose intake thread failed answers nobody: it stops as if signalled, and the
     // process exits with an error for its supervisor (a trial's stayed alive, deaf).
     let failed = node.failed();
+    // It signals this process, so the stop is the usual one: a second and third signal still
+    // end the drain, then the process.
     let watch_failure = {
-        let (failed, handle, logger) = (
-            std::sync::Arc::clone(&failed),
-            signals.handle(),
-            logger.clone(),
-        );
+        let (failed, logger) = (std::sync::Arc::clone(&failed), logger.clone());
         move || loop {
             if failed.load(std::sync::atomic::Ordering::Acquire) {
                 slog::crit!(logger, "stopping: the intake thread failed");
-                handle.close();
-                return;
-            }
-            if handle.is_closed() {
+                if let Err(e) = signal_hook::low_level::raise(signal_hook::consts::SIGTERM) {
+                    slog::crit!(logger, "cannot signal this process to stop: stop it by hand"; "error" => %e);
+                }
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -296,6 +296,17 @@ pub struct LimitsSection {
     pub frame_timeout_ms: u64,
 }
 
+impl LimitsSection {
+    /// The largest frame between nodes (once a link's handshake is done) and the largest
+    /// reply: half of `max_write_buffer_bytes`, so one always fits beside what is still
+    /// unsent, and never below `max_frame_bytes`. Larger than a client's requests may be
+    /// because a key's versions can outgrow `max_frame_bytes` through replica merges of
+    /// concurrent puts, and every node must still carry them.
+    pub fn max_peer_frame_bytes(&self) -> usize {
+        (self.max_write_buffer_bytes / 2).max(self.max_frame_bytes)
+    }
+}
+
 impl Default for LimitsSection {
     fn default() -> Self {
         LimitsSection {

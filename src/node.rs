@@ -283,6 +283,7 @@ impl Node {
                 max_frame_bytes: config.limits.max_frame_bytes,
                 max_connections: config.limits.max_connections,
                 max_write_buffer_bytes: config.limits.max_write_buffer_bytes,
+                max_peer_frame_bytes: config.limits.max_peer_frame_bytes(),
                 frame_timeout: Duration::from_millis(config.limits.frame_timeout_ms),
                 client_token: config.security.client_token.clone(),
             },

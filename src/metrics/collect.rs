@@ -128,7 +128,7 @@ fn request_errors(
 ) -> fmt::Result {
     let mut family = encoder.encode_descriptor(
         "shoal_request_errors",
-        "Client requests coordinated here that were answered with an error, by operation and kind (the error's name, as in admin stats and the load tool).",
+        "Client gets, puts and deletes this node's coordinator answered with an error, by operation and kind (the error's name, as the load tool counts them; a forwarded put's error counts on both nodes). Refusals before the coordinator are not here: a full queue counts in shoal_stage_rejected.",
         None,
         MetricType::Counter,
     )?;

@@ -294,12 +294,8 @@ pub(super) fn add_pool_stages(
         receivers.repair,
         |_| RepairMachine::new(shared.node.clone(), gate(shared, StageId::Repair)),
     );
-    // Peers take frames up to the reply bound from each other (see the intake's
-    // `take_peer_frames`): a key's versions may outgrow a client's frame through replica merges.
-    let max_frame = config
-        .limits
-        .max_write_buffer_bytes
-        .max(config.limits.max_frame_bytes);
+    // Peers take frames this large from each other (the intake's `take_peer_frames`).
+    let max_frame = config.limits.max_peer_frame_bytes();
     let replicate = spawn(
         config,
         shared,

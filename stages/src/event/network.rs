@@ -51,20 +51,19 @@ impl IntakeEvent {
     }
 }
 
-/// `frame` if it fits `max_frame_bytes` (bytes after the length prefix, as a receiver
-/// counts), else `Err` with an error frame for the same request in its place
-/// (`ReplyTooLarge`, naming both sizes): a receiver closes a connection that sends it an
-/// oversized frame, which would fail every other request on that connection and, between
-/// nodes, drop the link.
-pub fn reply_within(frame: Vec<u8>, max_frame_bytes: usize) -> Result<Vec<u8>, Vec<u8>> {
-    let declared = frame.len().saturating_sub(crate::wire::LENGTH_BYTES);
-    if declared <= max_frame_bytes {
+/// `frame` if it takes at most `max_reply_bytes`, whole frame counted (a receiver counts the
+/// bytes after the length prefix, so it takes it too), else `Err` with an error frame for the
+/// same request in its place (`ReplyTooLarge`, naming both sizes): a receiver closes a
+/// connection that sends it an oversized frame, which would fail every other request on that
+/// connection and, between nodes, drop the link.
+pub fn reply_within(frame: Vec<u8>, max_reply_bytes: usize) -> Result<Vec<u8>, Vec<u8>> {
+    if frame.len() <= max_reply_bytes {
         return Ok(frame);
     }
     let request_id = crate::wire::encoded_header(&frame).map_or(0, |(_, id)| id);
     let error = ServiceError::ReplyTooLarge {
-        bytes: declared as u64,
-        max: max_frame_bytes as u64,
+        bytes: frame.len() as u64,
+        max: max_reply_bytes as u64,
     };
     Err(encode_reply(request_id, &Message::Error(error)))
 }

@@ -53,6 +53,10 @@ pub struct IntakeSettings {
     pub max_connections: usize,
     /// Most unsent reply bytes per connection before it is dropped as a slow reader.
     pub max_write_buffer_bytes: usize,
+    /// Largest frame between nodes (once a link's handshake is done) and largest reply, whole
+    /// frame counted: half of `max_write_buffer_bytes`, so one always fits beside what is
+    /// unsent, and at least `max_frame_bytes` (`LimitsSection::max_peer_frame_bytes`).
+    pub max_peer_frame_bytes: usize,
     /// Longest a connection may take to complete a frame it started: a client that trickles
     /// a frame (or stops half-way) would otherwise hold a connection slot and its buffer for
     /// ever (slowloris).
@@ -280,16 +284,13 @@ impl IntakeMachine {
         self.close(conn, out);
     }
 
-    /// Lets `conn`, a link to a peer or a peer's proven link to this node, carry frames up to
-    /// `max_write_buffer_bytes` (the most a reply may take): a key's versions can outgrow
-    /// `max_frame_bytes` through replica merges (siblings each replica took alone), and
-    /// replica answers, read repairs, hints and transfers must still carry them. A client's
-    /// requests stay bounded by `max_frame_bytes`.
-    fn take_peer_frames(&mut self, conn: ConnId) {
-        let max = self
-            .settings
-            .max_write_buffer_bytes
-            .max(self.settings.max_frame_bytes);
+    /// Lets `conn`, a peer's link proven by its handshake (either way), carry frames up to
+    /// `max_peer_frame_bytes`: a key's versions can outgrow `max_frame_bytes` through replica
+    /// merges (siblings each replica took alone), and replica answers, read repairs, hints and
+    /// transfers must still carry them. A client's requests, and anything before a handshake
+    /// completed, stay bounded by `max_frame_bytes`.
+    pub(super) fn take_peer_frames(&mut self, conn: ConnId) {
+        let max = self.settings.max_peer_frame_bytes;
         if let Some(connection) = self.connections.get_mut(&conn) {
             connection.decoder.set_max_frame_bytes(max);
         }
@@ -311,14 +312,11 @@ impl IntakeMachine {
     }
 
     /// `frame`, or the `ReplyTooLarge` error that replaces it when it is over the most a reply
-    /// may take (`max_write_buffer_bytes`: a larger one could never be queued, and a client
-    /// or peer reading it would close the connection).
+    /// may take (`max_peer_frame_bytes`: a larger one might not be queued, and a peer reading
+    /// it would close the connection).
     fn within_frame(&mut self, now: Now, conn: ConnId, frame: Vec<u8>) -> Vec<u8> {
         let bytes = frame.len();
-        let max = self
-            .settings
-            .max_write_buffer_bytes
-            .max(self.settings.max_frame_bytes);
+        let max = self.settings.max_peer_frame_bytes;
         reply_within(frame, max).unwrap_or_else(|error| {
             if let Some(held_back) = self.oversized.admit(now.instant) {
                 warn!(self.logger, "a reply over the reply limit was not sent; its request got ReplyTooLarge";

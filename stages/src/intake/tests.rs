@@ -41,6 +41,7 @@ fn machine_logging(
         max_frame_bytes: 1 << 20,
         max_connections: 16,
         max_write_buffer_bytes: 4096,
+        max_peer_frame_bytes: 2 << 20,
         frame_timeout: FRAME_TIMEOUT,
         client_token: None,
     };

@@ -9,11 +9,15 @@
 //! A rebalance moves exactly the partitions it frees, and any permutation of their new owners
 //! keeps both that and every node's owner count. So after the deal, owners of two freed
 //! partitions are swapped while that brings the partitions each node stores closer to its
-//! weighted share of N·Q: a swap moves no more data than the deal did. A swap may not put a
-//! node nearer one of its own partitions (within [`SPREAD_WINDOW`]) than the deal had it.
+//! weighted share of N·Q. A swap is kept only if the copies the change needs (a node newly
+//! in a partition's preference list receives that partition) do not grow past the deal's:
+//! relabelling a slot changes the lists of the partitions before it too, so without that
+//! check a balanced ring could move more data. Nor may a swap put a node nearer one of its
+//! own partitions (within [`SPREAD_WINDOW`]) than the deal had it.
 //! Hill climbing, deterministic (pairs in slot order), bounded by [`WALKS_BUDGET`].
 
 use super::{PartitionId, Ring, SPREAD_WINDOW};
+use crate::NodeId;
 
 /// The search's work at most per rebalance, in pairs looked at plus [`WALK_COST`] per
 /// preference list recomputed (a swap recomputes the lists whose walk passes either slot).
@@ -29,14 +33,14 @@ const WALK_COST: usize = 10;
 /// passes changed nothing in the cases measured).
 const MAX_PASSES: usize = 8;
 
-/// Swaps owners among `free` (slots a rebalance dealt anew) toward even replica counts for a
-/// replication factor of `n`.
-pub(super) fn balance_replicas(ring: &mut Ring, free: &[usize], n: usize) {
+/// Swaps owners among `free` (slots a rebalance dealt anew from `old`) toward even replica
+/// counts for a replication factor of `n`, never needing more copies than the deal.
+pub(super) fn balance_replicas(ring: &mut Ring, free: &[usize], n: usize, old: &Ring) {
     let nodes = ring.nodes.len();
-    if free.len() < 2 || n == 0 || nodes <= n {
-        return; // nothing to permute, or every node stores every partition
+    if free.len() < 2 || n == 0 || nodes <= n || old.numbers.len() != ring.numbers.len() {
+        return; // nothing to permute, every node stores every partition, or another Q
     }
-    let mut search = Search::new(ring, n);
+    let mut search = Search::new(ring, n, old);
     let mut budget = WORK_BUDGET;
     for _ in 0..MAX_PASSES {
         let mut improved = false;
@@ -77,13 +81,28 @@ struct Search<'r> {
     reach: usize,
     /// Partitions each node stores.
     stored: Vec<i64>,
+    /// Each partition's primaries before the change, numbered as in the new ring (a node
+    /// that left has no number and matches nothing).
+    before: Vec<Vec<usize>>,
+    /// Copies the change needs: a primary of a partition that was not one before.
+    copies: i64,
     /// Each node's weighted share of N·Q, scaled by Σw (so the comparison stays integral).
     ideal: Vec<i128>,
     total_weight: i128,
 }
 
 impl<'r> Search<'r> {
-    fn new(ring: &'r mut Ring, n: usize) -> Search<'r> {
+    fn new(ring: &'r mut Ring, n: usize, old: &Ring) -> Search<'r> {
+        let ids: Vec<&NodeId> = ring.nodes.keys().collect();
+        let before: Vec<Vec<usize>> = (0..old.numbers.len())
+            .map(|p| {
+                old.preference_list(PartitionId(p as u32), n)
+                    .primaries
+                    .iter()
+                    .filter_map(|id| ids.binary_search(&id).ok())
+                    .collect()
+            })
+            .collect();
         let weights: Vec<i128> = ring
             .nodes
             .values()
@@ -96,6 +115,8 @@ impl<'r> Search<'r> {
             primaries: Vec::new(),
             reach: 0,
             stored: vec![0; ring.nodes.len()],
+            before,
+            copies: 0,
             ideal,
             total_weight,
             n,
@@ -107,6 +128,7 @@ impl<'r> Search<'r> {
                 search.stored[node] += 1;
             }
             search.reach = search.reach.max(reach);
+            search.copies += search.new_copies(p, &primaries);
             search.primaries.push(primaries);
         }
         search
@@ -121,12 +143,24 @@ impl<'r> Search<'r> {
         let mut reach = 0;
         let mut numbers = Vec::with_capacity(list.primaries.len());
         for id in &list.primaries {
-            let number = ids.binary_search(&id).unwrap_or(0);
+            // Preference lists name members only, and `ids` are all the members.
+            let Ok(number) = ids.binary_search(&id) else {
+                debug_assert!(false, "a primary that is not a member: {id}");
+                continue;
+            };
             let first = (0..q).find(|step| self.ring.numbers[(p + step) % q] as usize == number);
             reach = reach.max(first.unwrap_or(q));
             numbers.push(number);
         }
         (numbers, reach)
+    }
+
+    /// Copies partition `p` needs with `primaries`: those it did not have before.
+    fn new_copies(&self, p: usize, primaries: &[usize]) -> i64 {
+        primaries
+            .iter()
+            .filter(|node| !self.before[p].contains(node))
+            .count() as i64
     }
 
     /// The partitions whose list a swap of slots `a` and `b` may change.
@@ -164,23 +198,27 @@ impl<'r> Search<'r> {
             .map(|&p| (std::mem::take(&mut self.primaries[p]), p))
             .collect();
         let mut reaches = Vec::with_capacity(affected.len());
-        for (list, _) in &old {
+        let copies_before = self.copies;
+        for (list, p) in &old {
             for &node in list {
                 self.stored[node] -= 1;
             }
+            self.copies -= self.new_copies(*p, list);
         }
         for &p in &affected {
             let (list, reach) = self.primaries_of(p);
             for &node in &list {
                 self.stored[node] += 1;
             }
+            self.copies += self.new_copies(p, &list);
             reaches.push(reach);
             self.primaries[p] = list;
         }
-        if self.imbalance() < before {
+        if self.imbalance() < before && self.copies <= copies_before {
             self.reach = reaches.into_iter().fold(self.reach, usize::max);
             return true;
         }
+        self.copies = copies_before;
         // Put back: the slots, the lists and the counts.
         self.ring.numbers.swap(a, b);
         for (list, p) in old {

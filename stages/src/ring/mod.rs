@@ -252,7 +252,13 @@ impl Ring {
             .collect();
         let targets = rebalance_targets(self.partitions, &standings);
         release_excess(&mut slots, &targets);
-        Ok(finish(self.partitions, members, slots, &targets, Some(n)))
+        Ok(finish(
+            self.partitions,
+            members,
+            slots,
+            &targets,
+            Some((n, self)),
+        ))
     }
 
     /// Q, the number of partitions.
@@ -532,14 +538,14 @@ fn is_valid_zone(zone: &str) -> bool {
 }
 
 /// Deals the free slots (see [`fill_free`]) and names each slot's owner; with `balance_for`
-/// (a rebalance's N), then permutes the dealt owners toward even replica counts
-/// ([`balance_replicas`]). Slots and targets number the members in id order.
+/// (a rebalance's N and the ring it changes), then permutes the dealt owners toward even
+/// replica counts ([`balance_replicas`]). Slots and targets number the members in id order.
 fn finish(
     partitions: u32,
     members: BTreeMap<NodeId, NodeSpec>,
     slots: Vec<Option<usize>>,
     targets: &[u32],
-    balance_for: Option<usize>,
+    balance_for: Option<(usize, &Ring)>,
 ) -> Ring {
     let free: Vec<usize> = (0..slots.len()).filter(|&p| slots[p].is_none()).collect();
     let ids: Vec<&NodeId> = members.keys().collect();
@@ -553,8 +559,8 @@ fn finish(
         numbers,
         nodes: members,
     };
-    if let Some(n) = balance_for {
-        balance_replicas(&mut ring, &free, n);
+    if let Some((n, old)) = balance_for {
+        balance_replicas(&mut ring, &free, n, old);
     }
     ring
 }

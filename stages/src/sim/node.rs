@@ -11,6 +11,10 @@ use crate::event::{
 use crate::gossip::{GossipMachine, GossipSettings};
 use crate::handoff::HandoffMachine;
 use crate::intake::{IntakeMachine, IntakeSettings};
+
+/// The largest frame between simulated nodes and the largest reply (half their write buffer,
+/// as `LimitsSection::max_peer_frame_bytes` makes it for a real node).
+const SIM_PEER_FRAME_BYTES: usize = 8 << 20;
 use crate::membership::MembershipView;
 use crate::parse::{ParseMachine, ParseSettings};
 use crate::repair::RepairMachine;
@@ -171,6 +175,7 @@ impl SimNode {
             max_frame_bytes: 4 << 20,
             max_connections: 1024,
             max_write_buffer_bytes: 16 << 20,
+            max_peer_frame_bytes: SIM_PEER_FRAME_BYTES,
             frame_timeout: Duration::from_secs(30),
             client_token: None,
         };
@@ -197,7 +202,7 @@ impl SimNode {
             ),
             parse: ParseMachine::new(parse, view.clone()),
             coordinate: Coordinator::new(coordinator, view),
-            replicate: ReplicateMachine::new(4 << 20),
+            replicate: ReplicateMachine::new(SIM_PEER_FRAME_BYTES),
             repair: RepairMachine::new(self.id.clone(), Gate::new(Some(REPAIR_RATE_PER_SEC), base)),
             handoff: HandoffMachine::new(
                 Gate::new(Some(HANDOFF_RATE_PER_SEC), base),

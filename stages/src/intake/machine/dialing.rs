@@ -53,7 +53,6 @@ impl IntakeMachine {
                     return report_failed(peer, false, None, out);
                 };
                 let conn = self.open();
-                self.take_peer_frames(conn);
                 self.links.opened(&peer, conn);
                 debug!(self.logger, "dialling peer"; "peer" => %peer, "addr" => %addr, "conn" => conn.0);
                 out.socket(SocketCommand::Dial { conn, peer, addr });
@@ -116,6 +115,8 @@ impl IntakeMachine {
         match verdict {
             Ok(proof) => {
                 debug!(self.logger, "peer link established"; "peer" => %peer, "conn" => conn.0);
+                // Proven: its answers may now be as large as a peer's may be.
+                self.take_peer_frames(conn);
                 self.write(conn, 0, &proof, out);
                 for frame in dialing.held {
                     out.socket(SocketCommand::Write { conn, frame });
