@@ -26,24 +26,16 @@ mod actor;
 mod empty;
 mod hints;
 mod identity;
+mod limits;
 mod partitions;
 
 pub use actor::{actor_node, ActorOrigin};
 use actor::{lock_actor, Actor};
 use empty::EmptyWatch;
+use limits::check_key;
+pub use limits::{VersionLimits, MAX_STORABLE_KEY_BYTES};
 
 use identity::{check_identity, Format};
-
-/// Longest client key storage can keep: fjall's bound on its own keys (they carry a u16
-/// length; a longer one panics inside it) less what storage puts around a client's key. A
-/// hint's key adds the most: the key's length (2 bytes) and the intended node's id (up to
-/// `MAX_NODE_ID_BYTES`); an object's, its partition and segment ([`LOCATION_BYTES`]). The
-/// bound was once fjall's own 65535, and a get of a key of 65530 bytes panicked the intake
-/// thread that served it (a trial took a 3-node cluster down with three requests).
-pub const MAX_STORABLE_KEY_BYTES: usize = u16::MAX as usize - HINT_KEY_OVERHEAD;
-
-/// Bytes a hint's stored key adds to the client's key (see [`MAX_STORABLE_KEY_BYTES`]).
-const HINT_KEY_OVERHEAD: usize = 2 + crate::node_id::MAX_NODE_ID_BYTES;
 
 /// Number of lock stripes guarding read-modify-write of objects. Two storage workers that touch
 /// the same key serialise on its stripe; a power of two well above the worker count keeps
@@ -58,10 +50,6 @@ const META_MEMBERSHIP: &str = "membership";
 
 /// Bytes before the key in a stored object key: partition (u32) and segment (u16).
 const LOCATION_BYTES: usize = 6;
-const _: () = assert!(
-    LOCATION_BYTES <= HINT_KEY_OVERHEAD,
-    "a hint key adds the most"
-);
 
 /// Why the store failed. Wrapped as `ServiceError::Storage` for clients.
 #[derive(Debug, thiserror::Error)]
@@ -160,35 +148,6 @@ impl StorageError {
     /// Whether the engine refused to open the directory because another process holds it.
     pub fn is_locked(&self) -> bool {
         matches!(self, StorageError::Engine(fjall::Error::Locked))
-    }
-}
-
-/// Bounds on the versions a coordinated put may create.
-#[derive(Clone, Copy, Debug)]
-pub struct VersionLimits {
-    /// Clock entries kept in a new version's past (truncation beyond).
-    pub max_clock_entries: usize,
-    /// Siblings a key may have after a coordinated put. Why: every blind put adds a sibling,
-    /// every get returns them all, and a reply must fit in a frame a client accepts.
-    pub max_siblings: usize,
-    /// `limits.max_frame_bytes` (the same on every node): a key's versions together must fit
-    /// one frame, or no get, replica write, hint or transfer could carry them (two blind
-    /// puts of 600 KiB made a key nobody could read, reconcile or move).
-    pub max_frame_bytes: usize,
-}
-
-/// Bytes a frame spends on a message's fields besides the key and the versions it carries
-/// (a replica write's op and hint target, a get answer's fields): a bound, not a count.
-const MESSAGE_FIELDS_BYTES: usize = 4096;
-
-impl VersionLimits {
-    /// The most encoded bytes `key`'s versions may take after a coordinated put: what a frame
-    /// carries with the key, the frame's header and a message's fields. At least the
-    /// largest value and its clock with the configured limits (config validation keeps
-    /// `max_frame_bytes` 16 KiB above a maximal key and value).
-    pub fn max_object_bytes(&self, key: &[u8]) -> usize {
-        self.max_frame_bytes
-            .saturating_sub(key.len() + crate::wire::FRAME_OVERHEAD_BYTES + MESSAGE_FIELDS_BYTES)
     }
 }
 
@@ -638,13 +597,6 @@ impl Store {
         let stripe = (hasher.finish() as usize) % self.locks.len();
         lock_stripe(&self.locks[stripe])
     }
-}
-
-fn check_key(key: &[u8]) -> Result<(), StorageError> {
-    if key.len() > MAX_STORABLE_KEY_BYTES {
-        return Err(StorageError::KeyTooLong { size: key.len() });
-    }
-    Ok(())
 }
 
 /// Takes one key-lock stripe. A poisoned stripe means another worker panicked mid-write: the
