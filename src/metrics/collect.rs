@@ -307,7 +307,7 @@ impl Collector for NodeMetrics {
             e,
             (
                 "shoal_connections",
-                "Open connections: clients (a peer's before its handshake completes too) and peers (this node's links to them, theirs to it).",
+                "Open connections: clients (a peer's before its handshake completes too; a Redis door connection from its first command, when it opens its own client connection) and peers (this node's links to them, theirs to it).",
                 "kind",
             ),
             vec![("client", connections.clients()), ("peer", connections.peers())],
