@@ -17,10 +17,15 @@ const STAGES: [&str; 8] = [
 ];
 
 /// The files of a stage module allowed to read the clock, being I/O, not a machine: the mio
-/// loop (the intake's driver) and fjall's engine, which times its own fdatasync for the
-/// commit stage's slow-flush warning (the simulator's engine reports zero, so its runs stay
+/// loop (the intake's driver) and what it answers `admin throttle` from (its gates take the
+/// time of a change), and fjall's engine, which times its own fdatasync for the commit
+/// stage's slow-flush warning (the simulator's engine reports zero, so its runs stay
 /// deterministic).
-const DRIVERS: [&str; 2] = ["intake/mod.rs", "storage/engine.rs"];
+const DRIVERS: [&str; 3] = [
+    "intake/mod.rs",
+    "intake/stats_source.rs",
+    "storage/engine.rs",
+];
 
 fn source_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
