@@ -593,6 +593,8 @@ mod drop_tests;
 #[cfg(test)]
 mod instance_tests;
 #[cfg(test)]
+mod limit_tests;
+#[cfg(test)]
 mod machine_tests;
 #[cfg(test)]
 mod step_tests;
