@@ -14,7 +14,8 @@
 //! relabelling a slot changes the lists of the partitions before it too, so without that
 //! check a balanced ring could move more data. Nor may a swap put a node nearer one of its
 //! own partitions (within [`SPREAD_WINDOW`]) than the deal had it.
-//! Hill climbing, deterministic (pairs in slot order), bounded by [`WALKS_BUDGET`].
+//! Hill climbing, deterministic (pairs in slot order), bounded by [`WORK_BUDGET`], and only
+//! for rings of up to [`MAX_BALANCED_PARTITIONS`].
 
 use super::{PartitionId, Ring, SPREAD_WINDOW};
 use crate::NodeId;
@@ -22,9 +23,14 @@ use crate::NodeId;
 /// The search's work at most per rebalance, in pairs looked at plus [`WALK_COST`] per
 /// preference list recomputed (a swap recomputes the lists whose walk passes either slot).
 /// Bounds a rebalance of a large Q: its search stops early, and the ring is valid either way.
-/// Measured (release): Q = 1024 losing one of 10 nodes converges in 17 ms well within it;
-/// Q = 65536 stops at the bound after about 0.2 s.
-const WORK_BUDGET: usize = 4_000_000;
+/// Measured (release, 10 nodes grown from 3, then leaves): Q = 1024 converges within it in
+/// about 50 ms, Q = 4096 in about 80 ms.
+const WORK_BUDGET: usize = 1_000_000;
+
+/// Rings of more partitions are not balanced: the search's setup alone (every partition's
+/// preference list before and after) took 5 s at Q = 65536 (release), and a plan or commit
+/// must not stall the claimant that long. At Q = 4096 a leave's whole search took 78 ms.
+const MAX_BALANCED_PARTITIONS: usize = 4096;
 
 /// Work units of one preference list recomputed, against 1 for a pair looked at.
 const WALK_COST: usize = 10;
@@ -37,8 +43,18 @@ const MAX_PASSES: usize = 8;
 /// counts for a replication factor of `n`, never needing more copies than the deal.
 pub(super) fn balance_replicas(ring: &mut Ring, free: &[usize], n: usize, old: &Ring) {
     let nodes = ring.nodes.len();
-    if free.len() < 2 || n == 0 || nodes <= n || old.numbers.len() != ring.numbers.len() {
-        return; // nothing to permute, every node stores every partition, or another Q
+    let one_receiver = free
+        .iter()
+        .all(|&slot| ring.numbers.get(slot) == free.first().and_then(|&f| ring.numbers.get(f)));
+    if one_receiver
+        || n == 0
+        || nodes <= n
+        || old.numbers.len() != ring.numbers.len()
+        || ring.numbers.len() > MAX_BALANCED_PARTITIONS
+    {
+        // Nothing to permute (a join: every freed slot went to the newcomer), every node
+        // stores every partition, another Q, or a ring too large to search in time.
+        return;
     }
     let mut search = Search::new(ring, n, old);
     let mut budget = WORK_BUDGET;
