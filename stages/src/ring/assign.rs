@@ -289,7 +289,7 @@ fn due(given: u64, deficit: u64) -> u64 {
 
 /// The partitions within [`SPREAD_WINDOW`] of `p` on either side, wrapping round the ring,
 /// excluding `p` itself (which a small ring would otherwise reach).
-fn window(partitions: usize, p: usize) -> impl Iterator<Item = usize> {
+pub(super) fn window(partitions: usize, p: usize) -> impl Iterator<Item = usize> {
     (1..=SPREAD_WINDOW)
         .flat_map(move |d| {
             [

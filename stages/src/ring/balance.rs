@@ -13,11 +13,12 @@
 //! in a partition's preference list receives that partition) do not grow past the deal's:
 //! relabelling a slot changes the lists of the partitions before it too, so without that
 //! check a balanced ring could move more data. Nor may a swap put a node nearer one of its
-//! own partitions (within [`SPREAD_WINDOW`]) than the deal had it.
+//! own partitions (within `SPREAD_WINDOW`) than the deal had it.
 //! Hill climbing, deterministic (pairs in slot order), bounded by [`WORK_BUDGET`], and only
 //! for rings of up to [`MAX_BALANCED_PARTITIONS`].
 
-use super::{PartitionId, Ring, SPREAD_WINDOW};
+use super::assign::window;
+use super::{PartitionId, Ring};
 use crate::NodeId;
 
 /// The search's work at most per rebalance, in pairs looked at plus [`WALK_COST`] per
@@ -69,12 +70,12 @@ pub(super) fn balance_replicas(ring: &mut Ring, free: &[usize], n: usize, old: &
                 if search.ring.numbers[a] == search.ring.numbers[b] || !search.keeps_spread(a, b) {
                     continue;
                 }
-                let walks = search.affected(a, b).len() * WALK_COST;
-                let Some(left) = budget.checked_sub(walks) else {
+                let affected = search.affected(a, b);
+                let Some(left) = budget.checked_sub(affected.len() * WALK_COST) else {
                     return search.finish();
                 };
                 budget = left;
-                improved |= search.try_swap(a, b);
+                improved |= search.try_swap(a, b, &affected);
             }
         }
         if !improved {
@@ -140,11 +141,8 @@ impl<'r> Search<'r> {
         };
         for p in 0..search.ring.owners.len() {
             let (primaries, reach) = search.primaries_of(p);
-            for &node in &primaries {
-                search.stored[node] += 1;
-            }
+            search.tally(p, &primaries, 1);
             search.reach = search.reach.max(reach);
-            search.copies += search.new_copies(p, &primaries);
             search.primaries.push(primaries);
         }
         search
@@ -179,6 +177,16 @@ impl<'r> Search<'r> {
             .count() as i64
     }
 
+    /// Counts partition `p`'s `primaries` in (`sign` 1) or out (-1) of what each node stores
+    /// and of the copies the change needs.
+    fn tally(&mut self, p: usize, primaries: &[usize], sign: i64) {
+        for &node in primaries {
+            self.stored[node] += sign;
+        }
+        let copies = self.new_copies(p, primaries);
+        self.copies += sign * copies;
+    }
+
     /// The partitions whose list a swap of slots `a` and `b` may change.
     fn affected(&self, a: usize, b: usize) -> Vec<usize> {
         let q = self.ring.numbers.len();
@@ -204,60 +212,43 @@ impl<'r> Search<'r> {
             .fold(0i128, i128::saturating_add)
     }
 
-    /// Swaps the owners of `a` and `b` if that lowers the imbalance; whether it did.
-    fn try_swap(&mut self, a: usize, b: usize) -> bool {
-        let before = self.imbalance();
-        let affected = self.affected(a, b);
+    /// Swaps the owners of `a` and `b` if that lowers the imbalance without needing more
+    /// copies; whether it did. `affected` are the partitions whose lists the swap may change.
+    fn try_swap(&mut self, a: usize, b: usize, affected: &[usize]) -> bool {
+        let (imbalance, copies) = (self.imbalance(), self.copies);
         self.ring.numbers.swap(a, b);
-        let old: Vec<(Vec<usize>, usize)> = affected
-            .iter()
-            .map(|&p| (std::mem::take(&mut self.primaries[p]), p))
-            .collect();
-        let mut reaches = Vec::with_capacity(affected.len());
-        let copies_before = self.copies;
-        for (list, p) in &old {
-            for &node in list {
-                self.stored[node] -= 1;
-            }
-            self.copies -= self.new_copies(*p, list);
+        let mut reach = self.reach;
+        let mut old = Vec::with_capacity(affected.len());
+        for &p in affected {
+            let list = std::mem::take(&mut self.primaries[p]);
+            self.tally(p, &list, -1);
+            let (new, walked) = self.primaries_of(p);
+            self.tally(p, &new, 1);
+            reach = reach.max(walked);
+            self.primaries[p] = new;
+            old.push((p, list));
         }
-        for &p in &affected {
-            let (list, reach) = self.primaries_of(p);
-            for &node in &list {
-                self.stored[node] += 1;
-            }
-            self.copies += self.new_copies(p, &list);
-            reaches.push(reach);
-            self.primaries[p] = list;
-        }
-        if self.imbalance() < before && self.copies <= copies_before {
-            self.reach = reaches.into_iter().fold(self.reach, usize::max);
+        if self.imbalance() < imbalance && self.copies <= copies {
+            self.reach = reach;
             return true;
         }
-        self.copies = copies_before;
         // Put back: the slots, the lists and the counts.
         self.ring.numbers.swap(a, b);
-        for (list, p) in old {
-            for &node in &self.primaries[p] {
-                self.stored[node] -= 1;
-            }
-            for &node in &list {
-                self.stored[node] += 1;
-            }
-            self.primaries[p] = list;
+        for (p, list) in old {
+            self.tally(p, &list, 1);
+            let new = std::mem::replace(&mut self.primaries[p], list);
+            self.tally(p, &new, -1);
         }
         false
     }
 
     /// Whether swapping `a` and `b` leaves neither owner with more of its own partitions
-    /// within [`SPREAD_WINDOW`] of its new slot than of its old one.
+    /// within `SPREAD_WINDOW` of its new slot than of its old one.
     fn keeps_spread(&self, a: usize, b: usize) -> bool {
         let numbers = &self.ring.numbers;
-        let q = numbers.len();
         let near = |slot: usize, owner: u32, skip: usize| {
-            (1..=SPREAD_WINDOW)
-                .flat_map(|d| [(slot + d) % q, (slot + q - d % q) % q])
-                .filter(|&s| s != slot && s != skip && numbers[s] == owner)
+            window(numbers.len(), slot)
+                .filter(|&s| s != skip && numbers[s] == owner)
                 .count()
         };
         let (x, y) = (numbers[a], numbers[b]);
