@@ -349,7 +349,8 @@ fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    let watchdog = std::thread::Builder::new()
+    // Detached: it ends with the process (a normal stop leaves it polling until then).
+    std::thread::Builder::new()
         .name("watchdog".into())
         .spawn(watch_failure)?;
     signals.forever().next();
@@ -375,7 +376,6 @@ fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         slog::warn!(logger, "cannot watch for a second signal: the drain runs to its end"; "error" => %e);
     }
     node.shutdown();
-    drop(watchdog);
     if failed.load(std::sync::atomic::Ordering::Acquire) {
         return Err(
             "the node stopped because its intake thread failed (the log above says where)".into(),

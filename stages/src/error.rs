@@ -213,15 +213,16 @@ pub enum ServiceError {
         /// frame's fields).
         max: u64,
     },
-    /// A reply larger than `[limits] max_write_buffer_bytes` was not sent (it could never be
+    /// A reply larger than half of `[limits] max_write_buffer_bytes` (at least
+    /// `max_frame_bytes`: `LimitsSection::max_peer_frame_bytes`) was not sent (it might not be
     /// queued, and its reader would close the connection): this error went in its place, so
     /// the connection, and every request on it, stays up. Only a key whose versions together
     /// grew that large through replica merges gets it.
-    #[error("reply of {bytes} bytes exceeds the most a reply may take, {max} bytes ([limits] max_write_buffer_bytes): not sent")]
+    #[error("reply of {bytes} bytes exceeds the most a reply may take, {max} bytes (half of [limits] max_write_buffer_bytes): not sent")]
     ReplyTooLarge {
         /// The reply frame's length.
         bytes: u64,
-        /// The node's `limits.max_write_buffer_bytes`.
+        /// The node's `max_peer_frame_bytes`.
         max: u64,
     },
 }

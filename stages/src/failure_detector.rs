@@ -92,13 +92,19 @@ pub struct PeerBoard(std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<
 impl PeerBoard {
     /// The peers held down now.
     pub fn down(&self) -> std::collections::BTreeSet<NodeId> {
-        self.0.lock().map(|set| set.clone()).unwrap_or_default()
+        self.lock().clone()
     }
 
     fn set(&self, down: std::collections::BTreeSet<NodeId>) {
-        if let Ok(mut set) = self.0.lock() {
-            *set = down;
-        }
+        *self.lock() = down;
+    }
+
+    /// The set, even after a panic while it was held: a plain set, whole after every write,
+    /// so a poisoned lock must not leave the metrics reading "every peer up" for ever.
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<NodeId>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

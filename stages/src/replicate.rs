@@ -43,8 +43,8 @@ pub struct ReplicateMachine {
     outstanding: BTreeMap<u64, Outstanding>,
     /// The next request id; ids are never reused while the node runs.
     next_request_id: u64,
-    /// Largest frame peers accept from a peer (`limits.max_write_buffer_bytes`, at least
-    /// `max_frame_bytes`; the same on every node).
+    /// Largest frame peers accept from a peer (`max_peer_frame_bytes`: half of
+    /// `limits.max_write_buffer_bytes`, at least `max_frame_bytes`; the same on every node).
     max_frame_bytes: usize,
 }
 

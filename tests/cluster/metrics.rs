@@ -312,14 +312,6 @@ fn copies_pending_and_parked_are_scraped() {
     );
 }
 
-/// Requests with the cluster's own R, W and timeout.
-const DEFAULT: RequestOptions = RequestOptions {
-    r: None,
-    w: None,
-    timeout_ms: None,
-    durable: None,
-};
-
 /// The value of `metric` with `labels` in a scrape of `addr`, or 0 when it has no such series.
 fn counted(addr: SocketAddr, metric: &str, labels: &[(&str, &str)]) -> f64 {
     let (scrape, _) = scrape(addr);
@@ -337,7 +329,7 @@ fn counted(addr: SocketAddr, metric: &str, labels: &[(&str, &str)]) -> f64 {
 #[test]
 fn failed_requests_and_read_repairs_are_counted() {
     let (mut cluster, addr) = cluster_with_metrics(3, 3, 2, 2);
-    let options = DEFAULT;
+    let options = RequestOptions::default();
     let errors = |kind| {
         counted(
             addr,
@@ -385,7 +377,7 @@ fn failed_requests_and_read_repairs_are_counted() {
 #[test]
 fn hints_handed_off_are_counted() {
     let (mut cluster, addr) = cluster_with_metrics(4, 3, 2, 2);
-    let options = DEFAULT;
+    let options = RequestOptions::default();
     cluster.stop(3);
     for i in 0..64 {
         let key = format!("h{i}");

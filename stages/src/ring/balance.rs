@@ -47,14 +47,10 @@ pub(super) fn balance_replicas(ring: &mut Ring, free: &[usize], n: usize, old: &
     let one_receiver = free
         .iter()
         .all(|&slot| ring.numbers.get(slot) == free.first().and_then(|&f| ring.numbers.get(f)));
-    if one_receiver
-        || n == 0
-        || nodes <= n
-        || old.numbers.len() != ring.numbers.len()
-        || ring.numbers.len() > MAX_BALANCED_PARTITIONS
-    {
+    debug_assert_eq!(old.numbers.len(), ring.numbers.len(), "a rebalance keeps Q");
+    if one_receiver || n == 0 || nodes <= n || ring.numbers.len() > MAX_BALANCED_PARTITIONS {
         // Nothing to permute (a join: every freed slot went to the newcomer), every node
-        // stores every partition, another Q, or a ring too large to search in time.
+        // stores every partition, or a ring too large to search in time.
         return;
     }
     let mut search = Search::new(ring, n, old);

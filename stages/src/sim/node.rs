@@ -11,10 +11,6 @@ use crate::event::{
 use crate::gossip::{GossipMachine, GossipSettings};
 use crate::handoff::HandoffMachine;
 use crate::intake::{IntakeMachine, IntakeSettings};
-
-/// The largest frame between simulated nodes and the largest reply (half their write buffer,
-/// as `LimitsSection::max_peer_frame_bytes` makes it for a real node).
-const SIM_PEER_FRAME_BYTES: usize = 8 << 20;
 use crate::membership::MembershipView;
 use crate::parse::{ParseMachine, ParseSettings};
 use crate::repair::RepairMachine;
@@ -43,6 +39,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
 const REPLICA_TIMEOUT: Duration = Duration::from_millis(300);
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 const MAX_SIBLINGS: usize = 32;
+/// The largest frame between simulated nodes and the largest reply (half their write buffer,
+/// as `LimitsSection::max_peer_frame_bytes` makes it for a real node).
+const SIM_PEER_FRAME_BYTES: usize = 8 << 20;
 /// Hints delivered, and hints taken in, per second by each node (its handoff gate).
 const HANDOFF_RATE_PER_SEC: u64 = 1000;
 /// Repair writes sent per second by each node (its repair gate).
