@@ -57,6 +57,19 @@ fn unknown_key_is_named() {
     assert!(message.contains("sink"), "{message}");
 }
 
+/// Goal: large values are accepted once the write buffer carries what N coordinators' puts
+/// of them merge to (the refusal is in `bad_values_are_named`).
+#[test]
+fn large_values_need_a_write_buffer_for_n_merged_frames() {
+    let large =
+        "[cluster]\nn = 3\n[limits]\nmax_value_bytes = 4000000\nmax_frame_bytes = 4200000\n";
+    let enough = format!("{MINIMAL}\n{large}max_write_buffer_bytes = 25200000\n");
+    assert!(parse(&enough).is_ok());
+    let short = format!("{MINIMAL}\n{large}max_write_buffer_bytes = 25199998\n");
+    let message = parse(&short).expect_err("too small").to_string();
+    assert!(message.contains("at least 25200000"), "{message}");
+}
+
 /// Goal: bad values are errors that name their key.
 #[test]
 fn bad_values_are_named() {
@@ -65,6 +78,11 @@ fn bad_values_are_named() {
         ("[cluster]\npartitions = 48\n", "cluster.partitions"),
         ("[limits]\nmax_key_bytes = 70000\n", "limits.max_key_bytes"),
         ("[limits]\nmax_value_bytes = 4000000\n", "limits.max_frame_bytes"),
+        // Three coordinators' 4 MB versions merge to 12 MB: more than half of 16 MiB.
+        (
+            "[cluster]\nn = 3\n[limits]\nmax_value_bytes = 4000000\nmax_frame_bytes = 4200000\n",
+            "limits.max_write_buffer_bytes",
+        ),
         ("[stages.coordinate]\nthreads = 2\n", "stages.coordinate.threads"),
         ("[stages.parse]\nqueue_capacity = 0\n", "stages.parse.queue_capacity"),
                 ("[log]\nformat = \"xml\"\n", "log.format"),

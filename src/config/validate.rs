@@ -311,6 +311,25 @@ impl Config {
                 "must hold at least one maximal frame",
             ));
         }
+        // Each of a key's N coordinators keeps its own versions of the key within a frame
+        // (ObjectTooLarge), but concurrent blind puts through different coordinators merge
+        // on the replicas into up to N frames' worth, which every node must still carry
+        // between nodes and answer (else the key is unreadable and its transfers park).
+        let merged = self.cluster.n.saturating_mul(l.max_frame_bytes);
+        if l.max_peer_frame_bytes() < merged {
+            return Err(invalid(
+                "limits.max_write_buffer_bytes",
+                format!(
+                    "{} is too small for n = {} and max_frame_bytes = {}: a key's versions merged \
+                     from its n coordinators can take n x max_frame_bytes ({merged} bytes), and \
+                     half the write buffer must carry them; set it to at least {}",
+                    l.max_write_buffer_bytes,
+                    self.cluster.n,
+                    l.max_frame_bytes,
+                    merged.saturating_mul(2)
+                ),
+            ));
+        }
         Ok(())
     }
 
