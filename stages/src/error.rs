@@ -225,6 +225,48 @@ pub enum ServiceError {
         /// The node's `max_peer_frame_bytes`.
         max: u64,
     },
+    /// Made by the reader, never sent: the answer was an error this build cannot read, most
+    /// likely one a newer node added (the protocol grows errors: `CutOff`, `ObjectTooLarge`
+    /// and `ReplyTooLarge` came after clients already in use). The request failed with it,
+    /// and the connection stays up, rather than the whole frame being rejected as malformed.
+    #[error("the node answered with an error this build cannot read: {kind} (from a newer node? upgrade this client)")]
+    Unreadable {
+        /// The error's name as sent.
+        kind: String,
+    },
+}
+
+/// The name of an error as sent (an enum is its variant's name, alone for a unit variant or
+/// as the one key of a map), read without knowing the variant.
+pub(crate) struct ErrorName(pub(crate) String);
+
+impl<'de> serde::Deserialize<'de> for ErrorName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = ErrorName;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an error's name, or a map of one entry keyed by it")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<ErrorName, E> {
+                Ok(ErrorName(name.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ErrorName, A::Error> {
+                use serde::de::{Error, IgnoredAny};
+                let Some((name, IgnoredAny)) = map.next_entry::<String, IgnoredAny>()? else {
+                    return Err(A::Error::custom("an empty map names no error"));
+                };
+                if map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {
+                    return Err(A::Error::custom("an error is a map of one entry"));
+                }
+                Ok(ErrorName(name))
+            }
+        }
+        deserializer.deserialize_any(Visit)
+    }
 }
 
 impl ServiceError {
@@ -255,6 +297,7 @@ impl ServiceError {
             ServiceError::NotAReplica { .. } => "NotAReplica",
             ServiceError::ObjectTooLarge { .. } => "ObjectTooLarge",
             ServiceError::ReplyTooLarge { .. } => "ReplyTooLarge",
+            ServiceError::Unreadable { .. } => "Unreadable",
         }
     }
 }

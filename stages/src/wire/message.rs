@@ -483,7 +483,7 @@ impl Message {
             kind::GET_REPLY => Message::GetReply(from_body(k, body)?),
             kind::PUT_REPLY => Message::PutReply(from_body(k, body)?),
             kind::STATS_REPLY => Message::StatsReply(from_body(k, body)?),
-            kind::ERROR => Message::Error(from_body(k, body)?),
+            kind::ERROR => Message::Error(error_body(k, body)?),
             _ => return Err(WireError::UnknownMessageType { kind: k }),
         })
     }
@@ -520,6 +520,16 @@ impl Message {
 fn to_body<T: Serialize>(message: &T, out: &mut Vec<u8>) -> Result<(), WireError> {
     rmp_serde::encode::write_named(out, message).map_err(|e| WireError::Encode {
         reason: e.to_string(),
+    })
+}
+
+/// An error's body: a `ServiceError`, or, when this build cannot read it but can name it
+/// (a newer node's error), `ServiceError::Unreadable` with that name.
+fn error_body(kind: u16, body: &[u8]) -> Result<ServiceError, WireError> {
+    from_body(kind, body).or_else(|malformed| {
+        from_body::<crate::error::ErrorName>(kind, body)
+            .map(|name| ServiceError::Unreadable { kind: name.0 })
+            .map_err(|_| malformed)
     })
 }
 

@@ -497,6 +497,49 @@ fn digest_messages_without_limit_or_cut_decode_with_the_old_meaning() {
     );
 }
 
+/// Goal: an error this build does not know (a newer node's) is read as `Unreadable` naming
+/// it, whether it has fields or none, so the request fails with what the node said and the
+/// connection is not dropped as malformed; a body that names no error stays malformed.
+#[test]
+fn an_error_added_by_a_newer_node_is_read_by_its_name() {
+    #[derive(serde::Serialize)]
+    enum Newer {
+        FutureLimit { bytes: u64, why: String },
+        FutureStop,
+    }
+    let read = |body: Vec<u8>| {
+        Message::decode(&Frame {
+            kind: kind::ERROR,
+            request_id: 1,
+            body,
+        })
+    };
+    let with_fields = Newer::FutureLimit {
+        bytes: 9,
+        why: "later".into(),
+    };
+    for (error, name) in [
+        (with_fields, "FutureLimit"),
+        (Newer::FutureStop, "FutureStop"),
+    ] {
+        let body = rmp_serde::to_vec_named(&error).expect("encodable");
+        let expected = ServiceError::Unreadable { kind: name.into() };
+        assert_eq!(read(body), Ok(Message::Error(expected)));
+    }
+    let known = ServiceError::ShuttingDown;
+    let body = rmp_serde::to_vec_named(&known).expect("encodable");
+    assert_eq!(read(body), Ok(Message::Error(known)));
+    let not_an_error = rmp_serde::to_vec_named(&vec![1u8, 2]).expect("encodable");
+    assert!(matches!(
+        read(not_an_error),
+        Err(WireError::Malformed { .. })
+    ));
+    let two_names =
+        rmp_serde::to_vec_named(&std::collections::BTreeMap::from([("A", 1), ("B", 2)]))
+            .expect("encodable");
+    assert!(matches!(read(two_names), Err(WireError::Malformed { .. })));
+}
+
 /// Goal: a stats reply from a node that predates `storage_failure` (no such field) decodes
 /// as a node whose storage takes writes, so `admin stats` against an older node works.
 #[test]
