@@ -10,12 +10,8 @@
 
 mod collect;
 
-use collect::NodeMetrics;
+pub use collect::NodeMetrics;
 use prometheus_client::registry::Registry;
-use shoal_stages::event::TransferBoard;
-use shoal_stages::failure_detector::PeerBoard;
-use shoal_stages::intake::StatsSource;
-use shoal_stages::membership::MembershipView;
 use shoal_stages::storage::Store;
 use shoal_stages::wire::same_secret;
 use slog::{warn, Logger};
@@ -41,14 +37,8 @@ impl MetricsServer {
     /// TOKEN` (Prometheus's `authorization` setting); others get 401.
     pub fn start(
         listen: SocketAddr,
-        (source, token): (StatsSource, Option<String>),
-        (store, membership, replicas, peers, transfers): (
-            Store,
-            MembershipView,
-            usize,
-            PeerBoard,
-            TransferBoard,
-        ),
+        metrics: NodeMetrics,
+        token: Option<String>,
         logger: Logger,
     ) -> Result<MetricsServer, std::io::Error> {
         let server = tiny_http::Server::http(listen).map_err(std::io::Error::other)?;
@@ -57,15 +47,11 @@ impl MetricsServer {
             .to_ip()
             .ok_or_else(|| std::io::Error::other("the metrics listener has no IP address"))?;
         let mut registry = Registry::default();
-        let health = (store.clone(), Arc::clone(&source.intake_failed));
-        registry.register_collector(Box::new(NodeMetrics {
-            source,
-            store,
-            membership,
-            replicas,
-            peers,
-            transfers,
-        }));
+        let health = (
+            metrics.store.clone(),
+            Arc::clone(&metrics.source.intake_failed),
+        );
+        registry.register_collector(Box::new(metrics));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = Arc::clone(&stop);

@@ -24,7 +24,7 @@ mod stages;
 
 use crate::config::{Config, ConfigError, DEFAULT_SECRET};
 use crate::controller::ControllerLoop;
-use crate::metrics::MetricsServer;
+use crate::metrics::{MetricsServer, NodeMetrics};
 use crate::redis_door::{DoorSettings, RedisDoor};
 use shoal_stages::event::{wall_clock_ms, AaeBoard, StageId, TransferBoard};
 use shoal_stages::failure_detector::PeerBoard;
@@ -311,14 +311,15 @@ impl Node {
             self.metrics = Some(
                 MetricsServer::start(
                     listen,
-                    (stats.clone(), config.security.client_token.clone()),
-                    (
-                        shared.store.clone(),
-                        shared.membership.clone(),
-                        config.cluster.n,
-                        shared.peers.clone(),
-                        shared.transfers.clone(),
-                    ),
+                    NodeMetrics {
+                        source: stats.clone(),
+                        store: shared.store.clone(),
+                        membership: shared.membership.clone(),
+                        replicas: config.cluster.n,
+                        peers: shared.peers.clone(),
+                        transfers: shared.transfers.clone(),
+                    },
+                    config.security.client_token.clone(),
                     logger.new(o!("stage" => "metrics")),
                 )
                 .map_err(io_error(&format!("binding the metrics address {listen}")))?,

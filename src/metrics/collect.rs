@@ -14,18 +14,21 @@ use shoal_stages::seda::{ExportedHistogram, GateMode};
 use shoal_stages::storage::Store;
 use std::fmt;
 
-/// What a scrape reads.
-pub(super) struct NodeMetrics {
-    pub(super) source: StatsSource,
-    pub(super) store: Store,
+/// What a scrape reads: the node's statistics (those `admin stats` reads) and the shared
+/// boards of its storage, membership, failure detector and transfers.
+pub struct NodeMetrics {
+    /// The stages' statistics, counters, gates and anti-entropy report.
+    pub source: StatsSource,
+    /// The hints held and the object cache.
+    pub store: Store,
     /// Whose hints are reported: every other member, at 0 when none are held.
-    pub(super) membership: MembershipView,
+    pub membership: MembershipView,
     /// N, to count the partitions this node stores.
-    pub(super) replicas: usize,
+    pub replicas: usize,
     /// The peers the failure detector holds down.
-    pub(super) peers: shoal_stages::failure_detector::PeerBoard,
+    pub peers: shoal_stages::failure_detector::PeerBoard,
     /// The transfer stage's outgoing transfers (which are parked).
-    pub(super) transfers: shoal_stages::event::TransferBoard,
+    pub transfers: shoal_stages::event::TransferBoard,
 }
 
 impl fmt::Debug for NodeMetrics {
@@ -370,7 +373,7 @@ impl Collector for NodeMetrics {
             .transfers
             .read()
             .iter()
-            .filter(|p| p.phase == "parked")
+            .filter(|p| p.phase == shoal_stages::wire::TransferProgress::PARKED)
             .count();
         gauge(
             e,

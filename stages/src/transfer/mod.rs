@@ -545,7 +545,7 @@ impl TransferMachine {
     fn publish(&self, outgoing: &BTreeSet<(u32, NodeId)>) {
         let mut progress: Vec<TransferProgress> = self.finished.iter().cloned().collect();
         for (active, _) in self.parked.values() {
-            progress.push(active.progress("parked"));
+            progress.push(active.progress(TransferProgress::PARKED));
         }
         if let Some(active) = &self.active {
             let phase = if active.final_sync {

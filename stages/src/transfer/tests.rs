@@ -197,7 +197,10 @@ fn a_dead_receiver_does_not_starve_the_other_transfers() {
         while machine.active.is_some() {
             machine.failed(now, "cannot reach peer n9".into());
         }
-        let parked = machine.parked.get(&key).map(|(a, _)| a.progress("parked"));
+        let parked = machine
+            .parked
+            .get(&key)
+            .map(|(a, _)| a.progress(crate::wire::TransferProgress::PARKED));
         assert_eq!(
             parked.map(|p| p.last_error).as_deref(),
             Some("cannot reach peer n9"),

@@ -105,7 +105,8 @@ pub struct TransferProgress {
     pub partition: u32,
     /// The receiving node.
     pub to: NodeId,
-    /// Where the transfer is: `snapshot`, `streaming`, `settling`, `catching_up`, `done`.
+    /// Where the transfer is: `snapshot`, `streaming`, `settling`, `catching_up`, `done`, or
+    /// [`TransferProgress::PARKED`].
     pub phase: String,
     /// Objects acknowledged so far.
     pub objects: u64,
@@ -117,4 +118,10 @@ pub struct TransferProgress {
     /// holds a parked transfer.
     #[serde(default)]
     pub last_error: String,
+}
+
+impl TransferProgress {
+    /// The phase of a transfer that keeps failing and waits to be tried again (every later
+    /// `admin commit` waits for it; `/metrics` counts them).
+    pub const PARKED: &'static str = "parked";
 }
