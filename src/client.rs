@@ -116,6 +116,16 @@ pub struct RequestOptions {
     pub durable: Option<Durability>,
 }
 
+impl RequestOptions {
+    /// Every option the node's default (`Default::default()`, usable in a `const`).
+    pub const DEFAULT: RequestOptions = RequestOptions {
+        r: None,
+        w: None,
+        timeout_ms: None,
+        durable: None,
+    };
+}
+
 /// What a put or delete's reply says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PutResult {

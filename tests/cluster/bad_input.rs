@@ -6,12 +6,7 @@ use shoal_stages::wire::{encode_frame, Bytes, Message, PutRequest};
 use shoal_stages::ServiceError;
 use std::time::Duration;
 
-const DEFAULT: RequestOptions = RequestOptions {
-    r: None,
-    w: None,
-    timeout_ms: None,
-    durable: None,
-};
+const DEFAULT: RequestOptions = RequestOptions::DEFAULT;
 
 /// Asserts `error` is the node's refusal of a frame over its 100,000-byte limit.
 fn assert_refused_over_the_frame_limit(error: &ClientError) {

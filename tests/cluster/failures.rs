@@ -6,12 +6,7 @@ use super::support::{eventually, hints_for, parse_set, ProcessCluster, TestClust
 use shoal::client::{Client, RequestOptions};
 use shoal_stages::NodeId;
 
-const DEFAULT: RequestOptions = RequestOptions {
-    r: None,
-    w: None,
-    timeout_ms: None,
-    durable: None,
-};
+const DEFAULT: RequestOptions = RequestOptions::DEFAULT;
 
 fn five_nodes() -> TestCluster {
     TestCluster::start(5, 3, 2, 2, "")

@@ -9,12 +9,7 @@ use shoal_stages::versioning::VersionSet;
 use shoal_stages::{NodeId, ServiceError};
 use std::time::{Duration, Instant};
 
-const DEFAULT: RequestOptions = RequestOptions {
-    r: None,
-    w: None,
-    timeout_ms: None,
-    durable: None,
-};
+const DEFAULT: RequestOptions = RequestOptions::DEFAULT;
 
 /// The sorted live values a node stores for a key.
 fn local_values(cluster: &TestCluster, i: usize, key: &str) -> Vec<String> {

@@ -12,12 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::thread;
 use std::time::Duration;
 
-const DEFAULT: RequestOptions = RequestOptions {
-    r: None,
-    w: None,
-    timeout_ms: None,
-    durable: None,
-};
+const DEFAULT: RequestOptions = RequestOptions::DEFAULT;
 
 /// Every turn with a connection to write hands it to the writer (the most it ever does).
 const WRITER_ALWAYS: &str = "[pool]\nreply_writer_from = 1\n";

@@ -5,12 +5,7 @@ use super::support::{values, TestCluster, TestNode};
 use shoal::client::{ClientError, RequestOptions};
 use shoal_stages::ServiceError;
 
-const DEFAULT: RequestOptions = RequestOptions {
-    r: None,
-    w: None,
-    timeout_ms: None,
-    durable: None,
-};
+const DEFAULT: RequestOptions = RequestOptions::DEFAULT;
 
 /// Goal: blind puts (no context) never overwrite each other; a put with the context of a get
 /// that saw them all replaces them all.
