@@ -37,7 +37,7 @@ use shoal_stages::seda::{
 };
 use shoal_stages::storage::cpu_priority::{lower_priority, threads_named, ENGINE_THREAD_NAME};
 use shoal_stages::storage::{journal_files, StorageError, Store};
-use shoal_stages::wire::{decode_membership, ContextSeal};
+use shoal_stages::wire::{decode_membership, encode_membership, ContextSeal};
 use shoal_stages::NodeId;
 use slog::{crit, info, o, warn, Logger};
 use stages::{add_pool_stages, queues};
@@ -179,6 +179,7 @@ impl Node {
         info!(logger, "storage open";
               "actor" => %store.actor(), "actor_origin" => %store.actor_origin(),
               "took_ms" => opening.elapsed().as_millis());
+        store.check_replicas(config.cluster.n)?;
         lower_storage_priority(config, &engine_threads_before, &logger);
         let socket = IntakeSocket::bind(config.node.listen).map_err(io_error(&listening))?;
         let local_addr = socket.local_addr();
@@ -286,6 +287,7 @@ impl Node {
                 max_peer_frame_bytes: config.limits.max_peer_frame_bytes(),
                 frame_timeout: Duration::from_millis(config.limits.frame_timeout_ms),
                 client_token: config.security.client_token.clone(),
+                replicas: config.cluster.n,
             },
             shared.membership.clone(),
             shared.node.clone(),
@@ -481,7 +483,11 @@ impl Node {
 }
 
 /// The membership a node starts with: the one it saved (the cluster may have changed since
-/// the config was written; the config's members are then only seeds), else the config's.
+/// the config was written; the config's members are then only seeds), else the config's,
+/// saved at once. Why at once: a founder that never saw a change used to deal its ring from
+/// the config at every start, so a restart with a member left out of the list dealt another
+/// ring, which gossip then spread, and the left-out member dropped its data on every node (a
+/// trial's). Members change only through `admin join` and `leave`.
 fn starting_membership(
     config: &Config,
     store: &Store,
@@ -490,6 +496,11 @@ fn starting_membership(
 ) -> Result<Membership, NodeError> {
     let from_config = config.membership(local_addr)?;
     let Some(bytes) = store.load_membership()? else {
+        if !config.node.await_join {
+            let bytes = encode_membership(&from_config)
+                .map_err(|e| NodeError::Membership(e.to_string()))?;
+            store.save_membership(&bytes)?;
+        }
         return Ok(from_config);
     };
     let saved = decode_membership(&bytes).map_err(|e| NodeError::Membership(e.to_string()))?;
@@ -498,6 +509,19 @@ fn starting_membership(
         .map_err(|e| NodeError::Membership(e.to_string()))?;
     info!(logger, "membership loaded"; "version" => saved.version,
           "members" => saved.members().count());
+    let listed: std::collections::BTreeSet<&NodeId> =
+        from_config.members().map(|m| &m.id).collect();
+    let held: std::collections::BTreeSet<&NodeId> = saved.members().map(|m| &m.id).collect();
+    if !config.node.await_join && listed != held {
+        let names = |set: &std::collections::BTreeSet<&NodeId>| {
+            set.iter()
+                .map(|id| id.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        warn!(logger, "the config's [[cluster.members]] differ from the membership this node saved: the saved one stands (the config's list only seeds gossip); members change with `shoal admin join` and `leave`";
+              "config" => names(&listed), "saved" => names(&held));
+    }
     Ok(saved)
 }
 

@@ -210,13 +210,16 @@ fn hello(node: &str, nonce: [u8; 16]) -> Message {
     })
 }
 
-/// A hello as this build sends it, from a node of the test nodes' Q (64).
+/// A hello as this build sends it, from a node of the test nodes' Q (64), naming no N or
+/// initial ring (as a build before they were named).
 fn plain_hello(node: &str) -> PeerHello {
     PeerHello {
         node: NodeId::new(node),
         nonce: Bytes::from(vec![9; 16]),
         protocol: PEER_PROTOCOL,
         partitions: 64,
+        replicas: 0,
+        genesis: 0,
     }
 }
 

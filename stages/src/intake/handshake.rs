@@ -44,6 +44,20 @@ pub enum Refusal {
         /// This node's Q.
         ours: u32,
     },
+    /// The peer keeps another number of replicas of each key.
+    Replicas {
+        /// The peer.
+        peer: NodeId,
+        /// Its N.
+        theirs: u32,
+        /// This node's N.
+        ours: u32,
+    },
+    /// The peer founded the cluster from another member list (another initial ring).
+    Genesis {
+        /// The peer.
+        peer: NodeId,
+    },
     /// DIALER SIDE: the challenge's MAC is not the cluster secret's.
     ChallengeNotSigned,
     /// RECEIVER SIDE: the proof does not answer this connection's challenge.
@@ -74,6 +88,8 @@ impl Refusal {
             Refusal::NotAMember { .. } => "not-a-member",
             Refusal::Protocol { .. } => "protocol",
             Refusal::Partitions { .. } => "partitions",
+            Refusal::Replicas { .. } => "replicas",
+            Refusal::Genesis { .. } => "genesis",
             Refusal::ChallengeNotSigned | Refusal::ProofNotAnswering => "secret",
             Refusal::WrongPeer { .. } => "wrong-peer",
             Refusal::ByPeer { .. } => "refused-by-peer",
@@ -104,6 +120,20 @@ impl std::fmt::Display for Refusal {
                  cluster's life (cluster.partitions), so one of them was started with another; \
                  fix its config and start it on an empty data directory"
             ),
+            Refusal::Replicas { peer, theirs, ours } => write!(
+                f,
+                "{peer} keeps {theirs} replicas of each key and this node {ours}: N is fixed for \
+                 a cluster's life (cluster.n), and a node with another would drop or miss the \
+                 copies the others count on; fix its config"
+            ),
+            Refusal::Genesis { peer } => write!(
+                f,
+                "{peer} dealt its initial ring from another member list than this node: every \
+                 founder of a cluster must list the same [[cluster.members]] (a node that joins \
+                 later sets node.await_join and is added with `shoal admin join`); fix the list \
+                 of whichever differs, and start it again on an empty data directory (a node \
+                 keeps the list it first started with)"
+            ),
             Refusal::ChallengeNotSigned => {
                 write!(f, "challenge not signed with this cluster's secret")
             }
@@ -129,17 +159,40 @@ pub fn protocol_mismatch(peer: &NodeId, theirs: u32) -> Option<Refusal> {
     })
 }
 
-/// Why a peer whose ring has `theirs` partitions is refused by a node whose ring has `ours`,
-/// or `None` when they agree. Q is fixed for a cluster's life: a node started with another
-/// (on an empty data directory, so its own storage does not refuse it) would otherwise be
-/// taken for the member at its address, given that member's hints, and would answer reads and
-/// exchange trees by a ring the others do not have. 0 is a build before Q was named here.
-pub fn partitions_mismatch(peer: &NodeId, theirs: u32, ours: u32) -> Option<Refusal> {
-    (theirs != 0 && theirs != ours).then(|| Refusal::Partitions {
-        peer: peer.clone(),
-        theirs,
-        ours,
-    })
+/// What two nodes' rings must agree on to be one cluster, as each names it in the handshake.
+/// 0 in any field: not named (a build before it was, or no initial ring to compare).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingTerms {
+    /// Q, the ring's partitions.
+    pub partitions: u32,
+    /// N, the replicas of each key.
+    pub replicas: u32,
+    /// The initial ring's digest while no commit replaced it (`Membership::genesis`).
+    pub genesis: u64,
+}
+
+/// Why a peer naming `theirs` is refused by a node of `ours`, or `None` when they agree.
+/// - Q is fixed for a cluster's life: a node started with another (on an empty data
+///   directory, so its own storage does not refuse it) would otherwise be taken for the
+///   member at its address, given that member's hints, and would answer reads and exchange
+///   trees by a ring the others do not have.
+/// - So is N: a node with a smaller one drops the partitions it thinks it no longer holds
+///   (a trial's did, silently leaving a third of the keys with two copies).
+/// - Founders that dealt their first ring from different member lists would each route by
+///   their own (a trial restarted a node with a member left out of its list, and the left-out
+///   member dropped its data on every node).
+pub fn terms_mismatch(peer: &NodeId, theirs: RingTerms, ours: RingTerms) -> Option<Refusal> {
+    let differ = |a: u64, b: u64| a != 0 && b != 0 && a != b;
+    let peer = peer.clone();
+    if differ(theirs.partitions.into(), ours.partitions.into()) {
+        let (theirs, ours) = (theirs.partitions, ours.partitions);
+        return Some(Refusal::Partitions { peer, theirs, ours });
+    }
+    if differ(theirs.replicas.into(), ours.replicas.into()) {
+        let (theirs, ours) = (theirs.replicas, ours.replicas);
+        return Some(Refusal::Replicas { peer, theirs, ours });
+    }
+    differ(theirs.genesis, ours.genesis).then_some(Refusal::Genesis { peer })
 }
 
 /// Fresh nonces: the MAC, under the cluster secret, of a per-process random seed and a
@@ -195,13 +248,15 @@ pub struct Challenged {
     pub nonce: Nonce,
 }
 
-/// Step 1, the dialer's hello, from a node whose ring has `partitions`.
-pub fn hello(node: &NodeId, nonce: &Nonce, partitions: u32) -> Message {
+/// Step 1, the dialer's hello, from a node of `terms`.
+pub fn hello(node: &NodeId, nonce: &Nonce, terms: RingTerms) -> Message {
     Message::PeerHello(PeerHello {
         node: node.clone(),
         nonce: Bytes::from(nonce.to_vec()),
         protocol: PEER_PROTOCOL,
-        partitions,
+        partitions: terms.partitions,
+        replicas: terms.replicas,
+        genesis: terms.genesis,
     })
 }
 
@@ -210,13 +265,12 @@ pub fn nonce_of(bytes: &[u8]) -> Option<Nonce> {
     bytes.try_into().ok()
 }
 
-/// Step 2, the receiver's challenge to `hello`'s sender, from a node whose ring has
-/// `partitions`.
+/// Step 2, the receiver's challenge to `hello`'s sender, from a node of `terms`.
 pub fn challenge(
     seal: &ContextSeal,
     receiver: &NodeId,
     of: &Challenged,
-    partitions: u32,
+    terms: RingTerms,
 ) -> Message {
     let mac = seal.sign(&handshake_bytes(
         PeerChallenge::LABEL,
@@ -230,19 +284,30 @@ pub fn challenge(
         nonce: Bytes::from(of.nonce.to_vec()),
         mac: Bytes::from(mac),
         protocol: PEER_PROTOCOL,
-        partitions,
+        partitions: terms.partitions,
+        replicas: terms.replicas,
+        genesis: terms.genesis,
     })
 }
 
+/// The terms a hello names.
+pub fn terms_of_hello(hello: &PeerHello) -> RingTerms {
+    RingTerms {
+        partitions: hello.partitions,
+        replicas: hello.replicas,
+        genesis: hello.genesis,
+    }
+}
+
 /// DIALER SIDE: checks the challenge from the link to `peer` that sent `nonce`, for a dialer
-/// whose ring has `partitions`; its proof on success, the reason otherwise.
+/// of `terms`; its proof on success, the reason otherwise.
 pub fn answer(
     seal: &ContextSeal,
     dialer: &NodeId,
     peer: &NodeId,
     nonce: &Nonce,
     challenge: &PeerChallenge,
-    partitions: u32,
+    terms: RingTerms,
 ) -> Result<Message, Refusal> {
     if &challenge.node != peer {
         return Err(Refusal::WrongPeer {
@@ -261,7 +326,12 @@ pub fn answer(
     if !seal.verify(&signed, &challenge.mac) {
         return Err(Refusal::ChallengeNotSigned);
     }
-    if let Some(reason) = partitions_mismatch(peer, challenge.partitions, partitions) {
+    let theirs = RingTerms {
+        partitions: challenge.partitions,
+        replicas: challenge.replicas,
+        genesis: challenge.genesis,
+    };
+    if let Some(reason) = terms_mismatch(peer, theirs, terms) {
         return Err(reason);
     }
     let proof = seal.sign(&handshake_bytes(
@@ -304,18 +374,24 @@ mod tests {
             dialer_nonce: nonce,
             nonce: [2; NONCE_BYTES],
         };
-        let Message::PeerChallenge(mut challenge) = challenge(&seal, &peer, &challenged, 64) else {
+        let q = |partitions| RingTerms {
+            partitions,
+            replicas: 3,
+            genesis: 7,
+        };
+        let Message::PeerChallenge(mut challenge) = challenge(&seal, &peer, &challenged, q(64))
+        else {
             panic!("challenge() builds a challenge");
         };
-        assert!(answer(&seal, &dialer, &peer, &nonce, &challenge, 64).is_ok());
-        let refused = answer(&seal, &dialer, &peer, &nonce, &challenge, 128).err();
+        assert!(answer(&seal, &dialer, &peer, &nonce, &challenge, q(64)).is_ok());
+        let refused = answer(&seal, &dialer, &peer, &nonce, &challenge, q(128)).err();
         let refused = refused.map(|r| r.to_string()).unwrap_or_default();
         assert!(
             refused.contains("n2 has a ring of 64 partitions and this node 128"),
             "{refused}"
         );
         challenge.protocol = PEER_PROTOCOL + 1;
-        let refused = answer(&seal, &dialer, &peer, &nonce, &challenge, 64).err();
+        let refused = answer(&seal, &dialer, &peer, &nonce, &challenge, q(64)).err();
         let refused = refused.map(|r| r.to_string()).unwrap_or_default();
         assert!(
             refused.contains(&format!("n2 speaks peer protocol {}", PEER_PROTOCOL + 1))
@@ -340,7 +416,40 @@ mod tests {
             "{refusal}"
         );
         // No Q told (0) is not checked; another is refused.
-        assert!(partitions_mismatch(&node, 0, 64).is_none());
-        assert!(partitions_mismatch(&node, 128, 64).is_some());
+        let q = |partitions| RingTerms {
+            partitions,
+            ..RingTerms::default()
+        };
+        assert!(terms_mismatch(&node, q(0), q(64)).is_none());
+        assert!(terms_mismatch(&node, q(128), q(64)).is_some());
+    }
+
+    /// Goal: a peer keeping another N, or founded from another member list (another initial
+    /// ring), is refused naming why; an untold N or initial ring (0: an earlier build, a
+    /// joiner, a ring some commit replaced) is not checked.
+    #[test]
+    fn another_n_or_another_initial_ring_is_refused_and_an_untold_one_is_not() {
+        let node = NodeId::new("n3");
+        let terms = |replicas, genesis| RingTerms {
+            partitions: 64,
+            replicas,
+            genesis,
+        };
+        let ours = terms(3, 11);
+        assert_eq!(terms_mismatch(&node, terms(3, 11), ours), None);
+        let refused = terms_mismatch(&node, terms(2, 11), ours).map(|r| r.to_string());
+        let refused = refused.unwrap_or_default();
+        assert!(
+            refused.contains("n3 keeps 2 replicas of each key and this node 3"),
+            "{refused}"
+        );
+        let refused = terms_mismatch(&node, terms(3, 12), ours).map(|r| r.to_string());
+        let refused = refused.unwrap_or_default();
+        assert!(
+            refused.contains("n3 dealt its initial ring from another member list"),
+            "{refused}"
+        );
+        assert_eq!(terms_mismatch(&node, terms(0, 0), ours), None);
+        assert_eq!(terms_mismatch(&node, terms(3, 12), terms(3, 0)), None);
     }
 }

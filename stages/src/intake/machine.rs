@@ -65,6 +65,8 @@ pub struct IntakeSettings {
     /// are refused `Unauthorized` until it sent an `Auth` frame with this token. Peers prove
     /// themselves with the handshake instead.
     pub client_token: Option<String>,
+    /// N, the cluster's replicas of each key, which a peer's handshake must not contradict.
+    pub replicas: usize,
 }
 
 /// What the machine knows of one connection.

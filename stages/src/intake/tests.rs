@@ -44,6 +44,7 @@ fn machine_logging(
         max_peer_frame_bytes: 2 << 20,
         frame_timeout: FRAME_TIMEOUT,
         client_token: None,
+        replicas: 3,
     };
     IntakeMachine::new(
         settings,

@@ -300,6 +300,20 @@ impl Membership {
         &self.assignment
     }
 
+    /// What this node's initial ring is, for the handshake to compare: the ring's digest while
+    /// it is still the one every founder dealt from the config's member list (no commit since)
+    /// and `me` is in it, else 0 (a joiner's seeds are no founder's list; after a commit the
+    /// newer ring simply wins). Two founders naming different ones were given different lists.
+    pub fn genesis(&self, me: &NodeId) -> u64 {
+        let a = &self.assignment;
+        let founder = a.ring.nodes().any(|spec| &spec.id == me);
+        if a.stamp == Stamp::initial() && founder {
+            ring_digest(&a.ring).max(1)
+        } else {
+            0
+        }
+    }
+
     /// A member by id, unless it was removed.
     pub fn member(&self, id: &NodeId) -> Option<&Member> {
         self.members
@@ -344,8 +358,12 @@ impl Membership {
         }
         let ours = &self.assignment;
         let theirs = &other.assignment;
-        let newer =
-            (&theirs.stamp, ring_digest(&theirs.ring)) > (&ours.stamp, ring_digest(&ours.ring));
+        // Only a later commit replaces the ring. Two rings of one stamp can only be initial
+        // ones dealt from different member lists (a node restarted with another list, or a
+        // joiner's seeds): neither is a commit, and taking the other's (as a tie broken by
+        // digest once did) dropped every partition of a member one list left out, on every
+        // node. The handshake refuses such a founder (`Membership::genesis`).
+        let newer = theirs.stamp > ours.stamp;
         if newer {
             self.assignment = theirs.clone();
         } else if theirs.stamp == ours.stamp && theirs.ring == ours.ring {

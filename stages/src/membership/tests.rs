@@ -76,6 +76,51 @@ fn same_members_in_any_order_give_the_same_ring() {
     );
 }
 
+/// Goal: two initial rings dealt from different member lists never replace each other in a
+/// merge, whichever digest is larger (a restarted founder's shorter list once did, on every
+/// node), while a committed ring replaces an initial one; and a founder names its initial ring
+/// for the handshake only while no commit replaced it, a joiner never.
+#[test]
+fn an_initial_ring_from_another_member_list_is_never_merged_in() {
+    let full = three();
+    let short = Membership::new(
+        1,
+        64,
+        vec![Member::loopback("n1", 1), Member::loopback("n3", 3)],
+    )
+    .expect("valid");
+    for (ours, theirs) in [(&full, &short), (&short, &full)] {
+        let mut merged = ours.clone();
+        merged.merge(theirs);
+        assert_eq!(
+            merged.ring(),
+            ours.ring(),
+            "an initial ring replaced another"
+        );
+    }
+    assert_ne!(full.genesis(&id("n1")), 0);
+    assert_ne!(full.genesis(&id("n1")), short.genesis(&id("n1")));
+    assert_eq!(
+        short.genesis(&id("n2")),
+        0,
+        "a node outside the ring names none"
+    );
+    let mut grown = full.clone();
+    join_n4_and_commit(&mut grown);
+    assert_eq!(
+        grown.genesis(&id("n1")),
+        0,
+        "a committed ring is no initial one"
+    );
+    let mut merged = short.clone();
+    merged.merge(&grown);
+    assert_eq!(
+        merged.ring(),
+        grown.ring(),
+        "a commit replaces an initial ring"
+    );
+}
+
 /// Goal: a join staged through one node and a leave staged through another at the same time
 /// both survive the merge, in either order, and merging again changes nothing.
 #[test]

@@ -177,6 +177,7 @@ impl SimNode {
             max_peer_frame_bytes: SIM_PEER_FRAME_BYTES,
             frame_timeout: Duration::from_secs(30),
             client_token: None,
+            replicas: N,
         };
         let storage = StorageSettings {
             node: self.id.clone(),

@@ -106,6 +106,14 @@ pub enum StorageError {
         /// Q in the config.
         configured: u32,
     },
+    /// The data directory was written with another N.
+    #[error("the data directory was written with n = {stored} replicas, the config says {configured}: N is fixed for a cluster's life (a node with another would drop or miss copies the others count on); set cluster.n = {stored} or start from an empty data directory")]
+    ReplicasChanged {
+        /// N in `meta`.
+        stored: u32,
+        /// N in the config.
+        configured: u32,
+    },
     /// The data directory has a format this build does not read.
     #[error("the data directory has format {found:?}; this build reads formats 1 (migrated when opened) and 2")]
     UnknownFormat {

@@ -48,10 +48,16 @@ pub struct PeerHello {
     /// The peer protocol the dialler speaks ([`PEER_PROTOCOL`]).
     #[serde(default = "first_protocol")]
     pub protocol: u32,
-    /// The dialler's Q, its ring's partitions (`intake::handshake::partitions_mismatch`; 0 from
+    /// The dialler's Q, its ring's partitions (`intake::handshake::terms_mismatch`; 0 from
     /// earlier builds).
     #[serde(default)]
     pub partitions: u32,
+    /// The dialler's N (0 from earlier builds).
+    #[serde(default)]
+    pub replicas: u32,
+    /// The dialler's initial ring (`Membership::genesis`; 0: none to compare).
+    #[serde(default)]
+    pub genesis: u64,
 }
 
 /// Step 2 of the handshake (see [`PeerHello`]).
@@ -66,10 +72,16 @@ pub struct PeerChallenge {
     /// The peer protocol the receiver speaks ([`PEER_PROTOCOL`]).
     #[serde(default = "first_protocol")]
     pub protocol: u32,
-    /// The receiver's Q (`intake::handshake::partitions_mismatch`; 0 from
+    /// The receiver's Q (`intake::handshake::terms_mismatch`; 0 from
     /// earlier builds).
     #[serde(default)]
     pub partitions: u32,
+    /// The receiver's N (0 from earlier builds).
+    #[serde(default)]
+    pub replicas: u32,
+    /// The receiver's initial ring (`Membership::genesis`; 0: none to compare).
+    #[serde(default)]
+    pub genesis: u64,
 }
 
 impl PeerChallenge {

@@ -7,7 +7,7 @@ use super::IntakeMachine;
 use crate::error::ServiceError;
 use crate::event::ConnId;
 use crate::intake::handshake::{self, Challenged};
-use crate::intake::handshake::{partitions_mismatch, protocol_mismatch, Refusal};
+use crate::intake::handshake::{protocol_mismatch, terms_mismatch, Refusal, RingTerms};
 use crate::seda::Outbox;
 use crate::wire::{same_secret, Frame, Message, PeerHello};
 use crate::NodeId;
@@ -77,7 +77,7 @@ impl IntakeMachine {
                     nonce: self.nonces.next(&self.seal),
                 };
                 let challenge =
-                    handshake::challenge(&self.seal, &self.node, &challenged, self.partitions());
+                    handshake::challenge(&self.seal, &self.node, &challenged, self.ring_terms());
                 self.write(conn, frame.request_id, &challenge, out);
                 if let Some(connection) = self.connections.get_mut(&conn) {
                     connection.challenged = Some(challenged);
@@ -87,9 +87,14 @@ impl IntakeMachine {
         }
     }
 
-    /// This node's Q, which a peer's handshake must name too.
-    pub(super) fn partitions(&self) -> u32 {
-        self.membership.current().ring().partition_count()
+    /// This node's Q, N and initial ring, which a peer's handshake must not contradict.
+    pub(super) fn ring_terms(&self) -> RingTerms {
+        let membership = self.membership.current();
+        RingTerms {
+            partitions: membership.ring().partition_count(),
+            replicas: u32::try_from(self.settings.replicas).unwrap_or(u32::MAX),
+            genesis: membership.genesis(&self.node),
+        }
     }
 
     fn check_hello(
@@ -102,7 +107,7 @@ impl IntakeMachine {
             return Err(Refusal::NotAMember { node: node.clone() });
         }
         if let Some(reason) = protocol_mismatch(node, hello.protocol)
-            .or_else(|| partitions_mismatch(node, hello.partitions, self.partitions()))
+            .or_else(|| terms_mismatch(node, handshake::terms_of_hello(hello), self.ring_terms()))
         {
             return Err(reason);
         }

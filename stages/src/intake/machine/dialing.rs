@@ -57,7 +57,7 @@ impl IntakeMachine {
                 debug!(self.logger, "dialling peer"; "peer" => %peer, "addr" => %addr, "conn" => conn.0);
                 out.socket(SocketCommand::Dial { conn, peer, addr });
                 let nonce = self.nonces.next(&self.seal);
-                let hello = handshake::hello(&self.node, &nonce, self.partitions());
+                let hello = handshake::hello(&self.node, &nonce, self.ring_terms());
                 self.write(conn, 0, &hello, out);
                 self.dialing.insert(
                     conn,
@@ -92,14 +92,14 @@ impl IntakeMachine {
         };
         let verdict = match Message::decode(frame) {
             Ok(Message::PeerChallenge(challenge)) => {
-                let partitions = self.partitions();
+                let terms = self.ring_terms();
                 handshake::answer(
                     &self.seal,
                     &self.node,
                     &peer,
                     &dialing.nonce,
                     &challenge,
-                    partitions,
+                    terms,
                 )
             }
             Ok(Message::Error(error)) => Err(Refusal::ByPeer {

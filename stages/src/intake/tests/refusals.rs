@@ -81,7 +81,11 @@ fn a_new_cause_of_refusal_is_warned_of_at_once_after_many_of_another() {
     let n1 = NodeId::new("n1");
     let mut hello_from_n1 = |partitions: u32, out: &mut Outbox| {
         let conn = receiver.accept().expect("accepted");
-        let hello = handshake::hello(&n1, &[7; crate::wire::NONCE_BYTES], partitions);
+        let terms = handshake::RingTerms {
+            partitions,
+            ..Default::default()
+        };
+        let hello = handshake::hello(&n1, &[7; crate::wire::NONCE_BYTES], terms);
         let frame = hello.encode(0).expect("encode");
         receiver.on_received(now, conn, &frame, out);
         (conn, written(out))

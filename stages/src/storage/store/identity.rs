@@ -13,10 +13,40 @@ const META_FORMAT: &str = "format";
 /// Q, which the layout depends on (objects are stored under their partition).
 const META_PARTITIONS: &str = "partitions";
 
+/// N, which what the node holds depends on (a node with a smaller one drops partitions).
+const META_REPLICAS: &str = "replicas";
+
 /// Objects moved per step of a format-1 migration (each step is flushed before the next).
 const MIGRATION_CHUNK: usize = 1024;
 
 impl Store {
+    /// Stamps N on a data directory that has none (a new one, or one from a build before N
+    /// was kept), or refuses another: a trial restarted a node with `cluster.n = 2` in a
+    /// cluster of 3, and it dropped the partitions it no longer counted itself a replica of,
+    /// silently leaving a third of the keys with two copies.
+    pub fn check_replicas(&self, replicas: usize) -> Result<(), StorageError> {
+        let configured = u32::try_from(replicas).unwrap_or(u32::MAX);
+        match self.engine.get(Space::Meta, META_REPLICAS.as_bytes())? {
+            Some(bytes) => {
+                let stored = <[u8; 4]>::try_from(bytes.as_slice())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StorageError::UnknownFormat {
+                        found: "2 with an unreadable replica count".to_string(),
+                    })?;
+                if stored != configured {
+                    return Err(StorageError::ReplicasChanged { stored, configured });
+                }
+                Ok(())
+            }
+            None => {
+                let bytes = configured.to_be_bytes();
+                self.engine
+                    .insert(Space::Meta, META_REPLICAS.as_bytes(), &bytes)?;
+                self.engine.persist().map(|_| ())
+            }
+        }
+    }
+
     /// Moves format 1's objects (keyed by key alone) under their partition and segment, a
     /// flushed chunk at a time, then stamps format 2. A crash midway leaves format 1 with the
     /// objects not yet moved, and the next open carries on (moving an object twice writes the
