@@ -198,7 +198,7 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<Routed, Se
             check_key(settings, &put.key)?;
             check_value(settings, put.value.len())?;
             let context = match &put.context {
-                Some(bytes) => settings.seal.decode(bytes)?,
+                Some(bytes) => settings.seal.decode(&put.key, bytes)?,
                 None => Default::default(),
             };
             ClientRequest::Put {
@@ -214,7 +214,7 @@ pub fn validate(settings: &ParseSettings, message: Message) -> Result<Routed, Se
         }
         Message::Delete(delete) => {
             check_key(settings, &delete.key)?;
-            let context = settings.seal.decode(&delete.context)?;
+            let context = settings.seal.decode(&delete.key, &delete.context)?;
             if context.is_empty() {
                 // A tombstone with an empty clock is concurrent with every version: it would
                 // sit beside them as one more sibling and delete nothing, while the client

@@ -26,6 +26,43 @@ fn blind_puts_become_siblings_and_a_put_with_their_context_replaces_them() {
     assert_eq!(values(&mut client, "k"), vec!["merged"]);
 }
 
+/// Goal: a put or delete with another key's context is refused `BadContext` and the key
+/// keeps its value; a trial's mixed-up contexts silently replaced (or deleted) a value its
+/// client never read, since a node's dot counters are shared by its keys.
+#[test]
+fn another_keys_context_is_refused_and_the_value_stays() {
+    let node = TestNode::start("");
+    let mut client = node.client();
+    client
+        .put(b"bob", None, b"bob-100", DEFAULT)
+        .expect("put bob");
+    let alices = client
+        .put(b"alice", None, b"alice-1", DEFAULT)
+        .expect("put alice");
+    let refused = client.put(b"bob", Some(&alices), b"oops", DEFAULT);
+    assert!(
+        matches!(
+            refused,
+            Err(ClientError::Service(ServiceError::BadContext { .. }))
+        ),
+        "{refused:?}"
+    );
+    let deleted = client.delete(b"bob", &alices, DEFAULT);
+    assert!(
+        matches!(
+            deleted,
+            Err(ClientError::Service(ServiceError::BadContext { .. }))
+        ),
+        "{deleted:?}"
+    );
+    assert_eq!(values(&mut client, "bob"), vec!["bob-100"]);
+    let own = client.get(b"bob", DEFAULT).expect("get").context;
+    client
+        .put(b"bob", Some(&own), b"bob-90", DEFAULT)
+        .expect("own context");
+    assert_eq!(values(&mut client, "bob"), vec!["bob-90"]);
+}
+
 /// Goal: two puts through the same coordinator carrying the same older context both survive
 /// as siblings (plain server-side vector clocks lose one; riak_kv#746).
 #[test]

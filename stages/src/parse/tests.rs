@@ -54,7 +54,7 @@ fn key_and_value_limits_are_exact() {
 fn valid_requests_become_typed_client_requests() {
     let s = settings();
     let clock = VClock::new().with_entry("n1", 2, 5);
-    let sealed = s.seal.encode(&clock);
+    let sealed = s.seal.encode(b"k", &clock);
     let request = validate(&s, put(b"k", b"v", Some(sealed.clone()))).expect("valid");
     assert_eq!(
         request,
@@ -109,14 +109,14 @@ fn replies_and_forged_contexts_are_refused() {
         })
     );
     let foreign = ContextSeal::new(b"some-other-cluster-secret")
-        .encode(&VClock::new().with_entry("n1", 9, 1));
+        .encode(b"k", &VClock::new().with_entry("n1", 9, 1));
     assert!(matches!(
         validate(&s, put(b"k", b"v", Some(foreign))),
         Err(ServiceError::BadContext { .. })
     ));
     // A delete with an empty context (no bytes, or a sealed empty clock) would delete
     // nothing: refused, where a put with one is a blind write.
-    for context in [Vec::new(), s.seal.encode(&VClock::new())] {
+    for context in [Vec::new(), s.seal.encode(b"k", &VClock::new())] {
         let delete = Message::Delete(DeleteRequest {
             key: Bytes::from(b"k".to_vec()),
             context: Bytes::from(context),

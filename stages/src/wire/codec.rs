@@ -99,38 +99,71 @@ impl ContextSeal {
         self.outer.clone().chain_update(inner).finalize().into()
     }
 
-    /// Encodes and seals a context for a client. Empty clocks encode too, so every reply has a
-    /// context.
-    pub fn encode(&self, clock: &VClock) -> Vec<u8> {
+    /// The MAC of a context `body` bound to `key`. Its input starts with a label, so it is
+    /// neither a handshake's (a 0 byte first) nor an unbound context's (a msgpack map or
+    /// array first), whatever key a client picks.
+    fn key_mac(&self, key: &[u8], body: &[u8]) -> [u8; SEAL_BYTES] {
+        let length = u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes();
+        let inner = (self.inner.clone())
+            .chain_update(KEY_BOUND_LABEL)
+            .chain_update(length)
+            .chain_update(key)
+            .chain_update(body)
+            .finalize();
+        self.outer.clone().chain_update(inner).finalize().into()
+    }
+
+    /// Encodes and seals the context of `key` for a client: [`KEY_BOUND`], the clock, and a MAC
+    /// over the key and the clock, so the context is good for this key alone. Why: dot
+    /// counters are a node's, shared by its keys, so another key's later context covers this
+    /// key's versions, and a client that mixed two keys' contexts replaced a value it never
+    /// read (a trial's). Empty clocks encode too, so every reply has a context.
+    pub fn encode(&self, key: &[u8], clock: &VClock) -> Vec<u8> {
         // A VClock is a map of strings to pairs of integers; serializing it cannot fail.
-        let mut bytes = Vec::with_capacity(clock.encoded_size_hint() + SEAL_BYTES);
+        let mut bytes = Vec::with_capacity(1 + clock.encoded_size_hint() + SEAL_BYTES);
+        bytes.push(KEY_BOUND);
         if rmp_serde::encode::write(&mut bytes, clock).is_err() {
-            bytes.clear();
+            bytes.truncate(1);
         }
-        let mac = self.mac(&bytes);
+        let mac = self.key_mac(key, &bytes[1..]);
         bytes.extend_from_slice(&mac);
         bytes
     }
 
-    /// Checks the seal of a context a client sent back and decodes it, bounded by
-    /// [`MAX_CONTEXT_ENTRIES`]. Empty bytes are the empty context (a blind write).
-    pub fn decode(&self, bytes: &[u8]) -> Result<VClock, ServiceError> {
+    /// Checks the seal of a context a client sent back with a request for `key` and decodes
+    /// it, bounded by [`MAX_CONTEXT_ENTRIES`]. Empty bytes are the empty context (a blind
+    /// write). A context sealed by a build before contexts were bound to keys (no
+    /// [`KEY_BOUND`] first) is still taken, its seal checked without the key, so a rolling
+    /// upgrade does not void the contexts clients hold.
+    pub fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<VClock, ServiceError> {
         if bytes.is_empty() {
             return Ok(VClock::new());
         }
         let Some(split) = bytes.len().checked_sub(SEAL_BYTES) else {
             return Err(bad_context("too short to carry its seal"));
         };
-        let (body, mac) = bytes.split_at(split);
-        // Compare without an early exit so the time taken does not tell how much matched.
-        if !same_secret(&self.mac(body), mac) {
+        let (sealed, mac) = bytes.split_at(split);
+        // Compared without an early exit so the time taken does not tell how much matched.
+        let (body, good) = match sealed.split_first() {
+            Some((&KEY_BOUND, body)) => (body, same_secret(&self.key_mac(key, body), mac)),
+            _ => (sealed, same_secret(&self.mac(sealed), mac)),
+        };
+        if !good {
             return Err(bad_context(
-                "seal does not match: not a context of this cluster",
+                "seal does not match: not a context this cluster gave for this key (a \
+                 context is good only for the key whose get or put returned it)",
             ));
         }
         decode_context_body(body)
     }
 }
+
+/// The first byte of a context bound to its key: 0xc1, which msgpack never uses, so no
+/// context of an earlier build (a msgpack value first) begins with it.
+const KEY_BOUND: u8 = 0xc1;
+
+/// What a key-bound context's MAC input starts with.
+const KEY_BOUND_LABEL: &[u8] = b"shoal-context-of-key";
 
 fn bad_context(reason: &str) -> ServiceError {
     ServiceError::BadContext {

@@ -357,10 +357,10 @@ fn contexts_round_trip_and_forged_ones_are_rejected() {
     let clock = VClock::new()
         .with_entry("n1", 3, 10)
         .with_entry("n2", 1, 11);
-    let sealed = seal.encode(&clock);
-    assert_eq!(seal.decode(&sealed), Ok(clock.clone()));
+    let sealed = seal.encode(b"k", &clock);
+    assert_eq!(seal.decode(b"k", &sealed), Ok(clock.clone()));
     assert_eq!(
-        seal.decode(&[]),
+        seal.decode(b"k", &[]),
         Ok(VClock::new()),
         "empty bytes are a blind write"
     );
@@ -368,23 +368,23 @@ fn contexts_round_trip_and_forged_ones_are_rejected() {
     let mut tampered = sealed.clone();
     tampered[2] ^= 1;
     assert!(matches!(
-        seal.decode(&tampered),
+        seal.decode(b"k", &tampered),
         Err(ServiceError::BadContext { .. })
     ));
     let other_cluster = ContextSeal::new(b"another-cluster-secret");
     assert!(matches!(
-        other_cluster.decode(&sealed),
+        other_cluster.decode(b"k", &sealed),
         Err(ServiceError::BadContext { .. })
     ));
     let forged = VClock::new().with_entry("n1", u64::MAX - 1, 1);
-    let mut unsealed = seal.encode(&forged);
+    let mut unsealed = seal.encode(b"k", &forged);
     unsealed.truncate(unsealed.len() - 16);
     assert!(matches!(
-        seal.decode(&unsealed),
+        seal.decode(b"k", &unsealed),
         Err(ServiceError::BadContext { .. })
     ));
     assert!(matches!(
-        seal.decode(&[0xff, 0x00, 0x13]),
+        seal.decode(b"k", &[0xff, 0x00, 0x13]),
         Err(ServiceError::BadContext { .. })
     ));
 
@@ -393,18 +393,41 @@ fn contexts_round_trip_and_forged_ones_are_rejected() {
         huge = huge.with_entry(format!("n{i}").as_str(), 1, 1);
     }
     assert!(matches!(
-        seal.decode(&seal.encode(&huge)),
+        seal.decode(b"k", &seal.encode(b"k", &huge)),
         Err(ServiceError::BadContext { .. })
     ));
     let max = VClock::new().with_entry("n1", u64::MAX, 1);
-    assert_eq!(seal.decode(&seal.encode(&max)), Ok(max));
+    assert_eq!(seal.decode(b"k", &seal.encode(b"k", &max)), Ok(max));
+}
+
+/// Goal: a context is good only for the key whose reply carried it: another key's is refused
+/// (node-wide dot counters would otherwise let it replace versions its client never read, as
+/// a trial's mixed-up contexts did); one sealed by a build before contexts were bound to keys
+/// (the MAC of the clock alone) is still taken for any key, so an upgrade voids no context.
+#[test]
+fn a_context_is_good_only_for_its_key_and_an_earlier_builds_still_reads() {
+    let seal = ContextSeal::new(b"0123456789abcdef-secret");
+    let clock = VClock::new().with_entry("n1", 7, 10);
+    let of_alice = seal.encode(b"alice", &clock);
+    assert_eq!(seal.decode(b"alice", &of_alice), Ok(clock.clone()));
+    let refused = seal.decode(b"bob", &of_alice);
+    assert!(
+        matches!(&refused, Err(ServiceError::BadContext { reason }) if reason.contains("for this key")),
+        "{refused:?}"
+    );
+    let mut earlier = rmp_serde::to_vec(&clock).expect("encodable");
+    let mac = seal.sign(&earlier);
+    earlier.extend_from_slice(&mac);
+    assert_eq!(seal.decode(b"bob", &earlier), Ok(clock.clone()));
+    // Stripped of its mark, a key-bound context does not pass as an earlier build's.
+    assert!(seal.decode(b"bob", &of_alice[1..]).is_err());
 }
 
 /// Goal: the seal is HMAC-MD5 as RFC 2104 defines it (RFC 2202 test case 2).
 #[test]
 fn seal_is_standard_hmac_md5() {
     let seal = ContextSeal::new(b"Jefe");
-    let sealed = seal.encode(&VClock::new());
+    let sealed = seal.encode(b"k", &VClock::new());
     let body_len = sealed.len() - 16;
     // Re-derive: the MAC of the body must match RFC 2202's construction; check against the
     // published vector for "what do ya want for nothing?" through a context-free path.

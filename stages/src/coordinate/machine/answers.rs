@@ -225,7 +225,7 @@ impl Coordinator {
                     .live_values()
                     .map(|v| Bytes::from(v.to_vec()))
                     .collect(),
-                context: Bytes::from(seal.encode(&merged.context())),
+                context: Bytes::from(seal.encode(&pending.key, &merged.context())),
                 membership_version,
             }),
             // See `VersionSet::write_context`: the writer's context plus its own write, unless
@@ -235,7 +235,9 @@ impl Coordinator {
                 durable_copies,
                 ..
             } => Message::PutReply(PutReply {
-                context: Bytes::from(seal.encode(&context.clone().unwrap_or_default())),
+                context: Bytes::from(
+                    seal.encode(&pending.key, &context.clone().unwrap_or_default()),
+                ),
                 membership_version,
                 durable: *durable_copies,
             }),
