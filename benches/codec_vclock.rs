@@ -23,7 +23,7 @@ fn put_message(value_bytes: usize) -> Message {
     Message::Put(PutRequest {
         key: Bytes::from(b"user:0000012345".to_vec()),
         context: Some(Bytes::from(
-            ContextSeal::new(b"bench-secret-0123456789").encode(&context),
+            ContextSeal::new(b"bench-secret-0123456789").encode(b"user000000000042", &context),
         )),
         value: Bytes::from(vec![7u8; value_bytes]),
         w: Some(2),
@@ -53,9 +53,15 @@ fn codec(c: &mut Criterion) {
         });
     }
     let seal = ContextSeal::new(b"bench-secret-0123456789");
-    let context = seal.encode(&VClock::new().with_entry("n1", 12, 1).with_entry("n2", 7, 2));
+    let context = seal.encode(
+        b"user000000000042",
+        &VClock::new().with_entry("n1", 12, 1).with_entry("n2", 7, 2),
+    );
     group.bench_function("open_sealed_context", |b| {
-        b.iter(|| seal.decode(black_box(&context)).expect("ok"))
+        b.iter(|| {
+            seal.decode(b"user000000000042", black_box(&context))
+                .expect("ok")
+        })
     });
     group.finish();
 }
