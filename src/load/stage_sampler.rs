@@ -1,6 +1,7 @@
 //! Samples every node's per-stage statistics once a second during a load run, so a person can
 //! see which stage the pipeline backs up in: per stage, the peak and mean queue depth over the
-//! run, and the stage with the highest queue wait.
+//! run and the requests it refused, and the request path's stage that refused the most, else
+//! queued the deepest.
 
 use crate::client::Client;
 use serde::Serialize;
@@ -35,12 +36,17 @@ pub struct StageDepth {
     pub stage: String,
     /// `foreground` or `background`.
     pub class: String,
-    /// Highest queue depth seen.
+    /// Highest queue depth during the run: the highest sample, or the stage's high-water mark
+    /// where that rose during the run (a peak between two samples).
     pub peak_depth: u64,
     /// Mean queue depth over the samples.
     pub mean_depth: f64,
-    /// Highest queue-wait p99 seen, microseconds.
+    /// Highest queue-wait p99 seen, microseconds. The node's since it started (its histogram
+    /// is not reset by a run), so it can tell of load before this run; the bottleneck is
+    /// judged by `rejected` and `peak_depth` instead.
     pub wait_us_p99: u64,
+    /// Requests the stage refused during the run (`Overloaded`: its queue was full).
+    pub rejected: u64,
     /// A background stage's lowest and highest rate limit seen (units/s; `None`: unlimited
     /// or foreground), as the resource controller moved it.
     pub rate_per_sec_range: Option<(Option<u64>, Option<u64>)>,
@@ -53,6 +59,9 @@ pub struct StageDepth {
     samples: u64,
     depth_sum: u64,
     used_sum: u64,
+    /// The first sample's high-water mark and refusals, which the run's are counted from.
+    first_high_water: u64,
+    first_rejected: u64,
 }
 
 /// The lower and higher of two rate limits, where `None` (unlimited) is the highest.
@@ -87,7 +96,8 @@ fn rate_text(rate: Option<u64>) -> String {
 pub struct StageSummary {
     /// Per node and stage.
     pub stages: Vec<StageDepth>,
-    /// The node and foreground stage with the highest queue wait: where the pipeline backs up.
+    /// Where the request path backs up: the stage that refused the most requests during the
+    /// run, else the one that queued the deepest.
     pub bottleneck: Option<String>,
     /// Members that did not answer some of the once-a-second samples (stopped, unreachable).
     /// Their rows cover only the samples they answered, and a member that never answered has
@@ -123,12 +133,13 @@ impl StageSummary {
             .map(|s| s.stage.len())
             .fold(MIN_STAGE_WIDTH, usize::max);
         let mut out = format!(
-            "{:<node_width$}  {:<stage_width$}  {:>12}  {:>12}  {:>11}  {:>21}  {:>13}  {:>14}\n",
+            "{:<node_width$}  {:<stage_width$}  {:>12}  {:>12}  {:>8}  {:>15}  {:>21}  {:>13}  {:>14}\n",
             "node",
             "stage",
             "depth (peak)",
             "depth (mean)",
-            "wait p99 us",
+            "rejected",
+            "wait p99 us (*)",
             "rate/s (min..max)",
             "used/s (mean)",
             "backlog (peak)"
@@ -143,14 +154,15 @@ impl StageSummary {
                 None => ("-".into(), "-".into(), "-".into()),
             };
             out.push_str(&format!(
-                "{:<node_width$}  {:<stage_width$}  {:>12}  {:>12.1}  {:>11}  {:>21}  {:>13}  {:>14}\n",
-                s.node, s.stage, s.peak_depth, s.mean_depth, s.wait_us_p99, rate, used, backlog
+                "{:<node_width$}  {:<stage_width$}  {:>12}  {:>12.1}  {:>8}  {:>15}  {:>21}  {:>13}  {:>14}\n",
+                s.node, s.stage, s.peak_depth, s.mean_depth, s.rejected, s.wait_us_p99, rate, used, backlog
             ));
         }
+        if !self.stages.is_empty() {
+            out.push_str("(*) since the node started, not this run alone\n");
+        }
         if let Some(bottleneck) = &self.bottleneck {
-            out.push_str(&format!(
-                "highest queue wait on the request path: {bottleneck}\n"
-            ));
+            out.push_str(&format!("where the request path backs up: {bottleneck}\n"));
         }
         for m in &self.missed {
             let how = if m.missed < m.tried {
@@ -232,16 +244,28 @@ impl StageSampler {
     }
 }
 
-/// The node and stage of the request path with the highest queue wait. Background stages
-/// wait by design (their gate), and gossip is foreground (so membership converges under load)
-/// but no request waits in its queue: the question is where the request pipeline backs up.
+/// The node and stage of the request path that refused the most requests during the run,
+/// else that queued the deepest. Background stages wait by design (their gate), and gossip is
+/// foreground (so membership converges under load) but no request waits in its queue: the
+/// question is where the request pipeline backs up. Judged by what happened during the run:
+/// a node's wait percentiles are since it started (a trial was pointed at a departed node's
+/// old commit wait), and a queue that filled and refused between two samples showed depth 0.
 fn bottleneck(stages: &[StageDepth]) -> Option<String> {
-    stages
-        .iter()
-        .filter(|s| REQUEST_PATH.contains(&s.stage.as_str()))
-        .max_by_key(|s| s.wait_us_p99)
-        .filter(|s| s.wait_us_p99 > 0)
-        .map(|s| format!("{} on {} (p99 {} us)", s.stage, s.node, s.wait_us_p99))
+    let path = || {
+        stages
+            .iter()
+            .filter(|s| REQUEST_PATH.contains(&s.stage.as_str()))
+    };
+    if let Some(s) = path().filter(|s| s.rejected > 0).max_by_key(|s| s.rejected) {
+        return Some(format!(
+            "{} on {} (refused {} requests: its queue was full)",
+            s.stage, s.node, s.rejected
+        ));
+    }
+    path()
+        .filter(|s| s.peak_depth > 0)
+        .max_by_key(|s| s.peak_depth)
+        .map(|s| format!("{} on {} (queued up to {})", s.stage, s.node, s.peak_depth))
 }
 
 /// Samples the members of the ring a sampled node reports now: a node that joins during the
@@ -299,9 +323,15 @@ fn sample_until(members: Vec<(String, String)>, stop: &AtomicBool) -> Sampled {
                             node: stats.node.to_string(),
                             stage: s.name.clone(),
                             class: s.class.clone(),
+                            first_high_water: s.queue_high_water,
+                            first_rejected: s.rejected,
                             ..StageDepth::default()
                         });
                     entry.peak_depth = entry.peak_depth.max(s.queue_depth);
+                    if s.queue_high_water > entry.first_high_water {
+                        entry.peak_depth = entry.peak_depth.max(s.queue_high_water);
+                    }
+                    entry.rejected = s.rejected.saturating_sub(entry.first_rejected);
                     let t = started.elapsed().as_secs_f64();
                     entry.depths.push((t, s.queue_depth));
                     entry.depth_sum += s.queue_depth;
@@ -327,31 +357,36 @@ fn sample_until(members: Vec<(String, String)>, stop: &AtomicBool) -> Sampled {
 mod tests {
     use super::*;
 
-    /// Goal: the bottleneck line names the request path's worst queue wait, not gossip's (a
-    /// new-user trial was told "highest foreground queue wait: gossip on n1").
+    /// Goal: the bottleneck line names the request path's stage that refused the most during
+    /// the run, else the one that queued deepest, never gossip's (a new-user trial was told
+    /// "gossip on n1"), and never by a node's lifetime wait (another was pointed at a departed
+    /// node's commit stage while storage refused 18685 requests).
     #[test]
-    fn the_bottleneck_is_the_request_paths_worst_queue_wait() {
-        let stage = |name: &str, wait| StageDepth {
+    fn the_bottleneck_is_the_request_paths_refusals_then_its_deepest_queue() {
+        let stage = |name: &str, peak_depth, rejected, wait_us_p99| StageDepth {
             node: "n1".into(),
             stage: name.into(),
             class: "foreground".into(),
-            wait_us_p99: wait,
+            peak_depth,
+            rejected,
+            wait_us_p99,
             ..StageDepth::default()
         };
         let stages = [
-            stage("gossip", 2353),
-            stage("storage", 120),
-            stage("parse", 90),
+            stage("gossip", 50, 0, 2353),
+            stage("commit", 0, 0, 5535),
+            stage("parse", 3, 0, 90),
+            stage("storage", 0, 18685, 120),
         ];
         assert_eq!(
             bottleneck(&stages).as_deref(),
-            Some("storage on n1 (p99 120 us)")
+            Some("storage on n1 (refused 18685 requests: its queue was full)")
         );
         assert_eq!(
-            bottleneck(&stages[..1]),
-            None,
-            "gossip alone is no bottleneck"
+            bottleneck(&stages[..3]).as_deref(),
+            Some("parse on n1 (queued up to 3)")
         );
+        assert_eq!(bottleneck(&stages[..2]), None, "nothing queued on the path");
     }
 
     /// Goal: the table's columns line up whatever the stage names' lengths (a new-user trial
@@ -375,7 +410,11 @@ mod tests {
         let table = summary.table();
         // Every column has a fixed width and the last is right-aligned: rows of one length
         // are rows whose columns line up.
-        let widths: Vec<usize> = table.lines().map(str::len).collect();
+        let rows: Vec<&str> = table
+            .lines()
+            .take_while(|l| !l.starts_with("(*)"))
+            .collect();
+        let widths: Vec<usize> = rows.iter().map(|l| l.len()).collect();
         assert_eq!(widths.len(), 3, "{table}");
         assert!(widths.windows(2).all(|w| w[0] == w[1]), "{table}");
     }

@@ -83,7 +83,8 @@ struct Args {
     /// queue depth over time) to this SVG file.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
-    /// Sample every node's per-stage stats once a second and report queue depths.
+    /// Sample every node's per-stage stats once a second and report queue depths and
+    /// refusals (a shoal target only).
     #[arg(long)]
     stage_stats: bool,
 }
@@ -110,6 +111,9 @@ fn config(args: &Args) -> Result<LoadConfig, String> {
     let workload = args.workload;
     if args.durable.is_some() && args.target.starts_with("redis://") {
         return Err("--durable applies to a shoal target, not to Redis".into());
+    }
+    if args.stage_stats && args.target.starts_with("redis://") {
+        return Err("--stage-stats samples a shoal node's stages; Redis has none".into());
     }
     Ok(LoadConfig {
         target: TargetSpec::parse(&args.target, args.replicas)?,
