@@ -12,16 +12,24 @@ pub fn run_stats(args: StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut stdout = std::io::stdout();
     loop {
         let stats = client.stats()?;
-        let text = if args.json {
-            format!("{}\n", serde_json::to_string(&stats)?)
-        } else {
-            stats_table(&stats)
+        let text = match (args.json, args.watch) {
+            // One object per line, each with the wall-clock time it was taken (as `admin
+            // throttle --json --watch-ms`): JSON Lines for scripts and plots. A trial's
+            // line-by-line parse broke on the blank line between objects.
+            (true, true) => {
+                let mut json = serde_json::to_value(&stats)?;
+                json["at_ms"] = shoal_stages::event::wall_clock_ms().into();
+                format!("{json}\n")
+            }
+            (true, false) => format!("{}\n", serde_json::to_string(&stats)?),
+            (false, true) => format!("{}\n", stats_table(&stats)),
+            (false, false) => stats_table(&stats),
         };
         if !args.watch {
             return Ok(write_out(&mut stdout, &text)?);
         }
         // A closed standard output (`--watch | head`) ends the watch quietly.
-        if write_out(&mut stdout, &format!("{text}\n")).is_err() {
+        if write_out(&mut stdout, &text).is_err() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_secs(1));

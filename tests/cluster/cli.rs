@@ -247,6 +247,37 @@ fn a_command_whose_reader_goes_away_stops_without_a_panic() {
     assert_eq!(output.status.code(), Some(141), "{stderr}");
 }
 
+/// Goal: `admin stats --watch --json` writes JSON Lines: one object per line, each with the
+/// wall-clock `at_ms` it was taken, no blank line between (a trial's line-by-line parse broke).
+#[test]
+fn admin_stats_watch_json_writes_one_timed_object_per_line() {
+    use std::io::{BufRead, BufReader};
+    let node = TestNode::start("");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["admin", "stats", "--node", &node.addr, "--json", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run shoal");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .take(2)
+        .map(|line| line.expect("a line"))
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    let at: Vec<u64> = lines
+        .iter()
+        .map(|line| {
+            let parsed: serde_json::Value = serde_json::from_str(line).expect("one object a line");
+            assert!(parsed["stages"].is_array(), "{line}");
+            parsed["at_ms"].as_u64().expect("at_ms")
+        })
+        .collect();
+    assert!(at[1] > at[0], "{at:?}");
+}
+
 /// Goal: a node that cannot be reached is named in the error, whether nothing listens at its
 /// address, what listens never answers (a timeout, not "Resource temporarily unavailable"),
 /// or what answers is not a shoal node.
