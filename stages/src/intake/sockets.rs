@@ -10,7 +10,7 @@ use crate::wire::Message;
 use crate::NodeId;
 use mio::net::TcpStream;
 use mio::{Interest, Poll, Token};
-use slog::{debug, warn, Logger};
+use slog::{debug, info, warn, Logger};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{ErrorKind, Write};
 use std::net::SocketAddr;
@@ -128,6 +128,20 @@ impl Sockets {
                 self.enqueue(origin.conn, &encode_reply(origin.request_id, &reply));
             }
             SocketCommand::Throttle { origin, change } => {
+                // An operator's pin or release is logged: it lasts until the node stops (a
+                // restart starts every stage under the controller again), and a trial's pause
+                // set during an incident was lost in a restart with no trace of it.
+                match change {
+                    crate::event::GateChange::Show => {}
+                    crate::event::GateChange::Pin(stage, rate) => {
+                        info!(self.logger, "admin throttle pinned a background stage's rate (until this node stops)";
+                              "stage" => stage.name(), "rate_per_sec" => rate)
+                    }
+                    crate::event::GateChange::Auto(stage) => {
+                        info!(self.logger, "admin throttle handed a background stage back to the controller";
+                              "stage" => stage.name())
+                    }
+                }
                 let reply = Message::ThrottleReply(stats.throttle(change));
                 self.enqueue(origin.conn, &encode_reply(origin.request_id, &reply));
             }
