@@ -157,10 +157,16 @@ pub fn throttle_table(controller: &ControllerState, stages: &[StageThrottle]) ->
         let rate = s
             .rate_per_sec
             .map_or_else(|| "unlimited".to_string(), |r| r.to_string());
+        // Not pinned, with the controller off: the configured rate holds (a trial read "auto"
+        // on every row of a node whose controller was disabled).
+        let mode = match s.mode {
+            shoal_stages::seda::GateMode::Auto if !c.enabled => "config".to_string(),
+            mode => mode.to_string(),
+        };
         let _ = writeln!(
             out,
             "{:<name_width$} {:>10} {:>10} {:>10} {:>7} {:>8}",
-            s.name, rate, s.used_per_sec, s.backlog, s.mode, s.dropped
+            s.name, rate, s.used_per_sec, s.backlog, mode, s.dropped
         );
     }
     out
@@ -192,5 +198,42 @@ mod tests {
         assert_eq!(rows.len(), 4, "{table}");
         // The last column is right-aligned: rows of one length have their columns in line.
         assert!(rows.iter().all(|row| row.len() == rows[0].len()), "{table}");
+    }
+
+    /// Goal: with the controller off, a stage nobody pinned shows mode `config` (its
+    /// configured rate holds), a pinned one `pinned`; with it on, `auto`.
+    #[test]
+    fn the_mode_says_config_when_the_controller_is_off() {
+        let stage = |mode| StageThrottle {
+            name: "repair".into(),
+            rate_per_sec: Some(20),
+            used_per_sec: 0,
+            backlog: 0,
+            mode,
+            dropped: 0,
+        };
+        let modes = |enabled| {
+            let controller = ControllerState {
+                enabled,
+                ..ControllerState::default()
+            };
+            let table = throttle_table(
+                &controller,
+                &[stage(GateMode::Auto), stage(GateMode::Pinned)],
+            );
+            let rows: Vec<String> = table
+                .lines()
+                .filter(|line| line.starts_with("repair"))
+                .map(|line| {
+                    line.split_whitespace()
+                        .nth(4)
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .collect();
+            rows
+        };
+        assert_eq!(modes(false), vec!["config", "pinned"]);
+        assert_eq!(modes(true), vec!["auto", "pinned"]);
     }
 }
