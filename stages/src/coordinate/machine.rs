@@ -37,7 +37,7 @@ use crate::wire::{
     PutReply, PutRequest, ReplicaRead, ReplicaReply, ReplicaWrite,
 };
 use crate::NodeId;
-use slog::{info, warn, Logger};
+use slog::{info, Logger};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -175,8 +175,6 @@ pub struct Coordinator {
     probes: BTreeMap<OpId, (NodeId, Instant)>,
     /// Deadlines in time order, so a tick inspects only the expired ones.
     deadlines: BTreeSet<(Instant, RequestKey)>,
-    /// The last tick, to tell when this node itself did not run (`discount_own_stall`).
-    last_tick: Option<Instant>,
     /// Where the detector's verdicts are logged (a peer down, up again).
     logger: Logger,
 }
@@ -193,7 +191,6 @@ impl Coordinator {
             requests: BTreeMap::new(),
             operations: BTreeMap::new(),
             deadlines: BTreeSet::new(),
-            last_tick: None,
             logger: Logger::root(slog::Discard, slog::o!()),
         }
     }
@@ -253,7 +250,6 @@ impl Coordinator {
     /// replicas that stayed silent as failed), starts read repair for expired reads, and
     /// probes down peers.
     pub fn tick(&mut self, now: Instant, out: &mut Outbox) {
-        self.discount_own_stall(now);
         let expired: Vec<(Instant, RequestKey)> = self
             .deadlines
             .range(..=(now, RequestKey::MAX))
@@ -268,22 +264,18 @@ impl Coordinator {
                 .requests
                 .get(&key)
                 .is_some_and(|p| matches!(p.work, Work::Forward { .. }));
-            let outstanding: Vec<(NodeId, bool)> = self
+            let outstanding: Vec<NodeId> = self
                 .operations
                 .values()
                 .filter(|op| op.request == key)
-                .map(|op| (op.node.clone(), self.silent_long_enough(op, now)))
+                .map(|op| op.node.clone())
                 .collect();
             if !forwarded {
                 let me = self.settings.node.clone();
-                // Only a replica given the replica timeout to answer (while this node ran)
-                // is blamed: one asked late, or whose answer waited on this node's own stall,
-                // is not.
-                for (node, _) in outstanding.iter().filter(|(n, silent)| *silent && *n != me) {
+                for node in outstanding.iter().filter(|n| **n != me) {
                     self.peer_failed(node, now, "silent at a request's deadline");
                 }
             }
-            let outstanding: Vec<NodeId> = outstanding.into_iter().map(|(n, _)| n).collect();
             let why = if forwarded {
                 "forwarded, no answer"
             } else {

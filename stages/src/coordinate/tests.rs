@@ -417,17 +417,6 @@ fn coordinator_of_three_with(
     w: usize,
     durable_writes: Durability,
 ) -> (Coordinator, Membership) {
-    let far = Duration::from_secs(60);
-    coordinator_of_three_timed((n, r, w), durable_writes, TIMEOUT, far)
-}
-
-/// [`coordinator_of_three_with`] with the given request and replica timeouts.
-fn coordinator_of_three_timed(
-    (n, r, w): (usize, usize, usize),
-    durable_writes: Durability,
-    request_timeout: Duration,
-    replica_timeout: Duration,
-) -> (Coordinator, Membership) {
     let members: Vec<Member> = ["n1", "n2", "n3"]
         .iter()
         .map(|id| Member {
@@ -443,10 +432,10 @@ fn coordinator_of_three_timed(
         n,
         r,
         w,
-        request_timeout,
+        request_timeout: TIMEOUT,
         seal: ContextSeal::new(b"coordinator-tests-secret"),
         probe_interval: Duration::from_secs(60),
-        replica_timeout,
+        replica_timeout: Duration::from_secs(60),
         durable_writes,
     };
     let view = MembershipView::new(membership.clone());
@@ -571,7 +560,6 @@ fn a_peer_that_said_it_stopped_is_held_down_until_a_probe_finds_it() {
 mod durable;
 mod forwarding;
 mod not_a_replica;
-mod stalls;
 
 /// Goal: a request given up before every replica answered (two peers failed, so R=2 can no
 /// longer be reached while the local read is still out) names the replica still out: a

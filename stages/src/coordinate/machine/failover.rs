@@ -81,41 +81,6 @@ impl Coordinator {
         }
     }
 
-    /// Lifeguard's lesson (memberlist): a node that is paused or starved of CPU takes its own
-    /// lateness for its peers' silence (on 2 cores, starvation looks like death). While
-    /// operations are outstanding a tick is due every few milliseconds, so a tick that comes
-    /// half the replica timeout or more after the last means this node did not run meanwhile
-    /// (stopped, paused by its VM, starved): answers may sit unread in its sockets. That gap
-    /// is not counted as any peer's silence; each outstanding operation's clock moves on by it.
-    pub(super) fn discount_own_stall(&mut self, now: Instant) {
-        let Some(last) = self.last_tick.replace(now) else {
-            return;
-        };
-        let gap = now.saturating_duration_since(last);
-        if gap < self.settings.replica_timeout / 2 {
-            return;
-        }
-        let mut waiting = 0u64;
-        for info in self.operations.values_mut() {
-            if let Some(seen) = info.seen.as_mut() {
-                *seen = (*seen + gap).min(now);
-                waiting += 1;
-            }
-        }
-        // An idle coordinator is not ticked, so a gap with nothing outstanding is no stall.
-        if waiting > 0 {
-            warn!(self.logger, "this node did not run for a while (paused, or starved of CPU): its peers' silence meanwhile is not held against them";
-                  "stalled_ms" => gap.as_millis() as u64, "operations_waiting" => waiting);
-        }
-    }
-
-    /// Whether `info`'s node has had the replica timeout to answer while this node ran.
-    pub(super) fn silent_long_enough(&self, info: &OpInfo, now: Instant) -> bool {
-        info.seen.is_some_and(|seen| {
-            now.saturating_duration_since(seen) >= self.settings.replica_timeout
-        })
-    }
-
     /// A remote replica of a read or write that has not answered within `replica_timeout`
     /// counts as failed: its node is marked down and its replica is re-sent to the next spare
     /// fallback (with a hint, for writes) within the same request. Its late answer, if any, is
