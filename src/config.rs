@@ -239,6 +239,11 @@ pub struct ClusterSection {
     /// Shared by every node of the cluster: seals client contexts (and later authenticates
     /// peers). The default is public, so a node using it warns at start.
     pub secret: String,
+    /// Whether the contexts this node gives clients are bound to their key (another key's is
+    /// then refused). Every build since takes both kinds; builds before take only unbound
+    /// ones, so a rolling upgrade from one sets this false on every node until all run the
+    /// new build, then true.
+    pub key_bound_contexts: bool,
 }
 
 impl Default for ClusterSection {
@@ -253,6 +258,7 @@ impl Default for ClusterSection {
             vclock_max_entries: 10,
             members: Vec::new(),
             secret: DEFAULT_SECRET.to_string(),
+            key_bound_contexts: true,
             probe_interval_ms: 1000,
             replica_timeout_ms: 500,
         }
@@ -516,7 +522,21 @@ impl Config {
             }
             if m.id == self.node.id && !listed_self {
                 listed_self = true;
-                continue; // listing oneself among the members is allowed (one shared list)
+                // Listing oneself is allowed (one shared list), but the others deal the
+                // initial ring from this entry: it must say what this node says of itself, or
+                // their rings differ from its own and they refuse it.
+                if m.weight != self.node.weight || m.zone != self.node.zone {
+                    return Err(invalid(
+                        &format!("{key}.weight"),
+                        format!(
+                            "this node's entry (weight {}, zone {:?}) differs from node.weight \
+                             {} and node.zone {:?}: the other nodes deal the initial ring from \
+                             the list, so make them the same",
+                            m.weight, m.zone, self.node.weight, self.node.zone
+                        ),
+                    ));
+                }
+                continue;
             }
             // `members` starts with this node: a second listing of it is caught here too.
             if members.iter().any(|existing| existing.id.as_str() == m.id) {

@@ -201,7 +201,8 @@ impl Node {
         let shared = Shared {
             node,
             membership,
-            seal: ContextSeal::new(config.cluster.secret.as_bytes()),
+            seal: ContextSeal::new(config.cluster.secret.as_bytes())
+                .bound_to_keys(config.cluster.key_bound_contexts),
             latencies: OperationLatencies::default(),
             counters: NodeCounters::default(),
             store,

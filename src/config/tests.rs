@@ -96,6 +96,8 @@ fn bad_values_are_named() {
         ("[stages.storge]\nthreads = 2\n", "storage"),
         ("[limits]\nmax_siblings = 0\n", "limits.max_siblings"),
         ("[cluster]\nsecret = \"short\"\n", "cluster.secret"),
+        // This node listed with another weight than node.weight says (MINIMAL's is 1).
+        ("[[cluster.members]]\nid = \"n1\"\naddr = \"127.0.0.1:1\"\nweight = 2\n", "cluster.members[0].weight"),
         ("[storage]\nsync = \"sometimes\"\n", "sync"),
         ("[cluster]\ndurable_writes = \"two\"\n", "durable_writes"),
         ("[redis]\nmax_connections = 0\n", "redis.max_connections"),

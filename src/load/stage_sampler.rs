@@ -59,9 +59,11 @@ pub struct StageDepth {
     samples: u64,
     depth_sum: u64,
     used_sum: u64,
-    /// The first sample's high-water mark and refusals, which the run's are counted from.
+    /// The first sample's high-water mark and refusals, which the run's are counted from
+    /// (0 after the node restarted), and the refusals counted before its last restart.
     first_high_water: u64,
     first_rejected: u64,
+    counted_rejected: u64,
 }
 
 /// The lower and higher of two rate limits, where `None` (unlimited) is the highest.
@@ -328,10 +330,20 @@ fn sample_until(members: Vec<(String, String)>, stop: &AtomicBool) -> Sampled {
                             ..StageDepth::default()
                         });
                     entry.peak_depth = entry.peak_depth.max(s.queue_depth);
+                    // A node that restarted during the run counts from zero again: its
+                    // counts are taken from there on, on top of what came before.
+                    if s.rejected < entry.first_rejected
+                        || s.queue_high_water < entry.first_high_water
+                    {
+                        entry.counted_rejected = entry.rejected;
+                        entry.first_rejected = 0;
+                        entry.first_high_water = 0;
+                    }
                     if s.queue_high_water > entry.first_high_water {
                         entry.peak_depth = entry.peak_depth.max(s.queue_high_water);
                     }
-                    entry.rejected = s.rejected.saturating_sub(entry.first_rejected);
+                    entry.rejected =
+                        entry.counted_rejected + s.rejected.saturating_sub(entry.first_rejected);
                     let t = started.elapsed().as_secs_f64();
                     entry.depths.push((t, s.queue_depth));
                     entry.depth_sum += s.queue_depth;

@@ -225,15 +225,30 @@ pub enum ServiceError {
         /// The node's `max_peer_frame_bytes`.
         max: u64,
     },
-    /// Made by the reader, never sent: the answer was an error this build cannot read, most
-    /// likely one a newer node added (the protocol grows errors: `CutOff`, `ObjectTooLarge`
-    /// and `ReplyTooLarge` came after clients already in use). The request failed with it,
-    /// and the connection stays up, rather than the whole frame being rejected as malformed.
+    /// Made by the reader: the answer was an error this build cannot read, most likely one a
+    /// newer node added (the protocol grows errors: `CutOff`, `ObjectTooLarge` and
+    /// `ReplyTooLarge` came after clients already in use). The request failed with it, and
+    /// the connection stays up, rather than the whole frame being rejected as malformed. A
+    /// coordinator that forwarded a put passes it on as it came. The name is cut to 64 bytes.
     #[error("the node answered with an error this build cannot read: {kind} (from a newer node? upgrade this client)")]
     Unreadable {
         /// The error's name as sent.
         kind: String,
     },
+}
+
+/// An unknown error's name, at most 64 bytes (cut at a character boundary): it comes from
+/// the network and ends up in logs and error messages.
+fn cut_name(mut name: String) -> String {
+    const MAX_NAME_BYTES: usize = 64;
+    if name.len() > MAX_NAME_BYTES {
+        let mut end = MAX_NAME_BYTES;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
+    name
 }
 
 /// The name of an error as sent (an enum is its variant's name, alone for a unit variant or
@@ -249,7 +264,7 @@ impl<'de> serde::Deserialize<'de> for ErrorName {
                 f.write_str("an error's name, or a map of one entry keyed by it")
             }
             fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<ErrorName, E> {
-                Ok(ErrorName(name.to_owned()))
+                Ok(ErrorName(cut_name(name.to_owned())))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
@@ -262,7 +277,7 @@ impl<'de> serde::Deserialize<'de> for ErrorName {
                 if map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {
                     return Err(A::Error::custom("an error is a map of one entry"));
                 }
-                Ok(ErrorName(name))
+                Ok(ErrorName(cut_name(name)))
             }
         }
         deserializer.deserialize_any(Visit)

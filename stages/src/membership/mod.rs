@@ -358,12 +358,18 @@ impl Membership {
         }
         let ours = &self.assignment;
         let theirs = &other.assignment;
-        // Only a later commit replaces the ring. Two rings of one stamp can only be initial
-        // ones dealt from different member lists (a node restarted with another list, or a
-        // joiner's seeds): neither is a commit, and taking the other's (as a tie broken by
-        // digest once did) dropped every partition of a member one list left out, on every
-        // node. The handshake refuses such a founder (`Membership::genesis`).
-        let newer = theirs.stamp > ours.stamp;
+        // A later commit replaces the ring. Two initial rings (one stamp, no commit) dealt
+        // from different member lists (a node restarted with another list, or a joiner's
+        // seeds) never replace each other: taking the other's, as a tie broken by digest once
+        // did, dropped every partition of a member one list left out, on every node; the
+        // handshake refuses such a founder (`Membership::genesis`). Two commits of one stamp
+        // (a claimant restored from a backup, committing again before gossip reached it) are
+        // still settled by digest, so every node ends with the same ring.
+        let initial = theirs.stamp == Stamp::initial() && ours.stamp == Stamp::initial();
+        let newer = theirs.stamp > ours.stamp
+            || (!initial
+                && theirs.stamp == ours.stamp
+                && ring_digest(&theirs.ring) > ring_digest(&ours.ring));
         if newer {
             self.assignment = theirs.clone();
         } else if theirs.stamp == ours.stamp && theirs.ring == ours.ring {

@@ -119,6 +119,19 @@ fn an_initial_ring_from_another_member_list_is_never_merged_in() {
         grown.ring(),
         "a commit replaces an initial ring"
     );
+    // Two commits of one stamp (a claimant restored from a backup committed again) still
+    // settle on one ring, whichever way they merge.
+    let mut other = full.clone();
+    other
+        .stage_join(&id("n1"), Member::loopback("n5", 5))
+        .expect("join");
+    other.commit(&id("n1"), 3).expect("commit");
+    assert_eq!(other.assignment().stamp, grown.assignment().stamp);
+    assert_ne!(other.ring(), grown.ring());
+    let (mut a, mut b) = (grown.clone(), other.clone());
+    a.merge(&other);
+    b.merge(&grown);
+    assert_eq!(a.ring(), b.ring(), "equal commit stamps converge");
 }
 
 /// Goal: a join staged through one node and a leave staged through another at the same time

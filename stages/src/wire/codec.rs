@@ -53,6 +53,8 @@ pub struct ContextSeal {
     inner: Md5,
     /// MD5 after absorbing the key XOR opad.
     outer: Md5,
+    /// Whether [`ContextSeal::encode`] binds a context to its key (`cluster.key_bound_contexts`).
+    bind: bool,
 }
 
 impl std::fmt::Debug for ContextSeal {
@@ -73,7 +75,15 @@ impl ContextSeal {
         ContextSeal {
             inner: Md5::new().chain_update(key.map(|b| b ^ 0x36)),
             outer: Md5::new().chain_update(key.map(|b| b ^ 0x5c)),
+            bind: true,
         }
+    }
+
+    /// This seal, giving key-bound contexts or (`false`, for a rolling upgrade from a build
+    /// that reads only unbound ones) unbound ones. Both kinds are taken either way.
+    pub fn bound_to_keys(mut self, bind: bool) -> ContextSeal {
+        self.bind = bind;
+        self
     }
 
     #[cfg(test)]
@@ -118,7 +128,11 @@ impl ContextSeal {
     /// counters are a node's, shared by its keys, so another key's later context covers this
     /// key's versions, and a client that mixed two keys' contexts replaced a value it never
     /// read (a trial's). Empty clocks encode too, so every reply has a context.
+    /// Unless the seal is set unbound ([`ContextSeal::bound_to_keys`]).
     pub fn encode(&self, key: &[u8], clock: &VClock) -> Vec<u8> {
+        if !self.bind {
+            return self.encode_unbound(clock);
+        }
         // A VClock is a map of strings to pairs of integers; serializing it cannot fail.
         let mut bytes = Vec::with_capacity(1 + clock.encoded_size_hint() + SEAL_BYTES);
         bytes.push(KEY_BOUND);
@@ -126,6 +140,20 @@ impl ContextSeal {
             bytes.truncate(1);
         }
         let mac = self.key_mac(key, &bytes[1..]);
+        bytes.extend_from_slice(&mac);
+        bytes
+    }
+
+    /// Encodes and seals a context bound to no key, as builds before key-bound contexts did
+    /// (and as every build reads): for a put or delete a node forwards to another, whose key
+    /// the forwarding node has already checked the client's context against, so a node of an
+    /// earlier build in a rolling upgrade takes it.
+    pub fn encode_unbound(&self, clock: &VClock) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(clock.encoded_size_hint() + SEAL_BYTES);
+        if rmp_serde::encode::write(&mut bytes, clock).is_err() {
+            bytes.clear();
+        }
+        let mac = self.mac(&bytes);
         bytes.extend_from_slice(&mac);
         bytes
     }

@@ -419,6 +419,10 @@ fn a_context_is_good_only_for_its_key_and_an_earlier_builds_still_reads() {
     let mac = seal.sign(&earlier);
     earlier.extend_from_slice(&mac);
     assert_eq!(seal.decode(b"bob", &earlier), Ok(clock.clone()));
+    // A seal set unbound (a rolling upgrade's) gives exactly an earlier build's contexts.
+    let unbound = seal.clone().bound_to_keys(false);
+    assert_eq!(unbound.encode(b"alice", &clock), earlier);
+    assert_eq!(unbound.encode_unbound(&clock), earlier);
     // Stripped of its mark, a key-bound context does not pass as an earlier build's.
     assert!(seal.decode(b"bob", &of_alice[1..]).is_err());
 }
@@ -557,6 +561,15 @@ fn an_error_added_by_a_newer_node_is_read_by_its_name() {
         read(not_an_error),
         Err(WireError::Malformed { .. })
     ));
+    let long = rmp_serde::to_vec_named(&"E".repeat(1000)).expect("encodable");
+    let cut = ServiceError::Unreadable {
+        kind: "E".repeat(64),
+    };
+    assert_eq!(
+        read(long),
+        Ok(Message::Error(cut)),
+        "a name is cut to 64 bytes"
+    );
     let two_names =
         rmp_serde::to_vec_named(&std::collections::BTreeMap::from([("A", 1), ("B", 2)]))
             .expect("encodable");

@@ -351,7 +351,9 @@ pub(super) fn forwarded_message(
     (w, timeout, durable, overwrite): (Option<usize>, Option<Duration>, Option<Durability>, bool),
 ) -> Message {
     let key = Bytes::from(key.to_vec());
-    let context = Bytes::from(seal.encode(&key[..], context));
+    // Unbound: this node checked the client's context against the key already, and a list
+    // node of an earlier build (mid-upgrade) reads only unbound contexts.
+    let context = Bytes::from(seal.encode_unbound(context));
     let w = w.map(|w| w.min(u8::MAX as usize) as u8);
     let timeout_ms = timeout.map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX));
     match value {
