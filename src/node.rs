@@ -510,15 +510,17 @@ fn starting_membership(
         .map_err(|e| NodeError::Membership(e.to_string()))?;
     info!(logger, "membership loaded"; "version" => saved.version,
           "members" => saved.members().count());
-    let listed: std::collections::BTreeSet<&NodeId> =
-        from_config.members().map(|m| &m.id).collect();
-    let held: std::collections::BTreeSet<&NodeId> = saved.members().map(|m| &m.id).collect();
+    // Ids and addresses: a member's address, like its weight, is the saved one from the first
+    // start on (a node that moved leaves with `remove` and comes back with `join`).
+    let entries = |m: &Membership| -> std::collections::BTreeSet<String> {
+        m.members()
+            .map(|m| format!("{}@{}", m.id, m.addr))
+            .collect()
+    };
+    let (listed, held) = (entries(&from_config), entries(&saved));
     if !config.node.await_join && listed != held {
-        let names = |set: &std::collections::BTreeSet<&NodeId>| {
-            set.iter()
-                .map(|id| id.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
+        let names = |set: &std::collections::BTreeSet<String>| {
+            set.iter().map(String::as_str).collect::<Vec<_>>().join(",")
         };
         warn!(logger, "the config's [[cluster.members]] differ from the membership this node saved: the saved one stands (the config's list only seeds gossip); members change with `shoal admin join` and `leave`";
               "config" => names(&listed), "saved" => names(&held));
