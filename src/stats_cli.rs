@@ -10,8 +10,28 @@ use std::time::Duration;
 pub fn run_stats(args: StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut client = connect(&args.target)?;
     let mut stdout = std::io::stdout();
+    let mut gone = false;
     loop {
-        let stats = client.stats()?;
+        let stats = match client.stats() {
+            Ok(stats) => stats,
+            Err(error) if !args.watch => return Err(error.into()),
+            // A watch outlives a node's restart (a trial's ended at the first failure): it
+            // says so once and asks again every second, on a new connection.
+            Err(error) => {
+                if !gone {
+                    eprintln!("the node does not answer ({error}); asking again every second");
+                    gone = true;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                if let Ok(again) = connect(&args.target) {
+                    client = again;
+                }
+                continue;
+            }
+        };
+        if std::mem::take(&mut gone) {
+            eprintln!("the node answers again");
+        }
         let text = match (args.json, args.watch) {
             // One object per line, each with the wall-clock time it was taken (as `admin
             // throttle --json --watch-ms`): JSON Lines for scripts and plots. A trial's

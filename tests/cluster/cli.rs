@@ -278,6 +278,45 @@ fn admin_stats_watch_json_writes_one_timed_object_per_line() {
     assert!(at[1] > at[0], "{at:?}");
 }
 
+/// Goal: `admin stats --watch` outlives its node's restart: it says the node does not answer,
+/// asks again every second, and goes on printing once the node is back (a trial's watch ended
+/// at the first failure).
+#[test]
+fn admin_stats_watch_goes_on_after_its_node_restarts() {
+    use std::io::{BufRead, BufReader};
+    let mut cluster = super::support::TestCluster::start(1, 1, 1, 1, "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args([
+            "admin",
+            "stats",
+            "--node",
+            &cluster.addr(0),
+            "--json",
+            "--watch",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run shoal");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert!(lines.next().is_some_and(|l| l.is_ok()), "a first sample");
+    cluster.stop(0);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    cluster.restart(0);
+    let back_ms = shoal_stages::event::wall_clock_ms();
+    // A sample taken before the stop may still be buffered: read until one taken after.
+    let restarted = lines.take(10).map_while(Result::ok).any(|line| {
+        let parsed: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        parsed["at_ms"].as_u64().is_some_and(|at| at >= back_ms)
+    });
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(restarted, "{stderr}");
+    assert!(stderr.contains("the node does not answer"), "{stderr}");
+    assert!(stderr.contains("the node answers again"), "{stderr}");
+}
+
 /// Goal: a node that cannot be reached is named in the error, whether nothing listens at its
 /// address, what listens never answers (a timeout, not "Resource temporarily unavailable"),
 /// or what answers is not a shoal node.
