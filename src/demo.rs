@@ -103,7 +103,7 @@ pub fn run_demo(options: DemoOptions, out: &mut dyn Write) -> Result<usize, Stri
     w(
         out,
         &format!(
-            "reads that saw siblings: {} of {}",
+            "reads that saw siblings: {} of {} that found a value",
             report.reads_with_siblings, report.reads
         ),
     )?;

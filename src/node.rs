@@ -191,6 +191,10 @@ impl Node {
                 "cluster.secret is the public default: anyone can forge contexts; set your own"
             );
         }
+        for (stage, slots, workers) in config.slots_beyond_workers() {
+            warn!(logger, "a stage has more slots than its pool has workers: at most the workers serve it at once";
+                  "stage" => %stage, "threads" => slots, "pool_workers" => workers);
+        }
         for stage in config.ignored_spin_keys() {
             warn!(logger, "stages.{stage}.spin_us is ignored: only the worker pool spins ([pool] spin_us)"; "stage" => %stage);
         }

@@ -201,6 +201,24 @@ impl Config {
         self.storage.sync != SyncMode::None || self.cluster.durable_writes != Durability::None
     }
 
+    /// Stages given more slots (`threads`) than the pool that serves them has workers: the
+    /// slots past the workers are never used at once (a trial read `Slots 3` for a background
+    /// stage served by 2 workers and took it for 3 threads), with the pool's worker count.
+    pub fn slots_beyond_workers(&self) -> Vec<(StageId, usize, usize)> {
+        let workers = |stage: StageId| match stage.class() {
+            shoal_stages::event::StageClass::Background => self.pool.background_workers,
+            shoal_stages::event::StageClass::Foreground => self.pool_settings().workers,
+        };
+        self.stages
+            .iter()
+            .filter_map(|(stage, tuning)| {
+                let slots = tuning.threads?;
+                (*stage != StageId::Intake && slots > workers(*stage))
+                    .then(|| (*stage, slots, workers(*stage)))
+            })
+            .collect()
+    }
+
     /// Stages whose section still sets `spin_us`, which the pool no longer reads.
     pub fn ignored_spin_keys(&self) -> Vec<StageId> {
         self.stages

@@ -70,6 +70,20 @@ fn large_values_need_a_write_buffer_for_n_merged_frames() {
     assert!(message.contains("at least 25200000"), "{message}");
 }
 
+/// Goal: a stage given more slots than its pool has workers is named (with both counts) for
+/// the node to warn of; one within its pool is not.
+#[test]
+fn stages_with_more_slots_than_workers_are_named() {
+    let text = format!(
+        "{MINIMAL}\n[pool]\nbackground_workers = 2\n[stages.background_storage]\nthreads = 3\n[stages.storage]\nthreads = 2\n"
+    );
+    let config = parse(&text).expect("valid");
+    assert_eq!(
+        config.slots_beyond_workers(),
+        vec![(StageId::BackgroundStorage, 3, 2)]
+    );
+}
+
 /// Goal: bad values are errors that name their key.
 #[test]
 fn bad_values_are_named() {

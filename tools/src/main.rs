@@ -172,7 +172,7 @@ fn print_report(report: &LoadReport) {
         );
     }
     println!(
-        "reads that saw siblings: {} of {}",
+        "reads that saw siblings: {} of {} that found a value",
         report.reads_with_siblings, report.reads
     );
     if let Some(stages) = &report.stages {
