@@ -28,11 +28,7 @@ impl Store {
         let configured = u32::try_from(replicas).unwrap_or(u32::MAX);
         match self.engine.get(Space::Meta, META_REPLICAS.as_bytes())? {
             Some(bytes) => {
-                let stored = <[u8; 4]>::try_from(bytes.as_slice())
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| StorageError::UnknownFormat {
-                        found: "2 with an unreadable replica count".to_string(),
-                    })?;
+                let stored = meta_count(&bytes, "replica")?;
                 if stored != configured {
                     return Err(StorageError::ReplicasChanged { stored, configured });
                 }
@@ -71,6 +67,15 @@ impl Store {
             .insert(Space::Meta, META_FORMAT.as_bytes(), FORMAT_VERSION)?;
         Ok(())
     }
+}
+
+/// A count `meta` keeps (Q, N) as 4 big-endian bytes; `what` names it if it is unreadable.
+fn meta_count(bytes: &[u8], what: &str) -> Result<u32, StorageError> {
+    <[u8; 4]>::try_from(bytes)
+        .map(u32::from_be_bytes)
+        .map_err(|_| StorageError::UnknownFormat {
+            found: format!("2 with an unreadable {what} count"),
+        })
 }
 
 /// What a data directory's `meta` says about its layout.
@@ -117,11 +122,7 @@ pub(super) fn check_identity(
             };
             match meta(META_PARTITIONS)? {
                 Some(bytes) => {
-                    let stored = <[u8; 4]>::try_from(bytes.as_slice())
-                        .map(u32::from_be_bytes)
-                        .map_err(|_| StorageError::UnknownFormat {
-                            found: "2 with an unreadable partition count".to_string(),
-                        })?;
+                    let stored = meta_count(&bytes, "partition")?;
                     if stored != partitions {
                         return Err(StorageError::PartitionsChanged {
                             stored,
