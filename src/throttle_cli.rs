@@ -85,6 +85,16 @@ pub fn run(args: ThrottleArgs, client: &mut Client) -> Result<(), Box<dyn std::e
     }
 }
 
+/// A stage's mode as the table and the JSON say it: not pinned, with the controller off, the
+/// configured rate holds (`config`; a trial read `auto` on every row of a node whose
+/// controller was disabled).
+fn mode_text(mode: shoal_stages::seda::GateMode, controller_on: bool) -> String {
+    match mode {
+        shoal_stages::seda::GateMode::Auto if !controller_on => "config".to_string(),
+        mode => mode.to_string(),
+    }
+}
+
 /// The JSON form: `{"controller":{…},"stages":[{…}]}` (times in milliseconds).
 pub fn throttle_json(reply: &ThrottleReply) -> serde_json::Value {
     let c = &reply.controller;
@@ -106,7 +116,7 @@ pub fn throttle_json(reply: &ThrottleReply) -> serde_json::Value {
             "rate_per_sec": s.rate_per_sec,
             "used_per_sec": s.used_per_sec,
             "backlog": s.backlog,
-            "mode": s.mode.to_string(),
+            "mode": mode_text(s.mode, c.enabled),
             "dropped": s.dropped,
         })).collect::<Vec<_>>(),
     })
@@ -157,12 +167,7 @@ pub fn throttle_table(controller: &ControllerState, stages: &[StageThrottle]) ->
         let rate = s
             .rate_per_sec
             .map_or_else(|| "unlimited".to_string(), |r| r.to_string());
-        // Not pinned, with the controller off: the configured rate holds (a trial read "auto"
-        // on every row of a node whose controller was disabled).
-        let mode = match s.mode {
-            shoal_stages::seda::GateMode::Auto if !c.enabled => "config".to_string(),
-            mode => mode.to_string(),
-        };
+        let mode = mode_text(s.mode, c.enabled);
         let _ = writeln!(
             out,
             "{:<name_width$} {:>10} {:>10} {:>10} {:>7} {:>8}",
@@ -235,5 +240,12 @@ mod tests {
         };
         assert_eq!(modes(false), vec!["config", "pinned"]);
         assert_eq!(modes(true), vec!["auto", "pinned"]);
+        // The JSON says the same (a trial's said auto beside "enabled": false).
+        let reply = ThrottleReply {
+            node: shoal_stages::NodeId::new("n1"),
+            controller: ControllerState::default(),
+            stages: vec![stage(GateMode::Auto)],
+        };
+        assert_eq!(throttle_json(&reply)["stages"][0]["mode"], "config");
     }
 }

@@ -135,11 +135,11 @@ impl Sockets {
                     crate::event::GateChange::Show => {}
                     crate::event::GateChange::Pin(stage, rate) => {
                         info!(self.logger, "admin throttle pinned a background stage's rate (until this node stops)";
-                              "stage" => stage.name(), "rate_per_sec" => rate)
+                              "background_stage" => stage.name(), "rate_per_sec" => rate)
                     }
                     crate::event::GateChange::Auto(stage) => {
-                        info!(self.logger, "admin throttle handed a background stage back to the controller";
-                              "stage" => stage.name())
+                        info!(self.logger, "admin throttle released a background stage's rate (to the controller, or the configured rate while it is off)";
+                              "background_stage" => stage.name())
                     }
                 }
                 let reply = Message::ThrottleReply(stats.throttle(change));
