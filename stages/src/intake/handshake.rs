@@ -97,6 +97,15 @@ impl Refusal {
         }
     }
 
+    /// Whether the peer's ring contradicts this node's (Q, N or the initial ring): a
+    /// misconfiguration on one side, where serving would let the two rings diverge.
+    pub fn is_terms(&self) -> bool {
+        matches!(
+            self,
+            Refusal::Partitions { .. } | Refusal::Replicas { .. } | Refusal::Genesis { .. }
+        )
+    }
+
     /// A malformed step: `what` was wrong.
     pub(crate) fn malformed(what: &str) -> Refusal {
         Refusal::Malformed {

@@ -169,6 +169,9 @@ impl IntakeMachine {
         member: Option<NodeId>,
         out: &mut Outbox,
     ) {
+        if let (Some(peer), true) = (&member, reason.is_terms()) {
+            self.note_conflict(peer);
+        }
         let dialer = member.map_or_else(|| "(not a member)".to_string(), |m| m.to_string());
         let kind = reason.kind();
         match self.refusals.note(&format!("answer {dialer} {kind}")) {

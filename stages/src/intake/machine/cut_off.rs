@@ -8,7 +8,8 @@
 //! data requests `CutOff` before any stage sees them, so nothing is applied, and the
 //! partition-aware client takes them to another node.
 //!
-//! Why two at least: with one peer, which of the two is the odd one cannot be told. Why under
+//! Why two at least: with one peer, which of the two is the odd one cannot be told, unless
+//! their rings contradict each other (see `refused_by_every_peer`). Why under
 //! the current membership: a node waiting to join is refused ("not a member") until the join
 //! commits, and those refusals say nothing once it has. A node that is not a member of its own
 //! membership (waiting to join, or removed) is never cut off: it serves no partition anyway.
@@ -31,6 +32,9 @@ pub(super) struct CutOff {
     refusals: BTreeMap<NodeId, (u64, String)>,
     /// Why client requests are refused (the first refusing peer's reason), while they are.
     reason: Option<String>,
+    /// Peers whose ring this node found contradicting its own (Q, N or the initial ring), with
+    /// the membership version it was found under, until a handshake with them works.
+    conflicts: BTreeMap<NodeId, u64>,
 }
 
 impl IntakeMachine {
@@ -45,9 +49,18 @@ impl IntakeMachine {
 
     /// A handshake with `peer` worked.
     pub(super) fn note_accepted(&mut self, peer: &NodeId) {
-        if self.cut_off.refusals.remove(peer).is_some() {
+        let conflicted = self.cut_off.conflicts.remove(peer).is_some();
+        if self.cut_off.refusals.remove(peer).is_some() || conflicted {
             self.update_cut_off();
         }
+    }
+
+    /// This node refused `peer`'s handshake, or its answer, because their rings contradict
+    /// each other (`Refusal::is_terms`).
+    pub(super) fn note_conflict(&mut self, peer: &NodeId) {
+        let version = self.membership.current().version;
+        self.cut_off.conflicts.insert(peer.clone(), version);
+        self.update_cut_off();
     }
 
     /// Works out again whether every peer refuses this node (after a refusal, a handshake
@@ -70,12 +83,19 @@ impl IntakeMachine {
         self.cut_off.reason = reason;
     }
 
-    /// The first refusing peer's reason, when every other member (two at least) refused this
-    /// node, itself a member, under the current membership.
+    /// The first refusing peer's reason, when every other member refused this node, itself
+    /// a member, under the current membership: two at least, or one whose ring contradicts
+    /// this node's. Why the second: a fresh founder whose list names one other member (a
+    /// second trial's) was refused by it, could not tell which of the two was odd, and took
+    /// writes (W = 1) the real cluster never saw; but rings that contradict each other mean
+    /// one side is misconfigured, and a node no peer accepts is the one to stop serving. Two
+    /// founders that contradict each other and know no third both stop: serving would let
+    /// their rings diverge.
     fn refused_by_every_peer(&self) -> Option<String> {
         let membership = self.membership.current();
         membership.member(&self.node)?;
         let mut others = 0;
+        let mut conflict = false;
         let mut first = None;
         for member in membership.members().filter(|m| m.id != self.node) {
             others += 1;
@@ -85,8 +105,9 @@ impl IntakeMachine {
                 }
                 _ => return None,
             }
+            conflict |= self.cut_off.conflicts.get(&member.id) == Some(&membership.version);
         }
-        first.filter(|_| others >= 2)
+        first.filter(|_| others >= 2 || conflict)
     }
 
     /// Whether client requests are refused `CutOff` now.

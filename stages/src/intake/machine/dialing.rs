@@ -167,6 +167,9 @@ impl IntakeMachine {
             } else {
                 debug!(self.logger, "peer handshake failed again"; "peer" => %peer, "conn" => conn.0, "kind" => kind, "reason" => %reason);
             }
+            if refused.as_ref().is_some_and(Refusal::is_terms) {
+                self.note_conflict(&peer);
+            }
             let why = refused.as_ref().map(|refusal| match refusal {
                 Refusal::ByPeer { error } => format!("it refused this node's handshake: {error}"),
                 own => format!("this node refused its answer to the hello: {own}"),
