@@ -526,8 +526,15 @@ fn starting_membership(
         let names = |set: &std::collections::BTreeSet<String>| {
             set.iter().map(String::as_str).collect::<Vec<_>>().join(",")
         };
-        warn!(logger, "the config's [[cluster.members]] differ from the membership this node saved: the saved one stands (the config's list only seeds gossip); members change with `shoal admin join` and `leave`";
-              "config" => names(&listed), "saved" => names(&held));
+        let (config_list, saved_list) = (names(&listed), names(&held));
+        let what = "the config's [[cluster.members]] differ from the membership this node saved: the saved one stands (the config's list only seeds gossip); members change with `shoal admin join` and `leave`";
+        // After a join or leave every config's list is stale, and that is as it should be;
+        // before one, a differing list is an edit its author expected to take effect.
+        if saved.genesis(&NodeId::new(config.node.id.clone())) == 0 {
+            info!(logger, "{}", what; "config" => config_list, "saved" => saved_list);
+        } else {
+            warn!(logger, "{}", what; "config" => config_list, "saved" => saved_list);
+        }
     }
     Ok(saved)
 }
