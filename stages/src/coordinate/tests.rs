@@ -132,16 +132,23 @@ fn get(request_id: u64, now: Instant) -> CoordinateEvent {
     }
 }
 
-/// `peer`'s answer to operation `op`: unreachable.
-fn unreachable(peer: &NodeId, op: OpId) -> CoordinateEvent {
+/// `peer`'s answer to operation `op`: `result`.
+fn answer(peer: &NodeId, op: OpId, result: Result<Message, ServiceError>) -> CoordinateEvent {
     CoordinateEvent::Peer(PeerDone {
         op,
         peer: peer.clone(),
-        result: Err(ServiceError::PeerUnreachable {
-            node: peer.to_string(),
-            why: None,
-        }),
+        result,
     })
+}
+
+/// `peer`'s answer to operation `op`: unreachable.
+fn unreachable(peer: &NodeId, op: OpId) -> CoordinateEvent {
+    let node = peer.to_string();
+    answer(
+        peer,
+        op,
+        Err(ServiceError::PeerUnreachable { node, why: None }),
+    )
 }
 
 /// Answers every peer request in `sent` with `PeerUnreachable`; what that makes goes to `out`.
@@ -548,11 +555,7 @@ fn a_peer_that_said_it_stopped_is_held_down_until_a_probe_finds_it() {
         })
         .expect("n2 probed");
     out.clear();
-    let pong = CoordinateEvent::Peer(PeerDone {
-        op: probe,
-        peer: n2,
-        result: Ok(Message::Pong),
-    });
+    let pong = answer(&n2, probe, Ok(Message::Pong));
     on_event(&mut c, now + Duration::from_secs(61), pong, &mut out);
     assert!(back(&out), "a probe's answer brings it back: {out:?}");
 }

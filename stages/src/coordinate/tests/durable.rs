@@ -54,15 +54,13 @@ fn replica_ack(
     durable: bool,
     out: &mut Vec<Output>,
 ) {
-    let ack = PeerDone {
+    let versions = VersionSet::new();
+    let ack = answer(
+        &peer,
         op,
-        peer,
-        result: Ok(Message::ReplicaReply(ReplicaReply {
-            versions: VersionSet::new(),
-            durable,
-        })),
-    };
-    on_event(c, Instant::now(), CoordinateEvent::Peer(ack), out);
+        Ok(Message::ReplicaReply(ReplicaReply { versions, durable })),
+    );
+    on_event(c, Instant::now(), ack, out);
 }
 
 /// Runs one put through n1 of a 3-node N=3 W=2 cluster with `durable` (or the default

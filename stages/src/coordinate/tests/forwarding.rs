@@ -14,16 +14,8 @@ fn forwarded_put_relays_an_error_answer_and_is_not_forwarded_twice() {
     let mut out = Vec::new();
     let (peer, op) = forward_a_put(&mut c, &membership, start, &mut out);
     let refusal = ServiceError::TooManySiblings { count: 33, max: 32 };
-    on_event(
-        &mut c,
-        start,
-        CoordinateEvent::Peer(PeerDone {
-            op,
-            peer,
-            result: Ok(Message::Error(refusal.clone())),
-        }),
-        &mut out,
-    );
+    let relayed = answer(&peer, op, Ok(Message::Error(refusal.clone())));
+    on_event(&mut c, start, relayed, &mut out);
     match out.as_slice() {
         [Output::Reply {
             origin,
@@ -47,12 +39,7 @@ fn a_forwarded_put_unanswered_at_its_deadline_is_a_quorum_error_naming_the_node(
     let full = ServiceError::Overloaded {
         stage: "replicate".into(),
     };
-    let refused = PeerDone {
-        op,
-        peer: first.clone(),
-        result: Err(full),
-    };
-    on_event(&mut c, start, CoordinateEvent::Peer(refused), &mut out);
+    on_event(&mut c, start, answer(&first, op, Err(full)), &mut out);
     let (next, _) = forwarded(&out);
     assert_ne!(next, first);
     out.clear();
@@ -118,12 +105,8 @@ fn a_forwarded_put_refused_by_a_stopping_node_goes_to_the_next_list_node() {
     let mut out = Vec::new();
     let (first, op) = forward_a_put(&mut c, &membership, now, &mut out);
     out.clear();
-    let refusal = PeerDone {
-        op,
-        peer: first.clone(),
-        result: Ok(Message::Error(ServiceError::ShuttingDown)),
-    };
-    on_event(&mut c, now, CoordinateEvent::Peer(refusal), &mut out);
+    let refusal = answer(&first, op, Ok(Message::Error(ServiceError::ShuttingDown)));
+    on_event(&mut c, now, refusal, &mut out);
     let (second, _) = forwarded(&out);
     assert_ne!(second, first, "the next list node: {out:?}");
 }

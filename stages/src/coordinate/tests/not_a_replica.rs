@@ -118,17 +118,8 @@ fn a_replica_write_refused_as_not_a_replica_goes_to_a_spare_with_a_hint() {
         }] if w.hint.is_none() => (peer.clone(), *op),
         other => panic!("expected one replica write, got {other:?}"),
     };
-    let refusal = PeerDone {
-        op,
-        peer: refuser.clone(),
-        result: Ok(Message::Error(ServiceError::NotAReplica {
-            node: refuser.to_string(),
-            partition: 0,
-            version: 1,
-        })),
-    };
     let mut out = Vec::new();
-    on_event(&mut c, now, CoordinateEvent::Peer(refusal), &mut out);
+    on_event(&mut c, now, not_a_replica(&refuser, op), &mut out);
     let (spare, op) = match out.as_slice() {
         [Output::Peer {
             peer,
@@ -141,16 +132,18 @@ fn a_replica_write_refused_as_not_a_replica_goes_to_a_spare_with_a_hint() {
         other => panic!("expected the write on a spare, got {other:?}"),
     };
     assert!(spare != refuser && spare != n1, "{spare}");
-    let ack = PeerDone {
-        op,
-        peer: spare,
-        result: Ok(Message::ReplicaReply(ReplicaReply {
-            versions: VersionSet::new(),
-            durable: false,
-        })),
+    let versions = VersionSet::new();
+    let reply = ReplicaReply {
+        versions,
+        durable: false,
     };
     let mut out = Vec::new();
-    on_event(&mut c, now, CoordinateEvent::Peer(ack), &mut out);
+    on_event(
+        &mut c,
+        now,
+        answer(&spare, op, Ok(Message::ReplicaReply(reply))),
+        &mut out,
+    );
     assert!(
         matches!(
             out.as_slice(),
@@ -200,16 +193,18 @@ fn a_forwarded_put_refused_as_not_a_replica_goes_to_the_next_list_node() {
     // asked.
     let mut out = Vec::new();
     let (first, op) = forward_a_put(&mut c, &membership, now, &mut out);
-    let refusal = PeerDone {
-        op,
-        peer: first.clone(),
-        result: Ok(Message::Error(ServiceError::NotAReplica {
-            node: first.to_string(),
-            partition: 0,
-            version: 1,
-        })),
-    };
-    on_event(&mut c, now, CoordinateEvent::Peer(refusal), &mut out);
+    on_event(&mut c, now, not_a_replica(&first, op), &mut out);
     let (second, _) = forwarded(&out);
     assert_ne!(second, first, "the next list node: {out:?}");
+}
+
+/// `refuser`'s answer to operation `op`: it holds the key's partition under no ring.
+fn not_a_replica(refuser: &NodeId, op: OpId) -> CoordinateEvent {
+    let node = refuser.to_string();
+    let refusal = ServiceError::NotAReplica {
+        node,
+        partition: 0,
+        version: 1,
+    };
+    answer(refuser, op, Ok(Message::Error(refusal)))
 }
