@@ -59,11 +59,10 @@ pub struct StageDepth {
     samples: u64,
     depth_sum: u64,
     used_sum: u64,
-    /// The first sample's high-water mark and refusals, which the run's are counted from
-    /// (0 after the node restarted), and the refusals counted before its last restart.
-    first_high_water: u64,
-    first_rejected: u64,
-    counted_rejected: u64,
+    /// The previous sample's high-water mark and refusals, which the next one's are counted
+    /// from.
+    last_high_water: u64,
+    last_rejected: u64,
 }
 
 /// The lower and higher of two rate limits, where `None` (unlimited) is the highest.
@@ -325,25 +324,23 @@ fn sample_until(members: Vec<(String, String)>, stop: &AtomicBool) -> Sampled {
                             node: stats.node.to_string(),
                             stage: s.name.clone(),
                             class: s.class.clone(),
-                            first_high_water: s.queue_high_water,
-                            first_rejected: s.rejected,
+                            last_high_water: s.queue_high_water,
+                            last_rejected: s.rejected,
                             ..StageDepth::default()
                         });
                     entry.peak_depth = entry.peak_depth.max(s.queue_depth);
-                    // A node that restarted during the run counts from zero again: its
-                    // counts are taken from there on, on top of what came before.
-                    if s.rejected < entry.first_rejected
-                        || s.queue_high_water < entry.first_high_water
-                    {
-                        entry.counted_rejected = entry.rejected;
-                        entry.first_rejected = 0;
-                        entry.first_high_water = 0;
-                    }
-                    if s.queue_high_water > entry.first_high_water {
+                    // Counted from the previous sample; a count that fell is a node that
+                    // restarted during the run and counts from zero again (a counter reset).
+                    entry.rejected += match s.rejected.checked_sub(entry.last_rejected) {
+                        Some(since) => since,
+                        None => s.rejected,
+                    };
+                    // A high-water mark that moved (rose, or began again after a restart) is
+                    // a peak of this run's, perhaps between two samples.
+                    if s.queue_high_water != entry.last_high_water {
                         entry.peak_depth = entry.peak_depth.max(s.queue_high_water);
                     }
-                    entry.rejected =
-                        entry.counted_rejected + s.rejected.saturating_sub(entry.first_rejected);
+                    (entry.last_rejected, entry.last_high_water) = (s.rejected, s.queue_high_water);
                     let t = started.elapsed().as_secs_f64();
                     entry.depths.push((t, s.queue_depth));
                     entry.depth_sum += s.queue_depth;

@@ -229,7 +229,8 @@ pub enum ServiceError {
     /// newer node added (the protocol grows errors: `CutOff`, `ObjectTooLarge` and
     /// `ReplyTooLarge` came after clients already in use). The request failed with it, and
     /// the connection stays up, rather than the whole frame being rejected as malformed. A
-    /// coordinator that forwarded a put passes it on as it came. The name is cut to 64 bytes.
+    /// coordinator that forwarded a put passes on what it read: this error, naming the same
+    /// kind. The name is cut to 64 bytes.
     #[error("the node answered with an error this build cannot read: {kind} (from a newer node? upgrade this client)")]
     Unreadable {
         /// The error's name as sent.

@@ -299,12 +299,23 @@ pub fn challenge(
     })
 }
 
-/// The terms a hello names.
-pub fn terms_of_hello(hello: &PeerHello) -> RingTerms {
-    RingTerms {
-        partitions: hello.partitions,
-        replicas: hello.replicas,
-        genesis: hello.genesis,
+impl From<&PeerHello> for RingTerms {
+    fn from(hello: &PeerHello) -> RingTerms {
+        RingTerms {
+            partitions: hello.partitions,
+            replicas: hello.replicas,
+            genesis: hello.genesis,
+        }
+    }
+}
+
+impl From<&PeerChallenge> for RingTerms {
+    fn from(challenge: &PeerChallenge) -> RingTerms {
+        RingTerms {
+            partitions: challenge.partitions,
+            replicas: challenge.replicas,
+            genesis: challenge.genesis,
+        }
     }
 }
 
@@ -335,12 +346,7 @@ pub fn answer(
     if !seal.verify(&signed, &challenge.mac) {
         return Err(Refusal::ChallengeNotSigned);
     }
-    let theirs = RingTerms {
-        partitions: challenge.partitions,
-        replicas: challenge.replicas,
-        genesis: challenge.genesis,
-    };
-    if let Some(reason) = terms_mismatch(peer, theirs, terms) {
+    if let Some(reason) = terms_mismatch(peer, RingTerms::from(challenge), terms) {
         return Err(reason);
     }
     let proof = seal.sign(&handshake_bytes(

@@ -71,7 +71,7 @@ impl StatsSource {
         ThrottleReply {
             node: self.node.clone(),
             controller: self.gates.controller(),
-            stages: self.gates.stages(|stage| self.router.depth(stage) as u64),
+            stages: self.background(),
         }
     }
 }

@@ -107,7 +107,7 @@ impl IntakeMachine {
             return Err(Refusal::NotAMember { node: node.clone() });
         }
         if let Some(reason) = protocol_mismatch(node, hello.protocol)
-            .or_else(|| terms_mismatch(node, handshake::terms_of_hello(hello), self.ring_terms()))
+            .or_else(|| terms_mismatch(node, RingTerms::from(hello), self.ring_terms()))
         {
             return Err(reason);
         }
