@@ -164,6 +164,9 @@ pub enum AdminCommand {
     Leave(crate::membership_cli::DepartArgs),
     /// Stage a dead member's removal: its replicas are rebuilt from the others.
     Remove(crate::membership_cli::DepartArgs),
+    /// Record a member's new address (it moved, keeping its id and data): in effect at once,
+    /// no commit, nothing moved.
+    Move(crate::membership_cli::MoveArgs),
     /// What the staged changes would move, from whom to whom.
     Plan(RingArgs),
     /// Apply the staged changes: the new ring, and the transfers it needs.
@@ -285,6 +288,9 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Admin(AdminCommand::Remove(args)) => {
             crate::membership_cli::depart(args, true, &mut std::io::stdout())
+        }
+        Command::Admin(AdminCommand::Move(args)) => {
+            crate::membership_cli::move_member(args, &mut std::io::stdout())
         }
         Command::Admin(AdminCommand::Plan(args)) => crate::membership_cli::plan_or_commit(
             &args.target,

@@ -1,7 +1,8 @@
-//! `shoal admin join|leave|remove|plan|commit`: the operator's plan-first membership changes
-//! (riak's staged clustering). `join`, `leave` and `remove` stage a change through any member
-//! and print the plan; `plan` shows what the staged changes would move; `commit` applies them,
-//! which starts the ownership transfers (`admin ring` shows those still pending).
+//! `shoal admin join|leave|remove|plan|commit|move`: the operator's plan-first membership
+//! changes (riak's staged clustering). `join`, `leave` and `remove` stage a change through any
+//! member and print the plan; `plan` shows what the staged changes would move; `commit` applies
+//! them, which starts the ownership transfers (`admin ring` shows those still pending). `move`
+//! records a member's new address, which takes effect without a commit.
 
 use crate::client::Client;
 use clap::Args;
@@ -46,6 +47,53 @@ pub struct DepartArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `shoal admin move`
+#[derive(Args, Debug)]
+pub struct MoveArgs {
+    /// The member to send the change through.
+    #[command(flatten)]
+    pub target: crate::cli::Target,
+    /// The member that moved.
+    #[arg(long)]
+    pub id: String,
+    /// Where it listens now.
+    #[arg(long)]
+    pub addr: SocketAddr,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Records a member's new address and prints what the node asked now holds: a node that
+/// moved to another host with its data keeps its id and partitions, where a remove and a
+/// join would copy all of its data over again.
+pub fn move_member(args: MoveArgs, out: &mut impl Write) -> Result<(), Box<dyn std::error::Error>> {
+    let node = NodeId::new(args.id);
+    let request = PlanRequest {
+        change: Some(MembershipChange::Move {
+            node: node.clone(),
+            addr: args.addr,
+        }),
+        commit: false,
+    };
+    let mut client = crate::cli::connect(&args.target)?;
+    let reply = client.plan(request)?;
+    if args.json {
+        return print_plan(&reply, true, out);
+    }
+    writeln!(
+        out,
+        "{node} is at {} on {} (membership version {}): every node dials it there once gossip \
+         brings them the change; no commit is needed and nothing moves",
+        args.addr, reply.node, reply.version
+    )?;
+    if !reply.plan.is_empty() {
+        writeln!(out, "other changes staged before:")?;
+        print_plan(&reply, false, out)?;
+    }
+    Ok(())
 }
 
 /// Stages a join and prints the plan.

@@ -184,6 +184,7 @@ impl Node {
         let socket = IntakeSocket::bind(config.node.listen).map_err(io_error(&listening))?;
         let local_addr = socket.local_addr();
         let initial = starting_membership(config, &store, local_addr, &logger)?;
+        warn_if_listed_elsewhere(&initial, config, local_addr, &logger);
         let membership = MembershipView::new(initial.clone());
         if config.cluster.secret == DEFAULT_SECRET {
             warn!(
@@ -539,6 +540,34 @@ fn starting_membership(
     Ok(saved)
 }
 
+/// Where this node's membership says it listens, when that is not where it listens: peers
+/// dial the membership's address, so a node that moved to another host with its data is
+/// reached only once `shoal admin move` records the new one (a listen address on every
+/// interface, 0.0.0.0, is compared by port).
+fn listed_elsewhere(membership: &Membership, me: &NodeId, local: SocketAddr) -> Option<SocketAddr> {
+    let listed = membership.addr_of(me)?;
+    let same = if local.ip().is_unspecified() {
+        listed.port() == local.port()
+    } else {
+        listed == local
+    };
+    (!same).then_some(listed)
+}
+
+/// Logs [`listed_elsewhere`] at WARN, with the command that fixes it.
+fn warn_if_listed_elsewhere(
+    membership: &Membership,
+    config: &Config,
+    local: SocketAddr,
+    logger: &Logger,
+) {
+    let me = NodeId::new(config.node.id.clone());
+    if let Some(listed) = listed_elsewhere(membership, &me, local) {
+        warn!(logger, "this node listens elsewhere than its membership says: peers dial the membership's address; if the node moved, run `shoal admin move --id {} --addr {}` through any member", me, local;
+              "listens" => %local, "membership" => %listed);
+    }
+}
+
 /// Steps of nice the storage engine's threads go below the node's: with the controller on
 /// and `controller.storage_nice` above 0.
 fn storage_nice_steps(config: &Config) -> Option<i32> {
@@ -595,4 +624,36 @@ fn random_seed() -> [u8; 16] {
         }
     }
     seed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_stages::membership::Member;
+
+    /// Goal: a node is told it listens elsewhere than its membership says exactly when peers
+    /// could not reach it there: another address or port, or another port on every interface.
+    #[test]
+    fn a_node_listening_elsewhere_than_its_membership_is_noticed() {
+        let at = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let member = Member {
+            id: NodeId::new("n1"),
+            addr: at("127.0.0.1:7401"),
+            weight: 1,
+            zone: None,
+        };
+        let membership = Membership::new(1, 64, vec![member]).expect("membership");
+        let n1 = NodeId::new("n1");
+        let elsewhere = |local| listed_elsewhere(&membership, &n1, at(local));
+        assert_eq!(elsewhere("127.0.0.1:7401"), None);
+        assert_eq!(elsewhere("0.0.0.0:7401"), None);
+        assert_eq!(elsewhere("127.0.0.1:7411"), Some(at("127.0.0.1:7401")));
+        assert_eq!(elsewhere("127.0.0.2:7401"), Some(at("127.0.0.1:7401")));
+        assert_eq!(elsewhere("0.0.0.0:7411"), Some(at("127.0.0.1:7401")));
+        let stranger = NodeId::new("n9");
+        assert_eq!(
+            listed_elsewhere(&membership, &stranger, at("127.0.0.1:1")),
+            None
+        );
+    }
 }

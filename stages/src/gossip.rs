@@ -288,6 +288,14 @@ impl GossipMachine {
                     self.membership
                         .stage_departure(&me, &node, MemberState::Removed)?
                 }
+                Some(MembershipChange::Move { node, addr }) => {
+                    let from = self.membership.addr_of(&node);
+                    self.membership.stage_move(&me, &node, addr)?;
+                    if from != Some(addr) {
+                        info!(self.logger, "member moved: dialled at its new address from now on"; "node" => %node,
+                              "from" => from.map(|a| a.to_string()).unwrap_or_default(), "to" => %addr);
+                    }
+                }
                 None => {}
             }
             if request.commit {

@@ -591,3 +591,37 @@ fn staging_a_leave_below_n_nodes_warns_of_fewer_copies() {
     assert!(ok, "{err}");
     assert!(!out.contains("warning"), "3 nodes again: {out}");
 }
+
+/// Goal: `admin move` says where the member is now and that no commit is needed, and the ring
+/// names the new address; a move to another member's address fails naming that member.
+#[test]
+fn admin_move_records_a_new_address_and_refuses_a_taken_one() {
+    let cluster = super::support::TestCluster::start(2, 2, 1, 1, "");
+    let (node, taken) = (cluster.addr(0), cluster.addr(1));
+    let (ok, _, err) = shoal(&[
+        "admin", "move", "--node", &node, "--id", "n1", "--addr", &taken,
+    ]);
+    assert!(!ok, "a move to n2's address was taken");
+    assert!(
+        err.contains(&format!("{taken} is where member n2 listens")),
+        "{err}"
+    );
+    let (ok, out, err) = shoal(&[
+        "admin",
+        "move",
+        "--node",
+        &node,
+        "--id",
+        "n2",
+        "--addr",
+        "127.0.0.1:9",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("n2 is at 127.0.0.1:9 on n1") && out.contains("no commit is needed"),
+        "{out}"
+    );
+    let ring = cluster.client(0).ring().expect("ring");
+    let n2 = shoal_stages::NodeId::new("n2");
+    assert_eq!(ring.addr_of(&n2), "127.0.0.1:9".parse().ok());
+}

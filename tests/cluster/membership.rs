@@ -639,3 +639,67 @@ fn a_node_restarted_with_another_n_refuses_to_start_and_drops_nothing() {
     cluster.restart(0);
     assert!(stored_on(&cluster, 0, &keys).iter().all(|kept| *kept));
 }
+
+/// Goal: a member that moved to another address with its data (stopped, `admin move` through
+/// another member, started at the new address) is reached there by every node and keeps its
+/// data and partitions: the ring does not change, nothing is copied, and a write that needs
+/// all three replicas succeeds through either other node. Before, a moved node had to be
+/// removed and joined again, copying all of its data.
+#[test]
+fn a_member_moved_to_another_address_is_reached_there_and_keeps_its_data() {
+    let (mut cluster, keys) = founders_with_keys(3);
+    let ring_before = cluster.client(0).ring().expect("ring").ring().clone();
+    cluster.stop(2);
+    let moved: SocketAddr = format!("127.0.0.1:{}", super::support::free_ports(1)[0])
+        .parse()
+        .expect("addr");
+    let n3 = NodeId::new("n3");
+    let reply = stage(
+        &mut cluster.client(0),
+        MembershipChange::Move {
+            node: n3.clone(),
+            addr: moved,
+        },
+        false,
+    );
+    assert!(
+        reply.plan.is_empty(),
+        "a move plans nothing: {:?}",
+        reply.plan
+    );
+    let spread = super::support::eventually(|| {
+        cluster.client(1).ring().expect("ring").addr_of(&n3) == Some(moved)
+    });
+    assert!(spread, "n2 did not learn n3's new address");
+    cluster.configs[2].node.listen = moved;
+    cluster.restart(2);
+    for through in [0, 1] {
+        let all_three = RequestOptions {
+            w: Some(3),
+            ..RequestOptions::DEFAULT
+        };
+        let key = format!("after-the-move-{through}");
+        let written = super::support::eventually(|| {
+            cluster
+                .client(through)
+                .put(key.as_bytes(), None, b"moved", all_three)
+                .is_ok()
+        });
+        assert!(
+            written,
+            "a W=3 put through n{} never reached n3",
+            through + 1
+        );
+    }
+    for i in 0..3 {
+        let membership = cluster.client(i).ring().expect("ring");
+        assert_eq!(
+            membership.ring(),
+            &ring_before,
+            "n{} has another ring",
+            i + 1
+        );
+        assert!(membership.pending_transfers(3).is_empty());
+    }
+    assert!(stored_on(&cluster, 2, &keys).iter().all(|kept| *kept));
+}

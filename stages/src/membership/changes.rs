@@ -34,29 +34,10 @@ impl Membership {
         }
         // Its id, weight and zone make a valid ring.
         Ring::new(self.ring().partition_count(), &[member.spec()])?;
-        // Two members at one address: peers would reach one of them under both names. A node
-        // that was removed frees its address; one leaving may still serve and send while it
-        // is in the committed ring, the ring before it (its copies may wait) or a list kept in
-        // `old_replicas`, so it keeps it until the next commit (or its removal) takes it out.
-        let a = &self.assignment;
-        let serving = |id: &NodeId| {
-            a.ring.contains(id)
-                || a.previous.as_ref().is_some_and(|ring| ring.contains(id))
-                || a.old_replicas.values().any(|list| list.contains(id))
-        };
-        let listening = |e: &MemberEntry| match e.state {
-            MemberState::Active => true,
-            MemberState::Leaving => serving(&e.member.id),
-            MemberState::Removed => false,
-        };
-        if let Some(other) = self
-            .members
-            .values()
-            .find(|e| listening(e) && e.member.addr == member.addr && e.member.id != member.id)
-        {
+        if let Some(other) = self.listening_at(member.addr, &member.id) {
             return Err(MembershipError::AddressTaken {
                 addr: member.addr,
-                node: other.member.id.clone(),
+                node: other.clone(),
             });
         }
         let stamp = self.next_stamp(me);
@@ -69,6 +50,70 @@ impl Membership {
             },
         );
         Ok(())
+    }
+
+    /// Records that member `node` now listens at `addr` (written by `me`): a node that moved
+    /// to another host keeps its id, its data and its partitions. Its id, weight and zone make
+    /// the ring, its address does not, so nothing is planned or moved and no commit is
+    /// needed: the register spreads by gossip, and each node dials `addr` from then on.
+    /// Moving to the address it has is a no-op; one another member listens at is refused, as
+    /// for a join.
+    pub fn stage_move(
+        &mut self,
+        me: &NodeId,
+        node: &NodeId,
+        addr: SocketAddr,
+    ) -> Result<(), MembershipError> {
+        let Some(entry) = self.members.get(node) else {
+            return Err(MembershipError::UnknownMember { node: node.clone() });
+        };
+        if entry.state == MemberState::Removed {
+            return Err(MembershipError::WasRemoved { node: node.clone() });
+        }
+        if entry.member.addr == addr {
+            return Ok(());
+        }
+        let (mut moved, state) = (entry.member.clone(), entry.state);
+        if let Some(other) = self.listening_at(addr, node) {
+            return Err(MembershipError::AddressTaken {
+                addr,
+                node: other.clone(),
+            });
+        }
+        moved.addr = addr;
+        let stamp = self.next_stamp(me);
+        self.members.insert(
+            node.clone(),
+            MemberEntry {
+                member: moved,
+                state,
+                stamp,
+            },
+        );
+        Ok(())
+    }
+
+    /// The member other than `except` that listens at `addr`, if any. Peers would reach one
+    /// node under two names. A node that was removed frees its address; one leaving may still
+    /// serve and send while it is in the committed ring, the ring before it (its copies may
+    /// wait) or a list kept in `old_replicas`, so it keeps it until the next commit (or its
+    /// removal) takes it out.
+    fn listening_at(&self, addr: SocketAddr, except: &NodeId) -> Option<&NodeId> {
+        let a = &self.assignment;
+        let serving = |id: &NodeId| {
+            a.ring.contains(id)
+                || a.previous.as_ref().is_some_and(|ring| ring.contains(id))
+                || a.old_replicas.values().any(|list| list.contains(id))
+        };
+        let listening = |e: &MemberEntry| match e.state {
+            MemberState::Active => true,
+            MemberState::Leaving => serving(&e.member.id),
+            MemberState::Removed => false,
+        };
+        self.members
+            .values()
+            .find(|e| listening(e) && e.member.addr == addr && &e.member.id != except)
+            .map(|e| &e.member.id)
     }
 
     /// Stages a leave (`Leaving`: it hands its data over) or a remove (`Removed`: it is dead).

@@ -173,7 +173,7 @@ pub enum MembershipError {
         node: NodeId,
     },
     /// A join names a node id that is already a member, at another address.
-    #[error("{node} is already a member at {addr}")]
+    #[error("{node} is already a member at {addr} (a member that moved to another address keeps its id and data: `shoal admin move`)")]
     AlreadyMember {
         /// The node named.
         node: NodeId,
@@ -203,8 +203,8 @@ pub enum MembershipError {
         /// The node that commits.
         claimant: NodeId,
     },
-    /// Another member listens at the address a join names.
-    #[error("{addr} is where member {node} listens; a joining node needs an address of its own")]
+    /// Another member listens at the address a join or a move names.
+    #[error("{addr} is where member {node} listens; each member needs an address of its own")]
     AddressTaken {
         /// The address.
         addr: SocketAddr,

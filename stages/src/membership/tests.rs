@@ -573,3 +573,58 @@ fn a_membership_from_before_old_replicas_still_decodes() {
     assert_eq!(decoded.ring(), m.ring());
     assert_eq!(decoded.assignment().done, a.done);
 }
+
+/// Goal: a member that moved is recorded at its new address without a commit: the ring, the
+/// plan and its partitions stay as they were, and a node that merges the value dials the new
+/// address (the register's newer stamp wins); moving to the address it has changes nothing.
+#[test]
+fn a_moved_member_keeps_its_partitions_and_its_new_address_spreads_by_merge() {
+    let mut m = three();
+    let mut other = three();
+    let ring = m.ring().clone();
+    let new_addr = SocketAddr::from(([127, 0, 0, 1], 13));
+    m.stage_move(&id("n1"), &id("n3"), new_addr).expect("move");
+    assert_eq!(m.addr_of(&id("n3")), Some(new_addr));
+    assert_eq!(m.ring(), &ring);
+    let (plan, next) = m.plan(3).expect("plan");
+    assert!(plan.is_empty(), "a move plans nothing: {plan:?}");
+    assert_eq!(next, ring);
+    assert!(other.merge(&m));
+    assert_eq!(other.addr_of(&id("n3")), Some(new_addr));
+    assert_eq!(other.digest(), m.digest());
+    let version = m.version;
+    m.stage_move(&id("n2"), &id("n3"), new_addr)
+        .expect("same address");
+    assert_eq!(
+        m.version, version,
+        "a move to the address it has is a no-op"
+    );
+}
+
+/// Goal: a move to an address another member listens at, or of a node that is not a member
+/// or was removed, is refused and changes nothing.
+#[test]
+fn a_move_to_a_taken_address_or_of_a_non_member_is_refused() {
+    let mut m = three();
+    let before = m.clone();
+    let n2_addr = SocketAddr::from(([127, 0, 0, 1], 2));
+    assert_eq!(
+        m.stage_move(&id("n1"), &id("n3"), n2_addr),
+        Err(MembershipError::AddressTaken {
+            addr: n2_addr,
+            node: id("n2")
+        })
+    );
+    let free = SocketAddr::from(([127, 0, 0, 1], 9));
+    assert_eq!(
+        m.stage_move(&id("n1"), &id("n9"), free),
+        Err(MembershipError::UnknownMember { node: id("n9") })
+    );
+    assert_eq!(m, before);
+    m.stage_departure(&id("n1"), &id("n3"), MemberState::Removed)
+        .expect("remove");
+    assert_eq!(
+        m.stage_move(&id("n1"), &id("n3"), free),
+        Err(MembershipError::WasRemoved { node: id("n3") })
+    );
+}

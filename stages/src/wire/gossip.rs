@@ -1,5 +1,6 @@
 //! The membership messages (Dynamo §4.8, SPEC §6): gossip between nodes, and the operator's
-//! plan-first changes (`shoal admin join|leave|remove|plan|commit`).
+//! plan-first changes (`shoal admin join|leave|remove|plan|commit`) and a member's new
+//! address (`shoal admin move`).
 
 use crate::membership::{Member, Membership, Plan, Transfer};
 use crate::NodeId;
@@ -32,6 +33,14 @@ pub enum MembershipChange {
     Leave(NodeId),
     /// A dead member is taken out; its replicas are rebuilt from the others.
     Remove(NodeId),
+    /// A member now listens at another address (it moved, keeping its id and data): in
+    /// effect at once, no commit. Builds before it read this request as a malformed frame.
+    Move {
+        /// The member.
+        node: NodeId,
+        /// Where it listens now.
+        addr: std::net::SocketAddr,
+    },
 }
 
 /// Admin → node: what to do with the staged changes.
