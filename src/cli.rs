@@ -304,15 +304,68 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             args.json,
             &mut std::io::stdout(),
         ),
-        Command::Admin(AdminCommand::Throttle(args)) => {
-            let mut client = connect(&args.target)?;
-            crate::throttle_cli::run(args, &mut client)
-        }
+        Command::Admin(AdminCommand::Throttle(args)) => crate::throttle_cli::run(args),
     }
 }
 
 pub(crate) fn connect(target: &Target) -> Result<Client, ClientError> {
     Client::connect(&target.node, Duration::from_secs(target.timeout_secs))
+}
+
+/// Asks the node at `target` with `ask` and prints what `show` makes of the answer: once when
+/// `every` is `None`, else again after each interval until interrupted. A watch outlives its
+/// node's restart (a trial's ended at the first failure): when the node stops answering it
+/// says so once on stderr and asks again every second on a new connection, and says when it
+/// answers again. Only a node that is gone is waited for; any other error ends the watch. A
+/// closed standard output (`--watch | head`) ends it quietly.
+pub(crate) fn ask_and_watch<T>(
+    target: &Target,
+    every: Option<Duration>,
+    mut ask: impl FnMut(&mut Client) -> Result<T, ClientError>,
+    mut show: impl FnMut(T) -> Result<String, Box<dyn std::error::Error>>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut client = connect(target)?;
+    let mut stdout = std::io::stdout();
+    let mut gone = false;
+    loop {
+        let answer = match ask(&mut client) {
+            Ok(answer) => answer,
+            Err(error) if every.is_some() && node_gone(&error) => {
+                if !gone {
+                    eprintln!("the node does not answer ({error}); asking again every second");
+                    gone = true;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                if let Ok(again) = connect(target) {
+                    client = again;
+                }
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if std::mem::take(&mut gone) {
+            eprintln!("the node answers again");
+        }
+        let text = show(answer)?;
+        let Some(every) = every else {
+            return Ok(write_out(&mut stdout, &text)?);
+        };
+        if write_out(&mut stdout, &text).is_err() {
+            return Ok(());
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Whether `error` means the node is not there to answer (stopped, restarting, unreachable),
+/// rather than that it answered no.
+fn node_gone(error: &ClientError) -> bool {
+    matches!(
+        error,
+        ClientError::Io(_)
+            | ClientError::Closed { .. }
+            | ClientError::Service(shoal_stages::ServiceError::ShuttingDown)
+    )
 }
 
 fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {

@@ -2,37 +2,17 @@
 //! rejected, and latencies, the operations' latencies, the controller's state and the node's
 //! health, as a table or JSON.
 
-use crate::cli::{connect, write_out, StatsArgs};
+use crate::cli::{ask_and_watch, StatsArgs};
+use crate::client::Client;
 use shoal_stages::wire::StatsReply;
 use std::time::Duration;
 
-/// `shoal admin stats`: once, or every second with `--watch`.
+/// `shoal admin stats`: once, or every second with `--watch` (which outlives the node's
+/// restart: [`ask_and_watch`]).
 pub fn run_stats(args: StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let mut client = connect(&args.target)?;
-    let mut stdout = std::io::stdout();
-    let mut gone = false;
-    loop {
-        let stats = match client.stats() {
-            Ok(stats) => stats,
-            Err(error) if !args.watch => return Err(error.into()),
-            // A watch outlives a node's restart (a trial's ended at the first failure): it
-            // says so once and asks again every second, on a new connection.
-            Err(error) => {
-                if !gone {
-                    eprintln!("the node does not answer ({error}); asking again every second");
-                    gone = true;
-                }
-                std::thread::sleep(Duration::from_secs(1));
-                if let Ok(again) = connect(&args.target) {
-                    client = again;
-                }
-                continue;
-            }
-        };
-        if std::mem::take(&mut gone) {
-            eprintln!("the node answers again");
-        }
-        let text = match (args.json, args.watch) {
+    let every = args.watch.then_some(Duration::from_secs(1));
+    ask_and_watch(&args.target, every, Client::stats, |stats| {
+        Ok(match (args.json, args.watch) {
             // One object per line, each with the wall-clock time it was taken (as `admin
             // throttle --json --watch-ms`): JSON Lines for scripts and plots. A trial's
             // line-by-line parse broke on the blank line between objects.
@@ -44,16 +24,8 @@ pub fn run_stats(args: StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
             (true, false) => format!("{}\n", serde_json::to_string(&stats)?),
             (false, true) => format!("{}\n", stats_table(&stats)),
             (false, false) => stats_table(&stats),
-        };
-        if !args.watch {
-            return Ok(write_out(&mut stdout, &text)?);
-        }
-        // A closed standard output (`--watch | head`) ends the watch quietly.
-        if write_out(&mut stdout, &text).is_err() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
+        })
+    })
 }
 
 /// The human form of `admin stats`: one row per stage, then operation latencies, then the

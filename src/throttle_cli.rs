@@ -53,17 +53,22 @@ impl ThrottleArgs {
 /// Shortest `--watch-ms`: a watcher is a script's sampler, not a load generator.
 const MIN_WATCH_MS: u64 = 50;
 
-/// Runs `admin throttle`. A closed standard output (a watcher piped into `head`) ends it
-/// quietly.
-pub fn run(args: ThrottleArgs, client: &mut Client) -> Result<(), Box<dyn std::error::Error>> {
+/// Runs `admin throttle`: once, or every `--watch-ms` (which outlives the node's restart:
+/// [`crate::cli::ask_and_watch`]). A pin or release is made once, by the first answer (a pin
+/// lasts until the node stops: a watch does not make it again after a restart).
+pub fn run(args: ThrottleArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.watch_ms.is_some_and(|ms| ms < MIN_WATCH_MS) {
         return Err(format!("--watch-ms must be at least {MIN_WATCH_MS}").into());
     }
     let mut change = args.change();
-    let mut stdout = std::io::stdout();
-    loop {
-        let reply = client.throttle(change)?;
-        let text = if args.json {
+    let every = args.watch_ms.map(std::time::Duration::from_millis);
+    let ask = |client: &mut Client| {
+        let reply = client.throttle(change.clone())?;
+        change = ThrottleChange::Show;
+        Ok(reply)
+    };
+    crate::cli::ask_and_watch(&args.target, every, ask, |reply| {
+        Ok(if args.json {
             let mut json = throttle_json(&reply);
             if args.watch_ms.is_some() {
                 json["at_ms"] = shoal_stages::event::wall_clock_ms().into();
@@ -71,18 +76,10 @@ pub fn run(args: ThrottleArgs, client: &mut Client) -> Result<(), Box<dyn std::e
             format!("{json}\n")
         } else {
             let table = throttle_table(&reply.controller, &reply.stages);
-            format!("node {}\n{table}", reply.node)
-        };
-        let Some(every) = args.watch_ms else {
-            return Ok(crate::cli::write_out(&mut stdout, &text)?);
-        };
-        let separator = if args.json { "" } else { "\n" };
-        if crate::cli::write_out(&mut stdout, &format!("{text}{separator}")).is_err() {
-            return Ok(()); // the reader went away
-        }
-        change = ThrottleChange::Show; // a pin or release is made once
-        std::thread::sleep(std::time::Duration::from_millis(every));
-    }
+            let separator = if args.watch_ms.is_some() { "\n" } else { "" };
+            format!("node {}\n{table}{separator}", reply.node)
+        })
+    })
 }
 
 /// A stage's mode as the table and the JSON say it: not pinned, with the controller off, the

@@ -278,22 +278,17 @@ fn admin_stats_watch_json_writes_one_timed_object_per_line() {
     assert!(at[1] > at[0], "{at:?}");
 }
 
-/// Goal: `admin stats --watch` outlives its node's restart: it says the node does not answer,
-/// asks again every second, and goes on printing once the node is back (a trial's watch ended
-/// at the first failure).
-#[test]
-fn admin_stats_watch_goes_on_after_its_node_restarts() {
+/// Runs `shoal admin WATCH_ARGS --node NODE` (a watch printing JSON Lines) across a restart of
+/// its node and asserts it goes on: a line taken after the restart, and what it said on
+/// stderr meanwhile.
+fn assert_watch_outlives_a_restart(watch_args: &[&str]) {
     use std::io::{BufRead, BufReader};
     let mut cluster = super::support::TestCluster::start(1, 1, 1, 1, "");
+    let node = cluster.addr(0);
     let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args([
-            "admin",
-            "stats",
-            "--node",
-            &cluster.addr(0),
-            "--json",
-            "--watch",
-        ])
+        .arg("admin")
+        .args(watch_args)
+        .args(["--node", &node])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -305,7 +300,7 @@ fn admin_stats_watch_goes_on_after_its_node_restarts() {
     cluster.restart(0);
     let back_ms = shoal_stages::event::wall_clock_ms();
     // A sample taken before the stop may still be buffered: read until one taken after.
-    let restarted = lines.take(10).map_while(Result::ok).any(|line| {
+    let restarted = lines.take(40).map_while(Result::ok).any(|line| {
         let parsed: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         parsed["at_ms"].as_u64().is_some_and(|at| at >= back_ms)
     });
@@ -315,6 +310,21 @@ fn admin_stats_watch_goes_on_after_its_node_restarts() {
     assert!(restarted, "{stderr}");
     assert!(stderr.contains("the node does not answer"), "{stderr}");
     assert!(stderr.contains("the node answers again"), "{stderr}");
+}
+
+/// Goal: `admin stats --watch` outlives its node's restart: it says the node does not answer,
+/// asks again every second, and goes on printing once the node is back (a trial's watch ended
+/// at the first failure).
+#[test]
+fn admin_stats_watch_goes_on_after_its_node_restarts() {
+    assert_watch_outlives_a_restart(&["stats", "--json", "--watch"]);
+}
+
+/// Goal: the same for `admin throttle --watch-ms` (it ended at the first failure, after
+/// `admin stats --watch` had learnt not to).
+#[test]
+fn admin_throttle_watch_goes_on_after_its_node_restarts() {
+    assert_watch_outlives_a_restart(&["throttle", "--json", "--watch-ms", "100"]);
 }
 
 /// Goal: a node that cannot be reached is named in the error, whether nothing listens at its
@@ -624,4 +634,34 @@ fn admin_move_records_a_new_address_and_refuses_a_taken_one() {
     let ring = cluster.client(0).ring().expect("ring");
     let n2 = shoal_stages::NodeId::new("n2");
     assert_eq!(ring.addr_of(&n2), "127.0.0.1:9".parse().ok());
+}
+
+/// Goal: a watch waits only for a node that is gone: a node that answers no (a pin of a stage
+/// that does not exist) ends `admin throttle --watch-ms` at once with its error, instead of
+/// asking again forever.
+#[test]
+fn a_watch_ends_at_a_refusal() {
+    let cluster = super::support::TestCluster::start(1, 1, 1, 1, "");
+    let node = cluster.addr(0);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["admin", "throttle", "--node", &node, "--watch-ms", "100"])
+        .args(["--stage", "no_such_stage", "--rate", "5"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run shoal");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut status = None;
+    while status.is_none() && std::time::Instant::now() < until {
+        status = child.try_wait().expect("wait");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "still watching: {stderr}"
+    );
+    assert!(stderr.contains("no_such_stage"), "{stderr}");
 }
