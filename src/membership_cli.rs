@@ -81,7 +81,12 @@ pub fn move_member(args: MoveArgs, out: &mut impl Write) -> Result<(), Box<dyn s
     let mut client = crate::cli::connect(&args.target)?;
     let reply = client.plan(request)?;
     if args.json {
-        return print_plan(&reply, true, out);
+        // The plan reply's fields, with what moved where (a trial's had neither).
+        let mut json = serde_json::to_value(&reply)?;
+        json["moved"] = node.to_string().into();
+        json["addr"] = args.addr.to_string().into();
+        writeln!(out, "{json}")?;
+        return Ok(());
     }
     writeln!(
         out,

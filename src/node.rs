@@ -115,6 +115,8 @@ pub struct Node {
 /// What every stage of the node shares.
 struct Shared {
     node: NodeId,
+    /// Where the node listens (bound: the real port when the config said 0).
+    listen: SocketAddr,
     membership: MembershipView,
     seal: ContextSeal,
     latencies: OperationLatencies,
@@ -184,7 +186,6 @@ impl Node {
         let socket = IntakeSocket::bind(config.node.listen).map_err(io_error(&listening))?;
         let local_addr = socket.local_addr();
         let initial = starting_membership(config, &store, local_addr, &logger)?;
-        warn_if_listed_elsewhere(&initial, config, local_addr, &logger);
         let membership = MembershipView::new(initial.clone());
         if config.cluster.secret == DEFAULT_SECRET {
             warn!(
@@ -205,6 +206,7 @@ impl Node {
         let node_id = node.clone();
         let shared = Shared {
             node,
+            listen: local_addr,
             membership,
             seal: ContextSeal::new(config.cluster.secret.as_bytes())
                 .bound_to_keys(config.cluster.key_bound_contexts),
@@ -516,19 +518,27 @@ fn starting_membership(
     info!(logger, "membership loaded"; "version" => saved.version,
           "members" => saved.members().count());
     // Ids and addresses: a member's address, like its weight, is the saved one from the first
-    // start on (a node that moved leaves with `remove` and comes back with `join`).
-    let entries = |m: &Membership| -> std::collections::BTreeSet<String> {
+    // start on (a node that moved keeps its id: `admin move`). An address a move wrote is not
+    // the config's to match: its list is stale as it should be.
+    let entries = |m: &Membership, moved_as_ids: bool| -> std::collections::BTreeSet<String> {
         m.members()
-            .map(|m| format!("{}@{}", m.id, m.addr))
+            .map(|member| {
+                if moved_as_ids && saved.address_rewritten(&member.id) {
+                    member.id.to_string()
+                } else {
+                    format!("{}@{}", member.id, member.addr)
+                }
+            })
             .collect()
     };
-    let (listed, held) = (entries(&from_config), entries(&saved));
-    if !config.node.await_join && listed != held {
-        let names = |set: &std::collections::BTreeSet<String>| {
-            set.iter().map(String::as_str).collect::<Vec<_>>().join(",")
+    let differ = entries(&from_config, true) != entries(&saved, true);
+    if !config.node.await_join && differ {
+        let names = |m: &Membership| {
+            let set = entries(m, false);
+            set.into_iter().collect::<Vec<_>>().join(",")
         };
-        let (config_list, saved_list) = (names(&listed), names(&held));
-        let what = "the config's [[cluster.members]] differ from the membership this node saved: the saved one stands (the config's list only seeds gossip); members change with `shoal admin join` and `leave`";
+        let (config_list, saved_list) = (names(&from_config), names(&saved));
+        let what = "the config's [[cluster.members]] differ from the membership this node saved: the saved one stands (the config's list only seeds gossip); members change with `shoal admin join`, `leave` and `remove`, addresses with `admin move`";
         // After a join or leave every config's list is stale, and that is as it should be;
         // before one, a differing list is an edit its author expected to take effect.
         if saved.genesis(&NodeId::new(config.node.id.clone())) == 0 {
@@ -538,34 +548,6 @@ fn starting_membership(
         }
     }
     Ok(saved)
-}
-
-/// Where this node's membership says it listens, when that is not where it listens: peers
-/// dial the membership's address, so a node that moved to another host with its data is
-/// reached only once `shoal admin move` records the new one (a listen address on every
-/// interface, 0.0.0.0, is compared by port).
-fn listed_elsewhere(membership: &Membership, me: &NodeId, local: SocketAddr) -> Option<SocketAddr> {
-    let listed = membership.addr_of(me)?;
-    let same = if local.ip().is_unspecified() {
-        listed.port() == local.port()
-    } else {
-        listed == local
-    };
-    (!same).then_some(listed)
-}
-
-/// Logs [`listed_elsewhere`] at WARN, with the command that fixes it.
-fn warn_if_listed_elsewhere(
-    membership: &Membership,
-    config: &Config,
-    local: SocketAddr,
-    logger: &Logger,
-) {
-    let me = NodeId::new(config.node.id.clone());
-    if let Some(listed) = listed_elsewhere(membership, &me, local) {
-        warn!(logger, "this node listens elsewhere than its membership says: peers dial the membership's address; if the node moved, run `shoal admin move --id {} --addr {}` through any member", me, local;
-              "listens" => %local, "membership" => %listed);
-    }
 }
 
 /// Steps of nice the storage engine's threads go below the node's: with the controller on
@@ -624,36 +606,4 @@ fn random_seed() -> [u8; 16] {
         }
     }
     seed
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use shoal_stages::membership::Member;
-
-    /// Goal: a node is told it listens elsewhere than its membership says exactly when peers
-    /// could not reach it there: another address or port, or another port on every interface.
-    #[test]
-    fn a_node_listening_elsewhere_than_its_membership_is_noticed() {
-        let at = |s: &str| s.parse::<SocketAddr>().expect("addr");
-        let member = Member {
-            id: NodeId::new("n1"),
-            addr: at("127.0.0.1:7401"),
-            weight: 1,
-            zone: None,
-        };
-        let membership = Membership::new(1, 64, vec![member]).expect("membership");
-        let n1 = NodeId::new("n1");
-        let elsewhere = |local| listed_elsewhere(&membership, &n1, at(local));
-        assert_eq!(elsewhere("127.0.0.1:7401"), None);
-        assert_eq!(elsewhere("0.0.0.0:7401"), None);
-        assert_eq!(elsewhere("127.0.0.1:7411"), Some(at("127.0.0.1:7401")));
-        assert_eq!(elsewhere("127.0.0.2:7401"), Some(at("127.0.0.1:7401")));
-        assert_eq!(elsewhere("0.0.0.0:7411"), Some(at("127.0.0.1:7401")));
-        let stranger = NodeId::new("n9");
-        assert_eq!(
-            listed_elsewhere(&membership, &stranger, at("127.0.0.1:1")),
-            None
-        );
-    }
 }

@@ -239,6 +239,7 @@ pub(super) fn add_pool_stages(
         partitions: config.cluster.partitions,
         interval: Duration::from_millis(config.gossip.interval_ms),
         seeds: config.seeds(),
+        listen: Some(shared.listen),
     };
     let board = shared.transfers.clone();
     let gossip = spawn(

@@ -194,7 +194,7 @@ pub enum ServiceError {
         /// The version of the node's membership.
         version: u64,
     },
-    /// A membership change (`admin join|leave|remove|commit`) was refused.
+    /// A membership change (`admin join|leave|remove|commit|move`) was refused.
     #[error("membership change refused: {reason}")]
     MembershipRefused {
         /// Why, naming the member or the pending transfers.

@@ -38,6 +38,7 @@ use crate::wire::{
 use crate::NodeId;
 use slog::{debug, info, warn, Logger};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// How long a round's answer may take before the round is forgotten (the next round asks
@@ -57,6 +58,9 @@ pub struct GossipSettings {
     pub interval: Duration,
     /// The members the config lists: asked every round (unless the random peer is one).
     pub seeds: Vec<NodeId>,
+    /// Where this node listens (`None`: not known, as in the simulator): a membership that
+    /// has it elsewhere is warned of, since peers dial the membership's address.
+    pub listen: Option<SocketAddr>,
 }
 
 /// One round's request to a peer.
@@ -86,6 +90,9 @@ pub struct GossipMachine {
     /// Replies waiting for a save that could not be queued; the save is retried each tick.
     unsaved: Option<Vec<(Origin, Message)>>,
     next_op: u64,
+    /// Where the membership had this node when that differed from `settings.listen` (last
+    /// warned of), so a warning is logged once per change and its end is said.
+    listed_elsewhere: Option<SocketAddr>,
     logger: Logger,
 }
 
@@ -102,6 +109,9 @@ impl GossipMachine {
     ) -> GossipMachine {
         view.set(membership.clone());
         let settings_interval = settings.interval;
+        let listed_elsewhere = settings
+            .listen
+            .and_then(|listen| membership.listed_elsewhere(&settings.node, listen));
         let rng = SplitMix64::new(
             settings
                 .node
@@ -124,8 +134,45 @@ impl GossipMachine {
             saves: BTreeMap::new(),
             unsaved: None,
             next_op: 0,
+            listed_elsewhere: None,
             logger,
         }
+        .warned_of_own_address(listed_elsewhere)
+    }
+
+    /// Logs where the membership has this node when that is not where it listens (peers dial
+    /// the membership's address, so they cannot reach it), once per address, and says when
+    /// it is where it listens again. A trial moved a running node by mistake, and the node
+    /// said nothing.
+    fn warned_of_own_address(mut self, listed: Option<SocketAddr>) -> Self {
+        self.check_own_address(listed);
+        self
+    }
+
+    fn check_own_address(&mut self, listed: Option<SocketAddr>) {
+        let Some(listen) = self.settings.listen else {
+            return;
+        };
+        if listed == self.listed_elsewhere {
+            return;
+        }
+        let me = &self.settings.node;
+        match listed {
+            Some(listed) => {
+                // A node listening on every interface does not know the IP peers reach it at.
+                let addr = if listen.ip().is_unspecified() {
+                    format!("<this host's IP>:{}", listen.port())
+                } else {
+                    listen.to_string()
+                };
+                warn!(self.logger, "the membership has this node at another address than it listens on: peers dial that one and cannot reach it; if the node moved, run `shoal admin move --id {} --addr {}` through any member", me, addr;
+                      "listens" => %listen, "membership" => %listed);
+            }
+            None => {
+                info!(self.logger, "the membership has this node where it listens again"; "listens" => %listen);
+            }
+        }
+        self.listed_elsewhere = listed;
     }
 
     fn new_op(&mut self) -> OpId {
@@ -289,12 +336,7 @@ impl GossipMachine {
                         .stage_departure(&me, &node, MemberState::Removed)?
                 }
                 Some(MembershipChange::Move { node, addr }) => {
-                    let from = self.membership.addr_of(&node);
-                    self.membership.stage_move(&me, &node, addr)?;
-                    if from != Some(addr) {
-                        info!(self.logger, "member moved: dialled at its new address from now on"; "node" => %node,
-                              "from" => from.map(|a| a.to_string()).unwrap_or_default(), "to" => %addr);
-                    }
+                    self.membership.stage_move(&me, &node, addr)?
                 }
                 None => {}
             }
@@ -337,7 +379,23 @@ impl GossipMachine {
     /// Installs the current value for the other stages and saves it; `replies` are sent once
     /// it is on disk.
     fn changed(&mut self, replies: Vec<(Origin, Message)>, out: &mut Outbox) {
+        let before = self.view.current();
+        for member in self.membership.members() {
+            match before.addr_of(&member.id) {
+                Some(from) if from != member.addr => {
+                    info!(self.logger, "member moved: dialled at its new address from now on";
+                          "member" => %member.id, "from" => %from, "to" => %member.addr);
+                }
+                _ => {}
+            }
+        }
         self.view.set(self.membership.clone());
+        if let Some(listen) = self.settings.listen {
+            let listed = self
+                .membership
+                .listed_elsewhere(&self.settings.node, listen);
+            self.check_own_address(listed);
+        }
         self.save(replies, out);
     }
 

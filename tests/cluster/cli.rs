@@ -634,6 +634,26 @@ fn admin_move_records_a_new_address_and_refuses_a_taken_one() {
     let ring = cluster.client(0).ring().expect("ring");
     let n2 = shoal_stages::NodeId::new("n2");
     assert_eq!(ring.addr_of(&n2), "127.0.0.1:9".parse().ok());
+    let (ok, out, err) = shoal(&[
+        "admin", "move", "--node", &node, "--id", "n2", "--addr", &taken, "--json",
+    ]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        (json["moved"].as_str(), json["addr"].as_str()),
+        (Some("n2"), Some(taken.as_str()))
+    );
+    let (ok, _, err) = shoal(&[
+        "admin",
+        "move",
+        "--node",
+        &node,
+        "--id",
+        "n2",
+        "--addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(!ok && err.contains("cannot be dialled"), "{err}");
 }
 
 /// Goal: a watch waits only for a node that is gone: a node that answers no (a pin of a stage

@@ -703,3 +703,44 @@ fn a_member_moved_to_another_address_is_reached_there_and_keeps_its_data() {
     }
     assert!(stored_on(&cluster, 2, &keys).iter().all(|kept| *kept));
 }
+
+/// Goal: a move of a member still running at its old address takes effect at once: every
+/// node closes its link to the old address and dials the new one, so a write that needs the
+/// moved member fails while nothing listens there (before, a working link stayed up until it
+/// broke, and a trial's wrong move went unnoticed); moved back, the member is reached again.
+#[test]
+fn a_move_closes_links_to_the_old_address_and_moving_back_restores_them() {
+    let cluster = TestCluster::start(3, 3, 2, 2, "");
+    let n3 = NodeId::new("n3");
+    let home: SocketAddr = cluster.addr(2).parse().expect("addr");
+    let nowhere: SocketAddr = format!("127.0.0.1:{}", super::support::free_ports(1)[0])
+        .parse()
+        .expect("addr");
+    let all_three = RequestOptions {
+        w: Some(3),
+        ..RequestOptions::DEFAULT
+    };
+    let writes = |expect_ok: bool| {
+        super::support::eventually(|| {
+            (0..2).all(|i| {
+                let put = cluster
+                    .client(i)
+                    .put(b"moved-or-not", None, b"v", all_three);
+                put.is_ok() == expect_ok
+            })
+        })
+    };
+    assert!(writes(true), "links to n3 never came up");
+    let moved = MembershipChange::Move {
+        node: n3.clone(),
+        addr: nowhere,
+    };
+    stage(&mut cluster.client(0), moved, false);
+    assert!(writes(false), "a link to n3's old address stayed up");
+    let back = MembershipChange::Move {
+        node: n3,
+        addr: home,
+    };
+    stage(&mut cluster.client(1), back, false);
+    assert!(writes(true), "n3 was not reached again at its own address");
+}

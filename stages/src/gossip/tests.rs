@@ -24,6 +24,7 @@ fn machine(id: &str, membership: Membership) -> (GossipMachine, MembershipView) 
         partitions: 64,
         interval: Duration::from_secs(1),
         seeds: vec![NodeId::new("n1")],
+        listen: None,
     };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     (

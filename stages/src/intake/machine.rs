@@ -104,6 +104,8 @@ pub struct IntakeMachine {
     next_conn: u64,
     /// Outgoing connections to peers, by peer.
     links: PeerLinks,
+    /// The membership version whose addresses the links were last checked against.
+    links_checked: u64,
     /// Outgoing connections still in their handshake, with the frames they hold.
     dialing: BTreeMap<ConnId, Dialing>,
     /// Nonces for this node's hellos and challenges.
@@ -146,6 +148,7 @@ impl IntakeMachine {
             connections: BTreeMap::new(),
             next_conn: FIRST_CONN,
             links: PeerLinks::default(),
+            links_checked: 0,
             dialing: BTreeMap::new(),
             nonces: NonceSource::new(nonce_seed),
             membership,
@@ -431,6 +434,25 @@ impl IntakeMachine {
         }
     }
 
+    /// Closes the links dialled at an address the membership no longer gives their peer (an
+    /// `admin move`): the next frame redials it at the new one. Checked once per membership
+    /// version.
+    fn close_links_to_moved_peers(&mut self, out: &mut Outbox) {
+        let membership = self.membership.current();
+        if membership.version == self.links_checked {
+            return;
+        }
+        self.links_checked = membership.version;
+        for (conn, peer, dialled) in self.links.dialled_elsewhere(|p| membership.addr_of(p)) {
+            self.links.moving(&peer);
+            let Some(conn) = conn else { continue };
+            let to = membership.addr_of(&peer).map(|a| a.to_string());
+            info!(self.logger, "closing the link to a member that moved: dialling it at its new address";
+                  "peer" => %peer, "from" => %dialled, "to" => to.unwrap_or_default(), "conn" => conn.0);
+            self.close(conn, out);
+        }
+    }
+
     /// `conn` closed (by either side, or a dial failed): a peer link's failure is reported to
     /// the replication stage, which fails what was outstanding on it.
     pub fn on_closed(&mut self, now: Now, conn: ConnId, out: &mut Outbox) {
@@ -450,6 +472,8 @@ impl IntakeMachine {
                 if self.drain == Drain::Announced {
                     // This node is stopping and closed it itself, having said so.
                     debug!(self.logger, "link closed: this node is stopping"; "peer" => %peer, "conn" => conn.0);
+                } else if self.links.is_moving(&peer) {
+                    info!(self.logger, "link to a moved member closed"; "peer" => %peer, "conn" => conn.0);
                 } else if in_flight_lost && departing {
                     info!(self.logger, "link to a departing member closed"; "peer" => %peer, "conn" => conn.0);
                 } else if self.links.is_stopping(&peer) {
@@ -507,6 +531,7 @@ impl Machine for IntakeMachine {
     /// looks again (a membership change may have taken the refusing members out).
     fn on_tick(&mut self, now: Now, out: &mut Outbox) {
         self.publish_connections();
+        self.close_links_to_moved_peers(out);
         if self.is_cut_off() {
             self.update_cut_off();
         }

@@ -8,6 +8,7 @@
 use crate::event::ConnId;
 use crate::NodeId;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// First wait after a failed link.
@@ -34,6 +35,11 @@ pub enum Route {
 #[derive(Debug, Default)]
 struct Link {
     conn: Option<ConnId>,
+    /// The address `conn` was dialled at: once the membership moves the peer elsewhere, the
+    /// link is closed and redialled there.
+    addr: Option<SocketAddr>,
+    /// `conn` is being closed because the peer moved: its close is planned, not news.
+    moved: bool,
     /// Whether `conn` completed its handshake (frames written to it may have been delivered;
     /// before, the intake holds them).
     established: bool,
@@ -73,12 +79,54 @@ impl PeerLinks {
         }
     }
 
-    /// A connection to `peer` was opened (it may still be connecting).
-    pub fn opened(&mut self, peer: &NodeId, conn: ConnId) {
+    /// A connection to `peer` was opened at `addr` (it may still be connecting).
+    pub fn opened(&mut self, peer: &NodeId, conn: ConnId, addr: SocketAddr) {
         let link = self.links.entry(peer.clone()).or_default();
         link.conn = Some(conn);
+        link.addr = Some(addr);
         link.established = false;
+        // The first dial at a moved peer's new address: its failure is news (the old link's
+        // planned close was reported).
+        if std::mem::take(&mut link.moved) {
+            link.reported = false;
+        }
         self.peers.insert(conn, peer.clone());
+    }
+
+    /// The peers last dialled at another address than `addr_of` gives them now (the
+    /// membership moved them: `admin move`), as (open connection if any, peer, dialled
+    /// address). A link to the old address would otherwise stay up while it works, and the
+    /// peer become unreachable only once it breaks (a trial's move of a running node went
+    /// unnoticed).
+    pub fn dialled_elsewhere(
+        &self,
+        addr_of: impl Fn(&NodeId) -> Option<SocketAddr>,
+    ) -> Vec<(Option<ConnId>, NodeId, SocketAddr)> {
+        self.links
+            .iter()
+            .filter_map(|(peer, link)| {
+                let dialled = link.addr?;
+                let now = addr_of(peer)?;
+                (now != dialled).then(|| (link.conn, peer.clone(), dialled))
+            })
+            .collect()
+    }
+
+    /// `peer` moved: its open link (if any) is being closed, and its new address is a fresh
+    /// start. The first failure there is news again, whatever the peer said before it moved
+    /// (a stopped peer's failed redials are quiet), so a move to a wrong address is warned
+    /// of, naming it (a trial's peers said only "it said it stopped").
+    pub fn moving(&mut self, peer: &NodeId) {
+        let link = self.links.entry(peer.clone()).or_default();
+        link.moved = link.conn.is_some();
+        link.addr = None;
+        link.reported = false;
+        link.stopping = false;
+    }
+
+    /// Whether `peer`'s link was closed because it moved, and not dialled since.
+    pub fn is_moving(&self, peer: &NodeId) -> bool {
+        self.links.get(peer).is_some_and(|link| link.moved)
     }
 
     /// The connection proved usable: forget past failures.
@@ -167,6 +215,12 @@ impl PeerLinks {
 mod tests {
     use super::*;
 
+    impl PeerLinks {
+        fn opened_at_test_addr(&mut self, peer: &NodeId, conn: ConnId) {
+            self.opened(peer, conn, SocketAddr::from(([127, 0, 0, 1], 2)));
+        }
+    }
+
     /// Goal: a failed peer is not redialled before its backoff, the backoff doubles up to its
     /// cap, and an established connection resets it.
     #[test]
@@ -175,7 +229,7 @@ mod tests {
         let peer = NodeId::new("n2");
         let start = Instant::now();
         assert_eq!(links.route(&peer, start), Route::Dial);
-        links.opened(&peer, ConnId(7));
+        links.opened_at_test_addr(&peer, ConnId(7));
         assert_eq!(links.route(&peer, start), Route::Via(ConnId(7)));
         assert_eq!(links.peer_of(ConnId(7)), Some(&peer));
         links.failed(&peer, Some(ConnId(7)), start);
@@ -189,7 +243,7 @@ mod tests {
             Route::BackingOff
         );
         assert_eq!(links.route(&peer, start + BACKOFF_MAX), Route::Dial);
-        links.opened(&peer, ConnId(9));
+        links.opened_at_test_addr(&peer, ConnId(9));
         links.established(ConnId(9));
         assert!(
             links.failed(&peer, Some(ConnId(9)), start),
@@ -209,22 +263,62 @@ mod tests {
         let mut links = PeerLinks::default();
         let peer = NodeId::new("n2");
         let now = Instant::now();
-        links.opened(&peer, ConnId(1));
+        links.opened_at_test_addr(&peer, ConnId(1));
         assert!(links.failed(&peer, Some(ConnId(1)), now));
         for conn in 2..10 {
-            links.opened(&peer, ConnId(conn));
+            links.opened_at_test_addr(&peer, ConnId(conn));
             assert!(!links.failed(&peer, Some(ConnId(conn)), now), "dial {conn}");
         }
         assert!(!links.failed(&peer, None, now));
-        links.opened(&peer, ConnId(10));
+        links.opened_at_test_addr(&peer, ConnId(10));
         links.established(ConnId(10));
         assert!(links.failed(&peer, Some(ConnId(10)), now));
-        links.opened(&peer, ConnId(11));
+        links.opened_at_test_addr(&peer, ConnId(11));
         assert!(!links.failed(&peer, Some(ConnId(11)), now));
         // A stale connection failing while a newer link works is not news either.
-        links.opened(&peer, ConnId(12));
+        links.opened_at_test_addr(&peer, ConnId(12));
         links.established(ConnId(12));
         assert!(!links.failed(&peer, Some(ConnId(11)), now));
         assert_eq!(links.route(&peer, now), Route::Via(ConnId(12)));
+    }
+
+    /// Goal: a link dialled at an address the membership no longer gives its peer is found
+    /// (to be closed and redialled there); one at the current address, and a peer the
+    /// membership does not know, are not.
+    #[test]
+    fn a_link_to_a_moved_peers_old_address_is_found() {
+        let mut links = PeerLinks::default();
+        let (n2, n3) = (NodeId::new("n2"), NodeId::new("n3"));
+        let old = SocketAddr::from(([127, 0, 0, 1], 2));
+        let new = SocketAddr::from(([127, 0, 0, 1], 12));
+        links.opened(&n2, ConnId(1), old);
+        links.opened(&n3, ConnId(2), SocketAddr::from(([127, 0, 0, 1], 3)));
+        let moved = |peer: &NodeId| match peer.as_str() {
+            "n2" => Some(new),
+            _ => None,
+        };
+        assert_eq!(
+            links.dialled_elsewhere(moved),
+            vec![(Some(ConnId(1)), n2.clone(), old)]
+        );
+        assert!(links
+            .dialled_elsewhere(|_| Some(old))
+            .iter()
+            .all(|(_, p, _)| *p != n2));
+        links.stopping(&n2);
+        links.moving(&n2);
+        assert!(links.is_moving(&n2) && !links.is_stopping(&n2));
+        assert!(links.dialled_elsewhere(moved).is_empty(), "found once");
+        assert!(
+            links.failed(&n2, Some(ConnId(1)), Instant::now()),
+            "its close is news"
+        );
+        links.opened(&n2, ConnId(3), new);
+        assert!(!links.is_moving(&n2));
+        assert!(links.dialled_elsewhere(moved).is_empty());
+        // A failure at the new address is news too (the first since the move), a second not.
+        assert!(links.failed(&n2, Some(ConnId(3)), Instant::now()));
+        links.opened(&n2, ConnId(4), new);
+        assert!(!links.failed(&n2, Some(ConnId(4)), Instant::now()));
     }
 }

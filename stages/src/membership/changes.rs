@@ -1,6 +1,7 @@
 //! The operator's changes (Dynamo §4.8.1: explicit join and leave): staged by any member, planned
 //! into a new ring with the transfers it needs, committed by the claimant, and each transfer
-//! marked done as the partition arrives.
+//! marked done as the partition arrives. A member's new address (`admin move`) is not a ring
+//! change: written through any member, it takes effect as gossip spreads it.
 
 use super::*;
 
@@ -34,6 +35,7 @@ impl Membership {
         }
         // Its id, weight and zone make a valid ring.
         Ring::new(self.ring().partition_count(), &[member.spec()])?;
+        check_dialable(member.addr)?;
         if let Some(other) = self.listening_at(member.addr, &member.id) {
             return Err(MembershipError::AddressTaken {
                 addr: member.addr,
@@ -41,14 +43,14 @@ impl Membership {
             });
         }
         let stamp = self.next_stamp(me);
-        self.members.insert(
-            member.id.clone(),
-            MemberEntry {
-                member,
-                state: MemberState::Active,
-                stamp,
-            },
-        );
+        // The address register is written only if the address changes (a leaving member
+        // asked to stay keeps the one a move may have given it meanwhile).
+        let addr_written = match self.members.get(&member.id) {
+            Some(entry) if entry.member.addr == member.addr => entry.addr_written().clone(),
+            _ => stamp.clone(),
+        };
+        let entry = MemberEntry::new(member, MemberState::Active, stamp, addr_written);
+        self.members.insert(entry.member.id.clone(), entry);
         Ok(())
     }
 
@@ -73,6 +75,7 @@ impl Membership {
         if entry.member.addr == addr {
             return Ok(());
         }
+        check_dialable(addr)?;
         let (mut moved, state) = (entry.member.clone(), entry.state);
         if let Some(other) = self.listening_at(addr, node) {
             return Err(MembershipError::AddressTaken {
@@ -81,15 +84,10 @@ impl Membership {
             });
         }
         moved.addr = addr;
+        let role_written = entry.role_written().clone();
         let stamp = self.next_stamp(me);
-        self.members.insert(
-            node.clone(),
-            MemberEntry {
-                member: moved,
-                state,
-                stamp,
-            },
-        );
+        let entry = MemberEntry::new(moved, state, role_written, stamp);
+        self.members.insert(node.clone(), entry);
         Ok(())
     }
 
@@ -137,16 +135,10 @@ impl Membership {
         if staying == 0 {
             return Err(MembershipError::LastMember { node: node.clone() });
         }
-        let member = entry.member.clone();
+        let (member, addr_written) = (entry.member.clone(), entry.addr_written().clone());
         let stamp = self.next_stamp(me);
-        self.members.insert(
-            node.clone(),
-            MemberEntry {
-                member,
-                state,
-                stamp,
-            },
-        );
+        let entry = MemberEntry::new(member, state, stamp, addr_written);
+        self.members.insert(node.clone(), entry);
         Ok(())
     }
 
@@ -318,4 +310,14 @@ impl Membership {
         }
         fresh
     }
+}
+
+/// Refuses an address no peer can dial: port 0, or an unspecified IP (0.0.0.0 or ::, which a
+/// node may listen on, but which every peer would dial as itself). A trial's move to
+/// 127.0.0.1:0 was taken, and the node was unreachable until moved again.
+fn check_dialable(addr: SocketAddr) -> Result<(), MembershipError> {
+    if addr.port() == 0 || addr.ip().is_unspecified() {
+        return Err(MembershipError::NotDialable { addr });
+    }
+    Ok(())
 }

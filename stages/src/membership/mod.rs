@@ -98,15 +98,82 @@ pub enum MemberState {
     Removed,
 }
 
-/// One member's register.
+/// One member's entry: two last-writer-wins registers, merged apart. Its role (state, weight
+/// and zone: join, leave, remove) and its address (join, `admin move`). One register held
+/// both once, so a move and a leave or remove staged at about the same time through two
+/// nodes undid one another (a review's finding: the later stamp took the whole entry, and a
+/// move could bring a removed node back). A removed member stays removed whatever the stamps
+/// say (its id never comes back).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberEntry {
     /// The member.
     pub member: Member,
     /// What the operator wants of it.
     pub state: MemberState,
-    /// When that was written, and by whom.
+    /// The newest write to either register, and by whom: builds before the split merge whole
+    /// entries by it.
     pub stamp: Stamp,
+    /// When the role was written, if before `stamp` (absent: at `stamp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_stamp: Option<Stamp>,
+    /// When the address was written, if before `stamp` (absent: at `stamp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr_stamp: Option<Stamp>,
+}
+
+impl MemberEntry {
+    /// A member entry whose registers were written at `role` and `addr`.
+    pub(crate) fn new(member: Member, state: MemberState, role: Stamp, addr: Stamp) -> Self {
+        let stamp = role.clone().max(addr.clone());
+        MemberEntry {
+            member,
+            state,
+            role_stamp: (role != stamp).then_some(role),
+            addr_stamp: (addr != stamp).then_some(addr),
+            stamp,
+        }
+    }
+
+    /// When the role was written.
+    pub fn role_written(&self) -> &Stamp {
+        self.role_stamp.as_ref().unwrap_or(&self.stamp)
+    }
+
+    /// When the address was written.
+    pub fn addr_written(&self) -> &Stamp {
+        self.addr_stamp.as_ref().unwrap_or(&self.stamp)
+    }
+
+    /// The two entries merged, register by register: the later role (a removal above all)
+    /// and the later address.
+    fn merged(&self, theirs: &MemberEntry) -> MemberEntry {
+        let removed = |e: &MemberEntry| e.state == MemberState::Removed;
+        let role =
+            if (removed(theirs), theirs.role_written()) > (removed(self), self.role_written()) {
+                theirs
+            } else {
+                self
+            };
+        let addr = if theirs.addr_written() > self.addr_written() {
+            theirs
+        } else {
+            self
+        };
+        // Never below either stamp (a removal can outlast a later write): builds before the
+        // split take the newer whole entry.
+        let stamp = self.stamp.clone().max(theirs.stamp.clone());
+        let before = |written: &Stamp| Some(written.clone()).filter(|w| *w != stamp);
+        MemberEntry {
+            member: Member {
+                addr: addr.member.addr,
+                ..role.member.clone()
+            },
+            state: role.state,
+            role_stamp: before(role.role_written()),
+            addr_stamp: before(addr.addr_written()),
+            stamp,
+        }
+    }
 }
 
 /// The committed assignment, one register.
@@ -211,6 +278,12 @@ pub enum MembershipError {
         /// The member there.
         node: NodeId,
     },
+    /// A join or move names an address no peer can dial.
+    #[error("{addr} cannot be dialled by peers (port 0, or an unspecified IP such as 0.0.0.0): give the address they reach the node at")]
+    NotDialable {
+        /// The address.
+        addr: SocketAddr,
+    },
     /// The previous commit's transfers are not all done.
     #[error("{pending} transfers of the previous commit are still pending; commit again once they are done (admin ring shows them), or, if their receiver will never come up (a join at a wrong address), stage its removal (admin remove) and commit that")]
     TransfersPending {
@@ -269,11 +342,12 @@ impl Membership {
         let members = members
             .into_iter()
             .map(|member| {
-                let entry = MemberEntry {
+                let entry = MemberEntry::new(
                     member,
-                    state: MemberState::Active,
-                    stamp: Stamp::initial(),
-                };
+                    MemberState::Active,
+                    Stamp::initial(),
+                    Stamp::initial(),
+                );
                 (entry.member.id.clone(), entry)
             })
             .collect();
@@ -314,6 +388,28 @@ impl Membership {
         }
     }
 
+    /// Where this membership has node `me` when that is not `listen`, where it listens: peers
+    /// dial the membership's address, so a node that moved is reached only once `shoal admin
+    /// move` records the new one. A listen address on every interface (0.0.0.0) is compared by
+    /// port. `None` too for a node that is not a member (yet).
+    pub fn listed_elsewhere(&self, me: &NodeId, listen: SocketAddr) -> Option<SocketAddr> {
+        let listed = self.addr_of(me)?;
+        let same = if listen.ip().is_unspecified() {
+            listed.port() == listen.port()
+        } else {
+            listed == listen
+        };
+        (!same).then_some(listed)
+    }
+
+    /// Whether member `id`'s address was written after the initial ring (`admin move`, or
+    /// the join that added it): then a config that lists it elsewhere is stale, as it should be.
+    pub fn address_rewritten(&self, id: &NodeId) -> bool {
+        self.members
+            .get(id)
+            .is_some_and(|e| *e.addr_written() != Stamp::initial())
+    }
+
     /// A member by id, unless it was removed.
     pub fn member(&self, id: &NodeId) -> Option<&Member> {
         self.members
@@ -349,12 +445,11 @@ impl Membership {
     pub fn merge(&mut self, other: &Membership) -> bool {
         let before = self.digest();
         for (id, theirs) in &other.members {
-            match self.members.get(id) {
-                Some(ours) if ours.stamp >= theirs.stamp => {}
-                _ => {
-                    self.members.insert(id.clone(), theirs.clone());
-                }
-            }
+            let merged = match self.members.get(id) {
+                Some(ours) => ours.merged(theirs),
+                None => theirs.clone(),
+            };
+            self.members.insert(id.clone(), merged);
         }
         let ours = &self.assignment;
         let theirs = &other.assignment;
@@ -392,6 +487,10 @@ impl Membership {
             hash_str(&mut md5, entry.member.zone.as_deref().unwrap_or(""));
             md5.update([entry.state as u8]);
             hash_stamp(&mut md5, &entry.stamp);
+            // Only when present, so a value without them digests as builds before them do.
+            for stamp in [&entry.role_stamp, &entry.addr_stamp].into_iter().flatten() {
+                hash_stamp(&mut md5, stamp);
+            }
         }
         let a = &self.assignment;
         hash_stamp(&mut md5, &a.stamp);

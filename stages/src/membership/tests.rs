@@ -628,3 +628,105 @@ fn a_move_to_a_taken_address_or_of_a_non_member_is_refused() {
         Err(MembershipError::WasRemoved { node: id("n3") })
     );
 }
+
+/// Goal: a move and a leave (or a remove) of one member staged at about the same time through
+/// two nodes both survive the merge, in either order: the role and the address are registers
+/// of their own (one register once let the later stamp undo the other change). A removal
+/// outlasts any later write, so a move never brings a removed member back.
+#[test]
+fn a_move_and_a_concurrent_leave_or_remove_both_survive_the_merge() {
+    let moved_to = SocketAddr::from(([127, 0, 0, 1], 13));
+    for departure in [MemberState::Leaving, MemberState::Removed] {
+        for move_later in [false, true] {
+            let (mut a, mut b) = (three(), three());
+            let (first, second) = if move_later {
+                (&mut b, &mut a)
+            } else {
+                (&mut a, &mut b)
+            };
+            // Stamps: the first change gets counter 2, the second 3 (after a bump).
+            first.version += 1;
+            second.version += 2;
+            a.stage_move(&id("n1"), &id("n3"), moved_to).expect("move");
+            b.stage_departure(&id("n2"), &id("n3"), departure)
+                .expect("departure");
+            let (mut ab, mut ba) = (a.clone(), b.clone());
+            ab.merge(&b);
+            ba.merge(&a);
+            for merged in [&ab, &ba] {
+                assert_eq!(merged.state_of(&id("n3")), Some(departure), "{departure:?}");
+                let entry = &merged.members[&id("n3")];
+                assert_eq!(entry.member.addr, moved_to, "{departure:?}");
+            }
+            assert_eq!(ab, ba, "merges in either order agree");
+        }
+    }
+    // A removal staged earlier than a later move stays.
+    let mut removed = three();
+    removed
+        .stage_departure(&id("n2"), &id("n3"), MemberState::Removed)
+        .expect("remove");
+    let mut moved = three();
+    moved.version += 10;
+    moved
+        .stage_move(&id("n1"), &id("n3"), moved_to)
+        .expect("move");
+    removed.merge(&moved);
+    assert_eq!(removed.state_of(&id("n3")), Some(MemberState::Removed));
+}
+
+/// Goal: a leave staged by a node that has not seen a move yet keeps the moved address once
+/// the two meet (a departure writes the role, not the address).
+#[test]
+fn a_leave_staged_before_a_move_arrives_keeps_the_new_address() {
+    let moved_to = SocketAddr::from(([127, 0, 0, 1], 13));
+    let mut mover = three();
+    mover
+        .stage_move(&id("n1"), &id("n3"), moved_to)
+        .expect("move");
+    let mut leaver = three();
+    leaver.version += 5;
+    leaver
+        .stage_departure(&id("n2"), &id("n3"), MemberState::Leaving)
+        .expect("leave");
+    leaver.merge(&mover);
+    assert_eq!(leaver.addr_of(&id("n3")), Some(moved_to));
+    assert_eq!(leaver.state_of(&id("n3")), Some(MemberState::Leaving));
+}
+
+/// Goal: an address peers cannot dial (port 0, 0.0.0.0, ::) is refused for a move and a join.
+#[test]
+fn an_address_peers_cannot_dial_is_refused() {
+    let mut m = three();
+    for bad in ["127.0.0.1:0", "0.0.0.0:7403", "[::]:7403"] {
+        let addr: SocketAddr = bad.parse().expect("addr");
+        assert_eq!(
+            m.stage_move(&id("n1"), &id("n3"), addr),
+            Err(MembershipError::NotDialable { addr })
+        );
+        let joiner = Member {
+            addr,
+            ..Member::loopback("n4", 4)
+        };
+        assert_eq!(
+            m.stage_join(&id("n1"), joiner),
+            Err(MembershipError::NotDialable { addr })
+        );
+    }
+    assert_eq!(m, three());
+}
+
+/// Goal: a node is told it listens elsewhere than its membership says exactly when peers
+/// could not reach it there: another address or port, or another port on every interface.
+#[test]
+fn a_node_listening_elsewhere_than_its_membership_is_noticed() {
+    let m = three();
+    let at = |s: &str| s.parse::<SocketAddr>().expect("addr");
+    let elsewhere = |listen| m.listed_elsewhere(&id("n1"), at(listen));
+    assert_eq!(elsewhere("127.0.0.1:1"), None);
+    assert_eq!(elsewhere("0.0.0.0:1"), None);
+    assert_eq!(elsewhere("127.0.0.1:11"), Some(at("127.0.0.1:1")));
+    assert_eq!(elsewhere("127.0.0.2:1"), Some(at("127.0.0.1:1")));
+    assert_eq!(elsewhere("0.0.0.0:11"), Some(at("127.0.0.1:1")));
+    assert_eq!(m.listed_elsewhere(&id("n9"), at("127.0.0.1:9")), None);
+}

@@ -255,6 +255,7 @@ impl SimNode {
                         .members()
                         .map(|m| m.id.clone())
                         .collect(),
+                    listen: None,
                 },
                 // The view outlives a crash: it stands for the membership the node saved.
                 (*self.membership.current()).clone(),

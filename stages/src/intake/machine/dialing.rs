@@ -53,7 +53,7 @@ impl IntakeMachine {
                     return report_failed(peer, false, None, out);
                 };
                 let conn = self.open();
-                self.links.opened(&peer, conn);
+                self.links.opened(&peer, conn, addr);
                 debug!(self.logger, "dialling peer"; "peer" => %peer, "addr" => %addr, "conn" => conn.0);
                 out.socket(SocketCommand::Dial { conn, peer, addr });
                 let nonce = self.nonces.next(&self.seal);
