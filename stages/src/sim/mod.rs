@@ -69,6 +69,13 @@ pub struct Faults {
     /// and acknowledged writes are not flushed twice: a power loss of every node could then
     /// take the other copy of a write the restore took.
     pub restore: bool,
+    /// With `membership`: an operator moves a member to another address (`admin move`): it
+    /// stops, restarts at the new address, and the move is staged through a running member
+    /// before or after its restart. Not in `all` yet: with every other fault it breaks seed
+    /// 189 of 1,500 (a join committed by a claimant whose storage refused writes spread
+    /// unsaved, every other copy of it was then lost, and the joiner was left cut off with
+    /// the writes it took), an open finding of stop 52 that is not the move's own.
+    pub moves: bool,
 }
 
 impl Faults {
@@ -90,6 +97,7 @@ impl Faults {
         flush: true,
         membership: true,
         restore: true,
+        moves: false,
     };
 
     /// No fault.
@@ -105,9 +113,10 @@ impl Faults {
         flush: false,
         membership: false,
         restore: false,
+        moves: false,
     };
 
-    const NAMES: [&'static str; 11] = [
+    const NAMES: [&'static str; 12] = [
         "delay",
         "drop",
         "duplicate",
@@ -119,9 +128,10 @@ impl Faults {
         "flush",
         "membership",
         "restore",
+        "move",
     ];
 
-    fn flags(&self) -> [bool; 11] {
+    fn flags(&self) -> [bool; 12] {
         [
             self.delay,
             self.drop,
@@ -134,6 +144,7 @@ impl Faults {
             self.flush,
             self.membership,
             self.restore,
+            self.moves,
         ]
     }
 }
@@ -178,6 +189,7 @@ impl FromStr for Faults {
                 "flush" => &mut faults.flush,
                 "membership" => &mut faults.membership,
                 "restore" => &mut faults.restore,
+                "move" => &mut faults.moves,
                 other => {
                     return Err(format!(
                         "unknown fault {other:?}; the faults are {}, or all, or none",

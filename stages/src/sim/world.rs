@@ -123,6 +123,16 @@ enum Fault {
     /// The node's disk dies (its process with it), and the operator restores the copy.
     Restore(usize),
     Restart(usize),
+    /// The stopped node will listen at its moved address ([`moved_addr`]) when it restarts:
+    /// dials to the old one find nothing from now on (a node moved to another host).
+    Relisten(usize),
+    /// An operator records the node's moved address (`admin move`) through a running member,
+    /// looking again every 500 ms while attempts are left (the member asked may go down
+    /// before gossip spreads it).
+    Move {
+        node: usize,
+        attempts: u32,
+    },
     Pause(usize, u64),
     FailFlushes(usize, u32),
     Partition(BTreeSet<usize>),
@@ -564,6 +574,11 @@ impl World {
 /// Where the joining node listens.
 fn joiner_addr(index: usize) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, index as u8 + 1], 7400))
+}
+
+/// Where a node that moved listens.
+fn moved_addr(index: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, 1, index as u8 + 1], 7400))
 }
 
 /// A stage's queue bound in the simulator: small in some seeds, so full queues (and the

@@ -93,6 +93,23 @@ impl World {
             plan.push((join_at, Fault::Join(joiner)));
             let leave_at = (join_at + rng.range(1_000_000, 3_000_000)).min(end);
             plan.push((leave_at, Fault::Leave(rng.index(joiner))));
+            if self.faults.moves && rng.percent(50) {
+                // Half the runs move a member to another address: stopped, restarted there,
+                // and the move staged before or after its restart (it may be the leaver).
+                let node = rng.index(joiner);
+                let at = rng.range(start, end);
+                let back = (at + rng.range(100_000, 1_000_000)).min(self.workload_end);
+                plan.push((at, Fault::Crash(node)));
+                plan.push((back, Fault::Relisten(node)));
+                plan.push((back + 1, Fault::Restart(node)));
+                let move_at = if rng.percent(50) {
+                    at + 10_000
+                } else {
+                    back + rng.range(10_000, 500_000)
+                };
+                let attempts = COMMIT_ATTEMPTS;
+                plan.push((move_at, Fault::Move { node, attempts }));
+            }
         }
         if self.faults.partition && count > 1 {
             let side: BTreeSet<usize> = (0..count).filter(|_| rng.percent(50)).collect();
@@ -205,6 +222,24 @@ impl World {
                     let change = joining.then(|| MembershipChange::Join(self.joiner_member(node)));
                     self.operator(change, true, node);
                     self.commit_later(node, joining, attempts - 1, 500_000);
+                }
+            }
+            Fault::Relisten(node) => {
+                self.addrs.retain(|_, n| *n != node);
+                self.addrs.insert(super::moved_addr(node), node);
+            }
+            Fault::Move { node, attempts } => {
+                let (id, to) = (self.nodes[node].id.clone(), super::moved_addr(node));
+                if self.final_view().addr_of(&id) != Some(to) {
+                    let change = MembershipChange::Move { node: id, addr: to };
+                    self.operator(Some(change), false, node);
+                }
+                if attempts > 0 {
+                    let next = Fault::Move {
+                        node,
+                        attempts: attempts - 1,
+                    };
+                    self.sched.after(500_000, Job::Fault(next));
                 }
             }
             Fault::Crash(node) => self.crash(node, false),
