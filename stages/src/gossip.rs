@@ -168,8 +168,9 @@ impl GossipMachine {
                 warn!(self.logger, "the membership has this node at another address than it listens on: peers dial that one and cannot reach it; if the node moved, run `shoal admin move --id {} --addr {}` through any member", me, addr;
                       "listens" => %listen, "membership" => %listed);
             }
+            // No longer elsewhere: where it listens, or no longer a member (removed).
             None => {
-                info!(self.logger, "the membership has this node where it listens again"; "listens" => %listen);
+                info!(self.logger, "the membership no longer has this node at another address"; "listens" => %listen);
             }
         }
         self.listed_elsewhere = listed;

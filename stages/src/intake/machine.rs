@@ -25,7 +25,7 @@ use crate::event::{
     encode_reply, reply_within, ConnId, Event, GateChange, IntakeEvent, Now, Origin, ParseEvent,
     SocketCommand, StageId,
 };
-use crate::membership::{MemberState, MembershipView};
+use crate::membership::{MemberState, Membership, MembershipView};
 use crate::seda::{Machine, Outbox, MAX_RATE_PER_SEC};
 use crate::wire::{
     kind, ContextSeal, Frame, FrameDecoder, FrameError, Message, ThrottleChange, NONCE_BYTES,
@@ -33,6 +33,7 @@ use crate::wire::{
 use crate::NodeId;
 use slog::{debug, info, warn, Logger};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Connection ids start here so they never collide with the mio loop's two fixed tokens
@@ -104,8 +105,9 @@ pub struct IntakeMachine {
     next_conn: u64,
     /// Outgoing connections to peers, by peer.
     links: PeerLinks,
-    /// The membership version whose addresses the links were last checked against.
-    links_checked: u64,
+    /// The membership the links were last checked against (by pointer: every installed value
+    /// is a new one, while two values may share a version).
+    links_checked: Option<Arc<Membership>>,
     /// Outgoing connections still in their handshake, with the frames they hold.
     dialing: BTreeMap<ConnId, Dialing>,
     /// Nonces for this node's hellos and challenges.
@@ -148,7 +150,7 @@ impl IntakeMachine {
             connections: BTreeMap::new(),
             next_conn: FIRST_CONN,
             links: PeerLinks::default(),
-            links_checked: 0,
+            links_checked: None,
             dialing: BTreeMap::new(),
             nonces: NonceSource::new(nonce_seed),
             membership,
@@ -435,14 +437,19 @@ impl IntakeMachine {
     }
 
     /// Closes the links dialled at an address the membership no longer gives their peer (an
-    /// `admin move`): the next frame redials it at the new one. Checked once per membership
-    /// version.
+    /// `admin move`): the next frame redials it at the new one. Checked once per installed
+    /// membership (a review found a move merged into a node already at a higher version
+    /// skipped by a check per version).
     fn close_links_to_moved_peers(&mut self, out: &mut Outbox) {
         let membership = self.membership.current();
-        if membership.version == self.links_checked {
+        if self
+            .links_checked
+            .as_ref()
+            .is_some_and(|checked| Arc::ptr_eq(checked, &membership))
+        {
             return;
         }
-        self.links_checked = membership.version;
+        self.links_checked = Some(Arc::clone(&membership));
         for (conn, peer, dialled) in self.links.dialled_elsewhere(|p| membership.addr_of(p)) {
             self.links.moving(&peer);
             let Some(conn) = conn else { continue };

@@ -202,8 +202,14 @@ impl PeerLinks {
             link.conn = None;
             link.established = false;
         }
-        link.backoff = (link.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
-        link.retry_at = Some(now + link.backoff);
+        if current && link.moved {
+            // Closed because the peer moved: redialled at its new address at once, not after a
+            // backoff that would fail every request to it meanwhile.
+            link.retry_at = None;
+        } else {
+            link.backoff = (link.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+            link.retry_at = Some(now + link.backoff);
+        }
         // A connection already replaced by a newer one says nothing of the peer now.
         let news = current && (broke || !link.reported);
         link.reported |= current;
@@ -312,6 +318,11 @@ mod tests {
         assert!(
             links.failed(&n2, Some(ConnId(1)), Instant::now()),
             "its close is news"
+        );
+        assert_eq!(
+            links.route(&n2, Instant::now()),
+            Route::Dial,
+            "redialled at once"
         );
         links.opened(&n2, ConnId(3), new);
         assert!(!links.is_moving(&n2));

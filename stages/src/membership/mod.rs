@@ -4,9 +4,11 @@
 //!
 //! The value is a state-based CRDT, so copies changed through different nodes at the same time
 //! merge instead of one overwriting the other:
-//! - **members** are a map of last-writer-wins registers, one per node id, each stamped with a
-//!   Lamport [`Stamp`] (counter, then the node that wrote it, break ties). A join staged
-//!   through n1 and a leave staged through n2 both survive the merge.
+//! - **members** are a map, one entry per node id, of two last-writer-wins registers each (the
+//!   role: state, weight, zone; and the address), stamped with a Lamport [`Stamp`] (counter,
+//!   then the node that wrote it, break ties), a removal winning over any later write. A join
+//!   staged through n1 and a leave staged through n2 both survive the merge, and so do a move
+//!   and a leave of one member.
 //! - **the ring** (the committed assignment) is one register stamped by its commit, carrying
 //!   the ring it replaced while transfers are pending, the set of transfers done (a
 //!   grow-only set, merged by union) and, where a partition was served apart from its list in
@@ -145,16 +147,29 @@ impl MemberEntry {
     }
 
     /// The two entries merged, register by register: the later role (a removal above all)
-    /// and the later address.
+    /// and the later address. Equal stamps with different values (a copy passed on by a
+    /// build before the split, which claims both registers were written at `stamp`; founders
+    /// whose configs differ) are settled by the values, so every node ends with the same
+    /// whatever order it saw them in.
     fn merged(&self, theirs: &MemberEntry) -> MemberEntry {
-        let removed = |e: &MemberEntry| e.state == MemberState::Removed;
-        let role =
-            if (removed(theirs), theirs.role_written()) > (removed(self), self.role_written()) {
-                theirs
-            } else {
-                self
-            };
-        let addr = if theirs.addr_written() > self.addr_written() {
+        let role_rank = |e: &MemberEntry| {
+            let m = &e.member;
+            let removed = e.state == MemberState::Removed;
+            (
+                removed,
+                e.role_written().clone(),
+                e.state as u8,
+                m.weight,
+                m.zone.clone(),
+            )
+        };
+        let role = if role_rank(theirs) > role_rank(self) {
+            theirs
+        } else {
+            self
+        };
+        let addr_rank = |e: &MemberEntry| (e.addr_written().clone(), e.member.addr);
+        let addr = if addr_rank(theirs) > addr_rank(self) {
             theirs
         } else {
             self
@@ -487,9 +502,11 @@ impl Membership {
             hash_str(&mut md5, entry.member.zone.as_deref().unwrap_or(""));
             md5.update([entry.state as u8]);
             hash_stamp(&mut md5, &entry.stamp);
-            // Only when present, so a value without them digests as builds before them do.
-            for stamp in [&entry.role_stamp, &entry.addr_stamp].into_iter().flatten() {
-                hash_stamp(&mut md5, stamp);
+            // Only when either is present, so a value without them digests as builds before
+            // them do; then both, so "role only" and "address only" differ.
+            if entry.role_stamp.is_some() || entry.addr_stamp.is_some() {
+                hash_stamp(&mut md5, entry.role_written());
+                hash_stamp(&mut md5, entry.addr_written());
             }
         }
         let a = &self.assignment;
@@ -526,6 +543,13 @@ impl Membership {
         for (id, entry) in &self.members {
             if id != &entry.member.id {
                 return Err(invalid(format!("member {id} is filed under another id")));
+            }
+            // `stamp` is the newest write to the entry: a register's own is older, or absent.
+            let split = [&entry.role_stamp, &entry.addr_stamp];
+            if split.into_iter().flatten().any(|s| *s >= entry.stamp) {
+                return Err(invalid(format!(
+                    "member {id} has a register newer than its stamp"
+                )));
             }
         }
         if let Some((partition, _, _)) = a.done.iter().find(|(p, _, _)| *p >= partitions) {

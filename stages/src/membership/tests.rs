@@ -159,8 +159,9 @@ fn concurrent_changes_through_different_nodes_merge() {
     assert_eq!(plan.leaving, vec![id("n3")]);
 }
 
-/// Goal: the same member changed through two nodes at once ends the same everywhere (the
-/// later stamp wins, ties broken by the writer's id).
+/// Goal: the same member changed through two nodes at once ends the same everywhere: a
+/// removal wins whatever the stamps (here the leave's is lower; the reverse case is in
+/// `a_move_and_a_concurrent_leave_or_remove_both_survive_the_merge`).
 #[test]
 fn the_same_member_changed_twice_at_once_ends_the_same_everywhere() {
     let mut a = three();
@@ -177,7 +178,7 @@ fn the_same_member_changed_twice_at_once_ends_the_same_everywhere() {
     assert_eq!(
         ab.state_of(&id("n3")),
         Some(MemberState::Removed),
-        "n2 > n1"
+        "a removal wins"
     );
 }
 
@@ -644,7 +645,7 @@ fn a_move_and_a_concurrent_leave_or_remove_both_survive_the_merge() {
             } else {
                 (&mut a, &mut b)
             };
-            // Stamps: the first change gets counter 2, the second 3 (after a bump).
+            // Stamps: the first change gets counter 3, the second 4 (versions bumped apart).
             first.version += 1;
             second.version += 2;
             a.stage_move(&id("n1"), &id("n3"), moved_to).expect("move");
@@ -729,4 +730,44 @@ fn a_node_listening_elsewhere_than_its_membership_is_noticed() {
     assert_eq!(elsewhere("127.0.0.2:1"), Some(at("127.0.0.1:1")));
     assert_eq!(elsewhere("0.0.0.0:11"), Some(at("127.0.0.1:1")));
     assert_eq!(m.listed_elsewhere(&id("n9"), at("127.0.0.1:9")), None);
+}
+
+/// Goal: two copies of a member with one stamp and different values (as a build before the
+/// split registers passes them on: it claims both were written at the entry's stamp) merge to
+/// the same value in either order, so nodes cannot split for good over them; and a value
+/// whose register claims to be newer than its entry's stamp is refused.
+#[test]
+fn equal_stamps_with_different_values_merge_alike_and_a_register_above_its_stamp_is_refused() {
+    let stamp = Stamp {
+        counter: 9,
+        node: id("n1"),
+    };
+    let copy = |port: u16, state: MemberState| {
+        let mut m = three();
+        let entry = m.members.get_mut(&id("n3")).expect("n3");
+        entry.member.addr = SocketAddr::from(([127, 0, 0, 1], port));
+        entry.state = state;
+        entry.stamp = stamp.clone();
+        m.version = 9;
+        m
+    };
+    let (a, b) = (
+        copy(13, MemberState::Active),
+        copy(23, MemberState::Leaving),
+    );
+    let (mut ab, mut ba) = (a.clone(), b.clone());
+    ab.merge(&b);
+    ba.merge(&a);
+    assert_eq!(ab, ba);
+    assert_eq!(ab.digest(), ba.digest());
+    let mut bad = three();
+    let entry = bad.members.get_mut(&id("n3")).expect("n3");
+    entry.addr_stamp = Some(Stamp {
+        counter: 5,
+        node: id("n2"),
+    });
+    assert!(
+        bad.check(64).is_err(),
+        "a register newer than its entry's stamp"
+    );
 }
