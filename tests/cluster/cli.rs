@@ -608,24 +608,20 @@ fn staging_a_leave_below_n_nodes_warns_of_fewer_copies() {
 fn admin_move_records_a_new_address_and_refuses_a_taken_one() {
     let cluster = super::support::TestCluster::start(2, 2, 1, 1, "");
     let (node, taken) = (cluster.addr(0), cluster.addr(1));
-    let (ok, _, err) = shoal(&[
-        "admin", "move", "--node", &node, "--id", "n1", "--addr", &taken,
-    ]);
+    let move_to = |id: &str, addr: &str, json: bool| {
+        let mut args = vec!["admin", "move", "--node", &node, "--id", id, "--addr", addr];
+        if json {
+            args.push("--json");
+        }
+        shoal(&args)
+    };
+    let (ok, _, err) = move_to("n1", &taken, false);
     assert!(!ok, "a move to n2's address was taken");
     assert!(
         err.contains(&format!("{taken} is where member n2 listens")),
         "{err}"
     );
-    let (ok, out, err) = shoal(&[
-        "admin",
-        "move",
-        "--node",
-        &node,
-        "--id",
-        "n2",
-        "--addr",
-        "127.0.0.1:9",
-    ]);
+    let (ok, out, err) = move_to("n2", "127.0.0.1:9", false);
     assert!(ok, "{err}");
     assert!(
         out.contains("n2 is at 127.0.0.1:9 on n1") && out.contains("no commit is needed"),
@@ -634,25 +630,14 @@ fn admin_move_records_a_new_address_and_refuses_a_taken_one() {
     let ring = cluster.client(0).ring().expect("ring");
     let n2 = shoal_stages::NodeId::new("n2");
     assert_eq!(ring.addr_of(&n2), "127.0.0.1:9".parse().ok());
-    let (ok, out, err) = shoal(&[
-        "admin", "move", "--node", &node, "--id", "n2", "--addr", &taken, "--json",
-    ]);
+    let (ok, out, err) = move_to("n2", &taken, true);
     assert!(ok, "{err}");
     let json: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(
         (json["moved"].as_str(), json["addr"].as_str()),
         (Some("n2"), Some(taken.as_str()))
     );
-    let (ok, _, err) = shoal(&[
-        "admin",
-        "move",
-        "--node",
-        &node,
-        "--id",
-        "n2",
-        "--addr",
-        "127.0.0.1:0",
-    ]);
+    let (ok, _, err) = move_to("n2", "127.0.0.1:0", false);
     assert!(!ok && err.contains("cannot be dialled"), "{err}");
 }
 

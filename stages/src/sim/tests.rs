@@ -102,14 +102,21 @@ fn seeds_that_once_lost_acknowledged_writes_break_no_property() {
         ..SimConfig::default()
     };
     for seed in SEEDS_THAT_LOST_WRITES {
-        let report = run(seed, &config);
-        assert!(
-            report.violations.is_empty(),
-            "seed {seed} (replay: shoal sim --seed {seed} --faults {} --trace): {:?}",
-            config.faults,
-            report.violations
-        );
+        run_clean(seed, &config);
     }
+}
+
+/// Runs `seed` of `config` and asserts it broke no property, naming the command that replays
+/// it.
+fn run_clean(seed: u64, config: &SimConfig) -> SimReport {
+    let report = run(seed, config);
+    assert!(
+        report.violations.is_empty(),
+        "seed {seed} (replay: shoal sim --seed {seed} --faults {} --trace): {:?}",
+        config.faults,
+        report.violations
+    );
+    report
 }
 
 /// Every fault, a power loss of every node at once included.
@@ -273,13 +280,7 @@ fn a_member_moved_to_another_address_breaks_no_property() {
     };
     let mut moved = 0;
     for seed in 0..30 {
-        let report = run(seed, &config);
-        assert!(
-            report.violations.is_empty(),
-            "seed {seed} (replay: shoal sim --seed {seed} --faults {} --trace): {:?}",
-            config.faults,
-            report.violations
-        );
+        let report = run_clean(seed, &config);
         moved += usize::from(
             report
                 .trace
