@@ -1,4 +1,5 @@
 use super::*;
+use proptest::prelude::*;
 
 mod removal;
 
@@ -770,4 +771,95 @@ fn equal_stamps_with_different_values_merge_alike_and_a_register_above_its_stamp
         bad.check(64).is_err(),
         "a register newer than its entry's stamp"
     );
+}
+
+/// One operator change, or a gossip exchange, in the merge-law property below.
+#[derive(Clone, Debug)]
+enum Step {
+    /// Copy `at` stages a join of member `who` (n1..n5) at port `port`.
+    Join { at: usize, who: u16, port: u16 },
+    /// Copy `at` stages a leave of `who`.
+    Leave { at: usize, who: u16 },
+    /// Copy `at` stages a removal of `who`.
+    Remove { at: usize, who: u16 },
+    /// Copy `at` moves `who` to port `port`.
+    Move { at: usize, who: u16, port: u16 },
+    /// Copy `to` merges copy `from`.
+    Merge { from: usize, to: usize },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let (at, who, port) = (0..3usize, 1..=5u16, 1..=6u16);
+    prop_oneof![
+        (at.clone(), who.clone(), port.clone()).prop_map(|(at, who, port)| Step::Join {
+            at,
+            who,
+            port
+        }),
+        (at.clone(), who.clone()).prop_map(|(at, who)| Step::Leave { at, who }),
+        (at.clone(), who.clone()).prop_map(|(at, who)| Step::Remove { at, who }),
+        (at.clone(), who, port).prop_map(|(at, who, port)| Step::Move { at, who, port }),
+        (at.clone(), at).prop_map(|(from, to)| Step::Merge { from, to }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Goal: the members' merge is a join of a semilattice, so gossip converges however the
+    /// changes and exchanges interleave: three copies changed through n1, n2 and n3 (joins,
+    /// leaves, removals and moves, refused ones included) and merged now and then end equal,
+    /// digests too, whichever order the last merges take; merging a copy into itself changes
+    /// nothing; and a member removed on any copy is removed in the end. Method: random steps.
+    /// Reference: Dynamo §4.8 (membership by gossip); the address and role registers of
+    /// `MemberEntry`.
+    #[test]
+    fn copies_changed_and_merged_in_any_order_converge(steps in prop::collection::vec(step(), 0..24)) {
+        let mut copies = [three(), three(), three()];
+        let writer = |at: usize| id(&format!("n{}", at + 1));
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], 100 + port));
+        let mut removed = BTreeSet::new();
+        for step in steps {
+            match step {
+                Step::Join { at, who, port } => {
+                    let member = Member { addr: addr(port), ..Member::loopback(&format!("n{who}"), who) };
+                    let _ = copies[at].stage_join(&writer(at), member);
+                }
+                Step::Leave { at, who } => {
+                    let _ = copies[at].stage_departure(&writer(at), &id(&format!("n{who}")), MemberState::Leaving);
+                }
+                Step::Remove { at, who } => {
+                    let node = id(&format!("n{who}"));
+                    if copies[at].stage_departure(&writer(at), &node, MemberState::Removed).is_ok() {
+                        removed.insert(node);
+                    }
+                }
+                Step::Move { at, who, port } => {
+                    let _ = copies[at].stage_move(&writer(at), &id(&format!("n{who}")), addr(port));
+                }
+                Step::Merge { from, to } => {
+                    let theirs = copies[from].clone();
+                    copies[to].merge(&theirs);
+                }
+            }
+        }
+        let mut same = copies[0].clone();
+        prop_assert!(!same.merge(&copies[0].clone()), "a merge with itself changed it");
+        let [a, b, c] = copies;
+        let mut abc = a.clone();
+        abc.merge(&b);
+        abc.merge(&c);
+        let mut cba = c.clone();
+        cba.merge(&b);
+        cba.merge(&a);
+        let mut bca = b;
+        bca.merge(&c);
+        bca.merge(&a);
+        prop_assert_eq!(&abc, &cba);
+        prop_assert_eq!(&abc, &bca);
+        prop_assert_eq!(abc.digest(), cba.digest());
+        for node in &removed {
+            prop_assert_eq!(abc.state_of(node), Some(MemberState::Removed));
+        }
+    }
 }
