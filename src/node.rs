@@ -495,7 +495,8 @@ impl Node {
 /// saved at once. Why at once: a founder that never saw a change used to deal its ring from
 /// the config at every start, so a restart with a member left out of the list dealt another
 /// ring, which gossip then spread, and the left-out member dropped its data on every node (a
-/// trial's). Members change only through `admin join` and `leave`.
+/// trial's). Members change only through `admin join`, `leave` and `remove`, addresses through
+/// `admin move`.
 fn starting_membership(
     config: &Config,
     store: &Store,

@@ -109,9 +109,6 @@ impl GossipMachine {
     ) -> GossipMachine {
         view.set(membership.clone());
         let settings_interval = settings.interval;
-        let listed_elsewhere = settings
-            .listen
-            .and_then(|listen| membership.listed_elsewhere(&settings.node, listen));
         let rng = SplitMix64::new(
             settings
                 .node
@@ -119,7 +116,7 @@ impl GossipMachine {
                 .bytes()
                 .fold(0x5EED_u64, |h, b| h.rotate_left(8) ^ u64::from(b)),
         );
-        GossipMachine {
+        let mut machine = GossipMachine {
             settings,
             membership,
             view,
@@ -136,23 +133,21 @@ impl GossipMachine {
             next_op: 0,
             listed_elsewhere: None,
             logger,
-        }
-        .warned_of_own_address(listed_elsewhere)
+        };
+        machine.check_own_address();
+        machine
     }
 
     /// Logs where the membership has this node when that is not where it listens (peers dial
     /// the membership's address, so they cannot reach it), once per address, and says when
-    /// it is where it listens again. A trial moved a running node by mistake, and the node
-    /// said nothing.
-    fn warned_of_own_address(mut self, listed: Option<SocketAddr>) -> Self {
-        self.check_own_address(listed);
-        self
-    }
-
-    fn check_own_address(&mut self, listed: Option<SocketAddr>) {
+    /// that is over. A trial moved a running node by mistake, and the node said nothing.
+    fn check_own_address(&mut self) {
         let Some(listen) = self.settings.listen else {
             return;
         };
+        let listed = self
+            .membership
+            .listed_elsewhere(&self.settings.node, listen);
         if listed == self.listed_elsewhere {
             return;
         }
@@ -391,12 +386,7 @@ impl GossipMachine {
             }
         }
         self.view.set(self.membership.clone());
-        if let Some(listen) = self.settings.listen {
-            let listed = self
-                .membership
-                .listed_elsewhere(&self.settings.node, listen);
-            self.check_own_address(listed);
-        }
+        self.check_own_address();
         self.save(replies, out);
     }
 

@@ -35,13 +35,7 @@ impl Membership {
         }
         // Its id, weight and zone make a valid ring.
         Ring::new(self.ring().partition_count(), &[member.spec()])?;
-        check_dialable(member.addr)?;
-        if let Some(other) = self.listening_at(member.addr, &member.id) {
-            return Err(MembershipError::AddressTaken {
-                addr: member.addr,
-                node: other.clone(),
-            });
-        }
+        self.check_address(member.addr, &member.id)?;
         let stamp = self.next_stamp(me);
         // The address register is written only if the address changes (a leaving member
         // asked to stay keeps the one a move may have given it meanwhile).
@@ -75,14 +69,8 @@ impl Membership {
         if entry.member.addr == addr {
             return Ok(());
         }
-        check_dialable(addr)?;
         let (mut moved, state) = (entry.member.clone(), entry.state);
-        if let Some(other) = self.listening_at(addr, node) {
-            return Err(MembershipError::AddressTaken {
-                addr,
-                node: other.clone(),
-            });
-        }
+        self.check_address(addr, node)?;
         moved.addr = addr;
         let role_written = entry.role_written().clone();
         let stamp = self.next_stamp(me);
@@ -91,11 +79,27 @@ impl Membership {
         Ok(())
     }
 
-    /// The member other than `except` that listens at `addr`, if any. Peers would reach one
-    /// node under two names. A node that was removed frees its address; one leaving may still
-    /// serve and send while it is in the committed ring, the ring before it (its copies may
-    /// wait) or a list kept in `old_replicas`, so it keeps it until the next commit (or its
-    /// removal) takes it out.
+    /// Refuses `addr` for member `node` (a join or a move) when peers cannot dial it (port 0,
+    /// or an unspecified IP such as 0.0.0.0, which every peer would dial as itself: a trial's
+    /// move to 127.0.0.1:0 was taken) or another member listens there (peers would reach one
+    /// node under two names).
+    fn check_address(&self, addr: SocketAddr, node: &NodeId) -> Result<(), MembershipError> {
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(MembershipError::NotDialable { addr });
+        }
+        match self.listening_at(addr, node) {
+            Some(other) => Err(MembershipError::AddressTaken {
+                addr,
+                node: other.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The member other than `except` that listens at `addr`, if any. A node that was
+    /// removed frees its address; one leaving may still serve and send while it is in the
+    /// committed ring, the ring before it (its copies may wait) or a list kept in
+    /// `old_replicas`, so it keeps it until the next commit (or its removal) takes it out.
     fn listening_at(&self, addr: SocketAddr, except: &NodeId) -> Option<&NodeId> {
         let a = &self.assignment;
         let serving = |id: &NodeId| {
@@ -310,14 +314,4 @@ impl Membership {
         }
         fresh
     }
-}
-
-/// Refuses an address no peer can dial: port 0, or an unspecified IP (0.0.0.0 or ::, which a
-/// node may listen on, but which every peer would dial as itself). A trial's move to
-/// 127.0.0.1:0 was taken, and the node was unreachable until moved again.
-fn check_dialable(addr: SocketAddr) -> Result<(), MembershipError> {
-    if addr.port() == 0 || addr.ip().is_unspecified() {
-        return Err(MembershipError::NotDialable { addr });
-    }
-    Ok(())
 }

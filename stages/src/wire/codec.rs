@@ -133,15 +133,7 @@ impl ContextSeal {
         if !self.bind {
             return self.encode_unbound(clock);
         }
-        // A VClock is a map of strings to pairs of integers; serializing it cannot fail.
-        let mut bytes = Vec::with_capacity(1 + clock.encoded_size_hint() + SEAL_BYTES);
-        bytes.push(KEY_BOUND);
-        if rmp_serde::encode::write(&mut bytes, clock).is_err() {
-            bytes.truncate(1);
-        }
-        let mac = self.key_mac(key, &bytes[1..]);
-        bytes.extend_from_slice(&mac);
-        bytes
+        sealed(&[KEY_BOUND], clock, |body| self.key_mac(key, body))
     }
 
     /// Encodes and seals a context bound to no key, as builds before key-bound contexts did
@@ -149,13 +141,7 @@ impl ContextSeal {
     /// the forwarding node has already checked the client's context against, so a node of an
     /// earlier build in a rolling upgrade takes it.
     pub fn encode_unbound(&self, clock: &VClock) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(clock.encoded_size_hint() + SEAL_BYTES);
-        if rmp_serde::encode::write(&mut bytes, clock).is_err() {
-            bytes.clear();
-        }
-        let mac = self.mac(&bytes);
-        bytes.extend_from_slice(&mac);
-        bytes
+        sealed(&[], clock, |body| self.mac(body))
     }
 
     /// Checks the seal of a context a client sent back with a request for `key` and decodes
@@ -184,6 +170,19 @@ impl ContextSeal {
         }
         decode_context_body(body)
     }
+}
+
+/// `marker`, the encoded `clock` (its body) and `mac` of the body: a sealed context.
+fn sealed(marker: &[u8], clock: &VClock, mac: impl FnOnce(&[u8]) -> [u8; SEAL_BYTES]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(marker.len() + clock.encoded_size_hint() + SEAL_BYTES);
+    bytes.extend_from_slice(marker);
+    // A VClock is a map of strings to pairs of integers; serializing it cannot fail.
+    if rmp_serde::encode::write(&mut bytes, clock).is_err() {
+        bytes.truncate(marker.len());
+    }
+    let mac = mac(&bytes[marker.len()..]);
+    bytes.extend_from_slice(&mac);
+    bytes
 }
 
 /// The first byte of a context bound to its key: 0xc1, which msgpack never uses, so no
