@@ -60,12 +60,7 @@ impl Membership {
         node: &NodeId,
         addr: SocketAddr,
     ) -> Result<(), MembershipError> {
-        let Some(entry) = self.members.get(node) else {
-            return Err(MembershipError::UnknownMember { node: node.clone() });
-        };
-        if entry.state == MemberState::Removed {
-            return Err(MembershipError::WasRemoved { node: node.clone() });
-        }
+        let entry = self.changeable(node)?;
         if entry.member.addr == addr {
             return Ok(());
         }
@@ -118,6 +113,18 @@ impl Membership {
             .map(|e| &e.member.id)
     }
 
+    /// Member `node`'s entry, if a leave, remove or move may change it: it is a member and
+    /// was not removed.
+    fn changeable(&self, node: &NodeId) -> Result<&MemberEntry, MembershipError> {
+        match self.members.get(node) {
+            None => Err(MembershipError::UnknownMember { node: node.clone() }),
+            Some(entry) if entry.state == MemberState::Removed => {
+                Err(MembershipError::WasRemoved { node: node.clone() })
+            }
+            Some(entry) => Ok(entry),
+        }
+    }
+
     /// Stages a leave (`Leaving`: it hands its data over) or a remove (`Removed`: it is dead).
     pub fn stage_departure(
         &mut self,
@@ -125,12 +132,7 @@ impl Membership {
         node: &NodeId,
         state: MemberState,
     ) -> Result<(), MembershipError> {
-        let Some(entry) = self.members.get(node) else {
-            return Err(MembershipError::UnknownMember { node: node.clone() });
-        };
-        if entry.state == MemberState::Removed {
-            return Err(MembershipError::WasRemoved { node: node.clone() });
-        }
+        let entry = self.changeable(node)?;
         let staying = self
             .members
             .values()
